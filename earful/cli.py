@@ -1,0 +1,58 @@
+"""The ``earful`` command line. Each concern owns its sub-commands in ``earful/<concern>/commands.py``
+(a ``register(subparsers)`` function); this file only lists those modules and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# One line a concern; a module that is not there yet is simply not listed.
+COMMAND_MODULES = (
+    "earful.data.commands",  # prepare, synth
+    "earful.train.commands",  # pretrain, gradvar
+    "earful.finetune.commands",  # finetune
+    "earful.eval.commands",  # evaluate, lm
+    "earful.interop.commands",  # export-hf, import-hf, features
+    "earful.study.commands",  # study plan|run|report
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="earful", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (e.name == name or name.startswith(e.name + ".")):  # not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if args.verbose:
+            raise
+        logging.getLogger("earful").error("%s", e)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

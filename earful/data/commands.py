@@ -1,0 +1,71 @@
+"""``earful prepare`` and ``earful synth``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .librispeech import discover
+from .manifest import summarize, write_manifest
+
+log = logging.getLogger("earful.data")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
+        description="Read SOURCE (a LibriSpeech split or a folder of splits, a Libri-light fine-tuning tree, "
+        "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl.",
+    )
+    p.add_argument("source", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=_prepare)
+
+    s = subparsers.add_parser(
+        "synth", help="synthesise the built-in speech corpus with espeak-ng",
+        description="Write a LibriSpeech-layout corpus spoken by espeak-ng pseudo-speakers, with train, "
+        "nested labelled sets (Libri-light layout), dev and test (held-out voices), and manifests.",
+    )
+    s.add_argument("out", type=Path)
+    s.add_argument("--hours", type=float, required=True, help="train audio, hours (approximate)")
+    s.add_argument("--domain", choices=("commands", "open"), default="commands")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--augment", action="store_true", help="add noise and reverb")
+    s.add_argument("--labelled-fraction", type=float, default=0.25,
+                   help="10 h analogue as a fraction of the train hours (default 0.25)")
+    s.add_argument("--dev-hours", type=float, default=None)
+    s.add_argument("--test-hours", type=float, default=None)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_synth)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    splits = discover(args.source, problems)
+    for msg in problems:
+        log.warning("%s", msg)
+    total = 0
+    for name, utts in splits.items():
+        if not utts:
+            log.warning("split %s: no usable audio", name)
+            continue
+        write_manifest(utts, args.out / f"{name}.jsonl")
+        s = summarize(utts)
+        total += len(utts)
+        log.info("%-20s %9.3f h %8d utterances %5d speakers %5.0f%% labelled -> %s", name, s["hours"],
+                 s["utterances"], s["speakers"], 100 * s["labelled"], args.out / f"{name}.jsonl")
+    log.info("%d problem(s) found", len(problems))
+    if not total:
+        raise ValueError(f"{args.source}: no usable audio found")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import synthesize
+
+    synthesize(args.out, args.hours, domain=args.domain, seed=args.seed, workers=args.workers,
+               augment=args.augment, labelled_fraction=args.labelled_fraction, dev_hours=args.dev_hours,
+               test_hours=args.test_hours, progress=not args.no_progress)
+    return 0

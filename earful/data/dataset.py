@@ -1,0 +1,228 @@
+"""Dataset, collate and DataLoader: utterances -> zero-padded ``Batch`` es measured in seconds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .audio import AudioError, load_audio
+from .manifest import Utterance
+from .sampler import SecondsBatchSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """One loaded utterance (or, with ``skip_bad``, the error that replaced it)."""
+
+    index: int
+    id: str
+    wave: np.ndarray | None
+    transcript: str | None
+    error: str | None = None
+
+
+@dataclass
+class Batch:
+    """Zero-padded audio batch. ``bad`` lists ``"id: problem"`` for files skipped with ``skip_bad``."""
+
+    wave: torch.Tensor  # (B, S) float32
+    lengths: torch.Tensor  # (B,) int64
+    ids: list[str]
+    transcripts: list[str | None]
+    real_seconds: float
+    padded_seconds: float
+    bad: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(self.wave.to(device, non_blocking=non_blocking),
+                     self.lengths.to(device, non_blocking=non_blocking), self.ids, self.transcripts,
+                     self.real_seconds, self.padded_seconds, self.bad)
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.wave.pin_memory(), self.lengths.pin_memory(), self.ids, self.transcripts,
+                     self.real_seconds, self.padded_seconds, self.bad)
+
+
+class AudioDataset(Dataset):
+    """Utterances loaded at ``sample_rate``; optional random crop deterministic in (seed, epoch, index).
+
+    Indexed by an ``int`` (epoch from ``set_epoch``) or an ``(index, epoch)`` pair, which is what
+    ``make_loader`` feeds so that worker processes crop by the epoch of each batch.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        *,
+        sample_rate: int = 16000,
+        crop_seconds: float | None = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+    ) -> None:
+        self.utterances = list(utterances)
+        self.sample_rate = sample_rate
+        self.crop_samples = int(crop_seconds * sample_rate) if crop_seconds else None
+        self.seed = seed
+        self.skip_bad = skip_bad
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def lengths(self) -> np.ndarray:
+        """Samples per utterance at ``sample_rate``, from the manifest (what the sampler needs)."""
+        return np.array([u.samples_at(self.sample_rate) for u in self.utterances], dtype=np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        utt = self.utterances[index]
+        try:
+            wave = load_audio(utt.path, target_rate=self.sample_rate)
+        except AudioError as e:
+            if not self.skip_bad:
+                raise
+            return Item(index, utt.id, None, utt.transcript, error=str(e))
+        # Resampling may add a sample or two over the manifest's length: keep batches within budget.
+        wave = wave[: max(utt.samples_at(self.sample_rate), 1)]
+        if self.crop_samples and len(wave) > self.crop_samples:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            start = int(rng.integers(0, len(wave) - self.crop_samples + 1))
+            wave = wave[start : start + self.crop_samples]
+        return Item(index, utt.id, wave, utt.transcript)
+
+
+def collate(items: Sequence[Item], sample_rate: int = 16000) -> Batch:
+    """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``."""
+    good = [it for it in items if it.wave is not None]
+    bad = [f"{it.id}: {it.error}" for it in items if it.wave is None]
+    lengths = torch.tensor([len(it.wave) for it in good], dtype=torch.int64)
+    max_len = int(lengths.max()) if len(good) else 0
+    wave = torch.zeros(len(good), max_len, dtype=torch.float32)
+    for row, it in enumerate(good):
+        wave[row, : len(it.wave)] = torch.from_numpy(it.wave)
+    return Batch(
+        wave=wave,
+        lengths=lengths,
+        ids=[it.id for it in good],
+        transcripts=[it.transcript for it in good],
+        real_seconds=float(lengths.sum()) / sample_rate if good else 0.0,
+        padded_seconds=max_len * len(good) / sample_rate,
+        bad=bad,
+    )
+
+
+class _EpochTagged:
+    """Batch sampler adapter: yields ``[(index, epoch), ...]`` so workers crop by the right epoch."""
+
+    def __init__(self, sampler: SecondsBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.sampler:
+            yield [(i, self.sampler.epoch) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class AudioLoader:
+    """A DataLoader over an ``AudioDataset`` batched by a ``SecondsBatchSampler``.
+
+    Counts what training actually received: ``state_dict()`` resumes exactly (the sampler itself runs
+    ahead of training by the prefetched batches); ``bad_files`` counts files skipped with ``skip_bad``
+    (each logged as a warning); ``skipped`` is the sampler's count of unbatchable utterances.
+    """
+
+    def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, *, num_workers: int = 0,
+                 pin_memory: bool = False, prefetch_factor: int | None = None) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.epoch, self.position = sampler.epoch, sampler.position
+        self.bad_files = 0
+        self.empty_batches = 0
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=_EpochTagged(sampler),
+            collate_fn=partial(collate, sample_rate=dataset.sample_rate),
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if num_workers else None,
+        )
+
+    @property
+    def skipped(self) -> int:
+        return self.sampler.skipped
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Batch]:
+        # Restart the sampler where training is (prefetched-but-unused batches of a previous iteration).
+        self.sampler.epoch, self.sampler.position = self.epoch, self.position
+        for batch in self.loader:
+            self.position += 1
+            if self.position >= len(self.sampler.epoch_batches(self.epoch)):
+                self.epoch, self.position = self.epoch + 1, 0
+            for msg in batch.bad:
+                log.warning("skipped bad audio file %s", msg)
+            self.bad_files += len(batch.bad)
+            if not len(batch):
+                self.empty_batches += 1
+                log.warning("a batch had no loadable audio and was left out")
+                continue
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.sampler.state_dict()
+        state.update(epoch=self.epoch, position=self.position, bad_files=self.bad_files)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+        self.epoch, self.position = self.sampler.epoch, self.sampler.position
+        self.bad_files = int(state.get("bad_files", 0))
+
+
+def make_loader(
+    utterances: Sequence[Utterance],
+    max_seconds: float,
+    *,
+    sample_rate: int = 16000,
+    crop_seconds: float | None = None,
+    min_seconds: float | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    endless: bool = False,
+    bucket_size: int = 1000,
+    strict: bool = False,
+    skip_bad: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 4,
+) -> AudioLoader:
+    """Dataset + seconds batch sampler + worker DataLoader for ``utterances``."""
+    dataset = AudioDataset(utterances, sample_rate=sample_rate, crop_seconds=crop_seconds, seed=seed,
+                           skip_bad=skip_bad)
+    sampler = SecondsBatchSampler(
+        dataset.lengths(), max_seconds, sample_rate=sample_rate, crop_seconds=crop_seconds,
+        min_seconds=min_seconds, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+        endless=endless, bucket_size=bucket_size, strict=strict,
+    )
+    return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
+                       prefetch_factor=prefetch_factor)

@@ -1,0 +1,194 @@
+"""Batching by seconds of audio.
+
+``SecondsBatchSampler`` yields lists of dataset indices whose *padded* size — longest utterance (after
+cropping) × number of utterances — is at most ``max_seconds``. That is the paper's accounting: the batch
+size counts padding, so it is an upper bound on real speech (both are reported per batch).
+
+Per epoch, deterministically in ``(seed, epoch)``: the batchable indices are shuffled, cut into buckets of
+``bucket_size``, each bucket is sorted by length (longest first) and packed greedily, and the batch order is
+shuffled. Length bucketing keeps padding small; ``padding_fraction()`` reports it.
+
+**DDP.** Every rank builds the same global batch list and takes every ``world_size``-th batch, so shards are
+disjoint. To give every rank the same number of batches (a rank with one batch fewer would leave the others
+waiting in all-reduce for ever), the batch with the most utterances is split in two until the count is a
+multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated. Only if no
+batch can be split (fewer utterances than ranks) are the first batches repeated, and ``repeated`` says so.
+
+**Nothing is dropped silently.** Utterances longer than ``max_seconds`` (without cropping) or shorter than
+``min_seconds`` are counted in ``skipped`` (by reason in ``skipped_reasons``, indices in
+``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
+
+**Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch —
+and ``load_state_dict()`` continues from exactly there. Iterated through a prefetching DataLoader the
+sampler runs ahead of training; ``earful.data.dataset.AudioLoader`` therefore counts batches on the
+consumer side and its ``state_dict()`` is the one to checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def padding_fraction(batch_lengths: Iterable[Sequence[int]]) -> float:
+    """Fraction of a set of batches that is padding: 1 − Σ real samples / Σ (max length × count)."""
+    real = padded = 0
+    for lengths in batch_lengths:
+        if len(lengths):
+            real += int(np.sum(lengths))
+            padded += int(np.max(lengths)) * len(lengths)
+    return 1.0 - real / padded if padded else 0.0
+
+
+class SecondsBatchSampler:
+    """Length-bucketed batches of at most ``max_seconds`` padded audio; see the module docstring."""
+
+    def __init__(
+        self,
+        num_samples: Sequence[int],
+        max_seconds: float,
+        *,
+        sample_rate: int = 16000,
+        crop_seconds: float | None = None,
+        min_seconds: float | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        endless: bool = False,
+        bucket_size: int = 1000,
+        strict: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if max_seconds <= 0 or bucket_size < 1:
+            raise ValueError("max_seconds must be > 0 and bucket_size >= 1")
+        self.lengths = np.asarray(num_samples, dtype=np.int64).reshape(-1)
+        self.max_samples = int(max_seconds * sample_rate)
+        self.sample_rate = sample_rate
+        self.crop_samples = int(crop_seconds * sample_rate) if crop_seconds else None
+        self.min_samples = int(np.ceil(min_seconds * sample_rate)) if min_seconds else 0
+        self.shuffle, self.seed, self.endless, self.bucket_size = shuffle, seed, endless, bucket_size
+        self.rank, self.world_size = rank, world_size
+        self.effective = (
+            np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
+        )
+        too_long = self.effective > self.max_samples
+        too_short = self.lengths < self.min_samples
+        bad = too_long | too_short
+        self.skipped_indices = np.flatnonzero(bad)
+        self.skipped = int(bad.sum())
+        self.skipped_reasons = {
+            f"longer than max_seconds={max_seconds:g} s": int(too_long.sum()),
+            f"shorter than min_seconds={min_seconds or 0:g} s": int((too_short & ~too_long).sum()),
+        }
+        self.skipped_reasons = {k: v for k, v in self.skipped_reasons.items() if v}
+        self._valid = np.flatnonzero(~bad)
+        if self.skipped:
+            what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
+            msg = (f"{self.skipped} of {len(self.lengths)} utterances cannot be batched ({what}); "
+                   f"first indices: {self.skipped_indices[:5].tolist()}")
+            if strict:
+                raise ValueError(msg)
+            log.warning("%s: they are left out", msg)
+        self.epoch = 0
+        self.position = 0
+        self.repeated = 0
+        self._cache: dict[int, list[np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ batches
+    def _global_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        idx = rng.permutation(self._valid) if self.shuffle else self._valid
+        batches: list[np.ndarray] = []
+        for start in range(0, len(idx), self.bucket_size):
+            chunk = idx[start : start + self.bucket_size]
+            chunk = chunk[np.argsort(-self.effective[chunk], kind="stable")]
+            i = 0
+            while i < len(chunk):  # longest first: the first element fixes the batch's padded length
+                cap = max(1, self.max_samples // int(self.effective[chunk[i]]))
+                batches.append(chunk[i : i + cap])
+                i += cap
+        if self.shuffle:
+            batches = [batches[j] for j in rng.permutation(len(batches))]
+        while len(batches) % self.world_size:
+            j = int(np.argmax([len(b) for b in batches]))
+            if len(batches[j]) < 2:
+                break
+            half = len(batches[j]) // 2
+            batches[j : j + 1] = [batches[j][:half], batches[j][half:]]
+        self.repeated = (-len(batches)) % self.world_size if batches else 0
+        if self.repeated:
+            log.warning("epoch %d: only %d batches for %d ranks; repeating %d", epoch, len(batches),
+                        self.world_size, self.repeated)
+            batches = batches + [batches[k % len(batches)] for k in range(self.repeated)]
+        return batches
+
+    def epoch_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """This rank's batches (arrays of indices) for ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._cache:
+            if len(self._cache) >= 2:
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = self._global_batches(epoch)[self.rank :: self.world_size]
+        return self._cache[epoch]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            batches = self.epoch_batches(self.epoch)
+            if not batches and self.endless:
+                raise ValueError("SecondsBatchSampler: no batchable utterances for endless iteration")
+            while self.position < len(batches):
+                batch = batches[self.position]
+                self.position += 1
+                yield batch.tolist()
+            self.epoch += 1
+            self.position = 0
+            if not self.endless:
+                return
+
+    def __len__(self) -> int:
+        """Batches of this rank in the current epoch."""
+        return len(self.epoch_batches(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning (DistributedSampler convention)."""
+        self.epoch, self.position = int(epoch), 0
+
+    # ------------------------------------------------------------------ accounting
+    def batch_seconds(self, batch: Sequence[int]) -> tuple[float, float]:
+        """(real, padded) seconds of a batch of indices."""
+        lengths = self.effective[np.asarray(batch, dtype=np.int64)]
+        if not len(lengths):
+            return 0.0, 0.0
+        return float(lengths.sum()) / self.sample_rate, float(lengths.max()) * len(lengths) / self.sample_rate
+
+    def padding_fraction(self, epoch: int | None = None) -> float:
+        """Padding fraction of this rank's batches in ``epoch``."""
+        return padding_fraction(self.effective[b] for b in self.epoch_batches(epoch))
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_utterances": len(self.lengths),
+            "max_samples": self.max_samples,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "world_size", "num_utterances", "max_samples"):
+            mine = self.state_dict()[key]
+            if key in state and state[key] != mine:
+                raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if self.position > len(self.epoch_batches(self.epoch)):
+            raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

@@ -1,0 +1,1 @@
+"""Evaluation: character vocabulary, greedy and LM beam CTC decoding, n-gram LM builder, WER/CER."""

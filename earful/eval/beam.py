@@ -1,0 +1,210 @@
+"""CTC beam search with a word n-gram LM, through ``flashlight-text`` (optional extra ``earful[lm]``).
+
+flashlight's ``LexiconDecoder`` searches over words of a lexicon (a trie of spellings) and scores each
+completed word with a KenLM model (ARPA or KenLM binary):
+``score = acoustic + lm_weight * log LM + word_score * words (+ unk_score, sil_score)``.
+The lexicon is built from the LM's unigrams (ARPA only) spelled with the character vocabulary, each
+spelling ending with the word delimiter ``|``; or read from a file of ``word c h a r s |`` lines.
+Words the vocabulary cannot spell are skipped (counted in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from earful.eval.lm import BOS, EOS, UNK
+from earful.eval.vocab import DELIMITER, CharVocab
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "beam search with an LM needs flashlight-text: pip install 'earful[lm]'"
+
+
+def _flashlight():
+    try:
+        from flashlight.lib.text import decoder as fl_decoder
+        from flashlight.lib.text import dictionary as fl_dictionary
+        from flashlight.lib.text.decoder.kenlm import KenLM
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError(f"{INSTALL_HINT} ({e})") from e
+    return fl_decoder, fl_dictionary, KenLM
+
+
+def flashlight_available() -> bool:
+    """Whether ``flashlight-text`` (with its KenLM) can be imported."""
+    try:
+        _flashlight()
+    except RuntimeError:
+        return False
+    return True
+
+
+def arpa_unigrams(path: str | Path) -> list[str]:
+    """The words of an ARPA file's ``\\1-grams:`` section, in file order (markers included)."""
+    words: list[str] = []
+    in_unigrams = False
+    with Path(path).open(encoding="utf-8") as f:
+        for raw in f:
+            line = raw.strip()
+            if line == "\\1-grams:":
+                in_unigrams = True
+            elif in_unigrams:
+                if not line:
+                    continue
+                if line.startswith("\\"):
+                    break
+                parts = line.split()
+                if len(parts) >= 2:
+                    words.append(parts[1])
+    if not in_unigrams:
+        raise ValueError(f"{path}: no \\1-grams: section; give a lexicon for a binary KenLM model")
+    return words
+
+
+def lexicon_from_words(words: Iterable[str], vocab: CharVocab) -> dict[str, list[list[str]]]:
+    """``{word: [[c, h, a, r, s, "|"]]}`` for each word the vocabulary can spell (markers skipped)."""
+    lexicon: dict[str, list[list[str]]] = {}
+    skipped: list[str] = []
+    for w in words:
+        if w in (BOS, EOS, UNK) or w in lexicon:
+            continue
+        if any(c not in vocab.symbols or c == DELIMITER for c in w):
+            skipped.append(w)
+            continue
+        lexicon[w] = [[*w, DELIMITER]]
+    if skipped:
+        log.warning(
+            "%d LM words cannot be spelled with the vocabulary and are left out of the lexicon, e.g. %s",
+            len(skipped),
+            ", ".join(repr(w) for w in skipped[:5]),
+        )
+    if not lexicon:
+        raise ValueError("the lexicon is empty: no LM word can be spelled with the vocabulary")
+    return lexicon
+
+
+def read_lexicon(path: str | Path) -> dict[str, list[list[str]]]:
+    """A lexicon file: ``word<TAB or space>s p e l l i n g`` a line, several lines per word allowed."""
+    lexicon: dict[str, list[list[str]]] = {}
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            parts = raw.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise ValueError(f"{path}:{lineno}: a word without a spelling")
+            lexicon.setdefault(parts[0], []).append(parts[1:])
+    return lexicon
+
+
+@dataclass
+class BeamOptions:
+    """Options of the lexicon beam search (flashlight names; defaults: the paper's 4-gram decoding)."""
+
+    beam: int = 50
+    beam_size_token: int | None = None  # tokens considered per frame; None: the whole vocabulary
+    beam_threshold: float = 25.0
+    lm_weight: float = 2.0
+    word_score: float = 0.0
+    unk_score: float = float("-inf")
+    sil_score: float = 0.0
+    log_add: bool = False
+
+
+class LMBeamDecoder:
+    """CTC beam search with a KenLM word LM over a lexicon.
+
+    Args:
+        vocab: the model's character vocabulary (its blank and ``|`` are used).
+        lm_path: an ARPA file (or a KenLM binary when ``lexicon`` is given).
+        lexicon: a lexicon file, or ``{word: [spelling tokens, ...]}``; default: the LM's unigrams.
+        options: beam size, LM weight, word score, ...
+    """
+
+    def __init__(
+        self,
+        vocab: CharVocab,
+        lm_path: str | Path,
+        lexicon: str | Path | dict[str, list[list[str]]] | None = None,
+        options: BeamOptions | None = None,
+    ) -> None:
+        fl, fl_dict, KenLM = _flashlight()
+        lm_path = Path(lm_path)
+        if not lm_path.is_file():
+            raise FileNotFoundError(f"no LM file {lm_path}")
+        self.vocab = vocab
+        self.options = options or BeamOptions()
+        if lexicon is None:
+            lex = lexicon_from_words(arpa_unigrams(lm_path), vocab)
+        elif isinstance(lexicon, dict):
+            lex = lexicon
+        else:
+            lex = read_lexicon(lexicon)
+
+        self._tokens = fl_dict.Dictionary(list(vocab.symbols))
+        self._words = fl_dict.Dictionary()
+        for word in (*lex, UNK):
+            if not self._words.contains(word):
+                self._words.add_entry(word)
+        self._words.set_default_index(self._words.get_index(UNK))
+        self._lm = KenLM(str(lm_path), self._words)
+        silence = vocab.delimiter_id
+        self._trie = fl.Trie(len(vocab), silence)
+        start = self._lm.start(False)
+        for word, spellings in lex.items():
+            word_idx = self._words.get_index(word)
+            _, score = self._lm.score(start, word_idx)
+            for spelling in spellings:
+                try:
+                    ids = [vocab.index(t) for t in spelling]
+                except KeyError as e:
+                    raise ValueError(f"lexicon spelling of {word!r} uses {e} outside the vocabulary") from e
+                self._trie.insert(ids, word_idx, score)
+        self._trie.smear(fl.SmearingMode.MAX)
+        o = self.options
+        fl_options = fl.LexiconDecoderOptions(
+            beam_size=o.beam,
+            beam_size_token=o.beam_size_token or len(vocab),
+            beam_threshold=o.beam_threshold,
+            lm_weight=o.lm_weight,
+            word_score=o.word_score,
+            unk_score=o.unk_score,
+            sil_score=o.sil_score,
+            log_add=o.log_add,
+            criterion_type=fl.CriterionType.CTC,
+        )
+        self._decoder = fl.LexiconDecoder(
+            fl_options, self._trie, self._lm, silence, vocab.blank_id, self._words.get_index(UNK), [], False
+        )
+        log.info("beam decoder: %d lexicon words, LM %s, %s", len(lex), lm_path, o)
+
+    def decode(
+        self,
+        logits: torch.Tensor | np.ndarray,
+        frame_lengths: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    ) -> list[str]:
+        """Best transcript per utterance of ``(batch, frames, vocab)`` logits (log-softmax taken here)."""
+        x = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+        if x.dim() != 3 or x.shape[-1] != len(self.vocab):
+            raise ValueError(f"logits must be (batch, frames, {len(self.vocab)}), got shape {tuple(x.shape)}")
+        emissions = torch.log_softmax(x.detach().to("cpu", torch.float32), dim=-1).contiguous()
+        b, t, v = emissions.shape
+        lengths = [t] * b if frame_lengths is None else [int(n) for n in frame_lengths]
+        if len(lengths) != b or any(not 0 <= n <= t for n in lengths):
+            raise ValueError(f"frame lengths {lengths} do not fit a batch of {b} x {t} frames")
+        out: list[str] = []
+        base, step = emissions.data_ptr(), emissions.stride(0) * emissions.element_size()
+        for i in range(b):
+            if lengths[i] == 0:
+                out.append("")
+                continue
+            results = self._decoder.decode(base + i * step, lengths[i], v)
+            words = results[0].words if results else []
+            out.append(" ".join(self._words.get_entry(w) for w in words if w >= 0))
+        return out

@@ -1,0 +1,79 @@
+"""Greedy CTC decoding, vectorised over a batch.
+
+Per frame the arg-max token is taken; runs of the same token collapse to one, then blanks are dropped
+(so ``a <b> a`` is ``aa`` while ``a a`` is ``a``); ``|`` becomes a space and spaces are merged/stripped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from earful.eval.vocab import CharVocab
+
+
+def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def greedy_ids(
+    logits: torch.Tensor | np.ndarray,
+    frame_lengths: torch.Tensor | np.ndarray | None = None,
+    blank_id: int = 0,
+) -> list[list[int]]:
+    """Collapsed token ids per utterance (blanks removed) from ``(batch, frames, vocab)`` scores.
+
+    Args:
+        logits: scores or log-probabilities, ``(batch, frames, vocab)``; only the arg-max is used.
+        frame_lengths: ``(batch,)`` real frames per utterance; frames beyond are ignored. ``None``: all.
+        blank_id: the CTC blank index.
+    """
+    scores = _as_tensor(logits)
+    if scores.dim() != 3:
+        raise ValueError(f"logits must be (batch, frames, vocab), got shape {tuple(scores.shape)}")
+    best = scores.argmax(dim=-1)  # (B, T)
+    return collapse_ids(best, frame_lengths, blank_id)
+
+
+def collapse_ids(
+    best: torch.Tensor | np.ndarray,
+    frame_lengths: torch.Tensor | np.ndarray | None = None,
+    blank_id: int = 0,
+) -> list[list[int]]:
+    """CTC-collapse ``(batch, frames)`` frame labels: merge repeats, then drop blanks and padding."""
+    best = _as_tensor(best).detach().to("cpu", torch.long)
+    if best.dim() != 2:
+        raise ValueError(f"frame labels must be (batch, frames), got shape {tuple(best.shape)}")
+    b, t = best.shape
+    if frame_lengths is None:
+        lengths = torch.full((b,), t, dtype=torch.long)
+    else:
+        lengths = _as_tensor(frame_lengths).detach().to("cpu", torch.long).reshape(-1)
+        if lengths.numel() != b:
+            raise ValueError(f"{lengths.numel()} frame lengths for a batch of {b}")
+        if (lengths < 0).any() or (lengths > t).any():
+            raise ValueError(f"frame lengths must lie in [0, {t}], got {lengths.tolist()}")
+    valid = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
+    changed = torch.ones_like(valid)
+    changed[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep = valid & changed & (best != blank_id)
+    counts = keep.sum(dim=1).tolist()
+    flat = best[keep].tolist()  # row-major, so utterances come out in order
+    out: list[list[int]] = []
+    start = 0
+    for c in counts:
+        out.append(flat[start : start + c])
+        start += c
+    return out
+
+
+def greedy_decode(
+    logits: torch.Tensor | np.ndarray,
+    frame_lengths: torch.Tensor | np.ndarray | None,
+    vocab: CharVocab,
+) -> list[str]:
+    """Greedy CTC transcripts for a batch: ``(batch, frames, vocab)`` scores + frame lengths -> strings."""
+    scores = _as_tensor(logits)
+    if scores.dim() == 3 and scores.shape[-1] != len(vocab):
+        raise ValueError(f"logits have {scores.shape[-1]} classes, the vocabulary {len(vocab)}")
+    return [vocab.decode(ids) for ids in greedy_ids(scores, frame_lengths, vocab.blank_id)]

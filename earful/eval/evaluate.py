@@ -1,0 +1,189 @@
+"""``earful evaluate``: WER and CER of a CTC checkpoint on labelled manifests, greedy and with an LM.
+
+For each manifest (a *split*, named by the file's stem) the model transcribes every utterance in batches
+of at most ``batch_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
+is left out). Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight
+lexicon beam search runs on the same logits. References are normalised with the checkpoint's vocabulary
+(lower-cased, its text mapping applied); a character it cannot spell is an error naming the utterance.
+
+Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
+line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
+:func:`earful.eval.report.write_hypotheses`, and ``OUT/summary.json`` over all splits.
+
+Checkpoints imported from `transformers` (``earful import-hf``) carry that vocabulary (``<pad>`` as the
+blank, ``<s>``/``</s>``/``<unk>``, often upper-case letters); it is adapted: the first symbol is the
+blank, other multi-character symbols are never written into hypotheses, letters are lower-cased.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from earful.checkpoint import INFO_FILE, atomic_write_json, load_model
+from earful.data.dataset import make_loader
+from earful.data.manifest import Utterance, read_manifest
+from earful.eval.beam import BeamOptions, LMBeamDecoder
+from earful.eval.decode import greedy_decode
+from earful.eval.report import write_hypotheses
+from earful.eval.vocab import BLANK, CharVocab
+from earful.model import Wav2Vec2ForCTC
+
+log = logging.getLogger(__name__)
+
+SR = 16000
+_PRIVATE = 0xE000  # placeholders for multi-character symbols of imported vocabularies
+
+
+def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint") -> CharVocab:
+    """The :class:`CharVocab` of a checkpoint's ``model.json`` ``vocab`` entry (earful or imported)."""
+    if not vocab or "symbols" not in vocab:
+        raise ValueError(f"{where}: no vocabulary (not a fine-tuned CTC checkpoint?)")
+    symbols = list(vocab["symbols"])
+    if symbols and symbols[0] == BLANK:
+        return CharVocab.from_dict(vocab)
+    # an imported (transformers) vocabulary: index 0 (<pad>) is the CTC blank
+    out = [BLANK]
+    for i, s in enumerate(symbols[1:], 1):
+        if len(s) == 1:
+            low = s.lower()
+            out.append(low if low not in symbols else s)
+        else:
+            out.append(chr(_PRIVATE + i))
+    return CharVocab(out, mapping=vocab.get("mapping") or None)
+
+
+def _strip_placeholders(text: str) -> str:
+    return " ".join("".join(c for c in text if not 0xE000 <= ord(c) < 0xF900).split())
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its latest checkpoint)."""
+    p = Path(path)
+    if (p / INFO_FILE).exists():
+        return p
+    latest = p / "checkpoints" / "latest.json"
+    if latest.exists():
+        return p / "checkpoints" / json.loads(latest.read_text())["name"]
+    raise FileNotFoundError(f"{path}: not a checkpoint (no {INFO_FILE}) nor a run directory")
+
+
+def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
+    """A CTC model and its vocabulary from a checkpoint or run directory."""
+    path = resolve_checkpoint(ckpt)
+    model, info = load_model(path)
+    if not isinstance(model, Wav2Vec2ForCTC):
+        raise ValueError(f"{path}: a {info.get('kind')} checkpoint; evaluate needs a fine-tuned (CTC) one")
+    vocab = vocab_from_checkpoint(info.get("vocab"), str(path))
+    if len(vocab) != model.lm_head.out_features:
+        raise ValueError(f"{path}: {len(vocab)} symbols but the head has {model.lm_head.out_features} outputs")
+    return model, vocab, path
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def transcribe(
+    model: Wav2Vec2ForCTC,
+    utts: Sequence[Utterance],
+    vocab: CharVocab,
+    *,
+    batch_seconds: float = 200.0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    beam: LMBeamDecoder | None = None,
+    num_workers: int = 0,
+) -> tuple[dict[str, str], dict[str, str] | None]:
+    """Greedy (and, with ``beam``, LM) transcripts by utterance id, batched by seconds of padded audio."""
+    device = torch.device(device)
+    model.eval().to(device)
+    greedy: dict[str, str] = {}
+    lm: dict[str, str] | None = {} if beam is not None else None
+    if not utts:
+        return greedy, lm
+    longest = max(u.samples_at(SR) for u in utts)
+    loader = make_loader(utts, max(batch_seconds, (longest + 1) / SR), shuffle=False, endless=False,
+                         num_workers=num_workers)
+    for batch in loader:
+        with _autocast(precision, device):
+            logits, flen = model(batch.wave.to(device), batch.lengths.to(device))
+        logits, flen = logits.float().cpu(), flen.cpu()
+        for uid, hyp in zip(batch.ids, greedy_decode(logits, flen, vocab), strict=True):
+            greedy[uid] = _strip_placeholders(hyp)
+        if beam is not None and lm is not None:
+            for uid, hyp in zip(batch.ids, beam.decode(logits, flen), strict=True):
+                lm[uid] = hyp
+    missing = [u.id for u in utts if u.id not in greedy]
+    if missing:  # the loader only leaves out unreadable files with skip_bad, which is off here
+        raise RuntimeError(f"{len(missing)} utterances were not transcribed, e.g. {missing[:5]}")
+    return greedy, lm
+
+
+def _split_names(manifests: Sequence[str | Path]) -> list[str]:
+    names: list[str] = []
+    for m in manifests:
+        base = Path(m).name.removesuffix(".jsonl").removesuffix(".json")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def evaluate(
+    ckpt: str | Path,
+    manifests: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_seconds: float = 200.0,
+    device: str = "auto",
+    precision: str = "fp32",
+    lm: str | Path | None = None,
+    lexicon: str | Path | None = None,
+    beam_options: BeamOptions | None = None,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``."""
+    if not manifests:
+        raise ValueError("no manifest to evaluate")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, vocab, path = load_ctc(ckpt)
+    beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"checkpoint": str(path), "batch_seconds": batch_seconds, "splits": {}}
+    if beam is not None:
+        summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **asdict(beam.options)}
+    for manifest, split in zip(manifests, _split_names(manifests), strict=True):
+        utts = read_manifest(manifest, check_files=True)
+        refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
+        greedy, lm_hyps = transcribe(model, utts, vocab, batch_seconds=batch_seconds, device=device,
+                                     precision=precision, beam=beam, num_workers=num_workers)
+        ids = [u.id for u in utts]
+        meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
+        results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
+                                              {**meta, "decoder": "greedy"})}
+        if lm_hyps is not None:
+            results["lm"] = write_hypotheses(out, ids, [lm_hyps[i] for i in ids], refs, f"{split}.lm",
+                                             {**meta, "decoder": "lm", **summary["lm"]})
+        summary["splits"][split] = {
+            name: {k: r[k] for k in ("utterances", "wer", "cer") if k in r} for name, r in results.items()
+        }
+    atomic_write_json(out / "summary.json", summary)
+    for split, res in summary["splits"].items():
+        log.info("%s: %s", split, ", ".join(
+            f"{name} WER {100 * r['wer']:.2f} % CER {100 * r['cer']:.2f} %" for name, r in res.items() if "wer" in r
+        ))  # fmt: skip
+    return summary

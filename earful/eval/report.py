@@ -1,0 +1,71 @@
+"""Per-utterance hypotheses (JSONL) and a summary (JSON) for one decoding of one split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from earful.eval.metrics import error_counts, score
+
+log = logging.getLogger(__name__)
+
+
+def write_hypotheses(
+    out_dir: str | Path,
+    ids: Sequence[str],
+    hypotheses: Sequence[str],
+    references: Sequence[str | None] | None = None,
+    name: str = "greedy",
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``OUT/NAME.jsonl`` (one ``{"id", "hyp"[, "ref", word/char error counts]}`` a line) and
+    ``OUT/NAME.summary.json`` (corpus WER/CER with counts when every utterance has a reference, plus
+    ``meta``: split, checkpoint, decoder options, ...). Returns the summary.
+    """
+    n = len(ids)
+    if len(hypotheses) != n or (references is not None and len(references) != n):
+        raise ValueError(
+            f"{n} ids, {len(hypotheses)} hypotheses, "
+            f"{'no' if references is None else len(references)} references"
+        )
+    if len(set(ids)) != n:
+        raise ValueError("utterance ids are not unique")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scored = references is not None and all(r is not None for r in references)
+    jsonl = out_dir / f"{name}.jsonl"
+    with jsonl.open("w", encoding="utf-8") as f:
+        for i, utt in enumerate(ids):
+            row: dict[str, Any] = {"id": utt, "hyp": hypotheses[i]}
+            ref = references[i] if references is not None else None
+            if ref is not None:
+                w = error_counts([ref], [hypotheses[i]], "word", allow_empty=True)
+                c = error_counts([ref], [hypotheses[i]], "char", allow_empty=True)
+                row.update(
+                    ref=ref,
+                    word_errors=w.errors,
+                    ref_words=w.reference_length,
+                    char_errors=c.errors,
+                    ref_chars=c.reference_length,
+                )
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary: dict[str, Any] = {"name": name, "utterances": n}
+    if scored and n:
+        summary.update(score(list(references or []), list(hypotheses)))  # type: ignore[arg-type]
+    elif references is not None:
+        log.warning("%s: some utterances have no reference; no WER/CER in the summary", name)
+    summary.update(meta or {})
+    summary["hypotheses"] = jsonl.name
+    (out_dir / f"{name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if "wer" in summary:
+        log.info(
+            "%s: WER %.2f %%, CER %.2f %% over %d utterances",
+            name,
+            100 * summary["wer"],
+            100 * summary["cer"],
+            n,
+        )
+    return summary

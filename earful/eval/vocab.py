@@ -1,0 +1,122 @@
+"""Character vocabulary for CTC fine-tuning (wav2vec 2.0 style).
+
+Index 0 is the CTC blank ``<b>``, index 1 the word delimiter ``|`` (a space in text), then the
+apostrophe and ``a``..``z``: 29 symbols. Text is lower-cased before encoding; any other character is an
+error naming it (and the utterance, when given) unless an explicit ``mapping`` replaces or removes it.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+BLANK = "<b>"
+DELIMITER = "|"
+DEFAULT_SYMBOLS: tuple[str, ...] = (BLANK, DELIMITER, "'", *string.ascii_lowercase)
+
+
+class CharVocab:
+    """Character vocabulary: ``encode`` text to ids, ``decode`` ids (already collapsed) to text.
+
+    Args:
+        symbols: the token list; index 0 must be the blank and ``|`` must be present. Each other symbol
+            must be a single character. Defaults to blank, ``|``, ``'``, ``a``..``z``.
+        mapping: characters (after lower-casing) to replace before encoding, e.g. ``{"-": " ", "é": "e",
+            ".": ""}``; an empty value removes the character. Applied character by character.
+    """
+
+    def __init__(
+        self, symbols: Sequence[str] | None = None, mapping: Mapping[str, str] | None = None
+    ) -> None:
+        symbols = tuple(DEFAULT_SYMBOLS if symbols is None else symbols)
+        if not symbols or symbols[0] != BLANK:
+            raise ValueError(f"the first symbol must be the blank {BLANK!r}, got {symbols[:1]}")
+        if DELIMITER not in symbols:
+            raise ValueError(f"the vocabulary needs the word delimiter {DELIMITER!r}")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("duplicate symbols in the vocabulary")
+        for s in symbols[1:]:
+            if len(s) != 1:
+                raise ValueError(f"symbols other than the blank must be single characters, got {s!r}")
+        self.symbols = symbols
+        self.mapping: dict[str, str] = dict(mapping or {})
+        for k in self.mapping:
+            if len(k) != 1:
+                raise ValueError(f"mapping keys must be single characters, got {k!r}")
+        self._index = {s: i for i, s in enumerate(symbols)}
+        self.blank_id = 0
+        self.delimiter_id = self._index[DELIMITER]
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, CharVocab) and self.symbols == other.symbols and self.mapping == other.mapping
+        )
+
+    def __repr__(self) -> str:
+        return f"CharVocab({len(self)} symbols, mapping={self.mapping!r})"
+
+    def index(self, symbol: str) -> int:
+        """The id of ``symbol`` (KeyError if absent)."""
+        return self._index[symbol]
+
+    # ------------------------------------------------------------------ text
+    def normalize(self, text: str, utt_id: str | None = None) -> str:
+        """Lower-case, apply the mapping, collapse white space; raise on characters outside the vocabulary.
+
+        Returns the normalised text with single spaces between words (no leading/trailing space).
+        """
+        text = text.lower()
+        if self.mapping:
+            text = "".join(self.mapping.get(c, c) for c in text)
+        words = text.split()
+        bad = sorted({c for w in words for c in w if c not in self._index or c == DELIMITER})
+        if bad:
+            where = f" in utterance {utt_id!r}" if utt_id is not None else ""
+            shown = ", ".join(repr(c) for c in bad)
+            raise ValueError(
+                f"characters outside the vocabulary{where}: {shown} "
+                f"(text {text[:80]!r}); give a mapping to replace or remove them"
+            )
+        return " ".join(words)
+
+    def encode(self, text: str, utt_id: str | None = None) -> list[int]:
+        """Text to ids: lower-cased, mapped, spaces to ``|``; no leading/trailing delimiter.
+
+        Raises:
+            ValueError: naming the characters (and ``utt_id``) that are not in the vocabulary.
+        """
+        norm = self.normalize(text, utt_id)
+        return [self.delimiter_id if c == " " else self._index[c] for c in norm]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text: blanks dropped, ``|`` to a space, spaces merged and stripped.
+
+        Repeats are *not* collapsed here (that is CTC decoding, see :mod:`earful.eval.decode`).
+        """
+        out: list[str] = []
+        n = len(self.symbols)
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < n:
+                raise ValueError(f"id {i} outside the vocabulary of {n} symbols")
+            if i == self.blank_id:
+                continue
+            out.append(" " if i == self.delimiter_id else self.symbols[i])
+        return " ".join("".join(out).split())
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description, saved beside checkpoints."""
+        return {"type": "char", "symbols": list(self.symbols), "mapping": dict(self.mapping)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CharVocab:
+        """Inverse of :meth:`to_dict`."""
+        if d.get("type", "char") != "char":
+            raise ValueError(f"not a character vocabulary: type {d.get('type')!r}")
+        return cls(symbols=d["symbols"], mapping=d.get("mapping") or None)

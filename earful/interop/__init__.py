@@ -1,0 +1,1 @@
+"""Interchange with Hugging Face `transformers` (optional) and feature extraction."""

@@ -1,0 +1,56 @@
+"""Sub-commands: export-hf, import-hf, features."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("earful.interop")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from earful.checkpoint import load_model
+    from earful.interop.hf import export_hf
+
+    model, info = load_model(args.ckpt)
+    vocab = info.get("vocab", {}).get("symbols") if info.get("vocab") else None
+    export_hf(model, args.out, vocab_symbols=vocab)
+    log.info("wrote a transformers %s folder to %s", info["kind"], args.out)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from earful.checkpoint import save_model
+    from earful.interop.hf import import_hf
+
+    model, vocab = import_hf(args.hf_dir)
+    save_model(args.ckpt, model, vocab={"symbols": vocab} if vocab else None)
+    log.info("wrote an earful checkpoint to %s", args.ckpt)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from earful.checkpoint import load_model
+    from earful.interop.features import write_features
+
+    model, _ = load_model(args.ckpt)
+    write_features(model, args.audio, args.out)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-hf", help="write a transformers Wav2Vec2 folder from an earful checkpoint")
+    p.add_argument("ckpt", help="earful checkpoint directory")
+    p.add_argument("out", help="output folder (config.json + model.safetensors)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import-hf", help="read a transformers Wav2Vec2 folder into an earful checkpoint")
+    p.add_argument("hf_dir", help="folder with config.json and model.safetensors or pytorch_model.bin")
+    p.add_argument("ckpt", help="earful checkpoint directory to write")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
+    p.add_argument("ckpt", help="earful checkpoint directory")
+    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_features)

@@ -1,0 +1,287 @@
+"""Weights and configs to and from Hugging Face `transformers`' wav2vec 2.0 layout.
+
+Export and import need no `transformers` install: a HF model folder is ``config.json`` plus
+``model.safetensors`` (or a ``pytorch_model.bin`` read with ``weights_only=True``). The mapping is
+explicit, one line per tensor, and round-trip tested; earful's fused QKV is split into HF's
+q/k/v projections in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from earful.checkpoint import CheckpointError, atomic_save_tensors, atomic_write_json, safe_torch_load
+from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+
+log = logging.getLogger(__name__)
+
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+_ACT_FROM_HF = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------
+def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> dict[str, Any]:
+    """A ``Wav2Vec2Config`` as a dict (what ``config.json`` holds)."""
+    if cfg.conv_padding:
+        raise ValueError("transformers' wav2vec 2.0 has no padded convolutions: conv_padding=true cannot be exported")
+    if kind == "pretraining" and cfg.quantizer_input == "raw":
+        log.warning("transformers quantizes the LayerNormed features; this model's quantizer reads the raw "
+                    "CNN output, so the exported pre-training head differs (the backbone is exact)")
+    out: dict[str, Any] = {
+        "model_type": "wav2vec2",
+        "architectures": ["Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"],
+        "conv_dim": list(cfg.conv_dim),
+        "conv_kernel": list(cfg.conv_kernel),
+        "conv_stride": list(cfg.conv_stride),
+        "conv_bias": cfg.conv_bias,
+        "num_feat_extract_layers": len(cfg.conv_dim),
+        "feat_extract_norm": cfg.feat_extract_norm,
+        "feat_extract_activation": _ACT_TO_HF[cfg.activation],
+        "hidden_act": _ACT_TO_HF[cfg.activation],
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "do_stable_layer_norm": cfg.layer_norm_first,
+        "num_conv_pos_embeddings": cfg.pos_conv_kernel,
+        "num_conv_pos_embedding_groups": cfg.pos_conv_groups,
+        "hidden_dropout": cfg.dropout,
+        "attention_dropout": cfg.attention_dropout,
+        "activation_dropout": cfg.activation_dropout,
+        "feat_proj_dropout": cfg.dropout_input,
+        "feat_quantizer_dropout": cfg.dropout_features,
+        "final_dropout": cfg.final_dropout,
+        "layerdrop": cfg.layerdrop,
+        "apply_spec_augment": True,
+        "mask_time_prob": cfg.mask_prob,
+        "mask_time_length": cfg.mask_length,
+        "mask_time_min_masks": cfg.min_masks,
+        "mask_feature_prob": cfg.mask_channel_prob,
+        "mask_feature_length": cfg.mask_channel_length,
+        "num_codevector_groups": cfg.num_codevector_groups,
+        "num_codevectors_per_group": cfg.num_codevectors_per_group,
+        "codevector_dim": cfg.codevector_dim,
+        "proj_codevector_dim": cfg.final_dim,
+        "contrastive_logits_temperature": cfg.logit_temperature,
+        "num_negatives": cfg.num_negatives,
+        "diversity_loss_weight": cfg.diversity_weight,
+        "feat_extract_dropout": 0.0,
+        "ctc_loss_reduction": "sum",
+        "ctc_zero_infinity": True,
+        "pad_token_id": 0,
+    }
+    if vocab_size is not None:
+        out["vocab_size"] = vocab_size
+    return out
+
+
+def config_from_hf(hf: dict[str, Any], base: ModelConfig | None = None) -> ModelConfig:
+    """A ModelConfig from a HF ``config.json`` dict (fields HF lacks keep ``base``'s values)."""
+    from dataclasses import replace
+
+    cfg = base or ModelConfig()
+    get = hf.get
+    act = get("hidden_act", "gelu")
+    if act not in _ACT_FROM_HF:
+        raise ValueError(f"unsupported hidden_act {act!r}")
+    if get("feat_extract_activation", "gelu") != act:
+        raise ValueError("earful uses one activation for the CNN and the transformer; the HF config differs")
+    return replace(
+        cfg,
+        conv_dim=list(get("conv_dim", cfg.conv_dim)),
+        conv_kernel=list(get("conv_kernel", cfg.conv_kernel)),
+        conv_stride=list(get("conv_stride", cfg.conv_stride)),
+        conv_bias=bool(get("conv_bias", False)),
+        conv_padding=False,
+        feat_extract_norm=get("feat_extract_norm", "group"),
+        activation=_ACT_FROM_HF[act],
+        hidden_size=get("hidden_size", cfg.hidden_size),
+        num_layers=get("num_hidden_layers", cfg.num_layers),
+        num_heads=get("num_attention_heads", cfg.num_heads),
+        intermediate_size=get("intermediate_size", cfg.intermediate_size),
+        layer_norm_eps=get("layer_norm_eps", cfg.layer_norm_eps),
+        layer_norm_first=bool(get("do_stable_layer_norm", False)),
+        pos_conv_kernel=get("num_conv_pos_embeddings", cfg.pos_conv_kernel),
+        pos_conv_groups=get("num_conv_pos_embedding_groups", cfg.pos_conv_groups),
+        dropout=get("hidden_dropout", cfg.dropout),
+        attention_dropout=get("attention_dropout", cfg.attention_dropout),
+        activation_dropout=get("activation_dropout", cfg.activation_dropout),
+        dropout_input=get("feat_proj_dropout", cfg.dropout_input),
+        dropout_features=get("feat_quantizer_dropout", cfg.dropout_features),
+        final_dropout=get("final_dropout", cfg.final_dropout),
+        layerdrop=get("layerdrop", cfg.layerdrop),
+        mask_prob=get("mask_time_prob", cfg.mask_prob),
+        mask_length=get("mask_time_length", cfg.mask_length),
+        min_masks=get("mask_time_min_masks", cfg.min_masks),
+        mask_channel_prob=get("mask_feature_prob", cfg.mask_channel_prob),
+        mask_channel_length=get("mask_feature_length", cfg.mask_channel_length),
+        num_codevector_groups=get("num_codevector_groups", cfg.num_codevector_groups),
+        num_codevectors_per_group=get("num_codevectors_per_group", cfg.num_codevectors_per_group),
+        codevector_dim=get("codevector_dim", cfg.codevector_dim),
+        final_dim=get("proj_codevector_dim", cfg.final_dim),
+        logit_temperature=get("contrastive_logits_temperature", cfg.logit_temperature),
+        num_negatives=get("num_negatives", cfg.num_negatives),
+        diversity_weight=get("diversity_loss_weight", cfg.diversity_weight),
+        quantizer_input="normed",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------------
+def _backbone_pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(earful name, HF name) for every backbone tensor except the fused attention projections."""
+    pairs = [("wav2vec2.mask_emb", "wav2vec2.masked_spec_embed")]
+    for i in range(len(cfg.conv_dim)):
+        e, h = f"wav2vec2.feature_encoder.layers.{i}", f"wav2vec2.feature_extractor.conv_layers.{i}"
+        pairs.append((f"{e}.conv.weight", f"{h}.conv.weight"))
+        if cfg.conv_bias:
+            pairs.append((f"{e}.conv.bias", f"{h}.conv.bias"))
+        if cfg.feat_extract_norm == "layer" or i == 0:
+            pairs += [(f"{e}.norm.weight", f"{h}.layer_norm.weight"), (f"{e}.norm.bias", f"{h}.layer_norm.bias")]
+    for n in ("layer_norm.weight", "layer_norm.bias", "projection.weight", "projection.bias"):
+        pairs.append((f"wav2vec2.feature_projection.{n}", f"wav2vec2.feature_projection.{n}"))
+    pc_e, pc_h = "wav2vec2.encoder.pos_conv.conv", "wav2vec2.encoder.pos_conv_embed.conv"
+    pairs += [
+        (f"{pc_e}.bias", f"{pc_h}.bias"),
+        (f"{pc_e}.parametrizations.weight.original0", f"{pc_h}.parametrizations.weight.original0"),
+        (f"{pc_e}.parametrizations.weight.original1", f"{pc_h}.parametrizations.weight.original1"),
+        ("wav2vec2.encoder.layer_norm.weight", "wav2vec2.encoder.layer_norm.weight"),
+        ("wav2vec2.encoder.layer_norm.bias", "wav2vec2.encoder.layer_norm.bias"),
+    ]
+    for i in range(cfg.num_layers):
+        e, h = f"wav2vec2.encoder.layers.{i}", f"wav2vec2.encoder.layers.{i}"
+        for en, hn in (
+            ("attention.out_proj", "attention.out_proj"),
+            ("attn_layer_norm", "layer_norm"),
+            ("feed_forward.fc1", "feed_forward.intermediate_dense"),
+            ("feed_forward.fc2", "feed_forward.output_dense"),
+            ("final_layer_norm", "final_layer_norm"),
+        ):
+            pairs += [(f"{e}.{en}.weight", f"{h}.{hn}.weight"), (f"{e}.{en}.bias", f"{h}.{hn}.bias")]
+    return pairs
+
+
+def _head_pairs(kind: str) -> list[tuple[str, str]]:
+    if kind == "pretraining":
+        return [
+            ("quantizer.codevectors", "quantizer.codevectors"),
+            ("quantizer.weight_proj.weight", "quantizer.weight_proj.weight"),
+            ("quantizer.weight_proj.bias", "quantizer.weight_proj.bias"),
+            ("project_q.weight", "project_q.weight"),
+            ("project_q.bias", "project_q.bias"),
+            ("final_proj.weight", "project_hid.weight"),
+            ("final_proj.bias", "project_hid.bias"),
+        ]
+    return [("lm_head.weight", "lm_head.weight"), ("lm_head.bias", "lm_head.bias")]
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, kind: str) -> dict[str, torch.Tensor]:
+    out = {h: state[e] for e, h in _backbone_pairs(cfg) + _head_pairs(kind)}
+    for i in range(cfg.num_layers):
+        e, h = f"wav2vec2.encoder.layers.{i}.attention.qkv", f"wav2vec2.encoder.layers.{i}.attention"
+        for part in ("weight", "bias"):
+            q, k, v = state[f"{e}.{part}"].chunk(3, dim=0)
+            out[f"{h}.q_proj.{part}"], out[f"{h}.k_proj.{part}"], out[f"{h}.v_proj.{part}"] = q, k, v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str) -> dict[str, torch.Tensor]:
+    hf = _normalise_hf_keys(hf)
+    pairs = _backbone_pairs(cfg) + _head_pairs(kind)
+    missing = [h for _, h in pairs if h not in hf]
+    if missing:
+        raise CheckpointError(f"HF weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+    out = {e: hf[h] for e, h in pairs}
+    for i in range(cfg.num_layers):
+        e, h = f"wav2vec2.encoder.layers.{i}.attention.qkv", f"wav2vec2.encoder.layers.{i}.attention"
+        for part in ("weight", "bias"):
+            out[f"{e}.{part}"] = torch.cat([hf[f"{h}.{p}_proj.{part}"] for p in ("q", "k", "v")], dim=0)
+    return out
+
+
+def _normalise_hf_keys(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Older checkpoints name the weight-norm tensors ``weight_g``/``weight_v``."""
+    out = {}
+    for k, v in hf.items():
+        k = k.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
+        k = k.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------------
+def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[str] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` (and ``vocab.json``
+    for CTC) so that ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "pretraining" if isinstance(model, Wav2Vec2ForPreTraining) else "ctc"
+    cfg: ModelConfig = model.cfg
+    vocab_size = model.lm_head.out_features if isinstance(model, Wav2Vec2ForCTC) else None
+    atomic_save_tensors(to_hf_state_dict(model.state_dict(), cfg, kind), out / "model.safetensors")
+    atomic_write_json(out / "config.json", hf_config(cfg, kind=kind, vocab_size=vocab_size))
+    atomic_write_json(
+        out / "preprocessor_config.json",
+        {
+            "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+            "feature_size": 1,
+            "sampling_rate": 16000,
+            "padding_value": 0.0,
+            "do_normalize": cfg.normalize_waveform,
+            "return_attention_mask": True,
+        },
+    )
+    if vocab_symbols is not None:
+        atomic_write_json(out / "vocab.json", {s: i for i, s in enumerate(vocab_symbols)})
+    return out
+
+
+def read_hf_folder(hf_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    d = Path(hf_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{d}: no config.json (not a transformers model folder)")
+    hf_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if hf_cfg.get("model_type") not in (None, "wav2vec2"):
+        raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
+    if (d / "model.safetensors").exists():
+        weights = load_file(str(d / "model.safetensors"))
+    elif (d / "pytorch_model.bin").exists():
+        weights = safe_torch_load(d / "pytorch_model.bin")
+    else:
+        raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin")
+    return hf_cfg, weights
+
+
+def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, list[str] | None]:
+    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any."""
+    hf_cfg, weights = read_hf_folder(hf_dir)
+    cfg = config_from_hf(hf_cfg)
+    is_ctc = "lm_head.weight" in weights
+    vocab: list[str] | None = None
+    model: torch.nn.Module
+    if is_ctc:
+        vocab_path = Path(hf_dir) / "vocab.json"
+        if vocab_path.exists():
+            mapping = json.loads(vocab_path.read_text(encoding="utf-8"))
+            vocab = [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+        model = Wav2Vec2ForCTC(cfg, weights["lm_head.weight"].shape[0])
+        kind = "ctc"
+    else:
+        model = Wav2Vec2ForPreTraining(cfg)
+        kind = "pretraining"
+    state = from_hf_state_dict(weights, cfg, kind)
+    model.load_state_dict(state, strict=True)
+    return model, vocab

@@ -1,0 +1,23 @@
+"""wav2vec 2.0 model: config, components, pre-training and CTC models."""
+
+from earful.model.config import ModelConfig, load_model_config, model_presets
+from earful.model.wav2vec2 import (
+    BackboneOutput,
+    PretrainOutput,
+    Wav2Vec2ForCTC,
+    Wav2Vec2ForPreTraining,
+    Wav2Vec2Model,
+    count_parameters,
+)
+
+__all__ = [
+    "BackboneOutput",
+    "ModelConfig",
+    "PretrainOutput",
+    "Wav2Vec2ForCTC",
+    "Wav2Vec2ForPreTraining",
+    "Wav2Vec2Model",
+    "count_parameters",
+    "load_model_config",
+    "model_presets",
+]

@@ -1,0 +1,130 @@
+"""Model configuration: one dataclass, YAML presets in ``earful/configs/model/``.
+
+Field names follow fairseq/`transformers` where they exist, so a reader of either finds them. The
+``recipe`` switches select where the paper's code (nanow2v2) differs from fairseq, so both can be run:
+
+==========================  =====================  ===========================================
+switch                      fairseq                nanow2v2 (the paper's code)
+==========================  =====================  ===========================================
+``conv_padding``            False (49 Hz)          True (padded convs, exactly 50 Hz)
+``quantizer_input``         "normed"               "raw" (CNN output before the LayerNorm)
+``loss_normalisation``      "fairseq"              "nanow2v2" (auxiliary losses unnormalised)
+``mask_style``              "fairseq"              "nanow2v2"
+==========================  =====================  ===========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from earful.config import PRESET_DIR, load_config
+
+MODEL_PRESET_DIR = PRESET_DIR / "model"
+
+
+@dataclass
+class ModelConfig:
+    # --- feature encoder (CNN on the raw waveform) ---
+    conv_dim: list[int] = field(default_factory=lambda: [512] * 7)
+    conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    conv_stride: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    conv_bias: bool = False
+    conv_padding: bool = False  # nanow2v2: pad each conv so the output is exactly 50 frames/s
+    feat_extract_norm: Literal["group", "layer"] = "group"  # group: first layer only; layer: every layer
+    feature_grad_mult: float = 0.1  # gradient multiplier on the CNN (fairseq's feature_grad_mult)
+    normalize_waveform: bool = False  # per-utterance zero mean, unit variance (LARGE recipes)
+
+    # --- projection and transformer ---
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
+    layer_norm_first: bool = False  # False: post-LN (BASE); True: pre-LN (LARGE)
+    layer_norm_eps: float = 1e-5
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+
+    # --- dropout ---
+    dropout: float = 0.1  # residual / hidden dropout
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    dropout_input: float = 0.1  # after the feature projection
+    dropout_features: float = 0.1  # on the quantizer's input
+    layerdrop: float = 0.05
+    final_dropout: float = 0.1  # before the CTC head
+
+    # --- masking ---
+    mask_style: Literal["fairseq", "nanow2v2"] = "fairseq"
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    min_masks: int = 2
+    require_same_masks: bool = True  # fairseq: every utterance of a batch gets the same masked count
+    mask_channel_prob: float = 0.0  # fine-tuning
+    mask_channel_length: int = 10
+
+    # --- quantizer and contrastive head ---
+    num_codevector_groups: int = 2
+    num_codevectors_per_group: int = 320
+    codevector_dim: int = 256  # concatenated size of the G selected codewords
+    final_dim: int = 256  # shared space of context and targets
+    quantizer_input: Literal["normed", "raw"] = "normed"
+    temperature_start: float = 2.0
+    temperature_end: float = 0.5
+    temperature_decay: float = 0.999995  # per optimizer step
+    num_negatives: int = 100
+    logit_temperature: float = 0.1
+    diversity_weight: float = 0.1
+    feature_penalty_weight: float = 10.0
+    loss_normalisation: Literal["fairseq", "nanow2v2"] = "fairseq"
+
+    def __post_init__(self) -> None:
+        n = len(self.conv_dim)
+        if not (len(self.conv_kernel) == len(self.conv_stride) == n):
+            raise ValueError("conv_dim, conv_kernel and conv_stride must have the same length")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % self.pos_conv_groups:
+            raise ValueError("hidden_size must be divisible by pos_conv_groups")
+        if self.codevector_dim % self.num_codevector_groups:
+            raise ValueError("codevector_dim must be divisible by num_codevector_groups")
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples needed for one output frame (400 for the standard CNN)."""
+        rf = 1
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
+            rf = (rf - 1) * s + k
+        return rf
+
+    @property
+    def total_stride(self) -> int:
+        out = 1
+        for s in self.conv_stride:
+            out *= s
+        return out
+
+    @property
+    def conv_paddings(self) -> list[int]:
+        """Padding per conv: fairseq none; nanow2v2 (k - s + 1) // 2, i.e. 3,1,1,1,1,0,0 (exactly 50 Hz)."""
+        if not self.conv_padding:
+            return [0] * len(self.conv_kernel)
+        return [max(0, (k - s + 1) // 2) for k, s in zip(self.conv_kernel, self.conv_stride, strict=True)]
+
+
+def model_presets() -> list[str]:
+    return sorted(p.stem for p in MODEL_PRESET_DIR.glob("*.yaml"))
+
+
+def load_model_config(preset_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ModelConfig:
+    """A preset name (``tiny``, ``small``, ``base``, ``large``, ``base-nanow2v2``) or a YAML path, then
+    ``key=value`` overrides."""
+    if preset_or_path is not None and not Path(preset_or_path).exists():
+        cand = MODEL_PRESET_DIR / f"{preset_or_path}.yaml"
+        if cand.exists():
+            preset_or_path = cand
+        else:
+            raise ValueError(f"{preset_or_path}: no such file and no such model preset ({model_presets()})")
+    return load_config(ModelConfig, preset_or_path, overrides)

@@ -1,0 +1,131 @@
+"""Span masking and distractor sampling, vectorised over the batch and run on the model's device.
+
+All functions take ``frame_lengths: (batch,)`` so padded frames are never masked nor drawn, and an
+optional ``torch.Generator`` so a run is reproducible from one seed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(shape, device=device, generator=generator)
+
+
+def _random_subset(valid: torch.Tensor, count: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Per row, ``count[b]`` distinct random positions among ``valid[b]`` (without replacement).
+
+    valid: (batch, n) bool; count: (batch,) long ≤ valid.sum(1). Returns (batch, n) bool.
+    """
+    keys = _rand(tuple(valid.shape), valid.device, generator)  # (batch, n)
+    keys = torch.where(valid, keys, torch.full_like(keys, -1.0))
+    order = keys.argsort(dim=1, descending=True)  # valid positions first, in random order
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(valid.shape[1], device=valid.device).expand_as(order))
+    return (rank < count[:, None]) & valid
+
+
+def compute_mask(
+    frame_lengths: torch.Tensor,
+    num_frames: int,
+    mask_prob: float,
+    mask_length: int,
+    *,
+    min_masks: int = 0,
+    style: str = "fairseq",
+    require_same_masks: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Span mask of shape (batch, num_frames), True = masked.
+
+    ``style="fairseq"`` follows ``fairseq.data.data_utils.compute_mask_indices`` (static span length):
+    ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))`` starts drawn without replacement
+    from ``[0, L - mask_length)`` (a shorter range for short utterances, never past L so that every
+    utterance gets a masked frame), each masking ``mask_length``
+    frames, spans clipped at L; with ``require_same_masks`` every row is then thinned at random to the
+    smallest masked count in the batch.
+    ``style="nanow2v2"`` follows the paper's code: ``n = max(span, L - span)``,
+    ``num = max(1, ceil(n * mask_prob / span))`` starts from ``[0, n)``.
+    """
+    device = frame_lengths.device
+    lengths = frame_lengths.long()
+    batch = lengths.shape[0]
+    if batch == 0 or mask_prob <= 0:
+        return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
+    span = mask_length
+    if style == "fairseq":
+        u = _rand((batch,), device, generator)
+        num = torch.floor(mask_prob * lengths.double() / span + u.double()).long()
+        num = num.clamp(min=min_masks)
+        # fairseq: if L - span <= num, shrink the span used for the range to L - num - 1
+        start_range = torch.where(lengths - span > num, lengths - span, num + 1)
+        # ... but never start past the end (fairseq may then mask nothing in a very short utterance)
+        start_range = torch.minimum(start_range, lengths.clamp(min=1))
+    elif style == "nanow2v2":
+        n = torch.clamp(lengths - span, min=span)
+        num = torch.ceil(n.double() * mask_prob / span).long().clamp(min=1)
+        start_range = n
+    else:
+        raise ValueError(f"unknown mask style {style!r}")
+    num = torch.minimum(num, start_range)
+    max_range = int(start_range.max().item()) if batch else 0
+    positions = torch.arange(max_range, device=device)
+    valid_starts = positions[None, :] < start_range[:, None]  # (batch, max_range)
+    starts = _random_subset(valid_starts, num, generator)  # (batch, max_range) bool
+    # spread each start over `span` frames: a frame t is masked if any start in (t - span, t]
+    padded = torch.zeros(batch, max(num_frames, max_range) + span, device=device)
+    padded[:, :max_range] = starts.float()
+    covered = torch.nn.functional.conv1d(
+        padded[:, None, :], torch.ones(1, 1, span, device=device), padding=span - 1
+    )[:, 0, : padded.shape[1]]  # covered[t] = #starts in [t - span + 1, t]
+    mask = covered[:, :num_frames] > 0.5
+    frames = torch.arange(num_frames, device=device)
+    mask &= frames[None, :] < lengths[:, None]
+    if require_same_masks and batch > 1:
+        counts = mask.sum(1)
+        mask = _random_subset(mask, counts.min().expand(batch), generator)
+    return mask
+
+
+def compute_channel_mask(
+    batch: int,
+    channels: int,
+    mask_prob: float,
+    mask_length: int,
+    *,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Channel (feature-dimension) mask of shape (batch, channels), fairseq's ``mask_channel_*``."""
+    lengths = torch.full((batch,), channels, device=device, dtype=torch.long)
+    return compute_mask(lengths, channels, mask_prob, mask_length, min_masks=0, generator=generator)
+
+
+def sample_negatives(
+    mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Distractor frame indices, (batch, frames, K), drawn uniformly with replacement from the masked
+    frames of the same utterance and never the frame itself (fairseq's shift trick).
+
+    Rows of unmasked frames are filled too but are never used. An utterance with a single masked
+    frame has no valid distractor: its indices point at the frame itself, and the loss masks them out
+    as identical to the target.
+    """
+    batch, frames = mask.shape
+    device = mask.device
+    count = mask.sum(1)  # (batch,) masked frames per utterance
+    # masked frame positions first, in order: (batch, frames)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    # rank of each frame among the masked frames of its utterance
+    rank = torch.cumsum(mask.long(), dim=1) - 1  # (batch, frames)
+    high = (count - 1).clamp(min=0).double()  # choices excluding self
+    u = _rand((batch, frames, num_negatives), device, generator).double()
+    j = torch.floor(u * high[:, None, None]).long()  # in [0, count - 2]
+    j = j + (j >= rank[:, :, None]).long()  # skip self
+    j = torch.minimum(j, (count - 1).clamp(min=0)[:, None, None])
+    neg = torch.gather(order, 1, j.view(batch, -1)).view(batch, frames, num_negatives)
+    single = (count <= 1)[:, None, None]
+    self_idx = torch.arange(frames, device=device)[None, :, None]
+    return torch.where(single, self_idx.expand_as(neg), neg)
+

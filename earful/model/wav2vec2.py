@@ -1,0 +1,281 @@
+"""wav2vec 2.0: the backbone, the pre-training model (quantizer + contrastive head) and the CTC model.
+
+Read top to bottom: ``Wav2Vec2Model`` turns a padded waveform batch into contextual frames;
+``Wav2Vec2ForPreTraining`` adds the quantizer and the three loss terms; ``Wav2Vec2ForCTC`` adds a
+linear character head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from earful.model.components import (
+    FeatureEncoder,
+    FeatureProjection,
+    GumbelQuantizer,
+    TransformerEncoder,
+    grad_multiply,
+)
+from earful.model.config import ModelConfig
+from earful.model.masking import compute_channel_mask, compute_mask, sample_negatives
+
+
+@dataclass
+class BackboneOutput:
+    hidden: torch.Tensor  # (batch, frames, hidden) transformer output
+    features: torch.Tensor  # (batch, frames, conv_dim) CNN output (after the gradient multiplier)
+    normed_features: torch.Tensor  # (batch, frames, conv_dim) LayerNormed CNN output
+    padding_mask: torch.Tensor  # (batch, frames) True = padding
+    frame_lengths: torch.Tensor  # (batch,)
+    mask: torch.Tensor | None  # (batch, frames) True = masked (replaced by the mask embedding)
+    hidden_states: list[torch.Tensor] = field(default_factory=list)
+
+
+class Wav2Vec2Model(nn.Module):
+    """Feature encoder → projection → (masking) → positional conv → transformer."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.feature_encoder = FeatureEncoder(cfg)
+        self.feature_projection = FeatureProjection(cfg)
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.mask_emb = nn.Parameter(torch.empty(cfg.hidden_size).uniform_())
+        self.encoder = TransformerEncoder(cfg)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.feature_encoder.output_lengths(lengths)
+
+    def extract_features(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CNN features (batch, frames, conv_dim) and the padding mask (batch, frames)."""
+        if self.cfg.normalize_waveform:
+            wave = _normalize(wave, lengths)
+        feats = self.feature_encoder(wave).transpose(1, 2)  # (batch, frames, conv_dim)
+        feats = grad_multiply(feats, self.cfg.feature_grad_mult) if self.training else feats
+        flen = self.frame_lengths(lengths).clamp(max=feats.shape[1])
+        padding_mask = torch.arange(feats.shape[1], device=feats.device)[None, :] >= flen[:, None]
+        return feats, padding_mask
+
+    def forward(
+        self,
+        wave: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        mask: torch.Tensor | bool | None = None,
+        output_hidden_states: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> BackboneOutput:
+        """wave: (batch, samples) zero-padded; lengths: (batch,) samples.
+
+        ``mask``: a (batch, frames) bool tensor to use, ``True`` to draw one from the config's
+        ``mask_prob`` (also channel masking when ``mask_channel_prob`` > 0), or None for no masking.
+        """
+        feats, padding_mask = self.extract_features(wave, lengths)
+        flen = (~padding_mask).sum(1)
+        x, normed = self.feature_projection(feats)  # (batch, frames, hidden), (batch, frames, conv_dim)
+        x = self.dropout_input(x)
+        if mask is True:
+            mask = None
+            if self.cfg.mask_prob > 0:
+                mask = compute_mask(
+                    flen, x.shape[1], self.cfg.mask_prob, self.cfg.mask_length,
+                    min_masks=self.cfg.min_masks, style=self.cfg.mask_style,
+                    require_same_masks=self.cfg.require_same_masks, generator=generator,
+                )  # fmt: skip
+            if self.cfg.mask_channel_prob > 0:
+                cmask = compute_channel_mask(
+                    x.shape[0], x.shape[2], self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
+                    device=x.device, generator=generator,
+                )  # (batch, hidden)
+                x = x.masked_fill(cmask[:, None, :], 0.0)
+        elif mask is False:
+            mask = None
+        if mask is not None:
+            x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
+        hidden, states = self.encoder(
+            x, padding_mask, output_hidden_states=output_hidden_states, generator=generator
+        )
+        return BackboneOutput(hidden, feats, normed, padding_mask, flen, mask, states)
+
+
+def _normalize(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its real samples (padding stays 0)."""
+    valid = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+    n = lengths.clamp(min=1)[:, None].to(wave.dtype)
+    mean = (wave * valid).sum(1, keepdim=True) / n
+    var = (((wave - mean) * valid) ** 2).sum(1, keepdim=True) / n
+    return ((wave - mean) / torch.sqrt(var + 1e-7)) * valid
+
+
+# --------------------------------------------------------------------------------------------------
+# Pre-training
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PretrainOutput:
+    """Loss terms are SUMS over the micro-batch's masked frames so the trainer can normalise once by
+    the global count (summed over micro-batches and ranks); see ``objective``."""
+
+    contrastive: torch.Tensor  # Σ over masked frames of the cross-entropy
+    diversity: torch.Tensor  # fairseq: (GV − Σ_g PPL_g)/GV × masked; nanow2v2: Σ_g (V − PPL_g)
+    penalty: torch.Tensor  # fairseq-style: Σ over masked frames of mean_c(f²); nanow2v2: mean(f²)
+    num_masked: torch.Tensor  # masked frames in this micro-batch
+    num_correct: torch.Tensor  # masked frames whose positive scored highest (ties excluded)
+    perplexity_soft: torch.Tensor  # (G,) perplexity of the mean softmax per group
+    perplexity_hard: torch.Tensor  # (G,) perplexity of the argmax code histogram per group
+    logits: torch.Tensor  # (masked, 1 + K) contrastive logits, positive first
+    diversity_weight: float
+    penalty_weight: float
+    normalisation: str
+    mask: torch.Tensor  # (batch, frames)
+    negatives: torch.Tensor  # (batch, frames, K)
+
+    def objective(self, num_masked_global: float, num_micro_global: int = 1) -> torch.Tensor:
+        """This micro-batch's share of the step's loss. Summing it over all micro-batches and ranks
+        gives fairseq's loss per masked frame (or the paper's mean of per-micro-batch sums)."""
+        total = self.contrastive + self.diversity_weight * self.diversity + self.penalty_weight * self.penalty
+        if self.normalisation == "nanow2v2":
+            return total / num_micro_global
+        return total / max(float(num_masked_global), 1.0)
+
+
+def _perplexity(probs: torch.Tensor) -> torch.Tensor:
+    """probs: (G, V) marginals → (G,) exp(entropy)."""
+    return torch.exp(-(probs * torch.log(probs + 1e-7)).sum(-1))
+
+
+class Wav2Vec2ForPreTraining(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wav2vec2 = Wav2Vec2Model(cfg)
+        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.quantizer = GumbelQuantizer(cfg, cfg.conv_dim[-1])
+        self.project_q = nn.Linear(cfg.codevector_dim, cfg.final_dim)
+        self.final_proj = nn.Linear(cfg.hidden_size, cfg.final_dim)
+        self.step = 0
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.wav2vec2.frame_lengths(lengths)
+
+    def temperature_at(self, step: int) -> float:
+        c = self.cfg
+        return max(c.temperature_start * c.temperature_decay**step, c.temperature_end)
+
+    def set_step(self, step: int) -> None:
+        """Advance the Gumbel temperature to optimizer step ``step``."""
+        self.step = step
+        self.quantizer.temperature = self.temperature_at(step)
+
+    def forward(
+        self,
+        wave: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
+        """wave (batch, samples), lengths (batch,); optional mask (batch, frames) bool and negatives
+        (batch, frames, K) frame indices within the utterance (drawn here if not given)."""
+        cfg = self.cfg
+        out = self.wav2vec2(wave, lengths, mask=True if mask is None else mask, generator=generator)
+        mask = out.mask
+        if mask is None or not bool(mask.any()):
+            raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
+        b, t, _ = out.hidden.shape
+        if negatives is None:
+            negatives = sample_negatives(mask, cfg.num_negatives, generator)  # (batch, frames, K)
+        valid = ~out.padding_mask  # (batch, frames)
+
+        # --- targets: quantize the frames the losses need (masked; all real ones for nanow2v2) ---
+        qin = out.features if cfg.quantizer_input == "raw" else out.normed_features
+        qin = self.dropout_features(qin)
+        sel = mask | valid if cfg.loss_normalisation == "nanow2v2" else mask  # (batch, frames)
+        q_sel, codes_sel, soft_sel = self.quantizer(qin[sel], generator)  # (n, D), (n, G), (n, G, V)
+        q = qin.new_zeros(b, t, q_sel.shape[-1], dtype=q_sel.dtype)
+        q[sel] = q_sel
+        q = self.project_q(q)  # (batch, frames, final_dim)
+        codes = torch.full((b, t, cfg.num_codevector_groups), -1, dtype=torch.long, device=q.device)
+        codes[sel] = codes_sel
+
+        # --- contrastive logits: cosine similarity of context and targets / temperature ---
+        c = self.final_proj(out.hidden)  # (batch, frames, final_dim)
+        cn = F.normalize(c.float(), dim=-1, eps=1e-8)
+        qn = F.normalize(q.float(), dim=-1, eps=1e-8)
+        sim = torch.bmm(cn, qn.transpose(1, 2)) / cfg.logit_temperature  # (batch, frames, frames)
+        pos = sim.diagonal(dim1=1, dim2=2)  # (batch, frames)
+        neg = sim.gather(2, negatives)  # (batch, frames, K)
+        neg_codes = codes.gather(1, negatives.reshape(b, -1, 1).expand(-1, -1, codes.shape[-1]))
+        same = (neg_codes.view(b, t, -1, codes.shape[-1]) == codes[:, :, None, :]).all(-1)  # (b, t, K)
+        neg = neg.masked_fill(same, float("-inf"))
+        logits = torch.cat([pos[..., None], neg], dim=-1)[mask]  # (masked, 1 + K)
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        contrastive = F.cross_entropy(logits, target, reduction="sum")
+        num_masked = mask.sum()
+
+        with torch.no_grad():
+            is_max = logits.argmax(-1) == 0
+            is_min = logits.argmin(-1) == 0
+            num_correct = (is_max & ~is_min).sum()
+            g, v = cfg.num_codevector_groups, cfg.num_codevectors_per_group
+            hist = F.one_hot(codes_sel, v).float().mean(0)  # (G, V)
+            ppl_hard = _perplexity(hist)
+
+        # --- auxiliary losses ---
+        soft_marginal = soft_sel.mean(0)  # (G, V) over the quantized frames
+        ppl_soft = _perplexity(soft_marginal)
+        feat_sq = (out.features.float() ** 2).mean(-1)  # (batch, frames)
+        if cfg.loss_normalisation == "nanow2v2":
+            diversity = (v - ppl_soft).sum()
+            penalty = (feat_sq * valid).sum() / valid.sum().clamp(min=1)  # mean over real frames
+        else:
+            diversity = (g * v - ppl_soft.sum()) / (g * v) * num_masked
+            penalty = feat_sq[mask].sum()  # Σ over masked frames: additive across micro-batches
+        return PretrainOutput(
+            contrastive=contrastive, diversity=diversity, penalty=penalty, num_masked=num_masked,
+            num_correct=num_correct, perplexity_soft=ppl_soft.detach(), perplexity_hard=ppl_hard,
+            logits=logits, diversity_weight=cfg.diversity_weight, penalty_weight=cfg.feature_penalty_weight,
+            normalisation=cfg.loss_normalisation, mask=mask, negatives=negatives,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning
+# --------------------------------------------------------------------------------------------------
+class Wav2Vec2ForCTC(nn.Module):
+    """Backbone + dropout + Linear(hidden → vocab). Logits are per frame; index 0 is the CTC blank."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wav2vec2 = Wav2Vec2Model(cfg)
+        self.dropout = nn.Dropout(cfg.final_dropout)
+        self.lm_head = nn.Linear(cfg.hidden_size, vocab_size)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.wav2vec2.frame_lengths(lengths)
+
+    def forward(
+        self, wave: torch.Tensor, lengths: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns logits (batch, frames, vocab) and frame lengths (batch,). Time and channel masking
+        (``mask_prob``, ``mask_channel_prob``) apply in training only."""
+        out = self.wav2vec2(wave, lengths, mask=self.training, generator=generator)
+        return self.lm_head(self.dropout(out.hidden)), out.frame_lengths
+
+    def ctc_loss(
+        self, logits: torch.Tensor, frame_lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Summed CTC loss (blank 0, zero_infinity); the trainer divides by the global count."""
+        logp = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (frames, batch, vocab)
+        return F.ctc_loss(
+            logp, targets, frame_lengths, target_lengths, blank=0, reduction="sum", zero_infinity=True
+        )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

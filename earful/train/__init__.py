@@ -1,0 +1,1 @@
+"""Pre-training engine: batch size in seconds, exact accumulation, DDP, exact resume, monitoring."""

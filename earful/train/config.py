@@ -1,0 +1,99 @@
+"""Pre-training configuration. YAML files (``earful/configs/pretrain-*.yaml`` or your own) override these
+defaults; ``key=value`` overrides on the command line override the YAML (``optim.lr=1e-4``).
+
+``model_preset`` picks the model preset the ``model:`` section starts from."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
+from earful.model.config import ModelConfig, load_model_config
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # manifest of the pre-training audio
+    valid: str | None = None  # manifest of the held-out audio (validation loss, accuracy, perplexity)
+    crop_seconds: float | None = 15.6  # fairseq crops to 250k samples; None = whole utterances (paper)
+    min_seconds: float | None = 2.0  # fairseq leaves out utterances under 32k samples (counted)
+    num_workers: int = 2
+    skip_bad: bool = False  # count and log unreadable files instead of stopping
+    bucket_size: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # peak learning rate at the reference batch size
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # rule relative to reference_batch_seconds
+    reference_batch_seconds: float = 6000.0  # the paper: 5e-4 at 100 min
+    schedule: Literal["polynomial", "tristage", "cyclic", "constant"] = "polynomial"
+    warmup_fraction: float = 0.08  # polynomial: warm-up share of max_steps (fairseq: 32k of 400k)
+    end_lr: float = 0.0  # polynomial: lr at max_steps
+    tristage_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])  # warm-up, hold, decay
+    tristage_init_scale: float = 0.01
+    tristage_final_scale: float = 0.05
+    cyclic_step_size: int = 25_000  # cyclic: steps from lr/100 up to lr (and down again)
+    cyclic_base_fraction: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 0.0  # 0 = no clipping (the paper); the norm is logged either way
+
+
+@dataclass
+class HealthConfig:
+    """Thresholds of the health warnings (see docs/monitoring.md)."""
+
+    after_steps: int = 200  # no warnings before this step (early collapse is normal, paper §6.4)
+    collapse_perplexity: float = 2.0  # hard perplexity per group at or under this: codebook collapse
+    stuck_accuracy_margin: float = 0.02  # accuracy within this of chance (1/(K+1)) is "stuck at chance"
+    saturated_accuracy: float = 0.995  # accuracy above this with a tiny codebook use: fake accuracy
+    grad_norm_factor: float = 10.0  # grad norm above factor × running median: exploding
+
+
+@dataclass
+class PretrainConfig:
+    model_preset: str = "base"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    batch_seconds: float = 5600.0  # global padded audio per optimizer step (fairseq BASE: 64 × 87.5 s)
+    device_seconds: float = 87.5  # padded audio per micro-batch on one device
+    max_steps: int = 400_000
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    seed: int = 1
+    log_every: int = 100
+    valid_every: int = 5000
+    valid_seconds: float | None = None  # micro-batch size for validation (default: device_seconds)
+    ckpt_every: int = 1000
+    keep_last: int = 2
+    ckpt_hours: list[float] = field(default_factory=list)  # extra checkpoints at these hours seen
+    max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
+    tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+
+    def accumulation(self, world_size: int) -> int:
+        return max(1, math.ceil(self.batch_seconds / (self.device_seconds * world_size) - 1e-9))
+
+    def effective_lr(self) -> float:
+        ratio = self.batch_seconds / self.optim.reference_batch_seconds
+        scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.optim.lr_scaling]
+        return self.optim.lr * scale
+
+
+def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Defaults ← model preset ← YAML ← overrides."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    over = parse_overrides(overrides or [])
+    preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
+    base = to_dict(PretrainConfig())
+    base["model_preset"] = preset
+    base["model"] = to_dict(load_model_config(preset))
+    return from_dict(PretrainConfig, merge(merge(base, data), over))

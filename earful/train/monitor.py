@@ -1,0 +1,146 @@
+"""Monitoring: JSONL logs (and TensorBoard when installed), codebook statistics, health warnings.
+
+Health checks (thresholds in ``HealthConfig``, documented in docs/monitoring.md):
+
+* codebook collapse — hard perplexity of a group ≤ ``collapse_perplexity`` (one or two codes used);
+* accuracy stuck at chance — within ``stuck_accuracy_margin`` of 1/(K+1) after ``after_steps``;
+* fake accuracy — accuracy ≥ ``saturated_accuracy``: with a collapsed codebook every target is
+  identical to its distractors, so they are all masked out and the task is trivial;
+* exploding gradients — grad norm above ``grad_norm_factor`` × the running median.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from earful.train.config import HealthConfig
+
+log = logging.getLogger(__name__)
+
+
+class JsonlLog:
+    """Append-only JSONL, one record a line, flushed at once (a killed run keeps its history)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records past the checkpoint's step (they will be logged again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.path.write_text("".join(k + "\n" for k in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class TensorBoard:
+    def __init__(self, log_dir: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(log_dir))
+            except Exception:  # tensorboard not installed: JSONL only
+                self.writer = None
+
+    def write(self, prefix: str, record: dict[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in record.items():
+            if isinstance(v, int | float) and k != "step" and math.isfinite(v):
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+        self.writer.flush()
+
+
+class Meter:
+    """Sums over a log interval; ``mean`` divides each sum by its count."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+
+    def add(self, **kw: float) -> None:
+        for k, v in kw.items():
+            self.sums[k] += float(v)
+
+    def reset(self) -> None:
+        self.sums.clear()
+
+
+@torch.no_grad()
+def codeword_similarity(codevectors: torch.Tensor, groups: int) -> list[dict[str, float]]:
+    """Pairwise cosine similarity of the codewords within each group: mean / min / max (paper §6.4)."""
+    book = codevectors.detach().float().view(groups, -1, codevectors.shape[-1])  # (G, V, d)
+    out = []
+    for g in range(groups):
+        x = torch.nn.functional.normalize(book[g], dim=-1)
+        sim = x @ x.T
+        off = sim[~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)]
+        out.append({"mean": off.mean().item(), "min": off.min().item(), "max": off.max().item()})
+    return out
+
+
+@torch.no_grad()
+def distance_from(model: torch.nn.Module, init: dict[str, torch.Tensor]) -> float:
+    total = 0.0
+    for name, p in model.named_parameters():
+        if name in init:
+            total += (p.detach().float().cpu() - init[name]).pow(2).sum().item()
+    return math.sqrt(total)
+
+
+class Health:
+    """Turns logged statistics into warnings; each kind is reported once per run until it clears."""
+
+    def __init__(self, cfg: HealthConfig, num_negatives: int) -> None:
+        self.cfg = cfg
+        self.chance = 1.0 / (num_negatives + 1)
+        self.norms: deque[float] = deque(maxlen=200)
+        self.active: set[str] = set()
+
+    def check(self, step: int, rec: dict[str, Any]) -> list[str]:
+        warnings: dict[str, str] = {}
+        gn = rec.get("grad_norm")
+        if gn is not None and math.isfinite(gn):
+            if len(self.norms) >= 20 and gn > self.cfg.grad_norm_factor * statistics.median(self.norms):
+                median = statistics.median(self.norms)
+                warnings["grad"] = (f"exploding gradient: norm {gn:.3g} > {self.cfg.grad_norm_factor:g} × running "
+                                    f"median {median:.3g}; lower optim.lr or set optim.clip_norm")
+            self.norms.append(gn)
+        if step >= self.cfg.after_steps:
+            ppl = [v for k, v in rec.items() if k.startswith("ppl_hard_g")]
+            if ppl and min(ppl) <= self.cfg.collapse_perplexity:
+                shown = [round(p, 2) for p in ppl]
+                warnings["collapse"] = (f"codebook collapse: hard perplexity per group {shown} (≤ "
+                                        f"{self.cfg.collapse_perplexity:g}); raise model.diversity_weight or lower lr")
+            acc = rec.get("accuracy")
+            if acc is not None:
+                if abs(acc - self.chance) <= self.cfg.stuck_accuracy_margin:
+                    warnings["chance"] = (f"contrastive accuracy {acc:.3f} is at chance ({self.chance:.3f}) after "
+                                          f"{step} steps: the model is not learning")
+                elif acc >= self.cfg.saturated_accuracy:
+                    warnings["saturated"] = (f"contrastive accuracy {acc:.3f} ≈ 1: targets are trivially separable "
+                                             "(collapsed codebook?)")
+        out = []
+        for kind, msg in warnings.items():
+            if kind not in self.active:
+                log.warning("health: step %d: %s", step, msg)
+                out.append(msg)
+        self.active = set(warnings)
+        return out

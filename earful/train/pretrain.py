@@ -1,0 +1,439 @@
+"""The pre-training loop.
+
+One optimizer step = ``accumulation`` micro-batches of at most ``device_seconds`` padded audio on each
+of ``world_size`` devices. Each micro-batch's loss terms are SUMS; they are back-propagated as they are
+(DDP synchronises only on the last micro-batch, ``no_sync`` before), and the gradients are divided once
+by the global number of masked frames summed over micro-batches and ranks (fairseq's ``sample_size``).
+With ``loss_normalisation: nanow2v2`` they are divided by the number of micro-batches instead (the
+paper's code). Temperature and learning rate move once per optimizer step.
+
+Randomness is keyed by (seed, step, global micro-batch index), so a resumed run draws exactly what an
+uninterrupted one would (the data position is part of the checkpoint), and 2 ranks × 1 micro-batch
+draw the same masks as 1 rank × 2 micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from earful.checkpoint import MODEL_FILE
+from earful.config import save_yaml
+from earful.data.dataset import make_loader
+from earful.data.manifest import read_manifest
+from earful.model import Wav2Vec2ForPreTraining, count_parameters
+from earful.train import distributed as D
+from earful.train.config import PretrainConfig
+from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, codeword_similarity, distance_from
+from earful.train.schedule import lr_at
+from earful.train.state import RunDir, load_trainer_state
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (repeated non-finite steps); a checkpoint was written."""
+
+
+def step_seed(seed: int, step: int, stream: int, index: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, step, stream, index)."""
+    return (seed * 1_000_003 + step * 10_007 + stream * 100_003 + index) % (2**63 - 1)
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def oom_message(cfg: PretrainConfig, device: torch.device) -> str:
+    return (f"out of memory on {device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "
+            f"(accumulation then rises to keep batch_seconds={cfg.batch_seconds:g})")
+
+
+class Pretrainer:
+    def __init__(self, cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.d = D.setup(cfg.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.run = RunDir(out_dir)
+        self.accum = cfg.accumulation(self.d.world_size)
+        self.peak_lr = cfg.effective_lr()
+        torch.manual_seed(cfg.seed)
+        self.model = Wav2Vec2ForPreTraining(cfg.model).to(self.d.device)
+        self.ddp: torch.nn.Module = self.model
+        if self.d.enabled:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.peak_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.precision == "fp16")
+        self.step = 0
+        self.hours_real = 0.0
+        self.hours_padded = 0.0
+        self.nan_steps = 0
+        self.nan_in_a_row = 0
+        self.best_valid = math.inf
+        self.milestones_done: list[float] = []
+        self.stop_signal = 0
+        self._init_params: dict[str, torch.Tensor] = {}
+        self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
+        self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
+        self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
+        self.health = Health(cfg.health, cfg.model.num_negatives)
+        self._build_data()
+        if self.d.is_main:
+            self.run.prepare()
+            save_yaml(cfg, self.run.root / "config.yaml")
+        D.barrier(self.d)
+        if resume:
+            self._resume()
+        if self.step == 0 and self.d.is_main and not (self.run.ckpt / "init" / MODEL_FILE).exists():
+            self.run.save("init", self.model, state=None, trainer={"step": 0}, make_latest=False)
+        D.barrier(self.d)
+        self._init_params = {k: v.float() for k, v in load_file(str(self.run.ckpt / "init" / MODEL_FILE)).items()}
+
+    # ------------------------------------------------------------------ data
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.d
+        if not cfg.data.train:
+            raise ValueError("data.train: no training manifest given")
+        utts = read_manifest(cfg.data.train, check_files=True)
+        self.loader = make_loader(
+            utts, cfg.device_seconds, crop_seconds=cfg.data.crop_seconds, min_seconds=cfg.data.min_seconds,
+            shuffle=True, seed=cfg.seed, rank=d.rank, world_size=d.world_size, endless=True,
+            bucket_size=cfg.data.bucket_size, skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers,
+            pin_memory=d.device.type == "cuda",
+        )  # fmt: skip
+        self.valid_loader = None
+        if cfg.data.valid:
+            vutts = read_manifest(cfg.data.valid, check_files=True)
+            self.valid_loader = make_loader(
+                vutts, cfg.valid_seconds or cfg.device_seconds, crop_seconds=cfg.data.crop_seconds,
+                min_seconds=cfg.data.min_seconds, shuffle=False, seed=cfg.seed, rank=d.rank,
+                world_size=d.world_size, endless=False, skip_bad=cfg.data.skip_bad, num_workers=0,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainer_info(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "hours_real": self.hours_real, "hours_padded": self.hours_padded,
+            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "best_valid": self.best_valid,
+            "milestones_done": self.milestones_done, "world_size": self.d.world_size, "accumulation": self.accum,
+            "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr,
+        }  # fmt: skip
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self, name: str, *, make_latest: bool = True) -> None:
+        state = self._state()  # every rank reaches here; only rank 0 writes
+        if self.d.is_main:
+            path = self.run.save(name, self.model, state=state, trainer=self._trainer_info(), make_latest=make_latest)
+            log.info("checkpoint %s (step %d, %.2f h seen)", path, self.step, self.hours_padded)
+            self.run.prune(self.cfg.keep_last)
+        D.barrier(self.d)
+
+    def _resume(self) -> None:
+        ckpt = self.run.latest()
+        if ckpt is None:
+            log.info("no checkpoint in %s: starting from step 0", self.run.ckpt)
+            return
+        info, state = load_trainer_state(ckpt)
+        if info.get("world_size") != self.d.world_size or info.get("accumulation") != self.accum:
+            log.warning("resuming with world_size=%d × accumulation=%d (was %s × %s): same batch, other order",
+                        self.d.world_size, self.accum, info.get("world_size"), info.get("accumulation"))
+        from earful.checkpoint import load_model
+
+        model, _ = load_model(ckpt)
+        self.model.load_state_dict(model.state_dict())
+        assert state is not None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng_cpu"])
+        self.step = int(info["step"])
+        self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
+        self.nan_steps = int(info.get("nan_steps", 0))
+        self.best_valid = float(info.get("best_valid", math.inf))
+        self.milestones_done = list(info.get("milestones_done", []))
+        self.train_log.truncate_after(self.step)
+        self.valid_log.truncate_after(self.step)
+        log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
+        log.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
+
+    def _install_signals(self) -> dict[int, Any]:
+        old = {}
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                old[s] = signal.signal(s, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batches: Any) -> dict[str, float]:
+        """Accumulate ``self.accum`` micro-batches, synchronise, normalise once, update."""
+        cfg, d, model = self.cfg, self.d, self.model
+        lr = lr_at(self.step, self.peak_lr, cfg.max_steps, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model.set_step(self.step)
+        self.ddp.train()
+        G = cfg.model.num_codevector_groups
+        # [masked, contrastive, diversity, penalty, correct, real samples, padded samples, utterances,
+        #  micro-batches, stop signal, ppl_soft × G, ppl_hard × G]
+        stats = torch.zeros(10 + 2 * G, dtype=torch.float64, device=d.device)
+        data_wait = 0.0
+        for micro in range(self.accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - t0
+            wave, lengths = batch.wave.to(d.device, non_blocking=True), batch.lengths.to(d.device)
+            # randomness keyed by the global micro-batch index j, which also fixes the data it sees
+            # (rank r's k-th batch is global batch k·W + r), so W ranks × A micro-batches draw exactly
+            # what 1 rank × W·A micro-batches draw
+            j = micro * d.world_size + d.rank
+            torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout, LayerDrop
+            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, self.step, 1, j))
+            try:
+                with D.no_sync(self.ddp, micro < self.accum - 1), autocast(cfg.precision, d.device):
+                    out = self.ddp(wave, lengths, generator=gen)
+                    total = out.contrastive + out.diversity_weight * out.diversity + out.penalty_weight * out.penalty
+                    if self.step in getattr(cfg, "_fault_nan_steps", ()):
+                        total = total * float("nan")
+                    self.scaler.scale(total).backward()
+            except torch.OutOfMemoryError as e:
+                raise RuntimeError(oom_message(cfg, d.device)) from e
+            with torch.no_grad():
+                stats[0] += out.num_masked
+                stats[1] += out.contrastive.detach().double()
+                stats[2] += out.diversity.detach().double()
+                stats[3] += out.penalty.detach().double()
+                stats[4] += out.num_correct
+                stats[5] += lengths.sum()
+                stats[6] += lengths.max() * lengths.numel()
+                stats[7] += lengths.numel()
+                stats[8] += 1
+                stats[10 : 10 + G] += out.perplexity_soft.double()
+                stats[10 + G :] += out.perplexity_hard.double()
+        stats[9] = float(self.stop_signal)
+        D.all_reduce_sum(stats, d)
+        masked = float(stats[0])
+        denom = float(stats[8]) if cfg.model.loss_normalisation == "nanow2v2" else max(masked, 1.0)
+        # DDP averaged the gradients over ranks; we want their sum / denom.
+        self.scaler.unscale_(self.optimizer)
+        factor = d.world_size / denom
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        finite = math.isfinite(grad_norm) and math.isfinite(float(stats[1]))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.nan_in_a_row = 0
+        else:
+            self.nan_steps += 1
+            self.nan_in_a_row += 1
+            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
+                        self.step, self.nan_in_a_row, self.nan_steps)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        sr = 16000.0
+        self.hours_real += float(stats[5]) / sr / 3600
+        self.hours_padded += float(stats[6]) / sr / 3600
+        if stats[9] > 0 and not self.stop_signal:
+            self.stop_signal = int(stats[9])  # another rank was signalled
+        n = max(masked, 1.0)
+        rec = {
+            "masked": masked, "contrastive": float(stats[1]) / n, "diversity": float(stats[2]) / n,
+            "penalty": float(stats[3]) / n, "accuracy": float(stats[4]) / n, "real_seconds": float(stats[5]) / sr,
+            "padded_seconds": float(stats[6]) / sr, "utterances": float(stats[7]), "lr": lr,
+            "temperature": model.quantizer.temperature, "grad_norm": grad_norm, "finite": float(finite),
+            "loss_scale": float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0,
+            "data_wait": data_wait,
+        }  # fmt: skip
+        micro = float(stats[8])
+        for g in range(G):
+            rec[f"ppl_soft_g{g}"] = float(stats[10 + g]) / micro
+            rec[f"ppl_hard_g{g}"] = float(stats[10 + G + g]) / micro
+        if self.nan_in_a_row >= cfg.max_nan_steps:
+            self.save(f"step-{self.step:07d}")
+            raise TrainingStopped(
+                f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}: stopped. A checkpoint was "
+                f"written; lower optim.lr, use precision=fp32 or bf16, or set optim.clip_norm"
+            )
+        return rec
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        if self.valid_loader is None:
+            return None
+        cfg, d, model = self.cfg, self.d, self.model
+        model.eval()
+        G = cfg.model.num_codevector_groups
+        stats = torch.zeros(6 + G, dtype=torch.float64, device=d.device)
+        self.valid_loader.load_state_dict({"epoch": 0, "position": 0})
+        for i, batch in enumerate(self.valid_loader):
+            wave, lengths = batch.wave.to(d.device), batch.lengths.to(d.device)
+            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, i, 2, d.rank))
+            with autocast(cfg.precision, d.device):
+                out = model(wave, lengths, generator=gen)
+            stats[0] += out.num_masked
+            stats[1] += out.contrastive.double()
+            stats[2] += out.diversity.double()
+            stats[3] += out.penalty.double()
+            stats[4] += out.num_correct
+            stats[5] += 1
+            stats[6:] += out.perplexity_hard.double()
+        D.all_reduce_sum(stats, d)
+        model.train()
+        n = max(float(stats[0]), 1.0)
+        batches = max(float(stats[5]), 1.0)
+        loss = (float(stats[1]) + cfg.model.diversity_weight * float(stats[2])
+                + cfg.model.feature_penalty_weight * float(stats[3])) / n  # fmt: skip
+        rec = {"step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real, "loss": loss,
+               "contrastive": float(stats[1]) / n, "accuracy": float(stats[4]) / n}  # fmt: skip
+        for g in range(G):
+            rec[f"ppl_hard_g{g}"] = float(stats[6 + g]) / batches
+        return rec
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        cfg, d = self.cfg, self.d
+        if d.is_main:
+            eff = self.accum * cfg.device_seconds * d.world_size
+            log.info(
+                "pre-training %s parameters: batch %.1f s = %d device(s) × %.1f s × %d accumulation "
+                "(upper bound %.1f s padded); peak lr %.3g (%s scaling), %d steps",
+                f"{count_parameters(self.model):,}", cfg.batch_seconds, d.world_size, cfg.device_seconds,
+                self.accum, eff, self.peak_lr, cfg.optim.lr_scaling, cfg.max_steps,
+            )  # fmt: skip
+            if self.loader.skipped:
+                log.warning("%d utterances cannot be batched and are left out: %s", self.loader.skipped,
+                            self.loader.sampler.skipped_reasons)
+        old = self._install_signals()
+        meter = Meter()
+        t_last = time.perf_counter()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
+        batches = iter(self.loader)
+        stopped_by = ""
+        try:
+            while self.step < cfg.max_steps:
+                rec = self.train_step(batches)
+                meter.add(steps=1, **{k: v for k, v in rec.items()})
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    self._log_interval(meter, now - t_last, bar)
+                    meter.reset()
+                    t_last = now
+                if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
+                    self._validate_and_keep_best()
+                for h in cfg.ckpt_hours:
+                    if h not in self.milestones_done and self.hours_padded >= h:
+                        self.milestones_done.append(h)
+                        self.save(f"hours-{h:g}", make_latest=False)
+                if self.stop_signal:
+                    stopped_by = signal.Signals(self.stop_signal).name
+                    break
+                if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                    self.save(f"step-{self.step:07d}")
+            if self.step == cfg.max_steps and cfg.valid_every > 0 and self.step % cfg.valid_every:
+                self._validate_and_keep_best()
+            self.save(f"step-{self.step:07d}")
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        if stopped_by:
+            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
+        summary = {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.loader.bad_files,
+                   "unbatchable": self.loader.skipped}  # fmt: skip
+        return summary
+
+    def _validate_and_keep_best(self) -> None:
+        rec = self.validate()
+        if rec is None:
+            return
+        self.valid_log.write(rec)
+        self.tb.write("valid", rec, self.step)
+        if self.d.is_main:
+            log.info("valid step %d: loss %.4f acc %.3f ppl %s", self.step, rec["loss"], rec["accuracy"],
+                     [round(v, 1) for k, v in rec.items() if k.startswith("ppl_hard")])
+        if rec["loss"] < self.best_valid:
+            self.best_valid = rec["loss"]
+            self.save("best", make_latest=False)
+
+    def _log_interval(self, meter: Meter, seconds: float, bar: tqdm) -> None:
+        s = meter.sums
+        steps = s["steps"]
+        masked = max(s["masked"], 1.0)
+        cfg = self.cfg
+        rec: dict[str, Any] = {"step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real}
+        # per-step records are already per masked frame: weight them by masked frames
+        rec["contrastive"] = s["contrastive_w"] / masked if "contrastive_w" in s else s["contrastive"] / steps
+        rec["diversity"] = s["diversity"] / steps
+        rec["penalty"] = s["penalty"] / steps
+        rec["loss"] = rec["contrastive"] + cfg.model.diversity_weight * rec["diversity"] + \
+            cfg.model.feature_penalty_weight * rec["penalty"]
+        rec["accuracy"] = s["accuracy"] / steps
+        for k in s:
+            if k.startswith("ppl_"):
+                rec[k] = s[k] / steps
+        rec["grad_norm"] = s["grad_norm"] / steps
+        rec["lr"] = self.optimizer.param_groups[0]["lr"]
+        rec["temperature"] = self.model.quantizer.temperature
+        rec["loss_scale"] = s["loss_scale"] / steps
+        rec["audio_seconds_per_second"] = s["real_seconds"] / max(seconds, 1e-9)
+        rec["padded_seconds_per_second"] = s["padded_seconds"] / max(seconds, 1e-9)
+        rec["data_wait_fraction"] = s["data_wait"] / max(seconds, 1e-9)
+        rec["skipped_steps"] = steps - s["finite"]
+        rec["distance_from_init"] = distance_from(self.model, self._init_params)
+        for g, sim in enumerate(codeword_similarity(self.model.quantizer.codevectors, cfg.model.num_codevector_groups)):
+            rec.update({f"codeword_sim_g{g}_{k}": v for k, v in sim.items()})
+        rec["bad_files"] = self.loader.bad_files
+        self.health.check(self.step, rec)
+        if self.d.is_main:
+            self.train_log.write(rec)
+            self.tb.write("train", rec, self.step)
+            bar.set_postfix(h=f"{self.hours_padded:.3f}", loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}",
+                            aps=f"{rec['audio_seconds_per_second']:.0f}")
+
+
+def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    trainer = Pretrainer(cfg, out_dir, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        D.teardown()

@@ -1,0 +1,121 @@
+"""A run directory and its training checkpoints.
+
+::
+
+    RUN/config.yaml               the full config of the run
+    RUN/train.jsonl, valid.jsonl  monitoring records
+    RUN/checkpoints/init/         weights at step 0 (distance-from-init, paper §6.6)
+    RUN/checkpoints/step-0001000/ model.safetensors, model.json, state.pt, trainer.json
+    RUN/checkpoints/hours-10/     a milestone in hours of (padded) audio seen
+    RUN/checkpoints/best/         lowest validation loss
+    RUN/checkpoints/latest.json   {"name": "step-0001000"}: the newest complete checkpoint
+
+A checkpoint directory is written under a temporary name and renamed into place, and ``latest.json``
+is replaced atomically after it, so a run killed at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from earful.checkpoint import (
+    STATE_FILE,
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_json,
+    file_record,
+    safe_torch_load,
+    save_model,
+    verify_file,
+)
+
+log = logging.getLogger(__name__)
+
+TRAINER_FILE = "trainer.json"
+LATEST = "latest.json"
+
+
+class RunDir:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.ckpt = self.root / "checkpoints"
+
+    def prepare(self) -> None:
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        for stale in self.ckpt.glob(".tmp-*"):  # a write that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.ckpt.glob(".old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def save(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        *,
+        state: dict[str, Any] | None,
+        trainer: dict[str, Any],
+        vocab: dict[str, Any] | None = None,
+        make_latest: bool = True,
+    ) -> Path:
+        """Write checkpoint ``name`` atomically (directory rename), then point ``latest.json`` at it."""
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        tmp = self.ckpt / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(tmp, model, vocab=vocab)
+        info = dict(trainer)
+        if state is not None:
+            atomic_torch_save(state, tmp / STATE_FILE)
+            info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
+        atomic_write_json(tmp / TRAINER_FILE, info)
+        final = self.ckpt / name
+        if final.exists():
+            old = self.ckpt / f".old-{name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        if make_latest:
+            atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
+        return final
+
+    def latest(self) -> Path | None:
+        p = self.ckpt / LATEST
+        if not p.exists():
+            return None
+        try:
+            name = json.loads(p.read_text())["name"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{p}: corrupt ({e})") from e
+        path = self.ckpt / name
+        if not (path / TRAINER_FILE).exists():
+            raise CheckpointError(f"{p} points at {path}, which is incomplete")
+        return path
+
+    def prune(self, keep_last: int) -> None:
+        """Keep the newest ``keep_last`` periodic step checkpoints (milestones and best stay)."""
+        latest = self.latest()
+        steps = sorted(p for p in self.ckpt.glob("step-*") if p.is_dir())
+        for p in steps[:-keep_last] if keep_last > 0 else []:
+            if latest is None or p.resolve() != latest.resolve():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(trainer.json, state.pt or None), both verified against the sizes and hashes recorded at save."""
+    info_path = ckpt / TRAINER_FILE
+    if not info_path.exists():
+        raise CheckpointError(f"{ckpt}: no {TRAINER_FILE}")
+    info = json.loads(info_path.read_text())
+    state = None
+    if (ckpt / STATE_FILE).exists() or STATE_FILE in info.get("files", {}):
+        verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
+        state = safe_torch_load(ckpt / STATE_FILE)
+    return info, state

@@ -1,0 +1,66 @@
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from earful.data.audio import AudioError
+from earful.data.dataset import AudioDataset, Batch, collate, make_loader
+from earful.data.manifest import Utterance
+
+
+def corpus(tmp_path: Path, tone, n: int = 12) -> list[Utterance]:
+    utts = []
+    for i in range(n):
+        path = tmp_path / f"u{i}.flac"
+        num = tone(path, 0.3 + 0.1 * i, seed=i)
+        utts.append(Utterance(f"u{i}", str(path), num, 16000, "s", f"T{i}"))
+    return utts
+
+
+def test_collate_pads_and_accounts(tmp_path: Path, tone):
+    ds = AudioDataset(corpus(tmp_path, tone, 3))
+    b = collate([ds[0], ds[2]])
+    assert isinstance(b, Batch)
+    assert b.wave.shape == (2, 8000) and b.wave.dtype == torch.float32
+    assert b.lengths.tolist() == [4800, 8000] and b.lengths.dtype == torch.int64
+    assert torch.all(b.wave[0, 4800:] == 0) and b.ids == ["u0", "u2"] and b.transcripts == ["T0", "T2"]
+    assert b.real_seconds == pytest.approx(0.8) and b.padded_seconds == pytest.approx(1.0)
+
+
+def test_crop_deterministic_in_seed_epoch_index(tmp_path: Path, tone):
+    ds = AudioDataset(corpus(tmp_path, tone, 12), crop_seconds=0.5, seed=1)
+    a, b = ds[(11, 0)].wave, ds[(11, 0)].wave
+    assert len(a) == 8000 and np.array_equal(a, b)
+    assert not np.array_equal(a, ds[(11, 1)].wave)
+    assert len(ds[(0, 0)].wave) == 4800  # shorter than the crop: untouched
+
+
+def test_bad_files_raise_or_are_counted(tmp_path: Path, tone, caplog):
+    utts = corpus(tmp_path, tone, 4)
+    Path(utts[1].path).write_bytes(b"junk")
+    with pytest.raises(AudioError, match="u1.flac"):
+        list(make_loader(utts, 10.0))
+    loader = make_loader(utts, 10.0, skip_bad=True)
+    ids = [i for b in loader for i in b.ids]
+    assert sorted(ids) == ["u0", "u2", "u3"]
+    assert loader.bad_files == 1 and "u1: " in caplog.text and "junk" not in caplog.text
+
+
+def test_loader_with_workers_budget_and_exact_resume(tmp_path: Path, tone):
+    utts = corpus(tmp_path, tone, 12)
+    kwargs = dict(crop_seconds=0.8, seed=5, endless=True)
+    ref = [b.ids for b in itertools.islice(make_loader(utts, 2.0, **kwargs), 20)]
+    loader = make_loader(utts, 2.0, num_workers=2, **kwargs)
+    got = []
+    for b in loader:
+        assert b.padded_seconds <= 2.0 + 1e-9 and b.wave.shape[0] == len(b.ids)
+        got.append(b.ids)
+        if len(got) == 7:
+            break
+    state = loader.state_dict()  # taken mid-stream, with batches prefetched by the workers
+    resumed = make_loader(utts, 2.0, **kwargs)
+    resumed.load_state_dict(state)
+    got += [b.ids for b in itertools.islice(resumed, 13)]
+    assert got == ref

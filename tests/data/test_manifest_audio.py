@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earful.data.audio import AudioError, load_audio
+from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+
+
+def test_manifest_roundtrip_relative_paths(tmp_path: Path, tone):
+    n = tone(tmp_path / "corpus" / "a.flac", 0.5)
+    utts = [Utterance("a", str(tmp_path / "corpus" / "a.flac"), n, 16000, "s1", "HELLO"),
+            Utterance("b", "/elsewhere/b.wav", 8000, 8000, "s2")]
+    write_manifest(utts, tmp_path / "corpus" / "m" / "x.jsonl", relative_to=tmp_path / "corpus")
+    text = (tmp_path / "corpus" / "m" / "x.jsonl").read_text()
+    assert '"../a.flac"' in text and '"/elsewhere/b.wav"' in text
+    back = read_manifest(tmp_path / "corpus" / "m" / "x.jsonl")
+    assert back[0] == utts[0] and back[1] == utts[1]
+    assert back[1].seconds == 1.0 and back[1].samples_at(16000) == 16000
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000}', "missing field 'speaker'"),
+    ('{"id": "x", "path": "a.flac", "num_samples": "1", "sample_rate": 16000, "speaker": "s"}',
+     "num_samples"),
+])
+def test_manifest_bad_rows_name_file_and_line(tmp_path: Path, line: str, message: str):
+    good = '{"id": "ok", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}'
+    (tmp_path / "m.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(ManifestError, match=rf"m.jsonl:2: .*{message}"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_manifest_duplicates_and_missing_files(tmp_path: Path):
+    row = '{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}'
+    (tmp_path / "m.jsonl").write_text(row + "\n\n" + row + "\n")
+    with pytest.raises(ManifestError, match=r"m.jsonl:3: duplicate id 'x' \(first on line 1\)"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text(row + "\n")
+    assert len(read_manifest(tmp_path / "m.jsonl")) == 1
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: audio file not found: .*a.flac"):
+        read_manifest(tmp_path / "m.jsonl", check_files=True)
+
+
+def test_load_audio_resamples_and_downmixes(tmp_path: Path, tone):
+    tone(tmp_path / "s.wav", 1.0, rate=44100, channels=2)
+    x = load_audio(tmp_path / "s.wav")
+    assert x.dtype == np.float32 and x.ndim == 1 and abs(len(x) - 16000) <= 1
+    with pytest.raises(AudioError, match=r"s.wav: sample rate 44100 Hz, expected 16000 Hz"):
+        load_audio(tmp_path / "s.wav", resample=False)
+
+
+def test_each_bad_file_gets_its_error(tmp_path: Path, tone):
+    (tmp_path / "garbage.flac").write_bytes(b"this is not audio at all" * 10)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    bad = np.full(1000, 0.1, np.float32)
+    bad[10] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, 16000, subtype="FLOAT")
+    bad[10] = np.inf
+    sf.write(tmp_path / "inf.wav", bad, 16000, subtype="FLOAT")
+    tone(tmp_path / "short.flac", 0.01)  # 160 samples < 400
+    cases = {
+        "garbage.flac": "unreadable audio",
+        "missing.flac": "unreadable audio",
+        "empty.wav": "empty audio",
+        "nan.wav": "NaN or infinite",
+        "inf.wav": "NaN or infinite",
+        "short.flac": "too short .160 samples",
+    }
+    for name, message in cases.items():
+        with pytest.raises(AudioError, match=message) as info:
+            load_audio(tmp_path / name)
+        assert name in str(info.value)
+        assert isinstance(info.value, ValueError)

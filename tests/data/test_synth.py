@@ -1,0 +1,83 @@
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earful.data.librispeech import discover
+from earful.data.manifest import read_manifest
+from earful.data.synth import BASE_VOICES, speaker_voices, synthesize
+from earful.data.textpool import load_pool, normalise_sentence, sentences
+
+SMALL = dict(hours=0.01, dev_hours=0.003, test_hours=0.003, labelled_fraction=0.5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synth")
+    return out, synthesize(out, seed=3, workers=2, **SMALL)
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.flac")) + sorted(root.rglob("*.trans.txt")):
+        h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_splits_speakers_and_durations(corpus):
+    out, summary = corpus
+    splits = {name: read_manifest(out / "manifests" / f"{name}.jsonl", check_files=True)
+              for name in ("train", "dev", "test", "labelled-10min", "labelled-1h", "labelled-10h")}
+    assert all(splits.values())
+    train_h = sum(u.seconds for u in splits["train"]) / 3600
+    assert 0.6 * SMALL["hours"] < train_h < 1.5 * SMALL["hours"]
+    assert summary["splits"]["train"]["hours"] == pytest.approx(train_h)
+    ids = {k: {u.id for u in v} for k, v in splits.items()}
+    assert ids["labelled-10min"] < ids["labelled-1h"] < ids["labelled-10h"]  # nested
+    assert not ids["labelled-10h"] & ids["train"] and not ids["dev"] & ids["test"]
+    assert len({u.speaker for u in splits["dev"]}) >= 4 and len({u.speaker for u in splits["test"]}) >= 4
+    for u in splits["train"][:5] + splits["test"][:5]:
+        info = sf.info(u.path)
+        assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+        assert info.frames == u.num_samples and 0.5 < u.seconds < 8
+        assert re.fullmatch(r"[A-Z' ]+", u.transcript)
+    # the layouts read back as LibriSpeech splits and Libri-light label sets
+    read = discover(out)
+    assert {u.id for u in read["labelled-1h"]} == ids["labelled-1h"]
+    assert {u.id: u.transcript for u in read["train"]} == {u.id: u.transcript for u in splits["train"]}
+
+
+def test_held_out_voices_absent_from_training(corpus):
+    out, summary = corpus
+    voices = speaker_voices(out)
+    used = {name: {voices[u.speaker] for u in read_manifest(out / "manifests" / f"{name}.jsonl")}
+            for name in ("train", "labelled-10h", "dev", "test")}
+    seen = used["train"] | used["labelled-10h"]
+    assert used["test"] and not used["test"] & seen
+    assert used["dev"] and not used["dev"] & seen and not used["dev"] & used["test"]
+    assert set(summary["held_out_voices"]["test"]) >= used["test"]
+    assert all(v in BASE_VOICES for v in voices.values())
+
+
+def test_bit_identical_for_a_seed_whatever_the_workers(corpus, tmp_path: Path):
+    out, _ = corpus
+    again = tmp_path / "again"
+    synthesize(again, seed=3, workers=1, **SMALL)
+    assert digest(again) == digest(out)
+
+
+def test_text_domains_and_normalisation():
+    rng = np.random.default_rng(0)
+    for domain in ("commands", "open"):
+        for s in sentences(domain, rng, 50):
+            assert re.fullmatch(r"[A-Z]+(?:'[A-Z]+)*(?: [A-Z]+(?:'[A-Z]+)*)*", s), s
+    assert len(load_pool()) > 10000
+    assert normalise_sentence("And God said, Let there be light: and there wasn't.") == \
+        "AND GOD SAID LET THERE BE LIGHT AND THERE WASN'T"
+    assert normalise_sentence("He paid 12 shillings for it") is None
+    assert normalise_sentence("The NATO summit was long today") is None
+    with pytest.raises(ValueError, match="unknown text domain"):
+        sentences("poetry", rng, 1)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from earful.eval.beam import BeamOptions, arpa_unigrams, lexicon_from_words
+from earful.eval.decode import greedy_decode
+from earful.eval.lm import build_kneser_ney
+from earful.eval.vocab import CharVocab
+
+V = CharVocab()
+CORPUS = ["the cat sat on the mat"] * 5 + [
+    "the dog sat on the rug",
+    "the dog was sad",
+    "a cat sat",
+    "the mat was sad",
+]
+
+
+def spelled(
+    text: str, second_best: dict[int, str] | None = None, t_frames: int | None = None
+) -> torch.Tensor:
+    """Logits whose arg-max spells ``text`` (a blank after each character); ``second_best[i]`` gives
+    character i a close runner-up."""
+    rows = []
+    for i, ch in enumerate(text):
+        row = torch.full((len(V),), -5.0)
+        row[V.index("|" if ch == " " else ch)] = 2.0
+        if second_best and i in second_best:
+            row[V.index(second_best[i])] = 1.5
+        blank = torch.full((len(V),), -5.0)
+        blank[0] = 2.0
+        rows += [row, blank]
+    x = torch.stack(rows)
+    if t_frames is not None:
+        x = torch.cat([x, torch.zeros(t_frames - len(x), len(V))])
+    return x
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lm") / "tiny.arpa"
+    build_kneser_ney(CORPUS, order=3).write_arpa(path)
+    return path
+
+
+def test_lexicon_from_the_lm_unigrams(tiny_lm):
+    words = arpa_unigrams(tiny_lm)
+    assert {"<s>", "</s>", "<unk>", "cat", "sad"} <= set(words)
+    lex = lexicon_from_words([*words, "café", "x|y"], V)
+    assert lex["cat"] == [["c", "a", "t", "|"]]
+    assert "<s>" not in lex and "café" not in lex and "x|y" not in lex
+    with pytest.raises(ValueError, match="empty"):
+        lexicon_from_words(["<s>", "ÿ"], V)
+
+
+def test_lm_repairs_a_misspelled_greedy_output(tiny_lm):
+    import flashlight.lib.text.decoder  # noqa: F401  (the lm extra is part of the test install)
+
+    from earful.eval.beam import LMBeamDecoder
+
+    text = "the cat sad on the mat"
+    x = spelled(text, {text.index("sad") + 2: "t"})  # "d" beats "t" by a little
+    assert greedy_decode(x[None], None, V) == [text]
+    with_lm = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=20, lm_weight=2.0))
+    assert with_lm.decode(x[None]) == ["the cat sat on the mat"]
+    # the acoustics alone keep "sad" (a word the lexicon has): the repair is the LM's doing
+    no_lm = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=20, lm_weight=0.0))
+    assert no_lm.decode(x[None]) == [text]
+
+
+def test_batch_with_padding_and_lengths(tiny_lm):
+    import flashlight.lib.text.decoder  # noqa: F401  (the lm extra is part of the test install)
+
+    from earful.eval.beam import LMBeamDecoder
+
+    a = spelled("the dog was sad")
+    b = spelled("a cat sat", t_frames=len(a))
+    b[len(spelled("a cat sat")) :, V.index("z")] = 9.0  # padding frames would spell junk
+    dec = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10))
+    out = dec.decode(torch.stack([a, b]), [len(a), len(spelled("a cat sat"))])
+    assert out == ["the dog was sad", "a cat sat"]
+    assert dec.decode(torch.stack([a, b]), [len(a), 0]) == ["the dog was sad", ""]
+    with pytest.raises(ValueError, match="frame lengths"):
+        dec.decode(torch.stack([a, b]), [len(a) + 1, 1])
+    with pytest.raises(FileNotFoundError):
+        LMBeamDecoder(V, tiny_lm.parent / "missing.arpa")

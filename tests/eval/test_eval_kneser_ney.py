@@ -1,0 +1,142 @@
+import argparse
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from earful.eval import commands
+from earful.eval.lm import (
+    BOS,
+    EOS,
+    FALLBACK_DISCOUNTS,
+    UNK,
+    NgramModel,
+    build_kneser_ney,
+    modified_kn_discounts,
+)
+
+
+def random_corpus(n: int = 300, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = "the a cat dog sat sad on mat rug was is big".split()
+    # a skewed distribution so that counts-of-counts give proper discounts at some orders
+    weights = [1 / (i + 1) for i in range(len(words))]
+    return [" ".join(rng.choices(words, weights, k=rng.randint(1, 8))) for _ in range(n)]
+
+
+def test_discounts_follow_chen_goodman():
+    (d1, d2, d3), fell_back = modified_kn_discounts(Counter({1: 10, 2: 5, 3: 3, 4: 2}))
+    y = 10 / (10 + 2 * 5)
+    assert not fell_back
+    assert d1 == pytest.approx(1 - 2 * y * 5 / 10)
+    assert d2 == pytest.approx(2 - 3 * y * 3 / 5)
+    assert d3 == pytest.approx(3 - 4 * y * 2 / 3)
+    assert modified_kn_discounts(Counter({1: 10, 2: 5, 3: 3})) == ((0.5, 1.0, 1.5), True)
+
+
+def test_hand_computed_bigram_model():
+    # fallback discounts 0.5 / 1 / 1.5 (too few n-grams); see the derivation in each comment
+    m = build_kneser_ney(["a b", "a b", "b"], order=2)
+    p = {g: 10**lp for g, lp in m.prob[1].items()}
+    # continuation counts a:1 b:2 </s>:1, total 4, gamma = (0.5+1+0.5)/4, uniform over {a,b,</s>,<unk>}
+    assert p[("a",)] == pytest.approx(0.5 / 4 + 0.125, abs=1e-9)
+    assert p[("b",)] == pytest.approx(1 / 4 + 0.125, abs=1e-9)
+    assert p[(EOS,)] == pytest.approx(0.25, abs=1e-9)
+    assert p[(UNK,)] == pytest.approx(0.125, abs=1e-9)
+    assert m.prob[1][(BOS,)] == -99.0
+    # raw bigram counts: <s> a:2, <s> b:1, a b:2, b </s>:3
+    assert 10 ** m.prob[2][(BOS, "a")] == pytest.approx((2 - 1) / 3 + 0.5 * 0.25)
+    assert 10 ** m.prob[2][(BOS, "b")] == pytest.approx((1 - 0.5) / 3 + 0.5 * 0.375)
+    assert 10 ** m.prob[2][("a", "b")] == pytest.approx((2 - 1) / 2 + 0.5 * 0.375)
+    assert 10 ** m.prob[2][("b", EOS)] == pytest.approx((3 - 1.5) / 3 + 0.5 * 0.25)
+    assert 10 ** m.backoff[1][(BOS,)] == pytest.approx(0.5)
+    assert 10 ** m.log10_prob("a", ["a"]) == pytest.approx(0.5 * 0.25)  # unseen: back off
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_probabilities_are_normalised_for_every_context(tmp_path, order):
+    path = tmp_path / "lm.arpa"
+    built = build_kneser_ney(random_corpus(), order)
+    assert built.discounts[order] != FALLBACK_DISCOUNTS  # the estimated discounts, not the fallback
+    built.write_arpa(path)
+    m = NgramModel.read_arpa(path)  # test what the file says, through the back-off formula
+    assert m.order == order
+    predicted = [w for w in m.vocabulary if w != BOS]  # the words, </s> and <unk>
+    contexts = [()] + [h for n in range(1, order) for h in m.prob[n] if h[-1] != EOS]
+    assert len(contexts) >= 14
+    for h in contexts:
+        total = sum(10 ** m.log10_prob(w, h) for w in predicted)
+        assert total == pytest.approx(1.0, abs=1e-5), h
+
+
+def test_seen_continuations_are_preferred():
+    m = build_kneser_ney(["the cat sat on the mat"] * 3 + ["the dog was sad"], order=3)
+    assert m.log10_prob("sat", ["the", "cat"]) > m.log10_prob("sad", ["the", "cat"])
+    assert m.log10_prob("zebra", ["the"]) == m.log10_prob(UNK, ["the"])
+
+
+@pytest.mark.parametrize("order", [2, 4])
+def test_arpa_loads_in_kenlm_with_the_same_scores(tmp_path, order):
+    import kenlm
+    corpus = random_corpus()
+    path = tmp_path / "lm.arpa"
+    build_kneser_ney(corpus, order).write_arpa(path)
+    k = kenlm.Model(str(path))
+    ours = NgramModel.read_arpa(path)
+    assert k.order == order
+    for sent in corpus[:40] + ["zebra cat sat", "the the the the the"]:
+        assert k.score(sent, bos=True, eos=True) == pytest.approx(ours.sentence_log10_prob(sent), abs=1e-4)
+
+
+def test_arpa_loads_in_flashlights_kenlm_with_the_same_scores(tmp_path):
+    import flashlight.lib.text.decoder  # noqa: F401  (the lm extra is part of the test install)
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    corpus = random_corpus()
+    path = tmp_path / "lm.arpa"
+    ours = build_kneser_ney(corpus, 3)
+    ours.write_arpa(path)
+    words = Dictionary()
+    for w in ours.vocabulary:
+        words.add_entry(w)
+    words.set_default_index(words.get_index(UNK))
+    lm = KenLM(str(path), words)
+    for sent in corpus[:20]:
+        state, total = lm.start(False), 0.0
+        for w in sent.split():
+            state, s = lm.score(state, words.get_index(w))
+            total += s
+        total += lm.finish(state)[1]
+        assert total == pytest.approx(ours.sentence_log10_prob(sent), abs=1e-4)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="order"):
+        build_kneser_ney(["a b"], order=1)
+    with pytest.raises(ValueError, match="no sentences"):
+        build_kneser_ney(["", "  "], order=2)
+    with pytest.raises(ValueError, match="reserved"):
+        build_kneser_ney(["a <s> b"], order=2)
+
+
+def test_lm_build_command(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("The Cat sat\n\nthe dog SAT\n", encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "sub" / "lm.arpa"
+    args = parser.parse_args(["lm", "build", str(text), "--order", "3", "--out", str(out)])
+    assert args.func(args) == 0
+    m = NgramModel.read_arpa(out)
+    assert m.order == 3
+    assert set(m.vocabulary) == {"the", "cat", "dog", "sat", BOS, EOS, UNK}
+    assert math.isclose(
+        10 ** m.log10_prob("sat", ["the", "cat"]) + 10 ** m.log10_prob("sat", ["the", "dog"]),
+        2 * 10 ** m.prob[3][("the", "cat", "sat")],
+        rel_tol=1e-6,
+    )
+    with pytest.raises(FileNotFoundError):
+        args = parser.parse_args(["lm", "build", str(tmp_path / "nope.txt"), "--out", str(out)])
+        args.func(args)

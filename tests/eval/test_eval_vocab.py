@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from earful.eval.vocab import BLANK, CharVocab
+
+
+def test_layout_is_blank_delimiter_apostrophe_letters():
+    v = CharVocab()
+    assert len(v) == 29
+    assert v.symbols[:3] == (BLANK, "|", "'")
+    assert v.blank_id == 0 and v.delimiter_id == 1
+    assert v.index("a") == 3 and v.index("z") == 28
+
+
+def test_encode_lowercases_and_maps_spaces_to_delimiter():
+    v = CharVocab()
+    ids = v.encode("  Don't  STOP ")
+    assert [v.symbols[i] for i in ids] == list("don't|stop")
+    assert v.decode(ids) == "don't stop"
+
+
+def test_decode_drops_blanks_and_merges_spaces_but_keeps_repeats():
+    v = CharVocab()
+    ids = [1, 0, 3, 3, 0, 1, 1, 4, 1]  # | <b> a a <b> | | b |
+    assert v.decode(ids) == "aa b"
+    with pytest.raises(ValueError, match="outside"):
+        v.decode([29])
+
+
+def test_unknown_characters_are_named_with_the_utterance():
+    v = CharVocab()
+    with pytest.raises(ValueError) as e:
+        v.encode("café, 2 cats", utt_id="1089-134686-0000")
+    msg = str(e.value)
+    assert "1089-134686-0000" in msg
+    for c in ("'é'", "','", "'2'"):
+        assert c in msg
+    with pytest.raises(ValueError, match=r"'\|'"):
+        v.encode("a|b")  # the delimiter is not text
+
+
+def test_mapping_replaces_or_removes_characters():
+    v = CharVocab(mapping={"é": "e", ",": "", "-": " "})
+    assert v.decode(v.encode("Café, self-made")) == "cafe self made"
+    with pytest.raises(ValueError, match="'!'"):
+        v.encode("hi!")
+
+
+def test_to_dict_round_trips_through_json():
+    v = CharVocab(mapping={"-": " "})
+    w = CharVocab.from_dict(json.loads(json.dumps(v.to_dict())))
+    assert w == v and w.encode("a-b") == v.encode("a-b")
+    assert CharVocab.from_dict(CharVocab().to_dict()) != v
+
+
+def test_bad_symbol_lists_are_rejected():
+    with pytest.raises(ValueError, match="blank"):
+        CharVocab(["a", "|"])
+    with pytest.raises(ValueError, match="delimiter"):
+        CharVocab([BLANK, "a"])
+    with pytest.raises(ValueError, match="duplicate"):
+        CharVocab([BLANK, "|", "a", "a"])

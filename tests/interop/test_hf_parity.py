@@ -1,0 +1,130 @@
+"""earful == transformers, tensor by tensor (fp32, eval mode), and lossless export/import."""
+
+import logging
+
+import pytest
+import torch
+import transformers
+
+from earful.interop.hf import export_hf, import_hf
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
+from earful.model.masking import compute_mask, sample_negatives
+
+transformers.logging.set_verbosity_error()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+TINY_LAYER = [
+    "feat_extract_norm=layer", "conv_bias=true", "layer_norm_first=true", "normalize_waveform=false"
+]  # fmt: skip
+BASE_SMALL = ["num_layers=2"]  # BASE widths, two layers: parity of every block at full size, in seconds
+LARGE_SMALL = ["num_layers=2", "normalize_waveform=false"]
+
+SHAPES = {
+    "tiny-group": ("tiny", []),
+    "tiny-layer": ("tiny", TINY_LAYER),
+    "base-group": ("base", BASE_SMALL),
+    "large-layer": ("large", LARGE_SMALL),
+}
+
+
+def make_batch(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    wave = torch.randn(len(lengths), int(lens.max()), generator=g) * 0.1
+    att = (torch.arange(wave.shape[1])[None] < lens[:, None]).long()
+    return wave * att, lens, att
+
+
+def randomise(model: torch.nn.Module) -> None:
+    """Non-trivial values everywhere (norm gains and biases are 1 and 0 at init)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_hidden_states_and_ctc_logits_match(shape, tmp_path) -> None:
+    preset, overrides = SHAPES[shape]
+    cfg = load_model_config(preset, overrides)
+    ours = Wav2Vec2ForCTC(cfg, vocab_size=32).eval()
+    randomise(ours)
+    export_hf(ours, tmp_path)
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()
+    wave, lens, att = make_batch((16000, 11000))
+    with torch.no_grad():
+        h = theirs(wave, attention_mask=att, output_hidden_states=True)
+        out = ours.wav2vec2(wave, lens, output_hidden_states=True)
+        logits, flen = ours(wave, lens)
+    assert len(h.hidden_states) == len(out.hidden_states) == cfg.num_layers + 1
+    for a, b in zip(h.hidden_states, out.hidden_states, strict=True):
+        for i, n in enumerate(flen.tolist()):
+            assert (a[i, :n] - b[i, :n]).abs().max() <= 1e-4
+    for i, n in enumerate(flen.tolist()):
+        assert (h.logits[i, :n] - logits[i, :n]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("shape", ["tiny-group", "tiny-layer", "base-group"])
+def test_pretraining_logits_and_losses_match(shape, tmp_path) -> None:
+    preset, overrides = SHAPES[shape]
+    cfg = load_model_config(preset, overrides + ["require_same_masks=false"])
+    ours = Wav2Vec2ForPreTraining(cfg).eval()
+    randomise(ours)
+    export_hf(ours, tmp_path)
+    theirs = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path).eval()
+    wave, lens, att = make_batch((16000, 12000), seed=1)
+    flen = ours.frame_lengths(lens)
+    frames = int(flen.max())
+    g = torch.Generator().manual_seed(3)
+    mask = compute_mask(flen, frames, 0.65, 10, min_masks=2, generator=g)
+    neg = sample_negatives(mask, cfg.num_negatives, generator=g)  # (batch, frames, K), within-utterance
+    offset = (torch.arange(len(lens)) * frames)[:, None, None]
+    with torch.no_grad():
+        h = theirs(wave, attention_mask=att, mask_time_indices=mask, sampled_negative_indices=neg + offset)
+        o = ours(wave, lens, mask=mask, negatives=neg)
+        c = ours.final_proj(ours.wav2vec2(wave, lens, mask=mask).hidden)
+    n = int(o.num_masked)
+    # projected context and targets
+    assert (h.projected_states[mask] - c[mask]).abs().max() <= 1e-4
+    # contrastive loss: HF sums over masked frames, as we do
+    assert abs(h.contrastive_loss.item() - o.contrastive.item()) <= 1e-4 * max(1.0, abs(o.contrastive.item()))
+    # logits: rebuild HF's from its projected states and compare with ours
+    q = h.projected_quantized_states  # (batch, frames, final_dim)
+    negq = q.view(-1, q.shape[-1])[(neg + offset).view(-1)].view(*neg.shape, -1)
+    targets = torch.cat([q[:, :, None], negq], dim=2)  # (batch, frames, 1 + K, dim)
+    hf_logits = torch.cosine_similarity(h.projected_states[:, :, None].float(), targets.float(), dim=-1) / 0.1
+    same = (negq == q[:, :, None]).all(-1)
+    hf_logits[:, :, 1:][same] = float("-inf")
+    hf_logits = hf_logits[mask]
+    finite = torch.isfinite(hf_logits)
+    assert torch.equal(finite, torch.isfinite(o.logits))
+    assert (hf_logits[finite] - o.logits[finite]).abs().max() <= 1e-3  # logits are ×10 cosines
+    # diversity: HF uses the hard (argmax) perplexity in eval mode, over masked frames
+    gv = cfg.num_codevector_groups * cfg.num_codevectors_per_group
+    assert abs(h.codevector_perplexity.item() - o.perplexity_hard.sum().item()) <= 1e-3
+    expected_div = (gv - o.perplexity_hard.sum()) / gv * n
+    assert abs(h.diversity_loss.item() - expected_div.item()) <= 1e-3
+
+
+@pytest.mark.parametrize("kind", ["pretraining", "ctc"])
+def test_export_transformers_import_is_identity(kind, tmp_path) -> None:
+    cfg = load_model_config("tiny", TINY_LAYER)
+    ours = Wav2Vec2ForPreTraining(cfg) if kind == "pretraining" else Wav2Vec2ForCTC(cfg, vocab_size=29)
+    randomise(ours)
+    export_hf(ours, tmp_path / "a")
+    cls = transformers.Wav2Vec2ForPreTraining if kind == "pretraining" else transformers.Wav2Vec2ForCTC
+    hf = cls.from_pretrained(tmp_path / "a")
+    hf.save_pretrained(tmp_path / "b")  # transformers writes its own folder
+    back, _ = import_hf(tmp_path / "b")
+    assert type(back) is type(ours)
+    a, b = ours.state_dict(), back.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_padded_convs_refuse_export(tmp_path) -> None:
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"]))
+    with pytest.raises(ValueError, match="padded"):
+        export_hf(model, tmp_path)

@@ -1,0 +1,97 @@
+"""Masking and distractor sampling against fairseq's semantics."""
+
+import numpy as np
+import pytest
+import torch
+
+from earful.model.masking import compute_mask, sample_negatives
+
+
+def fairseq_reference(lengths: list[int], frames: int, p: float, m: int, min_masks: int, same: bool, rs) -> np.ndarray:
+    """A direct transcription of fairseq's compute_mask_indices (static spans, no_overlap=False)."""
+    mask = np.zeros((len(lengths), frames), dtype=bool)
+    idcs = []
+    for sz in lengths:
+        num = max(min_masks, int(p * sz / float(m) + rs.rand()))
+        min_len = m
+        if sz - min_len <= num:
+            min_len = sz - num - 1
+        starts = rs.choice(sz - min_len, num, replace=False)
+        idc = np.asarray([s + o for s in starts for o in range(m)])
+        idcs.append(np.unique(idc[idc < sz]))
+    min_count = min(len(i) for i in idcs)
+    for i, idc in enumerate(idcs):
+        if same and len(idc) > min_count:
+            idc = rs.choice(idc, min_count, replace=False)
+        mask[i, idc] = True
+    return mask
+
+
+@pytest.mark.parametrize("length", [30, 49, 149, 749])
+def test_masked_fraction_matches_fairseq(length: int) -> None:
+    rs = np.random.RandomState(0)
+    g = torch.Generator().manual_seed(0)
+    ours, ref = [], []
+    for _ in range(200):
+        ref.append(fairseq_reference([length], length, 0.65, 10, 2, False, rs).mean())
+        mask = compute_mask(torch.tensor([length]), length, 0.65, 10, min_masks=2, generator=g)
+        ours.append(mask.float().mean().item())
+    assert abs(np.mean(ours) - np.mean(ref)) < 0.02, (np.mean(ours), np.mean(ref))
+
+
+def test_padding_never_masked_and_same_counts() -> None:
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([100, 60, 37, 12])
+    mask = compute_mask(lengths, 100, 0.65, 10, min_masks=2, require_same_masks=True, generator=g)
+    frames = torch.arange(100)[None, :]
+    assert not (mask & (frames >= lengths[:, None])).any()
+    counts = mask.sum(1)
+    assert (counts == counts[0]).all() and counts[0] > 0
+
+
+def test_short_utterance_still_masked() -> None:
+    g = torch.Generator().manual_seed(2)
+    for length in (1, 3, 9, 10, 11):
+        mask = compute_mask(torch.tensor([length]), 20, 0.65, 10, min_masks=2, generator=g)
+        assert mask[0, :length].any()
+        assert not mask[0, length:].any()
+
+
+def test_nanow2v2_fraction() -> None:
+    # the paper's spec: p=0.5, span 10 masks ≈ 39-40 % of frames (0.388 at L=149, 0.399 at L=749)
+    g = torch.Generator().manual_seed(3)
+    for length, expected in ((149, 0.388), (749, 0.399)):
+        fr = [
+            compute_mask(torch.tensor([length]), length, 0.5, 10, style="nanow2v2", generator=g).float().mean()
+            for _ in range(300)
+        ]
+        assert abs(float(np.mean(fr)) - expected) < 0.015
+
+
+def test_negatives_from_masked_frames_never_self() -> None:
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([80, 50])
+    mask = compute_mask(lengths, 80, 0.65, 10, min_masks=2, generator=g)
+    neg = sample_negatives(mask, 50, generator=g)
+    assert neg.shape == (2, 80, 50)
+    for b in range(2):
+        rows = mask[b].nonzero().squeeze(1)
+        drawn = neg[b, rows]  # (masked, K)
+        assert mask[b].gather(0, drawn.flatten()).all(), "a distractor is not a masked frame"
+        assert not (drawn == rows[:, None]).any(), "a distractor is the positive itself"
+        # uniform over the other masked frames: every candidate appears
+        assert drawn.unique().numel() == rows.numel()
+
+
+def test_single_masked_frame_points_to_itself() -> None:
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    mask[0, 4] = True
+    neg = sample_negatives(mask, 5)
+    assert (neg[0, 4] == 4).all()
+
+
+def test_mask_is_seeded() -> None:
+    a = compute_mask(torch.tensor([200, 150]), 200, 0.65, 10, generator=torch.Generator().manual_seed(9))
+    b = compute_mask(torch.tensor([200, 150]), 200, 0.65, 10, generator=torch.Generator().manual_seed(9))
+    c = compute_mask(torch.tensor([200, 150]), 200, 0.65, 10, generator=torch.Generator().manual_seed(10))
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -1,0 +1,141 @@
+"""The wav2vec 2.0 model: shapes, parameter counts, determinism, learning, gradients."""
+
+import pytest
+import torch
+
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, count_parameters, load_model_config
+
+
+def batch(seed: int = 0, lengths=(16000, 12000, 6000)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    wave = torch.randn(len(lengths), int(lens.max()), generator=g)
+    wave = wave * (torch.arange(wave.shape[1])[None] < lens[:, None])
+    return wave, lens
+
+
+def test_base_has_95m_parameters() -> None:
+    model = Wav2Vec2ForPreTraining(load_model_config("base"))
+    assert count_parameters(model) == 95_044_608  # paper-spec §2.8
+    backbone = count_parameters(model.wav2vec2)
+    assert backbone == 94_371_712
+
+
+def test_frame_rates() -> None:
+    fairseq = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    nano = Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"]))
+    secs = torch.tensor([16000, 240000, 480000])
+    assert fairseq.frame_lengths(secs).tolist() == [49, 749, 1499]
+    assert nano.frame_lengths(secs).tolist() == [50, 750, 1500]
+    # the analytic lengths agree with what the convolutions produce
+    for m in (fairseq, nano):
+        wave = torch.zeros(1, 16000 * 2 + 123)
+        out = m.wav2vec2.feature_encoder(wave)
+        assert out.shape[-1] == m.frame_lengths(torch.tensor([wave.shape[1]])).item()
+
+
+def test_eval_is_deterministic_and_train_is_not() -> None:
+    cfg = load_model_config("tiny", ["dropout=0.2", "attention_dropout=0.2"])
+    model = Wav2Vec2ForCTC(cfg, vocab_size=30)
+    wave, lens = batch()
+    model.eval()
+    with torch.no_grad():
+        a, _ = model(wave, lens)
+        b, _ = model(wave, lens)
+    assert torch.equal(a, b)
+    model.train()
+    with torch.no_grad():
+        c, _ = model(wave, lens)
+        d, _ = model(wave, lens)
+    assert not torch.equal(c, d)
+
+
+def test_padding_does_not_change_real_frames() -> None:
+    """An utterance's outputs do not depend on how much padding its batch has (key-padding mask)."""
+    cfg = load_model_config("tiny", ["feat_extract_norm=layer"])  # GroupNorm would see the padding
+    model = Wav2Vec2ForCTC(cfg, vocab_size=10).eval()
+    wave, lens = batch(lengths=(9000,))
+    padded = torch.nn.functional.pad(wave, (0, 7000))
+    with torch.no_grad():
+        a, fa = model(wave, lens)
+        b, fb = model(padded, lens)
+    n = int(fa[0])
+    assert torch.allclose(a[0, :n], b[0, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-nanow2v2"])
+def test_overfit_one_batch_and_gradients_reach_codebook(preset: str) -> None:
+    overrides = ["dropout=0.0", "attention_dropout=0.0", "dropout_input=0.0", "dropout_features=0.0"]
+    if preset == "tiny-nanow2v2":
+        overrides += ["conv_padding=true", "quantizer_input=raw", "loss_normalisation=nanow2v2", "mask_style=nanow2v2"]
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny", overrides))
+    wave, lens = batch(1, (16000, 16000, 16000, 16000))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(40):
+        out = model(wave, lens, generator=torch.Generator().manual_seed(0))
+        loss = out.objective(out.num_masked, 1)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert model.quantizer.codevectors.grad.abs().sum() > 0
+            assert model.quantizer.weight_proj.weight.grad.abs().sum() > 0
+            assert model.wav2vec2.feature_encoder.layers[0].conv.weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append((out.contrastive / out.num_masked).item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_loss_terms_are_sums() -> None:
+    """Splitting a batch in two and summing the terms gives the whole batch's terms (fairseq mode)."""
+    cfg = load_model_config("tiny", ["require_same_masks=false"])
+    model = Wav2Vec2ForPreTraining(cfg).eval()
+    wave, lens = batch(2, (16000, 16000))
+    f = int(model.frame_lengths(lens)[0])
+    g = torch.Generator().manual_seed(5)
+    from earful.model.masking import compute_mask, sample_negatives
+
+    mask = compute_mask(torch.tensor([f, f]), f, 0.65, 10, min_masks=2, generator=g)
+    neg = sample_negatives(mask, cfg.num_negatives, generator=g)
+    with torch.no_grad():
+        whole = model(wave, lens, mask=mask, negatives=neg)
+        parts = [
+            model(wave[i : i + 1], lens[i : i + 1], mask=mask[i : i + 1], negatives=neg[i : i + 1]) for i in range(2)
+        ]
+    assert whole.num_masked == sum(p.num_masked for p in parts)
+    torch.testing.assert_close(whole.contrastive, sum(p.contrastive for p in parts), rtol=1e-5, atol=1e-4)
+    total = whole.objective(whole.num_masked)
+    split = sum(p.objective(whole.num_masked) for p in parts)
+    # contrastive and penalty are additive; diversity uses batch marginals, so only close
+    assert abs(total.item() - split.item()) / total.item() < 0.05
+
+
+def test_layerdrop_keeps_every_parameter_in_the_graph() -> None:
+    cfg = load_model_config("tiny", ["layerdrop=0.99"])
+    model = Wav2Vec2ForPreTraining(cfg).train()
+    wave, lens = batch()
+    out = model(wave, lens)
+    out.objective(out.num_masked).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+
+
+def test_temperature_schedule() -> None:
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    model.set_step(0)
+    assert model.quantizer.temperature == 2.0
+    model.set_step(100_000)
+    assert abs(model.quantizer.temperature - 2.0 * 0.999995**100_000) < 1e-9
+    model.set_step(400_000)
+    assert model.quantizer.temperature == 0.5
+
+
+def test_quantizer_eval_is_argmax() -> None:
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny")).eval()
+    x = torch.randn(50, model.cfg.conv_dim[-1])
+    q, codes, soft = model.quantizer(x)
+    assert torch.equal(codes, soft.argmax(-1))
+    book = model.quantizer.codevectors.view(model.cfg.num_codevector_groups, model.cfg.num_codevectors_per_group, -1)
+    expected = torch.cat([book[g][codes[:, g]] for g in range(codes.shape[1])], dim=-1)
+    torch.testing.assert_close(q, expected)

@@ -1,0 +1,89 @@
+"""Exact gradient accumulation: k micro-batches == one batch of the same utterances."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from earful.model import Wav2Vec2ForPreTraining, load_model_config
+from earful.model.masking import compute_mask, sample_negatives
+
+NO_RANDOMNESS = ["dropout=0.0", "attention_dropout=0.0", "dropout_input=0.0", "dropout_features=0.0",
+                 "diversity_weight=0.0", "require_same_masks=false"]
+
+
+def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_of_k_micro_batches_equals_one_batch() -> None:
+    """Sums per micro-batch, one division by the global masked count (what the engine does)."""
+    torch.manual_seed(0)
+    # layer norm in the CNN: GroupNorm normalises over time, padding included, so it depends on the padding
+    cfg = load_model_config("tiny", [*NO_RANDOMNESS, "feat_extract_norm=layer"])
+    model = Wav2Vec2ForPreTraining(cfg).eval()  # eval: argmax quantizer, so both sides see the same codes
+    model.quantizer.train(False)
+    g = torch.Generator().manual_seed(1)
+    lens = torch.tensor([16000, 14000, 12000, 9000])
+    wave = torch.randn(4, 16000, generator=g) * (torch.arange(16000)[None] < lens[:, None])
+    flen = model.frame_lengths(lens)
+    frames = int(flen.max())
+    mask = compute_mask(flen, frames, 0.65, 10, min_masks=2, generator=g)
+    neg = sample_negatives(mask, cfg.num_negatives, generator=g)
+
+    def total(out):
+        return out.contrastive + out.diversity_weight * out.diversity + out.penalty_weight * out.penalty
+
+    # one batch
+    model.zero_grad()
+    with torch.enable_grad():
+        out = model(wave, lens, mask=mask, negatives=neg)
+        (total(out) / out.num_masked).backward()
+    whole = grads_of(model)
+    # k = 2 micro-batches (each padded only to its own longest utterance)
+    model.zero_grad()
+    n_global = 0
+    for sl in (slice(0, 2), slice(2, 4)):
+        w = wave[sl, : int(lens[sl].max())]
+        f = int(model.frame_lengths(lens[sl]).max())
+        o = model(w, lens[sl], mask=mask[sl, :f], negatives=neg[sl, :f])
+        total(o).backward()
+        n_global += int(o.num_masked)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(n_global)
+    micro = grads_of(model)
+    assert whole.keys() == micro.keys()
+    for k in whole:
+        torch.testing.assert_close(micro[k], whole[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_two_process_ddp_equals_one_process_accumulated(tmp_path, equal_corpus) -> None:
+    """torchrun --nproc-per-node 2 (gloo) × 1 micro-batch == 1 process × 2 micro-batches."""
+    train = equal_corpus
+    common = ["model_preset=tiny", f"data.train={train}", "data.valid=null", "batch_seconds=8",
+              "device_seconds=4", "max_steps=4", "log_every=2", "valid_every=0", "ckpt_every=100",
+              "data.num_workers=0", "data.crop_seconds=null", "data.min_seconds=null", "optim.lr=1e-3",
+              "optim.schedule=constant", "tensorboard=false", "threads=1",
+              "model.dropout=0.0", "model.attention_dropout=0.0", "model.dropout_input=0.0",
+              "model.dropout_features=0.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[2]
+    _run([sys.executable, "-m", "earful.cli", "pretrain", *common, "--out", str(tmp_path / "one")], root, env)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+          "-m", "earful.cli", "pretrain", *common, "--out", str(tmp_path / "two")], root, env)
+    a = load_file(str(tmp_path / "one/checkpoints/step-0000004/model.safetensors"))
+    b = load_file(str(tmp_path / "two/checkpoints/step-0000004/model.safetensors"))
+    init = load_file(str(tmp_path / "one/checkpoints/init/model.safetensors"))
+    moved = sum((a[k] - init[k]).abs().sum().item() for k in a)
+    assert moved > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -1,0 +1,72 @@
+"""A run killed (SIGKILL or SIGTERM) and resumed ends with the same parameters as one never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def args_for(train: Path, valid: Path, out: Path, steps: int = 12) -> list[str]:
+    return [sys.executable, "-m", "earful.cli", "pretrain", "model_preset=tiny", f"data.train={train}",
+            f"data.valid={valid}", "batch_seconds=6", "device_seconds=3", f"max_steps={steps}", "log_every=2",
+            "valid_every=4", "ckpt_every=2", "data.num_workers=1", "data.min_seconds=0.5", "data.crop_seconds=2.0",
+            "optim.lr=1e-3", "tensorboard=false", "threads=1", "--out", str(out)]
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def final_weights(out: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoints" / f"step-{step:07d}" / "model.safetensors"))
+
+
+def latest_step(out: Path) -> int:
+    p = out / "checkpoints" / "latest.json"
+    try:
+        return int(json.loads(p.read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_corpus):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run(args_for(*tiny_corpus, out))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_and_resumed_equals_uninterrupted(sig, tmp_path, tiny_corpus, reference) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(args_for(*tiny_corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while latest_step(out) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, err[-2000:]
+        assert "stopped by SIGTERM" in err
+    killed_at = latest_step(out)
+    assert 4 <= killed_at < 12, f"the run was not interrupted mid-way (latest step {killed_at})"
+    run([*args_for(*tiny_corpus, out), "--resume"])
+    a, b = final_weights(reference, 12), final_weights(out, 12)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the log covers every step once, with no duplicates
+    steps = [json.loads(line)["step"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
