@@ -1,10 +1,14 @@
-"""``earful lm build``: an ARPA n-gram word LM from a text file. (``evaluate`` comes with fine-tuning.)"""
+"""Sub-commands ``evaluate`` (WER / CER of a CTC checkpoint, greedy and with an LM) and ``lm build``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 
 from earful.eval.lm import build_arpa
+
+log = logging.getLogger("earful.eval")
 
 
 def _lm_build(args: argparse.Namespace) -> int:
@@ -12,8 +16,49 @@ def _lm_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from earful.eval.beam import BeamOptions
+    from earful.eval.evaluate import evaluate
+
+    options = BeamOptions(beam=args.beam, beam_threshold=args.beam_threshold, lm_weight=args.lm_weight,
+                          word_score=args.word_score, unk_score=args.unk_score, sil_score=args.sil_score)
+    if args.lexicon and not args.lm:
+        raise ValueError("--lexicon needs --lm")
+    summary = evaluate(
+        args.ckpt, args.manifests, args.out, batch_seconds=args.batch_seconds, device=args.device,
+        precision=args.precision, lm=args.lm, lexicon=args.lexicon, beam_options=options,
+        num_workers=args.num_workers,
+    )  # fmt: skip
+    log.info("summary: %s", json.dumps(summary["splits"]))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``lm`` (with sub-command ``build``) to the ``earful`` command."""
+    """Add ``evaluate`` and ``lm`` (with sub-command ``build``) to the ``earful`` command."""
+    ev = subparsers.add_parser(
+        "evaluate",
+        help="WER and CER of a fine-tuned checkpoint on labelled manifests (greedy, and with an n-gram LM)",
+        description="Transcribe each manifest with a CTC checkpoint (or a run directory: its latest "
+        "checkpoint), greedy and, with --lm, with flashlight's lexicon beam search and a KenLM n-gram. Writes "
+        "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json.",
+    )
+    ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
+    ev.add_argument("manifests", nargs="+", help="labelled JSONL manifests; each is a split named by its stem")
+    ev.add_argument("--out", required=True, help="output directory")
+    ev.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio per inference batch")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ev.add_argument("--num-workers", type=int, default=0, help="audio loading worker processes")
+    ev.add_argument("--lm", default=None, help="ARPA file (or KenLM binary with --lexicon) for beam search")
+    ev.add_argument("--lexicon", default=None, help="lexicon file (default: the ARPA file's unigrams)")
+    ev.add_argument("--beam", type=int, default=50, help="beam size (the paper: 50)")
+    ev.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (the paper: 2)")
+    ev.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")
+    ev.add_argument("--beam-threshold", type=float, default=25.0, help="prune hypotheses this far below the best")
+    ev.add_argument("--unk-score", type=float, default=float("-inf"), help="score of an out-of-lexicon word")
+    ev.add_argument("--sil-score", type=float, default=0.0, help="score of a word delimiter")
+    ev.set_defaults(func=_evaluate)
+
     lm = subparsers.add_parser("lm", help="n-gram language models for beam search")
     lm_sub = lm.add_subparsers(dest="lm_command", required=True)
     build = lm_sub.add_parser(

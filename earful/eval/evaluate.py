@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -165,7 +166,9 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"checkpoint": str(path), "batch_seconds": batch_seconds, "splits": {}}
     if beam is not None:
-        summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **asdict(beam.options)}
+        opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
+                for k, v in asdict(beam.options).items()}
+        summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
     for manifest, split in zip(manifests, _split_names(manifests), strict=True):
         utts = read_manifest(manifest, check_files=True)
         refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]

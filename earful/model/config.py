@@ -77,6 +77,7 @@ class ModelConfig:
     num_negatives: int = 100
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
+    diversity_warmup_steps: int = 0  # ramp the diversity weight linearly from 0 over these optimizer steps
     feature_penalty_weight: float = 10.0
     loss_normalisation: Literal["fairseq", "nanow2v2"] = "fairseq"
 

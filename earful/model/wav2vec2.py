@@ -166,9 +166,13 @@ class Wav2Vec2ForPreTraining(nn.Module):
         return max(c.temperature_start * c.temperature_decay**step, c.temperature_end)
 
     def set_step(self, step: int) -> None:
-        """Advance the Gumbel temperature to optimizer step ``step``."""
+        """Advance the Gumbel temperature (and the diversity warm-up) to optimizer step ``step``."""
         self.step = step
         self.quantizer.temperature = self.temperature_at(step)
+
+    def diversity_weight_at(self, step: int) -> float:
+        warm = self.cfg.diversity_warmup_steps
+        return self.cfg.diversity_weight * (min(1.0, step / warm) if warm > 0 else 1.0)
 
     def forward(
         self,
@@ -238,7 +242,8 @@ class Wav2Vec2ForPreTraining(nn.Module):
         return PretrainOutput(
             contrastive=contrastive, diversity=diversity, penalty=penalty, num_masked=num_masked,
             num_correct=num_correct, perplexity_soft=ppl_soft.detach(), perplexity_hard=ppl_hard,
-            logits=logits, diversity_weight=cfg.diversity_weight, penalty_weight=cfg.feature_penalty_weight,
+            logits=logits, diversity_weight=self.diversity_weight_at(self.step),
+            penalty_weight=cfg.feature_penalty_weight,
             normalisation=cfg.loss_normalisation, mask=mask, negatives=negatives,
         )  # fmt: skip
 

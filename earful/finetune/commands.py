@@ -1,0 +1,47 @@
+"""Sub-command ``finetune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger("earful.finetune")
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.trainer import run_finetuning
+    from earful.train.pretrain import TrainingStopped
+
+    cfg = load_finetune_config(args.config, args.overrides)
+    if args.init is not None:  # set directly: a path is not parsed as YAML
+        cfg.init = args.init
+    if args.train is not None:
+        cfg.data.train = args.train
+    if args.dev is not None:
+        cfg.data.dev = args.dev
+    try:
+        summary = run_finetuning(cfg, args.out, resume=args.resume)
+    except TrainingStopped as e:
+        log.error("%s", e)
+        return 3
+    log.info("done: %s", json.dumps({k: summary[k] for k in ("step", "dev_wer", "best_wer", "stopped_by")}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune", help="CTC fine-tuning on labelled audio (also under torchrun)",
+        description="Fine-tune a pre-trained (or random) wav2vec 2.0 model with CTC on characters. Defaults: "
+        "the paper's recipe; fairseq's with --config finetune-fairseq-10m (or -100h).",
+    )  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=13000 model.mask_prob=0.65")
+    p.add_argument("--init", default=None,
+                   help="pre-training or CTC checkpoint, run directory, transformers folder, or 'scratch'")
+    p.add_argument("--train", default=None, help="labelled training manifest (data.train)")
+    p.add_argument("--dev", default=None, help="labelled dev manifest for WER every valid_every steps (data.dev)")
+    p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.set_defaults(func=_finetune)

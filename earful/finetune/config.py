@@ -1,0 +1,144 @@
+"""Fine-tuning configuration: defaults ← YAML (a path or a preset such as ``finetune-fairseq-10m``) ←
+``key=value`` overrides (``optim.lr=3e-5``, ``model.mask_prob=0.65``).
+
+The defaults are the paper's recipe (``../shared/paper-spec.md`` §5, nanow2v2 ``config/ft_asr.yaml``):
+
+* Adam (AdamW with weight decay 0 is the same update), betas (0.9, 0.98), eps 1e-8, peak lr 5e-5;
+* tri-stage schedule: 10 % linear warm-up from lr/100, 40 % hold, 50 % exponential decay to lr/20;
+* 180 s of padded audio per step (1 GPU, no accumulation), utterances up to 30 s;
+* CNN, feature projection and its LayerNorm always frozen; transformer (with positional conv and mask
+  vector) frozen for the first 5,000 steps, so only the CTC head trains then;
+* time masking p = 0.05, span 10; no channel masking; dropout 0.1; LayerDrop 0;
+* CTC head initialised as the paper's ``init_linear_for_ctc`` (blank bias + 5, other rows × 0.1);
+* 12,000 steps (the 10-minute condition; 13k for 1 h, 20k for 10 h, 80k for 100 h, 320k for 960 h);
+* seed 123. The paper trains in fp16; the default here is fp32 (CPU-friendly), set ``precision=fp16``.
+
+fairseq's BASE recipes are presets: ``finetune-fairseq-10m`` and ``finetune-fairseq-100h``.
+
+**Loss normalisation** (``loss_normalisation``). The CTC loss of every utterance is summed over
+micro-batches and ranks and divided once by a global count: ``sentence`` (default) divides by the number
+of utterances, fairseq's ``sentence_avg: true`` used by all its wav2vec 2.0 fine-tuning recipes;
+``token`` divides by the number of target characters (fairseq's default for other tasks). The paper's
+code uses ``F.ctc_loss``'s ``mean`` (each utterance divided by its length, then averaged): per step
+that is only a different weighting of utterances, which Adam largely absorbs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from earful.config import load_config
+from earful.model.config import ModelConfig
+from earful.train.config import OptimConfig
+
+
+@dataclass
+class FinetuneDataConfig:
+    train: str = ""  # labelled manifest (every utterance needs a transcript)
+    dev: str | None = None  # labelled manifest for dev WER every ``valid_every`` steps
+    max_seconds: float | None = 30.0  # longer utterances are left out (counted and logged)
+    min_seconds: float | None = None  # shorter utterances are left out (counted and logged)
+    num_workers: int = 2
+    skip_bad: bool = False  # count and log unreadable files instead of stopping
+    bucket_size: int = 1000
+
+
+@dataclass
+class RegularisationConfig:
+    """Model settings put on top of the initial model's config for fine-tuning (``None`` keeps the value
+    the initial model has, e.g. from its pre-training config)."""
+
+    mask_prob: float | None = 0.05  # time masking (fairseq: 0.65; 0.5 for 960 h)
+    mask_length: int | None = 10
+    mask_channel_prob: float | None = 0.0  # channel masking (fairseq: 0.25-0.5; 0.1 for 960 h)
+    mask_channel_length: int | None = 10  # fairseq: 64
+    dropout: float | None = 0.1  # fairseq: 0.0
+    attention_dropout: float | None = None  # fairseq: 0.0
+    activation_dropout: float | None = None  # fairseq: 0.1
+    dropout_input: float | None = None  # fairseq: 0.0
+    final_dropout: float | None = None  # before the CTC head; fairseq: 0.0
+    layerdrop: float | None = 0.0  # fairseq: 0.1 (0.05 for 960 h)
+
+    def apply(self, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` with the non-``None`` settings replaced (validated by ModelConfig)."""
+        changes = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(cfg, **changes)
+
+
+def _finetune_optim() -> OptimConfig:
+    return OptimConfig(
+        lr=5e-5, lr_scaling="none", reference_batch_seconds=180.0, schedule="tristage",
+        tristage_ratios=[0.1, 0.4, 0.5], tristage_init_scale=0.01, tristage_final_scale=0.05,
+        betas=[0.9, 0.98], eps=1e-8, weight_decay=0.0, clip_norm=0.0,
+    )  # fmt: skip
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = "scratch"  # pre-training or CTC checkpoint dir, a run dir (its latest), a HF folder, scratch
+    model_preset: str = "base"  # the architecture of a ``scratch`` model (preset name or YAML path)
+    model: RegularisationConfig = field(default_factory=RegularisationConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    optim: OptimConfig = field(default_factory=_finetune_optim)
+    text_mapping: dict[str, str] = field(default_factory=dict)  # e.g. {"-": " ", "é": "e"}; "" removes
+    loss_normalisation: Literal["sentence", "token"] = "sentence"
+    head_init: Literal["paper", "xavier", "torch"] = "paper"  # fairseq: xavier (bias 0)
+    freeze_feature_encoder: bool = True  # the CNN (fairseq: feature_grad_mult 0)
+    freeze_feature_projection: bool = True  # LayerNorm + Linear after the CNN (fairseq trains them)
+    freeze_transformer_steps: int = 5000  # steps during which only the head trains (fairseq 10m: 10k)
+    batch_seconds: float = 180.0  # global padded audio per optimizer step
+    device_seconds: float = 180.0  # padded audio per micro-batch on one device
+    max_steps: int = 12_000
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 123
+    log_every: int = 100
+    valid_every: int = 1000  # dev loss, greedy WER and CER; 0 = only at the end
+    valid_seconds: float | None = None  # micro-batch size for dev decoding (default: device_seconds)
+    ckpt_every: int = 1000
+    keep_last: int = 2
+    keep_best: bool = True  # also keep ``checkpoints/best`` (lowest dev WER)
+    max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
+    tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each device (as in pre-training)."""
+        return max(1, math.ceil(self.batch_seconds / (self.device_seconds * world_size) - 1e-9))
+
+    def effective_lr(self) -> float:
+        ratio = self.batch_seconds / self.optim.reference_batch_seconds
+        scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.optim.lr_scaling]
+        return self.optim.lr * scale
+
+    def validate(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.freeze_transformer_steps < 0:
+            raise ValueError("freeze_transformer_steps must be >= 0")
+        if self.batch_seconds <= 0 or self.device_seconds <= 0:
+            raise ValueError("batch_seconds and device_seconds must be > 0")
+        for k, v in self.text_mapping.items():
+            if len(k) != 1:
+                raise ValueError(f"text_mapping keys must be single characters, got {k!r}")
+            if not isinstance(v, str):
+                raise ValueError(f"text_mapping[{k!r}] must be a string, got {v!r}")
+
+
+def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
+    """Defaults ← YAML (path or preset name) ← ``key=value`` overrides."""
+    cfg = load_config(FinetuneConfig, path, overrides)
+    cfg.validate()
+    return cfg
+
+
+def config_summary(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings worth one log line."""
+    return {
+        "init": cfg.init, "steps": cfg.max_steps, "lr": cfg.effective_lr(), "batch_seconds": cfg.batch_seconds,
+        "freeze_transformer_steps": cfg.freeze_transformer_steps, "mask_prob": cfg.model.mask_prob,
+        "mask_channel_prob": cfg.model.mask_channel_prob, "loss_normalisation": cfg.loss_normalisation,
+    }  # fmt: skip

@@ -1,0 +1,124 @@
+"""The model fine-tuning starts from, and which of its parameters train when.
+
+``--init`` may be an earful checkpoint directory (pre-training or CTC), a run directory (its latest
+checkpoint), a `transformers` folder (``config.json`` + weights), or ``scratch``. The backbone
+(``wav2vec2.*``) is copied; the quantizer and contrastive projections of a pre-training model are
+dropped; the CTC head is new (copied too when the source is a CTC model with the same vocabulary).
+
+**Freezing and DDP.** DDP registers the parameters that require gradients once, when it wraps the model;
+toggling ``requires_grad`` later leaves them out of its all-reduce. So:
+
+* parameters frozen for the whole run (the CNN, the feature projection in the paper's recipe, the mask
+  vector when nothing is masked) get ``requires_grad=False`` before DDP wraps the model, and never change;
+* parameters frozen only for the first ``freeze_transformer_steps`` (the rest of the backbone) keep
+  ``requires_grad=True`` throughout; during that phase their gradients are set to ``None`` after the
+  backward pass, so the optimizer skips them (no update, no weight decay, no Adam moments) and the
+  clipping norm leaves them out. Under DDP their gradients are still computed and all-reduced (wasted
+  work, but correct); on a single device the backbone then runs under ``no_grad`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from earful.checkpoint import INFO_FILE, load_model
+from earful.eval.vocab import CharVocab
+from earful.finetune.config import FinetuneConfig
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
+from earful.train.state import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def _load_source(init: str) -> tuple[nn.Module | None, list[str] | None, str]:
+    """(source model or None for scratch, its CTC vocabulary if any, a description)."""
+    if init == "scratch":
+        return None, None, "scratch (random)"
+    path = Path(init)
+    if (path / "checkpoints" / "latest.json").exists():
+        latest = RunDir(path).latest()
+        assert latest is not None
+        path = latest
+    if (path / INFO_FILE).exists():
+        model, info = load_model(path)
+        symbols = (info.get("vocab") or {}).get("symbols")
+        return model, symbols, f"earful {info['kind']} checkpoint {path}"
+    if (path / "config.json").exists():
+        from earful.interop.hf import import_hf
+
+        model, symbols = import_hf(path)
+        return model, symbols, f"transformers folder {path}"
+    raise FileNotFoundError(
+        f"--init {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run directory "
+        "(no checkpoints/latest.json) nor a transformers folder (no config.json)"
+    )
+
+
+def init_ctc_head(head: nn.Linear, how: str, blank_id: int = 0) -> None:
+    """``paper``: torch's default init, then blank bias + 5 and the other rows × 0.1 (nanow2v2's
+    ``init_linear_for_ctc``); ``xavier``: Xavier-uniform weights, zero bias (fairseq); ``torch``: as built."""
+    with torch.no_grad():
+        if how == "paper":
+            head.bias[blank_id] += 5.0
+            rows = torch.ones(head.out_features, dtype=torch.bool)
+            rows[blank_id] = False
+            head.weight[rows] *= 0.1
+        elif how == "xavier":
+            nn.init.xavier_uniform_(head.weight)
+            nn.init.zeros_(head.bias)
+        elif how != "torch":
+            raise ValueError(f"unknown head_init {how!r}")
+
+
+def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab) -> Wav2Vec2ForCTC:
+    """The CTC model at step 0: the source's backbone, ``cfg.model`` regularisation, a new head.
+
+    Random parts are drawn from ``torch.manual_seed(cfg.seed)``, so the same config gives the same model.
+    """
+    source, symbols, what = _load_source(cfg.init)
+    torch.manual_seed(cfg.seed)
+    base = load_model_config(cfg.model_preset) if source is None else source.cfg  # type: ignore[union-attr]
+    model = Wav2Vec2ForCTC(cfg.model.apply(base), len(vocab))
+    init_ctc_head(model.lm_head, cfg.head_init, vocab.blank_id)
+    if source is not None:
+        if not isinstance(source, Wav2Vec2ForPreTraining | Wav2Vec2ForCTC):
+            raise TypeError(f"cannot fine-tune a {type(source).__name__}")
+        model.wav2vec2.load_state_dict(source.wav2vec2.state_dict(), strict=True)
+        if isinstance(source, Wav2Vec2ForCTC) and symbols is not None and list(symbols) == list(vocab.symbols):
+            model.lm_head.load_state_dict(source.lm_head.state_dict())
+            what += " (its CTC head too: same vocabulary)"
+    log.info("initial model: %s", what)
+    return model
+
+
+def permanently_frozen(model: Wav2Vec2ForCTC, cfg: FinetuneConfig) -> list[str]:
+    """Names of the parameters that never train in this run."""
+    names = []
+    for name, _ in model.named_parameters():
+        if cfg.freeze_feature_encoder and name.startswith("wav2vec2.feature_encoder."):
+            names.append(name)
+        elif cfg.freeze_feature_projection and name.startswith("wav2vec2.feature_projection."):
+            names.append(name)
+        elif name == "wav2vec2.mask_emb" and model.cfg.mask_prob <= 0:
+            names.append(name)  # never used: DDP would wait for its gradient for ever
+    return names
+
+
+def phase_frozen(model: Wav2Vec2ForCTC, cfg: FinetuneConfig) -> list[str]:
+    """Names of the parameters frozen for the first ``freeze_transformer_steps``: the trainable backbone."""
+    if cfg.freeze_transformer_steps <= 0:
+        return []
+    return [n for n, p in model.named_parameters() if n.startswith("wav2vec2.") and p.requires_grad]
+
+
+def apply_permanent_freeze(model: Wav2Vec2ForCTC, cfg: FinetuneConfig) -> list[str]:
+    """Set ``requires_grad=False`` on the parameters that never train (before any DDP wrapping)."""
+    names = permanently_frozen(model, cfg)
+    params = dict(model.named_parameters())
+    for n in names:
+        params[n].requires_grad_(False)
+    return names

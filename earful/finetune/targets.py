@@ -1,0 +1,75 @@
+"""Transcripts → CTC targets, checked once before training starts.
+
+Every transcript is normalised and encoded with the run's :class:`CharVocab` up front, so a character
+outside the vocabulary (or a missing or empty transcript) stops the run at once with the utterance's id,
+not hours in. Utterances too short for their transcript (CTC needs a frame per character, plus one between
+repeated characters) are counted and logged: ``zero_infinity`` gives them a zero loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from earful.data.manifest import Utterance
+from earful.eval.vocab import CharVocab
+
+log = logging.getLogger(__name__)
+
+
+def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, *,
+                       allow_empty: bool = False) -> dict[str, list[int]]:
+    """``{utterance id: target ids}``; raises ValueError naming the first bad utterance (an empty
+    transcript is one, unless ``allow_empty``: a dev set may score silence)."""
+    out: dict[str, list[int]] = {}
+    for u in utts:
+        if u.transcript is None:
+            raise ValueError(f"{where}: utterance {u.id!r} has no transcript (fine-tuning needs labels)")
+        try:
+            out[u.id] = vocab.encode(u.transcript, utt_id=u.id)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if not out[u.id] and not allow_empty:
+            raise ValueError(f"{where}: utterance {u.id!r} has an empty transcript (remove it from the manifest, "
+                             "or give it its text)")
+    return out
+
+
+def normalised_references(utts: Sequence[Utterance], vocab: CharVocab, where: str) -> dict[str, str]:
+    """``{utterance id: normalised transcript}`` (what WER is measured against)."""
+    out: dict[str, str] = {}
+    for u in utts:
+        if u.transcript is None:
+            raise ValueError(f"{where}: utterance {u.id!r} has no transcript")
+        try:
+            out[u.id] = vocab.normalize(u.transcript, utt_id=u.id)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    return out
+
+
+def ctc_frames_needed(ids: Sequence[int]) -> int:
+    """Minimum frames for a CTC alignment: one per token plus a blank between equal neighbours."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:], strict=False) if a == b)
+
+
+def too_short(
+    utts: Sequence[Utterance], targets: dict[str, list[int]], frames: Callable[[torch.Tensor], torch.Tensor],
+    sample_rate: int = 16000,
+) -> list[str]:
+    """Ids of utterances with fewer frames than their transcript needs."""
+    if not utts:
+        return []
+    samples = torch.tensor([u.samples_at(sample_rate) for u in utts], dtype=torch.long)
+    n = frames(samples).tolist()
+    return [u.id for u, f in zip(utts, n, strict=True) if f < ctc_frames_needed(targets[u.id])]
+
+
+def batch_targets(ids: Sequence[str], targets: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated targets (sum of lengths,) and their lengths (batch,) for ``F.ctc_loss``."""
+    seqs = [targets[i] for i in ids]
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    return flat, lengths

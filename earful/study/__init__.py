@@ -1,0 +1,1 @@
+"""``earful study``: the paper's experiment as one command (plan, run, report)."""

@@ -1,0 +1,157 @@
+"""A study is a YAML file: corpus, pre-training recipe, a grid of batch sizes, how long each runs
+(``fixed-steps`` or ``fixed-hours``), the learning-rate rule, hours-seen milestones, the label sets to
+fine-tune on, and seeds. See ``studies/*.yaml``.
+
+Each grid entry is a number (batch seconds) or a mapping that pins the device layout and the learning
+rate, as the paper's own table does::
+
+    grid:
+      - 87.5
+      - {batch_seconds: 300, devices: 2, device_seconds: 150, lr: 1.12e-4}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
+
+
+@dataclass
+class SynthSpec:
+    hours: float = 0.4
+    domain: str = "commands"
+    seed: int = 0
+    labelled_fraction: float = 0.25
+
+
+@dataclass
+class CorpusConfig:
+    dir: str = ""  # corpus folder; manifests below are relative to it
+    synth: SynthSpec | None = None  # build the built-in corpus into ``dir`` if its manifests are missing
+    train: str = "manifests/train.jsonl"
+    valid: str = "manifests/dev.jsonl"  # pre-training validation
+    label_sets: dict[str, str] = field(default_factory=dict)  # name → manifest, for fine-tuning
+    dev: str = "manifests/dev.jsonl"  # fine-tuning dev (model selection)
+    test: dict[str, str] = field(default_factory=dict)  # split name → manifest (default: dev and test)
+
+    def test_sets(self) -> dict[str, str]:
+        return self.test or {"dev": "manifests/dev.jsonl", "test": "manifests/test.jsonl"}
+
+    def path(self, rel: str, root: Path) -> str:
+        p = Path(rel)
+        if p.is_absolute():
+            return str(p)
+        base = Path(self.dir)
+        if not base.is_absolute():
+            base = root / base
+        return str(base / p)
+
+
+@dataclass
+class GridEntry:
+    batch_seconds: float = 0.0
+    devices: int = 1
+    device_seconds: float | None = None  # default: the study's device_seconds (capped at the batch)
+    lr: float | None = None  # pin the peak lr (else the study's lr rule)
+    tag: str | None = None
+
+
+@dataclass
+class FinetuneSpec:
+    config: str | None = None  # fine-tuning YAML (preset name or path)
+    overrides: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=lambda: ["final"])  # final | best | milestones
+    baselines: list[str] = field(default_factory=lambda: ["scratch"])  # scratch | scratch-trainable-cnn
+    label_sets: list[str] | None = None  # subset of corpus.label_sets (default all)
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    pretrain_config: str | None = None  # pre-training YAML the runs start from
+    pretrain_overrides: list[str] = field(default_factory=list)
+    grid: list[Any] = field(default_factory=list)  # numbers or GridEntry mappings
+    mode: Literal["fixed-steps", "fixed-hours"] = "fixed-steps"
+    steps: int = 0  # fixed-steps: optimizer steps of every run
+    hours: float = 0.0  # fixed-hours: hours of (padded) audio seen by every run
+    lr: float = 5e-4  # peak lr at the reference batch
+    lr_rule: Literal["linear", "sqrt", "none"] = "sqrt"
+    reference_batch_seconds: float = 6000.0
+    device_seconds: float = 150.0
+    milestone_hours: list[float] = field(default_factory=list)  # checkpoints to compare at equal hours seen
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    seeds: list[int] = field(default_factory=lambda: [1])
+    throughput: float | None = None  # audio seconds per second per device, for the plan's wall-clock
+
+    def entries(self) -> list[GridEntry]:
+        out = []
+        for item in self.grid:
+            e = GridEntry(batch_seconds=float(item)) if isinstance(item, int | float) else from_dict(
+                GridEntry, dict(item), f"{self.name}.grid")
+            if e.batch_seconds <= 0:
+                raise ValueError(f"grid entry {item!r}: batch_seconds must be > 0")
+            out.append(e)
+        if not out:
+            raise ValueError("the study's grid is empty")
+        return out
+
+
+@dataclass
+class PlannedRun:
+    tag: str
+    batch_seconds: float
+    devices: int
+    device_seconds: float
+    accumulation: int
+    lr: float
+    steps: int
+    hours: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.tag}-seed{self.seed}"
+
+
+def fmt_seconds(b: float) -> str:
+    """87.5 → '87.5s', 600 → '10min', 4800 → '80min'."""
+    if b >= 300 and b % 60 == 0:
+        return f"{int(b // 60)}min"
+    return f"{b:g}s"
+
+
+def plan_runs(study: StudyConfig) -> list[PlannedRun]:
+    runs = []
+    for seed in study.seeds:
+        for e in study.entries():
+            dev_s = min(e.device_seconds or study.device_seconds, e.batch_seconds)
+            accum = max(1, math.ceil(e.batch_seconds / (dev_s * e.devices) - 1e-9))
+            ratio = e.batch_seconds / study.reference_batch_seconds
+            lr = e.lr if e.lr is not None else study.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[
+                study.lr_rule]
+            if study.mode == "fixed-steps":
+                if study.steps <= 0:
+                    raise ValueError("fixed-steps: set steps > 0")
+                steps = study.steps
+            else:
+                if study.hours <= 0:
+                    raise ValueError("fixed-hours: set hours > 0")
+                steps = max(1, round(study.hours * 3600 / e.batch_seconds))
+            runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
+                                   devices=e.devices, device_seconds=dev_s, accumulation=accum, lr=lr, steps=steps,
+                                   hours=steps * e.batch_seconds / 3600, seed=seed))
+    return runs
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    data = merge(to_dict(StudyConfig()), read_yaml(path))
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    study = from_dict(StudyConfig, data, str(path))
+    study.entries()  # validate
+    return study

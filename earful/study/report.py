@@ -1,0 +1,271 @@
+"""``earful study report``: the paper's tables and plots from a study's output folder.
+
+Reads ``OUT/results.jsonl`` (one record per evaluated model and split, written by ``study run``) and each
+pre-training run's ``valid.jsonl``; writes ``report.md``, CSVs and PNG plots into ``OUT/report/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float, int]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return math.nan, math.nan, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
+
+
+def fmt_ms(xs: list[float], pct: bool = True) -> str:
+    m, s, n = mean_std(xs)
+    if n == 0:
+        return "–"
+    k = 100.0 if pct else 1.0
+    if n == 1:
+        return f"{m * k:.1f}" if pct else f"{m:.3f}"
+    return f"{m * k:.1f} ± {s * k:.1f}" if pct else f"{m:.3f} ± {s:.3f}"
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        w.writerows(rows)
+
+
+def _plot(path: Path, draw) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    draw(ax)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def compare(a: list[float], b: list[float]) -> str:
+    """'lower' / 'higher' / 'no clear difference' for mean(a) vs mean(b), judged against the seed spread."""
+    ma, sa, na = mean_std(a)
+    mb, sb, nb = mean_std(b)
+    if na == 0 or nb == 0:
+        return "not measured"
+    if ma == mb:
+        return "equal"
+    if na > 1 and nb > 1:
+        se = math.sqrt(sa**2 / na + sb**2 / nb)
+        if se > 0 and abs(ma - mb) < 2 * se:
+            return "no clear difference (within 2 standard errors)"
+        return ("lower" if ma < mb else "higher") + " (beyond 2 standard errors)"
+    return ("lower" if ma < mb else "higher") + " (one seed: spread not measured)"
+
+
+def build_report(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    rep = out / "report"
+    (rep / "plots").mkdir(parents=True, exist_ok=True)
+    results = read_jsonl(out / "results.jsonl")
+    runs = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
+    study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
+    text = [f"# Study report: {study.get('name', out.name)}", ""]
+    if study.get("plan"):
+        text += ["## Runs", "", study["plan"], ""]
+
+    # ---------------- pre-training curves and final validation metrics
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name in runs:
+        curves[name] = read_jsonl(out / "pretrain" / name / "valid.jsonl")
+    by_batch: dict[float, list[str]] = defaultdict(list)
+    for name, run in runs.items():
+        by_batch[run["batch_seconds"]].append(name)
+    batches = sorted(by_batch)
+    rows, csv_rows = [], []
+    for b in batches:
+        finals = [curves[n][-1] for n in by_batch[b] if curves.get(n)]
+        acc = [f["accuracy"] for f in finals]
+        loss = [f["loss"] for f in finals]
+        ppl = [statistics.fmean(v for k, v in f.items() if k.startswith("ppl_hard")) for f in finals]
+        tag = runs[by_batch[b][0]]["tag"]
+        steps = runs[by_batch[b][0]]["steps"]
+        hours = runs[by_batch[b][0]]["hours"]
+        rows.append([tag, f"{steps:,}", f"{hours:.3g}", fmt_ms(loss, False), fmt_ms(acc, False), fmt_ms(ppl, False)])
+        for f, n in zip(finals, by_batch[b], strict=False):
+            csv_rows.append([n, b, f["step"], f["hours"], f["loss"], f["accuracy"]])
+    if rows:
+        text += ["## Pre-training: final validation (held-out voices)", "",
+                 md_table(["batch", "steps", "hours seen", "loss / masked frame", "accuracy", "hard perplexity"], rows),
+                 "", f"Chance accuracy is 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size "
+                 "(mean ± standard deviation where there are several).", ""]
+        write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours", "loss", "accuracy"], csv_rows)
+    for key, label in (("loss", "validation loss per masked frame"), ("accuracy", "validation contrastive accuracy"),
+                       ("ppl", "validation hard codebook perplexity (mean over groups)")):
+        for xkey, xlabel in (("step", "optimizer steps"), ("hours", "hours of audio seen")):
+            def draw(ax, key=key, xkey=xkey, label=label, xlabel=xlabel):
+                for name in sorted(curves, key=lambda n: runs[n]["batch_seconds"]):
+                    c = curves[name]
+                    if not c:
+                        continue
+                    ys = [statistics.fmean(v for k, v in r.items() if k.startswith("ppl_hard")) if key == "ppl"
+                          else r[key] for r in c]
+                    ax.plot([r[xkey] for r in c], ys, marker="o", ms=3, label=name)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(label)
+                if xkey == "hours":
+                    ax.set_xscale("log")
+                ax.legend(fontsize=7)
+            _plot(rep / "plots" / f"valid_{key}_vs_{xkey}.png", draw)
+
+    # ---------------- fine-tuning WER
+    ft = [r for r in results if r.get("split")]
+    splits = sorted({r["split"] for r in ft})
+    label_sets = sorted({r["label_set"] for r in ft})
+    main_split = "test" if "test" in splits else (splits[0] if splits else None)
+    if main_split:
+        text += [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %)", ""]
+        head = ["pre-training", "hours seen"] + label_sets
+        rows, csv_rows = [], []
+        groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        hours_of: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for r in ft:
+            if r["split"] != main_split:
+                continue
+            key = (r.get("tag", r["pretrain"]), r["checkpoint"])
+            groups[key][r["label_set"]].append(r["wer"])
+            hours_of[key].append(r.get("hours", 0.0))
+            csv_rows.append([r["pretrain"], r.get("batch_seconds"), r["checkpoint"], r.get("hours"), r["label_set"],
+                             r["split"], r["wer"], r["cer"]])
+
+        def order(k):
+            tag, ck = k
+            return (0 if tag.startswith("scratch") else 1, runs_batch(tag), ck)
+
+        def runs_batch(tag):
+            for run in runs.values():
+                if run["tag"] == tag:
+                    return run["batch_seconds"]
+            return -1
+
+        cer_groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in ft:
+            if r["split"] == main_split:
+                cer_groups[(r.get("tag", r["pretrain"]), r["checkpoint"])][r["label_set"]].append(r["cer"])
+        cer_rows = []
+        for key in sorted(groups, key=order):
+            tag, ck = key
+            h = statistics.fmean(hours_of[key]) if hours_of[key] else 0.0
+            rows.append([f"{tag} ({ck})", f"{h:.3g}"] + [fmt_ms(groups[key].get(ls, [])) for ls in label_sets])
+            cer_rows.append([f"{tag} ({ck})", f"{h:.3g}"] + [fmt_ms(cer_groups[key].get(ls, [])) for ls in label_sets])
+        text += [md_table(head, rows), "", f"CER (`{main_split}`, greedy, %):", "", md_table(head, cer_rows), ""]
+        write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "hours", "label_set", "split", "wer",
+                                    "cer"], csv_rows)
+
+        # WER vs batch size (final checkpoints), one line per label set
+        finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == "final" and r.get("batch_seconds")]
+
+        def draw_b(ax):
+            for ls in label_sets:
+                pts = defaultdict(list)
+                for r in finals:
+                    if r["label_set"] == ls:
+                        pts[r["batch_seconds"]].append(r["wer"] * 100)
+                xs = sorted(pts)
+                ax.errorbar(xs, [statistics.fmean(pts[x]) for x in xs],
+                            yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o",
+                            capsize=3, label=ls)
+            ax.set_xscale("log")
+            ax.set_xlabel("pre-training batch (seconds of audio)")
+            ax.set_ylabel(f"WER % ({main_split})")
+            ax.legend(fontsize=8)
+        _plot(rep / "plots" / "wer_vs_batch.png", draw_b)
+
+        # WER vs hours seen, one line per batch size
+        def draw_h(ax):
+            for ls in label_sets[:1] if len(label_sets) > 1 else label_sets:
+                per_b = defaultdict(lambda: defaultdict(list))
+                for r in ft:
+                    if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
+                        per_b[r["batch_seconds"]][r["hours"]].append(r["wer"] * 100)
+                for b in sorted(per_b):
+                    xs = sorted(per_b[b])
+                    ax.plot(xs, [statistics.fmean(per_b[b][x]) for x in xs], marker="o", label=f"{b:g} s ({ls})")
+            ax.set_xscale("log")
+            ax.set_xlabel("hours of audio seen in pre-training")
+            ax.set_ylabel(f"WER % ({main_split})")
+            ax.legend(fontsize=8)
+        _plot(rep / "plots" / "wer_vs_hours.png", draw_h)
+
+        text += findings(ft, runs, study, main_split)
+    text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
+    path = rep / "report.md"
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    log.info("report: %s", path)
+    return path
+
+
+def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str) -> list[str]:
+    """The two questions of the paper, answered from this study's numbers."""
+    out = ["## Findings", ""]
+    label_sets = sorted({r["label_set"] for r in ft})
+    finals = [r for r in ft if r["split"] == split and r["checkpoint"] == "final" and r.get("batch_seconds")]
+    scratch = [r for r in ft if r["split"] == split and str(r["pretrain"]).startswith("scratch")]
+    for ls in label_sets:
+        per_b: dict[float, list[float]] = defaultdict(list)
+        for r in finals:
+            if r["label_set"] == ls:
+                per_b[r["batch_seconds"]].append(r["wer"])
+        bs = sorted(per_b)
+        if study.get("mode") == "fixed-steps" and len(bs) > 1:
+            steps = [f"{bs[i]:g} s → {bs[i + 1]:g} s: WER {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
+                     for i in range(len(bs) - 1)]
+            out.append(f"- **Fixed steps, {ls}:** " + "; ".join(steps) + ".")
+        sc = [r["wer"] for r in scratch if r["label_set"] == ls]
+        if sc and bs:
+            best = min(bs, key=lambda b: statistics.fmean(per_b[b]))
+            out.append(f"- **Pre-training vs scratch, {ls}:** best pre-trained ({best:g} s) WER "
+                       f"{fmt_ms(per_b[best])} % vs scratch {fmt_ms(sc)} %: pre-trained is "
+                       f"{compare(per_b[best], sc)}.")
+    # equal hours seen: milestone checkpoints
+    miles = [r for r in ft
+             if r["split"] == split and str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]
+    for ls in label_sets:
+        per_h: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in miles:
+            if r["label_set"] == ls:
+                per_h[r["checkpoint"]][r["batch_seconds"]].append(r["wer"])
+        for ck, per_b in sorted(per_h.items()):
+            if len(per_b) < 2:
+                continue
+            means = {b: statistics.fmean(v) for b, v in per_b.items()}
+            spread = max(means.values()) - min(means.values())
+            seed_sd = [statistics.stdev(v) for v in per_b.values() if len(v) > 1]
+            sd = f"; seed standard deviation ≈ {100 * statistics.fmean(seed_sd):.1f}" if seed_sd else \
+                "; one seed, so the noise is not measured"
+            out.append(f"- **Equal hours seen ({ck}), {ls}:** WER by batch " +
+                       ", ".join(f"{b:g} s: {100 * m:.1f}" for b, m in sorted(means.items())) +
+                       f" (spread {100 * spread:.1f} points{sd}).")
+    out.append("")
+    return out

@@ -1,0 +1,95 @@
+"""``earful gradvar``: how much the gradient varies from batch to batch, and what that says about the
+critical batch size.
+
+For N independent batches of B seconds each (the paper: N = 10) we take the gradient g_i of the loss per
+masked frame and report
+
+* the paper's statistic (§6.5): the standard deviation of each parameter's gradient over the N batches,
+  averaged over all parameters;
+* the simple gradient noise scale of McCandlish et al. (2018), ``B_simple = tr(Σ) / |G|²``, where Σ is
+  the per-second gradient covariance and G the true gradient. With S = (1/(N-1)) Σ_i |g_i − ḡ|² (an
+  unbiased estimate of tr(Σ)/B) and |G|² ≈ |ḡ|² − S/N (unbiased), ``B_simple ≈ B·S / (|ḡ|² − S/N)``,
+  in seconds of audio: batches much smaller than it waste steps on noise, much larger ones waste audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from earful.checkpoint import load_model
+from earful.data.dataset import make_loader
+from earful.data.manifest import read_manifest
+from earful.model import Wav2Vec2ForPreTraining
+from earful.train.pretrain import step_seed
+
+log = logging.getLogger(__name__)
+
+
+def gradient_noise(
+    ckpt: str | Path,
+    manifest: str | Path,
+    *,
+    batch_seconds: float = 60.0,
+    num_batches: int = 10,
+    seed: int = 0,
+    crop_seconds: float | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    if num_batches < 2:
+        raise ValueError("gradvar needs at least 2 batches")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    model, info = load_model(ckpt)
+    if not isinstance(model, Wav2Vec2ForPreTraining):
+        raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {info['kind']}")
+    model.to(dev).train()
+    loader = make_loader(read_manifest(manifest, check_files=True), batch_seconds, crop_seconds=crop_seconds,
+                         shuffle=True, seed=seed, endless=True, num_workers=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g
+    s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g²
+    seconds = []
+    batches = iter(loader)
+    for i in tqdm(range(num_batches), desc="gradvar", unit="batch"):
+        batch = next(batches)
+        torch.manual_seed(step_seed(seed, i, 0))
+        gen = torch.Generator(device=dev).manual_seed(step_seed(seed, i, 1))
+        model.zero_grad(set_to_none=True)
+        out = model(batch.wave.to(dev), batch.lengths.to(dev), generator=gen)
+        out.objective(float(out.num_masked), 1).backward()
+        for a, b, p in zip(s1, s2, params, strict=True):
+            g = p.grad.double() if p.grad is not None else torch.zeros_like(a)
+            a += g
+            b += g * g
+        seconds.append(batch.padded_seconds)
+    n = float(num_batches)
+    mean_std = 0.0
+    sq_dev = 0.0  # Σ_i |g_i − ḡ|²
+    mean_sq = 0.0  # |ḡ|²
+    for a, b in zip(s1, s2, strict=True):
+        mean = a / n
+        var = (b / n - mean * mean).clamp(min=0) * n / (n - 1)  # unbiased, per parameter
+        mean_std += var.sqrt().sum().item()
+        sq_dev += (var.sum().item()) * (n - 1)
+        mean_sq += (mean * mean).sum().item()
+    s = sq_dev / (n - 1)  # ≈ tr(Σ)/B
+    batch_sec = sum(seconds) / len(seconds)
+    g2 = mean_sq - s / n
+    b_simple = batch_sec * s / g2 if g2 > 0 else math.inf
+    result = {
+        "checkpoint": str(ckpt), "batches": num_batches, "batch_seconds_padded": batch_sec,
+        "parameters": total, "mean_param_grad_std": mean_std / total,
+        "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2, "b_simple_seconds": b_simple,
+    }  # fmt: skip
+    if not math.isfinite(b_simple):
+        log.warning("the gradient signal is below the noise of %d batches: B_simple cannot be estimated; "
+                    "use more batches", num_batches)
+    return result

@@ -1,0 +1,115 @@
+"""``earful evaluate`` on a CTC model whose output is fixed: files, WER / CER, LM decoding, vocabularies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from earful.checkpoint import save_model
+from earful.eval.beam import flashlight_available
+from earful.eval.decode import greedy_decode
+from earful.eval.evaluate import evaluate, vocab_from_checkpoint
+from earful.eval.vocab import CharVocab
+from earful.model import Wav2Vec2ForCTC, load_model_config
+
+V = CharVocab()
+
+
+@pytest.fixture(scope="module")
+def always_a(tmp_path_factory):
+    """A CTC checkpoint that says 'a' on every frame, whatever it hears: every hypothesis is 'a'."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), len(V))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[V.index("a")] = 10.0
+    path = tmp_path_factory.mktemp("ckpt") / "always-a"
+    save_model(path, model, vocab=V.to_dict())
+    return path
+
+
+def write_split(root, name: str, transcripts: list[str | None]):
+    import soundfile as sf
+
+    from earful.data.manifest import Utterance, write_manifest
+
+    root.mkdir(parents=True, exist_ok=True)
+    rs = np.random.RandomState(len(transcripts))
+    utts = []
+    for i, text in enumerate(transcripts):
+        n = 16000 * (1 + i % 3) // 2  # 0.5-1.5 s
+        path = root / f"{name}-{i}.wav"
+        sf.write(path, (0.1 * rs.randn(n)).astype(np.float32), 16000)
+        utts.append(Utterance(f"{name}-{i}", str(path), n, 16000, "s", text))
+    manifest = root / f"{name}.jsonl"
+    write_manifest(utts, manifest)
+    return manifest
+
+
+def test_greedy_scores_and_files(tmp_path, always_a) -> None:
+    a = write_split(tmp_path / "data", "clean", ["A", "B C"])  # 'a' vs 'a' and 'b c'
+    b = write_split(tmp_path / "data", "other", ["a a a", "x", "a"])
+    out = tmp_path / "eval"
+    summary = evaluate(always_a, [a, b], out, batch_seconds=1.2)  # every utterance fits, even the 1.5 s ones
+    clean, other = summary["splits"]["clean"]["greedy"], summary["splits"]["other"]["greedy"]
+    # clean: words 0 + (1 sub + 1 del) over 1 + 2; chars 0 + (1 sub + 2 del) over 1 + 3
+    assert clean == {"utterances": 2, "wer": pytest.approx(2 / 3), "cer": pytest.approx(3 / 4)}
+    # other: 'a a a' -> 2 del of 3 (5 chars: 4 del); 'x' -> 1 sub (1 char: 1 sub); 'a' -> 0
+    assert other == {"utterances": 3, "wer": pytest.approx(3 / 5), "cer": pytest.approx(5 / 7)}
+    rows = [json.loads(x) for x in (out / "clean.greedy.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["hyp"], r["ref"], r["word_errors"]) for r in rows] == [
+        ("clean-0", "a", "a", 0), ("clean-1", "a", "b c", 2)]
+    detail = json.loads((out / "other.greedy.summary.json").read_text())
+    assert detail["words"]["deletions"] == 2 and detail["split"] == "other" and detail["decoder"] == "greedy"
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_unknown_reference_character_is_an_error(tmp_path, always_a) -> None:
+    m = write_split(tmp_path / "data", "bad", ["ok", "no 7"])
+    with pytest.raises(ValueError, match="bad-1.*'7'"):
+        evaluate(always_a, [m], tmp_path / "eval")
+
+
+def test_unlabelled_manifest_gets_hypotheses_only(tmp_path, always_a) -> None:
+    m = write_split(tmp_path / "data", "raw", [None, None])
+    summary = evaluate(always_a, [m], tmp_path / "eval")
+    assert summary["splits"]["raw"]["greedy"] == {"utterances": 2}
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "raw.greedy.jsonl").read_text().splitlines()]
+    assert [r["hyp"] for r in rows] == ["a", "a"] and "ref" not in rows[0]
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_lm_decoding_is_written_beside_greedy(tmp_path, always_a) -> None:
+    from earful.cli import main
+    from earful.eval.lm import build_arpa
+
+    text = tmp_path / "text.txt"
+    text.write_text("a b\na\nb a\n")
+    build_arpa(text, tmp_path / "lm.arpa", order=2)
+    m = write_split(tmp_path / "data", "dev", ["a", "b"])
+    rc = main(["evaluate", str(always_a), str(m), "--out", str(tmp_path / "eval"), "--lm", str(tmp_path / "lm.arpa"),
+               "--beam", "10", "--lm-weight", "1.5"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["lm"]["beam"] == 10 and summary["lm"]["lm_weight"] == 1.5
+    assert summary["splits"]["dev"]["lm"]["wer"] == pytest.approx(0.5)  # 'a' both times
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "dev.lm.jsonl").read_text().splitlines()]
+    assert [r["hyp"] for r in rows] == ["a", "a"]
+
+
+def test_imported_transformers_vocabulary_is_adapted() -> None:
+    symbols = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "'"]
+    vocab = vocab_from_checkpoint({"symbols": symbols})
+    assert vocab.symbols[0] == "<b>" and vocab.symbols[5:] == ("e", "t", "a", "'") and len(vocab) == len(symbols)
+    frames = [7, 0, 4, 1, 6, 3, 5]  # A | <s> T <unk> E
+    logits = torch.nn.functional.one_hot(torch.tensor([frames]), len(symbols)).float()
+    from earful.eval.evaluate import _strip_placeholders
+
+    assert _strip_placeholders(greedy_decode(logits, None, vocab)[0]) == "a te"
+    assert vocab_from_checkpoint(V.to_dict()) == V
+    with pytest.raises(ValueError, match="no vocabulary"):
+        vocab_from_checkpoint(None)

@@ -1,0 +1,189 @@
+"""CTC fine-tuning: overfitting, freezing, exact resume, initialisation, transcript checks, the CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from earful.finetune.config import FinetuneConfig, load_finetune_config
+from earful.finetune.trainer import Finetuner
+
+
+def config(train: Path, dev: Path | None, steps: int, *extra: str) -> FinetuneConfig:
+    """A test-sized run: tiny model, whole corpus per step, no workers, one thread."""
+    return load_finetune_config(None, [
+        "model_preset=tiny", f"data.train={train}", f"data.dev={dev}" if dev else "data.dev=null",
+        "batch_seconds=7", "device_seconds=7", f"max_steps={steps}", "data.num_workers=0", "tensorboard=false",
+        "threads=1", "log_every=1", "valid_every=0", "ckpt_every=1000", "optim.lr=5e-3", "model.dropout=0",
+        *extra,
+    ])  # fmt: skip
+
+
+def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / name / "model.safetensors"))
+
+
+def test_overfits_a_few_utterances(tmp_path, tone_corpus) -> None:
+    train, _ = tone_corpus
+    steps = 120  # CER reaches 0 at about 100 steps
+    cfg = config(train, train, steps, "freeze_transformer_steps=10", "optim.tristage_ratios=[0.1,0.7,0.2]",
+                 # no masking or dropout: with 4 utterances the model would learn the masks' statistics
+                 "model.mask_prob=0", "model.attention_dropout=0", "model.dropout_input=0", "model.final_dropout=0")
+    summary = Finetuner(cfg, tmp_path / "run").fit()
+    rec = [json.loads(x) for x in (tmp_path / "run" / "valid.jsonl").read_text().splitlines()][-1]
+    print(f"overfit: {steps} steps, train CER {100 * rec['cer']:.2f} %, WER {100 * rec['wer']:.2f} %")
+    assert rec["step"] == steps and summary["dev_wer"] == rec["wer"]
+    assert rec["cer"] < 0.05, rec
+    log = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.2 * log[0]["loss"]
+    assert [r["transformer_frozen"] for r in log[9:11]] == [True, False]
+
+
+SMALL_STEPS = ("batch_seconds=3.5", "device_seconds=1.75", "freeze_transformer_steps=3")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tone_corpus) -> Path:
+    """6 steps of 2 micro-batches of 1 utterance (half the corpus), transformer frozen for 3, a checkpoint
+    after every step."""
+    train, dev = tone_corpus
+    out = tmp_path_factory.mktemp("ref") / "run"
+    cfg = config(train, dev, 6, *SMALL_STEPS, "ckpt_every=1", "keep_last=10", "valid_every=2")
+    Finetuner(cfg, out).fit()
+    return out
+
+
+def _group(w: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in w.items() if k.startswith(prefix)}
+    assert out, prefix
+    return out
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _all_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in a if torch.equal(a[k], b[k])]
+
+
+def test_frozen_parameters_do_not_change(reference) -> None:
+    w = {n: weights(reference, n) for n in ("init", "step-0000001", "step-0000003", "step-0000004", "step-0000006")}
+    for prefix in ("wav2vec2.feature_encoder.", "wav2vec2.feature_projection."):  # frozen for good
+        assert all(_same(_group(w["init"], prefix), _group(w[n], prefix)) for n in w), prefix
+    backbone = ("wav2vec2.encoder.", "wav2vec2.mask_emb")
+    for prefix in backbone:  # frozen for 3 steps, then trained
+        assert _same(_group(w["init"], prefix), _group(w["step-0000003"], prefix)), prefix
+        unchanged = _all_differ(_group(w["step-0000003"], prefix), _group(w["step-0000004"], prefix))
+        assert not unchanged, f"did not train after the freeze: {unchanged}"
+    assert not _all_differ(_group(w["init"], "lm_head."), _group(w["step-0000001"], "lm_head."))
+
+
+def test_freeze_through_the_ddp_path_gives_the_same_run(tmp_path, tone_corpus, reference) -> None:
+    """Computing the backbone's gradients and dropping them (what DDP needs) equals running it under
+    no_grad (what one device does)."""
+    train, dev = tone_corpus
+    cfg = config(train, dev, 6, *SMALL_STEPS)  # the same schedule as the reference, stopped at step 4 below
+    trainer = Finetuner(cfg, tmp_path / "run")
+    trainer.no_grad_while_frozen = False
+    assert trainer.accum == 2
+    batches = iter(trainer.loader)
+    for _ in range(4):
+        trainer.train_step(batches)
+    ref = weights(reference, "step-0000004")
+    got = trainer.model.state_dict()
+    assert all(torch.allclose(got[k], ref[k], rtol=0, atol=1e-6) for k in ref)
+
+
+class _StopAt(Finetuner):
+    """Receives SIGTERM (as a flag, like the handler sets it) after step ``stop_at``."""
+
+    stop_at = 0
+
+    def train_step(self, batches):  # type: ignore[override]
+        rec = super().train_step(batches)
+        if self.step == self.stop_at:
+            self._on_signal(signal.SIGTERM, None)
+        return rec
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # mid-epoch at the end of the freeze; an epoch later
+def test_stopped_and_resumed_equals_uninterrupted(stop_at, tmp_path, tone_corpus, reference) -> None:
+    train, dev = tone_corpus
+    out = tmp_path / "run"
+    cfg = config(train, dev, 6, *SMALL_STEPS, "ckpt_every=1", "keep_last=10", "valid_every=2")
+    trainer = _StopAt(cfg, out)
+    trainer.stop_at = stop_at
+    summary = trainer.fit()
+    assert summary["stopped_by"] == "SIGTERM" and summary["step"] == stop_at
+    with pytest.raises(ValueError, match="--resume"):
+        Finetuner(cfg, out)
+    Finetuner(cfg, out, resume=True).fit()
+    a, b = weights(reference, "step-0000006"), weights(out, "step-0000006")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for log in ("train.jsonl", "valid.jsonl"):
+        steps = [json.loads(x)["step"] for x in (out / log).read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == 6, (log, steps)
+    ref_valid = (reference / "valid.jsonl").read_text().splitlines()
+    assert [json.loads(x)["wer"] for x in (out / "valid.jsonl").read_text().splitlines()] == \
+        [json.loads(x)["wer"] for x in ref_valid]
+    assert (out / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus) -> None:
+    from earful.checkpoint import save_model
+    from earful.interop.hf import export_hf
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+
+    train, _ = tone_corpus
+    torch.manual_seed(0)
+    src = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    save_model(tmp_path / "pt", src)
+    export_hf(src, tmp_path / "hf")
+    expected = {f"wav2vec2.{k}": v for k, v in src.wav2vec2.state_dict().items()}
+    for init in ("pt", "hf"):
+        cfg = config(train, None, 1, f"init={tmp_path / init}", "model_preset=base")  # preset unused
+        trainer = Finetuner(cfg, tmp_path / f"run-{init}")
+        got = weights(tmp_path / f"run-{init}", "init")
+        assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected), init
+        assert trainer.model.cfg.mask_prob == 0.05 and trainer.model.cfg.layerdrop == 0.0  # fine-tuning recipe
+        assert float(got["lm_head.bias"][0] - got["lm_head.bias"][1:].max()) > 3.0  # paper head init
+
+
+def test_unknown_character_names_the_utterance(tmp_path, labelled) -> None:
+    manifest = labelled(tmp_path, ["bad", "cafe"], "odd")
+    lines = manifest.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["transcript"] = "café 2"
+    manifest.write_text(lines[0] + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"odd-001.*'2'.*'é'|odd-001.*'é'"):
+        Finetuner(config(manifest, None, 1), tmp_path / "run")
+    cfg = config(manifest, None, 1, 'text_mapping={"é": "e", "2": "two"}')
+    trainer = Finetuner(cfg, tmp_path / "run2")
+    assert trainer.vocab.decode(trainer.targets["odd-001"]) == "cafe two"
+
+
+def test_cli_finetune_then_evaluate(tmp_path, tone_corpus) -> None:
+    from earful.cli import main
+
+    train, dev = tone_corpus
+    out = tmp_path / "run"
+    rc = main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+               "--config", "finetune-fairseq-10m", "model_preset=tiny", "max_steps=2", "batch_seconds=7",
+               "device_seconds=7", "data.num_workers=0", "tensorboard=false", "threads=1",
+               "freeze_transformer_steps=1"])
+    assert rc == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["mask_prob"] == 0.65 and cfg["head_init"] == "xavier" and cfg["data"]["train"] == str(train)
+    rc = main(["evaluate", str(out), str(dev), "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["checkpoint"].endswith("step-0000002")
+    assert set(summary["splits"]["dev"]["greedy"]) == {"utterances", "wer", "cer"}

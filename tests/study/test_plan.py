@@ -1,0 +1,62 @@
+"""`earful study plan` reproduces the paper's table of runs (paper-spec §3.4)."""
+
+from pathlib import Path
+
+import pytest
+
+from earful.study.config import load_study, plan_runs
+from earful.study.plan import plan_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# tag: (batch s, GPUs, grad-accum, best lr, hours seen at 400k)
+PAPER = {
+    "0gpu": (87.5, 1, 1, 7.29e-6, 9_722),
+    "1gpu": (150, 1, 1, 7.91e-5, 16_667),
+    "2gpu": (300, 2, 1, 1.12e-4, 33_333),
+    "4gpu": (600, 4, 1, 1.58e-4, 66_667),
+    "8gpu": (1200, 4, 2, 2.24e-4, 133_333),
+    "16gpu": (2400, 4, 4, 5.00e-4, 266_667),
+    "32gpu": (4800, 4, 8, 5.00e-4, 533_333),
+}
+
+
+def test_paper_plan_matches_the_paper() -> None:
+    runs = plan_runs(load_study(ROOT / "studies" / "paper.yaml"))
+    assert [r.tag for r in runs] == list(PAPER)
+    for r in runs:
+        b, gpus, accum, lr, hours = PAPER[r.tag]
+        assert (r.batch_seconds, r.devices, r.accumulation, r.steps) == (b, gpus, accum, 400_000)
+        assert r.lr == pytest.approx(lr, rel=1e-3)
+        assert round(r.hours) == hours
+        assert r.device_seconds * r.devices * r.accumulation == pytest.approx(b)
+
+
+def test_sqrt_and_linear_rules_give_the_paper_sweep(tmp_path) -> None:
+    """The README's lr sweep: linear = 5e-4·B/6000, sqrt = 5e-4·sqrt(B/6000)."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [87.5, 150, 600, 1200, 2400]\nmode: fixed-steps\nsteps: 10\nlr_rule: sqrt\n")
+    sqrt = [r.lr for r in plan_runs(load_study(y))]
+    assert sqrt == pytest.approx([6.04e-5, 7.91e-5, 1.58e-4, 2.24e-4, 3.16e-4], rel=2e-3)
+    lin = [r.lr for r in plan_runs(load_study(y, ["lr_rule=linear"]))]
+    assert lin == pytest.approx([7.29e-6, 1.25e-5, 5e-5, 1e-4, 2e-4], rel=2e-3)
+
+
+def test_fixed_hours_gives_equal_audio(tmp_path) -> None:
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [16, 32, 64]\nmode: fixed-hours\nhours: 0.5\ndevice_seconds: 16\nseeds: [1, 2]\n")
+    runs, table = plan_table(load_study(y), throughput=40.0)
+    assert [r.steps for r in runs[:3]] == [112, 56, 28]
+    assert [r.accumulation for r in runs[:3]] == [1, 2, 4]
+    assert len(runs) == 6 and {r.seed for r in runs} == {1, 2}
+    assert "est. wall-clock" in table and "min" in table
+
+
+def test_bad_study_is_a_clear_error(tmp_path) -> None:
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: []\n")
+    with pytest.raises(ValueError, match="grid is empty"):
+        load_study(y)
+    y.write_text("grid: [10]\nbatch: 3\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_study(y)
