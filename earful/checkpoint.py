@@ -31,7 +31,7 @@ STATE_FILE = "state.pt"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated, tampered with or unsafe to load."""
+    """A checkpoint that is missing, truncated, tampered with or unsafe to load, or could not be written."""
 
 
 def sha256(path: str | Path) -> str:
@@ -98,9 +98,13 @@ def safe_torch_load(path: str | Path, *, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
+        # torch's message is long; keep the line naming what was refused (e.g. "GLOBAL posix.system")
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(e).__name__)
         raise CheckpointError(
             f"{path}: refusing to unpickle: the file holds objects beyond tensors and plain containers "
-            f"(it could run code when loaded). Pass --trust-pickle only if you trust its origin. ({e})"
+            f"(it could run code when loaded): {detail} Only if you trust its origin, load it with "
+            f"--trust-pickle (earful import-hf)."
         ) from e
     except (RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path}: cannot read this torch file (truncated or corrupt?): {e}") from e

@@ -18,6 +18,8 @@ from .sampler import SecondsBatchSampler
 
 log = logging.getLogger(__name__)
 
+_LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may fall short of its manifest length
+
 
 @dataclass
 class Item:
@@ -91,14 +93,20 @@ class AudioDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         utt = self.utterances[index]
+        expected = utt.samples_at(self.sample_rate)
         try:
             wave = load_audio(utt.path, target_rate=self.sample_rate)
+            # A file cut short (an interrupted copy) may still decode: compare with the manifest, allowing
+            # for the sample or two resampling may lose.
+            if len(wave) + _LENGTH_TOLERANCE < expected:
+                raise AudioError(f"{utt.path}: truncated? {len(wave)} samples at {self.sample_rate} Hz, the "
+                                 f"manifest says {expected}")
         except AudioError as e:
             if not self.skip_bad:
                 raise
             return Item(index, utt.id, None, utt.transcript, error=str(e))
         # Resampling may add a sample or two over the manifest's length: keep batches within budget.
-        wave = wave[: max(utt.samples_at(self.sample_rate), 1)]
+        wave = wave[: max(expected, 1)]
         if self.crop_samples and len(wave) > self.crop_samples:
             rng = np.random.default_rng([self.seed, epoch, index])
             start = int(rng.integers(0, len(wave) - self.crop_samples + 1))
@@ -112,9 +120,12 @@ def collate(items: Sequence[Item], sample_rate: int = 16000) -> Batch:
     bad = [f"{it.id}: {it.error}" for it in items if it.wave is None]
     lengths = torch.tensor([len(it.wave) for it in good], dtype=torch.int64)
     max_len = int(lengths.max()) if len(good) else 0
-    wave = torch.zeros(len(good), max_len, dtype=torch.float32)
+    # numpy, not torch, pads: torch's per-row copies go through its intra-op thread pool, 4-30x slower
+    # for these sizes (benchmarks/README.md, data path)
+    padded = np.zeros((len(good), max_len), dtype=np.float32)
     for row, it in enumerate(good):
-        wave[row, : len(it.wave)] = torch.from_numpy(it.wave)
+        padded[row, : len(it.wave)] = it.wave
+    wave = torch.from_numpy(padded)
     return Batch(
         wave=wave,
         lengths=lengths,

@@ -1,9 +1,10 @@
 """Corpus readers: the LibriSpeech layout, the Libri-light fine-tuning layout and a plain folder of audio.
 
 Durations come from file headers (``soundfile.info``), so reading a corpus decodes nothing. Problems
-(unreadable headers, audio without a transcript line, transcript lines without audio) are appended to the
-``problems`` list the caller passes, one readable line each, and the affected utterance is left out
-(audio without transcript is kept, unlabelled).
+(unreadable headers, audio without a transcript line, empty transcripts, transcript files that are not
+UTF-8, transcript lines without audio) are appended to the ``problems`` list the caller passes, one
+readable line each, and the affected utterance is left out (audio without a usable transcript is kept,
+unlabelled).
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def _audio_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
+def _read_text(path: Path, problems: list[str]) -> str | None:
+    """A transcript file's text, or None (and a problem) when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        problems.append(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); its transcripts are left "
+                        "out (re-encode it as UTF-8)")
+        return None
+
+
 def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
                problems: list[str]) -> Utterance | None:
     try:
@@ -50,11 +61,19 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
     problems = [] if problems is None else problems
     transcripts: dict[str, str] = {}
     trans_file: dict[str, Path] = {}
+    reported: set[str] = set()  # ids whose transcript problem is already in ``problems``
     for tf in sorted(root.rglob("*.trans.txt")):
-        for lineno, line in enumerate(tf.read_text(encoding="utf-8").splitlines(), 1):
+        text_of_file = _read_text(tf, problems)
+        if text_of_file is None:
+            continue
+        for lineno, line in enumerate(text_of_file.splitlines(), 1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
+            if not text.strip():
+                problems.append(f"{tf}:{lineno}: empty transcript for {uid} (kept unlabelled)")
+                reported.add(uid)
+                continue
             if uid in transcripts:
                 problems.append(f"{tf}:{lineno}: duplicate transcript for {uid}")
             transcripts[uid], trans_file[uid] = text.strip(), tf
@@ -66,7 +85,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
             problems.append(f"{path}: duplicate utterance id {uid}")
             continue
         seen.add(uid)
-        if uid not in transcripts:
+        if uid not in transcripts and uid not in reported:
             problems.append(f"{path}: no transcript line for {uid}")
         u = _utterance(path, uid, uid.split("-")[0], transcripts.get(uid), problems)
         if u is not None:
@@ -103,7 +122,11 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> l
         for ext in (".txt", ".lab"):
             side = path.with_suffix(ext)
             if side.is_file():
-                transcript = " ".join(side.read_text(encoding="utf-8").split())
+                text = _read_text(side, problems)
+                transcript = " ".join(text.split()) if text is not None else None
+                if text is not None and not transcript:
+                    problems.append(f"{side}: empty transcript (kept unlabelled)")
+                    transcript = None
                 break
         speaker = path.parent.name if path.parent != root else "unknown"
         u = _utterance(path, rel.as_posix(), speaker, transcript, problems)

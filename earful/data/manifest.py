@@ -41,17 +41,22 @@ class ManifestError(ValueError):
 
 
 def read_manifest(path: str | os.PathLike, *, check_files: bool = False) -> list[Utterance]:
-    """Read a JSONL manifest. Raises ManifestError naming file and line on a bad row, a duplicate id or
-    (with ``check_files``) an audio file that does not exist."""
+    """Read a JSONL manifest. Raises ManifestError naming file and line on a bad row (including bytes that
+    are not UTF-8), a duplicate id or (with ``check_files``) an audio file that does not exist."""
     path = Path(path)
     base = path.resolve().parent
     utts: list[Utterance] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ManifestError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+                                    "re-encode the manifest as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

@@ -23,7 +23,7 @@ def _import(args: argparse.Namespace) -> int:
     from earful.checkpoint import save_model
     from earful.interop.hf import import_hf
 
-    model, vocab = import_hf(args.hf_dir)
+    model, vocab = import_hf(args.hf_dir, trust_pickle=args.trust_pickle)
     save_model(args.ckpt, model, vocab={"symbols": vocab} if vocab else None)
     log.info("wrote an earful checkpoint to %s", args.ckpt)
     return 0
@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-hf", help="read a transformers Wav2Vec2 folder into an earful checkpoint")
     p.add_argument("hf_dir", help="folder with config.json and model.safetensors or pytorch_model.bin")
     p.add_argument("ckpt", help="earful checkpoint directory to write")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let pytorch_model.bin unpickle arbitrary objects (as fairseq-made files need); this "
+                   "runs any code the file holds: only for files whose origin you trust")
     p.set_defaults(func=_import)
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")

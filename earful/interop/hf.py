@@ -248,7 +248,9 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     return out
 
 
-def read_hf_folder(hf_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``config.json`` and the weights: ``model.safetensors``, else ``pytorch_model.bin`` read with
+    ``weights_only`` (a file that needs more is refused unless ``trust_pickle``)."""
     d = Path(hf_dir)
     cfg_path = d / "config.json"
     if not cfg_path.exists():
@@ -257,17 +259,24 @@ def read_hf_folder(hf_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     if hf_cfg.get("model_type") not in (None, "wav2vec2"):
         raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
     if (d / "model.safetensors").exists():
-        weights = load_file(str(d / "model.safetensors"))
+        try:
+            weights = load_file(str(d / "model.safetensors"))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{d / 'model.safetensors'}: unreadable safetensors file: {e}") from e
     elif (d / "pytorch_model.bin").exists():
-        weights = safe_torch_load(d / "pytorch_model.bin")
+        if trust_pickle:
+            log.warning("%s: unpickling without restrictions (--trust-pickle): this runs any code the file "
+                        "holds", d / "pytorch_model.bin")
+        weights = safe_torch_load(d / "pytorch_model.bin", trust_pickle=trust_pickle)
     else:
         raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin")
     return hf_cfg, weights
 
 
-def import_hf(hf_dir: str | Path) -> tuple[torch.nn.Module, list[str] | None]:
-    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any."""
-    hf_cfg, weights = read_hf_folder(hf_dir)
+def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
+    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any.
+    ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files)."""
+    hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
     cfg = config_from_hf(hf_cfg)
     is_ctc = "lm_head.weight" in weights
     vocab: list[str] | None = None

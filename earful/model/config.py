@@ -77,7 +77,8 @@ class ModelConfig:
     num_negatives: int = 100
     logit_temperature: float = 0.1
     diversity_weight: float = 0.1
-    diversity_warmup_steps: int = 0  # ramp the diversity weight linearly from 0 over these optimizer steps
+    diversity_start_step: int = 0  # no diversity loss before this optimizer step (small-scale recipes)
+    diversity_warmup_steps: int = 0  # then ramp its weight linearly from 0 over these steps
     feature_penalty_weight: float = 10.0
     loss_normalisation: Literal["fairseq", "nanow2v2"] = "fairseq"
 

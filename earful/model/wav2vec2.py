@@ -171,8 +171,12 @@ class Wav2Vec2ForPreTraining(nn.Module):
         self.quantizer.temperature = self.temperature_at(step)
 
     def diversity_weight_at(self, step: int) -> float:
-        warm = self.cfg.diversity_warmup_steps
-        return self.cfg.diversity_weight * (min(1.0, step / warm) if warm > 0 else 1.0)
+        """0 before ``diversity_start_step``, then a linear ramp over ``diversity_warmup_steps``."""
+        c = self.cfg
+        if step < c.diversity_start_step:
+            return 0.0
+        warm = c.diversity_warmup_steps
+        return c.diversity_weight * (min(1.0, (step - c.diversity_start_step) / warm) if warm > 0 else 1.0)
 
     def forward(
         self,
@@ -188,7 +192,9 @@ class Wav2Vec2ForPreTraining(nn.Module):
         cfg = self.cfg
         out = self.wav2vec2(wave, lengths, mask=True if mask is None else mask, generator=generator)
         mask = out.mask
-        if mask is None or not bool(mask.any()):
+        # the data-dependent check would stall an accelerator's queue once per micro-batch: there the
+        # trainer's max(masked, 1) copes with an empty mask, and only a config that can never mask fails
+        if mask is None or (not mask.is_cuda and not bool(mask.any())):
             raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
         b, t, _ = out.hidden.shape
         if negatives is None:
@@ -198,13 +204,19 @@ class Wav2Vec2ForPreTraining(nn.Module):
         # --- targets: quantize the frames the losses need (masked; all real ones for nanow2v2) ---
         qin = out.features if cfg.quantizer_input == "raw" else out.normed_features
         qin = self.dropout_features(qin)
-        sel = mask | valid if cfg.loss_normalisation == "nanow2v2" else mask  # (batch, frames)
-        q_sel, codes_sel, soft_sel = self.quantizer(qin[sel], generator)  # (n, D), (n, G), (n, G, V)
-        q = qin.new_zeros(b, t, q_sel.shape[-1], dtype=q_sel.dtype)
-        q[sel] = q_sel
+        # flat indices of the masked (and selected) frames, in boolean-indexing order: one nonzero (one
+        # host sync) serves every gather and scatter below instead of one per boolean index
+        mask_idx = mask.reshape(-1).nonzero().squeeze(1)  # (masked,)
+        if cfg.loss_normalisation == "nanow2v2":
+            sel_idx = (mask | valid).reshape(-1).nonzero().squeeze(1)  # (n,)
+        else:
+            sel_idx = mask_idx
+        x_sel = qin.reshape(b * t, -1).index_select(0, sel_idx)
+        q_sel, codes_sel, soft_sel = self.quantizer(x_sel, generator)  # (n, D), (n, G), (n, G, V)
+        q = q_sel.new_zeros(b * t, q_sel.shape[-1]).index_copy(0, sel_idx, q_sel).view(b, t, -1)
         q = self.project_q(q)  # (batch, frames, final_dim)
-        codes = torch.full((b, t, cfg.num_codevector_groups), -1, dtype=torch.long, device=q.device)
-        codes[sel] = codes_sel
+        codes = torch.full((b * t, cfg.num_codevector_groups), -1, dtype=torch.long, device=q.device)
+        codes = codes.index_copy(0, sel_idx, codes_sel).view(b, t, -1)
 
         # --- contrastive logits: cosine similarity of context and targets / temperature ---
         c = self.final_proj(out.hidden)  # (batch, frames, final_dim)
@@ -216,7 +228,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
         neg_codes = codes.gather(1, negatives.reshape(b, -1, 1).expand(-1, -1, codes.shape[-1]))
         same = (neg_codes.view(b, t, -1, codes.shape[-1]) == codes[:, :, None, :]).all(-1)  # (b, t, K)
         neg = neg.masked_fill(same, float("-inf"))
-        logits = torch.cat([pos[..., None], neg], dim=-1)[mask]  # (masked, 1 + K)
+        logits = torch.cat([pos[..., None], neg], dim=-1).view(b * t, -1).index_select(0, mask_idx)  # (masked, 1+K)
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         contrastive = F.cross_entropy(logits, target, reduction="sum")
         num_masked = mask.sum()
@@ -238,7 +250,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
             penalty = (feat_sq * valid).sum() / valid.sum().clamp(min=1)  # mean over real frames
         else:
             diversity = (g * v - ppl_soft.sum()) / (g * v) * num_masked
-            penalty = feat_sq[mask].sum()  # Σ over masked frames: additive across micro-batches
+            penalty = feat_sq.reshape(-1).index_select(0, mask_idx).sum()  # Σ over masked frames: additive
         return PretrainOutput(
             contrastive=contrastive, diversity=diversity, penalty=penalty, num_masked=num_masked,
             num_correct=num_correct, perplexity_soft=ppl_soft.detach(), perplexity_hard=ppl_hard,

@@ -56,6 +56,22 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+MIN_LOSS_SCALE = 1e-4  # fairseq's min_loss_scale: fp16 overflows at a lower loss scale count as non-finite
+
+
+def step_outcome(scaler: torch.amp.GradScaler, loss: float, grad_norm: float) -> str:
+    """How an optimizer step went: ``"ok"``; ``"overflow"`` — fp16, a finite loss whose scaled gradient
+    overflowed: the scaler skips the update and halves the loss scale, which is how it finds its scale,
+    so it is logged (``overflow_steps``) but not a failure; ``"nonfinite"`` — a non-finite loss, or a
+    non-finite gradient without a scaler (or with the scale already under ``MIN_LOSS_SCALE``): the update
+    is skipped and counted towards ``max_nan_steps``."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return "ok"
+    if scaler.is_enabled() and math.isfinite(loss) and scaler.get_scale() > MIN_LOSS_SCALE:
+        return "overflow"
+    return "nonfinite"
+
+
 def oom_message(cfg: PretrainConfig, device: torch.device) -> str:
     return (f"out of memory on {device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "
             f"(accumulation then rises to keep batch_seconds={cfg.batch_seconds:g})")
@@ -80,7 +96,8 @@ class Pretrainer:
             )
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.peak_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            self.model.parameters(), lr=self.peak_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+            fused=self.d.device.type in ("cpu", "cuda"),  # one kernel for all parameters (benchmarks/README.md)
         )
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
@@ -88,6 +105,7 @@ class Pretrainer:
         self.hours_padded = 0.0
         self.nan_steps = 0
         self.nan_in_a_row = 0
+        self.overflow_steps = 0
         self.best_valid = math.inf
         self.milestones_done: list[float] = []
         self.stop_signal = 0
@@ -103,6 +121,9 @@ class Pretrainer:
         D.barrier(self.d)
         if resume:
             self._resume()
+        if self.step == 0:  # a fresh start (or a run killed before its first checkpoint): no stale records
+            self.train_log.truncate_after(0)
+            self.valid_log.truncate_after(0)
         if self.step == 0 and self.d.is_main and not (self.run.ckpt / "init" / MODEL_FILE).exists():
             self.run.save("init", self.model, state=None, trainer={"step": 0}, make_latest=False)
         D.barrier(self.d)
@@ -133,7 +154,8 @@ class Pretrainer:
     def _trainer_info(self) -> dict[str, Any]:
         return {
             "step": self.step, "hours_real": self.hours_real, "hours_padded": self.hours_padded,
-            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "best_valid": self.best_valid,
+            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "overflow_steps": self.overflow_steps,
+            "best_valid": self.best_valid,
             "milestones_done": self.milestones_done, "world_size": self.d.world_size, "accumulation": self.accum,
             "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr,
         }  # fmt: skip
@@ -178,6 +200,7 @@ class Pretrainer:
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
+        self.overflow_steps = int(info.get("overflow_steps", 0))
         self.best_valid = float(info.get("best_valid", math.inf))
         self.milestones_done = list(info.get("milestones_done", []))
         self.train_log.truncate_after(self.step)
@@ -226,9 +249,9 @@ class Pretrainer:
             try:
                 with D.no_sync(self.ddp, micro < self.accum - 1), autocast(cfg.precision, d.device):
                     out = self.ddp(wave, lengths, generator=gen)
+                    if self.step in getattr(cfg, "_fault_nan_steps", ()):  # test hook: a NaN loss
+                        out.contrastive = out.contrastive * float("nan")
                     total = out.contrastive + out.diversity_weight * out.diversity + out.penalty_weight * out.penalty
-                    if self.step in getattr(cfg, "_fault_nan_steps", ()):
-                        total = total * float("nan")
                     self.scaler.scale(total).backward()
             except torch.OutOfMemoryError as e:
                 raise RuntimeError(oom_message(cfg, d.device)) from e
@@ -256,16 +279,22 @@ class Pretrainer:
                 p.grad.mul_(factor)
         clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        finite = math.isfinite(grad_norm) and math.isfinite(float(stats[1]))
+        outcome = step_outcome(self.scaler, float(stats[1:4].sum()), grad_norm)  # any loss term non-finite
+        finite = outcome == "ok"
         if finite:
             self.scaler.step(self.optimizer)
             self.nan_in_a_row = 0
+        elif outcome == "overflow":
+            self.overflow_steps += 1
         else:
             self.nan_steps += 1
             self.nan_in_a_row += 1
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
                         self.step, self.nan_in_a_row, self.nan_steps)
         self.scaler.update()
+        if outcome == "overflow":
+            log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
+                     self.scaler.get_scale())
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         sr = 16000.0
@@ -279,6 +308,7 @@ class Pretrainer:
             "penalty": float(stats[3]) / n, "accuracy": float(stats[4]) / n, "real_seconds": float(stats[5]) / sr,
             "padded_seconds": float(stats[6]) / sr, "utterances": float(stats[7]), "lr": lr,
             "temperature": model.quantizer.temperature, "grad_norm": grad_norm, "finite": float(finite),
+            "overflow": float(outcome == "overflow"),
             "loss_scale": float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0,
             "data_wait": data_wait,
         }  # fmt: skip
@@ -418,7 +448,8 @@ class Pretrainer:
         rec["audio_seconds_per_second"] = s["real_seconds"] / max(seconds, 1e-9)
         rec["padded_seconds_per_second"] = s["padded_seconds"] / max(seconds, 1e-9)
         rec["data_wait_fraction"] = s["data_wait"] / max(seconds, 1e-9)
-        rec["skipped_steps"] = steps - s["finite"]
+        rec["skipped_steps"] = steps - s["finite"] - s["overflow"]
+        rec["overflow_steps"] = s["overflow"]
         rec["distance_from_init"] = distance_from(self.model, self._init_params)
         for g, sim in enumerate(codeword_similarity(self.model.quantizer.codevectors, cfg.model.num_codevector_groups)):
             rec.update({f"codeword_sim_g{g}_{k}": v for k, v in sim.items()})

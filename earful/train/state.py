@@ -51,8 +51,16 @@ class RunDir:
         self.ckpt.mkdir(parents=True, exist_ok=True)
         for stale in self.ckpt.glob(".tmp-*"):  # a write that was killed
             shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.ckpt.glob(".*.tmp"):  # e.g. latest.json's temporary file
+            stale.unlink(missing_ok=True)
         for stale in self.ckpt.glob(".old-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            # ``.old-NAME-PID``: killed between moving NAME aside and renaming its replacement into place
+            name = stale.name.removeprefix(".old-").rpartition("-")[0]
+            if name and not (self.ckpt / name).exists():
+                os.replace(stale, self.ckpt / name)
+                log.warning("restored checkpoint %s (its replacement was interrupted)", self.ckpt / name)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
 
     def save(
         self,
@@ -64,26 +72,43 @@ class RunDir:
         vocab: dict[str, Any] | None = None,
         make_latest: bool = True,
     ) -> Path:
-        """Write checkpoint ``name`` atomically (directory rename), then point ``latest.json`` at it."""
+        """Write checkpoint ``name`` atomically (directory rename), then point ``latest.json`` at it.
+
+        A write that fails (a full disk, say) leaves the previous checkpoints and ``latest.json`` as they
+        were, removes its partial files and raises CheckpointError saying so."""
         self.ckpt.mkdir(parents=True, exist_ok=True)
         tmp = self.ckpt / f".tmp-{name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(tmp, model, vocab=vocab)
-        info = dict(trainer)
-        if state is not None:
-            atomic_torch_save(state, tmp / STATE_FILE)
-            info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
-        atomic_write_json(tmp / TRAINER_FILE, info)
         final = self.ckpt / name
-        if final.exists():
-            old = self.ckpt / f".old-{name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        if make_latest:
-            atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
+        old = self.ckpt / f".old-{name}-{os.getpid()}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(tmp, model, vocab=vocab)
+            info = dict(trainer)
+            if state is not None:
+                atomic_torch_save(state, tmp / STATE_FILE)
+                info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
+            atomic_write_json(tmp / TRAINER_FILE, info)
+            if final.exists():
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            if make_latest:
+                atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            try:
+                previous = self.latest()
+            except CheckpointError:
+                previous = None
+            kept = f"the latest complete checkpoint is still {previous}" if previous else "no earlier checkpoint"
+            raise CheckpointError(
+                f"could not write checkpoint {final} ({e}); {kept}. Free space (or fix the file system) and "
+                "continue with --resume"
+            ) from e
         return final
 
     def latest(self) -> Path | None:
@@ -113,7 +138,10 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | Non
     info_path = ckpt / TRAINER_FILE
     if not info_path.exists():
         raise CheckpointError(f"{ckpt}: no {TRAINER_FILE}")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{info_path}: corrupt JSON ({e})") from e
     state = None
     if (ckpt / STATE_FILE).exists() or STATE_FILE in info.get("files", {}):
         verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))

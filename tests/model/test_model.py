@@ -139,3 +139,15 @@ def test_quantizer_eval_is_argmax() -> None:
     book = model.quantizer.codevectors.view(model.cfg.num_codevector_groups, model.cfg.num_codevectors_per_group, -1)
     expected = torch.cat([book[g][codes[:, g]] for g in range(codes.shape[1])], dim=-1)
     torch.testing.assert_close(q, expected)
+
+
+def test_diversity_schedule() -> None:
+    model = Wav2Vec2ForPreTraining(
+        load_model_config("tiny", ["diversity_start_step=10", "diversity_warmup_steps=20", "diversity_weight=0.1"])
+    )
+    assert model.diversity_weight_at(0) == 0.0 and model.diversity_weight_at(9) == 0.0
+    assert model.diversity_weight_at(20) == pytest.approx(0.05)
+    assert model.diversity_weight_at(30) == pytest.approx(0.1) and model.diversity_weight_at(1000) == pytest.approx(0.1)
+    wave, lens = batch()
+    model.set_step(5)
+    assert model(wave, lens).diversity_weight == 0.0

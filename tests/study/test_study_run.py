@@ -1,7 +1,8 @@
 """A whole study, end to end, at toy scale: plan → pre-train grid → fine-tune → evaluate → report,
-and a study killed mid-way continues to the same report."""
+and a study killed mid-way (between stages, or inside a pre-training run) continues to the same report."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from earful.study.config import load_study
 from earful.study.report import build_report
 from earful.study.run import run_study
+from earful.train.state import RunDir
 
 STUDY = """
 name: toy
@@ -46,7 +48,7 @@ def study_file(tmp_path_factory) -> Path:
     return path
 
 
-def test_toy_study_end_to_end_and_resumes(study_file, tmp_path) -> None:
+def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> None:
     study = load_study(study_file)
     out = tmp_path / "out"
     report = run_study(study, out)
@@ -72,3 +74,35 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path) -> None:
     again = run_study(load_study(study_file), out).read_text()
     assert again == first
     assert build_report(out).read_text() == first
+
+    # killed inside a pre-training run, after its step-2 records were logged and before its step-2 checkpoint
+    # was complete (so with no checkpoint to resume from): the rerun starts that run over and ends with the
+    # same report, without duplicate log records
+    victim = "8s-seed1"
+    shutil.rmtree(out / "pretrain" / victim)
+    for stage in ("finetune", "eval"):
+        for d in (out / stage).glob(f"{victim}__*"):
+            shutil.rmtree(d)
+    (out / "report" / "report.md").unlink()
+    real_save = RunDir.save
+
+    def killed_in_save(self: RunDir, name: str, *args, **kwargs):
+        if self.root.name == victim and name == "step-0000002":
+            raise _Killed(name)
+        return real_save(self, name, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "save", killed_in_save)
+        with pytest.raises(_Killed):
+            run_study(load_study(study_file), out)
+    valid = out / "pretrain" / victim / "valid.jsonl"
+    assert [json.loads(line)["step"] for line in valid.read_text().splitlines()] == [2]
+    assert not (out / "pretrain" / victim / "checkpoints" / "latest.json").exists()
+    assert run_study(load_study(study_file), out).read_text() == first
+    for log in ("train.jsonl", "valid.jsonl"):
+        steps = [json.loads(line)["step"] for line in (out / "pretrain" / victim / log).read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == 4, (log, steps)
+
+
+class _Killed(BaseException):
+    """Ends the study like SIGKILL would: nothing catches it."""

@@ -1,0 +1,251 @@
+"""Bad audio and text: every problem is a clear error naming the file and the problem, or — with
+``skip_bad`` — a counted skip that shows in the run's log. Nothing is dropped silently."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earful.cli import main
+from earful.data.audio import RECEPTIVE_FIELD, AudioError, load_audio
+from earful.data.dataset import AudioDataset, make_loader
+from earful.data.librispeech import read_folder, read_librispeech
+from earful.data.manifest import ManifestError, Utterance, read_manifest
+from earful.finetune.config import load_finetune_config
+from earful.finetune.trainer import Finetuner
+from earful.train.config import load_pretrain_config
+from earful.train.pretrain import Pretrainer
+
+# ---------------------------------------------------------------------------------------------- audio
+
+
+def _truncate(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_audio_that_works(tmp_path, rel) -> None:
+    """Stereo is downmixed, 8 and 48 kHz are resampled, 24-bit is read; all come out 16 kHz float32 mono."""
+    cases = {
+        "stereo.wav": dict(channels=2),
+        "8k.wav": dict(rate=8000),
+        "48k.flac": dict(rate=48000),
+        "24bit.flac": dict(subtype="PCM_24"),
+        "24bit.wav": dict(subtype="PCM_24"),
+    }
+    utts = []
+    for name, kw in cases.items():
+        n = rel.write_wave(tmp_path / name, 0.5, **kw)
+        x = load_audio(tmp_path / name)
+        assert x.dtype == np.float32 and x.ndim == 1, name
+        assert abs(len(x) - 8000) <= 1, (name, len(x))
+        assert 0.25 < np.abs(x).max() < 0.35, name  # the tone's amplitude survives (24-bit, downmix, resampling)
+        utts.append(Utterance(name, str(tmp_path / name), n, kw.get("rate", 16000), "s"))
+    # and through the loader, which trusts the manifest's (pre-resampling) lengths
+    batch = next(iter(make_loader(utts, 10.0, shuffle=False)))
+    assert sorted(batch.ids) == sorted(cases) and batch.lengths.tolist() == [8000] * len(cases)
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])
+def test_other_rate_with_resampling_off_is_an_error(tmp_path, rel, rate) -> None:
+    rel.write_wave(tmp_path / "x.wav", 0.5, rate=rate)
+    with pytest.raises(AudioError, match=rf"x.wav: sample rate {rate} Hz, expected 16000 Hz \(resampling is off\)"):
+        load_audio(tmp_path / "x.wav", resample=False)
+
+
+def test_each_broken_file_names_itself_and_its_problem(tmp_path, rel) -> None:
+    """Covers what tests/data/test_manifest_audio.py does not: truncated WAV/FLAC, a zero-byte file, a header
+    only, NaN/inf in 16-bit-free float files, shorter than the receptive field after resampling."""
+    rel.write_wave(tmp_path / "whole.flac", 1.0)
+    (tmp_path / "cut.flac").write_bytes((tmp_path / "whole.flac").read_bytes())
+    _truncate(tmp_path / "cut.flac", 0.5)
+    (tmp_path / "zero-bytes.wav").write_bytes(b"")
+    (tmp_path / "header-only.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVE")
+    sf.write(tmp_path / "zero-length.wav", np.zeros((0, 1), np.float32), 16000)
+    x = np.full(8000, 0.1, np.float32)
+    x[100] = -np.inf
+    sf.write(tmp_path / "minus-inf.wav", x, 16000, subtype="DOUBLE")
+    rel.write_wave(tmp_path / "short-8k.wav", 0.02, rate=8000)  # 160 samples -> 320 at 16 kHz < 400
+    cases = {
+        "cut.flac": "unreadable audio",
+        "zero-bytes.wav": "unreadable audio",
+        "header-only.wav": "unreadable audio",
+        "zero-length.wav": "empty audio",
+        "minus-inf.wav": "NaN or infinite",
+        "short-8k.wav": rf"too short \(320 samples .* at least {RECEPTIVE_FIELD}",
+    }
+    for name, message in cases.items():
+        with pytest.raises(AudioError, match=message) as info:
+            load_audio(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+
+
+def test_truncated_wav_that_still_decodes_is_caught_by_its_manifest_length(tmp_path, rel, caplog) -> None:
+    """A WAV cut short decodes without error (libsndfile reads what is there): the dataset compares it with
+    the manifest's length, so a half-copied file is not silently half an utterance."""
+    n = rel.write_wave(tmp_path / "cut.wav", 1.0)
+    _truncate(tmp_path / "cut.wav", 0.5)
+    assert 0 < len(load_audio(tmp_path / "cut.wav")) < n  # decodes!
+    utts = [Utterance("cut", str(tmp_path / "cut.wav"), n, 16000, "s")]
+    with pytest.raises(AudioError, match=rf"cut.wav: truncated\? \d+ samples at 16000 Hz, the manifest says {n}"):
+        AudioDataset(utts)[0]
+    loader = make_loader(utts + [Utterance("ok", str(tmp_path / "ok.wav"), rel.write_wave(tmp_path / "ok.wav", 1.0),
+                                           16000, "s")], 10.0, skip_bad=True)
+    with caplog.at_level(logging.WARNING, logger="earful.data.dataset"):
+        assert [i for b in loader for i in b.ids] == ["ok"]
+    assert loader.bad_files == 1 and "cut: " in caplog.text and "truncated?" in caplog.text
+
+
+def test_skip_bad_counts_a_batch_with_no_loadable_audio(tmp_path, caplog) -> None:
+    """A batch whose every file is bad is left out, counted and logged (not a zero-size batch)."""
+    (tmp_path / "a.wav").write_bytes(b"junk")
+    loader = make_loader([Utterance("a", str(tmp_path / "a.wav"), 16000, 16000, "s")], 10.0, skip_bad=True)
+    with caplog.at_level(logging.WARNING, logger="earful.data.dataset"):
+        assert list(loader) == []
+    assert loader.bad_files == 1 and loader.empty_batches == 1
+    assert "a: " in caplog.text and "no loadable audio" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- manifests and text
+
+
+def test_manifest_with_invalid_utf8_names_file_and_line(tmp_path) -> None:
+    row = b'{"id": "%s", "path": "a.wav", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "transcript": "%s"}'
+    (tmp_path / "m.jsonl").write_bytes(row % (b"a", b"ok") + b"\n" + row % (b"b", "CAFÉ".encode("latin-1")) + b"\n")
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: not valid UTF-8"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_manifest_pointing_at_a_missing_file_stops_the_run_before_training(tmp_path, tiny_corpus, rel) -> None:
+    rows = rel.manifest_rows(tiny_corpus[0])[:3]
+    rows.append({**rows[0], "id": "gone", "path": str(tmp_path / "gone.wav")})
+    manifest = rel.write_rows(tmp_path / "m.jsonl", rows)
+    with pytest.raises(ManifestError, match=r"m.jsonl:4: audio file not found: .*gone.wav"):
+        Pretrainer(load_pretrain_config(None, rel.pretrain_overrides(manifest, 1)), tmp_path / "run")
+
+
+def test_librispeech_transcript_problems_are_reported(tmp_path, rel) -> None:
+    """Invalid UTF-8 in a .trans.txt, an empty transcript line and an empty sidecar are each a problem
+    naming the file; the audio is kept unlabelled (and fine-tuning then refuses it by id)."""
+    root = tmp_path / "LibriSpeech" / "dev-clean"
+    for spk, uids in (("1", ["1-2-0000", "1-2-0001"]), ("3", ["3-4-0000"])):
+        chapter = root / spk / uids[0].split("-")[1]
+        for uid in uids:
+            rel.write_wave(chapter / f"{uid}.flac", 0.3)
+    (root / "1" / "2" / "1-2.trans.txt").write_bytes(b"1-2-0000 HELLO\n1-2-0001\n")  # empty line for 0001
+    (root / "3" / "4" / "3-4.trans.txt").write_bytes("3-4-0000 CAFÉ\n".encode("latin-1"))
+    problems: list[str] = []
+    utts = {u.id: u for u in read_librispeech(root, problems)}
+    text = "\n".join(problems)
+    assert utts["1-2-0000"].transcript == "HELLO"
+    assert utts["1-2-0001"].transcript is None and utts["3-4-0000"].transcript is None
+    assert "1-2.trans.txt:2: empty transcript for 1-2-0001" in text
+    assert "3-4.trans.txt: not valid UTF-8" in text and "no transcript line for 3-4-0000" in text
+    assert "no transcript line for 1-2-0001" not in text  # reported once
+
+    plain = tmp_path / "plain"
+    rel.write_wave(plain / "a.wav", 0.3)
+    rel.write_wave(plain / "b.wav", 0.3)
+    rel.write_wave(plain / "c.wav", 0.3)
+    (plain / "a.txt").write_bytes("ÇA VA".encode("latin-1"))
+    (plain / "b.txt").write_text("  \n")
+    (plain / "c.txt").write_text("OK\n")
+    problems = []
+    got = {u.id: u.transcript for u in read_folder(plain, problems)}
+    assert got == {"a": None, "b": None, "c": "OK"}
+    text = "\n".join(problems)
+    assert "a.txt: not valid UTF-8" in text and "b.txt: empty transcript" in text
+
+
+@pytest.mark.parametrize("transcript, message", [
+    (None, "has no transcript"),
+    ("", "has an empty transcript"),
+    ("   ", "has an empty transcript"),
+    ("bad 4 cafe", r"characters outside the vocabulary in utterance 'train-001': '4'"),
+    ("cafÃ©", r"characters outside the vocabulary in utterance 'train-001': '©', 'ã'"),  # UTF-8 read as latin-1
+])
+def test_fine_tuning_refuses_bad_transcripts_by_utterance(tmp_path, tones, rel, transcript, message) -> None:
+    rows = rel.manifest_rows(tones)
+    rows[1]["transcript"] = transcript
+    manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"train.jsonl: .*{message}") as info:
+        Finetuner(load_finetune_config(None, rel.finetune_overrides(manifest, 1)), tmp_path / "run")
+    assert "train-001" in str(info.value)
+
+
+def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:
+    """(tests/data covers the manifest reader; here the whole fine-tuning entry point.)"""
+    rows = rel.manifest_rows(tones)
+    rows.append(dict(rows[0]))
+    manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ManifestError, match=r"train.jsonl:5: duplicate id 'train-000' \(first on line 1\)"):
+        Finetuner(load_finetune_config(None, rel.finetune_overrides(manifest, 1)), tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------- a whole run
+
+
+@pytest.fixture
+def dirty_manifest(tmp_path, tiny_corpus, rel) -> Path:
+    """8 good utterances plus a corrupt file, a truncated WAV, NaN audio, one shorter than the receptive
+    field (after resampling) and one too long for a 4 s batch (crop off)."""
+    rows = [r for r in rel.manifest_rows(tiny_corpus[0]) if r["num_samples"] < 2 * 16000][:8]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    n = rel.write_wave(bad / "cut.wav", 1.0)
+    _truncate(bad / "cut.wav", 0.4)
+    x = np.full(16000, 0.1, np.float32)
+    x[5] = np.nan
+    sf.write(bad / "nan.wav", x, 16000, subtype="FLOAT")
+    rel.write_wave(bad / "tiny.wav", 0.02, rate=8000)
+    long_n = rel.write_wave(bad / "long.wav", 5.0)
+    row = dict(speaker="s", transcript=None)
+    rows += [
+        {**row, "id": "corrupt", "path": str(bad / "corrupt.flac"), "num_samples": 16000, "sample_rate": 16000},
+        {**row, "id": "cut", "path": str(bad / "cut.wav"), "num_samples": n, "sample_rate": 16000},
+        {**row, "id": "nan", "path": str(bad / "nan.wav"), "num_samples": 16000, "sample_rate": 16000},
+        {**row, "id": "tiny", "path": str(bad / "tiny.wav"), "num_samples": 160, "sample_rate": 8000},
+        {**row, "id": "long", "path": str(bad / "long.wav"), "num_samples": long_n, "sample_rate": 16000},
+    ]
+    return rel.write_rows(tmp_path / "dirty.jsonl", rows)
+
+
+def test_pretraining_over_bad_files_stops_naming_one(tmp_path, dirty_manifest, rel, caplog) -> None:
+    rc = main(["pretrain", *rel.pretrain_overrides(dirty_manifest, 12, "data.crop_seconds=null", "data.min_seconds=0"),
+               "--out", str(tmp_path / "run")])
+    assert rc == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    problems = {"corrupt.flac": "unreadable audio", "cut.wav": "truncated?", "nan.wav": "NaN or infinite",
+                "tiny.wav": "too short"}
+    assert any(f"{name}: {problem}" in errors[0] for name, problem in problems.items()), errors
+
+
+def test_pretraining_with_skip_bad_counts_and_logs_every_bad_file(tmp_path, dirty_manifest, rel, caplog) -> None:
+    """An epoch over the dirty corpus (loaded by a worker process): each bad file is counted in train.jsonl's
+    ``bad_files`` and the summary, and logged naming it and its problem; the over-long one is counted as
+    unbatchable and logged."""
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(dirty_manifest, 100, "data.skip_bad=true",
+                                                            "data.crop_seconds=null", "data.min_seconds=0",
+                                                            "data.num_workers=1"))
+    trainer = Pretrainer(cfg, tmp_path / "run")
+    assert trainer.loader.skipped == 1  # "long": 5 s > device_seconds, no cropping
+    cfg.max_steps = len(trainer.loader)  # at least one epoch: every bad file is met
+    with caplog.at_level(logging.WARNING):
+        summary = trainer.fit()
+    log = rel.read_jsonl(tmp_path / "run" / "train.jsonl")
+    assert summary["unbatchable"] == 1
+    assert "1 utterances cannot be batched" in caplog.text and "longer than max_seconds=4" in caplog.text
+    assert summary["bad_files"] >= 4 and log[-1]["bad_files"] == summary["bad_files"]
+    assert [r["bad_files"] for r in log] == sorted(r["bad_files"] for r in log)  # a running count
+    warned = [m for m in caplog.messages if m.startswith("skipped bad audio file")]
+    assert len(warned) == summary["bad_files"]  # each one logged
+    for uid, problem in (("corrupt", "unreadable audio"), ("cut", "truncated?"), ("nan", "NaN or infinite"),
+                         ("tiny", "too short")):
+        assert any(f"file {uid}: " in m and problem in m for m in warned), (uid, warned)
+    assert not any("long" in m for m in warned)

@@ -1,0 +1,203 @@
+"""Interruptions: fine-tuning SIGKILLed at a random step and resumed ends with the parameters of an
+uninterrupted run (pre-training: tests/train/test_resume.py); a process SIGKILLed in the middle of writing
+a checkpoint leaves the previous one complete, verified and loadable."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from earful.checkpoint import load_model
+from earful.finetune.config import load_finetune_config
+from earful.finetune.trainer import Finetuner
+from earful.train.state import RunDir, load_trainer_state
+
+STEPS = 24
+
+
+def _latest_step(out: Path) -> int:
+    try:
+        return int(json.loads((out / "checkpoints" / "latest.json").read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
+def _finetune_args(rel, train: Path) -> list[str]:
+    return rel.finetune_overrides(train, STEPS, "ckpt_every=1", "keep_last=2")
+
+
+def test_finetuning_sigkilled_at_a_random_step_resumes_exactly(tmp_path, tones, rel) -> None:
+    seed = int(os.environ.get("RELIABILITY_SEED", random.randrange(1 << 30)))
+    kill_after = random.Random(seed).randint(3, STEPS // 2)
+    why = f"(RELIABILITY_SEED={seed}: SIGKILL once step {kill_after} is checkpointed)"
+    ref = Finetuner(load_finetune_config(None, _finetune_args(rel, tones)), tmp_path / "ref").fit()
+    assert ref["step"] == STEPS
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "earful.cli", "finetune", *_finetune_args(rel, tones), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=rel.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while _latest_step(out) < kill_after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"{why}: the run ended by itself\n{err[-2000:]}"
+    killed_at = _latest_step(out)
+    assert kill_after <= killed_at < STEPS, f"{why}: latest checkpoint at step {killed_at}"
+
+    r = subprocess.run([*cmd, "--resume"], cwd=rel.ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, f"{why}\n{r.stderr[-3000:]}"
+    assert f"resumed from {out / 'checkpoints'}" in r.stderr, why
+    a = load_file(str(tmp_path / "ref" / "checkpoints" / f"step-{STEPS:07d}" / "model.safetensors"))
+    b = load_file(str(out / "checkpoints" / f"step-{STEPS:07d}" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), why
+    steps = [rec["step"] for rec in rel.read_jsonl(out / "train.jsonl")]
+    assert steps == list(range(1, STEPS + 1)), why  # every step logged once, none twice
+    assert not list((out / "checkpoints").glob(".tmp-*")), why  # a write the kill interrupted is cleaned up
+
+
+# ---------------------------------------------------------------------------------------------- killed mid-write
+
+CHILD = r'''
+import os, sys, time
+from pathlib import Path
+import torch
+import earful.checkpoint as C
+from earful.model import Wav2Vec2ForPreTraining, load_model_config
+from earful.train.state import RunDir
+
+root, stage = Path(sys.argv[1]), sys.argv[2]
+torch.manual_seed(0)
+model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+run = RunDir(root)
+run.prepare()
+run.save("step-0000001", model, state={"opt": torch.zeros(3)}, trainer={"step": 1})
+run.save("best", model, state=None, trainer={"step": 1}, make_latest=False)
+C.save_file(model.state_dict(), str(root / "original.safetensors"))  # what both must still hold
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(1.0)
+
+
+def hang(what):
+    (root / "HANGING").write_text(what)
+    time.sleep(600)
+
+
+if stage == "weights":  # part of the new weights written
+    def save_file(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"\0" * 4096)
+        hang(stage)
+    C.save_file = save_file
+elif stage == "state":  # weights done, part of state.pt written
+    def save(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK\x03\x04")
+        hang(stage)
+    torch.save = save
+elif stage == "latest":  # the new directory complete, latest.json being replaced
+    real = C._fsync_replace
+    def fsync_replace(tmp, path):
+        if Path(path).name == "latest.json":
+            hang(stage)
+        real(tmp, path)
+    C._fsync_replace = fsync_replace
+elif stage == "swap":  # re-saving "best": the old one moved aside, the new one not yet renamed in
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(src).name == "best":
+            hang(stage)
+    os.replace = replace
+name = "best" if stage == "swap" else "step-0000002"
+run.save(name, model, state={"opt": torch.ones(3)}, trainer={"step": 2}, make_latest=stage != "swap")
+raise SystemExit("the write was not interrupted")
+'''
+
+STAGES = ("weights", "state", "latest", "swap")
+
+
+@pytest.fixture(scope="module")
+def killed_mid_write(tmp_path_factory, rel) -> dict[str, Path]:
+    """One child process per stage (run side by side), each SIGKILLed while it hangs inside ``RunDir.save``."""
+    roots = {s: tmp_path_factory.mktemp(f"kill-{s}") / "run" for s in STAGES}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {s: subprocess.Popen([sys.executable, "-c", CHILD, str(roots[s]), s], cwd=rel.ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in STAGES}
+    deadline = time.time() + 120
+    try:
+        for s, proc in procs.items():
+            while not (roots[s] / "HANGING").exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            assert (roots[s] / "HANGING").exists(), f"{s}: {proc.communicate()[1][-2000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+    return roots
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(stage, killed_mid_write) -> None:
+    root = killed_mid_write[stage]
+    ckpts = root / "checkpoints"
+    run = RunDir(root)
+    latest = run.latest()
+    assert latest is not None and latest.name == "step-0000001"
+    model, _ = load_model(latest)  # size and SHA-256 verified
+    info, state = load_trainer_state(latest)
+    assert info["step"] == 1 and state is not None and torch.equal(state["opt"], torch.zeros(3))
+    original = load_file(str(root / "original.safetensors"))
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    if stage == "latest":  # killed after the new directory was renamed into place: it is whole too
+        model, _ = load_model(ckpts / "step-0000002")
+        assert load_trainer_state(ckpts / "step-0000002")[0]["step"] == 2
+    # the next start (any --resume) clears the partial write and restores a checkpoint moved aside
+    if stage == "swap":
+        assert not (root / "checkpoints" / "best").exists()
+    run.prepare()
+    left = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("."))
+    assert not left, left
+    best, _ = load_model(ckpts / "best")
+    assert all(torch.equal(v, original[k]) for k, v in best.state_dict().items())
+
+
+class _Killed(BaseException):
+    """Ends a run like SIGKILL would (nothing catches it), at a chosen point."""
+
+
+def test_killed_before_its_first_checkpoint_restarts_without_duplicate_records(tmp_path, tiny_corpus, rel,
+                                                                               monkeypatch) -> None:
+    """Killed inside the first periodic checkpoint, after that step's records were logged: --resume finds
+    no checkpoint and starts over; the log must not keep the dead attempt's records."""
+    from earful.train.config import load_pretrain_config
+    from earful.train.pretrain import Pretrainer
+
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3, "ckpt_every=2"))
+    real_save = RunDir.save
+
+    def killed_in_save(self: RunDir, name: str, *args, **kwargs):
+        if name == "step-0000002":
+            raise _Killed(name)
+        return real_save(self, name, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "save", killed_in_save)
+        with pytest.raises(_Killed):
+            Pretrainer(cfg, tmp_path / "run").fit()
+    assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2]
+    assert RunDir(tmp_path / "run").latest() is None
+    assert Pretrainer(cfg, tmp_path / "run", resume=True).fit()["step"] == 3
+    assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2, 3]

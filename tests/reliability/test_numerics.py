@@ -1,0 +1,112 @@
+"""Numerics: a NaN loss is skipped and counted; NaNs in a row stop the run with a clear message, a
+checkpoint and exit code 3; fp16 overflow is the GradScaler's business — skipped, logged, not a failure.
+
+NaNs are forced with the trainers' test-only hook ``cfg._fault_nan_steps`` (steps whose loss is multiplied
+by NaN). fp16 runs on the CPU here (torch.autocast float16 + ``GradScaler('cpu')``); at the scaler's initial
+scale of 65536 the tiny model's summed losses overflow for the first few steps, as they do on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from earful.checkpoint import load_model
+from earful.cli import main
+from earful.finetune.config import FinetuneConfig, load_finetune_config
+from earful.finetune.trainer import Finetuner
+from earful.train.config import PretrainConfig, load_pretrain_config
+from earful.train.pretrain import Pretrainer, TrainingStopped
+from earful.train.state import RunDir, load_trainer_state
+
+
+def _weights(run, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / name / "model.safetensors"))
+
+
+def _trainer(kind: str, tmp_path, tiny_corpus, tones, rel, steps: int, *extra: str):
+    if kind == "pretrain":
+        return Pretrainer(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], steps, *extra)),
+                          tmp_path / "run")
+    return Finetuner(load_finetune_config(None, rel.finetune_overrides(tones, steps, *extra)), tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_a_nan_loss_is_skipped_and_counted(kind, tmp_path, tiny_corpus, tones, rel, caplog) -> None:
+    trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 4, "ckpt_every=1", "keep_last=10")
+    trainer.cfg._fault_nan_steps = {2}
+    summary = trainer.fit()
+    assert summary["step"] == 4 and summary["nan_steps"] == 1 and summary["overflow_steps"] == 0
+    log = {r["step"]: r for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")}
+    assert [log[s]["skipped_steps"] for s in (1, 2, 3, 4)] == [0, 1 * 0, 1, 0]  # step index 2 is logged as 3
+    assert "step 2: non-finite loss or gradient; update skipped (1 in a row, 1 in all)" in caplog.text
+    a, b, c = (_weights(tmp_path / "run", f"step-000000{s}") for s in (2, 3, 4))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the NaN step left the weights alone
+    assert not all(torch.equal(b[k], c[k]) for k in b)  # and training went on
+    assert all(torch.isfinite(v).all() for v in c.values())
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_nans_in_a_row_stop_with_a_checkpoint_then_resume(kind, tmp_path, tiny_corpus, tones, rel) -> None:
+    trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 8, "max_nan_steps=3")
+    trainer.cfg._fault_nan_steps = range(1, 100)
+    with pytest.raises(TrainingStopped, match=r"3 non-finite steps in a row at step 4: stopped. A checkpoint was "
+                                              r"written; lower optim.lr"):
+        trainer.fit()
+    ckpt = RunDir(tmp_path / "run").latest()
+    assert ckpt is not None and ckpt.name == "step-0000004"
+    info, state = load_trainer_state(ckpt)  # verified by size and hash
+    assert info["nan_steps"] == 3 and state is not None
+    model, _ = load_model(ckpt)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the cause fixed, the run continues from that checkpoint
+    resumed = (Pretrainer if kind == "pretrain" else Finetuner)(trainer.cfg, tmp_path / "run", resume=True)
+    resumed.cfg._fault_nan_steps = ()
+    assert resumed.step == 4
+    assert resumed.fit()["step"] == 8
+
+
+def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(PretrainConfig, "_fault_nan_steps", range(100), raising=False)
+    monkeypatch.setattr(FinetuneConfig, "_fault_nan_steps", range(100), raising=False)
+    rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 5, "max_nan_steps=2"), "--out",
+               str(tmp_path / "pre")])
+    assert rc == 3 and "2 non-finite steps in a row at step 2: stopped" in caplog.text
+    assert json.loads((tmp_path / "pre" / "checkpoints" / "latest.json").read_text())["step"] == 2
+    caplog.clear()
+    overrides = [o for o in rel.finetune_overrides(tones, 5, "max_nan_steps=2") if not o.startswith("data.train")]
+    rc = main(["finetune", "--train", str(tones), "--out", str(tmp_path / "ft"), *overrides])
+    assert rc == 3 and "2 non-finite steps in a row at step 2: stopped" in caplog.text
+    assert json.loads((tmp_path / "ft" / "checkpoints" / "latest.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tones, rel, caplog) -> None:
+    """With ``max_nan_steps=2``, the scaler's first overflows (several in a row) would stop the run if they
+    counted as non-finite steps. They are skipped, halve ``loss_scale``, are logged and counted apart; a
+    NaN *loss* under fp16 still counts as non-finite."""
+    steps = 10
+    trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, steps, "precision=fp16", "max_nan_steps=2")
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 65536.0
+    trainer.cfg._fault_nan_steps = {steps - 1}
+    with caplog.at_level(logging.INFO):
+        summary = trainer.fit()
+    overflows = summary["overflow_steps"]
+    assert summary["step"] == steps and summary["nan_steps"] == 1
+    assert 2 <= overflows < steps - 1, overflows  # overflowed, and then trained
+    log = rel.read_jsonl(tmp_path / "run" / "train.jsonl")
+    assert sum(r["overflow_steps"] for r in log) == overflows
+    assert sum(r["skipped_steps"] for r in log) == 1 and log[-1]["skipped_steps"] == 1
+    assert log[-1]["overflow_steps"] == 0  # the NaN loss is not an overflow
+    assert log[-1]["loss_scale"] == 65536.0 / 2 ** (overflows + 1)  # every skipped step halved it
+    assert all(b["loss_scale"] <= a["loss_scale"] for a, b in zip(log, log[1:], strict=False))
+    assert caplog.text.count("fp16 gradient overflow; update skipped, loss scale lowered to") == overflows
+    final = _weights(tmp_path / "run", f"step-{steps:07d}")
+    assert all(torch.isfinite(v).all() for v in final.values())
+    assert not all(torch.equal(final[k], _weights(tmp_path / "run", "init")[k]) for k in final)
+    assert math.isfinite(log[-2]["loss"]) and math.isnan(log[-1]["loss"])  # the NaN step is visible in the log

@@ -1,0 +1,144 @@
+"""Resources: out of memory on a micro-batch names ``device_seconds`` as the knob; a full disk during a
+checkpoint write fails clearly and leaves the previous checkpoint intact (and the run resumable)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import earful.checkpoint as C
+from earful.checkpoint import CheckpointError, load_model
+from earful.cli import main
+from earful.finetune.config import load_finetune_config
+from earful.finetune.trainer import Finetuner
+from earful.model import Wav2Vec2ForPreTraining
+from earful.train.config import load_pretrain_config
+from earful.train.pretrain import Pretrainer
+from earful.train.state import RunDir, load_trainer_state
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
+
+
+def _raise_oom(*args, **kwargs):
+    raise torch.OutOfMemoryError(OOM)
+
+
+class _OOMInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError(OOM)
+
+
+@pytest.mark.parametrize("kind, where", [("pretrain", "forward"), ("pretrain", "backward"),
+                                         ("finetune", "forward"), ("finetune", "backward")])
+def test_oom_names_device_seconds(kind, where, tmp_path, tiny_corpus, tones, rel, monkeypatch) -> None:
+    if kind == "pretrain":
+        trainer = Pretrainer(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2)), tmp_path / "r")
+        knobs = r"device_seconds=4: lower device_seconds \(accumulation then rises to keep batch_seconds=4\)"
+    else:
+        trainer = Finetuner(load_finetune_config(None, rel.finetune_overrides(tones, 2)), tmp_path / "r")
+        knobs = r"device_seconds=1.75: lower device_seconds \(accumulation then rises to keep batch_seconds=3.5\)"
+    if where == "forward":  # the backbone: used by every forward path (frozen or not)
+        monkeypatch.setattr(trainer.model.wav2vec2, "forward", _raise_oom)
+    else:
+        monkeypatch.setattr(trainer.scaler, "scale", _OOMInBackward.apply)
+    with pytest.raises(RuntimeError, match=rf"^out of memory on cpu with {knobs}$") as info:
+        trainer.fit()
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_oom_through_the_cli_is_one_clear_line(tmp_path, tiny_corpus, rel, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(Wav2Vec2ForPreTraining, "forward", _raise_oom)
+    rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2), "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "out of memory on cpu with device_seconds=4: lower device_seconds" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- full disk
+
+
+def _enospc(path: object) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+VICTIM = "step-0000004"  # the second periodic checkpoint; step-0000002 is the one that must survive
+
+
+def _fill_disk(monkeypatch, stage: str) -> None:
+    """Make the write of ``stage`` for checkpoint VICTIM fail with ENOSPC after writing part of it."""
+    if stage == "model.safetensors":
+        real_save_file = C.save_file
+
+        def save_file(tensors, filename, *args, **kwargs):
+            if VICTIM in str(filename):
+                Path(filename).write_bytes(b"\0" * 4096)
+                raise _enospc(filename)
+            return real_save_file(tensors, filename, *args, **kwargs)
+
+        monkeypatch.setattr(C, "save_file", save_file)
+    elif stage == "state.pt":
+        real_save = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            if VICTIM in str(f):
+                Path(f).write_bytes(b"PK\x03\x04")
+                raise _enospc(f)
+            return real_save(obj, f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", save)
+    else:  # latest.json: the checkpoint directory is complete, pointing latest.json at it fails
+        real_replace = C._fsync_replace
+
+        def fsync_replace(tmp: Path, path: Path) -> None:
+            if path.name == "latest.json" and VICTIM.encode() in tmp.read_bytes():
+                raise _enospc(path)
+            real_replace(tmp, path)
+
+        monkeypatch.setattr(C, "_fsync_replace", fsync_replace)
+
+
+def _overrides(rel, train: Path) -> list[str]:
+    return rel.pretrain_overrides(train, 5, "ckpt_every=2", "keep_last=10")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_corpus, rel) -> dict[str, torch.Tensor]:
+    """The final weights of the same run, never interrupted."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    Pretrainer(load_pretrain_config(None, _overrides(rel, tiny_corpus[0])), out).fit()
+    return load_file(str(out / "checkpoints" / "step-0000005" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("stage", ["model.safetensors", "state.pt", "latest.json"])
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(stage, tmp_path, tiny_corpus, rel, monkeypatch,
+                                                              reference) -> None:
+    cfg = load_pretrain_config(None, _overrides(rel, tiny_corpus[0]))
+    trainer = Pretrainer(cfg, tmp_path / "run")
+    with monkeypatch.context() as m:
+        _fill_disk(m, stage)
+        with pytest.raises(CheckpointError, match=rf"could not write checkpoint .*{VICTIM} \(\[Errno 28\] No space "
+                                                  rf"left on device.*the latest complete checkpoint is still "
+                                                  rf".*step-0000002\. Free space .* --resume"):
+            trainer.fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert not list(ckpts.glob(".tmp-*")) and not list(ckpts.glob(".*.tmp")), list(ckpts.iterdir())
+    latest = RunDir(tmp_path / "run").latest()
+    assert latest is not None and latest.name == "step-0000002"
+    model, _ = load_model(latest)  # verified by size and SHA-256
+    info, state = load_trainer_state(latest)
+    assert info["step"] == 2 and state is not None
+    assert (ckpts / VICTIM).exists() == (stage == "latest.json")  # complete, just not pointed at
+    # space freed: --resume continues from step 2 and ends where an uninterrupted run ends
+    summary = Pretrainer(cfg, tmp_path / "run", resume=True).fit()
+    assert summary["step"] == 5
+    got = load_file(str(ckpts / "step-0000005" / "model.safetensors"))
+    assert all(torch.equal(got[k], reference[k]) for k in reference)

@@ -1,0 +1,143 @@
+"""Untrusted files: checkpoints load through safetensors or ``torch.load(weights_only=True)``; a pickle
+carrying code is refused with a clear message (``earful import-hf --trust-pickle`` is the explicit opt-in);
+a truncated or tampered file — size or SHA-256 differing from what was recorded at save — is detected."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from earful.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, file_record, load_model, safe_torch_load
+from earful.cli import main
+from earful.interop.hf import export_hf
+from earful.model import Wav2Vec2ForPreTraining, load_model_config
+from earful.train.config import load_pretrain_config
+from earful.train.pretrain import Pretrainer
+from earful.train.state import TRAINER_FILE, RunDir, load_trainer_state
+
+
+class Payload:
+    """Unpickling this runs a shell command (it creates ``marker``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory with one training checkpoint (tiny model, plausible training state)."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    opt = torch.optim.AdamW(model.parameters())
+    root = tmp_path_factory.mktemp("untrusted") / "run"
+    RunDir(root).save("step-0000002", model, state={"optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state()},
+                      trainer={"step": 2})
+    return root
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run" / "checkpoints" / "step-0000002"
+
+
+def _rerecord(ckpt: Path) -> None:
+    """What a careful attacker does: record the new state.pt's size and hash in trainer.json."""
+    info = json.loads((ckpt / TRAINER_FILE).read_text())
+    info["files"][STATE_FILE] = file_record(ckpt / STATE_FILE)
+    (ckpt / TRAINER_FILE).write_text(json.dumps(info))
+
+
+def test_a_pickle_carrying_code_is_refused_everywhere(run_dir, tmp_path, tiny_corpus, rel) -> None:
+    marker = tmp_path / "PWNED"
+    ckpt = _copy(run_dir, tmp_path)
+    torch.save({"optimizer": Payload(marker)}, ckpt / STATE_FILE)
+    _rerecord(ckpt)
+    with pytest.raises(CheckpointError, match=r"state.pt: refusing to unpickle.*could run code.*posix.system"):
+        safe_torch_load(ckpt / STATE_FILE)
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle"):
+        load_trainer_state(ckpt)
+    # and through a run's --resume
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 4))
+    with pytest.raises(CheckpointError, match=r"step-0000002/state.pt: refusing to unpickle"):
+        Pretrainer(cfg, tmp_path / "run", resume=True)
+    assert not marker.exists()
+
+
+def _hf_folder(tmp_path: Path, extra: object) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A transformers folder whose weights are a ``pytorch_model.bin`` holding ``extra`` besides tensors."""
+    torch.manual_seed(0)
+    hf = export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
+    weights = load_file(str(hf / "model.safetensors"))
+    (hf / "model.safetensors").unlink()
+    torch.save({**weights, "args": extra}, hf / "pytorch_model.bin")
+    return hf, weights
+
+
+def test_import_hf_refuses_code_and_trusts_only_on_request(tmp_path, caplog) -> None:
+    marker = tmp_path / "PWNED"
+    hf, _ = _hf_folder(tmp_path / "evil", Payload(marker))
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2
+    assert "pytorch_model.bin: refusing to unpickle" in caplog.text and "--trust-pickle" in caplog.text
+    assert not marker.exists() and not (tmp_path / "ckpt").exists()
+    # a fairseq-style file (an argparse.Namespace beside the tensors): refused, then loaded on request
+    hf, weights = _hf_folder(tmp_path / "fairseq", argparse.Namespace(arch="wav2vec2"))
+    caplog.clear()
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2
+    assert "GLOBAL argparse.Namespace" in caplog.text
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt"), "--trust-pickle"]) == 0
+    assert "unpickling without restrictions (--trust-pickle)" in caplog.text
+    model, info = load_model(tmp_path / "ckpt")
+    assert info["kind"] == "pretraining"
+    torch.manual_seed(0)
+    ref = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("target, damage, message", [
+    (MODEL_FILE, "truncate", r"model.safetensors: size \d+ bytes, expected \d+ \(truncated or replaced\)"),
+    (MODEL_FILE, "flip", r"model.safetensors: SHA-256 differs from the one recorded at save"),
+    (STATE_FILE, "truncate", r"state.pt: size \d+ bytes, expected \d+ \(truncated or replaced\)"),
+    (STATE_FILE, "flip", r"state.pt: SHA-256 differs from the one recorded at save"),
+    (STATE_FILE, "truncate-rerecorded", r"state.pt: cannot read this torch file \(truncated or corrupt\?\)"),
+    (TRAINER_FILE, "truncate", r"trainer.json: corrupt JSON"),
+    ("model.json", "truncate", r"model.json: corrupt JSON"),
+    (MODEL_FILE, "delete", r"model.safetensors: missing"),
+])
+def test_truncated_or_tampered_files_are_detected(run_dir, tmp_path, target, damage, message) -> None:
+    ckpt = _copy(run_dir, tmp_path)
+    path = ckpt / target
+    data = bytearray(path.read_bytes())
+    if damage == "delete":
+        path.unlink()
+    elif damage.startswith("truncate"):
+        path.write_bytes(bytes(data[: len(data) // 2]))
+        if damage == "truncate-rerecorded":
+            _rerecord(ckpt)
+    else:  # one byte changed, same size: only the hash can tell
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(ckpt)  # what evaluation, fine-tuning's --init and export read
+        load_trainer_state(ckpt)  # and what --resume reads besides
+
+
+def test_unreadable_hf_safetensors_is_a_checkpoint_error(tmp_path) -> None:
+    torch.manual_seed(0)
+    hf = export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
+    data = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(data[: len(data) // 3])
+    from earful.interop.hf import import_hf
+
+    with pytest.raises(CheckpointError, match=r"model.safetensors: unreadable safetensors file"):
+        import_hf(hf)
