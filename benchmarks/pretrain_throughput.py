@@ -1,0 +1,268 @@
+"""Pre-training throughput on CPU, fp32: earful vs `transformers`' Wav2Vec2ForPreTraining, measured side by side.
+
+    python benchmarks/pretrain_throughput.py --preset tiny
+    python benchmarks/pretrain_throughput.py --preset base --override num_layers=2 --seconds 4 4 3 3
+
+Both models hold the same weights (earful's are exported with ``earful.interop.hf.export_hf`` and loaded by
+``transformers``), see the same padded batch of speech-like audio (or the first utterances of ``--manifest``),
+and do one full training step each: forward, backward, AdamW step, ``zero_grad`` (earful's AdamW is fused, as its
+trainer builds it; ``--plain-adamw`` for torch's default, which the peer's example uses). The peer is the
+`transformers` model driven as its pre-training example drives it: masks from ``_compute_mask_indices`` and
+distractors from ``_sample_negative_indices``, drawn outside the timed step as its data collator does (their
+cost is printed apart), loss divided by the number of masked frames. earful draws its masks and distractors
+inside its forward pass, on the model's device, and that is timed. The mask fraction of each is printed so
+the work is comparable; the two recipes overlap spans a little differently.
+
+LayerDrop is set to 0 for both (the two draw different layers, so their work would differ step by step), and
+so is fairseq's ``require_same_masks`` (transformers has none; it thins every row to the smallest masked count
+of the batch, ~25 % fewer masked frames on the default batch: ``--same-masks`` keeps it).
+
+Steps alternate A/B, B/A, ... after warm-up; medians over ``--reps`` are reported with their ratio.
+Peak memory is the RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh child
+process per implementation running ``--mem-steps`` steps; "step" is that peak minus the RSS just before the
+first step (weights, optimizer state after the first step, activations and allocator caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speechlike import speech_batch  # noqa: E402
+
+from earful.interop.hf import export_hf  # noqa: E402
+from earful.model import ModelConfig, Wav2Vec2ForPreTraining, load_model_config  # noqa: E402
+
+LR, BETAS, EPS, WD = 1e-5, (0.9, 0.98), 1e-6, 0.01  # tiny lr: weights barely move across repetitions
+
+
+@dataclass
+class Setup:
+    cfg: ModelConfig
+    wave: torch.Tensor
+    lengths: torch.Tensor
+
+
+def build_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    if args.manifest is None:
+        return speech_batch(args.seconds, seed=args.seed)
+    from earful.data.audio import load_audio
+    from earful.data.manifest import read_manifest
+
+    utts = read_manifest(args.manifest)[: len(args.seconds)]
+    waves = [torch.from_numpy(load_audio(u.path)[: int(s * 16000)]) for u, s in zip(utts, args.seconds, strict=False)]
+    lengths = torch.tensor([len(w) for w in waves])
+    wave = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        wave[i, : len(w)] = w
+    return wave, lengths
+
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    fixed = ["layerdrop=0.0"] if args.same_masks else ["layerdrop=0.0", "require_same_masks=false"]
+    cfg = load_model_config(args.preset, [*args.override, *fixed])
+    wave, lengths = build_batch(args)
+    return Setup(cfg, wave, lengths)
+
+
+def adamw(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, fused=fused)
+
+
+class Ours:
+    name = "earful"
+
+    def __init__(self, model: Wav2Vec2ForPreTraining, s: Setup, fused: bool = True) -> None:
+        self.model, self.s = model.train(), s
+        self.opt = adamw(model, fused)  # fused, as earful's Pretrainer builds it
+        self.gen = torch.Generator().manual_seed(1)
+        self.mask_fractions: list[float] = []
+
+    def step(self) -> None:
+        out = self.model(self.s.wave, self.s.lengths, generator=self.gen)
+        loss = out.objective(float(out.num_masked))
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        flen = self.model.frame_lengths(self.s.lengths)
+        self.mask_fractions.append(float(out.num_masked) / float(flen.sum()))
+
+
+class Theirs:
+    name = "transformers"
+
+    def __init__(self, model: torch.nn.Module, s: Setup) -> None:
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+        self.model, self.s = model.train(), s
+        self.opt = adamw(model)
+        self._mask, self._neg = _compute_mask_indices, _sample_negative_indices
+        cfg = model.config
+        self.att = (torch.arange(s.wave.shape[1])[None] < s.lengths[:, None]).long()
+        frames = int(model._get_feat_extract_output_lengths(s.wave.shape[1]))
+        self.sub_att = model._get_feature_vector_attention_mask(frames, self.att)
+        self.shape = (s.wave.shape[0], frames)
+        self.mask_prob, self.mask_length = cfg.mask_time_prob, cfg.mask_time_length
+        self.min_masks = cfg.mask_time_min_masks
+        self.num_negatives = cfg.num_negatives
+        self.mask_fractions: list[float] = []
+        self.collate_seconds: list[float] = []
+        np.random.seed(1)
+
+    def collate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the example's DataCollatorForWav2Vec2Pretraining adds to a batch (not timed in the step)."""
+        t0 = time.perf_counter()
+        mask = self._mask(self.shape, self.mask_prob, self.mask_length, attention_mask=self.sub_att,
+                          min_masks=self.min_masks)  # fmt: skip
+        neg = self._neg(self.shape, self.num_negatives, mask_time_indices=mask)
+        self.collate_seconds.append(time.perf_counter() - t0)
+        return torch.tensor(mask, dtype=torch.bool), torch.tensor(neg, dtype=torch.long)
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        mask, neg = batch if batch is not None else self.collate()
+        out = self.model(self.s.wave, attention_mask=self.att, mask_time_indices=mask, sampled_negative_indices=neg)
+        num_losses = mask.sum()
+        (out.loss / num_losses).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.mask_fractions.append(float(num_losses) / float(self.sub_att.sum()))
+
+
+def build(
+    s: Setup, tmp: str, seed: int, which: tuple[str, ...] = ("earful", "transformers"), fused: bool = True
+) -> dict[str, Any]:
+    """Runners for ``which`` with identical weights (and the peer's attention implementation)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForPreTraining(s.cfg)
+    export_hf(model, tmp)
+    runners: dict[str, Any] = {}
+    if "earful" in which:
+        runners["earful"] = Ours(model, s, fused)
+    del model
+    if "transformers" in which:
+        hf = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp)
+        hf.set_gumbel_temperature(s.cfg.temperature_start)
+        runners["transformers"] = Theirs(hf, s)
+        runners["attention"] = getattr(hf.config, "_attn_implementation", "?")
+    return runners
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Child process: build, step ``--mem-steps`` times with one implementation, print JSON."""
+    s = load_setup(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = build(s, tmp, args.seed, (args.memory_probe,), not args.plain_adamw)[args.memory_probe]
+    batch = runner.collate() if isinstance(runner, Theirs) else None
+    before = rss_kib()
+    for _ in range(args.mem_steps):
+        runner.step(batch) if batch is not None else runner.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"peak_mib": peak / 1024, "step_mib": (peak - before) / 1024}))
+
+
+def probe(args: argparse.Namespace, which: str) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--memory-probe", which, "--preset", args.preset, "--seed", str(args.seed),
+           "--threads", str(args.threads), "--mem-steps", str(args.mem_steps), "--seconds", *map(str, args.seconds)]
+    cmd += ["--same-masks"] if args.same_masks else []
+    cmd += ["--plain-adamw"] if args.plain_adamw else []
+    if args.override:
+        cmd += ["--override", *args.override]
+    if args.manifest:
+        cmd += ["--manifest", str(args.manifest)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", help="model preset (tiny, small, base, ...) or YAML path")
+    p.add_argument("--override", nargs="*", default=[], help="key=value model overrides, e.g. num_layers=2")
+    p.add_argument("--seconds", type=float, nargs="+", default=[4.0, 3.5, 3.0, 2.5],
+                   help="utterance durations of the batch (zero-padded to the longest)")
+    p.add_argument("--manifest", type=Path, help="take the batch's audio from this manifest instead")
+    p.add_argument("--same-masks", action="store_true",
+                   help="keep fairseq's require_same_masks (transformers has none; off by default)")
+    p.add_argument("--plain-adamw", action="store_true",
+                   help="earful with torch's default AdamW (as transformers' example), not the trainer's fused one")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--memory-probe", choices=["earful", "transformers"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args)
+        return
+
+    s = load_setup(args)
+    audio = float(s.lengths.sum()) / 16000
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = build(s, tmp, args.seed, fused=not args.plain_adamw)
+    ours, theirs, impl = runners["earful"], runners["transformers"], runners["attention"]
+    n_params = sum(p.numel() for p in ours.model.parameters())
+    print(f"preset {args.preset} {' '.join(args.override)} ({n_params / 1e6:.2f} M params), batch "
+          f"{len(args.seconds)} utts = {audio:.1f} s audio (padded {s.wave.numel() / 16000:.1f} s), "
+          f"threads {torch.get_num_threads()}, torch {torch.__version__}, transformers attention '{impl}', earful "
+          f"AdamW {'plain' if args.plain_adamw else 'fused'} (transformers: plain)")
+    times: dict[str, list[float]] = {"earful": [], "transformers": []}
+    for i in range(args.warmup + args.reps):
+        order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
+        for r in order:
+            batch = r.collate() if isinstance(r, Theirs) else None
+            t0 = time.perf_counter()
+            r.step(batch) if batch is not None else r.step()
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                times[r.name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    pair_ratio = statistics.median(t / o for o, t in zip(times["earful"], times["transformers"], strict=True))
+    mem: dict[str, dict[str, float]] = {}
+    if not args.no_memory:
+        mem = {k: probe(args, k) for k in ("earful", "transformers")}
+    frac = {"earful": statistics.mean(ours.mask_fractions), "transformers": statistics.mean(theirs.mask_fractions)}
+    print(f"{'':13} {'median s/step':>13} {'min':>7} {'max':>7} {'audio-s/s':>9} {'mask frac':>9} "
+          f"{'peak RSS MiB':>12} {'step MiB':>8}")
+    for k in ("earful", "transformers"):
+        m = mem.get(k, {})
+        print(f"{k:13} {med[k]:13.3f} {min(times[k]):7.3f} {max(times[k]):7.3f} {audio / med[k]:9.1f} "
+              f"{frac[k]:9.3f} {m.get('peak_mib', float('nan')):12.0f} {m.get('step_mib', float('nan')):8.0f}")
+    ratio = med["transformers"] / med["earful"]
+    print(f"speed-up earful / transformers: {ratio:.2f}x (ratio of medians), {pair_ratio:.2f}x (median of "
+          f"paired ratios); transformers' collator masks+negatives "
+          f"{1000 * statistics.median(theirs.collate_seconds):.1f} ms/batch, not timed in its step")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "preset": args.preset, "override": args.override, "audio_seconds": audio, "times": times,
+            "median": med, "ratio": ratio, "pair_ratio": pair_ratio, "memory": mem, "mask_fraction": frac,
+        }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
