@@ -21,15 +21,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check earful tests benchmarks
 
-DEMO_CORPUS ?= runs/corpus-demo
-
 demo: $(STAMP)
-	test -f $(DEMO_CORPUS)/manifests/train.jsonl || \
-		$(BIN)/earful synth $(DEMO_CORPUS) --hours 0.4 --domain commands --seed 0
-	$(BIN)/earful pretrain earful/configs/pretrain-demo.yaml \
-		data.train=$(DEMO_CORPUS)/manifests/train.jsonl data.valid=$(DEMO_CORPUS)/manifests/dev.jsonl \
-		--out runs/demo/pretrain --resume
-	@echo "demo: pre-training run in runs/demo/pretrain (train.jsonl, valid.jsonl, checkpoints/)"
+	$(BIN)/earful study run studies/demo.yaml --out runs/demo
+	@echo "demo: report in runs/demo/report/report.md"
 
 clean:
 	rm -rf $(VENV) runs

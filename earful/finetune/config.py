@@ -25,14 +25,13 @@ that is only a different weighting of utterances, which Adam largely absorbs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from earful.config import load_config
 from earful.model.config import ModelConfig
-from earful.train.config import OptimConfig
+from earful.train.config import OptimConfig, accumulation_steps, scale_lr
 
 
 @dataclass
@@ -107,12 +106,10 @@ class FinetuneConfig:
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step on each device (as in pre-training)."""
-        return max(1, math.ceil(self.batch_seconds / (self.device_seconds * world_size) - 1e-9))
+        return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
 
     def effective_lr(self) -> float:
-        ratio = self.batch_seconds / self.optim.reference_batch_seconds
-        scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.optim.lr_scaling]
-        return self.optim.lr * scale
+        return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
 
     def validate(self) -> None:
         if self.max_steps < 1:

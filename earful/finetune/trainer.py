@@ -42,7 +42,7 @@ from earful.model import Wav2Vec2ForCTC, count_parameters
 from earful.train import distributed as D
 from earful.train.config import HealthConfig
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
-from earful.train.pretrain import TrainingStopped, autocast, oom_message, step_outcome, step_seed
+from earful.train.pretrain import TrainingStopped, apply_update, autocast, oom_message, step_seed
 from earful.train.schedule import lr_at
 from earful.train.state import RunDir, load_trainer_state
 
@@ -292,32 +292,8 @@ class Finetuner:
         if frozen:  # the optimizer skips parameters without a gradient
             for p in self.phase_params:
                 p.grad = None
-        # DDP averaged the gradients over ranks; we want their sum / denom.
-        self.scaler.unscale_(self.optimizer)
-        factor = d.world_size / denom
-        for p in self.trainable:
-            if p.grad is not None:
-                p.grad.mul_(factor)
-        clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-        grads = [p for p in self.trainable if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, clip)) if grads else 0.0
-        outcome = step_outcome(self.scaler, float(stats[0]), grad_norm)
+        grad_norm, outcome = apply_update(self, self.trainable, float(stats[0]), denom)
         finite = outcome == "ok"
-        if finite:
-            self.scaler.step(self.optimizer)
-            self.nan_in_a_row = 0
-        elif outcome == "overflow":
-            self.overflow_steps += 1
-        else:
-            self.nan_steps += 1
-            self.nan_in_a_row += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
-                        self.step, self.nan_in_a_row, self.nan_steps)
-        self.scaler.update()
-        if outcome == "overflow":
-            log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
-                     self.scaler.get_scale())
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.hours_real += float(stats[3]) / SR / 3600
         self.hours_padded += float(stats[4]) / SR / 3600

@@ -12,12 +12,12 @@ rate, as the paper's own table does::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
+from earful.train.config import accumulation_steps, scale_lr
 
 
 @dataclass
@@ -130,10 +130,9 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
     for seed in study.seeds:
         for e in study.entries():
             dev_s = min(e.device_seconds or study.device_seconds, e.batch_seconds)
-            accum = max(1, math.ceil(e.batch_seconds / (dev_s * e.devices) - 1e-9))
-            ratio = e.batch_seconds / study.reference_batch_seconds
-            lr = e.lr if e.lr is not None else study.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[
-                study.lr_rule]
+            accum = accumulation_steps(e.batch_seconds, dev_s, e.devices)
+            lr = e.lr if e.lr is not None else scale_lr(study.lr, e.batch_seconds, study.reference_batch_seconds,
+                                                         study.lr_rule)
             if study.mode == "fixed-steps":
                 if study.steps <= 0:
                     raise ValueError("fixed-steps: set steps > 0")

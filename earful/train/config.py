@@ -14,6 +14,17 @@ from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config
 
 
+def accumulation_steps(batch_seconds: float, device_seconds: float, world_size: int) -> int:
+    """Micro-batches per optimizer step on each device: ceil(batch / (device × world))."""
+    return max(1, math.ceil(batch_seconds / (device_seconds * world_size) - 1e-9))
+
+
+def scale_lr(lr: float, batch_seconds: float, reference_seconds: float, rule: str) -> float:
+    """The paper's rules: ``linear`` lr·B/B_ref, ``sqrt`` lr·sqrt(B/B_ref), ``none`` lr."""
+    ratio = batch_seconds / reference_seconds
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
 @dataclass
 class DataConfig:
     train: str = ""  # manifest of the pre-training audio
@@ -80,12 +91,10 @@ class PretrainConfig:
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
 
     def accumulation(self, world_size: int) -> int:
-        return max(1, math.ceil(self.batch_seconds / (self.device_seconds * world_size) - 1e-9))
+        return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
 
     def effective_lr(self) -> float:
-        ratio = self.batch_seconds / self.optim.reference_batch_seconds
-        scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.optim.lr_scaling]
-        return self.optim.lr * scale
+        return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:

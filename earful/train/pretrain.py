@@ -72,6 +72,41 @@ def step_outcome(scaler: torch.amp.GradScaler, loss: float, grad_norm: float) ->
     return "nonfinite"
 
 
+def apply_update(
+    run: Any, params: list[torch.nn.Parameter], loss: float, denom: float
+) -> tuple[float, str]:
+    """The end of an optimizer step, shared by pre-training and fine-tuning: the gradients (summed over
+    micro-batches, averaged over ranks by DDP) are unscaled and multiplied by world_size / ``denom``,
+    clipped, checked, applied (or skipped and counted), and zeroed. ``run`` has ``optimizer``,
+    ``scaler``, ``d``, ``cfg.optim.clip_norm``, ``step`` and the counters ``nan_steps``,
+    ``nan_in_a_row`` and ``overflow_steps`` (checkpointed in trainer.json).
+    Returns the gradient norm before clipping and the ``step_outcome``."""
+    run.scaler.unscale_(run.optimizer)
+    factor = run.d.world_size / denom
+    grads = [p for p in params if p.grad is not None]
+    for p in grads:
+        p.grad.mul_(factor)
+    clip = run.cfg.optim.clip_norm if run.cfg.optim.clip_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, clip)) if grads else 0.0
+    outcome = step_outcome(run.scaler, loss, grad_norm)
+    if outcome == "ok":
+        run.scaler.step(run.optimizer)
+        run.nan_in_a_row = 0
+    elif outcome == "overflow":
+        run.overflow_steps += 1
+    else:
+        run.nan_steps += 1
+        run.nan_in_a_row += 1
+        log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
+                    run.step, run.nan_in_a_row, run.nan_steps)
+    run.scaler.update()
+    if outcome == "overflow":
+        log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", run.step,
+                 run.scaler.get_scale())
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, outcome
+
+
 def oom_message(cfg: PretrainConfig, device: torch.device) -> str:
     return (f"out of memory on {device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "
             f"(accumulation then rises to keep batch_seconds={cfg.batch_seconds:g})")
@@ -271,31 +306,9 @@ class Pretrainer:
         D.all_reduce_sum(stats, d)
         masked = float(stats[0])
         denom = float(stats[8]) if cfg.model.loss_normalisation == "nanow2v2" else max(masked, 1.0)
-        # DDP averaged the gradients over ranks; we want their sum / denom.
-        self.scaler.unscale_(self.optimizer)
-        factor = d.world_size / denom
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(factor)
-        clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        outcome = step_outcome(self.scaler, float(stats[1:4].sum()), grad_norm)  # any loss term non-finite
+        # any loss term non-finite counts
+        grad_norm, outcome = apply_update(self, list(model.parameters()), float(stats[1:4].sum()), denom)
         finite = outcome == "ok"
-        if finite:
-            self.scaler.step(self.optimizer)
-            self.nan_in_a_row = 0
-        elif outcome == "overflow":
-            self.overflow_steps += 1
-        else:
-            self.nan_steps += 1
-            self.nan_in_a_row += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
-                        self.step, self.nan_in_a_row, self.nan_steps)
-        self.scaler.update()
-        if outcome == "overflow":
-            log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
-                     self.scaler.get_scale())
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         sr = 16000.0
         self.hours_real += float(stats[5]) / sr / 3600
