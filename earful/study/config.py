@@ -65,7 +65,9 @@ class FinetuneSpec:
     config: str | None = None  # fine-tuning YAML (preset name or path)
     overrides: list[str] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=lambda: ["final"])  # final | best | milestones
-    baselines: list[str] = field(default_factory=lambda: ["scratch"])  # scratch | scratch-trainable-cnn
+    # the same architecture from its random init (the run's checkpoints/init), fine-tuned with the same recipe
+    # (scratch) or with the CNN trainable / frozen whatever the recipe says
+    baselines: list[str] = field(default_factory=lambda: ["scratch"])  # scratch | scratch-{trainable,frozen}-cnn
     label_sets: list[str] | None = None  # subset of corpus.label_sets (default all)
 
 

@@ -251,6 +251,31 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                 out.append(f"- **Pre-training vs {base}, {ls}:** best pre-trained ({best:g} s) WER "
                            f"{fmt_ms(per_b[best])} % vs {base} {fmt_ms(sc)} %: pre-trained is "
                            f"{compare(per_b[best], sc)}.")
+    # equal steps across batch sizes (fixed-hours studies: a small batch's milestone vs a large batch's end)
+    with_b = [r for r in ft if r["split"] == split and r.get("batch_seconds") and r.get("step")]
+    for ls in label_sets:
+        by_step: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in with_b:
+            if r["label_set"] == ls:
+                by_step[round(r["step"] / 5) * 5][r["batch_seconds"]].append(r["wer"])
+        for step, per_b in sorted(by_step.items()):
+            if len(per_b) < 2 or study.get("mode") == "fixed-steps":
+                continue
+            bs = sorted(per_b)
+            out.append(f"- **Equal steps (≈ {step}), {ls}:** " + "; ".join(
+                f"{bs[i]:g} s → {bs[i + 1]:g} s: WER {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
+                for i in range(len(bs) - 1)) + " (" + ", ".join(
+                f"{b:g} s: {100 * statistics.fmean(v):.1f}" for b, v in sorted(per_b.items())) + ").")
+        if study.get("mode") == "fixed-hours":
+            per_b = defaultdict(list)
+            for r in finals:
+                if r["label_set"] == ls:
+                    per_b[r["batch_seconds"]].append(r["wer"])
+            if len(per_b) > 1:
+                means = {b: statistics.fmean(v) for b, v in per_b.items()}
+                out.append(f"- **Equal hours seen (final, {study.get('hours')} h), {ls}:** WER by batch " +
+                           ", ".join(f"{b:g} s: {100 * m:.1f}" for b, m in sorted(means.items())) +
+                           f" (spread {100 * (max(means.values()) - min(means.values())):.1f} points).")
     # equal hours seen: milestone checkpoints
     miles = [r for r in ft
              if r["split"] == split and str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]

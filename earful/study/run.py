@@ -192,9 +192,11 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
         first = next(r for r in runs if r.seed == seed)
         init = out / "pretrain" / first.name / "checkpoints" / "init"  # same architecture, random weights
         for base in study.finetune.baselines:
-            extra = {"scratch": [], "scratch-trainable-cnn": ["freeze_feature_encoder=false"]}.get(base)
+            extra = {"scratch": [], "scratch-trainable-cnn": ["freeze_feature_encoder=false"],
+                     "scratch-frozen-cnn": ["freeze_feature_encoder=true"]}.get(base)
             if extra is None:
-                raise ValueError(f"finetune.baselines: unknown {base!r} (scratch | scratch-trainable-cnn)")
+                raise ValueError(f"finetune.baselines: unknown {base!r} "
+                                 "(scratch | scratch-trainable-cnn | scratch-frozen-cnn)")
             for ls in label_sets:
                 name = f"{base}-seed{seed}__init__{ls}"
                 summary = finetune_and_evaluate(study, name, init, ls, seed, out, root, extra)

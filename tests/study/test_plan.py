@@ -60,3 +60,18 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
     y.write_text("grid: [10]\nbatch: 3\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_study(y)
+
+
+@pytest.mark.parametrize("name", ["paper", "demo", "cpu"])
+def test_shipped_studies_and_their_configs_load(name) -> None:
+    from earful.finetune.config import load_finetune_config
+    from earful.train.config import load_pretrain_config
+
+    study = load_study(ROOT / "studies" / f"{name}.yaml")
+    assert plan_runs(study)
+    pre = load_pretrain_config(ROOT / study.pretrain_config if study.pretrain_config else None,
+                               study.pretrain_overrides)
+    assert pre.model.num_layers > 0
+    ft = study.finetune.config
+    cfg = load_finetune_config(ROOT / ft if ft and (ROOT / ft).exists() else ft, study.finetune.overrides)
+    assert cfg.max_steps > 0
