@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from earful.config import load_config
 from earful.model.config import ModelConfig
-from earful.train.config import OptimConfig, accumulation_steps, scale_lr
+from earful.train.config import OptimConfig, SecondsBatching
 
 
 @dataclass
@@ -76,7 +76,7 @@ def _finetune_optim() -> OptimConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(SecondsBatching):
     init: str = "scratch"  # pre-training or CTC checkpoint dir, a run dir (its latest), a HF folder, scratch
     model_preset: str = "base"  # the architecture of a ``scratch`` model (preset name or YAML path)
     model: RegularisationConfig = field(default_factory=RegularisationConfig)
@@ -103,13 +103,6 @@ class FinetuneConfig:
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
-
-    def accumulation(self, world_size: int) -> int:
-        """Micro-batches per optimizer step on each device (as in pre-training)."""
-        return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
-
-    def effective_lr(self) -> float:
-        return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
 
     def validate(self) -> None:
         if self.max_steps < 1:

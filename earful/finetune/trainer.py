@@ -42,9 +42,22 @@ from earful.model import Wav2Vec2ForCTC, count_parameters
 from earful.train import distributed as D
 from earful.train.config import HealthConfig
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
-from earful.train.pretrain import TrainingStopped, apply_update, autocast, oom_message, step_seed
+from earful.train.pretrain import (
+    TrainingStopped,
+    apply_update,
+    autocast,
+    oom_message,
+    step_seed,
+    stop_signals,
+)
 from earful.train.schedule import lr_at
-from earful.train.state import RunDir, load_trainer_state
+from earful.train.state import (
+    RunDir,
+    load_trainer_state,
+    restore_training_state,
+    training_state,
+    warn_if_layout_changed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,19 +192,8 @@ class Finetuner:
             "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr, "init": self.cfg.init,
         }  # fmt: skip
 
-    def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
     def save(self, name: str, *, make_latest: bool = True) -> None:
-        state = self._state()  # every rank reaches here; only rank 0 writes
+        state = training_state(self.optimizer, self.scaler, self.loader)  # every rank; only rank 0 writes
         if self.d.is_main:
             path = self.run.save(name, self.model, state=state, trainer=self._trainer_info(),
                                  vocab=self.vocab.to_dict(), make_latest=make_latest)
@@ -201,17 +203,10 @@ class Finetuner:
 
     def _resume(self, ckpt: Path) -> None:
         info, state = load_trainer_state(ckpt)
-        if info.get("world_size") != self.d.world_size or info.get("accumulation") != self.accum:
-            log.warning("resuming with world_size=%d × accumulation=%d (was %s × %s): same batch, other order",
-                        self.d.world_size, self.accum, info.get("world_size"), info.get("accumulation"))
+        warn_if_layout_changed(info, self.d.world_size, self.accum)
         if state is None:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        restore_training_state(state, self.optimizer, self.scaler, self.loader)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
@@ -226,15 +221,6 @@ class Finetuner:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stop_signal = signum
         log.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
-
-    def _install_signals(self) -> dict[int, Any]:
-        old = {}
-        for s in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                old[s] = signal.signal(s, self._on_signal)
-            except ValueError:  # not the main thread
-                pass
-        return old
 
     # ------------------------------------------------------------------ one step
     def transformer_frozen(self, step: int | None = None) -> bool:
@@ -390,36 +376,34 @@ class Finetuner:
             if self.loader.skipped:
                 log.warning("%d utterances cannot be batched and are left out: %s", self.loader.skipped,
                             self.loader.sampler.skipped_reasons)
-        old = self._install_signals()
         meter = Meter()
         t_last = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
         batches = iter(self.loader)
         stopped_by = ""
-        try:
-            while self.step < cfg.max_steps:
-                rec = self.train_step(batches)
-                meter.add(steps=1, **rec)
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    self._log_interval(meter, now - t_last, bar)
-                    meter.reset()
-                    t_last = now
-                if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
+        with stop_signals(self._on_signal):
+            try:
+                while self.step < cfg.max_steps:
+                    rec = self.train_step(batches)
+                    meter.add(steps=1, **rec)
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        now = time.perf_counter()
+                        self._log_interval(meter, now - t_last, bar)
+                        meter.reset()
+                        t_last = now
+                    if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
+                        self._validate_and_keep_best()
+                    if self.stop_signal:
+                        stopped_by = signal.Signals(self.stop_signal).name
+                        break
+                    if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                        self.save(f"step-{self.step:07d}")
+                if self.step == cfg.max_steps and (cfg.valid_every <= 0 or self.step % cfg.valid_every):
                     self._validate_and_keep_best()
-                if self.stop_signal:
-                    stopped_by = signal.Signals(self.stop_signal).name
-                    break
-                if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
-                    self.save(f"step-{self.step:07d}")
-            if self.step == cfg.max_steps and (cfg.valid_every <= 0 or self.step % cfg.valid_every):
-                self._validate_and_keep_best()
-            self.save(f"step-{self.step:07d}")
-        finally:
-            bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
+                self.save(f"step-{self.step:07d}")
+            finally:
+                bar.close()
         if stopped_by:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
         return {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.loader.bad_files,

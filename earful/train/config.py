@@ -66,8 +66,24 @@ class HealthConfig:
     grad_norm_factor: float = 10.0  # grad norm above factor × running median: exploding
 
 
+class SecondsBatching:
+    """For a config with ``batch_seconds``, ``device_seconds`` and ``optim`` (pre-training and fine-tuning)."""
+
+    batch_seconds: float
+    device_seconds: float
+    optim: OptimConfig
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each device."""
+        return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
+
+    def effective_lr(self) -> float:
+        """``optim.lr`` rescaled by ``optim.lr_scaling`` from ``optim.reference_batch_seconds``."""
+        return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(SecondsBatching):
     model_preset: str = "base"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -90,11 +106,6 @@ class PretrainConfig:
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
 
-    def accumulation(self, world_size: int) -> int:
-        return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
-
-    def effective_lr(self) -> float:
-        return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -18,7 +18,8 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from earful.checkpoint import MODEL_FILE
+from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.config import save_yaml
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
@@ -35,7 +36,13 @@ from earful.train import distributed as D
 from earful.train.config import PretrainConfig
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, codeword_similarity, distance_from
 from earful.train.schedule import lr_at
-from earful.train.state import RunDir, load_trainer_state
+from earful.train.state import (
+    RunDir,
+    load_trainer_state,
+    restore_training_state,
+    training_state,
+    warn_if_layout_changed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,23 @@ def apply_update(
                  run.scaler.get_scale())
     run.optimizer.zero_grad(set_to_none=True)
     return grad_norm, outcome
+
+
+@contextmanager
+def stop_signals(handler: Any) -> Iterator[None]:
+    """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
+    the previous handlers come back on exit. Outside the main thread signals cannot be caught: no-op."""
+    old = {}
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def oom_message(cfg: PretrainConfig, device: torch.device) -> str:
@@ -195,19 +219,8 @@ class Pretrainer:
             "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr,
         }  # fmt: skip
 
-    def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "loader": self.loader.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
     def save(self, name: str, *, make_latest: bool = True) -> None:
-        state = self._state()  # every rank reaches here; only rank 0 writes
+        state = training_state(self.optimizer, self.scaler, self.loader)  # every rank; only rank 0 writes
         if self.d.is_main:
             path = self.run.save(name, self.model, state=state, trainer=self._trainer_info(), make_latest=make_latest)
             log.info("checkpoint %s (step %d, %.2f h seen)", path, self.step, self.hours_padded)
@@ -220,18 +233,12 @@ class Pretrainer:
             log.info("no checkpoint in %s: starting from step 0", self.run.ckpt)
             return
         info, state = load_trainer_state(ckpt)
-        if info.get("world_size") != self.d.world_size or info.get("accumulation") != self.accum:
-            log.warning("resuming with world_size=%d × accumulation=%d (was %s × %s): same batch, other order",
-                        self.d.world_size, self.accum, info.get("world_size"), info.get("accumulation"))
-        from earful.checkpoint import load_model
-
+        warn_if_layout_changed(info, self.d.world_size, self.accum)
         model, _ = load_model(ckpt)
         self.model.load_state_dict(model.state_dict())
-        assert state is not None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng_cpu"])
+        if state is None:
+            raise CheckpointError(f"{ckpt}: no training state to resume from")
+        restore_training_state(state, self.optimizer, self.scaler, self.loader)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
@@ -246,15 +253,6 @@ class Pretrainer:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stop_signal = signum
         log.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
-
-    def _install_signals(self) -> dict[int, Any]:
-        old = {}
-        for s in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                old[s] = signal.signal(s, self._on_signal)
-            except ValueError:  # not the main thread
-                pass
-        return old
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batches: Any) -> dict[str, float]:
@@ -385,40 +383,38 @@ class Pretrainer:
             if self.loader.skipped:
                 log.warning("%d utterances cannot be batched and are left out: %s", self.loader.skipped,
                             self.loader.sampler.skipped_reasons)
-        old = self._install_signals()
         meter = Meter()
         t_last = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
         batches = iter(self.loader)
         stopped_by = ""
-        try:
-            while self.step < cfg.max_steps:
-                rec = self.train_step(batches)
-                meter.add(steps=1, **{k: v for k, v in rec.items()})
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    self._log_interval(meter, now - t_last, bar)
-                    meter.reset()
-                    t_last = now
-                if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
+        with stop_signals(self._on_signal):
+            try:
+                while self.step < cfg.max_steps:
+                    rec = self.train_step(batches)
+                    meter.add(steps=1, **rec)
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        now = time.perf_counter()
+                        self._log_interval(meter, now - t_last, bar)
+                        meter.reset()
+                        t_last = now
+                    if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
+                        self._validate_and_keep_best()
+                    for h in cfg.ckpt_hours:
+                        if h not in self.milestones_done and self.hours_padded >= h:
+                            self.milestones_done.append(h)
+                            self.save(f"hours-{h:g}", make_latest=False)
+                    if self.stop_signal:
+                        stopped_by = signal.Signals(self.stop_signal).name
+                        break
+                    if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                        self.save(f"step-{self.step:07d}")
+                if self.step == cfg.max_steps and cfg.valid_every > 0 and self.step % cfg.valid_every:
                     self._validate_and_keep_best()
-                for h in cfg.ckpt_hours:
-                    if h not in self.milestones_done and self.hours_padded >= h:
-                        self.milestones_done.append(h)
-                        self.save(f"hours-{h:g}", make_latest=False)
-                if self.stop_signal:
-                    stopped_by = signal.Signals(self.stop_signal).name
-                    break
-                if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
-                    self.save(f"step-{self.step:07d}")
-            if self.step == cfg.max_steps and cfg.valid_every > 0 and self.step % cfg.valid_every:
-                self._validate_and_keep_best()
-            self.save(f"step-{self.step:07d}")
-        finally:
-            bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
+                self.save(f"step-{self.step:07d}")
+            finally:
+                bar.close()
         if stopped_by:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
         summary = {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.loader.bad_files,
@@ -441,11 +437,10 @@ class Pretrainer:
     def _log_interval(self, meter: Meter, seconds: float, bar: tqdm) -> None:
         s = meter.sums
         steps = s["steps"]
-        masked = max(s["masked"], 1.0)
         cfg = self.cfg
         rec: dict[str, Any] = {"step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real}
         # per-step records are already per masked frame: weight them by masked frames
-        rec["contrastive"] = s["contrastive_w"] / masked if "contrastive_w" in s else s["contrastive"] / steps
+        rec["contrastive"] = s["contrastive"] / steps
         rec["diversity"] = s["diversity"] / steps
         rec["penalty"] = s["penalty"] / steps
         rec["loss"] = rec["contrastive"] + cfg.model.diversity_weight * rec["diversity"] + \

@@ -147,3 +147,36 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | Non
         verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
         state = safe_torch_load(ckpt / STATE_FILE)
     return info, state
+
+
+def training_state(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any) -> dict[str, Any]:
+    """What a trainer needs besides the weights to continue exactly: optimizer, loss scaler, data position,
+    RNG (all ``weights_only``-loadable)."""
+    state: dict[str, Any] = {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "loader": loader.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_training_state(
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any
+) -> None:
+    """The inverse of ``training_state``."""
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    loader.load_state_dict(state["loader"])
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def warn_if_layout_changed(info: dict[str, Any], world_size: int, accumulation: int) -> None:
+    if info.get("world_size") != world_size or info.get("accumulation") != accumulation:
+        log.warning("resuming with world_size=%d × accumulation=%d (was %s × %s): same batch, other order",
+                    world_size, accumulation, info.get("world_size"), info.get("accumulation"))
+
