@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -19,35 +20,35 @@ from earful.eval.vocab import CharVocab
 log = logging.getLogger(__name__)
 
 
-def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, *,
-                       allow_empty: bool = False) -> dict[str, list[int]]:
-    """``{utterance id: target ids}``; raises ValueError naming the first bad utterance (an empty
-    transcript is one, unless ``allow_empty``: a dev set may score silence)."""
-    out: dict[str, list[int]] = {}
+def _per_transcript(utts: Sequence[Utterance], fn: Callable[..., Any], where: str) -> dict[str, Any]:
+    """``{utterance id: fn(transcript)}``; raises ValueError naming the first utterance without a transcript
+    or one ``fn`` rejects."""
+    out: dict[str, Any] = {}
     for u in utts:
         if u.transcript is None:
             raise ValueError(f"{where}: utterance {u.id!r} has no transcript (fine-tuning needs labels)")
         try:
-            out[u.id] = vocab.encode(u.transcript, utt_id=u.id)
+            out[u.id] = fn(u.transcript, utt_id=u.id)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        if not out[u.id] and not allow_empty:
-            raise ValueError(f"{where}: utterance {u.id!r} has an empty transcript (remove it from the manifest, "
-                             "or give it its text)")
+    return out
+
+
+def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, *,
+                       allow_empty: bool = False) -> dict[str, list[int]]:
+    """``{utterance id: target ids}``; raises ValueError naming the first bad utterance (an empty
+    transcript is one, unless ``allow_empty``: a dev set may score silence)."""
+    out = _per_transcript(utts, vocab.encode, where)
+    empty = [i for i, ids in out.items() if not ids]
+    if empty and not allow_empty:
+        raise ValueError(f"{where}: utterance {empty[0]!r} has an empty transcript (remove it from the manifest, "
+                         "or give it its text)")
     return out
 
 
 def normalised_references(utts: Sequence[Utterance], vocab: CharVocab, where: str) -> dict[str, str]:
     """``{utterance id: normalised transcript}`` (what WER is measured against)."""
-    out: dict[str, str] = {}
-    for u in utts:
-        if u.transcript is None:
-            raise ValueError(f"{where}: utterance {u.id!r} has no transcript")
-        try:
-            out[u.id] = vocab.normalize(u.transcript, utt_id=u.id)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-    return out
+    return _per_transcript(utts, vocab.normalize, where)
 
 
 def ctc_frames_needed(ids: Sequence[int]) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from earful.finetune.init import apply_permanent_freeze, build_initial_model, ph
 from earful.model import Wav2Vec2ForCTC, count_parameters
 from earful.train import distributed as D
 from earful.train.config import HealthConfig
+from earful.train.loop import StepLoop
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.pretrain import (
     TrainingStopped,
@@ -48,7 +48,6 @@ from earful.train.pretrain import (
     autocast,
     oom_message,
     step_seed,
-    stop_signals,
 )
 from earful.train.schedule import lr_at
 from earful.train.state import (
@@ -74,8 +73,10 @@ def _filter_long(utts: list[Utterance], max_seconds: float | None, where: str) -
     return keep
 
 
-class Finetuner:
+class Finetuner(StepLoop):
     """Builds model, data, optimizer and run directory; ``fit()`` trains to ``max_steps``."""
+
+    validate_at_end = True  # the final dev WER decides "best" even without periodic validation
 
     def __init__(self, cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False) -> None:
         cfg.validate()
@@ -217,11 +218,6 @@ class Finetuner:
         self.valid_log.truncate_after(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
 
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.stop_signal = signum
-        log.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
-
     # ------------------------------------------------------------------ one step
     def transformer_frozen(self, step: int | None = None) -> bool:
         return (self.step if step is None else step) < self.cfg.freeze_transformer_steps
@@ -359,55 +355,19 @@ class Finetuner:
             self.best_wer = rec["wer"]
             self.save("best", make_latest=False)
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        cfg, d = self.cfg, self.d
-        if d.is_main:
-            log.info(
-                "fine-tuning %s trainable parameters (%d frozen tensors, %d more frozen for %d steps): batch "
-                "%.1f s = %d device(s) × %.1f s × %d accumulation; %s",
-                f"{count_parameters(self.model):,}", len(self.frozen_names), len(self.phase_names),
-                cfg.freeze_transformer_steps, cfg.batch_seconds, d.world_size, cfg.device_seconds, self.accum,
-                config_summary(cfg),
-            )  # fmt: skip
-            if cfg.freeze_transformer_steps >= cfg.max_steps:
-                log.warning("freeze_transformer_steps=%d >= max_steps=%d: only the CTC head will train",
-                            cfg.freeze_transformer_steps, cfg.max_steps)
-            if self.loader.skipped:
-                log.warning("%d utterances cannot be batched and are left out: %s", self.loader.skipped,
-                            self.loader.sampler.skipped_reasons)
-        meter = Meter()
-        t_last = time.perf_counter()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
-        batches = iter(self.loader)
-        stopped_by = ""
-        with stop_signals(self._on_signal):
-            try:
-                while self.step < cfg.max_steps:
-                    rec = self.train_step(batches)
-                    meter.add(steps=1, **rec)
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        now = time.perf_counter()
-                        self._log_interval(meter, now - t_last, bar)
-                        meter.reset()
-                        t_last = now
-                    if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
-                        self._validate_and_keep_best()
-                    if self.stop_signal:
-                        stopped_by = signal.Signals(self.stop_signal).name
-                        break
-                    if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
-                        self.save(f"step-{self.step:07d}")
-                if self.step == cfg.max_steps and (cfg.valid_every <= 0 or self.step % cfg.valid_every):
-                    self._validate_and_keep_best()
-                self.save(f"step-{self.step:07d}")
-            finally:
-                bar.close()
-        if stopped_by:
-            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
-        return {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.loader.bad_files,
-                "unbatchable": self.loader.skipped}  # fmt: skip
+    # ------------------------------------------------------------------ hooks of the step loop
+    def announce(self) -> None:
+        cfg = self.cfg
+        log.info(
+            "fine-tuning %s trainable parameters (%d frozen tensors, %d more frozen for %d steps): batch "
+            "%.1f s = %d device(s) × %.1f s × %d accumulation; %s",
+            f"{count_parameters(self.model):,}", len(self.frozen_names), len(self.phase_names),
+            cfg.freeze_transformer_steps, cfg.batch_seconds, self.d.world_size, cfg.device_seconds, self.accum,
+            config_summary(cfg),
+        )  # fmt: skip
+        if cfg.freeze_transformer_steps >= cfg.max_steps:
+            log.warning("freeze_transformer_steps=%d >= max_steps=%d: only the CTC head will train",
+                        cfg.freeze_transformer_steps, cfg.max_steps)
 
     def _log_interval(self, meter: Meter, seconds: float, bar: tqdm) -> None:
         s = meter.sums

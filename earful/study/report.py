@@ -185,42 +185,48 @@ def build_report(out_dir: str | Path) -> Path:
         write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "hours", "label_set", "split", "wer",
                                     "cer"], csv_rows)
 
-        # WER vs batch size (final checkpoints), one line per label set
+        # WER / CER vs batch size (final checkpoints), one line per label set; and vs hours seen, one line per batch
         finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == "final" and r.get("batch_seconds")]
+        for metric in ("wer", "cer"):
+            def draw_b(ax, metric=metric):
+                for ls in label_sets:
+                    pts = defaultdict(list)
+                    for r in finals:
+                        if r["label_set"] == ls:
+                            pts[r["batch_seconds"]].append(r[metric] * 100)
+                    xs = sorted(pts)
+                    ax.errorbar(xs, [statistics.fmean(pts[x]) for x in xs],
+                                yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o",
+                                capsize=3, label=ls)
+                ax.set_xscale("log")
+                ax.set_xlabel("pre-training batch (seconds of audio)")
+                ax.set_ylabel(f"{metric.upper()} % ({main_split})")
+                ax.legend(fontsize=8)
+            _plot(rep / "plots" / f"{metric}_vs_batch.png", draw_b)
 
-        def draw_b(ax):
-            for ls in label_sets:
-                pts = defaultdict(list)
-                for r in finals:
-                    if r["label_set"] == ls:
-                        pts[r["batch_seconds"]].append(r["wer"] * 100)
-                xs = sorted(pts)
-                ax.errorbar(xs, [statistics.fmean(pts[x]) for x in xs],
-                            yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o",
-                            capsize=3, label=ls)
-            ax.set_xscale("log")
-            ax.set_xlabel("pre-training batch (seconds of audio)")
-            ax.set_ylabel(f"WER % ({main_split})")
-            ax.legend(fontsize=8)
-        _plot(rep / "plots" / "wer_vs_batch.png", draw_b)
+            def draw_h(ax, metric=metric):
+                for ls in label_sets[:1]:
+                    per_b = defaultdict(lambda: defaultdict(list))
+                    for r in ft:
+                        if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
+                            per_b[r["batch_seconds"]][r["hours"]].append(r[metric] * 100)
+                    for b in sorted(per_b):
+                        xs = sorted(per_b[b])
+                        ax.errorbar(xs, [statistics.fmean(per_b[b][x]) for x in xs],
+                                    yerr=[statistics.stdev(per_b[b][x]) if len(per_b[b][x]) > 1 else 0 for x in xs],
+                                    marker="o", capsize=3, label=f"{b:g} s ({ls})")
+                    scratch = [r[metric] * 100 for r in ft if r["split"] == main_split and r["label_set"] == ls
+                               and r["pretrain"] == "scratch"]
+                    if scratch:
+                        ax.axhline(statistics.fmean(scratch), color="grey", ls="--", label=f"scratch ({ls})")
+                ax.set_xscale("log")
+                ax.set_xlabel("hours of audio seen in pre-training")
+                ax.set_ylabel(f"{metric.upper()} % ({main_split})")
+                ax.legend(fontsize=8)
+            _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
 
-        # WER vs hours seen, one line per batch size
-        def draw_h(ax):
-            for ls in label_sets[:1] if len(label_sets) > 1 else label_sets:
-                per_b = defaultdict(lambda: defaultdict(list))
-                for r in ft:
-                    if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
-                        per_b[r["batch_seconds"]][r["hours"]].append(r["wer"] * 100)
-                for b in sorted(per_b):
-                    xs = sorted(per_b[b])
-                    ax.plot(xs, [statistics.fmean(per_b[b][x]) for x in xs], marker="o", label=f"{b:g} s ({ls})")
-            ax.set_xscale("log")
-            ax.set_xlabel("hours of audio seen in pre-training")
-            ax.set_ylabel(f"WER % ({main_split})")
-            ax.legend(fontsize=8)
-        _plot(rep / "plots" / "wer_vs_hours.png", draw_h)
-
-        text += findings(ft, runs, study, main_split)
+        text += ["## Findings", ""] + findings(ft, runs, study, main_split, "wer") + findings(
+            ft, runs, study, main_split, "cer")
     text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
     path = rep / "report.md"
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
@@ -228,9 +234,12 @@ def build_report(out_dir: str | Path) -> Path:
     return path
 
 
-def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str) -> list[str]:
-    """The two questions of the paper, answered from this study's numbers."""
-    out = ["## Findings", ""]
+def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str,
+             metric: str = "wer") -> list[str]:
+    """The two questions of the paper, and pre-training vs scratch, answered from this study's numbers in
+    ``metric`` (``wer`` or ``cer``: at small scale WER sits near 100 % and CER tells the models apart)."""
+    name = metric.upper()
+    out = [f"### In {name} (`{split}`)", ""]
     label_sets = sorted({r["label_set"] for r in ft})
     finals = [r for r in ft if r["split"] == split and r["checkpoint"] == "final" and r.get("batch_seconds")]
     scratch = [r for r in ft if r["split"] == split and str(r["pretrain"]).startswith("scratch")]
@@ -238,17 +247,18 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
         per_b: dict[float, list[float]] = defaultdict(list)
         for r in finals:
             if r["label_set"] == ls:
-                per_b[r["batch_seconds"]].append(r["wer"])
+                per_b[r["batch_seconds"]].append(r[metric])
         bs = sorted(per_b)
         if study.get("mode") == "fixed-steps" and len(bs) > 1:
-            steps = [f"{bs[i]:g} s → {bs[i + 1]:g} s: WER {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
+            steps = [f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
                      for i in range(len(bs) - 1)]
-            out.append(f"- **Fixed steps, {ls}:** " + "; ".join(steps) + ".")
+            out.append(f"- **Fixed steps, {ls}:** " + "; ".join(steps) + " (" + ", ".join(
+                f"{b:g} s: {fmt_ms(per_b[b])}" for b in bs) + ").")
         for base in sorted({str(r["pretrain"]) for r in scratch}):
-            sc = [r["wer"] for r in scratch if r["label_set"] == ls and r["pretrain"] == base]
+            sc = [r[metric] for r in scratch if r["label_set"] == ls and r["pretrain"] == base]
             if sc and bs:
                 best = min(bs, key=lambda b: statistics.fmean(per_b[b]))
-                out.append(f"- **Pre-training vs {base}, {ls}:** best pre-trained ({best:g} s) WER "
+                out.append(f"- **Pre-training vs {base}, {ls}:** best pre-trained ({best:g} s) {name} "
                            f"{fmt_ms(per_b[best])} % vs {base} {fmt_ms(sc)} %: pre-trained is "
                            f"{compare(per_b[best], sc)}.")
     # equal steps across batch sizes (fixed-hours studies: a small batch's milestone vs a large batch's end)
@@ -257,23 +267,23 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
         by_step: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in with_b:
             if r["label_set"] == ls:
-                by_step[round(r["step"] / 5) * 5][r["batch_seconds"]].append(r["wer"])
+                by_step[round(r["step"] / 5) * 5][r["batch_seconds"]].append(r[metric])
         for step, per_b in sorted(by_step.items()):
             if len(per_b) < 2 or study.get("mode") == "fixed-steps":
                 continue
             bs = sorted(per_b)
             out.append(f"- **Equal steps (≈ {step}), {ls}:** " + "; ".join(
-                f"{bs[i]:g} s → {bs[i + 1]:g} s: WER {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
+                f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
                 for i in range(len(bs) - 1)) + " (" + ", ".join(
                 f"{b:g} s: {100 * statistics.fmean(v):.1f}" for b, v in sorted(per_b.items())) + ").")
         if study.get("mode") == "fixed-hours":
             per_b = defaultdict(list)
             for r in finals:
                 if r["label_set"] == ls:
-                    per_b[r["batch_seconds"]].append(r["wer"])
+                    per_b[r["batch_seconds"]].append(r[metric])
             if len(per_b) > 1:
                 means = {b: statistics.fmean(v) for b, v in per_b.items()}
-                out.append(f"- **Equal hours seen (final, {study.get('hours')} h), {ls}:** WER by batch " +
+                out.append(f"- **Equal hours seen (final, {study.get('hours')} h), {ls}:** {name} by batch " +
                            ", ".join(f"{b:g} s: {100 * m:.1f}" for b, m in sorted(means.items())) +
                            f" (spread {100 * (max(means.values()) - min(means.values())):.1f} points).")
     # equal hours seen: milestone checkpoints
@@ -283,7 +293,7 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
         per_h: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in miles:
             if r["label_set"] == ls:
-                per_h[r["checkpoint"]][r["batch_seconds"]].append(r["wer"])
+                per_h[r["checkpoint"]][r["batch_seconds"]].append(r[metric])
         for ck, per_b in sorted(per_h.items()):
             if len(per_b) < 2:
                 continue
@@ -292,7 +302,7 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
             seed_sd = [statistics.stdev(v) for v in per_b.values() if len(v) > 1]
             sd = f"; seed standard deviation ≈ {100 * statistics.fmean(seed_sd):.1f}" if seed_sd else \
                 "; one seed, so the noise is not measured"
-            out.append(f"- **Equal hours seen ({ck}), {ls}:** WER by batch " +
+            out.append(f"- **Equal hours seen ({ck}), {ls}:** {name} by batch " +
                        ", ".join(f"{b:g} s: {100 * m:.1f}" for b, m in sorted(means.items())) +
                        f" (spread {100 * spread:.1f} points{sd}).")
     out.append("")

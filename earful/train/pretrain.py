@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining, count_parameters
 from earful.train import distributed as D
 from earful.train.config import PretrainConfig
+from earful.train.loop import StepLoop
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, codeword_similarity, distance_from
 from earful.train.schedule import lr_at
 from earful.train.state import (
@@ -114,29 +113,12 @@ def apply_update(
     return grad_norm, outcome
 
 
-@contextmanager
-def stop_signals(handler: Any) -> Iterator[None]:
-    """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
-    the previous handlers come back on exit. Outside the main thread signals cannot be caught: no-op."""
-    old = {}
-    for s in (signal.SIGTERM, signal.SIGUSR1):
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread
-            pass
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def oom_message(cfg: PretrainConfig, device: torch.device) -> str:
     return (f"out of memory on {device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "
             f"(accumulation then rises to keep batch_seconds={cfg.batch_seconds:g})")
 
 
-class Pretrainer:
+class Pretrainer(StepLoop):
     def __init__(self, cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> None:
         self.cfg = cfg
         self.d = D.setup(cfg.device)
@@ -248,11 +230,6 @@ class Pretrainer:
         self.train_log.truncate_after(self.step)
         self.valid_log.truncate_after(self.step)
         log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
-
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.stop_signal = signum
-        log.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batches: Any) -> dict[str, float]:
@@ -369,57 +346,22 @@ class Pretrainer:
             rec[f"ppl_hard_g{g}"] = float(stats[6 + g]) / batches
         return rec
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        cfg, d = self.cfg, self.d
-        if d.is_main:
-            eff = self.accum * cfg.device_seconds * d.world_size
-            log.info(
-                "pre-training %s parameters: batch %.1f s = %d device(s) × %.1f s × %d accumulation "
-                "(upper bound %.1f s padded); peak lr %.3g (%s scaling), %d steps",
-                f"{count_parameters(self.model):,}", cfg.batch_seconds, d.world_size, cfg.device_seconds,
-                self.accum, eff, self.peak_lr, cfg.optim.lr_scaling, cfg.max_steps,
-            )  # fmt: skip
-            if self.loader.skipped:
-                log.warning("%d utterances cannot be batched and are left out: %s", self.loader.skipped,
-                            self.loader.sampler.skipped_reasons)
-        meter = Meter()
-        t_last = time.perf_counter()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not d.is_main, unit="step", dynamic_ncols=True)
-        batches = iter(self.loader)
-        stopped_by = ""
-        with stop_signals(self._on_signal):
-            try:
-                while self.step < cfg.max_steps:
-                    rec = self.train_step(batches)
-                    meter.add(steps=1, **rec)
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        now = time.perf_counter()
-                        self._log_interval(meter, now - t_last, bar)
-                        meter.reset()
-                        t_last = now
-                    if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
-                        self._validate_and_keep_best()
-                    for h in cfg.ckpt_hours:
-                        if h not in self.milestones_done and self.hours_padded >= h:
-                            self.milestones_done.append(h)
-                            self.save(f"hours-{h:g}", make_latest=False)
-                    if self.stop_signal:
-                        stopped_by = signal.Signals(self.stop_signal).name
-                        break
-                    if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
-                        self.save(f"step-{self.step:07d}")
-                if self.step == cfg.max_steps and cfg.valid_every > 0 and self.step % cfg.valid_every:
-                    self._validate_and_keep_best()
-                self.save(f"step-{self.step:07d}")
-            finally:
-                bar.close()
-        if stopped_by:
-            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
-        summary = {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.loader.bad_files,
-                   "unbatchable": self.loader.skipped}  # fmt: skip
-        return summary
+    # ------------------------------------------------------------------ hooks of the step loop
+    def announce(self) -> None:
+        cfg = self.cfg
+        eff = self.accum * cfg.device_seconds * self.d.world_size
+        log.info(
+            "pre-training %s parameters: batch %.1f s = %d device(s) × %.1f s × %d accumulation "
+            "(upper bound %.1f s padded); peak lr %.3g (%s scaling), %d steps",
+            f"{count_parameters(self.model):,}", cfg.batch_seconds, self.d.world_size, cfg.device_seconds,
+            self.accum, eff, self.peak_lr, cfg.optim.lr_scaling, cfg.max_steps,
+        )  # fmt: skip
+
+    def after_step(self) -> None:
+        for h in self.cfg.ckpt_hours:
+            if h not in self.milestones_done and self.hours_padded >= h:
+                self.milestones_done.append(h)
+                self.save(f"hours-{h:g}", make_latest=False)
 
     def _validate_and_keep_best(self) -> None:
         rec = self.validate()
