@@ -5,6 +5,10 @@ Resumable at every level: a finished stage leaves ``done.json`` and is skipped; 
 pre-training or fine-tuning run continues from its latest checkpoint. Results are rebuilt from the
 evaluation summaries each time, so a study killed mid-way ends with the same report.
 
+With ``jobs: N`` (or the override ``jobs=N``) N runs go at once, each in its own process with cores/N
+threads: the pre-trainings first, then each run's fine-tunings as soon as it has finished. Their progress
+bars and logs go to ``OUT/logs/worker-*.log``; this process shows one bar over the study's runs.
+
 ::
 
     OUT/study.json                  the study config and its plan
@@ -13,19 +17,26 @@ evaluation summaries each time, so a study killed mid-way ends with the same rep
     OUT/eval/<run>__<ckpt>__<labels>/       evaluation hypotheses and summary.json
     OUT/runs.jsonl, results.jsonl   what the report reads
     OUT/report/                     report.md, CSVs, plots
+    OUT/logs/                       the workers' logs (jobs > 1)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from earful.checkpoint import atomic_write_json
 from earful.config import to_dict
@@ -152,6 +163,76 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
     return json.loads((edir / "summary.json").read_text())
 
 
+# ---------------------------------------------------------------------- scheduling
+@dataclass
+class Task:
+    """One unit of a study: a pre-training run or a fine-tuning + evaluation. ``then`` makes the tasks that
+    can start once this one has finished (a pre-training's fine-tunings)."""
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    then: Callable[[Any], list[Task]] | None = None
+
+
+def _worker_init(threads: int, log_dir: str) -> None:
+    """A pool worker: ``threads`` torch threads, its progress bars and logs in its own file."""
+    import torch
+
+    torch.set_num_threads(threads)
+    f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    sys.stdout = sys.stderr = f
+    logging.basicConfig(level=logging.INFO, stream=f, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def execute(tasks: list[Task], jobs: int, log_dir: Path) -> dict[str, Any]:
+    """Run ``tasks`` and their follow-ups, ``jobs`` at a time (1: in this process, in order); returns each
+    task's result by key. A failed task stops the study (finished tasks are kept: run again to continue)."""
+    results: dict[str, Any] = {}
+    queue = deque(tasks)
+    bar = tqdm(total=len(queue), unit="run", desc="study", dynamic_ncols=True, disable=jobs <= 1)
+
+    def finished(t: Task, result: Any) -> None:
+        results[t.key] = result
+        more = t.then(result) if t.then else []
+        queue.extend(more)
+        bar.total += len(more)
+        bar.update(1)
+
+    if jobs <= 1:
+        while queue:
+            t = queue.popleft()
+            finished(t, t.fn(*t.args))
+        return results
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log.info("running %d jobs at once (%d threads each); their logs: %s/worker-*.log", jobs, threads, log_dir)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads, str(log_dir))) as pool:
+        running: dict[Future, Task] = {}
+        try:
+            while queue or running:
+                while queue:
+                    t = queue.popleft()
+                    running[pool.submit(t.fn, *t.args)] = t
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    t = running.pop(fut)
+                    err = fut.exception()
+                    if err is not None:
+                        raise RuntimeError(f"study task {t.key} failed (its log is in {log_dir}): {err}") from err
+                    log.info("finished %s", t.key)
+                    finished(t, fut.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+    return results
+
+
+# ---------------------------------------------------------------------- the study
 def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | None = None) -> Path:
     root = Path(root or Path.cwd())
     out = Path(out_dir)
@@ -161,16 +242,43 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
     runs, table = plan_table(study)
     atomic_write_json(out / "study.json", {**to_dict(study), "plan": table})
     log.info("study %s: %d pre-training runs\n%s", study.name, len(runs), table)
-    records = [run_pretraining_stage(study, r, out, root) for r in runs]
-    with open(out / "runs.jsonl.tmp", "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(out / "runs.jsonl.tmp", out / "runs.jsonl")
 
     label_sets = study.finetune.label_sets or list(study.corpus.label_sets)
     unknown = [ls for ls in label_sets if ls not in study.corpus.label_sets]
     if unknown:
         raise ValueError(f"finetune.label_sets {unknown} are not in corpus.label_sets {list(study.corpus.label_sets)}")
+    baseline_extra = {"scratch": [], "scratch-trainable-cnn": ["freeze_feature_encoder=false"],
+                      "scratch-frozen-cnn": ["freeze_feature_encoder=true"]}
+    for base in study.finetune.baselines:
+        if base not in baseline_extra:
+            raise ValueError(f"finetune.baselines: unknown {base!r} "
+                             "(scratch | scratch-trainable-cnn | scratch-frozen-cnn)")
+    first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
+
+    def finetune_tasks(run: PlannedRun) -> list[Task]:
+        """The fine-tunings that can start once ``run`` has pre-trained: its checkpoints on every label set,
+        and, for the first run of a seed, the from-scratch baselines from its random init."""
+        tasks = [Task(f"{run.name}__{ck_name}__{ls}", finetune_and_evaluate,
+                      (study, f"{run.name}__{ck_name}__{ls}", ck, ls, run.seed, out, root, []))
+                 for ck_name, ck in checkpoints_to_finetune(study, run, out).items() for ls in label_sets]
+        if first_of_seed.get(run.seed) is run:
+            init = out / "pretrain" / run.name / "checkpoints" / "init"  # same architecture, random weights
+            tasks += [Task(f"{base}-seed{run.seed}__init__{ls}", finetune_and_evaluate,
+                           (study, f"{base}-seed{run.seed}__init__{ls}", init, ls, run.seed, out, root,
+                            baseline_extra[base]))
+                      for base in study.finetune.baselines for ls in label_sets]
+        return tasks
+
+    tasks = [Task(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
+                  then=lambda _rec, r=r: finetune_tasks(r)) for r in runs]
+    done = execute(tasks, study.jobs, out / "logs")
+
+    # results in plan order, whichever order the runs finished in
+    records = [done[f"pretrain:{r.name}"] for r in runs]
+    with open(out / "runs.jsonl.tmp", "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+    os.replace(out / "runs.jsonl.tmp", out / "runs.jsonl")
     results: list[dict[str, Any]] = []
 
     def add(summary: dict[str, Any], base: dict[str, Any]) -> None:
@@ -183,25 +291,15 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
         for ck_name, ck in checkpoints_to_finetune(study, run, out).items():
             hours, step = hours_of(ck)
             for ls in label_sets:
-                name = f"{run.name}__{ck_name}__{ls}"
-                summary = finetune_and_evaluate(study, name, ck, ls, run.seed, out, root, [])
-                add(summary, {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
-                              "seed": run.seed, "checkpoint": ck_name, "hours": hours, "step": step,
-                              "label_set": ls})
+                add(done[f"{run.name}__{ck_name}__{ls}"],
+                    {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
+                     "checkpoint": ck_name, "hours": hours, "step": step, "label_set": ls})
     for seed in study.seeds:
-        first = next(r for r in runs if r.seed == seed)
-        init = out / "pretrain" / first.name / "checkpoints" / "init"  # same architecture, random weights
         for base in study.finetune.baselines:
-            extra = {"scratch": [], "scratch-trainable-cnn": ["freeze_feature_encoder=false"],
-                     "scratch-frozen-cnn": ["freeze_feature_encoder=true"]}.get(base)
-            if extra is None:
-                raise ValueError(f"finetune.baselines: unknown {base!r} "
-                                 "(scratch | scratch-trainable-cnn | scratch-frozen-cnn)")
             for ls in label_sets:
-                name = f"{base}-seed{seed}__init__{ls}"
-                summary = finetune_and_evaluate(study, name, init, ls, seed, out, root, extra)
-                add(summary, {"pretrain": base, "tag": base, "batch_seconds": None, "seed": seed,
-                              "checkpoint": "init", "hours": 0.0, "step": 0, "label_set": ls})
+                add(done[f"{base}-seed{seed}__init__{ls}"],
+                    {"pretrain": base, "tag": base, "batch_seconds": None, "seed": seed, "checkpoint": "init",
+                     "hours": 0.0, "step": 0, "label_set": ls})
     with open(out / "results.jsonl.tmp", "w", encoding="utf-8") as f:
         for rec in results:
             f.write(json.dumps(rec) + "\n")

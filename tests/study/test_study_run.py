@@ -54,6 +54,7 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
     report = run_study(study, out)
     text = report.read_text()
     assert "## WER after fine-tuning" in text and "## Findings" in text
+    assert "### In WER (`test`)" in text and "### In CER (`test`)" in text
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     names = {(r["pretrain"], r["checkpoint"]) for r in results}
     assert ("4s-seed1", "final") in names and ("8s-seed1", "final") in names
@@ -62,7 +63,8 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
     for r in results:
         assert 0.0 <= r["cer"] and r["split"] == "test"
     plots = {p.name for p in (out / "report" / "plots").glob("*.png")}
-    assert {"wer_vs_batch.png", "wer_vs_hours.png", "valid_accuracy_vs_hours.png"} <= plots
+    assert {"wer_vs_batch.png", "wer_vs_hours.png", "cer_vs_batch.png", "cer_vs_hours.png",
+            "valid_accuracy_vs_hours.png"} <= plots
     # a killed study: remove a finished fine-tuning and its evaluation, and the report; rerun
     first = text
     (out / "report" / "report.md").unlink()
@@ -106,3 +108,15 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
 
 class _Killed(BaseException):
     """Ends the study like SIGKILL would: nothing catches it."""
+
+
+def test_parallel_jobs_give_the_same_study(study_file, tmp_path) -> None:
+    """jobs=2 runs the pre-trainings and fine-tunings in two worker processes, fine-tunings as soon as their
+    pre-training is done; with the same threads per run the results and the report are those of jobs=1."""
+    serial = run_study(load_study(study_file), tmp_path / "serial").read_text()
+    parallel = run_study(load_study(study_file, ["jobs=2"]), tmp_path / "parallel")
+    assert parallel.read_text() == serial
+    for name in ("runs.jsonl", "results.jsonl"):
+        assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text()
+    logs = list((tmp_path / "parallel" / "logs").glob("worker-*.log"))
+    assert logs and any("fine-tuning" in p.read_text() for p in logs)
