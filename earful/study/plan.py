@@ -35,7 +35,10 @@ def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[lis
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
     if tp:
         lines.append(f"\npre-training total: {format_duration(total_dev_seconds)} of device time at {tp:g} audio-s/s "
-                     "per device (fine-tuning not included)")
+                     "per device (fine-tuning not included)" + (
+                         f"; with jobs={study.jobs}, about {format_duration(total_dev_seconds / study.jobs)} "
+                         "of wall-clock"
+                         if study.jobs > 1 else ""))
     else:
         lines.append("\nno throughput given: set `throughput:` in the study or pass --throughput to estimate time")
     return runs, "\n".join(lines)

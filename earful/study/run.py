@@ -48,8 +48,21 @@ log = logging.getLogger(__name__)
 
 
 def ensure_corpus(study: StudyConfig, root: Path) -> None:
+    """Build the study's synthetic corpus unless it exists; an existing one built with other settings is
+    an error (a study must not silently run on a different corpus)."""
     train = Path(study.corpus.path(study.corpus.train, root))
     if train.exists():
+        made = Path(study.corpus.path("synth.json", root))
+        s = study.corpus.synth
+        if s is not None and made.exists():
+            have = json.loads(made.read_text(encoding="utf-8"))
+            want = {"requested_hours": s.hours, "domain": s.domain, "seed": s.seed,
+                    "labelled_fraction": s.labelled_fraction}
+            diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+            if diff:
+                raise ValueError(f"{made.parent}: this corpus was built with other settings than corpus.synth "
+                                 f"({', '.join(f'{k}: {a!r} there, {b!r} asked' for k, (a, b) in diff.items())}); "
+                                 "remove the folder to rebuild it, or point corpus.dir elsewhere")
         return
     if study.corpus.synth is None:
         raise FileNotFoundError(f"{train}: the study's training manifest does not exist (and no corpus.synth given)")
@@ -59,6 +72,43 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
     out = Path(study.corpus.path(".", root))
     log.info("building the built-in corpus in %s (%.2f h, %s domain)", out, s.hours, s.domain)
     synthesize(out, s.hours, domain=s.domain, seed=s.seed, labelled_fraction=s.labelled_fraction)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
+    """What decides the study's results: the study (less ``jobs`` and ``throughput``) and the pre-training
+    and fine-tuning configs as resolved today (YAML files and code defaults), less machine-specific paths."""
+    from earful.finetune.config import load_finetune_config
+    from earful.train.config import load_pretrain_config
+
+    paths = {"data.train", "data.valid", "data.dev", "init"}
+    pre = _flatten(to_dict(load_pretrain_config(study.pretrain_config, pretrain_overrides(study, runs[0], root))))
+    fin = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
+    fp = {"study": {k: v for k, v in _flatten(to_dict(study)).items() if k not in ("jobs", "throughput")},
+          "pretrain": {k: v for k, v in pre.items() if k not in paths},
+          "finetune": {k: v for k, v in fin.items() if k not in paths}}
+    return json.loads(json.dumps(fp))
+
+
+def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
+    """A study folder continues only the study that made it: finished runs of another recipe would be mixed
+    into its report."""
+    p = out / "study.json"
+    old = json.loads(p.read_text(encoding="utf-8")).get("fingerprint") if p.exists() else None
+    if old is None or old == fingerprint:
+        return
+    diff = [f"{part}.{k}" for part in fingerprint for k in sorted(set(old.get(part, {})) | set(fingerprint[part]))
+            if old.get(part, {}).get(k) != fingerprint[part].get(k)]
+    raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
+                     f"{' …' if len(diff) > 6 else ''}); use another --out, or remove the folder to start over")
 
 
 def _done(path: Path) -> dict[str, Any] | None:
@@ -240,7 +290,9 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
     t0 = time.time()
     ensure_corpus(study, root)
     runs, table = plan_table(study)
-    atomic_write_json(out / "study.json", {**to_dict(study), "plan": table})
+    fingerprint = recipe_fingerprint(study, runs, root)
+    check_same_recipe(out, fingerprint)
+    atomic_write_json(out / "study.json", {**to_dict(study), "plan": table, "fingerprint": fingerprint})
     log.info("study %s: %d pre-training runs\n%s", study.name, len(runs), table)
 
     label_sets = study.finetune.label_sets or list(study.corpus.label_sets)

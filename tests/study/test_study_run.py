@@ -120,3 +120,31 @@ def test_parallel_jobs_give_the_same_study(study_file, tmp_path) -> None:
         assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text()
     logs = list((tmp_path / "parallel" / "logs").glob("worker-*.log"))
     assert logs and any("fine-tuning" in p.read_text() for p in logs)
+
+
+def test_a_corpus_built_with_other_settings_is_an_error(study_file) -> None:
+    from earful.study.run import ensure_corpus
+
+    root = study_file.parent
+    ensure_corpus(load_study(study_file), root)  # builds it, or finds it as asked
+    with pytest.raises(ValueError, match=r"requested_hours: 0.01 there, 0.02 asked"):
+        ensure_corpus(load_study(study_file, ["corpus.synth.hours=0.02"]), root)
+
+
+def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+
+    study = load_study(study_file)
+    fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
+    (out / "study.json").write_text(json.dumps({"fingerprint": fp}))
+    check_same_recipe(out, fp)  # the same study continues
+    other = load_study(study_file, ["jobs=2", "throughput=5"])  # how it runs is not what it is
+    check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    other = load_study(study_file, ["steps=5"])
+    with pytest.raises(ValueError, match=r"another recipe \(differs in .*pretrain\.max_steps"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])
+    with pytest.raises(ValueError, match=r"study\.finetune\.overrides, finetune\."):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
