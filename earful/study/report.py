@@ -264,18 +264,34 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
     # equal steps across batch sizes (fixed-hours studies: a small batch's milestone vs a large batch's end)
     with_b = [r for r in ft if r["split"] == split and r.get("batch_seconds") and r.get("step")]
     for ls in label_sets:
-        by_step: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        if study.get("mode") == "fixed-steps":
+            break
+        # one group per (batch, checkpoint) over seeds; groups within 10 % of each other's steps are compared
+        groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
         for r in with_b:
             if r["label_set"] == ls:
-                by_step[round(r["step"] / 5) * 5][r["batch_seconds"]].append(r[metric])
-        for step, per_b in sorted(by_step.items()):
-            if len(per_b) < 2 or study.get("mode") == "fixed-steps":
+                groups[(r["batch_seconds"], r["checkpoint"])].append(r)
+        by_steps = sorted(groups.items(), key=lambda kv: statistics.fmean(r["step"] for r in kv[1]))
+        clusters: list[dict[float, list[dict[str, Any]]]] = []
+        for (b, _ck), rs in by_steps:
+            step = statistics.fmean(r["step"] for r in rs)
+            last = clusters[-1] if clusters else None
+            if last and b not in last and step <= 1.1 * min(statistics.fmean(r["step"] for r in v)
+                                                           for v in last.values()):
+                last[b] = rs
+            else:
+                clusters.append({b: rs})
+        for cl in clusters:
+            if len(cl) < 2:
                 continue
+            per_b = {b: [r[metric] for r in rs] for b, rs in cl.items()}
             bs = sorted(per_b)
-            out.append(f"- **Equal steps (≈ {step}), {ls}:** " + "; ".join(
+            steps = ", ".join(f"{b:g} s at step {statistics.fmean(r['step'] for r in cl[b]):.0f}" for b in bs)
+            out.append(f"- **Equal steps ({steps}), {ls}:** " + "; ".join(
                 f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
                 for i in range(len(bs) - 1)) + " (" + ", ".join(
-                f"{b:g} s: {100 * statistics.fmean(v):.1f}" for b, v in sorted(per_b.items())) + ").")
+                f"{b:g} s: {fmt_ms(per_b[b])}" for b in bs) + ").")
+    for ls in label_sets:
         if study.get("mode") == "fixed-hours":
             per_b = defaultdict(list)
             for r in finals:

@@ -1,0 +1,29 @@
+"""The report's findings from hand-made results: which checkpoints are paired, and what is said."""
+
+from earful.study.report import findings
+
+
+def rec(pretrain, b, ck, step, hours, cer, seed=1):
+    return {"pretrain": pretrain, "tag": pretrain, "batch_seconds": b, "checkpoint": ck, "step": step,
+            "hours": hours, "seed": seed, "label_set": "10h", "split": "test", "wer": min(1.0, cer + 0.2),
+            "cer": cer}
+
+
+def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> None:
+    ft = []
+    for seed, shift in ((1, 0.0), (2, 0.02), (3, -0.02)):
+        ft += [rec(f"8s-seed{seed}", 8, "final", 675, 1.4, 0.50 + shift, seed),
+               rec(f"8s-seed{seed}", 8, "hours-0.75", 360, 0.75, 0.60 + shift, seed),
+               rec(f"16s-seed{seed}", 16, "final", 338, 1.4, 0.55 + shift, seed),
+               rec(f"16s-seed{seed}", 16, "hours-0.75", 180, 0.75, 0.65 + shift, seed),
+               rec(f"32s-seed{seed}", 32, "final", 169, 1.4, 0.80 + shift, seed),
+               rec(f"32s-seed{seed}", 32, "hours-0.75", 90, 0.75, 0.85 + shift, seed),
+               rec("scratch", None, "init", 0, 0.0, 0.75 + shift, seed)]
+    text = "\n".join(findings(ft, {}, {"mode": "fixed-hours", "hours": 1.5}, "test", "cer"))
+    # 8 s @ 0.75 h (step 360) pairs with 16 s final (338); 16 s @ 0.75 h (180) with 32 s final (169)
+    assert ("Equal steps (8 s at step 360, 16 s at step 338), 10h:** 8 s → 16 s: CER lower (beyond 2 standard "
+            "errors) (8 s: 60.0 ± 2.0, 16 s: 55.0 ± 2.0)") in text
+    assert "Equal steps (16 s at step 180, 32 s at step 169), 10h:** 16 s → 32 s: CER higher (beyond 2" in text
+    assert "step 90" not in text and "step 675" not in text  # nothing within 10 % of them
+    assert "Equal hours seen (final, 1.5 h), 10h:** CER by batch 8 s: 50.0, 16 s: 55.0, 32 s: 80.0" in text
+    assert "best pre-trained (8 s) CER 50.0 ± 2.0 % vs scratch 75.0 ± 2.0 %: pre-trained is lower (beyond" in text
