@@ -266,7 +266,8 @@ def execute(tasks: list[Task], jobs: int, log_dir: Path) -> dict[str, Any]:
                 while queue:
                     t = queue.popleft()
                     running[pool.submit(t.fn, *t.args)] = t
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
+                bar.set_postfix_str(", ".join(t.key for f, t in running.items() if f.running()), refresh=True)
                 for fut in done:
                     t = running.pop(fut)
                     err = fut.exception()
