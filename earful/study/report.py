@@ -234,6 +234,19 @@ def build_report(out_dir: str | Path) -> Path:
     return path
 
 
+def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]]) -> str:
+    """One finding line: the metric per batch size at equal hours seen, and each neighbour pair judged."""
+    bs = sorted(per_b)
+    means = [statistics.fmean(per_b[b]) for b in bs]
+    seeds = max(len(v) for v in per_b.values())
+    return (f"- **Equal hours seen ({what}), {ls}:** {name} by batch " +
+            ", ".join(f"{b:g} s: {fmt_ms(per_b[b])}" for b in bs) +
+            f" (spread {100 * (max(means) - min(means)):.1f} points" +
+            ("; one seed, so the noise is not measured" if seeds < 2 else "") + "); " +
+            "; ".join(f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
+                      for i in range(len(bs) - 1)) + ".")
+
+
 def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str,
              metric: str = "wer") -> list[str]:
     """The two questions of the paper, and pre-training vs scratch, answered from this study's numbers in
@@ -298,10 +311,7 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                 if r["label_set"] == ls:
                     per_b[r["batch_seconds"]].append(r[metric])
             if len(per_b) > 1:
-                means = {b: statistics.fmean(v) for b, v in per_b.items()}
-                out.append(f"- **Equal hours seen (final, {study.get('hours')} h), {ls}:** {name} by batch " +
-                           ", ".join(f"{b:g} s: {100 * m:.1f}" for b, m in sorted(means.items())) +
-                           f" (spread {100 * (max(means.values()) - min(means.values())):.1f} points).")
+                out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
     # equal hours seen: milestone checkpoints
     miles = [r for r in ft
              if r["split"] == split and str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]
@@ -311,15 +321,7 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
             if r["label_set"] == ls:
                 per_h[r["checkpoint"]][r["batch_seconds"]].append(r[metric])
         for ck, per_b in sorted(per_h.items()):
-            if len(per_b) < 2:
-                continue
-            means = {b: statistics.fmean(v) for b, v in per_b.items()}
-            spread = max(means.values()) - min(means.values())
-            seed_sd = [statistics.stdev(v) for v in per_b.values() if len(v) > 1]
-            sd = f"; seed standard deviation ≈ {100 * statistics.fmean(seed_sd):.1f}" if seed_sd else \
-                "; one seed, so the noise is not measured"
-            out.append(f"- **Equal hours seen ({ck}), {ls}:** {name} by batch " +
-                       ", ".join(f"{b:g} s: {100 * m:.1f}" for b, m in sorted(means.items())) +
-                       f" (spread {100 * spread:.1f} points{sd}).")
+            if len(per_b) > 1:
+                out.append(_equal_hours(ck, ls, name, per_b))
     out.append("")
     return out
