@@ -206,14 +206,15 @@ def build_report(out_dir: str | Path) -> Path:
 
             def draw_h(ax, metric=metric):
                 for ls in label_sets[:1]:
+                    # one point per (batch, checkpoint): mean over seeds (whose hours differ by a few frames)
                     per_b = defaultdict(lambda: defaultdict(list))
                     for r in ft:
                         if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
-                            per_b[r["batch_seconds"]][r["hours"]].append(r[metric] * 100)
+                            per_b[r["batch_seconds"]][r["checkpoint"]].append((r["hours"], r[metric] * 100))
                     for b in sorted(per_b):
-                        xs = sorted(per_b[b])
-                        ax.errorbar(xs, [statistics.fmean(per_b[b][x]) for x in xs],
-                                    yerr=[statistics.stdev(per_b[b][x]) if len(per_b[b][x]) > 1 else 0 for x in xs],
+                        pts = sorted((statistics.fmean(h for h, _ in v), [y for _, y in v]) for v in per_b[b].values())
+                        ax.errorbar([x for x, _ in pts], [statistics.fmean(ys) for _, ys in pts],
+                                    yerr=[statistics.stdev(ys) if len(ys) > 1 else 0 for _, ys in pts],
                                     marker="o", capsize=3, label=f"{b:g} s ({ls})")
                     scratch = [r[metric] * 100 for r in ft if r["split"] == main_split and r["label_set"] == ls
                                and r["pretrain"] == "scratch"]

@@ -267,7 +267,9 @@ def execute(tasks: list[Task], jobs: int, log_dir: Path) -> dict[str, Any]:
                     t = queue.popleft()
                     running[pool.submit(t.fn, *t.args)] = t
                 done, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
-                bar.set_postfix_str(", ".join(t.key for f, t in running.items() if f.running()), refresh=True)
+                # the pool marks queued-ahead tasks as running too; the oldest `jobs` of them are the ones at work
+                busy = [t.key for f, t in running.items() if f.running()][:jobs]
+                bar.set_postfix_str(", ".join(busy), refresh=True)
                 for fut in done:
                     t = running.pop(fut)
                     err = fut.exception()
