@@ -102,8 +102,15 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     """A study folder continues only the study that made it: finished runs of another recipe would be mixed
     into its report."""
     p = out / "study.json"
-    old = json.loads(p.read_text(encoding="utf-8")).get("fingerprint") if p.exists() else None
-    if old is None or old == fingerprint:
+    if not p.exists():
+        return
+    saved = json.loads(p.read_text(encoding="utf-8"))
+    old = saved.get("fingerprint")
+    if old is None:  # written before fingerprints: the study config alone can still be compared
+        old = {"study": {k: v for k, v in _flatten({k: v for k, v in saved.items() if k != "plan"}).items()
+                         if k not in ("jobs", "throughput")}}
+        fingerprint = {"study": fingerprint["study"]}
+    if old == fingerprint:
         return
     diff = [f"{part}.{k}" for part in fingerprint for k in sorted(set(old.get(part, {})) | set(fingerprint[part]))
             if old.get(part, {}).get(k) != fingerprint[part].get(k)]

@@ -148,3 +148,17 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])
     with pytest.raises(ValueError, match=r"study\.finetune\.overrides, finetune\."):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+
+
+def test_a_folder_from_before_fingerprints_is_checked_on_its_study_config(study_file, tmp_path) -> None:
+    from earful.config import to_dict
+    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+
+    study = load_study(study_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({**to_dict(study), "plan": "| run |"}))
+    check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
+    other = load_study(study_file, ["grid=[4, 16]"])
+    with pytest.raises(ValueError, match=r"differs in study\.grid"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
