@@ -235,17 +235,34 @@ def build_report(out_dir: str | Path) -> Path:
     return path
 
 
+def _per_batch(records: list[dict[str, Any]], ls: str, metric: str) -> dict[float, list[float]]:
+    """``metric`` of the records on label set ``ls``, by pre-training batch size (one value per seed)."""
+    per_b: dict[float, list[float]] = defaultdict(list)
+    for r in records:
+        if r["label_set"] == ls:
+            per_b[r["batch_seconds"]].append(r[metric])
+    return per_b
+
+
+def _values(per_b: dict[float, list[float]]) -> str:
+    """'8 s: 62.5 ± 2.7, 16 s: 71.7 ± 14.3' (percent, mean ± standard deviation over seeds)."""
+    return ", ".join(f"{b:g} s: {fmt_ms(per_b[b])}" for b in sorted(per_b))
+
+
+def _neighbours(per_b: dict[float, list[float]], name: str) -> str:
+    """Each batch size against the next larger one, judged against the seed spread."""
+    bs = sorted(per_b)
+    return "; ".join(f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
+                     for i in range(len(bs) - 1))
+
+
 def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]]) -> str:
     """One finding line: the metric per batch size at equal hours seen, and each neighbour pair judged."""
-    bs = sorted(per_b)
-    means = [statistics.fmean(per_b[b]) for b in bs]
+    means = [statistics.fmean(v) for v in per_b.values()]
     seeds = max(len(v) for v in per_b.values())
-    return (f"- **Equal hours seen ({what}), {ls}:** {name} by batch " +
-            ", ".join(f"{b:g} s: {fmt_ms(per_b[b])}" for b in bs) +
+    return (f"- **Equal hours seen ({what}), {ls}:** {name} by batch {_values(per_b)}"
             f" (spread {100 * (max(means) - min(means)):.1f} points" +
-            ("; one seed, so the noise is not measured" if seeds < 2 else "") + "); " +
-            "; ".join(f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
-                      for i in range(len(bs) - 1)) + ".")
+            ("; one seed, so the noise is not measured" if seeds < 2 else "") + f"); {_neighbours(per_b, name)}.")
 
 
 def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str,
@@ -258,16 +275,10 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
     finals = [r for r in ft if r["split"] == split and r["checkpoint"] == "final" and r.get("batch_seconds")]
     scratch = [r for r in ft if r["split"] == split and str(r["pretrain"]).startswith("scratch")]
     for ls in label_sets:
-        per_b: dict[float, list[float]] = defaultdict(list)
-        for r in finals:
-            if r["label_set"] == ls:
-                per_b[r["batch_seconds"]].append(r[metric])
+        per_b = _per_batch(finals, ls, metric)
         bs = sorted(per_b)
         if study.get("mode") == "fixed-steps" and len(bs) > 1:
-            steps = [f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
-                     for i in range(len(bs) - 1)]
-            out.append(f"- **Fixed steps, {ls}:** " + "; ".join(steps) + " (" + ", ".join(
-                f"{b:g} s: {fmt_ms(per_b[b])}" for b in bs) + ").")
+            out.append(f"- **Fixed steps, {ls}:** {_neighbours(per_b, name)} ({_values(per_b)}).")
         for base in sorted({str(r["pretrain"]) for r in scratch}):
             sc = [r[metric] for r in scratch if r["label_set"] == ls and r["pretrain"] == base]
             if sc and bs:
@@ -277,42 +288,30 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                            f"{compare(per_b[best], sc)}.")
     # equal steps across batch sizes (fixed-hours studies: a small batch's milestone vs a large batch's end)
     with_b = [r for r in ft if r["split"] == split and r.get("batch_seconds") and r.get("step")]
-    for ls in label_sets:
-        if study.get("mode") == "fixed-steps":
-            break
+    for ls in label_sets if study.get("mode") != "fixed-steps" else []:
         # one group per (batch, checkpoint) over seeds; groups within 10 % of each other's steps are compared
         groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
         for r in with_b:
             if r["label_set"] == ls:
                 groups[(r["batch_seconds"], r["checkpoint"])].append(r)
-        by_steps = sorted(groups.items(), key=lambda kv: statistics.fmean(r["step"] for r in kv[1]))
-        clusters: list[dict[float, list[dict[str, Any]]]] = []
-        for (b, _ck), rs in by_steps:
-            step = statistics.fmean(r["step"] for r in rs)
+        mean_step = {key: statistics.fmean(r["step"] for r in rs) for key, rs in groups.items()}
+        clusters: list[dict[float, tuple[float, str]]] = []  # batch -> its (batch, checkpoint) group
+        for key in sorted(groups, key=mean_step.__getitem__):
             last = clusters[-1] if clusters else None
-            if last and b not in last and step <= 1.1 * min(statistics.fmean(r["step"] for r in v)
-                                                           for v in last.values()):
-                last[b] = rs
+            if last and key[0] not in last and mean_step[key] <= 1.1 * min(mean_step[k] for k in last.values()):
+                last[key[0]] = key
             else:
-                clusters.append({b: rs})
+                clusters.append({key[0]: key})
         for cl in clusters:
             if len(cl) < 2:
                 continue
-            per_b = {b: [r[metric] for r in rs] for b, rs in cl.items()}
-            bs = sorted(per_b)
-            steps = ", ".join(f"{b:g} s at step {statistics.fmean(r['step'] for r in cl[b]):.0f}" for b in bs)
-            out.append(f"- **Equal steps ({steps}), {ls}:** " + "; ".join(
-                f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
-                for i in range(len(bs) - 1)) + " (" + ", ".join(
-                f"{b:g} s: {fmt_ms(per_b[b])}" for b in bs) + ").")
-    for ls in label_sets:
-        if study.get("mode") == "fixed-hours":
-            per_b = defaultdict(list)
-            for r in finals:
-                if r["label_set"] == ls:
-                    per_b[r["batch_seconds"]].append(r[metric])
-            if len(per_b) > 1:
-                out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
+            per_b = {b: [r[metric] for r in groups[key]] for b, key in cl.items()}
+            steps = ", ".join(f"{b:g} s at step {mean_step[cl[b]]:.0f}" for b in sorted(cl))
+            out.append(f"- **Equal steps ({steps}), {ls}:** {_neighbours(per_b, name)} ({_values(per_b)}).")
+    for ls in label_sets if study.get("mode") == "fixed-hours" else []:
+        per_b = _per_batch(finals, ls, metric)
+        if len(per_b) > 1:
+            out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
     # equal hours seen: milestone checkpoints
     miles = [r for r in ft
              if r["split"] == split and str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]

@@ -38,7 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from earful.checkpoint import atomic_write_json
+from earful.checkpoint import atomic_write_bytes, atomic_write_json
 from earful.config import to_dict
 from earful.study.config import PlannedRun, StudyConfig, plan_runs
 from earful.study.plan import plan_table
@@ -83,6 +83,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def _study_part(study: dict[str, Any]) -> dict[str, Any]:
+    """The study config, flattened, less what decides how it runs rather than what it computes."""
+    return {k: v for k, v in _flatten(study).items() if k not in ("jobs", "throughput")}
+
+
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
     """What decides the study's results: the study (less ``jobs`` and ``throughput``) and the pre-training
     and fine-tuning configs as resolved today (YAML files and code defaults), less machine-specific paths."""
@@ -92,7 +97,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     paths = {"data.train", "data.valid", "data.dev", "init"}
     pre = _flatten(to_dict(load_pretrain_config(study.pretrain_config, pretrain_overrides(study, runs[0], root))))
     fin = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
-    fp = {"study": {k: v for k, v in _flatten(to_dict(study)).items() if k not in ("jobs", "throughput")},
+    fp = {"study": _study_part(to_dict(study)),
           "pretrain": {k: v for k, v in pre.items() if k not in paths},
           "finetune": {k: v for k, v in fin.items() if k not in paths}}
     return json.loads(json.dumps(fp))
@@ -107,8 +112,7 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     saved = json.loads(p.read_text(encoding="utf-8"))
     old = saved.get("fingerprint")
     if old is None:  # written before fingerprints: the study config alone can still be compared
-        old = {"study": {k: v for k, v in _flatten({k: v for k, v in saved.items() if k != "plan"}).items()
-                         if k not in ("jobs", "throughput")}}
+        old = {"study": _study_part({k: v for k, v in saved.items() if k != "plan"})}
         fingerprint = {"study": fingerprint["study"]}
     if old == fingerprint:
         return
@@ -316,56 +320,45 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
             raise ValueError(f"finetune.baselines: unknown {base!r} "
                              "(scratch | scratch-trainable-cnn | scratch-frozen-cnn)")
     first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
+    Finetuning = tuple[str, Path, str, list[str], dict[str, Any]]  # name, init, label set, overrides, record
+    planned: dict[str, list[Finetuning]] = {}
 
     def finetune_tasks(run: PlannedRun) -> list[Task]:
         """The fine-tunings that can start once ``run`` has pre-trained: its checkpoints on every label set,
-        and, for the first run of a seed, the from-scratch baselines from its random init."""
-        tasks = [Task(f"{run.name}__{ck_name}__{ls}", finetune_and_evaluate,
-                      (study, f"{run.name}__{ck_name}__{ls}", ck, ls, run.seed, out, root, []))
-                 for ck_name, ck in checkpoints_to_finetune(study, run, out).items() for ls in label_sets]
+        and, for the first run of a seed, the from-scratch baselines from its random init. Each is kept with
+        the record its results are written under."""
+        todo: list[Finetuning] = []
+        for ck_name, ck in checkpoints_to_finetune(study, run, out).items():
+            hours, step = hours_of(ck)
+            todo += [(f"{run.name}__{ck_name}__{ls}", ck, ls, [],
+                      {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
+                       "checkpoint": ck_name, "hours": hours, "step": step, "label_set": ls})
+                     for ls in label_sets]
         if first_of_seed.get(run.seed) is run:
             init = out / "pretrain" / run.name / "checkpoints" / "init"  # same architecture, random weights
-            tasks += [Task(f"{base}-seed{run.seed}__init__{ls}", finetune_and_evaluate,
-                           (study, f"{base}-seed{run.seed}__init__{ls}", init, ls, run.seed, out, root,
-                            baseline_extra[base]))
-                      for base in study.finetune.baselines for ls in label_sets]
-        return tasks
+            todo += [(f"{base}-seed{run.seed}__init__{ls}", init, ls, baseline_extra[base],
+                      {"pretrain": base, "tag": base, "batch_seconds": None, "seed": run.seed, "checkpoint": "init",
+                       "hours": 0.0, "step": 0, "label_set": ls})
+                     for base in study.finetune.baselines for ls in label_sets]
+        planned[run.name] = todo
+        return [Task(name, finetune_and_evaluate, (study, name, init, ls, run.seed, out, root, extra))
+                for name, init, ls, extra, _ in todo]
 
     tasks = [Task(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
                   then=lambda _rec, r=r: finetune_tasks(r)) for r in runs]
     done = execute(tasks, study.jobs, out / "logs")
 
-    # results in plan order, whichever order the runs finished in
-    records = [done[f"pretrain:{r.name}"] for r in runs]
-    with open(out / "runs.jsonl.tmp", "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(out / "runs.jsonl.tmp", out / "runs.jsonl")
+    # results in plan order, whichever order the runs finished in: pre-trained models, then the baselines
+    atomic_write_bytes(out / "runs.jsonl", "".join(json.dumps(done[f"pretrain:{r.name}"]) + "\n"
+                                                   for r in runs).encode("utf-8"))
     results: list[dict[str, Any]] = []
-
-    def add(summary: dict[str, Any], base: dict[str, Any]) -> None:
-        for split, res in summary["splits"].items():
+    finetunings = sorted((f for r in runs for f in planned[r.name]), key=lambda f: f[4]["batch_seconds"] is None)
+    for name, *_, base in finetunings:
+        for split, res in done[name]["splits"].items():
             for decoder, r in res.items():
                 if "wer" in r:
                     results.append({**base, "split": split, "decoder": decoder, "wer": r["wer"], "cer": r["cer"]})
-
-    for run in runs:
-        for ck_name, ck in checkpoints_to_finetune(study, run, out).items():
-            hours, step = hours_of(ck)
-            for ls in label_sets:
-                add(done[f"{run.name}__{ck_name}__{ls}"],
-                    {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
-                     "checkpoint": ck_name, "hours": hours, "step": step, "label_set": ls})
-    for seed in study.seeds:
-        for base in study.finetune.baselines:
-            for ls in label_sets:
-                add(done[f"{base}-seed{seed}__init__{ls}"],
-                    {"pretrain": base, "tag": base, "batch_seconds": None, "seed": seed, "checkpoint": "init",
-                     "hours": 0.0, "step": 0, "label_set": ls})
-    with open(out / "results.jsonl.tmp", "w", encoding="utf-8") as f:
-        for rec in results:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(out / "results.jsonl.tmp", out / "results.jsonl")
+    atomic_write_bytes(out / "results.jsonl", "".join(json.dumps(rec) + "\n" for rec in results).encode("utf-8"))
     report = build_report(out)
     log.info("study %s finished in %.1f min; report: %s", study.name, (time.time() - t0) / 60, report)
     return report
