@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from earful.atomic import atomic_open
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 T = TypeVar("T")
@@ -176,5 +178,5 @@ def load_config(
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

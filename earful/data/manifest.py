@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from earful.atomic import atomic_open
+
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
 
 
@@ -94,14 +96,12 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
     root = Path(relative_to).resolve() if relative_to is not None else None
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for u in utts:
             row = asdict(u)
             p = Path(u.path).resolve()
             row["path"] = os.path.relpath(p, base) if root and p.is_relative_to(root) else str(p)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def summarize(utts: Sequence[Utterance]) -> dict[str, float]:

@@ -26,7 +26,6 @@ process synthesised before. Utterances are therefore synthesised in fixed chunks
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import soxr
+
+from earful.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 
 from .manifest import Utterance, write_manifest
 from .textpool import sentences
@@ -318,7 +319,7 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
         trans[(out / j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}.trans.txt"].append(
             f"{j.uid} {j.text}")
     for path, lines in trans.items():
-        path.write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
+        atomic_write_bytes(path, ("\n".join(sorted(lines)) + "\n").encode("utf-8"))
     summary: dict[str, Any] = {"seed": seed, "domain": domain, "requested_hours": hours, "augment": augment,
                                "labelled_fraction": labelled_fraction, "splits": {}}
     for split in SPLITS:
@@ -334,14 +335,14 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     summary["held_out_voices"] = plan.held_out
     summary["synthesis"] = {"audio_seconds": audio_s, "wall_seconds": elapsed, "workers": workers,
                             "real_time_factor": audio_s / elapsed if elapsed else None}
-    with open(out / "speakers.tsv", "w", encoding="utf-8") as f:
+    with atomic_open(out / "speakers.tsv") as f:
         fields = [k for k in asdict(plan.speakers["train"][0]) if k != "peaks"]
         f.write("\t".join(fields) + "\n")
         for group in plan.speakers.values():
             for s in group:
                 f.write("\t".join(f"{v:.4g}" if isinstance(v, float) else str(v)
                                   for k, v in asdict(s).items() if k != "peaks") + "\n")
-    (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "synth.json", summary)
     log.info("wrote %.1f min of audio in %.1f s (%.0f× real time, %d workers) to %s", audio_s / 60, elapsed,
              audio_s / max(elapsed, 1e-9), workers, out)
     for split, s in summary["splits"].items():

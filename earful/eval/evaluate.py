@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from earful.checkpoint import INFO_FILE, atomic_write_json, load_model
+from earful.atomic import atomic_write_json
+from earful.checkpoint import INFO_FILE, load_model
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from earful.atomic import atomic_open
+
 log = logging.getLogger(__name__)
 
 BOS = "<s>"
@@ -107,7 +109,7 @@ class NgramModel:
         """Write the model as an ARPA text file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
+        with atomic_open(path) as f:
             f.write("\\data\\\n")
             for n in range(1, self.order + 1):
                 f.write(f"ngram {n}={len(self.prob[n])}\n")

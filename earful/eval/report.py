@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from earful.atomic import atomic_open, atomic_write_json
 from earful.eval.metrics import error_counts, score
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def write_hypotheses(
     out_dir.mkdir(parents=True, exist_ok=True)
     scored = references is not None and all(r is not None for r in references)
     jsonl = out_dir / f"{name}.jsonl"
-    with jsonl.open("w", encoding="utf-8") as f:
+    with atomic_open(jsonl) as f:
         for i, utt in enumerate(ids):
             row: dict[str, Any] = {"id": utt, "hyp": hypotheses[i]}
             ref = references[i] if references is not None else None
@@ -59,7 +60,7 @@ def write_hypotheses(
         log.warning("%s: some utterances have no reference; no WER/CER in the summary", name)
     summary.update(meta or {})
     summary["hypotheses"] = jsonl.name
-    (out_dir / f"{name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out_dir / f"{name}.summary.json", summary)
     if "wer" in summary:
         log.info(
             "%s: WER %.2f %%, CER %.2f %% over %d utterances",

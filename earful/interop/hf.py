@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from earful.checkpoint import CheckpointError, atomic_save_tensors, atomic_write_json, safe_torch_load
+from earful.atomic import atomic_write_json
+from earful.checkpoint import CheckpointError, atomic_save_tensors, safe_torch_load
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from earful.atomic import atomic_open, atomic_path, atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(head)
         w.writerows(rows)
@@ -64,7 +66,8 @@ def _plot(path: Path, draw) -> None:
     draw(ax)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -230,7 +233,7 @@ def build_report(out_dir: str | Path) -> Path:
             ft, runs, study, main_split, "cer")
     text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
     path = rep / "report.md"
-    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    atomic_write_bytes(path, ("\n".join(text) + "\n").encode("utf-8"))
     log.info("report: %s", path)
     return path
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from earful.checkpoint import atomic_write_bytes, atomic_write_json
+from earful.atomic import atomic_write_bytes, atomic_write_json
 from earful.config import to_dict
 from earful.study.config import PlannedRun, StudyConfig, plan_runs
 from earful.study.plan import plan_table

@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 
+from earful.atomic import atomic_write_bytes
+
 log = logging.getLogger("earful.train")
 
 
@@ -35,8 +37,7 @@ def _gradvar(args: argparse.Namespace) -> int:
     )  # fmt: skip
     text = json.dumps(result, indent=2)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        atomic_write_bytes(args.out, (text + "\n").encode("utf-8"))
     log.info("gradient noise:\n%s", text)
     return 0
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
+from earful.atomic import atomic_write_json
 from earful.checkpoint import (
     STATE_FILE,
     CheckpointError,
     atomic_torch_save,
-    atomic_write_json,
     file_record,
     safe_torch_load,
     save_model,

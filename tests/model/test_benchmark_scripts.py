@@ -1,5 +1,5 @@
-"""The benchmarks stay runnable: `benchmarks/gpu.py --smoke` runs the real training path on the CPU.
-(No timing is asserted: numbers live in the benchmarks.)"""
+"""The benchmarks stay runnable: `benchmarks/gpu.py --smoke` runs the real training path on the CPU, and
+`cnn_kernels.py` still computes what the model computes. (No timing is asserted: numbers live in the benchmarks.)"""
 
 import subprocess
 import sys
@@ -14,3 +14,14 @@ def test_gpu_benchmark_smoke_runs() -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
     assert "audio-s/s" in out and "MFU" in out and "data wait" in out
+
+
+def test_cnn_kernel_benchmark_matches_the_model_and_runs() -> None:
+    cmd = ["benchmarks/cnn_kernels.py", "--preset", "tiny", "--seconds", "1", "--reps", "1", "--threads", "1"]
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    head = r.stdout.splitlines()[0]  # "... output max |diff| 9.5e-07, worst gradient relative diff 3.1e-06"
+    out_diff = float(head.split("max |diff| ")[1].split(",")[0])
+    grad_diff = float(head.rsplit(" ", 1)[1])
+    assert out_diff < 1e-4 and grad_diff < 1e-4, head
+    assert "super-row GEMM / nn.Conv1d time" in r.stdout

@@ -74,6 +74,7 @@ CHILD = r'''
 import os, sys, time
 from pathlib import Path
 import torch
+import earful.atomic as A
 import earful.checkpoint as C
 from earful.model import Wav2Vec2ForPreTraining, load_model_config
 from earful.train.state import RunDir
@@ -107,12 +108,12 @@ elif stage == "state":  # weights done, part of state.pt written
         hang(stage)
     torch.save = save
 elif stage == "latest":  # the new directory complete, latest.json being replaced
-    real = C._fsync_replace
+    real = A._fsync_replace
     def fsync_replace(tmp, path):
         if Path(path).name == "latest.json":
             hang(stage)
         real(tmp, path)
-    C._fsync_replace = fsync_replace
+    A._fsync_replace = fsync_replace
 elif stage == "swap":  # re-saving "best": the old one moved aside, the new one not yet renamed in
     real_replace = os.replace
     def replace(src, dst):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import earful.atomic as A
 import earful.checkpoint as C
 from earful.checkpoint import CheckpointError, load_model
 from earful.cli import main
@@ -96,14 +97,14 @@ def _fill_disk(monkeypatch, stage: str) -> None:
 
         monkeypatch.setattr(torch, "save", save)
     else:  # latest.json: the checkpoint directory is complete, pointing latest.json at it fails
-        real_replace = C._fsync_replace
+        real_replace = A._fsync_replace
 
         def fsync_replace(tmp: Path, path: Path) -> None:
             if path.name == "latest.json" and VICTIM.encode() in tmp.read_bytes():
                 raise _enospc(path)
             real_replace(tmp, path)
 
-        monkeypatch.setattr(C, "_fsync_replace", fsync_replace)
+        monkeypatch.setattr(A, "_fsync_replace", fsync_replace)
 
 
 def _overrides(rel, train: Path) -> list[str]:

@@ -1,0 +1,52 @@
+"""Every file earful writes appears whole or not at all (earful/atomic.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from earful.atomic import atomic_open, atomic_write_json
+from earful.data.manifest import Utterance, read_manifest, write_manifest
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "report.md"
+    path.write_text("old\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="disk on fire"), atomic_open(path) as f:
+        f.write("half of the new")
+        raise RuntimeError("disk on fire")
+    assert path.read_text(encoding="utf-8") == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_successful_write_replaces_and_creates_folders(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "x.json"
+    atomic_write_json(path, {"k": [1, 2]})
+    atomic_write_json(path, {"k": 3})
+    assert path.read_text(encoding="utf-8") == '{\n  "k": 3\n}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # readable as open() would leave it
+
+
+def test_append_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'a'"), atomic_open(tmp_path / "log.jsonl", "a"):
+        pass
+
+
+def test_manifest_interrupted_mid_write_keeps_the_old_manifest(tmp_path: Path) -> None:
+    wav = tmp_path / "u.flac"
+    old = [Utterance("u1", str(wav), 16000, 16000, "s1", "hello")]
+    path = tmp_path / "train.jsonl"
+    write_manifest(old, path)
+
+    def rows():
+        yield Utterance("u2", str(wav), 8000, 16000, "s2", "bye")
+        raise KeyboardInterrupt  # the user stops the run while the manifest is being written
+
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(rows(), path)
+    assert [u.id for u in read_manifest(path)] == ["u1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
