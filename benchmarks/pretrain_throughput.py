@@ -1,7 +1,9 @@
-"""Pre-training throughput on CPU, fp32: earful vs `transformers`' Wav2Vec2ForPreTraining, measured side by side.
+"""Pre-training throughput (CPU fp32 by default; `--device cuda --precision bf16` on a GPU): earful vs
+`transformers`' Wav2Vec2ForPreTraining, measured side by side.
 
     python benchmarks/pretrain_throughput.py --preset tiny
     python benchmarks/pretrain_throughput.py --preset base --override num_layers=2 --seconds 4 4 3 3
+    python benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 --seconds 15.6 ...  # GPU
 
 Both models hold the same weights (earful's are exported with ``earful.interop.hf.export_hf`` and loaded by
 ``transformers``), see the same padded batch of speech-like audio (or the first utterances of ``--manifest``),
@@ -46,6 +48,7 @@ from speechlike import speech_batch  # noqa: E402
 
 from earful.interop.hf import export_hf  # noqa: E402
 from earful.model import ModelConfig, Wav2Vec2ForPreTraining, load_model_config  # noqa: E402
+from earful.train.pretrain import autocast  # noqa: E402
 
 LR, BETAS, EPS, WD = 1e-5, (0.9, 0.98), 1e-6, 0.01  # tiny lr: weights barely move across repetitions
 
@@ -53,8 +56,17 @@ LR, BETAS, EPS, WD = 1e-5, (0.9, 0.98), 1e-6, 0.01  # tiny lr: weights barely mo
 @dataclass
 class Setup:
     cfg: ModelConfig
-    wave: torch.Tensor
-    lengths: torch.Tensor
+    wave: torch.Tensor  # (batch, samples) on the device
+    lengths: torch.Tensor  # (batch,) on the device
+    device: torch.device
+    precision: str  # "fp32" or "bf16" (autocast, as earful's trainer runs it)
+
+    def autocast(self):
+        return autocast(self.precision, self.device)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def build_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +88,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     fixed = ["layerdrop=0.0"] if args.same_masks else ["layerdrop=0.0", "require_same_masks=false"]
     cfg = load_model_config(args.preset, [*args.override, *fixed])
     wave, lengths = build_batch(args)
-    return Setup(cfg, wave, lengths)
+    device = torch.device(args.device)
+    return Setup(cfg, wave.to(device), lengths.to(device), device, args.precision)
 
 
 def adamw(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
@@ -87,13 +100,14 @@ class Ours:
     name = "earful"
 
     def __init__(self, model: Wav2Vec2ForPreTraining, s: Setup, fused: bool = True) -> None:
-        self.model, self.s = model.train(), s
+        self.model, self.s = model.to(s.device).train(), s
         self.opt = adamw(model, fused)  # fused, as earful's Pretrainer builds it
-        self.gen = torch.Generator().manual_seed(1)
+        self.gen = torch.Generator(device=s.device).manual_seed(1)
         self.mask_fractions: list[float] = []
 
     def step(self) -> None:
-        out = self.model(self.s.wave, self.s.lengths, generator=self.gen)
+        with self.s.autocast():
+            out = self.model(self.s.wave, self.s.lengths, generator=self.gen)
         loss = out.objective(float(out.num_masked))
         loss.backward()
         self.opt.step()
@@ -108,11 +122,11 @@ class Theirs:
     def __init__(self, model: torch.nn.Module, s: Setup) -> None:
         from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
-        self.model, self.s = model.train(), s
+        self.model, self.s = model.to(s.device).train(), s
         self.opt = adamw(model)
         self._mask, self._neg = _compute_mask_indices, _sample_negative_indices
         cfg = model.config
-        self.att = (torch.arange(s.wave.shape[1])[None] < s.lengths[:, None]).long()
+        self.att = (torch.arange(s.wave.shape[1], device=s.device)[None] < s.lengths[:, None]).long()
         frames = int(model._get_feat_extract_output_lengths(s.wave.shape[1]))
         self.sub_att = model._get_feature_vector_attention_mask(frames, self.att)
         self.shape = (s.wave.shape[0], frames)
@@ -130,11 +144,14 @@ class Theirs:
                           min_masks=self.min_masks)  # fmt: skip
         neg = self._neg(self.shape, self.num_negatives, mask_time_indices=mask)
         self.collate_seconds.append(time.perf_counter() - t0)
-        return torch.tensor(mask, dtype=torch.bool), torch.tensor(neg, dtype=torch.long)
+        dev = self.s.device
+        return torch.tensor(mask, dtype=torch.bool, device=dev), torch.tensor(neg, dtype=torch.long, device=dev)
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         mask, neg = batch if batch is not None else self.collate()
-        out = self.model(self.s.wave, attention_mask=self.att, mask_time_indices=mask, sampled_negative_indices=neg)
+        with self.s.autocast():
+            out = self.model(self.s.wave, attention_mask=self.att, mask_time_indices=mask,
+                             sampled_negative_indices=neg)
         num_losses = mask.sum()
         (out.loss / num_losses).backward()
         self.opt.step()
@@ -185,7 +202,8 @@ def memory_probe(args: argparse.Namespace) -> None:
 
 def probe(args: argparse.Namespace, which: str) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--memory-probe", which, "--preset", args.preset, "--seed", str(args.seed),
-           "--threads", str(args.threads), "--mem-steps", str(args.mem_steps), "--seconds", *map(str, args.seconds)]
+           "--threads", str(args.threads), "--mem-steps", str(args.mem_steps), "--precision", args.precision,
+           "--seconds", *map(str, args.seconds)]
     cmd += ["--same-masks"] if args.same_masks else []
     cmd += ["--plain-adamw"] if args.plain_adamw else []
     if args.override:
@@ -210,6 +228,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: autocast around both forwards, as earful's trainer runs it on a GPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mem-steps", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
@@ -229,26 +250,38 @@ def main() -> None:
     n_params = sum(p.numel() for p in ours.model.parameters())
     print(f"preset {args.preset} {' '.join(args.override)} ({n_params / 1e6:.2f} M params), batch "
           f"{len(args.seconds)} utts = {audio:.1f} s audio (padded {s.wave.numel() / 16000:.1f} s), "
-          f"threads {torch.get_num_threads()}, torch {torch.__version__}, transformers attention '{impl}', earful "
-          f"AdamW {'plain' if args.plain_adamw else 'fused'} (transformers: plain)")
+          f"{s.device} {s.precision}, threads {torch.get_num_threads()}, torch {torch.__version__}, transformers "
+          f"attention '{impl}', earful AdamW {'plain' if args.plain_adamw else 'fused'} (transformers: plain)")
+    cuda = s.device.type == "cuda"
     times: dict[str, list[float]] = {"earful": [], "transformers": []}
+    cuda_peak: dict[str, float] = {"earful": 0.0, "transformers": 0.0}  # MiB above what was allocated before
     for i in range(args.warmup + args.reps):
         order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
         for r in order:
             batch = r.collate() if isinstance(r, Theirs) else None
+            s.sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(s.device)
+                before = torch.cuda.memory_allocated(s.device)
             t0 = time.perf_counter()
             r.step(batch) if batch is not None else r.step()
+            s.sync()
             dt = time.perf_counter() - t0
+            if cuda:
+                step_mib = (torch.cuda.max_memory_allocated(s.device) - before) / 2**20
+                cuda_peak[r.name] = max(cuda_peak[r.name], step_mib)
             if i >= args.warmup:
                 times[r.name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
     pair_ratio = statistics.median(t / o for o, t in zip(times["earful"], times["transformers"], strict=True))
     mem: dict[str, dict[str, float]] = {}
-    if not args.no_memory:
+    if cuda:  # both models share the GPU: the step's peak above its starting allocation
+        mem = {k: {"peak_mib": float("nan"), "step_mib": v} for k, v in cuda_peak.items()}
+    elif not args.no_memory:
         mem = {k: probe(args, k) for k in ("earful", "transformers")}
     frac = {"earful": statistics.mean(ours.mask_fractions), "transformers": statistics.mean(theirs.mask_fractions)}
     print(f"{'':13} {'median s/step':>13} {'min':>7} {'max':>7} {'audio-s/s':>9} {'mask frac':>9} "
-          f"{'peak RSS MiB':>12} {'step MiB':>8}")
+          f"{'peak RSS MiB':>12} {'step MiB':>8}{' (CUDA allocated)' if cuda else ''}")
     for k in ("earful", "transformers"):
         m = mem.get(k, {})
         print(f"{k:13} {med[k]:13.3f} {min(times[k]):7.3f} {max(times[k]):7.3f} {audio / med[k]:9.1f} "
@@ -259,7 +292,8 @@ def main() -> None:
           f"{1000 * statistics.median(theirs.collate_seconds):.1f} ms/batch, not timed in its step")
     if args.json:
         args.json.write_text(json.dumps({
-            "preset": args.preset, "override": args.override, "audio_seconds": audio, "times": times,
+            "preset": args.preset, "override": args.override, "device": str(s.device), "precision": s.precision,
+            "audio_seconds": audio, "times": times,
             "median": med, "ratio": ratio, "pair_ratio": pair_ratio, "memory": mem, "mask_fraction": frac,
         }, indent=1))  # fmt: skip
 
