@@ -79,13 +79,14 @@ class SecondsBatchSampler:
             np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
         )
         too_long = self.effective > self.max_samples
-        too_short = self.lengths < self.min_samples
+        too_short = self.lengths < max(self.min_samples, 1)  # an empty utterance is never batched
         bad = too_long | too_short
         self.skipped_indices = np.flatnonzero(bad)
         self.skipped = int(bad.sum())
         self.skipped_reasons = {
             f"longer than max_seconds={max_seconds:g} s": int(too_long.sum()),
-            f"shorter than min_seconds={min_seconds or 0:g} s": int((too_short & ~too_long).sum()),
+            (f"shorter than min_seconds={min_seconds:g} s" if min_seconds else "empty (0 samples)"):
+                int((too_short & ~too_long).sum()),
         }
         self.skipped_reasons = {k: v for k, v in self.skipped_reasons.items() if v}
         self._valid = np.flatnonzero(~bad)
@@ -182,13 +183,26 @@ class SecondsBatchSampler:
             "world_size": self.world_size,
             "num_utterances": len(self.lengths),
             "max_samples": self.max_samples,
+            "epoch_batches": len(self.epoch_batches(self.epoch)),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "world_size", "num_utterances", "max_samples"):
+        """Resume where ``state`` was saved. With other devices or another micro-batch size (after an
+        out-of-memory error, say) the epoch's batches differ: the run continues at the same fraction of the
+        epoch, with a warning, since the exact order of an uninterrupted run cannot be kept."""
+        for key in ("seed", "num_utterances"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        layout = {k: state[k] for k in ("world_size", "max_samples") if k in state}
+        if any(v != getattr(self, k) for k, v in layout.items()):
+            saved_len, new_len = state.get("epoch_batches"), len(self.epoch_batches(self.epoch))
+            old_position = self.position
+            self.position = round(old_position * new_len / saved_len) if saved_len else 0
+            log.warning("sampler resumed with another layout (saved %s; now world_size=%d, max_samples=%d): "
+                        "batch %d of %s of epoch %d becomes batch %d of %d; this epoch's order differs from "
+                        "an uninterrupted run's", layout, self.world_size, self.max_samples, old_position,
+                        saved_len, self.epoch, self.position, new_len)
         if self.position > len(self.epoch_batches(self.epoch)):
             raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

@@ -105,11 +105,12 @@ def read_lexicon(path: str | Path) -> dict[str, list[list[str]]]:
 
 @dataclass
 class BeamOptions:
-    """Options of the lexicon beam search (flashlight names; defaults: the paper's 4-gram decoding)."""
+    """Options of the lexicon beam search (flashlight names; defaults: the paper's 4-gram decoding, i.e.
+    torchaudio's ``ctc_decoder`` defaults)."""
 
     beam: int = 50
     beam_size_token: int | None = None  # tokens considered per frame; None: the whole vocabulary
-    beam_threshold: float = 25.0
+    beam_threshold: float = 50.0
     lm_weight: float = 2.0
     word_score: float = 0.0
     unk_score: float = float("-inf")
@@ -155,6 +156,8 @@ class LMBeamDecoder:
         self._words.set_default_index(self._words.get_index(UNK))
         self._lm = KenLM(str(lm_path), self._words)
         silence = vocab.delimiter_id
+        self._closing_frame = torch.full((len(vocab),), -1e4)  # log-probabilities: "|" for certain
+        self._closing_frame[silence] = 0.0
         self._trie = fl.Trie(len(vocab), silence)
         start = self._lm.start(False)
         for word, spellings in lex.items():
@@ -193,11 +196,19 @@ class LMBeamDecoder:
         x = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
         if x.dim() != 3 or x.shape[-1] != len(self.vocab):
             raise ValueError(f"logits must be (batch, frames, {len(self.vocab)}), got shape {tuple(x.shape)}")
-        emissions = torch.log_softmax(x.detach().to("cpu", torch.float32), dim=-1).contiguous()
-        b, t, v = emissions.shape
+        logp = torch.log_softmax(x.detach().to("cpu", torch.float32), dim=-1)
+        b, t, v = logp.shape
         lengths = [t] * b if frame_lengths is None else [int(n) for n in frame_lengths]
         if len(lengths) != b or any(not 0 <= n <= t for n in lengths):
             raise ValueError(f"frame lengths {lengths} do not fit a batch of {b} x {t} frames")
+        # A lexicon word is scored when its spelling's closing "|" is emitted, but the model never emits one
+        # after the last word (its targets have none). A confident model then puts the closing "|" so far
+        # below the best path that the beam prunes it, and the last word is lost. One extra frame per
+        # utterance that certainly emits "|" closes it (and costs nothing: log p = 0).
+        emissions = torch.full((b, t + 1, v), -1e4)
+        emissions[:, :t] = logp
+        emissions[torch.arange(b), torch.tensor(lengths)] = self._closing_frame
+        lengths = [n + 1 if n > 0 else 0 for n in lengths]  # an empty utterance stays empty
         out: list[str] = []
         base, step = emissions.data_ptr(), emissions.stride(0) * emissions.element_size()
         for i in range(b):

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--beam", type=int, default=50, help="beam size (the paper: 50)")
     ev.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (the paper: 2)")
     ev.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")
-    ev.add_argument("--beam-threshold", type=float, default=25.0, help="prune hypotheses this far below the best")
+    ev.add_argument("--beam-threshold", type=float, default=50.0,
+                    help="prune hypotheses this far below the best (torchaudio's default, as the paper)")
     ev.add_argument("--unk-score", type=float, default=float("-inf"), help="score of an out-of-lexicon word")
     ev.add_argument("--sil-score", type=float, default=0.0, help="score of a word delimiter")
     ev.set_defaults(func=_evaluate)

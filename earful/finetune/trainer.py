@@ -120,6 +120,7 @@ class Finetuner(StepLoop):
         self.best_wer = math.inf
         self.last_wer = math.nan
         self.stop_signal = 0
+        self.signal_received = 0
         self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
         self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
@@ -167,7 +168,7 @@ class Finetuner(StepLoop):
             log.warning("train: %d utterances have fewer frames than their transcript needs (zero loss), "
                         "e.g. %s", len(short), short[:5])
         self.loader: AudioLoader = make_loader(
-            utts, cfg.device_seconds, min_seconds=cfg.data.min_seconds, shuffle=True, seed=cfg.seed,
+            utts, cfg.micro_seconds(d.world_size), min_seconds=cfg.data.min_seconds, shuffle=True, seed=cfg.seed,
             rank=d.rank, world_size=d.world_size, endless=True, bucket_size=cfg.data.bucket_size,
             skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
         )  # fmt: skip
@@ -187,7 +188,8 @@ class Finetuner(StepLoop):
     def _trainer_info(self) -> dict[str, Any]:
         return {
             "step": self.step, "hours_real": self.hours_real, "hours_padded": self.hours_padded,
-            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "overflow_steps": self.overflow_steps,
+            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "nan_in_a_row": self.nan_in_a_row,
+            "overflow_steps": self.overflow_steps,
             "best_wer": _json_float(self.best_wer),
             "dev_wer": _json_float(self.last_wer), "world_size": self.d.world_size, "accumulation": self.accum,
             "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr, "init": self.cfg.init,
@@ -211,6 +213,7 @@ class Finetuner(StepLoop):
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
+        self.nan_in_a_row = int(info.get("nan_in_a_row", 0))
         self.overflow_steps = int(info.get("overflow_steps", 0))
         self.best_wer = _float(info.get("best_wer"), math.inf)
         self.last_wer = _float(info.get("dev_wer"), math.nan)
@@ -267,7 +270,7 @@ class Finetuner(StepLoop):
                 stats[3] += lengths.sum()
                 stats[4] += lengths.max() * lengths.numel()
                 stats[5] += 1
-        stats[6] = float(self.stop_signal)
+        stats[6] = float(self.signal_received > 0)
         D.all_reduce_sum(stats, d)
         utts, tokens = float(stats[1]), float(stats[2])
         denom = max(utts if cfg.loss_normalisation == "sentence" else tokens, 1.0)
@@ -279,8 +282,7 @@ class Finetuner(StepLoop):
         self.step += 1
         self.hours_real += float(stats[3]) / SR / 3600
         self.hours_padded += float(stats[4]) / SR / 3600
-        if stats[6] > 0 and not self.stop_signal:
-            self.stop_signal = int(stats[6])  # another rank was signalled
+        self.agree_stop(float(stats[6]))
         rec = {
             "loss_sum": float(stats[0]), "utterances": utts, "tokens": tokens, "denom": denom, "lr": lr,
             "grad_norm": grad_norm, "finite": float(finite), "overflow": float(outcome == "overflow"),
@@ -360,9 +362,10 @@ class Finetuner(StepLoop):
         cfg = self.cfg
         log.info(
             "fine-tuning %s trainable parameters (%d frozen tensors, %d more frozen for %d steps): batch "
-            "%.1f s = %d device(s) × %.1f s × %d accumulation; %s",
+            "%.1f s = %d device(s) × %.4g s × %d accumulation; %s",
             f"{count_parameters(self.model):,}", len(self.frozen_names), len(self.phase_names),
-            cfg.freeze_transformer_steps, cfg.batch_seconds, self.d.world_size, cfg.device_seconds, self.accum,
+            cfg.freeze_transformer_steps, cfg.batch_seconds, self.d.world_size, cfg.micro_seconds(self.d.world_size),
+            self.accum,
             config_summary(cfg),
         )  # fmt: skip
         if cfg.freeze_transformer_steps >= cfg.max_steps:

@@ -196,13 +196,18 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, kind: str
     return {k: v.contiguous() for k, v in out.items()}
 
 
+# transformers creates the mask embedding only when its config masks (mask_time_prob or mask_feature_prob > 0)
+_OPTIONAL_HF = {"wav2vec2.masked_spec_embed"}
+
+
 def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str) -> dict[str, torch.Tensor]:
+    """earful's tensors from a HF state dict; an optional tensor HF left out is left out here too."""
     hf = _normalise_hf_keys(hf)
     pairs = _backbone_pairs(cfg) + _head_pairs(kind)
-    missing = [h for _, h in pairs if h not in hf]
+    missing = [h for _, h in pairs if h not in hf and h not in _OPTIONAL_HF]
     if missing:
         raise CheckpointError(f"HF weights lack {len(missing)} tensors, e.g. {missing[:3]}")
-    out = {e: hf[h] for e, h in pairs}
+    out = {e: hf[h] for e, h in pairs if h in hf}
     for i in range(cfg.num_layers):
         e, h = f"wav2vec2.encoder.layers.{i}.attention.qkv", f"wav2vec2.encoder.layers.{i}.attention"
         for part in ("weight", "bias"):
@@ -279,6 +284,12 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
     ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files)."""
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
     cfg = config_from_hf(hf_cfg)
+    pre = Path(hf_dir) / "preprocessor_config.json"
+    if pre.exists():  # the waveform normalisation is the feature extractor's, not the model config's
+        cfg.normalize_waveform = bool(json.loads(pre.read_text(encoding="utf-8")).get("do_normalize", False))
+    else:
+        log.warning("%s: no preprocessor_config.json; assuming the model takes unnormalised waveforms "
+                    "(set normalize_waveform if it was trained on normalised ones)", hf_dir)
     is_ctc = "lm_head.weight" in weights
     vocab: list[str] | None = None
     model: torch.nn.Module
@@ -293,5 +304,16 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
         model = Wav2Vec2ForPreTraining(cfg)
         kind = "pretraining"
     state = from_hf_state_dict(weights, cfg, kind)
+    blank = int(hf_cfg.get("pad_token_id") or 0)  # transformers' CTC blank; earful's is index 0
+    if is_ctc and blank != 0:
+        order = [blank, *(i for i in range(state["lm_head.weight"].shape[0]) if i != blank)]
+        state["lm_head.weight"], state["lm_head.bias"] = state["lm_head.weight"][order], state["lm_head.bias"][order]
+        if vocab is not None:
+            vocab = [vocab[i] for i in order]
+        log.info("%s: CTC blank %r (pad_token_id=%d) moved to index 0", hf_dir, vocab[0] if vocab else blank, blank)
+    if "wav2vec2.mask_emb" not in state:
+        log.info("%s: no masked_spec_embed (the model was saved without masking); the mask embedding keeps "
+                 "its fresh U(0, 1) initialisation", hf_dir)
+        state["wav2vec2.mask_emb"] = model.state_dict()["wav2vec2.mask_emb"]
     model.load_state_dict(state, strict=True)
     return model, vocab

@@ -183,6 +183,19 @@ class TransformerLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
+    def init_weights(self, scheme: str) -> None:
+        """The Linear layers' initialisation (``ModelConfig.init``); LayerNorms keep ones and zeros."""
+        if scheme == "fairseq":  # init_bert_params
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                    nn.init.zeros_(m.bias)
+        elif scheme == "nanow2v2":
+            nn.init.xavier_uniform_(self.attention.qkv.weight, gain=1 / math.sqrt(2))
+            nn.init.xavier_uniform_(self.attention.out_proj.weight)
+            nn.init.zeros_(self.attention.qkv.bias)
+            nn.init.zeros_(self.attention.out_proj.bias)
+
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         if self.pre_ln:
             x = x + self.dropout(self.attention(self.attn_layer_norm(x), key_mask))
@@ -200,8 +213,10 @@ class TransformerEncoder(nn.Module):
         self.pre_ln = cfg.layer_norm_first
         self.pos_conv = PositionalConvEmbedding(cfg)
         self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout if cfg.dropout_after_pos_conv else 0.0)
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        for layer in self.layers:
+            layer.init_weights(cfg.init)
         self.layerdrop = cfg.layerdrop
 
     def forward(

@@ -46,9 +46,14 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
+    # transformer Linear layers: "fairseq" N(0, 0.02) weights, zero biases (init_bert_params; transformers
+    # does the same); "nanow2v2" Xavier-uniform fused QKV (gain 1/sqrt 2) and out-projection, zero biases;
+    # "torch" PyTorch's defaults (the CPU presets, with which their recipes were measured)
+    init: Literal["fairseq", "nanow2v2", "torch"] = "fairseq"
 
     # --- dropout ---
     dropout: float = 0.1  # residual / hidden dropout
+    dropout_after_pos_conv: bool = True  # fairseq: `dropout` on the transformer's input too; nanow2v2: none
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
     dropout_input: float = 0.1  # after the feature projection

@@ -78,7 +78,8 @@ class Wav2Vec2Model(nn.Module):
         flen = (~padding_mask).sum(1)
         x, normed = self.feature_projection(feats)  # (batch, frames, hidden), (batch, frames, conv_dim)
         x = self.dropout_input(x)
-        if mask is True:
+        draw = mask is True
+        if draw:
             mask = None
             if self.cfg.mask_prob > 0:
                 mask = compute_mask(
@@ -86,16 +87,16 @@ class Wav2Vec2Model(nn.Module):
                     min_masks=self.cfg.min_masks, style=self.cfg.mask_style,
                     require_same_masks=self.cfg.require_same_masks, generator=generator,
                 )  # fmt: skip
-            if self.cfg.mask_channel_prob > 0:
-                cmask = compute_channel_mask(
-                    x.shape[0], x.shape[2], self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
-                    device=x.device, generator=generator,
-                )  # (batch, hidden)
-                x = x.masked_fill(cmask[:, None, :], 0.0)
         elif mask is False:
             mask = None
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
+        if draw and self.cfg.mask_channel_prob > 0:  # after the time mask, as fairseq and transformers do:
+            cmask = compute_channel_mask(  # a masked channel is zero in masked frames too
+                x.shape[0], x.shape[2], self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
+                device=x.device, generator=generator,
+            )  # (batch, hidden)
+            x = x.masked_fill(cmask[:, None, :], 0.0)
         hidden, states = self.encoder(
             x, padding_mask, output_hidden_states=output_hidden_states, generator=generator
         )

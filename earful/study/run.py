@@ -103,6 +103,11 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     return json.loads(json.dumps(fp))
 
 
+# settings added after fingerprints were first written, with the value that does what the older code did:
+# a fingerprint without them was made by code that behaved so
+ADDED_LATER = {"model.init": "torch", "model.dropout_after_pos_conv": True}
+
+
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     """A study folder continues only the study that made it: finished runs of another recipe would be mixed
     into its report."""
@@ -111,6 +116,10 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         return
     saved = json.loads(p.read_text(encoding="utf-8"))
     old = saved.get("fingerprint")
+    for part in ("pretrain", "finetune"):
+        if old is not None and part in old:
+            added = {k: v for k, v in ADDED_LATER.items() if k in fingerprint.get(part, {})}
+            old[part] = {**added, **old[part]}
     if old is None:  # written before fingerprints: the study config alone can still be compared
         old = {"study": _study_part({k: v for k, v in saved.items() if k != "plan"})}
         fingerprint = {"study": fingerprint["study"]}

@@ -77,6 +77,13 @@ class SecondsBatching:
         """Micro-batches per optimizer step on each device."""
         return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
 
+    def micro_seconds(self, world_size: int) -> float:
+        """The padded audio a training micro-batch may hold: ``batch_seconds`` shared evenly over the devices
+        and accumulation steps, at most ``device_seconds``. (Packing every micro-batch up to
+        ``device_seconds`` would overshoot the batch when it does not divide evenly: 6 s on 4 s devices
+        would take 8 s a step.)"""
+        return self.batch_seconds / (world_size * self.accumulation(world_size))
+
     def effective_lr(self) -> float:
         """``optim.lr`` rescaled by ``optim.lr_scaling`` from ``optim.reference_batch_seconds``."""
         return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)

@@ -49,7 +49,8 @@ class StepLoop:
     d: Any
     step: int
     loader: Any
-    stop_signal: int = 0
+    signal_received: int = 0  # set by the signal handler, on this rank only
+    stop_signal: int = 0  # set by agree_stop when every rank knows: the signal, or -1 for another rank's
     #: validate after the last step even when ``valid_every <= 0`` (fine-tuning: the dev WER picks "best")
     validate_at_end: bool = False
 
@@ -77,8 +78,17 @@ class StepLoop:
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.stop_signal = signum
-        log.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
+        self.signal_received = signum
+        log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
+                    signal.Signals(signum).name)
+
+    def agree_stop(self, signalled_ranks: float) -> None:
+        """Called by ``train_step`` with the all-reduced sum of ``signal_received > 0`` over the ranks: every
+        rank then stops after the same step. A rank's own flag is never enough: a signal that lands on one
+        rank after the step's all-reduce and on another before it would leave them a step apart, one
+        waiting in the checkpoint's barrier and the other in the next step's gradient all-reduce."""
+        if signalled_ranks > 0 and not self.stop_signal:
+            self.stop_signal = self.signal_received or -1
 
     def fit(self) -> dict[str, Any]:
         cfg, d = self.cfg, self.d
@@ -107,7 +117,8 @@ class StepLoop:
                         self._validate_and_keep_best()
                     self.after_step()
                     if self.stop_signal:
-                        stopped_by = signal.Signals(self.stop_signal).name
+                        stopped_by = (signal.Signals(self.stop_signal).name if self.stop_signal > 0
+                                      else "a signal to another rank")
                         break
                     if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                         self.save(f"step-{self.step:07d}")

@@ -150,6 +150,7 @@ class Pretrainer(StepLoop):
         self.best_valid = math.inf
         self.milestones_done: list[float] = []
         self.stop_signal = 0
+        self.signal_received = 0
         self._init_params: dict[str, torch.Tensor] = {}
         self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
@@ -177,7 +178,7 @@ class Pretrainer(StepLoop):
             raise ValueError("data.train: no training manifest given")
         utts = read_manifest(cfg.data.train, check_files=True)
         self.loader = make_loader(
-            utts, cfg.device_seconds, crop_seconds=cfg.data.crop_seconds, min_seconds=cfg.data.min_seconds,
+            utts, cfg.micro_seconds(d.world_size), crop_seconds=cfg.data.crop_seconds, min_seconds=cfg.data.min_seconds,
             shuffle=True, seed=cfg.seed, rank=d.rank, world_size=d.world_size, endless=True,
             bucket_size=cfg.data.bucket_size, skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers,
             pin_memory=d.device.type == "cuda",
@@ -195,7 +196,8 @@ class Pretrainer(StepLoop):
     def _trainer_info(self) -> dict[str, Any]:
         return {
             "step": self.step, "hours_real": self.hours_real, "hours_padded": self.hours_padded,
-            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "overflow_steps": self.overflow_steps,
+            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "nan_in_a_row": self.nan_in_a_row,
+            "overflow_steps": self.overflow_steps,
             "best_valid": self.best_valid,
             "milestones_done": self.milestones_done, "world_size": self.d.world_size, "accumulation": self.accum,
             "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr,
@@ -224,6 +226,7 @@ class Pretrainer(StepLoop):
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
+        self.nan_in_a_row = int(info.get("nan_in_a_row", 0))
         self.overflow_steps = int(info.get("overflow_steps", 0))
         self.best_valid = float(info.get("best_valid", math.inf))
         self.milestones_done = list(info.get("milestones_done", []))
@@ -277,7 +280,7 @@ class Pretrainer(StepLoop):
                 stats[8] += 1
                 stats[10 : 10 + G] += out.perplexity_soft.double()
                 stats[10 + G :] += out.perplexity_hard.double()
-        stats[9] = float(self.stop_signal)
+        stats[9] = float(self.signal_received > 0)
         D.all_reduce_sum(stats, d)
         masked = float(stats[0])
         denom = float(stats[8]) if cfg.model.loss_normalisation == "nanow2v2" else max(masked, 1.0)
@@ -288,8 +291,7 @@ class Pretrainer(StepLoop):
         sr = 16000.0
         self.hours_real += float(stats[5]) / sr / 3600
         self.hours_padded += float(stats[6]) / sr / 3600
-        if stats[9] > 0 and not self.stop_signal:
-            self.stop_signal = int(stats[9])  # another rank was signalled
+        self.agree_stop(float(stats[9]))
         n = max(masked, 1.0)
         rec = {
             "masked": masked, "contrastive": float(stats[1]) / n, "diversity": float(stats[2]) / n,
@@ -349,12 +351,11 @@ class Pretrainer(StepLoop):
     # ------------------------------------------------------------------ hooks of the step loop
     def announce(self) -> None:
         cfg = self.cfg
-        eff = self.accum * cfg.device_seconds * self.d.world_size
         log.info(
-            "pre-training %s parameters: batch %.1f s = %d device(s) × %.1f s × %d accumulation "
-            "(upper bound %.1f s padded); peak lr %.3g (%s scaling), %d steps",
-            f"{count_parameters(self.model):,}", cfg.batch_seconds, self.d.world_size, cfg.device_seconds,
-            self.accum, eff, self.peak_lr, cfg.optim.lr_scaling, cfg.max_steps,
+            "pre-training %s parameters: batch %.1f s = %d device(s) × %.4g s × %d accumulation (padded audio, "
+            "at most); peak lr %.3g (%s scaling), %d steps",
+            f"{count_parameters(self.model):,}", cfg.batch_seconds, self.d.world_size,
+            cfg.micro_seconds(self.d.world_size), self.accum, self.peak_lr, cfg.optim.lr_scaling, cfg.max_steps,
         )  # fmt: skip
 
     def after_step(self) -> None:

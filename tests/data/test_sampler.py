@@ -79,3 +79,32 @@ def test_unbatchable_counted_warned_or_raised(caplog):
     cropped = SecondsBatchSampler(lens, 10.0, crop_seconds=5.0)  # cropping makes the long one fit
     assert cropped.skipped == 0
     assert all(cropped.effective[b].max() * len(b) <= 10 * RATE for b in cropped)
+
+
+def test_empty_utterance_is_counted_not_a_crash(caplog):
+    """Without min_seconds (the paper's recipe) an empty utterance would divide by zero when it opens a batch."""
+    with caplog.at_level(logging.WARNING):
+        s = SecondsBatchSampler([0, RATE, 2 * RATE], 10.0, min_seconds=None, shuffle=False)
+    assert s.skipped == 1 and s.skipped_reasons == {"empty (0 samples)": 1}
+    assert "empty (0 samples)" in caplog.text
+    assert sorted(i for b in s for i in b) == [1, 2]
+
+
+def test_resume_with_smaller_micro_batches_continues_at_the_same_fraction(caplog):
+    """After an out-of-memory error the advice is a smaller device_seconds: such a run still resumes."""
+    lens = lengths(300)
+    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    it = iter(s)
+    for _ in range(20):
+        next(it)
+    state = s.state_dict()
+    smaller = SecondsBatchSampler(lens, 12.5, seed=7)
+    with caplog.at_level(logging.WARNING):
+        smaller.load_state_dict(state)
+    assert "another layout" in caplog.text
+    frac = 20 / state["epoch_batches"]
+    assert abs(smaller.position / len(smaller.epoch_batches(0)) - frac) < 0.01
+    left = len(smaller.epoch_batches(0)) - smaller.position
+    assert len(list(smaller)) == left  # the rest of the epoch, then it ends
+    with pytest.raises(ValueError, match="num_utterances"):
+        SecondsBatchSampler(lens[:-1], 25.0, seed=7).load_state_dict(state)

@@ -83,3 +83,17 @@ def test_batch_with_padding_and_lengths(tiny_lm):
         dec.decode(torch.stack([a, b]), [len(a) + 1, 1])
     with pytest.raises(FileNotFoundError):
         LMBeamDecoder(V, tiny_lm.parent / "missing.arpa")
+
+
+def test_a_confident_model_keeps_its_last_word(tiny_lm):
+    """Targets end without "|", so a confident model gives the word-closing "|" after the last word a log
+    probability far below the best path. The beam must still score (and keep) that word."""
+    import flashlight.lib.text.decoder  # noqa: F401  (the lm extra is part of the test install)
+
+    from earful.eval.beam import LMBeamDecoder
+
+    x = spelled("the cat sat on the mat") * 20.0  # every winning logit 140 above the rest (margin 7 × 20)
+    assert greedy_decode(x[None], None, V) == ["the cat sat on the mat"]
+    for threshold in (25.0, 50.0):
+        dec = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10, beam_threshold=threshold))
+        assert dec.decode(x[None]) == ["the cat sat on the mat"], threshold

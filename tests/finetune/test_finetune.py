@@ -102,15 +102,14 @@ def test_freeze_through_the_ddp_path_gives_the_same_run(tmp_path, tone_corpus, r
 
 
 class _StopAt(Finetuner):
-    """Receives SIGTERM (as a flag, like the handler sets it) after step ``stop_at``."""
+    """Receives SIGTERM (as the handler would) while step ``stop_at`` runs, before its all-reduce."""
 
     stop_at = 0
 
     def train_step(self, batches):  # type: ignore[override]
-        rec = super().train_step(batches)
-        if self.step == self.stop_at:
+        if self.step == self.stop_at - 1:
             self._on_signal(signal.SIGTERM, None)
-        return rec
+        return super().train_step(batches)
 
 
 @pytest.mark.parametrize("stop_at", [3, 4])  # mid-epoch at the end of the freeze; an epoch later

@@ -128,3 +128,52 @@ def test_padded_convs_refuse_export(tmp_path) -> None:
     model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"]))
     with pytest.raises(ValueError, match="padded"):
         export_hf(model, tmp_path)
+
+
+def test_waveform_normalisation_survives_export_and_import(tmp_path) -> None:
+    """It lives in preprocessor_config.json (do_normalize), not in config.json."""
+    cfg = load_model_config("tiny", ["normalize_waveform=true"])
+    ours = Wav2Vec2ForCTC(cfg, vocab_size=29).eval()
+    randomise(ours)
+    export_hf(ours, tmp_path)
+    back, _ = import_hf(tmp_path)
+    assert back.cfg.normalize_waveform
+    wave, lens, _ = make_batch((16000, 11000))
+    with torch.no_grad():
+        assert torch.equal(ours(wave * 3.0, lens)[0], back.eval()(wave * 3.0, lens)[0])
+
+
+def test_import_of_a_model_saved_without_mask_embedding(tmp_path) -> None:
+    """transformers creates masked_spec_embed only when its config masks; such a folder still imports."""
+    ours = Wav2Vec2ForCTC(load_model_config("tiny", ["mask_prob=0"]), vocab_size=29)
+    randomise(ours)
+    export_hf(ours, tmp_path / "a")
+    hf = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path / "a")
+    hf.save_pretrained(tmp_path / "b")
+    assert not any("masked_spec_embed" in k for k in hf.state_dict())
+    back, _ = import_hf(tmp_path / "b")
+    a, b = ours.state_dict(), back.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "wav2vec2.mask_emb")
+    assert b["wav2vec2.mask_emb"].shape == a["wav2vec2.mask_emb"].shape
+
+
+def test_import_moves_a_transformers_blank_to_index_0(tmp_path) -> None:
+    """transformers' CTC blank is config.pad_token_id, anywhere in vocab.json; earful's is index 0."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    symbols = ["<b>", "'", "a", "b", "|", "x"]
+    ours = Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=len(symbols))
+    randomise(ours)
+    export_hf(ours, tmp_path, vocab_symbols=symbols)
+    theirs = [1, 2, 3, 0, 4, 5]  # their order: the blank at index 3
+    w = load_file(str(tmp_path / "model.safetensors"))
+    w["lm_head.weight"], w["lm_head.bias"] = w["lm_head.weight"][theirs], w["lm_head.bias"][theirs]
+    save_file(w, str(tmp_path / "model.safetensors"))
+    (tmp_path / "vocab.json").write_text(json.dumps({symbols[j]: i for i, j in enumerate(theirs)}))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 3}))
+    back, vocab = import_hf(tmp_path)
+    assert vocab == symbols
+    assert torch.equal(back.lm_head.weight, ours.lm_head.weight) and torch.equal(back.lm_head.bias, ours.lm_head.bias)

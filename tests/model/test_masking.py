@@ -68,6 +68,22 @@ def test_nanow2v2_fraction() -> None:
         assert abs(float(np.mean(fr)) - expected) < 0.015
 
 
+def test_nanow2v2_preset_masks_each_utterance_on_its_own() -> None:
+    """nanow2v2 masks every utterance of a padded batch at its own rate: a 15 s utterance beside a 3 s one
+    keeps its ~40 % (trimming to the batch's smallest count would leave it ~8 %)."""
+    from earful.model import load_model_config
+
+    cfg = load_model_config("base-nanow2v2")
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.tensor([750, 150])
+    fr = torch.stack([
+        compute_mask(lengths, 750, cfg.mask_prob, cfg.mask_length, min_masks=cfg.min_masks, style=cfg.mask_style,
+                     require_same_masks=cfg.require_same_masks, generator=g).sum(1) / lengths
+        for _ in range(50)
+    ]).mean(0)  # fmt: skip
+    assert abs(fr[0].item() - 0.399) < 0.02 and abs(fr[1].item() - 0.388) < 0.03, fr
+
+
 def test_negatives_from_masked_frames_never_self() -> None:
     g = torch.Generator().manual_seed(4)
     lengths = torch.tensor([80, 50])

@@ -151,3 +151,57 @@ def test_diversity_schedule() -> None:
     wave, lens = batch()
     model.set_step(5)
     assert model(wave, lens).diversity_weight == 0.0
+
+
+def test_channel_mask_applies_after_the_time_mask() -> None:
+    """fairseq and transformers: masked frames get the mask embedding, then masked channels are zeroed in every
+    frame, the masked ones included."""
+    cfg = load_model_config("tiny", ["mask_prob=0.5", "mask_channel_prob=0.3", "mask_channel_length=4",
+                                     "dropout_input=0.0"])  # fmt: skip
+    model = Wav2Vec2ForCTC(cfg, vocab_size=8).train()
+    with torch.no_grad():
+        model.wav2vec2.mask_emb.fill_(1.0)
+    seen: list[torch.Tensor] = []
+    model.wav2vec2.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    wave, lens = batch()
+    out = model.wav2vec2(wave, lens, mask=True, generator=torch.Generator().manual_seed(0))
+    x = seen[0]  # (batch, frames, hidden): the transformer's input
+    real = ~out.padding_mask
+    zero_everywhere = ((x == 0) | ~real[..., None]).all(1)  # (batch, hidden)
+    assert zero_everywhere.any(), "no channel was masked"
+    masked = out.mask & real
+    assert masked.any()
+    # in masked frames every channel is the embedding (1.0) or a masked channel (0.0)
+    assert torch.equal(x[masked] == 0, zero_everywhere[:, None, :].expand_as(x)[masked])
+
+
+def test_transformer_init_schemes() -> None:
+    """fairseq / transformers: N(0, 0.02) weights and zero biases; nanow2v2: Xavier QKV and out-projection
+    with zero biases; torch: PyTorch's defaults (non-zero biases)."""
+    base = ["num_layers=1", "hidden_size=256", "num_heads=4", "intermediate_size=1024"]
+    layer = {s: Wav2Vec2ForPreTraining(load_model_config("base", [*base, f"init={s}"])).wav2vec2.encoder.layers[0]
+             for s in ("fairseq", "nanow2v2", "torch")}  # fmt: skip
+    f = layer["fairseq"]
+    for lin in (f.attention.qkv, f.attention.out_proj, f.feed_forward.fc1, f.feed_forward.fc2):
+        assert abs(lin.weight.std().item() - 0.02) < 0.002 and not lin.bias.any()
+    n = layer["nanow2v2"]
+    bound = (1 / 2**0.5) * (6 / (256 + 3 * 256)) ** 0.5  # Xavier-uniform of the fused (256 → 768) QKV
+    assert n.attention.qkv.weight.abs().max() <= bound and n.attention.qkv.weight.abs().max() > 0.9 * bound
+    assert not n.attention.qkv.bias.any() and not n.attention.out_proj.bias.any()
+    assert layer["torch"].attention.qkv.bias.abs().max() > 0
+    assert load_model_config("base").init == "fairseq" and load_model_config("base-nanow2v2").init == "nanow2v2"
+
+
+def test_dropout_after_the_positional_conv_is_fairseqs_only() -> None:
+    for preset, expect in (("base", 0.1), ("base-nanow2v2", 0.0)):
+        cfg = load_model_config(preset, ["num_layers=1"])
+        assert Wav2Vec2ForCTC(cfg, vocab_size=8).wav2vec2.encoder.dropout.p == expect
+
+
+def test_large_preset_is_fairseqs_large_librivox() -> None:
+    """examples/wav2vec/config/pretraining/wav2vec2_large_librivox.yaml: latent_temp [2.0, 0.1, 0.999995],
+    no input/feature/attention dropout, feature_grad_mult 1.0, loss_weights [0.1, 0]."""
+    c = load_model_config("large")
+    assert (c.temperature_start, c.temperature_end, c.temperature_decay) == (2.0, 0.1, 0.999995)
+    assert c.dropout_input == c.dropout_features == c.attention_dropout == c.dropout == c.layerdrop == 0.0
+    assert c.feature_grad_mult == 1.0 and c.diversity_weight == 0.1 and c.feature_penalty_weight == 0.0

@@ -202,3 +202,26 @@ def test_killed_before_its_first_checkpoint_restarts_without_duplicate_records(t
     assert RunDir(tmp_path / "run").latest() is None
     assert Pretrainer(cfg, tmp_path / "run", resume=True).fit()["step"] == 3
     assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2, 3]
+
+
+def test_a_signal_stops_after_the_step_that_shares_it(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """Every rank must stop after the same step, so a signal counts from the next all-reduce of the step's
+    statistics on. One that lands after step 2's all-reduce (here: in step 2's logging and validation
+    hook) stops the run after step 3, with a checkpoint there, instead of letting this rank stop a step
+    before ranks that did not see it yet (they would wait in the next step's gradient all-reduce forever)."""
+    from earful.train.config import load_pretrain_config
+    from earful.train.pretrain import Pretrainer
+
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 6))
+    trainer = Pretrainer(cfg, tmp_path / "run")
+    real_after = trainer.after_step
+
+    def after_step() -> None:
+        real_after()
+        if trainer.step == 2:
+            trainer._on_signal(signal.SIGTERM, None)
+
+    monkeypatch.setattr(trainer, "after_step", after_step)
+    summary = trainer.fit()
+    assert summary["step"] == 3 and summary["stopped_by"] == "SIGTERM"
+    assert RunDir(tmp_path / "run").latest().name == "step-0000003"

@@ -71,6 +71,21 @@ def test_nans_in_a_row_stop_with_a_checkpoint_then_resume(kind, tmp_path, tiny_c
     assert resumed.fit()["step"] == 8
 
 
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel) -> None:
+    """NaN at step indices 2, 3 and 4 with max_nan_steps=3 stops the run after step 5, also when it was
+    interrupted after step 4 (two in a row so far) and resumed."""
+    first = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 4, "max_nan_steps=3")
+    first.cfg._fault_nan_steps = {2, 3, 4}
+    assert first.fit()["step"] == 4
+    cfg = first.cfg
+    cfg.max_steps = 6
+    resumed = (Pretrainer if kind == "pretrain" else Finetuner)(cfg, tmp_path / "run", resume=True)
+    assert resumed.nan_in_a_row == 2
+    with pytest.raises(TrainingStopped, match="3 non-finite steps in a row at step 5"):
+        resumed.fit()
+
+
 def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, monkeypatch, caplog) -> None:
     monkeypatch.setattr(PretrainConfig, "_fault_nan_steps", range(100), raising=False)
     monkeypatch.setattr(FinetuneConfig, "_fault_nan_steps", range(100), raising=False)

@@ -4,6 +4,7 @@ checkpoint write fails clearly and leaves the previous checkpoint intact (and th
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from pathlib import Path
 
@@ -117,6 +118,22 @@ def reference(tmp_path_factory, tiny_corpus, rel) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("ref") / "run"
     Pretrainer(load_pretrain_config(None, _overrides(rel, tiny_corpus[0])), out).fit()
     return load_file(str(out / "checkpoints" / "step-0000005" / "model.safetensors"))
+
+
+
+def test_the_oom_advice_can_be_followed_with_resume(tmp_path, tiny_corpus, rel, caplog) -> None:
+    """Lowering device_seconds (accumulation rises, the batch stays) and resuming works."""
+    from earful.train.config import load_pretrain_config
+    from earful.train.pretrain import Pretrainer
+
+    first = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3))
+    assert Pretrainer(first, tmp_path / "run").fit()["step"] == 3
+    lower = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 5, "device_seconds=2"))
+    with caplog.at_level(logging.WARNING):
+        resumed = Pretrainer(lower, tmp_path / "run", resume=True)
+    assert resumed.accum == 2 and resumed.step == 3
+    assert "sampler resumed with another layout" in caplog.text
+    assert resumed.fit()["step"] == 5
 
 
 @pytest.mark.parametrize("stage", ["model.safetensors", "state.pt", "latest.json"])

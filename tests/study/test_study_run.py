@@ -150,6 +150,24 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
 
 
+def test_settings_added_later_compare_as_the_older_code_behaved(study_file, tmp_path) -> None:
+    """A fingerprint written before ``model.init`` existed was made with PyTorch's default init: the same
+    recipe today has init=torch (the CPU presets); a preset now on fairseq's init is another recipe."""
+    from earful.study.run import ADDED_LATER, check_same_recipe, plan_runs, recipe_fingerprint
+
+    study = load_study(study_file)
+    fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
+    assert fp["pretrain"]["model.init"] == "torch"
+    older = {part: {k: v for k, v in d.items() if k not in ADDED_LATER} for part, d in fp.items()}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"fingerprint": older}))
+    check_same_recipe(out, fp)
+    fp["pretrain"]["model.init"] = "fairseq"
+    with pytest.raises(ValueError, match=r"differs in pretrain\.model\.init"):
+        check_same_recipe(out, fp)
+
+
 def test_a_folder_from_before_fingerprints_is_checked_on_its_study_config(study_file, tmp_path) -> None:
     from earful.config import to_dict
     from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -87,3 +88,15 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, equal_corpus) 
     assert moved > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_micro_batches_share_the_batch_evenly() -> None:
+    """A step holds at most batch_seconds of padded audio, also when device_seconds does not divide it: 6 s on
+    4 s devices is two micro-batches of 3 s, not of 4 s (8 s a step)."""
+    from earful.train.config import load_pretrain_config
+
+    for batch, device, world, accum, micro in ((6, 4, 1, 2, 3.0), (16, 16, 1, 1, 16.0), (32, 16, 1, 2, 16.0),
+                                                (300, 100, 2, 2, 75.0), (5600, 87.5, 8, 8, 87.5)):
+        cfg = load_pretrain_config(None, [f"batch_seconds={batch}", f"device_seconds={device}"])
+        assert cfg.accumulation(world) == accum and cfg.micro_seconds(world) == pytest.approx(micro)
+        assert cfg.micro_seconds(world) <= device and world * accum * cfg.micro_seconds(world) == pytest.approx(batch)
