@@ -30,6 +30,7 @@ class Item:
     wave: np.ndarray | None
     transcript: str | None
     error: str | None = None
+    epoch: int = 0
 
 
 @dataclass
@@ -104,19 +105,30 @@ class AudioDataset(Dataset):
         except AudioError as e:
             if not self.skip_bad:
                 raise
-            return Item(index, utt.id, None, utt.transcript, error=str(e))
+            return Item(index, utt.id, None, utt.transcript, error=str(e), epoch=epoch)
         # Resampling may add a sample or two over the manifest's length: keep batches within budget.
         wave = wave[: max(expected, 1)]
         if self.crop_samples and len(wave) > self.crop_samples:
             rng = np.random.default_rng([self.seed, epoch, index])
             start = int(rng.integers(0, len(wave) - self.crop_samples + 1))
             wave = wave[start : start + self.crop_samples]
-        return Item(index, utt.id, wave, utt.transcript)
+        return Item(index, utt.id, wave, utt.transcript, epoch=epoch)
 
 
-def collate(items: Sequence[Item], sample_rate: int = 16000) -> Batch:
-    """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``."""
+def collate(items: Sequence[Item], sample_rate: int = 16000, *, crop_to_shortest: bool = False,
+            seed: int = 0) -> Batch:
+    """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``.
+
+    ``crop_to_shortest``: fairseq's pre-training batches (``enable_padding: false``): every utterance is
+    cropped at a random offset, deterministic in (seed, epoch, index), to the batch's shortest, so nothing
+    is padded."""
     good = [it for it in items if it.wave is not None]
+    if crop_to_shortest and good:
+        n = min(len(it.wave) for it in good)
+        for it in good:
+            if len(it.wave) > n:
+                start = int(np.random.default_rng([seed, it.epoch, it.index, 1]).integers(0, len(it.wave) - n + 1))
+                it.wave = it.wave[start : start + n]
     bad = [f"{it.id}: {it.error}" for it in items if it.wave is None]
     lengths = torch.tensor([len(it.wave) for it in good], dtype=torch.int64)
     max_len = int(lengths.max()) if len(good) else 0
@@ -160,7 +172,7 @@ class AudioLoader:
     """
 
     def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, *, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int | None = None) -> None:
+                 pin_memory: bool = False, prefetch_factor: int | None = None, crop_to_shortest: bool = False) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.epoch, self.position = sampler.epoch, sampler.position
         self.bad_files = 0
@@ -168,7 +180,8 @@ class AudioLoader:
         self.loader = DataLoader(
             dataset,
             batch_sampler=_EpochTagged(sampler),
-            collate_fn=partial(collate, sample_rate=dataset.sample_rate),
+            collate_fn=partial(collate, sample_rate=dataset.sample_rate, crop_to_shortest=crop_to_shortest,
+                               seed=dataset.seed),
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,
@@ -226,8 +239,10 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int | None = 4,
+    crop_to_shortest: bool = False,
 ) -> AudioLoader:
-    """Dataset + seconds batch sampler + worker DataLoader for ``utterances``."""
+    """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` (``crop_to_shortest``: see
+    ``collate``)."""
     dataset = AudioDataset(utterances, sample_rate=sample_rate, crop_seconds=crop_seconds, seed=seed,
                            skip_bad=skip_bad)
     sampler = SecondsBatchSampler(
@@ -236,4 +251,4 @@ def make_loader(
         endless=endless, bucket_size=bucket_size, strict=strict,
     )
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor)
+                       prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest)

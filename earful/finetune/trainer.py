@@ -196,7 +196,7 @@ class Finetuner(StepLoop):
         }  # fmt: skip
 
     def save(self, name: str, *, make_latest: bool = True) -> None:
-        state = training_state(self.optimizer, self.scaler, self.loader)  # every rank; only rank 0 writes
+        state = training_state(self.optimizer, self.scaler, self.loader, self.d)  # every rank; rank 0 writes
         if self.d.is_main:
             path = self.run.save(name, self.model, state=state, trainer=self._trainer_info(),
                                  vocab=self.vocab.to_dict(), make_latest=make_latest)
@@ -209,7 +209,7 @@ class Finetuner(StepLoop):
         warn_if_layout_changed(info, self.d.world_size, self.accum)
         if state is None:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
-        restore_training_state(state, self.optimizer, self.scaler, self.loader)
+        restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
@@ -389,7 +389,7 @@ class Finetuner(StepLoop):
         rec["skipped_steps"] = steps - s["finite"] - s["overflow"]
         rec["overflow_steps"] = s["overflow"]
         rec["distance_from_init"] = distance_from(self.model, self._init_params)
-        rec["bad_files"] = self.loader.bad_files
+        rec["bad_files"] = self.bad_files()
         self.health.check(self.step, rec)
         if self.d.is_main:
             self.train_log.write(rec)

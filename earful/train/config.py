@@ -31,6 +31,7 @@ class DataConfig:
     valid: str | None = None  # manifest of the held-out audio (validation loss, accuracy, perplexity)
     crop_seconds: float | None = 15.6  # fairseq crops to 250k samples; None = whole utterances (paper)
     min_seconds: float | None = 2.0  # fairseq leaves out utterances under 32k samples (counted)
+    padding: bool = False  # fairseq crops a batch to its shortest utterance; true pads (the paper's code)
     num_workers: int = 2
     skip_bad: bool = False  # count and log unreadable files instead of stopping
     bucket_size: int = 1000

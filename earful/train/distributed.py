@@ -62,6 +62,15 @@ def all_reduce_max(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_gather_object(obj: object, d: Dist) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not d.enabled:
+        return [obj]
+    out: list[object] = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

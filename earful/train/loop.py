@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
+from earful.train import distributed as D
 from earful.train.monitor import Meter
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,12 @@ class StepLoop:
         log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
                     signal.Signals(signum).name)
 
+    def bad_files(self) -> int:
+        """Unreadable files left out so far (``data.skip_bad``), over every rank (a collective: every rank
+        logs each interval and ends ``fit``)."""
+        t = torch.tensor([float(self.loader.bad_files)], dtype=torch.float64, device=self.d.device)
+        return int(D.all_reduce_sum(t, self.d).item())
+
     def agree_stop(self, signalled_ranks: float) -> None:
         """Called by ``train_step`` with the all-reduced sum of ``signal_received > 0`` over the ranks: every
         rank then stops after the same step. A rank's own flag is never enough: a signal that lands on one
@@ -131,5 +139,5 @@ class StepLoop:
                 bar.close()
         if stopped_by:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
-        return {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.loader.bad_files,
+        return {**self._trainer_info(), "stopped_by": stopped_by, "bad_files": self.bad_files(),
                 "unbatchable": self.loader.skipped}  # fmt: skip

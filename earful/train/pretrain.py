@@ -181,7 +181,7 @@ class Pretrainer(StepLoop):
             utts, cfg.micro_seconds(d.world_size), crop_seconds=cfg.data.crop_seconds, min_seconds=cfg.data.min_seconds,
             shuffle=True, seed=cfg.seed, rank=d.rank, world_size=d.world_size, endless=True,
             bucket_size=cfg.data.bucket_size, skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers,
-            pin_memory=d.device.type == "cuda",
+            pin_memory=d.device.type == "cuda", crop_to_shortest=not cfg.data.padding,
         )  # fmt: skip
         self.valid_loader = None
         if cfg.data.valid:
@@ -190,6 +190,7 @@ class Pretrainer(StepLoop):
                 vutts, cfg.valid_seconds or cfg.device_seconds, crop_seconds=cfg.data.crop_seconds,
                 min_seconds=cfg.data.min_seconds, shuffle=False, seed=cfg.seed, rank=d.rank,
                 world_size=d.world_size, endless=False, skip_bad=cfg.data.skip_bad, num_workers=0,
+                crop_to_shortest=not cfg.data.padding,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
@@ -204,7 +205,7 @@ class Pretrainer(StepLoop):
         }  # fmt: skip
 
     def save(self, name: str, *, make_latest: bool = True) -> None:
-        state = training_state(self.optimizer, self.scaler, self.loader)  # every rank; only rank 0 writes
+        state = training_state(self.optimizer, self.scaler, self.loader, self.d)  # every rank; rank 0 writes
         if self.d.is_main:
             path = self.run.save(name, self.model, state=state, trainer=self._trainer_info(), make_latest=make_latest)
             log.info("checkpoint %s (step %d, %.2f h seen)", path, self.step, self.hours_padded)
@@ -222,7 +223,7 @@ class Pretrainer(StepLoop):
         self.model.load_state_dict(model.state_dict())
         if state is None:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
-        restore_training_state(state, self.optimizer, self.scaler, self.loader)
+        restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps = int(info.get("nan_steps", 0))
@@ -382,7 +383,8 @@ class Pretrainer(StepLoop):
         steps = s["steps"]
         cfg = self.cfg
         rec: dict[str, Any] = {"step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real}
-        # per-step records are already per masked frame: weight them by masked frames
+        # the mean over the interval's steps of each step's per-masked-frame values (a skipped non-finite step
+        # leaves the interval's mean non-finite on purpose; skipped_steps counts such steps)
         rec["contrastive"] = s["contrastive"] / steps
         rec["diversity"] = s["diversity"] / steps
         rec["penalty"] = s["penalty"] / steps
@@ -404,7 +406,7 @@ class Pretrainer(StepLoop):
         rec["distance_from_init"] = distance_from(self.model, self._init_params)
         for g, sim in enumerate(codeword_similarity(self.model.quantizer.codevectors, cfg.model.num_codevector_groups)):
             rec.update({f"codeword_sim_g{g}_{k}": v for k, v in sim.items()})
-        rec["bad_files"] = self.loader.bad_files
+        rec["bad_files"] = self.bad_files()
         self.health.check(self.step, rec)
         if self.d.is_main:
             self.train_log.write(rec)

@@ -35,6 +35,7 @@ from earful.checkpoint import (
     save_model,
     verify_file,
 )
+from earful.train import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,17 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | Non
     return info, state
 
 
-def training_state(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any) -> dict[str, Any]:
-    """What a trainer needs besides the weights to continue exactly: optimizer, loss scaler, data position,
-    RNG (all ``weights_only``-loadable)."""
+def training_state(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any, d: D.Dist
+) -> dict[str, Any]:
+    """What a trainer needs besides the weights to continue exactly: optimizer, loss scaler, data position
+    of every rank (a rank whose batch had no readable audio has moved on further than the others), RNG
+    (all ``weights_only``-loadable). A collective: every rank calls it."""
     state: dict[str, Any] = {
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "loader": loader.state_dict(),
+        "loaders": D.all_gather_object(loader.state_dict(), d),
         "rng_cpu": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -164,12 +169,14 @@ def training_state(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 
 
 def restore_training_state(
-    state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any, d: D.Dist
 ) -> None:
-    """The inverse of ``training_state``."""
+    """The inverse of ``training_state``: each rank takes its own data position when the number of ranks is
+    the same (else rank 0's, which the sampler maps onto the new layout)."""
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    loader.load_state_dict(state["loader"])
+    loaders = state.get("loaders") or []
+    loader.load_state_dict(loaders[d.rank] if len(loaders) == d.world_size else state["loader"])
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])

@@ -29,6 +29,21 @@ def test_collate_pads_and_accounts(tmp_path: Path, tone):
     assert b.real_seconds == pytest.approx(0.8) and b.padded_seconds == pytest.approx(1.0)
 
 
+def test_crop_to_shortest_is_fairseqs_unpadded_batch(tmp_path: Path, tone):
+    """fairseq's pre-training batches: each utterance cropped at a random offset to the shortest, no padding."""
+    ds = AudioDataset(corpus(tmp_path, tone, 3))
+    whole = [ds[(i, 0)].wave for i in range(3)]
+    b = collate([ds[(i, 0)] for i in range(3)], crop_to_shortest=True, seed=4)
+    assert b.wave.shape == (3, 4800) and b.lengths.tolist() == [4800] * 3
+    assert b.real_seconds == b.padded_seconds == pytest.approx(0.9)
+    for row, w in zip(b.wave.numpy(), whole, strict=True):  # a contiguous piece of the utterance
+        starts = [k for k in range(len(w) - 4800 + 1) if np.array_equal(w[k : k + 4800], row)]
+        assert len(starts) >= 1
+    again = collate([ds[(i, 0)] for i in range(3)], crop_to_shortest=True, seed=4)
+    other = collate([ds[(i, 1)] for i in range(3)], crop_to_shortest=True, seed=4)
+    assert torch.equal(b.wave, again.wave) and not torch.equal(b.wave, other.wave)  # keyed by seed, epoch, index
+
+
 def test_crop_deterministic_in_seed_epoch_index(tmp_path: Path, tone):
     ds = AudioDataset(corpus(tmp_path, tone, 12), crop_seconds=0.5, seed=1)
     a, b = ds[(11, 0)].wave, ds[(11, 0)].wave
@@ -64,3 +79,11 @@ def test_loader_with_workers_budget_and_exact_resume(tmp_path: Path, tone):
     resumed.load_state_dict(state)
     got += [b.ids for b in itertools.islice(resumed, 13)]
     assert got == ref
+
+
+def test_fairseq_recipe_crops_while_the_papers_and_the_demo_pad():
+    from earful.train.config import load_pretrain_config
+
+    assert not load_pretrain_config(None).data.padding  # fairseq BASE: enable_padding false
+    assert load_pretrain_config("earful/configs/pretrain-paper.yaml").data.padding  # nanow2v2 pads
+    assert load_pretrain_config("earful/configs/pretrain-demo.yaml").data.padding  # as the demo was measured

@@ -40,6 +40,9 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, tone_corpus, l
     moved = [k for k in a if not torch.equal(a[k], init[k])]
     assert any(k.startswith("wav2vec2.encoder.") for k in moved) and "lm_head.weight" in moved
     assert not any(k.startswith(("wav2vec2.feature_encoder.", "wav2vec2.feature_projection.")) for k in moved)
+    # the checkpoint keeps every rank's data position: each resumes its own
+    state = torch.load(tmp_path / "two/checkpoints/step-0000004/state.pt", weights_only=True)
+    assert [ld["rank"] for ld in state["loaders"]] == [0, 1] and state["loader"] == state["loaders"][0]
     va, vb = ([json.loads(x) for x in (tmp_path / r / "valid.jsonl").read_text().splitlines()] for r in ("one", "two"))
     assert [r["ref_words"] for r in va] == [r["ref_words"] for r in vb] == [4, 4]
     assert [r["word_errors"] for r in va] == [r["word_errors"] for r in vb]

@@ -158,6 +158,7 @@ def test_settings_added_later_compare_as_the_older_code_behaved(study_file, tmp_
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     assert fp["pretrain"]["model.init"] == "torch"
+    fp["pretrain"]["data.padding"] = True  # a recipe that pads, as every one did before the setting existed
     older = {part: {k: v for k, v in d.items() if k not in ADDED_LATER} for part, d in fp.items()}
     out = tmp_path / "out"
     out.mkdir()
