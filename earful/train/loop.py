@@ -51,6 +51,13 @@ class StepLoop:
     d: Any
     step: int
     loader: Any
+    accum: int
+    peak_lr: float
+    hours_real: float
+    hours_padded: float
+    nan_steps: int
+    nan_in_a_row: int
+    overflow_steps: int
     signal_received: int = 0  # set by the signal handler, on this rank only
     stop_signal: int = 0  # set by agree_stop when every rank knows: the signal, or -1 for another rank's
     #: validate after the last step even when ``valid_every <= 0`` (fine-tuning: the dev WER picks "best")
@@ -73,7 +80,25 @@ class StepLoop:
         raise NotImplementedError
 
     def _trainer_info(self) -> dict[str, Any]:
+        """What trainer.json records: ``progress_info()`` and the trainer's own."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ progress, checkpointed by both trainers
+    def progress_info(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "hours_real": self.hours_real, "hours_padded": self.hours_padded,
+            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "nan_in_a_row": self.nan_in_a_row,
+            "overflow_steps": self.overflow_steps, "world_size": self.d.world_size, "accumulation": self.accum,
+            "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr,
+        }  # fmt: skip
+
+    def restore_progress(self, info: dict[str, Any]) -> None:
+        """The inverse of ``progress_info`` (counters missing from older checkpoints start at 0)."""
+        self.step = int(info["step"])
+        self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
+        self.nan_steps = int(info.get("nan_steps", 0))
+        self.nan_in_a_row = int(info.get("nan_in_a_row", 0))
+        self.overflow_steps = int(info.get("overflow_steps", 0))
 
     def after_step(self) -> None:
         """Called after each step's logging and validation (pre-training: hours-seen milestones)."""

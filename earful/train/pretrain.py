@@ -195,14 +195,7 @@ class Pretrainer(StepLoop):
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_info(self) -> dict[str, Any]:
-        return {
-            "step": self.step, "hours_real": self.hours_real, "hours_padded": self.hours_padded,
-            "epoch": self.loader.epoch, "nan_steps": self.nan_steps, "nan_in_a_row": self.nan_in_a_row,
-            "overflow_steps": self.overflow_steps,
-            "best_valid": self.best_valid,
-            "milestones_done": self.milestones_done, "world_size": self.d.world_size, "accumulation": self.accum,
-            "batch_seconds": self.cfg.batch_seconds, "lr": self.peak_lr,
-        }  # fmt: skip
+        return {**self.progress_info(), "best_valid": self.best_valid, "milestones_done": self.milestones_done}
 
     def save(self, name: str, *, make_latest: bool = True) -> None:
         state = training_state(self.optimizer, self.scaler, self.loader, self.d)  # every rank; rank 0 writes
@@ -224,11 +217,7 @@ class Pretrainer(StepLoop):
         if state is None:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
         restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
-        self.step = int(info["step"])
-        self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
-        self.nan_steps = int(info.get("nan_steps", 0))
-        self.nan_in_a_row = int(info.get("nan_in_a_row", 0))
-        self.overflow_steps = int(info.get("overflow_steps", 0))
+        self.restore_progress(info)
         self.best_valid = float(info.get("best_valid", math.inf))
         self.milestones_done = list(info.get("milestones_done", []))
         self.train_log.truncate_after(self.step)
