@@ -10,6 +10,10 @@ switch                      fairseq                nanow2v2 (the paper's code)
 ``quantizer_input``         "normed"               "raw" (CNN output before the LayerNorm)
 ``loss_normalisation``      "fairseq"              "nanow2v2" (auxiliary losses unnormalised)
 ``mask_style``              "fairseq"              "nanow2v2"
+``negatives_style``         "fairseq" (not self)   "nanow2v2" (self drawable, then −inf)
+``require_same_masks``      True                   False
+``dropout_after_pos_conv``  True                   False
+``init``                    "fairseq"              "nanow2v2"
 ==========================  =====================  ===========================================
 """
 
@@ -63,6 +67,9 @@ class ModelConfig:
 
     # --- masking ---
     mask_style: Literal["fairseq", "nanow2v2"] = "fairseq"
+    # fairseq: distractors never the frame itself, and one quantized like the target scores -inf;
+    # nanow2v2: any masked frame of the utterance, itself included, and only that draw scores -inf
+    negatives_style: Literal["fairseq", "nanow2v2"] = "fairseq"
     mask_prob: float = 0.65
     mask_length: int = 10
     min_masks: int = 2

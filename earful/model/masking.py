@@ -97,16 +97,19 @@ def compute_channel_mask(
     device: torch.device,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Channel (feature-dimension) mask of shape (batch, channels), fairseq's ``mask_channel_*``."""
+    """Channel (feature-dimension) mask of shape (batch, channels), fairseq's ``mask_channel_*``: as its
+    ``compute_mask_indices`` defaults, every row is thinned to the batch's smallest masked count."""
     lengths = torch.full((batch,), channels, device=device, dtype=torch.long)
-    return compute_mask(lengths, channels, mask_prob, mask_length, min_masks=0, generator=generator)
+    return compute_mask(lengths, channels, mask_prob, mask_length, min_masks=0, require_same_masks=True,
+                        generator=generator)
 
 
 def sample_negatives(
-    mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+    mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None, *, exclude_self: bool = True
 ) -> torch.Tensor:
     """Distractor frame indices, (batch, frames, K), drawn uniformly with replacement from the masked
-    frames of the same utterance and never the frame itself (fairseq's shift trick).
+    frames of the same utterance and never the frame itself (fairseq's shift trick), or, with
+    ``exclude_self=False`` (nanow2v2), from all of them, the frame itself included.
 
     Rows of unmasked frames are filled too but are never used. An utterance with a single masked
     frame has no valid distractor: its indices point at the frame itself, and the loss masks them out
@@ -119,10 +122,13 @@ def sample_negatives(
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
     # rank of each frame among the masked frames of its utterance
     rank = torch.cumsum(mask.long(), dim=1) - 1  # (batch, frames)
-    high = (count - 1).clamp(min=0).double()  # choices excluding self
     u = _rand((batch, frames, num_negatives), device, generator).double()
-    j = torch.floor(u * high[:, None, None]).long()  # in [0, count - 2]
-    j = j + (j >= rank[:, :, None]).long()  # skip self
+    if exclude_self:
+        high = (count - 1).clamp(min=0).double()  # choices excluding self
+        j = torch.floor(u * high[:, None, None]).long()  # in [0, count - 2]
+        j = j + (j >= rank[:, :, None]).long()  # skip self
+    else:
+        j = torch.floor(u * count.double()[:, None, None]).long()  # in [0, count - 1]
     j = torch.minimum(j, (count - 1).clamp(min=0)[:, None, None])
     neg = torch.gather(order, 1, j.view(batch, -1)).view(batch, frames, num_negatives)
     single = (count <= 1)[:, None, None]

@@ -199,7 +199,8 @@ class Wav2Vec2ForPreTraining(nn.Module):
             raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
         b, t, _ = out.hidden.shape
         if negatives is None:
-            negatives = sample_negatives(mask, cfg.num_negatives, generator)  # (batch, frames, K)
+            negatives = sample_negatives(mask, cfg.num_negatives, generator,
+                                         exclude_self=cfg.negatives_style == "fairseq")  # (batch, frames, K)
         valid = ~out.padding_mask  # (batch, frames)
 
         # --- targets: quantize the frames the losses need (masked; all real ones for nanow2v2) ---
@@ -226,8 +227,11 @@ class Wav2Vec2ForPreTraining(nn.Module):
         sim = torch.bmm(cn, qn.transpose(1, 2)) / cfg.logit_temperature  # (batch, frames, frames)
         pos = sim.diagonal(dim1=1, dim2=2)  # (batch, frames)
         neg = sim.gather(2, negatives)  # (batch, frames, K)
-        neg_codes = codes.gather(1, negatives.reshape(b, -1, 1).expand(-1, -1, codes.shape[-1]))
-        same = (neg_codes.view(b, t, -1, codes.shape[-1]) == codes[:, :, None, :]).all(-1)  # (b, t, K)
+        if cfg.negatives_style == "fairseq":  # a distractor quantized like the target is not a distractor
+            neg_codes = codes.gather(1, negatives.reshape(b, -1, 1).expand(-1, -1, codes.shape[-1]))
+            same = (neg_codes.view(b, t, -1, codes.shape[-1]) == codes[:, :, None, :]).all(-1)  # (b, t, K)
+        else:  # nanow2v2: only a draw of the frame itself
+            same = negatives == torch.arange(t, device=negatives.device)[None, :, None]  # (b, t, K)
         neg = neg.masked_fill(same, float("-inf"))
         logits = torch.cat([pos[..., None], neg], dim=-1).view(b * t, -1).index_select(0, mask_idx)  # (masked, 1+K)
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

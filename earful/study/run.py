@@ -105,7 +105,8 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
 # settings added after fingerprints were first written, with the value that does what the older code did:
 # a fingerprint without them was made by code that behaved so
-ADDED_LATER = {"model.init": "torch", "model.dropout_after_pos_conv": True, "data.padding": True}
+ADDED_LATER = {"model.init": "torch", "model.dropout_after_pos_conv": True, "model.negatives_style": "fairseq",
+               "data.padding": True}
 
 
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:

@@ -99,6 +99,40 @@ def test_negatives_from_masked_frames_never_self() -> None:
         assert drawn.unique().numel() == rows.numel()
 
 
+def test_nanow2v2_negatives_may_draw_the_frame_itself() -> None:
+    """The paper's code draws from every masked frame of the utterance with replacement, itself included
+    (about 1 in `masked` draws), and only such a draw is scored -inf."""
+    g = torch.Generator().manual_seed(6)
+    mask = torch.zeros(1, 40, dtype=torch.bool)
+    mask[0, 10:30] = True  # 20 masked frames
+    neg = sample_negatives(mask, 100, generator=g, exclude_self=False)
+    rows = mask[0].nonzero().squeeze(1)
+    drawn = neg[0, rows]  # (20, 100)
+    assert mask[0].gather(0, drawn.flatten()).all()
+    self_rate = (drawn == rows[:, None]).float().mean().item()
+    assert abs(self_rate - 1 / 20) < 0.015, self_rate
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["negatives_style=nanow2v2"])).eval()
+    wave = torch.randn(1, 16000)
+    m = torch.zeros(1, int(model.frame_lengths(torch.tensor([16000]))[0]), dtype=torch.bool)
+    m[0, 5:25] = True
+    out = model(wave, torch.tensor([16000]), mask=m, generator=torch.Generator().manual_seed(0))
+    negs = out.negatives[0, 5:25]
+    assert torch.equal(torch.isinf(out.logits[:, 1:]), negs == torch.arange(5, 25)[:, None])
+
+
+def test_channel_masks_have_the_same_count_in_every_row() -> None:
+    """fairseq's compute_mask_indices(require_same_masks=True), its default, masks channels too."""
+    from earful.model.masking import compute_channel_mask
+
+    g = torch.Generator().manual_seed(8)
+    for _ in range(20):
+        m = compute_channel_mask(6, 256, 0.3, 10, device=torch.device("cpu"), generator=g)
+        counts = m.sum(1)
+        assert (counts == counts[0]).all() and counts[0] > 0, counts
+
+
 def test_single_masked_frame_points_to_itself() -> None:
     mask = torch.zeros(1, 10, dtype=torch.bool)
     mask[0, 4] = True
