@@ -240,6 +240,7 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_factor: int | None = 4,
     crop_to_shortest: bool = False,
+    pack_seconds: float | None = None,
 ) -> AudioLoader:
     """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` (``crop_to_shortest``: see
     ``collate``)."""
@@ -248,7 +249,7 @@ def make_loader(
     sampler = SecondsBatchSampler(
         dataset.lengths(), max_seconds, sample_rate=sample_rate, crop_seconds=crop_seconds,
         min_seconds=min_seconds, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-        endless=endless, bucket_size=bucket_size, strict=strict,
+        endless=endless, bucket_size=bucket_size, strict=strict, pack_seconds=pack_seconds,
     )
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest)

@@ -26,6 +26,7 @@ consumer side and its ``state_dict()`` is the one to checkpoint.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -63,13 +64,19 @@ class SecondsBatchSampler:
         endless: bool = False,
         bucket_size: int = 1000,
         strict: bool = False,
+        pack_seconds: float | None = None,
     ) -> None:
+        """``max_seconds``: the most padded audio a batch may hold (an utterance longer than it, after
+        cropping, is not batchable); ``pack_seconds`` (default ``max_seconds``): the budget batches are
+        packed to, e.g. a training step's share when ``max_seconds`` does not divide the step's audio. An
+        utterance longer than ``pack_seconds`` but within ``max_seconds`` is a batch on its own."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         if max_seconds <= 0 or bucket_size < 1:
             raise ValueError("max_seconds must be > 0 and bucket_size >= 1")
         self.lengths = np.asarray(num_samples, dtype=np.int64).reshape(-1)
         self.max_samples = int(max_seconds * sample_rate)
+        self.pack_samples = min(int(pack_seconds * sample_rate), self.max_samples) if pack_seconds else self.max_samples
         self.sample_rate = sample_rate
         self.crop_samples = int(crop_seconds * sample_rate) if crop_seconds else None
         self.min_samples = int(np.ceil(min_seconds * sample_rate)) if min_seconds else 0
@@ -112,7 +119,7 @@ class SecondsBatchSampler:
             chunk = chunk[np.argsort(-self.effective[chunk], kind="stable")]
             i = 0
             while i < len(chunk):  # longest first: the first element fixes the batch's padded length
-                cap = max(1, self.max_samples // int(self.effective[chunk[i]]))
+                cap = max(1, self.pack_samples // int(self.effective[chunk[i]]))
                 batches.append(chunk[i : i + cap])
                 i += cap
         if self.shuffle:
@@ -183,7 +190,7 @@ class SecondsBatchSampler:
             "world_size": self.world_size,
             "num_utterances": len(self.lengths),
             "max_samples": self.max_samples,
-            "epoch_batches": len(self.epoch_batches(self.epoch)),
+            "pack_samples": self.pack_samples,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -195,14 +202,18 @@ class SecondsBatchSampler:
             if key in state and state[key] != mine:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        layout = {k: state[k] for k in ("world_size", "max_samples") if k in state}
-        if any(v != getattr(self, k) for k, v in layout.items()):
-            saved_len, new_len = state.get("epoch_batches"), len(self.epoch_batches(self.epoch))
+        saved = {"world_size": int(state.get("world_size", self.world_size)),
+                 "pack_samples": int(state.get("pack_samples", state.get("max_samples", self.pack_samples)))}
+        if saved != {"world_size": self.world_size, "pack_samples": self.pack_samples}:
+            then = copy.copy(self)  # the epoch as the saved run cut it (same utterances, its layout)
+            then.world_size, then.pack_samples = saved["world_size"], saved["pack_samples"]
+            then.rank, then._cache = 0, {}
+            saved_len, new_len = len(then.epoch_batches(self.epoch)), len(self.epoch_batches(self.epoch))
             old_position = self.position
-            self.position = round(old_position * new_len / saved_len) if saved_len else 0
-            log.warning("sampler resumed with another layout (saved %s; now world_size=%d, max_samples=%d): "
-                        "batch %d of %s of epoch %d becomes batch %d of %d; this epoch's order differs from "
-                        "an uninterrupted run's", layout, self.world_size, self.max_samples, old_position,
+            self.position = min(round(old_position * new_len / max(saved_len, 1)), new_len)
+            log.warning("sampler resumed with another layout (saved %s; now world_size=%d, pack_samples=%d): "
+                        "batch %d of %d of epoch %d becomes batch %d of %d; this epoch's order differs from "
+                        "an uninterrupted run's", saved, self.world_size, self.pack_samples, old_position,
                         saved_len, self.epoch, self.position, new_len)
         if self.position > len(self.epoch_batches(self.epoch)):
             raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

@@ -207,7 +207,7 @@ class LMBeamDecoder:
         # utterance that certainly emits "|" closes it (and costs nothing: log p = 0).
         emissions = torch.full((b, t + 1, v), -1e4)
         emissions[:, :t] = logp
-        emissions[torch.arange(b), torch.tensor(lengths)] = self._closing_frame
+        emissions[torch.arange(b), torch.tensor(lengths, dtype=torch.long)] = self._closing_frame
         lengths = [n + 1 if n > 0 else 0 for n in lengths]  # an empty utterance stays empty
         out: list[str] = []
         base, step = emissions.data_ptr(), emissions.stride(0) * emissions.element_size()

@@ -119,8 +119,6 @@ class Finetuner(StepLoop):
         self.overflow_steps = 0
         self.best_wer = math.inf
         self.last_wer = math.nan
-        self.stop_signal = 0
-        self.signal_received = 0
         self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
         self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
@@ -168,7 +166,8 @@ class Finetuner(StepLoop):
             log.warning("train: %d utterances have fewer frames than their transcript needs (zero loss), "
                         "e.g. %s", len(short), short[:5])
         self.loader: AudioLoader = make_loader(
-            utts, cfg.micro_seconds(d.world_size), min_seconds=cfg.data.min_seconds, shuffle=True, seed=cfg.seed,
+            utts, cfg.device_seconds, pack_seconds=cfg.micro_seconds(d.world_size), min_seconds=cfg.data.min_seconds,
+            shuffle=True, seed=cfg.seed,
             rank=d.rank, world_size=d.world_size, endless=True, bucket_size=cfg.data.bucket_size,
             skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
         )  # fmt: skip

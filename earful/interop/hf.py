@@ -286,7 +286,8 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
     cfg = config_from_hf(hf_cfg)
     pre = Path(hf_dir) / "preprocessor_config.json"
     if pre.exists():  # the waveform normalisation is the feature extractor's, not the model config's
-        cfg.normalize_waveform = bool(json.loads(pre.read_text(encoding="utf-8")).get("do_normalize", False))
+        # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
+        cfg.normalize_waveform = bool(json.loads(pre.read_text(encoding="utf-8")).get("do_normalize", True))
     else:
         log.warning("%s: no preprocessor_config.json; assuming the model takes unnormalised waveforms "
                     "(set normalize_waveform if it was trained on normalised ones)", hf_dir)

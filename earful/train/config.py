@@ -79,10 +79,11 @@ class SecondsBatching:
         return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
 
     def micro_seconds(self, world_size: int) -> float:
-        """The padded audio a training micro-batch may hold: ``batch_seconds`` shared evenly over the devices
-        and accumulation steps, at most ``device_seconds``. (Packing every micro-batch up to
+        """The padded audio training micro-batches are packed to: ``batch_seconds`` shared evenly over the
+        devices and accumulation steps, at most ``device_seconds``. (Packing every micro-batch up to
         ``device_seconds`` would overshoot the batch when it does not divide evenly: 6 s on 4 s devices
-        would take 8 s a step.)"""
+        would take 8 s a step.) An utterance longer than this, within ``device_seconds``, is still trained
+        on, in a micro-batch of its own."""
         return self.batch_seconds / (world_size * self.accumulation(world_size))
 
     def effective_lr(self) -> float:

@@ -149,8 +149,6 @@ class Pretrainer(StepLoop):
         self.overflow_steps = 0
         self.best_valid = math.inf
         self.milestones_done: list[float] = []
-        self.stop_signal = 0
-        self.signal_received = 0
         self._init_params: dict[str, torch.Tensor] = {}
         self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
@@ -178,7 +176,8 @@ class Pretrainer(StepLoop):
             raise ValueError("data.train: no training manifest given")
         utts = read_manifest(cfg.data.train, check_files=True)
         self.loader = make_loader(
-            utts, cfg.micro_seconds(d.world_size), crop_seconds=cfg.data.crop_seconds, min_seconds=cfg.data.min_seconds,
+            utts, cfg.device_seconds, pack_seconds=cfg.micro_seconds(d.world_size), crop_seconds=cfg.data.crop_seconds,
+            min_seconds=cfg.data.min_seconds,
             shuffle=True, seed=cfg.seed, rank=d.rank, world_size=d.world_size, endless=True,
             bucket_size=cfg.data.bucket_size, skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers,
             pin_memory=d.device.type == "cuda", crop_to_shortest=not cfg.data.padding,

@@ -176,7 +176,11 @@ def restore_training_state(
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     loaders = state.get("loaders") or []
-    loader.load_state_dict(loaders[d.rank] if len(loaders) == d.world_size else state["loader"])
+    if len(loaders) == d.world_size:
+        loader.load_state_dict(loaders[d.rank])
+    else:  # another number of ranks: rank 0's position, and the job's bad-file count kept once, on rank 0
+        total = sum(int(s.get("bad_files", 0)) for s in (loaders or [state["loader"]]))
+        loader.load_state_dict({**state["loader"], "bad_files": total if d.rank == 0 else 0})
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])

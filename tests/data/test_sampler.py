@@ -102,9 +102,33 @@ def test_resume_with_smaller_micro_batches_continues_at_the_same_fraction(caplog
     with caplog.at_level(logging.WARNING):
         smaller.load_state_dict(state)
     assert "another layout" in caplog.text
-    frac = 20 / state["epoch_batches"]
+    frac = 20 / len(s.epoch_batches(0))
     assert abs(smaller.position / len(smaller.epoch_batches(0)) - frac) < 0.01
     left = len(smaller.epoch_batches(0)) - smaller.position
     assert len(list(smaller)) == left  # the rest of the epoch, then it ends
     with pytest.raises(ValueError, match="num_utterances"):
         SecondsBatchSampler(lens[:-1], 25.0, seed=7).load_state_dict(state)
+
+
+def test_resume_from_a_state_without_pack_samples_maps_the_position():
+    """A checkpoint written before packing had its own budget (max_samples was both): resumed with a smaller
+    packing budget, the run continues at the same fraction of the epoch, also at its very end."""
+    lens = lengths(300)
+    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    n = len(s.epoch_batches(0))
+    for pos in (20, n - 1, n):
+        state = {**s.state_dict(), "position": pos}
+        del state["pack_samples"]
+        packed = SecondsBatchSampler(lens, 25.0, seed=7, pack_seconds=12.5)
+        packed.load_state_dict(state)
+        new_n = len(packed.epoch_batches(0))
+        assert new_n > n and abs(packed.position - round(pos * new_n / n)) <= 1 and packed.position <= new_n
+
+
+def test_pack_budget_does_not_leave_out_what_fits_the_device():
+    lens = [RATE * 10, RATE * 2, RATE * 2, RATE * 3]
+    s = SecondsBatchSampler(lens, 20.0, pack_seconds=5.0, shuffle=False)
+    assert s.skipped == 0
+    batches = [sorted(int(i) for i in b) for b in s]
+    assert [0] in batches  # 10 s is over the 5 s budget but within the 20 s device: a batch of its own
+    assert all(sum(lens[i] for i in b) <= 5 * RATE for b in batches if b != [0])

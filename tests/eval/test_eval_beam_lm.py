@@ -97,3 +97,4 @@ def test_a_confident_model_keeps_its_last_word(tiny_lm):
     for threshold in (25.0, 50.0):
         dec = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10, beam_threshold=threshold))
         assert dec.decode(x[None]) == ["the cat sat on the mat"], threshold
+    assert dec.decode(torch.zeros(0, 5, len(V))) == []  # an empty batch

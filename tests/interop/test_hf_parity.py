@@ -1,5 +1,6 @@
 """earful == transformers, tensor by tensor (fp32, eval mode), and lossless export/import."""
 
+import json
 import logging
 
 import pytest
@@ -138,6 +139,10 @@ def test_waveform_normalisation_survives_export_and_import(tmp_path) -> None:
     export_hf(ours, tmp_path)
     back, _ = import_hf(tmp_path)
     assert back.cfg.normalize_waveform
+    pre = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    del pre["do_normalize"]  # transformers' feature extractor then normalises (its default)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
+    assert import_hf(tmp_path)[0].cfg.normalize_waveform
     wave, lens, _ = make_batch((16000, 11000))
     with torch.no_grad():
         assert torch.equal(ours(wave * 3.0, lens)[0], back.eval()(wave * 3.0, lens)[0])
@@ -159,8 +164,6 @@ def test_import_of_a_model_saved_without_mask_embedding(tmp_path) -> None:
 
 def test_import_moves_a_transformers_blank_to_index_0(tmp_path) -> None:
     """transformers' CTC blank is config.pad_token_id, anywhere in vocab.json; earful's is index 0."""
-    import json
-
     from safetensors.torch import load_file, save_file
 
     symbols = ["<b>", "'", "a", "b", "|", "x"]

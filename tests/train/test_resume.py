@@ -70,3 +70,33 @@ def test_killed_and_resumed_equals_uninterrupted(sig, tmp_path, tiny_corpus, ref
     # the log covers every step once, with no duplicates
     steps = [json.loads(line)["step"] for line in (out / "train.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def test_bad_file_count_survives_a_change_of_world_size() -> None:
+    """Saved on 2 ranks (3 + 1 unreadable files), resumed on 1 or 4: the job's count is kept once."""
+    from earful.train.distributed import Dist
+    from earful.train.state import restore_training_state
+
+    class Loader:
+        def load_state_dict(self, state):
+            self.state = state
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p])
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loaders = [{"epoch": 0, "position": 5, "bad_files": 3, "rank": 0},
+               {"epoch": 0, "position": 6, "bad_files": 1, "rank": 1}]
+    state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "loader": loaders[0],
+             "loaders": loaders, "rng_cpu": torch.get_rng_state()}
+    totals = []
+    for world, ranks in ((1, [0]), (4, [0, 1, 2, 3]), (2, [0, 1])):
+        got = []
+        for rank in ranks:
+            ld = Loader()
+            d = Dist(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"))
+            restore_training_state(state, opt, scaler, ld, d)
+            got.append(ld.state)
+        totals.append(sum(s["bad_files"] for s in got))
+        if world == 2:
+            assert [s["position"] for s in got] == [5, 6]  # each rank its own place
+    assert totals == [4, 4, 4]
