@@ -45,9 +45,16 @@ def setup(device: str = "auto") -> Dist:
     return Dist(rank=rank, local_rank=local, world_size=world, device=dev)
 
 
-def teardown() -> None:
+def teardown(finished: bool = False) -> None:
+    """Leave the process group. After a finished run, together: a rank that closed its connections while
+    another was still in its last collective could make the other's communication thread abort the process
+    at exit. After an error, at once: the other ranks may never reach a barrier."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -405,7 +405,9 @@ class Pretrainer(StepLoop):
 
 def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     trainer = Pretrainer(cfg, out_dir, resume=resume)
+    summary = None
     try:
-        return trainer.fit()
+        summary = trainer.fit()
+        return summary
     finally:
-        D.teardown()
+        D.teardown(finished=summary is not None)
