@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +63,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """A UTF-8 text file of ``lines``, each ended by a newline (JSONL, transcripts, Markdown)."""
+    with atomic_open(path) as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

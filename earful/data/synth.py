@@ -39,7 +39,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from earful.atomic import atomic_open, atomic_write_bytes, atomic_write_json
+from earful.atomic import atomic_open, atomic_write_json, atomic_write_lines
 
 from .manifest import Utterance, write_manifest
 from .textpool import sentences
@@ -319,7 +319,7 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
         trans[(out / j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}.trans.txt"].append(
             f"{j.uid} {j.text}")
     for path, lines in trans.items():
-        atomic_write_bytes(path, ("\n".join(sorted(lines)) + "\n").encode("utf-8"))
+        atomic_write_lines(path, sorted(lines))
     summary: dict[str, Any] = {"seed": seed, "domain": domain, "requested_hours": hours, "augment": augment,
                                "labelled_fraction": labelled_fraction, "splits": {}}
     for split in SPLITS:

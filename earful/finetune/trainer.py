@@ -399,10 +399,4 @@ def _float(x: Any, default: float) -> float:
 
 def run_finetuning(cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Fine-tune as ``cfg`` says into run directory ``out_dir``; returns a summary."""
-    trainer = Finetuner(cfg, out_dir, resume=resume)
-    summary = None
-    try:
-        summary = trainer.fit()
-        return summary
-    finally:
-        D.teardown(finished=summary is not None)
+    return Finetuner(cfg, out_dir, resume=resume).fit_and_leave()

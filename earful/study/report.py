@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from earful.atomic import atomic_open, atomic_path, atomic_write_bytes
+from earful.atomic import atomic_open, atomic_path, atomic_write_lines
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def build_report(out_dir: str | Path) -> Path:
             ft, runs, study, main_split, "cer")
     text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
     path = rep / "report.md"
-    atomic_write_bytes(path, ("\n".join(text) + "\n").encode("utf-8"))
+    atomic_write_lines(path, text)
     log.info("report: %s", path)
     return path
 

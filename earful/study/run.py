@@ -38,7 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from earful.atomic import atomic_write_bytes, atomic_write_json
+from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
 from earful.study.config import PlannedRun, StudyConfig, plan_runs
 from earful.study.plan import plan_table
@@ -359,8 +359,7 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
     done = execute(tasks, study.jobs, out / "logs")
 
     # results in plan order, whichever order the runs finished in: pre-trained models, then the baselines
-    atomic_write_bytes(out / "runs.jsonl", "".join(json.dumps(done[f"pretrain:{r.name}"]) + "\n"
-                                                   for r in runs).encode("utf-8"))
+    atomic_write_lines(out / "runs.jsonl", (json.dumps(done[f"pretrain:{r.name}"]) for r in runs))
     results: list[dict[str, Any]] = []
     finetunings = sorted((f for r in runs for f in planned[r.name]), key=lambda f: f[4]["batch_seconds"] is None)
     for name, *_, base in finetunings:
@@ -368,7 +367,7 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | Non
             for decoder, r in res.items():
                 if "wer" in r:
                     results.append({**base, "split": split, "decoder": decoder, "wer": r["wer"], "cer": r["cer"]})
-    atomic_write_bytes(out / "results.jsonl", "".join(json.dumps(rec) + "\n" for rec in results).encode("utf-8"))
+    atomic_write_lines(out / "results.jsonl", (json.dumps(rec) for rec in results))
     report = build_report(out)
     log.info("study %s finished in %.1f min; report: %s", study.name, (time.time() - t0) / 60, report)
     return report

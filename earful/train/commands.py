@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from earful.atomic import atomic_write_bytes
+from earful.atomic import atomic_write_lines
 
 log = logging.getLogger("earful.train")
 
@@ -37,7 +37,7 @@ def _gradvar(args: argparse.Namespace) -> int:
     )  # fmt: skip
     text = json.dumps(result, indent=2)
     if args.out:
-        atomic_write_bytes(args.out, (text + "\n").encode("utf-8"))
+        atomic_write_lines(args.out, [text])
     log.info("gradient noise:\n%s", text)
     return 0
 

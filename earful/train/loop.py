@@ -123,6 +123,15 @@ class StepLoop:
         if signalled_ranks > 0 and not self.stop_signal:
             self.stop_signal = self.signal_received or -1
 
+    def fit_and_leave(self) -> dict[str, Any]:
+        """``fit()``, then leave the process group (together after a finished run, at once after an error)."""
+        summary = None
+        try:
+            summary = self.fit()
+            return summary
+        finally:
+            D.teardown(finished=summary is not None)
+
     def fit(self) -> dict[str, Any]:
         cfg, d = self.cfg, self.d
         if d.is_main:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from earful.atomic import atomic_write_bytes
+from earful.atomic import atomic_write_lines
 from earful.train.config import HealthConfig
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class JsonlLog:
         if not self.enabled or not self.path.exists():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_bytes(self.path, "".join(k + "\n" for k in keep).encode("utf-8"))
+        atomic_write_lines(self.path, keep)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -404,10 +404,4 @@ class Pretrainer(StepLoop):
 
 
 def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    trainer = Pretrainer(cfg, out_dir, resume=resume)
-    summary = None
-    try:
-        summary = trainer.fit()
-        return summary
-    finally:
-        D.teardown(finished=summary is not None)
+    return Pretrainer(cfg, out_dir, resume=resume).fit_and_leave()

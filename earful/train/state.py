@@ -156,11 +156,12 @@ def training_state(
     """What a trainer needs besides the weights to continue exactly: optimizer, loss scaler, data position
     of every rank (a rank whose batch had no readable audio has moved on further than the others), RNG
     (all ``weights_only``-loadable). A collective: every rank calls it."""
+    mine = loader.state_dict()
     state: dict[str, Any] = {
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "loader": loader.state_dict(),
-        "loaders": D.all_gather_object(loader.state_dict(), d),
+        "loader": mine,
+        "loaders": D.all_gather_object(mine, d),
         "rng_cpu": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
