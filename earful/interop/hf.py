@@ -96,6 +96,7 @@ def config_from_hf(hf: dict[str, Any], base: ModelConfig | None = None) -> Model
         raise ValueError(f"unsupported hidden_act {act!r}")
     if get("feat_extract_activation", "gelu") != act:
         raise ValueError("earful uses one activation for the CNN and the transformer; the HF config differs")
+    spec_augment = bool(get("apply_spec_augment", True))
     return replace(
         cfg,
         conv_dim=list(get("conv_dim", cfg.conv_dim)),
@@ -120,10 +121,11 @@ def config_from_hf(hf: dict[str, Any], base: ModelConfig | None = None) -> Model
         dropout_features=get("feat_quantizer_dropout", cfg.dropout_features),
         final_dropout=get("final_dropout", cfg.final_dropout),
         layerdrop=get("layerdrop", cfg.layerdrop),
-        mask_prob=get("mask_time_prob", cfg.mask_prob),
+        # apply_spec_augment false: transformers masks nothing, whatever the probabilities say
+        mask_prob=get("mask_time_prob", cfg.mask_prob) if spec_augment else 0.0,
         mask_length=get("mask_time_length", cfg.mask_length),
         min_masks=get("mask_time_min_masks", cfg.min_masks),
-        mask_channel_prob=get("mask_feature_prob", cfg.mask_channel_prob),
+        mask_channel_prob=get("mask_feature_prob", cfg.mask_channel_prob) if spec_augment else 0.0,
         mask_channel_length=get("mask_feature_length", cfg.mask_channel_length),
         num_codevector_groups=get("num_codevector_groups", cfg.num_codevector_groups),
         num_codevectors_per_group=get("num_codevectors_per_group", cfg.num_codevectors_per_group),

@@ -162,6 +162,25 @@ def test_import_of_a_model_saved_without_mask_embedding(tmp_path) -> None:
     assert b["wav2vec2.mask_emb"].shape == a["wav2vec2.mask_emb"].shape
 
 
+def test_import_without_spec_augment_masks_nothing(tmp_path) -> None:
+    """transformers' apply_spec_augment=false turns masking off whatever mask_time_prob says: the import does too."""
+    no_dropout = ["dropout=0", "attention_dropout=0", "activation_dropout=0", "dropout_input=0", "final_dropout=0"]
+    cfg = load_model_config("tiny", [*no_dropout, "mask_prob=0.5", "mask_channel_prob=0.3"])
+    ours = Wav2Vec2ForCTC(cfg, vocab_size=29)
+    randomise(ours)
+    wave, lens, _ = make_batch((16000, 11000))
+    for apply, masks in ((True, True), (False, False)):
+        export_hf(ours, tmp_path / str(apply))
+        hf_cfg = json.loads((tmp_path / str(apply) / "config.json").read_text())
+        (tmp_path / str(apply) / "config.json").write_text(json.dumps({**hf_cfg, "apply_spec_augment": apply}))
+        back, _ = import_hf(tmp_path / str(apply))
+        assert (back.cfg.mask_prob, back.cfg.mask_channel_prob) == ((0.5, 0.3) if apply else (0.0, 0.0))
+        with torch.no_grad():
+            evaluated = back.eval()(wave, lens)[0]
+            trained = back.train()(wave, lens, generator=torch.Generator().manual_seed(0))[0]
+        assert torch.equal(evaluated, trained) != masks  # without dropout, only masking tells train from eval
+
+
 def test_import_moves_a_transformers_blank_to_index_0(tmp_path) -> None:
     """transformers' CTC blank is config.pad_token_id, anywhere in vocab.json; earful's is index 0."""
     from safetensors.torch import load_file, save_file
