@@ -2,7 +2,8 @@
 # The GPU figures in one prepared run on a lent GPU machine (the workplace's `device` tool: 15 minutes of
 # device time a session, start-up included). Runs benchmarks/gpu.py (BASE, 87.5 s and 150 s per device, bf16,
 # the real Pretrainer + DataLoader path) and benchmarks/pretrain_throughput.py on the GPU (earful vs
-# transformers, BASE, bf16, one 90 s batch), leaving the logs and JSON under $OUT. About 5 minutes.
+# transformers, BASE, bf16, one 90 s batch, padded and not), and attention_kernels.py (SDPA with a key mask
+# against without), leaving the logs and JSON under $OUT. About 6 minutes.
 #
 # Prepare here, once, in the repository root. The GPU machine has python3 3.12 with torch, transformers,
 # numpy, safetensors, PyYAML, tqdm and matplotlib, but not soundfile or soxr, and it cannot reach the network:
@@ -23,7 +24,12 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
     nproc
 } 2>&1 | tee "$OUT/env.txt"
-timeout 300 python3 benchmarks/gpu.py 2>&1 | tee "$OUT/gpu.log"
-timeout 180 python3 benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 \
+timeout 240 python3 benchmarks/gpu.py 2>&1 | tee "$OUT/gpu.log"
+timeout 120 python3 benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 \
     --seconds 15.6 15.6 15.6 15.6 15.6 12.0 --reps 10 --warmup 3 --json "$OUT/vs_transformers.json" 2>&1 \
     | tee "$OUT/vs_transformers.log"
+timeout 60 python3 benchmarks/attention_kernels.py --device cuda --precision bf16 2>&1 | tee "$OUT/attention.log"
+# no padding: earful passes lengths=None (no key mask, FlashAttention), transformers an all-ones attention mask
+timeout 100 python3 benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 \
+    --seconds 15.6 15.6 15.6 15.6 15.6 15.6 --reps 10 --warmup 3 --json "$OUT/vs_transformers_unpadded.json" 2>&1 \
+    | tee "$OUT/vs_transformers_unpadded.log"

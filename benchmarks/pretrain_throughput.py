@@ -23,6 +23,12 @@ Steps alternate A/B, B/A, ... after warm-up; medians over ``--reps`` are reporte
 Peak memory is the RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh child
 process per implementation running ``--mem-steps`` steps; "step" is that peak minus the RSS just before the
 first step (weights, optimizer state after the first step, activations and allocator caches).
+
+The roofline line puts both in proportion to the hardware: the step's analytic FLOPs (``earful/model/flops.py``,
+the arithmetic both must do on this padded batch; transformers does more, its head scores every frame) over the
+fastest matrix product measured in the same run (the best of a few large products at this precision and thread
+count). A step cannot run faster than FLOPs / that rate, so transformers' time over it bounds the speed-up any
+implementation of the same arithmetic can reach on this machine.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from speechlike import speech_batch  # noqa: E402
 
 from earful.interop.hf import export_hf  # noqa: E402
 from earful.model import ModelConfig, Wav2Vec2ForPreTraining, load_model_config  # noqa: E402
+from earful.model.flops import train_flops_per_second  # noqa: E402
 from earful.train.pretrain import autocast  # noqa: E402
 
 LR, BETAS, EPS, WD = 1e-5, (0.9, 0.98), 1e-6, 0.01  # tiny lr: weights barely move across repetitions
@@ -60,6 +67,7 @@ class Setup:
     lengths: torch.Tensor  # (batch,) on the device
     device: torch.device
     precision: str  # "fp32" or "bf16" (autocast, as earful's trainer runs it)
+    unpadded: bool = False  # every utterance fills the batch: earful gets lengths=None, as its trainers pass it
 
     def autocast(self):
         return autocast(self.precision, self.device)
@@ -89,7 +97,8 @@ def load_setup(args: argparse.Namespace) -> Setup:
     cfg = load_model_config(args.preset, [*args.override, *fixed])
     wave, lengths = build_batch(args)
     device = torch.device(args.device)
-    return Setup(cfg, wave.to(device), lengths.to(device), device, args.precision)
+    unpadded = bool((lengths == wave.shape[1]).all())
+    return Setup(cfg, wave.to(device), lengths.to(device), device, args.precision, unpadded)
 
 
 def adamw(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
@@ -107,7 +116,7 @@ class Ours:
 
     def step(self) -> None:
         with self.s.autocast():
-            out = self.model(self.s.wave, self.s.lengths, generator=self.gen)
+            out = self.model(self.s.wave, None if self.s.unpadded else self.s.lengths, generator=self.gen)
         loss = out.objective(float(out.num_masked))
         loss.backward()
         self.opt.step()
@@ -180,6 +189,30 @@ def build(
         runners["transformers"] = Theirs(hf, s)
         runners["attention"] = getattr(hf.config, "_attn_implementation", "?")
     return runners
+
+
+def matmul_peak(device: torch.device, precision: str, reps: int = 5) -> float:
+    """FLOP/s of the fastest of a few large matrix products (square, and the transformer's FFN shapes) on
+    ``device`` at ``precision``: the roof a step's matrix products can reach here."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n, m = (2048, 4096) if device.type == "cpu" else (8192, 32768)
+    shapes = [(n, n, n), (m, 768, 3072), (m, 3072, 768)]
+    if device.type == "cpu" and precision == "bf16":  # ~1 GFLOP/s without bf16 hardware: a check of the path
+        shapes = [(256, 256, 256)]
+    best = 0.0
+    for rows, inner, cols in shapes:
+        a = torch.randn(rows, inner, device=device, dtype=dtype)
+        b = torch.randn(inner, cols, device=device, dtype=dtype)
+        for i in range(reps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:  # the first is a warm-up
+                best = max(best, 2.0 * rows * inner * cols / (time.perf_counter() - t0))
+    return best
 
 
 def rss_kib() -> int:
@@ -290,8 +323,20 @@ def main() -> None:
     print(f"speed-up earful / transformers: {ratio:.2f}x (ratio of medians), {pair_ratio:.2f}x (median of "
           f"paired ratios); transformers' collator masks+negatives "
           f"{1000 * statistics.median(theirs.collate_seconds):.1f} ms/batch, not timed in its step")
+    padded_seconds = s.wave.numel() / 16000
+    step_flops = padded_seconds * train_flops_per_second(s.cfg, s.wave.shape[1] / 16000, frac["earful"])
+    roof = matmul_peak(s.device, s.precision)
+    floor_s = step_flops / roof
+    print(f"roofline: {step_flops / 1e9:.1f} GFLOP a step (analytic, the padded batch); fastest matrix product here "
+          f"{roof / 1e9:.1f} GFLOP/s; earful {step_flops / med['earful'] / 1e9:.1f} GFLOP/s "
+          f"({100 * floor_s / med['earful']:.0f} % of it), transformers {step_flops / med['transformers'] / 1e9:.1f} "
+          f"({100 * floor_s / med['transformers']:.0f} %); a step at that rate takes {floor_s:.3f} s, so no "
+          f"implementation of this arithmetic can beat transformers here by more than "
+          f"{med['transformers'] / floor_s:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({
+            "step_gflop": step_flops / 1e9, "matmul_peak_gflops": roof / 1e9,
+            "ceiling": med["transformers"] / floor_s,
             "preset": args.preset, "override": args.override, "device": str(s.device), "precision": s.precision,
             "audio_seconds": audio, "times": times,
             "median": med, "ratio": ratio, "pair_ratio": pair_ratio, "memory": mem, "mask_fraction": frac,

@@ -53,6 +53,14 @@ class Batch:
                      self.lengths.to(device, non_blocking=non_blocking), self.ids, self.transcripts,
                      self.real_seconds, self.padded_seconds, self.bad)
 
+    def model_inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The waveform and lengths on ``device`` for a model's forward, copied without waiting (from pinned
+        memory on a GPU). Lengths are None when every utterance fills the batch, which is decided here, on the
+        host: the model then runs attention without a key mask, and SDPA may pick FlashAttention on a GPU."""
+        full = bool((self.lengths == self.wave.shape[1]).all())
+        wave = self.wave.to(device, non_blocking=True)
+        return wave, None if full else self.lengths.to(device, non_blocking=True)
+
     def pin_memory(self) -> Batch:
         return Batch(self.wave.pin_memory(), self.lengths.pin_memory(), self.ids, self.transcripts,
                      self.real_seconds, self.padded_seconds, self.bad)

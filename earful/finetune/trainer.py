@@ -214,7 +214,7 @@ class Finetuner(StepLoop):
     def transformer_frozen(self, step: int | None = None) -> bool:
         return (self.step if step is None else step) < self.cfg.freeze_transformer_steps
 
-    def _forward(self, wave: torch.Tensor, lengths: torch.Tensor, gen: torch.Generator, frozen: bool):
+    def _forward(self, wave: torch.Tensor, lengths: torch.Tensor | None, gen: torch.Generator, frozen: bool):
         if frozen and self.no_grad_while_frozen:
             # Wav2Vec2ForCTC.forward, with the backbone outside autograd: identical draws and outputs
             m = self.model
@@ -238,7 +238,7 @@ class Finetuner(StepLoop):
             t0 = time.perf_counter()
             batch: Batch = next(batches)
             data_wait += time.perf_counter() - t0
-            wave, lengths = batch.wave.to(d.device, non_blocking=True), batch.lengths.to(d.device)
+            wave, lengths = batch.model_inputs(d.device)
             targets, target_lengths = T.batch_targets(batch.ids, self.targets)
             j = micro * d.world_size + d.rank  # global micro-batch index, as in pre-training
             torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout, LayerDrop
@@ -254,29 +254,30 @@ class Finetuner(StepLoop):
                 raise RuntimeError(oom_message(cfg, d.device)) from e  # type: ignore[arg-type]
             with torch.no_grad():
                 stats[0] += loss.detach().double()
-                stats[1] += lengths.numel()
-                stats[2] += target_lengths.sum()
-                stats[3] += lengths.sum()
-                stats[4] += lengths.max() * lengths.numel()
+                stats[1] += len(batch)  # counts from the host's copy of the batch
+                stats[2] += int(target_lengths.sum())
+                stats[3] += int(batch.lengths.sum())
+                stats[4] += int(batch.lengths.max()) * len(batch)
                 stats[5] += 1
         stats[6] = float(self.signal_received > 0)
         D.all_reduce_sum(stats, d)
-        utts, tokens = float(stats[1]), float(stats[2])
+        tot = stats.tolist()  # one device-to-host copy for the whole step
+        utts, tokens = tot[1], tot[2]
         denom = max(utts if cfg.loss_normalisation == "sentence" else tokens, 1.0)
         if frozen:  # the optimizer skips parameters without a gradient
             for p in self.phase_params:
                 p.grad = None
-        grad_norm, outcome = apply_update(self, self.trainable, float(stats[0]), denom)
+        grad_norm, outcome = apply_update(self, self.trainable, tot[0], denom)
         finite = outcome == "ok"
         self.step += 1
-        self.hours_real += float(stats[3]) / SR / 3600
-        self.hours_padded += float(stats[4]) / SR / 3600
-        self.agree_stop(float(stats[6]))
+        self.hours_real += tot[3] / SR / 3600
+        self.hours_padded += tot[4] / SR / 3600
+        self.agree_stop(tot[6])
         rec = {
-            "loss_sum": float(stats[0]), "utterances": utts, "tokens": tokens, "denom": denom, "lr": lr,
+            "loss_sum": tot[0], "utterances": utts, "tokens": tokens, "denom": denom, "lr": lr,
             "grad_norm": grad_norm, "finite": float(finite), "overflow": float(outcome == "overflow"),
             "transformer_frozen": float(frozen),
-            "real_seconds": float(stats[3]) / SR, "padded_seconds": float(stats[4]) / SR, "data_wait": data_wait,
+            "real_seconds": tot[3] / SR, "padded_seconds": tot[4] / SR, "data_wait": data_wait,
             "loss_scale": float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0,
         }  # fmt: skip
         if self.nan_in_a_row >= cfg.max_nan_steps:

@@ -299,4 +299,4 @@ class GumbelQuantizer(nn.Module):
         # select one codeword per group: (n, G, V) × (G, V, d) → (n, G, d)
         book = self.codevectors.view(self.groups, self.num_vars, -1)
         q = torch.einsum("ngv,gvd->ngd", onehot.view(n, self.groups, self.num_vars), book)
-        return q.reshape(n, -1), codes, soft
+        return q.flatten(1), codes, soft

@@ -63,17 +63,22 @@ class Wav2Vec2Model(nn.Module):
     def forward(
         self,
         wave: torch.Tensor,
-        lengths: torch.Tensor,
+        lengths: torch.Tensor | None,
         *,
         mask: torch.Tensor | bool | None = None,
         output_hidden_states: bool = False,
         generator: torch.Generator | None = None,
     ) -> BackboneOutput:
-        """wave: (batch, samples) zero-padded; lengths: (batch,) samples.
+        """wave: (batch, samples) zero-padded; lengths: (batch,) samples, or None when every utterance fills
+        the batch (as transformers' attention_mask=None): attention then runs without a key mask, which lets
+        SDPA use FlashAttention on a GPU (on a CPU the results are the same either way).
 
         ``mask``: a (batch, frames) bool tensor to use, ``True`` to draw one from the config's
         ``mask_prob`` (also channel masking when ``mask_channel_prob`` > 0), or None for no masking.
         """
+        unpadded = lengths is None
+        if lengths is None:
+            lengths = torch.full((wave.shape[0],), wave.shape[1], device=wave.device)
         feats, padding_mask = self.extract_features(wave, lengths)
         flen = (~padding_mask).sum(1)
         x, normed = self.feature_projection(feats)  # (batch, frames, hidden), (batch, frames, conv_dim)
@@ -98,7 +103,7 @@ class Wav2Vec2Model(nn.Module):
             )  # (batch, hidden)
             x = x.masked_fill(cmask[:, None, :], 0.0)
         hidden, states = self.encoder(
-            x, padding_mask, output_hidden_states=output_hidden_states, generator=generator
+            x, None if unpadded else padding_mask, output_hidden_states=output_hidden_states, generator=generator
         )
         return BackboneOutput(hidden, feats, normed, padding_mask, flen, mask, states)
 
@@ -182,21 +187,24 @@ class Wav2Vec2ForPreTraining(nn.Module):
     def forward(
         self,
         wave: torch.Tensor,
-        lengths: torch.Tensor,
+        lengths: torch.Tensor | None,
         *,
         mask: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> PretrainOutput:
-        """wave (batch, samples), lengths (batch,); optional mask (batch, frames) bool and negatives
-        (batch, frames, K) frame indices within the utterance (drawn here if not given)."""
+        """wave (batch, samples), lengths (batch,) or None (no padding); optional mask (batch, frames) bool
+        and negatives (batch, frames, K) frame indices within the utterance (drawn here if not given)."""
         cfg = self.cfg
         out = self.wav2vec2(wave, lengths, mask=True if mask is None else mask, generator=generator)
         mask = out.mask
-        # the data-dependent check would stall an accelerator's queue once per micro-batch: there the
-        # trainer's max(masked, 1) copes with an empty mask, and only a config that can never mask fails
-        if mask is None or (not mask.is_cuda and not bool(mask.any())):
+        if mask is None:
             raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
+        # flat indices of the masked frames, in boolean-indexing order: one nonzero (one host sync) serves
+        # every gather and scatter below instead of one per boolean index, and tells an empty mask
+        mask_idx = mask.reshape(-1).nonzero().squeeze(1)  # (masked,)
+        if mask_idx.numel() == 0:
+            raise ValueError("pre-training needs masked frames and this micro-batch has none; raise min_masks")
         b, t, _ = out.hidden.shape
         if negatives is None:
             negatives = sample_negatives(mask, cfg.num_negatives, generator,
@@ -206,9 +214,6 @@ class Wav2Vec2ForPreTraining(nn.Module):
         # --- targets: quantize the frames the losses need (masked; all real ones for nanow2v2) ---
         qin = out.features if cfg.quantizer_input == "raw" else out.normed_features
         qin = self.dropout_features(qin)
-        # flat indices of the masked (and selected) frames, in boolean-indexing order: one nonzero (one
-        # host sync) serves every gather and scatter below instead of one per boolean index
-        mask_idx = mask.reshape(-1).nonzero().squeeze(1)  # (masked,)
         if cfg.loss_normalisation == "nanow2v2":
             sel_idx = (mask | valid).reshape(-1).nonzero().squeeze(1)  # (n,)
         else:
@@ -224,7 +229,8 @@ class Wav2Vec2ForPreTraining(nn.Module):
         c = self.final_proj(out.hidden)  # (batch, frames, final_dim)
         cn = F.normalize(c.float(), dim=-1, eps=1e-8)
         qn = F.normalize(q.float(), dim=-1, eps=1e-8)
-        sim = torch.bmm(cn, qn.transpose(1, 2)) / cfg.logit_temperature  # (batch, frames, frames)
+        with torch.autocast(cn.device.type, enabled=False):  # fp32 scores: bf16 would tie the positive at ~0.06
+            sim = torch.bmm(cn, qn.transpose(1, 2)) / cfg.logit_temperature  # (batch, frames, frames)
         pos = sim.diagonal(dim1=1, dim2=2)  # (batch, frames)
         neg = sim.gather(2, negatives)  # (batch, frames, K)
         if cfg.negatives_style == "fairseq":  # a distractor quantized like the target is not a distractor
@@ -282,7 +288,7 @@ class Wav2Vec2ForCTC(nn.Module):
         return self.wav2vec2.frame_lengths(lengths)
 
     def forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor, *, generator: torch.Generator | None = None
+        self, wave: torch.Tensor, lengths: torch.Tensor | None, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns logits (batch, frames, vocab) and frame lengths (batch,). Time and channel masking
         (``mask_prob``, ``mask_channel_prob``) apply in training only."""

@@ -241,7 +241,7 @@ class Pretrainer(StepLoop):
             t0 = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - t0
-            wave, lengths = batch.wave.to(d.device, non_blocking=True), batch.lengths.to(d.device)
+            wave, lengths = batch.model_inputs(d.device)
             # randomness keyed by the global micro-batch index j, which also fixes the data it sees
             # (rank r's k-th batch is global batch k·W + r), so W ranks × A micro-batches draw exactly
             # what 1 rank × W·A micro-batches draw
@@ -263,38 +263,39 @@ class Pretrainer(StepLoop):
                 stats[2] += out.diversity.detach().double()
                 stats[3] += out.penalty.detach().double()
                 stats[4] += out.num_correct
-                stats[5] += lengths.sum()
-                stats[6] += lengths.max() * lengths.numel()
-                stats[7] += lengths.numel()
+                stats[5] += int(batch.lengths.sum())  # on the host
+                stats[6] += int(batch.lengths.max()) * len(batch)
+                stats[7] += len(batch)
                 stats[8] += 1
                 stats[10 : 10 + G] += out.perplexity_soft.double()
                 stats[10 + G :] += out.perplexity_hard.double()
         stats[9] = float(self.signal_received > 0)
         D.all_reduce_sum(stats, d)
-        masked = float(stats[0])
-        denom = float(stats[8]) if cfg.model.loss_normalisation == "nanow2v2" else max(masked, 1.0)
+        tot = stats.tolist()  # one device-to-host copy for the whole step
+        masked = tot[0]
+        denom = tot[8] if cfg.model.loss_normalisation == "nanow2v2" else max(masked, 1.0)
         # any loss term non-finite counts
-        grad_norm, outcome = apply_update(self, list(model.parameters()), float(stats[1:4].sum()), denom)
+        grad_norm, outcome = apply_update(self, list(model.parameters()), sum(tot[1:4]), denom)
         finite = outcome == "ok"
         self.step += 1
         sr = 16000.0
-        self.hours_real += float(stats[5]) / sr / 3600
-        self.hours_padded += float(stats[6]) / sr / 3600
-        self.agree_stop(float(stats[9]))
+        self.hours_real += tot[5] / sr / 3600
+        self.hours_padded += tot[6] / sr / 3600
+        self.agree_stop(tot[9])
         n = max(masked, 1.0)
         rec = {
-            "masked": masked, "contrastive": float(stats[1]) / n, "diversity": float(stats[2]) / n,
-            "penalty": float(stats[3]) / n, "accuracy": float(stats[4]) / n, "real_seconds": float(stats[5]) / sr,
-            "padded_seconds": float(stats[6]) / sr, "utterances": float(stats[7]), "lr": lr,
+            "masked": masked, "contrastive": tot[1] / n, "diversity": tot[2] / n,
+            "penalty": tot[3] / n, "accuracy": tot[4] / n, "real_seconds": tot[5] / sr,
+            "padded_seconds": tot[6] / sr, "utterances": tot[7], "lr": lr,
             "temperature": model.quantizer.temperature, "grad_norm": grad_norm, "finite": float(finite),
             "overflow": float(outcome == "overflow"),
             "loss_scale": float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0,
             "data_wait": data_wait,
         }  # fmt: skip
-        micro = float(stats[8])
+        micro = tot[8]
         for g in range(G):
-            rec[f"ppl_soft_g{g}"] = float(stats[10 + g]) / micro
-            rec[f"ppl_hard_g{g}"] = float(stats[10 + G + g]) / micro
+            rec[f"ppl_soft_g{g}"] = tot[10 + g] / micro
+            rec[f"ppl_hard_g{g}"] = tot[10 + G + g] / micro
         if self.nan_in_a_row >= cfg.max_nan_steps:
             self.save(f"step-{self.step:07d}")
             raise TrainingStopped(

@@ -164,8 +164,8 @@ def training_state(
         "loaders": D.all_gather_object(mine, d),
         "rng_cpu": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    if d.device.type == "cuda":  # this device's generator only: a resume may see fewer GPUs
+        state["rng_cuda"] = torch.cuda.get_rng_state(d.device)
     return state
 
 
@@ -183,8 +183,12 @@ def restore_training_state(
         total = sum(int(s.get("bad_files", 0)) for s in (loaders or [state["loader"]]))
         loader.load_state_dict({**state["loader"], "bad_files": total if d.rank == 0 else 0})
     torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    saved = state.get("rng_cuda")
+    if saved is not None and d.device.type == "cuda":
+        if isinstance(saved, list | tuple):  # older checkpoints: one state per GPU rank 0 could see
+            saved = saved[min(d.device.index or 0, len(saved) - 1)] if saved else None
+        if saved is not None:
+            torch.cuda.set_rng_state(saved, d.device)
 
 
 def warn_if_layout_changed(info: dict[str, Any], world_size: int, accumulation: int) -> None:

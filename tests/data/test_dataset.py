@@ -87,3 +87,14 @@ def test_fairseq_recipe_crops_while_the_papers_and_the_demo_pad():
     assert not load_pretrain_config(None).data.padding  # fairseq BASE: enable_padding false
     assert load_pretrain_config("earful/configs/pretrain-paper.yaml").data.padding  # nanow2v2 pads
     assert load_pretrain_config("earful/configs/pretrain-demo.yaml").data.padding  # as the demo was measured
+
+
+def test_model_inputs_drop_the_lengths_of_an_unpadded_batch() -> None:
+    """Decided on the host: no padding, no lengths (the model then runs attention without a key mask)."""
+    wave = torch.zeros(2, 100)
+    full = Batch(wave, torch.tensor([100, 100]), ["a", "b"], [None, None], 0.0, 0.0)
+    padded = Batch(wave, torch.tensor([100, 60]), ["a", "b"], [None, None], 0.0, 0.0)
+    w, lengths = full.model_inputs(torch.device("cpu"))
+    assert lengths is None and torch.equal(w, wave)
+    w, lengths = padded.model_inputs(torch.device("cpu"))
+    assert lengths is not None and lengths.tolist() == [100, 60]

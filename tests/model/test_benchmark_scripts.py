@@ -2,9 +2,15 @@
 `cnn_kernels.py` still computes what the model computes, and the transformers comparison runs under bf16
 autocast. (No timing is asserted: numbers live in the benchmarks.)"""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from earful.model import load_model_config
+from earful.model.flops import train_flops_per_second
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,10 +34,27 @@ def test_cnn_kernel_benchmark_matches_the_model_and_runs() -> None:
     assert "super-row GEMM / nn.Conv1d time" in r.stdout
 
 
-def test_transformers_comparison_runs_with_autocast() -> None:
+def test_transformers_comparison_runs_with_autocast(tmp_path: Path) -> None:
     """The bf16 path that benchmarks/gpu_device.sh takes on a GPU, here on the CPU with the tiny preset."""
+    out = tmp_path / "result.json"
     cmd = ["benchmarks/pretrain_throughput.py", "--preset", "tiny", "--seconds", "1.5", "1", "--reps", "1",
-           "--warmup", "0", "--threads", "1", "--precision", "bf16", "--no-memory"]
+           "--warmup", "0", "--threads", "1", "--precision", "bf16", "--no-memory", "--json", str(out)]
     r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cpu bf16" in r.stdout and "speed-up earful / transformers" in r.stdout
+    res = json.loads(out.read_text())
+    # the roofline: the step's analytic FLOPs (tiny on 2 x 1.5 s padded) at the fastest measured product
+    cfg = load_model_config("tiny")
+    expected = 3.0 * train_flops_per_second(cfg, 1.5, res["mask_fraction"]["earful"]) / 1e9
+    assert res["step_gflop"] == pytest.approx(expected)
+    floor_s = res["step_gflop"] / res["matmul_peak_gflops"]
+    assert res["ceiling"] == pytest.approx(res["median"]["transformers"] / floor_s)
+    assert f"beat transformers here by more than {res['ceiling']:.2f}x" in r.stdout
+
+
+def test_attention_kernel_benchmark_runs_and_agrees() -> None:
+    cmd = ["benchmarks/attention_kernels.py", "--batch", "2", "--frames", "40", "--heads", "2", "--head-dim", "8",
+           "--reps", "1", "--layers", "1"]
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "key mask" in r.stdout and "differ by 0.0e+00 at most" in r.stdout  # CPU: the same kernel either way

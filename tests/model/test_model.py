@@ -205,3 +205,55 @@ def test_large_preset_is_fairseqs_large_librivox() -> None:
     assert (c.temperature_start, c.temperature_end, c.temperature_decay) == (2.0, 0.1, 0.999995)
     assert c.dropout_input == c.dropout_features == c.attention_dropout == c.dropout == c.layerdrop == 0.0
     assert c.feature_grad_mult == 1.0 and c.diversity_weight == 0.1 and c.feature_penalty_weight == 0.0
+
+
+def test_lengths_none_means_no_padding_and_no_attention_mask(monkeypatch) -> None:
+    """lengths=None (every utterance fills the batch) gives what full lengths give, bit for bit on a CPU, and
+    attention gets no key mask (so SDPA may pick FlashAttention on a GPU)."""
+    import torch.nn.functional as F
+
+    masks: list[object] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    cfg = load_model_config("tiny")
+    wave = torch.randn(3, 12000, generator=torch.Generator().manual_seed(0))
+    full = torch.full((3,), 12000)
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(cfg).train()
+    outs = []
+    for lengths in (full, None):
+        masks.clear()
+        torch.manual_seed(1)  # dropout
+        out = model(wave, lengths, generator=torch.Generator().manual_seed(2))
+        grads = torch.autograd.grad(out.objective(float(out.num_masked)), list(model.parameters()))
+        outs.append((out, grads, list(masks)))
+    (a, ga, ma), (b, gb, mb) = outs
+    assert all(m is not None for m in ma) and all(m is None for m in mb) and len(mb) == cfg.num_layers
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.mask, b.mask)
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
+    ctc = Wav2Vec2ForCTC(cfg, vocab_size=8).eval()
+    with torch.no_grad():
+        (la, fa), (lb, fb) = ctc(wave, full), ctc(wave, None)
+    assert torch.equal(la, lb) and torch.equal(fa, fb)
+
+
+def test_contrastive_scores_stay_fp32_under_bf16_autocast() -> None:
+    """bf16 scores near 1/temperature are 0.06 apart: the positive would tie its distractors."""
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny")).train()
+    wave, lens = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(wave, lens, generator=torch.Generator().manual_seed(0))
+    assert out.logits.dtype == torch.float32 and out.contrastive.dtype == torch.float32
+
+
+def test_a_micro_batch_without_masked_frames_is_refused_clearly() -> None:
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny")).train()
+    wave, lens = batch()
+    frames = int(model.frame_lengths(lens).max())
+    with pytest.raises(ValueError, match="this micro-batch has none"):
+        model(wave, lens, mask=torch.zeros(3, frames, dtype=torch.bool))

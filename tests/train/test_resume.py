@@ -72,18 +72,23 @@ def test_killed_and_resumed_equals_uninterrupted(sig, tmp_path, tiny_corpus, ref
     assert steps == sorted(set(steps)) and steps[-1] == 12
 
 
+class Loader:
+    """What restore_training_state needs of a loader."""
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
+def _optimizer_and_scaler() -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]), torch.amp.GradScaler("cpu", enabled=False)
+
+
 def test_bad_file_count_survives_a_change_of_world_size() -> None:
     """Saved on 2 ranks (3 + 1 unreadable files), resumed on 1 or 4: the job's count is kept once."""
     from earful.train.distributed import Dist
     from earful.train.state import restore_training_state
 
-    class Loader:
-        def load_state_dict(self, state):
-            self.state = state
-
-    p = torch.nn.Parameter(torch.zeros(2))
-    opt = torch.optim.AdamW([p])
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt, scaler = _optimizer_and_scaler()
     loaders = [{"epoch": 0, "position": 5, "bad_files": 3, "rank": 0},
                {"epoch": 0, "position": 6, "bad_files": 1, "rank": 1}]
     state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "loader": loaders[0],
@@ -100,3 +105,25 @@ def test_bad_file_count_survives_a_change_of_world_size() -> None:
         if world == 2:
             assert [s["position"] for s in got] == [5, 6]  # each rank its own place
     assert totals == [4, 4, 4]
+
+
+def test_cuda_generator_state_restores_on_fewer_gpus(monkeypatch) -> None:
+    """A checkpoint from a job that saw 8 GPUs resumes on a machine with one: each rank restores its own
+    device's generator (older checkpoints hold a list of every visible GPU's; the rank's entry is taken)."""
+    from earful.train.distributed import Dist
+    from earful.train.state import restore_training_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": calls.append((int(s[0]), device)))
+
+    opt, scaler = _optimizer_and_scaler()
+    base = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "loader": {"epoch": 0, "position": 0},
+            "rng_cpu": torch.get_rng_state()}
+    eight = [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]
+    d = Dist(device=torch.device("cuda", 0))
+    restore_training_state({**base, "rng_cuda": eight}, opt, scaler, Loader(), d)  # old: one per GPU
+    restore_training_state({**base, "rng_cuda": eight[5]}, opt, scaler, Loader(), d)  # new: this device's
+    restore_training_state({**base, "rng_cuda": eight[5]}, opt, scaler, Loader(), Dist())  # on a CPU: nothing
+    assert calls == [(0, torch.device("cuda", 0)), (5, torch.device("cuda", 0))]
