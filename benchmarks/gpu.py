@@ -23,6 +23,7 @@ NVIDIA's optimised fork ≤ 1.6 k audio-s/s per A100 (≤ 16 % MFU); the ratios 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -31,6 +32,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -85,6 +87,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     batches = iter(trainer.loader)
     walls: list[float] = []
     waits: list[float] = []
+    audio: list[float] = []
     real = padded = utts = 0.0
     for i in range(args.warmup + args.steps):
         if i == args.warmup and cuda:
@@ -95,6 +98,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         if i >= args.warmup:
             walls.append(dt)
             waits.append(rec["data_wait"])
+            audio.append(rec["real_seconds"])
             real += rec["real_seconds"]
             padded += rec["padded_seconds"]
             utts += rec["utterances"]
@@ -108,11 +112,32 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         "achieved_tflops": padded / wall * flops / 1e12,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
+        "mean_step_s": wall / len(walls), "step_s": walls, "step_audio_s": audio, "step_data_wait_s": waits,
     }  # fmt: skip
+    if args.profile:
+        profile_steps(trainer, batches, cuda)
     del trainer, batches
     if cuda:
         torch.cuda.empty_cache()
     return res
+
+
+def profile_steps(trainer: Pretrainer, batches: Any, cuda: bool, steps: int = 3) -> None:
+    """Where a step's time goes: host (Python, dispatch, launches) against device kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            trainer.train_step(batches)
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=15), flush=True)
+    host = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+    device = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / steps / 1e3
+    launches = sum(e.count for e in events if "cudaLaunchKernel" in e.key) / steps
+    print(f"per step: host ops {host:.1f} ms, device kernels {device:.1f} ms, {launches:.0f} kernel launches",
+          flush=True)
 
 
 def main() -> None:
@@ -130,6 +155,8 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: data sheet by device name)")
     p.add_argument("--override", nargs="*", default=[], help="more key=value pre-training overrides")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="also profile 3 steps per setting (host vs device)")
+    p.add_argument("--json", type=Path, help="also write the results, with every step's time and audio, here")
     args = p.parse_args()
     if args.smoke:
         args.preset, args.device, args.precision = "tiny", "cpu", "fp32"
@@ -156,11 +183,15 @@ def main() -> None:
             r = run_setting(args, manifest, Path(tmp) / f"run-{s:g}", s)
             results.append(r)
             print(f"  {s:g} s/device: {r['steps']} steps in {time.perf_counter() - t0:.0f} s so far", flush=True)
-    print(f"{'s/device':>8} {'step s':>7} {'audio-s/s':>9} {'(padded)':>9} {'data wait':>9} {'GFLOP/a-s':>9} "
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    print(f"{'s/device':>8} {'step s':>7} {'mean':>7} {'audio/step':>10} {'audio-s/s':>9} {'(padded)':>9} "
+          f"{'data wait':>9} {'GFLOP/a-s':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'reserved':>8}")
     for r in results:
         mfu = r["achieved_tflops"] * 1e12 / peak if peak else float("nan")
-        print(f"{r['device_seconds']:8g} {r['median_step_s']:7.3f} {r['audio_s_per_s']:9.1f} "
+        print(f"{r['device_seconds']:8g} {r['median_step_s']:7.3f} {r['mean_step_s']:7.3f} "
+              f"{statistics.mean(r['step_audio_s']):10.1f} {r['audio_s_per_s']:9.1f} "
               f"{r['padded_s_per_s']:9.1f} {100 * r['data_wait_fraction']:8.1f}% {r['gflop_per_audio_s']:9.1f} "
               f"{r['achieved_tflops']:8.2f} {100 * mfu:5.1f}% {r['peak_mem_gib']:8.1f} {r['peak_reserved_gib']:8.1f}")
     best = max(r["audio_s_per_s"] for r in results)
