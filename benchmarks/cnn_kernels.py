@@ -2,6 +2,10 @@
 
     python benchmarks/cnn_kernels.py --preset base --threads 1
     python benchmarks/cnn_kernels.py --preset small --threads 1
+    python benchmarks/cnn_kernels.py --device cuda --precision bf16 --batch 6 --seconds 15.6   # GPU
+
+On a GPU a third contender is timed: ``nn.Conv1d`` with ``torch.backends.cudnn.benchmark`` (cuDNN times its
+algorithms once per shape; that first call is printed apart). bf16 runs the encoder's weights and input in bf16.
 
 Peer: earful's ``FeatureEncoder`` (``nn.Conv1d`` → oneDNN). Candidate: the same weights run as GEMMs on
 channels-last "super-rows". With the time axis grouped ``stride`` frames at a time, (batch·T/s, s·C) is a
@@ -39,7 +43,7 @@ class SuperRowConv(torch.autograd.Function):
         rows = x.reshape(b * m // s, s * c)  # (super-rows, s·C)
         w = weight.permute(0, 2, 1).reshape(o, k * c)  # (O, k·C), tap-major like the rows
         n = rows.shape[0]
-        y = torch.empty(n, o, dtype=x.dtype)
+        y = torch.empty(n, o, dtype=x.dtype, device=x.device)
         for q in range(math.ceil(k / s)):  # tap groups [q·s, q·s + s)
             cols = min(s, k - q * s) * c
             wq = w[:, q * s * c: q * s * c + cols].t()
@@ -57,8 +61,8 @@ class SuperRowConv(torch.autograd.Function):
         b, m, c, o, k, s, has_bias = ctx.dims
         n = rows.shape[0]
         g = grad.reshape(n, o).contiguous()
-        dx = torch.zeros(n, s * c, dtype=g.dtype) if k < s else torch.empty(n, s * c, dtype=g.dtype)
-        dw = torch.empty(o, k * c, dtype=g.dtype)
+        dx = (torch.zeros if k < s else torch.empty)(n, s * c, dtype=g.dtype, device=g.device)
+        dw = torch.empty(o, k * c, dtype=g.dtype, device=g.device)
         for q in range(math.ceil(k / s)):
             cols = min(s, k - q * s) * c
             wq = w[:, q * s * c: q * s * c + cols]
@@ -97,32 +101,59 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    enc = FeatureEncoder(load_model_config(args.preset))
-    wave = torch.randn(args.batch, int(16000 * args.seconds) - 77)  # not a multiple of the total stride
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    enc = FeatureEncoder(load_model_config(args.preset)).to(device, dtype)
+    # not a multiple of the total stride
+    wave = torch.randn(args.batch, int(16000 * args.seconds) - 77, device=device, dtype=dtype)
     params = list(enc.parameters())
     impls = {"nn.Conv1d": lambda: enc(wave).transpose(1, 2), "super-row GEMM": lambda: super_row_encoder(enc, wave)}
+    if device.type == "cuda":
+
+        def tuned() -> torch.Tensor:
+            torch.backends.cudnn.benchmark = True
+            try:
+                return enc(wave).transpose(1, 2)
+            finally:
+                torch.backends.cudnn.benchmark = False
+
+        t0 = time.perf_counter()
+        torch.autograd.grad(tuned(), params, torch.ones_like(tuned()))
+        torch.cuda.synchronize()
+        print(f"cudnn.benchmark: first forward + backward (tuning this shape) {time.perf_counter() - t0:.2f} s")
+        impls["nn.Conv1d + cudnn.benchmark"] = tuned
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     ref, new = impls["nn.Conv1d"](), impls["super-row GEMM"]()
     g = torch.randn_like(ref)
     grads = [torch.autograd.grad(f(), params, g) for f in impls.values()]
     rel = max(((a - b).norm() / a.norm()).item() for a, b in zip(*grads, strict=True))
-    print(f"preset {args.preset}, {args.batch} × {args.seconds:g} s, threads {args.threads}: output max |diff| "
+    print(f"preset {args.preset}, {args.batch} × {args.seconds:g} s, {args.device} {args.precision}, threads "
+          f"{args.threads}: output max |diff| "
           f"{(ref - new).abs().max().item():.1e}, worst gradient relative diff {rel:.1e}")
 
     times: dict[str, list[float]] = {k: [] for k in impls}
     order = list(impls)
     for rep in range(args.reps + 1):  # the first round warms up
         for name in order if rep % 2 == 0 else order[::-1]:
+            sync()
             t0 = time.perf_counter()
             torch.autograd.grad(impls[name](), params, g)
+            sync()
             if rep:
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
-        print(f"{k:>15}: median {med[k]:.3f} s (min {min(v):.3f}, max {max(v):.3f}) forward + backward")
+        print(f"{k:>28}: median {1000 * med[k]:.1f} ms (min {1000 * min(v):.1f}, max {1000 * max(v):.1f}) forward + "
+              f"backward, {med['nn.Conv1d'] / med[k]:.2f}x nn.Conv1d's speed")
     print(f"super-row GEMM / nn.Conv1d time: {med['super-row GEMM'] / med['nn.Conv1d']:.2f}")
 
 

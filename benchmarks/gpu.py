@@ -155,6 +155,8 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: data sheet by device name)")
     p.add_argument("--override", nargs="*", default=[], help="more key=value pre-training overrides")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark on: cuDNN times its algorithms for every new shape")
     p.add_argument("--profile", action="store_true", help="also profile 3 steps per setting (host vs device)")
     p.add_argument("--json", type=Path, help="also write the results, with every step's time and audio, here")
     args = p.parse_args()
@@ -168,6 +170,7 @@ def main() -> None:
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
         name = torch.cuda.get_device_name()
     else:
         name = f"CPU ({torch.get_num_threads()} threads)"
