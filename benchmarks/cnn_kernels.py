@@ -102,17 +102,25 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "autocast"],
+                   help="bf16: weights and input in bf16; autocast: fp32 weights under bf16 autocast, as training")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32  # autocast: fp32 weights
     enc = FeatureEncoder(load_model_config(args.preset)).to(device, dtype)
     # not a multiple of the total stride
     wave = torch.randn(args.batch, int(16000 * args.seconds) - 77, device=device, dtype=dtype)
     params = list(enc.parameters())
     impls = {"nn.Conv1d": lambda: enc(wave).transpose(1, 2), "super-row GEMM": lambda: super_row_encoder(enc, wave)}
+    if args.precision == "autocast":  # the super-row kernels write into preallocated outputs: not under autocast
+
+        def autocast_conv() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return enc(wave).transpose(1, 2)
+
+        impls["nn.Conv1d"] = autocast_conv
     if device.type == "cuda":
 
         def tuned() -> torch.Tensor:
