@@ -73,19 +73,24 @@ def compute_mask(
     positions = torch.arange(max_range, device=device)
     valid_starts = positions[None, :] < start_range[:, None]  # (batch, max_range)
     starts = _random_subset(valid_starts, num, generator)  # (batch, max_range) bool
-    # spread each start over `span` frames: a frame t is masked if any start in (t - span, t]
-    padded = torch.zeros(batch, max(num_frames, max_range) + span, device=device)
-    padded[:, :max_range] = starts.float()
-    covered = torch.nn.functional.conv1d(
-        padded[:, None, :], torch.ones(1, 1, span, device=device), padding=span - 1
-    )[:, 0, : padded.shape[1]]  # covered[t] = #starts in [t - span + 1, t]
-    mask = covered[:, :num_frames] > 0.5
+    mask = spread_starts(starts, span, num_frames)
     frames = torch.arange(num_frames, device=device)
     mask &= frames[None, :] < lengths[:, None]
     if require_same_masks and batch > 1:
         counts = mask.sum(1)
         mask = _random_subset(mask, counts.min().expand(batch), generator)
     return mask
+
+
+def spread_starts(starts: torch.Tensor, span: int, num_frames: int) -> torch.Tensor:
+    """(batch, n) bool span starts → (batch, num_frames) bool: frame t is masked if a start lies in
+    (t - span, t]. Counted with an integer cumulative sum, exactly (a 1-channel convolution did this before;
+    under a GPU's bf16 autocast it went to cuDNN, which serves such a shape badly)."""
+    n = starts.shape[1]
+    c = torch.nn.functional.pad(starts.long().cumsum(1), (1, 0))  # (batch, n + 1): c[:, j] = #starts in [0, j)
+    t = torch.arange(num_frames, device=starts.device)
+    hi, lo = (t + 1).clamp(max=n), (t + 1 - span).clamp(min=0, max=n)
+    return (c[:, hi] - c[:, lo]) > 0  # #starts in [t - span + 1, t]
 
 
 def compute_channel_mask(

@@ -145,3 +145,17 @@ def test_mask_is_seeded() -> None:
     b = compute_mask(torch.tensor([200, 150]), 200, 0.65, 10, generator=torch.Generator().manual_seed(9))
     c = compute_mask(torch.tensor([200, 150]), 200, 0.65, 10, generator=torch.Generator().manual_seed(10))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_spans_cover_exactly_the_frames_after_each_start() -> None:
+    """Frame t is masked iff a start lies in (t - span, t], checked against a loop, edges included."""
+    from earful.model.masking import spread_starts
+
+    g = torch.Generator().manual_seed(3)
+    for n, frames, span in ((30, 40, 10), (40, 30, 10), (1, 5, 3), (0, 4, 2), (25, 25, 1)):
+        starts = torch.rand(4, n, generator=g) < 0.15
+        got = spread_starts(starts, span, frames)
+        want = torch.zeros(4, frames, dtype=torch.bool)
+        for b, s in starts.nonzero().tolist():
+            want[b, s : min(s + span, frames)] = True
+        assert torch.equal(got, want), (n, frames, span)
