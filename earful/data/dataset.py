@@ -18,7 +18,7 @@ from .sampler import SecondsBatchSampler
 
 log = logging.getLogger(__name__)
 
-_LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may fall short of its manifest length
+_LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may differ from its manifest length
 
 
 @dataclass
@@ -44,6 +44,8 @@ class Batch:
     real_seconds: float
     padded_seconds: float
     bad: list[str] = field(default_factory=list)
+    epoch: int = -1  # set by AudioLoader: the sampler's epoch and this rank's batch index in it
+    index: int = -1
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,7 +86,7 @@ class AudioDataset(Dataset):
     ) -> None:
         self.utterances = list(utterances)
         self.sample_rate = sample_rate
-        self.crop_samples = int(crop_seconds * sample_rate) if crop_seconds else None
+        self.crop_samples = round(crop_seconds * sample_rate) if crop_seconds else None  # as the sampler
         self.seed = seed
         self.skip_bad = skip_bad
         self.epoch = 0
@@ -110,6 +112,9 @@ class AudioDataset(Dataset):
             if len(wave) + _LENGTH_TOLERANCE < expected:
                 raise AudioError(f"{utt.path}: truncated? {len(wave)} samples at {self.sample_rate} Hz, the "
                                  f"manifest says {expected}")
+            if len(wave) > expected + _LENGTH_TOLERANCE:  # replaced, or listed at the wrong sample rate
+                raise AudioError(f"{utt.path}: {len(wave)} samples at {self.sample_rate} Hz, longer than the "
+                                 f"manifest's {expected}: was the file replaced or its sample rate misrecorded?")
         except AudioError as e:
             if not self.skip_bad:
                 raise
@@ -206,6 +211,7 @@ class AudioLoader:
         # Restart the sampler where training is (prefetched-but-unused batches of a previous iteration).
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
         for batch in self.loader:
+            batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
             if self.position >= len(self.sampler.epoch_batches(self.epoch)):
                 self.epoch, self.position = self.epoch + 1, 0
@@ -217,6 +223,13 @@ class AudioLoader:
                 log.warning("a batch had no loadable audio and was left out")
                 continue
             yield batch
+
+    def is_repeat(self, batch: Batch) -> bool:
+        """Whether ``batch`` is a copy the sampler dealt only so that every rank gets as many batches (too few
+        to share out): an evaluation counts each utterance once, so it skips these."""
+        s = self.sampler
+        n_global = len(s.epoch_batches(batch.epoch)) * s.world_size
+        return batch.index * s.world_size + s.rank >= n_global - s.repeats.get(batch.epoch, 0)
 
     def state_dict(self) -> dict[str, Any]:
         state = self.sampler.state_dict()

@@ -18,9 +18,12 @@ batch can be split (fewer utterances than ranks) are the first batches repeated,
 ``min_seconds`` are counted in ``skipped`` (by reason in ``skipped_reasons``, indices in
 ``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
 
-**Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch —
-and ``load_state_dict()`` continues from exactly there. Iterated through a prefetching DataLoader the
-sampler runs ahead of training; ``earful.data.dataset.AudioLoader`` therefore counts batches on the
+**Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — and the
+layout that cut the epoch (devices, packing budget, length limits, crop); ``load_state_dict()`` continues from
+exactly there. With another layout it rebuilds the saved epoch as the saved run cut it, takes the batches no
+rank had reached, keeps those that fit the new budget (re-packing otherwise) and deals them to the new ranks:
+the rest of that epoch sees every utterance it had not seen, once. Iterated through a prefetching DataLoader
+the sampler runs ahead of training; ``earful.data.dataset.AudioLoader`` therefore counts batches on the
 consumer side and its ``state_dict()`` is the one to checkpoint.
 """
 
@@ -75,18 +78,16 @@ class SecondsBatchSampler:
         if max_seconds <= 0 or bucket_size < 1:
             raise ValueError("max_seconds must be > 0 and bucket_size >= 1")
         self.lengths = np.asarray(num_samples, dtype=np.int64).reshape(-1)
-        self.max_samples = int(max_seconds * sample_rate)
-        self.pack_samples = min(int(pack_seconds * sample_rate), self.max_samples) if pack_seconds else self.max_samples
+        # seconds to samples by rounding: int() would make 2.01 s 32159 samples and refuse a 32160-sample file
+        self.max_samples = round(max_seconds * sample_rate)
+        pack = round(pack_seconds * sample_rate) if pack_seconds else self.max_samples
+        self.pack_samples = min(pack, self.max_samples)
         self.sample_rate = sample_rate
-        self.crop_samples = int(crop_seconds * sample_rate) if crop_seconds else None
-        self.min_samples = int(np.ceil(min_seconds * sample_rate)) if min_seconds else 0
+        self.crop_samples = round(crop_seconds * sample_rate) if crop_seconds else None
+        self.min_samples = round(min_seconds * sample_rate) if min_seconds else 0
         self.shuffle, self.seed, self.endless, self.bucket_size = shuffle, seed, endless, bucket_size
         self.rank, self.world_size = rank, world_size
-        self.effective = (
-            np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
-        )
-        too_long = self.effective > self.max_samples
-        too_short = self.lengths < max(self.min_samples, 1)  # an empty utterance is never batched
+        too_long, too_short = self._batchable()
         bad = too_long | too_short
         self.skipped_indices = np.flatnonzero(bad)
         self.skipped = int(bad.sum())
@@ -107,12 +108,28 @@ class SecondsBatchSampler:
         self.epoch = 0
         self.position = 0
         self.repeated = 0
+        self.repeats: dict[int, int] = {}  # epoch → batches repeated at its end (see ``repeated``)
         self._cache: dict[int, list[np.ndarray]] = {}
+        # a resume with another layout: {"epoch": e, "steps": [{"layout": ..., "position": p}, ...]}, the
+        # layouts epoch e was cut with before and how far each got; the epoch then holds what they left
+        self._resumed: dict[str, Any] | None = None
+
+    def _batchable(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sets ``effective`` (lengths after cropping) and ``_valid``; returns the too-long and too-short masks."""
+        self.effective = np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
+        too_long = self.effective > self.max_samples
+        too_short = self.lengths < max(self.min_samples, 1)  # an empty utterance is never batched
+        self._valid = np.flatnonzero(~(too_long | too_short))
+        return too_long, too_short
+
+    def layout(self) -> dict[str, Any]:
+        """What cuts an epoch into batches besides ``(seed, epoch)``."""
+        return {"world_size": self.world_size, "pack_samples": self.pack_samples, "max_samples": self.max_samples,
+                "min_samples": self.min_samples, "crop_samples": self.crop_samples}
 
     # ------------------------------------------------------------------ batches
-    def _global_batches(self, epoch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        idx = rng.permutation(self._valid) if self.shuffle else self._valid
+    def _pack(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Buckets of ``bucket_size`` in ``idx``'s order, each sorted longest first and packed greedily."""
         batches: list[np.ndarray] = []
         for start in range(0, len(idx), self.bucket_size):
             chunk = idx[start : start + self.bucket_size]
@@ -122,8 +139,47 @@ class SecondsBatchSampler:
                 cap = max(1, self.pack_samples // int(self.effective[chunk[i]]))
                 batches.append(chunk[i : i + cap])
                 i += cap
+        return batches
+
+    def _global_batches(self, epoch: int) -> list[np.ndarray]:
+        if self._resumed is not None and self._resumed["epoch"] == epoch:
+            return self._remainder(epoch, self._resumed["steps"])
+        rng = np.random.default_rng([self.seed, epoch])
+        idx = rng.permutation(self._valid) if self.shuffle else self._valid
+        batches = self._pack(idx)
         if self.shuffle:
             batches = [batches[j] for j in rng.permutation(len(batches))]
+        return self._deal(batches, epoch)
+
+    def _remainder(self, epoch: int, steps: list[dict[str, Any]]) -> list[np.ndarray]:
+        """The global batches of a resumed ``epoch``: what the saved layouts had not reached, in their order,
+        still batchable here, re-packed only where a batch no longer fits this layout."""
+        left: list[np.ndarray] = []
+        for k, step in enumerate(steps):
+            then = self._with_layout(step["layout"])
+            cut = then._remainder(epoch, steps[:k]) if k else then._global_batches(epoch)
+            cut = cut[: len(cut) - then.repeated]  # the repeated copies at the end are not utterances of their own
+            left = cut[int(step["position"]) * then.world_size :]  # rank r's p-th batch is global batch p·W + r
+        valid = np.zeros(len(self.lengths), dtype=bool)
+        valid[self._valid] = True
+        kept = [b[valid[b]] for b in left]
+        if all(self.effective[b].max() * len(b) <= self.pack_samples for b in kept if len(b)):
+            batches = [b for b in kept if len(b)]
+        else:
+            batches = self._pack(np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64))
+        return self._deal(batches, epoch)
+
+    def _with_layout(self, layout: dict[str, Any]) -> SecondsBatchSampler:
+        """A copy of this sampler that cuts epochs as ``layout`` (with its own batchable set)."""
+        then = copy.copy(self)
+        for key, value in layout.items():
+            setattr(then, key, value)
+        then._batchable()
+        then.rank, then._cache, then._resumed, then.repeats = 0, {}, None, {}
+        return then
+
+    def _deal(self, batches: list[np.ndarray], epoch: int) -> list[np.ndarray]:
+        """The batch list made a multiple of ``world_size`` long: split the fullest, else repeat."""
         while len(batches) % self.world_size:
             j = int(np.argmax([len(b) for b in batches]))
             if len(batches[j]) < 2:
@@ -131,6 +187,7 @@ class SecondsBatchSampler:
             half = len(batches[j]) // 2
             batches[j : j + 1] = [batches[j][:half], batches[j][half:]]
         self.repeated = (-len(batches)) % self.world_size if batches else 0
+        self.repeats[epoch] = self.repeated
         if self.repeated:
             log.warning("epoch %d: only %d batches for %d ranks; repeating %d", epoch, len(batches),
                         self.world_size, self.repeated)
@@ -149,7 +206,7 @@ class SecondsBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         while True:
             batches = self.epoch_batches(self.epoch)
-            if not batches and self.endless:
+            if not batches and self.endless and not len(self._valid):
                 raise ValueError("SecondsBatchSampler: no batchable utterances for endless iteration")
             while self.position < len(batches):
                 batch = batches[self.position]
@@ -187,33 +244,41 @@ class SecondsBatchSampler:
             "position": self.position,
             "seed": self.seed,
             "rank": self.rank,
-            "world_size": self.world_size,
             "num_utterances": len(self.lengths),
-            "max_samples": self.max_samples,
-            "pack_samples": self.pack_samples,
+            **self.layout(),
+            **({"resumed": self._resumed} if self._resumed is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume where ``state`` was saved. With other devices or another micro-batch size (after an
-        out-of-memory error, say) the epoch's batches differ: the run continues at the same fraction of the
-        epoch, with a warning, since the exact order of an uninterrupted run cannot be kept."""
+        """Resume where ``state`` was saved. With another layout (other devices, a smaller micro-batch after an
+        out-of-memory error, another crop or length limit) the saved epoch continues with exactly the
+        utterances the saved run had not reached, cut into this layout's batches (with a warning: batches and
+        their order differ from an uninterrupted run's). Nothing of the epoch is lost or repeated; an
+        utterance batchable only under the new limits joins from the next epoch."""
         for key in ("seed", "num_utterances"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        saved = {"world_size": int(state.get("world_size", self.world_size)),
-                 "pack_samples": int(state.get("pack_samples", state.get("max_samples", self.pack_samples)))}
-        if saved != {"world_size": self.world_size, "pack_samples": self.pack_samples}:
-            then = copy.copy(self)  # the epoch as the saved run cut it (same utterances, its layout)
-            then.world_size, then.pack_samples = saved["world_size"], saved["pack_samples"]
-            then.rank, then._cache = 0, {}
-            saved_len, new_len = len(then.epoch_batches(self.epoch)), len(self.epoch_batches(self.epoch))
-            old_position = self.position
-            self.position = min(round(old_position * new_len / max(saved_len, 1)), new_len)
-            log.warning("sampler resumed with another layout (saved %s; now world_size=%d, pack_samples=%d): "
-                        "batch %d of %d of epoch %d becomes batch %d of %d; this epoch's order differs from "
-                        "an uninterrupted run's", saved, self.world_size, self.pack_samples, old_position,
-                        saved_len, self.epoch, self.position, new_len)
+        now = self.layout()
+        # checkpoints written before a key was saved: max_samples was also the packing budget
+        saved = {**now, **{k: state[k] for k in now if k in state}}
+        if "pack_samples" not in state and "max_samples" in state:
+            saved["pack_samples"] = state["max_samples"]
+        resumed = state.get("resumed")
+        steps = list(resumed["steps"]) if resumed and resumed["epoch"] == self.epoch else []
+        if saved != now:
+            steps.append({"layout": saved, "position": self.position})
+            self.position = 0
+        self._resumed = {"epoch": self.epoch, "steps": steps} if steps else None
+        self._cache = {}
+        if saved != now:
+            left = len(self.epoch_batches(self.epoch))
+            changed = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
+            log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
+                        "not reached are cut anew; this epoch's batches differ from an uninterrupted run's",
+                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), left, self.epoch)
+            if not left:  # the saved run had finished the epoch
+                self.epoch, self.position, self._resumed = self.epoch + 1, 0, None
         if self.position > len(self.epoch_batches(self.epoch)):
             raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

@@ -119,7 +119,7 @@ def transcribe(
                          num_workers=num_workers)
     for batch in loader:
         with _autocast(precision, device):
-            logits, flen = model(batch.wave.to(device), batch.lengths.to(device))
+            logits, flen = model(*batch.model_inputs(device))
         logits, flen = logits.float().cpu(), flen.cpu()
         for uid, hyp in zip(batch.ids, greedy_decode(logits, flen, vocab), strict=True):
             greedy[uid] = _strip_placeholders(hyp)

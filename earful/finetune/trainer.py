@@ -298,14 +298,12 @@ class Finetuner(StepLoop):
         model.eval()
         loader = self.dev_loader
         loader.load_state_dict({"epoch": 0, "position": 0})
-        n_global = len(loader.sampler.epoch_batches(0)) * d.world_size
-        repeated = loader.sampler.repeated
         # [loss, utterances, tokens, word S D I H, char S D I H]
         stats = torch.zeros(11, dtype=torch.float64, device=d.device)
-        for k, batch in enumerate(loader):
-            if k * d.world_size + d.rank >= n_global - repeated:
+        for batch in loader:
+            if loader.is_repeat(batch):
                 continue  # a batch repeated only to give every rank the same count
-            wave, lengths = batch.wave.to(d.device), batch.lengths.to(d.device)
+            wave, lengths = batch.model_inputs(d.device)
             targets, target_lengths = T.batch_targets(batch.ids, self.dev_targets)
             with autocast(cfg.precision, d.device):
                 logits, flen = model(wave, lengths)

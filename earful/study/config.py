@@ -149,6 +149,10 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
             runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
                                    devices=e.devices, device_seconds=dev_s, accumulation=accum, lr=lr, steps=steps,
                                    hours=steps * e.batch_seconds / 3600, seed=seed))
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # one folder would serve (or be trained by) two runs
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"study: grid entries share run names {twice}; give each entry its own `tag:`")
     return runs
 
 

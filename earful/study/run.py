@@ -106,7 +106,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 # settings added after fingerprints were first written, with the value that does what the older code did:
 # a fingerprint without them was made by code that behaved so
 ADDED_LATER = {"model.init": "torch", "model.dropout_after_pos_conv": True, "model.negatives_style": "fairseq",
-               "data.padding": True}
+               "data.padding": True, "ckpt_hours_basis": "padded"}
 
 
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
@@ -150,6 +150,7 @@ def pretrain_overrides(study: StudyConfig, run: PlannedRun, root: Path) -> list[
         "optim.lr_scaling=none",  # the study already applied its rule
         f"seed={run.seed}",
         f"ckpt_hours={json.dumps(sorted(study.milestone_hours))}",
+        "ckpt_hours_basis=nominal",  # the plan's and the paper's hours: batch × steps
     ]
 
 
@@ -175,6 +176,9 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
         summary = run_pretraining(cfg, rdir, resume=True)
     if summary.get("stopped_by"):
         raise KeyboardInterrupt(f"pre-training {run.name} stopped by {summary['stopped_by']}")
+    if summary["step"] < run.steps:  # e.g. torchrun's ranks stopped by a signal and exited cleanly
+        raise KeyboardInterrupt(f"pre-training {run.name} stopped at step {summary['step']} of {run.steps}; "
+                                f"rerun the study to resume it")
     record = {**asdict(run), "run": run.name, "step": summary["step"]}
     atomic_write_json(rdir / "done.json", record)
     return record

@@ -111,6 +111,9 @@ class PretrainConfig(SecondsBatching):
     ckpt_every: int = 1000
     keep_last: int = 2
     ckpt_hours: list[float] = field(default_factory=list)  # extra checkpoints at these hours seen
+    # what an hour in ckpt_hours counts: "padded" audio seen (measured), or "nominal" batch_seconds × steps (the
+    # paper's hours, which a study uses: a milestone then lands at step round(hours · 3600 / batch_seconds))
+    ckpt_hours_basis: str = "padded"
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
@@ -125,4 +128,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     base = to_dict(PretrainConfig())
     base["model_preset"] = preset
     base["model"] = to_dict(load_model_config(preset))
-    return from_dict(PretrainConfig, merge(merge(base, data), over))
+    cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
+    if cfg.ckpt_hours_basis not in ("padded", "nominal"):
+        raise ValueError(f"ckpt_hours_basis: {cfg.ckpt_hours_basis!r}, expected padded or nominal")
+    return cfg

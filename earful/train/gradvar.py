@@ -63,7 +63,7 @@ def gradient_noise(
         torch.manual_seed(step_seed(seed, i, 0))
         gen = torch.Generator(device=dev).manual_seed(step_seed(seed, i, 1))
         model.zero_grad(set_to_none=True)
-        out = model(batch.wave.to(dev), batch.lengths.to(dev), generator=gen)
+        out = model(*batch.model_inputs(dev), generator=gen)
         out.objective(float(out.num_masked), 1).backward()
         for a, b, p in zip(s1, s2, params, strict=True):
             g = p.grad.double() if p.grad is not None else torch.zeros_like(a)

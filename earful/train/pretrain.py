@@ -314,9 +314,11 @@ class Pretrainer(StepLoop):
         G = cfg.model.num_codevector_groups
         stats = torch.zeros(6 + G, dtype=torch.float64, device=d.device)
         self.valid_loader.load_state_dict({"epoch": 0, "position": 0})
-        for i, batch in enumerate(self.valid_loader):
-            wave, lengths = batch.wave.to(d.device), batch.lengths.to(d.device)
-            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, i, 2, d.rank))
+        for batch in self.valid_loader:
+            if self.valid_loader.is_repeat(batch):
+                continue  # a batch repeated only to give every rank the same count
+            wave, lengths = batch.model_inputs(d.device)
+            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, batch.index, 2, d.rank))
             with autocast(cfg.precision, d.device):
                 out = model(wave, lengths, generator=gen)
             stats[0] += out.num_masked
@@ -349,8 +351,13 @@ class Pretrainer(StepLoop):
         )  # fmt: skip
 
     def after_step(self) -> None:
-        for h in self.cfg.ckpt_hours:
-            if h not in self.milestones_done and self.hours_padded >= h:
+        cfg = self.cfg
+        for h in cfg.ckpt_hours:
+            if cfg.ckpt_hours_basis == "nominal":
+                reached = self.step >= round(h * 3600 / cfg.batch_seconds)
+            else:
+                reached = self.hours_padded >= h
+            if h not in self.milestones_done and reached:
                 self.milestones_done.append(h)
                 self.save(f"hours-{h:g}", make_latest=False)
 

@@ -63,6 +63,32 @@ def test_bad_files_raise_or_are_counted(tmp_path: Path, tone, caplog):
     assert loader.bad_files == 1 and "u1: " in caplog.text and "junk" not in caplog.text
 
 
+def test_a_file_longer_than_its_manifest_is_an_error(tmp_path: Path, tone):
+    """Replaced after the manifest was written, or listed at the wrong rate: not silently cut."""
+    utts = corpus(tmp_path, tone, 3)
+    tone(Path(utts[1].path), 2.0, seed=9)  # 2 s where the manifest says 0.4 s
+    with pytest.raises(AudioError, match=r"u1.flac: 32000 samples at 16000 Hz, longer than the manifest's 6400"):
+        list(make_loader(utts, 10.0))
+    loader = make_loader(utts, 10.0, skip_bad=True)
+    assert sorted(i for b in loader for i in b.ids) == ["u0", "u2"] and loader.bad_files == 1
+
+
+def test_repeated_batches_are_known_even_after_a_bad_one(tmp_path: Path, tone):
+    """3 one-utterance batches on 2 ranks: rank 1's second batch repeats the first. With a corrupt file
+    dropped before it, counting yielded batches would misplace the repeat (an utterance scored twice)."""
+    utts = corpus(tmp_path, tone, 3)
+    scored: list[str] = []
+    for rank in range(2):
+        loader = make_loader(utts, 0.6, shuffle=False, rank=rank, world_size=2, skip_bad=True)
+        order = [ids for b in loader for ids in [b.ids]]
+        if rank == 1:
+            Path(utts[int(order[0][0][1:])].path).write_bytes(b"junk")  # rank 1's first batch: unreadable
+            loader.load_state_dict({"epoch": 0, "position": 0})
+        scored += [i for b in loader if not loader.is_repeat(b) for i in b.ids]
+    assert loader.sampler.repeated == 1 and loader.bad_files == 1
+    assert sorted(scored) == sorted(u.id for u in utts if Path(u.path).read_bytes() != b"junk")
+
+
 def test_loader_with_workers_budget_and_exact_resume(tmp_path: Path, tone):
     utts = corpus(tmp_path, tone, 12)
     kwargs = dict(crop_seconds=0.8, seed=5, endless=True)

@@ -90,39 +90,97 @@ def test_empty_utterance_is_counted_not_a_crash(caplog):
     assert sorted(i for b in s for i in b) == [1, 2]
 
 
-def test_resume_with_smaller_micro_batches_continues_at_the_same_fraction(caplog):
-    """After an out-of-memory error the advice is a smaller device_seconds: such a run still resumes."""
+def _consume(samplers: list[SecondsBatchSampler], n: int) -> list[int]:
+    """``n`` batches from each rank's sampler (as ranks step together); the utterances they held."""
+    out: list[int] = []
+    for s in samplers:
+        it = iter(s)
+        out += [i for _ in range(n) for i in next(it)]
+    return out
+
+
+def _rest(samplers: list[SecondsBatchSampler]) -> list[int]:
+    """The utterances every rank's sampler yields until the end of its epoch."""
+    return [i for s in samplers for b in s for i in b]
+
+
+def test_resume_with_smaller_micro_batches_continues_with_the_unseen_utterances(caplog):
+    """After an out-of-memory error the advice is a smaller device_seconds: the saved epoch continues with
+    exactly the utterances the saved run had not reached, in batches of the new size."""
     lens = lengths(300)
     s = SecondsBatchSampler(lens, 25.0, seed=7)
-    it = iter(s)
-    for _ in range(20):
-        next(it)
-    state = s.state_dict()
+    seen = _consume([s], 20)
     smaller = SecondsBatchSampler(lens, 12.5, seed=7)
     with caplog.at_level(logging.WARNING):
-        smaller.load_state_dict(state)
-    assert "another layout" in caplog.text
-    frac = 20 / len(s.epoch_batches(0))
-    assert abs(smaller.position / len(smaller.epoch_batches(0)) - frac) < 0.01
-    left = len(smaller.epoch_batches(0)) - smaller.position
-    assert len(list(smaller)) == left  # the rest of the epoch, then it ends
+        smaller.load_state_dict(s.state_dict())
+    assert "another layout (pack_samples 400000 -> 200000, max_samples 400000 -> 200000)" in caplog.text
+    rest = [b for b in iter(smaller)]
+    assert all(lens[b].max() * len(b) <= 12.5 * RATE for b in rest)
+    flat = seen + [i for b in rest for i in b]
+    assert sorted(flat) == list(range(len(lens)))  # nothing lost, nothing twice
+    assert smaller.epoch == 1 and sorted(i for b in smaller for i in b) == list(range(len(lens)))
     with pytest.raises(ValueError, match="num_utterances"):
-        SecondsBatchSampler(lens[:-1], 25.0, seed=7).load_state_dict(state)
+        SecondsBatchSampler(lens[:-1], 25.0, seed=7).load_state_dict(s.state_dict())
 
 
-def test_resume_from_a_state_without_pack_samples_maps_the_position():
+def test_resume_from_a_state_without_pack_samples():
     """A checkpoint written before packing had its own budget (max_samples was both): resumed with a smaller
-    packing budget, the run continues at the same fraction of the epoch, also at its very end."""
+    packing budget, the epoch continues with what it had not reached, also at its very end."""
     lens = lengths(300)
-    s = SecondsBatchSampler(lens, 25.0, seed=7)
-    n = len(s.epoch_batches(0))
+    n = len(SecondsBatchSampler(lens, 25.0, seed=7).epoch_batches(0))
     for pos in (20, n - 1, n):
+        s = SecondsBatchSampler(lens, 25.0, seed=7)
+        seen = _consume([s], pos)
         state = {**s.state_dict(), "position": pos}
-        del state["pack_samples"]
+        for key in ("pack_samples", "min_samples", "crop_samples"):
+            del state[key]
         packed = SecondsBatchSampler(lens, 25.0, seed=7, pack_seconds=12.5)
         packed.load_state_dict(state)
-        new_n = len(packed.epoch_batches(0))
-        assert new_n > n and abs(packed.position - round(pos * new_n / n)) <= 1 and packed.position <= new_n
+        assert (packed.epoch, packed.position) == ((1, 0) if pos == n else (0, 0))
+        assert sorted(seen + (_rest([packed]) if pos < n else [])) == list(range(len(lens)))
+
+
+@pytest.mark.parametrize("saved_world, new_world", [(2, 1), (2, 4), (1, 3), (4, 3)])
+def test_resume_on_another_number_of_devices_loses_and_repeats_nothing(saved_world: int, new_world: int):
+    """Each rank resumes from rank 0's state (all ranks step together); the new ranks share what is left."""
+    lens = lengths(203)
+    ranks = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=saved_world) for r in range(saved_world)]
+    seen = _consume(ranks, 7)
+    state = ranks[0].state_dict()
+    resumed = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
+    for r in resumed:
+        r.load_state_dict(state)
+    assert len({len(r.epoch_batches()) for r in resumed}) == 1  # every rank the same number of batches
+    assert sorted(seen + _rest(resumed)) == list(range(len(lens)))
+
+
+def test_resume_with_another_length_limit_keeps_to_the_saved_epoch():
+    """Raising the length limit makes more utterances batchable: they join from the next epoch, and the
+    saved epoch still sees each of its utterances once (the epoch is not reshuffled under the position)."""
+    lens = np.concatenate([lengths(300), np.full(20, 22 * RATE)])  # 20 of 22 s: only batchable at 25 s
+    s = SecondsBatchSampler(lens, 20.0, seed=5)
+    seen = _consume([s], 40)
+    wider = SecondsBatchSampler(lens, 25.0, seed=5)
+    wider.load_state_dict(s.state_dict())
+    assert sorted(seen + _rest([wider])) == list(range(300))
+    assert sorted(i for b in wider for i in b) == list(range(320))  # the next epoch has all of them
+
+
+def test_a_resumed_epoch_resumes_again_exactly_or_with_yet_another_layout():
+    lens = lengths(203)
+    two = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    seen = _consume(two, 5)
+    one = SecondsBatchSampler(lens, 40.0, seed=3)
+    one.load_state_dict(two[0].state_dict())
+    seen += _consume([one], 6)
+    state = one.state_dict()
+    again = SecondsBatchSampler(lens, 40.0, seed=3)  # the same layout: exactly where it was
+    again.load_state_dict(state)
+    assert [b for b in iter(again)] == [b for b in iter(one)]
+    three = [SecondsBatchSampler(lens, 20.0, seed=3, rank=r, world_size=3) for r in range(3)]
+    for r in three:
+        r.load_state_dict(state)
+    assert sorted(seen + _rest(three)) == list(range(len(lens)))
 
 
 def test_pack_budget_does_not_leave_out_what_fits_the_device():
@@ -132,3 +190,12 @@ def test_pack_budget_does_not_leave_out_what_fits_the_device():
     batches = [sorted(int(i) for i in b) for b in s]
     assert [0] in batches  # 10 s is over the 5 s budget but within the 20 s device: a batch of its own
     assert all(sum(lens[i] for i in b) <= 5 * RATE for b in batches if b != [0])
+
+
+def test_seconds_become_samples_by_rounding():
+    """2.01 s is 32160 samples: int(2.01 * 16000) = 32159 refused a file of exactly 2.01 s."""
+    s = SecondsBatchSampler([32160, 64480, 100], 2.01, min_seconds=0.00625)
+    assert s.max_samples == 32160 and s.min_samples == 100
+    assert s.skipped_reasons == {"longer than max_seconds=2.01 s": 1}
+    low = SecondsBatchSampler([64480, 64479], 10.0, min_seconds=4.03)
+    assert low.skipped == 1 and low.skipped_indices.tolist() == [1]

@@ -52,8 +52,23 @@ def test_fixed_hours_gives_equal_audio(tmp_path) -> None:
     assert "est. wall-clock" in table and "min" in table
 
 
+def test_paper_milestones_land_on_whole_steps() -> None:
+    """Each milestone is some run's hours at a whole step within its 400k (e.g. 150 s × 400k = 16666.67 h)."""
+    study = load_study(ROOT / "studies/paper.yaml")
+    runs = plan_runs(study)
+    for h in study.milestone_hours:
+        hits = [r for r in runs if abs(h * 3600 / r.batch_seconds - round(h * 3600 / r.batch_seconds)) < 0.1
+                and round(h * 3600 / r.batch_seconds) <= r.steps]
+        assert hits, h
+
+
 def test_bad_study_is_a_clear_error(tmp_path) -> None:
     y = tmp_path / "s.yaml"
+    y.write_text("grid: [16, {batch_seconds: 16, lr: 0.004}]\nmode: fixed-steps\nsteps: 10\n")
+    with pytest.raises(ValueError, match=r"share run names \['16s-seed1'\]; give each entry its own `tag:`"):
+        plan_runs(load_study(y))
+    y.write_text("grid: [16, {batch_seconds: 16, lr: 0.004, tag: 16s-lr4e-3}]\nmode: fixed-steps\nsteps: 10\n")
+    assert [r.name for r in plan_runs(load_study(y))] == ["16s-seed1", "16s-lr4e-3-seed1"]
     y.write_text("grid: []\n")
     with pytest.raises(ValueError, match="grid is empty"):
         load_study(y)

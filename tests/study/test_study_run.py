@@ -60,6 +60,9 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
     assert ("4s-seed1", "final") in names and ("8s-seed1", "final") in names
     assert ("scratch", "init") in names
     assert any(ck.startswith("hours-") for _, ck in names)
+    # milestones count the plan's hours (batch × steps, as the paper): 0.004 h of 8 s batches is step 2
+    ck = json.loads((out / "pretrain" / "8s-seed1" / "checkpoints" / "hours-0.004" / "trainer.json").read_text())
+    assert ck["step"] == 2
     for r in results:
         assert 0.0 <= r["cer"] and r["split"] == "test"
     plots = {p.name for p in (out / "report" / "plots").glob("*.png")}
@@ -158,12 +161,16 @@ def test_settings_added_later_compare_as_the_older_code_behaved(study_file, tmp_
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     assert fp["pretrain"]["model.init"] == "torch"
+    assert fp["pretrain"]["ckpt_hours_basis"] == "nominal"  # a study's milestones: batch × steps
     fp["pretrain"]["data.padding"] = True  # a recipe that pads, as every one did before the setting existed
+    fp["pretrain"]["ckpt_hours_basis"] = "padded"  # milestones on padded hours, as before the setting existed
     older = {part: {k: v for k, v in d.items() if k not in ADDED_LATER} for part, d in fp.items()}
     out = tmp_path / "out"
     out.mkdir()
     (out / "study.json").write_text(json.dumps({"fingerprint": older}))
     check_same_recipe(out, fp)
+    with pytest.raises(ValueError, match=r"differs in pretrain\.ckpt_hours_basis"):  # today's study: other steps
+        check_same_recipe(out, {**fp, "pretrain": {**fp["pretrain"], "ckpt_hours_basis": "nominal"}})
     fp["pretrain"]["model.init"] = "fairseq"
     with pytest.raises(ValueError, match=r"differs in pretrain\.model\.init"):
         check_same_recipe(out, fp)
@@ -181,3 +188,23 @@ def test_a_folder_from_before_fingerprints_is_checked_on_its_study_config(study_
     other = load_study(study_file, ["grid=[4, 16]"])
     with pytest.raises(ValueError, match=r"differs in study\.grid"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+
+
+def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch) -> None:
+    """torchrun's ranks, stopped by a signal, exit cleanly: the study must not take step 120 of 338 as done."""
+    import earful.train.pretrain as pretrain
+    from earful.study.config import PlannedRun, StudyConfig
+    from earful.study.run import run_pretraining_stage
+
+    monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 120})
+    monkeypatch.setattr("earful.train.config.load_pretrain_config", lambda path, overrides: None)
+    run = PlannedRun(tag="16s", batch_seconds=16, devices=1, device_seconds=16, accumulation=1, lr=1e-3,
+                     steps=338, hours=1.5, seed=1)
+    study = StudyConfig()
+    study.corpus.train, study.corpus.valid = "train.jsonl", None
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 120 of 338"):
+        run_pretraining_stage(study, run, tmp_path, tmp_path)
+    assert not (tmp_path / "pretrain" / "16s-seed1" / "done.json").exists()
+    monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 338})
+    assert run_pretraining_stage(study, run, tmp_path, tmp_path)["step"] == 338
+    assert (tmp_path / "pretrain" / "16s-seed1" / "done.json").exists()
