@@ -153,6 +153,13 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
     if len(set(names)) < len(names):  # one folder would serve (or be trained by) two runs
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"study: grid entries share run names {twice}; give each entry its own `tag:`")
+    tags: dict[float, set[str]] = {}
+    for r in runs:
+        tags.setdefault(r.batch_seconds, set()).add(r.tag)
+    shared = {b: sorted(t) for b, t in tags.items() if len(t) > 1}
+    if shared:  # the report compares batch sizes: it would pool these as if they were seeds
+        raise ValueError(f"study: one grid entry per batch size (the report compares batch sizes, and would pool "
+                         f"{shared} as seeds); sweep lr or layouts at one batch size in separate studies (--out)")
     return runs
 
 

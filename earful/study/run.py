@@ -83,9 +83,14 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+# study settings that decide how it runs or which runs it holds, not what a run computes: a finished study may
+# continue with more seeds (or jobs, or another name)
+NOT_RECIPE = ("jobs", "throughput", "seeds", "name")
+
+
 def _study_part(study: dict[str, Any]) -> dict[str, Any]:
-    """The study config, flattened, less what decides how it runs rather than what it computes."""
-    return {k: v for k, v in _flatten(study).items() if k not in ("jobs", "throughput")}
+    """The study config, flattened, less ``NOT_RECIPE``."""
+    return {k: v for k, v in _flatten(study).items() if k not in NOT_RECIPE}
 
 
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
@@ -117,6 +122,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         return
     saved = json.loads(p.read_text(encoding="utf-8"))
     old = saved.get("fingerprint")
+    if old is not None and "study" in old:  # written when seeds and name were part of the recipe
+        old["study"] = {k: v for k, v in old["study"].items() if k not in NOT_RECIPE}
     for part in ("pretrain", "finetune"):
         if old is not None and part in old:
             added = {k: v for k, v in ADDED_LATER.items() if k in fingerprint.get(part, {})}

@@ -68,7 +68,8 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"share run names \['16s-seed1'\]; give each entry its own `tag:`"):
         plan_runs(load_study(y))
     y.write_text("grid: [16, {batch_seconds: 16, lr: 0.004, tag: 16s-lr4e-3}]\nmode: fixed-steps\nsteps: 10\n")
-    assert [r.name for r in plan_runs(load_study(y))] == ["16s-seed1", "16s-lr4e-3-seed1"]
+    with pytest.raises(ValueError, match=r"one grid entry per batch size .* \{16.0: \['16s', '16s-lr4e-3'\]\}"):
+        plan_runs(load_study(y))
     y.write_text("grid: []\n")
     with pytest.raises(ValueError, match="grid is empty"):
         load_study(y)

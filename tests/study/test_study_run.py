@@ -208,3 +208,21 @@ def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch
     monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 338})
     assert run_pretraining_stage(study, run, tmp_path, tmp_path)["step"] == 338
     assert (tmp_path / "pretrain" / "16s-seed1" / "done.json").exists()
+
+
+def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> None:
+    """Seeds and the name say which runs a folder holds, not what a run computes: adding seeds continues it
+    (a fingerprint from before this rule, with seeds and name in it, too)."""
+    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+
+    study = load_study(study_file)
+    fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
+    out = tmp_path / "out"
+    out.mkdir()
+    older = {**fp, "study": {**fp["study"], "seeds": [1], "name": "toy"}}
+    (out / "study.json").write_text(json.dumps({"fingerprint": older}))
+    more = load_study(study_file, ["seeds=[1, 2]", "name=toy-more"])
+    check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
+    other = load_study(study_file, ["seeds=[1, 2]", "steps=5"])
+    with pytest.raises(ValueError, match=r"differs in study\.steps"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
