@@ -148,7 +148,7 @@ def build_report(out_dir: str | Path) -> Path:
     ft = [r for r in results if r.get("split")]
     splits = sorted({r["split"] for r in ft})
     label_sets = sorted({r["label_set"] for r in ft})
-    main_split = "test" if "test" in splits else (splits[0] if splits else None)
+    main_split = main_split_of(splits)
     if main_split:
         text += [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %)", ""]
         head = ["pre-training", "hours seen"] + label_sets
@@ -189,7 +189,8 @@ def build_report(out_dir: str | Path) -> Path:
                                     "cer"], csv_rows)
 
         # WER / CER vs batch size (final checkpoints), one line per label set; and vs hours seen, one line per batch
-        finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == "final" and r.get("batch_seconds")]
+        end = end_checkpoint(ft)
+        finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == end and r.get("batch_seconds")]
         for metric in ("wer", "cer"):
             def draw_b(ax, metric=metric):
                 for ls in label_sets:
@@ -238,6 +239,21 @@ def build_report(out_dir: str | Path) -> Path:
     return path
 
 
+def main_split_of(splits: list[str]) -> str | None:
+    """The split the tables and findings report: ``test``, else the first ``test*`` (LibriSpeech: test-clean),
+    else the first in sort order."""
+    if "test" in splits:
+        return "test"
+    return next((s for s in sorted(splits) if s.startswith("test")), min(splits) if splits else None)
+
+
+def end_checkpoint(ft: list[dict[str, Any]]) -> str:
+    """The checkpoint a pre-training is compared by: ``final``, or ``best`` in a study that fine-tunes only
+    the best (the paper's recipe)."""
+    cks = {r["checkpoint"] for r in ft}
+    return "final" if "final" in cks or "best" not in cks else "best"
+
+
 def _per_batch(records: list[dict[str, Any]], ls: str, metric: str) -> dict[float, list[float]]:
     """``metric`` of the records on label set ``ls``, by pre-training batch size (one value per seed)."""
     per_b: dict[float, list[float]] = defaultdict(list)
@@ -275,7 +291,8 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
     name = metric.upper()
     out = [f"### In {name} (`{split}`)", ""]
     label_sets = sorted({r["label_set"] for r in ft})
-    finals = [r for r in ft if r["split"] == split and r["checkpoint"] == "final" and r.get("batch_seconds")]
+    end = end_checkpoint(ft)
+    finals = [r for r in ft if r["split"] == split and r["checkpoint"] == end and r.get("batch_seconds")]
     scratch = [r for r in ft if r["split"] == split and str(r["pretrain"]).startswith("scratch")]
     for ls in label_sets:
         per_b = _per_batch(finals, ls, metric)

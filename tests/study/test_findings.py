@@ -28,3 +28,23 @@ def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> N
     assert ("Equal hours seen (final, 1.5 h), 10h:** CER by batch 8 s: 50.0 ± 2.0, 16 s: 55.0 ± 2.0, 32 s: 80.0 ± 2.0 "
             "(spread 30.0 points); 8 s → 16 s: CER higher (beyond 2 standard errors)") in text
     assert "best pre-trained (8 s) CER 50.0 ± 2.0 % vs scratch 75.0 ± 2.0 %: pre-trained is lower (beyond" in text
+
+
+def test_a_paper_shaped_study_reports_test_clean_and_its_best_checkpoints() -> None:
+    """LibriSpeech splits and only the best checkpoints fine-tuned (the paper's recipe): the findings are
+    about test-clean and the best checkpoints, not empty."""
+    from earful.study.report import end_checkpoint, main_split_of
+
+    assert main_split_of(["dev-clean", "dev-other", "test-clean", "test-other"]) == "test-clean"
+    assert main_split_of(["dev", "test"]) == "test" and main_split_of(["valid"]) == "valid"
+    ft = []
+    for split, shift in (("dev-clean", 0.0), ("test-clean", 0.01)):
+        for seed in (1, 2):
+            for pre, b, cer in (("87.5s", 87.5, 0.30), ("600s", 600.0, 0.20), ("scratch", None, 0.60)):
+                r = rec(f"{pre}-seed{seed}", b, "init" if b is None else "best", 400000, 1.0, cer + shift + 0.01 * seed,
+                        seed)
+                ft.append({**r, "split": split})
+    assert end_checkpoint(ft) == "best"
+    text = "\n".join(findings(ft, {}, {"mode": "fixed-steps", "steps": 400000}, "test-clean", "cer"))
+    assert "### In CER (`test-clean`)" in text
+    assert "87.5 s → 600 s: CER lower" in text and "best pre-trained (600 s) CER 22.5" in text
