@@ -180,15 +180,17 @@ class AudioLoader:
     """A DataLoader over an ``AudioDataset`` batched by a ``SecondsBatchSampler``.
 
     Counts what training actually received: ``state_dict()`` resumes exactly (the sampler itself runs
-    ahead of training by the prefetched batches); ``bad_files`` counts files skipped with ``skip_bad``
-    (each logged as a warning); ``skipped`` is the sampler's count of unbatchable utterances.
+    ahead of training by the prefetched batches); ``bad_files`` counts the distinct files skipped with
+    ``skip_bad`` (each logged as a warning the first time; ``bad_ids`` holds their ids); ``skipped`` is the
+    sampler's count of unbatchable utterances.
     """
 
     def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, *, num_workers: int = 0,
                  pin_memory: bool = False, prefetch_factor: int | None = None, crop_to_shortest: bool = False) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.epoch, self.position = sampler.epoch, sampler.position
-        self.bad_files = 0
+        self.bad_ids: set[str] = set()
+        self.bad_earlier = 0  # counted by a checkpoint from before bad_ids were kept (loads, not files)
         self.empty_batches = 0
         self.loader = DataLoader(
             dataset,
@@ -215,14 +217,20 @@ class AudioLoader:
             self.position += 1
             if self.position >= len(self.sampler.epoch_batches(self.epoch)):
                 self.epoch, self.position = self.epoch + 1, 0
-            for msg in batch.bad:
-                log.warning("skipped bad audio file %s", msg)
-            self.bad_files += len(batch.bad)
+            for msg in batch.bad:  # "id: problem"
+                uid = msg.partition(": ")[0]
+                if uid not in self.bad_ids:  # an endless loader meets it again every epoch
+                    self.bad_ids.add(uid)
+                    log.warning("skipped bad audio file %s", msg)
             if not len(batch):
                 self.empty_batches += 1
                 log.warning("a batch had no loadable audio and was left out")
                 continue
             yield batch
+
+    @property
+    def bad_files(self) -> int:
+        return len(self.bad_ids) + self.bad_earlier
 
     def is_repeat(self, batch: Batch) -> bool:
         """Whether ``batch`` is a copy the sampler dealt only so that every rank gets as many batches (too few
@@ -233,13 +241,15 @@ class AudioLoader:
 
     def state_dict(self) -> dict[str, Any]:
         state = self.sampler.state_dict()
-        state.update(epoch=self.epoch, position=self.position, bad_files=self.bad_files)
+        state.update(epoch=self.epoch, position=self.position, bad_files=self.bad_files,
+                     bad_ids=sorted(self.bad_ids), bad_earlier=self.bad_earlier)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state)
         self.epoch, self.position = self.sampler.epoch, self.sampler.position
-        self.bad_files = int(state.get("bad_files", 0))
+        self.bad_ids = set(state.get("bad_ids", []))
+        self.bad_earlier = int(state.get("bad_earlier", 0) if "bad_ids" in state else state.get("bad_files", 0))
 
 
 def make_loader(

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from earful.train import distributed as D
@@ -110,10 +109,11 @@ class StepLoop:
                     signal.Signals(signum).name)
 
     def bad_files(self) -> int:
-        """Unreadable files left out so far (``data.skip_bad``), over every rank (a collective: every rank
-        logs each interval and ends ``fit``)."""
-        t = torch.tensor([float(self.loader.bad_files)], dtype=torch.float64, device=self.d.device)
-        return int(D.all_reduce_sum(t, self.d).item())
+        """Distinct unreadable files left out so far (``data.skip_bad``), over every rank: a file may fall to
+        several ranks in turn (a collective: every rank logs each interval and ends ``fit``)."""
+        mine = (sorted(self.loader.bad_ids), self.loader.bad_earlier)
+        gathered = D.all_gather_object(mine, self.d)
+        return len({i for ids, _ in gathered for i in ids}) + sum(e for _, e in gathered)  # type: ignore[misc]
 
     def agree_stop(self, signalled_ranks: float) -> None:
         """Called by ``train_step`` with the all-reduced sum of ``signal_received > 0`` over the ranks: every

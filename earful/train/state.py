@@ -179,9 +179,12 @@ def restore_training_state(
     loaders = state.get("loaders") or []
     if len(loaders) == d.world_size:
         loader.load_state_dict(loaders[d.rank])
-    else:  # another number of ranks: rank 0's position, and the job's bad-file count kept once, on rank 0
-        total = sum(int(s.get("bad_files", 0)) for s in (loaders or [state["loader"]]))
-        loader.load_state_dict({**state["loader"], "bad_files": total if d.rank == 0 else 0})
+    else:  # another number of ranks: rank 0's position, and the job's bad files kept once, on rank 0
+        states = loaders or [state["loader"]]
+        ids = sorted({i for s in states for i in s.get("bad_ids", [])})
+        earlier = sum(int(s.get("bad_earlier", 0) if "bad_ids" in s else s.get("bad_files", 0)) for s in states)
+        mine = {"bad_ids": ids, "bad_earlier": earlier} if d.rank == 0 else {"bad_ids": [], "bad_earlier": 0}
+        loader.load_state_dict({**state["loader"], **mine})
     torch.set_rng_state(state["rng_cpu"])
     saved = state.get("rng_cuda")
     if saved is not None and d.device.type == "cuda":

@@ -124,3 +124,20 @@ def test_model_inputs_drop_the_lengths_of_an_unpadded_batch() -> None:
     assert lengths is None and torch.equal(w, wave)
     w, lengths = padded.model_inputs(torch.device("cpu"))
     assert lengths is not None and lengths.tolist() == [100, 60]
+
+
+def test_a_bad_file_counts_once_however_often_it_is_met(tmp_path: Path, tone, caplog):
+    """An endless loader meets a corrupt file every epoch: one file, one count, one warning; kept on resume."""
+    utts = corpus(tmp_path, tone, 4)
+    Path(utts[2].path).write_bytes(b"junk")
+    loader = make_loader(utts, 10.0, skip_bad=True, endless=True)
+    it = iter(loader)
+    for _ in range(5 * len(loader)):  # five epochs
+        next(it)
+    assert loader.bad_files == 1 and loader.bad_ids == {"u2"}
+    assert caplog.text.count("skipped bad audio file u2") == 1
+    again = make_loader(utts, 10.0, skip_bad=True, endless=True)
+    again.load_state_dict(loader.state_dict())
+    assert again.bad_files == 1
+    again.load_state_dict({"epoch": 0, "position": 0, "bad_files": 3})  # a checkpoint from before bad_ids
+    assert again.bad_files == 3
