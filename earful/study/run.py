@@ -217,6 +217,16 @@ def hours_of(ckpt: Path) -> tuple[float, int]:
     return float(info.get("hours_padded", 0.0)), int(info.get("step", 0))
 
 
+def finetune_overrides(study: StudyConfig, label_set: str, init: Path, seed: int, root: Path,
+                       extra: list[str]) -> list[str]:
+    """The fine-tuning config's overrides for one label set: the study's, the label set's own, the
+    baseline's (``extra``), then the run's init, data and seed."""
+    c = study.corpus
+    return [*study.finetune.overrides, *study.finetune.per_label_set.get(label_set, []), *extra, f"init={init}",
+            f"data.train={c.path(c.label_sets[label_set], root)}", f"data.dev={c.path(c.dev, root)}",
+            f"seed={seed}"]
+
+
 def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: str, seed: int, out: Path,
                           root: Path, extra: list[str]) -> dict[str, Any]:
     from earful.eval.evaluate import evaluate
@@ -226,10 +236,7 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
     c = study.corpus
     fdir = out / "finetune" / name
     if not _done(fdir):
-        overrides = [*study.finetune.overrides, *extra, f"init={init}",
-                     f"data.train={c.path(c.label_sets[label_set], root)}", f"data.dev={c.path(c.dev, root)}",
-                     f"seed={seed}"]
-        cfg = load_finetune_config(study.finetune.config, overrides)
+        cfg = load_finetune_config(study.finetune.config, finetune_overrides(study, label_set, init, seed, root, extra))
         log.info("fine-tuning %s", name)
         summary = run_finetuning(cfg, fdir, resume=True)
         if summary.get("stopped_by"):

@@ -91,3 +91,21 @@ def test_shipped_studies_and_their_configs_load(name) -> None:
     ft = study.finetune.config
     cfg = load_finetune_config(ROOT / ft if ft and (ROOT / ft).exists() else ft, study.finetune.overrides)
     assert cfg.max_steps > 0
+
+
+def test_paper_fine_tunes_each_label_set_for_its_own_steps_and_keeps_the_last(tmp_path) -> None:
+    """§5.1: 12k, 13k, 20k, 80k and 320k steps; §5.4: the last checkpoint is the one evaluated."""
+    from earful.finetune.config import load_finetune_config
+    from earful.study.run import finetune_overrides
+
+    study = load_study(ROOT / "studies/paper.yaml")
+    steps = {}
+    for ls in study.corpus.label_sets:
+        cfg = load_finetune_config(study.finetune.config, finetune_overrides(study, ls, tmp_path, 1, ROOT, []))
+        steps[ls] = cfg.max_steps
+        assert not cfg.keep_best
+    assert steps == {"10min": 12000, "1h": 13000, "10h": 20000, "100h": 80000, "960h": 320000}
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [16]\ncorpus: {label_sets: {10h: a.jsonl}}\nfinetune: {per_label_set: {1h: [max_steps=5]}}\n")
+    with pytest.raises(ValueError, match=r"per_label_set names \['1h'\], not in corpus.label_sets"):
+        load_study(y)
