@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
-from earful.train.config import accumulation_steps, scale_lr
+from earful.train.config import accumulation_steps, nominal_steps, scale_lr
 
 
 @dataclass
@@ -147,7 +147,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
             else:
                 if study.hours <= 0:
                     raise ValueError("fixed-hours: set hours > 0")
-                steps = max(1, round(study.hours * 3600 / e.batch_seconds))
+                steps = max(1, nominal_steps(study.hours, e.batch_seconds))
             runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
                                    devices=e.devices, device_seconds=dev_s, accumulation=accum, lr=lr, steps=steps,
                                    hours=steps * e.batch_seconds / 3600, seed=seed))

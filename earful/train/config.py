@@ -14,6 +14,12 @@ from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config
 
 
+def nominal_steps(hours: float, batch_seconds: float) -> int:
+    """The step at which batches of ``batch_seconds`` reach ``hours`` of audio (batch × steps, the paper's
+    hours seen), rounded half up: 1.5 h is 338 steps of 16 s and 113 of 48 s alike."""
+    return math.floor(hours * 3600 / batch_seconds + 0.5)
+
+
 def accumulation_steps(batch_seconds: float, device_seconds: float, world_size: int) -> int:
     """Micro-batches per optimizer step on each device: ceil(batch / (device × world))."""
     return max(1, math.ceil(batch_seconds / (device_seconds * world_size) - 1e-9))
@@ -112,7 +118,7 @@ class PretrainConfig(SecondsBatching):
     keep_last: int = 2
     ckpt_hours: list[float] = field(default_factory=list)  # extra checkpoints at these hours seen
     # what an hour in ckpt_hours counts: "padded" audio seen (measured), or "nominal" batch_seconds × steps (the
-    # paper's hours, which a study uses: a milestone then lands at step round(hours · 3600 / batch_seconds))
+    # paper's hours, which a study uses: a milestone then lands at step nominal_steps(hours, batch_seconds))
     ckpt_hours_basis: str = "padded"
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True

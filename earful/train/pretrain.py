@@ -31,7 +31,7 @@ from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining, count_parameters
 from earful.train import distributed as D
-from earful.train.config import PretrainConfig
+from earful.train.config import PretrainConfig, nominal_steps
 from earful.train.loop import StepLoop
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, codeword_similarity, distance_from
 from earful.train.schedule import lr_at
@@ -354,7 +354,7 @@ class Pretrainer(StepLoop):
         cfg = self.cfg
         for h in cfg.ckpt_hours:
             if cfg.ckpt_hours_basis == "nominal":
-                reached = self.step >= round(h * 3600 / cfg.batch_seconds)
+                reached = self.step >= nominal_steps(h, cfg.batch_seconds)
             else:
                 reached = self.hours_padded >= h
             if h not in self.milestones_done and reached:

@@ -42,11 +42,18 @@ def test_sqrt_and_linear_rules_give_the_paper_sweep(tmp_path) -> None:
     assert lin == pytest.approx([7.29e-6, 1.25e-5, 5e-5, 1e-4, 2e-4], rel=2e-3)
 
 
+def test_steps_for_equal_hours_round_half_up(tmp_path) -> None:
+    """1.5 h: 16 s × 337.5 and 48 s × 112.5 both round up (round() took 338 but 112: ties to even)."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [16, 48]\nmode: fixed-hours\nhours: 1.5\n")
+    assert [r.steps for r in plan_runs(load_study(y))] == [338, 113]
+
+
 def test_fixed_hours_gives_equal_audio(tmp_path) -> None:
     y = tmp_path / "s.yaml"
     y.write_text("grid: [16, 32, 64]\nmode: fixed-hours\nhours: 0.5\ndevice_seconds: 16\nseeds: [1, 2]\n")
     runs, table = plan_table(load_study(y), throughput=40.0)
-    assert [r.steps for r in runs[:3]] == [112, 56, 28]
+    assert [r.steps for r in runs[:3]] == [113, 56, 28]  # 112.5 rounds up
     assert [r.accumulation for r in runs[:3]] == [1, 2, 4]
     assert len(runs) == 6 and {r.seed for r in runs} == {1, 2}
     assert "est. wall-clock" in table and "min" in table
