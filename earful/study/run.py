@@ -22,6 +22,7 @@ bars and logs go to ``OUT/logs/worker-*.log``; this process shows one bar over t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import multiprocessing as mp
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -264,10 +265,22 @@ class Task:
     then: Callable[[Any], list[Task]] | None = None
 
 
-def _worker_init(threads: int, log_dir: str) -> None:
+def _exit_with(parent: int, every: float = 2.0) -> None:
+    """A pool worker's watch: once the study process is gone (killed), exit rather than keep writing into
+    a folder that a rerun of the study will resume (checkpoints are atomic; the rerun redoes the rest)."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     """A pool worker: ``threads`` torch threads, its progress bars and logs in its own file."""
+    import threading
+
     import torch
 
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     sys.stdout = sys.stderr = f
@@ -298,7 +311,7 @@ def execute(tasks: list[Task], jobs: int, log_dir: Path) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log.info("running %d jobs at once (%d threads each); their logs: %s/worker-*.log", jobs, threads, log_dir)
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads, str(log_dir))) as pool:
+                             initargs=(threads, str(log_dir), os.getpid())) as pool:
         running: dict[Future, Task] = {}
         try:
             while queue or running:
@@ -325,10 +338,33 @@ def execute(tasks: list[Task], jobs: int, log_dir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the study
+def hold_folder(out: Path) -> IO[str]:
+    """An exclusive lock on ``out`` for as long as the returned file stays open: two study processes in one
+    folder would train the same runs into the same checkpoints."""
+    f = open(out / ".study.lock", "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise RuntimeError(f"{out}: another earful study is running in this folder (pid {holder}); wait for it "
+                           f"or stop it, then run again") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | None = None) -> Path:
     root = Path(root or Path.cwd())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with hold_folder(out):
+        return _run_study(study, out, root)
+
+
+def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     t0 = time.time()
     ensure_corpus(study, root)
     runs, table = plan_table(study)

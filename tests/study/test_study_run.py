@@ -226,3 +226,24 @@ def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> Non
     other = load_study(study_file, ["seeds=[1, 2]", "steps=5"])
     with pytest.raises(ValueError, match=r"differs in study\.steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+
+
+def test_one_study_process_per_folder(tmp_path) -> None:
+    """A second `earful study run` into a folder in use stops at once, naming the process that holds it."""
+    import os
+
+    from earful.study.run import hold_folder
+
+    with hold_folder(tmp_path), pytest.raises(RuntimeError, match=rf"running in this folder \(pid {os.getpid()}\)"):
+        hold_folder(tmp_path)
+    hold_folder(tmp_path).close()  # free again once the first has finished
+
+
+def test_a_pool_worker_exits_when_the_study_process_is_gone() -> None:
+    """The watch a pool worker runs: a parent pid that is no longer its parent means the study was killed."""
+    import subprocess
+    import sys
+
+    code = "from earful.study.run import _exit_with; _exit_with(parent=1, every=0.05)"  # 1 is never our parent
+    r = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert r.returncode == 1
