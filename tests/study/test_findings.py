@@ -25,6 +25,7 @@ def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> N
             "errors) (8 s: 60.0 ± 2.0, 16 s: 55.0 ± 2.0)") in text
     assert "Equal steps (16 s at step 180, 32 s at step 169), 10h:** 16 s → 32 s: CER higher (beyond 2" in text
     assert "step 90" not in text and "step 675" not in text  # nothing within 10 % of them
+    assert "55.0 ± 2.0). Caveat: 8 s is a checkpoint within its run, taken before its learning rate" in text
     assert ("Equal hours seen (final, 1.5 h), 10h:** CER by batch 8 s: 50.0 ± 2.0, 16 s: 55.0 ± 2.0, 32 s: 80.0 ± 2.0 "
             "(spread 30.0 points); 8 s → 16 s: CER higher (beyond 2 standard errors)") in text
     assert "best pre-trained (8 s) CER 50.0 ± 2.0 % vs scratch 75.0 ± 2.0 %: pre-trained is lower (beyond" in text
