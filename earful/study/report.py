@@ -120,7 +120,8 @@ def build_report(out_dir: str | Path) -> Path:
             csv_rows.append([n, b, f["step"], f["hours"], f["loss"], f["accuracy"]])
     if rows:
         text += ["## Pre-training: final validation (held-out voices)", "",
-                 md_table(["batch", "steps", "hours seen", "loss / masked frame", "accuracy", "hard perplexity"], rows),
+                 md_table(["batch", "steps", "hours (batch × steps)", "loss / masked frame", "accuracy",
+                           "hard perplexity"], rows),
                  "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size "
                  "(mean ± standard deviation where there are several). Distractors whose code equals the "
                  "target's are masked out, so a narrow codebook (low perplexity) inflates accuracy: compare "
@@ -151,7 +152,7 @@ def build_report(out_dir: str | Path) -> Path:
     main_split = main_split_of(splits)
     if main_split:
         text += [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %)", ""]
-        head = ["pre-training", "hours seen"] + label_sets
+        head = ["pre-training", "hours seen (padded audio)"] + label_sets
         rows, csv_rows = [], []
         groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         hours_of: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -225,7 +226,7 @@ def build_report(out_dir: str | Path) -> Path:
                     if scratch:
                         ax.axhline(statistics.fmean(scratch), color="grey", ls="--", label=f"scratch ({ls})")
                 ax.set_xscale("log")
-                ax.set_xlabel("hours of audio seen in pre-training")
+                ax.set_xlabel("hours of (padded) audio seen in pre-training")
                 ax.set_ylabel(f"{metric.upper()} % ({main_split})")
                 ax.legend(fontsize=8)
             _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
