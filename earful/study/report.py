@@ -330,7 +330,7 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
             steps = ", ".join(f"{b:g} s at step {mean_step[cl[b]]:.0f}" for b in sorted(cl))
             mid = sorted(f"{b:g} s" for b, key in cl.items() if key[1] != "final")
             caveat = (f" Caveat: {', '.join(mid)} is a checkpoint within its run, taken before its learning rate "
-                      "had decayed (unless the schedule is cyclic and the milestone at one of its minima)"
+                      "had decayed (unless the schedule is cyclic and the milestone at one of its minima)."
                       if mid and any(key[1] == "final" for key in cl.values()) else "")
             out.append(f"- **Equal steps ({steps}), {ls}:** {_neighbours(per_b, name)} ({_values(per_b)}).{caveat}")
     for ls in label_sets if study.get("mode") == "fixed-hours" else []:
