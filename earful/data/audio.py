@@ -9,7 +9,9 @@ import soundfile as sf
 import soxr
 
 RECEPTIVE_FIELD = 400  # samples: the wav2vec 2.0 feature encoder's receptive field at 16 kHz
-AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg")
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile decodes
+# audio that libsndfile cannot decode: a folder holding it is told so rather than read without it
+UNREADABLE_AUDIO_EXTENSIONS = (".m4a", ".aac", ".wma", ".mp4", ".webm", ".amr")
 
 
 class AudioError(ValueError):

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, AudioError, audio_info
+from .audio import AUDIO_EXTENSIONS, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info
 from .manifest import Utterance
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> l
     transcript from a sidecar ``.txt`` or ``.lab`` file with the same stem when present."""
     root = Path(root)
     problems = [] if problems is None else problems
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
+        problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
+                        "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
     utts = []
     for path in _audio_files(root):
         rel = path.relative_to(root).with_suffix("")

@@ -51,6 +51,20 @@ def test_plain_folder(tmp_path: Path, tone):
     assert utts["spk2/b"].transcript is None and utts["spk2/b"].sample_rate == 8000
 
 
+def test_plain_folder_reads_mp3_and_opus_and_reports_what_it_cannot_decode(tmp_path: Path):
+    import numpy as np
+    import soundfile as sf
+
+    x = (0.3 * np.sin(np.arange(16000) / 10)).astype(np.float32)
+    sf.write(tmp_path / "a.mp3", x, 16000, format="MP3")
+    sf.write(tmp_path / "b.opus", x, 16000, format="OGG", subtype="OPUS")
+    (tmp_path / "c.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")  # not decodable by libsndfile
+    problems: list[str] = []
+    utts = {u.id: u for u in read_folder(tmp_path, problems)}
+    assert sorted(utts) == ["a", "b"] and utts["a"].num_samples == 16000
+    assert len(problems) == 1 and "c.m4a: .m4a audio cannot be decoded here" in problems[0]
+
+
 def test_discover_and_prepare_command(tmp_path: Path, librilight, caplog, ls_tree):
     ls = tmp_path / "LibriSpeech"
     ls_tree(ls / "train-clean-100", speakers=(1,))
