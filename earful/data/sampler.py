@@ -152,21 +152,27 @@ class SecondsBatchSampler:
         return self._deal(batches, epoch)
 
     def _remainder(self, epoch: int, steps: list[dict[str, Any]]) -> list[np.ndarray]:
-        """The global batches of a resumed ``epoch``: what the saved layouts had not reached, in their order,
-        still batchable here, re-packed only where a batch no longer fits this layout."""
-        left: list[np.ndarray] = []
-        for k, step in enumerate(steps):
-            then = self._with_layout(step["layout"])
-            cut = then._remainder(epoch, steps[:k]) if k else then._global_batches(epoch)
-            cut = cut[: len(cut) - then.repeated]  # the repeated copies at the end are not utterances of their own
-            left = cut[int(step["position"]) * then.world_size :]  # rank r's p-th batch is global batch p·W + r
+        """The global batches of a resumed ``epoch``: what the saved run (the last step; earlier steps made its
+        epoch a remainder too) had not reached, in its order, still batchable here. Its batches are kept when
+        only the number of ranks changed; otherwise the utterances are packed anew and the batches shuffled."""
+        step = steps[-1]
+        then = self._with_layout(step["layout"])
+        cut = then._remainder(epoch, steps[:-1]) if len(steps) > 1 else then._global_batches(epoch)
+        cut = cut[: len(cut) - then.repeated]  # the repeated copies at the end are not utterances of their own
+        w = then.world_size
+        done = step.get("positions") or [int(step["position"])] * w  # batches each saved rank had consumed
+        left = [b for g, b in enumerate(cut) if g // w >= done[g % w]]  # rank r's p-th batch is global p·W + r
         valid = np.zeros(len(self.lengths), dtype=bool)
         valid[self._valid] = True
         kept = [b[valid[b]] for b in left]
-        if all(self.effective[b].max() * len(b) <= self.pack_samples for b in kept if len(b)):
+        same_cut = all(then.layout()[k] == self.layout()[k] for k in self.layout() if k != "world_size")
+        if same_cut:
             batches = [b for b in kept if len(b)]
         else:
             batches = self._pack(np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64))
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, epoch, len(steps)])
+                batches = [batches[j] for j in rng.permutation(len(batches))]
         return self._deal(batches, epoch)
 
     def _with_layout(self, layout: dict[str, Any]) -> SecondsBatchSampler:
@@ -268,7 +274,15 @@ class SecondsBatchSampler:
         resumed = state.get("resumed")
         steps = list(resumed["steps"]) if resumed and resumed["epoch"] == self.epoch else []
         if saved != now:
-            steps.append({"layout": saved, "position": self.position})
+            # where every saved rank was (a rank that met an unreadable batch may be one ahead), else rank 0's
+            ranks = state.get("ranks") or []
+            if len(ranks) == saved["world_size"]:
+                positions = [int(r["position"]) if int(r["epoch"]) == self.epoch
+                             else (2**62 if int(r["epoch"]) > self.epoch else 0) for r in ranks]
+            else:
+                positions = [self.position] * saved["world_size"]
+            if steps or any(positions):  # nothing consumed yet: the epoch simply starts in the new layout
+                steps.append({"layout": saved, "positions": positions})
             self.position = 0
         self._resumed = {"epoch": self.epoch, "steps": steps} if steps else None
         self._cache = {}

@@ -22,11 +22,13 @@ bars and logs go to ``OUT/logs/worker-*.log``; this process shows one bar over t
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,13 +96,17 @@ def _study_part(study: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in _flatten(study).items() if k not in NOT_RECIPE}
 
 
+# set per run (paths on this machine, the run's seed): not part of what a study computes
+PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
+
+
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
     """What decides the study's results: the study (less ``jobs`` and ``throughput``) and the pre-training
     and fine-tuning configs as resolved today (YAML files and code defaults), less machine-specific paths."""
     from earful.finetune.config import load_finetune_config
     from earful.train.config import load_pretrain_config
 
-    paths = {"data.train", "data.valid", "data.dev", "init"}
+    paths = PER_RUN
     pre = _flatten(to_dict(load_pretrain_config(study.pretrain_config, pretrain_overrides(study, runs[0], root))))
     fin = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
     fp = {"study": _study_part(to_dict(study)),
@@ -123,8 +129,11 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         return
     saved = json.loads(p.read_text(encoding="utf-8"))
     old = saved.get("fingerprint")
-    if old is not None and "study" in old:  # written when seeds and name were part of the recipe
+    if old is not None and "study" in old:  # written when seeds, name and the first run's seed were in it
         old["study"] = {k: v for k, v in old["study"].items() if k not in NOT_RECIPE}
+        for part in ("pretrain", "finetune"):
+            if part in old:
+                old[part] = {k: v for k, v in old[part].items() if k not in PER_RUN}
     for part in ("pretrain", "finetune"):
         if old is not None and part in old:
             added = {k: v for k, v in ADDED_LATER.items() if k in fingerprint.get(part, {})}
@@ -162,6 +171,16 @@ def pretrain_overrides(study: StudyConfig, run: PlannedRun, root: Path) -> list[
     ]
 
 
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _stop_with_parent() -> None:
+    """In torchrun's process before it starts (Linux): SIGTERM once the process that started it dies, so a
+    killed study's multi-device pre-training checkpoints and stops instead of writing on unseen."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:
     from earful.train.config import load_pretrain_config
     from earful.train.pretrain import run_pretraining
@@ -177,7 +196,7 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
     if run.devices > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={run.devices}", "-m", "earful.cli",
                "pretrain", study.pretrain_config or overrides[0], *overrides, "--out", str(rdir), "--resume"]
-        subprocess.run(cmd, check=True, cwd=root, env=os.environ.copy())
+        subprocess.run(cmd, check=True, cwd=root, env=os.environ.copy(), preexec_fn=_stop_with_parent)
         summary = json.loads((rdir / "checkpoints" / "latest.json").read_text())
     else:
         cfg = load_pretrain_config(study.pretrain_config, overrides)

@@ -177,14 +177,15 @@ def restore_training_state(
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     loaders = state.get("loaders") or []
+    ranks = [{"epoch": s["epoch"], "position": s["position"]} for s in loaders]  # for a resume in another layout
     if len(loaders) == d.world_size:
-        loader.load_state_dict(loaders[d.rank])
+        loader.load_state_dict({**loaders[d.rank], "ranks": ranks})
     else:  # another number of ranks: rank 0's position, and the job's bad files kept once, on rank 0
         states = loaders or [state["loader"]]
         ids = sorted({i for s in states for i in s.get("bad_ids", [])})
         earlier = sum(int(s.get("bad_earlier", 0) if "bad_ids" in s else s.get("bad_files", 0)) for s in states)
         mine = {"bad_ids": ids, "bad_earlier": earlier} if d.rank == 0 else {"bad_ids": [], "bad_earlier": 0}
-        loader.load_state_dict({**state["loader"], **mine})
+        loader.load_state_dict({**state["loader"], **mine, "ranks": ranks})
     torch.set_rng_state(state["rng_cpu"])
     saved = state.get("rng_cuda")
     if saved is not None and d.device.type == "cuda":

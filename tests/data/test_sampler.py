@@ -183,6 +183,64 @@ def test_a_resumed_epoch_resumes_again_exactly_or_with_yet_another_layout():
     assert sorted(seen + _rest(three)) == list(range(len(lens)))
 
 
+@pytest.mark.parametrize("new_world", [1, 2, 3])
+def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: int):
+    """A rank that met an unreadable batch pulled one more: the remainder is cut from every rank's place."""
+    lens = lengths(203)
+    ranks = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    seen = _consume(ranks[:1], 7) + _consume(ranks[1:], 8)
+    state = {**ranks[0].state_dict(), "ranks": [{"epoch": 0, "position": 7}, {"epoch": 0, "position": 8}]}
+    resumed = [SecondsBatchSampler(lens, 20.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
+    for r in resumed:
+        r.load_state_dict(state)
+    assert len({len(r.epoch_batches()) for r in resumed}) == 1
+    assert sorted(seen + _rest(resumed)) == list(range(len(lens)))
+
+
+def test_a_larger_budget_after_resume_fills_its_batches():
+    """25 → 50 s micro-batches mid-epoch: the rest is packed to the new budget, in shuffled order."""
+    lens = lengths(600)
+    s = SecondsBatchSampler(lens, 25.0, seed=2)
+    _consume([s], 30)
+    bigger = SecondsBatchSampler(lens, 50.0, seed=2)
+    bigger.load_state_dict(s.state_dict())
+    rest = bigger.epoch_batches()
+    fresh = SecondsBatchSampler(lens, 50.0, seed=2).epoch_batches(0)
+    mean = float(np.mean([lens[b].sum() for b in rest])) / RATE
+    assert mean > 0.9 * float(np.mean([lens[b].sum() for b in fresh])) / RATE
+    longest = [int(lens[b].max()) for b in rest]
+    assert longest != sorted(longest, reverse=True)  # not longest-first
+
+
+def test_a_new_layout_at_an_epoch_boundary_starts_the_epoch_fresh():
+    lens = lengths(300)
+    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    list(s)  # a whole epoch: the state says epoch 1, position 0
+    smaller = SecondsBatchSampler(lens, 12.5, seed=7)
+    smaller.load_state_dict(s.state_dict())
+    assert smaller.epoch == 1 and "resumed" not in smaller.state_dict()
+    fresh = SecondsBatchSampler(lens, 12.5, seed=7)
+    assert [b.tolist() for b in smaller.epoch_batches(1)] == [b.tolist() for b in fresh.epoch_batches(1)]
+
+
+def test_each_resume_rebuilds_the_epoch_once(monkeypatch):
+    """Seven layout changes within one epoch: one rebuild of the original epoch, not 2^7."""
+    lens = lengths(300)
+    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    for k in range(7):
+        _consume([s], 3)
+        nxt = SecondsBatchSampler(lens, 25.0 if k % 2 else 20.0, seed=7)
+        nxt.load_state_dict(s.state_dict())
+        s = nxt
+    calls = []
+    original = SecondsBatchSampler._global_batches
+    monkeypatch.setattr(SecondsBatchSampler, "_global_batches",
+                        lambda self, epoch: calls.append(epoch) or original(self, epoch))
+    s._cache = {}
+    s.epoch_batches(0)
+    assert len(calls) == 2  # this one, and the epoch's first cut under the first layout (not 2^7)
+
+
 def test_pack_budget_does_not_leave_out_what_fits_the_device():
     lens = [RATE * 10, RATE * 2, RATE * 2, RATE * 3]
     s = SecondsBatchSampler(lens, 20.0, pack_seconds=5.0, shuffle=False)

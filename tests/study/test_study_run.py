@@ -219,10 +219,11 @@ def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> Non
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     out = tmp_path / "out"
     out.mkdir()
-    older = {**fp, "study": {**fp["study"], "seeds": [1], "name": "toy"}}
+    older = {**fp, "study": {**fp["study"], "seeds": [1], "name": "toy"}, "pretrain": {**fp["pretrain"], "seed": 1}}
     (out / "study.json").write_text(json.dumps({"fingerprint": older}))
-    more = load_study(study_file, ["seeds=[1, 2]", "name=toy-more"])
-    check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
+    for seeds in ("[1, 2]", "[2, 3]"):  # the first run's seed was in older fingerprints: not part of the recipe
+        more = load_study(study_file, [f"seeds={seeds}", "name=toy-more"])
+        check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
     other = load_study(study_file, ["seeds=[1, 2]", "steps=5"])
     with pytest.raises(ValueError, match=r"differs in study\.steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
@@ -247,3 +248,28 @@ def test_a_pool_worker_exits_when_the_study_process_is_gone() -> None:
     code = "from earful.study.run import _exit_with; _exit_with(parent=1, every=0.05)"  # 1 is never our parent
     r = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert r.returncode == 1
+
+
+def test_torchrun_stops_when_the_study_process_dies(tmp_path) -> None:
+    """A multi-device pre-training is a torchrun child: a killed study must not leave it training."""
+    import subprocess
+    import sys
+    import time
+
+    parent = (
+        "import subprocess, sys\n"
+        "from earful.study.run import _stop_with_parent\n"
+        "p = subprocess.Popen(['sleep', '60'], preexec_fn=_stop_with_parent, stdout=subprocess.DEVNULL,\n"
+        "                     stderr=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+        "import os; os._exit(0)\n"  # the study process dies without cleaning up
+    )
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    deadline = time.time() + 10
+    while time.time() < deadline and Path(f"/proc/{child}").exists():
+        time.sleep(0.1)
+    gone = not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    if not gone:
+        subprocess.run(["kill", str(child)], check=False)
+    assert gone

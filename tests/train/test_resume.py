@@ -108,7 +108,9 @@ def test_bad_file_count_survives_a_change_of_world_size() -> None:
                 restore_training_state(state, opt, scaler, ld, d)
                 got.append(ld.state)
             if world == 2:  # each rank its own place and files; StepLoop.bad_files() takes their union
-                assert [s["position"] for s in got] == [5, 6] and got == loaders
+                assert [s["position"] for s in got] == [5, 6]
+                assert [{k: v for k, v in s.items() if k != "ranks"} for s in got] == loaders
+                assert got[0]["ranks"] == [{"epoch": 0, "position": 5}, {"epoch": 0, "position": 6}]
             else:
                 assert sum(count(s) for s in got) == total
 
