@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -111,8 +112,24 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     fin = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
     fp = {"study": _study_part(to_dict(study)),
           "pretrain": {k: v for k, v in pre.items() if k not in paths},
-          "finetune": {k: v for k, v in fin.items() if k not in paths}}
+          "finetune": {k: v for k, v in fin.items() if k not in paths},
+          "data": manifest_digests(study, root)}
     return json.loads(json.dumps(fp))
+
+
+def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
+    """SHA-256 of every manifest the study reads, by role: a corpus re-prepared under the same paths is
+    another recipe, not a reason to reuse the runs trained on the old one."""
+    c = study.corpus
+    named = {"train": c.train, "valid": c.valid, "dev": c.dev,
+             **{f"label_set.{k}": v for k, v in c.label_sets.items()},
+             **{f"test.{k}": v for k, v in c.test_sets().items()}}
+    out = {}
+    for role, rel in named.items():
+        if rel:
+            p = Path(c.path(rel, root))
+            out[role] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+    return out
 
 
 # settings added after fingerprints were first written, with the value that does what the older code did:
@@ -138,6 +155,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         if old is not None and part in old:
             added = {k: v for k, v in ADDED_LATER.items() if k in fingerprint.get(part, {})}
             old[part] = {**added, **old[part]}
+    if old is not None and "data" not in old:  # written before manifests were hashed: cannot be compared
+        fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
     if old is None:  # written before fingerprints: the study config alone can still be compared
         old = {"study": _study_part({k: v for k, v in saved.items() if k != "plan"})}
         fingerprint = {"study": fingerprint["study"]}
@@ -145,8 +164,11 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         return
     diff = [f"{part}.{k}" for part in fingerprint for k in sorted(set(old.get(part, {})) | set(fingerprint[part]))
             if old.get(part, {}).get(k) != fingerprint[part].get(k)]
+    corpus = " (a manifest's contents changed: the corpus was rebuilt or prepared again)" if any(
+        d.startswith("data.") for d in diff) else ""
     raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
-                     f"{' …' if len(diff) > 6 else ''}); use another --out, or remove the folder to start over")
+                     f"{' …' if len(diff) > 6 else ''}){corpus}; use another --out, or remove the folder to start "
+                     "over")
 
 
 def _done(path: Path) -> dict[str, Any] | None:

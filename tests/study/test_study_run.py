@@ -273,3 +273,25 @@ def test_torchrun_stops_when_the_study_process_dies(tmp_path) -> None:
     if not gone:
         subprocess.run(["kill", str(child)], check=False)
     assert gone
+
+
+def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None:
+    """Manifests are fingerprinted by content: runs trained on the old corpus are not reused for a new one
+    under the same paths (a folder from before the hashes continues)."""
+    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.jsonl").write_text('{"id": "a"}\n')
+    study = load_study(study_file, [f"corpus.dir={corpus}", "corpus.train=train.jsonl"])
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"fingerprint": fp}))
+    check_same_recipe(out, fp)
+    (corpus / "train.jsonl").write_text('{"id": "b"}\n')
+    again = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    with pytest.raises(ValueError, match=r"differs in data\.train\) \(a manifest's contents changed"):
+        check_same_recipe(out, again)
+    (out / "study.json").write_text(json.dumps({"fingerprint": {k: v for k, v in fp.items() if k != "data"}}))
+    check_same_recipe(out, again)
