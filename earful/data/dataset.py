@@ -50,10 +50,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(self.wave.to(device, non_blocking=non_blocking),
-                     self.lengths.to(device, non_blocking=non_blocking), self.ids, self.transcripts,
-                     self.real_seconds, self.padded_seconds, self.bad)
+    def samples(self) -> tuple[int, int]:
+        """Real and padded samples of the batch, counted on the host (no device sync)."""
+        return int(self.lengths.sum()), self.wave.numel()
 
     def model_inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The waveform and lengths on ``device`` for a model's forward, copied without waiting (from pinned

@@ -110,8 +110,8 @@ class SecondsBatchSampler:
         self.repeated = 0
         self.repeats: dict[int, int] = {}  # epoch → batches repeated at its end (see ``repeated``)
         self._cache: dict[int, list[np.ndarray]] = {}
-        # a resume with another layout: {"epoch": e, "steps": [{"layout": ..., "position": p}, ...]}, the
-        # layouts epoch e was cut with before and how far each got; the epoch then holds what they left
+        # a resume with another layout: {"epoch": e, "steps": [{"layout": ..., "positions": [p_0, ...]}, ...]},
+        # the layouts epoch e was cut with before and how far each rank got; the epoch then holds what they left
         self._resumed: dict[str, Any] | None = None
 
     def _batchable(self) -> tuple[np.ndarray, np.ndarray]:

@@ -254,10 +254,11 @@ class Finetuner(StepLoop):
                 raise RuntimeError(oom_message(cfg, d.device)) from e  # type: ignore[arg-type]
             with torch.no_grad():
                 stats[0] += loss.detach().double()
-                stats[1] += len(batch)  # counts from the host's copy of the batch
+                real, padded = batch.samples()
+                stats[1] += len(batch)
                 stats[2] += int(target_lengths.sum())
-                stats[3] += int(batch.lengths.sum())
-                stats[4] += int(batch.lengths.max()) * len(batch)
+                stats[3] += real
+                stats[4] += padded
                 stats[5] += 1
         stats[6] = float(self.signal_received > 0)
         D.all_reduce_sum(stats, d)

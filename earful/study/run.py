@@ -107,12 +107,11 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     from earful.finetune.config import load_finetune_config
     from earful.train.config import load_pretrain_config
 
-    paths = PER_RUN
     pre = _flatten(to_dict(load_pretrain_config(study.pretrain_config, pretrain_overrides(study, runs[0], root))))
     fin = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
     fp = {"study": _study_part(to_dict(study)),
-          "pretrain": {k: v for k, v in pre.items() if k not in paths},
-          "finetune": {k: v for k, v in fin.items() if k not in paths},
+          "pretrain": {k: v for k, v in pre.items() if k not in PER_RUN},
+          "finetune": {k: v for k, v in fin.items() if k not in PER_RUN},
           "data": manifest_digests(study, root)}
     return json.loads(json.dumps(fp))
 
@@ -146,17 +145,16 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         return
     saved = json.loads(p.read_text(encoding="utf-8"))
     old = saved.get("fingerprint")
-    if old is not None and "study" in old:  # written when seeds, name and the first run's seed were in it
-        old["study"] = {k: v for k, v in old["study"].items() if k not in NOT_RECIPE}
+    if old is not None:  # older fingerprints, read as today's: without what is no longer part of the recipe
+        # (seeds, name, the first run's seed), with settings added since at the value older code used
+        if "study" in old:
+            old["study"] = {k: v for k, v in old["study"].items() if k not in NOT_RECIPE}
         for part in ("pretrain", "finetune"):
             if part in old:
-                old[part] = {k: v for k, v in old[part].items() if k not in PER_RUN}
-    for part in ("pretrain", "finetune"):
-        if old is not None and part in old:
-            added = {k: v for k, v in ADDED_LATER.items() if k in fingerprint.get(part, {})}
-            old[part] = {**added, **old[part]}
-    if old is not None and "data" not in old:  # written before manifests were hashed: cannot be compared
-        fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
+                added = {k: v for k, v in ADDED_LATER.items() if k in fingerprint.get(part, {})}
+                old[part] = {**added, **{k: v for k, v in old[part].items() if k not in PER_RUN}}
+        if "data" not in old:  # written before manifests were hashed: cannot be compared
+            fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
     if old is None:  # written before fingerprints: the study config alone can still be compared
         old = {"study": _study_part({k: v for k, v in saved.items() if k != "plan"})}
         fingerprint = {"study": fingerprint["study"]}

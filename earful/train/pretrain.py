@@ -263,8 +263,9 @@ class Pretrainer(StepLoop):
                 stats[2] += out.diversity.detach().double()
                 stats[3] += out.penalty.detach().double()
                 stats[4] += out.num_correct
-                stats[5] += int(batch.lengths.sum())  # on the host
-                stats[6] += int(batch.lengths.max()) * len(batch)
+                real, padded = batch.samples()
+                stats[5] += real
+                stats[6] += padded
                 stats[7] += len(batch)
                 stats[8] += 1
                 stats[10 : 10 + G] += out.perplexity_soft.double()
