@@ -4,10 +4,10 @@
     python benchmarks/gpu.py --smoke         # tiny preset, a few steps on CPU: checks the script itself
 
 It runs the real training path: a synthetic corpus of speech-like FLAC files is written to a temporary
-folder, and ``earful.train.pretrain.Pretrainer`` trains on it through its DataLoader (``--workers``
-processes decoding and batching) with fused AdamW; each step is ``Pretrainer.train_step`` (forward,
-backward, gradient normalisation, norm, optimizer step), which ends in a host sync, so wall-clock per step
-is exact. Reported per device-seconds setting, over the timed steps after warm-up:
+folder, and the engine (``earful.train.engine.Trainer`` with ``PretrainTask``) trains on it through its
+DataLoader (``--workers`` processes decoding and batching) with fused AdamW; each step is
+``Trainer.train_step`` (forward, backward, gradient normalisation, norm, optimizer step), which ends in a host
+sync, so wall-clock per step is exact. Reported per device-seconds setting, over the timed steps after warm-up:
 
 * audio-s/s: real (unpadded) audio seconds trained per wall-clock second; padded in brackets;
 * peak CUDA memory: ``torch.cuda.max_memory_allocated`` (and ``max_memory_reserved``);
@@ -43,8 +43,9 @@ from speechlike import SR, utterance  # noqa: E402
 
 from earful.data.manifest import Utterance, write_manifest  # noqa: E402
 from earful.model.flops import peak_flops, train_flops_per_second  # noqa: E402
-from earful.train.config import load_pretrain_config  # noqa: E402
-from earful.train.pretrain import Pretrainer  # noqa: E402
+from earful.pretrain.config import load_pretrain_config  # noqa: E402
+from earful.pretrain.task import PretrainTask  # noqa: E402
+from earful.train.engine import Trainer  # noqa: E402
 
 PUBLISHED = {"fairseq BASE / V100": 253.0, "NVIDIA fork BASE / A100": 1600.0}
 
@@ -82,7 +83,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         *args.override,
     ]  # fmt: skip
     cfg = load_pretrain_config(None, overrides)
-    trainer = Pretrainer(cfg, out)
+    trainer = Trainer(PretrainTask(cfg), out)
     cuda = trainer.d.device.type == "cuda"
     batches = iter(trainer.loader)
     walls: list[float] = []
@@ -122,7 +123,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     return res
 
 
-def profile_steps(trainer: Pretrainer, batches: Any, cuda: bool, steps: int = 3) -> None:
+def profile_steps(trainer: Trainer, batches: Any, cuda: bool, steps: int = 3) -> None:
     """Where a step's time goes: host (Python, dispatch, launches) against device kernels."""
     from torch.profiler import ProfilerActivity, profile
 

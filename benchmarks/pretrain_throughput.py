@@ -55,7 +55,7 @@ from speechlike import speech_batch  # noqa: E402
 from earful.interop.hf import export_hf  # noqa: E402
 from earful.model import ModelConfig, Wav2Vec2ForPreTraining, load_model_config  # noqa: E402
 from earful.model.flops import train_flops_per_second  # noqa: E402
-from earful.train.pretrain import autocast  # noqa: E402
+from earful.train.step import autocast  # noqa: E402
 
 LR, BETAS, EPS, WD = 1e-5, (0.9, 0.98), 1e-6, 0.01  # tiny lr: weights barely move across repetitions
 

@@ -27,6 +27,7 @@ from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 MODEL_FILE = "model.safetensors"
 INFO_FILE = "model.json"
 STATE_FILE = "state.pt"
+MODEL_FORMAT = "earful-1"  # model.json's layout
 
 
 class CheckpointError(RuntimeError):
@@ -108,7 +109,7 @@ def save_model(
     weights = ckpt_dir / MODEL_FILE
     atomic_save_tensors(model.state_dict(), weights)
     info: dict[str, Any] = {
-        "format": "earful-1",
+        "format": MODEL_FORMAT,
         "kind": model_kind(model),
         "model": to_dict(model.cfg),
         "files": {MODEL_FILE: file_record(weights)},
@@ -126,9 +127,14 @@ def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: not an earful checkpoint (no {INFO_FILE})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt JSON: {e}") from e
+    if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise CheckpointError(f"{path}: format {found!r}, this version of earful reads {MODEL_FORMAT!r} (not an earful "
+                              "model checkpoint, or one from an earlier development version)")
+    return info
 
 
 def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None) -> torch.nn.Module:

@@ -11,7 +11,7 @@ import sys
 # One line a concern; a module that is not there yet is simply not listed.
 COMMAND_MODULES = (
     "earful.data.commands",  # prepare, synth
-    "earful.train.commands",  # pretrain, gradvar
+    "earful.pretrain.commands",  # pretrain, gradvar
     "earful.finetune.commands",  # finetune
     "earful.eval.commands",  # evaluate, lm
     "earful.interop.commands",  # export-hf, import-hf, features

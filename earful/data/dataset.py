@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .audio import AudioError, load_audio
+from .budget import SAMPLE_RATE, BatchBudget, to_samples
 from .manifest import Utterance
 from .sampler import SecondsBatchSampler
 
@@ -35,7 +36,7 @@ class Item:
 
 @dataclass
 class Batch:
-    """Zero-padded audio batch. ``bad`` lists ``"id: problem"`` for files skipped with ``skip_bad``."""
+    """Zero-padded audio batch. ``bad`` lists ``(id, problem)`` for files skipped with ``skip_bad``."""
 
     wave: torch.Tensor  # (B, S) float32
     lengths: torch.Tensor  # (B,) int64
@@ -43,7 +44,7 @@ class Batch:
     transcripts: list[str | None]
     real_seconds: float
     padded_seconds: float
-    bad: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
     epoch: int = -1  # set by AudioLoader: the sampler's epoch and this rank's batch index in it
     index: int = -1
 
@@ -68,7 +69,7 @@ class Batch:
 
 
 class AudioDataset(Dataset):
-    """Utterances loaded at ``sample_rate``; optional random crop deterministic in (seed, epoch, index).
+    """Utterances loaded at ``SAMPLE_RATE``; optional random crop deterministic in (seed, epoch, index).
 
     Indexed by an ``int`` (epoch from ``set_epoch``) or an ``(index, epoch)`` pair, which is what
     ``make_loader`` feeds so that worker processes crop by the epoch of each batch.
@@ -78,14 +79,12 @@ class AudioDataset(Dataset):
         self,
         utterances: Sequence[Utterance],
         *,
-        sample_rate: int = 16000,
         crop_seconds: float | None = None,
         seed: int = 0,
         skip_bad: bool = False,
     ) -> None:
         self.utterances = list(utterances)
-        self.sample_rate = sample_rate
-        self.crop_samples = round(crop_seconds * sample_rate) if crop_seconds else None  # as the sampler
+        self.crop_samples = to_samples(crop_seconds) if crop_seconds else None  # as the sampler
         self.seed = seed
         self.skip_bad = skip_bad
         self.epoch = 0
@@ -94,8 +93,8 @@ class AudioDataset(Dataset):
         return len(self.utterances)
 
     def lengths(self) -> np.ndarray:
-        """Samples per utterance at ``sample_rate``, from the manifest (what the sampler needs)."""
-        return np.array([u.samples_at(self.sample_rate) for u in self.utterances], dtype=np.int64)
+        """Samples per utterance at ``SAMPLE_RATE``, from the manifest (what the sampler needs)."""
+        return np.array([u.samples_at(SAMPLE_RATE) for u in self.utterances], dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -103,16 +102,16 @@ class AudioDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         utt = self.utterances[index]
-        expected = utt.samples_at(self.sample_rate)
+        expected = utt.samples_at(SAMPLE_RATE)
         try:
-            wave = load_audio(utt.path, target_rate=self.sample_rate)
+            wave = load_audio(utt.path, target_rate=SAMPLE_RATE)
             # A file cut short (an interrupted copy) may still decode: compare with the manifest, allowing
             # for the sample or two resampling may lose.
             if len(wave) + _LENGTH_TOLERANCE < expected:
-                raise AudioError(f"{utt.path}: truncated? {len(wave)} samples at {self.sample_rate} Hz, the "
+                raise AudioError(f"{utt.path}: truncated? {len(wave)} samples at {SAMPLE_RATE} Hz, the "
                                  f"manifest says {expected}")
             if len(wave) > expected + _LENGTH_TOLERANCE:  # replaced, or listed at the wrong sample rate
-                raise AudioError(f"{utt.path}: {len(wave)} samples at {self.sample_rate} Hz, longer than the "
+                raise AudioError(f"{utt.path}: {len(wave)} samples at {SAMPLE_RATE} Hz, longer than the "
                                  f"manifest's {expected}: was the file replaced or its sample rate misrecorded?")
         except AudioError as e:
             if not self.skip_bad:
@@ -127,8 +126,7 @@ class AudioDataset(Dataset):
         return Item(index, utt.id, wave, utt.transcript, epoch=epoch)
 
 
-def collate(items: Sequence[Item], sample_rate: int = 16000, *, crop_to_shortest: bool = False,
-            seed: int = 0) -> Batch:
+def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0) -> Batch:
     """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``.
 
     ``crop_to_shortest``: fairseq's pre-training batches (``enable_padding: false``): every utterance is
@@ -141,7 +139,7 @@ def collate(items: Sequence[Item], sample_rate: int = 16000, *, crop_to_shortest
             if len(it.wave) > n:
                 start = int(np.random.default_rng([seed, it.epoch, it.index, 1]).integers(0, len(it.wave) - n + 1))
                 it.wave = it.wave[start : start + n]
-    bad = [f"{it.id}: {it.error}" for it in items if it.wave is None]
+    bad = [(it.id, it.error or "") for it in items if it.wave is None]
     lengths = torch.tensor([len(it.wave) for it in good], dtype=torch.int64)
     max_len = int(lengths.max()) if len(good) else 0
     # numpy, not torch, pads: torch's per-row copies go through its intra-op thread pool, 4-30x slower
@@ -155,8 +153,8 @@ def collate(items: Sequence[Item], sample_rate: int = 16000, *, crop_to_shortest
         lengths=lengths,
         ids=[it.id for it in good],
         transcripts=[it.transcript for it in good],
-        real_seconds=float(lengths.sum()) / sample_rate if good else 0.0,
-        padded_seconds=max_len * len(good) / sample_rate,
+        real_seconds=float(lengths.sum()) / SAMPLE_RATE if good else 0.0,
+        padded_seconds=max_len * len(good) / SAMPLE_RATE,
         bad=bad,
     )
 
@@ -189,13 +187,11 @@ class AudioLoader:
         self.dataset, self.sampler = dataset, sampler
         self.epoch, self.position = sampler.epoch, sampler.position
         self.bad_ids: set[str] = set()
-        self.bad_earlier = 0  # counted by a checkpoint from before bad_ids were kept (loads, not files)
         self.empty_batches = 0
         self.loader = DataLoader(
             dataset,
             batch_sampler=_EpochTagged(sampler),
-            collate_fn=partial(collate, sample_rate=dataset.sample_rate, crop_to_shortest=crop_to_shortest,
-                               seed=dataset.seed),
+            collate_fn=partial(collate, crop_to_shortest=crop_to_shortest, seed=dataset.seed),
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,
@@ -216,11 +212,10 @@ class AudioLoader:
             self.position += 1
             if self.position >= len(self.sampler.epoch_batches(self.epoch)):
                 self.epoch, self.position = self.epoch + 1, 0
-            for msg in batch.bad:  # "id: problem"
-                uid = msg.partition(": ")[0]
+            for uid, problem in batch.bad:
                 if uid not in self.bad_ids:  # an endless loader meets it again every epoch
                     self.bad_ids.add(uid)
-                    log.warning("skipped bad audio file %s", msg)
+                    log.warning("skipped bad audio file %s: %s", uid, problem)
             if not len(batch):
                 self.empty_batches += 1
                 log.warning("a batch had no loadable audio and was left out")
@@ -229,7 +224,7 @@ class AudioLoader:
 
     @property
     def bad_files(self) -> int:
-        return len(self.bad_ids) + self.bad_earlier
+        return len(self.bad_ids)
 
     def is_repeat(self, batch: Batch) -> bool:
         """Whether ``batch`` is a copy the sampler dealt only so that every rank gets as many batches (too few
@@ -238,48 +233,42 @@ class AudioLoader:
         n_global = len(s.epoch_batches(batch.epoch)) * s.world_size
         return batch.index * s.world_size + s.rank >= n_global - s.repeats.get(batch.epoch, 0)
 
+    def rewind(self) -> None:
+        """Back to the start of epoch 0: a validation pass goes over the same batches every time."""
+        self.sampler.set_epoch(0)
+        self.epoch, self.position = 0, 0
+
     def state_dict(self) -> dict[str, Any]:
         state = self.sampler.state_dict()
-        state.update(epoch=self.epoch, position=self.position, bad_files=self.bad_files,
-                     bad_ids=sorted(self.bad_ids), bad_earlier=self.bad_earlier)
+        state.update(epoch=self.epoch, position=self.position, bad_ids=sorted(self.bad_ids))
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state)
         self.epoch, self.position = self.sampler.epoch, self.sampler.position
-        self.bad_ids = set(state.get("bad_ids", []))
-        self.bad_earlier = int(state.get("bad_earlier", 0) if "bad_ids" in state else state.get("bad_files", 0))
+        self.bad_ids = set(state["bad_ids"])
 
 
 def make_loader(
     utterances: Sequence[Utterance],
-    max_seconds: float,
+    budget: BatchBudget,
     *,
-    sample_rate: int = 16000,
-    crop_seconds: float | None = None,
-    min_seconds: float | None = None,
-    shuffle: bool = True,
     seed: int = 0,
+    skip_bad: bool = False,
+    crop_to_shortest: bool = False,
     rank: int = 0,
-    world_size: int = 1,
+    shuffle: bool = True,
     endless: bool = False,
     bucket_size: int = 1000,
     strict: bool = False,
-    skip_bad: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int | None = 4,
-    crop_to_shortest: bool = False,
-    pack_seconds: float | None = None,
 ) -> AudioLoader:
-    """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` (``crop_to_shortest``: see
-    ``collate``)."""
-    dataset = AudioDataset(utterances, sample_rate=sample_rate, crop_seconds=crop_seconds, seed=seed,
-                           skip_bad=skip_bad)
-    sampler = SecondsBatchSampler(
-        dataset.lengths(), max_seconds, sample_rate=sample_rate, crop_seconds=crop_seconds,
-        min_seconds=min_seconds, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-        endless=endless, bucket_size=bucket_size, strict=strict, pack_seconds=pack_seconds,
-    )
+    """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` within ``budget`` (``rank`` of its
+    ``world_size``; ``crop_to_shortest``: see ``collate``)."""
+    dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=skip_bad)
+    sampler = SecondsBatchSampler(dataset.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank, endless=endless,
+                                  bucket_size=bucket_size, strict=strict)
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest)

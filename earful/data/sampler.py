@@ -1,8 +1,10 @@
 """Batching by seconds of audio.
 
 ``SecondsBatchSampler`` yields lists of dataset indices whose *padded* size — longest utterance (after
-cropping) × number of utterances — is at most ``max_seconds``. That is the paper's accounting: the batch
-size counts padding, so it is an upper bound on real speech (both are reported per batch).
+cropping) × number of utterances — is at most the budget's ``micro_seconds`` (an utterance longer than that
+but within ``device_seconds`` is a batch of its own). That is the paper's accounting: the batch size counts
+padding, so it is an upper bound on real speech (both are reported per batch). The budget
+(``earful.data.budget.BatchBudget``) also holds the crop and the shortest and longest utterance admitted.
 
 Per epoch, deterministically in ``(seed, epoch)``: the batchable indices are shuffled, cut into buckets of
 ``bucket_size``, each bucket is sorted by length (longest first) and packed greedily, and the batch order is
@@ -14,17 +16,18 @@ waiting in all-reduce for ever), the batch with the most utterances is split in 
 multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated. Only if no
 batch can be split (fewer utterances than ranks) are the first batches repeated, and ``repeated`` says so.
 
-**Nothing is dropped silently.** Utterances longer than ``max_seconds`` (without cropping) or shorter than
-``min_seconds`` are counted in ``skipped`` (by reason in ``skipped_reasons``, indices in
-``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
+**Nothing is dropped silently.** Utterances longer than ``device_seconds`` or ``max_seconds`` (after
+cropping) or shorter than ``min_seconds`` are counted in ``skipped`` (by reason in ``skipped_reasons``,
+indices in ``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
 
 **Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — and the
-layout that cut the epoch (devices, packing budget, length limits, crop); ``load_state_dict()`` continues from
-exactly there. With another layout it rebuilds the saved epoch as the saved run cut it, takes the batches no
-rank had reached, keeps those that fit the new budget (re-packing otherwise) and deals them to the new ranks:
-the rest of that epoch sees every utterance it had not seen, once. Iterated through a prefetching DataLoader
-the sampler runs ahead of training; ``earful.data.dataset.AudioLoader`` therefore counts batches on the
-consumer side and its ``state_dict()`` is the one to checkpoint.
+layout that cut the epoch (the budget in samples: devices, micro-batch, length limits, crop);
+``load_state_dict()`` continues from exactly there. With another layout it rebuilds the saved epoch as the
+saved run cut it, takes the batches no rank had reached, keeps those that fit the new budget (re-packing
+otherwise) and deals them to the new ranks: the rest of that epoch sees every utterance it had not seen,
+once. Iterated through a prefetching DataLoader the sampler runs ahead of training;
+``earful.data.dataset.AudioLoader`` therefore counts batches on the consumer side and its ``state_dict()`` is
+the one to checkpoint. States carry ``format``; one from an earlier development version is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from earful.data.budget import BatchBudget
+
 log = logging.getLogger(__name__)
+
+SAMPLER_FORMAT = 2  # the layout of state_dict(); 1 (no "format") was written before the batch budget's names
+# what cuts an epoch besides (seed, epoch): BatchBudget.samples()
+LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples")
 
 
 def padding_fraction(batch_lengths: Iterable[Sequence[int]]) -> float:
@@ -50,54 +59,36 @@ def padding_fraction(batch_lengths: Iterable[Sequence[int]]) -> float:
 
 
 class SecondsBatchSampler:
-    """Length-bucketed batches of at most ``max_seconds`` padded audio; see the module docstring."""
+    """Length-bucketed batches within a ``BatchBudget``; see the module docstring."""
 
     def __init__(
         self,
         num_samples: Sequence[int],
-        max_seconds: float,
+        budget: BatchBudget,
         *,
-        sample_rate: int = 16000,
-        crop_seconds: float | None = None,
-        min_seconds: float | None = None,
         shuffle: bool = True,
         seed: int = 0,
         rank: int = 0,
-        world_size: int = 1,
         endless: bool = False,
         bucket_size: int = 1000,
         strict: bool = False,
-        pack_seconds: float | None = None,
     ) -> None:
-        """``max_seconds``: the most padded audio a batch may hold (an utterance longer than it, after
-        cropping, is not batchable); ``pack_seconds`` (default ``max_seconds``): the budget batches are
-        packed to, e.g. a training step's share when ``max_seconds`` does not divide the step's audio. An
-        utterance longer than ``pack_seconds`` but within ``max_seconds`` is a batch on its own."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if max_seconds <= 0 or bucket_size < 1:
-            raise ValueError("max_seconds must be > 0 and bucket_size >= 1")
+        """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``."""
+        if not 0 <= rank < budget.world_size:
+            raise ValueError(f"rank {rank} outside world_size {budget.world_size}")
+        if bucket_size < 1:
+            raise ValueError(f"bucket_size={bucket_size}: expected >= 1")
+        self.budget = budget
         self.lengths = np.asarray(num_samples, dtype=np.int64).reshape(-1)
-        # seconds to samples by rounding: int() would make 2.01 s 32159 samples and refuse a 32160-sample file
-        self.max_samples = round(max_seconds * sample_rate)
-        pack = round(pack_seconds * sample_rate) if pack_seconds else self.max_samples
-        self.pack_samples = min(pack, self.max_samples)
-        self.sample_rate = sample_rate
-        self.crop_samples = round(crop_seconds * sample_rate) if crop_seconds else None
-        self.min_samples = round(min_seconds * sample_rate) if min_seconds else 0
+        for key, value in budget.samples().items():  # world_size, device/micro/crop/min/max_samples
+            setattr(self, key, value)
         self.shuffle, self.seed, self.endless, self.bucket_size = shuffle, seed, endless, bucket_size
-        self.rank, self.world_size = rank, world_size
+        self.rank = rank
         too_long, too_short = self._batchable()
         bad = too_long | too_short
         self.skipped_indices = np.flatnonzero(bad)
         self.skipped = int(bad.sum())
-        self.skipped_reasons = {
-            f"longer than max_seconds={max_seconds:g} s": int(too_long.sum()),
-            (f"shorter than min_seconds={min_seconds:g} s" if min_seconds else "empty (0 samples)"):
-                int((too_short & ~too_long).sum()),
-        }
-        self.skipped_reasons = {k: v for k, v in self.skipped_reasons.items() if v}
-        self._valid = np.flatnonzero(~bad)
+        self.skipped_reasons = {k: int(v.sum()) for k, v in self._reasons(too_long, too_short).items() if v.any()}
         if self.skipped:
             what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
             msg = (f"{self.skipped} of {len(self.lengths)} utterances cannot be batched ({what}); "
@@ -114,18 +105,31 @@ class SecondsBatchSampler:
         # the layouts epoch e was cut with before and how far each rank got; the epoch then holds what they left
         self._resumed: dict[str, Any] | None = None
 
+    def _limit(self) -> int:
+        """The longest utterance (after cropping) a batch can take: the device's, or ``max_seconds`` if lower."""
+        return min(self.device_samples, self.max_samples or self.device_samples)
+
     def _batchable(self) -> tuple[np.ndarray, np.ndarray]:
         """Sets ``effective`` (lengths after cropping) and ``_valid``; returns the too-long and too-short masks."""
         self.effective = np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
-        too_long = self.effective > self.max_samples
+        too_long = self.effective > self._limit()
         too_short = self.lengths < max(self.min_samples, 1)  # an empty utterance is never batched
         self._valid = np.flatnonzero(~(too_long | too_short))
         return too_long, too_short
 
+    def _reasons(self, too_long: np.ndarray, too_short: np.ndarray) -> dict[str, np.ndarray]:
+        b = self.budget
+        over_device = self.effective > self.device_samples
+        reasons = {f"longer than device_seconds={b.device_seconds:g} s": over_device}
+        if b.max_seconds:
+            reasons[f"longer than max_seconds={b.max_seconds:g} s"] = too_long & ~over_device
+        short = f"shorter than min_seconds={b.min_seconds:g} s" if b.min_seconds else "empty (0 samples)"
+        reasons[short] = too_short & ~too_long
+        return reasons
+
     def layout(self) -> dict[str, Any]:
         """What cuts an epoch into batches besides ``(seed, epoch)``."""
-        return {"world_size": self.world_size, "pack_samples": self.pack_samples, "max_samples": self.max_samples,
-                "min_samples": self.min_samples, "crop_samples": self.crop_samples}
+        return {key: getattr(self, key) for key in LAYOUT}
 
     # ------------------------------------------------------------------ batches
     def _pack(self, idx: np.ndarray) -> list[np.ndarray]:
@@ -136,7 +140,7 @@ class SecondsBatchSampler:
             chunk = chunk[np.argsort(-self.effective[chunk], kind="stable")]
             i = 0
             while i < len(chunk):  # longest first: the first element fixes the batch's padded length
-                cap = max(1, self.pack_samples // int(self.effective[chunk[i]]))
+                cap = max(1, self.micro_samples // int(self.effective[chunk[i]]))
                 batches.append(chunk[i : i + cap])
                 i += cap
         return batches
@@ -232,13 +236,6 @@ class SecondsBatchSampler:
         self.epoch, self.position = int(epoch), 0
 
     # ------------------------------------------------------------------ accounting
-    def batch_seconds(self, batch: Sequence[int]) -> tuple[float, float]:
-        """(real, padded) seconds of a batch of indices."""
-        lengths = self.effective[np.asarray(batch, dtype=np.int64)]
-        if not len(lengths):
-            return 0.0, 0.0
-        return float(lengths.sum()) / self.sample_rate, float(lengths.max()) * len(lengths) / self.sample_rate
-
     def padding_fraction(self, epoch: int | None = None) -> float:
         """Padding fraction of this rank's batches in ``epoch``."""
         return padding_fraction(self.effective[b] for b in self.epoch_batches(epoch))
@@ -246,6 +243,7 @@ class SecondsBatchSampler:
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         return {
+            "format": SAMPLER_FORMAT,
             "epoch": self.epoch,
             "position": self.position,
             "seed": self.seed,
@@ -261,16 +259,17 @@ class SecondsBatchSampler:
         utterances the saved run had not reached, cut into this layout's batches (with a warning: batches and
         their order differ from an uninterrupted run's). Nothing of the epoch is lost or repeated; an
         utterance batchable only under the new limits joins from the next epoch."""
+        if state.get("format") != SAMPLER_FORMAT:
+            raise ValueError(f"cannot resume sampler: its state has format {state.get('format')!r}, this version "
+                             f"reads {SAMPLER_FORMAT} (written by an earlier development version of earful: start "
+                             "the run again)")
         for key in ("seed", "num_utterances"):
             mine = self.state_dict()[key]
-            if key in state and state[key] != mine:
+            if state[key] != mine:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         now = self.layout()
-        # checkpoints written before a key was saved: max_samples was also the packing budget
-        saved = {**now, **{k: state[k] for k in now if k in state}}
-        if "pack_samples" not in state and "max_samples" in state:
-            saved["pack_samples"] = state["max_samples"]
+        saved = {k: state[k] for k in now}
         resumed = state.get("resumed")
         steps = list(resumed["steps"]) if resumed and resumed["epoch"] == self.epoch else []
         if saved != now:

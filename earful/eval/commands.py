@@ -25,7 +25,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.lexicon and not args.lm:
         raise ValueError("--lexicon needs --lm")
     summary = evaluate(
-        args.ckpt, args.manifests, args.out, batch_seconds=args.batch_seconds, device=args.device,
+        args.ckpt, args.manifests, args.out, device_seconds=args.device_seconds, device=args.device,
         precision=args.precision, lm=args.lm, lexicon=args.lexicon, beam_options=options,
         num_workers=args.num_workers,
     )  # fmt: skip
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     ev.add_argument("manifests", nargs="+", help="labelled JSONL manifests; each is a split named by its stem")
     ev.add_argument("--out", required=True, help="output directory")
-    ev.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio per inference batch")
+    ev.add_argument("--device-seconds", type=float, default=200.0, help="padded audio per inference batch")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ev.add_argument("--num-workers", type=int, default=0, help="audio loading worker processes")

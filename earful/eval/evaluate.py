@@ -1,7 +1,7 @@
 """``earful evaluate``: WER and CER of a CTC checkpoint on labelled manifests, greedy and with an LM.
 
 For each manifest (a *split*, named by the file's stem) the model transcribes every utterance in batches
-of at most ``batch_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
+of at most ``device_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
 is left out). Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight
 lexicon beam search runs on the same logits. References are normalised with the checkpoint's vocabulary
 (lower-cased, its text mapping applied); a character it cannot spell is an error naming the utterance.
@@ -21,7 +21,6 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, load_model
+from earful.data.budget import SAMPLE_RATE, BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
@@ -37,10 +37,10 @@ from earful.eval.decode import greedy_decode
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab
 from earful.model import Wav2Vec2ForCTC
+from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
 
-SR = 16000
 _PRIVATE = 0xE000  # placeholders for multi-character symbols of imported vocabularies
 
 
@@ -89,19 +89,13 @@ def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     return model, vocab, path
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 @torch.no_grad()
 def transcribe(
     model: Wav2Vec2ForCTC,
     utts: Sequence[Utterance],
     vocab: CharVocab,
     *,
-    batch_seconds: float = 200.0,
+    device_seconds: float = 200.0,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     beam: LMBeamDecoder | None = None,
@@ -114,11 +108,11 @@ def transcribe(
     lm: dict[str, str] | None = {} if beam is not None else None
     if not utts:
         return greedy, lm
-    longest = max(u.samples_at(SR) for u in utts)
-    loader = make_loader(utts, max(batch_seconds, (longest + 1) / SR), shuffle=False, endless=False,
-                         num_workers=num_workers)
+    longest = max(u.samples_at(SAMPLE_RATE) for u in utts)
+    budget = BatchBudget.per_device(max(device_seconds, (longest + 1) / SAMPLE_RATE))
+    loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers)
     for batch in loader:
-        with _autocast(precision, device):
+        with autocast(precision, device):
             logits, flen = model(*batch.model_inputs(device))
         logits, flen = logits.float().cpu(), flen.cpu()
         for uid, hyp in zip(batch.ids, greedy_decode(logits, flen, vocab), strict=True):
@@ -148,7 +142,7 @@ def evaluate(
     manifests: Sequence[str | Path],
     out_dir: str | Path,
     *,
-    batch_seconds: float = 200.0,
+    device_seconds: float = 200.0,
     device: str = "auto",
     precision: str = "fp32",
     lm: str | Path | None = None,
@@ -165,7 +159,7 @@ def evaluate(
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"checkpoint": str(path), "batch_seconds": batch_seconds, "splits": {}}
+    summary: dict[str, Any] = {"checkpoint": str(path), "device_seconds": device_seconds, "splits": {}}
     if beam is not None:
         opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
                 for k, v in asdict(beam.options).items()}
@@ -173,7 +167,7 @@ def evaluate(
     for manifest, split in zip(manifests, _split_names(manifests), strict=True):
         utts = read_manifest(manifest, check_files=True)
         refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
-        greedy, lm_hyps = transcribe(model, utts, vocab, batch_seconds=batch_seconds, device=device,
+        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=device,
                                      precision=precision, beam=beam, num_workers=num_workers)
         ids = [u.id for u in utts]
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 log = logging.getLogger("earful.finetune")
@@ -11,8 +10,8 @@ log = logging.getLogger("earful.finetune")
 
 def _finetune(args: argparse.Namespace) -> int:
     from earful.finetune.config import load_finetune_config
-    from earful.finetune.trainer import run_finetuning
-    from earful.train.pretrain import TrainingStopped
+    from earful.finetune.task import FinetuneTask
+    from earful.train.engine import train_command
 
     cfg = load_finetune_config(args.config, args.overrides)
     if args.init is not None:  # set directly: a path is not parsed as YAML
@@ -21,13 +20,8 @@ def _finetune(args: argparse.Namespace) -> int:
         cfg.data.train = args.train
     if args.dev is not None:
         cfg.data.dev = args.dev
-    try:
-        summary = run_finetuning(cfg, args.out, resume=args.resume)
-    except TrainingStopped as e:
-        log.error("%s", e)
-        return 3
-    log.info("done: %s", json.dumps({k: summary[k] for k in ("step", "dev_wer", "best_wer", "stopped_by")}))
-    return 0
+    return train_command(FinetuneTask(cfg), args.out, resume=args.resume,
+                         show=("step", "last_valid", "best", "stopped_by"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """Fine-tuning configuration: defaults ← YAML (a path or a preset such as ``finetune-fairseq-10m``) ←
 ``key=value`` overrides (``optim.lr=3e-5``, ``model.mask_prob=0.65``).
 
-The defaults are the paper's recipe (``../shared/paper-spec.md`` §5, nanow2v2 ``config/ft_asr.yaml``):
+The defaults are the paper's recipe (its §3.5 and nanow2v2's ``config/ft_asr.yaml``; docs/paper.md):
 
 * Adam (AdamW with weight decay 0 is the same update), betas (0.9, 0.98), eps 1e-8, peak lr 5e-5;
 * tri-stage schedule: 10 % linear warm-up from lr/100, 40 % hold, 50 % exponential decay to lr/20;
@@ -31,18 +31,14 @@ from typing import Any, Literal
 
 from earful.config import load_config
 from earful.model.config import ModelConfig
-from earful.train.config import OptimConfig, SecondsBatching
+from earful.train.config import DataConfig, OptimConfig, TrainingConfig
 
 
 @dataclass
-class FinetuneDataConfig:
-    train: str = ""  # labelled manifest (every utterance needs a transcript)
+class FinetuneDataConfig(DataConfig):
+    # train: the labelled manifest (every utterance needs a transcript)
     dev: str | None = None  # labelled manifest for dev WER every ``valid_every`` steps
     max_seconds: float | None = 30.0  # longer utterances are left out (counted and logged)
-    min_seconds: float | None = None  # shorter utterances are left out (counted and logged)
-    num_workers: int = 2
-    skip_bad: bool = False  # count and log unreadable files instead of stopping
-    bucket_size: int = 1000
 
 
 @dataclass
@@ -76,7 +72,7 @@ def _finetune_optim() -> OptimConfig:
 
 
 @dataclass
-class FinetuneConfig(SecondsBatching):
+class FinetuneConfig(TrainingConfig):
     init: str = "scratch"  # pre-training or CTC checkpoint dir, a run dir (its latest), a HF folder, scratch
     model_preset: str = "base"  # the architecture of a ``scratch`` model (preset name or YAML path)
     model: RegularisationConfig = field(default_factory=RegularisationConfig)
@@ -88,29 +84,17 @@ class FinetuneConfig(SecondsBatching):
     freeze_feature_encoder: bool = True  # the CNN (fairseq: feature_grad_mult 0)
     freeze_feature_projection: bool = True  # LayerNorm + Linear after the CNN (fairseq trains them)
     freeze_transformer_steps: int = 5000  # steps during which only the head trains (fairseq 10m: 10k)
-    batch_seconds: float = 180.0  # global padded audio per optimizer step
-    device_seconds: float = 180.0  # padded audio per micro-batch on one device
+    # the engine's settings, with fine-tuning's defaults
+    batch_seconds: float = 180.0
+    device_seconds: float = 180.0
     max_steps: int = 12_000
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: str = "auto"  # auto | cpu | cuda
     seed: int = 123
-    log_every: int = 100
     valid_every: int = 1000  # dev loss, greedy WER and CER; 0 = only at the end
-    valid_seconds: float | None = None  # micro-batch size for dev decoding (default: device_seconds)
-    ckpt_every: int = 1000
-    keep_last: int = 2
-    keep_best: bool = True  # also keep ``checkpoints/best`` (lowest dev WER)
-    max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
-    tensorboard: bool = True
-    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
 
     def validate(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        super().validate()
         if self.freeze_transformer_steps < 0:
-            raise ValueError("freeze_transformer_steps must be >= 0")
-        if self.batch_seconds <= 0 or self.device_seconds <= 0:
-            raise ValueError("batch_seconds and device_seconds must be > 0")
+            raise ValueError(f"freeze_transformer_steps={self.freeze_transformer_steps}: expected an integer >= 0")
         for k, v in self.text_mapping.items():
             if len(k) != 1:
                 raise ValueError(f"text_mapping keys must be single characters, got {k!r}")

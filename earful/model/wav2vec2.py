@@ -7,6 +7,7 @@ linear character head.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -139,10 +140,14 @@ class PretrainOutput:
     mask: torch.Tensor  # (batch, frames)
     negatives: torch.Tensor  # (batch, frames, K)
 
+    def loss_sum(self) -> torch.Tensor:
+        """The weighted loss of this micro-batch, a sum: contrastive + diversity + feature penalty."""
+        return self.contrastive + self.diversity_weight * self.diversity + self.penalty_weight * self.penalty
+
     def objective(self, num_masked_global: float, num_micro_global: int = 1) -> torch.Tensor:
         """This micro-batch's share of the step's loss. Summing it over all micro-batches and ranks
         gives fairseq's loss per masked frame (or the paper's mean of per-micro-batch sums)."""
-        total = self.contrastive + self.diversity_weight * self.diversity + self.penalty_weight * self.penalty
+        total = self.loss_sum()
         if self.normalisation == "nanow2v2":
             return total / num_micro_global
         return total / max(float(num_masked_global), 1.0)
@@ -288,11 +293,18 @@ class Wav2Vec2ForCTC(nn.Module):
         return self.wav2vec2.frame_lengths(lengths)
 
     def forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor | None, *, generator: torch.Generator | None = None
+        self,
+        wave: torch.Tensor,
+        lengths: torch.Tensor | None,
+        *,
+        generator: torch.Generator | None = None,
+        freeze_backbone: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns logits (batch, frames, vocab) and frame lengths (batch,). Time and channel masking
-        (``mask_prob``, ``mask_channel_prob``) apply in training only."""
-        out = self.wav2vec2(wave, lengths, mask=self.training, generator=generator)
+        (``mask_prob``, ``mask_channel_prob``) apply in training only. ``freeze_backbone``: run the backbone
+        outside autograd (same draws and outputs; only the head gets gradients)."""
+        with torch.no_grad() if freeze_backbone else nullcontext():
+            out = self.wav2vec2(wave, lengths, mask=self.training, generator=generator)
         return self.lm_head(self.dropout(out.hidden)), out.frame_lengths
 
     def ctc_loss(

@@ -21,9 +21,15 @@ def _plan(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from earful.study.config import load_study
     from earful.study.run import run_study
+    from earful.study.stages import StudyStopped
+    from earful.train.engine import EXIT_STOPPED
 
     study = load_study(args.study, args.overrides)
-    report = run_study(study, args.out)
+    try:
+        report = run_study(study, args.out)
+    except StudyStopped as e:
+        log.warning("%s", e)
+        return EXIT_STOPPED
     log.info("report written to %s", report)
     return 0
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
-from earful.train.config import accumulation_steps, nominal_steps, scale_lr
+from earful.data.budget import BatchBudget
+from earful.train.config import nominal_steps, scale_lr
 
 
 @dataclass
@@ -137,7 +138,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
     for seed in study.seeds:
         for e in study.entries():
             dev_s = min(e.device_seconds or study.device_seconds, e.batch_seconds)
-            accum = accumulation_steps(e.batch_seconds, dev_s, e.devices)
+            accum = BatchBudget(e.batch_seconds, dev_s, e.devices).accumulation
             lr = e.lr if e.lr is not None else scale_lr(study.lr, e.batch_seconds, study.reference_batch_seconds,
                                                          study.lr_rule)
             if study.mode == "fixed-steps":

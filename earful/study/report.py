@@ -88,6 +88,7 @@ def compare(a: list[float], b: list[float]) -> str:
 
 
 def build_report(out_dir: str | Path) -> Path:
+    """``OUT/report/report.md`` with its CSVs and plots, section by section."""
     out = Path(out_dir)
     rep = out / "report"
     (rep / "plots").mkdir(parents=True, exist_ok=True)
@@ -97,36 +98,54 @@ def build_report(out_dir: str | Path) -> Path:
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
         text += ["## Runs", "", study["plan"], ""]
+    curves = {name: read_jsonl(out / "pretrain" / name / "valid.jsonl") for name in runs}
+    text += pretraining_section(curves, runs, study, rep)
+    plot_validation_curves(curves, runs, rep)
+    ft = [r for r in results if r.get("split")]
+    main_split = main_split_of(sorted({r["split"] for r in ft}))
+    if main_split:
+        text += finetuning_tables(ft, runs, main_split, rep)
+        plot_finetuning(ft, main_split, rep)
+        text += ["## Findings", ""] + findings(ft, runs, study, main_split, "wer") + findings(
+            ft, runs, study, main_split, "cer")
+    text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
+    path = rep / "report.md"
+    atomic_write_lines(path, text)
+    log.info("report: %s", path)
+    return path
 
-    # ---------------- pre-training curves and final validation metrics
-    curves: dict[str, list[dict[str, Any]]] = {}
-    for name in runs:
-        curves[name] = read_jsonl(out / "pretrain" / name / "valid.jsonl")
+
+def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
+                        rep: Path) -> list[str]:
+    """The final validation metrics per batch size (mean ± sd over seeds), and ``pretrain_valid.csv``."""
     by_batch: dict[float, list[str]] = defaultdict(list)
     for name, run in runs.items():
         by_batch[run["batch_seconds"]].append(name)
-    batches = sorted(by_batch)
     rows, csv_rows = [], []
-    for b in batches:
+    for b in sorted(by_batch):
         finals = [curves[n][-1] for n in by_batch[b] if curves.get(n)]
         acc = [f["accuracy"] for f in finals]
         loss = [f["loss"] for f in finals]
         ppl = [statistics.fmean(v for k, v in f.items() if k.startswith("ppl_hard")) for f in finals]
-        tag = runs[by_batch[b][0]]["tag"]
-        steps = runs[by_batch[b][0]]["steps"]
-        hours = runs[by_batch[b][0]]["hours"]
-        rows.append([tag, f"{steps:,}", f"{hours:.3g}", fmt_ms(loss, False), fmt_ms(acc, False), fmt_ms(ppl, False)])
+        first = runs[by_batch[b][0]]
+        rows.append([first["tag"], f"{first['steps']:,}", f"{first['hours']:.3g}", fmt_ms(loss, False),
+                     fmt_ms(acc, False), fmt_ms(ppl, False)])
         for f, n in zip(finals, by_batch[b], strict=False):
             csv_rows.append([n, b, f["step"], f["hours"], f["loss"], f["accuracy"]])
-    if rows:
-        text += ["## Pre-training: final validation (held-out voices)", "",
-                 md_table(["batch", "steps", "hours (batch × steps)", "loss / masked frame", "accuracy",
-                           "hard perplexity"], rows),
-                 "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size "
-                 "(mean ± standard deviation where there are several). Distractors whose code equals the "
-                 "target's are masked out, so a narrow codebook (low perplexity) inflates accuracy: compare "
-                 "accuracies only at similar perplexity.", ""]
-        write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours", "loss", "accuracy"], csv_rows)
+    if not rows:
+        return []
+    write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours", "loss", "accuracy"], csv_rows)
+    return ["## Pre-training: final validation (held-out voices)", "",
+            md_table(["batch", "steps", "hours (batch × steps)", "loss / masked frame", "accuracy",
+                      "hard perplexity"], rows),
+            "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size "
+            "(mean ± standard deviation where there are several). Distractors whose code equals the "
+            "target's are masked out, so a narrow codebook (low perplexity) inflates accuracy: compare "
+            "accuracies only at similar perplexity.", ""]
+
+
+def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], rep: Path) -> None:
+    """Validation loss, accuracy and perplexity against steps and against hours seen, one line per run."""
     for key, label in (("loss", "validation loss per masked frame"), ("accuracy", "validation contrastive accuracy"),
                        ("ppl", "validation hard codebook perplexity (mean over groups)")):
         for xkey, xlabel in (("step", "optimizer steps"), ("hours", "hours of audio seen")):
@@ -145,99 +164,79 @@ def build_report(out_dir: str | Path) -> Path:
                 ax.legend(fontsize=7)
             _plot(rep / "plots" / f"valid_{key}_vs_{xkey}.png", draw)
 
-    # ---------------- fine-tuning WER
-    ft = [r for r in results if r.get("split")]
-    splits = sorted({r["split"] for r in ft})
+
+def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split: str, rep: Path) -> list[str]:
+    """WER and CER on the main split by pre-training (and checkpoint) × label set, and ``wer.csv``."""
     label_sets = sorted({r["label_set"] for r in ft})
-    main_split = main_split_of(splits)
-    if main_split:
-        text += [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %)", ""]
-        head = ["pre-training", "hours seen (padded audio)"] + label_sets
-        rows, csv_rows = [], []
-        groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        hours_of: dict[tuple[str, str], list[float]] = defaultdict(list)
-        for r in ft:
-            if r["split"] != main_split:
-                continue
-            key = (r.get("tag", r["pretrain"]), r["checkpoint"])
-            groups[key][r["label_set"]].append(r["wer"])
-            hours_of[key].append(r.get("hours", 0.0))
-            csv_rows.append([r["pretrain"], r.get("batch_seconds"), r["checkpoint"], r.get("hours"), r["label_set"],
-                             r["split"], r["wer"], r["cer"]])
+    head = ["pre-training", "hours seen (padded audio)"] + label_sets
+    groups = {m: defaultdict(lambda: defaultdict(list)) for m in ("wer", "cer")}
+    hours: dict[tuple[str, str], list[float]] = defaultdict(list)
+    csv_rows = []
+    for r in ft:
+        if r["split"] != main_split:
+            continue
+        key = (r.get("tag", r["pretrain"]), r["checkpoint"])
+        for m in groups:
+            groups[m][key][r["label_set"]].append(r[m])
+        hours[key].append(r.get("hours", 0.0))
+        csv_rows.append([r["pretrain"], r.get("batch_seconds"), r["checkpoint"], r.get("hours"), r["label_set"],
+                         r["split"], r["wer"], r["cer"]])
+    batch_of = {run["tag"]: run["batch_seconds"] for run in reversed(list(runs.values()))}
+    keys = sorted(groups["wer"], key=lambda k: (0 if k[0].startswith("scratch") else 1, batch_of.get(k[0], -1), k[1]))
+    tables = {}
+    for m, g in groups.items():
+        tables[m] = [[f"{tag} ({ck})", f"{statistics.fmean(hours[(tag, ck)]) if hours[(tag, ck)] else 0.0:.3g}"]
+                     + [fmt_ms(g[(tag, ck)].get(ls, [])) for ls in label_sets] for tag, ck in keys]
+    write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "hours", "label_set", "split", "wer",
+                                "cer"], csv_rows)
+    return [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %)", "", md_table(head, tables["wer"]), "",
+            f"CER (`{main_split}`, greedy, %):", "", md_table(head, tables["cer"]), ""]
 
-        def order(k):
-            tag, ck = k
-            return (0 if tag.startswith("scratch") else 1, runs_batch(tag), ck)
 
-        def runs_batch(tag):
-            for run in runs.values():
-                if run["tag"] == tag:
-                    return run["batch_seconds"]
-            return -1
+def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> None:
+    """WER / CER against batch size (final checkpoints, one line per label set) and against hours seen (one
+    line per batch size, the first label set, scratch as a dashed line)."""
+    label_sets = sorted({r["label_set"] for r in ft})
+    end = end_checkpoint(ft)
+    finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == end and r.get("batch_seconds")]
+    for metric in ("wer", "cer"):
+        def draw_b(ax, metric=metric):
+            for ls in label_sets:
+                pts = defaultdict(list)
+                for r in finals:
+                    if r["label_set"] == ls:
+                        pts[r["batch_seconds"]].append(r[metric] * 100)
+                xs = sorted(pts)
+                ax.errorbar(xs, [statistics.fmean(pts[x]) for x in xs],
+                            yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o",
+                            capsize=3, label=ls)
+            ax.set_xscale("log")
+            ax.set_xlabel("pre-training batch (seconds of audio)")
+            ax.set_ylabel(f"{metric.upper()} % ({main_split})")
+            ax.legend(fontsize=8)
+        _plot(rep / "plots" / f"{metric}_vs_batch.png", draw_b)
 
-        cer_groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for r in ft:
-            if r["split"] == main_split:
-                cer_groups[(r.get("tag", r["pretrain"]), r["checkpoint"])][r["label_set"]].append(r["cer"])
-        cer_rows = []
-        for key in sorted(groups, key=order):
-            tag, ck = key
-            h = statistics.fmean(hours_of[key]) if hours_of[key] else 0.0
-            rows.append([f"{tag} ({ck})", f"{h:.3g}"] + [fmt_ms(groups[key].get(ls, [])) for ls in label_sets])
-            cer_rows.append([f"{tag} ({ck})", f"{h:.3g}"] + [fmt_ms(cer_groups[key].get(ls, [])) for ls in label_sets])
-        text += [md_table(head, rows), "", f"CER (`{main_split}`, greedy, %):", "", md_table(head, cer_rows), ""]
-        write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "hours", "label_set", "split", "wer",
-                                    "cer"], csv_rows)
-
-        # WER / CER vs batch size (final checkpoints), one line per label set; and vs hours seen, one line per batch
-        end = end_checkpoint(ft)
-        finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == end and r.get("batch_seconds")]
-        for metric in ("wer", "cer"):
-            def draw_b(ax, metric=metric):
-                for ls in label_sets:
-                    pts = defaultdict(list)
-                    for r in finals:
-                        if r["label_set"] == ls:
-                            pts[r["batch_seconds"]].append(r[metric] * 100)
-                    xs = sorted(pts)
-                    ax.errorbar(xs, [statistics.fmean(pts[x]) for x in xs],
-                                yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o",
-                                capsize=3, label=ls)
-                ax.set_xscale("log")
-                ax.set_xlabel("pre-training batch (seconds of audio)")
-                ax.set_ylabel(f"{metric.upper()} % ({main_split})")
-                ax.legend(fontsize=8)
-            _plot(rep / "plots" / f"{metric}_vs_batch.png", draw_b)
-
-            def draw_h(ax, metric=metric):
-                for ls in label_sets[:1]:
-                    # one point per (batch, checkpoint): mean over seeds (whose hours differ by a few frames)
-                    per_b = defaultdict(lambda: defaultdict(list))
-                    for r in ft:
-                        if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
-                            per_b[r["batch_seconds"]][r["checkpoint"]].append((r["hours"], r[metric] * 100))
-                    for b in sorted(per_b):
-                        pts = sorted((statistics.fmean(h for h, _ in v), [y for _, y in v]) for v in per_b[b].values())
-                        ax.errorbar([x for x, _ in pts], [statistics.fmean(ys) for _, ys in pts],
-                                    yerr=[statistics.stdev(ys) if len(ys) > 1 else 0 for _, ys in pts],
-                                    marker="o", capsize=3, label=f"{b:g} s ({ls})")
-                    scratch = [r[metric] * 100 for r in ft if r["split"] == main_split and r["label_set"] == ls
-                               and r["pretrain"] == "scratch"]
-                    if scratch:
-                        ax.axhline(statistics.fmean(scratch), color="grey", ls="--", label=f"scratch ({ls})")
-                ax.set_xscale("log")
-                ax.set_xlabel("hours of (padded) audio seen in pre-training")
-                ax.set_ylabel(f"{metric.upper()} % ({main_split})")
-                ax.legend(fontsize=8)
-            _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
-
-        text += ["## Findings", ""] + findings(ft, runs, study, main_split, "wer") + findings(
-            ft, runs, study, main_split, "cer")
-    text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
-    path = rep / "report.md"
-    atomic_write_lines(path, text)
-    log.info("report: %s", path)
-    return path
+        def draw_h(ax, metric=metric):
+            for ls in label_sets[:1]:
+                # one point per (batch, checkpoint): mean over seeds (whose hours differ by a few frames)
+                per_b = defaultdict(lambda: defaultdict(list))
+                for r in ft:
+                    if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
+                        per_b[r["batch_seconds"]][r["checkpoint"]].append((r["hours"], r[metric] * 100))
+                for b in sorted(per_b):
+                    pts = sorted((statistics.fmean(h for h, _ in v), [y for _, y in v]) for v in per_b[b].values())
+                    ax.errorbar([x for x, _ in pts], [statistics.fmean(ys) for _, ys in pts],
+                                yerr=[statistics.stdev(ys) if len(ys) > 1 else 0 for _, ys in pts],
+                                marker="o", capsize=3, label=f"{b:g} s ({ls})")
+                scratch = [r[metric] * 100 for r in ft if r["split"] == main_split and r["label_set"] == ls
+                           and r["pretrain"] == "scratch"]
+                if scratch:
+                    ax.axhline(statistics.fmean(scratch), color="grey", ls="--", label=f"scratch ({ls})")
+            ax.set_xscale("log")
+            ax.set_xlabel("hours of (padded) audio seen in pre-training")
+            ax.set_ylabel(f"{metric.upper()} % ({main_split})")
+            ax.legend(fontsize=8)
+        _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
 
 
 def main_split_of(splits: list[str]) -> str | None:
@@ -290,11 +289,34 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
     """The two questions of the paper, and pre-training vs scratch, answered from this study's numbers in
     ``metric`` (``wer`` or ``cer``: at small scale WER sits near 100 % and CER tells the models apart)."""
     name = metric.upper()
-    out = [f"### In {name} (`{split}`)", ""]
+    on_split = [r for r in ft if r["split"] == split]
     label_sets = sorted({r["label_set"] for r in ft})
-    end = end_checkpoint(ft)
-    finals = [r for r in ft if r["split"] == split and r["checkpoint"] == end and r.get("batch_seconds")]
-    scratch = [r for r in ft if r["split"] == split and str(r["pretrain"]).startswith("scratch")]
+    out = [f"### In {name} (`{split}`)", ""]
+    out += _fixed_steps_and_scratch(on_split, study, label_sets, metric)
+    if study.get("mode") != "fixed-steps":  # a small batch's milestone vs a large batch's end
+        out += _equal_steps(on_split, label_sets, metric)
+    if study.get("mode") == "fixed-hours":
+        finals = _finals(on_split)
+        for ls in label_sets:
+            per_b = _per_batch(finals, ls, metric)
+            if len(per_b) > 1:
+                out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
+    out += _milestones(on_split, label_sets, metric)
+    out.append("")
+    return out
+
+
+def _finals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pre-trained models' records at the checkpoint runs are compared by."""
+    end = end_checkpoint(records)
+    return [r for r in records if r["checkpoint"] == end and r.get("batch_seconds")]
+
+
+def _fixed_steps_and_scratch(records: list[dict[str, Any]], study: dict[str, Any], label_sets: list[str],
+                             metric: str) -> list[str]:
+    name, out = metric.upper(), []
+    finals = _finals(records)
+    scratch = [r for r in records if str(r["pretrain"]).startswith("scratch")]
     for ls in label_sets:
         per_b = _per_batch(finals, ls, metric)
         bs = sorted(per_b)
@@ -307,9 +329,14 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                 out.append(f"- **Pre-training vs {base}, {ls}:** best pre-trained ({best:g} s) {name} "
                            f"{fmt_ms(per_b[best])} % vs {base} {fmt_ms(sc)} %: pre-trained is "
                            f"{compare(per_b[best], sc)}.")
-    # equal steps across batch sizes (fixed-hours studies: a small batch's milestone vs a large batch's end)
-    with_b = [r for r in ft if r["split"] == split and r.get("batch_seconds") and r.get("step")]
-    for ls in label_sets if study.get("mode") != "fixed-steps" else []:
+    return out
+
+
+def _equal_steps(records: list[dict[str, Any]], label_sets: list[str], metric: str) -> list[str]:
+    """Checkpoints of different batch sizes within 10 % of each other's steps, compared (fixed-hours studies)."""
+    name, out = metric.upper(), []
+    with_b = [r for r in records if r.get("batch_seconds") and r.get("step")]
+    for ls in label_sets:
         # one group per (batch, checkpoint) over seeds; groups within 10 % of each other's steps are compared
         groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
         for r in with_b:
@@ -323,9 +350,7 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                 last[key[0]] = key
             else:
                 clusters.append({key[0]: key})
-        for cl in clusters:
-            if len(cl) < 2:
-                continue
+        for cl in (c for c in clusters if len(c) > 1):
             per_b = {b: [r[metric] for r in groups[key]] for b, key in cl.items()}
             steps = ", ".join(f"{b:g} s at step {mean_step[cl[b]]:.0f}" for b in sorted(cl))
             mid = sorted(f"{b:g} s" for b, key in cl.items() if key[1] != "final")
@@ -333,13 +358,13 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                       "had decayed (unless the schedule is cyclic and the milestone at one of its minima)."
                       if mid and any(key[1] == "final" for key in cl.values()) else "")
             out.append(f"- **Equal steps ({steps}), {ls}:** {_neighbours(per_b, name)} ({_values(per_b)}).{caveat}")
-    for ls in label_sets if study.get("mode") == "fixed-hours" else []:
-        per_b = _per_batch(finals, ls, metric)
-        if len(per_b) > 1:
-            out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
-    # equal hours seen: milestone checkpoints
-    miles = [r for r in ft
-             if r["split"] == split and str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]
+    return out
+
+
+def _milestones(records: list[dict[str, Any]], label_sets: list[str], metric: str) -> list[str]:
+    """Equal hours seen: the milestone checkpoints of different batch sizes."""
+    miles = [r for r in records if str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]
+    out = []
     for ls in label_sets:
         per_h: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in miles:
@@ -347,6 +372,5 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
                 per_h[r["checkpoint"]][r["batch_seconds"]].append(r[metric])
         for ck, per_b in sorted(per_h.items()):
             if len(per_b) > 1:
-                out.append(_equal_hours(ck, ls, name, per_b))
-    out.append("")
+                out.append(_equal_hours(ck, ls, metric.upper(), per_b))
     return out

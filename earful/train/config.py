@@ -1,17 +1,14 @@
-"""Pre-training configuration. YAML files (``earful/configs/pretrain-*.yaml`` or your own) override these
-defaults; ``key=value`` overrides on the command line override the YAML (``optim.lr=1e-4``).
-
-``model_preset`` picks the model preset the ``model:`` section starts from."""
+"""What the training engine reads: the settings every task shares (batch budget, steps, precision, intervals,
+optimizer, health thresholds). A task's config (``earful/pretrain/config.py``, ``earful/finetune/config.py``)
+extends ``TrainingConfig`` with its model and data; YAML files and ``key=value`` overrides set both alike."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
-from earful.model.config import ModelConfig, load_model_config
+from earful.data.budget import BatchBudget
 
 
 def nominal_steps(hours: float, batch_seconds: float) -> int:
@@ -20,27 +17,10 @@ def nominal_steps(hours: float, batch_seconds: float) -> int:
     return math.floor(hours * 3600 / batch_seconds + 0.5)
 
 
-def accumulation_steps(batch_seconds: float, device_seconds: float, world_size: int) -> int:
-    """Micro-batches per optimizer step on each device: ceil(batch / (device × world))."""
-    return max(1, math.ceil(batch_seconds / (device_seconds * world_size) - 1e-9))
-
-
 def scale_lr(lr: float, batch_seconds: float, reference_seconds: float, rule: str) -> float:
     """The paper's rules: ``linear`` lr·B/B_ref, ``sqrt`` lr·sqrt(B/B_ref), ``none`` lr."""
     ratio = batch_seconds / reference_seconds
     return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
-
-
-@dataclass
-class DataConfig:
-    train: str = ""  # manifest of the pre-training audio
-    valid: str | None = None  # manifest of the held-out audio (validation loss, accuracy, perplexity)
-    crop_seconds: float | None = 15.6  # fairseq crops to 250k samples; None = whole utterances (paper)
-    min_seconds: float | None = 2.0  # fairseq leaves out utterances under 32k samples (counted)
-    padding: bool = False  # fairseq crops a batch to its shortest utterance; true pads (the paper's code)
-    num_workers: int = 2
-    skip_bad: bool = False  # count and log unreadable files instead of stopping
-    bucket_size: int = 1000
 
 
 @dataclass
@@ -64,7 +44,7 @@ class OptimConfig:
 
 @dataclass
 class HealthConfig:
-    """Thresholds of the health warnings (see docs/monitoring.md)."""
+    """Thresholds of the health warnings (see earful/train/monitor.py)."""
 
     after_steps: int = 200  # no warnings before this step (early collapse is normal, paper §6.4)
     collapse_perplexity: float = 2.0  # hard perplexity per group at or under this: codebook collapse
@@ -73,68 +53,70 @@ class HealthConfig:
     grad_norm_factor: float = 10.0  # grad norm above factor × running median: exploding
 
 
-class SecondsBatching:
-    """For a config with ``batch_seconds``, ``device_seconds`` and ``optim`` (pre-training and fine-tuning)."""
+@dataclass
+class DataConfig:
+    """The data settings every task has; a task's data config adds its manifests' roles."""
 
-    batch_seconds: float
-    device_seconds: float
-    optim: OptimConfig
+    train: str = ""  # manifest of the training audio
+    min_seconds: float | None = None  # shorter utterances are left out (counted and logged)
+    max_seconds: float | None = None  # longer utterances (after cropping) are left out (counted and logged)
+    num_workers: int = 2
+    skip_bad: bool = False  # count and log unreadable files instead of stopping
+    bucket_size: int = 1000
 
-    def accumulation(self, world_size: int) -> int:
-        """Micro-batches per optimizer step on each device."""
-        return accumulation_steps(self.batch_seconds, self.device_seconds, world_size)
+    def limits(self) -> dict[str, float | None]:
+        """The utterance limits of the batch budget."""
+        return {"min_seconds": self.min_seconds, "max_seconds": self.max_seconds}
 
-    def micro_seconds(self, world_size: int) -> float:
-        """The padded audio training micro-batches are packed to: ``batch_seconds`` shared evenly over the
-        devices and accumulation steps, at most ``device_seconds``. (Packing every micro-batch up to
-        ``device_seconds`` would overshoot the batch when it does not divide evenly: 6 s on 4 s devices
-        would take 8 s a step.) An utterance longer than this, within ``device_seconds``, is still trained
-        on, in a micro-batch of its own."""
-        return self.batch_seconds / (world_size * self.accumulation(world_size))
+
+@dataclass
+class TrainingConfig:
+    """The engine's settings (defaults: pre-training's; a task's config may change them)."""
+
+    batch_seconds: float = 5600.0  # global padded audio per optimizer step (fairseq BASE: 64 × 87.5 s)
+    device_seconds: float = 87.5  # the most padded audio one micro-batch holds on one device
+    max_steps: int = 400_000
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 1
+    log_every: int = 100
+    valid_every: int = 5000  # 0 = only at the end (fine-tuning) or never (pre-training)
+    valid_seconds: float | None = None  # padded audio per validation batch on one device (default: device_seconds)
+    ckpt_every: int = 1000
+    keep_last: int = 2  # periodic step checkpoints kept (milestones, best and the latest stay)
+    keep_best: bool = True  # also keep checkpoints/best: the task's best validation metric (loss, dev WER)
+    max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
+    tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def budget(self, world_size: int) -> BatchBudget:
+        """The training batch budget on ``world_size`` devices."""
+        return BatchBudget(self.batch_seconds, self.device_seconds, world_size, **self.data.limits())
+
+    def valid_device_seconds(self) -> float:
+        """Padded audio per validation batch on one device."""
+        return self.valid_seconds or self.device_seconds
 
     def effective_lr(self) -> float:
         """``optim.lr`` rescaled by ``optim.lr_scaling`` from ``optim.reference_batch_seconds``."""
         return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
 
-
-@dataclass
-class PretrainConfig(SecondsBatching):
-    model_preset: str = "base"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    batch_seconds: float = 5600.0  # global padded audio per optimizer step (fairseq BASE: 64 × 87.5 s)
-    device_seconds: float = 87.5  # padded audio per micro-batch on one device
-    max_steps: int = 400_000
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
-    seed: int = 1
-    log_every: int = 100
-    valid_every: int = 5000
-    valid_seconds: float | None = None  # micro-batch size for validation (default: device_seconds)
-    ckpt_every: int = 1000
-    keep_last: int = 2
-    ckpt_hours: list[float] = field(default_factory=list)  # extra checkpoints at these hours seen
-    # what an hour in ckpt_hours counts: "padded" audio seen (measured), or "nominal" batch_seconds × steps (the
-    # paper's hours, which a study uses: a milestone then lands at step nominal_steps(hours, batch_seconds))
-    ckpt_hours_basis: str = "padded"
-    max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
-    tensorboard: bool = True
-    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    def validate(self) -> None:
+        """Refuse settings that cannot train as asked, naming the key and what it accepts."""
+        self.budget(1)  # finite, positive seconds; a bounded accumulation
+        if self.valid_seconds is not None:
+            BatchBudget.per_device(self.valid_seconds)
+        for key in ("max_steps", "log_every", "ckpt_every", "max_nan_steps"):
+            _at_least(key, getattr(self, key), 1)
+        for key in ("valid_every", "keep_last", "threads"):
+            _at_least(key, getattr(self, key), 0)
+        _at_least("data.bucket_size", self.data.bucket_size, 1)
+        _at_least("data.num_workers", self.data.num_workers, 0)
 
 
-
-def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
-    """Defaults ← model preset ← YAML ← overrides."""
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
-    over = parse_overrides(overrides or [])
-    preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
-    base = to_dict(PretrainConfig())
-    base["model_preset"] = preset
-    base["model"] = to_dict(load_model_config(preset))
-    cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
-    if cfg.ckpt_hours_basis not in ("padded", "nominal"):
-        raise ValueError(f"ckpt_hours_basis: {cfg.ckpt_hours_basis!r}, expected padded or nominal")
-    return cfg
+def _at_least(key: str, value: Any, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{key}={value}: expected an integer >= {low}")

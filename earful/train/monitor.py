@@ -1,6 +1,6 @@
 """Monitoring: JSONL logs (and TensorBoard when installed), codebook statistics, health warnings.
 
-Health checks (thresholds in ``HealthConfig``, documented in docs/monitoring.md):
+Health checks (thresholds in ``HealthConfig``, see docs/monitoring.md):
 
 * codebook collapse — hard perplexity of a group ≤ ``collapse_perplexity`` (one or two codes used);
 * accuracy stuck at chance — within ``stuck_accuracy_margin`` of 1/(K+1) after ``after_steps``;
@@ -109,9 +109,11 @@ def distance_from(model: torch.nn.Module, init: dict[str, torch.Tensor]) -> floa
 class Health:
     """Turns logged statistics into warnings; each kind is reported once per run until it clears."""
 
-    def __init__(self, cfg: HealthConfig, num_negatives: int) -> None:
+    def __init__(self, cfg: HealthConfig, chance_accuracy: float | None) -> None:
+        """``chance_accuracy``: what guessing scores (pre-training: 1/(K+1) with K distractors), or None when
+        the task logs no accuracy."""
         self.cfg = cfg
-        self.chance = 1.0 / (num_negatives + 1)
+        self.chance = chance_accuracy
         self.norms: deque[float] = deque(maxlen=200)
         self.active: set[str] = set()
 
@@ -131,7 +133,7 @@ class Health:
                 warnings["collapse"] = (f"codebook collapse: hard perplexity per group {shown} (≤ "
                                         f"{self.cfg.collapse_perplexity:g}); raise model.diversity_weight or lower lr")
             acc = rec.get("accuracy")
-            if acc is not None:
+            if acc is not None and self.chance is not None:
                 if abs(acc - self.chance) <= self.cfg.stuck_accuracy_margin:
                     warnings["chance"] = (f"contrastive accuracy {acc:.3f} is at chance ({self.chance:.3f}) after "
                                           f"{step} steps: the model is not learning")

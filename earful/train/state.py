@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 TRAINER_FILE = "trainer.json"
 LATEST = "latest.json"
+# trainer.json's and state.pt's layout; 1 (no "format") was written before the one engine (earlier development)
+TRAINING_FORMAT = 2
 
 
 class RunDir:
@@ -84,7 +86,7 @@ class RunDir:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             save_model(tmp, model, vocab=vocab)
-            info = dict(trainer)
+            info = {"format": TRAINING_FORMAT, **trainer}
             if state is not None:
                 atomic_torch_save(state, tmp / STATE_FILE)
                 info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
@@ -143,6 +145,10 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | Non
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{info_path}: corrupt JSON ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != TRAINING_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise CheckpointError(f"{info_path}: training-state format {found!r}, this version of earful reads "
+                              f"{TRAINING_FORMAT} (written by an earlier development version): start the run anew")
     state = None
     if (ckpt / STATE_FILE).exists() or STATE_FILE in info.get("files", {}):
         verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
@@ -156,12 +162,10 @@ def training_state(
     """What a trainer needs besides the weights to continue exactly: optimizer, loss scaler, data position
     of every rank (a rank whose batch had no readable audio has moved on further than the others), RNG
     (all ``weights_only``-loadable). A collective: every rank calls it."""
-    mine = loader.state_dict()
     state: dict[str, Any] = {
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "loader": mine,
-        "loaders": D.all_gather_object(mine, d),
+        "loaders": D.all_gather_object(loader.state_dict(), d),
         "rng_cpu": torch.get_rng_state(),
     }
     if d.device.type == "cuda":  # this device's generator only: a resume may see fewer GPUs
@@ -173,30 +177,23 @@ def restore_training_state(
     state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any, d: D.Dist
 ) -> None:
     """The inverse of ``training_state``: each rank takes its own data position when the number of ranks is
-    the same (else rank 0's, which the sampler maps onto the new layout)."""
+    the same (else rank 0's, which the sampler maps onto the new layout, and the job's bad files once, on
+    rank 0)."""
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    loaders = state.get("loaders") or []
+    loaders = state["loaders"]
     ranks = [{"epoch": s["epoch"], "position": s["position"]} for s in loaders]  # for a resume in another layout
     if len(loaders) == d.world_size:
         loader.load_state_dict({**loaders[d.rank], "ranks": ranks})
-    else:  # another number of ranks: rank 0's position, and the job's bad files kept once, on rank 0
-        states = loaders or [state["loader"]]
-        ids = sorted({i for s in states for i in s.get("bad_ids", [])})
-        earlier = sum(int(s.get("bad_earlier", 0) if "bad_ids" in s else s.get("bad_files", 0)) for s in states)
-        mine = {"bad_ids": ids, "bad_earlier": earlier} if d.rank == 0 else {"bad_ids": [], "bad_earlier": 0}
-        loader.load_state_dict({**state["loader"], **mine, "ranks": ranks})
+    else:
+        ids = sorted({i for s in loaders for i in s["bad_ids"]}) if d.rank == 0 else []
+        loader.load_state_dict({**loaders[0], "bad_ids": ids, "ranks": ranks})
     torch.set_rng_state(state["rng_cpu"])
-    saved = state.get("rng_cuda")
-    if saved is not None and d.device.type == "cuda":
-        if isinstance(saved, list | tuple):  # older checkpoints: one state per GPU rank 0 could see
-            saved = saved[min(d.device.index or 0, len(saved) - 1)] if saved else None
-        if saved is not None:
-            torch.cuda.set_rng_state(saved, d.device)
+    if state.get("rng_cuda") is not None and d.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], d.device)
 
 
 def warn_if_layout_changed(info: dict[str, Any], world_size: int, accumulation: int) -> None:
     if info.get("world_size") != world_size or info.get("accumulation") != accumulation:
         log.warning("resuming with world_size=%d × accumulation=%d (was %s × %s): same batch, other order",
                     world_size, accumulation, info.get("world_size"), info.get("accumulation"))
-

@@ -4,9 +4,19 @@ import logging
 import numpy as np
 import pytest
 
+from earful.data.budget import BatchBudget
 from earful.data.sampler import SecondsBatchSampler, padding_fraction
 
 RATE = 16000
+
+
+def _sampler(lens, device_seconds: float, *, world_size: int = 1, crop_seconds: float | None = None,
+             min_seconds: float | None = None, max_seconds: float | None = None, pack_seconds: float | None = None,
+             **kw) -> SecondsBatchSampler:
+    """A sampler over ``lens`` whose steps are one micro-batch of ``pack_seconds`` (default: the device's)."""
+    budget = BatchBudget((pack_seconds or device_seconds) * world_size, device_seconds, world_size,
+                         crop_seconds=crop_seconds, min_seconds=min_seconds, max_seconds=max_seconds)
+    return SecondsBatchSampler(lens, budget, **kw)
 
 
 def lengths(n: int = 500, seed: int = 0) -> np.ndarray:
@@ -15,7 +25,7 @@ def lengths(n: int = 500, seed: int = 0) -> np.ndarray:
 
 def test_budget_and_coverage_once_per_epoch():
     lens = lengths()
-    s = SecondsBatchSampler(lens, 30.0, seed=1)
+    s = _sampler(lens, 30.0, seed=1)
     for epoch in range(2):
         batches = list(s)
         assert s.epoch == epoch + 1
@@ -26,8 +36,6 @@ def test_budget_and_coverage_once_per_epoch():
     assert padding_fraction(lens[b] for b in s.epoch_batches(0)) < 0.05  # length bucketing
     assert s.padding_fraction(0) == padding_fraction(lens[b] for b in s.epoch_batches(0))
     assert list(s.epoch_batches(0)[0]) != list(s.epoch_batches(1)[0])  # reshuffled per epoch
-    real, padded = s.batch_seconds(s.epoch_batches(0)[0])
-    assert real <= padded <= 30.0
 
 
 def test_padding_fraction_helper():
@@ -38,7 +46,7 @@ def test_padding_fraction_helper():
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_rank_shards_disjoint_equal_and_complete(world_size: int):
     lens = lengths(203)
-    shards = [list(SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=world_size))
+    shards = [list(_sampler(lens, 40.0, seed=3, rank=r, world_size=world_size))
               for r in range(world_size)]
     assert len({len(b) for b in shards}) == 1  # same number of batches on every rank
     flat = [i for shard in shards for b in shard for i in b]
@@ -47,44 +55,48 @@ def test_rank_shards_disjoint_equal_and_complete(world_size: int):
 
 
 def test_few_utterances_many_ranks_repeat_rather_than_hang():
-    shards = [list(SecondsBatchSampler([RATE] * 2, 10.0, rank=r, world_size=4)) for r in range(4)]
+    shards = [list(_sampler([RATE] * 2, 10.0, rank=r, world_size=4)) for r in range(4)]
     assert [len(b) for b in shards] == [1, 1, 1, 1]
 
 
 def test_exact_resume_mid_epoch_and_endless():
     lens = lengths(300)
-    ref = SecondsBatchSampler(lens, 25.0, seed=7, endless=True)
+    ref = _sampler(lens, 25.0, seed=7, endless=True)
     expected = list(itertools.islice(iter(ref), 100))  # spans several epochs
-    s = SecondsBatchSampler(lens, 25.0, seed=7, endless=True)
+    s = _sampler(lens, 25.0, seed=7, endless=True)
     it = iter(s)
     got = [next(it) for _ in range(37)]
     state = s.state_dict()
-    resumed = SecondsBatchSampler(lens, 25.0, seed=7, endless=True)
+    resumed = _sampler(lens, 25.0, seed=7, endless=True)
     resumed.load_state_dict(state)
     got += list(itertools.islice(iter(resumed), 63))
     assert got == expected
     with pytest.raises(ValueError, match="seed"):
-        SecondsBatchSampler(lens, 25.0, seed=8).load_state_dict(state)
+        _sampler(lens, 25.0, seed=8).load_state_dict(state)
 
 
 def test_unbatchable_counted_warned_or_raised(caplog):
     lens = [RATE * 1, RATE * 50, RATE // 10, RATE * 2]
     with caplog.at_level(logging.WARNING):
-        s = SecondsBatchSampler(lens, 10.0, min_seconds=0.5)
+        s = _sampler(lens, 10.0, min_seconds=0.5)
     assert s.skipped == 2 and s.skipped_indices.tolist() == [1, 2]
     assert "2 of 4 utterances cannot be batched" in caplog.text
     assert sorted(i for b in s for i in b) == [0, 3]
-    with pytest.raises(ValueError, match="longer than max_seconds"):
-        SecondsBatchSampler(lens, 10.0, strict=True)
-    cropped = SecondsBatchSampler(lens, 10.0, crop_seconds=5.0)  # cropping makes the long one fit
+    with pytest.raises(ValueError, match="longer than device_seconds=10 s"):
+        _sampler(lens, 10.0, strict=True)
+    cropped = _sampler(lens, 10.0, crop_seconds=5.0)  # cropping makes the long one fit
     assert cropped.skipped == 0
     assert all(cropped.effective[b].max() * len(b) <= 10 * RATE for b in cropped)
+    # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: its own reason
+    limited = _sampler(lens, 60.0, max_seconds=1.5)
+    assert limited.skipped_reasons == {"longer than max_seconds=1.5 s": 2}
+    assert sorted(i for b in limited for i in b) == [0, 2]
 
 
 def test_empty_utterance_is_counted_not_a_crash(caplog):
     """Without min_seconds (the paper's recipe) an empty utterance would divide by zero when it opens a batch."""
     with caplog.at_level(logging.WARNING):
-        s = SecondsBatchSampler([0, RATE, 2 * RATE], 10.0, min_seconds=None, shuffle=False)
+        s = _sampler([0, RATE, 2 * RATE], 10.0, min_seconds=None, shuffle=False)
     assert s.skipped == 1 and s.skipped_reasons == {"empty (0 samples)": 1}
     assert "empty (0 samples)" in caplog.text
     assert sorted(i for b in s for i in b) == [1, 2]
@@ -108,33 +120,31 @@ def test_resume_with_smaller_micro_batches_continues_with_the_unseen_utterances(
     """After an out-of-memory error the advice is a smaller device_seconds: the saved epoch continues with
     exactly the utterances the saved run had not reached, in batches of the new size."""
     lens = lengths(300)
-    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    s = _sampler(lens, 25.0, seed=7)
     seen = _consume([s], 20)
-    smaller = SecondsBatchSampler(lens, 12.5, seed=7)
+    smaller = _sampler(lens, 12.5, seed=7)
     with caplog.at_level(logging.WARNING):
         smaller.load_state_dict(s.state_dict())
-    assert "another layout (pack_samples 400000 -> 200000, max_samples 400000 -> 200000)" in caplog.text
+    assert "another layout (device_samples 400000 -> 200000, micro_samples 400000 -> 200000)" in caplog.text
     rest = [b for b in iter(smaller)]
     assert all(lens[b].max() * len(b) <= 12.5 * RATE for b in rest)
     flat = seen + [i for b in rest for i in b]
     assert sorted(flat) == list(range(len(lens)))  # nothing lost, nothing twice
     assert smaller.epoch == 1 and sorted(i for b in smaller for i in b) == list(range(len(lens)))
     with pytest.raises(ValueError, match="num_utterances"):
-        SecondsBatchSampler(lens[:-1], 25.0, seed=7).load_state_dict(s.state_dict())
+        _sampler(lens[:-1], 25.0, seed=7).load_state_dict(s.state_dict())
 
 
-def test_resume_from_a_state_without_pack_samples():
-    """A checkpoint written before packing had its own budget (max_samples was both): resumed with a smaller
-    packing budget, the epoch continues with what it had not reached, also at its very end."""
+def test_resume_with_smaller_micro_batches_on_the_same_device():
+    """The same device, more accumulation (a larger step shared out in smaller micro-batches): the epoch
+    continues with what it had not reached, also at its very end."""
     lens = lengths(300)
-    n = len(SecondsBatchSampler(lens, 25.0, seed=7).epoch_batches(0))
+    n = len(_sampler(lens, 25.0, seed=7).epoch_batches(0))
     for pos in (20, n - 1, n):
-        s = SecondsBatchSampler(lens, 25.0, seed=7)
+        s = _sampler(lens, 25.0, seed=7)
         seen = _consume([s], pos)
         state = {**s.state_dict(), "position": pos}
-        for key in ("pack_samples", "min_samples", "crop_samples"):
-            del state[key]
-        packed = SecondsBatchSampler(lens, 25.0, seed=7, pack_seconds=12.5)
+        packed = _sampler(lens, 25.0, seed=7, pack_seconds=12.5)
         packed.load_state_dict(state)
         assert (packed.epoch, packed.position) == ((1, 0) if pos == n else (0, 0))
         assert sorted(seen + (_rest([packed]) if pos < n else [])) == list(range(len(lens)))
@@ -144,10 +154,10 @@ def test_resume_from_a_state_without_pack_samples():
 def test_resume_on_another_number_of_devices_loses_and_repeats_nothing(saved_world: int, new_world: int):
     """Each rank resumes from rank 0's state (all ranks step together); the new ranks share what is left."""
     lens = lengths(203)
-    ranks = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=saved_world) for r in range(saved_world)]
+    ranks = [_sampler(lens, 40.0, seed=3, rank=r, world_size=saved_world) for r in range(saved_world)]
     seen = _consume(ranks, 7)
     state = ranks[0].state_dict()
-    resumed = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
+    resumed = [_sampler(lens, 40.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
     for r in resumed:
         r.load_state_dict(state)
     assert len({len(r.epoch_batches()) for r in resumed}) == 1  # every rank the same number of batches
@@ -158,9 +168,9 @@ def test_resume_with_another_length_limit_keeps_to_the_saved_epoch():
     """Raising the length limit makes more utterances batchable: they join from the next epoch, and the
     saved epoch still sees each of its utterances once (the epoch is not reshuffled under the position)."""
     lens = np.concatenate([lengths(300), np.full(20, 22 * RATE)])  # 20 of 22 s: only batchable at 25 s
-    s = SecondsBatchSampler(lens, 20.0, seed=5)
+    s = _sampler(lens, 20.0, seed=5)
     seen = _consume([s], 40)
-    wider = SecondsBatchSampler(lens, 25.0, seed=5)
+    wider = _sampler(lens, 25.0, seed=5)
     wider.load_state_dict(s.state_dict())
     assert sorted(seen + _rest([wider])) == list(range(300))
     assert sorted(i for b in wider for i in b) == list(range(320))  # the next epoch has all of them
@@ -168,16 +178,16 @@ def test_resume_with_another_length_limit_keeps_to_the_saved_epoch():
 
 def test_a_resumed_epoch_resumes_again_exactly_or_with_yet_another_layout():
     lens = lengths(203)
-    two = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    two = [_sampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
     seen = _consume(two, 5)
-    one = SecondsBatchSampler(lens, 40.0, seed=3)
+    one = _sampler(lens, 40.0, seed=3)
     one.load_state_dict(two[0].state_dict())
     seen += _consume([one], 6)
     state = one.state_dict()
-    again = SecondsBatchSampler(lens, 40.0, seed=3)  # the same layout: exactly where it was
+    again = _sampler(lens, 40.0, seed=3)  # the same layout: exactly where it was
     again.load_state_dict(state)
     assert [b for b in iter(again)] == [b for b in iter(one)]
-    three = [SecondsBatchSampler(lens, 20.0, seed=3, rank=r, world_size=3) for r in range(3)]
+    three = [_sampler(lens, 20.0, seed=3, rank=r, world_size=3) for r in range(3)]
     for r in three:
         r.load_state_dict(state)
     assert sorted(seen + _rest(three)) == list(range(len(lens)))
@@ -187,10 +197,10 @@ def test_a_resumed_epoch_resumes_again_exactly_or_with_yet_another_layout():
 def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: int):
     """A rank that met an unreadable batch pulled one more: the remainder is cut from every rank's place."""
     lens = lengths(203)
-    ranks = [SecondsBatchSampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    ranks = [_sampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
     seen = _consume(ranks[:1], 7) + _consume(ranks[1:], 8)
     state = {**ranks[0].state_dict(), "ranks": [{"epoch": 0, "position": 7}, {"epoch": 0, "position": 8}]}
-    resumed = [SecondsBatchSampler(lens, 20.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
+    resumed = [_sampler(lens, 20.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
     for r in resumed:
         r.load_state_dict(state)
     assert len({len(r.epoch_batches()) for r in resumed}) == 1
@@ -200,12 +210,12 @@ def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: in
 def test_a_larger_budget_after_resume_fills_its_batches():
     """25 → 50 s micro-batches mid-epoch: the rest is packed to the new budget, in shuffled order."""
     lens = lengths(600)
-    s = SecondsBatchSampler(lens, 25.0, seed=2)
+    s = _sampler(lens, 25.0, seed=2)
     _consume([s], 30)
-    bigger = SecondsBatchSampler(lens, 50.0, seed=2)
+    bigger = _sampler(lens, 50.0, seed=2)
     bigger.load_state_dict(s.state_dict())
     rest = bigger.epoch_batches()
-    fresh = SecondsBatchSampler(lens, 50.0, seed=2).epoch_batches(0)
+    fresh = _sampler(lens, 50.0, seed=2).epoch_batches(0)
     mean = float(np.mean([lens[b].sum() for b in rest])) / RATE
     assert mean > 0.9 * float(np.mean([lens[b].sum() for b in fresh])) / RATE
     longest = [int(lens[b].max()) for b in rest]
@@ -214,22 +224,22 @@ def test_a_larger_budget_after_resume_fills_its_batches():
 
 def test_a_new_layout_at_an_epoch_boundary_starts_the_epoch_fresh():
     lens = lengths(300)
-    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    s = _sampler(lens, 25.0, seed=7)
     list(s)  # a whole epoch: the state says epoch 1, position 0
-    smaller = SecondsBatchSampler(lens, 12.5, seed=7)
+    smaller = _sampler(lens, 12.5, seed=7)
     smaller.load_state_dict(s.state_dict())
     assert smaller.epoch == 1 and "resumed" not in smaller.state_dict()
-    fresh = SecondsBatchSampler(lens, 12.5, seed=7)
+    fresh = _sampler(lens, 12.5, seed=7)
     assert [b.tolist() for b in smaller.epoch_batches(1)] == [b.tolist() for b in fresh.epoch_batches(1)]
 
 
 def test_each_resume_rebuilds_the_epoch_once(monkeypatch):
     """Seven layout changes within one epoch: one rebuild of the original epoch, not 2^7."""
     lens = lengths(300)
-    s = SecondsBatchSampler(lens, 25.0, seed=7)
+    s = _sampler(lens, 25.0, seed=7)
     for k in range(7):
         _consume([s], 3)
-        nxt = SecondsBatchSampler(lens, 25.0 if k % 2 else 20.0, seed=7)
+        nxt = _sampler(lens, 25.0 if k % 2 else 20.0, seed=7)
         nxt.load_state_dict(s.state_dict())
         s = nxt
     calls = []
@@ -243,7 +253,7 @@ def test_each_resume_rebuilds_the_epoch_once(monkeypatch):
 
 def test_pack_budget_does_not_leave_out_what_fits_the_device():
     lens = [RATE * 10, RATE * 2, RATE * 2, RATE * 3]
-    s = SecondsBatchSampler(lens, 20.0, pack_seconds=5.0, shuffle=False)
+    s = _sampler(lens, 20.0, pack_seconds=5.0, shuffle=False)
     assert s.skipped == 0
     batches = [sorted(int(i) for i in b) for b in s]
     assert [0] in batches  # 10 s is over the 5 s budget but within the 20 s device: a batch of its own
@@ -252,8 +262,8 @@ def test_pack_budget_does_not_leave_out_what_fits_the_device():
 
 def test_seconds_become_samples_by_rounding():
     """2.01 s is 32160 samples: int(2.01 * 16000) = 32159 refused a file of exactly 2.01 s."""
-    s = SecondsBatchSampler([32160, 64480, 100], 2.01, min_seconds=0.00625)
-    assert s.max_samples == 32160 and s.min_samples == 100
-    assert s.skipped_reasons == {"longer than max_seconds=2.01 s": 1}
-    low = SecondsBatchSampler([64480, 64479], 10.0, min_seconds=4.03)
+    s = _sampler([32160, 64480, 100], 2.01, min_seconds=0.00625)
+    assert s.device_samples == 32160 and s.min_samples == 100
+    assert s.skipped_reasons == {"longer than device_seconds=2.01 s": 1}
+    low = _sampler([64480, 64479], 10.0, min_seconds=4.03)
     assert low.skipped == 1 and low.skipped_indices.tolist() == [1]

@@ -54,7 +54,7 @@ def test_greedy_scores_and_files(tmp_path, always_a) -> None:
     a = write_split(tmp_path / "data", "clean", ["A", "B C"])  # 'a' vs 'a' and 'b c'
     b = write_split(tmp_path / "data", "other", ["a a a", "x", "a"])
     out = tmp_path / "eval"
-    summary = evaluate(always_a, [a, b], out, batch_seconds=1.2)  # every utterance fits, even the 1.5 s ones
+    summary = evaluate(always_a, [a, b], out, device_seconds=1.2)  # every utterance fits, even the 1.5 s ones
     clean, other = summary["splits"]["clean"]["greedy"], summary["splits"]["other"]["greedy"]
     # clean: words 0 + (1 sub + 1 del) over 1 + 2; chars 0 + (1 sub + 2 del) over 1 + 3
     assert clean == {"utterances": 2, "wer": pytest.approx(2 / 3), "cer": pytest.approx(3 / 4)}

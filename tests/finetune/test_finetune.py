@@ -12,7 +12,8 @@ import yaml
 from safetensors.torch import load_file
 
 from earful.finetune.config import FinetuneConfig, load_finetune_config
-from earful.finetune.trainer import Finetuner
+from earful.finetune.task import FinetuneTask
+from earful.train.engine import Trainer
 
 
 def config(train: Path, dev: Path | None, steps: int, *extra: str) -> FinetuneConfig:
@@ -35,10 +36,10 @@ def test_overfits_a_few_utterances(tmp_path, tone_corpus) -> None:
     cfg = config(train, train, steps, "freeze_transformer_steps=10", "optim.tristage_ratios=[0.1,0.7,0.2]",
                  # no masking or dropout: with 4 utterances the model would learn the masks' statistics
                  "model.mask_prob=0", "model.attention_dropout=0", "model.dropout_input=0", "model.final_dropout=0")
-    summary = Finetuner(cfg, tmp_path / "run").fit()
+    summary = Trainer(FinetuneTask(cfg), tmp_path / "run").fit()
     rec = [json.loads(x) for x in (tmp_path / "run" / "valid.jsonl").read_text().splitlines()][-1]
     print(f"overfit: {steps} steps, train CER {100 * rec['cer']:.2f} %, WER {100 * rec['wer']:.2f} %")
-    assert rec["step"] == steps and summary["dev_wer"] == rec["wer"]
+    assert rec["step"] == steps and summary["last_valid"] == rec["wer"]
     assert rec["cer"] < 0.05, rec
     log = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0.2 * log[0]["loss"]
@@ -55,7 +56,7 @@ def reference(tmp_path_factory, tone_corpus) -> Path:
     train, dev = tone_corpus
     out = tmp_path_factory.mktemp("ref") / "run"
     cfg = config(train, dev, 6, *SMALL_STEPS, "ckpt_every=1", "keep_last=10", "valid_every=2")
-    Finetuner(cfg, out).fit()
+    Trainer(FinetuneTask(cfg), out).fit()
     return out
 
 
@@ -90,8 +91,8 @@ def test_freeze_through_the_ddp_path_gives_the_same_run(tmp_path, tone_corpus, r
     no_grad (what one device does)."""
     train, dev = tone_corpus
     cfg = config(train, dev, 6, *SMALL_STEPS)  # the same schedule as the reference, stopped at step 4 below
-    trainer = Finetuner(cfg, tmp_path / "run")
-    trainer.no_grad_while_frozen = False
+    trainer = Trainer(FinetuneTask(cfg), tmp_path / "run")
+    trainer.task.no_grad_while_frozen = False
     assert trainer.accum == 2
     batches = iter(trainer.loader)
     for _ in range(4):
@@ -101,7 +102,7 @@ def test_freeze_through_the_ddp_path_gives_the_same_run(tmp_path, tone_corpus, r
     assert all(torch.allclose(got[k], ref[k], rtol=0, atol=1e-6) for k in ref)
 
 
-class _StopAt(Finetuner):
+class _StopAt(Trainer):
     """Receives SIGTERM (as the handler would) while step ``stop_at`` runs, before its all-reduce."""
 
     stop_at = 0
@@ -117,13 +118,13 @@ def test_stopped_and_resumed_equals_uninterrupted(stop_at, tmp_path, tone_corpus
     train, dev = tone_corpus
     out = tmp_path / "run"
     cfg = config(train, dev, 6, *SMALL_STEPS, "ckpt_every=1", "keep_last=10", "valid_every=2")
-    trainer = _StopAt(cfg, out)
+    trainer = _StopAt(FinetuneTask(cfg), out)
     trainer.stop_at = stop_at
     summary = trainer.fit()
     assert summary["stopped_by"] == "SIGTERM" and summary["step"] == stop_at
     with pytest.raises(ValueError, match="--resume"):
-        Finetuner(cfg, out)
-    Finetuner(cfg, out, resume=True).fit()
+        Trainer(FinetuneTask(cfg), out)
+    Trainer(FinetuneTask(cfg), out, resume=True).fit()
     a, b = weights(reference, "step-0000006"), weights(out, "step-0000006")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -149,7 +150,7 @@ def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus) -> None:
     expected = {f"wav2vec2.{k}": v for k, v in src.wav2vec2.state_dict().items()}
     for init in ("pt", "hf"):
         cfg = config(train, None, 1, f"init={tmp_path / init}", "model_preset=base")  # preset unused
-        trainer = Finetuner(cfg, tmp_path / f"run-{init}")
+        trainer = Trainer(FinetuneTask(cfg), tmp_path / f"run-{init}")
         got = weights(tmp_path / f"run-{init}", "init")
         assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected), init
         assert trainer.model.cfg.mask_prob == 0.05 and trainer.model.cfg.layerdrop == 0.0  # fine-tuning recipe
@@ -163,10 +164,10 @@ def test_unknown_character_names_the_utterance(tmp_path, labelled) -> None:
     row["transcript"] = "café 2"
     manifest.write_text(lines[0] + "\n" + json.dumps(row) + "\n")
     with pytest.raises(ValueError, match=r"odd-001.*'2'.*'é'|odd-001.*'é'"):
-        Finetuner(config(manifest, None, 1), tmp_path / "run")
+        Trainer(FinetuneTask(config(manifest, None, 1)), tmp_path / "run")
     cfg = config(manifest, None, 1, 'text_mapping={"é": "e", "2": "two"}')
-    trainer = Finetuner(cfg, tmp_path / "run2")
-    assert trainer.vocab.decode(trainer.targets["odd-001"]) == "cafe two"
+    trainer = Trainer(FinetuneTask(cfg), tmp_path / "run2")
+    assert trainer.task.vocab.decode(trainer.task.targets["odd-001"]) == "cafe two"
 
 
 def test_cli_finetune_then_evaluate(tmp_path, tone_corpus) -> None:

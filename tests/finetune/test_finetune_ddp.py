@@ -30,7 +30,7 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, tone_corpus, l
               "tensorboard=false", "threads=1", "model.dropout=0", "model.attention_dropout=0",
               "model.dropout_input=0", "model.final_dropout=0"]  # fmt: skip
     _run([sys.executable, "-m", "earful.cli", *common, "--out", str(tmp_path / "one")])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
           "-m", "earful.cli", *common, "--out", str(tmp_path / "two")])  # fmt: skip
     a = load_file(str(tmp_path / "one/checkpoints/step-0000004/model.safetensors"))
     b = load_file(str(tmp_path / "two/checkpoints/step-0000004/model.safetensors"))
@@ -42,7 +42,7 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, tone_corpus, l
     assert not any(k.startswith(("wav2vec2.feature_encoder.", "wav2vec2.feature_projection.")) for k in moved)
     # the checkpoint keeps every rank's data position: each resumes its own
     state = torch.load(tmp_path / "two/checkpoints/step-0000004/state.pt", weights_only=True)
-    assert [ld["rank"] for ld in state["loaders"]] == [0, 1] and state["loader"] == state["loaders"][0]
+    assert [ld["rank"] for ld in state["loaders"]] == [0, 1]
     va, vb = ([json.loads(x) for x in (tmp_path / r / "valid.jsonl").read_text().splitlines()] for r in ("one", "two"))
     assert [r["ref_words"] for r in va] == [r["ref_words"] for r in vb] == [4, 4]
     assert [r["word_errors"] for r in va] == [r["word_errors"] for r in vb]

@@ -83,3 +83,31 @@ def rel() -> SimpleNamespace:
         ROOT=ROOT, write_wave=write_wave, manifest_rows=manifest_rows, write_rows=write_rows, read_jsonl=read_jsonl,
         pretrain_overrides=pretrain_overrides, finetune_overrides=finetune_overrides,
     )
+
+
+@pytest.fixture
+def nan_steps(monkeypatch) -> set[int]:
+    """A fault, injected by patching both tasks: the loss of every optimizer step (0-based) in the returned set
+    is NaN. Fill the set to arm it, clear it to heal the run."""
+    from earful.finetune.task import FinetuneTask
+    from earful.pretrain.task import PretrainTask
+
+    steps: set[int] = set()
+    for cls in (PretrainTask, FinetuneTask):
+        real_start, real_micro = cls.start_step, cls.micro_step
+
+        def start_step(self, step, real=real_start):
+            self.fault_step = step
+            real(self, step)
+
+        def micro_step(self, net, batch, generator, real=real_micro):
+            loss, stats = real(self, net, batch, generator)
+            if self.fault_step in steps:  # as a NaN from the model: the loss and its logged term
+                loss = loss * float("nan")
+                stats = {**stats, **({"contrastive": stats["contrastive"] * float("nan")} if "contrastive" in stats
+                                     else {})}
+            return loss, stats
+
+        monkeypatch.setattr(cls, "start_step", start_step)
+        monkeypatch.setattr(cls, "micro_step", micro_step)
+    return steps

@@ -12,13 +12,15 @@ import soundfile as sf
 
 from earful.cli import main
 from earful.data.audio import RECEPTIVE_FIELD, AudioError, load_audio
+from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
 from earful.data.librispeech import read_folder, read_librispeech
 from earful.data.manifest import ManifestError, Utterance, read_manifest
 from earful.finetune.config import load_finetune_config
-from earful.finetune.trainer import Finetuner
-from earful.train.config import load_pretrain_config
-from earful.train.pretrain import Pretrainer
+from earful.finetune.task import FinetuneTask
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import PretrainTask
+from earful.train.engine import Trainer
 
 # ---------------------------------------------------------------------------------------------- audio
 
@@ -46,7 +48,7 @@ def test_audio_that_works(tmp_path, rel) -> None:
         assert 0.25 < np.abs(x).max() < 0.35, name  # the tone's amplitude survives (24-bit, downmix, resampling)
         utts.append(Utterance(name, str(tmp_path / name), n, kw.get("rate", 16000), "s"))
     # and through the loader, which trusts the manifest's (pre-resampling) lengths
-    batch = next(iter(make_loader(utts, 10.0, shuffle=False)))
+    batch = next(iter(make_loader(utts, BatchBudget.per_device(10.0), shuffle=False)))
     assert sorted(batch.ids) == sorted(cases) and batch.lengths.tolist() == [8000] * len(cases)
 
 
@@ -94,7 +96,7 @@ def test_truncated_wav_that_still_decodes_is_caught_by_its_manifest_length(tmp_p
     with pytest.raises(AudioError, match=rf"cut.wav: truncated\? \d+ samples at 16000 Hz, the manifest says {n}"):
         AudioDataset(utts)[0]
     loader = make_loader(utts + [Utterance("ok", str(tmp_path / "ok.wav"), rel.write_wave(tmp_path / "ok.wav", 1.0),
-                                           16000, "s")], 10.0, skip_bad=True)
+                                           16000, "s")], BatchBudget.per_device(10.0), skip_bad=True)
     with caplog.at_level(logging.WARNING, logger="earful.data.dataset"):
         assert [i for b in loader for i in b.ids] == ["ok"]
     assert loader.bad_files == 1 and "cut: " in caplog.text and "truncated?" in caplog.text
@@ -103,7 +105,8 @@ def test_truncated_wav_that_still_decodes_is_caught_by_its_manifest_length(tmp_p
 def test_skip_bad_counts_a_batch_with_no_loadable_audio(tmp_path, caplog) -> None:
     """A batch whose every file is bad is left out, counted and logged (not a zero-size batch)."""
     (tmp_path / "a.wav").write_bytes(b"junk")
-    loader = make_loader([Utterance("a", str(tmp_path / "a.wav"), 16000, 16000, "s")], 10.0, skip_bad=True)
+    loader = make_loader([Utterance("a", str(tmp_path / "a.wav"), 16000, 16000, "s")], BatchBudget.per_device(10.0),
+                         skip_bad=True)
     with caplog.at_level(logging.WARNING, logger="earful.data.dataset"):
         assert list(loader) == []
     assert loader.bad_files == 1 and loader.empty_batches == 1
@@ -125,7 +128,7 @@ def test_manifest_pointing_at_a_missing_file_stops_the_run_before_training(tmp_p
     rows.append({**rows[0], "id": "gone", "path": str(tmp_path / "gone.wav")})
     manifest = rel.write_rows(tmp_path / "m.jsonl", rows)
     with pytest.raises(ManifestError, match=r"m.jsonl:4: audio file not found: .*gone.wav"):
-        Pretrainer(load_pretrain_config(None, rel.pretrain_overrides(manifest, 1)), tmp_path / "run")
+        Trainer(PretrainTask(load_pretrain_config(None, rel.pretrain_overrides(manifest, 1))), tmp_path / "run")
 
 
 def test_librispeech_transcript_problems_are_reported(tmp_path, rel) -> None:
@@ -173,7 +176,7 @@ def test_fine_tuning_refuses_bad_transcripts_by_utterance(tmp_path, tones, rel, 
     rows[1]["transcript"] = transcript
     manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
     with pytest.raises(ValueError, match=rf"train.jsonl: .*{message}") as info:
-        Finetuner(load_finetune_config(None, rel.finetune_overrides(manifest, 1)), tmp_path / "run")
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
     assert "train-001" in str(info.value)
 
 
@@ -183,7 +186,7 @@ def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:
     rows.append(dict(rows[0]))
     manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
     with pytest.raises(ManifestError, match=r"train.jsonl:5: duplicate id 'train-000' \(first on line 1\)"):
-        Finetuner(load_finetune_config(None, rel.finetune_overrides(manifest, 1)), tmp_path / "run")
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
 
 
 # ---------------------------------------------------------------------------------------------- a whole run
@@ -233,14 +236,14 @@ def test_pretraining_with_skip_bad_counts_and_logs_every_bad_file(tmp_path, dirt
     cfg = load_pretrain_config(None, rel.pretrain_overrides(dirty_manifest, 100, "data.skip_bad=true",
                                                             "data.crop_seconds=null", "data.min_seconds=0",
                                                             "data.num_workers=1"))
-    trainer = Pretrainer(cfg, tmp_path / "run")
+    trainer = Trainer(PretrainTask(cfg), tmp_path / "run")
     assert trainer.loader.skipped == 1  # "long": 5 s > device_seconds, no cropping
     cfg.max_steps = len(trainer.loader)  # at least one epoch: every bad file is met
     with caplog.at_level(logging.WARNING):
         summary = trainer.fit()
     log = rel.read_jsonl(tmp_path / "run" / "train.jsonl")
     assert summary["unbatchable"] == 1
-    assert "1 utterances cannot be batched" in caplog.text and "longer than max_seconds=4" in caplog.text
+    assert "1 utterances cannot be batched" in caplog.text and "longer than device_seconds=4" in caplog.text
     assert summary["bad_files"] >= 4 and log[-1]["bad_files"] == summary["bad_files"]
     assert [r["bad_files"] for r in log] == sorted(r["bad_files"] for r in log)  # a running count
     warned = [m for m in caplog.messages if m.startswith("skipped bad audio file")]

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from earful.checkpoint import load_model
 from earful.finetune.config import load_finetune_config
-from earful.finetune.trainer import Finetuner
+from earful.finetune.task import FinetuneTask
+from earful.train.engine import Trainer
 from earful.train.state import RunDir, load_trainer_state
 
 STEPS = 24
@@ -40,7 +41,7 @@ def test_finetuning_sigkilled_at_a_random_step_resumes_exactly(tmp_path, tones, 
     seed = int(os.environ.get("RELIABILITY_SEED", random.randrange(1 << 30)))
     kill_after = random.Random(seed).randint(3, STEPS // 2)
     why = f"(RELIABILITY_SEED={seed}: SIGKILL once step {kill_after} is checkpointed)"
-    ref = Finetuner(load_finetune_config(None, _finetune_args(rel, tones)), tmp_path / "ref").fit()
+    ref = Trainer(FinetuneTask(load_finetune_config(None, _finetune_args(rel, tones))), tmp_path / "ref").fit()
     assert ref["step"] == STEPS
 
     out = tmp_path / "run"
@@ -183,8 +184,9 @@ def test_killed_before_its_first_checkpoint_restarts_without_duplicate_records(t
                                                                                monkeypatch) -> None:
     """Killed inside the first periodic checkpoint, after that step's records were logged: --resume finds
     no checkpoint and starts over; the log must not keep the dead attempt's records."""
-    from earful.train.config import load_pretrain_config
-    from earful.train.pretrain import Pretrainer
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
 
     cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3, "ckpt_every=2"))
     real_save = RunDir.save
@@ -197,10 +199,10 @@ def test_killed_before_its_first_checkpoint_restarts_without_duplicate_records(t
     with monkeypatch.context() as m:
         m.setattr(RunDir, "save", killed_in_save)
         with pytest.raises(_Killed):
-            Pretrainer(cfg, tmp_path / "run").fit()
+            Trainer(PretrainTask(cfg), tmp_path / "run").fit()
     assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2]
     assert RunDir(tmp_path / "run").latest() is None
-    assert Pretrainer(cfg, tmp_path / "run", resume=True).fit()["step"] == 3
+    assert Trainer(PretrainTask(cfg), tmp_path / "run", resume=True).fit()["step"] == 3
     assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2, 3]
 
 
@@ -209,11 +211,12 @@ def test_a_signal_stops_after_the_step_that_shares_it(tmp_path, tiny_corpus, rel
     statistics on. One that lands after step 2's all-reduce (here: in step 2's logging and validation
     hook) stops the run after step 3, with a checkpoint there, instead of letting this rank stop a step
     before ranks that did not see it yet (they would wait in the next step's gradient all-reduce forever)."""
-    from earful.train.config import load_pretrain_config
-    from earful.train.pretrain import Pretrainer
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
 
     cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 6))
-    trainer = Pretrainer(cfg, tmp_path / "run")
+    trainer = Trainer(PretrainTask(cfg), tmp_path / "run")
     real_after = trainer.after_step
 
     def after_step() -> None:

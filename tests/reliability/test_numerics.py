@@ -1,9 +1,9 @@
 """Numerics: a NaN loss is skipped and counted; NaNs in a row stop the run with a clear message, a
 checkpoint and exit code 3; fp16 overflow is the GradScaler's business — skipped, logged, not a failure.
 
-NaNs are forced with the trainers' test-only hook ``cfg._fault_nan_steps`` (steps whose loss is multiplied
-by NaN). fp16 runs on the CPU here (torch.autocast float16 + ``GradScaler('cpu')``); at the scaler's initial
-scale of 65536 the tiny model's summed losses overflow for the first few steps, as they do on a GPU.
+NaNs are forced by patching the tasks (the ``nan_steps`` fixture: steps whose loss is multiplied by NaN).
+fp16 runs on the CPU here (torch.autocast float16 + ``GradScaler('cpu')``); at the scaler's initial scale of
+65536 the tiny model's summed losses overflow for the first few steps, as they do on a GPU.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 
 from earful.checkpoint import load_model
 from earful.cli import main
-from earful.finetune.config import FinetuneConfig, load_finetune_config
-from earful.finetune.trainer import Finetuner
-from earful.train.config import PretrainConfig, load_pretrain_config
-from earful.train.pretrain import Pretrainer, TrainingStopped
+from earful.finetune.config import load_finetune_config
+from earful.finetune.task import FinetuneTask
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import PretrainTask
+from earful.train.engine import Trainer, TrainingStopped
 from earful.train.state import RunDir, load_trainer_state
 
 
@@ -29,17 +30,22 @@ def _weights(run, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / name / "model.safetensors"))
 
 
+def _task(kind: str, cfg):
+    return (PretrainTask if kind == "pretrain" else FinetuneTask)(cfg)
+
+
 def _trainer(kind: str, tmp_path, tiny_corpus, tones, rel, steps: int, *extra: str):
     if kind == "pretrain":
-        return Pretrainer(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], steps, *extra)),
-                          tmp_path / "run")
-    return Finetuner(load_finetune_config(None, rel.finetune_overrides(tones, steps, *extra)), tmp_path / "run")
+        cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], steps, *extra))
+    else:
+        cfg = load_finetune_config(None, rel.finetune_overrides(tones, steps, *extra))
+    return Trainer(_task(kind, cfg), tmp_path / "run")
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_a_nan_loss_is_skipped_and_counted(kind, tmp_path, tiny_corpus, tones, rel, caplog) -> None:
+def test_a_nan_loss_is_skipped_and_counted(kind, tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:
     trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 4, "ckpt_every=1", "keep_last=10")
-    trainer.cfg._fault_nan_steps = {2}
+    nan_steps.add(2)
     summary = trainer.fit()
     assert summary["step"] == 4 and summary["nan_steps"] == 1 and summary["overflow_steps"] == 0
     log = {r["step"]: r for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")}
@@ -52,9 +58,9 @@ def test_a_nan_loss_is_skipped_and_counted(kind, tmp_path, tiny_corpus, tones, r
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_nans_in_a_row_stop_with_a_checkpoint_then_resume(kind, tmp_path, tiny_corpus, tones, rel) -> None:
+def test_nans_in_a_row_stop_with_a_checkpoint_then_resume(kind, tmp_path, tiny_corpus, tones, rel, nan_steps) -> None:
     trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 8, "max_nan_steps=3")
-    trainer.cfg._fault_nan_steps = range(1, 100)
+    nan_steps.update(range(1, 100))
     with pytest.raises(TrainingStopped, match=r"3 non-finite steps in a row at step 4: stopped. A checkpoint was "
                                               r"written; lower optim.lr"):
         trainer.fit()
@@ -65,30 +71,29 @@ def test_nans_in_a_row_stop_with_a_checkpoint_then_resume(kind, tmp_path, tiny_c
     model, _ = load_model(ckpt)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # the cause fixed, the run continues from that checkpoint
-    resumed = (Pretrainer if kind == "pretrain" else Finetuner)(trainer.cfg, tmp_path / "run", resume=True)
-    resumed.cfg._fault_nan_steps = ()
+    nan_steps.clear()
+    resumed = Trainer(_task(kind, trainer.cfg), tmp_path / "run", resume=True)
     assert resumed.step == 4
     assert resumed.fit()["step"] == 8
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel) -> None:
+def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel, nan_steps) -> None:
     """NaN at step indices 2, 3 and 4 with max_nan_steps=3 stops the run after step 5, also when it was
     interrupted after step 4 (two in a row so far) and resumed."""
     first = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 4, "max_nan_steps=3")
-    first.cfg._fault_nan_steps = {2, 3, 4}
+    nan_steps.update({2, 3, 4})
     assert first.fit()["step"] == 4
     cfg = first.cfg
     cfg.max_steps = 6
-    resumed = (Pretrainer if kind == "pretrain" else Finetuner)(cfg, tmp_path / "run", resume=True)
+    resumed = Trainer(_task(kind, cfg), tmp_path / "run", resume=True)
     assert resumed.nan_in_a_row == 2
     with pytest.raises(TrainingStopped, match="3 non-finite steps in a row at step 5"):
         resumed.fit()
 
 
-def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(PretrainConfig, "_fault_nan_steps", range(100), raising=False)
-    monkeypatch.setattr(FinetuneConfig, "_fault_nan_steps", range(100), raising=False)
+def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:
+    nan_steps.update(range(100))
     rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 5, "max_nan_steps=2"), "--out",
                str(tmp_path / "pre")])
     assert rc == 3 and "2 non-finite steps in a row at step 2: stopped" in caplog.text
@@ -101,14 +106,14 @@ def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, mon
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tones, rel, caplog) -> None:
+def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:
     """With ``max_nan_steps=2``, the scaler's first overflows (several in a row) would stop the run if they
     counted as non-finite steps. They are skipped, halve ``loss_scale``, are logged and counted apart; a
     NaN *loss* under fp16 still counts as non-finite."""
     steps = 10
     trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, steps, "precision=fp16", "max_nan_steps=2")
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 65536.0
-    trainer.cfg._fault_nan_steps = {steps - 1}
+    nan_steps.add(steps - 1)
     with caplog.at_level(logging.INFO):
         summary = trainer.fit()
     overflows = summary["overflow_steps"]

@@ -17,10 +17,11 @@ import earful.checkpoint as C
 from earful.checkpoint import CheckpointError, load_model
 from earful.cli import main
 from earful.finetune.config import load_finetune_config
-from earful.finetune.trainer import Finetuner
+from earful.finetune.task import FinetuneTask
 from earful.model import Wav2Vec2ForPreTraining
-from earful.train.config import load_pretrain_config
-from earful.train.pretrain import Pretrainer
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import PretrainTask
+from earful.train.engine import Trainer
 from earful.train.state import RunDir, load_trainer_state
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
@@ -44,16 +45,17 @@ class _OOMInBackward(torch.autograd.Function):
                                          ("finetune", "forward"), ("finetune", "backward")])
 def test_oom_names_device_seconds(kind, where, tmp_path, tiny_corpus, tones, rel, monkeypatch) -> None:
     if kind == "pretrain":
-        trainer = Pretrainer(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2)), tmp_path / "r")
+        cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2))
+        trainer = Trainer(PretrainTask(cfg), tmp_path / "r")
         knobs = r"device_seconds=4: lower device_seconds \(accumulation then rises to keep batch_seconds=4\)"
     else:
-        trainer = Finetuner(load_finetune_config(None, rel.finetune_overrides(tones, 2)), tmp_path / "r")
+        trainer = Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(tones, 2))), tmp_path / "r")
         knobs = r"device_seconds=1.75: lower device_seconds \(accumulation then rises to keep batch_seconds=3.5\)"
     if where == "forward":  # the backbone: used by every forward path (frozen or not)
         monkeypatch.setattr(trainer.model.wav2vec2, "forward", _raise_oom)
     else:
         monkeypatch.setattr(trainer.scaler, "scale", _OOMInBackward.apply)
-    with pytest.raises(RuntimeError, match=rf"^out of memory on cpu with {knobs}$") as info:
+    with pytest.raises(RuntimeError, match=rf"^out of memory on cpu with {knobs} and --resume$") as info:
         trainer.fit()
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
 
@@ -116,21 +118,22 @@ def _overrides(rel, train: Path) -> list[str]:
 def reference(tmp_path_factory, tiny_corpus, rel) -> dict[str, torch.Tensor]:
     """The final weights of the same run, never interrupted."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    Pretrainer(load_pretrain_config(None, _overrides(rel, tiny_corpus[0])), out).fit()
+    Trainer(PretrainTask(load_pretrain_config(None, _overrides(rel, tiny_corpus[0]))), out).fit()
     return load_file(str(out / "checkpoints" / "step-0000005" / "model.safetensors"))
 
 
 
 def test_the_oom_advice_can_be_followed_with_resume(tmp_path, tiny_corpus, rel, caplog) -> None:
     """Lowering device_seconds (accumulation rises, the batch stays) and resuming works."""
-    from earful.train.config import load_pretrain_config
-    from earful.train.pretrain import Pretrainer
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
 
     first = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3))
-    assert Pretrainer(first, tmp_path / "run").fit()["step"] == 3
+    assert Trainer(PretrainTask(first), tmp_path / "run").fit()["step"] == 3
     lower = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 5, "device_seconds=2"))
     with caplog.at_level(logging.WARNING):
-        resumed = Pretrainer(lower, tmp_path / "run", resume=True)
+        resumed = Trainer(PretrainTask(lower), tmp_path / "run", resume=True)
     assert resumed.accum == 2 and resumed.step == 3
     assert "sampler resumed with another layout" in caplog.text
     assert resumed.fit()["step"] == 5
@@ -140,7 +143,7 @@ def test_the_oom_advice_can_be_followed_with_resume(tmp_path, tiny_corpus, rel, 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(stage, tmp_path, tiny_corpus, rel, monkeypatch,
                                                               reference) -> None:
     cfg = load_pretrain_config(None, _overrides(rel, tiny_corpus[0]))
-    trainer = Pretrainer(cfg, tmp_path / "run")
+    trainer = Trainer(PretrainTask(cfg), tmp_path / "run")
     with monkeypatch.context() as m:
         _fill_disk(m, stage)
         with pytest.raises(CheckpointError, match=rf"could not write checkpoint .*{VICTIM} \(\[Errno 28\] No space "
@@ -156,7 +159,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(stage, tmp_path, t
     assert info["step"] == 2 and state is not None
     assert (ckpts / VICTIM).exists() == (stage == "latest.json")  # complete, just not pointed at
     # space freed: --resume continues from step 2 and ends where an uninterrupted run ends
-    summary = Pretrainer(cfg, tmp_path / "run", resume=True).fit()
+    summary = Trainer(PretrainTask(cfg), tmp_path / "run", resume=True).fit()
     assert summary["step"] == 5
     got = load_file(str(ckpts / "step-0000005" / "model.safetensors"))
     assert all(torch.equal(got[k], reference[k]) for k in reference)

@@ -17,8 +17,9 @@ from earful.checkpoint import MODEL_FILE, STATE_FILE, CheckpointError, file_reco
 from earful.cli import main
 from earful.interop.hf import export_hf
 from earful.model import Wav2Vec2ForPreTraining, load_model_config
-from earful.train.config import load_pretrain_config
-from earful.train.pretrain import Pretrainer
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import PretrainTask
+from earful.train.engine import Trainer
 from earful.train.state import TRAINER_FILE, RunDir, load_trainer_state
 
 
@@ -70,7 +71,7 @@ def test_a_pickle_carrying_code_is_refused_everywhere(run_dir, tmp_path, tiny_co
     # and through a run's --resume
     cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 4))
     with pytest.raises(CheckpointError, match=r"step-0000002/state.pt: refusing to unpickle"):
-        Pretrainer(cfg, tmp_path / "run", resume=True)
+        Trainer(PretrainTask(cfg), tmp_path / "run", resume=True)
     assert not marker.exists()
 
 

@@ -88,7 +88,7 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["paper", "demo", "cpu"])
 def test_shipped_studies_and_their_configs_load(name) -> None:
     from earful.finetune.config import load_finetune_config
-    from earful.train.config import load_pretrain_config
+    from earful.pretrain.config import load_pretrain_config
 
     study = load_study(ROOT / "studies" / f"{name}.yaml")
     assert plan_runs(study)
@@ -102,13 +102,12 @@ def test_shipped_studies_and_their_configs_load(name) -> None:
 
 def test_paper_fine_tunes_each_label_set_for_its_own_steps_and_keeps_the_last(tmp_path) -> None:
     """§5.1: 12k, 13k, 20k, 80k and 320k steps; §5.4: the last checkpoint is the one evaluated."""
-    from earful.finetune.config import load_finetune_config
-    from earful.study.run import finetune_overrides
+    from earful.study.stages import finetune_config
 
     study = load_study(ROOT / "studies/paper.yaml")
     steps = {}
     for ls in study.corpus.label_sets:
-        cfg = load_finetune_config(study.finetune.config, finetune_overrides(study, ls, tmp_path, 1, ROOT, []))
+        cfg = finetune_config(study, ls, tmp_path, 1, ROOT)
         steps[ls] = cfg.max_steps
         assert not cfg.keep_best
     assert steps == {"10min": 12000, "1h": 13000, "10h": 20000, "100h": 80000, "960h": 320000}

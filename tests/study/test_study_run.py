@@ -126,7 +126,7 @@ def test_parallel_jobs_give_the_same_study(study_file, tmp_path) -> None:
 
 
 def test_a_corpus_built_with_other_settings_is_an_error(study_file) -> None:
-    from earful.study.run import ensure_corpus
+    from earful.study.corpus import ensure_corpus
 
     root = study_file.parent
     ensure_corpus(load_study(study_file), root)  # builds it, or finds it as asked
@@ -137,11 +137,12 @@ def test_a_corpus_built_with_other_settings_is_an_error(study_file) -> None:
 def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
-    (out / "study.json").write_text(json.dumps({"fingerprint": fp}))
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     check_same_recipe(out, fp)  # the same study continues
     other = load_study(study_file, ["jobs=2", "throughput=5"])  # how it runs is not what it is
     check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
@@ -153,56 +154,33 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
 
 
-def test_settings_added_later_compare_as_the_older_code_behaved(study_file, tmp_path) -> None:
-    """A fingerprint written before ``model.init`` existed was made with PyTorch's default init: the same
-    recipe today has init=torch (the CPU presets); a preset now on fairseq's init is another recipe."""
-    from earful.study.run import ADDED_LATER, check_same_recipe, plan_runs, recipe_fingerprint
-
-    study = load_study(study_file)
-    fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
-    assert fp["pretrain"]["model.init"] == "torch"
-    assert fp["pretrain"]["ckpt_hours_basis"] == "nominal"  # a study's milestones: batch × steps
-    fp["pretrain"]["data.padding"] = True  # a recipe that pads, as every one did before the setting existed
-    fp["pretrain"]["ckpt_hours_basis"] = "padded"  # milestones on padded hours, as before the setting existed
-    older = {part: {k: v for k, v in d.items() if k not in ADDED_LATER} for part, d in fp.items()}
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "study.json").write_text(json.dumps({"fingerprint": older}))
-    check_same_recipe(out, fp)
-    with pytest.raises(ValueError, match=r"differs in pretrain\.ckpt_hours_basis"):  # today's study: other steps
-        check_same_recipe(out, {**fp, "pretrain": {**fp["pretrain"], "ckpt_hours_basis": "nominal"}})
-    fp["pretrain"]["model.init"] = "fairseq"
-    with pytest.raises(ValueError, match=r"differs in pretrain\.model\.init"):
-        check_same_recipe(out, fp)
-
-
-def test_a_folder_from_before_fingerprints_is_checked_on_its_study_config(study_file, tmp_path) -> None:
+def test_a_folder_from_an_earlier_development_version_is_refused(study_file, tmp_path) -> None:
+    """There is no release: a study.json without this version's format is refused, naming the way out."""
     from earful.config import to_dict
-    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import check_same_recipe, recipe_fingerprint
 
     study = load_study(study_file)
     out = tmp_path / "out"
     out.mkdir()
     (out / "study.json").write_text(json.dumps({**to_dict(study), "plan": "| run |"}))
-    check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
-    other = load_study(study_file, ["grid=[4, 16]"])
-    with pytest.raises(ValueError, match=r"differs in study\.grid"):
-        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    with pytest.raises(ValueError, match=r"earlier development version of earful \(format None.*use another --out"):
+        check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
 
 
 def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch) -> None:
     """torchrun's ranks, stopped by a signal, exit cleanly: the study must not take step 120 of 338 as done."""
-    import earful.train.pretrain as pretrain
+    import earful.pretrain.task as pretrain
     from earful.study.config import PlannedRun, StudyConfig
-    from earful.study.run import run_pretraining_stage
+    from earful.study.stages import StudyStopped, run_pretraining_stage
 
     monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 120})
-    monkeypatch.setattr("earful.train.config.load_pretrain_config", lambda path, overrides: None)
+    monkeypatch.setattr("earful.study.stages.pretrain_config", lambda study, run, root: None)
     run = PlannedRun(tag="16s", batch_seconds=16, devices=1, device_seconds=16, accumulation=1, lr=1e-3,
                      steps=338, hours=1.5, seed=1)
     study = StudyConfig()
     study.corpus.train, study.corpus.valid = "train.jsonl", None
-    with pytest.raises(KeyboardInterrupt, match="stopped at step 120 of 338"):
+    with pytest.raises(StudyStopped, match="stopped at step 120 of 338"):
         run_pretraining_stage(study, run, tmp_path, tmp_path)
     assert not (tmp_path / "pretrain" / "16s-seed1" / "done.json").exists()
     monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 338})
@@ -211,17 +189,16 @@ def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch
 
 
 def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> None:
-    """Seeds and the name say which runs a folder holds, not what a run computes: adding seeds continues it
-    (a fingerprint from before this rule, with seeds and name in it, too)."""
-    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+    """Seeds and the name say which runs a folder holds, not what a run computes: adding seeds continues it."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     out = tmp_path / "out"
     out.mkdir()
-    older = {**fp, "study": {**fp["study"], "seeds": [1], "name": "toy"}, "pretrain": {**fp["pretrain"], "seed": 1}}
-    (out / "study.json").write_text(json.dumps({"fingerprint": older}))
-    for seeds in ("[1, 2]", "[2, 3]"):  # the first run's seed was in older fingerprints: not part of the recipe
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
+    for seeds in ("[1, 2]", "[2, 3]"):  # the first run's seed is not part of the recipe either
         more = load_study(study_file, [f"seeds={seeds}", "name=toy-more"])
         check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
     other = load_study(study_file, ["seeds=[1, 2]", "steps=5"])
@@ -233,9 +210,9 @@ def test_one_study_process_per_folder(tmp_path) -> None:
     """A second `earful study run` into a folder in use stops at once, naming the process that holds it."""
     import os
 
-    from earful.study.run import hold_folder
+    from earful.lock import FolderBusy, hold_folder
 
-    with hold_folder(tmp_path), pytest.raises(RuntimeError, match=rf"running in this folder \(pid {os.getpid()}\)"):
+    with hold_folder(tmp_path), pytest.raises(FolderBusy, match=rf"running in this folder \(pid {os.getpid()}\)"):
         hold_folder(tmp_path)
     hold_folder(tmp_path).close()  # free again once the first has finished
 
@@ -245,7 +222,7 @@ def test_a_pool_worker_exits_when_the_study_process_is_gone() -> None:
     import subprocess
     import sys
 
-    code = "from earful.study.run import _exit_with; _exit_with(parent=1, every=0.05)"  # 1 is never our parent
+    code = "from earful.study.pool import _exit_with; _exit_with(parent=1, every=0.05)"  # 1 is never our parent
     r = subprocess.run([sys.executable, "-c", code], timeout=60)
     assert r.returncode == 1
 
@@ -258,7 +235,7 @@ def test_torchrun_stops_when_the_study_process_dies(tmp_path) -> None:
 
     parent = (
         "import subprocess, sys\n"
-        "from earful.study.run import _stop_with_parent\n"
+        "from earful.study.stages import _stop_with_parent\n"
         "p = subprocess.Popen(['sleep', '60'], preexec_fn=_stop_with_parent, stdout=subprocess.DEVNULL,\n"
         "                     stderr=subprocess.DEVNULL)\n"
         "print(p.pid, flush=True)\n"
@@ -277,8 +254,9 @@ def test_torchrun_stops_when_the_study_process_dies(tmp_path) -> None:
 
 def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None:
     """Manifests are fingerprinted by content: runs trained on the old corpus are not reused for a new one
-    under the same paths (a folder from before the hashes continues)."""
-    from earful.study.run import check_same_recipe, plan_runs, recipe_fingerprint
+    under the same paths."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -287,11 +265,9 @@ def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None
     fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "study.json").write_text(json.dumps({"fingerprint": fp}))
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     check_same_recipe(out, fp)
     (corpus / "train.jsonl").write_text('{"id": "b"}\n')
     again = recipe_fingerprint(study, plan_runs(study), tmp_path)
     with pytest.raises(ValueError, match=r"differs in data\.train\) \(a manifest's contents changed"):
         check_same_recipe(out, again)
-    (out / "study.json").write_text(json.dumps({"fingerprint": {k: v for k, v in fp.items() if k != "data"}}))
-    check_same_recipe(out, again)

@@ -79,7 +79,7 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, equal_corpus) 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[2]
     _run([sys.executable, "-m", "earful.cli", "pretrain", *common, "--out", str(tmp_path / "one")], root, env)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
           "-m", "earful.cli", "pretrain", *common, "--out", str(tmp_path / "two")], root, env)
     a = load_file(str(tmp_path / "one/checkpoints/step-0000004/model.safetensors"))
     b = load_file(str(tmp_path / "two/checkpoints/step-0000004/model.safetensors"))
@@ -93,10 +93,10 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, equal_corpus) 
 def test_micro_batches_share_the_batch_evenly() -> None:
     """A step holds at most batch_seconds of padded audio, also when device_seconds does not divide it: 6 s on
     4 s devices is two micro-batches of 3 s, not of 4 s (8 s a step)."""
-    from earful.train.config import load_pretrain_config
+    from earful.pretrain.config import load_pretrain_config
 
     for batch, device, world, accum, micro in ((6, 4, 1, 2, 3.0), (16, 16, 1, 1, 16.0), (32, 16, 1, 2, 16.0),
                                                 (300, 100, 2, 2, 75.0), (5600, 87.5, 8, 8, 87.5)):
-        cfg = load_pretrain_config(None, [f"batch_seconds={batch}", f"device_seconds={device}"])
-        assert cfg.accumulation(world) == accum and cfg.micro_seconds(world) == pytest.approx(micro)
-        assert cfg.micro_seconds(world) <= device and world * accum * cfg.micro_seconds(world) == pytest.approx(batch)
+        budget = load_pretrain_config(None, [f"batch_seconds={batch}", f"device_seconds={device}"]).budget(world)
+        assert budget.accumulation == accum and budget.micro_seconds == pytest.approx(micro)
+        assert budget.micro_seconds <= device and world * accum * budget.micro_seconds == pytest.approx(batch)

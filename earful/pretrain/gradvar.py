@@ -1,8 +1,9 @@
 """``earful gradvar``: how much the gradient varies from batch to batch, and what that says about the
 critical batch size.
 
-For N independent batches of B seconds each (the paper: N = 10) we take the gradient g_i of the loss per
-masked frame and report
+For N independent batches of B seconds each (the paper: N = 10; a batch is ``budget.batch_seconds``, taken in
+micro-batches of ``device_seconds`` and accumulated, as the trainer does) we take the gradient g_i of the loss
+per masked frame and report
 
 * the paper's statistic (§6.5): the standard deviation of each parameter's gradient over the N batches,
   averaged over all parameters;
@@ -23,10 +24,11 @@ import torch
 from tqdm import tqdm
 
 from earful.checkpoint import load_model
+from earful.data.budget import BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining
-from earful.train.pretrain import step_seed
+from earful.train.step import step_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,10 @@ log = logging.getLogger(__name__)
 def gradient_noise(
     ckpt: str | Path,
     manifest: str | Path,
+    budget: BatchBudget,
     *,
-    batch_seconds: float = 60.0,
     num_batches: int = 10,
     seed: int = 0,
-    crop_seconds: float | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     if num_batches < 2:
@@ -50,8 +51,8 @@ def gradient_noise(
     if not isinstance(model, Wav2Vec2ForPreTraining):
         raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {info['kind']}")
     model.to(dev).train()
-    loader = make_loader(read_manifest(manifest, check_files=True), batch_seconds, crop_seconds=crop_seconds,
-                         shuffle=True, seed=seed, endless=True, num_workers=0)
+    loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
+                         num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g
@@ -59,17 +60,22 @@ def gradient_noise(
     seconds = []
     batches = iter(loader)
     for i in tqdm(range(num_batches), desc="gradvar", unit="batch"):
-        batch = next(batches)
-        torch.manual_seed(step_seed(seed, i, 0))
-        gen = torch.Generator(device=dev).manual_seed(step_seed(seed, i, 1))
         model.zero_grad(set_to_none=True)
-        out = model(*batch.model_inputs(dev), generator=gen)
-        out.objective(float(out.num_masked), 1).backward()
+        masked, padded = 0.0, 0.0
+        for j in range(budget.accumulation):
+            batch = next(batches)
+            torch.manual_seed(step_seed(seed, i, 0, j))
+            gen = torch.Generator(device=dev).manual_seed(step_seed(seed, i, 1, j))
+            out = model(*batch.model_inputs(dev), generator=gen)
+            out.loss_sum().backward()
+            masked += float(out.num_masked)
+            padded += batch.padded_seconds
+        denom = budget.accumulation if model.cfg.loss_normalisation == "nanow2v2" else max(masked, 1.0)
         for a, b, p in zip(s1, s2, params, strict=True):
-            g = p.grad.double() if p.grad is not None else torch.zeros_like(a)
+            g = p.grad.double() / denom if p.grad is not None else torch.zeros_like(a)
             a += g
             b += g * g
-        seconds.append(batch.padded_seconds)
+        seconds.append(padded)
     n = float(num_batches)
     mean_std = 0.0
     sq_dev = 0.0  # Σ_i |g_i − ḡ|²

@@ -8,33 +8,29 @@ import logging
 
 from earful.atomic import atomic_write_lines
 
-log = logging.getLogger("earful.train")
+log = logging.getLogger("earful.pretrain")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from earful.train.config import load_pretrain_config
-    from earful.train.pretrain import TrainingStopped, run_pretraining
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import train_command
 
     config, overrides = args.config, list(args.overrides)
     if "=" in config:  # no YAML, only overrides
         config, overrides = None, [config, *overrides]
     cfg = load_pretrain_config(config, overrides)
-    try:
-        summary = run_pretraining(cfg, args.out, resume=args.resume)
-    except TrainingStopped as e:
-        log.error("%s", e)
-        return 3
-    log.info("done: %s", json.dumps({k: summary[k] for k in ("step", "hours_padded", "hours_real", "stopped_by")}))
-    return 0
+    return train_command(PretrainTask(cfg), args.out, resume=args.resume,
+                         show=("step", "hours_padded", "hours_real", "stopped_by"))
 
 
 def _gradvar(args: argparse.Namespace) -> int:
-    from earful.train.gradvar import gradient_noise
+    from earful.data.budget import BatchBudget
+    from earful.pretrain.gradvar import gradient_noise
 
-    result = gradient_noise(
-        args.ckpt, args.manifest, batch_seconds=args.batch_seconds, num_batches=args.batches, seed=args.seed,
-        crop_seconds=args.crop_seconds, device=args.device,
-    )  # fmt: skip
+    budget = BatchBudget(args.batch_seconds, args.device_seconds or args.batch_seconds, crop_seconds=args.crop_seconds)
+    result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,
+                            device=args.device)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write_lines(args.out, [text])
@@ -53,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")
     p.add_argument("ckpt", help="pre-training checkpoint directory")
     p.add_argument("--manifest", required=True, help="audio to draw batches from")
-    p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per batch")
+    p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per batch (one gradient each)")
+    p.add_argument("--device-seconds", type=float, default=None,
+                   help="padded audio per micro-batch (default: the whole batch at once); smaller accumulates")
     p.add_argument("--batches", type=int, default=10, help="independent batches (the paper: 10)")
     p.add_argument("--crop-seconds", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)

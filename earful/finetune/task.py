@@ -1,0 +1,202 @@
+"""CTC fine-tuning as a task of the engine (``earful.train.engine.Trainer``).
+
+Each micro-batch's CTC loss is a SUM over its utterances; the engine divides the gradients once by the
+global number of utterances (``loss_normalisation: sentence``, fairseq's ``sentence_avg``) or of target
+characters (``token``), summed over micro-batches and ranks. The learning rate is tri-stage by default.
+
+Freezing is described in :mod:`earful.finetune.init`. Dev loss, greedy WER and CER are measured every
+``valid_every`` steps (``valid.jsonl``); the lowest dev WER is kept in ``checkpoints/best``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from earful.checkpoint import CheckpointError, read_info
+from earful.config import from_dict
+from earful.data.budget import SAMPLE_RATE, BatchBudget
+from earful.data.dataset import Batch, make_loader
+from earful.data.manifest import read_manifest
+from earful.eval.decode import greedy_decode
+from earful.eval.metrics import ErrorCounts, error_counts
+from earful.eval.vocab import CharVocab
+from earful.finetune import targets as T
+from earful.finetune.config import FinetuneConfig, config_summary
+from earful.finetune.init import apply_permanent_freeze, build_initial_model, phase_frozen
+from earful.model import ModelConfig, Wav2Vec2ForCTC
+from earful.train import distributed as D
+from earful.train.engine import Trainer
+from earful.train.step import autocast
+from earful.train.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneTask(Task):
+    name = "fine-tuning"
+    cfg: FinetuneConfig
+    model: Wav2Vec2ForCTC
+    best_metric = "wer"
+    validate_at_end = True  # the final dev WER decides "best" even without periodic validation
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.vocab = CharVocab(mapping=cfg.text_mapping or None)
+        self.frozen = False
+
+    # ------------------------------------------------------------------ model and data
+    def build(self, d: D.Dist, budget: BatchBudget, resume_from: Path | None) -> None:
+        self.d = d
+        self.model = self._architecture(resume_from).to(d.device)
+        self.frozen_names = apply_permanent_freeze(self.model, self.cfg)
+        params = dict(self.model.named_parameters())
+        self.phase_names = phase_frozen(self.model, self.cfg)
+        self.phase_params = [params[n] for n in self.phase_names]
+        # On one device the backbone runs under no_grad while it is frozen (same result, less work);
+        # under DDP it must take part in the backward pass (see earful.finetune.init).
+        self.no_grad_while_frozen = not d.enabled
+        self._build_data(budget)
+
+    def _architecture(self, resume_from: Path | None) -> Wav2Vec2ForCTC:
+        """The initial model, or (resuming) the run's architecture, checked against this run's vocabulary."""
+        if resume_from is None:
+            return build_initial_model(self.cfg, self.vocab)
+        info = read_info(resume_from)
+        if info.get("kind") != "ctc":
+            raise CheckpointError(f"{resume_from}: not a CTC checkpoint")
+        saved = CharVocab.from_dict(info["vocab"])
+        if saved.symbols != self.vocab.symbols:
+            raise CheckpointError(f"{resume_from}: vocabulary {saved.symbols} differs from this run's")
+        base = from_dict(ModelConfig, info["model"], f"{resume_from}/model.json:model")
+        return Wav2Vec2ForCTC(self.cfg.model.apply(base), len(self.vocab))
+
+    def _build_data(self, budget: BatchBudget) -> None:
+        cfg, d = self.cfg, self.d
+        if not cfg.data.train:
+            raise ValueError("data.train (--train): no training manifest given")
+        utts = read_manifest(cfg.data.train, check_files=True)
+        self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train)
+        short = T.too_short(utts, self.targets, self.model.frame_lengths)
+        if short:
+            log.warning("train: %d utterances have fewer frames than their transcript needs (zero loss), "
+                        "e.g. %s", len(short), short[:5])
+        self.loader = make_loader(
+            utts, budget, shuffle=True, seed=cfg.seed, rank=d.rank, endless=True, bucket_size=cfg.data.bucket_size,
+            skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
+        )  # fmt: skip
+        self.dev_loader = None
+        if cfg.data.dev:
+            dutts = read_manifest(cfg.data.dev, check_files=True)
+            self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev)
+            self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
+            longest = max((u.seconds for u in dutts), default=1.0)  # every dev utterance is scored
+            dev = BatchBudget.per_device(max(cfg.valid_device_seconds(), longest + 1.0 / SAMPLE_RATE), d.world_size)
+            self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
+                                          skip_bad=cfg.data.skip_bad, num_workers=0)
+
+    # ------------------------------------------------------------------ one step
+    def announce(self) -> None:
+        cfg = self.cfg
+        log.info("fine-tuning: %d frozen tensors, %d more frozen for %d steps; %s", len(self.frozen_names),
+                 len(self.phase_names), cfg.freeze_transformer_steps, config_summary(cfg))
+        if cfg.freeze_transformer_steps >= cfg.max_steps:
+            log.warning("freeze_transformer_steps=%d >= max_steps=%d: only the CTC head will train",
+                        cfg.freeze_transformer_steps, cfg.max_steps)
+
+    def start_step(self, step: int) -> None:
+        self.step = step
+        self.frozen = step < self.cfg.freeze_transformer_steps
+
+    def micro_step(
+        self, net: nn.Module, batch: Batch, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        device = self.d.device
+        targets, target_lengths = T.batch_targets(batch.ids, self.targets)
+        logits, flen = net(*batch.model_inputs(device), generator=generator,
+                           freeze_backbone=self.frozen and self.no_grad_while_frozen)
+        loss = self.model.ctc_loss(logits, flen, targets.to(device), target_lengths.to(device))
+        return loss, {"tokens": int(target_lengths.sum())}
+
+    def denominator(self, tot: dict[str, Any]) -> float:
+        return max(tot["utterances"] if self.cfg.loss_normalisation == "sentence" else tot["tokens"], 1.0)
+
+    def before_update(self) -> None:
+        if self.frozen:  # the optimizer skips parameters without a gradient
+            for p in self.phase_params:
+                p.grad = None
+
+    def step_record(self, tot: dict[str, Any]) -> dict[str, float]:
+        return {"loss_sum": tot["loss"], "tokens": tot["tokens"], "denom": self.denominator(tot)}
+
+    def interval_record(self, sums: dict[str, float], steps: float) -> dict[str, Any]:
+        return {
+            "loss": sums["loss_sum"] / max(sums["denom"], 1.0),  # per utterance (sentence) or per token
+            "loss_per_utterance": sums["loss_sum"] / max(sums["utterances"], 1.0),
+            "loss_per_token": sums["loss_sum"] / max(sums["tokens"], 1.0),
+            "transformer_frozen": self.frozen,
+        }
+
+    def postfix(self, rec: dict[str, Any], last_valid: float) -> dict[str, str]:
+        post = {"loss": f"{rec['loss']:.3f}", "lr": f"{rec['lr']:.2g}"}
+        if math.isfinite(last_valid):
+            post["wer"] = f"{100 * last_valid:.1f}"
+        return post
+
+    # ------------------------------------------------------------------ dev WER
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any] | None:
+        """Dev CTC loss and greedy WER / CER (corpus level, summed over ranks)."""
+        if self.dev_loader is None:
+            return None
+        cfg, d, model, loader = self.cfg, self.d, self.model, self.dev_loader
+        model.eval()
+        loader.rewind()
+        stats = torch.zeros(11, dtype=torch.float64, device=d.device)  # loss, utterances, tokens, word/char SDIH
+        for batch in loader:
+            if loader.is_repeat(batch):
+                continue  # a batch repeated only to give every rank the same count
+            targets, target_lengths = T.batch_targets(batch.ids, self.dev_targets)
+            with autocast(cfg.precision, d.device):
+                logits, flen = model(*batch.model_inputs(d.device))
+            stats[0] += model.ctc_loss(logits, flen, targets.to(d.device), target_lengths.to(d.device)).double()
+            stats[1] += len(batch)
+            stats[2] += target_lengths.sum()
+            hyps = greedy_decode(logits.float(), flen, self.vocab)
+            refs = [self.dev_refs[i] for i in batch.ids]
+            for off, unit in ((3, "word"), (7, "char")):
+                c = error_counts(refs, hyps, unit, allow_empty=True)  # type: ignore[arg-type]
+                stats[off : off + 4] += torch.tensor([c.substitutions, c.deletions, c.insertions, c.hits],
+                                                     dtype=torch.float64, device=d.device)
+        D.all_reduce_sum(stats, d)
+        model.train()
+        words = ErrorCounts(*(int(x) for x in stats[3:7].tolist()))
+        chars = ErrorCounts(*(int(x) for x in stats[7:11].tolist()))
+        utts, tokens = float(stats[1]), float(stats[2])
+        denom = max(utts if cfg.loss_normalisation == "sentence" else tokens, 1.0)
+        return {
+            "loss": float(stats[0]) / denom, "loss_per_token": float(stats[0]) / max(tokens, 1.0),
+            "utterances": utts, "wer": words.rate if words.reference_length else math.nan,
+            "cer": chars.rate if chars.reference_length else math.nan, "word_errors": words.errors,
+            "ref_words": words.reference_length, "char_errors": chars.errors, "ref_chars": chars.reference_length,
+        }  # fmt: skip
+
+    def describe_validation(self, step: int, rec: dict[str, Any]) -> str:
+        return f"dev step {step}: loss {rec['loss']:.4f} WER {100 * rec['wer']:.2f} % CER {100 * rec['cer']:.2f} %"
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"vocab": self.vocab.to_dict()}
+
+    def trainer_info(self) -> dict[str, Any]:
+        return {"init": self.cfg.init}
+
+
+def run_finetuning(cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune as ``cfg`` says into run folder ``out_dir``; returns the summary (``trainer.json``'s fields)."""
+    return Trainer(FinetuneTask(cfg), out_dir, resume=resume).fit_and_leave()

@@ -1,0 +1,35 @@
+"""One writer per folder: an exclusive lock (``flock``) held for as long as a process works in it.
+
+A study folder and a run folder each admit one ``earful`` process at a time: two writers would interleave
+logs and overwrite each other's checkpoints. The lock file names the holder's pid, so the second process is
+refused with a message saying who has it; the lock goes with the process (even a killed one)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
+    """An exclusive lock on ``folder`` (created if need be) for as long as the returned file stays open."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {holder}); wait for it or "
+                         "stop it, then run again") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

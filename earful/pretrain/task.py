@@ -1,0 +1,173 @@
+"""Pre-training as a task of the engine (``earful.train.engine.Trainer``): the contrastive step.
+
+Each micro-batch's loss terms are SUMS over its masked frames; the engine divides the gradients once by the
+global number of masked frames summed over micro-batches and ranks (fairseq's ``sample_size``), or with
+``loss_normalisation: nanow2v2`` by the number of micro-batches (the paper's code). The Gumbel temperature
+moves once per optimizer step. Validation measures the held-out loss, accuracy and codebook perplexity; the
+lowest loss is kept in ``checkpoints/best``. ``ckpt_hours`` adds milestone checkpoints at hours seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from earful.data.budget import BatchBudget
+from earful.data.dataset import Batch, make_loader
+from earful.data.manifest import read_manifest
+from earful.model import Wav2Vec2ForPreTraining
+from earful.pretrain.config import PretrainConfig
+from earful.train import distributed as D
+from earful.train.config import nominal_steps
+from earful.train.engine import Trainer
+from earful.train.monitor import codeword_similarity
+from earful.train.step import autocast, step_seed
+from earful.train.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class PretrainTask(Task):
+    name = "pre-training"
+    cfg: PretrainConfig
+    model: Wav2Vec2ForPreTraining
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.chance_accuracy = 1.0 / (cfg.model.num_negatives + 1)
+        self.milestones_done: list[float] = []
+
+    def build(self, d: D.Dist, budget: BatchBudget, resume_from: Path | None) -> None:
+        cfg = self.cfg
+        self.d = d
+        torch.manual_seed(cfg.seed)
+        self.model = Wav2Vec2ForPreTraining(cfg.model).to(d.device)
+        if not cfg.data.train:
+            raise ValueError("data.train: no training manifest given")
+        common = {"seed": cfg.seed, "rank": d.rank, "skip_bad": cfg.data.skip_bad,
+                  "crop_to_shortest": not cfg.data.padding}
+        self.loader = make_loader(
+            read_manifest(cfg.data.train, check_files=True), budget, shuffle=True, endless=True,
+            bucket_size=cfg.data.bucket_size, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
+            **common,
+        )  # fmt: skip
+        self.valid_loader = None
+        if cfg.data.valid:
+            valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, crop_seconds=cfg.data.crop_seconds,
+                                           min_seconds=cfg.data.min_seconds)
+            self.valid_loader = make_loader(read_manifest(cfg.data.valid, check_files=True), valid, shuffle=False,
+                                            endless=False, num_workers=0, **common)
+
+    # ------------------------------------------------------------------ one step
+    def start_step(self, step: int) -> None:
+        self.model.set_step(step)  # the Gumbel temperature and the diversity weight
+
+    def micro_step(
+        self, net: nn.Module, batch: Batch, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        out = net(*batch.model_inputs(self.d.device), generator=generator)
+        return out.loss_sum(), {
+            "masked": out.num_masked, "contrastive": out.contrastive, "diversity": out.diversity,
+            "penalty": out.penalty, "correct": out.num_correct, "ppl_soft": out.perplexity_soft,
+            "ppl_hard": out.perplexity_hard,
+        }  # fmt: skip
+
+    def denominator(self, tot: dict[str, Any]) -> float:
+        if self.cfg.model.loss_normalisation == "nanow2v2":
+            return tot["micro_batches"]
+        return max(tot["masked"], 1.0)
+
+    def step_record(self, tot: dict[str, Any]) -> dict[str, float]:
+        """Per masked frame (the paper's loss and accuracy); perplexities averaged over micro-batches."""
+        n, micro = max(tot["masked"], 1.0), tot["micro_batches"]
+        rec = {"contrastive": tot["contrastive"] / n, "diversity": tot["diversity"] / n,
+               "penalty": tot["penalty"] / n, "accuracy": tot["correct"] / n}
+        for g, (soft, hard) in enumerate(zip(tot["ppl_soft"], tot["ppl_hard"], strict=True)):
+            rec[f"ppl_soft_g{g}"] = soft / micro
+            rec[f"ppl_hard_g{g}"] = hard / micro
+        return rec
+
+    def interval_record(self, sums: dict[str, float], steps: float) -> dict[str, Any]:
+        """The mean over the interval's steps of each step's per-masked-frame values, the codebook's state."""
+        cfg = self.cfg
+        rec = {k: sums[k] / steps for k in ("contrastive", "diversity", "penalty")}
+        rec["loss"] = logged_loss(cfg, rec["contrastive"], rec["diversity"], rec["penalty"])  # of the means
+        rec["accuracy"] = sums["accuracy"] / steps
+        rec.update({k: v / steps for k, v in sums.items() if k.startswith("ppl_")})
+        rec["temperature"] = self.model.quantizer.temperature
+        groups = cfg.model.num_codevector_groups
+        for g, sim in enumerate(codeword_similarity(self.model.quantizer.codevectors, groups)):
+            rec.update({f"codeword_sim_g{g}_{k}": v for k, v in sim.items()})
+        return rec
+
+    def postfix(self, rec: dict[str, Any], last_valid: float) -> dict[str, str]:
+        return {"h": f"{rec['hours']:.3f}", "loss": f"{rec['loss']:.3f}", "acc": f"{rec['accuracy']:.3f}",
+                "aps": f"{rec['audio_seconds_per_second']:.0f}"}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any] | None:
+        if self.valid_loader is None:
+            return None
+        cfg, d, model, loader = self.cfg, self.d, self.model, self.valid_loader
+        model.eval()
+        G = cfg.model.num_codevector_groups
+        stats = torch.zeros(6 + G, dtype=torch.float64, device=d.device)  # masked, terms, correct, batches, ppl
+        loader.rewind()
+        for batch in loader:
+            if loader.is_repeat(batch):
+                continue  # a batch repeated only to give every rank the same count
+            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, batch.index, 2, d.rank))
+            with autocast(cfg.precision, d.device):
+                out = model(*batch.model_inputs(d.device), generator=gen)
+            stats[:6] += torch.stack([out.num_masked.double(), out.contrastive.double(), out.diversity.double(),
+                                      out.penalty.double(), out.num_correct.double(), stats.new_ones(())])
+            stats[6:] += out.perplexity_hard.double()
+        D.all_reduce_sum(stats, d)
+        model.train()
+        masked, contrastive, diversity, penalty, correct, batches = stats[:6].tolist()
+        n = max(masked, 1.0)
+        rec = {"loss": logged_loss(cfg, contrastive, diversity, penalty, n), "contrastive": contrastive / n,
+               "accuracy": correct / n}
+        for g, ppl in enumerate(stats[6:].tolist()):
+            rec[f"ppl_hard_g{g}"] = ppl / max(batches, 1.0)
+        return rec
+
+    def describe_validation(self, step: int, rec: dict[str, Any]) -> str:
+        ppl = [round(v, 1) for k, v in rec.items() if k.startswith("ppl_hard")]
+        return f"valid step {step}: loss {rec['loss']:.4f} acc {rec['accuracy']:.3f} ppl {ppl}"
+
+    # ------------------------------------------------------------------ milestones
+    def trainer_info(self) -> dict[str, Any]:
+        return {"milestones_done": self.milestones_done}
+
+    def restore(self, info: dict[str, Any]) -> None:
+        self.milestones_done = list(info["milestones_done"])
+
+    def after_step(self, trainer: Trainer) -> None:
+        """A checkpoint ``hours-H`` once ``H`` hours are seen (padded audio, or the plan's batch × steps)."""
+        cfg = self.cfg
+        for h in cfg.ckpt_hours:
+            if cfg.ckpt_hours_basis == "nominal":
+                reached = trainer.step >= nominal_steps(h, cfg.batch_seconds)
+            else:
+                reached = trainer.hours_padded >= h
+            if h not in self.milestones_done and reached:
+                self.milestones_done.append(h)
+                trainer.save(f"hours-{h:g}", make_latest=False)
+
+
+def logged_loss(cfg: PretrainConfig, contrastive: float, diversity: float, penalty: float, frames: float = 1.0,
+                ) -> float:
+    """The loss per masked frame as logged: the terms (sums over ``frames``) at their configured, full weights."""
+    return (contrastive + cfg.model.diversity_weight * diversity + cfg.model.feature_penalty_weight * penalty) / frames
+
+
+def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Pre-train as ``cfg`` says into run folder ``out_dir``; returns the summary (``trainer.json``'s fields)."""
+    return Trainer(PretrainTask(cfg), out_dir, resume=resume).fit_and_leave()
+

@@ -1,0 +1,65 @@
+"""The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
+study that made it (finished runs of another recipe would be mixed into its report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from earful.config import to_dict
+from earful.study.config import PlannedRun, StudyConfig
+from earful.study.corpus import manifest_digests
+
+STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
+
+# study settings that decide how it runs or which runs it holds, not what a run computes: a finished study may
+# continue with more seeds (or jobs, or another name)
+NOT_RECIPE = ("jobs", "throughput", "seeds", "name")
+# set per run (paths on this machine, the run's seed): not part of what a study computes
+PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
+    """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
+    and code defaults, less ``PER_RUN``), and the manifests' contents."""
+    from earful.finetune.config import load_finetune_config
+    from earful.study.stages import pretrain_config
+
+    pre = _flatten(to_dict(pretrain_config(study, runs[0], root)))
+    fine = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
+    fp = {"study": {k: v for k, v in _flatten(to_dict(study)).items() if k not in NOT_RECIPE},
+          "pretrain": {k: v for k, v in pre.items() if k not in PER_RUN},
+          "finetune": {k: v for k, v in fine.items() if k not in PER_RUN},
+          "data": manifest_digests(study, root)}
+    return json.loads(json.dumps(fp))
+
+
+def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse a folder holding a study of another recipe, naming the settings that differ."""
+    p = out / "study.json"
+    if not p.exists():
+        return
+    saved = json.loads(p.read_text(encoding="utf-8"))
+    if saved.get("format") != STUDY_FORMAT:
+        raise ValueError(f"{p}: written by an earlier development version of earful (format "
+                         f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
+    old = saved["fingerprint"]
+    if old == fingerprint:
+        return
+    diff = [f"{part}.{k}" for part in fingerprint for k in sorted(set(old.get(part, {})) | set(fingerprint[part]))
+            if old.get(part, {}).get(k) != fingerprint[part].get(k)]
+    corpus = " (a manifest's contents changed: the corpus was rebuilt or prepared again)" if any(
+        d.startswith("data.") for d in diff) else ""
+    raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
+                     f"{' …' if len(diff) > 6 else ''}){corpus}; use another --out, or remove the folder to start "
+                     "over")

@@ -1,0 +1,106 @@
+"""Running a study's jobs: in this process one after the other, or ``jobs`` at a time in worker processes.
+
+A job is a pre-training or a fine-tuning + evaluation; a finished job may make more (a pre-training's
+fine-tunings). Workers run with cores/jobs torch threads, their progress bars and logs in
+``OUT/logs/worker-*.log``, and exit once the study process is gone (killed), so a rerun of the study is the
+only writer of its folder."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One unit of a study. ``then`` makes the jobs that can start once this one has finished."""
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    then: Callable[[Any], list[Job]] | None = None
+
+
+def _exit_with(parent: int, every: float = 2.0) -> None:
+    """A pool worker's watch: once the study process is gone (killed), exit rather than keep writing into
+    a folder that a rerun of the study will resume (checkpoints are atomic; the rerun redoes the rest)."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _worker_init(threads: int, log_dir: str, parent: int) -> None:
+    """A pool worker: ``threads`` torch threads, its progress bars and logs in its own file."""
+    import threading
+
+    import torch
+
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    torch.set_num_threads(threads)
+    f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    sys.stdout = sys.stderr = f
+    logging.basicConfig(level=logging.INFO, stream=f, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
+    """Run ``jobs`` and their follow-ups, ``workers`` at a time (1: in this process, in order); returns each
+    job's result by key. A failed job stops the study (finished jobs are kept: run again to continue)."""
+    results: dict[str, Any] = {}
+    queue = deque(jobs)
+    bar = tqdm(total=len(queue), unit="run", desc="study", dynamic_ncols=True, disable=workers <= 1)
+
+    def finished(job: Job, result: Any) -> None:
+        results[job.key] = result
+        more = job.then(result) if job.then else []
+        queue.extend(more)
+        bar.total += len(more)
+        bar.update(1)
+
+    if workers <= 1:
+        while queue:
+            job = queue.popleft()
+            finished(job, job.fn(*job.args))
+        return results
+    log_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log.info("running %d jobs at once (%d threads each); their logs: %s/worker-*.log", workers, threads, log_dir)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads, str(log_dir), os.getpid())) as pool:
+        running: dict[Future, Job] = {}
+        try:
+            while queue or running:
+                while queue:
+                    job = queue.popleft()
+                    running[pool.submit(job.fn, *job.args)] = job
+                done, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
+                # the pool marks queued-ahead jobs as running too; the oldest `workers` of them are the ones at work
+                busy = [j.key for f, j in running.items() if f.running()][:workers]
+                bar.set_postfix_str(", ".join(busy), refresh=True)
+                for fut in done:
+                    job = running.pop(fut)
+                    err = fut.exception()
+                    if err is not None:
+                        raise RuntimeError(f"study job {job.key} failed (its log is in {log_dir}): {err}") from err
+                    log.info("finished %s", job.key)
+                    finished(job, fut.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+    return results

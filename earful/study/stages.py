@@ -1,0 +1,163 @@
+"""The stages of a study, each resumable on its own: pre-train one grid run; fine-tune one checkpoint on one
+label set and evaluate it. A finished stage leaves ``done.json`` (or ``summary.json``) and is skipped; an
+interrupted one continues from its latest checkpoint. Run configs are built from the plan as typed objects."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from earful.atomic import atomic_write_json
+from earful.config import save_yaml
+from earful.finetune.config import FinetuneConfig, load_finetune_config
+from earful.pretrain.config import PretrainConfig, load_pretrain_config
+from earful.study.config import PlannedRun, StudyConfig
+
+log = logging.getLogger(__name__)
+
+# the from-scratch baselines: the same architecture from its random init, fine-tuned with the study's recipe
+# (scratch) or with the CNN trainable / frozen whatever the recipe says
+BASELINES: dict[str, dict[str, Any]] = {"scratch": {}, "scratch-trainable-cnn": {"freeze_feature_encoder": False},
+                                        "scratch-frozen-cnn": {"freeze_feature_encoder": True}}
+
+
+class StudyStopped(RuntimeError):
+    """A run of the study stopped before its end (a signal): the study stops; running it again continues."""
+
+
+def done_record(path: Path) -> dict[str, Any] | None:
+    p = path / "done.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+# ---------------------------------------------------------------------- pre-training
+def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
+    """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""
+    cfg = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
+    c = study.corpus
+    cfg.data.train = c.path(c.train, root)
+    cfg.data.valid = c.path(c.valid, root) if c.valid else None
+    cfg.batch_seconds, cfg.device_seconds, cfg.max_steps = run.batch_seconds, run.device_seconds, run.steps
+    cfg.optim.lr, cfg.optim.lr_scaling = run.lr, "none"  # the study already applied its rule
+    cfg.seed = run.seed
+    cfg.ckpt_hours = sorted(study.milestone_hours)
+    cfg.ckpt_hours_basis = "nominal"  # the plan's and the paper's hours: batch × steps
+    cfg.validate()
+    return cfg
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _stop_with_parent() -> None:
+    """In torchrun's process before it starts (Linux): SIGTERM once the process that started it dies, so a
+    killed study's multi-device pre-training checkpoints and stops instead of writing on unseen."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _torchrun(cfg: PretrainConfig, devices: int, rdir: Path, root: Path) -> dict[str, Any]:
+    """A multi-device pre-training: torchrun ``earful pretrain`` on the resolved config, written beside the run."""
+    config = rdir.parent / f"{rdir.name}.yaml"
+    save_yaml(cfg, config)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",  # a free port
+           "-m", "earful.cli", "pretrain", str(config), "--out", str(rdir), "--resume"]
+    subprocess.run(cmd, check=True, cwd=root, env=os.environ.copy(), preexec_fn=_stop_with_parent)
+    return json.loads((rdir / "checkpoints" / "latest.json").read_text())
+
+
+def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:
+    from earful.pretrain.task import run_pretraining
+
+    rdir = out / "pretrain" / run.name
+    done = done_record(rdir)
+    if done:
+        log.info("pre-training %s: done (step %d)", run.name, done["step"])
+        return done
+    cfg = pretrain_config(study, run, root)
+    log.info("pre-training %s: %g s × %d steps (%.3g h), lr %.3g", run.name, run.batch_seconds, run.steps,
+             run.hours, run.lr)
+    summary = _torchrun(cfg, run.devices, rdir, root) if run.devices > 1 else run_pretraining(cfg, rdir, resume=True)
+    if summary.get("stopped_by"):
+        raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}; rerun the study to resume")
+    if summary["step"] < run.steps:  # e.g. torchrun's ranks stopped by a signal and exited cleanly
+        raise StudyStopped(f"pre-training {run.name} stopped at step {summary['step']} of {run.steps}; "
+                           f"rerun the study to resume it")
+    record = {**asdict(run), "run": run.name, "step": summary["step"]}
+    atomic_write_json(rdir / "done.json", record)
+    return record
+
+
+def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+    ck = out / "pretrain" / run.name / "checkpoints"
+    chosen: dict[str, Path] = {}
+    for spec in study.finetune.checkpoints:
+        if spec == "final":
+            chosen["final"] = ck / f"step-{run.steps:07d}"
+        elif spec == "best":
+            if (ck / "best").exists():
+                chosen["best"] = ck / "best"
+        elif spec == "milestones":
+            for h in study.milestone_hours:
+                if (ck / f"hours-{h:g}").exists():
+                    chosen[f"hours-{h:g}"] = ck / f"hours-{h:g}"
+        else:
+            raise ValueError(f"finetune.checkpoints: unknown {spec!r} (final | best | milestones)")
+    return chosen
+
+
+def hours_of(ckpt: Path) -> tuple[float, int]:
+    """(padded hours seen, step) of a pre-training checkpoint."""
+    p = ckpt / "trainer.json"
+    if not p.exists():
+        return 0.0, 0
+    info = json.loads(p.read_text())
+    return float(info.get("hours_padded", 0.0)), int(info.get("step", 0))
+
+
+# ---------------------------------------------------------------------- fine-tuning and evaluation
+def finetune_config(study: StudyConfig, label_set: str, init: Path, seed: int, root: Path,
+                    baseline: str | None = None) -> FinetuneConfig:
+    """The fine-tuning recipe for one label set: the study's overrides, the label set's own, the baseline's
+    settings, then the run's init, data and seed."""
+    cfg = load_finetune_config(study.finetune.config,
+                               [*study.finetune.overrides, *study.finetune.per_label_set.get(label_set, [])])
+    for key, value in BASELINES[baseline].items() if baseline else ():
+        setattr(cfg, key, value)
+    c = study.corpus
+    cfg.init = str(init)
+    cfg.data.train, cfg.data.dev = c.path(c.label_sets[label_set], root), c.path(c.dev, root)
+    cfg.seed = seed
+    cfg.validate()
+    return cfg
+
+
+def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: str, seed: int, out: Path,
+                          root: Path, baseline: str | None) -> dict[str, Any]:
+    from earful.eval.evaluate import evaluate
+    from earful.finetune.task import run_finetuning
+
+    c = study.corpus
+    fdir = out / "finetune" / name
+    if not done_record(fdir):
+        cfg = finetune_config(study, label_set, init, seed, root, baseline)
+        log.info("fine-tuning %s", name)
+        summary = run_finetuning(cfg, fdir, resume=True)
+        if summary.get("stopped_by"):
+            raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume")
+        atomic_write_json(fdir / "done.json", {"name": name})
+    edir = out / "eval" / name
+    if not (edir / "summary.json").exists():
+        ckpt = fdir / "checkpoints" / "best"
+        if not ckpt.exists():
+            ckpt = fdir
+        evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], edir)
+    return json.loads((edir / "summary.json").read_text())

@@ -1,0 +1,396 @@
+"""The training engine: one ``Trainer`` that runs any ``Task`` (``earful/train/task.py``).
+
+One optimizer step = ``accumulation`` micro-batches of at most ``device_seconds`` padded audio on each of
+``world_size`` devices (``earful.data.budget``). Each micro-batch's loss is a SUM; it is back-propagated as
+it is (DDP synchronises on the last micro-batch only, ``no_sync`` before), and the gradients are divided
+once by the task's global count (masked frames, utterances, ...) summed over micro-batches and ranks. The
+learning rate moves once per optimizer step.
+
+Randomness is keyed by (seed, step, global micro-batch index), so a resumed run draws exactly what an
+uninterrupted one would (the data position is part of the checkpoint), and 2 ranks × 1 micro-batch draw
+the same as 1 rank × 2 micro-batches. The step's statistics are named, all-reduced once and read to the
+host once. Every ``log_every`` steps a record goes to ``train.jsonl``; every ``valid_every`` the task
+validates (``valid.jsonl``, ``checkpoints/best`` by its metric); every ``ckpt_every`` a checkpoint is
+written; SIGTERM / SIGUSR1 checkpoint and stop after the step every rank shares the signal in; a final
+checkpoint is always written. ``max_nan_steps`` non-finite steps in a row stop the run with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
+from earful.config import save_yaml
+from earful.data.budget import SAMPLE_RATE
+from earful.model import count_parameters
+from earful.train import distributed as D
+from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
+from earful.train.schedule import lr_at
+from earful.train.state import (
+    RunDir,
+    load_trainer_state,
+    restore_training_state,
+    training_state,
+    warn_if_layout_changed,
+)
+from earful.train.stats import StepStats
+from earful.train.step import apply_update, autocast, step_seed
+from earful.train.task import Task
+
+log = logging.getLogger(__name__)
+
+
+# exit statuses of `earful pretrain` and `earful finetune` (2: an error, before or while training)
+EXIT_NONFINITE = 3  # stopped after max_nan_steps non-finite steps in a row; a checkpoint was written
+EXIT_STOPPED = 4  # stopped by SIGTERM / SIGUSR1 (a scheduler's pre-emption); --resume continues
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (repeated non-finite steps); a checkpoint was written."""
+
+
+@contextmanager
+def stop_signals(handler: Any) -> Iterator[None]:
+    """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
+    the previous handlers come back on exit. Outside the main thread signals cannot be caught: no-op."""
+    old = {}
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Builds the task's model and data, the optimizer and the run folder; ``fit()`` trains to ``max_steps``."""
+
+    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False) -> None:
+        cfg = self.cfg = task.cfg
+        self.task = task
+        self.d = D.setup(cfg.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.run = RunDir(out_dir)
+        latest = self.run.latest()
+        if latest is not None and not resume:
+            raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
+        self.budget = cfg.budget(self.d.world_size)
+        self.accum = self.budget.accumulation
+        self.peak_lr = cfg.effective_lr()
+        task.build(self.d, self.budget, latest)
+        self.model, self.loader = task.model, task.loader
+        self._wrap_and_optimise()
+        self.step, self.hours_real, self.hours_padded = 0, 0.0, 0.0
+        self.nan_steps = self.nan_in_a_row = self.overflow_steps = 0
+        self.best, self.last_valid = math.inf, math.nan
+        self.signal_received = 0  # set by the signal handler, on this rank only
+        self.stop_signal = 0  # set by agree_stop once every rank knows: the signal, or -1 for another rank's
+        self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
+        self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
+        self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
+        self.health = Health(cfg.health, task.chance_accuracy)
+        if self.d.is_main:
+            self.run.prepare()
+            save_yaml(cfg, self.run.root / "config.yaml")
+        D.barrier(self.d)
+        if latest is not None:
+            self._resume(latest)
+        self._start_records()
+
+    def _wrap_and_optimise(self) -> None:
+        self.net: torch.nn.Module = self.model
+        if self.d.enabled:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
+        o = self.cfg.optim
+        self.params = self.task.trainable()
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=self.peak_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+            fused=self.d.device.type in ("cpu", "cuda"),  # one kernel for all parameters (benchmarks/README.md)
+        )
+        self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.cfg.precision == "fp16")
+
+    def _start_records(self) -> None:
+        """A fresh start (or a run killed before its first checkpoint) keeps no stale records, and writes the
+        step-0 weights (distance from init, the from-scratch baselines)."""
+        if self.step == 0:
+            self.train_log.truncate_after(0)
+            self.valid_log.truncate_after(0)
+            if self.d.is_main and not (self.run.ckpt / "init" / MODEL_FILE).exists():
+                self.run.save("init", self.model, state=None, trainer={"step": 0},
+                              make_latest=False, **self.task.checkpoint_extras())
+        D.barrier(self.d)
+        self._init_params = {k: v.float() for k, v in load_file(str(self.run.ckpt / "init" / MODEL_FILE)).items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def progress_info(self) -> dict[str, Any]:
+        """What ``trainer.json`` records: progress, counters, the layout, the best checkpoint's metric."""
+        return {
+            "step": self.step, "hours_real": self.hours_real,
+            "hours_padded": self.hours_padded, "epoch": self.loader.epoch, "nan_steps": self.nan_steps,
+            "nan_in_a_row": self.nan_in_a_row, "overflow_steps": self.overflow_steps,
+            "world_size": self.d.world_size, "accumulation": self.accum, "batch_seconds": self.cfg.batch_seconds,
+            "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
+            "last_valid": _json_float(self.last_valid), **self.task.trainer_info(),
+        }  # fmt: skip
+
+    def save(self, name: str, *, make_latest: bool = True) -> None:
+        state = training_state(self.optimizer, self.scaler, self.loader, self.d)  # every rank; rank 0 writes
+        if self.d.is_main:
+            path = self.run.save(name, self.model, state=state, trainer=self.progress_info(),
+                                 make_latest=make_latest, **self.task.checkpoint_extras())
+            log.info("checkpoint %s (step %d, %.3f h seen)", path, self.step, self.hours_padded)
+            self.run.prune(self.cfg.keep_last)
+        D.barrier(self.d)
+
+    def _resume(self, ckpt: Path) -> None:
+        info, state = load_trainer_state(ckpt)
+        warn_if_layout_changed(info, self.d.world_size, self.accum)
+        if state is None:
+            raise CheckpointError(f"{ckpt}: no training state to resume from")
+        model, _ = load_model(ckpt)
+        self.model.load_state_dict(model.state_dict())
+        restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
+        self.step = int(info["step"])
+        self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
+        self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])
+        self.overflow_steps = int(info["overflow_steps"])
+        self.best, self.last_valid = _float(info["best"], math.inf), _float(info["last_valid"], math.nan)
+        self.task.restore(info)
+        self.train_log.truncate_after(self.step)
+        self.valid_log.truncate_after(self.step)
+        log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
+        """Accumulate ``accum`` micro-batches, reduce the statistics once, normalise once, update."""
+        cfg, d, task = self.cfg, self.d, self.task
+        lr = lr_at(self.step, self.peak_lr, cfg.max_steps, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        task.start_step(self.step)
+        self.net.train()
+        stats = StepStats(d.device)
+        data_wait = 0.0
+        for micro in range(self.accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - t0
+            # randomness keyed by the global micro-batch index j, which also fixes the data it sees
+            # (rank r's k-th batch is global batch k·W + r), so W ranks × A micro-batches draw exactly
+            # what 1 rank × W·A micro-batches draw
+            j = micro * d.world_size + d.rank
+            torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout, LayerDrop
+            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, self.step, 1, j))
+            try:
+                with D.no_sync(self.net, micro < self.accum - 1), autocast(cfg.precision, d.device):
+                    loss, named = task.micro_step(self.net, batch, gen)
+                    self.scaler.scale(loss).backward()
+            except torch.OutOfMemoryError as e:
+                raise RuntimeError(
+                    f"out of memory on {d.device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "
+                    f"(accumulation then rises to keep batch_seconds={cfg.batch_seconds:g}) and --resume") from e
+            real, padded = batch.samples()
+            stats.add(loss=loss, real_samples=real, padded_samples=padded, utterances=len(batch), micro_batches=1,
+                      **named)
+        stats.add(stop=float(self.signal_received > 0))
+        tot = stats.reduce(d)
+        return self._update(tot, lr, data_wait)
+
+    def _update(self, tot: dict[str, Any], lr: float, data_wait: float) -> dict[str, float]:
+        """Apply the step from its reduced statistics; count it; stop on too many non-finite steps."""
+        self.task.before_update()
+        grad_norm, outcome = apply_update(
+            self.optimizer, self.scaler, self.params, loss=tot["loss"],
+            factor=self.d.world_size / self.task.denominator(tot), clip_norm=self.cfg.optim.clip_norm,
+        )  # fmt: skip
+        self._count(outcome)
+        self.step += 1
+        self.hours_real += tot["real_samples"] / SAMPLE_RATE / 3600
+        self.hours_padded += tot["padded_samples"] / SAMPLE_RATE / 3600
+        self.agree_stop(tot["stop"])
+        rec = {
+            "lr": lr, "grad_norm": grad_norm, "finite": float(outcome == "ok"),
+            "overflow": float(outcome == "overflow"), "real_seconds": tot["real_samples"] / SAMPLE_RATE,
+            "padded_seconds": tot["padded_samples"] / SAMPLE_RATE, "utterances": tot["utterances"],
+            "data_wait": data_wait,
+            "loss_scale": float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0,
+            **self.task.step_record(tot),
+        }  # fmt: skip
+        if self.nan_in_a_row >= self.cfg.max_nan_steps:
+            self.save(f"step-{self.step:07d}")
+            raise TrainingStopped(
+                f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}: stopped. A checkpoint was "
+                f"written; lower optim.lr, use precision=fp32 or bf16, or set optim.clip_norm"
+            )
+        return rec
+
+    def _count(self, outcome: str) -> None:
+        if outcome == "ok":
+            self.nan_in_a_row = 0
+        elif outcome == "overflow":
+            self.overflow_steps += 1
+            log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
+                     self.scaler.get_scale())
+        else:
+            self.nan_steps += 1
+            self.nan_in_a_row += 1
+            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
+                        self.step, self.nan_in_a_row, self.nan_steps)
+
+    # ------------------------------------------------------------------ logs and validation
+    def _log_interval(self, meter: Meter, seconds: float, bar: tqdm) -> None:
+        s, steps = meter.sums, meter.sums["steps"]
+        seconds = max(seconds, 1e-9)
+        rec: dict[str, Any] = {
+            "step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real,
+            **self.task.interval_record(s, steps),
+            "grad_norm": s["grad_norm"] / steps, "lr": self.optimizer.param_groups[0]["lr"],
+            "loss_scale": s["loss_scale"] / steps, "audio_seconds_per_second": s["real_seconds"] / seconds,
+            "padded_seconds_per_second": s["padded_seconds"] / seconds, "data_wait_fraction": s["data_wait"] / seconds,
+            # a skipped non-finite step leaves the interval's means non-finite on purpose; this counts them
+            "skipped_steps": steps - s["finite"] - s["overflow"], "overflow_steps": s["overflow"],
+            "distance_from_init": distance_from(self.model, self._init_params), "bad_files": self.bad_files(),
+        }  # fmt: skip
+        self.health.check(self.step, rec)
+        if self.d.is_main:
+            self.train_log.write(rec)
+            self.tb.write("train", rec, self.step)
+            bar.set_postfix(self.task.postfix(rec, self.last_valid))
+
+    def _validate_and_keep_best(self) -> None:
+        found = self.task.validate()
+        if found is None:
+            return
+        rec = {"step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real, **found}
+        self.last_valid = rec[self.task.best_metric]
+        self.valid_log.write(rec)
+        self.tb.write("valid", rec, self.step)
+        if self.d.is_main:
+            log.info("%s", self.task.describe_validation(self.step, rec))
+        if self.cfg.keep_best and self.last_valid < self.best:
+            self.best = self.last_valid
+            self.save("best", make_latest=False)
+
+    def bad_files(self) -> int:
+        """Distinct unreadable files left out so far (``data.skip_bad``), over every rank: a file may fall to
+        several ranks in turn (a collective: every rank logs each interval and ends ``fit``)."""
+        gathered = D.all_gather_object(sorted(self.loader.bad_ids), self.d)
+        return len({i for ids in gathered for i in ids})  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signal_received = signum
+        log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
+                    signal.Signals(signum).name)
+
+    def agree_stop(self, signalled_ranks: float) -> None:
+        """Called with the all-reduced count of ranks that received a signal: every rank then stops after the
+        same step. A rank's own flag is never enough: a signal that lands on one rank after the step's
+        all-reduce and on another before it would leave them a step apart, one waiting in the checkpoint's
+        barrier and the other in the next step's gradient all-reduce."""
+        if signalled_ranks > 0 and not self.stop_signal:
+            self.stop_signal = self.signal_received or -1
+
+    def after_step(self) -> None:
+        self.task.after_step(self)
+
+    def announce(self) -> None:
+        cfg = self.cfg
+        log.info("%s: %s parameters to train; %s; peak lr %.3g (%s scaling), %d steps", self.task.name,
+                 f"{count_parameters(self.model):,}", self.budget.describe(), self.peak_lr, cfg.optim.lr_scaling,
+                 cfg.max_steps)
+        if self.loader.skipped:
+            log.warning("%d utterances cannot be batched and are left out: %s", self.loader.skipped,
+                        self.loader.sampler.skipped_reasons)
+        self.task.announce()
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.d.is_main:
+            self.announce()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.d.is_main, unit="step",
+                   dynamic_ncols=True)
+        with stop_signals(self._on_signal):
+            try:
+                self._steps(bar)
+            finally:
+                bar.close()
+        stopped_by = ""
+        if self.stop_signal:
+            stopped_by = signal.Signals(self.stop_signal).name if self.stop_signal > 0 else "a signal to another rank"
+            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
+        return {**self.progress_info(), "stopped_by": stopped_by, "bad_files": self.bad_files(),
+                "unbatchable": self.loader.skipped}  # fmt: skip
+
+    def _steps(self, bar: tqdm) -> None:
+        cfg = self.cfg
+        meter, t_last, batches = Meter(), time.perf_counter(), iter(self.loader)
+        while self.step < cfg.max_steps:
+            meter.add(steps=1, **self.train_step(batches))
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                now = time.perf_counter()
+                self._log_interval(meter, now - t_last, bar)
+                meter.reset()
+                t_last = now
+            if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
+                self._validate_and_keep_best()
+            self.after_step()
+            if self.stop_signal:
+                break
+            if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                self.save(f"step-{self.step:07d}")
+        if self.step == cfg.max_steps and (
+                cfg.valid_every > 0 and self.step % cfg.valid_every
+                or cfg.valid_every <= 0 and self.task.validate_at_end):
+            self._validate_and_keep_best()
+        self.save(f"step-{self.step:07d}")
+
+    def fit_and_leave(self) -> dict[str, Any]:
+        """``fit()``, then leave the process group (together after a finished run, at once after an error)."""
+        summary = None
+        try:
+            summary = self.fit()
+            return summary
+        finally:
+            D.teardown(finished=summary is not None)
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _float(x: Any, default: float) -> float:
+    return default if x is None else float(x)
+
+
+def train_command(task: Task, out_dir: str | Path, *, resume: bool, show: tuple[str, ...]) -> int:
+    """What ``earful pretrain`` and ``earful finetune`` run: train, log the summary's ``show`` keys; the exit
+    status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint."""
+    try:
+        summary = Trainer(task, out_dir, resume=resume).fit_and_leave()
+    except TrainingStopped as e:
+        log.error("%s", e)
+        return EXIT_NONFINITE
+    log.info("done: %s", json.dumps({k: summary[k] for k in show}))
+    return EXIT_STOPPED if summary["stopped_by"] else 0

@@ -1,0 +1,64 @@
+"""The parts of an optimizer step that do not depend on the task: seeds per micro-batch, mixed precision, and
+the update itself (unscale, normalise once, clip, check, apply or skip)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+
+def step_seed(seed: int, step: int, stream: int, index: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, step, stream, index)."""
+    return (seed * 1_000_003 + step * 10_007 + stream * 100_003 + index) % (2**63 - 1)
+
+
+def autocast(precision: str, device: torch.device):
+    """``torch.autocast`` for ``bf16`` / ``fp16``; nothing for ``fp32``."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+MIN_LOSS_SCALE = 1e-4  # fairseq's min_loss_scale: fp16 overflows at a lower loss scale count as non-finite
+
+
+def step_outcome(scaler: torch.amp.GradScaler, loss: float, grad_norm: float) -> str:
+    """How an optimizer step went: ``"ok"``; ``"overflow"`` — fp16, a finite loss whose scaled gradient
+    overflowed: the scaler skips the update and halves the loss scale, which is how it finds its scale,
+    so it is logged (``overflow_steps``) but not a failure; ``"nonfinite"`` — a non-finite loss, or a
+    non-finite gradient without a scaler (or with the scale already under ``MIN_LOSS_SCALE``): the update
+    is skipped and counted towards ``max_nan_steps``."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return "ok"
+    if scaler.is_enabled() and math.isfinite(loss) and scaler.get_scale() > MIN_LOSS_SCALE:
+        return "overflow"
+    return "nonfinite"
+
+
+def apply_update(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[torch.nn.Parameter],
+    *,
+    loss: float,
+    factor: float,
+    clip_norm: float,
+) -> tuple[float, str]:
+    """The gradients (summed over micro-batches, averaged over ranks by DDP) are unscaled and multiplied by
+    ``factor`` (world_size / the step's global count), clipped at ``clip_norm`` (0: no clipping), checked, and
+    applied when the ``step_outcome`` is ``"ok"``; then zeroed. Returns the norm before clipping and the outcome."""
+    scaler.unscale_(optimizer)
+    grads = [p for p in params if p.grad is not None]
+    for p in grads:
+        p.grad.mul_(factor)
+    clip = clip_norm if clip_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, clip)) if grads else 0.0
+    outcome = step_outcome(scaler, loss, grad_norm)
+    if outcome == "ok":
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, outcome
