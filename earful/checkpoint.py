@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from earful.atomic import atomic_path, atomic_write_json
@@ -52,19 +54,21 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-def safe_torch_load(path: str | Path, *, trust_pickle: bool = False) -> Any:
+def safe_torch_load(path: str | Path, *, trust_pickle: bool = False, what: str | None = None) -> Any:
     """``torch.load`` with ``weights_only=True``; a file needing arbitrary unpickling is refused with a
-    clear message unless ``trust_pickle`` (only for files you made yourself, e.g. fairseq's)."""
+    clear message unless ``trust_pickle`` (only for files you made yourself, e.g. fairseq's). ``what``: the
+    file earful expects there (a training state earful wrote holds only tensors: no way to trust it applies)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         # torch's message is long; keep the line naming what was refused (e.g. "GLOBAL posix.system")
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(e).__name__)
+        way_out = (f"earful never writes such a file as {what}: it was replaced; resume from another checkpoint"
+                   if what else "Only if you trust its origin, load it with --trust-pickle (earful import-hf).")
         raise CheckpointError(
             f"{path}: refusing to unpickle: the file holds objects beyond tensors and plain containers "
-            f"(it could run code when loaded): {detail} Only if you trust its origin, load it with "
-            f"--trust-pickle (earful import-hf)."
+            f"(it could run code when loaded): {detail} {way_out}"
         ) from e
     except (RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path}: cannot read this torch file (truncated or corrupt?): {e}") from e
@@ -147,8 +151,41 @@ def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None) -> t
     raise CheckpointError(f"unknown model kind {kind!r}")
 
 
+_LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
+_CNN_LAYER = re.compile(r"(?:^|\.)feature_encoder\.layers\.(\d+)\.")
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from e
+
+
+def check_sizes(kind: str, cfg: ModelConfig, vocab_size: int | None, shapes: dict[str, tuple[int, ...]],
+                where: str) -> None:
+    """Refuse a config that does not fit the weights before anything is allocated (a hostile or broken
+    ``model.json`` or ``config.json`` asking for 10 million layers or 128 GB): the layer counts from the
+    tensor names first, then every shape of the model built on the meta device."""
+    layers = {int(m.group(1)) for k in shapes if (m := _LAYER.search(k))}
+    convs = {int(m.group(1)) for k in shapes if (m := _CNN_LAYER.search(k))}
+    if len(layers) != cfg.num_layers or len(convs) != len(cfg.conv_dim):
+        raise CheckpointError(f"{where}: the config asks for {cfg.num_layers} transformer and {len(cfg.conv_dim)} "
+                              f"CNN layers, the weights hold {len(layers)} and {len(convs)}")
+    with torch.device("meta"):
+        model = build_model(kind, cfg, vocab_size)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [k for k in want if shapes.get(k) != want[k]] + sorted(set(shapes) - set(want))
+    if wrong:
+        shown = "; ".join(f"{k}: config {want.get(k)}, weights {shapes.get(k)}" for k in wrong[:3])
+        raise CheckpointError(f"{where}: the config does not fit the weights ({len(wrong)} tensors differ: {shown})")
+
+
 def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash)."""
+    """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
+    config checked against the weights' shapes before the model is built)."""
     ckpt_dir = Path(ckpt_dir)
     info = read_info(ckpt_dir)
     weights = ckpt_dir / MODEL_FILE
@@ -156,6 +193,9 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
     cfg = from_dict(ModelConfig, info["model"], f"{ckpt_dir / INFO_FILE}:model")
     vocab = info.get("vocab")
     vocab_size = len(vocab["symbols"]) if vocab else None
+    if info.get("kind") not in ("pretraining", "ctc"):
+        raise CheckpointError(f"{ckpt_dir / INFO_FILE}: unknown model kind {info.get('kind')!r}")
+    check_sizes(info["kind"], cfg, vocab_size, weight_shapes(weights), str(ckpt_dir / INFO_FILE))
     model = build_model(info["kind"], cfg, vocab_size)
     try:
         state = load_file(str(weights))

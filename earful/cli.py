@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # one line naming the file and the problem
         if args.verbose:
             raise
         logging.getLogger("earful").error("%s", e)

@@ -27,6 +27,19 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the dataclass."""
 
 
+def plain_name(value: object, key: str, where: str = "") -> str:
+    """``value`` if it can be one path component (a run, label-set, split or checkpoint name): a non-empty
+    string without path separators, not ``.`` or ``..``, no control characters. Anything else is refused
+    naming ``key`` (and the file ``where`` it came from): names become folders inside the output folder."""
+    ok = isinstance(value, str) and value not in ("", ".", "..") and not any(
+        c in "/\\" or ord(c) < 32 for c in value)
+    if not ok:
+        place = f"{where}: " if where else ""
+        raise ConfigError(f"{place}{key}={value!r}: not a plain name (a non-empty name without '/', '\\', "
+                          "control characters, and not '.' or '..'): it becomes a folder inside the output")
+    return value  # type: ignore[return-value]
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -119,6 +132,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return fix(out)
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (the keys of ``key=value`` overrides)."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; ``update`` wins."""
     out = dict(base)
@@ -137,7 +160,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not a plain YAML value ({str(e).splitlines()[0]})") from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -159,7 +185,15 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
             presets = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
             raise ConfigError(f"{preset_or_path}: no such file and no such preset (presets: {presets})")
     with open(p, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.MarkedYAMLError as e:  # a tag such as !!python/object is refused here, never constructed
+            mark = e.problem_mark
+            at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}{at}: {e.problem or e.context}"
+                              " (earful configs are plain YAML: no tags, no code)") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a YAML mapping at the top level")
     return data

@@ -32,7 +32,7 @@ def to_samples(seconds: float) -> int:
     return round(seconds * SAMPLE_RATE)
 
 
-def _check_seconds(name: str, value: float | None, *, optional: bool, allow_zero: bool = False) -> None:
+def check_seconds(name: str, value: float | None, *, optional: bool, allow_zero: bool = False) -> None:
     if value is None:
         if optional:
             return
@@ -54,11 +54,11 @@ class BatchBudget:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        _check_seconds("batch_seconds", self.batch_seconds, optional=False)
-        _check_seconds("device_seconds", self.device_seconds, optional=False)
-        _check_seconds("crop_seconds", self.crop_seconds, optional=True)
-        _check_seconds("min_seconds", self.min_seconds, optional=True, allow_zero=True)
-        _check_seconds("max_seconds", self.max_seconds, optional=True)
+        check_seconds("batch_seconds", self.batch_seconds, optional=False)
+        check_seconds("device_seconds", self.device_seconds, optional=False)
+        check_seconds("crop_seconds", self.crop_seconds, optional=True)
+        check_seconds("min_seconds", self.min_seconds, optional=True, allow_zero=True)
+        check_seconds("max_seconds", self.max_seconds, optional=True)
         if self.world_size < 1:
             raise ValueError(f"world_size={self.world_size}: expected >= 1")
         raw = self.batch_seconds / (self.device_seconds * self.world_size)

@@ -42,9 +42,11 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file and line."""
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = False) -> list[Utterance]:
+def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False
+                  ) -> list[Utterance]:
     """Read a JSONL manifest. Raises ManifestError naming file and line on a bad row (including bytes that
-    are not UTF-8), a duplicate id or (with ``check_files``) an audio file that does not exist."""
+    are not UTF-8), a duplicate id, (with ``check_files``) an audio file that does not exist, or (unless
+    ``allow_empty``) a manifest without utterances: training or scoring nothing is never what was meant."""
     path = Path(path)
     base = path.resolve().parent
     utts: list[Utterance] = []
@@ -84,6 +86,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False) -> list
                 raise ManifestError(f"{where}: audio file not found: {audio}")
             utts.append(Utterance(row["id"], str(audio), row["num_samples"], row["sample_rate"],
                                   row["speaker"], transcript))
+    if not utts and not allow_empty:
+        raise ManifestError(f"{path}: no utterances (an empty manifest)")
     return utts
 
 

@@ -20,7 +20,7 @@ def _finetune(args: argparse.Namespace) -> int:
         cfg.data.train = args.train
     if args.dev is not None:
         cfg.data.dev = args.dev
-    return train_command(FinetuneTask(cfg), args.out, resume=args.resume,
+    return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          show=("step", "last_valid", "best", "stopped_by"))
 
 
@@ -38,4 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl)")
     p.set_defaults(func=_finetune)

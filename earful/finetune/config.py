@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import load_config
+from earful.config import ConfigError, load_config
 from earful.model.config import ModelConfig
-from earful.train.config import DataConfig, OptimConfig, TrainingConfig
+from earful.train.config import DataConfig, OptimConfig, TrainingConfig, config_source
 
 
 @dataclass
@@ -105,7 +105,10 @@ class FinetuneConfig(TrainingConfig):
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Defaults ← YAML (path or preset name) ← ``key=value`` overrides."""
     cfg = load_config(FinetuneConfig, path, overrides)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ConfigError(f"{config_source(path, overrides)}: {e}") from None
     return cfg
 
 

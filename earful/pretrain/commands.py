@@ -20,7 +20,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if "=" in config:  # no YAML, only overrides
         config, overrides = None, [config, *overrides]
     cfg = load_pretrain_config(config, overrides)
-    return train_command(PretrainTask(cfg), args.out, resume=args.resume,
+    return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))
 
 
@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_seconds=600 optim.lr=1e-4")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")

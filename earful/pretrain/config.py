@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
+from earful.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config
-from earful.train.config import DataConfig, TrainingConfig
+from earful.train.config import DataConfig, TrainingConfig, config_source
 
 
 @dataclass
@@ -46,5 +46,8 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     base["model_preset"] = preset
     base["model"] = to_dict(load_model_config(preset))
     cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ConfigError(f"{config_source(path, overrides)}: {e}") from None
     return cfg

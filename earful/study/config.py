@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import from_dict, merge, parse_overrides, read_yaml, to_dict
+from earful.config import from_dict, merge, parse_overrides, plain_name, read_yaml, to_dict
 from earful.data.budget import BatchBudget
 from earful.train.config import nominal_steps, scale_lr
 
@@ -166,11 +166,24 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
     return runs
 
 
+def check_names(study: StudyConfig, where: str) -> None:
+    """Every name that becomes a folder (label sets, test splits, grid tags, the study) is a plain name."""
+    plain_name(study.name, "name", where)
+    for ls in study.corpus.label_sets:
+        plain_name(ls, f"corpus.label_sets[{ls!r}]", where)
+    for split in study.corpus.test:
+        plain_name(split, f"corpus.test[{split!r}]", where)
+    for i, e in enumerate(study.entries()):
+        if e.tag is not None:
+            plain_name(e.tag, f"grid[{i}].tag", where)
+
+
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     data = merge(to_dict(StudyConfig()), read_yaml(path))
     if overrides:
         data = merge(data, parse_overrides(overrides))
     study = from_dict(StudyConfig, data, str(path))
+    check_names(study, str(path))
     study.entries()  # validate
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:

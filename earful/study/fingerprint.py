@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from earful.config import to_dict
+from earful.config import flatten, to_dict
 from earful.study.config import PlannedRun, StudyConfig
 from earful.study.corpus import manifest_digests
 
@@ -20,24 +20,15 @@ NOT_RECIPE = ("jobs", "throughput", "seeds", "name")
 PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
     """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
     and code defaults, less ``PER_RUN``), and the manifests' contents."""
     from earful.finetune.config import load_finetune_config
     from earful.study.stages import pretrain_config
 
-    pre = _flatten(to_dict(pretrain_config(study, runs[0], root)))
-    fine = _flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
-    fp = {"study": {k: v for k, v in _flatten(to_dict(study)).items() if k not in NOT_RECIPE},
+    pre = flatten(to_dict(pretrain_config(study, runs[0], root)))
+    fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
+    fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if k not in NOT_RECIPE},
           "pretrain": {k: v for k, v in pre.items() if k not in PER_RUN},
           "finetune": {k: v for k, v in fine.items() if k not in PER_RUN},
           "data": manifest_digests(study, root)}

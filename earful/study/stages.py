@@ -20,6 +20,7 @@ from earful.config import save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.study.config import PlannedRun, StudyConfig
+from earful.train.state import RunDir, read_trainer_info
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,12 @@ def _torchrun(cfg: PretrainConfig, devices: int, rdir: Path, root: Path) -> dict
     save_yaml(cfg, config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",  # a free port
            "-m", "earful.cli", "pretrain", str(config), "--out", str(rdir), "--resume"]
-    subprocess.run(cmd, check=True, cwd=root, env=os.environ.copy(), preexec_fn=_stop_with_parent)
-    return json.loads((rdir / "checkpoints" / "latest.json").read_text())
+    rc = subprocess.run(cmd, cwd=root, env=os.environ.copy(), preexec_fn=_stop_with_parent).returncode
+    latest = RunDir(rdir).latest()
+    summary = read_trainer_info(latest) if latest is not None else {"step": 0, "stopped_by": ""}
+    if rc != 0 and not summary["stopped_by"]:  # a stopped run exits non-zero too (earful: 4, torchrun: 1)
+        raise RuntimeError(f"pre-training {rdir.name}: torchrun exited with status {rc}; its log says why")
+    return summary
 
 
 def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from earful.data.budget import BatchBudget
+from earful.data.budget import BatchBudget, check_seconds
 
 
 def nominal_steps(hours: float, batch_seconds: float) -> int:
@@ -106,15 +106,23 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot train as asked, naming the key and what it accepts."""
-        self.budget(1)  # finite, positive seconds; a bounded accumulation
-        if self.valid_seconds is not None:
-            BatchBudget.per_device(self.valid_seconds)
+        for key, value in self.data.limits().items():
+            check_seconds(f"data.{key}", value, optional=True, allow_zero=key == "min_seconds")
+        check_seconds("valid_seconds", self.valid_seconds, optional=True)
+        self.budget(1)  # finite, positive batch and device seconds; a bounded accumulation
         for key in ("max_steps", "log_every", "ckpt_every", "max_nan_steps"):
             _at_least(key, getattr(self, key), 1)
         for key in ("valid_every", "keep_last", "threads"):
             _at_least(key, getattr(self, key), 0)
         _at_least("data.bucket_size", self.data.bucket_size, 1)
         _at_least("data.num_workers", self.data.num_workers, 0)
+
+
+def config_source(path: object, overrides: list[str] | None) -> str:
+    """How a config error names where the settings came from."""
+    if path is not None and overrides:
+        return f"{path} with command-line overrides"
+    return str(path) if path is not None else ("command-line overrides" if overrides else "the defaults")
 
 
 def _at_least(key: str, value: Any, low: int) -> None:

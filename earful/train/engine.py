@@ -32,18 +32,19 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
-from earful.config import save_yaml
 from earful.data.budget import SAMPLE_RATE
+from earful.lock import hold_folder
 from earful.model import count_parameters
 from earful.train import distributed as D
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
+from earful.train.recipe import add_segment, check_resume, layout_of, recipe_of, start_history
 from earful.train.schedule import lr_at
 from earful.train.state import (
     RunDir,
     load_trainer_state,
+    read_trainer_info,
     restore_training_state,
     training_state,
-    warn_if_layout_changed,
 )
 from earful.train.stats import StepStats
 from earful.train.step import apply_update, autocast, step_seed
@@ -81,19 +82,35 @@ def stop_signals(handler: Any) -> Iterator[None]:
 class Trainer:
     """Builds the task's model and data, the optimizer and the run folder; ``fit()`` trains to ``max_steps``."""
 
-    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False) -> None:
-        cfg = self.cfg = task.cfg
-        self.task = task
-        self.d = D.setup(cfg.device)
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False, allow_changes: bool = False) -> None:
+        """``resume``: continue from the run folder's latest checkpoint (a fresh start refuses a folder holding
+        checkpoints); ``allow_changes``: resume even with another recipe (earful/train/recipe.py)."""
+        self.cfg, self.task = task.cfg, task
+        self.d = D.setup(self.cfg.device)
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
         self.run = RunDir(out_dir)
+        with writing(self.run.root):  # one writer per run folder: the main rank holds its lock
+            self._lock = hold_folder(self.run.root, "earful run") if self.d.is_main else None
+        try:
+            self._open(resume, allow_changes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, resume: bool, allow_changes: bool) -> None:
+        cfg, task = self.cfg, self.task
         latest = self.run.latest()
-        if latest is not None and not resume:
+        if not resume and (latest is not None or self.run.checkpoints()):
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
         self.budget = cfg.budget(self.d.world_size)
         self.accum = self.budget.accumulation
         self.peak_lr = cfg.effective_lr()
+        self.recipe, self.layout = recipe_of(cfg), layout_of(cfg, self.d.world_size)
+        segment = None
+        if latest is not None:
+            segment = check_resume(self.run.root, read_trainer_info(latest), cfg, self.d.world_size,
+                                   allow_changes=allow_changes)
         task.build(self.d, self.budget, latest)
         self.model, self.loader = task.model, task.loader
         self._wrap_and_optimise()
@@ -107,12 +124,22 @@ class Trainer:
         self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
         self.health = Health(cfg.health, task.chance_accuracy)
         if self.d.is_main:
-            self.run.prepare()
-            save_yaml(cfg, self.run.root / "config.yaml")
+            with writing(self.run.root):
+                self.run.prepare()
+                if latest is None:
+                    start_history(self.run.root, cfg, self.d.world_size)
+                elif segment is not None:
+                    add_segment(self.run.root, cfg, segment)
         D.barrier(self.d)
         if latest is not None:
             self._resume(latest)
         self._start_records()
+
+    def close(self) -> None:
+        """Let go of the run folder (another process may then write to it)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
 
     def _wrap_and_optimise(self) -> None:
         self.net: torch.nn.Module = self.model
@@ -150,8 +177,15 @@ class Trainer:
             "nan_in_a_row": self.nan_in_a_row, "overflow_steps": self.overflow_steps,
             "world_size": self.d.world_size, "accumulation": self.accum, "batch_seconds": self.cfg.batch_seconds,
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
-            "last_valid": _json_float(self.last_valid), **self.task.trainer_info(),
+            "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(), "recipe": self.recipe,
+            "layout": self.layout, **self.task.trainer_info(),
         }  # fmt: skip
+
+    def stopped_by(self) -> str:
+        """The signal that stopped the run ("" while it runs or once it finished)."""
+        if not self.stop_signal:
+            return ""
+        return signal.Signals(self.stop_signal).name if self.stop_signal > 0 else "a signal to another rank"
 
     def save(self, name: str, *, make_latest: bool = True) -> None:
         state = training_state(self.optimizer, self.scaler, self.loader, self.d)  # every rank; rank 0 writes
@@ -164,7 +198,6 @@ class Trainer:
 
     def _resume(self, ckpt: Path) -> None:
         info, state = load_trainer_state(ckpt)
-        warn_if_layout_changed(info, self.d.world_size, self.accum)
         if state is None:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
         model, _ = load_model(ckpt)
@@ -335,12 +368,12 @@ class Trainer:
                 self._steps(bar)
             finally:
                 bar.close()
-        stopped_by = ""
+                self.close()
         if self.stop_signal:
-            stopped_by = signal.Signals(self.stop_signal).name if self.stop_signal > 0 else "a signal to another rank"
-            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", stopped_by, self.step)
-        return {**self.progress_info(), "stopped_by": stopped_by, "bad_files": self.bad_files(),
-                "unbatchable": self.loader.skipped}  # fmt: skip
+            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
+                        self.step)
+        summary = {k: v for k, v in self.progress_info().items() if k not in ("recipe", "layout")}
+        return {**summary, "bad_files": self.bad_files(), "unbatchable": self.loader.skipped}
 
     def _steps(self, bar: tqdm) -> None:
         cfg = self.cfg
@@ -384,11 +417,22 @@ def _float(x: Any, default: float) -> float:
     return default if x is None else float(x)
 
 
-def train_command(task: Task, out_dir: str | Path, *, resume: bool, show: tuple[str, ...]) -> int:
+@contextmanager
+def writing(root: Path) -> Iterator[None]:
+    """Folder set-up whose OS errors (read-only, no permission, full disk) become one line naming the folder."""
+    try:
+        yield
+    except OSError as e:
+        raise RuntimeError(f"{root}: cannot write the run folder ({e.strerror or e}); nothing was trained; "
+                           "choose a writable --out (or free space)") from e
+
+
+def train_command(task: Task, out_dir: str | Path, *, resume: bool, allow_changes: bool = False,
+                  show: tuple[str, ...]) -> int:
     """What ``earful pretrain`` and ``earful finetune`` run: train, log the summary's ``show`` keys; the exit
     status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint."""
     try:
-        summary = Trainer(task, out_dir, resume=resume).fit_and_leave()
+        summary = Trainer(task, out_dir, resume=resume, allow_changes=allow_changes).fit_and_leave()
     except TrainingStopped as e:
         log.error("%s", e)
         return EXIT_NONFINITE

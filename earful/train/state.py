@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import (
+    INFO_FILE,
+    MODEL_FILE,
     STATE_FILE,
     CheckpointError,
     atomic_torch_save,
@@ -35,6 +38,7 @@ from earful.checkpoint import (
     save_model,
     verify_file,
 )
+from earful.config import ConfigError, plain_name
 from earful.train import distributed as D
 
 log = logging.getLogger(__name__)
@@ -75,10 +79,11 @@ class RunDir:
         vocab: dict[str, Any] | None = None,
         make_latest: bool = True,
     ) -> Path:
-        """Write checkpoint ``name`` atomically (directory rename), then point ``latest.json`` at it.
+        """Write checkpoint ``name`` (a plain name) atomically (directory rename), then point ``latest.json`` at it.
 
         A write that fails (a full disk, say) leaves the previous checkpoints and ``latest.json`` as they
         were, removes its partial files and raises CheckpointError saying so."""
+        plain_name(name, "checkpoint name")
         self.ckpt.mkdir(parents=True, exist_ok=True)
         tmp = self.ckpt / f".tmp-{name}-{os.getpid()}"
         final = self.ckpt / name
@@ -99,7 +104,7 @@ class RunDir:
                 os.replace(tmp, final)
             if make_latest:
                 atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
-        except OSError as e:
+        except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
             shutil.rmtree(tmp, ignore_errors=True)
             if old.exists() and not final.exists():
                 os.replace(old, final)
@@ -115,29 +120,64 @@ class RunDir:
         return final
 
     def latest(self) -> Path | None:
+        """The checkpoint to resume from: the one ``latest.json`` names (a plain name inside ``checkpoints/``);
+        without ``latest.json`` (deleted, or lost), the newest ``step-*`` checkpoint that verifies, with a
+        warning; None when the run has none. Never silently nothing while checkpoints exist."""
         p = self.ckpt / LATEST
         if not p.exists():
-            return None
+            return self._newest_verified()
         try:
             name = json.loads(p.read_text())["name"]
-        except (json.JSONDecodeError, KeyError) as e:
+            plain_name(name, "name", str(p))
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
             raise CheckpointError(f"{p}: corrupt ({e})") from e
         path = self.ckpt / name
         if not (path / TRAINER_FILE).exists():
             raise CheckpointError(f"{p} points at {path}, which is incomplete")
         return path
 
+    def checkpoints(self) -> list[Path]:
+        """Every complete checkpoint but ``init`` (what a fresh start would overwrite)."""
+        if not self.ckpt.is_dir():
+            return []
+        return sorted(c for c in self.ckpt.iterdir() if c.is_dir() and c.name != "init"
+                      and not c.name.startswith(".") and (c / TRAINER_FILE).exists())
+
+    def _newest_verified(self) -> Path | None:
+        """Of the checkpoints holding a training state (step-*, best, hours-*), the furthest that verifies."""
+        found = []
+        for c in self.checkpoints():
+            try:
+                info = read_trainer_info(c)
+            except CheckpointError:
+                continue
+            if STATE_FILE in info.get("files", {}):  # at one step, the one written last knows most (milestones)
+                found.append((int(info["step"]), (c / TRAINER_FILE).stat().st_mtime_ns, c))
+        for _, _, c in sorted(found, key=lambda f: (f[0], f[1]), reverse=True):
+            try:
+                verify_checkpoint(c)
+            except CheckpointError as e:
+                log.warning("%s: cannot resume from it (%s)", c, e)
+                continue
+            log.warning("%s has no %s: resuming from the furthest checkpoint that verifies, %s", self.ckpt, LATEST,
+                        c.name)
+            return c
+        if self.checkpoints():
+            raise CheckpointError(f"{self.ckpt}: no {LATEST} and no checkpoint with a training state that verifies "
+                                  f"(of {[c.name for c in self.checkpoints()]}); nothing to resume from: use "
+                                  "another --out")
+        return None
+
     def prune(self, keep_last: int) -> None:
-        """Keep the newest ``keep_last`` periodic step checkpoints (milestones and best stay)."""
-        latest = self.latest()
+        """Keep the newest ``keep_last`` periodic step checkpoints (milestones, best and the latest stay)."""
+        latest = self.latest() if (self.ckpt / LATEST).exists() else None
         steps = sorted(p for p in self.ckpt.glob("step-*") if p.is_dir())
         for p in steps[:-keep_last] if keep_last > 0 else []:
             if latest is None or p.resolve() != latest.resolve():
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(trainer.json, state.pt or None), both verified against the sizes and hashes recorded at save."""
+def _read_trainer(ckpt: Path) -> tuple[dict[str, Any], Path]:
     info_path = ckpt / TRAINER_FILE
     if not info_path.exists():
         raise CheckpointError(f"{ckpt}: no {TRAINER_FILE}")
@@ -149,11 +189,33 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | Non
         found = info.get("format") if isinstance(info, dict) else None
         raise CheckpointError(f"{info_path}: training-state format {found!r}, this version of earful reads "
                               f"{TRAINING_FORMAT} (written by an earlier development version): start the run anew")
+    return info, info_path
+
+
+def read_trainer_info(ckpt: Path) -> dict[str, Any]:
+    """``trainer.json`` of a checkpoint (its format checked; state.pt is not read)."""
+    return _read_trainer(ckpt)[0]
+
+
+def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(trainer.json, state.pt or None), both verified against the sizes and hashes recorded at save."""
+    info, _ = _read_trainer(ckpt)
     state = None
     if (ckpt / STATE_FILE).exists() or STATE_FILE in info.get("files", {}):
         verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
-        state = safe_torch_load(ckpt / STATE_FILE)
+        state = safe_torch_load(ckpt / STATE_FILE, what="a training state written by earful")
     return info, state
+
+
+def verify_checkpoint(ckpt: Path) -> None:
+    """Every file of a training checkpoint against the size and SHA-256 recorded at save (nothing is loaded)."""
+    info, _ = _read_trainer(ckpt)
+    verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
+    try:
+        model = json.loads((ckpt / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt / INFO_FILE}: unreadable ({e})") from e
+    verify_file(ckpt / MODEL_FILE, model.get("files", {}).get(MODEL_FILE))
 
 
 def training_state(
@@ -191,9 +253,3 @@ def restore_training_state(
     torch.set_rng_state(state["rng_cpu"])
     if state.get("rng_cuda") is not None and d.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng_cuda"], d.device)
-
-
-def warn_if_layout_changed(info: dict[str, Any], world_size: int, accumulation: int) -> None:
-    if info.get("world_size") != world_size or info.get("accumulation") != accumulation:
-        log.warning("resuming with world_size=%d × accumulation=%d (was %s × %s): same batch, other order",
-                    world_size, accumulation, info.get("world_size"), info.get("accumulation"))

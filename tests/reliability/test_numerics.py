@@ -85,8 +85,8 @@ def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel,
     nan_steps.update({2, 3, 4})
     assert first.fit()["step"] == 4
     cfg = first.cfg
-    cfg.max_steps = 6
-    resumed = Trainer(_task(kind, cfg), tmp_path / "run", resume=True)
+    cfg.max_steps = 6  # another recipe (the schedule spans 6 steps): continued on purpose
+    resumed = Trainer(_task(kind, cfg), tmp_path / "run", resume=True, allow_changes=True)
     assert resumed.nan_in_a_row == 2
     with pytest.raises(TrainingStopped, match="3 non-finite steps in a row at step 5"):
         resumed.fit()

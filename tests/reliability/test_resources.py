@@ -129,13 +129,19 @@ def test_the_oom_advice_can_be_followed_with_resume(tmp_path, tiny_corpus, rel, 
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import Trainer
 
-    first = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3))
-    assert Trainer(PretrainTask(first), tmp_path / "run").fit()["step"] == 3
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 5))
+    first = Trainer(PretrainTask(cfg), tmp_path / "run")
+    batches = iter(first.loader)
+    for _ in range(3):  # then out of memory
+        first.train_step(batches)
+    first.save("step-0000003")
+    first.close()
     lower = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 5, "device_seconds=2"))
     with caplog.at_level(logging.WARNING):
         resumed = Trainer(PretrainTask(lower), tmp_path / "run", resume=True)
     assert resumed.accum == 2 and resumed.step == 3
     assert "sampler resumed with another layout" in caplog.text
+    assert "resuming in another layout (device_seconds: 4.0 -> 2.0): the same batch of 4 s" in caplog.text
     assert resumed.fit()["step"] == 5
 
 

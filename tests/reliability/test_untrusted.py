@@ -20,6 +20,7 @@ from earful.model import Wav2Vec2ForPreTraining, load_model_config
 from earful.pretrain.config import load_pretrain_config
 from earful.pretrain.task import PretrainTask
 from earful.train.engine import Trainer
+from earful.train.recipe import layout_of, recipe_of
 from earful.train.state import TRAINER_FILE, RunDir, load_trainer_state
 
 
@@ -68,11 +69,16 @@ def test_a_pickle_carrying_code_is_refused_everywhere(run_dir, tmp_path, tiny_co
         safe_torch_load(ckpt / STATE_FILE)
     with pytest.raises(CheckpointError, match=r"refusing to unpickle"):
         load_trainer_state(ckpt)
-    # and through a run's --resume
+    # and through a run's --resume (its trainer.json made to match the run's recipe, so the state is reached)
     cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 4))
+    info = json.loads((ckpt / TRAINER_FILE).read_text())
+    (ckpt / TRAINER_FILE).write_text(json.dumps({**info, "recipe": recipe_of(cfg), "layout": layout_of(cfg, 1)}))
     with pytest.raises(CheckpointError, match=r"step-0000002/state.pt: refusing to unpickle"):
         Trainer(PretrainTask(cfg), tmp_path / "run", resume=True)
     assert not marker.exists()
+    with pytest.raises(CheckpointError, match=r"earful never writes such a file as a training state written by "
+                                              r"earful: it was replaced; resume from another checkpoint"):
+        load_trainer_state(ckpt)
 
 
 def _hf_folder(tmp_path: Path, extra: object) -> tuple[Path, dict[str, torch.Tensor]]:

@@ -81,8 +81,8 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
     assert build_report(out).read_text() == first
 
     # killed inside a pre-training run, after its step-2 records were logged and before its step-2 checkpoint
-    # was complete (so with no checkpoint to resume from): the rerun starts that run over and ends with the
-    # same report, without duplicate log records
+    # was complete (latest.json not yet written, but best and the 0.004 h milestone of step 2 are): the rerun
+    # resumes from the step-2 checkpoint written last and ends with the same report, without duplicate records
     victim = "8s-seed1"
     shutil.rmtree(out / "pretrain" / victim)
     for stage in ("finetune", "eval"):

@@ -1,0 +1,106 @@
+"""What a run is trained with, checked on every resume.
+
+A run's *recipe* is its config, flattened, less the settings that do not change what it computes (how often it
+logs or checkpoints, threads, workers, the device, health thresholds, milestones), with each manifest's path
+replaced by a SHA-256 of its contents (a moved corpus is the same recipe; a reordered or edited manifest is
+not). Its *layout* — devices and ``device_seconds`` — changes the order of the arithmetic, not the batch.
+
+Every checkpoint records both (``trainer.json``). ``--resume`` compares them with the config it is given:
+
+* the same recipe and layout: the run continues;
+* another layout (the out-of-memory advice: lower ``device_seconds``; another number of GPUs): it continues
+  with a warning that the batch is the same in another order, and a new segment in ``history.jsonl``;
+* another recipe: refused, listing the changed keys, unless ``--allow-changes``; then the change is a new
+  segment of the run's history (``history.jsonl`` and ``config-N.yaml``). ``config.yaml`` — the first
+  segment's — is never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from earful.atomic import atomic_write_lines
+from earful.checkpoint import sha256
+from earful.config import flatten, save_yaml, to_dict
+from earful.train.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+HISTORY = "history.jsonl"
+MANIFESTS = ("data.train", "data.valid", "data.dev")
+# settings that change how a run is watched or where it runs, not what it computes
+OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds", "ckpt_every", "keep_last",
+               "keep_best", "tensorboard", "max_nan_steps", "ckpt_hours", "ckpt_hours_basis", "data.num_workers",
+               "data.skip_bad", "init"}
+LAYOUT = ("device_seconds",)
+
+
+def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
+    """The run's recipe (see the module docstring), JSON-safe."""
+    flat = flatten(to_dict(cfg))
+    out = {k: v for k, v in flat.items() if k not in OPERATIONAL and k not in LAYOUT and not k.startswith("health.")
+           and k not in MANIFESTS}
+    for key in MANIFESTS:
+        if flat.get(key):
+            out[f"{key}.sha256"] = sha256(flat[key])
+    return json.loads(json.dumps(out))
+
+
+def layout_of(cfg: TrainingConfig, world_size: int) -> dict[str, Any]:
+    return {"world_size": world_size, **{k: getattr(cfg, k) for k in LAYOUT}}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{key: [old, new]}`` for every key whose value differs (missing on one side: None)."""
+    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
+    shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:limit]]
+    return ", ".join(shown) + (f" (and {len(diff) - limit} more)" if len(diff) > limit else "")
+
+
+def check_resume(root: Path, info: dict[str, Any], cfg: TrainingConfig, world_size: int, *,
+                 allow_changes: bool) -> dict[str, Any] | None:
+    """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with ``cfg``. Raises
+    ValueError on another recipe unless ``allow_changes``; returns the new history segment to record (changed
+    recipe or layout), or None when nothing changed."""
+    if "recipe" not in info or "layout" not in info:
+        raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
+                         "by earful's trainer): use another --out")
+    recipe, layout = recipe_of(cfg), layout_of(cfg, world_size)
+    changed = differences(info["recipe"], recipe)
+    moved = differences(info["layout"], layout)
+    if changed and not allow_changes:
+        raise ValueError(
+            f"{root}: --resume with another recipe than the run was trained with ({describe(changed)}). Resume "
+            "with the run's settings (its config.yaml and history.jsonl), add --allow-changes to continue with "
+            "these (recorded as a new segment of the run's history), or use another --out")
+    if changed:
+        log.warning("resuming with another recipe (allowed by --allow-changes): %s", describe(changed))
+    elif moved:
+        log.warning("resuming in another layout (%s): the same batch of %g s, in another order of micro-batches",
+                    describe(moved), cfg.batch_seconds)
+    if not changed and not moved:
+        return None
+    return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved}
+
+
+def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:
+    """A fresh run: ``config.yaml`` and the first segment of ``history.jsonl``."""
+    save_yaml(cfg, root / "config.yaml")
+    atomic_write_lines(root / HISTORY, [json.dumps({"segment": 1, "step": 0, "config": "config.yaml",
+                                                    "layout": layout_of(cfg, world_size)})])
+
+
+def add_segment(root: Path, cfg: TrainingConfig, segment: dict[str, Any]) -> None:
+    """Append a segment (another recipe or layout from ``segment["step"]`` on) with its own config file."""
+    path = root / HISTORY
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    n = len(lines) + 1
+    name = f"config-{n}.yaml"
+    save_yaml(cfg, root / name)
+    atomic_write_lines(path, [*lines, json.dumps({"segment": n, **segment, "config": name})])

@@ -1,0 +1,261 @@
+"""Run folders nobody can corrupt: plain names only, one writer per folder, no silent restart, a recipe check on
+every resume, settings validated at load time, and one-line errors (issue 21). Each test failed on the code
+before it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+import earful.checkpoint as C
+from earful.checkpoint import CheckpointError, load_model, save_model
+from earful.cli import main
+from earful.config import ConfigError
+from earful.lock import FolderBusy
+from earful.model import Wav2Vec2ForPreTraining, load_model_config
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import PretrainTask
+from earful.study.config import load_study
+from earful.train.engine import Trainer
+from earful.train.state import RunDir
+
+
+def _cfg(rel, train: Path, steps: int, *extra: str):
+    return load_pretrain_config(None, rel.pretrain_overrides(train, steps, "ckpt_every=2", "keep_last=10", *extra))
+
+
+def _weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / name / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_corpus, rel) -> Path:
+    """An uninterrupted 4-step run with a checkpoint every 2 steps."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), out).fit()
+    return out
+
+
+# ---------------------------------------------------------------------- 1. names become paths
+def test_names_that_would_leave_the_output_folder_are_refused(tmp_path) -> None:
+    study = tmp_path / "s.yaml"
+    for bad, key in (("label_sets: {'../../../../X': a.jsonl}", r"corpus\.label_sets\['\.\./\.\./\.\./\.\./X'\]"),
+                     ("label_sets: {'..': a.jsonl}", r"corpus\.label_sets\['\.\.'\]"),
+                     ("test: {'a/b': t.jsonl}", r"corpus\.test\['a/b'\]")):
+        study.write_text(f"grid: [8]\ncorpus: {{{bad}}}\n")
+        with pytest.raises(ConfigError, match=rf"s\.yaml: {key}=.*not a plain name"):
+            load_study(study)
+    study.write_text("grid: [{batch_seconds: 8, tag: ../x}]\n")
+    with pytest.raises(ConfigError, match=r"grid\[0\]\.tag='\.\./x': not a plain name"):
+        load_study(study)
+    with pytest.raises(ConfigError, match="checkpoint name='../x': not a plain name"):
+        RunDir(tmp_path / "run").save("../x", Wav2Vec2ForPreTraining(load_model_config("tiny")), state=None,
+                                      trainer={"step": 0})
+
+
+def test_latest_json_cannot_point_outside_the_run(tmp_path, finished) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.copytree(finished / "checkpoints" / "step-0000004", tmp_path / "elsewhere")  # a complete checkpoint
+    (run / "checkpoints" / "latest.json").write_text(json.dumps({"name": "../../elsewhere"}))
+    with pytest.raises(CheckpointError, match=r"latest\.json: corrupt .*'\.\./\.\./elsewhere': not a plain name"):
+        RunDir(run).latest()
+
+
+# ---------------------------------------------------------------------- 2. no silent restart
+def test_a_lost_latest_json_resumes_from_the_furthest_checkpoint_that_verifies(tmp_path, tiny_corpus, rel,
+                                                                              finished, caplog) -> None:
+    out = tmp_path / "run"
+    first = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), out)
+    batches = iter(first.loader)
+    for step in (1, 2, 3):
+        first.train_step(batches)
+        if step in (2, 3):
+            first.save(f"step-{step:07d}")
+    first.close()
+    (out / "checkpoints" / "latest.json").unlink()
+    (out / "checkpoints" / "step-0000003" / "model.safetensors").write_bytes(b"\0" * 64)  # damaged too
+    with pytest.raises(ValueError, match="already holds checkpoints: add --resume"):  # never step 0 over them
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), out)
+    with caplog.at_level(logging.WARNING):
+        resumed = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), out, resume=True)
+    assert resumed.step == 2
+    assert "step-0000003: cannot resume from it" in caplog.text
+    assert "has no latest.json: resuming from the furthest checkpoint that verifies, step-0000002" in caplog.text
+    resumed.fit()
+    a, b = _weights(finished, "step-0000004"), _weights(out, "step-0000004")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- 3. one writer per run folder
+def test_a_second_process_on_one_run_folder_is_refused(tmp_path, tiny_corpus, rel) -> None:
+    out = tmp_path / "run"
+    first = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out)
+    with pytest.raises(FolderBusy, match=rf"another earful run is running in this folder \(pid {os.getpid()}\)"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True)
+    code = ("import sys; from earful.cli import main; sys.exit(main(sys.argv[1:]))")
+    args = ["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2), "--out", str(out), "--resume"]
+    other = subprocess.run([os.sys.executable, "-c", code, *args], cwd=rel.ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert other.returncode == 2 and f"running in this folder (pid {os.getpid()})" in other.stderr
+    first.fit()  # the first one is not disturbed, and lets go when it ends
+    assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True).step == 2
+
+
+# ---------------------------------------------------------------------- 4. recipe check on resume
+def test_resume_with_another_recipe_is_refused_or_recorded(tmp_path, tiny_corpus, rel, caplog) -> None:
+    out = tmp_path / "run"
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out).fit()
+    config = (out / "config.yaml").read_text()
+    changed = _cfg(rel, tiny_corpus[0], 2, "batch_seconds=8", "optim.lr=1e-2")
+    with pytest.raises(ValueError, match=r"--resume with another recipe than the run was trained with \(batch_seconds"
+                                         r": 4\.0 -> 8\.0, optim\.lr: 0\.0005 -> 0\.01\).*--allow-changes"):
+        Trainer(PretrainTask(changed), out, resume=True)
+    changed.max_steps = 3
+    with caplog.at_level(logging.WARNING):
+        Trainer(PretrainTask(changed), out, resume=True, allow_changes=True).fit()
+    assert "same batch" not in caplog.text  # it is not the same batch
+    assert (out / "config.yaml").read_text() == config  # the first segment's config stays as it was
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["segment"] for h in history] == [1, 2] and history[1]["step"] == 2
+    assert history[1]["recipe_changes"]["batch_seconds"] == [4.0, 8.0] and history[1]["config"] == "config-2.yaml"
+    assert "batch_seconds: 8.0" in (out / "config-2.yaml").read_text()
+
+
+def test_an_edited_or_reordered_manifest_is_another_recipe(tmp_path, tiny_corpus, rel) -> None:
+    manifest = tmp_path / "train.jsonl"
+    lines = Path(tiny_corpus[0]).read_text().splitlines()
+    manifest.write_text("\n".join(lines) + "\n")
+    Trainer(PretrainTask(_cfg(rel, manifest, 2)), tmp_path / "run").fit()
+    manifest.write_text("\n".join(reversed(lines)) + "\n")  # the same utterances, another order: other batches
+    with pytest.raises(ValueError, match=r"another recipe .*data\.train\.sha256"):
+        Trainer(PretrainTask(_cfg(rel, manifest, 4)), tmp_path / "run", resume=True)
+
+
+# ---------------------------------------------------------------------- 5-6. settings validated at load time
+@pytest.mark.parametrize("override, message", [
+    ("batch_seconds=0", r"batch_seconds=0\.0: expected a finite number of seconds > 0"),
+    ("batch_seconds=.inf", r"batch_seconds=inf: expected a finite number of seconds > 0"),
+    ("batch_seconds=-8", r"batch_seconds=-8\.0: expected a finite number"),
+    ("batch_seconds=.nan", r"batch_seconds=nan: expected a finite number"),
+    ("batch_seconds=1e308", r"batch_seconds=1e\+308 on 1 device\(s\) of device_seconds=4 needs 2\.5e\+307 "
+                            r"micro-batches a step \(at most 100,000\)"),
+    ("device_seconds=0", r"device_seconds=0\.0: expected a finite number of seconds > 0"),
+    ("device_seconds=-1", r"device_seconds=-1\.0: expected a finite number of seconds > 0"),
+    ("data.crop_seconds=-1", r"data\.crop_seconds=-1\.0: expected a finite number of seconds > 0 \(or null"),
+    ("log_every=0", r"log_every=0: expected an integer >= 1"),
+    ("ckpt_every=0", r"ckpt_every=0: expected an integer >= 1"),
+])
+def test_bad_settings_are_one_line_errors_naming_the_key(override, message, tiny_corpus, rel, tmp_path,
+                                                          caplog) -> None:
+    with pytest.raises(ConfigError, match=rf"command-line overrides: {message}"):
+        load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2, override))
+    rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2, override), "--out", str(tmp_path / "run")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert rc == 2 and len(errors) == 1 and "\n" not in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_yaml_tag_is_one_line_naming_file_line_and_tag(tmp_path, caplog) -> None:
+    marker = tmp_path / "PWNED"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"batch_seconds: 8\nmodel: !!python/object/apply:os.system ['touch {marker}']\n")
+    rc = main(["pretrain", str(config), "--out", str(tmp_path / "run")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert rc == 2 and len(errors) == 1 and not marker.exists()
+    assert errors[0].startswith(f"{config}:2:8: could not determine a constructor for the tag") and \
+        "python/object/apply:os.system" in errors[0]
+
+
+def test_a_model_json_asking_for_10_million_layers_is_refused_before_anything_is_allocated(tmp_path) -> None:
+    save_model(tmp_path / "m", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    info = json.loads((tmp_path / "m" / "model.json").read_text())
+    huge = {**info, "model": {**info["model"], "num_layers": 10_000_000}}
+    (tmp_path / "m" / "model.json").write_text(json.dumps(huge))
+    with pytest.raises(CheckpointError, match=r"asks for 10000000 transformer and 7 CNN layers, the weights hold 2 "
+                                              r"and 7"):
+        load_model(tmp_path / "m")
+    wide = {**info, "model": {**info["model"], "intermediate_size": 4_000_000_000}}
+    (tmp_path / "m" / "model.json").write_text(json.dumps(wide))
+    with pytest.raises(CheckpointError, match=r"does not fit the weights .*fc1\.weight: config \(4000000000, 64\), "
+                                              r"weights \(128, 64\)"):
+        load_model(tmp_path / "m")
+
+
+def test_evaluating_an_empty_manifest_is_an_error(tmp_path, caplog) -> None:
+    from earful.eval.vocab import CharVocab
+    from earful.model import Wav2Vec2ForCTC
+
+    save_model(tmp_path / "ctc", Wav2Vec2ForCTC(load_model_config("tiny"), 29), vocab=CharVocab().to_dict())
+    (tmp_path / "empty.jsonl").write_text("")
+    rc = main(["evaluate", str(tmp_path / "ctc"), str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "eval")])
+    assert rc == 2 and "empty.jsonl: no utterances (an empty manifest)" in caplog.text
+    assert not (tmp_path / "eval" / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------- 7. full disk, read-only folder
+def test_a_full_disk_as_safetensors_reports_it_is_a_checkpoint_error(tmp_path, tiny_corpus, rel,
+                                                                       monkeypatch) -> None:
+    trainer = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), tmp_path / "run")
+    real = C.save_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if "step-0000004" in str(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28) at "
+                                  f'path "{filename}"')
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(C, "save_file", save_file)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*step-0000004 \(.*No space left on device"
+                                              r".*the latest complete checkpoint is still .*step-0000002.*--resume"):
+        trainer.fit()
+    assert RunDir(tmp_path / "run").latest().name == "step-0000002"
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path, tiny_corpus, rel, monkeypatch, caplog) -> None:
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)  # root ignores file modes: the denial is simulated
+    rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2), "--out", str(tmp_path / "ro" / "run")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert rc == 2 and len(errors) == 1
+    assert errors[0] == (f"{tmp_path / 'ro' / 'run'}: cannot write the run folder (Permission denied); nothing was "
+                         "trained; choose a writable --out (or free space)")
+
+
+# ---------------------------------------------------------------------- 8. a stopped run, as a study sees it
+def test_a_stopped_multi_device_pretraining_stops_the_study(tmp_path, monkeypatch) -> None:
+    """torchrun exits 1 when its workers stop on SIGTERM (earful exits 4): the study reads the checkpoint's
+    ``stopped_by`` and stops (rerun to resume) instead of failing or marking the run done."""
+    import earful.study.stages as S
+    from earful.study.config import PlannedRun, StudyConfig
+
+    run = PlannedRun(tag="16s", batch_seconds=16, devices=2, device_seconds=8, accumulation=1, lr=1e-3, steps=338,
+                     hours=1.5, seed=1)
+
+    def torchrun(cmd, **kwargs):
+        rdir = Path(cmd[cmd.index("--out") + 1])
+        RunDir(rdir).save("step-0000120", Wav2Vec2ForPreTraining(load_model_config("tiny")), state=None,
+                          trainer={"step": 120, "stopped_by": "SIGTERM"})
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(S.subprocess, "run", torchrun)
+    monkeypatch.setattr(S, "pretrain_config", lambda study, run, root: load_pretrain_config(None, []))
+    with pytest.raises(S.StudyStopped, match="pre-training 16s-seed1 stopped by SIGTERM; rerun the study"):
+        S.run_pretraining_stage(StudyConfig(), run, tmp_path, tmp_path)
+    assert not (tmp_path / "pretrain" / "16s-seed1" / "done.json").exists()
