@@ -1,7 +1,7 @@
 """Fine-tuning configuration: defaults ← YAML (a path or a preset such as ``finetune-fairseq-10m``) ←
 ``key=value`` overrides (``optim.lr=3e-5``, ``model.mask_prob=0.65``).
 
-The defaults are the paper's recipe (its §3.5 and nanow2v2's ``config/ft_asr.yaml``; docs/paper.md):
+The defaults are the paper's recipe (docs/paper.md §5, the CTC head of §2.7; nanow2v2's ``config/ft_asr.yaml``):
 
 * Adam (AdamW with weight decay 0 is the same update), betas (0.9, 0.98), eps 1e-8, peak lr 5e-5;
 * tri-stage schedule: 10 % linear warm-up from lr/100, 40 % hold, 50 % exponential decay to lr/20;

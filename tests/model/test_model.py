@@ -16,7 +16,7 @@ def batch(seed: int = 0, lengths=(16000, 12000, 6000)) -> tuple[torch.Tensor, to
 
 def test_base_has_95m_parameters() -> None:
     model = Wav2Vec2ForPreTraining(load_model_config("base"))
-    assert count_parameters(model) == 95_044_608  # paper-spec §2.8
+    assert count_parameters(model) == 95_044_608  # docs/paper.md §2.8
     backbone = count_parameters(model.wav2vec2)
     assert backbone == 94_371_712
 

@@ -1,4 +1,4 @@
-"""`earful study plan` reproduces the paper's table of runs (paper-spec §3.4)."""
+"""`earful study plan` reproduces the paper's table of runs (docs/paper.md §3.4)."""
 
 from pathlib import Path
 
