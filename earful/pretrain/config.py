@@ -35,6 +35,7 @@ class PretrainConfig(TrainingConfig):
     # what an hour in ckpt_hours counts: "padded" audio seen (measured), or "nominal" batch_seconds × steps (the
     # paper's hours, which a study uses: a milestone then lands at step nominal_steps(hours, batch_seconds))
     ckpt_hours_basis: Literal["padded", "nominal"] = "padded"
+    ckpt_steps: list[int] = field(default_factory=list)  # extra checkpoints ``steps-N`` after these steps (kept)
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -4,7 +4,8 @@ Each micro-batch's loss terms are SUMS over its masked frames; the engine divide
 global number of masked frames summed over micro-batches and ranks (fairseq's ``sample_size``), or with
 ``loss_normalisation: nanow2v2`` by the number of micro-batches (the paper's code). The Gumbel temperature
 moves once per optimizer step. Validation measures the held-out loss, accuracy and codebook perplexity; the
-lowest loss is kept in ``checkpoints/best``. ``ckpt_hours`` adds milestone checkpoints at hours seen.
+lowest loss is kept in ``checkpoints/best``. ``ckpt_hours`` and ``ckpt_steps`` add milestone checkpoints at hours
+seen and at steps.
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ class PretrainTask(Task):
         self.milestones_done = list(info["milestones_done"])
 
     def after_step(self, trainer: Trainer) -> None:
-        """A checkpoint ``hours-H`` once ``H`` hours are seen (padded audio, or the plan's batch × steps)."""
+        """A checkpoint ``hours-H`` once ``H`` hours are seen (padded audio, or the plan's batch × steps), and
+        ``steps-N`` after step N (``ckpt_steps``: the cycle minima of a cyclic schedule, say)."""
         cfg = self.cfg
+        if trainer.step in cfg.ckpt_steps:
+            trainer.save(f"steps-{trainer.step}", make_latest=False)
         for h in cfg.ckpt_hours:
             if cfg.ckpt_hours_basis == "nominal":
                 reached = trainer.step >= nominal_steps(h, cfg.batch_seconds)

@@ -89,6 +89,12 @@ class StudyConfig:
     reference_batch_seconds: float = 6000.0
     device_seconds: float = 150.0
     milestone_hours: list[float] = field(default_factory=list)  # checkpoints to compare at equal hours seen
+    # the paper's design (fixed-steps): a cyclic triangular schedule of this many whole cycles (lr/100 <-> lr),
+    # a checkpoint at every cycle minimum (``steps-N``), compared at equal steps and at equal hours seen
+    cycles: int = 0
+    # `earful gradvar` on every final checkpoint: this many independent batches of the run's own batch size (the
+    # paper: 10; 0 = off), for the gradient noise against batch size (C6)
+    gradvar_batches: int = 0
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     seeds: list[int] = field(default_factory=lambda: [1])
     throughput: float | None = None  # audio seconds per second per device, for the plan's wall-clock
@@ -145,6 +151,9 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
                 if study.steps <= 0:
                     raise ValueError("fixed-steps: set steps > 0")
                 steps = study.steps
+                if study.cycles and steps % (2 * study.cycles):
+                    raise ValueError(f"cycles={study.cycles}: steps={steps} is not a whole number of cycles "
+                                     f"(a multiple of {2 * study.cycles})")
             else:
                 if study.hours <= 0:
                     raise ValueError("fixed-hours: set hours > 0")
@@ -166,6 +175,15 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
     return runs
 
 
+def cycle_minima(study: StudyConfig) -> list[int]:
+    """The steps at which a cyclic schedule of ``cycles`` whole cycles is at its minimum, the last excepted
+    (it is the run's end): where the paper took its progress checkpoints."""
+    if not study.cycles:
+        return []
+    period = study.steps // study.cycles
+    return [period * j for j in range(1, study.cycles)]
+
+
 def check_names(study: StudyConfig, where: str) -> None:
     """Every name that becomes a folder (label sets, test splits, grid tags, the study) is a plain name."""
     plain_name(study.name, "name", where)
@@ -184,6 +202,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         data = merge(data, parse_overrides(overrides))
     study = from_dict(StudyConfig, data, str(path))
     check_names(study, str(path))
+    if study.cycles and study.mode != "fixed-steps":
+        raise ValueError(f"{path}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
     study.entries()  # validate
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:

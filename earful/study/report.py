@@ -103,6 +103,8 @@ def build_report(out_dir: str | Path) -> Path:
     plot_validation_curves(curves, runs, rep)
     ft = [r for r in results if r.get("split")]
     main_split = main_split_of(sorted({r["split"] for r in ft}))
+    if study.get("cycles"):
+        text += claims_section(out, curves, runs, study, ft, main_split, rep)
     if main_split:
         text += finetuning_tables(ft, runs, main_split, rep)
         plot_finetuning(ft, main_split, rep)
@@ -113,6 +115,65 @@ def build_report(out_dir: str | Path) -> Path:
     atomic_write_lines(path, text)
     log.info("report: %s", path)
     return path
+
+
+def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
+                ft: list[dict[str, Any]], main_split: str | None) -> list[dict[str, Any]]:
+    """One row per (run, cycle minimum or final step): batch, seed, step, hours (batch × steps) and every metric
+    measured there — validation loss, accuracy and perplexity, and test CER per label set."""
+    steps = {int(s) for s in study.get("cycle_minima", [])}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for name, run in runs.items():
+        for rec in curves.get(name, []):
+            if rec["step"] in steps or rec["step"] == run["steps"]:
+                ppl = [v for k, v in rec.items() if k.startswith("ppl_hard")]
+                rows[(name, rec["step"])] = {
+                    "run": name, "batch_seconds": run["batch_seconds"], "seed": run["seed"], "step": rec["step"],
+                    "hours": run["batch_seconds"] * rec["step"] / 3600, "valid_loss": rec["loss"],
+                    "valid_accuracy": rec["accuracy"], "valid_perplexity": statistics.fmean(ppl) if ppl else None}
+    for r in ft:
+        if r["split"] == main_split and r.get("batch_seconds") and (r["pretrain"], r.get("step")) in rows:
+            rows[(r["pretrain"], r["step"])][f"cer_{r['label_set']}"] = r["cer"]
+    return list(rows.values())
+
+
+def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
+                   ft: list[dict[str, Any]], main_split: str | None, rep: Path) -> list[str]:
+    """The paper's claims (docs/paper.md §7) judged on this study's grid: a verdict per claim and metric."""
+    from earful.study.claims import judge, judge_c6, judge_c7
+
+    rows = design_rows(curves, runs, study, ft, main_split)
+    metrics = {"valid_loss": False, "valid_accuracy": True}
+    metrics.update({k: False for r in rows for k in r if k.startswith("cer_")})
+    verdicts = judge(rows, metrics)
+    grads = [read_json(p) for p in sorted((out / "gradvar").glob("*.json"))]
+    if grads:
+        verdicts.append(judge_c6([(g["batch_seconds"], g["mean_param_grad_std"]) for g in grads]))
+    ppl: dict[float, list[float]] = defaultdict(list)
+    sim: dict[float, list[float]] = defaultdict(list)
+    for name, run in runs.items():
+        train = read_jsonl(out / "pretrain" / name / "train.jsonl")
+        if curves.get(name) and train:
+            ppl[run["batch_seconds"]].append(statistics.fmean(
+                v for k, v in curves[name][-1].items() if k.startswith("ppl_hard")))
+            sim[run["batch_seconds"]].append(statistics.fmean(
+                v for k, v in train[-1].items() if k.startswith("codeword_sim_") and k.endswith("_mean")))
+    if ppl:
+        verdicts.append(judge_c7(ppl, sim))
+    write_csv(rep / "design.csv", sorted({k for r in rows for k in r}), [
+        [r.get(k) for k in sorted({k for r in rows for k in r})] for r in rows])
+    text = ["## The paper's claims at this scale (docs/paper.md §7)", "",
+            f"Every batch size trained {study.get('steps')} steps on a cyclic schedule of {study['cycles']} cycles; "
+            f"checkpoints at the cycle minima (steps {', '.join(map(str, study.get('cycle_minima', [])))}) and the "
+            f"end; {len(study.get('seeds', [1]))} seed(s). Verdicts are computed from the numbers "
+            "(earful/study/claims.py states the rules); the rows behind them are in design.csv.", "",
+            md_table(["claim", "metric", "verdict", "evidence"],
+                     [[v.claim, v.metric, f"**{v.verdict}**", v.evidence.replace("|", "/")] for v in verdicts]), ""]
+    return text
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],

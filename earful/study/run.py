@@ -28,7 +28,7 @@ from typing import Any
 from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
 from earful.lock import hold_folder
-from earful.study.config import PlannedRun, StudyConfig, plan_runs
+from earful.study.config import PlannedRun, StudyConfig, cycle_minima, plan_runs
 from earful.study.corpus import ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 from earful.study.plan import plan_table
@@ -38,6 +38,7 @@ from earful.study.stages import (
     BASELINES,
     checkpoints_to_finetune,
     finetune_and_evaluate,
+    gradvar_stage,
     hours_of,
     run_pretraining_stage,
 )
@@ -101,19 +102,23 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     fingerprint = recipe_fingerprint(study, runs, root)
     check_same_recipe(out, fingerprint)
     atomic_write_json(out / "study.json", {**to_dict(study), "format": STUDY_FORMAT, "plan": table,
-                                           "fingerprint": fingerprint})
+                                           "cycle_minima": cycle_minima(study), "fingerprint": fingerprint})
     log.info("study %s: %d pre-training runs\n%s", study.name, len(runs), table)
 
     first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     planned: dict[str, list[Finetuning]] = {}
 
-    def finetune_jobs(run: PlannedRun) -> list[Job]:
+    def after_pretraining(run: PlannedRun) -> list[Job]:
+        """What a finished pre-training lets start: its fine-tunings, and its gradient noise if asked."""
         planned[run.name] = planned_finetunings(study, run, out, first_of_seed.get(run.seed) is run)
-        return [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
+        jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline)) for f in planned[run.name]]
+        if study.gradvar_batches:
+            jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root)))
+        return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
-                then=lambda _rec, r=r: finetune_jobs(r)) for r in runs]
+                then=lambda _rec, r=r: after_pretraining(r)) for r in runs]
     done = execute(jobs, study.jobs, out / "logs")
     write_results(out, runs, planned, done)
     report = build_report(out)

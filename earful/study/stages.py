@@ -19,7 +19,7 @@ from earful.atomic import atomic_write_json
 from earful.config import save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
-from earful.study.config import PlannedRun, StudyConfig
+from earful.study.config import PlannedRun, StudyConfig, cycle_minima
 from earful.train.state import RunDir, read_trainer_info
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> Pretrain
     cfg.seed = run.seed
     cfg.ckpt_hours = sorted(study.milestone_hours)
     cfg.ckpt_hours_basis = "nominal"  # the plan's and the paper's hours: batch × steps
+    if study.cycles:  # the paper's design: whole triangular cycles, a checkpoint at every minimum
+        cfg.optim.schedule = "cyclic"
+        cfg.optim.cyclic_step_size = run.steps // (2 * study.cycles)
+        cfg.ckpt_steps = cycle_minima(study)
     cfg.validate()
     return cfg
 
@@ -111,9 +115,8 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
             if (ck / "best").exists():
                 chosen["best"] = ck / "best"
         elif spec == "milestones":
-            for h in study.milestone_hours:
-                if (ck / f"hours-{h:g}").exists():
-                    chosen[f"hours-{h:g}"] = ck / f"hours-{h:g}"
+            names = [f"hours-{h:g}" for h in study.milestone_hours] + [f"steps-{n}" for n in cycle_minima(study)]
+            chosen.update({name: ck / name for name in names if (ck / name).exists()})
         else:
             raise ValueError(f"finetune.checkpoints: unknown {spec!r} (final | best | milestones)")
     return chosen
@@ -166,3 +169,23 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
             ckpt = fdir
         evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], edir)
     return json.loads((edir / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------------- gradient noise
+def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:
+    """``earful gradvar`` on the run's final checkpoint with batches of its own size (``OUT/gradvar/RUN.json``)."""
+    from earful.data.budget import BatchBudget
+    from earful.pretrain.gradvar import gradient_noise
+
+    path = out / "gradvar" / f"{run.name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg = pretrain_config(study, run, root)
+    budget = BatchBudget(run.batch_seconds, run.device_seconds, crop_seconds=cfg.data.crop_seconds,
+                         min_seconds=cfg.data.min_seconds)
+    log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
+    result = gradient_noise(out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}", cfg.data.train,
+                            budget, num_batches=study.gradvar_batches, seed=run.seed, device=cfg.device)
+    record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
+    atomic_write_json(path, record)
+    return record

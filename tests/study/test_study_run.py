@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from earful.study.config import load_study
 from earful.study.report import build_report
@@ -271,3 +272,33 @@ def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None
     again = recipe_fingerprint(study, plan_runs(study), tmp_path)
     with pytest.raises(ValueError, match=r"differs in data\.train\) \(a manifest's contents changed"):
         check_same_recipe(out, again)
+
+
+PAPER_DESIGN = STUDY.replace("grid: [4, 8]", "grid: [2, 4, 8]").replace("milestone_hours: [0.004]\n", "") \
+    .replace("mode: fixed-steps\n", "mode: fixed-steps\ncycles: 2\ngradvar_batches: 2\n") \
+    .replace("checkpoints: [final, milestones]", "checkpoints: [final]") \
+    .replace("baselines: [scratch]", "baselines: []").replace("seeds: [1]", "seeds: [1, 2]")
+
+
+def test_the_papers_design_cyclic_schedule_cycle_minima_and_verdicts(study_file, tmp_path) -> None:
+    """``cycles``: every batch size the same steps on whole triangular cycles, a checkpoint at each minimum,
+    the gradient noise of each final checkpoint, and a verdict per claim in the report."""
+    path = tmp_path / "paper.yaml"
+    path.write_text(PAPER_DESIGN.format(corpus=study_file.parent / "corpus"))
+    out = tmp_path / "out"
+    text = run_study(load_study(path), out).read_text()
+    for run in ("2s-seed1", "4s-seed2", "8s-seed1"):
+        ck = out / "pretrain" / run / "checkpoints"
+        assert (ck / "steps-2").is_dir() and (ck / "step-0000004").is_dir()
+        optim = yaml.safe_load((out / "pretrain" / run / "config.yaml").read_text())["optim"]
+        assert optim["schedule"] == "cyclic" and optim["cyclic_step_size"] == 1  # 4 steps = 2 whole cycles
+        grad = json.loads((out / "gradvar" / f"{run}.json").read_text())
+        assert grad["batches"] == 2 and grad["batch_seconds"] == float(run.split("s-")[0])
+    design = (out / "report" / "design.csv").read_text().splitlines()
+    assert len(design) == 1 + 3 * 2 * 2  # batch sizes × seeds × (minimum, end)
+    assert "## The paper's claims at this scale" in text
+    for claim in ("| C1 | valid_loss |", "| C2 | valid_accuracy |", "| C4 | cer_10h |", "| C6 | gradient std |",
+                  "| C7 | codebook |"):
+        assert claim in text, claim
+    assert all(v in ("reproduced", "not reproduced", "inconclusive")
+               for v in (line.split("| **")[1].split("**")[0] for line in text.splitlines() if "| **" in line))

@@ -1,0 +1,193 @@
+"""The paper's claims (docs/paper.md §7), judged from a study's numbers with their seed statistics.
+
+A study of the paper's design (``mode: fixed-steps`` with ``cycles``) gives, for every batch size and seed, the
+same cycle-minimum steps; every claim is answered from that one grid, per metric, as *reproduced*, *not
+reproduced* or *inconclusive*, with the evidence in one line:
+
+* **C1** — at a fixed step count, is the metric better with a bigger batch? Spearman's rank correlation of
+  batch size and the seed-mean metric at each step, and the adjacent batch pairs that improve beyond two
+  standard errors. Reproduced when the correlation at the final step is ≥ 0.8 and the largest batch beats the
+  smallest beyond 2 SE; not reproduced when the correlation is ≤ 0 or the smallest beats the largest beyond
+  2 SE; inconclusive otherwise (one seed is always inconclusive: no spread).
+* **C2** — saturation: the gain of the largest doubling of the batch against the gain of the smallest, at the
+  final step. Reproduced when the smallest doubling gains beyond 2 SE and the largest gains at most a third of
+  it; not reproduced when the largest gains beyond 2 SE and at least as much; inconclusive otherwise.
+* **C4** — hours seen decide: the gaps between equal-hours pairs ((B, T) vs (2B, T/2), cycle minima) against
+  the gaps between equal-steps pairs ((B, T) vs (2B, T)). Reproduced when the mean equal-hours gap is at most a
+  third of the mean equal-steps gap; not reproduced when it is more and beyond 2 SE; inconclusive otherwise.
+* **C6** — gradient noise falls with the batch: the slope of log(gradient std) on log(batch) (the paper: ≈ −0.5).
+  Reproduced when within 0.25 of −0.5; not reproduced when its ±2 SE interval misses [−0.75, −0.25].
+* **C7** — codebook usage: hard perplexity rises and codeword cosine similarity falls with the batch (Spearman
+  ≥ 0.8 / ≤ −0.8 reproduce, the opposite signs at that strength refute).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+
+
+@dataclass
+class Verdict:
+    claim: str
+    metric: str
+    verdict: str
+    evidence: str
+
+
+@dataclass
+class Cell:
+    """A metric's values over seeds at one (batch, step)."""
+
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def se(self) -> float:
+        return statistics.stdev(self.values) / math.sqrt(len(self.values)) if len(self.values) > 1 else math.nan
+
+
+def cells(rows: list[dict[str, Any]], metric: str) -> dict[tuple[float, int], Cell]:
+    """``{(batch_seconds, step): Cell}`` of ``metric`` over the rows (one row per run and checkpoint)."""
+    found: dict[tuple[float, int], list[float]] = defaultdict(list)
+    for r in rows:
+        v = r.get(metric)
+        if v is not None and math.isfinite(v):
+            found[(float(r["batch_seconds"]), int(r["step"]))].append(float(v))
+    return {k: Cell(v) for k, v in found.items()}
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan for fewer than 3 points or constant data."""
+    if len(x) < 3:
+        return math.nan
+
+    def ranks(v: list[float]) -> np.ndarray:
+        a = np.asarray(v, dtype=float)
+        order = a.argsort(kind="stable")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a), dtype=float)
+        for value in np.unique(a):  # ties share their mean rank
+            r[a == value] = r[a == value].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _gain(a: Cell, b: Cell, sign: float) -> tuple[float, float]:
+    """(improvement from a to b in the "better" direction, its standard error)."""
+    return sign * (b.mean - a.mean), math.sqrt(a.se**2 + b.se**2)
+
+
+def _beyond(gain: float, se: float) -> bool:
+    return math.isfinite(se) and se > 0 and gain > 2 * se
+
+
+def _verdict(reproduced: bool, refuted: bool) -> str:
+    return REPRODUCED if reproduced else NOT_REPRODUCED if refuted else INCONCLUSIVE
+
+
+def judge_c1(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
+    steps = sorted({s for _, s in grid})
+    final = steps[-1]
+    batches = sorted(b for b, s in grid if s == final)
+    per_step = []
+    for s in steps:
+        bs = sorted(b for b, t in grid if t == s)
+        rho = spearman(bs, [sign * grid[(b, s)].mean for b in bs])
+        up = sum(_beyond(*_gain(grid[(a, s)], grid[(b, s)], sign)) for a, b in zip(bs, bs[1:], strict=False))
+        per_step.append(f"step {s}: ρ {rho:+.2f}, {up}/{len(bs) - 1} pairs better beyond 2 SE")
+    rho = spearman(batches, [sign * grid[(b, final)].mean for b in batches])
+    gain, se = _gain(grid[(batches[0], final)], grid[(batches[-1], final)], sign)
+    measured = math.isfinite(se)
+    verdict = _verdict(measured and rho >= 0.8 and _beyond(gain, se), measured and (rho <= 0 or _beyond(-gain, se)))
+    evidence = (f"largest vs smallest batch at step {final}: {gain:+.3g} ± {se:.2g} (SE); " + "; ".join(per_step))
+    return Verdict("C1", metric, verdict, evidence)
+
+
+def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
+    final = max(s for _, s in grid)
+    bs = sorted(b for b, s in grid if s == final)
+    if len(bs) < 3:
+        return Verdict("C2", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
+    small, small_se = _gain(grid[(bs[0], final)], grid[(bs[1], final)], sign)
+    large, large_se = _gain(grid[(bs[-2], final)], grid[(bs[-1], final)], sign)
+    # refuted: the largest doubling still gains, as much as the smallest
+    verdict = _verdict(_beyond(small, small_se) and large <= small / 3, _beyond(large, large_se) and large >= small)
+    evidence = (f"at step {final}: {bs[0]:g} → {bs[1]:g} s gains {small:+.3g} ± {small_se:.2g}; {bs[-2]:g} → "
+                f"{bs[-1]:g} s gains {large:+.3g} ± {large_se:.2g}")
+    return Verdict("C2", metric, verdict, evidence)
+
+
+def judge_c4(grid: dict[tuple[float, int], Cell], metric: str) -> Verdict:
+    hours_gaps, step_gaps, hours_se = [], [], []
+    for (b, s), cell in grid.items():
+        if (2 * b, s) in grid:
+            step_gaps.append(abs(grid[(2 * b, s)].mean - cell.mean))
+        if s % 2 == 0 and (2 * b, s // 2) in grid:
+            other = grid[(2 * b, s // 2)]
+            hours_gaps.append(abs(other.mean - cell.mean))
+            hours_se.append(math.sqrt(cell.se**2 + other.se**2))
+    if not hours_gaps or not step_gaps:
+        return Verdict("C4", metric, INCONCLUSIVE, "no equal-hours pairs (B, T) / (2B, T/2) among the checkpoints")
+    h, st = statistics.fmean(hours_gaps), statistics.fmean(step_gaps)
+    se = statistics.fmean(hours_se)
+    ratio = h / st if st > 0 else math.inf
+    verdict = _verdict(ratio <= 1 / 3, math.isfinite(se) and h > 2 * se)
+    evidence = (f"mean absolute gap at equal hours {h:.3g} (±{se:.2g} SE, {len(hours_gaps)} pairs) vs at equal steps "
+                f"{st:.3g} ({len(step_gaps)} pairs): ratio {ratio:.2f} (holds at ≤ 0.33)")
+    return Verdict("C4", metric, verdict, evidence)
+
+
+def judge_c6(points: list[tuple[float, float]]) -> Verdict:
+    """``points``: (batch seconds, mean per-parameter gradient std), one per run (every seed)."""
+    pts = [(b, g) for b, g in points if b > 0 and g > 0]
+    if len({b for b, _ in pts}) < 3:
+        return Verdict("C6", "gradient std", INCONCLUSIVE, "fewer than 3 batch sizes measured")
+    x = np.log([b for b, _ in pts])
+    y = np.log([g for _, g in pts])
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    se = math.sqrt(float((resid**2).sum()) / max(len(x) - 2, 1) / float(((x - x.mean()) ** 2).sum()))
+    verdict = _verdict(abs(slope + 0.5) <= 0.25, slope + 2 * se < -0.75 or slope - 2 * se > -0.25)
+    return Verdict("C6", "gradient std", verdict, f"log-log slope {slope:+.2f} ± {se:.2f} (SE) over {len(pts)} runs "
+                                                   "(the paper: ≈ −0.5)")
+
+
+def judge_c7(ppl: dict[float, list[float]], sim: dict[float, list[float]]) -> Verdict:
+    """Final hard codebook perplexity and codeword cosine similarity per batch size (values over seeds)."""
+    bs = sorted(set(ppl) & set(sim))
+    if len(bs) < 3:
+        return Verdict("C7", "codebook", INCONCLUSIVE, "fewer than 3 batch sizes")
+    rho_p = spearman(bs, [statistics.fmean(ppl[b]) for b in bs])
+    rho_s = spearman(bs, [statistics.fmean(sim[b]) for b in bs])
+    verdict = _verdict(rho_p >= 0.8 and rho_s <= -0.8, rho_p <= -0.8 or rho_s >= 0.8)
+    shown = ", ".join(f"{b:g} s: {statistics.fmean(ppl[b]):.1f} / {statistics.fmean(sim[b]):.3f}" for b in bs)
+    return Verdict("C7", "codebook", verdict, f"perplexity ρ {rho_p:+.2f}, codeword similarity ρ {rho_s:+.2f} "
+                                               f"(perplexity / similarity by batch: {shown})")
+
+
+def judge(rows: list[dict[str, Any]], metrics: dict[str, bool]) -> list[Verdict]:
+    """C1, C2 and C4 for each metric (``{name: higher_is_better}``) over ``rows`` (batch_seconds, step, seed and
+    the metrics, one row per run and checkpoint)."""
+    out = []
+    for metric, higher in metrics.items():
+        grid = cells(rows, metric)
+        if len({b for b, _ in grid}) < 2:
+            continue
+        sign = 1.0 if higher else -1.0
+        out += [judge_c1(grid, metric, sign), judge_c2(grid, metric, sign), judge_c4(grid, metric)]
+    return out

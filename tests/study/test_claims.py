@@ -1,0 +1,68 @@
+"""The paper's claims judged from numbers: each verdict on grids whose answer is known by construction."""
+
+import math
+
+import numpy as np
+
+from earful.study.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    judge,
+    judge_c6,
+    judge_c7,
+    spearman,
+)
+
+BATCHES = [4.0, 8.0, 16.0, 32.0, 64.0]
+STEPS = [100, 200, 300, 400]
+
+
+def grid(metric, seeds=3, noise=0.01) -> list[dict]:
+    """Rows of ``metric(batch, step)`` + seed noise, for every batch size, cycle minimum and seed."""
+    rng = np.random.default_rng(0)
+    return [{"batch_seconds": b, "step": s, "seed": k, "m": metric(b, s) + noise * rng.standard_normal()}
+            for b in BATCHES for s in STEPS for k in range(seeds)]
+
+
+def verdicts(rows, higher=False) -> dict[str, str]:
+    return {v.claim: v.verdict for v in judge(rows, {"m": higher})}
+
+
+def test_a_metric_of_hours_seen_reproduces_c1_and_c4() -> None:
+    """Loss falling with log(batch × steps): bigger is better at fixed steps, equal hours are equal."""
+    got = verdicts(grid(lambda b, s: 5 - math.log(b * s)))
+    assert got["C1"] == REPRODUCED and got["C4"] == REPRODUCED
+    assert got["C2"] == NOT_REPRODUCED  # every doubling gains the same: no saturation
+
+
+def test_a_metric_of_steps_alone_refutes_c1_and_c4() -> None:
+    got = verdicts(grid(lambda b, s: 5 - math.log(s)))
+    assert got["C1"] == NOT_REPRODUCED  # the batch does not matter at fixed steps
+    assert got["C4"] == NOT_REPRODUCED  # equal hours with half the steps is clearly worse
+
+
+def test_saturation_reproduces_c2_and_direction_matters() -> None:
+    rows = grid(lambda b, s: min(math.log(b), math.log(16.0)))  # higher is better, flat beyond 16 s
+    got = verdicts(rows, higher=True)
+    assert got["C2"] == REPRODUCED
+    assert verdicts(rows, higher=False)["C1"] == NOT_REPRODUCED  # read as a loss, bigger batches are worse
+
+
+def test_one_seed_or_noise_is_inconclusive() -> None:
+    assert verdicts(grid(lambda b, s: 5 - math.log(b * s), seeds=1))["C1"] == INCONCLUSIVE
+    noisy = verdicts(grid(lambda b, s: 5 - 0.001 * math.log(b * s), noise=1.0))
+    assert noisy["C1"] in (INCONCLUSIVE, NOT_REPRODUCED) and noisy["C1"] != REPRODUCED
+
+
+def test_gradient_noise_slope_and_codebook() -> None:
+    rng = np.random.default_rng(1)
+    half = [(b, 0.3 * b**-0.5 * math.exp(0.02 * rng.standard_normal())) for b in BATCHES for _ in range(3)]
+    assert judge_c6(half).verdict == REPRODUCED
+    flat = [(b, 0.1 * math.exp(0.02 * rng.standard_normal())) for b in BATCHES for _ in range(3)]
+    assert judge_c6(flat).verdict == NOT_REPRODUCED
+    ppl = {b: [10 * math.log(b)] for b in BATCHES}
+    sim = {b: [0.8 - 0.05 * math.log(b)] for b in BATCHES}
+    assert judge_c7(ppl, sim).verdict == REPRODUCED
+    assert judge_c7({b: [-v[0]] for b, v in ppl.items()}, sim).verdict == NOT_REPRODUCED
+    assert spearman([1, 2, 3], [3, 2, 1]) == -1.0 and math.isnan(spearman([1, 2], [1, 2]))
