@@ -86,7 +86,7 @@ class FinetuneConfig(TrainingConfig):
     freeze_transformer_steps: int = 5000  # steps during which only the head trains (fairseq 10m: 10k)
     # the engine's settings, with fine-tuning's defaults
     batch_seconds: float = 180.0
-    device_seconds: float = 180.0
+    device_seconds: float | Literal["auto"] = 180.0
     max_steps: int = 12_000
     seed: int = 123
     valid_every: int = 1000  # dev loss, greedy WER and CER; 0 = only at the end

@@ -52,7 +52,7 @@ class FinetuneTask(Task):
         self.frozen = False
 
     # ------------------------------------------------------------------ model and data
-    def build(self, d: D.Dist, budget: BatchBudget, resume_from: Path | None) -> None:
+    def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
         self.model = self._architecture(resume_from).to(d.device)
         self.frozen_names = apply_permanent_freeze(self.model, self.cfg)
@@ -62,7 +62,10 @@ class FinetuneTask(Task):
         # On one device the backbone runs under no_grad while it is frozen (same result, less work);
         # under DDP it must take part in the backward pass (see earful.finetune.init).
         self.no_grad_while_frozen = not d.enabled
-        self._build_data(budget)
+
+    def probe_loss(self, wave: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(wave, None)
+        return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
 
     def _architecture(self, resume_from: Path | None) -> Wav2Vec2ForCTC:
         """The initial model, or (resuming) the run's architecture, checked against this run's vocabulary."""
@@ -77,7 +80,7 @@ class FinetuneTask(Task):
         base = from_dict(ModelConfig, info["model"], f"{resume_from}/model.json:model")
         return Wav2Vec2ForCTC(self.cfg.model.apply(base), len(self.vocab))
 
-    def _build_data(self, budget: BatchBudget) -> None:
+    def build_data(self, budget: BatchBudget) -> None:
         cfg, d = self.cfg, self.d
         if not cfg.data.train:
             raise ValueError("data.train (--train): no training manifest given")

@@ -42,11 +42,16 @@ class PretrainTask(Task):
         self.chance_accuracy = 1.0 / (cfg.model.num_negatives + 1)
         self.milestones_done: list[float] = []
 
-    def build(self, d: D.Dist, budget: BatchBudget, resume_from: Path | None) -> None:
-        cfg = self.cfg
+    def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
-        torch.manual_seed(cfg.seed)
-        self.model = Wav2Vec2ForPreTraining(cfg.model).to(d.device)
+        torch.manual_seed(self.cfg.seed)
+        self.model = Wav2Vec2ForPreTraining(self.cfg.model).to(d.device)
+
+    def probe_loss(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.model(wave, None).loss_sum()
+
+    def build_data(self, budget: BatchBudget) -> None:
+        cfg, d = self.cfg, self.d
         if not cfg.data.train:
             raise ValueError("data.train: no training manifest given")
         common = {"seed": cfg.seed, "rank": d.rank, "skip_bad": cfg.data.skip_bad,

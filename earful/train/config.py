@@ -74,7 +74,8 @@ class TrainingConfig:
     """The engine's settings (defaults: pre-training's; a task's config may change them)."""
 
     batch_seconds: float = 5600.0  # global padded audio per optimizer step (fairseq BASE: 64 × 87.5 s)
-    device_seconds: float = 87.5  # the most padded audio one micro-batch holds on one device
+    # the most padded audio one micro-batch holds on one device; auto: the largest that fits the GPU, by trial
+    device_seconds: float | Literal["auto"] = 87.5
     max_steps: int = 400_000
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"  # auto | cpu | cuda
@@ -93,12 +94,14 @@ class TrainingConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def budget(self, world_size: int) -> BatchBudget:
-        """The training batch budget on ``world_size`` devices."""
+        """The training batch budget on ``world_size`` devices (``device_seconds`` resolved: not ``auto``)."""
+        if self.device_seconds == "auto":
+            raise ValueError("device_seconds=auto is resolved by the trainer on its device")
         return BatchBudget(self.batch_seconds, self.device_seconds, world_size, **self.data.limits())
 
     def valid_device_seconds(self) -> float:
         """Padded audio per validation batch on one device."""
-        return self.valid_seconds or self.device_seconds
+        return self.valid_seconds or float(self.device_seconds)
 
     def effective_lr(self) -> float:
         """``optim.lr`` rescaled by ``optim.lr_scaling`` from ``optim.reference_batch_seconds``."""
@@ -109,7 +112,10 @@ class TrainingConfig:
         for key, value in self.data.limits().items():
             check_seconds(f"data.{key}", value, optional=True, allow_zero=key == "min_seconds")
         check_seconds("valid_seconds", self.valid_seconds, optional=True)
-        self.budget(1)  # finite, positive batch and device seconds; a bounded accumulation
+        if self.device_seconds == "auto":  # resolved on the device (earful/train/memory.py)
+            check_seconds("batch_seconds", self.batch_seconds, optional=False)
+        else:
+            self.budget(1)  # finite, positive batch and device seconds; a bounded accumulation
         for key in ("max_steps", "log_every", "ckpt_every", "max_nan_steps"):
             _at_least(key, getattr(self, key), 1)
         for key in ("valid_every", "keep_last", "threads"):

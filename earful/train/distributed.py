@@ -69,6 +69,12 @@ def all_reduce_max(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def all_gather_object(obj: object, d: Dist) -> list[object]:
     """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
     if not d.enabled:

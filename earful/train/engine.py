@@ -36,6 +36,7 @@ from earful.data.budget import SAMPLE_RATE
 from earful.lock import hold_folder
 from earful.model import count_parameters
 from earful.train import distributed as D
+from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.recipe import add_segment, check_resume, layout_of, recipe_of, start_history
 from earful.train.schedule import lr_at
@@ -103,6 +104,9 @@ class Trainer:
         latest = self.run.latest()
         if not resume and (latest is not None or self.run.checkpoints()):
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
+        task.build_model(self.d, latest)
+        if cfg.device_seconds == "auto":
+            cfg.device_seconds = auto_device_seconds(task, cfg, self.d)
         self.budget = cfg.budget(self.d.world_size)
         self.accum = self.budget.accumulation
         self.peak_lr = cfg.effective_lr()
@@ -111,7 +115,7 @@ class Trainer:
         if latest is not None:
             segment = check_resume(self.run.root, read_trainer_info(latest), cfg, self.d.world_size,
                                    allow_changes=allow_changes)
-        task.build(self.d, self.budget, latest)
+        task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
         self._wrap_and_optimise()
         self.step, self.hours_real, self.hours_padded = 0, 0.0, 0.0

@@ -7,7 +7,8 @@ the model, its data, and the loss of one micro-batch with the statistics worth l
 
     class MyTask(Task):
         name = "my task"
-        def build(self, d, resume_from): ...            # self.model, self.loader (and validation data)
+        def build_model(self, d, resume_from): ...      # self.model
+        def build_data(self, budget): ...               # self.loader (and validation data)
         def micro_step(self, net, batch, generator):   # -> (loss summed over the micro-batch, statistics)
         def denominator(self, tot): ...                 # the step's global count the gradients are divided by
         def validate(self): ...                         # -> a record, or None without validation data
@@ -40,9 +41,18 @@ class Task:
     validate_at_end: bool = False  # validate after the last step even when ``valid_every`` is 0
     chance_accuracy: float | None = None  # for the health check "accuracy stuck at chance", if any
 
-    def build(self, d: D.Dist, budget: BatchBudget, resume_from: Path | None) -> None:
-        """Make ``model`` (on ``d.device``, with what never trains frozen) and the data. On a resume the engine
-        loads ``resume_from``'s weights into the model afterwards: build only its architecture then."""
+    def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
+        """Make ``model`` on ``d.device``, with what never trains frozen. On a resume the engine loads
+        ``resume_from``'s weights into it afterwards: build only its architecture then."""
+        raise NotImplementedError
+
+    def probe_loss(self, wave: torch.Tensor) -> torch.Tensor:
+        """A scalar whose backward costs what a training micro-batch of ``wave`` (batch, samples) costs: what
+        ``device_seconds: auto`` measures memory with."""
+        raise NotImplementedError
+
+    def build_data(self, budget: BatchBudget) -> None:
+        """Make ``loader`` (training batches within ``budget``) and the validation data."""
         raise NotImplementedError
 
     def trainable(self) -> list[nn.Parameter]:

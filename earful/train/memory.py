@@ -1,0 +1,88 @@
+"""``device_seconds: auto``: the largest micro-batch a GPU holds, found by trial (as NeMo's OOMptimizer does).
+
+Trial micro-batches are the worst case the sampler can deal: the trial's seconds in as few utterances as the
+longest admitted length allows (the crop, else ``max_seconds``, else 30 s): attention grows with their length.
+Each trial runs the task's forward and backward (``Task.probe_loss``) under the run's precision; an
+out-of-memory error means too large. The search
+doubles from 1 s until a trial fails or the step's share is reached (no accumulation needed), then bisects to
+5 %; the result keeps a 10 % margin for fragmentation and the optimizer's first step. Accumulation is then
+derived from it as from any ``device_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from earful.data.budget import SAMPLE_RATE
+from earful.train import distributed as D
+from earful.train.config import TrainingConfig
+from earful.train.step import autocast
+from earful.train.task import Task
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.9  # of the largest trial that fitted
+
+
+def find_device_seconds(fits: Callable[[float], bool], upper: float, *, start: float = 1.0,
+                        precision: float = 0.05) -> float:
+    """The largest seconds ≤ ``upper`` for which ``fits`` holds (doubling, then bisection to ``precision``
+    relative), times ``MARGIN``. Raises when not even ``start`` / 4 fits."""
+    lo, hi = 0.0, math.inf
+    s = min(start, upper)
+    while s <= upper:  # double until a trial fails or the step's share fits
+        if not fits(s):
+            hi = s
+            break
+        lo = s
+        if s == upper:
+            return upper
+        s = min(2 * s, upper)
+    if lo == 0.0:
+        s = hi / 4
+        if not fits(s):
+            raise RuntimeError(f"device_seconds=auto: not even {s:g} s of audio fits on this device")
+        lo = s
+    while hi - lo > precision * lo:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return MARGIN * lo
+
+
+def utterance_seconds(cfg: TrainingConfig) -> float:
+    """The longest utterance a micro-batch may hold: the crop, else the length limit, else 30 s."""
+    limits = cfg.data.limits()
+    return limits.get("crop_seconds") or limits.get("max_seconds") or 30.0
+
+
+def trial(task: Task, cfg: TrainingConfig, d: D.Dist, seconds: float) -> bool:
+    """One forward and backward of a worst-case micro-batch of ``seconds`` padded audio; False on OOM."""
+    n = max(1, math.ceil(seconds / utterance_seconds(cfg) - 1e-9))  # as few, as long utterances as admitted
+    wave = torch.randn(n, round(seconds / n * SAMPLE_RATE), device=d.device) * 0.1  # (batch, samples): `seconds`
+    try:
+        with autocast(cfg.precision, d.device):
+            loss = task.probe_loss(wave)
+        loss.backward()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        task.model.zero_grad(set_to_none=True)
+        if d.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def auto_device_seconds(task: Task, cfg: TrainingConfig, d: D.Dist) -> float:
+    """``device_seconds`` for ``auto``: the largest micro-batch that fits this GPU (see the module docstring)."""
+    if d.device.type != "cuda":
+        raise ValueError(f"device_seconds=auto finds what a GPU holds by trial; on {d.device.type} set a number")
+    upper = cfg.batch_seconds / d.world_size
+    found = find_device_seconds(lambda s: trial(task, cfg, d, s), upper)
+    found = float(D.all_reduce_min(torch.tensor(found, device=d.device), d))  # every rank the same layout
+    log.info("device_seconds=auto: %.4g s a micro-batch on %s (%s of the step's %.4g s share)", found, d.device,
+             "all" if found >= upper else f"{100 * found / upper:.0f} %", upper)
+    return found
