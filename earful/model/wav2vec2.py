@@ -317,5 +317,15 @@ class Wav2Vec2ForCTC(nn.Module):
         )
 
 
+def compile_blocks(model: Wav2Vec2ForPreTraining | Wav2Vec2ForCTC, backend: str = "inductor") -> None:
+    """``torch.compile`` in place the parts whose control flow does not depend on the data — the CNN and every
+    transformer layer; masking, negatives and losses (data-dependent shapes) stay eager. Parameter names and
+    checkpoints are unchanged."""
+    backbone = model.wav2vec2
+    backbone.feature_encoder.compile(backend=backend)
+    for layer in backbone.encoder.layers:
+        layer.compile(backend=backend)
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

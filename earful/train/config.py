@@ -89,6 +89,9 @@ class TrainingConfig:
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    # torch.compile the CNN and the transformer layers (GPUs; on these CPUs it did not pay: benchmarks/README.md)
+    compile: bool = False
+    compile_backend: str = "inductor"
     optim: OptimConfig = field(default_factory=OptimConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     data: DataConfig = field(default_factory=DataConfig)

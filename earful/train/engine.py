@@ -34,7 +34,7 @@ from tqdm import tqdm
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.data.budget import SAMPLE_RATE
 from earful.lock import hold_folder
-from earful.model import count_parameters
+from earful.model import compile_blocks, count_parameters
 from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
@@ -105,6 +105,10 @@ class Trainer:
         if not resume and (latest is not None or self.run.checkpoints()):
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
         task.build_model(self.d, latest)
+        if cfg.compile:
+            if self.d.device.type == "cpu":
+                log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
+            compile_blocks(task.model, cfg.compile_backend)  # type: ignore[arg-type]
         if cfg.device_seconds == "auto":
             cfg.device_seconds = auto_device_seconds(task, cfg, self.d)
         self.budget = cfg.budget(self.d.world_size)

@@ -34,7 +34,7 @@ MANIFESTS = ("data.train", "data.valid", "data.dev")
 # settings that change how a run is watched or where it runs, not what it computes
 OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds", "ckpt_every", "keep_last",
                "keep_best", "tensorboard", "max_nan_steps", "ckpt_hours", "ckpt_hours_basis", "ckpt_steps",
-               "data.num_workers", "data.skip_bad", "init"}
+               "data.num_workers", "data.skip_bad", "init", "compile", "compile_backend"}
 LAYOUT = ("device_seconds",)
 
 

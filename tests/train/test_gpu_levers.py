@@ -1,5 +1,6 @@
-"""``device_seconds: auto``: the largest micro-batch that fits, found by trial against a simulated memory limit
-(a CPU never runs out of memory; the trials are real forward and backward passes of the task's model)."""
+"""The GPU levers that CPU tests can prove: ``device_seconds: auto`` (the largest micro-batch that fits, found
+by trial against a simulated memory limit — a CPU never runs out of memory; the trials are real forward and
+backward passes of the task's model) and the ``compile`` path."""
 
 import pytest
 import torch
@@ -52,3 +53,22 @@ def test_auto_on_a_cpu_is_refused_with_the_way_out(tiny_corpus, tmp_path) -> Non
                                       "device_seconds=auto", "device=cpu", "data.num_workers=0", "threads=1"])
     with pytest.raises(ValueError, match="device_seconds=auto finds what a GPU holds by trial; on cpu set a number"):
         Trainer(PretrainTask(cfg), tmp_path / "run")
+
+
+def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path) -> None:
+    """compile=true (the CNN and transformer layers; aot_eager here: the same graphs without a C compiler)
+    gives the eager run's weights, and its checkpoints load as any other."""
+    from safetensors.torch import load_file
+
+    from earful.checkpoint import load_model
+
+    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4", "device=cpu",
+            "data.num_workers=0", "threads=1", "max_steps=2", "data.crop_seconds=2.0", "data.min_seconds=0.5",
+            "tensorboard=false", "valid_every=0"]
+    for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=aot_eager"])):
+        Trainer(PretrainTask(load_pretrain_config(None, [*args, *extra])), tmp_path / name).fit()
+    a, b = (load_file(str(tmp_path / n / "checkpoints/step-0000002/model.safetensors")) for n in ("eager", "compiled"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    load_model(tmp_path / "compiled" / "checkpoints" / "step-0000002")
