@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .librispeech import discover
 from .manifest import summarize, write_manifest
+from .vad import SegmentLimits
 
 log = logging.getLogger("earful.data")
 
@@ -15,11 +16,20 @@ log = logging.getLogger("earful.data")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
-        description="Read SOURCE (a LibriSpeech split or a folder of splits, a Libri-light fine-tuning tree, "
+        description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/; a "
+        "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
         "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
+    seg = SegmentLimits()
+    p.add_argument("--max-seconds", type=float, default=seg.max_seconds,
+                   help=f"unlabelled Libri-light: the longest segment (default {seg.max_seconds:g})")
+    p.add_argument("--min-seconds", type=float, default=seg.min_seconds,
+                   help=f"unlabelled Libri-light: shorter segments are left out, counted (default {seg.min_seconds:g})")
+    p.add_argument("--max-pause", type=float, default=seg.max_pause,
+                   help=f"unlabelled Libri-light: the longest pause inside a segment (default {seg.max_pause:g})")
+    p.add_argument("--workers", type=int, default=1, help="processes cutting unlabelled Libri-light (default 1)")
     p.set_defaults(func=_prepare)
 
     s = subparsers.add_parser(
@@ -43,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     problems: list[str] = []
-    splits = discover(args.source, problems)
+    limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
+    splits = discover(args.source, problems, limits=limits, workers=args.workers)
     for msg in problems:
         log.warning("%s", msg)
     total = 0
