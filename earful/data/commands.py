@@ -32,6 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes cutting unlabelled Libri-light (default 1)")
     p.set_defaults(func=_prepare)
 
+    sh = subparsers.add_parser(
+        "shard", help="write a manifest's audio as tar shards (WebDataset layout) with an index",
+        description="Write MANIFEST's rows (whole files or segments) into OUT/shard-NNNNNN.tar of about --shard-gb "
+        "each (KEY.flac + KEY.json per row) and OUT/index.json; pre-train from them with data.shards=OUT.",
+    )
+    sh.add_argument("manifest", type=Path)
+    sh.add_argument("out", type=Path)
+    sh.add_argument("--shard-gb", type=float, default=1.0, help="size of a shard in GB (default 1)")
+    sh.add_argument("--seed", type=int, default=None,
+                    help="write the rows in an order shuffled by this seed (default: the manifest's order)")
+    sh.add_argument("--skip-bad", action="store_true",
+                    help="leave out rows whose audio cannot be read, listed in the index (default: stop)")
+    sh.add_argument("--workers", type=int, default=1, help="processes encoding FLAC (default 1)")
+    sh.set_defaults(func=_shard)
+
     s = subparsers.add_parser(
         "synth", help="synthesise the built-in speech corpus with espeak-ng",
         description="Write a LibriSpeech-layout corpus spoken by espeak-ng pseudo-speakers, with train, "
@@ -79,4 +94,21 @@ def _synth(args: argparse.Namespace) -> int:
     synthesize(args.out, args.hours, domain=args.domain, seed=args.seed, workers=args.workers,
                augment=args.augment, labelled_fraction=args.labelled_fraction, dev_hours=args.dev_hours,
                test_hours=args.test_hours, progress=not args.no_progress)
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from .manifest import read_manifest
+    from .shards import shard_rows, write_shards
+
+    if not args.shard_gb > 0:
+        raise ValueError(f"--shard-gb {args.shard_gb}: expected a size > 0")
+    utts = read_manifest(args.manifest, check_files=True)
+    done = write_shards(shard_rows(utts, args.seed), args.out, shard_bytes=int(args.shard_gb * 1e9),
+                        skip_bad=args.skip_bad, workers=args.workers, total=len(utts), source=str(args.manifest))
+    log.info("%d members (%.3f h) in %d shards, %.2f GB -> %s", done.members, done.hours, done.shards,
+             done.bytes / 1e9, args.out)
+    if done.problems:
+        log.warning("%d rows left out (listed in %s): %s", len(done.problems), args.out / "index.json",
+                    "; ".join(done.problems[:5]))
     return 0
