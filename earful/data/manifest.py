@@ -160,22 +160,23 @@ def _line_of(path: Path, at: int) -> int:
 
 def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
     """Raise ManifestError at the first row whose id an earlier row has (ids compared by hash, then read)."""
-    order = np.argsort(hashes, kind="stable")
-    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
-    if not len(same):
+    ordered = np.sort(hashes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if not len(repeated):
         return
-    candidates: dict[int, list[int]] = {}
-    for k in same:  # groups of rows with equal hashes, in file order (stable sort)
-        candidates.setdefault(int(hashes[order[k]]), [int(order[k])]).append(int(order[k + 1]))
+    groups: dict[int, list[int]] = {}  # rows of equal hashes, in file order
+    for r in np.flatnonzero(np.isin(hashes, repeated)).tolist():
+        groups.setdefault(int(hashes[r]), []).append(r)
     found: tuple[int, int, str] | None = None  # (row, first row, id) of the earliest duplicate
     with open(path, "rb") as f:
         def row_id(r: int) -> str:
             f.seek(starts[r])
             return json.loads(f.read(starts[r + 1] - starts[r]))["id"]
 
-        for rows in candidates.values():
+        for rows in groups.values():
             first: dict[str, int] = {}
-            for r in sorted(set(rows)):
+            for r in rows:
                 uid = row_id(r)
                 if uid in first and (found is None or r < found[0]):
                     found = (r, first[uid], uid)

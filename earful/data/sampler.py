@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -86,8 +87,10 @@ class Batches(Sequence[np.ndarray]):
         sizes = self.sizes()[which]
         bounds = np.zeros(len(which) + 1, dtype=np.int64)
         np.cumsum(sizes, out=bounds[1:])
-        # element k of new batch j comes from old position starts[which[j]] + k
-        at = np.arange(bounds[-1], dtype=np.int64) + np.repeat(self.bounds[:-1][which] - bounds[:-1], sizes)
+        # element k of new batch j comes from old position starts[which[j]] + k (int32 below 2^31: half the memory)
+        kind = np.int32 if len(self.flat) < 2**31 else np.int64
+        at = np.repeat((self.bounds[:-1][which] - bounds[:-1]).astype(kind), sizes)
+        at += np.arange(bounds[-1], dtype=kind)
         return Batches(self.flat[at], bounds)
 
     def keep(self, mask: np.ndarray) -> Batches:
@@ -189,7 +192,7 @@ class SecondsBatchSampler:
     # ------------------------------------------------------------------ batches
     def pack(self, idx: np.ndarray) -> Batches:
         """Buckets of ``bucket_size`` in ``idx``'s order, each sorted longest first and packed greedily."""
-        flat, bounds = [idx[:0]], [0]
+        flat, bounds = [idx[:0]], array("q", [0])  # 8 bytes a batch, not a Python int
         for start in range(0, len(idx), self.bucket_size):
             chunk = idx[start : start + self.bucket_size]
             chunk = chunk[np.argsort(-self.effective[chunk], kind="stable")]
@@ -201,7 +204,7 @@ class SecondsBatchSampler:
                 i += caps[i]
                 bounds.append(start + i)
             bounds[-1] = start + n  # only the last batch may reach past the bucket
-        return Batches(np.concatenate(flat), np.array(bounds, dtype=np.int64))
+        return Batches(np.concatenate(flat), np.frombuffer(bounds, dtype=np.int64))
 
     def _global_batches(self, epoch: int) -> Batches:
         if self._resumed is not None and self._resumed["epoch"] == epoch:
