@@ -16,6 +16,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from earful.data.budget import BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.data.synth import synthesize
@@ -28,7 +29,7 @@ def peer(utts) -> float:
 
 
 def loader_rate(utts, workers: int, batch_seconds: float) -> tuple[float, float]:
-    loader = make_loader(utts, batch_seconds, num_workers=workers, seed=0)
+    loader = make_loader(utts, BatchBudget.per_device(batch_seconds), num_workers=workers, seed=0)
     start = time.perf_counter()
     real = padded = 0.0
     for b in loader:

@@ -10,7 +10,7 @@ import sys
 
 # One line a concern; a module that is not there yet is simply not listed.
 COMMAND_MODULES = (
-    "earful.data.commands",  # prepare, synth
+    "earful.data.commands",  # prepare, shard, synth
     "earful.pretrain.commands",  # pretrain, gradvar
     "earful.finetune.commands",  # finetune
     "earful.eval.commands",  # evaluate, lm

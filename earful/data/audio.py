@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -18,20 +19,45 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 
+# formats whose seek is sample-exact in libsndfile: a window is read alone. Others (MP3, Ogg) are decoded from
+# their start up to the window's end, which gives the same samples.
+EXACT_SEEK = {"WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF", "AU"}
+
+
 def load_audio(
-    path: str | os.PathLike,
+    path: str | os.PathLike | IO[bytes],
     *,
     target_rate: int = 16000,
     resample: bool = True,
     min_samples: int = RECEPTIVE_FIELD,
+    start: int = 0,
+    frames: int | None = None,
 ) -> np.ndarray:
-    """Load ``path`` as float32 mono at ``target_rate``.
+    """Load ``path`` (or its ``frames`` samples from ``start``, counted at the file's rate) as float32 mono at
+    ``target_rate``; only that window is decoded. ``path`` may be an in-memory file (a shard member) whose
+    ``str()`` names it.
 
-    Raises AudioError when the file is unreadable, empty, holds NaN/inf, has another sample rate while
-    ``resample`` is off, or is shorter than ``min_samples`` (after resampling).
+    Raises AudioError when the file is unreadable, empty, holds NaN/inf in the window, ends before the window
+    does, has another sample rate while ``resample`` is off, or is shorter than ``min_samples`` (after
+    resampling).
     """
     try:
-        data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(_source(path)) as f:
+            rate = f.samplerate
+            if frames is None:  # the whole file, to its real end (a header may promise more or less)
+                data = f.read(dtype="float32", always_2d=True)
+            else:
+                if start + frames > f.frames:
+                    raise AudioError(f"{path}: segment [{start}, {start + frames}) past the end of the file "
+                                     f"({f.frames} samples at {rate} Hz)")
+                if f.format in EXACT_SEEK:
+                    f.seek(start)
+                    data = f.read(frames, dtype="float32", always_2d=True)
+                else:
+                    data = f.read(start + frames, dtype="float32", always_2d=True)[start:]
+                if len(data) < frames:
+                    raise AudioError(f"{path}: truncated? {len(data)} of the {frames} samples from sample {start} "
+                                     "could be decoded")
     except FileNotFoundError:
         raise AudioError(f"{path}: unreadable audio (no such file)") from None
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
@@ -46,17 +72,28 @@ def load_audio(
             raise AudioError(f"{path}: sample rate {rate} Hz, expected {target_rate} Hz (resampling is off)")
         wave = soxr.resample(wave, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
     if len(wave) < min_samples:
-        raise AudioError(
-            f"{path}: too short ({len(wave)} samples at {target_rate} Hz; the model's receptive field "
-            f"needs at least {min_samples})"
-        )
+        raise AudioError(too_short(path, len(wave), target_rate, min_samples))
     return np.ascontiguousarray(wave)
 
 
-def audio_info(path: str | os.PathLike) -> tuple[int, int]:
+def too_short(path: str | os.PathLike, samples: int, rate: int = 16000, needed: int = RECEPTIVE_FIELD) -> str:
+    """The problem of audio shorter than the model's receptive field."""
+    return (f"{path}: too short ({samples} samples at {rate} Hz; the model's receptive field needs at least "
+            f"{needed})")
+
+
+def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:
+    """What soundfile opens: a path, or an in-memory file (a shard member) from its start."""
+    if hasattr(path, "read"):
+        path.seek(0)  # type: ignore[union-attr]
+        return path  # type: ignore[return-value]
+    return os.fspath(path)  # type: ignore[arg-type]
+
+
+def audio_info(path: str | os.PathLike | IO[bytes]) -> tuple[int, int]:
     """(num_frames, sample_rate) from the file header, without decoding. Raises AudioError."""
     try:
-        info = sf.info(os.fspath(path))
+        info = sf.info(_source(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"{path}: unreadable audio header ({e})") from None
     return int(info.frames), int(info.samplerate)

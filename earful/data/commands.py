@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .librispeech import discover
 from .manifest import summarize, write_manifest
+from .vad import SegmentLimits
 
 log = logging.getLogger("earful.data")
 
@@ -15,12 +16,36 @@ log = logging.getLogger("earful.data")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
-        description="Read SOURCE (a LibriSpeech split or a folder of splits, a Libri-light fine-tuning tree, "
+        description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/; a "
+        "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
         "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
+    seg = SegmentLimits()
+    p.add_argument("--max-seconds", type=float, default=seg.max_seconds,
+                   help=f"unlabelled Libri-light: the longest segment (default {seg.max_seconds:g})")
+    p.add_argument("--min-seconds", type=float, default=seg.min_seconds,
+                   help=f"unlabelled Libri-light: shorter segments are left out, counted (default {seg.min_seconds:g})")
+    p.add_argument("--max-pause", type=float, default=seg.max_pause,
+                   help=f"unlabelled Libri-light: the longest pause inside a segment (default {seg.max_pause:g})")
+    p.add_argument("--workers", type=int, default=1, help="processes cutting unlabelled Libri-light (default 1)")
     p.set_defaults(func=_prepare)
+
+    sh = subparsers.add_parser(
+        "shard", help="write a manifest's audio as tar shards (WebDataset layout) with an index",
+        description="Write MANIFEST's rows (whole files or segments) into OUT/shard-NNNNNN.tar of about --shard-gb "
+        "each (KEY.flac + KEY.json per row) and OUT/index.json; pre-train from them with data.shards=OUT.",
+    )
+    sh.add_argument("manifest", type=Path)
+    sh.add_argument("out", type=Path)
+    sh.add_argument("--shard-gb", type=float, default=1.0, help="size of a shard in GB (default 1)")
+    sh.add_argument("--seed", type=int, default=None,
+                    help="write the rows in an order shuffled by this seed (default: the manifest's order)")
+    sh.add_argument("--skip-bad", action="store_true",
+                    help="leave out rows whose audio cannot be read, listed in the index (default: stop)")
+    sh.add_argument("--workers", type=int, default=1, help="processes encoding FLAC (default 1)")
+    sh.set_defaults(func=_shard)
 
     s = subparsers.add_parser(
         "synth", help="synthesise the built-in speech corpus with espeak-ng",
@@ -43,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     problems: list[str] = []
-    splits = discover(args.source, problems)
+    limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
+    splits = discover(args.source, problems, limits=limits, workers=args.workers)
     for msg in problems:
         log.warning("%s", msg)
     total = 0
@@ -68,4 +94,21 @@ def _synth(args: argparse.Namespace) -> int:
     synthesize(args.out, args.hours, domain=args.domain, seed=args.seed, workers=args.workers,
                augment=args.augment, labelled_fraction=args.labelled_fraction, dev_hours=args.dev_hours,
                test_hours=args.test_hours, progress=not args.no_progress)
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from .manifest import read_manifest
+    from .shards import shard_rows, write_shards
+
+    if not args.shard_gb > 0:
+        raise ValueError(f"--shard-gb {args.shard_gb}: expected a size > 0")
+    utts = read_manifest(args.manifest, check_files=True)
+    done = write_shards(shard_rows(utts, args.seed), args.out, shard_bytes=int(args.shard_gb * 1e9),
+                        skip_bad=args.skip_bad, workers=args.workers, total=len(utts), source=str(args.manifest))
+    log.info("%d members (%.3f h) in %d shards, %.2f GB -> %s", done.members, done.hours, done.shards,
+             done.bytes / 1e9, args.out)
+    if done.problems:
+        log.warning("%d rows left out (listed in %s): %s", len(done.problems), args.out / "index.json",
+                    "; ".join(done.problems[:5]))
     return 0

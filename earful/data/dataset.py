@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import AudioError, load_audio
+from .audio import RECEPTIVE_FIELD, AudioError, audio_info, load_audio, too_short
 from .budget import SAMPLE_RATE, BatchBudget, to_samples
-from .manifest import Utterance
+from .manifest import Manifest, Utterance, lengths_at_rate
 from .sampler import SecondsBatchSampler
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Batch:
     bad: list[tuple[str, str]] = field(default_factory=list)
     epoch: int = -1  # set by AudioLoader: the sampler's epoch and this rank's batch index in it
     index: int = -1
+    stream: tuple[int, int, int, int] | None = None  # from shards: (stream, epoch, bucket, batches of it done)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,12 +65,15 @@ class Batch:
         return wave, None if full else self.lengths.to(device, non_blocking=True)
 
     def pin_memory(self) -> Batch:
-        return Batch(self.wave.pin_memory(), self.lengths.pin_memory(), self.ids, self.transcripts,
-                     self.real_seconds, self.padded_seconds, self.bad)
+        return replace(self, wave=self.wave.pin_memory(), lengths=self.lengths.pin_memory())
 
 
 class AudioDataset(Dataset):
     """Utterances loaded at ``SAMPLE_RATE``; optional random crop deterministic in (seed, epoch, index).
+
+    The crop is chosen before reading, from the manifest's length, and only it is decoded: a 15.6 s crop of a
+    30-minute file (or of a segment of it) decodes 15.6 s. Audio at another rate is decoded whole (the file, or
+    the segment) and resampled before it is cropped, as resampling a window alone would give other samples.
 
     Indexed by an ``int`` (epoch from ``set_epoch``) or an ``(index, epoch)`` pair, which is what
     ``make_loader`` feeds so that worker processes crop by the epoch of each batch.
@@ -83,7 +87,7 @@ class AudioDataset(Dataset):
         seed: int = 0,
         skip_bad: bool = False,
     ) -> None:
-        self.utterances = list(utterances)
+        self.utterances = utterances if isinstance(utterances, Manifest) else list(utterances)
         self.crop_samples = to_samples(crop_seconds) if crop_seconds else None  # as the sampler
         self.seed = seed
         self.skip_bad = skip_bad
@@ -94,7 +98,7 @@ class AudioDataset(Dataset):
 
     def lengths(self) -> np.ndarray:
         """Samples per utterance at ``SAMPLE_RATE``, from the manifest (what the sampler needs)."""
-        return np.array([u.samples_at(SAMPLE_RATE) for u in self.utterances], dtype=np.int64)
+        return lengths_at_rate(self.utterances)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -102,28 +106,64 @@ class AudioDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         utt = self.utterances[index]
-        expected = utt.samples_at(SAMPLE_RATE)
         try:
-            wave = load_audio(utt.path, target_rate=SAMPLE_RATE)
-            # A file cut short (an interrupted copy) may still decode: compare with the manifest, allowing
-            # for the sample or two resampling may lose.
-            if len(wave) + _LENGTH_TOLERANCE < expected:
-                raise AudioError(f"{utt.path}: truncated? {len(wave)} samples at {SAMPLE_RATE} Hz, the "
-                                 f"manifest says {expected}")
-            if len(wave) > expected + _LENGTH_TOLERANCE:  # replaced, or listed at the wrong sample rate
-                raise AudioError(f"{utt.path}: {len(wave)} samples at {SAMPLE_RATE} Hz, longer than the "
-                                 f"manifest's {expected}: was the file replaced or its sample rate misrecorded?")
+            wave = read_utterance(utt, index, epoch, crop_samples=self.crop_samples, seed=self.seed)
         except AudioError as e:
             if not self.skip_bad:
                 raise
             return Item(index, utt.id, None, utt.transcript, error=str(e), epoch=epoch)
-        # Resampling may add a sample or two over the manifest's length: keep batches within budget.
-        wave = wave[: max(expected, 1)]
-        if self.crop_samples and len(wave) > self.crop_samples:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            start = int(rng.integers(0, len(wave) - self.crop_samples + 1))
-            wave = wave[start : start + self.crop_samples]
         return Item(index, utt.id, wave, utt.transcript, epoch=epoch)
+
+
+def crop_window(samples: int, index: int, epoch: int, crop_samples: int | None, seed: int) -> tuple[int, int]:
+    """(start, length) of what trains of an utterance of ``samples`` at ``SAMPLE_RATE``: a random crop of
+    ``crop_samples``, deterministic in (seed, epoch, index), or the whole."""
+    if crop_samples and samples > crop_samples:
+        return int(np.random.default_rng([seed, epoch, index]).integers(0, samples - crop_samples + 1)), crop_samples
+    return 0, samples
+
+
+def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int | None, seed: int,
+                   source: str | IO[bytes] | None = None) -> np.ndarray:
+    """The utterance's training window (its crop at ``SAMPLE_RATE``), decoding no more than that; from
+    ``source`` (an in-memory shard member, named by its ``str()``) instead of ``utt.path`` when given."""
+    src = utt.path if source is None else source
+    expected = utt.samples_at(SAMPLE_RATE)
+    frames, rate = audio_info(src)
+    if rate != utt.sample_rate:
+        raise AudioError(f"{src}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
+                         "replaced?")
+    first = 0 if utt.offset is None else utt.offset
+    if utt.offset is not None and first + utt.num_samples > frames:
+        raise AudioError(f"{src}: segment [{first}, {first + utt.num_samples}) past the end of the file ({frames} "
+                         f"samples at {rate} Hz)")
+    if rate != SAMPLE_RATE:  # decode what the row holds, resample, then crop
+        wave = load_audio(src, target_rate=SAMPLE_RATE, start=first,
+                          frames=None if utt.offset is None else utt.num_samples)
+        if utt.offset is None:
+            check_length(src, len(wave), expected)
+        wave = wave[: max(expected, 1)]  # resampling may add a sample or two: keep batches within budget
+        start, n = crop_window(len(wave), index, epoch, crop_samples, seed)
+        return wave[start : start + n]
+    if utt.offset is None:  # a whole file, as long as its header says
+        check_length(src, frames, expected)
+        available = min(frames, max(expected, 1))
+    else:
+        available = utt.num_samples
+    if available < RECEPTIVE_FIELD:
+        raise AudioError(too_short(src, available))
+    start, n = crop_window(available, index, epoch, crop_samples, seed)
+    return load_audio(src, start=first + start, frames=n, min_samples=0)
+
+
+def check_length(path: str | IO[bytes], samples: int, expected: int) -> None:
+    """A file cut short (an interrupted copy) may still decode, and one replaced or listed at the wrong rate may
+    be longer: compare with the manifest, allowing for the sample or two resampling may lose or add."""
+    if samples + _LENGTH_TOLERANCE < expected:
+        raise AudioError(f"{path}: truncated? {samples} samples at {SAMPLE_RATE} Hz, the manifest says {expected}")
+    if samples > expected + _LENGTH_TOLERANCE:
+        raise AudioError(f"{path}: {samples} samples at {SAMPLE_RATE} Hz, longer than the manifest's {expected}: was "
+                         "the file replaced or its sample rate misrecorded?")
 
 
 def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0) -> Batch:
@@ -173,21 +213,44 @@ class _EpochTagged:
         return len(self.sampler)
 
 
-class AudioLoader:
+class Received:
+    """What a loader's consumer counts of the batches training received: ``bad_files``, the distinct files
+    skipped with ``skip_bad`` (each logged as a warning the first time; ``bad_ids`` holds their ids), and
+    ``empty_batches``, batches with no loadable audio at all (left out)."""
+
+    def __init__(self) -> None:
+        self.bad_ids: set[str] = set()
+        self.empty_batches = 0
+
+    @property
+    def bad_files(self) -> int:
+        return len(self.bad_ids)
+
+    def received(self, batch: Batch) -> bool:
+        """Count ``batch``'s bad files; whether it holds audio to train on."""
+        for uid, problem in batch.bad:
+            if uid not in self.bad_ids:  # an endless loader meets it again every epoch
+                self.bad_ids.add(uid)
+                log.warning("skipped bad audio file %s: %s", uid, problem)
+        if not len(batch):
+            self.empty_batches += 1
+            log.warning("a batch had no loadable audio and was left out")
+        return bool(len(batch))
+
+
+class AudioLoader(Received):
     """A DataLoader over an ``AudioDataset`` batched by a ``SecondsBatchSampler``.
 
     Counts what training actually received: ``state_dict()`` resumes exactly (the sampler itself runs
-    ahead of training by the prefetched batches); ``bad_files`` counts the distinct files skipped with
-    ``skip_bad`` (each logged as a warning the first time; ``bad_ids`` holds their ids); ``skipped`` is the
-    sampler's count of unbatchable utterances.
+    ahead of training by the prefetched batches); bad files and empty batches as ``Received`` says;
+    ``skipped`` is the sampler's count of unbatchable utterances.
     """
 
     def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, *, num_workers: int = 0,
                  pin_memory: bool = False, prefetch_factor: int | None = None, crop_to_shortest: bool = False) -> None:
+        super().__init__()
         self.dataset, self.sampler = dataset, sampler
         self.epoch, self.position = sampler.epoch, sampler.position
-        self.bad_ids: set[str] = set()
-        self.empty_batches = 0
         self.loader = DataLoader(
             dataset,
             batch_sampler=_EpochTagged(sampler),
@@ -212,19 +275,8 @@ class AudioLoader:
             self.position += 1
             if self.position >= len(self.sampler.epoch_batches(self.epoch)):
                 self.epoch, self.position = self.epoch + 1, 0
-            for uid, problem in batch.bad:
-                if uid not in self.bad_ids:  # an endless loader meets it again every epoch
-                    self.bad_ids.add(uid)
-                    log.warning("skipped bad audio file %s: %s", uid, problem)
-            if not len(batch):
-                self.empty_batches += 1
-                log.warning("a batch had no loadable audio and was left out")
-                continue
-            yield batch
-
-    @property
-    def bad_files(self) -> int:
-        return len(self.bad_ids)
+            if self.received(batch):
+                yield batch
 
     def is_repeat(self, batch: Batch) -> bool:
         """Whether ``batch`` is a copy the sampler dealt only so that every rank gets as many batches (too few
@@ -244,6 +296,9 @@ class AudioLoader:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "places" in state:
+            raise ValueError("cannot resume from a manifest: the checkpoint's data position was saved reading shards "
+                             "(data.shards): resume with the data setting it was saved with")
         self.sampler.load_state_dict(state)
         self.epoch, self.position = self.sampler.epoch, self.sampler.position
         self.bad_ids = set(state["bad_ids"])

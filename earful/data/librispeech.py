@@ -1,20 +1,29 @@
-"""Corpus readers: the LibriSpeech layout, the Libri-light fine-tuning layout and a plain folder of audio.
+"""Corpus readers: the LibriSpeech layout, the Libri-light fine-tuning layout, unlabelled Libri-light (cut into
+voice-activity segments) and a plain folder of audio.
 
-Durations come from file headers (``soundfile.info``), so reading a corpus decodes nothing. Problems
-(unreadable headers, audio without a transcript line, empty transcripts, transcript files that are not
-UTF-8, transcript lines without audio) are appended to the ``problems`` list the caller passes, one
-readable line each, and the affected utterance is left out (audio without a usable transcript is kept,
-unlabelled).
+Durations come from file headers (``soundfile.info``), so reading a corpus decodes nothing (but unlabelled
+Libri-light files without their VAD annotations, which ``earful.data.vad.energy_vad`` reads). Problems
+(unreadable headers, audio shorter than the model's receptive field, audio without a transcript line, empty
+transcripts, transcript files that are not UTF-8, transcript lines without audio, unusable VAD annotations)
+are appended to the ``problems`` list the caller passes, one readable line each, and the affected utterance
+is left out (audio without a usable transcript is kept, unlabelled).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
-from .audio import AUDIO_EXTENSIONS, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info
+from tqdm import tqdm
+
+from .audio import AUDIO_EXTENSIONS, RECEPTIVE_FIELD, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info, too_short
+from .budget import SAMPLE_RATE
 from .manifest import Utterance
+from .parallel import ordered_map
+from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,10 @@ def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
         return None
     if frames == 0:
         problems.append(f"{path}: empty audio (0 samples)")
+        return None
+    at_model_rate = round(frames * SAMPLE_RATE / rate)
+    if at_model_rate < RECEPTIVE_FIELD:
+        problems.append(f"{too_short(path, at_model_rate, SAMPLE_RATE)}: left out")
         return None
     return Utterance(uid, str(path.resolve()), frames, rate, speaker, transcript)
 
@@ -138,6 +151,74 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> l
     return utts
 
 
+def is_unlabelled_librilight(path: Path) -> bool:
+    """True when ``path`` holds ``SPEAKER/BOOK/FILE.flac`` with ``FILE.json`` beside it (Libri-light's
+    unlabelled ``small``, ``medium``, ``large``)."""
+    first = next(path.glob("*/*/*.flac"), None)
+    if first is None or not first.with_suffix(".json").is_file():
+        return False
+    try:  # Libri-light's, not some other sidecar
+        return "voice_activity" in json.loads(first.with_suffix(".json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, TypeError):
+        return False
+
+
+def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], list[str], int, bool]:
+    """One unlabelled Libri-light file cut into segments: (utterances, problems, voiced samples left out in
+    segments too short, whether the energy VAD was used)."""
+    speaker, book = path.parent.parent.name, path.parent.name
+    try:
+        frames, rate = audio_info(path)
+    except AudioError as e:
+        return [], [str(e)], 0, False
+    problems: list[str] = []
+    side = path.with_suffix(".json")
+    voiced = None
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or "voice_activity" not in meta:
+                raise ValueError("no voice_activity field")
+            voiced = annotated_vad(meta["voice_activity"], rate, frames)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            problems.append(f"{side}: unusable VAD annotations ({e}); the energy VAD is used instead")
+    by_energy = voiced is None
+    if by_energy:
+        try:
+            voiced, rate = energy_vad(path)
+        except AudioError as e:
+            return [], [*problems, str(e)], 0, True
+    segments, left_out = cut_segments(voiced, rate, limits)
+    where, stem = str(path.resolve()), f"{speaker}/{book}/{path.stem}"
+    utts = [Utterance(f"{stem}-{k:04d}", where, b - a, rate, speaker, None, offset=a)
+            for k, (a, b) in enumerate(segments)]
+    return utts, problems, left_out, by_energy
+
+
+def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, *,
+                    limits: SegmentLimits = DEFAULT_LIMITS, workers: int = 1) -> list[Utterance]:
+    """Voice-activity segments of an unlabelled Libri-light tree ``SPEAKER/BOOK/FILE.flac`` (+ ``FILE.json``):
+    speaker = the SPEAKER folder, id = ``SPEAKER/BOOK/FILE-NNNN``, each a window of its file (``offset``). VAD from
+    the json's ``voice_activity``, else the energy VAD (``earful.data.vad``), in ``workers`` processes."""
+    root = Path(root)
+    problems = [] if problems is None else problems
+    files = sorted(root.glob("*/*/*.flac"))
+    utts: list[Utterance] = []
+    left_out, by_energy = 0, 0
+    cut = partial(_file_segments, limits=limits)
+    done = ordered_map(cut, files, workers)
+    for _, (got, found, lost, energy) in tqdm(done, total=len(files), unit="file", desc=f"segments of {root.name}",
+                                              disable=len(files) < 100):
+        utts += got
+        problems += found
+        left_out += lost
+        by_energy += energy
+    log.info("%s: %d files cut into %d segments (%.2f h); %.2f h of voice activity in segments shorter than %g s "
+             "left out; %d files by the energy VAD", root, len(files), len(utts),
+             sum(u.seconds for u in utts) / 3600, left_out / SAMPLE_RATE / 3600, limits.min_seconds, by_energy)
+    return utts
+
+
 def is_librispeech_split(path: Path) -> bool:
     """True when ``path`` holds ``SPEAKER/CHAPTER/*.trans.txt``."""
     return any(path.glob("*/*/*.trans.txt"))
@@ -147,13 +228,24 @@ def is_librilight(path: Path) -> bool:
     return (path / LIBRILIGHT_DIR).is_dir() or ((path / "1h").is_dir() and (path / "9h").is_dir())
 
 
-def discover(root: str | os.PathLike, problems: list[str] | None = None) -> dict[str, list[Utterance]]:
+def _subfolders(path: Path) -> list[Path]:
+    """The folders in ``path`` that may hold splits (not a fine-tuning tree's own folders)."""
+    if (path / "1h").is_dir() and (path / "9h").is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and p.name != LIBRILIGHT_DIR)
+
+
+def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limits: SegmentLimits = DEFAULT_LIMITS,
+             workers: int = 1) -> dict[str, list[Utterance]]:
     """Read whatever ``root`` holds: split name -> utterances.
 
-    - a Libri-light fine-tuning tree (or a folder containing ``librispeech_finetuning``) gives
-      ``labelled-10min``, ``labelled-1h``, ``labelled-10h``;
-    - a LibriSpeech split folder gives one split named after it; a folder of such splits (e.g.
-      ``LibriSpeech/`` with ``train-clean-100``, ``dev-clean`` …) gives one split each;
+    - a LibriSpeech split folder gives one split named after it; a folder of such splits (e.g. ``LibriSpeech/``
+      with ``train-clean-100``, ``dev-clean`` …), or the folder holding that one, gives one split each;
+    - unlabelled Libri-light (``small``, ``medium``, ``large``: ``SPEAKER/BOOK/FILE.flac`` + ``FILE.json``), the
+      folder itself or the folders in it (or one level further down), gives ``unlabelled-<folder>`` of
+      voice-activity segments (``read_unlabelled``, cut within ``limits``);
+    - a Libri-light fine-tuning tree (or a folder containing ``librispeech_finetuning``, or one level further
+      down) gives ``labelled-10min``, ``labelled-1h``, ``labelled-10h``;
     - anything else is read as a plain folder of audio, split named after the folder.
     """
     root = Path(root)
@@ -161,14 +253,38 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None) -> dict
         raise FileNotFoundError(f"{root}: no such folder")
     problems = [] if problems is None else problems
     splits: dict[str, list[Utterance]] = {}
-    if is_librispeech_split(root):
-        return {root.name: read_librispeech(root, problems)}
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and p.name != LIBRILIGHT_DIR):
-        if is_librispeech_split(child):
-            splits[child.name] = read_librispeech(child, problems)
+    found: dict[str, Path] = {}
+
+    def add(name: str, folder: Path, utts: list[Utterance]) -> None:
+        if name in found:
+            raise ValueError(f"{root}: two splits named {name} ({found[name]} and {folder}): point prepare at one "
+                             "of the folders that hold them")
+        found[name] = folder
+        splits[name] = utts
+
+    def read_split(folder: Path) -> bool:
+        if is_librispeech_split(folder):
+            add(folder.name, folder, read_librispeech(folder, problems))
+        elif is_unlabelled_librilight(folder):
+            add(f"unlabelled-{folder.name}", folder, read_unlabelled(folder, problems, limits=limits, workers=workers))
+        else:
+            return False
+        return True
+
+    if read_split(root):
+        return splits
+    for child in _subfolders(root):
+        if read_split(child):
+            continue
+        inside = [folder.name for folder in _subfolders(child) if read_split(folder)]  # e.g. LibriSpeech/
+        if inside:
+            log.info("%s holds the splits %s", child, ", ".join(inside))
+        if is_librilight(child):
+            for name, utts in read_librilight(child, problems).items():
+                add(f"labelled-{name}", child, utts)
     if is_librilight(root):
         for name, utts in read_librilight(root, problems).items():
-            splits[f"labelled-{name}"] = utts
+            add(f"labelled-{name}", root, utts)
     if not splits:
         splits[root.name] = read_folder(root, problems)
     return splits

@@ -1,19 +1,32 @@
 """Manifests: one JSON object a line (JSONL) per utterance.
 
-Fields: ``id``, ``path``, ``num_samples``, ``sample_rate``, ``speaker`` and, when known, ``transcript``.
-Relative paths are relative to the manifest's folder (``write_manifest(..., relative_to=root)`` writes them
-so for audio under ``root``, which keeps a corpus movable); in memory ``Utterance.path`` is always absolute.
+Fields: ``id``, ``path``, ``num_samples``, ``sample_rate``, ``speaker`` and, when known, ``transcript``. A row
+may be a *segment*, a window of its file: ``offset`` (the first sample) and ``num_samples`` (its length), both
+in samples at the file's rate; a row without ``offset`` is the whole file. Relative paths are relative to the
+manifest's folder (``write_manifest(..., relative_to=root)`` writes them so for audio under ``root``, which
+keeps a corpus movable); in memory ``Utterance.path`` is always absolute.
+
+``read_manifest`` keeps a manifest as columns, not one Python object per row: each row's byte range in the
+file and its length at ``SAMPLE_RATE`` (16 bytes a row: 16 M Libri-light segments hold 256 MB). A row is parsed
+again when it is asked for (``manifest[i]``), from the file opened when it was read, so a manifest replaced
+on disk meanwhile (an atomic rename) does not change under a running job.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
 
 from earful.atomic import atomic_open
+
+from .budget import SAMPLE_RATE
 
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
 
@@ -26,6 +39,7 @@ class Utterance:
     sample_rate: int
     speaker: str
     transcript: str | None = None
+    offset: int | None = None  # a segment: its first sample in the file (at sample_rate); None: the whole file
 
     @property
     def seconds(self) -> float:
@@ -42,53 +56,190 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file and line."""
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False
-                  ) -> list[Utterance]:
-    """Read a JSONL manifest. Raises ManifestError naming file and line on a bad row (including bytes that
-    are not UTF-8), a duplicate id, (with ``check_files``) an audio file that does not exist, or (unless
-    ``allow_empty``) a manifest without utterances: training or scoring nothing is never what was meant."""
+def _check_row(row: Any) -> str | None:
+    """What is wrong with a parsed row, or None."""
+    if type(row) is not dict:
+        return "expected a JSON object"
+    for key, typ in _REQUIRED.items():
+        if key not in row:
+            return f"missing field {key!r}"
+        if type(row[key]) is not typ:
+            return f"field {key!r} must be {typ.__name__}, got {row[key]!r}"
+    if row["num_samples"] < 0 or row["sample_rate"] <= 0:
+        return "num_samples must be >= 0 and sample_rate > 0"
+    transcript = row.get("transcript")
+    if transcript is not None and type(transcript) is not str:
+        return "field 'transcript' must be a string or null"
+    offset = row.get("offset")
+    if offset is not None and (type(offset) is not int or offset < 0):
+        return f"field 'offset' must be an integer >= 0 (the segment's first sample), got {offset!r}"
+    return None
+
+
+def _resolve(path: str, base: Path) -> str:
+    audio = Path(path)
+    return str(audio if audio.is_absolute() else Path(os.path.normpath(base / audio)))
+
+
+class Manifest(Sequence[Utterance]):
+    """A manifest read by ``read_manifest``: a sequence of ``Utterance`` kept as columns (see the module
+    docstring). ``lengths()`` gives every row's length at ``SAMPLE_RATE`` without parsing a row."""
+
+    def __init__(self, path: Path, starts: np.ndarray, lengths: np.ndarray) -> None:
+        self.path = path
+        self.base = path.resolve().parent
+        self._starts = starts  # (rows + 1,) int64: row i is bytes [starts[i], starts[i+1]) (blank lines after it)
+        self._lengths = lengths  # (rows,) int64 samples at SAMPLE_RATE
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open: rows are read from it on demand
+        self._size = os.fstat(self._file.fileno()).st_size
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    @overload
+    def __getitem__(self, i: int) -> Utterance: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Utterance]: ...
+
+    def __getitem__(self, i: int | slice) -> Utterance | list[Utterance]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} of a manifest of {len(self)}")
+        i %= len(self)
+        a, b = int(self._starts[i]), int(self._starts[i + 1])
+        return self._utterance(json.loads(os.pread(self._file.fileno(), b - a, a)))
+
+    def __iter__(self) -> Iterator[Utterance]:
+        fd, pos, end, rest = self._file.fileno(), int(self._starts[0]), int(self._starts[-1]), b""
+        while pos < end:  # positional reads: no shared file offset to disturb
+            chunk = os.pread(fd, min(1 << 20, end - pos), pos)
+            if not chunk:
+                raise ManifestError(f"{self.path}: shorter than when it was read")
+            pos += len(chunk)
+            *lines, rest = (rest + chunk).split(b"\n")
+            yield from (self._utterance(json.loads(raw)) for raw in lines if raw.strip())
+        if rest.strip():
+            yield self._utterance(json.loads(rest))
+
+    def _utterance(self, row: dict[str, Any]) -> Utterance:
+        return Utterance(row["id"], _resolve(row["path"], self.base), row["num_samples"], row["sample_rate"],
+                         row["speaker"], row.get("transcript"), row.get("offset"))
+
+    def lengths(self) -> np.ndarray:
+        """(rows,) int64: each row's length in samples at ``SAMPLE_RATE``."""
+        return self._lengths
+
+    def __del__(self) -> None:
+        if hasattr(self, "_file"):
+            self._file.close()
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker started by spawn reopens the file
+        return {k: v for k, v in self.__dict__.items() if k != "_file"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115
+        if os.fstat(self._file.fileno()).st_size != self._size:
+            raise ManifestError(f"{self.path}: changed on disk since it was read (a job reads it once)")
+
+
+def lengths_at_rate(utts: Sequence[Utterance]) -> np.ndarray:
+    """(n,) int64: each utterance's length in samples at ``SAMPLE_RATE`` (a ``Manifest`` has them in a column)."""
+    if isinstance(utts, Manifest):
+        return utts.lengths()
+    return np.array([u.samples_at(SAMPLE_RATE) for u in utts], dtype=np.int64)
+
+
+def _line_of(path: Path, at: int) -> int:
+    """The line number (1-based) of the byte at ``at`` (for messages)."""
+    with open(path, "rb") as f:
+        return f.read(at).count(b"\n") + 1
+
+
+def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
+    """Raise ManifestError at the first row whose id an earlier row has (ids compared by hash, then read)."""
+    ordered = np.sort(hashes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if not len(repeated):
+        return
+    groups: dict[int, list[int]] = {}  # rows of equal hashes, in file order
+    for r in np.flatnonzero(np.isin(hashes, repeated)).tolist():
+        groups.setdefault(int(hashes[r]), []).append(r)
+    found: tuple[int, int, str] | None = None  # (row, first row, id) of the earliest duplicate
+    with open(path, "rb") as f:
+        def row_id(r: int) -> str:
+            f.seek(starts[r])
+            return json.loads(f.read(starts[r + 1] - starts[r]))["id"]
+
+        for rows in groups.values():
+            first: dict[str, int] = {}
+            for r in rows:
+                uid = row_id(r)
+                if uid in first and (found is None or r < found[0]):
+                    found = (r, first[uid], uid)
+                first.setdefault(uid, r)
+    if found is not None:
+        row, first_row, uid = found
+        raise ManifestError(f"{path}:{_line_of(path, starts[row])}: duplicate id {uid!r} (first on line "
+                            f"{_line_of(path, starts[first_row])})")
+
+
+def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False) -> Manifest:
+    """Read a JSONL manifest into columns. Raises ManifestError naming file and line on a bad row (including
+    bytes that are not UTF-8), a duplicate id, (with ``check_files``) an audio file that does not exist, or
+    (unless ``allow_empty``) a manifest without utterances: training or scoring nothing is never what was meant."""
     path = Path(path)
     base = path.resolve().parent
-    utts: list[Utterance] = []
-    seen: dict[str, int] = {}
+    starts, lengths, hashes = array("q"), array("q"), array("q")
+    end = 0
+    last_path = None
     with open(path, "rb") as f:
+        pos = 0
         for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
+            at, pos = pos, pos + len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ManifestError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+                raise ManifestError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
                                     "re-encode the manifest as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ManifestError(f"{where}: expected a JSON object")
-            for key, typ in _REQUIRED.items():
-                if key not in row:
-                    raise ManifestError(f"{where}: missing field {key!r}")
-                if not isinstance(row[key], typ) or isinstance(row[key], bool):
-                    raise ManifestError(f"{where}: field {key!r} must be {typ.__name__}, got {row[key]!r}")
-            if row["num_samples"] < 0 or row["sample_rate"] <= 0:
-                raise ManifestError(f"{where}: num_samples must be >= 0 and sample_rate > 0")
-            transcript = row.get("transcript")
-            if transcript is not None and not isinstance(transcript, str):
-                raise ManifestError(f"{where}: field 'transcript' must be a string or null")
-            if row["id"] in seen:
-                raise ManifestError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-            seen[row["id"]] = lineno
-            audio = Path(row["path"])
-            audio = audio if audio.is_absolute() else Path(os.path.normpath(base / audio))
-            if check_files and not audio.is_file():
-                raise ManifestError(f"{where}: audio file not found: {audio}")
-            utts.append(Utterance(row["id"], str(audio), row["num_samples"], row["sample_rate"],
-                                  row["speaker"], transcript))
-    if not utts and not allow_empty:
+                raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            problem = _check_row(row)
+            if problem is not None:
+                raise ManifestError(f"{path}:{lineno}: {problem}")
+            rate, n = row["sample_rate"], row["num_samples"]
+            starts.append(at)
+            lengths.append(n if rate == SAMPLE_RATE else int(round(n * SAMPLE_RATE / rate)))
+            hashes.append(hash(row["id"]))
+            end = pos
+            if check_files and row["path"] != last_path:  # a file's segments follow each other: one check
+                last_path = row["path"]
+                audio = _resolve(last_path, base)
+                if not os.path.isfile(audio):
+                    raise ManifestError(f"{path}:{lineno}: audio file not found: {audio}")
+    if not lengths and not allow_empty:
         raise ManifestError(f"{path}: no utterances (an empty manifest)")
-    return utts
+    starts.append(end)
+    _first_duplicate(path, starts, np.frombuffer(hashes, dtype=np.int64))
+    return Manifest(path, np.frombuffer(starts, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64))
+
+
+def manifest_row(u: Utterance, base: Path | None = None, root: Path | None = None) -> dict[str, Any]:
+    """``u`` as a manifest row: no ``offset`` for a whole file; the path relative to ``base`` when under ``root``."""
+    row = asdict(u)
+    if row["offset"] is None:
+        del row["offset"]
+    if base is not None:
+        p = Path(u.path).resolve()
+        row["path"] = os.path.relpath(p, base) if root and p.is_relative_to(root) else str(p)
+    return row
 
 
 def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
@@ -102,10 +253,7 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
     root = Path(relative_to).resolve() if relative_to is not None else None
     with atomic_open(path) as f:
         for u in utts:
-            row = asdict(u)
-            p = Path(u.path).resolve()
-            row["path"] = os.path.relpath(p, base) if root and p.is_relative_to(root) else str(p)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(manifest_row(u, base, root), ensure_ascii=False) + "\n")
 
 
 def summarize(utts: Sequence[Utterance]) -> dict[str, float]:

@@ -33,7 +33,9 @@ the one to checkpoint. States carry ``format``; one from an earlier development 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -56,6 +58,60 @@ def padding_fraction(batch_lengths: Iterable[Sequence[int]]) -> float:
             real += int(np.sum(lengths))
             padded += int(np.max(lengths)) * len(lengths)
     return 1.0 - real / padded if padded else 0.0
+
+
+class Batches(Sequence[np.ndarray]):
+    """Batches of utterance indices held as two arrays, not one array object a batch (an epoch of 16 M
+    utterances is 3 M batches): ``flat``, every batch's indices one after the other, and ``bounds``, where each
+    batch starts in it (``(batches + 1,)``). Indexing gives a batch's indices; ``take`` picks and orders batches."""
+
+    def __init__(self, flat: np.ndarray, bounds: np.ndarray) -> None:
+        self.flat, self.bounds = flat, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.flat[self.bounds[i] : self.bounds[i + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for a, b in itertools.pairwise(self.bounds.tolist()):
+            yield self.flat[a:b]
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def take(self, which: np.ndarray) -> Batches:
+        """The batches ``which`` (indices of batches), in that order."""
+        which = np.asarray(which, dtype=np.int64)
+        sizes = self.sizes()[which]
+        bounds = np.zeros(len(which) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=bounds[1:])
+        # element k of new batch j comes from old position starts[which[j]] + k (int32 below 2^31: half the memory)
+        kind = np.int32 if len(self.flat) < 2**31 else np.int64
+        at = np.repeat((self.bounds[:-1][which] - bounds[:-1]).astype(kind), sizes)
+        at += np.arange(bounds[-1], dtype=kind)
+        return Batches(self.flat[at], bounds)
+
+    def keep(self, mask: np.ndarray) -> Batches:
+        """Each batch's indices where ``mask`` (over ``flat``) holds; empty batches stay."""
+        kept = np.zeros(len(self.flat) + 1, dtype=np.int64)
+        np.cumsum(mask, out=kept[1:])
+        return Batches(self.flat[mask], kept[self.bounds])
+
+    def split(self, j: int, at: int) -> Batches:
+        """Batch ``j`` cut in two after its first ``at`` indices."""
+        return Batches(self.flat, np.insert(self.bounds, j + 1, self.bounds[j] + at))
+
+    def padded(self, lengths: np.ndarray) -> tuple[int, int]:
+        """(real, padded) samples of these batches, the utterances being ``lengths`` long."""
+        sizes = self.sizes()
+        full = sizes > 0
+        if not full.any():
+            return 0, 0
+        per = lengths[self.flat]
+        longest = np.maximum.reduceat(per, self.bounds[:-1][full])
+        return int(per.sum()), int((longest * sizes[full]).sum())
 
 
 class SecondsBatchSampler:
@@ -100,7 +156,7 @@ class SecondsBatchSampler:
         self.position = 0
         self.repeated = 0
         self.repeats: dict[int, int] = {}  # epoch → batches repeated at its end (see ``repeated``)
-        self._cache: dict[int, list[np.ndarray]] = {}
+        self._cache: dict[int, Batches] = {}
         # a resume with another layout: {"epoch": e, "steps": [{"layout": ..., "positions": [p_0, ...]}, ...]},
         # the layouts epoch e was cut with before and how far each rank got; the epoch then holds what they left
         self._resumed: dict[str, Any] | None = None
@@ -110,11 +166,13 @@ class SecondsBatchSampler:
         return min(self.device_samples, self.max_samples or self.device_samples)
 
     def _batchable(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sets ``effective`` (lengths after cropping) and ``_valid``; returns the too-long and too-short masks."""
+        """Sets ``effective`` (lengths after cropping) and ``batchable`` (the indices batched, ascending); returns
+        the too-long and too-short masks."""
         self.effective = np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
         too_long = self.effective > self._limit()
         too_short = self.lengths < max(self.min_samples, 1)  # an empty utterance is never batched
-        self._valid = np.flatnonzero(~(too_long | too_short))
+        index = np.int32 if len(self.lengths) < 2**31 else np.int64  # half the memory at 16 M utterances
+        self.batchable = np.flatnonzero(~(too_long | too_short)).astype(index)
         return too_long, too_short
 
     def _reasons(self, too_long: np.ndarray, too_short: np.ndarray) -> dict[str, np.ndarray]:
@@ -132,51 +190,54 @@ class SecondsBatchSampler:
         return {key: getattr(self, key) for key in LAYOUT}
 
     # ------------------------------------------------------------------ batches
-    def _pack(self, idx: np.ndarray) -> list[np.ndarray]:
+    def pack(self, idx: np.ndarray) -> Batches:
         """Buckets of ``bucket_size`` in ``idx``'s order, each sorted longest first and packed greedily."""
-        batches: list[np.ndarray] = []
+        flat, bounds = [idx[:0]], array("q", [0])  # 8 bytes a batch, not a Python int
         for start in range(0, len(idx), self.bucket_size):
             chunk = idx[start : start + self.bucket_size]
             chunk = chunk[np.argsort(-self.effective[chunk], kind="stable")]
-            i = 0
-            while i < len(chunk):  # longest first: the first element fixes the batch's padded length
-                cap = max(1, self.micro_samples // int(self.effective[chunk[i]]))
-                batches.append(chunk[i : i + cap])
-                i += cap
-        return batches
+            flat.append(chunk)
+            # longest first: the first utterance of a batch fixes its padded length, hence how many fit
+            caps = np.maximum(1, self.micro_samples // self.effective[chunk]).tolist()
+            i, n = 0, len(chunk)
+            while i < n:
+                i += caps[i]
+                bounds.append(start + i)
+            bounds[-1] = start + n  # only the last batch may reach past the bucket
+        return Batches(np.concatenate(flat), np.frombuffer(bounds, dtype=np.int64))
 
-    def _global_batches(self, epoch: int) -> list[np.ndarray]:
+    def _global_batches(self, epoch: int) -> Batches:
         if self._resumed is not None and self._resumed["epoch"] == epoch:
             return self._remainder(epoch, self._resumed["steps"])
         rng = np.random.default_rng([self.seed, epoch])
-        idx = rng.permutation(self._valid) if self.shuffle else self._valid
-        batches = self._pack(idx)
+        idx = rng.permutation(self.batchable) if self.shuffle else self.batchable
+        batches = self.pack(idx)
         if self.shuffle:
-            batches = [batches[j] for j in rng.permutation(len(batches))]
+            batches = batches.take(rng.permutation(len(batches)))
         return self._deal(batches, epoch)
 
-    def _remainder(self, epoch: int, steps: list[dict[str, Any]]) -> list[np.ndarray]:
+    def _remainder(self, epoch: int, steps: list[dict[str, Any]]) -> Batches:
         """The global batches of a resumed ``epoch``: what the saved run (the last step; earlier steps made its
         epoch a remainder too) had not reached, in its order, still batchable here. Its batches are kept when
         only the number of ranks changed; otherwise the utterances are packed anew and the batches shuffled."""
         step = steps[-1]
         then = self._with_layout(step["layout"])
         cut = then._remainder(epoch, steps[:-1]) if len(steps) > 1 else then._global_batches(epoch)
-        cut = cut[: len(cut) - then.repeated]  # the repeated copies at the end are not utterances of their own
+        g = np.arange(len(cut) - then.repeated)  # the repeated copies at the end are not utterances of their own
         w = then.world_size
-        done = step.get("positions") or [int(step["position"])] * w  # batches each saved rank had consumed
-        left = [b for g, b in enumerate(cut) if g // w >= done[g % w]]  # rank r's p-th batch is global p·W + r
+        done = np.array(step.get("positions") or [int(step["position"])] * w, dtype=np.int64)  # each saved rank's
+        left = cut.take(g[g // w >= done[g % w]])  # rank r's p-th batch is global p·W + r
         valid = np.zeros(len(self.lengths), dtype=bool)
-        valid[self._valid] = True
-        kept = [b[valid[b]] for b in left]
+        valid[self.batchable] = True
+        kept = left.keep(valid[left.flat])
         same_cut = all(then.layout()[k] == self.layout()[k] for k in self.layout() if k != "world_size")
         if same_cut:
-            batches = [b for b in kept if len(b)]
+            batches = kept.take(np.flatnonzero(kept.sizes()))
         else:
-            batches = self._pack(np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64))
+            batches = self.pack(kept.flat)
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, epoch, len(steps)])
-                batches = [batches[j] for j in rng.permutation(len(batches))]
+                batches = batches.take(rng.permutation(len(batches)))
         return self._deal(batches, epoch)
 
     def _with_layout(self, layout: dict[str, Any]) -> SecondsBatchSampler:
@@ -188,35 +249,36 @@ class SecondsBatchSampler:
         then.rank, then._cache, then._resumed, then.repeats = 0, {}, None, {}
         return then
 
-    def _deal(self, batches: list[np.ndarray], epoch: int) -> list[np.ndarray]:
+    def _deal(self, batches: Batches, epoch: int) -> Batches:
         """The batch list made a multiple of ``world_size`` long: split the fullest, else repeat."""
         while len(batches) % self.world_size:
-            j = int(np.argmax([len(b) for b in batches]))
-            if len(batches[j]) < 2:
+            sizes = batches.sizes()
+            j = int(np.argmax(sizes))
+            if sizes[j] < 2:
                 break
-            half = len(batches[j]) // 2
-            batches[j : j + 1] = [batches[j][:half], batches[j][half:]]
-        self.repeated = (-len(batches)) % self.world_size if batches else 0
+            batches = batches.split(j, int(sizes[j]) // 2)
+        self.repeated = (-len(batches)) % self.world_size if len(batches) else 0
         self.repeats[epoch] = self.repeated
         if self.repeated:
             log.warning("epoch %d: only %d batches for %d ranks; repeating %d", epoch, len(batches),
                         self.world_size, self.repeated)
-            batches = batches + [batches[k % len(batches)] for k in range(self.repeated)]
+            batches = batches.take(np.arange(len(batches) + self.repeated) % len(batches))
         return batches
 
-    def epoch_batches(self, epoch: int | None = None) -> list[np.ndarray]:
-        """This rank's batches (arrays of indices) for ``epoch`` (default: the current one)."""
+    def epoch_batches(self, epoch: int | None = None) -> Batches:
+        """This rank's batches (each an array of indices) for ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
         if epoch not in self._cache:
             if len(self._cache) >= 2:
                 self._cache.pop(min(self._cache))
-            self._cache[epoch] = self._global_batches(epoch)[self.rank :: self.world_size]
+            everyone = self._global_batches(epoch)
+            self._cache[epoch] = everyone.take(np.arange(self.rank, len(everyone), self.world_size))
         return self._cache[epoch]
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
             batches = self.epoch_batches(self.epoch)
-            if not batches and self.endless and not len(self._valid):
+            if not batches and self.endless and not len(self.batchable):
                 raise ValueError("SecondsBatchSampler: no batchable utterances for endless iteration")
             while self.position < len(batches):
                 batch = batches[self.position]
@@ -238,7 +300,8 @@ class SecondsBatchSampler:
     # ------------------------------------------------------------------ accounting
     def padding_fraction(self, epoch: int | None = None) -> float:
         """Padding fraction of this rank's batches in ``epoch``."""
-        return padding_fraction(self.effective[b] for b in self.epoch_batches(epoch))
+        real, padded = self.epoch_batches(epoch).padded(self.effective)
+        return 1.0 - real / padded if padded else 0.0
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import nn
 from earful.data.budget import BatchBudget
 from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
+from earful.data.stream import make_shard_loader
 from earful.model import Wav2Vec2ForPreTraining
 from earful.pretrain.config import PretrainConfig
 from earful.train import distributed as D
@@ -52,15 +53,19 @@ class PretrainTask(Task):
 
     def build_data(self, budget: BatchBudget) -> None:
         cfg, d = self.cfg, self.d
-        if not cfg.data.train:
-            raise ValueError("data.train: no training manifest given")
+        if bool(cfg.data.train) == bool(cfg.data.shards):
+            raise ValueError("data.train / data.shards: give one, the training manifest or the folder of its shards "
+                             f"(got data.train={cfg.data.train!r}, data.shards={cfg.data.shards!r})")
         common = {"seed": cfg.seed, "rank": d.rank, "skip_bad": cfg.data.skip_bad,
                   "crop_to_shortest": not cfg.data.padding}
-        self.loader = make_loader(
-            read_manifest(cfg.data.train, check_files=True), budget, shuffle=True, endless=True,
-            bucket_size=cfg.data.bucket_size, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
-            **common,
-        )  # fmt: skip
+        loading = {"bucket_size": cfg.data.bucket_size, "num_workers": cfg.data.num_workers,
+                   "pin_memory": d.device.type == "cuda"}
+        if cfg.data.shards:
+            self.loader = make_shard_loader(cfg.data.shards, budget, relayout=cfg.data.shards_relayout, **loading,
+                                            **common)
+        else:
+            self.loader = make_loader(read_manifest(cfg.data.train, check_files=True), budget, shuffle=True,
+                                      endless=True, **loading, **common)
         self.valid_loader = None
         if cfg.data.valid:
             valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, crop_seconds=cfg.data.crop_seconds,

@@ -34,7 +34,7 @@ MANIFESTS = ("data.train", "data.valid", "data.dev")
 # settings that change how a run is watched or where it runs, not what it computes
 OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds", "ckpt_every", "keep_last",
                "keep_best", "tensorboard", "max_nan_steps", "ckpt_hours", "ckpt_hours_basis", "ckpt_steps",
-               "data.num_workers", "data.skip_bad", "init", "compile", "compile_backend"}
+               "data.num_workers", "data.skip_bad", "data.shards_relayout", "init", "compile", "compile_backend"}
 LAYOUT = ("device_seconds",)
 
 
@@ -46,7 +46,17 @@ def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
     for key in MANIFESTS:
         if flat.get(key):
             out[f"{key}.sha256"] = sha256(flat[key])
+    if flat.get("data.shards"):  # a folder of shards (or a URL): its index lists every shard's size and members
+        out.pop("data.shards", None)
+        out["data.shards.index"] = shard_index_digest(flat["data.shards"])
     return json.loads(json.dumps(out))
+
+
+def shard_index_digest(location: str) -> str:
+    """SHA-256 of a shard folder's index (what is in the shards, not where they are)."""
+    from earful.data.shards import ShardIndex
+
+    return ShardIndex(location).digest
 
 
 def layout_of(cfg: TrainingConfig, world_size: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,42 @@ def tone():
 def ls_tree():
     """``make_librispeech`` as a fixture."""
     return make_librispeech
+
+
+VOICED = [(0.5, 3.0), (3.2, 5.5), (7.5, 10.0), (10.1, 11.5)]  # seconds of "speech" in a 12 s recording
+
+
+def write_recording(path: Path, seconds: float = 12.0, voiced=VOICED, rate: int = 16000, seed: int = 0) -> int:
+    """A long recording with known silences: noise bursts (-20 dB) over a -80 dB floor; returns its samples."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    x = 1e-4 * rng.standard_normal(n)
+    for a, b in voiced:
+        i, j = int(a * rate), int(b * rate)
+        x[i:j] += 0.1 * rng.standard_normal(j - i) * (0.6 + 0.4 * np.sin(np.arange(j - i) * 2 * np.pi * 3 / rate))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), rate, subtype="PCM_16")
+    return n
+
+
+def make_unlabelled_librilight(root: Path, files: int = 2, annotated: bool = True) -> list[Path]:
+    """``SPEAKER/BOOK/FILE.flac`` + ``FILE.json`` (Libri-light's ``voice_activity``) under ``root``."""
+    paths = []
+    for k in range(files):
+        flac = root / f"{100 + k % 2}" / f"book_{k // 2}" / f"chapter_{k:02d}_64kb.flac"
+        write_recording(flac, seed=k)
+        if annotated:
+            meta = {"speaker": flac.parent.parent.name, "snr": 20.0, "voice_activity": [list(v) for v in VOICED]}
+            flac.with_suffix(".json").write_text(json.dumps(meta))
+        paths.append(flac)
+    return paths
+
+
+@pytest.fixture
+def recording():
+    return write_recording
+
+
+@pytest.fixture
+def unlabelled_tree():
+    return make_unlabelled_librilight

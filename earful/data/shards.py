@@ -1,0 +1,377 @@
+"""Sharded storage: a manifest's audio in tar shards of about ``--shard-gb`` each, with an index.
+
+``earful shard MANIFEST OUT`` writes::
+
+    OUT/shard-000000.tar ...   WebDataset layout: per row, ``KEY.flac`` (its audio) then ``KEY.json`` (id, speaker,
+                               transcript, num_samples, sample_rate, and where it came from); KEY = the row's
+                               number, 9 digits
+    OUT/index.json             format, the shards (name, bytes, members), totals, rows left out and why
+    OUT/index/*.npy            one number a member: its byte offset in its shard, the bytes its two tar entries
+                               span, num_samples, sample_rate (memory-mapped: 16 M members take no memory until read)
+
+A member holds the row's audio alone (a segment's window, not its file), in the file's own channels, rate and
+integer sample format (FLAC of 8, 16 or 24 bits: decoding gives the very samples the file gives, so batches
+read from shards equal batches read from the files); audio stored otherwise (float, MP3, Opus) becomes 24-bit
+FLAC. Shards appear whole or not at all (atomic renames); the index is written last.
+
+Readers find a member by its offset (no tar scanning), check that its tar headers name the key the index
+expects with the sizes it records, and its json the length: a shard replaced, cut short or corrupted is named
+(``ShardError``), never read as other audio. The shards may also be read from any fsspec URL (``s3://``,
+``https://``, ...; ``pip install fsspec``, or ``earful[remote]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from earful.atomic import atomic_open, atomic_path, atomic_write_json
+
+from .audio import AudioError, audio_info
+from .budget import SAMPLE_RATE
+from .manifest import Utterance, manifest_row
+from .parallel import ordered_map
+
+log = logging.getLogger(__name__)
+
+SHARDS_FORMAT = "earful-shards-1"
+INDEX = "index.json"
+COLUMNS = ("offset", "span", "num_samples", "sample_rate")
+BLOCK = 512  # tar's block
+_EXACT_FLAC = {"PCM_S8": ("int16", "PCM_S8"), "PCM_U8": ("int16", "PCM_S8"), "PCM_16": ("int16", "PCM_16"),
+               "PCM_24": ("int32", "PCM_24")}  # what FLAC stores exactly: (read as, written as)
+
+
+class ShardError(ValueError):
+    """A shard or index that cannot be used; the message names it, the problem and the way out."""
+
+
+def key_of(member: int) -> str:
+    return f"{member:09d}"
+
+
+def _padded(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+def _tar_entry(name: str, data: bytes) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * (_padded(len(data)) - len(data))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
+    """(the FLAC bytes of ``utt``'s audio — its window of the file — or b"", the problem or None)."""
+    try:
+        frames, _ = audio_info(utt.path)
+        start = utt.offset or 0
+        count = utt.num_samples if utt.offset is not None else frames
+        if start + count > frames:
+            return b"", (f"{utt.path}: segment [{start}, {start + count}) past the end of the file ({frames} "
+                         "samples)")
+        with sf.SoundFile(utt.path) as f:
+            dtype, subtype = _EXACT_FLAC.get(f.subtype, ("float32", "PCM_24"))
+            f.seek(start)
+            data = f.read(count, dtype=dtype, always_2d=True)
+            rate = f.samplerate
+        if len(data) < count:
+            return b"", f"{utt.path}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"
+        if not len(data):
+            return b"", f"{utt.path}: empty audio (0 samples)"
+        if dtype == "float32" and not np.isfinite(data).all():
+            return b"", f"{utt.path}: audio contains NaN or infinite samples"
+        out = io.BytesIO()
+        sf.write(out, data, rate, format="FLAC", subtype=subtype)
+        return out.getvalue(), None
+    except AudioError as e:
+        return b"", str(e)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        return b"", f"{utt.path}: unreadable audio ({e})"
+
+
+def _member_json(utt: Utterance) -> bytes:
+    row = manifest_row(utt)
+    source = {"path": row.pop("path"), "offset": row.pop("offset", None)}
+    return json.dumps({**row, "source": source}, ensure_ascii=False).encode("utf-8")
+
+
+@dataclass
+class ShardSummary:
+    shards: int
+    members: int
+    hours: float
+    bytes: int
+    problems: list[str]
+
+
+def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_bytes: int, skip_bad: bool = False,
+                 workers: int = 1, total: int | None = None, source: str = "") -> ShardSummary:
+    """Write ``utts`` (in their order) as shards of about ``shard_bytes`` each into ``out`` and the index last.
+    A row whose audio cannot be read (unreadable, truncated, a segment past the end of its file) stops the
+    writing naming it, or with ``skip_bad`` is left out, logged and listed in the index (``left_out``)."""
+    out = Path(out)
+    if (out / INDEX).exists():
+        raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    cols = {c: array("q") for c in COLUMNS}  # 8 bytes a number, not a Python int
+    shards: list[dict[str, Any]] = []
+    left_out: list[dict[str, str]] = []
+    samples_16k = 0
+    writer = _ShardWriter(out, shard_bytes, shards)
+    items = ordered_map(encode_member, utts, workers)
+    for utt, (flac, problem) in tqdm(items, total=total, unit="row", desc="shards", mininterval=2.0):
+        if problem is not None:
+            if not skip_bad:
+                writer.abandon()
+                raise ShardError(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
+                                 "rows out (they are listed in the index)")
+            log.warning("left out %s: %s", utt.id, problem)
+            left_out.append({"id": utt.id, "problem": problem})
+            continue
+        member = len(cols["offset"])
+        key = key_of(member)
+        entry = _tar_entry(f"{key}.flac", flac) + _tar_entry(f"{key}.json", _member_json(utt))
+        offset = writer.add(entry)
+        for c, v in zip(COLUMNS, (offset, len(entry), utt.num_samples, utt.sample_rate), strict=True):
+            cols[c].append(v)
+        samples_16k += utt.samples_at(SAMPLE_RATE)
+    writer.close()
+    (out / "index").mkdir(exist_ok=True)
+    for c in COLUMNS:
+        with atomic_open(out / "index" / f"{c}.npy", "wb") as f:
+            np.save(f, np.frombuffer(cols[c], dtype=np.int64).astype(np.int32 if c == "sample_rate" else np.int64))
+    members = len(cols["offset"])
+    hours = samples_16k / SAMPLE_RATE / 3600
+    atomic_write_json(out / INDEX, {
+        "format": SHARDS_FORMAT, "source": source, "members": members, "hours": hours,
+        "shards": shards, "left_out": left_out})  # fmt: skip
+    return ShardSummary(len(shards), members, hours, sum(s["bytes"] for s in shards),
+                        [f"{r['id']}: {r['problem']}" for r in left_out])
+
+
+class _ShardWriter:
+    """Appends tar entries to the current shard (a temporary file) and starts a new one past ``shard_bytes``."""
+
+    def __init__(self, out: Path, shard_bytes: int, shards: list[dict[str, Any]]) -> None:
+        self.out, self.limit, self.shards = out, shard_bytes, shards
+        self.file: IO[bytes] | None = None
+        self.ctx: Any = None
+
+    def add(self, entry: bytes) -> int:
+        if self.file is not None and self.size + len(entry) + 2 * BLOCK > self.limit and self.members:
+            self._finish()
+        if self.file is None:
+            self.name = f"shard-{len(self.shards):06d}.tar"
+            self.ctx = atomic_path(self.out / self.name)
+            self.file = open(self.ctx.__enter__(), "wb")  # noqa: SIM115 - closed in _finish
+            self.size, self.members, self.digest = 0, 0, hashlib.sha256()
+        offset = self.size
+        self.file.write(entry)
+        self.digest.update(entry)
+        self.size += len(entry)
+        self.members += 1
+        return offset
+
+    def _finish(self) -> None:
+        assert self.file is not None
+        end = b"\0" * (2 * BLOCK)  # the end-of-archive marker
+        self.file.write(end)
+        self.digest.update(end)
+        self.file.close()
+        self.ctx.__exit__(None, None, None)  # renamed into place
+        self.shards.append({"name": self.name, "bytes": self.size + len(end), "members": self.members,
+                            "sha256": self.digest.hexdigest()})
+        self.file = None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self._finish()
+
+    def abandon(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.ctx.__exit__(ShardError, None, None)  # the temporary file is removed
+            self.file = None
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def open_location(location: str) -> IO[bytes]:
+    """A local file, or (with fsspec) a URL, opened for reading bytes."""
+    if "://" not in location:
+        return open(location, "rb")  # noqa: SIM115
+    try:
+        import fsspec
+    except ImportError:
+        raise ShardError(f"{location}: reading shards from a URL needs fsspec (pip install fsspec, or "
+                         "earful[remote])") from None
+    return fsspec.open(location, "rb").open()
+
+
+def _join(location: str, name: str) -> str:
+    return f"{location.rstrip('/')}/{name}" if "://" in location else str(Path(location) / name)
+
+
+class ShardIndex:
+    """The index of a shard folder (a path or fsspec URL of ``OUT`` or ``OUT/index.json``): the shards and one
+    column entry a member. ``lengths()`` gives each member's length at ``SAMPLE_RATE`` (what the sampler needs)."""
+
+    def __init__(self, location: str | os.PathLike) -> None:
+        location = str(location)
+        if location.endswith(INDEX):
+            location = location[: -len(INDEX)].rstrip("/") or "."
+        self.location = location
+        where = _join(location, INDEX)
+        try:
+            with open_location(where) as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise ShardError(f"{where}: no shard index (write one with `earful shard MANIFEST OUT`)") from None
+        try:
+            meta = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"{where}: corrupt index ({e}); write the shards again") from None
+        if not isinstance(meta, dict) or meta.get("format") != SHARDS_FORMAT:
+            raise ShardError(f"{where}: not an index of format {SHARDS_FORMAT} (found "
+                             f"{meta.get('format') if isinstance(meta, dict) else None!r}); write the shards again")
+        self.digest = hashlib.sha256(raw).hexdigest()
+        self.shards: list[dict[str, Any]] = meta["shards"]
+        self.left_out: list[dict[str, str]] = meta.get("left_out", [])
+        self.first = np.concatenate([[0], np.cumsum([s["members"] for s in self.shards])]).astype(np.int64)
+        self.columns = {c: self._column(c) for c in COLUMNS}
+        counts = {c: len(v) for c, v in self.columns.items()}
+        if set(counts.values()) != {int(self.first[-1])} or meta["members"] != self.first[-1]:
+            raise ShardError(f"{where}: the index's columns {counts} do not match its {meta['members']} members; "
+                             "write the shards again")
+
+    def _column(self, name: str) -> np.ndarray:
+        where = _join(_join(self.location, "index"), f"{name}.npy")
+        try:
+            if "://" not in where:
+                return np.load(where, mmap_mode="r", allow_pickle=False)
+            with open_location(where) as f:
+                return np.load(io.BytesIO(f.read()), allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise ShardError(f"{where}: missing or corrupt index column ({e}); write the shards again") from None
+
+    def __len__(self) -> int:
+        return int(self.first[-1])
+
+    def lengths(self) -> np.ndarray:
+        """(members,) int64: each member's length in samples at ``SAMPLE_RATE``."""
+        n = np.asarray(self.columns["num_samples"], dtype=np.int64)
+        rate = np.asarray(self.columns["sample_rate"], dtype=np.int64)
+        other = rate != SAMPLE_RATE
+        if not other.any():
+            return n
+        out = n.copy()
+        out[other] = np.round(n[other] * SAMPLE_RATE / rate[other]).astype(np.int64)
+        return out
+
+    def shard_of(self, member: np.ndarray | int) -> np.ndarray:
+        return np.searchsorted(self.first, member, side="right") - 1
+
+    def path(self, shard: int) -> str:
+        return _join(self.location, self.shards[shard]["name"])
+
+    def problems(self) -> list[str]:
+        """Shards that are missing or whose size is not the index's (checked without reading them)."""
+        found = []
+        for k, s in enumerate(self.shards):
+            where = self.path(k)
+            try:
+                if "://" in where:
+                    import fsspec
+
+                    size = fsspec.open(where).fs.size(where)
+                else:
+                    size = os.path.getsize(where)
+            except (FileNotFoundError, OSError):
+                found.append(f"{where}: missing shard ({s['members']} members)")
+                continue
+            if size != s["bytes"]:
+                what = "truncated" if size < s["bytes"] else "longer than the index says"
+                found.append(f"{where}: {what} ({size} bytes, the index says {s['bytes']})")
+        return found
+
+
+class Member(io.BytesIO):
+    """A member's audio in memory; ``str()`` names it (``SHARD.tar:KEY.flac``) for messages."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.label = name
+
+    def __str__(self) -> str:
+        return self.label
+
+    __repr__ = __str__
+
+
+def read_member(f: IO[bytes], index: ShardIndex, member: int) -> tuple[Member, dict[str, Any]]:
+    """Member ``member``'s audio and json from its open shard ``f``. Raises ShardError when the bytes at its
+    offset are not the entries the index records (names, sizes, tar checksums), or its json disagrees."""
+    shard = int(index.shard_of(member))
+    key = key_of(member)
+    offset, span = int(index.columns["offset"][member]), int(index.columns["span"][member])
+    where = f"{index.path(shard)}: member {key}"
+    way_out = "the shard or its index was changed or damaged after `earful shard` wrote them: write the shards again"
+    f.seek(offset)
+    raw = f.read(span)
+    if len(raw) < span:
+        raise ShardError(f"{where}: truncated shard ({len(raw)} of the member's {span} bytes at byte {offset}); "
+                         f"{way_out}")
+    parts = []
+    at = 0
+    for ext in ("flac", "json"):
+        try:
+            info = tarfile.TarInfo.frombuf(raw[at : at + BLOCK], "utf-8", "strict")
+        except tarfile.HeaderError as e:
+            raise ShardError(f"{where}: corrupt tar header at byte {offset + at} ({e}); {way_out}") from None
+        if info.name != f"{key}.{ext}":
+            raise ShardError(f"{where}: found {info.name!r} at byte {offset + at} where the index has "
+                             f"'{key}.{ext}'; {way_out}")
+        parts.append(raw[at + BLOCK : at + BLOCK + info.size])
+        at += BLOCK + _padded(info.size)
+    if at != span:
+        raise ShardError(f"{where}: its entries span {at} bytes, the index says {span}; {way_out}")
+    try:
+        meta = json.loads(parts[1])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{where}: corrupt {key}.json ({e}); {way_out}") from None
+    n, rate = int(index.columns["num_samples"][member]), int(index.columns["sample_rate"][member])
+    if meta.get("num_samples") != n or meta.get("sample_rate") != rate:
+        raise ShardError(f"{where}: its json says {meta.get('num_samples')} samples at {meta.get('sample_rate')} Hz, "
+                         f"the index {n} at {rate}; {way_out}")
+    return Member(parts[0], f"{index.path(shard)}:{key}.flac"), meta
+
+
+def member_utterance(meta: dict[str, Any], audio: Member) -> Utterance:
+    """A member as an utterance whose audio is the whole member (a segment's window is all it holds)."""
+    return Utterance(meta["id"], str(audio), meta["num_samples"], meta["sample_rate"], meta.get("speaker", ""),
+                     meta.get("transcript"))
+
+
+def shard_rows(utts: Sequence[Utterance], seed: int | None) -> Iterable[Utterance]:
+    """The rows in the manifest's order, or shuffled by ``seed`` (better mixed batches from a sequential read)."""
+    if seed is None:
+        return utts
+    order = np.random.default_rng(seed).permutation(len(utts))
+    return (utts[int(i)] for i in order)

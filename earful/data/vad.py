@@ -1,0 +1,131 @@
+"""Voice activity and segments: long recordings (Libri-light's files run to 70 minutes) cut into windows of
+bounded length at pauses, each a manifest row with ``offset`` and ``num_samples`` (nothing is re-encoded).
+
+Voice activity comes from the annotations Libri-light ships (``FILE.json``: ``voice_activity``, a list of
+``[start, end]`` in seconds), or, without them, from ``energy_vad``:
+
+1. the file is read in blocks and cut into 20 ms frames; each frame's energy is ``10·log10(mean(x²))`` dB;
+2. the noise floor is the 5th percentile of the frame energies, the loud level the 95th; a frame is voiced
+   when it is louder than ``max(floor + 9 dB, loud − 40 dB)`` (9 dB over the floor, but never more than 40 dB
+   under the loud parts, for audio with digital silence);
+3. voiced runs shorter than 0.1 s (clicks) are dropped, pauses shorter than 0.3 s are filled, and each run
+   is widened by 0.1 s on both sides (onsets and releases are quiet).
+
+``cut_segments`` then joins consecutive voiced stretches into segments while a segment stays within
+``max_seconds`` and the pause bridged is at most ``max_pause`` seconds; a stretch longer than ``max_seconds``
+alone is cut into equal pieces. Segments shorter than ``min_seconds`` are left out and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+from .audio import AudioError
+
+FRAME_SECONDS = 0.02
+FLOOR_MARGIN_DB = 9.0  # voiced: this much over the noise floor ...
+LOUD_RANGE_DB = 40.0  # ... or, if higher, this much under the loud level
+MIN_RUN_SECONDS = 0.1
+MIN_PAUSE_SECONDS = 0.3
+PAD_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentLimits:
+    """How ``cut_segments`` cuts: the longest segment, the shortest kept, the longest pause bridged."""
+
+    max_seconds: float = 20.0
+    min_seconds: float = 2.0
+    max_pause: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_seconds <= self.max_seconds or self.max_pause < 0:
+            raise ValueError(f"segment limits: expected 0 < min_seconds ({self.min_seconds}) <= max_seconds "
+                             f"({self.max_seconds}) and max_pause ({self.max_pause}) >= 0")
+
+
+DEFAULT_LIMITS = SegmentLimits()
+
+
+def frame_energies(path: str | os.PathLike) -> tuple[np.ndarray, int, int]:
+    """(energy in dB of each 20 ms frame, samples a frame, the file's sample rate), reading in blocks."""
+    try:
+        info = sf.info(os.fspath(path))
+        frame = max(1, round(FRAME_SECONDS * info.samplerate))
+        parts = []
+        for block in sf.blocks(os.fspath(path), blocksize=frame * 4096, dtype="float32", always_2d=True):
+            mono = block.mean(axis=1)
+            whole = len(mono) // frame * frame
+            if whole:
+                parts.append(np.mean(mono[:whole].reshape(-1, frame).astype(np.float64) ** 2, axis=1))
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: unreadable audio ({e})") from None
+    power = np.concatenate(parts) if parts else np.zeros(0)
+    return 10 * np.log10(power + 1e-12), frame, info.samplerate
+
+
+def _runs(mask: np.ndarray) -> np.ndarray:
+    """(runs, 2) [start, end) frame indices of the True runs of ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
+
+
+def energy_vad(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Voiced stretches of ``path`` by frame energy (see the module docstring): ((n, 2) [start, end) in samples,
+    the file's sample rate)."""
+    db, frame, rate = frame_energies(path)
+    if not len(db):
+        return np.zeros((0, 2), dtype=np.int64), rate
+    floor, loud = np.percentile(db, 5), np.percentile(db, 95)
+    runs = _runs(db > max(floor + FLOOR_MARGIN_DB, loud - LOUD_RANGE_DB))
+    per_second = 1.0 / FRAME_SECONDS
+    runs = runs[runs[:, 1] - runs[:, 0] >= round(MIN_RUN_SECONDS * per_second)]
+    if len(runs) > 1:  # fill short pauses
+        keep = np.concatenate([[True], runs[1:, 0] - runs[:-1, 1] >= round(MIN_PAUSE_SECONDS * per_second)])
+        starts = runs[keep, 0]
+        ends = np.append(runs[np.flatnonzero(keep)[1:] - 1, 1], runs[-1, 1])
+        runs = np.stack([starts, ends], axis=1)
+    pad = round(PAD_SECONDS * per_second)
+    total = len(db)
+    samples = np.stack([np.maximum(runs[:, 0] - pad, 0), np.minimum(runs[:, 1] + pad, total)], axis=1) * frame
+    return samples.astype(np.int64).reshape(-1, 2), rate
+
+
+def annotated_vad(voice_activity: object, rate: int, frames: int) -> np.ndarray:
+    """Libri-light's ``voice_activity`` (``[[start, end], ...]`` in seconds) as (n, 2) [start, end) samples within
+    the file. Raises ValueError when it is not a list of increasing pairs of numbers."""
+    ok = isinstance(voice_activity, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(t, int | float) and not isinstance(t, bool) for t in p)
+        for p in voice_activity)
+    if not ok:
+        raise ValueError("voice_activity must be a list of [start, end] pairs in seconds")
+    if not voice_activity:
+        return np.zeros((0, 2), dtype=np.int64)
+    spans = np.clip(np.round(np.array(voice_activity, dtype=np.float64) * rate), 0, frames).astype(np.int64)
+    if (spans[:, 1] < spans[:, 0]).any() or (spans[1:, 0] < spans[:-1, 1]).any():
+        raise ValueError("voice_activity must hold increasing, non-overlapping [start, end] pairs")
+    return spans[spans[:, 1] > spans[:, 0]]
+
+
+def cut_segments(voiced: np.ndarray, rate: int, limits: SegmentLimits) -> tuple[list[tuple[int, int]], int]:
+    """Segments [start, end) in samples from voiced stretches (see the module docstring), and the samples of
+    voice activity left out in segments shorter than ``limits.min_seconds``."""
+    longest, shortest = round(limits.max_seconds * rate), round(limits.min_seconds * rate)
+    pause = round(limits.max_pause * rate)
+    pieces: list[tuple[int, int]] = []
+    for a, b in voiced.tolist():
+        n = -(-(b - a) // longest)  # a stretch longer than a segment: equal pieces
+        cuts = [a + (b - a) * k // n for k in range(n + 1)]
+        pieces += list(zip(cuts[:-1], cuts[1:], strict=True))
+    segments: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if segments and b - segments[-1][0] <= longest and a - segments[-1][1] <= pause:
+            segments[-1] = (segments[-1][0], b)
+        else:
+            segments.append((a, b))
+    kept = [(a, b) for a, b in segments if b - a >= shortest]
+    return kept, sum(b - a for a, b in segments if b - a < shortest)

@@ -1,0 +1,171 @@
+"""Segments (windows of long files): manifest rows with ``offset``, reads that decode only the crop, the
+columnar manifest, the energy VAD on audio with known silences, and ``earful prepare`` on unlabelled
+Libri-light and on the folders a new user points it at."""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from earful.data import commands
+from earful.data.audio import AudioError
+from earful.data.budget import BatchBudget
+from earful.data.dataset import AudioDataset, make_loader
+from earful.data.librispeech import discover, read_unlabelled
+from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from earful.data.vad import SegmentLimits, cut_segments, energy_vad
+
+SR = 16000
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """Samples decoded by every ``SoundFile.read`` call, in order."""
+    calls: list[int] = []
+    real = sf.SoundFile.read
+
+    def read(self, frames=-1, *args, **kwargs):
+        out = real(self, frames, *args, **kwargs)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    return calls
+
+
+def test_a_crop_of_a_long_file_decodes_only_the_crop(tmp_path: Path, recording, decoded) -> None:
+    """A 1 s crop of a 12 s file, and of a 5 s segment of it: 1 s decoded, the same samples as slicing the whole."""
+    n = recording(tmp_path / "long.flac")
+    whole, _ = sf.read(tmp_path / "long.flac", dtype="float32")
+    rows = [Utterance("file", str(tmp_path / "long.flac"), n, SR, "s"),
+            Utterance("seg", str(tmp_path / "long.flac"), 5 * SR, SR, "s", offset=3 * SR)]
+    ds = AudioDataset(rows, crop_seconds=1.0, seed=7)
+    decoded.clear()
+    for index, first, samples in ((0, 0, n), (1, 3 * SR, 5 * SR)):
+        item = ds[(index, 2)]
+        start = int(np.random.default_rng([7, 2, index]).integers(0, samples - SR + 1))  # the crop's key
+        assert np.array_equal(item.wave, whole[first + start : first + start + SR])
+    assert decoded == [SR, SR]  # 1 s each, not 12
+    assert np.array_equal(ds[(1, 2)].wave, ds[(1, 2)].wave) and not np.array_equal(ds[(1, 2)].wave, ds[(1, 3)].wave)
+
+
+def test_a_segment_at_another_rate_is_decoded_alone_and_resampled(tmp_path: Path, recording, decoded) -> None:
+    recording(tmp_path / "8k.flac", rate=8000)
+    x, _ = sf.read(tmp_path / "8k.flac", dtype="float32")
+    seg = Utterance("seg", str(tmp_path / "8k.flac"), 16000, 8000, "s", offset=8000)
+    decoded.clear()
+    wave = AudioDataset([seg])[0].wave
+    assert decoded == [16000]
+    assert np.array_equal(wave, soxr.resample(x[8000:24000], 8000, SR, quality="HQ").astype(np.float32)[:32000])
+
+
+def test_a_segment_past_the_end_of_its_file_is_named_then_skipped_and_counted(tmp_path: Path, recording) -> None:
+    n = recording(tmp_path / "a.flac")
+    rows = [Utterance("ok", str(tmp_path / "a.flac"), SR, SR, "s", offset=0),
+            Utterance("past", str(tmp_path / "a.flac"), 2 * SR, SR, "s", offset=n - SR)]
+    with pytest.raises(AudioError, match=rf"a.flac: segment \[{n - SR}, {n + SR}\) past the end of the file \({n} "):
+        AudioDataset(rows)[1]
+    loader = make_loader(rows, BatchBudget.per_device(10.0), skip_bad=True)
+    assert [i for b in loader for i in b.ids] == ["ok"] and loader.bad_ids == {"past"}
+
+
+def test_manifest_rows_keep_offsets_and_whole_files_stay_as_they_were(tmp_path: Path) -> None:
+    rows = [Utterance("a", str(tmp_path / "a.flac"), 100, SR, "s", "HI"),
+            Utterance("b", str(tmp_path / "a.flac"), 50, 8000, "s", offset=25)]
+    write_manifest(rows, tmp_path / "m.jsonl")
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert "offset" not in json.loads(lines[0]) and json.loads(lines[1])["offset"] == 25
+    back = read_manifest(tmp_path / "m.jsonl")
+    assert list(back) == rows and back[1] == rows[1] and back[-1] == rows[1] and back[0:1] == rows[:1]
+    assert back.lengths().tolist() == [100, 100]  # at 16 kHz, from the columns
+    (tmp_path / "bad.jsonl").write_text(lines[0] + "\n" + lines[1].replace('"offset": 25', '"offset": -1') + "\n")
+    with pytest.raises(ManifestError, match=r"bad.jsonl:2: field 'offset' must be an integer >= 0"):
+        read_manifest(tmp_path / "bad.jsonl")
+
+
+def test_a_manifest_read_into_columns_survives_its_file_being_replaced(tmp_path: Path) -> None:
+    """Rows are parsed on demand from the file opened when read: an atomic rewrite does not change them."""
+    rows = [Utterance(f"u{i}", f"/x/{i}.flac", 1000 + i, SR, "s") for i in range(5)]
+    write_manifest(rows, tmp_path / "m.jsonl")
+    utts = read_manifest(tmp_path / "m.jsonl")
+    write_manifest(rows[:2], tmp_path / "m.jsonl")
+    assert len(utts) == 5 and utts[4] == rows[4]
+
+
+def test_energy_vad_finds_the_known_silences(tmp_path: Path, recording) -> None:
+    """Voiced 0.5–3.0, 3.2–5.5, 7.5–10.0, 10.1–11.5 s: a 0.2 and a 0.1 s pause are bridged, the 2 s one is not."""
+    recording(tmp_path / "r.flac")
+    voiced, rate = energy_vad(tmp_path / "r.flac")
+    assert rate == SR
+    np.testing.assert_allclose(voiced / SR, [[0.4, 5.6], [7.4, 11.6]], atol=0.03)
+    segments, left_out = cut_segments(voiced, rate, SegmentLimits(max_seconds=4.0, min_seconds=1.0, max_pause=1.0))
+    spans = np.array(segments) / SR
+    np.testing.assert_allclose(spans, [[0.4, 3.0], [3.0, 5.6], [7.4, 9.5], [9.5, 11.6]], atol=0.03)
+    assert left_out == 0
+    merged, _ = cut_segments(voiced, rate, SegmentLimits(max_seconds=20.0, min_seconds=1.0, max_pause=2.5))
+    assert len(merged) == 1  # the 1.8 s pause bridged when allowed
+    short, lost = cut_segments(voiced, rate, SegmentLimits(max_seconds=20.0, min_seconds=5.0, max_pause=1.0))
+    assert len(short) == 1 and lost == voiced[1, 1] - voiced[1, 0]  # 4.2 s < 5 s left out, counted
+
+
+def test_prepare_cuts_unlabelled_librilight_by_its_annotations_or_the_energy_vad(
+        tmp_path: Path, unlabelled_tree, monkeypatch, caplog) -> None:
+    root = tmp_path / "librilight" / "small"
+    unlabelled_tree(root, files=3)
+    plain = unlabelled_tree(tmp_path / "elsewhere", files=1, annotated=False)[0]  # no json: the energy VAD
+    target = root / "101" / "book_9" / "no_json.flac"
+    target.parent.mkdir(parents=True)
+    plain.rename(target)
+    (root / "100" / "book_0" / "chapter_00_64kb.json").write_text('{"voice_activity": [[3, 1]]}')  # unusable
+    limits = SegmentLimits(max_seconds=6.0, min_seconds=1.0, max_pause=1.0)
+    problems: list[str] = []
+    with caplog.at_level(logging.INFO):
+        splits = discover(tmp_path / "librilight", problems, limits=limits)
+    assert list(splits) == ["unlabelled-small"]
+    utts = splits["unlabelled-small"]
+    assert {u.speaker for u in utts} == {"100", "101"}
+    by_file: dict[str, list[Utterance]] = {}
+    for u in utts:
+        by_file.setdefault(Path(u.path).stem, []).append(u)
+    annotated = by_file["chapter_01_64kb"]  # voice_activity 0.5-3.0, 3.2-5.5 | 7.5-10.0, 10.1-11.5
+    assert [(u.offset, u.offset + u.num_samples) for u in annotated] == [(8000, 88000), (120000, 184000)]
+    assert annotated[0].id == "101/book_0/chapter_01_64kb-0000" and annotated[0].transcript is None
+    assert len(by_file["no_json"]) == 2 and len(by_file["chapter_00_64kb"]) == 2  # by energy
+    assert len(problems) == 1 and "chapter_00_64kb.json: unusable VAD annotations" in problems[0]
+    assert "2 files by the energy VAD" in caplog.text
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["prepare", str(root), str(tmp_path / "out"), "--max-seconds", "6", "--min-seconds",
+                              "1", "--workers", "2"])
+    assert args.func(args) == 0
+    manifest = read_manifest(tmp_path / "out" / "unlabelled-small.jsonl", check_files=True)
+    assert list(manifest) == utts == read_unlabelled(root, limits=limits)
+    batch = next(iter(make_loader(manifest, BatchBudget.per_device(60.0), shuffle=False)))
+    assert sorted(batch.ids) == sorted(u.id for u in utts)  # every segment loads
+
+
+def test_prepare_recognises_the_folder_holding_librispeech(tmp_path: Path, ls_tree) -> None:
+    """A new user points prepare at the folder where they unpacked LibriSpeech: the splits, not chapters."""
+    ls_tree(tmp_path / "data" / "LibriSpeech" / "train-clean-100", speakers=(1,))
+    ls_tree(tmp_path / "data" / "LibriSpeech" / "dev-clean", speakers=(2,))
+    splits = discover(tmp_path / "data")
+    assert sorted(splits) == ["dev-clean", "train-clean-100"]
+    assert all(u.transcript for u in splits["dev-clean"]) and {u.speaker for u in splits["dev-clean"]} == {"2"}
+    ls_tree(tmp_path / "data" / "mirror" / "dev-clean", speakers=(3,))
+    with pytest.raises(ValueError, match="two splits named dev-clean"):
+        discover(tmp_path / "data")
+
+
+def test_a_file_shorter_than_a_model_frame_is_a_problem(tmp_path: Path, tone) -> None:
+    tone(tmp_path / "ok.wav", 0.5)
+    tone(tmp_path / "blip.wav", 0.02)  # 320 samples < 400
+    tone(tmp_path / "blip8k.wav", 0.03, rate=8000)  # 240 samples, 480 at 16 kHz: long enough
+    problems: list[str] = []
+    utts = discover(tmp_path, problems)[tmp_path.name]
+    assert sorted(u.id for u in utts) == ["blip8k", "ok"]
+    assert len(problems) == 1 and "blip.wav: too short (320 samples at 16000 Hz" in problems[0]

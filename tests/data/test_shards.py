@@ -1,0 +1,201 @@
+"""Sharded storage (``earful shard``) and training streams over it: the same batches as the files, exact
+resume with workers, no starved rank, and every bad shard named, then skipped and counted or a stop."""
+
+import argparse
+import collections
+import itertools
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from earful.data import commands
+from earful.data.budget import BatchBudget
+from earful.data.dataset import make_loader
+from earful.data.manifest import Utterance, read_manifest, write_manifest
+from earful.data.shards import ShardError, ShardIndex
+from earful.data.stream import StreamPlan, make_shard_loader
+
+SR = 16000
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """18 rows: whole files (16 and 8 kHz, 24-bit, stereo) and segments of a longer file; a manifest of them."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        rate, subtype, channels = [(SR, "PCM_16", 1), (8000, "PCM_16", 1), (SR, "PCM_24", 2)][i % 3]
+        n = int(rng.uniform(0.3, 1.6) * rate)
+        x = 0.1 * rng.standard_normal((n, channels)).astype(np.float32)
+        sf.write(tmp_path / f"u{i:02d}.flac", x, rate, subtype=subtype)
+        rows.append(Utterance(f"u{i:02d}", str(tmp_path / f"u{i:02d}.flac"), n, rate, f"s{i % 4}"))
+    long = 0.1 * rng.standard_normal(8 * SR).astype(np.float32)
+    sf.write(tmp_path / "long.flac", long, SR, subtype="PCM_16")
+    rows += [Utterance(f"long-{k}", str(tmp_path / "long.flac"), int((0.5 + 0.2 * k) * SR), SR, "s9", offset=k * SR)
+             for k in range(6)]
+    write_manifest(rows, tmp_path / "m.jsonl")
+    return tmp_path / "m.jsonl"
+
+
+@pytest.fixture
+def shards(corpus: Path, tmp_path: Path) -> Path:
+    assert _run("shard", str(corpus), str(tmp_path / "shards"), "--shard-gb", "0.00005") == 0  # ~50 kB a shard
+    return tmp_path / "shards"
+
+
+def _batches(loader, n: int) -> list[tuple[list[str], torch.Tensor]]:
+    return [(b.ids, b.wave) for b in itertools.islice(loader, n)]
+
+
+def _same(a, b) -> bool:
+    return [x[0] for x in a] == [y[0] for y in b] and all(torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("crop_to_shortest", [False, True])
+def test_shards_train_as_the_files_they_were_written_from(corpus: Path, shards: Path, crop_to_shortest: bool) -> None:
+    """In the manifest's order (no shuffling, one rank, no workers): the same batches, bit for bit, epoch after
+    epoch (crops keyed by (seed, epoch, row)), and the shards are WebDataset tar files."""
+    index = ShardIndex(shards)
+    assert len(index.shards) > 3 and len(index) == 18
+    budget = BatchBudget(3.0, 3.0, crop_seconds=1.0)
+    kw = dict(seed=4, shuffle=False, bucket_size=5, crop_to_shortest=crop_to_shortest)
+    files = make_loader(read_manifest(corpus), budget, endless=True, **kw)
+    streamed = make_shard_loader(str(shards), budget, **kw)
+    assert _same(_batches(files, 30), _batches(streamed, 30))  # 30 batches: several epochs
+    with tarfile.open(shards / "shard-000000.tar") as tar:  # what webdataset reads: KEY.flac, KEY.json pairs
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(names[1]).read())
+    assert names[:2] == ["000000000.flac", "000000000.json"] and meta["id"] == "u00"
+
+
+def test_streams_with_workers_resume_exactly(shards: Path) -> None:
+    """Shuffled, two workers running ahead: a state taken mid-stream continues with exactly the batches an
+    uninterrupted loader gives next (none twice, none skipped)."""
+    budget = BatchBudget(3.0, 3.0, crop_seconds=1.0)
+    kw = dict(seed=2, bucket_size=4, num_workers=2)
+    ref = _batches(make_shard_loader(str(shards), budget, **kw), 24)
+    loader = make_shard_loader(str(shards), budget, **kw)
+    got = _batches(loader, 9)
+    state = loader.state_dict()
+    again = make_shard_loader(str(shards), budget, **kw)
+    again.load_state_dict(state)
+    assert _same(got + _batches(again, 15), ref)
+    seen = collections.Counter(i for ids, _ in ref for i in ids)
+    assert len(seen) == 18  # everything, shuffled
+
+
+def test_fewer_shards_than_ranks_times_workers_leaves_no_worker_idle(shards: Path, tmp_path: Path, corpus) -> None:
+    """One shard for 2 ranks × 2 workers: each worker reads a stretch of it; together every member once."""
+    assert _run("shard", str(corpus), str(tmp_path / "one"), "--shard-gb", "1") == 0
+    index = ShardIndex(tmp_path / "one")
+    assert len(index.shards) == 1
+    budget = BatchBudget(6.0, 3.0, 2, crop_seconds=1.0)
+    for epoch in range(2):
+        stretches = [StreamPlan(index, budget, seed=1, rank=r, workers=2).members(epoch, r * 2 + w)
+                     for r in range(2) for w in range(2)]
+        assert all(len(s) for s in stretches)
+        assert sorted(np.concatenate(stretches).tolist()) == list(range(18))
+    rank1 = make_shard_loader(str(tmp_path / "one"), budget, rank=1, num_workers=2, bucket_size=2)
+    assert len(_batches(rank1, 7)) == 7  # its workers deliver in turn (none waits for ever)
+    with pytest.raises(ValueError, match="18 batchable members for 2 rank.* × 10 worker"):
+        StreamPlan(index, budget, workers=10)
+
+
+def test_a_resume_in_another_layout_is_refused_or_starts_the_next_epoch(shards: Path, caplog) -> None:
+    budget = BatchBudget(3.0, 3.0, crop_seconds=1.0)
+    loader = make_shard_loader(str(shards), budget, num_workers=0)
+    _batches(loader, 3)
+    state = loader.state_dict()
+    other = make_shard_loader(str(shards), BatchBudget(2.0, 2.0, crop_seconds=1.0), num_workers=0)
+    with pytest.raises(ValueError, match=r"another layout \(.*micro_samples 48000 -> 32000.*data.shards_relayout"):
+        other.load_state_dict(state)
+    relayout = make_shard_loader(str(shards), BatchBudget(2.0, 2.0, crop_seconds=1.0), relayout=True)
+    relayout.load_state_dict(state)
+    assert relayout.places == [(1, 0, 0)] and "epoch 1 starts afresh" in caplog.text
+    with pytest.raises(ValueError, match="data position is of another kind"):
+        loader.load_state_dict(make_loader([], BatchBudget.per_device(1.0)).state_dict())
+    with pytest.raises(ValueError, match="saved reading shards"):
+        make_loader([], BatchBudget.per_device(1.0)).load_state_dict(state)
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_bad_shards_are_named_then_skipped_and_counted(shards: Path, corpus: Path) -> None:
+    """A member where the index expects another, FLAC that does not decode, a missing shard, a truncated one:
+    each named, a stop by default; with skip_bad skipped and counted, and the rest of the epoch read once."""
+    index = ShardIndex(shards)
+    first = index.first.tolist()
+    offsets = np.load(shards / "index" / "offset.npy")
+    offsets[first[2]] = offsets[first[2] + 1]  # the index points at the next member
+    np.save(shards / "index" / "offset.npy", offsets)
+    _flip(shards / "shard-000003.tar", int(offsets[first[3]]) + 512)  # the FLAC's "fLaC"
+    budget = BatchBudget(30.0, 30.0, crop_seconds=1.0)  # an epoch in a batch or two
+    with pytest.raises(ShardError, match=rf"shard-000002.tar: member {first[2]:09d}: found '{first[2] + 1:09d}.flac' "
+                                         rf"at byte \d+ where the index has '{first[2]:09d}.flac'; .*write the shards"):
+        list(itertools.islice(make_shard_loader(str(shards), budget, shuffle=False), 3))
+    (shards / "shard-000000.tar").unlink()
+    cut = (shards / "shard-000001.tar").read_bytes()
+    (shards / "shard-000001.tar").write_bytes(cut[: len(cut) // 2])
+    with pytest.raises(ShardError, match=r"shard-000000.tar: missing shard .*shard-000001.tar: truncated \(\d+ bytes, "
+                                         r"the index says \d+\).*data.skip_bad=true"):
+        make_shard_loader(str(shards), budget)
+    loader = make_shard_loader(str(shards), budget, skip_bad=True, shuffle=False)
+    seen = []
+    for batch in loader:
+        if batch.epoch > 0:
+            break
+        seen += batch.ids
+    bad = loader.bad_ids
+    assert {f"shard-000000.tar:{k:09d}" for k in range(first[0], first[1])} <= bad  # no json to name them by
+    assert f"shard-000002.tar:{first[2]:09d}" in bad
+    assert read_manifest(corpus)[first[3]].id in bad  # its json is fine: named by its id
+    assert any(k.startswith("shard-000001.tar:") for k in bad)  # the members past the cut
+    assert len(seen) + len(bad) == 18 and not set(seen) & bad  # every member: trained once or counted
+
+
+def test_shard_command_names_a_segment_past_the_end_of_its_file(corpus: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    rows[-1]["offset"] = 7 * SR  # 7 s + 1.5 s of an 8 s file
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ShardError, match=r"long.flac: segment \[112000, 136000\) past the end of the file \(128000 "
+                                         r"samples\): .*--skip-bad"):
+        _run("shard", str(corpus), str(tmp_path / "s1"))
+    assert not (tmp_path / "s1" / "index.json").exists()
+    assert _run("shard", str(corpus), str(tmp_path / "s2"), "--skip-bad") == 0
+    index = ShardIndex(tmp_path / "s2")
+    assert len(index) == 17 and [r["id"] for r in index.left_out] == ["long-5"]
+    with pytest.raises(ShardError, match="already holds shards"):
+        _run("shard", str(corpus), str(tmp_path / "s2"))
+
+
+def test_shards_read_through_an_fsspec_url(shards: Path) -> None:
+    budget = BatchBudget(3.0, 3.0, crop_seconds=1.0)
+    local = _batches(make_shard_loader(str(shards), budget, seed=1), 8)
+    assert _same(_batches(make_shard_loader(f"file://{shards}", budget, seed=1), 8), local)
+
+
+def test_pretraining_takes_a_manifest_or_shards(corpus: Path, shards: Path, tmp_path: Path) -> None:
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    base = ["model_preset=tiny", "device=cpu", "tensorboard=false", "threads=1"]
+    for given in ([f"data.train={corpus}", f"data.shards={shards}"], []):
+        with pytest.raises(ValueError, match="data.train / data.shards: give one"):
+            Trainer(PretrainTask(load_pretrain_config(None, base + given)), tmp_path / "run")
