@@ -99,7 +99,7 @@ class StageJob:
         logging.getLogger("submitit").propagate = False  # it has its own handler
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task: torch's env:// variables (every GPU of the node stays visible)
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         try:
             return fn(*args)
         except StudyStopped as e:
