@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,lm]'
+	$(BIN)/pip install --quiet -e '.[dev,lm,tracking,cluster,hub]'
 	touch $(STAMP)
 
 install: $(STAMP)

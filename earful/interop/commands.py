@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("earful.interop")
 
@@ -16,7 +20,17 @@ def _export(args: argparse.Namespace) -> int:
     vocab = info.get("vocab", {}).get("symbols") if info.get("vocab") else None
     export_hf(model, args.out, vocab_symbols=vocab)
     log.info("wrote a transformers %s folder to %s", info["kind"], args.out)
+    _card_and_push(args, model)
     return 0
+
+
+def _card_and_push(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    from earful.interop.card import push_to_hub, write_model_card
+    from earful.model import count_parameters
+
+    log.info("model card: %s", write_model_card(args.ckpt, args.out, count_parameters(model)))
+    if args.push:
+        log.info("pushed to %s", push_to_hub(args.out, args.push, private=args.private))
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -41,7 +55,10 @@ def _features(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-hf", help="write a transformers Wav2Vec2 folder from an earful checkpoint")
     p.add_argument("ckpt", help="earful checkpoint directory")
-    p.add_argument("out", help="output folder (config.json + model.safetensors)")
+    p.add_argument("out", help="output folder (config.json, model.safetensors, README.md: the model card)")
+    p.add_argument("--push", metavar="REPO", default=None, help="then upload the folder to this Hugging Face Hub "
+                   "model repository (user/name; created if need be; huggingface_hub's credentials)")
+    p.add_argument("--private", action="store_true", help="with --push: create the repository private")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import-hf", help="read a transformers Wav2Vec2 folder into an earful checkpoint")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from earful.config import from_dict, merge, parse_overrides, plain_name, read_yaml, to_dict
 from earful.data.budget import BatchBudget
-from earful.train.config import nominal_steps, scale_lr
+from earful.train.config import TrackingConfig, nominal_steps, scale_lr
 
 
 @dataclass
@@ -75,6 +75,28 @@ class FinetuneSpec:
 
 
 @dataclass
+class SlurmConfig:
+    """``launcher: slurm``: each pre-training, fine-tuning and gradvar is a Slurm job submitted through submitit
+    (``earful/study/slurm.py``, docs/cluster.md). A run of D devices gets ceil(D / gpus_per_node) nodes with the
+    same number of GPUs each, one task (process, rank) per GPU; a fine-tuning or a gradvar gets one GPU."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int = 8  # the most GPUs one node gives a run
+    cpus_per_gpu: int = 8  # CPU cores per task (the trainer and its data.num_workers)
+    mem_gb_per_gpu: float | None = None  # memory per GPU (None: the partition's default)
+    time_min: int = 1440  # time limit of one job; a run that needs longer checkpoints and requeues itself
+    signal_delay_s: int = 180  # SIGUSR1 this long before the time limit: checkpoint, requeue, resume
+    max_requeues: int = 30  # requeues at the time limit before the job gives up (pre-emptions do not count)
+    setup: list[str] = field(default_factory=list)  # shell lines before the job starts (module load …)
+    additional: dict[str, Any] = field(default_factory=dict)  # more sbatch options, e.g. {mail-user: me@lab.org}
+    folder: str = "submitit"  # job scripts, pickles and logs, under --out
+    poll_seconds: float = 10.0  # how often the study looks at its jobs
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -101,6 +123,12 @@ class StudyConfig:
     # runs executed at once on this machine (pre-trainings and fine-tunings, each in its own process with
     # cores/jobs threads); on 2 CPU cores two 1-thread runs do ~1.2× the work of one 2-thread run
     jobs: int = 1
+    # where the runs go: this machine (`jobs` at a time), or one Slurm job each through submitit (`slurm:`)
+    launcher: Literal["local", "slurm"] = "local"
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    # experiment trackers of every run (when backends are named here, else each recipe's own `tracking:`); the
+    # study groups its runs under its name and keeps the local stores in OUT/tracking
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def entries(self) -> list[GridEntry]:
         out = []
@@ -205,6 +233,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     if study.cycles and study.mode != "fixed-steps":
         raise ValueError(f"{path}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
     study.entries()  # validate
+    study.tracking.validate()
+    if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
+        raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:
         raise ValueError(f"{path}: finetune.per_label_set names {sorted(unknown)}, not in corpus.label_sets")

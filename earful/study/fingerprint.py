@@ -14,10 +14,16 @@ from earful.study.corpus import manifest_digests
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
 # study settings that decide how it runs or which runs it holds, not what a run computes: a finished study may
-# continue with more seeds (or jobs, or another name)
-NOT_RECIPE = ("jobs", "throughput", "seeds", "name")
+# continue with more seeds (or jobs, another name, on a cluster)
+NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher")
 # set per run (paths on this machine, the run's seed): not part of what a study computes
 PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
+# sections that say where and how runs go and who watches them
+NOT_RECIPE_SECTIONS = ("slurm.", "tracking.")
+
+
+def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
+    return key not in left_out and not key.startswith(NOT_RECIPE_SECTIONS)
 
 
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
@@ -28,9 +34,9 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
     pre = flatten(to_dict(pretrain_config(study, runs[0], root)))
     fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
-    fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if k not in NOT_RECIPE},
-          "pretrain": {k: v for k, v in pre.items() if k not in PER_RUN},
-          "finetune": {k: v for k, v in fine.items() if k not in PER_RUN},
+    fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, NOT_RECIPE)},
+          "pretrain": {k: v for k, v in pre.items() if _kept(k, PER_RUN)},
+          "finetune": {k: v for k, v in fine.items() if _kept(k, PER_RUN)},
           "data": manifest_digests(study, root)}
     return json.loads(json.dumps(fp))
 

@@ -26,12 +26,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """One unit of a study. ``then`` makes the jobs that can start once this one has finished."""
+    """One unit of a study. ``then`` makes the jobs that can start once this one has finished; ``devices``: the
+    devices it trains on; ``marker``: a file that exists once it has finished (a cluster job is then not submitted
+    again: its function only reads the results, here)."""
 
     key: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     then: Callable[[Any], list[Job]] | None = None
+    devices: int = 1
+    marker: Path | None = None
+
+
+class Progress:
+    """A study's jobs: the results so far, the jobs that may start, and a progress bar over them."""
+
+    def __init__(self, jobs: list[Job], show: bool) -> None:
+        self.results: dict[str, Any] = {}
+        self.queue = deque(jobs)
+        self.bar = tqdm(total=len(jobs), unit="run", desc="study", dynamic_ncols=True, disable=not show)
+
+    def finished(self, job: Job, result: Any) -> None:
+        """Keep the job's result; queue the jobs it lets start."""
+        self.results[job.key] = result
+        more = job.then(result) if job.then else []
+        self.queue.extend(more)
+        self.bar.total += len(more)
+        self.bar.update(1)
 
 
 def _exit_with(parent: int, every: float = 2.0) -> None:
@@ -60,22 +81,13 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
 def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     """Run ``jobs`` and their follow-ups, ``workers`` at a time (1: in this process, in order); returns each
     job's result by key. A failed job stops the study (finished jobs are kept: run again to continue)."""
-    results: dict[str, Any] = {}
-    queue = deque(jobs)
-    bar = tqdm(total=len(queue), unit="run", desc="study", dynamic_ncols=True, disable=workers <= 1)
-
-    def finished(job: Job, result: Any) -> None:
-        results[job.key] = result
-        more = job.then(result) if job.then else []
-        queue.extend(more)
-        bar.total += len(more)
-        bar.update(1)
-
+    progress = Progress(jobs, show=workers > 1)
+    queue, bar = progress.queue, progress.bar
     if workers <= 1:
         while queue:
             job = queue.popleft()
-            finished(job, job.fn(*job.args))
-        return results
+            progress.finished(job, job.fn(*job.args))
+        return progress.results
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
     log.info("running %d jobs at once (%d threads each); their logs: %s/worker-*.log", workers, threads, log_dir)
@@ -97,10 +109,10 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
                     if err is not None:
                         raise RuntimeError(f"study job {job.key} failed (its log is in {log_dir}): {err}") from err
                     log.info("finished %s", job.key)
-                    finished(job, fut.result())
+                    progress.finished(job, fut.result())
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             bar.close()
-    return results
+    return progress.results

@@ -4,6 +4,7 @@
 Resumable at every level (``earful/study/stages.py``); results are rebuilt from the evaluation summaries each
 time, so a study killed mid-way ends with the same report. With ``jobs: N`` N runs go at once
 (``earful/study/pool.py``): the pre-trainings first, then each run's fine-tunings as soon as it has finished.
+With ``launcher: slurm`` each is a Slurm job instead, submitted through submitit (``earful/study/slurm.py``).
 
 ::
 
@@ -14,6 +15,8 @@ time, so a study killed mid-way ends with the same report. With ``jobs: N`` N ru
     OUT/runs.jsonl, results.jsonl   what the report reads
     OUT/report/                     report.md, CSVs, plots
     OUT/logs/                       the workers' logs (jobs > 1)
+    OUT/submitit/<job id>/          a Slurm job's script, pickles and logs (launcher: slurm)
+    OUT/tracking/                   the experiment trackers' local stores (tracking.backends)
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from earful.study.stages import (
     hours_of,
     run_pretraining_stage,
 )
+from earful.train.tracking import require
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,14 @@ def check_study(study: StudyConfig) -> None:
     for base in study.finetune.baselines:
         if base not in BASELINES:
             raise ValueError(f"finetune.baselines: unknown {base!r} ({' | '.join(BASELINES)})")
+    for backend in study.tracking.backends:
+        require(backend)
+    if study.launcher == "slurm":  # before anything is submitted: submitit is there, every run fits the nodes
+        from earful.study.slurm import import_submitit, resources
+
+        import_submitit()
+        for entry in study.entries():
+            resources(study.slurm, entry.devices)
 
 
 def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | None = None) -> Path:
@@ -112,14 +124,22 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
         """What a finished pre-training lets start: its fine-tunings, and its gradient noise if asked."""
         planned[run.name] = planned_finetunings(study, run, out, first_of_seed.get(run.seed) is run)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
-                                                    f.baseline)) for f in planned[run.name]]
+                                                    f.baseline), marker=out / "eval" / f.name / "summary.json")
+                for f in planned[run.name]]
         if study.gradvar_batches:
-            jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root)))
+            jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
+                            marker=out / "gradvar" / f"{run.name}.json"))
         return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
-                then=lambda _rec, r=r: after_pretraining(r)) for r in runs]
-    done = execute(jobs, study.jobs, out / "logs")
+                then=lambda _rec, r=r: after_pretraining(r), devices=r.devices,
+                marker=out / "pretrain" / r.name / "done.json") for r in runs]
+    if study.launcher == "slurm":
+        from earful.study.slurm import execute_on_slurm
+
+        done = execute_on_slurm(jobs, study, out)
+    else:
+        done = execute(jobs, study.jobs, out / "logs")
     write_results(out, runs, planned, done)
     report = build_report(out)
     log.info("study %s finished in %.1f min; report: %s", study.name, (time.time() - t0) / 60, report)

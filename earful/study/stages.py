@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from earful.config import save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima
+from earful.train.config import TrainingConfig
 from earful.train.state import RunDir, read_trainer_info
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,21 @@ BASELINES: dict[str, dict[str, Any]] = {"scratch": {}, "scratch-trainable-cnn": 
 
 
 class StudyStopped(RuntimeError):
-    """A run of the study stopped before its end (a signal): the study stops; running it again continues."""
+    """A run of the study stopped before its end (a signal): the study stops; running it again continues.
+    ``stopped_by``: the signal that stopped it, as its trainer.json records ("" when unknown)."""
+
+    def __init__(self, message: str, stopped_by: str = "") -> None:
+        super().__init__(message)
+        self.stopped_by = stopped_by
+
+
+def tracked(study: StudyConfig, cfg: TrainingConfig, out: Path, name: str) -> None:
+    """A run's trackers in a study: the study's ``tracking:`` if it names backends (else the recipe's own), the
+    run named after its folder, grouped under the study's name, the local stores in ``OUT/tracking``."""
+    t = replace(study.tracking) if study.tracking.backends else cfg.tracking
+    t.group, t.name = t.group or study.name, t.name or name
+    t.dir = t.dir or str((out / "tracking").resolve())
+    cfg.tracking = t
 
 
 def done_record(path: Path) -> dict[str, Any] | None:
@@ -94,9 +109,13 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
     cfg = pretrain_config(study, run, root)
     log.info("pre-training %s: %g s × %d steps (%.3g h), lr %.3g", run.name, run.batch_seconds, run.steps,
              run.hours, run.lr)
-    summary = _torchrun(cfg, run.devices, rdir, root) if run.devices > 1 else run_pretraining(cfg, rdir, resume=True)
+    tracked(study, cfg, out, run.name)
+    # in this process: one device, or this process is already one of the run's ranks (a submitit task)
+    here = run.devices == 1 or int(os.environ.get("WORLD_SIZE", "1")) == run.devices
+    summary = run_pretraining(cfg, rdir, resume=True) if here else _torchrun(cfg, run.devices, rdir, root)
     if summary.get("stopped_by"):
-        raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}; rerun the study to resume")
+        raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}; rerun the study to resume",
+                           summary["stopped_by"])
     if summary["step"] < run.steps:  # e.g. torchrun's ranks stopped by a signal and exited cleanly
         raise StudyStopped(f"pre-training {run.name} stopped at step {summary['step']} of {run.steps}; "
                            f"rerun the study to resume it")
@@ -157,10 +176,12 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
     fdir = out / "finetune" / name
     if not done_record(fdir):
         cfg = finetune_config(study, label_set, init, seed, root, baseline)
+        tracked(study, cfg, out, name)
         log.info("fine-tuning %s", name)
         summary = run_finetuning(cfg, fdir, resume=True)
         if summary.get("stopped_by"):
-            raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume")
+            raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume",
+                               summary["stopped_by"])
         atomic_write_json(fdir / "done.json", {"name": name})
     edir = out / "eval" / name
     if not (edir / "summary.json").exists():

@@ -70,6 +70,26 @@ class DataConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers beside TensorBoard (``earful/train/tracking.py``); each is an optional package
+    (``pip install 'earful[tracking]'``). Records go to the trackers at the log and validation intervals."""
+
+    backends: list[Literal["wandb", "mlflow", "trackio"]] = field(default_factory=list)
+    project: str = "earful"  # the W&B / trackio project; MLflow's experiment when no group is set
+    group: str | None = None  # runs compared together: W&B and trackio group, MLflow experiment (a study: its name)
+    name: str | None = None  # the run's name (default: its folder's name)
+    dir: str | None = None  # local stores: DIR/wandb, DIR/mlruns, DIR/trackio (default: RUN/tracking)
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync DIR/wandb/offline-run-*` later
+    mlflow_uri: str | None = None  # another MLflow store (sqlite:///…, http://…) instead of the file store
+
+    def validate(self) -> None:
+        if len(set(self.backends)) < len(self.backends):
+            raise ValueError(f"tracking.backends={self.backends}: a backend is named twice")
+        if not self.project:
+            raise ValueError("tracking.project: empty (the trackers file runs under it)")
+
+
+@dataclass
 class TrainingConfig:
     """The engine's settings (defaults: pre-training's; a task's config may change them)."""
 
@@ -87,7 +107,8 @@ class TrainingConfig:
     keep_last: int = 2  # periodic step checkpoints kept (milestones, best and the latest stay)
     keep_best: bool = True  # also keep checkpoints/best: the task's best validation metric (loss, dev WER)
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
-    tensorboard: bool = True
+    tensorboard: bool = True  # scalars in RUN/tb (tensorboard is a dependency of earful)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     # torch.compile the CNN and the transformer layers (GPUs; on these CPUs it did not pay: benchmarks/README.md)
     compile: bool = False
@@ -125,6 +146,7 @@ class TrainingConfig:
             _at_least(key, getattr(self, key), 0)
         _at_least("data.bucket_size", self.data.bucket_size, 1)
         _at_least("data.num_workers", self.data.num_workers, 0)
+        self.tracking.validate()
 
 
 def config_source(path: object, overrides: list[str] | None) -> str:

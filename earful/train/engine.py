@@ -32,13 +32,14 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
+from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters
 from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
-from earful.train.recipe import add_segment, check_resume, layout_of, recipe_of, start_history
+from earful.train.recipe import add_segment, check_resume, layout_of, recipe_hash, recipe_of, start_history
 from earful.train.schedule import lr_at
 from earful.train.state import (
     RunDir,
@@ -50,6 +51,7 @@ from earful.train.state import (
 from earful.train.stats import StepStats
 from earful.train.step import apply_update, autocast, step_seed
 from earful.train.task import Task
+from earful.train.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class Trainer:
         if latest is not None:
             segment = check_resume(self.run.root, read_trainer_info(latest), cfg, self.d.world_size,
                                    allow_changes=allow_changes)
+        self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
         self._wrap_and_optimise()
@@ -142,9 +145,13 @@ class Trainer:
         if latest is not None:
             self._resume(latest)
         self._start_records()
+        self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 
     def close(self) -> None:
-        """Let go of the run folder (another process may then write to it)."""
+        """Close the trackers and let go of the run folder (another process may then write to it)."""
+        if getattr(self, "tracking", None) is not None:
+            stopped, done = getattr(self, "stop_signal", 0), getattr(self, "step", 0) >= self.cfg.max_steps
+            self.tracking.finish("stopped" if stopped else "finished" if done else "failed")
         if getattr(self, "_lock", None) is not None:
             self._lock.close()
             self._lock = None
@@ -316,6 +323,7 @@ class Trainer:
         if self.d.is_main:
             self.train_log.write(rec)
             self.tb.write("train", rec, self.step)
+            self.tracking.log("train", rec, self.step)
             bar.set_postfix(self.task.postfix(rec, self.last_valid))
 
     def _validate_and_keep_best(self) -> None:
@@ -326,6 +334,7 @@ class Trainer:
         self.last_valid = rec[self.task.best_metric]
         self.valid_log.write(rec)
         self.tb.write("valid", rec, self.step)
+        self.tracking.log("valid", rec, self.step)
         if self.d.is_main:
             log.info("%s", self.task.describe_validation(self.step, rec))
         if self.cfg.keep_best and self.last_valid < self.best:

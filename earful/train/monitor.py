@@ -1,4 +1,5 @@
-"""Monitoring: JSONL logs (and TensorBoard when installed), codebook statistics, health warnings.
+"""Monitoring: JSONL logs and TensorBoard (experiment trackers: ``earful/train/tracking.py``), codebook
+statistics, health warnings.
 
 Health checks (thresholds in ``HealthConfig``, see docs/monitoring.md):
 
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from earful.atomic import atomic_write_lines
+from earful.config import ConfigError
 from earful.train.config import HealthConfig
 
 log = logging.getLogger(__name__)
@@ -51,15 +53,17 @@ class JsonlLog:
 
 
 class TensorBoard:
+    """Scalars under ``RUN/tb`` (``tensorboard`` is one of earful's dependencies: the default writes them)."""
+
     def __init__(self, log_dir: Path, enabled: bool) -> None:
         self.writer = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(log_dir))
-            except Exception:  # tensorboard not installed: JSONL only
-                self.writer = None
+            except ImportError as e:  # an install without earful's dependencies
+                raise ConfigError(f"tensorboard=true, but TensorBoard cannot be imported ({e}): pip install "
+                                  "tensorboard, or set tensorboard=false") from None
+            self.writer = SummaryWriter(str(log_dir))
 
     def write(self, prefix: str, record: dict[str, Any], step: int) -> None:
         if self.writer is None:

@@ -17,6 +17,7 @@ Every checkpoint records both (``trainer.json``). ``--resume`` compares them wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -35,13 +36,14 @@ MANIFESTS = ("data.train", "data.valid", "data.dev")
 OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds", "ckpt_every", "keep_last",
                "keep_best", "tensorboard", "max_nan_steps", "ckpt_hours", "ckpt_hours_basis", "ckpt_steps",
                "data.num_workers", "data.skip_bad", "data.shards_relayout", "init", "compile", "compile_backend"}
+WATCHING = ("health.", "tracking.")  # sections that only watch a run: health warnings, experiment trackers
 LAYOUT = ("device_seconds",)
 
 
 def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
     """The run's recipe (see the module docstring), JSON-safe."""
     flat = flatten(to_dict(cfg))
-    out = {k: v for k, v in flat.items() if k not in OPERATIONAL and k not in LAYOUT and not k.startswith("health.")
+    out = {k: v for k, v in flat.items() if k not in OPERATIONAL and k not in LAYOUT and not k.startswith(WATCHING)
            and k not in MANIFESTS}
     for key in MANIFESTS:
         if flat.get(key):
@@ -57,6 +59,11 @@ def shard_index_digest(location: str) -> str:
     from earful.data.shards import ShardIndex
 
     return ShardIndex(location).digest
+
+
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    """The recipe's fingerprint: SHA-256 of its canonical JSON (what the trackers and the model card show)."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def layout_of(cfg: TrainingConfig, world_size: int) -> dict[str, Any]:

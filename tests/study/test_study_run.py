@@ -176,7 +176,9 @@ def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch
     from earful.study.stages import StudyStopped, run_pretraining_stage
 
     monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 120})
-    monkeypatch.setattr("earful.study.stages.pretrain_config", lambda study, run, root: None)
+    from earful.pretrain.config import PretrainConfig
+
+    monkeypatch.setattr("earful.study.stages.pretrain_config", lambda study, run, root: PretrainConfig())
     run = PlannedRun(tag="16s", batch_seconds=16, devices=1, device_seconds=16, accumulation=1, lr=1e-3,
                      steps=338, hours=1.5, seed=1)
     study = StudyConfig()

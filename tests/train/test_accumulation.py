@@ -1,6 +1,8 @@
 """Exact gradient accumulation: k micro-batches == one batch of the same utterances."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,32 +64,69 @@ def test_gradient_of_k_micro_batches_equals_one_batch() -> None:
         torch.testing.assert_close(micro[k], whole[k], rtol=1e-5, atol=1e-5, msg=k)
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> None:
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str]) -> None:
+    r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def test_two_process_ddp_equals_one_process_accumulated(tmp_path, equal_corpus) -> None:
-    """torchrun --nproc-per-node 2 (gloo) × 1 micro-batch == 1 process × 2 micro-batches."""
-    train = equal_corpus
-    common = ["model_preset=tiny", f"data.train={train}", "data.valid=null", "batch_seconds=8",
-              "device_seconds=4", "max_steps=4", "log_every=2", "valid_every=0", "ckpt_every=100",
-              "data.num_workers=0", "data.crop_seconds=null", "data.min_seconds=null", "optim.lr=1e-3",
-              "optim.schedule=constant", "tensorboard=false", "threads=1",
-              "model.dropout=0.0", "model.attention_dropout=0.0", "model.dropout_input=0.0",
-              "model.dropout_features=0.0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    root = Path(__file__).resolve().parents[2]
-    _run([sys.executable, "-m", "earful.cli", "pretrain", *common, "--out", str(tmp_path / "one")], root, env)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-          "-m", "earful.cli", "pretrain", *common, "--out", str(tmp_path / "two")], root, env)
-    a = load_file(str(tmp_path / "one/checkpoints/step-0000004/model.safetensors"))
-    b = load_file(str(tmp_path / "two/checkpoints/step-0000004/model.safetensors"))
-    init = load_file(str(tmp_path / "one/checkpoints/init/model.safetensors"))
+def _pretrain(train: Path, out: Path) -> list[str]:
+    """``earful pretrain`` of 4 steps of 8 s on 4 s devices, without randomness that the layout could change."""
+    return ["-m", "earful.cli", "pretrain", "model_preset=tiny", f"data.train={train}", "data.valid=null",
+            "batch_seconds=8", "device_seconds=4", "max_steps=4", "log_every=2", "valid_every=0", "ckpt_every=100",
+            "data.num_workers=0", "data.crop_seconds=null", "data.min_seconds=null", "optim.lr=1e-3",
+            "optim.schedule=constant", "tensorboard=false", "threads=1", "model.dropout=0.0",
+            "model.attention_dropout=0.0", "model.dropout_input=0.0", "model.dropout_features=0.0", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, equal_corpus) -> Path:
+    """The reference: 1 process × 2 micro-batches."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    _run([sys.executable, *_pretrain(equal_corpus, out)])
+    return out
+
+
+def _assert_same_final(one: Path, other: Path) -> None:
+    a = load_file(str(one / "checkpoints/step-0000004/model.safetensors"))
+    b = load_file(str(other / "checkpoints/step-0000004/model.safetensors"))
+    init = load_file(str(one / "checkpoints/init/model.safetensors"))
     moved = sum((a[k] - init[k]).abs().sum().item() for k in a)
     assert moved > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_process_ddp_equals_one_process_accumulated(tmp_path, one_process, equal_corpus) -> None:
+    """torchrun --nproc-per-node 2 (gloo) × 1 micro-batch == 1 process × 2 micro-batches."""
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+          *_pretrain(equal_corpus, tmp_path / "two")])
+    _assert_same_final(one_process, tmp_path / "two")
+
+
+def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, equal_corpus) -> None:
+    """Multi-node torchrun as on a cluster (docs/cluster.md): two agents, ``--nnodes 2`` of one process each,
+    rendezvous through c10d on a free localhost port, one run folder (a shared filesystem) == 1 process × 2."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+             *_pretrain(equal_corpus, tmp_path / "nodes")]
+    agents = [subprocess.Popen(agent, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    try:
+        logs = [a.communicate(timeout=300)[0] for a in agents]
+    finally:
+        for a in agents:
+            a.kill()
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    info = json.loads((tmp_path / "nodes/checkpoints/step-0000004/trainer.json").read_text())
+    assert (info["world_size"], info["accumulation"]) == (2, 1)
+    _assert_same_final(one_process, tmp_path / "nodes")
 
 
 def test_micro_batches_share_the_batch_evenly() -> None:

@@ -1,0 +1,193 @@
+"""The model card of an exported model — ``README.md`` in the ``earful export-hf`` folder — written from what the
+checkpoint and its run folder record, and ``--push REPO`` of that folder to the Hugging Face Hub.
+
+What the card says, and where it reads it (a fact that is not recorded is left out, never guessed):
+
+* architecture: the checkpoint's ``model.json`` and the parameter count;
+* training: its ``trainer.json`` (steps, batch seconds and device layout, peak lr, hours of audio seen) and the
+  run's ``config.yaml`` (the task's recipe, shown whole);
+* corpus and recipe fingerprint: the manifests the run read, with the SHA-256 the recipe records of each, and
+  the SHA-256 of the recipe itself (``earful.train.recipe.recipe_hash``, what the trackers record too);
+* validation: the run's ``valid.jsonl`` at the checkpoint's step;
+* results: inside a study folder, the fine-tunings of this checkpoint (``OUT/results.jsonl``) or, for a
+  fine-tuned model, its evaluation (``OUT/eval/RUN/summary.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from earful.atomic import atomic_write_lines
+from earful.checkpoint import read_info
+from earful.train.recipe import MANIFESTS, recipe_hash
+from earful.train.state import TRAINER_FILE
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+
+
+def _table(rows: list[tuple[str, str]]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _number(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _study_name(study: Path) -> str:
+    path = study / "study.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("name", study.name) if path.exists() else study.name
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def model_card(ckpt: str | Path, parameters: int) -> str:
+    """The card of checkpoint ``ckpt`` (``parameters``: the model's parameter count)."""
+    ckpt = Path(ckpt)
+    info = read_info(ckpt)
+    m, kind = info["model"], info["kind"]
+    trainer_path = ckpt / TRAINER_FILE
+    trainer = json.loads(trainer_path.read_text(encoding="utf-8")) if trainer_path.exists() else None
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    config_path = run / "config.yaml" if run is not None else None
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path and config_path.exists() else None
+    title = "pre-trained (self-supervised, contrastive)" if kind == "pretraining" else "fine-tuned with CTC"
+    name = run.name if run is not None else ckpt.name
+    lines = ["---", "library_name: transformers",
+             f"pipeline_tag: {'feature-extraction' if kind == 'pretraining' else 'automatic-speech-recognition'}",
+             "tags: [wav2vec2, speech, earful]", "---", "",
+             f"# {name}: wav2vec 2.0, {title}", "",
+             "Trained with earful (batch size in seconds of audio, progress in hours of audio seen); exported from "
+             f"checkpoint `{ckpt.name}`" + (f" of run `{name}`." if run is not None else "."), "",
+             "## Architecture", ""]
+    stride = 1
+    for s in m["conv_stride"]:
+        stride *= s
+    arch = [("transformers class", "Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"),
+            ("parameters", f"{parameters:,}"),
+            ("transformer", f"{m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']} heads, "
+                            f"feed-forward {m['intermediate_size']}, {'pre' if m['layer_norm_first'] else 'post'}-LN"),
+            ("feature encoder", f"{len(m['conv_dim'])} convolutions, {m['conv_dim'][-1]} channels, one frame per "
+                                f"{stride} samples ({16000 / stride:g} Hz at 16 kHz)")]
+    if kind == "pretraining":
+        arch.append(("quantizer", f"{m['num_codevector_groups']} groups × {m['num_codevectors_per_group']} codewords"))
+    elif info.get("vocab"):
+        arch.append(("vocabulary", f"{len(info['vocab']['symbols'])} symbols (CTC)"))
+    lines += _table(arch)
+    if trainer is None:
+        lines += ["", "This checkpoint records no training (it was not written by earful's trainer)."]
+    else:
+        lines += ["", "## Training", ""] + _table(_training(trainer, config))
+        lines += ["", "## Corpus and recipe", ""] + _table(_fingerprints(trainer, config))
+    if run is not None:
+        lines += _validation(run, trainer)
+        lines += _results(run, ckpt)
+    if config is not None:
+        lines += ["", "<details><summary>The run's configuration (config.yaml)</summary>", "", "```yaml",
+                  yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "", "</details>"]
+    cls = "Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"
+    lines += ["", "## Use", "", "```python", f"from transformers import {cls}", "",
+              f'model = {cls}.from_pretrained("PATH_OR_REPO")', "```", ""]
+    return "\n".join(lines)
+
+
+def _training(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:
+    device = _number(trainer.get("layout", {}).get("device_seconds", "?"))
+    rows = [("steps", f"{trainer['step']:,}"),
+            ("batch", f"{trainer['batch_seconds']:g} s of audio per step ({trainer['world_size']} device(s) × "
+                      f"{device} s × {trainer['accumulation']} accumulation, at most)"),
+            ("hours of audio seen", f"{trainer['hours_padded']:.4g} h (padded; {trainer['hours_real']:.4g} h real)"),
+            ("peak learning rate", f"{trainer['lr']:.3g}")]
+    if config is not None:
+        optim = config.get("optim", {})
+        rows += [("schedule", str(optim.get("schedule"))), ("precision", str(config.get("precision"))),
+                 ("seed", str(config.get("seed")))]
+    if trainer.get("stopped_by"):
+        rows.append(("stopped", f"by {trainer['stopped_by']} at this step (not the run's end)"))
+    return rows
+
+
+def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:
+    recipe = trainer.get("recipe", {})
+    rows = []
+    for key in MANIFESTS:
+        section, field = key.split(".")
+        path = (config or {}).get(section, {}).get(field)
+        digest = recipe.get(f"{key}.sha256")
+        if path or digest:
+            rows.append((f"`{key}`", f"`{path or '?'}`" + (f" (SHA-256 `{digest}`)" if digest else "")))
+    if (config or {}).get("init"):
+        rows.append(("initialised from", f"`{config['init']}`"))
+    rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(recipe)}` of the recipe in trainer.json"))
+    return rows
+
+
+def _validation(run: Path, trainer: dict[str, Any] | None) -> list[str]:
+    path = run / "valid.jsonl"
+    if trainer is None or not path.exists():
+        return []
+    records = [r for r in _jsonl(path) if r["step"] <= trainer["step"]]
+    if not records:
+        return []
+    last = records[-1]
+    rows = [(k, _number(v)) for k, v in last.items() if k not in ("step", "hours", "hours_real")]
+    note = f"at step {last['step']:,} ({last['hours']:.4g} h seen)"
+    if trainer.get("best") is not None:
+        note += f"; the run's best {trainer['best_metric']}: {trainer['best']:.4g}"
+    return ["", "## Validation", "", note, "", *_table(rows)]
+
+
+def _results(run: Path, ckpt: Path) -> list[str]:
+    """Results a study recorded: its fine-tunings of this pre-training checkpoint, or this fine-tuning's evaluation."""
+    study = run.parent.parent
+    if run.parent.name == "pretrain" and (study / "results.jsonl").exists():
+        steps = {r["run"]: r["steps"] for r in _jsonl(study / "runs.jsonl")} if (study / "runs.jsonl").exists() else {}
+        name = "final" if ckpt.name == f"step-{steps.get(run.name, -1):07d}" else ckpt.name
+        rows = [r for r in _jsonl(study / "results.jsonl") if r["pretrain"] == run.name and r["checkpoint"] == name]
+        if not rows:
+            return []
+        table = ["| label set | split | decoder | WER % | CER % |", "|---|---|---|---|---|"]
+        table += [f"| {r['label_set']} | {r['split']} | {r['decoder']} | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} |"
+                  for r in rows]
+        return ["", "## Fine-tuning results", "",
+                f"CTC fine-tunings of this checkpoint in study `{_study_name(study)}`:", "", *table]
+    summary = study / "eval" / run.name / "summary.json"
+    if run.parent.name == "finetune" and summary.exists():
+        splits = json.loads(summary.read_text(encoding="utf-8"))["splits"]
+        table = ["| split | decoder | WER % | CER % |", "|---|---|---|---|"]
+        table += [f"| {split} | {decoder} | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} |"
+                  for split, res in splits.items() for decoder, r in res.items() if "wer" in r]
+        return ["", "## Evaluation", "", f"In study `{_study_name(study)}`:", "", *table]
+    return []
+
+
+def write_model_card(ckpt: str | Path, out_dir: str | Path, parameters: int) -> Path:
+    path = Path(out_dir) / CARD
+    atomic_write_lines(path, [model_card(ckpt, parameters)])
+    return path
+
+
+def push_to_hub(folder: str | Path, repo: str, *, private: bool = False) -> str:
+    """Upload the export folder to the Hub's model repository ``repo`` (created if need be); returns the commit's
+    URL. Credentials are huggingface_hub's own (``hf auth login`` or ``HF_TOKEN``)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as e:
+        raise RuntimeError(f"--push needs the huggingface_hub package ({e}): pip install 'earful[hub]'") from None
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                                   commit_message="Upload a wav2vec 2.0 model exported by earful")
+    except Exception as e:  # offline, no credentials, no such namespace: one line, the folder stays as written
+        raise RuntimeError(f"--push {repo}: the upload failed ({type(e).__name__}: {e}); the exported folder "
+                           f"{folder} is complete: push it again later") from e
+    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)

@@ -1,0 +1,189 @@
+"""Experiment tracking beside TensorBoard: Weights & Biases (offline by default), MLflow (a local file store) and
+trackio, any of them through ``tracking.backends``. Each is an optional package: ``pip install 'earful[tracking]'``
+(a backend that is not installed is an error naming it before anything trains).
+
+A tracked run records its resolved config, ``recipe_sha256`` (the fingerprint of the recipe every checkpoint
+records, ``earful/train/recipe.py``) and ``batch_seconds``; then, at every log and validation interval only (never
+inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/…`` and ``valid/…``, ``train/hours``
+being the hours of audio seen. Runs compared together share ``tracking.group``: W&B's and trackio's group, MLflow's
+experiment; a study sets it to its name. A resumed run continues the same tracked run (its ids are in
+``RUN/tracking.json``); the steps between its last checkpoint and the stop are then logged twice (``train.jsonl`` is
+cut back on resume, the trackers only append).
+
+Local stores under ``tracking.dir`` (default ``RUN/tracking``; a study's runs share ``OUT/tracking``):
+
+* W&B: ``DIR/wandb/offline-run-*`` (``wandb sync DIR/wandb/offline-run-*`` uploads them later);
+* MLflow: the file store ``DIR/mlruns`` (``mlflow ui --backend-store-uri DIR/mlruns``), or ``tracking.mlflow_uri``.
+  MLflow keeps its file store in maintenance mode and refuses it unless ``MLFLOW_ALLOW_FILE_STORE=true``, which
+  earful sets for its own store: files suit many runs writing at once on a cluster's shared disk (SQLite does not);
+* trackio: ``DIR/trackio`` (``TRACKIO_DIR=DIR/trackio trackio show``). trackio reads its folder once, when first
+  imported in a process: a second run in one process with another ``dir`` logs beside the first (with a warning).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from earful.atomic import atomic_write_json
+from earful.config import ConfigError, flatten
+from earful.train.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+EXTRA = "pip install 'earful[tracking]'"
+PACKAGES = {"wandb": "wandb", "mlflow": "mlflow-skinny", "trackio": "trackio"}  # backend → what pip installs
+IDS_FILE = "tracking.json"
+
+
+def require(backend: str) -> ModuleType:
+    """The backend's package, or an error naming what to install."""
+    try:
+        return importlib.import_module(backend)
+    except ImportError as e:
+        raise ConfigError(f"tracking.backends: {backend!r} needs the {PACKAGES[backend]} package, which is not "
+                          f"installed ({e}): {EXTRA}, or leave {backend!r} out of tracking.backends") from None
+
+
+def scalars(prefix: str, record: dict[str, Any]) -> dict[str, float]:
+    """A record's finite numbers as ``prefix/key`` (``step`` is the x-axis, not a value)."""
+    return {f"{prefix}/{k}": float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class Tracking:
+    """The run's trackers (none when ``enabled`` is false: the other ranks of a DDP run)."""
+
+    def __init__(self, cfg: TrackingConfig, root: Path, enabled: bool) -> None:
+        self.cfg, self.root = cfg, root
+        self.store = Path(cfg.dir) if cfg.dir else root / "tracking"
+        self.runs: dict[str, Any] = {}
+        backends = cfg.backends if enabled else []
+        if "trackio" in backends:
+            _point_trackio_at(self.store / "trackio")
+        self.modules = {b: require(b) for b in backends}  # before anything trains: a missing one stops the run
+
+    def start(self, config: dict[str, Any], recipe_sha256: str) -> None:
+        """Open (or, on resume, continue) the tracked run of every backend."""
+        if not self.modules:
+            return
+        self.store.mkdir(parents=True, exist_ok=True)
+        ids_path = self.root / IDS_FILE
+        ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.exists() else {}
+        name = self.cfg.name or self.root.name
+        facts = {"recipe_sha256": recipe_sha256, "run_dir": str(self.root.resolve())}
+        for backend, module in self.modules.items():
+            opener = {"wandb": _Wandb, "mlflow": _Mlflow, "trackio": _Trackio}[backend]
+            self.runs[backend] = opener(module, self.cfg, self.store, name, config, facts, ids)
+        atomic_write_json(ids_path, ids)
+        log.info("tracking %s as %r (group %r) in %s", ", ".join(self.runs), name, self.cfg.group, self.store)
+
+    def log(self, prefix: str, record: dict[str, Any], step: int) -> None:
+        if self.runs:
+            metrics = scalars(prefix, record)
+            for run in self.runs.values():
+                run.log(metrics, step)
+
+    def finish(self, status: str) -> None:
+        """``status``: finished | stopped (a signal; --resume continues) | failed."""
+        runs, self.runs = self.runs, {}
+        for backend, run in runs.items():
+            try:
+                run.finish(status)
+            except Exception as e:  # a tracker must not hide how the run ended
+                log.warning("tracking: closing the %s run failed: %s", backend, e)
+
+
+def _point_trackio_at(folder: Path) -> None:
+    """trackio keeps its store in ``TRACKIO_DIR``, read when it is first imported."""
+    import sys
+
+    if "trackio" not in sys.modules:
+        os.environ["TRACKIO_DIR"] = str(folder)
+        return
+    current = Path(sys.modules["trackio"].utils.TRACKIO_DIR)
+    if current != folder:
+        log.warning("tracking: trackio was imported earlier in this process and writes to %s, not %s", current, folder)
+
+
+class _Wandb:
+    def __init__(self, wandb: ModuleType, cfg: TrackingConfig, store: Path, name: str, config: dict[str, Any],
+                 facts: dict[str, str], ids: dict[str, Any]) -> None:
+        ids.setdefault("wandb", uuid.uuid4().hex[:12])  # W&B run ids: letters and digits
+        self.run = wandb.init(mode=cfg.wandb_mode, dir=str(store), project=cfg.project, group=cfg.group, name=name,
+                              id=ids["wandb"], resume="allow", config={**config, **facts},
+                              settings=wandb.Settings(console="off"))  # earful's own logs go to stderr
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self, status: str) -> None:
+        self.run.summary["status"] = status
+        self.run.finish(exit_code=0 if status != "failed" else 1)
+
+
+class _Mlflow:
+    STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+
+    def __init__(self, mlflow: ModuleType, cfg: TrackingConfig, store: Path, name: str, config: dict[str, Any],
+                 facts: dict[str, str], ids: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        uri = cfg.mlflow_uri or (store / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # see the module's docstring
+        self.client = MlflowClient(uri)
+        if "mlflow" in ids:  # resumed: the same run, the recipe of this segment (--allow-changes may change it)
+            self.run_id = ids["mlflow"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            for key, value in facts.items():
+                self.client.set_tag(self.run_id, key, value)
+            return
+        experiment = _experiment(self.client, cfg.group or cfg.project, mlflow)
+        tags = {**facts, "group": cfg.group or ""}
+        self.run_id = ids["mlflow"] = self.client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def finish(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=self.STATUS[status])
+
+
+def _experiment(client: Any, name: str, mlflow: ModuleType) -> str:
+    """The id of MLflow experiment ``name``, created if need be (by one of the study's runs starting at once)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # another run created it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class _Trackio:
+    def __init__(self, trackio: ModuleType, cfg: TrackingConfig, store: Path, name: str, config: dict[str, Any],
+                 facts: dict[str, str], ids: dict[str, Any]) -> None:
+        self.run = trackio.init(project=cfg.project, name=name, group=cfg.group, config={**flatten(config), **facts},
+                                resume="allow", embed=False)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self, status: str) -> None:
+        self.run.finish()

@@ -1,0 +1,47 @@
+"""A toy study shared by the cluster tests (launcher: slurm) and the model-card tests: its YAML, and the folder of
+one uninterrupted local run of it (made once per session)."""
+
+from pathlib import Path
+
+import pytest
+
+CLUSTER_STUDY = """
+name: toy-slurm
+seeds: [1]
+grid: [4]
+mode: fixed-steps
+steps: 12
+lr: 1.0e-3
+lr_rule: none
+device_seconds: 4
+corpus: {{dir: {corpus}, synth: {{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}},
+         label_sets: {{10h: manifests/labelled-10h.jsonl}}, test: {{test: manifests/test.jsonl}}}}
+pretrain_overrides: [model_preset=tiny, log_every=1, valid_every=12, ckpt_every=100, data.num_workers=0,
+                     data.crop_seconds=2.0, data.min_seconds=0.3, tensorboard=false, threads=1]
+finetune:
+  checkpoints: [final]
+  baselines: []
+  overrides: [model_preset=tiny, batch_seconds=8, device_seconds=8, max_steps=2, valid_every=2, log_every=1,
+              ckpt_every=2, freeze_transformer_steps=1, data.num_workers=0, tensorboard=false, threads=1,
+              optim.lr=1.0e-3]
+slurm: {{gpus_per_node: 4, poll_seconds: 0.5}}
+"""
+
+
+@pytest.fixture(scope="session")
+def cluster_study(tmp_path_factory) -> Path:
+    """The study's YAML, its corpus (built on first use) beside it."""
+    root = tmp_path_factory.mktemp("cluster-study")
+    (root / "toy.yaml").write_text(CLUSTER_STUDY.format(corpus=root / "corpus"))
+    return root / "toy.yaml"
+
+
+@pytest.fixture(scope="session")
+def cluster_study_local(cluster_study, tmp_path_factory) -> Path:
+    """The study run here, uninterrupted, in this process, its runs tracked with MLflow: its output folder."""
+    from earful.study.config import load_study
+    from earful.study.run import run_study
+
+    out = tmp_path_factory.mktemp("cluster-study-local") / "out"
+    run_study(load_study(cluster_study, ["tracking.backends=[mlflow]"]), out)  # not part of the recipe
+    return out

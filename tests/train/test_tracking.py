@@ -1,0 +1,129 @@
+"""A run logs to TensorBoard and to every experiment tracker's local store (W&B offline, MLflow's file store,
+trackio), resumes into the same tracked run, and the values read back from each store are the run's own."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from earful.config import ConfigError
+from earful.train.recipe import recipe_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pretrain(train: Path, valid: Path, out: Path, steps: int, *extra: str) -> None:
+    args = [sys.executable, "-m", "earful.cli", "pretrain", "model_preset=tiny", f"data.train={train}",
+            f"data.valid={valid}", "batch_seconds=4", "device_seconds=4", f"max_steps={steps}", "log_every=2",
+            "valid_every=2", "ckpt_every=2", "data.num_workers=0", "data.min_seconds=0.5", "data.crop_seconds=2.0",
+            "threads=1", "tensorboard=true", "tracking.backends=[wandb,mlflow,trackio]", "tracking.group=study-g",
+            "tracking.project=earful-test", "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a W&B transaction log (``run-ID.wandb``: LevelDB's log format, records of wandb's protobuf);
+    the wandb package has no reader of its own any more."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", path
+    pos, chunk, out = 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        if kind == 0:
+            break
+        chunk += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or a record's last piece
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            out.append(record)
+            chunk = b""
+    return out
+
+
+def test_a_run_logs_to_every_tracker_and_resumes_into_the_same_tracked_run(tmp_path, tiny_corpus, monkeypatch) -> None:
+    out = tmp_path / "run"
+    pretrain(*tiny_corpus, out, 2)
+    pretrain(*tiny_corpus, out, 4, "--resume", "--allow-changes")  # another max_steps: a recipe change
+    train = {r["step"]: r for r in map(json.loads, (out / "train.jsonl").read_text().splitlines())}
+    assert sorted(train) == [2, 4] and train[4]["hours"] > train[2]["hours"] > 0
+    info = json.loads((out / "checkpoints" / "step-0000004" / "trainer.json").read_text())
+    recipe = recipe_hash(info["recipe"])
+
+    # TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(out / "tb"))
+    tb.Reload()
+    assert [(e.step, pytest.approx(e.value)) for e in tb.Scalars("train/hours")] == [
+        (2, train[2]["hours"]), (4, train[4]["hours"])]
+
+    # MLflow: one run in the group's experiment, continued on resume
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's file store is in maintenance mode
+    client = MlflowClient((out / "tracking" / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("study-g")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["batch_seconds"] == "4.0" and run.data.params["model.hidden_size"] == "64"
+    assert run.data.tags["recipe_sha256"] == recipe != recipe_hash({})
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/hours")]
+    assert history == [(2, pytest.approx(train[2]["hours"])), (4, pytest.approx(train[4]["hours"]))]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid/loss")] == [2, 4]
+
+    # W&B offline: two offline segments of one run id, in the group, with the config and the history
+    files = sorted((out / "tracking" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and len({f.name for f in files}) == 1
+    history, config = {}, {}
+    for f in files:
+        for record in wandb_records(f):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                assert record.run.run_group == "study-g" and record.run.project == "earful-test"
+                config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+            elif kind == "history":
+                row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                history[record.history.step.num] = {**history.get(record.history.step.num, {}), **row}
+    assert config["batch_seconds"] == 4.0 and config["recipe_sha256"] == recipe and config["model"]["hidden_size"] == 64
+    assert {s: r["train/hours"] for s, r in history.items() if "train/hours" in r} == {
+        2: pytest.approx(train[2]["hours"]), 4: pytest.approx(train[4]["hours"])}
+
+    # trackio: its store read by trackio itself (it fixes its folder when first imported, hence a process)
+    read = ("import json, trackio.sqlite_storage as s; S = s.SQLiteStorage; "
+            "print(json.dumps([S.get_runs('earful-test'), S.get_logs('earful-test', 'run'), "
+            "S.get_run_config('earful-test', 'run')]))")
+    env = {**os.environ, "TRACKIO_DIR": str(out / "tracking" / "trackio")}
+    r = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs, logs, config = json.loads(r.stdout.splitlines()[-1])
+    assert runs == ["run"] and config["_Group"] == "study-g"
+    assert config["batch_seconds"] == 4.0 and config["recipe_sha256"] == recipe
+    hours = {rec["step"]: rec["train/hours"] for rec in logs if "train/hours" in rec}
+    assert hours == {2: pytest.approx(train[2]["hours"]), 4: pytest.approx(train[4]["hours"])}
+
+
+def test_a_tracker_that_is_not_installed_stops_the_run_before_it_trains(tmp_path, tiny_corpus, monkeypatch) -> None:
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if it were not installed
+    cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "tensorboard=false",
+                                      "tracking.backends=[mlflow]"])
+    with pytest.raises(ConfigError, match=r"'mlflow' needs the mlflow-skinny package.*install 'earful\[tracking\]'"):
+        Trainer(PretrainTask(cfg), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="named twice"):
+        load_pretrain_config(None, ["tracking.backends=[wandb,wandb]"])
