@@ -11,7 +11,11 @@ The vocabulary, used the same way in configs, code, logs and docs:
   devices would take 8 s a step). An utterance longer than this but within ``device_seconds`` still trains,
   in a micro-batch of its own;
 * ``crop_seconds`` — longer utterances are cut to this at a random offset (pre-training); None: whole;
-* ``min_seconds`` / ``max_seconds`` — shorter / longer utterances (after cropping) are left out, counted.
+* ``min_seconds`` / ``max_seconds`` — shorter / longer utterances (after cropping) are left out, counted;
+* ``shape_seconds`` — a batch's padded length is rounded up to a multiple of this (cropped batches: down), and
+  the sampler puts as many utterances in each batch as that length allows, so batches come in a small, fixed
+  set of shapes — what ``cudnn.benchmark``, ``torch.compile`` and CUDA graphs need to pay once per shape; the
+  padding it adds is counted as padding. None: batches as long as their longest utterance.
 
 Inference (``evaluate``, validation) has no step: ``BatchBudget.per_device(device_seconds)``.
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 SAMPLE_RATE = 16000  # Hz: every model input, everywhere in earful
 MAX_ACCUMULATION = 100_000  # micro-batches a step: beyond this a setting is a typo, not a recipe
@@ -52,6 +58,7 @@ class BatchBudget:
     crop_seconds: float | None = None
     min_seconds: float | None = None
     max_seconds: float | None = None
+    shape_seconds: float | None = None
 
     def __post_init__(self) -> None:
         check_seconds("batch_seconds", self.batch_seconds, optional=False)
@@ -59,6 +66,7 @@ class BatchBudget:
         check_seconds("crop_seconds", self.crop_seconds, optional=True)
         check_seconds("min_seconds", self.min_seconds, optional=True, allow_zero=True)
         check_seconds("max_seconds", self.max_seconds, optional=True)
+        check_seconds("shape_seconds", self.shape_seconds, optional=True)
         if self.world_size < 1:
             raise ValueError(f"world_size={self.world_size}: expected >= 1")
         raw = self.batch_seconds / (self.device_seconds * self.world_size)
@@ -92,9 +100,21 @@ class BatchBudget:
             "crop_samples": to_samples(self.crop_seconds) if self.crop_seconds else None,
             "min_samples": to_samples(self.min_seconds) if self.min_seconds else 0,
             "max_samples": to_samples(self.max_seconds) if self.max_seconds else None,
+            "shape_samples": to_samples(self.shape_seconds) if self.shape_seconds else None,
         }
 
     def describe(self) -> str:
         """One line for the run's log."""
         return (f"batch {self.batch_seconds:g} s = {self.world_size} device(s) × {self.micro_seconds:.4g} s × "
                 f"{self.accumulation} accumulation (padded audio, at most; device_seconds {self.device_seconds:g})")
+
+
+def shape_length(longest: np.ndarray | int, grid: int | None, cap: int | None) -> np.ndarray | int:
+    """The padded length of batches whose longest utterance is ``longest`` samples: rounded up to a multiple of
+    ``grid`` (never beyond ``cap``, the longest length admitted, unless the utterance itself is longer)."""
+    if not grid:
+        return longest
+    rounded = -(-np.asarray(longest) // grid) * grid  # ceil to the grid
+    if cap:
+        rounded = np.minimum(rounded, np.maximum(np.asarray(longest), cap))
+    return rounded if isinstance(longest, np.ndarray) else int(rounded)

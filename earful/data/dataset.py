@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .audio import RECEPTIVE_FIELD, AudioError, audio_info, load_audio, too_short
-from .budget import SAMPLE_RATE, BatchBudget, to_samples
+from .budget import SAMPLE_RATE, BatchBudget, shape_length, to_samples
 from .manifest import Manifest, Utterance, lengths_at_rate
 from .sampler import SecondsBatchSampler
 
@@ -166,15 +166,19 @@ def check_length(path: str | IO[bytes], samples: int, expected: int) -> None:
                          "the file replaced or its sample rate misrecorded?")
 
 
-def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0) -> Batch:
+def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0, shape_samples: int | None = None,
+            cap_samples: int | None = None) -> Batch:
     """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``.
 
     ``crop_to_shortest``: fairseq's pre-training batches (``enable_padding: false``): every utterance is
     cropped at a random offset, deterministic in (seed, epoch, index), to the batch's shortest, so nothing
-    is padded."""
+    is padded. ``shape_samples``: the batch is padded up (cropped: down) to a multiple of it, as the sampler
+    planned (``earful.data.budget.shape_length``, at most ``cap_samples``)."""
     good = [it for it in items if it.wave is not None]
     if crop_to_shortest and good:
         n = min(len(it.wave) for it in good)
+        if shape_samples and n >= shape_samples:
+            n -= n % shape_samples
         for it in good:
             if len(it.wave) > n:
                 start = int(np.random.default_rng([seed, it.epoch, it.index, 1]).integers(0, len(it.wave) - n + 1))
@@ -182,6 +186,8 @@ def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int 
     bad = [(it.id, it.error or "") for it in items if it.wave is None]
     lengths = torch.tensor([len(it.wave) for it in good], dtype=torch.int64)
     max_len = int(lengths.max()) if len(good) else 0
+    if not crop_to_shortest:
+        max_len = shape_length(max_len, shape_samples, cap_samples) if good else 0
     # numpy, not torch, pads: torch's per-row copies go through its intra-op thread pool, 4-30x slower
     # for these sizes (benchmarks/README.md, data path)
     padded = np.zeros((len(good), max_len), dtype=np.float32)
@@ -254,7 +260,9 @@ class AudioLoader(Received):
         self.loader = DataLoader(
             dataset,
             batch_sampler=_EpochTagged(sampler),
-            collate_fn=partial(collate, crop_to_shortest=crop_to_shortest, seed=dataset.seed),
+            collate_fn=partial(collate, crop_to_shortest=crop_to_shortest, seed=dataset.seed,
+                               shape_samples=sampler.shape_samples,
+                               cap_samples=sampler.crop_samples or sampler.limit()),
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,

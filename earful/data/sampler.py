@@ -36,18 +36,19 @@ import copy
 import itertools
 import logging
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from earful.data.budget import BatchBudget
+from earful.data.budget import BatchBudget, shape_length
 
 log = logging.getLogger(__name__)
 
-SAMPLER_FORMAT = 2  # the layout of state_dict(); 1 (no "format") was written before the batch budget's names
+SAMPLER_FORMAT = 3  # the layout of state_dict(); 2 had no shape_samples, 1 (no "format") predates the budget
 # what cuts an epoch besides (seed, epoch): BatchBudget.samples()
-LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples")
+LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples",
+          "shape_samples")
 
 
 def padding_fraction(batch_lengths: Iterable[Sequence[int]]) -> float:
@@ -103,14 +104,18 @@ class Batches(Sequence[np.ndarray]):
         """Batch ``j`` cut in two after its first ``at`` indices."""
         return Batches(self.flat, np.insert(self.bounds, j + 1, self.bounds[j] + at))
 
-    def padded(self, lengths: np.ndarray) -> tuple[int, int]:
-        """(real, padded) samples of these batches, the utterances being ``lengths`` long."""
+    def padded(self, lengths: np.ndarray, shaped: Callable[[np.ndarray], np.ndarray] | None = None
+               ) -> tuple[int, int]:
+        """(real, padded) samples of these batches, the utterances being ``lengths`` long (``shaped``: the padded
+        length of a batch from its longest utterance's)."""
         sizes = self.sizes()
         full = sizes > 0
         if not full.any():
             return 0, 0
         per = lengths[self.flat]
         longest = np.maximum.reduceat(per, self.bounds[:-1][full])
+        if shaped is not None:
+            longest = shaped(longest)
         return int(per.sum()), int((longest * sizes[full]).sum())
 
 
@@ -161,7 +166,7 @@ class SecondsBatchSampler:
         # the layouts epoch e was cut with before and how far each rank got; the epoch then holds what they left
         self._resumed: dict[str, Any] | None = None
 
-    def _limit(self) -> int:
+    def limit(self) -> int:
         """The longest utterance (after cropping) a batch can take: the device's, or ``max_seconds`` if lower."""
         return min(self.device_samples, self.max_samples or self.device_samples)
 
@@ -169,7 +174,7 @@ class SecondsBatchSampler:
         """Sets ``effective`` (lengths after cropping) and ``batchable`` (the indices batched, ascending); returns
         the too-long and too-short masks."""
         self.effective = np.minimum(self.lengths, self.crop_samples) if self.crop_samples else self.lengths.copy()
-        too_long = self.effective > self._limit()
+        too_long = self.effective > self.limit()
         too_short = self.lengths < max(self.min_samples, 1)  # an empty utterance is never batched
         index = np.int32 if len(self.lengths) < 2**31 else np.int64  # half the memory at 16 M utterances
         self.batchable = np.flatnonzero(~(too_long | too_short)).astype(index)
@@ -189,6 +194,10 @@ class SecondsBatchSampler:
         """What cuts an epoch into batches besides ``(seed, epoch)``."""
         return {key: getattr(self, key) for key in LAYOUT}
 
+    def shaped(self, longest: np.ndarray) -> np.ndarray:
+        """The padded length of batches led by utterances of ``longest`` samples (``shape_seconds``' grid)."""
+        return shape_length(longest, self.shape_samples, self.crop_samples or self.limit())
+
     # ------------------------------------------------------------------ batches
     def pack(self, idx: np.ndarray) -> Batches:
         """Buckets of ``bucket_size`` in ``idx``'s order, each sorted longest first and packed greedily."""
@@ -198,7 +207,7 @@ class SecondsBatchSampler:
             chunk = chunk[np.argsort(-self.effective[chunk], kind="stable")]
             flat.append(chunk)
             # longest first: the first utterance of a batch fixes its padded length, hence how many fit
-            caps = np.maximum(1, self.micro_samples // self.effective[chunk]).tolist()
+            caps = np.maximum(1, self.micro_samples // self.shaped(self.effective[chunk])).tolist()
             i, n = 0, len(chunk)
             while i < n:
                 i += caps[i]
@@ -300,7 +309,7 @@ class SecondsBatchSampler:
     # ------------------------------------------------------------------ accounting
     def padding_fraction(self, epoch: int | None = None) -> float:
         """Padding fraction of this rank's batches in ``epoch``."""
-        real, padded = self.epoch_batches(epoch).padded(self.effective)
+        real, padded = self.epoch_batches(epoch).padded(self.effective, self.shaped)
         return 1.0 - real / padded if padded else 0.0
 
     # ------------------------------------------------------------------ resume

@@ -165,7 +165,9 @@ class ShardStream(IterableDataset):
                 if not self.skip_bad:
                     raise
                 items[pos] = Item(m, uid, None, None, error=str(e), epoch=epoch)
-        return collate(items, crop_to_shortest=self.crop_to_shortest, seed=self.seed)
+        sampler = self.plan.sampler
+        return collate(items, crop_to_shortest=self.crop_to_shortest, seed=self.seed,
+                       shape_samples=sampler.shape_samples, cap_samples=sampler.crop_samples or sampler.limit())
 
 
 class ShardLoader(Received):

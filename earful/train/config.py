@@ -63,10 +63,11 @@ class DataConfig:
     num_workers: int = 2
     skip_bad: bool = False  # count and log unreadable files instead of stopping
     bucket_size: int = 1000
+    shape_seconds: float | None = None  # pad batches to multiples of this: a few fixed shapes (earful/data/budget.py)
 
     def limits(self) -> dict[str, float | None]:
-        """The utterance limits of the batch budget."""
-        return {"min_seconds": self.min_seconds, "max_seconds": self.max_seconds}
+        """The utterance limits and the shape grid of the batch budget."""
+        return {"min_seconds": self.min_seconds, "max_seconds": self.max_seconds, "shape_seconds": self.shape_seconds}
 
 
 @dataclass

@@ -267,3 +267,38 @@ def test_seconds_become_samples_by_rounding():
     assert s.skipped_reasons == {"longer than device_seconds=2.01 s": 1}
     low = _sampler([64480, 64479], 10.0, min_seconds=4.03)
     assert low.skipped == 1 and low.skipped_indices.tolist() == [1]
+
+
+def test_a_shape_grid_gives_few_fixed_batch_shapes_and_resumes_exactly():
+    """shape_seconds=1: padded lengths on a 1 s grid (never past the crop), as many utterances as that length
+    allows in every batch but a bucket's last: a handful of shapes for cudnn.benchmark / torch.compile, the
+    extra padding counted, and a resume exactly where the run was."""
+    lens = lengths(600, seed=3)
+    plain = _sampler(lens, 32.0, crop_seconds=7.5, seed=4)
+    budget = BatchBudget(32.0, 32.0, crop_seconds=7.5, shape_seconds=1.0)
+    grid = SecondsBatchSampler(lens, budget, seed=4, bucket_size=200)
+    shapes = set()
+    for b in grid.epoch_batches(0):
+        longest = int(grid.effective[b].max())
+        padded = min(-(-longest // RATE) * RATE, max(longest, int(7.5 * RATE)))
+        assert padded % RATE == 0 or padded == int(7.5 * RATE)  # on the grid, or the crop itself
+        assert padded * len(b) <= 32 * RATE
+        shapes.add((len(b), padded))
+    full = {(n, p) for n, p in shapes if n == max(1, 32 * RATE // p)}
+    assert len(full) <= 8 and len(shapes) - len(full) <= 3  # one partial batch per bucket at most
+    assert grid.padding_fraction(0) > plain.padding_fraction(0)  # the rounding is padding, and counted
+    seen = _consume([grid], 7)
+    resumed = SecondsBatchSampler(lens, budget, seed=4, bucket_size=200)
+    resumed.load_state_dict(grid.state_dict())
+    assert sorted(seen + _rest([resumed])) == sorted(grid.batchable.tolist())
+
+
+def test_collate_pads_to_the_grid_and_crops_down_to_it():
+    from earful.data.dataset import Item, collate
+
+    items = [Item(i, f"u{i}", np.ones(n, dtype=np.float32), None) for i, n in enumerate((23000, 17000))]
+    batch = collate(items, shape_samples=RATE, cap_samples=5 * RATE)
+    assert batch.wave.shape == (2, 2 * RATE) and batch.lengths.tolist() == [23000, 17000]
+    cropped = collate([Item(i, f"u{i}", np.ones(n, dtype=np.float32), None) for i, n in enumerate((40000, 35000))],
+                      crop_to_shortest=True, shape_samples=RATE)
+    assert cropped.wave.shape == (2, 2 * RATE) and cropped.lengths.tolist() == [2 * RATE, 2 * RATE]
