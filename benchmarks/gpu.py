@@ -107,7 +107,8 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     mean_utt = padded / max(utts, 1.0)
     flops = train_flops_per_second(cfg.model, utterance_seconds=mean_utt)
     res = {
-        "device_seconds": device_seconds, "steps": len(walls), "median_step_s": statistics.median(walls),
+        "device_seconds": device_seconds, "micro_batch_seconds": float(trainer.cfg.device_seconds),
+        "accumulation": trainer.accum, "steps": len(walls), "median_step_s": statistics.median(walls),
         "audio_s_per_s": real / wall, "padded_s_per_s": padded / wall, "data_wait_fraction": sum(waits) / wall,
         "mean_padded_utterance_s": mean_utt, "gflop_per_audio_s": flops / 1e9,
         "achieved_tflops": padded / wall * flops / 1e12,
@@ -160,6 +161,7 @@ def main() -> None:
                    help="torch.backends.cudnn.benchmark on: cuDNN times its algorithms for every new shape")
     p.add_argument("--profile", action="store_true", help="also profile 3 steps per setting (host vs device)")
     p.add_argument("--json", type=Path, help="also write the results, with every step's time and audio, here")
+    p.add_argument("--corpus", type=Path, help="keep the synthetic corpus in this folder and reuse it if it is there")
     args = p.parse_args()
     if args.smoke:
         args.preset, args.device, args.precision = "tiny", "cpu", "fp32"
@@ -180,13 +182,17 @@ def main() -> None:
           f"torch {torch.__version__}; peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_corpus(Path(tmp) / "corpus", args.minutes, args.seed, max(1, (os.cpu_count() or 2)))
+        corpus = args.corpus or Path(tmp) / "corpus"
+        manifest = corpus / "train.jsonl"
+        if not manifest.exists():
+            manifest = make_corpus(corpus, args.minutes, args.seed, max(1, (os.cpu_count() or 2)))
         print(f"corpus: {args.minutes:g} min of speech-like FLAC in {time.perf_counter() - t0:.1f} s", flush=True)
         results = []
         for s in args.device_seconds:
             r = run_setting(args, manifest, Path(tmp) / f"run-{s:g}", s)
             results.append(r)
-            print(f"  {s:g} s/device: {r['steps']} steps in {time.perf_counter() - t0:.0f} s so far", flush=True)
+            print(f"  {s:g} s/device: {r['steps']} steps in {time.perf_counter() - t0:.0f} s so far (micro-batches of "
+                  f"{r['micro_batch_seconds']:.4g} s x {r['accumulation']})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(f"{'s/device':>8} {'step s':>7} {'mean':>7} {'audio/step':>10} {'audio-s/s':>9} {'(padded)':>9} "

@@ -23,6 +23,13 @@ def test_gpu_benchmark_smoke_runs() -> None:
     assert "audio-s/s" in out and "MFU" in out and "data wait" in out
 
 
+def test_precision_numerics_smoke_runs() -> None:
+    r = subprocess.run([sys.executable, "benchmarks/precision_numerics.py", "--smoke"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "within the spread" in r.stdout and "masks identical for a seed under both precisions: True" in r.stdout
+
+
 def test_cnn_kernel_benchmark_matches_the_model_and_runs() -> None:
     cmd = ["benchmarks/cnn_kernels.py", "--preset", "tiny", "--seconds", "1", "--reps", "1", "--threads", "1"]
     r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
