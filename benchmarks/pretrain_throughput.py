@@ -17,7 +17,8 @@ the work is comparable; the two recipes overlap spans a little differently.
 
 LayerDrop is set to 0 for both (the two draw different layers, so their work would differ step by step), and
 so is fairseq's ``require_same_masks`` (transformers has none; it thins every row to the smallest masked count
-of the batch, ~25 % fewer masked frames on the default batch: ``--same-masks`` keeps it).
+of the batch, ~25 % fewer masked frames on the default batch: ``--same-masks`` keeps it). earful's CNN takes
+the padding into its GroupNorm statistics as transformers' does (``group_norm_padding=included``).
 
 Steps alternate A/B, B/A, ... after warm-up; medians over ``--reps`` are reported with their ratio.
 Peak memory is the RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh child
@@ -94,7 +95,9 @@ def build_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_setup(args: argparse.Namespace) -> Setup:
     fixed = ["layerdrop=0.0"] if args.same_masks else ["layerdrop=0.0", "require_same_masks=false"]
-    cfg = load_model_config(args.preset, [*args.override, *fixed])
+    # transformers' GroupNorm counts the padding: earful's "included" does the same arithmetic (what "excluded",
+    # earful's default, costs: benchmarks/group_norm_padding.py)
+    cfg = load_model_config(args.preset, ["group_norm_padding=included", *args.override, *fixed])
     wave, lengths = build_batch(args)
     device = torch.device(args.device)
     unpadded = bool((lengths == wave.shape[1]).all())

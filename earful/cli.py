@@ -13,7 +13,7 @@ COMMAND_MODULES = (
     "earful.data.commands",  # prepare, shard, synth
     "earful.pretrain.commands",  # pretrain, gradvar
     "earful.finetune.commands",  # finetune
-    "earful.eval.commands",  # evaluate, lm
+    "earful.eval.commands",  # evaluate, transcribe, lm
     "earful.interop.commands",  # export-hf, import-hf, features
     "earful.study.commands",  # study plan|run|report
 )

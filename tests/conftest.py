@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,3 +54,39 @@ def equal_corpus(tmp_path_factory):
     """24 utterances of exactly 2 s: every batch of 4 s holds 2, so shards split evenly."""
     root = tmp_path_factory.mktemp("equal")
     return _write_corpus(root, 24, (2.0, 2.0), 3, "train")
+
+
+def _tone_helpers():
+    """``tests/finetune/conftest.py``'s tone speech with transcripts (module helpers of a conftest are not
+    importable under ``--import-mode=importlib``: loaded by path)."""
+    spec = importlib.util.spec_from_file_location("_tone_speech", Path(__file__).parent / "finetune" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+# utterances of 0.6 to 4 s: the longest is over 3x the shortest, so batches of them are padded a lot
+TONE_TEST_TEXTS = ["bad", "bead cage face dead", "cafe", "head face", "fad bad cafe beef head", "dab", "cage fad",
+                   "dead beef ace"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tone_ctc(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, test manifest): a tiny CTC model fine-tuned for 150 steps on four tone-speech utterances,
+    which spells parts of their words, and a labelled test split of other tone-speech utterances."""
+    from earful.eval.evaluate import resolve_checkpoint
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.task import FinetuneTask
+    from earful.train.engine import Trainer
+
+    tones = _tone_helpers()
+    root = tmp_path_factory.mktemp("tone-ctc")
+    train = tones.write_labelled(root, tones.TRAIN_TEXTS, "train", 0)
+    test = tones.write_labelled(root, TONE_TEST_TEXTS, "test", 2)
+    cfg = load_finetune_config(None, [
+        "model_preset=tiny", f"data.train={train}", "data.dev=null", "max_steps=150", "data.num_workers=0",
+        "tensorboard=false", "threads=1", "valid_every=0", "optim.lr=5e-3", "freeze_transformer_steps=10",
+        "model.dropout=0", "model.mask_prob=0",
+    ])  # fmt: skip
+    Trainer(FinetuneTask(cfg), root / "run").fit()
+    return resolve_checkpoint(root / "run"), test

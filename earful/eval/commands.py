@@ -1,10 +1,12 @@
-"""Sub-commands ``evaluate`` (WER / CER of a CTC checkpoint, greedy and with an LM) and ``lm build``."""
+"""Sub-commands ``evaluate`` (WER / CER of a CTC checkpoint, greedy and with an LM), ``transcribe`` (text from
+audio files) and ``lm build``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from earful.eval.lm import build_arpa
 
@@ -16,25 +18,77 @@ def _lm_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _beam_options(args: argparse.Namespace):
     from earful.eval.beam import BeamOptions
-    from earful.eval.evaluate import evaluate
 
-    options = BeamOptions(beam=args.beam, beam_threshold=args.beam_threshold, lm_weight=args.lm_weight,
-                          word_score=args.word_score, unk_score=args.unk_score, sil_score=args.sil_score)
     if args.lexicon and not args.lm:
         raise ValueError("--lexicon needs --lm")
+    return BeamOptions(beam=args.beam, beam_threshold=args.beam_threshold, lm_weight=args.lm_weight,
+                       word_score=args.word_score, unk_score=args.unk_score, sil_score=args.sil_score)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from earful.eval.evaluate import evaluate
+
     summary = evaluate(
         args.ckpt, args.manifests, args.out, device_seconds=args.device_seconds, device=args.device,
-        precision=args.precision, lm=args.lm, lexicon=args.lexicon, beam_options=options,
+        precision=args.precision, lm=args.lm, lexicon=args.lexicon, beam_options=_beam_options(args),
         num_workers=args.num_workers,
     )  # fmt: skip
     log.info("summary: %s", json.dumps(summary["splits"]))
     return 0
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
+    from earful.atomic import atomic_open
+    from earful.eval.beam import LMBeamDecoder
+    from earful.eval.evaluate import load_ctc
+    from earful.eval.transcribe import transcribe_files
+
+    options = _beam_options(args)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, vocab, _ = load_ctc(args.ckpt)
+    beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
+    records = transcribe_files(
+        model, vocab, args.files, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
+        device_seconds=args.device_seconds, device=device, precision=args.precision, beam=beam,
+    )  # fmt: skip
+    jsonl = args.out is not None and Path(args.out).suffix in (".jsonl", ".json")
+    lines = [json.dumps(r, ensure_ascii=False) if jsonl else f"{r['path']}\t{r['text']}"
+             for r in records if jsonl or "error" not in r]  # fmt: skip
+    if args.out is None:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    else:
+        with atomic_open(args.out) as f:
+            f.writelines(line + "\n" for line in lines)
+    failed = [r for r in records if "error" in r]
+    log.info("transcribed %d of %d files%s", len(records) - len(failed), len(records),
+             f" to {args.out}" if args.out else "")
+    if failed:
+        log.error("%d of %d files could not be read: %s", len(failed), len(records),
+                  "; ".join(r["error"] for r in failed))
+        return 1
+    return 0
+
+
+def _add_lm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", default=None, help="ARPA file (or KenLM binary with --lexicon) for beam search")
+    p.add_argument("--lexicon", default=None, help="lexicon file (default: the ARPA file's unigrams)")
+    p.add_argument("--beam", type=int, default=50, help="beam size (the paper: 50)")
+    p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (the paper: 2)")
+    p.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")
+    p.add_argument("--beam-threshold", type=float, default=50.0,
+                   help="prune hypotheses this far below the best (torchaudio's default, as the paper)")
+    p.add_argument("--unk-score", type=float, default=float("-inf"), help="score of an out-of-lexicon word")
+    p.add_argument("--sil-score", type=float, default=0.0, help="score of a word delimiter")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``evaluate`` and ``lm`` (with sub-command ``build``) to the ``earful`` command."""
+    """Add ``evaluate``, ``transcribe`` and ``lm`` (with sub-command ``build``) to the ``earful`` command."""
     ev = subparsers.add_parser(
         "evaluate",
         help="WER and CER of a fine-tuned checkpoint on labelled manifests (greedy, and with an n-gram LM)",
@@ -49,16 +103,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ev.add_argument("--num-workers", type=int, default=0, help="audio loading worker processes")
-    ev.add_argument("--lm", default=None, help="ARPA file (or KenLM binary with --lexicon) for beam search")
-    ev.add_argument("--lexicon", default=None, help="lexicon file (default: the ARPA file's unigrams)")
-    ev.add_argument("--beam", type=int, default=50, help="beam size (the paper: 50)")
-    ev.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (the paper: 2)")
-    ev.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")
-    ev.add_argument("--beam-threshold", type=float, default=50.0,
-                    help="prune hypotheses this far below the best (torchaudio's default, as the paper)")
-    ev.add_argument("--unk-score", type=float, default=float("-inf"), help="score of an out-of-lexicon word")
-    ev.add_argument("--sil-score", type=float, default=0.0, help="score of a word delimiter")
+    _add_lm_arguments(ev)
     ev.set_defaults(func=_evaluate)
+
+    tr = subparsers.add_parser(
+        "transcribe",
+        help="transcribe audio files with a fine-tuned checkpoint (long files in overlapping chunks)",
+        description="Transcribe audio files (any rate and channel count libsndfile reads: resampled to 16 kHz, "
+        "downmixed) with a CTC checkpoint or fine-tuning run directory, greedy or, with --lm, with the beam "
+        "search of `earful evaluate`. Files longer than --chunk-seconds go through the model in windows that "
+        "overlap by --stride-seconds on each side, as transformers' ASR pipeline cuts them, so memory does not "
+        "grow with the file. Output: PATH<TAB>TEXT lines on stdout or in --out; --out F.jsonl writes JSON "
+        "records (path, seconds, text; an unreadable file's error). Exit status 1 if any file could not be read.",
+    )
+    tr.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
+    tr.add_argument("files", nargs="+", help="audio files")
+    tr.add_argument("--out", default=None, help="output file: .jsonl for JSON records, else PATH<TAB>TEXT lines")
+    tr.add_argument("--chunk-seconds", type=float, default=20.0,
+                    help="window length for long files; 0: whole files in one pass (default 20)")
+    tr.add_argument("--stride-seconds", type=float, default=None,
+                    help="context on each side of a window, dropped from its output (default: chunk / 6)")
+    tr.add_argument("--device-seconds", type=float, default=200.0, help="padded audio per inference batch")
+    tr.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    _add_lm_arguments(tr)
+    tr.set_defaults(func=_transcribe)
 
     lm = subparsers.add_parser("lm", help="n-gram language models for beam search")
     lm_sub = lm.add_subparsers(dest="lm_command", required=True)

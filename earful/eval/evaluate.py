@@ -36,7 +36,7 @@ from earful.eval.beam import BeamOptions, LMBeamDecoder
 from earful.eval.decode import greedy_decode
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab
-from earful.model import Wav2Vec2ForCTC
+from earful.model import Wav2Vec2ForCTC, batch_invariant
 from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
     return CharVocab(out, mapping=vocab.get("mapping") or None)
 
 
-def _strip_placeholders(text: str) -> str:
+def strip_placeholders(text: str) -> str:
     return " ".join("".join(c for c in text if not 0xE000 <= ord(c) < 0xF900).split())
 
 
@@ -78,7 +78,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
-    """A CTC model and its vocabulary from a checkpoint or run directory."""
+    """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
+    or run directory."""
     path = resolve_checkpoint(ckpt)
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):
@@ -86,7 +87,7 @@ def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     vocab = vocab_from_checkpoint(info.get("vocab"), str(path))
     if len(vocab) != model.lm_head.out_features:
         raise ValueError(f"{path}: {len(vocab)} symbols but the head has {model.lm_head.out_features} outputs")
-    return model, vocab, path
+    return batch_invariant(model), vocab, path
 
 
 @torch.no_grad()
@@ -116,7 +117,7 @@ def transcribe(
             logits, flen = model(*batch.model_inputs(device))
         logits, flen = logits.float().cpu(), flen.cpu()
         for uid, hyp in zip(batch.ids, greedy_decode(logits, flen, vocab), strict=True):
-            greedy[uid] = _strip_placeholders(hyp)
+            greedy[uid] = strip_placeholders(hyp)
         if beam is not None and lm is not None:
             for uid, hyp in zip(batch.ids, beam.decode(logits, flen), strict=True):
                 lm[uid] = hyp

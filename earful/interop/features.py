@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def layer_features(model: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
     """(layers + 1, frames, dim): the transformer's input and every layer's output for one utterance."""
-    backbone = backbone_of(model).eval()
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
-    out = backbone(x, torch.tensor([x.shape[1]]), output_hidden_states=True)
+    backbone = backbone_of(batch_invariant(model)).eval()
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]  # (1, samples): nothing padded
+    out = backbone(x, None, output_hidden_states=True)
     return torch.stack(out.hidden_states, 0)[:, 0].numpy()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import CheckpointError, atomic_save_tensors, safe_torch_load
+from earful.checkpoint import CheckpointError, atomic_save_tensors, check_sizes, safe_torch_load
+from earful.eval.vocab import DELIMITER
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
 log = logging.getLogger(__name__)
@@ -230,29 +232,64 @@ def _normalise_hf_keys(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 # Folders
 # --------------------------------------------------------------------------------------------------
+def feature_extractor_config(cfg: ModelConfig) -> dict[str, Any]:
+    """``preprocessor_config.json``: a ``Wav2Vec2FeatureExtractor``. ``return_attention_mask`` follows
+    transformers' convention: false for a group-norm CNN (such models, wav2vec2-base among them, take a
+    zero-padded batch without a mask), true for a layer-norm one. Either way one utterance at a time (the
+    ASR pipeline's default) gives what earful gives in any batch; docs/batch-invariance.md has the rest."""
+    return {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "processor_class": "Wav2Vec2Processor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": cfg.normalize_waveform,
+        "return_attention_mask": cfg.feat_extract_norm == "layer",
+    }
+
+
+def tokenizer_config(symbols: list[str]) -> dict[str, Any]:
+    """``tokenizer_config.json``: a ``Wav2Vec2CTCTokenizer`` over ``vocab.json`` whose pad token is the CTC
+    blank (index 0, dropped from transcripts) and whose word delimiter is ``|``, decoding as earful's greedy
+    decoder does: no lower-casing, no clean-up of spaces around apostrophes. ``<s>``, ``</s>``, ``<unk>`` are
+    named only when the vocabulary has them (an imported one), so the tokenizer adds no symbols."""
+    if DELIMITER not in symbols:
+        raise ValueError(f"the vocabulary has no word delimiter {DELIMITER!r}: {symbols}")
+    return {
+        "tokenizer_class": "Wav2Vec2CTCTokenizer",
+        "processor_class": "Wav2Vec2Processor",
+        "pad_token": symbols[0],
+        "word_delimiter_token": DELIMITER,
+        "replace_word_delimiter_char": " ",
+        "unk_token": "<unk>" if "<unk>" in symbols else None,
+        "bos_token": "<s>" if "<s>" in symbols else None,
+        "eos_token": "</s>" if "</s>" in symbols else None,
+        "do_lower_case": False,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
 def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[str] | None = None) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` (and ``vocab.json``
-    for CTC) so that ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it."""
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` so that
+    ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it; for a CTC model with its vocabulary
+    also ``vocab.json`` and ``tokenizer_config.json``, which make the folder a whole processor:
+    ``transformers.pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kind = "pretraining" if isinstance(model, Wav2Vec2ForPreTraining) else "ctc"
     cfg: ModelConfig = model.cfg
     vocab_size = model.lm_head.out_features if isinstance(model, Wav2Vec2ForCTC) else None
+    if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
+        raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
     atomic_save_tensors(to_hf_state_dict(model.state_dict(), cfg, kind), out / "model.safetensors")
     atomic_write_json(out / "config.json", hf_config(cfg, kind=kind, vocab_size=vocab_size))
-    atomic_write_json(
-        out / "preprocessor_config.json",
-        {
-            "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-            "feature_size": 1,
-            "sampling_rate": 16000,
-            "padding_value": 0.0,
-            "do_normalize": cfg.normalize_waveform,
-            "return_attention_mask": True,
-        },
-    )
+    atomic_write_json(out / "preprocessor_config.json", feature_extractor_config(cfg))
     if vocab_symbols is not None:
         atomic_write_json(out / "vocab.json", {s: i for i, s in enumerate(vocab_symbols)})
+        atomic_write_json(out / "tokenizer_config.json", tokenizer_config(list(vocab_symbols)))
+    elif kind == "ctc":
+        log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)", out)
     return out
 
 
@@ -294,6 +331,16 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
         log.warning("%s: no preprocessor_config.json; assuming the model takes unnormalised waveforms "
                     "(set normalize_waveform if it was trained on normalised ones)", hf_dir)
     is_ctc = "lm_head.weight" in weights
+    kind = "ctc" if is_ctc else "pretraining"
+    vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None
+    where = str(Path(hf_dir) / "config.json")
+    layers = {int(m.group(1)) for k in weights if (m := re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", k))}
+    if len(layers) != cfg.num_layers:  # before anything per layer is made: a hostile config can ask for millions
+        raise CheckpointError(f"{where}: num_hidden_layers={cfg.num_layers}, the weights hold {len(layers)} layers")
+    state = from_hf_state_dict(weights, cfg, kind)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    shapes.setdefault("wav2vec2.mask_emb", (cfg.hidden_size,))  # optional in transformers' folders
+    check_sizes(kind, cfg, vocab_size, shapes, where)  # every shape, on the meta device, before allocating
     vocab: list[str] | None = None
     model: torch.nn.Module
     if is_ctc:
@@ -301,12 +348,9 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
         if vocab_path.exists():
             mapping = json.loads(vocab_path.read_text(encoding="utf-8"))
             vocab = [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
-        model = Wav2Vec2ForCTC(cfg, weights["lm_head.weight"].shape[0])
-        kind = "ctc"
+        model = Wav2Vec2ForCTC(cfg, vocab_size)  # type: ignore[arg-type]
     else:
         model = Wav2Vec2ForPreTraining(cfg)
-        kind = "pretraining"
-    state = from_hf_state_dict(weights, cfg, kind)
     blank = int(hf_cfg.get("pad_token_id") or 0)  # transformers' CTC blank; earful's is index 0
     if is_ctc and blank != 0:
         order = [blank, *(i for i in range(state["lm_head.weight"].shape[0]) if i != blank)]

@@ -7,6 +7,7 @@ from earful.model.wav2vec2 import (
     Wav2Vec2ForCTC,
     Wav2Vec2ForPreTraining,
     Wav2Vec2Model,
+    batch_invariant,
     compile_blocks,
     count_parameters,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Wav2Vec2ForCTC",
     "Wav2Vec2ForPreTraining",
     "Wav2Vec2Model",
+    "batch_invariant",
     "compile_blocks",
     "count_parameters",
     "load_model_config",

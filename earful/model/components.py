@@ -44,6 +44,65 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
+def _frame_sum(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Σ over frames of x (batch, channels, frames) weighted by m (batch, 1, frames) -> (batch, channels, 1), as
+    a row-vector product (on a CPU several times faster than the matrix-vector one, and no product tensor)."""
+    return torch.bmm(m, x.transpose(1, 2)).transpose(1, 2)
+
+
+class _MaskedGroupNormFunction(torch.autograd.Function):
+    """Per-channel GroupNorm over each utterance's real frames, written for memory traffic: on a CPU, a new
+    activation-sized tensor costs several times what reading one does, so the forward makes two (one without
+    autograd) and the backward one, as ``nn.GroupNorm`` nearly does; sums over frames are matrix products
+    or norms, which read without writing. Padded frames come out as the bias and pass no gradient back."""
+
+    @staticmethod
+    def forward(ctx, x, valid, weight, bias, eps, track):  # type: ignore[override]
+        # x: (batch, channels, frames) fp32; valid: (batch, frames) bool
+        m = valid.to(x.dtype)[:, None, :]  # (batch, 1, frames)
+        n = m.sum(2, keepdim=True).clamp(min=1.0)  # (batch, 1, 1) real frames
+        mean = _frame_sum(x, m) / n  # (batch, channels, 1)
+        centred = (x - mean).mul_(valid[:, None, :])  # (batch, channels, frames), padding 0
+        var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_() / n  # biased, as nn.GroupNorm
+        rstd = torch.rsqrt(var + eps)  # (batch, channels, 1)
+        scale = rstd * weight[None, :, None]
+        if not track:  # no autograd: the output overwrites the centred frames
+            return centred.mul_(scale).add_(bias[None, :, None])
+        ctx.save_for_backward(centred, m, n, rstd, weight)
+        return torch.addcmul(bias[None, :, None], centred, scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        centred, m, n, rstd, weight = ctx.saved_tensors
+        scale = rstd * weight[None, :, None]  # (batch, channels, 1)
+        g_sum = _frame_sum(grad, m)  # (batch, channels, 1): Σ over real frames
+        g_dot = torch.einsum("bct,bct->bc", grad, centred)[..., None]  # Σ grad · (x - mean), real frames
+        grad_x = grad * scale  # dx = scale (dy - Σdy / n - (x - mean) rstd² Σ dy (x - mean) / n), real frames
+        grad_x.addcmul_(centred, -scale * rstd.square() * g_dot / n).sub_(scale * g_sum / n)
+        grad_x.mul_(m)
+        grad_w = (g_dot * rstd).sum((0, 2)) if ctx.needs_input_grad[2] else None
+        grad_b = grad.sum((0, 2)) if ctx.needs_input_grad[3] else None
+        return grad_x, None, grad_w, grad_b, None, None
+
+
+class MaskedGroupNorm(nn.GroupNorm):
+    """GroupNorm with one group per channel (the CNN's first layer) whose statistics can leave padding out.
+
+    ``forward(x)`` is ``nn.GroupNorm``: each utterance's mean and variance per channel over all its frames,
+    a batch's zero padding included (fairseq, transformers). ``forward(x, valid)`` takes them over the frames
+    ``valid`` marks only, so an utterance's real frames come out as they do when it is alone in a batch.
+    """
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (batch, channels, frames); valid: (batch, frames) bool, True = a real frame, or None."""
+        if valid is None:
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):  # statistics in fp32, as autocast runs nn.GroupNorm
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
+            return _MaskedGroupNormFunction.apply(x, valid, w, b, self.eps, torch.is_grad_enabled())
+
+
 class ConvBlock(nn.Module):
     """Conv1d → (GroupNorm | LayerNorm | nothing) → GELU."""
 
@@ -55,15 +114,19 @@ class ConvBlock(nn.Module):
         nn.init.kaiming_normal_(self.conv.weight)
         self.norm: nn.Module
         if norm == "group":
-            self.norm = nn.GroupNorm(c_out, c_out, affine=True)
+            self.norm = MaskedGroupNorm(c_out, c_out, affine=True)
         elif norm == "layer":
             self.norm = ChannelLayerNorm(c_out, elementwise_affine=True)
         else:
             self.norm = nn.Identity()
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, c_in, time) -> (batch, c_out, time')
-        return self.act(self.norm(self.conv(x)))
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, c_in, time) -> (batch, c_out, time'); ``valid`` (batch, time') marks the real output frames
+        the GroupNorm's statistics are taken over (None: all)."""
+        y = self.conv(x)
+        y = self.norm(y, valid) if isinstance(self.norm, MaskedGroupNorm) else self.norm(y)
+        return self.act(y)
 
 
 class FeatureEncoder(nn.Module):
@@ -85,17 +148,36 @@ class FeatureEncoder(nn.Module):
             c_in = c
         self.layers = nn.ModuleList(blocks)
 
+    def layer_lengths(self, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+        """Frames layer ``layer`` makes from ``lengths`` frames (or samples) of its input."""
+        k, s, p = self.kernels[layer], self.strides[layer], self.paddings[layer]
+        return (torch.div(lengths.long() + 2 * p - k, s, rounding_mode="floor") + 1).clamp(min=0)
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced from ``lengths`` samples (floor((L + 2p - k) / s) + 1 per layer)."""
-        out = lengths.long()
-        for k, s, p in zip(self.kernels, self.strides, self.paddings, strict=True):
-            out = torch.div(out + 2 * p - k, s, rounding_mode="floor") + 1
-        return out.clamp(min=0)
+        for i in range(len(self.layers)):
+            lengths = self.layer_lengths(lengths, i)
+        return lengths
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (batch, samples) -> (batch, channels, frames)
-        x = wave[:, None, :]
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, samples) -> (batch, channels, frames).
+
+        ``lengths`` (batch,) real samples: padding is kept out of the computation of real frames: the
+        GroupNorm's statistics are over real frames only, and a padded convolution (``conv_padding``) reads
+        zeros past an utterance's last real frame, as it does alone. None: the batch is one tensor, its zero
+        padding counted like signal (fairseq; the only case for a batch without padding)."""
+        x = wave[:, None, :]  # (batch, 1, samples)
+        frames = lengths
+        for i, layer in enumerate(self.layers):
+            if frames is None:
+                x = layer(x)
+                continue
+            frames = self.layer_lengths(frames, i)
+            out = (x.shape[-1] + 2 * self.paddings[i] - self.kernels[i]) // self.strides[i] + 1
+            valid = torch.arange(out, device=x.device)[None, :] < frames[:, None]  # (batch, frames)
+            x = layer(x, valid)  # (batch, channels, frames)
+            if i + 1 < len(self.layers) and self.paddings[i + 1] > 0:
+                x = x * valid[:, None, :]  # the next convolution's zero padding starts at the real end
         return x
 
 

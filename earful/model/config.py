@@ -37,6 +37,14 @@ class ModelConfig:
     conv_bias: bool = False
     conv_padding: bool = False  # nanow2v2: pad each conv so the output is exactly 50 frames/s
     feat_extract_norm: Literal["group", "layer"] = "group"  # group: first layer only; layer: every layer
+    # the zero padding of a batch in the CNN. "excluded": the first layer's GroupNorm takes its statistics over
+    # each utterance's real samples only (and a padded conv, conv_padding, sees zeros past its end), so every
+    # utterance's outputs are the ones it gets alone, whatever its batch. "included": fairseq's (and the
+    # paper's) GroupNorm over the padded batch, zeros counted: outputs depend on the batch-mates' lengths.
+    # Files from before this field get "excluded". Fine-tuning sets "excluded" unless told otherwise, and
+    # evaluate / transcribe / features always run "excluded". Why pre-training does too:
+    # docs/batch-invariance.md.
+    group_norm_padding: Literal["excluded", "included"] = "excluded"
     feature_grad_mult: float = 0.1  # gradient multiplier on the CNN (fairseq's feature_grad_mult)
     normalize_waveform: bool = False  # per-utterance zero mean, unit variance (LARGE recipes)
 

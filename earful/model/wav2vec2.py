@@ -7,6 +7,7 @@ linear character head.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ from earful.model.components import (
 )
 from earful.model.config import ModelConfig
 from earful.model.masking import compute_channel_mask, compute_mask, sample_negatives
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,11 +54,15 @@ class Wav2Vec2Model(nn.Module):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.feature_encoder.output_lengths(lengths)
 
-    def extract_features(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CNN features (batch, frames, conv_dim) and the padding mask (batch, frames)."""
+    def extract_features(
+        self, wave: torch.Tensor, lengths: torch.Tensor, *, padded: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CNN features (batch, frames, conv_dim) and the padding mask (batch, frames). ``padded`` False: no
+        utterance of the batch is padded (lengths are all the batch's length)."""
         if self.cfg.normalize_waveform:
             wave = _normalize(wave, lengths)
-        feats = self.feature_encoder(wave).transpose(1, 2)  # (batch, frames, conv_dim)
+        exclude = padded and self.cfg.group_norm_padding == "excluded"
+        feats = self.feature_encoder(wave, lengths if exclude else None).transpose(1, 2)  # (batch, frames, conv_dim)
         feats = grad_multiply(feats, self.cfg.feature_grad_mult) if self.training else feats
         flen = self.frame_lengths(lengths).clamp(max=feats.shape[1])
         padding_mask = torch.arange(feats.shape[1], device=feats.device)[None, :] >= flen[:, None]
@@ -80,7 +87,7 @@ class Wav2Vec2Model(nn.Module):
         unpadded = lengths is None
         if lengths is None:
             lengths = torch.full((wave.shape[0],), wave.shape[1], device=wave.device)
-        feats, padding_mask = self.extract_features(wave, lengths)
+        feats, padding_mask = self.extract_features(wave, lengths, padded=not unpadded)
         flen = (~padding_mask).sum(1)
         x, normed = self.feature_projection(feats)  # (batch, frames, hidden), (batch, frames, conv_dim)
         x = self.dropout_input(x)
@@ -325,6 +332,18 @@ def compile_blocks(model: Wav2Vec2ForPreTraining | Wav2Vec2ForCTC, backend: str 
     backbone.feature_encoder.compile(backend=backend)
     for layer in backbone.encoder.layers:
         layer.compile(backend=backend)
+
+
+def batch_invariant(model: nn.Module) -> nn.Module:
+    """``model`` set to compute every utterance as it is alone in a batch (``group_norm_padding="excluded"``),
+    as inference (evaluate, transcribe, features) always does: a model trained with "included" statistics
+    then gives each utterance what it gives unpadded, and no result depends on the batch."""
+    cfg: ModelConfig = model.cfg  # type: ignore[assignment]
+    if cfg.group_norm_padding != "excluded":
+        log.info("inference takes the CNN's statistics over each utterance's real samples (the model was "
+                 "trained with group_norm_padding=%s)", cfg.group_norm_padding)
+        cfg.group_norm_padding = "excluded"  # the one config object the model and its backbone share
+    return model
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -1,4 +1,5 @@
-"""``earful evaluate`` on a CTC model whose output is fixed: files, WER / CER, LM decoding, vocabularies."""
+"""``earful evaluate`` on a CTC model whose output is fixed: files, WER / CER, LM decoding, vocabularies; and on a
+fine-tuned one, the same transcripts one utterance at a time and in 200 s batches."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from earful.checkpoint import save_model
+from earful.checkpoint import load_model, save_model
+from earful.data.manifest import read_manifest, write_manifest
 from earful.eval.beam import flashlight_available
 from earful.eval.decode import greedy_decode
 from earful.eval.evaluate import evaluate, vocab_from_checkpoint
@@ -107,9 +109,35 @@ def test_imported_transformers_vocabulary_is_adapted() -> None:
     assert vocab.symbols[0] == "<b>" and vocab.symbols[5:] == ("e", "t", "a", "'") and len(vocab) == len(symbols)
     frames = [7, 0, 4, 1, 6, 3, 5]  # A | <s> T <unk> E
     logits = torch.nn.functional.one_hot(torch.tensor([frames]), len(symbols)).float()
-    from earful.eval.evaluate import _strip_placeholders
+    from earful.eval.evaluate import strip_placeholders
 
-    assert _strip_placeholders(greedy_decode(logits, None, vocab)[0]) == "a te"
+    assert strip_placeholders(greedy_decode(logits, None, vocab)[0]) == "a te"
     assert vocab_from_checkpoint(V.to_dict()) == V
     with pytest.raises(ValueError, match="no vocabulary"):
         vocab_from_checkpoint(None)
+
+
+def greedy(ckpt, manifest, out, device_seconds: float = 200.0) -> dict[str, str]:
+    evaluate(ckpt, [manifest], out, device_seconds=device_seconds)
+    rows = [json.loads(x) for x in (out / f"{manifest.stem}.greedy.jsonl").read_text().splitlines()]
+    return {r["id"]: r["hyp"] for r in rows}
+
+
+@pytest.mark.parametrize("trained_with", ["excluded", "included"])
+def test_evaluate_gives_the_same_transcripts_one_utterance_at_a_time_and_in_200_s(tone_ctc, tmp_path,
+                                                                                   trained_with) -> None:
+    """Utterances of 0.6-4 s in one padded batch and each alone; a checkpoint saved with fairseq's statistics
+    ("included") is evaluated batch-invariant as well."""
+    ckpt, manifest = tone_ctc
+    if trained_with == "included":
+        model, info = load_model(ckpt)
+        model.cfg.group_norm_padding = "included"
+        ckpt = save_model(tmp_path / "included", model, vocab=info["vocab"])
+    utts = read_manifest(manifest)
+    assert max(u.num_samples for u in utts) > 3 * min(u.num_samples for u in utts)
+    together = greedy(ckpt, manifest, tmp_path / "together")
+    assert len(set(together.values())) >= 4, together  # the model says different things to different audio
+    for u in utts:
+        alone = tmp_path / f"{u.id}.jsonl"
+        write_manifest([u], alone)
+        assert greedy(ckpt, alone, tmp_path / u.id, device_seconds=0.1) == {u.id: together[u.id]}

@@ -47,8 +47,10 @@ def randomise(model: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_hidden_states_and_ctc_logits_match(shape, tmp_path) -> None:
+    """A padded batch with transformers' attention mask: its GroupNorm counts the padding, as earful's "included"
+    (for layer-norm CNNs the setting changes nothing)."""
     preset, overrides = SHAPES[shape]
-    cfg = load_model_config(preset, overrides)
+    cfg = load_model_config(preset, [*overrides, "group_norm_padding=included"])
     ours = Wav2Vec2ForCTC(cfg, vocab_size=32).eval()
     randomise(ours)
     export_hf(ours, tmp_path)
@@ -66,10 +68,27 @@ def test_hidden_states_and_ctc_logits_match(shape, tmp_path) -> None:
         assert (h.logits[i, :n] - logits[i, :n]).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("shape", ["tiny-group", "base-group"])
+def test_batch_invariant_model_gives_each_utterance_what_transformers_gives_it_alone(shape, tmp_path) -> None:
+    """earful's default ("excluded") in a padded batch == transformers on each utterance unpadded (the ASR
+    pipeline's way: one at a time)."""
+    preset, overrides = SHAPES[shape]
+    ours = Wav2Vec2ForCTC(load_model_config(preset, overrides), vocab_size=32).eval()
+    randomise(ours)
+    export_hf(ours, tmp_path)
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path).eval()
+    wave, lens, _ = make_batch((16000, 5000))  # the first over 3x the second
+    with torch.no_grad():
+        logits, flen = ours(wave, lens)
+        for i, n in enumerate(lens.tolist()):
+            alone = theirs(wave[i : i + 1, :n]).logits[0]  # (frames, vocab)
+            assert alone.shape[0] == flen[i] and (alone - logits[i, : flen[i]]).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize("shape", ["tiny-group", "tiny-layer", "base-group"])
 def test_pretraining_logits_and_losses_match(shape, tmp_path) -> None:
     preset, overrides = SHAPES[shape]
-    cfg = load_model_config(preset, overrides + ["require_same_masks=false"])
+    cfg = load_model_config(preset, overrides + ["require_same_masks=false", "group_norm_padding=included"])
     ours = Wav2Vec2ForPreTraining(cfg).eval()
     randomise(ours)
     export_hf(ours, tmp_path)

@@ -65,3 +65,24 @@ def test_attention_kernel_benchmark_runs_and_agrees() -> None:
     r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "key mask" in r.stdout and "differ by 0.0e+00 at most" in r.stdout  # CPU: the same kernel either way
+
+
+def test_group_norm_padding_and_transcription_benchmarks_run(tmp_path: Path, tiny_corpus) -> None:
+    from earful.checkpoint import save_model
+    from earful.model import Wav2Vec2ForPreTraining
+
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    runs = {
+        "cost": ["benchmarks/group_norm_padding.py", "cost", "--preset", "tiny", "--seconds", "1", "--reps", "1"],
+        "shift": ["benchmarks/group_norm_padding.py", "shift", str(tmp_path / "ckpt"), str(tiny_corpus[0]),
+                  "--device-seconds", "6", "--threads", "1"],
+        "rtf": ["benchmarks/transcribe_rtf.py", "--preset", "tiny", "--seconds", "8", "--chunk-seconds", "3",
+                "--reps", "1", "--threads", "1"],
+    }  # fmt: skip
+    for name, cmd in runs.items():
+        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        runs[name] = r.stdout
+    assert "pre-training step" in runs["cost"] and "backbone inference" in runs["cost"]
+    assert "padded utterances" in runs["shift"] and "% RMS" in runs["shift"]
+    assert "RTF (CPU s / audio s) whole" in runs["rtf"] and "peak RSS growth MiB" in runs["rtf"]

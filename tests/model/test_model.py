@@ -50,9 +50,11 @@ def test_eval_is_deterministic_and_train_is_not() -> None:
     assert not torch.equal(c, d)
 
 
-def test_padding_does_not_change_real_frames() -> None:
-    """An utterance's outputs do not depend on how much padding its batch has (key-padding mask)."""
-    cfg = load_model_config("tiny", ["feat_extract_norm=layer"])  # GroupNorm would see the padding
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_padding_does_not_change_real_frames(norm) -> None:
+    """An utterance's outputs do not depend on how much padding its batch has (key-padding mask, and the
+    GroupNorm's statistics over real frames: tests/model/test_batch_invariance.py)."""
+    cfg = load_model_config("tiny", [f"feat_extract_norm={norm}"])
     model = Wav2Vec2ForCTC(cfg, vocab_size=10).eval()
     wave, lens = batch(lengths=(9000,))
     padded = torch.nn.functional.pad(wave, (0, 7000))
@@ -207,9 +209,12 @@ def test_large_preset_is_fairseqs_large_librivox() -> None:
     assert c.feature_grad_mult == 1.0 and c.diversity_weight == 0.1 and c.feature_penalty_weight == 0.0
 
 
-def test_lengths_none_means_no_padding_and_no_attention_mask(monkeypatch) -> None:
-    """lengths=None (every utterance fills the batch) gives what full lengths give, bit for bit on a CPU, and
-    attention gets no key mask (so SDPA may pick FlashAttention on a GPU)."""
+@pytest.mark.parametrize("norm", ["included", "excluded"])
+def test_lengths_none_means_no_padding_and_no_attention_mask(monkeypatch, norm) -> None:
+    """lengths=None (every utterance fills the batch) gives what full lengths give, and attention gets no key
+    mask (so SDPA may pick FlashAttention on a GPU). Bit for bit on a CPU with nn.GroupNorm ("included"); with
+    "excluded", full lengths take the masked statistics, which sum in another order (and lengths=None takes
+    nn.GroupNorm, as transformers)."""
     import torch.nn.functional as F
 
     masks: list[object] = []
@@ -220,9 +225,10 @@ def test_lengths_none_means_no_padding_and_no_attention_mask(monkeypatch) -> Non
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    cfg = load_model_config("tiny")
+    cfg = load_model_config("tiny", [f"group_norm_padding={norm}"])
     wave = torch.randn(3, 12000, generator=torch.Generator().manual_seed(0))
     full = torch.full((3,), 12000)
+    same = torch.equal if norm == "included" else lambda x, y: torch.allclose(x, y, rtol=1e-4, atol=1e-5)
     torch.manual_seed(0)
     model = Wav2Vec2ForPreTraining(cfg).train()
     outs = []
@@ -234,12 +240,12 @@ def test_lengths_none_means_no_padding_and_no_attention_mask(monkeypatch) -> Non
         outs.append((out, grads, list(masks)))
     (a, ga, ma), (b, gb, mb) = outs
     assert all(m is not None for m in ma) and all(m is None for m in mb) and len(mb) == cfg.num_layers
-    assert torch.equal(a.logits, b.logits) and torch.equal(a.mask, b.mask)
-    assert all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
+    assert same(a.logits, b.logits) and torch.equal(a.mask, b.mask)
+    assert all(same(x, y) for x, y in zip(ga, gb, strict=True))
     ctc = Wav2Vec2ForCTC(cfg, vocab_size=8).eval()
     with torch.no_grad():
         (la, fa), (lb, fb) = ctc(wave, full), ctc(wave, None)
-    assert torch.equal(la, lb) and torch.equal(fa, fb)
+    assert same(la, lb) and torch.equal(fa, fb)
 
 
 def test_contrastive_scores_stay_fp32_under_bf16_autocast() -> None:

@@ -259,3 +259,16 @@ def test_a_stopped_multi_device_pretraining_stops_the_study(tmp_path, monkeypatc
     with pytest.raises(S.StudyStopped, match="pre-training 16s-seed1 stopped by SIGTERM; rerun the study"):
         S.run_pretraining_stage(StudyConfig(), run, tmp_path, tmp_path)
     assert not (tmp_path / "pretrain" / "16s-seed1" / "done.json").exists()
+
+
+def test_a_transformers_config_asking_for_10_million_layers_is_refused_before_anything_is_allocated(tmp_path):
+    from earful.interop.hf import export_hf, import_hf
+
+    hf = export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10_000_000}))
+    with pytest.raises(CheckpointError, match=r"config\.json: num_hidden_layers=10000000, the weights hold 2 layers"):
+        import_hf(hf)
+    (hf / "config.json").write_text(json.dumps({**config, "intermediate_size": 4_000_000_000}))
+    with pytest.raises(CheckpointError, match=r"config\.json: the config does not fit the weights .*fc1\.weight"):
+        import_hf(hf)

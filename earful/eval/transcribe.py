@@ -1,0 +1,189 @@
+"""``earful transcribe``: text from audio files with a CTC checkpoint; long files in overlapping chunks.
+
+Each file is read as the data loaders read audio (:func:`earful.data.audio.load_audio`: whatever libsndfile
+decodes, any rate and channel count, downmixed and resampled to 16 kHz). A file longer than a chunk is cut as
+`transformers`' ASR pipeline cuts it for CTC models (``chunk_length_s``, ``stride_length_s``): windows of
+``chunk`` samples that overlap their neighbours by ``stride`` on each side, all three multiples of the
+model's frame step (320 samples); each window's logits lose the frames of its strides (none at the file's
+ends), the rest are joined in order and decoded as one: greedy CTC, and with an LM the lexicon beam search of
+``earful evaluate``. So the model never sees more than one chunk of a file at a time: memory depends on the
+chunk and the batch, not on the file (the waveform itself is held: 64 kB a second).
+
+Windows of consecutive files share batches of at most ``device_seconds`` of padded audio. The model runs
+batch-invariant (:func:`earful.model.batch_invariant`), so the batch changes no transcript, and a file's
+transcript is the pipeline's with the same chunking (``chunk_seconds=0``: whole files, the pipeline's
+default). A file that cannot be read is named (logged, and a record with its ``error``), the others are
+transcribed; the caller decides what failure means.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+
+from earful.data.audio import AudioError, audio_info, load_audio
+from earful.data.budget import SAMPLE_RATE
+from earful.eval.beam import LMBeamDecoder
+from earful.eval.decode import greedy_decode
+from earful.eval.evaluate import strip_placeholders
+from earful.eval.vocab import CharVocab
+from earful.model import Wav2Vec2ForCTC, batch_invariant
+from earful.train.step import autocast
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window of a file: samples ``[start, start + length)``; the first ``left`` and last ``right`` of
+    them are context whose frames are dropped; ``new`` samples of the file end in this window."""
+
+    start: int
+    length: int
+    left: int
+    right: int
+    new: int
+
+
+def chunk_spans(num_samples: int, chunk: int, stride_left: int, stride_right: int) -> list[Chunk]:
+    """The windows of transformers' ``chunk_iter``: starts every ``chunk - stride_left - stride_right``
+    samples, no left stride on the first window, no right stride on the last; ``chunk`` 0: one window."""
+    if chunk <= 0 or num_samples <= chunk:
+        return [Chunk(0, num_samples, 0, 0, num_samples)]
+    step = chunk - stride_left - stride_right
+    if step <= 0:
+        raise ValueError(f"a chunk of {chunk} samples leaves nothing between strides of {stride_left} and "
+                         f"{stride_right}: make the chunk longer or the strides shorter")
+    spans: list[Chunk] = []
+    covered = 0
+    for start in range(0, num_samples, step):
+        end = min(start + chunk, num_samples)
+        last = start + chunk >= num_samples
+        left = 0 if start == 0 else stride_left
+        if end - start > left:  # transformers drops a last window that would be all stride
+            spans.append(Chunk(start, end - start, left, 0 if last else stride_right, end - covered))
+            covered = end
+        if last:
+            break
+    return spans
+
+
+def kept_frames(chunk: Chunk, frame_step: int, frames: int) -> tuple[int, int]:
+    """[first, end) of the window's logit frames that are kept, as transformers' ``rescale_stride`` counts
+    them (the window's frame count rounded from its samples, strides in proportion), within its ``frames``."""
+    total = round(chunk.length / frame_step)
+    left = round(chunk.left / chunk.length * total)
+    right = round(chunk.right / chunk.length * total)
+    return min(left, frames), max(min(total - right, frames), min(left, frames))
+
+
+@dataclass
+class _Piece:
+    file: int  # index into the file list
+    chunk: Chunk
+    wave: np.ndarray  # (length,) float32
+    last: bool  # the file's last window
+
+
+def _total_seconds(files: Sequence[str | Path]) -> float:
+    total = 0.0
+    for f in files:
+        try:
+            frames, rate = audio_info(f)
+            total += frames / rate
+        except AudioError:
+            pass  # reported when the file is loaded
+    return total
+
+
+@torch.no_grad()
+def transcribe_files(
+    model: Wav2Vec2ForCTC,
+    vocab: CharVocab,
+    files: Sequence[str | Path],
+    *,
+    chunk_seconds: float = 20.0,
+    stride_seconds: float | None = None,
+    device_seconds: float = 200.0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    beam: LMBeamDecoder | None = None,
+) -> list[dict[str, Any]]:
+    """One record per file, in order: ``{"path", "seconds", "text"}`` (with an LM ``text`` is its transcript
+    and ``greedy`` the greedy one), or ``{"path", "error"}`` for a file that could not be read.
+
+    ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
+    the context on each side of a window."""
+    device = torch.device(device)
+    model = batch_invariant(model).eval().to(device)
+    step = model.cfg.total_stride  # samples a frame
+    if stride_seconds is None:
+        stride_seconds = chunk_seconds / 6
+    chunk = round(chunk_seconds * SAMPLE_RATE / step) * step
+    stride = round(stride_seconds * SAMPLE_RATE / step) * step
+    if chunk and chunk <= 2 * stride:
+        raise ValueError(f"chunks of {chunk_seconds} s leave nothing between strides of {stride_seconds} s")
+    budget = max(int(device_seconds * SAMPLE_RATE), chunk)  # padded samples a batch
+
+    records: list[dict[str, Any]] = [{"path": str(f)} for f in files]
+    pieces: dict[int, list[torch.Tensor]] = {}  # file -> kept logits of its windows so far
+
+    def windows() -> Iterator[_Piece]:
+        for i, path in enumerate(files):
+            try:
+                wave = load_audio(path)
+            except AudioError as e:
+                log.error("%s", e)
+                records[i]["error"] = str(e)
+                continue
+            records[i]["seconds"] = round(len(wave) / SAMPLE_RATE, 3)
+            spans = chunk_spans(len(wave), chunk, stride, stride)
+            pieces[i] = []
+            for k, c in enumerate(spans):
+                yield _Piece(i, c, wave[c.start : c.start + c.length], k == len(spans) - 1)
+
+    def finish(i: int) -> None:
+        logits = torch.cat(pieces.pop(i), 0)[None]  # (1, frames, vocab)
+        greedy = strip_placeholders(greedy_decode(logits, None, vocab)[0])
+        if beam is None:
+            records[i]["text"] = greedy
+        else:
+            records[i]["text"], records[i]["greedy"] = beam.decode(logits)[0], greedy
+
+    def run(batch: list[_Piece]) -> None:
+        wave = pad_sequence([torch.from_numpy(p.wave) for p in batch], batch_first=True)  # (batch, samples)
+        # at least one receptive field: a file's last window may be shorter (it has no frames)
+        wave = F.pad(wave, (0, max(0, model.cfg.receptive_field - wave.shape[1])))
+        lengths = torch.tensor([p.chunk.length for p in batch])
+        full = bool((lengths == wave.shape[1]).all())
+        with autocast(precision, device):
+            logits, frames = model(wave.to(device), None if full else lengths.to(device))
+        logits, frames = logits.float().cpu(), frames.cpu()
+        for j, p in enumerate(batch):
+            first, end = kept_frames(p.chunk, step, int(frames[j]))
+            pieces[p.file].append(logits[j, first:end])
+            bar.update(p.chunk.new / SAMPLE_RATE)
+            if p.last:
+                finish(p.file)
+
+    batch: list[_Piece] = []
+    longest = 0
+    with tqdm(total=round(_total_seconds(files), 1), unit="s", desc="transcribe", disable=None) as bar:
+        for piece in windows():
+            if batch and (len(batch) + 1) * max(longest, piece.chunk.length) > budget:
+                run(batch)
+                batch, longest = [], 0
+            batch.append(piece)
+            longest = max(longest, piece.chunk.length)
+        if batch:
+            run(batch)
+    return records

@@ -1,0 +1,112 @@
+"""``earful transcribe``: windows, files of any rate, bad files, an LM, a 30-minute file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earful.cli import main
+from earful.data.audio import load_audio
+from earful.data.manifest import read_manifest
+from earful.eval.beam import flashlight_available
+from earful.eval.evaluate import load_ctc, transcribe
+from earful.eval.transcribe import chunk_spans, kept_frames
+from earful.model import Wav2Vec2ForCTC
+
+
+@pytest.mark.parametrize(("n", "chunk", "stride"), [(100_000, 64_000, 9_600), (64_001, 64_000, 9_600),
+                                                    (1_000_000, 320_000, 53_440), (50_000, 64_000, 9_600),
+                                                    (200_000, 32_000, 0)])  # fmt: skip
+def test_windows_keep_every_sample_once(n, chunk, stride) -> None:
+    spans = chunk_spans(n, chunk, stride, stride)
+    kept = [(c.start + c.left, c.start + c.length - c.right) for c in spans]
+    assert kept[0][0] == 0 and kept[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(kept, kept[1:], strict=False))  # contiguous, no overlap
+    assert sum(c.new for c in spans) == n and all(c.length <= chunk for c in spans)
+    frames = [kept_frames(c, 320, (c.length - 400) // 320 + 1) for c in spans]
+    total = sum(end - first for first, end in frames)
+    assert abs(total - n / 320) <= len(spans) + 1  # rounding at each window's edges, as transformers'
+
+
+def write_files(tmp_path, manifest) -> list:
+    """Two test utterances as 16 kHz mono files, the first again as 44.1 kHz stereo FLAC, and a bad file."""
+    utts = read_manifest(manifest)[:2]
+    stereo = tmp_path / "stereo.flac"
+    import soxr
+
+    wave = soxr.resample(load_audio(utts[0].path), 16000, 44100)
+    sf.write(stereo, np.stack([wave, wave], 1), 44100)
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    return [utts[0].path, utts[1].path, str(stereo), str(bad)]
+
+
+def test_transcribe_writes_records_names_bad_files_and_fails(tone_ctc, tmp_path, caplog) -> None:
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)
+    model, vocab, _ = load_ctc(ckpt)
+    utts = read_manifest(manifest)[:2]
+    expected, _ = transcribe(model, utts, vocab)  # earful evaluate's greedy transcripts, by utterance id
+    ids = [u.id for u in utts]
+    out = tmp_path / "out.jsonl"
+    assert main(["transcribe", str(ckpt), *files, "--out", str(out)]) == 1
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == files
+    assert [r["text"] for r in rows[:2]] == [expected[i] for i in ids]
+    assert rows[2]["text"] == rows[0]["text"]  # resampled and downmixed: what the 16 kHz mono file says
+    assert rows[2]["seconds"] == pytest.approx(rows[0]["seconds"], abs=1e-3)
+    assert "text" not in rows[3] and "bad.wav" in rows[3]["error"]
+    assert "1 of 4 files could not be read" in caplog.text and "bad.wav" in caplog.text
+
+
+def test_transcribe_plain_text_on_stdout(tone_ctc, tmp_path, capsys) -> None:
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)[:2]
+    assert main(["transcribe", str(ckpt), *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == files and all(line.count("\t") == 1 for line in lines)
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_transcribe_with_an_lm(tone_ctc, tmp_path) -> None:
+    from earful.eval.lm import build_arpa
+
+    ckpt, manifest = tone_ctc
+    (tmp_path / "text.txt").write_text("bad cafe\nhead face\ndead beef\ncage fad\nbead\n")
+    build_arpa(tmp_path / "text.txt", tmp_path / "lm.arpa", order=2)
+    files = write_files(tmp_path, manifest)[:2]
+    out = tmp_path / "lm.jsonl"
+    assert main(["transcribe", str(ckpt), *files, "--out", str(out), "--lm", str(tmp_path / "lm.arpa")]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    words = {"bad", "cafe", "head", "face", "dead", "beef", "cage", "fad", "bead"}
+    assert all(set(r["text"].split()) <= words and "greedy" in r for r in rows)
+
+
+def test_a_30_minute_file_goes_through_the_model_a_window_at_a_time(tone_ctc, tmp_path, monkeypatch) -> None:
+    ckpt, manifest = tone_ctc
+    pattern = np.concatenate([load_audio(u.path) for u in read_manifest(manifest)])  # 13.75 s
+    repeats = int(np.ceil(1800 * 16000 / len(pattern)))
+    path = tmp_path / "long.wav"
+    sf.write(path, np.tile(pattern, repeats)[: 1800 * 16000], 16000, subtype="PCM_16")
+    sf.write(tmp_path / "pattern.wav", pattern, 16000, subtype="PCM_16")
+    shapes: list[tuple[int, ...]] = []
+    forward = Wav2Vec2ForCTC.forward
+
+    def spy(self, wave, lengths, **kwargs):
+        shapes.append(tuple(wave.shape))
+        return forward(self, wave, lengths, **kwargs)
+
+    monkeypatch.setattr(Wav2Vec2ForCTC, "forward", spy)
+    out = tmp_path / "out.jsonl"
+    assert main(["transcribe", str(ckpt), str(path), str(tmp_path / "pattern.wav"), "--out", str(out),
+                 "--chunk-seconds", "20", "--stride-seconds", "1", "--device-seconds", "100"]) == 0  # fmt: skip
+    long, short = [json.loads(x) for x in out.read_text().splitlines()]
+    assert long["seconds"] == 1800.0
+    assert max(s[1] for s in shapes) == 20 * 16000 and max(s[0] * s[1] for s in shapes) <= 100 * 16000
+    assert len(shapes) >= 1800 / 100  # 100 windows of 20 s (18 s new each), 5 a batch
+    # every part of the file was transcribed: the pattern's words, about as many times as it repeats
+    ratio = len(long["text"].split()) / len(short["text"].split())
+    assert 0.85 * 1800 * 16000 / len(pattern) <= ratio <= 1.15 * 1800 * 16000 / len(pattern), ratio
