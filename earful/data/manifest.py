@@ -1,6 +1,8 @@
 """Manifests: one JSON object a line (JSONL) per utterance.
 
-Fields: ``id``, ``path``, ``num_samples``, ``sample_rate``, ``speaker`` and, when known, ``transcript``.
+Fields: ``id``, ``path``, ``num_samples``, ``sample_rate``, ``speaker`` and, when known, ``transcript``;
+for probing, optionally ``phonemes`` (space-separated, :mod:`earful.data.phonemes`) and ``intent`` (slot →
+value, e.g. ``{"action": "activate", "object": "light", "location": "kitchen"}``), written only when set.
 Relative paths are relative to the manifest's folder (``write_manifest(..., relative_to=root)`` writes them
 so for audio under ``root``, which keeps a corpus movable); in memory ``Utterance.path`` is always absolute.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from earful.atomic import atomic_open
 
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
+_OPTIONAL = ("phonemes", "intent")  # left out of a row when unset
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Utterance:
     sample_rate: int
     speaker: str
     transcript: str | None = None
+    phonemes: str | None = None  # space-separated phonemes of earful.data.phonemes.PHONEMES
+    intent: dict[str, str] | None = None  # slot -> value
 
     @property
     def seconds(self) -> float:
@@ -75,6 +80,13 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False) -> list
             transcript = row.get("transcript")
             if transcript is not None and not isinstance(transcript, str):
                 raise ManifestError(f"{where}: field 'transcript' must be a string or null")
+            phonemes = row.get("phonemes")
+            if phonemes is not None and not isinstance(phonemes, str):
+                raise ManifestError(f"{where}: field 'phonemes' must be a string or null")
+            intent = row.get("intent")
+            if intent is not None and not (isinstance(intent, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in intent.items())):
+                raise ManifestError(f"{where}: field 'intent' must map slot names to strings, got {intent!r}")
             if row["id"] in seen:
                 raise ManifestError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             seen[row["id"]] = lineno
@@ -83,7 +95,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False) -> list
             if check_files and not audio.is_file():
                 raise ManifestError(f"{where}: audio file not found: {audio}")
             utts.append(Utterance(row["id"], str(audio), row["num_samples"], row["sample_rate"],
-                                  row["speaker"], transcript))
+                                  row["speaker"], transcript, phonemes, intent))
     return utts
 
 
@@ -98,7 +110,7 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
     root = Path(relative_to).resolve() if relative_to is not None else None
     with atomic_open(path) as f:
         for u in utts:
-            row = asdict(u)
+            row = {k: v for k, v in asdict(u).items() if v is not None or k not in _OPTIONAL}
             p = Path(u.path).resolve()
             row["path"] = os.path.relpath(p, base) if root and p.is_relative_to(root) else str(p)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
