@@ -10,12 +10,13 @@ import sys
 
 # One line a concern; a module that is not there yet is simply not listed.
 COMMAND_MODULES = (
-    "earful.data.commands",  # prepare, shard, synth
+    "earful.data.commands",  # prepare, shard, synth, phonemize
     "earful.pretrain.commands",  # pretrain, gradvar
     "earful.finetune.commands",  # finetune
     "earful.eval.commands",  # evaluate, transcribe, lm
     "earful.interop.commands",  # export-hf, import-hf, features
     "earful.study.commands",  # study plan|run|report
+    "earful.probe.commands",  # probe
 )
 
 

@@ -1,4 +1,4 @@
-"""``earful prepare`` and ``earful synth``."""
+"""``earful prepare``, ``earful synth`` and ``earful phonemize``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .librispeech import discover
 from .manifest import summarize, write_manifest
+from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
 
 log = logging.getLogger("earful.data")
@@ -65,6 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_synth)
 
+    about = ("Write MANIFEST again with a 'phonemes' field: espeak-ng's G2P of each transcript, folded into earful's "
+             "40-phoneme inventory (the one `earful synth` writes).")
+    q = subparsers.add_parser("phonemize", help="add espeak-ng phonemes of the transcripts to a manifest (for phoneme "
+                              "recognition)", description=about)
+    q.add_argument("manifest", type=Path)
+    q.add_argument("--out", type=Path, required=True, help="the manifest to write")
+    q.add_argument("--voice", default=G2P_VOICE, help=f"espeak-ng voice (default {G2P_VOICE})")
+    q.set_defaults(func=_phonemize)
+
 
 def _prepare(args: argparse.Namespace) -> int:
     problems: list[str] = []
@@ -111,4 +121,14 @@ def _shard(args: argparse.Namespace) -> int:
     if done.problems:
         log.warning("%d rows left out (listed in %s): %s", len(done.problems), args.out / "index.json",
                     "; ".join(done.problems[:5]))
+    return 0
+
+
+def _phonemize(args: argparse.Namespace) -> int:
+    from .manifest import read_manifest
+    from .phonemes import phonemize
+
+    utts = phonemize(read_manifest(args.manifest), str(args.manifest), voice=args.voice)
+    write_manifest(utts, args.out)
+    log.info("wrote %d utterances with espeak-ng phonemes (%s) to %s", len(utts), args.voice, args.out)
     return 0

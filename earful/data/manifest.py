@@ -1,6 +1,8 @@
 """Manifests: one JSON object a line (JSONL) per utterance.
 
-Fields: ``id``, ``path``, ``num_samples``, ``sample_rate``, ``speaker`` and, when known, ``transcript``. A row
+Fields: ``id``, ``path``, ``num_samples``, ``sample_rate``, ``speaker`` and, when known, ``transcript``;
+for probing, optionally ``phonemes`` (space-separated, :mod:`earful.data.phonemes`) and ``intent`` (slot →
+value, e.g. ``{"action": "activate", "object": "light", "location": "kitchen"}``), written only when set. A row
 may be a *segment*, a window of its file: ``offset`` (the first sample) and ``num_samples`` (its length), both
 in samples at the file's rate; a row without ``offset`` is the whole file. Relative paths are relative to the
 manifest's folder (``write_manifest(..., relative_to=root)`` writes them so for audio under ``root``, which
@@ -29,6 +31,7 @@ from earful.atomic import atomic_open
 from .budget import SAMPLE_RATE
 
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
+_OPTIONAL = ("offset", "phonemes", "intent")  # left out of a row when unset
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Utterance:
     speaker: str
     transcript: str | None = None
     offset: int | None = None  # a segment: its first sample in the file (at sample_rate); None: the whole file
+    phonemes: str | None = None  # space-separated phonemes of earful.data.phonemes.PHONEMES
+    intent: dict[str, str] | None = None  # slot -> value
 
     @property
     def seconds(self) -> float:
@@ -73,6 +78,13 @@ def _check_row(row: Any) -> str | None:
     offset = row.get("offset")
     if offset is not None and (type(offset) is not int or offset < 0):
         return f"field 'offset' must be an integer >= 0 (the segment's first sample), got {offset!r}"
+    phonemes = row.get("phonemes")
+    if phonemes is not None and type(phonemes) is not str:
+        return "field 'phonemes' must be a string or null"
+    intent = row.get("intent")
+    if intent is not None and not (type(intent) is dict and all(
+            type(k) is str and type(v) is str for k, v in intent.items())):
+        return f"field 'intent' must map slot names to strings, got {intent!r}"
     return None
 
 
@@ -125,7 +137,8 @@ class Manifest(Sequence[Utterance]):
 
     def _utterance(self, row: dict[str, Any]) -> Utterance:
         return Utterance(row["id"], _resolve(row["path"], self.base), row["num_samples"], row["sample_rate"],
-                         row["speaker"], row.get("transcript"), row.get("offset"))
+                         row["speaker"], row.get("transcript"), offset=row.get("offset"), phonemes=row.get("phonemes"),
+                         intent=row.get("intent"))
 
     def lengths(self) -> np.ndarray:
         """(rows,) int64: each row's length in samples at ``SAMPLE_RATE``."""
@@ -233,9 +246,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
 
 def manifest_row(u: Utterance, base: Path | None = None, root: Path | None = None) -> dict[str, Any]:
     """``u`` as a manifest row: no ``offset`` for a whole file; the path relative to ``base`` when under ``root``."""
-    row = asdict(u)
-    if row["offset"] is None:
-        del row["offset"]
+    row = {k: v for k, v in asdict(u).items() if v is not None or k not in _OPTIONAL}
     if base is not None:
         p = Path(u.path).resolve()
         row["path"] = os.path.relpath(p, base) if root and p.is_relative_to(root) else str(p)

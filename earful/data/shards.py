@@ -366,7 +366,7 @@ def read_member(f: IO[bytes], index: ShardIndex, member: int) -> tuple[Member, d
 def member_utterance(meta: dict[str, Any], audio: Member) -> Utterance:
     """A member as an utterance whose audio is the whole member (a segment's window is all it holds)."""
     return Utterance(meta["id"], str(audio), meta["num_samples"], meta["sample_rate"], meta.get("speaker", ""),
-                     meta.get("transcript"))
+                     meta.get("transcript"), phonemes=meta.get("phonemes"), intent=meta.get("intent"))
 
 
 def shard_rows(utts: Sequence[Utterance], seed: int | None) -> Iterable[Utterance]:

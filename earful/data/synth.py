@@ -12,6 +12,11 @@
 - ``manifests/{train,dev,test,labelled-10min,labelled-1h,labelled-10h}.jsonl``, ``speakers.tsv``,
   ``synth.json``.
 
+Beside each chapter's ``SPK-CH.trans.txt``: ``SPK-CH.phonemes.txt``, the phonemes espeak-ng spoke (its phoneme
+events, folded into earful's inventory, :mod:`earful.data.phonemes`) and, in the ``commands`` domain,
+``SPK-CH.intents.txt``, each utterance's intent as action, object and location slots (as Fluent Speech
+Commands; :func:`earful.data.textpool.command_intent`). The manifests carry both (``phonemes``, ``intent``).
+
 A pseudo-speaker is a base voice (one of 8 English accents × a voice variant) plus drawn pitch, pitch range,
 speaking rate, a vocal-tract warp (the audio is resampled by a factor α, which scales formants and pitch;
 espeak is told to speak α× slower and lower so duration and pitch come back), a channel colour (spectral
@@ -25,7 +30,6 @@ process synthesised before. Utterances are therefore synthesised in fixed chunks
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing as mp
 import os
@@ -41,8 +45,10 @@ import soxr
 
 from earful.atomic import atomic_open, atomic_write_json, atomic_write_lines
 
+from .espeak import Espeak
 from .manifest import Utterance, write_manifest
-from .textpool import sentences
+from .phonemes import fold
+from .textpool import command_intent, sentences
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +60,6 @@ BASE_VOICES = tuple(f"{a}+{v}" for a in ACCENTS for v in VARIANTS)
 CHUNK = 32  # utterances per fresh synthesis process; fixed so output does not depend on worker count
 SECONDS_PER_SPEAKER = 60.0  # train audio per pseudo-speaker (roughly)
 SPLITS = ("train", "dev", "test", "labelled-10min", "labelled-1h", "labelled-10h")
-
-# espeak-ng constants (speak_lib.h)
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_RATE, _PITCH, _RANGE = 1, 3, 4
 
 
 @dataclass(frozen=True)
@@ -85,52 +85,6 @@ class Job:
     text: str
     speaker: Speaker
     seed: tuple[int, ...]
-
-
-# ---------------------------------------------------------------------------- espeak-ng through ctypes
-
-class Espeak:
-    """espeak-ng in synchronous mode; one per process (it is a process-global library)."""
-
-    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-    def __init__(self) -> None:
-        import espeakng_loader
-
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                               espeakng_loader.get_data_path().encode(), 0)
-        if self.rate <= 0:
-            raise RuntimeError("espeak-ng failed to initialise")
-        self._chunks: list[np.ndarray] = []
-
-        def collect(wav: Any, n: int, _events: Any) -> int:
-            if n > 0:
-                self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-            return 0
-
-        self._callback = self._CALLBACK(collect)  # keep a reference: espeak holds a raw pointer
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    def synth(self, text: str, voice: str, *, wpm: float, pitch: float, pitch_range: float,
-              seed: int = 0) -> np.ndarray:
-        """int16 samples at ``self.rate`` (22050 Hz). ``seed`` seeds espeak's noise generator (some
-        variants breathe); the output also depends on what this process synthesised before."""
-        self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise RuntimeError(f"espeak-ng has no voice {voice!r}")
-        self.lib.espeak_SetParameter(_RATE, int(round(np.clip(wpm, 80, 450))), 0)
-        self.lib.espeak_SetParameter(_PITCH, int(round(np.clip(pitch, 0, 100))), 0)
-        self.lib.espeak_SetParameter(_RANGE, int(round(np.clip(pitch_range, 0, 100))), 0)
-        self._chunks.clear()
-        data = text.encode("utf-8")
-        err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        if err != 0:
-            raise RuntimeError(f"espeak-ng failed on {text!r} (error {err})")
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
 # ---------------------------------------------------------------------------- signal processing
@@ -167,13 +121,13 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def render(engine: Espeak, job: Job, augment: bool) -> np.ndarray:
-    """One utterance as int16 at 16 kHz."""
+def render(engine: Espeak, job: Job, augment: bool) -> tuple[np.ndarray, list[str]]:
+    """One utterance as int16 at 16 kHz, and the phonemes espeak-ng spoke (its IPA names)."""
     spk = job.speaker
     rng = np.random.default_rng(job.seed)
     wpm = spk.wpm * rng.uniform(0.93, 1.07)
     pitch = spk.pitch + rng.uniform(-4, 4)
-    raw = engine.synth(job.text.lower(), spk.voice, wpm=wpm / spk.warp, pitch=pitch / spk.warp,
+    raw, spoken = engine.synth(job.text.lower(), spk.voice, wpm=wpm / spk.warp, pitch=pitch / spk.warp,
                        pitch_range=spk.range, seed=int(rng.integers(2**31)))
     x = raw.astype(np.float64) / 32768.0
     x = soxr.resample(x, engine.rate * spk.warp, SAMPLE_RATE, quality="HQ")  # the vocal-tract warp
@@ -188,20 +142,20 @@ def render(engine: Espeak, job: Job, augment: bool) -> np.ndarray:
     peak = np.abs(x).max()
     if peak > 0.98:
         x = x * (0.98 / peak)
-    return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16), spoken
 
 
-def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int]]:
-    """Synthesise a chunk in this (fresh) process; returns (uid, num_samples) per job."""
+def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int, list[str]]]:
+    """Synthesise a chunk in this (fresh) process; returns (uid, num_samples, phonemes spoken) per job."""
     jobs, out, augment = args
     engine = Espeak()
     done = []
     for job in jobs:
-        wave = render(engine, job, augment)
+        wave, spoken = render(engine, job, augment)
         path = Path(out) / job.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        done.append((job.uid, len(wave)))
+        done.append((job.uid, len(wave), spoken))
     return done
 
 
@@ -305,26 +259,35 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
              len(plan.jobs), domain, hours, workers)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     lengths: dict[str, int] = {}
+    spoken: dict[str, list[str]] = {}
     start = time.perf_counter()
     with mp.get_context(method).Pool(workers, maxtasksperchild=1) as pool, \
             tqdm(total=len(plan.jobs), unit="utt", disable=not progress, desc="synth") as bar:
         for done in pool.imap_unordered(_synth_chunk, chunks):
-            lengths.update(done)
+            for uid, n, names in done:
+                lengths[uid], spoken[uid] = n, names
             bar.update(len(done))
     elapsed = time.perf_counter() - start
 
     by_uid = {j.uid: j for j in plan.jobs}
-    trans: dict[Path, list[str]] = defaultdict(list)
+    phonemes = {u: " ".join(fold(names, f"utterance {u!r} ({by_uid[u].text!r})")) for u, names in spoken.items()}
+    intents = {j.uid: command_intent(j.text) for j in plan.jobs} if domain == "commands" else {}
+    # beside each chapter's transcripts (SPK-CH.trans.txt): what was spoken, and what it asked for
+    sidecars = {"trans": lambda uid: by_uid[uid].text, "phonemes": phonemes.get}
+    if intents:
+        sidecars["intents"] = lambda uid: " ".join(intents[uid].values())  # action object location
+    lines: dict[Path, list[str]] = defaultdict(list)
     for j in plan.jobs:
-        trans[(out / j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}.trans.txt"].append(
-            f"{j.uid} {j.text}")
-    for path, lines in trans.items():
-        atomic_write_lines(path, sorted(lines))
+        stem = (out / j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}"
+        for kind, text_of in sidecars.items():
+            lines[stem.with_name(f"{stem.name}.{kind}.txt")].append(f"{j.uid} {text_of(j.uid)}")
+    for path, rows in lines.items():
+        atomic_write_lines(path, sorted(rows))
     summary: dict[str, Any] = {"seed": seed, "domain": domain, "requested_hours": hours, "augment": augment,
                                "labelled_fraction": labelled_fraction, "splits": {}}
     for split in SPLITS:
         utts = [Utterance(u, str(out / by_uid[u].relpath), lengths[u], SAMPLE_RATE, by_uid[u].speaker.id,
-                          by_uid[u].text) for u in plan.split_of[split]]
+                          by_uid[u].text, phonemes=phonemes[u], intent=intents.get(u)) for u in plan.split_of[split]]
         write_manifest(utts, out / "manifests" / f"{split}.jsonl", relative_to=out)
         summary["splits"][split] = {
             "hours": sum(u.num_samples for u in utts) / SAMPLE_RATE / 3600,

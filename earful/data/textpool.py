@@ -107,6 +107,38 @@ def _command(rng: np.random.Generator) -> str:
     return f"call {' '.join(pick(_DIGITS) for _ in range(int(rng.integers(3, 6))))}"
 
 
+INTENT_SLOTS = ("action", "object", "location")  # as Fluent Speech Commands; "none" where a form has no slot
+
+
+def _alt(options: tuple[str, ...]) -> str:
+    return "(" + "|".join(o.upper() for o in options) + ")"
+
+
+_D, _C, _O = _alt(_DIGITS), _alt(_COLOURS), _alt(_OBJECTS)
+# each form of the grammar above -> its slots (regex groups as {n}); colours and numbers are not slots
+_INTENT_FORMS = tuple((re.compile(pattern), slots) for pattern, slots in (
+    (rf"{_D}(?: {_D})*", ("dictate", "digits", "none")),
+    (rf"MOVE THE {_C} {_O} TO THE {_alt(_DIRECTIONS)}", ("move", "{2}", "{3}")),
+    (rf"PICK UP THE {_C} {_O}", ("pick_up", "{2}", "none")),
+    (rf"PUT THE {_C} {_O} ON THE {_C} {_O}", ("put", "{2}", "{4}")),
+    (rf"TURN (ON|OFF) THE {_alt(_DEVICES)} IN THE {_alt(_ROOMS)}", ("turn_{1}", "{2}", "{3}")),
+    (rf"SET THE {_alt(_DEVICES)} TO {_alt(_NUMBERS)}", ("set", "{1}", "none")),
+    (rf"CALL {_D}(?: {_D})*", ("call", "number", "none")),
+))
+
+
+def command_intent(text: str) -> dict[str, str]:
+    """The slots (action, object, location) of a `commands` transcript, e.g. ``TURN OFF THE LIGHT IN THE
+    KITCHEN`` → ``{"action": "turn_off", "object": "light", "location": "kitchen"}``. ValueError for text the
+    grammar does not make."""
+    for pattern, slots in _INTENT_FORMS:
+        m = pattern.fullmatch(text)
+        if m:
+            groups = [g.lower() if g else "" for g in m.groups()]
+            return {k: v.format("", *groups) for k, v in zip(INTENT_SLOTS, slots, strict=True)}
+    raise ValueError(f"not a sentence of the commands grammar: {text[:80]!r}")
+
+
 def sentences(domain: str, rng: np.random.Generator, n: int) -> list[str]:
     """``n`` upper-case transcripts drawn from ``domain`` (``commands`` or ``open``)."""
     if domain == "commands":

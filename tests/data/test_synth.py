@@ -8,8 +8,9 @@ import soundfile as sf
 
 from earful.data.librispeech import discover
 from earful.data.manifest import read_manifest
+from earful.data.phonemes import PHONEMES, phonemize
 from earful.data.synth import BASE_VOICES, speaker_voices, synthesize
-from earful.data.textpool import load_pool, normalise_sentence, sentences
+from earful.data.textpool import INTENT_SLOTS, command_intent, load_pool, normalise_sentence, sentences
 
 SMALL = dict(hours=0.01, dev_hours=0.003, test_hours=0.003, labelled_fraction=0.5, progress=False)
 
@@ -81,3 +82,49 @@ def test_text_domains_and_normalisation():
     assert normalise_sentence("The NATO summit was long today") is None
     with pytest.raises(ValueError, match="unknown text domain"):
         sentences("poetry", rng, 1)
+
+
+# The audio and transcripts of this corpus (seed 3, SMALL) as the code wrote them before it recorded phonemes and
+# intents (commit 9f319ee): they must not change, the demo's numbers depend on them. (espeak-ng 1.52.0 from
+# espeakng-loader; another espeak-ng speaks differently, and this digest with it.)
+BEFORE_PHONEMES = "e4e849462026f710eccf84b5404bb5efd03cb31f80cf1b5a7b29194372eb1be2"
+
+
+def test_audio_and_transcripts_as_before_phonemes_and_intents(corpus):
+    out, _ = corpus
+    assert digest(out) == BEFORE_PHONEMES
+
+
+def test_phonemes_spoken_and_intents_beside_each_transcript(corpus):
+    out, _ = corpus
+    utts = {u.id: u for name in ("train", "dev", "test", "labelled-10h")
+            for u in read_manifest(out / "manifests" / f"{name}.jsonl")}
+    for u in utts.values():
+        assert set(u.phonemes.split()) <= set(PHONEMES) and len(u.phonemes.split()) >= 2, u
+        assert u.intent == command_intent(u.transcript)
+    sidecars = sorted(out.rglob("*.trans.txt"))
+    assert sidecars
+    for trans in sidecars:
+        ids = [line.split(" ", 1)[0] for line in trans.read_text().splitlines()]
+        phon = dict(line.split(" ", 1) for line in trans.with_name(trans.name.replace(".trans.", ".phonemes."))
+                    .read_text(encoding="utf-8").splitlines())
+        intents = dict(line.split(" ", 1) for line in trans.with_name(trans.name.replace(".trans.", ".intents."))
+                       .read_text().splitlines())
+        assert list(phon) == ids == list(intents)
+        for i in ids:
+            assert phon[i] == utts[i].phonemes
+            assert intents[i] == " ".join(utts[i].intent[s] for s in INTENT_SLOTS)
+    # what espeak-ng spoke is its G2P of the transcript in the speaker's voice: one inventory for both
+    voices = speaker_voices(out)
+    for u in list(utts.values())[:: max(1, len(utts) // 5)]:
+        assert phonemize([u], "test", voice=voices[u.speaker])[0].phonemes == u.phonemes
+
+
+def test_open_domain_has_phonemes_and_no_intents(tmp_path: Path):
+    summary = synthesize(tmp_path, domain="open", seed=1, workers=1, hours=0.004, dev_hours=0.002,
+                         test_hours=0.002, labelled_fraction=0.5, progress=False)
+    assert summary["domain"] == "open"
+    utts = read_manifest(tmp_path / "manifests" / "train.jsonl")
+    assert utts and all(u.phonemes and u.intent is None for u in utts)
+    assert '"intent"' not in (tmp_path / "manifests" / "train.jsonl").read_text(encoding="utf-8")
+    assert not list(tmp_path.rglob("*.intents.txt"))

@@ -1,0 +1,117 @@
+"""English phonemes in one inventory, whatever the accent: espeak-ng's IPA names folded into 40 phonemes.
+
+espeak-ng's eight English accents use 92 phoneme names between them (measured: its G2P of the whole open-domain
+sentence pool and the `commands` grammar with every accent). Phoneme recognition needs the same label set on
+every corpus, so each name is folded into the 40 phonemes of General American English (the 39 of ARPAbet with
+the schwa apart from /ʌ/): accent variants to their General American counterpart, r-coloured vowels to a vowel
+and /ɹ/, centring diphthongs to a vowel and /ə/, a flap or glottal stop to /t/. Stress marks are dropped.
+A name outside this table is an error naming the utterance, never a silent drop.
+
+A phoneme transcript is the inventory's symbols joined by single spaces, e.g. ``"k ɔː l t uː"``: the
+``phonemes`` field of a manifest, written by ``earful synth`` (what espeak-ng spoke) and ``earful phonemize``
+(espeak-ng's G2P of the transcript, with the ``en-us`` voice).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from tqdm import tqdm
+
+from .espeak import Espeak
+from .manifest import Utterance
+
+log = logging.getLogger(__name__)
+
+VOWELS = ("iː", "ɪ", "eɪ", "ɛ", "æ", "ɑː", "ʌ", "ə", "ɔː", "ʊ", "uː", "ɜː", "aɪ", "aʊ", "ɔɪ", "oʊ")
+CONSONANTS = ("p", "b", "t", "d", "k", "ɡ", "tʃ", "dʒ", "f", "v", "θ", "ð", "s", "z", "ʃ", "ʒ", "h", "m", "n",
+              "ŋ", "l", "ɹ", "j", "w")
+PHONEMES: tuple[str, ...] = VOWELS + CONSONANTS
+G2P_VOICE = "en-us"  # ``earful phonemize``: the accent of LibriSpeech's readers, mostly
+G2P_CHUNK = 256  # transcripts per call into the G2P process
+
+# espeak-ng name (stress marks removed) -> inventory phonemes; names already in PHONEMES map to themselves
+FOLD: dict[str, tuple[str, ...]] = {
+    # vowels of other accents
+    "i": ("iː",), "e": ("iː",), "eʲ": ("iː",), "ei": ("iː",),  # happY (en-gb-scotland e), FLEECE (gbcwmd ei)
+    "ᵻ": ("ɪ",), "ɪʲ": ("ɪ",), "eː": ("eɪ",), "a": ("æ",), "ɛə": ("æ",),  # TRAP (en, nyc ɛə)
+    "ɐ": ("ə",), "ɜ": ("ɜː",), "ɚ": ("ɜː",), "əɹ": ("ɜː",), "ʌɹ": ("ɜː",), "əɪ": ("ɜː",),  # NURSE (nyc əɪ)
+    "ɒ": ("ɑː",), "a:": ("ɑː",), "aː": ("ɑː",), "aa": ("ɑː",), "ɑə": ("ɑː",),  # LOT, START, BATH
+    "ɔ": ("ɔː",), "oə": ("ɔː",), "ɔə": ("ɔː",),
+    "ʉ": ("ʊ",), "ʉː": ("uː",), "əu": ("uː",),  # GOOSE (gbcwmd əu)
+    "əʊ": ("oʊ",), "oː": ("oʊ",), "o": ("oʊ",), "ʌʊ": ("oʊ",),
+    "ʌʉ": ("aʊ",), "æʊ": ("aʊ",), "oɪ": ("ɔɪ",),
+    # r-coloured vowels and centring diphthongs: vowel + /ɹ/ or /ə/
+    "ɔːɹ": ("ɔː", "ɹ"), "ɑːɹ": ("ɑː", "ɹ"), "ɛɹ": ("ɛ", "ɹ"), "ɪɹ": ("ɪ", "ɹ"), "ʊɹ": ("ʊ", "ɹ"),
+    "ʉɹ": ("ʊ", "ɹ"), "aɪɚ": ("aɪ", "ɜː"),
+    "iə": ("ɪ", "ə"), "eə": ("ɛ", "ə"), "ʊə": ("ʊ", "ə"), "aɪə": ("aɪ", "ə"),
+    # syllabic consonants, other consonants
+    "əl": ("ə", "l"), "n̩": ("ə", "n"), "r": ("ɹ",), "ɾ": ("t",), "ʔ": ("t",), "t̪": ("t",), "ʍ": ("w",),
+    "x": ("k",), "ʲ": (),  # espeak's events may send a palatal mark as a phoneme of its own
+}
+_STRESS = str.maketrans("", "", "ˈˌ")
+
+
+def fold(names: Iterable[str], where: str) -> list[str]:
+    """espeak-ng IPA names → inventory phonemes (stress marks and pauses dropped). Raises ValueError naming
+    ``where`` (the utterance) for a name the table does not know."""
+    out: list[str] = []
+    for raw in names:
+        name = raw.translate(_STRESS)
+        if not name:
+            continue
+        if name in PHONEMES:
+            out.append(name)
+        elif name in FOLD:
+            out.extend(FOLD[name])
+        else:
+            raise ValueError(f"{where}: espeak-ng phoneme {name!r} is not in earful's inventory "
+                             "(earful/data/phonemes.py FOLD)")
+    return out
+
+
+def parse(phonemes: str, where: str) -> list[str]:
+    """A manifest's phoneme transcript → its phonemes; ValueError naming ``where`` for a symbol outside the
+    inventory (a manifest written by other tools)."""
+    symbols = phonemes.split()
+    bad = sorted(set(symbols) - set(PHONEMES))
+    if bad:
+        raise ValueError(f"{where}: phonemes outside earful's inventory: {', '.join(bad)} "
+                         "(write them with `earful phonemize`)")
+    return symbols
+
+
+def _g2p(job: tuple[list[str], str]) -> list[list[str]]:
+    texts, voice = job
+    engine = Espeak()
+    return [engine.text_to_phonemes(t.lower(), voice) for t in texts]
+
+
+def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> list[Utterance]:
+    """The utterances with ``phonemes`` set from espeak-ng's G2P of their transcripts. Raises ValueError naming
+    the utterance (and ``where``, the manifest) without a transcript or whose transcript gives no phonemes.
+
+    espeak-ng runs in a child process: it keeps state in the process that uses it, and ``earful synth`` forks its
+    synthesis workers from the calling process, so this one must not have used it (the audio would change)."""
+    for u in utts:
+        if not u.transcript or not u.transcript.strip():
+            raise ValueError(f"{where}: utterance {u.id!r} has no transcript to phonemize")
+    texts = [str(u.transcript) for u in utts]
+    chunks = [(texts[i : i + G2P_CHUNK], voice) for i in range(0, len(texts), G2P_CHUNK)]
+    names: list[list[str]] = []
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(1) as pool, \
+            tqdm(total=len(utts), desc="phonemize", unit="utt", disable=len(utts) < 2 * G2P_CHUNK) as bar:
+        for part in pool.imap(_g2p, chunks):
+            names.extend(part)
+            bar.update(len(part))
+    out = []
+    for u, n in zip(utts, names, strict=True):
+        phones = fold(n, f"{where}: utterance {u.id!r}")
+        if not phones:
+            raise ValueError(f"{where}: utterance {u.id!r}: espeak-ng found no phonemes in {u.transcript!r}")
+        out.append(replace(u, phonemes=" ".join(phones)))
+    return out

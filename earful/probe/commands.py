@@ -1,0 +1,62 @@
+"""``earful probe``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("earful.probe")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from earful.config import load_config
+    from earful.probe.config import ProbeConfig
+    from earful.probe.features import Upstream
+    from earful.probe.suite import TASKS, probe, run_suite
+
+    config = load_config(ProbeConfig, None, args.overrides)
+    upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed)
+    common = dict(seed=args.seed, config=config, cache_dir=args.cache, progress=not args.no_progress)
+    if args.suite:
+        if args.task or args.train or args.dev or args.test:
+            raise ValueError("--suite takes --corpus (and --tasks), not --task/--train/--dev/--test")
+        if args.corpus is None:
+            raise ValueError("--suite mini-superb needs --corpus DIR (a corpus made by `earful synth`)")
+        tasks = args.tasks.split(",") if args.tasks else list(TASKS)
+        run_suite(upstream, args.corpus, args.out, tasks, **common)
+    else:
+        if not (args.task and args.train and args.dev and args.test):
+            raise ValueError("give --task with --train, --dev and --test manifests, or --suite mini-superb "
+                             "--corpus DIR")
+        probe(upstream, {args.task: (args.train, args.dev, args.test)}, args.out, **common)
+    log.info("results in %s", Path(args.out) / "results.md")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe", help="SUPERB-style probes of frozen features (PR, ASR, SID, IC)",
+        description="Probe a checkpoint's frozen features of every layer (cached once per checkpoint and "
+        "manifest) with a learned softmax weighting over layers and a small head per task. CKPT is an earful "
+        "checkpoint folder, or 'fbank' for log-mel filterbanks; a pre-training run's checkpoints/init is its "
+        "random-init baseline. Overrides set the recipes, e.g. pr.epochs=20 ic.lr=0.03 (earful/probe/config.py).",
+    )
+    p.add_argument("ckpt", help="checkpoint folder, or 'fbank'")
+    p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    p.add_argument("--suite", choices=("mini-superb",), help="every task on a corpus made by `earful synth`")
+    p.add_argument("--corpus", type=Path, help="with --suite: the corpus root (manifests/ inside)")
+    p.add_argument("--tasks", help="with --suite: a comma-separated subset of pr,asr,sid,ic")
+    p.add_argument("--task", choices=("pr", "asr", "sid", "ic"), help="one task on the manifests given")
+    p.add_argument("--train", type=Path, help="training manifest")
+    p.add_argument("--dev", type=Path, help="dev manifest (SID: other utterances of the training speakers)")
+    p.add_argument("--test", type=Path, help="test manifest (SID: held-out speakers, for the EER)")
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
+    p.add_argument("--random-init", action="store_true", help="CKPT's architecture at a random init instead of its "
+                   "weights (when the run has no checkpoints/init)")
+    p.add_argument("--init-seed", type=int, default=0, help="with --random-init: the initialisation's seed")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="feature cache (default $EARFUL_CACHE/features or ~/.cache/earful/features)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_probe)

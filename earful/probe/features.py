@@ -1,0 +1,274 @@
+"""Frozen features for probing: the hidden states of every layer (or log-mel filterbanks), extracted once per
+(upstream, manifest) and cached on disk as float16.
+
+The cache key hashes what decides the features: the checkpoint's files (weights and config), or the
+architecture and seed of a random init, or the filterbank's settings; the manifest's bytes; and each audio
+file's size and modification time. A changed checkpoint, manifest or audio file is another key, never a stale
+hit. An entry is a folder ``CACHE/<key>/`` with ``features.npy`` (float16, ``(frames, layers, dim)``, all
+utterances one after another) and ``index.json`` (ids, frames per utterance, the array's size and SHA-256),
+each written atomically, the index last: an entry without a valid index, or whose array does not match it, is
+extracted again (with a warning), never half-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from earful.atomic import atomic_path, atomic_write_json
+from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, sha256, verify_file
+from earful.data.manifest import Utterance, read_manifest
+from earful.probe import fbank
+from earful.probe.weighting import normalize_layers
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "earful-features-1"
+FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
+EXTRACT_GROUP = 8  # utterances handed to ``layer_states`` at a time
+
+
+def default_cache_dir() -> Path:
+    """``$EARFUL_CACHE/features``, else ``$XDG_CACHE_HOME/earful/features``, else ``~/.cache/earful/features``."""
+    if os.environ.get("EARFUL_CACHE"):
+        return Path(os.environ["EARFUL_CACHE"]) / "features"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "earful" / "features"
+
+
+# ---------------------------------------------------------------------------------------------- upstreams
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where features come from: an earful checkpoint, the same architecture at a random init (seeded by
+    ``init_seed``), or log-mel filterbanks (``kind="fbank"``, no checkpoint)."""
+
+    kind: Literal["checkpoint", "random-init", "fbank"]
+    ckpt: str | None = None
+    init_seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0) -> Upstream:
+        """``"fbank"`` or a checkpoint folder (with ``random_init``: its architecture, freshly initialised)."""
+        if str(spec) == "fbank":
+            if random_init:
+                raise ValueError("fbank has no weights to initialise: drop --random-init")
+            return cls("fbank")
+        if not (Path(spec) / INFO_FILE).is_file():
+            raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}); give a checkpoint folder "
+                                    "(e.g. RUN/checkpoints/best) or 'fbank'")
+        return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed)
+
+    @property
+    def name(self) -> str:
+        if self.kind == "fbank":
+            return "fbank"
+        return f"{self.ckpt} (random init, seed {self.init_seed})" if self.kind == "random-init" else str(self.ckpt)
+
+    @property
+    def label(self) -> str:
+        """``name`` with the checkpoint's path cut to its last three parts (RUN/checkpoints/NAME), for titles."""
+        if self.ckpt is None:
+            return self.name
+        return self.name.replace(self.ckpt, "/".join(Path(self.ckpt).parts[-3:]))
+
+    def fingerprint(self) -> dict[str, object]:
+        """What decides the features, by content."""
+        if self.kind == "fbank":
+            return {"kind": "fbank", "window": fbank.WINDOW, "hop": fbank.HOP, "n_fft": fbank.N_FFT,
+                    "n_mels": fbank.N_MELS, "low_hz": fbank.LOW_HZ}
+        ckpt = Path(str(self.ckpt))
+        info = json.loads((ckpt / INFO_FILE).read_text(encoding="utf-8"))
+        if self.kind == "random-init":
+            return {"kind": "random-init", "model": info["model"], "init_seed": self.init_seed,
+                    "torch": torch.__version__}
+        return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
+
+    def extractor(self) -> tuple[Callable[[list[torch.Tensor]], list[torch.Tensor]], float]:
+        """(waves → per-utterance ``(frames, layers, dim)`` features, frames per second)."""
+        if self.kind == "fbank":
+            filters = fbank.mel_filters()
+            return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
+        from earful.checkpoint import build_model, load_model
+        from earful.interop.features import backbone_of
+        from earful.model import ModelConfig
+
+        if self.kind == "random-init":
+            from earful.config import from_dict
+
+            info = json.loads((Path(str(self.ckpt)) / INFO_FILE).read_text(encoding="utf-8"))
+            cfg = from_dict(ModelConfig, info["model"], f"{self.ckpt}/{INFO_FILE}:model")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.init_seed)
+                model = build_model("pretraining", cfg)
+        else:
+            model, _ = load_model(str(self.ckpt))
+        backbone = backbone_of(model).eval()
+        stride = int(np.prod(backbone.cfg.conv_stride))
+        return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride
+
+
+@torch.no_grad()
+def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``(frames, layers + 1, dim)`` per utterance: the transformer's input and every layer's output.
+
+    One utterance a forward pass: the CNN's first GroupNorm normalises each channel over the whole input,
+    padding included, so a padded batch would change the features of its shorter utterances. Once that norm is
+    padding-invariant, this is the one place to pad ``waves`` into a batch (with their lengths) instead."""
+    out = []
+    for wave in waves:
+        states = backbone(wave[None], None, output_hidden_states=True).hidden_states  # (layers+1) × (1, T, D)
+        out.append(torch.stack(states, dim=2)[0])  # (frames, layers + 1, dim)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+@dataclass
+class FeatureSet:
+    """Features of a manifest's utterances, one after another: ``data`` (frames, layers, dim) float16."""
+
+    ids: list[str]
+    frames: torch.Tensor  # (utterances,) int64
+    data: torch.Tensor  # (total frames, layers, dim) float16
+    frame_rate: float
+
+    def __post_init__(self) -> None:
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.frames.cumsum(0)])  # (utterances + 1,)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_layers(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.data.shape[2]
+
+    def utterance(self, i: int) -> torch.Tensor:
+        return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]  # (frames, layers, dim)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-padded ``(batch, frames, layers, dim)`` float16 and ``(batch,)`` frame counts."""
+        seqs = [self.utterance(i) for i in indices]
+        return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True), self.frames[list(indices)]
+
+    def normalize_(self, chunk_frames: int = 1 << 16) -> FeatureSet:
+        """Normalise each layer of every frame in place (:func:`normalize_layers`, kept in float16): what the
+        sequence probes read. ``pooled`` is computed first, from the hidden states as extracted. Returns ``self``."""
+        _ = self.pooled  # cached now, before the frames change
+        for start in range(0, self.data.shape[0], chunk_frames):
+            part = self.data[start : start + chunk_frames]
+            part.copy_(normalize_layers(part).to(self.data.dtype))
+        return self
+
+    @cached_property
+    def pooled(self) -> torch.Tensor:
+        """``(utterances, layers, 2 × dim)`` float32: each layer's mean and standard deviation per channel over the
+        utterance's frames (statistics pooling; what the utterance tasks classify), of the hidden states as
+        extracted (a frame's scale is information here); computed once."""
+        n, chunk_frames = len(self.ids), 1 << 16
+        owner = torch.repeat_interleave(torch.arange(n), self.frames)  # (total frames,) utterance of each frame
+        sums = torch.zeros(n, self.num_layers, self.dim)
+        squares = torch.zeros_like(sums)
+        for start in range(0, self.data.shape[0], chunk_frames):
+            part = self.data[start : start + chunk_frames].float()  # (chunk, layers, dim)
+            sums.index_add_(0, owner[start : start + chunk_frames], part)
+            squares.index_add_(0, owner[start : start + chunk_frames], part.square())
+        count = self.frames.clamp(min=1)[:, None, None].float()
+        mean = sums / count
+        std = (squares / count - mean.square()).clamp(min=0).sqrt()
+        return torch.cat([mean, std], dim=-1)
+
+
+def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+             *, progress: bool = True) -> FeatureSet:
+    """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now."""
+    manifest = Path(manifest)
+    utts = read_manifest(manifest)
+    if not utts:
+        raise ValueError(f"{manifest}: no utterances")
+    key = cache_key(upstream, manifest, utts)
+    entry = Path(cache_dir or default_cache_dir()) / key
+    cached = _load(entry, key)
+    if cached is not None:
+        log.info("features of %s by %s: cached in %s", manifest, upstream.name, entry)
+        return cached
+    extract, frame_rate = upstream.extractor()
+    feats = _extract(extract, frame_rate, utts, f"{manifest.name} ({upstream.kind})", progress)
+    _store(entry, key, feats, {"upstream": upstream.name, "manifest": str(manifest.resolve())})
+    log.info("features of %s by %s: %d frames × %d layers × %d extracted into %s", manifest, upstream.name,
+             feats.data.shape[0], feats.num_layers, feats.dim, entry)
+    return feats
+
+
+def cache_key(upstream: Upstream, manifest: Path, utts: Sequence[Utterance]) -> str:
+    audio = hashlib.sha256()
+    for u in utts:
+        try:
+            st = os.stat(u.path)
+        except OSError as e:
+            raise FileNotFoundError(f"{manifest}: utterance {u.id!r}: audio file {u.path} unreadable ({e})") from None
+        audio.update(f"{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    parts = {"format": CACHE_FORMAT, "upstream": upstream.fingerprint(), "manifest": sha256(manifest),
+             "audio": audio.hexdigest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_rate: float,
+             utts: Sequence[Utterance], desc: str, progress: bool) -> FeatureSet:
+    from earful.data.dataset import AudioDataset
+
+    audio = AudioDataset(utts)  # checks each file against its manifest length
+    parts: list[torch.Tensor] = []
+    with tqdm(total=len(utts), desc=f"features {desc}", unit="utt", disable=not progress) as bar:
+        for start in range(0, len(utts), EXTRACT_GROUP):
+            waves = [torch.from_numpy(audio[i].wave) for i in range(start, min(start + EXTRACT_GROUP, len(utts)))]
+            parts.extend(f.to(torch.float16) for f in extract(waves))
+            bar.update(len(waves))
+    frames = torch.tensor([p.shape[0] for p in parts], dtype=torch.long)
+    return FeatureSet([u.id for u in utts], frames, torch.cat(parts), frame_rate)
+
+
+def _store(entry: Path, key: str, feats: FeatureSet, about: dict[str, str]) -> None:
+    entry.mkdir(parents=True, exist_ok=True)
+    with atomic_path(entry / FEATURES_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, feats.data.numpy(), allow_pickle=False)
+    atomic_write_json(entry / INDEX_FILE, {
+        "format": CACHE_FORMAT, "key": key, **about, "frame_rate": feats.frame_rate, "ids": feats.ids,
+        "frames": feats.frames.tolist(), "shape": list(feats.data.shape),
+        "files": {FEATURES_FILE: file_record(entry / FEATURES_FILE)},
+    })
+
+
+def _load(entry: Path, key: str) -> FeatureSet | None:
+    """The cached features, or None when there is no entry or it cannot be used (then it is rebuilt)."""
+    index_path = entry / INDEX_FILE
+    if not index_path.exists():
+        return None
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        if index.get("format") != CACHE_FORMAT or index.get("key") != key:
+            raise ValueError("written for another key or by another version")
+        verify_file(entry / FEATURES_FILE, index["files"][FEATURES_FILE])
+        data = np.load(entry / FEATURES_FILE, allow_pickle=False)
+        frames = torch.tensor(index["frames"], dtype=torch.long)
+        if data.dtype != np.float16 or list(data.shape) != index["shape"] or int(frames.sum()) != data.shape[0] \
+                or len(index["ids"]) != len(frames):
+            raise ValueError(f"array {data.dtype} {data.shape} does not match its index")
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError) as e:
+        log.warning("%s: unreadable feature cache entry (%s); extracting again", entry, e)
+        return None
+    return FeatureSet(index["ids"], frames, torch.from_numpy(data), float(index["frame_rate"]))

@@ -1,0 +1,135 @@
+"""The mini-SUPERB suite and single probes: features from the cache (or extracted once), each task's head
+trained on them, results written to a folder.
+
+On a corpus made by ``earful synth`` (the demo's, or any ``--domain commands`` corpus) the suite reads:
+
+| task | train | dev | test | metrics (fractions) |
+|---|---|---|---|---|
+| PR  | train | dev | test | ``per`` ↓ |
+| ASR | train | dev | test | ``wer`` ↓, ``cer`` ↓ |
+| SID | train | labelled-10h (same speakers, other utterances): ``accuracy`` ↑ | test (held-out voices): ``eer`` ↓ | |
+| IC  | train | dev | test | ``accuracy`` ↑ |
+
+``OUT/results.json`` holds every task's metrics, the kept epoch, the layer weights and the timings;
+``OUT/results.md`` the table; ``OUT/layer-weights.png`` the learned weights per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from earful.atomic import atomic_write_json, atomic_write_lines
+from earful.config import to_dict
+from earful.probe.config import ProbeConfig
+from earful.probe.ctc import characters_task, check_labels, phonemes_task, train_ctc
+from earful.probe.features import Upstream
+from earful.probe.report import METRICS, TaskResult, plot_layer_weights, table, weights_table
+from earful.probe.splits import Split, load_split
+from earful.probe.utterance import check_sid, intents, train_ic, train_sid
+
+log = logging.getLogger(__name__)
+
+TASKS = tuple(METRICS)  # mini-SUPERB: pr, asr, sid, ic
+SUITE_SPLITS: dict[str, tuple[str, str, str]] = {  # task -> (train, dev, test) manifests below CORPUS/manifests
+    "pr": ("train", "dev", "test"),
+    "asr": ("train", "dev", "test"),
+    "sid": ("train", "labelled-10h", "test"),
+    "ic": ("train", "dev", "test"),
+}
+
+
+Trainer = Callable[[Split, Split, Split, int], TaskResult]
+Check = Callable[[Split, Split, Split], object]
+
+
+def _task(task: str, config: ProbeConfig) -> tuple[Check, Trainer]:
+    """(the check of a task's labels, its training), for (train, dev, test) splits."""
+    if task in ("pr", "asr"):
+        t = phonemes_task() if task == "pr" else characters_task()
+        recipe = config.pr if task == "pr" else config.asr
+        return (lambda *s: check_labels(t, *s)), (lambda tr, dv, te, seed: train_ctc(t, tr, dv, te, recipe, seed))
+    if task == "sid":
+        return check_sid, lambda tr, dv, te, seed: train_sid(tr, dv, te, config.sid, seed)
+    if task == "ic":
+        return intents, lambda tr, dv, te, seed: train_ic(tr, dv, te, config.ic, seed)
+    raise ValueError(f"unknown probe task {task!r}: choose from {', '.join(TASKS)}")
+
+
+def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]], out_dir: str | os.PathLike,
+          *, seed: int = 0, config: ProbeConfig | None = None, cache_dir: str | os.PathLike | None = None,
+          progress: bool = True) -> dict[str, TaskResult]:
+    """Train each task of ``manifests`` (task → (train, dev, test) manifest paths) on ``upstream``'s features
+    and write ``out_dir``'s results; a manifest's features are loaded once for all the tasks that read it."""
+    config = config or ProbeConfig()
+    tasks = {task: _task(task, config) for task in manifests}  # unknown tasks fail before any work
+    splits: dict[Path, Split] = {}
+    for m in sorted({Path(m).resolve() for paths in manifests.values() for m in paths}):
+        splits[m] = load_split(upstream, m, cache_dir, progress=progress)
+    chosen = {task: tuple(splits[Path(m).resolve()] for m in paths) for task, paths in manifests.items()}
+    for task, (check, _) in tasks.items():
+        check(*chosen[task])  # every task's labels, before any feature is extracted
+    t0 = time.perf_counter()
+    for split in splits.values():
+        _ = split.feats  # extracted or read from the cache, once for all the tasks that read it
+    t_features = time.perf_counter() - t0
+    results = {}
+    for task, (_, train) in tasks.items():
+        results[task] = train(*chosen[task], seed)
+        log.info("%s on %s: %s (kept %d, %.1f s)", task.upper(), upstream.name,
+                 ", ".join(f"{k} {100 * v:.1f} %" for k, v in results[task].test.items()), results[task].best,
+                 results[task].seconds)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", {
+        "upstream": upstream.name, "fingerprint": upstream.fingerprint(), "seed": seed, "config": to_dict(config),
+        "manifests": {t: [str(Path(m).resolve()) for m in p] for t, p in manifests.items()},
+        "seconds": {"features": t_features, "probes": time.perf_counter() - t0 - t_features},
+        "tasks": {t: asdict(r) for t, r in results.items()},
+    })
+    weights = {t: r.layer_weights for t, r in results.items() if len(r.layer_weights) > 1}
+    scores = {upstream.name: {t: r.test for t, r in results.items()}}
+    atomic_write_lines(out / "results.md", [f"# Probes of {upstream.name} (seed {seed})", "", table(scores), "",
+                                            weights_table(weights)])
+    if weights:
+        plot_layer_weights(weights, out / "layer-weights.png", f"layer weights: {upstream.label} (seed {seed})")
+    return results
+
+
+def run_suite(ckpt_dir: str | os.PathLike | Upstream, corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              tasks: Sequence[str] = TASKS, seed: int = 0, *, cache_dir: str | os.PathLike | None = None,
+              config: ProbeConfig | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Probe one checkpoint with the mini-SUPERB suite on a corpus made by ``earful synth``.
+
+    Args:
+        ckpt_dir: an earful checkpoint folder (e.g. ``RUN/checkpoints/step-0000338``; a pre-training run's
+            ``checkpoints/init`` is its random-init baseline), ``"fbank"`` for log-mel filterbanks, or an
+            :class:`Upstream`.
+        corpus_dir: the corpus root, with ``manifests/{train,dev,test,labelled-10h}.jsonl`` (``commands`` domain
+            for IC: the ``open`` domain has no intents).
+        out_dir: where ``results.json``, ``results.md`` and ``layer-weights.png`` go.
+        tasks: any of ``"pr"``, ``"asr"``, ``"sid"``, ``"ic"``.
+        seed: the probes' seed (head initialisation, shuffling); one seed gives one result.
+        cache_dir: the feature cache (default :func:`earful.probe.features.default_cache_dir`); features are
+            extracted once per (checkpoint, manifest) and reused by every seed and task.
+        config: the probe recipes (default :class:`ProbeConfig`).
+
+    Returns:
+        ``{task: {metric: value}}`` on the test split, as fractions: ``pr: per``; ``asr: wer, cer``;
+        ``sid: accuracy, eer``; ``ic: accuracy``. ``METRICS[task][metric]`` is True where higher is better.
+    """
+    upstream = ckpt_dir if isinstance(ckpt_dir, Upstream) else Upstream.parse(ckpt_dir)
+    root = Path(corpus_dir) / "manifests"
+    manifests = {t: tuple(root / f"{name}.jsonl" for name in SUITE_SPLITS[t]) for t in tasks if t in SUITE_SPLITS}
+    unknown = [t for t in tasks if t not in SUITE_SPLITS]
+    if unknown:
+        raise ValueError(f"unknown probe task(s) {unknown}: choose from {', '.join(TASKS)}")
+    missing = sorted({str(m) for ms in manifests.values() for m in ms if not m.is_file()})
+    if missing:
+        raise FileNotFoundError(f"{corpus_dir}: not a corpus made by `earful synth` (missing {', '.join(missing)})")
+    results = probe(upstream, manifests, out_dir, seed=seed, config=config, cache_dir=cache_dir, progress=progress)
+    return {t: r.test for t, r in results.items()}

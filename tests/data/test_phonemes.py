@@ -1,0 +1,85 @@
+"""One phoneme inventory for what espeak-ng speaks and what it reads (`earful phonemize`), and the intent slots of
+the `commands` grammar."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from earful.cli import main
+from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from earful.data.phonemes import FOLD, PHONEMES, fold, parse, phonemize
+from earful.data.textpool import INTENT_SLOTS, command_intent, sentences
+
+
+def utt(uid: str, transcript: str | None) -> Utterance:
+    return Utterance(uid, f"/audio/{uid}.flac", 16000, 16000, "s1", transcript)
+
+
+def test_fold_maps_every_accent_name_into_the_inventory():
+    assert len(PHONEMES) == len(set(PHONEMES)) == 40
+    assert all(set(v) <= set(PHONEMES) for v in FOLD.values())
+    assert not set(FOLD) & set(PHONEMES)
+    # stress marks and pauses go; accent variants and r-coloured vowels fold
+    assert fold(["ˈɔː", "", "ɹ", "ɾ", "ˌɚ", "ɔːɹ", "ʲ"], "u1") == ["ɔː", "ɹ", "t", "ɜː", "ɔː", "ɹ"]
+    with pytest.raises(ValueError, match=r"u7: espeak-ng phoneme 'ǃ' is not in earful's inventory"):
+        fold(["k", "ǃ"], "u7")
+
+
+def test_parse_names_the_utterance_with_a_foreign_symbol():
+    assert parse("k ɔː l", "m.jsonl: utterance 'a'") == ["k", "ɔː", "l"]
+    with pytest.raises(ValueError, match=r"utterance 'b'.*AA.*earful phonemize"):
+        parse("k AA l", "m.jsonl: utterance 'b'")
+
+
+def test_phonemize_uses_espeak_g2p_in_the_inventory():
+    out = phonemize([utt("a", "TURN OFF THE LIGHT"), utt("b", "CALL TWO")], "m.jsonl")
+    assert out[0].phonemes == "t ɜː n ɔː f ð ə l aɪ t"
+    assert out[1].phonemes == "k ɔː l t uː"
+    assert out[0].transcript == "TURN OFF THE LIGHT"  # the rest of the row is kept
+
+
+@pytest.mark.parametrize("transcript, message", [
+    (None, r"m.jsonl: utterance 'bad' has no transcript to phonemize"),
+    ("  ", r"m.jsonl: utterance 'bad' has no transcript to phonemize"),
+    ("???", r"m.jsonl: utterance 'bad': espeak-ng found no phonemes in '\?\?\?'"),
+])
+def test_phonemize_names_the_utterance_it_cannot_phonemize(transcript, message):
+    with pytest.raises(ValueError, match=message):
+        phonemize([utt("good", "HELLO"), utt("bad", transcript)], "m.jsonl")
+
+
+def test_phonemize_command_writes_the_manifest_with_phonemes(tmp_path: Path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_manifest([utt("a", "HELLO WORLD"), utt("b", "GOOD MORNING")], src)
+    assert '"phonemes"' not in src.read_text(encoding="utf-8")  # unset optional fields are not written
+    assert main(["phonemize", str(src), "--out", str(dst)]) == 0
+    got = read_manifest(dst)
+    assert [u.id for u in got] == ["a", "b"] and all(set(parse(u.phonemes, u.id)) <= set(PHONEMES) for u in got)
+    assert [(u.transcript, u.path) for u in got] == [(u.transcript, u.path) for u in read_manifest(src)]
+    write_manifest([utt("c", None)], src)
+    assert main(["phonemize", str(src), "--out", str(dst)]) == 2  # a clear error, not a traceback
+    assert read_manifest(dst)[0].id == "a"  # the earlier output is untouched
+
+
+def test_manifest_checks_the_probe_fields(tmp_path: Path):
+    row = {"id": "a", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}
+    for bad, field in [({"phonemes": ["k"]}, "phonemes"), ({"intent": {"action": 1}}, "intent")]:
+        (tmp_path / "m.jsonl").write_text(json.dumps({**row, **bad}) + "\n")
+        with pytest.raises(ManifestError, match=rf"m.jsonl:1: field '{field}'"):
+            read_manifest(tmp_path / "m.jsonl")
+
+
+def test_every_command_has_its_slots():
+    seen = set()
+    for text in sentences("commands", np.random.default_rng(0), 2000):
+        intent = command_intent(text)
+        assert list(intent) == list(INTENT_SLOTS)
+        seen.add(intent["action"])
+    assert seen == {"dictate", "call", "move", "pick_up", "put", "turn_on", "turn_off", "set"}
+    assert command_intent("TURN OFF THE LIGHT IN THE KITCHEN") == {
+        "action": "turn_off", "object": "light", "location": "kitchen"}
+    assert command_intent("PUT THE RED BOX ON THE BLUE CUP") == {"action": "put", "object": "box", "location": "cup"}
+    with pytest.raises(ValueError, match="not a sentence of the commands grammar"):
+        command_intent("AND GOD SAID LET THERE BE LIGHT")

@@ -1,0 +1,223 @@
+"""`earful probe`: each task learns, the layer weights, the feature cache, one result per seed, clear errors."""
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from earful.checkpoint import load_model, save_model
+from earful.cli import main
+from earful.config import load_config
+from earful.data.manifest import read_manifest, write_manifest
+from earful.interop.features import backbone_of, layer_features
+from earful.probe import fbank
+from earful.probe.config import ProbeConfig
+from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features, layer_states
+from earful.probe.suite import probe, run_suite
+from earful.probe.utterance import equal_error_rate
+from earful.probe.weighting import LayerWeightedSum
+
+# recipes for the tone data: small batches, more passes
+FAST = ["pr.epochs=15", "pr.batch_utterances=8", "asr.epochs=15", "asr.batch_utterances=8", "asr.hidden=0",
+        "asr.lr=0.04", "sid.steps=150", "sid.lr=0.05", "ic.steps=150", "ic.lr=0.05"]
+
+
+def config(*more: str) -> ProbeConfig:
+    return load_config(ProbeConfig, None, FAST + list(more))
+
+
+def splits(tones: dict[str, Path]) -> tuple[Path, Path, Path]:
+    return tones["train"], tones["same"], tones["held"]
+
+
+@pytest.mark.parametrize("task, bounds", [  # chance: every error rate ~1 (all blank), SID 1/4 and EER 1/2, IC 1/4
+    ("pr", {"per": (None, 0.5)}),
+    ("asr", {"cer": (None, 0.5)}),
+    ("sid", {"accuracy": (0.8, None), "eer": (None, 0.3)}),
+    ("ic", {"accuracy": (0.6, None)}),
+])
+def test_each_task_learns(tones, cache: Path, tmp_path: Path, task: str, bounds: dict):
+    result = probe(Upstream.parse("fbank"), {task: splits(tones)}, tmp_path / "out", config=config(),
+                   cache_dir=cache, progress=False)[task]
+    for metric, (low, high) in bounds.items():
+        value = result.test[metric]
+        assert (low is None or value >= low) and (high is None or value <= high), (metric, value)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["tasks"][task]["test"] == result.test
+    assert "| " + task.upper() in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
+    result = probe(Upstream.parse(tiny_ckpt), {"pr": splits(tones)}, tmp_path / "out", config=config("pr.epochs=3"),
+                   cache_dir=cache, progress=False)["pr"]
+    w = torch.tensor(result.layer_weights)
+    assert w.shape == (3,) and abs(float(w.sum()) - 1) < 1e-6 and (w > 0).all()
+    assert float(w.max() - w.min()) > 1e-3  # moved from the equal start
+    assert (tmp_path / "out" / "layer-weights.png").stat().st_size > 1000
+    m = LayerWeightedSum(3)
+    with torch.no_grad():
+        m.logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.randn(2, 7, 3, 4)  # (batch, frames, layers, dim)
+    with torch.no_grad():
+        expected = sum(m.weights()[i] * x[:, :, i] for i in range(3))
+        assert torch.allclose(m(x), expected, atol=1e-6) and abs(float(m.weights().sum()) - 1) < 1e-6
+
+
+def test_features_are_every_layer_of_each_utterance_alone(tones, tiny_ckpt: Path, tmp_path: Path):
+    """Cached features are the model's hidden states (float16), the same whatever else is extracted with them."""
+    feats = features(Upstream.parse(tiny_ckpt), tones["held"], tmp_path, progress=False)
+    model, _ = load_model(tiny_ckpt)
+    utts = read_manifest(tones["held"])
+    from earful.data.audio import load_audio
+
+    waves = [torch.from_numpy(load_audio(u.path)) for u in utts[:3]]
+    for i, w in enumerate(waves):
+        ref = torch.from_numpy(layer_features(model, w.numpy())).transpose(0, 1)  # (frames, layers, dim)
+        assert torch.allclose(feats.utterance(i).float(), ref, atol=2e-2, rtol=1e-2)
+    together = layer_states(backbone_of(model).eval(), waves)
+    alone = [layer_states(backbone_of(model).eval(), [w])[0] for w in waves]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone, strict=True))
+    assert feats.frame_rate == 50 and feats.num_layers == 3 and feats.data.dtype == torch.float16
+
+
+def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tiny_ckpt: Path, tmp_path: Path,
+                                                                     monkeypatch, caplog):
+    cache = tmp_path / "cache"
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    up = Upstream.parse(ckpt)
+    first = features(up, tones["held"], cache, progress=False)
+    calls = []
+    real = Upstream.extractor
+
+    def counted(self):
+        calls.append(self.kind)
+        return real(self)
+
+    monkeypatch.setattr(Upstream, "extractor", counted)
+    again = features(up, tones["held"], cache, progress=False)
+    assert calls == [] and torch.equal(again.data, first.data) and again.ids == first.ids
+
+    # another checkpoint under the same path: other weights, another key
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        model.wav2vec2.feature_projection.projection.weight.add_(0.5)
+    save_model(ckpt, model)
+    changed = features(up, tones["held"], cache, progress=False)
+    assert calls == ["checkpoint"] and not torch.equal(changed.data, first.data)
+
+    # the manifest rewritten without its last utterance: another key
+    manifest = tmp_path / "held.jsonl"
+    write_manifest(read_manifest(tones["held"])[:-1], manifest)
+    fewer = features(up, manifest, cache, progress=False)
+    assert calls == ["checkpoint"] * 2 and fewer.ids == changed.ids[:-1]
+    assert torch.equal(fewer.data, changed.data[: fewer.data.shape[0]])
+
+    # an unreadable entry is extracted again, never half-read
+    entry = cache / cache_key(up, manifest, read_manifest(manifest))
+    for damage in ("truncate", "index"):
+        if damage == "truncate":
+            data = (entry / FEATURES_FILE).read_bytes()
+            (entry / FEATURES_FILE).write_bytes(data[: len(data) // 2])
+        else:
+            (entry / INDEX_FILE).write_text("{not json")
+        with caplog.at_level(logging.WARNING):
+            rebuilt = features(up, manifest, cache, progress=False)
+        assert "unreadable feature cache entry" in caplog.text and torch.equal(rebuilt.data, fewer.data)
+        caplog.clear()
+    assert calls == ["checkpoint"] * 4
+
+
+def test_one_seed_one_result(tones, cache: Path, tmp_path: Path):
+    tasks = {"pr": splits(tones), "ic": splits(tones)}
+
+    def run(seed: int, name: str) -> dict:
+        probe(Upstream.parse("fbank"), tasks, tmp_path / name, seed=seed, config=config("pr.epochs=2", "ic.steps=50"),
+              cache_dir=cache, progress=False)
+        saved = json.loads((tmp_path / name / "results.json").read_text())["tasks"]
+        for t in saved.values():
+            t.pop("seconds")
+        return saved
+
+    a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
+    assert a == b
+    assert a["pr"]["history"] != c["pr"]["history"] and a["ic"]["history"] != c["ic"]["history"]
+
+
+def test_random_init_is_the_architecture_with_fresh_weights(tones, tiny_ckpt: Path, tmp_path: Path):
+    trained, init0, init0_again, init1 = (
+        features(Upstream.parse(tiny_ckpt, random_init=r, init_seed=s), tones["held"], tmp_path, progress=False)
+        for r, s in ((False, 0), (True, 0), (True, 0), (True, 1)))
+    assert init0.data.shape == trained.data.shape
+    assert torch.equal(init0.data, init0_again.data) and not torch.equal(init0.data, init1.data)
+    assert not torch.equal(init0.data, trained.data)
+
+
+def test_missing_labels_say_how_many_which_and_the_way_out(tones, cache: Path, tmp_path: Path):
+    utts = read_manifest(tones["train"])
+    no_phonemes = tmp_path / "no-phonemes.jsonl"
+    write_manifest([replace(u, phonemes=None) for u in utts], no_phonemes)
+    some_without_intent = tmp_path / "some.jsonl"
+    write_manifest([replace(u, intent=None) if i in (3, 5) else u for i, u in enumerate(utts)], some_without_intent)
+    fb = Upstream.parse("fbank")
+    kw = dict(config=config(), cache_dir=cache, progress=False)
+    with pytest.raises(ValueError, match=rf"no-phonemes.jsonl: {len(utts)} of {len(utts)} utterances have no "
+                                         r"phonemes .*earful phonemize"):
+        probe(fb, {"pr": (no_phonemes, tones["same"], tones["held"])}, tmp_path / "o", **kw)
+    with pytest.raises(ValueError, match=rf"some.jsonl: 2 of {len(utts)} utterances have no intent "
+                                         rf"\('{utts[3].id}', '{utts[5].id}'\)"):
+        probe(fb, {"ic": (some_without_intent, tones["same"], tones["held"])}, tmp_path / "o", **kw)
+    with pytest.raises(ValueError, match=r"held.jsonl: 18 of 18 utterances are by speakers not in .*train.jsonl"):
+        probe(fb, {"sid": (tones["train"], tones["held"], tones["held"])}, tmp_path / "o", **kw)
+    with pytest.raises(ValueError, match="unknown probe task 'xx'"):
+        probe(fb, {"xx": splits(tones)}, tmp_path / "o", **kw)
+
+
+def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
+    corpus = tmp_path / "corpus"
+    for name, source in {"train": "train", "dev": "held", "test": "held", "labelled-10h": "same"}.items():
+        write_manifest(read_manifest(tones[source]), corpus / "manifests" / f"{name}.jsonl")
+    out = tmp_path / "out"
+    short = ["pr.epochs=2", "asr.epochs=2", "asr.hidden=8", "sid.steps=30", "ic.steps=30"]  # plumbing, not learning
+    argv = ["probe", str(tiny_ckpt), *FAST, *short, "--suite", "mini-superb", "--corpus", str(corpus),
+            "--out", str(out), "--cache", str(cache), "--no-progress"]
+    assert main(argv) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["tasks"]) == ["pr", "asr", "sid", "ic"] and saved["config"]["asr"]["hidden"] == 8
+    assert set(saved["tasks"]["sid"]["test"]) == {"accuracy", "eer"}
+    assert (out / "layer-weights.png").exists() and "SID" in (out / "results.md").read_text()
+    got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*short),
+                    progress=False)
+    assert got == {"ic": saved["tasks"]["ic"]["test"]}  # the API and the command agree; features were cached
+    assert main(["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path), "--out", str(out)]) == 2
+    assert main(["probe", "fbank", "--task", "pr", "--out", str(out)]) == 2
+    assert main(["probe", str(tmp_path), "--task", "pr", "--train", "x", "--dev", "x", "--test", "x",
+                 "--out", str(out)]) == 2  # not a checkpoint
+    assert main(["probe", "fbank", "--random-init", "--task", "pr", "--out", str(out)]) == 2
+
+
+def test_log_mel_puts_a_tone_in_its_band():
+    t = torch.arange(16000) / 16000
+    mel = fbank.log_mel(torch.sin(2 * torch.pi * 1000 * t))
+    assert mel.shape == (fbank.num_frames(16000), fbank.N_MELS) == (98, 80)
+    centres = (fbank.mel_filters() * torch.linspace(0, 8000, 257)[:, None]).sum(0) / fbank.mel_filters().sum(0)
+    peak = int(mel.mean(0).argmax())
+    assert abs(float(centres[peak]) - 1000) < 60
+
+
+def test_equal_error_rate():
+    same = torch.tensor([True, True, False, False])
+    assert equal_error_rate(torch.tensor([0.9, 0.8, 0.2, 0.1]), same) == 0.0
+    assert equal_error_rate(torch.tensor([0.1, 0.2, 0.8, 0.9]), same) == 1.0
+    assert equal_error_rate(torch.tensor([0.9, 0.3, 0.5, 0.1]), same) == 0.5
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(np.concatenate([rng.normal(1, 1, 4000), rng.normal(-1, 1, 4000)]))
+    labels = torch.arange(8000) < 4000
+    assert abs(equal_error_rate(scores, labels) - 0.1587) < 0.02  # Φ(−1) for two unit normals 2 apart
+    with pytest.raises(ValueError, match="both"):
+        equal_error_rate(torch.tensor([0.1, 0.2]), torch.tensor([True, True]))
