@@ -34,9 +34,9 @@ from earful.probe.weighting import normalize_layers
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "earful-features-1"
+CACHE_FORMAT = "earful-features-2"  # 2: extracted in padded batches by a batch-invariant backbone
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
-EXTRACT_GROUP = 8  # utterances handed to ``layer_states`` at a time
+EXTRACT_GROUP = 16  # utterances handed to ``layer_states`` at a time (one padded batch)
 
 
 def default_cache_dir() -> Path:
@@ -101,7 +101,7 @@ class Upstream:
             return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
         from earful.checkpoint import build_model, load_model
         from earful.interop.features import backbone_of
-        from earful.model import ModelConfig
+        from earful.model import ModelConfig, batch_invariant
 
         if self.kind == "random-init":
             from earful.config import from_dict
@@ -113,7 +113,7 @@ class Upstream:
                 model = build_model("pretraining", cfg)
         else:
             model, _ = load_model(str(self.ckpt))
-        backbone = backbone_of(model).eval()
+        backbone = backbone_of(batch_invariant(model)).eval()
         stride = int(np.prod(backbone.cfg.conv_stride))
         return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride
 
@@ -122,14 +122,17 @@ class Upstream:
 def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[torch.Tensor]:
     """``(frames, layers + 1, dim)`` per utterance: the transformer's input and every layer's output.
 
-    One utterance a forward pass: the CNN's first GroupNorm normalises each channel over the whole input,
-    padding included, so a padded batch would change the features of its shorter utterances. Once that norm is
-    padding-invariant, this is the one place to pad ``waves`` into a batch (with their lengths) instead."""
-    out = []
-    for wave in waves:
-        states = backbone(wave[None], None, output_hidden_states=True).hidden_states  # (layers+1) × (1, T, D)
-        out.append(torch.stack(states, dim=2)[0])  # (frames, layers + 1, dim)
-    return out
+    The utterances go through as one zero-padded batch: the backbone is batch-invariant (the CNN's GroupNorm
+    over real samples, padded keys masked), so each utterance gets what it gets alone (within float rounding;
+    ``tests/probe`` checks it)."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)  # (batch,)
+    batch = torch.zeros(len(waves), int(lengths.max()))  # (batch, samples)
+    for row, w in enumerate(waves):
+        batch[row, : len(w)] = w
+    padded = bool((lengths < batch.shape[1]).any())
+    out = backbone(batch, lengths if padded else None, output_hidden_states=True)
+    states = torch.stack(out.hidden_states, dim=2)  # (batch, frames, layers + 1, dim)
+    return [states[row, : int(n)] for row, n in enumerate(out.frame_lengths)]
 
 
 # ---------------------------------------------------------------------------------------------- features

@@ -117,6 +117,12 @@ class StudyConfig:
     # `earful gradvar` on every final checkpoint: this many independent batches of the run's own batch size (the
     # paper: 10; 0 = off), for the gradient noise against batch size (C6)
     gradvar_batches: int = 0
+    # `earful probe` (docs/probes.md) on every pre-trained checkpoint the study keeps (the cycle minima or
+    # milestones, and the final), each run's random init and filterbanks: tasks of pr | asr | sid | ic, with
+    # these probe seeds; key=value probe recipe overrides in probe_overrides (e.g. pr.epochs=5)
+    probes: list[str] = field(default_factory=list)
+    probe_seeds: list[int] = field(default_factory=lambda: [0])
+    probe_overrides: list[str] = field(default_factory=list)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     seeds: list[int] = field(default_factory=lambda: [1])
     throughput: float | None = None  # audio seconds per second per device, for the plan's wall-clock

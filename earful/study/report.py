@@ -103,8 +103,11 @@ def build_report(out_dir: str | Path) -> Path:
     plot_validation_curves(curves, runs, rep)
     ft = [r for r in results if r.get("split")]
     main_split = main_split_of(sorted({r["split"] for r in ft}))
+    probes = read_jsonl(out / "probes.jsonl")
+    if probes:
+        text += probe_section(probes, rep)
     if study.get("cycles"):
-        text += claims_section(out, curves, runs, study, ft, main_split, rep)
+        text += claims_section(out, curves, runs, study, ft, main_split, probes, rep)
     if main_split:
         text += finetuning_tables(ft, runs, main_split, rep)
         plot_finetuning(ft, main_split, rep)
@@ -117,10 +120,98 @@ def build_report(out_dir: str | Path) -> Path:
     return path
 
 
+def probe_means(probes: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(upstream, checkpoint): {"task.metric": mean over probe seeds}}``."""
+    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in probes:
+        values[(r["pretrain"], r["checkpoint"])][f"{r['task']}.{r['metric']}"].append(r["value"])
+    return {k: {m: statistics.fmean(v) for m, v in ms.items()} for k, ms in values.items()}
+
+
+def probe_section(probes: list[dict[str, Any]], rep: Path) -> list[str]:
+    """Probe metrics per upstream (mean ± sd over run seeds, each the mean over probe seeds; %), the baselines
+    first; whether each pre-trained final model has learned (beats both baselines on PR and IC); plots of each
+    metric against hours seen, one line per batch size, the baselines as dashed lines; ``probes.csv``."""
+    from earful.probe.report import METRICS
+
+    means = probe_means(probes)
+    about = {(r["pretrain"], r["checkpoint"]): r for r in probes}
+    metrics = [f"{t}.{m}" for t, ms in METRICS.items() for m in ms if any(f"{t}.{m}" in v for v in means.values())]
+    groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, ms in means.items():
+        r = about[key]
+        for m, v in ms.items():
+            groups[(r["tag"], r["checkpoint"])][m].append(v)
+    order = sorted(groups, key=lambda k: (k[0] not in ("random-init", "fbank"), _batch_of(k[0], about),
+                                          _step_of(k, about)))
+    arrow = {f"{t}.{m}": "↑" if up else "↓" for t, ms in METRICS.items() for m, up in ms.items()}
+    rows = [[f"{tag} ({ck})"] + [fmt_ms(groups[(tag, ck)].get(m, [])) for m in metrics] for tag, ck in order]
+    text = ["## Probes of frozen features (docs/probes.md; test split, %)", "",
+            md_table(["upstream"] + [f"{m} {arrow[m]}" for m in metrics], rows), ""]
+    text += learned_lines(means, about)
+    write_csv(rep / "probes.csv", ["pretrain", "batch_seconds", "seed", "checkpoint", "step", "hours", "probe_seed",
+                                   "task", "metric", "value"],
+              [[r.get(k) for k in ("pretrain", "batch_seconds", "seed", "checkpoint", "step", "hours", "probe_seed",
+                                   "task", "metric", "value")] for r in probes])
+    for m in metrics:
+        plot_probe_metric(means, about, m, rep)
+    return text + [""]
+
+
+def _batch_of(tag: str, about: dict[tuple[str, str], dict[str, Any]]) -> float:
+    return next((r["batch_seconds"] or 0.0 for (p, _), r in about.items() if r["tag"] == tag), 0.0)
+
+
+def _step_of(key: tuple[str, str], about: dict[tuple[str, str], dict[str, Any]]) -> int:
+    return next((r["step"] for r in about.values() if (r["tag"], r["checkpoint"]) == key), 0)
+
+
+def learned_lines(means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]]
+                  ) -> list[str]:
+    """The probes' test of learning: a final model beats the random init and filterbanks on PR and IC."""
+    def baseline(name: str, metric: str) -> float | None:
+        vals = [v[metric] for (p, _), v in means.items() if p == name and metric in v]
+        return statistics.fmean(vals) if vals else None
+
+    per = [x for x in (baseline("random-init", "pr.per"), baseline("fbank", "pr.per")) if x is not None]
+    ic = [x for x in (baseline("random-init", "ic.accuracy"), baseline("fbank", "ic.accuracy")) if x is not None]
+    if len(per) < 2 or len(ic) < 2:
+        return []
+    finals = {p: v for (p, ck), v in means.items() if ck == "final" and "pr.per" in v and "ic.accuracy" in v}
+    learned = [p for p, v in finals.items() if v["pr.per"] < min(per) and v["ic.accuracy"] > max(ic)]
+    missing = sorted(set(finals) - set(learned))
+    return [f"Learned (beats both the random init and filterbanks on PR and IC, docs/probes.md): {len(learned)} of "
+            f"{len(finals)} final models" + (f"; not: {', '.join(missing)}" if missing else "") + ".", ""]
+
+
+def plot_probe_metric(means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]],
+                      metric: str, rep: Path) -> None:
+    """``metric`` against hours seen (log), one line per batch size (mean over run seeds), baselines dashed."""
+    def draw(ax):
+        per_b: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for key, ms in means.items():
+            r = about[key]
+            if metric in ms and r["batch_seconds"]:
+                per_b[r["batch_seconds"]][r["hours"]].append(100 * ms[metric])
+        for b in sorted(per_b):
+            xs = sorted(per_b[b])
+            ax.plot(xs, [statistics.fmean(per_b[b][x]) for x in xs], marker="o", ms=3, label=f"{b:g} s")
+        for name, style in (("random-init", "--"), ("fbank", ":")):
+            vals = [100 * ms[metric] for (p, _), ms in means.items() if p == name and metric in ms]
+            if vals:
+                ax.axhline(statistics.fmean(vals), color="grey", ls=style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("hours of audio seen (batch × steps)")
+        ax.set_ylabel(f"{metric} % (test)")
+        ax.legend(fontsize=7)
+    _plot(rep / "plots" / f"probe_{metric.replace('.', '_')}_vs_hours.png", draw)
+
+
 def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
-                ft: list[dict[str, Any]], main_split: str | None) -> list[dict[str, Any]]:
+                ft: list[dict[str, Any]], main_split: str | None, probes: list[dict[str, Any]] | None = None
+                ) -> list[dict[str, Any]]:
     """One row per (run, cycle minimum or final step): batch, seed, step, hours (batch × steps) and every metric
-    measured there — validation loss, accuracy and perplexity, and test CER per label set."""
+    measured there — validation loss, accuracy and perplexity, test CER per label set, probe metrics."""
     steps = {int(s) for s in study.get("cycle_minima", [])}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for name, run in runs.items():
@@ -134,16 +225,24 @@ def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], s
     for r in ft:
         if r["split"] == main_split and r.get("batch_seconds") and (r["pretrain"], r.get("step")) in rows:
             rows[(r["pretrain"], r["step"])][f"cer_{r['label_set']}"] = r["cer"]
+    about = {(r["pretrain"], r["checkpoint"]): r["step"] for r in probes or []}
+    for (name, ck), ms in probe_means(probes or []).items():
+        if (name, about[(name, ck)]) in rows:
+            rows[(name, about[(name, ck)])].update(ms)
     return list(rows.values())
 
 
 def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
-                   ft: list[dict[str, Any]], main_split: str | None, rep: Path) -> list[str]:
+                   ft: list[dict[str, Any]], main_split: str | None, probes: list[dict[str, Any]], rep: Path
+                   ) -> list[str]:
     """The paper's claims (docs/paper.md §7) judged on this study's grid: a verdict per claim and metric."""
+    from earful.probe.report import METRICS
     from earful.study.claims import judge, judge_c6, judge_c7
 
-    rows = design_rows(curves, runs, study, ft, main_split)
+    rows = design_rows(curves, runs, study, ft, main_split, probes)
     metrics = {"valid_loss": False, "valid_accuracy": True}
+    metrics.update({f"{t}.{m}": up for t, ms in METRICS.items() for m, up in ms.items()
+                    if any(f"{t}.{m}" in r for r in rows)})
     metrics.update({k: False for r in rows for k in r if k.startswith("cer_")})
     verdicts = judge(rows, metrics)
     grads = [read_json(p) for p in sorted((out / "gradvar").glob("*.json"))]

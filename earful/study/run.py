@@ -43,6 +43,7 @@ from earful.study.stages import (
     finetune_and_evaluate,
     gradvar_stage,
     hours_of,
+    probe_stage,
     run_pretraining_stage,
 )
 from earful.train.tracking import require
@@ -81,6 +82,47 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
     return todo
 
 
+@dataclass
+class Probing:
+    """One upstream to probe (a checkpoint folder or ``fbank``) and the record its metrics are written under."""
+
+    name: str
+    upstream: str
+    record: dict[str, Any]
+
+
+def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, fbank: bool
+                   ) -> list[Probing]:
+    """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final); for the first
+    run of a seed its random init (every run of a seed starts from it), and once per study filterbanks."""
+    ck = out / "pretrain" / run.name / "checkpoints"
+    names = [f"steps-{n}" for n in cycle_minima(study)] + [f"hours-{h:g}" for h in study.milestone_hours]
+    todo = []
+    for name in [n for n in names if (ck / n).is_dir()] + [f"step-{run.steps:07d}"]:
+        step = hours_of(ck / name)[1]
+        ck_name = "final" if name.startswith("step-") else name
+        todo.append(Probing(f"{run.name}__{ck_name}", str(ck / name), {
+            "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
+            "checkpoint": ck_name, "step": step, "hours": run.batch_seconds * step / 3600}))
+    if first_of_seed:
+        todo.append(Probing(f"init-seed{run.seed}", str(ck / "init"), {
+            "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
+            "checkpoint": "init", "step": 0, "hours": 0.0}))
+    if fbank:
+        todo.append(Probing("fbank", "fbank", {"pretrain": "fbank", "tag": "fbank", "batch_seconds": None,
+                                               "seed": None, "checkpoint": "fbank", "step": 0, "hours": 0.0}))
+    return todo
+
+
+def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Probing]], done: dict[str, Any]
+                 ) -> None:
+    """``probes.jsonl``: one record per (upstream, probe seed, task metric), in plan order."""
+    records = [{**p.record, "probe_seed": r["seed"], "task": r["task"], "metric": r["metric"], "value": r["value"]}
+               for run in runs for p in probing.get(run.name, []) for r in done[f"probe:{p.name}"]]
+    if records or (out / "probes.jsonl").exists():
+        atomic_write_lines(out / "probes.jsonl", (json.dumps(rec) for rec in records))
+
+
 def check_study(study: StudyConfig) -> None:
     """Settings a plan cannot catch: label sets and baselines that do not exist."""
     unknown = [ls for ls in study.finetune.label_sets or [] if ls not in study.corpus.label_sets]
@@ -89,6 +131,11 @@ def check_study(study: StudyConfig) -> None:
     for base in study.finetune.baselines:
         if base not in BASELINES:
             raise ValueError(f"finetune.baselines: unknown {base!r} ({' | '.join(BASELINES)})")
+    from earful.probe.suite import TASKS
+
+    unknown_tasks = [t for t in study.probes if t not in TASKS]
+    if unknown_tasks:
+        raise ValueError(f"probes: unknown task(s) {unknown_tasks} ({' | '.join(TASKS)})")
     for backend in study.tracking.backends:
         require(backend)
     if study.launcher == "slurm":  # before anything is submitted: submitit is there, every run fits the nodes
@@ -120,12 +167,20 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     planned: dict[str, list[Finetuning]] = {}
 
+    probing: dict[str, list[Probing]] = {}
+
     def after_pretraining(run: PlannedRun) -> list[Job]:
-        """What a finished pre-training lets start: its fine-tunings, and its gradient noise if asked."""
-        planned[run.name] = planned_finetunings(study, run, out, first_of_seed.get(run.seed) is run)
+        """What a finished pre-training lets start: its fine-tunings, its probes and its gradient noise."""
+        first = first_of_seed.get(run.seed) is run
+        planned[run.name] = planned_finetunings(study, run, out, first)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline), marker=out / "eval" / f.name / "summary.json")
                 for f in planned[run.name]]
+        if study.probes:
+            probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0])
+            jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
+                         marker=out / "probe" / p.name / f"seed-{study.probe_seeds[-1]}" / "summary.json")
+                     for p in probing[run.name]]
         if study.gradvar_batches:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
                             marker=out / "gradvar" / f"{run.name}.json"))
@@ -141,6 +196,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     else:
         done = execute(jobs, study.jobs, out / "logs")
     write_results(out, runs, planned, done)
+    write_probes(out, runs, probing, done)
     report = build_report(out)
     log.info("study %s finished in %.1f min; report: %s", study.name, (time.time() - t0) / 60, report)
     return report

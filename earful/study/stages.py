@@ -210,3 +210,33 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
     record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
     atomic_write_json(path, record)
     return record
+
+
+# ---------------------------------------------------------------------- probes
+def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: Path) -> list[dict[str, Any]]:
+    """``earful probe``'s suite on one upstream (a checkpoint folder, or ``fbank``) with every probe seed:
+    ``OUT/probe/NAME/seed-K/results.json``; the upstream's cached features are removed afterwards (they are
+    hundreds of MB a checkpoint). Returns ``[{"seed", "task", "metric", "value"}, ...]``."""
+    import shutil
+
+    import torch
+
+    from earful.config import load_config
+    from earful.probe.config import ProbeConfig
+    from earful.probe.suite import run_suite
+
+    rows = []
+    cache = out / "probe-cache" / name
+    config = load_config(ProbeConfig, None, study.probe_overrides)
+    for seed in study.probe_seeds:
+        folder = out / "probe" / name / f"seed-{seed}"
+        done = folder / "summary.json"
+        if not done.exists():
+            with torch.random.fork_rng(devices=[]):
+                metrics = run_suite(upstream, study.corpus.path(".", root), folder, study.probes, seed,
+                                    cache_dir=cache, config=config, progress=False)
+            atomic_write_json(done, metrics)
+        metrics = json.loads(done.read_text())
+        rows += [{"seed": seed, "task": t, "metric": m, "value": v} for t, ms in metrics.items() for m, v in ms.items()]
+    shutil.rmtree(cache, ignore_errors=True)
+    return rows

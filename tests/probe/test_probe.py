@@ -79,9 +79,9 @@ def test_features_are_every_layer_of_each_utterance_alone(tones, tiny_ckpt: Path
     for i, w in enumerate(waves):
         ref = torch.from_numpy(layer_features(model, w.numpy())).transpose(0, 1)  # (frames, layers, dim)
         assert torch.allclose(feats.utterance(i).float(), ref, atol=2e-2, rtol=1e-2)
-    together = layer_states(backbone_of(model).eval(), waves)
+    together = layer_states(backbone_of(model).eval(), waves)  # one padded batch
     alone = [layer_states(backbone_of(model).eval(), [w])[0] for w in waves]
-    assert all(torch.equal(a, b) for a, b in zip(together, alone, strict=True))
+    assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4) for a, b in zip(together, alone, strict=True))
     assert feats.frame_rate == 50 and feats.num_layers == 3 and feats.data.dtype == torch.float16
 
 
@@ -116,7 +116,7 @@ def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tin
     write_manifest(read_manifest(tones["held"])[:-1], manifest)
     fewer = features(up, manifest, cache, progress=False)
     assert calls == ["checkpoint"] * 2 and fewer.ids == changed.ids[:-1]
-    assert torch.equal(fewer.data, changed.data[: fewer.data.shape[0]])
+    assert torch.allclose(fewer.data.float(), changed.data[: fewer.data.shape[0]].float(), atol=2e-3)  # other batches
 
     # an unreadable entry is extracted again, never half-read
     entry = cache / cache_key(up, manifest, read_manifest(manifest))

@@ -2,6 +2,7 @@
 and a study killed mid-way (between stages, or inside a pre-training run) continues to the same report."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -304,3 +305,24 @@ def test_the_papers_design_cyclic_schedule_cycle_minima_and_verdicts(study_file,
         assert claim in text, claim
     assert all(v in ("reproduced", "not reproduced", "inconclusive")
                for v in (line.split("| **")[1].split("**")[0] for line in text.splitlines() if "| **" in line))
+
+
+def test_probes_of_every_kept_checkpoint_and_the_baselines_reach_the_report(study_file, tmp_path) -> None:
+    """``probes:`` probe each run's cycle-minimum and final checkpoints, the seed's random init and filterbanks
+    (once), write probes.jsonl, a table, plots, the learning test, and the probe metrics' verdicts."""
+    design = PAPER_DESIGN.replace("grid: [2, 4, 8]", "grid: [2, 4]").replace("seeds: [1, 2]", "seeds: [1]") \
+        .replace("gradvar_batches: 2\n", "probes: [pr, ic]\nprobe_overrides: [pr.epochs=2, ic.steps=20]\n")
+    path = tmp_path / "probes.yaml"
+    path.write_text(design.format(corpus=study_file.parent / "corpus"))
+    out = tmp_path / "out"
+    text = run_study(load_study(path), out).read_text()
+    records = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
+    upstreams = {(r["pretrain"], r["checkpoint"]) for r in records}
+    assert upstreams == {("2s-seed1", "steps-2"), ("2s-seed1", "final"), ("4s-seed1", "steps-2"),
+                         ("4s-seed1", "final"), ("random-init", "init"), ("fbank", "fbank")}
+    assert {(r["task"], r["metric"]) for r in records} == {("pr", "per"), ("ic", "accuracy")}
+    assert all(math.isfinite(r["value"]) and r["value"] >= 0 for r in records)  # (PER may pass 1: insertions)
+    assert "## Probes of frozen features" in text and "| pr.per ↓ | ic.accuracy ↑ |" in text
+    assert "final models" in text and "| C1 | pr.per |" in text
+    assert (out / "report" / "plots" / "probe_pr_per_vs_hours.png").exists()
+    assert not (out / "probe-cache").exists() or not any((out / "probe-cache").iterdir())  # features removed
