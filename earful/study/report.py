@@ -98,6 +98,7 @@ def build_report(out_dir: str | Path) -> Path:
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
         text += ["## Runs", "", study["plan"], ""]
+    text += scope_section(study)
     curves = {name: read_jsonl(out / "pretrain" / name / "valid.jsonl") for name in runs}
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
@@ -118,6 +119,35 @@ def build_report(out_dir: str | Path) -> Path:
     atomic_write_lines(path, text)
     log.info("report: %s", path)
     return path
+
+
+def scope_section(study: dict[str, Any]) -> list[str]:
+    """Which of the paper's claims (docs/paper.md §7) a study of this design can test, and which it cannot."""
+    if not study:
+        return []
+    seeds, cycles, mode = len(study.get("seeds", [1])), study.get("cycles", 0), study.get("mode")
+    can, cannot = [], []
+    if mode == "fixed-steps" and cycles:
+        can.append("C1 and C2 (every batch size the same steps, compared at each cycle minimum)")
+        can.append("C4 (equal hours as (B, T) against (2B, T/2) at cycle minima)" if cycles >= 2 else "")
+    elif mode == "fixed-steps":
+        can.append("C1 and C2 at the final step (a decayed schedule: only the end is comparable)")
+        cannot.append("C4: equal hours needs checkpoints at (B, T) and (2B, T/2) — use `cycles`")
+    else:
+        can.append("C4 at the final checkpoints (every batch size the same hours)")
+        cannot.append("C1 and C2 cleanly: equal steps pair a mid-run milestone, whose lr had not decayed, with a "
+                      "finished run — use `mode: fixed-steps` with `cycles` (the paper's design)")
+    can += ["C6 (gradient noise against batch)"] if study.get("gradvar_batches") else []
+    cannot += [] if study.get("gradvar_batches") else ["C6: set `gradvar_batches`"]
+    can.append("C7 (codebook perplexity and codeword similarity against batch)")
+    lines = ["## What this study can test", "",
+             f"Design: {mode}{f', {cycles} cyclic cycles' if cycles else ''}, {seeds} seed(s)"
+             f"{', probes of frozen features' if study.get('probes') else ''}. It can test: "
+             f"{'; '.join(c for c in can if c)}." + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
+    if seeds < 2:
+        lines.append("With one seed no difference is judged beyond noise (every verdict is *inconclusive*); at CPU "
+                     "scale the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
+    return lines + [""]
 
 
 def probe_means(probes: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
