@@ -35,9 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments; key=value overrides may come before or after a command's options."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse hands a command's `overrides` (nargs="*") only the key=value words before its options; the ones
+    # after them (`earful study run S --out D seeds=[1,2]`) come back as extras and belong there too.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in w and not w.startswith("-") for w in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,28 @@
+"""The command line: key=value overrides are taken wherever they stand among a command's options."""
+
+import pytest
+
+from earful.cli import parse
+
+
+@pytest.mark.parametrize("argv", [
+    ["study", "run", "s.yaml", "--out", "d", "seeds=[1,2]", "jobs=1"],
+    ["study", "run", "--out", "d", "s.yaml", "seeds=[1,2]", "jobs=1"],
+    ["study", "run", "s.yaml", "seeds=[1,2]", "--out", "d", "jobs=1"],
+])
+def test_overrides_before_or_after_options(argv):
+    args = parse(argv)
+    assert args.study == "s.yaml" and args.out == "d"
+    assert args.overrides == ["seeds=[1,2]", "jobs=1"]
+
+
+def test_pretrain_overrides_after_flags():
+    args = parse(["pretrain", "c.yaml", "--out", "d", "--resume", "max_steps=8"])
+    assert args.resume and args.overrides == ["max_steps=8"]
+
+
+@pytest.mark.parametrize("extra", ["--bogus", "stray"])
+def test_unknown_words_are_refused(extra, capsys):
+    with pytest.raises(SystemExit):
+        parse(["study", "run", "s.yaml", "--out", "d", extra])
+    assert "unrecognized arguments" in capsys.readouterr().err
