@@ -62,8 +62,14 @@ def _plot(path: Path, draw) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib import ticker
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     draw(ax)
+    if ax.get_xscale() == "log":  # plain numbers at the decades, no crowded minor labels
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
