@@ -61,7 +61,6 @@ def _plot(path: Path, draw) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
