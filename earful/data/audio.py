@@ -24,6 +24,15 @@ class AudioError(ValueError):
 EXACT_SEEK = {"WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF", "AU"}
 
 
+def read_window(f: sf.SoundFile, start: int, frames: int, dtype: str = "float32") -> np.ndarray:
+    """``frames`` samples (every channel) from sample ``start`` of the open file ``f``: by seeking where the format
+    seeks exactly, else by decoding from the start and dropping what comes before ``start``."""
+    if f.format in EXACT_SEEK:
+        f.seek(start)
+        return f.read(frames, dtype=dtype, always_2d=True)
+    return f.read(start + frames, dtype=dtype, always_2d=True)[start:]
+
+
 def load_audio(
     path: str | os.PathLike | IO[bytes],
     *,
@@ -50,11 +59,7 @@ def load_audio(
                 if start + frames > f.frames:
                     raise AudioError(f"{path}: segment [{start}, {start + frames}) past the end of the file "
                                      f"({f.frames} samples at {rate} Hz)")
-                if f.format in EXACT_SEEK:
-                    f.seek(start)
-                    data = f.read(frames, dtype="float32", always_2d=True)
-                else:
-                    data = f.read(start + frames, dtype="float32", always_2d=True)[start:]
+                data = read_window(f, start, frames)
                 if len(data) < frames:
                     raise AudioError(f"{path}: truncated? {len(data)} of the {frames} samples from sample {start} "
                                      "could be decoded")

@@ -262,7 +262,7 @@ class AudioLoader(Received):
             batch_sampler=_EpochTagged(sampler),
             collate_fn=partial(collate, crop_to_shortest=crop_to_shortest, seed=dataset.seed,
                                shape_samples=sampler.shape_samples,
-                               cap_samples=sampler.crop_samples or sampler.limit()),
+                               cap_samples=sampler.shape_cap()),
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,

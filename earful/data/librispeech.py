@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .audio import AUDIO_EXTENSIONS, RECEPTIVE_FIELD, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info, too_short
 from .budget import SAMPLE_RATE
-from .manifest import Utterance
+from .manifest import Utterance, samples_at
 from .parallel import ordered_map
 from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -60,7 +60,7 @@ def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
     if frames == 0:
         problems.append(f"{path}: empty audio (0 samples)")
         return None
-    at_model_rate = round(frames * SAMPLE_RATE / rate)
+    at_model_rate = samples_at(frames, rate)
     if at_model_rate < RECEPTIVE_FIELD:
         problems.append(f"{too_short(path, at_model_rate, SAMPLE_RATE)}: left out")
         return None

@@ -34,6 +34,11 @@ _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "sp
 _OPTIONAL = ("offset", "phonemes", "intent")  # left out of a row when unset
 
 
+def samples_at(num_samples: int, rate: int, target: int = SAMPLE_RATE) -> int:
+    """Length in samples of ``num_samples`` at ``rate`` once resampled to ``target`` (what the loader produces)."""
+    return num_samples if rate == target else int(round(num_samples * target / rate))
+
+
 @dataclass
 class Utterance:
     id: str
@@ -52,9 +57,7 @@ class Utterance:
 
     def samples_at(self, rate: int) -> int:
         """Length in samples once resampled to ``rate`` (what the loader will produce)."""
-        if rate == self.sample_rate:
-            return self.num_samples
-        return int(round(self.num_samples * rate / self.sample_rate))
+        return samples_at(self.num_samples, self.sample_rate, rate)
 
 
 class ManifestError(ValueError):
@@ -229,7 +232,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
                 raise ManifestError(f"{path}:{lineno}: {problem}")
             rate, n = row["sample_rate"], row["num_samples"]
             starts.append(at)
-            lengths.append(n if rate == SAMPLE_RATE else int(round(n * SAMPLE_RATE / rate)))
+            lengths.append(samples_at(n, rate))
             hashes.append(hash(row["id"]))
             end = pos
             if check_files and row["path"] != last_path:  # a file's segments follow each other: one check

@@ -194,9 +194,13 @@ class SecondsBatchSampler:
         """What cuts an epoch into batches besides ``(seed, epoch)``."""
         return {key: getattr(self, key) for key in LAYOUT}
 
+    def shape_cap(self) -> int:
+        """The longest padded length the shape grid may round a batch up to: the crop, else ``limit()``."""
+        return self.crop_samples or self.limit()
+
     def shaped(self, longest: np.ndarray) -> np.ndarray:
         """The padded length of batches led by utterances of ``longest`` samples (``shape_seconds``' grid)."""
-        return shape_length(longest, self.shape_samples, self.crop_samples or self.limit())
+        return shape_length(longest, self.shape_samples, self.shape_cap())
 
     # ------------------------------------------------------------------ batches
     def pack(self, idx: np.ndarray) -> Batches:

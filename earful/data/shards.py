@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_json
 
-from .audio import AudioError, audio_info
+from .audio import AudioError, audio_info, read_window
 from .budget import SAMPLE_RATE
 from .manifest import Utterance, manifest_row
 from .parallel import ordered_map
@@ -87,8 +87,7 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
                          "samples)")
         with sf.SoundFile(utt.path) as f:
             dtype, subtype = _EXACT_FLAC.get(f.subtype, ("float32", "PCM_24"))
-            f.seek(start)
-            data = f.read(count, dtype=dtype, always_2d=True)
+            data = read_window(f, start, count, dtype)
             rate = f.samplerate
         if len(data) < count:
             return b"", f"{utt.path}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"

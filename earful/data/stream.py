@@ -154,9 +154,10 @@ class ShardStream(IterableDataset):
         items: list[Item] = [None] * len(members)  # type: ignore[list-item]
         for pos in np.argsort(members, kind="stable"):
             m = int(members[pos])
-            uid = f"{index.shards[int(index.shard_of(m))]['name']}:{key_of(m)}"
+            shard = int(index.shard_of(m))
+            uid = f"{index.shards[shard]['name']}:{key_of(m)}"
             try:
-                audio, meta = read_member(self._file(int(index.shard_of(m))), index, m)
+                audio, meta = read_member(self._file(shard), index, m)
                 utt = member_utterance(meta, audio)
                 uid = utt.id
                 wave = read_utterance(utt, m, epoch, crop_samples=self.crop_samples, seed=self.seed, source=audio)
@@ -167,7 +168,7 @@ class ShardStream(IterableDataset):
                 items[pos] = Item(m, uid, None, None, error=str(e), epoch=epoch)
         sampler = self.plan.sampler
         return collate(items, crop_to_shortest=self.crop_to_shortest, seed=self.seed,
-                       shape_samples=sampler.shape_samples, cap_samples=sampler.crop_samples or sampler.limit())
+                       shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap())
 
 
 class ShardLoader(Received):
