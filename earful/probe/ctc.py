@@ -27,7 +27,7 @@ from earful.data.phonemes import PHONEMES, parse
 from earful.eval.decode import greedy_ids
 from earful.eval.metrics import error_counts, score
 from earful.eval.vocab import BLANK, CharVocab
-from earful.finetune.targets import ctc_frames_needed, encode_transcripts, normalised_references
+from earful.finetune.targets import batch_targets, ctc_frames_needed, encode_transcripts, normalised_references
 from earful.probe.config import SequenceRecipe
 from earful.probe.report import TaskResult
 from earful.probe.splits import Split, require
@@ -161,9 +161,7 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
         total = 0.0
         for idx in _batches(rng, frames_of, recipe.batch_utterances):
             x, frames = train.feats.batch(idx)  # (batch, frames, layers, dim), (batch,)
-            seqs = [targets[ids[i]] for i in idx]
-            flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
-            lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+            flat, lengths = batch_targets([ids[i] for i in idx], targets)
             logp = model(x).transpose(0, 1)  # (frames, batch, symbols)
             loss = F.ctc_loss(logp, flat, frames, lengths, blank=0, zero_infinity=True)
             opt.zero_grad(set_to_none=True)
