@@ -122,8 +122,8 @@ def transcribe_files(
     and ``greedy`` the greedy one), or ``{"path", "error"}`` for a file that could not be read.
 
     ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
-    the context on each side of a window."""
-    device = torch.device(device)
+    the context on each side of a window; ``device`` "auto" is CUDA where there is one."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model = batch_invariant(model).eval().to(device)
     step = model.cfg.total_stride  # samples a frame
     if stride_seconds is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import yaml
 
 from earful.atomic import atomic_write_lines
 from earful.checkpoint import read_info
+from earful.study.report import read_jsonl
 from earful.train.recipe import MANIFESTS, recipe_hash
 from earful.train.state import TRAINER_FILE
 
@@ -45,10 +47,6 @@ def _study_name(study: Path) -> str:
     return json.loads(path.read_text(encoding="utf-8")).get("name", study.name) if path.exists() else study.name
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def model_card(ckpt: str | Path, parameters: int) -> str:
     """The card of checkpoint ``ckpt`` (``parameters``: the model's parameter count)."""
     ckpt = Path(ckpt)
@@ -68,10 +66,9 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
              "Trained with earful (batch size in seconds of audio, progress in hours of audio seen); exported from "
              f"checkpoint `{ckpt.name}`" + (f" of run `{name}`." if run is not None else "."), "",
              "## Architecture", ""]
-    stride = 1
-    for s in m["conv_stride"]:
-        stride *= s
-    arch = [("transformers class", "Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"),
+    stride = math.prod(m["conv_stride"])
+    cls = "Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"
+    arch = [("transformers class", cls),
             ("parameters", f"{parameters:,}"),
             ("transformer", f"{m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']} heads, "
                             f"feed-forward {m['intermediate_size']}, {'pre' if m['layer_norm_first'] else 'post'}-LN"),
@@ -93,7 +90,6 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
     if config is not None:
         lines += ["", "<details><summary>The run's configuration (config.yaml)</summary>", "", "```yaml",
                   yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "", "</details>"]
-    cls = "Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"
     lines += ["", "## Use", "", "```python", f"from transformers import {cls}", "",
               f'model = {cls}.from_pretrained("PATH_OR_REPO")', "```", ""]
     return "\n".join(lines)
@@ -134,7 +130,7 @@ def _validation(run: Path, trainer: dict[str, Any] | None) -> list[str]:
     path = run / "valid.jsonl"
     if trainer is None or not path.exists():
         return []
-    records = [r for r in _jsonl(path) if r["step"] <= trainer["step"]]
+    records = [r for r in read_jsonl(path) if r["step"] <= trainer["step"]]
     if not records:
         return []
     last = records[-1]
@@ -149,9 +145,9 @@ def _results(run: Path, ckpt: Path) -> list[str]:
     """Results a study recorded: its fine-tunings of this pre-training checkpoint, or this fine-tuning's evaluation."""
     study = run.parent.parent
     if run.parent.name == "pretrain" and (study / "results.jsonl").exists():
-        steps = {r["run"]: r["steps"] for r in _jsonl(study / "runs.jsonl")} if (study / "runs.jsonl").exists() else {}
+        steps = {r["run"]: r["steps"] for r in read_jsonl(study / "runs.jsonl")}
         name = "final" if ckpt.name == f"step-{steps.get(run.name, -1):07d}" else ckpt.name
-        rows = [r for r in _jsonl(study / "results.jsonl") if r["pretrain"] == run.name and r["checkpoint"] == name]
+        rows = [r for r in read_jsonl(study / "results.jsonl") if r["pretrain"] == run.name and r["checkpoint"] == name]
         if not rows:
             return []
         table = ["| label set | split | decoder | WER % | CER % |", "|---|---|---|---|---|"]
