@@ -110,10 +110,12 @@ def build_report(out_dir: str | Path) -> Path:
     ft = [r for r in results if r.get("split")]
     main_split = main_split_of(sorted({r["split"] for r in ft}))
     probes = read_jsonl(out / "probes.jsonl")
+    means = probe_means(probes)
+    about = {(r["pretrain"], r["checkpoint"]): r for r in probes}  # a record of each (upstream, checkpoint)
     if probes:
-        text += probe_section(probes, rep)
+        text += probe_section(probes, means, about, rep)
     if study.get("cycles"):
-        text += claims_section(out, curves, runs, study, ft, main_split, probes, rep)
+        text += claims_section(out, curves, runs, study, ft, main_split, means, about, rep)
     if main_split:
         text += finetuning_tables(ft, runs, main_split, rep)
         plot_finetuning(ft, main_split, rep)
@@ -163,22 +165,22 @@ def probe_means(probes: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
     return {k: {m: statistics.fmean(v) for m, v in ms.items()} for k, ms in values.items()}
 
 
-def probe_section(probes: list[dict[str, Any]], rep: Path) -> list[str]:
+def probe_section(probes: list[dict[str, Any]], means: dict[tuple[str, str], dict[str, float]],
+                  about: dict[tuple[str, str], dict[str, Any]], rep: Path) -> list[str]:
     """Probe metrics per upstream (mean ± sd over run seeds, each the mean over probe seeds; %), the baselines
     first; whether each pre-trained final model has learned (beats both baselines on PR and IC); plots of each
     metric against hours seen, one line per batch size, the baselines as dashed lines; ``probes.csv``."""
     from earful.probe.report import METRICS
 
-    means = probe_means(probes)
-    about = {(r["pretrain"], r["checkpoint"]): r for r in probes}
     metrics = [f"{t}.{m}" for t, ms in METRICS.items() for m in ms if any(f"{t}.{m}" in v for v in means.values())]
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    place: dict[tuple[str, str], tuple[float, int]] = {}  # (batch seconds, step) of each row, for the order
     for key, ms in means.items():
         r = about[key]
+        place[(r["tag"], r["checkpoint"])] = (r["batch_seconds"] or 0.0, r["step"])
         for m, v in ms.items():
             groups[(r["tag"], r["checkpoint"])][m].append(v)
-    order = sorted(groups, key=lambda k: (k[0] not in ("random-init", "fbank"), _batch_of(k[0], about),
-                                          _step_of(k, about)))
+    order = sorted(groups, key=lambda k: (k[0] not in ("random-init", "fbank"), *place[k]))
     arrow = {f"{t}.{m}": "↑" if up else "↓" for t, ms in METRICS.items() for m, up in ms.items()}
     rows = [[f"{tag} ({ck})"] + [fmt_ms(groups[(tag, ck)].get(m, [])) for m in metrics] for tag, ck in order]
     text = ["## Probes of frozen features (docs/probes.md; test split, %)", "",
@@ -193,23 +195,17 @@ def probe_section(probes: list[dict[str, Any]], rep: Path) -> list[str]:
     return text + [""]
 
 
-def _batch_of(tag: str, about: dict[tuple[str, str], dict[str, Any]]) -> float:
-    return next((r["batch_seconds"] or 0.0 for (p, _), r in about.items() if r["tag"] == tag), 0.0)
-
-
-def _step_of(key: tuple[str, str], about: dict[tuple[str, str], dict[str, Any]]) -> int:
-    return next((r["step"] for r in about.values() if (r["tag"], r["checkpoint"]) == key), 0)
+def baseline(means: dict[tuple[str, str], dict[str, float]], name: str, metric: str) -> float | None:
+    """The mean of ``metric`` over the baseline upstream ``name`` (``random-init`` or ``fbank``), if measured."""
+    vals = [v[metric] for (p, _), v in means.items() if p == name and metric in v]
+    return statistics.fmean(vals) if vals else None
 
 
 def learned_lines(means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]]
                   ) -> list[str]:
     """The probes' test of learning: a final model beats the random init and filterbanks on PR and IC."""
-    def baseline(name: str, metric: str) -> float | None:
-        vals = [v[metric] for (p, _), v in means.items() if p == name and metric in v]
-        return statistics.fmean(vals) if vals else None
-
-    per = [x for x in (baseline("random-init", "pr.per"), baseline("fbank", "pr.per")) if x is not None]
-    ic = [x for x in (baseline("random-init", "ic.accuracy"), baseline("fbank", "ic.accuracy")) if x is not None]
+    per, ic = ([x for x in (baseline(means, name, metric) for name in ("random-init", "fbank")) if x is not None]
+               for metric in ("pr.per", "ic.accuracy"))
     if len(per) < 2 or len(ic) < 2:
         return []
     finals = {p: v for (p, ck), v in means.items() if ck == "final" and "pr.per" in v and "ic.accuracy" in v}
@@ -232,9 +228,8 @@ def plot_probe_metric(means: dict[tuple[str, str], dict[str, float]], about: dic
             xs = sorted(per_b[b])
             ax.plot(xs, [statistics.fmean(per_b[b][x]) for x in xs], marker="o", ms=3, label=f"{b:g} s")
         for name, style in (("random-init", "--"), ("fbank", ":")):
-            vals = [100 * ms[metric] for (p, _), ms in means.items() if p == name and metric in ms]
-            if vals:
-                ax.axhline(statistics.fmean(vals), color="grey", ls=style, label=name)
+            if (level := baseline(means, name, metric)) is not None:
+                ax.axhline(100 * level, color="grey", ls=style, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("hours of audio seen (batch × steps)")
         ax.set_ylabel(f"{metric} % (test)")
@@ -243,8 +238,9 @@ def plot_probe_metric(means: dict[tuple[str, str], dict[str, float]], about: dic
 
 
 def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
-                ft: list[dict[str, Any]], main_split: str | None, probes: list[dict[str, Any]] | None = None
-                ) -> list[dict[str, Any]]:
+                ft: list[dict[str, Any]], main_split: str | None,
+                means: dict[tuple[str, str], dict[str, float]] | None = None,
+                about: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per (run, cycle minimum or final step): batch, seed, step, hours (batch × steps) and every metric
     measured there — validation loss, accuracy and perplexity, test CER per label set, probe metrics."""
     steps = {int(s) for s in study.get("cycle_minima", [])}
@@ -260,21 +256,22 @@ def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], s
     for r in ft:
         if r["split"] == main_split and r.get("batch_seconds") and (r["pretrain"], r.get("step")) in rows:
             rows[(r["pretrain"], r["step"])][f"cer_{r['label_set']}"] = r["cer"]
-    about = {(r["pretrain"], r["checkpoint"]): r["step"] for r in probes or []}
-    for (name, ck), ms in probe_means(probes or []).items():
-        if (name, about[(name, ck)]) in rows:
-            rows[(name, about[(name, ck)])].update(ms)
+    for key, ms in (means or {}).items():  # probe metrics, by the record of each (upstream, checkpoint)
+        at = (key[0], about[key]["step"])
+        if at in rows:
+            rows[at].update(ms)
     return list(rows.values())
 
 
 def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
-                   ft: list[dict[str, Any]], main_split: str | None, probes: list[dict[str, Any]], rep: Path
-                   ) -> list[str]:
+                   ft: list[dict[str, Any]], main_split: str | None,
+                   means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]],
+                   rep: Path) -> list[str]:
     """The paper's claims (docs/paper.md §7) judged on this study's grid: a verdict per claim and metric."""
     from earful.probe.report import METRICS
     from earful.study.claims import judge, judge_c6, judge_c7
 
-    rows = design_rows(curves, runs, study, ft, main_split, probes)
+    rows = design_rows(curves, runs, study, ft, main_split, means, about)
     metrics = {"valid_loss": False, "valid_accuracy": True}
     metrics.update({f"{t}.{m}": up for t, ms in METRICS.items() for m, up in ms.items()
                     if any(f"{t}.{m}" in r for r in rows)})
