@@ -74,7 +74,7 @@ def make_corpus(folder: Path, minutes: float, seed: int, workers: int) -> Path:
     return manifest
 
 
-def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seconds: float) -> dict[str, float]:
+def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seconds: float) -> dict[str, Any]:
     overrides = [
         f"model_preset={args.preset}", f"device_seconds={device_seconds}", f"batch_seconds={device_seconds}",
         f"precision={args.precision}", f"device={args.device}", f"data.train={manifest}",
@@ -116,12 +116,37 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
         "mean_step_s": wall / len(walls), "step_s": walls, "step_audio_s": audio, "step_data_wait_s": waits,
     }  # fmt: skip
+    if cuda:
+        res["syncs_per_step"], res["sync_sites"] = count_syncs(trainer, batches)
+        print(f"host syncs a step: {res['syncs_per_step']:g} at {res['sync_sites']}", flush=True)
     if args.profile:
         profile_steps(trainer, batches, cuda)
     del trainer, batches
     if cuda:
         torch.cuda.empty_cache()
     return res
+
+
+def count_syncs(trainer: Trainer, batches: Any, steps: int = 2) -> tuple[float, dict[str, int]]:
+    """Host synchronisations a step (``torch.cuda.set_sync_debug_mode``), and where they are (file:line →
+    count): the step's end (statistics, the update) has a few by design; inside the micro-batches there
+    should be none (issue 16, lever 3)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.train_step(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            site = f"{Path(w.filename).name}:{w.lineno}"
+            sites[site] = sites.get(site, 0) + 1
+    return sum(sites.values()) / steps, sites
 
 
 def profile_steps(trainer: Trainer, batches: Any, cuda: bool, steps: int = 3) -> None:

@@ -115,17 +115,21 @@ class Ours:
         self.model, self.s = model.to(s.device).train(), s
         self.opt = adamw(model, fused)  # fused, as earful's Pretrainer builds it
         self.gen = torch.Generator(device=s.device).manual_seed(1)
+        self.host = torch.Generator().manual_seed(1)  # the span mask on the host, as the trainer draws it
+        self.host_lengths = s.lengths.cpu()
+        self.frames = float(model.frame_lengths(self.host_lengths).sum())
         self.mask_fractions: list[float] = []
 
     def step(self) -> None:
+        mask, idx = self.model.draw_mask(self.host_lengths, self.s.wave.shape[1], self.host, self.s.device)
         with self.s.autocast():
-            out = self.model(self.s.wave, None if self.s.unpadded else self.s.lengths, generator=self.gen)
-        loss = out.objective(float(out.num_masked))
+            out = self.model(self.s.wave, None if self.s.unpadded else self.s.lengths, mask=mask, mask_indices=idx,
+                             generator=self.gen, host_generator=self.host)
+        loss = out.objective(idx.numel())  # the masked count, known on the host: no sync
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        flen = self.model.frame_lengths(self.s.lengths)
-        self.mask_fractions.append(float(out.num_masked) / float(flen.sum()))
+        self.mask_fractions.append(idx.numel() / self.frames)
 
 
 class Theirs:

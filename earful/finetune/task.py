@@ -118,11 +118,11 @@ class FinetuneTask(Task):
         self.frozen = step < self.cfg.freeze_transformer_steps
 
     def micro_step(
-        self, net: nn.Module, batch: Batch, generator: torch.Generator
+        self, net: nn.Module, batch: Batch, generator: torch.Generator, host_generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         device = self.d.device
         targets, target_lengths = T.batch_targets(batch.ids, self.targets)
-        logits, flen = net(*batch.model_inputs(device), generator=generator,
+        logits, flen = net(*batch.model_inputs(device), generator=generator, host_generator=host_generator,
                            freeze_backbone=self.frozen and self.no_grad_while_frozen)
         loss = self.model.ctc_loss(logits, flen, targets.to(device), target_lengths.to(device))
         return loss, {"tokens": int(target_lengths.sum())}

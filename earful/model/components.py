@@ -326,7 +326,8 @@ class TransformerEncoder(nn.Module):
         hidden: list[torch.Tensor] = [x] if output_hidden_states else []
         drops = None
         if self.training and self.layerdrop > 0:
-            drops = torch.rand(len(self.layers), generator=generator, device=x.device if generator else None)
+            # drawn where the generator lives: on the host (a CPU generator), deciding costs no device sync
+            drops = torch.rand(len(self.layers), generator=generator, device=generator.device if generator else None)
             drops = (drops < self.layerdrop).tolist()
         for i, layer in enumerate(self.layers):
             if drops is not None and drops[i]:

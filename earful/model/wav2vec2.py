@@ -54,6 +54,21 @@ class Wav2Vec2Model(nn.Module):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.feature_encoder.output_lengths(lengths)
 
+    def draw_mask(
+        self, lengths: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """The span mask (batch, frames), True = masked, for utterances of ``lengths`` samples padded to
+        ``num_samples``: the config's ``mask_prob``, ``mask_length``, ``min_masks`` and style, drawn from
+        ``generator`` on ``lengths``' device. None when ``mask_prob`` is 0. Lengths on the host and a CPU
+        generator draw it without waiting for the device (what the pre-training task does)."""
+        c = self.cfg
+        if c.mask_prob <= 0:
+            return None
+        frames = int(self.frame_lengths(torch.tensor(num_samples)))
+        flen = self.frame_lengths(lengths).clamp(max=frames)  # (batch,)
+        return compute_mask(flen, frames, c.mask_prob, c.mask_length, min_masks=c.min_masks, style=c.mask_style,
+                            require_same_masks=c.require_same_masks, generator=generator)
+
     def extract_features(
         self, wave: torch.Tensor, lengths: torch.Tensor, *, padded: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +91,16 @@ class Wav2Vec2Model(nn.Module):
         mask: torch.Tensor | bool | None = None,
         output_hidden_states: bool = False,
         generator: torch.Generator | None = None,
+        host_generator: torch.Generator | None = None,
     ) -> BackboneOutput:
         """wave: (batch, samples) zero-padded; lengths: (batch,) samples, or None when every utterance fills
         the batch (as transformers' attention_mask=None): attention then runs without a key mask, which lets
         SDPA use FlashAttention on a GPU (on a CPU the results are the same either way).
 
-        ``mask``: a (batch, frames) bool tensor to use, ``True`` to draw one from the config's
-        ``mask_prob`` (also channel masking when ``mask_channel_prob`` > 0), or None for no masking.
+        ``mask``: a (batch, frames) bool tensor to use, ``True`` to draw one from the config's ``mask_prob``
+        (from ``generator``), or None / False for no masking. With masking, ``mask_channel_prob`` > 0 adds
+        channel masks. ``host_generator``: a CPU generator for the draws that steer the computation (channel
+        masks, LayerDrop), so that they need no sync with the device; ``generator`` when not given.
         """
         unpadded = lengths is None
         if lengths is None:
@@ -91,27 +109,22 @@ class Wav2Vec2Model(nn.Module):
         flen = (~padding_mask).sum(1)
         x, normed = self.feature_projection(feats)  # (batch, frames, hidden), (batch, frames, conv_dim)
         x = self.dropout_input(x)
-        draw = mask is True
-        if draw:
-            mask = None
-            if self.cfg.mask_prob > 0:
-                mask = compute_mask(
-                    flen, x.shape[1], self.cfg.mask_prob, self.cfg.mask_length,
-                    min_masks=self.cfg.min_masks, style=self.cfg.mask_style,
-                    require_same_masks=self.cfg.require_same_masks, generator=generator,
-                )  # fmt: skip
+        masking = mask is not None and mask is not False
+        host = generator if host_generator is None else host_generator
+        if mask is True:
+            mask = self.draw_mask(lengths, wave.shape[1], generator)
         elif mask is False:
             mask = None
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
-        if draw and self.cfg.mask_channel_prob > 0:  # after the time mask, as fairseq and transformers do:
+        if masking and self.cfg.mask_channel_prob > 0:  # after the time mask, as fairseq and transformers do:
             cmask = compute_channel_mask(  # a masked channel is zero in masked frames too
                 x.shape[0], x.shape[2], self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
-                device=x.device, generator=generator,
-            )  # (batch, hidden)
+                device=host.device if host is not None else x.device, generator=host,
+            ).to(x.device, non_blocking=True)  # (batch, hidden)
             x = x.masked_fill(cmask[:, None, :], 0.0)
         hidden, states = self.encoder(
-            x, None if unpadded else padding_mask, output_hidden_states=output_hidden_states, generator=generator
+            x, None if unpadded else padding_mask, output_hidden_states=output_hidden_states, generator=host
         )
         return BackboneOutput(hidden, feats, normed, padding_mask, flen, mask, states)
 
@@ -160,6 +173,12 @@ class PretrainOutput:
         return total / max(float(num_masked_global), 1.0)
 
 
+def _flat_indices(mask: torch.Tensor) -> torch.Tensor:
+    """(batch, frames) bool → (n,) flat indices of its True entries, in row-major order. A nonzero: on a GPU it
+    waits for the device."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
 def _perplexity(probs: torch.Tensor) -> torch.Tensor:
     """probs: (G, V) marginals → (G,) exp(entropy)."""
     return torch.exp(-(probs * torch.log(probs + 1e-7)).sum(-1))
@@ -178,6 +197,21 @@ class Wav2Vec2ForPreTraining(nn.Module):
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.wav2vec2.frame_lengths(lengths)
+
+    def draw_mask(
+        self, lengths: torch.Tensor, num_samples: int, generator: torch.Generator | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The span mask (batch, frames) and its flat indices (masked,) for ``forward``'s ``mask`` and
+        ``mask_indices``, drawn from ``generator`` with ``lengths`` (batch,) samples padded to ``num_samples``, and
+        copied to ``device`` without waiting. The pre-training task draws them on the host: a GPU step then has
+        no sync before its loss (the indices' nonzero and the mask's span count run on the CPU)."""
+        mask = self.wav2vec2.draw_mask(lengths, num_samples, generator)
+        if mask is None:
+            raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
+        idx = _flat_indices(mask)
+        if device.type == "cuda":
+            mask, idx = mask.pin_memory(), idx.pin_memory()
+        return mask.to(device, non_blocking=True), idx.to(device, non_blocking=True)
 
     def temperature_at(self, step: int) -> float:
         c = self.cfg
@@ -202,19 +236,24 @@ class Wav2Vec2ForPreTraining(nn.Module):
         lengths: torch.Tensor | None,
         *,
         mask: torch.Tensor | None = None,
+        mask_indices: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        host_generator: torch.Generator | None = None,
     ) -> PretrainOutput:
         """wave (batch, samples), lengths (batch,) or None (no padding); optional mask (batch, frames) bool
-        and negatives (batch, frames, K) frame indices within the utterance (drawn here if not given)."""
+        and negatives (batch, frames, K) frame indices within the utterance (drawn here if not given).
+        ``mask_indices``: the mask's flat indices (masked,), as ``draw_mask`` gives them with the mask; without
+        them they are found here, which waits for the device. ``host_generator``: see ``Wav2Vec2Model``."""
         cfg = self.cfg
-        out = self.wav2vec2(wave, lengths, mask=True if mask is None else mask, generator=generator)
+        out = self.wav2vec2(wave, lengths, mask=True if mask is None else mask, generator=generator,
+                            host_generator=host_generator)
         mask = out.mask
         if mask is None:
             raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
-        # flat indices of the masked frames, in boolean-indexing order: one nonzero (one host sync) serves
-        # every gather and scatter below instead of one per boolean index, and tells an empty mask
-        mask_idx = mask.reshape(-1).nonzero().squeeze(1)  # (masked,)
+        # flat indices of the masked frames, in boolean-indexing order: they serve every gather and scatter below
+        # instead of one boolean index each (and its sync), and tell an empty mask
+        mask_idx = _flat_indices(mask) if mask_indices is None else mask_indices  # (masked,)
         if mask_idx.numel() == 0:
             raise ValueError("pre-training needs masked frames and this micro-batch has none; raise min_masks")
         b, t, _ = out.hidden.shape
@@ -226,8 +265,8 @@ class Wav2Vec2ForPreTraining(nn.Module):
         # --- targets: quantize the frames the losses need (masked; all real ones for nanow2v2) ---
         qin = out.features if cfg.quantizer_input == "raw" else out.normed_features
         qin = self.dropout_features(qin)
-        if cfg.loss_normalisation == "nanow2v2":
-            sel_idx = (mask | valid).reshape(-1).nonzero().squeeze(1)  # (n,)
+        if cfg.loss_normalisation == "nanow2v2":  # every real frame (a sync on a padded batch)
+            sel_idx = torch.arange(b * t, device=mask.device) if lengths is None else _flat_indices(mask | valid)
         else:
             sel_idx = mask_idx
         x_sel = qin.reshape(b * t, -1).index_select(0, sel_idx)
@@ -305,13 +344,15 @@ class Wav2Vec2ForCTC(nn.Module):
         lengths: torch.Tensor | None,
         *,
         generator: torch.Generator | None = None,
+        host_generator: torch.Generator | None = None,
         freeze_backbone: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns logits (batch, frames, vocab) and frame lengths (batch,). Time and channel masking
         (``mask_prob``, ``mask_channel_prob``) apply in training only. ``freeze_backbone``: run the backbone
-        outside autograd (same draws and outputs; only the head gets gradients)."""
+        outside autograd (same draws and outputs; only the head gets gradients). ``host_generator``: see
+        ``Wav2Vec2Model``."""
         with torch.no_grad() if freeze_backbone else nullcontext():
-            out = self.wav2vec2(wave, lengths, mask=self.training, generator=generator)
+            out = self.wav2vec2(wave, lengths, mask=self.training, generator=generator, host_generator=host_generator)
         return self.lm_head(self.dropout(out.hidden)), out.frame_lengths
 
     def ctc_loss(

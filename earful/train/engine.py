@@ -49,7 +49,7 @@ from earful.train.state import (
     training_state,
 )
 from earful.train.stats import StepStats
-from earful.train.step import apply_update, autocast, step_seed
+from earful.train.step import apply_update, autocast, micro_generators, step_seed
 from earful.train.task import Task
 from earful.train.tracking import Tracking
 
@@ -247,11 +247,11 @@ class Trainer:
             # (rank r's k-th batch is global batch k·W + r), so W ranks × A micro-batches draw exactly
             # what 1 rank × W·A micro-batches draw
             j = micro * d.world_size + d.rank
-            torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout, LayerDrop
-            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, self.step, 1, j))
+            torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout
+            gen, host_gen = micro_generators(cfg.seed, self.step, j, d.device)
             try:
                 with D.no_sync(self.net, micro < self.accum - 1), autocast(cfg.precision, d.device):
-                    loss, named = task.micro_step(self.net, batch, gen)
+                    loss, named = task.micro_step(self.net, batch, gen, host_gen)
                     self.scaler.scale(loss).backward()
             except torch.OutOfMemoryError as e:
                 raise RuntimeError(

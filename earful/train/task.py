@@ -9,7 +9,7 @@ the model, its data, and the loss of one micro-batch with the statistics worth l
         name = "my task"
         def build_model(self, d, resume_from): ...      # self.model
         def build_data(self, budget): ...               # self.loader (and validation data)
-        def micro_step(self, net, batch, generator):   # -> (loss summed over the micro-batch, statistics)
+        def micro_step(self, net, batch, generator, host_generator):  # -> (loss summed over it, statistics)
         def denominator(self, tot): ...                 # the step's global count the gradients are divided by
         def validate(self): ...                         # -> a record, or None without validation data
 
@@ -66,10 +66,12 @@ class Task:
         """Called before optimizer step ``step`` (0-based): move what depends on the step."""
 
     def micro_step(
-        self, net: nn.Module, batch: Batch, generator: torch.Generator
+        self, net: nn.Module, batch: Batch, generator: torch.Generator, host_generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """The loss summed over ``batch`` (the engine back-propagates it) and named statistics to sum over the
-        step (tensors stay on the device). ``net`` is the model as the engine runs it (DDP-wrapped)."""
+        step (tensors stay on the device). ``net`` is the model as the engine runs it (DDP-wrapped). The micro-
+        batch's draws come from ``generator`` (on the device) and ``host_generator`` (on the CPU: the draws that
+        steer the computation; the same generator on a CPU), see ``earful.train.step.micro_generators``."""
         raise NotImplementedError
 
     def denominator(self, tot: dict[str, Any]) -> float:

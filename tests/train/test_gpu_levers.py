@@ -5,7 +5,9 @@ backward passes of the task's model) and the ``compile`` path."""
 import pytest
 import torch
 
-from earful.pretrain.config import load_pretrain_config
+from earful.data.dataset import Batch
+from earful.model import Wav2Vec2ForPreTraining
+from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.pretrain.task import PretrainTask
 from earful.train.distributed import Dist
 from earful.train.engine import Trainer
@@ -72,3 +74,65 @@ def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path) -> Non
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     load_model(tmp_path / "compiled" / "checkpoints" / "step-0000002")
+
+
+def _meta_task(monkeypatch, overrides: list[str]) -> PretrainTask:
+    """The pre-training task with its model on the meta device, where tensors have shapes but no values: any
+    host synchronisation (``.item()``, ``nonzero``, ``.tolist()``, a tensor's truth) raises there, as nothing
+    could be waited for. Autocast has no meta flavour: it is made a no-op (a seam, by patching)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: nullcontext())
+    task = PretrainTask(load_pretrain_config(None, ["model_preset=tiny", *overrides]))
+    task.d = SimpleNamespace(device=torch.device("meta"), rank=0, world_size=1)  # type: ignore[assignment]
+    task.model = _tiny_model(task.cfg).to("meta")
+    return task
+
+
+def _tiny_model(cfg: PretrainConfig) -> Wav2Vec2ForPreTraining:
+    return Wav2Vec2ForPreTraining(cfg.model)
+
+
+def _batch(lengths: list[int]) -> Batch:
+    wave = torch.zeros(len(lengths), max(lengths))
+    return Batch(wave=wave, lengths=torch.tensor(lengths), ids=[str(i) for i in range(len(lengths))],
+                 transcripts=[None] * len(lengths), real_seconds=sum(lengths) / 16000,
+                 padded_seconds=wave.numel() / 16000)
+
+
+@pytest.mark.parametrize("lengths", [[16000, 16000, 16000], [16000, 12000, 9000]], ids=["cropped", "padded"])
+def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths) -> None:
+    """Issue 16, lever 3: the span mask, its indices and LayerDrop are drawn on the host, so a GPU step queues
+    its forward and backward without waiting for the device; on meta, any wait would raise."""
+    task = _meta_task(monkeypatch, ["model.layerdrop=0.5"])
+    host = torch.Generator().manual_seed(0)
+    loss, named = task.micro_step(task.model, _batch(lengths), None, host)  # type: ignore[arg-type]
+    loss.backward()
+    assert loss.device.type == "meta" and named["masked"].device.type == "meta"
+    assert all(p.grad is not None for p in task.model.wav2vec2.feature_encoder.parameters())
+    # the check can fail: the same forward drawing its mask on the device needs the device's values
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        task.model(*_batch(lengths).model_inputs(torch.device("meta")))
+
+
+def test_host_drawn_masks_give_the_draws_of_one_generator_on_a_cpu() -> None:
+    """On a CPU the host generator is the device generator, and the task's mask drawn before the forward is the
+    one the forward drew itself: the same mask, LayerDrop, distractors and loss."""
+    from earful.train.step import micro_generators
+
+    cfg = load_pretrain_config(None, ["model_preset=tiny", "model.layerdrop=0.5"])
+    torch.manual_seed(0)
+    model = _tiny_model(cfg).train()
+    batch = _batch([16000, 12000, 9000])
+    gen, host = micro_generators(3, 5, 1, torch.device("cpu"))
+    assert gen is host
+    torch.manual_seed(1)
+    mask, idx = model.draw_mask(batch.lengths, batch.wave.shape[1], host, torch.device("cpu"))
+    a = model(*batch.model_inputs(torch.device("cpu")), mask=mask, mask_indices=idx, generator=gen,
+              host_generator=host)
+    torch.manual_seed(1)
+    b = model(*batch.model_inputs(torch.device("cpu")), generator=micro_generators(3, 5, 1, torch.device("cpu"))[0])
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.negatives, b.negatives)
+    assert torch.equal(idx, a.mask.reshape(-1).nonzero().squeeze(1))
+    assert torch.equal(a.loss_sum(), b.loss_sum())
