@@ -201,23 +201,6 @@ def test_pretraining_takes_a_manifest_or_shards(corpus: Path, shards: Path, tmp_
             Trainer(PretrainTask(load_pretrain_config(None, base + given)), tmp_path / "run")
 
 
-@pytest.fixture
-def opens(monkeypatch) -> collections.Counter:
-    """Every ``soundfile.SoundFile`` opened for reading (``sf.info`` and ``sf.read`` open one too), counted by what
-    it names."""
-    counts: collections.Counter = collections.Counter()
-    real = sf.SoundFile
-
-    class Counting(real):  # type: ignore[misc, valid-type]
-        def __init__(self, file, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-            if "r" in (args[0] if args else kwargs.get("mode", "r")):  # not a shard member's FLAC being written
-                counts[str(file)] += 1
-            super().__init__(file, *args, **kwargs)
-
-    monkeypatch.setattr(sf, "SoundFile", Counting)
-    return counts
-
-
 def test_each_row_and_member_is_opened_once(corpus: Path, tmp_path: Path, opens: collections.Counter) -> None:
     """Writing a shard, reading a row for training and reading a shard member each open the audio once: its header
     is checked and its window decoded from the same open file (16 and 8 kHz, stereo, segments of one file)."""
