@@ -214,7 +214,7 @@ def test_each_row_and_member_is_opened_once(corpus: Path, tmp_path: Path, opens:
     assert sum(opens.values()) == len(rows)
     opens.clear()
     plan = StreamPlan(ShardIndex(tmp_path / "out"), BatchBudget(3.0, 3.0, crop_seconds=1.0), shuffle=False)
-    stream = ShardStream(plan, crop_seconds=1.0, seed=0, skip_bad=False, crop_to_shortest=False)
+    stream = ShardStream(plan, skip_bad=False, crop_to_shortest=False)
     batch = stream.load(np.arange(len(rows)), 0)
     assert len(batch) == len(rows) and sum(opens.values()) == len(rows)
     assert all(name.endswith(".flac") and count == 1 for name, count in opens.items())  # SHARD.tar:KEY.flac
