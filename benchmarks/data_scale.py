@@ -163,7 +163,7 @@ def part_shards(root: Path) -> dict[str, object]:
 
     def build() -> ShardLoader:
         plan = StreamPlan(index, budget, seed=1, rank=RANK, workers=WORKERS)
-        stream = ShardStream(plan, crop_seconds=budget.crop_seconds, seed=1, skip_bad=False, crop_to_shortest=True)
+        stream = ShardStream(plan, skip_bad=False, crop_to_shortest=True)
         return ShardLoader(stream, num_workers=WORKERS)
 
     loader, t_plan = _timed(build)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO
 
 import numpy as np
@@ -46,25 +48,47 @@ def load_audio(
     ``target_rate``; only that window is decoded. ``path`` may be an in-memory file (a shard member) whose
     ``str()`` names it.
 
-    Raises AudioError when the file is unreadable, empty, holds NaN/inf in the window, ends before the window
-    does, has another sample rate while ``resample`` is off, or is shorter than ``min_samples`` (after
+    Raises AudioError when the file is unreadable, or as ``decode_audio`` says.
+    """
+    try:
+        f = sf.SoundFile(_source(path))
+    except FileNotFoundError:
+        raise AudioError(f"{path}: unreadable audio (no such file)") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        raise AudioError(f"{path}: unreadable audio ({e})") from None
+    with f:
+        return decode_audio(f, path, target_rate=target_rate, resample=resample, min_samples=min_samples,
+                            start=start, frames=frames)
+
+
+def decode_audio(
+    f: sf.SoundFile,
+    path: str | os.PathLike | IO[bytes],
+    *,
+    target_rate: int = 16000,
+    resample: bool = True,
+    min_samples: int = RECEPTIVE_FIELD,
+    start: int = 0,
+    frames: int | None = None,
+) -> np.ndarray:
+    """``load_audio`` of the file ``f``, opened (and not yet read) by the caller; ``path`` names it in errors.
+
+    Raises AudioError when the file cannot be decoded, is empty, holds NaN/inf in the window, ends before the
+    window does, has another sample rate while ``resample`` is off, or is shorter than ``min_samples`` (after
     resampling).
     """
     try:
-        with sf.SoundFile(_source(path)) as f:
-            rate = f.samplerate
-            if frames is None:  # the whole file, to its real end (a header may promise more or less)
-                data = f.read(dtype="float32", always_2d=True)
-            else:
-                if start + frames > f.frames:
-                    raise AudioError(f"{path}: segment [{start}, {start + frames}) past the end of the file "
-                                     f"({f.frames} samples at {rate} Hz)")
-                data = read_window(f, start, frames)
-                if len(data) < frames:
-                    raise AudioError(f"{path}: truncated? {len(data)} of the {frames} samples from sample {start} "
-                                     "could be decoded")
-    except FileNotFoundError:
-        raise AudioError(f"{path}: unreadable audio (no such file)") from None
+        rate = f.samplerate
+        if frames is None:  # the whole file, to its real end (a header may promise more or less)
+            data = f.read(dtype="float32", always_2d=True)
+        else:
+            if start + frames > f.frames:
+                raise AudioError(f"{path}: segment [{start}, {start + frames}) past the end of the file "
+                                 f"({f.frames} samples at {rate} Hz)")
+            data = read_window(f, start, frames)
+            if len(data) < frames:
+                raise AudioError(f"{path}: truncated? {len(data)} of the {frames} samples from sample {start} "
+                                 "could be decoded")
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         raise AudioError(f"{path}: unreadable audio ({e})") from None
     if data.size == 0:
@@ -95,10 +119,19 @@ def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:
     return os.fspath(path)  # type: ignore[arg-type]
 
 
-def audio_info(path: str | os.PathLike | IO[bytes]) -> tuple[int, int]:
-    """(num_frames, sample_rate) from the file header, without decoding. Raises AudioError."""
+@contextmanager
+def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
+    """``path`` opened once, for its header and then its samples (``decode_audio``, ``read_window``). Raises
+    AudioError naming it when its header cannot be read."""
     try:
-        info = sf.info(_source(path))
+        f = sf.SoundFile(_source(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"{path}: unreadable audio header ({e})") from None
-    return int(info.frames), int(info.samplerate)
+    with f:
+        yield f
+
+
+def audio_info(path: str | os.PathLike | IO[bytes]) -> tuple[int, int]:
+    """(num_frames, sample_rate) from the file header, without decoding. Raises AudioError."""
+    with open_audio(path) as f:
+        return int(f.frames), int(f.samplerate)

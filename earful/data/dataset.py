@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import RECEPTIVE_FIELD, AudioError, audio_info, load_audio, too_short
+from .audio import RECEPTIVE_FIELD, AudioError, decode_audio, open_audio, too_short
 from .budget import SAMPLE_RATE, BatchBudget, shape_length, to_samples
 from .manifest import Manifest, Utterance, lengths_at_rate
 from .sampler import SecondsBatchSampler
@@ -129,31 +129,32 @@ def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int 
     ``source`` (an in-memory shard member, named by its ``str()``) instead of ``utt.path`` when given."""
     src = utt.path if source is None else source
     expected = utt.samples_at(SAMPLE_RATE)
-    frames, rate = audio_info(src)
-    if rate != utt.sample_rate:
-        raise AudioError(f"{src}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
-                         "replaced?")
-    first = 0 if utt.offset is None else utt.offset
-    if utt.offset is not None and first + utt.num_samples > frames:
-        raise AudioError(f"{src}: segment [{first}, {first + utt.num_samples}) past the end of the file ({frames} "
-                         f"samples at {rate} Hz)")
-    if rate != SAMPLE_RATE:  # decode what the row holds, resample, then crop
-        wave = load_audio(src, target_rate=SAMPLE_RATE, start=first,
-                          frames=None if utt.offset is None else utt.num_samples)
-        if utt.offset is None:
-            check_length(src, len(wave), expected)
-        wave = wave[: max(expected, 1)]  # resampling may add a sample or two: keep batches within budget
-        start, n = crop_window(len(wave), index, epoch, crop_samples, seed)
-        return wave[start : start + n]
-    if utt.offset is None:  # a whole file, as long as its header says
-        check_length(src, frames, expected)
-        available = min(frames, max(expected, 1))
-    else:
-        available = utt.num_samples
-    if available < RECEPTIVE_FIELD:
-        raise AudioError(too_short(src, available))
-    start, n = crop_window(available, index, epoch, crop_samples, seed)
-    return load_audio(src, start=first + start, frames=n, min_samples=0)
+    with open_audio(src) as f:  # one open: the header checked against the row, then only the window decoded
+        frames, rate = int(f.frames), int(f.samplerate)
+        if rate != utt.sample_rate:
+            raise AudioError(f"{src}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
+                             "replaced?")
+        first = 0 if utt.offset is None else utt.offset
+        if utt.offset is not None and first + utt.num_samples > frames:
+            raise AudioError(f"{src}: segment [{first}, {first + utt.num_samples}) past the end of the file ({frames} "
+                             f"samples at {rate} Hz)")
+        if rate != SAMPLE_RATE:  # decode what the row holds, resample, then crop
+            wave = decode_audio(f, src, target_rate=SAMPLE_RATE, start=first,
+                                frames=None if utt.offset is None else utt.num_samples)
+            if utt.offset is None:
+                check_length(src, len(wave), expected)
+            wave = wave[: max(expected, 1)]  # resampling may add a sample or two: keep batches within budget
+            start, n = crop_window(len(wave), index, epoch, crop_samples, seed)
+            return wave[start : start + n]
+        if utt.offset is None:  # a whole file, as long as its header says
+            check_length(src, frames, expected)
+            available = min(frames, max(expected, 1))
+        else:
+            available = utt.num_samples
+        if available < RECEPTIVE_FIELD:
+            raise AudioError(too_short(src, available))
+        start, n = crop_window(available, index, epoch, crop_samples, seed)
+        return decode_audio(f, src, start=first + start, frames=n, min_samples=0)
 
 
 def check_length(path: str | IO[bytes], samples: int, expected: int) -> None:

@@ -185,7 +185,7 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
     by_energy = voiced is None
     if by_energy:
         try:
-            voiced, rate = energy_vad(path)
+            voiced = energy_vad(path, rate)  # the rate from the header read above
         except AudioError as e:
             return [], [*problems, str(e)], 0, True
     segments, left_out = cut_segments(voiced, rate, limits)

@@ -36,7 +36,7 @@ import copy
 import itertools
 import logging
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,16 +49,6 @@ SAMPLER_FORMAT = 3  # the layout of state_dict(); 2 had no shape_samples, 1 (no 
 # what cuts an epoch besides (seed, epoch): BatchBudget.samples()
 LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples",
           "shape_samples")
-
-
-def padding_fraction(batch_lengths: Iterable[Sequence[int]]) -> float:
-    """Fraction of a set of batches that is padding: 1 − Σ real samples / Σ (max length × count)."""
-    real = padded = 0
-    for lengths in batch_lengths:
-        if len(lengths):
-            real += int(np.sum(lengths))
-            padded += int(np.max(lengths)) * len(lengths)
-    return 1.0 - real / padded if padded else 0.0
 
 
 class Batches(Sequence[np.ndarray]):

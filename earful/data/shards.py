@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_json
 
-from .audio import AudioError, audio_info, read_window
+from .audio import AudioError, open_audio, read_window
 from .budget import SAMPLE_RATE
 from .manifest import Utterance, manifest_row
 from .parallel import ordered_map
@@ -79,13 +79,13 @@ def _tar_entry(name: str, data: bytes) -> bytes:
 def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
     """(the FLAC bytes of ``utt``'s audio — its window of the file — or b"", the problem or None)."""
     try:
-        frames, _ = audio_info(utt.path)
-        start = utt.offset or 0
-        count = utt.num_samples if utt.offset is not None else frames
-        if start + count > frames:
-            return b"", (f"{utt.path}: segment [{start}, {start + count}) past the end of the file ({frames} "
-                         "samples)")
-        with sf.SoundFile(utt.path) as f:
+        with open_audio(utt.path) as f:  # one open: the header checked, then the window read
+            frames = int(f.frames)
+            start = utt.offset or 0
+            count = utt.num_samples if utt.offset is not None else frames
+            if start + count > frames:
+                return b"", (f"{utt.path}: segment [{start}, {start + count}) past the end of the file ({frames} "
+                             "samples)")
             dtype, subtype = _EXACT_FLAC.get(f.subtype, ("float32", "PCM_24"))
             data = read_window(f, start, count, dtype)
             rate = f.samplerate

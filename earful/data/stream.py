@@ -36,7 +36,7 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import AudioError
-from .budget import BatchBudget, to_samples
+from .budget import BatchBudget
 from .dataset import Batch, Item, Received, collate, read_utterance
 from .sampler import Batches, SecondsBatchSampler
 from .shards import ShardError, ShardIndex, key_of, member_utterance, open_location, read_member
@@ -102,13 +102,12 @@ class StreamPlan:
 
 class ShardStream(IterableDataset):
     """The batches of this rank's streams, one stream a DataLoader worker (see the module docstring). ``start``
-    (each stream's place) and ``first`` (the stream of the DataLoader's first worker) are set by ``ShardLoader``."""
+    (each stream's place) and ``first`` (the stream of the DataLoader's first worker) are set by ``ShardLoader``.
+    The crop and the seed are the plan's (its sampler's crop)."""
 
-    def __init__(self, plan: StreamPlan, *, crop_seconds: float | None, seed: int, skip_bad: bool,
-                 crop_to_shortest: bool) -> None:
+    def __init__(self, plan: StreamPlan, *, skip_bad: bool, crop_to_shortest: bool) -> None:
         self.plan = plan
-        self.crop_samples = to_samples(crop_seconds) if crop_seconds else None  # as the sampler
-        self.seed, self.skip_bad, self.crop_to_shortest = seed, skip_bad, crop_to_shortest
+        self.skip_bad, self.crop_to_shortest = skip_bad, crop_to_shortest
         self.start = [(0, 0, 0)] * plan.per_rank
         self.first = 0
         self._files: dict[int, IO[bytes]] = {}
@@ -150,7 +149,7 @@ class ShardStream(IterableDataset):
 
     def load(self, members: np.ndarray, epoch: int) -> Batch:
         """The batch of ``members`` (read in the shards' order, collated in the batch's)."""
-        index = self.plan.index
+        index, sampler, seed = self.plan.index, self.plan.sampler, self.plan.seed
         items: list[Item] = [None] * len(members)  # type: ignore[list-item]
         for pos in np.argsort(members, kind="stable"):
             m = int(members[pos])
@@ -160,14 +159,13 @@ class ShardStream(IterableDataset):
                 audio, meta = read_member(self._file(shard), index, m)
                 utt = member_utterance(meta, audio)
                 uid = utt.id
-                wave = read_utterance(utt, m, epoch, crop_samples=self.crop_samples, seed=self.seed, source=audio)
+                wave = read_utterance(utt, m, epoch, crop_samples=sampler.crop_samples, seed=seed, source=audio)
                 items[pos] = Item(m, uid, wave, utt.transcript, epoch=epoch)
             except (ShardError, AudioError, OSError) as e:
                 if not self.skip_bad:
                     raise
                 items[pos] = Item(m, uid, None, None, error=str(e), epoch=epoch)
-        sampler = self.plan.sampler
-        return collate(items, crop_to_shortest=self.crop_to_shortest, seed=self.seed,
+        return collate(items, crop_to_shortest=self.crop_to_shortest, seed=seed,
                        shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap())
 
 
@@ -210,7 +208,7 @@ class ShardLoader(Received):
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": STREAM_FORMAT, "index": self.plan.index.digest, "layout": self.plan.layout(),
-                "seed": self.stream.seed, "places": [list(p) for p in self.places], "next": self.next,
+                "seed": self.plan.seed, "places": [list(p) for p in self.places], "next": self.next,
                 "epoch": self.epoch, "position": self.position, "bad_ids": sorted(self.bad_ids)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -218,7 +216,7 @@ class ShardLoader(Received):
             raise ValueError(f"cannot resume from shards: the checkpoint's data position is of another kind (format "
                              f"{state.get('format')!r}; a manifest's, data.train?): resume with the data setting it "
                              "was saved with")
-        if state["index"] != self.plan.index.digest or state["seed"] != self.stream.seed:
+        if state["index"] != self.plan.index.digest or state["seed"] != self.plan.seed:
             raise ValueError(f"cannot resume from shards: {self.plan.index.location} is not the shard index (or the "
                              "seed) the checkpoint was saved with")
         self.bad_ids = set(state["bad_ids"])
@@ -259,7 +257,6 @@ def make_shard_loader(location: str, budget: BatchBudget, *, seed: int = 0, rank
                     "index.json)", index.location, len(index.left_out))
     plan = StreamPlan(index, budget, seed=seed, rank=rank, workers=num_workers, shuffle=shuffle,
                       bucket_size=bucket_size)
-    stream = ShardStream(plan, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=skip_bad,
-                         crop_to_shortest=crop_to_shortest)
+    stream = ShardStream(plan, skip_bad=skip_bad, crop_to_shortest=crop_to_shortest)
     return ShardLoader(stream, num_workers=num_workers, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
                        relayout=relayout)

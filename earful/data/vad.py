@@ -51,11 +51,11 @@ class SegmentLimits:
 DEFAULT_LIMITS = SegmentLimits()
 
 
-def frame_energies(path: str | os.PathLike) -> tuple[np.ndarray, int, int]:
-    """(energy in dB of each 20 ms frame, samples a frame, the file's sample rate), reading in blocks."""
+def frame_energies(path: str | os.PathLike, rate: int) -> tuple[np.ndarray, int]:
+    """(energy in dB of each 20 ms frame, samples a frame) of ``path`` at its sample rate ``rate`` (from the header
+    its caller has read), reading in blocks."""
+    frame = max(1, round(FRAME_SECONDS * rate))
     try:
-        info = sf.info(os.fspath(path))
-        frame = max(1, round(FRAME_SECONDS * info.samplerate))
         parts = []
         for block in sf.blocks(os.fspath(path), blocksize=frame * 4096, dtype="float32", always_2d=True):
             mono = block.mean(axis=1)
@@ -65,7 +65,7 @@ def frame_energies(path: str | os.PathLike) -> tuple[np.ndarray, int, int]:
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"{path}: unreadable audio ({e})") from None
     power = np.concatenate(parts) if parts else np.zeros(0)
-    return 10 * np.log10(power + 1e-12), frame, info.samplerate
+    return 10 * np.log10(power + 1e-12), frame
 
 
 def _runs(mask: np.ndarray) -> np.ndarray:
@@ -74,12 +74,12 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
 
 
-def energy_vad(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Voiced stretches of ``path`` by frame energy (see the module docstring): ((n, 2) [start, end) in samples,
-    the file's sample rate)."""
-    db, frame, rate = frame_energies(path)
+def energy_vad(path: str | os.PathLike, rate: int) -> np.ndarray:
+    """Voiced stretches of ``path``, whose sample rate is ``rate``, by frame energy (see the module docstring):
+    (n, 2) [start, end) in samples."""
+    db, frame = frame_energies(path, rate)
     if not len(db):
-        return np.zeros((0, 2), dtype=np.int64), rate
+        return np.zeros((0, 2), dtype=np.int64)
     floor, loud = np.percentile(db, 5), np.percentile(db, 95)
     runs = _runs(db > max(floor + FLOOR_MARGIN_DB, loud - LOUD_RANGE_DB))
     per_second = 1.0 / FRAME_SECONDS
@@ -92,7 +92,7 @@ def energy_vad(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     pad = round(PAD_SECONDS * per_second)
     total = len(db)
     samples = np.stack([np.maximum(runs[:, 0] - pad, 0), np.minimum(runs[:, 1] + pad, total)], axis=1) * frame
-    return samples.astype(np.int64).reshape(-1, 2), rate
+    return samples.astype(np.int64).reshape(-1, 2)
 
 
 def annotated_vad(voice_activity: object, rate: int, frames: int) -> np.ndarray:

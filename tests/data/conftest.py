@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -103,3 +104,20 @@ def recording():
 @pytest.fixture
 def unlabelled_tree():
     return make_unlabelled_librilight
+
+
+@pytest.fixture
+def opens(monkeypatch) -> collections.Counter:
+    """Every ``soundfile.SoundFile`` opened for reading (``sf.info`` and ``sf.read`` open one too), counted by what
+    it names."""
+    counts: collections.Counter = collections.Counter()
+    real = sf.SoundFile
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, file, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+            if "r" in (args[0] if args else kwargs.get("mode", "r")):  # not a shard member's FLAC being written
+                counts[str(file)] += 1
+            super().__init__(file, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "SoundFile", Counting)
+    return counts

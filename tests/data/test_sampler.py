@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from earful.data.budget import BatchBudget
-from earful.data.sampler import SecondsBatchSampler, padding_fraction
+from earful.data.sampler import SecondsBatchSampler
 
 RATE = 16000
 
@@ -33,14 +33,14 @@ def test_budget_and_coverage_once_per_epoch():
         assert sorted(flat) == list(range(len(lens)))
         assert all(lens[b].max() * len(b) <= 30 * RATE for b in batches)
     assert s.skipped == 0
-    assert padding_fraction(lens[b] for b in s.epoch_batches(0)) < 0.05  # length bucketing
-    assert s.padding_fraction(0) == padding_fraction(lens[b] for b in s.epoch_batches(0))
+    real = sum(int(lens[b].sum()) for b in s.epoch_batches(0))
+    padded = sum(int(lens[b].max()) * len(b) for b in s.epoch_batches(0))  # each batch padded to its longest
+    assert s.padding_fraction(0) == 1 - real / padded < 0.05  # length bucketing
     assert list(s.epoch_batches(0)[0]) != list(s.epoch_batches(1)[0])  # reshuffled per epoch
 
 
-def test_padding_fraction_helper():
-    assert padding_fraction([[2, 2], [4, 2]]) == pytest.approx(1 - 10 / 12)
-    assert padding_fraction([]) == 0.0
+def test_padding_fraction_without_batches_is_zero():
+    assert _sampler([RATE // 4], 30.0, min_seconds=1.0).padding_fraction(0) == 0.0  # its one utterance too short
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])

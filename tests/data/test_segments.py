@@ -100,8 +100,8 @@ def test_a_manifest_read_into_columns_survives_its_file_being_replaced(tmp_path:
 def test_energy_vad_finds_the_known_silences(tmp_path: Path, recording) -> None:
     """Voiced 0.5–3.0, 3.2–5.5, 7.5–10.0, 10.1–11.5 s: a 0.2 and a 0.1 s pause are bridged, the 2 s one is not."""
     recording(tmp_path / "r.flac")
-    voiced, rate = energy_vad(tmp_path / "r.flac")
-    assert rate == SR
+    rate = SR
+    voiced = energy_vad(tmp_path / "r.flac", rate)
     np.testing.assert_allclose(voiced / SR, [[0.4, 5.6], [7.4, 11.6]], atol=0.03)
     segments, left_out = cut_segments(voiced, rate, SegmentLimits(max_seconds=4.0, min_seconds=1.0, max_pause=1.0))
     spans = np.array(segments) / SR
@@ -111,6 +111,20 @@ def test_energy_vad_finds_the_known_silences(tmp_path: Path, recording) -> None:
     assert len(merged) == 1  # the 1.8 s pause bridged when allowed
     short, lost = cut_segments(voiced, rate, SegmentLimits(max_seconds=20.0, min_seconds=5.0, max_pause=1.0))
     assert len(short) == 1 and lost == voiced[1, 1] - voiced[1, 0]  # 4.2 s < 5 s left out, counted
+
+
+def test_the_energy_vad_reads_samples_only_its_header_read_before(tmp_path: Path, recording, opens) -> None:
+    """Unlabelled files without annotations (here at 8 kHz: 160-sample frames): each opened twice in all, for its
+    header (the rate the VAD is given) and for its samples; the segments are the energy VAD's at that rate."""
+    for k in range(2):
+        recording(tmp_path / "small" / "100" / "book_0" / f"f{k}.flac", rate=8000, seed=k)
+    utts = read_unlabelled(tmp_path / "small", limits=SegmentLimits(max_seconds=4.0, min_seconds=1.0))
+    assert sorted(opens.values()) == [2, 2]
+    first = [(u.offset, u.offset + u.num_samples) for u in utts if u.path.endswith("f0.flac")]
+    voiced = energy_vad(tmp_path / "small" / "100" / "book_0" / "f0.flac", 8000)
+    np.testing.assert_allclose(voiced / 8000, [[0.4, 5.6], [7.4, 11.6]], atol=0.03)
+    assert first == cut_segments(voiced, 8000, SegmentLimits(max_seconds=4.0, min_seconds=1.0))[0]
+    assert all(u.sample_rate == 8000 for u in utts)
 
 
 def test_prepare_cuts_unlabelled_librilight_by_its_annotations_or_the_energy_vad(

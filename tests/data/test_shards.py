@@ -15,10 +15,10 @@ import torch
 
 from earful.data import commands
 from earful.data.budget import BatchBudget
-from earful.data.dataset import make_loader
+from earful.data.dataset import AudioDataset, make_loader
 from earful.data.manifest import Utterance, read_manifest, write_manifest
-from earful.data.shards import ShardError, ShardIndex
-from earful.data.stream import StreamPlan, make_shard_loader
+from earful.data.shards import ShardError, ShardIndex, write_shards
+from earful.data.stream import ShardStream, StreamPlan, make_shard_loader
 
 SR = 16000
 
@@ -199,3 +199,22 @@ def test_pretraining_takes_a_manifest_or_shards(corpus: Path, shards: Path, tmp_
     for given in ([f"data.train={corpus}", f"data.shards={shards}"], []):
         with pytest.raises(ValueError, match="data.train / data.shards: give one"):
             Trainer(PretrainTask(load_pretrain_config(None, base + given)), tmp_path / "run")
+
+
+def test_each_row_and_member_is_opened_once(corpus: Path, tmp_path: Path, opens: collections.Counter) -> None:
+    """Writing a shard, reading a row for training and reading a shard member each open the audio once: its header
+    is checked and its window decoded from the same open file (16 and 8 kHz, stereo, segments of one file)."""
+    rows = read_manifest(corpus)
+    write_shards(rows, tmp_path / "out", shard_bytes=50_000)
+    assert sum(opens.values()) == len(rows) and opens[str(tmp_path / "long.flac")] == 6  # its six segments
+    opens.clear()
+    dataset = AudioDataset(rows, crop_seconds=1.0)
+    for i in range(len(rows)):
+        assert dataset[i].wave is not None
+    assert sum(opens.values()) == len(rows)
+    opens.clear()
+    plan = StreamPlan(ShardIndex(tmp_path / "out"), BatchBudget(3.0, 3.0, crop_seconds=1.0), shuffle=False)
+    stream = ShardStream(plan, skip_bad=False, crop_to_shortest=False)
+    batch = stream.load(np.arange(len(rows)), 0)
+    assert len(batch) == len(rows) and sum(opens.values()) == len(rows)
+    assert all(name.endswith(".flac") and count == 1 for name, count in opens.items())  # SHARD.tar:KEY.flac
