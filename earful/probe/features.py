@@ -100,7 +100,7 @@ class Upstream:
             filters = fbank.mel_filters()
             return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
         from earful.checkpoint import build_model, load_model
-        from earful.interop.features import backbone_of
+        from earful.interop.features import backbone_of, layer_states
         from earful.model import ModelConfig, batch_invariant
 
         if self.kind == "random-init":
@@ -116,23 +116,6 @@ class Upstream:
         backbone = backbone_of(batch_invariant(model)).eval()
         stride = int(np.prod(backbone.cfg.conv_stride))
         return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride
-
-
-@torch.no_grad()
-def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``(frames, layers + 1, dim)`` per utterance: the transformer's input and every layer's output.
-
-    The utterances go through as one zero-padded batch: the backbone is batch-invariant (the CNN's GroupNorm
-    over real samples, padded keys masked), so each utterance gets what it gets alone (within float rounding;
-    ``tests/probe`` checks it)."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)  # (batch,)
-    batch = torch.zeros(len(waves), int(lengths.max()))  # (batch, samples)
-    for row, w in enumerate(waves):
-        batch[row, : len(w)] = w
-    padded = bool((lengths < batch.shape[1]).any())
-    out = backbone(batch, lengths if padded else None, output_hidden_states=True)
-    states = torch.stack(out.hidden_states, dim=2)  # (batch, frames, layers + 1, dim)
-    return [states[row, : int(n)] for row, n in enumerate(out.frame_lengths)]
 
 
 # ---------------------------------------------------------------------------------------------- features

@@ -14,10 +14,10 @@ from earful.checkpoint import load_model, save_model
 from earful.cli import main
 from earful.config import load_config
 from earful.data.manifest import read_manifest, write_manifest
-from earful.interop.features import backbone_of, layer_features
+from earful.interop.features import backbone_of, layer_features, layer_states
 from earful.probe import fbank
 from earful.probe.config import ProbeConfig
-from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features, layer_states
+from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features
 from earful.probe.suite import probe, run_suite
 from earful.probe.utterance import equal_error_rate
 from earful.probe.weighting import LayerWeightedSum
@@ -83,6 +83,23 @@ def test_features_are_every_layer_of_each_utterance_alone(tones, tiny_ckpt: Path
     alone = [layer_states(backbone_of(model).eval(), [w])[0] for w in waves]
     assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4) for a, b in zip(together, alone, strict=True))
     assert feats.frame_rate == 50 and feats.num_layers == 3 and feats.data.dtype == torch.float16
+
+
+def test_earful_features_are_the_batched_states_of_a_batch_of_one(tones, tiny_ckpt: Path):
+    """`earful features` (layer_features) and the probe's extraction (layer_states) are one computation:
+    bit-identical to the backbone run on the utterance alone, in `transformers`' (layers, frames, dim) order."""
+    from earful.data.audio import load_audio
+
+    model, _ = load_model(tiny_ckpt)
+    backbone = backbone_of(model).eval()
+    for u in read_manifest(tones["held"])[:3]:
+        wave = load_audio(u.path)
+        with torch.no_grad():  # what layer_features computed before it went through layer_states
+            alone = torch.stack(backbone(torch.from_numpy(wave)[None], None, output_hidden_states=True).hidden_states)
+        got = layer_features(model, wave)
+        assert got.shape == (3, alone.shape[2], 64) and np.array_equal(got, alone[:, 0].numpy())
+        assert np.array_equal(got, layer_states(backbone, [torch.from_numpy(wave)])[0].transpose(0, 1).numpy())
+        assert np.array_equal(layer_features(model, wave.astype(np.float64)), got)  # any float input, as float32
 
 
 def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tiny_ckpt: Path, tmp_path: Path,
