@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_path, atomic_write_json
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, sha256, verify_file
+from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, read_info, sha256, verify_file
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe import fbank
 from earful.probe.weighting import normalize_layers
@@ -88,9 +88,8 @@ class Upstream:
             return {"kind": "fbank", "window": fbank.WINDOW, "hop": fbank.HOP, "n_fft": fbank.N_FFT,
                     "n_mels": fbank.N_MELS, "low_hz": fbank.LOW_HZ}
         ckpt = Path(str(self.ckpt))
-        info = json.loads((ckpt / INFO_FILE).read_text(encoding="utf-8"))
         if self.kind == "random-init":
-            return {"kind": "random-init", "model": info["model"], "init_seed": self.init_seed,
+            return {"kind": "random-init", "model": read_info(ckpt)["model"], "init_seed": self.init_seed,
                     "torch": torch.__version__}
         return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
 
@@ -106,8 +105,7 @@ class Upstream:
         if self.kind == "random-init":
             from earful.config import from_dict
 
-            info = json.loads((Path(str(self.ckpt)) / INFO_FILE).read_text(encoding="utf-8"))
-            cfg = from_dict(ModelConfig, info["model"], f"{self.ckpt}/{INFO_FILE}:model")
+            cfg = from_dict(ModelConfig, read_info(str(self.ckpt))["model"], f"{self.ckpt}/{INFO_FILE}:model")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.init_seed)
                 model = build_model("pretraining", cfg)

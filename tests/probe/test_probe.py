@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from earful.checkpoint import load_model, save_model
+from earful.checkpoint import CheckpointError, load_model, save_model
 from earful.cli import main
 from earful.config import load_config
 from earful.data.manifest import read_manifest, write_manifest
@@ -173,6 +173,18 @@ def test_random_init_is_the_architecture_with_fresh_weights(tones, tiny_ckpt: Pa
     assert init0.data.shape == trained.data.shape
     assert torch.equal(init0.data, init0_again.data) and not torch.equal(init0.data, init1.data)
     assert not torch.equal(init0.data, trained.data)
+
+
+def test_a_random_init_reads_its_architecture_as_every_checkpoint_reader_does(tones, tiny_ckpt: Path, tmp_path: Path):
+    """model.json through checkpoint.read_info: another format, or broken JSON, is refused naming the file."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    info = json.loads((ckpt / "model.json").read_text())
+    up = Upstream.parse(ckpt, random_init=True)
+    for text, problem in ((json.dumps({**info, "format": "other"}), "format 'other'"), ("{not json", "corrupt JSON")):
+        (ckpt / "model.json").write_text(text)
+        with pytest.raises(CheckpointError, match=rf"ckpt/model.json: {problem}"):
+            features(up, tones["held"], tmp_path / "cache", progress=False)
 
 
 def test_missing_labels_say_how_many_which_and_the_way_out(tones, cache: Path, tmp_path: Path):
