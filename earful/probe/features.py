@@ -178,10 +178,12 @@ class FeatureSet:
 
 
 def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-             *, progress: bool = True) -> FeatureSet:
-    """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now."""
+             *, utts: Sequence[Utterance] | None = None, progress: bool = True) -> FeatureSet:
+    """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now, in the
+    manifest's order. ``utts``: its utterances, where the caller has read the manifest already (read now if not)."""
     manifest = Path(manifest)
-    utts = read_manifest(manifest)
+    if utts is None:
+        utts = read_manifest(manifest)
     if not utts:
         raise ValueError(f"{manifest}: no utterances")
     key = cache_key(upstream, manifest, utts)

@@ -207,20 +207,47 @@ def test_missing_labels_say_how_many_which_and_the_way_out(tones, cache: Path, t
         probe(fb, {"xx": splits(tones)}, tmp_path / "o", **kw)
 
 
-def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
-    corpus = tmp_path / "corpus"
+SHORT = ["pr.epochs=2", "asr.epochs=2", "asr.hidden=8", "sid.steps=30", "ic.steps=30"]  # plumbing, not learning
+
+
+def make_corpus(tones: dict[str, Path], root: Path) -> Path:
+    """A corpus as `earful synth` lays it out, of the tone manifests."""
     for name, source in {"train": "train", "dev": "held", "test": "held", "labelled-10h": "same"}.items():
-        write_manifest(read_manifest(tones[source]), corpus / "manifests" / f"{name}.jsonl")
+        write_manifest(read_manifest(tones[source]), root / "manifests" / f"{name}.jsonl")
+    return root
+
+
+def test_suite_reads_each_manifest_once(tones, tiny_ckpt: Path, tmp_path: Path, monkeypatch):
+    """One read of each manifest per suite run: its utterances are the labels' and the features' (the cache
+    key and the extraction)."""
+    import earful.probe.features
+    import earful.probe.splits
+
+    corpus = make_corpus(tones, tmp_path / "corpus")
+    reads: list[str] = []
+    for module in (earful.probe.features, earful.probe.splits):
+        def counted(path, *a, real=module.read_manifest, **kw):
+            reads.append(Path(path).name)
+            return real(path, *a, **kw)
+        monkeypatch.setattr(module, "read_manifest", counted)
+    for _ in ("features extracted", "features from the cache"):
+        reads.clear()
+        run_suite(tiny_ckpt, corpus, tmp_path / "out", cache_dir=tmp_path / "cache", config=config(*SHORT),
+                  progress=False)
+        assert sorted(reads) == ["dev.jsonl", "labelled-10h.jsonl", "test.jsonl", "train.jsonl"]
+
+
+def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
+    corpus = make_corpus(tones, tmp_path / "corpus")
     out = tmp_path / "out"
-    short = ["pr.epochs=2", "asr.epochs=2", "asr.hidden=8", "sid.steps=30", "ic.steps=30"]  # plumbing, not learning
-    argv = ["probe", str(tiny_ckpt), *FAST, *short, "--suite", "mini-superb", "--corpus", str(corpus),
+    argv = ["probe", str(tiny_ckpt), *FAST, *SHORT, "--suite", "mini-superb", "--corpus", str(corpus),
             "--out", str(out), "--cache", str(cache), "--no-progress"]
     assert main(argv) == 0
     saved = json.loads((out / "results.json").read_text())
     assert list(saved["tasks"]) == ["pr", "asr", "sid", "ic"] and saved["config"]["asr"]["hidden"] == 8
     assert set(saved["tasks"]["sid"]["test"]) == {"accuracy", "eer"}
     assert (out / "layer-weights.png").exists() and "SID" in (out / "results.md").read_text()
-    got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*short),
+    got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*SHORT),
                     progress=False)
     assert got == {"ic": saved["tasks"]["ic"]["test"]}  # the API and the command agree; features were cached
     assert main(["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path), "--out", str(out)]) == 2
