@@ -178,15 +178,17 @@ class FeatureSet:
 
 
 def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-             *, utts: Sequence[Utterance] | None = None, progress: bool = True) -> FeatureSet:
+             *, utts: Sequence[Utterance] | None = None, fingerprint: dict[str, object] | None = None,
+             progress: bool = True) -> FeatureSet:
     """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now, in the
-    manifest's order. ``utts``: its utterances, where the caller has read the manifest already (read now if not)."""
+    manifest's order. ``utts``: its utterances, where the caller has read the manifest already (read now if not);
+    ``fingerprint``: ``upstream.fingerprint()``, where the caller has it already (it hashes the weights)."""
     manifest = Path(manifest)
     if utts is None:
         utts = read_manifest(manifest)
     if not utts:
         raise ValueError(f"{manifest}: no utterances")
-    key = cache_key(upstream, manifest, utts)
+    key = cache_key(upstream.fingerprint() if fingerprint is None else fingerprint, manifest, utts)
     entry = Path(cache_dir or default_cache_dir()) / key
     cached = _load(entry, key)
     if cached is not None:
@@ -200,7 +202,9 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
     return feats
 
 
-def cache_key(upstream: Upstream, manifest: Path, utts: Sequence[Utterance]) -> str:
+def cache_key(fingerprint: dict[str, object], manifest: Path, utts: Sequence[Utterance]) -> str:
+    """The cache entry's name: a hash of the upstream's ``fingerprint``, the manifest's bytes, the cache's
+    format and each audio file's path, size and modification time."""
     audio = hashlib.sha256()
     for u in utts:
         try:
@@ -208,7 +212,7 @@ def cache_key(upstream: Upstream, manifest: Path, utts: Sequence[Utterance]) -> 
         except OSError as e:
             raise FileNotFoundError(f"{manifest}: utterance {u.id!r}: audio file {u.path} unreadable ({e})") from None
         audio.update(f"{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    parts = {"format": CACHE_FORMAT, "upstream": upstream.fingerprint(), "manifest": sha256(manifest),
+    parts = {"format": CACHE_FORMAT, "upstream": fingerprint, "manifest": sha256(manifest),
              "audio": audio.hexdigest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -136,7 +136,7 @@ def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tin
     assert torch.allclose(fewer.data.float(), changed.data[: fewer.data.shape[0]].float(), atol=2e-3)  # other batches
 
     # an unreadable entry is extracted again, never half-read
-    entry = cache / cache_key(up, manifest, read_manifest(manifest))
+    entry = cache / cache_key(up.fingerprint(), manifest, read_manifest(manifest))
     for damage in ("truncate", "index"):
         if damage == "truncate":
             data = (entry / FEATURES_FILE).read_bytes()
@@ -217,9 +217,11 @@ def make_corpus(tones: dict[str, Path], root: Path) -> Path:
     return root
 
 
-def test_suite_reads_each_manifest_once(tones, tiny_ckpt: Path, tmp_path: Path, monkeypatch):
-    """One read of each manifest per suite run: its utterances are the labels' and the features' (the cache
-    key and the extraction)."""
+def test_a_suite_run_reads_each_manifest_and_hashes_the_weights_once(tones, tiny_ckpt: Path, tmp_path: Path,
+                                                                     monkeypatch):
+    """Per suite run, one read of each manifest (its utterances are the labels' and the features': the cache key,
+    the extraction) and one hash of the weights (the fingerprint: every manifest's cache key and results.json);
+    the next run (another seed) hashes them again: a checkpoint may be rewritten between runs."""
     import earful.probe.features
     import earful.probe.splits
 
@@ -230,11 +232,20 @@ def test_suite_reads_each_manifest_once(tones, tiny_ckpt: Path, tmp_path: Path, 
             reads.append(Path(path).name)
             return real(path, *a, **kw)
         monkeypatch.setattr(module, "read_manifest", counted)
-    for _ in ("features extracted", "features from the cache"):
+    hashed: list[str] = []
+
+    def sha256(path):
+        hashed.append(Path(path).name)
+        return real_sha256(path)
+
+    real_sha256 = earful.probe.features.sha256
+    monkeypatch.setattr(earful.probe.features, "sha256", sha256)
+    for seed in (0, 1):  # features extracted, then from the cache
         reads.clear()
-        run_suite(tiny_ckpt, corpus, tmp_path / "out", cache_dir=tmp_path / "cache", config=config(*SHORT),
-                  progress=False)
+        run_suite(tiny_ckpt, corpus, tmp_path / f"seed-{seed}", seed=seed, cache_dir=tmp_path / "cache",
+                  config=config(*SHORT), progress=False)
         assert sorted(reads) == ["dev.jsonl", "labelled-10h.jsonl", "test.jsonl", "train.jsonl"]
+    assert hashed.count("model.safetensors") == 2 and hashed.count("model.json") == 2
 
 
 def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
