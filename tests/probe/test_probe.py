@@ -17,7 +17,9 @@ from earful.data.manifest import read_manifest, write_manifest
 from earful.interop.features import backbone_of, layer_features, layer_states
 from earful.probe import fbank
 from earful.probe.config import ProbeConfig
+from earful.probe.ctc import phonemes_task, train_ctc
 from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features
+from earful.probe.splits import FeatureLoader, load_split
 from earful.probe.suite import probe, run_suite
 from earful.probe.utterance import equal_error_rate
 from earful.probe.weighting import LayerWeightedSum
@@ -50,6 +52,26 @@ def test_each_task_learns(tones, cache: Path, tmp_path: Path, task: str, bounds:
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["tasks"][task]["test"] == result.test
     assert "| " + task.upper() in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_ctc_builds_each_splits_references_once_whatever_the_epochs(tones, cache: Path):
+    """Dev's references are built once for the run, not again every epoch (nor test's again at the end)."""
+    loader = FeatureLoader(Upstream.parse("fbank"), cache, progress=False)
+    train, dev, test = (load_split(loader, m) for m in splits(tones))
+    counts, built = {}, []
+    for epochs in (1, 3):
+        task = phonemes_task()
+        built.clear()
+
+        def counted(split, real=task.references):
+            built.append(split.manifest.name)
+            return real(split)
+
+        task.references = counted
+        result = train_ctc(task, train, dev, test, config(f"pr.epochs={epochs}").pr, seed=0)
+        assert len(result.history) == epochs
+        counts[epochs] = {name: built.count(name) for name in ("same.jsonl", "held.jsonl")}
+    assert counts[1] == counts[3] == {"same.jsonl": 1, "held.jsonl": 1}
 
 
 def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
