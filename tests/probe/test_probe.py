@@ -19,6 +19,7 @@ from earful.probe import fbank
 from earful.probe.config import ProbeConfig
 from earful.probe.ctc import phonemes_task, train_ctc
 from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features
+from earful.probe.report import table, weights_table
 from earful.probe.splits import FeatureLoader, load_split
 from earful.probe.suite import probe, run_suite
 from earful.probe.utterance import equal_error_rate
@@ -288,6 +289,17 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     assert main(["probe", str(tmp_path), "--task", "pr", "--train", "x", "--dev", "x", "--test", "x",
                  "--out", str(out)]) == 2  # not a checkpoint
     assert main(["probe", "fbank", "--random-init", "--task", "pr", "--out", str(out)]) == 2
+
+
+def test_results_tables_are_markdown():
+    scores = {"a": {"pr": {"per": 0.123}, "sid": {"accuracy": 0.9, "eer": 0.05}}, "b": {"pr": {"per": "12.0 ± 1.0"}}}
+    assert table(scores).splitlines() == [
+        "| upstream | PR PER ↓ | SID accuracy ↑ | SID EER ↓ |", "|---|---|---|---|", "| a | 12.3 | 90.0 | 5.0 |",
+        "| b | 12.0 ± 1.0 | – | – |", "", "(percent; ↓ lower is better, ↑ higher is better)"]
+    assert weights_table({"pr": [0.25, 0.75], "sid": [0.5, 0.5]}).splitlines() == [
+        "Layer weights (hidden state 0 = the transformer's input):", "", "| task | 0 | 1 |", "|---|---|---|",
+        "| PR | 0.250 | 0.750 |", "| SID | 0.500 | 0.500 |"]
+    assert weights_table({}) == ""
 
 
 def test_log_mel_puts_a_tone_in_its_band():
