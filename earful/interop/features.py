@@ -21,12 +21,28 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
+def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``(frames, layers + 1, dim)`` per utterance: the transformer's input and every layer's output.
+
+    The utterances go through as one zero-padded batch: the backbone is batch-invariant (the CNN's GroupNorm
+    over real samples, padded keys masked), so each utterance gets what it gets alone (within float rounding;
+    ``tests/probe`` checks it). A batch of one is not padded: exactly what the utterance gets alone."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)  # (batch,)
+    batch = torch.zeros(len(waves), int(lengths.max()))  # (batch, samples)
+    for row, w in enumerate(waves):
+        batch[row, : len(w)] = w
+    padded = bool((lengths < batch.shape[1]).any())
+    out = backbone(batch, lengths if padded else None, output_hidden_states=True)
+    states = torch.stack(out.hidden_states, dim=2)  # (batch, frames, layers + 1, dim)
+    return [states[row, : int(n)] for row, n in enumerate(out.frame_lengths)]
+
+
 def layer_features(model: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
-    """(layers + 1, frames, dim): the transformer's input and every layer's output for one utterance."""
+    """(layers + 1, frames, dim): the transformer's input and every layer's output for one utterance
+    (:func:`layer_states` of a batch of one, in `transformers`' layer-first order)."""
     backbone = backbone_of(batch_invariant(model)).eval()
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]  # (1, samples): nothing padded
-    out = backbone(x, None, output_hidden_states=True)
-    return torch.stack(out.hidden_states, 0)[:, 0].numpy()
+    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))  # (samples,)
+    return layer_states(backbone, [x])[0].transpose(0, 1).contiguous().numpy()
 
 
 def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path) -> list[Path]:

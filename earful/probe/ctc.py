@@ -107,9 +107,16 @@ def _predict(model: CTCProbe, task: Transcription, split: Split, batch: int) -> 
     return hyps
 
 
-def evaluate(model: CTCProbe, task: Transcription, split: Split, batch: int = 32) -> dict[str, float]:
+def references_in_order(task: Transcription, split: Split) -> list[str]:
+    """``split``'s references for ``task``, in its utterances' order (what :func:`evaluate` scores against)."""
     refs = task.references(split)
-    return task.score([refs[u.id] for u in split.utts], _predict(model, task, split, batch))
+    return [refs[u.id] for u in split.utts]
+
+
+def evaluate(model: CTCProbe, task: Transcription, split: Split, refs: list[str], batch: int = 32) -> dict[str, float]:
+    """``task``'s metrics of ``model``'s greedy hypotheses on ``split`` against ``refs``
+    (:func:`references_in_order`)."""
+    return task.score(refs, _predict(model, task, split, batch))
 
 
 def _batches(rng: np.random.Generator, frames: np.ndarray, size: int, window: int = 8) -> list[list[int]]:
@@ -136,7 +143,8 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
     if recipe.epochs < 1 or recipe.batch_utterances < 1:
         raise ValueError(f"{task.name}: epochs and batch_utterances must be >= 1, got {recipe}")
     start = time.perf_counter()
-    check_labels(task, train, dev, test)
+    check_labels(task, train)  # dev's and test's labels are checked as their references are built,
+    dev_refs, test_refs = references_in_order(task, dev), references_in_order(task, test)  # once, not every epoch
     targets = task.targets(train)
     too_short = [u.id for u, n in zip(train.utts, train.feats.frames.tolist(), strict=True)
                  if n < ctc_frames_needed(targets[u.id])]
@@ -169,13 +177,13 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        dev_metrics = evaluate(model, task, dev)
+        dev_metrics = evaluate(model, task, dev, dev_refs)
         history.append({"epoch": epoch, "loss": total / n, **{f"dev_{k}": v for k, v in dev_metrics.items()}})
         log.debug("%s epoch %d: loss %.3f, dev %s", task.name, epoch, total / n, dev_metrics)
         if dev_metrics[task.main] < best_error:
             best_error, best_epoch, best_state, best_dev = (dev_metrics[task.main], epoch,
                                                             copy.deepcopy(model.state_dict()), dev_metrics)
     model.load_state_dict(best_state)
-    return TaskResult(task=task.name, test=evaluate(model, task, test), dev=best_dev,
+    return TaskResult(task=task.name, test=evaluate(model, task, test, test_refs), dev=best_dev,
                       layer_weights=model.weighted.weights().tolist(), best=best_epoch, history=history,
                       seconds=time.perf_counter() - start)

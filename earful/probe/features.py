@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_path, atomic_write_json
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, sha256, verify_file
+from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, read_info, sha256, verify_file
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe import fbank
 from earful.probe.weighting import normalize_layers
@@ -88,9 +88,8 @@ class Upstream:
             return {"kind": "fbank", "window": fbank.WINDOW, "hop": fbank.HOP, "n_fft": fbank.N_FFT,
                     "n_mels": fbank.N_MELS, "low_hz": fbank.LOW_HZ}
         ckpt = Path(str(self.ckpt))
-        info = json.loads((ckpt / INFO_FILE).read_text(encoding="utf-8"))
         if self.kind == "random-init":
-            return {"kind": "random-init", "model": info["model"], "init_seed": self.init_seed,
+            return {"kind": "random-init", "model": read_info(ckpt)["model"], "init_seed": self.init_seed,
                     "torch": torch.__version__}
         return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
 
@@ -100,14 +99,13 @@ class Upstream:
             filters = fbank.mel_filters()
             return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
         from earful.checkpoint import build_model, load_model
-        from earful.interop.features import backbone_of
+        from earful.interop.features import backbone_of, layer_states
         from earful.model import ModelConfig, batch_invariant
 
         if self.kind == "random-init":
             from earful.config import from_dict
 
-            info = json.loads((Path(str(self.ckpt)) / INFO_FILE).read_text(encoding="utf-8"))
-            cfg = from_dict(ModelConfig, info["model"], f"{self.ckpt}/{INFO_FILE}:model")
+            cfg = from_dict(ModelConfig, read_info(str(self.ckpt))["model"], f"{self.ckpt}/{INFO_FILE}:model")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.init_seed)
                 model = build_model("pretraining", cfg)
@@ -116,23 +114,6 @@ class Upstream:
         backbone = backbone_of(batch_invariant(model)).eval()
         stride = int(np.prod(backbone.cfg.conv_stride))
         return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride
-
-
-@torch.no_grad()
-def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``(frames, layers + 1, dim)`` per utterance: the transformer's input and every layer's output.
-
-    The utterances go through as one zero-padded batch: the backbone is batch-invariant (the CNN's GroupNorm
-    over real samples, padded keys masked), so each utterance gets what it gets alone (within float rounding;
-    ``tests/probe`` checks it)."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)  # (batch,)
-    batch = torch.zeros(len(waves), int(lengths.max()))  # (batch, samples)
-    for row, w in enumerate(waves):
-        batch[row, : len(w)] = w
-    padded = bool((lengths < batch.shape[1]).any())
-    out = backbone(batch, lengths if padded else None, output_hidden_states=True)
-    states = torch.stack(out.hidden_states, dim=2)  # (batch, frames, layers + 1, dim)
-    return [states[row, : int(n)] for row, n in enumerate(out.frame_lengths)]
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -197,13 +178,17 @@ class FeatureSet:
 
 
 def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-             *, progress: bool = True) -> FeatureSet:
-    """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now."""
+             *, utts: Sequence[Utterance] | None = None, fingerprint: dict[str, object] | None = None,
+             progress: bool = True) -> FeatureSet:
+    """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now, in the
+    manifest's order. ``utts``: its utterances, where the caller has read the manifest already (read now if not);
+    ``fingerprint``: ``upstream.fingerprint()``, where the caller has it already (it hashes the weights)."""
     manifest = Path(manifest)
-    utts = read_manifest(manifest)
+    if utts is None:
+        utts = read_manifest(manifest)
     if not utts:
         raise ValueError(f"{manifest}: no utterances")
-    key = cache_key(upstream, manifest, utts)
+    key = cache_key(upstream.fingerprint() if fingerprint is None else fingerprint, manifest, utts)
     entry = Path(cache_dir or default_cache_dir()) / key
     cached = _load(entry, key)
     if cached is not None:
@@ -217,7 +202,9 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
     return feats
 
 
-def cache_key(upstream: Upstream, manifest: Path, utts: Sequence[Utterance]) -> str:
+def cache_key(fingerprint: dict[str, object], manifest: Path, utts: Sequence[Utterance]) -> str:
+    """The cache entry's name: a hash of the upstream's ``fingerprint``, the manifest's bytes, the cache's
+    format and each audio file's path, size and modification time."""
     audio = hashlib.sha256()
     for u in utts:
         try:
@@ -225,7 +212,7 @@ def cache_key(upstream: Upstream, manifest: Path, utts: Sequence[Utterance]) -> 
         except OSError as e:
             raise FileNotFoundError(f"{manifest}: utterance {u.id!r}: audio file {u.path} unreadable ({e})") from None
         audio.update(f"{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    parts = {"format": CACHE_FORMAT, "upstream": upstream.fingerprint(), "manifest": sha256(manifest),
+    parts = {"format": CACHE_FORMAT, "upstream": fingerprint, "manifest": sha256(manifest),
              "audio": audio.hexdigest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

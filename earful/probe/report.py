@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_path
+from earful.markdown import md_table
 
 # task -> metric -> True when higher is better; the suite's tasks in their table order
 METRICS: dict[str, dict[str, bool]] = {
@@ -40,14 +41,13 @@ def table(rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     cols = [(t, m) for t, ms in METRICS.items() for m in ms if any(m in r.get(t, {}) for r in rows.values())]
     head = ["upstream"] + [f"{t.upper()} {m.upper() if len(m) == 3 else m} {'↑' if METRICS[t][m] else '↓'}"
                            for t, m in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in rows.items():
-        cells = []
-        for t, m in cols:
-            v = r.get(t, {}).get(m)
-            cells.append("–" if v is None else v if isinstance(v, str) else f"{100 * v:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n(percent; ↓ lower is better, ↑ higher is better)"
+    cells = [[name] + [_cell(r.get(t, {}).get(m)) for t, m in cols] for name, r in rows.items()]
+    return md_table(head, cells) + "\n\n(percent; ↓ lower is better, ↑ higher is better)"
+
+
+def _cell(v: float | str | None) -> str:
+    """A fraction as a percentage (one decimal), a string as it is, nothing as a dash."""
+    return "–" if v is None else v if isinstance(v, str) else f"{100 * v:.1f}"
 
 
 def weights_table(weights: Mapping[str, list[float]]) -> str:
@@ -55,10 +55,8 @@ def weights_table(weights: Mapping[str, list[float]]) -> str:
     if not weights:
         return ""
     n = max(len(w) for w in weights.values())
-    lines = ["Layer weights (hidden state 0 = the transformer's input):", "",
-             "| task | " + " | ".join(str(i) for i in range(n)) + " |", "|---|" + "---|" * n]
-    lines += [f"| {t.upper()} | " + " | ".join(f"{v:.3f}" for v in w) + " |" for t, w in weights.items()]
-    return "\n".join(lines)
+    return "Layer weights (hidden state 0 = the transformer's input):\n\n" + md_table(
+        ["task", *(str(i) for i in range(n))], [[t.upper(), *(f"{v:.3f}" for v in w)] for t, w in weights.items()])
 
 
 def plot_layer_weights(weights: Mapping[str, list[float]], path: Path, title: str) -> None:

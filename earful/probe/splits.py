@@ -14,25 +14,38 @@ from earful.probe.features import FeatureSet, Upstream, features
 
 
 @dataclass
-class Split:
-    manifest: Path
-    utts: list[Utterance]
+class FeatureLoader:
+    """How one probe run loads its splits' features: the upstream, the feature cache, and the upstream's
+    fingerprint (it hashes the weights), computed on first use and shared by the run's manifests and results;
+    never kept beyond the run (a checkpoint may be rewritten before the next)."""
+
     upstream: Upstream
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
 
     @cached_property
+    def fingerprint(self) -> dict[str, object]:
+        return self.upstream.fingerprint()
+
+    def features(self, manifest: Path, utts: list[Utterance]) -> FeatureSet:
+        return features(self.upstream, manifest, self.cache_dir, utts=utts, fingerprint=self.fingerprint,
+                        progress=self.progress)
+
+
+@dataclass
+class Split:
+    manifest: Path
+    utts: list[Utterance]
+    loader: FeatureLoader
+
+    @cached_property
     def feats(self) -> FeatureSet:
-        feats = features(self.upstream, self.manifest, self.cache_dir, progress=self.progress)
-        if [u.id for u in self.utts] != feats.ids:  # the cache key hashes the manifest: only a bug gets here
-            raise RuntimeError(f"{self.manifest}: cached features list other utterances than the manifest")
-        return feats.normalize_()
+        return self.loader.features(self.manifest, self.utts).normalize_()
 
 
-def load_split(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-               *, progress: bool = True) -> Split:
-    """The manifest's utterances now; their features on first use of ``feats``."""
-    return Split(Path(manifest), read_manifest(manifest), upstream, cache_dir, progress)
+def load_split(loader: FeatureLoader, manifest: str | os.PathLike) -> Split:
+    """The manifest's utterances now; their features, by ``loader``, on first use of ``feats``."""
+    return Split(Path(manifest), read_manifest(manifest), loader)
 
 
 def require(split: Split, label: str, way_out: str) -> None:

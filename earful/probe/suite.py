@@ -29,7 +29,7 @@ from earful.probe.config import ProbeConfig
 from earful.probe.ctc import characters_task, check_labels, phonemes_task, train_ctc
 from earful.probe.features import Upstream
 from earful.probe.report import METRICS, TaskResult, plot_layer_weights, table, weights_table
-from earful.probe.splits import Split, load_split
+from earful.probe.splits import FeatureLoader, Split, load_split
 from earful.probe.utterance import check_sid, intents, train_ic, train_sid
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     and write ``out_dir``'s results; a manifest's features are loaded once for all the tasks that read it."""
     config = config or ProbeConfig()
     tasks = {task: _task(task, config) for task in manifests}  # unknown tasks fail before any work
+    loader = FeatureLoader(upstream, cache_dir, progress)  # the weights hashed once for the run, after the checks
     splits: dict[Path, Split] = {}
     for m in sorted({Path(m).resolve() for paths in manifests.values() for m in paths}):
-        splits[m] = load_split(upstream, m, cache_dir, progress=progress)
+        splits[m] = load_split(loader, m)
     chosen = {task: tuple(splits[Path(m).resolve()] for m in paths) for task, paths in manifests.items()}
     for task, (check, _) in tasks.items():
         check(*chosen[task])  # every task's labels, before any feature is extracted
@@ -86,7 +87,7 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", {
-        "upstream": upstream.name, "fingerprint": upstream.fingerprint(), "seed": seed, "config": to_dict(config),
+        "upstream": upstream.name, "fingerprint": loader.fingerprint, "seed": seed, "config": to_dict(config),
         "manifests": {t: [str(Path(m).resolve()) for m in p] for t, p in manifests.items()},
         "seconds": {"features": t_features, "probes": time.perf_counter() - t0 - t_features},
         "tasks": {t: asdict(r) for t, r in results.items()},

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_lines
+from earful.markdown import md_table
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,6 @@ def fmt_ms(xs: list[float], pct: bool = True) -> str:
     if n == 1:
         return f"{m * k:.1f}" if pct else f"{m:.3f}"
     return f"{m * k:.1f} ± {s * k:.1f}" if pct else f"{m:.3f} ± {s:.3f}"
-
-
-def md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:

@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from earful.checkpoint import load_model, save_model
+from earful.checkpoint import CheckpointError, load_model, save_model
 from earful.cli import main
 from earful.config import load_config
 from earful.data.manifest import read_manifest, write_manifest
-from earful.interop.features import backbone_of, layer_features
+from earful.interop.features import backbone_of, layer_features, layer_states
 from earful.probe import fbank
 from earful.probe.config import ProbeConfig
-from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features, layer_states
+from earful.probe.ctc import phonemes_task, train_ctc
+from earful.probe.features import FEATURES_FILE, INDEX_FILE, Upstream, cache_key, features
+from earful.probe.report import table, weights_table
+from earful.probe.splits import FeatureLoader, load_split
 from earful.probe.suite import probe, run_suite
 from earful.probe.utterance import equal_error_rate
 from earful.probe.weighting import LayerWeightedSum
@@ -52,6 +55,26 @@ def test_each_task_learns(tones, cache: Path, tmp_path: Path, task: str, bounds:
     assert "| " + task.upper() in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_ctc_builds_each_splits_references_once_whatever_the_epochs(tones, cache: Path):
+    """Dev's references are built once for the run, not again every epoch (nor test's again at the end)."""
+    loader = FeatureLoader(Upstream.parse("fbank"), cache, progress=False)
+    train, dev, test = (load_split(loader, m) for m in splits(tones))
+    counts, built = {}, []
+    for epochs in (1, 3):
+        task = phonemes_task()
+        built.clear()
+
+        def counted(split, real=task.references):
+            built.append(split.manifest.name)
+            return real(split)
+
+        task.references = counted
+        result = train_ctc(task, train, dev, test, config(f"pr.epochs={epochs}").pr, seed=0)
+        assert len(result.history) == epochs
+        counts[epochs] = {name: built.count(name) for name in ("same.jsonl", "held.jsonl")}
+    assert counts[1] == counts[3] == {"same.jsonl": 1, "held.jsonl": 1}
+
+
 def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
     result = probe(Upstream.parse(tiny_ckpt), {"pr": splits(tones)}, tmp_path / "out", config=config("pr.epochs=3"),
                    cache_dir=cache, progress=False)["pr"]
@@ -83,6 +106,23 @@ def test_features_are_every_layer_of_each_utterance_alone(tones, tiny_ckpt: Path
     alone = [layer_states(backbone_of(model).eval(), [w])[0] for w in waves]
     assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-4) for a, b in zip(together, alone, strict=True))
     assert feats.frame_rate == 50 and feats.num_layers == 3 and feats.data.dtype == torch.float16
+
+
+def test_earful_features_are_the_batched_states_of_a_batch_of_one(tones, tiny_ckpt: Path):
+    """`earful features` (layer_features) and the probe's extraction (layer_states) are one computation:
+    bit-identical to the backbone run on the utterance alone, in `transformers`' (layers, frames, dim) order."""
+    from earful.data.audio import load_audio
+
+    model, _ = load_model(tiny_ckpt)
+    backbone = backbone_of(model).eval()
+    for u in read_manifest(tones["held"])[:3]:
+        wave = load_audio(u.path)
+        with torch.no_grad():  # what layer_features computed before it went through layer_states
+            alone = torch.stack(backbone(torch.from_numpy(wave)[None], None, output_hidden_states=True).hidden_states)
+        got = layer_features(model, wave)
+        assert got.shape == (3, alone.shape[2], 64) and np.array_equal(got, alone[:, 0].numpy())
+        assert np.array_equal(got, layer_states(backbone, [torch.from_numpy(wave)])[0].transpose(0, 1).numpy())
+        assert np.array_equal(layer_features(model, wave.astype(np.float64)), got)  # any float input, as float32
 
 
 def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tiny_ckpt: Path, tmp_path: Path,
@@ -119,7 +159,7 @@ def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tin
     assert torch.allclose(fewer.data.float(), changed.data[: fewer.data.shape[0]].float(), atol=2e-3)  # other batches
 
     # an unreadable entry is extracted again, never half-read
-    entry = cache / cache_key(up, manifest, read_manifest(manifest))
+    entry = cache / cache_key(up.fingerprint(), manifest, read_manifest(manifest))
     for damage in ("truncate", "index"):
         if damage == "truncate":
             data = (entry / FEATURES_FILE).read_bytes()
@@ -158,6 +198,18 @@ def test_random_init_is_the_architecture_with_fresh_weights(tones, tiny_ckpt: Pa
     assert not torch.equal(init0.data, trained.data)
 
 
+def test_a_random_init_reads_its_architecture_as_every_checkpoint_reader_does(tones, tiny_ckpt: Path, tmp_path: Path):
+    """model.json through checkpoint.read_info: another format, or broken JSON, is refused naming the file."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    info = json.loads((ckpt / "model.json").read_text())
+    up = Upstream.parse(ckpt, random_init=True)
+    for text, problem in ((json.dumps({**info, "format": "other"}), "format 'other'"), ("{not json", "corrupt JSON")):
+        (ckpt / "model.json").write_text(text)
+        with pytest.raises(CheckpointError, match=rf"ckpt/model.json: {problem}"):
+            features(up, tones["held"], tmp_path / "cache", progress=False)
+
+
 def test_missing_labels_say_how_many_which_and_the_way_out(tones, cache: Path, tmp_path: Path):
     utts = read_manifest(tones["train"])
     no_phonemes = tmp_path / "no-phonemes.jsonl"
@@ -178,20 +230,58 @@ def test_missing_labels_say_how_many_which_and_the_way_out(tones, cache: Path, t
         probe(fb, {"xx": splits(tones)}, tmp_path / "o", **kw)
 
 
-def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
-    corpus = tmp_path / "corpus"
+SHORT = ["pr.epochs=2", "asr.epochs=2", "asr.hidden=8", "sid.steps=30", "ic.steps=30"]  # plumbing, not learning
+
+
+def make_corpus(tones: dict[str, Path], root: Path) -> Path:
+    """A corpus as `earful synth` lays it out, of the tone manifests."""
     for name, source in {"train": "train", "dev": "held", "test": "held", "labelled-10h": "same"}.items():
-        write_manifest(read_manifest(tones[source]), corpus / "manifests" / f"{name}.jsonl")
+        write_manifest(read_manifest(tones[source]), root / "manifests" / f"{name}.jsonl")
+    return root
+
+
+def test_a_suite_run_reads_each_manifest_and_hashes_the_weights_once(tones, tiny_ckpt: Path, tmp_path: Path,
+                                                                     monkeypatch):
+    """Per suite run, one read of each manifest (its utterances are the labels' and the features': the cache key,
+    the extraction) and one hash of the weights (the fingerprint: every manifest's cache key and results.json);
+    the next run (another seed) hashes them again: a checkpoint may be rewritten between runs."""
+    import earful.probe.features
+    import earful.probe.splits
+
+    corpus = make_corpus(tones, tmp_path / "corpus")
+    reads: list[str] = []
+    for module in (earful.probe.features, earful.probe.splits):
+        def counted(path, *a, real=module.read_manifest, **kw):
+            reads.append(Path(path).name)
+            return real(path, *a, **kw)
+        monkeypatch.setattr(module, "read_manifest", counted)
+    hashed: list[str] = []
+
+    def sha256(path):
+        hashed.append(Path(path).name)
+        return real_sha256(path)
+
+    real_sha256 = earful.probe.features.sha256
+    monkeypatch.setattr(earful.probe.features, "sha256", sha256)
+    for seed in (0, 1):  # features extracted, then from the cache
+        reads.clear()
+        run_suite(tiny_ckpt, corpus, tmp_path / f"seed-{seed}", seed=seed, cache_dir=tmp_path / "cache",
+                  config=config(*SHORT), progress=False)
+        assert sorted(reads) == ["dev.jsonl", "labelled-10h.jsonl", "test.jsonl", "train.jsonl"]
+    assert hashed.count("model.safetensors") == 2 and hashed.count("model.json") == 2
+
+
+def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
+    corpus = make_corpus(tones, tmp_path / "corpus")
     out = tmp_path / "out"
-    short = ["pr.epochs=2", "asr.epochs=2", "asr.hidden=8", "sid.steps=30", "ic.steps=30"]  # plumbing, not learning
-    argv = ["probe", str(tiny_ckpt), *FAST, *short, "--suite", "mini-superb", "--corpus", str(corpus),
+    argv = ["probe", str(tiny_ckpt), *FAST, *SHORT, "--suite", "mini-superb", "--corpus", str(corpus),
             "--out", str(out), "--cache", str(cache), "--no-progress"]
     assert main(argv) == 0
     saved = json.loads((out / "results.json").read_text())
     assert list(saved["tasks"]) == ["pr", "asr", "sid", "ic"] and saved["config"]["asr"]["hidden"] == 8
     assert set(saved["tasks"]["sid"]["test"]) == {"accuracy", "eer"}
     assert (out / "layer-weights.png").exists() and "SID" in (out / "results.md").read_text()
-    got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*short),
+    got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*SHORT),
                     progress=False)
     assert got == {"ic": saved["tasks"]["ic"]["test"]}  # the API and the command agree; features were cached
     assert main(["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path), "--out", str(out)]) == 2
@@ -199,6 +289,17 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     assert main(["probe", str(tmp_path), "--task", "pr", "--train", "x", "--dev", "x", "--test", "x",
                  "--out", str(out)]) == 2  # not a checkpoint
     assert main(["probe", "fbank", "--random-init", "--task", "pr", "--out", str(out)]) == 2
+
+
+def test_results_tables_are_markdown():
+    scores = {"a": {"pr": {"per": 0.123}, "sid": {"accuracy": 0.9, "eer": 0.05}}, "b": {"pr": {"per": "12.0 ± 1.0"}}}
+    assert table(scores).splitlines() == [
+        "| upstream | PR PER ↓ | SID accuracy ↑ | SID EER ↓ |", "|---|---|---|---|", "| a | 12.3 | 90.0 | 5.0 |",
+        "| b | 12.0 ± 1.0 | – | – |", "", "(percent; ↓ lower is better, ↑ higher is better)"]
+    assert weights_table({"pr": [0.25, 0.75], "sid": [0.5, 0.5]}).splitlines() == [
+        "Layer weights (hidden state 0 = the transformer's input):", "", "| task | 0 | 1 |", "|---|---|---|",
+        "| PR | 0.250 | 0.750 |", "| SID | 0.500 | 0.500 |"]
+    assert weights_table({}) == ""
 
 
 def test_log_mel_puts_a_tone_in_its_band():
