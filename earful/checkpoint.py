@@ -134,6 +134,8 @@ def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt JSON: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
     if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
         found = info.get("format") if isinstance(info, dict) else None
         raise CheckpointError(f"{path}: format {found!r}, this version of earful reads {MODEL_FORMAT!r} (not an earful "

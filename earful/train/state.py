@@ -28,12 +28,12 @@ from safetensors import SafetensorError
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import (
-    INFO_FILE,
     MODEL_FILE,
     STATE_FILE,
     CheckpointError,
     atomic_torch_save,
     file_record,
+    read_info,
     safe_torch_load,
     save_model,
     verify_file,
@@ -211,11 +211,7 @@ def verify_checkpoint(ckpt: Path) -> None:
     """Every file of a training checkpoint against the size and SHA-256 recorded at save (nothing is loaded)."""
     info, _ = _read_trainer(ckpt)
     verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
-    try:
-        model = json.loads((ckpt / INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt / INFO_FILE}: unreadable ({e})") from e
-    verify_file(ckpt / MODEL_FILE, model.get("files", {}).get(MODEL_FILE))
+    verify_file(ckpt / MODEL_FILE, read_info(ckpt).get("files", {}).get(MODEL_FILE))
 
 
 def training_state(

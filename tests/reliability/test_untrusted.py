@@ -119,6 +119,7 @@ def test_import_hf_refuses_code_and_trusts_only_on_request(tmp_path, caplog) -> 
     (STATE_FILE, "truncate-rerecorded", r"state.pt: cannot read this torch file \(truncated or corrupt\?\)"),
     (TRAINER_FILE, "truncate", r"trainer.json: corrupt JSON"),
     ("model.json", "truncate", r"model.json: corrupt JSON"),
+    ("model.json", "garbage", r"model.json: unreadable \('utf-8' codec can't decode"),
     (MODEL_FILE, "delete", r"model.safetensors: missing"),
 ])
 def test_truncated_or_tampered_files_are_detected(run_dir, tmp_path, target, damage, message) -> None:
@@ -127,6 +128,8 @@ def test_truncated_or_tampered_files_are_detected(run_dir, tmp_path, target, dam
     data = bytearray(path.read_bytes())
     if damage == "delete":
         path.unlink()
+    elif damage == "garbage":  # not text at all
+        path.write_bytes(b"\xff\xfe\x00\x9c" * 16)
     elif damage.startswith("truncate"):
         path.write_bytes(bytes(data[: len(data) // 2]))
         if damage == "truncate-rerecorded":
