@@ -37,9 +37,9 @@ def trained(monkeypatch) -> SimpleNamespace:
         self.recorded_step = step
         real_start(self, step)
 
-    def micro_step(self, net, batch, generator):
+    def micro_step(self, net, batch, generator, host_generator):
         record.append((self.recorded_step, batch.epoch, list(batch.ids)))
-        return real_micro(self, net, batch, generator)
+        return real_micro(self, net, batch, generator, host_generator)
 
     monkeypatch.setattr(PretrainTask, "start_step", start_step)
     monkeypatch.setattr(PretrainTask, "micro_step", micro_step)

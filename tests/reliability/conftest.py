@@ -100,8 +100,8 @@ def nan_steps(monkeypatch) -> set[int]:
             self.fault_step = step
             real(self, step)
 
-        def micro_step(self, net, batch, generator, real=real_micro):
-            loss, stats = real(self, net, batch, generator)
+        def micro_step(self, net, batch, generator, host_generator, real=real_micro):
+            loss, stats = real(self, net, batch, generator, host_generator)
             if self.fault_step in steps:  # as a NaN from the model: the loss and its logged term
                 loss = loss * float("nan")
                 stats = {**stats, **({"contrastive": stats["contrastive"] * float("nan")} if "contrastive" in stats
