@@ -110,3 +110,48 @@ def test_a_30_minute_file_goes_through_the_model_a_window_at_a_time(tone_ctc, tm
     # every part of the file was transcribed: the pattern's words, about as many times as it repeats
     ratio = len(long["text"].split()) / len(short["text"].split())
     assert 0.85 * 1800 * 16000 / len(pattern) <= ratio <= 1.15 * 1800 * 16000 / len(pattern), ratio
+
+
+def test_windows_reach_the_model_zero_padded_as_training_batches_are(tone_ctc, tmp_path, monkeypatch) -> None:
+    """Each batch of windows is the data loaders' batch (``collate``, ``Batch.model_inputs``): every window's
+    samples at the start of its row, zeros after, lengths only when some row is shorter than the batch, and a
+    batch shorter than the receptive field padded up to it (with its length). One window a batch or three,
+    the transcripts are the same."""
+    from earful.eval.transcribe import transcribe_files
+
+    ckpt, manifest = tone_ctc
+    model, vocab, _ = load_ctc(ckpt)
+    waves = [load_audio(u.path) for u in read_manifest(manifest)[:3]]
+    waves.append(np.concatenate([waves[0], waves[1]])[: 2 * 16000 + 200])  # its last 1 s window: 200 samples
+    files = []
+    for k, w in enumerate(waves):
+        files.append(str(tmp_path / f"f{k}.wav"))
+        sf.write(files[-1], w, 16000, subtype="FLOAT")
+    calls: list[tuple] = []
+    forward = Wav2Vec2ForCTC.forward
+
+    def spy(self, wave, lengths, **kwargs):
+        calls.append((wave.clone(), None if lengths is None else lengths.clone()))
+        return forward(self, wave, lengths, **kwargs)
+
+    monkeypatch.setattr(Wav2Vec2ForCTC, "forward", spy)
+    texts = []
+    for device_seconds in (1.0, 3.0):
+        calls.clear()
+        records = transcribe_files(model, vocab, files, chunk_seconds=1.0, stride_seconds=0.0,
+                                   device_seconds=device_seconds)
+        texts.append([r["text"] for r in records])
+        rows = []
+        for wave, lengths in calls:
+            n = lengths.tolist() if lengths is not None else [wave.shape[1]] * len(wave)
+            assert (lengths is None) == all(k == wave.shape[1] for k in n)
+            assert wave.shape[1] == max(*n, model.cfg.receptive_field)
+            for row, k in zip(wave, n, strict=True):
+                assert not row[k:].any()
+                rows.append(row[:k].numpy())
+        # windows without strides: the rows, in order, are the files' samples, each once
+        assert np.array_equal(np.concatenate(rows), np.concatenate(waves))
+        if device_seconds == 1.0:  # the 200-sample window alone
+            assert [(tuple(w.shape), n.tolist()) for w, n in calls if len(w) == 1 and n is not None] == [
+                ((1, model.cfg.receptive_field), [200])]
+    assert texts[0] == texts[1]
