@@ -176,7 +176,9 @@ def transcribe_files(
 
     batch: list[_Piece] = []
     longest = 0
-    with tqdm(total=round(_total_seconds(files), 1), unit="s", desc="transcribe", disable=None) as bar:
+    with tqdm(unit="s", desc="transcribe", disable=None) as bar:
+        if not bar.disable:  # the bar's total: a pass over every file's header, only for a bar that shows
+            bar.reset(total=round(_total_seconds(files), 1))
         for piece in windows():
             if batch and (len(batch) + 1) * max(longest, piece.chunk.length) > budget:
                 run(batch)

@@ -155,3 +155,34 @@ def test_windows_reach_the_model_zero_padded_as_training_batches_are(tone_ctc, t
             assert [(tuple(w.shape), n.tolist()) for w, n in calls if len(w) == 1 and n is not None] == [
                 ((1, model.cfg.receptive_field), [200])]
     assert texts[0] == texts[1]
+
+
+def test_the_bar_reads_the_files_headers_only_when_it_shows(tmp_path, monkeypatch) -> None:
+    """The progress bar's total (every file's length, from its header) is read only for a bar that shows: with
+    the bar off (no terminal) no header is read; with it on, each file's once, and the bar ends at the total."""
+    import io
+
+    import earful.eval.transcribe as T
+    from earful.eval.vocab import CharVocab
+    from earful.model import load_model_config
+
+    files = []
+    for k, n in enumerate((8000, 20000)):
+        files.append(str(tmp_path / f"f{k}.wav"))
+        sf.write(files[-1], 0.1 * np.random.default_rng(k).standard_normal(n).astype(np.float32), 16000)
+    vocab = CharVocab()
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), len(vocab))
+    headers: list[str] = []
+    info = T.audio_info
+    monkeypatch.setattr(T, "audio_info", lambda f: headers.append(str(f)) or info(f))
+    off = T.transcribe_files(model, vocab, files)  # under pytest stderr is no terminal: the bar is off
+    assert headers == [] and [r["seconds"] for r in off] == [0.5, 1.25]
+    bars, tqdm = [], T.tqdm
+
+    def shown(**kwargs):
+        bars.append(tqdm(**{**kwargs, "disable": False, "file": io.StringIO()}))
+        return bars[-1]
+
+    monkeypatch.setattr(T, "tqdm", shown)
+    assert T.transcribe_files(model, vocab, files) == off
+    assert headers == files and bars[0].n == 1.75 and bars[0].total == round(1.75, 1)  # the total as shown
