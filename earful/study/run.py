@@ -43,6 +43,7 @@ from earful.study.stages import (
     finetune_and_evaluate,
     gradvar_stage,
     hours_of,
+    kept_checkpoints,
     probe_stage,
     run_pretraining_stage,
 )
@@ -95,17 +96,14 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
                    ) -> list[Probing]:
     """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final); for the first
     run of a seed its random init (every run of a seed starts from it), and once per study filterbanks."""
-    ck = out / "pretrain" / run.name / "checkpoints"
-    names = [f"steps-{n}" for n in cycle_minima(study)] + [f"hours-{h:g}" for h in study.milestone_hours]
     todo = []
-    for name in [n for n in names if (ck / n).is_dir()] + [f"step-{run.steps:07d}"]:
-        step = hours_of(ck / name)[1]
-        ck_name = "final" if name.startswith("step-") else name
-        todo.append(Probing(f"{run.name}__{ck_name}", str(ck / name), {
+    for ck_name, path in kept_checkpoints(study, run, out).items():
+        step = hours_of(path)[1]
+        todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
             "checkpoint": ck_name, "step": step, "hours": run.batch_seconds * step / 3600}))
     if first_of_seed:
-        todo.append(Probing(f"init-seed{run.seed}", str(ck / "init"), {
+        todo.append(Probing(f"init-seed{run.seed}", str(out / "pretrain" / run.name / "checkpoints" / "init"), {
             "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
             "checkpoint": "init", "step": 0, "hours": 0.0}))
     if fbank:

@@ -124,18 +124,26 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
     return record
 
 
-def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+def kept_checkpoints(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+    """The checkpoints of ``run`` the study keeps, by the name the study gives them: the milestones (``hours-H``)
+    and cycle minima (``steps-N``) that were written, then ``final``."""
     ck = out / "pretrain" / run.name / "checkpoints"
+    names = [f"hours-{h:g}" for h in study.milestone_hours] + [f"steps-{n}" for n in cycle_minima(study)]
+    return {**{name: ck / name for name in names if (ck / name).exists()}, "final": ck / f"step-{run.steps:07d}"}
+
+
+def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+    """The checkpoints of ``run`` that ``finetune.checkpoints`` chooses (final | best | milestones)."""
+    ck, kept = out / "pretrain" / run.name / "checkpoints", kept_checkpoints(study, run, out)
     chosen: dict[str, Path] = {}
     for spec in study.finetune.checkpoints:
         if spec == "final":
-            chosen["final"] = ck / f"step-{run.steps:07d}"
+            chosen["final"] = kept["final"]
         elif spec == "best":
             if (ck / "best").exists():
                 chosen["best"] = ck / "best"
         elif spec == "milestones":
-            names = [f"hours-{h:g}" for h in study.milestone_hours] + [f"steps-{n}" for n in cycle_minima(study)]
-            chosen.update({name: ck / name for name in names if (ck / name).exists()})
+            chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:
             raise ValueError(f"finetune.checkpoints: unknown {spec!r} (final | best | milestones)")
     return chosen
