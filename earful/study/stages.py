@@ -54,6 +54,39 @@ def done_record(path: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+# ---------------------------------------------------------------------- finished stages
+# Each stage's own check that it has finished (then it only reads its results): the stage uses it, and so does a
+# cluster launcher, which then does not submit the stage again.
+def pretrained(out: Path, run: PlannedRun) -> bool:
+    return done_record(out / "pretrain" / run.name) is not None
+
+
+def evaluation_summary(out: Path, name: str) -> Path:
+    return out / "eval" / name / "summary.json"
+
+
+def evaluated(out: Path, name: str) -> bool:
+    """Fine-tuned and evaluated (the evaluation comes last)."""
+    return evaluation_summary(out, name).exists()
+
+
+def gradvar_record(out: Path, run: PlannedRun) -> Path:
+    return out / "gradvar" / f"{run.name}.json"
+
+
+def gradvar_measured(out: Path, run: PlannedRun) -> bool:
+    return gradvar_record(out, run).exists()
+
+
+def probe_summary(out: Path, name: str, seed: int) -> Path:
+    return out / "probe" / name / f"seed-{seed}" / "summary.json"
+
+
+def probed(study: StudyConfig, out: Path, name: str) -> bool:
+    """Every probe seed of the study has probed ``name`` (a rerun may add seeds)."""
+    return all(probe_summary(out, name, seed).exists() for seed in study.probe_seeds)
+
+
 # ---------------------------------------------------------------------- pre-training
 def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
     """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""
@@ -191,13 +224,13 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
             raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume",
                                summary["stopped_by"])
         atomic_write_json(fdir / "done.json", {"name": name})
-    edir = out / "eval" / name
-    if not (edir / "summary.json").exists():
+    summary = evaluation_summary(out, name)
+    if not evaluated(out, name):
         ckpt = fdir / "checkpoints" / "best"
         if not ckpt.exists():
             ckpt = fdir
-        evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], edir)
-    return json.loads((edir / "summary.json").read_text())
+        evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], summary.parent)
+    return json.loads(summary.read_text())
 
 
 # ---------------------------------------------------------------------- gradient noise
@@ -206,8 +239,8 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
     from earful.data.budget import BatchBudget
     from earful.pretrain.gradvar import gradient_noise
 
-    path = out / "gradvar" / f"{run.name}.json"
-    if path.exists():
+    path = gradvar_record(out, run)
+    if gradvar_measured(out, run):
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
     budget = BatchBudget(run.batch_seconds, run.device_seconds, crop_seconds=cfg.data.crop_seconds,
@@ -237,11 +270,10 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
     cache = out / "probe-cache" / name
     config = load_config(ProbeConfig, None, study.probe_overrides)
     for seed in study.probe_seeds:
-        folder = out / "probe" / name / f"seed-{seed}"
-        done = folder / "summary.json"
+        done = probe_summary(out, name, seed)
         if not done.exists():
             with torch.random.fork_rng(devices=[]):
-                metrics = run_suite(upstream, study.corpus.path(".", root), folder, study.probes, seed,
+                metrics = run_suite(upstream, study.corpus.path(".", root), done.parent, study.probes, seed,
                                     cache_dir=cache, config=config, progress=False)
             atomic_write_json(done, metrics)
         metrics = json.loads(done.read_text())
