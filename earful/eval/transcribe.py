@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from earful.data.audio import AudioError, audio_info, load_audio
 from earful.data.budget import SAMPLE_RATE
+from earful.data.dataset import Item, collate
 from earful.eval.beam import LMBeamDecoder
 from earful.eval.decode import greedy_decode
 from earful.eval.evaluate import strip_placeholders
@@ -160,13 +160,12 @@ def transcribe_files(
             records[i]["text"], records[i]["greedy"] = beam.decode(logits)[0], greedy
 
     def run(batch: list[_Piece]) -> None:
-        wave = pad_sequence([torch.from_numpy(p.wave) for p in batch], batch_first=True)  # (batch, samples)
-        # at least one receptive field: a file's last window may be shorter (it has no frames)
-        wave = F.pad(wave, (0, max(0, model.cfg.receptive_field - wave.shape[1])))
-        lengths = torch.tensor([p.chunk.length for p in batch])
-        full = bool((lengths == wave.shape[1]).all())
+        padded = collate([Item(j, records[p.file]["path"], p.wave, None) for j, p in enumerate(batch)])
+        short = model.cfg.receptive_field - padded.wave.shape[1]
+        if short > 0:  # at least one receptive field: a file's last window may be shorter (it has no frames)
+            padded = replace(padded, wave=F.pad(padded.wave, (0, short)))
         with autocast(precision, device):
-            logits, frames = model(wave.to(device), None if full else lengths.to(device))
+            logits, frames = model(*padded.model_inputs(device))
         logits, frames = logits.float().cpu(), frames.cpu()
         for j, p in enumerate(batch):
             first, end = kept_frames(p.chunk, step, int(frames[j]))
@@ -177,7 +176,9 @@ def transcribe_files(
 
     batch: list[_Piece] = []
     longest = 0
-    with tqdm(total=round(_total_seconds(files), 1), unit="s", desc="transcribe", disable=None) as bar:
+    with tqdm(unit="s", desc="transcribe", disable=None) as bar:
+        if not bar.disable:  # the bar's total: a pass over every file's header, only for a bar that shows
+            bar.reset(total=round(_total_seconds(files), 1))
         for piece in windows():
             if batch and (len(batch) + 1) * max(longest, piece.chunk.length) > budget:
                 run(batch)

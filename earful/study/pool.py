@@ -27,15 +27,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class Job:
     """One unit of a study. ``then`` makes the jobs that can start once this one has finished; ``devices``: the
-    devices it trains on; ``marker``: a file that exists once it has finished (a cluster job is then not submitted
-    again: its function only reads the results, here)."""
+    devices it trains on; ``finished``: the stage's own check that it has finished (``earful/study/stages.py``; a
+    cluster job is then not submitted again: its function only reads the results, here)."""
 
     key: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     then: Callable[[Any], list[Job]] | None = None
     devices: int = 1
-    marker: Path | None = None
+    finished: Callable[[], bool] | None = None
 
 
 class Progress:

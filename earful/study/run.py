@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,15 @@ from earful.study.report import build_report
 from earful.study.stages import (
     BASELINES,
     checkpoints_to_finetune,
+    evaluated,
     finetune_and_evaluate,
+    gradvar_measured,
     gradvar_stage,
     hours_of,
+    kept_checkpoints,
+    pretrained,
     probe_stage,
+    probed,
     run_pretraining_stage,
 )
 from earful.train.tracking import require
@@ -95,17 +101,14 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
                    ) -> list[Probing]:
     """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final); for the first
     run of a seed its random init (every run of a seed starts from it), and once per study filterbanks."""
-    ck = out / "pretrain" / run.name / "checkpoints"
-    names = [f"steps-{n}" for n in cycle_minima(study)] + [f"hours-{h:g}" for h in study.milestone_hours]
     todo = []
-    for name in [n for n in names if (ck / n).is_dir()] + [f"step-{run.steps:07d}"]:
-        step = hours_of(ck / name)[1]
-        ck_name = "final" if name.startswith("step-") else name
-        todo.append(Probing(f"{run.name}__{ck_name}", str(ck / name), {
+    for ck_name, path in kept_checkpoints(study, run, out).items():
+        step = hours_of(path)[1]
+        todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
             "checkpoint": ck_name, "step": step, "hours": run.batch_seconds * step / 3600}))
     if first_of_seed:
-        todo.append(Probing(f"init-seed{run.seed}", str(ck / "init"), {
+        todo.append(Probing(f"init-seed{run.seed}", str(out / "pretrain" / run.name / "checkpoints" / "init"), {
             "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
             "checkpoint": "init", "step": 0, "hours": 0.0}))
     if fbank:
@@ -174,21 +177,21 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
         first = first_of_seed.get(run.seed) is run
         planned[run.name] = planned_finetunings(study, run, out, first)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
-                                                    f.baseline), marker=out / "eval" / f.name / "summary.json")
+                                                    f.baseline), finished=partial(evaluated, out, f.name))
                 for f in planned[run.name]]
         if study.probes:
             probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0])
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
-                         marker=out / "probe" / p.name / f"seed-{study.probe_seeds[-1]}" / "summary.json")
+                         finished=partial(probed, study, out, p.name))
                      for p in probing[run.name]]
         if study.gradvar_batches:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
-                            marker=out / "gradvar" / f"{run.name}.json"))
+                            finished=partial(gradvar_measured, out, run)))
         return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
                 then=lambda _rec, r=r: after_pretraining(r), devices=r.devices,
-                marker=out / "pretrain" / r.name / "done.json") for r in runs]
+                finished=partial(pretrained, out, r)) for r in runs]
     if study.launcher == "slurm":
         from earful.study.slurm import execute_on_slurm
 

@@ -54,6 +54,39 @@ def done_record(path: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+# ---------------------------------------------------------------------- finished stages
+# Each stage's own check that it has finished (then it only reads its results): the stage uses it, and so does a
+# cluster launcher, which then does not submit the stage again.
+def pretrained(out: Path, run: PlannedRun) -> bool:
+    return done_record(out / "pretrain" / run.name) is not None
+
+
+def evaluation_summary(out: Path, name: str) -> Path:
+    return out / "eval" / name / "summary.json"
+
+
+def evaluated(out: Path, name: str) -> bool:
+    """Fine-tuned and evaluated (the evaluation comes last)."""
+    return evaluation_summary(out, name).exists()
+
+
+def gradvar_record(out: Path, run: PlannedRun) -> Path:
+    return out / "gradvar" / f"{run.name}.json"
+
+
+def gradvar_measured(out: Path, run: PlannedRun) -> bool:
+    return gradvar_record(out, run).exists()
+
+
+def probe_summary(out: Path, name: str, seed: int) -> Path:
+    return out / "probe" / name / f"seed-{seed}" / "summary.json"
+
+
+def probed(study: StudyConfig, out: Path, name: str) -> bool:
+    """Every probe seed of the study has probed ``name`` (a rerun may add seeds)."""
+    return all(probe_summary(out, name, seed).exists() for seed in study.probe_seeds)
+
+
 # ---------------------------------------------------------------------- pre-training
 def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
     """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""
@@ -124,18 +157,26 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
     return record
 
 
-def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+def kept_checkpoints(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+    """The checkpoints of ``run`` the study keeps, by the name the study gives them: the milestones (``hours-H``)
+    and cycle minima (``steps-N``) that were written, then ``final``."""
     ck = out / "pretrain" / run.name / "checkpoints"
+    names = [f"hours-{h:g}" for h in study.milestone_hours] + [f"steps-{n}" for n in cycle_minima(study)]
+    return {**{name: ck / name for name in names if (ck / name).exists()}, "final": ck / f"step-{run.steps:07d}"}
+
+
+def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+    """The checkpoints of ``run`` that ``finetune.checkpoints`` chooses (final | best | milestones)."""
+    ck, kept = out / "pretrain" / run.name / "checkpoints", kept_checkpoints(study, run, out)
     chosen: dict[str, Path] = {}
     for spec in study.finetune.checkpoints:
         if spec == "final":
-            chosen["final"] = ck / f"step-{run.steps:07d}"
+            chosen["final"] = kept["final"]
         elif spec == "best":
             if (ck / "best").exists():
                 chosen["best"] = ck / "best"
         elif spec == "milestones":
-            names = [f"hours-{h:g}" for h in study.milestone_hours] + [f"steps-{n}" for n in cycle_minima(study)]
-            chosen.update({name: ck / name for name in names if (ck / name).exists()})
+            chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:
             raise ValueError(f"finetune.checkpoints: unknown {spec!r} (final | best | milestones)")
     return chosen
@@ -183,13 +224,13 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
             raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume",
                                summary["stopped_by"])
         atomic_write_json(fdir / "done.json", {"name": name})
-    edir = out / "eval" / name
-    if not (edir / "summary.json").exists():
+    summary = evaluation_summary(out, name)
+    if not evaluated(out, name):
         ckpt = fdir / "checkpoints" / "best"
         if not ckpt.exists():
             ckpt = fdir
-        evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], edir)
-    return json.loads((edir / "summary.json").read_text())
+        evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], summary.parent)
+    return json.loads(summary.read_text())
 
 
 # ---------------------------------------------------------------------- gradient noise
@@ -198,8 +239,8 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
     from earful.data.budget import BatchBudget
     from earful.pretrain.gradvar import gradient_noise
 
-    path = out / "gradvar" / f"{run.name}.json"
-    if path.exists():
+    path = gradvar_record(out, run)
+    if gradvar_measured(out, run):
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
     budget = BatchBudget(run.batch_seconds, run.device_seconds, crop_seconds=cfg.data.crop_seconds,
@@ -229,11 +270,10 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
     cache = out / "probe-cache" / name
     config = load_config(ProbeConfig, None, study.probe_overrides)
     for seed in study.probe_seeds:
-        folder = out / "probe" / name / f"seed-{seed}"
-        done = folder / "summary.json"
+        done = probe_summary(out, name, seed)
         if not done.exists():
             with torch.random.fork_rng(devices=[]):
-                metrics = run_suite(upstream, study.corpus.path(".", root), folder, study.probes, seed,
+                metrics = run_suite(upstream, study.corpus.path(".", root), done.parent, study.probes, seed,
                                     cache_dir=cache, config=config, progress=False)
             atomic_write_json(done, metrics)
         metrics = json.loads(done.read_text())

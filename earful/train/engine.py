@@ -119,8 +119,8 @@ class Trainer:
         self.recipe, self.layout = recipe_of(cfg), layout_of(cfg, self.d.world_size)
         segment = None
         if latest is not None:
-            segment = check_resume(self.run.root, read_trainer_info(latest), cfg, self.d.world_size,
-                                   allow_changes=allow_changes)
+            segment = check_resume(self.run.root, read_trainer_info(latest), self.recipe, self.layout,
+                                   batch_seconds=cfg.batch_seconds, allow_changes=allow_changes)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader

@@ -25,6 +25,7 @@ import torch
 from earful.atomic import atomic_write_lines
 from earful.config import ConfigError
 from earful.train.config import HealthConfig
+from earful.train.tracking import scalars
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,8 @@ class TensorBoard:
     def write(self, prefix: str, record: dict[str, Any], step: int) -> None:
         if self.writer is None:
             return
-        for k, v in record.items():
-            if isinstance(v, int | float) and k != "step" and math.isfinite(v):
-                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+        for tag, value in scalars(prefix, record).items():  # what the experiment trackers log
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
 

@@ -80,15 +80,15 @@ def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
     return ", ".join(shown) + (f" (and {len(diff) - limit} more)" if len(diff) > limit else "")
 
 
-def check_resume(root: Path, info: dict[str, Any], cfg: TrainingConfig, world_size: int, *,
-                 allow_changes: bool) -> dict[str, Any] | None:
-    """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with ``cfg``. Raises
-    ValueError on another recipe unless ``allow_changes``; returns the new history segment to record (changed
-    recipe or layout), or None when nothing changed."""
+def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
+                 batch_seconds: float, allow_changes: bool) -> dict[str, Any] | None:
+    """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with the run's (``recipe_of``
+    and ``layout_of`` of its config, computed once by the trainer: a sharded run's recipe reads its index).
+    Raises ValueError on another recipe unless ``allow_changes``; returns the new history segment to record
+    (changed recipe or layout), or None when nothing changed."""
     if "recipe" not in info or "layout" not in info:
         raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
                          "by earful's trainer): use another --out")
-    recipe, layout = recipe_of(cfg), layout_of(cfg, world_size)
     changed = differences(info["recipe"], recipe)
     moved = differences(info["layout"], layout)
     if changed and not allow_changes:
@@ -100,7 +100,7 @@ def check_resume(root: Path, info: dict[str, Any], cfg: TrainingConfig, world_si
         log.warning("resuming with another recipe (allowed by --allow-changes): %s", describe(changed))
     elif moved:
         log.warning("resuming in another layout (%s): the same batch of %g s, in another order of micro-batches",
-                    describe(moved), cfg.batch_seconds)
+                    describe(moved), batch_seconds)
     if not changed and not moved:
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved}

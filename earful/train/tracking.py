@@ -54,7 +54,8 @@ def require(backend: str) -> ModuleType:
 
 
 def scalars(prefix: str, record: dict[str, Any]) -> dict[str, float]:
-    """A record's finite numbers as ``prefix/key`` (``step`` is the x-axis, not a value)."""
+    """A record's finite numbers as ``prefix/key`` (``step`` is the x-axis, not a value): what TensorBoard and
+    every tracker log."""
     return {f"{prefix}/{k}": float(v) for k, v in record.items()
             if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
 

@@ -110,3 +110,79 @@ def test_a_30_minute_file_goes_through_the_model_a_window_at_a_time(tone_ctc, tm
     # every part of the file was transcribed: the pattern's words, about as many times as it repeats
     ratio = len(long["text"].split()) / len(short["text"].split())
     assert 0.85 * 1800 * 16000 / len(pattern) <= ratio <= 1.15 * 1800 * 16000 / len(pattern), ratio
+
+
+def test_windows_reach_the_model_zero_padded_as_training_batches_are(tone_ctc, tmp_path, monkeypatch) -> None:
+    """Each batch of windows is the data loaders' batch (``collate``, ``Batch.model_inputs``): every window's
+    samples at the start of its row, zeros after, lengths only when some row is shorter than the batch, and a
+    batch shorter than the receptive field padded up to it (with its length). One window a batch or three,
+    the transcripts are the same."""
+    from earful.eval.transcribe import transcribe_files
+
+    ckpt, manifest = tone_ctc
+    model, vocab, _ = load_ctc(ckpt)
+    waves = [load_audio(u.path) for u in read_manifest(manifest)[:3]]
+    waves.append(np.concatenate([waves[0], waves[1]])[: 2 * 16000 + 200])  # its last 1 s window: 200 samples
+    files = []
+    for k, w in enumerate(waves):
+        files.append(str(tmp_path / f"f{k}.wav"))
+        sf.write(files[-1], w, 16000, subtype="FLOAT")
+    calls: list[tuple] = []
+    forward = Wav2Vec2ForCTC.forward
+
+    def spy(self, wave, lengths, **kwargs):
+        calls.append((wave.clone(), None if lengths is None else lengths.clone()))
+        return forward(self, wave, lengths, **kwargs)
+
+    monkeypatch.setattr(Wav2Vec2ForCTC, "forward", spy)
+    texts = []
+    for device_seconds in (1.0, 3.0):
+        calls.clear()
+        records = transcribe_files(model, vocab, files, chunk_seconds=1.0, stride_seconds=0.0,
+                                   device_seconds=device_seconds)
+        texts.append([r["text"] for r in records])
+        rows = []
+        for wave, lengths in calls:
+            n = lengths.tolist() if lengths is not None else [wave.shape[1]] * len(wave)
+            assert (lengths is None) == all(k == wave.shape[1] for k in n)
+            assert wave.shape[1] == max(*n, model.cfg.receptive_field)
+            for row, k in zip(wave, n, strict=True):
+                assert not row[k:].any()
+                rows.append(row[:k].numpy())
+        # windows without strides: the rows, in order, are the files' samples, each once
+        assert np.array_equal(np.concatenate(rows), np.concatenate(waves))
+        if device_seconds == 1.0:  # the 200-sample window alone
+            assert [(tuple(w.shape), n.tolist()) for w, n in calls if len(w) == 1 and n is not None] == [
+                ((1, model.cfg.receptive_field), [200])]
+    assert texts[0] == texts[1]
+
+
+def test_the_bar_reads_the_files_headers_only_when_it_shows(tmp_path, monkeypatch) -> None:
+    """The progress bar's total (every file's length, from its header) is read only for a bar that shows: with
+    the bar off (no terminal) no header is read; with it on, each file's once, and the bar ends at the total."""
+    import io
+
+    import earful.eval.transcribe as T
+    from earful.eval.vocab import CharVocab
+    from earful.model import load_model_config
+
+    files = []
+    for k, n in enumerate((8000, 20000)):
+        files.append(str(tmp_path / f"f{k}.wav"))
+        sf.write(files[-1], 0.1 * np.random.default_rng(k).standard_normal(n).astype(np.float32), 16000)
+    vocab = CharVocab()
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), len(vocab))
+    headers: list[str] = []
+    info = T.audio_info
+    monkeypatch.setattr(T, "audio_info", lambda f: headers.append(str(f)) or info(f))
+    off = T.transcribe_files(model, vocab, files)  # under pytest stderr is no terminal: the bar is off
+    assert headers == [] and [r["seconds"] for r in off] == [0.5, 1.25]
+    bars, tqdm = [], T.tqdm
+
+    def shown(**kwargs):
+        bars.append(tqdm(**{**kwargs, "disable": False, "file": io.StringIO()}))
+        return bars[-1]
+
+    monkeypatch.setattr(T, "tqdm", shown)
+    assert T.transcribe_files(model, vocab, files) == off
+    assert headers == files and bars[0].n == 1.75 and bars[0].total == round(1.75, 1)  # the total as shown

@@ -326,3 +326,26 @@ def test_probes_of_every_kept_checkpoint_and_the_baselines_reach_the_report(stud
     assert "final models" in text and "| C1 | pr.per |" in text
     assert (out / "report" / "plots" / "probe_pr_per_vs_hours.png").exists()
     assert not (out / "probe-cache").exists() or not any((out / "probe-cache").iterdir())  # features removed
+
+
+def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None:
+    """The checkpoints a run keeps (milestones and cycle minima that were written, and the final) are named once:
+    the probes take them all, ``finetune.checkpoints: [final, milestones]`` the same, under the same names."""
+    from earful.study.config import PlannedRun, StudyConfig
+    from earful.study.run import planned_probes
+    from earful.study.stages import checkpoints_to_finetune
+
+    run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, accumulation=1, lr=1e-3, steps=8,
+                     hours=8 * 4 / 3600, seed=1)
+    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, milestone_hours=[0.002, 0.5])
+    ck = tmp_path / "pretrain" / run.name / "checkpoints"
+    for name, step in (("steps-4", 4), ("hours-0.002", 2), ("step-0000008", 8)):  # 0.5 h was never reached
+        (ck / name).mkdir(parents=True)
+        (ck / name / "trainer.json").write_text(json.dumps({"step": step, "hours_padded": step * 4 / 3600}))
+    study.finetune.checkpoints = ["final", "milestones"]
+    chosen = checkpoints_to_finetune(study, run, tmp_path)
+    assert chosen == {"final": ck / "step-0000008", "hours-0.002": ck / "hours-0.002", "steps-4": ck / "steps-4"}
+    probes = {p.record["checkpoint"]: p for p in planned_probes(study, run, tmp_path, False, False)}
+    assert {name: Path(p.upstream) for name, p in probes.items()} == chosen
+    assert [(p.name, p.record["step"]) for p in probes.values()] == [
+        ("4s-seed1__hours-0.002", 2), ("4s-seed1__steps-4", 4), ("4s-seed1__final", 8)]

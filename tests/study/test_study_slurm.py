@@ -103,3 +103,75 @@ def test_a_runs_devices_become_nodes_and_gpus_in_its_slurm_job(cluster_study, tm
     assert resources(SlurmConfig(gpus_per_node=8), 1)["gpus_per_node"] == 1
     with pytest.raises(ValueError, match="cannot be split evenly over 2 nodes"):
         resources(SlurmConfig(gpus_per_node=8), 9)
+
+
+class _Executor:
+    """submitit's executor, as the study uses it, running each submitted job at once, here; ``inside`` is True
+    while one runs."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.inside = False
+
+    def update_parameters(self, name: str, **_: object) -> None:
+        self.name = name
+
+    def submit(self, _stage: object, fn, args) -> "_Submitted":
+        self.submitted.append(self.name)
+        self.inside = True
+        try:
+            return _Submitted(str(len(self.submitted)), fn(*args))
+        finally:
+            self.inside = False
+
+
+class _Submitted:
+    """A submitted job that has finished with ``result``."""
+
+    def __init__(self, job_id: str, result: object) -> None:
+        self.job_id, self.result = job_id, result
+
+    def done(self) -> bool:
+        return True
+
+    def results(self) -> list[object]:
+        return [self.result]
+
+
+def test_probe_seeds_added_by_a_rerun_are_cluster_jobs(cluster_study, cluster_study_local, tmp_path,
+                                                        monkeypatch) -> None:
+    """A probe job has finished only once every probe seed has: a rerun that grows probe_seeds from [0, 2] to
+    [0, 1, 2] submits each upstream's job again for seed 1 (it is not probed in the study process), and a finished
+    stage, of any kind, is never submitted again."""
+    import shutil
+
+    from earful.study.stages import probe_summary
+
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # set by the launcher; restored after the test
+    out = tmp_path / "out"
+    shutil.copytree(cluster_study_local, out)  # pre-trained, fine-tuned and evaluated
+    (out / "study.json").unlink()  # its recipe had no probes
+    executor = _Executor()
+    monkeypatch.setattr("earful.study.slurm.make_executor", lambda study, out: executor)
+    probed: list[tuple[str, list[int], bool]] = []  # (upstream, seeds probed now, as a cluster job)
+
+    def probe_stage(study, name, upstream, out, root):  # the real stage's files, without the probes' cost
+        new = [s for s in study.probe_seeds if not probe_summary(out, name, s).exists()]
+        for seed in new:
+            probe_summary(out, name, seed).parent.mkdir(parents=True)
+            probe_summary(out, name, seed).write_text(json.dumps({"pr": {"per": 0.5 + seed / 100}}))
+        probed.append((name, new, executor.inside))
+        return [{"seed": s, "task": "pr", "metric": "per", "value": 0.5 + s / 100} for s in study.probe_seeds]
+
+    monkeypatch.setattr("earful.study.run.probe_stage", probe_stage)
+    upstreams = [f"{RUN}__final", "init-seed1", "fbank"]
+    for seeds, probed_now in (("[0,2]", [0, 2]), ("[0,1,2]", [1]), ("[0,1,2]", [])):
+        executor.submitted.clear()
+        probed.clear()
+        run_study(load_study(cluster_study, ["launcher=slurm", "probes=[pr]", f"probe_seeds={seeds}"]), out)
+        assert sorted(probed) == sorted((u, probed_now, bool(probed_now)) for u in upstreams)
+        assert sorted(executor.submitted) == (sorted(f"earful-toy-slurm-probe-{u}" for u in upstreams)
+                                              if probed_now else [])
+    records = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
+    assert sorted((r["pretrain"], r["probe_seed"]) for r in records) == sorted(
+        (p, s) for p in (RUN, "random-init", "fbank") for s in (0, 1, 2))

@@ -129,3 +129,35 @@ def test_cuda_generator_state_restores_on_fewer_gpus(monkeypatch) -> None:
     restore_training_state({**base, "rng_cuda": fifth}, opt, scaler, Loader(), Dist(device=torch.device("cuda", 0)))
     restore_training_state({**base, "rng_cuda": fifth}, opt, scaler, Loader(), Dist())  # on a CPU: nothing
     assert calls == [(5, torch.device("cuda", 0))]
+
+
+def test_a_sharded_resume_reads_the_shard_index_once_for_the_recipe(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """Resuming a run streamed from shards reads the index twice: once for the recipe (computed once by the
+    trainer, then compared with the checkpoint's) and once for the loader; never again for the check."""
+    from earful.data import shards as S
+    from earful.data.manifest import read_manifest
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    S.write_shards(read_manifest(tiny_corpus[0]), tmp_path / "shards", shard_bytes=100_000)
+    overrides = ["model_preset=tiny", f"data.shards={tmp_path / 'shards'}", "batch_seconds=4", "device_seconds=4",
+                 "max_steps={}", "log_every=1", "valid_every=0", "data.num_workers=0", "data.min_seconds=0.5",
+                 "data.crop_seconds=2.0", "tensorboard=false", "threads=1", "device=cpu"]
+
+    def cfg(steps: int):
+        return load_pretrain_config(None, [o.format(steps) for o in overrides])
+
+    out = tmp_path / "run"
+    Trainer(PretrainTask(cfg(1)), out).fit()
+    reads = []
+    read = S.ShardIndex.__init__
+
+    def counted(self, location) -> None:
+        reads.append(str(location))
+        read(self, location)
+
+    monkeypatch.setattr(S.ShardIndex, "__init__", counted)
+    resumed = Trainer(PretrainTask(cfg(1)), out, resume=True)
+    assert resumed.step == 1 and len(reads) == 2, reads
+    resumed.close()

@@ -127,3 +127,24 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_it_trains(tmp_path
     assert not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(ConfigError, match="named twice"):
         load_pretrain_config(None, ["tracking.backends=[wandb,wandb]"])
+
+
+def test_tensorboard_and_the_trackers_log_the_same_scalars(tmp_path) -> None:
+    """One filter for both: a record's finite numbers, never its step, text, flags or non-finite values."""
+    import math
+
+    from earful.train.config import TrackingConfig
+    from earful.train.monitor import TensorBoard
+    from earful.train.tracking import Tracking
+
+    record = {"step": 7, "loss": 1.5, "utterances": 3, "wer": math.nan, "grad_norm": math.inf, "stopped": True,
+              "note": "x"}
+    tb = TensorBoard(tmp_path / "tb", enabled=True)
+    written: list[tuple[str, float, int]] = []
+    tb.writer.add_scalar = lambda tag, value, step: written.append((tag, value, step))
+    tb.write("train", record, 7)
+    tracking, logged = Tracking(TrackingConfig(), tmp_path, enabled=False), []
+    tracking.runs = {"any": type("Run", (), {"log": lambda self, metrics, step: logged.append((metrics, step))})()}
+    tracking.log("train", record, 7)
+    assert logged == [({"train/loss": 1.5, "train/utterances": 3.0}, 7)]
+    assert written == [(tag, value, 7) for tag, value in logged[0][0].items()]
