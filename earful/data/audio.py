@@ -50,13 +50,7 @@ def load_audio(
 
     Raises AudioError when the file is unreadable, or as ``decode_audio`` says.
     """
-    try:
-        f = sf.SoundFile(_source(path))
-    except FileNotFoundError:
-        raise AudioError(f"{path}: unreadable audio (no such file)") from None
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        raise AudioError(f"{path}: unreadable audio ({e})") from None
-    with f:
+    with open_audio(path) as f:
         return decode_audio(f, path, target_rate=target_rate, resample=resample, min_samples=min_samples,
                             start=start, frames=frames)
 
@@ -122,10 +116,12 @@ def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:
 @contextmanager
 def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
     """``path`` opened once, for its header and then its samples (``decode_audio``, ``read_window``). Raises
-    AudioError naming it when its header cannot be read."""
+    AudioError naming it when it is missing or its header cannot be read."""
     try:
         f = sf.SoundFile(_source(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+    except FileNotFoundError:
+        raise AudioError(f"{path}: unreadable audio (no such file)") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         raise AudioError(f"{path}: unreadable audio header ({e})") from None
     with f:
         yield f
