@@ -121,10 +121,10 @@ class Ours:
         self.mask_fractions: list[float] = []
 
     def step(self) -> None:
-        mask, idx = self.model.draw_mask(self.host_lengths, self.s.wave.shape[1], self.host, self.s.device)
+        mask, idx, real = self.model.draw_mask(self.host_lengths, self.s.wave.shape[1], self.host, self.s.device)
         with self.s.autocast():
             out = self.model(self.s.wave, None if self.s.unpadded else self.s.lengths, mask=mask, mask_indices=idx,
-                             generator=self.gen, host_generator=self.host)
+                             real_indices=real, generator=self.gen, host_generator=self.host)
         loss = out.objective(idx.numel())  # the masked count, known on the host: no sync
         loss.backward()
         self.opt.step()

@@ -200,18 +200,24 @@ class Wav2Vec2ForPreTraining(nn.Module):
 
     def draw_mask(
         self, lengths: torch.Tensor, num_samples: int, generator: torch.Generator | None, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The span mask (batch, frames) and its flat indices (masked,) for ``forward``'s ``mask`` and
-        ``mask_indices``, drawn from ``generator`` with ``lengths`` (batch,) samples padded to ``num_samples``, and
-        copied to ``device`` without waiting. The pre-training task draws them on the host: a GPU step then has
-        no sync before its loss (the indices' nonzero and the mask's span count run on the CPU)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``forward``'s ``mask`` (batch, frames), ``mask_indices`` (masked,) and ``real_indices`` (real,), drawn
+        from ``generator`` with ``lengths`` (batch,) samples padded to ``num_samples``, and copied to ``device``
+        without waiting. ``real_indices``: the flat indices of the real frames, which nanow2v2's normalisation
+        quantizes, when the batch is padded; None otherwise. The pre-training task draws them on the host: a GPU
+        step then has no sync before its loss (the nonzeros and the mask's span count run on the CPU)."""
         mask = self.wav2vec2.draw_mask(lengths, num_samples, generator)
         if mask is None:
             raise ValueError("pre-training needs masked frames; raise mask_prob or min_masks")
-        idx = _flat_indices(mask)
-        if device.type == "cuda":
-            mask, idx = mask.pin_memory(), idx.pin_memory()
-        return mask.to(device, non_blocking=True), idx.to(device, non_blocking=True)
+        real = None
+        if self.cfg.loss_normalisation == "nanow2v2" and bool((lengths < num_samples).any()):  # padded
+            flen = self.frame_lengths(lengths).clamp(max=mask.shape[1])  # (batch,)
+            real = _flat_indices(torch.arange(mask.shape[1], device=mask.device)[None, :] < flen[:, None])
+
+        def to_device(t: torch.Tensor) -> torch.Tensor:
+            return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+        return to_device(mask), to_device(_flat_indices(mask)), None if real is None else to_device(real)
 
     def temperature_at(self, step: int) -> float:
         c = self.cfg
@@ -237,14 +243,16 @@ class Wav2Vec2ForPreTraining(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         mask_indices: torch.Tensor | None = None,
+        real_indices: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         host_generator: torch.Generator | None = None,
     ) -> PretrainOutput:
         """wave (batch, samples), lengths (batch,) or None (no padding); optional mask (batch, frames) bool
         and negatives (batch, frames, K) frame indices within the utterance (drawn here if not given).
-        ``mask_indices``: the mask's flat indices (masked,), as ``draw_mask`` gives them with the mask; without
-        them they are found here, which waits for the device. ``host_generator``: see ``Wav2Vec2Model``."""
+        ``mask_indices`` (masked,) and ``real_indices`` (real,): the flat indices of the masked and of the real
+        frames, as ``draw_mask`` gives them with the mask; without them they are found here, which waits for the
+        device. ``host_generator``: see ``Wav2Vec2Model``."""
         cfg = self.cfg
         out = self.wav2vec2(wave, lengths, mask=True if mask is None else mask, generator=generator,
                             host_generator=host_generator)
@@ -265,8 +273,11 @@ class Wav2Vec2ForPreTraining(nn.Module):
         # --- targets: quantize the frames the losses need (masked; all real ones for nanow2v2) ---
         qin = out.features if cfg.quantizer_input == "raw" else out.normed_features
         qin = self.dropout_features(qin)
-        if cfg.loss_normalisation == "nanow2v2":  # every real frame (a sync on a padded batch)
-            sel_idx = torch.arange(b * t, device=mask.device) if lengths is None else _flat_indices(mask | valid)
+        if cfg.loss_normalisation == "nanow2v2":  # every real frame (the masked ones are real)
+            if lengths is None:
+                sel_idx = torch.arange(b * t, device=mask.device)
+            else:
+                sel_idx = _flat_indices(mask | valid) if real_indices is None else real_indices
         else:
             sel_idx = mask_idx
         x_sel = qin.reshape(b * t, -1).index_select(0, sel_idx)

@@ -81,9 +81,9 @@ class PretrainTask(Task):
         self, net: nn.Module, batch: Batch, generator: torch.Generator, host_generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         # the span mask and its indices are drawn on the host, from the batch's lengths there: no sync on a GPU
-        mask, mask_indices = self.model.draw_mask(batch.lengths, batch.wave.shape[1], host_generator, self.d.device)
-        out = net(*batch.model_inputs(self.d.device), mask=mask, mask_indices=mask_indices, generator=generator,
-                  host_generator=host_generator)
+        mask, masked, real = self.model.draw_mask(batch.lengths, batch.wave.shape[1], host_generator, self.d.device)
+        out = net(*batch.model_inputs(self.d.device), mask=mask, mask_indices=masked, real_indices=real,
+                  generator=generator, host_generator=host_generator)
         return out.loss_sum(), {
             "masked": out.num_masked, "contrastive": out.contrastive, "diversity": out.diversity,
             "penalty": out.penalty, "correct": out.num_correct, "ppl_soft": out.perplexity_soft,

@@ -101,11 +101,15 @@ def _batch(lengths: list[int]) -> Batch:
                  padded_seconds=wave.numel() / 16000)
 
 
+NANOW2V2 = ["model.loss_normalisation=nanow2v2", "model.negatives_style=nanow2v2"]
+
+
+@pytest.mark.parametrize("style", [[], NANOW2V2], ids=["fairseq", "nanow2v2"])
 @pytest.mark.parametrize("lengths", [[16000, 16000, 16000], [16000, 12000, 9000]], ids=["cropped", "padded"])
-def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths) -> None:
+def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths, style) -> None:
     """Issue 16, lever 3: the span mask, its indices and LayerDrop are drawn on the host, so a GPU step queues
     its forward and backward without waiting for the device; on meta, any wait would raise."""
-    task = _meta_task(monkeypatch, ["model.layerdrop=0.5"])
+    task = _meta_task(monkeypatch, ["model.layerdrop=0.5", *style])
     host = torch.Generator().manual_seed(0)
     loss, named = task.micro_step(task.model, _batch(lengths), None, host)  # type: ignore[arg-type]
     loss.backward()
@@ -116,21 +120,23 @@ def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths) -
         task.model(*_batch(lengths).model_inputs(torch.device("meta")))
 
 
-def test_host_drawn_masks_give_the_draws_of_one_generator_on_a_cpu() -> None:
+@pytest.mark.parametrize("style", [[], NANOW2V2], ids=["fairseq", "nanow2v2"])
+def test_host_drawn_masks_give_the_draws_of_one_generator_on_a_cpu(style) -> None:
     """On a CPU the host generator is the device generator, and the task's mask drawn before the forward is the
     one the forward drew itself: the same mask, LayerDrop, distractors and loss."""
     from earful.train.step import micro_generators
 
-    cfg = load_pretrain_config(None, ["model_preset=tiny", "model.layerdrop=0.5"])
+    cfg = load_pretrain_config(None, ["model_preset=tiny", "model.layerdrop=0.5", *style])
     torch.manual_seed(0)
     model = _tiny_model(cfg).train()
     batch = _batch([16000, 12000, 9000])
     gen, host = micro_generators(3, 5, 1, torch.device("cpu"))
     assert gen is host
     torch.manual_seed(1)
-    mask, idx = model.draw_mask(batch.lengths, batch.wave.shape[1], host, torch.device("cpu"))
-    a = model(*batch.model_inputs(torch.device("cpu")), mask=mask, mask_indices=idx, generator=gen,
-              host_generator=host)
+    mask, idx, real = model.draw_mask(batch.lengths, batch.wave.shape[1], host, torch.device("cpu"))
+    assert (real is not None) == bool(style)  # only nanow2v2 quantizes every real frame
+    a = model(*batch.model_inputs(torch.device("cpu")), mask=mask, mask_indices=idx, real_indices=real,
+              generator=gen, host_generator=host)
     torch.manual_seed(1)
     b = model(*batch.model_inputs(torch.device("cpu")), generator=micro_generators(3, 5, 1, torch.device("cpu"))[0])
     assert torch.equal(a.mask, b.mask) and torch.equal(a.negatives, b.negatives)
