@@ -117,11 +117,12 @@ def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:
 def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
     """``path`` opened once, for its header and then its samples (``decode_audio``, ``read_window``). Raises
     AudioError naming it when it is missing or its header cannot be read."""
+    source = _source(path)
     try:
-        f = sf.SoundFile(_source(path))
-    except FileNotFoundError:
-        raise AudioError(f"{path}: unreadable audio (no such file)") from None
+        f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        if isinstance(source, str) and not os.path.exists(source):  # libsndfile says only "System error"
+            raise AudioError(f"{path}: unreadable audio (no such file)") from None
         raise AudioError(f"{path}: unreadable audio header ({e})") from None
     with f:
         yield f

@@ -121,7 +121,8 @@ class Wav2Vec2Model(nn.Module):
             cmask = compute_channel_mask(  # a masked channel is zero in masked frames too
                 x.shape[0], x.shape[2], self.cfg.mask_channel_prob, self.cfg.mask_channel_length,
                 device=host.device if host is not None else x.device, generator=host,
-            ).to(x.device, non_blocking=True)  # (batch, hidden)
+            )  # (batch, hidden)
+            cmask = to_device(cmask, x.device)
             x = x.masked_fill(cmask[:, None, :], 0.0)
         hidden, states = self.encoder(
             x, None if unpadded else padding_mask, output_hidden_states=output_hidden_states, generator=host
@@ -173,6 +174,16 @@ class PretrainOutput:
         return total / max(float(num_masked_global), 1.0)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, copied without waiting: a host tensor bound for a GPU goes through pinned memory (a
+    pageable one may be staged synchronously)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _flat_indices(mask: torch.Tensor) -> torch.Tensor:
     """(batch, frames) bool → (n,) flat indices of its True entries, in row-major order. A nonzero: on a GPU it
     waits for the device."""
@@ -213,11 +224,8 @@ class Wav2Vec2ForPreTraining(nn.Module):
         if self.cfg.loss_normalisation == "nanow2v2" and bool((lengths < num_samples).any()):  # padded
             flen = self.frame_lengths(lengths).clamp(max=mask.shape[1])  # (batch,)
             real = _flat_indices(torch.arange(mask.shape[1], device=mask.device)[None, :] < flen[:, None])
-
-        def to_device(t: torch.Tensor) -> torch.Tensor:
-            return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
-
-        return to_device(mask), to_device(_flat_indices(mask)), None if real is None else to_device(real)
+        masked = _flat_indices(mask)
+        return to_device(mask, device), to_device(masked, device), None if real is None else to_device(real, device)
 
     def temperature_at(self, step: int) -> float:
         c = self.cfg

@@ -28,7 +28,8 @@ from earful.data.budget import BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining
-from earful.train.step import step_seed
+from earful.pretrain.task import forward_batch
+from earful.train.step import micro_generators, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,7 @@ def gradient_noise(
         for j in range(budget.accumulation):
             batch = next(batches)
             torch.manual_seed(step_seed(seed, i, 0, j))
-            gen = torch.Generator(device=dev).manual_seed(step_seed(seed, i, 1, j))
-            out = model(*batch.model_inputs(dev), generator=gen)
+            out = forward_batch(model, model, batch, dev, *micro_generators(seed, i, j, dev))
             out.loss_sum().backward()
             masked += float(out.num_masked)
             padded += batch.padded_seconds

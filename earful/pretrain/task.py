@@ -21,7 +21,7 @@ from earful.data.budget import BatchBudget
 from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
-from earful.model import Wav2Vec2ForPreTraining
+from earful.model import PretrainOutput, Wav2Vec2ForPreTraining
 from earful.pretrain.config import PretrainConfig
 from earful.train import distributed as D
 from earful.train.config import nominal_steps
@@ -80,10 +80,7 @@ class PretrainTask(Task):
     def micro_step(
         self, net: nn.Module, batch: Batch, generator: torch.Generator, host_generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        # the span mask and its indices are drawn on the host, from the batch's lengths there: no sync on a GPU
-        mask, masked, real = self.model.draw_mask(batch.lengths, batch.wave.shape[1], host_generator, self.d.device)
-        out = net(*batch.model_inputs(self.d.device), mask=mask, mask_indices=masked, real_indices=real,
-                  generator=generator, host_generator=host_generator)
+        out = forward_batch(net, self.model, batch, self.d.device, generator, host_generator)
         return out.loss_sum(), {
             "masked": out.num_masked, "contrastive": out.contrastive, "diversity": out.diversity,
             "penalty": out.penalty, "correct": out.num_correct, "ppl_soft": out.perplexity_soft,
@@ -176,6 +173,16 @@ class PretrainTask(Task):
             if h not in self.milestones_done and reached:
                 self.milestones_done.append(h)
                 trainer.save(f"hours-{h:g}", make_latest=False)
+
+
+def forward_batch(net: nn.Module, model: Wav2Vec2ForPreTraining, batch: Batch, device: torch.device,
+                  generator: torch.Generator | None, host_generator: torch.Generator) -> PretrainOutput:
+    """The pre-training forward of ``batch`` as training runs it: the span mask and its indices drawn on the host
+    from the batch's lengths there (``model.draw_mask``: no sync on a GPU), then ``net`` (``model``, or its DDP
+    wrapper) on the device."""
+    mask, masked, real = model.draw_mask(batch.lengths, batch.wave.shape[1], host_generator, device)
+    return net(*batch.model_inputs(device), mask=mask, mask_indices=masked, real_indices=real, generator=generator,
+               host_generator=host_generator)
 
 
 def logged_loss(cfg: PretrainConfig, contrastive: float, diversity: float, penalty: float, frames: float = 1.0,

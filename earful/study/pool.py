@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Job:
     """One unit of a study. ``then`` makes the jobs that can start once this one has finished; ``devices``: the
-    devices it trains on; ``finished``: the stage's own check that it has finished (``earful/study/stages.py``; a
+    devices it trains on; ``done``: the stage's own check that it has finished (``earful/study/stages.py``; a
     cluster job is then not submitted again: its function only reads the results, here)."""
 
     key: str
@@ -35,7 +35,7 @@ class Job:
     args: tuple[Any, ...]
     then: Callable[[Any], list[Job]] | None = None
     devices: int = 1
-    finished: Callable[[], bool] | None = None
+    done: Callable[[], bool] | None = None
 
 
 class Progress:

@@ -177,21 +177,21 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
         first = first_of_seed.get(run.seed) is run
         planned[run.name] = planned_finetunings(study, run, out, first)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
-                                                    f.baseline), finished=partial(evaluated, out, f.name))
+                                                    f.baseline), done=partial(evaluated, out, f.name))
                 for f in planned[run.name]]
         if study.probes:
             probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0])
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
-                         finished=partial(probed, study, out, p.name))
+                         done=partial(probed, study, out, p.name))
                      for p in probing[run.name]]
         if study.gradvar_batches:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
-                            finished=partial(gradvar_measured, out, run)))
+                            done=partial(gradvar_measured, out, run)))
         return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
                 then=lambda _rec, r=r: after_pretraining(r), devices=r.devices,
-                finished=partial(pretrained, out, r)) for r in runs]
+                done=partial(pretrained, out, r)) for r in runs]
     if study.launcher == "slurm":
         from earful.study.slurm import execute_on_slurm
 

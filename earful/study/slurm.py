@@ -25,7 +25,7 @@ stage resumes from the last checkpoint. A run stopped by SIGTERM — ``scancel``
 ``PreemptMode=REQUEUE``, which requeues the job itself — exits without a result: a requeued job resumes, a
 cancelled one is reported by the study as failed. submitit counts requeues at the time limit against
 ``max_requeues``; pre-emptions are free. A study process that is killed leaves its jobs running; a rerun skips the
-runs that have finished (``Job.finished``) and submits the others, whose run folders are locked while an old job
+runs that have finished (``Job.done``) and submits the others, whose run folders are locked while an old job
 still trains them: cancel the old jobs first (``scancel --name`` with the job names, ``earful-STUDY-…``).
 """
 
@@ -144,7 +144,7 @@ def execute_on_slurm(jobs: list[Job], study: StudyConfig, out: Path) -> dict[str
         while progress.queue or running:
             while progress.queue:
                 job = progress.queue.popleft()
-                if job.finished is not None and job.finished():  # finished before: only read its results
+                if job.done is not None and job.done():  # finished before: only read its results
                     progress.finished(job, job.fn(*job.args))
                     continue
                 executor.update_parameters(name=job_name(study, job.key), **resources(slurm, job.devices))

@@ -63,7 +63,7 @@ def test_each_bad_file_gets_its_error(tmp_path: Path, tone):
     tone(tmp_path / "short.flac", 0.01)  # 160 samples < 400
     cases = {
         "garbage.flac": "unreadable audio",
-        "missing.flac": "unreadable audio",
+        "missing.flac": r"unreadable audio \(no such file\)",
         "empty.wav": "empty audio",
         "nan.wav": "NaN or infinite",
         "inf.wav": "NaN or infinite",

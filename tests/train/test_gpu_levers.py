@@ -109,10 +109,32 @@ NANOW2V2 = ["model.loss_normalisation=nanow2v2", "model.negatives_style=nanow2v2
 def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths, style) -> None:
     """Issue 16, lever 3: the span mask, its indices and LayerDrop are drawn on the host, so a GPU step queues
     its forward and backward without waiting for the device; on meta, any wait would raise."""
-    task = _meta_task(monkeypatch, ["model.layerdrop=0.5", *style])
+    import earful.model.components as components
+    import earful.model.wav2vec2 as w2v
+
+    task = _meta_task(monkeypatch, ["model.layerdrop=0.5", "model.mask_channel_prob=0.2", *style])
     host = torch.Generator().manual_seed(0)
+    # what meta cannot see: a draw that steers the computation made from another generator than the host's
+    # (the device's, on a GPU), and a host-to-device copy that blocks
+    used: dict[str, list] = {"compute_mask": [], "compute_channel_mask": [], "layerdrop": []}
+    for name in ("compute_mask", "compute_channel_mask"):
+        real = getattr(w2v, name)
+        monkeypatch.setattr(w2v, name, lambda *a, real=real, name=name, **k: used[name].append(k["generator"])
+                            or real(*a, **k))
+    encoder_forward, tensor_to = components.TransformerEncoder.forward, torch.Tensor.to
+    monkeypatch.setattr(components.TransformerEncoder, "forward", lambda self, *a, **k: used["layerdrop"].append(
+        k["generator"]) or encoder_forward(self, *a, **k))
+
+    def to(t: torch.Tensor, *a, **k) -> torch.Tensor:
+        out = tensor_to(t, *a, **k)
+        assert not (t.device.type == "cpu" and out.device.type == "meta" and not k.get("non_blocking")), \
+            "a blocking host-to-device copy"
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
     loss, named = task.micro_step(task.model, _batch(lengths), None, host)  # type: ignore[arg-type]
     loss.backward()
+    assert used == {"compute_mask": [host], "compute_channel_mask": [host], "layerdrop": [host]}
     assert loss.device.type == "meta" and named["masked"].device.type == "meta"
     assert all(p.grad is not None for p in task.model.wav2vec2.feature_encoder.parameters())
     # the check can fail: the same forward drawing its mask on the device needs the device's values
