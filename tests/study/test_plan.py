@@ -85,7 +85,7 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
         load_study(y)
 
 
-@pytest.mark.parametrize("name", ["paper", "demo", "cpu"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "studies").glob("*.yaml")))
 def test_shipped_studies_and_their_configs_load(name) -> None:
     from earful.finetune.config import load_finetune_config
     from earful.pretrain.config import load_pretrain_config
