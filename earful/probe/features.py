@@ -38,6 +38,9 @@ CACHE_FORMAT = "earful-features-2"  # 2: extracted in padded batches by a batch-
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
 EXTRACT_GROUP = 16  # utterances handed to ``layer_states`` at a time (one padded batch)
 
+# an upstream's feature extractor: (waves → per-utterance (frames, layers, dim) features, frames per second)
+Extractor = tuple[Callable[[list[torch.Tensor]], list[torch.Tensor]], float]
+
 
 def default_cache_dir() -> Path:
     """``$EARFUL_CACHE/features``, else ``$XDG_CACHE_HOME/earful/features``, else ``~/.cache/earful/features``."""
@@ -93,7 +96,7 @@ class Upstream:
                     "torch": torch.__version__}
         return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
 
-    def extractor(self) -> tuple[Callable[[list[torch.Tensor]], list[torch.Tensor]], float]:
+    def extractor(self) -> Extractor:
         """(waves → per-utterance ``(frames, layers, dim)`` features, frames per second)."""
         if self.kind == "fbank":
             filters = fbank.mel_filters()
@@ -179,10 +182,11 @@ class FeatureSet:
 
 def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
              *, utts: Sequence[Utterance] | None = None, fingerprint: dict[str, object] | None = None,
-             progress: bool = True) -> FeatureSet:
+             extractor: Callable[[], Extractor] | None = None, progress: bool = True) -> FeatureSet:
     """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now, in the
     manifest's order. ``utts``: its utterances, where the caller has read the manifest already (read now if not);
-    ``fingerprint``: ``upstream.fingerprint()``, where the caller has it already (it hashes the weights)."""
+    ``fingerprint``: ``upstream.fingerprint()``, where the caller has it already (it hashes the weights);
+    ``extractor``: gives ``upstream.extractor()``, where the caller keeps one (it loads the model)."""
     manifest = Path(manifest)
     if utts is None:
         utts = read_manifest(manifest)
@@ -194,7 +198,7 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
     if cached is not None:
         log.info("features of %s by %s: cached in %s", manifest, upstream.name, entry)
         return cached
-    extract, frame_rate = upstream.extractor()
+    extract, frame_rate = (extractor or upstream.extractor)()
     feats = _extract(extract, frame_rate, utts, f"{manifest.name} ({upstream.kind})", progress)
     _store(entry, key, feats, {"upstream": upstream.name, "manifest": str(manifest.resolve())})
     log.info("features of %s by %s: %d frames × %d layers × %d extracted into %s", manifest, upstream.name,

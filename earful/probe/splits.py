@@ -5,31 +5,41 @@ labels are checked), their frozen features in the same order, each layer normali
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from earful.data.manifest import Utterance, read_manifest
-from earful.probe.features import FeatureSet, Upstream, features
+from earful.probe.features import Extractor, FeatureSet, Upstream, features
 
 
 @dataclass
 class FeatureLoader:
-    """How one probe run loads its splits' features: the upstream, the feature cache, and the upstream's
-    fingerprint (it hashes the weights), computed on first use and shared by the run's manifests and results;
-    never kept beyond the run (a checkpoint may be rewritten before the next)."""
+    """How one probe run loads its splits' features: the upstream, the feature cache, the upstream's
+    fingerprint (it hashes the weights) and its extractor (it loads the model), each made on first use and
+    shared by the run's manifests; never kept beyond the run (a checkpoint may be rewritten before the next).
+    ``release()`` lets the model go once every split's features are loaded."""
 
     upstream: Upstream
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
+    _extractor: Extractor | None = field(default=None, init=False, repr=False)
 
     @cached_property
     def fingerprint(self) -> dict[str, object]:
         return self.upstream.fingerprint()
 
+    def extractor(self) -> Extractor:
+        if self._extractor is None:
+            self._extractor = self.upstream.extractor()
+        return self._extractor
+
+    def release(self) -> None:
+        self._extractor = None
+
     def features(self, manifest: Path, utts: list[Utterance]) -> FeatureSet:
         return features(self.upstream, manifest, self.cache_dir, utts=utts, fingerprint=self.fingerprint,
-                        progress=self.progress)
+                        extractor=self.extractor, progress=self.progress)
 
 
 @dataclass

@@ -77,6 +77,7 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     t0 = time.perf_counter()
     for split in splits.values():
         _ = split.feats  # extracted or read from the cache, once for all the tasks that read it
+    loader.release()  # the model, if one was loaded: the probes need only the features
     t_features = time.perf_counter() - t0
     results = {}
     for task, (_, train) in tasks.items():

@@ -243,8 +243,9 @@ def make_corpus(tones: dict[str, Path], root: Path) -> Path:
 def test_a_suite_run_reads_each_manifest_and_hashes_the_weights_once(tones, tiny_ckpt: Path, tmp_path: Path,
                                                                      monkeypatch):
     """Per suite run, one read of each manifest (its utterances are the labels' and the features': the cache key,
-    the extraction) and one hash of the weights (the fingerprint: every manifest's cache key and results.json);
-    the next run (another seed) hashes them again: a checkpoint may be rewritten between runs."""
+    the extraction), one hash of the weights (the fingerprint: every manifest's cache key and results.json) and
+    at most one load of the model; the next run (another seed) hashes them again: a checkpoint may be rewritten
+    between runs."""
     import earful.probe.features
     import earful.probe.splits
 
@@ -263,11 +264,17 @@ def test_a_suite_run_reads_each_manifest_and_hashes_the_weights_once(tones, tiny
 
     real_sha256 = earful.probe.features.sha256
     monkeypatch.setattr(earful.probe.features, "sha256", sha256)
-    for seed in (0, 1):  # features extracted, then from the cache
+    loads: list[str] = []
+    real_extractor = earful.probe.features.Upstream.extractor
+    monkeypatch.setattr(earful.probe.features.Upstream, "extractor",
+                        lambda self: loads.append(self.name) or real_extractor(self))
+    for seed, models in ((0, 1), (1, 0)):  # features extracted (one model load for 4 manifests), then cached
         reads.clear()
+        loads.clear()
         run_suite(tiny_ckpt, corpus, tmp_path / f"seed-{seed}", seed=seed, cache_dir=tmp_path / "cache",
                   config=config(*SHORT), progress=False)
         assert sorted(reads) == ["dev.jsonl", "labelled-10h.jsonl", "test.jsonl", "train.jsonl"]
+        assert len(loads) == models
     assert hashed.count("model.safetensors") == 2 and hashed.count("model.json") == 2
 
 
