@@ -157,7 +157,12 @@ def _results(run: Path, ckpt: Path) -> list[str]:
                 f"CTC fine-tunings of this checkpoint in study `{_study_name(study)}`:", "", *table]
     summary = study / "eval" / run.name / "summary.json"
     if run.parent.name == "finetune" and summary.exists():
-        splits = json.loads(summary.read_text(encoding="utf-8"))["splits"]
+        evaluated = json.loads(summary.read_text(encoding="utf-8"))
+        # the study evaluated one checkpoint of the run (best): its figures are not another's. The path it
+        # recorded may be relative to where the study ran: compared from the run's folder down
+        if Path(evaluated["checkpoint"]).parts[-3:] != ckpt.absolute().parts[-3:]:
+            return []
+        splits = evaluated["splits"]
         table = ["| split | decoder | WER % | CER % |", "|---|---|---|---|"]
         table += [f"| {split} | {decoder} | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} |"
                   for split, res in splits.items() for decoder, r in res.items() if "wer" in r]

@@ -39,6 +39,12 @@ def test_a_pretrained_and_a_finetuned_model_carry_their_record(cluster_study_loc
                  "| vocabulary | 29 symbols (CTC) |", f"| initialised from | `{ckpt}` |", "## Evaluation",
                  f"| test | greedy | {100 * summary['wer']:.2f} | {100 * summary['cer']:.2f} |"):
         assert fact in card, (fact, card)
+    # the study evaluated best: another checkpoint of the run does not carry best's figures
+    other = next(c for c in sorted((fine / "checkpoints").glob("step-*")) if c.resolve() != (fine / "checkpoints" /
+                                                                                             "best").resolve())
+    assert main(["export-hf", str(other), str(tmp_path / "ft-other")]) == 0
+    card = (tmp_path / "ft-other" / "README.md").read_text()
+    assert "wav2vec 2.0, fine-tuned with CTC" in card and "## Evaluation" not in card
 
 
 def test_push_goes_through_huggingface_hub_up_to_the_upload(cluster_study_local, tmp_path, monkeypatch, caplog) -> None:
