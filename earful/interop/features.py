@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from earful.atomic import atomic_path
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,20 @@ def layer_features(model: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
 def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path) -> list[Path]:
     from earful.data.audio import load_audio
 
+    stems: dict[str, str] = {}
+    for path in audio:  # before any work: two inputs would write one file
+        stem = Path(path).stem
+        if stem in stems:
+            raise ValueError(f"{path}: shares the stem {stem!r} with {stems[stem]}; their .npy files would collide")
+        stems[stem] = path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    stems: set[str] = set()
     for path in tqdm(audio, desc="features", unit="file", disable=len(audio) < 2):
-        stem = Path(path).stem
-        if stem in stems:
-            raise ValueError(f"{path}: two inputs share the stem {stem!r}; their .npy files would collide")
-        stems.add(stem)
         feats = layer_features(model, load_audio(path))
-        target = out / f"{stem}.npy"
-        np.save(target, feats)
+        target = out / f"{Path(path).stem}.npy"
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:  # whole or absent, as every file earful writes
+            np.save(f, feats, allow_pickle=False)
         written.append(target)
         log.debug("%s -> %s %s", path, target, feats.shape)
     log.info("wrote %d feature files to %s", len(written), out)

@@ -39,3 +39,10 @@ def test_features_shape_and_values(tmp_path) -> None:
         out = model.eval().wav2vec2(torch.from_numpy(wave)[None], torch.tensor([len(wave)]), output_hidden_states=True)
     np.testing.assert_allclose(a[-1], out.hidden_states[-1][0].numpy(), atol=1e-5)
     assert np.load(tmp_path / "feats" / "b.npy").shape[0] == cfg.num_layers + 1
+    # two inputs with one stem would write one file: refused before anything is written, naming both
+    (tmp_path / "again").mkdir()
+    sf.write(tmp_path / "again" / "a.wav", np.zeros(8000, np.float32), 16000)
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "b.wav"), str(tmp_path / "a.wav"),
+                 str(tmp_path / "again" / "a.wav"), "--out", str(tmp_path / "clash")]) == 2
+    assert not (tmp_path / "clash").exists() or not list((tmp_path / "clash").iterdir())
+    assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == ["a.npy", "b.npy"]  # no temporary left behind
