@@ -26,3 +26,16 @@ def test_unknown_words_are_refused(extra, capsys):
     with pytest.raises(SystemExit):
         parse(["study", "run", "s.yaml", "--out", "d", extra])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_a_mapping_override_of_the_wrong_types_is_a_config_error():
+    """dict fields coerce their keys and values like any other field: a clear error naming the key, not a
+    TypeError later (text_mapping is dict[str, str]; YAML reads `1` as an integer)."""
+    from earful.config import ConfigError
+    from earful.finetune.config import load_finetune_config
+
+    with pytest.raises(ConfigError, match=r"text_mapping \(key 1\): expected a string, got 1"):
+        load_finetune_config(None, ["text_mapping={1: a}"])
+    with pytest.raises(ConfigError, match=r"text_mapping\['-'\]: expected a string, got 2"):
+        load_finetune_config(None, ["text_mapping={'-': 2}"])
+    assert load_finetune_config(None, ["text_mapping={'-': ' '}"]).text_mapping == {"-": " "}
