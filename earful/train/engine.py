@@ -250,9 +250,10 @@ class Trainer:
             torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout
             gen, host_gen = micro_generators(cfg.seed, self.step, j, d.device)
             try:
-                with D.no_sync(self.net, micro < self.accum - 1), autocast(cfg.precision, d.device):
-                    loss, named = task.micro_step(self.net, batch, gen, host_gen)
-                    self.scaler.scale(loss).backward()
+                with D.no_sync(self.net, micro < self.accum - 1):
+                    with autocast(cfg.precision, d.device):  # the forward only: the backward runs in the dtypes
+                        loss, named = task.micro_step(self.net, batch, gen, host_gen)  # the forward chose, and
+                    self.scaler.scale(loss).backward()  # custom backwards (fp32 statistics) stay fp32
             except torch.OutOfMemoryError as e:
                 raise RuntimeError(
                     f"out of memory on {d.device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "

@@ -43,7 +43,20 @@ class JsonlLog:
         """On resume: drop records past the checkpoint's step (they will be logged again)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        keep = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                if number == len(lines):  # a write cut short by a kill: its step is logged again
+                    log.warning("%s: its last line is incomplete (a write cut short); dropped", self.path)
+                    continue
+                raise ValueError(f"{self.path}: line {number} is not JSON ({e}); mend or remove it to resume") from None
+            if record.get("step", 0) <= step:
+                keep.append(line)
         atomic_write_lines(self.path, keep)
 
     def write(self, record: dict[str, Any]) -> None:

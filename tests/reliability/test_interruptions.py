@@ -228,3 +228,18 @@ def test_a_signal_stops_after_the_step_that_shares_it(tmp_path, tiny_corpus, rel
     summary = trainer.fit()
     assert summary["step"] == 3 and summary["stopped_by"] == "SIGTERM"
     assert RunDir(tmp_path / "run").latest().name == "step-0000003"
+
+
+def test_a_log_line_cut_by_a_kill_does_not_block_the_resume(tmp_path, caplog) -> None:
+    """A kill in the middle of appending to train.jsonl leaves half a line: on resume it is dropped with a
+    warning (its step is logged again); a broken line before the last is an error naming file and line."""
+    from earful.train.monitor import JsonlLog
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n{"step": 3, "lo')
+    JsonlLog(path).truncate_after(2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert "its last line is incomplete" in caplog.text
+    path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 2.5}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl: line 1 is not JSON .* mend or remove it"):
+        JsonlLog(path).truncate_after(2)

@@ -130,3 +130,24 @@ def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tone
     assert all(torch.isfinite(v).all() for v in final.values())
     assert not all(torch.equal(final[k], _weights(tmp_path / "run", "init")[k]) for k in final)
     assert math.isfinite(log[-2]["loss"]) and math.isnan(log[-1]["loss"])  # the NaN step is visible in the log
+
+
+def test_autocast_wraps_the_forward_and_not_the_backward(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """As PyTorch's AMP recipe: the backward runs outside autocast, so a backward written to stay in fp32 (the
+    CNN's masked GroupNorm, the contrastive scores) is not cast down by an autocast still open around it."""
+    seen: list[tuple[str, bool]] = []
+    real_backward, real_forward = torch.Tensor.backward, PretrainTask.micro_step
+
+    def backward(self, *a, **k):
+        seen.append(("backward", torch.is_autocast_enabled("cpu")))
+        return real_backward(self, *a, **k)
+
+    def micro_step(self, *a, **k):
+        seen.append(("forward", torch.is_autocast_enabled("cpu")))
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    monkeypatch.setattr(PretrainTask, "micro_step", micro_step)
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 1, "precision=bf16"))
+    Trainer(PretrainTask(cfg), tmp_path / "run").fit()
+    assert seen == [("forward", True), ("backward", False)]
