@@ -29,9 +29,20 @@ from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining
 from earful.pretrain.task import forward_batch
+from earful.train.state import TRAINER_FILE, read_trainer_info
 from earful.train.step import micro_generators, step_seed
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The optimizer step a checkpoint was saved at (its ``trainer.json``); 0, with a warning, for a checkpoint
+    without one (imported, or saved by hand)."""
+    if not (ckpt / TRAINER_FILE).exists():
+        log.warning("%s has no %s: gradvar takes the Gumbel temperature and diversity weight of step 0", ckpt,
+                    TRAINER_FILE)
+        return 0
+    return int(read_trainer_info(ckpt)["step"])
 
 
 def gradient_noise(
@@ -42,7 +53,12 @@ def gradient_noise(
     num_batches: int = 10,
     seed: int = 0,
     device: str = "auto",
+    crop_to_shortest: bool = False,
 ) -> dict[str, Any]:
+    """The statistics above for pre-training checkpoint ``ckpt``, at the step it was saved (the Gumbel temperature
+    and the diversity weight of that step), on batches of ``budget`` from ``manifest``: zero-padded, or, with
+    ``crop_to_shortest``, cropped to their shortest utterance (``data.padding: false``), as the run's trainer
+    made them."""
     if num_batches < 2:
         raise ValueError("gradvar needs at least 2 batches")
     if device == "auto":
@@ -51,9 +67,11 @@ def gradient_noise(
     model, info = load_model(ckpt)
     if not isinstance(model, Wav2Vec2ForPreTraining):
         raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {info['kind']}")
+    step = checkpoint_step(Path(ckpt))
+    model.set_step(step)  # the temperature and diversity weight the gradient had in training
     model.to(dev).train()
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
-                         num_workers=0)
+                         num_workers=0, crop_to_shortest=crop_to_shortest)
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g
@@ -91,7 +109,8 @@ def gradient_noise(
     g2 = mean_sq - s / n
     b_simple = batch_sec * s / g2 if g2 > 0 else math.inf
     result = {
-        "checkpoint": str(ckpt), "batches": num_batches, "batch_seconds_padded": batch_sec,
+        "checkpoint": str(ckpt), "step": step, "crop_to_shortest": crop_to_shortest, "batches": num_batches,
+        "batch_seconds_padded": batch_sec,
         "parameters": total, "mean_param_grad_std": mean_std / total,
         "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2, "b_simple_seconds": b_simple,
     }  # fmt: skip

@@ -35,3 +35,26 @@ def test_gradvar_cli_writes_json(tmp_path, tiny_corpus) -> None:
                  "--batches", "3", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["batches"] == 3 and math.isfinite(r["mean_param_grad_std"])
+
+
+def test_gradvar_measures_at_the_checkpoints_step(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """The gradient of a checkpoint saved at step N is taken with step N's Gumbel temperature and diversity
+    weight (a model loads at step 0), on batches made as its trainer made them."""
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    train, _ = tiny_corpus
+    cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={train}", "batch_seconds=4", "device_seconds=4",
+                                      "max_steps=3", "valid_every=0", "data.num_workers=0", "data.crop_seconds=2.0",
+                                      "data.min_seconds=0.5", "tensorboard=false", "threads=1", "device=cpu"])
+    Trainer(PretrainTask(cfg), tmp_path / "run").fit()
+    steps: list[int] = []
+    real = Wav2Vec2ForPreTraining.set_step
+    monkeypatch.setattr(Wav2Vec2ForPreTraining, "set_step", lambda self, s: steps.append(s) or real(self, s))
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000003"
+    r = gradient_noise(ckpt, train, BatchBudget(4.0, 4.0, crop_seconds=2.0), num_batches=2, device="cpu",
+                       crop_to_shortest=True)
+    assert steps == [3] and r["step"] == 3 and r["crop_to_shortest"]
+    save_model(tmp_path / "bare", Wav2Vec2ForPreTraining(load_model_config("tiny")))  # no trainer.json: step 0
+    assert gradient_noise(tmp_path / "bare", train, BatchBudget(3.0, 3.0), num_batches=2, device="cpu")["step"] == 0
