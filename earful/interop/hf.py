@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import CheckpointError, atomic_save_tensors, check_sizes, safe_torch_load
+from earful.checkpoint import _LAYER, CheckpointError, atomic_save_tensors, check_sizes, model_kind, safe_torch_load
 from earful.eval.vocab import DELIMITER
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -276,11 +275,11 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it; for a CTC model with its vocabulary
     also ``vocab.json`` and ``tokenizer_config.json``, which make the folder a whole processor:
     ``transformers.pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it."""
+    kind = model_kind(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kind = "pretraining" if isinstance(model, Wav2Vec2ForPreTraining) else "ctc"
     cfg: ModelConfig = model.cfg
-    vocab_size = model.lm_head.out_features if isinstance(model, Wav2Vec2ForCTC) else None
+    vocab_size = model.lm_head.out_features if kind == "ctc" else None
     if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
         raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
     atomic_save_tensors(to_hf_state_dict(model.state_dict(), cfg, kind), out / "model.safetensors")
@@ -364,7 +363,7 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None
     where = str(Path(hf_dir) / "config.json")
-    layers = {int(m.group(1)) for k in weights if (m := re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", k))}
+    layers = {int(m.group(1)) for k in weights if (m := _LAYER.search(k))}
     if len(layers) != cfg.num_layers:  # before anything per layer is made: a hostile config can ask for millions
         raise CheckpointError(f"{where}: num_hidden_layers={cfg.num_layers}, the weights hold {len(layers)} layers")
     state = from_hf_state_dict(weights, cfg, kind)
