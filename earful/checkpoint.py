@@ -143,14 +143,16 @@ def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None) -> torch.nn.Module:
+def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None, where: str = "") -> torch.nn.Module:
+    """The model ``kind`` names; ``where``: the file that asks for it, for the errors."""
+    at = f"{where}: " if where else ""
     if kind == "pretraining":
         return Wav2Vec2ForPreTraining(cfg)
     if kind == "ctc":
         if vocab_size is None:
-            raise CheckpointError("a CTC checkpoint needs its vocabulary")
+            raise CheckpointError(f"{at}a CTC checkpoint needs its vocabulary (none recorded)")
         return Wav2Vec2ForCTC(cfg, vocab_size)
-    raise CheckpointError(f"unknown model kind {kind!r}")
+    raise CheckpointError(f"{at}unknown model kind {kind!r}")
 
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
@@ -177,7 +179,7 @@ def check_sizes(kind: str, cfg: ModelConfig, vocab_size: int | None, shapes: dic
         raise CheckpointError(f"{where}: the config asks for {cfg.num_layers} transformer and {len(cfg.conv_dim)} "
                               f"CNN layers, the weights hold {len(layers)} and {len(convs)}")
     with torch.device("meta"):
-        model = build_model(kind, cfg, vocab_size)
+        model = build_model(kind, cfg, vocab_size, where)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     wrong = [k for k in want if shapes.get(k) != want[k]] + sorted(set(shapes) - set(want))
     if wrong:
@@ -190,15 +192,25 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
     config checked against the weights' shapes before the model is built)."""
     ckpt_dir = Path(ckpt_dir)
     info = read_info(ckpt_dir)
+    where = ckpt_dir / INFO_FILE
     weights = ckpt_dir / MODEL_FILE
-    verify_file(weights, info.get("files", {}).get(MODEL_FILE) if verify else None)
-    cfg = from_dict(ModelConfig, info["model"], f"{ckpt_dir / INFO_FILE}:model")
+    files = info.get("files")
+    record = files.get(MODEL_FILE) if isinstance(files, dict) else None
+    if verify and not (isinstance(record, dict) and {"size", "sha256"} <= record.keys()):
+        raise CheckpointError(f"{where}: no size and SHA-256 of {MODEL_FILE} (\"files\"), which {MODEL_FORMAT} always "
+                              "records: the file was edited, the weights cannot be verified")
+    verify_file(weights, record if verify else None)
+    if "model" not in info:
+        raise CheckpointError(f"{where}: no \"model\" (the model's config), which {MODEL_FORMAT} always records")
+    cfg = from_dict(ModelConfig, info["model"], f"{where}:model")
     vocab = info.get("vocab")
+    if vocab and not (isinstance(vocab, dict) and isinstance(vocab.get("symbols"), list)):
+        raise CheckpointError(f"{where}: \"vocab\" holds no list of \"symbols\"")
     vocab_size = len(vocab["symbols"]) if vocab else None
     if info.get("kind") not in ("pretraining", "ctc"):
-        raise CheckpointError(f"{ckpt_dir / INFO_FILE}: unknown model kind {info.get('kind')!r}")
-    check_sizes(info["kind"], cfg, vocab_size, weight_shapes(weights), str(ckpt_dir / INFO_FILE))
-    model = build_model(info["kind"], cfg, vocab_size)
+        raise CheckpointError(f"{where}: unknown model kind {info.get('kind')!r}")
+    check_sizes(info["kind"], cfg, vocab_size, weight_shapes(weights), str(where))
+    model = build_model(info["kind"], cfg, vocab_size, str(where))
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types

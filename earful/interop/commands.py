@@ -37,8 +37,8 @@ def _import(args: argparse.Namespace) -> int:
     from earful.checkpoint import save_model
     from earful.interop.hf import import_hf
 
-    model, vocab = import_hf(args.hf_dir, trust_pickle=args.trust_pickle)
-    save_model(args.ckpt, model, vocab={"symbols": vocab} if vocab else None)
+    model, vocab = import_hf(args.hf_dir, trust_pickle=args.trust_pickle, need_vocab=True)
+    save_model(args.ckpt, model, vocab={"symbols": vocab} if vocab is not None else None)
     log.info("wrote an earful checkpoint to %s", args.ckpt)
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import CheckpointError, atomic_save_tensors, check_sizes, safe_torch_load
+from earful.checkpoint import _LAYER, CheckpointError, atomic_save_tensors, check_sizes, model_kind, safe_torch_load
 from earful.eval.vocab import DELIMITER
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -275,11 +275,11 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it; for a CTC model with its vocabulary
     also ``vocab.json`` and ``tokenizer_config.json``, which make the folder a whole processor:
     ``transformers.pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it."""
+    kind = model_kind(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kind = "pretraining" if isinstance(model, Wav2Vec2ForPreTraining) else "ctc"
     cfg: ModelConfig = model.cfg
-    vocab_size = model.lm_head.out_features if isinstance(model, Wav2Vec2ForCTC) else None
+    vocab_size = model.lm_head.out_features if kind == "ctc" else None
     if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
         raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
     atomic_save_tensors(to_hf_state_dict(model.state_dict(), cfg, kind), out / "model.safetensors")
@@ -318,9 +318,38 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[d
     return hf_cfg, weights
 
 
-def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
-    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any.
-    ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files)."""
+def read_vocab(path: Path, outputs: int) -> list[str]:
+    """A ``Wav2Vec2CTCTokenizer``'s ``vocab.json`` ({symbol: id}) as the symbols in id order; the ids must be
+    exactly 0 … outputs-1, one per output of the CTC head (a gap or a short file would put letters on
+    the wrong outputs)."""
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt JSON: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    if not isinstance(mapping, dict) or not all(type(i) is int for i in mapping.values()):
+        raise CheckpointError(f"{path}: not a {{symbol: id}} mapping with integer ids (a multilingual "
+                              "vocabulary, one mapping per language, is not supported)")
+    ids = sorted(mapping.values())
+    if ids != list(range(outputs)):
+        missing = sorted(set(range(outputs)) - set(ids))
+        extra = sorted({i for i in ids if not 0 <= i < outputs})
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        problems = [f"{name} {found[:5]}{' …' if len(found) > 5 else ''}"
+                    for name, found in (("missing ids", missing), ("ids out of range", extra),
+                                        ("repeated ids", repeated)) if found]
+        raise CheckpointError(f"{path}: {len(mapping)} symbols for a CTC head with {outputs} outputs; the ids must "
+                              f"be exactly 0…{outputs - 1} ({'; '.join(problems)})")
+    return [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+
+
+def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
+              need_vocab: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
+    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any (``vocab.json``,
+    checked against the head; ``need_vocab``: a CTC folder without one is refused, as an earful checkpoint of
+    a CTC model needs it). ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for
+    trusted files)."""
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
     cfg = config_from_hf(hf_cfg)
     pre = Path(hf_dir) / "preprocessor_config.json"
@@ -334,7 +363,7 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None
     where = str(Path(hf_dir) / "config.json")
-    layers = {int(m.group(1)) for k in weights if (m := re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", k))}
+    layers = {int(m.group(1)) for k in weights if (m := _LAYER.search(k))}
     if len(layers) != cfg.num_layers:  # before anything per layer is made: a hostile config can ask for millions
         raise CheckpointError(f"{where}: num_hidden_layers={cfg.num_layers}, the weights hold {len(layers)} layers")
     state = from_hf_state_dict(weights, cfg, kind)
@@ -342,16 +371,21 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[torch.
     shapes.setdefault("wav2vec2.mask_emb", (cfg.hidden_size,))  # optional in transformers' folders
     check_sizes(kind, cfg, vocab_size, shapes, where)  # every shape, on the meta device, before allocating
     vocab: list[str] | None = None
+    blank = int(hf_cfg.get("pad_token_id") or 0)  # transformers' CTC blank; earful's is index 0
     model: torch.nn.Module
     if is_ctc:
         vocab_path = Path(hf_dir) / "vocab.json"
         if vocab_path.exists():
-            mapping = json.loads(vocab_path.read_text(encoding="utf-8"))
-            vocab = [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+            vocab = read_vocab(vocab_path, vocab_size)  # type: ignore[arg-type]
+        elif need_vocab:
+            raise CheckpointError(f"{vocab_path}: missing: a CTC model's checkpoint needs its vocabulary (the "
+                                  "tokenizer's {symbol: id} mapping)")
+        if blank not in range(vocab_size):  # type: ignore[arg-type]
+            raise CheckpointError(f"{where}: pad_token_id={blank} (the CTC blank) is not one of the head's "
+                                  f"{vocab_size} outputs")
         model = Wav2Vec2ForCTC(cfg, vocab_size)  # type: ignore[arg-type]
     else:
         model = Wav2Vec2ForPreTraining(cfg)
-    blank = int(hf_cfg.get("pad_token_id") or 0)  # transformers' CTC blank; earful's is index 0
     if is_ctc and blank != 0:
         order = [blank, *(i for i in range(state["lm_head.weight"].shape[0]) if i != blank)]
         state["lm_head.weight"], state["lm_head.bias"] = state["lm_head.weight"][order], state["lm_head.bias"][order]

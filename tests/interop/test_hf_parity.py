@@ -150,6 +150,13 @@ def test_padded_convs_refuse_export(tmp_path) -> None:
         export_hf(model, tmp_path)
 
 
+def test_export_refuses_what_is_not_an_earful_model(tmp_path) -> None:
+    """checkpoint.model_kind names the kind (a stray module was labelled "ctc", then failed on its attributes)."""
+    with pytest.raises(TypeError, match="not an earful model: Linear"):
+        export_hf(torch.nn.Linear(2, 2), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_waveform_normalisation_survives_export_and_import(tmp_path) -> None:
     """It lives in preprocessor_config.json (do_normalize), not in config.json."""
     cfg = load_model_config("tiny", ["normalize_waveform=true"])

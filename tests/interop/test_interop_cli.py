@@ -1,11 +1,15 @@
 """The interop commands: export-hf → import-hf round trip and `features` output."""
 
+import json
+
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
-from earful.checkpoint import load_model, save_model
+from earful.checkpoint import CheckpointError, load_model, save_model
 from earful.cli import main
+from earful.interop.hf import export_hf, import_hf
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
 
 
@@ -20,6 +24,64 @@ def test_export_import_round_trip_via_cli(tmp_path) -> None:
     assert info["vocab"]["symbols"] == symbols
     for k, v in model.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
+
+
+SYMBOLS = ["<b>", "|", "'", "a", "b", "c"]
+
+
+def _ctc_folder(tmp_path):
+    """A transformers CTC folder (6 outputs) with its vocab.json."""
+    torch.manual_seed(0)
+    return export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=len(SYMBOLS)), tmp_path / "hf", SYMBOLS)
+
+
+def test_import_hf_refuses_a_ctc_folder_without_its_vocabulary(tmp_path, caplog) -> None:
+    """Its checkpoint would never load (a CTC model needs its vocabulary): import-hf stops, naming vocab.json."""
+    hf = _ctc_folder(tmp_path)
+    (hf / "vocab.json").unlink()
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2
+    assert f"{hf / 'vocab.json'}: missing" in caplog.text and not (tmp_path / "ckpt").exists()
+    assert import_hf(hf)[1] is None  # the backbone alone (fine-tuning's --init) needs none
+
+
+@pytest.mark.parametrize("ids, problem", [
+    ([0, 1, 2, 3, 4], r"5 symbols for a CTC head with 6 outputs.*\(missing ids \[5\]\)"),
+    ([0, 1, 2, 3, 4, 6], r"ids must be exactly 0…5 \(missing ids \[5\]; ids out of range \[6\]\)"),
+    ([0, 1, 2, 3, 5, 5], r"\(missing ids \[4\]; repeated ids \[5\]\)"),
+    ([0, 1, 2, 3, 4, 5, 6], r"7 symbols .*ids out of range \[6\]"),
+    ([0, 1, 2, 3, 4, "5"], r"not a \{symbol: id\} mapping with integer ids"),
+], ids=["short", "gap", "repeated", "long", "text-id"])
+def test_import_hf_refuses_a_vocab_json_that_does_not_fit_the_head(tmp_path, caplog, ids, problem) -> None:
+    """A gap would shift letters onto the wrong outputs, a short file give a checkpoint that never loads."""
+    hf = _ctc_folder(tmp_path)
+    names = [*SYMBOLS, "d"][: len(ids)]
+    (hf / "vocab.json").write_text(json.dumps(dict(zip(names, ids, strict=True))))
+    with pytest.raises(CheckpointError, match=rf"vocab\.json: .*{problem}"):
+        import_hf(hf)
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2  # one line, no traceback
+    assert "vocab.json: " in caplog.text and not (tmp_path / "ckpt").exists()
+
+
+def test_import_hf_refuses_a_blank_outside_the_head(tmp_path) -> None:
+    """A short vocab.json with the blank elsewhere than 0 was an IndexError; so was a pad_token_id past the head."""
+    hf = _ctc_folder(tmp_path)
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "pad_token_id": 3}))
+    (hf / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(SYMBOLS[:4])}))
+    with pytest.raises(CheckpointError, match=r"vocab\.json: 4 symbols for a CTC head with 6 outputs"):
+        import_hf(hf)
+    (hf / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(SYMBOLS)}))
+    (hf / "config.json").write_text(json.dumps({**config, "pad_token_id": 6}))
+    with pytest.raises(CheckpointError, match=r"config\.json: pad_token_id=6 \(the CTC blank\) is not one of the "
+                                              r"head's 6 outputs"):
+        import_hf(hf)
+
+
+def test_a_ctc_checkpoint_without_its_vocabulary_names_its_model_json(tmp_path) -> None:
+    save_model(tmp_path / "ckpt", Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=6))
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'ckpt' / 'model.json'}: a CTC checkpoint needs its "
+                                              r"vocabulary"):
+        load_model(tmp_path / "ckpt")
 
 
 def test_features_shape_and_values(tmp_path) -> None:

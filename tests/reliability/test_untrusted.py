@@ -142,6 +142,23 @@ def test_truncated_or_tampered_files_are_detected(run_dir, tmp_path, target, dam
         load_trainer_state(ckpt)  # and what --resume reads besides
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: info.pop("files"), r"model.json: no size and SHA-256 of model.safetensors \(\"files\"\)"),
+    (lambda info: info["files"].pop(MODEL_FILE), r"model.json: no size and SHA-256 of model.safetensors"),
+    (lambda info: info["files"][MODEL_FILE].pop("sha256"), r"model.json: no size and SHA-256 of model.safetensors"),
+    (lambda info: info.pop("model"), r"model.json: no \"model\" \(the model's config\)"),
+    (lambda info: info.update(vocab={"letters": ["a"]}), r"model.json: \"vocab\" holds no list of \"symbols\""),
+], ids=["no-files", "no-weights-record", "no-hash", "no-model", "no-symbols"])
+def test_a_model_json_missing_what_earful_1_records_is_refused(run_dir, tmp_path, edit, message) -> None:
+    """Format earful-1 always records the weights' size and hash: without them the check is not skipped."""
+    ckpt = _copy(run_dir, tmp_path)
+    info = json.loads((ckpt / "model.json").read_text())
+    edit(info)
+    (ckpt / "model.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(ckpt)
+
+
 def test_unreadable_hf_safetensors_is_a_checkpoint_error(tmp_path) -> None:
     torch.manual_seed(0)
     hf = export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
