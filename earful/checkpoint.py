@@ -187,6 +187,17 @@ def check_sizes(kind: str, cfg: ModelConfig, vocab_size: int | None, shapes: dic
         raise CheckpointError(f"{where}: the config does not fit the weights ({len(wrong)} tensors differ: {shown})")
 
 
+def verify_weights(ckpt_dir: Path, info: dict[str, Any]) -> None:
+    """``model.safetensors`` against the size and SHA-256 that ``model.json`` (``info``) recorded at save; a
+    ``model.json`` without them is refused (:data:`MODEL_FORMAT` always records them)."""
+    files = info.get("files")
+    record = files.get(MODEL_FILE) if isinstance(files, dict) else None
+    if not (isinstance(record, dict) and {"size", "sha256"} <= record.keys()):
+        raise CheckpointError(f"{ckpt_dir / INFO_FILE}: no size and SHA-256 of {MODEL_FILE} (\"files\"), which "
+                              f"{MODEL_FORMAT} always records: the file was edited, the weights cannot be verified")
+    verify_file(ckpt_dir / MODEL_FILE, record)
+
+
 def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
     config checked against the weights' shapes before the model is built)."""
@@ -194,12 +205,10 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
     info = read_info(ckpt_dir)
     where = ckpt_dir / INFO_FILE
     weights = ckpt_dir / MODEL_FILE
-    files = info.get("files")
-    record = files.get(MODEL_FILE) if isinstance(files, dict) else None
-    if verify and not (isinstance(record, dict) and {"size", "sha256"} <= record.keys()):
-        raise CheckpointError(f"{where}: no size and SHA-256 of {MODEL_FILE} (\"files\"), which {MODEL_FORMAT} always "
-                              "records: the file was edited, the weights cannot be verified")
-    verify_file(weights, record if verify else None)
+    if verify:
+        verify_weights(ckpt_dir, info)
+    elif not weights.exists():
+        raise CheckpointError(f"{weights}: missing")
     if "model" not in info:
         raise CheckpointError(f"{where}: no \"model\" (the model's config), which {MODEL_FORMAT} always records")
     cfg = from_dict(ModelConfig, info["model"], f"{where}:model")

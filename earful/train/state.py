@@ -28,7 +28,6 @@ from safetensors import SafetensorError
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import (
-    MODEL_FILE,
     STATE_FILE,
     CheckpointError,
     atomic_torch_save,
@@ -37,6 +36,7 @@ from earful.checkpoint import (
     safe_torch_load,
     save_model,
     verify_file,
+    verify_weights,
 )
 from earful.config import ConfigError, plain_name
 from earful.train import distributed as D
@@ -211,7 +211,7 @@ def verify_checkpoint(ckpt: Path) -> None:
     """Every file of a training checkpoint against the size and SHA-256 recorded at save (nothing is loaded)."""
     info, _ = _read_trainer(ckpt)
     verify_file(ckpt / STATE_FILE, info.get("files", {}).get(STATE_FILE))
-    verify_file(ckpt / MODEL_FILE, read_info(ckpt).get("files", {}).get(MODEL_FILE))
+    verify_weights(ckpt, read_info(ckpt))
 
 
 def training_state(
