@@ -1,4 +1,4 @@
-"""Greedy CTC decoding, vectorised over a batch.
+"""Greedy CTC decoding, vectorised over a batch, and the batches a model is scored in.
 
 Per frame the arg-max token is taken; runs of the same token collapse to one, then blanks are dropped
 (so ``a <b> a`` is ``aa`` while ``a a`` is ``a``); ``|`` becomes a space and spaces are merged/stripped.
@@ -6,10 +6,26 @@ Per frame the arg-max token is taken; runs of the same token collapse to one, th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from earful.data.budget import SAMPLE_RATE, BatchBudget
+from earful.data.manifest import Utterance, lengths_at_rate
 from earful.eval.vocab import CharVocab
+
+
+def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size: int = 1) -> BatchBudget:
+    """The budget that scores every one of ``utts`` whole (``evaluate``, fine-tuning's dev set): batches of at
+    most ``device_seconds`` of padded audio, and an utterance longer than that in a batch of its own.
+
+    The sampler packs batches to ``micro_seconds`` and leaves out only what is longer than ``device_seconds``
+    (see :mod:`earful.data.budget`), so ``device_seconds`` admits the longest utterance while the step's
+    ``batch_seconds`` (one micro-batch a device) keeps the packing at ``device_seconds``."""
+    longest = int(lengths_at_rate(utts).max(initial=0))
+    admitted = max(device_seconds, (longest + 1) / SAMPLE_RATE)
+    return BatchBudget(device_seconds * world_size, admitted, world_size)
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:

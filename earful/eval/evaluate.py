@@ -2,9 +2,10 @@
 
 For each manifest (a *split*, named by the file's stem) the model transcribes every utterance in batches
 of at most ``device_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
-is left out). Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight
-lexicon beam search runs on the same logits. References are normalised with the checkpoint's vocabulary
-(lower-cased, its text mapping applied); a character it cannot spell is an error naming the utterance.
+is left out or cropped: :func:`earful.eval.decode.scoring_budget`). Greedy CTC decoding always runs; with an
+ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs on the same logits. References
+are normalised with the checkpoint's vocabulary (lower-cased, its text mapping applied); a character it
+cannot spell is an error naming the utterance.
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -29,11 +30,10 @@ import torch
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, load_model
-from earful.data.budget import SAMPLE_RATE, BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
-from earful.eval.decode import greedy_decode
+from earful.eval.decode import greedy_decode, scoring_budget
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab
 from earful.model import Wav2Vec2ForCTC, batch_invariant
@@ -109,8 +109,7 @@ def transcribe(
     lm: dict[str, str] | None = {} if beam is not None else None
     if not utts:
         return greedy, lm
-    longest = max(u.samples_at(SAMPLE_RATE) for u in utts)
-    budget = BatchBudget.per_device(max(device_seconds, (longest + 1) / SAMPLE_RATE))
+    budget = scoring_budget(utts, device_seconds)  # an utterance longer than device_seconds: a batch of its own
     loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers)
     for batch in loader:
         with autocast(precision, device):

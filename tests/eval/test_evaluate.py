@@ -70,6 +70,52 @@ def test_greedy_scores_and_files(tmp_path, always_a) -> None:
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+def test_an_utterance_longer_than_device_seconds_gets_a_batch_of_its_own(tmp_path, always_a, monkeypatch) -> None:
+    """The budget stays ``device_seconds`` for the whole manifest (one long utterance does not enlarge every
+    batch, so a lower --device-seconds after an out-of-memory error takes effect); the long one is scored whole,
+    alone; the scores are those of batches that hold everything."""
+    import earful.eval.evaluate as E
+
+    m = write_split(tmp_path / "data", "long", ["a", "b", "a b"] * 3)  # 0.5, 1, 1.5 s, three times
+    batches: list[tuple[list[str], int]] = []
+    real = E.make_loader
+
+    def spy(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            batches.append((sorted(batch.ids), batch.wave.shape[1]))
+            yield batch
+
+    monkeypatch.setattr(E, "make_loader", spy)
+    small = evaluate(always_a, [m], tmp_path / "small", device_seconds=1.2)
+    assert sorted(i for ids, _ in batches for i in ids) == sorted(f"long-{i}" for i in range(9))  # each once
+    assert all((([f"long-{i}"], 24000) in batches) for i in (2, 5, 8))  # 1.5 s: whole, alone
+    assert all(len(ids) * samples <= 1.2 * 16000 for ids, samples in batches if len(ids) > 1)
+    assert sorted(len(ids) for ids, _ in batches if "long-0" in ids or "long-3" in ids or "long-6" in ids) == [1, 2]
+    batches.clear()
+    large = evaluate(always_a, [m], tmp_path / "large", device_seconds=200)
+    assert len(batches) == 1
+    assert small["splits"] == large["splits"]
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_scoring_budget_packs_to_device_seconds_and_admits_the_longest_whole(world_size) -> None:
+    """What ``evaluate`` and fine-tuning's dev loader batch with: nothing left out, cropped or repeated."""
+    from earful.data.manifest import Utterance, lengths_at_rate
+    from earful.data.sampler import SecondsBatchSampler
+    from earful.eval.decode import scoring_budget
+
+    utts = [Utterance(f"u{i}", "x.wav", n, rate, "s") for i, (n, rate) in
+            enumerate([(8000, 16000)] * 4 + [(4000, 8000), (80001, 16000)])]  # 0.5 s (one at 8 kHz), 5 s
+    budget = scoring_budget(utts, 1.0, world_size)
+    assert budget.micro_seconds == pytest.approx(1.0) and budget.accumulation == 1 and budget.crop_seconds is None
+    got = []
+    for rank in range(world_size):
+        sampler = SecondsBatchSampler(lengths_at_rate(utts), budget, shuffle=False, rank=rank)
+        assert sampler.skipped == 0 and sampler.repeated == 0
+        got += [sorted(b) for b in sampler]
+    assert sorted(got) == [[0, 1], [2, 3], [4], [5]]  # 8 kHz: 8000 samples at 16 kHz, no room for a third
+
+
 def test_unknown_reference_character_is_an_error(tmp_path, always_a) -> None:
     m = write_split(tmp_path / "data", "bad", ["ok", "no 7"])
     with pytest.raises(ValueError, match="bad-1.*'7'"):
@@ -141,3 +187,4 @@ def test_evaluate_gives_the_same_transcripts_one_utterance_at_a_time_and_in_200_
         alone = tmp_path / f"{u.id}.jsonl"
         write_manifest([u], alone)
         assert greedy(ckpt, alone, tmp_path / u.id, device_seconds=0.1) == {u.id: together[u.id]}
+
