@@ -18,7 +18,6 @@ blank, other multi-character symbols are never written into hypotheses, letters 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from earful.eval.decode import greedy_decode, scoring_budget
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab
 from earful.model import Wav2Vec2ForCTC, batch_invariant
+from earful.train.state import resolve_checkpoint
 from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
@@ -66,21 +66,12 @@ def strip_placeholders(text: str) -> str:
     return " ".join("".join(c for c in text if not 0xE000 <= ord(c) < 0xF900).split())
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its latest checkpoint)."""
-    p = Path(path)
-    if (p / INFO_FILE).exists():
-        return p
-    latest = p / "checkpoints" / "latest.json"
-    if latest.exists():
-        return p / "checkpoints" / json.loads(latest.read_text())["name"]
-    raise FileNotFoundError(f"{path}: not a checkpoint (no {INFO_FILE}) nor a run directory")
-
-
 def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
-    or run directory."""
+    or run directory (its latest: :func:`earful.train.state.resolve_checkpoint`)."""
     path = resolve_checkpoint(ckpt)
+    if path is None:
+        raise FileNotFoundError(f"{ckpt}: not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)")
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{path}: a {info.get('kind')} checkpoint; evaluate needs a fine-tuned (CTC) one")

@@ -188,3 +188,48 @@ def test_evaluate_gives_the_same_transcripts_one_utterance_at_a_time_and_in_200_
         write_manifest([u], alone)
         assert greedy(ckpt, alone, tmp_path / u.id, device_seconds=0.1) == {u.id: together[u.id]}
 
+
+@pytest.fixture
+def ctc_run(tmp_path):
+    """A run directory with two checkpoints of a CTC model (step 2 the latest)."""
+    from earful.train.state import RunDir
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), len(V))
+    run = RunDir(tmp_path / "run")
+    for step in (1, 2):
+        run.save(f"step-000000{step}", model, state={"rng_cpu": torch.get_rng_state()}, trainer={"step": step},
+                 vocab=V.to_dict())
+    return run.root
+
+
+def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path) -> None:
+    """One resolver (earful.train.state.resolve_checkpoint, RunDir.latest) for evaluate, transcribe and --init."""
+    from earful.checkpoint import CheckpointError
+    from earful.eval.evaluate import load_ctc
+    from earful.finetune.init import _load_source
+
+    latest = ctc_run / "checkpoints" / "latest.json"
+    assert load_ctc(ctc_run)[2].name == "step-0000002"
+    assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
+    assert _load_source(str(ctc_run))[2].endswith("step-0000002")
+    latest.write_text(json.dumps({"name": "step-0000001"}))
+    assert load_ctc(ctc_run)[2].name == "step-0000001"
+    latest.unlink()  # lost: the furthest checkpoint that verifies
+    assert load_ctc(ctc_run)[2].name == "step-0000002"
+    assert _load_source(str(ctc_run))[2].endswith("step-0000002")
+    for bad, why in [("{not json", "corrupt"), ('{"step": 3}', "corrupt.*'name'"),
+                     ('{"name": "../../x"}', "not a plain name"), ('{"name": "step-0000009"}', "incomplete")]:
+        latest.write_text(bad)
+        with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
+            load_ctc(ctc_run)
+        with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
+            _load_source(str(ctc_run))
+    empty = tmp_path / "empty-run"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="empty-run/checkpoints: no complete checkpoint"):
+        load_ctc(empty)
+    with pytest.raises(FileNotFoundError, match="nowhere: not a checkpoint .* nor a run directory"):
+        load_ctc(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere: not 'scratch'"):
+        _load_source(str(tmp_path / "nowhere"))
