@@ -32,17 +32,14 @@ from earful.checkpoint import INFO_FILE, load_model
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
-from earful.eval.decode import greedy_decode, scoring_budget
+from earful.eval.decode import decode_batch, resolve_device, scoring_budget
 from earful.eval.report import write_hypotheses
-from earful.eval.vocab import BLANK, CharVocab
+from earful.eval.vocab import BLANK, CharVocab, placeholder
 from earful.model import Wav2Vec2ForCTC, batch_invariant
 from earful.train.state import resolve_checkpoint
 from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
-
-_PRIVATE = 0xE000  # placeholders for multi-character symbols of imported vocabularies
-
 
 def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint") -> CharVocab:
     """The :class:`CharVocab` of a checkpoint's ``model.json`` ``vocab`` entry (earful or imported)."""
@@ -58,12 +55,8 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
             low = s.lower()
             out.append(low if low not in symbols else s)
         else:
-            out.append(chr(_PRIVATE + i))
+            out.append(placeholder(i))
     return CharVocab(out, mapping=vocab.get("mapping") or None)
-
-
-def strip_placeholders(text: str) -> str:
-    return " ".join("".join(c for c in text if not 0xE000 <= ord(c) < 0xF900).split())
 
 
 def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
@@ -94,7 +87,7 @@ def transcribe(
     num_workers: int = 0,
 ) -> tuple[dict[str, str], dict[str, str] | None]:
     """Greedy (and, with ``beam``, LM) transcripts by utterance id, batched by seconds of padded audio."""
-    device = torch.device(device)
+    device = resolve_device(device)
     model.eval().to(device)
     greedy: dict[str, str] = {}
     lm: dict[str, str] | None = {} if beam is not None else None
@@ -105,12 +98,10 @@ def transcribe(
     for batch in loader:
         with autocast(precision, device):
             logits, flen = model(*batch.model_inputs(device))
-        logits, flen = logits.float().cpu(), flen.cpu()
-        for uid, hyp in zip(batch.ids, greedy_decode(logits, flen, vocab), strict=True):
-            greedy[uid] = strip_placeholders(hyp)
-        if beam is not None and lm is not None:
-            for uid, hyp in zip(batch.ids, beam.decode(logits, flen), strict=True):
-                lm[uid] = hyp
+        greedy_hyps, lm_hyps = decode_batch(logits.float().cpu(), flen.cpu(), vocab, beam)
+        greedy.update(zip(batch.ids, greedy_hyps, strict=True))
+        if lm is not None and lm_hyps is not None:
+            lm.update(zip(batch.ids, lm_hyps, strict=True))
     missing = [u.id for u in utts if u.id not in greedy]
     if missing:  # the loader only leaves out unreadable files with skip_bad, which is off here
         raise RuntimeError(f"{len(missing)} utterances were not transcribed, e.g. {missing[:5]}")
@@ -144,8 +135,7 @@ def evaluate(
     """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``."""
     if not manifests:
         raise ValueError("no manifest to evaluate")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)
     model, vocab, path = load_ctc(ckpt)
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
     out = Path(out_dir)
@@ -158,7 +148,7 @@ def evaluate(
     for manifest, split in zip(manifests, _split_names(manifests), strict=True):
         utts = read_manifest(manifest, check_files=True)
         refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
-        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=device,
+        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
                                      precision=precision, beam=beam, num_workers=num_workers)
         ids = [u.id for u in utts]
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}

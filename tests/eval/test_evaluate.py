@@ -155,12 +155,27 @@ def test_imported_transformers_vocabulary_is_adapted() -> None:
     assert vocab.symbols[0] == "<b>" and vocab.symbols[5:] == ("e", "t", "a", "'") and len(vocab) == len(symbols)
     frames = [7, 0, 4, 1, 6, 3, 5]  # A | <s> T <unk> E
     logits = torch.nn.functional.one_hot(torch.tensor([frames]), len(symbols)).float()
-    from earful.eval.evaluate import strip_placeholders
+    from earful.eval.decode import decode_batch
+    from earful.eval.vocab import PLACEHOLDERS, placeholder, strip_placeholders
 
+    assert vocab.symbols[1:4] == tuple(placeholder(i) for i in (1, 2, 3))
+    assert all(ord(s) in PLACEHOLDERS for s in vocab.symbols[1:4])
+    assert greedy_decode(logits, None, vocab)[0] == f"a {placeholder(1)}t{placeholder(3)}e"
     assert strip_placeholders(greedy_decode(logits, None, vocab)[0]) == "a te"
+    assert decode_batch(logits, None, vocab) == (["a te"], None)  # what evaluate and transcribe write
     assert vocab_from_checkpoint(V.to_dict()) == V
     with pytest.raises(ValueError, match="no vocabulary"):
         vocab_from_checkpoint(None)
+
+
+def test_auto_device_is_cuda_where_there_is_one(monkeypatch) -> None:
+    from earful.eval.decode import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
 
 
 def greedy(ckpt, manifest, out, device_seconds: float = 200.0) -> dict[str, str]:
