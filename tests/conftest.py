@@ -74,10 +74,10 @@ TONE_TEST_TEXTS = ["bad", "bead cage face dead", "cafe", "head face", "fad bad c
 def tone_ctc(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, test manifest): a tiny CTC model fine-tuned for 150 steps on four tone-speech utterances,
     which spells parts of their words, and a labelled test split of other tone-speech utterances."""
-    from earful.eval.evaluate import resolve_checkpoint
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
     from earful.train.engine import Trainer
+    from earful.train.state import resolve_checkpoint
 
     tones = _tone_helpers()
     root = tmp_path_factory.mktemp("tone-ctc")

@@ -49,19 +49,22 @@ def arpa_unigrams(path: str | Path) -> list[str]:
     """The words of an ARPA file's ``\\1-grams:`` section, in file order (markers included)."""
     words: list[str] = []
     in_unigrams = False
-    with Path(path).open(encoding="utf-8") as f:
-        for raw in f:
-            line = raw.strip()
-            if line == "\\1-grams:":
-                in_unigrams = True
-            elif in_unigrams:
-                if not line:
-                    continue
-                if line.startswith("\\"):
-                    break
-                parts = line.split()
-                if len(parts) >= 2:
-                    words.append(parts[1])
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for raw in f:
+                line = raw.strip()
+                if line == "\\1-grams:":
+                    in_unigrams = True
+                elif in_unigrams:
+                    if not line:
+                        continue
+                    if line.startswith("\\"):
+                        break
+                    parts = line.split()
+                    if len(parts) >= 2:
+                        words.append(parts[1])
+    except UnicodeDecodeError as e:  # a KenLM binary model
+        raise ValueError(f"{path}: not an ARPA text file ({e}); give a lexicon for a binary KenLM model") from e
     if not in_unigrams:
         raise ValueError(f"{path}: no \\1-grams: section; give a lexicon for a binary KenLM model")
     return words
@@ -90,16 +93,23 @@ def lexicon_from_words(words: Iterable[str], vocab: CharVocab) -> dict[str, list
 
 
 def read_lexicon(path: str | Path) -> dict[str, list[list[str]]]:
-    """A lexicon file: ``word<TAB or space>s p e l l i n g`` a line, several lines per word allowed."""
+    """A lexicon file: ``word<TAB or space>s p e l l i n g |`` a line, several lines per word allowed; each
+    spelling ends with the word delimiter ``|`` (without it the search would lose the word boundaries)."""
     lexicon: dict[str, list[list[str]]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            parts = raw.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise ValueError(f"{path}:{lineno}: a word without a spelling")
-            lexicon.setdefault(parts[0], []).append(parts[1:])
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for lineno, raw in enumerate(f, 1):
+                parts = raw.split()
+                if not parts:
+                    continue
+                if len(parts) < 2:
+                    raise ValueError(f"{path}:{lineno}: a word without a spelling")
+                if parts[-1] != DELIMITER:
+                    raise ValueError(f"{path}:{lineno}: the spelling of {parts[0]!r} does not end with the word "
+                                     f"delimiter {DELIMITER!r} ({raw.strip()!r})")
+                lexicon.setdefault(parts[0], []).append(parts[1:])
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 lexicon file ({e})") from e
     return lexicon
 
 

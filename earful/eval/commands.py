@@ -74,7 +74,8 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 def _add_lm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", default=None, help="ARPA file (or KenLM binary with --lexicon) for beam search")
-    p.add_argument("--lexicon", default=None, help="lexicon file (default: the ARPA file's unigrams)")
+    p.add_argument("--lexicon", default=None,
+                   help="lexicon file, 'word s p e l l i n g |' a line (default: the ARPA file's unigrams)")
     p.add_argument("--beam", type=int, default=50, help="beam size (the paper: 50)")
     p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (the paper: 2)")
     p.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")

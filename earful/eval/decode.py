@@ -1,4 +1,5 @@
-"""Greedy CTC decoding, vectorised over a batch.
+"""Greedy CTC decoding, vectorised over a batch; what ``evaluate`` and ``transcribe`` share: the batches a model is
+scored in, the device, a batch's transcripts (greedy, and with an LM).
 
 Per frame the arg-max token is taken; runs of the same token collapse to one, then blanks are dropped
 (so ``a <b> a`` is ``aa`` while ``a a`` is ``a``); ``|`` becomes a space and spaces are merged/stripped.
@@ -6,10 +7,37 @@ Per frame the arg-max token is taken; runs of the same token collapse to one, th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from earful.eval.vocab import CharVocab
+from earful.data.budget import SAMPLE_RATE, BatchBudget
+from earful.data.manifest import Utterance, lengths_at_rate
+from earful.eval.vocab import CharVocab, strip_placeholders
+
+if TYPE_CHECKING:
+    from earful.eval.beam import LMBeamDecoder
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device``, with "auto" meaning CUDA where there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size: int = 1) -> BatchBudget:
+    """The budget that scores every one of ``utts`` whole (``evaluate``, fine-tuning's dev set): batches of at
+    most ``device_seconds`` of padded audio, and an utterance longer than that in a batch of its own.
+
+    The sampler packs batches to ``micro_seconds`` and leaves out only what is longer than ``device_seconds``
+    (see :mod:`earful.data.budget`), so ``device_seconds`` admits the longest utterance while the step's
+    ``batch_seconds`` (one micro-batch a device) keeps the packing at ``device_seconds``."""
+    longest = int(lengths_at_rate(utts).max(initial=0))
+    admitted = max(device_seconds, (longest + 1) / SAMPLE_RATE)
+    return BatchBudget(device_seconds * world_size, admitted, world_size)
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -77,3 +105,15 @@ def greedy_decode(
     if scores.dim() == 3 and scores.shape[-1] != len(vocab):
         raise ValueError(f"logits have {scores.shape[-1]} classes, the vocabulary {len(vocab)}")
     return [vocab.decode(ids) for ids in greedy_ids(scores, frame_lengths, vocab.blank_id)]
+
+
+def decode_batch(
+    logits: torch.Tensor,
+    frame_lengths: torch.Tensor | None,
+    vocab: CharVocab,
+    beam: LMBeamDecoder | None = None,
+) -> tuple[list[str], list[str] | None]:
+    """A batch's greedy transcripts (stand-ins of an imported vocabulary's multi-character symbols removed) and,
+    with ``beam``, its LM beam search's (None without)."""
+    greedy = [strip_placeholders(h) for h in greedy_decode(logits, frame_lengths, vocab)]
+    return greedy, None if beam is None else beam.decode(logits, frame_lengths)

@@ -2,9 +2,10 @@
 
 For each manifest (a *split*, named by the file's stem) the model transcribes every utterance in batches
 of at most ``device_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
-is left out). Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight
-lexicon beam search runs on the same logits. References are normalised with the checkpoint's vocabulary
-(lower-cased, its text mapping applied); a character it cannot spell is an error naming the utterance.
+is left out or cropped: :func:`earful.eval.decode.scoring_budget`). Greedy CTC decoding always runs; with an
+ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs on the same logits. References
+are normalised with the checkpoint's vocabulary (lower-cased, its text mapping applied); a character it
+cannot spell is an error naming the utterance.
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -17,7 +18,6 @@ blank, other multi-character symbols are never written into hypotheses, letters 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -29,20 +29,17 @@ import torch
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, load_model
-from earful.data.budget import SAMPLE_RATE, BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
-from earful.eval.decode import greedy_decode
+from earful.eval.decode import decode_batch, resolve_device, scoring_budget
 from earful.eval.report import write_hypotheses
-from earful.eval.vocab import BLANK, CharVocab
+from earful.eval.vocab import BLANK, CharVocab, placeholder
 from earful.model import Wav2Vec2ForCTC, batch_invariant
+from earful.train.state import resolve_checkpoint
 from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
-
-_PRIVATE = 0xE000  # placeholders for multi-character symbols of imported vocabularies
-
 
 def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint") -> CharVocab:
     """The :class:`CharVocab` of a checkpoint's ``model.json`` ``vocab`` entry (earful or imported)."""
@@ -58,29 +55,16 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
             low = s.lower()
             out.append(low if low not in symbols else s)
         else:
-            out.append(chr(_PRIVATE + i))
+            out.append(placeholder(i))
     return CharVocab(out, mapping=vocab.get("mapping") or None)
-
-
-def strip_placeholders(text: str) -> str:
-    return " ".join("".join(c for c in text if not 0xE000 <= ord(c) < 0xF900).split())
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (its latest checkpoint)."""
-    p = Path(path)
-    if (p / INFO_FILE).exists():
-        return p
-    latest = p / "checkpoints" / "latest.json"
-    if latest.exists():
-        return p / "checkpoints" / json.loads(latest.read_text())["name"]
-    raise FileNotFoundError(f"{path}: not a checkpoint (no {INFO_FILE}) nor a run directory")
 
 
 def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
-    or run directory."""
+    or run directory (its latest: :func:`earful.train.state.resolve_checkpoint`)."""
     path = resolve_checkpoint(ckpt)
+    if path is None:
+        raise FileNotFoundError(f"{ckpt}: not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)")
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{path}: a {info.get('kind')} checkpoint; evaluate needs a fine-tuned (CTC) one")
@@ -103,24 +87,21 @@ def transcribe(
     num_workers: int = 0,
 ) -> tuple[dict[str, str], dict[str, str] | None]:
     """Greedy (and, with ``beam``, LM) transcripts by utterance id, batched by seconds of padded audio."""
-    device = torch.device(device)
+    device = resolve_device(device)
     model.eval().to(device)
     greedy: dict[str, str] = {}
     lm: dict[str, str] | None = {} if beam is not None else None
     if not utts:
         return greedy, lm
-    longest = max(u.samples_at(SAMPLE_RATE) for u in utts)
-    budget = BatchBudget.per_device(max(device_seconds, (longest + 1) / SAMPLE_RATE))
+    budget = scoring_budget(utts, device_seconds)  # an utterance longer than device_seconds: a batch of its own
     loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers)
     for batch in loader:
         with autocast(precision, device):
             logits, flen = model(*batch.model_inputs(device))
-        logits, flen = logits.float().cpu(), flen.cpu()
-        for uid, hyp in zip(batch.ids, greedy_decode(logits, flen, vocab), strict=True):
-            greedy[uid] = strip_placeholders(hyp)
-        if beam is not None and lm is not None:
-            for uid, hyp in zip(batch.ids, beam.decode(logits, flen), strict=True):
-                lm[uid] = hyp
+        greedy_hyps, lm_hyps = decode_batch(logits.float().cpu(), flen.cpu(), vocab, beam)
+        greedy.update(zip(batch.ids, greedy_hyps, strict=True))
+        if lm is not None and lm_hyps is not None:
+            lm.update(zip(batch.ids, lm_hyps, strict=True))
     missing = [u.id for u in utts if u.id not in greedy]
     if missing:  # the loader only leaves out unreadable files with skip_bad, which is off here
         raise RuntimeError(f"{len(missing)} utterances were not transcribed, e.g. {missing[:5]}")
@@ -154,8 +135,7 @@ def evaluate(
     """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``."""
     if not manifests:
         raise ValueError("no manifest to evaluate")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)
     model, vocab, path = load_ctc(ckpt)
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
     out = Path(out_dir)
@@ -168,7 +148,7 @@ def evaluate(
     for manifest, split in zip(manifests, _split_names(manifests), strict=True):
         utts = read_manifest(manifest, check_files=True)
         refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
-        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=device,
+        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
                                      precision=precision, beam=beam, num_workers=num_workers)
         ids = [u.id for u in utts]
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}

@@ -45,14 +45,14 @@ Ngram = tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------------- estimation
-def _sentences(lines: Iterable[str], lowercase: bool) -> Iterator[list[str]]:
-    for line in lines:
+def _sentences(lines: Iterable[str], lowercase: bool, source: str) -> Iterator[list[str]]:
+    for lineno, line in enumerate(lines, 1):
         words = (line.lower() if lowercase else line).split()
         if not words:
             continue
         for w in words:
             if w in (BOS, EOS, UNK):
-                raise ValueError(f"the text may not contain the reserved token {w!r}")
+                raise ValueError(f"{source}:{lineno}: the text may not contain the reserved token {w!r}")
         yield words
 
 
@@ -164,15 +164,16 @@ class NgramModel:
         return cls(order=order, prob=prob, backoff=backoff)
 
 
-def build_kneser_ney(lines: Iterable[str], order: int, lowercase: bool = False) -> NgramModel:
-    """Estimate an interpolated modified Kneser-Ney model of ``order`` from sentences, one a line."""
+def build_kneser_ney(lines: Iterable[str], order: int, lowercase: bool = False, source: str = "text") -> NgramModel:
+    """Estimate an interpolated modified Kneser-Ney model of ``order`` from sentences, one a line (``source``:
+    where they come from, for messages)."""
     if order < 2:
         raise ValueError(f"order must be at least 2 (KenLM loads no unigram-only model), got {order}")
     # raw counts of the highest order, and of <s>-initial n-grams of every lower order
     top: Counter[Ngram] = Counter()
     bos_raw: list[Counter[Ngram]] = [Counter() for _ in range(order + 1)]
     n_sent = 0
-    for words in _sentences(lines, lowercase):
+    for words in _sentences(lines, lowercase, source):
         n_sent += 1
         s = (BOS, *words, EOS)
         for i in range(len(s) - order + 1):
@@ -180,7 +181,7 @@ def build_kneser_ney(lines: Iterable[str], order: int, lowercase: bool = False) 
         for n in range(1, min(order, len(s) + 1)):
             bos_raw[n][s[:n]] += 1
     if n_sent == 0:
-        raise ValueError("no sentences in the text")
+        raise ValueError(f"{source}: no sentences")
 
     # adjusted counts: raw at the top, continuation counts below (raw for <s>-initial n-grams)
     adj: list[Counter[Ngram]] = [Counter() for _ in range(order + 1)]
@@ -250,8 +251,11 @@ def build_arpa(text: str | Path, out: str | Path, order: int = 4, lowercase: boo
     text = Path(text)
     if not text.is_file():
         raise FileNotFoundError(f"no text file {text}")
-    with text.open(encoding="utf-8") as f:
-        model = build_kneser_ney(f, order, lowercase=lowercase)
+    try:
+        with text.open(encoding="utf-8") as f:
+            model = build_kneser_ney(f, order, lowercase=lowercase, source=str(text))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{text}: not UTF-8 text ({e})") from e
     model.write_arpa(out)
     log.info("wrote %s", out)
     return model

@@ -33,8 +33,7 @@ from earful.data.audio import AudioError, audio_info, load_audio
 from earful.data.budget import SAMPLE_RATE
 from earful.data.dataset import Item, collate
 from earful.eval.beam import LMBeamDecoder
-from earful.eval.decode import greedy_decode
-from earful.eval.evaluate import strip_placeholders
+from earful.eval.decode import decode_batch, resolve_device
 from earful.eval.vocab import CharVocab
 from earful.model import Wav2Vec2ForCTC, batch_invariant
 from earful.train.step import autocast
@@ -123,7 +122,7 @@ def transcribe_files(
 
     ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
     the context on each side of a window; ``device`` "auto" is CUDA where there is one."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    device = resolve_device(device)
     model = batch_invariant(model).eval().to(device)
     step = model.cfg.total_stride  # samples a frame
     if stride_seconds is None:
@@ -153,11 +152,11 @@ def transcribe_files(
 
     def finish(i: int) -> None:
         logits = torch.cat(pieces.pop(i), 0)[None]  # (1, frames, vocab)
-        greedy = strip_placeholders(greedy_decode(logits, None, vocab)[0])
-        if beam is None:
+        (greedy,), lm = decode_batch(logits, None, vocab, beam)
+        if lm is None:
             records[i]["text"] = greedy
         else:
-            records[i]["text"], records[i]["greedy"] = beam.decode(logits)[0], greedy
+            records[i]["text"], records[i]["greedy"] = lm[0], greedy
 
     def run(batch: list[_Piece]) -> None:
         padded = collate([Item(j, records[p.file]["path"], p.wave, None) for j, p in enumerate(batch)])

@@ -14,6 +14,19 @@ from typing import Any
 BLANK = "<b>"
 DELIMITER = "|"
 DEFAULT_SYMBOLS: tuple[str, ...] = (BLANK, DELIMITER, "'", *string.ascii_lowercase)
+# Unicode's private use area: single-character stand-ins for the multi-character symbols (``<s>``, ``<unk>``)
+# of an imported (transformers) vocabulary, never written into a transcript
+PLACEHOLDERS = range(0xE000, 0xF900)
+
+
+def placeholder(index: int) -> str:
+    """The stand-in of an imported vocabulary's multi-character symbol at ``index``."""
+    return chr(PLACEHOLDERS.start + index)
+
+
+def strip_placeholders(text: str) -> str:
+    """``text`` without stand-ins of multi-character symbols, spaces merged and stripped."""
+    return " ".join("".join(c for c in text if ord(c) not in PLACEHOLDERS).split())
 
 
 class CharVocab:

@@ -29,7 +29,7 @@ from earful.checkpoint import INFO_FILE, load_model
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
-from earful.train.state import RunDir
+from earful.train.state import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,11 @@ def _load_source(init: str) -> tuple[nn.Module | None, list[str] | None, str]:
     if init == "scratch":
         return None, None, "scratch (random)"
     path = Path(init)
-    if (path / "checkpoints" / "latest.json").exists():
-        latest = RunDir(path).latest()
-        assert latest is not None
-        path = latest
-    if (path / INFO_FILE).exists():
-        model, info = load_model(path)
+    ckpt = resolve_checkpoint(path)
+    if ckpt is not None:
+        model, info = load_model(ckpt)
         symbols = (info.get("vocab") or {}).get("symbols")
-        return model, symbols, f"earful {info['kind']} checkpoint {path}"
+        return model, symbols, f"earful {info['kind']} checkpoint {ckpt}"
     if (path / "config.json").exists():
         from earful.interop.hf import import_hf
 
@@ -54,7 +51,7 @@ def _load_source(init: str) -> tuple[nn.Module | None, list[str] | None, str]:
         return model, symbols, f"transformers folder {path}"
     raise FileNotFoundError(
         f"--init {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run directory "
-        "(no checkpoints/latest.json) nor a transformers folder (no config.json)"
+        "(no checkpoints/) nor a transformers folder (no config.json)"
     )
 
 

@@ -20,10 +20,10 @@ from torch import nn
 
 from earful.checkpoint import CheckpointError, read_info
 from earful.config import from_dict
-from earful.data.budget import SAMPLE_RATE, BatchBudget
+from earful.data.budget import BatchBudget
 from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
-from earful.eval.decode import greedy_decode
+from earful.eval.decode import greedy_decode, scoring_budget
 from earful.eval.metrics import ErrorCounts, error_counts
 from earful.eval.vocab import CharVocab
 from earful.finetune import targets as T
@@ -99,8 +99,7 @@ class FinetuneTask(Task):
             dutts = read_manifest(cfg.data.dev, check_files=True)
             self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev)
             self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
-            longest = max((u.seconds for u in dutts), default=1.0)  # every dev utterance is scored
-            dev = BatchBudget.per_device(max(cfg.valid_device_seconds(), longest + 1.0 / SAMPLE_RATE), d.world_size)
+            dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
             self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
                                           skip_bad=cfg.data.skip_bad, num_workers=0)
 

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import (
+    INFO_FILE,
     STATE_FILE,
     CheckpointError,
     atomic_torch_save,
@@ -175,6 +176,22 @@ class RunDir:
         for p in steps[:-keep_last] if keep_last > 0 else []:
             if latest is None or p.resolve() != latest.resolve():
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint ``path`` names: ``path`` itself when it holds ``model.json``; in a run directory (one with
+    ``checkpoints/``) its latest, as :meth:`RunDir.latest` finds it; None when ``path`` is neither. A corrupt
+    ``latest.json``, or a run directory without a complete checkpoint, is a ``CheckpointError`` naming it."""
+    p = Path(path)
+    if (p / INFO_FILE).exists():
+        return p
+    run = RunDir(p)
+    if not run.ckpt.is_dir():
+        return None
+    latest = run.latest()
+    if latest is None:
+        raise CheckpointError(f"{run.ckpt}: no complete checkpoint in this run directory")
+    return latest
 
 
 def _read_trainer(ckpt: Path) -> tuple[dict[str, Any], Path]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from earful.eval.beam import BeamOptions, arpa_unigrams, lexicon_from_words
+from earful.eval.beam import BeamOptions, arpa_unigrams, flashlight_available, lexicon_from_words, read_lexicon
 from earful.eval.decode import greedy_decode
 from earful.eval.lm import build_kneser_ney
 from earful.eval.vocab import CharVocab
@@ -50,6 +50,34 @@ def test_lexicon_from_the_lm_unigrams(tiny_lm):
     assert "<s>" not in lex and "café" not in lex and "x|y" not in lex
     with pytest.raises(ValueError, match="empty"):
         lexicon_from_words(["<s>", "ÿ"], V)
+
+
+def test_a_binary_lm_without_a_lexicon_is_named(tmp_path):
+    """A KenLM binary has no unigram list to build the lexicon from: the error says so and names the file."""
+    binary = tmp_path / "lm.bin"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\x00" + bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=r"lm\.bin: not an ARPA text file.*give a lexicon for a binary KenLM model"):
+        arpa_unigrams(binary)
+    if flashlight_available():
+        from earful.eval.beam import LMBeamDecoder
+
+        with pytest.raises(ValueError, match=r"lm\.bin: .*give a lexicon for a binary KenLM model"):
+            LMBeamDecoder(V, binary)
+
+
+def test_lexicon_file(tmp_path):
+    lex = tmp_path / "lex.txt"
+    lex.write_text("cat c a t |\nthe\tt h e |\n\nthe d a |\n", encoding="utf-8")
+    assert read_lexicon(lex) == {"cat": [["c", "a", "t", "|"]], "the": [["t", "h", "e", "|"], ["d", "a", "|"]]}
+    lex.write_text("cat c a t |\nsat s a t\n", encoding="utf-8")  # no "|": the word's end would be lost
+    with pytest.raises(ValueError, match=r"lex\.txt:2: the spelling of 'sat' does not end with the word delimiter"):
+        read_lexicon(lex)
+    lex.write_text("cat c a t |\nsat\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"lex\.txt:2: a word without a spelling"):
+        read_lexicon(lex)
+    lex.write_bytes(b"caf\xe9 c a f e |\n")  # Latin-1
+    with pytest.raises(ValueError, match=r"lex\.txt: not a UTF-8 lexicon file"):
+        read_lexicon(lex)
 
 
 def test_lm_repairs_a_misspelled_greedy_output(tiny_lm):

@@ -12,6 +12,7 @@ from earful.eval.lm import (
     FALLBACK_DISCOUNTS,
     UNK,
     NgramModel,
+    build_arpa,
     build_kneser_ney,
     modified_kn_discounts,
 )
@@ -115,10 +116,24 @@ def test_arpa_loads_in_flashlights_kenlm_with_the_same_scores(tmp_path):
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="order"):
         build_kneser_ney(["a b"], order=1)
-    with pytest.raises(ValueError, match="no sentences"):
+    with pytest.raises(ValueError, match="text: no sentences"):
         build_kneser_ney(["", "  "], order=2)
-    with pytest.raises(ValueError, match="reserved"):
-        build_kneser_ney(["a <s> b"], order=2)
+    with pytest.raises(ValueError, match="text:2: .*reserved token '<s>'"):
+        build_kneser_ney(["a b", "a <s> b"], order=2)
+
+
+def test_lm_build_names_the_file_and_line(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat\n\nthe </s> dog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus\.txt:3: the text may not contain the reserved token '</s>'"):
+        build_arpa(text, tmp_path / "lm.arpa")
+    text.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus\.txt: no sentences"):
+        build_arpa(text, tmp_path / "lm.arpa")
+    text.write_bytes(b"caf\xe9\n")  # Latin-1
+    with pytest.raises(ValueError, match=r"corpus\.txt: not UTF-8 text"):
+        build_arpa(text, tmp_path / "lm.arpa")
+    assert not (tmp_path / "lm.arpa").exists()
 
 
 def test_lm_build_command(tmp_path):

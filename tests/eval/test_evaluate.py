@@ -70,6 +70,52 @@ def test_greedy_scores_and_files(tmp_path, always_a) -> None:
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+def test_an_utterance_longer_than_device_seconds_gets_a_batch_of_its_own(tmp_path, always_a, monkeypatch) -> None:
+    """The budget stays ``device_seconds`` for the whole manifest (one long utterance does not enlarge every
+    batch, so a lower --device-seconds after an out-of-memory error takes effect); the long one is scored whole,
+    alone; the scores are those of batches that hold everything."""
+    import earful.eval.evaluate as E
+
+    m = write_split(tmp_path / "data", "long", ["a", "b", "a b"] * 3)  # 0.5, 1, 1.5 s, three times
+    batches: list[tuple[list[str], int]] = []
+    real = E.make_loader
+
+    def spy(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            batches.append((sorted(batch.ids), batch.wave.shape[1]))
+            yield batch
+
+    monkeypatch.setattr(E, "make_loader", spy)
+    small = evaluate(always_a, [m], tmp_path / "small", device_seconds=1.2)
+    assert sorted(i for ids, _ in batches for i in ids) == sorted(f"long-{i}" for i in range(9))  # each once
+    assert all((([f"long-{i}"], 24000) in batches) for i in (2, 5, 8))  # 1.5 s: whole, alone
+    assert all(len(ids) * samples <= 1.2 * 16000 for ids, samples in batches if len(ids) > 1)
+    assert sorted(len(ids) for ids, _ in batches if "long-0" in ids or "long-3" in ids or "long-6" in ids) == [1, 2]
+    batches.clear()
+    large = evaluate(always_a, [m], tmp_path / "large", device_seconds=200)
+    assert len(batches) == 1
+    assert small["splits"] == large["splits"]
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_scoring_budget_packs_to_device_seconds_and_admits_the_longest_whole(world_size) -> None:
+    """What ``evaluate`` and fine-tuning's dev loader batch with: nothing left out, cropped or repeated."""
+    from earful.data.manifest import Utterance, lengths_at_rate
+    from earful.data.sampler import SecondsBatchSampler
+    from earful.eval.decode import scoring_budget
+
+    utts = [Utterance(f"u{i}", "x.wav", n, rate, "s") for i, (n, rate) in
+            enumerate([(8000, 16000)] * 4 + [(4000, 8000), (80001, 16000)])]  # 0.5 s (one at 8 kHz), 5 s
+    budget = scoring_budget(utts, 1.0, world_size)
+    assert budget.micro_seconds == pytest.approx(1.0) and budget.accumulation == 1 and budget.crop_seconds is None
+    got = []
+    for rank in range(world_size):
+        sampler = SecondsBatchSampler(lengths_at_rate(utts), budget, shuffle=False, rank=rank)
+        assert sampler.skipped == 0 and sampler.repeated == 0
+        got += [sorted(b) for b in sampler]
+    assert sorted(got) == [[0, 1], [2, 3], [4], [5]]  # 8 kHz: 8000 samples at 16 kHz, no room for a third
+
+
 def test_unknown_reference_character_is_an_error(tmp_path, always_a) -> None:
     m = write_split(tmp_path / "data", "bad", ["ok", "no 7"])
     with pytest.raises(ValueError, match="bad-1.*'7'"):
@@ -109,12 +155,27 @@ def test_imported_transformers_vocabulary_is_adapted() -> None:
     assert vocab.symbols[0] == "<b>" and vocab.symbols[5:] == ("e", "t", "a", "'") and len(vocab) == len(symbols)
     frames = [7, 0, 4, 1, 6, 3, 5]  # A | <s> T <unk> E
     logits = torch.nn.functional.one_hot(torch.tensor([frames]), len(symbols)).float()
-    from earful.eval.evaluate import strip_placeholders
+    from earful.eval.decode import decode_batch
+    from earful.eval.vocab import PLACEHOLDERS, placeholder, strip_placeholders
 
+    assert vocab.symbols[1:4] == tuple(placeholder(i) for i in (1, 2, 3))
+    assert all(ord(s) in PLACEHOLDERS for s in vocab.symbols[1:4])
+    assert greedy_decode(logits, None, vocab)[0] == f"a {placeholder(1)}t{placeholder(3)}e"
     assert strip_placeholders(greedy_decode(logits, None, vocab)[0]) == "a te"
+    assert decode_batch(logits, None, vocab) == (["a te"], None)  # what evaluate and transcribe write
     assert vocab_from_checkpoint(V.to_dict()) == V
     with pytest.raises(ValueError, match="no vocabulary"):
         vocab_from_checkpoint(None)
+
+
+def test_auto_device_is_cuda_where_there_is_one(monkeypatch) -> None:
+    from earful.eval.decode import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
 
 
 def greedy(ckpt, manifest, out, device_seconds: float = 200.0) -> dict[str, str]:
@@ -141,3 +202,49 @@ def test_evaluate_gives_the_same_transcripts_one_utterance_at_a_time_and_in_200_
         alone = tmp_path / f"{u.id}.jsonl"
         write_manifest([u], alone)
         assert greedy(ckpt, alone, tmp_path / u.id, device_seconds=0.1) == {u.id: together[u.id]}
+
+
+@pytest.fixture
+def ctc_run(tmp_path):
+    """A run directory with two checkpoints of a CTC model (step 2 the latest)."""
+    from earful.train.state import RunDir
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), len(V))
+    run = RunDir(tmp_path / "run")
+    for step in (1, 2):
+        run.save(f"step-000000{step}", model, state={"rng_cpu": torch.get_rng_state()}, trainer={"step": step},
+                 vocab=V.to_dict())
+    return run.root
+
+
+def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path) -> None:
+    """One resolver (earful.train.state.resolve_checkpoint, RunDir.latest) for evaluate, transcribe and --init."""
+    from earful.checkpoint import CheckpointError
+    from earful.eval.evaluate import load_ctc
+    from earful.finetune.init import _load_source
+
+    latest = ctc_run / "checkpoints" / "latest.json"
+    assert load_ctc(ctc_run)[2].name == "step-0000002"
+    assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
+    assert _load_source(str(ctc_run))[2].endswith("step-0000002")
+    latest.write_text(json.dumps({"name": "step-0000001"}))
+    assert load_ctc(ctc_run)[2].name == "step-0000001"
+    latest.unlink()  # lost: the furthest checkpoint that verifies
+    assert load_ctc(ctc_run)[2].name == "step-0000002"
+    assert _load_source(str(ctc_run))[2].endswith("step-0000002")
+    for bad, why in [("{not json", "corrupt"), ('{"step": 3}', "corrupt.*'name'"),
+                     ('{"name": "../../x"}', "not a plain name"), ('{"name": "step-0000009"}', "incomplete")]:
+        latest.write_text(bad)
+        with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
+            load_ctc(ctc_run)
+        with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
+            _load_source(str(ctc_run))
+    empty = tmp_path / "empty-run"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="empty-run/checkpoints: no complete checkpoint"):
+        load_ctc(empty)
+    with pytest.raises(FileNotFoundError, match="nowhere: not a checkpoint .* nor a run directory"):
+        load_ctc(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere: not 'scratch'"):
+        _load_source(str(tmp_path / "nowhere"))

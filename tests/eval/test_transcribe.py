@@ -31,6 +31,12 @@ def test_windows_keep_every_sample_once(n, chunk, stride) -> None:
     assert abs(total - n / 320) <= len(spans) + 1  # rounding at each window's edges, as transformers'
 
 
+def test_a_30_minute_file_is_135_windows_of_20_s() -> None:
+    """The README's number: 20 s windows (320-sample frames) with strides of 20 / 6 s, rounded to frames."""
+    chunk, stride = 320_000, 53_440  # transcribe_files' rounding of 20 s and 3.33 s to 320-sample frames
+    assert len(chunk_spans(30 * 60 * 16_000, chunk, stride, stride)) == 135
+
+
 def write_files(tmp_path, manifest) -> list:
     """Two test utterances as 16 kHz mono files, the first again as 44.1 kHz stereo FLAC, and a bad file."""
     utts = read_manifest(manifest)[:2]
