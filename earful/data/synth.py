@@ -45,6 +45,7 @@ import soxr
 
 from earful.atomic import atomic_open, atomic_write_json, atomic_write_lines
 
+from .budget import SAMPLE_RATE
 from .espeak import Espeak
 from .manifest import Utterance, write_manifest
 from .phonemes import fold
@@ -52,7 +53,6 @@ from .textpool import command_intent, sentences
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp",
            "en-us-nyc", "en-029")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt")

@@ -12,9 +12,8 @@ frame of its utterance), so the count takes the utterance length in seconds.
 
 from __future__ import annotations
 
+from earful.data.budget import SAMPLE_RATE
 from earful.model.config import ModelConfig
-
-SAMPLE_RATE = 16000
 
 
 def forward_flops_per_second(

@@ -1,4 +1,5 @@
-"""Span masking and distractor sampling, vectorised over the batch and run on the model's device.
+"""Span masking and distractor sampling, vectorised over the batch, run where their inputs are (training draws the
+span mask on the host, ``Wav2Vec2ForPreTraining.draw_mask``; the distractors on the model's device).
 
 All functions take ``frame_lengths: (batch,)`` so padded frames are never masked nor drawn, and an
 optional ``torch.Generator`` so a run is reproducible from one seed.

@@ -319,7 +319,8 @@ class Wav2Vec2ForPreTraining(nn.Module):
             is_min = logits.argmin(-1) == 0
             num_correct = (is_max & ~is_min).sum()
             g, v = cfg.num_codevector_groups, cfg.num_codevectors_per_group
-            hist = F.one_hot(codes_sel, v).float().mean(0)  # (G, V)
+            # the codes the logits choose, before the Gumbel noise of training (fairseq's code_perplexity)
+            hist = F.one_hot(soft_sel.argmax(-1), v).float().mean(0)  # (G, V)
             ppl_hard = _perplexity(hist)
 
         # --- auxiliary losses ---

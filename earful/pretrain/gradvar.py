@@ -28,7 +28,7 @@ from earful.data.budget import BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining
-from earful.pretrain.task import forward_batch
+from earful.pretrain.task import forward_batch, loss_denominator
 from earful.train.state import TRAINER_FILE, read_trainer_info
 from earful.train.step import micro_generators, step_seed
 
@@ -88,7 +88,7 @@ def gradient_noise(
             out.loss_sum().backward()
             masked += float(out.num_masked)
             padded += batch.padded_seconds
-        denom = budget.accumulation if model.cfg.loss_normalisation == "nanow2v2" else max(masked, 1.0)
+        denom = loss_denominator(model.cfg.loss_normalisation, masked, budget.accumulation)
         for a, b, p in zip(s1, s2, params, strict=True):
             g = p.grad.double() / denom if p.grad is not None else torch.zeros_like(a)
             a += g

@@ -68,8 +68,7 @@ class PretrainTask(Task):
                                       endless=True, **loading, **common)
         self.valid_loader = None
         if cfg.data.valid:
-            valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, crop_seconds=cfg.data.crop_seconds,
-                                           min_seconds=cfg.data.min_seconds)
+            valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, **cfg.data.limits())
             self.valid_loader = make_loader(read_manifest(cfg.data.valid, check_files=True), valid, shuffle=False,
                                             endless=False, num_workers=0, **common)
 
@@ -88,9 +87,7 @@ class PretrainTask(Task):
         }  # fmt: skip
 
     def denominator(self, tot: dict[str, Any]) -> float:
-        if self.cfg.model.loss_normalisation == "nanow2v2":
-            return tot["micro_batches"]
-        return max(tot["masked"], 1.0)
+        return loss_denominator(self.cfg.model.loss_normalisation, tot["masked"], tot["micro_batches"])
 
     def step_record(self, tot: dict[str, Any]) -> dict[str, float]:
         """Per masked frame (the paper's loss and accuracy); perplexities averaged over micro-batches."""
@@ -132,7 +129,10 @@ class PretrainTask(Task):
         for batch in loader:
             if loader.is_repeat(batch):
                 continue  # a batch repeated only to give every rank the same count
-            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, batch.index, 2, d.rank))
+            # keyed by the global batch index (rank r's k-th is k·W + r), as training's draws: the same draws on any
+            # number of devices (on one, what the per-rank index gave before)
+            gen = torch.Generator(device=d.device).manual_seed(step_seed(cfg.seed, batch.index * d.world_size + d.rank,
+                                                                         2))
             with autocast(cfg.precision, d.device):
                 out = model(*batch.model_inputs(d.device), generator=gen)
             stats[:6] += torch.stack([out.num_masked.double(), out.contrastive.double(), out.diversity.double(),
@@ -173,6 +173,12 @@ class PretrainTask(Task):
             if h not in self.milestones_done and reached:
                 self.milestones_done.append(h)
                 trainer.save(f"hours-{h:g}", make_latest=False)
+
+
+def loss_denominator(normalisation: str, masked: float, micro_batches: float) -> float:
+    """What a step's summed gradients are divided by: the masked frames over all its micro-batches (fairseq's
+    ``sample_size``), or with ``nanow2v2`` the number of micro-batches (the paper's code)."""
+    return micro_batches if normalisation == "nanow2v2" else max(masked, 1.0)
 
 
 def forward_batch(net: nn.Module, model: Wav2Vec2ForPreTraining, batch: Batch, device: torch.device,

@@ -298,18 +298,23 @@ class Trainer:
             self.nan_in_a_row = 0
         elif outcome == "overflow":
             self.overflow_steps += 1
-            log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
-                     self.scaler.get_scale())
+            if self.d.is_main:
+                    log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
+                         self.scaler.get_scale())
         else:
             self.nan_steps += 1
             self.nan_in_a_row += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
-                        self.step, self.nan_in_a_row, self.nan_steps)
+            if self.d.is_main:  # every rank counts (they agree: the statistics are reduced); one says it
+                log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d in all)",
+                            self.step, self.nan_in_a_row, self.nan_steps)
 
     # ------------------------------------------------------------------ logs and validation
     def _log_interval(self, meter: Meter, seconds: float, bar: tqdm) -> None:
         s, steps = meter.sums, meter.sums["steps"]
         seconds = max(seconds, 1e-9)
+        bad = self.bad_files()  # a collective: every rank takes part; the rest is the main rank's work
+        if not self.d.is_main:
+            return
         rec: dict[str, Any] = {
             "step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real,
             **self.task.interval_record(s, steps),
@@ -318,14 +323,13 @@ class Trainer:
             "padded_seconds_per_second": s["padded_seconds"] / seconds, "data_wait_fraction": s["data_wait"] / seconds,
             # a skipped non-finite step leaves the interval's means non-finite on purpose; this counts them
             "skipped_steps": steps - s["finite"] - s["overflow"], "overflow_steps": s["overflow"],
-            "distance_from_init": distance_from(self.model, self._init_params), "bad_files": self.bad_files(),
+            "distance_from_init": distance_from(self.model, self._init_params), "bad_files": bad,
         }  # fmt: skip
         self.health.check(self.step, rec)
-        if self.d.is_main:
-            self.train_log.write(rec)
-            self.tb.write("train", rec, self.step)
-            self.tracking.log("train", rec, self.step)
-            bar.set_postfix(self.task.postfix(rec, self.last_valid))
+        self.train_log.write(rec)
+        self.tb.write("train", rec, self.step)
+        self.tracking.log("train", rec, self.step)
+        bar.set_postfix(self.task.postfix(rec, self.last_valid))
 
     def _validate_and_keep_best(self) -> None:
         found = self.task.validate()

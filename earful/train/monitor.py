@@ -88,7 +88,7 @@ class TensorBoard:
 
 
 class Meter:
-    """Sums over a log interval; ``mean`` divides each sum by its count."""
+    """Sums over a log interval (the task's ``interval_record`` divides them by the interval's steps)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)

@@ -3,13 +3,16 @@
 A run's *recipe* is its config, flattened, less the settings that do not change what it computes (how often it
 logs or checkpoints, threads, workers, the device, health thresholds, milestones), with each manifest's path
 replaced by a SHA-256 of its contents (a moved corpus is the same recipe; a reordered or edited manifest is
-not). Its *layout* — devices and ``device_seconds`` — changes the order of the arithmetic, not the batch.
+not). Its *layout* — devices and ``device_seconds`` — does not change the batch's seconds, but how they are cut:
+another micro-batch size repacks the utterances into other micro-batches (cropped to their own shortest, with
+their own masks; with ``nanow2v2`` each weighs 1/micro-batches), so the run continues with the same recipe on
+other draws. Only another number of devices at the same micro-batch size gives the same micro-batches.
 
 Every checkpoint records both (``trainer.json``). ``--resume`` compares them with the config it is given:
 
 * the same recipe and layout: the run continues;
 * another layout (the out-of-memory advice: lower ``device_seconds``; another number of GPUs): it continues
-  with a warning that the batch is the same in another order, and a new segment in ``history.jsonl``;
+  with a warning saying so, and a new segment in ``history.jsonl``;
 * another recipe: refused, listing the changed keys, unless ``--allow-changes``; then the change is a new
   segment of the run's history (``history.jsonl`` and ``config-N.yaml``). ``config.yaml`` — the first
   segment's — is never rewritten.
@@ -99,8 +102,9 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     if changed:
         log.warning("resuming with another recipe (allowed by --allow-changes): %s", describe(changed))
     elif moved:
-        log.warning("resuming in another layout (%s): the same batch of %g s, in another order of micro-batches",
-                    describe(moved), batch_seconds)
+        log.warning("resuming in another layout (%s): batches of %g s as before, cut into other micro-batches when "
+                    "their size changed (other crops and masks: the same recipe, other draws)", describe(moved),
+                    batch_seconds)
     if not changed and not moved:
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved}

@@ -263,3 +263,20 @@ def test_a_micro_batch_without_masked_frames_is_refused_clearly() -> None:
     frames = int(model.frame_lengths(lens).max())
     with pytest.raises(ValueError, match="this micro-batch has none"):
         model(wave, lens, mask=torch.zeros(3, frames, dtype=torch.bool))
+
+
+def test_hard_perplexity_counts_the_codes_the_logits_choose() -> None:
+    """ppl_hard is the perplexity of the codes the quantizer's logits choose (fairseq's code_perplexity), not of the
+    Gumbel-noised codes training samples: without dropout, a training forward and an eval forward agree on it."""
+    cfg = load_model_config("tiny", ["dropout=0", "attention_dropout=0", "activation_dropout=0", "dropout_input=0",
+                                     "dropout_features=0", "layerdrop=0"])
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(cfg)
+    wave, lens = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    mask = model.wav2vec2.draw_mask(lens, 16000, torch.Generator().manual_seed(1))
+    out = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        out[mode] = model(wave, lens, mask=mask, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out["train"].perplexity_hard, out["eval"].perplexity_hard)
+    assert not torch.equal(out["train"].contrastive, out["eval"].contrastive)  # training did sample its targets

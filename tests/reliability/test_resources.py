@@ -141,7 +141,7 @@ def test_the_oom_advice_can_be_followed_with_resume(tmp_path, tiny_corpus, rel, 
         resumed = Trainer(PretrainTask(lower), tmp_path / "run", resume=True)
     assert resumed.accum == 2 and resumed.step == 3
     assert "sampler resumed with another layout" in caplog.text
-    assert "resuming in another layout (device_seconds: 4.0 -> 2.0): the same batch of 4 s" in caplog.text
+    assert "resuming in another layout (device_seconds: 4.0 -> 2.0): batches of 4 s as before" in caplog.text
     assert resumed.fit()["step"] == 5
 
 
