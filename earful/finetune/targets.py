@@ -60,12 +60,16 @@ def too_short(
     utts: Sequence[Utterance], targets: dict[str, list[int]], frames: Callable[[torch.Tensor], torch.Tensor],
     sample_rate: int = 16000,
 ) -> list[str]:
-    """Ids of utterances with fewer frames than their transcript needs."""
+    """Ids of utterances with fewer frames (``frames`` of their samples) than their transcript needs."""
     if not utts:
         return []
     samples = torch.tensor([u.samples_at(sample_rate) for u in utts], dtype=torch.long)
-    n = frames(samples).tolist()
-    return [u.id for u, f in zip(utts, n, strict=True) if f < ctc_frames_needed(targets[u.id])]
+    return unalignable([u.id for u in utts], frames(samples).tolist(), targets)
+
+
+def unalignable(ids: Sequence[str], frames: Sequence[int], targets: dict[str, list[int]]) -> list[str]:
+    """Of ``ids``, with ``frames`` frames each, those with fewer than their targets need: CTC cannot align them."""
+    return [i for i, f in zip(ids, frames, strict=True) if f < ctc_frames_needed(targets[i])]
 
 
 def batch_targets(ids: Sequence[str], targets: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

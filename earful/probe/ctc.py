@@ -27,7 +27,7 @@ from earful.data.phonemes import PHONEMES, parse
 from earful.eval.decode import greedy_ids
 from earful.eval.metrics import error_counts, score
 from earful.eval.vocab import BLANK, CharVocab
-from earful.finetune.targets import batch_targets, ctc_frames_needed, encode_transcripts, normalised_references
+from earful.finetune.targets import batch_targets, encode_transcripts, normalised_references, unalignable
 from earful.probe.config import SequenceRecipe
 from earful.probe.report import TaskResult
 from earful.probe.splits import Split, require
@@ -146,8 +146,7 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
     check_labels(task, train)  # dev's and test's labels are checked as their references are built,
     dev_refs, test_refs = references_in_order(task, dev), references_in_order(task, test)  # once, not every epoch
     targets = task.targets(train)
-    too_short = [u.id for u, n in zip(train.utts, train.feats.frames.tolist(), strict=True)
-                 if n < ctc_frames_needed(targets[u.id])]
+    too_short = unalignable([u.id for u in train.utts], train.feats.frames.tolist(), targets)
     if too_short:
         log.warning("%s: %d of %d utterances have fewer frames than their %s targets need (CTC cannot align "
                     "them; they add nothing), e.g. %s", train.manifest, len(too_short), len(train.utts), task.name,
