@@ -126,16 +126,21 @@ def save_model(
     return ckpt_dir
 
 
-def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / INFO_FILE
-    if not path.exists():
-        raise CheckpointError(f"{ckpt_dir}: not an earful checkpoint (no {INFO_FILE})")
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; a CheckpointError naming it when it is corrupt or unreadable."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt JSON: {e}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
+
+
+def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / INFO_FILE
+    if not path.exists():
+        raise CheckpointError(f"{ckpt_dir}: not an earful checkpoint (no {INFO_FILE})")
+    info = read_json(path)
     if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
         found = info.get("format") if isinstance(info, dict) else None
         raise CheckpointError(f"{path}: format {found!r}, this version of earful reads {MODEL_FORMAT!r} (not an earful "

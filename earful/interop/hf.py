@@ -18,7 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import _LAYER, CheckpointError, atomic_save_tensors, check_sizes, model_kind, safe_torch_load
+from earful.checkpoint import (
+    _LAYER,
+    CheckpointError,
+    atomic_save_tensors,
+    check_sizes,
+    model_kind,
+    read_json,
+    safe_torch_load,
+)
 from earful.eval.vocab import DELIMITER
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -322,12 +330,7 @@ def read_vocab(path: Path, outputs: int) -> list[str]:
     """A ``Wav2Vec2CTCTokenizer``'s ``vocab.json`` ({symbol: id}) as the symbols in id order; the ids must be
     exactly 0 … outputs-1, one per output of the CTC head (a gap or a short file would put letters on
     the wrong outputs)."""
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupt JSON: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    mapping = read_json(path)
     if not isinstance(mapping, dict) or not all(type(i) is int for i in mapping.values()):
         raise CheckpointError(f"{path}: not a {{symbol: id}} mapping with integer ids (a multilingual "
                               "vocabulary, one mapping per language, is not supported)")
