@@ -168,10 +168,13 @@ class PretrainOutput:
     def objective(self, num_masked_global: float, num_micro_global: int = 1) -> torch.Tensor:
         """This micro-batch's share of the step's loss. Summing it over all micro-batches and ranks
         gives fairseq's loss per masked frame (or the paper's mean of per-micro-batch sums)."""
-        total = self.loss_sum()
-        if self.normalisation == "nanow2v2":
-            return total / num_micro_global
-        return total / max(float(num_masked_global), 1.0)
+        return self.loss_sum() / loss_denominator(self.normalisation, float(num_masked_global), num_micro_global)
+
+
+def loss_denominator(normalisation: str, masked: float, micro_batches: float) -> float:
+    """What a step's summed losses (and gradients) are divided by: the masked frames over all its micro-batches
+    (fairseq's ``sample_size``), or with ``nanow2v2`` the number of micro-batches (the paper's code)."""
+    return micro_batches if normalisation == "nanow2v2" else max(masked, 1.0)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -28,7 +28,8 @@ from earful.data.budget import BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining
-from earful.pretrain.task import forward_batch, loss_denominator
+from earful.model.wav2vec2 import loss_denominator
+from earful.pretrain.task import forward_batch
 from earful.train.state import TRAINER_FILE, read_trainer_info
 from earful.train.step import micro_generators, step_seed
 

@@ -22,6 +22,7 @@ from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
 from earful.model import PretrainOutput, Wav2Vec2ForPreTraining
+from earful.model.wav2vec2 import loss_denominator
 from earful.pretrain.config import PretrainConfig
 from earful.train import distributed as D
 from earful.train.config import nominal_steps
@@ -173,12 +174,6 @@ class PretrainTask(Task):
             if h not in self.milestones_done and reached:
                 self.milestones_done.append(h)
                 trainer.save(f"hours-{h:g}", make_latest=False)
-
-
-def loss_denominator(normalisation: str, masked: float, micro_batches: float) -> float:
-    """What a step's summed gradients are divided by: the masked frames over all its micro-batches (fairseq's
-    ``sample_size``), or with ``nanow2v2`` the number of micro-batches (the paper's code)."""
-    return micro_batches if normalisation == "nanow2v2" else max(masked, 1.0)
 
 
 def forward_batch(net: nn.Module, model: Wav2Vec2ForPreTraining, batch: Batch, device: torch.device,

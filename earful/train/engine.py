@@ -299,7 +299,7 @@ class Trainer:
         elif outcome == "overflow":
             self.overflow_steps += 1
             if self.d.is_main:
-                    log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
+                log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
                          self.scaler.get_scale())
         else:
             self.nan_steps += 1
