@@ -31,7 +31,7 @@ from earful.model import Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
 from earful.pretrain.task import forward_batch
 from earful.train.state import TRAINER_FILE, read_trainer_info
-from earful.train.step import micro_generators, step_seed
+from earful.train.step import seed_micro_batch
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def gradient_noise(
         masked, padded = 0.0, 0.0
         for j in range(budget.accumulation):
             batch = next(batches)
-            torch.manual_seed(step_seed(seed, i, 0, j))
-            out = forward_batch(model, model, batch, dev, *micro_generators(seed, i, j, dev))
+            out = forward_batch(model, model, batch, dev, *seed_micro_batch(seed, i, j, dev))
             out.loss_sum().backward()
             masked += float(out.num_masked)
             padded += batch.padded_seconds

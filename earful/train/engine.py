@@ -49,7 +49,7 @@ from earful.train.state import (
     training_state,
 )
 from earful.train.stats import StepStats
-from earful.train.step import apply_update, autocast, micro_generators, step_seed
+from earful.train.step import apply_update, autocast, seed_micro_batch
 from earful.train.task import Task
 from earful.train.tracking import Tracking
 
@@ -247,8 +247,7 @@ class Trainer:
             # (rank r's k-th batch is global batch k·W + r), so W ranks × A micro-batches draw exactly
             # what 1 rank × W·A micro-batches draw
             j = micro * d.world_size + d.rank
-            torch.manual_seed(step_seed(cfg.seed, self.step, 0, j))  # dropout
-            gen, host_gen = micro_generators(cfg.seed, self.step, j, d.device)
+            gen, host_gen = seed_micro_batch(cfg.seed, self.step, j, d.device)
             try:
                 with D.no_sync(self.net, micro < self.accum - 1):
                     with autocast(cfg.precision, d.device):  # the forward only: the backward runs in the dtypes

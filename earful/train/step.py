@@ -14,12 +14,14 @@ def step_seed(seed: int, step: int, stream: int, index: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + stream * 100_003 + index) % (2**63 - 1)
 
 
-def micro_generators(seed: int, step: int, index: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """The generators of global micro-batch ``index`` of optimizer step ``step``: one on ``device`` for the draws
-    of values (distractors, Gumbel noise), and one on the host for the draws that steer the computation (the span
-    mask, channel masks, LayerDrop), so that a GPU step waits for no draw. On a CPU they are one generator, which
-    draws what the single generator drew before the split. Seeded alike, the host generator gives pre-training
-    the same masks and LayerDrop on a GPU as on a CPU for a seed."""
+def seed_micro_batch(seed: int, step: int, index: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """The randomness of global micro-batch ``index`` of optimizer step ``step``: seeds torch's global generator
+    (dropout) and returns two: one on ``device`` for the draws of values (distractors, Gumbel noise), and one on
+    the host for the draws that steer the computation (the span mask, channel masks, LayerDrop), so that a GPU
+    step waits for no draw. On a CPU they are one generator, which draws what the single generator drew before
+    the split. Seeded alike, the host generator gives pre-training the same masks and LayerDrop on a GPU as on a
+    CPU for a seed."""
+    torch.manual_seed(step_seed(seed, step, 0, index))  # dropout
     seed_ = step_seed(seed, step, 1, index)
     generator = torch.Generator(device=device).manual_seed(seed_)
     return generator, generator if device.type == "cpu" else torch.Generator().manual_seed(seed_)

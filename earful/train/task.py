@@ -71,7 +71,7 @@ class Task:
         """The loss summed over ``batch`` (the engine back-propagates it) and named statistics to sum over the
         step (tensors stay on the device). ``net`` is the model as the engine runs it (DDP-wrapped). The micro-
         batch's draws come from ``generator`` (on the device) and ``host_generator`` (on the CPU: the draws that
-        steer the computation; the same generator on a CPU), see ``earful.train.step.micro_generators``."""
+        steer the computation; the same generator on a CPU), see ``earful.train.step.seed_micro_batch``."""
         raise NotImplementedError
 
     def denominator(self, tot: dict[str, Any]) -> float:

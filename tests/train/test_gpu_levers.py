@@ -146,21 +146,19 @@ def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths, s
 def test_host_drawn_masks_give_the_draws_of_one_generator_on_a_cpu(style) -> None:
     """On a CPU the host generator is the device generator, and the task's mask drawn before the forward is the
     one the forward drew itself: the same mask, LayerDrop, distractors and loss."""
-    from earful.train.step import micro_generators
+    from earful.train.step import seed_micro_batch
 
     cfg = load_pretrain_config(None, ["model_preset=tiny", "model.layerdrop=0.5", *style])
     torch.manual_seed(0)
     model = _tiny_model(cfg).train()
     batch = _batch([16000, 12000, 9000])
-    gen, host = micro_generators(3, 5, 1, torch.device("cpu"))
+    gen, host = seed_micro_batch(3, 5, 1, torch.device("cpu"))  # and dropout's seed
     assert gen is host
-    torch.manual_seed(1)
     mask, idx, real = model.draw_mask(batch.lengths, batch.wave.shape[1], host, torch.device("cpu"))
     assert (real is not None) == bool(style)  # only nanow2v2 quantizes every real frame
     a = model(*batch.model_inputs(torch.device("cpu")), mask=mask, mask_indices=idx, real_indices=real,
               generator=gen, host_generator=host)
-    torch.manual_seed(1)
-    b = model(*batch.model_inputs(torch.device("cpu")), generator=micro_generators(3, 5, 1, torch.device("cpu"))[0])
+    b = model(*batch.model_inputs(torch.device("cpu")), generator=seed_micro_batch(3, 5, 1, torch.device("cpu"))[0])
     assert torch.equal(a.mask, b.mask) and torch.equal(a.negatives, b.negatives)
     assert torch.equal(idx, a.mask.reshape(-1).nonzero().squeeze(1))
     assert torch.equal(a.loss_sum(), b.loss_sum())
