@@ -243,8 +243,7 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
     if gradvar_measured(out, run):
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
-    budget = BatchBudget(run.batch_seconds, run.device_seconds, crop_seconds=cfg.data.crop_seconds,
-                         min_seconds=cfg.data.min_seconds)
+    budget = BatchBudget(run.batch_seconds, run.device_seconds, **cfg.data.limits())  # the trainer's limits
     log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
     result = gradient_noise(out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}", cfg.data.train,
                             budget, num_batches=study.gradvar_batches, seed=run.seed, device=cfg.device,
