@@ -91,10 +91,11 @@ class PretrainTask(Task):
         return loss_denominator(self.cfg.model.loss_normalisation, tot["masked"], tot["micro_batches"])
 
     def step_record(self, tot: dict[str, Any]) -> dict[str, float]:
-        """Per masked frame (the paper's loss and accuracy); perplexities averaged over micro-batches."""
-        n, micro = max(tot["masked"], 1.0), tot["micro_batches"]
-        rec = {"contrastive": tot["contrastive"] / n, "diversity": tot["diversity"] / n,
-               "penalty": tot["penalty"] / n, "accuracy": tot["correct"] / n}
+        """Contrastive loss and accuracy per masked frame (the paper's), diversity and penalty in their
+        normalisation's unit (``term_units``); perplexities averaged over micro-batches."""
+        micro = tot["micro_batches"]
+        rec = per_unit(self.cfg, tot["masked"], micro, tot["contrastive"], tot["diversity"], tot["penalty"])
+        rec["accuracy"] = tot["correct"] / max(tot["masked"], 1.0)
         for g, (soft, hard) in enumerate(zip(tot["ppl_soft"], tot["ppl_hard"], strict=True)):
             rec[f"ppl_soft_g{g}"] = soft / micro
             rec[f"ppl_hard_g{g}"] = hard / micro
@@ -142,9 +143,9 @@ class PretrainTask(Task):
         D.all_reduce_sum(stats, d)
         model.train()
         masked, contrastive, diversity, penalty, correct, batches = stats[:6].tolist()
-        n = max(masked, 1.0)
-        rec = {"loss": logged_loss(cfg, contrastive, diversity, penalty, n), "contrastive": contrastive / n,
-               "accuracy": correct / n}
+        terms = per_unit(cfg, masked, batches, contrastive, diversity, penalty)
+        rec = {"loss": logged_loss(cfg, **terms), "contrastive": terms["contrastive"],
+               "accuracy": correct / max(masked, 1.0)}
         for g, ppl in enumerate(stats[6:].tolist()):
             rec[f"ppl_hard_g{g}"] = ppl / max(batches, 1.0)
         return rec
@@ -186,10 +187,19 @@ def forward_batch(net: nn.Module, model: Wav2Vec2ForPreTraining, batch: Batch, d
                host_generator=host_generator)
 
 
-def logged_loss(cfg: PretrainConfig, contrastive: float, diversity: float, penalty: float, frames: float = 1.0,
-                ) -> float:
-    """The loss per masked frame as logged: the terms (sums over ``frames``) at their configured, full weights."""
-    return (contrastive + cfg.model.diversity_weight * diversity + cfg.model.feature_penalty_weight * penalty) / frames
+def per_unit(cfg: PretrainConfig, masked: float, micro_batches: float, contrastive: float, diversity: float,
+             penalty: float) -> dict[str, float]:
+    """The logged loss terms from their sums over a step's (or validation's) micro-batches: the contrastive loss
+    per masked frame, always; diversity and penalty per masked frame where the model sums them over masked
+    frames (fairseq), per micro-batch where it gives one value a micro-batch (``nanow2v2``)."""
+    frames = max(masked, 1.0)
+    aux = max(micro_batches, 1.0) if cfg.model.loss_normalisation == "nanow2v2" else frames
+    return {"contrastive": contrastive / frames, "diversity": diversity / aux, "penalty": penalty / aux}
+
+
+def logged_loss(cfg: PretrainConfig, contrastive: float, diversity: float, penalty: float) -> float:
+    """The logged loss: the terms (``per_unit``) at their configured, full weights."""
+    return contrastive + cfg.model.diversity_weight * diversity + cfg.model.feature_penalty_weight * penalty
 
 
 def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:

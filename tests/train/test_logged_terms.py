@@ -1,0 +1,43 @@
+"""The logged loss terms are in each normalisation's own unit, whatever the micro-batch layout."""
+
+import pytest
+import torch
+
+from earful.model import Wav2Vec2ForPreTraining
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import logged_loss, per_unit
+
+NO_DROPOUT = ["dropout=0.0", "attention_dropout=0.0", "dropout_input=0.0", "dropout_features=0.0"]
+
+
+@pytest.mark.parametrize("normalisation", ["fairseq", "nanow2v2"])
+def test_logged_terms_of_unequal_micro_batches(normalisation: str) -> None:
+    """A step of two micro-batches of 1 and 3 utterances: contrastive per masked frame; diversity and penalty
+    per masked frame (fairseq: the model sums them over masked frames) or the mean of the micro-batches' values
+    (nanow2v2: one value a micro-batch, which dividing by masked frames would shrink with the batch)."""
+    cfg = load_pretrain_config(None, ["model_preset=tiny", *(f"model.{o}" for o in NO_DROPOUT),
+                                      f"model.loss_normalisation={normalisation}"])
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(cfg.model)
+    g = torch.Generator().manual_seed(1)
+    outs = []
+    for n in (1, 3):
+        wave = torch.randn(n, 16000, generator=g)
+        with torch.no_grad():
+            outs.append(model(wave, None, mask=True, generator=g))
+    sums = {k: sum(float(getattr(o, k)) for o in outs) for k in ("num_masked", "contrastive", "diversity", "penalty")}
+    terms = per_unit(cfg, sums["num_masked"], len(outs), sums["contrastive"], sums["diversity"], sums["penalty"])
+    masked = sums["num_masked"]
+    assert terms["contrastive"] == pytest.approx(sums["contrastive"] / masked)
+    if normalisation == "nanow2v2":
+        # each micro-batch's penalty is the mean squared CNN output over its frames: their mean, not a sliver of it
+        assert terms["penalty"] == pytest.approx((float(outs[0].penalty) + float(outs[1].penalty)) / 2)
+        assert terms["diversity"] == pytest.approx((float(outs[0].diversity) + float(outs[1].diversity)) / 2)
+        assert terms["penalty"] > 10 * sums["penalty"] / masked  # what the logs showed before
+    else:
+        assert terms["penalty"] == pytest.approx(sums["penalty"] / masked)
+        assert terms["diversity"] == pytest.approx(sums["diversity"] / masked)
+        assert 0.0 <= terms["diversity"] <= 1.0  # (GV − Σ PPL)/GV a masked frame
+    w = cfg.model
+    assert logged_loss(cfg, **terms) == pytest.approx(
+        terms["contrastive"] + w.diversity_weight * terms["diversity"] + w.feature_penalty_weight * terms["penalty"])
