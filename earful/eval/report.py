@@ -48,9 +48,9 @@ def write_hypotheses(
                 row.update(
                     ref=ref,
                     word_errors=w.errors,
-                    ref_words=w.reference_length,
+                    reference_words=w.reference_length,
                     char_errors=c.errors,
-                    ref_chars=c.reference_length,
+                    reference_chars=c.reference_length,
                 )
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary: dict[str, Any] = {"name": name, "utterances": n}

@@ -186,7 +186,7 @@ class FinetuneTask(Task):
             "loss": float(stats[0]) / denom, "loss_per_token": float(stats[0]) / max(tokens, 1.0),
             "utterances": utts, "wer": words.rate if words.reference_length else math.nan,
             "cer": chars.rate if chars.reference_length else math.nan, "word_errors": words.errors,
-            "ref_words": words.reference_length, "char_errors": chars.errors, "ref_chars": chars.reference_length,
+            "reference_words": words.reference_length, "char_errors": chars.errors, "reference_chars": chars.reference_length,
         }  # fmt: skip
 
     def describe_validation(self, step: int, rec: dict[str, Any]) -> str:

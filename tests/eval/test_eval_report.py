@@ -19,7 +19,7 @@ def test_writes_per_utterance_rows_and_a_summary(tmp_path):
     ]
     assert rows[0] == {
         "id": "u1", "hyp": "the cat sad", "ref": "the cat sat",
-        "word_errors": 1, "ref_words": 3, "char_errors": 1, "ref_chars": 11,
+        "word_errors": 1, "reference_words": 3, "char_errors": 1, "reference_chars": 11,
     }  # fmt: skip
     assert rows[1]["word_errors"] == 2 and rows[1]["char_errors"] == 5
     on_disk = json.loads((tmp_path / "out" / "dev-clean.greedy.summary.json").read_text())

@@ -44,5 +44,5 @@ def test_two_process_ddp_equals_one_process_accumulated(tmp_path, tone_corpus, l
     state = torch.load(tmp_path / "two/checkpoints/step-0000004/state.pt", weights_only=True)
     assert [ld["rank"] for ld in state["loaders"]] == [0, 1]
     va, vb = ([json.loads(x) for x in (tmp_path / r / "valid.jsonl").read_text().splitlines()] for r in ("one", "two"))
-    assert [r["ref_words"] for r in va] == [r["ref_words"] for r in vb] == [4, 4]
+    assert [r["reference_words"] for r in va] == [r["reference_words"] for r in vb] == [4, 4]
     assert [r["word_errors"] for r in va] == [r["word_errors"] for r in vb]
