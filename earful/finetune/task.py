@@ -63,8 +63,8 @@ class FinetuneTask(Task):
         # under DDP it must take part in the backward pass (see earful.finetune.init).
         self.no_grad_while_frozen = not d.enabled
 
-    def probe_loss(self, wave: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.model(wave, None)
+    def probe_loss(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        logits, _ = self.model(wave, lengths)
         return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
 
     def _architecture(self, resume_from: Path | None) -> Wav2Vec2ForCTC:
@@ -186,7 +186,8 @@ class FinetuneTask(Task):
             "loss": float(stats[0]) / denom, "loss_per_token": float(stats[0]) / max(tokens, 1.0),
             "utterances": utts, "wer": words.rate if words.reference_length else math.nan,
             "cer": chars.rate if chars.reference_length else math.nan, "word_errors": words.errors,
-            "reference_words": words.reference_length, "char_errors": chars.errors, "reference_chars": chars.reference_length,
+            "reference_words": words.reference_length, "char_errors": chars.errors,
+            "reference_chars": chars.reference_length,
         }  # fmt: skip
 
     def describe_validation(self, step: int, rec: dict[str, Any]) -> str:

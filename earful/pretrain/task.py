@@ -49,8 +49,11 @@ class PretrainTask(Task):
         torch.manual_seed(self.cfg.seed)
         self.model = Wav2Vec2ForPreTraining(self.cfg.model).to(d.device)
 
-    def probe_loss(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.model(wave, None).loss_sum()
+    def probe_loss(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        return self.model(wave, lengths).loss_sum()
+
+    def pads_batches(self) -> bool:
+        return self.cfg.data.padding
 
     def build_data(self, budget: BatchBudget) -> None:
         cfg, d = self.cfg, self.d

@@ -2,6 +2,8 @@
 
 Trial micro-batches are the worst case the sampler can deal: the trial's seconds in as few utterances as the
 longest admitted length allows (the crop, else ``max_seconds``, else 30 s): attention grows with their length.
+Where the task pads its batches (fine-tuning; pre-training with ``data.padding``) one of them is shorter, so
+that the trial runs the padded path (attention with a key mask, the CNN's masked normalisation).
 Each trial runs the task's forward and backward (``Task.probe_loss``) under the run's precision; an
 out-of-memory error means too large. The search
 doubles from 1 s until a trial fails or the step's share is reached (no accumulation needed), then bisects to
@@ -60,12 +62,18 @@ def utterance_seconds(cfg: TrainingConfig) -> float:
 
 
 def trial(task: Task, cfg: TrainingConfig, d: D.Dist, seconds: float) -> bool:
-    """One forward and backward of a worst-case micro-batch of ``seconds`` padded audio; False on OOM."""
+    """One forward and backward of a worst-case micro-batch of ``seconds`` padded audio; False on OOM. For a
+    task whose batches are padded, the last utterance is 0.1 s short, so that the trial takes the padded path
+    (key masks, the CNN's masked normalisation) as training will."""
     n = max(1, math.ceil(seconds / utterance_seconds(cfg) - 1e-9))  # as few, as long utterances as admitted
     wave = torch.randn(n, round(seconds / n * SAMPLE_RATE), device=d.device) * 0.1  # (batch, samples): `seconds`
+    lengths = None
+    if task.pads_batches():
+        lengths = torch.full((n,), wave.shape[1], device=d.device)
+        lengths[-1] = max(wave.shape[1] // 2, wave.shape[1] - SAMPLE_RATE // 10)  # 0.1 s: frames at any stride
     try:
         with autocast(cfg.precision, d.device):
-            loss = task.probe_loss(wave)
+            loss = task.probe_loss(wave, lengths)
         loss.backward()
         return True
     except torch.OutOfMemoryError:

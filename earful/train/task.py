@@ -46,10 +46,15 @@ class Task:
         ``resume_from``'s weights into it afterwards: build only its architecture then."""
         raise NotImplementedError
 
-    def probe_loss(self, wave: torch.Tensor) -> torch.Tensor:
-        """A scalar whose backward costs what a training micro-batch of ``wave`` (batch, samples) costs: what
-        ``device_seconds: auto`` measures memory with."""
+    def probe_loss(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """A scalar whose backward costs what a training micro-batch of ``wave`` (batch, samples) with
+        ``lengths`` (None: no padding) costs: what ``device_seconds: auto`` measures memory with."""
         raise NotImplementedError
+
+    def pads_batches(self) -> bool:
+        """Whether training batches are padded (the model's key-mask path), or every utterance fills its batch
+        (cropped to the shortest). ``device_seconds: auto`` tries the path training will take."""
+        return True
 
     def build_data(self, budget: BatchBudget) -> None:
         """Make ``loader`` (training batches within ``budget``) and the validation data."""

@@ -37,17 +37,41 @@ def test_trials_run_the_tasks_step_and_stop_at_the_simulated_limit(tiny_corpus, 
     real = task.probe_loss
     shapes = []
 
-    def limited(wave: torch.Tensor) -> torch.Tensor:  # a device that holds 5 s of audio
+    def limited(wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:  # a device that holds 5 s
         shapes.append(tuple(wave.shape))
+        assert lengths is None  # cropped batches: no padding, as training's
         if wave.numel() > 5 * 16000:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(wave)
+        return real(wave, lengths)
 
     monkeypatch.setattr(task, "probe_loss", limited)
     found = find_device_seconds(lambda s: trial(task, cfg, Dist(), s), upper=16.0)
     assert MARGIN * 5 * 0.95 <= found <= MARGIN * 5
     assert all(length <= 16000 and n * length >= 16000 * 1.9 for n, length in shapes if n > 1)  # long, few
     assert all(p.grad is None for p in task.model.parameters())  # nothing left behind
+
+
+def test_trials_of_a_padded_recipe_take_the_padded_path(tiny_corpus, monkeypatch) -> None:
+    """With data.padding the trial batch has a shorter utterance, so the model runs its padded path (key mask,
+    masked normalisation), whose memory is what training's batches need."""
+    cfg = load_pretrain_config(None, ["model_preset=tiny", "data.padding=true", "data.max_seconds=2.0",
+                                      "batch_seconds=16"])
+    task = PretrainTask(cfg)
+    task.build_model(Dist(), None)
+    seen = []
+    real_forward = task.model.wav2vec2.extract_features
+
+    def spy(wave, lengths, padded):  # the backbone's CNN: padded=False is the unpadded path
+        seen.append(padded)
+        return real_forward(wave, lengths, padded=padded)
+
+    monkeypatch.setattr(task.model.wav2vec2, "extract_features", spy)
+    assert trial(task, cfg, Dist(), 5.0)
+    assert seen == [True]
+    task.cfg = load_pretrain_config(None, ["model_preset=tiny", "data.max_seconds=2.0", "batch_seconds=16"])
+    assert trial(task, task.cfg, Dist(), 5.0)  # cropped to the shortest: every utterance fills the batch
+    assert seen == [True, False]
+    assert all(p.grad is None for p in task.model.parameters())
 
 
 def test_auto_on_a_cpu_is_refused_with_the_way_out(tiny_corpus, tmp_path) -> None:
