@@ -30,6 +30,7 @@ from earful.finetune import targets as T
 from earful.finetune.config import FinetuneConfig, config_summary
 from earful.finetune.init import apply_permanent_freeze, build_initial_model, phase_frozen
 from earful.model import ModelConfig, Wav2Vec2ForCTC
+from earful.model.wav2vec2 import to_device
 from earful.train import distributed as D
 from earful.train.engine import Trainer
 from earful.train.step import autocast
@@ -119,11 +120,17 @@ class FinetuneTask(Task):
     def micro_step(
         self, net: nn.Module, batch: Batch, generator: torch.Generator, host_generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The time mask is drawn on the host and the frame lengths counted there (as pre-training's mask), and
+        the targets copied without waiting: a GPU queues the forward without a sync. ``F.ctc_loss`` itself
+        still waits once (it stages its lengths through the host)."""
         device = self.d.device
-        targets, target_lengths = T.batch_targets(batch.ids, self.targets)
-        logits, flen = net(*batch.model_inputs(device), generator=generator, host_generator=host_generator,
-                           freeze_backbone=self.frozen and self.no_grad_while_frozen)
-        loss = self.model.ctc_loss(logits, flen, targets.to(device), target_lengths.to(device))
+        targets, target_lengths = T.batch_targets(batch.ids, self.targets)  # on the host
+        mask = self.model.wav2vec2.draw_mask(batch.lengths, batch.wave.shape[1], host_generator)  # (batch, frames)
+        logits, _ = net(*batch.model_inputs(device), mask=None if mask is None else to_device(mask, device),
+                        generator=generator, host_generator=host_generator,
+                        freeze_backbone=self.frozen and self.no_grad_while_frozen)  # (batch, frames, vocab)
+        flen = self.model.frame_lengths(batch.lengths).clamp(max=logits.shape[1])  # (batch,) on the host
+        loss = self.model.ctc_loss(logits, flen, to_device(targets, device), target_lengths)
         return loss, {"tokens": int(target_lengths.sum())}
 
     def denominator(self, tot: dict[str, Any]) -> float:

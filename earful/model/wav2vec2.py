@@ -366,16 +366,19 @@ class Wav2Vec2ForCTC(nn.Module):
         wave: torch.Tensor,
         lengths: torch.Tensor | None,
         *,
+        mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         host_generator: torch.Generator | None = None,
         freeze_backbone: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns logits (batch, frames, vocab) and frame lengths (batch,). Time and channel masking
-        (``mask_prob``, ``mask_channel_prob``) apply in training only. ``freeze_backbone``: run the backbone
-        outside autograd (same draws and outputs; only the head gets gradients). ``host_generator``: see
-        ``Wav2Vec2Model``."""
+        (``mask_prob``, ``mask_channel_prob``) apply in training only: the time mask is ``mask`` (batch, frames)
+        when given (drawn beforehand, ``Wav2Vec2Model.draw_mask``), else drawn here from ``generator``.
+        ``freeze_backbone``: run the backbone outside autograd (same draws and outputs; only the head gets
+        gradients). ``host_generator``: see ``Wav2Vec2Model``."""
+        masking = (mask if mask is not None else True) if self.training else None
         with torch.no_grad() if freeze_backbone else nullcontext():
-            out = self.wav2vec2(wave, lengths, mask=self.training, generator=generator, host_generator=host_generator)
+            out = self.wav2vec2(wave, lengths, mask=masking, generator=generator, host_generator=host_generator)
         return self.lm_head(self.dropout(out.hidden)), out.frame_lengths
 
     def ctc_loss(

@@ -186,3 +186,80 @@ def test_host_drawn_masks_give_the_draws_of_one_generator_on_a_cpu(style) -> Non
     assert torch.equal(a.mask, b.mask) and torch.equal(a.negatives, b.negatives)
     assert torch.equal(idx, a.mask.reshape(-1).nonzero().squeeze(1))
     assert torch.equal(a.loss_sum(), b.loss_sum())
+
+
+def test_the_fine_tuning_micro_step_waits_only_in_the_ctc_loss(monkeypatch) -> None:
+    """Fine-tuning's time mask is drawn on the host and its frame lengths counted there, and its targets are
+    copied without waiting: on meta, the forward and the log-probabilities run, and the CTC loss (no meta kernel;
+    on a GPU it stages its lengths through the host, its one wait) gets host lengths and device targets."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import earful.model.wav2vec2 as w2v
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.init import build_initial_model
+    from earful.finetune.task import FinetuneTask
+
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: nullcontext())
+    cfg = load_finetune_config(None, ["model_preset=tiny", "model.mask_prob=0.5", "model.mask_channel_prob=0.2",
+                                      "model.layerdrop=0.5", "freeze_transformer_steps=0"])
+    task = FinetuneTask(cfg)
+    task.d = SimpleNamespace(device=torch.device("meta"), rank=0, world_size=1)  # type: ignore[assignment]
+    task.model = build_initial_model(cfg, task.vocab).to("meta").train()
+    task.no_grad_while_frozen = True
+    task.targets = {"0": [3, 4, 5], "1": [6, 7], "2": [8]}
+    task.start_step(0)
+    host = torch.Generator().manual_seed(0)
+    drawn, ctc = [], {}
+    real_mask = w2v.compute_mask
+    monkeypatch.setattr(w2v, "compute_mask", lambda *a, **k: drawn.append(k["generator"]) or real_mask(*a, **k))
+
+    def ctc_loss(logp, targets, input_lengths, target_lengths, **k):  # what the CUDA kernel would receive
+        ctc.update(logp=logp.device.type, targets=targets.device.type, input_lengths=input_lengths,
+                   target_lengths=target_lengths)
+        return logp.sum()
+
+    monkeypatch.setattr(w2v.F, "ctc_loss", ctc_loss)
+    tensor_to = torch.Tensor.to
+
+    def to(t: torch.Tensor, *a, **k) -> torch.Tensor:
+        out = tensor_to(t, *a, **k)
+        assert not (t.device.type == "cpu" and out.device.type == "meta" and not k.get("non_blocking")), \
+            "a blocking host-to-device copy"
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    lengths = [16000, 12000, 9000]
+    loss, named = task.micro_step(task.model, _batch(lengths), None, host)  # type: ignore[arg-type]
+    loss.backward()
+    assert drawn == [host]
+    assert ctc["logp"] == ctc["targets"] == "meta"
+    frames = task.model.frame_lengths(torch.tensor(lengths))
+    assert ctc["input_lengths"].device.type == "cpu" and torch.equal(ctc["input_lengths"], frames)
+    assert ctc["target_lengths"].tolist() == [3, 2, 1] and named == {"tokens": 6}
+    assert all(p.grad is not None for p in task.model.lm_head.parameters())
+    # the check can fail: the forward drawing its mask on the device needs the device's values
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        task.model(*_batch(lengths).model_inputs(torch.device("meta")))
+
+
+def test_fine_tuning_draws_on_the_host_what_it_drew_in_the_forward_on_a_cpu() -> None:
+    """On a CPU the host generator is the device's: the mask drawn before the forward is the one the forward
+    drew itself, so the logits are the same."""
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.init import build_initial_model
+    from earful.finetune.task import FinetuneTask
+    from earful.train.step import seed_micro_batch
+
+    cfg = load_finetune_config(None, ["model_preset=tiny", "model.mask_prob=0.5", "model.mask_channel_prob=0.2",
+                                      "model.layerdrop=0.5"])
+    task = FinetuneTask(cfg)
+    model = build_initial_model(cfg, task.vocab).train()
+    batch = _batch([16000, 12000, 9000])
+    gen, host = seed_micro_batch(3, 5, 1, torch.device("cpu"))
+    mask = model.wav2vec2.draw_mask(batch.lengths, batch.wave.shape[1], host)
+    a, flen = model(*batch.model_inputs(torch.device("cpu")), mask=mask, generator=gen, host_generator=host)
+    b, _ = model(*batch.model_inputs(torch.device("cpu")), generator=seed_micro_batch(3, 5, 1, torch.device("cpu"))[0])
+    assert mask is not None and mask.any()
+    assert torch.equal(a, b)
+    assert torch.equal(flen, model.frame_lengths(batch.lengths))
