@@ -125,6 +125,19 @@ def _batch(lengths: list[int]) -> Batch:
                  padded_seconds=wave.numel() / 16000)
 
 
+def _forbid_blocking_copies(monkeypatch) -> None:
+    """What meta cannot see by itself: a host-to-device copy that blocks (``Tensor.to`` without non_blocking)."""
+    tensor_to = torch.Tensor.to
+
+    def to(t: torch.Tensor, *a, **k) -> torch.Tensor:
+        out = tensor_to(t, *a, **k)
+        assert not (t.device.type == "cpu" and out.device.type == "meta" and not k.get("non_blocking")), \
+            "a blocking host-to-device copy"
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+
+
 NANOW2V2 = ["model.loss_normalisation=nanow2v2", "model.negatives_style=nanow2v2"]
 
 
@@ -145,17 +158,10 @@ def test_the_pre_training_micro_step_waits_for_no_device(monkeypatch, lengths, s
         real = getattr(w2v, name)
         monkeypatch.setattr(w2v, name, lambda *a, real=real, name=name, **k: used[name].append(k["generator"])
                             or real(*a, **k))
-    encoder_forward, tensor_to = components.TransformerEncoder.forward, torch.Tensor.to
+    encoder_forward = components.TransformerEncoder.forward
     monkeypatch.setattr(components.TransformerEncoder, "forward", lambda self, *a, **k: used["layerdrop"].append(
         k["generator"]) or encoder_forward(self, *a, **k))
-
-    def to(t: torch.Tensor, *a, **k) -> torch.Tensor:
-        out = tensor_to(t, *a, **k)
-        assert not (t.device.type == "cpu" and out.device.type == "meta" and not k.get("non_blocking")), \
-            "a blocking host-to-device copy"
-        return out
-
-    monkeypatch.setattr(torch.Tensor, "to", to)
+    _forbid_blocking_copies(monkeypatch)
     loss, named = task.micro_step(task.model, _batch(lengths), None, host)  # type: ignore[arg-type]
     loss.backward()
     assert used == {"compute_mask": [host], "compute_channel_mask": [host], "layerdrop": [host]}
@@ -220,15 +226,7 @@ def test_the_fine_tuning_micro_step_waits_only_in_the_ctc_loss(monkeypatch) -> N
         return logp.sum()
 
     monkeypatch.setattr(w2v.F, "ctc_loss", ctc_loss)
-    tensor_to = torch.Tensor.to
-
-    def to(t: torch.Tensor, *a, **k) -> torch.Tensor:
-        out = tensor_to(t, *a, **k)
-        assert not (t.device.type == "cpu" and out.device.type == "meta" and not k.get("non_blocking")), \
-            "a blocking host-to-device copy"
-        return out
-
-    monkeypatch.setattr(torch.Tensor, "to", to)
+    _forbid_blocking_copies(monkeypatch)
     lengths = [16000, 12000, 9000]
     loss, named = task.micro_step(task.model, _batch(lengths), None, host)  # type: ignore[arg-type]
     loss.backward()
