@@ -130,7 +130,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
 def count_syncs(trainer: Trainer, batches: Any, steps: int = 2) -> tuple[float, dict[str, int]]:
     """Host synchronisations a step (``torch.cuda.set_sync_debug_mode``), and where they are (file:line →
     count): the step's end (statistics, the update) has a few by design; inside the micro-batches there
-    should be none (issue 16, lever 3)."""
+    should be none (the host-drawn masks, benchmarks/README.md)."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:

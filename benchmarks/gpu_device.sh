@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 16 in one prepared run on a lent GPU machine (the workplace's `device` tool: 15 minutes
-# of device time a session, start-up included). About 8 minutes; each step has its own timeout, and the logs and
+# Every GPU figure of the GPU levers (benchmarks/README.md) in one run on a machine with one GPU, for a budget of
+# minutes rather than hours. About 8 minutes; each step has its own timeout, and the logs and
 # JSON land under $OUT as they are made, so a cut-off run still returns what it measured.
 #
 #  1. benchmarks/gpu.py, BASE, bf16, the real Trainer + PretrainTask + DataLoader path, 150 s per device:
@@ -12,14 +12,14 @@
 #     spread, no divergence, masks the same for a seed);
 #  3. benchmarks/pretrain_throughput.py: earful against transformers at BASE on one padded batch (the 4x goal).
 #
-# Prepare here, once, in the repository root. The GPU machine has python3 3.12 with torch, transformers,
-# numpy, safetensors, PyYAML, tqdm and matplotlib, but not soundfile or soxr, and it cannot reach the network:
+# Where the GPU machine has python3 3.12 with torch, transformers, numpy, safetensors, PyYAML, tqdm and
+# matplotlib but not soundfile or soxr, and cannot reach the network, prepare once, in the repository root:
 #   echo /.whl/ >> .git/info/exclude
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
-# Then call the device tool's `run` with command "bash benchmarks/gpu_device.sh", carry [".whl"] and
-# timeout_s 570, and give the machine back afterwards. benchmarks/README.md says what each row answers.
+# Then copy the working tree (with .whl) to the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
+# limit of about 9.5 minutes (OUT=folder for the results). benchmarks/README.md says what each row answers.
 set -uo pipefail
 OUT=${OUT:-/tmp/earful-gpu}
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 """bf16 against fp32 on the same data: do the loss curves stay within the seed-to-seed spread?
 
-    python benchmarks/precision_numerics.py --device cuda --steps 500      # on a GPU (issue 16's numerics check)
+    python benchmarks/precision_numerics.py --device cuda --steps 500      # on a GPU (the bf16 numerics check)
     python benchmarks/precision_numerics.py --smoke                         # tiny, CPU, a few steps: the script
 
 Pre-trains the same model on the same synthetic speech-like corpus four times — fp32 and bf16, two seeds each —

@@ -17,7 +17,8 @@ The vocabulary, used the same way in configs, code, logs and docs:
   set of shapes — what ``cudnn.benchmark``, ``torch.compile`` and CUDA graphs need to pay once per shape; the
   padding it adds is counted as padding. None: batches as long as their longest utterance.
 
-Inference (``evaluate``, validation) has no step: ``BatchBudget.per_device(device_seconds)``.
+Pre-training's validation has no step: ``BatchBudget.per_device(device_seconds)``; ``evaluate`` and fine-tuning's
+dev set score every utterance whole (``earful.eval.decode.scoring_budget``).
 """
 
 from __future__ import annotations

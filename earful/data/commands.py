@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .librispeech import discover
+from .librispeech import discover, training_splits
 from .manifest import summarize, write_manifest
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
         description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/; a "
         "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
-        "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl.",
+        "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl; with "
+        "LibriSpeech's three training splits, also OUT/train-960.jsonl.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
@@ -31,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pause", type=float, default=seg.max_pause,
                    help=f"unlabelled Libri-light: the longest pause inside a segment (default {seg.max_pause:g})")
     p.add_argument("--workers", type=int, default=1, help="processes cutting unlabelled Libri-light (default 1)")
+    p.add_argument("--hold-out", type=float, default=None, metavar="FRACTION",
+                   help="LibriSpeech: hold FRACTION of each training split's recordings (chapters) out as val-X, "
+                   "and write train-X without them (the paper: 0.05). With all three training splits, train-960 "
+                   "(their union, always written) and val-960 follow")
+    p.add_argument("--seed", type=int, default=1337, help="the hold-out's draw (default 1337, the paper's)")
     p.set_defaults(func=_prepare)
 
     sh = subparsers.add_parser(
@@ -79,7 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     problems: list[str] = []
     limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
-    splits = discover(args.source, problems, limits=limits, workers=args.workers)
+    if args.hold_out is not None and not 0 < args.hold_out < 1:
+        raise ValueError(f"--hold-out {args.hold_out}: expected a fraction between 0 and 1 (the paper: 0.05)")
+    splits = training_splits(discover(args.source, problems, limits=limits, workers=args.workers), args.hold_out,
+                             args.seed)
     for msg in problems:
         log.warning("%s", msg)
     total = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, ene
 log = logging.getLogger(__name__)
 
 LIBRILIGHT_DIR = "librispeech_finetuning"
+# LibriSpeech's training splits, whose union is the 960 h set (written as train-960 when all three are read)
+TRAIN_960 = ("train-clean-100", "train-clean-360", "train-other-500")
 # The paper's label sets, as folders of the Libri-light fine-tuning release.
 LIBRILIGHT_SETS: dict[str, tuple[str, ...]] = {
     "10min": ("1h/0",),
@@ -121,6 +124,44 @@ def read_librilight(root: str | os.PathLike, problems: list[str] | None = None) 
             raise FileNotFoundError(f"{root}: not a Libri-light fine-tuning tree (no folder {fold})")
         folds[fold] = read_librispeech(root / fold, problems)
     return {name: [u for f in parts for u in folds[f]] for name, parts in LIBRILIGHT_SETS.items()}
+
+
+def recording(utt: Utterance) -> str:
+    """The recording (LibriSpeech chapter) an utterance was cut from: its id less the last ``-`` part."""
+    return utt.id.rsplit("-", 1)[0]
+
+
+def hold_out(utts: list[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
+    """(kept, held out): ``fraction`` of the recordings (chapters), drawn with ``seed``, held out whole, so that no
+    recording is in both — the paper's validation split (nanow2v2's ``split_csv --strategy by_recordings``; its
+    draw is not reproduced, its rule is). At least one recording is held out and one kept."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"hold-out fraction {fraction}: expected a number between 0 and 1")
+    recordings = sorted({recording(u) for u in utts})
+    if len(recordings) < 2:
+        raise ValueError(f"hold out: {len(recordings)} recording(s); a held-out split needs at least 2")
+    count = min(len(recordings) - 1, max(1, round(fraction * len(recordings))))
+    held = set(random.Random(seed).sample(recordings, count))
+    return [u for u in utts if recording(u) not in held], [u for u in utts if recording(u) in held]
+
+
+def training_splits(splits: dict[str, list[Utterance]], fraction: float | None, seed: int,
+                    ) -> dict[str, list[Utterance]]:
+    """``splits`` with what the paper trains on derived from LibriSpeech's training splits: with ``fraction``,
+    each ``train-X`` less ``fraction`` of its recordings, held out as ``val-X``; when all three training splits
+    are there, ``train-960`` (their union) and, with ``fraction``, ``val-960`` (the union of the held-out)."""
+    out = dict(splits)
+    if fraction is not None:
+        trains = [name for name in splits if name.startswith("train-")]
+        if not trains:
+            raise ValueError(f"hold out: no LibriSpeech training split (train-*) among {sorted(splits)}")
+        for name in trains:
+            out[name], out["val-" + name.removeprefix("train-")] = hold_out(splits[name], fraction, seed)
+    if all(name in splits for name in TRAIN_960):
+        out["train-960"] = [u for name in TRAIN_960 for u in out[name]]
+        if fraction is not None:
+            out["val-960"] = [u for name in TRAIN_960 for u in out["val-" + name.removeprefix("train-")]]
+    return out
 
 
 def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> list[Utterance]:

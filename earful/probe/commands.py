@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "weights (when the run has no checkpoints/init)")
     p.add_argument("--init-seed", type=int, default=0, help="with --random-init: the initialisation's seed")
     p.add_argument("--cache", type=Path, default=None,
-                   help="feature cache (default $EARFUL_CACHE/features or ~/.cache/earful/features)")
+                   help="feature cache (default $EARFUL_CACHE/features, else $XDG_CACHE_HOME/earful/features, "
+                   "else ~/.cache/earful/features)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_probe)

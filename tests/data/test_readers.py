@@ -2,6 +2,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import pytest
+
 from earful.data import commands
 from earful.data.librispeech import discover, read_folder, read_librilight, read_librispeech
 from earful.data.manifest import read_manifest
@@ -80,3 +82,41 @@ def test_discover_and_prepare_command(tmp_path: Path, librilight, caplog, ls_tre
     utts = read_manifest(tmp_path / "out" / "train-clean-100.jsonl", check_files=True)
     assert len(utts) == 6 and all(u.transcript for u in utts)
     assert "train-clean-100" in caplog.text and "0 problem(s) found" in caplog.text
+
+
+def test_prepare_holds_out_recordings_and_writes_the_960_h_sets(tmp_path: Path, ls_tree, caplog) -> None:
+    """The paper's data: each training split less 5 % of its recordings (chapters), held out as val-X, and the
+    union of the three as train-960 / val-960; no recording on both sides, nothing lost, the draw fixed by the
+    seed."""
+    ls = tmp_path / "LibriSpeech"
+    for name, first in (("train-clean-100", 1), ("train-clean-360", 20), ("train-other-500", 40)):
+        ls_tree(ls / name, speakers=tuple(range(first, first + 5)), chapters=(1, 2), utts=2)  # 10 recordings each
+    ls_tree(ls / "dev-clean", speakers=(90,))
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+
+    def prepare(out: str, *extra: str) -> dict[str, list[str]]:
+        args = parser.parse_args(["prepare", str(ls), str(tmp_path / out), *extra])
+        assert args.func(args) == 0
+        return {p.stem: [u.id for u in read_manifest(p)] for p in sorted((tmp_path / out).glob("*.jsonl"))}
+
+    whole = prepare("all")
+    assert sorted(whole) == ["dev-clean", "train-960", "train-clean-100", "train-clean-360", "train-other-500"]
+    assert sorted(whole["train-960"]) == sorted(whole["train-clean-100"] + whole["train-clean-360"]
+                                                + whole["train-other-500"])
+    held = prepare("held", "--hold-out", "0.2")
+    assert sorted(held) == ["dev-clean", "train-960", "train-clean-100", "train-clean-360", "train-other-500",
+                            "val-960", "val-clean-100", "val-clean-360", "val-other-500"]
+    for split in ("clean-100", "clean-360", "other-500"):
+        kept, out = held[f"train-{split}"], held[f"val-{split}"]
+        assert sorted(kept + out) == sorted(whole[f"train-{split}"])  # nothing lost, nothing twice
+        chapters = {i.rsplit("-", 1)[0] for i in out}
+        assert len(chapters) == 2 and len(out) == 4  # 20 % of 10 recordings, whole
+        assert not chapters & {i.rsplit("-", 1)[0] for i in kept}
+    assert sorted(held["val-960"]) == sorted(held["val-clean-100"] + held["val-clean-360"] + held["val-other-500"])
+    assert sorted(held["train-960"] + held["val-960"]) == sorted(whole["train-960"])
+    assert held["dev-clean"] == whole["dev-clean"]
+    assert prepare("again", "--hold-out", "0.2") == held
+    assert prepare("other", "--hold-out", "0.2", "--seed", "7") != held
+    with pytest.raises(ValueError, match="--hold-out 5.0: expected a fraction between 0 and 1"):
+        prepare("bad", "--hold-out", "5")
