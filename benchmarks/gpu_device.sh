@@ -11,6 +11,7 @@
 #  2. benchmarks/precision_numerics.py: small, 500 steps, bf16 against fp32, two seeds (loss within the seeds'
 #     spread, no divergence, masks the same for a seed);
 #  3. benchmarks/pretrain_throughput.py: earful against transformers at BASE on one padded batch (the 4x goal).
+#  4. as time allows: e. c with CUDA graphs (compile_mode=reduce-overhead), last because it may not run at all.
 #
 # Where the GPU machine has python3 3.12 with torch, transformers, numpy, safetensors, PyYAML, tqdm and
 # matplotlib but not soundfile or soxr, and cannot reach the network, prepare once, in the repository root:
@@ -45,3 +46,5 @@ timeout 150 python3 benchmarks/precision_numerics.py --device cuda --steps 500 2
 timeout 60 python3 benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 \
     --seconds 15.6 15.6 15.6 15.6 15.6 12.0 --reps 10 --warmup 3 --json "$OUT/vs_transformers.json" 2>&1 \
     | tee "$OUT/vs_transformers.log"
+timeout 120 $GPU --cudnn-benchmark --override data.padding=true data.shape_seconds=1 compile=true \
+    compile_mode=reduce-overhead --json "$OUT/e_cuda_graphs.json" 2>&1 | tee "$OUT/e_cuda_graphs.log"

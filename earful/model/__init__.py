@@ -10,6 +10,7 @@ from earful.model.wav2vec2 import (
     batch_invariant,
     compile_blocks,
     count_parameters,
+    uses_cuda_graphs,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "count_parameters",
     "load_model_config",
     "model_presets",
+    "uses_cuda_graphs",
 ]

@@ -391,14 +391,22 @@ class Wav2Vec2ForCTC(nn.Module):
         )
 
 
-def compile_blocks(model: Wav2Vec2ForPreTraining | Wav2Vec2ForCTC, backend: str = "inductor") -> None:
+def compile_blocks(model: Wav2Vec2ForPreTraining | Wav2Vec2ForCTC, backend: str = "inductor",
+                   mode: str = "default") -> None:
     """``torch.compile`` in place the parts whose control flow does not depend on the data — the CNN and every
     transformer layer; masking, negatives and losses (data-dependent shapes) stay eager. Parameter names and
-    checkpoints are unchanged."""
+    checkpoints are unchanged. ``mode``: torch.compile's (``reduce-overhead``: CUDA graphs of each part)."""
+    options = {"backend": backend} if mode == "default" else {"backend": backend, "mode": mode}
     backbone = model.wav2vec2
-    backbone.feature_encoder.compile(backend=backend)
+    backbone.feature_encoder.compile(**options)
     for layer in backbone.encoder.layers:
-        layer.compile(backend=backend)
+        layer.compile(**options)
+
+
+def uses_cuda_graphs(compile_mode: str) -> bool:
+    """Whether torch.compile's ``compile_mode`` replays CUDA graphs (whose outputs a later replay overwrites:
+    each micro-step then starts with ``torch.compiler.cudagraph_mark_step_begin``)."""
+    return compile_mode in ("reduce-overhead", "max-autotune")
 
 
 def batch_invariant(model: nn.Module) -> nn.Module:

@@ -114,6 +114,9 @@ class TrainingConfig:
     # torch.compile the CNN and the transformer layers (GPUs; on these CPUs it did not pay: benchmarks/README.md)
     compile: bool = False
     compile_backend: str = "inductor"
+    # torch.compile's mode: "reduce-overhead" (and "max-autotune") replay CUDA graphs, one set per batch shape:
+    # they pay only where shapes repeat (data.shape_seconds). Not yet measured on a GPU (benchmarks/README.md)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     optim: OptimConfig = field(default_factory=OptimConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -146,6 +149,8 @@ class TrainingConfig:
         for key in ("valid_every", "keep_last", "threads"):
             _at_least(key, getattr(self, key), 0)
         _at_least("data.bucket_size", self.data.bucket_size, 1)
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode} needs compile=true")
         _at_least("data.num_workers", self.data.num_workers, 0)
         self.tracking.validate()
 

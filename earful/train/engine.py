@@ -35,7 +35,7 @@ from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.lock import hold_folder
-from earful.model import compile_blocks, count_parameters
+from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
@@ -110,7 +110,10 @@ class Trainer:
         if cfg.compile:
             if self.d.device.type == "cpu":
                 log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
-            compile_blocks(task.model, cfg.compile_backend)  # type: ignore[arg-type]
+            if uses_cuda_graphs(cfg.compile_mode) and cfg.data.shape_seconds is None:
+                log.warning("compile_mode=%s without data.shape_seconds: every new batch shape records its own CUDA "
+                            "graphs (time and memory); a shape grid makes them repeat", cfg.compile_mode)
+            compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         if cfg.device_seconds == "auto":
             cfg.device_seconds = auto_device_seconds(task, cfg, self.d)
         self.budget = cfg.budget(self.d.world_size)
@@ -248,6 +251,8 @@ class Trainer:
             # what 1 rank × W·A micro-batches draw
             j = micro * d.world_size + d.rank
             gen, host_gen = seed_micro_batch(cfg.seed, self.step, j, d.device)
+            if cfg.compile and uses_cuda_graphs(cfg.compile_mode):
+                torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer read
             try:
                 with D.no_sync(self.net, micro < self.accum - 1):
                     with autocast(cfg.precision, d.device):  # the forward only: the backward runs in the dtypes

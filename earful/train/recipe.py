@@ -38,7 +38,8 @@ MANIFESTS = ("data.train", "data.valid", "data.dev")
 # settings that change how a run is watched or where it runs, not what it computes
 OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds", "ckpt_every", "keep_last",
                "keep_best", "tensorboard", "max_nan_steps", "ckpt_hours", "ckpt_hours_basis", "ckpt_steps",
-               "data.num_workers", "data.skip_bad", "data.shards_relayout", "init", "compile", "compile_backend"}
+               "data.num_workers", "data.skip_bad", "data.shards_relayout", "init", "compile", "compile_backend",
+               "compile_mode"}
 WATCHING = ("health.", "tracking.")  # sections that only watch a run: health warnings, experiment trackers
 LAYOUT = ("device_seconds",)
 

@@ -81,18 +81,30 @@ def test_auto_on_a_cpu_is_refused_with_the_way_out(tiny_corpus, tmp_path) -> Non
         Trainer(PretrainTask(cfg), tmp_path / "run")
 
 
-def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path) -> None:
+def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path, monkeypatch) -> None:
     """compile=true (the CNN and transformer layers; aot_eager here: the same graphs without a C compiler)
-    gives the eager run's weights, and its checkpoints load as any other."""
+    gives the eager run's weights, and its checkpoints load as any other. With a CUDA-graph mode
+    (``compile_mode=reduce-overhead``) every part is compiled in that mode and each micro-step tells the graphs
+    that the last replay's outputs are done with."""
     from safetensors.torch import load_file
 
     from earful.checkpoint import load_model
 
-    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4", "device=cpu",
+    compiled, marks = [], []
+    module_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **k: compiled.append(k) or module_compile(self, **k))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=2", "device=cpu",
             "data.num_workers=0", "threads=1", "max_steps=2", "data.crop_seconds=2.0", "data.min_seconds=0.5",
             "tensorboard=false", "valid_every=0"]
-    for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=aot_eager"])):
+    for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=aot_eager",
+                                                     "compile_mode=reduce-overhead"])):
         Trainer(PretrainTask(load_pretrain_config(None, [*args, *extra])), tmp_path / name).fit()
+    layers = load_pretrain_config(None, ["model_preset=tiny"]).model.num_layers
+    assert compiled == [{"backend": "aot_eager", "mode": "reduce-overhead"}] * (1 + layers)  # the CNN, the layers
+    assert len(marks) == 2 * 2  # 2 steps of 2 micro-batches
+    with pytest.raises(ValueError, match="compile_mode=reduce-overhead needs compile=true"):
+        load_pretrain_config(None, ["compile_mode=reduce-overhead"])
     a, b = (load_file(str(tmp_path / n / "checkpoints/step-0000002/model.safetensors")) for n in ("eager", "compiled"))
     assert a.keys() == b.keys()
     for k in a:
