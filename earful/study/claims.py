@@ -11,10 +11,15 @@ reproduced* or *inconclusive*, with the evidence in one line:
   2 SE; inconclusive otherwise (one seed is always inconclusive: no spread).
 * **C2** — saturation: the gain of the largest doubling of the batch against the gain of the smallest, at the
   final step. Reproduced when the smallest doubling gains beyond 2 SE and the largest gains at most a third of
-  it; not reproduced when the largest gains beyond 2 SE and at least as much; inconclusive otherwise.
-* **C4** — hours seen decide: the gaps between equal-hours pairs ((B, T) vs (2B, T/2), cycle minima) against
-  the gaps between equal-steps pairs ((B, T) vs (2B, T)). Reproduced when the mean equal-hours gap is at most a
-  third of the mean equal-steps gap; not reproduced when it is more and beyond 2 SE; inconclusive otherwise.
+  it even at its upper 2 SE bound; not reproduced when the largest gains beyond 2 SE and at least as much;
+  inconclusive otherwise.
+* **C4** — hours seen decide: the change between equal-hours pairs ((B, T) → (2B, T/2), cycle minima) against
+  the gain between equal-steps pairs ((B, T) → (2B, T)), both signed in the metric's better direction and
+  averaged over pairs; a mean's SE is √(Σ SE²)/k (each cell in one pair of a kind). Signed means are unbiased,
+  where mean absolute gaps grow with the noise. Reproduced when the equal-steps gain is beyond 2 SE and the
+  equal-hours change, at its 2 SE bound, is at most a third of the equal-steps gain at its lower 2 SE bound;
+  not reproduced when the equal-hours change, beyond 2 SE, is more than a third of the equal-steps gain at its
+  upper 2 SE bound; inconclusive otherwise (and with one seed: no spread).
 * **C6** — gradient noise falls with the batch: the slope of log(gradient std) on log(batch) (the paper: ≈ −0.5).
   Reproduced when within 0.25 of −0.5; not reproduced when its ±2 SE interval misses [−0.75, −0.25].
 * **C7** — codebook usage: hard perplexity rises and codeword cosine similarity falls with the batch (Spearman
@@ -125,31 +130,40 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
         return Verdict("C2", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
     small, small_se = _gain(grid[(bs[0], final)], grid[(bs[1], final)], sign)
     large, large_se = _gain(grid[(bs[-2], final)], grid[(bs[-1], final)], sign)
+    # reproduced: the smallest doubling gains and the largest, at its upper bound, a third of it at most;
     # refuted: the largest doubling still gains, as much as the smallest
-    verdict = _verdict(_beyond(small, small_se) and large <= small / 3, _beyond(large, large_se) and large >= small)
+    verdict = _verdict(_beyond(small, small_se) and math.isfinite(large_se) and large + 2 * large_se <= small / 3,
+                       _beyond(large, large_se) and large >= small)
     evidence = (f"at step {final}: {bs[0]:g} → {bs[1]:g} s gains {small:+.3g} ± {small_se:.2g}; {bs[-2]:g} → "
                 f"{bs[-1]:g} s gains {large:+.3g} ± {large_se:.2g}")
     return Verdict("C2", metric, verdict, evidence)
 
 
-def judge_c4(grid: dict[tuple[float, int], Cell], metric: str) -> Verdict:
-    hours_gaps, step_gaps, hours_se = [], [], []
+def _mean_gain(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The mean of signed gains and its SE, √(Σ SE²)/k: independent pairs (no cell in two pairs of a kind)."""
+    return statistics.fmean(g for g, _ in pairs), math.sqrt(sum(se**2 for _, se in pairs)) / len(pairs)
+
+
+def judge_c4(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
+    hours, steps = [], []  # (signed gain in the better direction, its SE)
     for (b, s), cell in grid.items():
         if (2 * b, s) in grid:
-            step_gaps.append(abs(grid[(2 * b, s)].mean - cell.mean))
+            steps.append(_gain(cell, grid[(2 * b, s)], sign))
         if s % 2 == 0 and (2 * b, s // 2) in grid:
-            other = grid[(2 * b, s // 2)]
-            hours_gaps.append(abs(other.mean - cell.mean))
-            hours_se.append(math.sqrt(cell.se**2 + other.se**2))
-    if not hours_gaps or not step_gaps:
+            hours.append(_gain(cell, grid[(2 * b, s // 2)], sign))
+    if not hours or not steps:
         return Verdict("C4", metric, INCONCLUSIVE, "no equal-hours pairs (B, T) / (2B, T/2) among the checkpoints")
-    h, st = statistics.fmean(hours_gaps), statistics.fmean(step_gaps)
-    se = statistics.fmean(hours_se)
-    ratio = h / st if st > 0 else math.inf
-    verdict = _verdict(ratio <= 1 / 3, math.isfinite(se) and h > 2 * se)
-    evidence = (f"mean absolute gap at equal hours {h:.3g} (±{se:.2g} SE, {len(hours_gaps)} pairs) vs at equal steps "
-                f"{st:.3g} ({len(step_gaps)} pairs): ratio {ratio:.2f} (holds at ≤ 0.33)")
-    return Verdict("C4", metric, verdict, evidence)
+    h, h_se = _mean_gain(hours)
+    g, g_se = _mean_gain(steps)
+    measured = math.isfinite(h_se) and math.isfinite(g_se) and h_se > 0 and g_se > 0
+    held = measured and _beyond(g, g_se) and abs(h) + 2 * h_se <= (g - 2 * g_se) / 3
+    refuted = measured and abs(h) - 2 * h_se > max(g + 2 * g_se, 0.0) / 3
+    ratio = abs(h) / g if g > 0 else math.inf
+    beyond = sum(_beyond(abs(x), se) for x, se in hours)
+    evidence = (f"mean change at equal hours (B, T) → (2B, T/2) {h:+.3g} ± {h_se:.2g} (SE, {len(hours)} pairs, "
+                f"{beyond} beyond 2 SE) vs mean gain at equal steps (B, T) → (2B, T) {g:+.3g} ± {g_se:.2g} "
+                f"({len(steps)} pairs): ratio {ratio:.2f} (holds at ≤ 0.33 within 2 SE)")
+    return Verdict("C4", metric, _verdict(held, refuted), evidence)
 
 
 def judge_c6(points: list[tuple[float, float]]) -> Verdict:
@@ -189,5 +203,5 @@ def judge(rows: list[dict[str, Any]], metrics: dict[str, bool]) -> list[Verdict]
         if len({b for b, _ in grid}) < 2:
             continue
         sign = 1.0 if higher else -1.0
-        out += [judge_c1(grid, metric, sign), judge_c2(grid, metric, sign), judge_c4(grid, metric)]
+        out += [judge_c1(grid, metric, sign), judge_c2(grid, metric, sign), judge_c4(grid, metric, sign)]
     return out

@@ -66,3 +66,40 @@ def test_gradient_noise_slope_and_codebook() -> None:
     assert judge_c7(ppl, sim).verdict == REPRODUCED
     assert judge_c7({b: [-v[0]] for b, v in ppl.items()}, sim).verdict == NOT_REPRODUCED
     assert spearman([1, 2, 3], [3, 2, 1]) == -1.0 and math.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_one_seed_leaves_c2_and_c4_inconclusive_too() -> None:
+    """Without a spread no verdict on C1, C2 or C4 (before: C4 'reproduced' on point estimates alone)."""
+    got = verdicts(grid(lambda b, s: 5 - math.log(b * s), seeds=1))
+    assert got["C4"] == INCONCLUSIVE and got["C2"] == INCONCLUSIVE
+
+
+def spread(metric, offsets, batches=BATCHES) -> list[dict]:
+    """Rows of ``metric(batch, step)`` plus the seed offsets (one per seed, summing to 0: the cell means are exact,
+    the spread is the offsets') for the cells of ``batches``, exact values elsewhere."""
+    return [{"batch_seconds": b, "step": s, "seed": k,
+             "m": metric(b, s) + (offsets[k] if b in batches else 0.001 * (k - 1))}
+            for b in BATCHES for s in STEPS for k in range(len(offsets))]
+
+
+def test_c4_weighs_the_equal_hours_change_with_its_noise() -> None:
+    """Hours decide exactly (every equal-hours change is 0 on the means), but each cell spreads as much as the
+    equal-steps gain: the 2 SE bound passes a third of that gain, so C4 is inconclusive — on the point estimates
+    alone (before) it was reproduced. With a small spread it is reproduced."""
+    hours = lambda b, s: 5 - 0.05 * math.log(b * s)  # noqa: E731
+    assert verdicts(spread(hours, [-0.05, 0.0, 0.05]))["C4"] == INCONCLUSIVE
+    assert verdicts(spread(hours, [-0.002, 0.0, 0.002]))["C4"] == REPRODUCED
+
+
+def test_c4_standard_error_is_that_of_the_mean_of_independent_pairs() -> None:
+    from earful.study.claims import _mean_gain
+
+    gain, se = _mean_gain([(0.1, 0.03), (0.3, 0.04)])
+    assert gain == 0.2 and se == 0.025  # √(0.03² + 0.04²) / 2, not the mean of the SEs (0.035)
+
+
+def test_c2_needs_the_largest_doubling_measured() -> None:
+    """Flat beyond 16 s on the means, but the 64 s cells spread far more than the smallest doubling's gain:
+    saturation is not shown (inconclusive), where the point estimate (0 ≤ a third) said reproduced before."""
+    rows = spread(lambda b, s: min(math.log(b), math.log(16.0)), [-1.5, 0.0, 1.5], batches=[64.0])
+    assert verdicts(rows, higher=True)["C2"] == INCONCLUSIVE
