@@ -106,7 +106,7 @@ def build_report(out_dir: str | Path) -> Path:
     main_split = main_split_of(sorted({r["split"] for r in ft}))
     probes = read_jsonl(out / "probes.jsonl")
     means = probe_means(probes)
-    about = {(r["pretrain"], r["checkpoint"]): r for r in probes}  # a record of each (upstream, checkpoint)
+    about = {upstream_of(r): r for r in probes}  # a record of each (upstream, checkpoint, seed)
     if probes:
         text += probe_section(probes, means, about, rep)
     if study.get("cycles"):
@@ -147,21 +147,30 @@ def scope_section(study: dict[str, Any]) -> list[str]:
              f"{', probes of frozen features' if study.get('probes') else ''}. It can test: "
              f"{'; '.join(c for c in can if c)}." + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
     if seeds < 2:
-        lines.append("With one seed no difference is judged beyond noise (every verdict is *inconclusive*); at CPU "
-                     "scale the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
+        lines.append("With one seed no difference is judged beyond noise: C1, C2 and C4 are *inconclusive*; C6's "
+                     "slope and C7's rank correlations are taken over batch sizes, each from one run. At CPU scale "
+                     "the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
     return lines + [""]
 
 
-def probe_means(probes: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
-    """``{(upstream, checkpoint): {"task.metric": mean over probe seeds}}``."""
-    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+Upstream = tuple[str, str, Any]  # (pretrain run or baseline, checkpoint, run seed): one probed model
+
+
+def upstream_of(record: dict[str, Any]) -> Upstream:
+    """The model a probe record measured: every seed has its own random init (one ``random-init`` name)."""
+    return record["pretrain"], record["checkpoint"], record.get("seed")
+
+
+def probe_means(probes: list[dict[str, Any]]) -> dict[Upstream, dict[str, float]]:
+    """``{(upstream, checkpoint, seed): {"task.metric": mean over probe seeds}}``."""
+    values: dict[Upstream, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in probes:
-        values[(r["pretrain"], r["checkpoint"])][f"{r['task']}.{r['metric']}"].append(r["value"])
+        values[upstream_of(r)][f"{r['task']}.{r['metric']}"].append(r["value"])
     return {k: {m: statistics.fmean(v) for m, v in ms.items()} for k, ms in values.items()}
 
 
-def probe_section(probes: list[dict[str, Any]], means: dict[tuple[str, str], dict[str, float]],
-                  about: dict[tuple[str, str], dict[str, Any]], rep: Path) -> list[str]:
+def probe_section(probes: list[dict[str, Any]], means: dict[Upstream, dict[str, float]],
+                  about: dict[Upstream, dict[str, Any]], rep: Path) -> list[str]:
     """Probe metrics per upstream (mean ± sd over run seeds, each the mean over probe seeds; %), the baselines
     first; whether each pre-trained final model has learned (beats both baselines on PR and IC); plots of each
     metric against hours seen, one line per batch size, the baselines as dashed lines; ``probes.csv``."""
@@ -190,27 +199,27 @@ def probe_section(probes: list[dict[str, Any]], means: dict[tuple[str, str], dic
     return text + [""]
 
 
-def baseline(means: dict[tuple[str, str], dict[str, float]], name: str, metric: str) -> float | None:
+def baseline(means: dict[Upstream, dict[str, float]], name: str, metric: str) -> float | None:
     """The mean of ``metric`` over the baseline upstream ``name`` (``random-init`` or ``fbank``), if measured."""
-    vals = [v[metric] for (p, _), v in means.items() if p == name and metric in v]
+    vals = [v[metric] for (p, _, _), v in means.items() if p == name and metric in v]
     return statistics.fmean(vals) if vals else None
 
 
-def learned_lines(means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]]
+def learned_lines(means: dict[Upstream, dict[str, float]], about: dict[Upstream, dict[str, Any]]
                   ) -> list[str]:
     """The probes' test of learning: a final model beats the random init and filterbanks on PR and IC."""
     per, ic = ([x for x in (baseline(means, name, metric) for name in ("random-init", "fbank")) if x is not None]
                for metric in ("pr.per", "ic.accuracy"))
     if len(per) < 2 or len(ic) < 2:
         return []
-    finals = {p: v for (p, ck), v in means.items() if ck == "final" and "pr.per" in v and "ic.accuracy" in v}
+    finals = {p: v for (p, ck, _), v in means.items() if ck == "final" and "pr.per" in v and "ic.accuracy" in v}
     learned = [p for p, v in finals.items() if v["pr.per"] < min(per) and v["ic.accuracy"] > max(ic)]
     missing = sorted(set(finals) - set(learned))
     return [f"Learned (beats both the random init and filterbanks on PR and IC, docs/probes.md): {len(learned)} of "
             f"{len(finals)} final models" + (f"; not: {', '.join(missing)}" if missing else "") + ".", ""]
 
 
-def plot_probe_metric(means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]],
+def plot_probe_metric(means: dict[Upstream, dict[str, float]], about: dict[Upstream, dict[str, Any]],
                       metric: str, rep: Path) -> None:
     """``metric`` against hours seen (log), one line per batch size (mean over run seeds), baselines dashed."""
     def draw(ax):
@@ -234,33 +243,40 @@ def plot_probe_metric(means: dict[tuple[str, str], dict[str, float]], about: dic
 
 def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                 ft: list[dict[str, Any]], main_split: str | None,
-                means: dict[tuple[str, str], dict[str, float]] | None = None,
-                about: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per (run, cycle minimum or final step): batch, seed, step, hours (batch × steps) and every metric
-    measured there — validation loss, accuracy and perplexity, test CER per label set, probe metrics."""
-    steps = {int(s) for s in study.get("cycle_minima", [])}
+                means: dict[Upstream, dict[str, float]] | None = None,
+                about: dict[Upstream, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per (planned run, cycle minimum or final step) where anything was measured: batch, seed, step,
+    hours (batch × steps) and every metric measured there — validation loss, accuracy and perplexity, test CER
+    per label set, probe metrics. A checkpoint probed or fine-tuned at a step without validation has its row."""
+    minima = {int(s) for s in study.get("cycle_minima", [])}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for name, run in runs.items():
+
+    def row(name: str, step: Any) -> dict[str, Any] | None:
+        run = runs.get(name)
+        if run is None or step is None or not (int(step) in minima or int(step) == run["steps"]):
+            return None
+        return rows.setdefault((name, int(step)), {
+            "run": name, "batch_seconds": run["batch_seconds"], "seed": run["seed"], "step": int(step),
+            "hours": run["batch_seconds"] * int(step) / 3600})
+
+    for name in runs:
         for rec in curves.get(name, []):
-            if rec["step"] in steps or rec["step"] == run["steps"]:
+            if (at := row(name, rec["step"])) is not None:
                 ppl = [v for k, v in rec.items() if k.startswith("ppl_hard")]
-                rows[(name, rec["step"])] = {
-                    "run": name, "batch_seconds": run["batch_seconds"], "seed": run["seed"], "step": rec["step"],
-                    "hours": run["batch_seconds"] * rec["step"] / 3600, "valid_loss": rec["loss"],
-                    "valid_accuracy": rec["accuracy"], "valid_perplexity": statistics.fmean(ppl) if ppl else None}
+                at.update(valid_loss=rec["loss"], valid_accuracy=rec["accuracy"],
+                          valid_perplexity=statistics.fmean(ppl) if ppl else None)
     for r in ft:
-        if r["split"] == main_split and r.get("batch_seconds") and (r["pretrain"], r.get("step")) in rows:
-            rows[(r["pretrain"], r["step"])][f"cer_{r['label_set']}"] = r["cer"]
-    for key, ms in (means or {}).items():  # probe metrics, by the record of each (upstream, checkpoint)
-        at = (key[0], about[key]["step"])
-        if at in rows:
-            rows[at].update(ms)
-    return list(rows.values())
+        if r["split"] == main_split and r.get("batch_seconds") and (at := row(r["pretrain"], r.get("step"))):
+            at[f"cer_{r['label_set']}"] = r["cer"]
+    for key, ms in (means or {}).items():  # probe metrics, by the record of each probed model
+        if (at := row(key[0], about[key]["step"])) is not None:
+            at.update(ms)
+    return sorted(rows.values(), key=lambda r: (r["batch_seconds"], r["seed"], r["step"]))
 
 
 def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                    ft: list[dict[str, Any]], main_split: str | None,
-                   means: dict[tuple[str, str], dict[str, float]], about: dict[tuple[str, str], dict[str, Any]],
+                   means: dict[Upstream, dict[str, float]], about: dict[Upstream, dict[str, Any]],
                    rep: Path) -> list[str]:
     """The paper's claims (docs/paper.md §7) judged on this study's grid: a verdict per claim and metric."""
     from earful.probe.report import METRICS
@@ -272,7 +288,8 @@ def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dic
                     if any(f"{t}.{m}" in r for r in rows)})
     metrics.update({k: False for r in rows for k in r if k.startswith("cer_")})
     verdicts = judge(rows, metrics)
-    grads = [read_json(p) for p in sorted((out / "gradvar").glob("*.json"))]
+    # the planned runs' records only (a study rerun with fewer seeds keeps the others' files)
+    grads = [read_json(p) for name in runs if (p := out / "gradvar" / f"{name}.json").exists()]
     if grads:
         verdicts.append(judge_c6([(g["batch_seconds"], g["mean_param_grad_std"]) for g in grads]))
     ppl: dict[float, list[float]] = defaultdict(list)

@@ -1,0 +1,53 @@
+"""The report's tables and claim rows from hand-made records: every seed's random init, checkpoints measured at
+steps without validation, and only the planned runs' gradient records."""
+
+import json
+from pathlib import Path
+
+from earful.study.report import claims_section, design_rows, probe_means, probe_section, upstream_of
+
+
+def probe(pretrain, ck, step, seed, value, task="pr", metric="per", batch=None):
+    return {"pretrain": pretrain, "tag": pretrain if batch is None else f"{batch:g}s", "batch_seconds": batch,
+            "seed": seed, "checkpoint": ck, "step": step, "hours": (batch or 0) * step / 3600, "probe_seed": 0,
+            "task": task, "metric": metric, "value": value}
+
+
+def run(name, batch, seed, steps=4):
+    return {"run": name, "tag": f"{batch:g}s", "batch_seconds": batch, "seed": seed, "steps": steps}
+
+
+def test_the_random_init_of_every_seed_is_its_own_upstream(tmp_path: Path) -> None:
+    """Each seed's random init is a model of its own: the table gives its mean ± sd over seeds (before, the seeds
+    were merged into one mean with no spread)."""
+    probes = [probe("random-init", "init", 0, 1, 0.70), probe("random-init", "init", 0, 2, 0.80),
+              probe("fbank", "fbank", 0, None, 0.60)]
+    means = probe_means(probes)
+    assert len(means) == 3
+    about = {upstream_of(r): r for r in probes}
+    text = "\n".join(probe_section(probes, means, about, tmp_path))
+    assert "| random-init (init) | 75.0 ± 7.1 |" in text and "| fbank (fbank) | 60.0 |" in text
+
+
+def test_a_checkpoint_probed_at_a_step_without_validation_has_its_row() -> None:
+    """Cycle minima at steps 2 and 4, validation only at 4: the probe at step 2 still reaches the claims' rows;
+    steps that are neither a minimum nor the end do not."""
+    runs = {"2s-seed1": run("2s-seed1", 2.0, 1)}
+    curves = {"2s-seed1": [{"step": 3, "loss": 4.0, "accuracy": 0.1}, {"step": 4, "loss": 3.9, "accuracy": 0.2}]}
+    probes = [probe("2s-seed1", "steps-2", 2, 1, 0.9, batch=2.0), probe("2s-seed1", "final", 4, 1, 0.8, batch=2.0)]
+    means = probe_means(probes)
+    rows = design_rows(curves, runs, {"cycle_minima": [2, 4]}, [], None, means, {upstream_of(r): r for r in probes})
+    assert [(r["step"], r.get("valid_loss"), r["pr.per"]) for r in rows] == [(2, None, 0.9), (4, 3.9, 0.8)]
+
+
+def test_gradient_noise_is_judged_on_the_planned_runs_only(tmp_path: Path) -> None:
+    """A study rerun with fewer seeds keeps the dropped runs' gradvar files; C6 reads the planned runs' own."""
+    runs = {f"{b:g}s-seed1": run(f"{b:g}s-seed1", b, 1) for b in (4.0, 8.0, 16.0)}
+    (tmp_path / "gradvar").mkdir()
+    for b in (4.0, 8.0, 16.0, 32.0):  # 32 s: a run no longer planned
+        std = 0.3 * b**-0.5 if b < 32 else 5.0
+        (tmp_path / "gradvar" / f"{b:g}s-seed1.json").write_text(json.dumps({"batch_seconds": b,
+                                                                              "mean_param_grad_std": std}))
+    study = {"steps": 4, "cycles": 2, "cycle_minima": [2, 4], "seeds": [1]}
+    text = "\n".join(claims_section(tmp_path, {}, runs, study, [], None, {}, {}, tmp_path))
+    assert "| C6 | gradient std | **reproduced** | log-log slope -0.50" in text and "over 3 runs" in text
