@@ -103,3 +103,12 @@ def test_c2_needs_the_largest_doubling_measured() -> None:
     saturation is not shown (inconclusive), where the point estimate (0 ≤ a third) said reproduced before."""
     rows = spread(lambda b, s: min(math.log(b), math.log(16.0)), [-1.5, 0.0, 1.5], batches=[64.0])
     assert verdicts(rows, higher=True)["C2"] == INCONCLUSIVE
+
+
+def test_c4_equal_hours_changes_of_both_signs_do_not_cancel() -> None:
+    """Equal hours, but a batch of 16 s is far better and one of 32 s far worse than their neighbours: the signed
+    changes cancel in the mean, yet half the pairs differ by more than a third of the equal-steps gain beyond
+    2 SE: hours do not decide (not reproduced)."""
+    bump = {16.0: -0.3, 32.0: 0.3}
+    rows = grid(lambda b, s: 5 - 0.05 * math.log(b * s) + bump.get(b, 0.0), noise=0.002)
+    assert verdicts(rows)["C4"] == NOT_REPRODUCED
