@@ -1,11 +1,11 @@
 """``earful evaluate``: WER and CER of a CTC checkpoint on labelled manifests, greedy and with an LM.
 
-For each manifest (a *split*, named by the file's stem) the model transcribes every utterance in batches
-of at most ``device_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
-is left out or cropped: :func:`earful.eval.decode.scoring_budget`). Greedy CTC decoding always runs; with an
-ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs on the same logits. References
-are normalised with the checkpoint's vocabulary (lower-cased, its text mapping applied); a character it
-cannot spell is an error naming the utterance.
+For each manifest (a *split*, named by the caller, as a study names its ``corpus.test``, or else by the file's
+stem) the model transcribes every utterance in batches of at most ``device_seconds`` padded audio (an utterance
+longer than that gets a batch of its own: nothing is left out or cropped: :func:`earful.eval.decode.scoring_budget`).
+Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs
+on the same logits. References are normalised with the checkpoint's vocabulary (lower-cased, its text mapping
+applied); a character it cannot spell is an error naming the utterance.
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, load_model
+from earful.config import plain_name
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
@@ -108,20 +109,26 @@ def transcribe(
     return greedy, lm
 
 
-def _split_names(manifests: Sequence[str | Path]) -> list[str]:
-    names: list[str] = []
+def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:
+    """Split name → manifest: a mapping's own names (plain names: they name files in OUT), else each manifest's
+    file stem, ``-2``, ``-3``… added to repeats (``a/test.jsonl``, ``b/test.jsonl``: ``test``, ``test-2``)."""
+    if isinstance(manifests, Mapping):
+        return {plain_name(name, "split name"): m for name, m in manifests.items()}
+    if isinstance(manifests, str | Path):
+        raise TypeError(f"manifests={manifests!r}: expected a list of manifests or a mapping name → manifest")
+    names: dict[str, str | Path] = {}
     for m in manifests:
         base = Path(m).name.removesuffix(".jsonl").removesuffix(".json")
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
-        names.append(name)
+        names[name] = m
     return names
 
 
 def evaluate(
     ckpt: str | Path,
-    manifests: Sequence[str | Path],
+    manifests: Mapping[str, str | Path] | Sequence[str | Path],
     out_dir: str | Path,
     *,
     device_seconds: float = 200.0,
@@ -132,8 +139,12 @@ def evaluate(
     beam_options: BeamOptions | None = None,
     num_workers: int = 0,
 ) -> dict[str, Any]:
-    """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``."""
-    if not manifests:
+    """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``.
+
+    ``manifests``: a mapping split name → manifest (a study's ``corpus.test``), or a list of manifests, each a
+    split named by its file stem (:func:`split_names`)."""
+    splits = split_names(manifests)
+    if not splits:
         raise ValueError("no manifest to evaluate")
     dev = resolve_device(device)
     model, vocab, path = load_ctc(ckpt)
@@ -145,7 +156,7 @@ def evaluate(
         opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
                 for k, v in asdict(beam.options).items()}
         summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
-    for manifest, split in zip(manifests, _split_names(manifests), strict=True):
+    for split, manifest in splits.items():
         utts = read_manifest(manifest, check_files=True)
         refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
         greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
