@@ -5,7 +5,8 @@ stem) the model transcribes every utterance in batches of at most ``device_secon
 longer than that gets a batch of its own: nothing is left out or cropped: :func:`earful.eval.decode.scoring_budget`).
 Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs
 on the same logits. References are normalised with the checkpoint's vocabulary (lower-cased, its text mapping
-applied); a character it cannot spell is an error naming the utterance.
+applied); a character it cannot spell is an error naming the manifest and the utterance, and so is a manifest whose
+references are all empty (no error rate), before anything is transcribed.
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -34,6 +35,7 @@ from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
 from earful.eval.decode import decode_batch, resolve_device, scoring_budget
+from earful.eval.metrics import error_counts
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab, placeholder
 from earful.model import Wav2Vec2ForCTC, batch_invariant
@@ -126,6 +128,20 @@ def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> d
     return names
 
 
+def references(utts: Sequence[Utterance], vocab: CharVocab) -> list[str | None]:
+    """Each utterance's transcript normalised with ``vocab`` (None where it has none). A manifest whose
+    references are all empty has no error rate: refused here, before anything is transcribed.
+
+    Raises:
+        ValueError: a character ``vocab`` cannot spell (naming the utterance), or only empty references.
+    """
+    refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
+    scored = [r for r in refs if r is not None]
+    if scored and len(scored) == len(refs):  # what write_hypotheses scores: every utterance has a reference
+        error_counts(scored, [""] * len(scored), "char")  # raises when the error rate is undefined
+    return refs
+
+
 def evaluate(
     ckpt: str | Path,
     manifests: Mapping[str, str | Path] | Sequence[str | Path],
@@ -148,6 +164,13 @@ def evaluate(
         raise ValueError("no manifest to evaluate")
     dev = resolve_device(device)
     model, vocab, path = load_ctc(ckpt)
+    read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
+    for split, manifest in splits.items():  # every split's references checked before anything is transcribed
+        utts = read_manifest(manifest, check_files=True)
+        try:
+            read[split] = utts, references(utts, vocab)
+        except ValueError as e:
+            raise ValueError(f"{manifest} (split {split!r}): {e}") from e
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,8 +180,7 @@ def evaluate(
                 for k, v in asdict(beam.options).items()}
         summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
     for split, manifest in splits.items():
-        utts = read_manifest(manifest, check_files=True)
-        refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
+        utts, refs = read[split]
         greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
                                      precision=precision, beam=beam, num_workers=num_workers)
         ids = [u.id for u in utts]
