@@ -1,11 +1,12 @@
 """``earful evaluate``: WER and CER of a CTC checkpoint on labelled manifests, greedy and with an LM.
 
-For each manifest (a *split*, named by the file's stem) the model transcribes every utterance in batches
-of at most ``device_seconds`` padded audio (an utterance longer than that gets a batch of its own: nothing
-is left out or cropped: :func:`earful.eval.decode.scoring_budget`). Greedy CTC decoding always runs; with an
-ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs on the same logits. References
-are normalised with the checkpoint's vocabulary (lower-cased, its text mapping applied); a character it
-cannot spell is an error naming the utterance.
+For each manifest (a *split*, named by the caller, as a study names its ``corpus.test``, or else by the file's
+stem) the model transcribes every utterance in batches of at most ``device_seconds`` padded audio (an utterance
+longer than that gets a batch of its own: nothing is left out or cropped: :func:`earful.eval.decode.scoring_budget`).
+Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs
+on the same logits. References are normalised with the checkpoint's vocabulary (lower-cased, its text mapping
+applied); a character it cannot spell is an error naming the manifest and the utterance, and so is a manifest whose
+references are all empty (no error rate), before anything is transcribed.
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ import torch
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, load_model
+from earful.config import plain_name
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
 from earful.eval.decode import decode_batch, resolve_device, scoring_budget
+from earful.eval.metrics import error_counts
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab, placeholder
 from earful.model import Wav2Vec2ForCTC, batch_invariant
@@ -108,20 +111,40 @@ def transcribe(
     return greedy, lm
 
 
-def _split_names(manifests: Sequence[str | Path]) -> list[str]:
-    names: list[str] = []
+def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:
+    """Split name → manifest: a mapping's own names (plain names: they name files in OUT), else each manifest's
+    file stem, ``-2``, ``-3``… added to repeats (``a/test.jsonl``, ``b/test.jsonl``: ``test``, ``test-2``)."""
+    if isinstance(manifests, Mapping):
+        return {plain_name(name, "split name"): m for name, m in manifests.items()}
+    if isinstance(manifests, str | Path):
+        raise TypeError(f"manifests={manifests!r}: expected a list of manifests or a mapping name → manifest")
+    names: dict[str, str | Path] = {}
     for m in manifests:
         base = Path(m).name.removesuffix(".jsonl").removesuffix(".json")
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
-        names.append(name)
+        names[name] = m
     return names
+
+
+def references(utts: Sequence[Utterance], vocab: CharVocab) -> list[str | None]:
+    """Each utterance's transcript normalised with ``vocab`` (None where it has none). A manifest whose
+    references are all empty has no error rate: refused here, before anything is transcribed.
+
+    Raises:
+        ValueError: a character ``vocab`` cannot spell (naming the utterance), or only empty references.
+    """
+    refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
+    scored = [r for r in refs if r is not None]
+    if scored and len(scored) == len(refs):  # what write_hypotheses scores: every utterance has a reference
+        error_counts(scored, [""] * len(scored), "char")  # raises when the error rate is undefined
+    return refs
 
 
 def evaluate(
     ckpt: str | Path,
-    manifests: Sequence[str | Path],
+    manifests: Mapping[str, str | Path] | Sequence[str | Path],
     out_dir: str | Path,
     *,
     device_seconds: float = 200.0,
@@ -132,11 +155,22 @@ def evaluate(
     beam_options: BeamOptions | None = None,
     num_workers: int = 0,
 ) -> dict[str, Any]:
-    """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``."""
-    if not manifests:
+    """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``.
+
+    ``manifests``: a mapping split name → manifest (a study's ``corpus.test``), or a list of manifests, each a
+    split named by its file stem (:func:`split_names`)."""
+    splits = split_names(manifests)
+    if not splits:
         raise ValueError("no manifest to evaluate")
     dev = resolve_device(device)
     model, vocab, path = load_ctc(ckpt)
+    read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
+    for split, manifest in splits.items():  # every split's references checked before anything is transcribed
+        utts = read_manifest(manifest, check_files=True)
+        try:
+            read[split] = utts, references(utts, vocab)
+        except ValueError as e:
+            raise ValueError(f"{manifest} (split {split!r}): {e}") from e
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,9 +179,8 @@ def evaluate(
         opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
                 for k, v in asdict(beam.options).items()}
         summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
-    for manifest, split in zip(manifests, _split_names(manifests), strict=True):
-        utts = read_manifest(manifest, check_files=True)
-        refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
+    for split, manifest in splits.items():
+        utts, refs = read[split]
         greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
                                      precision=precision, beam=beam, num_workers=num_workers)
         ids = [u.id for u in utts]

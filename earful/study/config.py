@@ -165,6 +165,11 @@ class PlannedRun:
     def name(self) -> str:
         return f"{self.tag}-seed{self.seed}"
 
+    @property
+    def budget(self) -> BatchBudget:
+        """The run's batch budget: its accumulation and the micro-batch seconds it packs to."""
+        return BatchBudget(self.batch_seconds, self.device_seconds, self.devices)
+
 
 def fmt_seconds(b: float) -> str:
     """87.5 → '87.5s', 600 → '10min', 4800 → '80min'."""

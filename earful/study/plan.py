@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
+
 from earful.study.config import PlannedRun, StudyConfig, fmt_seconds, plan_runs
 
 
@@ -13,32 +16,51 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def wall_clock(durations: Sequence[float], jobs: int) -> float:
+    """Seconds until ``durations`` have all run, ``jobs`` at a time, each started in order as soon as a slot is
+    free, as the study's pool starts its pre-trainings (``earful/study/pool.py``): never less than the longest
+    run, nor than the total over ``jobs``."""
+    slots = [0.0] * max(1, jobs)  # when each slot is next free
+    for d in durations:
+        heapq.heappush(slots, heapq.heappop(slots) + d)
+    return max(slots)
+
+
 def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[list[PlannedRun], str]:
-    """Markdown table of the runs. ``throughput``: audio seconds per second per device (padded)."""
+    """Markdown table of the runs. ``throughput``: audio seconds per second per device (padded).
+
+    Times are upper bounds: they count each run's nominal audio (batch × steps), of which batches, rarely full,
+    pad less."""
     runs = plan_runs(study)
     tp = throughput or study.throughput
-    head = ["run", "batch", "devices × device s × accum", "lr", "steps", "hours seen", "est. wall-clock"]
+    head = ["run", "batch", "devices × micro-batch s × accum", "lr", "steps", "hours seen", "est. wall-clock"]
     rows = []
+    walls: list[float] = []
     total_dev_seconds = 0.0
     for r in runs:
         if tp:
             wall = r.hours * 3600 / (tp * r.devices)
+            walls.append(wall)
             total_dev_seconds += wall * r.devices
             est = format_duration(wall)
         else:
             est = "?"
-        rows.append([r.name, fmt_seconds(r.batch_seconds), f"{r.devices} × {r.device_seconds:g} s × {r.accumulation}",
+        b = r.budget
+        rows.append([r.name, fmt_seconds(r.batch_seconds), f"{r.devices} × {b.micro_seconds:.4g} s × {b.accumulation}",
                      f"{r.lr:.3g}", f"{r.steps:,}", f"{r.hours:,.0f}" if r.hours >= 100 else f"{r.hours:.3g}", est])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
     if tp:
-        lines.append(f"\npre-training total: {format_duration(total_dev_seconds)} of device time at {tp:g} audio-s/s "
-                     "per device (fine-tuning not included)" + (
-                         f"; with jobs={study.jobs}, about {format_duration(total_dev_seconds / study.jobs)} "
-                         "of wall-clock"
-                         if study.jobs > 1 else ""))
+        total = (f"\npre-training total: {format_duration(total_dev_seconds)} of device time at {tp:g} audio-s/s "
+                 "per device (fine-tuning not included)")
+        if study.launcher == "local" and study.jobs > 1:  # on Slurm `jobs` does not apply: the cluster decides
+            total += (f"; with jobs={study.jobs}, {format_duration(wall_clock(walls, study.jobs))} of wall-clock "
+                      f"(the runs in plan order, {study.jobs} at a time)")
+        lines.append(total)
+        lines.append("These times are upper bounds: computed from nominal audio (batch × steps), while the throughput "
+                     "counts padded audio and batches are rarely full (small batches least of all), so runs take less.")
     else:
         lines.append("\nno throughput given: set `throughput:` in the study or pass --throughput to estimate time")
     return runs, "\n".join(lines)

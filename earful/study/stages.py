@@ -229,7 +229,7 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
         ckpt = fdir / "checkpoints" / "best"
         if not ckpt.exists():
             ckpt = fdir
-        evaluate(ckpt, [c.path(m, root) for m in c.test_sets().values()], summary.parent)
+        evaluate(ckpt, {split: c.path(m, root) for split, m in c.test_sets().items()}, summary.parent)
     return json.loads(summary.read_text())
 
 

@@ -4,6 +4,7 @@ fine-tuned one, the same transcripts one utterance at a time and in 200 s batche
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_scoring_budget_packs_to_device_seconds_and_admits_the_longest_whole(wor
 
 def test_unknown_reference_character_is_an_error(tmp_path, always_a) -> None:
     m = write_split(tmp_path / "data", "bad", ["ok", "no 7"])
-    with pytest.raises(ValueError, match="bad-1.*'7'"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(m))} \(split 'bad'\): .*bad-1.*'7'"):
         evaluate(always_a, [m], tmp_path / "eval")
 
 
@@ -248,3 +249,39 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
         load_ctc(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere: not 'scratch'"):
         _load_source(str(tmp_path / "nowhere"))
+
+
+def test_splits_are_named_by_the_caller_else_by_their_stems(tmp_path, always_a) -> None:
+    """A mapping names the splits (a study's corpus.test); a list names them by stem, repeats numbered."""
+    a = write_split(tmp_path / "A", "test", ["a"])
+    b = write_split(tmp_path / "B", "test", ["b"])
+    named = evaluate(always_a, {"clean": a, "other": b}, tmp_path / "named")
+    assert named["splits"] == {"clean": {"greedy": {"utterances": 1, "wer": 0.0, "cer": 0.0}},
+                               "other": {"greedy": {"utterances": 1, "wer": 1.0, "cer": 1.0}}}
+    detail = json.loads((tmp_path / "named" / "other.greedy.summary.json").read_text())
+    assert detail["split"] == "other" and detail["manifest"] == str(b)
+    stems = evaluate(always_a, [a, b], tmp_path / "stems")  # `earful evaluate A/test.jsonl B/test.jsonl`
+    assert list(stems["splits"]) == ["test", "test-2"]
+    from earful.config import ConfigError
+    from earful.eval.evaluate import split_names
+
+    assert split_names(["x/dev.jsonl", "y/dev.json", "dev-2.jsonl"]) == {
+        "dev": "x/dev.jsonl", "dev-2": "y/dev.json", "dev-2-2": "dev-2.jsonl"}
+    with pytest.raises(ConfigError, match=r"split name='\.\./up': not a plain name"):
+        split_names({"../up": a})
+    with pytest.raises(TypeError, match="a list of manifests or a mapping"):
+        split_names(str(a))
+
+
+def test_only_empty_references_is_an_error_naming_the_manifest(tmp_path, always_a) -> None:
+    """No error rate without reference words: the error names the manifest and split, before any transcription."""
+    good = write_split(tmp_path / "data", "good", ["a"])
+    blank = write_split(tmp_path / "data", "blank", ["", "  "])
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(blank))} \(split 'silence'\): all references are empty"):
+        evaluate(always_a, {"fine": good, "silence": blank}, out)
+    assert not out.exists()  # refused before the first split was transcribed
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(blank))} \(split 'blank'\): all references are empty"):
+        evaluate(always_a, [blank], out)
+    some = write_split(tmp_path / "data", "some", ["", "a"])  # an empty reference among others: insertions
+    assert evaluate(always_a, [some], out)["splits"]["some"]["greedy"]["wer"] == 1.0

@@ -115,3 +115,44 @@ def test_paper_fine_tunes_each_label_set_for_its_own_steps_and_keeps_the_last(tm
     y.write_text("grid: [16]\ncorpus: {label_sets: {10h: a.jsonl}}\nfinetune: {per_label_set: {1h: [max_steps=5]}}\n")
     with pytest.raises(ValueError, match=r"per_label_set names \['1h'\], not in corpus.label_sets"):
         load_study(y)
+
+
+def test_wall_clock_with_jobs_is_never_less_than_the_longest_run(tmp_path) -> None:
+    """200 s and 48 s runs two at a time take as long as the 200 s one (total / jobs said 41.3 min)."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [200, 48]\nmode: fixed-steps\nsteps: 400\njobs: 2\nthroughput: 20\n")
+    _, table = plan_table(load_study(y))
+    # 200 s × 400 steps / 20 audio-s/s = 4000 s; 48 s × 400 / 20 = 960 s: the 200 s run is the wall-clock
+    assert "| 1.1 h " in table and "| 16.0 min " in table
+    assert "of device time" in table and "with jobs=2, 1.1 h of wall-clock (the runs in plan order" in table
+    from earful.study.plan import wall_clock
+
+    assert wall_clock([4000, 960], 2) == 4000
+    assert wall_clock([1, 1, 1, 1], 2) == 2  # total / jobs when the runs share the slots evenly
+    assert wall_clock([1, 1, 3], 2) == 4  # started in plan order, as the pool does: the 3 waits for a slot
+    assert wall_clock([1, 1, 3], 1) == 5
+    _, slurm = plan_table(load_study(y, ["launcher=slurm"]))
+    assert "of device time" in slurm and "wall-clock (" not in slurm  # on Slurm `jobs` does not apply
+
+
+def test_layout_column_shows_the_micro_batch_the_run_packs_to(tmp_path) -> None:
+    """A 200 s batch on 150 s devices is two 100 s micro-batches (BatchBudget.micro_seconds), not 150 s ones."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [200, 300, {batch_seconds: 600, devices: 2}]\nmode: fixed-steps\nsteps: 10\n"
+                 "device_seconds: 150\n")
+    runs, table = plan_table(load_study(y))
+    assert [(r.device_seconds, r.accumulation, r.budget.micro_seconds) for r in runs] == [
+        (150, 2, 100), (150, 2, 150), (150, 2, 150)]
+    assert "| 1 × 100 s × 2 " in table and "| 1 × 150 s × 2 " in table and "| 2 × 150 s × 2 " in table
+    assert "devices × micro-batch s × accum" in table
+
+
+def test_plan_says_its_times_are_upper_bounds_from_nominal_audio(tmp_path) -> None:
+    """Throughput counts padded audio, the plan nominal audio (batch × steps): it overestimates, and says so."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4, 8]\nmode: fixed-hours\nhours: 0.5\nthroughput: 20\n")
+    _, table = plan_table(load_study(y))
+    assert "upper bounds: computed from nominal audio (batch × steps)" in table
+    assert "throughput counts padded audio" in table
+    _, unknown = plan_table(load_study(y, ["throughput=null"]))
+    assert "no throughput given" in unknown and "upper bounds" not in unknown

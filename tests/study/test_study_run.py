@@ -349,3 +349,38 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
     assert {name: Path(p.upstream) for name, p in probes.items()} == chosen
     assert [(p.name, p.record["step"]) for p in probes.values()] == [
         ("4s-seed1__hours-0.002", 2), ("4s-seed1__steps-4", 4), ("4s-seed1__final", 8)]
+
+
+def test_evaluation_splits_are_named_by_the_study_corpus_test_keys(tmp_path) -> None:
+    """{clean: a/test.jsonl, other: b/test.jsonl} are the splits `clean` and `other` (the manifests' stems made them
+    `test` and `test-2`, and the report took whichever was called `test` for its main split)."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from earful.checkpoint import save_model
+    from earful.data.manifest import Utterance, write_manifest
+    from earful.eval.vocab import CharVocab
+    from earful.model import Wav2Vec2ForCTC, load_model_config
+    from earful.study.config import StudyConfig
+    from earful.study.stages import finetune_and_evaluate
+
+    vocab = CharVocab()
+    torch.manual_seed(0)
+    fdir = tmp_path / "out" / "finetune" / "ft"
+    save_model(fdir / "checkpoints" / "best", Wav2Vec2ForCTC(load_model_config("tiny"), len(vocab)),
+               vocab=vocab.to_dict())
+    (fdir / "done.json").write_text(json.dumps({"name": "ft"}))  # fine-tuned: only the evaluation is left
+    for folder, text in [("a", "a b"), ("b", "b a b")]:
+        wav = tmp_path / "corpus" / folder / "u.wav"
+        wav.parent.mkdir(parents=True)
+        sf.write(wav, (0.1 * np.random.RandomState(0).randn(8000)).astype(np.float32), 16000)
+        write_manifest([Utterance(f"{folder}-0", str(wav), 8000, 16000, "s", text)], wav.parent / "test.jsonl")
+    study = StudyConfig()
+    study.corpus.dir = str(tmp_path / "corpus")
+    study.corpus.test = {"clean": "a/test.jsonl", "other": "b/test.jsonl"}
+    summary = finetune_and_evaluate(study, "ft", tmp_path / "init", "10h", 1, tmp_path / "out", tmp_path, None)
+    assert list(summary["splits"]) == ["clean", "other"]
+    ev = tmp_path / "out" / "eval" / "ft"
+    assert json.loads((ev / "other.greedy.summary.json").read_text())["manifest"].endswith("b/test.jsonl")
+    assert not (ev / "test.greedy.jsonl").exists()
