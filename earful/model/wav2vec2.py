@@ -374,8 +374,9 @@ class Wav2Vec2ForCTC(nn.Module):
         """Returns logits (batch, frames, vocab) and frame lengths (batch,). Time and channel masking
         (``mask_prob``, ``mask_channel_prob``) apply in training only: the time mask is ``mask`` (batch, frames)
         when given (drawn beforehand, ``Wav2Vec2Model.draw_mask``), else drawn here from ``generator``.
-        ``freeze_backbone``: run the backbone outside autograd (same draws and outputs; only the head gets
-        gradients). ``host_generator``: see ``Wav2Vec2Model``."""
+        ``freeze_backbone``: run the backbone outside autograd (the same draws; outputs equal to rounding: the
+        CNN's masked GroupNorm rounds differently without autograd, ≤ 1e-6; only the head gets gradients).
+        ``host_generator``: see ``Wav2Vec2Model``."""
         masking = (mask if mask is not None else True) if self.training else None
         with torch.no_grad() if freeze_backbone else nullcontext():
             out = self.wav2vec2(wave, lengths, mask=masking, generator=generator, host_generator=host_generator)

@@ -41,6 +41,22 @@ class OptimConfig:
     weight_decay: float = 0.01
     clip_norm: float = 0.0  # 0 = no clipping (the paper); the norm is logged either way
 
+    def validate(self) -> None:
+        """Refuse settings the schedule or the optimizer would fail on only once training starts."""
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"optim.lr={self.lr}: expected a finite number > 0")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"optim.warmup_fraction={self.warmup_fraction}: expected a fraction in [0, 1]")
+        r = self.tristage_ratios
+        if len(r) != 3 or any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6:
+            raise ValueError(f"optim.tristage_ratios={r}: expected three fractions summing to 1")
+        if self.cyclic_step_size < 1:
+            raise ValueError(f"optim.cyclic_step_size={self.cyclic_step_size}: expected an integer >= 1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas}: expected two numbers in [0, 1)")
+        if self.clip_norm < 0:
+            raise ValueError(f"optim.clip_norm={self.clip_norm}: expected a number >= 0 (0: no clipping)")
+
 
 @dataclass
 class HealthConfig:
@@ -115,7 +131,8 @@ class TrainingConfig:
     compile: bool = False
     compile_backend: str = "inductor"
     # torch.compile's mode: "reduce-overhead" (and "max-autotune") replay CUDA graphs, one set per batch shape:
-    # they pay only where shapes repeat (data.shape_seconds). Not yet measured on a GPU (benchmarks/README.md)
+    # they pay only where shapes repeat (data.shape_seconds), and need one micro-batch a step. Not yet measured on a
+    # GPU (benchmarks/README.md)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     optim: OptimConfig = field(default_factory=OptimConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -152,6 +169,7 @@ class TrainingConfig:
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode} needs compile=true")
         _at_least("data.num_workers", self.data.num_workers, 0)
+        self.optim.validate()
         self.tracking.validate()
 
 

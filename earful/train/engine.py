@@ -54,6 +54,9 @@ from earful.train.task import Task
 from earful.train.tracking import Tracking
 
 log = logging.getLogger(__name__)
+# fp16's first loss scale: the losses are sums (fairseq's fp16_init_scale); torch's 65536 overflowed for the
+# first steps of every run, each skipped while the schedule moved on
+FP16_INIT_SCALE = 2.0**7
 
 
 # exit statuses of `earful pretrain` and `earful finetune` (2: an error, before or while training)
@@ -103,10 +106,15 @@ class Trainer:
 
     def _open(self, resume: bool, allow_changes: bool) -> None:
         cfg, task = self.cfg, self.task
+        if self.d.is_main and self.run.ckpt.is_dir():  # first restore a checkpoint whose replacement was cut
+            with writing(self.run.root):  # (latest.json may name it)
+                self.run.prepare()
+        D.barrier(self.d)
         latest = self.run.latest()
         if not resume and (latest is not None or self.run.checkpoints()):
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
         task.build_model(self.d, latest)
+        info = read_trainer_info(latest) if latest is not None else None
         if cfg.compile:
             if self.d.device.type == "cpu":
                 log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
@@ -115,14 +123,27 @@ class Trainer:
                             "graphs (time and memory); a shape grid makes them repeat", cfg.compile_mode)
             compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         if cfg.device_seconds == "auto":
-            cfg.device_seconds = auto_device_seconds(task, cfg, self.d)
+            saved = info.get("layout", {}) if info is not None else {}
+            if saved.get("world_size") == self.d.world_size and isinstance(saved.get("device_seconds"), float | int):
+                # found once, kept: a new search may land elsewhere (another card, another process's memory),
+                # and another micro-batch would change the batches an uninterrupted run sees
+                cfg.device_seconds = float(saved["device_seconds"])
+                log.info("device_seconds=auto: %.4g s a micro-batch, as found when the run started", cfg.device_seconds)
+            else:
+                cfg.device_seconds = auto_device_seconds(task, cfg, self.d)
         self.budget = cfg.budget(self.d.world_size)
         self.accum = self.budget.accumulation
+        if cfg.compile and uses_cuda_graphs(cfg.compile_mode) and self.accum > 1:
+            raise ValueError(
+                f"compile_mode={cfg.compile_mode} replays CUDA graphs, whose next replay overwrites the gradient "
+                f"that accumulation still adds to: it needs one micro-batch a step, and batch_seconds="
+                f"{cfg.batch_seconds:g} takes {self.accum} of device_seconds={cfg.device_seconds:g} on "
+                f"{self.d.world_size} device(s); use compile_mode=default, or device_seconds=batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = recipe_of(cfg), layout_of(cfg, self.d.world_size)
         segment = None
-        if latest is not None:
-            segment = check_resume(self.run.root, read_trainer_info(latest), self.recipe, self.layout,
+        if info is not None:
+            segment = check_resume(self.run.root, info, self.recipe, self.layout,
                                    batch_seconds=cfg.batch_seconds, allow_changes=allow_changes)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
@@ -172,15 +193,17 @@ class Trainer:
             self.params, lr=self.peak_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
             fused=self.d.device.type in ("cpu", "cuda"),  # one kernel for all parameters (benchmarks/README.md)
         )
-        self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=self.cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.d.device.type, init_scale=FP16_INIT_SCALE,
+                                           enabled=self.cfg.precision == "fp16")
 
     def _start_records(self) -> None:
         """A fresh start (or a run killed before its first checkpoint) keeps no stale records, and writes the
-        step-0 weights (distance from init, the from-scratch baselines)."""
+        step-0 weights (distance from init, the from-scratch baselines) — again, so that an earlier attempt's
+        ``init`` (another seed or model, killed before its first checkpoint) is never kept."""
         if self.step == 0:
             self.train_log.truncate_after(0)
             self.valid_log.truncate_after(0)
-            if self.d.is_main and not (self.run.ckpt / "init" / MODEL_FILE).exists():
+            if self.d.is_main:
                 self.run.save("init", self.model, state=None, trainer={"step": 0},
                               make_latest=False, **self.task.checkpoint_extras())
         D.barrier(self.d)
@@ -282,7 +305,9 @@ class Trainer:
         self.hours_padded += tot["padded_samples"] / SAMPLE_RATE / 3600
         self.agree_stop(tot["stop"])
         rec = {
-            "lr": lr, "grad_norm": grad_norm, "finite": float(outcome == "ok"),
+            # an overflow (the fp16 scaler's search, normal) leaves grad_norm out of the interval's mean; a
+            # non-finite step keeps its NaN in, on purpose
+            "lr": lr, "grad_norm": 0.0 if outcome == "overflow" else grad_norm, "finite": float(outcome == "ok"),
             "overflow": float(outcome == "overflow"), "real_seconds": tot["real_samples"] / SAMPLE_RATE,
             "padded_seconds": tot["padded_samples"] / SAMPLE_RATE, "utterances": tot["utterances"],
             "data_wait": data_wait,
@@ -322,7 +347,8 @@ class Trainer:
         rec: dict[str, Any] = {
             "step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real,
             **self.task.interval_record(s, steps),
-            "grad_norm": s["grad_norm"] / steps, "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": s["grad_norm"] / (steps - s["overflow"]) if steps > s["overflow"] else math.nan,
+            "lr": self.optimizer.param_groups[0]["lr"],
             "loss_scale": s["loss_scale"] / steps, "audio_seconds_per_second": s["real_seconds"] / seconds,
             "padded_seconds_per_second": s["padded_seconds"] / seconds, "data_wait_fraction": s["data_wait"] / seconds,
             # a skipped non-finite step leaves the interval's means non-finite on purpose; this counts them

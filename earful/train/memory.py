@@ -41,8 +41,11 @@ def find_device_seconds(fits: Callable[[float], bool], upper: float, *, start: f
             hi = s
             break
         lo = s
-        if s == upper:
-            return upper
+        if s == upper:  # the step's share fits: keep it if it fits with the margin too
+            if fits(upper / MARGIN):
+                return upper
+            hi = upper / MARGIN
+            break
         s = min(2 * s, upper)
     if lo == 0.0:
         s = hi / 4

@@ -2,8 +2,8 @@
 checkpoint and exit code 3; fp16 overflow is the GradScaler's business — skipped, logged, not a failure.
 
 NaNs are forced by patching the tasks (the ``nan_steps`` fixture: steps whose loss is multiplied by NaN).
-fp16 runs on the CPU here (torch.autocast float16 + ``GradScaler('cpu')``); at the scaler's initial scale of
-65536 the tiny model's summed losses overflow for the first few steps, as they do on a GPU.
+fp16 runs on the CPU here (torch.autocast float16 + ``GradScaler('cpu')``); at torch's initial scale of 65536
+(patched in: earful starts at fairseq's 128) the tiny model's summed losses overflow for the first few steps.
 """
 
 from __future__ import annotations
@@ -106,10 +106,15 @@ def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, cap
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
-def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:
+def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tones, rel, caplog, nan_steps,
+                                               monkeypatch) -> None:
     """With ``max_nan_steps=2``, the scaler's first overflows (several in a row) would stop the run if they
-    counted as non-finite steps. They are skipped, halve ``loss_scale``, are logged and counted apart; a
-    NaN *loss* under fp16 still counts as non-finite."""
+    counted as non-finite steps. They are skipped, halve ``loss_scale``, are logged and counted apart, and leave
+    the interval's grad_norm out of it; a NaN *loss* under fp16 still counts as non-finite."""
+    import earful.train.engine as engine
+
+    assert engine.FP16_INIT_SCALE == 128.0  # fairseq's; torch's 65536 is patched in to force overflows
+    monkeypatch.setattr(engine, "FP16_INIT_SCALE", 65536.0)
     steps = 10
     trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, steps, "precision=fp16", "max_nan_steps=2")
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 65536.0
@@ -130,6 +135,9 @@ def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tone
     assert all(torch.isfinite(v).all() for v in final.values())
     assert not all(torch.equal(final[k], _weights(tmp_path / "run", "init")[k]) for k in final)
     assert math.isfinite(log[-2]["loss"]) and math.isnan(log[-1]["loss"])  # the NaN step is visible in the log
+    spans = [b["step"] - a["step"] for a, b in zip([{"step": 0}, *log], log, strict=False)]
+    assert any(r["overflow_steps"] for r in log[:-1])
+    assert all(math.isfinite(r["grad_norm"]) for r, n in zip(log[:-1], spans, strict=False) if r["overflow_steps"] < n)
 
 
 def test_autocast_wraps_the_forward_and_not_the_backward(tmp_path, tiny_corpus, rel, monkeypatch) -> None:

@@ -155,6 +155,10 @@ def test_an_edited_or_reordered_manifest_is_another_recipe(tmp_path, tiny_corpus
     ("data.crop_seconds=-1", r"data\.crop_seconds=-1\.0: expected a finite number of seconds > 0 \(or null"),
     ("log_every=0", r"log_every=0: expected an integer >= 1"),
     ("ckpt_every=0", r"ckpt_every=0: expected an integer >= 1"),
+    # the schedule's settings, refused at load time, not when step 0 starts (after init was written)
+    ("optim.cyclic_step_size=0", r"optim\.cyclic_step_size=0: expected an integer >= 1"),
+    ("optim.tristage_ratios=[0.5,0.2,0.2]", r"optim\.tristage_ratios=\[0\.5, 0\.2, 0\.2\]: expected three fractions"),
+    ("optim.lr=-1", r"optim\.lr=-1\.0: expected a finite number > 0"),
 ])
 def test_bad_settings_are_one_line_errors_naming_the_key(override, message, tiny_corpus, rel, tmp_path,
                                                           caplog) -> None:
@@ -272,3 +276,29 @@ def test_a_transformers_config_asking_for_10_million_layers_is_refused_before_an
     (hf / "config.json").write_text(json.dumps({**config, "intermediate_size": 4_000_000_000}))
     with pytest.raises(CheckpointError, match=r"config\.json: the config does not fit the weights .*fc1\.weight"):
         import_hf(hf)
+
+
+def test_a_fresh_start_rewrites_an_earlier_attempts_init(tmp_path, tiny_corpus, rel) -> None:
+    """An attempt killed before its first checkpoint leaves checkpoints/init; a fresh start with another seed
+    writes its own (distance_from_init and the random-init baselines read it), not the stale one."""
+    first = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2, "seed=1")), tmp_path / "run")
+    first.close()  # killed before its first step: only init was written
+    stale = load_file(str(tmp_path / "run" / "checkpoints" / "init" / "model.safetensors"))
+    second = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2, "seed=2")), tmp_path / "run")
+    fresh = load_file(str(tmp_path / "run" / "checkpoints" / "init" / "model.safetensors"))
+    step0 = {k: v.detach() for k, v in second.model.state_dict().items()}
+    second.close()
+    assert all(torch.equal(fresh[k], step0[k]) for k in fresh)
+    assert not all(torch.equal(fresh[k], stale[k]) for k in fresh)
+
+
+def test_a_cut_replacement_of_the_latest_checkpoint_is_restored_before_resuming(tmp_path, tiny_corpus, rel) -> None:
+    """Killed between moving the latest checkpoint aside (.old-NAME-PID) and renaming its replacement into
+    place: --resume restores it first, then resumes from it (before, latest.json named an incomplete folder)."""
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), tmp_path / "run").fit()
+    ck = tmp_path / "run" / "checkpoints"
+    name = json.loads((ck / "latest.json").read_text())["name"]
+    (ck / name).rename(ck / f".old-{name}-12345")
+    resumed = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), tmp_path / "run", resume=True)
+    assert resumed.step == 2 and (ck / name / "trainer.json").exists()
+    resumed.close()

@@ -25,6 +25,8 @@ def test_the_search_finds_the_limit_with_its_margin() -> None:
     assert MARGIN * 13.3 * 0.95 <= found <= MARGIN * 13.3
     assert len(calls) < 15  # doubling, then bisection
     assert find_device_seconds(lambda s: True, upper=40.0) == 40.0  # the step's share fits: no accumulation
+    # the share fits, but not with the margin: a micro-batch within it, keeping the margin (was 40, 1 % to spare)
+    assert MARGIN * 40.4 * 0.95 <= find_device_seconds(lambda s: s <= 40.4, upper=40.0) <= MARGIN * 40.4
     assert MARGIN * 0.3 * 0.95 <= find_device_seconds(lambda s: s <= 0.3, upper=40.0) <= MARGIN * 0.3
     with pytest.raises(RuntimeError, match="not even 0.25 s of audio fits"):
         find_device_seconds(lambda s: False, upper=40.0)
@@ -74,6 +76,23 @@ def test_trials_of_a_padded_recipe_take_the_padded_path(tiny_corpus, monkeypatch
     assert all(p.grad is None for p in task.model.parameters())
 
 
+def test_auto_is_found_once_and_kept_on_resume(tiny_corpus, tmp_path, monkeypatch) -> None:
+    """The micro-batch ``auto`` finds is part of the run's layout: a resume keeps it (a new search may land
+    elsewhere, and another micro-batch would change the batches) instead of searching again."""
+    import earful.train.engine as engine
+
+    found = iter([2.0, 3.0])
+    searches = []
+    monkeypatch.setattr(engine, "auto_device_seconds", lambda task, cfg, d: searches.append(1) or next(found))
+    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=auto",
+            "device=cpu", "data.num_workers=0", "threads=1", "data.crop_seconds=2.0", "data.min_seconds=0.5",
+            "tensorboard=false", "valid_every=0", "ckpt_every=1"]
+    Trainer(PretrainTask(load_pretrain_config(None, [*args, "max_steps=1"])), tmp_path / "run").fit()
+    resumed = Trainer(PretrainTask(load_pretrain_config(None, [*args, "max_steps=1"])), tmp_path / "run", resume=True)
+    assert resumed.cfg.device_seconds == 2.0 and resumed.accum == 2 and len(searches) == 1
+    resumed.close()
+
+
 def test_auto_on_a_cpu_is_refused_with_the_way_out(tiny_corpus, tmp_path) -> None:
     cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4",
                                       "device_seconds=auto", "device=cpu", "data.num_workers=0", "threads=1"])
@@ -85,7 +104,8 @@ def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path, monkey
     """compile=true (the CNN and transformer layers; aot_eager here: the same graphs without a C compiler)
     gives the eager run's weights, and its checkpoints load as any other. With a CUDA-graph mode
     (``compile_mode=reduce-overhead``) every part is compiled in that mode and each micro-step tells the graphs
-    that the last replay's outputs are done with."""
+    that the last replay's outputs are done with; with accumulation it is refused (a replay would overwrite the
+    gradient being accumulated)."""
     from safetensors.torch import load_file
 
     from earful.checkpoint import load_model
@@ -94,7 +114,7 @@ def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path, monkey
     module_compile = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **k: compiled.append(k) or module_compile(self, **k))
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=2", "device=cpu",
+    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4", "device=cpu",
             "data.num_workers=0", "threads=1", "max_steps=2", "data.crop_seconds=2.0", "data.min_seconds=0.5",
             "tensorboard=false", "valid_every=0"]
     for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=aot_eager",
@@ -102,9 +122,14 @@ def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path, monkey
         Trainer(PretrainTask(load_pretrain_config(None, [*args, *extra])), tmp_path / name).fit()
     layers = load_pretrain_config(None, ["model_preset=tiny"]).model.num_layers
     assert compiled == [{"backend": "aot_eager", "mode": "reduce-overhead"}] * (1 + layers)  # the CNN, the layers
-    assert len(marks) == 2 * 2  # 2 steps of 2 micro-batches
+    assert len(marks) == 2  # 2 steps of one micro-batch
     with pytest.raises(ValueError, match="compile_mode=reduce-overhead needs compile=true"):
         load_pretrain_config(None, ["compile_mode=reduce-overhead"])
+    accumulating = [*args, "device_seconds=2", "compile=true", "compile_backend=aot_eager",
+                    "compile_mode=reduce-overhead"]
+    with pytest.raises(ValueError, match=r"replays CUDA graphs, .* it needs one micro-batch a step, and "
+                                         r"batch_seconds=4 takes 2 of device_seconds=2"):
+        Trainer(PretrainTask(load_pretrain_config(None, accumulating)), tmp_path / "accumulating")
     a, b = (load_file(str(tmp_path / n / "checkpoints/step-0000002/model.safetensors")) for n in ("eager", "compiled"))
     assert a.keys() == b.keys()
     for k in a:
