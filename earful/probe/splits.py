@@ -44,17 +44,23 @@ class FeatureLoader:
 
 @dataclass
 class Split:
+    """A manifest's utterances and the loader of their features (None: read for its labels only, as a check
+    before any work does)."""
+
     manifest: Path
     utts: list[Utterance]
-    loader: FeatureLoader
+    loader: FeatureLoader | None
 
     @cached_property
     def feats(self) -> FeatureSet:
+        if self.loader is None:
+            raise RuntimeError(f"{self.manifest}: read for its labels only, without a feature loader")
         return self.loader.features(self.manifest, self.utts).normalize_()
 
 
-def load_split(loader: FeatureLoader, manifest: str | os.PathLike) -> Split:
-    """The manifest's utterances now; their features, by ``loader``, on first use of ``feats``."""
+def load_split(loader: FeatureLoader | None, manifest: str | os.PathLike) -> Split:
+    """The manifest's utterances now; their features, by ``loader``, on first use of ``feats`` (``loader``
+    None: the labels only)."""
     return Split(Path(manifest), read_manifest(manifest), loader)
 
 

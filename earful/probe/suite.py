@@ -60,6 +60,25 @@ def _task(task: str, config: ProbeConfig) -> tuple[Check, Trainer]:
     raise ValueError(f"unknown probe task {task!r}: choose from {', '.join(TASKS)}")
 
 
+def _splits(manifests: dict[str, tuple[str | os.PathLike, ...]], loader: FeatureLoader | None
+            ) -> tuple[list[Split], dict[str, tuple[Split, ...]]]:
+    """(every manifest's split, each task's splits): a manifest is read once for all the tasks that read it
+    (``loader`` None: for its labels only)."""
+    splits: dict[Path, Split] = {}
+    for m in sorted({Path(m).resolve() for paths in manifests.values() for m in paths}):
+        splits[m] = load_split(loader, m)
+    return list(splits.values()), {task: tuple(splits[Path(m).resolve()] for m in paths)
+                                   for task, paths in manifests.items()}
+
+
+def _check_labels(task: str, check: Check, splits: tuple[Split, ...]) -> None:
+    """``task``'s check of its splits' labels; its ValueError names the task as well as the manifest."""
+    try:
+        check(*splits)
+    except ValueError as e:
+        raise ValueError(f"probe {task}: {e}") from e
+
+
 def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]], out_dir: str | os.PathLike,
           *, seed: int = 0, config: ProbeConfig | None = None, cache_dir: str | os.PathLike | None = None,
           progress: bool = True) -> dict[str, TaskResult]:
@@ -68,14 +87,11 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     config = config or ProbeConfig()
     tasks = {task: _task(task, config) for task in manifests}  # unknown tasks fail before any work
     loader = FeatureLoader(upstream, cache_dir, progress)  # the weights hashed once for the run, after the checks
-    splits: dict[Path, Split] = {}
-    for m in sorted({Path(m).resolve() for paths in manifests.values() for m in paths}):
-        splits[m] = load_split(loader, m)
-    chosen = {task: tuple(splits[Path(m).resolve()] for m in paths) for task, paths in manifests.items()}
+    splits, chosen = _splits(manifests, loader)
     for task, (check, _) in tasks.items():
-        check(*chosen[task])  # every task's labels, before any feature is extracted
+        _check_labels(task, check, chosen[task])  # every task's labels, before any feature is extracted
     t0 = time.perf_counter()
-    for split in splits.values():
+    for split in splits:
         _ = split.feats  # extracted or read from the cache, once for all the tasks that read it
     loader.release()  # the model, if one was loaded: the probes need only the features
     t_features = time.perf_counter() - t0
@@ -125,13 +141,43 @@ def run_suite(ckpt_dir: str | os.PathLike | Upstream, corpus_dir: str | os.PathL
         ``sid: accuracy, eer``; ``ic: accuracy``. ``METRICS[task][metric]`` is True where higher is better.
     """
     upstream = ckpt_dir if isinstance(ckpt_dir, Upstream) else Upstream.parse(ckpt_dir)
-    root = Path(corpus_dir) / "manifests"
-    manifests = {t: tuple(root / f"{name}.jsonl" for name in SUITE_SPLITS[t]) for t in tasks if t in SUITE_SPLITS}
+    manifests = _existing(corpus_dir, suite_manifests(corpus_dir, tasks))
+    results = probe(upstream, manifests, out_dir, seed=seed, config=config, cache_dir=cache_dir, progress=progress)
+    return {t: r.test for t, r in results.items()}
+
+
+def suite_manifests(corpus_dir: str | os.PathLike, tasks: Sequence[str]) -> dict[str, tuple[Path, ...]]:
+    """The manifests the suite reads for each task, (train, dev, test) below ``CORPUS/manifests``
+    (:data:`SUITE_SPLITS`); ValueError naming unknown tasks."""
     unknown = [t for t in tasks if t not in SUITE_SPLITS]
     if unknown:
         raise ValueError(f"unknown probe task(s) {unknown}: choose from {', '.join(TASKS)}")
-    missing = sorted({str(m) for ms in manifests.values() for m in ms if not m.is_file()})
+    root = Path(corpus_dir) / "manifests"
+    return {t: tuple(root / f"{name}.jsonl" for name in SUITE_SPLITS[t]) for t in tasks}
+
+
+def _existing(corpus_dir: str | os.PathLike, manifests: dict[str, tuple[Path, ...]]
+              ) -> dict[str, tuple[Path, ...]]:
+    """``manifests``, or FileNotFoundError naming each missing one and the tasks that read it."""
+    missing: dict[Path, list[str]] = {}
+    for task, paths in manifests.items():
+        for m in dict.fromkeys(paths):
+            if not m.is_file():
+                missing.setdefault(m, []).append(task)
     if missing:
-        raise FileNotFoundError(f"{corpus_dir}: not a corpus made by `earful synth` (missing {', '.join(missing)})")
-    results = probe(upstream, manifests, out_dir, seed=seed, config=config, cache_dir=cache_dir, progress=progress)
-    return {t: r.test for t, r in results.items()}
+        named = "; ".join(f"{m} (read by {', '.join(tasks)})" for m, tasks in sorted(missing.items()))
+        raise FileNotFoundError(f"{corpus_dir}: not a corpus made by `earful synth`: missing {named}")
+    return manifests
+
+
+def check_suite(corpus_dir: str | os.PathLike, tasks: Sequence[str]) -> dict[str, tuple[Path, ...]]:
+    """What :func:`run_suite` checks before any feature is extracted, without an upstream: every manifest
+    ``tasks`` read exists and carries each task's labels (PR: phonemes, ASR: transcripts, SID: the training
+    speakers in dev and two or more speakers in test, IC: intents). FileNotFoundError naming each missing
+    manifest and the tasks that read it, or ValueError naming the task, the manifest and what it lacks.
+    Returns the manifests (:func:`suite_manifests`)."""
+    manifests = _existing(corpus_dir, suite_manifests(corpus_dir, tasks))
+    _, chosen = _splits(manifests, None)
+    for task in manifests:
+        _check_labels(task, _task(task, ProbeConfig())[0], chosen[task])
+    return manifests

@@ -119,7 +119,9 @@ class StudyConfig:
     gradvar_batches: int = 0
     # `earful probe` (docs/probes.md) on every pre-trained checkpoint the study keeps (the cycle minima or
     # milestones, and the final), each run's random init and filterbanks: tasks of pr | asr | sid | ic, with
-    # these probe seeds; key=value probe recipe overrides in probe_overrides (e.g. pr.epochs=5)
+    # these probe seeds; key=value probe recipe overrides in probe_overrides (e.g. pr.epochs=5). The probes read
+    # corpus.dir/manifests/{train,dev,test,labelled-10h}.jsonl (as `earful synth` writes them), checked before
+    # any run starts; their recipes and those manifests are part of the study's recipe fingerprint
     probes: list[str] = field(default_factory=list)
     probe_seeds: list[int] = field(default_factory=lambda: [0])
     probe_overrides: list[str] = field(default_factory=list)

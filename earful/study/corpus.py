@@ -38,16 +38,47 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
     synthesize(out, s.hours, domain=s.domain, seed=s.seed, labelled_fraction=s.labelled_fraction)
 
 
+def check_probe_corpus(study: StudyConfig, root: Path) -> None:
+    """Before any training (and after ``ensure_corpus`` has built a ``corpus.synth`` corpus): the manifests the
+    study's probes read exist and carry what each task needs, else an error naming the task, the manifest and
+    what it lacks. The probes read the corpus as ``earful synth`` lays it out
+    (``corpus.dir/manifests/{train,dev,test,labelled-10h}.jsonl``), not the manifests ``corpus.*`` names."""
+    if not study.probes:
+        return
+    from earful.probe.suite import check_suite, suite_manifests
+
+    corpus = study.corpus.path(".", root)
+    manifests = suite_manifests(corpus, study.probes)
+    names = ",".join(dict.fromkeys(m.stem for ms in manifests.values() for m in ms))
+    where = (f"the study's probes {list(study.probes)} read {Path(corpus) / 'manifests'}/{{{names}}}.jsonl as "
+             "`earful synth` writes them, whatever corpus.train, dev and test name: make them there, or leave out "
+             "`probes`")
+    try:
+        check_suite(corpus, study.probes)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; {where}") from e
+    except ValueError as e:
+        raise ValueError(f"{e}; {where}") from e
+    log.info("probes %s read %s", ", ".join(manifests), ", ".join(sorted({str(m) for ms in manifests.values()
+                                                                           for m in ms})))
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
 def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
     """SHA-256 of every manifest the study reads, by role: a corpus re-prepared under the same paths is
-    another recipe, not a reason to reuse the runs trained on the old one."""
+    another recipe, not a reason to reuse the runs trained on the old one. The probes' manifests
+    (``probe.train``, ...) are read by the study when it has probes."""
     c = study.corpus
     named = {"train": c.train, "valid": c.valid, "dev": c.dev,
              **{f"label_set.{k}": v for k, v in c.label_sets.items()},
              **{f"test.{k}": v for k, v in c.test_sets().items()}}
-    out = {}
-    for role, rel in named.items():
-        if rel:
-            p = Path(c.path(rel, root))
-            out[role] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+    out = {role: _digest(Path(c.path(rel, root))) for role, rel in named.items() if rel}
+    if study.probes:
+        from earful.probe.suite import suite_manifests
+
+        for paths in suite_manifests(c.path(".", root), study.probes).values():
+            out.update({f"probe.{m.stem}": _digest(m) for m in paths})
     return out

@@ -28,9 +28,10 @@ def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
 
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
     """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
-    and code defaults, less ``PER_RUN``), and the manifests' contents."""
+    and code defaults, less ``PER_RUN``), the manifests' contents and, when the study has probes, the recipe of
+    each task it probes as resolved today (``earful/probe/config.py``'s defaults with ``probe_overrides``)."""
     from earful.finetune.config import load_finetune_config
-    from earful.study.stages import pretrain_config
+    from earful.study.stages import pretrain_config, probe_config
 
     pre = flatten(to_dict(pretrain_config(study, runs[0], root)))
     fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
@@ -38,6 +39,9 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
           "pretrain": {k: v for k, v in pre.items() if _kept(k, PER_RUN)},
           "finetune": {k: v for k, v in fine.items() if _kept(k, PER_RUN)},
           "data": manifest_digests(study, root)}
+    if study.probes:  # a study without probes has no "probe" part: its fingerprint is what it was before probes
+        probes = flatten(to_dict(probe_config(study)))
+        fp["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
     return json.loads(json.dumps(fp))
 
 
@@ -53,10 +57,16 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     old = saved["fingerprint"]
     if old == fingerprint:
         return
-    diff = [f"{part}.{k}" for part in fingerprint for k in sorted(set(old.get(part, {})) | set(fingerprint[part]))
-            if old.get(part, {}).get(k) != fingerprint[part].get(k)]
-    corpus = " (a manifest's contents changed: the corpus was rebuilt or prepared again)" if any(
-        d.startswith("data.") for d in diff) else ""
+    parts = [*fingerprint, *(part for part in old if part not in fingerprint)]
+    diff = [f"{part}.{k}" for part in parts for k in sorted(set(old.get(part, {})) | set(fingerprint.get(part, {})))
+            if old.get(part, {}).get(k) != fingerprint.get(part, {}).get(k)]
+    why = []
+    if "probe" not in old and old.get("study", {}).get("probes"):
+        why.append("this folder's study.json does not record its probe recipe and probe manifests (written before "
+                   "earful fingerprinted them), so its probe results may come from another recipe")
+    was = old.get("data", {})
+    if any(k in was and was[k] != v for k, v in fingerprint.get("data", {}).items()):
+        why.append("a manifest's contents changed: the corpus was rebuilt or prepared again")
     raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
-                     f"{' …' if len(diff) > 6 else ''}){corpus}; use another --out, or remove the folder to start "
-                     "over")
+                     f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}; use another --out, or "
+                     "remove the folder to start over")

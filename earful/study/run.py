@@ -33,7 +33,7 @@ from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
 from earful.lock import hold_folder
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima, plan_runs
-from earful.study.corpus import ensure_corpus
+from earful.study.corpus import check_probe_corpus, ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 from earful.study.plan import plan_table
 from earful.study.pool import Job, execute
@@ -127,7 +127,9 @@ def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Prob
 
 
 def check_study(study: StudyConfig) -> None:
-    """Settings a plan cannot catch: label sets and baselines that do not exist."""
+    """Settings a plan cannot catch: label sets, baselines and probe tasks that do not exist, trackers and
+    submitit that are not installed. (The probes' manifests are checked once the corpus is there:
+    ``check_probe_corpus``.)"""
     unknown = [ls for ls in study.finetune.label_sets or [] if ls not in study.corpus.label_sets]
     if unknown:
         raise ValueError(f"finetune.label_sets {unknown} are not in corpus.label_sets {list(study.corpus.label_sets)}")
@@ -160,6 +162,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     t0 = time.time()
     check_study(study)
     ensure_corpus(study, root)
+    check_probe_corpus(study, root)  # on the corpus as built: before any run starts, not after pre-training
     runs, table = plan_table(study)
     fingerprint = recipe_fingerprint(study, runs, root)
     check_same_recipe(out, fingerprint)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_json
-from earful.config import save_yaml
+from earful.config import load_config, save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
+from earful.probe.config import ProbeConfig
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima
 from earful.train.config import TrainingConfig
 from earful.train.state import RunDir, read_trainer_info
@@ -254,6 +255,11 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
 
 
 # ---------------------------------------------------------------------- probes
+def probe_config(study: StudyConfig) -> ProbeConfig:
+    """The study's probe recipes: the shipped ones (``earful/probe/config.py``) with ``probe_overrides``."""
+    return load_config(ProbeConfig, None, study.probe_overrides)
+
+
 def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: Path) -> list[dict[str, Any]]:
     """``earful probe``'s suite on one upstream (a checkpoint folder, or ``fbank``) with every probe seed:
     ``OUT/probe/NAME/seed-K/results.json``; the upstream's cached features are removed afterwards (they are
@@ -262,13 +268,11 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
 
     import torch
 
-    from earful.config import load_config
-    from earful.probe.config import ProbeConfig
     from earful.probe.suite import run_suite
 
     rows = []
     cache = out / "probe-cache" / name
-    config = load_config(ProbeConfig, None, study.probe_overrides)
+    config = probe_config(study)
     for seed in study.probe_seeds:
         done = probe_summary(out, name, seed)
         if not done.exists():

@@ -277,6 +277,113 @@ def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None
         check_same_recipe(out, again)
 
 
+def _ship_default(monkeypatch, recipe: type, name: str, value: object) -> None:
+    """A shipped probe recipe default changed, as an edit of earful/probe/config.py would change it."""
+    from dataclasses import fields
+
+    defaults = list(recipe.__init__.__defaults__)  # every field of a probe recipe has a default
+    defaults[[f.name for f in fields(recipe)].index(name)] = value
+    monkeypatch.setattr(recipe.__init__, "__defaults__", tuple(defaults))
+
+
+def test_the_probe_recipe_and_the_probe_manifests_are_part_of_the_recipe(study_file, tmp_path, monkeypatch) -> None:
+    """A study resumed after the shipped probe recipe changed, or after a manifest only the probes read was
+    written again, is refused: its probe results would mix two recipes. Only the recipes of the tasks it probes
+    count, and a study without probes has no probe part (its folders continue as before)."""
+    from earful.probe.config import ProbeConfig, SequenceRecipe
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = tmp_path / "corpus"
+    (corpus / "manifests").mkdir(parents=True)
+    (corpus / "pretrain.jsonl").write_text('{"id": "p"}\n')  # what the study trains on; the probes read manifests/
+    for name in ("train", "dev", "test", "labelled-10h"):
+        (corpus / "manifests" / f"{name}.jsonl").write_text(f'{{"id": "{name}"}}\n')
+
+    def fingerprint(*more: str) -> dict:
+        study = load_study(study_file, [f"corpus.dir={corpus}", "corpus.train=pretrain.jsonl", *more])
+        return recipe_fingerprint(study, plan_runs(study), tmp_path)
+
+    fp = fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]")
+    assert fp["probe"] == {"pr.epochs": 10, "pr.lr": 0.01, "pr.batch_utterances": 16, "pr.hidden": 0}
+    assert {k for k in fp["data"] if k.startswith("probe.")} == {"probe.train", "probe.dev", "probe.test"}
+    without = fingerprint()
+    assert "probe" not in without and not any(k.startswith("probe.") for k in without["data"])
+    ic_only = fingerprint("probes=[ic]")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
+    check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))  # the same study continues
+
+    _ship_default(monkeypatch, SequenceRecipe, "epochs", 11)
+    assert ProbeConfig().pr.epochs == 11
+    with pytest.raises(ValueError, match=r"another recipe \(differs in probe\.pr\.epochs\); use another --out"):
+        check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))
+    assert fingerprint("probes=[ic]") == ic_only  # a task the study does not probe
+    monkeypatch.undo()
+
+    (corpus / "manifests" / "train.jsonl").write_text('{"id": "train-again"}\n')  # the study never trains on it
+    with pytest.raises(ValueError, match=r"differs in data\.probe\.train\) \(a manifest's contents changed"):
+        check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))
+
+    # a folder whose study.json predates the probe part: refused, saying why
+    earlier = {**fp, "data": {k: v for k, v in fp["data"].items() if not k.startswith("probe.")}}
+    del earlier["probe"]
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    with pytest.raises(ValueError, match=r"does not record its probe recipe and probe manifests"):
+        check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))
+
+
+def _prepared_corpus(study_file: Path, root: Path, **edits) -> Path:
+    """The toy corpus's four manifests written into ``root`` (as `earful prepare` writes its own: no synth.json),
+    ``edits`` (manifest name → a function of an Utterance) applied."""
+    from earful.data.manifest import read_manifest, write_manifest
+    from earful.study.corpus import ensure_corpus
+
+    ensure_corpus(load_study(study_file), study_file.parent)
+    for name in ("train", "dev", "test", "labelled-10h"):
+        edit = edits.get(name, lambda u: u)
+        toy = read_manifest(study_file.parent / "corpus" / "manifests" / f"{name}.jsonl")
+        write_manifest([edit(u) for u in toy], root / f"{name}.jsonl")
+    return root
+
+
+def test_probes_that_cannot_run_on_the_corpus_stop_the_study_before_any_training(study_file, tmp_path,
+                                                                                  monkeypatch) -> None:
+    """A study with probes on a prepared corpus (as studies/paper.yaml) fails at once, naming the manifests the
+    probes read and the tasks that read them, or the task, the manifest and the labels it lacks: not after
+    every pre-training has finished."""
+    from dataclasses import replace
+
+    def no_training(*args) -> None:
+        raise AssertionError("a pre-training started")
+
+    monkeypatch.setattr("earful.study.run.run_pretraining_stage", no_training)
+    prepared = _prepared_corpus(study_file, tmp_path / "prepared")
+    corpus = [f"corpus.dir={prepared}", "corpus.synth=null", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+              "corpus.dev=dev.jsonl", "corpus.label_sets={10h: labelled-10h.jsonl}", "corpus.test={test: test.jsonl}"]
+    study = load_study(study_file, [*corpus, "probes=[pr, sid]"])
+    with pytest.raises(FileNotFoundError, match=r"missing .*/manifests/dev.jsonl \(read by pr\); "
+                                                r".*/manifests/labelled-10h.jsonl \(read by sid\); "
+                                                r".*/manifests/test.jsonl \(read by pr, sid\); .*"
+                                                r"probes \['pr', 'sid'\] read .*whatever corpus.train"):
+        run_study(study, tmp_path / "out")
+    assert not (tmp_path / "out" / "pretrain").exists()
+
+    for task, edits, problem in (
+        ("pr", {"dev": lambda u: replace(u, phonemes=None)}, r"manifests/dev.jsonl: \d+ of \d+ utterances have no "
+                                                             r"phonemes .*earful phonemize"),
+        ("ic", {"test": lambda u: replace(u, intent=None)}, r"manifests/test.jsonl: \d+ of \d+ utterances have no "
+                                                            r"intent"),
+        ("sid", {"labelled-10h": lambda u: replace(u, speaker="stranger")},
+         r"manifests/labelled-10h.jsonl: \d+ of \d+ utterances are by speakers not in .*manifests/train.jsonl"),
+    ):
+        _prepared_corpus(study_file, prepared / "manifests", **edits)
+        with pytest.raises(ValueError, match=rf"probe {task}: .*{problem}.*probes \['{task}'\] read"):
+            run_study(load_study(study_file, [*corpus, f"probes=[{task}]"]), tmp_path / f"out-{task}")
+        assert not (tmp_path / f"out-{task}" / "pretrain").exists()
+
+
 PAPER_DESIGN = STUDY.replace("grid: [4, 8]", "grid: [2, 4, 8]").replace("milestone_hours: [0.004]\n", "") \
     .replace("mode: fixed-steps\n", "mode: fixed-steps\ncycles: 2\ngradvar_batches: 2\n") \
     .replace("checkpoints: [final, milestones]", "checkpoints: [final]") \
