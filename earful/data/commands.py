@@ -91,6 +91,13 @@ def _prepare(args: argparse.Namespace) -> int:
                              args.seed)
     for msg in problems:
         log.warning("%s", msg)
+    stale = [args.out / f"val-{name.removeprefix('train-')}.jsonl" for name in splits if name.startswith("train-")
+             and f"val-{name.removeprefix('train-')}" not in splits]
+    stale = [p for p in stale if p.exists()]
+    if stale:  # a validation split held out by an earlier run, which the whole training split would now contain
+        raise ValueError(f"{args.out}: {', '.join(p.name for p in stale)} held out of an earlier prepare --hold-out "
+                         "would now be inside the training splits written without it: run again with --hold-out, "
+                         "or remove those files")
     total = 0
     for name, utts in splits.items():
         if not utts:

@@ -156,7 +156,10 @@ def training_splits(splits: dict[str, list[Utterance]], fraction: float | None, 
         if not trains:
             raise ValueError(f"hold out: no LibriSpeech training split (train-*) among {sorted(splits)}")
         for name in trains:
-            out[name], out["val-" + name.removeprefix("train-")] = hold_out(splits[name], fraction, seed)
+            try:
+                out[name], out["val-" + name.removeprefix("train-")] = hold_out(splits[name], fraction, seed)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
     if all(name in splits for name in TRAIN_960):
         out["train-960"] = [u for name in TRAIN_960 for u in out[name]]
         if fraction is not None:

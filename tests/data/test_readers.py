@@ -120,3 +120,11 @@ def test_prepare_holds_out_recordings_and_writes_the_960_h_sets(tmp_path: Path, 
     assert prepare("other", "--hold-out", "0.2", "--seed", "7") != held
     with pytest.raises(ValueError, match="--hold-out 5.0: expected a fraction between 0 and 1"):
         prepare("bad", "--hold-out", "5")
+    # the held-out files of an earlier run would be inside the whole splits written without --hold-out
+    with pytest.raises(ValueError, match=r"val-clean-100.jsonl, .*val-960.jsonl held out of an earlier prepare"):
+        prepare("held")
+    one = tmp_path / "one" / "train-clean-100"
+    ls_tree(one, speakers=(5,), chapters=(1,), utts=2)  # one recording: nothing to hold out; the error names it
+    args = parser.parse_args(["prepare", str(one), str(tmp_path / "one-out"), "--hold-out", "0.5"])
+    with pytest.raises(ValueError, match=r"train-clean-100: hold out: 1 recording\(s\)"):
+        args.func(args)
