@@ -430,14 +430,16 @@ class Trainer:
     def _steps(self, bar: tqdm) -> None:
         cfg = self.cfg
         meter, t_last, batches = Meter(), time.perf_counter(), iter(self.loader)
+        aside = 0.0  # validation and checkpoints in the interval: not training time (throughput, data wait)
         while self.step < cfg.max_steps:
             meter.add(steps=1, **self.train_step(batches))
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 now = time.perf_counter()
-                self._log_interval(meter, now - t_last, bar)
+                self._log_interval(meter, now - t_last - aside, bar)
                 meter.reset()
-                t_last = now
+                t_last, aside = now, 0.0
+            t_aside = time.perf_counter()
             if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
                 self._validate_and_keep_best()
             self.after_step()
@@ -445,6 +447,7 @@ class Trainer:
                 break
             if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                 self.save(f"step-{self.step:07d}")
+            aside += time.perf_counter() - t_aside
         if self.step == cfg.max_steps and (
                 cfg.valid_every > 0 and self.step % cfg.valid_every
                 or cfg.valid_every <= 0 and self.task.validate_at_end):

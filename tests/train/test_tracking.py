@@ -148,3 +148,27 @@ def test_tensorboard_and_the_trackers_log_the_same_scalars(tmp_path) -> None:
     tracking.log("train", record, 7)
     assert logged == [({"train/loss": 1.5, "train/utterances": 3.0}, 7)]
     assert written == [(tag, value, 7) for tag, value in logged[0][0].items()]
+
+
+def test_throughput_leaves_out_validation_and_checkpoints(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """The interval's audio-s/s and data wait count training time only: a validation that takes 100 s (a clock
+    moved forward by the patch) leaves them as they are (before, they fell 100-fold)."""
+    import time
+
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    offset = [0.0]
+    real_clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + offset[0])
+    cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4",
+                                      "device_seconds=4", "max_steps=4", "log_every=2", "valid_every=1",
+                                      "data.num_workers=0", "threads=1", "data.crop_seconds=2.0",
+                                      "data.min_seconds=0.5", "tensorboard=false"])
+    trainer = Trainer(PretrainTask(cfg), tmp_path / "run")
+    monkeypatch.setattr(trainer, "_validate_and_keep_best", lambda: offset.__setitem__(0, offset[0] + 100.0))
+    trainer.fit()
+    log = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(r["audio_seconds_per_second"] > 0.5 for r in log), log
+    assert all(r["data_wait_fraction"] <= 1.0 for r in log)
