@@ -21,11 +21,11 @@ cropping) or shorter than ``min_seconds`` are counted in ``skipped`` (by reason 
 indices in ``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
 
 **Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — and the
-layout that cut the epoch (the budget in samples: devices, micro-batch, length limits, crop);
-``load_state_dict()`` continues from exactly there. With another layout it rebuilds the saved epoch as the
-saved run cut it, takes the batches no rank had reached, keeps those that fit the new budget (re-packing
-otherwise) and deals them to the new ranks: the rest of that epoch sees every utterance it had not seen,
-once. Iterated through a prefetching DataLoader the sampler runs ahead of training;
+layout that cut the epoch (``LAYOUT``: the budget in samples — devices, micro-batch, length limits, crop, shape
+grid — and ``bucket_size``); ``load_state_dict()`` continues from exactly there. With another layout it
+rebuilds the saved epoch as the saved run cut it, takes the batches no rank had reached, keeps those that fit
+the new budget (re-packing otherwise) and deals them to the new ranks: the rest of that epoch sees every
+utterance it had not seen, once. Iterated through a prefetching DataLoader the sampler runs ahead of training;
 ``earful.data.dataset.AudioLoader`` therefore counts batches on the consumer side and its ``state_dict()`` is
 the one to checkpoint. States carry ``format``; one from an earlier development version is refused.
 """
@@ -45,10 +45,11 @@ from earful.data.budget import BatchBudget, shape_length
 
 log = logging.getLogger(__name__)
 
-SAMPLER_FORMAT = 3  # the layout of state_dict(); 2 had no shape_samples, 1 (no "format") predates the budget
-# what cuts an epoch besides (seed, epoch): BatchBudget.samples()
+# the layout of state_dict(); 3 had no bucket_size, 2 no shape_samples, 1 (no "format") predates the budget
+SAMPLER_FORMAT = 4
+# what cuts an epoch besides (seed, epoch): BatchBudget.samples() and the bucket size
 LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples",
-          "shape_samples")
+          "shape_samples", "bucket_size")
 
 
 class Batches(Sequence[np.ndarray]):
@@ -323,8 +324,9 @@ class SecondsBatchSampler:
         """Resume where ``state`` was saved. With another layout (other devices, a smaller micro-batch after an
         out-of-memory error, another crop or length limit) the saved epoch continues with exactly the
         utterances the saved run had not reached, cut into this layout's batches (with a warning: batches and
-        their order differ from an uninterrupted run's). Nothing of the epoch is lost or repeated; an
-        utterance batchable only under the new limits joins from the next epoch."""
+        their order differ from an uninterrupted run's); another ``bucket_size`` is another layout too. Nothing of
+        the epoch is lost or repeated; an utterance batchable only under the new limits joins from the next
+        epoch."""
         if state.get("format") != SAMPLER_FORMAT:
             raise ValueError(f"cannot resume sampler: its state has format {state.get('format')!r}, this version "
                              f"reads {SAMPLER_FORMAT} (written by an earlier development version of earful: start "

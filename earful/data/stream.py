@@ -67,8 +67,8 @@ class StreamPlan:
 
     def layout(self) -> dict[str, Any]:
         """What cuts the epochs: a state saved under another layout cannot continue its streams."""
-        return {"streams": self.streams, "workers": self.per_rank, "bucket_size": self.bucket_size,
-                "shuffle": self.shuffle, **self.sampler.layout()}
+        return {"streams": self.streams, "workers": self.per_rank, "shuffle": self.shuffle,
+                **self.sampler.layout()}  # the sampler's holds bucket_size
 
     def members(self, epoch: int, stream: int) -> np.ndarray:
         """The batchable members ``stream`` reads in ``epoch``, in order."""

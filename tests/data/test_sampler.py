@@ -207,6 +207,29 @@ def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: in
     assert sorted(seen + _rest(resumed)) == list(range(len(lens)))
 
 
+def test_resume_with_another_bucket_size_loses_and_repeats_nothing(caplog):
+    """The bucket size decides how an epoch is cut: a resume with another data.bucket_size rebuilds the saved
+    epoch as it was cut and continues with exactly what was not reached (was: the old position in an epoch cut
+    anew, so some utterances came twice and others never)."""
+    lens = lengths(200)
+    s = _sampler(lens, 12.0, seed=1, bucket_size=20)
+    seen = _consume([s], 10)
+    wider = _sampler(lens, 12.0, seed=1, bucket_size=1000)
+    with caplog.at_level(logging.WARNING):
+        wider.load_state_dict(s.state_dict())
+    assert sorted(seen + _rest([wider])) == list(range(len(lens)))  # nothing lost, nothing twice
+    assert "another layout (bucket_size 20 -> 1000)" in caplog.text
+    assert wider.epoch == 1 and sorted(i for b in wider for i in b) == list(range(len(lens)))
+
+
+def test_a_state_of_an_earlier_format_is_refused():
+    """Format 3 states do not say which bucket size cut their epoch: refused, naming the way out."""
+    s = _sampler(lengths(50), 12.0, seed=1)
+    old = {k: v for k, v in s.state_dict().items() if k != "bucket_size"} | {"format": 3}
+    with pytest.raises(ValueError, match=r"format 3, this version reads 4 .*start the run again"):
+        _sampler(lengths(50), 12.0, seed=1).load_state_dict(old)
+
+
 def test_a_larger_budget_after_resume_fills_its_batches():
     """25 → 50 s micro-batches mid-epoch: the rest is packed to the new budget, in shuffled order."""
     lens = lengths(600)
