@@ -25,9 +25,12 @@ layout that cut the epoch (``LAYOUT``: the budget in samples — devices, micro-
 grid — and ``bucket_size``); ``load_state_dict()`` continues from exactly there. With another layout it
 rebuilds the saved epoch as the saved run cut it, takes the batches no rank had reached, keeps those that fit
 the new budget (re-packing otherwise) and deals them to the new ranks: the rest of that epoch sees every
-utterance it had not seen, once. Iterated through a prefetching DataLoader the sampler runs ahead of training;
-``earful.data.dataset.AudioLoader`` therefore counts batches on the consumer side and its ``state_dict()`` is
-the one to checkpoint. States carry ``format``; one from an earlier development version is refused.
+utterance it had not seen, once. Ranks saved a few batches apart (with ``skip_bad`` a rank whose batch had no
+loadable audio pulled another), even in two epochs, all continue from the earliest epoch any was in, and each
+epoch from there holds what no saved rank had reached of it: every rank the same number of batches.
+Iterated through a prefetching DataLoader the sampler runs ahead of training; ``earful.data.dataset.AudioLoader``
+therefore counts batches on the consumer side and its ``state_dict()`` is the one to checkpoint. States carry
+``format``; one from an earlier development version is refused.
 """
 
 from __future__ import annotations
@@ -153,9 +156,9 @@ class SecondsBatchSampler:
         self.repeated = 0
         self.repeats: dict[int, int] = {}  # epoch → batches repeated at its end (see ``repeated``)
         self._cache: dict[int, Batches] = {}
-        # a resume with another layout: {"epoch": e, "steps": [{"layout": ..., "positions": [p_0, ...]}, ...]},
-        # the layouts epoch e was cut with before and how far each rank got; the epoch then holds what they left
-        self._resumed: dict[str, Any] | None = None
+        # a resume with another layout: {epoch: [{"layout": ..., "positions": [p_0, ...]}, ...]}, the layouts
+        # each such epoch was cut with before and how far each rank got in it; the epoch then holds what they left
+        self._resumed: dict[int, list[dict[str, Any]]] = {}
 
     def limit(self) -> int:
         """The longest utterance (after cropping) a batch can take: the device's, or ``max_seconds`` if lower."""
@@ -211,8 +214,8 @@ class SecondsBatchSampler:
         return Batches(np.concatenate(flat), np.frombuffer(bounds, dtype=np.int64))
 
     def _global_batches(self, epoch: int) -> Batches:
-        if self._resumed is not None and self._resumed["epoch"] == epoch:
-            return self._remainder(epoch, self._resumed["steps"])
+        if epoch in self._resumed:
+            return self._remainder(epoch, self._resumed[epoch])
         rng = np.random.default_rng([self.seed, epoch])
         idx = rng.permutation(self.batchable) if self.shuffle else self.batchable
         batches = self.pack(idx)
@@ -250,7 +253,7 @@ class SecondsBatchSampler:
         for key, value in layout.items():
             setattr(then, key, value)
         then._batchable()
-        then.rank, then._cache, then._resumed, then.repeats = 0, {}, None, {}
+        then.rank, then._cache, then._resumed, then.repeats = 0, {}, {}, {}
         return then
 
     def _deal(self, batches: Batches, epoch: int) -> Batches:
@@ -317,7 +320,8 @@ class SecondsBatchSampler:
             "rank": self.rank,
             "num_utterances": len(self.lengths),
             **self.layout(),
-            **({"resumed": self._resumed} if self._resumed is not None else {}),
+            **({"resumed": [{"epoch": e, "steps": steps} for e, steps in sorted(self._resumed.items())]}
+               if self._resumed else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,28 +342,37 @@ class SecondsBatchSampler:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         now = self.layout()
         saved = {k: state[k] for k in now}
-        resumed = state.get("resumed")
-        steps = list(resumed["steps"]) if resumed and resumed["epoch"] == self.epoch else []
+        # where every saved rank was (with skip_bad a rank that met a batch with no loadable audio pulled another,
+        # so ranks may be a batch or a few apart, even in two epochs), else this state's place for every rank
+        ranks = state.get("ranks") or []
+        if len(ranks) == saved["world_size"]:
+            places = [(int(r["epoch"]), int(r["position"])) for r in ranks]
+        else:
+            places = [(self.epoch, self.position)] * saved["world_size"]
+        first, last = min(e for e, _ in places), max(e for e, _ in places)
+        # every rank keeps the same record (of the epochs some rank has not finished), whichever state it reads
+        resumed = {int(r["epoch"]): list(r["steps"]) for r in state.get("resumed", []) if int(r["epoch"]) >= first}
         if saved != now:
-            # where every saved rank was (a rank that met an unreadable batch may be one ahead), else rank 0's
-            ranks = state.get("ranks") or []
-            if len(ranks) == saved["world_size"]:
-                positions = [int(r["position"]) if int(r["epoch"]) == self.epoch
-                             else (2**62 if int(r["epoch"]) > self.epoch else 0) for r in ranks]
-            else:
-                positions = [self.position] * saved["world_size"]
-            if steps or any(positions):  # nothing consumed yet: the epoch simply starts in the new layout
-                steps.append({"layout": saved, "positions": positions})
-            self.position = 0
-        self._resumed = {"epoch": self.epoch, "steps": steps} if steps else None
+            # every rank continues from the earliest epoch a saved rank was in: each epoch from there on holds what
+            # the saved ranks had not reached of it (a rank past an epoch had all of its share of it)
+            for epoch in sorted(set(range(first, last + 1)) | set(resumed)):
+                positions = [p if e == epoch else (2**62 if e > epoch else 0) for e, p in places]
+                if epoch in resumed or any(positions):  # nothing consumed yet: the epoch starts in the new layout
+                    resumed.setdefault(epoch, []).append({"layout": saved, "positions": positions})
+            self.epoch, self.position = first, 0
+        self._resumed = resumed
         self._cache = {}
         if saved != now:
-            left = len(self.epoch_batches(self.epoch))
-            changed = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
-            log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
-                        "not reached are cut anew; this epoch's batches differ from an uninterrupted run's",
-                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), left, self.epoch)
-            if not left:  # the saved run had finished the epoch
-                self.epoch, self.position, self._resumed = self.epoch + 1, 0, None
+            while self.epoch in self._resumed and not len(self.epoch_batches(self.epoch)):
+                self.epoch += 1  # the saved ranks had all finished it
+            self._resumed = {e: steps for e, steps in self._resumed.items() if e >= self.epoch}
+            changed = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k])
+            if self.epoch in self._resumed:
+                log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
+                            "not reached (its ranks were at (epoch, batch) %s) are cut anew; this epoch's batches "
+                            "differ from an uninterrupted run's", changed, len(self.epoch_batches(self.epoch)),
+                            self.epoch, places)
+            else:
+                log.warning("sampler resumed with another layout (%s): epoch %d starts in it", changed, self.epoch)
         if self.position > len(self.epoch_batches(self.epoch)):
             raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

@@ -207,6 +207,40 @@ def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: in
     assert sorted(seen + _rest(resumed)) == list(range(len(lens)))
 
 
+@pytest.mark.parametrize("new_world", [1, 2, 3])
+@pytest.mark.parametrize("behind, ahead", [(1, 0), (2, 1)])
+def test_ranks_straddling_an_epoch_boundary_resume_in_another_layout_without_loss(new_world: int, behind: int,
+                                                                                  ahead: int):
+    """With skip_bad a rank that met a batch with no loadable audio pulled another: rank 1 is already in epoch 1
+    (``ahead`` batches into it) while rank 0 has ``behind`` batches of epoch 0 left. Resumed with a smaller
+    device_seconds, every rank continues from epoch 0's remainder (was: the rank ahead skipped it, so its share
+    of epoch 0 was never seen and the ranks had unequal batch counts), then epoch 1's: each utterance once in
+    each epoch, and every rank the same number of batches in each."""
+    lens = lengths(203)
+    ranks = [_sampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    n = len(ranks[0].epoch_batches(0))
+    places = [(0, n - behind), (1, ahead)]
+    seen = {epoch: [] for epoch in (0, 1)}
+    for r, (epoch, position) in zip(ranks, places, strict=True):
+        for e in range(epoch + 1):
+            batches = r.epoch_batches(e)
+            seen[e] += [i for k in range(position if e == epoch else n) for i in batches[k].tolist()]
+    states = [{**r.state_dict(), "epoch": e, "position": p, "ranks": [{"epoch": e_, "position": p_}
+                                                                       for e_, p_ in places]}
+              for r, (e, p) in zip(ranks, places, strict=True)]
+    resumed = [_sampler(lens, 20.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
+    for r in resumed:
+        r.load_state_dict(states[r.rank] if new_world == 2 else states[0])  # as restore_training_state gives them
+    assert [r.epoch for r in resumed] == [0] * new_world
+    for epoch in (0, 1):
+        assert len({len(r.epoch_batches(epoch)) for r in resumed}) == 1  # equal batch counts: no rank waits
+        assert sorted(seen[epoch] + _rest(resumed)) == list(range(len(lens)))  # nothing lost, nothing twice
+    assert sorted(_rest(resumed)) == list(range(len(lens)))  # epoch 2 whole, in the new layout
+    again = _sampler(lens, 20.0, seed=3, rank=0, world_size=new_world)
+    again.load_state_dict({**resumed[0].state_dict(), "epoch": 0, "position": 0})  # resumed again at its start
+    assert [b.tolist() for b in again.epoch_batches(1)] == [b.tolist() for b in resumed[0].epoch_batches(1)]
+
+
 def test_resume_with_another_bucket_size_loses_and_repeats_nothing(caplog):
     """The bucket size decides how an epoch is cut: a resume with another data.bucket_size rebuilds the saved
     epoch as it was cut and continues with exactly what was not reached (was: the old position in an epoch cut
