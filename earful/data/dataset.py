@@ -301,15 +301,18 @@ def make_loader(
     shuffle: bool = True,
     endless: bool = False,
     bucket_size: int = 1000,
-    strict: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int | None = 4,
 ) -> AudioLoader:
     """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` within ``budget`` (``rank`` of its
-    ``world_size``; ``crop_to_shortest``: see ``collate``)."""
+    ``world_size``; ``crop_to_shortest``: see ``collate``). ``skip_bad``: unreadable files, and utterances the
+    sampler cannot batch though no limit leaves them out (empty, too long for the device), are left out and
+    counted instead of stopping the run."""
     dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=skip_bad)
+    source = str(utterances.path) if isinstance(utterances, Manifest) else ""
     sampler = SecondsBatchSampler(dataset.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank, endless=endless,
-                                  bucket_size=bucket_size, strict=strict)
+                                  bucket_size=bucket_size, skip_bad=skip_bad, source=source,
+                                  ids=lambda idx: [dataset.utterances[int(i)].id for i in idx])
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest)

@@ -16,9 +16,12 @@ waiting in all-reduce for ever), the batch with the most utterances is split in 
 multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated. Only if no
 batch can be split (fewer utterances than ranks) are the first batches repeated, and ``repeated`` says so.
 
-**Nothing is dropped silently.** Utterances longer than ``device_seconds`` or ``max_seconds`` (after
-cropping) or shorter than ``min_seconds`` are counted in ``skipped`` (by reason in ``skipped_reasons``,
-indices in ``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
+**Nothing is dropped silently.** Utterances longer than ``max_seconds`` (after cropping) or shorter than
+``min_seconds`` — limits set on purpose — are left out, counted in ``skipped`` (by reason in
+``skipped_reasons``, indices in ``skipped_indices``) and logged once as a warning. What no setting leaves out —
+an empty utterance, or one longer (after cropping) than ``device_seconds`` holds — is bad input: an error
+naming the source, how many, a few ids and the ways out; with ``skip_bad=True`` (``data.skip_bad``) it is left
+out and counted the same way.
 
 **Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — and the
 layout that cut the epoch (``LAYOUT``: the budget in samples — devices, micro-batch, length limits, crop, shape
@@ -44,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from earful.data.budget import BatchBudget, shape_length
+from earful.data.budget import SAMPLE_RATE, BatchBudget, shape_length
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +129,14 @@ class SecondsBatchSampler:
         rank: int = 0,
         endless: bool = False,
         bucket_size: int = 1000,
-        strict: bool = False,
+        skip_bad: bool = False,
+        source: str = "",
+        ids: Callable[[np.ndarray], list[str]] | None = None,
     ) -> None:
-        """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``."""
+        """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``.
+        ``skip_bad``: leave out (counted, logged) what no setting leaves out — empty utterances, and those too long
+        for the device — instead of refusing them; ``source`` names the utterances in messages (a manifest's
+        path) and ``ids`` gives the ids of some of them (default: their indices)."""
         if not 0 <= rank < budget.world_size:
             raise ValueError(f"rank {rank} outside world_size {budget.world_size}")
         if bucket_size < 1:
@@ -140,17 +148,21 @@ class SecondsBatchSampler:
         self.shuffle, self.seed, self.endless, self.bucket_size = shuffle, seed, endless, bucket_size
         self.rank = rank
         too_long, too_short = self._batchable()
-        bad = too_long | too_short
-        self.skipped_indices = np.flatnonzero(bad)
-        self.skipped = int(bad.sum())
-        self.skipped_reasons = {k: int(v.sum()) for k, v in self._reasons(too_long, too_short).items() if v.any()}
+        chosen, bad = self._reasons(too_long, too_short)
+        name = ids or (lambda idx: [f"#{i}" for i in idx.tolist()])
+        refused = np.flatnonzero(np.logical_or.reduce(list(bad.values())))
+        if len(refused) and not skip_bad:
+            raise ValueError(self._refusal(source, bad, name(refused[:5])))
+        unbatchable = too_long | too_short
+        self.skipped_indices = np.flatnonzero(unbatchable)
+        self.skipped = int(unbatchable.sum())
+        self.skipped_reasons = {k: int(v.sum()) for k, v in {**chosen, **bad}.items() if v.any()}
         if self.skipped:
             what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
-            msg = (f"{self.skipped} of {len(self.lengths)} utterances cannot be batched ({what}); "
-                   f"first indices: {self.skipped_indices[:5].tolist()}")
-            if strict:
-                raise ValueError(msg)
-            log.warning("%s: they are left out", msg)
+            skipping = f"; {len(refused)} of them with data.skip_bad" if len(refused) else ""
+            log.warning("%s%d of %d utterances cannot be batched (%s%s), e.g. %s: they are left out",
+                        f"{source}: " if source else "", self.skipped, len(self.lengths), what, skipping,
+                        ", ".join(name(self.skipped_indices[:5])))
         self.epoch = 0
         self.position = 0
         self.repeated = 0
@@ -174,15 +186,42 @@ class SecondsBatchSampler:
         self.batchable = np.flatnonzero(~(too_long | too_short)).astype(index)
         return too_long, too_short
 
-    def _reasons(self, too_long: np.ndarray, too_short: np.ndarray) -> dict[str, np.ndarray]:
+    def _reasons(self, too_long: np.ndarray, too_short: np.ndarray
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Why each unbatchable utterance is left out, as two sets of disjoint masks: the limits set on purpose
+        (``max_seconds``, ``min_seconds``: counted filters) and what no setting left out (longer than the device
+        holds, empty: bad input, refused unless ``skip_bad``)."""
         b = self.budget
-        over_device = self.effective > self.device_samples
-        reasons = {f"longer than device_seconds={b.device_seconds:g} s": over_device}
+        none = np.zeros(len(self.lengths), dtype=bool)
+        over_max = too_long & (self.effective > self.max_samples) if self.max_samples else none
+        under_min = self.lengths < self.min_samples if self.min_samples else none
+        chosen = {}
         if b.max_seconds:
-            reasons[f"longer than max_seconds={b.max_seconds:g} s"] = too_long & ~over_device
-        short = f"shorter than min_seconds={b.min_seconds:g} s" if b.min_seconds else "empty (0 samples)"
-        reasons[short] = too_short & ~too_long
-        return reasons
+            chosen[f"longer than max_seconds={b.max_seconds:g} s"] = over_max
+        if b.min_seconds:
+            chosen[f"shorter than min_seconds={b.min_seconds:g} s"] = under_min & ~over_max
+        bad = {f"longer than device_seconds={b.device_seconds:g} s": too_long & ~over_max,
+               "empty (0 samples)": too_short & ~under_min & ~too_long}
+        return chosen, bad
+
+    def _refusal(self, source: str, bad: dict[str, np.ndarray], examples: list[str]) -> str:
+        """The error for utterances no setting leaves out: where, how many, which, and the ways out."""
+        b = self.budget
+        count = sum(int(m.sum()) for m in bad.values())
+        what = ", ".join(f"{int(m.sum())} {why}" for why, m in bad.items() if m.any())
+        ways = ["set data.skip_bad=true to leave them out (counted in the run's log)"]
+        long = bad[f"longer than device_seconds={b.device_seconds:g} s"]
+        if long.any():
+            longest = float(self.effective[long].max()) / SAMPLE_RATE
+            ways += [f"a larger device_seconds (the longest is {longest:.2f} s)",
+                     "data.max_seconds to leave longer utterances out on purpose (counted)"]
+            if not b.crop_seconds:
+                ways += ["in pre-training, data.crop_seconds to crop them"]
+        if bad["empty (0 samples)"].any():
+            ways += ["remove the empty rows from the manifest (or data.min_seconds to leave short ones out on "
+                     "purpose, counted)"]
+        return (f"{source + ': ' if source else ''}{count} of {len(self.lengths)} utterances cannot be batched "
+                f"({what}), e.g. {', '.join(examples)}: {'; or '.join(ways)}")
 
     def layout(self) -> dict[str, Any]:
         """What cuts an epoch into batches besides ``(seed, epoch)``."""

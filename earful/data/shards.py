@@ -286,6 +286,10 @@ class ShardIndex:
     def shard_of(self, member: np.ndarray | int) -> np.ndarray:
         return np.searchsorted(self.first, member, side="right") - 1
 
+    def member_name(self, member: int) -> str:
+        """``SHARD.tar:KEY``: a member named without reading it (its json holds its id)."""
+        return f"{self.shards[int(self.shard_of(member))]['name']}:{key_of(member)}"
+
     def path(self, shard: int) -> str:
         return _join(self.location, self.shards[shard]["name"])
 

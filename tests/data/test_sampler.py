@@ -76,30 +76,45 @@ def test_exact_resume_mid_epoch_and_endless():
 
 
 def test_unbatchable_counted_warned_or_raised(caplog):
+    """Limits set on purpose (min_seconds, max_seconds) leave utterances out, counted and warned. What no setting
+    leaves out — too long for the device, empty — is an error naming the source, how many, a few ids and the
+    ways out; with skip_bad it is left out, counted and warned the same way (was: always left out, with a
+    warning, and no config could make it an error)."""
     lens = [RATE * 1, RATE * 50, RATE // 10, RATE * 2]
+    with pytest.raises(ValueError, match=r"m.jsonl: 1 of 4 utterances cannot be batched \(1 longer than "
+                                         r"device_seconds=10 s\), e.g. u1: set data.skip_bad=true .*a larger "
+                                         r"device_seconds \(the longest is 50.00 s\).*data.max_seconds"):
+        _sampler(lens, 10.0, min_seconds=0.5, source="m.jsonl", ids=lambda idx: [f"u{i}" for i in idx])
     with caplog.at_level(logging.WARNING):
-        s = _sampler(lens, 10.0, min_seconds=0.5)
+        s = _sampler(lens, 10.0, min_seconds=0.5, skip_bad=True)
     assert s.skipped == 2 and s.skipped_indices.tolist() == [1, 2]
-    assert "2 of 4 utterances cannot be batched" in caplog.text
+    assert s.skipped_reasons == {"shorter than min_seconds=0.5 s": 1, "longer than device_seconds=10 s": 1}
+    assert "2 of 4 utterances cannot be batched" in caplog.text and "1 of them with data.skip_bad" in caplog.text
     assert sorted(i for b in s for i in b) == [0, 3]
-    with pytest.raises(ValueError, match="longer than device_seconds=10 s"):
-        _sampler(lens, 10.0, strict=True)
     cropped = _sampler(lens, 10.0, crop_seconds=5.0)  # cropping makes the long one fit
     assert cropped.skipped == 0
     assert all(cropped.effective[b].max() * len(b) <= 10 * RATE for b in cropped)
-    # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: its own reason
+    # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: a limit set on purpose
     limited = _sampler(lens, 60.0, max_seconds=1.5)
     assert limited.skipped_reasons == {"longer than max_seconds=1.5 s": 2}
     assert sorted(i for b in limited for i in b) == [0, 2]
+    # longer than both: max_seconds leaves it out on purpose, no error
+    assert _sampler(lens, 10.0, max_seconds=5.0).skipped_reasons == {"longer than max_seconds=5 s": 1}
 
 
-def test_empty_utterance_is_counted_not_a_crash(caplog):
-    """Without min_seconds (the paper's recipe) an empty utterance would divide by zero when it opens a batch."""
+def test_empty_utterance_is_an_error_or_counted_not_a_crash(caplog):
+    """Without min_seconds (the paper's recipe) an empty utterance would divide by zero when it opens a batch:
+    an error naming it, or with skip_bad counted; min_seconds leaves it out on purpose."""
+    with pytest.raises(ValueError, match=r"1 of 3 utterances cannot be batched \(1 empty \(0 samples\)\), e.g. #0: "
+                                         r".*remove the empty rows"):
+        _sampler([0, RATE, 2 * RATE], 10.0, shuffle=False)
     with caplog.at_level(logging.WARNING):
-        s = _sampler([0, RATE, 2 * RATE], 10.0, min_seconds=None, shuffle=False)
+        s = _sampler([0, RATE, 2 * RATE], 10.0, shuffle=False, skip_bad=True)
     assert s.skipped == 1 and s.skipped_reasons == {"empty (0 samples)": 1}
     assert "empty (0 samples)" in caplog.text
     assert sorted(i for b in s for i in b) == [1, 2]
+    limited = _sampler([0, RATE, 2 * RATE], 10.0, min_seconds=0.5)
+    assert limited.skipped_reasons == {"shorter than min_seconds=0.5 s": 1}
 
 
 def _consume(samplers: list[SecondsBatchSampler], n: int) -> list[int]:
@@ -168,9 +183,9 @@ def test_resume_with_another_length_limit_keeps_to_the_saved_epoch():
     """Raising the length limit makes more utterances batchable: they join from the next epoch, and the
     saved epoch still sees each of its utterances once (the epoch is not reshuffled under the position)."""
     lens = np.concatenate([lengths(300), np.full(20, 22 * RATE)])  # 20 of 22 s: only batchable at 25 s
-    s = _sampler(lens, 20.0, seed=5)
+    s = _sampler(lens, 20.0, seed=5, skip_bad=True)
     seen = _consume([s], 40)
-    wider = _sampler(lens, 25.0, seed=5)
+    wider = _sampler(lens, 25.0, seed=5, skip_bad=True)
     wider.load_state_dict(s.state_dict())
     assert sorted(seen + _rest([wider])) == list(range(300))
     assert sorted(i for b in wider for i in b) == list(range(320))  # the next epoch has all of them
@@ -319,7 +334,7 @@ def test_pack_budget_does_not_leave_out_what_fits_the_device():
 
 def test_seconds_become_samples_by_rounding():
     """2.01 s is 32160 samples: int(2.01 * 16000) = 32159 refused a file of exactly 2.01 s."""
-    s = _sampler([32160, 64480, 100], 2.01, min_seconds=0.00625)
+    s = _sampler([32160, 64480, 100], 2.01, min_seconds=0.00625, skip_bad=True)
     assert s.device_samples == 32160 and s.min_samples == 100
     assert s.skipped_reasons == {"longer than device_seconds=2.01 s": 1}
     low = _sampler([64480, 64479], 10.0, min_seconds=4.03)

@@ -221,6 +221,18 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every member trains: none fails at training time
 
 
+def test_members_too_long_for_the_device_stop_the_shard_loader_unless_skip_bad(shards: Path) -> None:
+    """Uncropped members longer than device_seconds: an error naming the shard folder, how many and which
+    members; with skip_bad (data.skip_bad) left out and counted."""
+    long = int((ShardIndex(shards).lengths() > SR).sum())
+    assert 0 < long < 18
+    with pytest.raises(ValueError, match=re.escape(f"{shards}: {long} of 18 utterances cannot be batched ({long} "
+                                                   "longer than device_seconds=1 s), e.g. shard-0")):
+        make_shard_loader(str(shards), BatchBudget(1.0, 1.0))
+    loader = make_shard_loader(str(shards), BatchBudget(1.0, 1.0), skip_bad=True)
+    assert loader.skipped == long and loader.sampler.skipped_reasons == {"longer than device_seconds=1 s": long}
+
+
 def test_shards_read_through_an_fsspec_url(shards: Path) -> None:
     budget = BatchBudget(3.0, 3.0, crop_seconds=1.0)
     local = _batches(make_shard_loader(str(shards), budget, seed=1), 8)
