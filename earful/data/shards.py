@@ -3,8 +3,8 @@
 ``earful shard MANIFEST OUT`` writes::
 
     OUT/shard-000000.tar ...   WebDataset layout: per row, ``KEY.flac`` (its audio) then ``KEY.json`` (id, speaker,
-                               transcript, num_samples, sample_rate, and where it came from); KEY = the row's
-                               number, 9 digits
+                               transcript, num_samples, sample_rate, and where it came from); KEY = the member's
+                               number (its place among the members written, across shards), 9 digits
     OUT/index.json             format, the shards (name, bytes, members), totals, rows left out and why
     OUT/index/*.npy            one number a member: its byte offset in its shard, the bytes its two tar entries
                                span, num_samples, sample_rate (memory-mapped: 16 M members take no memory until read)
