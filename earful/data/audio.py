@@ -11,7 +11,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .budget import SAMPLE_RATE
+from .manifest import Utterance, samples_at
+
 RECEPTIVE_FIELD = 400  # samples: the wav2vec 2.0 feature encoder's receptive field at 16 kHz
+LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may differ from its manifest length
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile decodes
 # audio that libsndfile cannot decode: a folder holding it is told so rather than read without it
 UNREADABLE_AUDIO_EXTENSIONS = (".m4a", ".aac", ".wma", ".mp4", ".webm", ".amr")
@@ -103,6 +107,37 @@ def too_short(path: str | os.PathLike, samples: int, rate: int = 16000, needed: 
     """The problem of audio shorter than the model's receptive field."""
     return (f"{path}: too short ({samples} samples at {rate} Hz; the model's receptive field needs at least "
             f"{needed})")
+
+
+def check_length(path: str | os.PathLike | IO[bytes], samples: int, expected: int) -> None:
+    """A file cut short (an interrupted copy) may still decode, and one replaced or listed at the wrong rate may
+    be longer: compare with the manifest, allowing for the sample or two resampling may lose or add."""
+    if samples + LENGTH_TOLERANCE < expected:
+        raise AudioError(f"{path}: truncated? {samples} samples at {SAMPLE_RATE} Hz, the manifest says {expected}")
+    if samples > expected + LENGTH_TOLERANCE:
+        raise AudioError(f"{path}: {samples} samples at {SAMPLE_RATE} Hz, longer than the manifest's {expected}: was "
+                         "the file replaced or its sample rate misrecorded?")
+
+
+def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, rate: int) -> None:
+    """A manifest row against the header of its file (``frames`` at ``rate``), before anything is decoded: what
+    the loader checks when it reads a row (``earful.data.dataset.read_utterance``) and ``earful shard`` when it
+    writes one. The rate is the row's; a segment lies within the file; a whole file is as long as the row says
+    (``check_length``); what the row holds is not shorter than the model's receptive field. Raises AudioError
+    naming ``path`` and the problem."""
+    if rate != utt.sample_rate:
+        raise AudioError(f"{path}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
+                         "replaced?")
+    if utt.offset is not None:
+        if utt.offset + utt.num_samples > frames:
+            raise AudioError(f"{path}: segment [{utt.offset}, {utt.offset + utt.num_samples}) past the end of the "
+                             f"file ({frames} samples at {rate} Hz)")
+        held = utt.num_samples
+    else:
+        check_length(path, samples_at(frames, rate), utt.samples_at(SAMPLE_RATE))
+        held = min(frames, max(utt.num_samples, 1))
+    if samples_at(held, rate) < RECEPTIVE_FIELD:
+        raise AudioError(too_short(path, samples_at(held, rate)))
 
 
 def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:

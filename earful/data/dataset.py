@@ -12,14 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import RECEPTIVE_FIELD, AudioError, decode_audio, open_audio, too_short
+from .audio import AudioError, check_length, check_row, decode_audio, open_audio
 from .budget import SAMPLE_RATE, BatchBudget, shape_length, to_samples
 from .manifest import Manifest, Utterance, lengths_at_rate
 from .sampler import SecondsBatchSampler
 
 log = logging.getLogger(__name__)
-
-_LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may differ from its manifest length
 
 
 @dataclass
@@ -131,40 +129,19 @@ def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int 
     expected = utt.samples_at(SAMPLE_RATE)
     with open_audio(src) as f:  # one open: the header checked against the row, then only the window decoded
         frames, rate = int(f.frames), int(f.samplerate)
-        if rate != utt.sample_rate:
-            raise AudioError(f"{src}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
-                             "replaced?")
+        check_row(src, utt, frames, rate)
         first = 0 if utt.offset is None else utt.offset
-        if utt.offset is not None and first + utt.num_samples > frames:
-            raise AudioError(f"{src}: segment [{first}, {first + utt.num_samples}) past the end of the file ({frames} "
-                             f"samples at {rate} Hz)")
         if rate != SAMPLE_RATE:  # decode what the row holds, resample, then crop
             wave = decode_audio(f, src, target_rate=SAMPLE_RATE, start=first,
                                 frames=None if utt.offset is None else utt.num_samples)
-            if utt.offset is None:
+            if utt.offset is None:  # as decoded: a header may promise more than the file holds
                 check_length(src, len(wave), expected)
             wave = wave[: max(expected, 1)]  # resampling may add a sample or two: keep batches within budget
             start, n = crop_window(len(wave), index, epoch, crop_samples, seed)
             return wave[start : start + n]
-        if utt.offset is None:  # a whole file, as long as its header says
-            check_length(src, frames, expected)
-            available = min(frames, max(expected, 1))
-        else:
-            available = utt.num_samples
-        if available < RECEPTIVE_FIELD:
-            raise AudioError(too_short(src, available))
+        available = min(frames, max(expected, 1)) if utt.offset is None else utt.num_samples
         start, n = crop_window(available, index, epoch, crop_samples, seed)
         return decode_audio(f, src, start=first + start, frames=n, min_samples=0)
-
-
-def check_length(path: str | IO[bytes], samples: int, expected: int) -> None:
-    """A file cut short (an interrupted copy) may still decode, and one replaced or listed at the wrong rate may
-    be longer: compare with the manifest, allowing for the sample or two resampling may lose or add."""
-    if samples + _LENGTH_TOLERANCE < expected:
-        raise AudioError(f"{path}: truncated? {samples} samples at {SAMPLE_RATE} Hz, the manifest says {expected}")
-    if samples > expected + _LENGTH_TOLERANCE:
-        raise AudioError(f"{path}: {samples} samples at {SAMPLE_RATE} Hz, longer than the manifest's {expected}: was "
-                         "the file replaced or its sample rate misrecorded?")
 
 
 def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0, shape_samples: int | None = None,
@@ -324,15 +301,18 @@ def make_loader(
     shuffle: bool = True,
     endless: bool = False,
     bucket_size: int = 1000,
-    strict: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int | None = 4,
 ) -> AudioLoader:
     """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` within ``budget`` (``rank`` of its
-    ``world_size``; ``crop_to_shortest``: see ``collate``)."""
+    ``world_size``; ``crop_to_shortest``: see ``collate``). ``skip_bad``: unreadable files, and utterances the
+    sampler cannot batch though no limit leaves them out (empty, too long for the device), are left out and
+    counted instead of stopping the run."""
     dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=skip_bad)
+    source = str(utterances.path) if isinstance(utterances, Manifest) else ""
     sampler = SecondsBatchSampler(dataset.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank, endless=endless,
-                                  bucket_size=bucket_size, strict=strict)
+                                  bucket_size=bucket_size, skip_bad=skip_bad, source=source,
+                                  ids=lambda idx: [dataset.utterances[int(i)].id for i in idx])
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest)

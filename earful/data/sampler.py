@@ -16,18 +16,24 @@ waiting in all-reduce for ever), the batch with the most utterances is split in 
 multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated. Only if no
 batch can be split (fewer utterances than ranks) are the first batches repeated, and ``repeated`` says so.
 
-**Nothing is dropped silently.** Utterances longer than ``device_seconds`` or ``max_seconds`` (after
-cropping) or shorter than ``min_seconds`` are counted in ``skipped`` (by reason in ``skipped_reasons``,
-indices in ``skipped_indices``) and logged once as a warning; with ``strict=True`` they raise instead.
+**Nothing is dropped silently.** Utterances longer than ``max_seconds`` (after cropping) or shorter than
+``min_seconds`` — limits set on purpose — are left out, counted in ``skipped`` (by reason in
+``skipped_reasons``, indices in ``skipped_indices``) and logged once as a warning. What no setting leaves out —
+an empty utterance, or one longer (after cropping) than ``device_seconds`` holds — is bad input: an error
+naming the source, how many, a few ids and the ways out; with ``skip_bad=True`` (``data.skip_bad``) it is left
+out and counted the same way.
 
 **Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — and the
-layout that cut the epoch (the budget in samples: devices, micro-batch, length limits, crop);
-``load_state_dict()`` continues from exactly there. With another layout it rebuilds the saved epoch as the
-saved run cut it, takes the batches no rank had reached, keeps those that fit the new budget (re-packing
-otherwise) and deals them to the new ranks: the rest of that epoch sees every utterance it had not seen,
-once. Iterated through a prefetching DataLoader the sampler runs ahead of training;
-``earful.data.dataset.AudioLoader`` therefore counts batches on the consumer side and its ``state_dict()`` is
-the one to checkpoint. States carry ``format``; one from an earlier development version is refused.
+layout that cut the epoch (``LAYOUT``: the budget in samples — devices, micro-batch, length limits, crop, shape
+grid — and ``bucket_size``); ``load_state_dict()`` continues from exactly there. With another layout it
+rebuilds the saved epoch as the saved run cut it, takes the batches no rank had reached, keeps those that fit
+the new budget (re-packing otherwise) and deals them to the new ranks: the rest of that epoch sees every
+utterance it had not seen, once. Ranks saved a few batches apart (with ``skip_bad`` a rank whose batch had no
+loadable audio pulled another), even in two epochs, all continue from the earliest epoch any was in, and each
+epoch from there holds what no saved rank had reached of it: every rank the same number of batches.
+Iterated through a prefetching DataLoader the sampler runs ahead of training; ``earful.data.dataset.AudioLoader``
+therefore counts batches on the consumer side and its ``state_dict()`` is the one to checkpoint. States carry
+``format``; one from an earlier development version is refused.
 """
 
 from __future__ import annotations
@@ -41,14 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from earful.data.budget import BatchBudget, shape_length
+from earful.data.budget import SAMPLE_RATE, BatchBudget, shape_length
 
 log = logging.getLogger(__name__)
 
-SAMPLER_FORMAT = 3  # the layout of state_dict(); 2 had no shape_samples, 1 (no "format") predates the budget
-# what cuts an epoch besides (seed, epoch): BatchBudget.samples()
+# the layout of state_dict(); 3 had no bucket_size, 2 no shape_samples, 1 (no "format") predates the budget
+SAMPLER_FORMAT = 4
+# what cuts an epoch besides (seed, epoch): BatchBudget.samples() and the bucket size
 LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples",
-          "shape_samples")
+          "shape_samples", "bucket_size")
 
 
 class Batches(Sequence[np.ndarray]):
@@ -122,9 +129,14 @@ class SecondsBatchSampler:
         rank: int = 0,
         endless: bool = False,
         bucket_size: int = 1000,
-        strict: bool = False,
+        skip_bad: bool = False,
+        source: str = "",
+        ids: Callable[[np.ndarray], list[str]] | None = None,
     ) -> None:
-        """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``."""
+        """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``.
+        ``skip_bad``: leave out (counted, logged) what no setting leaves out — empty utterances, and those too long
+        for the device — instead of refusing them; ``source`` names the utterances in messages (a manifest's
+        path) and ``ids`` gives the ids of some of them (default: their indices)."""
         if not 0 <= rank < budget.world_size:
             raise ValueError(f"rank {rank} outside world_size {budget.world_size}")
         if bucket_size < 1:
@@ -136,25 +148,29 @@ class SecondsBatchSampler:
         self.shuffle, self.seed, self.endless, self.bucket_size = shuffle, seed, endless, bucket_size
         self.rank = rank
         too_long, too_short = self._batchable()
-        bad = too_long | too_short
-        self.skipped_indices = np.flatnonzero(bad)
-        self.skipped = int(bad.sum())
-        self.skipped_reasons = {k: int(v.sum()) for k, v in self._reasons(too_long, too_short).items() if v.any()}
+        chosen, bad = self._reasons(too_long, too_short)
+        name = ids or (lambda idx: [f"#{i}" for i in idx.tolist()])
+        refused = np.flatnonzero(np.logical_or.reduce(list(bad.values())))
+        if len(refused) and not skip_bad:
+            raise ValueError(self._refusal(source, bad, name(refused[:5])))
+        unbatchable = too_long | too_short
+        self.skipped_indices = np.flatnonzero(unbatchable)
+        self.skipped = int(unbatchable.sum())
+        self.skipped_reasons = {k: int(v.sum()) for k, v in {**chosen, **bad}.items() if v.any()}
         if self.skipped:
             what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
-            msg = (f"{self.skipped} of {len(self.lengths)} utterances cannot be batched ({what}); "
-                   f"first indices: {self.skipped_indices[:5].tolist()}")
-            if strict:
-                raise ValueError(msg)
-            log.warning("%s: they are left out", msg)
+            skipping = f"; {len(refused)} of them with data.skip_bad" if len(refused) else ""
+            log.warning("%s%d of %d utterances cannot be batched (%s%s), e.g. %s: they are left out",
+                        f"{source}: " if source else "", self.skipped, len(self.lengths), what, skipping,
+                        ", ".join(name(self.skipped_indices[:5])))
         self.epoch = 0
         self.position = 0
         self.repeated = 0
         self.repeats: dict[int, int] = {}  # epoch → batches repeated at its end (see ``repeated``)
         self._cache: dict[int, Batches] = {}
-        # a resume with another layout: {"epoch": e, "steps": [{"layout": ..., "positions": [p_0, ...]}, ...]},
-        # the layouts epoch e was cut with before and how far each rank got; the epoch then holds what they left
-        self._resumed: dict[str, Any] | None = None
+        # a resume with another layout: {epoch: [{"layout": ..., "positions": [p_0, ...]}, ...]}, the layouts
+        # each such epoch was cut with before and how far each rank got in it; the epoch then holds what they left
+        self._resumed: dict[int, list[dict[str, Any]]] = {}
 
     def limit(self) -> int:
         """The longest utterance (after cropping) a batch can take: the device's, or ``max_seconds`` if lower."""
@@ -170,15 +186,42 @@ class SecondsBatchSampler:
         self.batchable = np.flatnonzero(~(too_long | too_short)).astype(index)
         return too_long, too_short
 
-    def _reasons(self, too_long: np.ndarray, too_short: np.ndarray) -> dict[str, np.ndarray]:
+    def _reasons(self, too_long: np.ndarray, too_short: np.ndarray
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Why each unbatchable utterance is left out, as two sets of disjoint masks: the limits set on purpose
+        (``max_seconds``, ``min_seconds``: counted filters) and what no setting left out (longer than the device
+        holds, empty: bad input, refused unless ``skip_bad``)."""
         b = self.budget
-        over_device = self.effective > self.device_samples
-        reasons = {f"longer than device_seconds={b.device_seconds:g} s": over_device}
+        none = np.zeros(len(self.lengths), dtype=bool)
+        over_max = too_long & (self.effective > self.max_samples) if self.max_samples else none
+        under_min = self.lengths < self.min_samples if self.min_samples else none
+        chosen = {}
         if b.max_seconds:
-            reasons[f"longer than max_seconds={b.max_seconds:g} s"] = too_long & ~over_device
-        short = f"shorter than min_seconds={b.min_seconds:g} s" if b.min_seconds else "empty (0 samples)"
-        reasons[short] = too_short & ~too_long
-        return reasons
+            chosen[f"longer than max_seconds={b.max_seconds:g} s"] = over_max
+        if b.min_seconds:
+            chosen[f"shorter than min_seconds={b.min_seconds:g} s"] = under_min & ~over_max
+        bad = {f"longer than device_seconds={b.device_seconds:g} s": too_long & ~over_max,
+               "empty (0 samples)": too_short & ~under_min & ~too_long}
+        return chosen, bad
+
+    def _refusal(self, source: str, bad: dict[str, np.ndarray], examples: list[str]) -> str:
+        """The error for utterances no setting leaves out: where, how many, which, and the ways out."""
+        b = self.budget
+        count = sum(int(m.sum()) for m in bad.values())
+        what = ", ".join(f"{int(m.sum())} {why}" for why, m in bad.items() if m.any())
+        ways = ["set data.skip_bad=true to leave them out (counted in the run's log)"]
+        long = bad[f"longer than device_seconds={b.device_seconds:g} s"]
+        if long.any():
+            longest = float(self.effective[long].max()) / SAMPLE_RATE
+            ways += [f"a larger device_seconds (the longest is {longest:.2f} s)",
+                     "data.max_seconds to leave longer utterances out on purpose (counted)"]
+            if not b.crop_seconds:
+                ways += ["in pre-training, data.crop_seconds to crop them"]
+        if bad["empty (0 samples)"].any():
+            ways += ["remove the empty rows from the manifest (or data.min_seconds to leave short ones out on "
+                     "purpose, counted)"]
+        return (f"{source + ': ' if source else ''}{count} of {len(self.lengths)} utterances cannot be batched "
+                f"({what}), e.g. {', '.join(examples)}: {'; or '.join(ways)}")
 
     def layout(self) -> dict[str, Any]:
         """What cuts an epoch into batches besides ``(seed, epoch)``."""
@@ -210,8 +253,8 @@ class SecondsBatchSampler:
         return Batches(np.concatenate(flat), np.frombuffer(bounds, dtype=np.int64))
 
     def _global_batches(self, epoch: int) -> Batches:
-        if self._resumed is not None and self._resumed["epoch"] == epoch:
-            return self._remainder(epoch, self._resumed["steps"])
+        if epoch in self._resumed:
+            return self._remainder(epoch, self._resumed[epoch])
         rng = np.random.default_rng([self.seed, epoch])
         idx = rng.permutation(self.batchable) if self.shuffle else self.batchable
         batches = self.pack(idx)
@@ -249,7 +292,7 @@ class SecondsBatchSampler:
         for key, value in layout.items():
             setattr(then, key, value)
         then._batchable()
-        then.rank, then._cache, then._resumed, then.repeats = 0, {}, None, {}
+        then.rank, then._cache, then._resumed, then.repeats = 0, {}, {}, {}
         return then
 
     def _deal(self, batches: Batches, epoch: int) -> Batches:
@@ -316,15 +359,17 @@ class SecondsBatchSampler:
             "rank": self.rank,
             "num_utterances": len(self.lengths),
             **self.layout(),
-            **({"resumed": self._resumed} if self._resumed is not None else {}),
+            **({"resumed": [{"epoch": e, "steps": steps} for e, steps in sorted(self._resumed.items())]}
+               if self._resumed else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume where ``state`` was saved. With another layout (other devices, a smaller micro-batch after an
         out-of-memory error, another crop or length limit) the saved epoch continues with exactly the
         utterances the saved run had not reached, cut into this layout's batches (with a warning: batches and
-        their order differ from an uninterrupted run's). Nothing of the epoch is lost or repeated; an
-        utterance batchable only under the new limits joins from the next epoch."""
+        their order differ from an uninterrupted run's); another ``bucket_size`` is another layout too. Nothing of
+        the epoch is lost or repeated; an utterance batchable only under the new limits joins from the next
+        epoch."""
         if state.get("format") != SAMPLER_FORMAT:
             raise ValueError(f"cannot resume sampler: its state has format {state.get('format')!r}, this version "
                              f"reads {SAMPLER_FORMAT} (written by an earlier development version of earful: start "
@@ -336,28 +381,37 @@ class SecondsBatchSampler:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         now = self.layout()
         saved = {k: state[k] for k in now}
-        resumed = state.get("resumed")
-        steps = list(resumed["steps"]) if resumed and resumed["epoch"] == self.epoch else []
+        # where every saved rank was (with skip_bad a rank that met a batch with no loadable audio pulled another,
+        # so ranks may be a batch or a few apart, even in two epochs), else this state's place for every rank
+        ranks = state.get("ranks") or []
+        if len(ranks) == saved["world_size"]:
+            places = [(int(r["epoch"]), int(r["position"])) for r in ranks]
+        else:
+            places = [(self.epoch, self.position)] * saved["world_size"]
+        first, last = min(e for e, _ in places), max(e for e, _ in places)
+        # every rank keeps the same record (of the epochs some rank has not finished), whichever state it reads
+        resumed = {int(r["epoch"]): list(r["steps"]) for r in state.get("resumed", []) if int(r["epoch"]) >= first}
         if saved != now:
-            # where every saved rank was (a rank that met an unreadable batch may be one ahead), else rank 0's
-            ranks = state.get("ranks") or []
-            if len(ranks) == saved["world_size"]:
-                positions = [int(r["position"]) if int(r["epoch"]) == self.epoch
-                             else (2**62 if int(r["epoch"]) > self.epoch else 0) for r in ranks]
-            else:
-                positions = [self.position] * saved["world_size"]
-            if steps or any(positions):  # nothing consumed yet: the epoch simply starts in the new layout
-                steps.append({"layout": saved, "positions": positions})
-            self.position = 0
-        self._resumed = {"epoch": self.epoch, "steps": steps} if steps else None
+            # every rank continues from the earliest epoch a saved rank was in: each epoch from there on holds what
+            # the saved ranks had not reached of it (a rank past an epoch had all of its share of it)
+            for epoch in sorted(set(range(first, last + 1)) | set(resumed)):
+                positions = [p if e == epoch else (2**62 if e > epoch else 0) for e, p in places]
+                if epoch in resumed or any(positions):  # nothing consumed yet: the epoch starts in the new layout
+                    resumed.setdefault(epoch, []).append({"layout": saved, "positions": positions})
+            self.epoch, self.position = first, 0
+        self._resumed = resumed
         self._cache = {}
         if saved != now:
-            left = len(self.epoch_batches(self.epoch))
-            changed = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
-            log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
-                        "not reached are cut anew; this epoch's batches differ from an uninterrupted run's",
-                        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), left, self.epoch)
-            if not left:  # the saved run had finished the epoch
-                self.epoch, self.position, self._resumed = self.epoch + 1, 0, None
+            while self.epoch in self._resumed and not len(self.epoch_batches(self.epoch)):
+                self.epoch += 1  # the saved ranks had all finished it
+            self._resumed = {e: steps for e, steps in self._resumed.items() if e >= self.epoch}
+            changed = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k])
+            if self.epoch in self._resumed:
+                log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
+                            "not reached (its ranks were at (epoch, batch) %s) are cut anew; this epoch's batches "
+                            "differ from an uninterrupted run's", changed, len(self.epoch_batches(self.epoch)),
+                            self.epoch, places)
+            else:
+                log.warning("sampler resumed with another layout (%s): epoch %d starts in it", changed, self.epoch)
         if self.position > len(self.epoch_batches(self.epoch)):
             raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

@@ -3,8 +3,8 @@
 ``earful shard MANIFEST OUT`` writes::
 
     OUT/shard-000000.tar ...   WebDataset layout: per row, ``KEY.flac`` (its audio) then ``KEY.json`` (id, speaker,
-                               transcript, num_samples, sample_rate, and where it came from); KEY = the row's
-                               number, 9 digits
+                               transcript, num_samples, sample_rate, and where it came from); KEY = the member's
+                               number (its place among the members written, across shards), 9 digits
     OUT/index.json             format, the shards (name, bytes, members), totals, rows left out and why
     OUT/index/*.npy            one number a member: its byte offset in its shard, the bytes its two tar entries
                                span, num_samples, sample_rate (memory-mapped: 16 M members take no memory until read)
@@ -12,7 +12,8 @@
 A member holds the row's audio alone (a segment's window, not its file), in the file's own channels, rate and
 integer sample format (FLAC of 8, 16 or 24 bits: decoding gives the very samples the file gives, so batches
 read from shards equal batches read from the files); audio stored otherwise (float, MP3, Opus) becomes 24-bit
-FLAC. Shards appear whole or not at all (atomic renames); the index is written last.
+FLAC. Each row's file is checked against the row as the loader checks it (``check_row``), so a member holds
+what its json and the index say. Shards appear whole or not at all (atomic renames); the index is written last.
 
 Readers find a member by its offset (no tar scanning), check that its tar headers name the key the index
 expects with the sizes it records, and its json the length: a shard replaced, cut short or corrupted is named
@@ -40,7 +41,7 @@ from tqdm import tqdm
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_json
 
-from .audio import AudioError, open_audio, read_window
+from .audio import AudioError, check_row, open_audio, read_window
 from .budget import SAMPLE_RATE
 from .manifest import Utterance, manifest_row
 from .parallel import ordered_map
@@ -77,22 +78,19 @@ def _tar_entry(name: str, data: bytes) -> bytes:
 
 
 def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
-    """(the FLAC bytes of ``utt``'s audio — its window of the file — or b"", the problem or None)."""
+    """(the FLAC bytes of ``utt``'s audio — its window of the file — or b"", the problem or None). The header is
+    checked against the row as the loader checks it (``check_row``: rate, length, window, too short), so a member
+    holds what its json and the index say."""
     try:
         with open_audio(utt.path) as f:  # one open: the header checked, then the window read
-            frames = int(f.frames)
+            frames, rate = int(f.frames), int(f.samplerate)
+            check_row(utt.path, utt, frames, rate)
             start = utt.offset or 0
             count = utt.num_samples if utt.offset is not None else frames
-            if start + count > frames:
-                return b"", (f"{utt.path}: segment [{start}, {start + count}) past the end of the file ({frames} "
-                             "samples)")
             dtype, subtype = _EXACT_FLAC.get(f.subtype, ("float32", "PCM_24"))
             data = read_window(f, start, count, dtype)
-            rate = f.samplerate
         if len(data) < count:
             return b"", f"{utt.path}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"
-        if not len(data):
-            return b"", f"{utt.path}: empty audio (0 samples)"
         if dtype == "float32" and not np.isfinite(data).all():
             return b"", f"{utt.path}: audio contains NaN or infinite samples"
         out = io.BytesIO()
@@ -122,8 +120,9 @@ class ShardSummary:
 def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_bytes: int, skip_bad: bool = False,
                  workers: int = 1, total: int | None = None, source: str = "") -> ShardSummary:
     """Write ``utts`` (in their order) as shards of about ``shard_bytes`` each into ``out`` and the index last.
-    A row whose audio cannot be read (unreadable, truncated, a segment past the end of its file) stops the
-    writing naming it, or with ``skip_bad`` is left out, logged and listed in the index (``left_out``)."""
+    A row whose audio cannot be read (unreadable, truncated) or whose file the row disagrees with (the loader's
+    ``check_row``: rate, length, a segment past the end of its file, too short) stops the writing naming it, or
+    with ``skip_bad`` is left out, logged and listed in the index (``left_out``)."""
     out = Path(out)
     if (out / INDEX).exists():
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
@@ -286,6 +285,10 @@ class ShardIndex:
 
     def shard_of(self, member: np.ndarray | int) -> np.ndarray:
         return np.searchsorted(self.first, member, side="right") - 1
+
+    def member_name(self, member: int) -> str:
+        """``SHARD.tar:KEY``: a member named without reading it (its json holds its id)."""
+        return f"{self.shards[int(self.shard_of(member))]['name']}:{key_of(member)}"
 
     def path(self, shard: int) -> str:
         return _join(self.location, self.shards[shard]["name"])

@@ -39,7 +39,7 @@ from .audio import AudioError
 from .budget import BatchBudget
 from .dataset import Batch, Item, Received, collate, read_utterance
 from .sampler import Batches, SecondsBatchSampler
-from .shards import ShardError, ShardIndex, key_of, member_utterance, open_location, read_member
+from .shards import ShardError, ShardIndex, member_utterance, open_location, read_member
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,12 @@ class StreamPlan:
     index alone, so a stream's place is three numbers and restoring it costs one bucket's packing."""
 
     def __init__(self, index: ShardIndex, budget: BatchBudget, *, seed: int = 0, rank: int = 0, workers: int = 0,
-                 shuffle: bool = True, bucket_size: int = 1000, strict: bool = False) -> None:
+                 shuffle: bool = True, bucket_size: int = 1000, skip_bad: bool = False) -> None:
         self.index = index
         # the length limits, the skipped counts and the packing are the sampler's
         self.sampler = SecondsBatchSampler(index.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank,
-                                           bucket_size=bucket_size, strict=strict)
+                                           bucket_size=bucket_size, skip_bad=skip_bad, source=index.location,
+                                           ids=lambda idx: [index.member_name(int(m)) for m in idx])
         self.seed, self.rank, self.shuffle, self.bucket_size = seed, rank, shuffle, bucket_size
         self.per_rank = max(workers, 1)
         self.streams = budget.world_size * self.per_rank
@@ -67,8 +68,8 @@ class StreamPlan:
 
     def layout(self) -> dict[str, Any]:
         """What cuts the epochs: a state saved under another layout cannot continue its streams."""
-        return {"streams": self.streams, "workers": self.per_rank, "bucket_size": self.bucket_size,
-                "shuffle": self.shuffle, **self.sampler.layout()}
+        return {"streams": self.streams, "workers": self.per_rank, "shuffle": self.shuffle,
+                **self.sampler.layout()}  # the sampler's holds bucket_size
 
     def members(self, epoch: int, stream: int) -> np.ndarray:
         """The batchable members ``stream`` reads in ``epoch``, in order."""
@@ -154,7 +155,7 @@ class ShardStream(IterableDataset):
         for pos in np.argsort(members, kind="stable"):
             m = int(members[pos])
             shard = int(index.shard_of(m))
-            uid = f"{index.shards[shard]['name']}:{key_of(m)}"
+            uid = index.member_name(m)
             try:
                 audio, meta = read_member(self._file(shard), index, m)
                 utt = member_utterance(meta, audio)
@@ -256,7 +257,7 @@ def make_shard_loader(location: str, budget: BatchBudget, *, seed: int = 0, rank
         log.warning("%s: %d rows of the manifest were left out when the shards were written (listed in its "
                     "index.json)", index.location, len(index.left_out))
     plan = StreamPlan(index, budget, seed=seed, rank=rank, workers=num_workers, shuffle=shuffle,
-                      bucket_size=bucket_size)
+                      bucket_size=bucket_size, skip_bad=skip_bad)
     stream = ShardStream(plan, skip_bad=skip_bad, crop_to_shortest=crop_to_shortest)
     return ShardLoader(stream, num_workers=num_workers, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
                        relayout=relayout)

@@ -55,11 +55,12 @@ def gradient_noise(
     seed: int = 0,
     device: str = "auto",
     crop_to_shortest: bool = False,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """The statistics above for pre-training checkpoint ``ckpt``, at the step it was saved (the Gumbel temperature
     and the diversity weight of that step), on batches of ``budget`` from ``manifest``: zero-padded, or, with
     ``crop_to_shortest``, cropped to their shortest utterance (``data.padding: false``), as the run's trainer
-    made them."""
+    made them; ``skip_bad`` as the run's ``data.skip_bad``."""
     if num_batches < 2:
         raise ValueError("gradvar needs at least 2 batches")
     if device == "auto":
@@ -72,7 +73,7 @@ def gradient_noise(
     model.set_step(step)  # the temperature and diversity weight the gradient had in training
     model.to(dev).train()
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
-                         num_workers=0, crop_to_shortest=crop_to_shortest)
+                         num_workers=0, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad)
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g

@@ -248,7 +248,7 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
     log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
     result = gradient_noise(out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}", cfg.data.train,
                             budget, num_batches=study.gradvar_batches, seed=run.seed, device=cfg.device,
-                            crop_to_shortest=not cfg.data.padding)
+                            crop_to_shortest=not cfg.data.padding, skip_bad=cfg.data.skip_bad)
     record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
     atomic_write_json(path, record)
     return record

@@ -77,7 +77,7 @@ class DataConfig:
     min_seconds: float | None = None  # shorter utterances are left out (counted and logged)
     max_seconds: float | None = None  # longer utterances (after cropping) are left out (counted and logged)
     num_workers: int = 2
-    skip_bad: bool = False  # count and log unreadable files instead of stopping
+    skip_bad: bool = False  # count and log bad input, not stop: unreadable files, empty rows, rows too long to batch
     bucket_size: int = 1000
     shape_seconds: float | None = None  # pad batches to multiples of this: a few fixed shapes (earful/data/budget.py)
 

@@ -1,4 +1,5 @@
 import itertools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from earful.data.audio import AudioError
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, Batch, collate, make_loader
-from earful.data.manifest import Utterance
+from earful.data.manifest import Utterance, read_manifest, write_manifest
 
 
 def corpus(tmp_path: Path, tone, n: int = 12) -> list[Utterance]:
@@ -72,6 +73,26 @@ def test_a_file_longer_than_its_manifest_is_an_error(tmp_path: Path, tone):
         list(make_loader(utts, BatchBudget.per_device(10.0)))
     loader = make_loader(utts, BatchBudget.per_device(10.0), skip_bad=True)
     assert sorted(i for b in loader for i in b.ids) == ["u0", "u2"] and loader.bad_files == 1
+
+
+def test_rows_too_long_for_the_device_stop_the_loader_unless_skip_bad(tmp_path: Path, tone, caplog):
+    """Rows longer than device_seconds that nothing crops (fine-tuning; pre-training without a crop) were always
+    left out with a warning. Now: an error naming the manifest, how many, their ids and the ways out; with
+    skip_bad (data.skip_bad) left out, counted and warned; max_seconds (a limit set on purpose) or a crop
+    (pre-training) admit the rest without an error."""
+    write_manifest(corpus(tmp_path, tone, 12), tmp_path / "m.jsonl")  # 0.3 ... 1.4 s
+    rows = read_manifest(tmp_path / "m.jsonl")
+    budget = BatchBudget.per_device(1.05)
+    with pytest.raises(ValueError, match=r"m.jsonl: 4 of 12 utterances cannot be batched \(4 longer than "
+                                         r"device_seconds=1.05 s\), e.g. u8, u9, u10, u11: set data.skip_bad=true"):
+        make_loader(rows, budget)
+    with caplog.at_level(logging.WARNING):
+        loader = make_loader(rows, budget, skip_bad=True)
+    assert loader.skipped == 4 and "m.jsonl: 4 of 12 utterances cannot be batched" in caplog.text
+    assert sorted(i for b in loader for i in b.ids) == [f"u{i}" for i in range(8)]
+    limited = make_loader(rows, BatchBudget.per_device(1.05, max_seconds=1.05))
+    assert limited.skipped == 4 and limited.sampler.skipped_reasons == {"longer than max_seconds=1.05 s": 4}
+    assert make_loader(rows, BatchBudget.per_device(1.05, crop_seconds=1.0)).skipped == 0
 
 
 def test_repeated_batches_are_known_even_after_a_bad_one(tmp_path: Path, tone):

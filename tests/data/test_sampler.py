@@ -76,30 +76,45 @@ def test_exact_resume_mid_epoch_and_endless():
 
 
 def test_unbatchable_counted_warned_or_raised(caplog):
+    """Limits set on purpose (min_seconds, max_seconds) leave utterances out, counted and warned. What no setting
+    leaves out — too long for the device, empty — is an error naming the source, how many, a few ids and the
+    ways out; with skip_bad it is left out, counted and warned the same way (was: always left out, with a
+    warning, and no config could make it an error)."""
     lens = [RATE * 1, RATE * 50, RATE // 10, RATE * 2]
+    with pytest.raises(ValueError, match=r"m.jsonl: 1 of 4 utterances cannot be batched \(1 longer than "
+                                         r"device_seconds=10 s\), e.g. u1: set data.skip_bad=true .*a larger "
+                                         r"device_seconds \(the longest is 50.00 s\).*data.max_seconds"):
+        _sampler(lens, 10.0, min_seconds=0.5, source="m.jsonl", ids=lambda idx: [f"u{i}" for i in idx])
     with caplog.at_level(logging.WARNING):
-        s = _sampler(lens, 10.0, min_seconds=0.5)
+        s = _sampler(lens, 10.0, min_seconds=0.5, skip_bad=True)
     assert s.skipped == 2 and s.skipped_indices.tolist() == [1, 2]
-    assert "2 of 4 utterances cannot be batched" in caplog.text
+    assert s.skipped_reasons == {"shorter than min_seconds=0.5 s": 1, "longer than device_seconds=10 s": 1}
+    assert "2 of 4 utterances cannot be batched" in caplog.text and "1 of them with data.skip_bad" in caplog.text
     assert sorted(i for b in s for i in b) == [0, 3]
-    with pytest.raises(ValueError, match="longer than device_seconds=10 s"):
-        _sampler(lens, 10.0, strict=True)
     cropped = _sampler(lens, 10.0, crop_seconds=5.0)  # cropping makes the long one fit
     assert cropped.skipped == 0
     assert all(cropped.effective[b].max() * len(b) <= 10 * RATE for b in cropped)
-    # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: its own reason
+    # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: a limit set on purpose
     limited = _sampler(lens, 60.0, max_seconds=1.5)
     assert limited.skipped_reasons == {"longer than max_seconds=1.5 s": 2}
     assert sorted(i for b in limited for i in b) == [0, 2]
+    # longer than both: max_seconds leaves it out on purpose, no error
+    assert _sampler(lens, 10.0, max_seconds=5.0).skipped_reasons == {"longer than max_seconds=5 s": 1}
 
 
-def test_empty_utterance_is_counted_not_a_crash(caplog):
-    """Without min_seconds (the paper's recipe) an empty utterance would divide by zero when it opens a batch."""
+def test_empty_utterance_is_an_error_or_counted_not_a_crash(caplog):
+    """Without min_seconds (the paper's recipe) an empty utterance would divide by zero when it opens a batch:
+    an error naming it, or with skip_bad counted; min_seconds leaves it out on purpose."""
+    with pytest.raises(ValueError, match=r"1 of 3 utterances cannot be batched \(1 empty \(0 samples\)\), e.g. #0: "
+                                         r".*remove the empty rows"):
+        _sampler([0, RATE, 2 * RATE], 10.0, shuffle=False)
     with caplog.at_level(logging.WARNING):
-        s = _sampler([0, RATE, 2 * RATE], 10.0, min_seconds=None, shuffle=False)
+        s = _sampler([0, RATE, 2 * RATE], 10.0, shuffle=False, skip_bad=True)
     assert s.skipped == 1 and s.skipped_reasons == {"empty (0 samples)": 1}
     assert "empty (0 samples)" in caplog.text
     assert sorted(i for b in s for i in b) == [1, 2]
+    limited = _sampler([0, RATE, 2 * RATE], 10.0, min_seconds=0.5)
+    assert limited.skipped_reasons == {"shorter than min_seconds=0.5 s": 1}
 
 
 def _consume(samplers: list[SecondsBatchSampler], n: int) -> list[int]:
@@ -168,9 +183,9 @@ def test_resume_with_another_length_limit_keeps_to_the_saved_epoch():
     """Raising the length limit makes more utterances batchable: they join from the next epoch, and the
     saved epoch still sees each of its utterances once (the epoch is not reshuffled under the position)."""
     lens = np.concatenate([lengths(300), np.full(20, 22 * RATE)])  # 20 of 22 s: only batchable at 25 s
-    s = _sampler(lens, 20.0, seed=5)
+    s = _sampler(lens, 20.0, seed=5, skip_bad=True)
     seen = _consume([s], 40)
-    wider = _sampler(lens, 25.0, seed=5)
+    wider = _sampler(lens, 25.0, seed=5, skip_bad=True)
     wider.load_state_dict(s.state_dict())
     assert sorted(seen + _rest([wider])) == list(range(300))
     assert sorted(i for b in wider for i in b) == list(range(320))  # the next epoch has all of them
@@ -205,6 +220,63 @@ def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: in
         r.load_state_dict(state)
     assert len({len(r.epoch_batches()) for r in resumed}) == 1
     assert sorted(seen + _rest(resumed)) == list(range(len(lens)))
+
+
+@pytest.mark.parametrize("new_world", [1, 2, 3])
+@pytest.mark.parametrize("behind, ahead", [(1, 0), (2, 1)])
+def test_ranks_straddling_an_epoch_boundary_resume_in_another_layout_without_loss(new_world: int, behind: int,
+                                                                                  ahead: int):
+    """With skip_bad a rank that met a batch with no loadable audio pulled another: rank 1 is already in epoch 1
+    (``ahead`` batches into it) while rank 0 has ``behind`` batches of epoch 0 left. Resumed with a smaller
+    device_seconds, every rank continues from epoch 0's remainder (was: the rank ahead skipped it, so its share
+    of epoch 0 was never seen and the ranks had unequal batch counts), then epoch 1's: each utterance once in
+    each epoch, and every rank the same number of batches in each."""
+    lens = lengths(203)
+    ranks = [_sampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    n = len(ranks[0].epoch_batches(0))
+    places = [(0, n - behind), (1, ahead)]
+    seen = {epoch: [] for epoch in (0, 1)}
+    for r, (epoch, position) in zip(ranks, places, strict=True):
+        for e in range(epoch + 1):
+            batches = r.epoch_batches(e)
+            seen[e] += [i for k in range(position if e == epoch else n) for i in batches[k].tolist()]
+    states = [{**r.state_dict(), "epoch": e, "position": p, "ranks": [{"epoch": e_, "position": p_}
+                                                                       for e_, p_ in places]}
+              for r, (e, p) in zip(ranks, places, strict=True)]
+    resumed = [_sampler(lens, 20.0, seed=3, rank=r, world_size=new_world) for r in range(new_world)]
+    for r in resumed:
+        r.load_state_dict(states[r.rank] if new_world == 2 else states[0])  # as restore_training_state gives them
+    assert [r.epoch for r in resumed] == [0] * new_world
+    for epoch in (0, 1):
+        assert len({len(r.epoch_batches(epoch)) for r in resumed}) == 1  # equal batch counts: no rank waits
+        assert sorted(seen[epoch] + _rest(resumed)) == list(range(len(lens)))  # nothing lost, nothing twice
+    assert sorted(_rest(resumed)) == list(range(len(lens)))  # epoch 2 whole, in the new layout
+    again = _sampler(lens, 20.0, seed=3, rank=0, world_size=new_world)
+    again.load_state_dict({**resumed[0].state_dict(), "epoch": 0, "position": 0})  # resumed again at its start
+    assert [b.tolist() for b in again.epoch_batches(1)] == [b.tolist() for b in resumed[0].epoch_batches(1)]
+
+
+def test_resume_with_another_bucket_size_loses_and_repeats_nothing(caplog):
+    """The bucket size decides how an epoch is cut: a resume with another data.bucket_size rebuilds the saved
+    epoch as it was cut and continues with exactly what was not reached (was: the old position in an epoch cut
+    anew, so some utterances came twice and others never)."""
+    lens = lengths(200)
+    s = _sampler(lens, 12.0, seed=1, bucket_size=20)
+    seen = _consume([s], 10)
+    wider = _sampler(lens, 12.0, seed=1, bucket_size=1000)
+    with caplog.at_level(logging.WARNING):
+        wider.load_state_dict(s.state_dict())
+    assert sorted(seen + _rest([wider])) == list(range(len(lens)))  # nothing lost, nothing twice
+    assert "another layout (bucket_size 20 -> 1000)" in caplog.text
+    assert wider.epoch == 1 and sorted(i for b in wider for i in b) == list(range(len(lens)))
+
+
+def test_a_state_of_an_earlier_format_is_refused():
+    """Format 3 states do not say which bucket size cut their epoch: refused, naming the way out."""
+    s = _sampler(lengths(50), 12.0, seed=1)
+    old = {k: v for k, v in s.state_dict().items() if k != "bucket_size"} | {"format": 3}
+    with pytest.raises(ValueError, match=r"format 3, this version reads 4 .*start the run again"):
+        _sampler(lengths(50), 12.0, seed=1).load_state_dict(old)
 
 
 def test_a_larger_budget_after_resume_fills_its_batches():
@@ -262,7 +334,7 @@ def test_pack_budget_does_not_leave_out_what_fits_the_device():
 
 def test_seconds_become_samples_by_rounding():
     """2.01 s is 32160 samples: int(2.01 * 16000) = 32159 refused a file of exactly 2.01 s."""
-    s = _sampler([32160, 64480, 100], 2.01, min_seconds=0.00625)
+    s = _sampler([32160, 64480, 100], 2.01, min_seconds=0.00625, skip_bad=True)
     assert s.device_samples == 32160 and s.min_samples == 100
     assert s.skipped_reasons == {"longer than device_seconds=2.01 s": 1}
     low = _sampler([64480, 64479], 10.0, min_seconds=4.03)

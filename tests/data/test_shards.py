@@ -5,6 +5,8 @@ import argparse
 import collections
 import itertools
 import json
+import logging
+import re
 import tarfile
 from pathlib import Path
 
@@ -174,7 +176,7 @@ def test_shard_command_names_a_segment_past_the_end_of_its_file(corpus: Path, tm
     rows[-1]["offset"] = 7 * SR  # 7 s + 1.5 s of an 8 s file
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ShardError, match=r"long.flac: segment \[112000, 136000\) past the end of the file \(128000 "
-                                         r"samples\): .*--skip-bad"):
+                                         r"samples at 16000 Hz\): .*--skip-bad"):
         _run("shard", str(corpus), str(tmp_path / "s1"))
     assert not (tmp_path / "s1" / "index.json").exists()
     assert _run("shard", str(corpus), str(tmp_path / "s2"), "--skip-bad") == 0
@@ -182,6 +184,53 @@ def test_shard_command_names_a_segment_past_the_end_of_its_file(corpus: Path, tm
     assert len(index) == 17 and [r["id"] for r in index.left_out] == ["long-5"]
     with pytest.raises(ShardError, match="already holds shards"):
         _run("shard", str(corpus), str(tmp_path / "s2"))
+
+
+def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(corpus: Path, tmp_path: Path,
+                                                                              caplog) -> None:
+    """A whole file longer or shorter than its row says, or at another rate, or too short for the model, was
+    written with the file's own samples while its json and the index kept the row's, and training stopped on it
+    hours later. Now `earful shard` applies the loader's checks of a row: a stop naming the file and the problem,
+    or with --skip-bad the row left out, listed in index.json and counted; the shards then train throughout."""
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    half = {**rows[0], "id": "half", "num_samples": rows[0]["num_samples"] // 2}  # the file is twice as long
+    longer = {**rows[0], "id": "longer", "num_samples": rows[0]["num_samples"] + SR}  # the file is a second shorter
+    rate = {**rows[3], "id": "rate", "sample_rate": 22050}  # a 16 kHz file listed at 22.05 kHz
+    sf.write(tmp_path / "blip.flac", np.zeros(300, dtype=np.float32), SR, subtype="PCM_16")
+    blip = {**rows[0], "id": "blip", "path": str(tmp_path / "blip.flac"), "num_samples": 300}
+    u00 = Path(rows[0]["path"]).name
+    cases = [(half, rf"{u00}: \d+ samples at 16000 Hz, longer than the manifest's \d+"),
+             (longer, rf"{u00}: truncated\? \d+ samples at 16000 Hz, the manifest says \d+"),
+             (rate, r"u03.flac: sample rate 16000 Hz, the manifest says 22050 Hz"),
+             (blip, r"blip.flac: too short \(300 samples at 16000 Hz")]
+    for k, (row, problem) in enumerate(cases):
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
+        with pytest.raises(ShardError, match=problem + ".*--skip-bad"):
+            _run("shard", str(corpus), str(tmp_path / f"stop{k}"))
+        assert not (tmp_path / f"stop{k}" / "index.json").exists()
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *(row for row, _ in cases)]))
+    with caplog.at_level(logging.WARNING):
+        assert _run("shard", str(corpus), str(tmp_path / "s"), "--skip-bad") == 0
+    assert "4 rows left out" in caplog.text
+    index = ShardIndex(tmp_path / "s")
+    assert len(index) == 18 and [r["id"] for r in index.left_out] == ["half", "longer", "rate", "blip"]
+    for r, (_, problem) in zip(index.left_out, cases, strict=True):
+        assert re.search(problem, r["problem"])
+    loader = make_shard_loader(str(tmp_path / "s"), BatchBudget(3.0, 3.0), shuffle=False)
+    ids = [i for b in itertools.islice(loader, 40) if b.epoch == 0 for i in b.ids]
+    assert sorted(ids) == sorted(r["id"] for r in rows)  # every member trains: none fails at training time
+
+
+def test_members_too_long_for_the_device_stop_the_shard_loader_unless_skip_bad(shards: Path) -> None:
+    """Uncropped members longer than device_seconds: an error naming the shard folder, how many and which
+    members; with skip_bad (data.skip_bad) left out and counted."""
+    long = int((ShardIndex(shards).lengths() > SR).sum())
+    assert 0 < long < 18
+    with pytest.raises(ValueError, match=re.escape(f"{shards}: {long} of 18 utterances cannot be batched ({long} "
+                                                   "longer than device_seconds=1 s), e.g. shard-0")):
+        make_shard_loader(str(shards), BatchBudget(1.0, 1.0))
+    loader = make_shard_loader(str(shards), BatchBudget(1.0, 1.0), skip_bad=True)
+    assert loader.skipped == long and loader.sampler.skipped_reasons == {"longer than device_seconds=1 s": long}
 
 
 def test_shards_read_through_an_fsspec_url(shards: Path) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,24 @@ def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:
         Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
 
 
+def test_fine_tuning_refuses_a_row_too_long_for_the_device_unless_skip_bad(tmp_path, tones, rel, caplog) -> None:
+    """Fine-tuning crops nothing: a row longer than device_seconds (and within max_seconds) stops the run
+    naming the manifest and the row; with data.skip_bad=true it is left out and counted in the run's log."""
+    rows = rel.manifest_rows(tones)
+    n = rel.write_wave(tmp_path / "long.wav", 3.0)
+    rows.append({**rows[0], "id": "long", "path": str(tmp_path / "long.wav"), "num_samples": n})
+    manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=r"train.jsonl: 1 of 5 utterances cannot be batched \(1 longer than "
+                                         r"device_seconds=1.75 s\), e.g. long: set data.skip_bad=true"):
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
+    cfg = load_finetune_config(None, rel.finetune_overrides(manifest, 1, "data.skip_bad=true"))
+    trainer = Trainer(FinetuneTask(cfg), tmp_path / "run2")
+    assert trainer.loader.skipped == 1
+    with caplog.at_level(logging.WARNING):
+        summary = trainer.fit()
+    assert summary["unbatchable"] == 1 and "1 utterances cannot be batched" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------- a whole run
 
 
@@ -219,8 +238,16 @@ def dirty_manifest(tmp_path, tiny_corpus, rel) -> Path:
 
 
 def test_pretraining_over_bad_files_stops_naming_one(tmp_path, dirty_manifest, rel, caplog) -> None:
-    rc = main(["pretrain", *rel.pretrain_overrides(dirty_manifest, 12, "data.crop_seconds=null", "data.min_seconds=0"),
-               "--out", str(tmp_path / "run")])
+    """The over-long row stops the run before training (the sampler sees it first), naming the manifest, the row
+    and the ways out; with data.max_seconds leaving it out on purpose, the first bad file read stops the run."""
+    overrides = rel.pretrain_overrides(dirty_manifest, 12, "data.crop_seconds=null", "data.min_seconds=0")
+    assert main(["pretrain", *overrides, "--out", str(tmp_path / "run")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert re.search(r"dirty.jsonl: 1 of 13 utterances cannot be batched \(1 longer than device_seconds=4 s\), "
+                     r"e.g. long: set data.skip_bad=true", errors[0]), errors
+    caplog.clear()
+    rc = main(["pretrain", *overrides, "data.max_seconds=4", "--out", str(tmp_path / "run2")])
     assert rc == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, errors
