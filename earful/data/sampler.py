@@ -228,8 +228,9 @@ class SecondsBatchSampler:
         return {key: getattr(self, key) for key in LAYOUT}
 
     def shape_cap(self) -> int:
-        """The longest padded length the shape grid may round a batch up to: the crop, else ``limit()``."""
-        return self.crop_samples or self.limit()
+        """The longest padded length the shape grid may round a batch up to: the crop, else ``limit()``, and never
+        past ``limit()`` (a crop longer than the device holds would pad a batch beyond ``device_seconds``)."""
+        return min(self.crop_samples, self.limit()) if self.crop_samples else self.limit()
 
     def shaped(self, longest: np.ndarray) -> np.ndarray:
         """The padded length of batches led by utterances of ``longest`` samples (``shape_seconds``' grid)."""

@@ -365,6 +365,18 @@ def test_a_shape_grid_gives_few_fixed_batch_shapes_and_resumes_exactly():
     assert sorted(seen + _rest([resumed])) == sorted(grid.batchable.tolist())
 
 
+@pytest.mark.parametrize("limits", [{"device_seconds": 10.0}, {"device_seconds": 15.0, "max_seconds": 15.0}])
+def test_the_shape_grid_never_pads_past_what_a_device_holds(limits):
+    """A crop (15.6 s) longer than device_seconds or max_seconds: the grid (4 s) rounds a batch up to those at most
+    (before, to 12 or 15.6 s: a 10 s device got a 12 s batch)."""
+    budget = BatchBudget(30.0, crop_seconds=15.6, shape_seconds=4.0, **limits)
+    sampler = SecondsBatchSampler([int(s * RATE) for s in (9.0, 14.5, 3.0, 2.0)], budget, shuffle=False,
+                                  skip_bad=True)
+    cap = int(min(limits.values()) * RATE)
+    for b in sampler.epoch_batches(0):
+        assert int(sampler.shaped(np.array([sampler.effective[b].max()]))[0]) * len(b) <= cap
+
+
 def test_collate_pads_to_the_grid_and_crops_down_to_it():
     from earful.data.dataset import Item, collate
 
