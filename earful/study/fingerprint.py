@@ -10,6 +10,7 @@ from typing import Any
 from earful.config import flatten, to_dict
 from earful.study.config import PlannedRun, StudyConfig
 from earful.study.corpus import manifest_digests
+from earful.train.recipe import OPERATIONAL, WATCHING
 
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
@@ -26,6 +27,32 @@ def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
     return key not in left_out and not key.startswith(NOT_RECIPE_SECTIONS)
 
 
+def _computes(key: str) -> bool:
+    """A training setting that changes what a run computes: not per run, not how it runs or who watches it
+    (the keys a run's own resume lets change: earful/train/recipe.py)."""
+    return _kept(key, PER_RUN | OPERATIONAL) and not key.startswith(WATCHING)
+
+
+def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` less the training settings that do not change results (a study.json written before a
+    setting was classed so may hold them)."""
+    return {part: {k: v for k, v in kv.items() if part not in ("pretrain", "finetune") or _computes(k)}
+            for part, kv in fingerprint.items()}
+
+
+def _new_at_default(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` less the training settings that ``old`` (an earlier earful's) does not know and that are at their
+    code default: a setting added since, left as it was, does not make another recipe."""
+    from earful.finetune.config import FinetuneConfig
+    from earful.pretrain.config import PretrainConfig
+
+    defaults = {"pretrain": flatten(to_dict(PretrainConfig())), "finetune": flatten(to_dict(FinetuneConfig()))}
+    return {part: {k: v for k, v in kv.items()
+                   if not (part in defaults and k not in old.get(part, {}) and k in defaults[part]
+                           and json.loads(json.dumps(defaults[part][k])) == v)}
+            for part, kv in new.items()}
+
+
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
     """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
     and code defaults, less ``PER_RUN``), the manifests' contents and, when the study has probes, the recipe of
@@ -36,8 +63,8 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     pre = flatten(to_dict(pretrain_config(study, runs[0], root)))
     fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
     fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, NOT_RECIPE)},
-          "pretrain": {k: v for k, v in pre.items() if _kept(k, PER_RUN)},
-          "finetune": {k: v for k, v in fine.items() if _kept(k, PER_RUN)},
+          "pretrain": {k: v for k, v in pre.items() if _computes(k)},
+          "finetune": {k: v for k, v in fine.items() if _computes(k)},
           "data": manifest_digests(study, root)}
     if study.probes:  # a study without probes has no "probe" part: its fingerprint is what it was before probes
         probes = flatten(to_dict(probe_config(study)))
@@ -54,7 +81,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     if saved.get("format") != STUDY_FORMAT:
         raise ValueError(f"{p}: written by an earlier development version of earful (format "
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
-    old = saved["fingerprint"]
+    old = _comparable(saved["fingerprint"])
+    fingerprint = _new_at_default(old, fingerprint)
     if old == fingerprint:
         return
     parts = [*fingerprint, *(part for part in old if part not in fingerprint)]

@@ -156,6 +156,30 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
 
 
+def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_or_new_defaults_differ(
+        study_file, tmp_path) -> None:
+    """A study.json written before a setting existed (at its default now) or holding settings that only say how
+    a run goes (log_every, compile: earful/train/recipe.py's OPERATIONAL) is the same recipe; a setting that
+    changes results is not (before, adding compile_mode refused every existing study folder)."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    out = tmp_path / "out"
+    out.mkdir()
+    study = load_study(study_file)
+    fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
+    assert "compile_mode" not in fp["pretrain"] and "log_every" not in fp["pretrain"]
+    earlier = json.loads(json.dumps(fp))
+    earlier["pretrain"].update({"log_every": 7, "compile": False})  # held by study.json files of before
+    del earlier["pretrain"]["model.mask_channel_prob"]  # as if that setting did not exist then (now at default)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    check_same_recipe(out, fp)
+    changed = json.loads(json.dumps(fp))
+    changed["pretrain"]["model.mask_channel_prob"] = 0.1  # the setting now away from its default
+    with pytest.raises(ValueError, match=r"differs in pretrain\.model\.mask_channel_prob\)"):
+        check_same_recipe(out, changed)
+
+
 def test_a_folder_from_an_earlier_development_version_is_refused(study_file, tmp_path) -> None:
     """There is no release: a study.json without this version's format is refused, naming the way out."""
     from earful.config import to_dict
