@@ -364,6 +364,18 @@ class SecondsBatchSampler:
                if self._resumed else {}),
         }
 
+    def _from_format_3(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A state of format 3 (before the layout held ``bucket_size``) in format 4: its epoch was cut with this
+        run's bucket size, which a resume cannot change without ``--allow-changes`` (the recipe holds it)."""
+        def layout(saved: dict[str, Any]) -> dict[str, Any]:
+            return {**saved, "bucket_size": self.bucket_size}
+
+        resumed = state.get("resumed")  # format 3: one epoch's record, {"epoch", "steps"}
+        steps = [{**s, "layout": layout(s["layout"])} for s in resumed["steps"]] if resumed else []
+        log.info("sampler state of format 3: its epoch taken as cut with bucket_size %d", self.bucket_size)
+        return {**layout(state), "format": 4, **({"resumed": [{"epoch": resumed["epoch"], "steps": steps}]}
+                                                  if steps else {})}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume where ``state`` was saved. With another layout (other devices, a smaller micro-batch after an
         out-of-memory error, another crop or length limit) the saved epoch continues with exactly the
@@ -371,6 +383,8 @@ class SecondsBatchSampler:
         their order differ from an uninterrupted run's); another ``bucket_size`` is another layout too. Nothing of
         the epoch is lost or repeated; an utterance batchable only under the new limits joins from the next
         epoch."""
+        if state.get("format") == 3:
+            state = self._from_format_3(state)
         if state.get("format") != SAMPLER_FORMAT:
             raise ValueError(f"cannot resume sampler: its state has format {state.get('format')!r}, this version "
                              f"reads {SAMPLER_FORMAT} (written by an earlier development version of earful: start "

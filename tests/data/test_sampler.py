@@ -271,12 +271,33 @@ def test_resume_with_another_bucket_size_loses_and_repeats_nothing(caplog):
     assert wider.epoch == 1 and sorted(i for b in wider for i in b) == list(range(len(lens)))
 
 
-def test_a_state_of_an_earlier_format_is_refused():
-    """Format 3 states do not say which bucket size cut their epoch: refused, naming the way out."""
-    s = _sampler(lengths(50), 12.0, seed=1)
-    old = {k: v for k, v in s.state_dict().items() if k != "bucket_size"} | {"format": 3}
-    with pytest.raises(ValueError, match=r"format 3, this version reads 4 .*start the run again"):
-        _sampler(lengths(50), 12.0, seed=1).load_state_dict(old)
+def test_a_state_of_format_3_resumes_as_its_format_4_twin_and_older_ones_are_refused():
+    """Format 3 states do not record the bucket size; a resume cannot change it without --allow-changes (the
+    recipe holds it), so a format-3 state is read as cut with this run's: the same batches as the format-4 state,
+    also for a state that was itself resumed in another layout. Format 2 is refused, naming the way out."""
+    lens = lengths(200)
+    s = _sampler(lens, 25.0, seed=2)
+    _consume([s], 5)
+    relaid = _sampler(lens, 12.0, seed=2)  # a re-layout: its state carries the record of the epoch
+    relaid.load_state_dict(s.state_dict())
+    _consume([relaid], 2)
+    assert "resumed" in relaid.state_dict()
+    for state in (s.state_dict(), relaid.state_dict()):
+        def without_bucket(d):
+            return {k: v for k, v in d.items() if k != "bucket_size"}
+
+        old = without_bucket(state) | {"format": 3}
+        if "resumed" in state:  # format 3 kept one epoch's record, its layouts without the bucket size
+            (r,) = state["resumed"]
+            old["resumed"] = {"epoch": r["epoch"], "steps": [{**st, "layout": without_bucket(st["layout"])}
+                                                             for st in r["steps"]]}
+        a, b = _sampler(lens, 12.0, seed=2), _sampler(lens, 12.0, seed=2)
+        a.load_state_dict(state)
+        b.load_state_dict(old)
+        assert (a.epoch, a.position) == (b.epoch, b.position)
+        assert [x.tolist() for x in a.epoch_batches(a.epoch)] == [x.tolist() for x in b.epoch_batches(b.epoch)]
+    with pytest.raises(ValueError, match=r"format 2, this version reads 4 .*start the run again"):
+        _sampler(lens, 12.0, seed=2).load_state_dict(s.state_dict() | {"format": 2})
 
 
 def test_a_larger_budget_after_resume_fills_its_batches():
