@@ -209,7 +209,7 @@ class SecondsBatchSampler:
         b = self.budget
         count = sum(int(m.sum()) for m in bad.values())
         what = ", ".join(f"{int(m.sum())} {why}" for why, m in bad.items() if m.any())
-        ways = ["set data.skip_bad=true to leave them out (counted in the run's log)"]
+        ways = ["set data.skip_bad=true (earful gradvar: --skip-bad) to leave them out (counted in the log)"]
         long = bad[f"longer than device_seconds={b.device_seconds:g} s"]
         if long.any():
             longest = float(self.effective[long].max()) / SAMPLE_RATE
@@ -217,6 +217,9 @@ class SecondsBatchSampler:
                      "data.max_seconds to leave longer utterances out on purpose (counted)"]
             if not b.crop_seconds:
                 ways += ["in pre-training, data.crop_seconds to crop them"]
+            elif b.crop_seconds > b.device_seconds:
+                ways += [f"data.crop_seconds at most device_seconds (the crop, {b.crop_seconds:g} s, is longer than "
+                         "what a device holds)"]
         if bad["empty (0 samples)"].any():
             ways += ["remove the empty rows from the manifest (or data.min_seconds to leave short ones out on "
                      "purpose, counted)"]

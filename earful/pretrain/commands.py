@@ -30,7 +30,7 @@ def _gradvar(args: argparse.Namespace) -> int:
 
     budget = BatchBudget(args.batch_seconds, args.device_seconds or args.batch_seconds, crop_seconds=args.crop_seconds)
     result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,
-                            device=args.device, crop_to_shortest=args.crop_to_shortest)
+                            device=args.device, crop_to_shortest=args.crop_to_shortest, skip_bad=args.skip_bad)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write_lines(args.out, [text])
@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="padded audio per micro-batch (default: the whole batch at once); smaller accumulates")
     p.add_argument("--batches", type=int, default=10, help="independent batches (the paper: 10)")
     p.add_argument("--crop-seconds", type=float, default=None)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out (counted) utterances that cannot be batched or read, as data.skip_bad in training")
     p.add_argument("--crop-to-shortest", action="store_true",
                    help="crop each batch to its shortest utterance, as training with data.padding=false does "
                         "(default: zero-padded, data.padding=true)")

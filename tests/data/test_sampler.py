@@ -100,6 +100,9 @@ def test_unbatchable_counted_warned_or_raised(caplog):
     assert sorted(i for b in limited for i in b) == [0, 2]
     # longer than both: max_seconds leaves it out on purpose, no error
     assert _sampler(lens, 10.0, max_seconds=5.0).skipped_reasons == {"longer than max_seconds=5 s": 1}
+    # a crop longer than the device holds saves nothing: the message says to crop within it
+    with pytest.raises(ValueError, match=r"data.crop_seconds at most device_seconds \(the crop, 15.6 s"):
+        _sampler(lens, 10.0, crop_seconds=15.6)
 
 
 def test_empty_utterance_is_an_error_or_counted_not_a_crash(caplog):

@@ -35,6 +35,12 @@ def test_gradvar_cli_writes_json(tmp_path, tiny_corpus) -> None:
                  "--batches", "3", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["batches"] == 3 and math.isfinite(r["mean_param_grad_std"])
+    # utterances no batch holds (the corpus has some over 1.5 s): an error naming the way out, or with
+    # --skip-bad left out and counted
+    short = ["gradvar", str(tmp_path / "ckpt"), "--manifest", str(train), "--batch-seconds", "1.5", "--batches", "2",
+             "--device", "cpu", "--out", str(out)]
+    assert main(short) == 2
+    assert main([*short, "--skip-bad"]) == 0 and json.loads(out.read_text())["batches"] == 2
 
 
 def test_gradvar_measures_at_the_checkpoints_step(tmp_path, tiny_corpus, monkeypatch) -> None:
