@@ -15,12 +15,12 @@ reproduced* or *inconclusive*, with the evidence in one line:
   inconclusive otherwise.
 * **C4** — hours seen decide: the change between equal-hours pairs ((B, T) → (2B, T/2), cycle minima) against
   the gain between equal-steps pairs ((B, T) → (2B, T)), both signed in the metric's better direction and
-  averaged over pairs; a mean's SE is √(Σ SE²)/k (each cell in one pair of a kind). Signed means are unbiased,
-  where mean absolute gaps grow with the noise. Reproduced when the equal-steps gain is beyond 2 SE and the
-  equal-hours change, at its 2 SE bound, is at most a third of the equal-steps gain at its lower 2 SE bound, and
-  no single pair's change exceeds a third of the gain (at its upper bound) beyond 2 SE; not reproduced when the
-  mean change does so, or half the pairs do (changes of both signs cancel in a mean); inconclusive otherwise
-  (and with one seed: no spread).
+  averaged over pairs; a mean's SE is √(Σ w² SE²) over the cells it weighs (chained pairs share cells). Signed
+  means are unbiased, where mean absolute gaps grow with the noise. Reproduced when the equal-steps gain is
+  beyond 2 SE and the equal-hours change, at its 2 SE bound, is at most a third of the equal-steps gain at its
+  lower 2 SE bound, and no single pair's change exceeds a third of the gain (at its upper bound) beyond 2 SE;
+  not reproduced when the mean change does so, or half the pairs do (changes of both signs cancel in a mean);
+  inconclusive otherwise (and with one seed: no spread).
 * **C6** — gradient noise falls with the batch: the slope of log(gradient std) on log(batch) (the paper: ≈ −0.5).
   Reproduced when within 0.25 of −0.5; not reproduced when its ±2 SE interval misses [−0.75, −0.25].
 * **C7** — codebook usage: hard perplexity rises and codeword cosine similarity falls with the batch (Spearman
@@ -140,26 +140,35 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     return Verdict("C2", metric, verdict, evidence)
 
 
-def _mean_gain(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The mean of signed gains and its SE, √(Σ SE²)/k: independent pairs (no cell in two pairs of a kind)."""
-    return statistics.fmean(g for g, _ in pairs), math.sqrt(sum(se**2 for _, se in pairs)) / len(pairs)
+def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, float]:
+    """The mean over ``pairs`` of the signed gain from a to b, and its SE. The mean is a weighted sum of cell
+    means, so its SE is √(Σ w² SE²) over cells: exact when a cell is in two pairs (4 → 8 and 8 → 16 s), where
+    √(Σ pair SE²)/k would count it twice."""
+    weight: dict[int, float] = defaultdict(float)
+    cell: dict[int, Cell] = {}
+    for a, b in pairs:
+        for c, w in ((a, -sign), (b, sign)):
+            weight[id(c)] += w / len(pairs)
+            cell[id(c)] = c
+    mean = sum(w * cell[k].mean for k, w in weight.items())
+    return mean, math.sqrt(sum((w * cell[k].se) ** 2 for k, w in weight.items()))
 
 
 def judge_c4(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
-    hours, steps = [], []  # (signed gain in the better direction, its SE)
+    hours, steps = [], []  # pairs of cells: from (B, T) to (2B, T/2), and to (2B, T)
     for (b, s), cell in grid.items():
         if (2 * b, s) in grid:
-            steps.append(_gain(cell, grid[(2 * b, s)], sign))
+            steps.append((cell, grid[(2 * b, s)]))
         if s % 2 == 0 and (2 * b, s // 2) in grid:
-            hours.append(_gain(cell, grid[(2 * b, s // 2)], sign))
+            hours.append((cell, grid[(2 * b, s // 2)]))
     if not hours or not steps:
         return Verdict("C4", metric, INCONCLUSIVE, "no equal-hours pairs (B, T) / (2B, T/2) among the checkpoints")
-    h, h_se = _mean_gain(hours)
-    g, g_se = _mean_gain(steps)
+    h, h_se = _mean_gain(hours, sign)
+    g, g_se = _mean_gain(steps, sign)
     measured = math.isfinite(h_se) and math.isfinite(g_se) and h_se > 0 and g_se > 0
     third_high = max(g + 2 * g_se, 0.0) / 3  # a third of the equal-steps gain, at its upper bound
     # pairs whose own change exceeds that beyond 2 SE: changes of both signs cancel in the mean, not here
-    apart = sum(abs(x) - 2 * se > third_high for x, se in hours)
+    apart = sum(abs(x) - 2 * se > third_high for x, se in (_gain(a, b, sign) for a, b in hours))
     held = measured and _beyond(g, g_se) and abs(h) + 2 * h_se <= (g - 2 * g_se) / 3 and apart == 0
     refuted = measured and (abs(h) - 2 * h_se > third_high or 2 * apart >= len(hours))
     ratio = abs(h) / g if g > 0 else math.inf

@@ -91,11 +91,21 @@ def test_c4_weighs_the_equal_hours_change_with_its_noise() -> None:
     assert verdicts(spread(hours, [-0.002, 0.0, 0.002]))["C4"] == REPRODUCED
 
 
-def test_c4_standard_error_is_that_of_the_mean_of_independent_pairs() -> None:
-    from earful.study.claims import _mean_gain
+def test_c4_standard_error_weighs_each_cell_once() -> None:
+    """The mean gain over pairs is a weighted sum of cell means: independent pairs give √(Σ SE²)/k (not the mean
+    of the SEs), chained pairs (4 → 8, 8 → 16 s) share their middle cell, whose weight cancels."""
+    from earful.study.claims import Cell, _mean_gain
 
-    gain, se = _mean_gain([(0.1, 0.03), (0.3, 0.04)])
-    assert gain == 0.2 and se == 0.025  # √(0.03² + 0.04²) / 2, not the mean of the SEs (0.035)
+    def cell(mean, se):  # three values with that mean and standard error
+        d = se * math.sqrt(3)  # sample sd of (-d, 0, d) is d; SE d / √3
+        return Cell([mean - d, mean, mean + d])
+
+    a, b, c, d = cell(0.0, 0.03), cell(0.1, 0.0), cell(1.0, 0.04), cell(1.3, 0.0)
+    gain, se = _mean_gain([(a, b), (c, d)], 1.0)
+    assert math.isclose(gain, 0.2) and math.isclose(se, 0.025)  # √(0.03² + 0.04²) / 2, not (0.03 + 0.04) / 2
+    x, y, z = cell(0.0, 1.0), cell(1.0, 1.0), cell(3.0, 1.0)
+    gain, se = _mean_gain([(x, y), (y, z)], 1.0)
+    assert math.isclose(gain, 1.5) and math.isclose(se, math.sqrt(0.5))  # (z − x)/2: the middle cell cancels
 
 
 def test_c2_needs_the_largest_doubling_measured() -> None:
