@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
+from earful.checkpoint import sha256
 from earful.study.config import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def check_probe_corpus(study: StudyConfig, root: Path) -> None:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return sha256(path) if path.is_file() else "missing"
 
 
 def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:

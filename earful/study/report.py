@@ -153,24 +153,24 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-Upstream = tuple[str, str, Any]  # (pretrain run or baseline, checkpoint, run seed): one probed model
+ProbedModel = tuple[str, str, Any]  # (pretrain run or baseline, checkpoint, run seed): one probed model
 
 
-def upstream_of(record: dict[str, Any]) -> Upstream:
+def upstream_of(record: dict[str, Any]) -> ProbedModel:
     """The model a probe record measured: every seed has its own random init (one ``random-init`` name)."""
     return record["pretrain"], record["checkpoint"], record.get("seed")
 
 
-def probe_means(probes: list[dict[str, Any]]) -> dict[Upstream, dict[str, float]]:
+def probe_means(probes: list[dict[str, Any]]) -> dict[ProbedModel, dict[str, float]]:
     """``{(upstream, checkpoint, seed): {"task.metric": mean over probe seeds}}``."""
-    values: dict[Upstream, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    values: dict[ProbedModel, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in probes:
         values[upstream_of(r)][f"{r['task']}.{r['metric']}"].append(r["value"])
     return {k: {m: statistics.fmean(v) for m, v in ms.items()} for k, ms in values.items()}
 
 
-def probe_section(probes: list[dict[str, Any]], means: dict[Upstream, dict[str, float]],
-                  about: dict[Upstream, dict[str, Any]], rep: Path) -> list[str]:
+def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[str, float]],
+                  about: dict[ProbedModel, dict[str, Any]], rep: Path) -> list[str]:
     """Probe metrics per upstream (mean ± sd over run seeds, each the mean over probe seeds; %), the baselines
     first; whether each pre-trained final model has learned (beats both baselines on PR and IC); plots of each
     metric against hours seen, one line per batch size, the baselines as dashed lines; ``probes.csv``."""
@@ -199,13 +199,13 @@ def probe_section(probes: list[dict[str, Any]], means: dict[Upstream, dict[str, 
     return text + [""]
 
 
-def baseline(means: dict[Upstream, dict[str, float]], name: str, metric: str) -> float | None:
+def baseline(means: dict[ProbedModel, dict[str, float]], name: str, metric: str) -> float | None:
     """The mean of ``metric`` over the baseline upstream ``name`` (``random-init`` or ``fbank``), if measured."""
     vals = [v[metric] for (p, _, _), v in means.items() if p == name and metric in v]
     return statistics.fmean(vals) if vals else None
 
 
-def learned_lines(means: dict[Upstream, dict[str, float]], about: dict[Upstream, dict[str, Any]]
+def learned_lines(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]]
                   ) -> list[str]:
     """The probes' test of learning: a final model beats the random init and filterbanks on PR and IC."""
     per, ic = ([x for x in (baseline(means, name, metric) for name in ("random-init", "fbank")) if x is not None]
@@ -219,7 +219,7 @@ def learned_lines(means: dict[Upstream, dict[str, float]], about: dict[Upstream,
             f"{len(finals)} final models" + (f"; not: {', '.join(missing)}" if missing else "") + ".", ""]
 
 
-def plot_probe_metric(means: dict[Upstream, dict[str, float]], about: dict[Upstream, dict[str, Any]],
+def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]],
                       metric: str, rep: Path) -> None:
     """``metric`` against hours seen (log), one line per batch size (mean over run seeds), baselines dashed."""
     def draw(ax):
@@ -243,8 +243,8 @@ def plot_probe_metric(means: dict[Upstream, dict[str, float]], about: dict[Upstr
 
 def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                 ft: list[dict[str, Any]], main_split: str | None,
-                means: dict[Upstream, dict[str, float]] | None = None,
-                about: dict[Upstream, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                means: dict[ProbedModel, dict[str, float]] | None = None,
+                about: dict[ProbedModel, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per (planned run, cycle minimum or final step) where anything was measured: batch, seed, step,
     hours (batch × steps) and every metric measured there — validation loss, accuracy and perplexity, test CER
     per label set, probe metrics. A checkpoint probed or fine-tuned at a step without validation has its row."""
@@ -276,7 +276,7 @@ def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], s
 
 def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                    ft: list[dict[str, Any]], main_split: str | None,
-                   means: dict[Upstream, dict[str, float]], about: dict[Upstream, dict[str, Any]],
+                   means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]],
                    rep: Path) -> list[str]:
     """The paper's claims (docs/paper.md §7) judged on this study's grid: a verdict per claim and metric."""
     from earful.probe.report import METRICS

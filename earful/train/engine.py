@@ -115,13 +115,6 @@ class Trainer:
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
-        if cfg.compile:
-            if self.d.device.type == "cpu":
-                log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
-            if uses_cuda_graphs(cfg.compile_mode) and cfg.data.shape_seconds is None:
-                log.warning("compile_mode=%s without data.shape_seconds: every new batch shape records its own CUDA "
-                            "graphs (time and memory); a shape grid makes them repeat", cfg.compile_mode)
-            compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         if cfg.device_seconds == "auto":
             saved = info.get("layout", {}) if info is not None else {}
             if saved.get("world_size") == self.d.world_size and isinstance(saved.get("device_seconds"), float | int):
@@ -130,7 +123,14 @@ class Trainer:
                 cfg.device_seconds = float(saved["device_seconds"])
                 log.info("device_seconds=auto: %.4g s a micro-batch, as found when the run started", cfg.device_seconds)
             else:
-                cfg.device_seconds = auto_device_seconds(task, cfg, self.d)
+                cfg.device_seconds = auto_device_seconds(task, cfg, self.d)  # on the eager model: no graph pools
+        if cfg.compile:
+            if self.d.device.type == "cpu":
+                log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
+            if uses_cuda_graphs(cfg.compile_mode) and cfg.data.shape_seconds is None:
+                log.warning("compile_mode=%s without data.shape_seconds: every new batch shape records its own CUDA "
+                            "graphs (time and memory); a shape grid makes them repeat", cfg.compile_mode)
+            compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         self.budget = cfg.budget(self.d.world_size)
         self.accum = self.budget.accumulation
         if cfg.compile and uses_cuda_graphs(cfg.compile_mode) and self.accum > 1:

@@ -5,7 +5,7 @@ import torch
 
 from earful.model import Wav2Vec2ForPreTraining
 from earful.pretrain.config import load_pretrain_config
-from earful.pretrain.task import logged_loss, per_unit
+from earful.pretrain.task import PretrainTask, logged_loss, per_unit
 
 NO_DROPOUT = ["dropout=0.0", "attention_dropout=0.0", "dropout_input=0.0", "dropout_features=0.0"]
 
@@ -38,6 +38,12 @@ def test_logged_terms_of_unequal_micro_batches(normalisation: str) -> None:
         assert terms["penalty"] == pytest.approx(sums["penalty"] / masked)
         assert terms["diversity"] == pytest.approx(sums["diversity"] / masked)
         assert 0.0 <= terms["diversity"] <= 1.0  # (GV − Σ PPL)/GV a masked frame
+    # what a training step logs (the task's step record from the step's summed statistics) is the same
+    tot = {"masked": masked, "micro_batches": len(outs), "contrastive": sums["contrastive"],
+           "diversity": sums["diversity"], "penalty": sums["penalty"], "correct": 0.0,
+           "ppl_soft": [0.0] * cfg.model.num_codevector_groups, "ppl_hard": [0.0] * cfg.model.num_codevector_groups}
+    step = PretrainTask(cfg).step_record(tot)
+    assert {k: step[k] for k in terms} == pytest.approx(terms)
     w = cfg.model
     assert logged_loss(cfg, **terms) == pytest.approx(
         terms["contrastive"] + w.diversity_weight * terms["diversity"] + w.feature_penalty_weight * terms["penalty"])
