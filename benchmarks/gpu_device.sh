@@ -20,7 +20,9 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
 # Then copy the working tree (with .whl) to the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
-# limit of about 9.5 minutes (OUT=folder for the results). benchmarks/README.md says what each row answers.
+# limit of about 9.5 minutes (OUT=folder for the results). The steps' own timeouts add up to 12.7 minutes, for
+# the case where something hangs: then the last row (e) is the one cut. benchmarks/README.md says what each row
+# answers.
 set -uo pipefail
 OUT=${OUT:-/tmp/earful-gpu}
 mkdir -p "$OUT"
