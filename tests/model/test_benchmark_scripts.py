@@ -86,3 +86,14 @@ def test_group_norm_padding_and_transcription_benchmarks_run(tmp_path: Path, tin
     assert "pre-training step" in runs["cost"] and "backbone inference" in runs["cost"]
     assert "padded utterances" in runs["shift"] and "% RMS" in runs["shift"]
     assert "RTF (CPU s / audio s) whole" in runs["rtf"] and "peak RSS growth MiB" in runs["rtf"]
+
+
+def test_ddp_scaling_benchmark_smoke_runs() -> None:
+    """The data-parallel scaling benchmark runs the real torchrun command at 1 and 2 processes (gloo, CPU) and
+    prints each setting's throughput and efficiency against the 1-process run."""
+    r = subprocess.run([sys.executable, "benchmarks/ddp_scaling.py", "--smoke"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "100.0%"
+    assert all(float(row[1]) > 0 for row in rows)
