@@ -368,14 +368,17 @@ class SecondsBatchSampler:
         }
 
     def _from_format_3(self, state: dict[str, Any]) -> dict[str, Any]:
-        """A state of format 3 (before the layout held ``bucket_size``) in format 4: its epoch was cut with this
-        run's bucket size, which a resume cannot change without ``--allow-changes`` (the recipe holds it)."""
-        def layout(saved: dict[str, Any]) -> dict[str, Any]:
-            return {**saved, "bucket_size": self.bucket_size}
+        """A state of format 3 (before the layout held ``bucket_size``) in format 4. Its bucket size is the one
+        the trainer adds from the checkpoint's recipe (``bucket_size``), else this run's: a resume cannot change
+        it without ``--allow-changes``, as the recipe holds it."""
+        bucket = int(state.get("bucket_size", self.bucket_size))
 
-        resumed = state.get("resumed")  # format 3: one epoch's record, {"epoch", "steps"}
+        def layout(saved: dict[str, Any]) -> dict[str, Any]:
+            return {**saved, "bucket_size": bucket}
+
+        resumed = state.pop("resumed", None)  # format 3: one epoch's record, {"epoch", "steps"}
         steps = [{**s, "layout": layout(s["layout"])} for s in resumed["steps"]] if resumed else []
-        log.info("sampler state of format 3: its epoch taken as cut with bucket_size %d", self.bucket_size)
+        log.info("sampler state of format 3: its epoch taken as cut with bucket_size %d", bucket)
         return {**layout(state), "format": 4, **({"resumed": [{"epoch": resumed["epoch"], "steps": steps}]}
                                                   if steps else {})}
 

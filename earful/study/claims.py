@@ -15,8 +15,9 @@ reproduced* or *inconclusive*, with the evidence in one line:
   inconclusive otherwise.
 * **C4** — hours seen decide: the change between equal-hours pairs ((B, T) → (2B, T/2), cycle minima) against
   the gain between equal-steps pairs ((B, T) → (2B, T)), both signed in the metric's better direction and
-  averaged over pairs; a mean's SE is √(Σ w² SE²) over the cells it weighs (chained pairs share cells). Signed
-  means are unbiased, where mean absolute gaps grow with the noise. Reproduced when the equal-steps gain is
+  averaged over pairs; a mean's SE is that of its per-seed contrasts (the same seeds in every cell: a run's two
+  checkpoints are not independent), else √(Σ w² SE²) over the cells it weighs (chained pairs share cells).
+  Signed means are unbiased, where mean absolute gaps grow with the noise. Reproduced when the equal-steps gain is
   beyond 2 SE and the equal-hours change, at its 2 SE bound, is at most a third of the equal-steps gain at its
   lower 2 SE bound, and no single pair's change exceeds a third of the gain (at its upper bound) beyond 2 SE;
   not reproduced when the mean change does so, or half the pairs do (changes of both signs cancel in a mean);
@@ -50,9 +51,10 @@ class Verdict:
 
 @dataclass
 class Cell:
-    """A metric's values over seeds at one (batch, step)."""
+    """A metric's values over seeds at one (batch, step), and the seeds they came from (when known)."""
 
     values: list[float]
+    seeds: list[Any] | None = None
 
     @property
     def mean(self) -> float:
@@ -65,12 +67,12 @@ class Cell:
 
 def cells(rows: list[dict[str, Any]], metric: str) -> dict[tuple[float, int], Cell]:
     """``{(batch_seconds, step): Cell}`` of ``metric`` over the rows (one row per run and checkpoint)."""
-    found: dict[tuple[float, int], list[float]] = defaultdict(list)
+    found: dict[tuple[float, int], list[tuple[Any, float]]] = defaultdict(list)
     for r in rows:
         v = r.get(metric)
         if v is not None and math.isfinite(v):
-            found[(float(r["batch_seconds"]), int(r["step"]))].append(float(v))
-    return {k: Cell(v) for k, v in found.items()}
+            found[(float(r["batch_seconds"]), int(r["step"]))].append((r.get("seed"), float(v)))
+    return {k: Cell([v for _, v in sv], [s for s, _ in sv]) for k, sv in found.items()}
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -142,8 +144,9 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
 
 def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, float]:
     """The mean over ``pairs`` of the signed gain from a to b, and its SE. The mean is a weighted sum of cell
-    means, so its SE is √(Σ w² SE²) over cells: exact when a cell is in two pairs (4 → 8 and 8 → 16 s), where
-    √(Σ pair SE²)/k would count it twice."""
+    means (a cell in two pairs, 4 → 8 and 8 → 16 s, weighs once). When every cell holds the same seeds, the SE
+    is that of the per-seed contrasts: one run's checkpoints at two steps are not independent. Otherwise
+    √(Σ w² SE²) over cells, as if they were."""
     weight: dict[int, float] = defaultdict(float)
     cell: dict[int, Cell] = {}
     for a, b in pairs:
@@ -151,6 +154,12 @@ def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, floa
             weight[id(c)] += w / len(pairs)
             cell[id(c)] = c
     mean = sum(w * cell[k].mean for k, w in weight.items())
+    seeds = [sorted(map(str, c.seeds)) if c.seeds is not None else None for c in cell.values()]
+    first = seeds[0]
+    if first is not None and len(first) > 1 and len(set(first)) == len(first) and all(s == first for s in seeds):
+        by_seed = [{str(s): v for s, v in zip(c.seeds or [], c.values, strict=True)} for c in cell.values()]
+        contrast = [sum(w * values[s] for w, values in zip(weight.values(), by_seed, strict=True)) for s in first]
+        return mean, statistics.stdev(contrast) / math.sqrt(len(contrast))
     return mean, math.sqrt(sum((w * cell[k].se) ** 2 for k, w in weight.items()))
 
 

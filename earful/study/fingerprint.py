@@ -10,7 +10,7 @@ from typing import Any
 from earful.config import flatten, to_dict
 from earful.study.config import PlannedRun, StudyConfig
 from earful.study.corpus import manifest_digests
-from earful.train.recipe import OPERATIONAL, WATCHING
+from earful.train.recipe import WATCHING
 
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
@@ -21,6 +21,12 @@ NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds")
 PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
 # sections that say where and how runs go and who watches them
 NOT_RECIPE_SECTIONS = ("slurm.", "tracking.")
+# training settings that say where and how fast a run goes, not what it computes (unlike a run's own resume, a
+# study keeps valid_every, valid_seconds and keep_best: they decide its checkpoints/best and validation loss)
+RUN_ONLY = {"device", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "max_nan_steps",
+            "data.num_workers", "data.shards_relayout", "compile", "compile_backend", "compile_mode"}
+# the study's override lists: their effect is in the pretrain and finetune parts, key by key
+OVERRIDE_LISTS = {"pretrain_overrides", "finetune.overrides"}
 
 
 def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
@@ -28,29 +34,18 @@ def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
 
 
 def _computes(key: str) -> bool:
-    """A training setting that changes what a run computes: not per run, not how it runs or who watches it
-    (the keys a run's own resume lets change: earful/train/recipe.py)."""
-    return _kept(key, PER_RUN | OPERATIONAL) and not key.startswith(WATCHING)
+    """A training setting that may change a study's results: not per run, not where or how fast a run goes
+    (``RUN_ONLY``), not who watches it. Validation settings stay: they pick ``best`` and make the validation
+    loss the claims are judged on."""
+    return _kept(key, PER_RUN | RUN_ONLY) and not key.startswith(WATCHING)
 
 
 def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """``fingerprint`` less the training settings that do not change results (a study.json written before a
-    setting was classed so may hold them)."""
-    return {part: {k: v for k, v in kv.items() if part not in ("pretrain", "finetune") or _computes(k)}
+    """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
+    a setting was classed so may still hold it."""
+    keep = {"pretrain": _computes, "finetune": _computes, "study": lambda k: k not in OVERRIDE_LISTS}
+    return {part: {k: v for k, v in kv.items() if keep.get(part, lambda _: True)(k)}
             for part, kv in fingerprint.items()}
-
-
-def _new_at_default(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` less the training settings that ``old`` (an earlier earful's) does not know and that are at their
-    code default: a setting added since, left as it was, does not make another recipe."""
-    from earful.finetune.config import FinetuneConfig
-    from earful.pretrain.config import PretrainConfig
-
-    defaults = {"pretrain": flatten(to_dict(PretrainConfig())), "finetune": flatten(to_dict(FinetuneConfig()))}
-    return {part: {k: v for k, v in kv.items()
-                   if not (part in defaults and k not in old.get(part, {}) and k in defaults[part]
-                           and json.loads(json.dumps(defaults[part][k])) == v)}
-            for part, kv in new.items()}
 
 
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
@@ -62,7 +57,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
     pre = flatten(to_dict(pretrain_config(study, runs[0], root)))
     fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
-    fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, NOT_RECIPE)},
+    fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))},
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},
           "finetune": {k: v for k, v in fine.items() if _computes(k)},
           "data": manifest_digests(study, root)}
@@ -82,7 +77,6 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         raise ValueError(f"{p}: written by an earlier development version of earful (format "
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
     old = _comparable(saved["fingerprint"])
-    fingerprint = _new_at_default(old, fingerprint)
     if old == fingerprint:
         return
     parts = [*fingerprint, *(part for part in old if part not in fingerprint)]

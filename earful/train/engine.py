@@ -243,6 +243,10 @@ class Trainer:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
         model, _ = load_model(ckpt)
         self.model.load_state_dict(model.state_dict())
+        bucket = info.get("recipe", {}).get("data.bucket_size")
+        for loader_state in state["loaders"]:  # a sampler state of format 3 did not record its bucket size
+            if loader_state.get("format") == 3 and bucket is not None:
+                loader_state.setdefault("bucket_size", bucket)
         restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])

@@ -299,6 +299,14 @@ def test_a_state_of_format_3_resumes_as_its_format_4_twin_and_older_ones_are_ref
         b.load_state_dict(old)
         assert (a.epoch, a.position) == (b.epoch, b.position)
         assert [x.tolist() for x in a.epoch_batches(a.epoch)] == [x.tolist() for x in b.epoch_batches(b.epoch)]
+    # resumed with --allow-changes into another bucket size: the trainer adds the checkpoint recipe's bucket size
+    # to a format-3 state, and the epoch is re-laid from it (nothing lost or repeated)
+    small = _sampler(lens, 12.0, seed=2, bucket_size=20)
+    seen = _consume([small], 10)
+    old = {k: v for k, v in small.state_dict().items() if k != "bucket_size"} | {"format": 3, "bucket_size": 20}
+    wider = _sampler(lens, 12.0, seed=2, bucket_size=1000)
+    wider.load_state_dict(old)
+    assert sorted(seen + _rest([wider])) == sorted(small.batchable.tolist())
     with pytest.raises(ValueError, match=r"format 2, this version reads 4 .*start the run again"):
         _sampler(lens, 12.0, seed=2).load_state_dict(s.state_dict() | {"format": 2})
 

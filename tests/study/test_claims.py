@@ -76,10 +76,12 @@ def test_one_seed_leaves_c2_and_c4_inconclusive_too() -> None:
 
 def spread(metric, offsets, batches=BATCHES) -> list[dict]:
     """Rows of ``metric(batch, step)`` plus the seed offsets (one per seed, summing to 0: the cell means are exact,
-    the spread is the offsets') for the cells of ``batches``, exact values elsewhere."""
+    the spread is the offsets', dealt to the seeds in another order in each cell, as independent runs would be)
+    for the cells of ``batches``, exact values elsewhere."""
+    n = len(offsets)
     return [{"batch_seconds": b, "step": s, "seed": k,
-             "m": metric(b, s) + (offsets[k] if b in batches else 0.001 * (k - 1))}
-            for b in BATCHES for s in STEPS for k in range(len(offsets))]
+             "m": metric(b, s) + (offsets[(k + i + 2 * j) % n] if b in batches else 0.001 * (k - 1))}
+            for i, b in enumerate(BATCHES) for j, s in enumerate(STEPS) for k in range(n)]
 
 
 def test_c4_weighs_the_equal_hours_change_with_its_noise() -> None:
@@ -89,6 +91,18 @@ def test_c4_weighs_the_equal_hours_change_with_its_noise() -> None:
     hours = lambda b, s: 5 - 0.05 * math.log(b * s)  # noqa: E731
     assert verdicts(spread(hours, [-0.05, 0.0, 0.05]))["C4"] == INCONCLUSIVE
     assert verdicts(spread(hours, [-0.002, 0.0, 0.002]))["C4"] == REPRODUCED
+
+
+def test_c4_standard_error_of_runs_seen_at_two_steps() -> None:
+    """With the seeds known, the SE is that of the per-seed contrasts: a run seen at two steps moves both cells
+    alike (here a seed's whole run is better by the same amount), which cancels in a difference within runs."""
+    from earful.study.claims import Cell, _mean_gain
+
+    early, late = Cell([1.0, 2.0, 3.0], [1, 2, 3]), Cell([2.0, 3.0, 4.0], [1, 2, 3])
+    gain, se = _mean_gain([(early, late)], 1.0)
+    assert gain == 1.0 and se == 0.0  # every seed gains exactly 1
+    gain, se = _mean_gain([(Cell(early.values), Cell(late.values))], 1.0)  # seeds unknown: as if independent
+    assert gain == 1.0 and math.isclose(se, math.sqrt(2 / 3))
 
 
 def test_c4_standard_error_weighs_each_cell_once() -> None:

@@ -151,16 +151,17 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     other = load_study(study_file, ["steps=5"])
     with pytest.raises(ValueError, match=r"another recipe \(differs in .*pretrain\.max_steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
-    other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])
-    with pytest.raises(ValueError, match=r"study\.finetune\.overrides, finetune\."):
+    other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])  # the list's effect, key by key
+    with pytest.raises(ValueError, match=r"differs in finetune\..*finetune\.max_steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
 
 
-def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_or_new_defaults_differ(
-        study_file, tmp_path) -> None:
-    """A study.json written before a setting existed (at its default now) or holding settings that only say how
-    a run goes (log_every, compile: earful/train/recipe.py's OPERATIONAL) is the same recipe; a setting that
-    changes results is not (before, adding compile_mode refused every existing study folder)."""
+def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_differ(study_file, tmp_path) -> None:
+    """A study.json holding settings that only say where or how fast a run goes (log_every, compile) or the raw
+    override lists (whose effect the pretrain and finetune parts hold key by key) is the same recipe (before,
+    adding compile_mode refused every existing study folder). What may change results is not: validation
+    settings (they pick checkpoints/best and make the validation loss), and a setting an earlier study.json does
+    not know (added since: its default may not be the earlier behaviour)."""
     from earful.study.config import plan_runs
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
@@ -169,15 +170,22 @@ def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_or_n
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     assert "compile_mode" not in fp["pretrain"] and "log_every" not in fp["pretrain"]
+    assert "valid_every" in fp["finetune"] and "pretrain_overrides" not in fp["study"]
     earlier = json.loads(json.dumps(fp))
     earlier["pretrain"].update({"log_every": 7, "compile": False})  # held by study.json files of before
-    del earlier["pretrain"]["model.mask_channel_prob"]  # as if that setting did not exist then (now at default)
+    earlier["study"]["pretrain_overrides"] = ["compile=true"]
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
     check_same_recipe(out, fp)
-    changed = json.loads(json.dumps(fp))
-    changed["pretrain"]["model.mask_channel_prob"] = 0.1  # the setting now away from its default
+    for part, key, value in (("finetune", "valid_every", 12345), ("finetune", "keep_best", False)):
+        changed = json.loads(json.dumps(fp))
+        changed[part][key] = value
+        with pytest.raises(ValueError, match=rf"differs in {part}\.{key}\)"):
+            check_same_recipe(out, changed)
+    unknown = json.loads(json.dumps(earlier))
+    del unknown["pretrain"]["model.mask_channel_prob"]  # as if the setting did not exist then
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": unknown}))
     with pytest.raises(ValueError, match=r"differs in pretrain\.model\.mask_channel_prob\)"):
-        check_same_recipe(out, changed)
+        check_same_recipe(out, fp)
 
 
 def test_a_folder_from_an_earlier_development_version_is_refused(study_file, tmp_path) -> None:
