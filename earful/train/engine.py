@@ -124,6 +124,10 @@ class Trainer:
                 log.info("device_seconds=auto: %.4g s a micro-batch, as found when the run started", cfg.device_seconds)
             else:
                 cfg.device_seconds = auto_device_seconds(task, cfg, self.d)  # on the eager model: no graph pools
+                if cfg.compile and uses_cuda_graphs(cfg.compile_mode):
+                    log.warning("device_seconds=auto was found on the eager model; compile_mode=%s keeps CUDA-graph "
+                                "memory for every batch shape, which only its 10 %% margin covers (not measured)",
+                                cfg.compile_mode)
         if cfg.compile:
             if self.d.device.type == "cpu":
                 log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
