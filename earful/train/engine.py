@@ -154,6 +154,7 @@ class Trainer:
         self.model, self.loader = task.model, task.loader
         self._wrap_and_optimise()
         self.step, self.hours_real, self.hours_padded = 0, 0.0, 0.0
+        self.meter = Meter()  # the log interval's sums, checkpointed: a resumed run logs what an uninterrupted one does
         self.nan_steps = self.nan_in_a_row = self.overflow_steps = 0
         self.best, self.last_valid = math.inf, math.nan
         self.signal_received = 0  # set by the signal handler, on this rank only
@@ -223,7 +224,8 @@ class Trainer:
             "world_size": self.d.world_size, "accumulation": self.accum, "batch_seconds": self.cfg.batch_seconds,
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(), "recipe": self.recipe,
-            "layout": self.layout, **self.task.trainer_info(),
+            "layout": self.layout, "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
+            **self.task.trainer_info(),
         }  # fmt: skip
 
     def stopped_by(self) -> str:
@@ -257,6 +259,7 @@ class Trainer:
         self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])
         self.overflow_steps = int(info["overflow_steps"])
         self.best, self.last_valid = _float(info["best"], math.inf), _float(info["last_valid"], math.nan)
+        self.meter.add(**{k: _float(v, math.nan) for k, v in info.get("log_interval", {}).items()})
         self.task.restore(info)
         self.train_log.truncate_after(self.step)
         self.valid_log.truncate_after(self.step)
@@ -346,9 +349,9 @@ class Trainer:
                             self.step, self.nan_in_a_row, self.nan_steps)
 
     # ------------------------------------------------------------------ logs and validation
-    def _log_interval(self, meter: Meter, seconds: float, bar: tqdm) -> None:
+    def _log_interval(self, meter: Meter, bar: tqdm) -> None:
         s, steps = meter.sums, meter.sums["steps"]
-        seconds = max(seconds, 1e-9)
+        seconds = max(s["train_seconds"], 1e-9)
         bad = self.bad_files()  # a collective: every rank takes part; the rest is the main rank's work
         if not self.d.is_main:
             return
@@ -432,22 +435,20 @@ class Trainer:
         if self.stop_signal:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
-        summary = {k: v for k, v in self.progress_info().items() if k not in ("recipe", "layout")}
+        summary = {k: v for k, v in self.progress_info().items() if k not in ("recipe", "layout", "log_interval")}
         return {**summary, "bad_files": self.bad_files(), "unbatchable": self.loader.skipped}
 
     def _steps(self, bar: tqdm) -> None:
-        cfg = self.cfg
-        meter, t_last, batches = Meter(), time.perf_counter(), iter(self.loader)
-        aside = 0.0  # validation and checkpoints in the interval: not training time (throughput, data wait)
+        cfg, meter, batches = self.cfg, self.meter, iter(self.loader)
         while self.step < cfg.max_steps:
-            meter.add(steps=1, **self.train_step(batches))
+            t0 = time.perf_counter()
+            rec = self.train_step(batches)
+            # training time only (validation and checkpoints are not: throughput, data wait), kept in the sums
+            meter.add(steps=1, train_seconds=time.perf_counter() - t0, **rec)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                now = time.perf_counter()
-                self._log_interval(meter, now - t_last - aside, bar)
+                self._log_interval(meter, bar)
                 meter.reset()
-                t_last, aside = now, 0.0
-            t_aside = time.perf_counter()
             if cfg.valid_every > 0 and self.step % cfg.valid_every == 0:
                 self._validate_and_keep_best()
             self.after_step()
@@ -455,7 +456,6 @@ class Trainer:
                 break
             if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                 self.save(f"step-{self.step:07d}")
-            aside += time.perf_counter() - t_aside
         if self.step == cfg.max_steps and (
                 cfg.valid_every > 0 and self.step % cfg.valid_every
                 or cfg.valid_every <= 0 and self.task.validate_at_end):

@@ -161,3 +161,37 @@ def test_a_sharded_resume_reads_the_shard_index_once_for_the_recipe(tmp_path, ti
     resumed = Trainer(PretrainTask(cfg(1)), out, resume=True)
     assert resumed.step == 1 and len(reads) == 2, reads
     resumed.close()
+
+
+def test_a_run_stopped_mid_interval_logs_on_resume_what_an_uninterrupted_run_logs(tmp_path, tiny_corpus,
+                                                                                  monkeypatch) -> None:
+    """Stopped at step 3 of a 4-step log interval: the checkpoint holds the interval's sums, so the record at step
+    4 after the resume covers steps 1-4, as the uninterrupted run's does (before, only step 4)."""
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4",
+            "max_steps=6", "log_every=4", "ckpt_every=3", "valid_every=0", "data.num_workers=0", "threads=1",
+            "data.crop_seconds=2.0", "data.min_seconds=0.5", "tensorboard=false", "device=cpu"]
+    Trainer(PretrainTask(load_pretrain_config(None, args)), tmp_path / "whole").fit()
+    after_step = Trainer.after_step
+
+    def stop_at_3(self):
+        after_step(self)
+        if self.step == 3:
+            self.stop_signal = signal.SIGTERM  # as the handler of a SIGTERM sets it, on every rank
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "after_step", stop_at_3)
+        assert Trainer(PretrainTask(load_pretrain_config(None, args)), tmp_path / "cut").fit()["step"] == 3
+    Trainer(PretrainTask(load_pretrain_config(None, args)), tmp_path / "cut", resume=True).fit()
+
+    def records(run: str) -> list[dict]:
+        timing = ("per_second", "wait")
+        return [{k: v for k, v in json.loads(line).items() if not any(t in k for t in timing)}
+                for line in (tmp_path / run / "train.jsonl").read_text().splitlines()]
+
+    whole, cut = records("whole"), records("cut")
+    assert [r["step"] for r in cut] == [4, 6]
+    assert cut == whole
