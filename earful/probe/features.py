@@ -91,29 +91,36 @@ class Upstream:
             return {"kind": "fbank", "window": fbank.WINDOW, "hop": fbank.HOP, "n_fft": fbank.N_FFT,
                     "n_mels": fbank.N_MELS, "low_hz": fbank.LOW_HZ}
         ckpt = Path(str(self.ckpt))
-        if self.kind == "random-init":
+        if self.kind == "random-init":  # the weights themselves: earful's init code or torch's draws may change
+            digest = hashlib.sha256()
+            for name, tensor in self._random_model().state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
             return {"kind": "random-init", "model": read_info(ckpt)["model"], "init_seed": self.init_seed,
-                    "torch": torch.__version__}
+                    "weights": digest.hexdigest()}
         return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
+
+    def _random_model(self) -> torch.nn.Module:
+        """``--random-init``: the checkpoint's architecture with fresh weights drawn from ``init_seed``."""
+        from earful.checkpoint import build_model
+        from earful.config import from_dict
+        from earful.model import ModelConfig
+
+        cfg = from_dict(ModelConfig, read_info(str(self.ckpt))["model"], f"{self.ckpt}/{INFO_FILE}:model")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.init_seed)
+            return build_model("pretraining", cfg)
 
     def extractor(self) -> Extractor:
         """(waves → per-utterance ``(frames, layers, dim)`` features, frames per second)."""
         if self.kind == "fbank":
             filters = fbank.mel_filters()
             return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
-        from earful.checkpoint import build_model, load_model
+        from earful.checkpoint import load_model
         from earful.interop.features import backbone_of, layer_states
-        from earful.model import ModelConfig, batch_invariant
+        from earful.model import batch_invariant
 
-        if self.kind == "random-init":
-            from earful.config import from_dict
-
-            cfg = from_dict(ModelConfig, read_info(str(self.ckpt))["model"], f"{self.ckpt}/{INFO_FILE}:model")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.init_seed)
-                model = build_model("pretraining", cfg)
-        else:
-            model, _ = load_model(str(self.ckpt))
+        model = self._random_model() if self.kind == "random-init" else load_model(str(self.ckpt))[0]
         backbone = backbone_of(batch_invariant(model)).eval()
         stride = int(np.prod(backbone.cfg.conv_stride))
         return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride

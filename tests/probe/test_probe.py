@@ -198,6 +198,30 @@ def test_random_init_is_the_architecture_with_fresh_weights(tones, tiny_ckpt: Pa
     assert not torch.equal(init0.data, trained.data)
 
 
+def test_a_random_init_is_cached_by_its_weights(tones, tiny_ckpt: Path, tmp_path: Path, monkeypatch):
+    """The cache key of ``--random-init`` features holds the fresh weights' digest: another init (earful's init
+    code or torch's draws changed) is another entry, never the stale one (before: config, seed, torch version)."""
+    import earful.checkpoint as checkpoint
+
+    up = Upstream.parse(tiny_ckpt, random_init=True, init_seed=0)
+    key = up.fingerprint()
+    before = features(up, tones["held"], tmp_path, progress=False)
+    build = checkpoint.build_model
+
+    def another_init(kind, cfg):
+        model = build(kind, cfg)
+        with torch.no_grad():
+            for w in model.parameters():
+                w.add_(0.01)
+        return model
+
+    monkeypatch.setattr(checkpoint, "build_model", another_init)
+    fresh = Upstream.parse(tiny_ckpt, random_init=True, init_seed=0)
+    assert fresh.fingerprint() != key
+    after = features(fresh, tones["held"], tmp_path, progress=False)
+    assert not torch.equal(before.data, after.data)
+
+
 def test_a_random_init_reads_its_architecture_as_every_checkpoint_reader_does(tones, tiny_ckpt: Path, tmp_path: Path):
     """model.json through checkpoint.read_info: another format, or broken JSON, is refused naming the file."""
     ckpt = tmp_path / "ckpt"
