@@ -95,7 +95,7 @@ class PretrainTask(Task):
 
     def step_record(self, tot: dict[str, Any]) -> dict[str, float]:
         """Contrastive loss and accuracy per masked frame (the paper's), diversity and penalty in their
-        normalisation's unit (``term_units``); perplexities averaged over micro-batches."""
+        normalisation's unit (``per_unit``); perplexities averaged over micro-batches."""
         micro = tot["micro_batches"]
         rec = per_unit(self.cfg, tot["masked"], micro, tot["contrastive"], tot["diversity"], tot["penalty"])
         rec["accuracy"] = tot["correct"] / max(tot["masked"], 1.0)
@@ -196,7 +196,7 @@ def per_unit(cfg: PretrainConfig, masked: float, micro_batches: float, contrasti
     per masked frame, always; diversity and penalty per masked frame where the model sums them over masked
     frames (fairseq), per micro-batch where it gives one value a micro-batch (``nanow2v2``)."""
     frames = max(masked, 1.0)
-    aux = max(micro_batches, 1.0) if cfg.model.loss_normalisation == "nanow2v2" else frames
+    aux = max(loss_denominator(cfg.model.loss_normalisation, masked, micro_batches), 1.0)  # the model's unit
     return {"contrastive": contrastive / frames, "diversity": diversity / aux, "penalty": penalty / aux}
 
 

@@ -115,6 +115,7 @@ class Trainer:
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
+        self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_mode)
         if cfg.device_seconds == "auto":
             saved = info.get("layout", {}) if info is not None else {}
             if saved.get("world_size") == self.d.world_size and isinstance(saved.get("device_seconds"), float | int):
@@ -124,20 +125,20 @@ class Trainer:
                 log.info("device_seconds=auto: %.4g s a micro-batch, as found when the run started", cfg.device_seconds)
             else:
                 cfg.device_seconds = auto_device_seconds(task, cfg, self.d)  # on the eager model: no graph pools
-                if cfg.compile and uses_cuda_graphs(cfg.compile_mode):
+                if self.cuda_graphs:
                     log.warning("device_seconds=auto was found on the eager model; compile_mode=%s keeps CUDA-graph "
                                 "memory for every batch shape, which only its 10 %% margin covers (not measured)",
                                 cfg.compile_mode)
         if cfg.compile:
             if self.d.device.type == "cpu":
                 log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
-            if uses_cuda_graphs(cfg.compile_mode) and cfg.data.shape_seconds is None:
+            if self.cuda_graphs and cfg.data.shape_seconds is None:
                 log.warning("compile_mode=%s without data.shape_seconds: every new batch shape records its own CUDA "
                             "graphs (time and memory); a shape grid makes them repeat", cfg.compile_mode)
             compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         self.budget = cfg.budget(self.d.world_size)
         self.accum = self.budget.accumulation
-        if cfg.compile and uses_cuda_graphs(cfg.compile_mode) and self.accum > 1:
+        if self.cuda_graphs and self.accum > 1:
             raise ValueError(
                 f"compile_mode={cfg.compile_mode} replays CUDA graphs, whose next replay overwrites the gradient "
                 f"that accumulation still adds to: it needs one micro-batch a step, and batch_seconds="
@@ -285,7 +286,7 @@ class Trainer:
             # what 1 rank × W·A micro-batches draw
             j = micro * d.world_size + d.rank
             gen, host_gen = seed_micro_batch(cfg.seed, self.step, j, d.device)
-            if cfg.compile and uses_cuda_graphs(cfg.compile_mode):
+            if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer read
             try:
                 with D.no_sync(self.net, micro < self.accum - 1):
