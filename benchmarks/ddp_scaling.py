@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import make_corpus  # noqa: E402
 
+from earful.study.report import read_jsonl  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace, manifest: Path, out: Path, n: int) -> dict[str
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{n} process(es) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "train.jsonl")
     timed = [r for r in records if r["step"] > args.warmup]
     return {"gpus": n, "steps": len(timed), "audio_s_per_s": statistics.median(r["audio_seconds_per_second"]
                                                                              for r in timed),

@@ -212,8 +212,8 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
     weights = ckpt_dir / MODEL_FILE
     if verify:
         verify_weights(ckpt_dir, info)
-    elif not weights.exists():
-        raise CheckpointError(f"{weights}: missing")
+    else:
+        verify_file(weights, None)  # present, not hashed
     if "model" not in info:
         raise CheckpointError(f"{where}: no \"model\" (the model's config), which {MODEL_FORMAT} always records")
     cfg = from_dict(ModelConfig, info["model"], f"{where}:model")

@@ -119,12 +119,12 @@ def check_length(path: str | os.PathLike | IO[bytes], samples: int, expected: in
                          "the file replaced or its sample rate misrecorded?")
 
 
-def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, rate: int) -> None:
+def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, rate: int) -> int:
     """A manifest row against the header of its file (``frames`` at ``rate``), before anything is decoded: what
     the loader checks when it reads a row (``earful.data.dataset.read_utterance``) and ``earful shard`` when it
     writes one. The rate is the row's; a segment lies within the file; a whole file is as long as the row says
     (``check_length``); what the row holds is not shorter than the model's receptive field. Raises AudioError
-    naming ``path`` and the problem."""
+    naming ``path`` and the problem; returns the samples the row holds, at the file's rate."""
     if rate != utt.sample_rate:
         raise AudioError(f"{path}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
                          "replaced?")
@@ -138,6 +138,7 @@ def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, 
         held = min(frames, max(utt.num_samples, 1))
     if samples_at(held, rate) < RECEPTIVE_FIELD:
         raise AudioError(too_short(path, samples_at(held, rate)))
+    return held
 
 
 def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:

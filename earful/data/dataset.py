@@ -129,7 +129,7 @@ def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int 
     expected = utt.samples_at(SAMPLE_RATE)
     with open_audio(src) as f:  # one open: the header checked against the row, then only the window decoded
         frames, rate = int(f.frames), int(f.samplerate)
-        check_row(src, utt, frames, rate)
+        held = check_row(src, utt, frames, rate)  # samples at the file's rate
         first = 0 if utt.offset is None else utt.offset
         if rate != SAMPLE_RATE:  # decode what the row holds, resample, then crop
             wave = decode_audio(f, src, target_rate=SAMPLE_RATE, start=first,
@@ -139,8 +139,7 @@ def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int 
             wave = wave[: max(expected, 1)]  # resampling may add a sample or two: keep batches within budget
             start, n = crop_window(len(wave), index, epoch, crop_samples, seed)
             return wave[start : start + n]
-        available = min(frames, max(expected, 1)) if utt.offset is None else utt.num_samples
-        start, n = crop_window(available, index, epoch, crop_samples, seed)
+        start, n = crop_window(held, index, epoch, crop_samples, seed)  # here the file's rate is SAMPLE_RATE
         return decode_audio(f, src, start=first + start, frames=n, min_samples=0)
 
 

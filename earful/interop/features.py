@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from earful.atomic import atomic_path
+from earful.atomic import atomic_open
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,10 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in tqdm(audio, desc="features", unit="file", disable=len(audio) < 2):
+    for stem, path in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
         feats = layer_features(model, load_audio(path))
-        target = out / f"{Path(path).stem}.npy"
-        with atomic_path(target) as tmp, open(tmp, "wb") as f:  # whole or absent, as every file earful writes
+        target = out / f"{stem}.npy"
+        with atomic_open(target, "wb") as f:  # whole or absent, as every file earful writes
             np.save(f, feats, allow_pickle=False)
         written.append(target)
         log.debug("%s -> %s %s", path, target, feats.shape)

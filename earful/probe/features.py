@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from earful.atomic import atomic_path, atomic_write_json
+from earful.atomic import atomic_open, atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, read_info, sha256, verify_file
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe import fbank
@@ -85,22 +85,24 @@ class Upstream:
             return self.name
         return self.name.replace(self.ckpt, "/".join(Path(self.ckpt).parts[-3:]))
 
-    def fingerprint(self) -> dict[str, object]:
-        """What decides the features, by content."""
+    def fingerprint(self, random_model: torch.nn.Module | None = None) -> dict[str, object]:
+        """What decides the features, by content. ``random_model``: ``random_model()``'s, where the caller has
+        built it already (as ``FeatureLoader`` does, for the extractor too)."""
         if self.kind == "fbank":
             return {"kind": "fbank", "window": fbank.WINDOW, "hop": fbank.HOP, "n_fft": fbank.N_FFT,
                     "n_mels": fbank.N_MELS, "low_hz": fbank.LOW_HZ}
         ckpt = Path(str(self.ckpt))
         if self.kind == "random-init":  # the weights themselves: earful's init code or torch's draws may change
             digest = hashlib.sha256()
-            for name, tensor in self._random_model().state_dict().items():
+            model = self.random_model() if random_model is None else random_model
+            for name, tensor in model.state_dict().items():
                 digest.update(name.encode())
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
             return {"kind": "random-init", "model": read_info(ckpt)["model"], "init_seed": self.init_seed,
                     "weights": digest.hexdigest()}
         return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
 
-    def _random_model(self) -> torch.nn.Module:
+    def random_model(self) -> torch.nn.Module:
         """``--random-init``: the checkpoint's architecture with fresh weights drawn from ``init_seed``."""
         from earful.checkpoint import build_model
         from earful.config import from_dict
@@ -111,8 +113,9 @@ class Upstream:
             torch.manual_seed(self.init_seed)
             return build_model("pretraining", cfg)
 
-    def extractor(self) -> Extractor:
-        """(waves → per-utterance ``(frames, layers, dim)`` features, frames per second)."""
+    def extractor(self, random_model: torch.nn.Module | None = None) -> Extractor:
+        """(waves → per-utterance ``(frames, layers, dim)`` features, frames per second); ``random_model`` as
+        ``fingerprint``'s."""
         if self.kind == "fbank":
             filters = fbank.mel_filters()
             return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
@@ -120,7 +123,10 @@ class Upstream:
         from earful.interop.features import backbone_of, layer_states
         from earful.model import batch_invariant
 
-        model = self._random_model() if self.kind == "random-init" else load_model(str(self.ckpt))[0]
+        if self.kind == "random-init":
+            model = self.random_model() if random_model is None else random_model
+        else:
+            model = load_model(str(self.ckpt))[0]
         backbone = backbone_of(batch_invariant(model)).eval()
         stride = int(np.prod(backbone.cfg.conv_stride))
         return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride
@@ -245,7 +251,7 @@ def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_
 
 def _store(entry: Path, key: str, feats: FeatureSet, about: dict[str, str]) -> None:
     entry.mkdir(parents=True, exist_ok=True)
-    with atomic_path(entry / FEATURES_FILE) as tmp, open(tmp, "wb") as f:
+    with atomic_open(entry / FEATURES_FILE, "wb") as f:
         np.save(f, feats.data.numpy(), allow_pickle=False)
     atomic_write_json(entry / INDEX_FILE, {
         "format": CACHE_FORMAT, "key": key, **about, "frame_rate": feats.frame_rate, "ids": feats.ids,

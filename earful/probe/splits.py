@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import torch
+
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe.features import Extractor, FeatureSet, Upstream, features
 
@@ -24,18 +26,27 @@ class FeatureLoader:
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
     _extractor: Extractor | None = field(default=None, init=False, repr=False)
+    _random: torch.nn.Module | None = field(default=None, init=False, repr=False)
+
+    def _random_model(self) -> torch.nn.Module | None:
+        """``--random-init``'s model, built once for the fingerprint (which hashes its weights) and the extractor."""
+        if self.upstream.kind != "random-init":
+            return None
+        if self._random is None:
+            self._random = self.upstream.random_model()
+        return self._random
 
     @cached_property
     def fingerprint(self) -> dict[str, object]:
-        return self.upstream.fingerprint()
+        return self.upstream.fingerprint(self._random_model())
 
     def extractor(self) -> Extractor:
         if self._extractor is None:
-            self._extractor = self.upstream.extractor()
+            self._extractor = self.upstream.extractor(self._random_model())
         return self._extractor
 
     def release(self) -> None:
-        self._extractor = None
+        self._extractor = self._random = None
 
     def features(self, manifest: Path, utts: list[Utterance]) -> FeatureSet:
         return features(self.upstream, manifest, self.cache_dir, utts=utts, fingerprint=self.fingerprint,

@@ -170,14 +170,12 @@ def _existing(corpus_dir: str | os.PathLike, manifests: dict[str, tuple[Path, ..
     return manifests
 
 
-def check_suite(corpus_dir: str | os.PathLike, tasks: Sequence[str]) -> dict[str, tuple[Path, ...]]:
+def check_suite(corpus_dir: str | os.PathLike, tasks: Sequence[str]) -> None:
     """What :func:`run_suite` checks before any feature is extracted, without an upstream: every manifest
     ``tasks`` read exists and carries each task's labels (PR: phonemes, ASR: transcripts, SID: the training
     speakers in dev and two or more speakers in test, IC: intents). FileNotFoundError naming each missing
-    manifest and the tasks that read it, or ValueError naming the task, the manifest and what it lacks.
-    Returns the manifests (:func:`suite_manifests`)."""
+    manifest and the tasks that read it, or ValueError naming the task, the manifest and what it lacks."""
     manifests = _existing(corpus_dir, suite_manifests(corpus_dir, tasks))
     _, chosen = _splits(manifests, None)
     for task in manifests:
         _check_labels(task, _task(task, ProbeConfig())[0], chosen[task])
-    return manifests

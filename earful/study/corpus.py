@@ -75,10 +75,11 @@ def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
     named = {"train": c.train, "valid": c.valid, "dev": c.dev,
              **{f"label_set.{k}": v for k, v in c.label_sets.items()},
              **{f"test.{k}": v for k, v in c.test_sets().items()}}
-    out = {role: _digest(Path(c.path(rel, root))) for role, rel in named.items() if rel}
+    roles = {role: Path(c.path(rel, root)) for role, rel in named.items() if rel}
     if study.probes:
         from earful.probe.suite import suite_manifests
 
         for paths in suite_manifests(c.path(".", root), study.probes).values():
-            out.update({f"probe.{m.stem}": _digest(m) for m in paths})
-    return out
+            roles.update({f"probe.{m.stem}": m for m in paths})
+    digests = {path: _digest(path) for path in set(roles.values())}  # a file in several roles is read once
+    return {role: digests[path] for role, path in roles.items()}

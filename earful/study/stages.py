@@ -237,14 +237,13 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
 # ---------------------------------------------------------------------- gradient noise
 def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:
     """``earful gradvar`` on the run's final checkpoint with batches of its own size (``OUT/gradvar/RUN.json``)."""
-    from earful.data.budget import BatchBudget
     from earful.pretrain.gradvar import gradient_noise
 
     path = gradvar_record(out, run)
     if gradvar_measured(out, run):
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
-    budget = BatchBudget(run.batch_seconds, run.device_seconds, **cfg.data.limits())  # the trainer's limits
+    budget = cfg.budget(1)  # the run's batch and micro-batch on one device, with the trainer's limits
     log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
     result = gradient_noise(out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}", cfg.data.train,
                             budget, num_batches=study.gradvar_batches, seed=run.seed, device=cfg.device,

@@ -222,6 +222,18 @@ def test_a_random_init_is_cached_by_its_weights(tones, tiny_ckpt: Path, tmp_path
     assert not torch.equal(before.data, after.data)
 
 
+def test_a_probe_run_builds_its_random_init_once(tiny_ckpt: Path, monkeypatch):
+    """One run's loader builds the random-init model once, for the key (its weights' digest) and the extraction."""
+    from earful.probe.splits import FeatureLoader
+
+    built = []
+    real = Upstream.random_model
+    monkeypatch.setattr(Upstream, "random_model", lambda self: built.append(1) or real(self))
+    loader = FeatureLoader(Upstream.parse(tiny_ckpt, random_init=True, init_seed=0), progress=False)
+    assert loader.fingerprint["kind"] == "random-init" and loader.extractor() is loader.extractor()
+    assert len(built) == 1
+
+
 def test_a_random_init_reads_its_architecture_as_every_checkpoint_reader_does(tones, tiny_ckpt: Path, tmp_path: Path):
     """model.json through checkpoint.read_info: another format, or broken JSON, is refused naming the file."""
     ckpt = tmp_path / "ckpt"
@@ -291,7 +303,7 @@ def test_a_suite_run_reads_each_manifest_and_hashes_the_weights_once(tones, tiny
     loads: list[str] = []
     real_extractor = earful.probe.features.Upstream.extractor
     monkeypatch.setattr(earful.probe.features.Upstream, "extractor",
-                        lambda self: loads.append(self.name) or real_extractor(self))
+                        lambda self, *a: loads.append(self.name) or real_extractor(self, *a))
     for seed, models in ((0, 1), (1, 0)):  # features extracted (one model load for 4 manifests), then cached
         reads.clear()
         loads.clear()
