@@ -41,11 +41,11 @@ def compute_mask(
     """Span mask of shape (batch, num_frames), True = masked.
 
     ``style="fairseq"`` follows ``fairseq.data.data_utils.compute_mask_indices`` (static span length):
-    ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))`` starts drawn without replacement
-    from ``[0, L - mask_length)`` (a shorter range for short utterances, never past L so that every
-    utterance gets a masked frame), each masking ``mask_length``
-    frames, spans clipped at L; with ``require_same_masks`` every row is then thinned at random to the
-    smallest masked count in the batch.
+    ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))`` (one draw of U for the whole batch
+    when no row is padded, as fairseq is then given no padding mask; one a row otherwise) starts drawn
+    without replacement from ``[0, L - mask_length)`` (a shorter range for short utterances, never past L so
+    that every utterance gets a masked frame), each masking ``mask_length`` frames, spans clipped at L; with
+    ``require_same_masks`` every row is then thinned at random to the smallest masked count in the batch.
     ``style="nanow2v2"`` follows the paper's code: ``n = max(span, L - span)``,
     ``num = max(1, ceil(n * mask_prob / span))`` starts from ``[0, n)``.
     """
@@ -56,7 +56,9 @@ def compute_mask(
         return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
     span = mask_length
     if style == "fairseq":
-        u = _rand((batch,), device, generator)
+        # no row padded: fairseq gets no padding mask and draws one count for the batch (channel masks always)
+        unpadded = bool((lengths == num_frames).all())
+        u = _rand((1,) if unpadded else (batch,), device, generator).expand(batch)
         num = torch.floor(mask_prob * lengths.double() / span + u.double()).long()
         num = num.clamp(min=min_masks)
         # fairseq: if L - span <= num, shrink the span used for the range to L - num - 1
@@ -103,8 +105,9 @@ def compute_channel_mask(
     device: torch.device,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Channel (feature-dimension) mask of shape (batch, channels), fairseq's ``mask_channel_*``: as its
-    ``compute_mask_indices`` defaults, every row is thinned to the batch's smallest masked count."""
+    """Channel (feature-dimension) mask of shape (batch, channels), fairseq's ``mask_channel_*``: one count of
+    spans for the batch (no row is padded), and, as its ``compute_mask_indices`` defaults, every row thinned to
+    the batch's smallest masked count."""
     lengths = torch.full((batch,), channels, device=device, dtype=torch.long)
     return compute_mask(lengths, channels, mask_prob, mask_length, min_masks=0, require_same_masks=True,
                         generator=generator)

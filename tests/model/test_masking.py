@@ -8,11 +8,14 @@ from earful.model.masking import compute_mask, sample_negatives
 
 
 def fairseq_reference(lengths: list[int], frames: int, p: float, m: int, min_masks: int, same: bool, rs) -> np.ndarray:
-    """A direct transcription of fairseq's compute_mask_indices (static spans, no_overlap=False)."""
+    """A direct transcription of fairseq's compute_mask_indices (static spans, no_overlap=False), given a padding
+    mask only when a row is padded (as wav2vec 2.0 calls it): without one, one count for the whole batch."""
     mask = np.zeros((len(lengths), frames), dtype=bool)
     idcs = []
+    padded = any(sz < frames for sz in lengths)
+    all_num = max(min_masks, int(p * frames / float(m) + rs.rand()))
     for sz in lengths:
-        num = max(min_masks, int(p * sz / float(m) + rs.rand()))
+        num = max(min_masks, int(p * sz / float(m) + rs.rand())) if padded else all_num
         min_len = m
         if sz - min_len <= num:
             min_len = sz - num - 1
@@ -37,6 +40,33 @@ def test_masked_fraction_matches_fairseq(length: int) -> None:
         mask = compute_mask(torch.tensor([length]), length, 0.65, 10, min_masks=2, generator=g)
         ours.append(mask.float().mean().item())
     assert abs(np.mean(ours) - np.mean(ref)) < 0.02, (np.mean(ours), np.mean(ref))
+
+
+@pytest.mark.parametrize(("lengths", "frames"), [([49] * 8, 49), ([749] * 4, 749), ([49, 40, 30, 49], 49)])
+def test_batch_masked_fraction_matches_fairseq(lengths: list[int], frames: int) -> None:
+    """A batch's masked fraction as fairseq's (require_same_masks): with no row padded one count for the batch,
+    else one a row; each thinned to the batch's smallest count."""
+    rs = np.random.RandomState(0)
+    g = torch.Generator().manual_seed(0)
+    ours, ref = [], []
+    for _ in range(300):
+        ref.append(fairseq_reference(lengths, frames, 0.65, 10, 2, True, rs).sum(1).mean())
+        mask = compute_mask(torch.tensor(lengths), frames, 0.65, 10, min_masks=2, require_same_masks=True,
+                            generator=g)
+        ours.append(mask.sum(1).float().mean().item())
+    assert abs(np.mean(ours) - np.mean(ref)) < 0.01 * frames, (np.mean(ours), np.mean(ref))
+
+
+def test_unpadded_batch_draws_one_count_a_padded_one_a_row() -> None:
+    """Spans of 1 frame never overlap, so a row's masked count is its count of spans: int(10.5 + U), 10 or 11.
+    With no row padded every row has the batch's count; with one frame of padding each row draws its own."""
+    g = torch.Generator().manual_seed(3)
+    one_count = [compute_mask(torch.full((8,), 210), 210, 0.05, 1, generator=g).sum(1).unique().numel()
+                 for _ in range(50)]
+    assert one_count == [1] * 50
+    a_row = [compute_mask(torch.tensor([210] * 7 + [209]), 210, 0.05, 1, generator=g)[:7].sum(1).unique().numel()
+             for _ in range(50)]
+    assert max(a_row) == 2
 
 
 def test_padding_never_masked_and_same_counts() -> None:
@@ -131,6 +161,21 @@ def test_channel_masks_have_the_same_count_in_every_row() -> None:
         m = compute_channel_mask(6, 256, 0.3, 10, device=torch.device("cpu"), generator=g)
         counts = m.sum(1)
         assert (counts == counts[0]).all() and counts[0] > 0, counts
+
+
+def test_channel_mask_counts_spans_once_a_batch() -> None:
+    """fairseq's 960 h fine-tuning masks channels with p 0.1 and spans of 64 of 768: 1.2 spans expected, so one
+    batch in five masks two (one count for the batch). Drawn a row and thinned to the smallest, as before, two
+    spans needed all 8 rows to draw two (0.2**8): never."""
+    from earful.model.masking import compute_channel_mask
+
+    g = torch.Generator().manual_seed(9)
+    rs = np.random.RandomState(9)
+    ours = [compute_channel_mask(8, 768, 0.1, 64, device=torch.device("cpu"), generator=g)[0].sum().item()
+            for _ in range(400)]
+    ref = [fairseq_reference([768] * 8, 768, 0.1, 64, 0, True, rs)[0].sum() for _ in range(400)]
+    assert 0.12 < np.mean(np.array(ours) > 64) < 0.28, np.mean(np.array(ours) > 64)
+    assert abs(np.mean(ours) - np.mean(ref)) < 3.0, (np.mean(ours), np.mean(ref))
 
 
 def test_single_masked_frame_points_to_itself() -> None:
