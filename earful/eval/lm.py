@@ -86,7 +86,8 @@ class NgramModel:
         return [g[0] for g in self.prob[1]]
 
     def log10_prob(self, word: str, context: Iterable[str] = ()) -> float:
-        """log10 p(word | context) by the back-off rule; unknown words are ``<unk>``."""
+        """log10 p(word | context) by the back-off rule; unknown words are ``<unk>``, and ``LOG10_ZERO`` where
+        the model has no ``<unk>`` (SRILM may leave it out; KenLM then gives it the same)."""
         known = self.prob[1]
         ctx = tuple(w if (w,) in known else UNK for w in context)
         ctx = ctx[-(self.order - 1) :] if self.order > 1 else ()
@@ -97,6 +98,8 @@ class NgramModel:
             p = self.prob[len(g)].get(g)
             if p is not None:
                 return acc + p
+            if not ctx:  # not even a unigram: an unknown word in a model without <unk>
+                return acc + LOG10_ZERO
             acc += self.backoff[len(ctx)].get(ctx, 0.0)
             ctx = ctx[1:]
 

@@ -8,7 +8,6 @@ q/k/v projections in that order.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -39,6 +38,24 @@ _ACT_FROM_HF = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "g
 # --------------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------------
+# ModelConfig fields that transformers' Wav2Vec2Config holds as they are, under its names (earful, transformers)
+_SAME_FIELDS = (
+    ("conv_bias", "conv_bias"), ("feat_extract_norm", "feat_extract_norm"), ("hidden_size", "hidden_size"),
+    ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+    ("intermediate_size", "intermediate_size"), ("layer_norm_eps", "layer_norm_eps"),
+    ("layer_norm_first", "do_stable_layer_norm"), ("pos_conv_kernel", "num_conv_pos_embeddings"),
+    ("pos_conv_groups", "num_conv_pos_embedding_groups"), ("dropout", "hidden_dropout"),
+    ("attention_dropout", "attention_dropout"), ("activation_dropout", "activation_dropout"),
+    ("dropout_input", "feat_proj_dropout"), ("dropout_features", "feat_quantizer_dropout"),
+    ("final_dropout", "final_dropout"), ("layerdrop", "layerdrop"), ("mask_length", "mask_time_length"),
+    ("min_masks", "mask_time_min_masks"), ("mask_channel_length", "mask_feature_length"),
+    ("num_codevector_groups", "num_codevector_groups"), ("num_codevectors_per_group", "num_codevectors_per_group"),
+    ("codevector_dim", "codevector_dim"), ("final_dim", "proj_codevector_dim"),
+    ("logit_temperature", "contrastive_logits_temperature"), ("num_negatives", "num_negatives"),
+    ("diversity_weight", "diversity_loss_weight"),
+)  # fmt: skip
+
+
 def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> dict[str, Any]:
     """A ``Wav2Vec2Config`` as a dict (what ``config.json`` holds)."""
     if cfg.conv_padding:
@@ -52,39 +69,13 @@ def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> 
         "conv_dim": list(cfg.conv_dim),
         "conv_kernel": list(cfg.conv_kernel),
         "conv_stride": list(cfg.conv_stride),
-        "conv_bias": cfg.conv_bias,
         "num_feat_extract_layers": len(cfg.conv_dim),
-        "feat_extract_norm": cfg.feat_extract_norm,
         "feat_extract_activation": _ACT_TO_HF[cfg.activation],
         "hidden_act": _ACT_TO_HF[cfg.activation],
-        "hidden_size": cfg.hidden_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "intermediate_size": cfg.intermediate_size,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "do_stable_layer_norm": cfg.layer_norm_first,
-        "num_conv_pos_embeddings": cfg.pos_conv_kernel,
-        "num_conv_pos_embedding_groups": cfg.pos_conv_groups,
-        "hidden_dropout": cfg.dropout,
-        "attention_dropout": cfg.attention_dropout,
-        "activation_dropout": cfg.activation_dropout,
-        "feat_proj_dropout": cfg.dropout_input,
-        "feat_quantizer_dropout": cfg.dropout_features,
-        "final_dropout": cfg.final_dropout,
-        "layerdrop": cfg.layerdrop,
+        **{hf: getattr(cfg, name) for name, hf in _SAME_FIELDS},
         "apply_spec_augment": True,
         "mask_time_prob": cfg.mask_prob,
-        "mask_time_length": cfg.mask_length,
-        "mask_time_min_masks": cfg.min_masks,
         "mask_feature_prob": cfg.mask_channel_prob,
-        "mask_feature_length": cfg.mask_channel_length,
-        "num_codevector_groups": cfg.num_codevector_groups,
-        "num_codevectors_per_group": cfg.num_codevectors_per_group,
-        "codevector_dim": cfg.codevector_dim,
-        "proj_codevector_dim": cfg.final_dim,
-        "contrastive_logits_temperature": cfg.logit_temperature,
-        "num_negatives": cfg.num_negatives,
-        "diversity_loss_weight": cfg.diversity_weight,
         "feat_extract_dropout": 0.0,
         "ctc_loss_reduction": "sum",
         "ctc_zero_infinity": True,
@@ -95,55 +86,55 @@ def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> 
     return out
 
 
-def config_from_hf(hf: dict[str, Any], base: ModelConfig | None = None) -> ModelConfig:
-    """A ModelConfig from a HF ``config.json`` dict (fields HF lacks keep ``base``'s values)."""
+# transformers' Wav2Vec2Config defaults (transformers 4.x-5.x) for every key earful reads: a config.json that
+# leaves a key out means transformers' default, not earful's (a test checks them against transformers)
+HF_DEFAULTS: dict[str, Any] = {
+    "conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False, "feat_extract_norm": "group", "hidden_act": "gelu", "feat_extract_activation": "gelu",
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+    "layer_norm_eps": 1e-5, "do_stable_layer_norm": False, "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16, "hidden_dropout": 0.1, "attention_dropout": 0.1,
+    "activation_dropout": 0.1, "feat_proj_dropout": 0.0, "feat_quantizer_dropout": 0.0, "final_dropout": 0.1,
+    "layerdrop": 0.1, "apply_spec_augment": True, "mask_time_prob": 0.05, "mask_time_length": 10,
+    "mask_time_min_masks": 2, "mask_feature_prob": 0.0, "mask_feature_length": 10, "mask_feature_min_masks": 0,
+    "num_codevector_groups": 2, "num_codevectors_per_group": 320, "codevector_dim": 256,
+    "proj_codevector_dim": 256, "contrastive_logits_temperature": 0.1, "num_negatives": 100,
+    "diversity_loss_weight": 0.1, "add_adapter": False,
+}  # fmt: skip
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    """A ModelConfig from a HF ``config.json`` dict; a key it leaves out takes transformers' default
+    (:data:`HF_DEFAULTS`). A setting earful's model does not have (an adapter, channel masks with a minimum
+    count, two activations) is a ValueError naming ``where``."""
     from dataclasses import replace
 
-    cfg = base or ModelConfig()
-    get = hf.get
-    act = get("hidden_act", "gelu")
+    def get(key: str) -> Any:
+        return hf.get(key, HF_DEFAULTS[key])
+
+    act = get("hidden_act")
     if act not in _ACT_FROM_HF:
-        raise ValueError(f"unsupported hidden_act {act!r}")
-    if get("feat_extract_activation", "gelu") != act:
-        raise ValueError("earful uses one activation for the CNN and the transformer; the HF config differs")
-    spec_augment = bool(get("apply_spec_augment", True))
+        raise ValueError(f"{where}: unsupported hidden_act {act!r} (earful has {', '.join(_ACT_FROM_HF)})")
+    if get("feat_extract_activation") != act:
+        raise ValueError(f"{where}: feat_extract_activation {get('feat_extract_activation')!r} differs from "
+                         f"hidden_act {act!r}; earful uses one activation for the CNN and the transformer")
+    if get("add_adapter"):
+        raise ValueError(f"{where}: add_adapter: earful's wav2vec 2.0 has no adapter layers after the transformer")
+    if get("mask_feature_min_masks"):
+        raise ValueError(f"{where}: mask_feature_min_masks={get('mask_feature_min_masks')}: earful's channel masks "
+                         "have no minimum count (fairseq's); set it to 0")
+    spec_augment = bool(get("apply_spec_augment"))
     return replace(
-        cfg,
-        conv_dim=list(get("conv_dim", cfg.conv_dim)),
-        conv_kernel=list(get("conv_kernel", cfg.conv_kernel)),
-        conv_stride=list(get("conv_stride", cfg.conv_stride)),
-        conv_bias=bool(get("conv_bias", False)),
+        ModelConfig(),
+        **{name: get(hf) for name, hf in _SAME_FIELDS},
+        conv_dim=list(get("conv_dim")),
+        conv_kernel=list(get("conv_kernel")),
+        conv_stride=list(get("conv_stride")),
         conv_padding=False,
-        feat_extract_norm=get("feat_extract_norm", "group"),
         activation=_ACT_FROM_HF[act],
-        hidden_size=get("hidden_size", cfg.hidden_size),
-        num_layers=get("num_hidden_layers", cfg.num_layers),
-        num_heads=get("num_attention_heads", cfg.num_heads),
-        intermediate_size=get("intermediate_size", cfg.intermediate_size),
-        layer_norm_eps=get("layer_norm_eps", cfg.layer_norm_eps),
-        layer_norm_first=bool(get("do_stable_layer_norm", False)),
-        pos_conv_kernel=get("num_conv_pos_embeddings", cfg.pos_conv_kernel),
-        pos_conv_groups=get("num_conv_pos_embedding_groups", cfg.pos_conv_groups),
-        dropout=get("hidden_dropout", cfg.dropout),
-        attention_dropout=get("attention_dropout", cfg.attention_dropout),
-        activation_dropout=get("activation_dropout", cfg.activation_dropout),
-        dropout_input=get("feat_proj_dropout", cfg.dropout_input),
-        dropout_features=get("feat_quantizer_dropout", cfg.dropout_features),
-        final_dropout=get("final_dropout", cfg.final_dropout),
-        layerdrop=get("layerdrop", cfg.layerdrop),
         # apply_spec_augment false: transformers masks nothing, whatever the probabilities say
-        mask_prob=get("mask_time_prob", cfg.mask_prob) if spec_augment else 0.0,
-        mask_length=get("mask_time_length", cfg.mask_length),
-        min_masks=get("mask_time_min_masks", cfg.min_masks),
-        mask_channel_prob=get("mask_feature_prob", cfg.mask_channel_prob) if spec_augment else 0.0,
-        mask_channel_length=get("mask_feature_length", cfg.mask_channel_length),
-        num_codevector_groups=get("num_codevector_groups", cfg.num_codevector_groups),
-        num_codevectors_per_group=get("num_codevectors_per_group", cfg.num_codevectors_per_group),
-        codevector_dim=get("codevector_dim", cfg.codevector_dim),
-        final_dim=get("proj_codevector_dim", cfg.final_dim),
-        logit_temperature=get("contrastive_logits_temperature", cfg.logit_temperature),
-        num_negatives=get("num_negatives", cfg.num_negatives),
-        diversity_weight=get("diversity_loss_weight", cfg.diversity_weight),
+        mask_prob=get("mask_time_prob") if spec_augment else 0.0,
+        mask_channel_prob=get("mask_feature_prob") if spec_augment else 0.0,
         quantizer_input="normed",
     )
 
@@ -212,18 +203,36 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, kind: str
 _OPTIONAL_HF = {"wav2vec2.masked_spec_embed"}
 
 
-def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str) -> dict[str, torch.Tensor]:
-    """earful's tensors from a HF state dict; an optional tensor HF left out is left out here too."""
+def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str,
+                       where: str = "HF weights") -> dict[str, torch.Tensor]:
+    """earful's tensors from a HF state dict; an optional tensor HF left out is left out here too. Every
+    tensor must be used: one the mapping does not know (an adapter, another architecture's part) would make a
+    model other than the one transformers runs, and is refused; the other head's tensors (a pre-training
+    folder's quantizer in a CTC one) are left out with a warning, as transformers does."""
     hf = _normalise_hf_keys(hf)
     pairs = _backbone_pairs(cfg) + _head_pairs(kind)
+    layers = range(cfg.num_layers)
+    qkv = [(f"wav2vec2.encoder.layers.{i}.attention", part) for i in layers for part in ("weight", "bias")]
     missing = [h for _, h in pairs if h not in hf and h not in _OPTIONAL_HF]
+    missing += [f"{h}.{p}_proj.{part}" for h, part in qkv for p in "qkv" if f"{h}.{p}_proj.{part}" not in hf]
     if missing:
-        raise CheckpointError(f"HF weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+        bare = not any(k.startswith("wav2vec2.") for k in hf) and any(k.startswith("feature_extractor.") for k in hf)
+        raise CheckpointError(f"{where}: lacks {len(missing)} tensors, e.g. {missing[:3]}" + (
+            " (its names have no 'wav2vec2.' prefix: a bare transformers Wav2Vec2Model; save a "
+            "Wav2Vec2ForPreTraining or Wav2Vec2ForCTC)" if bare else ""))
+    used = {h for _, h in pairs} | {f"{h}.{p}_proj.{part}" for h, part in qkv for p in "qkv"}
+    other = {h for _, h in _head_pairs("ctc" if kind == "pretraining" else "pretraining")}
+    unknown = sorted(k for k in hf if k not in used and k not in other)
+    if unknown:
+        raise CheckpointError(f"{where}: {len(unknown)} tensors earful's wav2vec 2.0 has no place for, e.g. "
+                              f"{unknown[:3]}: importing without them would give another model than transformers'")
+    if any(k in other for k in hf):
+        log.warning("%s: the %s head's tensors are left out (a %s model has none)", where,
+                    "CTC" if kind == "pretraining" else "pre-training", kind)
     out = {e: hf[h] for e, h in pairs if h in hf}
-    for i in range(cfg.num_layers):
-        e, h = f"wav2vec2.encoder.layers.{i}.attention.qkv", f"wav2vec2.encoder.layers.{i}.attention"
-        for part in ("weight", "bias"):
-            out[f"{e}.{part}"] = torch.cat([hf[f"{h}.{p}_proj.{part}"] for p in ("q", "k", "v")], dim=0)
+    for h, part in qkv:
+        e = h.replace(".attention", ".attention.qkv")
+        out[f"{e}.{part}"] = torch.cat([hf[f"{h}.{p}_proj.{part}"] for p in ("q", "k", "v")], dim=0)
     return out
 
 
@@ -296,8 +305,14 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     if vocab_symbols is not None:
         atomic_write_json(out / "vocab.json", {s: i for i, s in enumerate(vocab_symbols)})
         atomic_write_json(out / "tokenizer_config.json", tokenizer_config(list(vocab_symbols)))
-    elif kind == "ctc":
-        log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)", out)
+    else:
+        for stale in ("vocab.json", "tokenizer_config.json"):  # an earlier export's: another model's tokenizer
+            if (out / stale).exists():
+                log.warning("%s: removed, an earlier export's (this model has no vocabulary)", out / stale)
+                (out / stale).unlink()
+        if kind == "ctc":
+            log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)",
+                        out)
     return out
 
 
@@ -308,7 +323,9 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[d
     cfg_path = d / "config.json"
     if not cfg_path.exists():
         raise CheckpointError(f"{d}: no config.json (not a transformers model folder)")
-    hf_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    hf_cfg = read_json(cfg_path)
+    if not isinstance(hf_cfg, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object (a transformers config)")
     if hf_cfg.get("model_type") not in (None, "wav2vec2"):
         raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
     if (d / "model.safetensors").exists():
@@ -354,22 +371,28 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
     a CTC model needs it). ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for
     trusted files)."""
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
-    cfg = config_from_hf(hf_cfg)
+    where = str(Path(hf_dir) / "config.json")
+    try:
+        cfg = config_from_hf(hf_cfg, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     pre = Path(hf_dir) / "preprocessor_config.json"
     if pre.exists():  # the waveform normalisation is the feature extractor's, not the model config's
         # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
-        cfg.normalize_waveform = bool(json.loads(pre.read_text(encoding="utf-8")).get("do_normalize", True))
+        pre_cfg = read_json(pre)
+        if not isinstance(pre_cfg, dict):
+            raise CheckpointError(f"{pre}: not a JSON object (a transformers feature extractor config)")
+        cfg.normalize_waveform = bool(pre_cfg.get("do_normalize", True))
     else:
         log.warning("%s: no preprocessor_config.json; assuming the model takes unnormalised waveforms "
                     "(set normalize_waveform if it was trained on normalised ones)", hf_dir)
     is_ctc = "lm_head.weight" in weights
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None
-    where = str(Path(hf_dir) / "config.json")
     layers = {int(m.group(1)) for k in weights if (m := _LAYER.search(k))}
     if len(layers) != cfg.num_layers:  # before anything per layer is made: a hostile config can ask for millions
         raise CheckpointError(f"{where}: num_hidden_layers={cfg.num_layers}, the weights hold {len(layers)} layers")
-    state = from_hf_state_dict(weights, cfg, kind)
+    state = from_hf_state_dict(weights, cfg, kind, str(Path(hf_dir)))
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     shapes.setdefault("wav2vec2.mask_emb", (cfg.hidden_size,))  # optional in transformers' folders
     check_sizes(kind, cfg, vocab_size, shapes, where)  # every shape, on the meta device, before allocating

@@ -45,7 +45,7 @@ class ModelConfig:
     # evaluate / transcribe / features always run "excluded". Why pre-training does too:
     # docs/batch-invariance.md.
     group_norm_padding: Literal["excluded", "included"] = "excluded"
-    feature_grad_mult: float = 0.1  # gradient multiplier on the CNN (fairseq's feature_grad_mult)
+    feature_grad_mult: float = 0.1  # gradient multiplier on the CNN (fairseq's feature_grad_mult; 0: no autograd)
     normalize_waveform: bool = False  # per-utterance zero mean, unit variance (LARGE recipes)
 
     # --- projection and transformer ---
@@ -112,6 +112,8 @@ class ModelConfig:
             raise ValueError("hidden_size must be divisible by pos_conv_groups")
         if self.codevector_dim % self.num_codevector_groups:
             raise ValueError("codevector_dim must be divisible by num_codevector_groups")
+        if self.feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult {self.feature_grad_mult} < 0 (0 freezes the CNN, 1 trains it fully)")
 
     @property
     def receptive_field(self) -> int:

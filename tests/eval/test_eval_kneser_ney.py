@@ -155,3 +155,16 @@ def test_lm_build_command(tmp_path):
     with pytest.raises(FileNotFoundError):
         args = parser.parse_args(["lm", "build", str(tmp_path / "nope.txt"), "--out", str(out)])
         args.func(args)
+
+
+def test_unknown_word_in_a_model_without_unk(tmp_path):
+    """SRILM may write no <unk>: an unknown word then scores log10(0) as ARPA writes it (the back-off loop
+    never ended)."""
+    from earful.eval.lm import LOG10_ZERO
+
+    arpa = tmp_path / "no-unk.arpa"
+    arpa.write_text("\\data\\\nngram 1=3\nngram 2=1\n\n\\1-grams:\n-0.5\t<s>\t-0.3\n-0.5\ta\t-0.2\n-0.5\t</s>\n\n"
+                    "\\2-grams:\n-0.1\t<s> a\n\n\\end\\\n")
+    model = NgramModel.read_arpa(arpa)
+    assert model.log10_prob("zebra", ["a"]) == pytest.approx(-0.2 + LOG10_ZERO)
+    assert model.log10_prob("a", ["<s>"]) == pytest.approx(-0.1)

@@ -225,3 +225,70 @@ def test_import_moves_a_transformers_blank_to_index_0(tmp_path) -> None:
     back, vocab = import_hf(tmp_path)
     assert vocab == symbols
     assert torch.equal(back.lm_head.weight, ours.lm_head.weight) and torch.equal(back.lm_head.bias, ours.lm_head.bias)
+
+
+def test_import_refuses_what_earful_would_drop(tmp_path) -> None:
+    """An adapter (transformers' add_adapter) changes the model's output; importing without it gave another
+    model silently (its tensors were thrown away). The config and any unknown tensor are refused, naming the
+    folder."""
+    from earful.checkpoint import CheckpointError
+
+    hf_cfg = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=12, add_adapter=True,
+        adapter_stride=2, output_hidden_size=32)
+    transformers.Wav2Vec2ForCTC(hf_cfg).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(CheckpointError, match=r"adapter.*config\.json: add_adapter"):
+        import_hf(tmp_path / "adapter")
+    cfg = json.loads((tmp_path / "adapter" / "config.json").read_text())
+    (tmp_path / "adapter" / "config.json").write_text(json.dumps({**cfg, "add_adapter": False}))
+    with pytest.raises(CheckpointError, match=r"wav2vec 2.0 has no place for, e.g. \['wav2vec2\.adapter"):
+        import_hf(tmp_path / "adapter")
+
+
+def test_import_names_the_file_of_each_problem(tmp_path) -> None:
+    from earful.checkpoint import CheckpointError
+
+    ours = Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29)
+    export_hf(ours, tmp_path / "a")
+    (tmp_path / "a" / "preprocessor_config.json").write_text("{'do_normalize': true}")
+    with pytest.raises(CheckpointError, match=r"preprocessor_config\.json: corrupt JSON"):
+        import_hf(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text('{"hidden_act": "relu",}')
+    with pytest.raises(CheckpointError, match=r"a/config\.json: corrupt JSON"):
+        import_hf(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**ours_cfg_json(ours), "hidden_act": "relu"}))
+    with pytest.raises(CheckpointError, match=r"a/config\.json: unsupported hidden_act 'relu'"):
+        import_hf(tmp_path / "a")
+    bare = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[32] * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2))
+    bare.save_pretrained(tmp_path / "bare")
+    with pytest.raises(CheckpointError, match=r"bare: lacks .* no 'wav2vec2\.' prefix: a bare transformers"):
+        import_hf(tmp_path / "bare")
+
+
+def ours_cfg_json(model) -> dict:
+    from earful.interop.hf import hf_config
+
+    return hf_config(model.cfg, kind="ctc", vocab_size=model.lm_head.out_features)
+
+
+def test_a_config_without_a_key_means_transformers_default(tmp_path) -> None:
+    """config_from_hf fills what a config.json leaves out with transformers' defaults (it took earful's: 0.1
+    input dropout where transformers has 0, masks of 0.65 where it has 0.05)."""
+    from earful.interop.hf import HF_DEFAULTS, config_from_hf
+
+    theirs = transformers.Wav2Vec2Config()
+    for key, value in HF_DEFAULTS.items():
+        got = getattr(theirs, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    assert config_from_hf({}) == config_from_hf(theirs.to_dict())
+
+
+def test_reexport_without_a_vocabulary_removes_the_earlier_tokenizer(tmp_path) -> None:
+    cfg = load_model_config("tiny")
+    export_hf(Wav2Vec2ForCTC(cfg, vocab_size=6), tmp_path, vocab_symbols=["<b>", "'", "a", "b", "|", "x"])
+    assert (tmp_path / "vocab.json").exists()
+    export_hf(Wav2Vec2ForPreTraining(cfg), tmp_path)
+    assert not (tmp_path / "vocab.json").exists() and not (tmp_path / "tokenizer_config.json").exists()

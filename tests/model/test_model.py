@@ -280,3 +280,16 @@ def test_hard_perplexity_counts_the_codes_the_logits_choose() -> None:
         out[mode] = model(wave, lens, mask=mask, generator=torch.Generator().manual_seed(2))
     assert torch.equal(out["train"].perplexity_hard, out["eval"].perplexity_hard)
     assert not torch.equal(out["train"].contrastive, out["eval"].contrastive)  # training did sample its targets
+
+
+def test_feature_grad_mult_zero_runs_the_cnn_without_autograd() -> None:
+    """fairseq's feature_grad_mult 0 runs the CNN under no_grad: no gradient at all (zeros, as a 0 multiplier
+    gave, still let AdamW's weight decay shrink the CNN), and the transformer still trains."""
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["feature_grad_mult=0"])).train()
+    wave, lens = batch()
+    out = model(wave, lens, generator=torch.Generator().manual_seed(0))
+    out.objective(out.num_masked).backward()
+    assert all(p.grad is None for p in model.wav2vec2.feature_encoder.parameters())
+    assert model.wav2vec2.encoder.layers[0].attention.qkv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="feature_grad_mult -1"):
+        load_model_config("tiny", ["feature_grad_mult=-1"])
