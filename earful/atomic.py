@@ -1,6 +1,7 @@
 """Files that appear whole or not at all: written to a temporary file beside their final path, flushed
-to disk, then renamed over it. A crash or a full disk mid-write leaves the previous file (or none),
-never a truncated one. Checkpoints, manifests, configs, reports and results all go through here."""
+to disk, then renamed over it, and the rename flushed too (the folder). A crash or a full disk mid-write
+leaves the previous file (or none), never a truncated one. Checkpoints, manifests, configs, reports and
+results all go through here."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk (a power cut keeps it)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 @contextmanager

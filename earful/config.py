@@ -9,6 +9,7 @@ overrides, e.g. ``model.num_layers=4 optim.lr=1e-3``. Values in overrides are pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -88,7 +89,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -156,7 +158,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A value YAML
+    reads as text is kept whole: `` #`` would start a YAML comment (``data.train=/a/run #2/x.jsonl``)."""
     out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -166,6 +169,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: not a plain YAML value ({str(e).splitlines()[0]})") from None
+        if (value is None or isinstance(value, str)) and "#" in raw and not raw.lstrip().startswith(("'", '"')):
+            value = raw.strip()  # YAML dropped a comment: the text after " #" was part of the value
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -174,6 +179,20 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with another override")
         node[parts[-1]] = value
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
@@ -186,16 +205,20 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
         else:
             presets = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
             raise ConfigError(f"{preset_or_path}: no such file and no such preset (presets: {presets})")
-    with open(p, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.MarkedYAMLError as e:  # a tag such as !!python/object is refused here, never constructed
-            mark = e.problem_mark
-            at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{at}: {e.problem or e.context}"
-                              " (earful configs are plain YAML: no tags, no code)") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.MarkedYAMLError as e:  # a tag such as !!python/object is refused here, never constructed
+        mark = e.problem_mark
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = e.problem or e.context or ""
+        plain = " (earful configs are plain YAML: no tags, no code)" if "tag" in problem else ""
+        raise ConfigError(f"{p}{at}: {problem}{plain}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a YAML mapping at the top level")
     return data

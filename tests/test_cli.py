@@ -39,3 +39,12 @@ def test_a_mapping_override_of_the_wrong_types_is_a_config_error():
     with pytest.raises(ConfigError, match=r"text_mapping\['-'\]: expected a string, got 2"):
         load_finetune_config(None, ["text_mapping={'-': 2}"])
     assert load_finetune_config(None, ["text_mapping={'-': ' '}"]).text_mapping == {"-": " "}
+
+
+def test_an_override_value_with_a_hash_is_kept_whole():
+    """YAML reads " #" as the start of a comment: `data.train=/a/run #2/train.jsonl` became "/a/run"."""
+    from earful.config import parse_overrides
+
+    got = parse_overrides(["data.train=/a/run #2/train.jsonl", "tracking.name=run #2", "n=#1", "q='a #b'", "k=8"])
+    assert got == {"data": {"train": "/a/run #2/train.jsonl"}, "tracking": {"name": "run #2"}, "n": "#1",
+                   "q": "a #b", "k": 8}

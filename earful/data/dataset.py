@@ -209,6 +209,14 @@ class Received:
     def bad_files(self) -> int:
         return len(self.bad_ids)
 
+    def received_state(self) -> dict[str, Any]:
+        """The counts, for a checkpoint: a resumed run goes on counting where it stopped."""
+        return {"bad_ids": sorted(self.bad_ids), "empty_batches": self.empty_batches}
+
+    def load_received_state(self, state: dict[str, Any]) -> None:
+        self.bad_ids = set(state["bad_ids"])
+        self.empty_batches = int(state.get("empty_batches", 0))  # not in checkpoints written before it was kept
+
     def received(self, batch: Batch) -> bool:
         """Count ``batch``'s bad files; whether it holds audio to train on."""
         for uid, problem in batch.bad:
@@ -277,7 +285,7 @@ class AudioLoader(Received):
 
     def state_dict(self) -> dict[str, Any]:
         state = self.sampler.state_dict()
-        state.update(epoch=self.epoch, position=self.position, bad_ids=sorted(self.bad_ids))
+        state.update(epoch=self.epoch, position=self.position, **self.received_state())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -286,7 +294,7 @@ class AudioLoader(Received):
                              "(data.shards): resume with the data setting it was saved with")
         self.sampler.load_state_dict(state)
         self.epoch, self.position = self.sampler.epoch, self.sampler.position
-        self.bad_ids = set(state["bad_ids"])
+        self.load_received_state(state)
 
 
 def make_loader(

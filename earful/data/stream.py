@@ -210,7 +210,7 @@ class ShardLoader(Received):
     def state_dict(self) -> dict[str, Any]:
         return {"format": STREAM_FORMAT, "index": self.plan.index.digest, "layout": self.plan.layout(),
                 "seed": self.plan.seed, "places": [list(p) for p in self.places], "next": self.next,
-                "epoch": self.epoch, "position": self.position, "bad_ids": sorted(self.bad_ids)}
+                "epoch": self.epoch, "position": self.position, **self.received_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != STREAM_FORMAT:
@@ -220,7 +220,7 @@ class ShardLoader(Received):
         if state["index"] != self.plan.index.digest or state["seed"] != self.plan.seed:
             raise ValueError(f"cannot resume from shards: {self.plan.index.location} is not the shard index (or the "
                              "seed) the checkpoint was saved with")
-        self.bad_ids = set(state["bad_ids"])
+        self.load_received_state(state)
         self.position = int(state["position"])
         places = [tuple(int(v) for v in p) for p in state["places"]]
         now, saved = self.plan.layout(), state["layout"]

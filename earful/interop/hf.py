@@ -337,7 +337,13 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[d
         if trust_pickle:
             log.warning("%s: unpickling without restrictions (--trust-pickle): this runs any code the file "
                         "holds", d / "pytorch_model.bin")
-        weights = safe_torch_load(d / "pytorch_model.bin", trust_pickle=trust_pickle)
+        loaded = safe_torch_load(d / "pytorch_model.bin", trust_pickle=trust_pickle)
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{d / 'pytorch_model.bin'}: not a state dict ({{name: tensor}})")
+        weights = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        if len(weights) < len(loaded):  # e.g. a fairseq-style "args" beside the tensors: not weights
+            log.warning("%s: left out %d entries that are not tensors: %s", d / "pytorch_model.bin",
+                        len(loaded) - len(weights), sorted(set(loaded) - set(weights))[:5])
     else:
         raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin")
     return hf_cfg, weights

@@ -28,7 +28,8 @@ def _gradvar(args: argparse.Namespace) -> int:
     from earful.data.budget import BatchBudget
     from earful.pretrain.gradvar import gradient_noise
 
-    budget = BatchBudget(args.batch_seconds, args.device_seconds or args.batch_seconds, crop_seconds=args.crop_seconds)
+    device_seconds = args.batch_seconds if args.device_seconds is None else args.device_seconds
+    budget = BatchBudget(args.batch_seconds, device_seconds, crop_seconds=args.crop_seconds)
     result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,
                             device=args.device, crop_to_shortest=args.crop_to_shortest, skip_bad=args.skip_bad)
     text = json.dumps(result, indent=2)

@@ -11,8 +11,10 @@ log = logging.getLogger("earful.study")
 def _plan(args: argparse.Namespace) -> int:
     from earful.study.config import load_study
     from earful.study.plan import plan_table
+    from earful.study.run import check_recipes
 
     study = load_study(args.study, args.overrides)
+    check_recipes(study)
     _, table = plan_table(study, args.throughput)
     log.info("study %s (%s)\n%s", study.name, study.mode, table)
     return 0

@@ -12,6 +12,7 @@ rate, as the paper's own table does::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -196,8 +197,8 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
                     raise ValueError(f"cycles={study.cycles}: steps={steps} is not a whole number of cycles "
                                      f"(a multiple of {2 * study.cycles})")
             else:
-                if study.hours <= 0:
-                    raise ValueError("fixed-hours: set hours > 0")
+                if not 0 < study.hours < math.inf:
+                    raise ValueError(f"fixed-hours: set hours to a finite number > 0 (got {study.hours})")
                 steps = max(1, nominal_steps(study.hours, e.batch_seconds))
             runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
                                    devices=e.devices, device_seconds=dev_s, accumulation=accum, lr=lr, steps=steps,
@@ -246,6 +247,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     if study.cycles and study.mode != "fixed-steps":
         raise ValueError(f"{path}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
     study.entries()  # validate
+    negative = [s for s in (*study.seeds, *study.probe_seeds) if s < 0]
+    if negative:
+        raise ValueError(f"{path}: seeds and probe_seeds must be >= 0 (got {negative})")
     study.tracking.validate()
     if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
         raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")

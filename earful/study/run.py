@@ -126,10 +126,21 @@ def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Prob
         atomic_write_lines(out / "probes.jsonl", (json.dumps(rec) for rec in records))
 
 
+def check_recipes(study: StudyConfig) -> None:
+    """The pre-training and fine-tuning recipes load with the study's overrides (an unknown key or a wrong
+    value is named here, by ``study plan`` too, not after the corpus is built)."""
+    from earful.finetune.config import load_finetune_config
+    from earful.pretrain.config import load_pretrain_config
+
+    load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
+    load_finetune_config(study.finetune.config, study.finetune.overrides)
+
+
 def check_study(study: StudyConfig) -> None:
     """Settings a plan cannot catch: label sets, baselines and probe tasks that do not exist, trackers and
     submitit that are not installed. (The probes' manifests are checked once the corpus is there:
     ``check_probe_corpus``.)"""
+    check_recipes(study)
     unknown = [ls for ls in study.finetune.label_sets or [] if ls not in study.corpus.label_sets]
     if unknown:
         raise ValueError(f"finetune.label_sets {unknown} are not in corpus.label_sets {list(study.corpus.label_sets)}")

@@ -121,7 +121,7 @@ class TrainingConfig:
     valid_every: int = 5000  # 0 = only at the end (fine-tuning) or never (pre-training)
     valid_seconds: float | None = None  # padded audio per validation batch on one device (default: device_seconds)
     ckpt_every: int = 1000
-    keep_last: int = 2  # periodic step checkpoints kept (milestones, best and the latest stay)
+    keep_last: int = 2  # periodic step checkpoints kept, 0: all (milestones, best and the latest stay)
     keep_best: bool = True  # also keep checkpoints/best: the task's best validation metric (loss, dev WER)
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True  # scalars in RUN/tb (tensorboard is a dependency of earful)
@@ -163,7 +163,7 @@ class TrainingConfig:
             self.budget(1)  # finite, positive batch and device seconds; a bounded accumulation
         for key in ("max_steps", "log_every", "ckpt_every", "max_nan_steps"):
             _at_least(key, getattr(self, key), 1)
-        for key in ("valid_every", "keep_last", "threads"):
+        for key in ("valid_every", "keep_last", "threads", "seed"):
             _at_least(key, getattr(self, key), 0)
         _at_least("data.bucket_size", self.data.bucket_size, 1)
         if self.compile_mode != "default" and not self.compile:

@@ -169,11 +169,12 @@ class Trainer:
                 self.run.prepare()
                 if latest is None:
                     start_history(self.run.root, cfg, self.d.world_size)
-                elif segment is not None:
-                    add_segment(self.run.root, cfg, segment)
         D.barrier(self.d)
         if latest is not None:
             self._resume(latest)
+            if segment is not None and self.d.is_main:  # once the checkpoint has loaded
+                with writing(self.run.root):
+                    add_segment(self.run.root, cfg, segment)
         self._start_records()
         self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 
@@ -353,7 +354,7 @@ class Trainer:
     def _log_interval(self, meter: Meter, bar: tqdm) -> None:
         s, steps = meter.sums, meter.sums["steps"]
         seconds = max(s["train_seconds"], 1e-9)
-        bad = self.bad_files()  # a collective: every rank takes part; the rest is the main rank's work
+        bad, empty = self.left_out()  # a collective: every rank takes part; the rest is the main rank's work
         if not self.d.is_main:
             return
         rec: dict[str, Any] = {
@@ -366,6 +367,7 @@ class Trainer:
             # a skipped non-finite step leaves the interval's means non-finite on purpose; this counts them
             "skipped_steps": steps - s["finite"] - s["overflow"], "overflow_steps": s["overflow"],
             "distance_from_init": distance_from(self.model, self._init_params), "bad_files": bad,
+            "empty_batches": empty,
         }  # fmt: skip
         self.health.check(self.step, rec)
         self.train_log.write(rec)
@@ -388,11 +390,12 @@ class Trainer:
             self.best = self.last_valid
             self.save("best", make_latest=False)
 
-    def bad_files(self) -> int:
-        """Distinct unreadable files left out so far (``data.skip_bad``), over every rank: a file may fall to
-        several ranks in turn (a collective: every rank logs each interval and ends ``fit``)."""
-        gathered = D.all_gather_object(sorted(self.loader.bad_ids), self.d)
-        return len({i for ids in gathered for i in ids})  # type: ignore[attr-defined]
+    def left_out(self) -> tuple[int, int]:
+        """Distinct unreadable files left out so far (``data.skip_bad``; a file may fall to several ranks in
+        turn) and batches with no loadable audio, over every rank (a collective: every rank logs each interval
+        and ends ``fit``)."""
+        gathered = D.all_gather_object((sorted(self.loader.bad_ids), self.loader.empty_batches), self.d)
+        return len({i for ids, _ in gathered for i in ids}), sum(n for _, n in gathered)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -437,7 +440,8 @@ class Trainer:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
         summary = {k: v for k, v in self.progress_info().items() if k not in ("recipe", "layout", "log_interval")}
-        return {**summary, "bad_files": self.bad_files(), "unbatchable": self.loader.skipped}
+        bad, empty = self.left_out()
+        return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 
     def _steps(self, bar: tqdm) -> None:
         cfg, meter, batches = self.cfg, self.meter, iter(self.loader)

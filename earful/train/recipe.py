@@ -119,9 +119,13 @@ def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:
 
 
 def add_segment(root: Path, cfg: TrainingConfig, segment: dict[str, Any]) -> None:
-    """Append a segment (another recipe or layout from ``segment["step"]`` on) with its own config file."""
+    """Append a segment (another recipe or layout from ``segment["step"]`` on) with its own config file. A last
+    segment from the same step, which never trained to a checkpoint (its process was stopped first), is
+    replaced: the history holds what trained."""
     path = root / HISTORY
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    if len(lines) > 1 and json.loads(lines[-1]).get("step") == segment["step"]:
+        lines = lines[:-1]
     n = len(lines) + 1
     name = f"config-{n}.yaml"
     save_yaml(cfg, root / name)

@@ -170,7 +170,8 @@ class RunDir:
         return None
 
     def prune(self, keep_last: int) -> None:
-        """Keep the newest ``keep_last`` periodic step checkpoints (milestones, best and the latest stay)."""
+        """Keep the newest ``keep_last`` periodic step checkpoints, every one for 0 (milestones, best and the
+        latest stay)."""
         latest = self.latest() if (self.ckpt / LATEST).exists() else None
         steps = sorted(p for p in self.ckpt.glob("step-*") if p.is_dir())
         for p in steps[:-keep_last] if keep_last > 0 else []:
@@ -262,7 +263,8 @@ def restore_training_state(
         loader.load_state_dict({**loaders[d.rank], "ranks": ranks})
     else:
         ids = sorted({i for s in loaders for i in s["bad_ids"]}) if d.rank == 0 else []
-        loader.load_state_dict({**loaders[0], "bad_ids": ids, "ranks": ranks})
+        empty = sum(s.get("empty_batches", 0) for s in loaders) if d.rank == 0 else 0
+        loader.load_state_dict({**loaders[0], "bad_ids": ids, "empty_batches": empty, "ranks": ranks})
     torch.set_rng_state(state["rng_cpu"])
     if state.get("rng_cuda") is not None and d.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng_cuda"], d.device)

@@ -31,6 +31,24 @@ def test_successful_write_replaces_and_creates_folders(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # readable as open() would leave it
 
 
+def test_the_file_then_its_rename_reach_the_disk(tmp_path: Path, monkeypatch) -> None:
+    """fsync of the data before the rename, and of the folder after it: a power cut keeps the new name (POSIX
+    promises the rename's durability only once its folder is flushed)."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_json(tmp_path / "x.json", {"k": 1})
+    assert synced == ["file", "folder"]
+
+
 def test_append_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'a'"), atomic_open(tmp_path / "log.jsonl", "a"):
         pass

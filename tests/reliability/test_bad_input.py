@@ -279,3 +279,22 @@ def test_pretraining_with_skip_bad_counts_and_logs_every_bad_file(tmp_path, dirt
                          ("tiny", "too short")):
         assert any(f"file {uid}: " in m and problem in m for m in warned), (uid, warned)
     assert not any("long" in m for m in warned)
+
+
+def test_batches_with_no_loadable_audio_are_logged_and_kept_over_a_resume(tmp_path, tiny_corpus, rel) -> None:
+    """Two junk files of 3.5 s, each a batch of its own (4 s a batch): both batches are left out, and the count
+    is in train.jsonl, the summary and the checkpoint (it was only in memory, and restarted at 0 on resume)."""
+    rows = [r for r in rel.manifest_rows(tiny_corpus[0])][:6]
+    for name in ("junk1", "junk2"):
+        (tmp_path / f"{name}.wav").write_bytes(b"junk")
+        rows.append(dict(id=name, path=str(tmp_path / f"{name}.wav"), num_samples=56000, sample_rate=16000,
+                         speaker="s", transcript=None))
+    manifest = rel.write_rows(tmp_path / "junk.jsonl", rows)
+    over = rel.pretrain_overrides(manifest, 100, "data.skip_bad=true", "data.crop_seconds=null", "ckpt_every=1")
+    trainer = Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run")
+    trainer.cfg.max_steps = len(trainer.loader)  # over an epoch: both left out at least once
+    summary = trainer.fit()
+    log = rel.read_jsonl(tmp_path / "run" / "train.jsonl")
+    assert summary["empty_batches"] == log[-1]["empty_batches"] >= 2 and summary["bad_files"] == 2
+    resumed = Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run", resume=True)
+    assert resumed.loader.empty_batches == summary["empty_batches"] and resumed.loader.bad_files == 2

@@ -132,6 +132,27 @@ def test_resume_with_another_recipe_is_refused_or_recorded(tmp_path, tiny_corpus
     assert "batch_seconds: 8.0" in (out / "config-2.yaml").read_text()
 
 
+def test_history_records_only_resumes_that_trained(tmp_path, tiny_corpus, rel) -> None:
+    """A resume that fails to load its checkpoint adds no segment; one stopped before its first checkpoint is
+    replaced by the next (each had left a segment that never trained)."""
+    out = tmp_path / "run"
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out).fit()
+    state = out / "checkpoints" / "step-0000002" / "state.pt"
+    good = state.read_bytes()
+    state.write_bytes(good[:-10])
+    changed = _cfg(rel, tiny_corpus[0], 4, "optim.lr=1e-2")
+    with pytest.raises(CheckpointError):
+        Trainer(PretrainTask(changed), out, resume=True, allow_changes=True)
+    assert len((out / "history.jsonl").read_text().splitlines()) == 1 and not (out / "config-2.yaml").exists()
+    state.write_bytes(good)
+    Trainer(PretrainTask(changed), out, resume=True, allow_changes=True).close()  # stopped before step 3
+    again = _cfg(rel, tiny_corpus[0], 4, "optim.lr=2e-2")
+    Trainer(PretrainTask(again), out, resume=True, allow_changes=True).fit()
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [(h["segment"], h["step"]) for h in history] == [(1, 0), (2, 2)]
+    assert history[1]["recipe_changes"]["optim.lr"] == [0.0005, 0.02]
+
+
 def test_an_edited_or_reordered_manifest_is_another_recipe(tmp_path, tiny_corpus, rel) -> None:
     manifest = tmp_path / "train.jsonl"
     lines = Path(tiny_corpus[0]).read_text().splitlines()
@@ -154,6 +175,7 @@ def test_an_edited_or_reordered_manifest_is_another_recipe(tmp_path, tiny_corpus
     ("device_seconds=-1", r"device_seconds=-1\.0: expected a finite number of seconds > 0"),
     ("data.crop_seconds=-1", r"data\.crop_seconds=-1\.0: expected a finite number of seconds > 0 \(or null"),
     ("log_every=0", r"log_every=0: expected an integer >= 1"),
+    ("seed=-1", r"seed=-1: expected an integer >= 0"),
     ("ckpt_every=0", r"ckpt_every=0: expected an integer >= 1"),
     # the schedule's settings, refused at load time, not when step 0 starts (after init was written)
     ("optim.cyclic_step_size=0", r"optim\.cyclic_step_size=0: expected an integer >= 1"),
@@ -168,6 +190,28 @@ def test_bad_settings_are_one_line_errors_naming_the_key(override, message, tiny
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert rc == 2 and len(errors) == 1 and "\n" not in errors[0], errors
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_an_integer_setting_of_inf_or_nan_names_its_key(value, tiny_corpus, rel, tmp_path, caplog) -> None:
+    """It was an OverflowError's traceback (inf) or a line naming no key (nan)."""
+    rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2, f"max_steps={value}"), "--out",
+               str(tmp_path / "run")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert rc == 2 and errors == [f"config.max_steps: expected an integer, got {value[1:]}"], errors
+
+
+def test_yaml_files_that_say_two_things_or_are_not_utf8_are_named(tmp_path, caplog) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("max_steps: 3\nbatch_seconds: 8\nmax_steps: 5\n")
+    binary = tmp_path / "latin1.yaml"
+    binary.write_bytes("max_steps: 3\ntracking:\n  name: caf\xe9\n".encode("latin-1"))
+    for config in (twice, binary):
+        assert main(["pretrain", str(config), "--out", str(tmp_path / "run")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"{twice}:3:1: key 'max_steps' is given twice (first on line 1)",
+                      f"{binary}: not UTF-8 text ('utf-8' codec can't decode byte 0xe9 in position 34: invalid "
+                      "continuation byte)"], errors
 
 
 def test_a_yaml_tag_is_one_line_naming_file_line_and_tag(tmp_path, caplog) -> None:

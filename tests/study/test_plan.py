@@ -83,6 +83,27 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
     y.write_text("grid: [10]\nbatch: 3\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_study(y)
+    y.write_text("grid: [10]\nmode: fixed-steps\nsteps: 10\nseeds: [1, -2]\n")
+    with pytest.raises(ValueError, match=r"seeds and probe_seeds must be >= 0 \(got \[-2\]\)"):
+        load_study(y)
+    for hours in (".inf", ".nan"):  # an OverflowError, or a message naming nothing
+        y.write_text(f"grid: [10]\nmode: fixed-hours\nhours: {hours}\n")
+        with pytest.raises(ValueError, match=rf"fixed-hours: set hours to a finite number > 0 \(got {hours[1:]}\)"):
+            plan_runs(load_study(y))
+
+
+def test_plan_checks_the_recipes_the_study_overrides(tmp_path, caplog) -> None:
+    """A study's override lists load with its recipes when it is planned (an unknown key passed `study plan`
+    and stopped `study run` only after the corpus was synthesised)."""
+    from earful.cli import main
+
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [10]\nmode: fixed-steps\nsteps: 10\npretrain_overrides: [bogus=1]\n")
+    assert main(["study", "plan", str(y)]) == 2
+    assert any("unknown key(s) ['bogus']" in r.getMessage() for r in caplog.records), caplog.text
+    y.write_text("grid: [10]\nmode: fixed-steps\nsteps: 10\nfinetune: {overrides: [max_steps=-1]}\n")
+    assert main(["study", "plan", str(y)]) == 2
+    assert any("max_steps=-1: expected an integer >= 1" in r.getMessage() for r in caplog.records), caplog.text
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "studies").glob("*.yaml")))

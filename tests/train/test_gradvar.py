@@ -64,3 +64,10 @@ def test_gradvar_measures_at_the_checkpoints_step(tmp_path, tiny_corpus, monkeyp
     assert steps == [3] and r["step"] == 3 and r["crop_to_shortest"]
     save_model(tmp_path / "bare", Wav2Vec2ForPreTraining(load_model_config("tiny")))  # no trainer.json: step 0
     assert gradient_noise(tmp_path / "bare", train, BatchBudget(3.0, 3.0), num_batches=2, device="cpu")["step"] == 0
+
+
+def test_gradvar_refuses_a_micro_batch_of_zero_seconds(tmp_path, caplog) -> None:
+    """--device-seconds 0 was read as "not given" (the whole batch at once)."""
+    rc = main(["gradvar", str(tmp_path / "ckpt"), "--manifest", str(tmp_path / "m.jsonl"), "--batch-seconds", "8",
+               "--device-seconds", "0"])
+    assert rc == 2 and "device_seconds=0.0: expected a finite number of seconds > 0" in caplog.text
