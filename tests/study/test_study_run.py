@@ -416,6 +416,29 @@ def test_probes_that_cannot_run_on_the_corpus_stop_the_study_before_any_training
         assert not (tmp_path / f"out-{task}" / "pretrain").exists()
 
 
+def test_probe_corpus_lets_a_study_on_prepared_data_probe_on_a_synth_corpus(study_file, tmp_path) -> None:
+    """`probe_corpus` names the folder the probes read (SUPERB-style: a corpus of their own), so a study that
+    trains on prepared manifests can probe; its manifests' contents are in the fingerprint, not its path."""
+    from earful.study.config import plan_runs
+    from earful.study.corpus import _digest, check_probe_corpus
+    from earful.study.fingerprint import recipe_fingerprint
+
+    prepared = _prepared_corpus(study_file, tmp_path / "prepared")
+    toy = study_file.parent / "corpus"  # made by `earful synth` (the toy study's corpus.synth)
+    corpus = [f"corpus.dir={prepared}", "corpus.synth=null", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+              "corpus.dev=dev.jsonl", "corpus.label_sets={10h: labelled-10h.jsonl}", "corpus.test={test: test.jsonl}"]
+    with pytest.raises(FileNotFoundError, match=r"point `probe_corpus` at such a corpus"):
+        check_probe_corpus(load_study(study_file, [*corpus, "probes=[pr, sid, ic]"]), tmp_path)
+    study = load_study(study_file, [*corpus, "probes=[pr, sid, ic]", f"probe_corpus={toy}"])
+    check_probe_corpus(study, tmp_path)
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    assert fp["data"]["probe.labelled-10h"] == _digest(toy / "manifests" / "labelled-10h.jsonl")
+    assert "probe_corpus" not in fp["study"]
+    moved = load_study(study_file, [*corpus, "probes=[pr, sid, ic]", "probe_corpus=toy-copy"])
+    (tmp_path / "toy-copy").symlink_to(toy)  # the same manifests elsewhere: the same recipe
+    assert recipe_fingerprint(moved, plan_runs(moved), tmp_path) == fp
+
+
 PAPER_DESIGN = STUDY.replace("grid: [4, 8]", "grid: [2, 4, 8]").replace("milestone_hours: [0.004]\n", "") \
     .replace("mode: fixed-steps\n", "mode: fixed-steps\ncycles: 2\ngradvar_batches: 2\n") \
     .replace("checkpoints: [final, milestones]", "checkpoints: [final]") \
