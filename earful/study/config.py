@@ -158,7 +158,6 @@ class PlannedRun:
     batch_seconds: float
     devices: int
     device_seconds: float
-    accumulation: int
     lr: float
     steps: int
     hours: float
@@ -186,7 +185,6 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
     for seed in study.seeds:
         for e in study.entries():
             dev_s = min(e.device_seconds or study.device_seconds, e.batch_seconds)
-            accum = BatchBudget(e.batch_seconds, dev_s, e.devices).accumulation
             lr = e.lr if e.lr is not None else scale_lr(study.lr, e.batch_seconds, study.reference_batch_seconds,
                                                          study.lr_rule)
             if study.mode == "fixed-steps":
@@ -201,7 +199,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
                     raise ValueError(f"fixed-hours: set hours to a finite number > 0 (got {study.hours})")
                 steps = max(1, nominal_steps(study.hours, e.batch_seconds))
             runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
-                                   devices=e.devices, device_seconds=dev_s, accumulation=accum, lr=lr, steps=steps,
+                                   devices=e.devices, device_seconds=dev_s, lr=lr, steps=steps,
                                    hours=steps * e.batch_seconds / 3600, seed=seed))
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # one folder would serve (or be trained by) two runs

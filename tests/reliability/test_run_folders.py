@@ -293,7 +293,7 @@ def test_a_stopped_multi_device_pretraining_stops_the_study(tmp_path, monkeypatc
     import earful.study.stages as S
     from earful.study.config import PlannedRun, StudyConfig
 
-    run = PlannedRun(tag="16s", batch_seconds=16, devices=2, device_seconds=8, accumulation=1, lr=1e-3, steps=338,
+    run = PlannedRun(tag="16s", batch_seconds=16, devices=2, device_seconds=8, lr=1e-3, steps=338,
                      hours=1.5, seed=1)
 
     def torchrun(cmd, **kwargs):

@@ -26,10 +26,10 @@ def test_paper_plan_matches_the_paper() -> None:
     assert [r.tag for r in runs] == list(PAPER)
     for r in runs:
         b, gpus, accum, lr, hours = PAPER[r.tag]
-        assert (r.batch_seconds, r.devices, r.accumulation, r.steps) == (b, gpus, accum, 400_000)
+        assert (r.batch_seconds, r.devices, r.budget.accumulation, r.steps) == (b, gpus, accum, 400_000)
         assert r.lr == pytest.approx(lr, rel=1e-3)
         assert round(r.hours) == hours
-        assert r.device_seconds * r.devices * r.accumulation == pytest.approx(b)
+        assert r.device_seconds * r.devices * r.budget.accumulation == pytest.approx(b)
 
 
 def test_sqrt_and_linear_rules_give_the_paper_sweep(tmp_path) -> None:
@@ -54,7 +54,7 @@ def test_fixed_hours_gives_equal_audio(tmp_path) -> None:
     y.write_text("grid: [16, 32, 64]\nmode: fixed-hours\nhours: 0.5\ndevice_seconds: 16\nseeds: [1, 2]\n")
     runs, table = plan_table(load_study(y), throughput=40.0)
     assert [r.steps for r in runs[:3]] == [113, 56, 28]  # 112.5 rounds up
-    assert [r.accumulation for r in runs[:3]] == [1, 2, 4]
+    assert [r.budget.accumulation for r in runs[:3]] == [1, 2, 4]
     assert len(runs) == 6 and {r.seed for r in runs} == {1, 2}
     assert "est. wall-clock" in table and "min" in table
 
@@ -162,7 +162,7 @@ def test_layout_column_shows_the_micro_batch_the_run_packs_to(tmp_path) -> None:
     y.write_text("grid: [200, 300, {batch_seconds: 600, devices: 2}]\nmode: fixed-steps\nsteps: 10\n"
                  "device_seconds: 150\n")
     runs, table = plan_table(load_study(y))
-    assert [(r.device_seconds, r.accumulation, r.budget.micro_seconds) for r in runs] == [
+    assert [(r.device_seconds, r.budget.accumulation, r.budget.micro_seconds) for r in runs] == [
         (150, 2, 100), (150, 2, 150), (150, 2, 150)]
     assert "| 1 × 100 s × 2 " in table and "| 1 × 150 s × 2 " in table and "| 2 × 150 s × 2 " in table
     assert "devices × micro-batch s × accum" in table

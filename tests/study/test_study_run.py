@@ -212,7 +212,7 @@ def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch
     from earful.pretrain.config import PretrainConfig
 
     monkeypatch.setattr("earful.study.stages.pretrain_config", lambda study, run, root: PretrainConfig())
-    run = PlannedRun(tag="16s", batch_seconds=16, devices=1, device_seconds=16, accumulation=1, lr=1e-3,
+    run = PlannedRun(tag="16s", batch_seconds=16, devices=1, device_seconds=16, lr=1e-3,
                      steps=338, hours=1.5, seed=1)
     study = StudyConfig()
     study.corpus.train, study.corpus.valid = "train.jsonl", None
@@ -497,7 +497,7 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
     from earful.study.run import planned_probes
     from earful.study.stages import checkpoints_to_finetune
 
-    run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, accumulation=1, lr=1e-3, steps=8,
+    run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8,
                      hours=8 * 4 / 3600, seed=1)
     study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, milestone_hours=[0.002, 0.5])
     ck = tmp_path / "pretrain" / run.name / "checkpoints"
