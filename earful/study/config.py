@@ -121,9 +121,13 @@ class StudyConfig:
     # `earful probe` (docs/probes.md) on every pre-trained checkpoint the study keeps (the cycle minima or
     # milestones, and the final), each run's random init and filterbanks: tasks of pr | asr | sid | ic, with
     # these probe seeds; key=value probe recipe overrides in probe_overrides (e.g. pr.epochs=5). The probes read
-    # corpus.dir/manifests/{train,dev,test,labelled-10h}.jsonl (as `earful synth` writes them), checked before
+    # probe_corpus/manifests/{train,dev,test,labelled-10h}.jsonl (as `earful synth` writes them), checked before
     # any run starts; their recipes and those manifests are part of the study's recipe fingerprint
     probes: list[str] = field(default_factory=list)
+    # the corpus folder the probes read (made by `earful synth`, relative to the study's root as corpus.dir is);
+    # empty: corpus.dir. A study pre-training on LibriSpeech probes on the built-in corpus this way, as SUPERB
+    # probes on datasets of its own
+    probe_corpus: str = ""
     probe_seeds: list[int] = field(default_factory=lambda: [0])
     probe_overrides: list[str] = field(default_factory=list)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
@@ -138,6 +142,14 @@ class StudyConfig:
     # experiment trackers of every run (when backends are named here, else each recipe's own `tracking:`); the
     # study groups its runs under its name and keeps the local stores in OUT/tracking
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def probe_dir(self, root: Path) -> str:
+        """The corpus folder the probes read: ``probe_corpus`` (relative to ``root`` unless absolute), else the
+        study's corpus."""
+        if not self.probe_corpus:
+            return self.corpus.path(".", root)
+        p = Path(self.probe_corpus)
+        return str(p if p.is_absolute() else root / p)
 
     def entries(self) -> list[GridEntry]:
         out = []

@@ -41,18 +41,19 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
 def check_probe_corpus(study: StudyConfig, root: Path) -> None:
     """Before any training (and after ``ensure_corpus`` has built a ``corpus.synth`` corpus): the manifests the
     study's probes read exist and carry what each task needs, else an error naming the task, the manifest and
-    what it lacks. The probes read the corpus as ``earful synth`` lays it out
-    (``corpus.dir/manifests/{train,dev,test,labelled-10h}.jsonl``), not the manifests ``corpus.*`` names."""
+    what it lacks. The probes read a corpus as ``earful synth`` lays it out
+    (``probe_corpus/manifests/{train,dev,test,labelled-10h}.jsonl``, by default the study's corpus.dir), not the
+    manifests ``corpus.*`` names."""
     if not study.probes:
         return
     from earful.probe.suite import check_suite, suite_manifests
 
-    corpus = study.corpus.path(".", root)
+    corpus = study.probe_dir(root)
     manifests = suite_manifests(corpus, study.probes)
     names = ",".join(dict.fromkeys(m.stem for ms in manifests.values() for m in ms))
     where = (f"the study's probes {list(study.probes)} read {Path(corpus) / 'manifests'}/{{{names}}}.jsonl as "
-             "`earful synth` writes them, whatever corpus.train, dev and test name: make them there, or leave out "
-             "`probes`")
+             "`earful synth` writes them, whatever corpus.train, dev and test name: make them there (`earful "
+             "synth`), point `probe_corpus` at such a corpus, or leave out `probes`")
     try:
         check_suite(corpus, study.probes)
     except FileNotFoundError as e:
@@ -79,7 +80,7 @@ def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
     if study.probes:
         from earful.probe.suite import suite_manifests
 
-        for paths in suite_manifests(c.path(".", root), study.probes).values():
+        for paths in suite_manifests(study.probe_dir(root), study.probes).values():
             roles.update({f"probe.{m.stem}": m for m in paths})
     digests = {path: _digest(path) for path in set(roles.values())}  # a file in several roles is read once
     return {role: digests[path] for role, path in roles.items()}

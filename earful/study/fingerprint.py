@@ -15,8 +15,9 @@ from earful.train.recipe import WATCHING
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
 # study settings that decide how it runs or which runs it holds, not what a run computes: a finished study may
-# continue with more seeds or probe seeds (or jobs, another name, on a cluster)
-NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds")
+# continue with more seeds or probe seeds (or jobs, another name, on a cluster); probe_corpus is where the probes'
+# manifests are, whose contents are in the fingerprint ("data")
+NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds", "probe_corpus")
 # set per run (paths on this machine, the run's seed): not part of what a study computes
 PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
 # sections that say where and how runs go and who watches them

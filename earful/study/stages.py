@@ -276,7 +276,7 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
         done = probe_summary(out, name, seed)
         if not done.exists():
             with torch.random.fork_rng(devices=[]):
-                metrics = run_suite(upstream, study.corpus.path(".", root), done.parent, study.probes, seed,
+                metrics = run_suite(upstream, study.probe_dir(root), done.parent, study.probes, seed,
                                     cache_dir=cache, config=config, progress=False)
             atomic_write_json(done, metrics)
         metrics = json.loads(done.read_text())
