@@ -18,7 +18,7 @@ from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
 from earful.data.librispeech import discover, read_unlabelled
 from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
-from earful.data.vad import SegmentLimits, cut_segments, energy_vad
+from earful.data.vad import SegmentLimits, annotated_vad, cut_segments, energy_vad
 
 SR = 16000
 
@@ -111,6 +111,26 @@ def test_energy_vad_finds_the_known_silences(tmp_path: Path, recording) -> None:
     assert len(merged) == 1  # the 1.8 s pause bridged when allowed
     short, lost = cut_segments(voiced, rate, SegmentLimits(max_seconds=20.0, min_seconds=5.0, max_pause=1.0))
     assert len(short) == 1 and lost == voiced[1, 1] - voiced[1, 0]  # 4.2 s < 5 s left out, counted
+
+
+@pytest.mark.parametrize("pairs, which", [
+    ([[float("nan"), 5.0]], "pair 0 \\[nan, 5.0\\]"),  # was cast to int64's least: cut_segments then ran out of memory
+    ([[0.5, float("inf")]], "pair 0"),
+    ([[-1.0, 2.0]], "pair 0 \\[-1.0, 2.0\\]"),  # was clipped to 0 without a word
+    ([[1.0, 2.0], [3.0, 2.5]], "pair 1"),
+    ([[1.0, 4.0], [3.0, 5.0]], "pair 1"),  # overlapping
+    ([[1.0, 2.0], [11.0, 12.5]], "pair 1"),  # past the end of a 12 s file (was cut to it)
+    ([[1.0, 2.0], [13.0, 14.0]], "pair 1"),
+    ([[10**400, 1]], "a number beyond any file's length"),
+])
+def test_unusable_voice_activity_is_refused_naming_the_pair(pairs: list, which: str) -> None:
+    with pytest.raises(ValueError, match=which):
+        annotated_vad(pairs, SR, 12 * SR)
+
+
+def test_voice_activity_within_the_file_and_its_rounding_is_used() -> None:
+    spans = annotated_vad([[0.5, 3.0], [3.0, 3.0], [11.5, 12.04]], SR, 12 * SR)  # an end 40 ms late: rounding
+    assert spans.tolist() == [[8000, 48000], [184000, 192000]]
 
 
 def test_the_energy_vad_reads_samples_only_its_header_read_before(tmp_path: Path, recording, opens) -> None:
