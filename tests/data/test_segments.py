@@ -170,7 +170,8 @@ def test_prepare_cuts_unlabelled_librilight_by_its_annotations_or_the_energy_vad
     assert [(u.offset, u.offset + u.num_samples) for u in annotated] == [(8000, 88000), (120000, 184000)]
     assert annotated[0].id == "101/book_0/chapter_01_64kb-0000" and annotated[0].transcript is None
     assert len(by_file["no_json"]) == 2 and len(by_file["chapter_00_64kb"]) == 2  # by energy
-    assert len(problems) == 1 and "chapter_00_64kb.json: unusable VAD annotations" in problems[0]
+    assert len(problems) == 2 and "chapter_00_64kb.json: unusable VAD annotations" in problems[0]
+    assert "no_json.flac: no VAD annotations (no_json.json is missing); the energy VAD is used" in problems[1]
     assert "2 files by the energy VAD" in caplog.text
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers())
