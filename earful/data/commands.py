@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
-from .librispeech import discover, training_splits
+from earful.atomic import atomic_write_lines
+
+from .librispeech import TRAIN_960, discover, training_splits
 from .manifest import summarize, write_manifest
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
@@ -20,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/; a "
         "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
         "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl; with "
-        "LibriSpeech's three training splits, also OUT/train-960.jsonl.",
+        "LibriSpeech's three training splits, also OUT/train-960.jsonl. Problems (unreadable or too short audio, "
+        "bad transcripts or VAD annotations, audio no split holds) are listed in OUT/problems-<SOURCE>.txt and stop "
+        "it, writing no manifest, unless --skip-bad.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
@@ -37,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "and write train-X without them (the paper: 0.05). With all three training splits, train-960 "
                    "(their union, always written) and val-960 follow")
     p.add_argument("--seed", type=int, default=1337, help="the hold-out's draw (default 1337, the paper's)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="write the manifests despite problems: unusable audio left out, audio without a usable "
+                   "transcript kept unlabelled, files without usable VAD annotations cut by the energy VAD; counted in "
+                   "the log and listed in OUT/problems-<SOURCE>.txt (default: stop, writing no manifest)")
     p.set_defaults(func=_prepare)
 
     sh = subparsers.add_parser(
@@ -82,6 +91,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_phonemize)
 
 
+def _stale(out: Path, splits: dict[str, list]) -> list[Path]:
+    """Manifests in ``out`` that an earlier prepare derived from training splits this one writes again, and this
+    one does not write: a held-out ``val-X`` (it would be inside ``train-X`` written whole), ``train-960`` and
+    ``val-960`` (unions that would disagree with the splits written now)."""
+    derived: set[str] = set()
+    for name in splits:
+        if name.startswith("train-"):
+            derived.add("val-" + name.removeprefix("train-"))
+        if name in TRAIN_960:
+            derived |= {"train-960", "val-960"}
+    return [out / f"{name}.jsonl" for name in sorted(derived - splits.keys()) if (out / f"{name}.jsonl").exists()]
+
+
 def _prepare(args: argparse.Namespace) -> int:
     problems: list[str] = []
     limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
@@ -89,26 +111,41 @@ def _prepare(args: argparse.Namespace) -> int:
         raise ValueError(f"--hold-out {args.hold_out}: expected a fraction between 0 and 1 (the paper: 0.05)")
     splits = training_splits(discover(args.source, problems, limits=limits, workers=args.workers), args.hold_out,
                              args.seed)
+    problems += [f"split {name}: no usable audio" for name, utts in splits.items() if not utts]
     for msg in problems:
         log.warning("%s", msg)
-    stale = [args.out / f"val-{name.removeprefix('train-')}.jsonl" for name in splits if name.startswith("train-")
-             and f"val-{name.removeprefix('train-')}" not in splits]
-    stale = [p for p in stale if p.exists()]
-    if stale:  # a validation split held out by an earlier run, which the whole training split would now contain
-        raise ValueError(f"{args.out}: {', '.join(p.name for p in stale)} held out of an earlier prepare --hold-out "
-                         "would now be inside the training splits written without it: run again with --hold-out, "
-                         "or remove those files")
+    listed = args.out / f"problems-{Path(os.path.abspath(args.source)).name}.txt"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_lines(listed, problems)  # always: an earlier run's list never stays beside these manifests
+    stale = _stale(args.out, splits)
+    if stale:
+        raise ValueError(f"{args.out}: {', '.join(p.name for p in stale)} written by an earlier prepare (held out "
+                         "with --hold-out, or the union of the three training splits) would disagree with the "
+                         "training splits written now: run again as before (with --hold-out, with all three "
+                         "splits), or remove those files")
+    if problems and not args.skip_bad:
+        raise ValueError(f"{args.source}: {len(problems)} problem(s), listed in {listed}: "
+                         f"{'; '.join(problems[:3])}{' …' if len(problems) > 3 else ''}. No manifest written: mend "
+                         "them, or run again with --skip-bad to write the manifests without what is unusable")
     total = 0
     for name, utts in splits.items():
+        target = args.out / f"{name}.jsonl"
         if not utts:
-            log.warning("split %s: no usable audio", name)
+            if target.exists():  # an earlier run's, listing audio not usable now
+                target.unlink()
+                log.warning("removed %s, written by an earlier prepare: split %s has no usable audio now", target,
+                            name)
             continue
-        write_manifest(utts, args.out / f"{name}.jsonl")
+        write_manifest(utts, target)
         s = summarize(utts)
         total += len(utts)
         log.info("%-20s %9.3f h %8d utterances %5d speakers %5.0f%% labelled -> %s", name, s["hours"],
-                 s["utterances"], s["speakers"], 100 * s["labelled"], args.out / f"{name}.jsonl")
-    log.info("%d problem(s) found", len(problems))
+                 s["utterances"], s["speakers"], 100 * s["labelled"], target)
+    if problems:
+        log.warning("%d problem(s) found, skipped (--skip-bad): what they concern is left out, unlabelled or cut "
+                    "by the energy VAD; listed in %s", len(problems), listed)
+    else:
+        log.info("0 problem(s) found")
     if not total:
         raise ValueError(f"{args.source}: no usable audio found")
     return 0

@@ -121,7 +121,8 @@ def test_prepare_holds_out_recordings_and_writes_the_960_h_sets(tmp_path: Path, 
     with pytest.raises(ValueError, match="--hold-out 5.0: expected a fraction between 0 and 1"):
         prepare("bad", "--hold-out", "5")
     # the held-out files of an earlier run would be inside the whole splits written without --hold-out
-    with pytest.raises(ValueError, match=r"val-clean-100.jsonl, .*val-960.jsonl held out of an earlier prepare"):
+    with pytest.raises(ValueError, match=r"held: val-960.jsonl, val-clean-100.jsonl, .*val-other-500.jsonl written "
+                                         "by an earlier prepare"):
         prepare("held")
     one = tmp_path / "one" / "train-clean-100"
     ls_tree(one, speakers=(5,), chapters=(1,), utts=2)  # one recording: nothing to hold out; the error names it
@@ -225,3 +226,62 @@ def test_transcripts_holding_control_characters_are_problems_kept_unlabelled(tmp
     problems = []
     assert [u.transcript for u in read_folder(plain, problems)] == [None]
     assert len(problems) == 1 and "a.txt: the transcript holds a control character U+001B" in problems[0]
+
+
+def _prepare(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", *argv])
+    return args.func(args)
+
+
+def test_prepare_stops_on_problems_unless_skip_bad(tmp_path: Path, tone, caplog) -> None:
+    """Unreadable and too-short files were skipped with a warning and exit 0. Now they stop prepare (no manifest;
+    the first problems and their count in the error), or with --skip-bad are left out and counted; either way the
+    list is written beside the manifests."""
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    tone(plain / "blip.wav", 0.01)
+    (plain / "junk.flac").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"corpus: 2 problem\(s\), listed in .*problems-corpus.txt: .*blip.wav: too "
+                                         r"short.*; .*junk.flac: unreadable audio.*--skip-bad"):
+        _prepare(str(plain), str(out))
+    assert not (out / "corpus.jsonl").exists()
+    listed = (out / "problems-corpus.txt").read_text().splitlines()
+    assert len(listed) == 2 and "blip.wav: too short" in listed[0] and "junk.flac: unreadable audio" in listed[1]
+    from earful.cli import main
+
+    assert main(["prepare", str(plain), str(out)]) == 2  # the command's exit status
+    with caplog.at_level(logging.INFO):
+        assert _prepare(str(plain), str(out), "--skip-bad") == 0
+    assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good"]
+    assert "2 problem(s) found, skipped (--skip-bad)" in caplog.text
+    assert (out / "problems-corpus.txt").read_text().splitlines() == listed
+    (plain / "blip.wav").unlink()
+    (plain / "junk.flac").unlink()
+    assert _prepare(str(plain), str(out)) == 0
+    assert (out / "problems-corpus.txt").read_text() == ""  # no earlier list stays
+
+
+def test_prepare_leaves_no_manifest_that_disagrees_with_what_it_found(tmp_path: Path, ls_tree, caplog) -> None:
+    """A split with no usable audio now kept an earlier run's manifest (listing files now corrupt), exit 0; an
+    earlier train-960 stayed beside training splits written again without it."""
+    ls = tmp_path / "LibriSpeech"
+    for name, first in (("train-clean-100", 1), ("train-clean-360", 3), ("train-other-500", 5)):
+        ls_tree(ls / name, speakers=(first, first + 1), chapters=(1,), utts=2)
+    ls_tree(ls / "dev-clean", speakers=(9,), chapters=(1,), utts=2)
+    out = tmp_path / "out"
+    assert _prepare(str(ls), str(out)) == 0
+    assert (out / "dev-clean.jsonl").exists() and (out / "train-960.jsonl").exists()
+    for flac in (ls / "dev-clean").rglob("*.flac"):
+        flac.write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match=r"3 problem\(s\).*9-1-0000.flac: unreadable audio"):
+        _prepare(str(ls), str(out))
+    assert "split dev-clean: no usable audio" in (out / "problems-LibriSpeech.txt").read_text()
+    with caplog.at_level(logging.WARNING):
+        assert _prepare(str(ls), str(out), "--skip-bad") == 0
+    assert not (out / "dev-clean.jsonl").exists() and f"removed {out / 'dev-clean.jsonl'}" in caplog.text
+    # train-clean-100 written again alone, beside the train-960 of the three
+    with pytest.raises(ValueError, match=r"out: train-960.jsonl written by an earlier prepare"):
+        _prepare(str(ls / "train-clean-100"), str(out))

@@ -175,8 +175,14 @@ def test_prepare_cuts_unlabelled_librilight_by_its_annotations_or_the_energy_vad
     assert "2 files by the energy VAD" in caplog.text
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers())
-    args = parser.parse_args(["prepare", str(root), str(tmp_path / "out"), "--max-seconds", "6", "--min-seconds",
-                              "1", "--workers", "2"])
+    command = ["prepare", str(root), str(tmp_path / "out"), "--max-seconds", "6", "--min-seconds", "1", "--workers",
+               "2"]
+    args = parser.parse_args(command)
+    with pytest.raises(ValueError, match=r"small: 2 problem\(s\), listed in .*problems-small.txt: .*No manifest"):
+        args.func(args)  # the two files without usable annotations
+    assert not (tmp_path / "out" / "unlabelled-small.jsonl").exists()
+    assert (tmp_path / "out" / "problems-small.txt").read_text().splitlines() == problems
+    args = parser.parse_args([*command, "--skip-bad"])  # cut by the energy VAD, counted
     assert args.func(args) == 0
     manifest = read_manifest(tmp_path / "out" / "unlabelled-small.jsonl", check_files=True)
     assert list(manifest) == utts == read_unlabelled(root, limits=limits)
