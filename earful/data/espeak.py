@@ -86,7 +86,7 @@ class Espeak:
         self.lib.espeak_SetParameter(_RANGE, int(round(np.clip(pitch_range, 0, 100))), 0)
         self._chunks.clear()
         self._phonemes.clear()
-        data = text.encode("utf-8")
+        data = _c_text(text)
         err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak-ng failed on {text!r} (error {err})")
@@ -97,7 +97,7 @@ class Espeak:
         """espeak-ng's G2P of ``text`` with ``voice``: IPA phoneme names in order (stress marks kept), what
         ``synth`` would speak (tested on the built-in corpus)."""
         self._voice(voice)
-        buf = ctypes.create_string_buffer(text.encode("utf-8"))
+        buf = ctypes.create_string_buffer(_c_text(text))
         ptr = ctypes.c_void_p(ctypes.addressof(buf))
         mode = _PHONEMES_IPA | (ord(_PHONEME_SEPARATOR) << 8)
         names: list[str] = []
@@ -106,6 +106,14 @@ class Espeak:
             for word in (clause or b"").decode("utf-8").split():
                 names.extend(word.split(_PHONEME_SEPARATOR))
         return names
+
+
+def _c_text(text: str) -> bytes:
+    """``text`` as the NUL-ended UTF-8 espeak-ng reads: ValueError for a NUL inside it (espeak would stop there)."""
+    if "\0" in text:
+        raise ValueError(f"espeak-ng cannot read a NUL character inside a text (at character {text.index(chr(0))}): "
+                         f"{text!r}")
+    return text.encode("utf-8")
 
 
 def _ipa_name(raw: bytes, text: str) -> str:

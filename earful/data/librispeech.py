@@ -3,10 +3,13 @@ voice-activity segments) and a plain folder of audio.
 
 Durations come from file headers (``soundfile.info``), so reading a corpus decodes nothing (but unlabelled
 Libri-light files without their VAD annotations, which ``earful.data.vad.energy_vad`` reads). Problems
-(unreadable headers, audio shorter than the model's receptive field, audio without a transcript line, empty
-transcripts, transcript files that are not UTF-8, transcript lines without audio, unusable VAD annotations)
-are appended to the ``problems`` list the caller passes, one readable line each, and the affected utterance
-is left out (audio without a usable transcript is kept, unlabelled).
+(unreadable headers, audio shorter than the model's receptive field, two files of one id, audio without a
+transcript line, empty transcripts or ones holding control characters, transcript files that are not UTF-8,
+transcript lines without audio, missing or unusable VAD annotations, audio a layout leaves out) are appended to
+the ``problems`` list the caller passes, one readable line each, and the affected utterance is left out (audio
+without a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy VAD).
+
+Folders are walked with their symbolic links followed (each real folder once), in sorted order.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tqdm import tqdm
 
 from .audio import AUDIO_EXTENSIONS, RECEPTIVE_FIELD, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info, too_short
 from .budget import SAMPLE_RATE
-from .manifest import Utterance, samples_at
+from .manifest import Utterance, control_character, samples_at
 from .parallel import ordered_map
 from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -39,8 +42,32 @@ LIBRILIGHT_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+def _files(root: Path) -> list[Path]:
+    """Every file below ``root`` (paths through ``root``), sorted. Symbolic links to folders are followed; a folder
+    met again (a second link to one folder) or a link up to ``root`` or a folder above it (a loop) is not read
+    (again), and that is logged. A folder that cannot be listed is an error naming it."""
+    def refuse(e: OSError) -> None:
+        raise OSError(f"{e.filename}: cannot list the folder ({e.strerror})")
+
+    def key(folder: str) -> tuple[int, int]:
+        st = os.stat(folder)
+        return st.st_dev, st.st_ino
+
+    real = Path(os.path.realpath(root))
+    seen, found = {key(str(folder)) for folder in (real, *real.parents)}, []
+    for top, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            folder = os.path.join(top, name)
+            if key(folder) in seen:
+                log.warning("%s: links to %s, a folder read already or one above %s; not read again", folder,
+                            os.path.realpath(folder), root)
+                continue
+            seen.add(key(folder))
+            kept.append(name)
+        dirs[:] = kept
+        found += [Path(top, name) for name in names]
+    return sorted(found)
 
 
 def _read_text(path: Path, problems: list[str]) -> str | None:
@@ -78,11 +105,12 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
     transcripts: dict[str, str] = {}
     trans_file: dict[str, Path] = {}
     reported: set[str] = set()  # ids whose transcript problem is already in ``problems``
-    for tf in sorted(root.rglob("*.trans.txt")):
+    files = _files(root)
+    for tf in (p for p in files if p.name.endswith(".trans.txt")):
         text_of_file = _read_text(tf, problems)
         if text_of_file is None:
             continue
-        for lineno, line in enumerate(text_of_file.splitlines(), 1):
+        for lineno, line in enumerate(text_of_file.split("\n"), 1):  # a form feed is no line break: reported below
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
@@ -90,23 +118,27 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
                 problems.append(f"{tf}:{lineno}: empty transcript for {uid} (kept unlabelled)")
                 reported.add(uid)
                 continue
+            if (bad := control_character(text)) is not None:
+                problems.append(f"{tf}:{lineno}: the transcript for {uid} holds a {bad} (kept unlabelled)")
+                reported.add(uid)
+                continue
             if uid in transcripts:
                 problems.append(f"{tf}:{lineno}: duplicate transcript for {uid}")
             transcripts[uid], trans_file[uid] = text.strip(), tf
     utts: list[Utterance] = []
-    seen: set[str] = set()
-    for path in _audio_files(root):
+    seen: dict[str, Path] = {}
+    for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
         uid = path.stem
         if uid in seen:
-            problems.append(f"{path}: duplicate utterance id {uid}")
+            problems.append(f"{path}: duplicate utterance id {uid} (also {seen[uid]}); left out")
             continue
-        seen.add(uid)
+        seen[uid] = path
         if uid not in transcripts and uid not in reported:
             problems.append(f"{path}: no transcript line for {uid}")
         u = _utterance(path, uid, uid.split("-")[0], transcripts.get(uid), problems)
         if u is not None:
             utts.append(u)
-    for uid in sorted(set(transcripts) - seen):
+    for uid in sorted(set(transcripts) - seen.keys()):
         problems.append(f"{trans_file[uid]}: transcript for {uid} has no audio file")
     return sorted(utts, key=lambda u: u.id)
 
@@ -114,9 +146,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
 def read_librilight(root: str | os.PathLike, problems: list[str] | None = None) -> dict[str, list[Utterance]]:
     """The 10 min, 1 h and 10 h label sets of a Libri-light fine-tuning tree (``root`` is
     ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``."""
-    root = Path(root)
-    if (root / LIBRILIGHT_DIR).is_dir():
-        root = root / LIBRILIGHT_DIR
+    root = _finetuning_root(Path(root))
     problems = [] if problems is None else problems
     folds: dict[str, list[Utterance]] = {}
     for fold in LIBRILIGHT_SETS["10h"]:
@@ -124,6 +154,11 @@ def read_librilight(root: str | os.PathLike, problems: list[str] | None = None) 
             raise FileNotFoundError(f"{root}: not a Libri-light fine-tuning tree (no folder {fold})")
         folds[fold] = read_librispeech(root / fold, problems)
     return {name: [u for f in parts for u in folds[f]] for name, parts in LIBRILIGHT_SETS.items()}
+
+
+def _finetuning_root(path: Path) -> Path:
+    """``librispeech_finetuning`` when ``path`` holds it, else ``path``."""
+    return path / LIBRILIGHT_DIR if (path / LIBRILIGHT_DIR).is_dir() else path
 
 
 def recording(utt: Utterance) -> str:
@@ -168,16 +203,24 @@ def training_splits(splits: dict[str, list[Utterance]], fraction: float | None, 
 
 
 def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> list[Utterance]:
-    """Every audio file below ``root``: id = relative path without extension, speaker = parent folder,
-    transcript from a sidecar ``.txt`` or ``.lab`` file with the same stem when present."""
+    """Every audio file below ``root``: id = relative path without extension (two files of one id, e.g. ``x.flac``
+    and ``x.wav``, are a problem: the second is left out), speaker = parent folder, transcript from a sidecar
+    ``.txt`` or ``.lab`` file with the same stem when present."""
     root = Path(root)
     problems = [] if problems is None else problems
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
+    files = _files(root)
+    for path in (p for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
         problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
                         "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
     utts = []
-    for path in _audio_files(root):
+    seen: dict[str, Path] = {}
+    for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
         rel = path.relative_to(root).with_suffix("")
+        if rel.as_posix() in seen:
+            problems.append(f"{path}: the same id {rel.as_posix()!r} as {seen[rel.as_posix()]} (an id is the path "
+                            "without its extension); left out")
+            continue
+        seen[rel.as_posix()] = path
         transcript = None
         for ext in (".txt", ".lab"):
             side = path.with_suffix(ext)
@@ -186,6 +229,9 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> l
                 transcript = " ".join(text.split()) if text is not None else None
                 if text is not None and not transcript:
                     problems.append(f"{side}: empty transcript (kept unlabelled)")
+                    transcript = None
+                elif transcript is not None and (bad := control_character(transcript)) is not None:
+                    problems.append(f"{side}: the transcript holds a {bad} (kept unlabelled)")
                     transcript = None
                 break
         speaker = path.parent.name if path.parent != root else "unknown"
@@ -196,15 +242,17 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> l
 
 
 def is_unlabelled_librilight(path: Path) -> bool:
-    """True when ``path`` holds ``SPEAKER/BOOK/FILE.flac`` with ``FILE.json`` beside it (Libri-light's
-    unlabelled ``small``, ``medium``, ``large``)."""
-    first = next(path.glob("*/*/*.flac"), None)
-    if first is None or not first.with_suffix(".json").is_file():
-        return False
-    try:  # Libri-light's, not some other sidecar
-        return "voice_activity" in json.loads(first.with_suffix(".json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, TypeError):
-        return False
+    """True when ``path`` holds ``SPEAKER/BOOK/FILE.flac`` with a ``FILE.json`` beside it that holds
+    ``voice_activity`` (Libri-light's unlabelled ``small``, ``medium``, ``large``): any one file's sidecar
+    decides, so the answer does not hang on which file a folder lists first (the files without a usable sidecar
+    are problems of ``read_unlabelled``)."""
+    for side in path.glob("*/*/*.json"):
+        try:  # Libri-light's, not some other sidecar (a broken one still names the field)
+            if b'"voice_activity"' in side.read_bytes() and side.with_suffix(".flac").is_file():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], list[str], int, bool]:
@@ -218,7 +266,9 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
     problems: list[str] = []
     side = path.with_suffix(".json")
     voiced = None
-    if side.is_file():
+    if not side.is_file():
+        problems.append(f"{path}: no VAD annotations ({side.name} is missing); the energy VAD is used instead")
+    else:
         try:
             meta = json.loads(side.read_text(encoding="utf-8"))
             if not isinstance(meta, dict) or "voice_activity" not in meta:
@@ -243,10 +293,16 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
                     limits: SegmentLimits = DEFAULT_LIMITS, workers: int = 1) -> list[Utterance]:
     """Voice-activity segments of an unlabelled Libri-light tree ``SPEAKER/BOOK/FILE.flac`` (+ ``FILE.json``):
     speaker = the SPEAKER folder, id = ``SPEAKER/BOOK/FILE-NNNN``, each a window of its file (``offset``). VAD from
-    the json's ``voice_activity``, else the energy VAD (``earful.data.vad``), in ``workers`` processes."""
+    the json's ``voice_activity``, else the energy VAD (``earful.data.vad``), in ``workers`` processes. A file
+    without usable annotations, and audio elsewhere than ``SPEAKER/BOOK/FILE.flac`` (left out), are problems."""
     root = Path(root)
     problems = [] if problems is None else problems
-    files = sorted(root.glob("*/*/*.flac"))
+    files = []
+    for path in _files(root):
+        if path.suffix.lower() == ".flac" and len(path.relative_to(root).parts) == 3:
+            files.append(path)
+        elif path.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS:
+            problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
     utts: list[Utterance] = []
     left_out, by_energy = 0, 0
     cut = partial(_file_segments, limits=limits)
@@ -291,13 +347,17 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
     - a Libri-light fine-tuning tree (or a folder containing ``librispeech_finetuning``, or one level further
       down) gives ``labelled-10min``, ``labelled-1h``, ``labelled-10h``;
     - anything else is read as a plain folder of audio, split named after the folder.
+
+    Audio below ``root`` that no split holds (beside the splits, or in a folder that is none) is a problem each,
+    and logged with a count. Folders are named as ``root`` resolves (``.`` is the current folder's name).
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     problems = [] if problems is None else problems
     splits: dict[str, list[Utterance]] = {}
     found: dict[str, Path] = {}
+    read: list[Path] = []  # the folders whose audio the splits hold (what is elsewhere is left out)
 
     def add(name: str, folder: Path, utts: list[Utterance]) -> None:
         if name in found:
@@ -313,7 +373,13 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
             add(f"unlabelled-{folder.name}", folder, read_unlabelled(folder, problems, limits=limits, workers=workers))
         else:
             return False
+        read.append(folder)
         return True
+
+    def read_finetuning(folder: Path) -> None:
+        for name, utts in read_librilight(folder, problems).items():
+            add(f"labelled-{name}", folder, utts)
+        read.extend(_finetuning_root(folder) / fold for fold in LIBRILIGHT_SETS["10h"])
 
     if read_split(root):
         return splits
@@ -324,11 +390,30 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
         if inside:
             log.info("%s holds the splits %s", child, ", ".join(inside))
         if is_librilight(child):
-            for name, utts in read_librilight(child, problems).items():
-                add(f"labelled-{name}", child, utts)
+            read_finetuning(child)
     if is_librilight(root):
-        for name, utts in read_librilight(root, problems).items():
-            add(f"labelled-{name}", root, utts)
+        read_finetuning(root)
     if not splits:
         splits[root.name] = read_folder(root, problems)
+    else:
+        _left_out(root, read, problems)
     return splits
+
+
+def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:
+    """Report the audio below ``root`` outside the folders ``read`` (by path, or as they resolve: a link inside a
+    split, or one into a split, is in it)."""
+    inside = read + [folder.resolve() for folder in read]
+    known: dict[Path, bool] = {}  # folder -> whether a split holds it
+
+    def held(folder: Path) -> bool:
+        if folder not in known:
+            known[folder] = any(f.is_relative_to(r) for f in (folder, folder.resolve()) for r in inside)
+        return known[folder]
+
+    left = [p for p in _files(root) if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS
+            and not held(p.parent)]
+    problems += [f"{p}: audio outside the splits found below {root}; left out" for p in left]
+    if left:
+        log.warning("%s: %d audio file(s) outside the splits found are left out (e.g. %s); point prepare at the "
+                    "folder that holds them to read them", root, len(left), ", ".join(str(p) for p in left[:3]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,9 @@ from .budget import SAMPLE_RATE
 
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
 _OPTIONAL = ("offset", "phonemes", "intent")  # left out of a row when unset
+_INT64 = 2**63  # lengths and offsets are kept as int64
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
+_JSON_SPACE = b" \t\r\n"  # a line of only these is blank (JSON's whitespace: a row's trailing blank lines parse)
 
 
 def samples_at(num_samples: int, rate: int, target: int = SAMPLE_RATE) -> int:
@@ -64,6 +68,13 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file and line."""
 
 
+def control_character(text: str) -> str | None:
+    """The first control character of ``text`` (Unicode category Cc: NUL, ESC, tab, newline …) described with its
+    position, or None. Such a character in a transcript is corruption (a NUL ends the text espeak-ng reads)."""
+    found = _CONTROL.search(text)
+    return None if found is None else f"control character U+{ord(found.group()):04X} at character {found.start()}"
+
+
 def _check_row(row: Any) -> str | None:
     """What is wrong with a parsed row, or None."""
     if type(row) is not dict:
@@ -73,14 +84,21 @@ def _check_row(row: Any) -> str | None:
             return f"missing field {key!r}"
         if type(row[key]) is not typ:
             return f"field {key!r} must be {typ.__name__}, got {row[key]!r}"
+    if not row["id"]:
+        return "field 'id' must not be empty"
     if row["num_samples"] < 0 or row["sample_rate"] <= 0:
         return "num_samples must be >= 0 and sample_rate > 0"
     transcript = row.get("transcript")
     if transcript is not None and type(transcript) is not str:
         return "field 'transcript' must be a string or null"
+    if transcript is not None and (bad := control_character(transcript)) is not None:
+        return f"field 'transcript' holds a {bad} (a corrupt transcript?)"
     offset = row.get("offset")
     if offset is not None and (type(offset) is not int or offset < 0):
         return f"field 'offset' must be an integer >= 0 (the segment's first sample), got {offset!r}"
+    n = row["num_samples"]
+    if (offset or 0) + n >= _INT64 or samples_at(n, row["sample_rate"]) >= _INT64:  # ints of any size parse
+        return f"num_samples {n} (offset {offset}) at {row['sample_rate']} Hz: more samples than any audio file holds"
     phonemes = row.get("phonemes")
     if phonemes is not None and type(phonemes) is not str:
         return "field 'phonemes' must be a string or null"
@@ -124,21 +142,31 @@ class Manifest(Sequence[Utterance]):
             raise IndexError(f"row {i} of a manifest of {len(self)}")
         i %= len(self)
         a, b = int(self._starts[i]), int(self._starts[i + 1])
-        return self._utterance(json.loads(os.pread(self._file.fileno(), b - a, a)))
+        return self._utterance(os.pread(self._file.fileno(), b - a, a), a)
 
     def __iter__(self) -> Iterator[Utterance]:
         fd, pos, end, rest = self._file.fileno(), int(self._starts[0]), int(self._starts[-1]), b""
+        at = pos  # where ``rest`` starts in the file
         while pos < end:  # positional reads: no shared file offset to disturb
             chunk = os.pread(fd, min(1 << 20, end - pos), pos)
             if not chunk:
                 raise ManifestError(f"{self.path}: shorter than when it was read")
             pos += len(chunk)
             *lines, rest = (rest + chunk).split(b"\n")
-            yield from (self._utterance(json.loads(raw)) for raw in lines if raw.strip())
-        if rest.strip():
-            yield self._utterance(json.loads(rest))
+            for raw in lines:
+                if not _blank(raw):
+                    yield self._utterance(raw, at)
+                at += len(raw) + 1
+        if not _blank(rest):
+            yield self._utterance(rest, at)
 
-    def _utterance(self, row: dict[str, Any]) -> Utterance:
+    def _utterance(self, raw: bytes, at: int) -> Utterance:
+        """The row held by ``raw`` (and blank lines after it), which starts at byte ``at`` of the file."""
+        try:
+            row = json.loads(raw)
+        except ValueError as e:  # not JSON, or not UTF-8: the file changed since it was read
+            line = _line_of(self._file.fileno(), at)
+            raise ManifestError(f"{self.path}:{line}: not valid JSON ({e}); changed since it was read?") from None
         return Utterance(row["id"], _resolve(row["path"], self.base), row["num_samples"], row["sample_rate"],
                          row["speaker"], row.get("transcript"), offset=row.get("offset"), phonemes=row.get("phonemes"),
                          intent=row.get("intent"))
@@ -168,10 +196,17 @@ def lengths_at_rate(utts: Sequence[Utterance]) -> np.ndarray:
     return np.array([u.samples_at(SAMPLE_RATE) for u in utts], dtype=np.int64)
 
 
-def _line_of(path: Path, at: int) -> int:
-    """The line number (1-based) of the byte at ``at`` (for messages)."""
-    with open(path, "rb") as f:
-        return f.read(at).count(b"\n") + 1
+def _blank(raw: bytes) -> bool:
+    """Whether a line holds no row: nothing but JSON's whitespace (the one rule for reading and parsing rows)."""
+    return not raw.strip(_JSON_SPACE)
+
+
+def _line_of(fd: int, at: int) -> int:
+    """The line number (1-based) of the byte at ``at`` of the open file ``fd`` (for messages)."""
+    lines = 1
+    for pos in range(0, at, 1 << 20):
+        lines += os.pread(fd, min(1 << 20, at - pos), pos).count(b"\n")
+    return lines
 
 
 def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
@@ -197,10 +232,10 @@ def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
                 if uid in first and (found is None or r < found[0]):
                     found = (r, first[uid], uid)
                 first.setdefault(uid, r)
-    if found is not None:
-        row, first_row, uid = found
-        raise ManifestError(f"{path}:{_line_of(path, starts[row])}: duplicate id {uid!r} (first on line "
-                            f"{_line_of(path, starts[first_row])})")
+        if found is not None:
+            row, first_row, uid = found
+            raise ManifestError(f"{path}:{_line_of(f.fileno(), starts[row])}: duplicate id {uid!r} (first on line "
+                                f"{_line_of(f.fileno(), starts[first_row])})")
 
 
 def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False) -> Manifest:
@@ -216,13 +251,13 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
         pos = 0
         for lineno, raw in enumerate(f, 1):
             at, pos = pos, pos + len(raw)
+            if _blank(raw):
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ManifestError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
                                     "re-encode the manifest as UTF-8") from None
-            if not line.strip():
-                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

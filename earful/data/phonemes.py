@@ -22,7 +22,7 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from .espeak import Espeak
-from .manifest import Utterance
+from .manifest import Utterance, control_character
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,16 @@ def _g2p(job: tuple[list[str], str]) -> list[list[str]]:
 
 def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> list[Utterance]:
     """The utterances with ``phonemes`` set from espeak-ng's G2P of their transcripts. Raises ValueError naming
-    the utterance (and ``where``, the manifest) without a transcript or whose transcript gives no phonemes.
+    the utterance (and ``where``, the manifest) without a transcript, with a control character in it, or whose
+    transcript gives no phonemes.
 
     espeak-ng runs in a child process: it keeps state in the process that uses it, and ``earful synth`` forks its
     synthesis workers from the calling process, so this one must not have used it (the audio would change)."""
     for u in utts:
         if not u.transcript or not u.transcript.strip():
             raise ValueError(f"{where}: utterance {u.id!r} has no transcript to phonemize")
+        if (bad := control_character(u.transcript)) is not None:  # a NUL would end the text espeak-ng reads
+            raise ValueError(f"{where}: utterance {u.id!r}: its transcript holds a {bad}")
     texts = [str(u.transcript) for u in utts]
     chunks = [(texts[i : i + G2P_CHUNK], voice) for i in range(0, len(texts), G2P_CHUNK)]
     names: list[list[str]] = []

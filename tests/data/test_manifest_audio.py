@@ -25,12 +25,55 @@ def test_manifest_roundtrip_relative_paths(tmp_path: Path, tone):
     ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000}', "missing field 'speaker'"),
     ('{"id": "x", "path": "a.flac", "num_samples": "1", "sample_rate": 16000, "speaker": "s"}',
      "num_samples"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 1000000000000000000000000000000, "sample_rate": 16000, '
+     '"speaker": "s"}', "num_samples 10+ .*: more samples than any audio file holds"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 100, "sample_rate": 16000, "speaker": "s", '
+     '"offset": 9223372036854775800}', "more samples than any audio file holds"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 4611686018427387904, "sample_rate": 1, "speaker": "s"}',
+     "more samples than any audio file holds"),  # fits int64, not once resampled to 16 kHz
+    ('{"id": "", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}',
+     "field 'id' must not be empty"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "transcript": "A\\u0000B"}',
+     "field 'transcript' holds a control character U\\+0000 at character 1"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "transcript": "\\u001b"}',
+     "control character U\\+001B"),
 ])
 def test_manifest_bad_rows_name_file_and_line(tmp_path: Path, line: str, message: str):
     good = '{"id": "ok", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}'
     (tmp_path / "m.jsonl").write_text(good + "\n" + line + "\n")
     with pytest.raises(ManifestError, match=rf"m.jsonl:2: .*{message}"):
         read_manifest(tmp_path / "m.jsonl")
+
+
+@pytest.mark.parametrize("blank", ["\u00a0", "\f", "\u2028", "\x1c"])
+def test_a_line_of_other_whitespace_is_not_a_blank_line_and_is_named(tmp_path: Path, blank: str):
+    """One rule for blank lines, the same when a manifest is read and when its rows are parsed: JSON's whitespace
+    (space, tab, CR, LF). A line of other whitespace (no-break space, form feed …) was skipped when read, then
+    parsed with the row before it ("Extra data", naming no file)."""
+    row = '{"id": "%s", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}'
+    (tmp_path / "m.jsonl").write_text(row % "a" + "\n" + blank + "\n" + row % "b" + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: not valid JSON"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text(row % "a" + "\n \t\r\n\n" + row % "b" + "\r\n  ", encoding="utf-8")
+    m = read_manifest(tmp_path / "m.jsonl")
+    assert [u.id for u in m] == [m[0].id, m[1].id] == ["a", "b"]
+
+
+def test_a_row_that_no_longer_parses_names_manifest_and_line(tmp_path: Path):
+    """A row is parsed again when asked for; if the file was overwritten in place since, the error names it."""
+    rows = [Utterance(f"u{k}", "/a.flac", 16000, 16000, "s") for k in range(3)]
+    write_manifest(rows, tmp_path / "m.jsonl")
+    m = read_manifest(tmp_path / "m.jsonl")
+    data = bytearray((tmp_path / "m.jsonl").read_bytes())
+    second = data.index(b"\n") + 1
+    data[second : second + 3] = b"!!!"  # same size: not noticed until the row is parsed
+    with open(tmp_path / "m.jsonl", "r+b") as f:
+        f.write(data)
+    assert m[0].id == "u0"
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: not valid JSON"):
+        m[1]
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: not valid JSON"):
+        list(m)
 
 
 def test_manifest_duplicates_and_missing_files(tmp_path: Path):

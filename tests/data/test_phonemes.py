@@ -44,6 +44,8 @@ def test_phonemize_uses_espeak_g2p_in_the_inventory():
     (None, r"m.jsonl: utterance 'bad' has no transcript to phonemize"),
     ("  ", r"m.jsonl: utterance 'bad' has no transcript to phonemize"),
     ("???", r"m.jsonl: utterance 'bad': espeak-ng found no phonemes in '\?\?\?'"),
+    ("TURN\x00OFF", r"m.jsonl: utterance 'bad': its transcript holds a control character U\+0000 at character 4"),
+    ("TURN\x1bOFF", r"m.jsonl: utterance 'bad': its transcript holds a control character U\+001B"),
 ])
 def test_phonemize_names_the_utterance_it_cannot_phonemize(transcript, message):
     with pytest.raises(ValueError, match=message):

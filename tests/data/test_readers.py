@@ -121,10 +121,167 @@ def test_prepare_holds_out_recordings_and_writes_the_960_h_sets(tmp_path: Path, 
     with pytest.raises(ValueError, match="--hold-out 5.0: expected a fraction between 0 and 1"):
         prepare("bad", "--hold-out", "5")
     # the held-out files of an earlier run would be inside the whole splits written without --hold-out
-    with pytest.raises(ValueError, match=r"val-clean-100.jsonl, .*val-960.jsonl held out of an earlier prepare"):
+    with pytest.raises(ValueError, match=r"held: val-960.jsonl, val-clean-100.jsonl, .*val-other-500.jsonl written "
+                                         "by an earlier prepare"):
         prepare("held")
     one = tmp_path / "one" / "train-clean-100"
     ls_tree(one, speakers=(5,), chapters=(1,), utts=2)  # one recording: nothing to hold out; the error names it
     args = parser.parse_args(["prepare", str(one), str(tmp_path / "one-out"), "--hold-out", "0.5"])
     with pytest.raises(ValueError, match=r"train-clean-100: hold out: 1 recording\(s\)"):
         args.func(args)
+
+
+@pytest.mark.parametrize("sidecar", ["missing", "broken"])
+def test_unlabelled_librilight_is_recognised_whatever_file_a_folder_lists_first(tmp_path: Path, unlabelled_tree,
+                                                                                sidecar: str) -> None:
+    """The layout was decided by the first file a glob listed: without a usable json beside it, the whole tree was
+    read as a plain folder (whole 70-minute files, the BOOK folder as speaker, no problem). Any Libri-light json
+    decides; the file without one is a problem, cut by the energy VAD."""
+    root = tmp_path / "small"
+    unlabelled_tree(root, files=3)
+    first = next(root.glob("*/*/*.flac"))  # what the glob lists first, whatever the file system
+    if sidecar == "missing":
+        first.with_suffix(".json").unlink()
+    else:
+        first.with_suffix(".json").write_text('{"voice_activity": [[0.5, ')
+    problems: list[str] = []
+    splits = discover(root, problems)
+    assert list(splits) == ["unlabelled-small"]
+    utts = splits["unlabelled-small"]
+    assert {Path(u.path).name for u in utts} == {p.name for p in root.glob("*/*/*.flac")}  # every file, as segments
+    assert {u.speaker for u in utts} == {"100", "101"} and all(u.offset is not None for u in utts)
+    assert len(problems) == 1 and str(first.with_suffix("")) in problems[0]
+    assert "the energy VAD is used instead" in problems[0]
+
+
+def test_two_files_of_one_id_in_a_plain_folder_are_a_problem_naming_both(tmp_path: Path, tone) -> None:
+    """x.flac and x.wav gave two rows of id "x", refused only later by shard and the loader."""
+    tone(tmp_path / "spk" / "x.flac", 0.5)
+    tone(tmp_path / "spk" / "x.wav", 0.5)
+    tone(tmp_path / "spk" / "y.wav", 0.5)
+    problems: list[str] = []
+    utts = read_folder(tmp_path, problems)
+    assert [u.id for u in utts] == ["spk/x", "spk/y"] and utts[0].path.endswith("x.flac")
+    assert len(problems) == 1
+    assert f"{tmp_path / 'spk' / 'x.wav'}: the same id 'spk/x' as {tmp_path / 'spk' / 'x.flac'}" in problems[0]
+
+
+def test_audio_beside_the_splits_is_reported_and_linked_folders_are_followed(tmp_path: Path, ls_tree,
+                                                                              caplog) -> None:
+    """Where some splits were found, audio in other folders and at the top was left out without a word, and a
+    speaker folder linked from elsewhere was not read (rglob follows no link)."""
+    ls = tmp_path / "LibriSpeech"
+    ls_tree(ls / "dev-clean", speakers=(1, 2))
+    ls_tree(ls / "test-clean", speakers=(3,))
+    (ls / "dev-clean" / "2").rename(tmp_path / "speaker-2")  # a speaker folder kept elsewhere ...
+    (ls / "dev-clean" / "2").symlink_to(tmp_path / "speaker-2", target_is_directory=True)  # ... linked in
+    (ls / "dev-clean" / "1" / "loop").symlink_to(ls, target_is_directory=True)  # a link back up: not followed
+    (ls / "extras" / "more").mkdir(parents=True)  # not a split
+    flac = (ls / "test-clean" / "3" / "198" / "3-198-0000.flac").read_bytes()
+    for stray in (ls / "stray.flac", ls / "extras" / "a.flac", ls / "extras" / "more" / "b.flac"):
+        stray.write_bytes(flac)
+    (ls / "notes.m4a").write_bytes(b"\x00")
+    problems: list[str] = []
+    with caplog.at_level(logging.WARNING):
+        splits = discover(ls, problems)
+    assert sorted(splits) == ["dev-clean", "test-clean"]
+    assert {u.speaker for u in splits["dev-clean"]} == {"1", "2"} and len(splits["dev-clean"]) == 12
+    left = sorted(problems)
+    assert len(left) == 4 and all("audio outside the splits found" in p for p in left)
+    assert [p.split(":")[0] for p in left] == [str(ls / "extras" / "a.flac"), str(ls / "extras" / "more" / "b.flac"),
+                                                str(ls / "notes.m4a"), str(ls / "stray.flac")]
+    assert "4 audio file(s) outside the splits found are left out" in caplog.text
+    again: list[str] = []
+    assert discover(ls, again) == splits and again == problems  # the same, in the same order
+
+
+def test_prepare_names_the_split_of_dot_after_the_folder(tmp_path: Path, tone, monkeypatch) -> None:
+    """`earful prepare . OUT` named the split Path('.').name, "": OUT/.jsonl."""
+    tone(tmp_path / "myset" / "a.wav", 0.5)
+    monkeypatch.chdir(tmp_path / "myset")
+    assert list(discover(".")) == ["myset"]
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", ".", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jsonl")) == ["myset.jsonl"]
+
+
+def test_transcripts_holding_control_characters_are_problems_kept_unlabelled(tmp_path: Path, ls_tree,
+                                                                             tone) -> None:
+    """A NUL in a transcript would end the text espeak-ng reads, and the manifest reader refuses it; a form feed
+    is no line break in a .trans.txt."""
+    root = tmp_path / "dev-clean"
+    ls_tree(root, speakers=(1,), chapters=(2,), utts=3)
+    (root / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000 HELLO\x00WORLD\n1-2-0001 GOOD\x0cDAY\n1-2-0002 OK\n")
+    problems: list[str] = []
+    utts = {u.id: u.transcript for u in read_librispeech(root, problems)}
+    assert utts == {"1-2-0000": None, "1-2-0001": None, "1-2-0002": "OK"}
+    assert len(problems) == 2
+    assert "1-2.trans.txt:1: the transcript for 1-2-0000 holds a control character U+0000 at character 5" in problems[0]
+    assert "1-2.trans.txt:2: the transcript for 1-2-0001 holds a control character U+000C" in problems[1]
+    plain = tmp_path / "plain"
+    tone(plain / "a.wav", 0.5)
+    (plain / "a.txt").write_text("HELLO\x1b[0m\n")
+    problems = []
+    assert [u.transcript for u in read_folder(plain, problems)] == [None]
+    assert len(problems) == 1 and "a.txt: the transcript holds a control character U+001B" in problems[0]
+
+
+def _prepare(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", *argv])
+    return args.func(args)
+
+
+def test_prepare_stops_on_problems_unless_skip_bad(tmp_path: Path, tone, caplog) -> None:
+    """Unreadable and too-short files were skipped with a warning and exit 0. Now they stop prepare (no manifest;
+    the first problems and their count in the error), or with --skip-bad are left out and counted; either way the
+    list is written beside the manifests."""
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    tone(plain / "blip.wav", 0.01)
+    (plain / "junk.flac").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"corpus: 2 problem\(s\), listed in .*problems-corpus.txt: .*blip.wav: too "
+                                         r"short.*; .*junk.flac: unreadable audio.*--skip-bad"):
+        _prepare(str(plain), str(out))
+    assert not (out / "corpus.jsonl").exists()
+    listed = (out / "problems-corpus.txt").read_text().splitlines()
+    assert len(listed) == 2 and "blip.wav: too short" in listed[0] and "junk.flac: unreadable audio" in listed[1]
+    from earful.cli import main
+
+    assert main(["prepare", str(plain), str(out)]) == 2  # the command's exit status
+    with caplog.at_level(logging.INFO):
+        assert _prepare(str(plain), str(out), "--skip-bad") == 0
+    assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good"]
+    assert "2 problem(s) found, skipped (--skip-bad)" in caplog.text
+    assert (out / "problems-corpus.txt").read_text().splitlines() == listed
+    (plain / "blip.wav").unlink()
+    (plain / "junk.flac").unlink()
+    assert _prepare(str(plain), str(out)) == 0
+    assert (out / "problems-corpus.txt").read_text() == ""  # no earlier list stays
+
+
+def test_prepare_leaves_no_manifest_that_disagrees_with_what_it_found(tmp_path: Path, ls_tree, caplog) -> None:
+    """A split with no usable audio now kept an earlier run's manifest (listing files now corrupt), exit 0; an
+    earlier train-960 stayed beside training splits written again without it."""
+    ls = tmp_path / "LibriSpeech"
+    for name, first in (("train-clean-100", 1), ("train-clean-360", 3), ("train-other-500", 5)):
+        ls_tree(ls / name, speakers=(first, first + 1), chapters=(1,), utts=2)
+    ls_tree(ls / "dev-clean", speakers=(9,), chapters=(1,), utts=2)
+    out = tmp_path / "out"
+    assert _prepare(str(ls), str(out)) == 0
+    assert (out / "dev-clean.jsonl").exists() and (out / "train-960.jsonl").exists()
+    for flac in (ls / "dev-clean").rglob("*.flac"):
+        flac.write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match=r"3 problem\(s\).*9-1-0000.flac: unreadable audio"):
+        _prepare(str(ls), str(out))
+    assert "split dev-clean: no usable audio" in (out / "problems-LibriSpeech.txt").read_text()
+    with caplog.at_level(logging.WARNING):
+        assert _prepare(str(ls), str(out), "--skip-bad") == 0
+    assert not (out / "dev-clean.jsonl").exists() and f"removed {out / 'dev-clean.jsonl'}" in caplog.text
+    # train-clean-100 written again alone, beside the train-960 of the three
+    with pytest.raises(ValueError, match=r"out: train-960.jsonl written by an earlier prepare"):
+        _prepare(str(ls / "train-clean-100"), str(out))

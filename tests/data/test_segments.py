@@ -18,7 +18,7 @@ from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
 from earful.data.librispeech import discover, read_unlabelled
 from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
-from earful.data.vad import SegmentLimits, cut_segments, energy_vad
+from earful.data.vad import SegmentLimits, annotated_vad, cut_segments, energy_vad
 
 SR = 16000
 
@@ -113,6 +113,26 @@ def test_energy_vad_finds_the_known_silences(tmp_path: Path, recording) -> None:
     assert len(short) == 1 and lost == voiced[1, 1] - voiced[1, 0]  # 4.2 s < 5 s left out, counted
 
 
+@pytest.mark.parametrize("pairs, which", [
+    ([[float("nan"), 5.0]], "pair 0 \\[nan, 5.0\\]"),  # was cast to int64's least: cut_segments then ran out of memory
+    ([[0.5, float("inf")]], "pair 0"),
+    ([[-1.0, 2.0]], "pair 0 \\[-1.0, 2.0\\]"),  # was clipped to 0 without a word
+    ([[1.0, 2.0], [3.0, 2.5]], "pair 1"),
+    ([[1.0, 4.0], [3.0, 5.0]], "pair 1"),  # overlapping
+    ([[1.0, 2.0], [11.0, 12.5]], "pair 1"),  # past the end of a 12 s file (was cut to it)
+    ([[1.0, 2.0], [13.0, 14.0]], "pair 1"),
+    ([[10**400, 1]], "a number beyond any file's length"),
+])
+def test_unusable_voice_activity_is_refused_naming_the_pair(pairs: list, which: str) -> None:
+    with pytest.raises(ValueError, match=which):
+        annotated_vad(pairs, SR, 12 * SR)
+
+
+def test_voice_activity_within_the_file_and_its_rounding_is_used() -> None:
+    spans = annotated_vad([[0.5, 3.0], [3.0, 3.0], [11.5, 12.04]], SR, 12 * SR)  # an end 40 ms late: rounding
+    assert spans.tolist() == [[8000, 48000], [184000, 192000]]
+
+
 def test_the_energy_vad_reads_samples_only_its_header_read_before(tmp_path: Path, recording, opens) -> None:
     """Unlabelled files without annotations (here at 8 kHz: 160-sample frames): each opened twice in all, for its
     header (the rate the VAD is given) and for its samples; the segments are the energy VAD's at that rate."""
@@ -150,12 +170,19 @@ def test_prepare_cuts_unlabelled_librilight_by_its_annotations_or_the_energy_vad
     assert [(u.offset, u.offset + u.num_samples) for u in annotated] == [(8000, 88000), (120000, 184000)]
     assert annotated[0].id == "101/book_0/chapter_01_64kb-0000" and annotated[0].transcript is None
     assert len(by_file["no_json"]) == 2 and len(by_file["chapter_00_64kb"]) == 2  # by energy
-    assert len(problems) == 1 and "chapter_00_64kb.json: unusable VAD annotations" in problems[0]
+    assert len(problems) == 2 and "chapter_00_64kb.json: unusable VAD annotations" in problems[0]
+    assert "no_json.flac: no VAD annotations (no_json.json is missing); the energy VAD is used" in problems[1]
     assert "2 files by the energy VAD" in caplog.text
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers())
-    args = parser.parse_args(["prepare", str(root), str(tmp_path / "out"), "--max-seconds", "6", "--min-seconds",
-                              "1", "--workers", "2"])
+    command = ["prepare", str(root), str(tmp_path / "out"), "--max-seconds", "6", "--min-seconds", "1", "--workers",
+               "2"]
+    args = parser.parse_args(command)
+    with pytest.raises(ValueError, match=r"small: 2 problem\(s\), listed in .*problems-small.txt: .*No manifest"):
+        args.func(args)  # the two files without usable annotations
+    assert not (tmp_path / "out" / "unlabelled-small.jsonl").exists()
+    assert (tmp_path / "out" / "problems-small.txt").read_text().splitlines() == problems
+    args = parser.parse_args([*command, "--skip-bad"])  # cut by the energy VAD, counted
     assert args.func(args) == 0
     manifest = read_manifest(tmp_path / "out" / "unlabelled-small.jsonl", check_files=True)
     assert list(manifest) == utts == read_unlabelled(root, limits=limits)
