@@ -5,6 +5,7 @@ results all go through here."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -37,6 +38,9 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
     folder = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk (a power cut keeps it)
     try:
         os.fsync(folder)
+    except OSError as e:  # some network and FUSE file systems cannot flush a folder: the rename stands
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
     finally:
         os.close(folder)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -157,9 +158,13 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_YAML_COMMENT = re.compile(r"(^|\s)#")
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A value YAML
-    reads as text is kept whole: `` #`` would start a YAML comment (``data.train=/a/run #2/x.jsonl``)."""
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A value holding
+    `` #`` (or starting with ``#``), where YAML would start a comment, is text, whole
+    (``data.train=/a/run #2/x.jsonl``; ``max_steps=5 #five`` is then an error, not 5)."""
     out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -169,8 +174,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: not a plain YAML value ({str(e).splitlines()[0]})") from None
-        if (value is None or isinstance(value, str)) and "#" in raw and not raw.lstrip().startswith(("'", '"')):
-            value = raw.strip()  # YAML dropped a comment: the text after " #" was part of the value
+        if _YAML_COMMENT.search(raw) and not raw.lstrip().startswith(("'", '"')):
+            value = raw.strip()  # YAML would drop the rest as a comment: the value is the text, whole
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -187,7 +192,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: expanded by the base loader
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "found an unhashable key",
+                                                        key_node.start_mark) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice (first on line {seen[key]})", key_node.start_mark)

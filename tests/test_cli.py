@@ -45,6 +45,7 @@ def test_an_override_value_with_a_hash_is_kept_whole():
     """YAML reads " #" as the start of a comment: `data.train=/a/run #2/train.jsonl` became "/a/run"."""
     from earful.config import parse_overrides
 
-    got = parse_overrides(["data.train=/a/run #2/train.jsonl", "tracking.name=run #2", "n=#1", "q='a #b'", "k=8"])
+    got = parse_overrides(["data.train=/a/run #2/train.jsonl", "tracking.name=run #2", "n=#1", "q='a #b'", "k=8",
+                           "lr=1e-3 #c", "s=5 # five", "r=run#2"])
     assert got == {"data": {"train": "/a/run #2/train.jsonl"}, "tracking": {"name": "run #2"}, "n": "#1",
-                   "q": "a #b", "k": 8}
+                   "q": "a #b", "k": 8, "lr": "1e-3 #c", "s": "5 # five", "r": "run#2"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from earful.atomic import atomic_write_lines
 
-from .librispeech import TRAIN_960, discover, training_splits
+from .librispeech import TRAIN_960, Note, discover, training_splits
 from .manifest import summarize, write_manifest
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
@@ -123,9 +123,10 @@ def _prepare(args: argparse.Namespace) -> int:
                          "with --hold-out, or the union of the three training splits) would disagree with the "
                          "training splits written now: run again as before (with --hold-out, with all three "
                          "splits), or remove those files")
-    if problems and not args.skip_bad:
-        raise ValueError(f"{args.source}: {len(problems)} problem(s), listed in {listed}: "
-                         f"{'; '.join(problems[:3])}{' …' if len(problems) > 3 else ''}. No manifest written: mend "
+    blocking = [p for p in problems if not isinstance(p, Note)]  # notes leave no audio out and mislabel none
+    if blocking and not args.skip_bad:
+        raise ValueError(f"{args.source}: {len(blocking)} problem(s), listed in {listed}: "
+                         f"{'; '.join(blocking[:3])}{' …' if len(blocking) > 3 else ''}. No manifest written: mend "
                          "them, or run again with --skip-bad to write the manifests without what is unusable")
     total = 0
     for name, utts in splits.items():
@@ -141,11 +142,14 @@ def _prepare(args: argparse.Namespace) -> int:
         total += len(utts)
         log.info("%-20s %9.3f h %8d utterances %5d speakers %5.0f%% labelled -> %s", name, s["hours"],
                  s["utterances"], s["speakers"], 100 * s["labelled"], target)
-    if problems:
+    notes = len(problems) - len(blocking)
+    if blocking:
         log.warning("%d problem(s) found, skipped (--skip-bad): what they concern is left out, unlabelled or cut "
-                    "by the energy VAD; listed in %s", len(problems), listed)
+                    "by the energy VAD; listed in %s", len(blocking), listed)
     else:
         log.info("0 problem(s) found")
+    if notes:
+        log.info("%d note(s) (transcripts without audio, audio beside the splits) listed in %s", notes, listed)
     if not total:
         raise ValueError(f"{args.source}: no usable audio found")
     return 0

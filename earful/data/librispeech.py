@@ -31,6 +31,11 @@ from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, ene
 
 log = logging.getLogger(__name__)
 
+
+class Note(str):
+    """A finding that leaves no audio out and mislabels none (a transcript line whose audio the subset does not
+    hold, audio beside the splits that nobody asked for): listed with the problems, never stopping ``prepare``."""
+
 LIBRILIGHT_DIR = "librispeech_finetuning"
 # LibriSpeech's training splits, whose union is the 960 h set (written as train-960 when all three are read)
 TRAIN_960 = ("train-clean-100", "train-clean-360", "train-other-500")
@@ -139,7 +144,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
         if u is not None:
             utts.append(u)
     for uid in sorted(set(transcripts) - seen.keys()):
-        problems.append(f"{trans_file[uid]}: transcript for {uid} has no audio file")
+        problems.append(Note(f"{trans_file[uid]}: transcript for {uid} has no audio file"))
     return sorted(utts, key=lambda u: u.id)
 
 
@@ -413,7 +418,7 @@ def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:
 
     left = [p for p in _files(root) if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS
             and not held(p.parent)]
-    problems += [f"{p}: audio outside the splits found below {root}; left out" for p in left]
+    problems += [Note(f"{p}: audio outside the splits found below {root}; not read") for p in left]
     if left:
-        log.warning("%s: %d audio file(s) outside the splits found are left out (e.g. %s); point prepare at the "
+        log.warning("%s: %d audio file(s) outside the splits found are not read (e.g. %s); point prepare at the "
                     "folder that holds them to read them", root, len(left), ", ".join(str(p) for p in left[:3]))

@@ -34,7 +34,9 @@ from .budget import SAMPLE_RATE
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
 _OPTIONAL = ("offset", "phonemes", "intent")  # left out of a row when unset
 _INT64 = 2**63  # lengths and offsets are kept as int64
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
+# Unicode's control characters (category Cc) but tab, newline and carriage return (whitespace to every reader):
+# NUL ends the text a C reader (espeak-ng) takes, C1 ones are text decoded with the wrong code page
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _JSON_SPACE = b" \t\r\n"  # a line of only these is blank (JSON's whitespace: a row's trailing blank lines parse)
 
 
@@ -69,8 +71,9 @@ class ManifestError(ValueError):
 
 
 def control_character(text: str) -> str | None:
-    """The first control character of ``text`` (Unicode category Cc: NUL, ESC, tab, newline …) described with its
-    position, or None. Such a character in a transcript is corruption (a NUL ends the text espeak-ng reads)."""
+    """The first control character of ``text`` (Unicode category Cc: NUL, ESC, C1 …; tab, newline and carriage
+    return are whitespace and pass) described with its position, or None. Such a character in a transcript is
+    corruption (a NUL ends the text espeak-ng reads)."""
     found = _CONTROL.search(text)
     return None if found is None else f"control character U+{ord(found.group()):04X} at character {found.start()}"
 

@@ -32,7 +32,7 @@ LOUD_RANGE_DB = 40.0  # ... or, if higher, this much under the loud level
 MIN_RUN_SECONDS = 0.1
 MIN_PAUSE_SECONDS = 0.3
 PAD_SECONDS = 0.1
-END_TOLERANCE = 0.05  # seconds an annotation may end past its file's end (cut to it)
+END_TOLERANCE = 0.5  # seconds an annotation may end past its file's end (cut to it); beyond: another file's
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,9 @@ def energy_vad(path: str | os.PathLike, rate: int) -> np.ndarray:
 
 def annotated_vad(voice_activity: object, rate: int, frames: int) -> np.ndarray:
     """Libri-light's ``voice_activity`` (``[[start, end], ...]`` in seconds) as (n, 2) [start, end) samples within
-    the file of ``frames`` samples at ``rate``. Raises ValueError, saying which pair, when it is not a list of
-    increasing, non-overlapping pairs of finite numbers >= 0 within the file (an end up to ``END_TOLERANCE``
-    seconds past the file's end, the annotator's rounding, is cut to it)."""
+    the file of ``frames`` samples at ``rate``, in order, overlaps merged. Raises ValueError, saying which pair,
+    when it is not a list of pairs of finite numbers 0 <= start <= end within the file (an end up to
+    ``END_TOLERANCE`` seconds past the file's end, the annotator's rounding, is cut to it)."""
     ok = isinstance(voice_activity, list) and all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(t, int | float) and not isinstance(t, bool) for t in p)
         for p in voice_activity)
@@ -115,14 +115,20 @@ def annotated_vad(voice_activity: object, rate: int, frames: int) -> np.ndarray:
     duration = frames / rate
     bad = ~np.isfinite(seconds).all(axis=1) | (seconds[:, 0] < 0) | (seconds[:, 1] < seconds[:, 0])
     bad |= seconds[:, 1] > duration + END_TOLERANCE
-    bad[1:] |= seconds[1:, 0] < seconds[:-1, 1]
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"voice_activity pair {k} {voice_activity[k]}: expected finite seconds with 0 <= start <= "
-                         f"end <= {duration:.3f} (the file's length), each start at or after the end before it "
-                         f"({np.count_nonzero(bad)} such pair(s))")
+                         f"end <= {duration:.3f} (the file's length) ({np.count_nonzero(bad)} such pair(s))")
     spans = np.minimum(np.round(seconds * rate), frames).astype(np.int64)
-    return spans[spans[:, 1] > spans[:, 0]]
+    spans = spans[spans[:, 1] > spans[:, 0]]
+    spans = spans[np.argsort(spans[:, 0], kind="stable")]
+    merged: list[list[int]] = []
+    for a, b in spans.tolist():  # pairs that overlap (rounding, or an annotator's) are one stretch of voice
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return np.array(merged, dtype=np.int64).reshape(-1, 2)
 
 
 def cut_segments(voiced: np.ndarray, rate: int, limits: SegmentLimits) -> tuple[list[tuple[int, int]], int]:

@@ -120,10 +120,10 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
                          f"hidden_act {act!r}; earful uses one activation for the CNN and the transformer")
     if get("add_adapter"):
         raise ValueError(f"{where}: add_adapter: earful's wav2vec 2.0 has no adapter layers after the transformer")
-    if get("mask_feature_min_masks"):
+    spec_augment = bool(get("apply_spec_augment"))
+    if get("mask_feature_min_masks") and spec_augment and get("mask_feature_prob") > 0:  # else no channel masks
         raise ValueError(f"{where}: mask_feature_min_masks={get('mask_feature_min_masks')}: earful's channel masks "
                          "have no minimum count (fairseq's); set it to 0")
-    spec_augment = bool(get("apply_spec_augment"))
     return replace(
         ModelConfig(),
         **{name: get(hf) for name, hf in _SAME_FIELDS},

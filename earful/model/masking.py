@@ -40,12 +40,14 @@ def compute_mask(
 ) -> torch.Tensor:
     """Span mask of shape (batch, num_frames), True = masked.
 
-    ``style="fairseq"`` follows ``fairseq.data.data_utils.compute_mask_indices`` (static span length):
-    ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))`` (one draw of U for the whole batch
-    when no row is padded, as fairseq is then given no padding mask; one a row otherwise) starts drawn
-    without replacement from ``[0, L - mask_length)`` (a shorter range for short utterances, never past L so
-    that every utterance gets a masked frame), each masking ``mask_length`` frames, spans clipped at L; with
-    ``require_same_masks`` every row is then thinned at random to the smallest masked count in the batch.
+    ``style="fairseq"`` follows ``fairseq.data.data_utils.compute_mask_indices`` as wav2vec 2.0's recipes ran it
+    (fairseq 0.12 and before; its main branch later draws a count a row, ``num_mask_ver=2``), static spans:
+    ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))``, one draw of U for the whole batch
+    when no row is padded (fairseq is then given no padding mask; transformers, too, draws one for the batch),
+    one a row otherwise; starts drawn without replacement from ``[0, L - mask_length)`` (a shorter range for
+    short utterances, never past L so that every utterance gets a masked frame), each masking ``mask_length``
+    frames, spans clipped at L; with ``require_same_masks`` every row is then thinned at random to the smallest
+    masked count in the batch.
     ``style="nanow2v2"`` follows the paper's code: ``n = max(span, L - span)``,
     ``num = max(1, ceil(n * mask_prob / span))`` starts from ``[0, n)``.
     """

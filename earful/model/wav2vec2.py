@@ -46,6 +46,8 @@ class Wav2Vec2Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.feature_encoder = FeatureEncoder(cfg)
+        if cfg.feature_grad_mult == 0:  # fairseq runs the CNN without autograd: no gradient, no weight decay
+            self.feature_encoder.requires_grad_(False)  # (and DDP expects none from it)
         self.feature_projection = FeatureProjection(cfg)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(cfg.hidden_size).uniform_())
@@ -77,12 +79,8 @@ class Wav2Vec2Model(nn.Module):
         if self.cfg.normalize_waveform:
             wave = _normalize(wave, lengths)
         exclude = padded and self.cfg.group_norm_padding == "excluded"
-        frozen = self.training and self.cfg.feature_grad_mult == 0  # fairseq: the CNN then runs without autograd
-        with torch.no_grad() if frozen else nullcontext():
-            feats = self.feature_encoder(wave, lengths if exclude else None)  # (batch, conv_dim, frames)
-        feats = feats.transpose(1, 2)  # (batch, frames, conv_dim)
-        if self.training and not frozen:
-            feats = grad_multiply(feats, self.cfg.feature_grad_mult)
+        feats = self.feature_encoder(wave, lengths if exclude else None).transpose(1, 2)  # (batch, frames, conv_dim)
+        feats = grad_multiply(feats, self.cfg.feature_grad_mult) if self.training else feats
         flen = self.frame_lengths(lengths).clamp(max=feats.shape[1])
         padding_mask = torch.arange(feats.shape[1], device=feats.device)[None, :] >= flen[:, None]
         return feats, padding_mask

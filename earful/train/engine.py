@@ -39,7 +39,7 @@ from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
-from earful.train.recipe import add_segment, check_resume, layout_of, recipe_hash, recipe_of, start_history
+from earful.train.recipe import check_resume, layout_of, recipe_hash, recipe_of, record_resume, start_history
 from earful.train.schedule import lr_at
 from earful.train.state import (
     RunDir,
@@ -172,9 +172,9 @@ class Trainer:
         D.barrier(self.d)
         if latest is not None:
             self._resume(latest)
-            if segment is not None and self.d.is_main:  # once the checkpoint has loaded
+            if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):
-                    add_segment(self.run.root, cfg, segment)
+                    record_resume(self.run.root, cfg, self.step, segment)
         self._start_records()
         self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 

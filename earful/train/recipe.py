@@ -118,15 +118,20 @@ def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:
                                                     "layout": layout_of(cfg, world_size)})])
 
 
-def add_segment(root: Path, cfg: TrainingConfig, segment: dict[str, Any]) -> None:
-    """Append a segment (another recipe or layout from ``segment["step"]`` on) with its own config file. A last
-    segment from the same step, which never trained to a checkpoint (its process was stopped first), is
-    replaced: the history holds what trained."""
+def record_resume(root: Path, cfg: TrainingConfig, step: int, segment: dict[str, Any] | None) -> None:
+    """A resume from the checkpoint at ``step`` has loaded: the history holds what trained. A last segment that
+    starts at ``step`` never reached a checkpoint (its process stopped first) and goes, with its config file;
+    ``segment`` (another recipe or layout from ``step`` on), if any, is appended with its own config file."""
     path = root / HISTORY
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    if len(lines) > 1 and json.loads(lines[-1]).get("step") == segment["step"]:
-        lines = lines[:-1]
-    n = len(lines) + 1
-    name = f"config-{n}.yaml"
-    save_yaml(cfg, root / name)
-    atomic_write_lines(path, [*lines, json.dumps({"segment": n, **segment, "config": name})])
+    kept = lines
+    if len(lines) > 1 and json.loads(lines[-1]).get("step") == step:
+        kept = lines[:-1]
+        (root / json.loads(lines[-1])["config"]).unlink(missing_ok=True)
+    if segment is not None:
+        n = len(kept) + 1
+        name = f"config-{n}.yaml"
+        save_yaml(cfg, root / name)
+        kept = [*kept, json.dumps({"segment": n, **segment, "config": name})]
+    if kept != lines:
+        atomic_write_lines(path, kept)

@@ -45,6 +45,13 @@ def test_manifest_bad_rows_name_file_and_line(tmp_path: Path, line: str, message
         read_manifest(tmp_path / "m.jsonl")
 
 
+def test_tabs_and_newlines_in_a_transcript_are_whitespace_not_corruption(tmp_path: Path):
+    """Manifests other tools wrote may hold them; only the control characters that corrupt text are refused."""
+    row = '{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "transcript": "%s"}'
+    (tmp_path / "m.jsonl").write_text(row % "HELLO\\tWORLD\\r\\nAGAIN" + "\n")
+    assert read_manifest(tmp_path / "m.jsonl")[0].transcript == "HELLO\tWORLD\r\nAGAIN"
+
+
 @pytest.mark.parametrize("blank", ["\u00a0", "\f", "\u2028", "\x1c"])
 def test_a_line_of_other_whitespace_is_not_a_blank_line_and_is_named(tmp_path: Path, blank: str):
     """One rule for blank lines, the same when a manifest is read and when its rows are parsed: JSON's whitespace

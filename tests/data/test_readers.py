@@ -190,9 +190,12 @@ def test_audio_beside_the_splits_is_reported_and_linked_folders_are_followed(tmp
     assert len(left) == 4 and all("audio outside the splits found" in p for p in left)
     assert [p.split(":")[0] for p in left] == [str(ls / "extras" / "a.flac"), str(ls / "extras" / "more" / "b.flac"),
                                                 str(ls / "notes.m4a"), str(ls / "stray.flac")]
-    assert "4 audio file(s) outside the splits found are left out" in caplog.text
+    assert "4 audio file(s) outside the splits found are not read" in caplog.text
     again: list[str] = []
     assert discover(ls, again) == splits and again == problems  # the same, in the same order
+    # notes, not problems: a folder holding LibriSpeech and other corpora prepares LibriSpeech
+    assert _prepare(str(ls), str(tmp_path / "out")) == 0
+    assert len((tmp_path / "out" / "problems-LibriSpeech.txt").read_text().splitlines()) == 4
 
 
 def test_prepare_names_the_split_of_dot_after_the_folder(tmp_path: Path, tone, monkeypatch) -> None:

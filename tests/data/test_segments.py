@@ -118,8 +118,7 @@ def test_energy_vad_finds_the_known_silences(tmp_path: Path, recording) -> None:
     ([[0.5, float("inf")]], "pair 0"),
     ([[-1.0, 2.0]], "pair 0 \\[-1.0, 2.0\\]"),  # was clipped to 0 without a word
     ([[1.0, 2.0], [3.0, 2.5]], "pair 1"),
-    ([[1.0, 4.0], [3.0, 5.0]], "pair 1"),  # overlapping
-    ([[1.0, 2.0], [11.0, 12.5]], "pair 1"),  # past the end of a 12 s file (was cut to it)
+    ([[1.0, 2.0], [11.0, 12.6]], "pair 1"),  # 0.6 s past the end of a 12 s file: another file's (was cut to it)
     ([[1.0, 2.0], [13.0, 14.0]], "pair 1"),
     ([[10**400, 1]], "a number beyond any file's length"),
 ])
@@ -129,8 +128,10 @@ def test_unusable_voice_activity_is_refused_naming_the_pair(pairs: list, which: 
 
 
 def test_voice_activity_within_the_file_and_its_rounding_is_used() -> None:
-    spans = annotated_vad([[0.5, 3.0], [3.0, 3.0], [11.5, 12.04]], SR, 12 * SR)  # an end 40 ms late: rounding
+    spans = annotated_vad([[0.5, 3.0], [3.0, 3.0], [11.5, 12.4]], SR, 12 * SR)  # an end 0.4 s late: rounding
     assert spans.tolist() == [[8000, 48000], [184000, 192000]]
+    overlapping = annotated_vad([[4.0, 5.0], [0.5, 3.0], [2.9, 3.5]], SR, 12 * SR)  # out of order, overlapping
+    assert overlapping.tolist() == [[8000, 56000], [64000, 80000]]
 
 
 def test_the_energy_vad_reads_samples_only_its_header_read_before(tmp_path: Path, recording, opens) -> None:

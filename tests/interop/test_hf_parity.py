@@ -292,3 +292,15 @@ def test_reexport_without_a_vocabulary_removes_the_earlier_tokenizer(tmp_path) -
     assert (tmp_path / "vocab.json").exists()
     export_hf(Wav2Vec2ForPreTraining(cfg), tmp_path)
     assert not (tmp_path / "vocab.json").exists() and not (tmp_path / "tokenizer_config.json").exists()
+
+
+def test_a_minimum_channel_mask_count_matters_only_where_channels_are_masked(tmp_path) -> None:
+    from earful.checkpoint import CheckpointError
+
+    export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "mask_feature_min_masks": 2, "mask_feature_prob": 0}))
+    assert import_hf(tmp_path)[0].cfg.mask_channel_prob == 0  # transformers masks no channels: nothing to refuse
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "mask_feature_min_masks": 2, "mask_feature_prob": 0.1}))
+    with pytest.raises(CheckpointError, match="mask_feature_min_masks=2"):
+        import_hf(tmp_path)

@@ -282,13 +282,22 @@ def test_hard_perplexity_counts_the_codes_the_logits_choose() -> None:
     assert not torch.equal(out["train"].contrastive, out["eval"].contrastive)  # training did sample its targets
 
 
-def test_feature_grad_mult_zero_runs_the_cnn_without_autograd() -> None:
-    """fairseq's feature_grad_mult 0 runs the CNN under no_grad: no gradient at all (zeros, as a 0 multiplier
-    gave, still let AdamW's weight decay shrink the CNN), and the transformer still trains."""
-    model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["feature_grad_mult=0"])).train()
-    wave, lens = batch()
-    out = model(wave, lens, generator=torch.Generator().manual_seed(0))
-    out.objective(out.num_masked).backward()
+def test_feature_grad_mult_zero_runs_the_cnn_without_autograd(tmp_path) -> None:
+    """fairseq's feature_grad_mult 0 runs the CNN without autograd: no gradient at all (zeros, as a 0 multiplier
+    gave, still let AdamW's weight decay shrink the CNN), the transformer still trains, and DDP, which must not
+    wait for gradients that never come, takes two steps (no_grad around the CNN failed there)."""
+    import torch.distributed as dist
+
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["feature_grad_mult=0", "layerdrop=0"])).train()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        wave, lens = batch()
+        for step in range(2):
+            out = net(wave, lens, generator=torch.Generator().manual_seed(step))
+            out.objective(out.num_masked).backward()
+    finally:
+        dist.destroy_process_group()
     assert all(p.grad is None for p in model.wav2vec2.feature_encoder.parameters())
     assert model.wav2vec2.encoder.layers[0].attention.qkv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="feature_grad_mult -1"):

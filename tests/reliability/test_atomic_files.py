@@ -68,3 +68,21 @@ def test_manifest_interrupted_mid_write_keeps_the_old_manifest(tmp_path: Path) -
         write_manifest(rows(), path)
     assert [u.id for u in read_manifest(path)] == ["u1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+def test_a_file_system_that_cannot_flush_a_folder_still_gets_the_file(tmp_path: Path, monkeypatch) -> None:
+    """Some network and FUSE file systems refuse fsync on a folder (EINVAL): the write stands."""
+    import errno
+    import os
+    import stat
+
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_json(tmp_path / "x.json", {"k": 1})
+    assert (tmp_path / "x.json").read_text(encoding="utf-8") == '{\n  "k": 1\n}\n'

@@ -134,7 +134,8 @@ def test_resume_with_another_recipe_is_refused_or_recorded(tmp_path, tiny_corpus
 
 def test_history_records_only_resumes_that_trained(tmp_path, tiny_corpus, rel) -> None:
     """A resume that fails to load its checkpoint adds no segment; one stopped before its first checkpoint is
-    replaced by the next (each had left a segment that never trained)."""
+    replaced by the next, or removed by a resume with the recipe it interrupted (each had left a segment that
+    never trained: the history said the lr changed, and the run trained with the old one)."""
     out = tmp_path / "run"
     Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out).fit()
     state = out / "checkpoints" / "step-0000002" / "state.pt"
@@ -146,6 +147,10 @@ def test_history_records_only_resumes_that_trained(tmp_path, tiny_corpus, rel) -
     assert len((out / "history.jsonl").read_text().splitlines()) == 1 and not (out / "config-2.yaml").exists()
     state.write_bytes(good)
     Trainer(PretrainTask(changed), out, resume=True, allow_changes=True).close()  # stopped before step 3
+    assert (out / "config-2.yaml").exists()
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True).close()  # the recipe it trained with
+    assert len((out / "history.jsonl").read_text().splitlines()) == 1 and not (out / "config-2.yaml").exists()
+    Trainer(PretrainTask(changed), out, resume=True, allow_changes=True).close()  # stopped before step 3 again
     again = _cfg(rel, tiny_corpus[0], 4, "optim.lr=2e-2")
     Trainer(PretrainTask(again), out, resume=True, allow_changes=True).fit()
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
@@ -212,6 +217,21 @@ def test_yaml_files_that_say_two_things_or_are_not_utf8_are_named(tmp_path, capl
     assert errors == [f"{twice}:3:1: key 'max_steps' is given twice (first on line 1)",
                       f"{binary}: not UTF-8 text ('utf-8' codec can't decode byte 0xe9 in position 34: invalid "
                       "continuation byte)"], errors
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path) -> None:
+    """Refusing a key given twice must not refuse YAML's own ways of repeating (a merge key was refused)."""
+    from earful.config import read_yaml
+
+    config = tmp_path / "merge.yaml"
+    config.write_text("optim: &o {lr: 0.001, weight_decay: 0.01}\nbatch_seconds: 8\ndevice_seconds: 8\n"
+                      "data: {crop_seconds: 2.0}\nextra:\n  <<: *o\n  lr: 0.002\n")
+    assert read_yaml(config)["extra"] == {"lr": 0.002, "weight_decay": 0.01}
+    config.write_text("optim: &o {lr: 0.002}\nbatch_seconds: 8\n")
+    assert load_pretrain_config(config).optim.lr == 0.002
+    config.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError, match=r"merge\.yaml:1:3: found an unhashable key"):
+        read_yaml(config)
 
 
 def test_a_yaml_tag_is_one_line_naming_file_line_and_tag(tmp_path, caplog) -> None:
