@@ -75,6 +75,47 @@ def test_ctc_builds_each_splits_references_once_whatever_the_epochs(tones, cache
     assert counts[1] == counts[3] == {"same.jsonl": 1, "held.jsonl": 1}
 
 
+
+def test_ctc_tests_the_head_of_the_best_dev_epoch(tones, cache: Path, monkeypatch):
+    """Dev PER scripted 0.5, 0.2, 0.9 over three epochs: the head tested is epoch 2's, not the last."""
+    from earful.probe import ctc
+
+    loader = FeatureLoader(Upstream.parse("fbank"), cache, progress=False)
+    train, dev, test = (load_split(loader, m) for m in splits(tones))
+    dev_per, states, tested = iter([0.5, 0.2, 0.9]), [], []
+
+    def scripted(model, task, split, refs, batch=32):
+        if split is test:
+            tested.append({k: v.clone() for k, v in model.state_dict().items()})
+            return {"per": 0.0}
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"per": next(dev_per)}
+
+    monkeypatch.setattr(ctc, "evaluate", scripted)
+    result = train_ctc(phonemes_task(), train, dev, test, config("pr.epochs=3").pr, seed=0)
+    assert result.best == 2 and result.dev == {"per": 0.2} and len(tested) == 1
+    assert all(torch.equal(tested[0][k], states[1][k]) for k in tested[0])
+    assert not all(torch.equal(tested[0][k], states[2][k]) for k in tested[0])
+
+
+def test_an_utterance_probe_keeps_the_step_best_on_dev(monkeypatch):
+    """Dev accuracy scripted 0.5, 0.9, 0.3 at steps 25, 50, 75: the model returned is step 50's."""
+    from earful.probe import utterance
+    from earful.probe.config import UtteranceRecipe
+
+    accuracy, states = iter([0.5, 0.9, 0.3]), []
+
+    def scripted(model, x, labels):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(accuracy)
+
+    monkeypatch.setattr(utterance, "_accuracy", scripted)
+    x, labels = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([[0], [1]] * 4)
+    model, best, history = utterance._fit(x, labels, [["a", "b"]], UtteranceRecipe(steps=75), seed=0, dev=(x, labels))
+    assert best == 50 and [h["step"] for h in history] == [25, 50, 75]
+    assert all(torch.equal(model.state_dict()[k], states[1][k]) for k in states[1])
+    assert not all(torch.equal(model.state_dict()[k], states[2][k]) for k in states[2])
+
 def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
     result = probe(Upstream.parse(tiny_ckpt), {"pr": splits(tones)}, tmp_path / "out", config=config("pr.epochs=3"),
                    cache_dir=cache, progress=False)["pr"]

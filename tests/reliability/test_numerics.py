@@ -159,3 +159,20 @@ def test_autocast_wraps_the_forward_and_not_the_backward(tmp_path, tiny_corpus, 
     cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 1, "precision=bf16"))
     Trainer(PretrainTask(cfg), tmp_path / "run").fit()
     assert seen == [("forward", True), ("backward", False)]
+
+
+def test_clip_norm_clips_the_gradient_the_optimizer_applies(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """optim.clip_norm=0.001: the gradient the optimizer steps with has norm 0.001, while train.jsonl logs the
+    norm before clipping (far above it)."""
+    trainer = _trainer("pretrain", tmp_path, tiny_corpus, None, rel, 2, "optim.clip_norm=0.001")
+    applied, step = [], trainer.optimizer.step
+
+    def recording_step(*a, **k):
+        applied.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.params
+                                                                   if p.grad is not None]))))
+        return step(*a, **k)
+
+    monkeypatch.setattr(trainer.optimizer, "step", recording_step)
+    trainer.fit()
+    assert applied == pytest.approx([0.001, 0.001], rel=1e-4)
+    assert all(r["grad_norm"] > 0.1 for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl"))

@@ -366,3 +366,39 @@ def test_a_cut_replacement_of_the_latest_checkpoint_is_restored_before_resuming(
     resumed = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), tmp_path / "run", resume=True)
     assert resumed.step == 2 and (ck / name / "trainer.json").exists()
     resumed.close()
+
+
+# ---------------------------------------------------------------------- 9. which checkpoints a run keeps
+def _scripted_validation(monkeypatch, losses: list[float]) -> None:
+    """The pre-training validation returns ``losses`` in turn (one a validation)."""
+    left = iter(losses)
+    monkeypatch.setattr(PretrainTask, "validate", lambda self: {"loss": next(left), "contrastive": 0.0,
+                                                                 "accuracy": 0.0})
+
+
+def test_best_is_the_lowest_validation_loss_not_the_latest(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """Validated every step at losses 3, 1, 2, 1.5: checkpoints/best is step 2's and stays so."""
+    _scripted_validation(monkeypatch, [3.0, 1.0, 2.0, 1.5])
+    out = tmp_path / "run"
+    Trainer(PretrainTask(load_pretrain_config(None, rel.pretrain_overrides(
+        tiny_corpus[0], 4, "valid_every=1", "ckpt_every=1", "keep_last=0"))), out).fit()
+    assert [r["loss"] for r in rel.read_jsonl(out / "valid.jsonl")] == [3.0, 1.0, 2.0, 1.5]
+    info = json.loads((out / "checkpoints" / "best" / "trainer.json").read_text())
+    assert info["step"] == 2 and info["best"] == 1.0
+    best, second, last = (_weights(out, n) for n in ("best", "step-0000002", "step-0000004"))
+    assert all(torch.equal(best[k], second[k]) for k in best)
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+
+
+@pytest.mark.parametrize("keep_last, steps_kept", [(2, [4, 5]), (0, [1, 2, 3, 4, 5])])
+def test_keep_last_prunes_only_the_oldest_step_checkpoints(keep_last, steps_kept, tmp_path, tiny_corpus, rel,
+                                                           monkeypatch) -> None:
+    """A checkpoint every step of 5: keep_last=2 keeps the newest two step-* folders, 0 keeps them all; init, the
+    milestone steps-1 and best (step 1's, the lowest loss) stay either way."""
+    _scripted_validation(monkeypatch, [1.0, 2.0, 3.0, 4.0, 5.0])
+    out = tmp_path / "run"
+    Trainer(PretrainTask(load_pretrain_config(None, rel.pretrain_overrides(
+        tiny_corpus[0], 5, "valid_every=1", "ckpt_every=1", f"keep_last={keep_last}", "ckpt_steps=[1]"))), out).fit()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["best", "init", "latest.json", *(f"step-{s:07d}" for s in steps_kept), "steps-1"]
+    assert json.loads((out / "checkpoints" / "best" / "trainer.json").read_text())["step"] == 1

@@ -139,3 +139,42 @@ def test_micro_batches_share_the_batch_evenly() -> None:
         budget = load_pretrain_config(None, [f"batch_seconds={batch}", f"device_seconds={device}"]).budget(world)
         assert budget.accumulation == accum and budget.micro_seconds == pytest.approx(micro)
         assert budget.micro_seconds <= device and world * accum * budget.micro_seconds == pytest.approx(batch)
+
+
+VALIDATE = """
+import json, sys
+from earful.pretrain.config import load_pretrain_config
+from earful.pretrain.task import PretrainTask
+from earful.train import distributed as D
+
+cfg = load_pretrain_config(None, sys.argv[1:])
+task, d = PretrainTask(cfg), D.setup("cpu")
+task.build_model(d, None)
+task.build_data(cfg.budget(d.world_size))
+found = task.validate()
+if d.is_main:
+    print("VALID " + json.dumps(found))
+D.teardown(finished=True)
+"""
+
+
+def test_validation_is_the_same_on_one_and_two_processes(tmp_path, tiny_corpus) -> None:
+    """PretrainTask.validate of the same weights on 1 process and on 2 (torchrun, gloo): each batch draws by its
+    global index, the batch repeated to give both ranks 3 is left out and the sums are all-reduced, so the numbers
+    are those of one process. Five utterances of 1-2 s, one a batch (2.5 s): the same five batches either way (a
+    layout that splits a batch to deal them evenly validates other batches, and its numbers differ)."""
+    valid, script = tmp_path / "valid.jsonl", tmp_path / "validate.py"
+    valid.write_text("".join(tiny_corpus[1].read_text().splitlines(keepends=True)[:5]))
+    script.write_text(VALIDATE)
+    args = [str(script), "model_preset=tiny", f"data.train={tiny_corpus[0]}", f"data.valid={valid}",
+            "batch_seconds=4", "device_seconds=4", "valid_seconds=2.5", "data.min_seconds=0.5", "data.num_workers=0",
+            "threads=1"]
+    found = []
+    for launcher in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]):
+        r = subprocess.run([sys.executable, *launcher, *args], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        (line,) = [x for x in r.stdout.splitlines() if x.startswith("VALID ")]
+        found.append(json.loads(line.removeprefix("VALID ")))
+    one, two = found
+    assert one["loss"] > 0 and two == pytest.approx(one, rel=1e-9)

@@ -1,5 +1,7 @@
 """The logged loss terms are in each normalisation's own unit, whatever the micro-batch layout."""
 
+import json
+
 import pytest
 import torch
 
@@ -47,3 +49,48 @@ def test_logged_terms_of_unequal_micro_batches(normalisation: str) -> None:
     w = cfg.model
     assert logged_loss(cfg, **terms) == pytest.approx(
         terms["contrastive"] + w.diversity_weight * terms["diversity"] + w.feature_penalty_weight * terms["penalty"])
+
+
+def _pretrain_args(train, *extra: str) -> list[str]:
+    return ["model_preset=tiny", f"data.train={train}", "batch_seconds=4", "device_seconds=4", "max_steps=4",
+            "valid_every=0", "data.num_workers=0", "data.min_seconds=0.5", "data.crop_seconds=2.0",
+            "tensorboard=false", "threads=1", "device=cpu", *extra]
+
+
+def test_a_log_interval_records_the_mean_of_its_steps(tmp_path, tiny_corpus) -> None:
+    """The same 4 steps logged every step and every 2 steps: each record of the second run holds the mean of the
+    first run's two records of its interval (never their sum), and the state at its step (temperature, codebook
+    similarity, distance from init)."""
+    from earful.train.engine import Trainer
+
+    logs = {}
+    for every in (1, 2):
+        Trainer(PretrainTask(load_pretrain_config(None, _pretrain_args(tiny_corpus[0], f"log_every={every}"))),
+                tmp_path / str(every)).fit()
+        logs[every] = [json.loads(line) for line in (tmp_path / str(every) / "train.jsonl").read_text().splitlines()]
+    each, pairs = logs[1], logs[2]
+    assert [r["step"] for r in pairs] == [2, 4]
+    means = ["contrastive", "diversity", "penalty", "loss", "accuracy", "grad_norm", "loss_scale",
+             *(k for k in each[0] if k.startswith("ppl_"))]
+    states = ["temperature", "distance_from_init", *(k for k in each[0] if k.startswith("codeword_sim"))]
+    for rec, (a, b) in zip(pairs, [each[0:2], each[2:4]], strict=True):
+        assert a["loss"] != b["loss"]
+        assert {k: rec[k] for k in means} == pytest.approx({k: (a[k] + b[k]) / 2 for k in means}, rel=1e-9)
+        assert {k: rec[k] for k in states} == pytest.approx({k: b[k] for k in states}, rel=1e-9)
+
+
+def test_validation_runs_in_eval_mode(tiny_corpus) -> None:
+    """valid.jsonl's numbers: two validations of the same weights agree, and dropout does not change them (one
+    model built with dropout 0.5, one without: the same weights, the same seed); the model trains again after."""
+    from earful.train import distributed as D
+
+    found = []
+    for p in (0.5, 0.0):
+        dropout = [f"model.{o}={p}" for o in ("dropout", "attention_dropout", "dropout_input", "dropout_features")]
+        cfg = load_pretrain_config(None, _pretrain_args(tiny_corpus[0], f"data.valid={tiny_corpus[1]}", *dropout))
+        task = PretrainTask(cfg)
+        task.build_model(D.setup("cpu"), None)
+        task.build_data(cfg.budget(1))
+        found += [task.validate(), task.validate()]
+        assert task.model.training
+    assert found[0]["loss"] > 0 and all(f == found[0] for f in found), found

@@ -195,3 +195,25 @@ def test_a_run_stopped_mid_interval_logs_on_resume_what_an_uninterrupted_run_log
     whole, cut = records("whole"), records("cut")
     assert [r["step"] for r in cut] == [4, 6]
     assert cut == whole
+
+
+def test_an_fp16_resume_continues_with_the_loss_scale_it_had_found(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """fp16 runs on a CPU (autocast float16, GradScaler('cpu')). Started at torch's 65536 (patched in), the first
+    steps overflow and lower the scale; the resumed trainer's scaler holds the lowered scale and its growth
+    tracker, not a fresh scaler's."""
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train import engine
+    from earful.train.engine import Trainer
+
+    monkeypatch.setattr(engine, "FP16_INIT_SCALE", 65536.0)
+    cfg = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4", "max_steps=3",
+           "log_every=1", "valid_every=0", "data.num_workers=0", "data.min_seconds=0.5", "data.crop_seconds=2.0",
+           "tensorboard=false", "threads=1", "device=cpu", "precision=fp16"]
+    trainer = Trainer(PretrainTask(load_pretrain_config(None, cfg)), tmp_path / "run")
+    assert trainer.fit()["overflow_steps"] > 0
+    found = trainer.scaler.state_dict()
+    assert found["scale"] < 65536.0
+    resumed = Trainer(PretrainTask(load_pretrain_config(None, cfg)), tmp_path / "run", resume=True)
+    assert resumed.step == 3 and resumed.scaler.state_dict() == found
+    resumed.close()

@@ -151,24 +151,42 @@ def test_tensorboard_and_the_trackers_log_the_same_scalars(tmp_path) -> None:
 
 
 def test_throughput_leaves_out_validation_and_checkpoints(tmp_path, tiny_corpus, monkeypatch) -> None:
-    """The interval's audio-s/s and data wait count training time only: a validation that takes 100 s (a clock
-    moved forward by the patch) leaves them as they are (before, they fell 100-fold)."""
+    """The interval's audio-s/s and data wait count training time only. On a patched clock each step waits 0.25 s
+    for its batch and computes for 1 s, a validation takes 100 s and a checkpoint 50 s: a record of 2 steps holds
+    its audio over 2.5 s and a data wait of 0.2 (before, validations made it fall 100-fold)."""
     import time
 
+    from earful.data.dataset import AudioLoader
     from earful.pretrain.config import load_pretrain_config
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import Trainer
 
-    offset = [0.0]
-    real_clock = time.perf_counter
-    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + offset[0])
+    now = [0.0]
+
+    def wait(seconds: float) -> None:
+        now[0] += seconds
+
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    real_iter, real_micro_step, real_save = AudioLoader.__iter__, PretrainTask.micro_step, Trainer.save
+
+    def slow_batches(self):
+        for batch in real_iter(self):
+            wait(0.25)
+            yield batch
+
+    monkeypatch.setattr(AudioLoader, "__iter__", slow_batches)
+    monkeypatch.setattr(PretrainTask, "micro_step", lambda *a: (wait(1.0), real_micro_step(*a))[1])
+    monkeypatch.setattr(Trainer, "save", lambda *a, **k: (wait(50.0), real_save(*a, **k))[1])
     cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4",
                                       "device_seconds=4", "max_steps=4", "log_every=2", "valid_every=1",
-                                      "data.num_workers=0", "threads=1", "data.crop_seconds=2.0",
+                                      "ckpt_every=1", "data.num_workers=0", "threads=1", "data.crop_seconds=2.0",
                                       "data.min_seconds=0.5", "tensorboard=false"])
     trainer = Trainer(PretrainTask(cfg), tmp_path / "run")
-    monkeypatch.setattr(trainer, "_validate_and_keep_best", lambda: offset.__setitem__(0, offset[0] + 100.0))
+    monkeypatch.setattr(trainer, "_validate_and_keep_best", lambda: wait(100.0))
     trainer.fit()
     log = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
-    assert len(log) == 2 and all(r["audio_seconds_per_second"] > 0.5 for r in log), log
-    assert all(r["data_wait_fraction"] <= 1.0 for r in log)
+    hours = [0.0, *(r["hours_real"] for r in log)]
+    audio = [(hours[i + 1] - hours[i]) * 3600 for i in range(len(log))]  # each interval's real audio
+    assert [r["step"] for r in log] == [2, 4] and now[0] > 300
+    assert [r["audio_seconds_per_second"] for r in log] == pytest.approx([a / 2.5 for a in audio])
+    assert [r["data_wait_fraction"] for r in log] == pytest.approx([0.2, 0.2])
