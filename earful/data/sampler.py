@@ -157,6 +157,11 @@ class SecondsBatchSampler:
         self.skipped_indices = np.flatnonzero(unbatchable)
         self.skipped = int(unbatchable.sum())
         self.skipped_reasons = {k: int(v.sum()) for k, v in {**chosen, **bad}.items() if v.any()}
+        if self.skipped and self.skipped == len(self.lengths):  # training would wait forever, validation score 0
+            what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
+            raise ValueError(f"{source or 'the manifest'}: nothing to batch: all {self.skipped} utterances are left "
+                             f"out ({what}); change data.min_seconds / data.max_seconds / device_seconds, or give "
+                             "other data")
         if self.skipped:
             what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
             skipping = f"; {len(refused)} of them with data.skip_bad" if len(refused) else ""

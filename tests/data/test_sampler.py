@@ -40,7 +40,12 @@ def test_budget_and_coverage_once_per_epoch():
 
 
 def test_padding_fraction_without_batches_is_zero():
-    assert _sampler([RATE // 4], 30.0, min_seconds=1.0).padding_fraction(0) == 0.0  # its one utterance too short
+    assert _sampler([], 30.0).padding_fraction(0) == 0.0
+
+
+def test_a_sampler_that_would_leave_every_utterance_out_is_refused():
+    with pytest.raises(ValueError, match=r"nothing to batch: all 1 utterances are left out \(1 shorter"):
+        _sampler([RATE // 4], 30.0, min_seconds=1.0)
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])

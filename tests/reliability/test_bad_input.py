@@ -298,3 +298,18 @@ def test_batches_with_no_loadable_audio_are_logged_and_kept_over_a_resume(tmp_pa
     assert summary["empty_batches"] == log[-1]["empty_batches"] >= 2 and summary["bad_files"] == 2
     resumed = Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run", resume=True)
     assert resumed.loader.empty_batches == summary["empty_batches"] and resumed.loader.bad_files == 2
+
+
+def test_a_manifest_that_leaves_every_utterance_out_is_refused(tmp_path, tiny_corpus, rel) -> None:
+    """Every validation utterance shorter than data.min_seconds: validation measured nothing and logged a loss of
+    0.0, which became checkpoints/best for good; every training one: fit() failed naming no file (after init was
+    written). Refused when the run is built, naming the manifest and why."""
+    valid = rel.write_rows(tmp_path / "valid.jsonl", rel.manifest_rows(tiny_corpus[1]))
+    shortest = max(r["num_samples"] for r in rel.manifest_rows(valid)) / 16000 + 0.01  # above every valid one
+    train = rel.write_rows(tmp_path / "train.jsonl", rel.manifest_rows(tiny_corpus[0]))
+    over = rel.pretrain_overrides(train, 2, f"data.valid={valid}", f"data.min_seconds={shortest}")
+    with pytest.raises(ValueError, match=r"valid.jsonl: nothing to batch: all 6 utterances are left out \(6 shorter"):
+        Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run")
+    over = rel.pretrain_overrides(tiny_corpus[0], 2, "data.min_seconds=3.0")
+    with pytest.raises(ValueError, match=r"train.jsonl: nothing to batch: all 24 utterances are left out"):
+        Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run2")
