@@ -36,18 +36,18 @@ def compute_mask(
     min_masks: int = 0,
     style: str = "fairseq",
     require_same_masks: bool = False,
+    one_count: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Span mask of shape (batch, num_frames), True = masked.
 
-    ``style="fairseq"`` follows ``fairseq.data.data_utils.compute_mask_indices`` as wav2vec 2.0's recipes ran it
-    (fairseq 0.12 and before; its main branch later draws a count a row, ``num_mask_ver=2``), static spans:
-    ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))``, one draw of U for the whole batch
-    when no row is padded (fairseq is then given no padding mask; transformers, too, draws one for the batch),
-    one a row otherwise; starts drawn without replacement from ``[0, L - mask_length)`` (a shorter range for
-    short utterances, never past L so that every utterance gets a masked frame), each masking ``mask_length``
-    frames, spans clipped at L; with ``require_same_masks`` every row is then thinned at random to the smallest
-    masked count in the batch.
+    ``style="fairseq"`` follows ``fairseq.data.data_utils.compute_mask_indices`` (static spans, its main
+    branch's ``num_mask_ver=2``): ``num = max(min_masks, int(mask_prob * L / mask_length + U[0,1)))``, one draw
+    of U a row (``one_count``: one for the whole batch, as fairseq 0.12 and transformers draw it when no row is
+    padded: what channel masks take); starts drawn without replacement from ``[0, L - mask_length)`` (a shorter
+    range for short utterances, never past L so that every utterance gets a masked frame), each masking
+    ``mask_length`` frames, spans clipped at L; with ``require_same_masks`` every row is then thinned at random to
+    the smallest masked count in the batch.
     ``style="nanow2v2"`` follows the paper's code: ``n = max(span, L - span)``,
     ``num = max(1, ceil(n * mask_prob / span))`` starts from ``[0, n)``.
     """
@@ -58,9 +58,7 @@ def compute_mask(
         return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
     span = mask_length
     if style == "fairseq":
-        # no row padded: fairseq gets no padding mask and draws one count for the batch (channel masks always)
-        unpadded = bool((lengths == num_frames).all())
-        u = _rand((1,) if unpadded else (batch,), device, generator).expand(batch)
+        u = _rand((1,) if one_count else (batch,), device, generator).expand(batch)
         num = torch.floor(mask_prob * lengths.double() / span + u.double()).long()
         num = num.clamp(min=min_masks)
         # fairseq: if L - span <= num, shrink the span used for the range to L - num - 1
@@ -108,11 +106,13 @@ def compute_channel_mask(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Channel (feature-dimension) mask of shape (batch, channels), fairseq's ``mask_channel_*``: one count of
-    spans for the batch (no row is padded), and, as its ``compute_mask_indices`` defaults, every row thinned to
-    the batch's smallest masked count."""
+    spans for the batch, as transformers and fairseq 0.12 draw it (fairseq's main branch draws one a row and thins
+    every row to the smallest count, so that at its 960 h recipe's p 0.1, spans of 64 of 768 channels, 1.2
+    expected, no batch of 8 ever masks two), and, as ``compute_mask_indices`` defaults, every row thinned to the
+    batch's smallest masked count."""
     lengths = torch.full((batch,), channels, device=device, dtype=torch.long)
     return compute_mask(lengths, channels, mask_prob, mask_length, min_masks=0, require_same_masks=True,
-                        generator=generator)
+                        one_count=True, generator=generator)
 
 
 def sample_negatives(

@@ -7,15 +7,16 @@ import torch
 from earful.model.masking import compute_mask, sample_negatives
 
 
-def fairseq_reference(lengths: list[int], frames: int, p: float, m: int, min_masks: int, same: bool, rs) -> np.ndarray:
-    """A direct transcription of fairseq's compute_mask_indices (static spans, no_overlap=False), given a padding
-    mask only when a row is padded (as wav2vec 2.0 calls it): without one, one count for the whole batch."""
+def fairseq_reference(lengths: list[int], frames: int, p: float, m: int, min_masks: int, same: bool, rs,
+                      one_count: bool = False) -> np.ndarray:
+    """A direct transcription of fairseq's compute_mask_indices (static spans, no_overlap=False): a count a row
+    (its main branch, num_mask_ver=2), or with ``one_count`` one for the whole batch (fairseq 0.12 without a
+    padding mask)."""
     mask = np.zeros((len(lengths), frames), dtype=bool)
     idcs = []
-    padded = any(sz < frames for sz in lengths)
     all_num = max(min_masks, int(p * frames / float(m) + rs.rand()))
     for sz in lengths:
-        num = max(min_masks, int(p * sz / float(m) + rs.rand())) if padded else all_num
+        num = all_num if one_count else max(min_masks, int(p * sz / float(m) + rs.rand()))
         min_len = m
         if sz - min_len <= num:
             min_len = sz - num - 1
@@ -44,8 +45,8 @@ def test_masked_fraction_matches_fairseq(length: int) -> None:
 
 @pytest.mark.parametrize(("lengths", "frames"), [([49] * 8, 49), ([749] * 4, 749), ([49, 40, 30, 49], 49)])
 def test_batch_masked_fraction_matches_fairseq(lengths: list[int], frames: int) -> None:
-    """A batch's masked fraction as fairseq's (require_same_masks): with no row padded one count for the batch,
-    else one a row; each thinned to the batch's smallest count."""
+    """A batch's masked fraction as fairseq's (require_same_masks): a count a row, each row thinned to the
+    batch's smallest count."""
     rs = np.random.RandomState(0)
     g = torch.Generator().manual_seed(0)
     ours, ref = [], []
@@ -57,16 +58,16 @@ def test_batch_masked_fraction_matches_fairseq(lengths: list[int], frames: int) 
     assert abs(np.mean(ours) - np.mean(ref)) < 0.01 * frames, (np.mean(ours), np.mean(ref))
 
 
-def test_unpadded_batch_draws_one_count_a_padded_one_a_row() -> None:
+def test_time_masks_draw_a_count_a_row_channel_masks_one_for_the_batch() -> None:
     """Spans of 1 frame never overlap, so a row's masked count is its count of spans: int(10.5 + U), 10 or 11.
-    With no row padded every row has the batch's count; with one frame of padding each row draws its own."""
+    Time masks draw it a row, as fairseq's main branch does; with one_count (channel masks) the batch shares it."""
     g = torch.Generator().manual_seed(3)
-    one_count = [compute_mask(torch.full((8,), 210), 210, 0.05, 1, generator=g).sum(1).unique().numel()
-                 for _ in range(50)]
-    assert one_count == [1] * 50
-    a_row = [compute_mask(torch.tensor([210] * 7 + [209]), 210, 0.05, 1, generator=g)[:7].sum(1).unique().numel()
+    a_row = [compute_mask(torch.full((8,), 210), 210, 0.05, 1, generator=g).sum(1).unique().numel()
              for _ in range(50)]
     assert max(a_row) == 2
+    one = [compute_mask(torch.full((8,), 210), 210, 0.05, 1, one_count=True, generator=g).sum(1).unique().numel()
+           for _ in range(50)]
+    assert one == [1] * 50
 
 
 def test_padding_never_masked_and_same_counts() -> None:
@@ -173,7 +174,7 @@ def test_channel_mask_counts_spans_once_a_batch() -> None:
     rs = np.random.RandomState(9)
     ours = [compute_channel_mask(8, 768, 0.1, 64, device=torch.device("cpu"), generator=g)[0].sum().item()
             for _ in range(400)]
-    ref = [fairseq_reference([768] * 8, 768, 0.1, 64, 0, True, rs)[0].sum() for _ in range(400)]
+    ref = [fairseq_reference([768] * 8, 768, 0.1, 64, 0, True, rs, one_count=True)[0].sum() for _ in range(400)]
     assert 0.12 < np.mean(np.array(ours) > 64) < 0.28, np.mean(np.array(ours) > 64)
     assert abs(np.mean(ours) - np.mean(ref)) < 3.0, (np.mean(ours), np.mean(ref))
 
