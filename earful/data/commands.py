@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
         "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl; with "
         "LibriSpeech's three training splits, also OUT/train-960.jsonl. Problems (unreadable or too short audio, "
-        "bad transcripts or VAD annotations, audio no split holds) are listed in OUT/problems-<SOURCE>.txt and stop "
-        "it, writing no manifest, unless --skip-bad.",
+        "bad transcripts or VAD annotations) are listed in OUT/problems-<SOURCE>.txt and stop it, writing no "
+        "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio) are listed "
+        "there too and stop nothing.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
