@@ -74,7 +74,10 @@ def make_corpus(folder: Path, minutes: float, seed: int, workers: int) -> Path:
     return manifest
 
 
-def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seconds: float) -> dict[str, Any]:
+def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seconds: float,
+                done: list[dict[str, Any]]) -> dict[str, Any]:
+    """One device-seconds setting, timed; its result is appended to ``done`` and written (``--json``) before the
+    host-sync count and the profile, which may fail (a CUDA-graph run, say) without losing the timing."""
     overrides = [
         f"model_preset={args.preset}", f"device_seconds={device_seconds}", f"batch_seconds={device_seconds}",
         f"precision={args.precision}", f"device={args.device}", f"data.train={manifest}",
@@ -89,13 +92,19 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     walls: list[float] = []
     waits: list[float] = []
     audio: list[float] = []
+    every: list[dict[str, float]] = []  # each step, warm-up included: a new batch shape shows as a slow step
     real = padded = utts = 0.0
+    t_start = time.perf_counter()
     for i in range(args.warmup + args.steps):
         if i == args.warmup and cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         rec = trainer.train_step(batches)
         dt = time.perf_counter() - t0  # train_step ends with a host sync (grad norm, stats)
+        every.append({"s": dt, "padded_seconds": rec["padded_seconds"], "utterances": rec["utterances"]})
+        if i % 5 == 4 or i == args.warmup - 1:
+            print(f"    step {i + 1}/{args.warmup + args.steps}: {dt:.3f} s ({time.perf_counter() - t_start:.0f} s "
+                  f"in this setting{', warm-up done' if i == args.warmup - 1 else ''})", flush=True)
         if i >= args.warmup:
             walls.append(dt)
             waits.append(rec["data_wait"])
@@ -115,12 +124,24 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
         "mean_step_s": wall / len(walls), "step_s": walls, "step_audio_s": audio, "step_data_wait_s": waits,
+        "every_step": every,
     }  # fmt: skip
-    if cuda:
-        res["syncs_per_step"], res["sync_sites"] = count_syncs(trainer, batches)
-        print(f"host syncs a step: {res['syncs_per_step']:g} at {res['sync_sites']}", flush=True)
-    if args.profile:
-        profile_steps(trainer, batches, cuda)
+    done.append(res)
+    if args.json:
+        args.json.write_text(json.dumps(done, indent=1))
+    print(f"  {device_seconds:g} s/device: median step {res['median_step_s']:.3f} s, {res['audio_s_per_s']:.1f} "
+          f"audio-s/s ({res['padded_s_per_s']:.1f} padded)", flush=True)
+    try:
+        if cuda:
+            res["syncs_per_step"], res["sync_sites"] = count_syncs(trainer, batches)
+            print(f"host syncs a step: {res['syncs_per_step']:g} at {res['sync_sites']}", flush=True)
+        if args.profile:
+            profile_steps(trainer, batches, cuda)
+    except Exception as e:  # the timing above is kept
+        res["after_timing_error"] = repr(e)
+        print(f"  after the timing: {e!r}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(done, indent=1))
     del trainer, batches
     if cuda:
         torch.cuda.empty_cache()
@@ -212,14 +233,11 @@ def main() -> None:
         if not manifest.exists():
             manifest = make_corpus(corpus, args.minutes, args.seed, max(1, (os.cpu_count() or 2)))
         print(f"corpus: {args.minutes:g} min of speech-like FLAC in {time.perf_counter() - t0:.1f} s", flush=True)
-        results = []
+        results: list[dict[str, Any]] = []
         for s in args.device_seconds:
-            r = run_setting(args, manifest, Path(tmp) / f"run-{s:g}", s)
-            results.append(r)
+            r = run_setting(args, manifest, Path(tmp) / f"run-{s:g}", s, results)
             print(f"  {s:g} s/device: {r['steps']} steps in {time.perf_counter() - t0:.0f} s so far (micro-batches of "
                   f"{r['micro_batch_seconds']:.4g} s x {r['accumulation']})", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     print(f"{'s/device':>8} {'step s':>7} {'mean':>7} {'audio/step':>10} {'audio-s/s':>9} {'(padded)':>9} "
           f"{'data wait':>9} {'GFLOP/a-s':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'reserved':>8}")

@@ -1,52 +1,86 @@
 #!/usr/bin/env bash
 # Every GPU figure of the GPU levers (benchmarks/README.md) in one run on a machine with one GPU, for a budget of
-# minutes rather than hours. About 8 minutes; each step has its own timeout, and the logs and
-# JSON land under $OUT as they are made, so a cut-off run still returns what it measured.
+# minutes rather than hours. Each step has its own timeout; everything a step prints goes to $OUT/run.log (and
+# to the terminal), and its JSON into $OUT/results.tar, re-packed after every step: a run cut off at any point
+# returns what it measured, in two files (a results folder of many files may not all come back).
 #
-#  1. benchmarks/gpu.py, BASE, bf16, the real Trainer + PretrainTask + DataLoader path, 150 s per device:
-#     a. as today (cropped batches: every batch a new shape, cudnn.benchmark off);
-#     b. the levers: padded batches on a 1 s shape grid (data.shape_seconds=1) with cudnn.benchmark;
-#     c. b + torch.compile of the CNN and transformer layers (compile=true);
-#     d. device_seconds=auto for a 1200 s batch (the largest micro-batch that fits, found by trial);
-#  2. benchmarks/precision_numerics.py: small, 500 steps, bf16 against fp32, two seeds (loss within the seeds'
-#     spread, no divergence, masks the same for a seed);
-#  3. benchmarks/pretrain_throughput.py: earful against transformers at BASE on one padded batch (the 4x goal).
-#  4. as time allows: e. c with CUDA graphs (compile_mode=reduce-overhead), last because it may not run at all.
+# In this order, the goals' figures first (issue: GPU speed):
+#  a. benchmarks/gpu.py, BASE, bf16, the real Trainer + PretrainTask + DataLoader path, 150 s per device, as
+#     today (cropped batches: every batch a new shape, cudnn.benchmark off);
+#  b. the levers: padded batches on a 1 s shape grid (data.shape_seconds=1) with cudnn.benchmark;
+#  v. benchmarks/pretrain_throughput.py: earful against transformers at BASE on one padded batch (the 4x goal),
+#     both eager with cudnn.benchmark;
+#  c. b + torch.compile of the CNN and transformer layers (compile=true), recompiles logged, and a 3-step profile
+#     (host against device time, kernel launches: the headroom);
+#  d. device_seconds=auto for a 4000 s batch: the largest micro-batch that fits, found by trial (the stretch goal),
+#     and its throughput over 2 steps (after 1 of warm-up) on a corpus of its own, large enough for them;
+#  n. benchmarks/precision_numerics.py: tiny, 500 steps, bf16 against a strict fp32 (no TF32), two seeds (loss
+#     within the seeds' spread, no divergence, masks the same for a seed: printed first);
+#  w. v with earful compiled;
+#  e. c with CUDA graphs (compile_mode=reduce-overhead), last because it may not run at all.
+# Rows a, b, c and e warm up for 10 steps: on the 20-minute corpus the grid's 8 batch shapes first appear by
+# step 10, and each new one costs a cuDNN search (or a compilation) that would otherwise land in the timed steps.
 #
-# Where the GPU machine has python3 3.12 with torch, transformers, numpy, safetensors, PyYAML, tqdm and
-# matplotlib but not soundfile or soxr, and cannot reach the network, prepare once, in the repository root:
+# Where the GPU machine has python3 with a CUDA torch, transformers, numpy, safetensors, PyYAML, tqdm and
+# matplotlib but not soundfile or soxr, and cannot reach the network, prepare once, in the repository root
+# (about 2 MB of wheels):
 #   echo /.whl/ >> .git/info/exclude
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
 # Then copy the working tree (with .whl) to the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
 # limit of about 9.5 minutes (OUT=folder for the results). The steps' own timeouts add up to 12.7 minutes, for
-# the case where something hangs: then the last row (e) is the one cut. benchmarks/README.md says what each row
-# answers.
+# the case where something hangs: then the last rows (w, e) are the ones cut. benchmarks/README.md says what each
+# row answers.
+# SMOKE=1 runs every step in its CPU smoke form (tiny model, a few steps; PYTHON=the interpreter): a check of this
+# script itself, which tests/model/test_benchmark_scripts.py runs.
 set -uo pipefail
 OUT=${OUT:-/tmp/earful-gpu}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "no wheels in .whl: see the top of this script"; exit 1; }
+PY=${PYTHON:-python3}
+SMOKE=${SMOKE:-}
+RES=${RES:-/tmp/earful-gpu-results}
+mkdir -p "$OUT" "$RES"
+LOG="$OUT/run.log"
+export TQDM_MININTERVAL=10  # progress bars: a line every 10 s, not a log full of them
+pack() {  # every result so far, as one file that appears whole
+    tar -C "$RES" -cf "$OUT/results.tar.tmp" . && mv "$OUT/results.tar.tmp" "$OUT/results.tar"
+}
+step() {  # step NAME LIMIT COMMAND...: the command's output in the log, its exit status and time after it
+    local name=$1 limit=$2 t0=$SECONDS
+    shift 2
+    echo "=== $name (limit $limit s) at $(date +%T)" | tee -a "$LOG"
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$LOG"
+    pack
+}
+if [ -z "$SMOKE" ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        2>&1 | tee -a "$LOG" || { echo "no wheels in .whl: see the top of this script" | tee -a "$LOG"; exit 1; }
+fi
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-    nproc
-} 2>&1 | tee "$OUT/env.txt"
-CORPUS=/tmp/earful-gpu-corpus
-GPU="python3 benchmarks/gpu.py --corpus $CORPUS --device-seconds 150 --steps 30"
-timeout 100 $GPU --json "$OUT/a_today.json" 2>&1 | tee "$OUT/a_today.log"
-timeout 100 $GPU --cudnn-benchmark --override data.padding=true data.shape_seconds=1 --json "$OUT/b_shapes.json" \
-    2>&1 | tee "$OUT/b_shapes.log"
-timeout 170 $GPU --cudnn-benchmark --override data.padding=true data.shape_seconds=1 compile=true \
-    --json "$OUT/c_compile.json" 2>&1 | tee "$OUT/c_compile.log"
-timeout 60 python3 benchmarks/gpu.py --corpus $CORPUS --device-seconds 1200 --steps 5 --warmup 2 \
-    --override device_seconds=auto data.padding=true data.shape_seconds=1 --json "$OUT/d_auto.json" 2>&1 \
-    | tee "$OUT/d_auto.log"
-timeout 150 python3 benchmarks/precision_numerics.py --device cuda --steps 500 2>&1 | tee "$OUT/numerics.log"
-timeout 60 python3 benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 \
-    --seconds 15.6 15.6 15.6 15.6 15.6 12.0 --reps 10 --warmup 3 --json "$OUT/vs_transformers.json" 2>&1 \
-    | tee "$OUT/vs_transformers.log"
-timeout 120 $GPU --cudnn-benchmark --override data.padding=true data.shape_seconds=1 compile=true \
-    compile_mode=reduce-overhead --json "$OUT/e_cuda_graphs.json" 2>&1 | tee "$OUT/e_cuda_graphs.log"
+    $PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+    echo "cores $(nproc)"
+    df -h /dev/shm /tmp
+} 2>&1 | tee -a "$LOG"
+CORPUS=${CORPUS:-/tmp/earful-gpu-corpus}
+GPU="$PY benchmarks/gpu.py --corpus $CORPUS --device-seconds 150 --steps 30 --warmup 10 ${SMOKE:+--smoke}"
+GRID="data.padding=true data.shape_seconds=1 ${SMOKE:+compile_backend=aot_eager}"
+VS="$PY benchmarks/pretrain_throughput.py --preset base --device cuda --precision bf16 --cudnn-benchmark
+    --seconds 15.6 15.6 15.6 15.6 15.6 12.0 --reps 10 --warmup 3"
+[ -n "$SMOKE" ] && VS="$PY benchmarks/pretrain_throughput.py --preset tiny --reps 1 --warmup 1 --no-memory
+    --compile-backend aot_eager"
+step a_today 90 $GPU --json "$RES/a_today.json"
+step b_shapes 90 $GPU --cudnn-benchmark --override $GRID --json "$RES/b_shapes.json"
+step v_vs_transformers 60 $VS --json "$RES/v_vs_transformers.json"
+step c_compile 150 env TORCH_LOGS=recompiles $GPU --cudnn-benchmark --profile --override $GRID compile=true \
+    --json "$RES/c_compile.json"
+# its own 210-minute corpus (3 batches of 4000 s), 4 loader workers (a 4000 s batch is 256 MB of shared memory)
+step d_auto 100 $PY benchmarks/gpu.py --corpus "$CORPUS-210" --minutes 210 --device-seconds 4000 \
+    --steps 2 --warmup 1 --workers 4 ${SMOKE:+--smoke} --override device_seconds=auto $GRID --json "$RES/d_auto.json"
+step n_numerics 90 $PY benchmarks/precision_numerics.py --device cuda --preset tiny --steps 500 \
+    --corpus $CORPUS --out "$RES/numerics" ${SMOKE:+--smoke}
+step w_vs_transformers_compiled 80 $VS --compile --json "$RES/w_vs_transformers_compiled.json"
+step e_cuda_graphs 100 env TORCH_LOGS=recompiles $GPU --cudnn-benchmark --override $GRID compile=true \
+    compile_mode=reduce-overhead --json "$RES/e_cuda_graphs.json"

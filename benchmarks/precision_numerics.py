@@ -8,7 +8,8 @@ and compares the logged training loss (contrastive + diversity + penalty per mas
 the mean |bf16 − fp32| gap of a seed against the mean |seed 1 − seed 2| gap in fp32. bf16 is "within the
 seed spread" when its gap is at most the seeds' gap, and "no divergence" when every logged loss is finite.
 Masks are drawn from the run's seed alone: the same seed gives the same masks in both precisions, which the
-script checks on one batch.
+script checks on one batch, first. On a GPU the fp32 runs take no TF32 (a strict reference). Each run's summary
+is printed as it ends and, with ``--out``, its curve written, so a cut run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -62,14 +64,24 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--corpus", type=Path, help="keep the synthetic corpus in this folder and reuse it if it is there")
+    p.add_argument("--out", type=Path, help="write each run's loss curve here (curves.json) as it finishes")
     args = p.parse_args()
     if args.smoke:
         args.preset, args.device, args.steps, args.batch_seconds, args.minutes, args.log_every = \
             "tiny", "cpu", 4, 4.0, 0.5, 2
     logging.basicConfig(level=logging.WARNING)
+    if args.device == "cuda":  # a strict fp32 reference: no TF32 in its products and convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     t0 = time.perf_counter()
+    # first, what is quick and needs no training: the same seed's masks under both precisions
+    print(f"masks identical for a seed under both precisions: {masks_match(args.preset, args.device)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_corpus(Path(tmp) / "corpus", args.minutes, 0, 4)
+        corpus = args.corpus or Path(tmp) / "corpus"
+        manifest = corpus / "train.jsonl"
+        if not manifest.exists():
+            manifest = make_corpus(corpus, args.minutes, 0, max(1, os.cpu_count() or 1))
         curves = {}
         for precision in ("fp32", "bf16"):
             for seed in (1, 2):
@@ -82,7 +94,14 @@ def main() -> None:
                     "data.num_workers=2"])  # fmt: skip
                 out = Path(tmp) / f"{precision}-{seed}"
                 Trainer(PretrainTask(cfg), out).fit()
-                curves[(precision, seed)] = losses(out)
+                curves[(precision, seed)] = curve = losses(out)
+                last = curve[max(curve)]
+                print(f"  {precision} seed {seed}: final loss {last:.4f}, all finite "
+                      f"{all(math.isfinite(v) for v in curve.values())} ({time.perf_counter() - t0:.0f} s so far)",
+                      flush=True)
+                if args.out:  # what is done so far survives a cut
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    (args.out / "curves.json").write_text(json.dumps({f"{p}-{s}": c for (p, s), c in curves.items()}))
         steps = sorted(curves[("fp32", 1)])
 
         def gap(a: tuple[str, int], b: tuple[str, int]) -> float:
@@ -98,7 +117,6 @@ def main() -> None:
         print(f"  final loss fp32 {curves[('fp32', 1)][steps[-1]]:.4f} / {curves[('fp32', 2)][steps[-1]]:.4f}, "
               f"bf16 {curves[('bf16', 1)][steps[-1]]:.4f} / {curves[('bf16', 2)][steps[-1]]:.4f}; "
               f"all finite: {finite}")
-    print(f"  masks identical for a seed under both precisions: {masks_match(args.preset, args.device)}")
     print(f"total wall {time.perf_counter() - t0:.0f} s")
 
 

@@ -275,6 +275,11 @@ def main() -> None:
     p.add_argument("--mem-steps", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile earful's CNN and transformer layers (compile=true; the peer stays eager)")
+    p.add_argument("--compile-backend", default="inductor", help="with --compile (aot_eager: a quick CPU check)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark on, for both (the batch's one shape is searched once)")
     p.add_argument("--memory-probe", choices=["earful", "transformers"], help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -287,11 +292,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runners = build(s, tmp, args.seed, fused=not args.plain_adamw)
     ours, theirs, impl = runners["earful"], runners["transformers"], runners["attention"]
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.compile:  # the warm-up steps pay the compilation
+        from earful.model import compile_blocks
+
+        compile_blocks(ours.model, args.compile_backend)
     n_params = sum(p.numel() for p in ours.model.parameters())
     print(f"preset {args.preset} {' '.join(args.override)} ({n_params / 1e6:.2f} M params), batch "
           f"{len(args.seconds)} utts = {audio:.1f} s audio (padded {s.wave.numel() / 16000:.1f} s), "
           f"{s.device} {s.precision}, threads {torch.get_num_threads()}, torch {torch.__version__}, transformers "
-          f"attention '{impl}', earful AdamW {'plain' if args.plain_adamw else 'fused'} (transformers: plain)")
+          f"attention '{impl}', earful AdamW {'plain' if args.plain_adamw else 'fused'} (transformers: plain)"
+          f"{', earful compiled' if args.compile else ''}{', cudnn.benchmark' if args.cudnn_benchmark else ''}")
     cuda = s.device.type == "cuda"
     times: dict[str, list[float]] = {"earful": [], "transformers": []}
     cuda_peak: dict[str, float] = {"earful": 0.0, "transformers": 0.0}  # MiB above what was allocated before

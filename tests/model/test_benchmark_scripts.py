@@ -3,6 +3,7 @@
 autocast. (No timing is asserted: numbers live in the benchmarks.)"""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +16,33 @@ from earful.model.flops import train_flops_per_second
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_benchmark_smoke_runs() -> None:
-    r = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = r.stdout + r.stderr
-    assert "audio-s/s" in out and "MFU" in out and "data wait" in out
+def test_the_gpu_session_script_runs_every_step_and_returns_two_files(tmp_path: Path) -> None:
+    """benchmarks/gpu_device.sh in its CPU smoke form (the one script a GPU session runs, with minutes it cannot
+    rerun): every step runs (gpu.py, the transformers comparison, the numerics; d's device_seconds=auto refuses on
+    a CPU, as it should), each logged with its exit status, and $OUT holds two files, the log and one archive
+    of the JSON re-packed after every step (the device tool returns at most 8 files: the script wrote 14)."""
+    import os
+    import tarfile
 
-
-def test_precision_numerics_smoke_runs() -> None:
-    r = subprocess.run([sys.executable, "benchmarks/precision_numerics.py", "--smoke"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "within the spread" in r.stdout and "masks identical for a seed under both precisions: True" in r.stdout
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "RES": str(tmp_path / "res"), "CORPUS": str(tmp_path / "corpus"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "benchmarks/gpu_device.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.tar", "run.log"]
+    log = (tmp_path / "out" / "run.log").read_text()
+    exits = dict(re.findall(r"^=== (\S+): exit (\d+)", log, re.MULTILINE))
+    assert exits == {"a_today": "0", "b_shapes": "0", "v_vs_transformers": "0", "c_compile": "0", "d_auto": "1",
+                     "n_numerics": "0", "w_vs_transformers_compiled": "0", "e_cuda_graphs": "0"}, exits
+    assert "device_seconds=auto finds what a GPU holds by trial" in log
+    assert "masks identical for a seed under both precisions: True" in log and "within the spread" in log
+    assert "per step: host ops" in log  # c's profile
+    with tarfile.open(tmp_path / "out" / "results.tar") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        today = json.load(tar.extractfile("./a_today.json"))  # type: ignore[arg-type]
+    assert {"a_today.json", "b_shapes.json", "c_compile.json", "e_cuda_graphs.json", "v_vs_transformers.json",
+            "w_vs_transformers_compiled.json", "curves.json"} <= names
+    assert today[0]["audio_s_per_s"] > 0 and len(today[0]["every_step"]) == today[0]["steps"] + 1  # warm-up too
 
 
 def test_cnn_kernel_benchmark_matches_the_model_and_runs() -> None:
