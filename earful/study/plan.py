@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from earful.study.config import PlannedRun, StudyConfig, fmt_seconds, plan_runs
+from earful.study.config import PlannedRun, StudyConfig, cycle_minima, fmt_seconds, plan_runs
 
 
 def format_duration(seconds: float) -> str:
@@ -24,6 +24,25 @@ def wall_clock(durations: Sequence[float], jobs: int) -> float:
     for d in durations:
         heapq.heappush(slots, heapq.heappop(slots) + d)
     return max(slots)
+
+
+def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
+    """What the pre-trainings let start, counted from the plan (``earful/study/run.py`` makes them): fine-tunings
+    (each with its evaluation), probe upstreams (the kept checkpoints, each seed's random init, filterbanks once)
+    and the heads they train (tasks × probe seeds each), gradient-noise measurements."""
+    label_sets = len(study.finetune.label_sets or study.corpus.label_sets)
+    firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
+    finetunings = upstreams = 0
+    for r in runs:
+        milestones = sum(h < r.hours for h in study.milestone_hours) + len(cycle_minima(study))
+        chosen = sum({"final": 1, "best": 1, "milestones": milestones}.get(c, 0) for c in study.finetune.checkpoints)
+        first = firsts[r.seed] is r
+        finetunings += label_sets * (chosen + (len(study.finetune.baselines) if first else 0))
+        upstreams += milestones + 1 + (1 if first else 0)
+    upstreams = upstreams + 1 if study.probes else 0  # and filterbanks
+    return {"finetunings": finetunings, "probe_upstreams": upstreams,
+            "probe_heads": upstreams * len(study.probes) * len(study.probe_seeds),
+            "gradvar": len(runs) if study.gradvar_batches else 0}
 
 
 def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[list[PlannedRun], str]:
@@ -63,4 +82,9 @@ def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[lis
                      "counts padded audio and batches are rarely full (small batches least of all), so runs take less.")
     else:
         lines.append("\nno throughput given: set `throughput:` in the study or pass --throughput to estimate time")
+    n = later_stages(study, runs)
+    probes = (f"{n['probe_upstreams']} probe upstreams ({n['probe_heads']} heads: {len(study.probes)} tasks × "
+              f"{len(study.probe_seeds)} probe seeds each); " if study.probes else "")
+    lines.append(f"Then, not in these times: {n['finetunings']} fine-tunings, each with its evaluation; {probes}"
+                 f"{n['gradvar']} gradient-noise measurements.")
     return runs, "\n".join(lines)

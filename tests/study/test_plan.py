@@ -177,3 +177,23 @@ def test_plan_says_its_times_are_upper_bounds_from_nominal_audio(tmp_path) -> No
     assert "throughput counts padded audio" in table
     _, unknown = plan_table(load_study(y, ["throughput=null"]))
     assert "no throughput given" in unknown and "upper bounds" not in unknown
+
+
+def test_plan_counts_what_the_pre_trainings_let_start(tmp_path) -> None:
+    """The plan times pre-training only; it says how much follows, counted as the study makes it: cycles=2 keeps
+    one minimum and the final of each run; each seed's first run adds its random init and baselines."""
+    from earful.study.plan import later_stages
+
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [8, 16]\nmode: fixed-steps\nsteps: 20\ncycles: 2\nseeds: [1, 2]\nprobes: [pr, ic]\n"
+                 "probe_seeds: [0, 1]\ngradvar_batches: 3\ncorpus: {label_sets: {a: a.jsonl}}\n"
+                 "finetune: {checkpoints: [final, milestones], baselines: [scratch, scratch-frozen-cnn]}\n")
+    study = load_study(y)
+    runs = plan_runs(study)
+    # fine-tunings: 4 runs x (final + 1 minimum) + 2 seeds x 2 baselines; upstreams: 4 x 2 + 2 inits + fbank
+    assert later_stages(study, runs) == {"finetunings": 12, "probe_upstreams": 11, "probe_heads": 44, "gradvar": 4}
+    assert "Then, not in these times: 12 fine-tunings, each with its evaluation; 11 probe upstreams (44 heads: " \
+           "2 tasks × 2 probe seeds each); 4 gradient-noise measurements." in plan_table(study, 20.0)[1]
+    shipped = load_study(ROOT / "studies" / "cpu-paper.yaml")  # docs/paper-at-cpu-scale.md: 34 probe jobs, 18 ...
+    assert later_stages(shipped, plan_runs(shipped)) == {"finetunings": 18, "probe_upstreams": 34,
+                                                          "probe_heads": 68, "gradvar": 15}
