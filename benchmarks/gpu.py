@@ -86,7 +86,10 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         *args.override,
     ]  # fmt: skip
     cfg = load_pretrain_config(None, overrides)
+    t_build = time.perf_counter()
     trainer = Trainer(PretrainTask(cfg), out)
+    build_s = time.perf_counter() - t_build  # with device_seconds=auto, its search by trial
+    print(f"  trainer built in {build_s:.1f} s (micro-batch {trainer.cfg.device_seconds} s)", flush=True)
     cuda = trainer.d.device.type == "cuda"
     batches = iter(trainer.loader)
     walls: list[float] = []
@@ -124,7 +127,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
         "mean_step_s": wall / len(walls), "step_s": walls, "step_audio_s": audio, "step_data_wait_s": waits,
-        "every_step": every,
+        "every_step": every, "trainer_build_s": build_s,
     }  # fmt: skip
     done.append(res)
     if args.json:
@@ -183,9 +186,12 @@ def profile_steps(trainer: Trainer, batches: Any, cuda: bool, steps: int = 3) ->
     print(events.table(sort_by=key, row_limit=15), flush=True)
     host = sum(e.self_cpu_time_total for e in events) / steps / 1e3
     device = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / steps / 1e3
-    launches = sum(e.count for e in events if "cudaLaunchKernel" in e.key) / steps
-    print(f"per step: host ops {host:.1f} ms, device kernels {device:.1f} ms, {launches:.0f} kernel launches",
-          flush=True)
+    # runtime and driver API alike (cudaLaunchKernel, cuLaunchKernel(Ex): Triton's and some cuDNN engines'), and
+    # CUDA-graph replays apart (one launch replays a whole graph)
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key) / steps
+    graphs = sum(e.count for e in events if "GraphLaunch" in e.key) / steps
+    print(f"per step: host ops {host:.1f} ms, device kernels {device:.1f} ms, {launches:.0f} kernel launches, "
+          f"{graphs:.0f} CUDA-graph launches", flush=True)
 
 
 def main() -> None:

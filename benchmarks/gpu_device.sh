@@ -30,7 +30,8 @@
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
 # Then copy the working tree (with .whl) to the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
 # limit of about 9.5 minutes (OUT=folder for the results). The steps' own timeouts add up to 12.7 minutes, for
-# the case where something hangs: then the last rows (w, e) are the ones cut. benchmarks/README.md says what each
+# the case where something hangs; a deadline (DEADLINE, 550 s) shortens or skips the last ones (w, e), so that
+# every step's JSON is packed before the command's limit. benchmarks/README.md says what each
 # row answers.
 # SMOKE=1 runs every step in its CPU smoke form (tiny model, a few steps; PYTHON=the interpreter): a check of this
 # script itself, which tests/model/test_benchmark_scripts.py runs.
@@ -39,6 +40,8 @@ OUT=${OUT:-/tmp/earful-gpu}
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-}
 RES=${RES:-/tmp/earful-gpu-results}
+DEADLINE=${DEADLINE:-550}  # seconds: a step that would end later is shortened (or skipped), so that the last
+rm -rf "$RES"              # pack runs before the command's own limit (about 570 s) stops everything
 mkdir -p "$OUT" "$RES"
 LOG="$OUT/run.log"
 export TQDM_MININTERVAL=10  # progress bars: a line every 10 s, not a log full of them
@@ -46,10 +49,15 @@ pack() {  # every result so far, as one file that appears whole
     tar -C "$RES" -cf "$OUT/results.tar.tmp" . && mv "$OUT/results.tar.tmp" "$OUT/results.tar"
 }
 step() {  # step NAME LIMIT COMMAND...: the command's output in the log, its exit status and time after it
-    local name=$1 limit=$2 t0=$SECONDS
+    local name=$1 limit=$2 t0=$SECONDS left=$((DEADLINE - SECONDS))
     shift 2
+    if [ "$left" -lt 15 ]; then
+        echo "=== $name: skipped, $left s left before the deadline" | tee -a "$LOG"
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
     echo "=== $name (limit $limit s) at $(date +%T)" | tee -a "$LOG"
-    timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$LOG"
     pack
 }
@@ -76,9 +84,12 @@ step b_shapes 90 $GPU --cudnn-benchmark --override $GRID --json "$RES/b_shapes.j
 step v_vs_transformers 60 $VS --json "$RES/v_vs_transformers.json"
 step c_compile 150 env TORCH_LOGS=recompiles $GPU --cudnn-benchmark --profile --override $GRID compile=true \
     --json "$RES/c_compile.json"
-# its own 210-minute corpus (3 batches of 4000 s), 4 loader workers (a 4000 s batch is 256 MB of shared memory)
+# its own 210-minute corpus (3 batches of 4000 s) in one bucket (none part-filled but the epoch's last), 4 loader
+# workers (each holds up to 4 micro-batches of up to 256 MB in shared memory); no cudnn.benchmark (each trial and
+# micro-batch shape would pay a search within a few steps): compare with row a
 step d_auto 100 $PY benchmarks/gpu.py --corpus "$CORPUS-210" --minutes 210 --device-seconds 4000 \
-    --steps 2 --warmup 1 --workers 4 ${SMOKE:+--smoke} --override device_seconds=auto $GRID --json "$RES/d_auto.json"
+    --steps 2 --warmup 1 --workers 4 ${SMOKE:+--smoke} \
+    --override device_seconds=auto $GRID data.bucket_size=100000 --json "$RES/d_auto.json"
 step n_numerics 90 $PY benchmarks/precision_numerics.py --device cuda --preset tiny --steps 500 \
     --corpus $CORPUS --out "$RES/numerics" ${SMOKE:+--smoke}
 step w_vs_transformers_compiled 80 $VS --compile --json "$RES/w_vs_transformers_compiled.json"

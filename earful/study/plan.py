@@ -6,6 +6,7 @@ import heapq
 from collections.abc import Sequence
 
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima, fmt_seconds, plan_runs
+from earful.train.config import nominal_steps
 
 
 def format_duration(seconds: float) -> str:
@@ -34,8 +35,12 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     finetunings = upstreams = 0
     for r in runs:
-        milestones = sum(h < r.hours for h in study.milestone_hours) + len(cycle_minima(study))
-        chosen = sum({"final": 1, "best": 1, "milestones": milestones}.get(c, 0) for c in study.finetune.checkpoints)
+        # what the trainer writes: hours-H once step >= nominal_steps(H) (the last step included), one per name
+        reached = {f"{h:g}" for h in study.milestone_hours if nominal_steps(h, r.batch_seconds) <= r.steps}
+        milestones = len(reached) + len(cycle_minima(study))
+        best = 1 if study.corpus.valid else 0  # checkpoints/best comes of pre-training's validation
+        chosen = sum({"final": 1, "best": best, "milestones": milestones}.get(c, 0)
+                     for c in set(study.finetune.checkpoints))
         first = firsts[r.seed] is r
         finetunings += label_sets * (chosen + (len(study.finetune.baselines) if first else 0))
         upstreams += milestones + 1 + (1 if first else 0)

@@ -112,3 +112,19 @@ def test_ddp_scaling_benchmark_smoke_runs() -> None:
     rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "100.0%"
     assert all(float(row[1]) > 0 for row in rows)
+
+
+def test_the_gpu_session_script_keeps_to_its_deadline(tmp_path: Path) -> None:
+    """Steps that would end past DEADLINE are shortened or skipped, so that the JSON of those that ran is packed
+    before the device tool's own limit stops the command."""
+    import os
+    import tarfile
+
+    env = {**os.environ, "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "DEADLINE": "25",
+           "RES": str(tmp_path / "res"), "CORPUS": str(tmp_path / "corpus"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "benchmarks/gpu_device.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert r.returncode == 0 and "=== e_cuda_graphs: skipped" in log, log[-2000:]
+    with tarfile.open(tmp_path / "out" / "results.tar") as tar:
+        assert "./a_today.json" in tar.getnames()

@@ -197,3 +197,12 @@ def test_plan_counts_what_the_pre_trainings_let_start(tmp_path) -> None:
     shipped = load_study(ROOT / "studies" / "cpu-paper.yaml")  # docs/paper-at-cpu-scale.md: 34 probe jobs, 18 ...
     assert later_stages(shipped, plan_runs(shipped)) == {"finetunings": 18, "probe_upstreams": 34,
                                                           "probe_heads": 68, "gradvar": 15}
+
+
+def test_plan_counts_a_milestone_the_last_step_reaches() -> None:
+    """hours-H is written once step >= nominal_steps(H), the last step included: studies/paper.yaml's 16,667 h
+    and 66,667 h milestones land on step 400,000 of the 1- and 4-GPU runs (200 fine-tunings, not 190)."""
+    from earful.study.plan import later_stages
+
+    paper = load_study(ROOT / "studies" / "paper.yaml")
+    assert later_stages(paper, plan_runs(paper))["finetunings"] == 200
