@@ -110,8 +110,12 @@ def test_ddp_scaling_benchmark_smoke_runs() -> None:
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[0] for row in rows] == ["1", "2"] and rows[0][3] == "100.0%"
-    assert all(float(row[1]) > 0 for row in rows)
+    assert [row[0] for row in rows] == ["1", "2"]
+    (n1, total1, per1, eff1), (n2, total2, per2, eff2) = (row[:4] for row in rows)
+    assert float(total1) > 0 and float(total2) > 0
+    assert abs(float(per2) - float(total2) / 2) <= 0.1  # per device: the global rate over the devices
+    # efficiency: the N-device rate against N x the 1-device rate (the 1-device row is 100 % by definition)
+    assert eff1 == "100.0%" and abs(float(eff2[:-1]) - 100 * float(total2) / (2 * float(total1))) <= 0.2
 
 
 def test_the_gpu_session_script_keeps_to_its_deadline(tmp_path: Path) -> None:
