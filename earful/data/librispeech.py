@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -47,10 +48,11 @@ LIBRILIGHT_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _files(root: Path) -> list[Path]:
-    """Every file below ``root`` (paths through ``root``), sorted. Symbolic links to folders are followed; a folder
-    met again (a second link to one folder) or a link up to ``root`` or a folder above it (a loop) is not read
-    (again), and that is logged. A folder that cannot be listed is an error naming it."""
+def _files(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """Every file below ``root`` (paths through ``root``), sorted, but in the folders ``skip`` (by path, or as a
+    folder resolves: a link into one of them is in it). Symbolic links to folders are followed; a folder met again
+    (a second link to one folder) or a link up to ``root`` or a folder above it (a loop) is not read (again), and
+    that is logged. A folder that cannot be listed is an error naming it."""
     def refuse(e: OSError) -> None:
         raise OSError(f"{e.filename}: cannot list the folder ({e.strerror})")
 
@@ -60,10 +62,13 @@ def _files(root: Path) -> list[Path]:
 
     real = Path(os.path.realpath(root))
     seen, found = {key(str(folder)) for folder in (real, *real.parents)}, []
+    skipped = [*skip, *(Path(os.path.realpath(folder)) for folder in skip)]
     for top, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
         kept = []
         for name in sorted(dirs):
             folder = os.path.join(top, name)
+            if any(f.is_relative_to(s) for f in (Path(folder), Path(os.path.realpath(folder))) for s in skipped):
+                continue
             if key(folder) in seen:
                 log.warning("%s: links to %s, a folder read already or one above %s; not read again", folder,
                             os.path.realpath(folder), root)
@@ -353,8 +358,9 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
       down) gives ``labelled-10min``, ``labelled-1h``, ``labelled-10h``;
     - anything else is read as a plain folder of audio, split named after the folder.
 
-    Audio below ``root`` that no split holds (beside the splits, or in a folder that is none) is a problem each,
-    and logged with a count. Folders are named as ``root`` resolves (``.`` is the current folder's name).
+    Audio below ``root`` that no split holds (beside the splits, or in a folder that is none) is a note each (a
+    ``Note``: it stops nothing), and logged with a count. Folders are named as ``root`` resolves (``.`` is the
+    current folder's name).
     """
     root = Path(os.path.abspath(root))
     if not root.is_dir():
@@ -406,18 +412,9 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
 
 
 def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:
-    """Report the audio below ``root`` outside the folders ``read`` (by path, or as they resolve: a link inside a
-    split, or one into a split, is in it)."""
-    inside = read + [folder.resolve() for folder in read]
-    known: dict[Path, bool] = {}  # folder -> whether a split holds it
-
-    def held(folder: Path) -> bool:
-        if folder not in known:
-            known[folder] = any(f.is_relative_to(r) for f in (folder, folder.resolve()) for r in inside)
-        return known[folder]
-
-    left = [p for p in _files(root) if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS
-            and not held(p.parent)]
+    """Report the audio below ``root`` outside the folders ``read`` (not walked again: by path, or as a folder
+    resolves, a link into a split is in it)."""
+    left = [p for p in _files(root, skip=read) if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
     problems += [Note(f"{p}: audio outside the splits found below {root}; not read") for p in left]
     if left:
         log.warning("%s: %d audio file(s) outside the splits found are not read (e.g. %s); point prepare at the "
