@@ -157,13 +157,12 @@ class SecondsBatchSampler:
         self.skipped_indices = np.flatnonzero(unbatchable)
         self.skipped = int(unbatchable.sum())
         self.skipped_reasons = {k: int(v.sum()) for k, v in {**chosen, **bad}.items() if v.any()}
-        if self.skipped and self.skipped == len(self.lengths):  # training would wait forever, validation score 0
-            what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
-            raise ValueError(f"{source or 'the manifest'}: nothing to batch: all {self.skipped} utterances are left "
-                             f"out ({what}); change data.min_seconds / data.max_seconds / device_seconds, or give "
-                             "other data")
         if self.skipped:
             what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
+            if self.skipped == len(self.lengths):  # training would wait forever, validation score 0
+                raise ValueError(f"{source or 'the manifest'}: nothing to batch: all {self.skipped} utterances are "
+                                 f"left out ({what}); change data.min_seconds / data.max_seconds / device_seconds, or "
+                                 "give other data")
             skipping = f"; {len(refused)} of them with data.skip_bad" if len(refused) else ""
             log.warning("%s%d of %d utterances cannot be batched (%s%s), e.g. %s: they are left out",
                         f"{source}: " if source else "", self.skipped, len(self.lengths), what, skipping,
