@@ -189,13 +189,20 @@ def _head_pairs(kind: str) -> list[tuple[str, str]]:
     return [("lm_head.weight", "lm_head.weight"), ("lm_head.bias", "lm_head.bias")]
 
 
+def _qkv_names(cfg: ModelConfig) -> dict[str, list[str]]:
+    """earful's fused QKV tensor name -> HF's q, k, v projection names, in the order the fused rows hold them."""
+    names = {}
+    for i in range(cfg.num_layers):
+        at = f"wav2vec2.encoder.layers.{i}.attention"
+        for part in ("weight", "bias"):
+            names[f"{at}.qkv.{part}"] = [f"{at}.{p}_proj.{part}" for p in "qkv"]
+    return names
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig, kind: str) -> dict[str, torch.Tensor]:
     out = {h: state[e] for e, h in _backbone_pairs(cfg) + _head_pairs(kind)}
-    for i in range(cfg.num_layers):
-        e, h = f"wav2vec2.encoder.layers.{i}.attention.qkv", f"wav2vec2.encoder.layers.{i}.attention"
-        for part in ("weight", "bias"):
-            q, k, v = state[f"{e}.{part}"].chunk(3, dim=0)
-            out[f"{h}.q_proj.{part}"], out[f"{h}.k_proj.{part}"], out[f"{h}.v_proj.{part}"] = q, k, v
+    for e, names in _qkv_names(cfg).items():
+        out.update(zip(names, state[e].chunk(3, dim=0), strict=True))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -211,16 +218,15 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str,
     folder's quantizer in a CTC one) are left out with a warning, as transformers does."""
     hf = _normalise_hf_keys(hf)
     pairs = _backbone_pairs(cfg) + _head_pairs(kind)
-    layers = range(cfg.num_layers)
-    qkv = [(f"wav2vec2.encoder.layers.{i}.attention", part) for i in layers for part in ("weight", "bias")]
+    qkv = _qkv_names(cfg)
     missing = [h for _, h in pairs if h not in hf and h not in _OPTIONAL_HF]
-    missing += [f"{h}.{p}_proj.{part}" for h, part in qkv for p in "qkv" if f"{h}.{p}_proj.{part}" not in hf]
+    missing += [h for names in qkv.values() for h in names if h not in hf]
     if missing:
         bare = not any(k.startswith("wav2vec2.") for k in hf) and any(k.startswith("feature_extractor.") for k in hf)
         raise CheckpointError(f"{where}: lacks {len(missing)} tensors, e.g. {missing[:3]}" + (
             " (its names have no 'wav2vec2.' prefix: a bare transformers Wav2Vec2Model; save a "
             "Wav2Vec2ForPreTraining or Wav2Vec2ForCTC)" if bare else ""))
-    used = {h for _, h in pairs} | {f"{h}.{p}_proj.{part}" for h, part in qkv for p in "qkv"}
+    used = {h for _, h in pairs} | {h for names in qkv.values() for h in names}
     other = {h for _, h in _head_pairs("ctc" if kind == "pretraining" else "pretraining")}
     unknown = sorted(k for k in hf if k not in used and k not in other)
     if unknown:
@@ -230,9 +236,7 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str,
         log.warning("%s: the %s head's tensors are left out (a %s model has none)", where,
                     "CTC" if kind == "pretraining" else "pre-training", kind)
     out = {e: hf[h] for e, h in pairs if h in hf}
-    for h, part in qkv:
-        e = h.replace(".attention", ".attention.qkv")
-        out[f"{e}.{part}"] = torch.cat([hf[f"{h}.{p}_proj.{part}"] for p in ("q", "k", "v")], dim=0)
+    out.update({e: torch.cat([hf[h] for h in names], dim=0) for e, names in qkv.items()})
     return out
 
 
