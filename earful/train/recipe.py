@@ -124,14 +124,15 @@ def record_resume(root: Path, cfg: TrainingConfig, step: int, segment: dict[str,
     ``segment`` (another recipe or layout from ``step`` on), if any, is appended with its own config file."""
     path = root / HISTORY
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    kept = lines
-    if len(lines) > 1 and json.loads(lines[-1]).get("step") == step:
-        kept = lines[:-1]
-        (root / json.loads(lines[-1])["config"]).unlink(missing_ok=True)
+    last = json.loads(lines[-1]) if len(lines) > 1 else {}
+    dropped = last["config"] if last.get("step") == step else None
+    kept = lines[:-1] if dropped else lines
+    name = None
     if segment is not None:
-        n = len(kept) + 1
-        name = f"config-{n}.yaml"
+        name = f"config-{len(kept) + 1}.yaml"
         save_yaml(cfg, root / name)
-        kept = [*kept, json.dumps({"segment": n, **segment, "config": name})]
+        kept = [*kept, json.dumps({"segment": len(kept) + 1, **segment, "config": name})]
     if kept != lines:
         atomic_write_lines(path, kept)
+    if dropped and dropped != name:  # once the history no longer names it
+        (root / dropped).unlink(missing_ok=True)
