@@ -59,7 +59,11 @@ def _write_one(args: tuple[int, float, str, int]) -> tuple[str, int]:
 
 
 def make_corpus(folder: Path, minutes: float, seed: int, workers: int) -> Path:
-    """Speech-like FLAC files of 2–16 s (LibriSpeech-like lengths) and their manifest."""
+    """Speech-like FLAC files of 2–16 s (LibriSpeech-like lengths) and their manifest; the manifest already in
+    ``folder``, if there is one (a corpus kept with ``--corpus`` is reused)."""
+    manifest = folder / "train.jsonl"
+    if manifest.exists():
+        return manifest
     rng = np.random.default_rng(seed)
     lengths: list[float] = []
     while sum(lengths) < minutes * 60:
@@ -69,7 +73,6 @@ def make_corpus(folder: Path, minutes: float, seed: int, workers: int) -> Path:
     with ProcessPoolExecutor(max_workers=workers) as pool:
         done = list(pool.map(_write_one, jobs, chunksize=8))
     utts = [Utterance(f"u{i:05d}", p, n, SR, f"s{i % 20}") for i, (p, n) in enumerate(done)]
-    manifest = folder / "train.jsonl"
     write_manifest(utts, manifest)
     return manifest
 
@@ -235,9 +238,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus or Path(tmp) / "corpus"
-        manifest = corpus / "train.jsonl"
-        if not manifest.exists():
-            manifest = make_corpus(corpus, args.minutes, args.seed, max(1, (os.cpu_count() or 2)))
+        manifest = make_corpus(corpus, args.minutes, args.seed, max(1, (os.cpu_count() or 2)))
         print(f"corpus: {args.minutes:g} min of speech-like FLAC in {time.perf_counter() - t0:.1f} s", flush=True)
         results: list[dict[str, Any]] = []
         for s in args.device_seconds:

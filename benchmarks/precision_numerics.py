@@ -79,9 +79,7 @@ def main() -> None:
     print(f"masks identical for a seed under both precisions: {masks_match(args.preset, args.device)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus or Path(tmp) / "corpus"
-        manifest = corpus / "train.jsonl"
-        if not manifest.exists():
-            manifest = make_corpus(corpus, args.minutes, 0, max(1, os.cpu_count() or 1))
+        manifest = make_corpus(corpus, args.minutes, 0, max(1, os.cpu_count() or 1))
         curves = {}
         for precision in ("fp32", "bf16"):
             for seed in (1, 2):
