@@ -406,10 +406,11 @@ def compile_blocks(model: Wav2Vec2ForPreTraining | Wav2Vec2ForCTC, backend: str 
         layer.compile(**options)
 
 
-def uses_cuda_graphs(compile_mode: str) -> bool:
-    """Whether torch.compile's ``compile_mode`` replays CUDA graphs (whose outputs a later replay overwrites:
-    each micro-step then starts with ``torch.compiler.cudagraph_mark_step_begin``)."""
-    return compile_mode in ("reduce-overhead", "max-autotune")
+def uses_cuda_graphs(backend: str, mode: str) -> bool:
+    """Whether torch.compile with ``backend`` and ``mode`` replays CUDA graphs (whose outputs a later replay
+    overwrites: each micro-step then starts with ``torch.compiler.cudagraph_mark_step_begin``): the
+    ``cudagraphs`` backend, or inductor in a mode that records them (other backends ignore the mode)."""
+    return backend == "cudagraphs" or (backend == "inductor" and mode in ("reduce-overhead", "max-autotune"))
 
 
 def batch_invariant(model: nn.Module) -> nn.Module:

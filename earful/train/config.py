@@ -168,6 +168,9 @@ class TrainingConfig:
         _at_least("data.bucket_size", self.data.bucket_size, 1)
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode} needs compile=true")
+        if self.compile_mode != "default" and self.compile_backend != "inductor":
+            raise ValueError(f"compile_mode={self.compile_mode} is inductor's: compile_backend="
+                             f"{self.compile_backend} would ignore it (compile_backend=cudagraphs records CUDA graphs)")
         _at_least("data.num_workers", self.data.num_workers, 0)
         self.optim.validate()
         self.tracking.validate()

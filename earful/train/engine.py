@@ -115,7 +115,9 @@ class Trainer:
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
-        self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_mode)
+        self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_backend, cfg.compile_mode)
+        graphs = (f"compile_backend={cfg.compile_backend}" if cfg.compile_backend == "cudagraphs"
+                  else f"compile_mode={cfg.compile_mode}")  # what asked for CUDA graphs, for the messages
         if cfg.device_seconds == "auto":
             saved = info.get("layout", {}) if info is not None else {}
             if saved.get("world_size") == self.d.world_size and isinstance(saved.get("device_seconds"), float | int):
@@ -126,24 +128,24 @@ class Trainer:
             else:
                 cfg.device_seconds = auto_device_seconds(task, cfg, self.d)  # on the eager model: no graph pools
                 if self.cuda_graphs:
-                    log.warning("device_seconds=auto was found on the eager model; compile_mode=%s keeps CUDA-graph "
-                                "memory for every batch shape, which only its 10 %% margin covers (not measured)",
-                                cfg.compile_mode)
+                    log.warning("device_seconds=auto was found on the eager model; %s keeps CUDA-graph memory for "
+                                "every batch shape, which only its 10 %% margin covers (not measured)", graphs)
         if cfg.compile:
             if self.d.device.type == "cpu":
                 log.warning("compile=true on a CPU: measured not to pay here (benchmarks/README.md)")
             if self.cuda_graphs and cfg.data.shape_seconds is None:
-                log.warning("compile_mode=%s without data.shape_seconds: every new batch shape records its own CUDA "
-                            "graphs (time and memory); a shape grid makes them repeat", cfg.compile_mode)
+                log.warning("%s without data.shape_seconds: every new batch shape records its own CUDA graphs (time "
+                            "and memory); a shape grid makes them repeat", graphs)
             compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         self.budget = cfg.budget(self.d.world_size)
         self.accum = self.budget.accumulation
         if self.cuda_graphs and self.accum > 1:
             raise ValueError(
-                f"compile_mode={cfg.compile_mode} replays CUDA graphs, whose next replay overwrites the gradient "
+                f"{graphs} replays CUDA graphs, whose next replay overwrites the gradient "
                 f"that accumulation still adds to: it needs one micro-batch a step, and batch_seconds="
                 f"{cfg.batch_seconds:g} takes {self.accum} of device_seconds={cfg.device_seconds:g} on "
-                f"{self.d.world_size} device(s); use compile_mode=default, or device_seconds=batch_seconds / devices")
+                f"{self.d.world_size} device(s); use another compile mode or backend, or device_seconds="
+                "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = recipe_of(cfg), layout_of(cfg, self.d.world_size)
         segment = None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from earful.data.dataset import Batch
-from earful.model import Wav2Vec2ForPreTraining
+from earful.model import Wav2Vec2ForPreTraining, uses_cuda_graphs
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.pretrain.task import PretrainTask
 from earful.train.distributed import Dist
@@ -101,11 +101,11 @@ def test_auto_on_a_cpu_is_refused_with_the_way_out(tiny_corpus, tmp_path) -> Non
 
 
 def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path, monkeypatch) -> None:
-    """compile=true (the CNN and transformer layers; aot_eager here: the same graphs without a C compiler)
-    gives the eager run's weights, and its checkpoints load as any other. With a CUDA-graph mode
-    (``compile_mode=reduce-overhead``) every part is compiled in that mode and each micro-step tells the graphs
-    that the last replay's outputs are done with; with accumulation it is refused (a replay would overwrite the
-    gradient being accumulated)."""
+    """compile=true (the CNN and transformer layers; the cudagraphs backend here, which on a CPU records no graphs
+    and needs no C compiler) gives the eager run's weights, and its checkpoints load as any other. With CUDA
+    graphs (``compile_backend=cudagraphs``, or inductor's ``compile_mode=reduce-overhead``) each micro-step tells
+    the graphs that the last replay's outputs are done with, and accumulation is refused (a replay would overwrite
+    the gradient being accumulated). A mode that another backend would ignore is refused."""
     from safetensors.torch import load_file
 
     from earful.checkpoint import load_model
@@ -117,19 +117,26 @@ def test_the_compiled_path_trains_as_the_eager_one(tiny_corpus, tmp_path, monkey
     args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4", "device=cpu",
             "data.num_workers=0", "threads=1", "max_steps=2", "data.crop_seconds=2.0", "data.min_seconds=0.5",
             "tensorboard=false", "valid_every=0"]
-    for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=aot_eager",
-                                                     "compile_mode=reduce-overhead"])):
+    for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=cudagraphs"])):
         Trainer(PretrainTask(load_pretrain_config(None, [*args, *extra])), tmp_path / name).fit()
     layers = load_pretrain_config(None, ["model_preset=tiny"]).model.num_layers
-    assert compiled == [{"backend": "aot_eager", "mode": "reduce-overhead"}] * (1 + layers)  # the CNN, the layers
+    assert compiled == [{"backend": "cudagraphs"}] * (1 + layers)  # the CNN, the layers
     assert len(marks) == 2  # 2 steps of one micro-batch
     with pytest.raises(ValueError, match="compile_mode=reduce-overhead needs compile=true"):
         load_pretrain_config(None, ["compile_mode=reduce-overhead"])
-    accumulating = [*args, "device_seconds=2", "compile=true", "compile_backend=aot_eager",
-                    "compile_mode=reduce-overhead"]
-    with pytest.raises(ValueError, match=r"replays CUDA graphs, .* it needs one micro-batch a step, and "
-                                         r"batch_seconds=4 takes 2 of device_seconds=2"):
-        Trainer(PretrainTask(load_pretrain_config(None, accumulating)), tmp_path / "accumulating")
+    with pytest.raises(ValueError, match="compile_mode=reduce-overhead is inductor's: compile_backend=aot_eager "
+                                         "would ignore it"):
+        load_pretrain_config(None, ["compile=true", "compile_mode=reduce-overhead", "compile_backend=aot_eager"])
+    for extra, graphs in ((["compile_backend=cudagraphs"], "compile_backend=cudagraphs"),
+                          (["compile_mode=reduce-overhead"], "compile_mode=reduce-overhead")):
+        accumulating = [*args, "device_seconds=2", "compile=true", *extra]
+        with pytest.raises(ValueError, match=rf"{graphs} replays CUDA graphs, .* it needs one micro-batch a step, "
+                                             r"and batch_seconds=4 takes 2 of device_seconds=2"):
+            Trainer(PretrainTask(load_pretrain_config(None, accumulating)), tmp_path / "accumulating")
+    for backend, mode, graphs in (("inductor", "default", False), ("inductor", "reduce-overhead", True),
+                                  ("inductor", "max-autotune", True), ("inductor", "max-autotune-no-cudagraphs", False),
+                                  ("cudagraphs", "default", True), ("aot_eager", "default", False)):
+        assert uses_cuda_graphs(backend, mode) is graphs, (backend, mode)
     a, b = (load_file(str(tmp_path / n / "checkpoints/step-0000002/model.safetensors")) for n in ("eager", "compiled"))
     assert a.keys() == b.keys()
     for k in a:
