@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -196,6 +197,17 @@ class _EpochTagged:
         return len(self.sampler)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's: checkpoint after the step, then stop
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: it ignores the trainer's stop signals. A scheduler signals every process of
+    a job (Slurm; torchrun forwards to its workers' process groups), and a worker killed by SIGTERM made the
+    trainer fail without the checkpoint the signal asks for; the trainer stops its workers itself."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class Received:
     """What a loader's consumer counts of the batches training received: ``bad_files``, the distinct files
     skipped with ``skip_bad`` (each logged as a warning the first time; ``bad_ids`` holds their ids), and
@@ -251,6 +263,7 @@ class AudioLoader(Received):
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,
+            worker_init_fn=ignore_stop_signals,
         )
 
     @property

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import AudioError
 from .budget import BatchBudget
-from .dataset import Batch, Item, Received, collate, read_utterance
+from .dataset import Batch, Item, Received, collate, ignore_stop_signals, read_utterance
 from .sampler import Batches, SecondsBatchSampler
 from .shards import ShardError, ShardIndex, member_utterance, open_location, read_member
 
@@ -183,7 +183,8 @@ class ShardLoader(Received):
         self.next = 0  # the stream the next batch comes from
         self.position = 0  # batches received
         self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                                 prefetch_factor=prefetch_factor if num_workers else None)
+                                 prefetch_factor=prefetch_factor if num_workers else None,
+                                 worker_init_fn=ignore_stop_signals)
 
     @property
     def epoch(self) -> int:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
+from earful.data.dataset import STOP_SIGNALS
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
@@ -73,7 +74,7 @@ def stop_signals(handler: Any) -> Iterator[None]:
     """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
     the previous handlers come back on exit. Outside the main thread signals cannot be caught: no-op."""
     old = {}
-    for s in (signal.SIGTERM, signal.SIGUSR1):
+    for s in STOP_SIGNALS:
         try:
             old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread

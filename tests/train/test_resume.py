@@ -50,19 +50,25 @@ def reference(tmp_path_factory, tiny_corpus):
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_and_resumed_equals_uninterrupted(sig, tmp_path, tiny_corpus, reference) -> None:
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGKILL, False), (signal.SIGTERM, False),
+                                           (signal.SIGTERM, True), (signal.SIGUSR1, True)])
+def test_killed_and_resumed_equals_uninterrupted(sig, group, tmp_path, tiny_corpus, reference) -> None:
+    """``group``: the signal goes to the trainer's whole process group, its DataLoader worker included, as Slurm
+    and torchrun send it; a stop signal is still a checkpoint and exit status 4 (a killed worker was an error)."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(args_for(*tiny_corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(args_for(*tiny_corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=group,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while latest_step(out) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    if sig == signal.SIGTERM:  # a checkpoint, then the documented exit status of a stopped run
+    if sig != signal.SIGKILL:  # a checkpoint, then the documented exit status of a stopped run
         assert proc.returncode == EXIT_STOPPED, err[-2000:]
-        assert "stopped by SIGTERM" in err
+        assert f"stopped by {sig.name}" in err
     killed_at = latest_step(out)
     assert 4 <= killed_at < 12, f"the run was not interrupted mid-way (latest step {killed_at})"
     run([*args_for(*tiny_corpus, out), "--resume"])
