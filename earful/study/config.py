@@ -101,7 +101,7 @@ class SlurmConfig:
 class StudyConfig:
     name: str = "study"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    pretrain_config: str | None = None  # pre-training YAML the runs start from
+    pretrain_config: str | None = None  # pre-training YAML the runs start from (preset name or path)
     pretrain_overrides: list[str] = field(default_factory=list)
     grid: list[Any] = field(default_factory=list)  # numbers or GridEntry mappings
     mode: Literal["fixed-steps", "fixed-hours"] = "fixed-steps"

@@ -26,8 +26,9 @@ NOT_RECIPE_SECTIONS = ("slurm.", "tracking.")
 # study keeps valid_every, valid_seconds and keep_best: they decide its checkpoints/best and validation loss)
 RUN_ONLY = {"device", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "max_nan_steps",
             "data.num_workers", "data.shards_relayout", "compile", "compile_backend", "compile_mode"}
-# the study's override lists: their effect is in the pretrain and finetune parts, key by key
-OVERRIDE_LISTS = {"pretrain_overrides", "finetune.overrides"}
+# the study's config files and override lists: their effect is in the pretrain and finetune parts, key by key
+# (a preset's name and its file's path, or another copy of it, are the same recipe)
+OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "finetune.overrides"}
 
 
 def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:

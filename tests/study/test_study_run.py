@@ -154,6 +154,16 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])  # the list's effect, key by key
     with pytest.raises(ValueError, match=r"differs in finetune\..*finetune\.max_steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    # a config named by its preset or by its file's path (studies run from anywhere name presets) is one recipe
+    configs = Path(__file__).resolve().parents[2] / "earful" / "configs"
+    fps = [recipe_fingerprint(s, plan_runs(s), study_file.parent) for s in (
+        load_study(study_file, [f"pretrain_config={c}", f"finetune.config={f}"]) for c, f in (
+            ("pretrain-demo", "finetune-demo"), (configs / "pretrain-demo.yaml", configs / "finetune-demo.yaml")))]
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fps[0]}))
+    check_same_recipe(out, fps[1])
+    other = load_study(study_file, ["pretrain_config=pretrain-paper", "finetune.config=finetune-demo"])
+    with pytest.raises(ValueError, match=r"another recipe \(differs in .*pretrain\."):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
 
 
 def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_differ(study_file, tmp_path) -> None:
