@@ -113,8 +113,7 @@ def test_shipped_studies_and_their_configs_load(name) -> None:
 
     study = load_study(ROOT / "studies" / f"{name}.yaml")
     assert plan_runs(study)
-    pre = load_pretrain_config(ROOT / study.pretrain_config if study.pretrain_config else None,
-                               study.pretrain_overrides)
+    pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)  # presets: from any folder
     assert pre.model.num_layers > 0
     ft = study.finetune.config
     cfg = load_finetune_config(ROOT / ft if ft and (ROOT / ft).exists() else ft, study.finetune.overrides)
