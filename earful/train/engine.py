@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -40,7 +41,15 @@ from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
-from earful.train.recipe import check_resume, layout_of, recipe_hash, recipe_of, record_resume, start_history
+from earful.train.recipe import (
+    check_resume,
+    describe,
+    layout_of,
+    recipe_hash,
+    recipe_of,
+    record_resume,
+    start_history,
+)
 from earful.train.schedule import lr_at
 from earful.train.state import (
     RunDir,
@@ -174,10 +183,13 @@ class Trainer:
                     start_history(self.run.root, cfg, self.d.world_size)
         D.barrier(self.d)
         if latest is not None:
-            self._resume(latest)
+            self._resume(latest, segment)
             if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):
                     record_resume(self.run.root, cfg, self.step, segment)
+                    self._drop_discarded(latest)
+            D.barrier(self.d)
+        self.start_step = self.step
         self._start_records()
         self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 
@@ -248,17 +260,26 @@ class Trainer:
             self.run.prune(self.cfg.keep_last)
         D.barrier(self.d)
 
-    def _resume(self, ckpt: Path) -> None:
+    def _resume(self, ckpt: Path, segment: dict[str, Any] | None) -> None:
         info, state = load_trainer_state(ckpt)
         if state is None:
             raise CheckpointError(f"{ckpt}: no training state to resume from")
         model, _ = load_model(ckpt)
-        self.model.load_state_dict(model.state_dict())
         bucket = info.get("recipe", {}).get("data.bucket_size")
         for loader_state in state["loaders"]:  # a sampler state of format 3 did not record its bucket size
             if loader_state.get("format") == 3 and bucket is not None:
                 loader_state.setdefault("bucket_size", bucket)
-        restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
+        try:
+            self.model.load_state_dict(model.state_dict())
+            restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
+        except (RuntimeError, ValueError, KeyError) as e:
+            changes = (segment or {}).get("recipe_changes")
+            if not changes:
+                raise
+            raise ValueError(f"{ckpt}: cannot continue with these changes ({describe(changes)}): the checkpoint's "
+                             f"model, optimizer or data order does not fit them ({str(e).splitlines()[0]}). A change "
+                             "of architecture, of what trains (freeze_*) or of the training manifest's length needs "
+                             "a new run: give this checkpoint as its init") from e
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])
@@ -269,6 +290,37 @@ class Trainer:
         self.train_log.truncate_after(self.step)
         self.valid_log.truncate_after(self.step)
         log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
+
+    def _drop_discarded(self, ckpt: Path) -> None:
+        """After resuming from ``ckpt``: checkpoints of later steps come of steps this resume trains again
+        (an interrupted attempt's ``best``, milestones or periodic checkpoints; a run resumed with other settings
+        may never write them again) and go. ``best`` is then the best up to here: the resume checkpoint itself
+        when its validation was the best, else none until a validation beats it (its checkpoint is gone)."""
+        later = []
+        for c in self.run.checkpoints():
+            try:
+                step = int(read_trainer_info(c)["step"])
+            except (CheckpointError, KeyError, ValueError):
+                continue  # unreadable: not ours to judge (a resume never reads it)
+            if step > self.step and c.resolve() != ckpt.resolve():
+                shutil.rmtree(c)
+                later.append(f"{c.name} (step {step})")
+        if not later:
+            return
+        log.warning("removed checkpoints of steps after the resume's step %d, which this run trains again: %s",
+                    self.step, ", ".join(later))
+        best = self.run.ckpt / "best"
+        if best.exists():
+            return
+        at_resume = self.valid_log.last_record()
+        if at_resume is not None and at_resume.get("step") == self.step and \
+                at_resume.get(self.task.best_metric) == self.best:
+            self.run.copy(ckpt, "best")
+            log.warning("checkpoints/best is the resume checkpoint %s again (the best validation up to step %d)",
+                        ckpt.name, self.step)
+        elif math.isfinite(self.best) and self.cfg.keep_best:
+            log.warning("the best validation up to step %d (%.4g) has no checkpoint left: checkpoints/best "
+                        "returns with the next validation below it", self.step, self.best)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
@@ -464,6 +516,8 @@ class Trainer:
                 break
             if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                 self.save(f"step-{self.step:07d}")
+        if self.step == self.start_step and self.run.latest() == self.run.ckpt / f"step-{self.step:07d}":
+            return  # resumed a finished run: nothing trained, its end already validated and saved
         if self.step == cfg.max_steps and (
                 cfg.valid_every > 0 and self.step % cfg.valid_every
                 or cfg.valid_every <= 0 and self.task.validate_at_end):

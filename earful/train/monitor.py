@@ -59,6 +59,13 @@ class JsonlLog:
                 keep.append(line)
         atomic_write_lines(self.path, keep)
 
+    def last_record(self) -> dict[str, Any] | None:
+        """The last record (after ``truncate_after``, the last at or before a resume's step), or None."""
+        if not self.enabled or not self.path.exists():
+            return None
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return json.loads(lines[-1]) if lines else None
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -95,6 +95,14 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
                          "by earful's trainer): use another --out")
     changed = differences(info["recipe"], recipe)
     moved = differences(info["layout"], layout)
+    if "seed" in changed:  # the data order, masks and dropout of every step come of it
+        raise ValueError(f"{root}: --resume with another seed ({describe({'seed': changed['seed']})}) cannot "
+                         "continue the run, even with --allow-changes (another seed is another run): use another "
+                         "--out")
+    if isinstance(recipe.get("max_steps"), int) and recipe["max_steps"] < int(info["step"]):
+        raise ValueError(f"{root}: max_steps={recipe['max_steps']} is below the checkpoint's step {info['step']}; a "
+                         "resume cannot train backwards: take an earlier checkpoint (checkpoints/step-*) as init of "
+                         "a new run, or use another --out")
     if changed and not allow_changes:
         raise ValueError(
             f"{root}: --resume with another recipe than the run was trained with ({describe(changed)}). Resume "

@@ -120,6 +120,17 @@ class RunDir:
             ) from e
         return final
 
+    def copy(self, source: Path, name: str) -> Path:
+        """Checkpoint ``source`` copied whole as ``name`` (a plain name), atomically (directory rename)."""
+        plain_name(name, "checkpoint name")
+        tmp, final = self.ckpt / f".tmp-{name}-{os.getpid()}", self.ckpt / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
     def latest(self) -> Path | None:
         """The checkpoint to resume from: the one ``latest.json`` names (a plain name inside ``checkpoints/``);
         without ``latest.json`` (deleted, or lost), the newest ``step-*`` checkpoint that verifies, with a

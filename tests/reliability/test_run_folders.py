@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -197,6 +199,21 @@ def test_bad_settings_are_one_line_errors_naming_the_key(override, message, tiny
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.num_negatives=0", "model.num_negatives=0: expected an integer >= 1"),  # trained on a loss of 0
+    ("model.logit_temperature=0", "model.logit_temperature=0.0: expected a finite number > 0"),  # NaN every step
+    ("model.dropout=1.5", "model.dropout=1.5: expected a probability in [0, 1]"),  # torch's error, naming no key
+    ("model.mask_length=0", "model.mask_length=0: expected an integer >= 1"),  # "raise min_masks"
+    ("model.temperature_decay=1.5", "model.temperature_decay=1.5: expected a factor in (0, 1] a step"),
+])
+def test_model_settings_no_model_can_train_with_name_their_key(override, message, tiny_corpus, rel, tmp_path,
+                                                               caplog) -> None:
+    rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2, override), "--out", str(tmp_path / "run")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert rc == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("value", [".inf", ".nan"])
 def test_an_integer_setting_of_inf_or_nan_names_its_key(value, tiny_corpus, rel, tmp_path, caplog) -> None:
     """It was an OverflowError's traceback (inf) or a line naming no key (nan)."""
@@ -269,6 +286,27 @@ def test_evaluating_an_empty_manifest_is_an_error(tmp_path, caplog) -> None:
     rc = main(["evaluate", str(tmp_path / "ctc"), str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "eval")])
     assert rc == 2 and "empty.jsonl: no utterances (an empty manifest)" in caplog.text
     assert not (tmp_path / "eval" / "summary.json").exists()
+
+
+def test_a_validation_set_the_validation_batches_cannot_hold_names_valid_seconds(tmp_path, tiny_corpus, rel,
+                                                                                 caplog) -> None:
+    """It had said "longer than device_seconds=4 s … or a larger device_seconds", a setting that was not it."""
+    overrides = rel.pretrain_overrides(tiny_corpus[0], 2, f"data.valid={tiny_corpus[1]}", "valid_seconds=0.5")
+    assert main(["pretrain", *overrides, "--out", str(tmp_path / "run")]) == 2
+    assert re.search(r"valid\.jsonl: \d+ of \d+ utterances cannot be batched \(\d+ longer than valid_seconds=0\.5 "
+                     r"s\).*a larger valid_seconds", caplog.text), caplog.text[-800:]
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
+def test_evaluating_with_no_device_seconds_names_the_option(seconds, tmp_path, tiny_corpus, caplog) -> None:
+    """It had said "batch_seconds=0.0", a setting evaluate does not have."""
+    from earful.eval.vocab import CharVocab
+    from earful.model import Wav2Vec2ForCTC
+
+    save_model(tmp_path / "ctc", Wav2Vec2ForCTC(load_model_config("tiny"), 29), vocab=CharVocab().to_dict())
+    rc = main(["evaluate", str(tmp_path / "ctc"), str(tiny_corpus[1]), "--out", str(tmp_path / "eval"),
+               "--device-seconds", seconds, "--device", "cpu"])
+    assert rc == 2 and "device_seconds (--device-seconds) = " in caplog.text and "batch_seconds" not in caplog.text
 
 
 # ---------------------------------------------------------------------- 7. full disk, read-only folder
@@ -402,3 +440,66 @@ def test_keep_last_prunes_only_the_oldest_step_checkpoints(keep_last, steps_kept
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == ["best", "init", "latest.json", *(f"step-{s:07d}" for s in steps_kept), "steps-1"]
     assert json.loads((out / "checkpoints" / "best" / "trainer.json").read_text())["step"] == 1
+
+
+@pytest.mark.parametrize("losses, best_step", [([3.0, 2.0, 1.0, 0.5], 2), ([1.0, 2.0, 0.5, 0.4], None)])
+def test_a_resume_drops_the_checkpoints_of_the_steps_it_trains_again(losses, best_step, tmp_path, tiny_corpus, rel,
+                                                                     monkeypatch, caplog) -> None:
+    """Killed after step 3 wrote ``best`` and the milestone ``steps-3``, the run resumes from step 2 with another
+    lr, whose validations never beat the best up to step 2. ``best`` (and ``steps-3``) of the discarded steps
+    went; ``best`` is the resume checkpoint when step 2 held the best validation, else none is left (step 1's
+    had no checkpoint). Before, ``best`` stayed the discarded step 3's, named nowhere in valid.jsonl."""
+    out = tmp_path / "run"
+    args = rel.pretrain_overrides(tiny_corpus[0], 4, "valid_every=1", "ckpt_every=2", "keep_last=0", "ckpt_steps=[3]")
+    _scripted_validation(monkeypatch, losses[:3])
+    with pytest.raises(StopIteration):  # killed at step 4's validation: step 3 wrote best and steps-3
+        Trainer(PretrainTask(load_pretrain_config(None, args)), out).fit()
+    assert json.loads((out / "checkpoints" / "best" / "trainer.json").read_text())["step"] == 3
+    assert (out / "checkpoints" / "steps-3").exists()
+    _scripted_validation(monkeypatch, [9.0, 9.0])
+    with caplog.at_level(logging.WARNING):
+        Trainer(PretrainTask(load_pretrain_config(None, [*args, "optim.lr=1e-2"])), out, resume=True,
+                allow_changes=True).fit()
+    assert "removed checkpoints of steps after the resume's step 2, which this run trains again: " in caplog.text
+    assert [r["loss"] for r in rel.read_jsonl(out / "valid.jsonl")] == [*losses[:2], 9.0, 9.0]
+    assert json.loads((out / "checkpoints" / "steps-3" / "trainer.json").read_text())["best"] == min(losses[:2])
+    if best_step is None:
+        assert not (out / "checkpoints" / "best").exists()
+        assert "has no checkpoint left: checkpoints/best returns with the next validation below it" in caplog.text
+    else:
+        info = json.loads((out / "checkpoints" / "best" / "trainer.json").read_text())
+        assert info["step"] == best_step and info["best"] == min(losses[:2])
+        best, resumed = _weights(out, "best"), _weights(out, "step-0000002")
+        assert all(torch.equal(best[k], resumed[k]) for k in best)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """A finished run resumed as it was: no second end-of-run validation (valid.jsonl had its last record twice),
+    no checkpoint rewritten."""
+    _scripted_validation(monkeypatch, [3.0, 2.0, 9.0])
+    out = tmp_path / "run"
+    cfg = rel.pretrain_overrides(tiny_corpus[0], 3, "valid_every=2", "ckpt_every=2")
+    Trainer(PretrainTask(load_pretrain_config(None, cfg)), out).fit()
+    log_before = (out / "valid.jsonl").read_text()
+    written = (out / "checkpoints" / "step-0000003" / "trainer.json").stat().st_mtime_ns
+    summary = Trainer(PretrainTask(load_pretrain_config(None, cfg)), out, resume=True).fit()
+    assert summary["step"] == 3 and (out / "valid.jsonl").read_text() == log_before
+    assert (out / "checkpoints" / "step-0000003" / "trainer.json").stat().st_mtime_ns == written
+
+
+def test_a_resume_cannot_change_what_no_checkpoint_can_continue(tmp_path, finished, tiny_corpus, rel) -> None:
+    """Even with --allow-changes: another seed, a max_steps below the checkpoint's step, and (named, with the way
+    out) another architecture, which had failed in load_state_dict with a dozen missing keys."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    with pytest.raises(ValueError, match=r"--resume with another seed \(seed: 1 -> 5\) cannot continue the run, even "
+                                         r"with --allow-changes"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6, "seed=5")), out, resume=True, allow_changes=True)
+    with pytest.raises(ValueError, match=r"max_steps=3 is below the checkpoint's step 4; a resume cannot train "
+                                         r"backwards"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 3)), out, resume=True, allow_changes=True)
+    with pytest.raises(ValueError, match=r"step-0000004: cannot continue with these changes \(.*model\.num_layers: "
+                                         r"2 -> 3.*\): the checkpoint's model, optimizer or data order does not fit "
+                                         r"them \(Error\(s\) in loading state_dict.*give this checkpoint as its init"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6, "model.num_layers=3")), out, resume=True,
+                allow_changes=True)
