@@ -116,6 +116,12 @@ class Batches(Sequence[np.ndarray]):
         return int(per.sum()), int((longest * sizes[full]).sum())
 
 
+# the settings a sampler's refusal advises, as training names them; other callers give theirs (``names``)
+SETTING_NAMES: dict[str, str | None] = {
+    "device_seconds": "device_seconds", "max_seconds": "data.max_seconds", "min_seconds": "data.min_seconds",
+    "crop_seconds": "in pre-training, data.crop_seconds", "skip_bad": "data.skip_bad"}
+
+
 class SecondsBatchSampler:
     """Length-bucketed batches within a ``BatchBudget``; see the module docstring."""
 
@@ -132,11 +138,14 @@ class SecondsBatchSampler:
         skip_bad: bool = False,
         source: str = "",
         ids: Callable[[np.ndarray], list[str]] | None = None,
+        names: dict[str, str | None] | None = None,
     ) -> None:
         """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``.
         ``skip_bad``: leave out (counted, logged) what no setting leaves out — empty utterances, and those too long
         for the device — instead of refusing them; ``source`` names the utterances in messages (a manifest's
-        path) and ``ids`` gives the ids of some of them (default: their indices)."""
+        path) and ``ids`` gives the ids of some of them (default: their indices); ``names``: the caller's names
+        of the settings its messages advise (``SETTING_NAMES``' keys; None: the caller has no such setting)."""
+        self.names = {**SETTING_NAMES, **(names or {})}
         if not 0 <= rank < budget.world_size:
             raise ValueError(f"rank {rank} outside world_size {budget.world_size}")
         if bucket_size < 1:
@@ -160,10 +169,11 @@ class SecondsBatchSampler:
         if self.skipped:
             what = ", ".join(f"{n} {why}" for why, n in self.skipped_reasons.items())
             if self.skipped == len(self.lengths):  # training would wait forever, validation score 0
+                limits = " / ".join(filter(None, (self.names[k] for k in ("min_seconds", "max_seconds",
+                                                                          "device_seconds"))))
                 raise ValueError(f"{source or 'the manifest'}: nothing to batch: all {self.skipped} utterances are "
-                                 f"left out ({what}); change data.min_seconds / data.max_seconds / device_seconds, or "
-                                 "give other data")
-            skipping = f"; {len(refused)} of them with data.skip_bad" if len(refused) else ""
+                                 f"left out ({what}); change {limits}, or give other data")
+            skipping = f"; {len(refused)} of them with {self.names['skip_bad']}" if len(refused) else ""
             log.warning("%s%d of %d utterances cannot be batched (%s%s), e.g. %s: they are left out",
                         f"{source}: " if source else "", self.skipped, len(self.lengths), what, skipping,
                         ", ".join(name(self.skipped_indices[:5])))
@@ -204,7 +214,7 @@ class SecondsBatchSampler:
             chosen[f"longer than max_seconds={b.max_seconds:g} s"] = over_max
         if b.min_seconds:
             chosen[f"shorter than min_seconds={b.min_seconds:g} s"] = under_min & ~over_max
-        bad = {f"longer than device_seconds={b.device_seconds:g} s": too_long & ~over_max,
+        bad = {f"longer than {self.names['device_seconds']}={b.device_seconds:g} s": too_long & ~over_max,
                "empty (0 samples)": too_short & ~under_min & ~too_long}
         return chosen, bad
 
@@ -213,20 +223,23 @@ class SecondsBatchSampler:
         b = self.budget
         count = sum(int(m.sum()) for m in bad.values())
         what = ", ".join(f"{int(m.sum())} {why}" for why, m in bad.items() if m.any())
-        ways = ["set data.skip_bad=true (earful gradvar: --skip-bad) to leave them out (counted in the log)"]
-        long = bad[f"longer than device_seconds={b.device_seconds:g} s"]
+        n = self.names
+        ways = [f"set {n['skip_bad']}{'=true' if n['skip_bad'] == SETTING_NAMES['skip_bad'] else ''} to leave them "
+                "out (counted in the log)"]
+        long = bad[f"longer than {n['device_seconds']}={b.device_seconds:g} s"]
         if long.any():
             longest = float(self.effective[long].max()) / SAMPLE_RATE
-            ways += [f"a larger device_seconds (the longest is {longest:.2f} s)",
-                     "data.max_seconds to leave longer utterances out on purpose (counted)"]
-            if not b.crop_seconds:
-                ways += ["in pre-training, data.crop_seconds to crop them"]
-            elif b.crop_seconds > b.device_seconds:
-                ways += [f"data.crop_seconds at most device_seconds (the crop, {b.crop_seconds:g} s, is longer than "
-                         "what a device holds)"]
+            ways += [f"a larger {n['device_seconds']} (the longest is {longest:.2f} s)"]
+            if n["max_seconds"]:
+                ways += [f"{n['max_seconds']} to leave longer utterances out on purpose (counted)"]
+            if not b.crop_seconds and n["crop_seconds"]:
+                ways += [f"{n['crop_seconds']} to crop them"]
+            elif b.crop_seconds and b.crop_seconds > b.device_seconds:
+                ways += [f"{n['crop_seconds']} at most {n['device_seconds']} (the crop, {b.crop_seconds:g} s, is "
+                         "longer than what a device holds)"]
         if bad["empty (0 samples)"].any():
-            ways += ["remove the empty rows from the manifest (or data.min_seconds to leave short ones out on "
-                     "purpose, counted)"]
+            short = f" (or {n['min_seconds']} to leave short ones out on purpose, counted)" if n["min_seconds"] else ""
+            ways += [f"remove the empty rows from the manifest{short}"]
         return (f"{source + ': ' if source else ''}{count} of {len(self.lengths)} utterances cannot be batched "
                 f"({what}), e.g. {', '.join(examples)}: {'; or '.join(ways)}")
 

@@ -7,6 +7,7 @@ Per frame the arg-max token is taken; runs of the same token collapse to one, th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,9 @@ def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size:
     The sampler packs batches to ``micro_seconds`` and leaves out only what is longer than ``device_seconds``
     (see :mod:`earful.data.budget`), so ``device_seconds`` admits the longest utterance while the step's
     ``batch_seconds`` (one micro-batch a device) keeps the packing at ``device_seconds``."""
+    if not math.isfinite(device_seconds) or device_seconds <= 0:
+        raise ValueError(f"device_seconds (--device-seconds) = {device_seconds}: expected a finite number of "
+                         "seconds > 0")
     longest = int(lengths_at_rate(utts).max(initial=0))
     admitted = max(device_seconds, (longest + 1) / SAMPLE_RATE)
     return BatchBudget(device_seconds * world_size, admitted, world_size)

@@ -19,6 +19,7 @@ transcribed; the caller decides what failure means.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,15 +123,24 @@ def transcribe_files(
 
     ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
     the context on each side of a window; ``device`` "auto" is CUDA where there is one."""
-    device = resolve_device(device)
-    model = batch_invariant(model).eval().to(device)
-    step = model.cfg.total_stride  # samples a frame
     if stride_seconds is None:
         stride_seconds = chunk_seconds / 6
+    for name, value in (("chunk_seconds", chunk_seconds), ("stride_seconds", stride_seconds),
+                        ("device_seconds", device_seconds)):
+        if not math.isfinite(value) or value < 0 or (name == "device_seconds" and value == 0):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) = {value}: expected a finite number of seconds "
+                             f"{'> 0' if name == 'device_seconds' else '>= 0'}")
+    step = model.cfg.total_stride  # samples a frame
     chunk = round(chunk_seconds * SAMPLE_RATE / step) * step
     stride = round(stride_seconds * SAMPLE_RATE / step) * step
+    if chunk and chunk < model.cfg.receptive_field:
+        raise ValueError(f"chunk_seconds (--chunk-seconds) = {chunk_seconds}: shorter than the model's receptive "
+                         f"field ({model.cfg.receptive_field / SAMPLE_RATE:g} s), a window would give no frame; "
+                         "0 transcribes whole files")
     if chunk and chunk <= 2 * stride:
         raise ValueError(f"chunks of {chunk_seconds} s leave nothing between strides of {stride_seconds} s")
+    device = resolve_device(device)
+    model = batch_invariant(model).eval().to(device)
     budget = max(int(device_seconds * SAMPLE_RATE), chunk)  # padded samples a batch
 
     records: list[dict[str, Any]] = [{"path": str(f)} for f in files]

@@ -28,7 +28,7 @@ from torch import nn
 from earful.checkpoint import INFO_FILE, load_model
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
-from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
+from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
 from earful.train.state import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab) -> Wav2Vec2ForCTC
     source, symbols, what = _load_source(cfg.init)
     torch.manual_seed(cfg.seed)
     base = load_model_config(cfg.model_preset) if source is None else source.cfg  # type: ignore[union-attr]
+    if source is not None and _shape(load_model_config(cfg.model_preset)) != _shape(base):
+        log.warning("model_preset=%s is not used: it is the architecture of a scratch model, and the model is %s's "
+                    "(%d layers of %d)", cfg.model_preset, cfg.init, base.num_layers, base.hidden_size)
     model = Wav2Vec2ForCTC(cfg.model.apply(base), len(vocab))
     init_ctc_head(model.lm_head, cfg.head_init, vocab.blank_id)
     if source is not None:
@@ -90,6 +93,11 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab) -> Wav2Vec2ForCTC
             what += " (its CTC head too: same vocabulary)"
     log.info("initial model: %s", what)
     return model
+
+
+def _shape(cfg: ModelConfig) -> tuple[object, ...]:
+    """What makes two architectures differ in their parameters' shapes."""
+    return (cfg.conv_dim, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
 
 
 def permanently_frozen(model: Wav2Vec2ForCTC, cfg: FinetuneConfig) -> list[str]:

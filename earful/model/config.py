@@ -19,6 +19,7 @@ switch                      fairseq                nanow2v2 (the paper's code)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -114,6 +115,40 @@ class ModelConfig:
             raise ValueError("codevector_dim must be divisible by num_codevector_groups")
         if self.feature_grad_mult < 0:
             raise ValueError(f"feature_grad_mult {self.feature_grad_mult} < 0 (0 freezes the CNN, 1 trains it fully)")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values no model can train with, named by their key (before, a meaningless run: ``num_negatives=0``
+        trained on a contrastive loss of 0, ``logit_temperature=0`` on NaN; or torch's error naming no key)."""
+        def bad(key: str, value: object, expected: str) -> ValueError:
+            return ValueError(f"model.{key}={value}: expected {expected}")
+
+        for key in ("dropout", "attention_dropout", "activation_dropout", "dropout_input", "dropout_features",
+                    "layerdrop", "final_dropout", "mask_prob", "mask_channel_prob"):
+            v = getattr(self, key)
+            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise bad(key, v, "a probability in [0, 1]")
+        for key in ("logit_temperature", "temperature_start", "temperature_end", "layer_norm_eps"):
+            v = getattr(self, key)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise bad(key, v, "a finite number > 0")
+        if not (0 < self.temperature_decay <= 1):
+            raise bad("temperature_decay", self.temperature_decay, "a factor in (0, 1] a step")
+        for key in ("diversity_weight", "feature_penalty_weight"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v >= 0):
+                raise bad(key, v, "a finite weight >= 0")
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "pos_conv_kernel",
+                    "pos_conv_groups", "num_codevector_groups", "num_codevectors_per_group", "codevector_dim",
+                    "final_dim", "num_negatives", "mask_length", "mask_channel_length"):
+            if getattr(self, key) < 1:
+                raise bad(key, getattr(self, key), "an integer >= 1")
+        for key in ("min_masks", "diversity_start_step", "diversity_warmup_steps"):
+            if getattr(self, key) < 0:
+                raise bad(key, getattr(self, key), "an integer >= 0")
+        for key in ("conv_dim", "conv_kernel", "conv_stride"):
+            if not getattr(self, key) or min(getattr(self, key)) < 1:
+                raise bad(key, getattr(self, key), "a non-empty list of integers >= 1")
 
     @property
     def receptive_field(self) -> int:

@@ -73,7 +73,9 @@ def gradient_noise(
     model.set_step(step)  # the temperature and diversity weight the gradient had in training
     model.to(dev).train()
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
-                         num_workers=0, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad)
+                         num_workers=0, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad,
+                         names={"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None,
+                                "crop_seconds": "--crop-seconds", "skip_bad": "--skip-bad"})
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g

@@ -3,6 +3,7 @@ overrides on the command line (``pr.epochs=30``, ``ic.lr=0.03``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -32,3 +33,20 @@ class ProbeConfig:
     asr: SequenceRecipe = field(default_factory=lambda: SequenceRecipe(lr=5e-3, hidden=256))
     sid: UtteranceRecipe = field(default_factory=UtteranceRecipe)
     ic: UtteranceRecipe = field(default_factory=UtteranceRecipe)
+
+    def __post_init__(self) -> None:
+        """Refuse what no probe can train with, naming the key (before, after every feature was extracted, as
+        "steps must be >= 1, got 0", or torch's "Invalid learning rate")."""
+        for task in ("pr", "asr", "sid", "ic"):
+            recipe = getattr(self, task)
+            counts = ("epochs", "batch_utterances") if isinstance(recipe, SequenceRecipe) else ("steps",)
+            for key in counts:
+                if getattr(recipe, key) < 1:
+                    raise ValueError(f"{task}.{key}={getattr(recipe, key)}: expected an integer >= 1")
+            if not (math.isfinite(recipe.lr) and recipe.lr > 0):
+                raise ValueError(f"{task}.lr={recipe.lr}: expected a finite number > 0")
+            if isinstance(recipe, SequenceRecipe) and recipe.hidden < 0:
+                raise ValueError(f"{task}.hidden={recipe.hidden}: expected an integer >= 0 (0: a linear head)")
+            if isinstance(recipe, UtteranceRecipe) and not (math.isfinite(recipe.weight_decay)
+                                                            and recipe.weight_decay >= 0):
+                raise ValueError(f"{task}.weight_decay={recipe.weight_decay}: expected a finite number >= 0")

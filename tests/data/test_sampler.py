@@ -98,6 +98,18 @@ def test_unbatchable_counted_warned_or_raised(caplog):
     assert sorted(i for b in s for i in b) == [0, 3]
     cropped = _sampler(lens, 10.0, crop_seconds=5.0)  # cropping makes the long one fit
     assert cropped.skipped == 0
+    # another caller names its own settings (gradvar's options; a validation's valid_seconds), and only those
+    # it has: it had advised data.max_seconds and data.crop_seconds to gradvar, device_seconds to a validation
+    gradvar = {"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None,
+               "crop_seconds": "--crop-seconds", "skip_bad": "--skip-bad"}
+    with pytest.raises(ValueError, match=r"\(1 longer than --device-seconds=10 s\), e.g. #1: set --skip-bad to leave "
+                                         r"them out \(counted in the log\); or a larger --device-seconds \(the "
+                                         r"longest is 50.00 s\); or --crop-seconds to crop them$"):
+        _sampler(lens, 10.0, names=gradvar)
+    with pytest.raises(ValueError, match=r"nothing to batch: all 1 utterances are left out \(1 longer than "
+                                         r"valid_seconds=10 s\); change data.min_seconds / data.max_seconds / "
+                                         r"valid_seconds, or give other data"):
+        _sampler([RATE * 50], 10.0, skip_bad=True, names={"device_seconds": "valid_seconds"})
     assert all(cropped.effective[b].max() * len(b) <= 10 * RATE for b in cropped)
     # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: a limit set on purpose
     limited = _sampler(lens, 60.0, max_seconds=1.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +67,23 @@ def test_transcribe_writes_records_names_bad_files_and_fails(tone_ctc, tmp_path,
     assert rows[2]["seconds"] == pytest.approx(rows[0]["seconds"], abs=1e-3)
     assert "text" not in rows[3] and "bad.wav" in rows[3]["error"]
     assert "1 of 4 files could not be read" in caplog.text and "bad.wav" in caplog.text
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--stride-seconds", "-1"], r"stride_seconds \(--stride-seconds\) = -1.0: expected a finite number of seconds"),
+    (["--chunk-seconds", "-5"], r"chunk_seconds \(--chunk-seconds\) = -5.0: expected"),
+    (["--chunk-seconds", "0.02", "--stride-seconds", "0"],
+     r"chunk_seconds \(--chunk-seconds\) = 0.02: shorter than the model's receptive field \(0.025 s\)"),
+    (["--device-seconds", "0"], r"device_seconds \(--device-seconds\) = 0.0: expected a finite number of seconds > 0"),
+])  # fmt: skip
+def test_windows_that_would_drop_audio_are_refused_naming_the_option(options, message, tone_ctc, tmp_path,
+                                                                      caplog) -> None:
+    """A negative stride had skipped the audio between windows (711 of 1623 characters), a chunk below the
+    receptive field gave every window 0 frames (an empty transcript), both with exit status 0."""
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)[:1]
+    assert main(["transcribe", str(ckpt), *files, "--out", str(tmp_path / "t.jsonl"), *options]) == 2
+    assert re.search(message, caplog.text), caplog.text[-500:]
 
 
 def test_transcribe_plain_text_on_stdout(tone_ctc, tmp_path, capsys) -> None:

@@ -375,6 +375,21 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     assert main(["probe", "fbank", "--random-init", "--task", "pr", "--out", str(out)]) == 2
 
 
+@pytest.mark.parametrize(("override", "message"), [("sid.steps=0", "sid.steps=0: expected an integer >= 1"),
+                                                   ("pr.lr=-1", "pr.lr=-1.0: expected a finite number > 0"),
+                                                   ("pr.batch_utterances=0", "pr.batch_utterances=0: expected")])
+def test_a_probe_recipe_no_head_can_train_with_is_named_before_any_feature(override, message, tmp_path,
+                                                                           caplog) -> None:
+    """It had been found after every manifest's features were extracted (the expensive part), as "steps must
+    be >= 1, got 0" or torch's "Invalid learning rate"."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "path": "a.flac", "num_samples": 16000, "transcript": "A"}\n')
+    argv = ["probe", "fbank", override, "--task", override.split(".")[0], "--train", str(manifest), "--dev",
+            str(manifest), "--test", str(manifest), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")]
+    assert main(argv) == 2 and message in caplog.text
+    assert not (tmp_path / "c").exists() and not (tmp_path / "out").exists()
+
+
 def test_results_tables_are_markdown():
     scores = {"a": {"pr": {"per": 0.123}, "sid": {"accuracy": 0.9, "eer": 0.05}}, "b": {"pr": {"per": "12.0 ± 1.0"}}}
     assert table(scores).splitlines() == [
