@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -201,11 +203,23 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's: checkpoint aft
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker's start: it ignores the trainer's stop signals. A scheduler signals every process of
-    a job (Slurm; torchrun forwards to its workers' process groups), and a worker killed by SIGTERM made the
-    trainer fail without the checkpoint the signal asks for; the trainer stops its workers itself."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """A DataLoader worker's start: it ignores the trainer's stop signals unless its parent sends them. A
+    scheduler signals every process of a job (Slurm; torchrun forwards to its workers' process groups), and a
+    worker killed by SIGTERM made the trainer fail without the checkpoint the signal asks for. The parent's
+    SIGTERM (the DataLoader, or Python's exit, ending its workers) still ends the worker at once, as torch's own
+    handler does: ignored, Python's exit waited for ever in ``join()``. SIGTERM is blocked and taken by a thread
+    that reads its sender (``sigwaitinfo``); without it (not Linux) torch's behaviour stays."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the thread: it inherits the mask
+        threading.Thread(target=_end_on_the_parents_sigterm, args=(os.getppid(),), daemon=True,
+                         name="earful-sigterm").start()
+
+
+def _end_on_the_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)  # as torch's worker handler: the parent is ending its workers
 
 
 class Received:

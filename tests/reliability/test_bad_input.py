@@ -256,6 +256,21 @@ def test_pretraining_over_bad_files_stops_naming_one(tmp_path, dirty_manifest, r
     assert any(f"{name}: {problem}" in errors[0] for name, problem in problems.items()), errors
 
 
+def test_a_bad_file_read_by_a_loader_worker_ends_the_process(tmp_path, dirty_manifest, rel) -> None:
+    """The command as a user runs it, a worker process loading: the bad file's error, exit status 2, and the
+    process ends (its workers ignore a scheduler's stop signals, but not their parent's: when Python's exit
+    ended them with SIGTERM, ignored, the process hung in join())."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = rel.pretrain_overrides(dirty_manifest, 12, "data.crop_seconds=null", "data.min_seconds=0",
+                                       "data.max_seconds=4", "data.num_workers=1")
+    r = subprocess.run([sys.executable, "-m", "earful.cli", "pretrain", *overrides, "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and "DataLoader worker" in r.stderr, r.stderr[-2000:]
+
+
 def test_pretraining_with_skip_bad_counts_and_logs_every_bad_file(tmp_path, dirty_manifest, rel, caplog) -> None:
     """An epoch over the dirty corpus (loaded by a worker process): each bad file is counted in train.jsonl's
     ``bad_files`` and the summary, and logged naming it and its problem; the over-long one is counted as
