@@ -224,8 +224,10 @@ class SecondsBatchSampler:
         count = sum(int(m.sum()) for m in bad.values())
         what = ", ".join(f"{int(m.sum())} {why}" for why, m in bad.items() if m.any())
         n = self.names
-        ways = [f"set {n['skip_bad']}{'=true' if n['skip_bad'] == SETTING_NAMES['skip_bad'] else ''} to leave them "
-                "out (counted in the log)"]
+        ways = []
+        if n["skip_bad"]:
+            ways += [f"set {n['skip_bad']}{'=true' if n['skip_bad'] == SETTING_NAMES['skip_bad'] else ''} to leave "
+                     "them out (counted in the log)"]
         long = bad[f"longer than {n['device_seconds']}={b.device_seconds:g} s"]
         if long.any():
             longest = float(self.effective[long].max()) / SAMPLE_RATE
@@ -234,7 +236,7 @@ class SecondsBatchSampler:
                 ways += [f"{n['max_seconds']} to leave longer utterances out on purpose (counted)"]
             if not b.crop_seconds and n["crop_seconds"]:
                 ways += [f"{n['crop_seconds']} to crop them"]
-            elif b.crop_seconds and b.crop_seconds > b.device_seconds:
+            elif n["crop_seconds"] and b.crop_seconds and b.crop_seconds > b.device_seconds:
                 ways += [f"{n['crop_seconds']} at most {n['device_seconds']} (the crop, {b.crop_seconds:g} s, is "
                          "longer than what a device holds)"]
         if bad["empty (0 samples)"].any():

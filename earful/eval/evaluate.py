@@ -97,7 +97,9 @@ def transcribe(
     if not utts:
         return greedy, lm
     budget = scoring_budget(utts, device_seconds)  # an utterance longer than device_seconds: a batch of its own
-    loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers)
+    loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers,
+                         names={"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None,
+                                "crop_seconds": None, "skip_bad": None})
     for batch in loader:
         with autocast(precision, device):
             logits, flen = model(*batch.model_inputs(device))

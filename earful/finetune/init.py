@@ -79,7 +79,7 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab) -> Wav2Vec2ForCTC
     source, symbols, what = _load_source(cfg.init)
     torch.manual_seed(cfg.seed)
     base = load_model_config(cfg.model_preset) if source is None else source.cfg  # type: ignore[union-attr]
-    if source is not None and _shape(load_model_config(cfg.model_preset)) != _shape(base):
+    if source is not None and cfg.model_preset != FinetuneConfig.model_preset and _preset_differs(cfg, base):
         log.warning("model_preset=%s is not used: it is the architecture of a scratch model, and the model is %s's "
                     "(%d layers of %d)", cfg.model_preset, cfg.init, base.num_layers, base.hidden_size)
     model = Wav2Vec2ForCTC(cfg.model.apply(base), len(vocab))
@@ -95,9 +95,15 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab) -> Wav2Vec2ForCTC
     return model
 
 
-def _shape(cfg: ModelConfig) -> tuple[object, ...]:
-    """What makes two architectures differ in their parameters' shapes."""
-    return (cfg.conv_dim, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+def _preset_differs(cfg: FinetuneConfig, model: ModelConfig) -> bool:
+    """Whether ``model_preset`` (set, and unused with another init) names another architecture than ``model``'s
+    (a preset that no longer resolves from here is not this run's concern)."""
+    try:
+        preset = load_model_config(cfg.model_preset)
+    except (OSError, ValueError):
+        return False
+    shape = [(c.conv_dim, c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size) for c in (preset, model)]
+    return shape[0] != shape[1]
 
 
 def permanently_frozen(model: Wav2Vec2ForCTC, cfg: FinetuneConfig) -> list[str]:

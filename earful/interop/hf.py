@@ -107,7 +107,6 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     """A ModelConfig from a HF ``config.json`` dict; a key it leaves out takes transformers' default
     (:data:`HF_DEFAULTS`). A setting earful's model does not have (an adapter, channel masks with a minimum
     count, two activations) is a ValueError naming ``where``."""
-    from dataclasses import replace
 
     def get(key: str) -> Any:
         return hf.get(key, HF_DEFAULTS[key])
@@ -124,6 +123,15 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     if get("mask_feature_min_masks") and spec_augment and get("mask_feature_prob") > 0:  # else no channel masks
         raise ValueError(f"{where}: mask_feature_min_masks={get('mask_feature_min_masks')}: earful's channel masks "
                          "have no minimum count (fairseq's); set it to 0")
+    try:
+        return _hf_model_config(get, act, spec_augment)
+    except ValueError as e:  # a value earful's model cannot train with (earful's key: _SAME_FIELDS maps them)
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _hf_model_config(get: Any, act: str, spec_augment: bool) -> ModelConfig:
+    from dataclasses import replace
+
     return replace(
         ModelConfig(),
         **{name: get(hf) for name, hf in _SAME_FIELDS},

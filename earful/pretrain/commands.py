@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     p.add_argument("--allow-changes", action="store_true",
-                   help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl)")
+                   help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl); "
+                   "not with another seed, a max_steps behind the checkpoint, or another architecture")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")

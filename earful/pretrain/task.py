@@ -74,8 +74,8 @@ class PretrainTask(Task):
         if cfg.data.valid:
             valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, **cfg.data.limits())
             self.valid_loader = make_loader(read_manifest(cfg.data.valid, check_files=True), valid, shuffle=False,
-                                            endless=False, num_workers=0, names={"device_seconds": "valid_seconds"},
-                                            **common)
+                                            endless=False, num_workers=0, **common,
+                                            names={"device_seconds": "valid_seconds"})
 
     # ------------------------------------------------------------------ one step
     def start_step(self, step: int) -> None:

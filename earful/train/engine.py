@@ -53,6 +53,7 @@ from earful.train.recipe import (
 from earful.train.schedule import lr_at
 from earful.train.state import (
     RunDir,
+    StateMismatch,
     load_trainer_state,
     read_trainer_info,
     restore_training_state,
@@ -189,7 +190,12 @@ class Trainer:
                     record_resume(self.run.root, cfg, self.step, segment)
                     self._drop_discarded(latest)
             D.barrier(self.d)
-        self.start_step = self.step
+        # a finished run resumed as it was: its end-of-run checkpoint (written after the end's validation, and
+        # not by a non-finite stop), with max_steps where it was; nothing is left to do
+        self.resumed_finished = (latest is not None and info is not None
+                                 and latest.name == f"step-{self.step:07d}"
+                                 and info["recipe"].get("max_steps") == self.step == cfg.max_steps
+                                 and int(info.get("nan_in_a_row", 0)) < cfg.max_nan_steps)
         self._start_records()
         self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 
@@ -271,15 +277,12 @@ class Trainer:
                 loader_state.setdefault("bucket_size", bucket)
         try:
             self.model.load_state_dict(model.state_dict())
+        except RuntimeError as e:  # missing or unexpected tensors, other shapes
+            raise _mismatch(ckpt, segment, f"the model: {e}") from e
+        try:
             restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
-        except (RuntimeError, ValueError, KeyError) as e:
-            changes = (segment or {}).get("recipe_changes")
-            if not changes:
-                raise
-            raise ValueError(f"{ckpt}: cannot continue with these changes ({describe(changes)}): the checkpoint's "
-                             f"model, optimizer or data order does not fit them ({str(e).splitlines()[0]}). A change "
-                             "of architecture, of what trains (freeze_*) or of the training manifest's length needs "
-                             "a new run: give this checkpoint as its init") from e
+        except StateMismatch as e:
+            raise _mismatch(ckpt, segment, str(e)) from e
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])
@@ -516,8 +519,8 @@ class Trainer:
                 break
             if self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                 self.save(f"step-{self.step:07d}")
-        if self.step == self.start_step and self.run.latest() == self.run.ckpt / f"step-{self.step:07d}":
-            return  # resumed a finished run: nothing trained, its end already validated and saved
+        if self.resumed_finished:
+            return  # nothing trained: its end was validated and saved
         if self.step == cfg.max_steps and (
                 cfg.valid_every > 0 and self.step % cfg.valid_every
                 or cfg.valid_every <= 0 and self.task.validate_at_end):
@@ -540,6 +543,17 @@ def _json_float(x: float) -> float | None:
 
 def _float(x: Any, default: float) -> float:
     return default if x is None else float(x)
+
+
+def _mismatch(ckpt: Path, segment: dict[str, Any] | None, what: str) -> ValueError:
+    """The error for a checkpoint whose model or optimizer state does not fit the run resumed: with the recipe
+    changes that caused it (``--allow-changes``) and the way out."""
+    changes = (segment or {}).get("recipe_changes")
+    if not changes:
+        return StateMismatch(f"{ckpt}: {what.splitlines()[0]}")
+    return ValueError(f"{ckpt}: cannot continue with these changes ({describe(changes)}): {what.splitlines()[0]}. "
+                      "A change of architecture or of what trains (freeze_*) needs a new run: give this checkpoint "
+                      "as its init")
 
 
 @contextmanager

@@ -15,7 +15,9 @@ Every checkpoint records both (``trainer.json``). ``--resume`` compares them wit
   with a warning saying so, and a new segment in ``history.jsonl``;
 * another recipe: refused, listing the changed keys, unless ``--allow-changes``; then the change is a new
   segment of the run's history (``history.jsonl`` and ``config-N.yaml``). ``config.yaml`` — the first
-  segment's — is never rewritten.
+  segment's — is never rewritten. Even then another ``seed`` (another run) and a ``max_steps`` behind the
+  checkpoint are refused; a model or optimizer state that does not fit (another architecture, other ``freeze_*``)
+  fails in one line naming the changes (the trainer's ``_resume``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
     RUN/checkpoints/init/         weights at step 0 (distance-from-init, paper §6.6)
     RUN/checkpoints/step-0001000/ model.safetensors, model.json, state.pt, trainer.json
     RUN/checkpoints/hours-10/     a milestone in hours of (padded) audio seen
-    RUN/checkpoints/best/         lowest validation loss
+    RUN/checkpoints/best/         lowest validation loss (a resume removes checkpoints of the steps it trains again)
     RUN/checkpoints/latest.json   {"name": "step-0001000"}: the newest complete checkpoint
 
 A checkpoint directory is written under a temporary name and renamed into place, and ``latest.json``
@@ -97,12 +97,7 @@ class RunDir:
                 atomic_torch_save(state, tmp / STATE_FILE)
                 info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
             atomic_write_json(tmp / TRAINER_FILE, info)
-            if final.exists():
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            self._put(tmp, name)
             if make_latest:
                 atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
         except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
@@ -120,16 +115,25 @@ class RunDir:
             ) from e
         return final
 
+    def _put(self, tmp: Path, name: str) -> None:
+        """Rename the finished ``tmp`` into place as ``name``; one it replaces is moved aside first (``.old-``,
+        which ``prepare`` restores if a kill comes between the two renames)."""
+        final, old = self.ckpt / name, self.ckpt / f".old-{name}-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+
     def copy(self, source: Path, name: str) -> Path:
         """Checkpoint ``source`` copied whole as ``name`` (a plain name), atomically (directory rename)."""
         plain_name(name, "checkpoint name")
-        tmp, final = self.ckpt / f".tmp-{name}-{os.getpid()}", self.ckpt / name
+        tmp = self.ckpt / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return final
+        self._put(tmp, name)
+        return self.ckpt / name
 
     def latest(self) -> Path | None:
         """The checkpoint to resume from: the one ``latest.json`` names (a plain name inside ``checkpoints/``);
@@ -260,16 +264,26 @@ def training_state(
     return state
 
 
+class StateMismatch(ValueError):
+    """A checkpoint's model or optimizer state does not fit the model being resumed (its architecture, or what
+    trains, changed)."""
+
+
 def restore_training_state(
     state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any, d: D.Dist
 ) -> None:
     """The inverse of ``training_state``: each rank takes its own data position when the number of ranks is
     the same (else rank 0's, which the sampler maps onto the new layout, and the job's bad files once, on
     rank 0)."""
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:  # other parameter groups or sizes: the trainable parameters changed
+        raise StateMismatch(f"the optimizer's state: {e}") from e
     scaler.load_state_dict(state["scaler"])
     loaders = state["loaders"]
-    ranks = [{"epoch": s["epoch"], "position": s["position"]} for s in loaders]  # for a resume in another layout
+    # for a resume in another layout: where every saved rank was (a shard loader's streams too)
+    ranks = [{"epoch": s["epoch"], "position": s["position"], **({"places": s["places"]} if "places" in s else {})}
+             for s in loaders]
     if len(loaders) == d.world_size:
         loader.load_state_dict({**loaders[d.rank], "ranks": ranks})
     else:

@@ -110,6 +110,11 @@ def test_unbatchable_counted_warned_or_raised(caplog):
                                          r"valid_seconds=10 s\); change data.min_seconds / data.max_seconds / "
                                          r"valid_seconds, or give other data"):
         _sampler([RATE * 50], 10.0, skip_bad=True, names={"device_seconds": "valid_seconds"})
+    evaluate = {"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None, "crop_seconds": None,
+                "skip_bad": None}  # it has none of them: only the manifest can change
+    with pytest.raises(ValueError, match=r"\(1 empty \(0 samples\)\), e.g. #0: remove the empty rows from the "
+                                         r"manifest$"):
+        _sampler([0, RATE], 10.0, names=evaluate)
     assert all(cropped.effective[b].max() * len(b) <= 10 * RATE for b in cropped)
     # the longest utterance admitted (fine-tuning's 30 s), below what a device holds: a limit set on purpose
     limited = _sampler(lens, 60.0, max_seconds=1.5)

@@ -139,8 +139,8 @@ def test_stopped_and_resumed_equals_uninterrupted(stop_at, tmp_path, tone_corpus
 
 
 def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus, caplog) -> None:
-    """The source's architecture, whatever ``model_preset`` says: a preset of another architecture (here base
-    against the tiny source) is said to be unused (it had been ignored silently)."""
+    """The source's architecture, whatever ``model_preset`` says: a preset set to another architecture (here small
+    against the tiny source) is said to be unused (it had been ignored silently); the default says nothing."""
     from earful.checkpoint import save_model
     from earful.interop.hf import export_hf
     from earful.model import Wav2Vec2ForPreTraining, load_model_config
@@ -152,12 +152,17 @@ def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus, caplog) 
     export_hf(src, tmp_path / "hf")
     expected = {f"wav2vec2.{k}": v for k, v in src.wav2vec2.state_dict().items()}
     for init in ("pt", "hf"):
-        cfg = config(train, None, 1, f"init={tmp_path / init}", "model_preset=base")  # preset unused
+        cfg = config(train, None, 1, f"init={tmp_path / init}", "model_preset=small")  # preset unused
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             trainer = Trainer(FinetuneTask(cfg), tmp_path / f"run-{init}")
-        assert f"model_preset=base is not used: it is the architecture of a scratch model, and the model is " \
+        assert f"model_preset=small is not used: it is the architecture of a scratch model, and the model is " \
                f"{tmp_path / init}'s (2 layers of " in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            Trainer(FinetuneTask(config(train, None, 1, f"init={tmp_path / init}", "model_preset=base")),
+                    tmp_path / f"default-{init}")  # the default, base: never set by finetune-paper.yaml
+        assert "model_preset" not in caplog.text
         got = weights(tmp_path / f"run-{init}", "init")
         assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected), init
         assert trainer.model.cfg.mask_prob == 0.05 and trainer.model.cfg.layerdrop == 0.0  # fine-tuning recipe

@@ -286,6 +286,21 @@ def test_a_config_without_a_key_means_transformers_default(tmp_path) -> None:
     assert config_from_hf({}) == config_from_hf(theirs.to_dict())
 
 
+def test_mask_lengths_of_0_without_masks_load_and_other_bad_values_name_the_file() -> None:
+    """Fine-tuning scripts save mask_time_length 0 with mask_time_prob 0 (transformers accepts it); earful's
+    model checks had refused them. A value no model trains with names config.json."""
+    from earful.interop.hf import config_from_hf
+
+    cfg = config_from_hf({"mask_time_length": 0, "mask_time_prob": 0.0, "mask_feature_length": 0,
+                          "mask_feature_prob": 0.0})
+    assert (cfg.mask_length, cfg.mask_channel_length, cfg.mask_prob) == (0, 0, 0.0)
+    with pytest.raises(ValueError, match=r"^x/config.json: model.mask_length=0: expected an integer >= 1 where its "
+                                         r"mask probability is > 0"):
+        config_from_hf({"mask_time_length": 0, "mask_time_prob": 0.05}, "x/config.json")
+    with pytest.raises(ValueError, match=r"^x/config.json: model.dropout=1.5: expected a probability"):
+        config_from_hf({"hidden_dropout": 1.5}, "x/config.json")
+
+
 def test_reexport_without_a_vocabulary_removes_the_earlier_tokenizer(tmp_path) -> None:
     cfg = load_model_config("tiny")
     export_hf(Wav2Vec2ForCTC(cfg, vocab_size=6), tmp_path, vocab_symbols=["<b>", "'", "a", "b", "|", "x"])

@@ -223,3 +223,19 @@ def test_an_fp16_resume_continues_with_the_loss_scale_it_had_found(tmp_path, tin
     resumed = Trainer(PretrainTask(load_pretrain_config(None, cfg)), tmp_path / "run", resume=True)
     assert resumed.step == 3 and resumed.scaler.state_dict() == found
     resumed.close()
+
+
+def test_an_optimizer_state_of_other_parameters_is_a_state_mismatch() -> None:
+    """Resuming with other trainable parameters (fine-tuning's freeze_* changed): a StateMismatch saying it is the
+    optimizer's state, which the trainer words with the recipe's changes and the way out (it was torch's bare
+    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group")."""
+    from earful.train.distributed import Dist
+    from earful.train.state import StateMismatch, restore_training_state
+
+    saved, scaler = _optimizer_and_scaler()
+    saved.param_groups[0]["params"][0].grad = torch.ones(2)
+    saved.step()
+    state = {"optimizer": saved.state_dict(), "scaler": scaler.state_dict(), "loaders": [], "rng_cpu": None}
+    other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(StateMismatch, match=r"^the optimizer's state: loaded state dict contains a parameter group"):
+        restore_training_state(state, other, scaler, Loader(), Dist(0, 0, 1, torch.device("cpu")))
