@@ -93,6 +93,10 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
             return b"", f"{utt.path}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"
         if dtype == "float32" and not np.isfinite(data).all():
             return b"", f"{utt.path}: audio contains NaN or infinite samples"
+        if dtype == "float32" and len(data) and (peak := float(np.abs(data).max())) > 1.0:
+            # FLAC holds [-1, 1): the member would differ from the file (it was clipped silently)
+            return b"", (f"{utt.path}: samples beyond ±1 (peak {peak:.3g}) would be clipped in a FLAC member; scale "
+                         "the file, or train from the manifest (data.train)")
         out = io.BytesIO()
         sf.write(out, data, rate, format="FLAC", subtype=subtype)
         return out.getvalue(), None

@@ -229,14 +229,19 @@ class ShardLoader(Received):
             self.places, self.next = places, int(state["next"])  # type: ignore[assignment]
             return
         changed = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v)
+        # every saved rank's streams, when the trainer passes them (``ranks``): every rank then starts the same
+        # epoch, after the latest any saved stream reached (each rank's own had left the ranks epochs apart)
+        everywhere = [tuple(int(v) for v in p) for r in state.get("ranks") or [] for p in r.get("places", [])]
+        places = everywhere or places
         epoch = max(p[0] for p in places)
         if not self.relayout:
             raise ValueError(f"cannot continue the shard streams of epoch {epoch} in another layout ({changed}): "
                              "resume with the same devices, data.num_workers, batch and crop settings, or set "
                              f"data.shards_relayout=true to start epoch {epoch + 1} in the new layout (the members "
                              f"of epoch {epoch} not yet reached then wait for it)")
-        log.warning("shard streams resumed in another layout (%s): epoch %d starts afresh; what the saved run had not "
-                    "reached of epoch %d (its streams were at %s) is not seen in it", changed, epoch + 1, epoch, places)
+        log.warning("shard streams resumed in another layout (%s): epoch %d starts afresh; what the saved run had "
+                    "not reached of epochs %d to %d (its streams, every rank's, were at (epoch, bucket, batches) %s) "
+                    "is not seen", changed, epoch + 1, min(p[0] for p in places), epoch, places)
         self.places, self.next = [(epoch + 1, 0, 0)] * self.plan.per_rank, 0
 
 

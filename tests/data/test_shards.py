@@ -132,6 +132,34 @@ def test_a_resume_in_another_layout_is_refused_or_starts_the_next_epoch(shards: 
         make_loader([], BatchBudget.per_device(1.0)).load_state_dict(state)
 
 
+def test_a_relayout_from_ranks_in_different_epochs_starts_every_rank_after_the_latest(shards: Path, caplog) -> None:
+    """Two saved ranks, one already in epoch 1, the other still in epoch 0, resumed with data.shards_relayout in
+    other layouts (1 rank; 2 ranks with 2 workers each): every rank starts epoch 2, and the warning names what
+    each saved rank had not reached. Each rank had used its own streams' epoch (or rank 0's on 1 rank): ranks
+    then ran an epoch apart for good, and rank 1's unread part of epoch 0 went unmentioned."""
+    from earful.train.distributed import Dist
+    from earful.train.state import restore_training_state
+
+    budget = BatchBudget(6.0, 3.0, 2, crop_seconds=1.0)
+    saved = [make_shard_loader(str(shards), budget, rank=r, num_workers=0) for r in (0, 1)]
+    states = [ld.state_dict() for ld in saved]
+    states[0]["places"], states[0]["epoch"] = [[1, 0, 1]], 1  # rank 0 had begun epoch 1, rank 1 was in epoch 0
+    states[1]["places"] = [[0, 2, 1]]
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "loaders": states,
+             "rng_cpu": torch.get_rng_state()}
+    for world, workers in ((1, 0), (2, 2)):
+        caplog.clear()
+        for rank in range(world):
+            loader = make_shard_loader(str(shards), BatchBudget(6.0, 3.0, world, crop_seconds=1.0), rank=rank,
+                                       num_workers=workers, relayout=True)
+            restore_training_state(train, opt, scaler, loader, Dist(rank, rank, world, torch.device("cpu")))
+            assert {p[0] for p in loader.places} == {2}, (world, rank, loader.places)
+        assert "epoch 2 starts afresh" in caplog.text and "epochs 0 to 1" in caplog.text
+        assert "[(1, 0, 1), (0, 2, 1)]" in caplog.text
+
+
 def _flip(path: Path, at: int) -> None:
     data = bytearray(path.read_bytes())
     data[at] ^= 0xFF
@@ -198,11 +226,15 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
     rate = {**rows[3], "id": "rate", "sample_rate": 22050}  # a 16 kHz file listed at 22.05 kHz
     sf.write(tmp_path / "blip.flac", np.zeros(300, dtype=np.float32), SR, subtype="PCM_16")
     blip = {**rows[0], "id": "blip", "path": str(tmp_path / "blip.flac"), "num_samples": 300}
+    # float samples beyond ±1 (a float WAV; decoded Vorbis overshoots): FLAC would clip them, silently until now
+    sf.write(tmp_path / "loud.wav", 1.5 * np.sin(np.arange(SR) / 10).astype(np.float32), SR, subtype="FLOAT")
+    loud = {**rows[0], "id": "loud", "path": str(tmp_path / "loud.wav"), "num_samples": SR}
     u00 = Path(rows[0]["path"]).name
     cases = [(half, rf"{u00}: \d+ samples at 16000 Hz, longer than the manifest's \d+"),
              (longer, rf"{u00}: truncated\? \d+ samples at 16000 Hz, the manifest says \d+"),
              (rate, r"u03.flac: sample rate 16000 Hz, the manifest says 22050 Hz"),
-             (blip, r"blip.flac: too short \(300 samples at 16000 Hz")]
+             (blip, r"blip.flac: too short \(300 samples at 16000 Hz"),
+             (loud, r"loud.wav: samples beyond ±1 \(peak 1.5\) would be clipped in a FLAC member")]
     for k, (row, problem) in enumerate(cases):
         corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
         with pytest.raises(ShardError, match=problem + ".*--skip-bad"):
@@ -211,9 +243,9 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
     corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *(row for row, _ in cases)]))
     with caplog.at_level(logging.WARNING):
         assert _run("shard", str(corpus), str(tmp_path / "s"), "--skip-bad") == 0
-    assert "4 rows left out" in caplog.text
+    assert "5 rows left out" in caplog.text
     index = ShardIndex(tmp_path / "s")
-    assert len(index) == 18 and [r["id"] for r in index.left_out] == ["half", "longer", "rate", "blip"]
+    assert len(index) == 18 and [r["id"] for r in index.left_out] == ["half", "longer", "rate", "blip", "loud"]
     for r, (_, problem) in zip(index.left_out, cases, strict=True):
         assert re.search(problem, r["problem"])
     loader = make_shard_loader(str(tmp_path / "s"), BatchBudget(3.0, 3.0), shuffle=False)

@@ -114,6 +114,26 @@ def test_a_second_process_on_one_run_folder_is_refused(tmp_path, tiny_corpus, re
     assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True).step == 2
 
 
+def test_a_killed_writers_forked_children_do_not_keep_its_folder_locked(tmp_path) -> None:
+    """The writer forks a child (as a DataLoader worker) and dies: the folder is free at once. The child shared
+    the lock's open file, so the folder had stayed locked, naming the dead pid, until the child ended."""
+    from earful.lock import hold_folder
+
+    code = ("import os, sys, time; from earful.lock import hold_folder; f = hold_folder(sys.argv[1]); pid = os.fork()\n"
+            "if pid == 0:\n    time.sleep(30); os._exit(0)\n"
+            "print(pid, flush=True); os._exit(0)")
+    writer = subprocess.Popen([os.sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(writer.stdout.readline())
+    try:
+        writer.wait(timeout=60)
+        assert Path(f"/proc/{child}/status").read_text().split("State:")[1].split()[0] == "S"  # it sleeps on
+        hold_folder(tmp_path / "run").close()  # and the folder is free
+    finally:
+        os.kill(child, 9)
+        writer.stdout.close()
+
+
 # ---------------------------------------------------------------------- 4. recipe check on resume
 def test_resume_with_another_recipe_is_refused_or_recorded(tmp_path, tiny_corpus, rel, caplog) -> None:
     out = tmp_path / "run"
@@ -294,7 +314,9 @@ def test_a_validation_set_the_validation_batches_cannot_hold_names_valid_seconds
     overrides = rel.pretrain_overrides(tiny_corpus[0], 2, f"data.valid={tiny_corpus[1]}", "valid_seconds=0.5")
     assert main(["pretrain", *overrides, "--out", str(tmp_path / "run")]) == 2
     assert re.search(r"valid\.jsonl: \d+ of \d+ utterances cannot be batched \(\d+ longer than valid_seconds=0\.5 "
-                     r"s\).*a larger valid_seconds", caplog.text), caplog.text[-800:]
+                     r"s\).*a larger valid_seconds \(the longest is [\d.]+ s\); or data\.max_seconds to leave "
+                     r"longer utterances out on purpose \(counted\); or in pre-training, data\.crop_seconds at most "
+                     r"valid_seconds \(the crop, 2 s,", caplog.text), caplog.text[-800:]  # validation crops too
 
 
 @pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
@@ -485,6 +507,17 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_corpus, rel, mon
     summary = Trainer(PretrainTask(load_pretrain_config(None, cfg)), out, resume=True).fit()
     assert summary["step"] == 3 and (out / "valid.jsonl").read_text() == log_before
     assert (out / "checkpoints" / "step-0000003" / "trainer.json").stat().st_mtime_ns == written
+    # a run cut short where it stands (step 2 of 4, --allow-changes max_steps=2) has not ended: its end's
+    # validation runs
+    out = tmp_path / "cut"
+    longer = rel.pretrain_overrides(tiny_corpus[0], 4, "valid_every=3", "ckpt_every=2")
+    _scripted_validation(monkeypatch, [])
+    with pytest.raises(StopIteration):  # killed at step 3's validation: latest is step 2
+        Trainer(PretrainTask(load_pretrain_config(None, longer)), out).fit()
+    _scripted_validation(monkeypatch, [7.0])
+    Trainer(PretrainTask(load_pretrain_config(None, [*longer, "max_steps=2"])), out, resume=True,
+            allow_changes=True).fit()
+    assert [(r["step"], r["loss"]) for r in rel.read_jsonl(out / "valid.jsonl")] == [(2, 7.0)]
 
 
 def test_a_resume_cannot_change_what_no_checkpoint_can_continue(tmp_path, finished, tiny_corpus, rel) -> None:
@@ -499,7 +532,7 @@ def test_a_resume_cannot_change_what_no_checkpoint_can_continue(tmp_path, finish
                                          r"backwards"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 3)), out, resume=True, allow_changes=True)
     with pytest.raises(ValueError, match=r"step-0000004: cannot continue with these changes \(.*model\.num_layers: "
-                                         r"2 -> 3.*\): the checkpoint's model, optimizer or data order does not fit "
-                                         r"them \(Error\(s\) in loading state_dict.*give this checkpoint as its init"):
+                                         r"2 -> 3.*\): the model: Error\(s\) in loading state_dict.*give this "
+                                         r"checkpoint as its init"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6, "model.num_layers=3")), out, resume=True,
                 allow_changes=True)
