@@ -65,12 +65,13 @@ def check_probe_corpus(study: StudyConfig, root: Path) -> None:
 
 
 def _digest(path: Path) -> str:
-    return sha256(path) if path.is_file() else "missing"
+    return sha256(path)
 
 
 def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
     """SHA-256 of every manifest the study reads, by role: a corpus re-prepared under the same paths is
-    another recipe, not a reason to reuse the runs trained on the old one. The probes' manifests
+    another recipe, not a reason to reuse the runs trained on the old one. A manifest that does not exist has
+    no digest (earlier versions wrote "missing": ``fingerprint._comparable`` leaves those out). The probes' manifests
     (``probe.train``, ...) are read by the study when it has probes."""
     c = study.corpus
     named = {"train": c.train, "valid": c.valid, "dev": c.dev,
@@ -82,5 +83,7 @@ def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
 
         for paths in suite_manifests(study.probe_dir(root), study.probes).values():
             roles.update({f"probe.{m.stem}": m for m in paths})
-    digests = {path: _digest(path) for path in set(roles.values())}  # a file in several roles is read once
-    return {role: digests[path] for role, path in roles.items()}
+    # a file in several roles is read once; one that does not exist is not read (run.check_manifests has made
+    # sure of every manifest the study reads: here, a label set it does not fine-tune on)
+    digests = {path: _digest(path) for path in set(roles.values()) if path.is_file()}
+    return {role: digests[path] for role, path in roles.items() if path in digests}

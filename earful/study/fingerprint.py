@@ -46,7 +46,8 @@ def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
     a setting was classed so may still hold it."""
     keep = {"pretrain": _computes, "finetune": _computes, "study": lambda k: k not in OVERRIDE_LISTS}
-    return {part: {k: v for k, v in kv.items() if keep.get(part, lambda _: True)(k)}
+    return {part: {k: v for k, v in kv.items() if keep.get(part, lambda _: True)(k)
+                   and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
             for part, kv in fingerprint.items()}
 
 

@@ -71,7 +71,7 @@ class Finetuning:
 def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool) -> list[Finetuning]:
     """What can start once ``run`` has pre-trained: its checkpoints on every label set, and, for the first run
     of a seed, the from-scratch baselines from its random init (same architecture)."""
-    label_sets = study.finetune.label_sets or list(study.corpus.label_sets)
+    label_sets = finetuned_label_sets(study)
     todo = []
     for ck_name, ck in checkpoints_to_finetune(study, run, out).items():
         hours, step = hours_of(ck)
@@ -126,14 +126,58 @@ def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Prob
         atomic_write_lines(out / "probes.jsonl", (json.dumps(rec) for rec in records))
 
 
+CHECKPOINT_CHOICES = ("final", "best", "milestones")
+
+
+def finetuned_label_sets(study: StudyConfig) -> list[str]:
+    """The label sets the study fine-tunes on: ``finetune.label_sets``, else every one of ``corpus.label_sets``."""
+    return list(study.finetune.label_sets or study.corpus.label_sets)
+
+
 def check_recipes(study: StudyConfig) -> None:
-    """The pre-training and fine-tuning recipes load with the study's overrides (an unknown key or a wrong
-    value is named here, by ``study plan`` too, not after the corpus is built)."""
+    """The pre-training recipe and the fine-tuning recipe of every label set (with its ``per_label_set``
+    overrides) load with the study's overrides, and ``finetune.checkpoints`` names checkpoints the pre-training
+    writes: an unknown key, a wrong value or a checkpoint no run will have is named here, by ``study plan`` too,
+    not after the corpus is built and every run pre-trained."""
     from earful.finetune.config import load_finetune_config
     from earful.pretrain.config import load_pretrain_config
 
     load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
     load_finetune_config(study.finetune.config, study.finetune.overrides)
+    for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
+        if extra := study.finetune.per_label_set.get(label_set):
+            try:
+                load_finetune_config(study.finetune.config, [*study.finetune.overrides, *extra])
+            except ValueError as e:
+                raise ValueError(f"finetune.per_label_set[{label_set!r}]: {e}") from e
+    unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]
+    if unknown:
+        raise ValueError(f"finetune.checkpoints: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
+
+
+def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:
+    """The manifests the study reads, by the setting that names them: the pre-training's train (and valid) and,
+    when it fine-tunes, the fine-tuning dev, each label set it fine-tunes on and every test split. (The probes'
+    manifests are checked by ``check_probe_corpus``.)"""
+    c = study.corpus
+    named = {"corpus.train": c.train, "corpus.valid": c.valid}
+    label_sets = finetuned_label_sets(study)
+    if label_sets:
+        named["corpus.dev"] = c.dev
+        named.update({f"corpus.label_sets[{ls!r}]": c.label_sets[ls] for ls in label_sets})
+        named.update({f"corpus.test[{k!r}]" if c.test else f"corpus.test (default {k!r})": v
+                      for k, v in c.test_sets().items()})
+    return {role: Path(c.path(rel, root)) for role, rel in named.items() if rel}
+
+
+def check_manifests(study: StudyConfig, root: Path) -> None:
+    """Every manifest the study reads exists, before study.json is written and any run starts (a missing label
+    set or test manifest stopped the study only after every pre-training, with a bare [Errno 2])."""
+    missing = [f"{role}: {path}" for role, path in study_manifests(study, root).items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the study's manifest(s) do not exist ({'; '.join(missing)}); prepare them "
+                                "(`earful prepare`, `earful synth`) or fix the path(s), which are relative to "
+                                "corpus.dir")
 
 
 def check_study(study: StudyConfig) -> None:
@@ -174,6 +218,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     check_study(study)
     ensure_corpus(study, root)
     check_probe_corpus(study, root)  # on the corpus as built: before any run starts, not after pre-training
+    check_manifests(study, root)  # before study.json: its fingerprint holds no missing manifest
     runs, table = plan_table(study)
     fingerprint = recipe_fingerprint(study, runs, root)
     check_same_recipe(out, fingerprint)

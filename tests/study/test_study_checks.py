@@ -1,0 +1,92 @@
+"""What a study refuses before its first run: settings and files that would otherwise stop it only after every
+pre-training had finished, when the fix is refused by the recipe fingerprint."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from earful.study.config import load_study
+from earful.study.run import check_recipes, check_study, run_study
+
+BASE = "grid: [10]\nmode: fixed-steps\nsteps: 10\ncorpus: {label_sets: {10h: labelled-10h.jsonl}}\n"
+
+
+def _study(tmp_path: Path, *overrides: str, text: str = BASE):
+    y = tmp_path / "s.yaml"
+    y.write_text(text)
+    return load_study(y, list(overrides))
+
+
+def _corpus(root: Path, *names: str) -> Path:
+    """A corpus folder holding ``names`` (manifests nothing reads before the checks under test)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text('{"id": "a"}\n')
+    return root
+
+
+def test_an_unknown_checkpoint_name_is_refused_by_plan_and_run(tmp_path, caplog) -> None:
+    """`finetune.checkpoints: [finall]` passed `study plan` and the whole pre-training grid (the plan counted it
+    as 0 fine-tunings), then stopped the study: now the plan and the run's first check name it."""
+    from earful.cli import main
+
+    with pytest.raises(ValueError, match=r"finetune.checkpoints: unknown \['finall'\] \(choose among final \| best "
+                                         r"\| milestones\)"):
+        check_study(_study(tmp_path, "finetune.checkpoints=[final, finall]"))
+    (tmp_path / "s.yaml").write_text(BASE + "finetune: {checkpoints: [finall]}\n")
+    assert main(["study", "plan", str(tmp_path / "s.yaml")]) == 2
+    assert any("finetune.checkpoints: unknown ['finall']" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_label_sets_own_overrides_are_checked_before_any_run(tmp_path) -> None:
+    """The fine-tuning recipe was loaded without `per_label_set`: an unknown key there stopped the study after
+    every pre-training."""
+    with pytest.raises(ValueError, match=r"finetune.per_label_set\['10h'\]: .*unknown key\(s\) \['max_stepz'\]"):
+        check_recipes(_study(tmp_path, "finetune.per_label_set={10h: [max_stepz=3]}"))
+    check_recipes(_study(tmp_path, "finetune.per_label_set={10h: [max_steps=3]}"))
+
+
+@pytest.mark.parametrize(("missing", "role"), [
+    ("labelled-10h.jsonl", r"corpus.label_sets\['10h'\]"),
+    ("test.jsonl", r"corpus.test\['test'\]"),
+    ("dev.jsonl", r"corpus.valid: .*dev.jsonl; corpus.dev"),
+])
+def test_a_manifest_the_study_reads_must_exist_before_study_json(tmp_path, monkeypatch, missing, role) -> None:
+    """A label set, test or dev manifest that did not exist was fingerprinted as "missing" and stopped the study
+    after every pre-training with a bare [Errno 2]: now one line names the setting and the path, and nothing is
+    written or trained."""
+    def no_training(*args) -> None:
+        raise AssertionError("a pre-training started")
+
+    monkeypatch.setattr("earful.study.run.run_pretraining_stage", no_training)
+    names = [n for n in ("train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl") if n != missing]
+    corpus = _corpus(tmp_path / "corpus", *names)
+    study = _study(tmp_path, f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+                   "corpus.dev=dev.jsonl", "corpus.test={test: test.jsonl}")
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=rf"manifest\(s\) do not exist \({role}.*{missing}.*relative to "
+                                                r"corpus.dir") as e:
+        run_study(study, out, root=tmp_path)
+    assert "\n" not in str(e.value)
+    assert not (out / "study.json").exists() and not (out / "pretrain").exists()
+
+
+def test_a_missing_manifest_is_never_fingerprinted(tmp_path) -> None:
+    """A manifest the study does not read (a label set it does not fine-tune on) has no digest, and a study.json
+    of before, which recorded it as "missing", continues."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    study = _study(tmp_path, f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+                   "corpus.dev=dev.jsonl", "corpus.test={test: test.jsonl}",
+                   "corpus.label_sets={10h: labelled-10h.jsonl, 1h: labelled-1h.jsonl}", "finetune.label_sets=[10h]")
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    assert "label_set.1h" not in fp["data"] and "missing" not in fp["data"].values()
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {**fp, "data": {**fp["data"], "label_set.1h": "missing"}}
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    check_same_recipe(out, fp)
