@@ -14,12 +14,14 @@ log = logging.getLogger(__name__)
 
 def ensure_corpus(study: StudyConfig, root: Path) -> None:
     """Build the study's synthetic corpus unless it exists; an existing one built with other settings is
-    an error (a study must not silently run on a different corpus)."""
+    an error (a study must not silently run on a different corpus). A ``corpus.synth`` corpus is complete once
+    its ``synth.json`` is there (written last): a build killed part-way, its train manifest written and
+    synth.json not, is built again (every file written anew)."""
     train = Path(study.corpus.path(study.corpus.train, root))
     s = study.corpus.synth
-    if train.exists():
-        made = Path(study.corpus.path("synth.json", root))
-        if s is not None and made.exists():
+    made = Path(study.corpus.path("synth.json", root))
+    if train.exists() and (s is None or made.exists()):
+        if s is not None:
             have = json.loads(made.read_text(encoding="utf-8"))
             want = {"requested_hours": s.hours, "domain": s.domain, "seed": s.seed,
                     "labelled_fraction": s.labelled_fraction}
@@ -34,6 +36,9 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
     from earful.data.synth import synthesize
 
     out = Path(study.corpus.path(".", root))
+    if train.exists():
+        log.warning("%s: a corpus build that did not finish (%s exists, synth.json, written last, does not): "
+                    "building it again", out, train.name)
     log.info("building the built-in corpus in %s (%.2f h, %s domain)", out, s.hours, s.domain)
     synthesize(out, s.hours, domain=s.domain, seed=s.seed, labelled_fraction=s.labelled_fraction)
 

@@ -90,3 +90,20 @@ def test_a_missing_manifest_is_never_fingerprinted(tmp_path) -> None:
     earlier = {**fp, "data": {**fp["data"], "label_set.1h": "missing"}}
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
     check_same_recipe(out, fp)
+
+
+def test_a_corpus_build_killed_part_way_is_built_again(tmp_path) -> None:
+    """synth.json is written last: a build killed after the train manifest (a part of it here) and before
+    synth.json was taken as complete, and the study trained on the part. Now it is built again."""
+    from earful.study.corpus import ensure_corpus
+
+    synth = "{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}"
+    study = _study(tmp_path, f"corpus.dir={tmp_path / 'corpus'}", f"corpus.synth={synth}")
+    ensure_corpus(study, tmp_path)
+    manifests = tmp_path / "corpus" / "manifests"
+    whole = (manifests / "train.jsonl").read_text()
+    (tmp_path / "corpus" / "synth.json").unlink()
+    (manifests / "train.jsonl").write_text(whole.splitlines(keepends=True)[0])  # killed while writing
+    ensure_corpus(study, tmp_path)
+    assert (tmp_path / "corpus" / "synth.json").exists()
+    assert (manifests / "train.jsonl").read_text() == whole
