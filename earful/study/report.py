@@ -93,16 +93,19 @@ def build_report(out_dir: str | Path) -> Path:
     rep = out / "report"
     (rep / "plots").mkdir(parents=True, exist_ok=True)
     results = read_jsonl(out / "results.jsonl")
-    runs = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
+    every_run = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
     study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
         text += ["## Runs", "", study["plan"], ""]
     text += scope_section(study)
+    text += diverged_section(every_run, results)
+    # a diverged run (or fine-tuning) is shown above and left out of every table, finding and claim below
+    runs = {name: r for name, r in every_run.items() if not r.get("diverged")}
     curves = {name: read_jsonl(out / "pretrain" / name / "valid.jsonl") for name in runs}
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
-    ft = [r for r in results if r.get("split")]
+    ft = [r for r in results if r.get("split") and not r.get("diverged")]
     main_split = main_split_of(sorted({r["split"] for r in ft}))
     probes = read_jsonl(out / "probes.jsonl")
     means = probe_means(probes)
@@ -151,6 +154,21 @@ def scope_section(study: dict[str, Any]) -> list[str]:
                      "slope and C7's rank correlations are taken over batch sizes, each from one run. At CPU scale "
                      "the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
     return lines + [""]
+
+
+def diverged_section(runs: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """The pre-trainings and fine-tunings that diverged at their last step (non-finite steps or validation):
+    a result of the grid (a large lr may diverge), listed here and left out of the statistics."""
+    pre = [f"{name} ({r.get('diverged_because', 'non-finite')})" for name, r in runs.items() if r.get("diverged")]
+    fine = sorted({f"{r['pretrain']} ({r['checkpoint']}) on {r['label_set']}" for r in results if r.get("diverged")})
+    if not pre and not fine:
+        return []
+    return ["## Diverged runs", "",
+            *([f"Pre-trainings that diverged: {'; '.join(pre)}. Their checkpoints were not fine-tuned, probed or "
+               "measured."] if pre else []),
+            *([f"Fine-tunings that diverged: {'; '.join(fine)}."] if fine else []),
+            "They are left out of every table, finding and claim below (the claims' statistics are over the runs "
+            "that did not diverge).", ""]
 
 
 ProbedModel = tuple[str, str, Any]  # (pretrain run or baseline, checkpoint, run seed): one probed model

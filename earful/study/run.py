@@ -68,12 +68,13 @@ class Finetuning:
     record: dict[str, Any]
 
 
-def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool) -> list[Finetuning]:
-    """What can start once ``run`` has pre-trained: its checkpoints on every label set, and, for the first run
-    of a seed, the from-scratch baselines from its random init (same architecture)."""
+def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool,
+                        diverged: bool = False) -> list[Finetuning]:
+    """What can start once ``run`` has pre-trained: its checkpoints on every label set (none when it diverged),
+    and, for the first run of a seed, the from-scratch baselines from its random init (same architecture)."""
     label_sets = finetuned_label_sets(study)
     todo = []
-    for ck_name, ck in checkpoints_to_finetune(study, run, out).items():
+    for ck_name, ck in ({} if diverged else checkpoints_to_finetune(study, run, out)).items():
         hours, step = hours_of(ck)
         todo += [Finetuning(f"{run.name}__{ck_name}__{ls}", ck, ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
@@ -97,12 +98,13 @@ class Probing:
     record: dict[str, Any]
 
 
-def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, fbank: bool
-                   ) -> list[Probing]:
-    """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final); for the first
-    run of a seed its random init (every run of a seed starts from it), and once per study filterbanks."""
+def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, fbank: bool,
+                   diverged: bool = False) -> list[Probing]:
+    """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final; none when it
+    diverged); for the first run of a seed its random init (every run of a seed starts from it), and once per
+    study filterbanks."""
     todo = []
-    for ck_name, path in kept_checkpoints(study, run, out).items():
+    for ck_name, path in ({} if diverged else kept_checkpoints(study, run, out)).items():
         step = hours_of(path)[1]
         todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
@@ -231,25 +233,27 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
 
     probing: dict[str, list[Probing]] = {}
 
-    def after_pretraining(run: PlannedRun) -> list[Job]:
-        """What a finished pre-training lets start: its fine-tunings, its probes and its gradient noise."""
-        first = first_of_seed.get(run.seed) is run
-        planned[run.name] = planned_finetunings(study, run, out, first)
+    def after_pretraining(run: PlannedRun, record: dict[str, Any]) -> list[Job]:
+        """What a finished pre-training lets start: its fine-tunings, its probes and its gradient noise. A run
+        that diverged lets start only what its seed's random init serves (baselines, the init's probes)."""
+        first, diverged = first_of_seed.get(run.seed) is run, bool(record.get("diverged"))
+        planned[run.name] = planned_finetunings(study, run, out, first, diverged)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline), done=partial(evaluated, out, f.name))
                 for f in planned[run.name]]
         if study.probes:
-            probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0])
+            probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0],
+                                               diverged=diverged)
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
                          done=partial(probed, study, out, p.name))
                      for p in probing[run.name]]
-        if study.gradvar_batches:
+        if study.gradvar_batches and not diverged:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
                             done=partial(gradvar_measured, out, run)))
         return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
-                then=lambda _rec, r=r: after_pretraining(r), devices=r.devices,
+                then=lambda rec, r=r: after_pretraining(r, rec), devices=r.devices,
                 done=partial(pretrained, out, r)) for r in runs]
     if study.launcher == "slurm":
         from earful.study.slurm import execute_on_slurm
@@ -275,7 +279,8 @@ def write_results(out: Path, runs: list[PlannedRun], planned: dict[str, list[Fin
         for split, res in done[f.name]["splits"].items():
             for decoder, r in res.items():
                 if "wer" in r:
-                    results.append({**f.record, "split": split, "decoder": decoder, "wer": r["wer"], "cer": r["cer"]})
+                    results.append({**f.record, "split": split, "decoder": decoder, "wer": r["wer"], "cer": r["cer"],
+                                    **({"diverged": True} if done[f.name].get("diverged") else {})})
     atomic_write_lines(out / "results.jsonl", (json.dumps(rec) for rec in results))
 
 
