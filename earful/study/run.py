@@ -144,7 +144,7 @@ def check_recipes(study: StudyConfig) -> None:
     from earful.finetune.config import load_finetune_config
     from earful.pretrain.config import load_pretrain_config
 
-    load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
+    pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
     load_finetune_config(study.finetune.config, study.finetune.overrides)
     for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
         if extra := study.finetune.per_label_set.get(label_set):
@@ -155,6 +155,14 @@ def check_recipes(study: StudyConfig) -> None:
     unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]
     if unknown:
         raise ValueError(f"finetune.checkpoints: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
+    if "best" in study.finetune.checkpoints:
+        why = ("corpus.valid is empty (no validation set)" if not study.corpus.valid else
+               "the pre-training recipe has valid_every=0 (it never validates)" if pre.valid_every <= 0 else
+               "the pre-training recipe has keep_best=false" if not pre.keep_best else "")
+        if why:
+            raise ValueError(f"finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but "
+                             f"{why}: no run would have one; fine-tune `final` (or `milestones`) instead, or "
+                             "give the pre-training a validation set with keep_best=true")
 
 
 def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:

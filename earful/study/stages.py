@@ -227,8 +227,11 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
         if spec == "final":
             chosen["final"] = kept["final"]
         elif spec == "best":
-            if (ck / "best").exists():
-                chosen["best"] = ck / "best"
+            if not (ck / "best").exists():  # check_recipes refuses a recipe that keeps none
+                raise FileNotFoundError(f"pre-training {run.name} has no {ck / 'best'} to fine-tune "
+                                        "(finetune.checkpoints: best): it never kept a best validation "
+                                        "checkpoint; fine-tune `final` instead")
+            chosen["best"] = ck / "best"
         elif spec == "milestones":
             chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:

@@ -107,3 +107,37 @@ def test_a_corpus_build_killed_part_way_is_built_again(tmp_path) -> None:
     ensure_corpus(study, tmp_path)
     assert (tmp_path / "corpus" / "synth.json").exists()
     assert (manifests / "train.jsonl").read_text() == whole
+
+
+@pytest.mark.parametrize("setting", ["corpus.valid=", "pretrain_overrides=[keep_best=false]",
+                                     "pretrain_overrides=[valid_every=0]"])
+def test_best_is_refused_when_no_pre_training_keeps_one(tmp_path, setting) -> None:
+    """`finetune.checkpoints: [best]` without a pre-training validation set or with keep_best=false fine-tuned
+    nothing, silently (and the plan counted the fine-tunings)."""
+    from earful.study.config import plan_runs
+    from earful.study.plan import later_stages
+
+    study = _study(tmp_path, "finetune.checkpoints=[best]", "finetune.baselines=[]", setting)
+    with pytest.raises(ValueError, match=r"finetune.checkpoints: `best` is the pre-training's best validation "
+                                         r"checkpoint, but .*: no run would have one; fine-tune `final`"):
+        check_recipes(study)
+    assert later_stages(study, plan_runs(study))["finetunings"] == 0
+    kept = _study(tmp_path, "finetune.checkpoints=[best]", "finetune.baselines=[]")
+    check_recipes(kept)
+    assert later_stages(kept, plan_runs(kept))["finetunings"] == 1
+
+
+def test_a_finished_run_without_best_is_an_error_naming_it(tmp_path) -> None:
+    from earful.study.config import plan_runs
+    from earful.study.stages import checkpoints_to_finetune
+
+    study = _study(tmp_path, "finetune.checkpoints=[final, best]")
+    run = plan_runs(study)[0]
+    with pytest.raises(FileNotFoundError, match=rf"pre-training {run.name} has no .*checkpoints/best to fine-tune"):
+        checkpoints_to_finetune(study, run, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "studies")
+                                        .glob("*.yaml")))
+def test_shipped_studies_pass_the_checks(name) -> None:
+    check_recipes(load_study(Path(__file__).resolve().parents[2] / "studies" / f"{name}.yaml"))
