@@ -8,7 +8,9 @@ reproduced* or *inconclusive*, with the evidence in one line:
   batch size and the seed-mean metric at each step, and the adjacent batch pairs that improve beyond two
   standard errors. Reproduced when the correlation at the final step is ≥ 0.8 and the largest batch beats the
   smallest beyond 2 SE; not reproduced when the correlation is ≤ 0 or the smallest beats the largest beyond
-  2 SE; inconclusive otherwise (one seed is always inconclusive: no spread).
+  2 SE; inconclusive otherwise (one seed is always inconclusive: no spread). With two batch sizes (no rank
+  correlation) the pair decides alone: reproduced when the larger beats the smaller beyond 2 SE, not reproduced
+  when the smaller beats the larger so.
 * **C2** — saturation: the gain of the largest doubling of the batch against the gain of the smallest, at the
   final step. Reproduced when the smallest doubling gains beyond 2 SE and the largest gains at most a third of
   it even at its upper 2 SE bound; not reproduced when the largest gains beyond 2 SE and at least as much;
@@ -124,7 +126,11 @@ def judge_c1(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     rho = spearman(batches, [sign * grid[(b, final)].mean for b in batches])
     gain, se = _gain(grid[(batches[0], final)], grid[(batches[-1], final)], sign)
     measured = math.isfinite(se)
-    verdict = _verdict(measured and rho >= 0.8 and _beyond(gain, se), measured and (rho <= 0 or _beyond(-gain, se)))
+    if len(batches) == 2:  # no rank correlation of two points: the pair's 2 SE test, both ways
+        verdict = _verdict(measured and _beyond(gain, se), measured and _beyond(-gain, se))
+    else:
+        verdict = _verdict(measured and rho >= 0.8 and _beyond(gain, se),
+                           measured and (rho <= 0 or _beyond(-gain, se)))
     evidence = (f"largest vs smallest batch at step {final}: {gain:+.3g} ± {se:.2g} (SE); " + "; ".join(per_step))
     return Verdict("C1", metric, verdict, evidence)
 

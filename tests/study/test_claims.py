@@ -170,3 +170,13 @@ def test_c7_needs_seeds_and_a_difference_beyond_their_spread() -> None:
     got = judge_c7({b: v[:1] for b, v in ppl.items()}, one_seed)
     assert got.verdict == INCONCLUSIVE and "fewer than 2 seeds" in got.evidence
     assert judge_c7({b: [-x for x in v] for b, v in ppl.items()}, clear).verdict == NOT_REPRODUCED
+
+
+def test_c1_with_two_batch_sizes_is_judged_both_ways_on_the_pair() -> None:
+    """Two batch sizes have no rank correlation (nan): C1 could be refuted but never reproduced. Now the pair's
+    2 SE test decides, both ways."""
+    two = [r for r in grid(lambda b, s: 5 - math.log(b * s)) if r["batch_seconds"] in (4.0, 8.0)]
+    assert verdicts(two)["C1"] == REPRODUCED
+    assert verdicts(two, higher=True)["C1"] == NOT_REPRODUCED
+    flat = [r for r in grid(lambda b, s: 5 - math.log(s), noise=0.5) if r["batch_seconds"] in (4.0, 8.0)]
+    assert verdicts(flat)["C1"] == INCONCLUSIVE
