@@ -141,3 +141,27 @@ def test_a_finished_run_without_best_is_an_error_naming_it(tmp_path) -> None:
                                         .glob("*.yaml")))
 def test_shipped_studies_pass_the_checks(name) -> None:
     check_recipes(load_study(Path(__file__).resolve().parents[2] / "studies" / f"{name}.yaml"))
+
+
+def test_a_corpus_moved_elsewhere_is_the_same_recipe(tmp_path) -> None:
+    """The manifests' contents are fingerprinted: a corpus folder moved (or reached by another path) with the
+    same contents was refused ("differs in study.corpus.dir"). A study.json of before, which holds corpus.dir,
+    continues too."""
+    import shutil
+
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    names = ("train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    settings = ["corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
+                "corpus.test={test: test.jsonl}"]
+    corpus = _corpus(tmp_path / "corpus", *names)
+    study = _study(tmp_path, f"corpus.dir={corpus}", *settings)
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {**fp, "study": {**fp["study"], "corpus.dir": str(corpus)}}
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    shutil.move(corpus, tmp_path / "moved")
+    moved = _study(tmp_path, "corpus.dir=moved", *settings)
+    check_same_recipe(out, recipe_fingerprint(moved, plan_runs(moved), tmp_path))
