@@ -358,14 +358,15 @@ def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str,
         by_batch[run["batch_seconds"]].append(name)
     rows, csv_rows = [], []
     for b in sorted(by_batch):
-        finals = [curves[n][-1] for n in by_batch[b] if curves.get(n)]
+        named = [(n, curves[n][-1]) for n in by_batch[b] if curves.get(n)]  # the runs with validation records
+        finals = [f for _, f in named]
         acc = [f["accuracy"] for f in finals]
         loss = [f["loss"] for f in finals]
         ppl = [statistics.fmean(v for k, v in f.items() if k.startswith("ppl_hard")) for f in finals]
         first = runs[by_batch[b][0]]
         rows.append([first["tag"], f"{first['steps']:,}", f"{first['hours']:.3g}", fmt_ms(loss, False),
                      fmt_ms(acc, False), fmt_ms(ppl, False)])
-        for f, n in zip(finals, by_batch[b], strict=False):
+        for n, f in named:
             csv_rows.append([n, b, f["step"], f["hours"], f["loss"], f["accuracy"]])
     if not rows:
         return []

@@ -70,3 +70,14 @@ def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
     three = scope([4, 8, 16])
     assert "C1 and C2 (every" in three and "C6 (gradient" in three and "C7 (codebook" in three
     assert "cannot" not in three
+
+
+def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> None:
+    """A run without validation records shifted the names: seed 2's loss was written under seed 1's name."""
+    from earful.study.report import pretraining_section
+
+    runs = {name: {**run(name, 8.0, seed), "hours": 0.01} for name, seed in (("8s-seed1", 1), ("8s-seed2", 2))}
+    curves = {"8s-seed1": [], "8s-seed2": [{"step": 4, "hours": 0.01, "loss": 2.5, "accuracy": 0.4,
+                                              "ppl_hard_0": 3.0}]}
+    pretraining_section(curves, runs, {"seeds": [1, 2]}, tmp_path)
+    assert (tmp_path / "pretrain_valid.csv").read_text().splitlines()[1:] == ["8s-seed2,8.0,4,0.01,2.5,0.4"]
