@@ -260,6 +260,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     negative = [s for s in (*study.seeds, *study.probe_seeds) if s < 0]
     if negative:
         raise ValueError(f"{path}: seeds and probe_seeds must be >= 0 (got {negative})")
+    for key, seeds in (("seeds", study.seeds), ("probe_seeds", study.probe_seeds if study.probes else [0])):
+        if not seeds:
+            raise ValueError(f"{path}: {key} is empty; give at least one seed, e.g. {key}: [1]")
+        if len(set(seeds)) < len(seeds):
+            twice = sorted({x for x in seeds if seeds.count(x) > 1})
+            raise ValueError(f"{path}: {key} names {twice} more than once; give each seed once")
     study.tracking.validate()
     if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
         raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")

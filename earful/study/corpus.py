@@ -14,12 +14,14 @@ log = logging.getLogger(__name__)
 
 def ensure_corpus(study: StudyConfig, root: Path) -> None:
     """Build the study's synthetic corpus unless it exists; an existing one built with other settings is
-    an error (a study must not silently run on a different corpus)."""
+    an error (a study must not silently run on a different corpus). A ``corpus.synth`` corpus is complete once
+    its ``synth.json`` is there (written last): a build killed part-way, its train manifest written and
+    synth.json not, is built again (every file written anew)."""
     train = Path(study.corpus.path(study.corpus.train, root))
     s = study.corpus.synth
-    if train.exists():
-        made = Path(study.corpus.path("synth.json", root))
-        if s is not None and made.exists():
+    made = Path(study.corpus.path("synth.json", root))
+    if train.exists() and (s is None or made.exists()):
+        if s is not None:
             have = json.loads(made.read_text(encoding="utf-8"))
             want = {"requested_hours": s.hours, "domain": s.domain, "seed": s.seed,
                     "labelled_fraction": s.labelled_fraction}
@@ -34,6 +36,9 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
     from earful.data.synth import synthesize
 
     out = Path(study.corpus.path(".", root))
+    if train.exists():
+        log.warning("%s: a corpus build that did not finish (%s exists, synth.json, written last, does not): "
+                    "building it again", out, train.name)
     log.info("building the built-in corpus in %s (%.2f h, %s domain)", out, s.hours, s.domain)
     synthesize(out, s.hours, domain=s.domain, seed=s.seed, labelled_fraction=s.labelled_fraction)
 
@@ -65,12 +70,13 @@ def check_probe_corpus(study: StudyConfig, root: Path) -> None:
 
 
 def _digest(path: Path) -> str:
-    return sha256(path) if path.is_file() else "missing"
+    return sha256(path)
 
 
 def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
     """SHA-256 of every manifest the study reads, by role: a corpus re-prepared under the same paths is
-    another recipe, not a reason to reuse the runs trained on the old one. The probes' manifests
+    another recipe, not a reason to reuse the runs trained on the old one. A manifest that does not exist has
+    no digest (earlier versions wrote "missing": ``fingerprint._comparable`` leaves those out). The probes' manifests
     (``probe.train``, ...) are read by the study when it has probes."""
     c = study.corpus
     named = {"train": c.train, "valid": c.valid, "dev": c.dev,
@@ -82,5 +88,7 @@ def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
 
         for paths in suite_manifests(study.probe_dir(root), study.probes).values():
             roles.update({f"probe.{m.stem}": m for m in paths})
-    digests = {path: _digest(path) for path in set(roles.values())}  # a file in several roles is read once
-    return {role: digests[path] for role, path in roles.items()}
+    # a file in several roles is read once; one that does not exist is not read (run.check_manifests has made
+    # sure of every manifest the study reads: here, a label set it does not fine-tune on)
+    digests = {path: _digest(path) for path in set(roles.values()) if path.is_file()}
+    return {role: digests[path] for role, path in roles.items() if path in digests}

@@ -15,9 +15,9 @@ from earful.train.recipe import WATCHING
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
 # study settings that decide how it runs or which runs it holds, not what a run computes: a finished study may
-# continue with more seeds or probe seeds (or jobs, another name, on a cluster); probe_corpus is where the probes'
-# manifests are, whose contents are in the fingerprint ("data")
-NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds", "probe_corpus")
+# continue with more seeds or probe seeds (or jobs, another name, on a cluster); probe_corpus and corpus.dir are
+# where the manifests are, whose contents are in the fingerprint ("data"): a corpus moved elsewhere is the same
+NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds", "probe_corpus", "corpus.dir")
 # set per run (paths on this machine, the run's seed): not part of what a study computes
 PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
 # sections that say where and how runs go and who watches them
@@ -45,8 +45,10 @@ def _computes(key: str) -> bool:
 def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
     a setting was classed so may still hold it."""
-    keep = {"pretrain": _computes, "finetune": _computes, "study": lambda k: k not in OVERRIDE_LISTS}
-    return {part: {k: v for k, v in kv.items() if keep.get(part, lambda _: True)(k)}
+    keep = {"pretrain": _computes, "finetune": _computes,
+            "study": lambda k: _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))}  # e.g. corpus.dir, kept before
+    return {part: {k: v for k, v in kv.items() if keep.get(part, lambda _: True)(k)
+                   and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
             for part, kv in fingerprint.items()}
 
 

@@ -34,11 +34,17 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     label_sets = len(study.finetune.label_sets or study.corpus.label_sets)
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     finetunings = upstreams = 0
+    keeps_best = False
+    if "best" in study.finetune.checkpoints and study.corpus.valid:
+        from earful.pretrain.config import load_pretrain_config
+
+        pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
+        keeps_best = pre.keep_best and pre.valid_every > 0
     for r in runs:
         # what the trainer writes: hours-H once step >= nominal_steps(H) (the last step included), one per name
         reached = {f"{h:g}" for h in study.milestone_hours if nominal_steps(h, r.batch_seconds) <= r.steps}
         milestones = len(reached) + len(cycle_minima(study))
-        best = 1 if study.corpus.valid else 0  # checkpoints/best comes of pre-training's validation
+        best = 1 if keeps_best else 0  # checkpoints/best comes of pre-training's validation
         chosen = sum({"final": 1, "best": best, "milestones": milestones}.get(c, 0)
                      for c in set(study.finetune.checkpoints))
         first = firsts[r.seed] is r

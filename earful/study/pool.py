@@ -78,9 +78,26 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def _stop_workers(procs: list[Any], busy: list[str]) -> None:
+    """SIGTERM the pool's worker processes: a training checkpoints and stops on it (a rerun of the study resumes
+    it), anything else ends. Without this, the study waited for every other running job to finish before it
+    reported the error that stopped it."""
+    import signal
+
+    if busy:
+        log.warning("stopping the other running job(s) %s (SIGTERM: a training checkpoints; rerun the study to "
+                    "continue)", ", ".join(busy))
+    for p in procs:
+        try:  # a worker may have ended already
+            os.kill(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     """Run ``jobs`` and their follow-ups, ``workers`` at a time (1: in this process, in order); returns each
-    job's result by key. A failed job stops the study (finished jobs are kept: run again to continue)."""
+    job's result by key. A failed job stops the study: the other running jobs are stopped (a training
+    checkpoints), finished jobs are kept; run again to continue."""
     progress = Progress(jobs, show=workers > 1)
     queue, bar = progress.queue, progress.bar
     if workers <= 1:
@@ -111,8 +128,10 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
                     log.info("finished %s", job.key)
                     progress.finished(job, fut.result())
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own table, which
+            pool.shutdown(wait=False, cancel_futures=True)  # shutdown empties
+            _stop_workers(procs, [j.key for f, j in running.items() if f.running()][:workers])
+            raise  # once the workers have stopped: leaving the pool's block waits for them
         finally:
             bar.close()
     return progress.results

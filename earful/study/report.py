@@ -93,16 +93,19 @@ def build_report(out_dir: str | Path) -> Path:
     rep = out / "report"
     (rep / "plots").mkdir(parents=True, exist_ok=True)
     results = read_jsonl(out / "results.jsonl")
-    runs = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
+    every_run = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
     study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
         text += ["## Runs", "", study["plan"], ""]
     text += scope_section(study)
+    text += diverged_section(every_run, results)
+    # a diverged run (or fine-tuning) is shown above and left out of every table, finding and claim below
+    runs = {name: r for name, r in every_run.items() if not r.get("diverged")}
     curves = {name: read_jsonl(out / "pretrain" / name / "valid.jsonl") for name in runs}
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
-    ft = [r for r in results if r.get("split")]
+    ft = [r for r in results if r.get("split") and not r.get("diverged")]
     main_split = main_split_of(sorted({r["split"] for r in ft}))
     probes = read_jsonl(out / "probes.jsonl")
     means = probe_means(probes)
@@ -128,29 +131,57 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     if not study:
         return []
     seeds, cycles, mode = len(study.get("seeds", [1])), study.get("cycles", 0), study.get("mode")
+    batches = len({float(g) if isinstance(g, int | float) else float(g["batch_seconds"])
+                   for g in study.get("grid", [])})
+    # what earful/study/claims.py needs: C1 and C4 compare two batch sizes, C2, C6 and C7 three
+    need = {"C1": 2, "C4": 2, "C2": 3, "C6": 3, "C7": 3}
     can, cannot = [], []
     if mode == "fixed-steps" and cycles:
-        can.append("C1 and C2 (every batch size the same steps, compared at each cycle minimum)")
-        can.append("C4 (equal hours as (B, T) against (2B, T/2) at cycle minima)" if cycles >= 2 else "")
+        can.append((("C1", "C2"), "every batch size the same steps, compared at each cycle minimum"))
+        can.append((("C4",), "equal hours as (B, T) against (2B, T/2) at cycle minima") if cycles >= 2 else ((), ""))
     elif mode == "fixed-steps":
-        can.append("C1 and C2 at the final step (a decayed schedule: only the end is comparable)")
+        can.append((("C1", "C2"), "at the final step (a decayed schedule: only the end is comparable)"))
         cannot.append("C4: equal hours needs checkpoints at (B, T) and (2B, T/2) — use `cycles`")
     else:
-        can.append("C4 at the final checkpoints (every batch size the same hours)")
+        can.append((("C4",), "at the final checkpoints (every batch size the same hours)"))
         cannot.append("C1 and C2 cleanly: equal steps pair a mid-run milestone, whose lr had not decayed, with a "
                       "finished run — use `mode: fixed-steps` with `cycles` (the paper's design)")
-    can += ["C6 (gradient noise against batch)"] if study.get("gradvar_batches") else []
-    cannot += [] if study.get("gradvar_batches") else ["C6: set `gradvar_batches`"]
-    can.append("C7 (codebook perplexity and codeword similarity against batch)")
+    if study.get("gradvar_batches"):
+        can.append((("C6",), "gradient noise against batch"))
+    else:
+        cannot.append("C6: set `gradvar_batches`")
+    can.append((("C7",), "codebook perplexity and codeword similarity against batch"))
+    few = sorted({c for claims, _ in can for c in claims if batches < need[c]})
+    can = [f"{' and '.join(ok)} ({why})" for claims, why in can
+           if (ok := [c for c in claims if batches >= need[c]]) and why]
+    if few:
+        cannot.append(f"{', '.join(few)}: the grid has {batches} batch size(s) (C1 and C4 need 2; C2, C6 and C7 "
+                      "need 3)")
     lines = ["## What this study can test", "",
              f"Design: {mode}{f', {cycles} cyclic cycles' if cycles else ''}, {seeds} seed(s)"
              f"{', probes of frozen features' if study.get('probes') else ''}. It can test: "
-             f"{'; '.join(c for c in can if c)}." + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
+             f"{'; '.join(can) or 'none of the claims'}."
+             + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
     if seeds < 2:
         lines.append("With one seed no difference is judged beyond noise: C1, C2 and C4 are *inconclusive*; C6's "
                      "slope and C7's rank correlations are taken over batch sizes, each from one run. At CPU scale "
                      "the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
     return lines + [""]
+
+
+def diverged_section(runs: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """The pre-trainings and fine-tunings that diverged at their last step (non-finite steps or validation):
+    a result of the grid (a large lr may diverge), listed here and left out of the statistics."""
+    pre = [f"{name} ({r.get('diverged_because', 'non-finite')})" for name, r in runs.items() if r.get("diverged")]
+    fine = sorted({f"{r['pretrain']} ({r['checkpoint']}) on {r['label_set']}" for r in results if r.get("diverged")})
+    if not pre and not fine:
+        return []
+    return ["## Diverged runs", "",
+            *([f"Pre-trainings that diverged: {'; '.join(pre)}. Their checkpoints were not fine-tuned, probed or "
+               "measured."] if pre else []),
+            *([f"Fine-tunings that diverged: {'; '.join(fine)}."] if fine else []),
+            "They are left out of every table, finding and claim below (the claims' statistics are over the runs "
+            "that did not diverge).", ""]
 
 
 ProbedModel = tuple[str, str, Any]  # (pretrain run or baseline, checkpoint, run seed): one probed model
@@ -327,14 +358,15 @@ def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str,
         by_batch[run["batch_seconds"]].append(name)
     rows, csv_rows = [], []
     for b in sorted(by_batch):
-        finals = [curves[n][-1] for n in by_batch[b] if curves.get(n)]
+        named = [(n, curves[n][-1]) for n in by_batch[b] if curves.get(n)]  # the runs with validation records
+        finals = [f for _, f in named]
         acc = [f["accuracy"] for f in finals]
         loss = [f["loss"] for f in finals]
         ppl = [statistics.fmean(v for k, v in f.items() if k.startswith("ppl_hard")) for f in finals]
         first = runs[by_batch[b][0]]
         rows.append([first["tag"], f"{first['steps']:,}", f"{first['hours']:.3g}", fmt_ms(loss, False),
                      fmt_ms(acc, False), fmt_ms(ppl, False)])
-        for f, n in zip(finals, by_batch[b], strict=False):
+        for n, f in named:
             csv_rows.append([n, b, f["step"], f["hours"], f["loss"], f["accuracy"]])
     if not rows:
         return []

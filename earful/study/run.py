@@ -68,12 +68,13 @@ class Finetuning:
     record: dict[str, Any]
 
 
-def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool) -> list[Finetuning]:
-    """What can start once ``run`` has pre-trained: its checkpoints on every label set, and, for the first run
-    of a seed, the from-scratch baselines from its random init (same architecture)."""
-    label_sets = study.finetune.label_sets or list(study.corpus.label_sets)
+def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool,
+                        diverged: bool = False) -> list[Finetuning]:
+    """What can start once ``run`` has pre-trained: its checkpoints on every label set (none when it diverged),
+    and, for the first run of a seed, the from-scratch baselines from its random init (same architecture)."""
+    label_sets = finetuned_label_sets(study)
     todo = []
-    for ck_name, ck in checkpoints_to_finetune(study, run, out).items():
+    for ck_name, ck in ({} if diverged else checkpoints_to_finetune(study, run, out)).items():
         hours, step = hours_of(ck)
         todo += [Finetuning(f"{run.name}__{ck_name}__{ls}", ck, ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
@@ -97,12 +98,13 @@ class Probing:
     record: dict[str, Any]
 
 
-def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, fbank: bool
-                   ) -> list[Probing]:
-    """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final); for the first
-    run of a seed its random init (every run of a seed starts from it), and once per study filterbanks."""
+def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, fbank: bool,
+                   diverged: bool = False) -> list[Probing]:
+    """Every checkpoint of ``run`` the study keeps (cycle minima or milestones, and the final; none when it
+    diverged); for the first run of a seed its random init (every run of a seed starts from it), and once per
+    study filterbanks."""
     todo = []
-    for ck_name, path in kept_checkpoints(study, run, out).items():
+    for ck_name, path in ({} if diverged else kept_checkpoints(study, run, out)).items():
         step = hours_of(path)[1]
         todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
@@ -126,14 +128,66 @@ def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Prob
         atomic_write_lines(out / "probes.jsonl", (json.dumps(rec) for rec in records))
 
 
+CHECKPOINT_CHOICES = ("final", "best", "milestones")
+
+
+def finetuned_label_sets(study: StudyConfig) -> list[str]:
+    """The label sets the study fine-tunes on: ``finetune.label_sets``, else every one of ``corpus.label_sets``."""
+    return list(study.finetune.label_sets or study.corpus.label_sets)
+
+
 def check_recipes(study: StudyConfig) -> None:
-    """The pre-training and fine-tuning recipes load with the study's overrides (an unknown key or a wrong
-    value is named here, by ``study plan`` too, not after the corpus is built)."""
+    """The pre-training recipe and the fine-tuning recipe of every label set (with its ``per_label_set``
+    overrides) load with the study's overrides, and ``finetune.checkpoints`` names checkpoints the pre-training
+    writes: an unknown key, a wrong value or a checkpoint no run will have is named here, by ``study plan`` too,
+    not after the corpus is built and every run pre-trained."""
     from earful.finetune.config import load_finetune_config
     from earful.pretrain.config import load_pretrain_config
 
-    load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
+    pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
     load_finetune_config(study.finetune.config, study.finetune.overrides)
+    for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
+        if extra := study.finetune.per_label_set.get(label_set):
+            try:
+                load_finetune_config(study.finetune.config, [*study.finetune.overrides, *extra])
+            except ValueError as e:
+                raise ValueError(f"finetune.per_label_set[{label_set!r}]: {e}") from e
+    unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]
+    if unknown:
+        raise ValueError(f"finetune.checkpoints: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
+    if "best" in study.finetune.checkpoints:
+        why = ("corpus.valid is empty (no validation set)" if not study.corpus.valid else
+               "the pre-training recipe has valid_every=0 (it never validates)" if pre.valid_every <= 0 else
+               "the pre-training recipe has keep_best=false" if not pre.keep_best else "")
+        if why:
+            raise ValueError(f"finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but "
+                             f"{why}: no run would have one; fine-tune `final` (or `milestones`) instead, or "
+                             "give the pre-training a validation set with keep_best=true")
+
+
+def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:
+    """The manifests the study reads, by the setting that names them: the pre-training's train (and valid) and,
+    when it fine-tunes, the fine-tuning dev, each label set it fine-tunes on and every test split. (The probes'
+    manifests are checked by ``check_probe_corpus``.)"""
+    c = study.corpus
+    named = {"corpus.train": c.train, "corpus.valid": c.valid}
+    label_sets = finetuned_label_sets(study)
+    if label_sets:
+        named["corpus.dev"] = c.dev
+        named.update({f"corpus.label_sets[{ls!r}]": c.label_sets[ls] for ls in label_sets})
+        named.update({f"corpus.test[{k!r}]" if c.test else f"corpus.test (default {k!r})": v
+                      for k, v in c.test_sets().items()})
+    return {role: Path(c.path(rel, root)) for role, rel in named.items() if rel}
+
+
+def check_manifests(study: StudyConfig, root: Path) -> None:
+    """Every manifest the study reads exists, before study.json is written and any run starts (a missing label
+    set or test manifest stopped the study only after every pre-training, with a bare [Errno 2])."""
+    missing = [f"{role}: {path}" for role, path in study_manifests(study, root).items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the study's manifest(s) do not exist ({'; '.join(missing)}); prepare them "
+                                "(`earful prepare`, `earful synth`) or fix the path(s), which are relative to "
+                                "corpus.dir")
 
 
 def check_study(study: StudyConfig) -> None:
@@ -174,6 +228,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     check_study(study)
     ensure_corpus(study, root)
     check_probe_corpus(study, root)  # on the corpus as built: before any run starts, not after pre-training
+    check_manifests(study, root)  # before study.json: its fingerprint holds no missing manifest
     runs, table = plan_table(study)
     fingerprint = recipe_fingerprint(study, runs, root)
     check_same_recipe(out, fingerprint)
@@ -186,25 +241,27 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
 
     probing: dict[str, list[Probing]] = {}
 
-    def after_pretraining(run: PlannedRun) -> list[Job]:
-        """What a finished pre-training lets start: its fine-tunings, its probes and its gradient noise."""
-        first = first_of_seed.get(run.seed) is run
-        planned[run.name] = planned_finetunings(study, run, out, first)
+    def after_pretraining(run: PlannedRun, record: dict[str, Any]) -> list[Job]:
+        """What a finished pre-training lets start: its fine-tunings, its probes and its gradient noise. A run
+        that diverged lets start only what its seed's random init serves (baselines, the init's probes)."""
+        first, diverged = first_of_seed.get(run.seed) is run, bool(record.get("diverged"))
+        planned[run.name] = planned_finetunings(study, run, out, first, diverged)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline), done=partial(evaluated, out, f.name))
                 for f in planned[run.name]]
         if study.probes:
-            probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0])
+            probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0],
+                                               diverged=diverged)
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
                          done=partial(probed, study, out, p.name))
                      for p in probing[run.name]]
-        if study.gradvar_batches:
+        if study.gradvar_batches and not diverged:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
                             done=partial(gradvar_measured, out, run)))
         return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
-                then=lambda _rec, r=r: after_pretraining(r), devices=r.devices,
+                then=lambda rec, r=r: after_pretraining(r, rec), devices=r.devices,
                 done=partial(pretrained, out, r)) for r in runs]
     if study.launcher == "slurm":
         from earful.study.slurm import execute_on_slurm
@@ -230,7 +287,8 @@ def write_results(out: Path, runs: list[PlannedRun], planned: dict[str, list[Fin
         for split, res in done[f.name]["splits"].items():
             for decoder, r in res.items():
                 if "wer" in r:
-                    results.append({**f.record, "split": split, "decoder": decoder, "wer": r["wer"], "cer": r["cer"]})
+                    results.append({**f.record, "split": split, "decoder": decoder, "wer": r["wer"], "cer": r["cer"],
+                                    **({"diverged": True} if done[f.name].get("diverged") else {})})
     atomic_write_lines(out / "results.jsonl", (json.dumps(rec) for rec in results))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -53,6 +54,50 @@ def tracked(study: StudyConfig, cfg: TrainingConfig, out: Path, name: str) -> No
 def done_record(path: Path) -> dict[str, Any] | None:
     p = path / "done.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def divergence(rdir: Path, steps: int, max_nan_steps: int) -> str:
+    """Why the run in ``rdir`` diverged at its last step ``steps`` ("" when it did not, or has not got there),
+    from its final checkpoint's ``trainer.json``: stopped by ``max_nan_steps`` non-finite steps in a row (the
+    trainer's stop, whose checkpoint a rerun "resumes" as finished), or its validation at that step not finite."""
+    final = rdir / "checkpoints" / f"step-{steps:07d}"
+    if not (final / "trainer.json").exists():
+        return ""
+    info = read_trainer_info(final)
+    if int(info.get("nan_in_a_row", 0)) >= max_nan_steps:
+        return f"{info['nan_in_a_row']} non-finite steps in a row at step {info['step']} (max_nan_steps " \
+               f"{max_nan_steps})"
+    valid = rdir / "valid.jsonl"
+    lines = valid.read_text(encoding="utf-8").strip().splitlines() if valid.exists() else []
+    last = json.loads(lines[-1]) if lines else {}
+    metric = info.get("best_metric") or "loss"
+    if last.get("step") == info["step"] and not math.isfinite(float(last.get(metric) or math.nan)):
+        return f"its validation {metric} at step {info['step']} is {last.get(metric)}"
+    return ""
+
+
+def finished_or_diverged(train: Any, rdir: Path, steps: int, max_nan_steps: int) -> tuple[dict[str, Any], str]:
+    """``train()``'s summary and why the run diverged at its last step (""). A run the trainer stops at its last
+    step for non-finite steps (``TrainingStopped``, its final checkpoint written) has diverged: that is its
+    result (a grid's large lr may diverge), not an error; one stopped earlier is (the study stops, naming it)."""
+    from earful.train.engine import TrainingStopped
+
+    try:
+        summary = train()
+    except TrainingStopped:
+        why = divergence(rdir, steps, max_nan_steps)
+        if not why:
+            raise
+        return read_trainer_info(rdir / "checkpoints" / f"step-{steps:07d}"), why
+    return summary, divergence(rdir, steps, max_nan_steps) if summary.get("step", 0) >= steps else ""
+
+
+def _mark_diverged(record: dict[str, Any], what: str, why: str) -> dict[str, Any]:
+    if why:
+        log.warning("%s diverged: %s; recorded as diverged (the report shows it and leaves it out of its "
+                    "statistics)", what, why)
+        return {**record, "diverged": True, "diverged_because": why}
+    return record
 
 
 # ---------------------------------------------------------------------- finished stages
@@ -127,7 +172,8 @@ def _torchrun(cfg: PretrainConfig, devices: int, rdir: Path, root: Path) -> dict
     rc = subprocess.run(cmd, cwd=root, env=os.environ.copy(), preexec_fn=_stop_with_parent).returncode
     latest = RunDir(rdir).latest()
     summary = read_trainer_info(latest) if latest is not None else {"step": 0, "stopped_by": ""}
-    if rc != 0 and not summary["stopped_by"]:  # a stopped run exits non-zero too (earful: 4, torchrun: 1)
+    if rc != 0 and not summary["stopped_by"] and not (summary["step"] >= cfg.max_steps and divergence(
+            rdir, cfg.max_steps, cfg.max_nan_steps)):  # stopped (earful: 4, torchrun: 1) or diverged at the end (3)
         raise RuntimeError(f"pre-training {rdir.name}: torchrun exited with status {rc}; its log says why")
     return summary
 
@@ -137,8 +183,13 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
 
     rdir = out / "pretrain" / run.name
     done = done_record(rdir)
+    if done and "diverged" not in done:  # marked done before divergence was recorded: look once more
+        why = divergence(rdir, run.steps, pretrain_config(study, run, root).max_nan_steps)
+        if why:
+            done = _mark_diverged(done, f"pre-training {run.name}", why)
+            atomic_write_json(rdir / "done.json", done)
     if done:
-        log.info("pre-training %s: done (step %d)", run.name, done["step"])
+        log.info("pre-training %s: done (step %d%s)", run.name, done["step"], ", diverged" * bool(done.get("diverged")))
         return done
     cfg = pretrain_config(study, run, root)
     log.info("pre-training %s: %g s × %d steps (%.3g h), lr %.3g", run.name, run.batch_seconds, run.steps,
@@ -146,14 +197,16 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
     tracked(study, cfg, out, run.name)
     # in this process: one device, or this process is already one of the run's ranks (a submitit task)
     here = run.devices == 1 or int(os.environ.get("WORLD_SIZE", "1")) == run.devices
-    summary = run_pretraining(cfg, rdir, resume=True) if here else _torchrun(cfg, run.devices, rdir, root)
+    summary, why = finished_or_diverged(
+        lambda: run_pretraining(cfg, rdir, resume=True) if here else _torchrun(cfg, run.devices, rdir, root),
+        rdir, run.steps, cfg.max_nan_steps)
     if summary.get("stopped_by"):
         raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}; rerun the study to resume",
                            summary["stopped_by"])
     if summary["step"] < run.steps:  # e.g. torchrun's ranks stopped by a signal and exited cleanly
         raise StudyStopped(f"pre-training {run.name} stopped at step {summary['step']} of {run.steps}; "
                            f"rerun the study to resume it")
-    record = {**asdict(run), "run": run.name, "step": summary["step"]}
+    record = _mark_diverged({**asdict(run), "run": run.name, "step": summary["step"]}, f"pre-training {run.name}", why)
     atomic_write_json(rdir / "done.json", record)
     return record
 
@@ -174,8 +227,11 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
         if spec == "final":
             chosen["final"] = kept["final"]
         elif spec == "best":
-            if (ck / "best").exists():
-                chosen["best"] = ck / "best"
+            if not (ck / "best").exists():  # check_recipes refuses a recipe that keeps none
+                raise FileNotFoundError(f"pre-training {run.name} has no {ck / 'best'} to fine-tune "
+                                        "(finetune.checkpoints: best): it never kept a best validation "
+                                        "checkpoint; fine-tune `final` instead")
+            chosen["best"] = ck / "best"
         elif spec == "milestones":
             chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:
@@ -216,22 +272,31 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
 
     c = study.corpus
     fdir = out / "finetune" / name
-    if not done_record(fdir):
+    done = done_record(fdir)
+    # marked done before divergence was recorded: look once more (at a run with a training state)
+    if done and "diverged" not in done and (fdir / "checkpoints" / "latest.json").exists():
+        cfg = finetune_config(study, label_set, init, seed, root, baseline)
+        if why := divergence(fdir, cfg.max_steps, cfg.max_nan_steps):
+            done = _mark_diverged(done, f"fine-tuning {name}", why)
+            atomic_write_json(fdir / "done.json", done)
+    if not done:
         cfg = finetune_config(study, label_set, init, seed, root, baseline)
         tracked(study, cfg, out, name)
         log.info("fine-tuning %s", name)
-        summary = run_finetuning(cfg, fdir, resume=True)
+        summary, why = finished_or_diverged(lambda: run_finetuning(cfg, fdir, resume=True), fdir, cfg.max_steps,
+                                            cfg.max_nan_steps)
         if summary.get("stopped_by"):
             raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume",
                                summary["stopped_by"])
-        atomic_write_json(fdir / "done.json", {"name": name})
+        done = _mark_diverged({"name": name}, f"fine-tuning {name}", why)
+        atomic_write_json(fdir / "done.json", done)
     summary = evaluation_summary(out, name)
     if not evaluated(out, name):
         ckpt = fdir / "checkpoints" / "best"
         if not ckpt.exists():
             ckpt = fdir
         evaluate(ckpt, {split: c.path(m, root) for split, m in c.test_sets().items()}, summary.parent)
-    return json.loads(summary.read_text())
+    return {**json.loads(summary.read_text()), **({"diverged": True} if done.get("diverged") else {})}
 
 
 # ---------------------------------------------------------------------- gradient noise

@@ -61,10 +61,10 @@ def test_gradient_noise_slope_and_codebook() -> None:
     assert judge_c6(half).verdict == REPRODUCED
     flat = [(b, 0.1 * math.exp(0.02 * rng.standard_normal())) for b in BATCHES for _ in range(3)]
     assert judge_c6(flat).verdict == NOT_REPRODUCED
-    ppl = {b: [10 * math.log(b)] for b in BATCHES}
-    sim = {b: [0.8 - 0.05 * math.log(b)] for b in BATCHES}
+    ppl = {b: [10 * math.log(b) + d for d in (-0.1, 0.0, 0.1)] for b in BATCHES}
+    sim = {b: [0.8 - 0.05 * math.log(b) + d for d in (-0.001, 0.0, 0.001)] for b in BATCHES}
     assert judge_c7(ppl, sim).verdict == REPRODUCED
-    assert judge_c7({b: [-v[0]] for b, v in ppl.items()}, sim).verdict == NOT_REPRODUCED
+    assert judge_c7({b: [-x for x in v] for b, v in ppl.items()}, sim).verdict == NOT_REPRODUCED
     assert spearman([1, 2, 3], [3, 2, 1]) == -1.0 and math.isnan(spearman([1, 2], [1, 2]))
 
 
@@ -136,3 +136,47 @@ def test_c4_equal_hours_changes_of_both_signs_do_not_cancel() -> None:
     bump = {16.0: -0.3, 32.0: 0.3}
     rows = grid(lambda b, s: 5 - 0.05 * math.log(b * s) + bump.get(b, 0.0), noise=0.002)
     assert verdicts(rows)["C4"] == NOT_REPRODUCED
+
+
+def test_c6_needs_the_whole_2_se_interval_in_the_band() -> None:
+    """A slope of −0.41 ± 0.52 (SE) has its point estimate within 0.25 of −0.5, which said reproduced: its 2 SE
+    interval spans −1.45 … +0.63, so it is inconclusive. A tight −0.41 is reproduced, a tight −0.1 is not."""
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal(len(BATCHES))
+    noise = noise - noise.mean()
+    x = np.log(BATCHES)
+    noise = noise - np.polyfit(x, noise, 1)[0] * (x - x.mean())  # no slope of its own: the fit gives -0.41
+
+    def points(slope, scale):
+        return [(b, math.exp(slope * math.log(b) + scale * e)) for b, e in zip(BATCHES, noise, strict=True)]
+
+    wide = judge_c6(points(-0.41, 0.617))
+    assert "slope -0.41 ± 0.52" in wide.evidence and wide.verdict == INCONCLUSIVE, wide.evidence
+    assert judge_c6(points(-0.41, 0.01)).verdict == REPRODUCED
+    assert judge_c6(points(-0.1, 0.01)).verdict == NOT_REPRODUCED
+
+
+def test_c7_needs_seeds_and_a_difference_beyond_their_spread() -> None:
+    """Ranks of seed means without spread gave firm verdicts: similarities 0.7500 / 0.7499 / 0.7498 (ρ = −1) with
+    perplexity rising reproduced C7 though the seeds spread a hundred times more. Now: inconclusive with that
+    spread, and with one seed a batch size."""
+    bs = [4.0, 16.0, 64.0]
+    ppl = {b: [10 * math.log(b) + d for d in (-0.1, 0.0, 0.1)] for b in bs}
+    sim = {b: [0.75 - 0.0001 * i + d for d in (-0.01, 0.0, 0.01)] for i, b in enumerate(bs)}
+    assert judge_c7(ppl, sim).verdict == INCONCLUSIVE
+    clear = {b: [0.75 - 0.05 * i + d for d in (-0.001, 0.0, 0.001)] for i, b in enumerate(bs)}
+    assert judge_c7(ppl, clear).verdict == REPRODUCED
+    one_seed = {b: v[:1] for b, v in clear.items()}
+    got = judge_c7({b: v[:1] for b, v in ppl.items()}, one_seed)
+    assert got.verdict == INCONCLUSIVE and "fewer than 2 seeds" in got.evidence
+    assert judge_c7({b: [-x for x in v] for b, v in ppl.items()}, clear).verdict == NOT_REPRODUCED
+
+
+def test_c1_with_two_batch_sizes_is_judged_both_ways_on_the_pair() -> None:
+    """Two batch sizes have no rank correlation (nan): C1 could be refuted but never reproduced. Now the pair's
+    2 SE test decides, both ways."""
+    two = [r for r in grid(lambda b, s: 5 - math.log(b * s)) if r["batch_seconds"] in (4.0, 8.0)]
+    assert verdicts(two)["C1"] == REPRODUCED
+    assert verdicts(two, higher=True)["C1"] == NOT_REPRODUCED
+    flat = [r for r in grid(lambda b, s: 5 - math.log(s), noise=0.5) if r["batch_seconds"] in (4.0, 8.0)]
+    assert verdicts(flat)["C1"] == INCONCLUSIVE

@@ -86,6 +86,15 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
     y.write_text("grid: [10]\nmode: fixed-steps\nsteps: 10\nseeds: [1, -2]\n")
     with pytest.raises(ValueError, match=r"seeds and probe_seeds must be >= 0 \(got \[-2\]\)"):
         load_study(y)
+    for key, seeds, problem in (("seeds", "[]", r"seeds is empty; give at least one seed"),  # a TypeError
+                                ("seeds", "[1, 1]", r"seeds names \[1\] more than once"),  # grid tags, it said
+                                ("probe_seeds", "[]", r"probe_seeds is empty"),
+                                ("probe_seeds", "[0, 2, 0]", r"probe_seeds names \[0\] more than once")):
+        y.write_text(f"grid: [10]\nmode: fixed-steps\nsteps: 10\nprobes: [pr]\n{key}: {seeds}\n")
+        with pytest.raises(ValueError, match=problem):
+            load_study(y)
+    y.write_text("grid: [10]\nmode: fixed-steps\nsteps: 10\nprobe_seeds: []\n")  # no probes: not read
+    load_study(y)
     for hours in (".inf", ".nan"):  # an OverflowError, or a message naming nothing
         y.write_text(f"grid: [10]\nmode: fixed-hours\nhours: {hours}\n")
         with pytest.raises(ValueError, match=rf"fixed-hours: set hours to a finite number > 0 \(got {hours[1:]}\)"):

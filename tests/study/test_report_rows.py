@@ -51,3 +51,33 @@ def test_gradient_noise_is_judged_on_the_planned_runs_only(tmp_path: Path) -> No
     study = {"steps": 4, "cycles": 2, "cycle_minima": [2, 4], "seeds": [1]}
     text = "\n".join(claims_section(tmp_path, {}, runs, study, [], None, {}, {}, tmp_path))
     assert "| C6 | gradient std | **reproduced** | log-log slope -0.50" in text and "over 3 runs" in text
+
+
+def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
+    """A one-batch-size grid was said to test C1, C2, C4, C6 and C7; claims.py needs 2 batch sizes for C1 and C4,
+    3 for C2, C6 and C7."""
+    from earful.study.report import scope_section
+
+    def scope(grid):
+        study = {"seeds": [1, 2], "cycles": 2, "mode": "fixed-steps", "grid": grid, "gradvar_batches": 2}
+        return scope_section(study)[2]
+
+    one = scope([4])
+    assert "It can test: none of the claims. It cannot test: C1, C2, C4, C6, C7: the grid has 1 batch size(s)" in one
+    two = scope([4, {"batch_seconds": 8}])
+    assert "It can test: C1 (every batch size" in two and "; C4 (equal hours" in two
+    assert "It cannot test: C2, C6, C7: the grid has 2 batch size(s)" in two
+    three = scope([4, 8, 16])
+    assert "C1 and C2 (every" in three and "C6 (gradient" in three and "C7 (codebook" in three
+    assert "cannot" not in three
+
+
+def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> None:
+    """A run without validation records shifted the names: seed 2's loss was written under seed 1's name."""
+    from earful.study.report import pretraining_section
+
+    runs = {name: {**run(name, 8.0, seed), "hours": 0.01} for name, seed in (("8s-seed1", 1), ("8s-seed2", 2))}
+    curves = {"8s-seed1": [], "8s-seed2": [{"step": 4, "hours": 0.01, "loss": 2.5, "accuracy": 0.4,
+                                              "ppl_hard_0": 3.0}]}
+    pretraining_section(curves, runs, {"seeds": [1, 2]}, tmp_path)
+    assert (tmp_path / "pretrain_valid.csv").read_text().splitlines()[1:] == ["8s-seed2,8.0,4,0.01,2.5,0.4"]

@@ -1,0 +1,167 @@
+"""What a study refuses before its first run: settings and files that would otherwise stop it only after every
+pre-training had finished, when the fix is refused by the recipe fingerprint."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from earful.study.config import load_study
+from earful.study.run import check_recipes, check_study, run_study
+
+BASE = "grid: [10]\nmode: fixed-steps\nsteps: 10\ncorpus: {label_sets: {10h: labelled-10h.jsonl}}\n"
+
+
+def _study(tmp_path: Path, *overrides: str, text: str = BASE):
+    y = tmp_path / "s.yaml"
+    y.write_text(text)
+    return load_study(y, list(overrides))
+
+
+def _corpus(root: Path, *names: str) -> Path:
+    """A corpus folder holding ``names`` (manifests nothing reads before the checks under test)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text('{"id": "a"}\n')
+    return root
+
+
+def test_an_unknown_checkpoint_name_is_refused_by_plan_and_run(tmp_path, caplog) -> None:
+    """`finetune.checkpoints: [finall]` passed `study plan` and the whole pre-training grid (the plan counted it
+    as 0 fine-tunings), then stopped the study: now the plan and the run's first check name it."""
+    from earful.cli import main
+
+    with pytest.raises(ValueError, match=r"finetune.checkpoints: unknown \['finall'\] \(choose among final \| best "
+                                         r"\| milestones\)"):
+        check_study(_study(tmp_path, "finetune.checkpoints=[final, finall]"))
+    (tmp_path / "s.yaml").write_text(BASE + "finetune: {checkpoints: [finall]}\n")
+    assert main(["study", "plan", str(tmp_path / "s.yaml")]) == 2
+    assert any("finetune.checkpoints: unknown ['finall']" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_label_sets_own_overrides_are_checked_before_any_run(tmp_path) -> None:
+    """The fine-tuning recipe was loaded without `per_label_set`: an unknown key there stopped the study after
+    every pre-training."""
+    with pytest.raises(ValueError, match=r"finetune.per_label_set\['10h'\]: .*unknown key\(s\) \['max_stepz'\]"):
+        check_recipes(_study(tmp_path, "finetune.per_label_set={10h: [max_stepz=3]}"))
+    check_recipes(_study(tmp_path, "finetune.per_label_set={10h: [max_steps=3]}"))
+
+
+@pytest.mark.parametrize(("missing", "role"), [
+    ("labelled-10h.jsonl", r"corpus.label_sets\['10h'\]"),
+    ("test.jsonl", r"corpus.test\['test'\]"),
+    ("dev.jsonl", r"corpus.valid: .*dev.jsonl; corpus.dev"),
+])
+def test_a_manifest_the_study_reads_must_exist_before_study_json(tmp_path, monkeypatch, missing, role) -> None:
+    """A label set, test or dev manifest that did not exist was fingerprinted as "missing" and stopped the study
+    after every pre-training with a bare [Errno 2]: now one line names the setting and the path, and nothing is
+    written or trained."""
+    def no_training(*args) -> None:
+        raise AssertionError("a pre-training started")
+
+    monkeypatch.setattr("earful.study.run.run_pretraining_stage", no_training)
+    names = [n for n in ("train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl") if n != missing]
+    corpus = _corpus(tmp_path / "corpus", *names)
+    study = _study(tmp_path, f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+                   "corpus.dev=dev.jsonl", "corpus.test={test: test.jsonl}")
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=rf"manifest\(s\) do not exist \({role}.*{missing}.*relative to "
+                                                r"corpus.dir") as e:
+        run_study(study, out, root=tmp_path)
+    assert "\n" not in str(e.value)
+    assert not (out / "study.json").exists() and not (out / "pretrain").exists()
+
+
+def test_a_missing_manifest_is_never_fingerprinted(tmp_path) -> None:
+    """A manifest the study does not read (a label set it does not fine-tune on) has no digest, and a study.json
+    of before, which recorded it as "missing", continues."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    study = _study(tmp_path, f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+                   "corpus.dev=dev.jsonl", "corpus.test={test: test.jsonl}",
+                   "corpus.label_sets={10h: labelled-10h.jsonl, 1h: labelled-1h.jsonl}", "finetune.label_sets=[10h]")
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    assert "label_set.1h" not in fp["data"] and "missing" not in fp["data"].values()
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {**fp, "data": {**fp["data"], "label_set.1h": "missing"}}
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    check_same_recipe(out, fp)
+
+
+def test_a_corpus_build_killed_part_way_is_built_again(tmp_path) -> None:
+    """synth.json is written last: a build killed after the train manifest (a part of it here) and before
+    synth.json was taken as complete, and the study trained on the part. Now it is built again."""
+    from earful.study.corpus import ensure_corpus
+
+    synth = "{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}"
+    study = _study(tmp_path, f"corpus.dir={tmp_path / 'corpus'}", f"corpus.synth={synth}")
+    ensure_corpus(study, tmp_path)
+    manifests = tmp_path / "corpus" / "manifests"
+    whole = (manifests / "train.jsonl").read_text()
+    (tmp_path / "corpus" / "synth.json").unlink()
+    (manifests / "train.jsonl").write_text(whole.splitlines(keepends=True)[0])  # killed while writing
+    ensure_corpus(study, tmp_path)
+    assert (tmp_path / "corpus" / "synth.json").exists()
+    assert (manifests / "train.jsonl").read_text() == whole
+
+
+@pytest.mark.parametrize("setting", ["corpus.valid=", "pretrain_overrides=[keep_best=false]",
+                                     "pretrain_overrides=[valid_every=0]"])
+def test_best_is_refused_when_no_pre_training_keeps_one(tmp_path, setting) -> None:
+    """`finetune.checkpoints: [best]` without a pre-training validation set or with keep_best=false fine-tuned
+    nothing, silently (and the plan counted the fine-tunings)."""
+    from earful.study.config import plan_runs
+    from earful.study.plan import later_stages
+
+    study = _study(tmp_path, "finetune.checkpoints=[best]", "finetune.baselines=[]", setting)
+    with pytest.raises(ValueError, match=r"finetune.checkpoints: `best` is the pre-training's best validation "
+                                         r"checkpoint, but .*: no run would have one; fine-tune `final`"):
+        check_recipes(study)
+    assert later_stages(study, plan_runs(study))["finetunings"] == 0
+    kept = _study(tmp_path, "finetune.checkpoints=[best]", "finetune.baselines=[]")
+    check_recipes(kept)
+    assert later_stages(kept, plan_runs(kept))["finetunings"] == 1
+
+
+def test_a_finished_run_without_best_is_an_error_naming_it(tmp_path) -> None:
+    from earful.study.config import plan_runs
+    from earful.study.stages import checkpoints_to_finetune
+
+    study = _study(tmp_path, "finetune.checkpoints=[final, best]")
+    run = plan_runs(study)[0]
+    with pytest.raises(FileNotFoundError, match=rf"pre-training {run.name} has no .*checkpoints/best to fine-tune"):
+        checkpoints_to_finetune(study, run, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "studies")
+                                        .glob("*.yaml")))
+def test_shipped_studies_pass_the_checks(name) -> None:
+    check_recipes(load_study(Path(__file__).resolve().parents[2] / "studies" / f"{name}.yaml"))
+
+
+def test_a_corpus_moved_elsewhere_is_the_same_recipe(tmp_path) -> None:
+    """The manifests' contents are fingerprinted: a corpus folder moved (or reached by another path) with the
+    same contents was refused ("differs in study.corpus.dir"). A study.json of before, which holds corpus.dir,
+    continues too."""
+    import shutil
+
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    names = ("train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    settings = ["corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
+                "corpus.test={test: test.jsonl}"]
+    corpus = _corpus(tmp_path / "corpus", *names)
+    study = _study(tmp_path, f"corpus.dir={corpus}", *settings)
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {**fp, "study": {**fp["study"], "corpus.dir": str(corpus)}}
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    shutil.move(corpus, tmp_path / "moved")
+    moved = _study(tmp_path, "corpus.dir=moved", *settings)
+    check_same_recipe(out, recipe_fingerprint(moved, plan_runs(moved), tmp_path))
