@@ -503,6 +503,11 @@ class Trainer:
 
     def _steps(self, bar: tqdm) -> None:
         cfg, meter, batches = self.cfg, self.meter, iter(self.loader)
+        if self.step == cfg.max_steps and self.nan_in_a_row >= cfg.max_nan_steps:  # resumed: it stopped there
+            raise TrainingStopped(f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}, its last: the "
+                                  "run stopped there (its checkpoint says so) and has nothing left to train; a run "
+                                  "with a lower optim.lr (or precision=fp32 or bf16, or optim.clip_norm) is another "
+                                  "run")
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
             rec = self.train_step(batches)

@@ -92,6 +92,23 @@ def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel,
         resumed.fit()
 
 
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_a_run_stopped_by_nans_at_its_last_step_stays_stopped_on_resume(kind, tmp_path, tiny_corpus, tones, rel,
+                                                                        nan_steps) -> None:
+    """Stopped by max_nan_steps at its last step, a run resumed stops again, changing nothing: it had ended
+    "finished" (exit 0), validated its NaN model and rewritten its checkpoint."""
+    first = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 3, "max_nan_steps=3")
+    nan_steps.update(range(100))
+    with pytest.raises(TrainingStopped, match="3 non-finite steps in a row at step 3"):
+        first.fit()
+    written = (tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer.json").stat().st_mtime_ns
+    with pytest.raises(TrainingStopped, match=r"3 non-finite steps in a row at step 3, its last: the run stopped "
+                                              r"there \(its checkpoint says so\)"):
+        Trainer(_task(kind, first.cfg), tmp_path / "run", resume=True).fit()
+    assert (tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer.json").stat().st_mtime_ns == written
+    assert not (tmp_path / "run" / "valid.jsonl").exists() or not (tmp_path / "run" / "valid.jsonl").read_text()
+
+
 def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:
     nan_steps.update(range(100))
     rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 5, "max_nan_steps=2"), "--out",
