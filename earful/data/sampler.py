@@ -139,13 +139,17 @@ class SecondsBatchSampler:
         source: str = "",
         ids: Callable[[np.ndarray], list[str]] | None = None,
         names: dict[str, str | None] | None = None,
+        evaluation: bool = False,
     ) -> None:
         """``num_samples``: each utterance's length at ``SAMPLE_RATE``; ``rank`` of ``budget.world_size``.
         ``skip_bad``: leave out (counted, logged) what no setting leaves out — empty utterances, and those too long
         for the device — instead of refusing them; ``source`` names the utterances in messages (a manifest's
         path) and ``ids`` gives the ids of some of them (default: their indices); ``names``: the caller's names
-        of the settings its messages advise (``SETTING_NAMES``' keys; None: the caller has no such setting)."""
+        of the settings its messages advise (``SETTING_NAMES``' keys; None: the caller has no such setting);
+        ``evaluation``: a pass that scores each utterance once (validation, evaluate), dealt to ranks as ``_deal``
+        says."""
         self.names = {**SETTING_NAMES, **(names or {})}
+        self.evaluation = evaluation  # a pass that scores each utterance once: see _deal
         if not 0 <= rank < budget.world_size:
             raise ValueError(f"rank {rank} outside world_size {budget.world_size}")
         if bucket_size < 1:
@@ -319,18 +323,29 @@ class SecondsBatchSampler:
         return then
 
     def _deal(self, batches: Batches, epoch: int) -> Batches:
-        """The batch list made a multiple of ``world_size`` long: split the fullest, else repeat."""
-        while len(batches) % self.world_size:
+        """The batch list made a multiple of ``world_size`` long. Training: split the fullest, else repeat; a split
+        makes the epoch's batches from there on differ from one rank's (with accumulation), which is logged. An
+        ``evaluation`` (validation, a dev set, evaluate) only repeats, and skips the repeats
+        (``AudioLoader.is_repeat``): its batches, and so its numbers, are one rank's whatever the ranks (a split
+        had made a 2-rank validation loss differ from 1 rank's)."""
+        splits = 0
+        while not self.evaluation and len(batches) % self.world_size:
             sizes = batches.sizes()
             j = int(np.argmax(sizes))
             if sizes[j] < 2:
                 break
             batches = batches.split(j, int(sizes[j]) // 2)
+            splits += 1
+        if splits and epoch not in self.repeats:
+            log.info("epoch %d: %d batches for %d ranks: the fullest split %d time(s) so that every rank has as many "
+                     "(from there on the epoch's batches differ from 1 rank's with accumulation)", epoch,
+                     len(batches) - splits, self.world_size, splits)
         self.repeated = (-len(batches)) % self.world_size if len(batches) else 0
+        if self.repeated and epoch not in self.repeats:
+            (log.debug if self.evaluation else log.warning)("epoch %d: only %d batches for %d ranks; repeating %d",
+                                                            epoch, len(batches), self.world_size, self.repeated)
         self.repeats[epoch] = self.repeated
         if self.repeated:
-            log.warning("epoch %d: only %d batches for %d ranks; repeating %d", epoch, len(batches),
-                        self.world_size, self.repeated)
             batches = batches.take(np.arange(len(batches) + self.repeated) % len(batches))
         return batches
 

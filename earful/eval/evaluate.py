@@ -99,7 +99,7 @@ def transcribe(
     budget = scoring_budget(utts, device_seconds)  # an utterance longer than device_seconds: a batch of its own
     loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers,
                          names={"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None,
-                                "crop_seconds": None, "skip_bad": None})
+                                "crop_seconds": None, "skip_bad": None}, evaluation=True)
     for batch in loader:
         with autocast(precision, device):
             logits, flen = model(*batch.model_inputs(device))

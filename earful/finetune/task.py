@@ -102,7 +102,7 @@ class FinetuneTask(Task):
             self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
             dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
             self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
-                                          skip_bad=cfg.data.skip_bad, num_workers=0)
+                                          skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True)
 
     # ------------------------------------------------------------------ one step
     def announce(self) -> None:

@@ -75,7 +75,7 @@ class PretrainTask(Task):
             valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, **cfg.data.limits())
             self.valid_loader = make_loader(read_manifest(cfg.data.valid, check_files=True), valid, shuffle=False,
                                             endless=False, num_workers=0, **common,
-                                            names={"device_seconds": "valid_seconds"})
+                                            names={"device_seconds": "valid_seconds"}, evaluation=True)
 
     # ------------------------------------------------------------------ one step
     def start_step(self, step: int) -> None:

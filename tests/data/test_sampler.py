@@ -64,6 +64,23 @@ def test_few_utterances_many_ranks_repeat_rather_than_hang():
     assert [len(b) for b in shards] == [1, 1, 1, 1]
 
 
+def test_an_evaluation_deals_one_ranks_batches_to_any_number_of_ranks(caplog):
+    """Validation and evaluation (``evaluation``) on 2 ranks go over 1 rank's batches, the last repeated (and
+    skipped) rather than the fullest split: a split had made a 2-rank validation loss differ from 1 rank's.
+    Training still splits, and says so."""
+    lens = [RATE * 2] * 11  # 10 s micro-batches of 5, 5 and 1 utterances: 3 batches for 2 ranks
+    one = [list(map(int, b)) for b in _sampler(lens, 10.0, shuffle=False, evaluation=True).epoch_batches(0)]
+    assert len(one) % 2 == 1
+    ranks = [_sampler(lens, 10.0, world_size=2, rank=r, shuffle=False, evaluation=True) for r in (0, 1)]
+    dealt = [[list(map(int, b)) for b in r.epoch_batches(0)] for r in ranks]
+    assert [len(d) for d in dealt] == [2, 2] and ranks[0].repeats[0] == 1
+    assert [dealt[k % 2][k // 2] for k in range(len(one))] == one  # global batch k = rank k % 2's (k // 2)-th
+    with caplog.at_level(logging.INFO):
+        train = _sampler(lens, 10.0, world_size=2, shuffle=False, endless=True)
+        assert len(train.epoch_batches(0)) == 2 and train.repeats[0] == 0
+    assert "epoch 0: 3 batches for 2 ranks: the fullest split 1 time(s)" in caplog.text
+
+
 def test_exact_resume_mid_epoch_and_endless():
     lens = lengths(300)
     ref = _sampler(lens, 25.0, seed=7, endless=True)
