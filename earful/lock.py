@@ -28,7 +28,8 @@ def _not_in_children() -> None:
     if held:
         null = os.open(os.devnull, os.O_RDWR)
         for f in held:
-            os.dup2(null, f.fileno())  # the fd stays valid (a later close works); the lock's file is let go
+            os.dup2(null, f.fileno(), inheritable=False)  # the fd stays valid (a later close works); the lock's
+            # file is let go, and like the file it replaces it is not passed on to a program the child executes
         os.close(null)
     _HELD.clear()
 

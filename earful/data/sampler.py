@@ -13,8 +13,10 @@ shuffled. Length bucketing keeps padding small; ``padding_fraction()`` reports i
 **DDP.** Every rank builds the same global batch list and takes every ``world_size``-th batch, so shards are
 disjoint. To give every rank the same number of batches (a rank with one batch fewer would leave the others
 waiting in all-reduce for ever), the batch with the most utterances is split in two until the count is a
-multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated. Only if no
-batch can be split (fewer utterances than ranks) are the first batches repeated, and ``repeated`` says so.
+multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated (logged: from there
+the epoch's batches differ from one rank's). Only if no batch can be split (fewer utterances than ranks) are the
+first batches repeated, and ``repeated`` says so. An ``evaluation`` (validation, a dev set, evaluate) never
+splits: it repeats, and skips the repeats, so it scores one rank's batches on any number of ranks.
 
 **Nothing is dropped silently.** Utterances longer than ``max_seconds`` (after cropping) or shorter than
 ``min_seconds`` — limits set on purpose — are left out, counted in ``skipped`` (by reason in

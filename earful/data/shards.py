@@ -87,16 +87,18 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
             check_row(utt.path, utt, frames, rate)
             start = utt.offset or 0
             count = utt.num_samples if utt.offset is not None else frames
-            dtype, subtype = _EXACT_FLAC.get(f.subtype, ("float32", "PCM_24"))
+            source = f.subtype
+            dtype, subtype = _EXACT_FLAC.get(source, ("float32", "PCM_24"))
             data = read_window(f, start, count, dtype)
         if len(data) < count:
             return b"", f"{utt.path}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"
         if dtype == "float32" and not np.isfinite(data).all():
             return b"", f"{utt.path}: audio contains NaN or infinite samples"
-        if dtype == "float32" and len(data) and (peak := float(np.abs(data).max())) > 1.0:
-            # FLAC holds [-1, 1): the member would differ from the file (it was clipped silently)
-            return b"", (f"{utt.path}: samples beyond ±1 (peak {peak:.3g}) would be clipped in a FLAC member; scale "
-                         "the file, or train from the manifest (data.train)")
+        if source in ("FLOAT", "DOUBLE") and len(data) and (peak := float(np.abs(data).max())) > 1.0:
+            # FLAC holds [-1, 1): the member would differ from the file (it was clipped silently). A lossy decode
+            # (MP3, Vorbis, Opus) that overshoots a little is clipped, as any conversion to PCM does (docs/data.md)
+            return b"", (f"{utt.path}: float samples beyond ±1 (peak {peak:.3g}) would be clipped in a FLAC member; "
+                         "scale the file, or train from the manifest (data.train)")
         out = io.BytesIO()
         sf.write(out, data, rate, format="FLAC", subtype=subtype)
         return out.getvalue(), None

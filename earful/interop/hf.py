@@ -125,8 +125,12 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
                          "have no minimum count (fairseq's); set it to 0")
     try:
         return _hf_model_config(get, act, spec_augment)
-    except ValueError as e:  # a value earful's model cannot train with (earful's key: _SAME_FIELDS maps them)
-        raise ValueError(f"{where}: {e}") from None
+    except (ValueError, TypeError) as e:  # a value earful's model cannot take (a null for a number: TypeError)
+        message = str(e)
+        named = (*_SAME_FIELDS, ("mask_prob", "mask_time_prob"), ("mask_channel_prob", "mask_feature_prob"))
+        for ours, theirs in named:  # as config.json names it
+            message = message.replace(f"model.{ours}=", f"{theirs}=", 1)
+        raise ValueError(f"{where}: {message}") from None
 
 
 def _hf_model_config(get: Any, act: str, spec_augment: bool) -> ModelConfig:

@@ -163,9 +163,9 @@ def scope_section(study: dict[str, Any]) -> list[str]:
              f"{'; '.join(can) or 'none of the claims'}."
              + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
     if seeds < 2:
-        lines.append("With one seed no difference is judged beyond noise: C1, C2 and C4 are *inconclusive*; C6's "
-                     "slope and C7's rank correlations are taken over batch sizes, each from one run. At CPU scale "
-                     "the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
+        lines.append("With one seed no difference is judged beyond noise: C1, C2, C4 and C7 are *inconclusive*; "
+                     "C6's slope is taken over batch sizes, each from one run. At CPU scale the seed-to-seed spread "
+                     "is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
     return lines + [""]
 
 

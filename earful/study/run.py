@@ -159,10 +159,10 @@ def check_recipes(study: StudyConfig) -> None:
         why = ("corpus.valid is empty (no validation set)" if not study.corpus.valid else
                "the pre-training recipe has valid_every=0 (it never validates)" if pre.valid_every <= 0 else
                "the pre-training recipe has keep_best=false" if not pre.keep_best else "")
-        if why:
-            raise ValueError(f"finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but "
-                             f"{why}: no run would have one; fine-tune `final` (or `milestones`) instead, or "
-                             "give the pre-training a validation set with keep_best=true")
+        if why:  # said, not refused: a study folder made before this check must still continue (adding seeds)
+            log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "
+                        "no run will have one, so none is fine-tuned; fine-tune `final` (or `milestones`), or give "
+                        "the pre-training a validation set with keep_best=true", why)
 
 
 def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:

@@ -64,15 +64,17 @@ def divergence(rdir: Path, steps: int, max_nan_steps: int) -> str:
     if not (final / "trainer.json").exists():
         return ""
     info = read_trainer_info(final)
-    if int(info.get("nan_in_a_row", 0)) >= max_nan_steps:
+    # the trainer records its own stop (checkpoints written before it did: the streak against max_nan_steps)
+    if info.get("nonfinite_stop", int(info.get("nan_in_a_row", 0)) >= max_nan_steps):
         return f"{info['nan_in_a_row']} non-finite steps in a row at step {info['step']} (max_nan_steps " \
                f"{max_nan_steps})"
     valid = rdir / "valid.jsonl"
     lines = valid.read_text(encoding="utf-8").strip().splitlines() if valid.exists() else []
     last = json.loads(lines[-1]) if lines else {}
-    metric = info.get("best_metric") or "loss"
-    if last.get("step") == info["step"] and not math.isfinite(float(last.get(metric) or math.nan)):
-        return f"its validation {metric} at step {info['step']} is {last.get(metric)}"
+    # the validation loss, not the metric that picks best: a WER of 0 is perfect, one of NaN a dev set without words
+    value = last.get("loss")
+    if last.get("step") == info["step"] and value is not None and not math.isfinite(float(value)):
+        return f"its validation loss at step {info['step']} is {value}"
     return ""
 
 
@@ -227,11 +229,10 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
         if spec == "final":
             chosen["final"] = kept["final"]
         elif spec == "best":
-            if not (ck / "best").exists():  # check_recipes refuses a recipe that keeps none
-                raise FileNotFoundError(f"pre-training {run.name} has no {ck / 'best'} to fine-tune "
-                                        "(finetune.checkpoints: best): it never kept a best validation "
-                                        "checkpoint; fine-tune `final` instead")
-            chosen["best"] = ck / "best"
+            if (ck / "best").exists():
+                chosen["best"] = ck / "best"
+            else:  # a recipe that keeps none (check_recipes said so), or none left (every validation NaN)
+                log.warning("pre-training %s has no %s: its `best` is not fine-tuned", run.name, ck / "best")
         elif spec == "milestones":
             chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:

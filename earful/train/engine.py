@@ -171,6 +171,7 @@ class Trainer:
         self.step, self.hours_real, self.hours_padded = 0, 0.0, 0.0
         self.meter = Meter()  # the log interval's sums, checkpointed: a resumed run logs what an uninterrupted one does
         self.nan_steps = self.nan_in_a_row = self.overflow_steps = 0
+        self.nonfinite_stop = False  # this checkpoint was written by the stop after max_nan_steps
         self.best, self.last_valid = math.inf, math.nan
         self.signal_received = 0  # set by the signal handler, on this rank only
         self.stop_signal = 0  # set by agree_stop once every rank knows: the signal, or -1 for another rank's
@@ -193,10 +194,12 @@ class Trainer:
             D.barrier(self.d)
         # a finished run resumed as it was: its end-of-run checkpoint (written after the end's validation, and
         # not by a non-finite stop), with max_steps where it was; nothing is left to do
-        self.resumed_finished = (latest is not None and info is not None
+        # (a checkpoint written before the stop was recorded: its streak against max_nan_steps)
+        self.resumed_stopped = info is not None and bool(
+            info.get("nonfinite_stop", int(info.get("nan_in_a_row", 0)) >= cfg.max_nan_steps))
+        self.resumed_finished = (latest is not None and info is not None and not self.resumed_stopped
                                  and latest.name == f"step-{self.step:07d}"
-                                 and info["recipe"].get("max_steps") == self.step == cfg.max_steps
-                                 and int(info.get("nan_in_a_row", 0)) < cfg.max_nan_steps)
+                                 and info["recipe"].get("max_steps") == self.step == cfg.max_steps)
         self._start_records()
         self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 
@@ -247,7 +250,8 @@ class Trainer:
             "nan_in_a_row": self.nan_in_a_row, "overflow_steps": self.overflow_steps,
             "world_size": self.d.world_size, "accumulation": self.accum, "batch_seconds": self.cfg.batch_seconds,
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
-            "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(), "recipe": self.recipe,
+            "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
+            "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
             "layout": self.layout, "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
             **self.task.trainer_info(),
         }  # fmt: skip
@@ -387,6 +391,7 @@ class Trainer:
             **self.task.step_record(tot),
         }  # fmt: skip
         if self.nan_in_a_row >= self.cfg.max_nan_steps:
+            self.nonfinite_stop = True  # recorded: a resume reads how this checkpoint came to be, whatever its config
             self.save(f"step-{self.step:07d}")
             raise TrainingStopped(
                 f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}: stopped. A checkpoint was "
@@ -504,7 +509,7 @@ class Trainer:
 
     def _steps(self, bar: tqdm) -> None:
         cfg, meter, batches = self.cfg, self.meter, iter(self.loader)
-        if self.step == cfg.max_steps and self.nan_in_a_row >= cfg.max_nan_steps:  # resumed: it stopped there
+        if self.step == cfg.max_steps and self.resumed_stopped:  # resumed where the non-finite stop was
             raise TrainingStopped(f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}, its last: the "
                                   "run stopped there (its checkpoint says so) and has nothing left to train; a run "
                                   "with a lower optim.lr (or precision=fp32 or bf16, or optim.clip_norm) is another "

@@ -234,7 +234,7 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
              (longer, rf"{u00}: truncated\? \d+ samples at 16000 Hz, the manifest says \d+"),
              (rate, r"u03.flac: sample rate 16000 Hz, the manifest says 22050 Hz"),
              (blip, r"blip.flac: too short \(300 samples at 16000 Hz"),
-             (loud, r"loud.wav: samples beyond ±1 \(peak 1.5\) would be clipped in a FLAC member")]
+             (loud, r"loud.wav: float samples beyond ±1 \(peak 1.5\) would be clipped in a FLAC member")]
     for k, (row, problem) in enumerate(cases):
         corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
         with pytest.raises(ShardError, match=problem + ".*--skip-bad"):

@@ -294,11 +294,13 @@ def test_mask_lengths_of_0_without_masks_load_and_other_bad_values_name_the_file
     cfg = config_from_hf({"mask_time_length": 0, "mask_time_prob": 0.0, "mask_feature_length": 0,
                           "mask_feature_prob": 0.0})
     assert (cfg.mask_length, cfg.mask_channel_length, cfg.mask_prob) == (0, 0, 0.0)
-    with pytest.raises(ValueError, match=r"^x/config.json: model.mask_length=0: expected an integer >= 1 where its "
+    with pytest.raises(ValueError, match=r"^x/config.json: mask_time_length=0: expected an integer >= 1 where its "
                                          r"mask probability is > 0"):
         config_from_hf({"mask_time_length": 0, "mask_time_prob": 0.05}, "x/config.json")
-    with pytest.raises(ValueError, match=r"^x/config.json: model.dropout=1.5: expected a probability"):
+    with pytest.raises(ValueError, match=r"^x/config.json: hidden_dropout=1.5: expected a probability"):
         config_from_hf({"hidden_dropout": 1.5}, "x/config.json")
+    with pytest.raises(ValueError, match=r"^x/config.json: mask_time_prob=None: expected a probability"):  # null
+        config_from_hf({"mask_time_prob": None}, "x/config.json")
 
 
 def test_reexport_without_a_vocabulary_removes_the_earlier_tokenizer(tmp_path) -> None:

@@ -107,6 +107,9 @@ def test_a_run_stopped_by_nans_at_its_last_step_stays_stopped_on_resume(kind, tm
         Trainer(_task(kind, first.cfg), tmp_path / "run", resume=True).fit()
     assert (tmp_path / "run" / "checkpoints" / "step-0000003" / "trainer.json").stat().st_mtime_ns == written
     assert not (tmp_path / "run" / "valid.jsonl").exists() or not (tmp_path / "run" / "valid.jsonl").read_text()
+    first.cfg.max_nan_steps = 10  # an operational setting: the checkpoint's recorded stop decides, not the streak
+    with pytest.raises(TrainingStopped, match="its last: the run stopped there"):
+        Trainer(_task(kind, first.cfg), tmp_path / "run", resume=True).fit()
 
 
 def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:

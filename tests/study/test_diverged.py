@@ -140,3 +140,27 @@ def test_the_report_shows_diverged_runs_and_leaves_them_out_of_its_statistics(tm
     assert "| 4s (final) | 0.01 | 50.0 |" in text  # the diverged fine-tuning's 70 % is not in the mean
     csv = (tmp_path / "report" / "pretrain_valid.csv").read_text()
     assert "8s-seed2" not in csv
+
+
+def test_a_perfect_or_wordless_fine_tuning_is_not_diverged_and_the_recorded_stop_decides(tmp_path) -> None:
+    """Divergence reads the validation loss, not the metric that picks best: a fine-tuning whose last dev WER is
+    0 (perfect) had been recorded as diverged (0 read as missing, then NaN), as one whose dev set has no words
+    (WER NaN). The trainer's recorded stop decides over the streak against today's max_nan_steps (an operational
+    setting a resume may change)."""
+    from earful.study.stages import divergence
+
+    rdir = tmp_path / "ft"
+    _final(rdir, 4)
+    info_path = rdir / "checkpoints" / "step-0000004" / "trainer.json"
+    info = {**json.loads(info_path.read_text()), "best_metric": "wer"}
+    info_path.write_text(json.dumps(info))
+    for wer in (0.0, float("nan")):
+        (rdir / "valid.jsonl").write_text(json.dumps({"step": 4, "loss": 0.5, "wer": wer}) + "\n")
+        assert divergence(rdir, 4, 10) == ""
+    (rdir / "valid.jsonl").write_text(json.dumps({"step": 4, "loss": float("nan"), "wer": 1.0}) + "\n")
+    assert divergence(rdir, 4, 10) == "its validation loss at step 4 is nan"
+    (rdir / "valid.jsonl").write_text(json.dumps({"step": 4, "loss": 0.5, "wer": 0.0}) + "\n")
+    info_path.write_text(json.dumps({**info, "nan_in_a_row": 3, "nonfinite_stop": False}))
+    assert divergence(rdir, 4, 2) == ""  # three in a row, but the trainer did not stop on them
+    info_path.write_text(json.dumps({**info, "nan_in_a_row": 3, "nonfinite_stop": True}))
+    assert divergence(rdir, 4, 10).startswith("3 non-finite steps in a row at step 4")

@@ -2,6 +2,8 @@
 pre-training had finished, when the fix is refused by the recipe fingerprint."""
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -111,30 +113,36 @@ def test_a_corpus_build_killed_part_way_is_built_again(tmp_path) -> None:
 
 @pytest.mark.parametrize("setting", ["corpus.valid=", "pretrain_overrides=[keep_best=false]",
                                      "pretrain_overrides=[valid_every=0]"])
-def test_best_is_refused_when_no_pre_training_keeps_one(tmp_path, setting) -> None:
+def test_best_without_a_pre_training_best_is_said_up_front(tmp_path, setting, caplog) -> None:
     """`finetune.checkpoints: [best]` without a pre-training validation set or with keep_best=false fine-tuned
-    nothing, silently (and the plan counted the fine-tunings)."""
+    nothing, silently (and the plan counted the fine-tunings). It is said up front, not refused: a study folder
+    made before would otherwise be refused for good (removing `best` changes its recipe)."""
     from earful.study.config import plan_runs
     from earful.study.plan import later_stages
 
     study = _study(tmp_path, "finetune.checkpoints=[best]", "finetune.baselines=[]", setting)
-    with pytest.raises(ValueError, match=r"finetune.checkpoints: `best` is the pre-training's best validation "
-                                         r"checkpoint, but .*: no run would have one; fine-tune `final`"):
+    with caplog.at_level(logging.WARNING):
         check_recipes(study)
+    assert re.search(r"finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but .*: no run "
+                     r"will have one, so none is fine-tuned", caplog.text)
     assert later_stages(study, plan_runs(study))["finetunings"] == 0
     kept = _study(tmp_path, "finetune.checkpoints=[best]", "finetune.baselines=[]")
+    caplog.clear()
     check_recipes(kept)
-    assert later_stages(kept, plan_runs(kept))["finetunings"] == 1
+    assert "best" not in caplog.text and later_stages(kept, plan_runs(kept))["finetunings"] == 1
 
 
-def test_a_finished_run_without_best_is_an_error_naming_it(tmp_path) -> None:
+def test_a_finished_run_without_best_fine_tunes_the_rest_and_says_so(tmp_path, caplog) -> None:
+    """A run left without checkpoints/best (every validation NaN; a resume that removed a discarded step's and
+    never beat the best since) had been an error on every rerun of the study: a dead end."""
     from earful.study.config import plan_runs
     from earful.study.stages import checkpoints_to_finetune
 
     study = _study(tmp_path, "finetune.checkpoints=[final, best]")
     run = plan_runs(study)[0]
-    with pytest.raises(FileNotFoundError, match=rf"pre-training {run.name} has no .*checkpoints/best to fine-tune"):
-        checkpoints_to_finetune(study, run, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert list(checkpoints_to_finetune(study, run, tmp_path)) == ["final"]
+    assert re.search(rf"pre-training {run.name} has no .*checkpoints/best: its `best` is not fine-tuned", caplog.text)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "studies")

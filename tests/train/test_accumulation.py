@@ -160,15 +160,29 @@ D.teardown(finished=True)
 
 def test_validation_is_the_same_on_one_and_two_processes(tmp_path, tiny_corpus) -> None:
     """PretrainTask.validate of the same weights on 1 process and on 2 (torchrun, gloo): each batch draws by its
-    global index, the batch repeated to give both ranks 3 is left out and the sums are all-reduced, so the numbers
-    are those of one process. Five utterances of 1-2 s, one a batch (2.5 s): the same five batches either way (a
-    layout that splits a batch to deal them evenly validates other batches, and its numbers differ)."""
+    global index, the batch repeated to give both ranks as many is left out and the sums are all-reduced, so the
+    numbers are those of one process. The validation set is chosen to pack into an odd number of batches, one of
+    several utterances: the fullest batch had been split for 2 ranks, which validated other batches (a loss of
+    3.222427 against 3.224271 in a review's run)."""
+    from earful.data.budget import BatchBudget
+    from earful.data.manifest import read_manifest
+    from earful.data.sampler import SecondsBatchSampler
+
     valid, script = tmp_path / "valid.jsonl", tmp_path / "validate.py"
-    valid.write_text("".join(tiny_corpus[1].read_text().splitlines(keepends=True)[:5]))
+    lines = tiny_corpus[1].read_text().splitlines(keepends=True)
+    for n, seconds in ((n, s) for n in range(5, len(lines) + 1) for s in (3.0, 3.5, 4.0, 5.0, 6.0)):
+        valid.write_text("".join(lines[:n]))
+        one = SecondsBatchSampler([u.num_samples for u in read_manifest(valid)],
+                                  BatchBudget.per_device(seconds, 1, min_seconds=0.5), shuffle=False)
+        batches = one.epoch_batches(0)
+        if len(batches) % 2 and max(len(b) for b in batches) >= 2:
+            break
+    else:
+        pytest.fail("no validation set of the tiny corpus packs into an odd number of batches of several")
     script.write_text(VALIDATE)
     args = [str(script), "model_preset=tiny", f"data.train={tiny_corpus[0]}", f"data.valid={valid}",
-            "batch_seconds=4", "device_seconds=4", "valid_seconds=2.5", "data.min_seconds=0.5", "data.num_workers=0",
-            "threads=1"]
+            "batch_seconds=4", "device_seconds=4", f"valid_seconds={seconds}", "data.min_seconds=0.5",
+            "data.num_workers=0", "threads=1"]
     found = []
     for launcher in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]):
         r = subprocess.run([sys.executable, *launcher, *args], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)},
