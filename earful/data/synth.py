@@ -242,6 +242,9 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
 
 # ---------------------------------------------------------------------------- writing
 
+BUILDING = ".synth-building"  # in a corpus folder while `earful synth` writes it: a folder with it is unfinished
+
+
 def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands", seed: int = 0,
                workers: int | None = None, augment: bool = False, labelled_fraction: float = 0.25,
                dev_hours: float | None = None, test_hours: float | None = None,
@@ -254,6 +257,7 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
                        dev_hours=dev_hours, test_hours=test_hours)
     workers = workers or max(1, os.cpu_count() or 1)
     out.mkdir(parents=True, exist_ok=True)
+    (out / BUILDING).write_text("a build by `earful synth` that has not finished (synth.json comes last)\n")
     chunks = [(plan.jobs[i : i + CHUNK], str(out), augment) for i in range(0, len(plan.jobs), CHUNK)]
     log.info("synthesising %d utterances (%s domain, about %.2f h of train audio) with %d workers",
              len(plan.jobs), domain, hours, workers)
@@ -306,6 +310,7 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
                 f.write("\t".join(f"{v:.4g}" if isinstance(v, float) else str(v)
                                   for k, v in asdict(s).items() if k != "peaks") + "\n")
     atomic_write_json(out / "synth.json", summary)
+    (out / BUILDING).unlink(missing_ok=True)
     log.info("wrote %.1f min of audio in %.1f s (%.0f× real time, %d workers) to %s", audio_s / 60, elapsed,
              audio_s / max(elapsed, 1e-9), workers, out)
     for split, s in summary["splits"].items():

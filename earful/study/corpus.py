@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 def ensure_corpus(study: StudyConfig, root: Path) -> None:
     """Build the study's synthetic corpus unless it exists; an existing one built with other settings is
     an error (a study must not silently run on a different corpus). A ``corpus.synth`` corpus is complete once
-    its ``synth.json`` is there (written last): a build killed part-way, its train manifest written and
-    synth.json not, is built again (every file written anew)."""
+    its ``synth.json`` is there (written last): a build killed part-way (its ``.synth-building`` mark still
+    there) is built again, every file written anew; a folder of manifests without either, not made by `earful
+    synth`, is refused rather than written over."""
     train = Path(study.corpus.path(study.corpus.train, root))
     s = study.corpus.synth
     made = Path(study.corpus.path("synth.json", root))
@@ -33,9 +34,13 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
         return
     if s is None:
         raise FileNotFoundError(f"{train}: the study's training manifest does not exist (and no corpus.synth given)")
-    from earful.data.synth import synthesize
+    from earful.data.synth import BUILDING, synthesize
 
     out = Path(study.corpus.path(".", root))
+    if train.exists() and not (out / BUILDING).exists():
+        raise ValueError(f"{out}: holds {train.name} but no synth.json: not a corpus `earful synth` made (or one an "
+                         "earlier version left unfinished); drop corpus.synth to use it as it is, or remove the "
+                         "folder to build the corpus there")
     if train.exists():
         log.warning("%s: a corpus build that did not finish (%s exists, synth.json, written last, does not): "
                     "building it again", out, train.name)

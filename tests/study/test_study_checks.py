@@ -94,9 +94,11 @@ def test_a_missing_manifest_is_never_fingerprinted(tmp_path) -> None:
     check_same_recipe(out, fp)
 
 
-def test_a_corpus_build_killed_part_way_is_built_again(tmp_path) -> None:
+def test_a_corpus_build_killed_part_way_is_built_again_and_a_foreign_one_refused(tmp_path) -> None:
     """synth.json is written last: a build killed after the train manifest (a part of it here) and before
-    synth.json was taken as complete, and the study trained on the part. Now it is built again."""
+    synth.json was taken as complete, and the study trained on the part. Now it is built again; a folder of
+    manifests `earful synth` did not make (no mark of an unfinished build) is refused, not written over."""
+    from earful.data.synth import BUILDING
     from earful.study.corpus import ensure_corpus
 
     synth = "{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}"
@@ -104,10 +106,15 @@ def test_a_corpus_build_killed_part_way_is_built_again(tmp_path) -> None:
     ensure_corpus(study, tmp_path)
     manifests = tmp_path / "corpus" / "manifests"
     whole = (manifests / "train.jsonl").read_text()
+    assert not (tmp_path / "corpus" / BUILDING).exists()
     (tmp_path / "corpus" / "synth.json").unlink()
-    (manifests / "train.jsonl").write_text(whole.splitlines(keepends=True)[0])  # killed while writing
+    (manifests / "train.jsonl").write_text(whole.splitlines(keepends=True)[0])
+    with pytest.raises(ValueError, match=r"holds train.jsonl but no synth.json: not a corpus `earful synth` made"):
+        ensure_corpus(study, tmp_path)  # someone's own manifests: left as they are
+    assert (manifests / "train.jsonl").read_text() == whole.splitlines(keepends=True)[0]
+    (tmp_path / "corpus" / BUILDING).write_text("")  # killed while writing
     ensure_corpus(study, tmp_path)
-    assert (tmp_path / "corpus" / "synth.json").exists()
+    assert (tmp_path / "corpus" / "synth.json").exists() and not (tmp_path / "corpus" / BUILDING).exists()
     assert (manifests / "train.jsonl").read_text() == whole
 
 
