@@ -258,6 +258,7 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     workers = workers or max(1, os.cpu_count() or 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILDING).write_text("a build by `earful synth` that has not finished (synth.json comes last)\n")
+    (out / "synth.json").unlink(missing_ok=True)  # an earlier build's: this folder is not complete until the end
     chunks = [(plan.jobs[i : i + CHUNK], str(out), augment) for i in range(0, len(plan.jobs), CHUNK)]
     log.info("synthesising %d utterances (%s domain, about %.2f h of train audio) with %d workers",
              len(plan.jobs), domain, hours, workers)

@@ -127,7 +127,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         return _hf_model_config(get, act, spec_augment)
     except (ValueError, TypeError) as e:  # a value earful's model cannot take (a null for a number: TypeError)
         message = str(e)
-        named = (*_SAME_FIELDS, ("mask_prob", "mask_time_prob"), ("mask_channel_prob", "mask_feature_prob"))
+        named = (*_SAME_FIELDS, ("mask_prob", "mask_time_prob"), ("mask_channel_prob", "mask_feature_prob"),
+                 *((k, k) for k in ("conv_dim", "conv_kernel", "conv_stride")))
         for ours, theirs in named:  # as config.json names it
             message = message.replace(f"model.{ours}=", f"{theirs}=", 1)
         raise ValueError(f"{where}: {message}") from None

@@ -21,7 +21,10 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
     train = Path(study.corpus.path(study.corpus.train, root))
     s = study.corpus.synth
     made = Path(study.corpus.path("synth.json", root))
-    if train.exists() and (s is None or made.exists()):
+    from earful.data.synth import BUILDING, synthesize
+
+    building = Path(study.corpus.path(BUILDING, root)).exists()  # a build that has not finished, whatever is there
+    if train.exists() and (s is None or (made.exists() and not building)):
         if s is not None:
             have = json.loads(made.read_text(encoding="utf-8"))
             want = {"requested_hours": s.hours, "domain": s.domain, "seed": s.seed,
@@ -34,10 +37,9 @@ def ensure_corpus(study: StudyConfig, root: Path) -> None:
         return
     if s is None:
         raise FileNotFoundError(f"{train}: the study's training manifest does not exist (and no corpus.synth given)")
-    from earful.data.synth import BUILDING, synthesize
 
     out = Path(study.corpus.path(".", root))
-    if train.exists() and not (out / BUILDING).exists():
+    if train.exists() and not building:
         raise ValueError(f"{out}: holds {train.name} but no synth.json: not a corpus `earful synth` made (or one an "
                          "earlier version left unfinished); drop corpus.synth to use it as it is, or remove the "
                          "folder to build the corpus there")

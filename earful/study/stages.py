@@ -59,7 +59,7 @@ def done_record(path: Path) -> dict[str, Any] | None:
 def divergence(rdir: Path, steps: int, max_nan_steps: int) -> str:
     """Why the run in ``rdir`` diverged at its last step ``steps`` ("" when it did not, or has not got there),
     from its final checkpoint's ``trainer.json``: stopped by ``max_nan_steps`` non-finite steps in a row (the
-    trainer's stop, whose checkpoint a rerun "resumes" as finished), or its validation at that step not finite."""
+    trainer's stop, recorded; a rerun stops there again), or its validation loss at that step not finite."""
     final = rdir / "checkpoints" / f"step-{steps:07d}"
     if not (final / "trainer.json").exists():
         return ""

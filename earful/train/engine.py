@@ -207,7 +207,8 @@ class Trainer:
         """Close the trackers and let go of the run folder (another process may then write to it)."""
         if getattr(self, "tracking", None) is not None:
             stopped, done = getattr(self, "stop_signal", 0), getattr(self, "step", 0) >= self.cfg.max_steps
-            self.tracking.finish("stopped" if stopped else "finished" if done else "failed")
+            diverged = getattr(self, "nonfinite_stop", False) or getattr(self, "resumed_stopped", False)
+            self.tracking.finish("stopped" if stopped else "failed" if diverged or not done else "finished")
         if getattr(self, "_lock", None) is not None:
             self._lock.close()
             self._lock = None

@@ -94,9 +94,14 @@ def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel,
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_a_run_stopped_by_nans_at_its_last_step_stays_stopped_on_resume(kind, tmp_path, tiny_corpus, tones, rel,
-                                                                        nan_steps) -> None:
+                                                                        nan_steps, monkeypatch) -> None:
     """Stopped by max_nan_steps at its last step, a run resumed stops again, changing nothing: it had ended
-    "finished" (exit 0), validated its NaN model and rewritten its checkpoint."""
+    "finished" (exit 0), validated its NaN model and rewritten its checkpoint. Trackers hear "failed" (they had
+    heard "finished": it had reached max_steps)."""
+    from earful.train.tracking import Tracking
+
+    told = []
+    monkeypatch.setattr(Tracking, "finish", lambda self, status: told.append(status))
     first = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 3, "max_nan_steps=3")
     nan_steps.update(range(100))
     with pytest.raises(TrainingStopped, match="3 non-finite steps in a row at step 3"):
@@ -110,6 +115,7 @@ def test_a_run_stopped_by_nans_at_its_last_step_stays_stopped_on_resume(kind, tm
     first.cfg.max_nan_steps = 10  # an operational setting: the checkpoint's recorded stop decides, not the streak
     with pytest.raises(TrainingStopped, match="its last: the run stopped there"):
         Trainer(_task(kind, first.cfg), tmp_path / "run", resume=True).fit()
+    assert told == ["failed"] * 3
 
 
 def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:

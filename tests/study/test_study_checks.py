@@ -116,6 +116,11 @@ def test_a_corpus_build_killed_part_way_is_built_again_and_a_foreign_one_refused
     ensure_corpus(study, tmp_path)
     assert (tmp_path / "corpus" / "synth.json").exists() and not (tmp_path / "corpus" / BUILDING).exists()
     assert (manifests / "train.jsonl").read_text() == whole
+    # a rebuild into the folder killed part-way: an earlier build's synth.json does not make it complete
+    (manifests / "train.jsonl").write_text(whole.splitlines(keepends=True)[0])
+    (tmp_path / "corpus" / BUILDING).write_text("")
+    ensure_corpus(study, tmp_path)
+    assert (manifests / "train.jsonl").read_text() == whole and not (tmp_path / "corpus" / BUILDING).exists()
 
 
 @pytest.mark.parametrize("setting", ["corpus.valid=", "pretrain_overrides=[keep_best=false]",
