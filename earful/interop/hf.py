@@ -111,6 +111,10 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     def get(key: str) -> Any:
         return hf.get(key, HF_DEFAULTS[key])
 
+    nulls = [k for k in HF_DEFAULTS if k in hf and hf[k] is None]  # none of these has null among its values
+    if nulls:
+        raise ValueError(f"{where}: {', '.join(f'{k}=null' for k in nulls)}: a value belongs there (leave the key "
+                         "out for transformers' default)")
     act = get("hidden_act")
     if act not in _ACT_FROM_HF:
         raise ValueError(f"{where}: unsupported hidden_act {act!r} (earful has {', '.join(_ACT_FROM_HF)})")

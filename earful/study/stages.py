@@ -274,11 +274,16 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
     c = study.corpus
     fdir = out / "finetune" / name
     done = done_record(fdir)
-    # marked done before divergence was recorded: look once more (at a run with a training state)
-    if done and "diverged" not in done and (fdir / "checkpoints" / "latest.json").exists():
+    # marked done before divergence was recorded, or judged by an earlier version from the dev WER / CER (a WER of
+    # 0 read as missing, one of NaN from a dev set without words): look once more (at a run with a training state)
+    judged_by_wer = str(done.get("diverged_because", "") if done else "").startswith(("its validation wer",
+                                                                                      "its validation cer"))
+    if done and ("diverged" not in done or judged_by_wer) and (fdir / "checkpoints" / "latest.json").exists():
         cfg = finetune_config(study, label_set, init, seed, root, baseline)
-        if why := divergence(fdir, cfg.max_steps, cfg.max_nan_steps):
-            done = _mark_diverged(done, f"fine-tuning {name}", why)
+        why = divergence(fdir, cfg.max_steps, cfg.max_nan_steps)
+        if why or judged_by_wer:
+            done = _mark_diverged({k: v for k, v in done.items() if not k.startswith("diverged")},
+                                  f"fine-tuning {name}", why)
             atomic_write_json(fdir / "done.json", done)
     if not done:
         cfg = finetune_config(study, label_set, init, seed, root, baseline)

@@ -112,6 +112,13 @@ def test_a_diverged_finetuning_is_flagged_in_its_results(tmp_path, monkeypatch) 
     (fdir / "done.json").write_text(json.dumps({"name": "ft"}))  # marked done by an earlier version
     assert finetune_and_evaluate(study, "ft", tmp_path / "init", "10h", 1, tmp_path / "out", tmp_path,
                                  None)["diverged"] is True
+    # judged diverged by a version that read the dev WER (0 read as missing): judged again, and it is not
+    _final(fdir, 3, valid_loss=0.5)
+    (fdir / "done.json").write_text(json.dumps({"name": "ft", "diverged": True,
+                                                "diverged_because": "its validation wer at step 3 is 0.0"}))
+    assert "diverged" not in finetune_and_evaluate(study, "ft", tmp_path / "init", "10h", 1, tmp_path / "out",
+                                                   tmp_path, None)
+    assert json.loads((fdir / "done.json").read_text()) == {"name": "ft"}
 
 
 def test_the_report_shows_diverged_runs_and_leaves_them_out_of_its_statistics(tmp_path) -> None:
