@@ -234,6 +234,9 @@ def cache_key(fingerprint: dict[str, object], manifest: Path, utts: Sequence[Utt
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+F16_MAX = float(torch.finfo(torch.float16).max)
+
+
 def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_rate: float,
              utts: Sequence[Utterance], desc: str, progress: bool) -> FeatureSet:
     from earful.data.dataset import AudioDataset
@@ -243,7 +246,14 @@ def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_
     with tqdm(total=len(utts), desc=f"features {desc}", unit="utt", disable=not progress) as bar:
         for start in range(0, len(utts), EXTRACT_GROUP):
             waves = [torch.from_numpy(audio[i].wave) for i in range(start, min(start + EXTRACT_GROUP, len(utts)))]
-            parts.extend(f.to(torch.float16) for f in extract(waves))
+            for k, f in enumerate(extract(waves)):
+                largest = float(f.abs().max()) if f.numel() else 0.0  # NaN or inf when not finite
+                if not largest <= F16_MAX:
+                    # float16 holds ±65504: beyond, the cache held inf and the probes trained on NaN, silently
+                    raise ValueError(f"{desc}: utterance {utts[start + k].id!r}: features not finite or beyond "
+                                     f"float16's ±{F16_MAX:g} (largest {largest:.3g}), which the feature cache "
+                                     "stores; this checkpoint's activations cannot be probed as they are")
+                parts.append(f.to(torch.float16))
             bar.update(len(waves))
     frames = torch.tensor([p.shape[0] for p in parts], dtype=torch.long)
     return FeatureSet([u.id for u in utts], frames, torch.cat(parts), frame_rate)

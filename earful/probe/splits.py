@@ -77,7 +77,7 @@ def load_split(loader: FeatureLoader | None, manifest: str | os.PathLike) -> Spl
 
 def require(split: Split, label: str, way_out: str) -> None:
     """ValueError naming the manifest, how many utterances lack ``label`` (a manifest field) and which."""
-    missing = [u.id for u in split.utts if not getattr(u, label)]
+    missing = [u.id for u in split.utts if not str(getattr(u, label) or "").strip()]  # blank is none too
     if missing:
         shown = ", ".join(repr(i) for i in missing[:3]) + (" …" if len(missing) > 3 else "")
         raise ValueError(f"{split.manifest}: {len(missing)} of {len(split.utts)} utterances have no {label} "

@@ -115,6 +115,8 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
                                             weights_table(weights)])
     if weights:
         plot_layer_weights(weights, out / "layer-weights.png", f"layer weights: {upstream.label} (seed {seed})")
+    else:  # filterbanks have no layers: an earlier upstream's plot would stand beside these results
+        (out / "layer-weights.png").unlink(missing_ok=True)
     return results
 
 

@@ -104,8 +104,12 @@ def equal_error_rate(scores: torch.Tensor, same: torch.Tensor) -> float:
         raise ValueError("the EER needs both same-speaker and different-speaker trials")
     order = torch.argsort(scores, descending=True)
     hit = same[order].double()
-    accepted_targets = hit.cumsum(0) / hit.sum()  # accept the top k trials, k = 1..n
-    false_accepts = (1 - hit).cumsum(0) / (1 - hit).sum()
+    # thresholds only between distinct scores (tied trials are accepted together), and the accept-none point:
+    # a threshold inside a run of ties made the EER depend on the trials' order
+    ends = torch.ones(len(order), dtype=torch.bool)
+    ends[:-1] = scores[order][1:] != scores[order][:-1]
+    accepted_targets = torch.cat([hit.new_zeros(1), (hit.cumsum(0) / hit.sum())[ends]])  # accept the top k
+    false_accepts = torch.cat([hit.new_zeros(1), ((1 - hit).cumsum(0) / (1 - hit).sum())[ends]])
     miss = 1 - accepted_targets
     k = int(torch.argmin((miss - false_accepts).abs()))
     return float((miss[k] + false_accepts[k]) / 2)
@@ -121,6 +125,9 @@ def check_sid(train: Split, dev: Split, test: Split) -> None:
                          "training speakers (held-out speakers belong in its test split, for the EER)")
     if len({u.speaker for u in test.utts}) < 2:
         raise ValueError(f"{test.manifest}: speaker verification needs at least two speakers")
+    if len({u.speaker for u in test.utts}) == len(test.utts):
+        raise ValueError(f"{test.manifest}: speaker verification needs a speaker with two utterances or more (its "
+                         "same-speaker trials); every speaker here has one")
 
 
 def train_sid(train: Split, dev: Split, test: Split, recipe: UtteranceRecipe, seed: int) -> TaskResult:
@@ -155,7 +162,7 @@ def intents(*splits: Split) -> list[list[list[str]]]:
         rows = []
         for u in split.utts:
             intent = u.intent or {}
-            if list(intent) != slots:
+            if set(intent) != set(slots):  # the same slots, in whatever order the JSON gives them
                 raise ValueError(f"{split.manifest}: utterance {u.id!r} has intent slots {list(intent)}, the "
                                  f"others {slots}")
             rows.append([intent[s] for s in slots])

@@ -368,6 +368,10 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*SHORT),
                     progress=False)
     assert got == {"ic": saved["tasks"]["ic"]["test"]}  # the API and the command agree; features were cached
+    # filterbanks into the same folder: no layers, so no plot; the checkpoint's had stayed beside their results
+    assert main(["probe", "fbank", *FAST, *SHORT, "--suite", "mini-superb", "--corpus", str(corpus), "--out",
+                 str(out), "--cache", str(cache), "--no-progress"]) == 0
+    assert not (out / "layer-weights.png").exists() and "fbank" in (out / "results.md").read_text()
     assert main(["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path), "--out", str(out)]) == 2
     assert main(["probe", "fbank", "--task", "pr", "--out", str(out)]) == 2
     assert main(["probe", str(tmp_path), "--task", "pr", "--train", "x", "--dev", "x", "--test", "x",
@@ -421,3 +425,46 @@ def test_equal_error_rate():
     assert abs(equal_error_rate(scores, labels) - 0.1587) < 0.02  # Φ(−1) for two unit normals 2 apart
     with pytest.raises(ValueError, match="both"):
         equal_error_rate(torch.tensor([0.1, 0.2]), torch.tensor([True, True]))
+    # tied scores are accepted together: no threshold separates them (it had been 0 or 1 by the trials' order)
+    for order in ([True, False], [False, True]):
+        assert equal_error_rate(torch.tensor([0.5, 0.5]), torch.tensor(order)) == 0.5
+    assert equal_error_rate(torch.tensor([0.5] * 4), same) == 0.5
+
+
+def test_blank_labels_and_single_utterance_speakers_are_named_before_any_feature(tmp_path):
+    """A label of only whitespace is no label (a PR target of "  " had trained as empty, an ASR transcript of
+    blanks failed after every feature was extracted); SID's test split needs a speaker with two utterances (its
+    EER failed after training, naming no file); intent slots in another key order are the same slots."""
+    from earful.data.manifest import Utterance
+    from earful.probe.splits import Split, require
+    from earful.probe.utterance import check_sid, intents
+
+    def split(name: str, *utts: Utterance) -> Split:
+        return Split(tmp_path / name, list(utts), None)
+
+    def utt(i: str, speaker: str = "s", **kw) -> Utterance:
+        return Utterance(i, "x.flac", 16000, 16000, speaker, **kw)
+
+    for label in ("phonemes", "transcript"):
+        with pytest.raises(ValueError, match=rf"m.jsonl: 1 of 2 utterances have no {label} \('b'\)"):
+            require(split("m.jsonl", utt("a", **{label: "a b"}), utt("b", **{label: "  "})), label, "")
+    train = split("train.jsonl", utt("a", "s1"), utt("b", "s2"))
+    with pytest.raises(ValueError, match=r"test.jsonl: speaker verification needs a speaker with two utterances"):
+        check_sid(train, split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t2")))
+    check_sid(train, split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t1"),
+                                                                utt("f", "t2")))
+    one, other = {"action": "go", "object": "x"}, {"object": "y", "action": "stop"}
+    assert intents(split("a.jsonl", utt("a", intent=one), utt("b", intent=other))) == [[["go", "x"],
+                                                                                          ["stop", "y"]]]
+
+
+def test_features_float16_cannot_hold_are_refused_naming_the_utterance(tmp_path, tones):
+    """The cache stores float16 (±65504): larger activations had become inf, and the probes trained on NaN and
+    printed believable numbers."""
+    from earful.data.manifest import read_manifest
+    from earful.probe.features import _extract
+
+    utts = read_manifest(tones["train"])[:2]
+    with pytest.raises(ValueError, match=rf"m: utterance {utts[1].id!r}: features not finite or beyond float16's "
+                                         r"±65504 \(largest 1e\+05\)"):
+        _extract(lambda waves: [torch.ones(3, 2, 4), torch.full((3, 2, 4), 1e5)], 50.0, utts, "m", False)
