@@ -120,6 +120,11 @@ def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_p
               for _ in range(2)]
     try:
         logs = [a.communicate(timeout=300)[0] for a in agents]
+    except subprocess.TimeoutExpired:  # say where it hung (seen once in CI, not reproduced in 13 runs alone)
+        for a in agents:
+            a.kill()
+        logs = [a.communicate()[0] for a in agents]
+        pytest.fail("the two agents did not finish in 300 s:\n" + "\n---\n".join(log[-3000:] for log in logs))
     finally:
         for a in agents:
             a.kill()
