@@ -86,9 +86,7 @@ class RunDir:
         were, removes its partial files and raises CheckpointError saying so."""
         plain_name(name, "checkpoint name")
         self.ckpt.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt / f".tmp-{name}-{os.getpid()}"
-        final = self.ckpt / name
-        old = self.ckpt / f".old-{name}-{os.getpid()}"
+        tmp, final, old = self._paths(name)
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             save_model(tmp, model, vocab=vocab)
@@ -97,7 +95,7 @@ class RunDir:
                 atomic_torch_save(state, tmp / STATE_FILE)
                 info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
             atomic_write_json(tmp / TRAINER_FILE, info)
-            self._put(tmp, name)
+            self._put(tmp, final, old)
             if make_latest:
                 atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
         except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
@@ -115,10 +113,15 @@ class RunDir:
             ) from e
         return final
 
-    def _put(self, tmp: Path, name: str) -> None:
-        """Rename the finished ``tmp`` into place as ``name``; one it replaces is moved aside first (``.old-``,
+    def _paths(self, name: str) -> tuple[Path, Path, Path]:
+        """Checkpoint ``name``'s temporary folder, its place, and where a checkpoint it replaces waits (``.old-``,
         which ``prepare`` restores if a kill comes between the two renames)."""
-        final, old = self.ckpt / name, self.ckpt / f".old-{name}-{os.getpid()}"
+        return (self.ckpt / f".tmp-{name}-{os.getpid()}", self.ckpt / name,
+                self.ckpt / f".old-{name}-{os.getpid()}")
+
+    @staticmethod
+    def _put(tmp: Path, final: Path, old: Path) -> None:
+        """Rename the finished ``tmp`` into place as ``final``; one it replaces is moved aside to ``old`` first."""
         if final.exists():
             os.replace(final, old)
             os.replace(tmp, final)
@@ -129,11 +132,11 @@ class RunDir:
     def copy(self, source: Path, name: str) -> Path:
         """Checkpoint ``source`` copied whole as ``name`` (a plain name), atomically (directory rename)."""
         plain_name(name, "checkpoint name")
-        tmp = self.ckpt / f".tmp-{name}-{os.getpid()}"
+        tmp, final, old = self._paths(name)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        self._put(tmp, name)
-        return self.ckpt / name
+        self._put(tmp, final, old)
+        return final
 
     def latest(self) -> Path | None:
         """The checkpoint to resume from: the one ``latest.json`` names (a plain name inside ``checkpoints/``);
