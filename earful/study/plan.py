@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima, fmt_seconds, plan_runs
 from earful.train.config import nominal_steps
+
+if TYPE_CHECKING:
+    from earful.pretrain.config import PretrainConfig
 
 
 def format_duration(seconds: float) -> str:
@@ -27,6 +31,13 @@ def wall_clock(durations: Sequence[float], jobs: int) -> float:
     return max(slots)
 
 
+def why_no_best(study: StudyConfig, pre: PretrainConfig) -> str:
+    """Why no pre-training of ``study`` (its recipe ``pre``) keeps a ``checkpoints/best``, or "" when they do."""
+    return ("corpus.valid is empty (no validation set)" if not study.corpus.valid else
+            "the pre-training recipe has valid_every=0 (it never validates)" if pre.valid_every <= 0 else
+            "the pre-training recipe has keep_best=false" if not pre.keep_best else "")
+
+
 def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     """What the pre-trainings let start, counted from the plan (``earful/study/run.py`` makes them): fine-tunings
     (each with its evaluation), probe upstreams (the kept checkpoints, each seed's random init, filterbanks once)
@@ -35,11 +46,10 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     finetunings = upstreams = 0
     keeps_best = False
-    if "best" in study.finetune.checkpoints and study.corpus.valid:
+    if "best" in study.finetune.checkpoints:
         from earful.pretrain.config import load_pretrain_config
 
-        pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
-        keeps_best = pre.keep_best and pre.valid_every > 0
+        keeps_best = not why_no_best(study, load_pretrain_config(study.pretrain_config, study.pretrain_overrides))
     for r in runs:
         # what the trainer writes: hours-H once step >= nominal_steps(H) (the last step included), one per name
         reached = {f"{h:g}" for h in study.milestone_hours if nominal_steps(h, r.batch_seconds) <= r.steps}

@@ -35,7 +35,7 @@ from earful.lock import hold_folder
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima, plan_runs
 from earful.study.corpus import check_probe_corpus, ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
-from earful.study.plan import plan_table
+from earful.study.plan import plan_table, why_no_best
 from earful.study.pool import Job, execute
 from earful.study.report import build_report
 from earful.study.stages import (
@@ -155,14 +155,11 @@ def check_recipes(study: StudyConfig) -> None:
     unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]
     if unknown:
         raise ValueError(f"finetune.checkpoints: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
-    if "best" in study.finetune.checkpoints:
-        why = ("corpus.valid is empty (no validation set)" if not study.corpus.valid else
-               "the pre-training recipe has valid_every=0 (it never validates)" if pre.valid_every <= 0 else
-               "the pre-training recipe has keep_best=false" if not pre.keep_best else "")
-        if why:  # said, not refused: a study folder made before this check must still continue (adding seeds)
-            log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "
-                        "no run will have one, so none is fine-tuned; fine-tune `final` (or `milestones`), or give "
-                        "the pre-training a validation set with keep_best=true", why)
+    # said, not refused: a study folder made before this check must still continue (adding seeds)
+    if "best" in study.finetune.checkpoints and (why := why_no_best(study, pre)):
+        log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "
+                    "no run will have one, so none is fine-tuned; fine-tune `final` (or `milestones`), or give "
+                    "the pre-training a validation set with keep_best=true", why)
 
 
 def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:
