@@ -50,10 +50,11 @@ def tiny_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def equal_corpus(tmp_path_factory):
-    """24 utterances of exactly 2 s: every batch of 4 s holds 2, so shards split evenly."""
-    root = tmp_path_factory.mktemp("equal")
-    return _write_corpus(root, 24, (2.0, 2.0), 3, "train")
+def odd_corpus(tmp_path_factory):
+    """10 utterances of exactly 2 s: every batch of 4 s holds 2 (no padding), 5 batches an epoch, which do not
+    divide among 2 ranks: 2 micro-batches a step cross the epoch boundary within step 3."""
+    root = tmp_path_factory.mktemp("odd")
+    return _write_corpus(root, 10, (2.0, 2.0), 3, "train")
 
 
 def _tone_helpers():

@@ -289,14 +289,20 @@ class AudioLoader(Received):
 
     def __iter__(self) -> Iterator[Batch]:
         # Restart the sampler where training is (prefetched-but-unused batches of a previous iteration).
+        self._settle()
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
         for batch in self.loader:
             batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
-            if self.position >= len(self.sampler.epoch_batches(self.epoch)):
-                self.epoch, self.position = self.epoch + 1, 0
+            self._settle()
             if self.received(batch):
                 yield batch
+
+    def _settle(self) -> None:
+        """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none
+        of an epoch (fewer batches than ranks), as the sampler skips it."""
+        while len(self.sampler.batchable) and self.position >= len(self.sampler.epoch_batches(self.epoch)):
+            self.epoch, self.position = self.epoch + 1, 0
 
     def is_repeat(self, batch: Batch) -> bool:
         """Whether ``batch`` is a copy the sampler dealt only so that every rank gets as many batches (too few
@@ -312,7 +318,8 @@ class AudioLoader(Received):
 
     def state_dict(self) -> dict[str, Any]:
         state = self.sampler.state_dict()
-        state.update(epoch=self.epoch, position=self.position, **self.received_state())
+        state.update(epoch=self.epoch, position=self.position, phase=self.sampler.phase(self.epoch),
+                     **self.received_state())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -10,13 +10,17 @@ Per epoch, deterministically in ``(seed, epoch)``: the batchable indices are shu
 ``bucket_size``, each bucket is sorted by length (longest first) and packed greedily, and the batch order is
 shuffled. Length bucketing keeps padding small; ``padding_fraction()`` reports it.
 
-**DDP.** Every rank builds the same global batch list and takes every ``world_size``-th batch, so shards are
-disjoint. To give every rank the same number of batches (a rank with one batch fewer would leave the others
-waiting in all-reduce for ever), the batch with the most utterances is split in two until the count is a
-multiple of ``world_size`` — halves of a batch are still within budget, nothing is repeated (logged: from there
-the epoch's batches differ from one rank's). Only if no batch can be split (fewer utterances than ranks) are the
-first batches repeated, and ``repeated`` says so. An ``evaluation`` (validation, a dev set, evaluate) never
-splits: it repeats, and skips the repeats, so it scores one rank's batches on any number of ranks.
+**DDP** (``dealing``). Every rank builds the same global batch list and takes every ``world_size``-th batch,
+so shards are disjoint. Training (``endless``) deals the epochs as **one stream**: the global batches of epoch
+0, then of epoch 1, …, and rank r takes stream batches r, r + W, r + 2W, … across the epoch boundaries, so
+epoch e starts at the rank its ``phase`` names. That is exactly what one process with W× the accumulation takes
+step by step (its step also runs from one epoch into the next), whatever an epoch's batch count; an endless
+stream gives every rank as many batches a step, so no rank waits in all-reduce. A finite training pass
+(``endless=False``) must end on every rank at once: the batch with the most utterances is split in two until
+the count is a multiple of ``world_size`` (halves of a batch are within budget; logged), and only if no batch
+can be split (fewer utterances than ranks) are the first batches repeated, which ``repeated`` says. An
+``evaluation`` (validation, a dev set, evaluate) never splits: it repeats, and skips the repeats, so it scores
+one rank's batches on any number of ranks.
 
 **Nothing is dropped silently.** Utterances longer than ``max_seconds`` (after cropping) or shorter than
 ``min_seconds`` — limits set on purpose — are left out, counted in ``skipped`` (by reason in
@@ -25,17 +29,19 @@ an empty utterance, or one longer (after cropping) than ``device_seconds`` holds
 naming the source, how many, a few ids and the ways out; with ``skip_bad=True`` (``data.skip_bad``) it is left
 out and counted the same way.
 
-**Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — and the
-layout that cut the epoch (``LAYOUT``: the budget in samples — devices, micro-batch, length limits, crop, shape
-grid — and ``bucket_size``); ``load_state_dict()`` continues from exactly there. With another layout it
-rebuilds the saved epoch as the saved run cut it, takes the batches no rank had reached, keeps those that fit
-the new budget (re-packing otherwise) and deals them to the new ranks: the rest of that epoch sees every
-utterance it had not seen, once. Ranks saved a few batches apart (with ``skip_bad`` a rank whose batch had no
-loadable audio pulled another), even in two epochs, all continue from the earliest epoch any was in, and each
-epoch from there holds what no saved rank had reached of it: every rank the same number of batches.
-Iterated through a prefetching DataLoader the sampler runs ahead of training; ``earful.data.dataset.AudioLoader``
-therefore counts batches on the consumer side and its ``state_dict()`` is the one to checkpoint. States carry
-``format``; one from an earlier development version is refused.
+**Resume.** ``state_dict()`` records ``(epoch, position)`` — batches yielded so far in the epoch — the epoch's
+``phase``, and the layout that cut the epoch (``LAYOUT``: the budget in samples — devices, micro-batch, length
+limits, crop, shape grid — and ``bucket_size``); ``load_state_dict()`` continues from exactly there. With
+another layout it rebuilds the saved epoch as the saved run cut it, takes the batches no rank had reached,
+keeps those that fit the new budget (re-packing otherwise) and deals them to the new ranks, the stream starting
+again at rank 0: the rest of that epoch sees every utterance it had not seen, once. Ranks saved a few batches
+apart (with ``skip_bad`` a rank whose batch had no loadable audio pulled another), even in two epochs, all
+continue from the earliest epoch any was in, and each epoch from there holds what no saved rank had reached of
+it. Iterated through a prefetching DataLoader the sampler runs
+ahead of training; ``earful.data.dataset.AudioLoader`` therefore counts batches on the consumer side and its
+``state_dict()`` is the one to checkpoint. States carry ``format``; format 4 (before the stream dealing: a
+training epoch whose batches did not divide among the ranks was split) continues its saved epoch as a relaid
+one, exactly what it had not reached; one from an earlier development version is refused.
 """
 
 from __future__ import annotations
@@ -53,8 +59,9 @@ from earful.data.budget import SAMPLE_RATE, BatchBudget, shape_length
 
 log = logging.getLogger(__name__)
 
-# the layout of state_dict(); 3 had no bucket_size, 2 no shape_samples, 1 (no "format") predates the budget
-SAMPLER_FORMAT = 4
+# the layout of state_dict(); 4 had no phase (and split a training epoch to divide it among the ranks), 3 no
+# bucket_size, 2 no shape_samples, 1 (no "format") predates the budget
+SAMPLER_FORMAT = 5
 # what cuts an epoch besides (seed, epoch): BatchBudget.samples() and the bucket size
 LAYOUT = ("world_size", "device_samples", "micro_samples", "crop_samples", "min_samples", "max_samples",
           "shape_samples", "bucket_size")
@@ -152,6 +159,9 @@ class SecondsBatchSampler:
         says."""
         self.names = {**SETTING_NAMES, **(names or {})}
         self.evaluation = evaluation  # a pass that scores each utterance once: see _deal
+        # how the global batches are dealt to the ranks (module docstring): training's one stream, a finite
+        # training pass split to divide among the ranks, an evaluation's repeats
+        self.dealing = "repeat" if evaluation else "stream" if endless else "split"
         if not 0 <= rank < budget.world_size:
             raise ValueError(f"rank {rank} outside world_size {budget.world_size}")
         if bucket_size < 1:
@@ -188,6 +198,8 @@ class SecondsBatchSampler:
         self.repeated = 0
         self.repeats: dict[int, int] = {}  # epoch → batches repeated at its end (see ``repeated``)
         self._cache: dict[int, Batches] = {}
+        self._phase = {0: 0}  # epoch → the rank that takes its first batch (the stream's place, modulo world_size)
+        self._size: dict[int, int] = {}  # epoch → its global batch count, as far as known
         # a resume with another layout: {epoch: [{"layout": ..., "positions": [p_0, ...]}, ...]}, the layouts
         # each such epoch was cut with before and how far each rank got in it; the epoch then holds what they left
         self._resumed: dict[int, list[dict[str, Any]]] = {}
@@ -296,12 +308,12 @@ class SecondsBatchSampler:
         epoch a remainder too) had not reached, in its order, still batchable here. Its batches are kept when
         only the number of ranks changed; otherwise the utterances are packed anew and the batches shuffled."""
         step = steps[-1]
-        then = self._with_layout(step["layout"])
+        then = self._with_layout(step["layout"], step.get("dealing", "stream"), {epoch: int(step.get("phase", 0))})
         cut = then._remainder(epoch, steps[:-1]) if len(steps) > 1 else then._global_batches(epoch)
         g = np.arange(len(cut) - then.repeated)  # the repeated copies at the end are not utterances of their own
-        w = then.world_size
-        done = np.array(step.get("positions") or [int(step["position"])] * w, dtype=np.int64)  # each saved rank's
-        left = cut.take(g[g // w >= done[g % w]])  # rank r's p-th batch is global p·W + r
+        done = np.array(step.get("positions") or [int(step["position"])] * then.world_size, dtype=np.int64)
+        rank, position = then.owners(epoch, len(g))
+        left = cut.take(g[position >= done[rank]])  # each saved rank's batches from its place on
         valid = np.zeros(len(self.lengths), dtype=bool)
         valid[self.batchable] = True
         kept = left.keep(valid[left.flat])
@@ -315,23 +327,29 @@ class SecondsBatchSampler:
                 batches = batches.take(rng.permutation(len(batches)))
         return self._deal(batches, epoch)
 
-    def _with_layout(self, layout: dict[str, Any]) -> SecondsBatchSampler:
-        """A copy of this sampler that cuts epochs as ``layout`` (with its own batchable set)."""
+    def _with_layout(self, layout: dict[str, Any], dealing: str, phase: dict[int, int]) -> SecondsBatchSampler:
+        """A copy of this sampler that cuts epochs as ``layout`` (with its own batchable set) and deals them as
+        ``dealing``, its epochs starting at ``phase``."""
         then = copy.copy(self)
         for key, value in layout.items():
             setattr(then, key, value)
         then._batchable()
         then.rank, then._cache, then._resumed, then.repeats = 0, {}, {}, {}
+        then.dealing, then._phase, then._size = dealing, dict(phase), {}
         return then
 
     def _deal(self, batches: Batches, epoch: int) -> Batches:
-        """The batch list made a multiple of ``world_size`` long. Training: split the fullest, else repeat; a split
-        makes the epoch's batches from there on differ from one rank's (with accumulation), which is logged. An
-        ``evaluation`` (validation, a dev set, evaluate) only repeats, and skips the repeats
-        (``AudioLoader.is_repeat``): its batches, and so its numbers, are one rank's whatever the ranks (a split
-        had made a 2-rank validation loss differ from 1 rank's)."""
+        """The epoch's global batches as the ranks share them (``dealing``). Training's stream: as they are, the
+        next epoch going on where this one ends. A finite training pass: made a multiple of ``world_size`` long by
+        splitting the fullest, else repeating; a split makes the epoch's batches from there on differ from one
+        rank's (with accumulation), which is logged. An ``evaluation`` (validation, a dev set, evaluate) only
+        repeats, and skips the repeats (``AudioLoader.is_repeat``): its batches, and so its numbers, are one
+        rank's whatever the ranks (a split had made a 2-rank validation loss differ from 1 rank's)."""
+        if self.dealing == "stream":
+            self.repeated = self.repeats[epoch] = 0
+            return batches
         splits = 0
-        while not self.evaluation and len(batches) % self.world_size:
+        while self.dealing == "split" and len(batches) % self.world_size:
             sizes = batches.sizes()
             j = int(np.argmax(sizes))
             if sizes[j] < 2:
@@ -357,9 +375,38 @@ class SecondsBatchSampler:
         if epoch not in self._cache:
             if len(self._cache) >= 2:
                 self._cache.pop(min(self._cache))
-            everyone = self._global_batches(epoch)
-            self._cache[epoch] = everyone.take(np.arange(self.rank, len(everyone), self.world_size))
+            everyone = self._everyone(epoch)
+            first = (self.rank - self.phase(epoch)) % self.world_size
+            self._cache[epoch] = everyone.take(np.arange(first, len(everyone), self.world_size))
         return self._cache[epoch]
+
+    def _everyone(self, epoch: int) -> Batches:
+        """The global batches of ``epoch``, their count kept (``phase`` counts the stream with it)."""
+        everyone = self._global_batches(epoch)
+        self._size[epoch] = len(everyone)
+        return everyone
+
+    def phase(self, epoch: int) -> int:
+        """The rank that takes ``epoch``'s first global batch: where the training stream is when the epoch starts,
+        modulo ``world_size`` (0 for other dealings). Counted on from the latest epoch whose phase is known (a
+        fresh run's epoch 0, a resume's epoch), so an epoch before a resumed one is taken as a fresh run's."""
+        if self.dealing != "stream" or self.world_size == 1:
+            return 0
+        known = [e for e in self._phase if e <= epoch]
+        e = max(known) if known else 0
+        phase = self._phase.get(e, 0)
+        while e < epoch:
+            size = self._size[e] if e in self._size else len(self._everyone(e))
+            phase, e = (phase + size) % self.world_size, e + 1
+            self._phase[e] = phase
+        return phase
+
+    def owners(self, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """For the first ``n`` global batches of ``epoch``: the rank that takes each, and its place in that rank's
+        batches of the epoch."""
+        k = self.phase(epoch) + np.arange(n)  # the place in the stream, from a multiple of world_size on
+        rank = k % self.world_size
+        return rank, k // self.world_size - (rank < self.phase(epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
@@ -395,6 +442,8 @@ class SecondsBatchSampler:
             "format": SAMPLER_FORMAT,
             "epoch": self.epoch,
             "position": self.position,
+            "phase": self.phase(self.epoch),
+            "dealing": self.dealing,
             "seed": self.seed,
             "rank": self.rank,
             "num_utterances": len(self.lengths),
@@ -418,6 +467,19 @@ class SecondsBatchSampler:
         return {**layout(state), "format": 4, **({"resumed": [{"epoch": resumed["epoch"], "steps": steps}]}
                                                   if steps else {})}
 
+    def _from_format_4(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A state of format 4 in format 5. Format 4 split a training epoch whose batches did not divide among the
+        ranks: on several ranks its epoch (and any relaid one it records) is rebuilt so and continues as a relaid
+        one, from exactly what the saved ranks had not reached. On one rank nothing was split: it continues as
+        it was."""
+        def dealing(world_size: int) -> str:
+            return "split" if world_size > 1 else self.dealing
+
+        resumed = [{"epoch": r["epoch"], "steps": [{**st, "dealing": dealing(st["layout"]["world_size"])}
+                                                   for st in r["steps"]]} for r in state.get("resumed", [])]
+        return {**state, "format": 5, "phase": 0, "dealing": dealing(state["world_size"]),
+                **({"resumed": resumed} if resumed else {})}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume where ``state`` was saved. With another layout (other devices, a smaller micro-batch after an
         out-of-memory error, another crop or length limit) the saved epoch continues with exactly the
@@ -427,6 +489,8 @@ class SecondsBatchSampler:
         epoch."""
         if state.get("format") == 3:
             state = self._from_format_3(state)
+        if state.get("format") == 4:
+            state = self._from_format_4(state)
         if state.get("format") != SAMPLER_FORMAT:
             raise ValueError(f"cannot resume sampler: its state has format {state.get('format')!r}, this version "
                              f"reads {SAMPLER_FORMAT} (written by an earlier development version of earful: start "
@@ -436,39 +500,48 @@ class SecondsBatchSampler:
             if state[key] != mine:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        now = self.layout()
+        now, dealing = self.layout(), str(state["dealing"])
         saved = {k: state[k] for k in now}
+        relaid = saved != now or dealing != self.dealing
         # where every saved rank was (with skip_bad a rank that met a batch with no loadable audio pulled another,
         # so ranks may be a batch or a few apart, even in two epochs), else this state's place for every rank
         ranks = state.get("ranks") or []
         if len(ranks) == saved["world_size"]:
             places = [(int(r["epoch"]), int(r["position"])) for r in ranks]
+            phases = {int(r["epoch"]): int(r["phase"]) for r in ranks if "phase" in r}
         else:
-            places = [(self.epoch, self.position)] * saved["world_size"]
+            places, phases = [(self.epoch, self.position)] * saved["world_size"], {}
+        phases.setdefault(self.epoch, int(state["phase"]))
         first, last = min(e for e, _ in places), max(e for e, _ in places)
         # every rank keeps the same record (of the epochs some rank has not finished), whichever state it reads
         resumed = {int(r["epoch"]): list(r["steps"]) for r in state.get("resumed", []) if int(r["epoch"]) >= first}
-        if saved != now:
+        if relaid:
             # every rank continues from the earliest epoch a saved rank was in: each epoch from there on holds what
             # the saved ranks had not reached of it (a rank past an epoch had all of its share of it)
+            then = self._with_layout(saved, dealing, phases)  # the saved run, for the phase of each such epoch
+            then._resumed = {e: list(steps) for e, steps in resumed.items()}
             for epoch in sorted(set(range(first, last + 1)) | set(resumed)):
                 positions = [p if e == epoch else (2**62 if e > epoch else 0) for e, p in places]
                 if epoch in resumed or any(positions):  # nothing consumed yet: the epoch starts in the new layout
-                    resumed.setdefault(epoch, []).append({"layout": saved, "positions": positions})
+                    resumed.setdefault(epoch, []).append({"layout": saved, "positions": positions,
+                                                          "dealing": dealing, "phase": then.phase(epoch)})
             self.epoch, self.position = first, 0
         self._resumed = resumed
-        self._cache = {}
-        if saved != now:
-            while self.epoch in self._resumed and not len(self.epoch_batches(self.epoch)):
+        self._cache, self._size = {}, {}
+        if relaid:
+            while self.epoch in self._resumed and not len(self._everyone(self.epoch)):
                 self.epoch += 1  # the saved ranks had all finished it
+            self._phase = {self.epoch: 0}  # the stream starts anew at rank 0
             self._resumed = {e: steps for e, steps in self._resumed.items() if e >= self.epoch}
-            changed = ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k])
+            changed = ", ".join([f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k]]
+                                + ([f"dealing {dealing} -> {self.dealing}"] if dealing != self.dealing else []))
             if self.epoch in self._resumed:
                 log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
                             "not reached (its ranks were at (epoch, batch) %s) are cut anew; this epoch's batches "
-                            "differ from an uninterrupted run's", changed, len(self.epoch_batches(self.epoch)),
-                            self.epoch, places)
+                            "differ from an uninterrupted run's", changed, self._size[self.epoch], self.epoch, places)
             else:
                 log.warning("sampler resumed with another layout (%s): epoch %d starts in it", changed, self.epoch)
+        else:
+            self._phase = {self.epoch: phases[self.epoch]}
         if self.position > len(self.epoch_batches(self.epoch)):
             raise ValueError(f"cannot resume sampler: position {self.position} beyond epoch {self.epoch}")

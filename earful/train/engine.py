@@ -8,7 +8,7 @@ learning rate moves once per optimizer step.
 
 Randomness is keyed by (seed, step, global micro-batch index), so a resumed run draws exactly what an
 uninterrupted one would (the data position is part of the checkpoint), and 2 ranks × 1 micro-batch draw
-the same as 1 rank × 2 micro-batches (while an epoch's batches divide among the ranks, and no micro-batch is
+the same as 1 rank × 2 micro-batches (the sampler deals the epochs as one stream; unless a micro-batch is
 left out empty: README.md, "Batch size in seconds"). The step's statistics are named, all-reduced once and read to the
 host once. Every ``log_every`` steps a record goes to ``train.jsonl``; every ``valid_every`` the task
 validates (``valid.jsonl``, ``checkpoints/best`` by its metric); every ``ckpt_every`` a checkpoint is

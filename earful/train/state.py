@@ -285,8 +285,8 @@ def restore_training_state(
     scaler.load_state_dict(state["scaler"])
     loaders = state["loaders"]
     # for a resume in another layout: where every saved rank was (a shard loader's streams too)
-    ranks = [{"epoch": s["epoch"], "position": s["position"], **({"places": s["places"]} if "places" in s else {})}
-             for s in loaders]
+    ranks = [{"epoch": s["epoch"], "position": s["position"],
+              **{k: s[k] for k in ("places", "phase") if k in s}} for s in loaders]
     if len(loaders) == d.world_size:
         loader.load_state_dict({**loaders[d.rank], "ranks": ranks})
     else:

@@ -164,3 +164,25 @@ def test_a_bad_file_counts_once_however_often_it_is_met(tmp_path: Path, tone, ca
     assert again.bad_files == 1
     with pytest.raises(ValueError, match="format None.*earlier development version"):
         again.load_state_dict({"epoch": 0, "position": 0, "bad_files": 3})  # a state from before the budget's names
+
+
+def test_a_rank_without_a_batch_of_an_epoch_counts_its_place_past_it(tmp_path: Path, tone):
+    """Training deals its epochs as one stream (``SecondsBatchSampler``): with one batch an epoch and 3 ranks,
+    rank 1 takes epochs 1, 4, 7, …. Its loader's place (what a checkpoint records) skips the epochs it has none
+    of, so each batch is tagged with its own epoch (crops are keyed by it) and a resume continues exactly."""
+    utts = corpus(tmp_path, tone, 1)
+    budget = BatchBudget(3.0, 1.0, 3)
+
+    def loader():
+        return make_loader(utts, budget, rank=1, endless=True, seed=2)
+
+    first = loader()
+    it = iter(first)
+    assert next(it).epoch == 1
+    state = first.state_dict()
+    assert (state["epoch"], state["position"], state["phase"]) == (4, 0, 1)
+    expected = next(it)
+    again = loader()
+    again.load_state_dict(state)
+    got = next(iter(again))
+    assert got.epoch == expected.epoch == 4 and torch.equal(got.wave, expected.wave)

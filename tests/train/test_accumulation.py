@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,10 +84,10 @@ def _pretrain(train: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, equal_corpus) -> Path:
+def one_process(tmp_path_factory, odd_corpus) -> Path:
     """The reference: 1 process × 2 micro-batches."""
     out = tmp_path_factory.mktemp("one") / "run"
-    _run([sys.executable, *_pretrain(equal_corpus, out)])
+    _run([sys.executable, *_pretrain(odd_corpus, out)])
     return out
 
 
@@ -100,14 +101,31 @@ def _assert_same_final(one: Path, other: Path) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_two_process_ddp_equals_one_process_accumulated(tmp_path, one_process, equal_corpus) -> None:
-    """torchrun --nproc-per-node 2 (gloo) × 1 micro-batch == 1 process × 2 micro-batches."""
+def test_two_process_ddp_equals_one_process_accumulated(tmp_path, one_process, odd_corpus) -> None:
+    """torchrun --nproc-per-node 2 (gloo) × 1 micro-batch == 1 process × 2 micro-batches, across an epoch
+    boundary within a step (an epoch of 5 batches: the ranks deal the epochs as one stream)."""
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-          *_pretrain(equal_corpus, tmp_path / "two")])
+          *_pretrain(odd_corpus, tmp_path / "two")])
     _assert_same_final(one_process, tmp_path / "two")
 
 
-def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, equal_corpus) -> None:
+def test_two_processes_resumed_mid_stream_on_two_or_one_equal_one_process(tmp_path, one_process, odd_corpus) -> None:
+    """2 processes stopped after step 3, their ranks in epoch 1 (whose first batch is rank 1's: epoch 0 has 5
+    batches) and a batch apart in it, resumed on 2 processes and on 1 (a relaid epoch): both end where 1
+    process × 2 micro-batches does. The checkpoint keeps each rank's place and the epoch's phase."""
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    stopped = tmp_path / "stopped"
+    _run([*two, *_pretrain(odd_corpus, stopped), "max_steps=3"])
+    state = torch.load(stopped / "checkpoints/step-0000003/state.pt", weights_only=True)
+    assert [(s["epoch"], s["position"], s["phase"]) for s in state["loaders"]] == [(1, 0, 1), (1, 1, 1)]
+    for name, launch in (("on-two", two), ("on-one", [])):
+        shutil.copytree(stopped, tmp_path / name)
+        _run([*(launch or [sys.executable]), *_pretrain(odd_corpus, tmp_path / name), "--resume", "--allow-changes",
+              "max_steps=4"])
+        _assert_same_final(one_process, tmp_path / name)
+
+
+def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, odd_corpus) -> None:
     """Multi-node torchrun as on a cluster (docs/cluster.md): two agents, ``--nnodes 2`` of one process each,
     rendezvous through c10d on a free localhost port, one run folder (a shared filesystem) == 1 process × 2."""
     with socket.socket() as s:
@@ -115,7 +133,7 @@ def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_p
         port = s.getsockname()[1]
     agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-             *_pretrain(equal_corpus, tmp_path / "nodes")]
+             *_pretrain(odd_corpus, tmp_path / "nodes")]
     agents = [subprocess.Popen(agent, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for _ in range(2)]
     try:
