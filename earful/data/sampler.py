@@ -200,6 +200,7 @@ class SecondsBatchSampler:
         self._cache: dict[int, Batches] = {}
         self._phase = {0: 0}  # epoch → the rank that takes its first batch (the stream's place, modulo world_size)
         self._size: dict[int, int] = {}  # epoch → its global batch count, as far as known
+        self._pending: tuple[int, Batches] | None = None  # an epoch's global batches computed, not yet dealt
         # a resume with another layout: {epoch: [{"layout": ..., "positions": [p_0, ...]}, ...]}, the layouts
         # each such epoch was cut with before and how far each rank got in it; the epoch then holds what they left
         self._resumed: dict[int, list[dict[str, Any]]] = {}
@@ -375,7 +376,8 @@ class SecondsBatchSampler:
         if epoch not in self._cache:
             if len(self._cache) >= 2:
                 self._cache.pop(min(self._cache))
-            everyone = self._everyone(epoch)
+            pending, self._pending = self._pending, None
+            everyone = pending[1] if pending and pending[0] == epoch else self._everyone(epoch)
             first = (self.rank - self.phase(epoch)) % self.world_size
             self._cache[epoch] = everyone.take(np.arange(first, len(everyone), self.world_size))
         return self._cache[epoch]
@@ -389,7 +391,8 @@ class SecondsBatchSampler:
     def phase(self, epoch: int) -> int:
         """The rank that takes ``epoch``'s first global batch: where the training stream is when the epoch starts,
         modulo ``world_size`` (0 for other dealings). Counted on from the latest epoch whose phase is known (a
-        fresh run's epoch 0, a resume's epoch), so an epoch before a resumed one is taken as a fresh run's."""
+        fresh run's epoch 0, a resume's epoch), so an epoch before a resumed one is taken as a fresh run's, and an
+        epoch far ahead costs the packing of every epoch between (training asks for each epoch in turn)."""
         if self.dealing != "stream" or self.world_size == 1:
             return 0
         known = [e for e in self._phase if e <= epoch]
@@ -432,7 +435,8 @@ class SecondsBatchSampler:
 
     # ------------------------------------------------------------------ accounting
     def padding_fraction(self, epoch: int | None = None) -> float:
-        """Padding fraction of this rank's batches in ``epoch``."""
+        """Padding fraction of this rank's batches in ``epoch`` (on several ranks, an epoch far ahead of the
+        known ones costs the packing of every epoch between: see ``phase``)."""
         real, padded = self.epoch_batches(epoch).padded(self.effective, self.shaped)
         return 1.0 - real / padded if padded else 0.0
 
@@ -509,6 +513,10 @@ class SecondsBatchSampler:
         if len(ranks) == saved["world_size"]:
             places = [(int(r["epoch"]), int(r["position"])) for r in ranks]
             phases = {int(r["epoch"]): int(r["phase"]) for r in ranks if "phase" in r}
+        elif relaid and dealing == "stream" and saved["world_size"] > 1:
+            raise ValueError(f"cannot resume sampler in another layout from rank {state.get('rank')}'s state alone: "
+                             f"the {saved['world_size']} saved ranks may stand a batch apart in the stream, so every "
+                             "rank's place is needed (give them as 'ranks', as restore_training_state does)")
         else:
             places, phases = [(self.epoch, self.position)] * saved["world_size"], {}
         phases.setdefault(self.epoch, int(state["phase"]))
@@ -527,9 +535,12 @@ class SecondsBatchSampler:
                                                           "dealing": dealing, "phase": then.phase(epoch)})
             self.epoch, self.position = first, 0
         self._resumed = resumed
-        self._cache, self._size = {}, {}
+        self._cache, self._size, self._pending = {}, {}, None
         if relaid:
-            while self.epoch in self._resumed and not len(self._everyone(self.epoch)):
+            while self.epoch in self._resumed:
+                self._pending = (self.epoch, self._everyone(self.epoch))  # dealt below, once its phase is known
+                if len(self._pending[1]):
+                    break
                 self.epoch += 1  # the saved ranks had all finished it
             self._phase = {self.epoch: 0}  # the stream starts anew at rank 0
             self._resumed = {e: steps for e, steps in self._resumed.items() if e >= self.epoch}
