@@ -1,4 +1,8 @@
-"""The command line: key=value overrides are taken wherever they stand among a command's options."""
+"""The command line: key=value overrides are taken wherever they stand among a command's options; how a
+process ends."""
+
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +53,20 @@ def test_an_override_value_with_a_hash_is_kept_whole():
                            "lr=1e-3 #c", "s=5 # five", "r=run#2"])
     assert got == {"data": {"train": "/a/run #2/train.jsonl"}, "tracking": {"name": "run #2"}, "n": "#1",
                    "q": "a #b", "k": 8, "lr": "1e-3 #c", "s": "5 # five", "r": "run#2"}
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_process_that_joined_a_process_group_ends_without_finalization(joined, tmp_path):
+    """A torchrun worker could abort in Python's finalization (gloo's threads: SIGABRT after "done", torchrun then
+    reported the finished run as failed): once it joined a process group, ``run`` ends it with ``os._exit``, its
+    status and last log line kept, finalization (here an atexit handler) skipped; any other process exits as
+    usual."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('finalized', flush=True))\n"
+            "import earful.train.distributed as D, earful.cli as cli\n"
+            f"D._joined = {joined}\n"
+            f"sys.argv = ['earful', 'study', 'plan', {str(tmp_path / 'missing.yaml')!r}]\n"
+            "cli.run()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "missing.yaml" in r.stderr
+    assert ("finalized" in r.stdout) is not joined

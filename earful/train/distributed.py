@@ -27,6 +27,15 @@ class Dist:
         return self.world_size > 1
 
 
+_joined = False  # whether this process joined a process group (see ``joined``)
+
+
+def joined() -> bool:
+    """Whether this process joined a process group: the command line then ends it without Python's
+    finalization (``earful.cli.run``)."""
+    return _joined
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group when run under ``torchrun`` (gloo on CPU, NCCL on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,8 +49,10 @@ def setup(device: str = "auto") -> Dist:
     else:
         dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
+        global _joined
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        _joined = True
     return Dist(rank=rank, local_rank=local, world_size=world, device=dev)
 
 
