@@ -55,7 +55,7 @@ class RegularisationConfig:
     activation_dropout: float | None = None  # fairseq: 0.1
     dropout_input: float | None = None  # fairseq: 0.0
     final_dropout: float | None = None  # before the CTC head; fairseq: 0.0
-    layerdrop: float | None = 0.0  # fairseq: 0.1 (0.05 for 960 h)
+    layerdrop: float | None = 0.0  # fairseq: 0.1 (0.05 for 10 h)
     # each utterance's CNN statistics over its real samples, whatever the pre-training used, so fine-tuning,
     # dev WER and evaluation see the same features (ModelConfig.group_norm_padding; fairseq: "included")
     group_norm_padding: Literal["excluded", "included"] | None = "excluded"
