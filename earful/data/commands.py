@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl; with "
         "LibriSpeech's three training splits, also OUT/train-960.jsonl. Problems (unreadable or too short audio, "
         "bad transcripts or VAD annotations) are listed in OUT/problems-<SOURCE>.txt and stop it, writing no "
-        "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio) are listed "
-        "there too and stop nothing.",
+        "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio, a second path "
+        "to a file read already) are listed there too and stop nothing. A file reached by two paths is read once.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
@@ -150,7 +150,8 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         log.info("0 problem(s) found")
     if notes:
-        log.info("%d note(s) (transcripts without audio, audio beside the splits) listed in %s", notes, listed)
+        log.info("%d note(s) (transcripts without audio, second paths to one file, audio beside the splits) listed in "
+                 "%s", notes, listed)
     if not total:
         raise ValueError(f"{args.source}: no usable audio found")
     return 0

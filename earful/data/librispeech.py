@@ -9,7 +9,10 @@ transcript lines without audio, missing or unusable VAD annotations, audio a lay
 the ``problems`` list the caller passes, one readable line each, and the affected utterance is left out (audio
 without a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy VAD).
 
-Folders are walked with their symbolic links followed (each real folder once), in sorted order.
+Folders are walked with their symbolic links followed (each real folder once), in sorted order. Each audio file
+is read once, by its real path (``os.path.realpath``): a second path to a file read already (a link to it) is left
+out, a note where the split holds the file once with its transcript anyway, else (another split or fold holds it,
+or the second path gives it another transcript) a problem.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -81,13 +85,55 @@ def _files(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
 
 
 def _read_text(path: Path, problems: list[str]) -> str | None:
-    """A transcript file's text, or None (and a problem) when it is not UTF-8."""
+    """A transcript file's text (a UTF-8 byte-order mark dropped), or None (and a problem) when it is not UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         problems.append(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); its transcripts are left "
                         "out (re-encode it as UTF-8)")
         return None
+
+
+def _undecodable(files: Sequence[Path], problems: list[str]) -> None:
+    """Report the audio among ``files`` that libsndfile cannot decode (``UNREADABLE_AUDIO_EXTENSIONS``)."""
+    for path in (p for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
+        problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
+                        "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file read for a split: the path it was read by, the folder read, its id and transcript."""
+
+    path: Path
+    folder: Path
+    uid: str
+    transcript: str | None
+
+
+FilesRead = dict[str, _Read]  # real path -> how the file was first read (shared by the readers of one corpus)
+
+
+def _first_path(path: Path, folder: Path, uid: str, transcript: str | None, files_read: FilesRead,
+                problems: list[str]) -> bool:
+    """True when ``path`` is the first path to its file (by real path) read below ``folder`` or in another folder
+    sharing ``files_read``; else False, with a note where nothing is lost by leaving it out (the same folder,
+    no other transcript), and a problem where something is (another split or fold holds it: the audio would be in
+    two; or the second path gives it another transcript)."""
+    real = os.path.realpath(path)
+    first = files_read.setdefault(real, _Read(path, folder, uid, transcript))
+    if first.path == path:
+        return True
+    same = f"{path}: the same file as {first.path}{'' if str(first.path) == real else f' (both are {real})'}"
+    if first.folder != folder:
+        problems.append(f"{same}, read for {first.folder} already; left out of {folder} (one recording in two "
+                        "splits)")
+    elif transcript is not None and transcript != first.transcript:
+        problems.append(f"{same}, with another transcript ({uid}: {transcript!r}; {first.uid}: "
+                        f"{first.transcript!r}); left out")
+    else:
+        problems.append(Note(f"{same}; read once, as {first.uid}"))
+    return False
 
 
 def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
@@ -107,11 +153,14 @@ def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
     return Utterance(uid, str(path.resolve()), frames, rate, speaker, transcript)
 
 
-def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None) -> list[Utterance]:
+def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
+                     files_read: FilesRead | None = None) -> list[Utterance]:
     """Utterances of a LibriSpeech-layout tree ``SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac`` with
-    ``SPEAKER-CHAPTER.trans.txt`` transcripts (any depth below ``root``), sorted by id."""
+    ``SPEAKER-CHAPTER.trans.txt`` transcripts (any depth below ``root``), sorted by id. ``files_read``: the files
+    read for other splits, by real path (a file read there is not read again: ``_first_path``)."""
     root = Path(root)
     problems = [] if problems is None else problems
+    files_read = {} if files_read is None else files_read
     transcripts: dict[str, str] = {}
     trans_file: dict[str, Path] = {}
     reported: set[str] = set()  # ids whose transcript problem is already in ``problems``
@@ -137,12 +186,17 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
             transcripts[uid], trans_file[uid] = text.strip(), tf
     utts: list[Utterance] = []
     seen: dict[str, Path] = {}
+    _undecodable(files, problems)
+    for path in (p for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
+        seen.setdefault(path.stem, path)  # its transcript line has audio (reported above), not none
     for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
         uid = path.stem
-        if uid in seen:
+        if uid in seen and seen[uid].suffix.lower() in AUDIO_EXTENSIONS:
             problems.append(f"{path}: duplicate utterance id {uid} (also {seen[uid]}); left out")
             continue
         seen[uid] = path
+        if not _first_path(path, root, uid, transcripts.get(uid), files_read, problems):
+            continue
         if uid not in transcripts and uid not in reported:
             problems.append(f"{path}: no transcript line for {uid}")
         u = _utterance(path, uid, uid.split("-")[0], transcripts.get(uid), problems)
@@ -153,16 +207,18 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None)
     return sorted(utts, key=lambda u: u.id)
 
 
-def read_librilight(root: str | os.PathLike, problems: list[str] | None = None) -> dict[str, list[Utterance]]:
+def read_librilight(root: str | os.PathLike, problems: list[str] | None = None,
+                    files_read: FilesRead | None = None) -> dict[str, list[Utterance]]:
     """The 10 min, 1 h and 10 h label sets of a Libri-light fine-tuning tree (``root`` is
     ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``."""
     root = _finetuning_root(Path(root))
     problems = [] if problems is None else problems
+    files_read = {} if files_read is None else files_read
     folds: dict[str, list[Utterance]] = {}
     for fold in LIBRILIGHT_SETS["10h"]:
         if not (root / fold).is_dir():
             raise FileNotFoundError(f"{root}: not a Libri-light fine-tuning tree (no folder {fold})")
-        folds[fold] = read_librispeech(root / fold, problems)
+        folds[fold] = read_librispeech(root / fold, problems, files_read)
     return {name: [u for f in parts for u in folds[f]] for name, parts in LIBRILIGHT_SETS.items()}
 
 
@@ -212,16 +268,17 @@ def training_splits(splits: dict[str, list[Utterance]], fraction: float | None, 
     return out
 
 
-def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> list[Utterance]:
+def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
+                files_read: FilesRead | None = None) -> list[Utterance]:
     """Every audio file below ``root``: id = relative path without extension (two files of one id, e.g. ``x.flac``
     and ``x.wav``, are a problem: the second is left out), speaker = parent folder, transcript from a sidecar
-    ``.txt`` or ``.lab`` file with the same stem when present."""
+    ``.txt`` or ``.lab`` file with the same stem when present. A second path to one file (a link) is read once
+    (``_first_path``)."""
     root = Path(root)
     problems = [] if problems is None else problems
+    files_read = {} if files_read is None else files_read
     files = _files(root)
-    for path in (p for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
-        problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
-                        "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
+    _undecodable(files, problems)
     utts = []
     seen: dict[str, Path] = {}
     for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
@@ -244,6 +301,8 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None) -> l
                     problems.append(f"{side}: the transcript holds a {bad} (kept unlabelled)")
                     transcript = None
                 break
+        if not _first_path(path, root, rel.as_posix(), transcript, files_read, problems):
+            continue
         speaker = path.parent.name if path.parent != root else "unknown"
         u = _utterance(path, rel.as_posix(), speaker, transcript, problems)
         if u is not None:
@@ -280,7 +339,7 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
         problems.append(f"{path}: no VAD annotations ({side.name} is missing); the energy VAD is used instead")
     else:
         try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
+            meta = json.loads(side.read_text(encoding="utf-8-sig"))
             if not isinstance(meta, dict) or "voice_activity" not in meta:
                 raise ValueError("no voice_activity field")
             voiced = annotated_vad(meta["voice_activity"], rate, frames)
@@ -300,17 +359,22 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
 
 
 def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, *,
-                    limits: SegmentLimits = DEFAULT_LIMITS, workers: int = 1) -> list[Utterance]:
+                    limits: SegmentLimits = DEFAULT_LIMITS, workers: int = 1,
+                    files_read: FilesRead | None = None) -> list[Utterance]:
     """Voice-activity segments of an unlabelled Libri-light tree ``SPEAKER/BOOK/FILE.flac`` (+ ``FILE.json``):
     speaker = the SPEAKER folder, id = ``SPEAKER/BOOK/FILE-NNNN``, each a window of its file (``offset``). VAD from
     the json's ``voice_activity``, else the energy VAD (``earful.data.vad``), in ``workers`` processes. A file
-    without usable annotations, and audio elsewhere than ``SPEAKER/BOOK/FILE.flac`` (left out), are problems."""
+    without usable annotations, and audio elsewhere than ``SPEAKER/BOOK/FILE.flac`` (left out), are problems; a
+    second path to one file (a link) is cut once (``_first_path``)."""
     root = Path(root)
     problems = [] if problems is None else problems
+    files_read = {} if files_read is None else files_read
     files = []
     for path in _files(root):
         if path.suffix.lower() == ".flac" and len(path.relative_to(root).parts) == 3:
-            files.append(path)
+            if _first_path(path, root, path.relative_to(root).with_suffix("").as_posix(), None, files_read,
+                           problems):
+                files.append(path)
         elif path.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS:
             problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
     utts: list[Utterance] = []
@@ -363,9 +427,14 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
     current folder's name).
     """
     root = Path(os.path.abspath(root))
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: a file, not a folder: prepare reads a folder (a LibriSpeech split or the "
+                                 "folder holding the splits, a Libri-light tree, or a folder of audio); point it at "
+                                 "the folder that holds the file")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     problems = [] if problems is None else problems
+    files_read: FilesRead = {}  # every file read, by real path: one file reached by two paths is read once
     splits: dict[str, list[Utterance]] = {}
     found: dict[str, Path] = {}
     read: list[Path] = []  # the folders whose audio the splits hold (what is elsewhere is left out)
@@ -379,15 +448,17 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
 
     def read_split(folder: Path) -> bool:
         if is_librispeech_split(folder):
-            add(folder.name, folder, read_librispeech(folder, problems))
+            add(folder.name, folder, read_librispeech(folder, problems, files_read))
         elif is_unlabelled_librilight(folder):
-            add(f"unlabelled-{folder.name}", folder, read_unlabelled(folder, problems, limits=limits, workers=workers))
+            add(f"unlabelled-{folder.name}", folder, read_unlabelled(folder, problems, limits=limits, workers=workers,
+                                                                     files_read=files_read))
         else:
             return False
         read.append(folder)
         return True
 
     def read_finetuning(folder: Path) -> None:
+        # its own files: the label sets are drawn from LibriSpeech's training splits (a tree of links to them is fine)
         for name, utts in read_librilight(folder, problems).items():
             add(f"labelled-{name}", folder, utts)
         read.extend(_finetuning_root(folder) / fold for fold in LIBRILIGHT_SETS["10h"])
@@ -405,7 +476,7 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
     if is_librilight(root):
         read_finetuning(root)
     if not splits:
-        splits[root.name] = read_folder(root, problems)
+        splits[root.name] = read_folder(root, problems, files_read)
     else:
         _left_out(root, read, problems)
     return splits

@@ -257,7 +257,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
             if _blank(raw):
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is no part of the row
             except UnicodeDecodeError as e:
                 raise ManifestError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
                                     "re-encode the manifest as UTF-8") from None

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = []
     for path in args.sources:
         opener = gzip.open if path.endswith((".gz", ".dz")) else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
             texts.append(f.read())
     pool = build_pool(texts)
     with gzip.GzipFile(args.out, "wb", mtime=0) as f:

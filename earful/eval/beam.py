@@ -6,10 +6,16 @@ completed word with a KenLM model (ARPA or KenLM binary):
 The lexicon is built from the LM's unigrams (ARPA only) spelled with the character vocabulary, each
 spelling ending with the word delimiter ``|``; or read from a file of ``word c h a r s |`` lines.
 Words the vocabulary cannot spell are skipped (counted in the log).
+
+Case: a vocabulary of lower-case letters (earful's, and an imported one: :func:`earful.eval.evaluate.
+vocab_from_checkpoint` lower-cases it) spells each LM word lower-cased, so an upper-case LM (LibriSpeech's official
+4-gram) serves it; the LM is still asked about its own words (``HELLO``), and transcripts give each word in the
+vocabulary's case (``hello``), as references are normalised (:meth:`CharVocab.normalize` lower-cases them).
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,7 +56,7 @@ def arpa_unigrams(path: str | Path) -> list[str]:
     words: list[str] = []
     in_unigrams = False
     try:
-        with Path(path).open(encoding="utf-8") as f:
+        with Path(path).open(encoding="utf-8-sig") as f:  # a byte-order mark is no part of the text
             for raw in f:
                 line = raw.strip()
                 if line == "\\1-grams:":
@@ -70,25 +76,37 @@ def arpa_unigrams(path: str | Path) -> list[str]:
     return words
 
 
-def lexicon_from_words(words: Iterable[str], vocab: CharVocab) -> dict[str, list[list[str]]]:
-    """``{word: [[c, h, a, r, s, "|"]]}`` for each word the vocabulary can spell (markers skipped)."""
+def lower_case(vocab: CharVocab) -> bool:
+    """Whether ``vocab`` writes letters in lower case (it has no upper-case symbol): it then spells LM words and
+    writes transcripts lower-cased (the module docstring)."""
+    return not any(s.isupper() for s in vocab.symbols[1:])
+
+
+def lexicon_from_words(words: Iterable[str], vocab: CharVocab, source: str = "the LM") -> dict[str, list[list[str]]]:
+    """``{word: [[c, h, a, r, s, "|"]]}`` for each word the vocabulary can spell (markers skipped); a lower-case
+    vocabulary spells the word lower-cased (``{"HELLO": [["h", "e", "l", "l", "o", "|"]]}``: the key stays the
+    LM's word). ``source``: where the words come from (the LM file), for messages."""
     lexicon: dict[str, list[list[str]]] = {}
     skipped: list[str] = []
+    lower = lower_case(vocab)
     for w in words:
         if w in (BOS, EOS, UNK) or w in lexicon:
             continue
-        if any(c not in vocab.symbols or c == DELIMITER for c in w):
+        spelling = w.lower() if lower else w
+        if any(c not in vocab.symbols or c == DELIMITER for c in spelling):
             skipped.append(w)
             continue
-        lexicon[w] = [[*w, DELIMITER]]
+        lexicon[w] = [[*spelling, DELIMITER]]
+    cased = " (lower-cased)" if lower else ""
     if skipped:
-        log.warning(
-            "%d LM words cannot be spelled with the vocabulary and are left out of the lexicon, e.g. %s",
-            len(skipped),
-            ", ".join(repr(w) for w in skipped[:5]),
-        )
+        log.warning("%s: %d LM words cannot be spelled with the vocabulary%s and are left out of the lexicon, e.g. %s",
+                    source, len(skipped), cased, ", ".join(repr(w) for w in skipped[:5]))
     if not lexicon:
-        raise ValueError("the lexicon is empty: no LM word can be spelled with the vocabulary")
+        letters = "".join(s for s in vocab.symbols[1:] if s != DELIMITER)
+        raise ValueError(f"{source}: the lexicon is empty: none of its {len(skipped)} words can be spelled with the "
+                         f"vocabulary's characters {letters!r}{cased}, e.g. "
+                         f"{', '.join(repr(w) for w in skipped[:3]) or 'none'}: an LM of other text (another "
+                         "alphabet, another case), or give a --lexicon that spells its words")
     return lexicon
 
 
@@ -97,7 +115,7 @@ def read_lexicon(path: str | Path) -> dict[str, list[list[str]]]:
     spelling ends with the word delimiter ``|`` (without it the search would lose the word boundaries)."""
     lexicon: dict[str, list[list[str]]] = {}
     try:
-        with Path(path).open(encoding="utf-8") as f:
+        with Path(path).open(encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first word
             for lineno, raw in enumerate(f, 1):
                 parts = raw.split()
                 if not parts:
@@ -152,7 +170,7 @@ class LMBeamDecoder:
         self.vocab = vocab
         self.options = options or BeamOptions()
         if lexicon is None:
-            lex = lexicon_from_words(arpa_unigrams(lm_path), vocab)
+            lex = lexicon_from_words(arpa_unigrams(lm_path), vocab, str(lm_path))
         elif isinstance(lexicon, dict):
             lex = lexicon
         else:
@@ -164,6 +182,13 @@ class LMBeamDecoder:
             if not self._words.contains(word):
                 self._words.add_entry(word)
         self._words.set_default_index(self._words.get_index(UNK))
+        lower = lower_case(vocab)  # a word in a transcript: in the vocabulary's case (the module docstring)
+        self._text = [self._words.get_entry(i).lower() if lower else self._words.get_entry(i)
+                      for i in range(self._words.index_size())]
+        with lm_path.open("rb") as f:
+            if f.read(3) == codecs.BOM_UTF8:  # KenLM reads the first line as "\ufeff\\data\\": not ARPA
+                raise ValueError(f"{lm_path}: begins with a UTF-8 byte-order mark, which KenLM does not read; save it "
+                                 "without one (sed -i '1s/^\\xEF\\xBB\\xBF//' FILE)")
         self._lm = KenLM(str(lm_path), self._words)
         silence = vocab.delimiter_id
         self._closing_frame = torch.full((len(vocab),), -1e4)  # log-probabilities: "|" for certain
@@ -174,10 +199,11 @@ class LMBeamDecoder:
             word_idx = self._words.get_index(word)
             _, score = self._lm.score(start, word_idx)
             for spelling in spellings:
-                try:
-                    ids = [vocab.index(t) for t in spelling]
+                try:  # a lexicon of upper-case spellings serves a lower-case vocabulary, as the LM's words do
+                    ids = [vocab.index(t.lower() if lower else t) for t in spelling]
                 except KeyError as e:
-                    raise ValueError(f"lexicon spelling of {word!r} uses {e} outside the vocabulary") from e
+                    where = lm_path if lexicon is None else lexicon if not isinstance(lexicon, dict) else "lexicon"
+                    raise ValueError(f"{where}: the spelling of {word!r} uses {e} outside the vocabulary") from e
                 self._trie.insert(ids, word_idx, score)
         self._trie.smear(fl.SmearingMode.MAX)
         o = self.options
@@ -227,5 +253,5 @@ class LMBeamDecoder:
                 continue
             results = self._decoder.decode(base + i * step, lengths[i], v)
             words = results[0].words if results else []
-            out.append(" ".join(self._words.get_entry(w) for w in words if w >= 0))
+            out.append(" ".join(self._text[w] for w in words if w >= 0))
         return out

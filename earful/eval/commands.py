@@ -27,13 +27,32 @@ def _beam_options(args: argparse.Namespace):
                        word_score=args.word_score, unk_score=args.unk_score, sil_score=args.sil_score)
 
 
+def text_mapping(raw: str) -> dict[str, str]:
+    """``--text-mapping``'s value: a YAML (or JSON) mapping of single characters to strings, as fine-tuning's
+    ``text_mapping`` (``{',': '', '!': '', '2': two}``)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--text-mapping {raw!r}: not a YAML mapping ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--text-mapping {raw!r}: expected a mapping of characters, e.g. \"{{',': '', '2': two}}\"")
+    for k, v in value.items():
+        if not isinstance(k, str) or len(k) != 1:
+            raise ValueError(f"--text-mapping {raw!r}: keys must be single characters, got {k!r}")
+        if not isinstance(v, str):
+            raise ValueError(f"--text-mapping {raw!r}: {k!r} maps to {v!r}, expected a string (quote it; '' removes)")
+    return value
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from earful.eval.evaluate import evaluate
 
     summary = evaluate(
         args.ckpt, args.manifests, args.out, device_seconds=args.device_seconds, device=args.device,
         precision=args.precision, lm=args.lm, lexicon=args.lexicon, beam_options=_beam_options(args),
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, text_mapping=text_mapping(args.text_mapping) if args.text_mapping else None,
     )  # fmt: skip
     log.info("summary: %s", json.dumps(summary["splits"]))
     return 0
@@ -101,6 +120,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ev.add_argument("--num-workers", type=int, default=0, help="audio loading worker processes")
+    ev.add_argument("--text-mapping", default=None, metavar="MAPPING",
+                    help="characters of the references to replace or remove before scoring, a YAML mapping as "
+                    "fine-tuning's text_mapping, e.g. \"{',': '', '!': '', '2': two}\"; over the checkpoint's own "
+                    "mapping (the one it was fine-tuned with)")
     _add_lm_arguments(ev)
     ev.set_defaults(func=_evaluate)
 
@@ -138,5 +161,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("text", help="text file, one sentence a line")
     build.add_argument("--order", type=int, default=4, help="n-gram order (>= 2; default 4)")
     build.add_argument("--out", required=True, help="output ARPA file")
-    build.add_argument("--keep-case", action="store_true", help="do not lower-case the text")
+    build.add_argument("--keep-case", action="store_true",
+                       help="do not lower-case the text (beam search spells the words of an upper-case LM "
+                       "lower-cased for a lower-case vocabulary, and writes them so)")
     build.set_defaults(func=_lm_build)

@@ -5,8 +5,9 @@ stem) the model transcribes every utterance in batches of at most ``device_secon
 longer than that gets a batch of its own: nothing is left out or cropped: :func:`earful.eval.decode.scoring_budget`).
 Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the flashlight lexicon beam search runs
 on the same logits. References are normalised with the checkpoint's vocabulary (lower-cased, its text mapping
-applied); a character it cannot spell is an error naming the manifest and the utterance, and so is a manifest whose
-references are all empty (no error rate), before anything is transcribed.
+applied, and ``text_mapping``'s entries over it: ``--text-mapping``); a character it cannot spell is an error naming
+the manifest and the utterance, and so is a manifest whose references are all empty (no error rate), before anything
+is transcribed.
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -156,16 +157,20 @@ def evaluate(
     lexicon: str | Path | None = None,
     beam_options: BeamOptions | None = None,
     num_workers: int = 0,
+    text_mapping: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``.
 
     ``manifests``: a mapping split name → manifest (a study's ``corpus.test``), or a list of manifests, each a
-    split named by its file stem (:func:`split_names`)."""
+    split named by its file stem (:func:`split_names`). ``text_mapping``: characters of the references to replace
+    (or remove: ``""``) before scoring, over the checkpoint's own mapping (fine-tuning's ``text_mapping``)."""
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
     dev = resolve_device(device)
     model, vocab, path = load_ctc(ckpt)
+    if text_mapping:
+        vocab = CharVocab(vocab.symbols, {**vocab.mapping, **text_mapping})
     read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
     for split, manifest in splits.items():  # every split's references checked before anything is transcribed
         utts = read_manifest(manifest, check_files=True)
@@ -176,7 +181,8 @@ def evaluate(
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"checkpoint": str(path), "device_seconds": device_seconds, "splits": {}}
+    summary: dict[str, Any] = {"checkpoint": str(path), "device_seconds": device_seconds,
+                               "text_mapping": vocab.mapping, "splits": {}}
     if beam is not None:
         opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
                 for k, v in asdict(beam.options).items()}

@@ -133,7 +133,7 @@ class NgramModel:
         prob: list[dict[Ngram, float]] = [{}]
         backoff: list[dict[Ngram, float]] = [{}]
         section = 0
-        with Path(path).open(encoding="utf-8") as f:
+        with Path(path).open(encoding="utf-8-sig") as f:  # a byte-order mark is no part of the text
             for raw in f:
                 line = raw.strip()
                 if not line:
@@ -249,13 +249,13 @@ def build_kneser_ney(lines: Iterable[str], order: int, lowercase: bool = False, 
 
 
 def build_arpa(text: str | Path, out: str | Path, order: int = 4, lowercase: bool = True) -> NgramModel:
-    """Build an interpolated modified Kneser-Ney model from a text file (a sentence a line) and write
-    it to ``out`` as ARPA. Returns the model."""
+    """Build an interpolated modified Kneser-Ney model from a UTF-8 text file (a sentence a line; a byte-order
+    mark is dropped) and write it to ``out`` as ARPA. Returns the model."""
     text = Path(text)
     if not text.is_file():
         raise FileNotFoundError(f"no text file {text}")
     try:
-        with text.open(encoding="utf-8") as f:
+        with text.open(encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first word
             model = build_kneser_ney(f, order, lowercase=lowercase, source=str(text))
     except UnicodeDecodeError as e:
         raise ValueError(f"{text}: not UTF-8 text ({e})") from e

@@ -133,7 +133,7 @@ def transcribe_files(
     step = model.cfg.total_stride  # samples a frame
     chunk = round(chunk_seconds * SAMPLE_RATE / step) * step
     stride = round(stride_seconds * SAMPLE_RATE / step) * step
-    if chunk and chunk < model.cfg.receptive_field:
+    if chunk_seconds > 0 and chunk < model.cfg.receptive_field:  # 0.01 s would round to 0: whole files
         raise ValueError(f"chunk_seconds (--chunk-seconds) = {chunk_seconds}: shorter than the model's receptive "
                          f"field ({model.cfg.receptive_field / SAMPLE_RATE:g} s), a window would give no frame; "
                          "0 transcribes whole files")

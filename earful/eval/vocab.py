@@ -91,9 +91,10 @@ class CharVocab:
         if bad:
             where = f" in utterance {utt_id!r}" if utt_id is not None else ""
             shown = ", ".join(repr(c) for c in bad)
+            example = f"{{{bad[0]!r}: ''}}"
             raise ValueError(
-                f"characters outside the vocabulary{where}: {shown} "
-                f"(text {text[:80]!r}); give a mapping to replace or remove them"
+                f"characters outside the vocabulary{where}: {shown} (text {text[:80]!r}); a text mapping replaces "
+                f"or removes them: fine-tuning's text_mapping={example}, evaluate's --text-mapping \"{example}\""
             )
         return " ".join(words)
 

@@ -288,3 +288,96 @@ def test_prepare_leaves_no_manifest_that_disagrees_with_what_it_found(tmp_path: 
     # train-clean-100 written again alone, beside the train-960 of the three
     with pytest.raises(ValueError, match=r"out: train-960.jsonl written by an earlier prepare"):
         _prepare(str(ls / "train-clean-100"), str(out))
+
+
+def test_librispeech_audio_libsndfile_cannot_decode_is_a_problem(tmp_path: Path, ls_tree) -> None:
+    """An .m4a or .mp4 beside its transcript line was dropped without a problem, and the only record was a false
+    note, "transcript for … has no audio file" (a plain folder reported it)."""
+    split = tmp_path / "train-clean-100"
+    ls_tree(split, speakers=(1,), chapters=(10,), utts=4)
+    chapter = split / "1" / "10"
+    (chapter / "1-10-0001.flac").rename(chapter / "1-10-0001.m4a")
+    (chapter / "1-10-0003.flac").rename(chapter / "1-10-0003.mp4")
+    problems: list[str] = []
+    assert [u.id for u in read_librispeech(split, problems)] == ["1-10-0000", "1-10-0002"]
+    assert problems == [f"{chapter / name}: {name[-4:]} audio cannot be decoded here (libsndfile); convert it to "
+                        "FLAC, e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac"
+                        for name in ("1-10-0001.m4a", "1-10-0003.mp4")]
+    with pytest.raises(ValueError, match=r"train-clean-100: 2 problem\(s\).*1-10-0001.m4a: .m4a audio cannot be"):
+        _prepare(str(split), str(tmp_path / "out"))
+
+
+def test_a_byte_order_mark_is_no_part_of_a_transcript_or_a_manifest(tmp_path: Path, ls_tree, tone) -> None:
+    """A trans.txt written with a BOM lost its first line ("no transcript line for 3-30-0000": the id read was
+    "\\ufeff3-30-0000"), a sidecar's transcript began with it, and a manifest's first row was not JSON."""
+    split = tmp_path / "dev-clean"
+    ls_tree(split, speakers=(3,), chapters=(30,), utts=2)
+    trans = split / "3" / "30" / "3-30.trans.txt"
+    trans.write_text("3-30-0000 BOM FIRST LINE\r\n3-30-0001 SECOND LINE\r\n", encoding="utf-8-sig")
+    problems: list[str] = []
+    got = {u.id: u.transcript for u in read_librispeech(split, problems)}
+    assert problems == [] and got == {"3-30-0000": "BOM FIRST LINE", "3-30-0001": "SECOND LINE"}
+    plain = tmp_path / "plain"
+    tone(plain / "a.wav", 0.5)
+    (plain / "a.txt").write_text("hello there\n", encoding="utf-8-sig")
+    assert [u.transcript for u in read_folder(plain, problems)] == ["hello there"] and problems == []
+    from earful.data.manifest import write_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(read_folder(plain) + read_librispeech(split), manifest)
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())  # as Notepad saves it
+    rows = read_manifest(manifest)
+    assert [u.id for u in rows] == ["a", "3-30-0000", "3-30-0001"] and rows[0].transcript == "hello there"
+    assert rows[0].id == "a" and len(rows.lengths()) == 3  # a row parsed again, from its bytes
+
+
+def test_a_second_path_to_one_file_is_read_once(tmp_path: Path, ls_tree, tone) -> None:
+    """Links to folders were followed once, links to files not: a plain folder's file and a link to it under
+    another speaker gave two rows (the link's without the transcript), and a dev-clean file linked into
+    test-clean was in both splits without a word."""
+    plain = tmp_path / "plain"
+    tone(plain / "spkA" / "a1.flac", 0.5)
+    (plain / "spkA" / "a1.txt").write_text("hello\n")
+    (plain / "spkB").mkdir()
+    (plain / "spkB" / "link.flac").symlink_to(plain / "spkA" / "a1.flac")
+    problems: list[str] = []
+    utts = read_folder(plain, problems)
+    assert [(u.id, u.transcript) for u in utts] == [("spkA/a1", "hello")]
+    real = plain / "spkA" / "a1.flac"
+    assert problems == [f"{plain / 'spkB' / 'link.flac'}: the same file as {real}; read once, as spkA/a1"]
+    assert type(problems[0]).__name__ == "Note"  # nothing is lost: it stops nothing
+    (plain / "spkB" / "link.txt").write_text("goodbye\n")  # the second path would label it otherwise: a problem
+    problems = []
+    assert [u.id for u in read_folder(plain, problems)] == ["spkA/a1"]
+    assert len(problems) == 1 and "with another transcript (spkB/link: 'goodbye'; spkA/a1: 'hello')" in problems[0]
+    assert type(problems[0]) is str
+
+    ls = tmp_path / "LibriSpeech"
+    ls_tree(ls / "dev-clean", speakers=(1,), chapters=(10,), utts=2)
+    ls_tree(ls / "test-clean", speakers=(2,), chapters=(20,), utts=1)
+    linked = ls / "test-clean" / "2" / "20" / "1-10-0001.flac"
+    linked.symlink_to(ls / "dev-clean" / "1" / "10" / "1-10-0001.flac")
+    with (ls / "test-clean" / "2" / "20" / "2-20.trans.txt").open("a") as f:
+        f.write("1-10-0001 HELLO WORLD NUMBER 1\n")
+    problems = []
+    splits = discover(ls, problems)
+    assert [u.id for u in splits["dev-clean"]] == ["1-10-0000", "1-10-0001"]
+    assert [u.id for u in splits["test-clean"]] == ["2-20-0000"]
+    assert len(problems) == 1 and problems[0].startswith(f"{linked}: the same file as ")
+    assert f"read for {ls / 'dev-clean'} already; left out of {ls / 'test-clean'} (one recording in two" in problems[0]
+    with pytest.raises(ValueError, match=r"1 problem\(s\).*1-10-0001.flac: the same file as"):
+        _prepare(str(ls), str(tmp_path / "out"))
+
+
+def test_prepare_pointed_at_a_file_says_it_wants_a_folder(tmp_path: Path, tone, caplog) -> None:
+    """`prepare FILE.wav OUT` said "no such folder"."""
+    from earful.cli import main
+
+    tone(tmp_path / "a.wav", 0.5)
+    with pytest.raises(NotADirectoryError, match=r"a.wav: a file, not a folder: prepare reads a folder"):
+        discover(tmp_path / "a.wav")
+    with caplog.at_level(logging.ERROR):
+        assert main(["prepare", str(tmp_path / "a.wav"), str(tmp_path / "out")]) == 2
+    assert "a.wav: a file, not a folder" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"b.wav: no such folder"):
+        discover(tmp_path / "b.wav")

@@ -52,6 +52,42 @@ def test_lexicon_from_the_lm_unigrams(tiny_lm):
         lexicon_from_words(["<s>", "ÿ"], V)
 
 
+def test_an_upper_case_lm_is_spelled_lower_cased_and_an_empty_lexicon_is_explained(tmp_path):
+    """An all-caps LM (LibriSpeech's official 4-gram) gave "the lexicon is empty: no LM word can be spelled with
+    the vocabulary", naming no file and not saying why."""
+    lex = lexicon_from_words(["<s>", "HELLO", "It's", "hello"], V)
+    assert lex == {"HELLO": [["h", "e", "l", "l", "o", "|"]], "It's": [["i", "t", "'", "s", "|"]],
+                   "hello": [["h", "e", "l", "l", "o", "|"]]}  # the key: the LM's own word, which the LM is asked
+    with pytest.raises(ValueError, match=r"^lm\.arpa: the lexicon is empty: none of its 2 words can be spelled with "
+                                         r"the vocabulary's characters \"'abc.*z\" \(lower-cased\), e.g. 'ÿ', 'Ω'"):
+        lexicon_from_words(["<s>", "ÿ", "Ω"], V, "lm.arpa")
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_an_upper_case_lm_decodes_as_its_lower_case_twin(tmp_path, tiny_lm):
+    """The LM is asked about its own (upper-case) words and the transcript is in the vocabulary's case: the same
+    words as the lower-case model of the same text gives; so does a lexicon file of upper-case spellings (the
+    layout of LibriSpeech's), saved with a byte-order mark."""
+    from earful.eval.beam import LMBeamDecoder
+
+    upper = tmp_path / "upper.arpa"
+    build_kneser_ney([line.upper() for line in CORPUS], order=3).write_arpa(upper)
+    text = "the cat sad on the mat"
+    x = spelled(text, {text.index("sad") + 2: "t"})
+    options = BeamOptions(beam=20, lm_weight=2.0)
+    assert LMBeamDecoder(V, upper, options=options).decode(x[None]) == ["the cat sat on the mat"]
+    assert LMBeamDecoder(V, tiny_lm, options=options).decode(x[None]) == ["the cat sat on the mat"]
+    lexicon = tmp_path / "lexicon.txt"
+    words = {w for line in CORPUS for w in line.upper().split()}
+    lexicon.write_text("".join(f"{w} {' '.join(w)} |\n" for w in sorted(words)), encoding="utf-8-sig")
+    assert read_lexicon(lexicon)["A"] == [["A", "|"]]  # not '\ufeffA'
+    assert LMBeamDecoder(V, upper, lexicon, options).decode(x[None]) == ["the cat sat on the mat"]
+    bom = tmp_path / "bom.arpa"  # KenLM reads no ARPA file with a BOM: said so, naming it
+    bom.write_bytes(b"\xef\xbb\xbf" + upper.read_bytes())
+    with pytest.raises(ValueError, match=r"bom\.arpa: begins with a UTF-8 byte-order mark, which KenLM does not read"):
+        LMBeamDecoder(V, bom)
+
+
 def test_a_binary_lm_without_a_lexicon_is_named(tmp_path):
     """A KenLM binary has no unigram list to build the lexicon from: the error says so and names the file."""
     binary = tmp_path / "lm.bin"

@@ -168,3 +168,15 @@ def test_unknown_word_in_a_model_without_unk(tmp_path):
     model = NgramModel.read_arpa(arpa)
     assert model.log10_prob("zebra", ["a"]) == pytest.approx(-0.2 + LOG10_ZERO)
     assert model.log10_prob("a", ["<s>"]) == pytest.approx(-0.1)
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_word(tmp_path):
+    """`lm build` on a text saved with a BOM made the unigram '\\ufeffhello', silently; an ARPA file saved with
+    one had "no \\data\\ header"."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("hello world\nhello there\n", encoding="utf-8-sig")
+    model = build_arpa(text, tmp_path / "lm.arpa", order=2)
+    assert set(model.vocabulary) == {"hello", "world", "there", BOS, EOS, UNK}
+    arpa = tmp_path / "bom.arpa"
+    arpa.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "lm.arpa").read_bytes())
+    assert NgramModel.read_arpa(arpa).prob == NgramModel.read_arpa(tmp_path / "lm.arpa").prob

@@ -123,6 +123,48 @@ def test_unknown_reference_character_is_an_error(tmp_path, always_a) -> None:
         evaluate(always_a, [m], tmp_path / "eval")
 
 
+def test_references_are_mapped_by_text_mapping_over_the_checkpoints(tmp_path, always_a, caplog) -> None:
+    """The error advised "give a mapping", which evaluate had no option for (fine-tuning's text_mapping is a
+    setting of the checkpoint's)."""
+    from earful.cli import main
+
+    m = write_split(tmp_path / "data", "punct", ["A!", "a, 2"])
+    with pytest.raises(ValueError, match=r"punct-0': '!' .*evaluate's --text-mapping \"\{'!': ''\}\""):
+        evaluate(always_a, [m], tmp_path / "eval")
+    summary = evaluate(always_a, [m], tmp_path / "eval", text_mapping={"!": "", ",": "", "2": "a"})
+    assert summary["splits"]["punct"]["greedy"]["wer"] == pytest.approx(1 / 3)  # 'a' vs 'a' and 'a a'
+    assert summary["text_mapping"] == {"!": "", ",": "", "2": "a"}
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "punct.greedy.jsonl").read_text().splitlines()]
+    assert [r["ref"] for r in rows] == ["a", "a a"]
+    out = str(tmp_path / "eval2")
+    assert main(["evaluate", str(always_a), str(m), "--out", out, "--text-mapping", "{'!': '', ',': '', '2': a}"]) == 0
+    assert json.loads((tmp_path / "eval2" / "summary.json").read_text())["splits"] == summary["splits"]
+    for bad, message in (("[a]", "expected a mapping of characters"), ("{ab: ''}", "keys must be single characters"),
+                         ("{'2': 2}", "'2' maps to 2, expected a string")):
+        caplog.clear()
+        assert main(["evaluate", str(always_a), str(m), "--out", out, "--text-mapping", bad]) == 2
+        assert f"--text-mapping {bad!r}: {message}" in caplog.text
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_an_upper_case_lm_scores_as_a_lower_case_one(tmp_path, always_a) -> None:
+    """`lm build --keep-case` of upper-case text (as LibriSpeech's official 4-gram) then `evaluate --lm` stopped:
+    "the lexicon is empty". Now its words are spelled lower-cased and written so: the hypotheses are the
+    vocabulary's, scored against references normalised alike."""
+    from earful.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("A B\nA\nB A\n")
+    assert main(["lm", "build", str(text), "--order", "2", "--keep-case", "--out", str(tmp_path / "lm.arpa")]) == 0
+    m = write_split(tmp_path / "data", "dev", ["A", "B"])
+    assert main(["evaluate", str(always_a), str(m), "--out", str(tmp_path / "eval"), "--lm",
+                 str(tmp_path / "lm.arpa"), "--beam", "10"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "dev.lm.jsonl").read_text().splitlines()]
+    assert [r["hyp"] for r in rows] == ["a", "a"]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["splits"]["dev"]["lm"]["wer"] == pytest.approx(0.5)
+
+
 def test_unlabelled_manifest_gets_hypotheses_only(tmp_path, always_a) -> None:
     m = write_split(tmp_path / "data", "raw", [None, None])
     summary = evaluate(always_a, [m], tmp_path / "eval")

@@ -74,6 +74,8 @@ def test_transcribe_writes_records_names_bad_files_and_fails(tone_ctc, tmp_path,
     (["--chunk-seconds", "-5"], r"chunk_seconds \(--chunk-seconds\) = -5.0: expected"),
     (["--chunk-seconds", "0.02", "--stride-seconds", "0"],
      r"chunk_seconds \(--chunk-seconds\) = 0.02: shorter than the model's receptive field \(0.025 s\)"),
+    (["--chunk-seconds", "0.01"],  # 0 frames once rounded: had transcribed whole files, as 0 does
+     r"chunk_seconds \(--chunk-seconds\) = 0.01: shorter than the model's receptive field \(0.025 s\)"),
     (["--device-seconds", "0"], r"device_seconds \(--device-seconds\) = 0.0: expected a finite number of seconds > 0"),
 ])  # fmt: skip
 def test_windows_that_would_drop_audio_are_refused_naming_the_option(options, message, tone_ctc, tmp_path,
