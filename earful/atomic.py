@@ -1,13 +1,15 @@
 """Files that appear whole or not at all: written to a temporary file beside their final path, flushed
 to disk, then renamed over it, and the rename flushed too (the folder). A crash or a full disk mid-write
 leaves the previous file (or none), never a truncated one. Checkpoints, manifests, configs, reports and
-results all go through here."""
+results all go through here; a folder (an export, a checkpoint) is filled under a temporary name beside its
+place and renamed into it (:func:`atomic_folder`)."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -83,3 +85,38 @@ def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def replace_folder(tmp: Path, final: Path, old: Path) -> None:
+    """Rename the finished folder ``tmp`` into place as ``final``; a folder it replaces is moved aside to ``old``
+    first (where a kill between the two renames leaves it, whole), then removed."""
+    if final.exists():
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary folder beside ``path`` (``.tmp-NAME-PID``) to fill; it replaces ``path`` (a folder, or
+    nothing) when the block ends without an error, and is removed in any case: ``path`` is the old folder or the
+    new one, never a mix nor a part."""
+    path = Path(os.path.abspath(path))
+    if path == Path.cwd() or path in Path.cwd().parents:  # renamed away, the process would stand in a deleted one
+        raise ValueError(f"{path}: the working folder (or one above it) cannot be replaced: give a folder in it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    old = path.parent / f".old-{path.name}-{os.getpid()}"
+    try:
+        yield tmp
+        replace_folder(tmp, path, old)
+    except OSError:
+        if old.exists() and not path.exists():  # the second rename failed: the folder that was there goes back
+            os.replace(old, path)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -23,15 +23,12 @@ from typing import Any
 
 import yaml
 
-from earful.atomic import atomic_write_lines
 from earful.checkpoint import read_info
 from earful.study.report import read_jsonl
 from earful.train.recipe import MANIFESTS, recipe_hash
 from earful.train.state import TRAINER_FILE
 
 log = logging.getLogger(__name__)
-
-CARD = "README.md"
 
 
 def _table(rows: list[tuple[str, str]]) -> list[str]:
@@ -168,12 +165,6 @@ def _results(run: Path, ckpt: Path) -> list[str]:
                   for split, res in splits.items() for decoder, r in res.items() if "wer" in r]
         return ["", "## Evaluation", "", f"In study `{_study_name(study)}`:", "", *table]
     return []
-
-
-def write_model_card(ckpt: str | Path, out_dir: str | Path, parameters: int) -> Path:
-    path = Path(out_dir) / CARD
-    atomic_write_lines(path, [model_card(ckpt, parameters)])
-    return path
 
 
 def push_to_hub(folder: str | Path, repo: str, *, private: bool = False) -> str:

@@ -1,14 +1,18 @@
 """Weights and configs to and from Hugging Face `transformers`' wav2vec 2.0 layout.
 
 Export and import need no `transformers` install: a HF model folder is ``config.json`` plus
-``model.safetensors`` (or a ``pytorch_model.bin`` read with ``weights_only=True``). The mapping is
-explicit, one line per tensor, and round-trip tested; earful's fused QKV is split into HF's
-q/k/v projections in that order.
+``model.safetensors`` (or a ``pytorch_model.bin`` read with ``weights_only=True``, or either's shards), the
+feature extractor's settings (``preprocessor_config.json``, or transformers 5's ``processor_config.json``) and,
+for a CTC model, its tokenizer (``vocab.json``, ``tokenizer_config.json``, ``added_tokens.json``). The mapping
+is explicit, one line per tensor, and round-trip tested; earful's fused QKV is split into HF's q/k/v
+projections in that order. Both directions check everything before writing anything, and write their folder
+atomically (a temporary sibling renamed into place): never over the folder they read nor the other format.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,9 +20,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from earful.atomic import atomic_write_json
+from earful.atomic import atomic_folder, atomic_write_json, atomic_write_lines
 from earful.checkpoint import (
     _LAYER,
+    INFO_FILE,
+    MODEL_FILE,
     CheckpointError,
     atomic_save_tensors,
     check_sizes,
@@ -26,6 +32,7 @@ from earful.checkpoint import (
     read_json,
     safe_torch_load,
 )
+from earful.config import from_dict, to_dict
 from earful.eval.vocab import DELIMITER
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -129,31 +136,30 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
                          "have no minimum count (fairseq's); set it to 0")
     try:
         return _hf_model_config(get, act, spec_augment)
-    except (ValueError, TypeError) as e:  # a value earful's model cannot take (a null for a number: TypeError)
-        message = str(e)
-        named = (*_SAME_FIELDS, ("mask_prob", "mask_time_prob"), ("mask_channel_prob", "mask_feature_prob"),
-                 *((k, k) for k in ("conv_dim", "conv_kernel", "conv_stride")))
-        for ours, theirs in named:  # as config.json names it
-            message = message.replace(f"model.{ours}=", f"{theirs}=", 1)
+    except ValueError as e:  # a value earful's model cannot take, named as config.json names it
+        theirs = {**dict(_SAME_FIELDS), "mask_prob": "mask_time_prob", "mask_channel_prob": "mask_feature_prob",
+                  "activation": "hidden_act"}
+        message = re.sub(r"\bmodel\.(\w+)", lambda m: theirs.get(m.group(1), m.group(1)), str(e))
         raise ValueError(f"{where}: {message}") from None
 
 
 def _hf_model_config(get: Any, act: str, spec_augment: bool) -> ModelConfig:
-    from dataclasses import replace
-
-    return replace(
-        ModelConfig(),
+    """The ModelConfig, built through :func:`earful.config.from_dict` as ``load_model`` builds it from
+    ``model.json`` (so a value load would refuse, ``feat_extract_norm: batch`` say, is refused here)."""
+    values = {
+        **to_dict(ModelConfig()),
         **{name: get(hf) for name, hf in _SAME_FIELDS},
-        conv_dim=list(get("conv_dim")),
-        conv_kernel=list(get("conv_kernel")),
-        conv_stride=list(get("conv_stride")),
-        conv_padding=False,
-        activation=_ACT_FROM_HF[act],
+        "conv_dim": get("conv_dim"),
+        "conv_kernel": get("conv_kernel"),
+        "conv_stride": get("conv_stride"),
+        "conv_padding": False,
+        "activation": _ACT_FROM_HF[act],
         # apply_spec_augment false: transformers masks nothing, whatever the probabilities say
-        mask_prob=get("mask_time_prob") if spec_augment else 0.0,
-        mask_channel_prob=get("mask_feature_prob") if spec_augment else 0.0,
-        quantizer_input="normed",
-    )
+        "mask_prob": get("mask_time_prob") if spec_augment else 0.0,
+        "mask_channel_prob": get("mask_feature_prob") if spec_augment else 0.0,
+        "quantizer_input": "normed",
+    }
+    return from_dict(ModelConfig, values, "model")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +276,26 @@ def _normalise_hf_keys(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 # Folders
 # --------------------------------------------------------------------------------------------------
+HF_CONFIG = "config.json"
+PREPROCESSOR = "preprocessor_config.json"  # a feature extractor saved alone; what export-hf writes
+PROCESSOR = "processor_config.json"  # transformers 5's Wav2Vec2Processor: the feature extractor inside
+TOKENIZER = "tokenizer_config.json"
+VOCAB = "vocab.json"
+ADDED_TOKENS = "added_tokens.json"
+CARD = "README.md"  # the model card
+BIN = "pytorch_model.bin"
+# what export-hf writes: a folder holding nothing else is an earlier export, which a new one replaces whole
+EXPORT_FILES = frozenset({HF_CONFIG, MODEL_FILE, PREPROCESSOR, VOCAB, TOKENIZER, CARD})
+IMPORT_FILES = frozenset({INFO_FILE, MODEL_FILE})  # what import-hf writes: an earful model checkpoint
+# heads of transformers' wav2vec 2.0 that earful has not: a folder of one is named, not read
+_OTHER_HEADS = {
+    "Wav2Vec2ForSequenceClassification": "an utterance classification head",
+    "Wav2Vec2ForAudioFrameClassification": "a frame classification head",
+    "Wav2Vec2ForXVector": "a speaker-embedding (x-vector) head",
+}
+_SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}  # transformers' names by default
+
+
 def feature_extractor_config(cfg: ModelConfig) -> dict[str, Any]:
     """``preprocessor_config.json``: a ``Wav2Vec2FeatureExtractor``. ``return_attention_mask`` follows
     transformers' convention: false for a group-norm CNN (such models, wav2vec2-base among them, take a
@@ -287,61 +313,98 @@ def feature_extractor_config(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def tokenizer_config(symbols: list[str]) -> dict[str, Any]:
+def tokenizer_config(symbols: list[str], special: dict[str, str] | None = None) -> dict[str, Any]:
     """``tokenizer_config.json``: a ``Wav2Vec2CTCTokenizer`` over ``vocab.json`` whose pad token is the CTC
     blank (index 0, dropped from transcripts) and whose word delimiter is ``|``, decoding as earful's greedy
-    decoder does: no lower-casing, no clean-up of spaces around apostrophes. ``<s>``, ``</s>``, ``<unk>`` are
-    named only when the vocabulary has them (an imported one), so the tokenizer adds no symbols."""
+    decoder does: no lower-casing, no clean-up of spaces around apostrophes. The unknown, start and end tokens
+    are ``special``'s (by role, ``{"unk_token": "[UNK]"}``: what import-hf recorded of the folder it read), else
+    ``<unk>``, ``<s>``, ``</s>``, each named only when the vocabulary has it, so the tokenizer adds no symbols.
+    Without an unknown token (earful's own vocabulary) transformers' tokenizer cannot encode a character
+    outside the vocabulary (README.md, "In transformers")."""
     if DELIMITER not in symbols:
         raise ValueError(f"the vocabulary has no word delimiter {DELIMITER!r}: {symbols}")
+    names = {role: (special or {}).get(role, name) for role, name in _SPECIAL.items()}
     return {
         "tokenizer_class": "Wav2Vec2CTCTokenizer",
         "processor_class": "Wav2Vec2Processor",
         "pad_token": symbols[0],
         "word_delimiter_token": DELIMITER,
         "replace_word_delimiter_char": " ",
-        "unk_token": "<unk>" if "<unk>" in symbols else None,
-        "bos_token": "<s>" if "<s>" in symbols else None,
-        "eos_token": "</s>" if "</s>" in symbols else None,
+        **{role: name if name in symbols else None for role, name in names.items()},
         "do_lower_case": False,
         "clean_up_tokenization_spaces": False,
     }
 
 
-def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[str] | None = None) -> Path:
+def check_output_folder(out: str | Path, *, source: str | Path | None, writes: frozenset[str],
+                        other: tuple[str, str], command: str) -> None:
+    """Refuse an output folder that ``command`` must not replace: the ``source`` folder it reads, a file, a
+    folder holding ``other`` (the other format's file, and what that is), or one holding anything besides the
+    files ``command`` writes (``writes``). A new or empty folder, or an earlier output (only ``writes``), passes:
+    the command replaces it whole."""
+    out = Path(out)
+    if source is not None and out.exists() and out.resolve() == Path(source).resolve():
+        raise CheckpointError(f"{out}: the output folder is the folder {command} reads: give another one")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: a file, not a folder")
+    if not out.is_dir():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if other[0] in names:
+        raise CheckpointError(f"{out}: holds {other[1]} ({other[0]}), which {command} would replace: give "
+                              "another output folder")
+    foreign = [n for n in names if n not in writes]
+    if foreign:
+        raise CheckpointError(f"{out}: holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which "
+                              f"{command} does not write: not an earlier {command} folder (it would be replaced "
+                              "whole); give a new or empty folder")
+    if names:
+        log.info("%s: replacing the earlier %s folder", out, command)
+
+
+def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[str] | None = None, *,
+              special: dict[str, str] | None = None, card: str | None = None,
+              source: str | Path | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` so that
     ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it; for a CTC model with its vocabulary
-    also ``vocab.json`` and ``tokenizer_config.json``, which make the folder a whole processor:
-    ``transformers.pipeline("automatic-speech-recognition", model=out_dir)`` transcribes with it."""
+    also ``vocab.json`` and ``tokenizer_config.json`` (``special``: see :func:`tokenizer_config`), which make
+    the folder a whole processor: ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``
+    transcribes with it; ``card``: the text of ``README.md``.
+
+    Every file is made, and checked, before anything is written; the folder is then filled under a temporary
+    name beside ``out_dir`` and renamed into place (:func:`earful.atomic.atomic_folder`): ``out_dir`` is the
+    whole export or what it was before. It must be new, empty or an earlier export, which is replaced whole
+    (:func:`check_output_folder`; ``source``: the checkpoint exported, refused as the output)."""
     kind = model_kind(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg: ModelConfig = model.cfg
     vocab_size = model.lm_head.out_features if kind == "ctc" else None
     if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
         raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
-    atomic_save_tensors(to_hf_state_dict(model.state_dict(), cfg, kind), out / "model.safetensors")
-    atomic_write_json(out / "config.json", hf_config(cfg, kind=kind, vocab_size=vocab_size))
-    atomic_write_json(out / "preprocessor_config.json", feature_extractor_config(cfg))
+    files = {HF_CONFIG: hf_config(cfg, kind=kind, vocab_size=vocab_size), PREPROCESSOR: feature_extractor_config(cfg)}
     if vocab_symbols is not None:
-        atomic_write_json(out / "vocab.json", {s: i for i, s in enumerate(vocab_symbols)})
-        atomic_write_json(out / "tokenizer_config.json", tokenizer_config(list(vocab_symbols)))
-    else:
-        for stale in ("vocab.json", "tokenizer_config.json"):  # an earlier export's: another model's tokenizer
-            if (out / stale).exists():
-                log.warning("%s: removed, an earlier export's (this model has no vocabulary)", out / stale)
-                (out / stale).unlink()
-        if kind == "ctc":
-            log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)",
-                        out)
+        files[TOKENIZER] = tokenizer_config(list(vocab_symbols), special)
+        files[VOCAB] = {s: i for i, s in enumerate(vocab_symbols)}
+    elif kind == "ctc":
+        log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)", out)
+    weights = to_hf_state_dict(model.state_dict(), cfg, kind)
+    check_output_folder(out, source=source, writes=EXPORT_FILES, other=(INFO_FILE, "an earful checkpoint"),
+                        command="export-hf")
+    with atomic_folder(out) as tmp:
+        atomic_save_tensors(weights, tmp / MODEL_FILE)
+        for name, content in files.items():
+            atomic_write_json(tmp / name, content)
+        if card is not None:
+            atomic_write_lines(tmp / CARD, [card])
     return out
 
 
 def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``config.json`` and the weights: ``model.safetensors``, else ``pytorch_model.bin`` read with
-    ``weights_only`` (a file that needs more is refused unless ``trust_pickle``)."""
+    ``weights_only`` (a file that needs more is refused unless ``trust_pickle``), else the shards that either's
+    ``.index.json`` names."""
     d = Path(hf_dir)
-    cfg_path = d / "config.json"
+    cfg_path = d / HF_CONFIG
     if not cfg_path.exists():
         raise CheckpointError(f"{d}: no config.json (not a transformers model folder)")
     hf_cfg = read_json(cfg_path)
@@ -349,35 +412,147 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[d
         raise CheckpointError(f"{cfg_path}: not a JSON object (a transformers config)")
     if hf_cfg.get("model_type") not in (None, "wav2vec2"):
         raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
-    if (d / "model.safetensors").exists():
+    architectures = hf_cfg.get("architectures")
+    head = next((a for a in architectures if a in _OTHER_HEADS), None) if isinstance(architectures, list) else None
+    if head is not None:
+        raise CheckpointError(f"{cfg_path}: a {head}, {_OTHER_HEADS[head]}, which earful does not import (it "
+                              "imports Wav2Vec2ForPreTraining and Wav2Vec2ForCTC folders)")
+    for name in (MODEL_FILE, BIN):
+        if (d / name).exists():
+            return hf_cfg, _read_weights(d / name, trust_pickle)
+    for name in (MODEL_FILE, BIN):
+        if (d / f"{name}.index.json").exists():
+            return hf_cfg, _read_shards(d / f"{name}.index.json", trust_pickle)
+    raise CheckpointError(f"{d}: no {MODEL_FILE} or {BIN} (nor a sharded one's .index.json)")
+
+
+def _read_weights(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
         try:
-            weights = load_file(str(d / "model.safetensors"))
+            return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{d / 'model.safetensors'}: unreadable safetensors file: {e}") from e
-    elif (d / "pytorch_model.bin").exists():
-        if trust_pickle:
-            log.warning("%s: unpickling without restrictions (--trust-pickle): this runs any code the file "
-                        "holds", d / "pytorch_model.bin")
-        loaded = safe_torch_load(d / "pytorch_model.bin", trust_pickle=trust_pickle)
-        if not isinstance(loaded, dict):
-            raise CheckpointError(f"{d / 'pytorch_model.bin'}: not a state dict ({{name: tensor}})")
-        weights = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
-        if len(weights) < len(loaded):  # e.g. a fairseq-style "args" beside the tensors: not weights
-            log.warning("%s: left out %d entries that are not tensors: %s", d / "pytorch_model.bin",
-                        len(loaded) - len(weights), sorted(set(loaded) - set(weights))[:5])
-    else:
-        raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin")
-    return hf_cfg, weights
+            raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from e
+    if trust_pickle:
+        log.warning("%s: unpickling without restrictions (--trust-pickle): this runs any code the file holds", path)
+    loaded = safe_torch_load(path, trust_pickle=trust_pickle)
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path}: not a state dict ({{name: tensor}})")
+    weights = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    if len(weights) < len(loaded):  # e.g. a fairseq-style "args" beside the tensors: not weights
+        log.warning("%s: left out %d entries that are not tensors: %s", path, len(loaded) - len(weights),
+                    sorted(set(loaded) - set(weights))[:5])
+    return weights
 
 
-def read_vocab(path: Path, outputs: int) -> list[str]:
-    """A ``Wav2Vec2CTCTokenizer``'s ``vocab.json`` ({symbol: id}) as the symbols in id order; the ids must be
-    exactly 0 … outputs-1, one per output of the CTC head (a gap or a short file would put letters on
-    the wrong outputs)."""
+def _read_shards(index: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    """A sharded checkpoint: ``index``'s ``weight_map`` ({tensor: shard file}) and the shards it names."""
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
+        raise CheckpointError(f"{index}: no \"weight_map\" ({{tensor name: shard file}})")
+    weights: dict[str, torch.Tensor] = {}
+    for name in sorted(set(weight_map.values())):
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise CheckpointError(f"{index}: shard {name!r} is not a file name in the folder")
+        if not (index.parent / name).exists():
+            raise CheckpointError(f"{index.parent / name}: missing (a shard that {index.name} names)")
+        weights.update(_read_weights(index.parent / name, trust_pickle))
+    missing = sorted(set(weight_map) - set(weights))
+    if missing:
+        raise CheckpointError(f"{index}: {len(missing)} tensors it maps are in no shard, e.g. {missing[:3]}")
+    return weights
+
+
+def read_feature_extractor(hf_dir: str | Path) -> tuple[dict[str, Any], str] | None:
+    """The feature extractor's settings, and where they were read, as transformers reads them:
+    ``processor_config.json``'s ``"feature_extractor"`` (what transformers 5's ``Wav2Vec2Processor.save_pretrained``
+    writes), else ``preprocessor_config.json`` (a feature extractor saved alone, earlier processors, earful's
+    export); None without either. A sampling rate other than 16 kHz or features other than the waveform
+    (``feature_size`` 1) are refused, naming the file and key: earful's models read 16 kHz waveforms."""
+    d = Path(hf_dir)
+    settings: Any = None
+    if (d / PROCESSOR).exists():
+        processor = read_json(d / PROCESSOR)
+        if not isinstance(processor, dict):
+            raise CheckpointError(f"{d / PROCESSOR}: not a JSON object (a transformers processor config)")
+        key = next((k for k in ("feature_extractor", "audio_processor") if k in processor), None)
+        if key is not None:
+            settings, where = processor[key], f"{d / PROCESSOR} (\"{key}\")"
+    if settings is None and (d / PREPROCESSOR).exists():
+        settings, where = read_json(d / PREPROCESSOR), str(d / PREPROCESSOR)
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{where}: not a JSON object (a transformers feature extractor config)")
+    for key, want in (("sampling_rate", 16000), ("feature_size", 1)):  # transformers' defaults
+        if settings.get(key, want) != want:
+            raise CheckpointError(f"{where}: {key}={settings[key]!r}: earful's models read waveforms (feature_size "
+                                  "1) at 16 kHz (sampling_rate 16000; its audio loaders resample to it)")
+    return settings, where
+
+
+def _tokenizer_settings(hf_dir: Path) -> dict[str, Any]:
+    path = hf_dir / TOKENIZER
+    if not path.exists():
+        return {}
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: not a JSON object (a transformers tokenizer config)")
+    return settings
+
+
+def _added_tokens(hf_dir: Path) -> tuple[dict[str, int], list[str]]:
+    """The tokens a ``Wav2Vec2CTCTokenizer`` adds to ``vocab.json`` ({token: id}), from ``added_tokens.json``
+    and ``tokenizer_config.json``'s ``added_tokens_decoder``, and the files that name any."""
+    found: dict[str, int] = {}
+    files = []
+    path = hf_dir / ADDED_TOKENS
+    if path.exists():
+        added = read_json(path)
+        if not (isinstance(added, dict) and all(type(i) is int for i in added.values())):
+            raise CheckpointError(f"{path}: not a {{token: id}} mapping with integer ids")
+        found.update(added)
+        files.append(ADDED_TOKENS)
+    decoder = _tokenizer_settings(hf_dir).get("added_tokens_decoder")
+    if decoder:
+        path = hf_dir / TOKENIZER
+        if not isinstance(decoder, dict):
+            raise CheckpointError(f"{path}: added_tokens_decoder is not a {{id: token}} mapping")
+        for i, token in decoder.items():
+            content = token.get("content") if isinstance(token, dict) else None
+            if not (isinstance(content, str) and str(i).isdigit()):
+                raise CheckpointError(f"{path}: added_tokens_decoder[{i!r}] is not a token ({{\"content\": …}}) "
+                                      "under an integer id")
+            if found.setdefault(content, int(i)) != int(i):
+                raise CheckpointError(f"{path}: added token {content!r} has id {i}, {ADDED_TOKENS} gives it "
+                                      f"{found[content]}")
+        files.append(f"{TOKENIZER}'s added_tokens_decoder")
+    return found, files
+
+
+def read_vocab(hf_dir: str | Path, outputs: int) -> list[str]:
+    """A ``Wav2Vec2CTCTokenizer``'s vocabulary as the symbols in id order: ``vocab.json`` ({symbol: id}) and
+    the tokens the tokenizer adds to it (:func:`_added_tokens`: the ``<s>``, ``</s>`` of the Hugging Face blog's
+    fine-tuning recipe, whose model has ``len(tokenizer)`` outputs). The ids must be exactly 0 … outputs-1, one
+    per output of the CTC head (a gap or a short file would put letters on the wrong outputs); an added token
+past the head (the default ``<s>``, ``</s>`` of a tokenizer whose model has none) is left out. The tokenizer's
+    word delimiter (``word_delimiter_token``, ``|`` by default) becomes earful's ``|``."""
+    d = Path(hf_dir)
+    path = d / VOCAB
     mapping = read_json(path)
     if not isinstance(mapping, dict) or not all(type(i) is int for i in mapping.values()):
         raise CheckpointError(f"{path}: not a {{symbol: id}} mapping with integer ids (a multilingual "
                               "vocabulary, one mapping per language, is not supported)")
+    added, files = _added_tokens(d)
+    beyond = sorted(t for t, i in added.items() if i >= outputs and t not in mapping)
+    if beyond:  # e.g. the <s>, </s> a tokenizer adds to a vocab.json that has none, when the head has no outputs
+        log.info("%s: the tokenizer's added tokens %s have no output of the CTC head: left out", d, beyond)
+    for token, i in added.items():
+        if token in beyond:
+            continue
+        if mapping.setdefault(token, i) != i:
+            raise CheckpointError(f"{path}: {token!r} has id {mapping[token]}, {' and '.join(files)} give it {i}")
+    where = f"{path} (with {' and '.join(files)})" if files else str(path)
     ids = sorted(mapping.values())
     if ids != list(range(outputs)):
         missing = sorted(set(range(outputs)) - set(ids))
@@ -386,33 +561,67 @@ def read_vocab(path: Path, outputs: int) -> list[str]:
         problems = [f"{name} {found[:5]}{' …' if len(found) > 5 else ''}"
                     for name, found in (("missing ids", missing), ("ids out of range", extra),
                                         ("repeated ids", repeated)) if found]
-        raise CheckpointError(f"{path}: {len(mapping)} symbols for a CTC head with {outputs} outputs; the ids must "
+        raise CheckpointError(f"{where}: {len(mapping)} symbols for a CTC head with {outputs} outputs; the ids must "
                               f"be exactly 0…{outputs - 1} ({'; '.join(problems)})")
-    return [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+    symbols = [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+    delimiter = _tokenizer_settings(d).get("word_delimiter_token", DELIMITER)
+    if delimiter == DELIMITER:
+        return symbols
+    if delimiter not in symbols or DELIMITER in symbols:
+        problem = (f"is none of {where}'s symbols" if delimiter not in symbols else
+                   f"and {DELIMITER!r} is another symbol: earful's decoder has {DELIMITER!r} as the delimiter")
+        raise CheckpointError(f"{d / TOKENIZER}: word_delimiter_token={delimiter!r} {problem}")
+    log.info("%s: the word delimiter %r becomes earful's %r", d / TOKENIZER, delimiter, DELIMITER)
+    return [DELIMITER if s == delimiter else s for s in symbols]
+
+
+def special_tokens(hf_dir: str | Path, symbols: list[str]) -> dict[str, str]:
+    """The tokenizer's unknown, start and end tokens that are symbols of ``symbols``, by role
+    (``{"unk_token": "[UNK]"}``), from ``tokenizer_config.json``: what import-hf records and export-hf names
+    again (:func:`tokenizer_config`)."""
+    settings = _tokenizer_settings(Path(hf_dir))
+    out = {}
+    for role in _SPECIAL:
+        name = settings.get(role)
+        name = name.get("content") if isinstance(name, dict) else name  # an AddedToken, serialised
+        if isinstance(name, str) and name in symbols:
+            out[role] = name
+    return out
+
+
+def _usable_vocab(symbols: list[str], where: Path) -> None:
+    """Refuse a vocabulary that ``earful evaluate`` and ``transcribe`` could not read, read as they read it."""
+    from earful.eval.evaluate import vocab_from_checkpoint
+
+    if DELIMITER not in symbols:
+        raise CheckpointError(f"{where}: no word delimiter {DELIMITER!r} (nor another that {TOKENIZER}'s "
+                              "word_delimiter_token names): earful's decoder needs the symbol between words")
+    try:
+        vocab_from_checkpoint({"symbols": symbols}, str(where))
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e} (as earful's decoder reads it: evaluate and transcribe could not use "
+                              "it)") from None
 
 
 def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
               need_vocab: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
-    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any (``vocab.json``,
-    checked against the head; ``need_vocab``: a CTC folder without one is refused, as an earful checkpoint of
-    a CTC model needs it). ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for
-    trusted files)."""
+    """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any (``vocab.json``
+    with the tokenizer's added tokens, checked against the head; ``need_vocab``: a CTC folder without one, or
+    with one earful's decoder cannot read, is refused, as an earful checkpoint of a CTC model needs it).
+    ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files)."""
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
-    where = str(Path(hf_dir) / "config.json")
+    where = str(Path(hf_dir) / HF_CONFIG)
     try:
         cfg = config_from_hf(hf_cfg, where)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    pre = Path(hf_dir) / "preprocessor_config.json"
-    if pre.exists():  # the waveform normalisation is the feature extractor's, not the model config's
-        # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
-        pre_cfg = read_json(pre)
-        if not isinstance(pre_cfg, dict):
-            raise CheckpointError(f"{pre}: not a JSON object (a transformers feature extractor config)")
-        cfg.normalize_waveform = bool(pre_cfg.get("do_normalize", True))
+    # the waveform normalisation is the feature extractor's, not the model config's
+    extractor = read_feature_extractor(hf_dir)
+    if extractor is not None:  # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
+        cfg.normalize_waveform = bool(extractor[0].get("do_normalize", True))
     else:
-        log.warning("%s: no preprocessor_config.json; assuming the model takes unnormalised waveforms "
-                    "(set normalize_waveform if it was trained on normalised ones)", hf_dir)
+        log.warning("%s: no %s nor %s; assuming the model takes unnormalised waveforms (set normalize_waveform "
+                    "if it was trained on normalised ones)", hf_dir, PREPROCESSOR, PROCESSOR)
     is_ctc = "lm_head.weight" in weights
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None
@@ -426,10 +635,10 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
     vocab: list[str] | None = None
     blank = int(hf_cfg.get("pad_token_id") or 0)  # transformers' CTC blank; earful's is index 0
     model: torch.nn.Module
+    vocab_path = Path(hf_dir) / VOCAB
     if is_ctc:
-        vocab_path = Path(hf_dir) / "vocab.json"
         if vocab_path.exists():
-            vocab = read_vocab(vocab_path, vocab_size)  # type: ignore[arg-type]
+            vocab = read_vocab(hf_dir, vocab_size)  # type: ignore[arg-type]
         elif need_vocab:
             raise CheckpointError(f"{vocab_path}: missing: a CTC model's checkpoint needs its vocabulary (the "
                                   "tokenizer's {symbol: id} mapping)")
@@ -445,6 +654,8 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
         if vocab is not None:
             vocab = [vocab[i] for i in order]
         log.info("%s: CTC blank %r (pad_token_id=%d) moved to index 0", hf_dir, vocab[0] if vocab else blank, blank)
+    if vocab is not None and need_vocab:
+        _usable_vocab(vocab, vocab_path)
     if "wav2vec2.mask_emb" not in state:
         log.info("%s: no masked_spec_embed (the model was saved without masking); the mask embedding keeps "
                  "its fresh U(0, 1) initialisation", hf_dir)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from earful.atomic import atomic_write_json
+from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import (
     INFO_FILE,
     STATE_FILE,
@@ -95,7 +95,7 @@ class RunDir:
                 atomic_torch_save(state, tmp / STATE_FILE)
                 info["files"] = {STATE_FILE: file_record(tmp / STATE_FILE)}
             atomic_write_json(tmp / TRAINER_FILE, info)
-            self._put(tmp, final, old)
+            replace_folder(tmp, final, old)
             if make_latest:
                 atomic_write_json(self.ckpt / LATEST, {"name": name, "step": trainer.get("step")})
         except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
@@ -119,23 +119,13 @@ class RunDir:
         return (self.ckpt / f".tmp-{name}-{os.getpid()}", self.ckpt / name,
                 self.ckpt / f".old-{name}-{os.getpid()}")
 
-    @staticmethod
-    def _put(tmp: Path, final: Path, old: Path) -> None:
-        """Rename the finished ``tmp`` into place as ``final``; one it replaces is moved aside to ``old`` first."""
-        if final.exists():
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-
     def copy(self, source: Path, name: str) -> Path:
         """Checkpoint ``source`` copied whole as ``name`` (a plain name), atomically (directory rename)."""
         plain_name(name, "checkpoint name")
         tmp, final, old = self._paths(name)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        self._put(tmp, final, old)
+        replace_folder(tmp, final, old)
         return final
 
     def latest(self) -> Path | None:

@@ -1,0 +1,316 @@
+"""export-hf and import-hf folders: what transformers writes besides the model (processor_config.json, added
+tokens, shards, a feature extractor at another rate, other heads) and where the commands write (validated first,
+atomically, never over their source or the other format)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from earful.checkpoint import CheckpointError, load_model, save_model
+from earful.cli import main
+from earful.eval.evaluate import vocab_from_checkpoint
+from earful.interop.hf import export_hf, import_hf
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
+
+transformers.logging.set_verbosity_error()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=[32] * 7,
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_codevectors_per_group=8,
+            codevector_dim=16, proj_codevector_dim=16)
+LETTERS = list("abcdefghijklmnopqrstuvwxyz'")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _siblings(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith((".tmp-", ".old-")))
+
+
+def _blog_folder(folder: Path, *, do_normalize: bool = True, **config) -> transformers.Wav2Vec2Processor:
+    """The Hugging Face blog's "Fine-Tune XLSR-Wav2Vec2" recipe, transformers 5: vocab.json without <s>, </s> (the
+    tokenizer adds them), the model's vocab_size = len(tokenizer), the processor saved whole."""
+    folder.mkdir(parents=True)
+    vocab = {c: i for i, c in enumerate(LETTERS)} | {"|": 27, "[UNK]": 28, "[PAD]": 29}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tok = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                            word_delimiter_token="|")
+    fe = transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                               do_normalize=do_normalize, return_attention_mask=True)
+    processor = transformers.Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok)
+    torch.manual_seed(0)
+    hf_cfg = transformers.Wav2Vec2Config(**{**TINY, "pad_token_id": tok.pad_token_id, "vocab_size": len(tok),
+                                            **config})
+    model = transformers.Wav2Vec2ForCTC(hf_cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # logits far apart: a difference in the input shows
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return processor
+
+
+# --------------------------------------------------------------------------------------------------
+# What transformers writes
+# --------------------------------------------------------------------------------------------------
+def test_the_feature_extractor_in_processor_config_json_is_read(tmp_path) -> None:
+    """transformers 5's Wav2Vec2Processor.save_pretrained writes do_normalize inside processor_config.json; the
+    import had warned "no preprocessor_config.json" and taken unnormalised waveforms (logits off by up to 8.8)."""
+    _blog_folder(tmp_path / "hf")
+    assert not (tmp_path / "hf" / "preprocessor_config.json").exists()
+    assert json.loads((tmp_path / "hf" / "processor_config.json").read_text())["feature_extractor"]["do_normalize"]
+    ours, _ = import_hf(tmp_path / "hf", need_vocab=True)
+    assert ours.cfg.normalize_waveform
+    theirs = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path / "hf").eval()
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
+    wave = (0.3 * np.random.RandomState(0).randn(8000) + 0.2).astype(np.float32)
+    with torch.no_grad():
+        ref = theirs(extractor(wave, sampling_rate=16000, return_tensors="pt").input_values).logits[0]
+        got = ours.eval()(torch.from_numpy(wave)[None], None)[0][0]
+    pad = theirs.config.pad_token_id
+    order = [pad, *(i for i in range(ref.shape[-1]) if i != pad)]  # the import moves the blank to index 0
+    assert (got - ref[:, order]).abs().max() <= 1e-4
+    # beside a preprocessor_config.json, processor_config.json's settings are the ones transformers reads
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+    assert transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf").do_normalize
+    assert import_hf(tmp_path / "hf")[0].cfg.normalize_waveform
+
+
+def test_the_blog_recipes_added_tokens_are_part_of_the_vocabulary(tmp_path, caplog) -> None:
+    """<s>, </s> live in added_tokens.json (and tokenizer_config.json's added_tokens_decoder), not vocab.json: the
+    import had refused "30 symbols for a CTC head with 32 outputs … missing ids [30, 31]"."""
+    processor = _blog_folder(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0, caplog.text
+    _, info = load_model(tmp_path / "ckpt")
+    symbols = info["vocab"]["symbols"]
+    tokenizer = processor.tokenizer
+    assert symbols[0] == "[PAD]" and len(symbols) == len(tokenizer) == 32
+    assert symbols[1:] == [tokenizer.convert_ids_to_tokens(i) for i in range(32) if i != tokenizer.pad_token_id]
+    # added tokens past the head (a tokenizer's default <s>, </s> for a model without them) are left out
+    (tmp_path / "hf" / "vocab.json").unlink()
+    _blog_folder(tmp_path / "short", vocab_size=30)
+    assert len(import_hf(tmp_path / "short", need_vocab=True)[1]) == 30
+    vocab = json.loads((tmp_path / "short" / "vocab.json").read_text())
+    (tmp_path / "short" / "added_tokens.json").write_text(json.dumps({"<x>": vocab["a"]}))
+    with pytest.raises(CheckpointError, match=r"short/vocab\.json \(with added_tokens\.json and .*\): 31 symbols for "
+                                              r"a CTC head with 30 outputs; .*\(repeated ids \[0\]\)"):
+        import_hf(tmp_path / "short")
+    (tmp_path / "short" / "added_tokens.json").write_text(json.dumps({"<s>": vocab["a"]}))
+    with pytest.raises(CheckpointError, match=r"short/tokenizer_config\.json: added token '<s>' has id 30, "
+                                              r"added_tokens\.json gives it 0"):
+        import_hf(tmp_path / "short")
+
+
+def test_an_imported_unknown_token_is_exported_again(tmp_path) -> None:
+    """The blog's [UNK] was exported as unk_token null: transformers' tokenizer then crashed on any character
+    outside the vocabulary ("Hello World")."""
+    _blog_folder(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "back")]) == 0
+    tok = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())
+    assert (tok["unk_token"], tok["bos_token"], tok["eos_token"], tok["pad_token"]) == ("[UNK]", "<s>", "</s>",
+                                                                                         "[PAD]")
+    processor = transformers.Wav2Vec2Processor.from_pretrained(tmp_path / "back")
+    unk = processor.tokenizer.unk_token_id
+    assert processor.tokenizer("Hello World").input_ids.count(unk) == 2  # H and W
+    assert unk not in processor.tokenizer("hello world").input_ids
+
+
+@pytest.mark.parametrize("saved, key, value", [
+    ("preprocessor", "sampling_rate", 8000),
+    ("processor", "sampling_rate", 8000),
+    ("preprocessor", "feature_size", 80),
+])
+def test_a_feature_extractor_other_than_16_khz_waveforms_is_refused(tmp_path, saved, key, value) -> None:
+    """An 8 kHz model had imported silently as a 16 kHz one."""
+    hf = export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=len(LETTERS) + 2), tmp_path / "hf",
+                   ["<b>", "|", *LETTERS])
+    fe = transformers.Wav2Vec2FeatureExtractor(**{"sampling_rate": 16000, "feature_size": 1, key: value})
+    (hf / "preprocessor_config.json").unlink()
+    if saved == "processor":
+        tok = transformers.Wav2Vec2CTCTokenizer.from_pretrained(hf)
+        transformers.Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(hf)
+        where = r"processor_config\.json \(\"feature_extractor\"\)"
+    else:
+        fe.save_pretrained(hf)
+        where = r"preprocessor_config\.json"
+    with pytest.raises(CheckpointError, match=rf"hf/{where}: {key}={value}: earful's models read waveforms"):
+        import_hf(hf)
+
+
+def test_a_sharded_checkpoint_imports_as_the_whole_one(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**TINY, vocab_size=30))
+    model.save_pretrained(tmp_path / "whole")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert not (tmp_path / "sharded" / "model.safetensors").exists()
+    a, b = import_hf(tmp_path / "whole")[0].state_dict(), import_hf(tmp_path / "sharded")[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (tmp_path / "sharded" / shard).unlink()
+    with pytest.raises(CheckpointError, match=rf"sharded/{shard}: missing \(a shard that "
+                                              r"model\.safetensors\.index\.json names\)"):
+        import_hf(tmp_path / "sharded")
+
+
+def test_a_classification_model_is_named(tmp_path) -> None:
+    """It was "lacks 7 tensors, e.g. quantizer…"."""
+    transformers.Wav2Vec2ForSequenceClassification(transformers.Wav2Vec2Config(**TINY, num_labels=3)).save_pretrained(
+        tmp_path / "cls")
+    with pytest.raises(CheckpointError, match=r"cls/config\.json: a Wav2Vec2ForSequenceClassification, an utterance "
+                                              r"classification head, which earful does not import"):
+        import_hf(tmp_path / "cls")
+
+
+# --------------------------------------------------------------------------------------------------
+# What earful can use afterwards
+# --------------------------------------------------------------------------------------------------
+def test_a_config_load_model_would_refuse_is_refused_at_import(tmp_path, caplog) -> None:
+    """feat_extract_norm "batch" imported; load_model then failed on the checkpoint."""
+    hf = export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "feat_extract_norm": "batch"}))
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2
+    assert f"{hf / 'config.json'}: feat_extract_norm: 'batch' is not one of ['group', 'layer']" in caplog.text
+    assert not (tmp_path / "ckpt").exists()
+
+
+def _delimited_folder(tmp_path: Path, symbols: list[str], delimiter: str | None) -> Path:
+    hf = export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=len(symbols)), tmp_path / "hf",
+                   ["<b>", "|", *symbols[2:]])
+    (hf / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+    tok = json.loads((hf / "tokenizer_config.json").read_text())
+    if delimiter is None:
+        (hf / "tokenizer_config.json").unlink()
+    else:
+        (hf / "tokenizer_config.json").write_text(json.dumps({**tok, "word_delimiter_token": delimiter}))
+    return hf
+
+
+def test_the_tokenizers_word_delimiter_becomes_earfuls(tmp_path) -> None:
+    """A vocabulary whose delimiter is " " (word_delimiter_token) imported, and evaluate, transcribe failed later
+    naming no file."""
+    hf = _delimited_folder(tmp_path, ["<pad>", " ", "a", "b"], " ")
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 0
+    _, info = load_model(tmp_path / "ckpt")
+    assert info["vocab"]["symbols"] == ["<pad>", "|", "a", "b"]
+    assert vocab_from_checkpoint(info["vocab"]).decode([2, 1, 3, 0, 3]) == "a bb"
+
+
+@pytest.mark.parametrize("symbols, delimiter, problem", [
+    (["<pad>", " ", "a", "b"], None, r"vocab\.json: no word delimiter '\|' \(nor another that tokenizer_config\.json"),
+    (["<pad>", " ", "a", "|"], " ", r"tokenizer_config\.json: word_delimiter_token=' ' and '\|' is another symbol"),
+    (["<pad>", "_", "a", "b"], " ", r"tokenizer_config\.json: word_delimiter_token=' ' is none of .*vocab\.json's"),
+    (["<b>", "|", "a", "<unk>"], "|", r"vocab\.json: symbols other than the blank must be single characters, got "
+                                      r"'<unk>' \(as earful's decoder reads it"),
+], ids=["none", "two", "absent", "earful-blank"])
+def test_a_vocabulary_earfuls_decoder_cannot_read_is_refused_at_import(tmp_path, caplog, symbols, delimiter,
+                                                                       problem) -> None:
+    hf = _delimited_folder(tmp_path, symbols, delimiter)
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    assert re.search(problem, caplog.text), caplog.text
+    assert not (tmp_path / "ckpt").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the commands write
+# --------------------------------------------------------------------------------------------------
+def _ckpt(tmp_path: Path, symbols: list[str] | None = None) -> Path:
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=len(symbols or ["<b>", "|", "a"]))
+    return save_model(tmp_path / "ckpt", model, vocab={"symbols": symbols or ["<b>", "|", "a"]})
+
+
+def test_a_refused_export_leaves_the_folder_as_it_was(tmp_path) -> None:
+    """A refused export had written its weights first: beside an earlier export's config.json and README.md
+    (transformers loaded the mix), or alone in a new folder; a vocabulary without '|' left a vocab.json without
+    tokenizer config."""
+    assert main(["export-hf", str(_ckpt(tmp_path)), str(tmp_path / "hf")]) == 0
+    before = _files(tmp_path / "hf")
+    padded = Wav2Vec2ForCTC(load_model_config("tiny", ["conv_padding=true"]), vocab_size=3)
+    for out in (tmp_path / "hf", tmp_path / "new"):
+        with pytest.raises(ValueError, match="padded"):
+            export_hf(padded, out, ["<b>", "|", "a"])
+        with pytest.raises(ValueError, match="no word delimiter"):
+            export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=3), out, ["<b>", "a", "b"])
+    assert _files(tmp_path / "hf") == before and not (tmp_path / "new").exists()
+    assert _siblings(tmp_path / "hf") == []
+
+
+def test_an_export_that_fails_while_writing_leaves_the_earlier_one(tmp_path, monkeypatch) -> None:
+    import earful.interop.hf as H
+
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
+    before = _files(tmp_path / "hf")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(H, "atomic_write_json", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=3), tmp_path / "hf", ["<b>", "|", "a"])
+    assert _files(tmp_path / "hf") == before and _siblings(tmp_path / "hf") == []
+    real = os.replace
+
+    def fail_into_place(src, dst):  # the earlier export is aside, the new one fails to take its place
+        if Path(src).name.startswith(".tmp-hf-"):
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_place)
+    with pytest.raises(OSError, match="Input/output error"):
+        export_hf(Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=3), tmp_path / "hf", ["<b>", "|", "a"])
+    assert _files(tmp_path / "hf") == before and _siblings(tmp_path / "hf") == []
+
+
+def test_an_earlier_export_or_import_is_replaced_whole(tmp_path) -> None:
+    ckpt = _ckpt(tmp_path, ["<b>", "|", "a"])
+    assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 0
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")  # no tokenizer, no card
+    assert sorted(_files(tmp_path / "hf")) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert load_model(tmp_path / "back")[1]["kind"] == "ctc"
+    assert _siblings(tmp_path / "hf") == [] and _siblings(tmp_path / "back") == []
+
+
+@pytest.mark.parametrize("command", ["export-hf", "import-hf"])
+def test_the_commands_refuse_their_source_the_other_format_and_other_files_as_output(tmp_path, caplog, monkeypatch,
+                                                                                     command) -> None:
+    """`export-hf CKPT CKPT` had destroyed the checkpoint, `import-hf HF HF` overwritten transformers' weights."""
+    ckpt = _ckpt(tmp_path)
+    assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 0
+    source = ckpt if command == "export-hf" else tmp_path / "hf"
+    other = shutil.copytree(source, tmp_path / "other")  # the format the command reads, not the one it writes
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("")
+    before = {p: _files(p) for p in (ckpt, tmp_path / "hf", other, tmp_path / "mine")}
+    holds = "an earful checkpoint (model.json)" if command == "export-hf" else "a transformers model (config.json)"
+    for out, message in ((source, "the output folder is the folder"), (other, f"holds {holds}"),
+                         (tmp_path / "mine", "holds notes.txt, which"), (tmp_path / "file", "a file, not a folder")):
+        caplog.clear()
+        assert main([command, str(source), str(out)]) == 2
+        assert f"{out}: {message}" in caplog.text, caplog.text
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # renamed away, the shell would stand in a deleted folder
+    assert main([command, str(source), "."]) == 2
+    assert f"{tmp_path / 'empty'}: the working folder (or one above it) cannot be replaced" in caplog.text
+    assert {p: _files(p) for p in before} == before and not list((tmp_path / "empty").iterdir())
+    load_model(ckpt)
