@@ -1,8 +1,9 @@
 """Files that appear whole or not at all: written to a temporary file beside their final path, flushed
 to disk, then renamed over it, and the rename flushed too (the folder). A crash or a full disk mid-write
 leaves the previous file (or none), never a truncated one. Checkpoints, manifests, configs, reports and
-results all go through here; a folder (an export, a checkpoint) is filled under a temporary name beside its
-place and renamed into it (:func:`atomic_folder`)."""
+results all go through here. A checkpoint folder is filled under a temporary name beside its place and renamed
+into it (:func:`replace_folder`); an output folder a user names gets new contents file by file
+(:func:`atomic_folder`)."""
 
 from __future__ import annotations
 
@@ -37,14 +38,7 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk (a power cut keeps it)
-    try:
-        os.fsync(folder)
-    except OSError as e:  # some network and FUSE file systems cannot flush a folder: the rename stands
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
-            raise
-    finally:
-        os.close(folder)
+    _fsync_folder(path.parent)  # the rename itself reaches the disk (a power cut keeps it)
 
 
 @contextmanager
@@ -98,25 +92,58 @@ def replace_folder(tmp: Path, final: Path, old: Path) -> None:
         os.replace(tmp, final)
 
 
+def _fsync_folder(path: Path) -> None:
+    folder = os.open(path, os.O_RDONLY)  # its renames reach the disk (a power cut keeps them)
+    try:
+        os.fsync(folder)
+    except OSError as e:  # some network and FUSE file systems cannot flush a folder: the renames stand
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    finally:
+        os.close(folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+FOLDER_TMP = ".tmp-"  # atomic_folder's temporary folder inside the folder it fills: .tmp-PID
+
+
 @contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """A fresh temporary folder beside ``path`` (``.tmp-NAME-PID``) to fill; it replaces ``path`` (a folder, or
-    nothing) when the block ends without an error, and is removed in any case: ``path`` is the old folder or the
-    new one, never a mix nor a part."""
-    path = Path(os.path.abspath(path))
-    if path == Path.cwd() or path in Path.cwd().parents:  # renamed away, the process would stand in a deleted one
-        raise ValueError(f"{path}: the working folder (or one above it) cannot be replaced: give a folder in it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    """New contents for the folder ``path`` (made if need be), filled in a temporary folder inside it
+    (``.tmp-PID``) and moved into place when the block ends without an error: each file by an atomic rename, then
+    what the earlier contents hold and the new ones lack is removed. A refused or failed fill leaves the earlier
+    contents as they were. The folder itself stays, so a link to it, a mount point (a container's volume), its
+    mode and group are kept. A kill while the files move (a few renames) can leave old and new files side by
+    side, which the next run replaces; the ``.tmp-`` folders of processes that no longer run are removed."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for left in path.glob(f"{FOLDER_TMP}*"):
+        pid = left.name[len(FOLDER_TMP):]
+        if not (pid.isdigit() and _running(int(pid))):
+            shutil.rmtree(left, ignore_errors=True)
+    tmp = path / f"{FOLDER_TMP}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    old = path.parent / f".old-{path.name}-{os.getpid()}"
     try:
         yield tmp
-        replace_folder(tmp, path, old)
-    except OSError:
-        if old.exists() and not path.exists():  # the second rename failed: the folder that was there goes back
-            os.replace(old, path)
-        raise
+        new = sorted(p.name for p in tmp.iterdir())
+        for name in new:
+            os.replace(tmp / name, path / name)
+        for old in path.iterdir():
+            if old.name not in new and not old.name.startswith(FOLDER_TMP):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+        _fsync_folder(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

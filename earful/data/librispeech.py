@@ -95,10 +95,17 @@ def _read_text(path: Path, problems: list[str]) -> str | None:
 
 
 def _undecodable(files: Sequence[Path], problems: list[str]) -> None:
-    """Report the audio among ``files`` that libsndfile cannot decode (``UNREADABLE_AUDIO_EXTENSIONS``)."""
+    """Report the audio among ``files`` that libsndfile cannot decode (``UNREADABLE_AUDIO_EXTENSIONS``): a problem,
+    or a note where a decodable file of the same name stands beside it (its conversion, which is read)."""
+    readable = {p.with_suffix("") for p in files if p.suffix.lower() in AUDIO_EXTENSIONS}
     for path in (p for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
-        problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
-                        "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
+        twin = path.with_suffix("")
+        if twin in readable:
+            problems.append(Note(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); the file of "
+                                 "the same name beside it is read"))
+        else:
+            problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
+                            "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
 
 
 @dataclass(frozen=True)

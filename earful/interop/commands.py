@@ -37,7 +37,7 @@ def _import(args: argparse.Namespace) -> int:
     if symbols is not None:
         tokens = special_tokens(args.hf_dir, symbols)  # what export-hf names again
         vocab = {"symbols": symbols, **({"tokens": tokens} if tokens else {})}
-    with atomic_folder(args.ckpt) as tmp:  # the whole checkpoint, or what was there before
+    with atomic_folder(args.ckpt) as tmp:  # the new checkpoint's files, or what was there before
         save_model(tmp, model, vocab=vocab)
     log.info("wrote an earful checkpoint to %s", args.ckpt)
     return 0

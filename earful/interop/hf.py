@@ -5,8 +5,9 @@ Export and import need no `transformers` install: a HF model folder is ``config.
 feature extractor's settings (``preprocessor_config.json``, or transformers 5's ``processor_config.json``) and,
 for a CTC model, its tokenizer (``vocab.json``, ``tokenizer_config.json``, ``added_tokens.json``). The mapping
 is explicit, one line per tensor, and round-trip tested; earful's fused QKV is split into HF's q/k/v
-projections in that order. Both directions check everything before writing anything, and write their folder
-atomically (a temporary sibling renamed into place): never over the folder they read nor the other format.
+projections in that order. Both directions check everything before writing anything, then move the new files
+into their folder from a temporary one inside it (``earful.atomic.atomic_folder``): never over the folder they
+read nor the other format.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from earful.atomic import atomic_folder, atomic_write_json, atomic_write_lines
+from earful.atomic import FOLDER_TMP, atomic_folder, atomic_write_json, atomic_write_lines
 from earful.checkpoint import (
     _LAYER,
     INFO_FILE,
@@ -349,7 +350,7 @@ def check_output_folder(out: str | Path, *, source: str | Path | None, writes: f
         raise CheckpointError(f"{out}: a file, not a folder")
     if not out.is_dir():
         return
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith(FOLDER_TMP))  # a killed run's: removed
     if other[0] in names:
         raise CheckpointError(f"{out}: holds {other[1]} ({other[0]}), which {command} would replace: give "
                               "another output folder")
@@ -371,9 +372,9 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     the folder a whole processor: ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``
     transcribes with it; ``card``: the text of ``README.md``.
 
-    Every file is made, and checked, before anything is written; the folder is then filled under a temporary
-    name beside ``out_dir`` and renamed into place (:func:`earful.atomic.atomic_folder`): ``out_dir`` is the
-    whole export or what it was before. It must be new, empty or an earlier export, which is replaced whole
+    Every file is made, and checked, before anything is written; the files are then written into a temporary
+    folder inside ``out_dir`` and moved into place (:func:`earful.atomic.atomic_folder`): a refused or failed
+    export leaves ``out_dir`` as it was. It must be new, empty or an earlier export, whose files are replaced
     (:func:`check_output_folder`; ``source``: the checkpoint exported, refused as the output)."""
     kind = model_kind(model)
     out = Path(out_dir)

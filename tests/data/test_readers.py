@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from earful.data import commands
-from earful.data.librispeech import discover, read_folder, read_librilight, read_librispeech
+from earful.data.librispeech import Note, discover, read_folder, read_librilight, read_librispeech
 from earful.data.manifest import read_manifest
 
 
@@ -305,6 +305,21 @@ def test_librispeech_audio_libsndfile_cannot_decode_is_a_problem(tmp_path: Path,
                         for name in ("1-10-0001.m4a", "1-10-0003.mp4")]
     with pytest.raises(ValueError, match=r"train-clean-100: 2 problem\(s\).*1-10-0001.m4a: .m4a audio cannot be"):
         _prepare(str(split), str(tmp_path / "out"))
+
+
+def test_undecodable_audio_beside_its_decodable_conversion_is_a_note(tmp_path: Path, ls_tree) -> None:
+    """A split keeping each .m4a beside the FLAC converted from it reads the FLACs: the .m4a files are notes, not
+    problems that stop prepare (the reader that first reported undecodable audio in splits stopped it)."""
+    split = tmp_path / "dev-clean"
+    ls_tree(split, speakers=(1,), chapters=(10,), utts=2)
+    chapter = split / "1" / "10"
+    for flac in sorted(chapter.glob("*.flac")):
+        flac.with_suffix(".m4a").write_bytes(flac.read_bytes())
+    problems: list[str] = []
+    assert [u.id for u in read_librispeech(split, problems)] == ["1-10-0000", "1-10-0001"]
+    assert len(problems) == 2 and all(isinstance(p, Note) and "the file of the same name beside it is read" in p
+                                      for p in problems)
+    _prepare(str(split), str(tmp_path / "out"))
 
 
 def test_a_byte_order_mark_is_no_part_of_a_transcript_or_a_manifest(tmp_path: Path, ls_tree, tone) -> None:

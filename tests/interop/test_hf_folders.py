@@ -267,8 +267,8 @@ def test_an_export_that_fails_while_writing_leaves_the_earlier_one(tmp_path, mon
     assert _files(tmp_path / "hf") == before and _siblings(tmp_path / "hf") == []
     real = os.replace
 
-    def fail_into_place(src, dst):  # the earlier export is aside, the new one fails to take its place
-        if Path(src).name.startswith(".tmp-hf-"):
+    def fail_into_place(src, dst):  # the new files fail to take their place
+        if Path(src).parent.name.startswith(".tmp-"):
             raise OSError(5, "Input/output error")
         real(src, dst)
 
@@ -308,9 +308,34 @@ def test_the_commands_refuse_their_source_the_other_format_and_other_files_as_ou
         caplog.clear()
         assert main([command, str(source), str(out)]) == 2
         assert f"{out}: {message}" in caplog.text, caplog.text
-    (tmp_path / "empty").mkdir()
-    monkeypatch.chdir(tmp_path / "empty")  # renamed away, the shell would stand in a deleted folder
-    assert main([command, str(source), "."]) == 2
-    assert f"{tmp_path / 'empty'}: the working folder (or one above it) cannot be replaced" in caplog.text
-    assert {p: _files(p) for p in before} == before and not list((tmp_path / "empty").iterdir())
+    assert {p: _files(p) for p in before} == before
     load_model(ckpt)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # the folder itself stays: the working folder is an output like another
+    assert main([command, str(source), "."]) == 0
+    assert Path.cwd() == tmp_path / "empty" and (tmp_path / "empty" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["export-hf", "import-hf"])
+def test_the_output_folder_itself_stays_a_link_a_mount_its_mode_and_group(tmp_path, command) -> None:
+    """The files move into the folder; the folder is not replaced by a rename, which had turned a link to the
+    output into a plain folder (the export landing beside the link's target), failed on a mounted volume (EBUSY)
+    and reset the folder's mode and setgid group. A killed run's ``.tmp-PID`` folder is removed by the next."""
+    ckpt = _ckpt(tmp_path, ["<b>", "|", "a"])
+    if command == "export-hf":
+        source = ckpt
+    else:
+        source = tmp_path / "hf"
+        assert main(["export-hf", str(ckpt), str(source)]) == 0
+    real = tmp_path / "real"
+    assert main([command, str(source), str(real)]) == 0
+    (tmp_path / "link").symlink_to(real)
+    real.chmod(0o2750)
+    (real / ".tmp-999999999").mkdir()  # a killed run's: no such process
+    (real / ".tmp-999999999" / "model.safetensors").write_bytes(b"half")
+    assert main([command, str(source), str(tmp_path / "link")]) == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == real
+    assert real.stat().st_mode & 0o7777 == 0o2750
+    assert sorted(p.name for p in real.iterdir()) == sorted(_files(real)) and not any(
+        p.name.startswith(".tmp-") for p in real.iterdir())
+    assert not any(p.name.startswith((".tmp-", ".old-")) for p in tmp_path.iterdir())
