@@ -28,7 +28,8 @@
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
-# Then copy the working tree (with .whl) to the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
+# Then copy the working tree (with .whl; the device tool copies only tracked files, so name it: carry [".whl"]) to
+# the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
 # limit of about 9.5 minutes (OUT=folder for the results). The steps' own timeouts add up to 12.7 minutes, for
 # the case where something hangs; a deadline (DEADLINE, 550 s) shortens or skips the last ones (w, e), so that
 # every step's JSON is packed before the command's limit. benchmarks/README.md says what each

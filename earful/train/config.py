@@ -127,7 +127,9 @@ class TrainingConfig:
     tensorboard: bool = True  # scalars in RUN/tb (tensorboard is a dependency of earful)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
-    # torch.compile the CNN and the transformer layers (GPUs; on these CPUs it did not pay: benchmarks/README.md)
+    # torch.compile the CNN and the transformer layers (GPUs; on these CPUs it did not pay: benchmarks/README.md).
+    # inductor draws dropout from its own random stream (reproducible for a seed, resumes exactly, but other draws
+    # than eager's, so turning it on in a resume changes the run's draws); aot_eager and eager keep eager's
     compile: bool = False
     compile_backend: str = "inductor"
     # torch.compile's mode: "reduce-overhead" (and "max-autotune") replay CUDA graphs, one set per batch shape:

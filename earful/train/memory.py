@@ -87,13 +87,19 @@ def trial(task: Task, cfg: TrainingConfig, d: D.Dist, seconds: float) -> bool:
             torch.cuda.empty_cache()
 
 
+def agreed(found: float, upper: float, d: D.Dist) -> float:
+    """The smallest of the ranks' ``found`` (every rank the same layout), at most ``upper``, in float64: a float32
+    copy rounded a share that fits whole (6.7 s) down to 6.6999998 s, so the step took accumulation 2 (and a
+    CUDA-graph run was refused)."""
+    return min(upper, float(D.all_reduce_min(torch.tensor(found, dtype=torch.float64, device=d.device), d)))
+
+
 def auto_device_seconds(task: Task, cfg: TrainingConfig, d: D.Dist) -> float:
     """``device_seconds`` for ``auto``: the largest micro-batch that fits this GPU (see the module docstring)."""
     if d.device.type != "cuda":
         raise ValueError(f"device_seconds=auto finds what a GPU holds by trial; on {d.device.type} set a number")
     upper = cfg.batch_seconds / d.world_size
-    found = find_device_seconds(lambda s: trial(task, cfg, d, s), upper)
-    found = float(D.all_reduce_min(torch.tensor(found, device=d.device), d))  # every rank the same layout
+    found = agreed(find_device_seconds(lambda s: trial(task, cfg, d, s), upper), upper, d)
     log.info("device_seconds=auto: %.4g s a micro-batch on %s (%s of the step's %.4g s share)", found, d.device,
              "all" if found >= upper else f"{100 * found / upper:.0f} %", upper)
     return found

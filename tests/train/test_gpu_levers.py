@@ -93,6 +93,17 @@ def test_auto_is_found_once_and_kept_on_resume(tiny_corpus, tmp_path, monkeypatc
     resumed.close()
 
 
+def test_a_share_that_fits_whole_stays_whole_after_the_ranks_agree() -> None:
+    """The ranks agree on the smallest micro-batch found; a float32 copy had rounded 6.7 s (the whole share) to
+    6.6999998 s, and the step took 2 micro-batches of 3.35 s."""
+    from earful.data.budget import BatchBudget
+    from earful.train.memory import agreed
+
+    for share in (6.7, 1866.6666666666667, 0.3):
+        found = agreed(share, share, Dist())
+        assert found == share and BatchBudget(share, found, 1).accumulation == 1
+
+
 def test_auto_on_a_cpu_is_refused_with_the_way_out(tiny_corpus, tmp_path) -> None:
     cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4",
                                       "device_seconds=auto", "device=cpu", "data.num_workers=0", "threads=1"])
