@@ -127,7 +127,8 @@ def test_a_killed_writers_forked_children_do_not_keep_its_folder_locked(tmp_path
     child = int(writer.stdout.readline())
     try:
         writer.wait(timeout=60)
-        assert Path(f"/proc/{child}/status").read_text().split("State:")[1].split()[0] == "S"  # it sleeps on
+        state = Path(f"/proc/{child}/status").read_text().split("State:")[1].split()[0]
+        assert state in ("S", "R", "D")  # it lives on (asleep, or still starting: 'R' was seen under load)
         hold_folder(tmp_path / "run").close()  # and the folder is free
     finally:
         os.kill(child, 9)
