@@ -60,7 +60,8 @@ def weights_table(weights: Mapping[str, list[float]]) -> str:
 
 
 def plot_layer_weights(weights: Mapping[str, list[float]], path: Path, title: str) -> None:
-    """One line per task: its softmax weight of each hidden state (0 = the transformer's input)."""
+    """One line per task: its softmax weight of each hidden state (0 = the transformer's input), on the y range
+    [0, 1] in every plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +74,7 @@ def plot_layer_weights(weights: Mapping[str, list[float]], path: Path, title: st
     ax.set_xticks(range(n), ["input"] + [str(i) for i in range(1, n)])
     ax.set_xlabel("hidden state (transformer layer)")
     ax.set_ylabel("softmax weight")
+    ax.set_ylim(0.0, 1.0)  # every plot the same range (softmax weights), so two of them compare at a glance
     ax.set_title(title, fontsize=9)
     ax.axhline(1 / n, color="grey", lw=0.8, ls=":", label="equal weights")
     ax.legend(fontsize=8)

@@ -1,7 +1,13 @@
 """``earful study report``: the paper's tables and plots from a study's output folder.
 
-Reads ``OUT/results.jsonl`` (one record per evaluated model and split, written by ``study run``) and each
-pre-training run's ``valid.jsonl``; writes ``report.md``, CSVs and PNG plots into ``OUT/report/``.
+Reads ``OUT/results.jsonl`` (one record per evaluated model and split, written by ``study run``), each
+pre-training run's ``valid.jsonl`` and its checkpoints' ``trainer.json``; writes ``report.md``, CSVs and PNG
+plots into ``OUT/report/``.
+
+Every ``±`` in the report is one standard error of the mean over seeds (SD/√n, as ``claims.Cell.se``), and every
+table and plot says so. Two hours are kept apart: **nominal** hours (``hours_nominal``: batch × steps, what the
+plan, the milestones and the paper count) and **padded** hours (``hours_padded``: the audio the batches really
+held, padding included, from the trainer; batches are rarely full, so it is less).
 """
 
 from __future__ import annotations
@@ -20,6 +26,17 @@ from earful.markdown import md_table
 
 log = logging.getLogger(__name__)
 
+NOMINAL = "hours, nominal (batch × steps)"
+PADDED = "hours, padded (audio fed)"
+# what a probe metric is called on a plot's axis
+METRIC_LABELS = {"pr.per": "phoneme error rate (PR probe, test) %", "asr.wer": "word error rate (ASR probe, test) %",
+                 "asr.cer": "character error rate (ASR probe, test) %",
+                 "sid.accuracy": "speaker identification accuracy (SID probe, test) %",
+                 "sid.eer": "speaker verification EER (SID probe, test) %",
+                 "ic.accuracy": "intent accuracy (IC probe, test) %"}
+SEED_STYLES = ("-", "--", ":", "-.")
+SEED_MARKERS = ("o", "s", "^", "D", "v", "P")
+
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -27,21 +44,43 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _finite(xs: list[float]) -> list[float]:
+    return [x for x in xs if x is not None and math.isfinite(x)]
+
+
 def mean_std(xs: list[float]) -> tuple[float, float, int]:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    """(mean, sample standard deviation (n − 1), n) of the finite values."""
+    xs = _finite(xs)
     if not xs:
         return math.nan, math.nan, 0
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
 
 
-def fmt_ms(xs: list[float], pct: bool = True) -> str:
+def mean_se(xs: list[float]) -> tuple[float, float, int]:
+    """(mean, standard error of the mean = SD/√n as ``claims.Cell.se``, n) of the finite values."""
     m, s, n = mean_std(xs)
+    return m, (s / math.sqrt(n) if n > 1 else math.nan), n
+
+
+def fmt_ms(xs: list[float], pct: bool = True) -> str:
+    """'mean ± SE' over the values (percent by default); the mean alone for one value."""
+    m, se, n = mean_se(xs)
     if n == 0:
         return "–"
     k = 100.0 if pct else 1.0
     if n == 1:
         return f"{m * k:.1f}" if pct else f"{m:.3f}"
-    return f"{m * k:.1f} ± {s * k:.1f}" if pct else f"{m:.3f} ± {s:.3f}"
+    return f"{m * k:.1f} ± {se * k:.1f}" if pct else f"{m:.3f} ± {se:.3f}"
+
+
+def over_seeds(counts: list[int]) -> str:
+    """What a table's ± is, from how many values each cell has: 'mean ± SE over 3 seeds'."""
+    many = [c for c in counts if c > 1]
+    if not many:
+        return "one seed: no ± (the spread is not measured)"
+    lo, hi = min(many), max(many)
+    n = f"{hi}" if lo == hi else f"{lo}–{hi}"
+    return f"mean ± SE over {n} seeds" + ("; a value without ± is one seed" if min(counts) == 1 else "")
 
 
 def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:
@@ -51,24 +90,111 @@ def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:
         w.writerows(rows)
 
 
+def nominal_hours(batch_seconds: float | None, step: int | None) -> float:
+    """Batch × steps, in hours (0 for a baseline without a batch)."""
+    return (batch_seconds or 0.0) * (step or 0) / 3600
+
+
+def padded_hours(out: Path, runs: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """``{(run, step): hours_padded}`` from every checkpoint's ``trainer.json`` (the audio the batches held)."""
+    found: dict[tuple[str, int], float] = {}
+    for name in runs:
+        for info in sorted((out / "pretrain" / name / "checkpoints").glob("*/trainer.json")):
+            rec = json.loads(info.read_text(encoding="utf-8"))
+            if "hours_padded" in rec and "step" in rec:
+                found[(name, int(rec["step"]))] = float(rec["hours_padded"])
+    return found
+
+
+# ---------------------------------------------------------------------- plots
+def _save_figure(fig, path: Path) -> None:
+    """Write ``fig`` with its labels, title and outside legend inside the image (a tight bounding box)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight", pad_inches=0.1)
+
+
 def _plot(path: Path, draw) -> None:
+    """One plot: ``draw(ax)`` draws it and its title, and may return the legend's handles (else the labelled
+    artists make it); the legend goes outside the axes, on the right, where it covers no data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.4), dpi=110)
+    handles = draw(ax)
+    ax.grid(True, alpha=0.3)
+    if handles or ax.get_legend_handles_labels()[0]:
+        ax.legend(**({"handles": handles} if handles else {}), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0, frameon=False)
+    ax.title.set_fontsize(9.5)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def batch_colours(batches: list[float]) -> dict[float, Any]:
+    """A colour per batch size from a sequential colormap (light = small, dark = large), the same in every plot."""
+    from matplotlib import colormaps
+
+    bs = sorted(set(batches))
+    cmap = colormaps["viridis_r"]
+    return {b: cmap(0.15 + 0.8 * (i / (len(bs) - 1) if len(bs) > 1 else 0.5)) for i, b in enumerate(bs)}
+
+
+def _log_axis(ax, ticks: list[float], labels: list[str]) -> None:
+    """Log x with ticks at ``ticks`` only, labelled as given (no 8×10⁰, no crowded minor labels)."""
     from matplotlib import ticker
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    draw(ax)
-    if ax.get_xscale() == "log":  # plain numbers at the decades, no crowded minor labels
-        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip("."))
-    plt.close(fig)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ticker.FixedFormatter(labels))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
+def batch_axis(ax, batches: list[float]) -> None:
+    """Log x with a tick at every batch size: 4 s, 8 s, 16 s, …"""
+    bs = sorted(set(batches))
+    _log_axis(ax, bs, [f"{b:g} s" for b in bs])
+    ax.set_xlabel("pre-training batch (seconds of audio)")
+
+
+def hours_ticks(xs: list[float]) -> list[float]:
+    """Round ticks (1, 2, 5 a decade; every digit where that gives fewer than 3) across the positive ``xs``."""
+    pos = [x for x in xs if x > 0]
+    if not pos:
+        return []
+    lo, hi = min(pos), max(pos)
+    for mults in ((1, 2, 5), tuple(range(1, 10))):
+        ticks = [round(m * 10.0**e, 12) for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+                 for m in mults]
+        ticks = [t for t in ticks if lo / 1.12 <= t <= hi * 1.12]
+        if len(ticks) >= 3:
+            return ticks
+    return ticks
+
+
+def hours_axis(ax, xs: list[float], which: str) -> None:
+    """Log x of hours seen, ``which`` being NOMINAL or PADDED, with round decimal ticks."""
+    ticks = hours_ticks(xs)
+    _log_axis(ax, ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel(f"hours of audio seen in pre-training, {which.removeprefix('hours, ')}")
+
+
+def _errorbar(ax, xs: list[float], cells: list[list[float]], **kw) -> None:
+    """Means with ±1 SE bars (no bar for a single value)."""
+    stats = [mean_se(c) for c in cells]
+    ax.errorbar(xs, [m for m, _, _ in stats], yerr=[se if n > 1 else 0.0 for _, se, n in stats], capsize=3, **kw)
+
+
+def _level(ax, values: list[float], label: str, colour: str, style: str) -> None:
+    """A baseline's mean as a horizontal line, and its ±1 SE as a band where there are several values."""
+    m, se, n = mean_se(values)
+    if n == 0:
+        return
+    ax.axhline(m, color=colour, ls=style, lw=1.3, label=label + (f" (± SE, {n} seeds)" if n > 1 else ""))
+    if n > 1:
+        ax.axhspan(m - se, m + se, color=colour, alpha=0.18, lw=0)
 
 
 def compare(a: list[float], b: list[float]) -> str:
@@ -97,12 +223,16 @@ def build_report(out_dir: str | Path) -> Path:
     study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
-        text += ["## Runs", "", study["plan"], ""]
+        text += ["## Runs", "", study["plan"], "",
+                 "The hours of this table are nominal: batch × steps, what the plan, the milestones and the paper "
+                 "count. Batches are rarely full, so the audio they held (the padded hours, `hours_padded` in the "
+                 "CSVs, from each checkpoint's trainer.json) is less; the tables below give both.", ""]
     text += scope_section(study)
     text += diverged_section(every_run, results)
     # a diverged run (or fine-tuning) is shown above and left out of every table, finding and claim below
     runs = {name: r for name, r in every_run.items() if not r.get("diverged")}
     curves = {name: read_jsonl(out / "pretrain" / name / "valid.jsonl") for name in runs}
+    padded = padded_hours(out, runs)
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
     ft = [r for r in results if r.get("split") and not r.get("diverged")]
@@ -111,15 +241,21 @@ def build_report(out_dir: str | Path) -> Path:
     means = probe_means(probes)
     about = {upstream_of(r): r for r in probes}  # a record of each (upstream, checkpoint, seed)
     if probes:
-        text += probe_section(probes, means, about, rep)
+        text += probe_section(probes, means, about, rep, padded)
     if study.get("cycles"):
-        text += claims_section(out, curves, runs, study, ft, main_split, means, about, rep)
+        text += claims_section(out, curves, runs, study, ft, main_split, means, about, rep, padded)
     if main_split:
         text += finetuning_tables(ft, runs, main_split, rep)
         plot_finetuning(ft, main_split, rep)
-        text += ["## Findings", ""] + findings(ft, runs, study, main_split, "wer") + findings(
-            ft, runs, study, main_split, "cer")
-    text += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
+        text += ["## Findings", "",
+                 "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "
+                 "difference. Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
+                 ""] + findings(ft, runs, study, main_split, "wer") + findings(ft, runs, study, main_split, "cer")
+    text += ["## Plots", "",
+             "Error bars and bands: ±1 standard error of the mean over seeds. Validation curves are plotted "
+             "against padded hours (the audio fed), probes against nominal hours (batch × steps, the design's), "
+             "fine-tuning against padded hours; each axis says which.", ""]
+    text += [f"![{p.stem}](plots/{p.name})" for p in sorted((rep / "plots").glob("*.png"))]
     path = rep / "report.md"
     atomic_write_lines(path, text)
     log.info("report: %s", path)
@@ -201,10 +337,12 @@ def probe_means(probes: list[dict[str, Any]]) -> dict[ProbedModel, dict[str, flo
 
 
 def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[str, float]],
-                  about: dict[ProbedModel, dict[str, Any]], rep: Path) -> list[str]:
-    """Probe metrics per upstream (mean ± sd over run seeds, each the mean over probe seeds; %), the baselines
+                  about: dict[ProbedModel, dict[str, Any]], rep: Path,
+                  padded: dict[tuple[str, int], float] | None = None) -> list[str]:
+    """Probe metrics per upstream (mean ± SE over run seeds, each the mean over probe seeds; %), the baselines
     first; whether each pre-trained final model has learned (beats both baselines on PR and IC); plots of each
-    metric against hours seen, one line per batch size, the baselines as dashed lines; ``probes.csv``."""
+    metric against nominal hours seen, one line per batch size with ±SE bars, the baselines as lines (the random
+    init with its ±SE band); ``probes.csv`` with nominal and padded hours."""
     from earful.probe.report import METRICS
 
     metrics = [f"{t}.{m}" for t, ms in METRICS.items() for m in ms if any(f"{t}.{m}" in v for v in means.values())]
@@ -218,21 +356,33 @@ def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[st
     order = sorted(groups, key=lambda k: (k[0] not in ("random-init", "fbank"), *place[k]))
     arrow = {f"{t}.{m}": "↑" if up else "↓" for t, ms in METRICS.items() for m, up in ms.items()}
     rows = [[f"{tag} ({ck})"] + [fmt_ms(groups[(tag, ck)].get(m, [])) for m in metrics] for tag, ck in order]
-    text = ["## Probes of frozen features (docs/probes.md; test split, %)", "",
+    spread = over_seeds([len(v) for g in groups.values() for v in g.values()])
+    text = [f"## Probes of frozen features (docs/probes.md; test split, %; {spread})", "",
             md_table(["upstream"] + [f"{m} {arrow[m]}" for m in metrics], rows), ""]
     text += learned_lines(means, about)
-    write_csv(rep / "probes.csv", ["pretrain", "batch_seconds", "seed", "checkpoint", "step", "hours", "probe_seed",
-                                   "task", "metric", "value"],
-              [[r.get(k) for k in ("pretrain", "batch_seconds", "seed", "checkpoint", "step", "hours", "probe_seed",
-                                   "task", "metric", "value")] for r in probes])
+    padded = padded or {}
+
+    def padded_of(r: dict[str, Any]) -> float | None:
+        return 0.0 if not r.get("batch_seconds") else padded.get((r["pretrain"], int(r["step"])))
+
+    write_csv(rep / "probes.csv", ["pretrain", "batch_seconds", "seed", "checkpoint", "step", "hours_nominal",
+                                   "hours_padded", "probe_seed", "task", "metric", "value"],
+              [[r.get("pretrain"), r.get("batch_seconds"), r.get("seed"), r.get("checkpoint"), r.get("step"),
+                nominal_hours(r.get("batch_seconds"), r.get("step")), padded_of(r), r.get("probe_seed"),
+                r.get("task"), r.get("metric"), r.get("value")] for r in probes])
     for m in metrics:
         plot_probe_metric(means, about, m, rep)
     return text + [""]
 
 
+def baseline_values(means: dict[ProbedModel, dict[str, float]], name: str, metric: str) -> list[float]:
+    """``metric`` of each model of the baseline upstream ``name`` (``random-init``: one per seed; ``fbank``)."""
+    return [v[metric] for (p, _, _), v in means.items() if p == name and metric in v]
+
+
 def baseline(means: dict[ProbedModel, dict[str, float]], name: str, metric: str) -> float | None:
     """The mean of ``metric`` over the baseline upstream ``name`` (``random-init`` or ``fbank``), if measured."""
-    vals = [v[metric] for (p, _, _), v in means.items() if p == name and metric in v]
+    vals = baseline_values(means, name, metric)
     return statistics.fmean(vals) if vals else None
 
 
@@ -252,35 +402,43 @@ def learned_lines(means: dict[ProbedModel, dict[str, float]], about: dict[Probed
 
 def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]],
                       metric: str, rep: Path) -> None:
-    """``metric`` against hours seen (log), one line per batch size (mean over run seeds), baselines dashed."""
+    """``metric`` against nominal hours seen (log), one line per batch size (mean ± SE over run seeds), the random
+    init as a dashed line with its ±SE band, filterbanks dotted."""
     def draw(ax):
         per_b: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for key, ms in means.items():
             r = about[key]
             if metric in ms and r["batch_seconds"]:
-                per_b[r["batch_seconds"]][r["hours"]].append(100 * ms[metric])
+                per_b[r["batch_seconds"]][nominal_hours(r["batch_seconds"], r["step"])].append(100 * ms[metric])
+        colour = batch_colours(list(per_b))
         for b in sorted(per_b):
             xs = sorted(per_b[b])
-            ax.plot(xs, [statistics.fmean(per_b[b][x]) for x in xs], marker="o", ms=3, label=f"{b:g} s")
-        for name, style in (("random-init", "--"), ("fbank", ":")):
-            if (level := baseline(means, name, metric)) is not None:
-                ax.axhline(100 * level, color="grey", ls=style, label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("hours of audio seen (batch × steps)")
-        ax.set_ylabel(f"{metric} % (test)")
-        ax.legend(fontsize=7)
+            _errorbar(ax, xs, [per_b[b][x] for x in xs], marker="o", ms=4, color=colour[b], label=f"batch {b:g} s")
+        _level(ax, [100 * v for v in baseline_values(means, "random-init", metric)], "random init", "tab:grey",
+               "--")
+        _level(ax, [100 * v for v in baseline_values(means, "fbank", metric)], "log-mel filterbanks", "firebrick", ":")
+        hours_axis(ax, [x for v in per_b.values() for x in v], NOMINAL)
+        ax.set_ylabel(METRIC_LABELS.get(metric, f"{metric} (test) %"))
+        n = max((len(ys) for v in per_b.values() for ys in v.values()), default=0)
+        name = METRIC_LABELS.get(metric, metric).split(" (")[0]
+        ax.set_title(f"Probe of frozen features: {name} against hours seen, one line per batch size\n"
+                     + (f"mean ± SE over {n} seeds (bars and band: ±1 SE)" if n > 1 else "one seed"))
     _plot(rep / "plots" / f"probe_{metric.replace('.', '_')}_vs_hours.png", draw)
 
 
 def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                 ft: list[dict[str, Any]], main_split: str | None,
                 means: dict[ProbedModel, dict[str, float]] | None = None,
-                about: dict[ProbedModel, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                about: dict[ProbedModel, dict[str, Any]] | None = None,
+                padded: dict[tuple[str, int], float] | None = None) -> list[dict[str, Any]]:
     """One row per (planned run, cycle minimum or final step) where anything was measured: batch, seed, step,
-    hours (batch × steps) and every metric measured there — validation loss, accuracy and perplexity, test CER
-    per label set, probe metrics. A checkpoint probed or fine-tuned at a step without validation has its row."""
+    nominal hours (batch × steps), padded hours (the audio fed: the checkpoint's trainer.json, else the
+    validation record at that step) and every metric measured there — validation loss, accuracy and perplexity,
+    test CER per label set, probe metrics. A checkpoint probed or fine-tuned at a step without validation has its
+    row."""
     minima = {int(s) for s in study.get("cycle_minima", [])}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
+    padded = padded or {}
 
     def row(name: str, step: Any) -> dict[str, Any] | None:
         run = runs.get(name)
@@ -288,7 +446,8 @@ def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], s
             return None
         return rows.setdefault((name, int(step)), {
             "run": name, "batch_seconds": run["batch_seconds"], "seed": run["seed"], "step": int(step),
-            "hours": run["batch_seconds"] * int(step) / 3600})
+            "hours_nominal": nominal_hours(run["batch_seconds"], int(step)),
+            "hours_padded": padded.get((name, int(step)))})
 
     for name in runs:
         for rec in curves.get(name, []):
@@ -296,24 +455,42 @@ def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], s
                 ppl = [v for k, v in rec.items() if k.startswith("ppl_hard")]
                 at.update(valid_loss=rec["loss"], valid_accuracy=rec["accuracy"],
                           valid_perplexity=statistics.fmean(ppl) if ppl else None)
+                if at["hours_padded"] is None:
+                    at["hours_padded"] = rec.get("hours")
     for r in ft:
         if r["split"] == main_split and r.get("batch_seconds") and (at := row(r["pretrain"], r.get("step"))):
             at[f"cer_{r['label_set']}"] = r["cer"]
+            if at["hours_padded"] is None:
+                at["hours_padded"] = r.get("hours")  # a fine-tuning record's hours are its checkpoint's padded
     for key, ms in (means or {}).items():  # probe metrics, by the record of each probed model
         if (at := row(key[0], about[key]["step"])) is not None:
             at.update(ms)
     return sorted(rows.values(), key=lambda r: (r["batch_seconds"], r["seed"], r["step"]))
 
 
+def hours_note(rows: list[dict[str, Any]]) -> str:
+    """Which hours the verdicts pair, and how far the padded hours fall below the nominal at each batch size."""
+    share: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("hours_padded") and r["hours_nominal"] > 0:
+            share[r["batch_seconds"]].append(r["hours_padded"] / r["hours_nominal"])
+    fed = ", ".join(f"{100 * statistics.fmean(v):.0f} %{' of nominal' if i == 0 else ''} at {b:g} s"
+                    for i, (b, v) in enumerate(sorted(share.items())))
+    return ("Hours: the verdicts pair checkpoints by step and batch, and C4's equal hours are nominal hours "
+            "(batch × steps, as the paper counts them): (B, T) against (2B, T/2)."
+            + (f" The audio the batches held (padded hours, design.csv `hours_padded`) is {fed}, so "
+               "an equal-hours pair is not equal in audio fed." if fed else ""))
+
+
 def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                    ft: list[dict[str, Any]], main_split: str | None,
                    means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]],
-                   rep: Path) -> list[str]:
+                   rep: Path, padded: dict[tuple[str, int], float] | None = None) -> list[str]:
     """The paper's claims (docs/paper.md §7) judged on this study's grid: a verdict per claim and metric."""
     from earful.probe.report import METRICS
     from earful.study.claims import judge, judge_c6, judge_c7
 
-    rows = design_rows(curves, runs, study, ft, main_split, means, about)
+    rows = design_rows(curves, runs, study, ft, main_split, means, about, padded)
     metrics = {"valid_loss": False, "valid_accuracy": True}
     metrics.update({f"{t}.{m}": up for t, ms in METRICS.items() for m, up in ms.items()
                     if any(f"{t}.{m}" in r for r in rows)})
@@ -340,7 +517,8 @@ def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dic
             f"Every batch size trained {study.get('steps')} steps on a cyclic schedule of {study['cycles']} cycles; "
             f"checkpoints at the cycle minima (steps {', '.join(map(str, study.get('cycle_minima', [])))}) and the "
             f"end; {len(study.get('seeds', [1]))} seed(s). Verdicts are computed from the numbers "
-            "(earful/study/claims.py states the rules); the rows behind them are in design.csv.", "",
+            "(earful/study/claims.py states the rules); the rows behind them are in design.csv. Every ± in the "
+            "evidence is one standard error (SE).", "", hours_note(rows), "",
             md_table(["claim", "metric", "verdict", "evidence"],
                      [[v.claim, v.metric, f"**{v.verdict}**", v.evidence.replace("|", "/")] for v in verdicts]), ""]
     return text
@@ -352,61 +530,83 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                         rep: Path) -> list[str]:
-    """The final validation metrics per batch size (mean ± sd over seeds), and ``pretrain_valid.csv``."""
+    """The final validation metrics per batch size (mean ± SE over seeds), and ``pretrain_valid.csv``."""
     by_batch: dict[float, list[str]] = defaultdict(list)
     for name, run in runs.items():
         by_batch[run["batch_seconds"]].append(name)
-    rows, csv_rows = [], []
+    rows, csv_rows, counts = [], [], []
     for b in sorted(by_batch):
         named = [(n, curves[n][-1]) for n in by_batch[b] if curves.get(n)]  # the runs with validation records
         finals = [f for _, f in named]
         acc = [f["accuracy"] for f in finals]
         loss = [f["loss"] for f in finals]
         ppl = [statistics.fmean(v for k, v in f.items() if k.startswith("ppl_hard")) for f in finals]
+        fed = _finite([f.get("hours") for f in finals])
         first = runs[by_batch[b][0]]
-        rows.append([first["tag"], f"{first['steps']:,}", f"{first['hours']:.3g}", fmt_ms(loss, False),
-                     fmt_ms(acc, False), fmt_ms(ppl, False)])
+        rows.append([first["tag"], f"{first['steps']:,}", f"{first['hours']:.3g}",
+                     f"{statistics.fmean(fed):.3g}" if fed else "–", fmt_ms(loss, False), fmt_ms(acc, False),
+                     fmt_ms(ppl, False)])
+        counts += [len(_finite(loss))]
         for n, f in named:
-            csv_rows.append([n, b, f["step"], f["hours"], f["loss"], f["accuracy"]])
+            csv_rows.append([n, b, f["step"], nominal_hours(b, f["step"]), f.get("hours"), f["loss"], f["accuracy"]])
     if not rows:
         return []
-    write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours", "loss", "accuracy"], csv_rows)
-    return ["## Pre-training: final validation (held-out voices)", "",
-            md_table(["batch", "steps", "hours (batch × steps)", "loss / masked frame", "accuracy",
+    write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours_nominal", "hours_padded", "loss",
+                                           "accuracy"], csv_rows)
+    return [f"## Pre-training: final validation (held-out voices; {over_seeds(counts)})", "",
+            md_table(["batch", "steps", NOMINAL, f"{PADDED}, mean", "loss / masked frame", "accuracy",
                       "hard perplexity"], rows),
-            "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size "
-            "(mean ± standard deviation where there are several). Distractors whose code equals the "
+            "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size; ± is one "
+            "standard error of the mean (SD/√n). Distractors whose code equals the "
             "target's are masked out, so a narrow codebook (low perplexity) inflates accuracy: compare "
             "accuracies only at similar perplexity.", ""]
 
 
 def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], rep: Path) -> None:
-    """Validation loss, accuracy and perplexity against steps and against hours seen, one line per run."""
-    for key, label in (("loss", "validation loss per masked frame"), ("accuracy", "validation contrastive accuracy"),
-                       ("ppl", "validation hard codebook perplexity (mean over groups)")):
-        for xkey, xlabel in (("step", "optimizer steps"), ("hours", "hours of audio seen")):
-            def draw(ax, key=key, xkey=xkey, label=label, xlabel=xlabel):
-                for name in sorted(curves, key=lambda n: runs[n]["batch_seconds"]):
+    """Validation loss, accuracy and perplexity against steps and against padded hours seen, one line per run:
+    its colour says the batch size (a sequential colormap), its line style and marker the seed."""
+    from matplotlib.lines import Line2D
+
+    shown = sorted((n for n in curves if curves[n]), key=lambda n: (runs[n]["batch_seconds"], runs[n]["seed"]))
+    colour = batch_colours([runs[n]["batch_seconds"] for n in shown])
+    seeds = sorted({runs[n]["seed"] for n in shown}, key=str)
+    style = {s: (SEED_STYLES[i % len(SEED_STYLES)], SEED_MARKERS[i % len(SEED_MARKERS)]) for i, s in enumerate(seeds)}
+    for key, label, what in (("loss", "loss per masked frame", "Validation loss"),
+                             ("accuracy", "contrastive accuracy", "Validation contrastive accuracy"),
+                             ("ppl", "hard codebook perplexity", "Validation hard codebook perplexity "
+                                                                 "(mean over the codebook groups)")):
+        for xkey, xlabel in (("step", "optimizer steps"), ("hours", PADDED)):
+            def draw(ax, key=key, xkey=xkey, label=label, xlabel=xlabel, what=what):
+                xs_all = []
+                for name in shown:
                     c = curves[name]
-                    if not c:
-                        continue
                     ys = [statistics.fmean(v for k, v in r.items() if k.startswith("ppl_hard")) if key == "ppl"
                           else r[key] for r in c]
-                    ax.plot([r[xkey] for r in c], ys, marker="o", ms=3, label=name)
-                ax.set_xlabel(xlabel)
-                ax.set_ylabel(label)
+                    ls, marker = style[runs[name]["seed"]]
+                    xs = [r[xkey] for r in c]
+                    xs_all += xs
+                    ax.plot(xs, ys, color=colour[runs[name]["batch_seconds"]], ls=ls, marker=marker, ms=3, lw=1.2)
                 if xkey == "hours":
-                    ax.set_xscale("log")
-                ax.legend(fontsize=7)
+                    hours_axis(ax, xs_all, PADDED)
+                else:
+                    ax.set_xlabel(xlabel)
+                ax.set_ylabel(label)
+                ax.set_title(f"{what}\nagainst {'padded hours seen' if xkey == 'hours' else 'steps'}, one line per run")
+                # the legend: colour = batch size, line style and marker = seed
+                return [Line2D([], [], color=colour[b], lw=2, label=f"batch {b:g} s") for b in sorted(colour)] + [
+                    Line2D([], [], color="0.35", ls=style[s][0], marker=style[s][1], ms=3, label=f"seed {s}")
+                    for s in seeds]
             _plot(rep / "plots" / f"valid_{key}_vs_{xkey}.png", draw)
 
 
 def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split: str, rep: Path) -> list[str]:
-    """WER and CER on the main split by pre-training (and checkpoint) × label set, and ``wer.csv``."""
+    """WER and CER on the main split by pre-training (and checkpoint) × label set (mean ± SE over seeds), with
+    the checkpoint's nominal and padded hours, and ``wer.csv``."""
     label_sets = sorted({r["label_set"] for r in ft})
-    head = ["pre-training", "hours seen (padded audio)"] + label_sets
+    head = ["pre-training", NOMINAL, f"{PADDED}, mean"] + label_sets
     groups = {m: defaultdict(lambda: defaultdict(list)) for m in ("wer", "cer")}
-    hours: dict[tuple[str, str], list[float]] = defaultdict(list)
+    nominal: dict[tuple[str, str], list[float]] = defaultdict(list)
+    fed: dict[tuple[str, str], list[float]] = defaultdict(list)
     csv_rows = []
     for r in ft:
         if r["split"] != main_split:
@@ -414,64 +614,69 @@ def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split
         key = (r.get("tag", r["pretrain"]), r["checkpoint"])
         for m in groups:
             groups[m][key][r["label_set"]].append(r[m])
-        hours[key].append(r.get("hours", 0.0))
-        csv_rows.append([r["pretrain"], r.get("batch_seconds"), r["checkpoint"], r.get("hours"), r["label_set"],
+        fed[key].append(r.get("hours", 0.0))  # a fine-tuning record's hours: its checkpoint's padded hours
+        nominal[key].append(nominal_hours(r.get("batch_seconds"), r.get("step")))
+        csv_rows.append([r["pretrain"], r.get("batch_seconds"), r["checkpoint"], r.get("step"),
+                         nominal_hours(r.get("batch_seconds"), r.get("step")), r.get("hours"), r["label_set"],
                          r["split"], r["wer"], r["cer"]])
     batch_of = {run["tag"]: run["batch_seconds"] for run in reversed(list(runs.values()))}
     keys = sorted(groups["wer"], key=lambda k: (0 if k[0].startswith("scratch") else 1, batch_of.get(k[0], -1), k[1]))
     tables = {}
     for m, g in groups.items():
-        tables[m] = [[f"{tag} ({ck})", f"{statistics.fmean(hours[(tag, ck)]) if hours[(tag, ck)] else 0.0:.3g}"]
+        tables[m] = [[f"{tag} ({ck})"] + [f"{statistics.fmean(h[(tag, ck)]) if h[(tag, ck)] else 0.0:.3g}"
+                                          for h in (nominal, fed)]
                      + [fmt_ms(g[(tag, ck)].get(ls, [])) for ls in label_sets] for tag, ck in keys]
-    write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "hours", "label_set", "split", "wer",
-                                "cer"], csv_rows)
-    return [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %)", "", md_table(head, tables["wer"]), "",
-            f"CER (`{main_split}`, greedy, %):", "", md_table(head, tables["cer"]), ""]
+    write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "step", "hours_nominal", "hours_padded",
+                                "label_set", "split", "wer", "cer"], csv_rows)
+    spread = over_seeds([len(v) for k in keys for v in groups["wer"][k].values()])
+    return [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %; {spread})", "",
+            md_table(head, tables["wer"]), "",
+            f"CER (`{main_split}`, greedy, %; {spread}):", "", md_table(head, tables["cer"]), ""]
 
 
 def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> None:
-    """WER / CER against batch size (final checkpoints, one line per label set) and against hours seen (one
-    line per batch size, the first label set, scratch as a dashed line)."""
+    """WER / CER against batch size (final checkpoints, one line per label set) and against padded hours seen
+    (one line per batch size, the first label set, scratch as a dashed line with its band); mean ± SE over
+    seeds."""
     label_sets = sorted({r["label_set"] for r in ft})
     end = end_checkpoint(ft)
     finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == end and r.get("batch_seconds")]
     for metric in ("wer", "cer"):
+
         def draw_b(ax, metric=metric):
+            n = 0
             for ls in label_sets:
-                pts = defaultdict(list)
-                for r in finals:
-                    if r["label_set"] == ls:
-                        pts[r["batch_seconds"]].append(r[metric] * 100)
+                pts = _per_batch(finals, ls, metric)
                 xs = sorted(pts)
-                ax.errorbar(xs, [statistics.fmean(pts[x]) for x in xs],
-                            yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], marker="o",
-                            capsize=3, label=ls)
-            ax.set_xscale("log")
-            ax.set_xlabel("pre-training batch (seconds of audio)")
-            ax.set_ylabel(f"{metric.upper()} % ({main_split})")
-            ax.legend(fontsize=8)
+                _errorbar(ax, xs, [[100 * v for v in pts[x]] for x in xs], marker="o", label=ls)
+                n = max([n, *(len(v) for v in pts.values())])
+            batch_axis(ax, [r["batch_seconds"] for r in finals])
+            ax.set_ylabel(f"{metric.upper()} % ({main_split}, greedy)")
+            ax.set_title(f"Fine-tuned {metric.upper()} by pre-training batch ({end} checkpoints), one line per "
+                         "label set\n" + (f"mean ± SE over {n} seeds (bars: ±1 SE)" if n > 1 else "one seed"))
         _plot(rep / "plots" / f"{metric}_vs_batch.png", draw_b)
 
         def draw_h(ax, metric=metric):
+            xs_all, n = [], 0
             for ls in label_sets[:1]:
-                # one point per (batch, checkpoint): mean over seeds (whose hours differ by a few frames)
+                # one point per (batch, checkpoint): mean over seeds (whose padded hours differ by a few frames)
                 per_b = defaultdict(lambda: defaultdict(list))
                 for r in ft:
                     if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
                         per_b[r["batch_seconds"]][r["checkpoint"]].append((r["hours"], r[metric] * 100))
+                colour = batch_colours(list(per_b))
                 for b in sorted(per_b):
                     pts = sorted((statistics.fmean(h for h, _ in v), [y for _, y in v]) for v in per_b[b].values())
-                    ax.errorbar([x for x, _ in pts], [statistics.fmean(ys) for _, ys in pts],
-                                yerr=[statistics.stdev(ys) if len(ys) > 1 else 0 for _, ys in pts],
-                                marker="o", capsize=3, label=f"{b:g} s ({ls})")
-                scratch = [r[metric] * 100 for r in ft if r["split"] == main_split and r["label_set"] == ls
-                           and r["pretrain"] == "scratch"]
-                if scratch:
-                    ax.axhline(statistics.fmean(scratch), color="grey", ls="--", label=f"scratch ({ls})")
-            ax.set_xscale("log")
-            ax.set_xlabel("hours of (padded) audio seen in pre-training")
-            ax.set_ylabel(f"{metric.upper()} % ({main_split})")
-            ax.legend(fontsize=8)
+                    _errorbar(ax, [x for x, _ in pts], [ys for _, ys in pts], marker="o", color=colour[b],
+                              label=f"batch {b:g} s")
+                    xs_all += [x for x, _ in pts]
+                    n = max([n, *(len(ys) for _, ys in pts)])
+                _level(ax, [r[metric] * 100 for r in ft if r["split"] == main_split and r["label_set"] == ls
+                            and r["pretrain"] == "scratch"], "scratch", "tab:grey", "--")
+            hours_axis(ax, xs_all, PADDED)
+            ax.set_ylabel(f"{metric.upper()} % ({main_split}, greedy)")
+            ax.set_title(f"Fine-tuned {metric.upper()} ({label_sets[0]} labels) against hours seen in pre-training\n"
+                         + (f"mean ± SE over {n} seeds (bars and band: ±1 SE)" if n > 1 else "one seed"))
         _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
 
 
@@ -500,7 +705,7 @@ def _per_batch(records: list[dict[str, Any]], ls: str, metric: str) -> dict[floa
 
 
 def _values(per_b: dict[float, list[float]]) -> str:
-    """'8 s: 62.5 ± 2.7, 16 s: 71.7 ± 14.3' (percent, mean ± standard deviation over seeds)."""
+    """'8 s: 62.5 ± 1.6, 16 s: 71.7 ± 8.3' (percent, mean ± standard error over seeds)."""
     return ", ".join(f"{b:g} s: {fmt_ms(per_b[b])}" for b in sorted(per_b))
 
 
@@ -563,9 +768,16 @@ def _fixed_steps_and_scratch(records: list[dict[str, Any]], study: dict[str, Any
             if sc and bs:
                 best = min(bs, key=lambda b: statistics.fmean(per_b[b]))
                 out.append(f"- **Pre-training vs {base}, {ls}:** best pre-trained ({best:g} s) {name} "
-                           f"{fmt_ms(per_b[best])} % vs {base} {fmt_ms(sc)} %: pre-trained is "
-                           f"{compare(per_b[best], sc)}.")
+                           f"{fmt_ms(per_b[best])} % vs {base} {fmt_ms(sc)} %: "
+                           f"{_versus(compare(per_b[best], sc), base)}.")
     return out
+
+
+def _versus(verdict: str, base: str) -> str:
+    """``compare``'s verdict of the pre-trained model against ``base`` as a sentence's end."""
+    if verdict.startswith("no clear difference"):
+        return f"no clear difference between pre-trained and {base}" + verdict[len("no clear difference"):]
+    return f"{base} and pre-trained are not measured" if verdict == "not measured" else f"pre-trained is {verdict}"
 
 
 def _equal_steps(records: list[dict[str, Any]], label_sets: list[str], metric: str) -> list[str]:

@@ -132,6 +132,21 @@ def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache:
         assert torch.allclose(m(x), expected, atol=1e-6) and abs(float(m.weights().sum()) - 1) < 1e-6
 
 
+def test_layer_weight_plots_share_one_y_range(tmp_path: Path, monkeypatch):
+    """Two plots meant to be compared (a checkpoint's and its random init's) had each their own y range."""
+    from matplotlib.figure import Figure
+
+    from earful.probe.report import plot_layer_weights
+
+    limits = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (limits.append(fig.axes[0].get_ylim()),
+                                                                  save(fig, *a, **k)))
+    plot_layer_weights({"pr": [0.84, 0.01, 0.02, 0.05, 0.08]}, tmp_path / "a.png", "trained")
+    plot_layer_weights({"pr": [0.29, 0.11, 0.19, 0.21, 0.20]}, tmp_path / "b.png", "random init")
+    assert limits[0] == limits[1] == (0.0, 1.0)
+
+
 def test_features_are_every_layer_of_each_utterance_alone(tones, tiny_ckpt: Path, tmp_path: Path):
     """Cached features are the model's hidden states (float16), the same whatever else is extracted with them."""
     feats = features(Upstream.parse(tiny_ckpt), tones["held"], tmp_path, progress=False)

@@ -18,7 +18,7 @@ def run(name, batch, seed, steps=4):
 
 
 def test_the_random_init_of_every_seed_is_its_own_upstream(tmp_path: Path) -> None:
-    """Each seed's random init is a model of its own: the table gives its mean ± sd over seeds (before, the seeds
+    """Each seed's random init is a model of its own: the table gives its mean ± SE over seeds (before, the seeds
     were merged into one mean with no spread)."""
     probes = [probe("random-init", "init", 0, 1, 0.70), probe("random-init", "init", 0, 2, 0.80),
               probe("fbank", "fbank", 0, None, 0.60)]
@@ -26,7 +26,7 @@ def test_the_random_init_of_every_seed_is_its_own_upstream(tmp_path: Path) -> No
     assert len(means) == 3
     about = {upstream_of(r): r for r in probes}
     text = "\n".join(probe_section(probes, means, about, tmp_path))
-    assert "| random-init (init) | 75.0 ± 7.1 |" in text and "| fbank (fbank) | 60.0 |" in text
+    assert "| random-init (init) | 75.0 ± 5.0 |" in text and "| fbank (fbank) | 60.0 |" in text  # SE: 7.1 / √2
 
 
 def test_a_checkpoint_probed_at_a_step_without_validation_has_its_row() -> None:
@@ -80,4 +80,5 @@ def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> 
     curves = {"8s-seed1": [], "8s-seed2": [{"step": 4, "hours": 0.01, "loss": 2.5, "accuracy": 0.4,
                                               "ppl_hard_0": 3.0}]}
     pretraining_section(curves, runs, {"seeds": [1, 2]}, tmp_path)
-    assert (tmp_path / "pretrain_valid.csv").read_text().splitlines()[1:] == ["8s-seed2,8.0,4,0.01,2.5,0.4"]
+    assert (tmp_path / "pretrain_valid.csv").read_text().splitlines()[1:] == [
+        f"8s-seed2,8.0,4,{8 * 4 / 3600},0.01,2.5,0.4"]  # nominal hours (batch × steps), then padded (recorded)

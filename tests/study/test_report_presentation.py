@@ -1,0 +1,248 @@
+"""How the report shows its numbers, from a hand-made study folder (3 batch sizes × 3 seeds): every ± a standard
+error and said so; nominal and padded hours named apart; plots coloured by batch size, with ±SE bars, the
+baselines told apart, ticks at the batch sizes, readable labels and titles, legends off the data."""
+
+import csv
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+
+from earful.study.report import build_report
+
+BATCHES, SEEDS, STEPS = (4.0, 8.0, 16.0), (1, 2, 3), 4
+FED = {4.0: 0.7, 8.0: 0.88, 16.0: 0.94}  # the padded share of the nominal hours at each batch size
+SHIFT = {1: 0.0, 2: 0.03, 3: -0.06}  # the seeds' offsets: SD 0.0458, SE 0.0265
+
+
+def se(xs):
+    return statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def nominal(b, step):
+    return b * step / 3600
+
+
+def padded(b, step):
+    return FED[b] * nominal(b, step)
+
+
+def write_jsonl(path: Path, records) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def make_study(out: Path) -> None:
+    runs = [{"run": f"{b:g}s-seed{s}", "tag": f"{b:g}s", "batch_seconds": b, "seed": s, "steps": STEPS,
+             "hours": nominal(b, STEPS)} for s in SEEDS for b in BATCHES]
+    write_jsonl(out / "runs.jsonl", runs)
+    (out / "study.json").write_text(json.dumps({"name": "toy", "seeds": list(SEEDS), "mode": "fixed-steps",
+                                                "cycles": 2, "cycle_minima": [2], "steps": STEPS,
+                                                "grid": list(BATCHES), "plan": "| run |\n|---|"}))
+    results, probes = [], []
+    for r in runs:
+        b, s, name = r["batch_seconds"], r["seed"], r["run"]
+        rdir = out / "pretrain" / name
+        write_jsonl(rdir / "valid.jsonl", [
+            {"step": step, "hours": padded(b, step), "loss": 4.0 - b / 16 * step / 4 + SHIFT[s],
+             "accuracy": 0.1 + b / 100 + SHIFT[s], "ppl_hard_g0": 10 + b + 10 * SHIFT[s]} for step in (2, 4)])
+        for ck, step in (("steps-2", 2), (f"step-{STEPS:07d}", STEPS)):
+            (rdir / "checkpoints" / ck).mkdir(parents=True)
+            (rdir / "checkpoints" / ck / "trainer.json").write_text(json.dumps(
+                {"step": step, "hours_padded": padded(b, step), "hours_real": 0.99 * padded(b, step)}))
+        results.append({"pretrain": name, "tag": r["tag"], "batch_seconds": b, "seed": s, "checkpoint": "final",
+                        "hours": padded(b, STEPS), "step": STEPS, "label_set": "10h", "split": "test",
+                        "wer": 0.9 - b / 100 + SHIFT[s], "cer": 0.6 - b / 100 + SHIFT[s]})
+        probes += [{"pretrain": name, "tag": r["tag"], "batch_seconds": b, "seed": s, "checkpoint": ck,
+                    "step": step, "hours": nominal(b, step), "probe_seed": 0, "task": "pr", "metric": "per",
+                    "value": 0.8 - b / 50 * step / 4 + SHIFT[s]} for ck, step in (("steps-2", 2), ("final", STEPS))]
+    for s in SEEDS:
+        results.append({"pretrain": "scratch", "tag": "scratch", "batch_seconds": None, "seed": s,
+                        "checkpoint": "init", "hours": 0.0, "step": 0, "label_set": "10h", "split": "test",
+                        "wer": 0.95 + SHIFT[s] / 3, "cer": 0.7 + SHIFT[s]})
+        probes.append({"pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": s,
+                       "checkpoint": "init", "step": 0, "hours": 0.0, "probe_seed": 0, "task": "pr", "metric": "per",
+                       "value": 0.75 + SHIFT[s]})
+    probes.append({"pretrain": "fbank", "tag": "fbank", "batch_seconds": None, "seed": None, "checkpoint": "fbank",
+                   "step": 0, "hours": 0.0, "probe_seed": 0, "task": "pr", "metric": "per", "value": 0.68})
+    write_jsonl(out / "results.jsonl", results)
+    write_jsonl(out / "probes.jsonl", probes)
+
+
+@pytest.fixture
+def report(tmp_path, monkeypatch):
+    """The report of the toy study: (its text, its folder, {plot file name: (figure, savefig keywords)})."""
+    figures = {}
+    save = Figure.savefig
+
+    def keep(fig, fname, *args, **kwargs):  # the figure behind each PNG, named as the report names it
+        figures[re.sub(r"^\.|\.[^.]+\.tmp$", "", Path(fname).name)] = (fig, kwargs)
+        return save(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    make_study(tmp_path)
+    text = build_report(tmp_path).read_text()
+    return text, tmp_path / "report", figures
+
+
+def section(text: str, title: str) -> str:
+    return text.split(f"## {title}")[1].split("\n## ")[0]
+
+
+def test_every_table_prints_mean_and_standard_error_over_seeds_and_says_so(report) -> None:
+    """Tables had printed mean ± SD over seeds (said only under the pre-training table), while the claims, the
+    docs and 'within 2 standard errors' meant SEs: every ± is now SD/√n and every table's caption says so."""
+    text, _, _ = report
+    shift = [100 * v for v in SHIFT.values()]
+    assert f"{se(shift):.1f}" == "2.6" and f"{statistics.stdev(shift):.1f}" == "4.6"
+    pre = section(text, "Pre-training: final validation (held-out voices; mean ± SE over 3 seeds)")
+    assert f"| {3.0 + statistics.fmean(SHIFT.values()):.3f} ± {se(list(SHIFT.values())):.3f} |" in pre  # 16 s loss
+    probes = section(text, "Probes of frozen features (docs/probes.md; test split, %; mean ± SE over 3 seeds; a "
+                           "value without ± is one seed)")
+    assert "| random-init (init) | 74.0 ± 2.6 |" in probes and "| fbank (fbank) | 68.0 |" in probes
+    wer = section(text, "WER after fine-tuning (`test`, greedy decoding, %; mean ± SE over 3 seeds)")
+    assert "CER (`test`, greedy, %; mean ± SE over 3 seeds):" in wer
+    assert "| 16s (final) | 0.0178 | 0.0167 | 73.0 ± 2.6 |" in wer
+    findings = section(text, "Findings")
+    assert "Values are mean ± SE over seeds" in findings and "4 s: 85.0 ± 2.6, 8 s: 81.0 ± 2.6" in findings
+    assert "WER 73.0 ± 2.6 % vs scratch 94.7 ± 0.9 %: pre-trained is lower (beyond 2 standard errors)." in findings
+    assert re.search(r"± 4\.6(?![\de])", text) is None  # no SD
+
+
+def test_no_difference_against_scratch_is_said_in_a_sentence() -> None:
+    """The finding had read 'pre-trained is no clear difference (within 2 standard errors)'."""
+    from earful.study.report import findings
+
+    ft = [{"pretrain": p if b is None else f"{p}-seed{s}", "tag": p, "batch_seconds": b, "checkpoint": ck, "step": 4,
+           "hours": 0.01, "seed": s, "label_set": "10h", "split": "test", "wer": 0.9,
+           "cer": 0.5 + SHIFT[s] + (0.01 if b else 0.0)} for s in SEEDS for p, b, ck in (("4s", 4.0, "final"),
+                                                                                       ("scratch", None, "init"))]
+    text = "\n".join(findings(ft, {}, {"mode": "fixed-steps"}, "test", "cer"))
+    assert "%: no clear difference between pre-trained and scratch (within 2 standard errors)." in text
+    assert "pre-trained is no clear" not in text
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_csvs_name_nominal_and_padded_hours_apart(report) -> None:
+    """'hours' had been batch × steps in design.csv and probes.csv, the trainer's padded hours in
+    pretrain_valid.csv and wer.csv: every CSV now has hours_nominal and hours_padded (from trainer.json)."""
+    text, rep, _ = report
+    tables = {name: read_csv(rep / name) for name in ("design.csv", "probes.csv", "pretrain_valid.csv", "wer.csv")}
+    for name, rows in tables.items():
+        assert "hours" not in rows[0] and {"hours_nominal", "hours_padded"} <= set(rows[0]), name
+    for row in tables["design.csv"]:
+        b, step = float(row["batch_seconds"]), int(row["step"])
+        assert float(row["hours_nominal"]) == pytest.approx(nominal(b, step))
+        assert float(row["hours_padded"]) == pytest.approx(padded(b, step))
+    assert {(r["step"], r["hours_nominal"]) for r in tables["design.csv"] if r["batch_seconds"] == "4.0"} == {
+        ("2", str(nominal(4.0, 2))), ("4", str(nominal(4.0, 4)))}
+    probe_rows = [r for r in tables["probes.csv"] if r["pretrain"] == "4s-seed1"]
+    assert [float(r["hours_padded"]) for r in probe_rows] == pytest.approx([padded(4.0, 2), padded(4.0, 4)])
+    assert {r["hours_padded"] for r in tables["probes.csv"] if r["pretrain"] in ("fbank", "random-init")} == {"0.0"}
+    wer = [r for r in tables["wer.csv"] if r["pretrain"] == "8s-seed2"][0]
+    assert float(wer["hours_nominal"]) == pytest.approx(nominal(8.0, 4))
+    assert float(wer["hours_padded"]) == pytest.approx(padded(8.0, 4))
+    # the tables name both, and the claims say which hours they pair
+    assert "| batch | steps | hours, nominal (batch × steps) | hours, padded (audio fed), mean |" in text
+    assert "C4's equal hours are nominal hours (batch × steps" in text
+    assert "is 70 % of nominal at 4 s, 88 % at 8 s, 94 % at 16 s" in text
+
+
+def data_lines(ax):
+    return [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+
+
+def test_validation_curves_are_coloured_by_batch_size_and_styled_by_seed(report) -> None:
+    """Matplotlib's 10-colour cycle over 15 runs had repeated colours across batch sizes."""
+    _, _, figures = report
+    for name in ("valid_loss_vs_step.png", "valid_ppl_vs_hours.png"):
+        ax = figures[name][0].axes[0]
+        lines = data_lines(ax)
+        assert len(lines) == 9
+        colours = {}
+        for line in lines:
+            colours.setdefault(line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color()),
+                               []).append(line)
+        assert len(colours) == 3 and all(len(v) == 3 for v in colours.values())  # one colour per batch size
+        for same in colours.values():  # the seeds of a batch size told apart by line style
+            assert len({line.get_linestyle() for line in same}) == 3
+
+
+def errorbars(ax) -> list[ErrorbarContainer]:
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def half_lengths(container: ErrorbarContainer) -> list[float]:
+    segments = container.lines[2][0].get_segments()
+    return [(seg[1][1] - seg[0][1]) / 2 for seg in segments]
+
+
+def test_probe_plots_show_se_bars_the_random_init_band_and_distinct_baselines(report) -> None:
+    """The probe plots had no error bars with 3 seeds, the random init no spread, and both baselines grey."""
+    _, _, figures = report
+    ax = figures["probe_pr_per_vs_hours.png"][0].axes[0]
+    bars = errorbars(ax)
+    assert len(bars) == 3
+    assert half_lengths(bars[0]) == pytest.approx([100 * se(list(SHIFT.values()))] * 2)
+    band = [p for p in ax.patches if p.get_alpha()]  # axhspan: the random init's mean ± SE
+    assert len(band) == 1 and band[0].get_height() == pytest.approx(2 * 100 * se(list(SHIFT.values())))
+    labels = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    init, fbank = labels["random init (± SE, 3 seeds)"], labels["log-mel filterbanks"]
+    assert init.get_linestyle() != fbank.get_linestyle() and init.get_color() != fbank.get_color()
+    assert ax.get_ylabel() == "phoneme error rate (PR probe, test) %"
+    assert ax.get_xlabel() == "hours of audio seen in pre-training, nominal (batch × steps)"
+    assert "mean ± SE over 3 seeds" in ax.get_title()
+
+
+def test_finetuning_plots_show_se_bars(report) -> None:
+    _, _, figures = report
+    for name in ("wer_vs_batch.png", "cer_vs_hours.png"):
+        ax = figures[name][0].axes[0]
+        assert half_lengths(errorbars(ax)[0]) == pytest.approx([100 * se(list(SHIFT.values()))] * (
+            3 if name == "wer_vs_batch.png" else 1))
+        assert "mean ± SE over 3 seeds" in ax.get_title()
+    assert figures["cer_vs_hours.png"][0].axes[0].get_xlabel().endswith("padded (audio fed)")
+
+
+def test_batch_axes_tick_at_the_batch_sizes_and_hours_axes_at_round_numbers(report) -> None:
+    """A log batch axis had ticks at 5, 10, 20, 50 (or 8×10⁰), not at the batch sizes."""
+    _, _, figures = report
+    for fig, _ in figures.values():
+        FigureCanvasAgg(fig).draw()
+    ax = figures["wer_vs_batch.png"][0].axes[0]
+    assert list(ax.get_xticks()) == list(BATCHES)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4 s", "8 s", "16 s"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    for name in ("probe_pr_per_vs_hours.png", "valid_loss_vs_hours.png", "wer_vs_hours.png"):
+        ax = figures[name][0].axes[0]
+        ticks = list(ax.get_xticks())
+        assert len(ticks) >= 3, name
+        assert all(float(f"{t:.0e}") == pytest.approx(t) for t in ticks), ticks  # one significant digit
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{t:g}" for t in ticks]
+
+
+def test_every_plot_has_a_title_readable_labels_and_a_legend_off_its_data(report) -> None:
+    """Axis labels used internal keys ('pr.per % (test)'), a long y label was clipped, legends sat on the data."""
+    _, _, figures = report
+    assert len(figures) == 11  # 6 of validation, 1 probe metric, WER and CER against batch and hours
+    for name, (fig, kwargs) in figures.items():
+        ax = fig.axes[0]
+        assert ax.get_title(), name
+        assert "." not in ax.get_ylabel().replace("(", " ").split()[0], name
+        assert kwargs.get("bbox_inches") == "tight", name  # labels and legend inside the image
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        legend = ax.get_legend()
+        if legend is not None:
+            assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1, name
