@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speechlike import SR, utterance  # noqa: E402
 
-from earful.data.manifest import Utterance, write_manifest  # noqa: E402
+from earful.data.manifest import Utterance, read_manifest, write_manifest  # noqa: E402
 from earful.model.flops import peak_flops, train_flops_per_second  # noqa: E402
 from earful.pretrain.config import load_pretrain_config  # noqa: E402
 from earful.pretrain.task import PretrainTask  # noqa: E402
@@ -239,7 +239,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus or Path(tmp) / "corpus"
         manifest = make_corpus(corpus, args.minutes, args.seed, max(1, (os.cpu_count() or 2)))
-        print(f"corpus: {args.minutes:g} min of speech-like FLAC in {time.perf_counter() - t0:.1f} s", flush=True)
+        minutes = sum(u.num_samples for u in read_manifest(manifest)) / SR / 60  # a kept corpus may be another size
+        if abs(minutes - args.minutes) > 0.5:
+            print(f"note: --corpus {corpus} holds {minutes:.1f} min, not the --minutes {args.minutes:g} asked",
+                  flush=True)
+        print(f"corpus: {minutes:.1f} min of speech-like FLAC in {time.perf_counter() - t0:.1f} s", flush=True)
         results: list[dict[str, Any]] = []
         for s in args.device_seconds:
             r = run_setting(args, manifest, Path(tmp) / f"run-{s:g}", s, results)

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from earful.data.budget import BatchBudget, check_seconds
+from earful.data.budget import BatchBudget, check_seconds, to_samples
 
 
 def nominal_steps(hours: float, batch_seconds: float) -> int:
@@ -154,6 +154,19 @@ class TrainingConfig:
         """``optim.lr`` rescaled by ``optim.lr_scaling`` from ``optim.reference_batch_seconds``."""
         return scale_lr(self.optim.lr, self.batch_seconds, self.optim.reference_batch_seconds, self.optim.lr_scaling)
 
+    def _check_cropped_grid(self) -> None:
+        """Batches cropped to their shortest utterance (pre-training's ``data.padding=false``) are cut down to the
+        shape grid: a grid that does not divide ``data.min_seconds`` cut them below it (grid 0.7 s, shortest
+        2.0 s: 1.4 s)."""
+        grid, least = self.data.shape_seconds, self.data.min_seconds
+        if getattr(self.data, "padding", True) or not grid or not least:
+            return
+        if to_samples(least) % to_samples(grid):
+            raise ValueError(f"data.shape_seconds={grid:g} with cropped batches (data.padding=false) cuts a batch of "
+                             f"the shortest utterances (data.min_seconds={least:g}) down to "
+                             f"{to_samples(least) // to_samples(grid) * grid:g} s: choose a grid that divides "
+                             "data.min_seconds, or data.padding=true")
+
     def validate(self) -> None:
         """Refuse settings that cannot train as asked, naming the key and what it accepts."""
         for key, value in self.data.limits().items():
@@ -168,6 +181,7 @@ class TrainingConfig:
         for key in ("valid_every", "keep_last", "threads", "seed"):
             _at_least(key, getattr(self, key), 0)
         _at_least("data.bucket_size", self.data.bucket_size, 1)
+        self._check_cropped_grid()
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode} needs compile=true")
         if self.compile_mode != "default" and self.compile_backend != "inductor":

@@ -316,3 +316,16 @@ def test_fine_tuning_draws_on_the_host_what_it_drew_in_the_forward_on_a_cpu() ->
     assert mask is not None and mask.any()
     assert torch.equal(a, b)
     assert torch.equal(flen, model.frame_lengths(batch.lengths))
+
+
+def test_a_shape_grid_that_would_crop_below_the_shortest_utterance_is_refused() -> None:
+    """Cropped batches (data.padding=false) are cut down to the grid: a 0.7 s grid cut batches of 2.0 s utterances
+    (data.min_seconds) to 1.4 s. Refused, naming both keys; a grid that divides min_seconds, or padding, passes."""
+    def validate(*overrides: str) -> None:
+        load_pretrain_config(None, ["model_preset=tiny", *overrides]).validate()
+
+    with pytest.raises(ValueError, match=r"data.shape_seconds=0.7 .*data.min_seconds=2\) down to 1.4 s"):
+        validate("data.shape_seconds=0.7", "data.min_seconds=2.0")
+    validate("data.shape_seconds=0.5", "data.min_seconds=2.0")
+    validate("data.shape_seconds=0.7", "data.min_seconds=2.0", "data.padding=true")
+    validate("data.shape_seconds=0.7", "data.min_seconds=null")
