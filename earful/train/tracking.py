@@ -182,9 +182,17 @@ class _Trackio:
                  facts: dict[str, str], ids: dict[str, Any]) -> None:
         self.run = trackio.init(project=cfg.project, name=name, group=cfg.group, config={**flatten(config), **facts},
                                 resume="allow", embed=False)
+        self.levels = {level.value: level for level in trackio.AlertLevel}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
 
     def finish(self, status: str) -> None:
+        """trackio's runs have no end status: a run that did not finish says so in an alert (stopped: it resumes;
+        failed: an error), else it looked finished there."""
+        if status != "finished":
+            level = self.levels["error" if status == "failed" else "warn"]
+            self.run.alert(title=f"run {status}", level=level,
+                           text="stopped by a signal: --resume continues it" if status == "stopped" else
+                           "the run failed or diverged: see its log")
         self.run.finish()

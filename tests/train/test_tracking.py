@@ -190,3 +190,32 @@ def test_throughput_leaves_out_validation_and_checkpoints(tmp_path, tiny_corpus,
     assert [r["step"] for r in log] == [2, 4] and now[0] > 300
     assert [r["audio_seconds_per_second"] for r in log] == pytest.approx([a / 2.5 for a in audio])
     assert [r["data_wait_fraction"] for r in log] == pytest.approx([0.2, 0.2])
+
+
+def test_trackio_says_how_a_run_that_did_not_finish_ended() -> None:
+    """trackio's runs have no end status: a stopped or failed run looked finished there. It now raises an alert
+    (a warning for a stop, which resumes; an error for a failure) before finishing; a finished run raises none."""
+    import trackio
+
+    from earful.train.tracking import TrackingConfig, _Trackio
+
+    calls: list[tuple] = []
+
+    class Run:
+        def alert(self, **kw):
+            calls.append(("alert", kw["title"], kw["level"]))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    class Module:
+        AlertLevel = trackio.AlertLevel
+
+        @staticmethod
+        def init(**kw):
+            return Run()
+
+    for status in ("finished", "stopped", "failed"):
+        _Trackio(Module, TrackingConfig(), Path("."), "run", {}, {}, {}).finish(status)
+    assert calls == [("finish",), ("alert", "run stopped", trackio.AlertLevel.WARN), ("finish",),
+                     ("alert", "run failed", trackio.AlertLevel.ERROR), ("finish",)]
