@@ -407,9 +407,10 @@ class SecondsBatchSampler:
     def owners(self, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """For the first ``n`` global batches of ``epoch``: the rank that takes each, and its place in that rank's
         batches of the epoch."""
-        k = self.phase(epoch) + np.arange(n)  # the place in the stream, from a multiple of world_size on
+        phase = self.phase(epoch)
+        k = phase + np.arange(n)  # the place in the stream, from a multiple of world_size on
         rank = k % self.world_size
-        return rank, k // self.world_size - (rank < self.phase(epoch))
+        return rank, k // self.world_size - (rank < phase)
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:

@@ -502,9 +502,9 @@ def _tokenizer_settings(hf_dir: Path) -> dict[str, Any]:
     return settings
 
 
-def _added_tokens(hf_dir: Path) -> tuple[dict[str, int], list[str]]:
+def _added_tokens(hf_dir: Path, tokenizer: dict[str, Any]) -> tuple[dict[str, int], list[str]]:
     """The tokens a ``Wav2Vec2CTCTokenizer`` adds to ``vocab.json`` ({token: id}), from ``added_tokens.json``
-    and ``tokenizer_config.json``'s ``added_tokens_decoder``, and the files that name any."""
+    and ``tokenizer``'s (``tokenizer_config.json``'s) ``added_tokens_decoder``, and the files that name any."""
     found: dict[str, int] = {}
     files = []
     path = hf_dir / ADDED_TOKENS
@@ -514,7 +514,7 @@ def _added_tokens(hf_dir: Path) -> tuple[dict[str, int], list[str]]:
             raise CheckpointError(f"{path}: not a {{token: id}} mapping with integer ids")
         found.update(added)
         files.append(ADDED_TOKENS)
-    decoder = _tokenizer_settings(hf_dir).get("added_tokens_decoder")
+    decoder = tokenizer.get("added_tokens_decoder")
     if decoder:
         path = hf_dir / TOKENIZER
         if not isinstance(decoder, dict):
@@ -544,7 +544,8 @@ past the head (the default ``<s>``, ``</s>`` of a tokenizer whose model has none
     if not isinstance(mapping, dict) or not all(type(i) is int for i in mapping.values()):
         raise CheckpointError(f"{path}: not a {{symbol: id}} mapping with integer ids (a multilingual "
                               "vocabulary, one mapping per language, is not supported)")
-    added, files = _added_tokens(d)
+    tokenizer = _tokenizer_settings(d)
+    added, files = _added_tokens(d, tokenizer)
     beyond = sorted(t for t, i in added.items() if i >= outputs and t not in mapping)
     if beyond:  # e.g. the <s>, </s> a tokenizer adds to a vocab.json that has none, when the head has no outputs
         log.info("%s: the tokenizer's added tokens %s have no output of the CTC head: left out", d, beyond)
@@ -565,7 +566,7 @@ past the head (the default ``<s>``, ``</s>`` of a tokenizer whose model has none
         raise CheckpointError(f"{where}: {len(mapping)} symbols for a CTC head with {outputs} outputs; the ids must "
                               f"be exactly 0…{outputs - 1} ({'; '.join(problems)})")
     symbols = [s for s, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
-    delimiter = _tokenizer_settings(d).get("word_delimiter_token", DELIMITER)
+    delimiter = tokenizer.get("word_delimiter_token", DELIMITER)
     if delimiter == DELIMITER:
         return symbols
     if delimiter not in symbols or DELIMITER in symbols:

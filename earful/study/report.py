@@ -57,9 +57,11 @@ def mean_std(xs: list[float]) -> tuple[float, float, int]:
 
 
 def mean_se(xs: list[float]) -> tuple[float, float, int]:
-    """(mean, standard error of the mean = SD/√n as ``claims.Cell.se``, n) of the finite values."""
-    m, s, n = mean_std(xs)
-    return m, (s / math.sqrt(n) if n > 1 else math.nan), n
+    """(mean, standard error of the mean (``claims.Cell.se``: SD/√n), n) of the finite values."""
+    from earful.study.claims import Cell
+
+    cell = Cell(_finite(xs))
+    return (cell.mean, cell.se, len(cell.values)) if cell.values else (math.nan, math.nan, 0)
 
 
 def fmt_ms(xs: list[float], pct: bool = True) -> str:
