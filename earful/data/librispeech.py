@@ -194,11 +194,10 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
     utts: list[Utterance] = []
     seen: dict[str, Path] = {}
     _undecodable(files, problems)
-    for path in (p for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS):
-        seen.setdefault(path.stem, path)  # its transcript line has audio (reported above), not none
+    undecodable = {p.stem for p in files if p.suffix.lower() in UNREADABLE_AUDIO_EXTENSIONS}  # reported above
     for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
         uid = path.stem
-        if uid in seen and seen[uid].suffix.lower() in AUDIO_EXTENSIONS:
+        if uid in seen:
             problems.append(f"{path}: duplicate utterance id {uid} (also {seen[uid]}); left out")
             continue
         seen[uid] = path
@@ -209,7 +208,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
         u = _utterance(path, uid, uid.split("-")[0], transcripts.get(uid), problems)
         if u is not None:
             utts.append(u)
-    for uid in sorted(set(transcripts) - seen.keys()):
+    for uid in sorted(set(transcripts) - seen.keys() - undecodable):  # an undecodable file's line has audio
         problems.append(Note(f"{trans_file[uid]}: transcript for {uid} has no audio file"))
     return sorted(utts, key=lambda u: u.id)
 

@@ -23,7 +23,7 @@ from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.probe.config import ProbeConfig
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima
 from earful.train.config import TrainingConfig
-from earful.train.state import RunDir, read_trainer_info
+from earful.train.state import RunDir, nonfinite_stop, read_trainer_info
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ def divergence(rdir: Path, steps: int, max_nan_steps: int) -> str:
     if not (final / "trainer.json").exists():
         return ""
     info = read_trainer_info(final)
-    # the trainer records its own stop (checkpoints written before it did: the streak against max_nan_steps)
-    if info.get("nonfinite_stop", int(info.get("nan_in_a_row", 0)) >= max_nan_steps):
+    if nonfinite_stop(info, max_nan_steps):
         return f"{info['nan_in_a_row']} non-finite steps in a row at step {info['step']} (max_nan_steps " \
                f"{max_nan_steps})"
     valid = rdir / "valid.jsonl"

@@ -56,6 +56,7 @@ from earful.train.state import (
     RunDir,
     StateMismatch,
     load_trainer_state,
+    nonfinite_stop,
     read_trainer_info,
     restore_training_state,
     training_state,
@@ -192,10 +193,8 @@ class Trainer:
                     record_resume(self.run.root, cfg, self.step, segment)
                     self._drop_discarded(latest)
             D.barrier(self.d)
-        # resumed from the checkpoint of the stop after max_nan_steps (one written before the stop was recorded:
-        # its streak against max_nan_steps)
-        self.resumed_stopped = info is not None and bool(
-            info.get("nonfinite_stop", int(info.get("nan_in_a_row", 0)) >= cfg.max_nan_steps))
+        # resumed from the checkpoint of the stop after max_nan_steps
+        self.resumed_stopped = info is not None and nonfinite_stop(info, cfg.max_nan_steps)
         # a finished run resumed as it was: its end-of-run checkpoint (written after the end's validation, and
         # not by a non-finite stop), with max_steps where it was; nothing is left to do
         self.resumed_finished = (latest is not None and info is not None and not self.resumed_stopped

@@ -223,6 +223,13 @@ def read_trainer_info(ckpt: Path) -> dict[str, Any]:
     return _read_trainer(ckpt)[0]
 
 
+def nonfinite_stop(info: dict[str, Any], max_nan_steps: int) -> bool:
+    """Whether the checkpoint of ``trainer.json`` ``info`` was written by the stop after ``max_nan_steps``
+    non-finite steps: recorded as ``nonfinite_stop``; for a checkpoint written before it was recorded, its streak
+    (``nan_in_a_row``) against ``max_nan_steps``."""
+    return bool(info.get("nonfinite_stop", int(info.get("nan_in_a_row", 0)) >= max_nan_steps))
+
+
 def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(trainer.json, state.pt or None), both verified against the sizes and hashes recorded at save."""
     info, _ = _read_trainer(ckpt)
