@@ -42,6 +42,12 @@ def plain_name(value: object, key: str, where: str = "") -> str:
     return value  # type: ignore[return-value]
 
 
+def at_least(key: str, value: Any, low: int, note: str = "") -> None:
+    """Refuse a count below ``low``, naming its key: ``key=value: expected an integer >= low``."""
+    if value < low:
+        raise ValueError(f"{key}={value}: expected an integer >= {low}{note}")
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

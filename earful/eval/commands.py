@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from earful.eval.lm import build_arpa
+from earful.eval.vocab import check_mapping
 
 log = logging.getLogger("earful.eval")
 
@@ -36,14 +37,7 @@ def text_mapping(raw: str) -> dict[str, str]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise ValueError(f"--text-mapping {raw!r}: not a YAML mapping ({str(e).splitlines()[0]})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--text-mapping {raw!r}: expected a mapping of characters, e.g. \"{{',': '', '2': two}}\"")
-    for k, v in value.items():
-        if not isinstance(k, str) or len(k) != 1:
-            raise ValueError(f"--text-mapping {raw!r}: keys must be single characters, got {k!r}")
-        if not isinstance(v, str):
-            raise ValueError(f"--text-mapping {raw!r}: {k!r} maps to {v!r}, expected a string (quote it; '' removes)")
-    return value
+    return check_mapping(value, f"--text-mapping {raw!r}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

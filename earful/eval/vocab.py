@@ -24,6 +24,19 @@ def placeholder(index: int) -> str:
     return chr(PLACEHOLDERS.start + index)
 
 
+def check_mapping(mapping: Mapping[Any, Any], name: str = "mapping") -> dict[str, str]:
+    """``mapping`` as a text mapping (single characters to strings, ``""`` removes), or a ValueError that starts
+    with ``name``, the setting it came from (fine-tuning's ``text_mapping``, evaluate's ``--text-mapping``)."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{name}: expected a mapping of characters, e.g. \"{{',': '', '2': two}}\"")
+    for k, v in mapping.items():
+        if not isinstance(k, str) or len(k) != 1:
+            raise ValueError(f"{name}: keys must be single characters, got {k!r}")
+        if not isinstance(v, str):
+            raise ValueError(f"{name}: {k!r} maps to {v!r}, expected a string (quote it; '' removes)")
+    return dict(mapping)
+
+
 def strip_placeholders(text: str) -> str:
     """``text`` without stand-ins of multi-character symbols, spaces merged and stripped."""
     return " ".join("".join(c for c in text if ord(c) not in PLACEHOLDERS).split())
@@ -53,10 +66,7 @@ class CharVocab:
             if len(s) != 1:
                 raise ValueError(f"symbols other than the blank must be single characters, got {s!r}")
         self.symbols = symbols
-        self.mapping: dict[str, str] = dict(mapping or {})
-        for k in self.mapping:
-            if len(k) != 1:
-                raise ValueError(f"mapping keys must be single characters, got {k!r}")
+        self.mapping = check_mapping(mapping or {})
         self._index = {s: i for i, s in enumerate(symbols)}
         self.blank_id = 0
         self.delimiter_id = self._index[DELIMITER]

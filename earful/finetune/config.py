@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import ConfigError, load_config
+from earful.config import ConfigError, at_least, load_config
+from earful.eval.vocab import check_mapping
 from earful.model.config import ModelConfig
 from earful.train.config import DataConfig, OptimConfig, TrainingConfig, config_source
 
@@ -96,13 +97,8 @@ class FinetuneConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.freeze_transformer_steps < 0:
-            raise ValueError(f"freeze_transformer_steps={self.freeze_transformer_steps}: expected an integer >= 0")
-        for k, v in self.text_mapping.items():
-            if len(k) != 1:
-                raise ValueError(f"text_mapping keys must be single characters, got {k!r}")
-            if not isinstance(v, str):
-                raise ValueError(f"text_mapping[{k!r}] must be a string, got {v!r}")
+        at_least("freeze_transformer_steps", self.freeze_transformer_steps, 0)
+        check_mapping(self.text_mapping, "text_mapping")
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from earful.config import PRESET_DIR, load_config
+from earful.config import PRESET_DIR, at_least, load_config
 
 MODEL_PRESET_DIR = PRESET_DIR / "model"
 
@@ -141,14 +141,12 @@ class ModelConfig:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "pos_conv_kernel",
                     "pos_conv_groups", "num_codevector_groups", "num_codevectors_per_group", "codevector_dim",
                     "final_dim", "num_negatives"):
-            if getattr(self, key) < 1:
-                raise bad(key, getattr(self, key), "an integer >= 1")
+            at_least(f"model.{key}", getattr(self, key), 1)
         for key, prob in (("mask_length", self.mask_prob), ("mask_channel_length", self.mask_channel_prob)):
             if prob > 0 and getattr(self, key) < 1:  # unused without masks (transformers' configs may say 0)
                 raise bad(key, getattr(self, key), "an integer >= 1 where its mask probability is > 0")
         for key in ("min_masks", "diversity_start_step", "diversity_warmup_steps"):
-            if getattr(self, key) < 0:
-                raise bad(key, getattr(self, key), "an integer >= 0")
+            at_least(f"model.{key}", getattr(self, key), 0)
         for key in ("conv_dim", "conv_kernel", "conv_stride"):
             if not getattr(self, key) or min(getattr(self, key)) < 1:
                 raise bad(key, getattr(self, key), "a non-empty list of integers >= 1")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from earful.config import at_least
+
 
 @dataclass
 class SequenceRecipe:
@@ -41,12 +43,11 @@ class ProbeConfig:
             recipe = getattr(self, task)
             counts = ("epochs", "batch_utterances") if isinstance(recipe, SequenceRecipe) else ("steps",)
             for key in counts:
-                if getattr(recipe, key) < 1:
-                    raise ValueError(f"{task}.{key}={getattr(recipe, key)}: expected an integer >= 1")
+                at_least(f"{task}.{key}", getattr(recipe, key), 1)
             if not (math.isfinite(recipe.lr) and recipe.lr > 0):
                 raise ValueError(f"{task}.lr={recipe.lr}: expected a finite number > 0")
-            if isinstance(recipe, SequenceRecipe) and recipe.hidden < 0:
-                raise ValueError(f"{task}.hidden={recipe.hidden}: expected an integer >= 0 (0: a linear head)")
+            if isinstance(recipe, SequenceRecipe):
+                at_least(f"{task}.hidden", recipe.hidden, 0, " (0: a linear head)")
             if isinstance(recipe, UtteranceRecipe) and not (math.isfinite(recipe.weight_decay)
                                                             and recipe.weight_decay >= 0):
                 raise ValueError(f"{task}.weight_decay={recipe.weight_decay}: expected a finite number >= 0")

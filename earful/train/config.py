@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from earful.config import at_least
 from earful.data.budget import BatchBudget, check_seconds, to_samples
 
 
@@ -50,8 +51,7 @@ class OptimConfig:
         r = self.tristage_ratios
         if len(r) != 3 or any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6:
             raise ValueError(f"optim.tristage_ratios={r}: expected three fractions summing to 1")
-        if self.cyclic_step_size < 1:
-            raise ValueError(f"optim.cyclic_step_size={self.cyclic_step_size}: expected an integer >= 1")
+        at_least("optim.cyclic_step_size", self.cyclic_step_size, 1)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas={self.betas}: expected two numbers in [0, 1)")
         if self.clip_norm < 0:
@@ -177,17 +177,17 @@ class TrainingConfig:
         else:
             self.budget(1)  # finite, positive batch and device seconds; a bounded accumulation
         for key in ("max_steps", "log_every", "ckpt_every", "max_nan_steps"):
-            _at_least(key, getattr(self, key), 1)
+            at_least(key, getattr(self, key), 1)
         for key in ("valid_every", "keep_last", "threads", "seed"):
-            _at_least(key, getattr(self, key), 0)
-        _at_least("data.bucket_size", self.data.bucket_size, 1)
+            at_least(key, getattr(self, key), 0)
+        at_least("data.bucket_size", self.data.bucket_size, 1)
         self._check_cropped_grid()
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode} needs compile=true")
         if self.compile_mode != "default" and self.compile_backend != "inductor":
             raise ValueError(f"compile_mode={self.compile_mode} is inductor's: compile_backend="
                              f"{self.compile_backend} would ignore it (compile_backend=cudagraphs records CUDA graphs)")
-        _at_least("data.num_workers", self.data.num_workers, 0)
+        at_least("data.num_workers", self.data.num_workers, 0)
         self.optim.validate()
         self.tracking.validate()
 
@@ -198,7 +198,3 @@ def config_source(path: object, overrides: list[str] | None) -> str:
         return f"{path} with command-line overrides"
     return str(path) if path is not None else ("command-line overrides" if overrides else "the defaults")
 
-
-def _at_least(key: str, value: Any, low: int) -> None:
-    if value < low:
-        raise ValueError(f"{key}={value}: expected an integer >= {low}")

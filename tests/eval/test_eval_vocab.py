@@ -61,3 +61,20 @@ def test_bad_symbol_lists_are_rejected():
         CharVocab([BLANK, "a"])
     with pytest.raises(ValueError, match="duplicate"):
         CharVocab([BLANK, "|", "a", "a"])
+
+
+@pytest.mark.parametrize("bad, raw, message", [({"ab": ""}, "{ab: ''}", "keys must be single characters, got 'ab'"),
+                                               ({1: "a"}, "{1: a}", "keys must be single characters, got 1"),
+                                               ({"-": 2}, "{'-': 2}", "'-' maps to 2, expected a string")])
+def test_a_text_mapping_is_checked_alike_wherever_it_is_given(bad, raw, message):
+    """The vocabulary, fine-tuning's text_mapping and evaluate's --text-mapping (YAML) check a mapping one way;
+    the message names the setting it came from."""
+    from earful.eval.commands import text_mapping
+    from earful.finetune.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match=f"^mapping: {message}"):
+        CharVocab(mapping=bad)
+    with pytest.raises(ValueError, match=f"^text_mapping: {message}"):
+        FinetuneConfig(text_mapping=bad).validate()
+    with pytest.raises(ValueError, match=f"^--text-mapping .*: {message}"):
+        text_mapping(raw)
