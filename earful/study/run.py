@@ -12,7 +12,9 @@ With ``launcher: slurm`` each is a Slurm job instead, submitted through submitit
     OUT/pretrain/<run>/             pre-training run directories (+ done.json)
     OUT/finetune/<run>__<ckpt>__<labels>/   fine-tuning run directories (+ done.json)
     OUT/eval/<run>__<ckpt>__<labels>/       evaluation hypotheses and summary.json
-    OUT/runs.jsonl, results.jsonl   what the report reads
+    OUT/runs.jsonl, results.jsonl, probes.jsonl   what the report reads: one record per evaluated model and split,
+                                    per probed model and metric; `hours` in them is the audio fed (padded, as in
+                                    the logs), `hours_nominal` the paper's batch × steps
     OUT/report/                     report.md, CSVs, plots
     OUT/logs/                       the workers' logs (jobs > 1)
     OUT/submitit/<job id>/          a Slurm job's script, pickles and logs (launcher: slurm)
@@ -78,13 +80,14 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
         hours, step = hours_of(ck)
         todo += [Finetuning(f"{run.name}__{ck_name}__{ls}", ck, ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
-                             "seed": run.seed, "checkpoint": ck_name, "hours": hours, "step": step, "label_set": ls})
+                             "seed": run.seed, "checkpoint": ck_name, "hours": hours,
+                             "hours_nominal": run.batch_seconds * step / 3600, "step": step, "label_set": ls})
                  for ls in label_sets]
     if first_of_seed:
         init = out / "pretrain" / run.name / "checkpoints" / "init"
         todo += [Finetuning(f"{base}-seed{run.seed}__init__{ls}", init, ls, base,
                             {"pretrain": base, "tag": base, "batch_seconds": None, "seed": run.seed,
-                             "checkpoint": "init", "hours": 0.0, "step": 0, "label_set": ls})
+                             "checkpoint": "init", "hours": 0.0, "hours_nominal": 0.0, "step": 0, "label_set": ls})
                  for base in study.finetune.baselines for ls in label_sets]
     return todo
 
@@ -105,17 +108,17 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
     study filterbanks."""
     todo = []
     for ck_name, path in ({} if diverged else kept_checkpoints(study, run, out)).items():
-        step = hours_of(path)[1]
+        hours, step = hours_of(path)
         todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
-            "checkpoint": ck_name, "step": step, "hours": run.batch_seconds * step / 3600}))
+            "checkpoint": ck_name, "step": step, "hours": hours, "hours_nominal": run.batch_seconds * step / 3600}))
     if first_of_seed:
         todo.append(Probing(f"init-seed{run.seed}", str(out / "pretrain" / run.name / "checkpoints" / "init"), {
             "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
-            "checkpoint": "init", "step": 0, "hours": 0.0}))
+            "checkpoint": "init", "step": 0, "hours": 0.0, "hours_nominal": 0.0}))
     if fbank:
-        todo.append(Probing("fbank", "fbank", {"pretrain": "fbank", "tag": "fbank", "batch_seconds": None,
-                                               "seed": None, "checkpoint": "fbank", "step": 0, "hours": 0.0}))
+        todo.append(Probing("fbank", "fbank", {"pretrain": "fbank", "tag": "fbank", "batch_seconds": None, "seed": None,
+                                               "checkpoint": "fbank", "step": 0, "hours": 0.0, "hours_nominal": 0.0}))
     return todo
 
 

@@ -521,6 +521,10 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
     assert {name: Path(p.upstream) for name, p in probes.items()} == chosen
     assert [(p.name, p.record["step"]) for p in probes.values()] == [
         ("4s-seed1__hours-0.002", 2), ("4s-seed1__steps-4", 4), ("4s-seed1__final", 8)]
+    # `hours` is the audio fed (padded), as in the logs and results.jsonl; `hours_nominal` is batch × steps
+    (ck / "steps-4" / "trainer.json").write_text(json.dumps({"step": 4, "hours_padded": 0.003}))
+    record = next(p.record for p in planned_probes(study, run, tmp_path, False, False) if p.name.endswith("steps-4"))
+    assert record["hours"] == 0.003 and record["hours_nominal"] == 4 * 4 / 3600
 
 
 def test_evaluation_splits_are_named_by_the_study_corpus_test_keys(tmp_path) -> None:
