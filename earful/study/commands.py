@@ -22,8 +22,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from earful.study.config import load_study
+    from earful.study.pool import StudyStopped
     from earful.study.run import run_study
-    from earful.study.stages import StudyStopped
     from earful.train.engine import EXIT_STOPPED
 
     study = load_study(args.study, args.overrides)

@@ -22,11 +22,11 @@ def format_duration(seconds: float) -> str:
 
 
 def wall_clock(durations: Sequence[float], jobs: int) -> float:
-    """Seconds until ``durations`` have all run, ``jobs`` at a time, each started in order as soon as a slot is
-    free, as the study's pool starts its pre-trainings (``earful/study/pool.py``): never less than the longest
-    run, nor than the total over ``jobs``."""
+    """Seconds until ``durations`` have all run, ``jobs`` at a time, the longest first, each started as soon as a
+    slot is free, as the study's pool starts its pre-trainings (``earful/study/pool.py``): never less than the
+    longest run, nor than the total over ``jobs``."""
     slots = [0.0] * max(1, jobs)  # when each slot is next free
-    for d in durations:
+    for d in sorted(durations, reverse=True):
         heapq.heappush(slots, heapq.heappop(slots) + d)
     return max(slots)
 
@@ -97,7 +97,7 @@ def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[lis
                  "per device (fine-tuning not included)")
         if study.launcher == "local" and study.jobs > 1:  # on Slurm `jobs` does not apply: the cluster decides
             total += (f"; with jobs={study.jobs}, {format_duration(wall_clock(walls, study.jobs))} of wall-clock "
-                      f"(the runs in plan order, {study.jobs} at a time)")
+                      f"(the longest runs first, {study.jobs} at a time)")
         lines.append(total)
         lines.append("These times are upper bounds: computed from nominal audio (batch × steps), while the throughput "
                      "counts padded audio and batches are rarely full (small batches least of all), so runs take less.")

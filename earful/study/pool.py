@@ -3,18 +3,22 @@
 A job is a pre-training or a fine-tuning + evaluation; a finished job may make more (a pre-training's
 fine-tunings). Workers run with cores/jobs torch threads, their progress bars and logs in
 ``OUT/logs/worker-*.log``, and exit once the study process is gone (killed), so a rerun of the study is the
-only writer of its folder."""
+only writer of its folder. SIGTERM or SIGUSR1 to the study process stops it as a failed job does: each running
+training checkpoints, then the study ends with ``StudyStopped``; running it again continues."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,15 @@ from typing import Any
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+
+
+class StudyStopped(RuntimeError):
+    """A run of the study stopped before its end (a signal): the study stops; running it again continues.
+    ``stopped_by``: the signal that stopped it, as its trainer.json records ("" when unknown)."""
+
+    def __init__(self, message: str, stopped_by: str = "") -> None:
+        super().__init__(message)
+        self.stopped_by = stopped_by
 
 
 @dataclass
@@ -36,7 +49,7 @@ class Job:
     then: Callable[[Any], list[Job]] | None = None
     devices: int = 1
     done: Callable[[], bool] | None = None
-    cost: float = 0.0  # its size (a pre-training's device-hours of audio): in workers, the largest start first
+    cost: float = 0.0  # how long it runs (a pre-training: hours of audio per device): in workers, the longest first
 
 
 class Progress:
@@ -67,8 +80,6 @@ def _exit_with(parent: int, every: float = 2.0) -> None:
 
 def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     """A pool worker: ``threads`` torch threads, its progress bars and logs in its own file."""
-    import threading
-
     import torch
 
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
@@ -83,8 +94,6 @@ def _stop_workers(procs: list[Any], busy: list[str]) -> None:
     """SIGTERM the pool's worker processes: a training checkpoints and stops on it (a rerun of the study resumes
     it), anything else ends. Without this, the study waited for every other running job to finish before it
     reported the error that stopped it."""
-    import signal
-
     if busy:
         log.warning("stopping the other running job(s) %s (SIGTERM: a training checkpoints; rerun the study to "
                     "continue)", ", ".join(busy))
@@ -95,12 +104,42 @@ def _stop_workers(procs: list[Any], busy: list[str]) -> None:
             pass
 
 
+@contextmanager
+def _signals_stop_the_study() -> Iterator[None]:
+    """SIGTERM and SIGUSR1 (``kill``, a scheduler's notice) raise ``StudyStopped`` in the study process, which
+    stops the workers as a failed job does: each running training checkpoints. (Before, the study process died at
+    once and its workers exited at their next look, ``_exit_with``, without a checkpoint: a pre-training lost
+    everything since its last one.) A second signal while they stop is said and ignored."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def stopping(signum: int, _frame: Any) -> None:
+        log.warning("received %s: already stopping (the running trainings checkpoint)", signal.Signals(signum).name)
+
+    def stop(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        for s in before:
+            signal.signal(s, stopping)
+        raise StudyStopped(f"the study received {name}: its running jobs were stopped (a training checkpoints); "
+                           "rerun the study to continue", name)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    for s in before:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     """Run ``jobs`` and their follow-ups, ``workers`` at a time (1: in this process, in order; in workers the
-    largest ``cost`` first, which shortens the whole when the sizes differ); returns each job's result by key. A
+    longest (``cost``) first, which shortens the whole when the sizes differ); returns each job's result by key. A
     failed job stops the study: the other running jobs are stopped (a training checkpoints), finished jobs are
     kept; run again to continue."""
-    if workers > 1:  # the largest first (a stable sort: plan order among equals), so the last to start is small
+    if workers > 1:  # the longest first (a stable sort: plan order among equals), so the last to start is short
         jobs = sorted(jobs, key=lambda j: -j.cost)
     progress = Progress(jobs, show=workers > 1)
     queue, bar = progress.queue, progress.bar
@@ -112,8 +151,9 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
     log.info("running %d jobs at once (%d threads each); their logs: %s/worker-*.log", workers, threads, log_dir)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads, str(log_dir), os.getpid())) as pool:
+    with _signals_stop_the_study(), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                                        initializer=_worker_init,
+                                                        initargs=(threads, str(log_dir), os.getpid())) as pool:
         running: dict[Future, Job] = {}
         try:
             while queue or running:
@@ -127,6 +167,8 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
                 for fut in done:
                     job = running.pop(fut)
                     err = fut.exception()
+                    if isinstance(err, StudyStopped):  # a training stopped by a signal of its own: not a failure
+                        raise err
                     if err is not None:
                         raise RuntimeError(f"study job {job.key} failed (its log is in {log_dir}): {err}") from err
                     log.info("finished %s", job.key)

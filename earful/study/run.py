@@ -262,7 +262,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),
                 then=lambda rec, r=r: after_pretraining(r, rec), devices=r.devices,
-                done=partial(pretrained, out, r), cost=r.hours * r.devices) for r in runs]
+                done=partial(pretrained, out, r), cost=r.hours / r.devices) for r in runs]
     if study.launcher == "slurm":
         from earful.study.slurm import execute_on_slurm
 

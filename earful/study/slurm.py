@@ -44,8 +44,7 @@ from typing import Any
 
 from earful.config import ConfigError
 from earful.study.config import SlurmConfig, StudyConfig
-from earful.study.pool import Job, Progress
-from earful.study.stages import StudyStopped
+from earful.study.pool import Job, Progress, StudyStopped
 from earful.train.engine import EXIT_STOPPED
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.probe.config import ProbeConfig
 from earful.study.config import PlannedRun, StudyConfig, cycle_minima
+from earful.study.pool import StudyStopped
 from earful.train.config import TrainingConfig
 from earful.train.state import RunDir, nonfinite_stop, read_trainer_info
 
@@ -31,15 +32,6 @@ log = logging.getLogger(__name__)
 # (scratch) or with the CNN trainable / frozen whatever the recipe says
 BASELINES: dict[str, dict[str, Any]] = {"scratch": {}, "scratch-trainable-cnn": {"freeze_feature_encoder": False},
                                         "scratch-frozen-cnn": {"freeze_feature_encoder": True}}
-
-
-class StudyStopped(RuntimeError):
-    """A run of the study stopped before its end (a signal): the study stops; running it again continues.
-    ``stopped_by``: the signal that stopped it, as its trainer.json records ("" when unknown)."""
-
-    def __init__(self, message: str, stopped_by: str = "") -> None:
-        super().__init__(message)
-        self.stopped_by = stopped_by
 
 
 def tracked(study: StudyConfig, cfg: TrainingConfig, out: Path, name: str) -> None:

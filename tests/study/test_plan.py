@@ -153,12 +153,12 @@ def test_wall_clock_with_jobs_is_never_less_than_the_longest_run(tmp_path) -> No
     _, table = plan_table(load_study(y))
     # 200 s × 400 steps / 20 audio-s/s = 4000 s; 48 s × 400 / 20 = 960 s: the 200 s run is the wall-clock
     assert "| 1.1 h " in table and "| 16.0 min " in table
-    assert "of device time" in table and "with jobs=2, 1.1 h of wall-clock (the runs in plan order" in table
+    assert "of device time" in table and "with jobs=2, 1.1 h of wall-clock (the longest runs first" in table
     from earful.study.plan import wall_clock
 
     assert wall_clock([4000, 960], 2) == 4000
     assert wall_clock([1, 1, 1, 1], 2) == 2  # total / jobs when the runs share the slots evenly
-    assert wall_clock([1, 1, 3], 2) == 4  # started in plan order, as the pool does: the 3 waits for a slot
+    assert wall_clock([1, 1, 3], 2) == 3  # the longest first, as the pool starts them (in plan order: 4)
     assert wall_clock([1, 1, 3], 1) == 5
     _, slurm = plan_table(load_study(y, ["launcher=slurm"]))
     assert "of device time" in slurm and "wall-clock (" not in slurm  # on Slurm `jobs` does not apply

@@ -1,7 +1,12 @@
 """The study's pool of worker processes (jobs > 1): a failed job stops the study at once."""
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +24,58 @@ def test_a_failed_job_stops_the_other_running_jobs(tmp_path, caplog) -> None:
         execute(jobs, 2, tmp_path / "logs")
     assert time.monotonic() - start < 40
     assert "stopping the other running job(s) slow (SIGTERM" in caplog.text
+
+
+def test_workers_start_the_longest_jobs_first(tmp_path, monkeypatch) -> None:
+    """With jobs: 2, 64 s and 128 s batches in plan order started a 64 s and a 128 s run, then the second 64 s one:
+    the second 128 s run started last, alone. Now the longest start first (the order the workers take them in)."""
+    (tmp_path / "started.py").write_text(
+        "import pathlib, time\ndef job(out, key):\n    with open(pathlib.Path(out, 'order'), 'a') as f:\n"
+        "        f.write(key)\n    time.sleep(2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned workers import it from there
+    import started
+
+    jobs = [Job(k, started.job, (str(tmp_path), k), cost=c) for k, c in (("a", 1), ("b", 3), ("c", 2))]
+    execute(jobs, 2, tmp_path / "logs")
+    assert (tmp_path / "order").read_text() in ("bca", "cba")  # b and c at once, then a (in plan order: a, b)
+
+
+TRAINING = '''
+import pathlib, signal, time
+
+def train(out, key):
+    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint and stop."""
+    def checkpoint(signum, frame):
+        pathlib.Path(out, f"checkpoint-{key}").write_text(signal.Signals(signum).name)
+        raise RuntimeError(f"{key} stopped")
+    signal.signal(signal.SIGTERM, checkpoint)
+    pathlib.Path(out, f"started-{key}").touch()
+    time.sleep(60)
+'''
+
+STUDY = '''
+import sys
+import training
+from earful.study.pool import Job, execute
+out = sys.argv[1]
+execute([Job(k, training.train, (out, k)) for k in ("a", "b")], 2, __import__("pathlib").Path(out, "logs"))
+'''
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, signum) -> None:
+    """`kill` of a study running jobs: 2 killed the study process at once, and its workers exited at their next
+    look without a checkpoint (a pre-training lost everything since its last one). Now the study stops its
+    workers as after a failure (SIGTERM: each training checkpoints) and ends with StudyStopped."""
+    (tmp_path / "training.py").write_text(TRAINING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"started-{k}").exists() for k in "ab"):
+        assert time.monotonic() < deadline and proc.poll() is None, "the jobs never started"
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and f"StudyStopped: the study received {signum.name}" in err, err
+    assert [(tmp_path / f"checkpoint-{k}").read_text() for k in "ab"] == ["SIGTERM", "SIGTERM"]

@@ -216,7 +216,8 @@ def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch
     """torchrun's ranks, stopped by a signal, exit cleanly: the study must not take step 120 of 338 as done."""
     import earful.pretrain.task as pretrain
     from earful.study.config import PlannedRun, StudyConfig
-    from earful.study.stages import StudyStopped, run_pretraining_stage
+    from earful.study.pool import StudyStopped
+    from earful.study.stages import run_pretraining_stage
 
     monkeypatch.setattr(pretrain, "run_pretraining", lambda cfg, rdir, resume: {"step": 120})
     from earful.pretrain.config import PretrainConfig
