@@ -22,7 +22,8 @@ class SequenceRecipe:
 
 @dataclass
 class UtteranceRecipe:
-    """Linear classifiers on the layer-weighted sum of mean-pooled features (SID, IC): full-batch Adam."""
+    """Linear classifiers on the layer-weighted sum of pooled features (mean and standard deviation over each
+    utterance's frames) (SID, IC): full-batch AdamW."""
 
     steps: int = 300
     lr: float = 1e-2

@@ -140,7 +140,8 @@ def run_suite(ckpt_dir: str | os.PathLike | Upstream, corpus_dir: str | os.PathL
 
     Returns:
         ``{task: {metric: value}}`` on the test split, as fractions: ``pr: per``; ``asr: wer, cer``;
-        ``sid: accuracy, eer``; ``ic: accuracy``. ``METRICS[task][metric]`` is True where higher is better.
+        ``sid: accuracy`` (on labelled-10h: the training speakers, other utterances; the test split's speakers are
+        held out) ``, eer``; ``ic: accuracy``. ``METRICS[task][metric]`` is True where higher is better.
     """
     upstream = ckpt_dir if isinstance(ckpt_dir, Upstream) else Upstream.parse(ckpt_dir)
     manifests = _existing(corpus_dir, suite_manifests(corpus_dir, tasks))

@@ -153,18 +153,22 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
 
 def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, float]:
     """The mean over ``pairs`` of the signed gain from a to b, and its SE. The mean is a weighted sum of cell
-    means (a cell in two pairs, 4 → 8 and 8 → 16 s, weighs once). When every cell holds the same seeds, the SE
-    is that of the per-seed contrasts: one run's checkpoints at two steps are not independent. Otherwise
-    √(Σ w² SE²) over cells, as if they were."""
+    means (a cell in two pairs, 4 → 8 and 8 → 16 s, weighs once; where its weights cancel, not at all). When every
+    weighed cell holds the same seeds, the SE is that of the per-seed contrasts: one run's checkpoints at two steps
+    are not independent. Otherwise √(Σ w² SE²) over cells, as if they were."""
     weight: dict[int, float] = defaultdict(float)
     cell: dict[int, Cell] = {}
     for a, b in pairs:
         for c, w in ((a, -sign), (b, sign)):
             weight[id(c)] += w / len(pairs)
             cell[id(c)] = c
+    # a cell whose weights cancel (the middle of a chain: 8 s in 4 → 8 and 8 → 16 s) is not part of the mean, nor of
+    # the test of the seeds: a run missing there must not turn the paired SE into the unpaired one
+    weight = {k: w for k, w in weight.items() if abs(w) > 1e-12}
+    cell = {k: cell[k] for k in weight}
     mean = sum(w * cell[k].mean for k, w in weight.items())
     seeds = [sorted(map(str, c.seeds)) if c.seeds is not None else None for c in cell.values()]
-    first = seeds[0]
+    first = seeds[0] if seeds else None
     if first is not None and len(first) > 1 and len(set(first)) == len(first) and all(s == first for s in seeds):
         by_seed = [{str(s): v for s, v in zip(c.seeds or [], c.values, strict=True)} for c in cell.values()]
         contrast = [sum(w * values[s] for w, values in zip(weight.values(), by_seed, strict=True)) for s in first]

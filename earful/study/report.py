@@ -31,7 +31,7 @@ PADDED = "hours, padded (audio fed)"
 # what a probe metric is called on a plot's axis
 METRIC_LABELS = {"pr.per": "phoneme error rate (PR probe, test) %", "asr.wer": "word error rate (ASR probe, test) %",
                  "asr.cer": "character error rate (ASR probe, test) %",
-                 "sid.accuracy": "speaker identification accuracy (SID probe, test) %",
+                 "sid.accuracy": "speaker identification accuracy (SID probe, labelled-10h) %",
                  "sid.eer": "speaker verification EER (SID probe, test) %",
                  "ic.accuracy": "intent accuracy (IC probe, test) %"}
 SEED_STYLES = ("-", "--", ":", "-.")
@@ -209,7 +209,9 @@ def compare(a: list[float], b: list[float]) -> str:
         return "equal"
     if na > 1 and nb > 1:
         se = math.sqrt(sa**2 / na + sb**2 / nb)
-        if se > 0 and abs(ma - mb) < 2 * se:
+        if se == 0:  # as claims._beyond: no spread is no measure of the noise, not an infinitely clear difference
+            return ("lower" if ma < mb else "higher") + " (no spread over seeds: not judged)"
+        if abs(ma - mb) < 2 * se:
             return "no clear difference (within 2 standard errors)"
         return ("lower" if ma < mb else "higher") + " (beyond 2 standard errors)"
     return ("lower" if ma < mb else "higher") + " (one seed: spread not measured)"
@@ -276,7 +278,10 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     can, cannot = [], []
     if mode == "fixed-steps" and cycles:
         can.append((("C1", "C2"), "every batch size the same steps, compared at each cycle minimum"))
-        can.append((("C4",), "equal hours as (B, T) against (2B, T/2) at cycle minima") if cycles >= 2 else ((), ""))
+        if cycles >= 2:
+            can.append((("C4",), "equal hours as (B, T) against (2B, T/2) at cycle minima"))
+        else:
+            cannot.append("C4: equal hours needs checkpoints at (B, T) and (2B, T/2) — use `cycles: 2` or more")
     elif mode == "fixed-steps":
         can.append((("C1", "C2"), "at the final step (a decayed schedule: only the end is comparable)"))
         cannot.append("C4: equal hours needs checkpoints at (B, T) and (2B, T/2) — use `cycles`")
@@ -359,7 +364,8 @@ def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[st
     arrow = {f"{t}.{m}": "↑" if up else "↓" for t, ms in METRICS.items() for m, up in ms.items()}
     rows = [[f"{tag} ({ck})"] + [fmt_ms(groups[(tag, ck)].get(m, [])) for m in metrics] for tag, ck in order]
     spread = over_seeds([len(v) for g in groups.values() for v in g.values()])
-    text = [f"## Probes of frozen features (docs/probes.md; test split, %; {spread})", "",
+    where = "test split; SID accuracy on labelled-10h" if "sid.accuracy" in metrics else "test split"
+    text = [f"## Probes of frozen features (docs/probes.md; {where}, %; {spread})", "",
             md_table(["upstream"] + [f"{m} {arrow[m]}" for m in metrics], rows), ""]
     text += learned_lines(means, about)
     padded = padded or {}
@@ -768,11 +774,25 @@ def _fixed_steps_and_scratch(records: list[dict[str, Any]], study: dict[str, Any
         for base in sorted({str(r["pretrain"]) for r in scratch}):
             sc = [r[metric] for r in scratch if r["label_set"] == ls and r["pretrain"] == base]
             if sc and bs:
-                best = min(bs, key=lambda b: statistics.fmean(per_b[b]))
-                out.append(f"- **Pre-training vs {base}, {ls}:** best pre-trained ({best:g} s) {name} "
-                           f"{fmt_ms(per_b[best])} % vs {base} {fmt_ms(sc)} %: "
-                           f"{_versus(compare(per_b[best], sc), base)}.")
+                out.append(f"- **Pre-training vs {base}, {ls}:** {_against_baseline(per_b, sc, base, name)}.")
     return out
+
+
+def _against_baseline(per_b: dict[float, list[float]], base_values: list[float], base: str, name: str) -> str:
+    """Every batch size against the baseline, grouped by ``compare``'s verdict, and the best. Each, not the best
+    alone: the best of k picked after the fact beat a baseline of the same quality beyond 2 SE in 17 % of
+    simulated 5-batch studies, against 5 % for one batch size chosen before."""
+    bs = sorted(per_b)
+    best = min(bs, key=lambda b: statistics.fmean(per_b[b]))
+    if len(bs) == 1:
+        return (f"pre-trained ({best:g} s) {name} {fmt_ms(per_b[best])} % vs {base} {fmt_ms(base_values)} %: "
+                f"{_versus(compare(per_b[best], base_values), base)}")
+    groups: dict[str, list[float]] = defaultdict(list)
+    for b in bs:
+        groups[_versus(compare(per_b[b], base_values), base)].append(b)
+    each = "; ".join(f"{verdict} at {', '.join(f'{b:g}' for b in group)} s" for verdict, group in groups.items())
+    return (f"{base} {name} {fmt_ms(base_values)} %, against each of {len(bs)} batch sizes: {each} (each judged at "
+            f"2 SE: about 1 in 20 such calls is chance); best pre-trained ({best:g} s) {fmt_ms(per_b[best])} %")
 
 
 def _versus(verdict: str, base: str) -> str:

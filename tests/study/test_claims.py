@@ -180,3 +180,13 @@ def test_c1_with_two_batch_sizes_is_judged_both_ways_on_the_pair() -> None:
     assert verdicts(two, higher=True)["C1"] == NOT_REPRODUCED
     flat = [r for r in grid(lambda b, s: 5 - math.log(s), noise=0.5) if r["batch_seconds"] in (4.0, 8.0)]
     assert verdicts(flat)["C1"] == INCONCLUSIVE
+
+
+def test_c4_a_cell_whose_weights_cancel_does_not_decide_the_pairing() -> None:
+    """In a chain 4 → 8 → 16 s the 8 s cell weighs nothing; a seed missing there (a diverged run) switched the
+    SE from the paired per-seed contrasts to √(Σ w² SE²), changing it with the mean unchanged."""
+    from earful.study.claims import Cell, _mean_gain
+
+    x, z = Cell([1.0, 2.0, 3.0], [1, 2, 3]), Cell([3.0, 4.0, 5.0], [1, 2, 3])
+    full, short = Cell([2.0, 3.0, 4.0], [1, 2, 3]), Cell([2.0, 3.0], [1, 2])
+    assert _mean_gain([(x, full), (full, z)], 1.0) == _mean_gain([(x, short), (short, z)], 1.0) == (1.0, 0.0)

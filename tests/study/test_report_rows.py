@@ -58,8 +58,8 @@ def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
     3 for C2, C6 and C7."""
     from earful.study.report import scope_section
 
-    def scope(grid):
-        study = {"seeds": [1, 2], "cycles": 2, "mode": "fixed-steps", "grid": grid, "gradvar_batches": 2}
+    def scope(grid, cycles=2):
+        study = {"seeds": [1, 2], "cycles": cycles, "mode": "fixed-steps", "grid": grid, "gradvar_batches": 2}
         return scope_section(study)[2]
 
     one = scope([4])
@@ -70,6 +70,8 @@ def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
     three = scope([4, 8, 16])
     assert "C1 and C2 (every" in three and "C6 (gradient" in three and "C7 (codebook" in three
     assert "cannot" not in three
+    # one cycle has no (2B, T/2) checkpoint: C4 was in neither list
+    assert "It cannot test: C4: equal hours needs checkpoints at (B, T) and (2B, T/2)" in scope([4, 8, 16], cycles=1)
 
 
 def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> None:
