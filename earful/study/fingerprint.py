@@ -1,5 +1,7 @@
 """The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
-study that made it (finished runs of another recipe would be mixed into its report)."""
+study that made it (finished runs of another recipe would be mixed into its report). A finished study may
+continue with more seeds, probe seeds or grid entries (a batch size added): their runs are new, the finished
+ones are kept."""
 
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ RUN_ONLY = {"device", "threads", "log_every", "ckpt_every", "keep_last", "tensor
 # the study's config files and override lists: their effect is in the pretrain and finetune parts, key by key
 # (a preset's name and its file's path, or another copy of it, are the same recipe)
 OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "finetune.overrides"}
+# what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
+# finished study), its entries may not change or go. The pretrain part holds these of the first run only.
+PER_ENTRY = {"batch_seconds", "device_seconds", "max_steps", "optim.lr", "optim.cyclic_step_size"}
 
 
 def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
@@ -64,15 +69,25 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))},
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},
           "finetune": {k: v for k, v in fine.items() if _computes(k)},
-          "data": manifest_digests(study, root)}
+          "data": manifest_digests(study, root),
+          "grid": {r.tag: {"batch_seconds": r.batch_seconds, "devices": r.devices, "device_seconds": r.device_seconds,
+                           "lr": r.lr, "steps": r.steps} for r in runs}}
     if study.probes:  # a study without probes has no "probe" part: its fingerprint is what it was before probes
         probes = flatten(to_dict(probe_config(study)))
         fp["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
     return json.loads(json.dumps(fp))
 
 
+def _without_entries(fp: dict[str, Any]) -> dict[str, Any]:
+    """``fp`` less what its grid part holds entry by entry: the study's grid and the first run's own settings."""
+    return {part: {k: v for k, v in kv.items() if not (part == "study" and k == "grid")
+                   and not (part == "pretrain" and k in PER_ENTRY)} for part, kv in fp.items()}
+
+
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
-    """Refuse a folder holding a study of another recipe, naming the settings that differ."""
+    """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
+    compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
+    or go. A study.json written before entries were fingerprinted compares the grid as a whole."""
     p = out / "study.json"
     if not p.exists():
         return
@@ -81,17 +96,25 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         raise ValueError(f"{p}: written by an earlier development version of earful (format "
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
     old = _comparable(saved["fingerprint"])
-    if old == fingerprint:
+    new = {part: kv for part, kv in fingerprint.items() if part != "grid"}
+    if "grid" in old:  # grid entries by tag: the grid may grow, an entry may not change or go
+        gone_or_changed = [tag for tag, entry in old.pop("grid").items() if fingerprint["grid"].get(tag) != entry]
+        old, new = _without_entries(old), _without_entries(new)
+    else:  # a study.json of before: the grid as a whole, and the first run's settings
+        gone_or_changed = []
+    if old == new and not gone_or_changed:
         return
-    parts = [*fingerprint, *(part for part in old if part not in fingerprint)]
-    diff = [f"{part}.{k}" for part in parts for k in sorted(set(old.get(part, {})) | set(fingerprint.get(part, {})))
-            if old.get(part, {}).get(k) != fingerprint.get(part, {}).get(k)]
+    parts = [*new, *(part for part in old if part not in new)]
+    diff = [f"{part}.{k}" for part in parts for k in sorted(set(old.get(part, {})) | set(new.get(part, {})))
+            if old.get(part, {}).get(k) != new.get(part, {}).get(k)] + [f"grid.{tag}" for tag in gone_or_changed]
     why = []
+    if gone_or_changed and old == new:  # nothing else differs: an entry of its own was changed or removed
+        why.append("grid entries may be added to a study, not changed or removed")
     if "probe" not in old and old.get("study", {}).get("probes"):
         why.append("this folder's study.json does not record its probe recipe and probe manifests (written before "
                    "earful fingerprinted them), so its probe results may come from another recipe")
     was = old.get("data", {})
-    if any(k in was and was[k] != v for k, v in fingerprint.get("data", {}).items()):
+    if any(k in was and was[k] != v for k, v in new.get("data", {}).items()):
         why.append("a manifest's contents changed: the corpus was rebuilt or prepared again")
     raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
                      f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}; use another --out, or "

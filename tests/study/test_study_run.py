@@ -149,7 +149,7 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     other = load_study(study_file, ["jobs=2", "throughput=5"])  # how it runs is not what it is
     check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
     other = load_study(study_file, ["steps=5"])
-    with pytest.raises(ValueError, match=r"another recipe \(differs in .*pretrain\.max_steps"):
+    with pytest.raises(ValueError, match=r"another recipe \(differs in study\.steps, grid\.4s, grid\.8s\)"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
     other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])  # the list's effect, key by key
     with pytest.raises(ValueError, match=r"differs in finetune\..*finetune\.max_steps"):
@@ -251,6 +251,39 @@ def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> Non
     other = load_study(study_file, ["seeds=[1, 2]", "steps=5"])
     with pytest.raises(ValueError, match=r"differs in study\.steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+
+
+def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path) -> None:
+    """C2 one doubling further: a batch size added to a finished study continues it (its runs are new, the
+    finished ones kept), before or after the others; an entry the folder was made with may not change or go."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    study = load_study(study_file)  # grid [4, 8], lr sqrt-scaled around 8 s
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT,
+                                                "fingerprint": recipe_fingerprint(study, plan_runs(study),
+                                                                                  study_file.parent)}))
+    for grid in ("[4, 8, 16]", "[2, 4, 8]", "[{batch_seconds: 2, lr: 1.0e-4}, 4, 8]"):
+        more = load_study(study_file, [f"grid={grid}"])
+        check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
+    for grid, entry in (("[4, {batch_seconds: 8, lr: 1.0e-4}]", "8s"), ("[4, 16]", "8s"),
+                        ("[{batch_seconds: 4, device_seconds: 2}, 8]", "4s")):
+        other = load_study(study_file, [f"grid={grid}"])
+        with pytest.raises(ValueError, match=rf"differs in grid\.{entry}\) \(grid entries may be added"):
+            check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    other = load_study(study_file, ["grid=[4, 8, 16]", "reference_batch_seconds=16"])  # every entry's lr moves
+    with pytest.raises(ValueError, match=r"differs in study\.reference_batch_seconds, grid\.4s, grid\.8s\)"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    # a study.json written before grid entries were fingerprinted continues as it is, its grid compared whole
+    before = recipe_fingerprint(study, plan_runs(study), study_file.parent)
+    del before["grid"]
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": before}))
+    check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
+    more = load_study(study_file, ["grid=[4, 8, 16]"])
+    with pytest.raises(ValueError, match=r"differs in study\.grid\)"):
+        check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
 
 
 def test_one_study_process_per_folder(tmp_path) -> None:
