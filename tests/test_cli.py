@@ -70,3 +70,19 @@ def test_a_process_that_joined_a_process_group_ends_without_finalization(joined,
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "missing.yaml" in r.stderr
     assert ("finalized" in r.stdout) is not joined
+
+
+def test_an_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
+    """`config.model: unknown key(s) ['hiden_size']` named no file: which YAML (of a preset, a recipe, overrides)
+    held the typo was left to the user."""
+    from earful.config import ConfigError
+    from earful.finetune.config import load_finetune_config
+    from earful.pretrain.config import load_pretrain_config
+
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("model:\n  hiden_size: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: config\.model: unknown key\(s\) \['hiden_size'\]"):
+        load_pretrain_config(bad)
+    bad.write_text("optim:\n  lr: abc\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: config\.optim\.lr: expected a number, got 'abc'"):
+        load_finetune_config(bad)

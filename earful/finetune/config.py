@@ -103,8 +103,8 @@ class FinetuneConfig(TrainingConfig):
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Defaults ← YAML (path or preset name) ← ``key=value`` overrides."""
-    cfg = load_config(FinetuneConfig, path, overrides)
-    try:
+    try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
+        cfg = load_config(FinetuneConfig, path, overrides)
         cfg.validate()
     except ValueError as e:
         raise ConfigError(f"{config_source(path, overrides)}: {e}") from None

@@ -49,8 +49,8 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     base = to_dict(PretrainConfig())
     base["model_preset"] = preset
     base["model"] = to_dict(load_model_config(preset))
-    cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
-    try:
+    try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
+        cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
         cfg.validate()
     except ValueError as e:
         raise ConfigError(f"{config_source(path, overrides)}: {e}") from None
