@@ -61,7 +61,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     from earful.eval.transcribe import transcribe_files
 
     options = _beam_options(args)
-    model, vocab, _ = load_ctc(args.ckpt)
+    model, vocab, _ = load_ctc(args.ckpt, "transcribe")
     beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
     records = transcribe_files(
         model, vocab, args.files, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,

@@ -7,7 +7,8 @@ Greedy CTC decoding always runs; with an ARPA (or KenLM binary + lexicon) LM the
 on the same logits. References are normalised with the checkpoint's vocabulary (lower-cased, its text mapping
 applied, and ``text_mapping``'s entries over it: ``--text-mapping``); a character it cannot spell is an error naming
 the manifest and the utterance, and so is a manifest whose references are all empty (no error rate), before anything
-is transcribed.
+is transcribed. Rows without a transcript are transcribed, not scored: WER / CER are over the others, and the
+summaries and the log say how many had none, with a few ids (none labelled: hypotheses only, said so).
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
@@ -63,15 +64,16 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
     return CharVocab(out, mapping=vocab.get("mapping") or None)
 
 
-def load_ctc(ckpt: str | Path) -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
+def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
-    or run directory (its latest: :func:`earful.train.state.resolve_checkpoint`)."""
+    or run directory (its latest: :func:`earful.train.state.resolve_checkpoint`); ``command``, the one that
+    needs it, is named by the error about a checkpoint of another kind."""
     path = resolve_checkpoint(ckpt)
     if path is None:
         raise FileNotFoundError(f"{ckpt}: not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)")
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):
-        raise ValueError(f"{path}: a {info.get('kind')} checkpoint; evaluate needs a fine-tuned (CTC) one")
+        raise ValueError(f"{path}: a {info.get('kind')} checkpoint; {command} needs a fine-tuned (CTC) one")
     vocab = vocab_from_checkpoint(info.get("vocab"), str(path))
     if len(vocab) != model.lm_head.out_features:
         raise ValueError(f"{path}: {len(vocab)} symbols but the head has {model.lm_head.out_features} outputs")
@@ -133,14 +135,15 @@ def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> d
 
 def references(utts: Sequence[Utterance], vocab: CharVocab) -> list[str | None]:
     """Each utterance's transcript normalised with ``vocab`` (None where it has none). A manifest whose
-    references are all empty has no error rate: refused here, before anything is transcribed.
+    references (of the utterances that have one) are all empty has no error rate: refused here, before anything
+    is transcribed.
 
     Raises:
         ValueError: a character ``vocab`` cannot spell (naming the utterance), or only empty references.
     """
     refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
     scored = [r for r in refs if r is not None]
-    if scored and len(scored) == len(refs):  # what write_hypotheses scores: every utterance has a reference
+    if scored:  # what write_hypotheses scores: the utterances that have a reference
         error_counts(scored, [""] * len(scored), "char")  # raises when the error rate is undefined
     return refs
 
@@ -199,11 +202,23 @@ def evaluate(
             results["lm"] = write_hypotheses(out, ids, [lm_hyps[i] for i in ids], refs, f"{split}.lm",
                                              {**meta, "decoder": "lm", **summary["lm"]})
         summary["splits"][split] = {
-            name: {k: r[k] for k in ("utterances", "wer", "cer") if k in r} for name, r in results.items()
+            name: {k: r[k] for k in SPLIT_KEYS if k in r} for name, r in results.items()
         }
     atomic_write_json(out / "summary.json", summary)
     for split, res in summary["splits"].items():
-        log.info("%s: %s", split, ", ".join(
-            f"{name} WER {100 * r['wer']:.2f} % CER {100 * r['cer']:.2f} %" for name, r in res.items() if "wer" in r
-        ))  # fmt: skip
+        log.info("%s: %s", split, ", ".join(_scores(name, r) for name, r in res.items()))
     return summary
+
+
+SPLIT_KEYS = ("utterances", "scored", "unlabelled", "unlabelled_ids", "wer", "cer")  # a split's in summary.json
+
+
+def _scores(decoder: str, r: Mapping[str, Any]) -> str:
+    """One decoder's result for the log: its WER / CER and over how many utterances, or why there are none."""
+    if "wer" not in r:
+        return f"{decoder}: no WER/CER (none of the {r['utterances']} utterances has a transcript)"
+    text = f"{decoder} WER {100 * r['wer']:.2f} % CER {100 * r['cer']:.2f} %"
+    if r.get("unlabelled"):
+        text += (f" over {r['scored']} of {r['utterances']} utterances ({r['unlabelled']} without a transcript, "
+                 f"e.g. {', '.join(r['unlabelled_ids'][:3])})")
+    return text

@@ -12,6 +12,7 @@ from earful.atomic import atomic_open, atomic_write_json
 from earful.eval.metrics import error_counts, score
 
 log = logging.getLogger(__name__)
+UNLABELLED_IDS = 5  # ids of utterances without a reference named in a summary and its warning
 
 
 def write_hypotheses(
@@ -23,8 +24,12 @@ def write_hypotheses(
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``OUT/NAME.jsonl`` (one ``{"id", "hyp"[, "ref", word/char error counts]}`` a line) and
-    ``OUT/NAME.summary.json`` (corpus WER/CER with counts when every utterance has a reference, plus
+    ``OUT/NAME.summary.json`` (corpus WER/CER with counts over the utterances that have a reference, plus
     ``meta``: split, checkpoint, decoder options, ...). Returns the summary.
+
+    Where some references are None (a manifest row without a transcript) the summary also has ``scored`` (the
+    utterances WER/CER are over), ``unlabelled`` (how many have none) and ``unlabelled_ids`` (the first
+    few), and a warning says so; where none has one, there is no WER/CER and the warning says that.
     """
     n = len(ids)
     if len(hypotheses) != n or (references is not None and len(references) != n):
@@ -36,7 +41,6 @@ def write_hypotheses(
         raise ValueError("utterance ids are not unique")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scored = references is not None and all(r is not None for r in references)
     jsonl = out_dir / f"{name}.jsonl"
     with atomic_open(jsonl) as f:
         for i, utt in enumerate(ids):
@@ -54,10 +58,20 @@ def write_hypotheses(
                 )
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary: dict[str, Any] = {"name": name, "utterances": n}
-    if scored and n:
-        summary.update(score(list(references or []), list(hypotheses)))  # type: ignore[arg-type]
-    elif references is not None:
-        log.warning("%s: some utterances have no reference; no WER/CER in the summary", name)
+    labelled = [i for i in range(n) if references is not None and references[i] is not None]
+    if references is not None and len(labelled) < n:
+        unlabelled = [ids[i] for i in range(n) if references[i] is None]
+        summary.update(scored=len(labelled), unlabelled=len(unlabelled), unlabelled_ids=unlabelled[:UNLABELLED_IDS])
+        shown = ", ".join(unlabelled[:UNLABELLED_IDS]) + (", ..." if len(unlabelled) > UNLABELLED_IDS else "")
+        if labelled:
+            log.warning("%s: %d of %d utterances have no transcript (%s): WER/CER over the other %d", name,
+                        len(unlabelled), n, shown, len(labelled))
+        else:
+            log.warning("%s: none of the %d utterances has a transcript (%s): hypotheses only, no WER/CER", name,
+                        n, shown)
+    if labelled:
+        scores = score([references[i] for i in labelled], [hypotheses[i] for i in labelled])  # type: ignore[index, misc]
+        summary.update({k: v for k, v in scores.items() if k != "utterances"})  # all of them, not only the scored
     summary.update(meta or {})
     summary["hypotheses"] = jsonl.name
     atomic_write_json(out_dir / f"{name}.summary.json", summary)
@@ -67,6 +81,6 @@ def write_hypotheses(
             name,
             100 * summary["wer"],
             100 * summary["cer"],
-            n,
+            len(labelled),
         )
     return summary

@@ -12,8 +12,8 @@ chunk and the batch, not on the file (the waveform itself is held: 64 kB a secon
 Windows of consecutive files share batches of at most ``device_seconds`` of padded audio. The model runs
 batch-invariant (:func:`earful.model.batch_invariant`), so the batch changes no transcript, and a file's
 transcript is the pipeline's with the same chunking (``chunk_seconds=0``: whole files, the pipeline's
-default). A file that cannot be read is named (logged, and a record with its ``error``), the others are
-transcribed; the caller decides what failure means.
+default). A file that cannot be read is named (logged, and a record with its ``error``; a directory is said to be
+one), the others are transcribed; the caller decides what failure means.
 """
 
 from __future__ import annotations
@@ -149,6 +149,9 @@ def transcribe_files(
     def windows() -> Iterator[_Piece]:
         for i, path in enumerate(files):
             try:
+                if Path(path).is_dir():
+                    raise AudioError(f"{path}: a directory, not an audio file (transcribe takes audio files, e.g. "
+                                     "DIR/*.flac, that libsndfile reads: WAV, FLAC, OGG/Opus, MP3, AIFF)")
                 wave = load_audio(path)
             except AudioError as e:
                 log.error("%s", e)

@@ -1,13 +1,17 @@
 """Character vocabulary for CTC fine-tuning (wav2vec 2.0 style).
 
 Index 0 is the CTC blank ``<b>``, index 1 the word delimiter ``|`` (a space in text), then the
-apostrophe and ``a``..``z``: 29 symbols. Text is lower-cased before encoding; any other character is an
-error naming it (and the utterance, when given) unless an explicit ``mapping`` replaces or removes it.
+apostrophe and ``a``..``z``: 29 symbols. Text is put in Unicode NFC form (a letter and its combining accent,
+``e`` + U+0301, become one character, ``é``, as a mapping names it) and lower-cased before the mapping and the
+encoding; any other character is an error naming it (a combining or non-printing one by its code point, U+0301),
+the utterance when given, and a mapping for every one of them, unless an explicit ``mapping`` replaces or removes
+it.
 """
 
 from __future__ import annotations
 
 import string
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +41,34 @@ def check_mapping(mapping: Mapping[Any, Any], name: str = "mapping") -> dict[str
     return dict(mapping)
 
 
+def _visible(c: str) -> bool:
+    """Whether ``c`` shows as itself, quoted: printable, not combining, no quote or backslash."""
+    return c.isprintable() and not unicodedata.combining(c) and c not in "'\"\\"
+
+
+def describe(c: str) -> str:
+    """``c`` for a message: ``'é'``, or by code point where it would not show (``U+0301 (COMBINING ACUTE
+    ACCENT)``)."""
+    if _visible(c):
+        return repr(c)
+    name = unicodedata.name(c, "")
+    return f"U+{ord(c):04X}" + (f" ({name})" if name else "")
+
+
+def removal_example(chars: Sequence[str]) -> str:
+    """A YAML mapping that removes every one of ``chars``: ``{'é': '', 'ï': ''}``, or, where one would not
+    show, with YAML's double-quoted escapes, ``{"\\u0301": ""}``."""
+    if all(_visible(c) for c in chars):
+        return "{" + ", ".join(f"{c!r}: ''" for c in chars) + "}"
+    esc = [c if _visible(c) else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") for c in chars]
+    return "{" + ", ".join(f'"{c}": ""' for c in esc) + "}"
+
+
+def _shell(value: str) -> str:
+    """``value`` quoted for a shell: in double quotes unless it holds one."""
+    return f"'{value}'" if '"' in value else f'"{value}"'
+
+
 def strip_placeholders(text: str) -> str:
     """``text`` without stand-ins of multi-character symbols, spaces merged and stripped."""
     return " ".join("".join(c for c in text if ord(c) not in PLACEHOLDERS).split())
@@ -48,12 +80,17 @@ class CharVocab:
     Args:
         symbols: the token list; index 0 must be the blank and ``|`` must be present. Each other symbol
             must be a single character. Defaults to blank, ``|``, ``'``, ``a``..``z``.
-        mapping: characters (after lower-casing) to replace before encoding, e.g. ``{"-": " ", "é": "e",
-            ".": ""}``; an empty value removes the character. Applied character by character.
+        mapping: characters (after NFC normalisation and lower-casing) to replace before encoding, e.g.
+            ``{"-": " ", "é": "e", ".": ""}``; an empty value removes the character. Applied character by
+            character.
+        setting: the setting a mapping for this vocabulary is given in, named by the error about a character
+            outside it (e.g. the probe's ``asr.text_mapping``); default: fine-tuning's ``text_mapping`` and
+            evaluate's ``--text-mapping``.
     """
 
     def __init__(
-        self, symbols: Sequence[str] | None = None, mapping: Mapping[str, str] | None = None
+        self, symbols: Sequence[str] | None = None, mapping: Mapping[str, str] | None = None,
+        setting: str | None = None,
     ) -> None:
         symbols = tuple(DEFAULT_SYMBOLS if symbols is None else symbols)
         if not symbols or symbols[0] != BLANK:
@@ -67,6 +104,7 @@ class CharVocab:
                 raise ValueError(f"symbols other than the blank must be single characters, got {s!r}")
         self.symbols = symbols
         self.mapping = check_mapping(mapping or {})
+        self.setting = setting
         self._index = {s: i for i, s in enumerate(symbols)}
         self.blank_id = 0
         self.delimiter_id = self._index[DELIMITER]
@@ -89,23 +127,24 @@ class CharVocab:
 
     # ------------------------------------------------------------------ text
     def normalize(self, text: str, utt_id: str | None = None) -> str:
-        """Lower-case, apply the mapping, collapse white space; raise on characters outside the vocabulary.
+        """NFC-normalise, lower-case, apply the mapping, collapse white space; raise on characters outside the
+        vocabulary, naming each, with a mapping that removes them all in the setting it is given in.
 
         Returns the normalised text with single spaces between words (no leading/trailing space).
         """
-        text = text.lower()
+        text = unicodedata.normalize("NFC", text).lower()
         if self.mapping:
             text = "".join(self.mapping.get(c, c) for c in text)
         words = text.split()
         bad = sorted({c for w in words for c in w if c not in self._index or c == DELIMITER})
         if bad:
             where = f" in utterance {utt_id!r}" if utt_id is not None else ""
-            shown = ", ".join(repr(c) for c in bad)
-            example = f"{{{bad[0]!r}: ''}}"
-            raise ValueError(
-                f"characters outside the vocabulary{where}: {shown} (text {text[:80]!r}); a text mapping replaces "
-                f"or removes them: fine-tuning's text_mapping={example}, evaluate's --text-mapping \"{example}\""
-            )
+            shown = ", ".join(describe(c) for c in bad)
+            example = removal_example(bad)
+            settings = (f"{self.setting}={example}" if self.setting is not None else
+                        f"fine-tuning's text_mapping={example}, evaluate's --text-mapping {_shell(example)}")
+            raise ValueError(f"characters outside the vocabulary{where}: {shown} (text {text[:80]!r}); a text "
+                             f"mapping replaces or removes them: {settings}")
         return " ".join(words)
 
     def encode(self, text: str, utt_id: str | None = None) -> list[int]:

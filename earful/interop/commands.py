@@ -18,7 +18,7 @@ def _export(args: argparse.Namespace) -> int:
     vocab = info.get("vocab") or {}
     card = model_card(args.ckpt, count_parameters(model))
     export_hf(model, args.out, vocab_symbols=vocab.get("symbols"), special=vocab.get("tokens"), card=card,
-              source=args.ckpt)
+              source=args.ckpt, text_mapping=vocab.get("mapping"))
     log.info("wrote a transformers %s folder to %s, its model card in README.md", info["kind"], args.out)
     if args.push:
         log.info("pushed to %s", push_to_hub(args.out, args.push, private=args.private))
@@ -28,15 +28,18 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from earful.atomic import atomic_folder
     from earful.checkpoint import save_model
-    from earful.interop.hf import HF_CONFIG, IMPORT_FILES, check_output_folder, import_hf, special_tokens
+    from earful.interop import hf
 
-    check_output_folder(args.ckpt, source=args.hf_dir, writes=IMPORT_FILES, other=(HF_CONFIG, "a transformers model"),
-                        command="import-hf")
-    model, symbols = import_hf(args.hf_dir, trust_pickle=args.trust_pickle, need_vocab=True)
+    hf.check_output_folder(args.ckpt, source=args.hf_dir, writes=hf.IMPORT_FILES,
+                           other=(hf.HF_CONFIG, "a transformers model"), command="import-hf")
+    model, symbols = hf.import_hf(args.hf_dir, trust_pickle=args.trust_pickle, need_vocab=True)
     vocab = None
     if symbols is not None:
-        tokens = special_tokens(args.hf_dir, symbols)  # what export-hf names again
+        tokens = hf.special_tokens(args.hf_dir, symbols)  # what export-hf names again
+        mapping = hf.read_text_mapping(args.hf_dir)  # what export-hf kept of fine-tuning's text_mapping
         vocab = {"symbols": symbols, **({"tokens": tokens} if tokens else {})}
+        if mapping:
+            vocab["mapping"] = mapping
     with atomic_folder(args.ckpt) as tmp:  # the new checkpoint's files, or what was there before
         save_model(tmp, model, vocab=vocab)
     log.info("wrote an earful checkpoint to %s", args.ckpt)

@@ -3,11 +3,13 @@
 Export and import need no `transformers` install: a HF model folder is ``config.json`` plus
 ``model.safetensors`` (or a ``pytorch_model.bin`` read with ``weights_only=True``, or either's shards), the
 feature extractor's settings (``preprocessor_config.json``, or transformers 5's ``processor_config.json``) and,
-for a CTC model, its tokenizer (``vocab.json``, ``tokenizer_config.json``, ``added_tokens.json``). The mapping
-is explicit, one line per tensor, and round-trip tested; earful's fused QKV is split into HF's q/k/v
-projections in that order. Both directions check everything before writing anything, then move the new files
-into their folder from a temporary one inside it (``earful.atomic.atomic_folder``): never over the folder they
-read nor the other format.
+for a CTC model, its tokenizer (``vocab.json``, ``tokenizer_config.json``, ``added_tokens.json``) and, where
+fine-tuning had one, its ``text_mapping`` as ``config.json``'s ``earful_text_mapping`` (a key of earful's own,
+which transformers' ``PretrainedConfig`` keeps and ignores; import-hf reads it back so that ``evaluate`` normalises
+references as before). The mapping of weights is explicit, one line per tensor, and round-trip tested; earful's
+fused QKV is split into HF's q/k/v projections in that order. Both directions check everything before writing
+anything, then move the new files into their folder from a temporary one inside it
+(``earful.atomic.atomic_folder``): never over the folder they read nor the other format.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from earful.checkpoint import (
     safe_torch_load,
 )
 from earful.config import from_dict, to_dict
-from earful.eval.vocab import DELIMITER
+from earful.eval.vocab import DELIMITER, check_mapping
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
 log = logging.getLogger(__name__)
@@ -282,6 +284,7 @@ PREPROCESSOR = "preprocessor_config.json"  # a feature extractor saved alone; wh
 PROCESSOR = "processor_config.json"  # transformers 5's Wav2Vec2Processor: the feature extractor inside
 TOKENIZER = "tokenizer_config.json"
 VOCAB = "vocab.json"
+TEXT_MAPPING = "earful_text_mapping"  # config.json: a fine-tuned vocabulary's text mapping (transformers keeps it)
 ADDED_TOKENS = "added_tokens.json"
 CARD = "README.md"  # the model card
 BIN = "pytorch_model.bin"
@@ -365,12 +368,13 @@ def check_output_folder(out: str | Path, *, source: str | Path | None, writes: f
 
 def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[str] | None = None, *,
               special: dict[str, str] | None = None, card: str | None = None,
-              source: str | Path | None = None) -> Path:
+              source: str | Path | None = None, text_mapping: dict[str, str] | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` so that
     ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it; for a CTC model with its vocabulary
     also ``vocab.json`` and ``tokenizer_config.json`` (``special``: see :func:`tokenizer_config`), which make
     the folder a whole processor: ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``
-    transcribes with it; ``card``: the text of ``README.md``.
+    transcribes with it; ``card``: the text of ``README.md``; ``text_mapping``: the vocabulary's text mapping,
+    kept in ``config.json`` as ``earful_text_mapping`` (:func:`read_text_mapping`).
 
     Every file is made, and checked, before anything is written; the files are then written into a temporary
     folder inside ``out_dir`` and moved into place (:func:`earful.atomic.atomic_folder`): a refused or failed
@@ -383,6 +387,8 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
         raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
     files = {HF_CONFIG: hf_config(cfg, kind=kind, vocab_size=vocab_size), PREPROCESSOR: feature_extractor_config(cfg)}
+    if text_mapping:
+        files[HF_CONFIG][TEXT_MAPPING] = check_mapping(text_mapping, "text_mapping")
     if vocab_symbols is not None:
         files[TOKENIZER] = tokenizer_config(list(vocab_symbols), special)
         files[VOCAB] = {s: i for i, s in enumerate(vocab_symbols)}
@@ -589,6 +595,18 @@ def special_tokens(hf_dir: str | Path, symbols: list[str]) -> dict[str, str]:
         if isinstance(name, str) and name in symbols:
             out[role] = name
     return out
+
+
+def read_text_mapping(hf_dir: str | Path) -> dict[str, str] | None:
+    """The text mapping export-hf kept in ``config.json`` (``earful_text_mapping``), checked; None without one."""
+    where = Path(hf_dir) / HF_CONFIG
+    mapping = read_json(where).get(TEXT_MAPPING)
+    if mapping is None:
+        return None
+    try:
+        return check_mapping(mapping, f"{where}: {TEXT_MAPPING}")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _usable_vocab(symbols: list[str], where: Path) -> None:

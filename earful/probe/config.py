@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from earful.config import at_least
+from earful.eval.vocab import check_mapping
 
 
 @dataclass
@@ -18,6 +19,15 @@ class SequenceRecipe:
     lr: float = 0.04  # PR on the demo corpus: 2e-3 gave 80 % PER, 1e-2 57 %, 0.04 47 % (16 s checkpoint)
     batch_utterances: int = 16
     hidden: int = 0  # width of one hidden layer (GELU) before the output layer; 0 = a linear head
+
+
+@dataclass
+class ASRRecipe(SequenceRecipe):
+    """The ASR probe's recipe: a :class:`SequenceRecipe` and the transcripts' ``text_mapping``, characters to
+    replace or remove (``""``) before the 28 characters of :class:`~earful.eval.vocab.CharVocab`, as fine-tuning's
+    (``asr.text_mapping="{'é': e, ',': ''}"``)."""
+
+    text_mapping: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -33,7 +43,7 @@ class UtteranceRecipe:
 @dataclass
 class ProbeConfig:
     pr: SequenceRecipe = field(default_factory=SequenceRecipe)  # linear, as SUPERB's PR
-    asr: SequenceRecipe = field(default_factory=lambda: SequenceRecipe(lr=5e-3, hidden=256))
+    asr: ASRRecipe = field(default_factory=lambda: ASRRecipe(lr=5e-3, hidden=256))
     sid: UtteranceRecipe = field(default_factory=UtteranceRecipe)
     ic: UtteranceRecipe = field(default_factory=UtteranceRecipe)
 
@@ -52,3 +62,4 @@ class ProbeConfig:
             if isinstance(recipe, UtteranceRecipe) and not (math.isfinite(recipe.weight_decay)
                                                             and recipe.weight_decay >= 0):
                 raise ValueError(f"{task}.weight_decay={recipe.weight_decay}: expected a finite number >= 0")
+        self.asr.text_mapping = check_mapping(self.asr.text_mapping, "asr.text_mapping")

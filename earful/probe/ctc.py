@@ -2,8 +2,8 @@
 
 - **PR**, phoneme recognition: targets are the manifest's ``phonemes`` (earful's 40-phoneme inventory,
   :mod:`earful.data.phonemes`); phoneme error rate (``per``).
-- **ASR**, character recognition: targets are the transcripts in :class:`~earful.eval.vocab.CharVocab`;
-  ``wer`` and ``cer``.
+- **ASR**, character recognition: targets are the transcripts in :class:`~earful.eval.vocab.CharVocab`
+  (other characters replaced or removed by the recipe's ``asr.text_mapping``); ``wer`` and ``cer``.
 
 Training: Adam with the learning rate decayed linearly to zero, utterances shuffled by the seed; after each
 epoch the dev error (PER, or CER for ASR) is measured and the best epoch's head is the one tested.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +68,10 @@ def phonemes_task() -> Transcription:
         score=lambda refs, hyps: {"per": error_counts(refs, hyps, "word").rate}, main="per")
 
 
-def characters_task() -> Transcription:
-    vocab = CharVocab()
+def characters_task(text_mapping: Mapping[str, str] | None = None) -> Transcription:
+    """ASR's task; ``text_mapping``: the recipe's ``asr.text_mapping``, named by the error about a character
+    outside the vocabulary."""
+    vocab = CharVocab(mapping=text_mapping or None, setting="asr.text_mapping")
 
     def transcribed(split: Split) -> list[Utterance]:
         require(split, "transcript", "ASR needs a transcript for every utterance")

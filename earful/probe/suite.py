@@ -50,7 +50,7 @@ Check = Callable[[Split, Split, Split], object]
 def _task(task: str, config: ProbeConfig) -> tuple[Check, Trainer]:
     """(the check of a task's labels, its training), for (train, dev, test) splits."""
     if task in ("pr", "asr"):
-        t = phonemes_task() if task == "pr" else characters_task()
+        t = phonemes_task() if task == "pr" else characters_task(config.asr.text_mapping)
         recipe = config.pr if task == "pr" else config.asr
         return (lambda *s: check_labels(t, *s)), (lambda tr, dv, te, seed: train_ctc(t, tr, dv, te, recipe, seed))
     if task == "sid":

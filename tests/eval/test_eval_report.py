@@ -29,11 +29,24 @@ def test_writes_per_utterance_rows_and_a_summary(tmp_path):
     assert summary["utterances"] == 2 and summary["hypotheses"] == "dev-clean.greedy.jsonl"
 
 
-def test_without_references_only_hypotheses_are_written(tmp_path):
-    summary = write_hypotheses(tmp_path, ["a", "b"], ["x", "y"], references=[None, "y"], name="beam")
-    assert "wer" not in summary and summary["utterances"] == 2
+def test_utterances_without_a_reference_are_counted_and_the_others_scored(tmp_path, caplog):
+    """One row without a reference dropped WER/CER for all of them, silently in the summary. Now the others are
+    scored, and the summary and the log say how many had none, and which."""
+    summary = write_hypotheses(tmp_path, ["a", "b", "c"], ["x", "y", "y z"], references=[None, "y", "y"], name="beam")
+    assert summary["utterances"] == 3 and summary["scored"] == 2
+    assert summary["unlabelled"] == 1 and summary["unlabelled_ids"] == ["a"]
+    assert summary["wer"] == pytest.approx(1 / 2) and summary["cer"] == pytest.approx(2 / 2)
+    assert "beam: 1 of 3 utterances have no transcript (a): WER/CER over the other 2" in caplog.text
     rows = [json.loads(line) for line in (tmp_path / "beam.jsonl").read_text().splitlines()]
     assert rows[0] == {"id": "a", "hyp": "x"} and rows[1]["word_errors"] == 0
+
+
+def test_without_any_reference_only_hypotheses_are_written_and_said_so(tmp_path, caplog):
+    ids = [f"u{i}" for i in range(7)]
+    summary = write_hypotheses(tmp_path, ids, ["x"] * 7, references=[None] * 7, name="raw")
+    assert "wer" not in summary and summary["scored"] == 0 and summary["unlabelled"] == 7
+    assert summary["unlabelled_ids"] == ids[:5]
+    assert "raw: none of the 7 utterances has a transcript (u0, u1, u2, u3, u4, ...): hypotheses only" in caplog.text
 
 
 def test_mismatched_or_duplicate_ids_are_refused(tmp_path):

@@ -78,3 +78,42 @@ def test_a_text_mapping_is_checked_alike_wherever_it_is_given(bad, raw, message)
         FinetuneConfig(text_mapping=bad).validate()
     with pytest.raises(ValueError, match=f"^--text-mapping .*: {message}"):
         text_mapping(raw)
+
+
+def test_the_suggested_mapping_removes_every_character_outside_the_vocabulary():
+    """The message suggested a mapping for the first bad character only ({'é': ''}): applied, it failed again
+    on 'ï'. Now it names all of them, and the suggestion, read as YAML, makes the text encodable."""
+    import yaml
+
+    v = CharVocab()
+    with pytest.raises(ValueError) as e:
+        v.encode("naïve café", utt_id="u1")
+    msg = str(e.value)
+    assert "fine-tuning's text_mapping={'é': '', 'ï': ''}" in msg
+    assert "evaluate's --text-mapping \"{'é': '', 'ï': ''}\"" in msg
+    example = msg.split("text_mapping=")[1].split(", evaluate")[0]
+    assert CharVocab(mapping=yaml.safe_load(example)).normalize("naïve café") == "nave caf"
+
+
+def test_decomposed_text_is_composed_and_a_loose_combining_mark_is_named_by_code_point():
+    """An NFD transcript (e + U+0301) failed on an invisible combining character, not named, and a mapping of
+    'é' did not apply to it. Text is NFC-normalised first; a combining mark left alone is named U+0301."""
+    import yaml
+
+    nfd = "cafe\u0301"
+    assert CharVocab(mapping={"é": "e"}).normalize(nfd) == "cafe"
+    with pytest.raises(ValueError, match="'é'"):
+        CharVocab().normalize(nfd)
+    with pytest.raises(ValueError) as e:
+        CharVocab().normalize("a \u0301b", utt_id="u2")  # a combining mark with no letter to compose with
+    msg = str(e.value)
+    assert "U+0301 (COMBINING ACUTE ACCENT)" in msg and "u2" in msg
+    example = msg.split("text_mapping=")[1].split(", evaluate")[0]
+    assert example == '{"\\u0301": ""}' and "--text-mapping '{\"\\u0301\": \"\"}'" in msg
+    assert CharVocab(mapping=yaml.safe_load(example)).normalize("a \u0301b") == "a b"
+
+
+def test_the_error_names_the_setting_the_caller_gives():
+    with pytest.raises(ValueError) as e:
+        CharVocab(setting="asr.text_mapping").normalize("é")
+    assert str(e.value).endswith("asr.text_mapping={'é': ''}") and "fine-tuning" not in str(e.value)

@@ -165,12 +165,34 @@ def test_an_upper_case_lm_scores_as_a_lower_case_one(tmp_path, always_a) -> None
     assert summary["splits"]["dev"]["lm"]["wer"] == pytest.approx(0.5)
 
 
-def test_unlabelled_manifest_gets_hypotheses_only(tmp_path, always_a) -> None:
+def test_unlabelled_manifest_gets_hypotheses_only_and_says_so(tmp_path, always_a, caplog) -> None:
+    caplog.set_level("INFO")
     m = write_split(tmp_path / "data", "raw", [None, None])
     summary = evaluate(always_a, [m], tmp_path / "eval")
-    assert summary["splits"]["raw"]["greedy"] == {"utterances": 2}
+    assert summary["splits"]["raw"]["greedy"] == {"utterances": 2, "scored": 0, "unlabelled": 2,
+                                                  "unlabelled_ids": ["raw-0", "raw-1"]}
+    assert "raw: greedy: no WER/CER (none of the 2 utterances has a transcript)" in caplog.text
     rows = [json.loads(x) for x in (tmp_path / "eval" / "raw.greedy.jsonl").read_text().splitlines()]
     assert [r["hyp"] for r in rows] == ["a", "a"] and "ref" not in rows[0]
+
+
+def test_rows_without_a_transcript_are_counted_and_the_others_scored(tmp_path, always_a, caplog) -> None:
+    """One row without a transcript had dropped WER/CER for the whole split: summary {"utterances": 6}, the log
+    line "my-corpus: " empty, exit status 0. Now the labelled rows are scored and the others counted and named."""
+    from earful.cli import main
+
+    caplog.set_level("INFO")
+    m = write_split(tmp_path / "data", "my-corpus", ["a", None, "b", "a", None, "a b"])
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(always_a), str(m), "--out", str(out)]) == 0
+    greedy = json.loads((out / "summary.json").read_text())["splits"]["my-corpus"]["greedy"]
+    # 'a' vs 'a', 'b', 'a', 'a b': words 0 + 1 + 0 + 1 over 5; chars 0 + 1 + 0 + 2 over 6
+    assert greedy == {"utterances": 6, "scored": 4, "unlabelled": 2, "unlabelled_ids": ["my-corpus-1", "my-corpus-4"],
+                      "wer": pytest.approx(2 / 5), "cer": pytest.approx(3 / 6)}
+    assert ("my-corpus: greedy WER 40.00 % CER 50.00 % over 4 of 6 utterances (2 without a transcript, e.g. "
+            "my-corpus-1, my-corpus-4)") in caplog.text
+    detail = json.loads((out / "my-corpus.greedy.summary.json").read_text())
+    assert detail["unlabelled"] == 2 and detail["wer"] == pytest.approx(2 / 5)
 
 
 @pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")

@@ -212,3 +212,27 @@ def test_the_bar_reads_the_files_headers_only_when_it_shows(tmp_path, monkeypatc
     monkeypatch.setattr(T, "tqdm", shown)
     assert T.transcribe_files(model, vocab, files) == off
     assert headers == files and bars[0].n == 1.75 and bars[0].total == round(1.75, 1)  # the total as shown
+
+
+def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, tmp_path, caplog) -> None:
+    """`transcribe` of a pre-training checkpoint said "evaluate needs a fine-tuned (CTC) one", and of a directory
+    "unreadable audio header (... Format not recognised.)"."""
+    from earful.checkpoint import save_model
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+
+    ckpt, manifest = tone_ctc
+    audio = read_manifest(manifest)[0].path
+    pt = tmp_path / "pt"
+    save_model(pt, Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    assert main(["transcribe", str(pt), audio]) == 2
+    assert "a pretraining checkpoint; transcribe needs a fine-tuned (CTC) one" in caplog.text
+    assert "evaluate needs" not in caplog.text
+    caplog.clear()
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    out = tmp_path / "out.jsonl"
+    assert main(["transcribe", str(ckpt), audio, str(folder), "--out", str(out)]) == 1
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (transcribe "
+                                                             "takes audio files")
+    assert "Format not recognised" not in caplog.text and "a directory, not an audio file" in caplog.text

@@ -108,3 +108,36 @@ def test_features_shape_and_values(tmp_path) -> None:
                  str(tmp_path / "again" / "a.wav"), "--out", str(tmp_path / "clash")]) == 2
     assert not (tmp_path / "clash").exists() or not list((tmp_path / "clash").iterdir())
     assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == ["a.npy", "b.npy"]  # no temporary left behind
+
+
+def test_export_import_keeps_the_text_mapping_in_config_json(tmp_path, caplog) -> None:
+    """export-hf then import-hf lost a fine-tuned checkpoint's text_mapping: evaluate of the imported checkpoint
+    failed on characters the original mapped. config.json carries it (earful_text_mapping, which transformers'
+    config keeps); a folder without it imports as before; a bad one is named."""
+    from earful.eval.evaluate import vocab_from_checkpoint
+
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29)
+    symbols = ["<b>", "|", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    mapping = {"é": "e", "-": " ", ",": ""}
+    save_model(tmp_path / "ckpt", model, vocab={"symbols": symbols, "mapping": mapping})
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["earful_text_mapping"] == mapping
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    _, info = load_model(tmp_path / "back")
+    assert info["vocab"]["mapping"] == mapping
+    assert vocab_from_checkpoint(info["vocab"]).normalize("Café self-made,") == "cafe self made"
+    try:
+        from transformers import Wav2Vec2Config
+    except ImportError:
+        pass
+    else:  # transformers reads the folder and keeps the key (save_pretrained writes it again)
+        assert Wav2Vec2Config.from_pretrained(tmp_path / "hf").earful_text_mapping == mapping
+    config["earful_text_mapping"] = {"ab": ""}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "bad")]) == 2
+    assert "config.json: earful_text_mapping: keys must be single characters, got 'ab'" in caplog.text
+    del config["earful_text_mapping"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "plain")]) == 0
+    assert "mapping" not in load_model(tmp_path / "plain")[1]["vocab"]

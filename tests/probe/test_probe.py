@@ -483,3 +483,27 @@ def test_features_float16_cannot_hold_are_refused_naming_the_utterance(tmp_path,
     with pytest.raises(ValueError, match=rf"m: utterance {utts[1].id!r}: features not finite or beyond float16's "
                                          r"±65504 \(largest 1e\+05\)"):
         _extract(lambda waves: [torch.ones(3, 2, 4), torch.full((3, 2, 4), 1e5)], 50.0, utts, "m", False)
+
+
+def test_asr_text_mapping_spells_transcripts_outside_a_to_z_and_is_the_setting_errors_name(tones, cache: Path,
+                                                                                          tmp_path: Path, caplog):
+    """The ASR probe had no text mapping (transcripts outside a-z could not be probed) and its error pointed at
+    fine-tuning's text_mapping / evaluate's --text-mapping, which the probe does not take. Now asr.text_mapping
+    maps them, is checked as fine-tuning's is, and is the setting the error names."""
+    accented = {}
+    for name in ("train", "same", "held"):
+        utts = read_manifest(tones[name])
+        accented[name] = tmp_path / f"{name}.jsonl"
+        write_manifest([replace(u, transcript=str(u.transcript).replace("E", "É")) for u in utts], accented[name])
+    manifests = {"asr": (accented["train"], accented["same"], accented["held"])}
+    fb = Upstream.parse("fbank")
+    with pytest.raises(ValueError, match=r"train.jsonl: .*'é'.*: asr.text_mapping=\{'é': ''\}$") as e:
+        probe(fb, manifests, tmp_path / "o", config=config(), cache_dir=cache, progress=False)
+    assert "fine-tuning" not in str(e.value) and "--text-mapping" not in str(e.value)
+    result = probe(fb, manifests, tmp_path / "o", config=config("asr.epochs=1", "asr.text_mapping={'é': e}"),
+                   cache_dir=cache, progress=False)["asr"]
+    assert 0 <= result.test["cer"]
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["config"]["asr"]["text_mapping"] == {"é": "e"}
+    with pytest.raises(ValueError, match=r"^asr.text_mapping: keys must be single characters, got 'ab'"):
+        config("asr.text_mapping={ab: ''}")
