@@ -10,13 +10,16 @@ Words the vocabulary cannot spell are skipped (counted in the log).
 Case: a vocabulary of lower-case letters (earful's, and an imported one: :func:`earful.eval.evaluate.
 vocab_from_checkpoint` lower-cases it) spells each LM word lower-cased, so an upper-case LM (LibriSpeech's official
 4-gram) serves it; the LM is still asked about its own words (``HELLO``), and transcripts give each word in the
-vocabulary's case (``hello``), as references are normalised (:meth:`CharVocab.normalize` lower-cases them).
+vocabulary's case (``hello``), as references are normalised (:meth:`CharVocab.normalize` lower-cases them). The
+vocabulary's text mapping applies alike: with fine-tuning's ``text_mapping={é: e}`` the LM's ``café`` is spelled,
+and transcribed, ``cafe``, as the references are.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,18 +85,27 @@ def lower_case(vocab: CharVocab) -> bool:
     return not any(s.isupper() for s in vocab.symbols[1:])
 
 
+def written(word: str, vocab: CharVocab) -> str:
+    """An LM word as the vocabulary writes it, as references are normalised (:meth:`CharVocab.normalize`):
+    NFC, lower-cased for a lower-case vocabulary, the vocabulary's text mapping applied (``CAFÉ`` with
+    ``{é: e}``: ``cafe``). Its spelling, and the word in a transcript."""
+    word = unicodedata.normalize("NFC", word)
+    word = word.lower() if lower_case(vocab) else word
+    return "".join(vocab.mapping.get(c, c) for c in word) if vocab.mapping else word
+
+
 def lexicon_from_words(words: Iterable[str], vocab: CharVocab, source: str = "the LM") -> dict[str, list[list[str]]]:
-    """``{word: [[c, h, a, r, s, "|"]]}`` for each word the vocabulary can spell (markers skipped); a lower-case
-    vocabulary spells the word lower-cased (``{"HELLO": [["h", "e", "l", "l", "o", "|"]]}``: the key stays the
-    LM's word). ``source``: where the words come from (the LM file), for messages."""
+    """``{word: [[c, h, a, r, s, "|"]]}`` for each word the vocabulary can spell (markers skipped), spelled as
+    it :func:`written` (``{"HELLO": [["h", "e", "l", "l", "o", "|"]]}``: the key stays the LM's word).
+    ``source``: where the words come from (the LM file), for messages."""
     lexicon: dict[str, list[list[str]]] = {}
     skipped: list[str] = []
     lower = lower_case(vocab)
     for w in words:
         if w in (BOS, EOS, UNK) or w in lexicon:
             continue
-        spelling = w.lower() if lower else w
-        if any(c not in vocab.symbols or c == DELIMITER for c in spelling):
+        spelling = written(w, vocab)
+        if not spelling or any(c not in vocab.symbols or c == DELIMITER for c in spelling):
             skipped.append(w)
             continue
         lexicon[w] = [[*spelling, DELIMITER]]
@@ -182,9 +194,9 @@ class LMBeamDecoder:
             if not self._words.contains(word):
                 self._words.add_entry(word)
         self._words.set_default_index(self._words.get_index(UNK))
-        lower = lower_case(vocab)  # a word in a transcript: in the vocabulary's case (the module docstring)
-        self._text = [self._words.get_entry(i).lower() if lower else self._words.get_entry(i)
-                      for i in range(self._words.index_size())]
+        lower = lower_case(vocab)
+        # a word in a transcript: as the vocabulary writes it (the module docstring), as references are normalised
+        self._text = [written(self._words.get_entry(i), vocab) for i in range(self._words.index_size())]
         with lm_path.open("rb") as f:
             if f.read(3) == codecs.BOM_UTF8:  # KenLM reads the first line as "\ufeff\\data\\": not ARPA
                 raise ValueError(f"{lm_path}: begins with a UTF-8 byte-order mark, which KenLM does not read; save it "

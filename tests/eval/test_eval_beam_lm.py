@@ -162,3 +162,36 @@ def test_a_confident_model_keeps_its_last_word(tiny_lm):
         dec = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10, beam_threshold=threshold))
         assert dec.decode(x[None]) == ["the cat sat on the mat"], threshold
     assert dec.decode(torch.zeros(0, 5, len(V))) == []  # an empty batch
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_the_checkpoints_text_mapping_spells_lm_words_and_writes_them_as_references_are(tmp_path):
+    """A checkpoint fine-tuned with text_mapping={é: e} has references 'cafe'; its LM's 'café' (or a decomposed
+    'cafe' + U+0301) was left out of the lexicon, so the LM could never give the word. Now it is spelled and
+    transcribed as the vocabulary writes it: 'cafe'."""
+    from earful.eval.beam import LMBeamDecoder
+    from earful.eval.vocab import CharVocab
+
+    mapped = CharVocab(mapping={"é": "e"})
+    lex = lexicon_from_words(["<s>", "café", "cafe\u0301", "CAFÉ", "naïve"], mapped)
+    assert lex == {"café": [["c", "a", "f", "e", "|"]], "cafe\u0301": [["c", "a", "f", "e", "|"]],
+                   "CAFÉ": [["c", "a", "f", "e", "|"]]}  # naïve: ï is not mapped
+    lm = tmp_path / "cafe.arpa"
+    build_kneser_ney(["the café is open", "the café is shut"], order=2).write_arpa(lm)
+    x = spelled("the cafe is open", {})
+    assert LMBeamDecoder(mapped, lm, options=BeamOptions(beam=20, lm_weight=2.0)).decode(x[None]) == [
+        "the cafe is open"]
+
+
+def test_lm_build_names_words_a_vocabulary_of_letters_cannot_spell(tmp_path, caplog):
+    """`lm build` on "Hello, world." wrote the words 'hello,' and 'world.' without a word; evaluate --lm then left
+    them out of its lexicon."""
+    import logging
+
+    from earful.eval.lm import build_arpa
+
+    text = tmp_path / "text.txt"
+    text.write_text("Hello, world.\nhello world\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="earful.eval.lm"):
+        build_arpa(text, tmp_path / "lm.arpa", order=2)
+    assert "text.txt: 2 of 4 words hold characters other than letters and ' (e.g. 'hello,', 'world.')" in caplog.text
