@@ -212,11 +212,12 @@ def test_imported_transformers_vocabulary_is_adapted() -> None:
 
 
 def test_auto_device_is_cuda_where_there_is_one(monkeypatch) -> None:
-    from earful.eval.decode import resolve_device
+    from earful.train.distributed import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
 

@@ -328,3 +328,30 @@ def test_a_manifest_that_leaves_every_utterance_out_is_refused(tmp_path, tiny_co
     over = rel.pretrain_overrides(tiny_corpus[0], 2, "data.min_seconds=3.0")
     with pytest.raises(ValueError, match=r"train.jsonl: nothing to batch: all 24 utterances are left out"):
         Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run2")
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "transcribe"])
+@pytest.mark.parametrize("device, problem", [("cuda", "no CUDA in this torch build"), ("gpu", "not a device")])
+def test_a_device_torch_cannot_use_is_refused_naming_its_setting(tmp_path, tiny_corpus, tones, rel, monkeypatch,
+                                                                   caplog, command, device, problem) -> None:
+    """device=cuda on a CPU-only torch build was a raw traceback (exit 1) in every command, device=gpu torch's
+    list of device types naming no setting: now exit 2 and one line naming the setting and the problem."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)  # a CPU-only build, on any machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = ["--out", str(tmp_path / "run")]
+    argv = {
+        "pretrain": ["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 1), f"device={device}", *out],
+        "finetune": ["finetune", *rel.finetune_overrides(tones, 1), f"device={device}", *out],
+        "evaluate": ["evaluate", str(tmp_path / "ckpt"), str(tones), "--device", device, *out],
+        "transcribe": ["transcribe", str(tmp_path / "ckpt"), str(tmp_path / "x.wav"), "--device", device],
+    }[command]
+    shown = f"--device {device}" if command in ("evaluate", "transcribe") else f"device={device}"
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert f"{shown}: {problem}" in caplog.text
+    assert not (tmp_path / "run" / "checkpoints").exists()
