@@ -355,3 +355,16 @@ def test_a_device_torch_cannot_use_is_refused_naming_its_setting(tmp_path, tiny_
         assert main(argv) == 2
     assert f"{shown}: {problem}" in caplog.text
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_finetune_refuses_an_option_and_an_override_that_disagree(tmp_path, tones, rel, caplog) -> None:
+    """``finetune --train X data.train=Y`` trained on X, saying nothing (--dev and data.dev, --init and init
+    alike): refused naming both; the same value twice is accepted."""
+    other = rel.write_rows(tmp_path / "other.jsonl", rel.manifest_rows(tones)[:2])
+    over = rel.finetune_overrides(tones, 1)  # data.train=tones, data.dev=null, init=scratch
+    for flag, shown in (("--train", f"data.train={tones}"), ("--dev", "data.dev=null")):
+        with caplog.at_level(logging.ERROR):
+            assert main(["finetune", *over, flag, str(other), "--out", str(tmp_path / "run")]) == 2
+        assert f"{flag} {other} and {shown}: two values for {shown.split('=')[0]}; give one" in caplog.text
+    assert not (tmp_path / "run").exists()
+    assert main(["finetune", *over, "--train", str(tones), "--init", "scratch", "--out", str(tmp_path / "ok")]) == 0
