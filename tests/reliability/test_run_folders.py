@@ -226,6 +226,9 @@ def test_bad_settings_are_one_line_errors_naming_the_key(override, message, tiny
     ("model.dropout=1.5", "model.dropout=1.5: expected a probability in [0, 1]"),  # torch's error, naming no key
     ("model.mask_length=0", "model.mask_length=0: expected an integer >= 1"),  # "raise min_masks"
     ("model.temperature_decay=1.5", "model.temperature_decay=1.5: expected a factor in (0, 1] a step"),
+    # min() of an empty tensor at the first log interval (the codeword similarity)
+    ("model.num_codevectors_per_group=1", "model.num_codevectors_per_group=1: expected an integer >= 2 (with one "
+                                          "codeword a group"),
 ])
 def test_model_settings_no_model_can_train_with_name_their_key(override, message, tiny_corpus, rel, tmp_path,
                                                                caplog) -> None:
