@@ -15,7 +15,7 @@ from earful.cli import main
 from earful.data.audio import RECEPTIVE_FIELD, AudioError, load_audio
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
-from earful.data.librispeech import read_folder, read_librispeech
+from earful.data.librispeech import Note, read_folder, read_librispeech
 from earful.data.manifest import ManifestError, Utterance, read_manifest
 from earful.finetune.config import load_finetune_config
 from earful.finetune.task import FinetuneTask
@@ -163,6 +163,22 @@ def test_librispeech_transcript_problems_are_reported(tmp_path, rel) -> None:
     assert got == {"a": None, "b": None, "c": "OK"}
     text = "\n".join(problems)
     assert "a.txt: not valid UTF-8" in text and "b.txt: empty transcript" in text
+
+
+def test_a_txt_and_a_lab_transcript_that_differ_are_a_note_naming_both(tmp_path, rel) -> None:
+    """A plain folder's ``x.txt`` and ``x.lab`` with different text: the .txt was used, saying nothing. Now a
+    note (which stops nothing) names both files; the same text in both (spacing aside) is no finding."""
+    rel.write_wave(tmp_path / "x.wav", 0.3)
+    rel.write_wave(tmp_path / "y.wav", 0.3)
+    (tmp_path / "x.txt").write_text("BAD CAFE\n")
+    (tmp_path / "x.lab").write_text("HEAD FACE\n")
+    (tmp_path / "y.txt").write_text("DEAD BEEF\n")
+    (tmp_path / "y.lab").write_text("DEAD  BEEF")
+    problems: list[str] = []
+    got = {u.id: u.transcript for u in read_folder(tmp_path, problems)}
+    assert got == {"x": "BAD CAFE", "y": "DEAD BEEF"}
+    assert problems == [f"{tmp_path / 'x.txt'} and {tmp_path / 'x.lab'}: different transcripts; the .txt one is read"]
+    assert isinstance(problems[0], Note)
 
 
 @pytest.mark.parametrize("transcript, message", [
