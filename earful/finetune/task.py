@@ -85,7 +85,9 @@ class FinetuneTask(Task):
         cfg, d = self.cfg, self.d
         if not cfg.data.train:
             raise ValueError("data.train (--train): no training manifest given")
-        utts = read_manifest(cfg.data.train, check_files=True)
+        utts, unlabelled = T.labelled(read_manifest(cfg.data.train, check_files=True), cfg.data.train,
+                                      cfg.data.skip_bad)
+        self.unlabelled = {"train": (cfg.data.train, len(unlabelled), unlabelled[:5])}
         self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train)
         short = T.too_short(utts, self.targets, self.model.frame_lengths)
         if short:
@@ -94,19 +96,27 @@ class FinetuneTask(Task):
         self.loader = make_loader(
             utts, budget, shuffle=True, seed=cfg.seed, rank=d.rank, endless=True, bucket_size=cfg.data.bucket_size,
             skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
+            source=str(cfg.data.train),
         )  # fmt: skip
         self.dev_loader = None
         if cfg.data.dev:
-            dutts = read_manifest(cfg.data.dev, check_files=True)
+            dutts, unlabelled = T.labelled(read_manifest(cfg.data.dev, check_files=True), cfg.data.dev,
+                                           cfg.data.skip_bad)
+            self.unlabelled["dev"] = (cfg.data.dev, len(unlabelled), unlabelled[:5])
             self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev)
             self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
             dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
             self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
-                                          skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True)
+                                          skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True,
+                                          source=str(cfg.data.dev))
 
     # ------------------------------------------------------------------ one step
     def announce(self) -> None:
         cfg = self.cfg
+        for split, (manifest, n, some) in self.unlabelled.items():
+            if n:
+                log.warning("%s: %d utterances without a transcript are left out of %s (data.skip_bad=true), e.g. %s",
+                            manifest, n, split, some)
         log.info("fine-tuning: %d frozen tensors, %d more frozen for %d steps; %s", len(self.frozen_names),
                  len(self.phase_names), cfg.freeze_transformer_steps, config_summary(cfg))
         if cfg.freeze_transformer_steps >= cfg.max_steps:

@@ -182,7 +182,8 @@ def test_a_txt_and_a_lab_transcript_that_differ_are_a_note_naming_both(tmp_path,
 
 
 @pytest.mark.parametrize("transcript, message", [
-    (None, "has no transcript"),
+    (None, r"1 of 4 utterances have no transcript \(fine-tuning needs labels\), e\.g\. 'train-001': set "
+           r"data\.skip_bad=true to leave them out, or give a manifest of labelled rows"),
     ("", "has an empty transcript"),
     ("   ", "has an empty transcript"),
     ("bad 4 cafe", r"characters outside the vocabulary in utterance 'train-001': '4'"),
@@ -195,6 +196,32 @@ def test_fine_tuning_refuses_bad_transcripts_by_utterance(tmp_path, tones, rel, 
     with pytest.raises(ValueError, match=rf"train.jsonl: .*{message}") as info:
         Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
     assert "train-001" in str(info.value)
+
+
+def test_fine_tuning_leaves_rows_without_a_transcript_out_with_skip_bad(tmp_path, tones, rel, caplog) -> None:
+    """A manifest with untranscribed rows could not be used at all (even with data.skip_bad=true, and the message
+    offered no way out): with skip_bad they are left out of train and dev, counted in the run's log; without it
+    the error names the manifest, how many, a few ids and the ways out."""
+    rows = rel.manifest_rows(tones)
+    for r in rows[1:3]:
+        r["transcript"] = None
+    manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=r"train.jsonl: 2 of 4 utterances have no transcript .*e\.g\. 'train-001', "
+                                         r"'train-002': set data\.skip_bad=true"):
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
+    over = rel.finetune_overrides(manifest, 1, f"data.dev={manifest}", "data.skip_bad=true")
+    trainer = Trainer(FinetuneTask(load_finetune_config(None, over)), tmp_path / "run2")
+    assert sorted(trainer.task.targets) == ["train-000", "train-003"]
+    assert sorted(trainer.task.dev_refs) == ["train-000", "train-003"]
+    with caplog.at_level(logging.WARNING):
+        trainer.fit()
+    assert (f"{manifest}: 2 utterances without a transcript are left out of train (data.skip_bad=true), "
+            "e.g. ['train-001', 'train-002']") in caplog.text
+    assert "left out of dev" in caplog.text
+    none = rel.write_rows(tmp_path / "none.jsonl", [{**r, "transcript": None} for r in rows])
+    with pytest.raises(ValueError, match=r"none.jsonl: none of its 4 utterances has a transcript"):
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(none, 1, "data.skip_bad=true"))),
+                tmp_path / "run3")
 
 
 def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:
