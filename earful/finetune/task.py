@@ -28,11 +28,12 @@ from earful.eval.metrics import ErrorCounts, error_counts
 from earful.eval.vocab import CharVocab
 from earful.finetune import targets as T
 from earful.finetune.config import FinetuneConfig, config_summary
-from earful.finetune.init import apply_permanent_freeze, build_initial_model, phase_frozen
+from earful.finetune.init import InitWeights, apply_permanent_freeze, build_initial_model, phase_frozen, resolve_init
 from earful.model import ModelConfig, Wav2Vec2ForCTC
 from earful.model.wav2vec2 import to_device
 from earful.train import distributed as D
 from earful.train.engine import Trainer
+from earful.train.state import read_trainer_info
 from earful.train.step import autocast
 from earful.train.task import Task
 
@@ -55,6 +56,7 @@ class FinetuneTask(Task):
     # ------------------------------------------------------------------ model and data
     def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
+        self.init_weights = self._initial_weights(resume_from)
         self.model = self._architecture(resume_from).to(d.device)
         self.frozen_names = apply_permanent_freeze(self.model, self.cfg)
         params = dict(self.model.named_parameters())
@@ -68,10 +70,27 @@ class FinetuneTask(Task):
         logits, _ = self.model(wave, lengths)
         return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
 
+    def _initial_weights(self, resume_from: Path | None) -> InitWeights:
+        """What ``init`` names now (resolved once: a run directory's latest moves on). Resuming, the recipe
+        compares its digest with the run's; an ``init`` that no longer resolves (moved, removed) is taken to be
+        the weights the run recorded, with a warning: the run's own checkpoint holds the model."""
+        try:
+            return resolve_init(self.cfg.init)
+        except (OSError, CheckpointError) as e:
+            if resume_from is None:
+                raise
+            saved = read_trainer_info(resume_from)
+            log.warning("%s; resuming with the initial weights the run recorded (%s, SHA-256 %s)", e,
+                        saved.get("init_checkpoint"), saved.get("init_sha256"))
+            return InitWeights(str(saved.get("init_checkpoint", self.cfg.init)), saved.get("init_sha256"))
+
+    def recipe_extras(self) -> dict[str, Any]:
+        return {"init.sha256": self.init_weights.sha256}
+
     def _architecture(self, resume_from: Path | None) -> Wav2Vec2ForCTC:
         """The initial model, or (resuming) the run's architecture, checked against this run's vocabulary."""
         if resume_from is None:
-            return build_initial_model(self.cfg, self.vocab)
+            return build_initial_model(self.cfg, self.vocab, self.init_weights)
         info = read_info(resume_from)
         if info.get("kind") != "ctc":
             raise CheckpointError(f"{resume_from}: not a CTC checkpoint")
@@ -214,7 +233,8 @@ class FinetuneTask(Task):
         return {"vocab": self.vocab.to_dict()}
 
     def trainer_info(self) -> dict[str, Any]:
-        return {"init": self.cfg.init}
+        return {"init": self.cfg.init, "init_checkpoint": self.init_weights.path,
+                "init_sha256": self.init_weights.sha256}
 
 
 def run_finetuning(cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
