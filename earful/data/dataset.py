@@ -347,15 +347,18 @@ def make_loader(
     prefetch_factor: int | None = 4,
     names: dict[str, str | None] | None = None,
     evaluation: bool = False,
+    source: str | None = None,
 ) -> AudioLoader:
     """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` within ``budget`` (``rank`` of its
     ``world_size``; ``crop_to_shortest``: see ``collate``). ``skip_bad``: unreadable files, and utterances the
     sampler cannot batch though no limit leaves them out (empty, too long for the device), are left out and
     counted instead of stopping the run. ``names``: the caller's names of the settings the sampler's messages
     advise (``SecondsBatchSampler``); ``evaluation``: a pass that scores each utterance once, the same batches on
-    any number of ranks (``SecondsBatchSampler``)."""
+    any number of ranks (``SecondsBatchSampler``); ``source``: the manifest the sampler's messages name (default:
+    ``utterances``' own, where it is a ``Manifest``)."""
     dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=skip_bad)
-    source = str(utterances.path) if isinstance(utterances, Manifest) else ""
+    if source is None:
+        source = str(utterances.path) if isinstance(utterances, Manifest) else ""
     sampler = SecondsBatchSampler(dataset.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank, endless=endless,
                                   bucket_size=bucket_size, skip_bad=skip_bad, source=source,
                                   ids=lambda idx: [dataset.utterances[int(i)].id for i in idx], names=names,

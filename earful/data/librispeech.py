@@ -307,6 +307,7 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
                     problems.append(f"{side}: the transcript holds a {bad} (kept unlabelled)")
                     transcript = None
                 break
+        _other_sidecar(path, transcript, problems)
         if not _first_path(path, root, rel.as_posix(), transcript, files_read, problems):
             continue
         speaker = path.parent.name if path.parent != root else "unknown"
@@ -314,6 +315,17 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
         if u is not None:
             utts.append(u)
     return utts
+
+
+def _other_sidecar(path: Path, transcript: str | None, problems: list[str]) -> None:
+    """A note where ``path`` has both a ``.txt`` and a ``.lab`` transcript and they say different things: the
+    ``.txt`` one (``transcript``) is read, the ``.lab`` one is not."""
+    txt, lab = path.with_suffix(".txt"), path.with_suffix(".lab")
+    if transcript is None or not (txt.is_file() and lab.is_file()):
+        return
+    other = _read_text(lab, [])  # its own problems do not matter: it is not read
+    if other is not None and " ".join(other.split()) != transcript:
+        problems.append(Note(f"{txt} and {lab}: different transcripts; the .txt one is read"))
 
 
 def is_unlabelled_librilight(path: Path) -> bool:

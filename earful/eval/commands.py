@@ -59,13 +59,15 @@ def _transcribe(args: argparse.Namespace) -> int:
     from earful.eval.beam import LMBeamDecoder
     from earful.eval.evaluate import load_ctc
     from earful.eval.transcribe import transcribe_files
+    from earful.train.distributed import resolve_device
 
     options = _beam_options(args)
+    device = resolve_device(args.device, "--device")  # before the checkpoint is read
     model, vocab, _ = load_ctc(args.ckpt, "transcribe")
     beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
     records = transcribe_files(
         model, vocab, args.files, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
-        device_seconds=args.device_seconds, device=args.device, precision=args.precision, beam=beam,
+        device_seconds=args.device_seconds, device=device, precision=args.precision, beam=beam,
     )  # fmt: skip
     jsonl = args.out is not None and Path(args.out).suffix in (".jsonl", ".json")
     lines = [json.dumps(r, ensure_ascii=False) if jsonl else f"{r['path']}\t{r['text']}"

@@ -1,5 +1,5 @@
 """Greedy CTC decoding, vectorised over a batch; what ``evaluate`` and ``transcribe`` share: the batches a model is
-scored in, the device, a batch's transcripts (greedy, and with an LM).
+scored in, a batch's transcripts (greedy, and with an LM).
 
 Per frame the arg-max token is taken; runs of the same token collapse to one, then blanks are dropped
 (so ``a <b> a`` is ``aa`` while ``a a`` is ``a``); ``|`` becomes a space and spaces are merged/stripped.
@@ -20,13 +20,6 @@ from earful.eval.vocab import CharVocab, strip_placeholders
 
 if TYPE_CHECKING:
     from earful.eval.beam import LMBeamDecoder
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``device``, with "auto" meaning CUDA where there is one, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size: int = 1) -> BatchBudget:

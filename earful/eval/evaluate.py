@@ -36,11 +36,12 @@ from earful.config import plain_name
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
-from earful.eval.decode import decode_batch, resolve_device, scoring_budget
+from earful.eval.decode import decode_batch, scoring_budget
 from earful.eval.metrics import error_counts
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab, placeholder
 from earful.model import Wav2Vec2ForCTC, batch_invariant
+from earful.train.distributed import resolve_device
 from earful.train.state import resolve_checkpoint
 from earful.train.step import autocast
 
@@ -93,7 +94,7 @@ def transcribe(
     num_workers: int = 0,
 ) -> tuple[dict[str, str], dict[str, str] | None]:
     """Greedy (and, with ``beam``, LM) transcripts by utterance id, batched by seconds of padded audio."""
-    device = resolve_device(device)
+    device = resolve_device(device, "--device")
     model.eval().to(device)
     greedy: dict[str, str] = {}
     lm: dict[str, str] | None = {} if beam is not None else None
@@ -170,7 +171,7 @@ def evaluate(
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     model, vocab, path = load_ctc(ckpt)
     if text_mapping:
         vocab = CharVocab(vocab.symbols, {**vocab.mapping, **text_mapping})

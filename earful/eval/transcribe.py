@@ -34,9 +34,10 @@ from earful.data.audio import AudioError, audio_info, load_audio
 from earful.data.budget import SAMPLE_RATE
 from earful.data.dataset import Item, collate
 from earful.eval.beam import LMBeamDecoder
-from earful.eval.decode import decode_batch, resolve_device
+from earful.eval.decode import decode_batch
 from earful.eval.vocab import CharVocab
 from earful.model import Wav2Vec2ForCTC, batch_invariant
+from earful.train.distributed import resolve_device
 from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def transcribe_files(
                          "0 transcribes whole files")
     if chunk and chunk <= 2 * stride:
         raise ValueError(f"chunks of {chunk_seconds} s leave nothing between strides of {stride_seconds} s")
-    device = resolve_device(device)
+    device = resolve_device(device, "--device")
     model = batch_invariant(model).eval().to(device)
     budget = max(int(device_seconds * SAMPLE_RATE), chunk)  # padded samples a batch
 

@@ -14,6 +14,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from earful.train.engine import train_command
 
     cfg = load_finetune_config(args.config, args.overrides)
+    options = {"init": ("--init", args.init), "data.train": ("--train", args.train), "data.dev": ("--dev", args.dev)}
+    _check_options(options, args.overrides)
     if args.init is not None:  # set directly: a path is not parsed as YAML
         cfg.init = args.init
     if args.train is not None:
@@ -22,6 +24,15 @@ def _finetune(args: argparse.Namespace) -> int:
         cfg.data.dev = args.dev
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          show=("step", "last_valid", "best", "stopped_by"))
+
+
+def _check_options(options: dict[str, tuple[str, str | None]], overrides: list[str]) -> None:
+    """Refuse an option given together with a key=value override of its key that says otherwise (``--train X
+    data.train=Y`` trained on X, silently); the same value twice is accepted. ``options``: key -> (flag, value)."""
+    given = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in overrides)}
+    for key, (flag, value) in options.items():
+        if value is not None and key in given and given[key] != value:
+            raise ValueError(f"{flag} {value} and {key}={given[key]}: two values for {key}; give one of them")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

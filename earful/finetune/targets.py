@@ -1,8 +1,9 @@
 """Transcripts → CTC targets, checked once before training starts.
 
 Every transcript is normalised and encoded with the run's :class:`CharVocab` up front, so a character
-outside the vocabulary (or a missing or empty transcript) stops the run at once with the utterance's id,
-not hours in. Utterances too short for their transcript (CTC needs a frame per character, plus one between
+outside the vocabulary (or an empty transcript) stops the run at once with the utterance's id, not hours
+in; rows without a transcript stop it naming how many and a few ids, or with ``data.skip_bad`` are left out,
+counted and logged. Utterances too short for their transcript (CTC needs a frame per character, plus one between
 repeated characters) are counted and logged: ``zero_infinity`` gives them a zero loss.
 """
 
@@ -18,6 +19,26 @@ from earful.data.manifest import Utterance
 from earful.eval.vocab import CharVocab
 
 log = logging.getLogger(__name__)
+
+
+def labelled(utts: Sequence[Utterance], where: str, skip_bad: bool) -> tuple[Sequence[Utterance], list[str]]:
+    """``utts`` that have a transcript (``utts`` itself where all have one), and the ids of those that have none.
+    Those without one are refused (ValueError naming the manifest, how many, a few ids and the ways out) unless
+    ``skip_bad`` (data.skip_bad), which leaves them out for the caller to count and log; a manifest with no
+    transcript at all is refused."""
+    missing = [u.id for u in utts if u.transcript is None]
+    if not missing:
+        return utts, missing
+    kept = [u for u in utts if u.transcript is not None]
+    some = ", ".join(repr(i) for i in missing[:3]) + (", …" if len(missing) > 3 else "")
+    if not kept:
+        raise ValueError(f"{where}: none of its {len(utts)} utterances has a transcript (fine-tuning needs labels), "
+                         f"e.g. {some}: give a manifest of labelled rows")
+    if not skip_bad:
+        raise ValueError(f"{where}: {len(missing)} of {len(utts)} utterances have no transcript (fine-tuning needs "
+                         f"labels), e.g. {some}: set data.skip_bad=true to leave them out, or give a manifest of "
+                         "labelled rows")
+    return kept, missing
 
 
 def _per_transcript(utts: Sequence[Utterance], fn: Callable[..., Any], where: str) -> dict[str, Any]:

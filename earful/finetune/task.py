@@ -28,11 +28,12 @@ from earful.eval.metrics import ErrorCounts, error_counts
 from earful.eval.vocab import CharVocab
 from earful.finetune import targets as T
 from earful.finetune.config import FinetuneConfig, config_summary
-from earful.finetune.init import apply_permanent_freeze, build_initial_model, phase_frozen
+from earful.finetune.init import InitWeights, apply_permanent_freeze, build_initial_model, phase_frozen, resolve_init
 from earful.model import ModelConfig, Wav2Vec2ForCTC
 from earful.model.wav2vec2 import to_device
 from earful.train import distributed as D
 from earful.train.engine import Trainer
+from earful.train.state import read_trainer_info
 from earful.train.step import autocast
 from earful.train.task import Task
 
@@ -55,6 +56,7 @@ class FinetuneTask(Task):
     # ------------------------------------------------------------------ model and data
     def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
+        self.init_weights = self._initial_weights(resume_from)
         self.model = self._architecture(resume_from).to(d.device)
         self.frozen_names = apply_permanent_freeze(self.model, self.cfg)
         params = dict(self.model.named_parameters())
@@ -68,10 +70,27 @@ class FinetuneTask(Task):
         logits, _ = self.model(wave, lengths)
         return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
 
+    def _initial_weights(self, resume_from: Path | None) -> InitWeights:
+        """What ``init`` names now (resolved once: a run directory's latest moves on). Resuming, the recipe
+        compares its digest with the run's; an ``init`` that no longer resolves (moved, removed) is taken to be
+        the weights the run recorded, with a warning: the run's own checkpoint holds the model."""
+        try:
+            return resolve_init(self.cfg.init)
+        except (OSError, CheckpointError) as e:
+            if resume_from is None:
+                raise
+            saved = read_trainer_info(resume_from)
+            log.warning("%s; resuming with the initial weights the run recorded (%s, SHA-256 %s)", e,
+                        saved.get("init_checkpoint"), saved.get("init_sha256"))
+            return InitWeights(str(saved.get("init_checkpoint", self.cfg.init)), saved.get("init_sha256"))
+
+    def recipe_extras(self) -> dict[str, Any]:
+        return {"init.sha256": self.init_weights.sha256}
+
     def _architecture(self, resume_from: Path | None) -> Wav2Vec2ForCTC:
         """The initial model, or (resuming) the run's architecture, checked against this run's vocabulary."""
         if resume_from is None:
-            return build_initial_model(self.cfg, self.vocab)
+            return build_initial_model(self.cfg, self.vocab, self.init_weights)
         info = read_info(resume_from)
         if info.get("kind") != "ctc":
             raise CheckpointError(f"{resume_from}: not a CTC checkpoint")
@@ -85,7 +104,9 @@ class FinetuneTask(Task):
         cfg, d = self.cfg, self.d
         if not cfg.data.train:
             raise ValueError("data.train (--train): no training manifest given")
-        utts = read_manifest(cfg.data.train, check_files=True)
+        utts, unlabelled = T.labelled(read_manifest(cfg.data.train, check_files=True), cfg.data.train,
+                                      cfg.data.skip_bad)
+        self.unlabelled = {"train": (cfg.data.train, len(unlabelled), unlabelled[:5])}
         self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train)
         short = T.too_short(utts, self.targets, self.model.frame_lengths)
         if short:
@@ -94,19 +115,27 @@ class FinetuneTask(Task):
         self.loader = make_loader(
             utts, budget, shuffle=True, seed=cfg.seed, rank=d.rank, endless=True, bucket_size=cfg.data.bucket_size,
             skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
+            source=str(cfg.data.train),
         )  # fmt: skip
         self.dev_loader = None
         if cfg.data.dev:
-            dutts = read_manifest(cfg.data.dev, check_files=True)
+            dutts, unlabelled = T.labelled(read_manifest(cfg.data.dev, check_files=True), cfg.data.dev,
+                                           cfg.data.skip_bad)
+            self.unlabelled["dev"] = (cfg.data.dev, len(unlabelled), unlabelled[:5])
             self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev)
             self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
             dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
             self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
-                                          skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True)
+                                          skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True,
+                                          source=str(cfg.data.dev))
 
     # ------------------------------------------------------------------ one step
     def announce(self) -> None:
         cfg = self.cfg
+        for split, (manifest, n, some) in self.unlabelled.items():
+            if n:
+                log.warning("%s: %d utterances without a transcript are left out of %s (data.skip_bad=true), e.g. %s",
+                            manifest, n, split, some)
         log.info("fine-tuning: %d frozen tensors, %d more frozen for %d steps; %s", len(self.frozen_names),
                  len(self.phase_names), cfg.freeze_transformer_steps, config_summary(cfg))
         if cfg.freeze_transformer_steps >= cfg.max_steps:
@@ -204,7 +233,8 @@ class FinetuneTask(Task):
         return {"vocab": self.vocab.to_dict()}
 
     def trainer_info(self) -> dict[str, Any]:
-        return {"init": self.cfg.init}
+        return {"init": self.cfg.init, "init_checkpoint": self.init_weights.path,
+                "init_sha256": self.init_weights.sha256}
 
 
 def run_finetuning(cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:

@@ -117,7 +117,13 @@ def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> lis
         digest = recipe.get(f"{key}.sha256")
         if path or digest:
             rows.append((f"`{key}`", f"`{path or '?'}`" + (f" (SHA-256 `{digest}`)" if digest else "")))
-    if (config or {}).get("init"):
+    if trainer.get("init_checkpoint"):  # what init resolved to when the run started (a run folder moves on)
+        notes = [f"SHA-256 `{trainer['init_sha256']}`"] if trainer.get("init_sha256") else []
+        if trainer.get("init") not in (None, trainer["init_checkpoint"]):
+            notes.append(f"given as `{trainer['init']}`")
+        shown = f" ({'; '.join(notes)})" if notes else ""
+        rows.append(("initialised from", f"`{trainer['init_checkpoint']}`{shown}"))
+    elif (config or {}).get("init"):
         rows.append(("initialised from", f"`{config['init']}`"))
     rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(recipe)}` of the recipe in trainer.json"))
     return rows

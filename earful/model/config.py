@@ -139,9 +139,10 @@ class ModelConfig:
             if not (math.isfinite(v) and v >= 0):
                 raise bad(key, v, "a finite weight >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "pos_conv_kernel",
-                    "pos_conv_groups", "num_codevector_groups", "num_codevectors_per_group", "codevector_dim",
-                    "final_dim", "num_negatives"):
+                    "pos_conv_groups", "num_codevector_groups", "codevector_dim", "final_dim", "num_negatives"):
             at_least(f"model.{key}", getattr(self, key), 1)
+        at_least("model.num_codevectors_per_group", self.num_codevectors_per_group, 2,
+                 " (with one codeword a group every frame quantizes to it: nothing to choose or compare)")
         for key, prob in (("mask_length", self.mask_prob), ("mask_channel_length", self.mask_channel_prob)):
             if prob > 0 and getattr(self, key) < 1:  # unused without masks (transformers' configs may say 0)
                 raise bad(key, getattr(self, key), "an integer >= 1 where its mask probability is > 0")

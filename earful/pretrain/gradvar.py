@@ -30,6 +30,7 @@ from earful.data.manifest import read_manifest
 from earful.model import Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
 from earful.pretrain.task import forward_batch
+from earful.train.distributed import resolve_device
 from earful.train.state import TRAINER_FILE, read_trainer_info
 from earful.train.step import seed_micro_batch
 
@@ -63,9 +64,7 @@ def gradient_noise(
     made them; ``skip_bad`` as the run's ``data.skip_bad``."""
     if num_batches < 2:
         raise ValueError("gradvar needs at least 2 batches")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, "--device")
     model, info = load_model(ckpt)
     if not isinstance(model, Wav2Vec2ForPreTraining):
         raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {info['kind']}")

@@ -561,7 +561,9 @@ def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str,
         return []
     write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours_nominal", "hours_padded", "loss",
                                            "accuracy"], csv_rows)
-    return [f"## Pre-training: final validation (held-out voices; {over_seeds(counts)})", "",
+    valid = study.get("corpus", {}).get("valid")  # its voices may or may not be held out: say which manifest
+    where = f"corpus.valid `{valid}`" if valid else "the validation manifest, corpus.valid"
+    return [f"## Pre-training: final validation ({where}; {over_seeds(counts)})", "",
             md_table(["batch", "steps", NOMINAL, f"{PADDED}, mean", "loss / masked frame", "accuracy",
                       "hard perplexity"], rows),
             "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size; ± is one "

@@ -36,18 +36,35 @@ def joined() -> bool:
     return _joined
 
 
+def resolve_device(device: str | torch.device, key: str = "device") -> torch.device:
+    """``device``, with "auto" meaning CUDA where there is one, else the CPU. Refused naming its setting ``key``
+    (``device`` or ``--device``) where it is not a device, or a CUDA device this torch build or machine lacks."""
+    shown = f"{key} {device}" if key.startswith("-") else f"{key}={device}"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{shown}: not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"{shown}: no CUDA in this torch build ({torch.__version__}); use cpu or auto")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{shown}: no CUDA device on this machine; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{shown}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group when run under ``torchrun`` (gloo on CPU, NCCL on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    dev = resolve_device(device, "device")
+    if dev.type == "cuda" and dev.index is None:  # one GPU a process: torchrun's local rank
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
-    else:
-        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         global _joined
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -160,7 +160,7 @@ class Trainer:
                 f"{self.d.world_size} device(s); use another compile mode or backend, or device_seconds="
                 "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
-        self.recipe, self.layout = recipe_of(cfg), layout_of(cfg, self.d.world_size)
+        self.recipe, self.layout = {**recipe_of(cfg), **task.recipe_extras()}, layout_of(cfg, self.d.world_size)
         segment = None
         if info is not None:
             segment = check_resume(self.run.root, info, self.recipe, self.layout,

@@ -3,8 +3,11 @@
 A run's *recipe* is its config, flattened, less the settings that do not change what it computes (how often it
 logs or checkpoints, threads, workers, the device, health thresholds, milestones), with each manifest's path
 replaced by a SHA-256 of its contents (a moved corpus is the same recipe; a reordered or edited manifest is
-not). Its *layout* — devices and ``device_seconds`` — does not change the batch's seconds, but how they are cut:
-another micro-batch size repacks the utterances into other micro-batches (cropped to their own shortest, with
+not), and fine-tuning's ``init`` by the SHA-256 of the weights it resolved to (``init.sha256``, None from
+scratch: another pre-trained checkpoint is another recipe, a moved one is not).
+
+Its *layout* — devices and ``device_seconds`` — does not change the batch's seconds, but how they are cut: another
+micro-batch size repacks the utterances into other micro-batches (cropped to their own shortest, with
 their own masks; with ``nanow2v2`` each weighs 1/micro-batches), so the run continues with the same recipe on
 other draws. Only another number of devices at the same micro-batch size gives the same micro-batches.
 
@@ -44,6 +47,9 @@ OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds",
                "compile_mode"}
 WATCHING = ("health.", "tracking.")  # sections that only watch a run: health warnings, experiment trackers
 LAYOUT = ("device_seconds",)
+# recipe entries a task adds (``Task.recipe_extras``) that checkpoints of earlier versions do not record: compared
+# only where the checkpoint records them
+LATER = ("init.sha256",)
 
 
 def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
@@ -95,7 +101,7 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     if "recipe" not in info or "layout" not in info:
         raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
                          "by earful's trainer): use another --out")
-    changed = differences(info["recipe"], recipe)
+    changed = differences(info["recipe"], {k: v for k, v in recipe.items() if k in info["recipe"] or k not in LATER})
     moved = differences(info["layout"], layout)
     if "seed" in changed:  # the data order, masks and dropout of every step come of it
         raise ValueError(f"{root}: --resume with another seed ({describe({'seed': changed['seed']})}) cannot "

@@ -109,6 +109,10 @@ class Task:
         """Keyword arguments of ``RunDir.save`` besides the model (fine-tuning: its vocabulary)."""
         return {}
 
+    def recipe_extras(self) -> dict[str, Any]:
+        """The task's entries of the run's recipe besides its config's (fine-tuning: its initial weights' digest)."""
+        return {}
+
     def trainer_info(self) -> dict[str, Any]:
         """The task's fields of ``trainer.json``."""
         return {}

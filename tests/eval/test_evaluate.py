@@ -234,11 +234,12 @@ def test_imported_transformers_vocabulary_is_adapted() -> None:
 
 
 def test_auto_device_is_cuda_where_there_is_one(monkeypatch) -> None:
-    from earful.eval.decode import resolve_device
+    from earful.train.distributed import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
 
@@ -287,24 +288,24 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     """One resolver (earful.train.state.resolve_checkpoint, RunDir.latest) for evaluate, transcribe and --init."""
     from earful.checkpoint import CheckpointError
     from earful.eval.evaluate import load_ctc
-    from earful.finetune.init import _load_source
+    from earful.finetune.init import _load_source, resolve_init
 
     latest = ctc_run / "checkpoints" / "latest.json"
     assert load_ctc(ctc_run)[2].name == "step-0000002"
     assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
-    assert _load_source(str(ctc_run))[2].endswith("step-0000002")
+    assert _load_source(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     latest.write_text(json.dumps({"name": "step-0000001"}))
     assert load_ctc(ctc_run)[2].name == "step-0000001"
     latest.unlink()  # lost: the furthest checkpoint that verifies
     assert load_ctc(ctc_run)[2].name == "step-0000002"
-    assert _load_source(str(ctc_run))[2].endswith("step-0000002")
+    assert _load_source(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     for bad, why in [("{not json", "corrupt"), ('{"step": 3}', "corrupt.*'name'"),
                      ('{"name": "../../x"}', "not a plain name"), ('{"name": "step-0000009"}', "incomplete")]:
         latest.write_text(bad)
         with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
             load_ctc(ctc_run)
         with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
-            _load_source(str(ctc_run))
+            _load_source(resolve_init(str(ctc_run)))
     empty = tmp_path / "empty-run"
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="empty-run/checkpoints: no complete checkpoint"):
@@ -312,7 +313,7 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     with pytest.raises(FileNotFoundError, match="nowhere: not a checkpoint .* nor a run directory"):
         load_ctc(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere: not 'scratch'"):
-        _load_source(str(tmp_path / "nowhere"))
+        resolve_init(str(tmp_path / "nowhere"))
 
 
 def test_splits_are_named_by_the_caller_else_by_their_stems(tmp_path, always_a) -> None:

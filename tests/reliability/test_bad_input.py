@@ -15,7 +15,7 @@ from earful.cli import main
 from earful.data.audio import RECEPTIVE_FIELD, AudioError, load_audio
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
-from earful.data.librispeech import read_folder, read_librispeech
+from earful.data.librispeech import Note, read_folder, read_librispeech
 from earful.data.manifest import ManifestError, Utterance, read_manifest
 from earful.finetune.config import load_finetune_config
 from earful.finetune.task import FinetuneTask
@@ -165,8 +165,25 @@ def test_librispeech_transcript_problems_are_reported(tmp_path, rel) -> None:
     assert "a.txt: not valid UTF-8" in text and "b.txt: empty transcript" in text
 
 
+def test_a_txt_and_a_lab_transcript_that_differ_are_a_note_naming_both(tmp_path, rel) -> None:
+    """A plain folder's ``x.txt`` and ``x.lab`` with different text: the .txt was used, saying nothing. Now a
+    note (which stops nothing) names both files; the same text in both (spacing aside) is no finding."""
+    rel.write_wave(tmp_path / "x.wav", 0.3)
+    rel.write_wave(tmp_path / "y.wav", 0.3)
+    (tmp_path / "x.txt").write_text("BAD CAFE\n")
+    (tmp_path / "x.lab").write_text("HEAD FACE\n")
+    (tmp_path / "y.txt").write_text("DEAD BEEF\n")
+    (tmp_path / "y.lab").write_text("DEAD  BEEF")
+    problems: list[str] = []
+    got = {u.id: u.transcript for u in read_folder(tmp_path, problems)}
+    assert got == {"x": "BAD CAFE", "y": "DEAD BEEF"}
+    assert problems == [f"{tmp_path / 'x.txt'} and {tmp_path / 'x.lab'}: different transcripts; the .txt one is read"]
+    assert isinstance(problems[0], Note)
+
+
 @pytest.mark.parametrize("transcript, message", [
-    (None, "has no transcript"),
+    (None, r"1 of 4 utterances have no transcript \(fine-tuning needs labels\), e\.g\. 'train-001': set "
+           r"data\.skip_bad=true to leave them out, or give a manifest of labelled rows"),
     ("", "has an empty transcript"),
     ("   ", "has an empty transcript"),
     ("bad 4 cafe", r"characters outside the vocabulary in utterance 'train-001': '4'"),
@@ -179,6 +196,32 @@ def test_fine_tuning_refuses_bad_transcripts_by_utterance(tmp_path, tones, rel, 
     with pytest.raises(ValueError, match=rf"train.jsonl: .*{message}") as info:
         Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
     assert "train-001" in str(info.value)
+
+
+def test_fine_tuning_leaves_rows_without_a_transcript_out_with_skip_bad(tmp_path, tones, rel, caplog) -> None:
+    """A manifest with untranscribed rows could not be used at all (even with data.skip_bad=true, and the message
+    offered no way out): with skip_bad they are left out of train and dev, counted in the run's log; without it
+    the error names the manifest, how many, a few ids and the ways out."""
+    rows = rel.manifest_rows(tones)
+    for r in rows[1:3]:
+        r["transcript"] = None
+    manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=r"train.jsonl: 2 of 4 utterances have no transcript .*e\.g\. 'train-001', "
+                                         r"'train-002': set data\.skip_bad=true"):
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
+    over = rel.finetune_overrides(manifest, 1, f"data.dev={manifest}", "data.skip_bad=true")
+    trainer = Trainer(FinetuneTask(load_finetune_config(None, over)), tmp_path / "run2")
+    assert sorted(trainer.task.targets) == ["train-000", "train-003"]
+    assert sorted(trainer.task.dev_refs) == ["train-000", "train-003"]
+    with caplog.at_level(logging.WARNING):
+        trainer.fit()
+    assert (f"{manifest}: 2 utterances without a transcript are left out of train (data.skip_bad=true), "
+            "e.g. ['train-001', 'train-002']") in caplog.text
+    assert "left out of dev" in caplog.text
+    none = rel.write_rows(tmp_path / "none.jsonl", [{**r, "transcript": None} for r in rows])
+    with pytest.raises(ValueError, match=r"none.jsonl: none of its 4 utterances has a transcript"):
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(none, 1, "data.skip_bad=true"))),
+                tmp_path / "run3")
 
 
 def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:
@@ -328,3 +371,43 @@ def test_a_manifest_that_leaves_every_utterance_out_is_refused(tmp_path, tiny_co
     over = rel.pretrain_overrides(tiny_corpus[0], 2, "data.min_seconds=3.0")
     with pytest.raises(ValueError, match=r"train.jsonl: nothing to batch: all 24 utterances are left out"):
         Trainer(PretrainTask(load_pretrain_config(None, over)), tmp_path / "run2")
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "transcribe"])
+@pytest.mark.parametrize("device, problem", [("cuda", "no CUDA in this torch build"), ("gpu", "not a device")])
+def test_a_device_torch_cannot_use_is_refused_naming_its_setting(tmp_path, tiny_corpus, tones, rel, monkeypatch,
+                                                                   caplog, command, device, problem) -> None:
+    """device=cuda on a CPU-only torch build was a raw traceback (exit 1) in every command, device=gpu torch's
+    list of device types naming no setting: now exit 2 and one line naming the setting and the problem."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)  # a CPU-only build, on any machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = ["--out", str(tmp_path / "run")]
+    argv = {
+        "pretrain": ["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 1), f"device={device}", *out],
+        "finetune": ["finetune", *rel.finetune_overrides(tones, 1), f"device={device}", *out],
+        "evaluate": ["evaluate", str(tmp_path / "ckpt"), str(tones), "--device", device, *out],
+        "transcribe": ["transcribe", str(tmp_path / "ckpt"), str(tmp_path / "x.wav"), "--device", device],
+    }[command]
+    shown = f"--device {device}" if command in ("evaluate", "transcribe") else f"device={device}"
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 2
+    assert f"{shown}: {problem}" in caplog.text
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_finetune_refuses_an_option_and_an_override_that_disagree(tmp_path, tones, rel, caplog) -> None:
+    """``finetune --train X data.train=Y`` trained on X, saying nothing (--dev and data.dev, --init and init
+    alike): refused naming both; the same value twice is accepted."""
+    other = rel.write_rows(tmp_path / "other.jsonl", rel.manifest_rows(tones)[:2])
+    over = rel.finetune_overrides(tones, 1)  # data.train=tones, data.dev=null, init=scratch
+    for flag, shown in (("--train", f"data.train={tones}"), ("--dev", "data.dev=null")):
+        with caplog.at_level(logging.ERROR):
+            assert main(["finetune", *over, flag, str(other), "--out", str(tmp_path / "run")]) == 2
+        assert f"{flag} {other} and {shown}: two values for {shown.split('=')[0]}; give one" in caplog.text
+    assert not (tmp_path / "run").exists()
+    assert main(["finetune", *over, "--train", str(tones), "--init", "scratch", "--out", str(tmp_path / "ok")]) == 0

@@ -191,6 +191,46 @@ def test_an_edited_or_reordered_manifest_is_another_recipe(tmp_path, tiny_corpus
         Trainer(PretrainTask(_cfg(rel, manifest, 4)), tmp_path / "run", resume=True)
 
 
+def test_a_finetuning_records_the_weights_it_started_from_and_resumes_only_from_them(tmp_path, tiny_corpus, tones,
+                                                                                     rel) -> None:
+    """``--init runs/pt`` (a run folder) resolved to its latest checkpoint, but trainer.json and the model card
+    showed only the folder, which resolves to another checkpoint once the pre-training goes on; and the recipe
+    was the same from scratch (a BASE) and from a pre-trained tiny model. Now trainer.json and the card show the
+    checkpoint and its weights' SHA-256, which the recipe holds: a resume from other weights is refused, one from
+    the same weights in a moved folder is not."""
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.task import FinetuneTask
+    from earful.interop.card import model_card
+    from earful.train.recipe import recipe_hash
+    from earful.train.state import read_trainer_info
+
+    pt = tmp_path / "pt"
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), pt).fit()
+    first = pt / "checkpoints" / "step-0000002"
+    digest = C.sha256(first / C.MODEL_FILE)
+
+    def finetune(out: Path, init: Path | str, resume: bool = False) -> dict:
+        cfg = load_finetune_config(None, rel.finetune_overrides(tones, 1))
+        cfg.init = str(init)
+        Trainer(FinetuneTask(cfg), out, resume=resume).fit()
+        return read_trainer_info(out / "checkpoints" / "step-0000001")
+
+    info = finetune(tmp_path / "ft", pt)
+    assert (info["init"], info["init_checkpoint"], info["init_sha256"]) == (str(pt), str(first), digest)
+    assert info["recipe"]["init.sha256"] == digest and str(pt) not in json.dumps(info["recipe"])
+    card = model_card(tmp_path / "ft" / "checkpoints" / "step-0000001", 0)
+    assert f"| initialised from | `{first}` (SHA-256 `{digest}`; given as `{pt}`) |" in card
+    scratch = finetune(tmp_path / "scratch", "scratch")
+    assert scratch["init_sha256"] is None and recipe_hash(scratch["recipe"]) != recipe_hash(info["recipe"])
+
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), pt, resume=True, allow_changes=True).fit()  # moves on
+    with pytest.raises(ValueError, match=rf"another recipe .*init\.sha256: '{digest}' -> '[0-9a-f]{{64}}'"):
+        finetune(tmp_path / "ft", pt, resume=True)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(first, moved)
+    assert finetune(tmp_path / "ft", moved, resume=True)["init_sha256"] == digest  # the same weights
+
+
 # ---------------------------------------------------------------------- 5-6. settings validated at load time
 @pytest.mark.parametrize("override, message", [
     ("batch_seconds=0", r"batch_seconds=0\.0: expected a finite number of seconds > 0"),
@@ -226,6 +266,9 @@ def test_bad_settings_are_one_line_errors_naming_the_key(override, message, tiny
     ("model.dropout=1.5", "model.dropout=1.5: expected a probability in [0, 1]"),  # torch's error, naming no key
     ("model.mask_length=0", "model.mask_length=0: expected an integer >= 1"),  # "raise min_masks"
     ("model.temperature_decay=1.5", "model.temperature_decay=1.5: expected a factor in (0, 1] a step"),
+    # min() of an empty tensor at the first log interval (the codeword similarity)
+    ("model.num_codevectors_per_group=1", "model.num_codevectors_per_group=1: expected an integer >= 2 (with one "
+                                          "codeword a group"),
 ])
 def test_model_settings_no_model_can_train_with_name_their_key(override, message, tiny_corpus, rel, tmp_path,
                                                                caplog) -> None:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from earful.checkpoint import MODEL_FILE, sha256
 from earful.cli import main
 from earful.train.recipe import recipe_hash
 
@@ -36,7 +37,8 @@ def test_a_pretrained_and_a_finetuned_model_carry_their_record(cluster_study_loc
     card = (tmp_path / "ft" / "README.md").read_text()
     summary = json.loads((out / "eval" / fine.name / "summary.json").read_text())["splits"]["test"]["greedy"]
     for fact in ("pipeline_tag: automatic-speech-recognition", "wav2vec 2.0, fine-tuned with CTC",
-                 "| vocabulary | 29 symbols (CTC) |", f"| initialised from | `{ckpt}` |", "## Evaluation",
+                 "| vocabulary | 29 symbols (CTC) |", "## Evaluation",
+                 f"| initialised from | `{ckpt}` (SHA-256 `{sha256(ckpt / MODEL_FILE)}`) |",
                  f"| test | greedy | {100 * summary['wer']:.2f} | {100 * summary['cer']:.2f} |"):
         assert fact in card, (fact, card)
     # the study evaluated best: another checkpoint of the run does not carry best's figures

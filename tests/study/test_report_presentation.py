@@ -44,7 +44,8 @@ def make_study(out: Path) -> None:
     write_jsonl(out / "runs.jsonl", runs)
     (out / "study.json").write_text(json.dumps({"name": "toy", "seeds": list(SEEDS), "mode": "fixed-steps",
                                                 "cycles": 2, "cycle_minima": [2], "steps": STEPS,
-                                                "grid": list(BATCHES), "plan": "| run |\n|---|"}))
+                                                "grid": list(BATCHES), "plan": "| run |\n|---|",
+                                                "corpus": {"valid": "manifests/dev-clean.jsonl"}}))
     results, probes = [], []
     for r in runs:
         b, s, name = r["batch_seconds"], r["seed"], r["run"]
@@ -95,13 +96,22 @@ def section(text: str, title: str) -> str:
     return text.split(f"## {title}")[1].split("\n## ")[0]
 
 
+def test_pretraining_validation_names_its_manifest_not_held_out_voices(report) -> None:
+    """The heading said "held-out voices" for any corpus, a study validating on the training speakers
+    (dev-clean) included: it names corpus.valid and claims nothing about its voices."""
+    text, _, _ = report
+    assert "## Pre-training: final validation (corpus.valid `manifests/dev-clean.jsonl`; mean ± SE" in text
+    assert "held-out" not in text
+
+
 def test_every_table_prints_mean_and_standard_error_over_seeds_and_says_so(report) -> None:
     """Tables had printed mean ± SD over seeds (said only under the pre-training table), while the claims, the
     docs and 'within 2 standard errors' meant SEs: every ± is now SD/√n and every table's caption says so."""
     text, _, _ = report
     shift = [100 * v for v in SHIFT.values()]
     assert f"{se(shift):.1f}" == "2.6" and f"{statistics.stdev(shift):.1f}" == "4.6"
-    pre = section(text, "Pre-training: final validation (held-out voices; mean ± SE over 3 seeds)")
+    pre = section(text, "Pre-training: final validation (corpus.valid `manifests/dev-clean.jsonl`; mean ± SE over "
+                        "3 seeds)")
     assert f"| {3.0 + statistics.fmean(SHIFT.values()):.3f} ± {se(list(SHIFT.values())):.3f} |" in pre  # 16 s loss
     probes = section(text, "Probes of frozen features (docs/probes.md; test split, %; mean ± SE over 3 seeds; a "
                            "value without ± is one seed)")
