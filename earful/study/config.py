@@ -62,6 +62,9 @@ class GridEntry:
     tag: str | None = None
 
 
+CHECKPOINT_CHOICES = ("final", "best", "milestones")  # what finetune.checkpoints may name
+
+
 @dataclass
 class FinetuneSpec:
     config: str | None = None  # fine-tuning YAML (preset name or path)

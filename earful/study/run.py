@@ -34,7 +34,7 @@ from typing import Any
 from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
 from earful.lock import hold_folder
-from earful.study.config import PlannedRun, StudyConfig, cycle_minima, plan_runs
+from earful.study.config import CHECKPOINT_CHOICES, PlannedRun, StudyConfig, cycle_minima, plan_runs
 from earful.study.corpus import check_probe_corpus, ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 from earful.study.plan import plan_table, why_no_best
@@ -129,9 +129,6 @@ def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Prob
                for run in runs for p in probing.get(run.name, []) for r in done[f"probe:{p.name}"]]
     if records or (out / "probes.jsonl").exists():
         atomic_write_lines(out / "probes.jsonl", (json.dumps(rec) for rec in records))
-
-
-CHECKPOINT_CHOICES = ("final", "best", "milestones")
 
 
 def finetuned_label_sets(study: StudyConfig) -> list[str]:

@@ -21,7 +21,7 @@ from earful.config import load_config, save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.probe.config import ProbeConfig
-from earful.study.config import PlannedRun, StudyConfig, cycle_minima
+from earful.study.config import CHECKPOINT_CHOICES, PlannedRun, StudyConfig, cycle_minima
 from earful.study.pool import StudyStopped
 from earful.train.config import TrainingConfig
 from earful.train.state import RunDir, nonfinite_stop, read_trainer_info
@@ -227,7 +227,7 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
         elif spec == "milestones":
             chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:
-            raise ValueError(f"finetune.checkpoints: unknown {spec!r} (final | best | milestones)")
+            raise ValueError(f"finetune.checkpoints: unknown {spec!r} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
     return chosen
 
 
