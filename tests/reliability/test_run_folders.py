@@ -284,7 +284,8 @@ def test_an_integer_setting_of_inf_or_nan_names_its_key(value, tiny_corpus, rel,
     rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2, f"max_steps={value}"), "--out",
                str(tmp_path / "run")])
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert rc == 2 and errors == [f"config.max_steps: expected an integer, got {value[1:]}"], errors
+    assert rc == 2 and errors == [f"command-line overrides: config.max_steps: expected an integer, got {value[1:]}"
+                                  ], errors  # where it came from, then the key
 
 
 def test_yaml_files_that_say_two_things_or_are_not_utf8_are_named(tmp_path, caplog) -> None:
