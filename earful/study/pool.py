@@ -157,13 +157,13 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
         running: dict[Future, Job] = {}
         try:
             while queue or running:
-                while queue:
+                # as many as there are workers: a job handed to the executor's own queue could not be cancelled,
+                # and would start, unsignalled, in the first worker a stop frees
+                while queue and len(running) < workers:
                     job = queue.popleft()
                     running[pool.submit(job.fn, *job.args)] = job
                 done, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
-                # the pool marks queued-ahead jobs as running too; the oldest `workers` of them are the ones at work
-                busy = [j.key for f, j in running.items() if f.running()][:workers]
-                bar.set_postfix_str(", ".join(busy), refresh=True)
+                bar.set_postfix_str(", ".join(j.key for j in running.values()), refresh=True)
                 for fut in done:
                     job = running.pop(fut)
                     err = fut.exception()
@@ -176,8 +176,10 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
         except BaseException:
             procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own table, which
             pool.shutdown(wait=False, cancel_futures=True)  # shutdown empties
-            _stop_workers(procs, [j.key for f, j in running.items() if f.running()][:workers])
-            raise  # once the workers have stopped: leaving the pool's block waits for them
+            _stop_workers(procs, [j.key for j in running.values()])
+            for p in procs:  # until each has checkpointed and ended (the executor's own exit no longer waits after
+                p.join()  # shutdown(wait=False)); a signal meanwhile is said and ignored (_signals_stop_the_study)
+            raise
         finally:
             bar.close()
     return progress.results

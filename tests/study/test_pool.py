@@ -44,8 +44,9 @@ TRAINING = '''
 import pathlib, signal, time
 
 def train(out, key):
-    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint and stop."""
+    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint (2 s) and stop."""
     def checkpoint(signum, frame):
+        time.sleep(2)
         pathlib.Path(out, f"checkpoint-{key}").write_text(signal.Signals(signum).name)
         raise RuntimeError(f"{key} stopped")
     signal.signal(signal.SIGTERM, checkpoint)
@@ -58,7 +59,7 @@ import sys
 import training
 from earful.study.pool import Job, execute
 out = sys.argv[1]
-execute([Job(k, training.train, (out, k)) for k in ("a", "b")], 2, __import__("pathlib").Path(out, "logs"))
+execute([Job(k, training.train, (out, k)) for k in ("a", "b", "c")], 2, __import__("pathlib").Path(out, "logs"))
 '''
 
 
@@ -66,7 +67,8 @@ execute([Job(k, training.train, (out, k)) for k in ("a", "b")], 2, __import__("p
 def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, signum) -> None:
     """`kill` of a study running jobs: 2 killed the study process at once, and its workers exited at their next
     look without a checkpoint (a pre-training lost everything since its last one). Now the study stops its
-    workers as after a failure (SIGTERM: each training checkpoints) and ends with StudyStopped."""
+    workers as after a failure (SIGTERM: each training checkpoints), waits for them, and ends with StudyStopped;
+    a second signal meanwhile is said and ignored, and the job queued behind them never starts."""
     (tmp_path / "training.py").write_text(TRAINING)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
     proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
@@ -76,6 +78,10 @@ def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, 
         assert time.monotonic() < deadline and proc.poll() is None, "the jobs never started"
         time.sleep(0.1)
     proc.send_signal(signum)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # impatient: while the trainings checkpoint
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and f"StudyStopped: the study received {signum.name}" in err, err
+    assert "received SIGTERM: already stopping" in err, err
     assert [(tmp_path / f"checkpoint-{k}").read_text() for k in "ab"] == ["SIGTERM", "SIGTERM"]
+    assert not (tmp_path / "started-c").exists()
