@@ -71,15 +71,19 @@ class FinetuneTask(Task):
         return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
 
     def _initial_weights(self, resume_from: Path | None) -> InitWeights:
-        """What ``init`` names now (resolved once: a run directory's latest moves on). Resuming, the recipe
-        compares its digest with the run's; an ``init`` that no longer resolves (moved, removed) is taken to be
-        the weights the run recorded, with a warning: the run's own checkpoint holds the model."""
+        """What ``init`` names now (resolved once: a run directory's latest moves on). Resuming with the ``init``
+        the run was started with, the weights it recorded then (a run folder's latest has moved on since, but
+        this run started from the one it recorded); with another ``init``, what that names now, whose digest the
+        recipe compares with the run's; an ``init`` that no longer resolves (moved, removed) is taken to be the
+        weights the run recorded, with a warning: the run's own checkpoint holds the model."""
+        saved = read_trainer_info(resume_from) if resume_from is not None else {}
+        if saved.get("init") == self.cfg.init and "init_checkpoint" in saved:
+            return InitWeights(str(saved["init_checkpoint"]), saved.get("init_sha256"))
         try:
             return resolve_init(self.cfg.init)
         except (OSError, CheckpointError) as e:
             if resume_from is None:
                 raise
-            saved = read_trainer_info(resume_from)
             log.warning("%s; resuming with the initial weights the run recorded (%s, SHA-256 %s)", e,
                         saved.get("init_checkpoint"), saved.get("init_sha256"))
             return InitWeights(str(saved.get("init_checkpoint", self.cfg.init)), saved.get("init_sha256"))

@@ -196,8 +196,9 @@ def test_a_finetuning_records_the_weights_it_started_from_and_resumes_only_from_
     """``--init runs/pt`` (a run folder) resolved to its latest checkpoint, but trainer.json and the model card
     showed only the folder, which resolves to another checkpoint once the pre-training goes on; and the recipe
     was the same from scratch (a BASE) and from a pre-trained tiny model. Now trainer.json and the card show the
-    checkpoint and its weights' SHA-256, which the recipe holds: a resume from other weights is refused, one from
-    the same weights in a moved folder is not."""
+    checkpoint and its weights' SHA-256, which the recipe holds: a resume with the same --init keeps the weights
+    the run recorded (the folder has moved on since), one from other weights is refused, one from the same
+    weights in a moved folder is not."""
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
     from earful.interop.card import model_card
@@ -224,8 +225,10 @@ def test_a_finetuning_records_the_weights_it_started_from_and_resumes_only_from_
     assert scratch["init_sha256"] is None and recipe_hash(scratch["recipe"]) != recipe_hash(info["recipe"])
 
     Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), pt, resume=True, allow_changes=True).fit()  # moves on
+    resumed = finetune(tmp_path / "ft", pt, resume=True)  # the command it started with: the weights it recorded
+    assert (resumed["init_checkpoint"], resumed["init_sha256"]) == (str(first), digest)
     with pytest.raises(ValueError, match=rf"another recipe .*init\.sha256: '{digest}' -> '[0-9a-f]{{64}}'"):
-        finetune(tmp_path / "ft", pt, resume=True)
+        finetune(tmp_path / "ft", pt / "checkpoints" / "step-0000004", resume=True)
     moved = tmp_path / "elsewhere"
     shutil.copytree(first, moved)
     assert finetune(tmp_path / "ft", moved, resume=True)["init_sha256"] == digest  # the same weights
