@@ -33,7 +33,8 @@ RUN_ONLY = {"device", "threads", "log_every", "ckpt_every", "keep_last", "tensor
 OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "finetune.overrides"}
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
-PER_ENTRY = {"batch_seconds", "device_seconds", "max_steps", "optim.lr", "optim.cyclic_step_size"}
+# (the cyclic schedule's step size too where the study sets it from each entry's steps: `cycles`)
+PER_ENTRY = {"batch_seconds", "device_seconds", "max_steps", "optim.lr"}
 
 
 def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
@@ -80,8 +81,9 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
 def _without_entries(fp: dict[str, Any]) -> dict[str, Any]:
     """``fp`` less what its grid part holds entry by entry: the study's grid and the first run's own settings."""
+    per_entry = PER_ENTRY | ({"optim.cyclic_step_size"} if fp.get("study", {}).get("cycles") else set())
     return {part: {k: v for k, v in kv.items() if not (part == "study" and k == "grid")
-                   and not (part == "pretrain" and k in PER_ENTRY)} for part, kv in fp.items()}
+                   and not (part == "pretrain" and k in per_entry)} for part, kv in fp.items()}
 
 
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:

@@ -276,6 +276,15 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
     other = load_study(study_file, ["grid=[4, 8, 16]", "reference_batch_seconds=16"])  # every entry's lr moves
     with pytest.raises(ValueError, match=r"differs in study\.reference_batch_seconds, grid\.4s, grid\.8s\)"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    # the cyclic schedule's step size is the entries' only where the study sets it (cycles): here, the recipe's
+    cyclic = [f"pretrain_overrides=[model_preset=tiny, optim.schedule=cyclic, optim.cyclic_step_size={n}]"
+              for n in (1, 2)]
+    first = load_study(study_file, [cyclic[0]])
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": recipe_fingerprint(
+        first, plan_runs(first), study_file.parent)}))
+    other = load_study(study_file, [cyclic[1]])
+    with pytest.raises(ValueError, match=r"differs in pretrain\.optim\.cyclic_step_size\)"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
     # a study.json written before grid entries were fingerprinted continues as it is, its grid compared whole
     before = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     del before["grid"]
