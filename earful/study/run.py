@@ -12,9 +12,10 @@ With ``launcher: slurm`` each is a Slurm job instead, submitted through submitit
     OUT/pretrain/<run>/             pre-training run directories (+ done.json)
     OUT/finetune/<run>__<ckpt>__<labels>/   fine-tuning run directories (+ done.json)
     OUT/eval/<run>__<ckpt>__<labels>/       evaluation hypotheses and summary.json
-    OUT/runs.jsonl, results.jsonl, probes.jsonl   what the report reads: one record per evaluated model and split,
-                                    per probed model and metric; `hours` in them is the audio fed (padded, as in
-                                    the logs), `hours_nominal` the paper's batch × steps
+    OUT/runs.jsonl, results.jsonl, probes.jsonl   what the report reads: each run's plan (its `hours`: the
+                                    planned batch × steps), one record per evaluated model and split, per probed
+                                    model and metric (their `hours`: the audio fed, padded, as in the logs;
+                                    `hours_nominal`: the paper's batch × steps)
     OUT/report/                     report.md, CSVs, plots
     OUT/logs/                       the workers' logs (jobs > 1)
     OUT/submitit/<job id>/          a Slurm job's script, pickles and logs (launcher: slurm)
