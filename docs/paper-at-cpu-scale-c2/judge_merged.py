@@ -1,0 +1,68 @@
+"""C2 one doubling further: studies/cpu-paper.yaml's cells (4-64 s, docs/paper-at-cpu-scale/design.csv) and
+studies/cpu-paper-c2.yaml's (128 s, design.csv beside this file), judged together by earful/study/claims.py, the
+gain of each doubling of the batch printed, and plotted (doublings.png). Run from the repository root:
+
+    python docs/paper-at-cpu-scale-c2/judge_merged.py
+
+(A study folder holding both continues as one study: `earful study run studies/cpu-paper.yaml --out runs/cpu-paper
+"grid=[{batch_seconds: 4, lr: 1.0e-3}, {batch_seconds: 8, lr: 1.414e-3}, 16, 32, 64, 128]"` adds the 128 s runs
+to a finished cpu-paper study and writes one report; the two were run on different machines here.)"""
+
+import csv
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from earful.study.claims import _gain, cells, judge  # noqa: E402
+
+HERE = Path(__file__).parent
+METRICS = {"pr.per": False, "ic.accuracy": True, "valid_loss": False, "valid_accuracy": True}
+log = logging.getLogger("judge_merged")
+
+
+def rows(path: Path) -> list[dict]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            out.append({k: (v if k == "run" else float(v) if v != "" else None) for k, v in r.items()})
+    return out
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    both = rows(HERE.parent / "paper-at-cpu-scale" / "design.csv") + rows(HERE / "design.csv")
+    for v in judge(both, METRICS):
+        log.info("%s %s: %s — %s", v.claim, v.metric, v.verdict, v.evidence)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, (metric, higher) in zip(axes, METRICS.items(), strict=True):
+        grid = cells(both, metric)
+        sign = 1.0 if higher else -1.0
+        bs = sorted({b for b, s in grid if s == 400})
+        gains = [_gain(grid[(a, 400)], grid[(b, 400)], sign) for a, b in zip(bs, bs[1:], strict=False)]
+        log.info("%s, step 400, gain of each doubling: %s", metric,
+                 "; ".join(f"{a:g}→{b:g} s {g:+.3f} ± {se:.3f}" for (a, b), (g, se) in
+                           zip(zip(bs, bs[1:], strict=False), gains, strict=True)))
+        scale = 100.0 if metric != "valid_loss" else 1.0
+        for step, style in ((200, "o--"), (400, "o-")):
+            xs = sorted(b for b, s in grid if s == step)
+            ax.errorbar(xs, [scale * grid[(b, step)].mean for b in xs], yerr=[scale * grid[(b, step)].se for b in xs],
+                        fmt=style, capsize=3, label=f"step {step}")
+        ax.axvspan(96, 160, color="0.9", zorder=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bs, [f"{b:g}" for b in bs])
+        ax.set_xlabel("batch (s of audio); shaded: this study")
+        ax.set_title(f"{metric}{' %' if scale == 100 else ''} ({'higher' if higher else 'lower'} is better)")
+        ax.legend(fontsize=8)
+    fig.suptitle("The paper's design at CPU scale, 4-128 s: mean ± SE over 3 seeds (4-64 s: cpu-paper; 128 s: "
+                 "cpu-paper-c2)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(HERE / "doublings.png", dpi=110)
+    log.info("wrote %s", HERE / "doublings.png")
+
+
+if __name__ == "__main__":
+    main()
