@@ -62,3 +62,14 @@ def test_a_difference_without_spread_is_not_called_beyond_2_standard_errors() ->
 
     assert compare([0.50, 0.50], [0.51, 0.51]) == "lower (no spread over seeds: not judged)"
     assert compare([0.50, 0.52], [0.60, 0.62]) == "lower (beyond 2 standard errors)"
+
+
+def test_one_seed_makes_no_claim_of_how_often_a_2_se_call_is_chance() -> None:
+    """With one seed there is no 2 SE call (compare says the spread is not measured); the line said "a 2 SE call is
+    chance in about 5 % of comparisons" all the same."""
+    from earful.study.report import _against_baseline
+
+    one = _against_baseline({8.0: [0.5], 16.0: [0.6]}, [0.7], "scratch", "CER")
+    assert "spread not measured) at 8, 16 s; best pre-trained (8 s) 50.0 %" in one and "chance" not in one
+    three = _against_baseline({8.0: [0.5, 0.52, 0.54], 16.0: [0.6, 0.61, 0.63]}, [0.7, 0.71, 0.69], "scratch", "CER")
+    assert "(with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons)" in three
