@@ -28,11 +28,16 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _check_options(options: dict[str, tuple[str, str | None]], overrides: list[str]) -> None:
     """Refuse an option given together with a key=value override of its key that says otherwise (``--train X
-    data.train=Y`` trained on X, silently); the same value twice is accepted. ``options``: key -> (flag, value)."""
-    given = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in overrides)}
+    data.train=Y`` trained on X, silently); the same value twice is accepted, however the override quotes it
+    (``data.train='a b'``: the value as the override is read). ``options``: key -> (flag, value)."""
+    from earful.config import flatten, parse_overrides
+
+    written = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in overrides)}  # as the user wrote it
+    given = flatten(parse_overrides(overrides))  # as it is read
     for key, (flag, value) in options.items():
         if value is not None and key in given and given[key] != value:
-            raise ValueError(f"{flag} {value} and {key}={given[key]}: two values for {key}; give one of them")
+            shown = written.get(key, given[key])
+            raise ValueError(f"{flag} {value} and {key}={shown}: two values for {key}; give one of them")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

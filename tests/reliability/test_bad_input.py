@@ -411,3 +411,5 @@ def test_finetune_refuses_an_option_and_an_override_that_disagree(tmp_path, tone
         assert f"{flag} {other} and {shown}: two values for {shown.split('=')[0]}; give one" in caplog.text
     assert not (tmp_path / "run").exists()
     assert main(["finetune", *over, "--train", str(tones), "--init", "scratch", "--out", str(tmp_path / "ok")]) == 0
+    quoted = [o if not o.startswith("data.train=") else f"data.train='{tones}'" for o in over]  # read alike
+    assert main(["finetune", *quoted, "--train", str(tones), "--out", str(tmp_path / "quoted")]) == 0
