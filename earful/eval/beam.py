@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import codecs
 import logging
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,9 +88,7 @@ def written(word: str, vocab: CharVocab) -> str:
     """An LM word as the vocabulary writes it, as references are normalised (:meth:`CharVocab.normalize`):
     NFC, lower-cased for a lower-case vocabulary, the vocabulary's text mapping applied (``CAFÉ`` with
     ``{é: e}``: ``cafe``). Its spelling, and the word in a transcript."""
-    word = unicodedata.normalize("NFC", word)
-    word = word.lower() if lower_case(vocab) else word
-    return "".join(vocab.mapping.get(c, c) for c in word) if vocab.mapping else word
+    return vocab.mapped(word, lower=lower_case(vocab))
 
 
 def lexicon_from_words(words: Iterable[str], vocab: CharVocab, source: str = "the LM") -> dict[str, list[list[str]]]:

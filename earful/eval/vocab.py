@@ -126,15 +126,21 @@ class CharVocab:
         return self._index[symbol]
 
     # ------------------------------------------------------------------ text
+    def mapped(self, text: str, lower: bool = True) -> str:
+        """``text`` NFC-normalised, lower-cased (unless ``lower`` is False) and with the mapping applied: the
+        characters :meth:`normalize` checks, and an LM word's spelling (``earful.eval.beam.written``)."""
+        text = unicodedata.normalize("NFC", text)
+        text = text.lower() if lower else text
+        return "".join(self.mapping.get(c, c) for c in text) if self.mapping else text
+
     def normalize(self, text: str, utt_id: str | None = None) -> str:
-        """NFC-normalise, lower-case, apply the mapping, collapse white space; raise on characters outside the
-        vocabulary, naming each, with a mapping that removes them all in the setting it is given in.
+        """NFC-normalise, lower-case, apply the mapping (:meth:`mapped`), collapse white space; raise on
+        characters outside the vocabulary, naming each, with a mapping that removes them all in the setting it
+        is given in.
 
         Returns the normalised text with single spaces between words (no leading/trailing space).
         """
-        text = unicodedata.normalize("NFC", text).lower()
-        if self.mapping:
-            text = "".join(self.mapping.get(c, c) for c in text)
+        text = self.mapped(text)
         words = text.split()
         bad = sorted({c for w in words for c in w if c not in self._index or c == DELIMITER})
         if bad:
