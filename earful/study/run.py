@@ -40,7 +40,7 @@ from earful.study.corpus import check_probe_corpus, ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 from earful.study.plan import plan_table, why_no_best
 from earful.study.pool import Job, execute
-from earful.study.report import build_report
+from earful.study.report import build_report, nominal_hours
 from earful.study.stages import (
     BASELINES,
     checkpoints_to_finetune,
@@ -82,7 +82,7 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
         todo += [Finetuning(f"{run.name}__{ck_name}__{ls}", ck, ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
                              "seed": run.seed, "checkpoint": ck_name, "hours": hours,
-                             "hours_nominal": run.batch_seconds * step / 3600, "step": step, "label_set": ls})
+                             "hours_nominal": nominal_hours(run.batch_seconds, step), "step": step, "label_set": ls})
                  for ls in label_sets]
     if first_of_seed:
         init = out / "pretrain" / run.name / "checkpoints" / "init"
@@ -112,7 +112,8 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
         hours, step = hours_of(path)
         todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
-            "checkpoint": ck_name, "step": step, "hours": hours, "hours_nominal": run.batch_seconds * step / 3600}))
+            "checkpoint": ck_name, "step": step, "hours": hours,
+            "hours_nominal": nominal_hours(run.batch_seconds, step)}))
     if first_of_seed:
         todo.append(Probing(f"init-seed{run.seed}", str(out / "pretrain" / run.name / "checkpoints" / "init"), {
             "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
