@@ -306,8 +306,9 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
                 elif transcript is not None and (bad := control_character(transcript)) is not None:
                     problems.append(f"{side}: the transcript holds a {bad} (kept unlabelled)")
                     transcript = None
+                if ext == ".txt":
+                    _other_sidecar(side, transcript, problems)
                 break
-        _other_sidecar(path, transcript, problems)
         if not _first_path(path, root, rel.as_posix(), transcript, files_read, problems):
             continue
         speaker = path.parent.name if path.parent != root else "unknown"
@@ -317,11 +318,11 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
     return utts
 
 
-def _other_sidecar(path: Path, transcript: str | None, problems: list[str]) -> None:
-    """A note where ``path`` has both a ``.txt`` and a ``.lab`` transcript and they say different things: the
-    ``.txt`` one (``transcript``) is read, the ``.lab`` one is not."""
-    txt, lab = path.with_suffix(".txt"), path.with_suffix(".lab")
-    if transcript is None or not (txt.is_file() and lab.is_file()):
+def _other_sidecar(txt: Path, transcript: str | None, problems: list[str]) -> None:
+    """A note where the ``.txt`` transcript read (``transcript``, from ``txt``) has a ``.lab`` beside it that says
+    something else: the ``.lab`` one is not read."""
+    lab = txt.with_suffix(".lab")
+    if transcript is None or not lab.is_file():
         return
     other = _read_text(lab, [])  # its own problems do not matter: it is not read
     if other is not None and " ".join(other.split()) != transcript:
