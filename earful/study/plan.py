@@ -51,15 +51,16 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
 
         keeps_best = not why_no_best(study, load_pretrain_config(study.pretrain_config, study.pretrain_overrides))
     for r in runs:
-        # what the trainer writes: hours-H once step >= nominal_steps(H) (the last step included), one per name
-        reached = {f"{h:g}" for h in study.milestone_hours if nominal_steps(h, r.batch_seconds) <= r.steps}
-        milestones = len(reached) + len(cycle_minima(study))
-        best = 1 if keeps_best else 0  # checkpoints/best comes of pre-training's validation
-        chosen = sum({"final": 1, "best": best, "milestones": milestones}.get(c, 0)
-                     for c in set(study.finetune.checkpoints))
+        # what the trainer writes: hours-H at the first step >= nominal_steps(H) (the last step included), and
+        # steps-N; checkpoints of one step are fine-tuned and probed once (stages.shared_weights)
+        milestones = {max(nominal_steps(h, r.batch_seconds), 1) for h in study.milestone_hours
+                      if nominal_steps(h, r.batch_seconds) <= r.steps} | set(cycle_minima(study))
+        kinds = set(study.finetune.checkpoints)
+        steps = (milestones if "milestones" in kinds else set()) | ({r.steps} if "final" in kinds else set())
+        best = 1 if keeps_best and "best" in kinds else 0  # checkpoints/best comes of pre-training's validation
         first = firsts[r.seed] is r
-        finetunings += label_sets * (chosen + (len(study.finetune.baselines) if first else 0))
-        upstreams += milestones + 1 + (1 if first else 0)
+        finetunings += label_sets * (len(steps) + best + (len(study.finetune.baselines) if first else 0))
+        upstreams += len(milestones | {r.steps}) + (1 if first else 0)
     upstreams = upstreams + 1 if study.probes else 0  # and filterbanks
     return {"finetunings": finetunings, "probe_upstreams": upstreams,
             "probe_heads": upstreams * len(study.probes) * len(study.probe_seeds),

@@ -54,6 +54,7 @@ from earful.study.stages import (
     probe_stage,
     probed,
     run_pretraining_stage,
+    shared_weights,
 )
 from earful.train.tracking import require
 
@@ -77,9 +78,12 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
     and, for the first run of a seed, the from-scratch baselines from its random init (same architecture)."""
     label_sets = finetuned_label_sets(study)
     todo = []
-    for ck_name, ck in ({} if diverged else checkpoints_to_finetune(study, run, out)).items():
+    chosen = {} if diverged else checkpoints_to_finetune(study, run, out)
+    same = shared_weights({name: ck for name, ck in chosen.items() if name != "best"})  # best: a copy, of no step
+    for ck_name, ck in chosen.items():
         hours, step = hours_of(ck)
-        todo += [Finetuning(f"{run.name}__{ck_name}__{ls}", ck, ls, None,
+        job = same.get(ck_name, ck_name)  # a milestone at the last step is fine-tuned once, as the final
+        todo += [Finetuning(f"{run.name}__{job}__{ls}", chosen[job], ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
                              "seed": run.seed, "checkpoint": ck_name, "hours": hours,
                              "hours_nominal": nominal_hours(run.batch_seconds, step), "step": step, "label_set": ls})
@@ -91,6 +95,11 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
                              "checkpoint": "init", "hours": 0.0, "hours_nominal": 0.0, "step": 0, "label_set": ls})
                  for base in study.finetune.baselines for ls in label_sets]
     return todo
+
+
+def unique(planned: list[Any]) -> list[Any]:
+    """One of each job name: checkpoints of the same weights share one (``shared_weights``)."""
+    return list({p.name: p for p in planned}.values())
 
 
 @dataclass
@@ -108,9 +117,12 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
     diverged); for the first run of a seed its random init (every run of a seed starts from it), and once per
     study filterbanks."""
     todo = []
-    for ck_name, path in ({} if diverged else kept_checkpoints(study, run, out)).items():
+    kept = {} if diverged else kept_checkpoints(study, run, out)
+    same = shared_weights(kept)
+    for ck_name, path in kept.items():
         hours, step = hours_of(path)
-        todo.append(Probing(f"{run.name}__{ck_name}", str(path), {
+        job = same[ck_name]  # checkpoints of one step (the same weights) are probed once
+        todo.append(Probing(f"{run.name}__{job}", str(kept[job]), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
             "checkpoint": ck_name, "step": step, "hours": hours,
             "hours_nominal": nominal_hours(run.batch_seconds, step)}))
@@ -247,13 +259,13 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
         planned[run.name] = planned_finetunings(study, run, out, first, diverged)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline), done=partial(evaluated, out, f.name))
-                for f in planned[run.name]]
+                for f in unique(planned[run.name])]
         if study.probes:
             probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0],
                                                diverged=diverged)
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
                          done=partial(probed, study, out, p.name))
-                     for p in probing[run.name]]
+                     for p in unique(probing[run.name])]
         if study.gradvar_batches and not diverged:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
                             done=partial(gradvar_measured, out, run)))

@@ -207,6 +207,21 @@ def test_plan_counts_what_the_pre_trainings_let_start(tmp_path) -> None:
                                                           "probe_heads": 68, "gradvar": 15}
 
 
+def test_plan_counts_checkpoints_of_one_step_once(tmp_path) -> None:
+    """A milestone on the last step is the final and one on a cycle minimum is that minimum (the same weights):
+    the study fine-tunes and probes each once, and the plan counts them so."""
+    from earful.study.plan import later_stages
+
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 8\ncycles: 2\nmilestone_hours: [0.0044, 0.0089]\n"
+                 "probes: [pr]\ncorpus: {label_sets: {a: a.jsonl}}\nfinetune: {checkpoints: [final, milestones]}\n")
+    study = load_study(y)
+    # steps 4 (hours-0.0044 = steps-4) and 8 (hours-0.0089 = final): 2 fine-tunings + the scratch baseline;
+    # 2 upstreams + the random init + filterbanks
+    assert later_stages(study, plan_runs(study)) == {"finetunings": 3, "probe_upstreams": 4, "probe_heads": 4,
+                                                     "gradvar": 0}
+
+
 def test_plan_counts_a_milestone_the_last_step_reaches() -> None:
     """hours-H is written once step >= nominal_steps(H), the last step included: studies/paper.yaml's 16,667 h
     and 66,667 h milestones land on step 400,000 of the 1- and 4-GPU runs (200 fine-tunings, not 190)."""

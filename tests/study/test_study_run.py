@@ -570,6 +570,35 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
     assert record["hours"] == 0.003 and record["hours_nominal"] == 4 * 4 / 3600
 
 
+def test_checkpoints_of_one_step_are_fine_tuned_and_probed_once(tmp_path) -> None:
+    """A milestone the last step reaches (hours-0.0089 of 4 s batches is step 8 of 8) holds the final's weights,
+    one on a cycle minimum that minimum's: each is fine-tuned and probed once, its records kept under both names."""
+    from earful.study.config import PlannedRun, StudyConfig
+    from earful.study.run import planned_finetunings, planned_probes, unique
+
+    run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8,
+                     hours=8 * 4 / 3600, seed=1)
+    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, milestone_hours=[0.0044, 0.0089])
+    study.corpus.label_sets = {"a": "a.jsonl"}
+    study.finetune.checkpoints = ["final", "milestones"]
+    ck = tmp_path / "pretrain" / run.name / "checkpoints"
+    for name, step in (("hours-0.0044", 4), ("hours-0.0089", 8), ("steps-4", 4), ("step-0000008", 8)):
+        (ck / name).mkdir(parents=True)
+        (ck / name / "trainer.json").write_text(json.dumps({"step": step, "hours_padded": step * 4 / 3600}))
+    finetunings = planned_finetunings(study, run, tmp_path, False)
+    assert [(f.record["checkpoint"], f.name, f.init.name) for f in finetunings] == [
+        ("final", "4s-seed1__final__a", "step-0000008"),
+        ("hours-0.0044", "4s-seed1__hours-0.0044__a", "hours-0.0044"),
+        ("hours-0.0089", "4s-seed1__final__a", "step-0000008"),
+        ("steps-4", "4s-seed1__hours-0.0044__a", "hours-0.0044")]
+    assert [f.name for f in unique(finetunings)] == ["4s-seed1__final__a", "4s-seed1__hours-0.0044__a"]
+    probes = planned_probes(study, run, tmp_path, False, False)
+    assert [(p.record["checkpoint"], p.name) for p in probes] == [
+        ("hours-0.0044", "4s-seed1__hours-0.0044"), ("hours-0.0089", "4s-seed1__final"),
+        ("steps-4", "4s-seed1__hours-0.0044"), ("final", "4s-seed1__final")]
+    assert len(unique(probes)) == 2
+
+
 def test_evaluation_splits_are_named_by_the_study_corpus_test_keys(tmp_path) -> None:
     """{clean: a/test.jsonl, other: b/test.jsonl} are the splits `clean` and `other` (the manifests' stems made them
     `test` and `test-2`, and the report took whichever was called `test` for its main split)."""
