@@ -105,7 +105,9 @@ def _gain(a: Cell, b: Cell, sign: float) -> tuple[float, float]:
     return sign * (b.mean - a.mean), math.sqrt(a.se**2 + b.se**2)
 
 
-def _beyond(gain: float, se: float) -> bool:
+def beyond_2se(gain: float, se: float) -> bool:
+    """The one rule of every "beyond 2 standard errors" in a report: a gain over twice its SE, where the SE was
+    measured (a zero spread over seeds is no measure of the noise, not an infinitely clear difference)."""
     return math.isfinite(se) and se > 0 and gain > 2 * se
 
 
@@ -121,16 +123,16 @@ def judge_c1(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     for s in steps:
         bs = sorted(b for b, t in grid if t == s)
         rho = spearman(bs, [sign * grid[(b, s)].mean for b in bs])
-        up = sum(_beyond(*_gain(grid[(a, s)], grid[(b, s)], sign)) for a, b in zip(bs, bs[1:], strict=False))
+        up = sum(beyond_2se(*_gain(grid[(a, s)], grid[(b, s)], sign)) for a, b in zip(bs, bs[1:], strict=False))
         per_step.append(f"step {s}: ρ {rho:+.2f}, {up}/{len(bs) - 1} pairs better beyond 2 SE")
     rho = spearman(batches, [sign * grid[(b, final)].mean for b in batches])
     gain, se = _gain(grid[(batches[0], final)], grid[(batches[-1], final)], sign)
     measured = math.isfinite(se)
     if len(batches) == 2:  # no rank correlation of two points: the pair's 2 SE test, both ways
-        verdict = _verdict(measured and _beyond(gain, se), measured and _beyond(-gain, se))
+        verdict = _verdict(measured and beyond_2se(gain, se), measured and beyond_2se(-gain, se))
     else:
-        verdict = _verdict(measured and rho >= 0.8 and _beyond(gain, se),
-                           measured and (rho <= 0 or _beyond(-gain, se)))
+        verdict = _verdict(measured and rho >= 0.8 and beyond_2se(gain, se),
+                           measured and (rho <= 0 or beyond_2se(-gain, se)))
     evidence = (f"largest vs smallest batch at step {final}: {gain:+.3g} ± {se:.2g} (SE); " + "; ".join(per_step))
     return Verdict("C1", metric, verdict, evidence)
 
@@ -144,8 +146,8 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     large, large_se = _gain(grid[(bs[-2], final)], grid[(bs[-1], final)], sign)
     # reproduced: the smallest doubling gains and the largest, at its upper bound, a third of it at most;
     # refuted: the largest doubling still gains, as much as the smallest
-    verdict = _verdict(_beyond(small, small_se) and math.isfinite(large_se) and large + 2 * large_se <= small / 3,
-                       _beyond(large, large_se) and large >= small)
+    verdict = _verdict(beyond_2se(small, small_se) and math.isfinite(large_se) and large + 2 * large_se <= small / 3,
+                       beyond_2se(large, large_se) and large >= small)
     evidence = (f"at step {final}: {bs[0]:g} → {bs[1]:g} s gains {small:+.3g} ± {small_se:.2g}; {bs[-2]:g} → "
                 f"{bs[-1]:g} s gains {large:+.3g} ± {large_se:.2g}")
     return Verdict("C2", metric, verdict, evidence)
@@ -191,7 +193,7 @@ def judge_c4(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     third_high = max(g + 2 * g_se, 0.0) / 3  # a third of the equal-steps gain, at its upper bound
     # pairs whose own change exceeds that beyond 2 SE: changes of both signs cancel in the mean, not here
     apart = sum(abs(x) - 2 * se > third_high for x, se in (_gain(a, b, sign) for a, b in hours))
-    held = measured and _beyond(g, g_se) and abs(h) + 2 * h_se <= (g - 2 * g_se) / 3 and apart == 0
+    held = measured and beyond_2se(g, g_se) and abs(h) + 2 * h_se <= (g - 2 * g_se) / 3 and apart == 0
     refuted = measured and (abs(h) - 2 * h_se > third_high or 2 * apart >= len(hours))
     ratio = abs(h) / g if g > 0 else math.inf
     evidence = (f"mean change at equal hours (B, T) → (2B, T/2) {h:+.3g} ± {h_se:.2g} (SE, {len(hours)} pairs, "
@@ -235,8 +237,8 @@ def judge_c7(ppl: dict[float, list[float]], sim: dict[float, list[float]]) -> Ve
     seeded = all(len(ppl[b]) >= 2 and len(sim[b]) >= 2 for b in bs)
     p_gain, p_se = _gain(Cell(ppl[bs[0]]), Cell(ppl[bs[-1]]), 1.0)  # perplexity: the claim is up
     s_gain, s_se = _gain(Cell(sim[bs[0]]), Cell(sim[bs[-1]]), -1.0)  # similarity: the claim is down
-    held = seeded and rho_p >= 0.8 and rho_s <= -0.8 and _beyond(p_gain, p_se) and _beyond(s_gain, s_se)
-    refuted = seeded and (rho_p <= -0.8 and _beyond(-p_gain, p_se) or rho_s >= 0.8 and _beyond(-s_gain, s_se))
+    held = seeded and rho_p >= 0.8 and rho_s <= -0.8 and beyond_2se(p_gain, p_se) and beyond_2se(s_gain, s_se)
+    refuted = seeded and (rho_p <= -0.8 and beyond_2se(-p_gain, p_se) or rho_s >= 0.8 and beyond_2se(-s_gain, s_se))
     shown = ", ".join(f"{b:g} s: {statistics.fmean(ppl[b]):.1f} / {statistics.fmean(sim[b]):.3f}" for b in bs)
     spread = (f"; {bs[-1]:g} s vs {bs[0]:g} s: perplexity {p_gain:+.3g} ± {p_se:.2g}, similarity {-s_gain:+.3g} ± "
               f"{s_se:.2g} (SE)" if seeded else "; fewer than 2 seeds at some batch size: the spread is not measured")

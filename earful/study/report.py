@@ -201,17 +201,19 @@ def _level(ax, values: list[float], label: str, colour: str, style: str) -> None
 
 def compare(a: list[float], b: list[float]) -> str:
     """'lower' / 'higher' / 'no clear difference' for mean(a) vs mean(b), judged against the seed spread."""
-    ma, sa, na = mean_std(a)
-    mb, sb, nb = mean_std(b)
+    ma, sea, na = mean_se(a)
+    mb, seb, nb = mean_se(b)
     if na == 0 or nb == 0:
         return "not measured"
     if ma == mb:
         return "equal"
     if na > 1 and nb > 1:
-        se = math.sqrt(sa**2 / na + sb**2 / nb)
-        if se == 0:  # as claims._beyond: no spread is no measure of the noise, not an infinitely clear difference
+        from earful.study.claims import beyond_2se
+
+        se = math.sqrt(sea**2 + seb**2)  # as claims' gains
+        if se == 0:  # no spread is no measure of the noise, not an infinitely clear difference
             return ("lower" if ma < mb else "higher") + " (no spread over seeds: not judged)"
-        if abs(ma - mb) < 2 * se:
+        if not beyond_2se(abs(ma - mb), se):
             return "no clear difference (within 2 standard errors)"
         return ("lower" if ma < mb else "higher") + " (beyond 2 standard errors)"
     return ("lower" if ma < mb else "higher") + " (one seed: spread not measured)"

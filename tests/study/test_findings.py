@@ -64,6 +64,25 @@ def test_a_difference_without_spread_is_not_called_beyond_2_standard_errors() ->
     assert compare([0.50, 0.52], [0.60, 0.62]) == "lower (beyond 2 standard errors)"
 
 
+def test_the_report_and_the_claims_call_a_difference_beyond_2_se_by_one_rule() -> None:
+    """report.compare had its own 2 SE test (|d| < 2 SE: within), the claims theirs (gain > 2 SE: beyond); at the
+    boundary they disagreed: [0, 1] against [√2, 1 + √2] was "beyond" in the report and not in the claims."""
+    import math
+    import random
+
+    from earful.study.claims import Cell, beyond_2se
+    from earful.study.report import compare
+
+    rng = random.Random(0)
+    cases = [([0.0, 1.0], [math.sqrt(2), 1 + math.sqrt(2)])]
+    cases += [([rng.gauss(0, 1) for _ in range(n)], [rng.gauss(1, 1) for _ in range(n)])
+              for n in (2, 3, 5) for _ in range(200)]
+    for a, b in cases:
+        ca, cb = Cell(a), Cell(b)
+        claims_say = beyond_2se(abs(ca.mean - cb.mean), math.sqrt(ca.se**2 + cb.se**2))
+        assert ("beyond" in compare(a, b)) == claims_say, (a, b)
+
+
 def test_one_seed_makes_no_claim_of_how_often_a_2_se_call_is_chance() -> None:
     """With one seed there is no 2 SE call (compare says the spread is not measured); the line said "a 2 SE call is
     chance in about 5 % of comparisons" all the same."""
