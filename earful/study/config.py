@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from earful.config import from_dict, merge, parse_overrides, plain_name, read_yaml, to_dict
 from earful.data.budget import BatchBudget
-from earful.train.config import TrackingConfig, nominal_steps, scale_lr
+from earful.train.config import TrackingConfig, nominal_hours, nominal_steps, scale_lr
 
 
 @dataclass
@@ -215,7 +215,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
                 steps = max(1, nominal_steps(study.hours, e.batch_seconds))
             runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
                                    devices=e.devices, device_seconds=dev_s, lr=lr, steps=steps,
-                                   hours=steps * e.batch_seconds / 3600, seed=seed))
+                                   hours=nominal_hours(e.batch_seconds, steps), seed=seed))
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # one folder would serve (or be trained by) two runs
         twice = sorted({n for n in names if names.count(n) > 1})

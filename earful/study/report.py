@@ -23,6 +23,7 @@ from typing import Any
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_lines
 from earful.markdown import md_table
+from earful.train.config import nominal_hours
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,6 @@ def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:
         w = csv.writer(f)
         w.writerow(head)
         w.writerows(rows)
-
-
-def nominal_hours(batch_seconds: float | None, step: int | None) -> float:
-    """Batch × steps, in hours (0 for a baseline without a batch)."""
-    return (batch_seconds or 0.0) * (step or 0) / 3600
 
 
 def padded_hours(out: Path, runs: dict[str, Any]) -> dict[tuple[str, int], float]:

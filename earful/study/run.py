@@ -40,7 +40,7 @@ from earful.study.corpus import check_probe_corpus, ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 from earful.study.plan import plan_table, why_no_best
 from earful.study.pool import Job, execute
-from earful.study.report import build_report, nominal_hours
+from earful.study.report import build_report
 from earful.study.stages import (
     BASELINES,
     checkpoints_to_finetune,
@@ -56,6 +56,7 @@ from earful.study.stages import (
     run_pretraining_stage,
     shared_weights,
 )
+from earful.train.config import nominal_hours
 from earful.train.tracking import require
 
 log = logging.getLogger(__name__)

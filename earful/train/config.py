@@ -18,6 +18,11 @@ def nominal_steps(hours: float, batch_seconds: float) -> int:
     return math.floor(hours * 3600 / batch_seconds + 0.5)
 
 
+def nominal_hours(batch_seconds: float | None, step: int | None) -> float:
+    """Batch × steps, in hours, the inverse of ``nominal_steps`` (0 for a baseline without a batch)."""
+    return (batch_seconds or 0.0) * (step or 0) / 3600
+
+
 def scale_lr(lr: float, batch_seconds: float, reference_seconds: float, rule: str) -> float:
     """The paper's rules: ``linear`` lr·B/B_ref, ``sqrt`` lr·sqrt(B/B_ref), ``none`` lr."""
     ratio = batch_seconds / reference_seconds
