@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from earful.checkpoint import read_info
-from earful.study.report import read_jsonl
+from earful.study.report import read_jsonl, read_records
 from earful.train.recipe import MANIFESTS, recipe_hash
 from earful.train.state import TRAINER_FILE
 
@@ -133,12 +133,12 @@ def _validation(run: Path, trainer: dict[str, Any] | None) -> list[str]:
     path = run / "valid.jsonl"
     if trainer is None or not path.exists():
         return []
-    records = [r for r in read_jsonl(path) if r["step"] <= trainer["step"]]
+    records = [r for r in read_records(path) if r["step"] <= trainer["step"]]
     if not records:
         return []
     last = records[-1]
-    rows = [(k, _number(v)) for k, v in last.items() if k not in ("step", "hours", "hours_real")]
-    note = f"at step {last['step']:,} ({last['hours']:.4g} h seen)"
+    rows = [(k, _number(v)) for k, v in last.items() if k not in ("step", "hours_padded", "hours_real")]
+    note = f"at step {last['step']:,} ({last['hours_padded']:.4g} h seen)"
     if trainer.get("best") is not None:
         note += f"; the run's best {trainer['best_metric']}: {trainer['best']:.4g}"
     return ["", "## Validation", "", note, "", *_table(rows)]
@@ -150,7 +150,8 @@ def _results(run: Path, ckpt: Path) -> list[str]:
     if run.parent.name == "pretrain" and (study / "results.jsonl").exists():
         steps = {r["run"]: r["steps"] for r in read_jsonl(study / "runs.jsonl")}
         name = "final" if ckpt.name == f"step-{steps.get(run.name, -1):07d}" else ckpt.name
-        rows = [r for r in read_jsonl(study / "results.jsonl") if r["pretrain"] == run.name and r["checkpoint"] == name]
+        rows = [r for r in read_records(study / "results.jsonl")
+                if r["pretrain"] == run.name and r["checkpoint"] == name]
         if not rows:
             return []
         table = ["| label set | split | decoder | WER % | CER % |", "|---|---|---|---|---|"]

@@ -119,7 +119,7 @@ class PretrainTask(Task):
         return rec
 
     def postfix(self, rec: dict[str, Any], last_valid: float) -> dict[str, str]:
-        return {"h": f"{rec['hours']:.3f}", "loss": f"{rec['loss']:.3f}", "acc": f"{rec['accuracy']:.3f}",
+        return {"h": f"{rec['hours_padded']:.3f}", "loss": f"{rec['loss']:.3f}", "acc": f"{rec['accuracy']:.3f}",
                 "aps": f"{rec['audio_seconds_per_second']:.0f}"}
 
     # ------------------------------------------------------------------ validation

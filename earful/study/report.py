@@ -45,6 +45,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A run's ``train.jsonl`` / ``valid.jsonl`` or a study's ``results.jsonl`` / ``probes.jsonl``: the padded
+    hours seen under ``hours_padded``, in files written before it had that name (``hours``) too."""
+    records = read_jsonl(path)
+    for r in records:
+        if "hours_padded" not in r and "hours" in r:
+            r["hours_padded"] = r.pop("hours")
+    return records
+
+
 def _finite(xs: list[float]) -> list[float]:
     return [x for x in xs if x is not None and math.isfinite(x)]
 
@@ -220,7 +230,7 @@ def build_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     rep = out / "report"
     (rep / "plots").mkdir(parents=True, exist_ok=True)
-    results = read_jsonl(out / "results.jsonl")
+    results = read_records(out / "results.jsonl")
     every_run = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
     study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
     text = [f"# Study report: {study.get('name', out.name)}", ""]
@@ -233,13 +243,13 @@ def build_report(out_dir: str | Path) -> Path:
     text += diverged_section(every_run, results)
     # a diverged run (or fine-tuning) is shown above and left out of every table, finding and claim below
     runs = {name: r for name, r in every_run.items() if not r.get("diverged")}
-    curves = {name: read_jsonl(out / "pretrain" / name / "valid.jsonl") for name in runs}
+    curves = {name: read_records(out / "pretrain" / name / "valid.jsonl") for name in runs}
     padded = padded_hours(out, runs)
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
     ft = [r for r in results if r.get("split") and not r.get("diverged")]
     main_split = main_split_of(sorted({r["split"] for r in ft}))
-    probes = read_jsonl(out / "probes.jsonl")
+    probes = read_records(out / "probes.jsonl")
     means = probe_means(probes)
     about = {upstream_of(r): r for r in probes}  # a record of each (upstream, checkpoint, seed)
     if probes:
@@ -462,12 +472,12 @@ def design_rows(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], s
                 at.update(valid_loss=rec["loss"], valid_accuracy=rec["accuracy"],
                           valid_perplexity=statistics.fmean(ppl) if ppl else None)
                 if at["hours_padded"] is None:
-                    at["hours_padded"] = rec.get("hours")
+                    at["hours_padded"] = rec.get("hours_padded")
     for r in ft:
         if r["split"] == main_split and r.get("batch_seconds") and (at := row(r["pretrain"], r.get("step"))):
             at[f"cer_{r['label_set']}"] = r["cer"]
             if at["hours_padded"] is None:
-                at["hours_padded"] = r.get("hours")  # a fine-tuning record's hours are its checkpoint's padded
+                at["hours_padded"] = r.get("hours_padded")  # a fine-tuning record's: its checkpoint's
     for key, ms in (means or {}).items():  # probe metrics, by the record of each probed model
         if (at := row(key[0], about[key]["step"])) is not None:
             at.update(ms)
@@ -509,7 +519,7 @@ def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dic
     ppl: dict[float, list[float]] = defaultdict(list)
     sim: dict[float, list[float]] = defaultdict(list)
     for name, run in runs.items():
-        train = read_jsonl(out / "pretrain" / name / "train.jsonl")
+        train = read_records(out / "pretrain" / name / "train.jsonl")
         if curves.get(name) and train:
             ppl[run["batch_seconds"]].append(statistics.fmean(
                 v for k, v in curves[name][-1].items() if k.startswith("ppl_hard")))
@@ -547,14 +557,15 @@ def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str,
         acc = [f["accuracy"] for f in finals]
         loss = [f["loss"] for f in finals]
         ppl = [statistics.fmean(v for k, v in f.items() if k.startswith("ppl_hard")) for f in finals]
-        fed = _finite([f.get("hours") for f in finals])
+        fed = _finite([f.get("hours_padded") for f in finals])
         first = runs[by_batch[b][0]]
         rows.append([first["tag"], f"{first['steps']:,}", f"{first['hours']:.3g}",
                      f"{statistics.fmean(fed):.3g}" if fed else "–", fmt_ms(loss, False), fmt_ms(acc, False),
                      fmt_ms(ppl, False)])
         counts += [len(_finite(loss))]
         for n, f in named:
-            csv_rows.append([n, b, f["step"], nominal_hours(b, f["step"]), f.get("hours"), f["loss"], f["accuracy"]])
+            csv_rows.append([n, b, f["step"], nominal_hours(b, f["step"]), f.get("hours_padded"), f["loss"],
+                             f["accuracy"]])
     if not rows:
         return []
     write_csv(rep / "pretrain_valid.csv", ["run", "batch_seconds", "step", "hours_nominal", "hours_padded", "loss",
@@ -583,7 +594,7 @@ def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[s
                              ("accuracy", "contrastive accuracy", "Validation contrastive accuracy"),
                              ("ppl", "hard codebook perplexity", "Validation hard codebook perplexity "
                                                                  "(mean over the codebook groups)")):
-        for xkey, xlabel in (("step", "optimizer steps"), ("hours", PADDED)):
+        for xkey, xlabel in (("step", "optimizer steps"), ("hours_padded", PADDED)):
             def draw(ax, key=key, xkey=xkey, label=label, xlabel=xlabel, what=what):
                 xs_all = []
                 for name in shown:
@@ -594,17 +605,18 @@ def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[s
                     xs = [r[xkey] for r in c]
                     xs_all += xs
                     ax.plot(xs, ys, color=colour[runs[name]["batch_seconds"]], ls=ls, marker=marker, ms=3, lw=1.2)
-                if xkey == "hours":
+                if xkey == "hours_padded":
                     hours_axis(ax, xs_all, PADDED)
                 else:
                     ax.set_xlabel(xlabel)
                 ax.set_ylabel(label)
-                ax.set_title(f"{what}\nagainst {'padded hours seen' if xkey == 'hours' else 'steps'}, one line per run")
+                against = "padded hours seen" if xkey == "hours_padded" else "steps"
+                ax.set_title(f"{what}\nagainst {against}, one line per run")
                 # the legend: colour = batch size, line style and marker = seed
                 return [Line2D([], [], color=colour[b], lw=2, label=f"batch {b:g} s") for b in sorted(colour)] + [
                     Line2D([], [], color="0.35", ls=style[s][0], marker=style[s][1], ms=3, label=f"seed {s}")
                     for s in seeds]
-            _plot(rep / "plots" / f"valid_{key}_vs_{xkey}.png", draw)
+            _plot(rep / "plots" / f"valid_{key}_vs_{xkey.removesuffix('_padded')}.png", draw)
 
 
 def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split: str, rep: Path) -> list[str]:
@@ -622,10 +634,10 @@ def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split
         key = (r.get("tag", r["pretrain"]), r["checkpoint"])
         for m in groups:
             groups[m][key][r["label_set"]].append(r[m])
-        fed[key].append(r.get("hours", 0.0))  # a fine-tuning record's hours: its checkpoint's padded hours
+        fed[key].append(r.get("hours_padded", 0.0))  # a fine-tuning record's: its checkpoint's padded hours
         nominal[key].append(nominal_hours(r.get("batch_seconds"), r.get("step")))
         csv_rows.append([r["pretrain"], r.get("batch_seconds"), r["checkpoint"], r.get("step"),
-                         nominal_hours(r.get("batch_seconds"), r.get("step")), r.get("hours"), r["label_set"],
+                         nominal_hours(r.get("batch_seconds"), r.get("step")), r.get("hours_padded"), r["label_set"],
                          r["split"], r["wer"], r["cer"]])
     batch_of = {run["tag"]: run["batch_seconds"] for run in reversed(list(runs.values()))}
     keys = sorted(groups["wer"], key=lambda k: (0 if k[0].startswith("scratch") else 1, batch_of.get(k[0], -1), k[1]))
@@ -671,7 +683,7 @@ def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> Non
                 per_b = defaultdict(lambda: defaultdict(list))
                 for r in ft:
                     if r["split"] == main_split and r["label_set"] == ls and r.get("batch_seconds"):
-                        per_b[r["batch_seconds"]][r["checkpoint"]].append((r["hours"], r[metric] * 100))
+                        per_b[r["batch_seconds"]][r["checkpoint"]].append((r["hours_padded"], r[metric] * 100))
                 colour = batch_colours(list(per_b))
                 for b in sorted(per_b):
                     pts = sorted((statistics.fmean(h for h, _ in v), [y for _, y in v]) for v in per_b[b].values())

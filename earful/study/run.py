@@ -14,7 +14,7 @@ With ``launcher: slurm`` each is a Slurm job instead, submitted through submitit
     OUT/eval/<run>__<ckpt>__<labels>/       evaluation hypotheses and summary.json
     OUT/runs.jsonl, results.jsonl, probes.jsonl   what the report reads: each run's plan (its `hours`: the
                                     planned batch × steps), one record per evaluated model and split, per probed
-                                    model and metric (their `hours`: the audio fed, padded, as in the logs;
+                                    model and metric (their `hours_padded`: the audio fed, as in the logs;
                                     `hours_nominal`: the paper's batch × steps)
     OUT/report/                     report.md, CSVs, plots
     OUT/logs/                       the workers' logs (jobs > 1)
@@ -86,14 +86,15 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
         job = same.get(ck_name, ck_name)  # a milestone at the last step is fine-tuned once, as the final
         todo += [Finetuning(f"{run.name}__{job}__{ls}", chosen[job], ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
-                             "seed": run.seed, "checkpoint": ck_name, "hours": hours,
+                             "seed": run.seed, "checkpoint": ck_name, "hours_padded": hours,
                              "hours_nominal": nominal_hours(run.batch_seconds, step), "step": step, "label_set": ls})
                  for ls in label_sets]
     if first_of_seed:
         init = out / "pretrain" / run.name / "checkpoints" / "init"
         todo += [Finetuning(f"{base}-seed{run.seed}__init__{ls}", init, ls, base,
                             {"pretrain": base, "tag": base, "batch_seconds": None, "seed": run.seed,
-                             "checkpoint": "init", "hours": 0.0, "hours_nominal": 0.0, "step": 0, "label_set": ls})
+                             "checkpoint": "init", "hours_padded": 0.0, "hours_nominal": 0.0, "step": 0,
+                             "label_set": ls})
                  for base in study.finetune.baselines for ls in label_sets]
     return todo
 
@@ -125,15 +126,16 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
         job = same[ck_name]  # checkpoints of one step (the same weights) are probed once
         todo.append(Probing(f"{run.name}__{job}", str(kept[job]), {
             "pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds, "seed": run.seed,
-            "checkpoint": ck_name, "step": step, "hours": hours,
+            "checkpoint": ck_name, "step": step, "hours_padded": hours,
             "hours_nominal": nominal_hours(run.batch_seconds, step)}))
     if first_of_seed:
         todo.append(Probing(f"init-seed{run.seed}", str(out / "pretrain" / run.name / "checkpoints" / "init"), {
             "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
-            "checkpoint": "init", "step": 0, "hours": 0.0, "hours_nominal": 0.0}))
+            "checkpoint": "init", "step": 0, "hours_padded": 0.0, "hours_nominal": 0.0}))
     if fbank:
         todo.append(Probing("fbank", "fbank", {"pretrain": "fbank", "tag": "fbank", "batch_seconds": None, "seed": None,
-                                               "checkpoint": "fbank", "step": 0, "hours": 0.0, "hours_nominal": 0.0}))
+                                               "checkpoint": "fbank", "step": 0, "hours_padded": 0.0,
+                                               "hours_nominal": 0.0}))
     return todo
 
 

@@ -423,7 +423,7 @@ class Trainer:
         if not self.d.is_main:
             return
         rec: dict[str, Any] = {
-            "step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real,
+            "step": self.step, "hours_padded": self.hours_padded, "hours_real": self.hours_real,
             **self.task.interval_record(s, steps),
             "grad_norm": s["grad_norm"] / (steps - s["overflow"]) if steps > s["overflow"] else math.nan,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -444,7 +444,7 @@ class Trainer:
         found = self.task.validate()
         if found is None:
             return
-        rec = {"step": self.step, "hours": self.hours_padded, "hours_real": self.hours_real, **found}
+        rec = {"step": self.step, "hours_padded": self.hours_padded, "hours_real": self.hours_real, **found}
         self.last_valid = rec[self.task.best_metric]
         self.valid_log.write(rec)
         self.tb.write("valid", rec, self.step)

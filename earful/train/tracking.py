@@ -4,11 +4,11 @@ trackio, any of them through ``tracking.backends``. Each is an optional package:
 
 A tracked run records its resolved config, ``recipe_sha256`` (the fingerprint of the recipe every checkpoint
 records, ``earful/train/recipe.py``) and ``batch_seconds``; then, at every log and validation interval only (never
-inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/…`` and ``valid/…``, ``train/hours``
-being the hours of audio seen. Runs compared together share ``tracking.group``: W&B's and trackio's group, MLflow's
-experiment; a study sets it to its name. A resumed run continues the same tracked run (its ids are in
-``RUN/tracking.json``); the steps between its last checkpoint and the stop are then logged twice (``train.jsonl`` is
-cut back on resume, the trackers only append).
+inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/…`` and ``valid/…``,
+``train/hours_padded`` being the hours of audio seen. Runs compared together share ``tracking.group``: W&B's and
+trackio's group, MLflow's experiment; a study sets it to its name. A resumed run continues the same tracked run
+(its ids are in ``RUN/tracking.json``); the steps between its last checkpoint and the stop are then logged twice
+(``train.jsonl`` is cut back on resume, the trackers only append).
 
 Local stores under ``tracking.dir`` (default ``RUN/tracking``; a study's runs share ``OUT/tracking``):
 

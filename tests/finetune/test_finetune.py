@@ -44,6 +44,9 @@ def test_overfits_a_few_utterances(tmp_path, tone_corpus) -> None:
     assert rec["cer"] < 0.05, rec
     log = [json.loads(x) for x in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0.2 * log[0]["loss"]
+    # one name for the audio fed, as trainer.json's: `hours_padded` (with `hours_real`), never a bare `hours`
+    info = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/trainer.json")).read_text())
+    assert rec["hours_padded"] == log[-1]["hours_padded"] == info["hours_padded"] > 0 and "hours" not in rec
     assert [r["transformer_frozen"] for r in log[9:11]] == [True, False]
 
 

@@ -129,7 +129,7 @@ def test_the_report_shows_diverged_runs_and_leaves_them_out_of_its_statistics(tm
                 if (b, k) == (8, 2) else {})} for b in (4, 8) for k in (1, 2)]
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     results = [{"pretrain": r["run"], "tag": r["tag"], "batch_seconds": r["batch_seconds"], "seed": r["seed"],
-                "checkpoint": "final", "hours": 0.01, "step": 4, "label_set": "10h", "split": "test",
+                "checkpoint": "final", "hours_padded": 0.01, "step": 4, "label_set": "10h", "split": "test",
                 "decoder": "greedy", "wer": 0.9, "cer": 0.5 if r["run"] != "4s-seed2" else 0.7,
                 **({"diverged": True} if r["run"] == "4s-seed2" else {})} for r in runs if not r.get("diverged")]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
@@ -137,7 +137,7 @@ def test_the_report_shows_diverged_runs_and_leaves_them_out_of_its_statistics(tm
         (tmp_path / "pretrain" / r["run"]).mkdir(parents=True)
         loss = float("nan") if r.get("diverged") else 2.0
         (tmp_path / "pretrain" / r["run"] / "valid.jsonl").write_text(json.dumps(
-            {"step": 4, "hours": 0.01, "loss": loss, "accuracy": 0.5, "ppl_hard_0": 3.0}) + "\n")
+            {"step": 4, "hours_padded": 0.01, "loss": loss, "accuracy": 0.5, "ppl_hard_0": 3.0}) + "\n")
     text = build_report(tmp_path).read_text()
     assert ("## Diverged runs\n\nPre-trainings that diverged: 8s-seed2 (10 non-finite steps in a row at step 4)"
             in text)

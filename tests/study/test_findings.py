@@ -5,7 +5,7 @@ from earful.study.report import findings
 
 def rec(pretrain, b, ck, step, hours, cer, seed=1):
     return {"pretrain": pretrain, "tag": pretrain, "batch_seconds": b, "checkpoint": ck, "step": step,
-            "hours": hours, "seed": seed, "label_set": "10h", "split": "test", "wer": min(1.0, cer + 0.2),
+            "hours_padded": hours, "seed": seed, "label_set": "10h", "split": "test", "wer": min(1.0, cer + 0.2),
             "cer": cer}
 
 

@@ -51,27 +51,27 @@ def make_study(out: Path) -> None:
         b, s, name = r["batch_seconds"], r["seed"], r["run"]
         rdir = out / "pretrain" / name
         write_jsonl(rdir / "valid.jsonl", [
-            {"step": step, "hours": padded(b, step), "loss": 4.0 - b / 16 * step / 4 + SHIFT[s],
+            {"step": step, "hours_padded": padded(b, step), "loss": 4.0 - b / 16 * step / 4 + SHIFT[s],
              "accuracy": 0.1 + b / 100 + SHIFT[s], "ppl_hard_g0": 10 + b + 10 * SHIFT[s]} for step in (2, 4)])
         for ck, step in (("steps-2", 2), (f"step-{STEPS:07d}", STEPS)):
             (rdir / "checkpoints" / ck).mkdir(parents=True)
             (rdir / "checkpoints" / ck / "trainer.json").write_text(json.dumps(
                 {"step": step, "hours_padded": padded(b, step), "hours_real": 0.99 * padded(b, step)}))
         results.append({"pretrain": name, "tag": r["tag"], "batch_seconds": b, "seed": s, "checkpoint": "final",
-                        "hours": padded(b, STEPS), "step": STEPS, "label_set": "10h", "split": "test",
+                        "hours_padded": padded(b, STEPS), "step": STEPS, "label_set": "10h", "split": "test",
                         "wer": 0.9 - b / 100 + SHIFT[s], "cer": 0.6 - b / 100 + SHIFT[s]})
         probes += [{"pretrain": name, "tag": r["tag"], "batch_seconds": b, "seed": s, "checkpoint": ck,
-                    "step": step, "hours": nominal(b, step), "probe_seed": 0, "task": "pr", "metric": "per",
+                    "step": step, "hours_padded": nominal(b, step), "probe_seed": 0, "task": "pr", "metric": "per",
                     "value": 0.8 - b / 50 * step / 4 + SHIFT[s]} for ck, step in (("steps-2", 2), ("final", STEPS))]
     for s in SEEDS:
         results.append({"pretrain": "scratch", "tag": "scratch", "batch_seconds": None, "seed": s,
-                        "checkpoint": "init", "hours": 0.0, "step": 0, "label_set": "10h", "split": "test",
+                        "checkpoint": "init", "hours_padded": 0.0, "step": 0, "label_set": "10h", "split": "test",
                         "wer": 0.95 + SHIFT[s] / 3, "cer": 0.7 + SHIFT[s]})
         probes.append({"pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": s,
-                       "checkpoint": "init", "step": 0, "hours": 0.0, "probe_seed": 0, "task": "pr", "metric": "per",
-                       "value": 0.75 + SHIFT[s]})
+                       "checkpoint": "init", "step": 0, "hours_padded": 0.0, "probe_seed": 0, "task": "pr",
+                       "metric": "per", "value": 0.75 + SHIFT[s]})
     probes.append({"pretrain": "fbank", "tag": "fbank", "batch_seconds": None, "seed": None, "checkpoint": "fbank",
-                   "step": 0, "hours": 0.0, "probe_seed": 0, "task": "pr", "metric": "per", "value": 0.68})
+                   "step": 0, "hours_padded": 0.0, "probe_seed": 0, "task": "pr", "metric": "per", "value": 0.68})
     write_jsonl(out / "results.jsonl", results)
     write_jsonl(out / "probes.jsonl", probes)
 
@@ -131,7 +131,7 @@ def test_no_difference_against_scratch_is_said_in_a_sentence() -> None:
     from earful.study.report import findings
 
     ft = [{"pretrain": p if b is None else f"{p}-seed{s}", "tag": p, "batch_seconds": b, "checkpoint": ck, "step": 4,
-           "hours": 0.01, "seed": s, "label_set": "10h", "split": "test", "wer": 0.9,
+           "hours_padded": 0.01, "seed": s, "label_set": "10h", "split": "test", "wer": 0.9,
            "cer": 0.5 + SHIFT[s] + (0.01 if b else 0.0)} for s in SEEDS for p, b, ck in (("4s", 4.0, "final"),
                                                                                        ("scratch", None, "init"))]
     text = "\n".join(findings(ft, {}, {"mode": "fixed-steps"}, "test", "cer"))

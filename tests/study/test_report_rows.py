@@ -9,7 +9,7 @@ from earful.study.report import claims_section, design_rows, probe_means, probe_
 
 def probe(pretrain, ck, step, seed, value, task="pr", metric="per", batch=None):
     return {"pretrain": pretrain, "tag": pretrain if batch is None else f"{batch:g}s", "batch_seconds": batch,
-            "seed": seed, "checkpoint": ck, "step": step, "hours": (batch or 0) * step / 3600, "probe_seed": 0,
+            "seed": seed, "checkpoint": ck, "step": step, "hours_padded": (batch or 0) * step / 3600, "probe_seed": 0,
             "task": task, "metric": metric, "value": value}
 
 
@@ -79,8 +79,21 @@ def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> 
     from earful.study.report import pretraining_section
 
     runs = {name: {**run(name, 8.0, seed), "hours": 0.01} for name, seed in (("8s-seed1", 1), ("8s-seed2", 2))}
-    curves = {"8s-seed1": [], "8s-seed2": [{"step": 4, "hours": 0.01, "loss": 2.5, "accuracy": 0.4,
+    curves = {"8s-seed1": [], "8s-seed2": [{"step": 4, "hours_padded": 0.01, "loss": 2.5, "accuracy": 0.4,
                                               "ppl_hard_0": 3.0}]}
     pretraining_section(curves, runs, {"seeds": [1, 2]}, tmp_path)
     assert (tmp_path / "pretrain_valid.csv").read_text().splitlines()[1:] == [
         f"8s-seed2,8.0,4,{8 * 4 / 3600},0.01,2.5,0.4"]  # nominal hours (batch × steps), then padded (recorded)
+
+
+def test_records_written_before_hours_padded_had_its_name_are_read_as_padded(tmp_path) -> None:
+    """train.jsonl, valid.jsonl, results.jsonl and probes.jsonl called the padded hours `hours` before they were
+    `hours_padded` everywhere (trainer.json's name): the report and the model card read both."""
+    from earful.study.report import read_records
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text(json.dumps({"step": 4, "hours": 0.01, "loss": 2.5}) + "\n")
+    new.write_text(json.dumps({"step": 4, "hours_padded": 0.02, "loss": 2.5}) + "\n")
+    assert read_records(old) == [{"step": 4, "hours_padded": 0.01, "loss": 2.5}]
+    assert read_records(new) == [{"step": 4, "hours_padded": 0.02, "loss": 2.5}]
+

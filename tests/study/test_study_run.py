@@ -567,7 +567,7 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
     # `hours` is the audio fed (padded), as in the logs and results.jsonl; `hours_nominal` is batch × steps
     (ck / "steps-4" / "trainer.json").write_text(json.dumps({"step": 4, "hours_padded": 0.003}))
     record = next(p.record for p in planned_probes(study, run, tmp_path, False, False) if p.name.endswith("steps-4"))
-    assert record["hours"] == 0.003 and record["hours_nominal"] == 4 * 4 / 3600
+    assert record["hours_padded"] == 0.003 and record["hours_nominal"] == 4 * 4 / 3600
 
 
 def test_checkpoints_of_one_step_are_fine_tuned_and_probed_once(tmp_path) -> None:

@@ -57,7 +57,7 @@ def test_a_run_logs_to_every_tracker_and_resumes_into_the_same_tracked_run(tmp_p
     pretrain(*tiny_corpus, out, 2)
     pretrain(*tiny_corpus, out, 4, "--resume", "--allow-changes")  # another max_steps: a recipe change
     train = {r["step"]: r for r in map(json.loads, (out / "train.jsonl").read_text().splitlines())}
-    assert sorted(train) == [2, 4] and train[4]["hours"] > train[2]["hours"] > 0
+    assert sorted(train) == [2, 4] and train[4]["hours_padded"] > train[2]["hours_padded"] > 0
     info = json.loads((out / "checkpoints" / "step-0000004" / "trainer.json").read_text())
     recipe = recipe_hash(info["recipe"])
 
@@ -66,8 +66,8 @@ def test_a_run_logs_to_every_tracker_and_resumes_into_the_same_tracked_run(tmp_p
 
     tb = EventAccumulator(str(out / "tb"))
     tb.Reload()
-    assert [(e.step, pytest.approx(e.value)) for e in tb.Scalars("train/hours")] == [
-        (2, train[2]["hours"]), (4, train[4]["hours"])]
+    assert [(e.step, pytest.approx(e.value)) for e in tb.Scalars("train/hours_padded")] == [
+        (2, train[2]["hours_padded"]), (4, train[4]["hours_padded"])]
 
     # MLflow: one run in the group's experiment, continued on resume
     from mlflow.tracking import MlflowClient
@@ -79,8 +79,8 @@ def test_a_run_logs_to_every_tracker_and_resumes_into_the_same_tracked_run(tmp_p
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert run.data.params["batch_seconds"] == "4.0" and run.data.params["model.hidden_size"] == "64"
     assert run.data.tags["recipe_sha256"] == recipe != recipe_hash({})
-    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/hours")]
-    assert history == [(2, pytest.approx(train[2]["hours"])), (4, pytest.approx(train[4]["hours"]))]
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/hours_padded")]
+    assert history == [(2, pytest.approx(train[2]["hours_padded"])), (4, pytest.approx(train[4]["hours_padded"]))]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid/loss")] == [2, 4]
 
     # W&B offline: two offline segments of one run id, in the group, with the config and the history
@@ -97,8 +97,8 @@ def test_a_run_logs_to_every_tracker_and_resumes_into_the_same_tracked_run(tmp_p
                 row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
                 history[record.history.step.num] = {**history.get(record.history.step.num, {}), **row}
     assert config["batch_seconds"] == 4.0 and config["recipe_sha256"] == recipe and config["model"]["hidden_size"] == 64
-    assert {s: r["train/hours"] for s, r in history.items() if "train/hours" in r} == {
-        2: pytest.approx(train[2]["hours"]), 4: pytest.approx(train[4]["hours"])}
+    assert {s: r["train/hours_padded"] for s, r in history.items() if "train/hours_padded" in r} == {
+        2: pytest.approx(train[2]["hours_padded"]), 4: pytest.approx(train[4]["hours_padded"])}
 
     # trackio: its store read by trackio itself (it fixes its folder when first imported, hence a process)
     read = ("import json, trackio.sqlite_storage as s; S = s.SQLiteStorage; "
@@ -110,8 +110,8 @@ def test_a_run_logs_to_every_tracker_and_resumes_into_the_same_tracked_run(tmp_p
     runs, logs, config = json.loads(r.stdout.splitlines()[-1])
     assert runs == ["run"] and config["_Group"] == "study-g"
     assert config["batch_seconds"] == 4.0 and config["recipe_sha256"] == recipe
-    hours = {rec["step"]: rec["train/hours"] for rec in logs if "train/hours" in rec}
-    assert hours == {2: pytest.approx(train[2]["hours"]), 4: pytest.approx(train[4]["hours"])}
+    hours = {rec["step"]: rec["train/hours_padded"] for rec in logs if "train/hours_padded" in rec}
+    assert hours == {2: pytest.approx(train[2]["hours_padded"]), 4: pytest.approx(train[4]["hours_padded"])}
 
 
 def test_a_tracker_that_is_not_installed_stops_the_run_before_it_trains(tmp_path, tiny_corpus, monkeypatch) -> None:
