@@ -2,7 +2,7 @@
 # Every GPU figure of the GPU levers (benchmarks/README.md) in one run on a machine with one GPU, for a budget of
 # minutes rather than hours. Each step has its own timeout; everything a step prints goes to $OUT/run.log (and
 # to the terminal), and its JSON into $OUT/results.tar, re-packed after every step: a run cut off at any point
-# returns what it measured, in two files (a results folder of many files may not all come back).
+# leaves what it measured in two files, each whole (the tar is replaced, never half written), quick to copy back.
 #
 # In this order, the goals' figures first (issue: GPU speed):
 #  a. benchmarks/gpu.py, BASE, bf16, the real Trainer + PretrainTask + DataLoader path, 150 s per device, as
@@ -28,12 +28,13 @@
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
-# Then copy the working tree (with .whl; the device tool copies only tracked files, so name it: carry [".whl"]) to
-# the GPU machine and run "bash benchmarks/gpu_device.sh" there under a
-# limit of about 9.5 minutes (OUT=folder for the results). The steps' own timeouts add up to 12.7 minutes, for
-# the case where something hangs; a deadline (DEADLINE, 550 s) shortens or skips the last ones (w, e), so that
-# every step's JSON is packed before the command's limit. benchmarks/README.md says what each
-# row answers.
+# Then copy the working tree to the GPU machine with the wheels beside it (.whl is git-ignored: a clone or
+# `git archive` leaves it out, so copy the folder itself, e.g. with rsync), and run there
+# "OUT=folder-for-the-results bash benchmarks/gpu_device.sh" (it installs the wheels into /tmp/site first, without
+# the network). It is made for a session of about 10 minutes: the steps' own
+# timeouts add up to 12.7 minutes, for the case where something hangs, and a deadline (DEADLINE, 550 s after the
+# start) shortens or skips the last steps (w, e), so that every step's JSON is packed within about 9.5 minutes;
+# with more time, raise DEADLINE. benchmarks/README.md says what each row answers.
 # SMOKE=1 runs every step in its CPU smoke form (tiny model, a few steps; PYTHON=the interpreter): a check of this
 # script itself, which tests/model/test_benchmark_scripts.py runs.
 set -uo pipefail
@@ -42,7 +43,7 @@ PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-}
 RES=${RES:-/tmp/earful-gpu-results}
 DEADLINE=${DEADLINE:-550}  # seconds: a step that would end later is shortened (or skipped), so that the last
-rm -rf "$RES"              # pack runs before the command's own limit (about 570 s) stops everything
+rm -rf "$RES"              # pack runs before a 10-minute session (about 570 s of it for this script) ends
 mkdir -p "$OUT" "$RES"
 LOG="$OUT/run.log"
 export TQDM_MININTERVAL=10  # progress bars: a line every 10 s, not a log full of them

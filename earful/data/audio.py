@@ -14,7 +14,10 @@ import soxr
 from .budget import SAMPLE_RATE
 from .manifest import Utterance, samples_at
 
-RECEPTIVE_FIELD = 400  # samples: the wav2vec 2.0 feature encoder's receptive field at 16 kHz
+# samples: the receptive field of the standard feature encoder (ModelConfig's default CNN, every preset's), what
+# the data checks need before any model is known; a model's own is ModelConfig.receptive_field (a test keeps
+# them equal: not derived here, so that loading audio does not import the model and torch)
+RECEPTIVE_FIELD = 400
 LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may differ from its manifest length
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile decodes
 # audio that libsndfile cannot decode: a folder holding it is told so rather than read without it
@@ -42,7 +45,7 @@ def read_window(f: sf.SoundFile, start: int, frames: int, dtype: str = "float32"
 def load_audio(
     path: str | os.PathLike | IO[bytes],
     *,
-    target_rate: int = 16000,
+    target_rate: int = SAMPLE_RATE,
     resample: bool = True,
     min_samples: int = RECEPTIVE_FIELD,
     start: int = 0,
@@ -63,7 +66,7 @@ def decode_audio(
     f: sf.SoundFile,
     path: str | os.PathLike | IO[bytes],
     *,
-    target_rate: int = 16000,
+    target_rate: int = SAMPLE_RATE,
     resample: bool = True,
     min_samples: int = RECEPTIVE_FIELD,
     start: int = 0,
@@ -103,7 +106,7 @@ def decode_audio(
     return np.ascontiguousarray(wave)
 
 
-def too_short(path: str | os.PathLike, samples: int, rate: int = 16000, needed: int = RECEPTIVE_FIELD) -> str:
+def too_short(path: str | os.PathLike, samples: int, rate: int = SAMPLE_RATE, needed: int = RECEPTIVE_FIELD) -> str:
     """The problem of audio shorter than the model's receptive field."""
     return (f"{path}: too short ({samples} samples at {rate} Hz; the model's receptive field needs at least "
             f"{needed})")

@@ -105,7 +105,7 @@ def _undecodable(files: Sequence[Path], problems: list[str]) -> None:
                                  "the same name beside it is read"))
         else:
             problems.append(f"{path}: {path.suffix} audio cannot be decoded here (libsndfile); convert it to FLAC, "
-                            "e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.flac")
+                            f"e.g. ffmpeg -i IN -ar {SAMPLE_RATE} -ac 1 OUT.flac")
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+
+from earful.atomic import atomic_open
+
+log = logging.getLogger(__name__)
 
 POOL_RESOURCE = "sentences.txt.gz"
 MIN_WORDS, MAX_WORDS = 3, 24
@@ -161,10 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
             texts.append(f.read())
     pool = build_pool(texts)
-    with gzip.GzipFile(args.out, "wb", mtime=0) as f:
-        f.write(("\n".join(pool) + "\n").encode("ascii"))
-    print(f"{len(pool)} sentences -> {args.out}")
+    with atomic_open(args.out, "wb") as raw, gzip.GzipFile(args.out, "wb", fileobj=raw, mtime=0) as f:
+        f.write(("\n".join(pool) + "\n").encode("ascii"))  # the header names args.out, not the temporary file
+    log.info("%d sentences -> %s", len(pool), args.out)
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main()

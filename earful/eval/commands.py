@@ -61,6 +61,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     from earful.eval.transcribe import transcribe_files
     from earful.train.distributed import resolve_device
 
+    if args.out is not None and Path(args.out).suffix == ".json":
+        raise ValueError(f"--out {args.out}: transcribe writes JSON Lines (one record a line), not one JSON "
+                         "document: name it .jsonl")
     options = _beam_options(args)
     device = resolve_device(args.device, "--device")  # before the checkpoint is read
     model, vocab, _ = load_ctc(args.ckpt, "transcribe")
@@ -69,7 +72,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         model, vocab, args.files, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
         device_seconds=args.device_seconds, device=device, precision=args.precision, beam=beam,
     )  # fmt: skip
-    jsonl = args.out is not None and Path(args.out).suffix in (".jsonl", ".json")
+    jsonl = args.out is not None and Path(args.out).suffix == ".jsonl"
     lines = [json.dumps(r, ensure_ascii=False) if jsonl else f"{r['path']}\t{r['text']}"
              for r in records if jsonl or "error" not in r]  # fmt: skip
     if args.out is None:
@@ -131,11 +134,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search of `earful evaluate`. Files longer than --chunk-seconds go through the model in windows that "
         "overlap by --stride-seconds on each side, as transformers' ASR pipeline cuts them, so memory does not "
         "grow with the file. Output: PATH<TAB>TEXT lines on stdout or in --out; --out F.jsonl writes JSON "
-        "records (path, seconds, text; an unreadable file's error). Exit status 1 if any file could not be read.",
+        "records, one a line (path, seconds, text; an unreadable file's error; not .json: the file is not one "
+        "JSON document). Exit status 1 if any file could not be read.",
     )
     tr.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     tr.add_argument("files", nargs="+", help="audio files")
-    tr.add_argument("--out", default=None, help="output file: .jsonl for JSON records, else PATH<TAB>TEXT lines")
+    tr.add_argument("--out", default=None, help="output file: .jsonl for JSON records, one a line (.json is "
+                    "refused), else PATH<TAB>TEXT lines")
     tr.add_argument("--chunk-seconds", type=float, default=20.0,
                     help="window length for long files; 0: whole files in one pass (default 20)")
     tr.add_argument("--stride-seconds", type=float, default=None,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from earful.data.budget import SAMPLE_RATE
 from earful.data.manifest import Utterance
 from earful.eval.vocab import CharVocab
 
@@ -79,7 +80,7 @@ def ctc_frames_needed(ids: Sequence[int]) -> int:
 
 def too_short(
     utts: Sequence[Utterance], targets: dict[str, list[int]], frames: Callable[[torch.Tensor], torch.Tensor],
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
 ) -> list[str]:
     """Ids of utterances with fewer frames (``frames`` of their samples) than their transcript needs."""
     if not utts:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from earful.checkpoint import read_info
+from earful.data.budget import SAMPLE_RATE
 from earful.study.report import read_jsonl, read_records
 from earful.train.recipe import MANIFESTS, recipe_hash
 from earful.train.state import TRAINER_FILE
@@ -70,7 +71,7 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
             ("transformer", f"{m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']} heads, "
                             f"feed-forward {m['intermediate_size']}, {'pre' if m['layer_norm_first'] else 'post'}-LN"),
             ("feature encoder", f"{len(m['conv_dim'])} convolutions, {m['conv_dim'][-1]} channels, one frame per "
-                                f"{stride} samples ({16000 / stride:g} Hz at 16 kHz)")]
+                                f"{stride} samples ({SAMPLE_RATE / stride:g} Hz at 16 kHz)")]
     if kind == "pretraining":
         arch.append(("quantizer", f"{m['num_codevector_groups']} groups × {m['num_codevectors_per_group']} codewords"))
     elif info.get("vocab"):

@@ -14,6 +14,8 @@ def _export(args: argparse.Namespace) -> int:
     from earful.interop.hf import export_hf
     from earful.model import count_parameters
 
+    if args.private and not args.push:
+        raise ValueError("--private needs --push")
     model, info = load_model(args.ckpt)
     vocab = info.get("vocab") or {}
     card = model_card(args.ckpt, count_parameters(model))

@@ -36,6 +36,7 @@ from earful.checkpoint import (
     safe_torch_load,
 )
 from earful.config import from_dict, to_dict
+from earful.data.budget import SAMPLE_RATE
 from earful.eval.vocab import DELIMITER, check_mapping
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -309,7 +310,7 @@ def feature_extractor_config(cfg: ModelConfig) -> dict[str, Any]:
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "processor_class": "Wav2Vec2Processor",
         "feature_size": 1,
-        "sampling_rate": 16000,
+        "sampling_rate": SAMPLE_RATE,
         "padding_value": 0.0,
         "padding_side": "right",
         "do_normalize": cfg.normalize_waveform,
@@ -491,10 +492,10 @@ def read_feature_extractor(hf_dir: str | Path) -> tuple[dict[str, Any], str] | N
         return None
     if not isinstance(settings, dict):
         raise CheckpointError(f"{where}: not a JSON object (a transformers feature extractor config)")
-    for key, want in (("sampling_rate", 16000), ("feature_size", 1)):  # transformers' defaults
+    for key, want in (("sampling_rate", SAMPLE_RATE), ("feature_size", 1)):  # transformers' defaults
         if settings.get(key, want) != want:
             raise CheckpointError(f"{where}: {key}={settings[key]!r}: earful's models read waveforms (feature_size "
-                                  "1) at 16 kHz (sampling_rate 16000; its audio loaders resample to it)")
+                                  f"1) at 16 kHz (sampling_rate {SAMPLE_RATE}; its audio loaders resample to it)")
     return settings, where
 
 

@@ -25,18 +25,27 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _gradvar(args: argparse.Namespace) -> int:
-    from earful.data.budget import BatchBudget
-    from earful.pretrain.gradvar import gradient_noise
+    from earful.pretrain.gradvar import UNRECORDED, gradient_noise, recorded_batches
 
-    device_seconds = args.batch_seconds if args.device_seconds is None else args.device_seconds
-    budget = BatchBudget(args.batch_seconds, device_seconds, crop_seconds=args.crop_seconds)
+    given = {k: getattr(args, k) for k in UNRECORDED if hasattr(args, k)}  # the options given (not defaulted)
+    budget, crop_to_shortest = recorded_batches(args.ckpt, **given)
     result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,
-                            device=args.device, crop_to_shortest=args.crop_to_shortest, skip_bad=args.skip_bad)
+                            device=args.device, crop_to_shortest=crop_to_shortest, skip_bad=args.skip_bad)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write_lines(args.out, [text])
     log.info("gradient noise:\n%s", text)
     return 0
+
+
+def seconds_or_none(text: str) -> float | None:
+    """A number of seconds, or ``none``: no limit."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or none, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,16 +62,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")
     p.add_argument("ckpt", help="pre-training checkpoint directory")
     p.add_argument("--manifest", required=True, help="audio to draw batches from")
-    p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per batch (one gradient each)")
-    p.add_argument("--device-seconds", type=float, default=None,
-                   help="padded audio per micro-batch (default: the whole batch at once); smaller accumulates")
+    # the batches default to the checkpoint's own (its trainer.json); an option given replaces that setting
+    recorded = argparse.SUPPRESS
+    p.add_argument("--batch-seconds", type=float, default=recorded,
+                   help="padded audio per batch, one gradient each (default: the checkpoint's batch_seconds; 60 "
+                        "for a checkpoint without a record)")
+    p.add_argument("--device-seconds", type=float, default=recorded,
+                   help="padded audio per micro-batch; smaller accumulates (default: the checkpoint's "
+                        "device_seconds; the whole batch at once for a checkpoint without a record)")
     p.add_argument("--batches", type=int, default=10, help="independent batches (the paper: 10)")
-    p.add_argument("--crop-seconds", type=float, default=None)
+    for name, what in (("crop", "crop longer utterances to this many seconds"),
+                       ("min", "leave out (counted) utterances shorter than this"),
+                       ("max", "leave out (counted) utterances longer than this after cropping")):
+        p.add_argument(f"--{name}-seconds", type=seconds_or_none, default=recorded,
+                       help=f"{what}; none: no limit (default: the checkpoint's data.{name}_seconds; none for a "
+                            "checkpoint without a record)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out (counted) utterances that cannot be batched or read, as data.skip_bad in training")
-    p.add_argument("--crop-to-shortest", action="store_true",
-                   help="crop each batch to its shortest utterance, as training with data.padding=false does "
-                        "(default: zero-padded, data.padding=true)")
+    p.add_argument("--crop-to-shortest", action=argparse.BooleanOptionalAction, default=recorded,
+                   help="crop each batch to its shortest utterance (data.padding=false), or zero-pad it "
+                        "(--no-crop-to-shortest, data.padding=true); default: as the checkpoint was trained "
+                        "(zero-padded for a checkpoint without a record)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="write the result JSON here too")

@@ -47,6 +47,45 @@ def checkpoint_step(ckpt: Path) -> int:
     return int(read_trainer_info(ckpt)["step"])
 
 
+# the settings of gradvar's batches (as ``recorded_batches`` names them) and where a checkpoint's trainer.json
+# records each: its recipe, but device_seconds in its layout, and crop_to_shortest as data.padding's opposite
+RECORDED = {"batch_seconds": "batch_seconds", "crop_seconds": "data.crop_seconds", "min_seconds": "data.min_seconds",
+            "max_seconds": "data.max_seconds", "shape_seconds": "data.shape_seconds"}
+# what a checkpoint that records none of them (imported, or saved by hand) is measured with: 60 s batches taken at
+# once, of whole utterances, zero-padded (the paper's code)
+UNRECORDED: dict[str, Any] = {"batch_seconds": 60.0, "device_seconds": None, "crop_seconds": None,
+                              "min_seconds": None, "max_seconds": None, "shape_seconds": None,
+                              "crop_to_shortest": False}
+
+
+def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]:
+    """The batches pre-training checkpoint ``ckpt`` was trained on, taken on one device: the budget its
+    trainer.json records (batch_seconds, data.crop_seconds, data.min_seconds, data.max_seconds, data.shape_seconds
+    of its recipe; device_seconds of its layout) and whether each batch was cropped to its shortest utterance (not
+    data.padding). ``given`` settings of ``UNRECORDED``'s names (None included: no limit) replace the recorded ones;
+    a setting recorded nowhere is ``UNRECORDED``'s (a device_seconds of None: the whole batch at once)."""
+    path = Path(ckpt) / TRAINER_FILE
+    info = read_trainer_info(Path(ckpt)) if path.exists() else {}
+    recipe, layout = info.get("recipe", {}), info.get("layout", {})
+    recorded = {k: recipe[key] for k, key in RECORDED.items() if key in recipe}
+    if "device_seconds" in layout:
+        recorded["device_seconds"] = layout["device_seconds"]
+    if "data.padding" in recipe:
+        recorded["crop_to_shortest"] = not recipe["data.padding"]
+    unknown = set(given) - set(UNRECORDED)
+    if unknown:
+        raise TypeError(f"recorded_batches: no setting {sorted(unknown)}")
+    missing = sorted(set(UNRECORDED) - set(recorded) - set(given))
+    if missing:
+        log.warning("%s records no %s: gradvar takes %s", ckpt, ", ".join(missing),
+                    ", ".join(f"{k}={UNRECORDED[k]}" for k in missing))
+    s = {**UNRECORDED, **recorded, **given}
+    device = s["batch_seconds"] if s["device_seconds"] is None else s["device_seconds"]
+    budget = BatchBudget(s["batch_seconds"], device, crop_seconds=s["crop_seconds"], min_seconds=s["min_seconds"],
+                         max_seconds=s["max_seconds"], shape_seconds=s["shape_seconds"])
+    return budget, bool(s["crop_to_shortest"])
+
+
 def gradient_noise(
     ckpt: str | Path,
     manifest: str | Path,
@@ -73,8 +112,9 @@ def gradient_noise(
     model.to(dev).train()
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
                          num_workers=0, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad,
-                         names={"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None,
-                                "crop_seconds": "--crop-seconds", "skip_bad": "--skip-bad"})
+                         names={"device_seconds": "--device-seconds", "max_seconds": "--max-seconds",
+                                "min_seconds": "--min-seconds", "crop_seconds": "--crop-seconds",
+                                "skip_bad": "--skip-bad"})
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g

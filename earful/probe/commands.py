@@ -15,8 +15,13 @@ def _probe(args: argparse.Namespace) -> int:
     from earful.probe.features import Upstream
     from earful.probe.suite import TASKS, probe, run_suite
 
+    for option, value in (("--corpus", args.corpus), ("--tasks", args.tasks)):
+        if value is not None and not args.suite:
+            raise ValueError(f"{option} needs --suite mini-superb")
+    if args.init_seed is not None and not args.random_init:
+        raise ValueError("--init-seed needs --random-init")
     config = load_config(ProbeConfig, None, args.overrides)
-    upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed)
+    upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0)
     common = dict(seed=args.seed, config=config, cache_dir=args.cache, progress=not args.no_progress)
     if args.suite:
         if args.task or args.train or args.dev or args.test:
@@ -55,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
     p.add_argument("--random-init", action="store_true", help="CKPT's architecture at a random init instead of its "
                    "weights (when the run has no checkpoints/init)")
-    p.add_argument("--init-seed", type=int, default=0, help="with --random-init: the initialisation's seed")
+    p.add_argument("--init-seed", type=int, default=None, help="with --random-init: the initialisation's seed "
+                   "(default 0)")
     p.add_argument("--cache", type=Path, default=None,
                    help="feature cache (default $EARFUL_CACHE/features, else $XDG_CACHE_HOME/earful/features, "
                    "else ~/.cache/earful/features)")

@@ -109,7 +109,7 @@ class StudyConfig:
     grid: list[Any] = field(default_factory=list)  # numbers or GridEntry mappings
     mode: Literal["fixed-steps", "fixed-hours"] = "fixed-steps"
     steps: int = 0  # fixed-steps: optimizer steps of every run
-    hours: float = 0.0  # fixed-hours: hours of (padded) audio seen by every run
+    hours: float = 0.0  # fixed-hours: hours seen by every run, nominal (batch × steps: steps = nominal_steps)
     lr: float = 5e-4  # peak lr at the reference batch
     lr_rule: Literal["linear", "sqrt", "none"] = "sqrt"
     reference_batch_seconds: float = 6000.0

@@ -312,17 +312,17 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
 # ---------------------------------------------------------------------- gradient noise
 def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:
     """``earful gradvar`` on the run's final checkpoint with batches of its own size (``OUT/gradvar/RUN.json``)."""
-    from earful.pretrain.gradvar import gradient_noise
+    from earful.pretrain.gradvar import gradient_noise, recorded_batches
 
     path = gradvar_record(out, run)
     if gradvar_measured(out, run):
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
-    budget = cfg.budget(1)  # the run's batch and micro-batch on one device, with the trainer's limits
+    ckpt = out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}"
+    budget, crop_to_shortest = recorded_batches(ckpt)  # the run's batches on one device, as `earful gradvar` takes
     log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
-    result = gradient_noise(out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}", cfg.data.train,
-                            budget, num_batches=study.gradvar_batches, seed=run.seed, device=cfg.device,
-                            crop_to_shortest=not cfg.data.padding, skip_bad=cfg.data.skip_bad)
+    result = gradient_noise(ckpt, cfg.data.train, budget, num_batches=study.gradvar_batches, seed=run.seed,
+                            device=cfg.device, crop_to_shortest=crop_to_shortest, skip_bad=cfg.data.skip_bad)
     record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
     atomic_write_json(path, record)
     return record

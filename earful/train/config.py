@@ -67,11 +67,11 @@ class OptimConfig:
 class HealthConfig:
     """Thresholds of the health warnings (see earful/train/monitor.py)."""
 
-    after_steps: int = 200  # no warnings before this step (early collapse is normal, paper §6.4)
+    after_steps: int = 200  # no warning of any kind before this step (early collapse is normal, paper §6.4)
     collapse_perplexity: float = 2.0  # hard perplexity per group at or under this: codebook collapse
     stuck_accuracy_margin: float = 0.02  # accuracy within this of chance (1/(K+1)) is "stuck at chance"
     saturated_accuracy: float = 0.995  # accuracy above this with a tiny codebook use: fake accuracy
-    grad_norm_factor: float = 10.0  # grad norm above factor × running median: exploding
+    grad_norm_factor: float = 10.0  # grad norm above factor × running median of the last 200 logged: exploding
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """Monitoring: JSONL logs and TensorBoard (experiment trackers: ``earful/train/tracking.py``), codebook
 statistics, health warnings.
 
-Health checks (thresholds in ``HealthConfig``, see docs/monitoring.md):
+Health checks (thresholds in ``HealthConfig``, see docs/monitoring.md), none before ``after_steps``:
 
 * codebook collapse — hard perplexity of a group ≤ ``collapse_perplexity`` (one or two codes used);
-* accuracy stuck at chance — within ``stuck_accuracy_margin`` of 1/(K+1) after ``after_steps``;
+* accuracy stuck at chance — within ``stuck_accuracy_margin`` of 1/(K+1);
 * fake accuracy — accuracy ≥ ``saturated_accuracy``: with a collapsed codebook every target is
   identical to its distractors, so they are all masked out and the task is trivial;
-* exploding gradients — grad norm above ``grad_norm_factor`` × the running median.
+* exploding gradients — grad norm above ``grad_norm_factor`` × the running median of the logged ones.
 """
 
 from __future__ import annotations
@@ -130,22 +130,30 @@ def distance_from(model: torch.nn.Module, init: dict[str, torch.Tensor]) -> floa
     return math.sqrt(total)
 
 
+# the exploding-gradient check's running median: the grad norms (each an interval's mean) of the last GRAD_WINDOW
+# logged records (log intervals, one every log_every steps), judged once it holds GRAD_LEAST of them
+GRAD_WINDOW = 200
+GRAD_LEAST = 20
+
+
 class Health:
-    """Turns logged statistics into warnings; each kind is reported once per run until it clears."""
+    """Turns logged statistics into warnings, none before ``after_steps``; each kind is reported once per run until
+    it clears. ``check`` takes one logged record (a log interval)."""
 
     def __init__(self, cfg: HealthConfig, chance_accuracy: float | None) -> None:
         """``chance_accuracy``: what guessing scores (pre-training: 1/(K+1) with K distractors), or None when
         the task logs no accuracy."""
         self.cfg = cfg
         self.chance = chance_accuracy
-        self.norms: deque[float] = deque(maxlen=200)
+        self.norms: deque[float] = deque(maxlen=GRAD_WINDOW)  # collected before after_steps too
         self.active: set[str] = set()
 
     def check(self, step: int, rec: dict[str, Any]) -> list[str]:
         warnings: dict[str, str] = {}
         gn = rec.get("grad_norm")
         if gn is not None and math.isfinite(gn):
-            if len(self.norms) >= 20 and gn > self.cfg.grad_norm_factor * statistics.median(self.norms):
+            if (step >= self.cfg.after_steps and len(self.norms) >= GRAD_LEAST
+                    and gn > self.cfg.grad_norm_factor * statistics.median(self.norms)):
                 median = statistics.median(self.norms)
                 warnings["grad"] = (f"exploding gradient: norm {gn:.3g} > {self.cfg.grad_norm_factor:g} × running "
                                     f"median {median:.3g}; lower optim.lr or set optim.clip_norm")

@@ -6,8 +6,11 @@
     RUN/train.jsonl, valid.jsonl  monitoring records
     RUN/checkpoints/init/         weights at step 0 (distance-from-init, paper §6.6)
     RUN/checkpoints/step-0001000/ model.safetensors, model.json, state.pt, trainer.json
-    RUN/checkpoints/hours-10/     a milestone in hours of (padded) audio seen
-    RUN/checkpoints/best/         lowest validation loss (a resume removes checkpoints of the steps it trains again)
+    RUN/checkpoints/hours-10/     a milestone at 10 hours seen: of padded audio (pre-training's default
+                                  ckpt_hours_basis) or nominal batch × steps (ckpt_hours_basis=nominal, as studies use)
+    RUN/checkpoints/steps-5000/   a checkpoint kept after step 5000 (ckpt_steps: a cyclic schedule's minima, say)
+    RUN/checkpoints/best/         the task's best validation metric: lowest loss (pre-training), lowest dev WER
+                                  (fine-tuning); a resume removes checkpoints of the steps it trains again
     RUN/checkpoints/latest.json   {"name": "step-0001000"}: the newest complete checkpoint
 
 A checkpoint directory is written under a temporary name and renamed into place, and ``latest.json``
@@ -153,7 +156,7 @@ class RunDir:
                       and not c.name.startswith(".") and (c / TRAINER_FILE).exists())
 
     def _newest_verified(self) -> Path | None:
-        """Of the checkpoints holding a training state (step-*, best, hours-*), the furthest that verifies."""
+        """Of the checkpoints holding a training state (step-*, steps-*, best, hours-*), the furthest that verifies."""
         found = []
         for c in self.checkpoints():
             try:

@@ -94,6 +94,15 @@ def test_manifest_duplicates_and_missing_files(tmp_path: Path):
         read_manifest(tmp_path / "m.jsonl", check_files=True)
 
 
+def test_the_data_checks_receptive_field_is_every_presets() -> None:
+    """``RECEPTIVE_FIELD`` (the data checks', without a model) is the standard CNN's, which every preset has."""
+    from earful.data.audio import RECEPTIVE_FIELD
+    from earful.model import ModelConfig, load_model_config, model_presets
+
+    assert RECEPTIVE_FIELD == ModelConfig().receptive_field
+    assert {load_model_config(p).receptive_field for p in model_presets()} == {RECEPTIVE_FIELD}
+
+
 def test_load_audio_resamples_and_downmixes(tmp_path: Path, tone):
     tone(tmp_path / "s.wav", 1.0, rate=44100, channels=2)
     x = load_audio(tmp_path / "s.wav")

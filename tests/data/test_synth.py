@@ -84,6 +84,28 @@ def test_text_domains_and_normalisation():
         sentences("poetry", rng, 1)
 
 
+def test_rebuilding_the_pool_writes_it_whole_or_not_at_all(tmp_path: Path, monkeypatch, caplog):
+    """``python -m earful.data.textpool``: the gzipped pool of the sources' sentences, logged; a failure while
+    writing leaves no partial file (it had been written in place)."""
+    import gzip
+    import logging
+
+    from earful.data import textpool
+
+    source = tmp_path / "book.txt"
+    source.write_text("And God said, Let there be light: and there was light. He paid 12 shillings for it.\n")
+    out = tmp_path / "pool.txt.gz"
+    with caplog.at_level(logging.INFO):
+        textpool.main([str(out), str(source)])
+    assert gzip.decompress(out.read_bytes()).decode() == "AND GOD SAID LET THERE BE LIGHT\nAND THERE WAS LIGHT\n"
+    assert f"2 sentences -> {out}" in caplog.text
+    monkeypatch.setattr(textpool, "build_pool", lambda texts: ["CAFÉ AU LAIT"])  # not ASCII: fails mid-write
+    failed = tmp_path / "failed.txt.gz"
+    with pytest.raises(UnicodeEncodeError):
+        textpool.main([str(failed), str(source)])
+    assert sorted(tmp_path.iterdir()) == sorted([source, out])  # no failed.txt.gz, no temporary file
+
+
 # The audio and transcripts of this corpus (seed 3, SMALL) as the code wrote them before it recorded phonemes and
 # intents (commit 9f319ee): they must not change, the demo's numbers depend on them. (espeak-ng 1.52.0 from
 # espeakng-loader; another espeak-ng speaks differently, and this digest with it.)

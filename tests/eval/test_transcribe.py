@@ -88,6 +88,15 @@ def test_windows_that_would_drop_audio_are_refused_naming_the_option(options, me
     assert re.search(message, caplog.text), caplog.text[-500:]
 
 
+def test_transcribe_refuses_a_json_output_it_would_write_as_json_lines(tone_ctc, tmp_path, caplog) -> None:
+    """--out F.json had been written as JSON Lines, not one JSON document (not valid JSON for two files)."""
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)[:2]
+    assert main(["transcribe", str(ckpt), *files, "--out", str(tmp_path / "t.json")]) == 2
+    assert "transcribe writes JSON Lines (one record a line), not one JSON document: name it .jsonl" in caplog.text
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_transcribe_plain_text_on_stdout(tone_ctc, tmp_path, capsys) -> None:
     ckpt, manifest = tone_ctc
     files = write_files(tmp_path, manifest)[:2]

@@ -26,6 +26,13 @@ def test_export_import_round_trip_via_cli(tmp_path) -> None:
         assert torch.equal(v, back.state_dict()[k]), k
 
 
+def test_export_hf_refuses_private_without_push(tmp_path, caplog) -> None:
+    """--private without --push had been ignored without a word (nothing is uploaded, nothing made private)."""
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--private"]) == 2
+    assert "--private needs --push" in caplog.text and not (tmp_path / "hf").exists()
+
+
 SYMBOLS = ["<b>", "|", "'", "a", "b", "c"]
 
 

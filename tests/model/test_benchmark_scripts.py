@@ -20,7 +20,7 @@ def test_the_gpu_session_script_runs_every_step_and_returns_two_files(tmp_path: 
     """benchmarks/gpu_device.sh in its CPU smoke form (the one script a GPU session runs, with minutes it cannot
     rerun): every step runs (gpu.py, the transformers comparison, the numerics; d's device_seconds=auto refuses on
     a CPU, as it should), each logged with its exit status, and $OUT holds two files, the log and one archive
-    of the JSON re-packed after every step (the device tool returns at most 8 files: the script wrote 14)."""
+    of the JSON re-packed after every step (two files to copy back, each whole, not the 14 the script wrote)."""
     import os
     import tarfile
 
@@ -120,7 +120,7 @@ def test_ddp_scaling_benchmark_smoke_runs() -> None:
 
 def test_the_gpu_session_script_keeps_to_its_deadline(tmp_path: Path) -> None:
     """Steps that would end past DEADLINE are shortened or skipped, so that the JSON of those that ran is packed
-    before the device tool's own limit stops the command."""
+    before the session's own limit stops the command."""
     import os
     import tarfile
 

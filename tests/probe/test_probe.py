@@ -394,6 +394,19 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     assert main(["probe", "fbank", "--random-init", "--task", "pr", "--out", str(out)]) == 2
 
 
+@pytest.mark.parametrize(("options", "message"), [(["--corpus", "c"], "--corpus needs --suite mini-superb"),
+                                                  (["--tasks", "pr"], "--tasks needs --suite mini-superb"),
+                                                  (["--init-seed", "3"], "--init-seed needs --random-init")])
+def test_an_option_the_other_options_leave_unused_is_refused(options, message, tmp_path, caplog) -> None:
+    """--corpus and --tasks without --suite, --init-seed without --random-init had been ignored without a word."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "path": "a.flac", "num_samples": 16000, "transcript": "A"}\n')
+    argv = ["probe", "fbank", "--task", "pr", "--train", str(manifest), "--dev", str(manifest), "--test",
+            str(manifest), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), *options]
+    assert main(argv) == 2 and message in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("override", "message"), [("sid.steps=0", "sid.steps=0: expected an integer >= 1"),
                                                    ("pr.lr=-1", "pr.lr=-1.0: expected a finite number > 0"),
                                                    ("pr.batch_utterances=0", "pr.batch_utterances=0: expected")])

@@ -71,3 +71,33 @@ def test_gradvar_refuses_a_micro_batch_of_zero_seconds(tmp_path, caplog) -> None
     rc = main(["gradvar", str(tmp_path / "ckpt"), "--manifest", str(tmp_path / "m.jsonl"), "--batch-seconds", "8",
                "--device-seconds", "0"])
     assert rc == 2 and "device_seconds=0.0: expected a finite number of seconds > 0" in caplog.text
+
+
+def test_gradvar_command_and_study_stage_take_the_checkpoints_own_batches(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """`earful gradvar` on a checkpoint takes the batches its pre-training took (its trainer.json: batch, micro-batch,
+    crop, shortest and longest utterance, padding), as the study's gradvar stage does; an option replaces one."""
+    import earful.pretrain.gradvar as gradvar
+    from earful.pretrain.task import PretrainTask
+    from earful.study.config import CorpusConfig, PlannedRun, StudyConfig
+    from earful.study.stages import gradvar_stage, pretrain_config
+    from earful.train.engine import Trainer
+
+    train, valid = tiny_corpus
+    study = StudyConfig(corpus=CorpusConfig(train=str(train), valid=str(valid)), gradvar_batches=2,
+                        pretrain_overrides=["model_preset=tiny", "valid_every=0", "data.num_workers=0",
+                                            "data.crop_seconds=2.0", "data.min_seconds=0.5", "data.max_seconds=2.4",
+                                            "tensorboard=false", "threads=1", "device=cpu"])
+    run = PlannedRun("6s", 6.0, 1, 3.0, 1e-3, 2, 0.0, 1)
+    cfg = pretrain_config(study, run, tmp_path)
+    Trainer(PretrainTask(cfg), tmp_path / "pretrain" / run.name).fit()
+    taken: list[tuple[BatchBudget, bool]] = []
+    monkeypatch.setattr(gradvar, "gradient_noise", lambda ckpt, manifest, budget, **kw: taken.append(
+        (budget, kw["crop_to_shortest"])) or {"batches": 2})
+    gradvar_stage(study, run, tmp_path, tmp_path)
+    ckpt = str(tmp_path / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}")
+    assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu"]) == 0
+    assert taken[0] == taken[1] == (cfg.budget(1), True)  # data.padding=false: cropped to the shortest
+    assert taken[1][0].max_seconds == 2.4 and taken[1][0].accumulation == 2
+    assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu", "--batch-seconds", "4",
+                 "--crop-seconds", "none", "--min-seconds", "1", "--no-crop-to-shortest"]) == 0
+    assert taken[2] == (BatchBudget(4.0, 3.0, min_seconds=1.0, max_seconds=2.4), False)

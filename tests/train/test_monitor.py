@@ -38,15 +38,24 @@ def test_accuracy_at_chance_or_saturated_warns() -> None:
 
 
 def test_an_exploding_gradient_is_ten_times_the_running_median_of_at_least_20_steps() -> None:
-    health = Health(HealthConfig(), CHANCE)
+    health = Health(HealthConfig(after_steps=0), CHANCE)
     assert [health.check(s, {"grad_norm": 1.0 + s % 2}) for s in range(19)] == [[]] * 19  # median 1
     assert health.check(19, {"grad_norm": 100.0}) == []  # 19 earlier norms: too few to judge
     assert health.check(20, {"grad_norm": math.nan}) == []  # non-finite: counted elsewhere, not in the median
     assert "exploding gradient" in " ".join(health.check(21, {"grad_norm": 15.1}))  # 10 × the median 1.5
-    health = Health(HealthConfig(), CHANCE)
+    health = Health(HealthConfig(after_steps=0), CHANCE)
     for s in range(20):
         health.check(s, {"grad_norm": 2.0})
     assert health.check(20, {"grad_norm": 19.9}) == []
+
+
+def test_no_exploding_gradient_warning_before_after_steps() -> None:
+    """after_steps holds back every warning, the gradient's too; the norms logged before it still make the median
+    (one a logged record: a log interval, not a step)."""
+    health = Health(HealthConfig(after_steps=2500), CHANCE)
+    assert [health.check(s, {"grad_norm": 1.0}) for s in range(100, 2100, 100)] == [[]] * 20  # log_every=100
+    assert health.check(2100, {"grad_norm": 100.0}) == []  # 20 records to judge by, but before step 2500
+    assert "exploding gradient" in " ".join(health.check(2500, {"grad_norm": 100.0}))
 
 
 def test_a_warning_is_given_once_until_it_clears() -> None:
