@@ -58,6 +58,12 @@ UNRECORDED: dict[str, Any] = {"batch_seconds": 60.0, "device_seconds": None, "cr
                               "crop_to_shortest": False}
 
 
+# the settings a sampler's messages advise, as ``earful gradvar``'s options
+OPTION_NAMES: dict[str, str | None] = {"device_seconds": "--device-seconds", "max_seconds": "--max-seconds",
+                                       "min_seconds": "--min-seconds", "crop_seconds": "--crop-seconds",
+                                       "skip_bad": "--skip-bad"}
+
+
 def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]:
     """The batches pre-training checkpoint ``ckpt`` was trained on, taken on one device: the budget its
     trainer.json records (batch_seconds, data.crop_seconds, data.min_seconds, data.max_seconds, data.shape_seconds
@@ -96,14 +102,17 @@ def gradient_noise(
     device: str = "auto",
     crop_to_shortest: bool = False,
     skip_bad: bool = False,
+    options: bool = True,
 ) -> dict[str, Any]:
     """The statistics above for pre-training checkpoint ``ckpt``, at the step it was saved (the Gumbel temperature
     and the diversity weight of that step), on batches of ``budget`` from ``manifest``: zero-padded, or, with
     ``crop_to_shortest``, cropped to their shortest utterance (``data.padding: false``), as the run's trainer
-    made them; ``skip_bad`` as the run's ``data.skip_bad``."""
+    made them; ``skip_bad`` as the run's ``data.skip_bad``. Messages name the settings as ``earful gradvar``'s
+    options (``--device-seconds``), or, ``options=False`` (a study), as the pre-training's (``device_seconds``,
+    ``data.min_seconds``)."""
     if num_batches < 2:
         raise ValueError("gradvar needs at least 2 batches")
-    dev = resolve_device(device, "--device")
+    dev = resolve_device(device, "--device" if options else "device")
     model, info = load_model(ckpt)
     if not isinstance(model, Wav2Vec2ForPreTraining):
         raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {info['kind']}")
@@ -112,9 +121,7 @@ def gradient_noise(
     model.to(dev).train()
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
                          num_workers=0, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad,
-                         names={"device_seconds": "--device-seconds", "max_seconds": "--max-seconds",
-                                "min_seconds": "--min-seconds", "crop_seconds": "--crop-seconds",
-                                "skip_bad": "--skip-bad"})
+                         names=OPTION_NAMES if options else None)  # None: the sampler's, the config's
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g

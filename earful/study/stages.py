@@ -322,7 +322,8 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
     budget, crop_to_shortest = recorded_batches(ckpt)  # the run's batches on one device, as `earful gradvar` takes
     log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
     result = gradient_noise(ckpt, cfg.data.train, budget, num_batches=study.gradvar_batches, seed=run.seed,
-                            device=cfg.device, crop_to_shortest=crop_to_shortest, skip_bad=cfg.data.skip_bad)
+                            device=cfg.device, crop_to_shortest=crop_to_shortest, skip_bad=cfg.data.skip_bad,
+                            options=False)
     record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
     atomic_write_json(path, record)
     return record

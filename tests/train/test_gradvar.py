@@ -101,3 +101,18 @@ def test_gradvar_command_and_study_stage_take_the_checkpoints_own_batches(tmp_pa
     assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu", "--batch-seconds", "4",
                  "--crop-seconds", "none", "--min-seconds", "1", "--no-crop-to-shortest"]) == 0
     assert taken[2] == (BatchBudget(4.0, 3.0, min_seconds=1.0, max_seconds=2.4), False)
+
+
+def test_gradvar_messages_name_the_settings_of_whoever_called_it(tmp_path, tiny_corpus) -> None:
+    """`earful gradvar`'s errors advise its options (--skip-bad); a study's gradvar stage, which has none, advised
+    them all the same: it names the pre-training's settings (data.skip_bad)."""
+    import pytest
+
+    train, _ = tiny_corpus
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    too_small = BatchBudget(1.5, 1.5)  # the corpus has utterances over 1.5 s
+    with pytest.raises(ValueError, match="--skip-bad") as command:
+        gradient_noise(tmp_path / "ckpt", train, too_small, num_batches=2, device="cpu")
+    with pytest.raises(ValueError, match="data.skip_bad") as study:
+        gradient_noise(tmp_path / "ckpt", train, too_small, num_batches=2, device="cpu", options=False)
+    assert "data.skip_bad" not in str(command.value) and "--" not in str(study.value)
