@@ -4,7 +4,9 @@ A job is a pre-training or a fine-tuning + evaluation; a finished job may make m
 fine-tunings). Workers run with cores/jobs torch threads, their progress bars and logs in
 ``OUT/logs/worker-*.log``, and exit once the study process is gone (killed), so a rerun of the study is the
 only writer of its folder. SIGTERM or SIGUSR1 to the study process stops it as a failed job does: each running
-training checkpoints, then the study ends with ``StudyStopped``; running it again continues."""
+training checkpoints, then the study ends with ``StudyStopped``; running it again continues. So does Ctrl-C with
+``jobs`` > 1 (the workers are in process groups of their own: only the study process hears it); with ``jobs: 1``
+Ctrl-C stops at once, as it stops ``earful pretrain`` (the run resumes from its last checkpoint)."""
 
 from __future__ import annotations
 
@@ -79,9 +81,13 @@ def _exit_with(parent: int, every: float = 2.0) -> None:
 
 
 def _worker_init(threads: int, log_dir: str, parent: int) -> None:
-    """A pool worker: ``threads`` torch threads, its progress bars and logs in its own file."""
+    """A pool worker: ``threads`` torch threads, its progress bars and logs in its own file, in a process group
+    of its own: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the study process alone, which stops
+    the workers as after a failed job (SIGTERM: each training checkpoints), where before it reached every worker,
+    which died of it mid-step while the study said they were checkpointing."""
     import torch
 
+    os.setpgid(0, 0)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -144,9 +150,10 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     progress = Progress(jobs, show=workers > 1)
     queue, bar = progress.queue, progress.bar
     if workers <= 1:
-        while queue:
-            job = queue.popleft()
-            progress.finished(job, job.fn(*job.args))
+        with _signals_stop_the_study():  # between trainings too (a probe, an evaluation): a training's own
+            while queue:                # handler checkpoints inside it
+                job = queue.popleft()
+                progress.finished(job, job.fn(*job.args))
         return progress.results
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers)

@@ -44,14 +44,18 @@ TRAINING = '''
 import pathlib, signal, time
 
 def train(out, key):
-    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint (2 s) and stop."""
+    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint (2 s) and stop; its handler is there
+    while it trains, as the trainer's (earful.train.engine.stop_signals)."""
     def checkpoint(signum, frame):
         time.sleep(2)
         pathlib.Path(out, f"checkpoint-{key}").write_text(signal.Signals(signum).name)
         raise RuntimeError(f"{key} stopped")
-    signal.signal(signal.SIGTERM, checkpoint)
-    pathlib.Path(out, f"started-{key}").touch()
-    time.sleep(60)
+    before = signal.signal(signal.SIGTERM, checkpoint)
+    try:
+        pathlib.Path(out, f"started-{key}").touch()
+        time.sleep(60)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 '''
 
 STUDY = '''
@@ -85,3 +89,51 @@ def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, 
     assert "received SIGTERM: already stopping" in err, err
     assert [(tmp_path / f"checkpoint-{k}").read_text() for k in "ab"] == ["SIGTERM", "SIGTERM"]
     assert not (tmp_path / "started-c").exists()
+
+
+def test_ctrl_c_to_a_study_of_two_jobs_makes_its_trainings_checkpoint(tmp_path) -> None:
+    """Ctrl-C (SIGINT to the terminal's foreground process group) reached every worker, which died of it mid-step,
+    while the study said it was stopping them with SIGTERM so that they checkpoint. The workers now have process
+    groups of their own: the study alone hears it, and each training checkpoints."""
+    (tmp_path / "training.py").write_text(TRAINING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own group, as a shell's foreground job
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"started-{k}").exists() for k in "ab"):
+        assert time.monotonic() < deadline and proc.poll() is None, "the jobs never started"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
+    assert "stopping the other running job(s)" in err, err
+    assert [(tmp_path / f"checkpoint-{k}").read_text() for k in "ab"] == ["SIGTERM", "SIGTERM"]
+    assert not (tmp_path / "started-c").exists()
+
+
+ONE_AT_A_TIME = '''
+import pathlib, sys, time
+from earful.study.pool import Job, execute
+out = sys.argv[1]
+
+def probe():
+    """A stand-in for a probe or an evaluation: no signal handler of its own."""
+    pathlib.Path(out, "started").touch()
+    time.sleep(60)
+
+execute([Job("probe", probe, ())], 1, pathlib.Path(out, "logs"))
+'''
+
+
+def test_a_signal_to_a_study_of_one_job_at_a_time_stops_it_between_trainings(tmp_path) -> None:
+    """With jobs: 1, SIGTERM while a probe or an evaluation ran (no training's handler) killed the study with
+    status 143 and no word; it stops it with StudyStopped, as during a training (status 4, "rerun the study")."""
+    proc = subprocess.Popen([sys.executable, "-c", ONE_AT_A_TIME, str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the job never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "StudyStopped: the study received SIGTERM" in err, err
