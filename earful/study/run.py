@@ -80,7 +80,7 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
     label_sets = finetuned_label_sets(study)
     todo = []
     chosen = {} if diverged else checkpoints_to_finetune(study, run, out)
-    same = shared_weights({name: ck for name, ck in chosen.items() if name != "best"})  # best: a copy, of no step
+    same = shared_weights(chosen)  # best at the last step is the final too
     for ck_name, ck in chosen.items():
         hours, step = hours_of(ck)
         job = same.get(ck_name, ck_name)  # a milestone at the last step is fine-tuned once, as the final

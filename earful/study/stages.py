@@ -234,7 +234,8 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
 def shared_weights(ckpts: dict[str, Path]) -> dict[str, str]:
     """The name each checkpoint is fine-tuned and probed under. Checkpoints the trainer wrote at the same step
     hold the same weights (a milestone the last step reaches is the final; one on a cycle minimum is that
-    minimum), so their work is done once: under ``final`` where it is one of them, else under the first name."""
+    minimum; ``best`` of the last validation is the final), so their work is done once: under ``final`` where it
+    is one of them, else under the first name."""
     first: dict[int | str, str] = {}
     same = {}
     for name in sorted(ckpts, key=lambda n: n != "final"):  # stable: the given order after the final

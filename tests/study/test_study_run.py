@@ -572,7 +572,8 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
 
 def test_checkpoints_of_one_step_are_fine_tuned_and_probed_once(tmp_path) -> None:
     """A milestone the last step reaches (hours-0.0089 of 4 s batches is step 8 of 8) holds the final's weights,
-    one on a cycle minimum that minimum's: each is fine-tuned and probed once, its records kept under both names."""
+    one on a cycle minimum that minimum's, best of the last validation the final's: each is fine-tuned and probed
+    once, its records kept under both names."""
     from earful.study.config import PlannedRun, StudyConfig
     from earful.study.run import planned_finetunings, planned_probes, unique
 
@@ -597,6 +598,15 @@ def test_checkpoints_of_one_step_are_fine_tuned_and_probed_once(tmp_path) -> Non
         ("hours-0.0044", "4s-seed1__hours-0.0044"), ("hours-0.0089", "4s-seed1__final"),
         ("steps-4", "4s-seed1__hours-0.0044"), ("final", "4s-seed1__final")]
     assert len(unique(probes)) == 2
+    # best of the last step's validation is the final too (it was fine-tuned a second time)
+    study.finetune.checkpoints = ["final", "best"]
+    (ck / "best").mkdir()
+    (ck / "best" / "trainer.json").write_text(json.dumps({"step": 8, "hours_padded": 8 * 4 / 3600}))
+    assert [(f.record["checkpoint"], f.name) for f in planned_finetunings(study, run, tmp_path, False)] == [
+        ("final", "4s-seed1__final__a"), ("best", "4s-seed1__final__a")]
+    (ck / "best" / "trainer.json").write_text(json.dumps({"step": 4, "hours_padded": 4 * 4 / 3600}))
+    assert [f.name for f in planned_finetunings(study, run, tmp_path, False)] == [
+        "4s-seed1__final__a", "4s-seed1__best__a"]
 
 
 def test_evaluation_splits_are_named_by_the_study_corpus_test_keys(tmp_path) -> None:
