@@ -264,9 +264,10 @@ class AudioLoader(Received):
     """
 
     def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, *, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int | None = None, crop_to_shortest: bool = False) -> None:
+                 pin_memory: bool = False, prefetch_factor: int | None = None, crop_to_shortest: bool = False,
+                 skip_bad: bool = False) -> None:
         super().__init__()
-        self.dataset, self.sampler = dataset, sampler
+        self.dataset, self.sampler, self.skip_bad = dataset, sampler, skip_bad
         self.epoch, self.position = sampler.epoch, sampler.position
         self.loader = DataLoader(
             dataset,
@@ -292,11 +293,22 @@ class AudioLoader(Received):
         self._settle()
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
         for batch in self.loader:
+            if batch.bad and not self.skip_bad:
+                raise AudioError(self._bad_file(*batch.bad[0]))
             batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
             self._settle()
             if self.received(batch):
                 yield batch
+
+    def _bad_file(self, uid: str, problem: str) -> str:
+        """The error for a file that cannot be read, where nothing leaves it out: the file and its problem (as
+        read, in whichever process loaded it: a loader worker's error was its traceback) and the way out."""
+        name = self.sampler.names["skip_bad"]
+        if not name:
+            return problem
+        option = name if name.startswith("-") else f"{name}=true"
+        return f"{problem} (utterance {uid}); {option} leaves unreadable files out, counted in the log"
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none
@@ -356,7 +368,8 @@ def make_loader(
     advise (``SecondsBatchSampler``); ``evaluation``: a pass that scores each utterance once, the same batches on
     any number of ranks (``SecondsBatchSampler``); ``source``: the manifest the sampler's messages name (default:
     ``utterances``' own, where it is a ``Manifest``)."""
-    dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=skip_bad)
+    # the dataset hands a file it cannot read to the loader, which stops (without skip_bad) in this process
+    dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=True)
     if source is None:
         source = str(utterances.path) if isinstance(utterances, Manifest) else ""
     sampler = SecondsBatchSampler(dataset.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank, endless=endless,
@@ -364,4 +377,4 @@ def make_loader(
                                   ids=lambda idx: [dataset.utterances[int(i)].id for i in idx], names=names,
                                   evaluation=evaluation)
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest)
+                       prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad)
