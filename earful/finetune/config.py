@@ -101,13 +101,15 @@ class FinetuneConfig(TrainingConfig):
         check_mapping(self.text_mapping, "text_mapping")
 
 
-def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
-    """Defaults ← YAML (path or preset name) ← ``key=value`` overrides."""
+def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                         overrides_from: str = "command-line overrides") -> FinetuneConfig:
+    """Defaults ← YAML (path or preset name) ← ``key=value`` overrides (``overrides_from``: whose, as an error
+    names them)."""
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
         cfg = load_config(FinetuneConfig, path, overrides)
         cfg.validate()
     except ValueError as e:
-        raise ConfigError(f"{config_source(path, overrides)}: {e}") from None
+        raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
     return cfg
 
 

@@ -41,8 +41,9 @@ class PretrainConfig(TrainingConfig):
     ckpt_steps: list[int] = field(default_factory=list)  # extra checkpoints ``steps-N`` after these steps (kept)
 
 
-def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
-    """Defaults ← model preset ← YAML ← overrides."""
+def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                         overrides_from: str = "command-line overrides") -> PretrainConfig:
+    """Defaults ← model preset ← YAML ← overrides (``overrides_from``: whose, as an error names them)."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     over = parse_overrides(overrides or [])
     preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
@@ -53,5 +54,5 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
         cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
         cfg.validate()
     except ValueError as e:
-        raise ConfigError(f"{config_source(path, overrides)}: {e}") from None
+        raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
     return cfg

@@ -63,6 +63,8 @@ class GridEntry:
 
 
 CHECKPOINT_CHOICES = ("final", "best", "milestones")  # what finetune.checkpoints may name
+# whose overrides a recipe's error names (the recipe's own YAML file named before them)
+OVERRIDES_FROM = {"pretrain": "the study's pretrain_overrides", "finetune": "the study's finetune.overrides"}
 
 
 @dataclass

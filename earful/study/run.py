@@ -35,7 +35,7 @@ from typing import Any
 from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
 from earful.lock import hold_folder
-from earful.study.config import CHECKPOINT_CHOICES, PlannedRun, StudyConfig, cycle_minima, plan_runs
+from earful.study.config import CHECKPOINT_CHOICES, OVERRIDES_FROM, PlannedRun, StudyConfig, cycle_minima, plan_runs
 from earful.study.corpus import check_probe_corpus, ensure_corpus
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 from earful.study.plan import plan_table, why_no_best
@@ -161,12 +161,14 @@ def check_recipes(study: StudyConfig) -> None:
     from earful.finetune.config import load_finetune_config
     from earful.pretrain.config import load_pretrain_config
 
-    pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
-    load_finetune_config(study.finetune.config, study.finetune.overrides)
+    pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
+                               overrides_from=OVERRIDES_FROM["pretrain"])
+    load_finetune_config(study.finetune.config, study.finetune.overrides, overrides_from=OVERRIDES_FROM["finetune"])
     for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
         if extra := study.finetune.per_label_set.get(label_set):
             try:
-                load_finetune_config(study.finetune.config, [*study.finetune.overrides, *extra])
+                load_finetune_config(study.finetune.config, [*study.finetune.overrides, *extra],
+                                     overrides_from=OVERRIDES_FROM["finetune"])
             except ValueError as e:
                 raise ValueError(f"finetune.per_label_set[{label_set!r}]: {e}") from e
     unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]

@@ -21,7 +21,7 @@ from earful.config import load_config, save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.probe.config import ProbeConfig
-from earful.study.config import CHECKPOINT_CHOICES, PlannedRun, StudyConfig, cycle_minima
+from earful.study.config import CHECKPOINT_CHOICES, OVERRIDES_FROM, PlannedRun, StudyConfig, cycle_minima
 from earful.study.pool import StudyStopped
 from earful.train.config import TrainingConfig
 from earful.train.state import RunDir, nonfinite_stop, read_trainer_info
@@ -129,7 +129,8 @@ def probed(study: StudyConfig, out: Path, name: str) -> bool:
 # ---------------------------------------------------------------------- pre-training
 def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
     """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""
-    cfg = load_pretrain_config(study.pretrain_config, study.pretrain_overrides)
+    cfg = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
+                               overrides_from=OVERRIDES_FROM["pretrain"])
     c = study.corpus
     cfg.data.train = c.path(c.train, root)
     cfg.data.valid = c.path(c.valid, root) if c.valid else None
@@ -260,7 +261,8 @@ def finetune_config(study: StudyConfig, label_set: str, init: Path, seed: int, r
     """The fine-tuning recipe for one label set: the study's overrides, the label set's own, the baseline's
     settings, then the run's init, data and seed."""
     cfg = load_finetune_config(study.finetune.config,
-                               [*study.finetune.overrides, *study.finetune.per_label_set.get(label_set, [])])
+                               [*study.finetune.overrides, *study.finetune.per_label_set.get(label_set, [])],
+                               overrides_from=OVERRIDES_FROM["finetune"])
     for key, value in BASELINES[baseline].items() if baseline else ():
         setattr(cfg, key, value)
     c = study.corpus

@@ -197,9 +197,9 @@ class TrainingConfig:
         self.tracking.validate()
 
 
-def config_source(path: object, overrides: list[str] | None) -> str:
-    """How a config error names where the settings came from."""
+def config_source(path: object, overrides: list[str] | None, overrides_from: str = "command-line overrides") -> str:
+    """How a config error names where the settings came from (``overrides_from``: whose overrides they are)."""
     if path is not None and overrides:
-        return f"{path} with command-line overrides"
-    return str(path) if path is not None else ("command-line overrides" if overrides else "the defaults")
+        return f"{path} with {overrides_from}"
+    return str(path) if path is not None else (overrides_from if overrides else "the defaults")
 

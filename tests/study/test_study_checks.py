@@ -50,6 +50,16 @@ def test_a_label_sets_own_overrides_are_checked_before_any_run(tmp_path) -> None
     check_recipes(_study(tmp_path, "finetune.per_label_set={10h: [max_steps=3]}"))
 
 
+def test_a_recipe_error_names_the_study_s_overrides_as_its_source(tmp_path) -> None:
+    """A wrong key in a study's pretrain_overrides or finetune.overrides was said to come from "command-line
+    overrides", which the user never gave."""
+    with pytest.raises(ValueError, match=r"pretrain-demo.yaml with the study's pretrain_overrides: .*\['max_stepz'\]"):
+        check_recipes(_study(tmp_path, "pretrain_config=earful/configs/pretrain-demo.yaml",
+                             "pretrain_overrides=[max_stepz=3]"))
+    with pytest.raises(ValueError, match=r"the study's finetune.overrides: .*\['max_stepz'\]"):
+        check_recipes(_study(tmp_path, "finetune.overrides=[max_stepz=3]"))
+
+
 @pytest.mark.parametrize(("missing", "role"), [
     ("labelled-10h.jsonl", r"corpus.label_sets\['10h'\]"),
     ("test.jsonl", r"corpus.test\['test'\]"),
