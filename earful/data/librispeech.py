@@ -496,9 +496,23 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
         read_finetuning(root)
     if not splits:
         splits[root.name] = read_folder(root, problems, files_read)
+        _split_like_folders(root)
     else:
         _left_out(root, read, problems)
     return splits
+
+
+SPLIT_LIKE = ("train", "dev", "valid", "test", "eval")  # folder names that read as a split's
+
+
+def _split_like_folders(root: Path) -> None:
+    """Warn where a plain folder's sub-folders look like splits (``train/``, ``dev/``, ``test/``): a plain folder is
+    one split, so evaluation audio would land in the training manifest unless each is prepared on its own."""
+    like = [f.name for f in _subfolders(root) if f.name.lower().startswith(SPLIT_LIKE)]
+    if like:
+        log.warning("%s is read as one plain folder of audio, one split (%s.jsonl), its sub-folders %s included; "
+                    "to keep them apart, prepare each on its own (earful prepare %s OUT, ...)", root, root.name,
+                    ", ".join(like), root / like[0])
 
 
 def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:

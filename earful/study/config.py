@@ -32,7 +32,8 @@ class SynthSpec:
 
 @dataclass
 class CorpusConfig:
-    dir: str = ""  # corpus folder; manifests below are relative to it
+    dir: str = ""  # corpus folder, relative to the folder earful runs in (not the YAML's); manifests below are
+    # relative to it (an absolute path stays as it is)
     synth: SynthSpec | None = None  # build the built-in corpus into ``dir`` if its manifests are missing
     train: str = "manifests/train.jsonl"
     valid: str = "manifests/dev.jsonl"  # pre-training validation
@@ -129,7 +130,7 @@ class StudyConfig:
     # probe_corpus/manifests/{train,dev,test,labelled-10h}.jsonl (as `earful synth` writes them), checked before
     # any run starts; their recipes and those manifests are part of the study's recipe fingerprint
     probes: list[str] = field(default_factory=list)
-    # the corpus folder the probes read (made by `earful synth`, relative to the study's root as corpus.dir is);
+    # the corpus folder the probes read (made by `earful synth`; relative to the folder earful runs in, as corpus.dir);
     # empty: corpus.dir. A study pre-training on LibriSpeech probes on the built-in corpus this way, as SUPERB
     # probes on datasets of its own
     probe_corpus: str = ""

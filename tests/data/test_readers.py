@@ -53,6 +53,23 @@ def test_plain_folder(tmp_path: Path, tone):
     assert utts["spk2/b"].transcript is None and utts["spk2/b"].sample_rate == 8000
 
 
+def test_a_plain_folder_of_split_like_folders_is_one_split_and_said_so(tmp_path: Path, tone, caplog) -> None:
+    """mydata/{train,dev,test}/SPK/*.wav is one plain folder, one split: the dev and test audio landed in
+    mydata.jsonl beside the training audio without a word. It still does (a plain folder is one split), with a
+    warning naming the folders and how to keep them apart; speaker folders draw none."""
+    for split in ("train", "dev-clean", "test"):
+        tone(tmp_path / "mydata" / split / "spk" / "a.wav", 0.5)
+    with caplog.at_level(logging.WARNING):
+        splits = discover(tmp_path / "mydata")
+    assert list(splits) == ["mydata"] and len(splits["mydata"]) == 3
+    assert "its sub-folders dev-clean, test, train included; to keep them apart, prepare each on its own " \
+           f"(earful prepare {tmp_path / 'mydata' / 'dev-clean'} OUT" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        discover(tmp_path / "mydata" / "train")  # its sub-folder is a speaker's
+    assert "sub-folders" not in caplog.text
+
+
 def test_plain_folder_reads_mp3_and_opus_and_reports_what_it_cannot_decode(tmp_path: Path):
     import numpy as np
     import soundfile as sf
