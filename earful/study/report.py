@@ -248,7 +248,8 @@ def build_report(out_dir: str | Path) -> Path:
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
     ft = [r for r in results if r.get("split") and not r.get("diverged")]
-    main_split = main_split_of(sorted({r["split"] for r in ft}))
+    declared = list((study.get("corpus") or {}).get("test") or {})  # corpus.test's keys, in the config's order
+    main_split = main_split_of(list(dict.fromkeys(r["split"] for r in ft)), declared)
     probes = read_records(out / "probes.jsonl")
     means = probe_means(probes)
     about = {upstream_of(r): r for r in probes}  # a record of each (upstream, checkpoint, seed)
@@ -700,12 +701,16 @@ def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> Non
         _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
 
 
-def main_split_of(splits: list[str]) -> str | None:
-    """The split the tables and findings report: ``test``, else the first ``test*`` (LibriSpeech: test-clean),
-    else the first in sort order."""
-    if "test" in splits:
+def main_split_of(splits: list[str], declared: list[str] | None = None) -> str | None:
+    """The split the tables and findings report, of ``splits`` (those with results, in results.jsonl's order):
+    ``test``, else the first ``test*`` (LibriSpeech: test-clean), else the first in the study's ``corpus.test``
+    order, ``declared`` (``{eval: ..., dev: ...}`` reports eval, where the sort order said dev); a folder whose
+    study.json declares none (the default dev and test, a folder from before) keeps the results' order. The
+    shipped studies declare ``{dev: ..., test: ...}``: a split named test wins over the order."""
+    ordered = [s for s in declared or [] if s in splits] + [s for s in splits if s not in (declared or [])]
+    if "test" in ordered:
         return "test"
-    return next((s for s in sorted(splits) if s.startswith("test")), min(splits) if splits else None)
+    return next((s for s in ordered if s.startswith("test")), ordered[0] if ordered else None)
 
 
 def end_checkpoint(ft: list[dict[str, Any]]) -> str:

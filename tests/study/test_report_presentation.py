@@ -257,3 +257,30 @@ def test_every_plot_has_a_title_readable_labels_and_a_legend_off_its_data(report
         legend = ax.get_legend()
         if legend is not None:
             assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1, name
+
+
+def test_the_headline_split_is_the_studys_first_test_split(tmp_path) -> None:
+    """``corpus.test: {eval: eval.jsonl, dev: valid.jsonl}``: every WER / CER table and finding reported `dev`, the
+    first in sort order. Now the study's first test split (in its config's order) is the headline, unless one is
+    named test (the shipped studies declare dev first); a folder whose study.json declares none keeps the results'
+    order."""
+    from earful.study.report import main_split_of
+
+    make_study(tmp_path)
+    study = json.loads((tmp_path / "study.json").read_text())
+    study["corpus"]["test"] = {"eval": "eval.jsonl", "dev": "valid.jsonl"}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    # dev's records first, its WER 10 points lower than eval's
+    write_jsonl(tmp_path / "results.jsonl", [{**r, "split": "dev", "wer": r["wer"] - 0.1} for r in results]
+                + [{**r, "split": "eval"} for r in results])
+    text = build_report(tmp_path).read_text()
+    assert "## WER after fine-tuning (`eval`, greedy decoding" in text and "### In WER (`eval`)" in text
+    assert "`dev`" not in text
+    wer = section(text, "WER after fine-tuning (`eval`, greedy decoding, %; mean ± SE over 3 seeds)")
+    assert f"| scratch (init) | 0 | 0 | {100 * statistics.fmean(0.95 + SHIFT[s] / 3 for s in SEEDS):.1f} ±" in wer
+    assert main_split_of(["dev", "eval"], ["eval", "dev"]) == "eval"
+    assert main_split_of(["valid", "eval"]) == "valid"  # results' order, not sort order
+    assert main_split_of(["dev", "test"], ["dev", "test"]) == "test"  # studies/*.yaml
+    assert main_split_of(["dev-clean", "test-clean", "test-other"], ["dev-clean", "test-clean", "test-other"]) == (
+        "test-clean")
