@@ -225,14 +225,30 @@ def compare(a: list[float], b: list[float]) -> str:
     return ("lower" if ma < mb else "higher") + " (one seed: spread not measured)"
 
 
+def check_finished(out: Path) -> None:
+    """A report is of a study folder whose study has finished: a folder without ``study.json`` (a typo) or a study
+    stopped before its end (``runs.jsonl`` and ``results.jsonl`` are written when it ends) gave a report of empty
+    tables and blank plots, and exit 0."""
+    if not (out / "study.json").is_file():
+        raise FileNotFoundError(f"{out}: not a study folder (no study.json); `earful study run STUDY.yaml --out {out}` "
+                                "makes one")
+    missing = [name for name in ("runs.jsonl", "results.jsonl") if not (out / name).is_file()]
+    if missing:
+        raise RuntimeError(f"{out}: the study has not finished ({' and '.join(missing)}, written when it ends, "
+                           f"{'is' if len(missing) == 1 else 'are'} missing): rerun `earful study run STUDY.yaml --out "
+                           f"{out}`, with the study's YAML, to continue it: the finished stages are kept, and the "
+                           "report is written at the end")
+
+
 def build_report(out_dir: str | Path) -> Path:
-    """``OUT/report/report.md`` with its CSVs and plots, section by section."""
+    """``OUT/report/report.md`` with its CSVs and plots, section by section, of a finished study."""
     out = Path(out_dir)
+    check_finished(out)
     rep = out / "report"
     (rep / "plots").mkdir(parents=True, exist_ok=True)
     results = read_records(out / "results.jsonl")
     every_run = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
-    study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
+    study = json.loads((out / "study.json").read_text())
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
         text += ["## Runs", "", study["plan"], "",
@@ -588,6 +604,8 @@ def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[s
     from matplotlib.lines import Line2D
 
     shown = sorted((n for n in curves if curves[n]), key=lambda n: (runs[n]["batch_seconds"], runs[n]["seed"]))
+    if not shown:  # no run validated: no blank plots
+        return
     colour = batch_colours([runs[n]["batch_seconds"] for n in shown])
     seeds = sorted({runs[n]["seed"] for n in shown}, key=str)
     style = {s: (SEED_STYLES[i % len(SEED_STYLES)], SEED_MARKERS[i % len(SEED_MARKERS)]) for i, s in enumerate(seeds)}

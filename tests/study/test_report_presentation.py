@@ -284,3 +284,35 @@ def test_the_headline_split_is_the_studys_first_test_split(tmp_path) -> None:
     assert main_split_of(["dev", "test"], ["dev", "test"]) == "test"  # studies/*.yaml
     assert main_split_of(["dev-clean", "test-clean", "test-other"], ["dev-clean", "test-clean", "test-other"]) == (
         "test-clean")
+
+
+def test_a_folder_that_is_no_study_or_an_unfinished_one_is_refused(tmp_path, caplog) -> None:
+    """`earful study report nonexist` wrote report.md and six blank plots into a new folder and exited 0; a study
+    stopped before its end (no runs.jsonl and results.jsonl yet) gave empty tables and blank plots. Now one line
+    names the folder and what to do (exit 2, as other commands' errors), and nothing is written."""
+    from earful.cli import main
+
+    missing = tmp_path / "nonexist"
+    assert main(["study", "report", str(missing)]) == 2
+    assert f"{missing}: not a study folder (no study.json)" in caplog.text and not missing.exists()
+    caplog.clear()
+    stopped = tmp_path / "stopped"
+    make_study(stopped)
+    (stopped / "runs.jsonl").unlink()
+    (stopped / "results.jsonl").unlink()
+    assert main(["study", "report", str(stopped)]) == 2
+    assert (f"{stopped}: the study has not finished (runs.jsonl and results.jsonl, written when it ends, are "
+            f"missing): rerun `earful study run STUDY.yaml --out {stopped}`") in caplog.text
+    assert not (stopped / "report").exists()
+
+
+def test_a_study_without_validation_has_no_blank_validation_plots(tmp_path) -> None:
+    """No run validated (no valid.jsonl): the six validation plots were written blank."""
+    from earful.cli import main
+
+    make_study(tmp_path)
+    for path in tmp_path.glob("pretrain/*/valid.jsonl"):
+        path.unlink()
+    assert main(["study", "report", str(tmp_path)]) == 0
+    plots = sorted(p.name for p in (tmp_path / "report" / "plots").glob("*.png"))
+    assert plots and not [p for p in plots if p.startswith("valid_")], plots
