@@ -78,12 +78,16 @@ class Upstream:
             return "fbank"
         return f"{self.ckpt} (random init, seed {self.init_seed})" if self.kind == "random-init" else str(self.ckpt)
 
-    @property
-    def label(self) -> str:
-        """``name`` with the checkpoint's path cut to its last three parts (RUN/checkpoints/NAME), for titles."""
-        if self.ckpt is None:
-            return self.name
-        return self.name.replace(self.ckpt, "/".join(Path(self.ckpt).parts[-3:]))
+    def title(self, probe_seed: int, *, short: bool = False) -> str:
+        """The upstream and the seeds, for a results page or (``short``: the checkpoint's path cut to its last three
+        parts, RUN/checkpoints/NAME) a plot: ``CKPT (seed 0)``. A random init's seed is said once where the probe's
+        is the same (it read "(random init, seed 0) (seed 0)"), and both are named where they differ."""
+        where = "fbank" if self.ckpt is None else "/".join(Path(self.ckpt).parts[-3:]) if short else self.ckpt
+        if self.kind != "random-init":
+            return f"{where} (seed {probe_seed})"
+        seeds = (f"seed {probe_seed}" if probe_seed == self.init_seed
+                 else f"init seed {self.init_seed}, probe seed {probe_seed}")
+        return f"{where} (random init, {seeds})"
 
     def fingerprint(self, random_model: torch.nn.Module | None = None) -> dict[str, object]:
         """What decides the features, by content. ``random_model``: ``random_model()``'s, where the caller has

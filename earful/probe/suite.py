@@ -111,10 +111,10 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     })
     weights = {t: r.layer_weights for t, r in results.items() if len(r.layer_weights) > 1}
     scores = {upstream.name: {t: r.test for t, r in results.items()}}
-    atomic_write_lines(out / "results.md", [f"# Probes of {upstream.name} (seed {seed})", "", table(scores), "",
+    atomic_write_lines(out / "results.md", [f"# Probes of {upstream.title(seed)}", "", table(scores), "",
                                             weights_table(weights)])
     if weights:
-        plot_layer_weights(weights, out / "layer-weights.png", f"layer weights: {upstream.label} (seed {seed})")
+        plot_layer_weights(weights, out / "layer-weights.png", f"layer weights: {upstream.title(seed, short=True)}")
     else:  # filterbanks have no layers: an earlier upstream's plot would stand beside these results
         (out / "layer-weights.png").unlink(missing_ok=True)
     return results

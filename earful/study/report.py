@@ -225,14 +225,30 @@ def compare(a: list[float], b: list[float]) -> str:
     return ("lower" if ma < mb else "higher") + " (one seed: spread not measured)"
 
 
+def check_finished(out: Path) -> None:
+    """A report is of a study folder whose study has finished: a folder without ``study.json`` (a typo) or a study
+    stopped before its end (``runs.jsonl`` and ``results.jsonl`` are written when it ends) gave a report of empty
+    tables and blank plots, and exit 0."""
+    if not (out / "study.json").is_file():
+        raise FileNotFoundError(f"{out}: not a study folder (no study.json); `earful study run STUDY.yaml --out {out}` "
+                                "makes one")
+    missing = [name for name in ("runs.jsonl", "results.jsonl") if not (out / name).is_file()]
+    if missing:
+        raise RuntimeError(f"{out}: the study has not finished ({' and '.join(missing)}, written when it ends, "
+                           f"{'is' if len(missing) == 1 else 'are'} missing): rerun `earful study run STUDY.yaml --out "
+                           f"{out}`, with the study's YAML, to continue it: the finished stages are kept, and the "
+                           "report is written at the end")
+
+
 def build_report(out_dir: str | Path) -> Path:
-    """``OUT/report/report.md`` with its CSVs and plots, section by section."""
+    """``OUT/report/report.md`` with its CSVs and plots, section by section, of a finished study."""
     out = Path(out_dir)
+    check_finished(out)
     rep = out / "report"
     (rep / "plots").mkdir(parents=True, exist_ok=True)
     results = read_records(out / "results.jsonl")
     every_run = {r["run"]: r for r in read_jsonl(out / "runs.jsonl")}
-    study = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
+    study = json.loads((out / "study.json").read_text())
     text = [f"# Study report: {study.get('name', out.name)}", ""]
     if study.get("plan"):
         text += ["## Runs", "", study["plan"], "",
@@ -248,7 +264,8 @@ def build_report(out_dir: str | Path) -> Path:
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
     ft = [r for r in results if r.get("split") and not r.get("diverged")]
-    main_split = main_split_of(sorted({r["split"] for r in ft}))
+    declared = list((study.get("corpus") or {}).get("test") or {})  # corpus.test's keys, in the config's order
+    main_split = main_split_of(list(dict.fromkeys(r["split"] for r in ft)), declared)
     probes = read_records(out / "probes.jsonl")
     means = probe_means(probes)
     about = {upstream_of(r): r for r in probes}  # a record of each (upstream, checkpoint, seed)
@@ -587,6 +604,8 @@ def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[s
     from matplotlib.lines import Line2D
 
     shown = sorted((n for n in curves if curves[n]), key=lambda n: (runs[n]["batch_seconds"], runs[n]["seed"]))
+    if not shown:  # no run validated: no blank plots
+        return
     colour = batch_colours([runs[n]["batch_seconds"] for n in shown])
     seeds = sorted({runs[n]["seed"] for n in shown}, key=str)
     style = {s: (SEED_STYLES[i % len(SEED_STYLES)], SEED_MARKERS[i % len(SEED_MARKERS)]) for i, s in enumerate(seeds)}
@@ -700,12 +719,16 @@ def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> Non
         _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
 
 
-def main_split_of(splits: list[str]) -> str | None:
-    """The split the tables and findings report: ``test``, else the first ``test*`` (LibriSpeech: test-clean),
-    else the first in sort order."""
-    if "test" in splits:
+def main_split_of(splits: list[str], declared: list[str] | None = None) -> str | None:
+    """The split the tables and findings report, of ``splits`` (those with results, in results.jsonl's order):
+    ``test``, else the first ``test*`` (LibriSpeech: test-clean), else the first in the study's ``corpus.test``
+    order, ``declared`` (``{eval: ..., dev: ...}`` reports eval, where the sort order said dev); a folder whose
+    study.json declares none (the default dev and test, a folder from before) keeps the results' order. The
+    shipped studies declare ``{dev: ..., test: ...}``: a split named test wins over the order."""
+    ordered = [s for s in declared or [] if s in splits] + [s for s in splits if s not in (declared or [])]
+    if "test" in ordered:
         return "test"
-    return next((s for s in sorted(splits) if s.startswith("test")), min(splits) if splits else None)
+    return next((s for s in ordered if s.startswith("test")), ordered[0] if ordered else None)
 
 
 def end_checkpoint(ft: list[dict[str, Any]]) -> str:

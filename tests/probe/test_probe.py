@@ -132,6 +132,24 @@ def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache:
         assert torch.allclose(m(x), expected, atol=1e-6) and abs(float(m.weights().sum()) - 1) < 1e-6
 
 
+def test_a_random_init_says_each_seed_once(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path, monkeypatch):
+    """`earful probe CKPT --random-init` titled its results "(random init, seed 0) (seed 0)": the init's seed and
+    the probe's, unnamed. The same seed is said once; different ones are named."""
+    import earful.probe.suite as suite
+
+    titles = []
+    monkeypatch.setattr(suite, "plot_layer_weights", lambda weights, path, title: titles.append(title))
+    ckpt = str(Path(tiny_ckpt).resolve())
+    for init_seed, seed, expected in ((0, 0, "random init, seed 0"), (1, 0, "random init, init seed 1, probe seed 0")):
+        out = tmp_path / f"init{init_seed}"
+        probe(Upstream.parse(tiny_ckpt, random_init=True, init_seed=init_seed), {"ic": splits(tones)}, out, seed=seed,
+              config=config("ic.steps=2"), cache_dir=cache, progress=False)
+        assert (out / "results.md").read_text().splitlines()[0] == f"# Probes of {ckpt} ({expected})"
+        assert titles.pop() == f"layer weights: {'/'.join(Path(ckpt).parts[-3:])} ({expected})"
+    assert Upstream.parse(tiny_ckpt).title(2) == f"{ckpt} (seed 2)" and Upstream.parse("fbank").title(0) == (
+        "fbank (seed 0)")
+
+
 def test_layer_weight_plots_share_one_y_range(tmp_path: Path, monkeypatch):
     """Two plots meant to be compared (a checkpoint's and its random init's) had each their own y range."""
     from matplotlib.figure import Figure

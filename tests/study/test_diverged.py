@@ -133,6 +133,7 @@ def test_the_report_shows_diverged_runs_and_leaves_them_out_of_its_statistics(tm
                 "decoder": "greedy", "wer": 0.9, "cer": 0.5 if r["run"] != "4s-seed2" else 0.7,
                 **({"diverged": True} if r["run"] == "4s-seed2" else {})} for r in runs if not r.get("diverged")]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    (tmp_path / "study.json").write_text(json.dumps({"name": "toy"}))
     for r in runs:
         (tmp_path / "pretrain" / r["run"]).mkdir(parents=True)
         loss = float("nan") if r.get("diverged") else 2.0

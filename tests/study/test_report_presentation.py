@@ -257,3 +257,62 @@ def test_every_plot_has_a_title_readable_labels_and_a_legend_off_its_data(report
         legend = ax.get_legend()
         if legend is not None:
             assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1, name
+
+
+def test_the_headline_split_is_the_studys_first_test_split(tmp_path) -> None:
+    """``corpus.test: {eval: eval.jsonl, dev: valid.jsonl}``: every WER / CER table and finding reported `dev`, the
+    first in sort order. Now the study's first test split (in its config's order) is the headline, unless one is
+    named test (the shipped studies declare dev first); a folder whose study.json declares none keeps the results'
+    order."""
+    from earful.study.report import main_split_of
+
+    make_study(tmp_path)
+    study = json.loads((tmp_path / "study.json").read_text())
+    study["corpus"]["test"] = {"eval": "eval.jsonl", "dev": "valid.jsonl"}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    # dev's records first, its WER 10 points lower than eval's
+    write_jsonl(tmp_path / "results.jsonl", [{**r, "split": "dev", "wer": r["wer"] - 0.1} for r in results]
+                + [{**r, "split": "eval"} for r in results])
+    text = build_report(tmp_path).read_text()
+    assert "## WER after fine-tuning (`eval`, greedy decoding" in text and "### In WER (`eval`)" in text
+    assert "`dev`" not in text
+    wer = section(text, "WER after fine-tuning (`eval`, greedy decoding, %; mean ± SE over 3 seeds)")
+    assert f"| scratch (init) | 0 | 0 | {100 * statistics.fmean(0.95 + SHIFT[s] / 3 for s in SEEDS):.1f} ±" in wer
+    assert main_split_of(["dev", "eval"], ["eval", "dev"]) == "eval"
+    assert main_split_of(["valid", "eval"]) == "valid"  # results' order, not sort order
+    assert main_split_of(["dev", "test"], ["dev", "test"]) == "test"  # studies/*.yaml
+    assert main_split_of(["dev-clean", "test-clean", "test-other"], ["dev-clean", "test-clean", "test-other"]) == (
+        "test-clean")
+
+
+def test_a_folder_that_is_no_study_or_an_unfinished_one_is_refused(tmp_path, caplog) -> None:
+    """`earful study report nonexist` wrote report.md and six blank plots into a new folder and exited 0; a study
+    stopped before its end (no runs.jsonl and results.jsonl yet) gave empty tables and blank plots. Now one line
+    names the folder and what to do (exit 2, as other commands' errors), and nothing is written."""
+    from earful.cli import main
+
+    missing = tmp_path / "nonexist"
+    assert main(["study", "report", str(missing)]) == 2
+    assert f"{missing}: not a study folder (no study.json)" in caplog.text and not missing.exists()
+    caplog.clear()
+    stopped = tmp_path / "stopped"
+    make_study(stopped)
+    (stopped / "runs.jsonl").unlink()
+    (stopped / "results.jsonl").unlink()
+    assert main(["study", "report", str(stopped)]) == 2
+    assert (f"{stopped}: the study has not finished (runs.jsonl and results.jsonl, written when it ends, are "
+            f"missing): rerun `earful study run STUDY.yaml --out {stopped}`") in caplog.text
+    assert not (stopped / "report").exists()
+
+
+def test_a_study_without_validation_has_no_blank_validation_plots(tmp_path) -> None:
+    """No run validated (no valid.jsonl): the six validation plots were written blank."""
+    from earful.cli import main
+
+    make_study(tmp_path)
+    for path in tmp_path.glob("pretrain/*/valid.jsonl"):
+        path.unlink()
+    assert main(["study", "report", str(tmp_path)]) == 0
+    plots = sorted(p.name for p in (tmp_path / "report" / "plots").glob("*.png"))
+    assert plots and not [p for p in plots if p.startswith("valid_")], plots
