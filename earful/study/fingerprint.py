@@ -1,11 +1,13 @@
 """The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
 study that made it (finished runs of another recipe would be mixed into its report). A finished study may
 continue with more seeds, probe seeds or grid entries (a batch size added): their runs are new, the finished
-ones are kept."""
+ones are kept. A folder in which nothing was trained or measured yet (the first pre-training failed on a setting)
+takes the new recipe."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from earful.config import flatten, to_dict
 from earful.study.config import PlannedRun, StudyConfig
 from earful.study.corpus import manifest_digests
 from earful.train.recipe import WATCHING
+
+log = logging.getLogger(__name__)
 
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
@@ -86,15 +90,31 @@ def _without_entries(fp: dict[str, Any]) -> dict[str, Any]:
                    and not (part == "pretrain" and k in per_entry)} for part, kv in fp.items()}
 
 
+def _nothing_trained(out: Path, what: str) -> bool:
+    """Whether nothing in ``out`` was trained or measured with the recipe its study.json holds; if so it is said:
+    the folder takes the new recipe."""
+    from earful.study.stages import trained_outputs
+
+    if trained_outputs(out):
+        return False
+    log.warning("%s: its study.json %s, but nothing in the folder was trained or measured with that recipe yet (no "
+                "pre-training checkpoint, fine-tuning, evaluation, probe or gradient noise): the folder takes this "
+                "recipe", out, what)
+    return True
+
+
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
     compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
-    or go. A study.json written before entries were fingerprinted compares the grid as a whole."""
+    or go. A study.json written before entries were fingerprinted compares the grid as a whole. A folder in which
+    nothing was trained or measured takes any recipe."""
     p = out / "study.json"
     if not p.exists():
         return
     saved = json.loads(p.read_text(encoding="utf-8"))
     if saved.get("format") != STUDY_FORMAT:
+        if _nothing_trained(out, f"was written by an earlier development version (format {saved.get('format')!r})"):
+            return
         raise ValueError(f"{p}: written by an earlier development version of earful (format "
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
     old = _comparable(saved["fingerprint"])
@@ -109,6 +129,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     parts = [*new, *(part for part in old if part not in new)]
     diff = [f"{part}.{k}" for part in parts for k in sorted(set(old.get(part, {})) | set(new.get(part, {})))
             if old.get(part, {}).get(k) != new.get(part, {}).get(k)] + [f"grid.{tag}" for tag in gone_or_changed]
+    if _nothing_trained(out, f"holds another recipe (differs in {', '.join(diff)})"):
+        return
     why = []
     if gone_or_changed and old == new:  # nothing else differs: an entry of its own was changed or removed
         why.append("grid entries may be added to a study, not changed or removed")

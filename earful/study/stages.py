@@ -126,6 +126,16 @@ def probed(study: StudyConfig, out: Path, name: str) -> bool:
     return all(probe_summary(out, name, seed).exists() for seed in study.probe_seeds)
 
 
+def trained_outputs(out: Path) -> list[Path]:
+    """What study folder ``out`` holds that was trained or measured: pre-training and fine-tuning runs with a
+    checkpoint (but ``init``, which a fresh start writes again) or done.json, evaluations, probe results and
+    gradient noise records."""
+    runs = [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("*"))
+            if rdir.is_dir() and ((rdir / "done.json").exists() or RunDir(rdir).checkpoints())]
+    return [*runs, *sorted((out / "eval").glob("*/summary.json")),
+            *sorted((out / "probe").glob("*/seed-*/summary.json")), *sorted((out / "gradvar").glob("*.json"))]
+
+
 # ---------------------------------------------------------------------- pre-training
 def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
     """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""

@@ -3,6 +3,7 @@ and a study killed mid-way (between stages, or inside a pre-training run) contin
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,12 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
         assert steps == sorted(set(steps)) and steps[-1] == 4, (log, steps)
 
 
+def _trained(out: Path, run: str = "4s-seed1") -> None:
+    """A finished pre-training in study folder ``out``, as the study marks it: its recipe was trained with."""
+    (out / "pretrain" / run).mkdir(parents=True)
+    (out / "pretrain" / run / "done.json").write_text(json.dumps({"run": run, "step": 4}))
+
+
 class _Killed(BaseException):
     """Ends the study like SIGKILL would: nothing catches it."""
 
@@ -139,6 +146,7 @@ def test_a_corpus_built_with_other_settings_is_an_error(study_file) -> None:
 def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     from earful.study.config import plan_runs
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
@@ -177,6 +185,7 @@ def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_diff
 
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     assert "compile_mode" not in fp["pretrain"] and "log_every" not in fp["pretrain"]
@@ -207,9 +216,56 @@ def test_a_folder_from_an_earlier_development_version_is_refused(study_file, tmp
     study = load_study(study_file)
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({**to_dict(study), "plan": "| run |"}))
     with pytest.raises(ValueError, match=r"earlier development version of earful \(format None.*use another --out"):
         check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
+
+
+def test_a_recipe_nothing_was_trained_with_may_change(study_file, tmp_path, caplog) -> None:
+    """study.json is written before the first run starts: a pre-training that failed on a setting (a batch the
+    corpus cannot fill) left a folder whose fix (data.skip_bad=true, as the error says) was refused as another
+    recipe. Until something is trained or measured with it (a checkpoint but init, a done.json, an evaluation, a
+    probe, a gradient noise record) the folder takes the new recipe, saying so; after, it is refused as before."""
+    import logging
+
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    study = load_study(study_file)
+    out = tmp_path / "out"
+    (out / "pretrain").mkdir(parents=True)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": recipe_fingerprint(
+        study, plan_runs(study), study_file.parent)}))
+    failed = out / "pretrain" / "4s-seed1"
+    for left in ("checkpoints/init", "checkpoints/.tmp-step-0000002-99"):  # the random init; a killed write
+        (failed / left).mkdir(parents=True)
+        (failed / left / "trainer.json").write_text(json.dumps({"step": 0}))
+    (failed / "train.jsonl").write_text("")
+    (out / "pretrain" / "8s-seed1.yaml").write_text("")  # a multi-device run's config
+    fixed = load_study(study_file)
+    fixed.pretrain_overrides.append("data.skip_bad=true")
+    fp = recipe_fingerprint(fixed, plan_runs(fixed), study_file.parent)
+    with caplog.at_level(logging.WARNING):
+        check_same_recipe(out, fp)
+    assert re.search(r"its study.json holds another recipe \(differs in pretrain\.data\.skip_bad\), but nothing in "
+                     r"the folder was trained or measured with that recipe yet .*: the folder takes this recipe",
+                     caplog.text)
+    (out / "study.json").write_text(json.dumps({"format": 1}))  # an earlier development version's: the same
+    check_same_recipe(out, fp)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": recipe_fingerprint(
+        study, plan_runs(study), study_file.parent)}))
+    trained = [failed / "checkpoints" / "step-0000002" / "trainer.json", out / "pretrain" / "8s-seed1" / "done.json",
+               out / "finetune" / "4s-seed1__final__10h" / "checkpoints" / "best" / "trainer.json",
+               out / "eval" / "scratch-seed1__init__10h" / "summary.json",
+               out / "probe" / "fbank" / "seed-0" / "summary.json", out / "gradvar" / "4s-seed1.json"]
+    for path in trained:
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        with pytest.raises(ValueError, match=r"another recipe \(differs in pretrain\.data\.skip_bad\)"):
+            check_same_recipe(out, fp)
+        path.unlink()
+        check_same_recipe(out, fp)  # without it, nothing was trained
 
 
 def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch) -> None:
@@ -244,6 +300,7 @@ def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> Non
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     for seeds in ("[1, 2]", "[2, 3]"):  # the first run's seed is not part of the recipe either
         more = load_study(study_file, [f"seeds={seeds}", "name=toy-more"])
@@ -262,6 +319,7 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
     study = load_study(study_file)  # grid [4, 8], lr sqrt-scaled around 8 s
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT,
                                                 "fingerprint": recipe_fingerprint(study, plan_runs(study),
                                                                                   study_file.parent)}))
@@ -354,6 +412,7 @@ def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None
     fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     check_same_recipe(out, fp)
     (corpus / "train.jsonl").write_text('{"id": "b"}\n')
@@ -397,6 +456,7 @@ def test_the_probe_recipe_and_the_probe_manifests_are_part_of_the_recipe(study_f
     ic_only = fingerprint("probes=[ic]")
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))  # the same study continues
 
@@ -541,6 +601,7 @@ def test_probes_of_every_kept_checkpoint_and_the_baselines_reach_the_report(stud
     assert "final models" in text and "| C1 | pr.per |" in text
     assert (out / "report" / "plots" / "probe_pr_per_vs_hours.png").exists()
     assert not (out / "probe-cache").exists() or not any((out / "probe-cache").iterdir())  # features removed
+
 
 
 def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None:
