@@ -353,6 +353,92 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
         check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
 
 
+def test_a_finished_study_continues_with_probe_tasks_baselines_and_label_sets_added(study_file, tmp_path,
+                                                                                     caplog) -> None:
+    """As a batch size added: a probe task, a baseline, a checkpoint or a label set to fine-tune added to a
+    finished study is work of its own, the finished work stays what the new recipe makes (the added task's
+    recipe and manifests are new, the others' unchanged), so the folder continues. An item removed, a finished
+    task's recipe or label set's overrides changed, or a test split added (the finished fine-tunings would not be
+    evaluated on it) is refused, naming the setting."""
+    import logging
+
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = tmp_path / "corpus"
+    (corpus / "manifests").mkdir(parents=True)
+    for name in ("train", "dev", "test", "labelled-10h", "labelled-1h"):
+        (corpus / "manifests" / f"{name}.jsonl").write_text(f'{{"id": "{name}"}}\n')
+    both = "corpus.label_sets={10h: manifests/labelled-10h.jsonl, 1h: manifests/labelled-1h.jsonl}"
+
+    def fingerprint(*more: str) -> dict:
+        study = load_study(study_file, [f"corpus.dir={corpus}", both, "finetune.label_sets=[10h]", "probes=[pr, ic]",
+                                        *more])
+        return recipe_fingerprint(study, plan_runs(study), tmp_path)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _trained(out)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fingerprint()}))
+    grown = fingerprint("probes=[pr, ic, sid]")
+    assert set(grown["probe"]) - set(fingerprint()["probe"]) == {"sid.steps", "sid.lr", "sid.weight_decay"}
+    assert set(grown["data"]) - set(fingerprint()["data"]) == {"probe.labelled-10h"}
+    with caplog.at_level(logging.WARNING):
+        for more in (["probes=[pr, ic, sid]"], ["probes=[sid, ic, pr]", "probe_overrides=[sid.steps=5]"],
+                     ["finetune.baselines=[scratch, scratch-frozen-cnn]"],
+                     ["finetune.checkpoints=[final, milestones, best]"],
+                     ["finetune.label_sets=[10h, 1h]", "finetune.per_label_set={1h: [max_steps=2]}"],
+                     ["finetune.label_sets=null"],  # every label set of the corpus
+                     [both.replace("}", ", 10min: manifests/dev.jsonl}"), "finetune.label_sets=[10h, 10min]"],
+                     ["probes=[pr, ic, sid, asr]", "finetune.baselines=[scratch, scratch-trainable-cnn]",
+                      "finetune.label_sets=[10h, 1h]"]):
+            check_same_recipe(out, fingerprint(*more))
+    assert not caplog.records, caplog.text
+    for more, named in (
+            (["probes=[pr]"], r"study\.probes, probe\.ic\.lr, .*\) \(probes may gain items, not lose or change one\)"),
+            (["probes=[pr, sid]"], r"study\.probes, probe\.ic\.lr, probe\.ic\.steps, probe\.ic\.weight_decay\) "
+                                   r"\(probes may gain items"),
+            (["finetune.baselines=[]"], r"study\.finetune\.baselines\) \(finetune\.baselines may gain items"),
+            (["finetune.checkpoints=[final]"], r"study\.finetune\.checkpoints\)"),
+            (["finetune.label_sets=[1h]"], r"study\.finetune\.label_sets\)"),
+            (["probes=[pr, ic, sid]", "probe_overrides=[pr.epochs=3]"], r"probe\.pr\.epochs\)"),
+            (["finetune.per_label_set={10h: [max_steps=2]}"], r"study\.finetune\.per_label_set\.10h\)"),
+            (["corpus.label_sets={10h: manifests/labelled-1h.jsonl, 1h: manifests/labelled-1h.jsonl}"],
+             r"study\.corpus\.label_sets\.10h, data\.label_set\.10h\)"),
+            (["corpus.test={test: manifests/test.jsonl, other: manifests/dev.jsonl}"],
+             r"study\.corpus\.test\.other\) \(test splits may not change or be added")):
+        with pytest.raises(ValueError, match=rf"another recipe \(differs in {named}"):
+            check_same_recipe(out, fingerprint(*more))
+
+
+def test_a_probe_task_added_probes_the_finished_upstreams_with_it_alone(tmp_path, monkeypatch) -> None:
+    """A probe summary of the first tasks counted as probed: a task added to a finished study was never probed
+    on its finished upstreams. It is, alone (into added-TASKS/), and the summary holds every task."""
+    import earful.probe.suite as suite
+    from earful.study.config import StudyConfig
+    from earful.study.stages import probe_stage, probe_summary, probed
+
+    calls = []
+
+    def run_suite(upstream, corpus, out_dir, tasks, seed, **kwargs) -> dict:
+        calls.append((Path(out_dir).relative_to(tmp_path).as_posix(), list(tasks)))
+        return {t: {"metric": 0.5} for t in tasks}
+
+    monkeypatch.setattr(suite, "run_suite", run_suite)
+    study = StudyConfig(probes=["pr", "ic"], probe_seeds=[0])
+    assert not probed(study, tmp_path, "fbank")
+    probe_stage(study, "fbank", "fbank", tmp_path, tmp_path)
+    assert probed(study, tmp_path, "fbank") and calls == [("probe/fbank/seed-0", ["pr", "ic"])]
+    study.probes = ["pr", "ic", "sid"]
+    assert not probed(study, tmp_path, "fbank")
+    rows = probe_stage(study, "fbank", "fbank", tmp_path, tmp_path)
+    assert calls[1:] == [("probe/fbank/seed-0/added-sid", ["sid"])] and probed(study, tmp_path, "fbank")
+    assert list(json.loads(probe_summary(tmp_path, "fbank", 0).read_text())) == ["pr", "ic", "sid"]
+    assert [r["task"] for r in rows] == ["pr", "ic", "sid"]
+    probe_stage(study, "fbank", "fbank", tmp_path, tmp_path)
+    assert len(calls) == 2  # nothing left to probe
+
+
 def test_one_study_process_per_folder(tmp_path) -> None:
     """A second `earful study run` into a folder in use stops at once, naming the process that holds it."""
     import os
@@ -601,7 +687,12 @@ def test_probes_of_every_kept_checkpoint_and_the_baselines_reach_the_report(stud
     assert "final models" in text and "| C1 | pr.per |" in text
     assert (out / "report" / "plots" / "probe_pr_per_vs_hours.png").exists()
     assert not (out / "probe-cache").exists() or not any((out / "probe-cache").iterdir())  # features removed
-
+    # a task added to the finished study: probed on every finished upstream, the others' results kept
+    run_study(load_study(path, ["probes=[pr, ic, sid]", "probe_overrides=[pr.epochs=2, ic.steps=20, sid.steps=20]"]),
+              out)
+    grown = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
+    assert [r for r in grown if r["task"] != "sid"] == records
+    assert {(r["pretrain"], r["checkpoint"]) for r in grown if r["task"] == "sid"} == upstreams
 
 
 def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None:
