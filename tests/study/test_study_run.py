@@ -439,6 +439,47 @@ def test_a_probe_task_added_probes_the_finished_upstreams_with_it_alone(tmp_path
     assert len(calls) == 2  # nothing left to probe
 
 
+def test_a_rerun_that_leaves_finished_runs_out_says_so(tmp_path, monkeypatch, caplog) -> None:
+    """A finished seeds-[1, 2] study run again with seeds [2] rewrote runs.jsonl, results.jsonl and the report
+    with seed 2 alone, without a word of seed 1's finished runs in the folder: now a warning names them, before
+    the runs and with the report (a report on a subset may be what the user wants)."""
+    import logging
+    from dataclasses import asdict
+
+    from earful.study.config import plan_runs
+    from earful.study.run import left_out
+
+    corpus = tmp_path / "corpus" / "manifests"
+    corpus.mkdir(parents=True)
+    for name in ("train", "dev"):
+        (corpus / f"{name}.jsonl").write_text('{"id": "a"}\n')
+    path = tmp_path / "few.yaml"
+    path.write_text(f"name: few\ncorpus: {{dir: {corpus.parent}}}\ngrid: [10]\nmode: fixed-steps\nsteps: 10\n"
+                    "seeds: [1, 2]\nfinetune: {baselines: []}\n")  # pre-training only
+    out = tmp_path / "out"
+    for run in plan_runs(load_study(path)):  # finished, as the study marks a pre-training
+        (out / "pretrain" / run.name).mkdir(parents=True)
+        (out / "pretrain" / run.name / "done.json").write_text(json.dumps({**asdict(run), "run": run.name,
+                                                                            "step": run.steps}))
+    monkeypatch.setattr("earful.study.run.build_report", lambda out: out / "report" / "report.md")
+    with caplog.at_level(logging.WARNING):
+        run_study(load_study(path, ["seeds=[2]"]), out, root=tmp_path)
+    said = [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
+    assert len(said) == 2, caplog.text  # before the runs and with the report
+    assert re.search(r"finished work that this study's plan leaves out: 10s-seed1\. runs\.jsonl, results\.jsonl, "
+                     r"probes\.jsonl and the report cover only the planned runs; rerun with their seeds", said[0])
+    assert [json.loads(line)["seed"] for line in (out / "runs.jsonl").read_text().splitlines()] == [2]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_study(load_study(path), out, root=tmp_path)
+    assert "leaves out" not in caplog.text
+    assert [json.loads(line)["seed"] for line in (out / "runs.jsonl").read_text().splitlines()] == [1, 2]
+    (out / "probe" / "fbank" / "seed-3").mkdir(parents=True)  # probe seeds too
+    (out / "probe" / "fbank" / "seed-3" / "summary.json").write_text("{}")
+    study = load_study(path, ["seeds=[2]", "probes=[pr]", "probe_seeds=[0]"])
+    assert left_out(study, plan_runs(study), out) == ["10s-seed1", "probe seed 3"]
+
+
 def test_one_study_process_per_folder(tmp_path) -> None:
     """A second `earful study run` into a folder in use stops at once, naming the process that holds it."""
     import os
