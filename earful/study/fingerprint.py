@@ -1,11 +1,13 @@
 """The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
 study that made it (finished runs of another recipe would be mixed into its report). A finished study may
-continue with more seeds, probe seeds or grid entries (a batch size added): their runs are new, the finished
-ones are kept."""
+continue with more seeds, probe seeds or grid entries (a batch size added), probe tasks, baselines, checkpoints
+or label sets to fine-tune (``MAY_GROW``): their work is new, the finished work is kept. A folder in which nothing
+was trained or measured yet (the first pre-training failed on a setting) takes the new recipe."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from earful.config import flatten, to_dict
 from earful.study.config import PlannedRun, StudyConfig
 from earful.study.corpus import manifest_digests
 from earful.train.recipe import WATCHING
+
+log = logging.getLogger(__name__)
 
 STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier development versions
 
@@ -28,9 +32,15 @@ NOT_RECIPE_SECTIONS = ("slurm.", "tracking.")
 # study keeps valid_every, valid_seconds and keep_best: they decide its checkpoints/best and validation loss)
 RUN_ONLY = {"device", "threads", "log_every", "ckpt_every", "keep_last", "tensorboard", "max_nan_steps",
             "data.num_workers", "data.shards_relayout", "compile", "compile_backend", "compile_mode"}
-# the study's config files and override lists: their effect is in the pretrain and finetune parts, key by key
-# (a preset's name and its file's path, or another copy of it, are the same recipe)
-OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "finetune.overrides"}
+# the study's config files and override lists: their effect is in the pretrain, finetune and probe parts, key by
+# key (a preset's name and its file's path, or another copy of it, are the same recipe)
+OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "finetune.overrides", "probe_overrides"}
+# study lists that may gain items on a finished study, never lose one: each item is work of its own (a probe task
+# on every kept checkpoint, a baseline, a checkpoint or a label set fine-tuned), so the finished work stays what
+# the new recipe makes. With them the mappings they draw on may gain entries: a probe task's recipe (the "probe"
+# part, by task), a label set of the corpus, a new label set's per_label_set, a new manifest's digest ("data").
+# A test split may not be added: the finished fine-tunings would not be evaluated on it.
+MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.label_sets")
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
 # (the cyclic schedule's step size too where the study sets it from each entry's steps: `cycles`)
@@ -86,15 +96,56 @@ def _without_entries(fp: dict[str, Any]) -> dict[str, Any]:
                    and not (part == "pretrain" and k in per_entry)} for part, kv in fp.items()}
 
 
+def _label_sets(study: dict[str, Any]) -> list[str]:
+    """The label sets a fingerprint's study part fine-tunes on: ``finetune.label_sets``, else the corpus's."""
+    return study.get("finetune.label_sets") or [k.removeprefix("corpus.label_sets.") for k in study
+                                                   if k.startswith("corpus.label_sets.")]
+
+
+def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``part.key``, which differs, is an addition that leaves every finished result as the new recipe
+    makes it (``MAY_GROW``)."""
+    was, now = old.get(part, {}), new.get(part, {})
+    study = old.get("study", {})
+    if part == "study" and key in MAY_GROW:
+        if key == "finetune.label_sets":
+            return set(_label_sets(study)) <= set(_label_sets(new.get("study", {})))
+        return key in now and set(was.get(key) or []) <= set(now[key] or [])
+    if key in was:  # a value changed or gone
+        return False
+    if part == "study":  # a label set of the corpus; the overrides of a label set not fine-tuned yet
+        label_set = key.removeprefix("finetune.per_label_set.")
+        return key.startswith("corpus.label_sets.") or (label_set != key and label_set not in _label_sets(study))
+    if part == "probe":  # the recipe of a task not probed yet
+        return key.split(".")[0] not in study.get("probes", [])
+    return part == "data"  # the digest of a manifest not read yet
+
+
+def _nothing_trained(out: Path, what: str) -> bool:
+    """Whether nothing in ``out`` was trained or measured with the recipe its study.json holds; if so it is said:
+    the folder takes the new recipe."""
+    from earful.study.stages import trained_outputs
+
+    if trained_outputs(out):
+        return False
+    log.warning("%s: its study.json %s, but nothing in the folder was trained or measured with that recipe yet (no "
+                "pre-training checkpoint, fine-tuning, evaluation, probe or gradient noise): the folder takes this "
+                "recipe", out, what)
+    return True
+
+
 def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
     compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
-    or go. A study.json written before entries were fingerprinted compares the grid as a whole."""
+    or go. A study.json written before entries were fingerprinted compares the grid as a whole. The lists of
+    ``MAY_GROW`` may gain items. A folder in which nothing was trained or measured takes any recipe."""
     p = out / "study.json"
     if not p.exists():
         return
     saved = json.loads(p.read_text(encoding="utf-8"))
     if saved.get("format") != STUDY_FORMAT:
+        if _nothing_trained(out, f"was written by an earlier development version (format {saved.get('format')!r})"):
+            return
         raise ValueError(f"{p}: written by an earlier development version of earful (format "
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
     old = _comparable(saved["fingerprint"])
@@ -104,14 +155,24 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
         old, new = _without_entries(old), _without_entries(new)
     else:  # a study.json of before: the grid as a whole, and the first run's settings
         gone_or_changed = []
-    if old == new and not gone_or_changed:
-        return
     parts = [*new, *(part for part in old if part not in new)]
-    diff = [f"{part}.{k}" for part in parts for k in sorted(set(old.get(part, {})) | set(new.get(part, {})))
-            if old.get(part, {}).get(k) != new.get(part, {}).get(k)] + [f"grid.{tag}" for tag in gone_or_changed]
+    differ = [(part, k) for part in parts for k in sorted(set(old.get(part, {})) | set(new.get(part, {})))
+              if old.get(part, {}).get(k) != new.get(part, {}).get(k)]
+    refused = [(part, k) for part, k in differ if not _added(part, k, old, new)]
+    if not refused and not gone_or_changed:
+        if differ:
+            log.info("%s: the study continues with %s added", out, ", ".join(f"{part}.{k}" for part, k in differ))
+        return
+    diff = [f"{part}.{k}" for part, k in refused] + [f"grid.{tag}" for tag in gone_or_changed]
+    if _nothing_trained(out, f"holds another recipe (differs in {', '.join(diff)})"):
+        return
     why = []
-    if gone_or_changed and old == new:  # nothing else differs: an entry of its own was changed or removed
+    if gone_or_changed and not refused:  # nothing else differs: an entry of its own was changed or removed
         why.append("grid entries may be added to a study, not changed or removed")
+    if grown := [k for part, k in refused if part == "study" and k in MAY_GROW]:
+        why.append(f"{', '.join(grown)} may gain items, not lose or change one")
+    if any(part == "study" and k.startswith("corpus.test.") for part, k in refused):
+        why.append("test splits may not change or be added: the finished fine-tunings are not evaluated again")
     if "probe" not in old and old.get("study", {}).get("probes"):
         why.append("this folder's study.json does not record its probe recipe and probe manifests (written before "
                    "earful fingerprinted them), so its probe results may come from another recipe")

@@ -232,6 +232,23 @@ def check_study(study: StudyConfig) -> None:
             resources(study.slurm, entry.devices)
 
 
+def left_out(study: StudyConfig, runs: list[PlannedRun], out: Path) -> list[str]:
+    """The finished work in study folder ``out`` that this plan leaves out (a rerun with fewer seeds or probe
+    seeds): its pre-training runs by name, then its probe seeds."""
+    planned = {r.name for r in runs}
+    names = [p.parent.name for p in sorted((out / "pretrain").glob("*/done.json")) if p.parent.name not in planned]
+    probe_seeds = {int(p.parent.name.removeprefix("seed-")) for p in (out / "probe").glob("*/seed-*/summary.json")}
+    return names + [f"probe seed {k}" for k in sorted(probe_seeds - set(study.probe_seeds))]
+
+
+def warn_left_out(left: list[str]) -> None:
+    """Say what of the folder's finished work (``left_out``) the results and the report leave out."""
+    if left:
+        log.warning("this folder holds finished work that this study's plan leaves out: %s. runs.jsonl, "
+                    "results.jsonl, probes.jsonl and the report cover only the planned runs; rerun with their seeds, "
+                    "probe seeds or grid entries to include them", ", ".join(left))
+
+
 def run_study(study: StudyConfig, out_dir: str | Path, *, root: str | Path | None = None) -> Path:
     root = Path(root or Path.cwd())
     out = Path(out_dir)
@@ -251,6 +268,8 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     atomic_write_json(out / "study.json", {**to_dict(study), "format": STUDY_FORMAT, "plan": table,
                                            "cycle_minima": cycle_minima(study), "fingerprint": fingerprint})
     log.info("study %s: %d pre-training runs\n%s", study.name, len(runs), table)
+    left = left_out(study, runs, out)
+    warn_left_out(left)  # before the runs, to stop there, and with the report
 
     first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     planned: dict[str, list[Finetuning]] = {}
@@ -288,6 +307,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     write_results(out, runs, planned, done)
     write_probes(out, runs, probing, done)
     report = build_report(out)
+    warn_left_out(left)
     log.info("study %s finished in %.1f min; report: %s", study.name, (time.time() - t0) / 60, report)
     return report
 

@@ -121,9 +121,25 @@ def probe_summary(out: Path, name: str, seed: int) -> Path:
     return out / "probe" / name / f"seed-{seed}" / "summary.json"
 
 
+def probed_tasks(out: Path, name: str, seed: int) -> dict[str, dict[str, float]]:
+    """The metrics of each task probe seed ``seed`` has probed ``name`` on (none yet: {})."""
+    path = probe_summary(out, name, seed)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def probed(study: StudyConfig, out: Path, name: str) -> bool:
-    """Every probe seed of the study has probed ``name`` (a rerun may add seeds)."""
-    return all(probe_summary(out, name, seed).exists() for seed in study.probe_seeds)
+    """Every probe seed of the study has probed ``name`` on every task (a rerun may add seeds and tasks)."""
+    return all(set(study.probes) <= set(probed_tasks(out, name, seed)) for seed in study.probe_seeds)
+
+
+def trained_outputs(out: Path) -> list[Path]:
+    """What study folder ``out`` holds that was trained or measured: pre-training and fine-tuning runs with a
+    checkpoint (but ``init``, which a fresh start writes again) or done.json, evaluations, probe results and
+    gradient noise records."""
+    runs = [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("*"))
+            if rdir.is_dir() and ((rdir / "done.json").exists() or RunDir(rdir).checkpoints())]
+    return [*runs, *sorted((out / "eval").glob("*/summary.json")),
+            *sorted((out / "probe").glob("*/seed-*/summary.json")), *sorted((out / "gradvar").glob("*.json"))]
 
 
 # ---------------------------------------------------------------------- pre-training
@@ -340,8 +356,11 @@ def probe_config(study: StudyConfig) -> ProbeConfig:
 
 def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: Path) -> list[dict[str, Any]]:
     """``earful probe``'s suite on one upstream (a checkpoint folder, or ``fbank``) with every probe seed:
-    ``OUT/probe/NAME/seed-K/results.json``; the upstream's cached features are removed afterwards (they are
-    hundreds of MB a checkpoint). Returns ``[{"seed", "task", "metric", "value"}, ...]``."""
+    ``OUT/probe/NAME/seed-K/results.json``; tasks added to a study that has probed the upstream are probed alone
+    (each task's head is seeded on its own: its result does not depend on the tasks probed with it), into
+    ``seed-K/added-TASKS/``. ``seed-K/summary.json`` holds every task's metrics. The upstream's cached features are
+    removed afterwards (they are hundreds of MB a checkpoint). Returns ``[{"seed", "task", "metric", "value"},
+    ...]``."""
     import shutil
 
     import torch
@@ -353,12 +372,15 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
     config = probe_config(study)
     for seed in study.probe_seeds:
         done = probe_summary(out, name, seed)
-        if not done.exists():
+        metrics = probed_tasks(out, name, seed)
+        if todo := [t for t in study.probes if t not in metrics]:
+            folder = done.parent / f"added-{'-'.join(todo)}" if metrics else done.parent
             with torch.random.fork_rng(devices=[]):
-                metrics = run_suite(upstream, study.probe_dir(root), done.parent, study.probes, seed,
-                                    cache_dir=cache, config=config, progress=False)
+                metrics |= run_suite(upstream, study.probe_dir(root), folder, todo, seed, cache_dir=cache,
+                                     config=config, progress=False)
             atomic_write_json(done, metrics)
-        metrics = json.loads(done.read_text())
-        rows += [{"seed": seed, "task": t, "metric": m, "value": v} for t, ms in metrics.items() for m, v in ms.items()]
+            metrics = probed_tasks(out, name, seed)  # as a rerun reads them
+        rows += [{"seed": seed, "task": t, "metric": m, "value": v}
+                 for t in study.probes for m, v in metrics[t].items()]
     shutil.rmtree(cache, ignore_errors=True)
     return rows

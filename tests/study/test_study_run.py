@@ -3,6 +3,7 @@ and a study killed mid-way (between stages, or inside a pre-training run) contin
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,12 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
         assert steps == sorted(set(steps)) and steps[-1] == 4, (log, steps)
 
 
+def _trained(out: Path, run: str = "4s-seed1") -> None:
+    """A finished pre-training in study folder ``out``, as the study marks it: its recipe was trained with."""
+    (out / "pretrain" / run).mkdir(parents=True)
+    (out / "pretrain" / run / "done.json").write_text(json.dumps({"run": run, "step": 4}))
+
+
 class _Killed(BaseException):
     """Ends the study like SIGKILL would: nothing catches it."""
 
@@ -139,6 +146,7 @@ def test_a_corpus_built_with_other_settings_is_an_error(study_file) -> None:
 def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     from earful.study.config import plan_runs
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
@@ -177,6 +185,7 @@ def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_diff
 
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     assert "compile_mode" not in fp["pretrain"] and "log_every" not in fp["pretrain"]
@@ -207,9 +216,56 @@ def test_a_folder_from_an_earlier_development_version_is_refused(study_file, tmp
     study = load_study(study_file)
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({**to_dict(study), "plan": "| run |"}))
     with pytest.raises(ValueError, match=r"earlier development version of earful \(format None.*use another --out"):
         check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
+
+
+def test_a_recipe_nothing_was_trained_with_may_change(study_file, tmp_path, caplog) -> None:
+    """study.json is written before the first run starts: a pre-training that failed on a setting (a batch the
+    corpus cannot fill) left a folder whose fix (data.skip_bad=true, as the error says) was refused as another
+    recipe. Until something is trained or measured with it (a checkpoint but init, a done.json, an evaluation, a
+    probe, a gradient noise record) the folder takes the new recipe, saying so; after, it is refused as before."""
+    import logging
+
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    study = load_study(study_file)
+    out = tmp_path / "out"
+    (out / "pretrain").mkdir(parents=True)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": recipe_fingerprint(
+        study, plan_runs(study), study_file.parent)}))
+    failed = out / "pretrain" / "4s-seed1"
+    for left in ("checkpoints/init", "checkpoints/.tmp-step-0000002-99"):  # the random init; a killed write
+        (failed / left).mkdir(parents=True)
+        (failed / left / "trainer.json").write_text(json.dumps({"step": 0}))
+    (failed / "train.jsonl").write_text("")
+    (out / "pretrain" / "8s-seed1.yaml").write_text("")  # a multi-device run's config
+    fixed = load_study(study_file)
+    fixed.pretrain_overrides.append("data.skip_bad=true")
+    fp = recipe_fingerprint(fixed, plan_runs(fixed), study_file.parent)
+    with caplog.at_level(logging.WARNING):
+        check_same_recipe(out, fp)
+    assert re.search(r"its study.json holds another recipe \(differs in pretrain\.data\.skip_bad\), but nothing in "
+                     r"the folder was trained or measured with that recipe yet .*: the folder takes this recipe",
+                     caplog.text)
+    (out / "study.json").write_text(json.dumps({"format": 1}))  # an earlier development version's: the same
+    check_same_recipe(out, fp)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": recipe_fingerprint(
+        study, plan_runs(study), study_file.parent)}))
+    trained = [failed / "checkpoints" / "step-0000002" / "trainer.json", out / "pretrain" / "8s-seed1" / "done.json",
+               out / "finetune" / "4s-seed1__final__10h" / "checkpoints" / "best" / "trainer.json",
+               out / "eval" / "scratch-seed1__init__10h" / "summary.json",
+               out / "probe" / "fbank" / "seed-0" / "summary.json", out / "gradvar" / "4s-seed1.json"]
+    for path in trained:
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        with pytest.raises(ValueError, match=r"another recipe \(differs in pretrain\.data\.skip_bad\)"):
+            check_same_recipe(out, fp)
+        path.unlink()
+        check_same_recipe(out, fp)  # without it, nothing was trained
 
 
 def test_a_pretraining_that_stops_short_is_not_marked_done(tmp_path, monkeypatch) -> None:
@@ -244,6 +300,7 @@ def test_a_finished_study_continues_with_more_seeds(study_file, tmp_path) -> Non
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     for seeds in ("[1, 2]", "[2, 3]"):  # the first run's seed is not part of the recipe either
         more = load_study(study_file, [f"seeds={seeds}", "name=toy-more"])
@@ -262,6 +319,7 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
     study = load_study(study_file)  # grid [4, 8], lr sqrt-scaled around 8 s
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT,
                                                 "fingerprint": recipe_fingerprint(study, plan_runs(study),
                                                                                   study_file.parent)}))
@@ -293,6 +351,133 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
     more = load_study(study_file, ["grid=[4, 8, 16]"])
     with pytest.raises(ValueError, match=r"differs in study\.grid\)"):
         check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
+
+
+def test_a_finished_study_continues_with_probe_tasks_baselines_and_label_sets_added(study_file, tmp_path,
+                                                                                     caplog) -> None:
+    """As a batch size added: a probe task, a baseline, a checkpoint or a label set to fine-tune added to a
+    finished study is work of its own, the finished work stays what the new recipe makes (the added task's
+    recipe and manifests are new, the others' unchanged), so the folder continues. An item removed, a finished
+    task's recipe or label set's overrides changed, or a test split added (the finished fine-tunings would not be
+    evaluated on it) is refused, naming the setting."""
+    import logging
+
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = tmp_path / "corpus"
+    (corpus / "manifests").mkdir(parents=True)
+    for name in ("train", "dev", "test", "labelled-10h", "labelled-1h"):
+        (corpus / "manifests" / f"{name}.jsonl").write_text(f'{{"id": "{name}"}}\n')
+    both = "corpus.label_sets={10h: manifests/labelled-10h.jsonl, 1h: manifests/labelled-1h.jsonl}"
+
+    def fingerprint(*more: str) -> dict:
+        study = load_study(study_file, [f"corpus.dir={corpus}", both, "finetune.label_sets=[10h]", "probes=[pr, ic]",
+                                        *more])
+        return recipe_fingerprint(study, plan_runs(study), tmp_path)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _trained(out)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fingerprint()}))
+    grown = fingerprint("probes=[pr, ic, sid]")
+    assert set(grown["probe"]) - set(fingerprint()["probe"]) == {"sid.steps", "sid.lr", "sid.weight_decay"}
+    assert set(grown["data"]) - set(fingerprint()["data"]) == {"probe.labelled-10h"}
+    with caplog.at_level(logging.WARNING):
+        for more in (["probes=[pr, ic, sid]"], ["probes=[sid, ic, pr]", "probe_overrides=[sid.steps=5]"],
+                     ["finetune.baselines=[scratch, scratch-frozen-cnn]"],
+                     ["finetune.checkpoints=[final, milestones, best]"],
+                     ["finetune.label_sets=[10h, 1h]", "finetune.per_label_set={1h: [max_steps=2]}"],
+                     ["finetune.label_sets=null"],  # every label set of the corpus
+                     [both.replace("}", ", 10min: manifests/dev.jsonl}"), "finetune.label_sets=[10h, 10min]"],
+                     ["probes=[pr, ic, sid, asr]", "finetune.baselines=[scratch, scratch-trainable-cnn]",
+                      "finetune.label_sets=[10h, 1h]"]):
+            check_same_recipe(out, fingerprint(*more))
+    assert not caplog.records, caplog.text
+    for more, named in (
+            (["probes=[pr]"], r"study\.probes, probe\.ic\.lr, .*\) \(probes may gain items, not lose or change one\)"),
+            (["probes=[pr, sid]"], r"study\.probes, probe\.ic\.lr, probe\.ic\.steps, probe\.ic\.weight_decay\) "
+                                   r"\(probes may gain items"),
+            (["finetune.baselines=[]"], r"study\.finetune\.baselines\) \(finetune\.baselines may gain items"),
+            (["finetune.checkpoints=[final]"], r"study\.finetune\.checkpoints\)"),
+            (["finetune.label_sets=[1h]"], r"study\.finetune\.label_sets\)"),
+            (["probes=[pr, ic, sid]", "probe_overrides=[pr.epochs=3]"], r"probe\.pr\.epochs\)"),
+            (["finetune.per_label_set={10h: [max_steps=2]}"], r"study\.finetune\.per_label_set\.10h\)"),
+            (["corpus.label_sets={10h: manifests/labelled-1h.jsonl, 1h: manifests/labelled-1h.jsonl}"],
+             r"study\.corpus\.label_sets\.10h, data\.label_set\.10h\)"),
+            (["corpus.test={test: manifests/test.jsonl, other: manifests/dev.jsonl}"],
+             r"study\.corpus\.test\.other\) \(test splits may not change or be added")):
+        with pytest.raises(ValueError, match=rf"another recipe \(differs in {named}"):
+            check_same_recipe(out, fingerprint(*more))
+
+
+def test_a_probe_task_added_probes_the_finished_upstreams_with_it_alone(tmp_path, monkeypatch) -> None:
+    """A probe summary of the first tasks counted as probed: a task added to a finished study was never probed
+    on its finished upstreams. It is, alone (into added-TASKS/), and the summary holds every task."""
+    import earful.probe.suite as suite
+    from earful.study.config import StudyConfig
+    from earful.study.stages import probe_stage, probe_summary, probed
+
+    calls = []
+
+    def run_suite(upstream, corpus, out_dir, tasks, seed, **kwargs) -> dict:
+        calls.append((Path(out_dir).relative_to(tmp_path).as_posix(), list(tasks)))
+        return {t: {"metric": 0.5} for t in tasks}
+
+    monkeypatch.setattr(suite, "run_suite", run_suite)
+    study = StudyConfig(probes=["pr", "ic"], probe_seeds=[0])
+    assert not probed(study, tmp_path, "fbank")
+    probe_stage(study, "fbank", "fbank", tmp_path, tmp_path)
+    assert probed(study, tmp_path, "fbank") and calls == [("probe/fbank/seed-0", ["pr", "ic"])]
+    study.probes = ["pr", "ic", "sid"]
+    assert not probed(study, tmp_path, "fbank")
+    rows = probe_stage(study, "fbank", "fbank", tmp_path, tmp_path)
+    assert calls[1:] == [("probe/fbank/seed-0/added-sid", ["sid"])] and probed(study, tmp_path, "fbank")
+    assert list(json.loads(probe_summary(tmp_path, "fbank", 0).read_text())) == ["pr", "ic", "sid"]
+    assert [r["task"] for r in rows] == ["pr", "ic", "sid"]
+    probe_stage(study, "fbank", "fbank", tmp_path, tmp_path)
+    assert len(calls) == 2  # nothing left to probe
+
+
+def test_a_rerun_that_leaves_finished_runs_out_says_so(tmp_path, monkeypatch, caplog) -> None:
+    """A finished seeds-[1, 2] study run again with seeds [2] rewrote runs.jsonl, results.jsonl and the report
+    with seed 2 alone, without a word of seed 1's finished runs in the folder: now a warning names them, before
+    the runs and with the report (a report on a subset may be what the user wants)."""
+    import logging
+    from dataclasses import asdict
+
+    from earful.study.config import plan_runs
+    from earful.study.run import left_out
+
+    corpus = tmp_path / "corpus" / "manifests"
+    corpus.mkdir(parents=True)
+    for name in ("train", "dev"):
+        (corpus / f"{name}.jsonl").write_text('{"id": "a"}\n')
+    path = tmp_path / "few.yaml"
+    path.write_text(f"name: few\ncorpus: {{dir: {corpus.parent}}}\ngrid: [10]\nmode: fixed-steps\nsteps: 10\n"
+                    "seeds: [1, 2]\nfinetune: {baselines: []}\n")  # pre-training only
+    out = tmp_path / "out"
+    for run in plan_runs(load_study(path)):  # finished, as the study marks a pre-training
+        (out / "pretrain" / run.name).mkdir(parents=True)
+        (out / "pretrain" / run.name / "done.json").write_text(json.dumps({**asdict(run), "run": run.name,
+                                                                            "step": run.steps}))
+    monkeypatch.setattr("earful.study.run.build_report", lambda out: out / "report" / "report.md")
+    with caplog.at_level(logging.WARNING):
+        run_study(load_study(path, ["seeds=[2]"]), out, root=tmp_path)
+    said = [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
+    assert len(said) == 2, caplog.text  # before the runs and with the report
+    assert re.search(r"finished work that this study's plan leaves out: 10s-seed1\. runs\.jsonl, results\.jsonl, "
+                     r"probes\.jsonl and the report cover only the planned runs; rerun with their seeds", said[0])
+    assert [json.loads(line)["seed"] for line in (out / "runs.jsonl").read_text().splitlines()] == [2]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_study(load_study(path), out, root=tmp_path)
+    assert "leaves out" not in caplog.text
+    assert [json.loads(line)["seed"] for line in (out / "runs.jsonl").read_text().splitlines()] == [1, 2]
+    (out / "probe" / "fbank" / "seed-3").mkdir(parents=True)  # probe seeds too
+    (out / "probe" / "fbank" / "seed-3" / "summary.json").write_text("{}")
+    study = load_study(path, ["seeds=[2]", "probes=[pr]", "probe_seeds=[0]"])
+    assert left_out(study, plan_runs(study), out) == ["10s-seed1", "probe seed 3"]
 
 
 def test_one_study_process_per_folder(tmp_path) -> None:
@@ -354,6 +539,7 @@ def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None
     fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     check_same_recipe(out, fp)
     (corpus / "train.jsonl").write_text('{"id": "b"}\n')
@@ -397,6 +583,7 @@ def test_the_probe_recipe_and_the_probe_manifests_are_part_of_the_recipe(study_f
     ic_only = fingerprint("probes=[ic]")
     out = tmp_path / "out"
     out.mkdir()
+    _trained(out)
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
     check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))  # the same study continues
 
@@ -541,6 +728,12 @@ def test_probes_of_every_kept_checkpoint_and_the_baselines_reach_the_report(stud
     assert "final models" in text and "| C1 | pr.per |" in text
     assert (out / "report" / "plots" / "probe_pr_per_vs_hours.png").exists()
     assert not (out / "probe-cache").exists() or not any((out / "probe-cache").iterdir())  # features removed
+    # a task added to the finished study: probed on every finished upstream, the others' results kept
+    run_study(load_study(path, ["probes=[pr, ic, sid]", "probe_overrides=[pr.epochs=2, ic.steps=20, sid.steps=20]"]),
+              out)
+    grown = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
+    assert [r for r in grown if r["task"] != "sid"] == records
+    assert {(r["pretrain"], r["checkpoint"]) for r in grown if r["task"] == "sid"} == upstreams
 
 
 def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None:
