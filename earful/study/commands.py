@@ -51,10 +51,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("overrides", nargs="*", help="key=value overrides")
     q.add_argument("--throughput", type=float, default=None, help="audio seconds per second per device")
     q.set_defaults(func=_plan)
-    q = ss.add_parser("run", help="run (or continue) the whole study and write its report")
-    q.add_argument("study")
-    q.add_argument("overrides", nargs="*")
-    q.add_argument("--out", required=True, help="study output folder")
+    q = ss.add_parser(
+        "run", help="run (or continue) the whole study and write its report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Plan the runs, pre-train the grid, then fine-tune, evaluate, probe and measure gradient noise\n"
+                    "as the study asks, and write OUT/report/report.md.\n\n"
+                    "Run it again on the same --out to continue: finished stages are kept, an interrupted run\n"
+                    "resumes from its checkpoint. Once something in OUT was trained with it, the recipe may only\n"
+                    "grow: grid entries, probes, finetune.baselines / checkpoints / label_sets may be added; a\n"
+                    "changed or removed setting is refused, naming it (docs/paper-at-cpu-scale.md, \"How a study\n"
+                    "continues\"). SIGTERM / SIGUSR1 stop it after each running training checkpoints (status 4).",
+        epilog="examples:\n  earful study run studies/demo.yaml --out runs/demo\n"
+               "  earful study run studies/cpu-paper.yaml --out runs/cpu-paper jobs=1 'seeds=[1,2,3,4]'\n"
+               "  earful study run my.yaml --out runs/my 'grid=[8, 16, 32]' pretrain_overrides=[threads=2]")
+    q.add_argument("study", help="study YAML (see studies/)")
+    q.add_argument("overrides", nargs="*", help="key=value overrides of the study's settings (dotted keys, YAML "
+                                                "values: corpus.dir=D, 'seeds=[1,2]', jobs=2)")
+    q.add_argument("--out", required=True, help="study output folder (a rerun continues it)")
     q.set_defaults(func=_run)
     q = ss.add_parser("report", help="(re)write report.md, CSVs and plots from a study folder")
     q.add_argument("out", help="study output folder")
