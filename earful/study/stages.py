@@ -173,13 +173,27 @@ def _stop_with_parent() -> None:
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def run_to_the_end(cmd: list[str], cwd: Path) -> int:
+    """Run ``cmd`` (torchrun) to its end, its exit status; dying with the study process (``_stop_with_parent``).
+    Where the study stops while it runs (a signal to it: ``StudyStopped``, Ctrl-C), it gets SIGTERM, which torchrun
+    passes on (every rank checkpoints and stops), and the study waits for it: subprocess.run would SIGKILL it,
+    orphaning the ranks (they run in sessions of their own), still training and holding the run folder's lock."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=os.environ.copy(), preexec_fn=_stop_with_parent)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        proc.wait()  # a second signal meanwhile is said and ignored (pool._signals_stop_the_study)
+        raise
+
+
 def _torchrun(cfg: PretrainConfig, devices: int, rdir: Path, root: Path) -> dict[str, Any]:
     """A multi-device pre-training: torchrun ``earful pretrain`` on the resolved config, written beside the run."""
     config = rdir.parent / f"{rdir.name}.yaml"
     save_yaml(cfg, config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",  # a free port
            "-m", "earful.cli", "pretrain", str(config), "--out", str(rdir), "--resume"]
-    rc = subprocess.run(cmd, cwd=root, env=os.environ.copy(), preexec_fn=_stop_with_parent).returncode
+    rc = run_to_the_end(cmd, root)
     latest = RunDir(rdir).latest()
     summary = read_trainer_info(latest) if latest is not None else {"step": 0, "stopped_by": ""}
     if rc != 0 and not summary["stopped_by"] and not (summary["step"] >= cfg.max_steps and divergence(

@@ -3,8 +3,13 @@ and a study killed mid-way (between stages, or inside a pre-training run) contin
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -524,6 +529,44 @@ def test_torchrun_stops_when_the_study_process_dies(tmp_path) -> None:
     if not gone:
         subprocess.run(["kill", str(child)], check=False)
     assert gone
+
+
+TORCHRUN_STAND_IN = """
+import pathlib, signal, sys, time
+def stop(signum, frame):
+    pathlib.Path(sys.argv[1], "child").write_text("SIGTERM")
+    sys.exit(4)
+signal.signal(signal.SIGTERM, stop)
+pathlib.Path(sys.argv[1], "started").touch()
+time.sleep(60)
+pathlib.Path(sys.argv[1], "child").write_text("still running")
+"""
+
+STUDY_OF_ONE_TORCHRUN = """
+import pathlib, sys
+from earful.study.pool import Job, execute
+from earful.study.stages import run_to_the_end
+out = pathlib.Path(sys.argv[1])
+cmd = [sys.executable, str(out / "torchrun.py"), str(out)]
+execute([Job("pretrain", run_to_the_end, (cmd, out))], 1, out / "logs")
+"""
+
+
+def test_a_signal_to_a_study_of_one_job_at_a_time_stops_its_torchrun_with_sigterm(tmp_path) -> None:
+    """With jobs: 1, SIGTERM to the study raised StudyStopped inside subprocess.run, which SIGKILLed torchrun: its
+    ranks, in sessions of their own, trained on unseen, holding the run's lock. torchrun gets SIGTERM (which it
+    passes to the ranks: each checkpoints) and the study waits for it."""
+    (tmp_path / "torchrun.py").write_text(TORCHRUN_STAND_IN)
+    proc = subprocess.Popen([sys.executable, "-c", STUDY_OF_ONE_TORCHRUN, str(tmp_path)], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the stand-in never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert "StudyStopped: the study received SIGTERM" in err, err
+    assert (tmp_path / "child").read_text() == "SIGTERM"
 
 
 def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None:
