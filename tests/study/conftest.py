@@ -1,6 +1,7 @@
 """A toy study shared by the cluster tests (launcher: slurm) and the model-card tests: its YAML, and the folder of
 one uninterrupted local run of it (made once per session)."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,15 @@ def cluster_study_local(cluster_study, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cluster-study-local") / "out"
     run_study(load_study(cluster_study, ["tracking.backends=[mlflow]"]), out)  # not part of the recipe
     return out
+
+
+@pytest.fixture
+def await_files():
+    """``await_files(proc, *paths)``: wait (up to a minute) until every path exists, while ``proc`` (a study
+    subprocess whose jobs touch them when they start) still runs."""
+    def wait(proc, *paths: Path) -> None:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in paths):
+            assert time.monotonic() < deadline and proc.poll() is None, f"never written: {paths}"
+            time.sleep(0.1)
+    return wait

@@ -68,7 +68,7 @@ execute([Job(k, training.train, (out, k)) for k in ("a", "b", "c")], 2, __import
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, signum) -> None:
+def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, signum, await_files) -> None:
     """`kill` of a study running jobs: 2 killed the study process at once, and its workers exited at their next
     look without a checkpoint (a pre-training lost everything since its last one). Now the study stops its
     workers as after a failure (SIGTERM: each training checkpoints), waits for them, and ends with StudyStopped;
@@ -77,10 +77,7 @@ def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
     proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"started-{k}").exists() for k in "ab"):
-        assert time.monotonic() < deadline and proc.poll() is None, "the jobs never started"
-        time.sleep(0.1)
+    await_files(proc, *(tmp_path / f"started-{k}" for k in "ab"))
     proc.send_signal(signum)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)  # impatient: while the trainings checkpoint
@@ -91,7 +88,7 @@ def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, 
     assert not (tmp_path / "started-c").exists()
 
 
-def test_ctrl_c_to_a_study_of_two_jobs_makes_its_trainings_checkpoint(tmp_path) -> None:
+def test_ctrl_c_to_a_study_of_two_jobs_makes_its_trainings_checkpoint(tmp_path, await_files) -> None:
     """Ctrl-C (SIGINT to the terminal's foreground process group) reached every worker, which died of it mid-step,
     while the study said it was stopping them with SIGTERM so that they checkpoint. The workers now have process
     groups of their own: the study alone hears it, and each training checkpoints."""
@@ -99,10 +96,7 @@ def test_ctrl_c_to_a_study_of_two_jobs_makes_its_trainings_checkpoint(tmp_path) 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
     proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # its own group, as a shell's foreground job
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"started-{k}").exists() for k in "ab"):
-        assert time.monotonic() < deadline and proc.poll() is None, "the jobs never started"
-        time.sleep(0.1)
+    await_files(proc, *(tmp_path / f"started-{k}" for k in "ab"))
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
@@ -125,15 +119,12 @@ execute([Job("probe", probe, ())], 1, pathlib.Path(out, "logs"))
 '''
 
 
-def test_a_signal_to_a_study_of_one_job_at_a_time_stops_it_between_trainings(tmp_path) -> None:
+def test_a_signal_to_a_study_of_one_job_at_a_time_stops_it_between_trainings(tmp_path, await_files) -> None:
     """With jobs: 1, SIGTERM while a probe or an evaluation ran (no training's handler) killed the study with
     status 143 and no word; it stops it with StudyStopped, as during a training (status 4, "rerun the study")."""
     proc = subprocess.Popen([sys.executable, "-c", ONE_AT_A_TIME, str(tmp_path)], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "the job never started"
-        time.sleep(0.1)
+    await_files(proc, tmp_path / "started")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "StudyStopped: the study received SIGTERM" in err, err

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -552,17 +551,14 @@ execute([Job("pretrain", run_to_the_end, (cmd, out))], 1, out / "logs")
 """
 
 
-def test_a_signal_to_a_study_of_one_job_at_a_time_stops_its_torchrun_with_sigterm(tmp_path) -> None:
+def test_a_signal_to_a_study_of_one_job_at_a_time_stops_its_torchrun_with_sigterm(tmp_path, await_files) -> None:
     """With jobs: 1, SIGTERM to the study raised StudyStopped inside subprocess.run, which SIGKILLed torchrun: its
     ranks, in sessions of their own, trained on unseen, holding the run's lock. torchrun gets SIGTERM (which it
     passes to the ranks: each checkpoints) and the study waits for it."""
     (tmp_path / "torchrun.py").write_text(TORCHRUN_STAND_IN)
     proc = subprocess.Popen([sys.executable, "-c", STUDY_OF_ONE_TORCHRUN, str(tmp_path)], stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "the stand-in never started"
-        time.sleep(0.1)
+    await_files(proc, tmp_path / "started")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert "StudyStopped: the study received SIGTERM" in err, err
