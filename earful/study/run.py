@@ -80,11 +80,12 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
     label_sets = finetuned_label_sets(study)
     todo = []
     chosen = {} if diverged else checkpoints_to_finetune(study, run, out)
-    same = shared_weights(chosen)  # best at the last step is the final too
+    # a milestone at the last step is fine-tuned once, as the final (or under the name its fine-tuning began as)
+    job = {ls: shared_weights(chosen, lambda name, ls=ls: (out / "finetune" / f"{run.name}__{name}__{ls}").exists())
+           for ls in label_sets}
     for ck_name, ck in chosen.items():
         hours, step = hours_of(ck)
-        job = same.get(ck_name, ck_name)  # a milestone at the last step is fine-tuned once, as the final
-        todo += [Finetuning(f"{run.name}__{job}__{ls}", chosen[job], ls, None,
+        todo += [Finetuning(f"{run.name}__{job[ls][ck_name]}__{ls}", chosen[job[ls][ck_name]], ls, None,
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
                              "seed": run.seed, "checkpoint": ck_name, "hours_padded": hours,
                              "hours_nominal": nominal_hours(run.batch_seconds, step), "step": step, "label_set": ls})
@@ -120,7 +121,7 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
     study filterbanks."""
     todo = []
     kept = {} if diverged else kept_checkpoints(study, run, out)
-    same = shared_weights(kept)
+    same = shared_weights(kept, lambda name: (out / "probe" / f"{run.name}__{name}").exists())
     for ck_name, path in kept.items():
         hours, step = hours_of(path)
         job = same[ck_name]  # checkpoints of one step (the same weights) are probed once

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -262,18 +263,29 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
     return chosen
 
 
-def shared_weights(ckpts: dict[str, Path]) -> dict[str, str]:
+def shared_weights(ckpts: dict[str, Path], begun: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
     """The name each checkpoint is fine-tuned and probed under. Checkpoints the trainer wrote at the same step
     hold the same weights (a milestone the last step reaches is the final; one on a cycle minimum is that
-    minimum; ``best`` of the last validation is the final), so their work is done once: under ``final`` where it
-    is one of them, else under the first name."""
-    first: dict[int | str, str] = {}
+    minimum; ``best`` of the last validation is the final), so their work is done once, under one name: one whose
+    work has ``begun`` (a rerun goes on with it, whatever the order of ``finetune.checkpoints`` or the name an
+    earlier version gave it), else ``final``, else the first by name, ``best`` last. A checkpoint whose
+    trainer.json gives no step shares with none."""
+    by_step: dict[int | str, list[str]] = {}
+    for name, path in ckpts.items():
+        by_step.setdefault(_step_of(path, name), []).append(name)
     same = {}
-    for name in sorted(ckpts, key=lambda n: n != "final"):  # stable: the given order after the final
-        info = ckpts[name] / "trainer.json"
-        key: int | str = int(json.loads(info.read_text())["step"]) if info.exists() else name
-        same[name] = first.setdefault(key, name)
+    for names in by_step.values():
+        first = min(names, key=lambda n: (not begun(n), n != "final", n == "best", n))
+        same.update(dict.fromkeys(names, first))
     return {name: same[name] for name in ckpts}
+
+
+def _step_of(ckpt: Path, name: str) -> int | str:
+    """The step ``ckpt`` was written at, from its trainer.json; ``name`` where it cannot say."""
+    try:
+        return int(json.loads((ckpt / "trainer.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return name
 
 
 def hours_of(ckpt: Path) -> tuple[float, int]:

@@ -841,6 +841,34 @@ def test_checkpoints_of_one_step_are_fine_tuned_and_probed_once(tmp_path) -> Non
         "4s-seed1__final__a", "4s-seed1__best__a"]
 
 
+def test_checkpoints_of_one_step_keep_the_job_their_work_began_under(tmp_path) -> None:
+    """A study that fine-tuned `[milestones]`, then `[final, milestones]` (a list that may grow), or one made
+    before checkpoints of one step shared a job: the milestone at the last step was fine-tuned as hours-H, and the
+    rerun named the job `final` and fine-tuned it all over again. A job that has begun keeps its name; a
+    trainer.json that gives no step shares with nothing (it stopped the planning)."""
+    from earful.study.config import PlannedRun, StudyConfig
+    from earful.study.run import planned_finetunings, planned_probes
+
+    run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8,
+                     hours=8 * 4 / 3600, seed=1)
+    study = StudyConfig(mode="fixed-steps", steps=8, milestone_hours=[0.0089])
+    study.corpus.label_sets = {"a": "a.jsonl", "b": "b.jsonl"}
+    study.finetune.checkpoints = ["final", "milestones"]
+    ck = tmp_path / "pretrain" / run.name / "checkpoints"
+    for name in ("hours-0.0089", "step-0000008"):
+        (ck / name).mkdir(parents=True)
+        (ck / name / "trainer.json").write_text(json.dumps({"step": 8, "hours_padded": 8 * 4 / 3600}))
+    (tmp_path / "finetune" / "4s-seed1__hours-0.0089__a").mkdir(parents=True)  # begun as hours-H, on `a` only
+    (tmp_path / "probe" / "4s-seed1__hours-0.0089").mkdir(parents=True)
+    assert {(f.record["checkpoint"], f.label_set): f.name for f in planned_finetunings(study, run, tmp_path, False)} \
+        == {("final", "a"): "4s-seed1__hours-0.0089__a", ("hours-0.0089", "a"): "4s-seed1__hours-0.0089__a",
+            ("final", "b"): "4s-seed1__final__b", ("hours-0.0089", "b"): "4s-seed1__final__b"}
+    assert {p.name for p in planned_probes(study, run, tmp_path, False, False)} == {"4s-seed1__hours-0.0089"}
+    (ck / "hours-0.0089" / "trainer.json").write_text(json.dumps({"hours_padded": 8 * 4 / 3600}))
+    assert {p.record["checkpoint"]: p.name for p in planned_probes(study, run, tmp_path, False, False)} == {
+        "hours-0.0089": "4s-seed1__hours-0.0089", "final": "4s-seed1__final"}
+
+
 def test_evaluation_splits_are_named_by_the_study_corpus_test_keys(tmp_path) -> None:
     """{clean: a/test.jsonl, other: b/test.jsonl} are the splits `clean` and `other` (the manifests' stems made them
     `test` and `test-2`, and the report took whichever was called `test` for its main split)."""
