@@ -72,6 +72,9 @@ def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCT
     path = resolve_checkpoint(ckpt)
     if path is None:
         raise FileNotFoundError(f"{ckpt}: not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)")
+    if path != Path(ckpt):
+        log.info("%s: a run directory, its latest checkpoint: %s (for the lowest dev WER, give %s)", ckpt, path,
+                 Path(ckpt) / "checkpoints" / "best")
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{path}: a {info.get('kind')} checkpoint; {command} needs a fine-tuned (CTC) one")

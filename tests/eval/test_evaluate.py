@@ -284,14 +284,20 @@ def ctc_run(tmp_path):
     return run.root
 
 
-def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path) -> None:
-    """One resolver (earful.train.state.resolve_checkpoint, RunDir.latest) for evaluate, transcribe and --init."""
+def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path, caplog) -> None:
+    """One resolver (earful.train.state.resolve_checkpoint, RunDir.latest) for evaluate, transcribe and --init;
+    the log names the checkpoint a run directory resolved to (not `best`: transcribe said nothing)."""
+    import logging
+
     from earful.checkpoint import CheckpointError
     from earful.eval.evaluate import load_ctc
     from earful.finetune.init import _load_source, resolve_init
 
     latest = ctc_run / "checkpoints" / "latest.json"
-    assert load_ctc(ctc_run)[2].name == "step-0000002"
+    with caplog.at_level(logging.INFO, logger="earful.eval.evaluate"):
+        assert load_ctc(ctc_run)[2].name == "step-0000002"
+    assert f"{ctc_run}: a run directory, its latest checkpoint: {ctc_run / 'checkpoints' / 'step-0000002'} " \
+           f"(for the lowest dev WER, give {ctc_run / 'checkpoints' / 'best'})" in caplog.text
     assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
     assert _load_source(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     latest.write_text(json.dumps({"name": "step-0000001"}))
