@@ -152,6 +152,7 @@ class ShardStream(IterableDataset):
         """The batch of ``members`` (read in the shards' order, collated in the batch's)."""
         index, sampler, seed = self.plan.index, self.plan.sampler, self.plan.seed
         items: list[Item] = [None] * len(members)  # type: ignore[list-item]
+        failed: list[tuple[str, str]] = []  # in the order read: the first stops a run without skip_bad
         for pos in np.argsort(members, kind="stable"):
             m = int(members[pos])
             shard = int(index.shard_of(m))
@@ -162,12 +163,13 @@ class ShardStream(IterableDataset):
                 uid = utt.id
                 wave = read_utterance(utt, m, epoch, crop_samples=sampler.crop_samples, seed=seed, source=audio)
                 items[pos] = Item(m, uid, wave, utt.transcript, epoch=epoch)
-            except (ShardError, AudioError, OSError) as e:
-                if not self.skip_bad:
-                    raise
+            except (ShardError, AudioError, OSError) as e:  # stops in the main process (ShardLoader) or is counted
                 items[pos] = Item(m, uid, None, None, error=str(e), epoch=epoch)
-        return collate(items, crop_to_shortest=self.crop_to_shortest, seed=seed,
-                       shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap())
+                failed.append((uid, str(e)))
+        batch = collate(items, crop_to_shortest=self.crop_to_shortest, seed=seed,
+                        shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap())
+        batch.bad = failed
+        return batch
 
 
 class ShardLoader(Received):
@@ -198,6 +200,10 @@ class ShardLoader(Received):
     def __iter__(self) -> Iterator[Batch]:
         self.stream.start, self.stream.first = list(self.places), self.next
         for batch in self.loader:
+            if batch.bad and not self.stream.skip_bad:  # one line, from whichever process read it (a loader
+                uid, problem = batch.bad[0]             # worker's error was its traceback)
+                raise ShardError(f"{problem} ({uid}); data.skip_bad=true leaves unreadable members out, counted "
+                                 "in the log")
             local, epoch, b, done = batch.stream  # type: ignore[misc]
             if local != self.next:
                 raise RuntimeError(f"shard stream {local} delivered when {self.next} was due: resume would be inexact")

@@ -179,6 +179,10 @@ def test_bad_shards_are_named_then_skipped_and_counted(shards: Path, corpus: Pat
     with pytest.raises(ShardError, match=rf"shard-000002.tar: member {first[2]:09d}: found '{first[2] + 1:09d}.flac' "
                                          rf"at byte \d+ where the index has '{first[2]:09d}.flac'; .*write the shards"):
         list(itertools.islice(make_shard_loader(str(shards), budget, shuffle=False), 3))
+    with pytest.raises(ShardError) as in_worker:  # read by a loader worker: the same one line, not its traceback
+        list(itertools.islice(make_shard_loader(str(shards), budget, shuffle=False, num_workers=1), 3))
+    assert str(in_worker.value).startswith(f"{shards / 'shard-000002.tar'}: member {first[2]:09d}: found") and \
+        "DataLoader worker" not in str(in_worker.value) and "\n" not in str(in_worker.value), str(in_worker.value)
     (shards / "shard-000000.tar").unlink()
     cut = (shards / "shard-000001.tar").read_bytes()
     (shards / "shard-000001.tar").write_bytes(cut[: len(cut) // 2])
