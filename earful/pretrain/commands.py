@@ -71,11 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="padded audio per micro-batch; smaller accumulates (default: the checkpoint's "
                         "device_seconds; the whole batch at once for a checkpoint without a record)")
     p.add_argument("--batches", type=int, default=10, help="independent batches (the paper: 10)")
-    for name, what in (("crop", "crop longer utterances to this many seconds"),
-                       ("min", "leave out (counted) utterances shorter than this"),
-                       ("max", "leave out (counted) utterances longer than this after cropping")):
+    for name, what, none in (("crop", "crop longer utterances to this many seconds", "no crop"),
+                             ("min", "leave out (counted) utterances shorter than this", "no limit"),
+                             ("max", "leave out (counted) utterances longer than this after cropping", "no limit"),
+                             ("shape", "pad each batch to a multiple of this (a grid of batch shapes)", "no grid")):
         p.add_argument(f"--{name}-seconds", type=seconds_or_none, default=recorded,
-                       help=f"{what}; none: no limit (default: the checkpoint's data.{name}_seconds; none for a "
+                       help=f"{what}; none: {none} (default: the checkpoint's data.{name}_seconds; none for a "
                             "checkpoint without a record)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out (counted) utterances that cannot be batched or read, as data.skip_bad in training")

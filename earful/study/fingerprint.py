@@ -161,7 +161,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
     refused = [(part, k) for part, k in differ if not _added(part, k, old, new)]
     if not refused and not gone_or_changed:
         if differ:
-            log.info("%s: the study continues with %s added", out, ", ".join(f"{part}.{k}" for part, k in differ))
+            log.info("%s: the study continues; grown or reordered: %s", out,
+                     ", ".join(f"{part}.{k}" for part, k in differ))
         return
     diff = [f"{part}.{k}" for part, k in refused] + [f"grid.{tag}" for tag in gone_or_changed]
     if _nothing_trained(out, f"holds another recipe (differs in {', '.join(diff)})"):

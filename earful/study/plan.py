@@ -41,7 +41,9 @@ def why_no_best(study: StudyConfig, pre: PretrainConfig) -> str:
 def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     """What the pre-trainings let start, counted from the plan (``earful/study/run.py`` makes them): fine-tunings
     (each with its evaluation), probe upstreams (the kept checkpoints, each seed's random init, filterbanks once)
-    and the heads they train (tasks × probe seeds each), gradient-noise measurements."""
+    and the heads they train (tasks × probe seeds each), gradient-noise measurements. Checkpoints of one step
+    count once (``stages.shared_weights``), but ``best``, whose step only the run will tell, counts apart: an upper
+    bound where it turns out to be the final."""
     label_sets = len(study.finetune.label_sets or study.corpus.label_sets)
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     finetunings = upstreams = 0

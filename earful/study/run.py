@@ -270,7 +270,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
                                            "cycle_minima": cycle_minima(study), "fingerprint": fingerprint})
     log.info("study %s: %d pre-training runs\n%s", study.name, len(runs), table)
     left = left_out(study, runs, out)
-    warn_left_out(left)  # before the runs, to stop there, and with the report
+    warn_left_out(left)  # before the runs (a user may stop it there) and again with the report
 
     first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     planned: dict[str, list[Finetuning]] = {}

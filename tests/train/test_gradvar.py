@@ -101,6 +101,8 @@ def test_gradvar_command_and_study_stage_take_the_checkpoints_own_batches(tmp_pa
     assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu", "--batch-seconds", "4",
                  "--crop-seconds", "none", "--min-seconds", "1", "--no-crop-to-shortest"]) == 0
     assert taken[2] == (BatchBudget(4.0, 3.0, min_seconds=1.0, max_seconds=2.4), False)
+    assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu", "--shape-seconds", "1"]) == 0
+    assert taken[3][0].shape_seconds == 1.0  # every recorded setting has its option
 
 
 def test_gradvar_messages_name_the_settings_of_whoever_called_it(tmp_path, tiny_corpus) -> None:
