@@ -7,16 +7,17 @@ reproduced* or *inconclusive*, with the evidence in one line:
 * **C1** — at a fixed step count, is the metric better with a bigger batch? Spearman's rank correlation of
   batch size and the seed-mean metric at each step, and the adjacent batch pairs that improve beyond two
   standard errors. Reproduced when the correlation at the final step is ≥ 0.8 and the largest batch beats the
-  smallest beyond 2 SE; not reproduced only when the smallest beats the largest beyond 2 SE (a correlation ≤ 0
-  alone is no evidence: with 3-5 batch sizes the ranks of noisy means give |ρ| of 0.5 or more whatever the
-  spread); inconclusive otherwise (one seed is always inconclusive: no spread). With two batch sizes (no rank
-  correlation) the pair decides alone: reproduced when the larger beats the smaller beyond 2 SE, not reproduced
-  when the smaller beats the larger so.
+  smallest beyond 2 SE; not reproduced, mirrored, when it is ≤ −0.8 and the smallest beats the largest beyond
+  2 SE: the reverse effect shown, not the absence of one, which no rule here can show (the ranks of noisy means
+  alone are no evidence: they give ρ ≤ 0 about half the time whatever the spread); inconclusive otherwise (one
+  seed is always inconclusive: no spread). With two batch sizes (no rank correlation) the pair decides alone:
+  reproduced when the larger beats the smaller beyond 2 SE, not reproduced when the smaller beats the larger so.
 * **C2** — saturation: the gain of the largest doubling of the batch against the gain of the smallest, at the
-  final step. Reproduced when the smallest doubling gains beyond 2 SE and the largest gains at most a third of
-  it even at its upper 2 SE bound; not reproduced when the largest gains more than a third of the smallest's
-  gain beyond noise: at its lower 2 SE bound, against a third of the smallest's at its upper bound (as C4;
-  a point estimate "as much" was a coin toss between two noisy gains); inconclusive otherwise.
+  final step, each at the 2 SE bound that makes a verdict hard. Reproduced when the smallest doubling gains beyond
+  2 SE and the largest, at its upper bound, gains at most a third of the smallest's gain at its lower bound; not
+  reproduced, mirrored, when the largest at its lower bound gains more than a third of the smallest's at its
+  upper bound (a point estimate "as much" was a coin toss between two noisy gains); inconclusive otherwise, and
+  where a gain has no spread over seeds.
 * **C4** — hours seen decide: the change between equal-hours pairs ((B, T) → (2B, T/2), cycle minima) against
   the gain between equal-steps pairs ((B, T) → (2B, T)), both signed in the metric's better direction and
   averaged over pairs; a mean's SE is that of its per-seed contrasts (the same seeds in every cell: a run's two
@@ -168,12 +169,14 @@ def judge_c1(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
         per_step.append(f"step {s}: {fmt_rho(rho, len(bs))}, {up}/{len(bs) - 1} pairs better beyond 2 SE")
     rho = spearman(batches, [sign * grid[(b, final)].mean for b in batches])
     gain, se = _gain(grid[(batches[0], final)], grid[(batches[-1], final)], sign)
-    # refuted only by the pair's 2 SE test the other way, whatever ρ: ranks of noisy means are no evidence
-    # (0.14 SE apart, 3 batch sizes ranked ρ −0.5 and said "not reproduced"); with two batch sizes (no ρ) the
-    # pair decides both ways
+    # mirrored: reproduced by the pair's 2 SE test and ρ ≥ 0.8, refuted by the pair's test the other way and
+    # ρ ≤ −0.8 (ranks of noisy means alone are no evidence: 0.14 SE apart, 3 batch sizes ranked ρ −0.5 and said
+    # "not reproduced"; the pair's test alone refuted a true null 6-9 % of the time, twice its false
+    # reproductions); with two batch sizes (no ρ) the pair decides both ways
     held = beyond_2se(gain, se) and (len(batches) == 2 or rho >= 0.8)
+    refuted = beyond_2se(-gain, se) and (len(batches) == 2 or rho <= -0.8)
     evidence = f"largest vs smallest batch at step {final}: {fmt_gain(gain, se, _scale(grid))}; " + "; ".join(per_step)
-    return Verdict("C1", metric, _verdict(held, beyond_2se(-gain, se)), evidence)
+    return Verdict("C1", metric, _verdict(held, refuted), evidence)
 
 
 def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
@@ -183,11 +186,12 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
         return Verdict("C2", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
     small, small_se = _gain(grid[(bs[0], final)], grid[(bs[1], final)], sign)
     large, large_se = _gain(grid[(bs[-2], final)], grid[(bs[-1], final)], sign)
-    # reproduced: the smallest doubling gains and the largest, at its upper bound, a third of it at most;
-    # refuted: the largest doubling gains more than that beyond noise, at its lower bound, against a third of the
-    # smallest's gain at its upper bound (before: "as much as the smallest" on the two point estimates)
-    measured = math.isfinite(small_se) and math.isfinite(large_se)
-    verdict = _verdict(beyond_2se(small, small_se) and math.isfinite(large_se) and large + 2 * large_se <= small / 3,
+    # mirrored, each at the bounds that make it hard: reproduced when the largest doubling's gain at its upper
+    # bound is at most a third of the smallest's at its lower bound (which is beyond 0); refuted when the largest's
+    # at its lower bound is more than a third of the smallest's at its upper bound (before: "as much as the
+    # smallest" on the two point estimates). A spread of 0 measures no noise: neither.
+    measured = all(math.isfinite(x) and x > 0 for x in (small_se, large_se))
+    verdict = _verdict(measured and beyond_2se(small, small_se) and large + 2 * large_se <= (small - 2 * small_se) / 3,
                        measured and beyond_2se(large, large_se)
                        and large - 2 * large_se > max(small + 2 * small_se, 0.0) / 3)
     scale = _scale(grid)

@@ -209,13 +209,13 @@ def compare(a: list[float], b: list[float]) -> str:
     """'lower' / 'higher' / 'no clear difference' for mean(a) vs mean(b), judged against the seed spread."""
     ma, sea, na = mean_se(a)
     mb, seb, nb = mean_se(b)
+    from earful.study.claims import beyond_2se, denoise
+
     if na == 0 or nb == 0:
         return "not measured"
-    if ma == mb:
+    if denoise(ma - mb, max(abs(ma), abs(mb))) == 0:  # float noise too, as the claims' gains
         return "equal"
     if na > 1 and nb > 1:
-        from earful.study.claims import beyond_2se
-
         se = math.sqrt(sea**2 + seb**2)  # as claims' gains
         if se == 0:  # no spread is no measure of the noise, not an infinitely clear difference
             return ("lower" if ma < mb else "higher") + " (no spread over seeds: not judged)"

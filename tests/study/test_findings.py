@@ -61,6 +61,7 @@ def test_a_difference_without_spread_is_not_called_beyond_2_standard_errors() ->
     from earful.study.report import compare
 
     assert compare([0.50, 0.50], [0.51, 0.51]) == "lower (no spread over seeds: not judged)"
+    assert compare([0.3, 0.3], [0.3 + 1e-9] * 2) == "equal"  # float noise (float32 values), as in the claims
     assert compare([0.50, 0.52], [0.60, 0.62]) == "lower (beyond 2 standard errors)"
 
 
