@@ -424,13 +424,13 @@ def test_a_stopped_multi_device_pretraining_stops_the_study(tmp_path, monkeypatc
     run = PlannedRun(tag="16s", batch_seconds=16, devices=2, device_seconds=8, lr=1e-3, steps=338,
                      hours=1.5, seed=1)
 
-    def torchrun(cmd, **kwargs):
+    def torchrun(cmd, cwd):
         rdir = Path(cmd[cmd.index("--out") + 1])
         RunDir(rdir).save("step-0000120", Wav2Vec2ForPreTraining(load_model_config("tiny")), state=None,
                           trainer={"step": 120, "stopped_by": "SIGTERM"})
-        return subprocess.CompletedProcess(cmd, 1)
+        return 1
 
-    monkeypatch.setattr(S.subprocess, "run", torchrun)
+    monkeypatch.setattr(S, "run_to_the_end", torchrun)
     monkeypatch.setattr(S, "pretrain_config", lambda study, run, root: load_pretrain_config(None, []))
     with pytest.raises(S.StudyStopped, match="pre-training 16s-seed1 stopped by SIGTERM; rerun the study"):
         S.run_pretraining_stage(StudyConfig(), run, tmp_path, tmp_path)
