@@ -16,12 +16,15 @@ On a corpus made by ``earful synth`` (the demo's, or any ``--domain commands`` c
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
@@ -79,17 +82,55 @@ def _check_labels(task: str, check: Check, splits: tuple[Split, ...]) -> None:
         raise ValueError(f"probe {task}: {e}") from e
 
 
+def _check_apart(task: str, splits: tuple[Split, ...]) -> None:
+    """Warn where ``task``'s train, dev and test manifests share utterances (one manifest given twice shares them
+    all): a probe scored on what it trained on measures memory (SID 100 % on its own training utterances)."""
+    names = ("train", "dev", "test")
+    for (a, sa), (b, sb) in itertools.combinations(zip(names, splits, strict=True), 2):
+        shared = sorted({u.id for u in sa.utts} & {u.id for u in sb.utts})
+        if shared:
+            log.warning("probe %s: its %s (%s) and %s (%s) share %d utterance(s), e.g. %s: a score on what the probe "
+                        "trained on, or chose by, is no measure of the features", task, a, sa.manifest, b,
+                        sb.manifest, len(shared), shared[0])
+
+
+def _check_out(out: Path, record: dict[str, Any]) -> None:
+    """Refuse an ``out`` holding results of another run (upstream, weights, seed, recipe, tasks or manifests),
+    which these would replace: the same run may write them again."""
+    path = out / "results.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    differ = [k for k, v in record.items() if saved.get(k) != v]
+    if differ:
+        raise ValueError(f"{out}: holds the results of another probe run (its {', '.join(differ)} differ: "
+                         f"{saved.get('upstream', '?')}, seed {saved.get('seed', '?')}, tasks "
+                         f"{', '.join(saved.get('manifests', {})) or '?'}), which this one would replace; give another "
+                         f"--out, or remove {path}")
+
+
 def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]], out_dir: str | os.PathLike,
           *, seed: int = 0, config: ProbeConfig | None = None, cache_dir: str | os.PathLike | None = None,
           progress: bool = True) -> dict[str, TaskResult]:
     """Train each task of ``manifests`` (task → (train, dev, test) manifest paths) on ``upstream``'s features
     and write ``out_dir``'s results; a manifest's features are loaded once for all the tasks that read it."""
     config = config or ProbeConfig()
+    if not 0 <= seed < 2**32:  # numpy's and torch's generators take no other: refused before any work
+        raise ValueError(f"probe seed {seed}: expected an integer from 0 to 2**32 - 1")
     tasks = {task: _task(task, config) for task in manifests}  # unknown tasks fail before any work
     loader = FeatureLoader(upstream, cache_dir, progress)  # the weights hashed once for the run, after the checks
     splits, chosen = _splits(manifests, loader)
     for task, (check, _) in tasks.items():
         _check_labels(task, check, chosen[task])  # every task's labels, before any feature is extracted
+        _check_apart(task, chosen[task])
+    out = Path(out_dir)
+    record = json.loads(json.dumps({  # as results.json holds it
+        "upstream": upstream.name, "fingerprint": loader.fingerprint, "seed": seed, "config": to_dict(config),
+        "manifests": {t: [str(Path(m).resolve()) for m in p] for t, p in manifests.items()}}))
+    _check_out(out, record)
     t0 = time.perf_counter()
     for split in splits:
         _ = split.feats  # extracted or read from the cache, once for all the tasks that read it
@@ -101,12 +142,9 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
         log.info("%s on %s: %s (kept %d, %.1f s)", task.upper(), upstream.name,
                  ", ".join(f"{k} {100 * v:.1f} %" for k, v in results[task].test.items()), results[task].best,
                  results[task].seconds)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", {
-        "upstream": upstream.name, "fingerprint": loader.fingerprint, "seed": seed, "config": to_dict(config),
-        "manifests": {t: [str(Path(m).resolve()) for m in p] for t, p in manifests.items()},
-        "seconds": {"features": t_features, "probes": time.perf_counter() - t0 - t_features},
+        **record, "seconds": {"features": t_features, "probes": time.perf_counter() - t0 - t_features},
         "tasks": {t: asdict(r) for t, r in results.items()},
     })
     weights = {t: r.layer_weights for t, r in results.items() if len(r.layer_weights) > 1}

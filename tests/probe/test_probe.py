@@ -263,6 +263,47 @@ def test_one_seed_one_result(tones, cache: Path, tmp_path: Path):
     assert a["pr"]["history"] != c["pr"]["history"] and a["ic"]["history"] != c["ic"]["history"]
 
 
+def test_a_probe_run_keeps_other_runs_results_and_its_seed_is_checked_first(tones, cache: Path, tmp_path: Path,
+                                                                             caplog, monkeypatch):
+    """A probe into an --out holding another run's results replaced them without a word (another seed, task or
+    upstream): refused, naming them. A seed numpy cannot take (-1) stopped the run after the features and the
+    first probes; now before any work. A test split sharing utterances with the training split is said."""
+    import logging
+
+    import earful.probe.suite as suite
+
+    tasks = {"ic": splits(tones)}
+    recipe = config("ic.steps=20")
+    probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=1, config=recipe, cache_dir=cache, progress=False)
+    first = (tmp_path / "a" / "results.json").read_text()
+    with pytest.raises(ValueError, match=r"a: holds the results of another probe run \(its seed differ: fbank, seed 1, "
+                                         r"tasks ic\).*remove .*results.json"):
+        probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=2, config=recipe, cache_dir=cache, progress=False)
+    with pytest.raises(ValueError, match="its config, manifests differ"):
+        probe(Upstream.parse("fbank"), {"pr": splits(tones)}, tmp_path / "a", seed=1, cache_dir=cache, progress=False)
+    assert (tmp_path / "a" / "results.json").read_text() == first
+    probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=1, config=recipe, cache_dir=cache, progress=False)
+
+    monkeypatch.setattr(suite, "FeatureLoader", lambda *a, **k: pytest.fail("features before the seed's check"))
+    for seed in (-1, 2**32):
+        with pytest.raises(ValueError, match=rf"probe seed {seed}: expected an integer from 0 to 2\*\*32 - 1"):
+            probe(Upstream.parse("fbank"), tasks, tmp_path / "b", seed=seed, config=recipe, cache_dir=cache)
+    monkeypatch.undo()
+    train, dev, _ = splits(tones)
+    with caplog.at_level(logging.WARNING, logger="earful.probe.suite"):
+        probe(Upstream.parse("fbank"), {"ic": (train, dev, train)}, tmp_path / "c", config=recipe, cache_dir=cache,
+              progress=False)
+    assert f"probe ic: its train ({train}) and test ({train}) share" in caplog.text, caplog.text  # one manifest
+    assert "its train" in caplog.text and "and dev" not in caplog.text
+    caplog.clear()
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(Path(train).read_text())
+    with caplog.at_level(logging.WARNING, logger="earful.probe.suite"):
+        probe(Upstream.parse("fbank"), {"ic": (train, dev, copy)}, tmp_path / "d", config=recipe, cache_dir=cache,
+              progress=False)
+    assert f"probe ic: its train ({train}) and test ({copy}) share" in caplog.text, caplog.text
+
+
 def test_random_init_is_the_architecture_with_fresh_weights(tones, tiny_ckpt: Path, tmp_path: Path):
     trained, init0, init0_again, init1 = (
         features(Upstream.parse(tiny_ckpt, random_init=r, init_seed=s), tones["held"], tmp_path, progress=False)
@@ -401,9 +442,13 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     got = run_suite(tiny_ckpt, corpus, tmp_path / "api", ["ic"], cache_dir=cache, config=config(*SHORT),
                     progress=False)
     assert got == {"ic": saved["tasks"]["ic"]["test"]}  # the API and the command agree; features were cached
-    # filterbanks into the same folder: no layers, so no plot; the checkpoint's had stayed beside their results
-    assert main(["probe", "fbank", *FAST, *SHORT, "--suite", "mini-superb", "--corpus", str(corpus), "--out",
-                 str(out), "--cache", str(cache), "--no-progress"]) == 0
+    # filterbanks into the same folder would replace the checkpoint's results without a word: refused, naming them
+    fbank = ["probe", "fbank", *FAST, *SHORT, "--suite", "mini-superb", "--corpus", str(corpus), "--out", str(out),
+             "--cache", str(cache), "--no-progress"]
+    assert main(fbank) == 2 and json.loads((out / "results.json").read_text()) == saved
+    assert main([*fbank[:1], str(tiny_ckpt), *fbank[2:]]) == 0  # the same run again may write them again
+    (out / "results.json").unlink()  # as the refusal says: then no layers, so no plot (the checkpoint's had stayed)
+    assert main(fbank) == 0
     assert not (out / "layer-weights.png").exists() and "fbank" in (out / "results.md").read_text()
     assert main(["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path), "--out", str(out)]) == 2
     assert main(["probe", "fbank", "--task", "pr", "--out", str(out)]) == 2
