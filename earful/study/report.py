@@ -86,14 +86,22 @@ def fmt_ms(xs: list[float], pct: bool = True) -> str:
     return f"{m * k:.1f} ± {se * k:.1f}" if pct else f"{m:.3f} ± {se:.3f}"
 
 
-def over_seeds(counts: list[int]) -> str:
-    """What a table's ± is, from how many values each cell has: 'mean ± SE over 3 seeds'."""
+def over_seeds(counts: list[int], seeds: str = "seeds") -> str:
+    """What a table's ± is, from how many values each cell has: 'mean ± SE over 3 seeds' (``seeds``: what they
+    are seeds of, as 'run seeds' where each value is itself a mean over probe seeds)."""
     many = [c for c in counts if c > 1]
     if not many:
-        return "one seed: no ± (the spread is not measured)"
+        return f"one {seeds.removesuffix('s')}: no ± (the spread is not measured)"
     lo, hi = min(many), max(many)
     n = f"{hi}" if lo == hi else f"{lo}–{hi}"
-    return f"mean ± SE over {n} seeds" + ("; a value without ± is one seed" if min(counts) == 1 else "")
+    return f"mean ± SE over {n} {seeds}" + (f"; a value without ± is one {seeds.removesuffix('s')}"
+                                            if min(counts) == 1 else "")
+
+
+def probe_seeds_said(probes: list[dict[str, Any]]) -> str:
+    """The words for a probe table or plot whose values are means over several probe seeds ("" for one)."""
+    k = len({r.get("probe_seed") for r in probes})
+    return f"; each value the mean of {k} probe seeds" if k > 1 else ""
 
 
 def write_csv(path: Path, head: list[str], rows: list[list[Any]]) -> None:
@@ -388,7 +396,9 @@ def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[st
     order = sorted(groups, key=lambda k: (k[0] not in ("random-init", "fbank"), *place[k]))
     arrow = {f"{t}.{m}": "↑" if up else "↓" for t, ms in METRICS.items() for m, up in ms.items()}
     rows = [[f"{tag} ({ck})"] + [fmt_ms(groups[(tag, ck)].get(m, [])) for m in metrics] for tag, ck in order]
-    spread = over_seeds([len(v) for g in groups.values() for v in g.values()])
+    several = probe_seeds_said(probes)
+    spread = over_seeds([len(v) for g in groups.values() for v in g.values()],
+                        "run seeds" if several else "seeds") + several
     where = "test split; SID accuracy on labelled-10h" if "sid.accuracy" in metrics else "test split"
     text = [f"## Probes of frozen features (docs/probes.md; {where}, %; {spread})", "",
             md_table(["upstream"] + [f"{m} {arrow[m]}" for m in metrics], rows), ""]
@@ -404,7 +414,7 @@ def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[st
                 nominal_hours(r.get("batch_seconds"), r.get("step")), padded_of(r), r.get("probe_seed"),
                 r.get("task"), r.get("metric"), r.get("value")] for r in probes])
     for m in metrics:
-        plot_probe_metric(means, about, m, rep)
+        plot_probe_metric(means, about, m, rep, several)
     return text + [""]
 
 
@@ -434,7 +444,7 @@ def learned_lines(means: dict[ProbedModel, dict[str, float]], about: dict[Probed
 
 
 def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]],
-                      metric: str, rep: Path) -> None:
+                      metric: str, rep: Path, several: str = "") -> None:
     """``metric`` against nominal hours seen (log), one line per batch size (mean ± SE over run seeds), the random
     init as a dashed line with its ±SE band, filterbanks dotted."""
     def draw(ax):
@@ -454,8 +464,10 @@ def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[Pr
         ax.set_ylabel(METRIC_LABELS.get(metric, f"{metric} (test) %"))
         n = max((len(ys) for v in per_b.values() for ys in v.values()), default=0)
         name = METRIC_LABELS.get(metric, metric).split(" (")[0]
+        seeds = "run seeds" if several else "seeds"
         ax.set_title(f"Probe of frozen features: {name} against hours seen, one line per batch size\n"
-                     + (f"mean ± SE over {n} seeds (bars and band: ±1 SE)" if n > 1 else "one seed"))
+                     + (f"mean ± SE over {n} {seeds} (bars and band: ±1 SE)" if n > 1 else f"one {seeds[:-1]}")
+                     + several)
     _plot(rep / "plots" / f"probe_{metric.replace('.', '_')}_vs_hours.png", draw)
 
 

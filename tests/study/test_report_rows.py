@@ -97,3 +97,16 @@ def test_records_written_before_hours_padded_had_its_name_are_read_as_padded(tmp
     assert read_records(old) == [{"step": 4, "hours_padded": 0.01, "loss": 2.5}]
     assert read_records(new) == [{"step": 4, "hours_padded": 0.02, "loss": 2.5}]
 
+
+
+def test_a_probe_table_of_one_run_seed_and_two_probe_seeds_says_both(tmp_path: Path) -> None:
+    """One run seed probed with probe seeds 0 and 1: the table said "one seed: no ±" and each cell was silently
+    the mean of the two probe seeds. It now says one run seed, each value the mean of 2 probe seeds, as do the
+    plots."""
+    probes = [{**probe("8s-seed1", "final", 4, 1, v, batch=8.0), "probe_seed": k} for k, v in ((0, 0.50), (1, 0.60))]
+    probes += [{**probe("random-init", "init", 0, 1, v), "probe_seed": k} for k, v in ((0, 0.70), (1, 0.80))]
+    means = probe_means(probes)
+    about = {upstream_of(r): r for r in probes}
+    text = "\n".join(probe_section(probes, means, about, tmp_path))
+    assert "one run seed: no ± (the spread is not measured); each value the mean of 2 probe seeds" in text, text
+    assert "| 8s (final) | 55.0 |" in text
