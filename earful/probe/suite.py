@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_json, atomic_write_lines
-from earful.config import to_dict
+from earful.config import flatten, to_dict
 from earful.probe.config import ProbeConfig
 from earful.probe.ctc import characters_task, check_labels, phonemes_task, train_ctc
 from earful.probe.features import Upstream
@@ -80,6 +80,19 @@ def _check_labels(task: str, check: Check, splits: tuple[Split, ...]) -> None:
         check(*splits)
     except ValueError as e:
         raise ValueError(f"probe {task}: {e}") from e
+
+
+def what_was_measured(manifests: dict[str, tuple[str | os.PathLike, ...]], config: ProbeConfig) -> list[str]:
+    """results.md's lines on where each metric was measured and the recipe's settings other than the defaults
+    (results.json holds the whole recipe)."""
+    lines = ["Measured on each task's test split, but SID's accuracy: on its dev split (other utterances of the "
+             "training speakers; the EER on the test split's held-out speakers):", ""]
+    lines += [f"- {t.upper()}: train {Path(tr)}, dev {Path(dv)}, test {Path(te)}"
+              for t, (tr, dv, te) in manifests.items()]
+    own = {k: v for k, v in flatten(to_dict(config)).items() if k.split(".")[0] in manifests}
+    default = flatten(to_dict(ProbeConfig()))
+    changed = [f"{k}={v}" for k, v in own.items() if default.get(k) != v]
+    return [*lines, "", f"Recipe: {', '.join(changed) if changed else 'the defaults'} (earful/probe/config.py).", ""]
 
 
 def _check_apart(task: str, splits: tuple[Split, ...]) -> None:
@@ -150,7 +163,7 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     weights = {t: r.layer_weights for t, r in results.items() if len(r.layer_weights) > 1}
     scores = {upstream.name: {t: r.test for t, r in results.items()}}
     atomic_write_lines(out / "results.md", [f"# Probes of {upstream.title(seed)}", "", table(scores), "",
-                                            weights_table(weights)])
+                                            *what_was_measured(manifests, config), weights_table(weights)])
     if weights:
         plot_layer_weights(weights, out / "layer-weights.png", f"layer weights: {upstream.title(seed, short=True)}")
     else:  # filterbanks have no layers: an earlier upstream's plot would stand beside these results

@@ -52,7 +52,12 @@ def test_each_task_learns(tones, cache: Path, tmp_path: Path, task: str, bounds:
         assert (low is None or value >= low) and (high is None or value <= high), (metric, value)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["tasks"][task]["test"] == result.test
-    assert "| " + task.upper() in (tmp_path / "out" / "results.md").read_text()
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| " + task.upper() in text
+    # where each metric was measured, and the recipe's settings other than the defaults
+    train, dev, test = splits(tones)
+    assert f"- {task.upper()}: train {train}, dev {dev}, test {test}" in text and "SID's accuracy: on its dev" in text
+    assert f"Recipe: {task}." in text, text  # FAST's settings of the task, which differ from the defaults
 
 
 def test_ctc_builds_each_splits_references_once_whatever_the_epochs(tones, cache: Path):
