@@ -88,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "recognition)", description=about)
     q.add_argument("manifest", type=Path)
     q.add_argument("--out", type=Path, required=True, help="the manifest to write")
-    q.add_argument("--voice", default=G2P_VOICE, help=f"espeak-ng voice (default {G2P_VOICE})")
+    q.add_argument("--voice", default=G2P_VOICE,
+                   help=f"espeak-ng voice, an English accent (default {G2P_VOICE}; en-gb, en-us ...): earful's one "
+                        "40-phoneme inventory is English, other languages' phonemes are refused")
     q.set_defaults(func=_phonemize)
 
 

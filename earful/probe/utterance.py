@@ -155,7 +155,8 @@ def intents(*splits: Split) -> list[list[list[str]]]:
     ValueError naming the manifest where some are missing, or an utterance with other slots."""
     for split in splits:
         require(split, "intent", "intent classification needs each utterance's intent slots: the built-in "
-                "corpus's commands domain has them (`earful synth OUT --domain commands`)")
+                "corpus's commands domain has them (`earful synth OUT --domain commands`), or leave IC out "
+                "(`--tasks pr,asr,sid`)")
     slots = list(splits[0].utts[0].intent or {})
     out = []
     for split in splits:

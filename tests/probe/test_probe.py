@@ -378,7 +378,8 @@ def test_missing_labels_say_how_many_which_and_the_way_out(tones, cache: Path, t
                                          r"phonemes .*earful phonemize"):
         probe(fb, {"pr": (no_phonemes, tones["same"], tones["held"])}, tmp_path / "o", **kw)
     with pytest.raises(ValueError, match=rf"some.jsonl: 2 of {len(utts)} utterances have no intent "
-                                         rf"\('{utts[3].id}', '{utts[5].id}'\)"):
+                                         rf"\('{utts[3].id}', '{utts[5].id}'\).*"
+                                         r"or leave IC out \(`--tasks pr,asr,sid`\)"):
         probe(fb, {"ic": (some_without_intent, tones["same"], tones["held"])}, tmp_path / "o", **kw)
     with pytest.raises(ValueError, match=r"held.jsonl: 18 of 18 utterances are by speakers not in .*train.jsonl"):
         probe(fb, {"sid": (tones["train"], tones["held"], tones["held"])}, tmp_path / "o", **kw)
