@@ -222,6 +222,17 @@ def _end_on_the_parents_sigterm(parent: int) -> None:
             os._exit(0)  # as torch's worker handler: the parent is ending its workers
 
 
+def unreadable(uid: str, problem: str, skip_bad: str | None, noun: str) -> str:
+    """The one-line error of a loader (``AudioLoader``, ``ShardLoader``) for a file its dataset could not read,
+    where nothing leaves it out: the file and its problem (as read, in whichever process loaded it: a loader
+    worker's error was its traceback), the ``noun`` ``uid`` and the way out, ``skip_bad`` as the caller names it
+    (None: it has none)."""
+    if not skip_bad:
+        return problem
+    option = skip_bad if skip_bad.startswith("-") else f"{skip_bad}=true"
+    return f"{problem} ({noun} {uid}); {option} leaves unreadable files out, counted in the log"
+
+
 class Received:
     """What a loader's consumer counts of the batches training received: ``bad_files``, the distinct files
     skipped with ``skip_bad`` (each logged as a warning the first time; ``bad_ids`` holds their ids), and
@@ -294,21 +305,12 @@ class AudioLoader(Received):
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
         for batch in self.loader:
             if batch.bad and not self.skip_bad:
-                raise AudioError(self._bad_file(*batch.bad[0]))
+                raise AudioError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "utterance"))
             batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
             self._settle()
             if self.received(batch):
                 yield batch
-
-    def _bad_file(self, uid: str, problem: str) -> str:
-        """The error for a file that cannot be read, where nothing leaves it out: the file and its problem (as
-        read, in whichever process loaded it: a loader worker's error was its traceback) and the way out."""
-        name = self.sampler.names["skip_bad"]
-        if not name:
-            return problem
-        option = name if name.startswith("-") else f"{name}=true"
-        return f"{problem} (utterance {uid}); {option} leaves unreadable files out, counted in the log"
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none

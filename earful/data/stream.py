@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import AudioError
 from .budget import BatchBudget
-from .dataset import Batch, Item, Received, collate, ignore_stop_signals, read_utterance
+from .dataset import Batch, Item, Received, collate, ignore_stop_signals, read_utterance, unreadable
 from .sampler import Batches, SecondsBatchSampler
 from .shards import ShardError, ShardIndex, member_utterance, open_location, read_member
 
@@ -200,10 +200,8 @@ class ShardLoader(Received):
     def __iter__(self) -> Iterator[Batch]:
         self.stream.start, self.stream.first = list(self.places), self.next
         for batch in self.loader:
-            if batch.bad and not self.stream.skip_bad:  # one line, from whichever process read it (a loader
-                uid, problem = batch.bad[0]             # worker's error was its traceback)
-                raise ShardError(f"{problem} ({uid}); data.skip_bad=true leaves unreadable members out, counted "
-                                 "in the log")
+            if batch.bad and not self.stream.skip_bad:
+                raise ShardError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "member"))
             local, epoch, b, done = batch.stream  # type: ignore[misc]
             if local != self.next:
                 raise RuntimeError(f"shard stream {local} delivered when {self.next} was due: resume would be inexact")
