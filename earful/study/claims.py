@@ -215,7 +215,8 @@ def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, floa
     # the test of the seeds: a run missing there must not turn the paired SE into the unpaired one
     weight = {k: w for k, w in weight.items() if abs(w) > 1e-12}
     cell = {k: cell[k] for k in weight}
-    mean = denoise(sum(w * cell[k].mean for k, w in weight.items()), max(abs(c.mean) for c in cell.values()))
+    scale = max(abs(c.mean) for c in cell.values())  # what float noise is measured against
+    mean = denoise(sum(w * cell[k].mean for k, w in weight.items()), scale)
     seeds = [sorted(map(str, c.seeds)) if c.seeds is not None else None for c in cell.values()]
     first = seeds[0] if seeds else None
     if first is not None and len(first) > 1 and len(set(first)) == len(first) and all(s == first for s in seeds):
@@ -224,7 +225,7 @@ def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, floa
         se = statistics.stdev(contrast) / math.sqrt(len(contrast))
     else:
         se = math.sqrt(sum((w * cell[k].se) ** 2 for k, w in weight.items()))
-    return mean, denoise(se, max(abs(c.mean) for c in cell.values()))
+    return mean, denoise(se, scale)
 
 
 def judge_c4(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:

@@ -59,14 +59,6 @@ def _finite(xs: list[float]) -> list[float]:
     return [x for x in xs if x is not None and math.isfinite(x)]
 
 
-def mean_std(xs: list[float]) -> tuple[float, float, int]:
-    """(mean, sample standard deviation (n − 1), n) of the finite values."""
-    xs = _finite(xs)
-    if not xs:
-        return math.nan, math.nan, 0
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan), len(xs)
-
-
 def mean_se(xs: list[float]) -> tuple[float, float, int]:
     """(mean, standard error of the mean (``claims.Cell.se``: SD/√n), n) of the finite values."""
     from earful.study.claims import Cell
