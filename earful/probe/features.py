@@ -2,12 +2,13 @@
 (upstream, manifest) and cached on disk as float16.
 
 The cache key hashes what decides the features: the checkpoint's files (weights and config), or the
-architecture and seed of a random init, or the filterbank's settings; the manifest's bytes; and each audio
-file's size and modification time. A changed checkpoint, manifest or audio file is another key, never a stale
-hit. An entry is a folder ``CACHE/<key>/`` with ``features.npy`` (float16, ``(frames, layers, dim)``, all
-utterances one after another) and ``index.json`` (ids, frames per utterance, the array's size and SHA-256),
-each written atomically, the index last: an entry without a valid index, or whose array does not match it, is
-extracted again (with a warning), never half-read.
+architecture and seed of a random init, or the filterbank's settings; each utterance's id, audio file, offset,
+length and sample rate, in the manifest's order; and each audio file's size and modification time. A changed
+checkpoint, utterance or audio file is another key, never a stale hit; labels are not part of it (a manifest
+that `earful phonemize` or a transcript fix rewrote is still a hit). An entry is a folder ``CACHE/<key>/``
+with ``features.npy`` (float16, ``(frames, layers, dim)``, all utterances one after another) and ``index.json``
+(ids, frames per utterance, the array's size and SHA-256), each written atomically, the index last: an entry
+without a valid index, or whose array does not match it, is extracted again (with a warning), never half-read.
 """
 
 from __future__ import annotations
@@ -224,17 +225,18 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
 
 
 def cache_key(fingerprint: dict[str, object], manifest: Path, utts: Sequence[Utterance]) -> str:
-    """The cache entry's name: a hash of the upstream's ``fingerprint``, the manifest's bytes, the cache's
-    format and each audio file's path, size and modification time."""
+    """The cache entry's name: a hash of the upstream's ``fingerprint``, the cache's format and, in order, each
+    utterance's id, audio file (path, size, modification time), offset, length and sample rate: what its
+    features depend on, not its labels."""
     audio = hashlib.sha256()
     for u in utts:
         try:
             st = os.stat(u.path)
         except OSError as e:
             raise FileNotFoundError(f"{manifest}: utterance {u.id!r}: audio file {u.path} unreadable ({e})") from None
-        audio.update(f"{u.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    parts = {"format": CACHE_FORMAT, "upstream": fingerprint, "manifest": sha256(manifest),
-             "audio": audio.hexdigest()}
+        fields = (u.id, u.path, st.st_size, st.st_mtime_ns, u.offset, u.num_samples, u.sample_rate)
+        audio.update(json.dumps(fields).encode() + b"\n")
+    parts = {"format": CACHE_FORMAT, "upstream": fingerprint, "utterances": audio.hexdigest()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

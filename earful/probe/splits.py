@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from earful.data.audio import RECEPTIVE_FIELD
+from earful.data.budget import SAMPLE_RATE
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe.features import Extractor, FeatureSet, Upstream, features
 
@@ -71,8 +73,17 @@ class Split:
 
 def load_split(loader: FeatureLoader | None, manifest: str | os.PathLike) -> Split:
     """The manifest's utterances now; their features, by ``loader``, on first use of ``feats`` (``loader``
-    None: the labels only)."""
-    return Split(Path(manifest), read_manifest(manifest), loader)
+    None: the labels only). ValueError naming the manifest where an utterance is shorter than one frame needs
+    (the CNN's receptive field, a filterbank's window: 400 samples at 16 kHz), before any feature is extracted."""
+    utts = read_manifest(manifest)
+    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    if short:
+        shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
+        raise ValueError(f"{manifest}: {len(short)} of {len(utts)} utterances are shorter than one feature frame "
+                         f"needs ({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}"
+                         f"{' …' if len(short) > 3 else ''}; a probe reads every utterance of its manifests: leave "
+                         "them out of the manifest (`earful prepare` does)")
+    return Split(Path(manifest), utts, loader)
 
 
 def require(split: Split, label: str, way_out: str) -> None:

@@ -237,6 +237,19 @@ def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tin
     assert calls == ["checkpoint"] * 2 and fewer.ids == changed.ids[:-1]
     assert torch.allclose(fewer.data.float(), changed.data[: fewer.data.shape[0]].float(), atol=2e-3)  # other batches
 
+    # labels added or changed (what `earful phonemize` or a transcript fix writes): the same features, a hit
+    labelled = tmp_path / "labelled.jsonl"
+    write_manifest([replace(u, phonemes="a b", transcript="other words", speaker="someone")
+                    for u in read_manifest(manifest)], labelled)
+    assert torch.equal(features(up, labelled, cache, progress=False).data, fewer.data) and len(calls) == 2
+    # an utterance that is another part of its file (a segment), or the order changed: other features, a miss
+    held = read_manifest(manifest)
+    first_half = replace(held[0], offset=0, num_samples=held[0].num_samples // 2)
+    for name, utts in {"segment": [first_half, *held[1:]], "order": held[::-1]}.items():
+        write_manifest(utts, tmp_path / f"{name}.jsonl")
+        assert features(up, tmp_path / f"{name}.jsonl", cache, progress=False).ids == [u.id for u in utts]
+    assert calls == ["checkpoint"] * 4
+
     # an unreadable entry is extracted again, never half-read
     entry = cache / cache_key(up.fingerprint(), manifest, read_manifest(manifest))
     for damage in ("truncate", "index"):
@@ -249,7 +262,7 @@ def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tin
             rebuilt = features(up, manifest, cache, progress=False)
         assert "unreadable feature cache entry" in caplog.text and torch.equal(rebuilt.data, fewer.data)
         caplog.clear()
-    assert calls == ["checkpoint"] * 4
+    assert calls == ["checkpoint"] * 6
 
 
 def test_one_seed_one_result(tones, cache: Path, tmp_path: Path):
@@ -589,3 +602,20 @@ def test_asr_text_mapping_spells_transcripts_outside_a_to_z_and_is_the_setting_e
     assert saved["config"]["asr"]["text_mapping"] == {"é": "e"}
     with pytest.raises(ValueError, match=r"^asr.text_mapping: keys must be single characters, got 'ab'"):
         config("asr.text_mapping={ab: ''}")
+
+
+def test_an_utterance_shorter_than_a_frame_is_named_with_its_manifest_before_any_feature(tones, tmp_path: Path):
+    """A file of fewer than 400 samples (at 16 kHz) gives no frame: it stopped a probe mid-extraction with an
+    audio error that named the file alone; now every such utterance of a manifest is named, with the manifest,
+    before any feature is extracted (nothing in the cache)."""
+    from earful.data.manifest import Utterance
+
+    utts = read_manifest(tones["held"])
+    short = [Utterance("tiny-16k", utts[0].path, 399, 16000, "s"), Utterance("tiny-8k", utts[0].path, 150, 8000, "s")]
+    write_manifest([*utts, *short, Utterance("just-8k", utts[0].path, 200, 8000, "s")], tmp_path / "test.jsonl")
+    with pytest.raises(ValueError, match=r"test.jsonl: 2 of \d+ utterances are shorter than one feature frame needs "
+                                         r"\(400 samples at 16000 Hz\): 'tiny-16k' \(399\), 'tiny-8k' \(300\); "
+                                         r"a probe reads every utterance"):
+        probe(Upstream.parse("fbank"), {"sid": (tones["train"], tones["same"], tmp_path / "test.jsonl")},
+              tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
