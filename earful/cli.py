@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "earful.eval.commands",  # evaluate, transcribe, lm
     "earful.interop.commands",  # export-hf, import-hf, features
     "earful.study.commands",  # study plan|run|report
-    "earful.probe.commands",  # probe
+    "earful.probe.commands",  # probe, cache list|remove
 )
 
 

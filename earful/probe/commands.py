@@ -1,4 +1,4 @@
-"""``earful probe``."""
+"""``earful probe`` and ``earful cache list|remove`` (its feature cache)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,44 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from earful.probe.features import default_cache_dir
+
+    return args.cache or default_cache_dir()
+
+
+def _cache_list(args: argparse.Namespace) -> int:
+    from earful.probe.cache import entries, table
+
+    root = _cache_dir(args)
+    found = list(entries(root))
+    log.info("feature cache %s\n%s", root, "\n".join(table(found)))
+    return 0
+
+
+def _cache_remove(args: argparse.Namespace) -> int:
+    from earful.probe.cache import entries, human, remove, select
+
+    if not (args.all or args.older_than is not None or args.upstream is not None or args.incomplete):
+        raise ValueError("say which entries: --older-than DAYS, --upstream TEXT, --incomplete (they combine), or --all")
+    if args.all and (args.older_than is not None or args.upstream is not None or args.incomplete):
+        raise ValueError("--all removes every entry: give it alone, or the criteria without it")
+    if args.older_than is not None and args.older_than < 0:
+        raise ValueError(f"--older-than {args.older_than:g}: expected days, 0 or more")
+    root = _cache_dir(args)
+    found = list(entries(root))
+    chosen = select(found, older_than_days=args.older_than, upstream=args.upstream, incomplete=args.incomplete)
+    if args.dry_run:
+        for e in chosen:
+            log.info("would remove %s (%s, %s)", e.path, e.upstream or "incomplete", human(e.size))
+        log.info("%d of %d entries of %s, %s, would be removed", len(chosen), len(found), root,
+                 human(sum(e.size for e in chosen)))
+        return 0
+    freed = remove(chosen)
+    log.info("removed %d of %d entries of %s, %s freed", len(chosen), len(found), root, human(freed))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "probe", help="SUPERB-style probes of frozen features (PR, ASR, SID, IC)",
@@ -67,3 +105,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "else ~/.cache/earful/features)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_probe)
+
+    c = sub.add_parser("cache", help="list or remove the probes' cached features",
+                       description="The feature cache `earful probe` fills (float16 hidden states of every layer: "
+                       "about 3.6 GB per hour of audio and checkpoint for BASE: 13 layers × 768 × 50 frames a "
+                       "second). A probe that reads an entry marks it used. A study keeps its own cache inside "
+                       "its folder and removes it itself.")
+    actions = c.add_subparsers(dest="action", required=True)
+    for name, func, text in (("list", _cache_list, "each entry's size, days unused, utterances, upstream and "
+                              "manifest, the oldest first"),
+                             ("remove", _cache_remove, "remove the entries meeting every criterion given")):
+        a = actions.add_parser(name, help=text, description=text)
+        a.add_argument("--cache", type=Path, default=None,
+                       help="the cache (default $EARFUL_CACHE/features, else $XDG_CACHE_HOME/earful/features, "
+                       "else ~/.cache/earful/features)")
+        a.set_defaults(func=func)
+        if name == "remove":
+            a.add_argument("--older-than", type=float, metavar="DAYS", help="unused for more than DAYS days")
+            a.add_argument("--upstream", metavar="TEXT", help="extracted by an upstream whose path holds TEXT "
+                           "(or 'fbank')")
+            a.add_argument("--incomplete", action="store_true", help="entries a probe stopped while writing, or of "
+                           "an older earful's format: never read again")
+            a.add_argument("--all", action="store_true", help="every entry")
+            a.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")

@@ -35,7 +35,9 @@ from earful.probe.weighting import normalize_layers
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "earful-features-2"  # 2: extracted in padded batches by a batch-invariant backbone
+# 2: extracted in padded batches by a batch-invariant backbone; 3: keyed by the utterances' audio, not the
+# manifest's bytes (an entry of 2 is never found again: `earful cache remove --incomplete` removes it)
+CACHE_FORMAT = "earful-features-3"
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
 EXTRACT_GROUP = 16  # utterances handed to ``layer_states`` at a time (one padded batch)
 
@@ -215,6 +217,10 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
     cached = _load(entry, key)
     if cached is not None:
         log.info("features of %s by %s: cached in %s", manifest, upstream.name, entry)
+        try:
+            os.utime(entry / INDEX_FILE)  # its last use, for `earful cache list` and `remove --older-than`
+        except OSError:  # a read-only cache serves all the same
+            pass
         return cached
     extract, frame_rate = (extractor or upstream.extractor)()
     feats = _extract(extract, frame_rate, utts, f"{manifest.name} ({upstream.kind})", progress)

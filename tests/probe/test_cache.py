@@ -1,0 +1,76 @@
+"""`earful cache list|remove`: the probes' feature cache, its entries' size and last use, and removing them by
+age, upstream or completeness (nothing else is touched)."""
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from earful.cli import main
+from earful.probe.cache import entries
+from earful.probe.features import INDEX_FILE, Upstream, features
+
+DAY = 86400
+
+
+def _age(entry: Path, days: float) -> None:
+    then = time.time() - days * DAY
+    os.utime(entry / INDEX_FILE, (then, then))
+
+
+def test_list_and_remove_by_age_upstream_and_completeness(tones, tiny_ckpt: Path, tmp_path: Path, caplog):
+    cache = tmp_path / "cache"
+    fb = Upstream.parse("fbank")
+    ckpt = Upstream.parse(tiny_ckpt)
+    features(fb, tones["held"], cache, progress=False)
+    features(fb, tones["same"], cache, progress=False)
+    features(ckpt, tones["held"], cache, progress=False)
+    by = {(e.upstream, Path(e.manifest).name): e for e in entries(cache)}
+    assert set(by) == {("fbank", "held.jsonl"), ("fbank", "same.jsonl"), (str(tiny_ckpt.resolve()), "held.jsonl")}
+    assert by["fbank", "held.jsonl"].utterances == 18 and all(e.size > 0 and e.complete for e in by.values())
+    for e in by.values():
+        _age(e.path, 30)
+    features(fb, tones["held"], cache, progress=False)  # a hit marks the entry used
+    assert time.time() - next(e for e in entries(cache) if e.path == by["fbank", "held.jsonl"].path).used < DAY
+    # an entry a probe stopped while writing (no index), and one of an older format
+    (cache / "stopped").mkdir()
+    (cache / "stopped" / "features.npy").write_bytes(b"\0" * 10)
+    old = cache / "older"
+    shutil.copytree(by["fbank", "same.jsonl"].path, old)
+    index = json.loads((old / INDEX_FILE).read_text())
+    (old / INDEX_FILE).write_text(json.dumps({**index, "format": "earful-features-1"}))
+
+    with caplog.at_level(logging.INFO):
+        assert main(["cache", "list", "--cache", str(cache)]) == 0
+    listing = caplog.text
+    assert "5 entries" in listing and "incomplete: never read" in listing
+    assert "(older format earful-features-1)" in listing
+    assert f"{tiny_ckpt.resolve()} → {tones['held'].resolve()}" in listing
+
+    def remove(*options: str) -> set[str]:
+        before = {p.name for p in cache.iterdir()}
+        assert main(["cache", "remove", "--cache", str(cache), *options]) == 0
+        return before - {p.name for p in cache.iterdir()}
+
+    assert remove("--older-than", "7", "--dry-run") == set()
+    assert main(["cache", "remove", "--cache", str(cache)]) == 2  # no criterion: refused, nothing removed
+    assert remove("--incomplete") == {"stopped", "older"}
+    assert remove("--older-than", "7", "--upstream", "fbank") == {by["fbank", "same.jsonl"].path.name}
+    assert remove("--older-than", "7") == {by[str(tiny_ckpt.resolve()), "held.jsonl"].path.name}
+    assert remove("--all") == {by["fbank", "held.jsonl"].path.name} and list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--older-than", "-1"], "--older-than -1: expected days"),
+    ([], "say which entries"),
+    (["--all", "--incomplete"], "--all removes every entry: give it alone"),
+])
+def test_remove_refuses_what_says_no_entries(options, message, tmp_path: Path, caplog):
+    (tmp_path / "cache" / "stopped").mkdir(parents=True)
+    with caplog.at_level(logging.ERROR):
+        assert main(["cache", "remove", "--cache", str(tmp_path / "cache"), *options]) == 2
+    assert message in caplog.text and (tmp_path / "cache" / "stopped").is_dir()
