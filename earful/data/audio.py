@@ -19,7 +19,9 @@ from .manifest import Utterance, samples_at
 # them equal: not derived here, so that loading audio does not import the model and torch)
 RECEPTIVE_FIELD = 400
 LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may differ from its manifest length
-AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile decodes
+# what libsndfile decodes (NIST SPHERE: uncompressed; a shorten-compressed .sph is reported as unreadable)
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph", ".nist", ".au", ".snd",
+                    ".w64", ".rf64", ".caf")
 # audio that libsndfile cannot decode: a folder holding it is told so rather than read without it
 UNREADABLE_AUDIO_EXTENSIONS = (".m4a", ".aac", ".wma", ".mp4", ".webm", ".amr")
 
@@ -34,12 +36,24 @@ EXACT_SEEK = {"WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF", "AU"}
 
 
 def read_window(f: sf.SoundFile, start: int, frames: int, dtype: str = "float32") -> np.ndarray:
-    """``frames`` samples (every channel) from sample ``start`` of the open file ``f``: by seeking where the format
-    seeks exactly, else by decoding from the start and dropping what comes before ``start``."""
-    if f.format in EXACT_SEEK:
+    """``frames`` samples (every channel) from sample ``start`` of the open file ``f``, not yet read: by seeking
+    where the format seeks exactly, else by decoding from the start and dropping what comes before ``start``
+    (also for a WAV whose codec libsndfile cannot seek in: GSM 6.10, G.721/G.723 ADPCM)."""
+    if f.format in EXACT_SEEK and f.seekable():
         f.seek(start)
         return f.read(frames, dtype=dtype, always_2d=True)
     return f.read(start + frames, dtype=dtype, always_2d=True)[start:]
+
+
+def read_all(f: sf.SoundFile, dtype: str = "float32", block: int = 1 << 16) -> np.ndarray:
+    """Every sample (``(samples, channels)``) of the open file ``f``, not yet read, to its real end (a header may
+    promise more or less): at once where libsndfile can seek in it, else block by block."""
+    if f.seekable():
+        return f.read(dtype=dtype, always_2d=True)
+    blocks = []
+    while len(part := f.read(block, dtype=dtype, always_2d=True)):
+        blocks.append(part)
+    return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype=dtype)
 
 
 def load_audio(
@@ -81,7 +95,7 @@ def decode_audio(
     try:
         rate = f.samplerate
         if frames is None:  # the whole file, to its real end (a header may promise more or less)
-            data = f.read(dtype="float32", always_2d=True)
+            data = read_all(f)
         else:
             if start + frames > f.frames:
                 raise AudioError(f"{path}: segment [{start}, {start + frames}) past the end of the file "
@@ -90,7 +104,9 @@ def decode_audio(
             if len(data) < frames:
                 raise AudioError(f"{path}: truncated? {len(data)} of the {frames} samples from sample {start} "
                                  "could be decoded")
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:  # ValueError: soundfile's own
         raise AudioError(f"{path}: unreadable audio ({e})") from None
     if data.size == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")

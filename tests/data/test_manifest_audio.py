@@ -133,3 +133,45 @@ def test_each_bad_file_gets_its_error(tmp_path: Path, tone):
             load_audio(tmp_path / name)
         assert name in str(info.value)
         assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("subtype", ["GSM610", "G721_32"])
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_a_wav_codec_libsndfile_cannot_seek_in_is_read_whole_and_in_windows(tmp_path: Path, subtype: str, rate: int):
+    """GSM 6.10 and G.721 WAVs decode but cannot seek: whole-file reads at 8 kHz had failed with soundfile's
+    "frames must be specified for non-seekable files" (naming no file, past data.skip_bad), crops and segments
+    with "Seek attempted on unseekable file type". They are now decoded from their start."""
+    from earful.data.dataset import AudioDataset
+
+    path = tmp_path / f"{subtype}.wav"
+    sf.write(path, (0.4 * np.sin(np.arange(3 * rate) * 0.05)).astype(np.float32), rate, subtype=subtype)
+    with sf.SoundFile(path) as f:
+        assert not f.seekable()
+        reference = np.concatenate([f.read(4096, dtype="float32") for _ in range(3 * rate // 4096 + 2)])
+    whole = load_audio(path, target_rate=rate)
+    assert np.array_equal(whole, reference)
+    assert np.array_equal(load_audio(path, target_rate=rate, start=1000, frames=3000), reference[1000:4000])
+    utts = [Utterance("whole", str(path), len(reference), rate, "s"),
+            Utterance("segment", str(path), 3000, rate, "s", offset=1000)]
+    data = AudioDataset(utts, crop_seconds=0.1, seed=3)
+    for item, full in zip((data[0], data[1]), (load_audio(path), load_audio(path, start=1000, frames=3000)),
+                          strict=True):
+        assert len(item.wave) == 1600 and item.wave.tobytes() in full.tobytes()
+
+
+def test_every_container_libsndfile_reads_is_prepared(tmp_path: Path):
+    """NIST SPHERE (TIMIT, Switchboard), AU, Wave64, RF64 and CAF files were left out of a plain folder without a
+    word: `prepare` now reads them as it reads WAV and FLAC."""
+    from earful.data.librispeech import read_folder
+
+    x = (0.2 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    kinds = {"a.sph": "NIST", "b.nist": "NIST", "c.au": "AU", "d.snd": "AU", "e.w64": "W64", "f.rf64": "RF64",
+             "g.caf": "CAF", "h.wav": "WAV"}
+    (tmp_path / "spk").mkdir()
+    for name, container in kinds.items():
+        sf.write(tmp_path / "spk" / name, x, 16000, format=container, subtype="PCM_16")
+    problems: list[str] = []
+    utts = read_folder(tmp_path, problems)
+    assert problems == [] and sorted(Path(u.path).name for u in utts) == sorted(kinds)
+    for u in utts:
+        assert u.num_samples == 8000 and np.allclose(load_audio(u.path), x, atol=1e-4), u.path
