@@ -132,6 +132,12 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     out = Path(out)
     if (out / INDEX).exists():
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
+    unindexed = sorted(out.glob("shard-*.tar")) + sorted(out.glob(".shard-*.tmp"))
+    if unindexed:  # a run stopped before its index (killed), or another tool's shards: never mixed with these
+        raise ShardError(f"{out} holds {len(unindexed)} shard file(s) and no {INDEX} ({unindexed[0].name} …): an "
+                         f"earlier `earful shard` that did not finish, or another tool's shards, which a reader of "
+                         f"shard-*.tar would take with these; remove them (rm {out}/shard-*.tar {out}/.shard-*.tmp) "
+                         "or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     cols = {c: array("q") for c in COLUMNS}  # 8 bytes a number, not a Python int
     shards: list[dict[str, Any]] = []
@@ -139,23 +145,31 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     samples_16k = 0
     writer = _ShardWriter(out, shard_bytes, shards)
     items = ordered_map(encode_member, utts, workers)
-    for utt, (flac, problem) in tqdm(items, total=total, unit="row", desc="shards", mininterval=2.0):
-        if problem is not None:
-            if not skip_bad:
-                writer.abandon()
-                raise ShardError(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
-                                 "rows out (they are listed in the index)")
-            log.warning("left out %s: %s", utt.id, problem)
-            left_out.append({"id": utt.id, "problem": problem})
-            continue
-        member = len(cols["offset"])
-        key = key_of(member)
-        entry = _tar_entry(f"{key}.flac", flac) + _tar_entry(f"{key}.json", _member_json(utt))
-        offset = writer.add(entry)
-        for c, v in zip(COLUMNS, (offset, len(entry), utt.num_samples, utt.sample_rate), strict=True):
-            cols[c].append(v)
-        samples_16k += utt.samples_at(SAMPLE_RATE)
-    writer.close()
+    try:
+        for utt, (flac, problem) in tqdm(items, total=total, unit="row", desc="shards", mininterval=2.0):
+            if problem is not None:
+                if not skip_bad:
+                    raise ShardError(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
+                                     "rows out (they are listed in the index)")
+                log.warning("left out %s: %s", utt.id, problem)
+                left_out.append({"id": utt.id, "problem": problem})
+                continue
+            member = len(cols["offset"])
+            key = key_of(member)
+            entry = _tar_entry(f"{key}.flac", flac) + _tar_entry(f"{key}.json", _member_json(utt))
+            offset = writer.add(entry)
+            for c, v in zip(COLUMNS, (offset, len(entry), utt.num_samples, utt.sample_rate), strict=True):
+                cols[c].append(v)
+            samples_16k += utt.samples_at(SAMPLE_RATE)
+        if not len(cols["offset"]):
+            raise ShardError(f"no row could be written: all {len(left_out)} were left out (the first: "
+                             f"{left_out[0]['id']}: {left_out[0]['problem']})" if left_out else "no row to write")
+        writer.close()
+    except BaseException:  # an error or Ctrl-C: no shard of this run is left without its index
+        writer.abandon()
+        for shard in shards:
+            (out / shard["name"]).unlink(missing_ok=True)
+        raise
     (out / "index").mkdir(exist_ok=True)
     for c in COLUMNS:
         with atomic_open(out / "index" / f"{c}.npy", "wb") as f:

@@ -62,6 +62,9 @@ class StreamPlan:
         self.streams = budget.world_size * self.per_rank
         batchable = self.sampler.batchable
         self.in_shard = np.searchsorted(batchable, index.first)  # shard s: batchable[in_shard[s]:in_shard[s + 1]]
+        if not len(batchable):  # an index of no member (`earful shard` refuses to write one now)
+            raise ValueError(f"{index.location}: nothing to batch: the shards hold no member ({len(index.left_out)} "
+                             "rows were left out when they were written); write them again from a manifest")
         if len(batchable) < self.streams:
             raise ValueError(f"{index.location}: {len(batchable)} batchable members for {budget.world_size} rank(s) × "
                              f"{self.per_rank} worker(s): every worker needs one; use fewer data.num_workers")

@@ -218,6 +218,35 @@ def test_shard_command_names_a_segment_past_the_end_of_its_file(corpus: Path, tm
         _run("shard", str(corpus), str(tmp_path / "s2"))
 
 
+def test_a_stopped_shard_run_leaves_no_shard_without_an_index_and_a_rerun_writes_only_its_own(corpus: Path,
+                                                                                              tmp_path: Path) -> None:
+    """A run stopped by a bad row had left the shards it finished (and a killed one its temporary file) beside no
+    index; a rerun with --skip-bad wrote one shard and an index of it, and a reader of shard-*.tar took 22 members
+    for 12 ids. Now a stopped run removes its shards, a folder with shards and no index is refused (naming how to
+    clear it), and a run that can write no row at all is an error, as prepare's is."""
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    sf.write(tmp_path / "blip.flac", np.zeros(300, dtype=np.float32), SR, subtype="PCM_16")
+    blip = {**rows[0], "id": "blip", "path": str(tmp_path / "blip.flac"), "num_samples": 300}
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, blip]))  # the bad row last: shards done before
+    out = tmp_path / "s"
+    with pytest.raises(ShardError, match=r"blip.flac: too short"):
+        _run("shard", str(corpus), str(out), "--shard-gb", "0.00005")
+    assert list(out.iterdir()) == []
+    assert _run("shard", str(corpus), str(out), "--shard-gb", "0.00005", "--skip-bad") == 0
+    names = sorted(p.name for p in out.glob("shard-*.tar"))
+    assert names == [s["name"] for s in ShardIndex(out).shards] and len(names) > 1
+    killed = tmp_path / "killed"  # what a SIGKILL leaves: finished shards and a temporary file, no index
+    killed.mkdir()
+    (out / names[0]).rename(killed / names[0])
+    (killed / f".{names[1]}.x1y2.tmp").write_bytes(b"\0" * 512)
+    with pytest.raises(ShardError, match=rf"killed holds 2 shard file\(s\) and no index.json .*rm {killed}/shard-\*"):
+        _run("shard", str(corpus), str(killed), "--skip-bad")
+    corpus.write_text(json.dumps(blip) + "\n")
+    with pytest.raises(ShardError, match=r"no row could be written: all 1 were left out \(the first: blip: "):
+        _run("shard", str(corpus), str(tmp_path / "none"), "--skip-bad")
+    assert not (tmp_path / "none" / "index.json").exists()
+
+
 def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(corpus: Path, tmp_path: Path,
                                                                               caplog) -> None:
     """A whole file longer or shorter than its row says, or at another rate, or too short for the model, was
