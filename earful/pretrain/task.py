@@ -11,13 +11,14 @@ seen and at steps.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from earful.data.budget import BatchBudget
+from earful.data.budget import SAMPLE_RATE, BatchBudget
 from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
@@ -70,12 +71,27 @@ class PretrainTask(Task):
         else:
             self.loader = make_loader(read_manifest(cfg.data.train, check_files=True), budget, shuffle=True,
                                       endless=True, **loading, **common)
+        self._warn_single_frames()
         self.valid_loader = None
         if cfg.data.valid:
             valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, **cfg.data.limits())
             self.valid_loader = make_loader(read_manifest(cfg.data.valid, check_files=True), valid, shuffle=False,
                                             endless=False, num_workers=0, **common,
                                             names={"device_seconds": "valid_seconds"}, evaluation=True)
+
+    def _warn_single_frames(self) -> None:
+        """Warn (once, on rank 0) of training utterances that give the model a single frame: its masked frame has
+        no distractor (they are drawn from the utterance's other frames), so it scores a contrastive loss of 0 and
+        counts as correct, as in fairseq; a batch of them logs accuracy 1.0 and trains on nothing but the
+        auxiliary losses."""
+        sampler = self.loader.sampler
+        lengths = sampler.lengths[sampler.batchable]  # (utterances,) samples at SAMPLE_RATE
+        single = lengths[self.model.frame_lengths(torch.from_numpy(lengths).long()).numpy() < 2]
+        if len(single) and self.d.rank == 0:
+            log.warning("%d of %d training utterances give a single frame (%d to %d samples at 16 kHz): its masked "
+                        "frame has no distractor, scores a contrastive loss of 0 and counts as correct; "
+                        "data.min_seconds=%g leaves them out", len(single), len(lengths), single.min(), single.max(),
+                        math.ceil(1000 * (single.max() + 1) / SAMPLE_RATE) / 1000)
 
     # ------------------------------------------------------------------ one step
     def start_step(self, step: int) -> None:

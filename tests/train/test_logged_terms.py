@@ -94,3 +94,38 @@ def test_validation_runs_in_eval_mode(tiny_corpus) -> None:
         found += [task.validate(), task.validate()]
         assert task.model.training
     assert found[0]["loss"] > 0 and all(f == found[0] for f in found), found
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base-nanow2v2"])
+def test_utterances_of_a_single_frame_are_warned_about_with_the_setting_that_leaves_them_out(
+        tmp_path, preset: str, caplog) -> None:
+    """An utterance of one frame (400-719 samples for the standard CNN, 400-563 for the padded one) has no
+    distractor: its masked frame scored a contrastive loss of 0 and accuracy 1.0 without a word. Now the run
+    says how many, and the data.min_seconds that leaves them out does."""
+    import logging
+
+    import numpy as np
+    import soundfile as sf
+
+    from earful.data.manifest import Utterance, write_manifest
+    from earful.train.engine import Trainer
+
+    rows = []
+    for i, n in enumerate([420, 560, 16000, 24000]):
+        sf.write(tmp_path / f"u{i}.wav", (0.1 * np.sin(np.arange(n) / 7)).astype(np.float32), 16000)
+        rows.append(Utterance(f"u{i}", str(tmp_path / f"u{i}.wav"), n, 16000, "s"))
+    write_manifest(rows, tmp_path / "m.jsonl")
+
+    def warned(*extra: str) -> list[str]:
+        caplog.clear()
+        cfg = load_pretrain_config(None, [f"model_preset={preset}", f"data.train={tmp_path / 'm.jsonl'}",
+                                          "data.valid=null", "data.num_workers=0", "data.crop_seconds=null",
+                                          "tensorboard=false", "batch_seconds=4", "device_seconds=4", *extra])
+        with caplog.at_level(logging.WARNING):
+            Trainer(PretrainTask(cfg), tmp_path / f"run{len(extra)}")
+        return [m for m in caplog.messages if "single frame" in m]
+
+    (message,) = warned("data.min_seconds=null")
+    assert message.startswith("2 of 4 training utterances give a single frame (420 to 560 samples at 16 kHz)")
+    least = float(message.rsplit("data.min_seconds=", 1)[1].split()[0])
+    assert warned("data.min_seconds=null", f"data.min_seconds={least}") == []
