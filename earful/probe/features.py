@@ -223,7 +223,7 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
             pass
         return cached
     extract, frame_rate = (extractor or upstream.extractor)()
-    feats = _extract(extract, frame_rate, utts, f"{manifest.name} ({upstream.kind})", progress)
+    feats = _extract(extract, frame_rate, utts, f"{manifest.name} ({upstream.kind})", progress, manifest)
     _store(entry, key, feats, {"upstream": upstream.name, "manifest": str(manifest.resolve())})
     log.info("features of %s by %s: %d frames × %d layers × %d extracted into %s", manifest, upstream.name,
              feats.data.shape[0], feats.num_layers, feats.dim, entry)
@@ -250,14 +250,23 @@ F16_MAX = float(torch.finfo(torch.float16).max)
 
 
 def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_rate: float,
-             utts: Sequence[Utterance], desc: str, progress: bool) -> FeatureSet:
+             utts: Sequence[Utterance], desc: str, progress: bool, manifest: Path | None = None) -> FeatureSet:
+    from earful.data.audio import AudioError
     from earful.data.dataset import AudioDataset
 
     audio = AudioDataset(utts)  # checks each file against its manifest length
+
+    def wave(i: int) -> torch.Tensor:
+        try:
+            return torch.from_numpy(audio[i].wave)
+        except AudioError as e:  # the file named by the loader; the manifest and the way out here
+            raise AudioError(f"{manifest or desc}: utterance {utts[i].id!r}: {e}; a probe reads every utterance of "
+                             "its manifests: mend the file, or leave its row out of the manifest") from None
+
     parts: list[torch.Tensor] = []
     with tqdm(total=len(utts), desc=f"features {desc}", unit="utt", disable=not progress) as bar:
         for start in range(0, len(utts), EXTRACT_GROUP):
-            waves = [torch.from_numpy(audio[i].wave) for i in range(start, min(start + EXTRACT_GROUP, len(utts)))]
+            waves = [wave(i) for i in range(start, min(start + EXTRACT_GROUP, len(utts)))]
             for k, f in enumerate(extract(waves)):
                 largest = float(f.abs().max()) if f.numel() else 0.0  # NaN or inf when not finite
                 if not largest <= F16_MAX:

@@ -619,3 +619,17 @@ def test_an_utterance_shorter_than_a_frame_is_named_with_its_manifest_before_any
         probe(Upstream.parse("fbank"), {"sid": (tones["train"], tones["same"], tmp_path / "test.jsonl")},
               tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_file_names_its_manifest_and_utterance(tones, tmp_path: Path):
+    """A file corrupted after its manifest was written stopped a probe with the loader's error alone (the file,
+    not the manifest it was listed in, nor the way out)."""
+    from earful.data.audio import AudioError
+
+    utts = read_manifest(tones["held"])
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(Path(utts[1].path).read_bytes()[:200])  # cut inside its header's promise
+    write_manifest([utts[0], replace(utts[1], path=str(broken)), *utts[2:]], tmp_path / "test.jsonl")
+    with pytest.raises(AudioError, match=rf"test.jsonl: utterance {utts[1].id!r}: {broken}: .*a probe reads every "
+                                         r"utterance of its manifests: mend the file, or leave its row out"):
+        features(Upstream.parse("fbank"), tmp_path / "test.jsonl", tmp_path / "cache", progress=False)
