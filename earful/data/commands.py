@@ -20,10 +20,11 @@ log = logging.getLogger("earful.data")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
-        description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/; a "
-        "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
-        "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl; with "
-        "LibriSpeech's three training splits, also OUT/train-960.jsonl. Problems (unreadable or too short audio, "
+        description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/, or a "
+        "speaker or chapter folder of a split; a Libri-light fine-tuning tree; unlabelled Libri-light "
+        "small/medium/large, cut into voice-activity segments; or a plain folder of audio with optional .txt/.lab "
+        "transcripts) and write OUT/<split>.jsonl; with LibriSpeech's three training splits, also "
+        "OUT/train-960.jsonl. Problems (unreadable or too short audio, "
         "bad transcripts or VAD annotations) are listed in OUT/problems-<SOURCE>.txt and stop it, writing no "
         "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio, a second path "
         "to a file read already) are listed there too and stop nothing. A file reached by two paths is read once.",
