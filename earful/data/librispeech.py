@@ -6,7 +6,7 @@ Libri-light files without their VAD annotations, which ``earful.data.vad.energy_
 (unreadable headers, audio shorter than the model's receptive field, two files of one id, audio without a
 transcript line, empty transcripts or ones holding control characters, transcript files that are not UTF-8,
 transcript lines without audio, a plain folder's sidecars differing only in case, LibriSpeech transcripts no split
-reads, missing or unusable VAD annotations, audio a layout leaves out) are
+reads, one id in two Libri-light folds, missing or unusable VAD annotations, audio a layout leaves out) are
 appended to the ``problems`` list the caller passes, one readable line each, and the affected utterance is left out
 (audio without a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy
 VAD).
@@ -220,15 +220,27 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
 def read_librilight(root: str | os.PathLike, problems: list[str] | None = None,
                     files_read: FilesRead | None = None) -> dict[str, list[Utterance]]:
     """The 10 min, 1 h and 10 h label sets of a Libri-light fine-tuning tree (``root`` is
-    ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``."""
+    ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``. An id
+    in two folds is a problem, left out of the later fold: a set holding both would hold it twice."""
     root = _finetuning_root(Path(root))
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
     folds: dict[str, list[Utterance]] = {}
+    fold_of: dict[str, tuple[str, Utterance]] = {}  # id -> the fold that holds it, and how
     for fold in LIBRILIGHT_SETS["10h"]:
         if not (root / fold).is_dir():
             raise FileNotFoundError(f"{root}: not a Libri-light fine-tuning tree (no folder {fold})")
-        folds[fold] = read_librispeech(root / fold, problems, files_read)
+        folds[fold] = []
+        for u in read_librispeech(root / fold, problems, files_read):
+            # the label sets are unions of folds: one id in two would be two rows of it (a copy of a file; a second
+            # path to one file is left out by ``_first_path`` already)
+            if u.id in fold_of:
+                first_fold, first = fold_of[u.id]
+                problems.append(f"{u.path}: duplicate utterance id {u.id} (also {first.path}, in fold {first_fold}); "
+                                f"left out of {fold}")
+                continue
+            fold_of[u.id] = fold, u
+            folds[fold].append(u)
     return {name: [u for f in parts for u in folds[f]] for name, parts in LIBRILIGHT_SETS.items()}
 
 

@@ -485,3 +485,42 @@ def test_plain_folder_sidecars_are_found_whatever_the_case_of_their_extension(tm
     assert problems[1:] == [Note(f"{spk / 'd.Txt'} and {spk / 'd.lab'}: different transcripts; the .txt one is read")]
     assert isinstance(problems[1], Note) and not isinstance(problems[0], Note)
 
+
+def test_one_id_in_two_folds_of_a_librilight_tree_is_a_problem(tmp_path: Path, librilight) -> None:
+    """A copy of a 1h/0 utterance in 1h/3 (another file, so not a second path to one file) gave 0 problems and a
+    labelled-1h.jsonl holding the id twice, which every later command refused ("duplicate id")."""
+    first = librilight / "1h" / "0" / "clean" / "100" / "1" / "100-1-0000.flac"
+    copy = librilight / "1h" / "3" / "clean" / "100" / "1" / first.name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(first.read_bytes())
+    (copy.parent / "100-1.trans.txt").write_text("100-1-0000 HELLO WORLD NUMBER 0\n")
+    problems: list[str] = []
+    sets = read_librilight(librilight, problems)
+    assert problems == [f"{copy}: duplicate utterance id 100-1-0000 (also {first}, in fold 1h/0); left out of 1h/3"]
+    for name, utts in sets.items():
+        assert len({u.id for u in utts}) == len(utts), name
+    assert len(sets["1h"]) == 24 and [u.path for u in sets["1h"] if u.id == "100-1-0000"] == [str(first)]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 problem\(s\).*100-1-0000.flac: duplicate utterance id 100-1-0000"):
+        _prepare(str(librilight), str(out))
+    assert _prepare(str(librilight), str(out), "--skip-bad") == 0
+    for name in ("10min", "1h", "10h"):
+        read_manifest(out / f"labelled-{name}.jsonl")  # no duplicate id
+
+
+def test_one_id_in_two_training_splits_is_a_problem_not_a_train_960_refused_later(tmp_path: Path, ls_tree) -> None:
+    """train-960, the union of the three training splits, held an id copied into two of them twice: a manifest
+    that read_manifest refuses."""
+    ls = tmp_path / "LibriSpeech"
+    for name, spk in (("train-clean-100", 1), ("train-clean-360", 2), ("train-other-500", 3)):
+        ls_tree(ls / name, speakers=(spk,), chapters=(1,), utts=2)
+    first = ls / "train-clean-100" / "1" / "1" / "1-1-0000.flac"
+    copy = ls / "train-other-500" / "1" / "1" / first.name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(first.read_bytes())
+    (copy.parent / "1-1.trans.txt").write_text("1-1-0000 HELLO WORLD NUMBER 0\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 problem\(s\).*split train-960: duplicate utterance id 1-1-0000"):
+        _prepare(str(ls), str(out))
+    assert _prepare(str(ls), str(out), "--skip-bad") == 0
+    assert len(read_manifest(out / "train-960.jsonl")) == 6
