@@ -10,7 +10,7 @@ from pathlib import Path
 from earful.atomic import atomic_write_lines
 
 from .librispeech import TRAIN_960, Note, discover, training_splits
-from .manifest import summarize, write_manifest
+from .manifest import Utterance, summarize, write_manifest
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
 
@@ -20,13 +20,15 @@ log = logging.getLogger("earful.data")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
-        description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/; a "
-        "Libri-light fine-tuning tree; unlabelled Libri-light small/medium/large, cut into voice-activity segments; "
-        "or a plain folder of audio with optional .txt/.lab transcripts) and write OUT/<split>.jsonl; with "
-        "LibriSpeech's three training splits, also OUT/train-960.jsonl. Problems (unreadable or too short audio, "
+        description="Read SOURCE (a LibriSpeech split, a folder of splits or the folder holding LibriSpeech/, or a "
+        "speaker or chapter folder of a split; a Libri-light fine-tuning tree; unlabelled Libri-light "
+        "small/medium/large, cut into voice-activity segments; or a plain folder of audio with optional .txt/.lab "
+        "transcripts) and write OUT/<split>.jsonl; with LibriSpeech's three training splits, also "
+        "OUT/train-960.jsonl. Problems (unreadable or too short audio, "
         "bad transcripts or VAD annotations) are listed in OUT/problems-<SOURCE>.txt and stop it, writing no "
         "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio, a second path "
-        "to a file read already) are listed there too and stop nothing. A file reached by two paths is read once.",
+        "to a file read already) are listed there too and stop nothing. A file reached by two paths is read once; "
+        "no manifest holds an id twice.",
     )
     p.add_argument("source", type=Path)
     p.add_argument("out", type=Path)
@@ -107,6 +109,22 @@ def _stale(out: Path, splits: dict[str, list]) -> list[Path]:
     return [out / f"{name}.jsonl" for name in sorted(derived - splits.keys()) if (out / f"{name}.jsonl").exists()]
 
 
+def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> list[Utterance]:
+    """``utts`` with an id's later rows left out, each a problem naming both files: a manifest holding an id twice
+    is refused by every command that reads it (``read_manifest``). The readers leave such rows out of a split
+    already; this catches a union of splits (``train-960``: one id copied into two training splits)."""
+    first: dict[str, Utterance] = {}
+    kept = []
+    for u in utts:
+        if u.id in first:
+            problems.append(f"split {name}: duplicate utterance id {u.id} ({first[u.id].path} and {u.path}); the "
+                            "second left out")
+            continue
+        first[u.id] = u
+        kept.append(u)
+    return kept
+
+
 def _prepare(args: argparse.Namespace) -> int:
     problems: list[str] = []
     limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
@@ -114,6 +132,7 @@ def _prepare(args: argparse.Namespace) -> int:
         raise ValueError(f"--hold-out {args.hold_out}: expected a fraction between 0 and 1 (the paper: 0.05)")
     splits = training_splits(discover(args.source, problems, limits=limits, workers=args.workers), args.hold_out,
                              args.seed)
+    splits = {name: _one_row_an_id(name, utts, problems) for name, utts in splits.items()}
     problems += [f"split {name}: no usable audio" for name, utts in splits.items() if not utts]
     for msg in problems:
         log.warning("%s", msg)

@@ -5,9 +5,11 @@ Durations come from file headers (``soundfile.info``), so reading a corpus decod
 Libri-light files without their VAD annotations, which ``earful.data.vad.energy_vad`` reads). Problems
 (unreadable headers, audio shorter than the model's receptive field, two files of one id, audio without a
 transcript line, empty transcripts or ones holding control characters, transcript files that are not UTF-8,
-transcript lines without audio, missing or unusable VAD annotations, audio a layout leaves out) are appended to
-the ``problems`` list the caller passes, one readable line each, and the affected utterance is left out (audio
-without a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy VAD).
+transcript lines without audio, a plain folder's sidecars differing only in case, LibriSpeech transcripts no split
+reads, one id in two Libri-light folds, missing or unusable VAD annotations, audio a layout leaves out) are
+appended to the ``problems`` list the caller passes, one readable line each, and the affected utterance is left out
+(audio without a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy
+VAD).
 
 Folders are walked with their symbolic links followed (each real folder once), in sorted order. Each audio file
 is read once, by its real path (``os.path.realpath``): a second path to a file read already (a link to it) is left
@@ -42,6 +44,8 @@ class Note(str):
     hold, audio beside the splits that nobody asked for): listed with the problems, never stopping ``prepare``."""
 
 LIBRILIGHT_DIR = "librispeech_finetuning"
+TRANS_SUFFIX = ".trans.txt"  # a LibriSpeech chapter's transcripts, SPEAKER-CHAPTER.trans.txt
+SIDECAR_EXTENSIONS = (".txt", ".lab")  # a plain folder's transcript beside its audio, in this order of preference
 # LibriSpeech's training splits, whose union is the 960 h set (written as train-960 when all three are read)
 TRAIN_960 = ("train-clean-100", "train-clean-360", "train-other-500")
 # The paper's label sets, as folders of the Libri-light fine-tuning release.
@@ -172,7 +176,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
     trans_file: dict[str, Path] = {}
     reported: set[str] = set()  # ids whose transcript problem is already in ``problems``
     files = _files(root)
-    for tf in (p for p in files if p.name.endswith(".trans.txt")):
+    for tf in (p for p in files if p.name.endswith(TRANS_SUFFIX)):
         text_of_file = _read_text(tf, problems)
         if text_of_file is None:
             continue
@@ -216,15 +220,27 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
 def read_librilight(root: str | os.PathLike, problems: list[str] | None = None,
                     files_read: FilesRead | None = None) -> dict[str, list[Utterance]]:
     """The 10 min, 1 h and 10 h label sets of a Libri-light fine-tuning tree (``root`` is
-    ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``."""
+    ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``. An id
+    in two folds is a problem, left out of the later fold: a set holding both would hold it twice."""
     root = _finetuning_root(Path(root))
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
     folds: dict[str, list[Utterance]] = {}
+    fold_of: dict[str, tuple[str, Utterance]] = {}  # id -> the fold that holds it, and how
     for fold in LIBRILIGHT_SETS["10h"]:
         if not (root / fold).is_dir():
             raise FileNotFoundError(f"{root}: not a Libri-light fine-tuning tree (no folder {fold})")
-        folds[fold] = read_librispeech(root / fold, problems, files_read)
+        folds[fold] = []
+        for u in read_librispeech(root / fold, problems, files_read):
+            # the label sets are unions of folds: one id in two would be two rows of it (a copy of a file; a second
+            # path to one file is left out by ``_first_path`` already)
+            if u.id in fold_of:
+                first_fold, first = fold_of[u.id]
+                problems.append(f"{u.path}: duplicate utterance id {u.id} (also {first.path}, in fold {first_fold}); "
+                                f"left out of {fold}")
+                continue
+            fold_of[u.id] = fold, u
+            folds[fold].append(u)
     return {name: [u for f in parts for u in folds[f]] for name, parts in LIBRILIGHT_SETS.items()}
 
 
@@ -278,13 +294,21 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
                 files_read: FilesRead | None = None) -> list[Utterance]:
     """Every audio file below ``root``: id = relative path without extension (two files of one id, e.g. ``x.flac``
     and ``x.wav``, are a problem: the second is left out), speaker = parent folder, transcript from a sidecar
-    ``.txt`` or ``.lab`` file with the same stem when present. A second path to one file (a link) is read once
-    (``_first_path``)."""
+    ``.txt`` or ``.lab`` file with the same stem when present, its extension in any case (``_sidecar_transcript``).
+    A second path to one file (a link) is read once (``_first_path``). A LibriSpeech ``.trans.txt`` here is a
+    problem: a plain folder does not read it, and its audio would be unlabelled without a word."""
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
     files = _files(root)
     _undecodable(files, problems)
+    sidecars: dict[Path, list[Path]] = {}  # path less its extension -> the transcript files of that name
+    for path in files:
+        if path.name.lower().endswith(TRANS_SUFFIX):
+            problems.append(f"{path}: LibriSpeech transcripts in a plain folder of audio, not read (its audio is read "
+                            "unlabelled); point prepare at the split, speaker or chapter folder holding it")
+        elif path.suffix.lower() in SIDECAR_EXTENSIONS and path.is_file():
+            sidecars.setdefault(path.with_suffix(""), []).append(path)
     utts = []
     seen: dict[str, Path] = {}
     for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
@@ -294,21 +318,7 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
                             "without its extension); left out")
             continue
         seen[rel.as_posix()] = path
-        transcript = None
-        for ext in (".txt", ".lab"):
-            side = path.with_suffix(ext)
-            if side.is_file():
-                text = _read_text(side, problems)
-                transcript = " ".join(text.split()) if text is not None else None
-                if text is not None and not transcript:
-                    problems.append(f"{side}: empty transcript (kept unlabelled)")
-                    transcript = None
-                elif transcript is not None and (bad := control_character(transcript)) is not None:
-                    problems.append(f"{side}: the transcript holds a {bad} (kept unlabelled)")
-                    transcript = None
-                if ext == ".txt":
-                    _other_sidecar(side, transcript, problems)
-                break
+        transcript = _sidecar_transcript(path, sidecars.get(path.with_suffix(""), []), problems)
         if not _first_path(path, root, rel.as_posix(), transcript, files_read, problems):
             continue
         speaker = path.parent.name if path.parent != root else "unknown"
@@ -318,15 +328,44 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
     return utts
 
 
-def _other_sidecar(txt: Path, transcript: str | None, problems: list[str]) -> None:
-    """A note where the ``.txt`` transcript read (``transcript``, from ``txt``) has a ``.lab`` beside it that says
-    something else: the ``.lab`` one is not read."""
-    lab = txt.with_suffix(".lab")
-    if transcript is None or not lab.is_file():
+def _sidecar_transcript(audio: Path, sidecars: list[Path], problems: list[str]) -> str | None:
+    """The transcript of ``audio`` in a plain folder, from ``sidecars`` (the ``.txt`` and ``.lab`` files of its name,
+    their extensions in any case, as audio's are matched): the ``.txt`` one, else the ``.lab`` one, its whitespace
+    runs made one space; None where there is none or it is unusable (a problem: empty, not UTF-8, a control
+    character), or where two files of one kind differ only in case (``x.txt`` and ``x.TXT``: a problem, none is
+    read, as which one was meant cannot be told)."""
+    for ext in SIDECAR_EXTENSIONS:
+        found = sorted(p for p in sidecars if p.suffix.lower() == ext)
+        if len(found) > 1:
+            problems.append(f"{audio}: {len(found)} transcript files whose names differ only in case "
+                            f"({', '.join(map(str, found))}); none is read (kept unlabelled): keep one")
+            return None
+        if not found:
+            continue
+        side = found[0]
+        text = _read_text(side, problems)
+        transcript = " ".join(text.split()) if text is not None else None
+        if text is not None and not transcript:
+            problems.append(f"{side}: empty transcript (kept unlabelled)")
+            transcript = None
+        elif transcript is not None and (bad := control_character(transcript)) is not None:
+            problems.append(f"{side}: the transcript holds a {bad} (kept unlabelled)")
+            transcript = None
+        if ext == ".txt":
+            _other_sidecar(side, [p for p in sidecars if p.suffix.lower() == ".lab"], transcript, problems)
+        return transcript
+    return None
+
+
+def _other_sidecar(txt: Path, labs: list[Path], transcript: str | None, problems: list[str]) -> None:
+    """A note where the ``.txt`` transcript read (``transcript``, from ``txt``) has a ``.lab`` beside it (one of
+    ``labs``) that says something else: the ``.lab`` one is not read."""
+    if transcript is None:
         return
-    other = _read_text(lab, [])  # its own problems do not matter: it is not read
-    if other is not None and " ".join(other.split()) != transcript:
-        problems.append(Note(f"{txt} and {lab}: different transcripts; the .txt one is read"))
+    for lab in labs:
+        other = _read_text(lab, [])  # its own problems do not matter: it is not read
+        if other is not None and " ".join(other.split()) != transcript:
+            problems.append(Note(f"{txt} and {lab}: different transcripts; the .txt one is read"))
 
 
 def is_unlabelled_librilight(path: Path) -> bool:
@@ -414,7 +453,15 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
 
 def is_librispeech_split(path: Path) -> bool:
     """True when ``path`` holds ``SPEAKER/CHAPTER/*.trans.txt``."""
-    return any(path.glob("*/*/*.trans.txt"))
+    return any(path.glob(f"*/*/*{TRANS_SUFFIX}"))
+
+
+def is_librispeech_part(path: Path) -> bool:
+    """True when ``path`` holds ``*.trans.txt`` itself or one folder down: a CHAPTER or SPEAKER folder of a LibriSpeech
+    split, or a split's files gathered in one folder. Asked only of the folder ``prepare`` is pointed at, once no
+    split is found in it: one folder down, a folder of splits would hold a flat split's transcripts too, and in a
+    speaker folder each chapter holds its own."""
+    return any(path.glob(f"*{TRANS_SUFFIX}")) or any(path.glob(f"*/*{TRANS_SUFFIX}"))
 
 
 def is_librilight(path: Path) -> bool:
@@ -433,7 +480,9 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
     """Read whatever ``root`` holds: split name -> utterances.
 
     - a LibriSpeech split folder gives one split named after it; a folder of such splits (e.g. ``LibriSpeech/``
-      with ``train-clean-100``, ``dev-clean`` …), or the folder holding that one, gives one split each;
+      with ``train-clean-100``, ``dev-clean`` …), or the folder holding that one, gives one split each; where
+      nothing else is found, a speaker or chapter folder of a split, or a split's files in one folder
+      (``is_librispeech_part``), gives one split named after it, ids and speakers taken from the file names;
     - unlabelled Libri-light (``small``, ``medium``, ``large``: ``SPEAKER/BOOK/FILE.flac`` + ``FILE.json``), the
       folder itself or the folders in it (or one level further down), gives ``unlabelled-<folder>`` of
       voice-activity segments (``read_unlabelled``, cut within ``limits``);
@@ -494,9 +543,12 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
             read_finetuning(child)
     if is_librilight(root):
         read_finetuning(root)
-    if not splits:
+    if not splits and is_librispeech_part(root):
+        splits[root.name] = read_librispeech(root, problems, files_read)
+        _split_like_folders(root, "one LibriSpeech split")
+    elif not splits:
         splits[root.name] = read_folder(root, problems, files_read)
-        _split_like_folders(root)
+        _split_like_folders(root, "one plain folder of audio")
     else:
         _left_out(root, read, problems)
     return splits
@@ -505,21 +557,25 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
 SPLIT_LIKE = ("train", "dev", "valid", "test", "eval")  # folder names that read as a split's
 
 
-def _split_like_folders(root: Path) -> None:
-    """Warn where a plain folder's sub-folders look like splits (``train/``, ``dev/``, ``test/``): a plain folder is
-    one split, so evaluation audio would land in the training manifest unless each is prepared on its own."""
+def _split_like_folders(root: Path, read_as: str) -> None:
+    """Warn where the sub-folders of ``root``, read as one split (``read_as`` says how), look like splits
+    (``train/``, ``dev/``, ``test/``): evaluation audio would land in the training manifest unless each is
+    prepared on its own."""
     like = [f.name for f in _subfolders(root) if f.name.lower().startswith(SPLIT_LIKE)]
     if like:
-        log.warning("%s is read as one plain folder of audio, one split (%s.jsonl), its sub-folders %s included; "
-                    "to keep them apart, prepare each on its own (earful prepare %s OUT, ...)", root, root.name,
+        log.warning("%s is read as %s, one split (%s.jsonl), its sub-folders %s included; to keep them apart, "
+                    "prepare each on its own (earful prepare %s OUT, ...)", root, read_as, root.name,
                     ", ".join(like), root / like[0])
 
 
 def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:
-    """Report the audio below ``root`` outside the folders ``read`` (not walked again: by path, or as a folder
-    resolves, a link into a split is in it)."""
-    left = [p for p in _files(root, skip=read) if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
+    """Report the audio and the LibriSpeech transcripts below ``root`` outside the folders ``read`` (not walked
+    again: by path, or as a folder resolves, a link into a split is in it)."""
+    outside = _files(root, skip=read)
+    left = [p for p in outside if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
     problems += [Note(f"{p}: audio outside the splits found below {root}; not read") for p in left]
+    problems += [Note(f"{p}: LibriSpeech transcripts outside the splits found below {root}; not read")
+                 for p in outside if p.name.lower().endswith(TRANS_SUFFIX)]
     if left:
         log.warning("%s: %d audio file(s) outside the splits found are not read (e.g. %s); point prepare at the "
                     "folder that holds them to read them", root, len(left), ", ".join(str(p) for p in left[:3]))

@@ -413,3 +413,114 @@ def test_prepare_pointed_at_a_file_says_it_wants_a_folder(tmp_path: Path, tone, 
     assert "a.wav: a file, not a folder" in caplog.text
     with pytest.raises(FileNotFoundError, match=r"b.wav: no such folder"):
         discover(tmp_path / "b.wav")
+
+
+@pytest.mark.parametrize("point_at", ["speaker", "chapter", "flat"])
+def test_a_speaker_or_chapter_folder_of_librispeech_is_read_by_its_file_names(tmp_path: Path, ls_tree,
+                                                                            point_at: str) -> None:
+    """`prepare SPLIT/SPEAKER` read a plain folder: ids "CHAPTER/SPEAKER-CHAPTER-UTT", the chapter as speaker, no
+    transcript and 0 problems; a chapter folder (or a split's files in one folder) gave speaker "unknown": the
+    .trans.txt files were neither read nor named. Ids and speakers come from the file names, as in a split."""
+    split = tmp_path / "train-clean-100"
+    ls_tree(split, speakers=(11,), chapters=(100, 200), utts=2)
+    folder = {"speaker": split / "11", "chapter": split / "11" / "100", "flat": tmp_path / "flat"}[point_at]
+    if point_at == "flat":
+        folder.mkdir()
+        for path in sorted(split.rglob("*.*")):
+            path.rename(folder / path.name)
+    chapters = (100,) if point_at == "chapter" else (100, 200)
+    problems: list[str] = []
+    splits = discover(folder, problems)
+    assert list(splits) == [folder.name] and problems == []
+    got = {u.id: (u.speaker, u.transcript) for u in splits[folder.name]}
+    assert got == {f"11-{c}-{k:04d}": ("11", f"HELLO WORLD NUMBER {k}") for c in chapters for k in range(2)}
+    out = tmp_path / "out"
+    assert _prepare(str(folder), str(out)) == 0
+    assert all(u.transcript and u.speaker == "11" for u in read_manifest(out / f"{folder.name}.jsonl"))
+
+
+def test_librispeech_transcripts_no_split_reads_are_reported(tmp_path: Path, ls_tree) -> None:
+    """A .trans.txt that no split reads went unnamed: its audio was read unlabelled (a plain folder) or noted as
+    outside the splits, the transcripts dropped without a word."""
+    deep = tmp_path / "corpus"
+    ls_tree(deep / "a" / "b" / "c" / "d", speakers=(1,), chapters=(2,), utts=1)  # below any depth a split is sought
+    problems: list[str] = []
+    assert [u.transcript for u in discover(deep, problems)["corpus"]] == [None]
+    trans = deep / "a" / "b" / "c" / "d" / "1" / "2" / "1-2.trans.txt"
+    assert problems == [f"{trans}: LibriSpeech transcripts in a plain folder of audio, not read (its audio is read "
+                        "unlabelled); point prepare at the split, speaker or chapter folder holding it"]
+    ls = tmp_path / "LibriSpeech"
+    ls_tree(ls / "dev-clean", speakers=(3,), chapters=(4,), utts=1)
+    ls_tree(ls / "test-clean", speakers=(5,), chapters=(6,), utts=1)
+    for path in sorted((ls / "test-clean").rglob("*.*")):  # a split's files in one folder, beside a split
+        path.rename(ls / "test-clean" / path.name)
+    problems = []
+    assert list(discover(ls, problems)) == ["dev-clean"]
+    assert sorted(problems) == [f"{ls / 'test-clean' / '5-6-0000.flac'}: audio outside the splits found below {ls}; "
+                                "not read",
+                                f"{ls / 'test-clean' / '5-6.trans.txt'}: LibriSpeech transcripts outside the splits "
+                                f"found below {ls}; not read"]
+    assert all(isinstance(p, Note) for p in problems)
+
+
+def test_plain_folder_sidecars_are_found_whatever_the_case_of_their_extension(tmp_path: Path, tone) -> None:
+    """y.mp3 beside y.TXT got no transcript, silently: audio extensions matched in any case, sidecars in lower
+    case only. Two sidecars that differ only in case (c.txt and c.TXT) are a problem naming both, neither read."""
+    spk = tmp_path / "spk"
+    spk.mkdir()
+    (spk / "probe.txt").write_text("")
+    if (spk / "PROBE.TXT").exists():
+        pytest.skip("a file system that ignores case holds no c.txt beside c.TXT")
+    (spk / "probe.txt").unlink()
+    for name, sidecars in (("a.wav", {"a.TXT": "upper ext"}), ("b.WAV", {"b.Lab": "a label"}),
+                           ("c.wav", {"c.txt": "one", "c.TXT": "two"}), ("d.wav", {"d.Txt": "text", "d.lab": "lab"})):
+        tone(spk / name, 0.5)
+        for side, text in sidecars.items():
+            (spk / side).write_text(text + "\n")
+    problems: list[str] = []
+    got = {u.id: u.transcript for u in read_folder(tmp_path, problems)}
+    assert got == {"spk/a": "upper ext", "spk/b": "a label", "spk/c": None, "spk/d": "text"}
+    assert problems[0] == (f"{spk / 'c.wav'}: 2 transcript files whose names differ only in case ({spk / 'c.TXT'}, "
+                           f"{spk / 'c.txt'}); none is read (kept unlabelled): keep one")
+    assert problems[1:] == [Note(f"{spk / 'd.Txt'} and {spk / 'd.lab'}: different transcripts; the .txt one is read")]
+    assert isinstance(problems[1], Note) and not isinstance(problems[0], Note)
+
+
+def test_one_id_in_two_folds_of_a_librilight_tree_is_a_problem(tmp_path: Path, librilight) -> None:
+    """A copy of a 1h/0 utterance in 1h/3 (another file, so not a second path to one file) gave 0 problems and a
+    labelled-1h.jsonl holding the id twice, which every later command refused ("duplicate id")."""
+    first = librilight / "1h" / "0" / "clean" / "100" / "1" / "100-1-0000.flac"
+    copy = librilight / "1h" / "3" / "clean" / "100" / "1" / first.name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(first.read_bytes())
+    (copy.parent / "100-1.trans.txt").write_text("100-1-0000 HELLO WORLD NUMBER 0\n")
+    problems: list[str] = []
+    sets = read_librilight(librilight, problems)
+    assert problems == [f"{copy}: duplicate utterance id 100-1-0000 (also {first}, in fold 1h/0); left out of 1h/3"]
+    for name, utts in sets.items():
+        assert len({u.id for u in utts}) == len(utts), name
+    assert len(sets["1h"]) == 24 and [u.path for u in sets["1h"] if u.id == "100-1-0000"] == [str(first)]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 problem\(s\).*100-1-0000.flac: duplicate utterance id 100-1-0000"):
+        _prepare(str(librilight), str(out))
+    assert _prepare(str(librilight), str(out), "--skip-bad") == 0
+    for name in ("10min", "1h", "10h"):
+        read_manifest(out / f"labelled-{name}.jsonl")  # no duplicate id
+
+
+def test_one_id_in_two_training_splits_is_a_problem_not_a_train_960_refused_later(tmp_path: Path, ls_tree) -> None:
+    """train-960, the union of the three training splits, held an id copied into two of them twice: a manifest
+    that read_manifest refuses."""
+    ls = tmp_path / "LibriSpeech"
+    for name, spk in (("train-clean-100", 1), ("train-clean-360", 2), ("train-other-500", 3)):
+        ls_tree(ls / name, speakers=(spk,), chapters=(1,), utts=2)
+    first = ls / "train-clean-100" / "1" / "1" / "1-1-0000.flac"
+    copy = ls / "train-other-500" / "1" / "1" / first.name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(first.read_bytes())
+    (copy.parent / "1-1.trans.txt").write_text("1-1-0000 HELLO WORLD NUMBER 0\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 problem\(s\).*split train-960: duplicate utterance id 1-1-0000"):
+        _prepare(str(ls), str(out))
+    assert _prepare(str(ls), str(out), "--skip-bad") == 0
+    assert len(read_manifest(out / "train-960.jsonl")) == 6
