@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=13000 model.mask_prob=0.65")
     p.add_argument("--init", default=None,
-                   help="pre-training or CTC checkpoint, run directory, transformers folder, or 'scratch'")
+                   help="the initial model (required): pre-training or CTC checkpoint, run directory, transformers "
+                   "folder, or 'scratch' for a random one")
     p.add_argument("--train", default=None, help="labelled training manifest (data.train)")
     p.add_argument("--dev", default=None, help="labelled dev manifest for WER every valid_every steps (data.dev)")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")

@@ -77,7 +77,9 @@ def _finetune_optim() -> OptimConfig:
 
 @dataclass
 class FinetuneConfig(TrainingConfig):
-    init: str = "scratch"  # pre-training or CTC checkpoint dir, a run dir (its latest), a HF folder, scratch
+    # pre-training or CTC checkpoint dir, a run dir (its latest), a HF folder, or scratch; "" (none given) is refused:
+    # a run that forgot --init would train a random model for hours (the paper's scratch baseline)
+    init: str = ""
     model_preset: str = "base"  # the architecture of a ``scratch`` model (preset name or YAML path)
     model: RegularisationConfig = field(default_factory=RegularisationConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
@@ -99,6 +101,13 @@ class FinetuneConfig(TrainingConfig):
         super().validate()
         at_least("freeze_transformer_steps", self.freeze_transformer_steps, 0)
         check_mapping(self.text_mapping, "text_mapping")
+
+    def check_init(self) -> None:
+        """Refuse a run with no initial model named: checked once ``--init`` is applied (after loading)."""
+        if not str(self.init).strip():
+            raise ValueError("init: no initial model: give --init CKPT (a pre-training run or checkpoint, a CTC "
+                             "checkpoint, or a transformers folder), or init=scratch to fine-tune a randomly "
+                             "initialised model (the paper's from-scratch baseline)")
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None, *,

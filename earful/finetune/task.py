@@ -49,6 +49,7 @@ class FinetuneTask(Task):
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         cfg.validate()
+        cfg.check_init()
         self.cfg = cfg
         self.vocab = CharVocab(mapping=cfg.text_mapping or None)
         self.frozen = False

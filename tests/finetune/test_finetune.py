@@ -20,7 +20,7 @@ from earful.train.engine import Trainer
 def config(train: Path, dev: Path | None, steps: int, *extra: str) -> FinetuneConfig:
     """A test-sized run: tiny model, whole corpus per step, no workers, one thread."""
     return load_finetune_config(None, [
-        "model_preset=tiny", f"data.train={train}", f"data.dev={dev}" if dev else "data.dev=null",
+        "model_preset=tiny", "init=scratch", f"data.train={train}", f"data.dev={dev}" if dev else "data.dev=null",
         "batch_seconds=7", "device_seconds=7", f"max_steps={steps}", "data.num_workers=0", "tensorboard=false",
         "threads=1", "log_every=1", "valid_every=0", "ckpt_every=1000", "optim.lr=5e-3", "model.dropout=0",
         *extra,
@@ -183,6 +183,21 @@ def test_unknown_character_names_the_utterance(tmp_path, labelled) -> None:
     cfg = config(manifest, None, 1, 'text_mapping={"é": "e", "2": "two"}')
     trainer = Trainer(FinetuneTask(cfg), tmp_path / "run2")
     assert trainer.task.vocab.decode(trainer.task.targets["odd-001"]) == "cafe two"
+
+
+def test_a_finetuning_without_an_initial_model_is_refused(tmp_path, tone_corpus, caplog) -> None:
+    """Without --init, fine-tuning trained a random BASE model (the CNN frozen throughout, the transformer for
+    5,000 steps): hours of a baseline nobody asked for, said only in an INFO line. A random start is now asked
+    for by name (init=scratch), as fairseq's w2v_path and from_pretrained are required."""
+    import logging
+
+    from earful.cli import main
+
+    train, _ = tone_corpus
+    with caplog.at_level(logging.ERROR):
+        assert main(["finetune", "--train", str(train), "--out", str(tmp_path / "run"), "model_preset=tiny"]) == 2
+    assert "init: no initial model: give --init CKPT" in caplog.text and "or init=scratch" in caplog.text
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_finetune_then_evaluate(tmp_path, tone_corpus) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,16 +120,22 @@ def test_a_killed_writers_forked_children_do_not_keep_its_folder_locked(tmp_path
     the lock's open file, so the folder had stayed locked, naming the dead pid, until the child ended."""
     from earful.lock import hold_folder
 
+    # the child says it runs (a file) once its code does, i.e. after the fork handlers: under load the parent could
+    # exit before the child was first scheduled, and the folder was checked while it was still locked
     code = ("import os, sys, time; from earful.lock import hold_folder; f = hold_folder(sys.argv[1]); pid = os.fork()\n"
-            "if pid == 0:\n    time.sleep(30); os._exit(0)\n"
+            "if pid == 0:\n    open(sys.argv[2], 'w').close(); time.sleep(30); os._exit(0)\n"
             "print(pid, flush=True); os._exit(0)")
-    writer = subprocess.Popen([os.sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                              text=True)
+    started = tmp_path / "child-started"
+    writer = subprocess.Popen([os.sys.executable, "-c", code, str(tmp_path / "run"), str(started)],
+                              stdout=subprocess.PIPE, text=True)
     child = int(writer.stdout.readline())
     try:
         writer.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         state = Path(f"/proc/{child}/status").read_text().split("State:")[1].split()[0]
-        assert state in ("S", "R", "D")  # it lives on (asleep, or still starting: 'R' was seen under load)
+        assert started.exists() and state in ("S", "R", "D")  # it lives on
         hold_folder(tmp_path / "run").close()  # and the folder is free
     finally:
         os.kill(child, 9)

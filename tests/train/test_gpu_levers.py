@@ -262,8 +262,9 @@ def test_the_fine_tuning_micro_step_waits_only_in_the_ctc_loss(monkeypatch) -> N
     from earful.finetune.task import FinetuneTask
 
     monkeypatch.setattr(torch, "autocast", lambda *a, **k: nullcontext())
-    cfg = load_finetune_config(None, ["model_preset=tiny", "model.mask_prob=0.5", "model.mask_channel_prob=0.2",
-                                      "model.layerdrop=0.5", "freeze_transformer_steps=0"])
+    cfg = load_finetune_config(None, ["model_preset=tiny", "init=scratch", "model.mask_prob=0.5",
+                                      "model.mask_channel_prob=0.2", "model.layerdrop=0.5",
+                                      "freeze_transformer_steps=0"])
     task = FinetuneTask(cfg)
     task.d = SimpleNamespace(device=torch.device("meta"), rank=0, world_size=1)  # type: ignore[assignment]
     task.model = build_initial_model(cfg, task.vocab).to("meta").train()
@@ -304,8 +305,8 @@ def test_fine_tuning_draws_on_the_host_what_it_drew_in_the_forward_on_a_cpu() ->
     from earful.finetune.task import FinetuneTask
     from earful.train.step import seed_micro_batch
 
-    cfg = load_finetune_config(None, ["model_preset=tiny", "model.mask_prob=0.5", "model.mask_channel_prob=0.2",
-                                      "model.layerdrop=0.5"])
+    cfg = load_finetune_config(None, ["model_preset=tiny", "init=scratch", "model.mask_prob=0.5",
+                                      "model.mask_channel_prob=0.2", "model.layerdrop=0.5"])
     task = FinetuneTask(cfg)
     model = build_initial_model(cfg, task.vocab).train()
     batch = _batch([16000, 12000, 9000])
