@@ -143,8 +143,9 @@ def references(utts: Sequence[Utterance], vocab: CharVocab) -> list[str | None]:
     is transcribed.
 
     Raises:
-        ValueError: a character ``vocab`` cannot spell (naming the utterance), or only empty references.
+        ValueError: every character ``vocab`` cannot spell (each with an utterance), or only empty references.
     """
+    vocab.check_texts(((u.id, u.transcript) for u in utts if u.transcript is not None), "the references")
     refs = [None if u.transcript is None else vocab.normalize(u.transcript, utt_id=u.id) for u in utts]
     scored = [r for r in refs if r is not None]
     if scored:  # what write_hypotheses scores: the utterances that have a reference

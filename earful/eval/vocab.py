@@ -10,6 +10,7 @@ it.
 
 from __future__ import annotations
 
+import shlex
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,18 +56,52 @@ def describe(c: str) -> str:
     return f"U+{ord(c):04X}" + (f" ({name})" if name else "")
 
 
-def removal_example(chars: Sequence[str]) -> str:
-    """A YAML mapping that removes every one of ``chars``: ``{'é': '', 'ï': ''}``, or, where one would not
-    show, with YAML's double-quoted escapes, ``{"\\u0301": ""}``."""
-    if all(_visible(c) for c in chars):
-        return "{" + ", ".join(f"{c!r}: ''" for c in chars) + "}"
-    esc = [c if _visible(c) else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") for c in chars]
-    return "{" + ", ".join(f'"{c}": ""' for c in esc) + "}"
+def _yaml(text: str) -> str:
+    """``text`` as a YAML flow scalar: single-quoted, or double-quoted with escapes where it holds a quote or a
+    character that would not show."""
+    if all(_visible(c) for c in text):
+        return f"'{text}'"
+    return '"' + "".join(c if _visible(c) or c == "'" else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else
+                                                          f"\\U{ord(c):08x}") for c in text) + '"'
+
+
+def mapping_example(mapping: Mapping[str, str]) -> str:
+    """``mapping`` as YAML a setting takes: ``{'ü': 'u', '’': "'", ',': ''}`` (``"\\u0301"`` escapes where a
+    character would not show)."""
+    return "{" + ", ".join(f"{_yaml(k)}: {_yaml(v)}" for k, v in mapping.items()) + "}"
+
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+APOSTROPHES = "\u2019\u2018\u02bc\u0060\u00b4"  # ’ ‘ ʼ ` ´
+DASHES = "-\u2010\u2011\u2012\u2013\u2014"
+
+
+def suggested_mapping(chars: Sequence[str], symbols: Sequence[str]) -> dict[str, str]:
+    """A first guess at a text mapping for ``chars`` into ``symbols``, for a user to check (removing a letter
+    damages the label it is in, so letters are never removed): an accented letter to its base letter (``é`` →
+    ``e``), a typographic apostrophe to ``'``, a digit to its English word, a dash to a space, anything else
+    (punctuation) removed; a letter with no such guess keeps itself, for the user to decide."""
+    known = set(symbols)
+    out: dict[str, str] = {}
+    for c in chars:
+        base = "".join(b for b in unicodedata.normalize("NFD", c) if not unicodedata.combining(b))
+        if c.isalpha():
+            out[c] = base if base != c and set(base) <= known else c
+        elif c in APOSTROPHES and "'" in known:
+            out[c] = "'"
+        elif c.isdigit() and c in "0123456789" and set("".join(NUMBER_WORDS)) <= known:
+            out[c] = f" {NUMBER_WORDS[int(c)]} "
+        elif c in DASHES:
+            out[c] = " "
+        else:
+            out[c] = ""
+    return out
 
 
 def _shell(value: str) -> str:
-    """``value`` quoted for a shell: in double quotes unless it holds one."""
-    return f"'{value}'" if '"' in value else f'"{value}"'
+    """``value`` quoted for a shell: in double quotes where nothing in it is special there (a quote, ``$``, a
+    backquote, a backslash, bash's history ``!``), else as ``shlex.quote`` does."""
+    return f'"{value}"' if not set(value) & set('"$`\\!') else shlex.quote(value)
 
 
 def strip_placeholders(text: str) -> str:
@@ -104,6 +139,15 @@ class CharVocab:
                 raise ValueError(f"symbols other than the blank must be single characters, got {s!r}")
         self.symbols = symbols
         self.mapping = check_mapping(mapping or {})
+        # the text is lower-cased before it is mapped: so are the mapping's keys and values ({'Ü': 'Ue'} maps
+        # the 'ü' of a lower-cased 'GRÜN'); two keys one once lower-cased must agree
+        self._lower_mapping: dict[str, str] = {}
+        for k, v in self.mapping.items():
+            low = k.lower() if len(k.lower()) == 1 else k
+            if self._lower_mapping.get(low, v.lower()) != v.lower():
+                raise ValueError(f"mapping: {k!r} and {low!r} map to {v!r} and {self._lower_mapping[low]!r}, "
+                                 "but transcripts are lower-cased first: give one of them")
+            self._lower_mapping[low] = v.lower()
         self.setting = setting
         self._index = {s: i for i, s in enumerate(symbols)}
         self.blank_id = 0
@@ -130,28 +174,64 @@ class CharVocab:
         """``text`` NFC-normalised, lower-cased (unless ``lower`` is False) and with the mapping applied: the
         characters :meth:`normalize` checks, and an LM word's spelling (``earful.eval.beam.written``)."""
         text = unicodedata.normalize("NFC", text)
-        text = text.lower() if lower else text
-        return "".join(self.mapping.get(c, c) for c in text) if self.mapping else text
+        if not self.mapping:
+            return text.lower() if lower else text
+        if not lower:
+            return "".join(self.mapping.get(c, c) for c in text)
+        return "".join(self._lower_mapping.get(c, c) for c in text.lower())
+
+    def outside(self, text: str) -> list[str]:
+        """The characters of ``text``, once mapped (:meth:`mapped`), that the vocabulary cannot spell, in order of
+        first appearance (the delimiter ``|`` is one: a space stands for it)."""
+        found = dict.fromkeys(c for c in self.mapped(text) if not c.isspace() and (c not in self._index or
+                                                                                  c == DELIMITER))
+        return list(found)
+
+    def spelled(self) -> str:
+        """The vocabulary's characters for a message: ``a–z and "'"`` for the default one, else each of them."""
+        letters = [s for s in self.symbols[1:] if s != DELIMITER and ord(s) not in PLACEHOLDERS]
+        if tuple(self.symbols) == DEFAULT_SYMBOLS:
+            return "a–z and \"'\""
+        return " ".join(letters)
+
+    def check_texts(self, texts: Iterable[tuple[str, str]], where: str, remedy: str = "") -> None:
+        """Raise one ValueError naming every character outside the vocabulary in ``texts`` (``(utterance id,
+        text)`` pairs), how often each occurs and an utterance holding it, with a text mapping to check (never one
+        that removes letters: :func:`suggested_mapping`) in the setting it is given in, and ``remedy`` (another
+        way out, e.g. fine-tuning's ``vocab=data``); nothing when every text is spelled."""
+        count: dict[str, int] = {}
+        first: dict[str, tuple[str, str]] = {}
+        utterances = bad_utterances = 0
+        for utt_id, text in texts:
+            utterances += 1
+            chars = self.outside(text)
+            bad_utterances += bool(chars)
+            for c in chars:
+                count[c] = count.get(c, 0) + 1
+                first.setdefault(c, (utt_id, text))
+        if not count:
+            return
+        order = sorted(count, key=lambda c: (-count[c], c))
+        shown = "; ".join(f"{describe(c)} in {count[c]} (e.g. {first[c][0]!r}: {first[c][1][:60]!r})"
+                          for c in order[:12]) + (f"; and {len(order) - 12} more" if len(order) > 12 else "")
+        example = mapping_example(suggested_mapping(order, self.symbols))
+        settings = (f"{self.setting}={example}" if self.setting is not None else
+                    f"fine-tuning's text_mapping={example}, evaluate's --text-mapping {_shell(example)}")
+        raise ValueError(f"{where}: {len(order)} character(s) outside the vocabulary ({self.spelled()}) in "
+                         f"{bad_utterances} of {utterances} transcripts: {shown}. {remedy}A text mapping replaces "
+                         f"them (a guess to check: a letter mapped to itself is yours to decide; '' removes): "
+                         f"{settings}")
 
     def normalize(self, text: str, utt_id: str | None = None) -> str:
         """NFC-normalise, lower-case, apply the mapping (:meth:`mapped`), collapse white space; raise on
-        characters outside the vocabulary, naming each, with a mapping that removes them all in the setting it
-        is given in.
+        characters outside the vocabulary, naming each (:meth:`check_texts`).
 
         Returns the normalised text with single spaces between words (no leading/trailing space).
         """
-        text = self.mapped(text)
-        words = text.split()
-        bad = sorted({c for w in words for c in w if c not in self._index or c == DELIMITER})
-        if bad:
-            where = f" in utterance {utt_id!r}" if utt_id is not None else ""
-            shown = ", ".join(describe(c) for c in bad)
-            example = removal_example(bad)
-            settings = (f"{self.setting}={example}" if self.setting is not None else
-                        f"fine-tuning's text_mapping={example}, evaluate's --text-mapping {_shell(example)}")
-            raise ValueError(f"characters outside the vocabulary{where}: {shown} (text {text[:80]!r}); a text "
-                             f"mapping replaces or removes them: {settings}")
-        return " ".join(words)
+        if self.outside(text):
+            self.check_texts([("" if utt_id is None else utt_id, text)], "a transcript" if utt_id is None
+                             else f"utterance {utt_id!r}")
+        return " ".join(self.mapped(text).split())
 
     def encode(self, text: str, utt_id: str | None = None) -> list[int]:
         """Text to ids: lower-cased, mapped, spaces to ``|``; no leading/trailing delimiter.

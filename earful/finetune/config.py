@@ -84,6 +84,9 @@ class FinetuneConfig(TrainingConfig):
     model: RegularisationConfig = field(default_factory=RegularisationConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
+    # the CTC vocabulary: english (blank, |, ', a-z), data (every character of the training and dev transcripts,
+    # once mapped), init (the initial CTC model's, whose head is kept)
+    vocab: Literal["english", "data", "init"] = "english"
     text_mapping: dict[str, str] = field(default_factory=dict)  # e.g. {"-": " ", "é": "e"}; "" removes
     loss_normalisation: Literal["sentence", "token"] = "sentence"
     head_init: Literal["paper", "xavier", "torch"] = "paper"  # fairseq: xavier (bias 0)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, load_model, read_info, sha256
+from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, load_model, read_info, read_json, sha256
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
@@ -85,6 +85,29 @@ def _load_source(init: InitWeights) -> tuple[nn.Module | None, list[str] | None,
     return model, symbols, f"transformers folder {path}"
 
 
+def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> CharVocab:
+    """``vocab=init``: the vocabulary of the initial CTC model (an earful CTC checkpoint's, or a transformers
+    folder's ``vocab.json`` as earful spells it: lower-case, its multi-character tokens as stand-ins), with the
+    run's text mapping; ValueError where the initial model has no CTC head."""
+    from earful.eval.evaluate import vocab_from_checkpoint
+
+    path = Path(init.path)
+    symbols = None
+    if init.path != "scratch" and (path / INFO_FILE).exists():
+        symbols = ((read_info(path).get("vocab") or {}).get("symbols"))
+    elif init.path != "scratch" and (path / "config.json").exists():
+        from earful.interop.hf import read_vocab
+
+        outputs = read_json(path / "config.json").get("vocab_size")
+        if (path / "vocab.json").exists() and isinstance(outputs, int):
+            symbols = read_vocab(path, outputs)
+    if not symbols:
+        raise ValueError(f"vocab=init: --init {init.path} is no CTC model (no vocabulary); use vocab=english or "
+                         "vocab=data")
+    found = vocab_from_checkpoint({"symbols": list(symbols)}, init.path)
+    return CharVocab(found.symbols, mapping or None)
+
+
 def init_ctc_head(head: nn.Linear, how: str, blank_id: int = 0) -> None:
     """``paper``: torch's default init, then blank bias + 5 and the other rows × 0.1 (nanow2v2's
     ``init_linear_for_ctc``); ``xavier``: Xavier-uniform weights, zero bias (fairseq); ``torch``: as built."""
@@ -120,9 +143,17 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab, init: InitWeights
         if not isinstance(source, Wav2Vec2ForPreTraining | Wav2Vec2ForCTC):
             raise TypeError(f"cannot fine-tune a {type(source).__name__}")
         model.wav2vec2.load_state_dict(source.wav2vec2.state_dict(), strict=True)
-        if isinstance(source, Wav2Vec2ForCTC) and symbols is not None and list(symbols) == list(vocab.symbols):
-            model.lm_head.load_state_dict(source.lm_head.state_dict())
-            what += " (its CTC head too: same vocabulary)"
+        if isinstance(source, Wav2Vec2ForCTC) and symbols is not None:
+            from earful.eval.evaluate import vocab_from_checkpoint
+
+            own = vocab_from_checkpoint({"symbols": list(symbols)}, cfg.init).symbols  # as the run spells it
+            if list(own) == list(vocab.symbols):
+                model.lm_head.load_state_dict(source.lm_head.state_dict())
+                what += " (its CTC head too: same vocabulary)"
+            else:  # a trained head thrown away: said, with the setting that keeps it
+                log.warning("--init %s is a CTC model whose head (%d symbols: %s) does not fit this run's vocabulary "
+                            "(vocab=%s, %d symbols): a new head is trained; vocab=init keeps the model's", cfg.init,
+                            len(own), " ".join(own[1:]), cfg.vocab, len(vocab))
     log.info("initial model: %s%s", what, f" (weights' SHA-256 {init.sha256})" if init.sha256 else "")
     return model
 

@@ -1,10 +1,11 @@
 """Transcripts → CTC targets, checked once before training starts.
 
-Every transcript is normalised and encoded with the run's :class:`CharVocab` up front, so a character
-outside the vocabulary (or an empty transcript) stops the run at once with the utterance's id, not hours
-in; rows without a transcript stop it naming how many and a few ids, or with ``data.skip_bad`` are left out,
-counted and logged. Utterances too short for their transcript (CTC needs a frame per character, plus one between
-repeated characters) are counted and logged: ``zero_infinity`` gives them a zero loss.
+Every transcript is normalised and encoded with the run's :class:`CharVocab` up front, so characters outside
+the vocabulary stop the run at once, every one of them named with how often and where it occurs (an empty
+transcript with its utterance's id), not hours in; rows without a transcript stop it naming how many and a few
+ids, or with ``data.skip_bad`` are left out, counted and logged. Utterances too short for their transcript (CTC
+needs a frame per character, plus one between repeated characters) are counted and logged: ``zero_infinity``
+gives them a zero loss.
 """
 
 from __future__ import annotations
@@ -42,25 +43,28 @@ def labelled(utts: Sequence[Utterance], where: str, skip_bad: bool) -> tuple[Seq
     return kept, missing
 
 
-def _per_transcript(utts: Sequence[Utterance], fn: Callable[..., Any], where: str) -> dict[str, Any]:
-    """``{utterance id: fn(transcript)}``; raises ValueError naming the first utterance without a transcript
-    or one ``fn`` rejects."""
-    out: dict[str, Any] = {}
-    for u in utts:
-        if u.transcript is None:
-            raise ValueError(f"{where}: utterance {u.id!r} has no transcript (fine-tuning needs labels)")
-        try:
-            out[u.id] = fn(u.transcript, utt_id=u.id)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-    return out
+# fine-tuning's other way out of characters its vocabulary cannot spell (CharVocab.check_texts)
+VOCAB_REMEDY = ("vocab=data makes the vocabulary of every character in the training (and dev) transcripts, "
+                "vocab=init the initial CTC model's. ")
+
+
+def _per_transcript(utts: Sequence[Utterance], fn: Callable[..., Any], where: str, vocab: CharVocab,
+                    remedy: str = "") -> dict[str, Any]:
+    """``{utterance id: fn(transcript)}``; raises ValueError naming the first utterance without a transcript,
+    or every character ``vocab`` cannot spell in any of them (all at once: one rerun, not one a character), with
+    ``remedy`` (fine-tuning's: ``VOCAB_REMEDY``)."""
+    missing = next((u.id for u in utts if u.transcript is None), None)
+    if missing is not None:
+        raise ValueError(f"{where}: utterance {missing!r} has no transcript (fine-tuning needs labels)")
+    vocab.check_texts(((u.id, str(u.transcript)) for u in utts), where, remedy)
+    return {u.id: fn(u.transcript, utt_id=u.id) for u in utts}
 
 
 def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, *,
-                       allow_empty: bool = False) -> dict[str, list[int]]:
+                       allow_empty: bool = False, remedy: str = "") -> dict[str, list[int]]:
     """``{utterance id: target ids}``; raises ValueError naming the first bad utterance (an empty
     transcript is one, unless ``allow_empty``: a dev set may score silence)."""
-    out = _per_transcript(utts, vocab.encode, where)
+    out = _per_transcript(utts, vocab.encode, where, vocab, remedy)
     empty = [i for i, ids in out.items() if not ids]
     if empty and not allow_empty:
         raise ValueError(f"{where}: utterance {empty[0]!r} has an empty transcript (remove it from the manifest, "
@@ -68,9 +72,10 @@ def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, 
     return out
 
 
-def normalised_references(utts: Sequence[Utterance], vocab: CharVocab, where: str) -> dict[str, str]:
+def normalised_references(utts: Sequence[Utterance], vocab: CharVocab, where: str, remedy: str = ""
+                          ) -> dict[str, str]:
     """``{utterance id: normalised transcript}`` (what WER is measured against)."""
-    return _per_transcript(utts, vocab.normalize, where)
+    return _per_transcript(utts, vocab.normalize, where, vocab, remedy)
 
 
 def ctc_frames_needed(ids: Sequence[int]) -> int:

@@ -25,10 +25,17 @@ from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
 from earful.eval.decode import greedy_decode, scoring_budget
 from earful.eval.metrics import ErrorCounts, error_counts
-from earful.eval.vocab import CharVocab
+from earful.eval.vocab import BLANK, DELIMITER, CharVocab
 from earful.finetune import targets as T
 from earful.finetune.config import FinetuneConfig, config_summary
-from earful.finetune.init import InitWeights, apply_permanent_freeze, build_initial_model, phase_frozen, resolve_init
+from earful.finetune.init import (
+    InitWeights,
+    apply_permanent_freeze,
+    build_initial_model,
+    init_vocab,
+    phase_frozen,
+    resolve_init,
+)
 from earful.model import ModelConfig, Wav2Vec2ForCTC
 from earful.model.wav2vec2 import to_device
 from earful.train import distributed as D
@@ -51,13 +58,16 @@ class FinetuneTask(Task):
         cfg.validate()
         cfg.check_init()
         self.cfg = cfg
-        self.vocab = CharVocab(mapping=cfg.text_mapping or None)
+        # vocab=data and vocab=init are made in build_model, from the transcripts or the initial model
+        self.vocab = CharVocab(mapping=cfg.text_mapping or None) if cfg.vocab == "english" else None
         self.frozen = False
 
     # ------------------------------------------------------------------ model and data
     def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
         self.init_weights = self._initial_weights(resume_from)
+        if self.vocab is None:
+            self.vocab = self._vocabulary()
         self.model = self._architecture(resume_from).to(d.device)
         self.frozen_names = apply_permanent_freeze(self.model, self.cfg)
         params = dict(self.model.named_parameters())
@@ -89,6 +99,24 @@ class FinetuneTask(Task):
                         saved.get("init_checkpoint"), saved.get("init_sha256"))
             return InitWeights(str(saved.get("init_checkpoint", self.cfg.init)), saved.get("init_sha256"))
 
+    def _vocabulary(self) -> CharVocab:
+        """``vocab=data``: blank, ``|``, then every character of the training and dev transcripts once mapped
+        (NFC, lower-cased, ``text_mapping``), in code-point order: the same transcripts give the same vocabulary,
+        so a resumed run checks it against its checkpoint's. ``vocab=init``: the initial CTC model's."""
+        cfg = self.cfg
+        if cfg.vocab == "init":
+            vocab = init_vocab(self.init_weights, cfg.text_mapping)
+        else:
+            mapper = CharVocab(mapping=cfg.text_mapping or None)
+            chars: set[str] = set()
+            for manifest in (m for m in (cfg.data.train, cfg.data.dev) if m):
+                for u in read_manifest(manifest):
+                    chars.update(c for c in mapper.mapped(u.transcript or "") if not c.isspace())
+            chars.discard(DELIMITER)  # the word delimiter stands for a space: one in a transcript is named later
+            vocab = CharVocab((BLANK, DELIMITER, *sorted(chars)), cfg.text_mapping or None)
+        log.info("vocabulary (vocab=%s): %d symbols: %s", cfg.vocab, len(vocab), " ".join(vocab.symbols[1:]))
+        return vocab
+
     def recipe_extras(self) -> dict[str, Any]:
         return {"init.sha256": self.init_weights.sha256}
 
@@ -112,7 +140,7 @@ class FinetuneTask(Task):
         utts, unlabelled = T.labelled(read_manifest(cfg.data.train, check_files=True), cfg.data.train,
                                       cfg.data.skip_bad)
         self.unlabelled = {"train": (cfg.data.train, len(unlabelled), unlabelled[:5])}
-        self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train)
+        self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train, remedy=T.VOCAB_REMEDY)
         short = T.too_short(utts, self.targets, self.model.frame_lengths)
         if short:
             log.warning("train: %d utterances have fewer frames than their transcript needs (zero loss), "
@@ -127,7 +155,7 @@ class FinetuneTask(Task):
             dutts, unlabelled = T.labelled(read_manifest(cfg.data.dev, check_files=True), cfg.data.dev,
                                            cfg.data.skip_bad)
             self.unlabelled["dev"] = (cfg.data.dev, len(unlabelled), unlabelled[:5])
-            self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev)
+            self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev, T.VOCAB_REMEDY)
             self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
             dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
             self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,

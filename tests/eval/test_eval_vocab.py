@@ -80,19 +80,27 @@ def test_a_text_mapping_is_checked_alike_wherever_it_is_given(bad, raw, message)
         text_mapping(raw)
 
 
-def test_the_suggested_mapping_removes_every_character_outside_the_vocabulary():
+def test_the_suggested_mapping_spells_every_character_outside_the_vocabulary_without_removing_letters():
     """The message suggested a mapping for the first bad character only ({'é': ''}): applied, it failed again
-    on 'ï'. Now it names all of them, and the suggestion, read as YAML, makes the text encodable."""
+    on 'ï'; and it removed letters ('grün' trained as 'grn', "don’t" as 'dont'). Now it names all of them and
+    guesses a spelling for each (a base letter, an apostrophe, a number word, a space for a dash; punctuation
+    removed), read as YAML by the setting and by a shell; a letter it cannot guess is left for the user."""
+    import shlex
+
     import yaml
 
     v = CharVocab()
     with pytest.raises(ValueError) as e:
-        v.encode("naïve café", utt_id="u1")
+        v.encode("naïve café — don’t, 2", utt_id="u1")
     msg = str(e.value)
-    assert "fine-tuning's text_mapping={'é': '', 'ï': ''}" in msg
-    assert "evaluate's --text-mapping \"{'é': '', 'ï': ''}\"" in msg
+    guess = "{',': '', '2': ' two ', 'é': 'e', 'ï': 'i', '—': ' ', '’': \"'\"}"
+    assert f"fine-tuning's text_mapping={guess}" in msg and "u1" in msg
+    assert f"evaluate's --text-mapping {shlex.quote(guess)}" in msg
     example = msg.split("text_mapping=")[1].split(", evaluate")[0]
-    assert CharVocab(mapping=yaml.safe_load(example)).normalize("naïve café") == "nave caf"
+    assert CharVocab(mapping=yaml.safe_load(example)).normalize("naïve café — don’t, 2") == "naive cafe don't two"
+    assert shlex.split(msg.split("--text-mapping ")[1])[0] == example
+    with pytest.raises(ValueError, match=r"'ø' in 1 .*'ø': 'ø'"):  # no guess: the user's to decide
+        v.encode("smørrebrød")
 
 
 def test_decomposed_text_is_composed_and_a_loose_combining_mark_is_named_by_code_point():
@@ -109,11 +117,33 @@ def test_decomposed_text_is_composed_and_a_loose_combining_mark_is_named_by_code
     msg = str(e.value)
     assert "U+0301 (COMBINING ACUTE ACCENT)" in msg and "u2" in msg
     example = msg.split("text_mapping=")[1].split(", evaluate")[0]
-    assert example == '{"\\u0301": ""}' and "--text-mapping '{\"\\u0301\": \"\"}'" in msg
+    assert example == '{"\\u0301": \'\'}' and "--text-mapping '{\"\\u0301\": '\"'\"''\"'\"'}'" in msg
     assert CharVocab(mapping=yaml.safe_load(example)).normalize("a \u0301b") == "a b"
 
 
 def test_the_error_names_the_setting_the_caller_gives():
     with pytest.raises(ValueError) as e:
         CharVocab(setting="asr.text_mapping").normalize("é")
-    assert str(e.value).endswith("asr.text_mapping={'é': ''}") and "fine-tuning" not in str(e.value)
+    assert str(e.value).endswith("asr.text_mapping={'é': 'e'}") and "fine-tuning" not in str(e.value)
+
+
+def test_a_mapping_written_as_the_transcripts_are_applies_after_lower_casing():
+    """Text is lower-cased before it is mapped: {'Ü': 'ue'} never matched 'GRÜN' (and the error then advised
+    {'ü': ''}), and {'2': 'Two'} gave a 'T' no vocabulary has. Keys and values are lower-cased with the text;
+    two keys that become one must agree."""
+    assert CharVocab(mapping={"Ü": "Ue", "2": "Two"}).normalize("GRÜN go 2") == "gruen go two"
+    assert CharVocab(mapping={"Ü": "ue", "ü": "UE"}).normalize("Ü ü") == "ue ue"
+    with pytest.raises(ValueError, match=r"mapping: 'ü' and 'ü' map to 'u' and 'ue'"):
+        CharVocab(mapping={"Ü": "ue", "ü": "u"})
+
+
+def test_every_character_outside_the_vocabulary_is_named_at_once_with_counts_and_an_utterance():
+    """The error stopped at the first utterance with a bad character: a corpus took one rerun a character."""
+    texts = [("a", "fine"), ("b", "café 2"), ("c", "naïve café"), ("d", "2 cafés")]
+    with pytest.raises(ValueError) as e:
+        CharVocab().check_texts(texts, "train.jsonl")
+    msg = str(e.value)
+    assert msg.startswith("train.jsonl: 3 character(s) outside the vocabulary (a–z and \"'\") in 3 of 4 ")
+    assert "in 3 of 4 transcripts: 'é' in 3 (e.g. 'b': 'café 2'); '2' in 2 (e.g. 'b': 'café 2'); 'ï' in 1 " \
+           "(e.g. 'c': 'naïve café')" in msg
+    CharVocab().check_texts([("a", "fine")], "train.jsonl")  # nothing to name

@@ -217,3 +217,44 @@ def test_cli_finetune_then_evaluate(tmp_path, tone_corpus) -> None:
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["checkpoint"].endswith("step-0000002")
     assert set(summary["splits"]["dev"]["greedy"]) == {"utterances", "wer", "cer"}
+
+
+def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_keeps_a_ctc_head(
+        tmp_path, labelled, caplog) -> None:
+    """Fine-tuning knew a–z, space and ' only, and its error advised removing the other letters ('grün' trained
+    as 'grn'); a CTC model given as --init whose vocabulary differed lost its trained head without a word.
+    vocab=data spells every character of the training and dev transcripts (the run, its checkpoint, evaluate
+    and a resume agree); vocab=init keeps the initial CTC model's vocabulary and head; a head thrown away is
+    said, naming vocab=init."""
+    import logging
+
+    from earful.eval.evaluate import load_ctc
+
+    train = labelled(tmp_path, ["bad", "cafe"], "odd")
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    rows[0]["transcript"], rows[1]["transcript"] = "Grün Straße", "ça va"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    cfg = config(train, None, 1, "vocab=data")
+    trainer = Trainer(FinetuneTask(cfg), tmp_path / "data")
+    trainer.fit()
+    symbols = trainer.task.vocab.symbols
+    assert symbols == ("<b>", "|", *sorted(set("grünstraßeçava")))
+    assert trainer.task.vocab.decode(trainer.task.targets[rows[0]["id"]]) == "grün straße"
+    _, vocab, _ = load_ctc(tmp_path / "data")
+    assert vocab.symbols == symbols  # evaluate reads what the run trained
+    Trainer(FinetuneTask(config(train, None, 2, "vocab=data")), tmp_path / "data", resume=True,
+            allow_changes=True).fit()  # the same vocabulary: its checkpoint's
+
+    ctc = tmp_path / "data" / "checkpoints" / "step-0000002"
+    with caplog.at_level(logging.WARNING):
+        kept = Trainer(FinetuneTask(config(train, None, 1, "vocab=init", f"init={ctc}")), tmp_path / "init")
+    assert kept.task.vocab.symbols == symbols and "does not fit" not in caplog.text
+    head = weights(tmp_path / "data", "step-0000002")["lm_head.weight"]
+    assert torch.equal(weights(tmp_path / "init", "init")["lm_head.weight"], head)
+    with caplog.at_level(logging.WARNING):
+        Trainer(FinetuneTask(config(train, None, 1, f"init={ctc}", "text_mapping={ü: u, ß: ss, ç: c}")),
+                tmp_path / "english")
+    assert f"--init {ctc} is a CTC model whose head ({len(symbols)} symbols" in caplog.text
+    assert "vocab=init keeps" in caplog.text
+    with pytest.raises(ValueError, match="vocab=init: --init scratch is no CTC model"):
+        Trainer(FinetuneTask(config(train, None, 1, "vocab=init")), tmp_path / "none")

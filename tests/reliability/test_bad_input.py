@@ -186,8 +186,10 @@ def test_a_txt_and_a_lab_transcript_that_differ_are_a_note_naming_both(tmp_path,
            r"data\.skip_bad=true to leave them out, or give a manifest of labelled rows"),
     ("", "has an empty transcript"),
     ("   ", "has an empty transcript"),
-    ("bad 4 cafe", r"characters outside the vocabulary in utterance 'train-001': '4'"),
-    ("cafÃ©", r"characters outside the vocabulary in utterance 'train-001': '©', 'ã'"),  # UTF-8 read as latin-1
+    ("bad 4 cafe", r"1 character\(s\) outside the vocabulary \(a–z and \"'\"\) in 1 of 4 transcripts: '4' in 1 "
+                   r"\(e\.g\. 'train-001': 'bad 4 cafe'\)\. vocab=data"),
+    ("cafÃ©", r"2 character\(s\) outside the vocabulary .* in 1 of 4 transcripts: '©' in 1 \(e\.g\. 'train-001'.*"
+             r"'ã' in 1"),  # UTF-8 read as latin-1
 ])
 def test_fine_tuning_refuses_bad_transcripts_by_utterance(tmp_path, tones, rel, transcript, message) -> None:
     rows = rel.manifest_rows(tones)
