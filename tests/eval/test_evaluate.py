@@ -356,3 +356,26 @@ def test_only_empty_references_is_an_error_naming_the_manifest(tmp_path, always_
         evaluate(always_a, [blank], out)
     some = write_split(tmp_path / "data", "some", ["", "a"])  # an empty reference among others: insertions
     assert evaluate(always_a, [some], out)["splits"]["some"]["greedy"]["wer"] == 1.0
+
+
+@pytest.mark.parametrize("command", ["evaluate", "transcribe"])
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--beam", "0", "an integer from 1 up"), ("--beam", "-5", "an integer from 1 up"),
+    ("--beam-threshold", "-1", "a score from 0 up"), ("--lm-weight", "-2", "a finite weight from 0 up"),
+    ("--lm-weight", "nan", "a finite weight from 0 up"), ("--word-score", "inf", "a finite score"),
+    ("--unk-score", "inf", "a score below inf"),
+])
+def test_beam_options_out_of_range_are_refused_naming_the_option(tmp_path, always_a, caplog, command, option, value,
+                                                                 allowed) -> None:
+    """`evaluate --lm LM --beam 0` (and `transcribe --beam 0`) ran and gave empty LM transcripts, WER 100 %. Now
+    the command stops before reading the checkpoint, naming the option, its value and the range it accepts."""
+    from earful.cli import main
+
+    m = write_split(tmp_path / "data", "dev", ["a"])
+    lm = tmp_path / "lm.arpa"
+    lm.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\ta\n\n\\end\\\n")
+    wav = str(m).replace(".jsonl", "-0.wav")
+    target = [str(m), "--out", str(tmp_path / "eval")] if command == "evaluate" else [wav]
+    assert main([command, str(always_a), *target, "--lm", str(lm), option, value]) == 2
+    assert f"{option} {float(value) if option != '--beam' else value}: expected {allowed}" in caplog.text
+    assert not (tmp_path / "eval").exists()
