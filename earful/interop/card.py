@@ -88,9 +88,38 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
     if config is not None:
         lines += ["", "<details><summary>The run's configuration (config.yaml)</summary>", "", "```yaml",
                   yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "", "</details>"]
-    lines += ["", "## Use", "", "```python", f"from transformers import {cls}", "",
-              f'model = {cls}.from_pretrained("PATH_OR_REPO")', "```", ""]
+    lines += _use(cls, kind, m.get("feat_extract_norm", "group"))
     return "\n".join(lines)
+
+
+def _use(cls: str, kind: str, feat_extract_norm: str) -> list[str]:
+    """The card's "Use" section: how to load the model and how to batch it. A group-norm CNN is not batch-invariant
+    in transformers (docs/batch-invariance.md): its first GroupNorm takes statistics over the padded row, with or
+    without ``attention_mask``, so a user batching files with padding got other transcripts, and was not told."""
+    outputs = "features" if kind == "pretraining" else "transcripts"
+    if kind == "pretraining":
+        code = [f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("PATH_OR_REPO")']
+    else:
+        code = ["from transformers import pipeline", "",
+                'asr = pipeline("automatic-speech-recognition", model="PATH_OR_REPO")',
+                'asr("talk.flac")["text"]  # one file at a time, as the pipeline goes by default']
+    if feat_extract_norm == "group":
+        batching = (
+            "**Batching.** The feature encoder normalises its first convolution with a GroupNorm over time "
+            "(`feat_extract_norm: group`, as wav2vec2-base), and transformers takes its statistics over the whole "
+            f"padded row: in a padded batch every file shorter than the longest gets other {outputs} than it "
+            "gets alone. An `attention_mask` does not help: it hides the padding from the attention, not from the "
+            "GroupNorm (the processor returns none, transformers' convention for such models). Give the model one "
+            "file at a time (the pipeline's default, `batch_size=1`), or batch files of the same length (sort by "
+            f"length: no padding, the same {outputs}; a little padding, nearly the same). earful computes the "
+            "statistics over each file's own samples: `earful evaluate` and `earful transcribe` give the "
+            f"{outputs} of one file at a time in any batch.")
+    else:
+        batching = (
+            "**Batching.** The feature encoder normalises every convolution per frame (`feat_extract_norm: "
+            "layer`): in a padded batch pass the processor's `attention_mask` (it returns one), and each file "
+            f"gets the {outputs} it gets alone; without it, the padding is attended to as signal.")
+    return ["", "## Use", "", "```python", *code, "```", "", batching, ""]
 
 
 def _training(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:
