@@ -33,6 +33,8 @@ import torch
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, load_model
 from earful.config import plain_name
+from earful.data.audio import RECEPTIVE_FIELD, AudioError
+from earful.data.budget import SAMPLE_RATE
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
@@ -174,6 +176,10 @@ def evaluate(
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # before any work: mkdir said "[Errno 17] File exists" at the end
+        raise NotADirectoryError(f"--out {out}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, "
+                                 "summary.json, ...) into a folder; give a new one, or an earlier evaluation's")
     dev = resolve_device(device, "--device")
     model, vocab, path = load_ctc(ckpt)
     if text_mapping:
@@ -181,12 +187,12 @@ def evaluate(
     read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
     for split, manifest in splits.items():  # every split's references checked before anything is transcribed
         utts = read_manifest(manifest, check_files=True)
+        _check_lengths(utts, manifest, split)
         try:
             read[split] = utts, references(utts, vocab)
         except ValueError as e:
             raise ValueError(f"{manifest} (split {split!r}): {e}") from e
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"checkpoint": str(path), "device_seconds": device_seconds,
                                "text_mapping": vocab.mapping, "splits": {}}
@@ -196,8 +202,12 @@ def evaluate(
         summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
     for split, manifest in splits.items():
         utts, refs = read[split]
-        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
-                                     precision=precision, beam=beam, num_workers=num_workers)
+        try:
+            greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
+                                         precision=precision, beam=beam, num_workers=num_workers)
+        except AudioError as e:  # the loader names the file (and the utterance); the manifest and way out here
+            raise AudioError(f"{manifest} (split {split!r}): {e}; evaluate scores every utterance of its manifests: "
+                             "mend the file, or leave its row out of the manifest") from None
         ids = [u.id for u in utts]
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
         results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
@@ -212,6 +222,19 @@ def evaluate(
     for split, res in summary["splits"].items():
         log.info("%s: %s", split, ", ".join(_scores(name, r) for name, r in res.items()))
     return summary
+
+
+def _check_lengths(utts: Sequence[Utterance], manifest: str | Path, split: str) -> None:
+    """Refuse a manifest holding utterances shorter than one frame needs (the CNN's receptive field), which the
+    model gives no output for, naming the manifest, the split and a few of them, before anything is transcribed:
+    the loader stopped the whole evaluation midway, naming the audio file alone."""
+    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    if short:
+        shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
+        raise ValueError(f"{manifest} (split {split!r}): {len(short)} of {len(utts)} utterances are shorter than one "
+                         f"frame of the model needs ({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}"
+                         f"{' …' if len(short) > 3 else ''}; the model gives them no output: leave them out of the "
+                         "manifest (`earful prepare` does)")
 
 
 SPLIT_KEYS = ("utterances", "scored", "unlabelled", "unlabelled_ids", "wer", "cer")  # a split's in summary.json

@@ -379,3 +379,45 @@ def test_beam_options_out_of_range_are_refused_naming_the_option(tmp_path, alway
     assert main([command, str(always_a), *target, "--lm", str(lm), option, value]) == 2
     assert f"{option} {float(value) if option != '--beam' else value}: expected {allowed}" in caplog.text
     assert not (tmp_path / "eval").exists()
+
+
+def test_what_would_stop_an_evaluation_midway_is_named_before_it_starts(tmp_path, always_a, caplog) -> None:
+    """`--out FILE` said "[Errno 17] File exists" after transcribing everything; an audio file given for a manifest
+    "not valid UTF-8 ...; re-encode the manifest as UTF-8"; an utterance under 400 samples stopped the whole
+    evaluation midway, naming its audio file alone. Now each is one line naming the file and what to do."""
+    from earful.cli import main
+    from earful.data.manifest import Utterance
+
+    m = write_split(tmp_path / "data", "dev", ["a", "b"])
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["evaluate", str(always_a), str(m), "--out", str(taken)]) == 2
+    assert (f"--out {taken}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, summary.json, "
+            "...) into a folder; give a new one, or an earlier evaluation's") in caplog.text
+    wav = str(m).replace(".jsonl", "-0.wav")
+    assert main(["evaluate", str(always_a), wav, "--out", str(tmp_path / "eval")]) == 2
+    assert f"{wav}: an audio file, not a manifest" in caplog.text and "`earful transcribe CKPT FILE...`" in caplog.text
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "data" / "tiny.wav", np.zeros(100, np.float32), 16000)
+    short = tmp_path / "data" / "short.jsonl"
+    write_manifest([*read_manifest(m), Utterance("tiny", str(tmp_path / "data" / "tiny.wav"), 100, 16000, "s", "a")],
+                   short)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{short} (split 'short'): 1 of 3 utterances are shorter than one frame of the model needs (400 samples "
+            "at 16000 Hz): 'tiny' (100); the model gives them no output: leave them out of the manifest (`earful "
+            "prepare` does)")):
+        evaluate(always_a, [m, short], tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # refused before anything was transcribed
+
+
+def test_an_unreadable_file_names_the_manifest_and_the_utterance(tmp_path, always_a) -> None:
+    """The loader's error named the audio file alone; evaluate now adds the manifest, split, utterance and way
+    out."""
+    m = write_split(tmp_path / "data", "dev", ["a", "b"])
+    (tmp_path / "data" / "dev-1.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # corrupt after prepare
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(m))} \(split 'dev'\): {re.escape(str(tmp_path))}/data/"
+                                         r"dev-1\.wav: .*\(utterance dev-1\); evaluate scores every utterance of its "
+                                         r"manifests: mend the file, or leave its row out of the manifest$"):
+        evaluate(always_a, [m], tmp_path / "eval", device_seconds=0.5)
