@@ -118,11 +118,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="WER and CER of a fine-tuned checkpoint on labelled manifests (greedy, and with an n-gram LM)",
         description="Transcribe each manifest with a CTC checkpoint (or a run directory: its latest "
         "checkpoint), greedy and, with --lm, with flashlight's lexicon beam search and a KenLM n-gram. Writes "
-        "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json.",
+        "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json. An OUT "
+        "holds one checkpoint's evaluations: another's is refused; evaluated there again, a split's files are "
+        "replaced and summary.json covers every split evaluated there.",
     )
     ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     ev.add_argument("manifests", nargs="+", help="labelled JSONL manifests; each is a split named by its stem")
-    ev.add_argument("--out", required=True, help="output directory")
+    ev.add_argument("--out", required=True, help="output folder: new, or one holding this checkpoint's evaluations")
     ev.add_argument("--device-seconds", type=float, default=200.0, help="padded audio per inference batch")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -208,7 +209,8 @@ def test_lm_decoding_is_written_beside_greedy(tmp_path, always_a) -> None:
                "--beam", "10", "--lm-weight", "1.5"])
     assert rc == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["lm"]["beam"] == 10 and summary["lm"]["lm_weight"] == 1.5
+    settings = summary["splits"]["dev"]["lm"]["settings"]  # each split's own: an --out may hold several runs'
+    assert settings["beam"] == 10 and settings["lm_weight"] == 1.5 and settings["path"] == str(tmp_path / "lm.arpa")
     assert summary["splits"]["dev"]["lm"]["wer"] == pytest.approx(0.5)  # 'a' both times
     rows = [json.loads(x) for x in (tmp_path / "eval" / "dev.lm.jsonl").read_text().splitlines()]
     assert [r["hyp"] for r in rows] == ["a", "a"]
@@ -421,3 +423,50 @@ def test_an_unreadable_file_names_the_manifest_and_the_utterance(tmp_path, alway
                                          r"dev-1\.wav: .*\(utterance dev-1\); evaluate scores every utterance of its "
                                          r"manifests: mend the file, or leave its row out of the manifest$"):
         evaluate(always_a, [m], tmp_path / "eval", device_seconds=0.5)
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_an_out_folder_holds_one_checkpoints_evaluations_of_every_split(tmp_path, always_a, caplog) -> None:
+    """Checkpoint A on dev, then on test with --lm, then checkpoint B on dev into one --out: summary.json held only
+    the last call's splits, test.* were A's beside B's dev.*, and a run without --lm left test.lm.* behind. Now
+    another checkpoint's folder is refused before any work, naming it; the same checkpoint's summary covers every
+    split evaluated there, and a split evaluated again without an LM loses its stale LM files."""
+    from earful.cli import main
+    from earful.eval.lm import build_arpa
+
+    caplog.set_level("INFO")
+    text = tmp_path / "text.txt"
+    text.write_text("a b\na\nb a\n")
+    build_arpa(text, tmp_path / "lm.arpa", order=2)
+    dev = write_split(tmp_path / "data", "dev", ["a", "b"])
+    test = write_split(tmp_path / "data", "test", ["a", "a b"])
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(always_a), str(dev), "--out", str(out)]) == 0
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out), "--lm", str(tmp_path / "lm.arpa")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["splits"]) == ["dev", "test"] and list(summary["splits"]["test"]) == ["greedy", "lm"]
+    assert "also holds this checkpoint's earlier evaluation of dev" in caplog.text
+    assert summary["weights_sha256"] == json.loads((always_a / "model.json").read_text())["files"][
+        "model.safetensors"]["sha256"]
+
+    other = tmp_path / "other"  # another checkpoint: other weights
+    model, info = load_model(always_a)
+    with torch.no_grad():
+        model.lm_head.bias[V.index("b")] = 20.0
+    save_model(other, model, vocab=info["vocab"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    caplog.clear()
+    assert main(["evaluate", str(other), str(dev), "--out", str(out)]) == 2
+    assert (f"{out}: holds the evaluation of another checkpoint ({always_a}: dev, test), which this one ({other}) "
+            f"would mix with; give another --out, or remove {out}") in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out), "--text-mapping", "{'!': ''}"]) == 2
+    assert "with another text mapping" in caplog.text
+
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out)]) == 0  # test again, without --lm
+    assert not (out / "test.lm.jsonl").exists() and not (out / "test.lm.summary.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["splits"]) == ["dev", "test"] and list(summary["splits"]["test"]) == ["greedy"]
+    copy = tmp_path / "copy"  # the same weights elsewhere: the same checkpoint
+    shutil.copytree(always_a, copy)
+    assert main(["evaluate", str(copy), str(dev), "--out", str(out)]) == 0
