@@ -179,3 +179,25 @@ def test_the_model_card_says_how_to_batch_files_and_transformers_does_so(tmp_pat
     else:
         assert "pass the processor's `attention_mask`" in use
         assert torch.allclose(masked, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("init", ["/runs/pt-tiny/checkpoints/best", "scratch"])
+def test_the_model_card_shows_no_preset_that_was_not_built(tmp_path, init) -> None:
+    """A model fine-tuned from a tiny checkpoint showed `model_preset: base` in its card's configuration: the
+    preset is the default, which only a scratch model is built from. It is left out (and said so) where the
+    architecture came from the checkpoint; a scratch model's is what was built, and shown."""
+    import yaml
+
+    from earful.interop.card import model_card
+
+    ckpt = tmp_path / "ft" / "checkpoints" / "step-0000001"
+    save_model(ckpt, Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29),
+               vocab={"symbols": ["<b>", "|", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]})
+    (tmp_path / "ft" / "config.yaml").write_text(yaml.safe_dump({"init": init, "model_preset": "base", "seed": 1}))
+    card = model_card(ckpt, 0)
+    shown = yaml.safe_load(card.split("```yaml", 1)[1].split("```", 1)[0])
+    if init == "scratch":
+        assert shown["model_preset"] == "base" and "is left out" not in card
+    else:
+        assert "model_preset" not in shown and shown["init"] == init
+        assert "`model_preset` (base) is left out: it is the architecture of a model fine-tuned from scratch" in card
