@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/train-960.jsonl. Problems (unreadable or too short audio, "
         "bad transcripts or VAD annotations) are listed in OUT/problems-<SOURCE>.txt and stop it, writing no "
         "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio, a second path "
-        "to a file read already) are listed there too and stop nothing. A file reached by two paths is read once; "
+        "to a file read already, a plain folder's transcript tables it does not read or audio without a transcript "
+        "file) are listed there too and stop nothing. A file reached by two paths is read once; "
         "no manifest holds an id twice.",
     )
     p.add_argument("source", type=Path)
@@ -171,8 +172,8 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         log.info("0 problem(s) found")
     if notes:
-        log.info("%d note(s) (transcripts without audio, second paths to one file, audio beside the splits) listed in "
-                 "%s", notes, listed)
+        log.info("%d note(s) (transcripts without audio or not read, second paths to one file, audio beside the "
+                 "splits or without a transcript) listed in %s", notes, listed)
     if not total:
         raise ValueError(f"{args.source}: no usable audio found")
     return 0

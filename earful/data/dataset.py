@@ -227,8 +227,8 @@ def unreadable(uid: str, problem: str, skip_bad: str | None, noun: str) -> str:
     where nothing leaves it out: the file and its problem (as read, in whichever process loaded it: a loader
     worker's error was its traceback), the ``noun`` ``uid`` and the way out, ``skip_bad`` as the caller names it
     (None: it has none)."""
-    if not skip_bad:
-        return problem
+    if not skip_bad:  # no way out here: the caller (evaluate) names its manifest and the one it has
+        return f"{problem} ({noun} {uid})"
     option = skip_bad if skip_bad.startswith("-") else f"{skip_bad}=true"
     return f"{problem} ({noun} {uid}); {option} leaves unreadable files out, counted in the log"
 

@@ -46,6 +46,11 @@ class Note(str):
 LIBRILIGHT_DIR = "librispeech_finetuning"
 TRANS_SUFFIX = ".trans.txt"  # a LibriSpeech chapter's transcripts, SPEAKER-CHAPTER.trans.txt
 SIDECAR_EXTENSIONS = (".txt", ".lab")  # a plain folder's transcript beside its audio, in this order of preference
+# Files that may hold a corpus's transcripts in a form a plain folder does not read (LJSpeech's metadata.csv,
+# Common Voice's *.tsv, sclite's *.trn, Kaldi's text): by extension, or by name (its extension any, or none)
+TRANSCRIPT_TABLE_EXTENSIONS = (".csv", ".tsv", ".trn")
+TRANSCRIPT_TABLE_NAMES = ("metadata", "text", "transcript", "transcripts", "transcription", "transcriptions")
+SIDECAR_RULE = "prepare reads a plain folder's transcripts from a .txt or .lab file beside each audio file, of its name"
 # LibriSpeech's training splits, whose union is the 960 h set (written as train-960 when all three are read)
 TRAIN_960 = ("train-clean-100", "train-clean-360", "train-other-500")
 # The paper's label sets, as folders of the Libri-light fine-tuning release.
@@ -296,7 +301,10 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
     and ``x.wav``, are a problem: the second is left out), speaker = parent folder, transcript from a sidecar
     ``.txt`` or ``.lab`` file with the same stem when present, its extension in any case (``_sidecar_transcript``).
     A second path to one file (a link) is read once (``_first_path``). A LibriSpeech ``.trans.txt`` here is a
-    problem: a plain folder does not read it, and its audio would be unlabelled without a word."""
+    problem: a plain folder does not read it, and its audio would be unlabelled without a word. Notes, as
+    ``prepare`` would otherwise say "0 % labelled" and nothing else: a file that looks like a table of
+    transcripts (``_transcript_tables``: LJSpeech's ``metadata.csv``), not read; and, where some audio has a
+    transcript, how much has none (``_unlabelled_note``)."""
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
@@ -309,7 +317,9 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
                             "unlabelled); point prepare at the split, speaker or chapter folder holding it")
         elif path.suffix.lower() in SIDECAR_EXTENSIONS and path.is_file():
             sidecars.setdefault(path.with_suffix(""), []).append(path)
+    _transcript_tables(files, problems)
     utts = []
+    no_sidecar: list[str] = []  # the ids of the audio files without a transcript file of their name
     seen: dict[str, Path] = {}
     for path in (p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS):
         rel = path.relative_to(root).with_suffix("")
@@ -325,7 +335,33 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
         u = _utterance(path, rel.as_posix(), speaker, transcript, problems)
         if u is not None:
             utts.append(u)
+            if path.with_suffix("") not in sidecars:
+                no_sidecar.append(u.id)
+    _unlabelled_note(root, utts, no_sidecar, problems)
     return utts
+
+
+def _transcript_tables(files: Sequence[Path], problems: list[str]) -> None:
+    """A note for each of ``files`` that looks like a table of transcripts (by extension or name:
+    ``TRANSCRIPT_TABLE_EXTENSIONS``, ``TRANSCRIPT_TABLE_NAMES``), which a plain folder does not read: an LJSpeech
+    folder (``wavs/*.wav`` + ``metadata.csv``) had been read all unlabelled, "0 problem(s)", without a hint why.
+    A ``.txt`` or ``.lab`` file of an audio file's name is a sidecar, read: never one of these."""
+    audio = {p.with_suffix("") for p in files if p.suffix.lower() in AUDIO_EXTENSIONS}
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in SIDECAR_EXTENSIONS and path.with_suffix("") in audio:
+            continue
+        if suffix in TRANSCRIPT_TABLE_EXTENSIONS or path.stem.lower() in TRANSCRIPT_TABLE_NAMES:
+            problems.append(Note(f"{path}: looks like a table of transcripts, not read: {SIDECAR_RULE} (x.wav: "
+                                 "x.txt); write one such file per audio file from it"))
+
+
+def _unlabelled_note(root: Path, utts: Sequence[Utterance], no_sidecar: Sequence[str], problems: list[str]) -> None:
+    """A note counting the audio files without a transcript file (``no_sidecar``: their ids, a few named) where
+    others have one: a folder read partly unlabelled is then said so (a folder of unlabelled audio is not)."""
+    if no_sidecar and any(u.transcript is not None for u in utts):
+        problems.append(Note(f"{root}: {len(no_sidecar)} of {len(utts)} audio files have no transcript file (e.g. "
+                             f"{', '.join(no_sidecar[:3])}), read unlabelled; {SIDECAR_RULE}"))
 
 
 def _sidecar_transcript(audio: Path, sidecars: list[Path], problems: list[str]) -> str | None:

@@ -241,11 +241,52 @@ def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
                                 f"{_line_of(f.fileno(), starts[first_row])})")
 
 
+WHAT_A_MANIFEST_IS = "JSON Lines, one utterance a line, made by `earful prepare AUDIO_FOLDER OUT`"
+# the first bytes of the audio formats libsndfile reads (and MP3's ID3 tag): a file that starts so is no manifest
+AUDIO_SIGNATURES = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"NIST_1A", b".snd", b"caff", b"riff")
+# a fairseq manifest: its first line the audio root, then one PATH<TAB>SAMPLES line per file
+_FAIRSEQ_ROW = re.compile(r"[^\t]+\t\d+\s*")
+HEAD_BYTES = 4096  # what is read of a file that is no manifest to tell what it is
+
+
+def check_manifest_file(path: str | os.PathLike) -> None:
+    """Refuse what is no manifest but is often given for one, with what to do: a folder (``finetune --train
+    FOLDER`` said "[Errno 21] Is a directory"), an audio file, by its extension or first bytes (``evaluate CKPT
+    a.wav`` said "not valid UTF-8; re-encode the manifest as UTF-8"), a fairseq manifest (``train.tsv`` said "not
+    valid JSON"). A file that does not exist is left to whoever opens it.
+
+    Raises:
+        ManifestError: naming the file, what it is and the command that makes a manifest of it.
+    """
+    from .audio import AUDIO_EXTENSIONS, UNREADABLE_AUDIO_EXTENSIONS  # audio imports this module
+
+    path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: a folder, not a manifest ({WHAT_A_MANIFEST_IS}); here: earful prepare {path} "
+                            f"OUT, then give OUT/{path.resolve().name}.jsonl")
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    if path.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS or head.startswith(AUDIO_SIGNATURES):
+        raise ManifestError(f"{path}: an audio file, not a manifest ({WHAT_A_MANIFEST_IS}); `earful transcribe CKPT "
+                            "FILE...` transcribes audio files")
+    lines = head.decode("utf-8", "replace").splitlines()
+    if len(head) == HEAD_BYTES:  # the last line may be cut
+        lines = lines[:-1]
+    if len(lines) >= 2 and "\t" not in lines[0] and all(_FAIRSEQ_ROW.fullmatch(line) for line in lines[1:]):
+        raise ManifestError(f"{path}: looks like a fairseq manifest (an audio root, then PATH<TAB>SAMPLES lines); "
+                            f"earful reads its own ({WHAT_A_MANIFEST_IS}): earful prepare {lines[0].strip()} OUT "
+                            "(transcripts as a .txt beside each audio file)")
+
+
 def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False) -> Manifest:
     """Read a JSONL manifest into columns. Raises ManifestError naming file and line on a bad row (including
     bytes that are not UTF-8), a duplicate id, (with ``check_files``) an audio file that does not exist, or
-    (unless ``allow_empty``) a manifest without utterances: training or scoring nothing is never what was meant."""
+    (unless ``allow_empty``) a manifest without utterances: training or scoring nothing is never what was meant;
+    and on a folder, an audio file or a fairseq manifest given for one (:func:`check_manifest_file`)."""
     path = Path(path)
+    check_manifest_file(path)
     base = path.resolve().parent
     starts, lengths, hashes = array("q"), array("q"), array("q")
     end = 0

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,10 +142,50 @@ def read_lexicon(path: str | Path) -> dict[str, list[list[str]]]:
     return lexicon
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# What each beam option accepts, and what the search would do otherwise: flashlight takes any number, and a beam
+# of 0, a negative threshold or a NaN weight keep no hypothesis, so every transcript came back empty (WER 100 %).
+BEAM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "beam": (_count, "an integer from 1 up (hypotheses kept per frame; the paper: 50)"),
+    "beam_size_token": (lambda v: v is None or _count(v),
+                        "an integer from 1 up, or none for the whole vocabulary (tokens tried per frame)"),
+    "beam_threshold": (lambda v: v >= 0, "a score from 0 up (hypotheses this far below the best are pruned: a "
+                                         "negative one prunes them all; inf prunes none)"),
+    "lm_weight": (lambda v: 0 <= v < math.inf, "a finite weight from 0 up (0: no LM; a negative one would favour "
+                                               "the words the LM finds unlikely; the paper: 2)"),
+    "word_score": (math.isfinite, "a finite score (negative: fewer words; the paper: 0)"),
+    "unk_score": (lambda v: v < math.inf, "a score below inf (-inf: no word outside the lexicon)"),
+    "sil_score": (math.isfinite, "a finite score"),
+}
+
+
+def check_beam_options(values: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Refuse a beam option the search cannot use (:data:`BEAM_RANGES`), naming it and what it accepts.
+    ``names``: how the caller names each option (the command line's ``--beam``); default the field's name.
+
+    Raises:
+        ValueError: the first option out of its range (NaN is out of every range).
+    """
+    for field, value in values.items():
+        if field not in BEAM_RANGES:
+            continue
+        accepts, allowed = BEAM_RANGES[field]
+        try:
+            ok = bool(accepts(value))
+        except TypeError:  # a string from a config file, say
+            ok = False
+        if not ok:
+            name = (names or {}).get(field, field)
+            raise ValueError(f"{name} {value}: expected {allowed}")
+
+
 @dataclass
 class BeamOptions:
     """Options of the lexicon beam search (flashlight names; defaults: the paper's 4-gram decoding, i.e.
-    torchaudio's ``ctc_decoder`` defaults)."""
+    torchaudio's ``ctc_decoder`` defaults). Checked when made (:func:`check_beam_options`)."""
 
     beam: int = 50
     beam_size_token: int | None = None  # tokens considered per frame; None: the whole vocabulary
@@ -153,6 +195,9 @@ class BeamOptions:
     unk_score: float = float("-inf")
     sil_score: float = 0.0
     log_add: bool = False
+
+    def __post_init__(self) -> None:
+        check_beam_options(asdict(self))
 
 
 class LMBeamDecoder:

@@ -19,13 +19,20 @@ def _lm_build(args: argparse.Namespace) -> int:
     return 0
 
 
+BEAM_OPTIONS = {"beam": "--beam", "beam_threshold": "--beam-threshold", "lm_weight": "--lm-weight",
+                "word_score": "--word-score", "unk_score": "--unk-score", "sil_score": "--sil-score"}  # field: option
+
+
 def _beam_options(args: argparse.Namespace):
-    from earful.eval.beam import BeamOptions
+    """The beam search's options from the command line, each checked in its range and named as given (``--beam
+    0: expected an integer from 1 up``), with or without ``--lm``: a value that makes no sense is refused."""
+    from earful.eval.beam import BeamOptions, check_beam_options
 
     if args.lexicon and not args.lm:
         raise ValueError("--lexicon needs --lm")
-    return BeamOptions(beam=args.beam, beam_threshold=args.beam_threshold, lm_weight=args.lm_weight,
-                       word_score=args.word_score, unk_score=args.unk_score, sil_score=args.sil_score)
+    values = {field: getattr(args, field) for field in BEAM_OPTIONS}
+    check_beam_options(values, BEAM_OPTIONS)
+    return BeamOptions(**values)
 
 
 def text_mapping(raw: str) -> dict[str, str]:
@@ -94,12 +101,13 @@ def _add_lm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", default=None, help="ARPA file (or KenLM binary with --lexicon) for beam search")
     p.add_argument("--lexicon", default=None,
                    help="lexicon file, 'word s p e l l i n g |' a line (default: the ARPA file's unigrams)")
-    p.add_argument("--beam", type=int, default=50, help="beam size (the paper: 50)")
-    p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight (the paper: 2)")
+    p.add_argument("--beam", type=int, default=50, help="beam size, 1 or more (the paper: 50)")
+    p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight, 0 or more (the paper: 2)")
     p.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")
     p.add_argument("--beam-threshold", type=float, default=50.0,
-                   help="prune hypotheses this far below the best (torchaudio's default, as the paper)")
-    p.add_argument("--unk-score", type=float, default=float("-inf"), help="score of an out-of-lexicon word")
+                   help="prune hypotheses this far below the best, 0 or more (torchaudio's default, as the paper)")
+    p.add_argument("--unk-score", type=float, default=float("-inf"),
+                   help="score of an out-of-lexicon word (below inf; -inf: none)")
     p.add_argument("--sil-score", type=float, default=0.0, help="score of a word delimiter")
 
 
@@ -110,11 +118,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="WER and CER of a fine-tuned checkpoint on labelled manifests (greedy, and with an n-gram LM)",
         description="Transcribe each manifest with a CTC checkpoint (or a run directory: its latest "
         "checkpoint), greedy and, with --lm, with flashlight's lexicon beam search and a KenLM n-gram. Writes "
-        "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json.",
+        "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json. An OUT "
+        "holds one checkpoint's evaluations: another's is refused; evaluated there again, a split's files are "
+        "replaced and summary.json covers every split evaluated there.",
     )
     ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     ev.add_argument("manifests", nargs="+", help="labelled JSONL manifests; each is a split named by its stem")
-    ev.add_argument("--out", required=True, help="output directory")
+    ev.add_argument("--out", required=True, help="output folder: new, or one holding this checkpoint's evaluations")
     ev.add_argument("--device-seconds", type=float, default=200.0, help="padded audio per inference batch")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

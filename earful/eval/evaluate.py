@@ -12,7 +12,11 @@ summaries and the log say how many had none, with a few ids (none labelled: hypo
 
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
-:func:`earful.eval.report.write_hypotheses`, and ``OUT/summary.json`` over all splits.
+:func:`earful.eval.report.write_hypotheses`, and ``OUT/summary.json`` over all splits. An ``OUT`` is one
+checkpoint's (by its weights' SHA-256) with one text mapping: another's is refused before any work
+(:func:`_earlier_splits`); evaluated again there, a split's files are replaced (its ``SPLIT.lm.*`` removed by a run
+without an LM) and ``summary.json`` keeps the splits evaluated there before beside this run's, each split's LM
+settings in its ``lm`` entry.
 
 Checkpoints imported from `transformers` (``earful import-hf``) carry that vocabulary (``<pad>`` as the
 blank, ``<s>``/``</s>``/``<unk>``, often upper-case letters); it is adapted: the first symbol is the
@@ -21,6 +25,7 @@ blank, other multi-character symbols are never written into hypotheses, letters 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -31,8 +36,10 @@ from typing import Any
 import torch
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import INFO_FILE, load_model
+from earful.checkpoint import INFO_FILE, MODEL_FILE, load_model, read_info
 from earful.config import plain_name
+from earful.data.audio import RECEPTIVE_FIELD, AudioError
+from earful.data.budget import SAMPLE_RATE
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
@@ -175,6 +182,10 @@ def evaluate(
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # before any work: mkdir said "[Errno 17] File exists" at the end
+        raise NotADirectoryError(f"--out {out}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, "
+                                 "summary.json, ...) into a folder; give a new one, or an earlier evaluation's")
     dev = resolve_device(device, "--device")
     model, vocab, path = load_ctc(ckpt)
     if text_mapping:
@@ -182,37 +193,98 @@ def evaluate(
     read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
     for split, manifest in splits.items():  # every split's references checked before anything is transcribed
         utts = read_manifest(manifest, check_files=True)
+        _check_lengths(utts, manifest, split)
         try:
             read[split] = utts, references(utts, vocab)
         except ValueError as e:
             raise ValueError(f"{manifest} (split {split!r}): {e}") from e
+    record = {"checkpoint": str(path), "weights_sha256": _weights_sha256(path), "text_mapping": vocab.mapping}
+    earlier = _earlier_splits(out, record)  # refuses another checkpoint's results, before any work
     beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"checkpoint": str(path), "device_seconds": device_seconds,
-                               "text_mapping": vocab.mapping, "splits": {}}
+    lm_settings: dict[str, Any] | None = None
     if beam is not None:
         opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
                 for k, v in asdict(beam.options).items()}
-        summary["lm"] = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
+        lm_settings = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
+    evaluated: dict[str, Any] = {}
     for split, manifest in splits.items():
         utts, refs = read[split]
-        greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
-                                     precision=precision, beam=beam, num_workers=num_workers)
+        try:
+            greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
+                                         precision=precision, beam=beam, num_workers=num_workers)
+        except AudioError as e:  # the loader names the file (and the utterance); the manifest and way out here
+            raise AudioError(f"{manifest} (split {split!r}): {e}; evaluate scores every utterance of its manifests: "
+                             "mend the file, or leave its row out of the manifest") from None
         ids = [u.id for u in utts]
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
         results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
                                               {**meta, "decoder": "greedy"})}
-        if lm_hyps is not None:
+        if lm_hyps is not None and lm_settings is not None:
             results["lm"] = write_hypotheses(out, ids, [lm_hyps[i] for i in ids], refs, f"{split}.lm",
-                                             {**meta, "decoder": "lm", **summary["lm"]})
-        summary["splits"][split] = {
-            name: {k: r[k] for k in SPLIT_KEYS if k in r} for name, r in results.items()
-        }
+                                             {**meta, "decoder": "lm", **lm_settings})
+        else:  # an earlier evaluation's LM hypotheses of this split would stand beside these
+            for stale in (out / f"{split}.lm.jsonl", out / f"{split}.lm.summary.json"):
+                stale.unlink(missing_ok=True)
+        evaluated[split] = {name: {k: r[k] for k in SPLIT_KEYS if k in r} for name, r in results.items()}
+        if lm_settings is not None:
+            evaluated[split]["lm"]["settings"] = lm_settings
+    summary: dict[str, Any] = {**record, "device_seconds": device_seconds, "splits": {**earlier, **evaluated}}
     atomic_write_json(out / "summary.json", summary)
-    for split, res in summary["splits"].items():
+    for split, res in evaluated.items():
         log.info("%s: %s", split, ", ".join(_scores(name, r) for name, r in res.items()))
+    kept = [split for split in earlier if split not in evaluated]
+    if kept:
+        log.info("%s/summary.json also holds this checkpoint's earlier evaluation of %s", out, ", ".join(kept))
     return summary
+
+
+def _weights_sha256(ckpt: Path) -> str | None:
+    """The SHA-256 of the checkpoint's weights as its ``model.json`` records it (None where it records none)."""
+    return ((read_info(ckpt).get("files") or {}).get(MODEL_FILE) or {}).get("sha256")
+
+
+def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The splits an earlier evaluation wrote in ``out`` (its ``summary.json``), which this one keeps beside its
+    own where it evaluates the same checkpoint (by the weights' SHA-256; by path where the summary records none)
+    with the same text mapping: an ``--out`` then holds that checkpoint's latest result of every split evaluated
+    there, each split's files of one run. Another checkpoint's results (or another mapping's) are refused, as
+    a probe's are (:func:`earful.probe.suite._check_out`): these would have replaced them in part, dev from one
+    checkpoint beside test from another."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        splits = dict(saved["splits"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an evaluation summary ({e}); give another --out, or remove it") from None
+    if saved.get("weights_sha256") and record["weights_sha256"]:
+        same = saved["weights_sha256"] == record["weights_sha256"]
+    else:  # a summary of an earlier version, or a checkpoint that records no hash: by path
+        same = Path(str(saved.get("checkpoint"))).resolve() == Path(record["checkpoint"]).resolve()
+    if not same:
+        raise ValueError(f"{out}: holds the evaluation of another checkpoint ({saved.get('checkpoint')}: "
+                         f"{', '.join(splits) or 'no split'}), which this one ({record['checkpoint']}) would mix with; "
+                         f"give another --out, or remove {out}")
+    if saved.get("text_mapping", {}) != record["text_mapping"]:
+        raise ValueError(f"{out}: holds an evaluation of this checkpoint with another text mapping "
+                         f"({saved.get('text_mapping')}, now {record['text_mapping']}), whose scores would not compare "
+                         f"with these; give another --out, or remove {out}")
+    return splits
+
+
+def _check_lengths(utts: Sequence[Utterance], manifest: str | Path, split: str) -> None:
+    """Refuse a manifest holding utterances shorter than one frame needs (the CNN's receptive field), which the
+    model gives no output for, naming the manifest, the split and a few of them, before anything is transcribed:
+    the loader stopped the whole evaluation midway, naming the audio file alone."""
+    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    if short:
+        shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
+        raise ValueError(f"{manifest} (split {split!r}): {len(short)} of {len(utts)} utterances are shorter than one "
+                         f"frame of the model needs ({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}"
+                         f"{' …' if len(short) > 3 else ''}; the model gives them no output: leave them out of the "
+                         "manifest (`earful prepare` does)")
 
 
 SPLIT_KEYS = ("utterances", "scored", "unlabelled", "unlabelled_ids", "wer", "cer")  # a split's in summary.json

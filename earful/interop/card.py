@@ -5,7 +5,8 @@ What the card says, and where it reads it (a fact that is not recorded is left o
 
 * architecture: the checkpoint's ``model.json`` and the parameter count;
 * training: its ``trainer.json`` (steps, batch seconds and device layout, peak lr, hours of audio seen) and the
-  run's ``config.yaml`` (the task's recipe, shown whole);
+  run's ``config.yaml`` (the task's recipe, shown whole but a fine-tuning's ``model_preset`` where the architecture
+  came from ``init``: :func:`_shown_config`);
 * corpus and recipe fingerprint: the manifests the run read, with the SHA-256 the recipe records of each, and
   the SHA-256 of the recipe itself (``earful.train.recipe.recipe_hash``, what the trackers record too);
 * validation: the run's ``valid.jsonl`` at the checkpoint's step;
@@ -86,11 +87,53 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
         lines += _validation(run, trainer)
         lines += _results(run, ckpt)
     if config is not None:
-        lines += ["", "<details><summary>The run's configuration (config.yaml)</summary>", "", "```yaml",
-                  yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "", "</details>"]
-    lines += ["", "## Use", "", "```python", f"from transformers import {cls}", "",
-              f'model = {cls}.from_pretrained("PATH_OR_REPO")', "```", ""]
+        shown, note = _shown_config(config, kind)
+        lines += ["", "<details><summary>The run's configuration (config.yaml)</summary>", "", *note, "```yaml",
+                  yaml.safe_dump(shown, sort_keys=False).rstrip(), "```", "", "</details>"]
+    lines += _use(cls, kind, m.get("feat_extract_norm", "group"))
     return "\n".join(lines)
+
+
+def _use(cls: str, kind: str, feat_extract_norm: str) -> list[str]:
+    """The card's "Use" section: how to load the model and how to batch it. A group-norm CNN is not batch-invariant
+    in transformers (docs/batch-invariance.md): its first GroupNorm takes statistics over the padded row, with or
+    without ``attention_mask``, so a user batching files with padding got other transcripts, and was not told."""
+    outputs = "features" if kind == "pretraining" else "transcripts"
+    if kind == "pretraining":
+        code = [f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("PATH_OR_REPO")']
+    else:
+        code = ["from transformers import pipeline", "",
+                'asr = pipeline("automatic-speech-recognition", model="PATH_OR_REPO")',
+                'asr("talk.flac")["text"]  # one file at a time, as the pipeline goes by default']
+    if feat_extract_norm == "group":
+        batching = (
+            "**Batching.** The feature encoder normalises its first convolution with a GroupNorm over time "
+            "(`feat_extract_norm: group`, as wav2vec2-base), and transformers takes its statistics over the whole "
+            f"padded row: in a padded batch every file shorter than the longest gets other {outputs} than it "
+            "gets alone. An `attention_mask` does not help: it hides the padding from the attention, not from the "
+            "GroupNorm (the processor returns none, transformers' convention for such models). Give the model one "
+            "file at a time (the pipeline's default, `batch_size=1`), or batch files of the same length (sort by "
+            f"length: no padding, the same {outputs}; a little padding, nearly the same). earful computes the "
+            "statistics over each file's own samples: `earful evaluate` and `earful transcribe` give the "
+            f"{outputs} of one file at a time in any batch.")
+    else:
+        batching = (
+            "**Batching.** The feature encoder normalises every convolution per frame (`feat_extract_norm: "
+            "layer`): in a padded batch pass the processor's `attention_mask` (it returns one), and each file "
+            f"gets the {outputs} it gets alone; without it, the padding is attended to as signal.")
+    return ["", "## Use", "", "```python", *code, "```", "", batching, ""]
+
+
+def _shown_config(config: dict[str, Any], kind: str) -> tuple[dict[str, Any], list[str]]:
+    """The run's configuration as the card shows it, and a note on what it leaves out. A fine-tuning from a
+    checkpoint records ``model_preset`` all the same, the default ``base`` (it names the architecture of a
+    ``scratch`` model only): a card of a model fine-tuned from ``tiny`` said ``model_preset: base``. It is left
+    out there; the architecture is the card's own section, read from the checkpoint."""
+    if kind == "pretraining" or config.get("init") in (None, "scratch") or "model_preset" not in config:
+        return config, []
+    shown = {k: v for k, v in config.items() if k != "model_preset"}
+    return shown, [f"`model_preset` ({config['model_preset']}) is left out: it is the architecture of a model "
+                   "fine-tuned from scratch, and this one's came from `init` (the Architecture section above).", ""]
 
 
 def _training(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:

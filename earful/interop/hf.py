@@ -14,6 +14,7 @@ anything, then move the new files into their folder from a temporary one inside 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -283,6 +284,9 @@ def _normalise_hf_keys(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 HF_CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"  # a feature extractor saved alone; what export-hf writes
 PROCESSOR = "processor_config.json"  # transformers 5's Wav2Vec2Processor: the feature extractor inside
+# the least preprocessor_config.json of a model trained on normalised waveforms (transformers reads it too)
+NORMALISING_EXTRACTOR = {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
+                         "sampling_rate": SAMPLE_RATE, "do_normalize": True}
 TOKENIZER = "tokenizer_config.json"
 VOCAB = "vocab.json"
 TEXT_MAPPING = "earful_text_mapping"  # config.json: a fine-tuned vocabulary's text mapping (transformers keeps it)
@@ -640,9 +644,11 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
     extractor = read_feature_extractor(hf_dir)
     if extractor is not None:  # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
         cfg.normalize_waveform = bool(extractor[0].get("do_normalize", True))
-    else:
-        log.warning("%s: no %s nor %s; assuming the model takes unnormalised waveforms (set normalize_waveform "
-                    "if it was trained on normalised ones)", hf_dir, PREPROCESSOR, PROCESSOR)
+    else:  # no command takes normalize_waveform for an imported model: the folder's feature extractor says it
+        log.warning("%s: no %s nor %s; assuming the model takes unnormalised waveforms. If it was trained on "
+                    "normalised ones (each utterance zero mean, unit variance: fairseq's normalize: true, the LARGE "
+                    "recipes), write %s holding %s and run the command again", hf_dir, PREPROCESSOR, PROCESSOR,
+                    Path(hf_dir) / PREPROCESSOR, json.dumps(NORMALISING_EXTRACTOR))
     is_ctc = "lm_head.weight" in weights
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None

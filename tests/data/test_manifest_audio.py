@@ -175,3 +175,36 @@ def test_every_container_libsndfile_reads_is_prepared(tmp_path: Path):
     assert problems == [] and sorted(Path(u.path).name for u in utts) == sorted(kinds)
     for u in utts:
         assert u.num_samples == 8000 and np.allclose(load_audio(u.path), x, atol=1e-4), u.path
+
+
+def test_what_is_given_for_a_manifest_and_is_none_is_named_with_what_to_do(tmp_path: Path, tone) -> None:
+    """A folder gave "[Errno 21] Is a directory", an audio file "not valid UTF-8 ...; re-encode the manifest as
+    UTF-8", a fairseq manifest "not valid JSON". Now each is named with what to do; a real manifest reads."""
+    tone(tmp_path / "audio" / "spk" / "a.wav", 0.5)
+    tone(tmp_path / "audio" / "spk" / "b.flac", 0.5)
+    folder = tmp_path / "audio"
+    with pytest.raises(ManifestError, match=rf"^{folder}: a folder, not a manifest \(JSON Lines, .*\); "
+                                            rf"here: earful prepare {folder} OUT, then give OUT/audio.jsonl$"):
+        read_manifest(tmp_path / "audio")
+    for audio in ("a.wav", "b.flac"):
+        with pytest.raises(ManifestError, match=r": an audio file, not a manifest \(JSON Lines, one utterance a line, "
+                                                r"made by `earful prepare AUDIO_FOLDER OUT`\); `earful transcribe CKPT "
+                                                r"FILE...` transcribes audio files$"):
+            read_manifest(tmp_path / "audio" / "spk" / audio)
+    renamed = tmp_path / "a.jsonl"  # by its first bytes, whatever its name
+    renamed.write_bytes((tmp_path / "audio" / "spk" / "a.wav").read_bytes())
+    with pytest.raises(ManifestError, match="an audio file, not a manifest"):
+        read_manifest(renamed)
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text(f"{tmp_path / 'audio'}\nspk/a.wav\t8000\nspk/b.flac\t8000\n")
+    with pytest.raises(ManifestError, match=rf"^{tsv}: looks like a fairseq manifest \(an audio root, then "
+                                            rf"PATH<TAB>SAMPLES lines\); earful reads its own \(JSON Lines.*\): "
+                                            rf"earful prepare {tmp_path / 'audio'} OUT \(transcripts as a \.txt"):
+        read_manifest(tsv)
+    other = tmp_path / "other.jsonl"
+    other.write_text("not json\n")
+    with pytest.raises(ManifestError, match=rf"^{other}:1: not valid JSON"):  # nothing in particular: the row's error
+        read_manifest(other)
+    good = tmp_path / "good.jsonl"
+    write_manifest([Utterance("a", str(tmp_path / "audio" / "spk" / "a.wav"), 8000, 16000, "spk", "hi\tthere")], good)
+    assert read_manifest(good)[0].id == "a"

@@ -524,3 +524,50 @@ def test_one_id_in_two_training_splits_is_a_problem_not_a_train_960_refused_late
         _prepare(str(ls), str(out))
     assert _prepare(str(ls), str(out), "--skip-bad") == 0
     assert len(read_manifest(out / "train-960.jsonl")) == 6
+
+
+def test_a_plain_folder_notes_transcript_tables_it_does_not_read(tmp_path: Path, tone) -> None:
+    """An LJSpeech folder (wavs/*.wav + metadata.csv) was read all unlabelled, "0 problem(s)", without a hint that
+    a plain folder reads only .txt / .lab files beside the audio. Now each table-like file is a note naming it and
+    what is read; a sidecar of an audio file's name (a .txt) is never one."""
+    lj = tmp_path / "lj"
+    for name in ("LJ001-0001", "LJ001-0002"):
+        tone(lj / "wavs" / f"{name}.wav", 0.5)
+    (lj / "metadata.csv").write_text("LJ001-0001|Printing|printing\nLJ001-0002|in the only sense|in the only sense\n")
+    (lj / "wavs" / "LJ001-0001.txt").write_text("printing\n")  # a sidecar: read, not a table
+    (lj / "transcripts.txt").write_text("LJ001-0002 in the only sense\n")  # a .txt of no audio's name, a table's name
+    (lj / "README").write_text("not a transcript\n")
+    problems: list[str] = []
+    utts = {u.id: u.transcript for u in read_folder(lj, problems)}
+    assert utts == {"wavs/LJ001-0001": "printing", "wavs/LJ001-0002": None}
+    tables = [p for p in problems if "table of transcripts" in p]
+    assert tables == [Note(f"{lj / name}: looks like a table of transcripts, not read: prepare reads a plain folder's "
+                           "transcripts from a .txt or .lab file beside each audio file, of its name (x.wav: x.txt); "
+                           "write one such file per audio file from it")
+                      for name in ("metadata.csv", "transcripts.txt")]
+    assert all(isinstance(p, Note) for p in problems)
+
+
+def test_a_plain_folder_partly_labelled_notes_how_many_files_have_no_transcript(tmp_path: Path, tone, caplog) -> None:
+    """Audio files without a sidecar beside others with one were read unlabelled without a word; now a note
+    (which stops nothing) counts them and names a few. A folder of unlabelled audio only gets none."""
+    for i in range(5):
+        tone(tmp_path / "c" / f"u{i}.wav", 0.5)
+    (tmp_path / "c" / "u0.txt").write_text("hello\n")
+    problems: list[str] = []
+    assert len(read_folder(tmp_path / "c", problems)) == 5
+    assert problems == [Note(f"{tmp_path / 'c'}: 4 of 5 audio files have no transcript file (e.g. u1, u2, u3), read "
+                             "unlabelled; prepare reads a plain folder's transcripts from a .txt or .lab file beside "
+                             "each audio file, of its name")]
+    assert isinstance(problems[0], Note)
+    (tmp_path / "c" / "u0.txt").unlink()
+    problems.clear()
+    read_folder(tmp_path / "c", problems)
+    assert problems == []
+    (tmp_path / "c" / "u0.txt").write_text("hello\n")
+    caplog.set_level(logging.INFO)
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", str(tmp_path / "c"), str(tmp_path / "m")])
+    assert args.func(args) == 0  # a note stops nothing
+    assert "4 of 5 audio files have no transcript file" in caplog.text and "1 note(s)" in caplog.text

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -195,3 +197,23 @@ def test_lm_build_names_words_a_vocabulary_of_letters_cannot_spell(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="earful.eval.lm"):
         build_arpa(text, tmp_path / "lm.arpa", order=2)
     assert "text.txt: 2 of 4 words hold characters other than letters and ' (e.g. 'hello,', 'world.')" in caplog.text
+
+
+@pytest.mark.parametrize(("field", "value", "allowed"), [
+    ("beam", 0, "an integer from 1 up"), ("beam", -3, "an integer from 1 up"), ("beam", 2.5, "an integer from 1 up"),
+    ("beam_size_token", 0, "an integer from 1 up, or none"), ("beam_threshold", -1.0, "a score from 0 up"),
+    ("beam_threshold", float("nan"), "a score from 0 up"), ("lm_weight", -1.0, "a finite weight from 0 up"),
+    ("lm_weight", float("inf"), "a finite weight from 0 up"), ("word_score", float("nan"), "a finite score"),
+    ("unk_score", float("inf"), "a score below inf"), ("sil_score", float("-inf"), "a finite score"),
+])
+def test_beam_options_out_of_range_are_refused(field, value, allowed) -> None:
+    """A beam of 0 (or a negative threshold, a NaN weight) kept no hypothesis: every LM transcript was empty,
+    WER 100 %, and nothing said why. Now refused, naming the option and what it accepts."""
+    with pytest.raises(ValueError, match=f"^{field} {re.escape(str(value))}: expected {re.escape(allowed)}"):
+        BeamOptions(**{field: value})
+
+
+def test_beam_options_in_range_are_taken() -> None:
+    options = BeamOptions(beam=1, beam_size_token=1, beam_threshold=0.0, lm_weight=0.0, word_score=-3.0,
+                          unk_score=-10.0, sil_score=-1.0)
+    assert options.beam == 1 and BeamOptions(beam_threshold=float("inf")).beam_threshold == float("inf")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -212,7 +213,8 @@ def test_lm_decoding_is_written_beside_greedy(tmp_path, always_a) -> None:
                "--beam", "10", "--lm-weight", "1.5"])
     assert rc == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["lm"]["beam"] == 10 and summary["lm"]["lm_weight"] == 1.5
+    settings = summary["splits"]["dev"]["lm"]["settings"]  # each split's own: an --out may hold several runs'
+    assert settings["beam"] == 10 and settings["lm_weight"] == 1.5 and settings["path"] == str(tmp_path / "lm.arpa")
     assert summary["splits"]["dev"]["lm"]["wer"] == pytest.approx(0.5)  # 'a' both times
     rows = [json.loads(x) for x in (tmp_path / "eval" / "dev.lm.jsonl").read_text().splitlines()]
     assert [r["hyp"] for r in rows] == ["a", "a"]
@@ -360,3 +362,115 @@ def test_only_empty_references_is_an_error_naming_the_manifest(tmp_path, always_
         evaluate(always_a, [blank], out)
     some = write_split(tmp_path / "data", "some", ["", "a"])  # an empty reference among others: insertions
     assert evaluate(always_a, [some], out)["splits"]["some"]["greedy"]["wer"] == 1.0
+
+
+@pytest.mark.parametrize("command", ["evaluate", "transcribe"])
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--beam", "0", "an integer from 1 up"), ("--beam", "-5", "an integer from 1 up"),
+    ("--beam-threshold", "-1", "a score from 0 up"), ("--lm-weight", "-2", "a finite weight from 0 up"),
+    ("--lm-weight", "nan", "a finite weight from 0 up"), ("--word-score", "inf", "a finite score"),
+    ("--unk-score", "inf", "a score below inf"),
+])
+def test_beam_options_out_of_range_are_refused_naming_the_option(tmp_path, always_a, caplog, command, option, value,
+                                                                 allowed) -> None:
+    """`evaluate --lm LM --beam 0` (and `transcribe --beam 0`) ran and gave empty LM transcripts, WER 100 %. Now
+    the command stops before reading the checkpoint, naming the option, its value and the range it accepts."""
+    from earful.cli import main
+
+    m = write_split(tmp_path / "data", "dev", ["a"])
+    lm = tmp_path / "lm.arpa"
+    lm.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\ta\n\n\\end\\\n")
+    wav = str(m).replace(".jsonl", "-0.wav")
+    target = [str(m), "--out", str(tmp_path / "eval")] if command == "evaluate" else [wav]
+    assert main([command, str(always_a), *target, "--lm", str(lm), option, value]) == 2
+    assert f"{option} {float(value) if option != '--beam' else value}: expected {allowed}" in caplog.text
+    assert not (tmp_path / "eval").exists()
+
+
+def test_what_would_stop_an_evaluation_midway_is_named_before_it_starts(tmp_path, always_a, caplog) -> None:
+    """`--out FILE` said "[Errno 17] File exists" after transcribing everything; an audio file given for a manifest
+    "not valid UTF-8 ...; re-encode the manifest as UTF-8"; an utterance under 400 samples stopped the whole
+    evaluation midway, naming its audio file alone. Now each is one line naming the file and what to do."""
+    from earful.cli import main
+    from earful.data.manifest import Utterance
+
+    m = write_split(tmp_path / "data", "dev", ["a", "b"])
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["evaluate", str(always_a), str(m), "--out", str(taken)]) == 2
+    assert (f"--out {taken}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, summary.json, "
+            "...) into a folder; give a new one, or an earlier evaluation's") in caplog.text
+    wav = str(m).replace(".jsonl", "-0.wav")
+    assert main(["evaluate", str(always_a), wav, "--out", str(tmp_path / "eval")]) == 2
+    assert f"{wav}: an audio file, not a manifest" in caplog.text and "`earful transcribe CKPT FILE...`" in caplog.text
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "data" / "tiny.wav", np.zeros(100, np.float32), 16000)
+    short = tmp_path / "data" / "short.jsonl"
+    write_manifest([*read_manifest(m), Utterance("tiny", str(tmp_path / "data" / "tiny.wav"), 100, 16000, "s", "a")],
+                   short)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{short} (split 'short'): 1 of 3 utterances are shorter than one frame of the model needs (400 samples "
+            "at 16000 Hz): 'tiny' (100); the model gives them no output: leave them out of the manifest (`earful "
+            "prepare` does)")):
+        evaluate(always_a, [m, short], tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # refused before anything was transcribed
+
+
+def test_an_unreadable_file_names_the_manifest_and_the_utterance(tmp_path, always_a) -> None:
+    """The loader's error named the audio file alone; evaluate now adds the manifest, split, utterance and way
+    out."""
+    m = write_split(tmp_path / "data", "dev", ["a", "b"])
+    (tmp_path / "data" / "dev-1.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # corrupt after prepare
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(m))} \(split 'dev'\): {re.escape(str(tmp_path))}/data/"
+                                         r"dev-1\.wav: .*\(utterance dev-1\); evaluate scores every utterance of its "
+                                         r"manifests: mend the file, or leave its row out of the manifest$"):
+        evaluate(always_a, [m], tmp_path / "eval", device_seconds=0.5)
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_an_out_folder_holds_one_checkpoints_evaluations_of_every_split(tmp_path, always_a, caplog) -> None:
+    """Checkpoint A on dev, then on test with --lm, then checkpoint B on dev into one --out: summary.json held only
+    the last call's splits, test.* were A's beside B's dev.*, and a run without --lm left test.lm.* behind. Now
+    another checkpoint's folder is refused before any work, naming it; the same checkpoint's summary covers every
+    split evaluated there, and a split evaluated again without an LM loses its stale LM files."""
+    from earful.cli import main
+    from earful.eval.lm import build_arpa
+
+    caplog.set_level("INFO")
+    text = tmp_path / "text.txt"
+    text.write_text("a b\na\nb a\n")
+    build_arpa(text, tmp_path / "lm.arpa", order=2)
+    dev = write_split(tmp_path / "data", "dev", ["a", "b"])
+    test = write_split(tmp_path / "data", "test", ["a", "a b"])
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(always_a), str(dev), "--out", str(out)]) == 0
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out), "--lm", str(tmp_path / "lm.arpa")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["splits"]) == ["dev", "test"] and list(summary["splits"]["test"]) == ["greedy", "lm"]
+    assert "also holds this checkpoint's earlier evaluation of dev" in caplog.text
+    assert summary["weights_sha256"] == json.loads((always_a / "model.json").read_text())["files"][
+        "model.safetensors"]["sha256"]
+
+    other = tmp_path / "other"  # another checkpoint: other weights
+    model, info = load_model(always_a)
+    with torch.no_grad():
+        model.lm_head.bias[V.index("b")] = 20.0
+    save_model(other, model, vocab=info["vocab"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    caplog.clear()
+    assert main(["evaluate", str(other), str(dev), "--out", str(out)]) == 2
+    assert (f"{out}: holds the evaluation of another checkpoint ({always_a}: dev, test), which this one ({other}) "
+            f"would mix with; give another --out, or remove {out}") in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out), "--text-mapping", "{'!': ''}"]) == 2
+    assert "with another text mapping" in caplog.text
+
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out)]) == 0  # test again, without --lm
+    assert not (out / "test.lm.jsonl").exists() and not (out / "test.lm.summary.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["splits"]) == ["dev", "test"] and list(summary["splits"]["test"]) == ["greedy"]
+    copy = tmp_path / "copy"  # the same weights elsewhere: the same checkpoint
+    shutil.copytree(always_a, copy)
+    assert main(["evaluate", str(copy), str(dev), "--out", str(out)]) == 0

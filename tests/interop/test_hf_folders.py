@@ -339,3 +339,21 @@ def test_the_output_folder_itself_stays_a_link_a_mount_its_mode_and_group(tmp_pa
     assert sorted(p.name for p in real.iterdir()) == sorted(_files(real)) and not any(
         p.name.startswith(".tmp-") for p in real.iterdir())
     assert not any(p.name.startswith((".tmp-", ".old-")) for p in tmp_path.iterdir())
+
+
+def test_a_folder_without_a_feature_extractor_is_told_a_way_to_say_it_normalises(tmp_path, caplog) -> None:
+    """`finetune --init HF` of a folder without preprocessor_config.json warned "set normalize_waveform if it was
+    trained on normalised ones", which no command takes. Now the warning gives the preprocessor_config.json to
+    write; written as given, the import (and transformers) take normalised waveforms, and nothing is warned."""
+    theirs = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**TINY))
+    theirs.save_pretrained(tmp_path / "hf")
+    with caplog.at_level(logging.WARNING):
+        assert not import_hf(tmp_path / "hf")[0].cfg.normalize_waveform
+    said = re.search(r"write (\S+) holding (\{.*\}) and run the command again", caplog.text)
+    assert said and "normalize_waveform" not in caplog.text, caplog.text
+    Path(said.group(1)).write_text(said.group(2))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert import_hf(tmp_path / "hf")[0].cfg.normalize_waveform
+    assert not caplog.text
+    assert transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf").do_normalize

@@ -148,3 +148,56 @@ def test_export_import_keeps_the_text_mapping_in_config_json(tmp_path, caplog) -
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "plain")]) == 0
     assert "mapping" not in load_model(tmp_path / "plain")[1]["vocab"]
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_the_model_card_says_how_to_batch_files_and_transformers_does_so(tmp_path, norm) -> None:
+    """The card's "Use" section said nothing about padded batches, and a transformers user batching files with
+    padding got other transcripts from a group-norm model (all 8 of a test split). Now it says what to do, and
+    transformers does what it says: a group-norm model's padded file differs from the file alone with and
+    without ``attention_mask``; a layer-norm model's is the same with it."""
+    import transformers
+
+    model = Wav2Vec2ForCTC(load_model_config("tiny", [f"feat_extract_norm={norm}"]), vocab_size=29)
+    symbols = ["<b>", "|", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    save_model(tmp_path / "ckpt", model, vocab={"symbols": symbols})
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    use = (tmp_path / "hf" / "README.md").read_text().split("## Use", 1)[1]
+    assert 'pipeline("automatic-speech-recognition", model="PATH_OR_REPO")' in use
+    hf = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path / "hf").eval()
+    short, long = torch.randn(1, 8000), torch.randn(1, 20000)
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 12000)), long])
+    mask = (torch.arange(20000) < torch.tensor([[8000], [20000]])).long()
+    with torch.no_grad():
+        alone = hf(short).logits[0]
+        frames = len(alone)
+        masked, unmasked = (hf(batch, attention_mask=a).logits[0, :frames] for a in (mask, None))
+    if norm == "group":
+        assert "one file at a time" in use and "batch files of the same length" in use
+        assert "An `attention_mask` does not help" in use
+        assert not torch.allclose(masked, alone, atol=1e-3) and not torch.allclose(unmasked, alone, atol=1e-3)
+    else:
+        assert "pass the processor's `attention_mask`" in use
+        assert torch.allclose(masked, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("init", ["/runs/pt-tiny/checkpoints/best", "scratch"])
+def test_the_model_card_shows_no_preset_that_was_not_built(tmp_path, init) -> None:
+    """A model fine-tuned from a tiny checkpoint showed `model_preset: base` in its card's configuration: the
+    preset is the default, which only a scratch model is built from. It is left out (and said so) where the
+    architecture came from the checkpoint; a scratch model's is what was built, and shown."""
+    import yaml
+
+    from earful.interop.card import model_card
+
+    ckpt = tmp_path / "ft" / "checkpoints" / "step-0000001"
+    save_model(ckpt, Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29),
+               vocab={"symbols": ["<b>", "|", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]})
+    (tmp_path / "ft" / "config.yaml").write_text(yaml.safe_dump({"init": init, "model_preset": "base", "seed": 1}))
+    card = model_card(ckpt, 0)
+    shown = yaml.safe_load(card.split("```yaml", 1)[1].split("```", 1)[0])
+    if init == "scratch":
+        assert shown["model_preset"] == "base" and "is left out" not in card
+    else:
+        assert "model_preset" not in shown and shown["init"] == init
+        assert "`model_preset` (base) is left out: it is the architecture of a model fine-tuned from scratch" in card
