@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
+import shutil
 import tarfile
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -123,52 +125,100 @@ class ShardSummary:
     problems: list[str]
 
 
+# while a run writes: its finished shards and rows done, and each finished shard's member columns (removed once the
+# index is written)
+PROGRESS, PROGRESS_COLUMNS = "progress.json", "progress"
+
+
 def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_bytes: int, skip_bad: bool = False,
-                 workers: int = 1, total: int | None = None, source: str = "") -> ShardSummary:
+                 workers: int = 1, total: int | None = None, source: str = "",
+                 recipe: dict[str, Any] | None = None, resume: bool = False) -> ShardSummary:
     """Write ``utts`` (in their order) as shards of about ``shard_bytes`` each into ``out`` and the index last.
     A row whose audio cannot be read (unreadable, truncated) or whose file the row disagrees with (the loader's
     ``check_row``: rate, length, a segment past the end of its file, too short) stops the writing naming it, or
-    with ``skip_bad`` is left out, logged and listed in the index (``left_out``)."""
+    with ``skip_bad`` is left out, logged and listed in the index (``left_out``).
+
+    After each finished shard, ``out/progress.json`` records the rows done and the shards, and
+    ``out/progress/SHARD.npy`` its members' columns; ``resume`` continues a run stopped (killed, Ctrl-C) from
+    there, when ``recipe`` (what decides the shards: the manifest's digest, the seed, the shard size,
+    ``skip_bad``) is the run's. A run stopped by a bad row removes what it wrote (the manifest must change, and
+    with it the recipe)."""
     out = Path(out)
+    recipe = {**(recipe or {}), "shard_bytes": shard_bytes, "skip_bad": skip_bad}
     if (out / INDEX).exists():
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
-    unindexed = sorted(out.glob("shard-*.tar")) + sorted(out.glob(".shard-*.tmp"))
-    if unindexed:  # a run stopped before its index (killed), or another tool's shards: never mixed with these
-        raise ShardError(f"{out} holds {len(unindexed)} shard file(s) and no {INDEX} ({unindexed[0].name} …): an "
-                         f"earlier `earful shard` that did not finish, or another tool's shards, which a reader of "
-                         f"shard-*.tar would take with these; remove them (rm {out}/shard-*.tar {out}/.shard-*.tmp) "
-                         "or choose another folder")
+    done = _progress(out, recipe, resume)
+    if done is None:
+        unindexed = sorted(out.glob("shard-*.tar")) + sorted(out.glob(".shard-*.tmp"))
+        if unindexed:  # another tool's shards, or an earlier earful's: never mixed with these
+            raise ShardError(f"{out} holds {len(unindexed)} shard file(s) and no {INDEX} ({unindexed[0].name} …): "
+                             "an `earful shard` that did not finish, or another tool's shards, which a reader of "
+                             f"shard-*.tar would take with these; remove them (rm {out}/shard-*.tar "
+                             f"{out}/.shard-*.tmp) or choose another folder")
+        done = {"rows": 0, "shards": [], "left_out": [], "samples_16k": 0}
+        columns = np.zeros((0, len(COLUMNS)), dtype=np.int64)
+    else:
+        columns = np.concatenate([np.zeros((0, len(COLUMNS)), dtype=np.int64), *(
+            np.load(out / PROGRESS_COLUMNS / f"{sh['name']}.npy", allow_pickle=False) for sh in done["shards"])])
+        for tmp in out.glob(".shard-*.tmp"):  # the shard being written when the run stopped
+            tmp.unlink()
+        log.info("resuming: %d rows done, %d shards (%d members) kept", done["rows"], len(done["shards"]),
+                 len(columns))
     out.mkdir(parents=True, exist_ok=True)
-    cols = {c: array("q") for c in COLUMNS}  # 8 bytes a number, not a Python int
-    shards: list[dict[str, Any]] = []
-    left_out: list[dict[str, str]] = []
-    samples_16k = 0
-    writer = _ShardWriter(out, shard_bytes, shards)
-    items = ordered_map(encode_member, utts, workers)
+    cols = {c: array("q", columns[:, k].tolist()) for k, c in enumerate(COLUMNS)}  # 8 bytes a number
+    shards: list[dict[str, Any]] = list(done["shards"])
+    left_out: list[dict[str, str]] = list(done["left_out"])
+    samples_16k = int(done["samples_16k"])
+    row = int(done["rows"])
+
+    def finished() -> None:  # a shard is whole (before this row's entry): what a resume needs to go on after it
+        members = len(cols["offset"])
+        first = members - shards[-1]["members"]
+        mine = np.stack([np.frombuffer(cols[c], dtype=np.int64)[first:members] for c in COLUMNS], axis=1)
+        (out / PROGRESS_COLUMNS).mkdir(exist_ok=True)
+        with atomic_open(out / PROGRESS_COLUMNS / f"{shards[-1]['name']}.npy", "wb") as f:
+            np.save(f, mine, allow_pickle=False)
+        atomic_write_json(out / PROGRESS, {
+            "format": SHARDS_FORMAT, "recipe": recipe, "rows": row, "shards": shards, "left_out": left_out,
+            "samples_16k": samples_16k})  # fmt: skip
+
+    writer = _ShardWriter(out, shard_bytes, shards, finished)
+    items = ordered_map(encode_member, itertools.islice(iter(utts), row, None), workers)
     try:
-        for utt, (flac, problem) in tqdm(items, total=total, unit="row", desc="shards", mininterval=2.0):
+        for utt, (flac, problem) in tqdm(items, total=total, initial=row, unit="row", desc="shards",
+                                         mininterval=2.0):
             if problem is not None:
                 if not skip_bad:
                     raise ShardError(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
                                      "rows out (they are listed in the index)")
                 log.warning("left out %s: %s", utt.id, problem)
                 left_out.append({"id": utt.id, "problem": problem})
+                row += 1
                 continue
             member = len(cols["offset"])
             key = key_of(member)
             entry = _tar_entry(f"{key}.flac", flac) + _tar_entry(f"{key}.json", _member_json(utt))
+            if writer.full(entry):
+                writer.finish()  # the shard before this row's, recorded as done (rows before this one)
             offset = writer.add(entry)
             for c, v in zip(COLUMNS, (offset, len(entry), utt.num_samples, utt.sample_rate), strict=True):
                 cols[c].append(v)
             samples_16k += utt.samples_at(SAMPLE_RATE)
+            row += 1
         if not len(cols["offset"]):
             raise ShardError(f"no row could be written: all {len(left_out)} were left out (the first: "
                              f"{left_out[0]['id']}: {left_out[0]['problem']})" if left_out else "no row to write")
         writer.close()
-    except BaseException:  # an error or Ctrl-C: no shard of this run is left without its index
+    except (KeyboardInterrupt, SystemExit):  # stopped: the finished shards stay, for --resume
+        writer.abandon()
+        log.warning("stopped at row %d; the %d shards finished stay: run again with --resume to go on", row,
+                    len(shards))
+        raise
+    except BaseException:  # a bad row or an error: no shard of this run is left without its index
         writer.abandon()
         for shard in shards:
             (out / shard["name"]).unlink(missing_ok=True)
+        _forget_progress(out)
         raise
     (out / "index").mkdir(exist_ok=True)
     for c in COLUMNS:
@@ -179,21 +229,67 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     atomic_write_json(out / INDEX, {
         "format": SHARDS_FORMAT, "source": source, "members": members, "hours": hours,
         "shards": shards, "left_out": left_out})  # fmt: skip
+    _forget_progress(out)
     return ShardSummary(len(shards), members, hours, sum(s["bytes"] for s in shards),
                         [f"{r['id']}: {r['problem']}" for r in left_out])
+
+
+def _forget_progress(out: Path) -> None:
+    (out / PROGRESS).unlink(missing_ok=True)
+    shutil.rmtree(out / PROGRESS_COLUMNS, ignore_errors=True)
+
+
+def _progress(out: Path, recipe: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The finished part of a stopped run in ``out`` to continue (``resume``), or None where there is none; a
+    ShardError where one is there and ``resume`` is off, or it was written with another recipe, or a shard it
+    lists is missing or of another size."""
+    path = out / PROGRESS
+    if not path.exists():
+        if resume:
+            log.warning("--resume: %s holds no stopped run (no %s): starting from the first row", out, PROGRESS)
+        return None
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{path}: unreadable ({e}); remove {out} and write the shards again") from None
+    rows = done.get("rows", "?")
+    if not resume:
+        raise ShardError(f"{out}: an earlier run stopped after {rows} rows ({len(done.get('shards', []))} shards "
+                         "written): --resume continues it; or remove the folder, or choose another")
+    if done.get("format") != SHARDS_FORMAT or done.get("recipe") != recipe:
+        differ = sorted(k for k in set(recipe) | set(done.get("recipe", {})) if recipe.get(k) !=
+                        done.get("recipe", {}).get(k))
+        raise ShardError(f"{out}: the stopped run wrote its shards with another recipe ({', '.join(differ) or 'format'}"
+                         " differ): resume with its manifest and options, or remove the folder")
+    for sh in done["shards"]:
+        size = (out / sh["name"]).stat().st_size if (out / sh["name"]).exists() else None
+        if not (out / PROGRESS_COLUMNS / f"{sh['name']}.npy").is_file():
+            size = None
+        if size != sh["bytes"]:
+            raise ShardError(f"{out / sh['name']}: {'missing' if size is None else f'{size} bytes'}, the stopped "
+                             f"run wrote {sh['bytes']}: remove {out} and write the shards again")
+    return done
 
 
 class _ShardWriter:
     """Appends tar entries to the current shard (a temporary file) and starts a new one past ``shard_bytes``."""
 
-    def __init__(self, out: Path, shard_bytes: int, shards: list[dict[str, Any]]) -> None:
-        self.out, self.limit, self.shards = out, shard_bytes, shards
+    def __init__(self, out: Path, shard_bytes: int, shards: list[dict[str, Any]],
+                 finished: Callable[[], None] = lambda: None) -> None:
+        self.out, self.limit, self.shards, self.finished = out, shard_bytes, shards, finished
         self.file: IO[bytes] | None = None
         self.ctx: Any = None
 
+    def full(self, entry: bytes) -> bool:
+        """Whether ``entry`` would take the current shard past its size (a shard holds one entry at least)."""
+        return self.file is not None and self.size + len(entry) + 2 * BLOCK > self.limit and self.members > 0
+
+    def finish(self) -> None:
+        """End the current shard (renamed into place) and tell ``finished``."""
+        self._finish()
+        self.finished()
+
     def add(self, entry: bytes) -> int:
-        if self.file is not None and self.size + len(entry) + 2 * BLOCK > self.limit and self.members:
-            self._finish()
         if self.file is None:
             self.name = f"shard-{len(self.shards):06d}.tar"
             self.ctx = atomic_path(self.out / self.name)
@@ -219,7 +315,7 @@ class _ShardWriter:
 
     def close(self) -> None:
         if self.file is not None:
-            self._finish()
+            self._finish()  # the last shard: the index follows
 
     def abandon(self) -> None:
         if self.file is not None:

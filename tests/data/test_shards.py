@@ -247,6 +247,44 @@ def test_a_stopped_shard_run_leaves_no_shard_without_an_index_and_a_rerun_writes
     assert not (tmp_path / "none" / "index.json").exists()
 
 
+def test_a_stopped_shard_run_resumes_after_its_last_finished_shard_and_writes_what_one_run_writes(
+        corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """A killed or interrupted `earful shard` started again from its first row (hours lost at Libri-light scale).
+    Now each finished shard is recorded; --resume goes on after the last one (the shard being written when it
+    stopped is written again) and the folder ends byte-identical to an uninterrupted run's; without --resume, or
+    with another recipe, the stopped run is named and nothing is touched."""
+    from earful.data import shards as S
+
+    argv = ("shard", str(corpus), "--shard-gb", "0.00005", "--seed", "3", "--skip-bad")
+    assert _run(argv[0], argv[1], str(tmp_path / "ref"), *argv[2:]) == 0
+    out = tmp_path / "out"
+    real, calls = S.encode_member, []
+
+    def interrupted(utt):
+        calls.append(utt.id)
+        if len(calls) == 11:
+            raise KeyboardInterrupt
+        return real(utt)
+
+    monkeypatch.setattr(S, "encode_member", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(argv[0], argv[1], str(out), *argv[2:])
+    monkeypatch.setattr(S, "encode_member", real)
+    progress = json.loads((out / "progress.json").read_text())
+    assert 0 < len(progress["shards"]) and progress["rows"] < 10 and not list(out.glob(".shard-*"))
+    (out / ".shard-000009.tar.x1y2.tmp").write_bytes(b"\0" * 512)  # what a SIGKILL leaves besides
+    with pytest.raises(ShardError, match=rf"an earlier run stopped after {progress['rows']} rows .*--resume"):
+        _run(argv[0], argv[1], str(out), *argv[2:])
+    with pytest.raises(ShardError, match=r"another recipe \(seed differ\)"):
+        _run(argv[0], argv[1], str(out), "--shard-gb", "0.00005", "--seed", "4", "--skip-bad", "--resume")
+    assert _run(argv[0], argv[1], str(out), *argv[2:], "--resume") == 0
+    ref = tmp_path / "ref"
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for f in files:
+        assert (ref / f).read_bytes() == (out / f).read_bytes(), f
+
+
 def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(corpus: Path, tmp_path: Path,
                                                                               caplog) -> None:
     """A whole file longer or shorter than its row says, or at another rate, or too short for the model, was
