@@ -336,11 +336,17 @@ class AudioLoader(Received):
                      **self.received_state())
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "places" in state:
+    def load_state_dict(self, state: dict[str, Any], *, new_data: bool = False) -> None:
+        """Continue where ``state`` was saved; ``new_data`` (the recipe's training data changed, allowed by
+        ``--resume --allow-changes``): a fresh epoch of this data after the saved one (``SecondsBatchSampler.
+        start_new_data``), whatever data the state was saved reading (a manifest or shards)."""
+        if new_data:
+            self.sampler.start_new_data(state)
+        elif "places" in state:
             raise ValueError("cannot resume from a manifest: the checkpoint's data position was saved reading shards "
                              "(data.shards): resume with the data setting it was saved with")
-        self.sampler.load_state_dict(state)
+        else:
+            self.sampler.load_state_dict(state)
         self.epoch, self.position = self.sampler.epoch, self.sampler.position
         self.load_received_state(state)
 

@@ -46,6 +46,7 @@ from earful.train.recipe import (
     check_resume,
     describe,
     layout_of,
+    new_training_data,
     recipe_hash,
     recipe_of,
     record_resume,
@@ -285,10 +286,15 @@ class Trainer:
             self.model.load_state_dict(model.state_dict())
         except RuntimeError as e:  # missing or unexpected tensors, other shapes
             raise _mismatch(ckpt, segment, f"the model: {e}") from e
+        new_data = new_training_data(segment)
         try:
-            restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
+            restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d, new_data=new_data)
         except StateMismatch as e:
             raise _mismatch(ckpt, segment, str(e)) from e
+        if new_data and self.d.is_main:
+            log.warning("the training data changed (allowed by --allow-changes): weights, optimizer and step continue "
+                        "from %s; the data starts afresh with epoch %d of the new data (the saved place in the old "
+                        "data does not carry over)", ckpt, self.loader.epoch)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])

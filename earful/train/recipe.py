@@ -17,10 +17,12 @@ Every checkpoint records both (``trainer.json``). ``--resume`` compares them wit
 * another layout (the out-of-memory advice: lower ``device_seconds``; another number of GPUs): it continues
   with a warning saying so, and a new segment in ``history.jsonl``;
 * another recipe: refused, listing the changed keys, unless ``--allow-changes``; then the change is a new
-  segment of the run's history (``history.jsonl`` and ``config-N.yaml``). ``config.yaml`` — the first
-  segment's — is never rewritten. Even then another ``seed`` (another run) and a ``max_steps`` behind the
-  checkpoint are refused; a model or optimizer state that does not fit (another architecture, other ``freeze_*``)
-  fails in one line naming the changes (the trainer's ``_resume``).
+  segment of the run's history (``history.jsonl`` and ``config-N.yaml``). Other training data (``TRAINING_DATA``:
+  another manifest or shard index) continues the weights, optimizer and step, the data from a fresh epoch of
+  the new data after the saved one (seeded as every epoch: the continuation resumes exactly in turn).
+  ``config.yaml`` — the first segment's — is never rewritten. Even then another ``seed`` (another run) and a
+  ``max_steps`` behind the checkpoint are refused; a model or optimizer state that does not fit (another
+  architecture, other ``freeze_*``) fails in one line naming the changes (the trainer's ``_resume``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ LAYOUT = ("device_seconds",)
 # recipe entries a task adds (``Task.recipe_extras``) that checkpoints of earlier versions do not record: compared
 # only where the checkpoint records them
 LATER = ("init.sha256",)
+# the recipe entries that say which data trains: another value under --allow-changes starts a fresh epoch of the
+# new data (the saved place in the old data means nothing in it)
+TRAINING_DATA = ("data.train.sha256", "data.shards.index")
 
 
 def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
@@ -125,6 +130,11 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     if not changed and not moved:
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved}
+
+
+def new_training_data(segment: dict[str, Any] | None) -> bool:
+    """Whether a resume's history ``segment`` (``check_resume``) trains on other data than the checkpoint's."""
+    return any(k in (segment or {}).get("recipe_changes", {}) for k in TRAINING_DATA)
 
 
 def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:
