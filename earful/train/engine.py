@@ -46,6 +46,8 @@ from earful.train.recipe import (
     check_resume,
     describe,
     layout_of,
+    manifest_files,
+    manifest_paths,
     new_training_data,
     recipe_hash,
     recipe_of,
@@ -162,10 +164,12 @@ class Trainer:
                 "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = {**recipe_of(cfg), **task.recipe_extras()}, layout_of(cfg, self.d.world_size)
+        self.manifest_paths = manifest_paths(cfg)
         segment = None
         if info is not None:
-            segment = check_resume(self.run.root, info, self.recipe, self.layout,
-                                   batch_seconds=cfg.batch_seconds, allow_changes=allow_changes)
+            segment = check_resume(self.run.root, info, self.recipe, self.layout, batch_seconds=cfg.batch_seconds,
+                                   allow_changes=allow_changes, manifests=manifest_files(cfg),
+                                   paths=self.manifest_paths)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
@@ -254,7 +258,8 @@ class Trainer:
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
-            "layout": self.layout, "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
+            "layout": self.layout, "manifest_paths": self.manifest_paths,
+            "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
             **self.task.trainer_info(),
         }  # fmt: skip
 
@@ -510,7 +515,8 @@ class Trainer:
         if self.stop_signal:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
-        summary = {k: v for k, v in self.progress_info().items() if k not in ("recipe", "layout", "log_interval")}
+        summary = {k: v for k, v in self.progress_info().items()
+                   if k not in ("recipe", "layout", "manifest_paths", "log_interval")}
         bad, empty = self.left_out()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 

@@ -642,3 +642,52 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_corpus,
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4, "tensorboard=true", "model.num_layers=3")), out,
                 resume=True, allow_changes=True)
     assert _folder(out) == before
+
+
+def _stopping_at(monkeypatch, step: int):
+    """Trainer.after_step that stops the run after ``step``, as a SIGTERM's handler does on every rank."""
+    after_step = Trainer.after_step
+
+    def stop(self) -> None:
+        after_step(self)
+        if self.step == step:
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(Trainer, "after_step", stop)
+
+
+def test_a_moved_corpus_prepared_again_is_the_same_recipe(tmp_path, tiny_corpus, rel, monkeypatch, caplog) -> None:
+    """`earful prepare` writes absolute paths: the corpus copied to another disk and prepared again gives a
+    manifest of other bytes with the same rows. It resumes (it was refused: "data.train.sha256: '7dff…' ->
+    'fefb…'"), saying that only the paths changed; a changed row is still another recipe. A checkpoint of an
+    earlier version (the SHA-256 of the manifest's bytes, no data.manifest_digest) resumes with the same file,
+    and one with other bytes is refused saying that other audio paths alone change that digest."""
+    rows = rel.manifest_rows(Path(tiny_corpus[0]))
+    moved = tmp_path / "node-local"
+    moved.mkdir()
+    for r in rows:
+        shutil.copy(r["path"], moved / Path(r["path"]).name)
+    here = rel.write_rows(tmp_path / "train.jsonl", rows)
+    there = rel.write_rows(tmp_path / "moved.jsonl", [{**r, "path": str(moved / Path(r["path"]).name)} for r in rows])
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _stopping_at(m, 2)
+        Trainer(PretrainTask(_cfg(rel, here, 4)), out).fit()
+        _stopping_at(m, 3)
+        with caplog.at_level(logging.INFO):
+            assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 3
+    assert "data.train: the same rows as the checkpoint's with their audio at other paths" in caplog.text
+    edited = rel.write_rows(tmp_path / "edited.jsonl", [{**rows[0], "speaker": "other"}, *rows[1:]])
+    with pytest.raises(ValueError, match=r"another recipe .*data\.train\.sha256"):
+        Trainer(PretrainTask(_cfg(rel, edited, 4)), out, resume=True)
+    # a checkpoint of an earlier version: the file's SHA-256
+    trainer_json = out / "checkpoints" / "step-0000003" / "trainer.json"
+    info = json.loads(trainer_json.read_text())
+    del info["recipe"]["data.manifest_digest"]
+    info["recipe"]["data.train.sha256"] = C.sha256(there)
+    trainer_json.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"data\.train\.sha256: '[0-9a-f]+' -> '[0-9a-f]+'\) \(data\.train: the "
+                                         r"checkpoint, of an earlier version, recorded the SHA-256 of the file's "
+                                         r"bytes, which other audio paths alone change too"):
+        Trainer(PretrainTask(_cfg(rel, here, 4)), out, resume=True)
+    assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 4
