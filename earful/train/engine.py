@@ -25,7 +25,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.recipe import (
+    HISTORY,
     check_resume,
     describe,
     layout_of,
@@ -84,6 +85,10 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose (repeated non-finite steps); a checkpoint was written."""
 
 
+class NoRunToResume(ValueError):
+    """``--resume`` on a folder in which no run was started (a new or mistyped ``--out``)."""
+
+
 @contextmanager
 def stop_signals(handler: Any) -> Iterator[None]:
     """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
@@ -104,23 +109,35 @@ def stop_signals(handler: Any) -> Iterator[None]:
 class Trainer:
     """Builds the task's model and data, the optimizer and the run folder; ``fit()`` trains to ``max_steps``."""
 
-    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False, allow_changes: bool = False) -> None:
+    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False, allow_changes: bool = False,
+                 start_if_new: bool = False) -> None:
         """``resume``: continue from the run folder's latest checkpoint (a fresh start refuses a folder holding
-        checkpoints); ``allow_changes``: resume even with another recipe (earful/train/recipe.py)."""
+        checkpoints; a folder in which no run was started is refused, as a mistyped ``--out`` would otherwise
+        train from step 0 unnoticed); ``start_if_new`` (with ``resume``): start the run in such a folder instead —
+        for a job that may be a run's first or its requeue (a study's stages, a Slurm script);
+        ``allow_changes``: resume even with another recipe (earful/train/recipe.py)."""
         self.cfg, self.task = task.cfg, task
         self.d = D.setup(self.cfg.device)
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
         self.run = RunDir(out_dir)
+        created = not self.run.root.exists()  # only for the lock: a refused --resume removes it again
         with writing(self.run.root):  # one writer per run folder: the main rank holds its lock
             self._lock = hold_folder(self.run.root, "earful run") if self.d.is_main else None
         try:
-            self._open(resume, allow_changes)
+            self._open(resume and not start_if_new, resume, allow_changes)
+        except NoRunToResume:
+            self.close()
+            if created and self.d.is_main:
+                (self.run.root / ".lock").unlink(missing_ok=True)
+                with suppress(OSError):  # another process may have written there meanwhile: then it stays
+                    self.run.root.rmdir()
+            raise
         except BaseException:
             self.close()
             raise
 
-    def _open(self, resume: bool, allow_changes: bool) -> None:
+    def _open(self, strict: bool, resume: bool, allow_changes: bool) -> None:
         cfg, task = self.cfg, self.task
         if self.d.is_main and self.run.ckpt.is_dir():  # first restore a checkpoint whose replacement was cut
             with writing(self.run.root):  # (latest.json may name it)
@@ -129,6 +146,11 @@ class Trainer:
         latest = self.run.latest()
         if not resume and (latest is not None or self.run.checkpoints()):
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
+        if strict and latest is None and not self.run.started():
+            raise NoRunToResume(
+                f"{self.run.root}: --resume, but no run was started in this folder (no checkpoints, no "
+                f"{HISTORY}){'; it did not exist' if not any(self.run.root.glob('[!.]*')) else ''}: check --out, "
+                "or drop --resume to start a new run there")
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
         self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_backend, cfg.compile_mode)
@@ -591,11 +613,13 @@ def writing(root: Path) -> Iterator[None]:
 
 
 def train_command(task: Task, out_dir: str | Path, *, resume: bool, allow_changes: bool = False,
-                  show: tuple[str, ...]) -> int:
+                  show: tuple[str, ...], start_if_new: bool = False) -> int:
     """What ``earful pretrain`` and ``earful finetune`` run: train, log the summary's ``show`` keys; the exit
-    status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint."""
+    status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint.
+    ``start_if_new`` (``--resume-or-start``): resume, or start the run in a folder that holds none."""
     try:
-        summary = Trainer(task, out_dir, resume=resume, allow_changes=allow_changes).fit_and_leave()
+        summary = Trainer(task, out_dir, resume=resume or start_if_new, allow_changes=allow_changes,
+                          start_if_new=start_if_new).fit_and_leave()
     except TrainingStopped as e:
         log.error("%s", e)
         return EXIT_NONFINITE

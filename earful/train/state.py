@@ -44,6 +44,7 @@ from earful.checkpoint import (
 )
 from earful.config import ConfigError, plain_name
 from earful.train import distributed as D
+from earful.train.recipe import HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,12 @@ class RunDir:
         if not (path / TRAINER_FILE).exists():
             raise CheckpointError(f"{p} points at {path}, which is incomplete")
         return path
+
+    def started(self) -> bool:
+        """Whether a run was started in this folder: it holds a checkpoint, or the ``history.jsonl`` a run writes
+        as it starts (one killed before its first checkpoint is started too: ``--resume`` starts it again)."""
+        return ((self.root / HISTORY).is_file() or bool(self.checkpoints())
+                or (self.ckpt / LATEST).is_file())
 
     def checkpoints(self) -> list[Path]:
         """Every complete checkpoint but ``init`` (what a fresh start would overwrite)."""

@@ -691,3 +691,19 @@ def test_a_moved_corpus_prepared_again_is_the_same_recipe(tmp_path, tiny_corpus,
                                          r"bytes, which other audio paths alone change too"):
         Trainer(PretrainTask(_cfg(rel, here, 4)), out, resume=True)
     assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 4
+
+
+def test_resume_where_no_run_was_started_is_refused(tmp_path, tiny_corpus, rel, caplog) -> None:
+    """--resume with a new or mistyped --out trained from step 0 without a word; it is refused naming the folder
+    and the way out, and leaves no folder behind. ``start_if_new`` (``--resume-or-start``, a study's stages)
+    starts the run there; a run killed before its first checkpoint (its history.jsonl) still restarts."""
+    typo = tmp_path / "rnu"
+    with pytest.raises(ValueError, match=r"rnu: --resume, but no run was started in this folder \(no checkpoints, no "
+                                         r"history\.jsonl\); it did not exist: check --out, or drop --resume"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True)
+    assert not typo.exists()
+    assert main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 1), "--out", str(typo), "--resume"]) == 2
+    assert "drop --resume to start a new run there" in caplog.text and not typo.exists()
+    summary = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True, start_if_new=True).fit()
+    assert summary["step"] == 1
+    assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True).fit()["step"] == 1  # now resumes
