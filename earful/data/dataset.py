@@ -208,8 +208,11 @@ def ignore_stop_signals(worker_id: int) -> None:
     worker killed by SIGTERM made the trainer fail without the checkpoint the signal asks for. The parent's
     SIGTERM (the DataLoader, or Python's exit, ending its workers) still ends the worker at once, as torch's own
     handler does: ignored, Python's exit waited for ever in ``join()``. SIGTERM is blocked and taken by a thread
-    that reads its sender (``sigwaitinfo``); without it (not Linux) torch's behaviour stays."""
+    that reads its sender (``sigwaitinfo``); without it (not Linux) torch's behaviour stays. A terminal's Ctrl-C
+    (SIGINT to the foreground group) is the trainer's to handle (the first checkpoints, the second aborts): a
+    worker ignores it (torch's worker loop ends quietly on it) and is ended by its parent."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the thread: it inherits the mask
         threading.Thread(target=_end_on_the_parents_sigterm, args=(os.getppid(),), daemon=True,

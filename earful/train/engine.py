@@ -12,7 +12,8 @@ the same as 1 rank × 2 micro-batches (the sampler deals the epochs as one strea
 left out empty: README.md, "Batch size in seconds"). The step's statistics are named, all-reduced once and read to the
 host once. Every ``log_every`` steps a record goes to ``train.jsonl``; every ``valid_every`` the task
 validates (``valid.jsonl``, ``checkpoints/best`` by its metric); every ``ckpt_every`` a checkpoint is
-written; SIGTERM / SIGUSR1 checkpoint and stop after the step every rank shares the signal in; a final
+written; SIGTERM / SIGUSR1 and a first Ctrl-C checkpoint and stop after the step every rank shares the signal in
+(a second Ctrl-C aborts); a final
 checkpoint is always written. ``max_nan_steps`` non-finite steps in a row stop the run with a checkpoint.
 """
 
@@ -78,7 +79,7 @@ FP16_INIT_SCALE = 2.0**7
 
 # exit statuses of `earful pretrain` and `earful finetune` (2: an error, before or while training)
 EXIT_NONFINITE = 3  # stopped after max_nan_steps non-finite steps in a row; a checkpoint was written
-EXIT_STOPPED = 4  # stopped by SIGTERM / SIGUSR1 (a scheduler's pre-emption); --resume continues
+EXIT_STOPPED = 4  # stopped by SIGTERM / SIGUSR1 (a scheduler's pre-emption) or a first Ctrl-C; --resume continues
 
 
 class TrainingStopped(RuntimeError):
@@ -91,10 +92,11 @@ class NoRunToResume(ValueError):
 
 @contextmanager
 def stop_signals(handler: Any) -> Iterator[None]:
-    """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
-    the previous handlers come back on exit. Outside the main thread signals cannot be caught: no-op."""
+    """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) call ``handler`` (which asks the loop to checkpoint and stop; a second
+    Ctrl-C aborts) while inside; the previous handlers come back on exit. Outside the main thread signals cannot
+    be caught: no-op."""
     old = {}
-    for s in STOP_SIGNALS:
+    for s in (*STOP_SIGNALS, signal.SIGINT):
         try:
             old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread
@@ -497,9 +499,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        """A stop signal: checkpoint and stop after the step every rank shares it in. Ctrl-C (SIGINT) does the
+        same the first time — it stopped at once, losing up to ``ckpt_every`` steps — and aborts at once the
+        second time (KeyboardInterrupt: status 130), as it does outside the training loop."""
+        if signum == signal.SIGINT and self.signal_received:
+            raise KeyboardInterrupt
         self.signal_received = signum
-        log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
-                    signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C (SIGINT): will checkpoint and stop after the step that shares it with every rank; "
+                        "Ctrl-C again stops at once (the steps since the last checkpoint are lost)")
+        else:
+            log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
+                        signal.Signals(signum).name)
 
     def agree_stop(self, signalled_ranks: float) -> None:
         """Called with the all-reduced count of ranks that received a signal: every rank then stops after the

@@ -51,10 +51,11 @@ def reference(tmp_path_factory, tiny_corpus):
 
 
 @pytest.mark.parametrize(("sig", "group"), [(signal.SIGKILL, False), (signal.SIGTERM, False),
-                                           (signal.SIGTERM, True), (signal.SIGUSR1, True)])
+                                           (signal.SIGTERM, True), (signal.SIGUSR1, True), (signal.SIGINT, True)])
 def test_killed_and_resumed_equals_uninterrupted(sig, group, tmp_path, tiny_corpus, reference) -> None:
     """``group``: the signal goes to the trainer's whole process group, its DataLoader worker included, as Slurm
-    and torchrun send it; a stop signal is still a checkpoint and exit status 4 (a killed worker was an error)."""
+    and torchrun send it; a stop signal is still a checkpoint and exit status 4 (a killed worker was an error).
+    A terminal's Ctrl-C (SIGINT to the foreground group) is one too: it exited 130 at once, without a checkpoint."""
     out = tmp_path / "run"
     proc = subprocess.Popen(args_for(*tiny_corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=group,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
