@@ -208,8 +208,11 @@ def ignore_stop_signals(worker_id: int) -> None:
     worker killed by SIGTERM made the trainer fail without the checkpoint the signal asks for. The parent's
     SIGTERM (the DataLoader, or Python's exit, ending its workers) still ends the worker at once, as torch's own
     handler does: ignored, Python's exit waited for ever in ``join()``. SIGTERM is blocked and taken by a thread
-    that reads its sender (``sigwaitinfo``); without it (not Linux) torch's behaviour stays."""
+    that reads its sender (``sigwaitinfo``); without it (not Linux) torch's behaviour stays. A terminal's Ctrl-C
+    (SIGINT to the foreground group) is the trainer's to handle (the first checkpoints, the second aborts): a
+    worker ignores it (torch's worker loop ends quietly on it) and is ended by its parent."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the thread: it inherits the mask
         threading.Thread(target=_end_on_the_parents_sigterm, args=(os.getppid(),), daemon=True,
@@ -336,11 +339,17 @@ class AudioLoader(Received):
                      **self.received_state())
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "places" in state:
+    def load_state_dict(self, state: dict[str, Any], *, new_data: bool = False) -> None:
+        """Continue where ``state`` was saved; ``new_data`` (the recipe's training data changed, allowed by
+        ``--resume --allow-changes``): a fresh epoch of this data after the saved one (``SecondsBatchSampler.
+        start_new_data``), whatever data the state was saved reading (a manifest or shards)."""
+        if new_data:
+            self.sampler.start_new_data(state)
+        elif "places" in state:
             raise ValueError("cannot resume from a manifest: the checkpoint's data position was saved reading shards "
                              "(data.shards): resume with the data setting it was saved with")
-        self.sampler.load_state_dict(state)
+        else:
+            self.sampler.load_state_dict(state)
         self.epoch, self.position = self.sampler.epoch, self.sampler.position
         self.load_received_state(state)
 

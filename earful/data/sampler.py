@@ -485,13 +485,28 @@ class SecondsBatchSampler:
         return {**state, "format": 5, "phase": 0, "dealing": dealing(state["world_size"]),
                 **({"resumed": resumed} if resumed else {})}
 
+    def start_new_data(self, state: dict[str, Any]) -> None:
+        """Continue a run whose training data changed (``--resume --allow-changes`` with another manifest): the
+        saved place indexes the old data, so nothing of it carries over but the epoch count; this sampler starts
+        the epoch after the latest any saved rank was in (``ranks``, else ``state``'s), from its beginning, the
+        stream at rank 0 — seeded by ``(seed, epoch)`` like any epoch, so an interrupted continuation resumes
+        exactly. ``state`` may be a shard loader's (its ``epoch``); its seed must be this sampler's."""
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"cannot resume sampler: saved seed={state['seed']}, this run has {self.seed}")
+        epochs = [int(r["epoch"]) for r in state.get("ranks") or []] or [int(state["epoch"])]
+        self.epoch, self.position = max(epochs) + 1, 0
+        self._resumed, self._cache, self._size, self._pending = {}, {}, {}, None
+        self._phase = {self.epoch: 0}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume where ``state`` was saved. With another layout (other devices, a smaller micro-batch after an
         out-of-memory error, another crop or length limit) the saved epoch continues with exactly the
         utterances the saved run had not reached, cut into this layout's batches (with a warning: batches and
         their order differ from an uninterrupted run's); another ``bucket_size`` is another layout too. Nothing of
         the epoch is lost or repeated; an utterance batchable only under the new limits joins from the next
-        epoch."""
+        epoch. Other data (another number of utterances) cannot continue the saved epoch: refused here; the
+        trainer calls ``start_new_data`` instead when the recipe's training data changed under
+        ``--allow-changes``."""
         if state.get("format") == 3:
             state = self._from_format_3(state)
         if state.get("format") == 4:
@@ -500,10 +515,13 @@ class SecondsBatchSampler:
             raise ValueError(f"cannot resume sampler: its state has format {state.get('format')!r}, this version "
                              f"reads {SAMPLER_FORMAT} (written by an earlier development version of earful: start "
                              "the run again)")
-        for key in ("seed", "num_utterances"):
-            mine = self.state_dict()[key]
-            if state[key] != mine:
-                raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, this run has {mine}")
+        if state["seed"] != self.seed:
+            raise ValueError(f"cannot resume sampler: saved seed={state['seed']}, this run has {self.seed}")
+        if state["num_utterances"] != len(self.lengths):
+            raise ValueError(f"cannot resume sampler: saved num_utterances={state['num_utterances']}, this run has "
+                             f"{len(self.lengths)}: not the training data of the checkpoint (another manifest, or "
+                             "rows left out by other settings, such as data.skip_bad); resume with the data it was "
+                             "trained with")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         now, dealing = self.layout(), str(state["dealing"])
         saved = {k: state[k] for k in now}

@@ -23,7 +23,8 @@ takes its workers' batches in turn): ``state_dict()`` restarts every worker wher
 same turn, so a resumed run sees exactly the batches an uninterrupted one would — none twice, none skipped.
 A resume in another layout (devices, workers, budget, crop, bucket) cannot continue the saved epoch's streams:
 it is refused, or with ``relayout`` starts the next epoch in the new layout, saying how many members of the
-saved epoch were not reached.
+saved epoch were not reached. Other shards (another index: ``--resume --allow-changes`` with other data) start the
+next epoch of the new shards, as a manifest's sampler does (``SecondsBatchSampler.start_new_data``).
 """
 
 from __future__ import annotations
@@ -220,7 +221,20 @@ class ShardLoader(Received):
                 "seed": self.plan.seed, "places": [list(p) for p in self.places], "next": self.next,
                 "epoch": self.epoch, "position": self.position, **self.received_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, new_data: bool = False) -> None:
+        """Continue the streams where ``state`` left them (see the module docstring); ``new_data`` (the recipe's
+        training data changed, allowed by ``--resume --allow-changes``): every stream starts the epoch after the
+        latest any saved rank was in, from its beginning, whatever data the state was saved reading (other
+        shards, or a manifest's sampler)."""
+        if new_data:
+            if state["seed"] != self.plan.seed:
+                raise ValueError(f"cannot resume from shards: saved seed={state['seed']}, this run has "
+                                 f"{self.plan.seed}")
+            epoch = max([int(r["epoch"]) for r in state.get("ranks") or []] or [int(state["epoch"])]) + 1
+            self.load_received_state(state)
+            self.position = int(state["position"])
+            self.places, self.next = [(epoch, 0, 0)] * self.plan.per_rank, 0
+            return
         if state.get("format") != STREAM_FORMAT:
             raise ValueError(f"cannot resume from shards: the checkpoint's data position is of another kind (format "
                              f"{state.get('format')!r}; a manifest's, data.train?): resume with the data setting it "

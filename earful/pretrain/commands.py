@@ -21,6 +21,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         config, overrides = None, [config, *overrides]
     cfg = load_pretrain_config(config, overrides)
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
+                         start_if_new=args.resume_or_start,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))
 
 
@@ -53,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config (see earful/configs/pretrain-*.yaml), or a first key=value")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_seconds=600 optim.lr=1e-4")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint "
+                   "(refused where no run was started: drop it to start one)")
+    p.add_argument("--resume-or-start", action="store_true",
+                   help="--resume, or start the run where none was started: for a job that may be the run's first "
+                   "or a requeue")
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl); "
                    "not with another seed, a max_steps behind the checkpoint, or another architecture")

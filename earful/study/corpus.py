@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from earful.checkpoint import sha256
+from earful.data.digest import manifest_digest
 from earful.study.config import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,19 @@ def check_probe_corpus(study: StudyConfig, root: Path) -> None:
                                                                            for m in ms})))
 
 
-def _digest(path: Path) -> str:
-    return sha256(path)
+def _digest(path: Path, file_bytes: bool = False) -> str:
+    digest = manifest_digest(path)
+    return digest.file if file_bytes else digest.rows
 
 
-def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
-    """SHA-256 of every manifest the study reads, by role: a corpus re-prepared under the same paths is
-    another recipe, not a reason to reuse the runs trained on the old one. A manifest that does not exist has
-    no digest (earlier versions wrote "missing": ``fingerprint._comparable`` leaves those out). The probes' manifests
-    (``probe.train``, ...) are read by the study when it has probes."""
+def manifest_digests(study: StudyConfig, root: Path, *, file_bytes: bool = False) -> dict[str, str]:
+    """The digest of every manifest the study reads, by role — the SHA-256 of its rows less their audio paths, as
+    a run's recipe has it (``earful/data/digest.py``): a corpus re-prepared with other rows is another recipe,
+    not a reason to reuse the runs trained on the old one; a corpus moved (prepared again elsewhere, other
+    absolute paths) is the same. ``file_bytes``: the SHA-256 of the files' bytes instead, which study folders
+    of earlier versions recorded. A manifest that does not exist has no digest (earlier versions wrote
+    "missing": ``fingerprint._comparable`` leaves those out). The probes' manifests (``probe.train``, ...) are
+    read by the study when it has probes."""
     c = study.corpus
     named = {"train": c.train, "valid": c.valid, "dev": c.dev,
              **{f"label_set.{k}": v for k, v in c.label_sets.items()},
@@ -97,5 +101,5 @@ def manifest_digests(study: StudyConfig, root: Path) -> dict[str, str]:
             roles.update({f"probe.{m.stem}": m for m in paths})
     # a file in several roles is read once; one that does not exist is not read (run.check_manifests has made
     # sure of every manifest the study reads: here, a label set it does not fine-tune on)
-    digests = {path: _digest(path) for path in set(roles.values()) if path.is_file()}
+    digests = {path: _digest(path, file_bytes) for path in set(roles.values()) if path.is_file()}
     return {role: digests[path] for role, path in roles.items() if path in digests}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +135,24 @@ def _nothing_trained(out: Path, what: str) -> bool:
     return True
 
 
-def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
+def _same_files(old: dict[str, Any], new: dict[str, Any], file_digests: Callable[[], dict[str, str]]) -> None:
+    """A study.json of an earlier version recorded each manifest's file SHA-256 (``file_digests``: today's, by
+    role): a manifest whose bytes are still those is the same, and takes today's digest in ``old``."""
+    was, now = old.get("data", {}), new.get("data", {})
+    differ = [role for role, digest in was.items() if role in now and now[role] != digest]
+    if differ:
+        files = file_digests()
+        was.update({role: now[role] for role in differ if files.get(role) == was[role]})
+
+
+def check_same_recipe(out: Path, fingerprint: dict[str, Any],
+                      file_digests: Callable[[], dict[str, str]] | None = None) -> None:
     """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
     compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
     or go. A study.json written before entries were fingerprinted compares the grid as a whole. The lists of
-    ``MAY_GROW`` may gain items. A folder in which nothing was trained or measured takes any recipe."""
+    ``MAY_GROW`` may gain items. A folder in which nothing was trained or measured takes any recipe.
+    ``file_digests`` (``manifest_digests(..., file_bytes=True)``): the manifests' digests as study folders of
+    earlier versions recorded them, accepted as the same manifests."""
     p = out / "study.json"
     if not p.exists():
         return
@@ -150,6 +164,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
     old = _comparable(saved["fingerprint"])
     new = {part: kv for part, kv in fingerprint.items() if part != "grid"}
+    if file_digests is not None:
+        _same_files(old, new, file_digests)
     if "grid" in old:  # grid entries by tag: the grid may grow, an entry may not change or go
         gone_or_changed = [tag for tag, entry in old.pop("grid").items() if fingerprint["grid"].get(tag) != entry]
         old, new = _without_entries(old), _without_entries(new)
@@ -179,7 +195,9 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any]) -> None:
                    "earful fingerprinted them), so its probe results may come from another recipe")
     was = old.get("data", {})
     if any(k in was and was[k] != v for k, v in new.get("data", {}).items()):
-        why.append("a manifest's contents changed: the corpus was rebuilt or prepared again")
+        why.append("a manifest's rows changed (its audio paths aside: a moved corpus is the same; a study.json of "
+                   "an earlier version recorded the files' bytes, which other paths alone change too): the corpus "
+                   "was rebuilt or prepared again")
     raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
                      f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}; use another --out, or "
                      "remove the folder to start over")

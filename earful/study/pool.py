@@ -6,7 +6,8 @@ fine-tunings). Workers run with cores/jobs torch threads, their progress bars an
 only writer of its folder. SIGTERM or SIGUSR1 to the study process stops it as a failed job does: each running
 training checkpoints, then the study ends with ``StudyStopped``; running it again continues. So does Ctrl-C with
 ``jobs`` > 1 (the workers are in process groups of their own: only the study process hears it); with ``jobs: 1``
-Ctrl-C stops at once, as it stops ``earful pretrain`` (the run resumes from its last checkpoint). (Ctrl-Z, SIGTSTP
+Ctrl-C makes a training in progress checkpoint and stop, as it does in ``earful pretrain`` (a second Ctrl-C, or one
+outside training, stops at once; the run resumes from its last checkpoint). (Ctrl-Z, SIGTSTP
 to the foreground group, then suspends the study process alone: its workers go on with their jobs.)"""
 
 from __future__ import annotations

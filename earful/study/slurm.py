@@ -17,8 +17,8 @@ signal earful's trainer stops on). In a job:
 3. the stage then raises ``StudyStopped``, and ``StageJob`` hands the stop back to submitit by raising SIGUSR1
    on its own process: submitit's handler requeues the job (rank 0; the other ranks exit, the requeue restarts
    them all);
-4. the requeued job calls the stage again, which resumes the run (every stage runs with ``--resume``); the study,
-   still waiting on the same job id, goes on when it finishes.
+4. the requeued job calls the stage again, which resumes the run (every stage runs as ``--resume-or-start``);
+   the study, still waiting on the same job id, goes on when it finishes.
 
 A SIGUSR1 outside training (loading, evaluating) reaches submitit's handler directly: the job requeues and the
 stage resumes from the last checkpoint. A run stopped by SIGTERM — ``scancel``, or Slurm's own pre-emption with

@@ -193,7 +193,7 @@ def _torchrun(cfg: PretrainConfig, devices: int, rdir: Path, root: Path) -> dict
     config = rdir.parent / f"{rdir.name}.yaml"
     save_yaml(cfg, config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",  # a free port
-           "-m", "earful.cli", "pretrain", str(config), "--out", str(rdir), "--resume"]
+           "-m", "earful.cli", "pretrain", str(config), "--out", str(rdir), "--resume-or-start"]
     rc = run_to_the_end(cmd, root)
     latest = RunDir(rdir).latest()
     summary = read_trainer_info(latest) if latest is not None else {"step": 0, "stopped_by": ""}
@@ -223,7 +223,9 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
     # in this process: one device, or this process is already one of the run's ranks (a submitit task)
     here = run.devices == 1 or int(os.environ.get("WORLD_SIZE", "1")) == run.devices
     summary, why = finished_or_diverged(
-        lambda: run_pretraining(cfg, rdir, resume=True) if here else _torchrun(cfg, run.devices, rdir, root),
+        # started, or resumed on a rerun of the study (--resume refuses a folder in which no run was started)
+        lambda: run_pretraining(cfg, rdir, resume=RunDir(rdir).started()) if here
+        else _torchrun(cfg, run.devices, rdir, root),
         rdir, run.steps, cfg.max_nan_steps)
     if summary.get("stopped_by"):
         raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}; rerun the study to resume",
@@ -338,8 +340,9 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
         cfg = finetune_config(study, label_set, init, seed, root, baseline)
         tracked(study, cfg, out, name)
         log.info("fine-tuning %s", name)
-        summary, why = finished_or_diverged(lambda: run_finetuning(cfg, fdir, resume=True), fdir, cfg.max_steps,
-                                            cfg.max_nan_steps)
+        # started, or resumed on a rerun of the study (--resume refuses a folder in which no run was started)
+        summary, why = finished_or_diverged(lambda: run_finetuning(cfg, fdir, resume=RunDir(fdir).started()), fdir,
+                                            cfg.max_steps, cfg.max_nan_steps)
         if summary.get("stopped_by"):
             raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume",
                                summary["stopped_by"])

@@ -12,7 +12,8 @@ the same as 1 rank × 2 micro-batches (the sampler deals the epochs as one strea
 left out empty: README.md, "Batch size in seconds"). The step's statistics are named, all-reduced once and read to the
 host once. Every ``log_every`` steps a record goes to ``train.jsonl``; every ``valid_every`` the task
 validates (``valid.jsonl``, ``checkpoints/best`` by its metric); every ``ckpt_every`` a checkpoint is
-written; SIGTERM / SIGUSR1 checkpoint and stop after the step every rank shares the signal in; a final
+written; SIGTERM / SIGUSR1 and a first Ctrl-C checkpoint and stop after the step every rank shares the signal in
+(a second Ctrl-C aborts); a final
 checkpoint is always written. ``max_nan_steps`` non-finite steps in a row stop the run with a checkpoint.
 """
 
@@ -25,7 +26,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,13 @@ from earful.train import distributed as D
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.recipe import (
+    HISTORY,
     check_resume,
     describe,
     layout_of,
+    manifest_files,
+    manifest_paths,
+    new_training_data,
     recipe_hash,
     recipe_of,
     record_resume,
@@ -74,19 +79,24 @@ FP16_INIT_SCALE = 2.0**7
 
 # exit statuses of `earful pretrain` and `earful finetune` (2: an error, before or while training)
 EXIT_NONFINITE = 3  # stopped after max_nan_steps non-finite steps in a row; a checkpoint was written
-EXIT_STOPPED = 4  # stopped by SIGTERM / SIGUSR1 (a scheduler's pre-emption); --resume continues
+EXIT_STOPPED = 4  # stopped by SIGTERM / SIGUSR1 (a scheduler's pre-emption) or a first Ctrl-C; --resume continues
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (repeated non-finite steps); a checkpoint was written."""
 
 
+class NoRunToResume(ValueError):
+    """``--resume`` on a folder in which no run was started (a new or mistyped ``--out``)."""
+
+
 @contextmanager
 def stop_signals(handler: Any) -> Iterator[None]:
-    """SIGTERM and SIGUSR1 call ``handler`` (which asks the loop to checkpoint and stop) while inside;
-    the previous handlers come back on exit. Outside the main thread signals cannot be caught: no-op."""
+    """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) call ``handler`` (which asks the loop to checkpoint and stop; a second
+    Ctrl-C aborts) while inside; the previous handlers come back on exit. Outside the main thread signals cannot
+    be caught: no-op."""
     old = {}
-    for s in STOP_SIGNALS:
+    for s in (*STOP_SIGNALS, signal.SIGINT):
         try:
             old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread
@@ -101,23 +111,35 @@ def stop_signals(handler: Any) -> Iterator[None]:
 class Trainer:
     """Builds the task's model and data, the optimizer and the run folder; ``fit()`` trains to ``max_steps``."""
 
-    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False, allow_changes: bool = False) -> None:
+    def __init__(self, task: Task, out_dir: str | Path, *, resume: bool = False, allow_changes: bool = False,
+                 start_if_new: bool = False) -> None:
         """``resume``: continue from the run folder's latest checkpoint (a fresh start refuses a folder holding
-        checkpoints); ``allow_changes``: resume even with another recipe (earful/train/recipe.py)."""
+        checkpoints; a folder in which no run was started is refused, as a mistyped ``--out`` would otherwise
+        train from step 0 unnoticed); ``start_if_new`` (with ``resume``): start the run in such a folder instead —
+        for a job that may be a run's first or its requeue (a study's stages, a Slurm script);
+        ``allow_changes``: resume even with another recipe (earful/train/recipe.py)."""
         self.cfg, self.task = task.cfg, task
         self.d = D.setup(self.cfg.device)
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
         self.run = RunDir(out_dir)
+        created = not self.run.root.exists()  # only for the lock: a refused --resume removes it again
         with writing(self.run.root):  # one writer per run folder: the main rank holds its lock
             self._lock = hold_folder(self.run.root, "earful run") if self.d.is_main else None
         try:
-            self._open(resume, allow_changes)
+            self._open(resume and not start_if_new, resume, allow_changes)
+        except NoRunToResume:
+            self.close()
+            if created and self.d.is_main:
+                (self.run.root / ".lock").unlink(missing_ok=True)
+                with suppress(OSError):  # another process may have written there meanwhile: then it stays
+                    self.run.root.rmdir()
+            raise
         except BaseException:
             self.close()
             raise
 
-    def _open(self, resume: bool, allow_changes: bool) -> None:
+    def _open(self, strict: bool, resume: bool, allow_changes: bool) -> None:
         cfg, task = self.cfg, self.task
         if self.d.is_main and self.run.ckpt.is_dir():  # first restore a checkpoint whose replacement was cut
             with writing(self.run.root):  # (latest.json may name it)
@@ -126,6 +148,11 @@ class Trainer:
         latest = self.run.latest()
         if not resume and (latest is not None or self.run.checkpoints()):
             raise ValueError(f"{self.run.root} already holds checkpoints: add --resume, or choose another --out")
+        if strict and latest is None and not self.run.started():
+            raise NoRunToResume(
+                f"{self.run.root}: --resume, but no run was started in this folder (no checkpoints, no "
+                f"{HISTORY}){'; it did not exist' if not any(self.run.root.glob('[!.]*')) else ''}: check --out, "
+                "or drop --resume to start a new run there")
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
         self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_backend, cfg.compile_mode)
@@ -161,10 +188,12 @@ class Trainer:
                 "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = {**recipe_of(cfg), **task.recipe_extras()}, layout_of(cfg, self.d.world_size)
+        self.manifest_paths = manifest_paths(cfg)
         segment = None
         if info is not None:
-            segment = check_resume(self.run.root, info, self.recipe, self.layout,
-                                   batch_seconds=cfg.batch_seconds, allow_changes=allow_changes)
+            segment = check_resume(self.run.root, info, self.recipe, self.layout, batch_seconds=cfg.batch_seconds,
+                                   allow_changes=allow_changes, manifests=manifest_files(cfg),
+                                   paths=self.manifest_paths)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
@@ -253,7 +282,8 @@ class Trainer:
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
-            "layout": self.layout, "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
+            "layout": self.layout, "manifest_paths": self.manifest_paths,
+            "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
             **self.task.trainer_info(),
         }  # fmt: skip
 
@@ -285,10 +315,15 @@ class Trainer:
             self.model.load_state_dict(model.state_dict())
         except RuntimeError as e:  # missing or unexpected tensors, other shapes
             raise _mismatch(ckpt, segment, f"the model: {e}") from e
+        new_data = new_training_data(segment)
         try:
-            restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d)
+            restore_training_state(state, self.optimizer, self.scaler, self.loader, self.d, new_data=new_data)
         except StateMismatch as e:
             raise _mismatch(ckpt, segment, str(e)) from e
+        if new_data and self.d.is_main:
+            log.warning("the training data changed (allowed by --allow-changes): weights, optimizer and step continue "
+                        "from %s; the data starts afresh with epoch %d of the new data (the saved place in the old "
+                        "data does not carry over)", ckpt, self.loader.epoch)
         self.step = int(info["step"])
         self.hours_real, self.hours_padded = float(info["hours_real"]), float(info["hours_padded"])
         self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])
@@ -464,9 +499,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        """A stop signal: checkpoint and stop after the step every rank shares it in. Ctrl-C (SIGINT) does the
+        same the first time — it stopped at once, losing up to ``ckpt_every`` steps — and aborts at once the
+        second time (KeyboardInterrupt: status 130), as it does outside the training loop."""
+        if signum == signal.SIGINT and self.signal_received:
+            raise KeyboardInterrupt
         self.signal_received = signum
-        log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
-                    signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C (SIGINT): will checkpoint and stop after the step that shares it with every rank; "
+                        "Ctrl-C again stops at once (the steps since the last checkpoint are lost)")
+        else:
+            log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
+                        signal.Signals(signum).name)
 
     def agree_stop(self, signalled_ranks: float) -> None:
         """Called with the all-reduced count of ranks that received a signal: every rank then stops after the
@@ -504,7 +548,8 @@ class Trainer:
         if self.stop_signal:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
-        summary = {k: v for k, v in self.progress_info().items() if k not in ("recipe", "layout", "log_interval")}
+        summary = {k: v for k, v in self.progress_info().items()
+                   if k not in ("recipe", "layout", "manifest_paths", "log_interval")}
         bad, empty = self.left_out()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 
@@ -579,11 +624,13 @@ def writing(root: Path) -> Iterator[None]:
 
 
 def train_command(task: Task, out_dir: str | Path, *, resume: bool, allow_changes: bool = False,
-                  show: tuple[str, ...]) -> int:
+                  show: tuple[str, ...], start_if_new: bool = False) -> int:
     """What ``earful pretrain`` and ``earful finetune`` run: train, log the summary's ``show`` keys; the exit
-    status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint."""
+    status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint.
+    ``start_if_new`` (``--resume-or-start``): resume, or start the run in a folder that holds none."""
     try:
-        summary = Trainer(task, out_dir, resume=resume, allow_changes=allow_changes).fit_and_leave()
+        summary = Trainer(task, out_dir, resume=resume or start_if_new, allow_changes=allow_changes,
+                          start_if_new=start_if_new).fit_and_leave()
     except TrainingStopped as e:
         log.error("%s", e)
         return EXIT_NONFINITE

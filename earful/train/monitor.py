@@ -77,17 +77,28 @@ class TensorBoard:
     """Scalars under ``RUN/tb`` (``tensorboard`` is one of earful's dependencies: the default writes them)."""
 
     def __init__(self, log_dir: Path, enabled: bool) -> None:
-        self.writer = None
+        """Checks TensorBoard imports now; the event file is opened with the first record, so that a start that
+        fails before training (a resume refused after the trainer was built) leaves no file in the run."""
+        self.log_dir, self.enabled = log_dir, enabled
+        self._writer: Any = None
         if enabled:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             except ImportError as e:  # an install without earful's dependencies
                 raise ConfigError(f"tensorboard=true, but TensorBoard cannot be imported ({e}): pip install "
                                   "tensorboard, or set tensorboard=false") from None
-            self.writer = SummaryWriter(str(log_dir))
+
+    @property
+    def writer(self) -> Any:
+        """The ``SummaryWriter`` (None when disabled), opened on first use."""
+        if self.enabled and self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.log_dir))
+        return self._writer
 
     def write(self, prefix: str, record: dict[str, Any], step: int) -> None:
-        if self.writer is None:
+        if not self.enabled:
             return
         for tag, value in scalars(prefix, record).items():  # what the experiment trackers log
             self.writer.add_scalar(tag, value, step)

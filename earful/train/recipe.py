@@ -2,9 +2,11 @@
 
 A run's *recipe* is its config, flattened, less the settings that do not change what it computes (how often it
 logs or checkpoints, threads, workers, the device, health thresholds, milestones), with each manifest's path
-replaced by a SHA-256 of its contents (a moved corpus is the same recipe; a reordered or edited manifest is
-not), and fine-tuning's ``init`` by the SHA-256 of the weights it resolved to (``init.sha256``, None from
-scratch: another pre-trained checkpoint is another recipe, a moved one is not).
+replaced by a SHA-256 of its rows less their audio paths (``earful/data/digest.py``: a moved corpus, prepared
+again with other absolute paths, is the same recipe; a reordered or edited manifest is not; checkpoints of
+earlier versions, which recorded the SHA-256 of the file's bytes, are compared by that), and fine-tuning's
+``init`` by the SHA-256 of the weights it resolved to (``init.sha256``, None from scratch: another pre-trained
+checkpoint is another recipe, a moved one is not).
 
 Its *layout* — devices and ``device_seconds`` — does not change the batch's seconds, but how they are cut: another
 micro-batch size repacks the utterances into other micro-batches (cropped to their own shortest, with
@@ -17,10 +19,12 @@ Every checkpoint records both (``trainer.json``). ``--resume`` compares them wit
 * another layout (the out-of-memory advice: lower ``device_seconds``; another number of GPUs): it continues
   with a warning saying so, and a new segment in ``history.jsonl``;
 * another recipe: refused, listing the changed keys, unless ``--allow-changes``; then the change is a new
-  segment of the run's history (``history.jsonl`` and ``config-N.yaml``). ``config.yaml`` — the first
-  segment's — is never rewritten. Even then another ``seed`` (another run) and a ``max_steps`` behind the
-  checkpoint are refused; a model or optimizer state that does not fit (another architecture, other ``freeze_*``)
-  fails in one line naming the changes (the trainer's ``_resume``).
+  segment of the run's history (``history.jsonl`` and ``config-N.yaml``). Other training data (``TRAINING_DATA``:
+  another manifest or shard index) continues the weights, optimizer and step, the data from a fresh epoch of
+  the new data after the saved one (seeded as every epoch: the continuation resumes exactly in turn).
+  ``config.yaml`` — the first segment's — is never rewritten. Even then another ``seed`` (another run) and a
+  ``max_steps`` behind the checkpoint are refused; a model or optimizer state that does not fit (another
+  architecture, other ``freeze_*``) fails in one line naming the changes (the trainer's ``_resume``).
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_lines
-from earful.checkpoint import sha256
 from earful.config import flatten, save_yaml, to_dict
+from earful.data.digest import DIGEST_RULE, manifest_digest
 from earful.train.config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,13 @@ WATCHING = ("health.", "tracking.")  # sections that only watch a run: health wa
 LAYOUT = ("device_seconds",)
 # recipe entries a task adds (``Task.recipe_extras``) that checkpoints of earlier versions do not record: compared
 # only where the checkpoint records them
-LATER = ("init.sha256",)
+LATER = ("init.sha256", "data.manifest_digest")
+# how the manifests' ``.sha256`` entries were computed (``DIGEST_RULE``); a checkpoint without it recorded the
+# SHA-256 of each manifest's bytes
+DIGEST_KEY = "data.manifest_digest"
+# the recipe entries that say which data trains: another value under --allow-changes starts a fresh epoch of the
+# new data (the saved place in the old data means nothing in it)
+TRAINING_DATA = ("data.train.sha256", "data.shards.index")
 
 
 def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
@@ -59,7 +69,8 @@ def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
            and k not in MANIFESTS}
     for key in MANIFESTS:
         if flat.get(key):
-            out[f"{key}.sha256"] = sha256(flat[key])
+            out[f"{key}.sha256"] = manifest_digest(flat[key]).rows
+            out[DIGEST_KEY] = DIGEST_RULE
     if flat.get("data.shards"):  # a folder of shards (or a URL): its index lists every shard's size and members
         out.pop("data.shards", None)
         out["data.shards.index"] = shard_index_digest(flat["data.shards"])
@@ -71,6 +82,37 @@ def shard_index_digest(location: str) -> str:
     from earful.data.shards import ShardIndex
 
     return ShardIndex(location).digest
+
+
+def manifest_files(cfg: TrainingConfig) -> dict[str, str]:
+    """The manifests the config names, by key (``MANIFESTS``)."""
+    flat = flatten(to_dict(cfg))
+    return {key: str(flat[key]) for key in MANIFESTS if flat.get(key)}
+
+
+def manifest_paths(cfg: TrainingConfig) -> dict[str, str]:
+    """SHA-256 of each manifest's audio paths (in row order), by key: not the recipe (a moved corpus is the same),
+    but ``trainer.json`` records it so that a resume can say that only the paths changed."""
+    return {key: manifest_digest(path).paths for key, path in manifest_files(cfg).items()}
+
+
+def _legacy_manifests(saved: dict[str, Any], recipe: dict[str, Any],
+                      manifests: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """A checkpoint written before manifests were fingerprinted by their rows (no ``DIGEST_KEY``) recorded the
+    SHA-256 of each manifest's bytes: ``saved`` with each manifest whose bytes are still those taken as this run's
+    digest (the same manifest), and the keys of the others (their bytes changed: perhaps only the audio paths,
+    which that checkpoint cannot tell)."""
+    if DIGEST_KEY in saved:
+        return saved, []
+    saved, changed = dict(saved), []
+    for key, path in manifests.items():
+        k = f"{key}.sha256"
+        if k in saved and k in recipe and saved[k] != recipe[k]:
+            if Path(path).is_file() and manifest_digest(path).file == saved[k]:
+                saved[k] = recipe[k]
+            else:
+                changed.append(key)
+    return saved, changed
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -93,15 +135,30 @@ def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
 
 
 def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
-                 batch_seconds: float, allow_changes: bool) -> dict[str, Any] | None:
+                 batch_seconds: float, allow_changes: bool, manifests: dict[str, str] | None = None,
+                 paths: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with the run's (``recipe_of``
     and ``layout_of`` of its config, computed once by the trainer: a sharded run's recipe reads its index).
+    ``manifests`` (key -> path) lets a checkpoint of an earlier version, which recorded the bytes' SHA-256, be
+    compared; ``paths`` (``manifest_paths``) lets a manifest whose audio paths alone changed be named.
     Raises ValueError on another recipe unless ``allow_changes``; returns the new history segment to record
     (changed recipe or layout), or None when nothing changed."""
     if "recipe" not in info or "layout" not in info:
         raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
                          "by earful's trainer): use another --out")
-    changed = differences(info["recipe"], {k: v for k, v in recipe.items() if k in info["recipe"] or k not in LATER})
+    saved, legacy = _legacy_manifests(info["recipe"], recipe, manifests or {})
+    changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
+    moved_audio = [k for k, digest in (paths or {}).items() if f"{k}.sha256" not in changed
+                   and (info.get("manifest_paths") or {}).get(k, digest) != digest]
+    if moved_audio:
+        log.info("%s: the same rows as the checkpoint's with their audio at other paths (a moved corpus: the same "
+                 "recipe)", ", ".join(moved_audio))
+    for key in legacy:  # shown as recorded: the bytes' digests, old and new
+        if f"{key}.sha256" in changed and Path((manifests or {})[key]).is_file():
+            changed[f"{key}.sha256"][1] = manifest_digest((manifests or {})[key]).file
+    note = (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
+            "which other audio paths alone change too; if only they changed, --allow-changes continues, the data "
+            "from a fresh epoch)") if legacy else ""
     moved = differences(info["layout"], layout)
     if "seed" in changed:  # the data order, masks and dropout of every step come of it
         raise ValueError(f"{root}: --resume with another seed ({describe({'seed': changed['seed']})}) cannot "
@@ -113,11 +170,11 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
                          "a new run, or use another --out")
     if changed and not allow_changes:
         raise ValueError(
-            f"{root}: --resume with another recipe than the run was trained with ({describe(changed)}). Resume "
+            f"{root}: --resume with another recipe than the run was trained with ({describe(changed)}){note}. Resume "
             "with the run's settings (its config.yaml and history.jsonl), add --allow-changes to continue with "
             "these (recorded as a new segment of the run's history), or use another --out")
     if changed:
-        log.warning("resuming with another recipe (allowed by --allow-changes): %s", describe(changed))
+        log.warning("resuming with another recipe (allowed by --allow-changes): %s%s", describe(changed), note)
     elif moved:
         log.warning("resuming in another layout (%s): batches of %g s as before, cut into other micro-batches when "
                     "their size changed (other crops and masks: the same recipe, other draws)", describe(moved),
@@ -125,6 +182,11 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     if not changed and not moved:
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved}
+
+
+def new_training_data(segment: dict[str, Any] | None) -> bool:
+    """Whether a resume's history ``segment`` (``check_resume``) trains on other data than the checkpoint's."""
+    return any(k in (segment or {}).get("recipe_changes", {}) for k in TRAINING_DATA)
 
 
 def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:

@@ -44,6 +44,7 @@ from earful.checkpoint import (
 )
 from earful.config import ConfigError, plain_name
 from earful.train import distributed as D
+from earful.train.recipe import HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,12 @@ class RunDir:
         if not (path / TRAINER_FILE).exists():
             raise CheckpointError(f"{p} points at {path}, which is incomplete")
         return path
+
+    def started(self) -> bool:
+        """Whether a run was started in this folder: it holds a checkpoint, or the ``history.jsonl`` a run writes
+        as it starts (one killed before its first checkpoint is started too: ``--resume`` starts it again)."""
+        return ((self.root / HISTORY).is_file() or bool(self.checkpoints())
+                or (self.ckpt / LATEST).is_file())
 
     def checkpoints(self) -> list[Path]:
         """Every complete checkpoint but ``init`` (what a fresh start would overwrite)."""
@@ -273,11 +280,13 @@ class StateMismatch(ValueError):
 
 
 def restore_training_state(
-    state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any, d: D.Dist
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: Any, d: D.Dist,
+    *, new_data: bool = False,
 ) -> None:
     """The inverse of ``training_state``: each rank takes its own data position when the number of ranks is
     the same (else rank 0's, which the sampler maps onto the new layout, and the job's bad files once, on
-    rank 0)."""
+    rank 0). ``new_data``: the training data changed (``--allow-changes``); the loader starts a fresh epoch of
+    it after the saved one instead of continuing a place in the old data."""
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as e:  # other parameter groups or sizes: the trainable parameters changed
@@ -287,12 +296,13 @@ def restore_training_state(
     # for a resume in another layout: where every saved rank was (a shard loader's streams too)
     ranks = [{"epoch": s["epoch"], "position": s["position"],
               **{k: s[k] for k in ("places", "phase") if k in s}} for s in loaders]
+    extra = {"new_data": True} if new_data else {}  # a loader of the old contract is called as it was
     if len(loaders) == d.world_size:
-        loader.load_state_dict({**loaders[d.rank], "ranks": ranks})
+        loader.load_state_dict({**loaders[d.rank], "ranks": ranks}, **extra)
     else:
         ids = sorted({i for s in loaders for i in s["bad_ids"]}) if d.rank == 0 else []
         empty = sum(s.get("empty_batches", 0) for s in loaders) if d.rank == 0 else 0
-        loader.load_state_dict({**loaders[0], "bad_ids": ids, "empty_batches": empty, "ranks": ranks})
+        loader.load_state_dict({**loaders[0], "bad_ids": ids, "empty_batches": empty, "ranks": ranks}, **extra)
     torch.set_rng_state(state["rng_cpu"])
     if state.get("rng_cuda") is not None and d.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng_cuda"], d.device)

@@ -5,6 +5,7 @@ a checkpoint leaves the previous one complete, verified and loadable."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -228,6 +229,45 @@ def test_a_signal_stops_after_the_step_that_shares_it(tmp_path, tiny_corpus, rel
     summary = trainer.fit()
     assert summary["step"] == 3 and summary["stopped_by"] == "SIGTERM"
     assert RunDir(tmp_path / "run").latest().name == "step-0000003"
+
+
+def test_a_first_ctrl_c_checkpoints_and_stops_a_second_aborts(tmp_path, tiny_corpus, rel, monkeypatch,
+                                                              caplog) -> None:
+    """Ctrl-C (SIGINT) during training stopped at once (KeyboardInterrupt), losing up to ckpt_every steps and
+    saying nothing. The first now stops as SIGTERM does, after the step every rank shares it in, with a
+    checkpoint, saying so and how to stop at once; a second aborts (KeyboardInterrupt: status 130)."""
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 6))
+    trainer = Trainer(PretrainTask(cfg), tmp_path / "run")
+    real_after = trainer.after_step
+
+    def after_step() -> None:
+        real_after()
+        if trainer.step == 2:
+            signal.raise_signal(signal.SIGINT)  # delivered to the handler fit() installed
+
+    monkeypatch.setattr(trainer, "after_step", after_step)
+    with caplog.at_level(logging.WARNING):
+        summary = trainer.fit()
+    assert summary["step"] == 3 and summary["stopped_by"] == "SIGINT"
+    assert RunDir(tmp_path / "run").latest().name == "step-0000003"
+    assert "Ctrl-C again stops at once" in caplog.text and "stopped by SIGINT at step 3" in caplog.text
+    again = Trainer(PretrainTask(cfg), tmp_path / "run", resume=True)
+    real_after = again.after_step
+
+    def twice() -> None:
+        real_after()
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(again, "after_step", twice)
+    with pytest.raises(KeyboardInterrupt):
+        again.fit()
+    assert RunDir(tmp_path / "run").latest().name == "step-0000003"  # aborted: no checkpoint
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # fit() put Python's handler back
 
 
 def test_a_log_line_cut_by_a_kill_does_not_block_the_resume(tmp_path, caplog) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -591,3 +592,125 @@ def test_a_resume_cannot_change_what_no_checkpoint_can_continue(tmp_path, finish
                                          r"checkpoint as its init"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6, "model.num_layers=3")), out, resume=True,
                 allow_changes=True)
+
+
+def _folder(root: Path) -> dict[str, int]:
+    """Every file of a run folder with its size (the lock file aside: it comes and goes with its writer)."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("rows", [lambda rows: rows + [{**r, "id": r["id"] + "-again"} for r in rows[:8]],
+                                  lambda rows: rows[:16]], ids=["more", "fewer"])
+def test_a_resume_with_another_training_set_starts_a_fresh_epoch_of_it(rows, tmp_path, tiny_corpus, rel, monkeypatch,
+                                                                       caplog) -> None:
+    """--resume --allow-changes with a training manifest of more or fewer rows continues the weights, optimizer and
+    step, the data from a fresh epoch of the new manifest (before: "cannot resume sampler: saved
+    num_utterances=24, this run has 32"); without --allow-changes the recipe check refuses it. The continuation
+    resumes exactly in turn: stopped at step 5 and resumed, it ends as an uninterrupted continuation does."""
+    other = rel.write_rows(tmp_path / "other.jsonl", rows(rel.manifest_rows(Path(tiny_corpus[0]))))
+    start = tmp_path / "start"
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), start).fit()
+    epoch = json.loads((start / "checkpoints" / "step-0000002" / "trainer.json").read_text())["epoch"]
+    with pytest.raises(ValueError, match=r"another recipe .*data\.train\.sha256"):
+        Trainer(PretrainTask(_cfg(rel, other, 6)), start, resume=True)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    shutil.copytree(start, whole)
+    shutil.copytree(start, cut)
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(PretrainTask(_cfg(rel, other, 6)), whole, resume=True, allow_changes=True)
+    assert trainer.step == 2 and trainer.loader.epoch == epoch + 1
+    assert "the training data changed" in caplog.text and f"epoch {epoch + 1} of the new data" in caplog.text
+    assert trainer.fit()["step"] == 6
+    history = rel.read_jsonl(whole / "history.jsonl")
+    assert history[-1]["step"] == 2 and "data.train.sha256" in history[-1]["recipe_changes"]
+    after_step = Trainer.after_step
+
+    def stop_at_5(self) -> None:
+        after_step(self)
+        if self.step == 5:
+            self.stop_signal = signal.SIGTERM  # as the handler of a SIGTERM sets it, on every rank
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "after_step", stop_at_5)
+        assert Trainer(PretrainTask(_cfg(rel, other, 6)), cut, resume=True, allow_changes=True).fit()["step"] == 5
+    assert Trainer(PretrainTask(_cfg(rel, other, 6)), cut, resume=True).fit()["step"] == 6  # no change now
+    a, b = _weights(whole, "step-0000006"), _weights(cut, "step-0000006")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_corpus, rel) -> None:
+    """A resume refused once the trainer is built (here: another architecture, under --allow-changes) writes
+    nothing: it had left a new TensorBoard event file in the run."""
+    out = tmp_path / "run"
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2, "tensorboard=true")), out).fit()
+    before = _folder(out)
+    with pytest.raises(ValueError, match=r"cannot continue with these changes"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4, "tensorboard=true", "model.num_layers=3")), out,
+                resume=True, allow_changes=True)
+    assert _folder(out) == before
+
+
+def _stopping_at(monkeypatch, step: int):
+    """Trainer.after_step that stops the run after ``step``, as a SIGTERM's handler does on every rank."""
+    after_step = Trainer.after_step
+
+    def stop(self) -> None:
+        after_step(self)
+        if self.step == step:
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(Trainer, "after_step", stop)
+
+
+def test_a_moved_corpus_prepared_again_is_the_same_recipe(tmp_path, tiny_corpus, rel, monkeypatch, caplog) -> None:
+    """`earful prepare` writes absolute paths: the corpus copied to another disk and prepared again gives a
+    manifest of other bytes with the same rows. It resumes (it was refused: "data.train.sha256: '7dff…' ->
+    'fefb…'"), saying that only the paths changed; a changed row is still another recipe. A checkpoint of an
+    earlier version (the SHA-256 of the manifest's bytes, no data.manifest_digest) resumes with the same file,
+    and one with other bytes is refused saying that other audio paths alone change that digest."""
+    rows = rel.manifest_rows(Path(tiny_corpus[0]))
+    moved = tmp_path / "node-local"
+    moved.mkdir()
+    for r in rows:
+        shutil.copy(r["path"], moved / Path(r["path"]).name)
+    here = rel.write_rows(tmp_path / "train.jsonl", rows)
+    there = rel.write_rows(tmp_path / "moved.jsonl", [{**r, "path": str(moved / Path(r["path"]).name)} for r in rows])
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _stopping_at(m, 2)
+        Trainer(PretrainTask(_cfg(rel, here, 4)), out).fit()
+        _stopping_at(m, 3)
+        with caplog.at_level(logging.INFO):
+            assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 3
+    assert "data.train: the same rows as the checkpoint's with their audio at other paths" in caplog.text
+    edited = rel.write_rows(tmp_path / "edited.jsonl", [{**rows[0], "speaker": "other"}, *rows[1:]])
+    with pytest.raises(ValueError, match=r"another recipe .*data\.train\.sha256"):
+        Trainer(PretrainTask(_cfg(rel, edited, 4)), out, resume=True)
+    # a checkpoint of an earlier version: the file's SHA-256
+    trainer_json = out / "checkpoints" / "step-0000003" / "trainer.json"
+    info = json.loads(trainer_json.read_text())
+    del info["recipe"]["data.manifest_digest"]
+    info["recipe"]["data.train.sha256"] = C.sha256(there)
+    trainer_json.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"data\.train\.sha256: '[0-9a-f]+' -> '[0-9a-f]+'\) \(data\.train: the "
+                                         r"checkpoint, of an earlier version, recorded the SHA-256 of the file's "
+                                         r"bytes, which other audio paths alone change too"):
+        Trainer(PretrainTask(_cfg(rel, here, 4)), out, resume=True)
+    assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 4
+
+
+def test_resume_where_no_run_was_started_is_refused(tmp_path, tiny_corpus, rel, caplog) -> None:
+    """--resume with a new or mistyped --out trained from step 0 without a word; it is refused naming the folder
+    and the way out, and leaves no folder behind. ``start_if_new`` (``--resume-or-start``, a study's stages)
+    starts the run there; a run killed before its first checkpoint (its history.jsonl) still restarts."""
+    typo = tmp_path / "rnu"
+    with pytest.raises(ValueError, match=r"rnu: --resume, but no run was started in this folder \(no checkpoints, no "
+                                         r"history\.jsonl\); it did not exist: check --out, or drop --resume"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True)
+    assert not typo.exists()
+    assert main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 1), "--out", str(typo), "--resume"]) == 2
+    assert "drop --resume to start a new run there" in caplog.text and not typo.exists()
+    summary = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True, start_if_new=True).fit()
+    assert summary["step"] == 1
+    assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True).fit()["step"] == 1  # now resumes

@@ -1,6 +1,7 @@
 """A whole study, end to end, at toy scale: plan → pre-train grid → fine-tune → evaluate → report,
 and a study killed mid-way (between stages, or inside a pre-training run) continues to the same report."""
 
+import hashlib
 import json
 import math
 import os
@@ -566,9 +567,12 @@ def test_a_signal_to_a_study_of_one_job_at_a_time_stops_its_torchrun_with_sigter
 
 
 def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None:
-    """Manifests are fingerprinted by content: runs trained on the old corpus are not reused for a new one
-    under the same paths."""
+    """Manifests are fingerprinted by their rows: runs trained on the old corpus are not reused for a new one
+    under the same paths; the same rows with their audio elsewhere (prepared again on another disk: other
+    absolute paths) are the same corpus (they were another recipe), and a study.json of an earlier version,
+    which recorded the file's SHA-256, still continues."""
     from earful.study.config import plan_runs
+    from earful.study.corpus import manifest_digests
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
     corpus = tmp_path / "corpus"
@@ -583,8 +587,21 @@ def test_a_corpus_prepared_again_is_another_recipe(study_file, tmp_path) -> None
     check_same_recipe(out, fp)
     (corpus / "train.jsonl").write_text('{"id": "b"}\n')
     again = recipe_fingerprint(study, plan_runs(study), tmp_path)
-    with pytest.raises(ValueError, match=r"differs in data\.train\) \(a manifest's contents changed"):
+    with pytest.raises(ValueError, match=r"differs in data\.train\) \(a manifest's rows changed"):
         check_same_recipe(out, again)
+    # the same rows with their audio elsewhere (a corpus prepared again on another disk): the same study
+    (corpus / "train.jsonl").write_text('{"id": "a", "path": "/data/a.flac"}\n')
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fp}))
+    (corpus / "train.jsonl").write_text('{"id": "a", "path": "/scratch/job7/a.flac"}\n')
+    check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), tmp_path))
+    # a study.json of an earlier version recorded the file's SHA-256: the same file is the same manifest
+    legacy = {**fp, "data": {"train": hashlib.sha256((corpus / "train.jsonl").read_bytes()).hexdigest()}}
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": legacy}))
+    now = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    check_same_recipe(out, now, lambda: manifest_digests(study, tmp_path, file_bytes=True))
+    with pytest.raises(ValueError, match=r"differs in data\.train\)"):
+        check_same_recipe(out, now)  # (what a caller not giving the files' digests compares)
 
 
 def _ship_default(monkeypatch, recipe: type, name: str, value: object) -> None:
@@ -634,7 +651,7 @@ def test_the_probe_recipe_and_the_probe_manifests_are_part_of_the_recipe(study_f
     monkeypatch.undo()
 
     (corpus / "manifests" / "train.jsonl").write_text('{"id": "train-again"}\n')  # the study never trains on it
-    with pytest.raises(ValueError, match=r"differs in data\.probe\.train\) \(a manifest's contents changed"):
+    with pytest.raises(ValueError, match=r"differs in data\.probe\.train\) \(a manifest's rows changed"):
         check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))
 
     # a folder whose study.json predates the probe part: refused, saying why

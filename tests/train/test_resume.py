@@ -51,10 +51,11 @@ def reference(tmp_path_factory, tiny_corpus):
 
 
 @pytest.mark.parametrize(("sig", "group"), [(signal.SIGKILL, False), (signal.SIGTERM, False),
-                                           (signal.SIGTERM, True), (signal.SIGUSR1, True)])
+                                           (signal.SIGTERM, True), (signal.SIGUSR1, True), (signal.SIGINT, True)])
 def test_killed_and_resumed_equals_uninterrupted(sig, group, tmp_path, tiny_corpus, reference) -> None:
     """``group``: the signal goes to the trainer's whole process group, its DataLoader worker included, as Slurm
-    and torchrun send it; a stop signal is still a checkpoint and exit status 4 (a killed worker was an error)."""
+    and torchrun send it; a stop signal is still a checkpoint and exit status 4 (a killed worker was an error).
+    A terminal's Ctrl-C (SIGINT to the foreground group) is one too: it exited 130 at once, without a checkpoint."""
     out = tmp_path / "run"
     proc = subprocess.Popen(args_for(*tiny_corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=group,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -239,3 +240,35 @@ def test_an_optimizer_state_of_other_parameters_is_a_state_mismatch() -> None:
     other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))])
     with pytest.raises(StateMismatch, match=r"^the optimizer's state: loaded state dict contains a parameter group"):
         restore_training_state(state, other, scaler, Loader(), Dist(0, 0, 1, torch.device("cpu")))
+
+
+def test_a_sharded_resume_with_other_shards_and_allow_changes_starts_their_next_epoch(tmp_path, tiny_corpus) -> None:
+    """Other shards (another index) under --allow-changes continue the run as another manifest does: every stream
+    starts the epoch after the saved one, from its start (before: "not the shard index the checkpoint was saved
+    with"); without --allow-changes the recipe check refuses them (data.shards.index)."""
+    from earful.data import shards as S
+    from earful.data.manifest import read_manifest
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    rows = read_manifest(tiny_corpus[0])
+    S.write_shards(rows, tmp_path / "shards", shard_bytes=100_000)
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(Path(tiny_corpus[0]).read_text().splitlines(keepends=True)[:16]))
+    S.write_shards(read_manifest(fewer), tmp_path / "other", shard_bytes=100_000)
+
+    def cfg(shards: str, steps: int):
+        return load_pretrain_config(None, [
+            "model_preset=tiny", f"data.shards={tmp_path / shards}", "batch_seconds=4", "device_seconds=4",
+            f"max_steps={steps}", "log_every=1", "valid_every=0", "data.num_workers=0", "data.min_seconds=0.5",
+            "data.crop_seconds=2.0", "tensorboard=false", "threads=1", "device=cpu"])
+
+    out = tmp_path / "run"
+    Trainer(PretrainTask(cfg("shards", 1)), out).fit()
+    epoch = json.loads((out / "checkpoints" / "step-0000001" / "trainer.json").read_text())["epoch"]
+    with pytest.raises(ValueError, match=r"another recipe .*data\.shards\.index"):
+        Trainer(PretrainTask(cfg("other", 2)), out, resume=True)
+    resumed = Trainer(PretrainTask(cfg("other", 2)), out, resume=True, allow_changes=True)
+    assert resumed.step == 1 and resumed.loader.epoch == epoch + 1
+    assert resumed.fit()["step"] == 2

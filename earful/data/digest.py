@@ -1,0 +1,60 @@
+"""A manifest's fingerprint: what it trains on, not where its audio lies.
+
+``earful prepare`` writes absolute audio paths, so a corpus copied elsewhere (node-local disk on every cluster
+job) and prepared again gives a manifest of other bytes with the same utterances. Its *digest* is therefore the
+SHA-256 of its rows less their ``path`` — ids, lengths, rates, offsets, speakers, labels and their order, each
+row as canonical JSON — so a moved copy has the same digest and any changed, added, removed or reordered row
+another. One rule for a run's recipe (``data.train.sha256``, ``earful/train/recipe.py``) and a study's
+(``earful/study/corpus.py``, ``manifest_digests``). ``ManifestDigest`` also holds the SHA-256 of the paths alone
+(to say that only they changed) and of the file's bytes (what run and study folders of earlier versions
+recorded: accepted as the same manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+DIGEST_RULE = "rows less audio paths"  # recorded beside the digests; folders of earlier versions hold file bytes
+
+
+class ManifestDigest(NamedTuple):
+    """SHA-256 hex digests of one manifest: ``rows`` (less paths: the fingerprint), ``paths`` (the audio paths in
+    row order), ``file`` (its bytes, the fingerprint of earlier versions)."""
+
+    rows: str
+    paths: str
+    file: str
+
+
+def manifest_digest(path: str | os.PathLike) -> ManifestDigest:
+    """The digests of the manifest at ``path`` (one pass; computed again only when the file changed). A line
+    that is not a JSON object is hashed as it is: the loader names it later, and an edit of it still counts."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _digest(str(p), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
+    rows, paths, file = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    with open(path, "rb") as f:
+        for raw in f:
+            file.update(raw)
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            if not isinstance(row, dict):
+                rows.update(raw.strip() + b"\n")
+                continue
+            audio = row.pop("path", None)
+            rows.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+            paths.update(json.dumps(audio, ensure_ascii=False).encode() + b"\n")
+    return ManifestDigest(rows.hexdigest(), paths.hexdigest(), file.hexdigest())
