@@ -34,6 +34,9 @@ class ManifestDigest(NamedTuple):
 def manifest_digest(path: str | os.PathLike) -> ManifestDigest:
     """The digests of the manifest at ``path`` (one pass; computed again only when the file changed). A line
     that is not a JSON object is hashed as it is: the loader names it later, and an edit of it still counts."""
+    from earful.data.manifest import check_manifest_file
+
+    check_manifest_file(path)  # a folder, an audio file or a fairseq TSV, named with what to do
     p = Path(path).resolve()
     st = p.stat()
     return _digest(str(p), st.st_size, st.st_mtime_ns)

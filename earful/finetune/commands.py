@@ -23,7 +23,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.dev is not None:
         cfg.data.dev = args.dev
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
-                         show=("step", "last_valid", "best", "stopped_by"))
+                         start_if_new=args.resume_or_start, show=("step", "last_valid", "best", "stopped_by"))
 
 
 def _check_options(options: dict[str, tuple[str, str | None]], overrides: list[str]) -> None:
@@ -54,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev", default=None, help="labelled dev manifest for WER every valid_every steps (data.dev)")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint "
+                   "(refused where no run was started: drop it to start one)")
+    p.add_argument("--resume-or-start", action="store_true",
+                   help="--resume, or start the run where none was started: for a job that may be the run's first "
+                   "or a requeue")
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl); "
                    "not with another seed, a max_steps behind the checkpoint, or another architecture")

@@ -159,8 +159,10 @@ def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> lis
         section, field = key.split(".")
         path = (config or {}).get(section, {}).get(field)
         digest = recipe.get(f"{key}.sha256")
+        what = ("SHA-256 of its rows less their audio paths" if recipe.get("data.manifest_digest") else
+                "SHA-256")  # the recipe's rule since the digest left the paths out; the file's bytes before
         if path or digest:
-            rows.append((f"`{key}`", f"`{path or '?'}`" + (f" (SHA-256 `{digest}`)" if digest else "")))
+            rows.append((f"`{key}`", f"`{path or '?'}`" + (f" ({what} `{digest}`)" if digest else "")))
     if trainer.get("init_checkpoint"):  # what init resolved to when the run started (a run folder moves on)
         notes = [f"SHA-256 `{trainer['init_sha256']}`"] if trainer.get("init_sha256") else []
         if trainer.get("init") not in (None, trainer["init_checkpoint"]):

@@ -714,3 +714,23 @@ def test_resume_where_no_run_was_started_is_refused(tmp_path, tiny_corpus, rel, 
     summary = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True, start_if_new=True).fit()
     assert summary["step"] == 1
     assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True).fit()["step"] == 1  # now resumes
+
+
+def test_finetune_takes_resume_or_start_as_pretrain_does(tmp_path, tones, rel, caplog) -> None:
+    """One option for one idea: a job that may be a fine-tuning's first or its requeue (a Slurm script) starts or
+    resumes it with --resume-or-start, as pre-training's does; --resume alone is refused on a new folder."""
+    new = tmp_path / "ft"
+    assert main(["finetune", *rel.finetune_overrides(tones, 1), "--out", str(new), "--resume"]) == 2
+    assert "drop --resume to start a new run there" in caplog.text and not new.exists()
+    assert main(["finetune", *rel.finetune_overrides(tones, 1), "--out", str(new), "--resume-or-start"]) == 0
+    assert main(["finetune", *rel.finetune_overrides(tones, 2), "--out", str(new), "--resume-or-start",
+                 "--allow-changes"]) == 0
+    assert json.loads((new / "checkpoints" / "latest.json").read_text())["step"] == 2
+
+
+def test_a_folder_given_for_a_training_manifest_is_named_with_what_to_do(tmp_path, tones, rel, caplog) -> None:
+    """``finetune --train FOLDER`` said "[Errno 21] Is a directory" (the recipe hashed the manifest before
+    anything read it)."""
+    over = [o for o in rel.finetune_overrides(tones, 1) if not o.startswith("data.train=")]
+    assert main(["finetune", *over, "--train", str(tmp_path), "--out", str(tmp_path / "ft")]) == 2
+    assert f"{tmp_path}: a folder, not a manifest" in caplog.text and "earful prepare" in caplog.text
