@@ -67,7 +67,7 @@ class FinetuneTask(Task):
         self.d = d
         self.init_weights = self._initial_weights(resume_from)
         if self.vocab is None:
-            self.vocab = self._vocabulary()
+            self.vocab = self._vocabulary(resume_from)
         self.model = self._architecture(resume_from).to(d.device)
         self.frozen_names = apply_permanent_freeze(self.model, self.cfg)
         params = dict(self.model.named_parameters())
@@ -99,12 +99,15 @@ class FinetuneTask(Task):
                         saved.get("init_checkpoint"), saved.get("init_sha256"))
             return InitWeights(str(saved.get("init_checkpoint", self.cfg.init)), saved.get("init_sha256"))
 
-    def _vocabulary(self) -> CharVocab:
+    def _vocabulary(self, resume_from: Path | None) -> CharVocab:
         """``vocab=data``: blank, ``|``, then every character of the training and dev transcripts once mapped
         (NFC, lower-cased, ``text_mapping``), in code-point order: the same transcripts give the same vocabulary,
-        so a resumed run checks it against its checkpoint's. ``vocab=init``: the initial CTC model's."""
+        so a resumed run checks it against its checkpoint's. ``vocab=init``: the initial CTC model's, or resuming,
+        the run's own (its checkpoint holds it: the initial model may have moved since)."""
         cfg = self.cfg
-        if cfg.vocab == "init":
+        if cfg.vocab == "init" and resume_from is not None:
+            vocab = CharVocab(CharVocab.from_dict(read_info(resume_from)["vocab"]).symbols, cfg.text_mapping or None)
+        elif cfg.vocab == "init":
             vocab = init_vocab(self.init_weights, cfg.text_mapping)
         else:
             mapper = CharVocab(mapping=cfg.text_mapping or None)

@@ -15,7 +15,7 @@ from typing import Any
 from earful.config import flatten, to_dict
 from earful.study.config import PlannedRun, StudyConfig
 from earful.study.corpus import manifest_digests
-from earful.train.recipe import WATCHING
+from earful.train.recipe import ADDED_LATER, WATCHING
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> boo
         return key.startswith("corpus.label_sets.") or (label_set != key and label_set not in _label_sets(study))
     if part == "probe":  # the recipe of a task not probed yet
         return key.split(".")[0] not in study.get("probes", [])
+    if part == "finetune" and key in ADDED_LATER:  # a setting earful gained, at what the study trained with
+        return now.get(key) == ADDED_LATER[key]
     return part == "data"  # the digest of a manifest not read yet
 
 

@@ -54,6 +54,9 @@ LAYOUT = ("device_seconds",)
 # recipe entries a task adds (``Task.recipe_extras``) that checkpoints of earlier versions do not record: compared
 # only where the checkpoint records them
 LATER = ("init.sha256", "data.manifest_digest")
+# settings added in a later version, with what a recipe that lacks them did: an earlier run folder (or study) holds
+# that behaviour, not a change (fine-tuning's vocabulary was a-z and ' before vocab existed)
+ADDED_LATER: dict[str, Any] = {"vocab": "english"}
 # how the manifests' ``.sha256`` entries were computed (``DIGEST_RULE``); a checkpoint without it recorded the
 # SHA-256 of each manifest's bytes
 DIGEST_KEY = "data.manifest_digest"
@@ -147,6 +150,7 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
                          "by earful's trainer): use another --out")
     saved, legacy = _legacy_manifests(info["recipe"], recipe, manifests or {})
+    saved = {**{k: v for k, v in ADDED_LATER.items() if k in recipe}, **saved}
     changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
     moved_audio = [k for k, digest in (paths or {}).items() if f"{k}.sha256" not in changed
                    and (info.get("manifest_paths") or {}).get(k, digest) != digest]

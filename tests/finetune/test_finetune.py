@@ -256,5 +256,9 @@ def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_kee
                 tmp_path / "english")
     assert f"--init {ctc} is a CTC model whose head ({len(symbols)} symbols" in caplog.text
     assert "vocab=init keeps" in caplog.text
+    kept.fit()
+    ctc.rename(tmp_path / "moved")  # the initial model moved: the run's checkpoint holds its vocabulary
+    again = Trainer(FinetuneTask(config(train, None, 1, "vocab=init", f"init={ctc}")), tmp_path / "init", resume=True)
+    assert again.task.vocab.symbols == symbols
     with pytest.raises(ValueError, match="vocab=init: --init scratch is no CTC model"):
         Trainer(FinetuneTask(config(train, None, 1, "vocab=init")), tmp_path / "none")

@@ -104,6 +104,30 @@ def test_a_missing_manifest_is_never_fingerprinted(tmp_path) -> None:
     check_same_recipe(out, fp)
 
 
+def test_a_study_of_before_a_setting_was_added_continues_at_its_earlier_behaviour(tmp_path) -> None:
+    """Fine-tuning gained `vocab` (english: what every earlier study fine-tuned with): a finished study whose
+    study.json lacks it was refused as made "with another recipe (differs in finetune.vocab)". It continues; a
+    study that sets another vocabulary is another recipe."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
+              "corpus.test={test: test.jsonl}", "corpus.label_sets={10h: labelled-10h.jsonl}"]
+    study = _study(tmp_path, *common)
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    assert fp["finetune"]["vocab"] == "english"
+    out = tmp_path / "out"
+    (out / "eval" / "x").mkdir(parents=True)
+    (out / "eval" / "x" / "summary.json").write_text("{}")  # a finished evaluation
+    earlier = {**fp, "finetune": {k: v for k, v in fp["finetune"].items() if k != "vocab"}}
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    check_same_recipe(out, fp)
+    other = _study(tmp_path, *common, "finetune.overrides=[vocab=data]")
+    with pytest.raises(ValueError, match=r"differs in finetune\.vocab"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), tmp_path))
+
+
 def test_a_corpus_build_killed_part_way_is_built_again_and_a_foreign_one_refused(tmp_path) -> None:
     """synth.json is written last: a build killed after the train manifest (a part of it here) and before
     synth.json was taken as complete, and the study trained on the part. Now it is built again; a folder of
