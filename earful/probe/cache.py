@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from earful.probe.features import CACHE_FORMAT, INDEX_FILE
+from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,30 @@ def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
+KEY = re.compile(r"[0-9a-f]{64}")  # an entry's name: its key, a SHA-256 (earful.probe.features.cache_key)
+
+
+def is_entry(path: Path) -> bool:
+    """Whether ``path`` is a cache entry's folder: named by a key, holding nothing but the entry's files (and
+    their temporary files). Anything else in a cache folder (a mistyped ``--cache``) is never listed or removed."""
+    if not (path.is_dir() and not path.is_symlink() and KEY.fullmatch(path.name)):
+        return False
+    return all(f.name in (FEATURES_FILE, INDEX_FILE) or (f.name.startswith(".") and f.name.endswith(".tmp"))
+               for f in path.iterdir())
+
+
+def others(cache_dir: str | os.PathLike) -> list[Path]:
+    """What ``cache_dir`` holds besides cache entries (left alone)."""
+    root = Path(cache_dir)
+    return sorted(p for p in root.iterdir() if not is_entry(p)) if root.is_dir() else []
+
+
 def entries(cache_dir: str | os.PathLike) -> Iterator[Entry]:
     """Every entry of ``cache_dir`` (none if it does not exist), by name."""
     root = Path(cache_dir)
     if not root.is_dir():
         return
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if is_entry(p)):
         index_path = folder / INDEX_FILE
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))

@@ -46,11 +46,14 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 
 def _cache_list(args: argparse.Namespace) -> int:
-    from earful.probe.cache import entries, table
+    from earful.probe.cache import entries, others, table
 
     root = _cache_dir(args)
-    found = list(entries(root))
+    found, other = list(entries(root)), others(root)
     log.info("feature cache %s\n%s", root, "\n".join(table(found)))
+    if other:
+        log.warning("%s also holds %d item(s) that are no cache entries (%s …): never listed or removed; is it the "
+                    "cache?", root, len(other), other[0].name)
     return 0
 
 
@@ -61,6 +64,8 @@ def _cache_remove(args: argparse.Namespace) -> int:
         raise ValueError("say which entries: --older-than DAYS, --upstream TEXT, --incomplete (they combine), or --all")
     if args.all and (args.older_than is not None or args.upstream is not None or args.incomplete):
         raise ValueError("--all removes every entry: give it alone, or the criteria without it")
+    if args.upstream is not None and not args.upstream.strip():
+        raise ValueError("--upstream '': matches every entry; give part of the upstream's path, or --all")
     if args.older_than is not None and args.older_than < 0:
         raise ValueError(f"--older-than {args.older_than:g}: expected days, 0 or more")
     root = _cache_dir(args)

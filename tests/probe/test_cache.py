@@ -37,9 +37,15 @@ def test_list_and_remove_by_age_upstream_and_completeness(tones, tiny_ckpt: Path
     features(fb, tones["held"], cache, progress=False)  # a hit marks the entry used
     assert time.time() - next(e for e in entries(cache) if e.path == by["fbank", "held.jsonl"].path).used < DAY
     # an entry a probe stopped while writing (no index), and one of an older format
-    (cache / "stopped").mkdir()
-    (cache / "stopped" / "features.npy").write_bytes(b"\0" * 10)
-    old = cache / "older"
+    stopped, older = "a" * 64, "b" * 64
+    (cache / stopped).mkdir()
+    (cache / stopped / "features.npy").write_bytes(b"\0" * 10)
+    old = cache / older
+    # what a mistyped --cache would hold besides: never an entry, never removed
+    (cache / "data").mkdir()
+    (cache / "data" / "a.wav").write_bytes(b"x")
+    (cache / ("c" * 64)).mkdir()
+    (cache / ("c" * 64) / "notes.txt").write_text("mine")
     shutil.copytree(by["fbank", "same.jsonl"].path, old)
     index = json.loads((old / INDEX_FILE).read_text())
     (old / INDEX_FILE).write_text(json.dumps({**index, "format": "earful-features-1"}))
@@ -48,6 +54,7 @@ def test_list_and_remove_by_age_upstream_and_completeness(tones, tiny_ckpt: Path
         assert main(["cache", "list", "--cache", str(cache)]) == 0
     listing = caplog.text
     assert "5 entries" in listing and "incomplete: never read" in listing
+    assert "also holds 2 item(s) that are no cache entries" in listing
     assert "(older format earful-features-1)" in listing
     assert f"{tiny_ckpt.resolve()} → {tones['held'].resolve()}" in listing
 
@@ -58,16 +65,18 @@ def test_list_and_remove_by_age_upstream_and_completeness(tones, tiny_ckpt: Path
 
     assert remove("--older-than", "7", "--dry-run") == set()
     assert main(["cache", "remove", "--cache", str(cache)]) == 2  # no criterion: refused, nothing removed
-    assert remove("--incomplete") == {"stopped", "older"}
+    assert remove("--incomplete") == {stopped, older}
     assert remove("--older-than", "7", "--upstream", "fbank") == {by["fbank", "same.jsonl"].path.name}
     assert remove("--older-than", "7") == {by[str(tiny_ckpt.resolve()), "held.jsonl"].path.name}
-    assert remove("--all") == {by["fbank", "held.jsonl"].path.name} and list(cache.iterdir()) == []
+    assert remove("--all") == {by["fbank", "held.jsonl"].path.name}
+    assert sorted(p.name for p in cache.iterdir()) == ["c" * 64, "data"]  # left alone
 
 
 @pytest.mark.parametrize("options, message", [
     (["--older-than", "-1"], "--older-than -1: expected days"),
     ([], "say which entries"),
     (["--all", "--incomplete"], "--all removes every entry: give it alone"),
+    (["--upstream", ""], "--upstream '': matches every entry"),
 ])
 def test_remove_refuses_what_says_no_entries(options, message, tmp_path: Path, caplog):
     (tmp_path / "cache" / "stopped").mkdir(parents=True)
