@@ -62,6 +62,10 @@ class ShardError(ValueError):
     """A shard or index that cannot be used; the message names it, the problem and the way out."""
 
 
+class BadRow(ShardError):
+    """A row ``earful shard`` cannot write (without ``--skip-bad``), or no row at all: the run removes its shards."""
+
+
 def key_of(member: int) -> str:
     return f"{member:09d}"
 
@@ -148,6 +152,9 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     if (out / INDEX).exists():
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
     done = _progress(out, recipe, resume)
+    if done is None and resume:  # killed before its first shard was recorded: its temporary files are its own
+        for tmp in out.glob(".shard-*.tmp"):
+            tmp.unlink()
     if done is None:
         unindexed = sorted(out.glob("shard-*.tar")) + sorted(out.glob(".shard-*.tmp"))
         if unindexed:  # another tool's shards, or an earlier earful's: never mixed with these
@@ -171,7 +178,10 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     samples_16k = int(done["samples_16k"])
     row = int(done["rows"])
 
+    recorded = row  # the row a resume goes on from
+
     def finished() -> None:  # a shard is whole (before this row's entry): what a resume needs to go on after it
+        nonlocal recorded
         members = len(cols["offset"])
         first = members - shards[-1]["members"]
         mine = np.stack([np.frombuffer(cols[c], dtype=np.int64)[first:members] for c in COLUMNS], axis=1)
@@ -181,6 +191,7 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         atomic_write_json(out / PROGRESS, {
             "format": SHARDS_FORMAT, "recipe": recipe, "rows": row, "shards": shards, "left_out": left_out,
             "samples_16k": samples_16k})  # fmt: skip
+        recorded = row
 
     writer = _ShardWriter(out, shard_bytes, shards, finished)
     items = ordered_map(encode_member, itertools.islice(iter(utts), row, None), workers)
@@ -189,8 +200,8 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
                                          mininterval=2.0):
             if problem is not None:
                 if not skip_bad:
-                    raise ShardError(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
-                                     "rows out (they are listed in the index)")
+                    raise BadRow(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
+                                 "rows out (they are listed in the index)")
                 log.warning("left out %s: %s", utt.id, problem)
                 left_out.append({"id": utt.id, "problem": problem})
                 row += 1
@@ -206,19 +217,21 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
             samples_16k += utt.samples_at(SAMPLE_RATE)
             row += 1
         if not len(cols["offset"]):
-            raise ShardError(f"no row could be written: all {len(left_out)} were left out (the first: "
+            raise BadRow(f"no row could be written: all {len(left_out)} were left out (the first: "
                              f"{left_out[0]['id']}: {left_out[0]['problem']})" if left_out else "no row to write")
         writer.close()
-    except (KeyboardInterrupt, SystemExit):  # stopped: the finished shards stay, for --resume
-        writer.abandon()
-        log.warning("stopped at row %d; the %d shards finished stay: run again with --resume to go on", row,
-                    len(shards))
-        raise
-    except BaseException:  # a bad row or an error: no shard of this run is left without its index
+    except BadRow:  # the manifest (so the recipe) must change: no shard is left without its index
+        items.close()  # its worker processes end now
         writer.abandon()
         for shard in shards:
             (out / shard["name"]).unlink(missing_ok=True)
         _forget_progress(out)
+        raise
+    except BaseException:  # Ctrl-C, a full disk, a crash: the finished shards stay, for --resume
+        items.close()
+        writer.abandon()
+        log.warning("stopped; the %d shard(s) finished stay (rows 0 to %d): run again with --resume to go on "
+                    "after them", len(shards), recorded - 1)
         raise
     (out / "index").mkdir(exist_ok=True)
     for c in COLUMNS:

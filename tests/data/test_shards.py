@@ -277,12 +277,66 @@ def test_a_stopped_shard_run_resumes_after_its_last_finished_shard_and_writes_wh
         _run(argv[0], argv[1], str(out), *argv[2:])
     with pytest.raises(ShardError, match=r"another recipe \(seed differ\)"):
         _run(argv[0], argv[1], str(out), "--shard-gb", "0.00005", "--seed", "4", "--skip-bad", "--resume")
+    # a resumed run that fails otherwise (a full disk) keeps every finished shard, the earlier run's too
+    calls.clear()
+
+    def disk_full(utt):
+        calls.append(utt.id)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(utt)
+
+    monkeypatch.setattr(S, "encode_member", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _run(argv[0], argv[1], str(out), *argv[2:], "--resume")
+    monkeypatch.setattr(S, "encode_member", real)
+    assert len(json.loads((out / "progress.json").read_text())["shards"]) >= len(progress["shards"])
     assert _run(argv[0], argv[1], str(out), *argv[2:], "--resume") == 0
     ref = tmp_path / "ref"
     files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     for f in files:
         assert (ref / f).read_bytes() == (out / f).read_bytes(), f
+    # killed while writing its first shard (a temporary file, nothing recorded): --resume starts it afresh
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / ".shard-000000.tar.abcd.tmp").write_bytes(b"\0" * 512)
+    assert _run(argv[0], argv[1], str(first), *argv[2:], "--resume") == 0
+    assert (first / "index.json").read_bytes() == (ref / "index.json").read_bytes()
+
+
+def test_ctrl_c_stops_a_shard_run_with_worker_processes_and_resume_finishes_it(corpus: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) during `earful shard --workers 2` hung in 1 run of 3:
+    a worker interrupted inside a task left the pool waiting. Workers now leave Ctrl-C to the parent, which
+    ends them, keeps the finished shards and exits 130; --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({**r, "id": f"{r['id']}-{k}"}) + "\n" for k in range(40) for r in rows))
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "earful.cli", "shard", str(many), str(out), "--shard-gb", "0.00005", "--workers",
+           "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not (out / "progress.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        log, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("earful shard --workers 2 hung after Ctrl-C") from None
+    assert proc.returncode == 130 and "run again with --resume" in log, log[-2000:]
+    assert _run("shard", str(many), str(out), "--shard-gb", "0.00005", "--resume") == 0
+    assert len(ShardIndex(out)) == len(rows) * 40
 
 
 def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(corpus: Path, tmp_path: Path,
