@@ -94,8 +94,11 @@ def test_ctrl_c_to_a_study_of_two_jobs_makes_its_trainings_checkpoint(tmp_path, 
     groups of their own: the study alone hears it, and each training checkpoints."""
     (tmp_path / "training.py").write_text(TRAINING)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    # its own group, as a shell's foreground job, with Ctrl-C not ignored (a test run in the background, as
+    # `nohup ... &` does, passes SIGINT on ignored, and Python then never turns it into KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own group, as a shell's foreground job
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     await_files(proc, *(tmp_path / f"started-{k}" for k in "ab"))
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
