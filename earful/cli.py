@@ -76,6 +76,8 @@ def run() -> None:
     called without an active exception", after 2 of about 45 finished 2-rank runs here; an open torch problem),
     so torchrun reported a finished run as failed, and a second node's agent waited out its rendezvous."""
     rc = main()
+    if rc == 130:  # Ctrl-C, maybe while torch was still being imported: importing more of it now would crash
+        sys.exit(rc)
     from earful.train import distributed
 
     if distributed.joined():

@@ -230,8 +230,11 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     except BaseException:  # Ctrl-C, a full disk, a crash: the finished shards stay, for --resume
         items.close()
         writer.abandon()
-        log.warning("stopped; the %d shard(s) finished stay (rows 0 to %d): run again with --resume to go on "
-                    "after them", len(shards), recorded - 1)
+        if shards:
+            log.warning("stopped; the %d shard(s) finished stay (rows 0 to %d): run again with --resume to go on "
+                        "after them", len(shards), recorded - 1)
+        else:
+            log.warning("stopped before a shard was finished: run again (with or without --resume)")
         raise
     (out / "index").mkdir(exist_ok=True)
     for c in COLUMNS:
@@ -270,10 +273,11 @@ def _progress(out: Path, recipe: dict[str, Any], resume: bool) -> dict[str, Any]
         raise ShardError(f"{out}: an earlier run stopped after {rows} rows ({len(done.get('shards', []))} shards "
                          "written): --resume continues it; or remove the folder, or choose another")
     if done.get("format") != SHARDS_FORMAT or done.get("recipe") != recipe:
-        differ = sorted(k for k in set(recipe) | set(done.get("recipe", {})) if recipe.get(k) !=
-                        done.get("recipe", {}).get(k))
+        then = done.get("recipe", {})
+        differ = [f"{k}: {then.get(k)!r} -> {recipe.get(k)!r}" for k in sorted(set(recipe) | set(then))
+                  if recipe.get(k) != then.get(k)]
         raise ShardError(f"{out}: the stopped run wrote its shards with another recipe ({', '.join(differ) or 'format'}"
-                         " differ): resume with its manifest and options, or remove the folder")
+                         "): resume with its manifest and options, or remove the folder")
     for sh in done["shards"]:
         size = (out / sh["name"]).stat().st_size if (out / sh["name"]).exists() else None
         if not (out / PROGRESS_COLUMNS / f"{sh['name']}.npy").is_file():

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import string
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -262,14 +261,13 @@ def build_arpa(text: str | Path, out: str | Path, order: int = 4, lowercase: boo
         raise ValueError(f"{text}: not UTF-8 text ({e})") from e
     # words a CTC vocabulary of letters cannot spell ("hello," of "Hello, world."): evaluate --lm leaves them
     # out of its lexicon; said here, where the text can still be cleaned
-    spellable = set(string.ascii_lowercase + string.ascii_uppercase + "'")
     words = [w for w in model.vocabulary if w not in (BOS, EOS, UNK)]
-    odd = sorted(w for w in words if not set(w) <= spellable)
+    odd = sorted(w for w in words if not all(c.isalpha() or c == "'" for c in w))  # letters of any script
     if odd:
         log.warning("%s: %d of %d words hold characters other than letters and ' (e.g. %s): a CTC vocabulary of "
                     "letters cannot spell them, and evaluate --lm leaves them out of its lexicon (unless the "
-                    "checkpoint's text_mapping maps those characters); strip punctuation from the text first", text,
-                    len(odd), len(words), ", ".join(repr(w) for w in odd[:5]))
+                    "checkpoint's vocabulary or text_mapping has those characters); strip punctuation from the text "
+                    "first", text, len(odd), len(words), ", ".join(repr(w) for w in odd[:5]))
     model.write_arpa(out)
     log.info("wrote %s", out)
     return model

@@ -216,7 +216,8 @@ class CharVocab:
                           for c in order[:12]) + (f"; and {len(order) - 12} more" if len(order) > 12 else "")
         example = mapping_example(suggested_mapping(order, self.symbols))
         settings = (f"{self.setting}={example}" if self.setting is not None else
-                    f"fine-tuning's text_mapping={example}, evaluate's --text-mapping {_shell(example)}")
+                    f"fine-tuning's {_shell('text_mapping=' + example)} on the command line (text_mapping: "
+                    f"{example} in YAML), evaluate's --text-mapping {_shell(example)}")
         raise ValueError(f"{where}: {len(order)} character(s) outside the vocabulary ({self.spelled()}) in "
                          f"{bad_utterances} of {utterances} transcripts: {shown}. {remedy}A text mapping replaces "
                          f"them (a guess to check: a letter mapped to itself is yours to decide; '' removes): "

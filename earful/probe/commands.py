@@ -40,8 +40,11 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
+    """The cache folder; one given (``--cache``) must be a folder (a mistyped one said "0 entries")."""
     from earful.probe.features import default_cache_dir
 
+    if args.cache is not None and not Path(args.cache).is_dir():
+        raise ValueError(f"--cache {args.cache}: {'not a folder' if Path(args.cache).exists() else 'no such folder'}")
     return args.cache or default_cache_dir()
 
 
@@ -58,7 +61,7 @@ def _cache_list(args: argparse.Namespace) -> int:
 
 
 def _cache_remove(args: argparse.Namespace) -> int:
-    from earful.probe.cache import entries, human, remove, select
+    from earful.probe.cache import entries, human, others, remove, select
 
     if not (args.all or args.older_than is not None or args.upstream is not None or args.incomplete):
         raise ValueError("say which entries: --older-than DAYS, --upstream TEXT, --incomplete (they combine), or --all")
@@ -79,6 +82,9 @@ def _cache_remove(args: argparse.Namespace) -> int:
         return 0
     freed = remove(chosen)
     log.info("removed %d of %d entries of %s, %s freed", len(chosen), len(found), root, human(freed))
+    if other := others(root):
+        log.warning("%s also holds %d item(s) that are no cache entries (%s …): left alone; is it the cache?", root,
+                    len(other), other[0].name)
     return 0
 
 

@@ -123,20 +123,20 @@ class Trainer:
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
         self.run = RunDir(out_dir)
-        created = not self.run.root.exists()  # only for the lock: a refused --resume removes it again
+        # the folder and its lock, where made only for this run: a refused or failed start removes them again
+        created = not self.run.root.exists()
+        had_lock = (self.run.root / ".lock").exists()
         with writing(self.run.root):  # one writer per run folder: the main rank holds its lock
             self._lock = hold_folder(self.run.root, "earful run") if self.d.is_main else None
         try:
             self._open(resume and not start_if_new, resume, allow_changes)
-        except NoRunToResume:
-            self.close()
-            if created and self.d.is_main:
-                (self.run.root / ".lock").unlink(missing_ok=True)
-                with suppress(OSError):  # another process may have written there meanwhile: then it stays
-                    self.run.root.rmdir()
-            raise
         except BaseException:
             self.close()
+            if self.d.is_main and not had_lock:
+                (self.run.root / ".lock").unlink(missing_ok=True)
+                if created:
+                    with suppress(OSError):  # something was written there (or by another process): it stays
+                        self.run.root.rmdir()
             raise
 
     def _open(self, strict: bool, resume: bool, allow_changes: bool) -> None:

@@ -94,9 +94,10 @@ def test_the_suggested_mapping_spells_every_character_outside_the_vocabulary_wit
         v.encode("naïve café — don’t, 2", utt_id="u1")
     msg = str(e.value)
     guess = "{',': '', '2': ' two ', 'é': 'e', 'ï': 'i', '—': ' ', '’': \"'\"}"
-    assert f"fine-tuning's text_mapping={guess}" in msg and "u1" in msg
+    assert f"fine-tuning's {shlex.quote('text_mapping=' + guess)} on the command line (text_mapping: {guess} in " \
+           "YAML)" in msg and "u1" in msg  # pasted as shown: one shell word, or a YAML line
     assert f"evaluate's --text-mapping {shlex.quote(guess)}" in msg
-    example = msg.split("text_mapping=")[1].split(", evaluate")[0]
+    example = msg.split("(text_mapping: ")[1].split(" in YAML)")[0]
     assert CharVocab(mapping=yaml.safe_load(example)).normalize("naïve café — don’t, 2") == "naive cafe don't two"
     assert shlex.split(msg.split("--text-mapping ")[1])[0] == example
     with pytest.raises(ValueError, match=r"'ø' in 1 .*'ø': 'ø'"):  # no guess: the user's to decide
@@ -116,7 +117,7 @@ def test_decomposed_text_is_composed_and_a_loose_combining_mark_is_named_by_code
         CharVocab().normalize("a \u0301b", utt_id="u2")  # a combining mark with no letter to compose with
     msg = str(e.value)
     assert "U+0301 (COMBINING ACUTE ACCENT)" in msg and "u2" in msg
-    example = msg.split("text_mapping=")[1].split(", evaluate")[0]
+    example = msg.split("(text_mapping: ")[1].split(" in YAML)")[0]
     assert example == '{"\\u0301": \'\'}' and "--text-mapping '{\"\\u0301\": '\"'\"''\"'\"'}'" in msg
     assert CharVocab(mapping=yaml.safe_load(example)).normalize("a \u0301b") == "a b"
 

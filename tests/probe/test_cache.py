@@ -77,6 +77,7 @@ def test_list_and_remove_by_age_upstream_and_completeness(tones, tiny_ckpt: Path
     ([], "say which entries"),
     (["--all", "--incomplete"], "--all removes every entry: give it alone"),
     (["--upstream", ""], "--upstream '': matches every entry"),
+    (["--all", "--cache", "/no/such/cache"], "--cache /no/such/cache: no such folder"),
 ])
 def test_remove_refuses_what_says_no_entries(options, message, tmp_path: Path, caplog):
     (tmp_path / "cache" / "stopped").mkdir(parents=True)

@@ -750,3 +750,19 @@ def test_a_run_of_before_a_setting_was_added_resumes_at_its_earlier_behaviour(tm
     info.write_text(json.dumps(earlier))
     assert Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(tones, 1))), out,
                    resume=True).step == 1
+
+
+def test_a_refused_or_failed_start_leaves_no_lock_and_no_folder(tmp_path, tones, rel) -> None:
+    """A start that failed (a transcript its vocabulary cannot spell) left a new --out holding only .lock, and a
+    --resume on a folder that is no run (an export-hf folder) left a .lock there, which export-hf then refused."""
+    rows = rel.manifest_rows(tones)
+    rows[0]["transcript"] = "grün"
+    bad = rel.write_rows(tmp_path / "bad.jsonl", rows)
+    over = [o for o in rel.finetune_overrides(tones, 1) if not o.startswith("data.train=")]
+    assert main(["finetune", *over, f"data.train={bad}", "--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+    other = tmp_path / "export"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    assert main(["finetune", *rel.finetune_overrides(tones, 1), "--out", str(other), "--resume"]) == 2
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
