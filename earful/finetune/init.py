@@ -92,20 +92,24 @@ def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> CharVocab:
     from earful.eval.evaluate import vocab_from_checkpoint
 
     path = Path(init.path)
-    symbols = None
+    symbols, inherited = None, {}
     if init.path != "scratch" and (path / INFO_FILE).exists():
-        symbols = ((read_info(path).get("vocab") or {}).get("symbols"))
+        vocab = read_info(path).get("vocab") or {}
+        symbols, inherited = vocab.get("symbols"), vocab.get("mapping") or {}
     elif init.path != "scratch" and (path / "config.json").exists():
         from earful.interop.hf import read_vocab
 
-        outputs = read_json(path / "config.json").get("vocab_size")
+        config = read_json(path / "config.json")
+        outputs, inherited = config.get("vocab_size"), config.get("earful_text_mapping") or {}
         if (path / "vocab.json").exists() and isinstance(outputs, int):
             symbols = read_vocab(path, outputs)
     if not symbols:
         raise ValueError(f"vocab=init: --init {init.path} is no CTC model (no vocabulary); use vocab=english or "
                          "vocab=data")
     found = vocab_from_checkpoint({"symbols": list(symbols)}, init.path)
-    return CharVocab(found.symbols, mapping or None)
+    if inherited:  # the text the model was trained to spell: its mapping goes on, the run's own over it
+        log.info("vocab=init: the text mapping of %s (%s) goes on, text_mapping over it", init.path, inherited)
+    return CharVocab(found.symbols, {**inherited, **(mapping or {})} or None)
 
 
 def init_ctc_head(head: nn.Linear, how: str, blank_id: int = 0) -> None:

@@ -106,7 +106,8 @@ class FinetuneTask(Task):
         the run's own (its checkpoint holds it: the initial model may have moved since)."""
         cfg = self.cfg
         if cfg.vocab == "init" and resume_from is not None:
-            vocab = CharVocab(CharVocab.from_dict(read_info(resume_from)["vocab"]).symbols, cfg.text_mapping or None)
+            saved = CharVocab.from_dict(read_info(resume_from)["vocab"])
+            vocab = CharVocab(saved.symbols, {**saved.mapping, **cfg.text_mapping} or None)
         elif cfg.vocab == "init":
             vocab = init_vocab(self.init_weights, cfg.text_mapping)
         else:

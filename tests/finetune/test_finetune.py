@@ -255,6 +255,9 @@ def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_kee
         Trainer(FinetuneTask(config(train, None, 1, f"init={ctc}", "text_mapping={ü: u, ß: ss, ç: c}")),
                 tmp_path / "english")
     assert f"--init {ctc} is a CTC model whose head ({len(symbols)} symbols" in caplog.text
+    english = tmp_path / "english" / "checkpoints" / "init"  # its text mapping spells ü, ß, ç: vocab=init keeps it
+    inherited = Trainer(FinetuneTask(config(train, None, 1, "vocab=init", f"init={english}")), tmp_path / "inherit")
+    assert inherited.task.vocab.decode(inherited.task.targets[rows[0]["id"]]) == "grun strasse"
     assert "vocab=init keeps" in caplog.text
     kept.fit()
     ctc.rename(tmp_path / "moved")  # the initial model moved: the run's checkpoint holds its vocabulary
