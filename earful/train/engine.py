@@ -153,6 +153,9 @@ class Trainer:
                 f"{self.run.root}: --resume, but no run was started in this folder (no checkpoints, no "
                 f"{HISTORY}){'; it did not exist' if not any(self.run.root.glob('[!.]*')) else ''}: check --out, "
                 "or drop --resume to start a new run there")
+        if resume and latest is None and self.run.started() and self.d.is_main:
+            log.info("%s: the run was started but wrote no checkpoint: --resume starts it again from step 0",
+                     self.run.root)
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
         self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_backend, cfg.compile_mode)

@@ -714,6 +714,14 @@ def test_resume_where_no_run_was_started_is_refused(tmp_path, tiny_corpus, rel, 
     summary = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True, start_if_new=True).fit()
     assert summary["step"] == 1
     assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), typo, resume=True).fit()["step"] == 1  # now resumes
+    killed = tmp_path / "killed"  # killed before its first checkpoint: its history.jsonl, no checkpoint
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), killed).close()
+    shutil.rmtree(killed / "checkpoints", ignore_errors=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        restarted = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 1)), killed, resume=True)
+    assert restarted.step == 0 and "wrote no checkpoint: --resume starts it again from step 0" in caplog.text
+    restarted.close()
 
 
 def test_finetune_takes_resume_or_start_as_pretrain_does(tmp_path, tones, rel, caplog) -> None:
