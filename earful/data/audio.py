@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO
 
@@ -126,6 +126,18 @@ def too_short(path: str | os.PathLike, samples: int, rate: int = SAMPLE_RATE, ne
     """The problem of audio shorter than the model's receptive field."""
     return (f"{path}: too short ({samples} samples at {rate} Hz; the model's receptive field needs at least "
             f"{needed})")
+
+
+def check_frames(utts: Sequence[Utterance], where: str, frame: str, reason: str) -> None:
+    """Refuse ``utts`` (a manifest's, named by ``where``) holding utterances shorter than one ``frame`` needs (the
+    receptive field: 400 samples at 16 kHz), naming how many and a few, and ``reason`` they cannot stay: what
+    evaluate and the probes check before any work, where the loader would stop midway naming a file alone."""
+    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    if short:
+        shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
+        raise ValueError(f"{where}: {len(short)} of {len(utts)} utterances are shorter than one {frame} needs "
+                         f"({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}{' …' if len(short) > 3 else ''}; "
+                         f"{reason}: leave them out of the manifest (`earful prepare` does)")
 
 
 def check_length(path: str | os.PathLike | IO[bytes], samples: int, expected: int) -> None:

@@ -38,8 +38,7 @@ import torch
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, load_model, read_info
 from earful.config import plain_name
-from earful.data.audio import RECEPTIVE_FIELD, AudioError
-from earful.data.budget import SAMPLE_RATE
+from earful.data.audio import AudioError, check_frames
 from earful.data.dataset import make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
@@ -193,7 +192,9 @@ def evaluate(
     read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
     for split, manifest in splits.items():  # every split's references checked before anything is transcribed
         utts = read_manifest(manifest, check_files=True)
-        _check_lengths(utts, manifest, split)
+        # utterances the model gives no output for, named before anything is transcribed (the loader stopped
+        # the evaluation midway, naming the audio file alone)
+        check_frames(utts, f"{manifest} (split {split!r})", "frame of the model", "the model gives them no output")
         try:
             read[split] = utts, references(utts, vocab)
         except ValueError as e:
@@ -272,19 +273,6 @@ def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:
                          f"({saved.get('text_mapping')}, now {record['text_mapping']}), whose scores would not compare "
                          f"with these; give another --out, or remove {out}")
     return splits
-
-
-def _check_lengths(utts: Sequence[Utterance], manifest: str | Path, split: str) -> None:
-    """Refuse a manifest holding utterances shorter than one frame needs (the CNN's receptive field), which the
-    model gives no output for, naming the manifest, the split and a few of them, before anything is transcribed:
-    the loader stopped the whole evaluation midway, naming the audio file alone."""
-    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
-    if short:
-        shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
-        raise ValueError(f"{manifest} (split {split!r}): {len(short)} of {len(utts)} utterances are shorter than one "
-                         f"frame of the model needs ({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}"
-                         f"{' …' if len(short) > 3 else ''}; the model gives them no output: leave them out of the "
-                         "manifest (`earful prepare` does)")
 
 
 SPLIT_KEYS = ("utterances", "scored", "unlabelled", "unlabelled_ids", "wer", "cer")  # a split's in summary.json

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from earful.data.audio import RECEPTIVE_FIELD
-from earful.data.budget import SAMPLE_RATE
+from earful.data.audio import check_frames
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe.features import Extractor, FeatureSet, Upstream, features
 
@@ -76,13 +75,7 @@ def load_split(loader: FeatureLoader | None, manifest: str | os.PathLike) -> Spl
     None: the labels only). ValueError naming the manifest where an utterance is shorter than one frame needs
     (the CNN's receptive field, a filterbank's window: 400 samples at 16 kHz), before any feature is extracted."""
     utts = read_manifest(manifest)
-    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
-    if short:
-        shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
-        raise ValueError(f"{manifest}: {len(short)} of {len(utts)} utterances are shorter than one feature frame "
-                         f"needs ({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}"
-                         f"{' …' if len(short) > 3 else ''}; a probe reads every utterance of its manifests: leave "
-                         "them out of the manifest (`earful prepare` does)")
+    check_frames(utts, str(manifest), "feature frame", "a probe reads every utterance of its manifests")
     return Split(Path(manifest), utts, loader)
 
 
