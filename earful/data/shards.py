@@ -152,7 +152,7 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     if (out / INDEX).exists():
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
     done = _progress(out, recipe, resume)
-    if done is None and resume:  # killed before its first shard was recorded: its temporary files are its own
+    if resume:  # the shard being written when the run stopped (before its first was recorded, too): its own
         for tmp in out.glob(".shard-*.tmp"):
             tmp.unlink()
     if done is None:
@@ -167,8 +167,6 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     else:
         columns = np.concatenate([np.zeros((0, len(COLUMNS)), dtype=np.int64), *(
             np.load(out / PROGRESS_COLUMNS / f"{sh['name']}.npy", allow_pickle=False) for sh in done["shards"])])
-        for tmp in out.glob(".shard-*.tmp"):  # the shard being written when the run stopped
-            tmp.unlink()
         log.info("resuming: %d rows done, %d shards (%d members) kept", done["rows"], len(done["shards"]),
                  len(columns))
     out.mkdir(parents=True, exist_ok=True)

@@ -183,9 +183,11 @@ class CharVocab:
     def outside(self, text: str) -> list[str]:
         """The characters of ``text``, once mapped (:meth:`mapped`), that the vocabulary cannot spell, in order of
         first appearance (the delimiter ``|`` is one: a space stands for it)."""
-        found = dict.fromkeys(c for c in self.mapped(text) if not c.isspace() and (c not in self._index or
-                                                                                  c == DELIMITER))
-        return list(found)
+        return self._unspelled(self.mapped(text))
+
+    def _unspelled(self, mapped: str) -> list[str]:
+        """:meth:`outside` of text already mapped."""
+        return list(dict.fromkeys(c for c in mapped if not c.isspace() and (c not in self._index or c == DELIMITER)))
 
     def spelled(self) -> str:
         """The vocabulary's characters for a message: ``a–z and "'"`` for the default one, else each of them."""
@@ -229,10 +231,11 @@ class CharVocab:
 
         Returns the normalised text with single spaces between words (no leading/trailing space).
         """
-        if self.outside(text):
+        mapped = self.mapped(text)  # once: the check and the result read it
+        if self._unspelled(mapped):
             self.check_texts([("" if utt_id is None else utt_id, text)], "a transcript" if utt_id is None
                              else f"utterance {utt_id!r}")
-        return " ".join(self.mapped(text).split())
+        return " ".join(mapped.split())
 
     def encode(self, text: str, utt_id: str | None = None) -> list[int]:
         """Text to ids: lower-cased, mapped, spaces to ``|``; no leading/trailing delimiter.

@@ -70,10 +70,9 @@ def recipe_of(cfg: TrainingConfig) -> dict[str, Any]:
     flat = flatten(to_dict(cfg))
     out = {k: v for k, v in flat.items() if k not in OPERATIONAL and k not in LAYOUT and not k.startswith(WATCHING)
            and k not in MANIFESTS}
-    for key in MANIFESTS:
-        if flat.get(key):
-            out[f"{key}.sha256"] = manifest_digest(flat[key]).rows
-            out[DIGEST_KEY] = DIGEST_RULE
+    for key, path in manifest_files(cfg).items():
+        out[f"{key}.sha256"] = manifest_digest(path).rows
+        out[DIGEST_KEY] = DIGEST_RULE
     if flat.get("data.shards"):  # a folder of shards (or a URL): its index lists every shard's size and members
         out.pop("data.shards", None)
         out["data.shards.index"] = shard_index_digest(flat["data.shards"])
