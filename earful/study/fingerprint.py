@@ -6,6 +6,7 @@ was trained or measured yet (the first pre-training failed on a setting) takes t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.config import flatten, to_dict
-from earful.study.config import PlannedRun, StudyConfig
+from earful.study.config import PlannedRun, StudyConfig, plan_runs
 from earful.study.corpus import manifest_digests
 from earful.train.recipe import ADDED_LATER, WATCHING
 
@@ -69,6 +70,19 @@ def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
             for part, kv in fingerprint.items()}
 
 
+def grid_fingerprint(runs: list[PlannedRun]) -> dict[str, Any]:
+    """The fingerprint's grid part: what the study resolves for each grid entry (by tag), its seeds aside."""
+    return json.loads(json.dumps({r.tag: {"batch_seconds": r.batch_seconds, "devices": r.devices,
+                                          "device_seconds": r.device_seconds, "lr": r.lr, "steps": r.steps}
+                                  for r in runs}))
+
+
+def grid_planner(study: StudyConfig) -> Callable[[list[Any]], dict[str, Any]]:
+    """A grid list → the grid part ``study`` would fingerprint with that grid (``check_same_recipe``'s
+    ``plan_grid``)."""
+    return lambda grid: grid_fingerprint(plan_runs(dataclasses.replace(study, grid=grid)))
+
+
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
     """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
     and code defaults, less ``PER_RUN``), the manifests' contents and, when the study has probes, the recipe of
@@ -82,8 +96,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},
           "finetune": {k: v for k, v in fine.items() if _computes(k)},
           "data": manifest_digests(study, root),
-          "grid": {r.tag: {"batch_seconds": r.batch_seconds, "devices": r.devices, "device_seconds": r.device_seconds,
-                           "lr": r.lr, "steps": r.steps} for r in runs}}
+          "grid": grid_fingerprint(runs)}
     if study.probes:  # a study without probes has no "probe" part: its fingerprint is what it was before probes
         probes = flatten(to_dict(probe_config(study)))
         fp["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
@@ -147,14 +160,36 @@ def _same_files(old: dict[str, Any], new: dict[str, Any], file_digests: Callable
         was.update({role: now[role] for role in differ if files.get(role) == was[role]})
 
 
+def _entries_of_before(old: dict[str, Any], plan_grid: Callable[[list[Any]], dict[str, Any]] | None
+                       ) -> dict[str, Any] | None:
+    """The grid part of a study.json written before grid entries were fingerprinted, planned again from the grid
+    it lists (``plan_grid``: today's planner with today's other settings; where those differ, the study part
+    refuses the folder anyway), or None where it cannot be trusted: the planned first entry must resolve to the
+    settings that study.json recorded for its first run (batch, layout, steps, lr), so a planner that changed
+    since is not taken at its word."""
+    grid, first = old.get("study", {}).get("grid"), old.get("pretrain", {})
+    if plan_grid is None or not grid:
+        return None
+    try:
+        entries = plan_grid(grid)
+    except ValueError:
+        return None
+    entry = next(iter(entries.values()))
+    recorded = {"batch_seconds": first.get("batch_seconds"), "device_seconds": first.get("device_seconds"),
+                "steps": first.get("max_steps"), "lr": first.get("optim.lr")}
+    return entries if all(entry[k] == v for k, v in recorded.items()) else None
+
+
 def check_same_recipe(out: Path, fingerprint: dict[str, Any],
-                      file_digests: Callable[[], dict[str, str]] | None = None) -> None:
+                      file_digests: Callable[[], dict[str, str]] | None = None,
+                      plan_grid: Callable[[list[Any]], dict[str, Any]] | None = None) -> None:
     """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
     compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
     or go. A study.json written before entries were fingerprinted compares the grid as a whole. The lists of
     ``MAY_GROW`` may gain items. A folder in which nothing was trained or measured takes any recipe.
     ``file_digests`` (``manifest_digests(..., file_bytes=True)``): the manifests' digests as study folders of
-    earlier versions recorded them, accepted as the same manifests."""
+    earlier versions recorded them, accepted as the same manifests. ``plan_grid`` (a grid list → its grid part,
+    ``grid_fingerprint``): lets a study.json written before entries were fingerprinted grow its grid too."""
     p = out / "study.json"
     if not p.exists():
         return
@@ -168,6 +203,8 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
     new = {part: kv for part, kv in fingerprint.items() if part != "grid"}
     if file_digests is not None:
         _same_files(old, new, file_digests)
+    if "grid" not in old and (entries := _entries_of_before(old, plan_grid)) is not None:
+        old["grid"] = entries  # a study.json of before, its entries planned again
     if "grid" in old:  # grid entries by tag: the grid may grow, an entry may not change or go
         gone_or_changed = [tag for tag, entry in old.pop("grid").items() if fingerprint["grid"].get(tag) != entry]
         old, new = _without_entries(old), _without_entries(new)

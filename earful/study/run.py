@@ -37,7 +37,7 @@ from earful.config import to_dict
 from earful.lock import hold_folder
 from earful.study.config import CHECKPOINT_CHOICES, OVERRIDES_FROM, PlannedRun, StudyConfig, cycle_minima, plan_runs
 from earful.study.corpus import check_probe_corpus, ensure_corpus, manifest_digests
-from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, grid_planner, recipe_fingerprint
 from earful.study.plan import plan_table, why_no_best
 from earful.study.pool import Job, execute
 from earful.study.report import build_report
@@ -265,7 +265,8 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     check_manifests(study, root)  # before study.json: its fingerprint holds no missing manifest
     runs, table = plan_table(study)
     fingerprint = recipe_fingerprint(study, runs, root)
-    check_same_recipe(out, fingerprint, lambda: manifest_digests(study, root, file_bytes=True))
+    check_same_recipe(out, fingerprint, lambda: manifest_digests(study, root, file_bytes=True),
+                      grid_planner(study))
     atomic_write_json(out / "study.json", {**to_dict(study), "format": STUDY_FORMAT, "plan": table,
                                            "cycle_minima": cycle_minima(study), "fingerprint": fingerprint})
     log.info("study %s: %d pre-training runs\n%s", study.name, len(runs), table)

@@ -319,7 +319,7 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
     """C2 one doubling further: a batch size added to a finished study continues it (its runs are new, the
     finished ones kept), before or after the others; an entry the folder was made with may not change or go."""
     from earful.study.config import plan_runs
-    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, grid_planner, recipe_fingerprint
 
     study = load_study(study_file)  # grid [4, 8], lr sqrt-scaled around 8 s
     out = tmp_path / "out"
@@ -348,14 +348,28 @@ def test_a_finished_study_continues_with_a_batch_size_added(study_file, tmp_path
     other = load_study(study_file, [cyclic[1]])
     with pytest.raises(ValueError, match=r"differs in pretrain\.optim\.cyclic_step_size\)"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
-    # a study.json written before grid entries were fingerprinted continues as it is, its grid compared whole
+    # a study.json written before grid entries were fingerprinted: its entries are planned again from the grid it
+    # lists, so it grows as one of today (runs/cpu-paper-c2, 128 s, was refused 256 s: "differs in study.grid")
     before = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     del before["grid"]
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": before}))
     check_same_recipe(out, recipe_fingerprint(study, plan_runs(study), study_file.parent))
+    for grid in ("[4, 8, 16]", "[2, 4, 8]"):
+        more = load_study(study_file, [f"grid={grid}"])
+        check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent), None,
+                          grid_planner(more))
+    for grid, entry in (("[4, {batch_seconds: 8, lr: 1.0e-4}]", "8s"), ("[4, 16]", "8s")):
+        other = load_study(study_file, [f"grid={grid}"])
+        with pytest.raises(ValueError, match=rf"differs in grid\.{entry}\) \(grid entries may be added"):
+            check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent), None,
+                              grid_planner(other))
+    # where the planner no longer gives what that study.json recorded for its first run, its grid is compared whole
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": {
+        **before, "pretrain": {**before["pretrain"], "optim.lr": 2 * before["pretrain"]["optim.lr"]}}}))
     more = load_study(study_file, ["grid=[4, 8, 16]"])
-    with pytest.raises(ValueError, match=r"differs in study\.grid\)"):
-        check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent))
+    with pytest.raises(ValueError, match=r"differs in study\.grid, pretrain\.optim\.lr\)"):
+        check_same_recipe(out, recipe_fingerprint(more, plan_runs(more), study_file.parent), None,
+                          grid_planner(more))
 
 
 def test_a_finished_study_continues_with_probe_tasks_baselines_and_label_sets_added(study_file, tmp_path,
