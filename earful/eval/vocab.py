@@ -74,23 +74,29 @@ def mapping_example(mapping: Mapping[str, str]) -> str:
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 APOSTROPHES = "\u2019\u2018\u02bc\u0060\u00b4"  # ’ ‘ ʼ ` ´
 DASHES = "-\u2010\u2011\u2012\u2013\u2014"
+# Latin letters with no decomposition into a base letter and accents, and their usual spelling in the others
+# (German ß, Danish ø and æ, Polish ł, Icelandic þ and ð, ...)
+SPELLED_OUT = {"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i",
+               "ħ": "h", "ŧ": "t", "ŀ": "l", "ſ": "s", "ĸ": "k"}
 
 
 def suggested_mapping(chars: Sequence[str], symbols: Sequence[str]) -> dict[str, str]:
-    """A first guess at a text mapping for ``chars`` into ``symbols``, for a user to check (removing a letter
-    damages the label it is in, so letters are never removed): an accented letter to its base letter (``é`` →
-    ``e``), a typographic apostrophe to ``'``, a digit to its English word, a dash to a space, anything else
-    (punctuation) removed; a letter with no such guess keeps itself, for the user to decide."""
+    """A first guess at a text mapping for ``chars`` into ``symbols``, for a user to check (removing a letter or
+    a digit damages the label it is in, so neither is ever removed): an accented letter to its base letter (``é``
+    → ``e``; ``ß`` → ``ss``, ``ø`` → ``o``: ``SPELLED_OUT``), a typographic apostrophe to ``'``, a digit of any
+    script to its English word, a dash to a space, anything else (punctuation) removed; a letter or digit with no
+    guess the vocabulary spells keeps itself, for the user to decide."""
     known = set(symbols)
     out: dict[str, str] = {}
     for c in chars:
-        base = "".join(b for b in unicodedata.normalize("NFD", c) if not unicodedata.combining(b))
+        base = SPELLED_OUT.get(c) or "".join(b for b in unicodedata.normalize("NFD", c) if not unicodedata.combining(b))
+        digit = unicodedata.decimal(c, None)
         if c.isalpha():
             out[c] = base if base != c and set(base) <= known else c
         elif c in APOSTROPHES and "'" in known:
             out[c] = "'"
-        elif c.isdigit() and c in "0123456789" and set("".join(NUMBER_WORDS)) <= known:
-            out[c] = f" {NUMBER_WORDS[int(c)]} "
+        elif digit is not None:
+            out[c] = f" {NUMBER_WORDS[digit]} " if set(NUMBER_WORDS[digit]) <= known else c
         elif c in DASHES:
             out[c] = " "
         else:
@@ -222,7 +228,7 @@ class CharVocab:
                     f"{example} in YAML), evaluate's --text-mapping {_shell(example)}")
         raise ValueError(f"{where}: {len(order)} character(s) outside the vocabulary ({self.spelled()}) in "
                          f"{bad_utterances} of {utterances} transcripts: {shown}. {remedy}A text mapping replaces "
-                         f"them (a guess to check: a letter mapped to itself is yours to decide; '' removes): "
+                         f"them (a guess to check: a letter or digit mapped to itself is yours to decide; '' removes): "
                          f"{settings}")
 
     def normalize(self, text: str, utt_id: str | None = None) -> str:

@@ -100,8 +100,33 @@ def test_the_suggested_mapping_spells_every_character_outside_the_vocabulary_wit
     example = msg.split("(text_mapping: ")[1].split(" in YAML)")[0]
     assert CharVocab(mapping=yaml.safe_load(example)).normalize("naïve café — don’t, 2") == "naive cafe don't two"
     assert shlex.split(msg.split("--text-mapping ")[1])[0] == example
-    with pytest.raises(ValueError, match=r"'ø' in 1 .*'ø': 'ø'"):  # no guess: the user's to decide
-        v.encode("smørrebrød")
+    with pytest.raises(ValueError, match=r"'ɐ' in 1 .*'ɐ': 'ɐ'"):  # no guess: the user's to decide
+        v.encode("ɐ")
+
+
+def test_the_suggested_mapping_spells_letters_without_accents_and_never_removes_a_digit():
+    """ß, ø, æ, ł have no base letter to decompose into: the guess mapped them to themselves ({'ß': 'ß'}, which
+    then failed again). A digit whose word a vocabulary cannot spell (vocab=data of another script, or one
+    lacking a letter of it) was guessed removed, damaging its label. Letters are spelled out (ß → ss), digits of
+    any script become words where the vocabulary spells them, and otherwise keep themselves for the user."""
+    import yaml
+
+    with pytest.raises(ValueError) as e:
+        CharVocab().encode("Straße smørrebrød Æble łódź ٣")
+    example = str(e.value).split("(text_mapping: ")[1].split(" in YAML)")[0]
+    assert yaml.safe_load(example) == {"ß": "ss", "ø": "o", "æ": "ae", "ł": "l", "ó": "o", "ź": "z", "٣": " three "}
+    assert CharVocab(mapping=yaml.safe_load(example)).normalize("Straße smørrebrød Æble łódź ٣") == \
+        "strasse smorrebrod aeble lodz three"
+    cyrillic = CharVocab(("<b>", "|", *"абвгдежзиклмнопрстуфхцчшщыьэюя", "1", "2"))
+    with pytest.raises(ValueError) as e:
+        cyrillic.encode("дом 7, ß")
+    assert yaml.safe_load(str(e.value).split("(text_mapping: ")[1].split(" in YAML)")[0]) == \
+        {",": "", "7": "7", "ß": "ß"}  # no word for 7 in this alphabet: kept, for the user (not removed)
+    no_v = CharVocab(("<b>", "|", *"abcdefghijklmnopqrstuwxyz"))  # no 'v': five and seven are not spelled
+    with pytest.raises(ValueError) as e:
+        no_v.encode("5 6")
+    assert yaml.safe_load(str(e.value).split("(text_mapping: ")[1].split(" in YAML)")[0]) == \
+        {"5": "5", "6": " six "}
 
 
 def test_decomposed_text_is_composed_and_a_loose_combining_mark_is_named_by_code_point():
