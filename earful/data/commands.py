@@ -65,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sh.add_argument("--skip-bad", action="store_true",
                     help="leave out rows whose audio cannot be read, listed in the index (default: stop)")
     sh.add_argument("--workers", type=int, default=1, help="processes encoding FLAC (default 1)")
-    sh.add_argument("--resume", action="store_true", help="continue a run that was stopped (killed, Ctrl-C) in OUT "
-                    "after its last finished shard; the manifest, --seed, --shard-gb and --skip-bad must be its own")
+    sh.add_argument("--resume", action="store_true", help="continue a run that was stopped (killed, Ctrl-C, "
+                    "SIGTERM) in OUT after its last finished shard; the manifest, --seed, --shard-gb and --skip-bad "
+                    "must be its own")
     sh.set_defaults(func=_shard)
 
     s = subparsers.add_parser(
@@ -192,17 +193,24 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _shard(args: argparse.Namespace) -> int:
     from earful.checkpoint import sha256
+    from earful.train.engine import EXIT_STOPPED
 
     from .manifest import read_manifest
+    from .parallel import Stopped, stop_signals_raise
     from .shards import shard_rows, write_shards
 
     if not args.shard_gb > 0:
         raise ValueError(f"--shard-gb {args.shard_gb}: expected a size > 0")
     utts = read_manifest(args.manifest, check_files=True)
     recipe = {"manifest_sha256": sha256(args.manifest), "seed": args.seed}  # with the size: what decides the shards
-    done = write_shards(shard_rows(utts, args.seed), args.out, shard_bytes=int(args.shard_gb * 1e9),
-                        skip_bad=args.skip_bad, workers=args.workers, total=len(utts), source=str(args.manifest),
-                        recipe=recipe, resume=args.resume)
+    try:
+        with stop_signals_raise():  # a scheduler's pre-emption stops it as Ctrl-C does: the finished shards stay
+            done = write_shards(shard_rows(utts, args.seed), args.out, shard_bytes=int(args.shard_gb * 1e9),
+                                skip_bad=args.skip_bad, workers=args.workers, total=len(utts),
+                                source=str(args.manifest), recipe=recipe, resume=args.resume)
+    except Stopped as e:
+        log.warning("earful shard stopped by %s (exit status %d)", e, EXIT_STOPPED)
+        return EXIT_STOPPED
     log.info("%d members (%.3f h) in %d shards, %.2f GB -> %s", done.members, done.hours, done.shards,
              done.bytes / 1e9, args.out)
     if done.problems:

@@ -199,7 +199,6 @@ class _EpochTagged:
         return len(self.sampler)
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's: checkpoint after the step, then stop
 
 
 def ignore_stop_signals(worker_id: int) -> None:

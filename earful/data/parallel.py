@@ -6,11 +6,19 @@ from __future__ import annotations
 import itertools
 import signal
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from multiprocessing import Pool
+from types import FrameType
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's pre-emption: stop, keeping what is finished
+
+
+class Stopped(Exception):
+    """A stop signal (``STOP_SIGNALS``) arrived while :func:`stop_signals_raise` was in force."""
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, window: int = 512) -> Iterator[tuple[T, R]]:
@@ -20,7 +28,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, wind
         yield from ((x, fn(x)) for x in items)
         return
     it = iter(items)
-    with Pool(workers, initializer=_ignore_ctrl_c) as pool:  # left (closed) or not, the pool is terminated
+    with Pool(workers, initializer=_worker_signals) as pool:  # left (closed) or not, the pool is terminated
         chunk = list(itertools.islice(it, window))
         while chunk:
             pending = pool.imap(fn, chunk, chunksize=max(1, window // (4 * workers)))
@@ -29,8 +37,36 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, wind
             chunk = following
 
 
-def _ignore_ctrl_c() -> None:
+def _worker_signals() -> None:
     """A worker's start: a terminal's Ctrl-C (SIGINT to the foreground group) is its parent's to handle. A worker
     interrupted inside a task left ``Pool`` waiting for a result that never came (`earful shard --workers 2`
-    hung after Ctrl-C in 1 run of 3); the parent's KeyboardInterrupt closes the map, which terminates the pool."""
+    hung after Ctrl-C in 1 run of 3); the parent's KeyboardInterrupt closes the map, which terminates the pool.
+    The stop signals end a worker at once, as Python's default does, whatever handler the parent had when it
+    forked (:func:`stop_signals_raise`'s would leave the worker's traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_DFL)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While inside, SIGTERM and SIGUSR1 raise :class:`Stopped` in the main thread, so the work in progress ends
+    as on Ctrl-C (its ``finally`` and ``except`` clauses run: finished parts kept, worker processes ended, a
+    message) instead of the process dying where it stood (Python's default), its workers' pipes broken under them
+    (`earful shard --workers 2` printed their tracebacks). The previous handlers come back on exit; outside the
+    main thread, a no-op."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    old = {}
+    for s in STOP_SIGNALS:
+        try:
+            old[s] = signal.signal(s, stop)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
-from earful.data.dataset import STOP_SIGNALS
+from earful.data.parallel import STOP_SIGNALS
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D

@@ -305,10 +305,15 @@ def test_a_stopped_shard_run_resumes_after_its_last_finished_shard_and_writes_wh
     assert (first / "index.json").read_bytes() == (ref / "index.json").read_bytes()
 
 
-def test_ctrl_c_stops_a_shard_run_with_worker_processes_and_resume_finishes_it(corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "group", "status"), [("SIGINT", True, 130), ("SIGTERM", False, 4),
+                                                      ("SIGTERM", True, 4)])
+def test_a_stop_signal_stops_a_shard_run_with_worker_processes_and_resume_finishes_it(
+        corpus: Path, tmp_path: Path, sig: str, group: bool, status: int) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) during `earful shard --workers 2` hung in 1 run of 3:
     a worker interrupted inside a task left the pool waiting. Workers now leave Ctrl-C to the parent, which
-    ends them, keeps the finished shards and exits 130; --resume finishes the run."""
+    ends them, keeps the finished shards and exits 130. A scheduler's SIGTERM or SIGUSR1 (to the process, or to
+    its group) killed it where it stood: no message, and its workers' tracebacks (broken pipes). It now stops as
+    Ctrl-C does and exits 4 (stopped, --resume continues), as a trainer does; --resume finishes the run."""
     import os
     import signal
     import subprocess
@@ -327,14 +332,15 @@ def test_ctrl_c_stops_a_shard_run_with_worker_processes_and_resume_finishes_it(c
     deadline = time.monotonic() + 60
     while not (out / "progress.json").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    (os.killpg if group else os.kill)(proc.pid, getattr(signal, sig))
     try:
         log, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise AssertionError("earful shard --workers 2 hung after Ctrl-C") from None
-    assert proc.returncode == 130 and "run again with --resume" in log, log[-2000:]
+        raise AssertionError(f"earful shard --workers 2 hung after {sig}") from None
+    assert proc.returncode == status and "run again with --resume" in log, log[-2000:]
+    assert "Traceback" not in log, log[-3000:]
     assert _run("shard", str(many), str(out), "--shard-gb", "0.00005", "--resume") == 0
     assert len(ShardIndex(out)) == len(rows) * 40
 
