@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import signal
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from multiprocessing import Pool
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,20 +49,13 @@ def _worker_signals() -> None:
 
 
 @contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """While inside, SIGTERM and SIGUSR1 raise :class:`Stopped` in the main thread, so the work in progress ends
-    as on Ctrl-C (its ``finally`` and ``except`` clauses run: finished parts kept, worker processes ended, a
-    message) instead of the process dying where it stood (Python's default), its workers' pipes broken under them
-    (`earful shard --workers 2` printed their tracebacks). The previous handlers come back on exit; outside the
-    main thread, a no-op."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
+def signals_handled(signals: Iterable[int], handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
+    """While inside, ``signals`` call ``handler``; the previous handlers come back on exit. Outside the main
+    thread signals cannot be caught: a no-op."""
     old = {}
-    for s in STOP_SIGNALS:
+    for s in signals:
         try:
-            old[s] = signal.signal(s, stop)
+            old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread
             pass
     try:
@@ -70,3 +63,15 @@ def stop_signals_raise() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def stop_signals_raise() -> AbstractContextManager[None]:
+    """While inside, SIGTERM and SIGUSR1 raise :class:`Stopped` in the main thread, so the work in progress ends
+    as on Ctrl-C (its ``finally`` and ``except`` clauses run: finished parts kept, worker processes ended, a
+    message) instead of the process dying where it stood (Python's default), its workers' pipes broken under them
+    (`earful shard --workers 2` printed their tracebacks)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    return signals_handled(STOP_SIGNALS, stop)

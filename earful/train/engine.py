@@ -26,7 +26,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from tqdm import tqdm
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
-from earful.data.parallel import STOP_SIGNALS
+from earful.data.parallel import STOP_SIGNALS, signals_handled
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
@@ -90,22 +90,11 @@ class NoRunToResume(ValueError):
     """``--resume`` on a folder in which no run was started (a new or mistyped ``--out``)."""
 
 
-@contextmanager
-def stop_signals(handler: Any) -> Iterator[None]:
+def stop_signals(handler: Any) -> AbstractContextManager[None]:
     """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) call ``handler`` (which asks the loop to checkpoint and stop; a second
     Ctrl-C aborts) while inside; the previous handlers come back on exit. Outside the main thread signals cannot
     be caught: no-op."""
-    old = {}
-    for s in (*STOP_SIGNALS, signal.SIGINT):
-        try:
-            old[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread
-            pass
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return signals_handled((*STOP_SIGNALS, signal.SIGINT), handler)
 
 
 class Trainer:
