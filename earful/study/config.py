@@ -30,6 +30,10 @@ class SynthSpec:
     labelled_fraction: float = 0.25
 
 
+# the test splits fine-tunings are evaluated on where the study's corpus.test names none
+DEFAULT_TEST_SETS = {"dev": "manifests/dev.jsonl", "test": "manifests/test.jsonl"}
+
+
 @dataclass
 class CorpusConfig:
     dir: str = ""  # corpus folder, relative to the folder earful runs in (not the YAML's); manifests below are
@@ -42,7 +46,7 @@ class CorpusConfig:
     test: dict[str, str] = field(default_factory=dict)  # split name → manifest (default: dev and test)
 
     def test_sets(self) -> dict[str, str]:
-        return self.test or {"dev": "manifests/dev.jsonl", "test": "manifests/test.jsonl"}
+        return self.test or dict(DEFAULT_TEST_SETS)
 
     def path(self, rel: str, root: Path) -> str:
         p = Path(rel)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.config import flatten, to_dict
-from earful.study.config import PlannedRun, StudyConfig, plan_runs
+from earful.study.config import DEFAULT_TEST_SETS, PlannedRun, StudyConfig, plan_runs
 from earful.study.corpus import manifest_digests
 from earful.train.recipe import ADDED_LATER, WATCHING
 
@@ -41,7 +41,7 @@ OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "f
 # on every kept checkpoint, a baseline, a checkpoint or a label set fine-tuned), so the finished work stays what
 # the new recipe makes. With them the mappings they draw on may gain entries: a probe task's recipe (the "probe"
 # part, by task), a label set of the corpus, a new label set's per_label_set, a new manifest's digest ("data").
-# A test split may not be added: the finished fine-tunings would not be evaluated on it.
+# A test split may be added too (each finished fine-tuning is evaluated on it alone), not changed or removed.
 MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.label_sets")
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
@@ -116,11 +116,19 @@ def _label_sets(study: dict[str, Any]) -> list[str]:
                                                    if k.startswith("corpus.label_sets.")]
 
 
+def _test_sets(study: dict[str, Any]) -> dict[str, Any]:
+    """The test splits a fingerprint's study part evaluates on: ``corpus.test``'s, else the default ones."""
+    return {k.removeprefix("corpus.test."): v for k, v in study.items() if k.startswith("corpus.test.")} or \
+        dict(DEFAULT_TEST_SETS)
+
+
 def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether ``part.key``, which differs, is an addition that leaves every finished result as the new recipe
     makes it (``MAY_GROW``)."""
     was, now = old.get(part, {}), new.get(part, {})
     study = old.get("study", {})
+    if part == "study" and key.startswith("corpus.test."):  # the finished evaluations take the new splits alone
+        return _test_sets(study).items() <= _test_sets(new.get("study", {})).items()
     if part == "study" and key in MAY_GROW:
         if key == "finetune.label_sets":
             return set(_label_sets(study)) <= set(_label_sets(new.get("study", {})))
@@ -228,7 +236,7 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
     if grown := [k for part, k in refused if part == "study" and k in MAY_GROW]:
         why.append(f"{', '.join(grown)} may gain items, not lose or change one")
     if any(part == "study" and k.startswith("corpus.test.") for part, k in refused):
-        why.append("test splits may not change or be added: the finished fine-tunings are not evaluated again")
+        why.append("test splits may be added, not changed or removed")
     if "probe" not in old and old.get("study", {}).get("probes"):
         why.append("this folder's study.json does not record its probe recipe and probe manifests (written before "
                    "earful fingerprinted them), so its probe results may come from another recipe")

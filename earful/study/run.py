@@ -284,7 +284,8 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
         first, diverged = first_of_seed.get(run.seed) is run, bool(record.get("diverged"))
         planned[run.name] = planned_finetunings(study, run, out, first, diverged)
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
-                                                    f.baseline), done=partial(evaluated, out, f.name))
+                                                    f.baseline),
+                    done=partial(evaluated, out, f.name, study.corpus.test_sets()))
                 for f in unique(planned[run.name])]
         if study.probes:
             probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0],

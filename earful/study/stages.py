@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -105,9 +105,15 @@ def evaluation_summary(out: Path, name: str) -> Path:
     return out / "eval" / name / "summary.json"
 
 
-def evaluated(out: Path, name: str) -> bool:
-    """Fine-tuned and evaluated (the evaluation comes last)."""
-    return evaluation_summary(out, name).exists()
+def evaluated(out: Path, name: str, splits: Iterable[str]) -> bool:
+    """Fine-tuned and evaluated on every split of ``splits`` (the evaluation comes last)."""
+    return set(splits) <= evaluated_splits(out, name)
+
+
+def evaluated_splits(out: Path, name: str) -> set[str]:
+    """The splits fine-tuning ``name`` was evaluated on (its evaluation comes last): none before it finished."""
+    path = evaluation_summary(out, name)
+    return set(json.loads(path.read_text(encoding="utf-8"))["splits"]) if path.exists() else set()
 
 
 def gradvar_record(out: Path, run: PlannedRun) -> Path:
@@ -349,11 +355,14 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
         done = _mark_diverged({"name": name}, f"fine-tuning {name}", why)
         atomic_write_json(fdir / "done.json", done)
     summary = evaluation_summary(out, name)
-    if not evaluated(out, name):
+    done_splits = evaluated_splits(out, name)
+    if todo := {split: c.path(m, root) for split, m in c.test_sets().items() if split not in done_splits}:
         ckpt = fdir / "checkpoints" / "best"
         if not ckpt.exists():
             ckpt = fdir
-        evaluate(ckpt, {split: c.path(m, root) for split, m in c.test_sets().items()}, summary.parent)
+        if done_splits:
+            log.info("evaluating %s on the test split(s) added to the study: %s", name, ", ".join(todo))
+        evaluate(ckpt, todo, summary.parent)  # the summary keeps the splits evaluated before beside these
     return {**json.loads(summary.read_text()), **({"diverged": True} if done.get("diverged") else {})}
 
 

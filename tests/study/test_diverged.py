@@ -98,9 +98,11 @@ def test_a_diverged_finetuning_is_flagged_in_its_results(tmp_path, monkeypatch) 
         _final(fdir, cfg.max_steps, nan_in_a_row=cfg.max_nan_steps)
         return {"step": cfg.max_steps, "stopped_by": ""}
 
-    def evaluate(ckpt, splits, out):
-        out.mkdir(parents=True)
-        (out / "summary.json").write_text(json.dumps({"splits": {"test": {"greedy": {"wer": 0.5, "cer": 0.2}}}}))
+    def evaluate(ckpt, splits, out):  # as evaluate does: the splits it is given, beside those evaluated before
+        out.mkdir(parents=True, exist_ok=True)
+        before = json.loads((out / "summary.json").read_text())["splits"] if (out / "summary.json").exists() else {}
+        (out / "summary.json").write_text(json.dumps({"splits": {**before, **{
+            split: {"greedy": {"wer": 0.5, "cer": 0.2}} for split in splits}}}))
 
     monkeypatch.setattr(finetune, "run_finetuning", diverges)
     monkeypatch.setattr(evaluation, "evaluate", evaluate)

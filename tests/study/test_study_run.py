@@ -116,6 +116,26 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
         steps = [json.loads(line)["step"] for line in (out / "pretrain" / victim / log).read_text().splitlines()]
         assert steps == sorted(set(steps)) and steps[-1] == 4, (log, steps)
 
+    # a test split added to the finished study: each finished fine-tuning is evaluated on it alone (the study was
+    # refused: "test splits may not change or be added"), nothing is trained again, the earlier split's results stay
+    evals = sorted((out / "eval").iterdir())
+    before = {d.name: (d / "test.greedy.jsonl").read_bytes() for d in evals}
+    trained = {p: p.stat().st_mtime_ns for p in (out / "finetune").glob("*/checkpoints/*/model.safetensors")}
+    more = load_study(study_file, ["corpus.test={test: manifests/test.jsonl, dev: manifests/dev.jsonl}"])
+    text = run_study(more, out).read_text()
+    for d in evals:
+        assert set(json.loads((d / "summary.json").read_text())["splits"]) == {"test", "dev"}, d
+        assert (d / "test.greedy.jsonl").read_bytes() == before[d.name]
+    assert trained == {p: p.stat().st_mtime_ns for p in trained}
+    assert "### In CER (`test`)" in text  # the main split, as before
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_split = {split: sorted((r["pretrain"], r["checkpoint"]) for r in rows if r["split"] == split)
+                for split in ("test", "dev")}
+    assert len(rows) == 2 * len(by_split["test"]) and by_split["dev"] == by_split["test"] == sorted(names)
+    with pytest.raises(ValueError, match=r"differs in study\.corpus\.test\.test, .*\(test splits may be added, "
+                                         r"not changed or removed\)"):
+        run_study(load_study(study_file, ["corpus.test={test: manifests/dev.jsonl, dev: manifests/dev.jsonl}"]), out)
+
 
 def _trained(out: Path, run: str = "4s-seed1") -> None:
     """A finished pre-training in study folder ``out``, as the study marks it: its recipe was trained with."""
@@ -376,9 +396,9 @@ def test_a_finished_study_continues_with_probe_tasks_baselines_and_label_sets_ad
                                                                                      caplog) -> None:
     """As a batch size added: a probe task, a baseline, a checkpoint or a label set to fine-tune added to a
     finished study is work of its own, the finished work stays what the new recipe makes (the added task's
-    recipe and manifests are new, the others' unchanged), so the folder continues. An item removed, a finished
-    task's recipe or label set's overrides changed, or a test split added (the finished fine-tunings would not be
-    evaluated on it) is refused, naming the setting."""
+    recipe and manifests are new, the others' unchanged), so the folder continues; so does a test split added. An
+    item removed, a finished task's recipe or label set's overrides changed, or a test split changed or removed is
+    refused, naming the setting."""
     import logging
 
     from earful.study.config import plan_runs
@@ -410,7 +430,8 @@ def test_a_finished_study_continues_with_probe_tasks_baselines_and_label_sets_ad
                      ["finetune.label_sets=null"],  # every label set of the corpus
                      [both.replace("}", ", 10min: manifests/dev.jsonl}"), "finetune.label_sets=[10h, 10min]"],
                      ["probes=[pr, ic, sid, asr]", "finetune.baselines=[scratch, scratch-trainable-cnn]",
-                      "finetune.label_sets=[10h, 1h]"]):
+                      "finetune.label_sets=[10h, 1h]"],
+                     ["corpus.test={test: manifests/test.jsonl, other: manifests/dev.jsonl}"]):
             check_same_recipe(out, fingerprint(*more))
     assert not caplog.records, caplog.text
     for more, named in (
@@ -424,10 +445,15 @@ def test_a_finished_study_continues_with_probe_tasks_baselines_and_label_sets_ad
             (["finetune.per_label_set={10h: [max_steps=2]}"], r"study\.finetune\.per_label_set\.10h\)"),
             (["corpus.label_sets={10h: manifests/labelled-1h.jsonl, 1h: manifests/labelled-1h.jsonl}"],
              r"study\.corpus\.label_sets\.10h, data\.label_set\.10h\)"),
-            (["corpus.test={test: manifests/test.jsonl, other: manifests/dev.jsonl}"],
-             r"study\.corpus\.test\.other\) \(test splits may not change or be added")):
+            (["corpus.test={test: manifests/dev.jsonl}"],
+             r"study\.corpus\.test\.test, data\.test\.test\) \(test splits may be added, not changed or removed")):
         with pytest.raises(ValueError, match=rf"another recipe \(differs in {named}"):
             check_same_recipe(out, fingerprint(*more))
+    # a test split removed
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": fingerprint(
+        "corpus.test={test: manifests/test.jsonl, other: manifests/dev.jsonl}")}))
+    with pytest.raises(ValueError, match=r"in study\.corpus\.test\.other, data\.test\.other\) \(test splits may"):
+        check_same_recipe(out, fingerprint())
 
 
 def test_a_probe_task_added_probes_the_finished_upstreams_with_it_alone(tmp_path, monkeypatch) -> None:
