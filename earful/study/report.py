@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_lines
+from earful.config import from_dict
 from earful.markdown import md_table
 from earful.train.config import nominal_hours
 
@@ -255,6 +256,7 @@ def build_report(out_dir: str | Path) -> Path:
                  "The hours of this table are nominal: batch × steps, what the plan, the milestones and the paper "
                  "count. Batches are rarely full, so the audio they held (the padded hours, `hours_padded` in the "
                  "CSVs, from each checkpoint's trainer.json) is less; the tables below give both.", ""]
+    text += unfinished_section(study, every_run, results, read_records(out / "probes.jsonl"), out)
     text += scope_section(study)
     text += diverged_section(every_run, results)
     # a diverged run (or fine-tuning) is shown above and left out of every table, finding and claim below
@@ -289,6 +291,35 @@ def build_report(out_dir: str | Path) -> Path:
     atomic_write_lines(path, text)
     log.info("report: %s", path)
     return path
+
+
+def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], results: list[dict[str, Any]],
+                       probes: list[dict[str, Any]], out: Path) -> list[str]:
+    """What the study's plan (study.json, rewritten by each ``study run``) holds that its results do not: a study
+    grown (a batch size, seeds, a test split or probe task added) and stopped, or still running, had its report
+    written from the results of its last finish under the new plan's table, without a word."""
+    from earful.study.config import StudyConfig, plan_runs
+
+    kept = {k: v for k, v in study.items() if k not in ("format", "plan", "cycle_minima", "fingerprint")}
+    try:
+        planned = from_dict(StudyConfig, kept, "study.json")
+        runs = [r.name for r in plan_runs(planned)]
+    except (TypeError, ValueError):  # a study.json of an earlier version: nothing to compare with
+        return []
+    missing = [name for name in runs if name not in every_run]
+    done_splits = {r["split"] for r in results if r.get("split")}
+    if results:  # a study that fine-tunes
+        missing += [f"test split {split}" for split in planned.corpus.test_sets() if split not in done_splits]
+    done_tasks = {r.get("task") for r in probes}
+    missing += [f"probe task {task}" for task in planned.probes if task not in done_tasks]
+    if not missing:
+        return []
+    what = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    log.warning("%s: the study's plan holds work not finished yet (%s): the report covers what had finished when "
+                "the study last ended", out, what)
+    return [f"**Not finished:** the study's plan (above) holds {what}, which this report does not cover yet: it "
+            "is written from the results of the study's last finish (the study was grown and then stopped, or is "
+            "still running). `earful study run` on this folder continues it.", ""]
 
 
 def scope_section(study: dict[str, Any]) -> list[str]:

@@ -132,6 +132,16 @@ def test_toy_study_end_to_end_and_resumes(study_file, tmp_path, monkeypatch) -> 
     by_split = {split: sorted((r["pretrain"], r["checkpoint"]) for r in rows if r["split"] == split)
                 for split in ("test", "dev")}
     assert len(rows) == 2 * len(by_split["test"]) and by_split["dev"] == by_split["test"] == sorted(names)
+    assert "Not finished" not in text
+    # the study grown (a seed, a test split, a probe task) and stopped before its end: the report of its last finish
+    # said nothing of the plan's table holding runs it did not cover. It names them
+    grown = json.loads((out / "study.json").read_text())
+    grown["seeds"], grown["probes"] = [1, 2], ["pr"]
+    grown["corpus"]["test"]["other"] = "manifests/dev.jsonl"
+    (out / "study.json").write_text(json.dumps(grown))
+    stale = build_report(out).read_text()
+    assert "**Not finished:** the study's plan (above) holds 4s-seed2, 8s-seed2, test split other, probe task pr," \
+           in stale
     with pytest.raises(ValueError, match=r"differs in study\.corpus\.test\.test, .*\(test splits may be added, "
                                          r"not changed or removed\)"):
         run_study(load_study(study_file, ["corpus.test={test: manifests/dev.jsonl, dev: manifests/dev.jsonl}"]), out)
