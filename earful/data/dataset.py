@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -18,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from .audio import AudioError, check_length, check_row, decode_audio, open_audio
 from .budget import SAMPLE_RATE, BatchBudget, shape_length, to_samples
 from .manifest import Manifest, Utterance, lengths_at_rate
+from .parallel import ignore_stop_signals
 from .sampler import SecondsBatchSampler
 
 log = logging.getLogger(__name__)
@@ -197,31 +195,6 @@ class _EpochTagged:
 
     def __len__(self) -> int:
         return len(self.sampler)
-
-
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker's start: it ignores the trainer's stop signals unless its parent sends them. A
-    scheduler signals every process of a job (Slurm; torchrun forwards to its workers' process groups), and a
-    worker killed by SIGTERM made the trainer fail without the checkpoint the signal asks for. The parent's
-    SIGTERM (the DataLoader, or Python's exit, ending its workers) still ends the worker at once, as torch's own
-    handler does: ignored, Python's exit waited for ever in ``join()``. SIGTERM is blocked and taken by a thread
-    that reads its sender (``sigwaitinfo``); without it (not Linux) torch's behaviour stays. A terminal's Ctrl-C
-    (SIGINT to the foreground group) is the trainer's to handle (the first checkpoints, the second aborts): a
-    worker ignores it (torch's worker loop ends quietly on it) and is ended by its parent."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "sigwaitinfo"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the thread: it inherits the mask
-        threading.Thread(target=_end_on_the_parents_sigterm, args=(os.getppid(),), daemon=True,
-                         name="earful-sigterm").start()
-
-
-def _end_on_the_parents_sigterm(parent: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(0)  # as torch's worker handler: the parent is ending its workers
 
 
 def unreadable(uid: str, problem: str, skip_bad: str | None, noun: str) -> str:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from multiprocessing import Pool
@@ -25,27 +27,100 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, wind
     """``(item, fn(item))`` in ``items``' order, ``fn`` run by ``workers`` processes (here when 1), at most
     ``window`` items ahead."""
     if workers <= 1:
-        yield from ((x, fn(x)) for x in items)
+        for x in items:
+            with _signals_held():
+                r = fn(x)
+            yield x, r
         return
     it = iter(items)
-    with Pool(workers, initializer=_worker_signals) as pool:  # left (closed) or not, the pool is terminated
-        chunk = list(itertools.islice(it, window))
-        while chunk:
-            pending = pool.imap(fn, chunk, chunksize=max(1, window // (4 * workers)))
-            following = list(itertools.islice(it, window))  # read while the workers encode
-            yield from zip(chunk, pending, strict=True)
-            chunk = following
+    with Pool(workers, initializer=_pool_worker_start) as pool:  # left (closed) or not, the pool is terminated
+        try:
+            chunk = list(itertools.islice(it, window))
+            while chunk:
+                pending = pool.imap(fn, chunk, chunksize=max(1, window // (4 * workers)))
+                following = list(itertools.islice(it, window))  # read while the workers encode
+                yield from zip(chunk, pending, strict=True)
+                chunk = following
+        except BaseException:  # stopped (Ctrl-C, a stop signal, the consumer's error, close()): terminate follows
+            _kill_workers_later(pool, ENDING_SECONDS)
+            raise
 
 
-def _worker_signals() -> None:
-    """A worker's start: a terminal's Ctrl-C (SIGINT to the foreground group) is its parent's to handle. A worker
-    interrupted inside a task left ``Pool`` waiting for a result that never came (`earful shard --workers 2`
-    hung after Ctrl-C in 1 run of 3); the parent's KeyboardInterrupt closes the map, which terminates the pool.
-    The stop signals end a worker at once, as Python's default does, whatever handler the parent had when it
-    forked (:func:`stop_signals_raise`'s would leave the worker's traceback)."""
+ENDING_SECONDS = 5.0  # how long a pool's termination may take before its workers are killed
+
+
+def _kill_workers_later(pool: Any, seconds: float) -> None:
+    """Kill ``pool``'s workers that are still alive ``seconds`` from now (SIGKILL). ``Pool.terminate`` ends its
+    workers with SIGTERM, which a worker takes only from its parent (:func:`ignore_stop_signals`): one sent to
+    the whole process group just before it, still pending, swallows it (a signal pending is not queued twice), and
+    the parent waited for ever for a worker blocked writing a result no one reads (`earful shard --workers 2`,
+    SIGTERM to its group, hung in 2 of 8 runs). Not at once: a worker killed while it waits for a task holds the
+    task queue's lock, which ``Pool.terminate`` takes first."""
+    workers = list(pool._pool)  # multiprocessing's own list of the pool's processes
+
+    def kill() -> None:
+        for p in workers:
+            if p.exitcode is None:
+                p.kill()
+
+    timer = threading.Timer(seconds, kill)
+    timer.daemon = True
+    timer.start()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and the stop signals that arrive while inside are noted, and sent again on leaving, to the handlers
+    in force outside: a handler raising inside a C library's callback (soundfile writing FLAC to memory calls back
+    into Python through cffi) is swallowed there ("Exception ignored from cffi callback") and the signal lost
+    (`earful shard` finished after a SIGTERM in 3 of 8 runs; one ended in an AssertionError inside soundfile).
+    Blocking the signals would not do: the kernel then hands a signal sent to the process to another of its
+    threads, and Python runs the handler in the main thread all the same. Outside the main thread: a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    try:
+        with signals_handled((signal.SIGINT, *STOP_SIGNALS), lambda signum, frame: arrived.append(signum)):
+            yield
+    finally:
+        for s in dict.fromkeys(arrived):
+            signal.raise_signal(s)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A worker process's start (a DataLoader's ``worker_init_fn``, a pool's initializer): it ignores the stop
+    signals unless its parent sends them. A scheduler signals every process of a job (Slurm; torchrun forwards to
+    its workers' process groups): a DataLoader worker killed by SIGTERM made the trainer fail without the
+    checkpoint the signal asks for, and a pool worker killed while waiting for a task holds its queue's lock for
+    ever, so that the parent's ``Pool.terminate`` hung (`earful shard --workers 2`, SIGTERM to its group). The
+    parent's SIGTERM (a DataLoader or a pool ending its workers, Python's exit) still ends the worker at once, as
+    torch's own handler does: ignored, Python's exit waited for ever in ``join()``. SIGTERM is blocked and taken
+    by a thread that reads its sender (``sigwaitinfo``); without it (not Linux) the worker keeps the SIGTERM
+    handling it has. A terminal's Ctrl-C (SIGINT to the foreground group) is the parent's to handle (a trainer's
+    first checkpoints, the second aborts; a pool's parent ends the pool): a worker ignores it (a pool worker
+    interrupted inside a task left ``Pool`` waiting for a result that never came: `earful shard --workers 2` hung
+    in 1 run of 3)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_DFL)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the thread: it inherits the mask
+        threading.Thread(target=_end_on_the_parents_sigterm, args=(os.getppid(),), daemon=True,
+                         name="earful-sigterm").start()
+
+
+def _end_on_the_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)  # as torch's worker handler: the parent is ending its workers
+
+
+def _pool_worker_start() -> None:
+    """A pool worker's start: :func:`ignore_stop_signals`, with Python's default SIGTERM where the signal is not
+    taken by a thread (the parent's :func:`stop_signals_raise` handler, inherited, would leave a traceback)."""
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ignore_stop_signals()
 
 
 @contextmanager

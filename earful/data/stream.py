@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import AudioError
 from .budget import BatchBudget
-from .dataset import Batch, Item, Received, collate, ignore_stop_signals, read_utterance, unreadable
+from .dataset import Batch, Item, Received, collate, read_utterance, unreadable
+from .parallel import ignore_stop_signals
 from .sampler import Batches, SecondsBatchSampler
 from .shards import ShardError, ShardIndex, member_utterance, open_location, read_member
 

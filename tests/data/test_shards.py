@@ -305,15 +305,17 @@ def test_a_stopped_shard_run_resumes_after_its_last_finished_shard_and_writes_wh
     assert (first / "index.json").read_bytes() == (ref / "index.json").read_bytes()
 
 
-@pytest.mark.parametrize(("sig", "group", "status"), [("SIGINT", True, 130), ("SIGTERM", False, 4),
-                                                      ("SIGTERM", True, 4)])
+@pytest.mark.parametrize(("sig", "group", "workers", "status"), [
+    ("SIGINT", True, 2, 130), ("SIGTERM", False, 2, 4), ("SIGTERM", True, 2, 4), ("SIGTERM", False, 1, 4)])
 def test_a_stop_signal_stops_a_shard_run_with_worker_processes_and_resume_finishes_it(
-        corpus: Path, tmp_path: Path, sig: str, group: bool, status: int) -> None:
+        corpus: Path, tmp_path: Path, sig: str, group: bool, workers: int, status: int) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) during `earful shard --workers 2` hung in 1 run of 3:
     a worker interrupted inside a task left the pool waiting. Workers now leave Ctrl-C to the parent, which
     ends them, keeps the finished shards and exits 130. A scheduler's SIGTERM or SIGUSR1 (to the process, or to
     its group) killed it where it stood: no message, and its workers' tracebacks (broken pipes). It now stops as
-    Ctrl-C does and exits 4 (stopped, --resume continues), as a trainer does; --resume finishes the run."""
+    Ctrl-C does and exits 4 (stopped, --resume continues), as a trainer does; --resume finishes the run. The races
+    this test meets only sometimes (measured by a review in 8-20 runs each: a pool hung in 2 of 8, a signal lost
+    inside soundfile in 3 of 8) are described where they are handled, in earful/data/parallel.py."""
     import os
     import signal
     import subprocess
@@ -325,7 +327,7 @@ def test_a_stop_signal_stops_a_shard_run_with_worker_processes_and_resume_finish
     many.write_text("".join(json.dumps({**r, "id": f"{r['id']}-{k}"}) + "\n" for k in range(40) for r in rows))
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "earful.cli", "shard", str(many), str(out), "--shard-gb", "0.00005", "--workers",
-           "2"]
+           str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -338,7 +340,7 @@ def test_a_stop_signal_stops_a_shard_run_with_worker_processes_and_resume_finish
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise AssertionError(f"earful shard --workers 2 hung after {sig}") from None
+        raise AssertionError(f"earful shard --workers {workers} hung after {sig}") from None
     assert proc.returncode == status and "run again with --resume" in log, log[-2000:]
     assert "Traceback" not in log, log[-3000:]
     assert _run("shard", str(many), str(out), "--shard-gb", "0.00005", "--resume") == 0
