@@ -83,9 +83,10 @@ SPELLED_OUT = {"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "
 def suggested_mapping(chars: Sequence[str], symbols: Sequence[str]) -> dict[str, str]:
     """A first guess at a text mapping for ``chars`` into ``symbols``, for a user to check (removing a letter or
     a digit damages the label it is in, so neither is ever removed): an accented letter to its base letter (``é``
-    → ``e``; ``ß`` → ``ss``, ``ø`` → ``o``: ``SPELLED_OUT``), a typographic apostrophe to ``'``, a digit of any
-    script to its English word, a dash to a space, anything else (punctuation) removed; a letter or digit with no
-    guess the vocabulary spells keeps itself, for the user to decide."""
+    → ``e``; ``ß`` → ``ss``, ``ø`` → ``o``: ``SPELLED_OUT``), a typographic apostrophe to ``'``, a decimal digit
+    of any script to its English word, a dash to a space, anything else (punctuation) removed; a letter or digit
+    with no guess the vocabulary spells, and any other number character (², ½, Ⅻ), keeps itself, for the user to
+    decide."""
     known = set(symbols)
     out: dict[str, str] = {}
     for c in chars:
@@ -97,6 +98,8 @@ def suggested_mapping(chars: Sequence[str], symbols: Sequence[str]) -> dict[str,
             out[c] = "'"
         elif digit is not None:
             out[c] = f" {NUMBER_WORDS[digit]} " if set(NUMBER_WORDS[digit]) <= known else c
+        elif c.isnumeric():  # ², ₂, ①, ½, Ⅻ: "m²" is not "m two"; the user's to spell
+            out[c] = c
         elif c in DASHES:
             out[c] = " "
         else:

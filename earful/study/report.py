@@ -256,7 +256,7 @@ def build_report(out_dir: str | Path) -> Path:
                  "The hours of this table are nominal: batch × steps, what the plan, the milestones and the paper "
                  "count. Batches are rarely full, so the audio they held (the padded hours, `hours_padded` in the "
                  "CSVs, from each checkpoint's trainer.json) is less; the tables below give both.", ""]
-    text += unfinished_section(study, every_run, results, read_records(out / "probes.jsonl"), out)
+    text += unfinished_section(study, every_run, read_records(out / "probes.jsonl"), out)
     text += scope_section(study)
     text += diverged_section(every_run, results)
     # a diverged run (or fine-tuning) is shown above and left out of every table, finding and claim below
@@ -293,12 +293,13 @@ def build_report(out_dir: str | Path) -> Path:
     return path
 
 
-def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], results: list[dict[str, Any]],
-                       probes: list[dict[str, Any]], out: Path) -> list[str]:
+def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes: list[dict[str, Any]],
+                       out: Path) -> list[str]:
     """What the study's plan (study.json, rewritten by each ``study run``) holds that its results do not: a study
     grown (a batch size, seeds, a test split or probe task added) and stopped, or still running, had its report
     written from the results of its last finish under the new plan's table, without a word."""
     from earful.study.config import StudyConfig, plan_runs
+    from earful.study.stages import evaluated_splits
 
     kept = {k: v for k, v in study.items() if k not in ("format", "plan", "cycle_minima", "fingerprint")}
     try:
@@ -307,8 +308,9 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], results
     except (TypeError, ValueError):  # a study.json of an earlier version: nothing to compare with
         return []
     missing = [name for name in runs if name not in every_run]
-    done_splits = {r["split"] for r in results if r.get("split")}
-    if results:  # a study that fine-tunes
+    evaluations = [evaluated_splits(out, d.name) for d in sorted((out / "eval").glob("*")) if d.is_dir()]
+    if evaluations:  # a study that fine-tunes: a split is done when every evaluation holds it (results.jsonl
+        done_splits = set.intersection(*evaluations)  # leaves out a split without transcripts: it has no WER)
         missing += [f"test split {split}" for split in planned.corpus.test_sets() if split not in done_splits]
     done_tasks = {r.get("task") for r in probes}
     missing += [f"probe task {task}" for task in planned.probes if task not in done_tasks]

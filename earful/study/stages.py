@@ -113,7 +113,13 @@ def evaluated(out: Path, name: str, splits: Iterable[str]) -> bool:
 def evaluated_splits(out: Path, name: str) -> set[str]:
     """The splits fine-tuning ``name`` was evaluated on (its evaluation comes last): none before it finished."""
     path = evaluation_summary(out, name)
-    return set(json.loads(path.read_text(encoding="utf-8"))["splits"]) if path.exists() else set()
+    if not path.exists():
+        return set()
+    try:
+        return set(json.loads(path.read_text(encoding="utf-8"))["splits"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an evaluation summary ({e!r}); remove {path.parent} and rerun the study to "
+                         "evaluate it again") from None
 
 
 def gradvar_record(out: Path, run: PlannedRun) -> Path:

@@ -122,6 +122,10 @@ def test_the_suggested_mapping_spells_letters_without_accents_and_never_removes_
         cyrillic.encode("дом 7, ß")
     assert yaml.safe_load(str(e.value).split("(text_mapping: ")[1].split(" in YAML)")[0]) == \
         {",": "", "7": "7", "ß": "ß"}  # no word for 7 in this alphabet: kept, for the user (not removed)
+    with pytest.raises(ValueError) as e:
+        CharVocab().encode("5 m² of co₂, step ① ½")
+    assert yaml.safe_load(str(e.value).split("(text_mapping: ")[1].split(" in YAML)")[0]) == \
+        {",": "", "5": " five ", "²": "²", "₂": "₂", "①": "①", "½": "½"}  # number characters: kept, never removed
     no_v = CharVocab(("<b>", "|", *"abcdefghijklmnopqrstuwxyz"))  # no 'v': five and seven are not spelled
     with pytest.raises(ValueError) as e:
         no_v.encode("5 6")

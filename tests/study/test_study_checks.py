@@ -219,3 +219,31 @@ def test_a_corpus_moved_elsewhere_is_the_same_recipe(tmp_path) -> None:
     shutil.move(corpus, tmp_path / "moved")
     moved = _study(tmp_path, "corpus.dir=moved", *settings)
     check_same_recipe(out, recipe_fingerprint(moved, plan_runs(moved), tmp_path))
+
+
+def test_the_report_takes_the_splits_evaluated_from_the_evaluations_and_a_corrupt_summary_is_named(tmp_path) -> None:
+    """A test split without transcripts is evaluated (hypotheses only) but has no WER, so results.jsonl leaves it
+    out: the report must not call such a finished study "Not finished". A truncated evaluation summary was a bare
+    JSONDecodeError naming no file (now in the study's check of what is done, too)."""
+    import dataclasses
+
+    from earful.config import to_dict
+    from earful.study.config import StudyConfig
+    from earful.study.report import unfinished_section
+    from earful.study.stages import evaluated_splits
+
+    study = StudyConfig(grid=[4], seeds=[1], steps=4)
+    study = dataclasses.replace(study, corpus=dataclasses.replace(
+        study.corpus, test={"test": "manifests/test.jsonl", "unlabelled": "manifests/u.jsonl"}))
+    saved = to_dict(study)
+    runs = {"4s-seed1": {"run": "4s-seed1"}}
+    for name in ("4s-seed1__final__10h", "scratch-seed1__init__10h"):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        (tmp_path / "eval" / name / "summary.json").write_text(json.dumps({"splits": {"test": {}, "unlabelled": {}}}))
+    assert unfinished_section(saved, runs, [], tmp_path) == []
+    (tmp_path / "eval" / "scratch-seed1__init__10h" / "summary.json").write_text(json.dumps({"splits": {"test": {}}}))
+    assert "test split unlabelled" in unfinished_section(saved, runs, [], tmp_path)[0]
+    (tmp_path / "eval" / "scratch-seed1__init__10h" / "summary.json").write_text('{"splits": {"te')
+    with pytest.raises(ValueError, match=r"scratch-seed1__init__10h/summary\.json: not an evaluation summary .*"
+                                         r"remove .*scratch-seed1__init__10h and rerun the study"):
+        evaluated_splits(tmp_path, "scratch-seed1__init__10h")
