@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from multiprocessing import Pool
+from multiprocessing.pool import Pool as PoolType
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -25,7 +26,9 @@ class Stopped(Exception):
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, window: int = 512) -> Iterator[tuple[T, R]]:
     """``(item, fn(item))`` in ``items``' order, ``fn`` run by ``workers`` processes (here when 1), at most
-    ``window`` items ahead."""
+    ``window`` items ahead. Here, Ctrl-C and the stop signals wait for the ``fn(x)`` under way to return
+    (:func:`_signals_held`); with a pool they are the parent's (:func:`ignore_stop_signals`), and leaving the
+    map by an exception terminates the pool, killing workers still alive 5 s later (:func:`_kill_workers_later`)."""
     if workers <= 1:
         for x in items:
             with _signals_held():
@@ -49,7 +52,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, wind
 ENDING_SECONDS = 5.0  # how long a pool's termination may take before its workers are killed
 
 
-def _kill_workers_later(pool: Any, seconds: float) -> None:
+def _kill_workers_later(pool: PoolType, seconds: float) -> None:
     """Kill ``pool``'s workers that are still alive ``seconds`` from now (SIGKILL). ``Pool.terminate`` ends its
     workers with SIGTERM, which a worker takes only from its parent (:func:`ignore_stop_signals`): one sent to
     the whole process group just before it, still pending, swallows it (a signal pending is not queued twice), and
@@ -97,7 +100,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     parent's SIGTERM (a DataLoader or a pool ending its workers, Python's exit) still ends the worker at once, as
     torch's own handler does: ignored, Python's exit waited for ever in ``join()``. SIGTERM is blocked and taken
     by a thread that reads its sender (``sigwaitinfo``); without it (not Linux) the worker keeps the SIGTERM
-    handling it has. A terminal's Ctrl-C (SIGINT to the foreground group) is the parent's to handle (a trainer's
+    handling it has; a worker whose parent is gone (killed by the group's signal) ends within half a second.
+    A terminal's Ctrl-C (SIGINT to the foreground group) is the parent's to handle (a trainer's
     first checkpoints, the second aborts; a pool's parent ends the pool): a worker ignores it (a pool worker
     interrupted inside a task left ``Pool`` waiting for a result that never came: `earful shard --workers 2` hung
     in 1 run of 3)."""
@@ -110,9 +114,14 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 
 
 def _end_on_the_parents_sigterm(parent: int) -> None:
+    """A worker's thread: end the worker at once on its parent's SIGTERM (the parent is ending its workers, as
+    torch's worker handler does), or once the parent is gone (it died of a signal to the whole group, which the
+    worker ignored: `earful prepare --workers 2` left its workers computing for 2 s, then printing broken-pipe
+    tracebacks)."""
     while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(0)  # as torch's worker handler: the parent is ending its workers
+        info = signal.sigtimedwait({signal.SIGTERM}, 0.5)
+        if (info is not None and info.si_pid == parent) or os.getppid() != parent:
+            os._exit(0)
 
 
 def _pool_worker_start() -> None:

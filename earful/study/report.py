@@ -297,7 +297,8 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
                        out: Path) -> list[str]:
     """What the study's plan (study.json, rewritten by each ``study run``) holds that its results do not: a study
     grown (a batch size, seeds, a test split or probe task added) and stopped, or still running, had its report
-    written from the results of its last finish under the new plan's table, without a word."""
+    written from the results of its last finish under the new plan's table, without a word. The test splits done
+    are read from the evaluations' summaries (``eval/*/summary.json``; a corrupt one is a ValueError naming it)."""
     from earful.study.config import StudyConfig, plan_runs
     from earful.study.stages import evaluated_splits
 
