@@ -421,6 +421,19 @@ class ShardIndex:
         """``SHARD.tar:KEY``: a member named without reading it (its json holds its id)."""
         return f"{self.shards[int(self.shard_of(member))]['name']}:{key_of(member)}"
 
+    def member_ids(self, members: Sequence[int]) -> list[str]:
+        """``ID (SHARD.tar:KEY)`` of each member, its manifest id read from its json (a few, for a message: one
+        read each), or ``SHARD.tar:KEY`` alone where it cannot be read."""
+        out = []
+        for member in members:
+            name = self.member_name(member)
+            try:
+                with open_location(self.path(int(self.shard_of(member)))) as f:
+                    out.append(f"{read_member(f, self, member)[1]['id']} ({name})")
+            except (OSError, ShardError, KeyError):
+                out.append(name)
+        return out
+
     def path(self, shard: int) -> str:
         return _join(self.location, self.shards[shard]["name"])
 

@@ -58,7 +58,7 @@ class StreamPlan:
         # the length limits, the skipped counts and the packing are the sampler's
         self.sampler = SecondsBatchSampler(index.lengths(), budget, shuffle=shuffle, seed=seed, rank=rank,
                                            bucket_size=bucket_size, skip_bad=skip_bad, source=index.location,
-                                           ids=lambda idx: [index.member_name(int(m)) for m in idx])
+                                           ids=lambda idx: index.member_ids([int(m) for m in idx]))
         self.seed, self.rank, self.shuffle, self.bucket_size = seed, rank, shuffle, bucket_size
         self.per_rank = max(workers, 1)
         self.streams = budget.world_size * self.per_rank

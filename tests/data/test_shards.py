@@ -19,7 +19,7 @@ from earful.data import commands
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
 from earful.data.manifest import Utterance, read_manifest, write_manifest
-from earful.data.shards import ShardError, ShardIndex, write_shards
+from earful.data.shards import ShardError, ShardIndex, open_location, read_member, write_shards
 from earful.data.stream import ShardStream, StreamPlan, make_shard_loader
 
 SR = 16000
@@ -388,11 +388,17 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
 
 def test_members_too_long_for_the_device_stop_the_shard_loader_unless_skip_bad(shards: Path) -> None:
     """Uncropped members longer than device_seconds: an error naming the shard folder, how many and which
-    members; with skip_bad (data.skip_bad) left out and counted."""
-    long = int((ShardIndex(shards).lengths() > SR).sum())
+    members, by their manifest ids (it named them SHARD.tar:KEY alone, which no manifest holds); with skip_bad
+    (data.skip_bad) left out and counted."""
+    index = ShardIndex(shards)
+    long = int((index.lengths() > SR).sum())
     assert 0 < long < 18
+    first = int(np.flatnonzero(index.lengths() > SR)[0])
+    with open_location(index.path(int(index.shard_of(first)))) as f:
+        uid = read_member(f, index, first)[1]["id"]
     with pytest.raises(ValueError, match=re.escape(f"{shards}: {long} of 18 utterances cannot be batched ({long} "
-                                                   "longer than device_seconds=1 s), e.g. shard-0")):
+                                                   f"longer than device_seconds=1 s), e.g. {uid} "
+                                                   f"({index.member_name(first)}), ")):
         make_shard_loader(str(shards), BatchBudget(1.0, 1.0))
     loader = make_shard_loader(str(shards), BatchBudget(1.0, 1.0), skip_bad=True)
     assert loader.skipped == long and loader.sampler.skipped_reasons == {"longer than device_seconds=1 s": long}
