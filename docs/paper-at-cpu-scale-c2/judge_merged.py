@@ -1,6 +1,7 @@
-"""C2 one doubling further: studies/cpu-paper.yaml's cells (4-64 s, docs/paper-at-cpu-scale/design.csv) and
-studies/cpu-paper-c2.yaml's (128 s, design.csv beside this file), judged together by earful/study/claims.py, the
-gain of each doubling of the batch printed, and plotted (doublings.png). Run from the repository root:
+"""C2 two doublings further: studies/cpu-paper.yaml's cells (4-64 s, docs/paper-at-cpu-scale/design.csv) and
+studies/cpu-paper-c2.yaml's (128 s, design.csv beside this file; 256 s, 256/design.csv), judged together by
+earful/study/claims.py, the gain of each doubling of the batch printed, and plotted (doublings.png). Run from the
+repository root:
 
     python docs/paper-at-cpu-scale-c2/judge_merged.py
 
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from earful.study.claims import _gain, cells, judge  # noqa: E402
 
 HERE = Path(__file__).parent
+DESIGNS = (HERE.parent / "paper-at-cpu-scale" / "design.csv", HERE / "design.csv", HERE / "256" / "design.csv")
 METRICS = {"pr.per": False, "ic.accuracy": True, "valid_loss": False, "valid_accuracy": True}
 log = logging.getLogger("judge_merged")
 
@@ -34,7 +36,7 @@ def rows(path: Path) -> list[dict]:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    both = rows(HERE.parent / "paper-at-cpu-scale" / "design.csv") + rows(HERE / "design.csv")
+    both = [r for path in DESIGNS if path.exists() for r in rows(path)]
     for v in judge(both, METRICS):
         log.info("%s %s: %s — %s", v.claim, v.metric, v.verdict, v.evidence)
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
@@ -51,14 +53,15 @@ def main() -> None:
             xs = sorted(b for b, s in grid if s == step)
             ax.errorbar(xs, [scale * grid[(b, step)].mean for b in xs], yerr=[scale * grid[(b, step)].se for b in xs],
                         fmt=style, capsize=3, label=f"step {step}")
-        ax.axvspan(96, 160, color="0.9", zorder=0)
+        ax.axvspan(96, 320, color="0.9", zorder=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(bs, [f"{b:g}" for b in bs])
-        ax.set_xlabel("batch (s of audio); shaded: this study")
+        ax.set_xlabel("batch (s of audio); shaded: cpu-paper-c2")
         ax.set_title(f"{metric}{' %' if scale == 100 else ''} ({'higher' if higher else 'lower'} is better)")
         ax.legend(fontsize=8)
-    fig.suptitle("The paper's design at CPU scale, 4-128 s: mean ± SE over 3 seeds (4-64 s: cpu-paper; 128 s: "
-                 "cpu-paper-c2)", fontsize=10)
+    top = max(r["batch_seconds"] for r in both)
+    fig.suptitle(f"The paper's design at CPU scale, 4-{top:g} s: mean ± SE over 3 seeds (4-64 s: cpu-paper; "
+                 f"128{'-256' if top > 128 else ''} s: cpu-paper-c2)", fontsize=10)
     fig.tight_layout()
     fig.savefig(HERE / "doublings.png", dpi=110)
     log.info("wrote %s", HERE / "doublings.png")
