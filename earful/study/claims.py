@@ -18,6 +18,14 @@ reproduced* or *inconclusive*, with the evidence in one line:
   reproduced, mirrored, when the largest at its lower bound gains more than a third of the smallest's at its
   upper bound (a point estimate "as much" was a coin toss between two noisy gains); inconclusive otherwise, and
   where a gain has no spread over seeds.
+* **C2-trend** — saturation as the paper's data show it, pre-registered on 2026-12-06 before the data it is to
+  judge (docs/paper-at-cpu-scale-c2/preregistration.md): the gain of each successive doubling, per seed, at the
+  final step, regressed on log2 of the batch. Each seed gives one slope (gain per doubling, per doubling of the
+  batch; the same seeds in every cell, so one run's noise is paired across its doublings); their mean and its SE
+  over seeds decide. Reproduced when the first doubling gains beyond 2 SE and the slope is below 0 beyond 2 SE
+  (each doubling gains less than the last); not reproduced, mirrored, when the slope is above 0 beyond 2 SE (each
+  doubling gains more); inconclusive otherwise, and with fewer than 3 seeds in every cell or fewer than 3 batch
+  sizes. Unlike C2, every doubling weighs, not only the largest and the smallest.
 * **C4** — hours seen decide: the change between equal-hours pairs ((B, T) → (2B, T/2), cycle minima) against
   the gain between equal-steps pairs ((B, T) → (2B, T)), both signed in the metric's better direction and
   averaged over pairs; a mean's SE is that of its per-seed contrasts (the same seeds in every cell: a run's two
@@ -200,6 +208,38 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     return Verdict("C2", metric, verdict, evidence)
 
 
+def judge_c2_trend(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
+    """C2-trend (the module's docstring states the rule): per seed, the gains of successive doublings at the final
+    step and their least-squares slope on log2 of the batch; the verdict from the slopes' mean and SE over seeds."""
+    final = max(s for _, s in grid)
+    bs = sorted(b for b, s in grid if s == final)
+    if len(bs) < 3:
+        return Verdict("C2-trend", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
+    by_seed = [{str(k): v for k, v in zip(grid[(b, final)].seeds or [], grid[(b, final)].values, strict=True)}
+               for b in bs]
+    seeds = sorted(set.intersection(*(set(d) for d in by_seed)))
+    if len(seeds) < 3:
+        return Verdict("C2-trend", metric, INCONCLUSIVE, f"{len(seeds)} seed(s) in every batch size at step {final} "
+                                                         "(it needs 3: one slope per seed)")
+    octaves = np.diff(np.log2(bs))  # (doublings,): 1.0 for a grid of doublings
+    where = np.log2(bs)[:-1] + octaves / 2  # (doublings,) the middle of each, on log2 of the batch
+    values = np.array([[d[k] for d in by_seed] for k in seeds])  # (seeds, batch sizes)
+    gains = sign * np.diff(values, axis=1) / octaves  # (seeds, doublings): gain per doubling of the batch
+    centred = where - where.mean()
+    slopes = gains @ centred / (centred @ centred)  # (seeds,) least-squares slope of each seed's gains
+    scale = _scale(grid)
+    slope, slope_se = denoise(float(slopes.mean()), scale), denoise(float(slopes.std(ddof=1) / math.sqrt(len(seeds))),
+                                                                     scale)
+    first, first_se = (denoise(float(gains[:, 0].mean()), scale),
+                       denoise(float(gains[:, 0].std(ddof=1) / math.sqrt(len(seeds))), scale))
+    verdict = _verdict(beyond_2se(first, first_se) and beyond_2se(-slope, slope_se), beyond_2se(slope, slope_se))
+    each = "; ".join(f"{a:g} → {b:g} s {fmt_gain(g, se, scale)}" for a, b, g, se in zip(
+        bs[:-1], bs[1:], gains.mean(axis=0), gains.std(axis=0, ddof=1) / math.sqrt(len(seeds)), strict=True))
+    evidence = (f"at step {final}, {len(seeds)} seeds: gain per doubling {each}; slope of the gain per doubling of "
+                f"the batch {fmt_gain(slope, slope_se, scale)} (reproduced below 0 beyond 2 SE)")
+    return Verdict("C2-trend", metric, verdict, evidence)
+
+
 def _mean_gain(pairs: list[tuple[Cell, Cell]], sign: float) -> tuple[float, float]:
     """The mean over ``pairs`` of the signed gain from a to b, and its SE. The mean is a weighted sum of cell
     means (a cell in two pairs, 4 → 8 and 8 → 16 s, weighs once; where its weights cancel, not at all). When every
@@ -301,13 +341,14 @@ def judge_c7(ppl: dict[float, list[float]], sim: dict[float, list[float]]) -> Ve
 
 
 def judge(rows: list[dict[str, Any]], metrics: dict[str, bool]) -> list[Verdict]:
-    """C1, C2 and C4 for each metric (``{name: higher_is_better}``) over ``rows`` (batch_seconds, step, seed and
-    the metrics, one row per run and checkpoint)."""
+    """C1, C2, C2-trend and C4 for each metric (``{name: higher_is_better}``) over ``rows`` (batch_seconds, step, seed
+    and the metrics, one row per run and checkpoint)."""
     out = []
     for metric, higher in metrics.items():
         grid = cells(rows, metric)
         if len({b for b, _ in grid}) < 2:
             continue
         sign = 1.0 if higher else -1.0
-        out += [judge_c1(grid, metric, sign), judge_c2(grid, metric, sign), judge_c4(grid, metric, sign)]
+        out += [judge_c1(grid, metric, sign), judge_c2(grid, metric, sign), judge_c2_trend(grid, metric, sign),
+                judge_c4(grid, metric, sign)]
     return out

@@ -273,3 +273,51 @@ def test_c2_verdicts_are_mirrored_and_need_a_spread() -> None:
     assert {v.claim: v for v in judge(far, {"m": True})}["C2"].verdict == REPRODUCED
     flat = cell_rows({4.0: list(d), 8.0: [0.10 + x for x in d], 16.0: [0.10] * 3, 32.0: [0.10] * 3})
     assert {v.claim: v for v in judge(flat, {"m": True})}["C2"].verdict == INCONCLUSIVE  # 16 → 32 s: no spread
+
+
+def trend_rows(metric, batches=(32.0, 64.0, 128.0, 256.0), seeds=6, noise=0.002, offset=0.0) -> list[dict]:
+    """Rows at the final step alone: ``metric(batch)`` + a per-seed offset shared by all its cells + noise."""
+    rng = np.random.default_rng(3)
+    return [{"batch_seconds": b, "step": 400, "seed": k, "m": metric(b) + offset * k + noise * rng.standard_normal()}
+            for b in batches for k in range(seeds)]
+
+
+def trend(rows, higher=True):
+    return {v.claim: v for v in judge(rows, {"m": higher})}["C2-trend"]
+
+
+def test_c2_trend_reads_each_doubling_gaining_less_or_more() -> None:
+    """C2-trend: each doubling gains less (a saturating metric) reproduces; each gaining more refutes; a steady gain
+    per doubling (log of the batch) is neither, whichever way the metric points."""
+    saturating = trend(trend_rows(lambda b: -1 / math.log2(b)))  # gains 0.033, 0.024, 0.018 per doubling
+    assert saturating.verdict == REPRODUCED, saturating.evidence
+    assert "32 → 64 s +0.033" in saturating.evidence
+    assert trend(trend_rows(lambda b: math.log2(b) ** 2)).verdict == NOT_REPRODUCED
+    assert trend(trend_rows(lambda b: math.log2(b), noise=0.01)).verdict == INCONCLUSIVE
+    as_loss = trend(trend_rows(lambda b: 1 / math.log2(b)), higher=False)  # the same gains, lower is better
+    assert as_loss.verdict == REPRODUCED
+    assert trend(trend_rows(lambda b: 1 / math.log2(b))).verdict == NOT_REPRODUCED  # read as higher-is-better
+
+
+def test_c2_trend_pairs_a_seeds_cells_and_weighs_a_doubling_per_octave() -> None:
+    """A seed's offset, shared by all its cells (its init), cancels in its gains: the slopes stay clear where the
+    cells' SEs, unpaired, would hide them. A step of two doublings counts its gain per doubling."""
+    paired = trend(trend_rows(lambda b: -1 / math.log2(b), offset=0.5))  # seeds 0.5 apart, gains of 0.02
+    assert paired.verdict == REPRODUCED, paired.evidence
+    assert {v.claim: v for v in judge(trend_rows(lambda b: -1 / math.log2(b), offset=0.5), {"m": True})}[
+        "C2"].verdict == INCONCLUSIVE  # C2's unpaired cell SEs see only the offsets' spread
+    octaves = trend(trend_rows(lambda b: math.log2(b), batches=(8.0, 32.0, 64.0, 128.0), noise=0.01))
+    assert octaves.verdict == INCONCLUSIVE and "8 → 32 s +1" in octaves.evidence  # 2 per two doublings: 1 each
+
+
+def test_c2_trend_needs_three_seeds_in_every_cell_and_three_batches() -> None:
+    rows = trend_rows(lambda b: -1 / math.log2(b), seeds=4)
+    missing = [r for r in rows if not (r["batch_seconds"] == 256.0 and r["seed"] in (0, 1))]  # 2 seeds left there
+    got = trend(missing)
+    assert got.verdict == INCONCLUSIVE and "2 seed(s) in every batch size" in got.evidence
+    assert trend(trend_rows(lambda b: -1 / math.log2(b), seeds=2)).verdict == INCONCLUSIVE
+    few = trend(trend_rows(lambda b: -1 / math.log2(b), batches=(32.0, 64.0)))
+    assert few.verdict == INCONCLUSIVE and few.evidence == "fewer than 3 batch sizes"
+    # a seed missing from one cell leaves the test; the others still decide
+    three = trend([r for r in rows if r["seed"] != 0 or r["batch_seconds"] != 64.0])
+    assert "3 seeds" in three.evidence
