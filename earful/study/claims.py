@@ -208,35 +208,59 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     return Verdict("C2", metric, verdict, evidence)
 
 
+@dataclass
+class Doublings:
+    """Each seed's gain per doubling of the batch between successive batch sizes at one step (C2-trend's data)."""
+
+    batches: list[float]  # the batch sizes, ascending
+    seeds: list[str]  # the seeds measured at every one of them
+    gains: np.ndarray  # (seeds, batch sizes - 1) the gain per doubling, in the metric's better direction
+
+    @property
+    def where(self) -> np.ndarray:
+        """(batch sizes - 1,) the middle of each step between batch sizes, on log2 of the batch."""
+        log2 = np.log2(self.batches)
+        return (log2[:-1] + log2[1:]) / 2
+
+    @property
+    def slopes(self) -> np.ndarray:
+        """(seeds,) the least-squares slope of each seed's gains on log2 of the batch."""
+        centred = self.where - self.where.mean()
+        return self.gains @ centred / (centred @ centred)
+
+
+def doublings(grid: dict[tuple[float, int], Cell], step: int, sign: float) -> Doublings:
+    """The gains per doubling at ``step`` of the seeds measured at every batch size there (a step of two doublings,
+    8 → 32 s, counts half its gain a doubling)."""
+    bs = sorted(b for b, s in grid if s == step)
+    by_seed = [{str(k): v for k, v in zip(grid[(b, step)].seeds or [], grid[(b, step)].values, strict=True)}
+               for b in bs]
+    seeds = sorted(set.intersection(*(set(d) for d in by_seed))) if by_seed else []
+    values = np.array([[d[k] for d in by_seed] for k in seeds]).reshape(len(seeds), len(bs))  # (seeds, batches)
+    octaves = np.diff(np.log2(bs))  # (batches - 1,): 1.0 for a grid of doublings
+    return Doublings(bs, seeds, sign * np.diff(values, axis=1) / octaves)
+
+
 def judge_c2_trend(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
     """C2-trend (the module's docstring states the rule): per seed, the gains of successive doublings at the final
     step and their least-squares slope on log2 of the batch; the verdict from the slopes' mean and SE over seeds."""
     final = max(s for _, s in grid)
-    bs = sorted(b for b, s in grid if s == final)
-    if len(bs) < 3:
+    d = doublings(grid, final, sign)
+    if len(d.batches) < 3:
         return Verdict("C2-trend", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
-    by_seed = [{str(k): v for k, v in zip(grid[(b, final)].seeds or [], grid[(b, final)].values, strict=True)}
-               for b in bs]
-    seeds = sorted(set.intersection(*(set(d) for d in by_seed)))
-    if len(seeds) < 3:
-        return Verdict("C2-trend", metric, INCONCLUSIVE, f"{len(seeds)} seed(s) in every batch size at step {final} "
+    n = len(d.seeds)
+    if n < 3:
+        return Verdict("C2-trend", metric, INCONCLUSIVE, f"{n} seed(s) in every batch size at step {final} "
                                                          "(it needs 3: one slope per seed)")
-    octaves = np.diff(np.log2(bs))  # (doublings,): 1.0 for a grid of doublings
-    where = np.log2(bs)[:-1] + octaves / 2  # (doublings,) the middle of each, on log2 of the batch
-    values = np.array([[d[k] for d in by_seed] for k in seeds])  # (seeds, batch sizes)
-    gains = sign * np.diff(values, axis=1) / octaves  # (seeds, doublings): gain per doubling of the batch
-    centred = where - where.mean()
-    slopes = gains @ centred / (centred @ centred)  # (seeds,) least-squares slope of each seed's gains
     scale = _scale(grid)
-    slope, slope_se = denoise(float(slopes.mean()), scale), denoise(float(slopes.std(ddof=1) / math.sqrt(len(seeds))),
-                                                                     scale)
-    first, first_se = (denoise(float(gains[:, 0].mean()), scale),
-                       denoise(float(gains[:, 0].std(ddof=1) / math.sqrt(len(seeds))), scale))
-    verdict = _verdict(beyond_2se(first, first_se) and beyond_2se(-slope, slope_se), beyond_2se(slope, slope_se))
+    slopes, first = d.slopes, d.gains[:, 0]
+    slope, slope_se = denoise(float(slopes.mean()), scale), denoise(float(slopes.std(ddof=1) / math.sqrt(n)), scale)
+    first_gain, first_se = denoise(float(first.mean()), scale), denoise(float(first.std(ddof=1) / math.sqrt(n)), scale)
+    verdict = _verdict(beyond_2se(first_gain, first_se) and beyond_2se(-slope, slope_se), beyond_2se(slope, slope_se))
     each = "; ".join(f"{a:g} → {b:g} s {fmt_gain(g, se, scale)}" for a, b, g, se in zip(
-        bs[:-1], bs[1:], gains.mean(axis=0), gains.std(axis=0, ddof=1) / math.sqrt(len(seeds)), strict=True))
-    evidence = (f"at step {final}, {len(seeds)} seeds: gain per doubling {each}; slope of the gain per doubling of "
-                f"the batch {fmt_gain(slope, slope_se, scale)} (reproduced below 0 beyond 2 SE)")
+        d.batches[:-1], d.batches[1:], d.gains.mean(axis=0), d.gains.std(axis=0, ddof=1) / math.sqrt(n), strict=True))
+    evidence = (f"at step {final}, {n} seeds: gain per doubling {each}; slope of the gain per doubling of the batch "
+                f"{fmt_gain(slope, slope_se, scale)} (reproduced below 0 beyond 2 SE)")
     return Verdict("C2-trend", metric, verdict, evidence)
 
 

@@ -36,6 +36,7 @@ METRIC_LABELS = {"pr.per": "phoneme error rate (PR probe, test) %", "asr.wer": "
                  "sid.accuracy": "speaker identification accuracy (SID probe, labelled-10h) %",
                  "sid.eer": "speaker verification EER (SID probe, test) %",
                  "ic.accuracy": "intent accuracy (IC probe, test) %"}
+GAIN_NAMES = {"valid_loss": "validation loss", "valid_accuracy": "validation accuracy"}  # the gain plot's titles
 SEED_STYLES = ("-", "--", ":", "-.")
 SEED_MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -582,6 +583,7 @@ def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dic
                 v for k, v in train[-1].items() if k.startswith("codeword_sim_") and k.endswith("_mean")))
     if ppl:
         verdicts.append(judge_c7(ppl, sim))
+    plot_gain_per_doubling(rows, metrics, rep / "plots" / "gain_per_doubling.png")
     write_csv(rep / "design.csv", sorted({k for r in rows for k in r}), [
         [r.get(k) for k in sorted({k for r in rows for k in r})] for r in rows])
     text = ["## The paper's claims at this scale (docs/paper.md §7)", "",
@@ -593,6 +595,60 @@ def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dic
             md_table(["claim", "metric", "verdict", "evidence"],
                      [[v.claim, v.metric, f"**{v.verdict}**", v.evidence.replace("|", "/")] for v in verdicts]), ""]
     return text
+
+
+def plot_gain_per_doubling(rows: list[dict[str, Any]], metrics: dict[str, bool], path: Path) -> None:
+    """C2-trend's data, in ``path`` (a report's ``plots/gain_per_doubling.png``): for each metric with 3 batch sizes
+    and 2 seeds measured at all of them at the final step, each seed's gain per doubling of the batch (thin) and
+    their mean ± SE (bold), with the mean least-squares line whose slope C2-trend judges. Nothing where no metric
+    has that."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from earful.study.claims import cells, denoise, doublings
+
+    panels = []
+    for metric, higher in metrics.items():
+        grid = cells(rows, metric)
+        if grid:
+            final = max(s for _, s in grid)
+            d = doublings(grid, final, 1.0 if higher else -1.0)
+            if len(d.batches) >= 3 and len(d.seeds) >= 2:
+                panels.append((metric, final, d, max(abs(c.mean) for c in grid.values())))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.2, 4.0), dpi=110, squeeze=False)
+    for ax, (metric, final, d, size) in zip(axes[0], panels, strict=True):
+        scale = 1.0 if metric.endswith("loss") else 100.0  # losses as they are, rates and accuracies in %
+        x = 2.0 ** d.where  # the middle of each doubling, in seconds
+        for g in d.gains:
+            ax.plot(x, scale * g, color="0.7", lw=0.8, marker=".", label="one seed")
+        mean, se = d.gains.mean(axis=0), d.gains.std(axis=0, ddof=1) / math.sqrt(len(d.seeds))
+        ax.errorbar(x, scale * mean, yerr=scale * se, color="black", lw=2, marker="o", capsize=3,
+                    label=f"mean ± SE over {len(d.seeds)} seeds")
+        slope = float(d.slopes.mean())
+        ax.plot(x, scale * (mean.mean() + slope * (d.where - d.where.mean())), "--", color="tab:red",
+                label="the mean slope (C2-trend)")
+        ax.axhline(0.0, color="0.4", lw=0.8)
+        _log_axis(ax, list(x), [f"{a:g}→{b:g}" for a, b in zip(d.batches[:-1], d.batches[1:], strict=True)])
+        ax.set_xlabel("doubling of the batch (s of audio)")
+        ax.set_ylabel(f"gain per doubling{' (points)' if scale == 100.0 else ''}, better ↑")
+        name = GAIN_NAMES.get(metric) or METRIC_LABELS.get(metric, metric).split(" (")[0]
+        slope_se = denoise(float(d.slopes.std(ddof=1)) / math.sqrt(len(d.seeds)), size)  # float noise: 0
+        ax.set_title(f"{name}, step {final}\nslope {scale * slope:+.3g} ± {scale * slope_se:.2g} (SE) a doubling",
+                     fontsize=9.5)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("C2-trend: the gain of each doubling of the batch, per seed; falling to the right is saturation",
+                 fontsize=10)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0 - 2.0 / (4.2 * len(panels) + 2.2), 1.0))  # room on the right: the legend
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    shown = dict(zip(labels, handles, strict=True))  # one "one seed" entry, not one a seed
+    fig.legend(list(shown.values()), list(shown), fontsize=8, loc="upper left", frameon=False,
+               bbox_to_anchor=(axes[0][-1].get_position().x1 + 0.01, axes[0][-1].get_position().y1))
+    _save_figure(fig, path)
+    plt.close(fig)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -245,18 +245,37 @@ def test_batch_axes_tick_at_the_batch_sizes_and_hours_axes_at_round_numbers(repo
 def test_every_plot_has_a_title_readable_labels_and_a_legend_off_its_data(report) -> None:
     """Axis labels used internal keys ('pr.per % (test)'), a long y label was clipped, legends sat on the data."""
     _, _, figures = report
-    assert len(figures) == 11  # 6 of validation, 1 probe metric, WER and CER against batch and hours
+    assert len(figures) == 12  # 6 of validation, 1 probe metric, WER and CER against batch and hours, the gains
     for name, (fig, kwargs) in figures.items():
-        ax = fig.axes[0]
-        assert ax.get_title(), name
-        assert "." not in ax.get_ylabel().replace("(", " ").split()[0], name
+        for ax in fig.axes:
+            assert ax.get_title(), name
+            assert "." not in ax.get_ylabel().replace("(", " ").split()[0], name
         assert kwargs.get("bbox_inches") == "tight", name  # labels and legend inside the image
         canvas = FigureCanvasAgg(fig)
         canvas.draw()
         renderer = canvas.get_renderer()
-        legend = ax.get_legend()
-        if legend is not None:
-            assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1, name
+        right = max(ax.get_window_extent(renderer).x1 for ax in fig.axes)
+        for legend in [ax.get_legend() for ax in fig.axes] + fig.legends:  # an axes' own, or the figure's
+            if legend is not None:
+                assert legend.get_window_extent(renderer).x0 >= right, name
+
+
+def test_the_gain_of_each_doubling_is_plotted_per_seed_with_its_mean_and_slope(report) -> None:
+    """C2-trend's data, one panel a metric: the toy's PER falls by b/50 at the last step, so (lower is better) the
+    doublings 4 → 8 and 8 → 16 s gain 8 and 16 points; the seeds' offsets cancel in their gains (SE 0)."""
+    text, _, figures = report
+    fig, _ = figures["gain_per_doubling.png"]
+    panels = {ax.get_title().split(",")[0]: ax for ax in fig.axes}
+    assert {"validation loss", "validation accuracy", "phoneme error rate"} <= set(panels)
+    ax = panels["phoneme error rate"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4→8", "8→16"]
+    seeds = [line for line in ax.get_lines() if line.get_color() == "0.7"]
+    assert len(seeds) == 3 and all(list(line.get_ydata()) == pytest.approx([8.0, 16.0]) for line in seeds)
+    (bars,) = errorbars(ax)
+    assert list(bars.lines[0].get_ydata()) == pytest.approx([8.0, 16.0])
+    assert "slope +8 ± 0 (SE) a doubling" in ax.get_title()
+    assert "![gain_per_doubling](plots/gain_per_doubling.png)" in text
+    assert "| C2-trend | pr.per | **inconclusive** |" in text  # no spread over seeds: no verdict
 
 
 def test_the_headline_split_is_the_studys_first_test_split(tmp_path) -> None:
