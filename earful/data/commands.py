@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from earful.atomic import atomic_write_lines
@@ -130,12 +133,48 @@ def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> lis
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    """Read the source (the long part: every file's header, a Libri-light file's voice activity), then write the
+    manifests. A scheduler's SIGTERM or SIGUSR1 while it reads stops it as Ctrl-C does, with a message and exit
+    status 4 (stopped: run it again; prepare has no --resume, it starts over), nothing written; while it writes,
+    every signal waits until the manifests are all written (:func:`_stops_held`), so that no folder is left with
+    some manifests of this run beside others of an earlier one."""
+    from earful.train.engine import EXIT_STOPPED
+
+    from .parallel import Stopped, stop_signals_raise
+
     problems: list[str] = []
     limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
     if args.hold_out is not None and not 0 < args.hold_out < 1:
         raise ValueError(f"--hold-out {args.hold_out}: expected a fraction between 0 and 1 (the paper: 0.05)")
-    splits = training_splits(discover(args.source, problems, limits=limits, workers=args.workers), args.hold_out,
-                             args.seed)
+    try:
+        with stop_signals_raise():
+            found = discover(args.source, problems, limits=limits, workers=args.workers)
+    except Stopped as e:
+        log.warning("earful prepare stopped by %s while reading %s: no manifest written or changed; run it again "
+                    "(it starts over) (exit status %d)", e, args.source, EXIT_STOPPED)
+        return EXIT_STOPPED
+    with _stops_held() as arrived:
+        rc = _write_manifests(args, found, problems)
+    if arrived:
+        log.warning("%s arrived while the manifests were being written: they were finished first",
+                    " and ".join(dict.fromkeys(arrived)))
+    return rc
+
+
+@contextmanager
+def _stops_held() -> Iterator[list[str]]:
+    """Ctrl-C and the stop signals that arrive inside are noted (their names, in the list yielded), not acted on."""
+    from .parallel import STOP_SIGNALS, signals_handled
+
+    arrived: list[str] = []
+    with signals_handled((signal.SIGINT, *STOP_SIGNALS), lambda signum, frame: arrived.append(
+            signal.Signals(signum).name)):
+        yield arrived
+
+
+def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]], problems: list[str]) -> int:
+    """The splits of ``found`` (checked, held out) written as manifests in ``args.out``, with the problems' list."""
+    splits = training_splits(found, args.hold_out, args.seed)
     splits = {name: _one_row_an_id(name, utts, problems) for name, utts in splits.items()}
     problems += [f"split {name}: no usable audio" for name, utts in splits.items() if not utts]
     for msg in problems:

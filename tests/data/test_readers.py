@@ -571,3 +571,50 @@ def test_a_plain_folder_partly_labelled_notes_how_many_files_have_no_transcript(
     args = parser.parse_args(["prepare", str(tmp_path / "c"), str(tmp_path / "m")])
     assert args.func(args) == 0  # a note stops nothing
     assert "4 of 5 audio files have no transcript file" in caplog.text and "1 note(s)" in caplog.text
+
+
+@pytest.mark.parametrize("during", ["reading", "writing"])
+def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_tree, caplog, monkeypatch,
+                                                              during: str) -> None:
+    """A scheduler's SIGTERM killed `earful prepare` where it stood (exit -15, no message), between two manifests
+    as well: a folder could hold this run's train-clean-100.jsonl beside an earlier run's dev-clean.jsonl. Now a
+    SIGTERM while it reads stops it (exit status 4, a message, no manifest changed), and one while it writes waits
+    until every manifest is written."""
+    import os
+    import signal
+    import time
+
+    ls = tmp_path / "LibriSpeech"
+    ls_tree(ls / "train-clean-100", speakers=(1,))
+    ls_tree(ls / "dev-clean", speakers=(2,))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dev-clean.jsonl").write_text("an earlier run's\n")
+
+    def signalled(real):
+        def call(*args, **kwargs):
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):  # the handler runs in here, between two bytecodes
+                    time.sleep(0.01)
+            return real(*args, **kwargs)
+        return call
+
+    sent: list[bool] = []
+    target = "discover" if during == "reading" else "write_manifest"
+    monkeypatch.setattr(commands, target, signalled(getattr(commands, target)))
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["prepare", str(ls), str(out)])
+    with caplog.at_level(logging.INFO):
+        rc = args.func(args)
+    assert sent
+    if during == "reading":
+        assert rc == 4 and "stopped by SIGTERM while reading" in caplog.text
+        assert sorted(p.name for p in out.iterdir()) == ["dev-clean.jsonl"]
+        assert (out / "dev-clean.jsonl").read_text() == "an earlier run's\n"
+    else:
+        assert rc == 0 and "SIGTERM arrived while the manifests were being written" in caplog.text
+        assert len(read_manifest(out / "dev-clean.jsonl")) == 6 and len(read_manifest(out / "train-clean-100.jsonl"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers restored
