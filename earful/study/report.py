@@ -333,40 +333,44 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     seeds, cycles, mode = len(study.get("seeds", [1])), study.get("cycles", 0), study.get("mode")
     batches = len({float(g) if isinstance(g, int | float) else float(g["batch_seconds"])
                    for g in study.get("grid", [])})
-    # what earful/study/claims.py needs: C1 and C4 compare two batch sizes, C2, C6 and C7 three
-    need = {"C1": 2, "C4": 2, "C2": 3, "C6": 3, "C7": 3}
+    # what earful/study/claims.py needs: C1 and C4 compare two batch sizes, C2, C2-trend, C6 and C7 three
+    need = {"C1": 2, "C4": 2, "C2": 3, "C2-trend": 3, "C6": 3, "C7": 3}
     can, cannot = [], []
     if mode == "fixed-steps" and cycles:
-        can.append((("C1", "C2"), "every batch size the same steps, compared at each cycle minimum"))
+        can.append((("C1", "C2", "C2-trend"), "every batch size the same steps, compared at each cycle minimum"))
         if cycles >= 2:
             can.append((("C4",), "equal hours as (B, T) against (2B, T/2) at cycle minima"))
         else:
             cannot.append("C4: equal hours needs checkpoints at (B, T) and (2B, T/2) — use `cycles: 2` or more")
     elif mode == "fixed-steps":
-        can.append((("C1", "C2"), "at the final step (a decayed schedule: only the end is comparable)"))
+        can.append((("C1", "C2", "C2-trend"), "at the final step (a decayed schedule: only the end is comparable)"))
         cannot.append("C4: equal hours needs checkpoints at (B, T) and (2B, T/2) — use `cycles`")
     else:
         can.append((("C4",), "at the final checkpoints (every batch size the same hours)"))
-        cannot.append("C1 and C2 cleanly: equal steps pair a mid-run milestone, whose lr had not decayed, with a "
-                      "finished run — use `mode: fixed-steps` with `cycles` (the paper's design)")
+        cannot.append("C1, C2 and C2-trend cleanly: equal steps pair a mid-run milestone, whose lr had not decayed, "
+                      "with a finished run — use `mode: fixed-steps` with `cycles` (the paper's design)")
     if study.get("gradvar_batches"):
         can.append((("C6",), "gradient noise against batch"))
     else:
         cannot.append("C6: set `gradvar_batches`")
     can.append((("C7",), "codebook perplexity and codeword similarity against batch"))
     few = sorted({c for claims, _ in can for c in claims if batches < need[c]})
-    can = [f"{' and '.join(ok)} ({why})" for claims, why in can
+    if seeds < 3 and "C2-trend" not in few and any("C2-trend" in claims for claims, _ in can):  # one slope a seed
+        can = [(tuple(c for c in claims if c != "C2-trend"), why) for claims, why in can]
+        cannot.append(f"C2-trend: it takes one slope a seed and needs 3 seeds; the study has {seeds}")
+    can = [f"{', '.join(ok[:-1]) + ' and ' if len(ok) > 1 else ''}{ok[-1]} ({why})" for claims, why in can
            if (ok := [c for c in claims if batches >= need[c]]) and why]
     if few:
-        cannot.append(f"{', '.join(few)}: the grid has {batches} batch size(s) (C1 and C4 need 2; C2, C6 and C7 "
-                      "need 3)")
+        cannot.append(f"{', '.join(few)}: the grid has {batches} batch size(s) (C1 and C4 need 2; C2, C2-trend, C6 "
+                      "and C7 need 3)")
     lines = ["## What this study can test", "",
              f"Design: {mode}{f', {cycles} cyclic cycles' if cycles else ''}, {seeds} seed(s)"
              f"{', probes of frozen features' if study.get('probes') else ''}. It can test: "
              f"{'; '.join(can) or 'none of the claims'}."
              + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
     if seeds < 2:
-        lines.append("With one seed no difference is judged beyond noise: C1, C2, C4 and C7 are *inconclusive*; "
+        lines.append("With one seed no difference is judged beyond noise: C1, C2, C2-trend, C4 and C7 are "
+                     "*inconclusive*; "
                      "C6's slope is taken over batch sizes, each from one run. At CPU scale the seed-to-seed spread "
                      "is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
     return lines + [""]

@@ -58,18 +58,23 @@ def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
     3 for C2, C6 and C7."""
     from earful.study.report import scope_section
 
-    def scope(grid, cycles=2):
-        study = {"seeds": [1, 2], "cycles": cycles, "mode": "fixed-steps", "grid": grid, "gradvar_batches": 2}
+    def scope(grid, cycles=2, seeds=(1, 2)):
+        study = {"seeds": list(seeds), "cycles": cycles, "mode": "fixed-steps", "grid": grid, "gradvar_batches": 2}
         return scope_section(study)[2]
 
     one = scope([4])
-    assert "It can test: none of the claims. It cannot test: C1, C2, C4, C6, C7: the grid has 1 batch size(s)" in one
+    assert ("It can test: none of the claims. It cannot test: C1, C2, C2-trend, C4, C6, C7: the grid has 1 batch "
+            "size(s)") in one
     two = scope([4, {"batch_seconds": 8}])
     assert "It can test: C1 (every batch size" in two and "; C4 (equal hours" in two
-    assert "It cannot test: C2, C6, C7: the grid has 2 batch size(s)" in two
-    three = scope([4, 8, 16])
-    assert "C1 and C2 (every" in three and "C6 (gradient" in three and "C7 (codebook" in three
+    assert "It cannot test: C2, C2-trend, C6, C7: the grid has 2 batch size(s)" in two
+    three = scope([4, 8, 16], seeds=(1, 2, 3))
+    assert "C1, C2 and C2-trend (every" in three and "C6 (gradient" in three and "C7 (codebook" in three
     assert "cannot" not in three
+    # C2-trend takes one slope a seed: with 2 seeds it is said not to be testable, not listed as testable
+    two_seeds = scope([4, 8, 16])
+    assert "C1 and C2 (every" in two_seeds
+    assert "It cannot test: C2-trend: it takes one slope a seed and needs 3 seeds; the study has 2" in two_seeds
     # one cycle has no (2B, T/2) checkpoint: C4 was in neither list
     assert "It cannot test: C4: equal hours needs checkpoints at (B, T) and (2B, T/2)" in scope([4, 8, 16], cycles=1)
 
