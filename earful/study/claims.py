@@ -18,14 +18,19 @@ reproduced* or *inconclusive*, with the evidence in one line:
   reproduced, mirrored, when the largest at its lower bound gains more than a third of the smallest's at its
   upper bound (a point estimate "as much" was a coin toss between two noisy gains); inconclusive otherwise, and
   where a gain has no spread over seeds.
-* **C2-trend** — saturation as the paper's data show it, pre-registered on 2026-12-06 before the data it is to
-  judge (docs/paper-at-cpu-scale-c2/preregistration.md): the gain of each successive doubling, per seed, at the
-  final step, regressed on log2 of the batch. Each seed gives one slope (gain per doubling, per doubling of the
-  batch; the same seeds in every cell, so one run's noise is paired across its doublings); their mean and its SE
-  over seeds decide. Reproduced when the first doubling gains beyond 2 SE and the slope is below 0 beyond 2 SE
-  (each doubling gains less than the last); not reproduced, mirrored, when the slope is above 0 beyond 2 SE (each
-  doubling gains more); inconclusive otherwise, and with fewer than 3 seeds in every cell or fewer than 3 batch
-  sizes. Unlike C2, every doubling weighs, not only the largest and the smallest.
+* **C2-trend** — saturation, pre-registered on 2026-12-06 before the data it is to judge
+  (docs/paper-at-cpu-scale-c2/preregistration.md, with its erratum): per seed, the gain of each successive
+  doubling at the final step (per doubling of the batch), and the least-squares slope of those gains on log2 of
+  the batch; the slopes' mean and its SE over seeds decide (the same seeds in every cell: one seed's noise is
+  paired across its cells). Reproduced when the first doubling gains beyond 2 SE and the slope is below 0 beyond
+  2 SE (the gains fall); not reproduced, mirrored, when the slope is above 0 beyond 2 SE (they grow); inconclusive
+  otherwise, and with fewer than 3 seeds in every cell or fewer than 3 batch sizes. What weighs: with three
+  evenly spaced doublings (four batch sizes) the slope is half the last gain less the first, and the middle
+  doubling has no weight (the linear contrast: per seed, v₄ − v₃ − v₂ + v₁ over the batch sizes' values, so every
+  batch size weighs); with more doublings each weighs by its distance from the middle. Against C2 (on four batch
+  sizes the same contrast): paired by seed, and judged against 0 rather than against a third of the first gain.
+  A seed enters where it has exactly one value in every cell (a seed twice in a cell, two grid entries of one
+  batch size, is left out, and said); seeds 1 and 1.0 are one seed; rows without a seed enter no slope.
 * **C4** — hours seen decide: the change between equal-hours pairs ((B, T) → (2B, T/2), cycle minima) against
   the gain between equal-steps pairs ((B, T) → (2B, T)), both signed in the metric's better direction and
   averaged over pairs; a mean's SE is that of its per-seed contrasts (the same seeds in every cell: a run's two
@@ -53,7 +58,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -215,6 +220,7 @@ class Doublings:
     batches: list[float]  # the batch sizes, ascending
     seeds: list[str]  # the seeds measured at every one of them
     gains: np.ndarray  # (seeds, batch sizes - 1) the gain per doubling, in the metric's better direction
+    twice: list[str] = field(default_factory=list)  # seeds left out: two values in one cell
 
     @property
     def where(self) -> np.ndarray:
@@ -229,16 +235,35 @@ class Doublings:
         return self.gains @ centred / (centred @ centred)
 
 
+def seed_name(seed: Any) -> str | None:
+    """A seed as one name, whatever read it: 1, 1.0 (a CSV's float) and "1" are "1"; None (no seed) is None."""
+    if seed is None or (isinstance(seed, float) and not math.isfinite(seed)):
+        return None
+    if isinstance(seed, float) and seed.is_integer():
+        return str(int(seed))
+    return str(seed)
+
+
 def doublings(grid: dict[tuple[float, int], Cell], step: int, sign: float) -> Doublings:
-    """The gains per doubling at ``step`` of the seeds measured at every batch size there (a step of two doublings,
-    8 → 32 s, counts half its gain a doubling)."""
+    """The gains per doubling at ``step`` of the seeds measured once at every batch size there (a step of two
+    doublings, 8 → 32 s, counts half its gain a doubling). ``Doublings.twice`` names the seeds left out for a
+    second value in one cell."""
     bs = sorted(b for b, s in grid if s == step)
-    by_seed = [{str(k): v for k, v in zip(grid[(b, step)].seeds or [], grid[(b, step)].values, strict=True)}
-               for b in bs]
-    seeds = sorted(set.intersection(*(set(d) for d in by_seed))) if by_seed else []
+    by_seed: list[dict[str, float]] = []
+    twice: set[str] = set()
+    for b in bs:
+        cell = grid[(b, step)]
+        found: dict[str, float] = {}
+        for name, v in zip(map(seed_name, cell.seeds), cell.values, strict=True) if cell.seeds is not None else ():
+            if name is not None:
+                if name in found:
+                    twice.add(name)
+                found[name] = v
+        by_seed.append(found)
+    seeds = sorted(set.intersection(*(set(d) for d in by_seed)) - twice) if by_seed else []
     values = np.array([[d[k] for d in by_seed] for k in seeds]).reshape(len(seeds), len(bs))  # (seeds, batches)
     octaves = np.diff(np.log2(bs))  # (batches - 1,): 1.0 for a grid of doublings
-    return Doublings(bs, seeds, sign * np.diff(values, axis=1) / octaves)
+    return Doublings(bs, seeds, sign * np.diff(values, axis=1) / octaves, sorted(twice))
 
 
 def judge_c2_trend(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> Verdict:
@@ -249,9 +274,11 @@ def judge_c2_trend(grid: dict[tuple[float, int], Cell], metric: str, sign: float
     if len(d.batches) < 3:
         return Verdict("C2-trend", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
     n = len(d.seeds)
+    twice = (f"; seed(s) {', '.join(d.twice)} left out: two values in one cell (two grid entries of one batch "
+             "size?)" if d.twice else "")
     if n < 3:
         return Verdict("C2-trend", metric, INCONCLUSIVE, f"{n} seed(s) in every batch size at step {final} "
-                                                         "(it needs 3: one slope per seed)")
+                                                         f"(it needs 3: one slope per seed){twice}")
     scale = _scale(grid)
     slopes, first = d.slopes, d.gains[:, 0]
     slope, slope_se = denoise(float(slopes.mean()), scale), denoise(float(slopes.std(ddof=1) / math.sqrt(n)), scale)
@@ -260,7 +287,7 @@ def judge_c2_trend(grid: dict[tuple[float, int], Cell], metric: str, sign: float
     each = "; ".join(f"{a:g} → {b:g} s {fmt_gain(g, se, scale)}" for a, b, g, se in zip(
         d.batches[:-1], d.batches[1:], d.gains.mean(axis=0), d.gains.std(axis=0, ddof=1) / math.sqrt(n), strict=True))
     evidence = (f"at step {final}, {n} seeds: gain per doubling {each}; slope of the gain per doubling of the batch "
-                f"{fmt_gain(slope, slope_se, scale)} (reproduced below 0 beyond 2 SE)")
+                f"{fmt_gain(slope, slope_se, scale)} (reproduced below 0 beyond 2 SE){twice}")
     return Verdict("C2-trend", metric, verdict, evidence)
 
 

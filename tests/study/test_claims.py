@@ -321,3 +321,45 @@ def test_c2_trend_needs_three_seeds_in_every_cell_and_three_batches() -> None:
     # a seed missing from one cell leaves the test; the others still decide
     three = trend([r for r in rows if r["seed"] != 0 or r["batch_seconds"] != 64.0])
     assert "3 seeds" in three.evidence
+
+
+def test_c2_trend_gives_what_the_preregistered_rule_gave() -> None:
+    """The pre-registered test (docs/paper-at-cpu-scale-c2/preregistration.md) is judged by the rule as committed
+    in 34f2cc0: its verdicts and evidence on a fixed 16-seed grid of the test's shape, computed by that commit's
+    judge_c2_trend, must stay what they were, whatever later commits do to the code around it."""
+    rows = []
+    for k in range(4, 20):
+        for j, b in enumerate((32.0, 64.0, 128.0, 256.0)):
+            wobble = ((k * 7919 + j * 104729) % 23 - 11) / 11  # in [-1, 1], fixed
+            rows.append({"batch_seconds": b, "step": 400, "seed": k,
+                         "m": 0.36 - 0.085 * j + 0.012 * j * j + 0.01 * (k % 5) + 0.025 * wobble})
+    got = trend(rows, higher=False)
+    assert got.verdict == REPRODUCED
+    assert got.evidence == (
+        "at step 400, 16 seeds: gain per doubling 32 → 64 s +0.0731 ± 0.0067; 64 → 128 s +0.0524 ± 0.0067; 128 → 256 s "
+        "+0.0219 ± 0.0065; slope of the gain per doubling of the batch -0.0256 ± 0.0029 (reproduced below 0 beyond "
+        "2 SE)")
+    mirrored = trend(rows, higher=True)
+    assert mirrored.verdict == NOT_REPRODUCED and "slope of the gain per doubling of the batch +0.0256 ± 0.0029" in (
+        mirrored.evidence)
+
+
+def test_c2_trend_takes_a_seed_once_whatever_read_it() -> None:
+    """A seed read as 1.0 (a CSV) in one cell and 1 (a study) in another is one seed (it was none: inconclusive);
+    rows without a seed counted as one seed named "None"; a seed twice in a cell (two grid entries of one batch
+    size) took its last value, so the verdict hung on the rows' order; a Cell without seeds crashed."""
+    from earful.study.claims import Cell, doublings, judge_c2_trend
+
+    rows = trend_rows(lambda b: -1 / math.log2(b))
+    mixed = [{**r, "seed": float(r["seed"])} if r["batch_seconds"] == 64.0 else r for r in rows]
+    assert trend(mixed).evidence == trend(rows).evidence and trend(mixed).verdict == REPRODUCED
+    seedless = [r for r in rows if r["seed"] < 2] + [{**r, "seed": None} for r in rows if r["seed"] >= 2]
+    assert trend(seedless).verdict == INCONCLUSIVE and "2 seed(s) in every batch size" in trend(seedless).evidence
+    extra = {**rows[0], "m": rows[0]["m"] + 5.0}  # seed 0 again at 32 s
+    for order in ([*rows, extra], [extra, *rows]):
+        got = trend(order)
+        assert got.verdict == REPRODUCED and "5 seeds" in got.evidence, got.evidence
+        assert "seed(s) 0 left out: two values in one cell" in got.evidence
+    bare = {(b, 400): Cell([1.0, 2.0, 3.0]) for b in (32.0, 64.0, 128.0)}
+    assert doublings(bare, 400, 1.0).seeds == []
+    assert judge_c2_trend(bare, "m", 1.0).verdict == INCONCLUSIVE

@@ -335,3 +335,34 @@ def test_a_study_without_validation_has_no_blank_validation_plots(tmp_path) -> N
     assert main(["study", "report", str(tmp_path)]) == 0
     plots = sorted(p.name for p in (tmp_path / "report" / "plots").glob("*.png"))
     assert plots and not [p for p in plots if p.startswith("valid_")], plots
+
+
+def test_the_gain_plot_bars_are_the_seeds_standard_errors_and_a_stale_one_goes(tmp_path, monkeypatch) -> None:
+    """The bars' half-lengths are the SE over seeds of each doubling's gain (the toy study's gains have no spread,
+    which left them untested); equal gains read a slope of 0 (it read +2.78e-15); a report of data that no longer
+    has 3 batch sizes leaves no earlier gain plot behind (the report shows every PNG in plots/)."""
+    from earful.study.report import plot_gain_per_doubling
+
+    figures = {}
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, fname, *a, **k: (figures.setdefault("fig", fig),
+                                                                         save(fig, fname, *a, **k)))
+    gains = {1: (0.05, 0.03), 2: (0.07, 0.03), 3: (0.06, 0.03)}  # (32 → 64, 64 → 128 s) per seed: higher is better
+    rows = [{"batch_seconds": b, "step": 400, "seed": k, "m": v}
+            for k, (g1, g2) in gains.items() for b, v in ((32.0, 0.1 * k), (64.0, 0.1 * k + g1),
+                                                          (128.0, 0.1 * k + g1 + g2))]
+    path = tmp_path / "gain_per_doubling.png"
+    plot_gain_per_doubling(rows, {"m": True}, path)
+    ax = figures["fig"].axes[0]
+    (bars,) = errorbars(ax)
+    assert list(bars.lines[0].get_ydata()) == pytest.approx([6.0, 3.0])
+    assert half_lengths(bars) == pytest.approx([100 * se([0.05, 0.07, 0.06]), 0.0], abs=1e-9)
+    assert "slope -3 ± 0.58 (SE) a doubling" in ax.get_title()  # per seed -2, -4, -3 points: SD 1
+    figures.clear()
+    steady = [{**r, "m": r["m"] if r["batch_seconds"] < 128 else r["m"] - gains[r["seed"]][1] + gains[r["seed"]][0]}
+              for r in rows]
+    plot_gain_per_doubling(steady, {"m": True}, path)
+    assert "slope +0 ± 0 (SE) a doubling" in figures["fig"].axes[0].get_title()
+    assert path.exists()
+    plot_gain_per_doubling([r for r in rows if r["batch_seconds"] < 128], {"m": True}, path)
+    assert not path.exists()
