@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +53,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_paths(paths: Iterable[str | os.PathLike],
+                 replacing: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Iterator[dict[Path, Path]]:
+    """Temporary paths for files that appear together: a ``{path: temporary path}`` to write them all to, flushed
+    to disk and renamed into place one after another when the block ends without an error, ``replacing()`` around
+    the renames alone (milliseconds: a caller that must not be stopped between two renames holds its signals
+    there); removed in any case. An error or a stop while they are written leaves every earlier file as it was."""
+    finals = [Path(p) for p in paths]
+    for path in finals:  # a rename onto a folder fails: found now, not between two renames
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: a folder stands where this file is to be written; move it away")
+    tmps: dict[Path, Path] = {}
+    try:
+        for path in finals:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps[path] = _tmp_path(path)
+        yield tmps
+        for tmp in tmps.values():  # the slow part, before the renames: a file's contents reach the disk
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        with replacing():
+            for path, tmp in tmps.items():
+                os.replace(tmp, path)
+            for folder in dict.fromkeys(path.parent for path in tmps):
+                _fsync_folder(folder)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ A model checkpoint is a directory::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from earful.atomic import atomic_path, atomic_write_json
 from earful.config import from_dict, to_dict
+from earful.data.digest import sha256
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
 MODEL_FILE = "model.safetensors"
@@ -34,14 +34,6 @@ MODEL_FORMAT = "earful-1"  # model.json's layout
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, tampered with or unsafe to load, or could not be written."""
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 # One line a concern; a module that is not there yet is simply not listed.
@@ -74,13 +75,18 @@ def run() -> None:
     torchrun worker) then ends at once (``os._exit``), everything written and closed (checkpoints, logs, trackers,
     the process group left): during Python's finalization gloo's threads could abort it with SIGABRT ("terminate
     called without an active exception", after 2 of about 45 finished 2-rank runs here; an open torch problem),
-    so torchrun reported a finished run as failed, and a second node's agent waited out its rendezvous."""
+    so torchrun reported a finished run as failed, and a second node's agent waited out its rendezvous. Once
+    ``main()`` has returned, the status is decided: a stop signal during the exit (a scheduler's second SIGTERM,
+    20 ms after the first) is ignored, where it turned a command's status 4 into -15 after its log had said 4."""
     rc = main()
+    from earful.data.parallel import STOP_SIGNALS
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     if rc == 130:  # Ctrl-C, maybe while torch was still being imported: importing more of it now would crash
         sys.exit(rc)
-    from earful.train import distributed
-
-    if distributed.joined():
+    distributed = sys.modules.get("earful.train.distributed")  # imported by whatever joined a process group
+    if distributed is not None and distributed.joined():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

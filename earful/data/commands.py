@@ -9,11 +9,12 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from earful.atomic import atomic_write_lines
 
 from .librispeech import TRAIN_960, Note, discover, training_splits
-from .manifest import Utterance, summarize, write_manifest
+from .manifest import Utterance, summarize, write_manifest, write_manifests
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
 
@@ -134,46 +135,65 @@ def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> lis
 
 def _prepare(args: argparse.Namespace) -> int:
     """Read the source (the long part: every file's header, a Libri-light file's voice activity), then write the
-    manifests. A scheduler's SIGTERM or SIGUSR1 while it reads stops it as Ctrl-C does, with a message and exit
-    status 4 (stopped: run it again; prepare has no --resume, it starts over), nothing written; while it writes,
-    every signal waits until the manifests are all written (:func:`_stops_held`), so that no folder is left with
-    some manifests of this run beside others of an earlier one."""
-    from earful.train.engine import EXIT_STOPPED
+    manifests, all to temporary files first, then renamed into place together (milliseconds). A scheduler's
+    SIGTERM or SIGUSR1 before the renames stops it as Ctrl-C does, with a message and exit status 4 (stopped: run
+    it again; prepare has no --resume, it starts over), no manifest written or changed; from the renames on, every
+    signal waits for the end (:class:`_Stops`), so that no folder is left with some manifests of this run beside
+    others of an earlier one."""
+    from .parallel import EXIT_STOPPED, STOP_SIGNALS, Stopped, signals_handled
 
-    from .parallel import Stopped, stop_signals_raise
-
-    problems: list[str] = []
-    limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
-    if args.hold_out is not None and not 0 < args.hold_out < 1:
-        raise ValueError(f"--hold-out {args.hold_out}: expected a fraction between 0 and 1 (the paper: 0.05)")
-    try:
-        with stop_signals_raise():
+    stops = _Stops()
+    with signals_handled((signal.SIGINT, *STOP_SIGNALS), stops):
+        try:
+            problems: list[str] = []
+            limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
+            if args.hold_out is not None and not 0 < args.hold_out < 1:
+                raise ValueError(f"--hold-out {args.hold_out}: expected a fraction between 0 and 1 (the paper: 0.05)")
             found = discover(args.source, problems, limits=limits, workers=args.workers)
-    except Stopped as e:
-        log.warning("earful prepare stopped by %s while reading %s: no manifest written or changed; run it again "
-                    "(it starts over) (exit status %d)", e, args.source, EXIT_STOPPED)
-        return EXIT_STOPPED
-    with _stops_held() as arrived:
-        rc = _write_manifests(args, found, problems)
-    if arrived:
-        log.warning("%s arrived while the manifests were being written: they were finished first",
-                    " and ".join(dict.fromkeys(arrived)))
+            rc = _write_manifests(args, found, problems, stops)
+        except Stopped as e:
+            log.warning("earful prepare stopped by %s: no manifest written or changed; run it again (it starts over) "
+                        "(exit status %d)", e, EXIT_STOPPED)
+            return EXIT_STOPPED
+    if stops.arrived:
+        log.warning("%s arrived while the manifests were put in place: they were finished first",
+                    " and ".join(dict.fromkeys(stops.arrived)))
     return rc
 
 
-@contextmanager
-def _stops_held() -> Iterator[list[str]]:
-    """Ctrl-C and the stop signals that arrive inside are noted (their names, in the list yielded), not acted on."""
-    from .parallel import STOP_SIGNALS, signals_handled
+class _Stops:
+    """What Ctrl-C and the stop signals do during ``earful prepare``: the first raises where the work stands
+    (KeyboardInterrupt, or Stopped naming the signal); from then on (a second signal while it stops: it ended the
+    process with -15, or a traceback) and once ``holding`` (the manifests put in place, and the end), they are
+    noted in ``arrived`` and acted on no further."""
 
-    arrived: list[str] = []
-    with signals_handled((signal.SIGINT, *STOP_SIGNALS), lambda signum, frame: arrived.append(
-            signal.Signals(signum).name)):
-        yield arrived
+    def __init__(self) -> None:
+        self.quiet = False
+        self.arrived: list[str] = []
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        from .parallel import Stopped
+
+        name = signal.Signals(signum).name
+        if self.quiet:
+            self.arrived.append(name)
+            return
+        self.quiet = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Stopped(name)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """From here to the command's end, signals are noted: the renames must all happen."""
+        self.quiet = True
+        yield
 
 
-def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]], problems: list[str]) -> int:
-    """The splits of ``found`` (checked, held out) written as manifests in ``args.out``, with the problems' list."""
+def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]], problems: list[str],
+                     stops: _Stops) -> int:
+    """The splits of ``found`` (checked, held out) written as manifests in ``args.out``, with the problems' list:
+    all written, then put in place together, signals held from then on (``stops.holding``)."""
     splits = training_splits(found, args.hold_out, args.seed)
     splits = {name: _one_row_an_id(name, utts, problems) for name, utts in splits.items()}
     problems += [f"split {name}: no usable audio" for name, utts in splits.items() if not utts]
@@ -193,19 +213,18 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
         raise ValueError(f"{args.source}: {len(blocking)} problem(s), listed in {listed}: "
                          f"{'; '.join(blocking[:3])}{' …' if len(blocking) > 3 else ''}. No manifest written: mend "
                          "them, or run again with --skip-bad to write the manifests without what is unusable")
-    total = 0
+    written = {args.out / f"{name}.jsonl": utts for name, utts in splits.items() if utts}
+    write_manifests(written, replacing=stops.holding)
     for name, utts in splits.items():
         target = args.out / f"{name}.jsonl"
-        if not utts:
-            if target.exists():  # an earlier run's, listing audio not usable now
-                target.unlink()
-                log.warning("removed %s, written by an earlier prepare: split %s has no usable audio now", target,
-                            name)
-            continue
-        write_manifest(utts, target)
+        if not utts and target.exists():  # an earlier run's, listing audio not usable now
+            target.unlink()
+            log.warning("removed %s, written by an earlier prepare: split %s has no usable audio now", target, name)
+    total = 0
+    for target, utts in written.items():
         s = summarize(utts)
         total += len(utts)
-        log.info("%-20s %9.3f h %8d utterances %5d speakers %5.0f%% labelled -> %s", name, s["hours"],
+        log.info("%-20s %9.3f h %8d utterances %5d speakers %5.0f%% labelled -> %s", target.stem, s["hours"],
                  s["utterances"], s["speakers"], 100 * s["labelled"], target)
     notes = len(problems) - len(blocking)
     if blocking:
@@ -231,11 +250,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from earful.checkpoint import sha256
-    from earful.train.engine import EXIT_STOPPED
-
+    from .digest import sha256
     from .manifest import read_manifest
-    from .parallel import Stopped, stop_signals_raise
+    from .parallel import EXIT_STOPPED, Stopped, stop_signals_raise
     from .shards import shard_rows, write_shards
 
     if not args.shard_gb > 0:

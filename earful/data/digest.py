@@ -31,6 +31,15 @@ class ManifestDigest(NamedTuple):
     file: str
 
 
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex (read a megabyte at a time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def manifest_digest(path: str | os.PathLike) -> ManifestDigest:
     """The digests of the manifest at ``path`` (one pass; computed again only when the file changed). A line
     that is not a JSON object is hashed as it is: the loader names it later, and an edit of it still counts."""

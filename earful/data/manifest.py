@@ -20,14 +20,15 @@ import json
 import os
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
-from earful.atomic import atomic_open
+from earful.atomic import atomic_open, atomic_paths
 
 from .budget import SAMPLE_RATE
 
@@ -342,11 +343,28 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
     tree can be moved as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        f.writelines(_manifest_lines(utts, path, relative_to))
+
+
+def write_manifests(manifests: dict[Path, Iterable[Utterance]],
+                    replacing: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
+    """Several manifests ``{path: utterances}`` that appear together (``atomic_paths``): all written first, then
+    renamed into place, ``replacing()`` around the renames; an error or a stop while they are written leaves
+    every earlier manifest as it was (one prepare's splits never stand beside an earlier one's). Paths as
+    :func:`write_manifest` writes them."""
+    with atomic_paths(manifests, replacing) as tmps:
+        for path, utts in manifests.items():
+            with open(tmps[path], "w", encoding="utf-8") as f:
+                f.writelines(_manifest_lines(utts, path, None))
+
+
+def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os.PathLike | None) -> Iterator[str]:
+    """``utts`` as the lines of the manifest ``path`` (see :func:`write_manifest`)."""
     base = path.resolve().parent
     root = Path(relative_to).resolve() if relative_to is not None else None
-    with atomic_open(path) as f:
-        for u in utts:
-            f.write(json.dumps(manifest_row(u, base, root), ensure_ascii=False) + "\n")
+    for u in utts:
+        yield json.dumps(manifest_row(u, base, root), ensure_ascii=False) + "\n"
 
 
 def summarize(utts: Sequence[Utterance]) -> dict[str, float]:

@@ -18,6 +18,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's pre-emption: stop, keeping what is finished
+# the exit status of a command so stopped (a trainer, a study, `earful shard`, `earful prepare`): run it again
+# (with --resume where it has one) to go on; here, where no torch is imported, so that a command that never needs
+# torch does not import it (a second of start-up during which a SIGTERM met no handler)
+EXIT_STOPPED = 4
 
 
 class Stopped(Exception):

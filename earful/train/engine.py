@@ -37,7 +37,7 @@ from tqdm import tqdm
 from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
-from earful.data.parallel import STOP_SIGNALS, signals_handled
+from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
@@ -77,9 +77,9 @@ log = logging.getLogger(__name__)
 FP16_INIT_SCALE = 2.0**7
 
 
-# exit statuses of `earful pretrain` and `earful finetune` (2: an error, before or while training)
+# exit statuses of `earful pretrain` and `earful finetune` (2: an error, before or while training), and
+# EXIT_STOPPED (4, earful/data/parallel.py): stopped by SIGTERM / SIGUSR1 or a first Ctrl-C, --resume continues
 EXIT_NONFINITE = 3  # stopped after max_nan_steps non-finite steps in a row; a checkpoint was written
-EXIT_STOPPED = 4  # stopped by SIGTERM / SIGUSR1 (a scheduler's pre-emption) or a first Ctrl-C; --resume continues
 
 
 class TrainingStopped(RuntimeError):

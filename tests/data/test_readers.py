@@ -1,4 +1,5 @@
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -573,16 +574,19 @@ def test_a_plain_folder_partly_labelled_notes_how_many_files_have_no_transcript(
     assert "4 of 5 audio files have no transcript file" in caplog.text and "1 note(s)" in caplog.text
 
 
-@pytest.mark.parametrize("during", ["reading", "writing"])
+@pytest.mark.parametrize("during", ["reading", "writing", "renaming"])
 def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_tree, caplog, monkeypatch,
                                                               during: str) -> None:
     """A scheduler's SIGTERM killed `earful prepare` where it stood (exit -15, no message), between two manifests
-    as well: a folder could hold this run's train-clean-100.jsonl beside an earlier run's dev-clean.jsonl. Now a
-    SIGTERM while it reads stops it (exit status 4, a message, no manifest changed), and one while it writes waits
-    until every manifest is written."""
+    as well: a folder could hold this run's train-clean-100.jsonl beside an earlier run's dev-clean.jsonl. Now the
+    manifests are all written to temporary files, then renamed into place together: a SIGTERM while it reads or
+    writes stops it (exit status 4, a message, no manifest changed, no temporary file left), and one while the
+    manifests are renamed waits until all are in place."""
     import os
     import signal
     import time
+
+    from earful.data import manifest
 
     ls = tmp_path / "LibriSpeech"
     ls_tree(ls / "train-clean-100", speakers=(1,))
@@ -602,19 +606,61 @@ def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_
         return call
 
     sent: list[bool] = []
-    target = "discover" if during == "reading" else "write_manifest"
-    monkeypatch.setattr(commands, target, signalled(getattr(commands, target)))
+    if during == "renaming":  # the signal once the renames' hold has begun (atomic_paths calls it around them)
+        holding = commands._Stops.holding
+
+        @contextlib.contextmanager
+        def held(self):
+            with holding(self):
+                signalled(lambda: None)()
+                yield
+
+        monkeypatch.setattr(commands._Stops, "holding", held)
+    else:
+        module, name = (commands, "discover") if during == "reading" else (manifest, "_manifest_lines")
+        monkeypatch.setattr(module, name, signalled(getattr(module, name)))
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["prepare", str(ls), str(out)])
     with caplog.at_level(logging.INFO):
         rc = args.func(args)
     assert sent
-    if during == "reading":
-        assert rc == 4 and "stopped by SIGTERM while reading" in caplog.text
-        assert sorted(p.name for p in out.iterdir()) == ["dev-clean.jsonl"]
-        assert (out / "dev-clean.jsonl").read_text() == "an earlier run's\n"
-    else:
-        assert rc == 0 and "SIGTERM arrived while the manifests were being written" in caplog.text
+    if during == "renaming":
+        assert rc == 0 and "SIGTERM arrived while the manifests were put in place" in caplog.text
         assert len(read_manifest(out / "dev-clean.jsonl")) == 6 and len(read_manifest(out / "train-clean-100.jsonl"))
+    else:
+        assert rc == 4 and "stopped by SIGTERM: no manifest written or changed" in caplog.text
+        assert (out / "dev-clean.jsonl").read_text() == "an earlier run's\n"
+        assert not [p.name for p in out.iterdir() if p.name.endswith((".jsonl", ".tmp"))
+                    and p.name != "dev-clean.jsonl"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers restored
+
+
+def test_a_second_stop_signal_while_prepare_stops_or_exits_changes_nothing(monkeypatch) -> None:
+    """Two SIGTERMs 20 ms apart (a scheduler's, or one to the process and one to its group) gave -15 after the log
+    had said exit status 4: the second met Python's default while the first's stop was under way, or during the
+    exit. The first stops the command; later ones are noted; once main() has returned they are ignored."""
+    import signal
+
+    from earful import cli
+    from earful.data.parallel import Stopped
+
+    stops = commands._Stops()
+    with pytest.raises(Stopped, match="SIGTERM"):
+        stops(signal.SIGTERM, None)
+    stops(signal.SIGTERM, None)  # while it stops: noted, not raised
+    stops(signal.SIGINT, None)
+    assert stops.arrived == ["SIGTERM", "SIGINT"]
+    first_ctrl_c = commands._Stops()
+    with pytest.raises(KeyboardInterrupt):
+        first_ctrl_c(signal.SIGINT, None)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    monkeypatch.setattr(cli, "main", lambda: 4)
+    try:
+        with pytest.raises(SystemExit) as end:
+            cli.run()
+        assert end.value.code == 4
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

@@ -86,3 +86,43 @@ def test_a_file_system_that_cannot_flush_a_folder_still_gets_the_file(tmp_path: 
     monkeypatch.setattr(os, "fsync", fsync)
     atomic_write_json(tmp_path / "x.json", {"k": 1})
     assert (tmp_path / "x.json").read_text(encoding="utf-8") == '{\n  "k": 1\n}\n'
+
+
+def test_manifests_written_together_appear_together(tmp_path: Path) -> None:
+    """`earful prepare` wrote its manifests one after another: an error (a full disk, a folder where a manifest
+    goes) or a kill between two left this run's beside an earlier run's. write_manifests writes them all first,
+    then renames them, the caller's ``replacing`` around the renames alone."""
+    from contextlib import contextmanager
+
+    from earful.data.manifest import write_manifests
+
+    rows = [Utterance(id=f"u{k}", path=str(tmp_path / f"u{k}.flac"), num_samples=16000, sample_rate=16000, speaker="s")
+            for k in range(3)]
+    old = {name: tmp_path / f"{name}.jsonl" for name in ("a", "b", "c")}
+    for path in old.values():
+        path.write_text("old\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").unlink()
+    (tmp_path / "b.jsonl").mkdir()  # b cannot be replaced by a file: the rename fails
+    with pytest.raises(IsADirectoryError, match="b.jsonl: a folder stands where this file is to be written"):
+        write_manifests({old["a"]: rows, old["b"]: rows, old["c"]: rows})  # found before a is renamed
+
+    def failing():
+        yield rows[0]
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_manifests({old["a"]: rows, old["c"]: failing()})  # c's rows fail after a was written
+    assert old["a"].read_text() == "old\n" and old["c"].read_text() == "old\n"
+    (tmp_path / "b.jsonl").rmdir()
+
+    seen = []
+
+    @contextmanager
+    def replacing():
+        seen.append([p.read_text() == "old\n" if p.exists() else None for p in old.values()])  # before the renames
+        yield
+        seen.append([len(read_manifest(p)) for p in old.values()])  # after them
+
+    write_manifests({old["a"]: rows, old["b"]: rows, old["c"]: rows[:1]}, replacing)
+    assert seen == [[True, None, True], [3, 3, 1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "c.jsonl"]  # no temporary left
