@@ -337,7 +337,8 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     need = {"C1": 2, "C4": 2, "C2": 3, "C2-trend": 3, "C6": 3, "C7": 3}
     can, cannot = [], []
     if mode == "fixed-steps" and cycles:
-        can.append((("C1", "C2", "C2-trend"), "every batch size the same steps, compared at each cycle minimum"))
+        can.append((("C1",), "every batch size the same steps, compared at each cycle minimum"))
+        can.append((("C2", "C2-trend"), "the gain of each doubling of the batch, at the last cycle minimum"))
         if cycles >= 2:
             can.append((("C4",), "equal hours as (B, T) against (2B, T/2) at cycle minima"))
         else:
