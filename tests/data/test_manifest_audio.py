@@ -208,3 +208,36 @@ def test_what_is_given_for_a_manifest_and_is_none_is_named_with_what_to_do(tmp_p
     good = tmp_path / "good.jsonl"
     write_manifest([Utterance("a", str(tmp_path / "audio" / "spk" / "a.wav"), 8000, 16000, "spk", "hi\tthere")], good)
     assert read_manifest(good)[0].id == "a"
+
+
+def test_a_manifest_resolves_paths_as_path_resolve_does_with_one_lstat_a_row(tmp_path: Path, monkeypatch):
+    """Writing a manifest resolved every row's path whole (Path.resolve: an lstat a component) and deep-copied it
+    (dataclasses.asdict): 85 % of the time, 36 s for LibriSpeech's 565 k rows. Folders are now resolved once a
+    manifest; a row's path comes out as Path.resolve gives it: through a linked folder, a linked file, '..', '.',
+    a relative path, a file that does not exist."""
+    import os
+
+    from earful.data import manifest
+
+    (tmp_path / "audio" / "sub").mkdir(parents=True)
+    for name in ("a.flac", "b.flac"):
+        (tmp_path / "audio" / "sub" / name).touch()
+    os.symlink(tmp_path / "audio", tmp_path / "linked")
+    os.symlink(tmp_path / "audio" / "sub" / "b.flac", tmp_path / "audio" / "link.flac")
+    monkeypatch.chdir(tmp_path / "audio")
+    paths = [tmp_path / "linked" / "sub" / "a.flac", tmp_path / "audio" / "link.flac",
+             tmp_path / "linked" / "sub" / ".." / "sub" / "b.flac", tmp_path / "audio" / "sub" / ".",
+             tmp_path / "audio" / "sub" / "..", Path("sub/a.flac"), tmp_path / "linked" / "gone.flac"]
+    folders: dict[str, Path] = {}
+    for p in paths:
+        assert manifest.resolved(p, folders) == p.resolve(), p
+    calls = []
+    real = manifest.Path.resolve
+    monkeypatch.setattr(manifest.Path, "resolve", lambda self, *a: calls.append(self) or real(self, *a))
+    rows = [Utterance(f"u{k}", str(tmp_path / "linked" / "sub" / "a.flac"), 16000, 16000, "s", intent={"x": "y"})
+            for k in range(50)]
+    write_manifest(rows, tmp_path / "m.jsonl")
+    assert len(calls) <= 3  # the manifest's folder and the audio's, not one a row
+    got = read_manifest(tmp_path / "m.jsonl")
+    assert {u.path for u in got} == {str(tmp_path / "audio" / "sub" / "a.flac")} and got[0].intent == {"x": "y"}
+    assert rows[0].intent == {"x": "y"}
