@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,7 +62,7 @@ def atomic_paths(paths: Iterable[str | os.PathLike],
     to disk and renamed into place one after another when the block ends without an error, ``replacing()`` around
     the renames alone (milliseconds: a caller that must not be stopped between two renames holds its signals
     there); removed in any case. An error or a stop while they are written leaves every earlier file as it was."""
-    finals = [Path(p) for p in paths]
+    finals = list(dict.fromkeys(Path(p) for p in paths))  # a path named twice is one file
     for path in finals:  # a rename onto a folder fails: found now, not between two renames
         if path.is_dir():
             raise IsADirectoryError(f"{path}: a folder stands where this file is to be written; move it away")
@@ -81,8 +81,22 @@ def atomic_paths(paths: Iterable[str | os.PathLike],
             for folder in dict.fromkeys(path.parent for path in tmps):
                 _fsync_folder(folder)
     finally:
-        for tmp in tmps.values():
+        _remove_all(list(tmps.values()))
+
+
+def _remove_all(tmps: list[Path]) -> None:
+    """Remove every one of ``tmps``, even where an exception (a stop signal's) interrupts one removal: the others
+    still go, then it is raised."""
+    pending: BaseException | None = None
+    for tmp in tmps:
+        try:
             tmp.unlink(missing_ok=True)
+        except BaseException as e:  # noqa: BLE001 - raised once every temporary is gone
+            pending = pending or e
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    if pending is not None:
+        raise pending
 
 
 @contextmanager

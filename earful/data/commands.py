@@ -201,20 +201,21 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
         log.warning("%s", msg)
     listed = args.out / f"problems-{Path(os.path.abspath(args.source)).name}.txt"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_lines(listed, problems)  # always: an earlier run's list never stays beside these manifests
     stale = _stale(args.out, splits)
+    blocking = [p for p in problems if not isinstance(p, Note)]  # notes leave no audio out and mislabel none
+    if stale or (blocking and not args.skip_bad):  # refused: the list alone, an earlier run's never stays
+        atomic_write_lines(listed, problems)
     if stale:
         raise ValueError(f"{args.out}: {', '.join(p.name for p in stale)} written by an earlier prepare (held out "
                          "with --hold-out, or the union of the three training splits) would disagree with the "
                          "training splits written now: run again as before (with --hold-out, with all three "
                          "splits), or remove those files")
-    blocking = [p for p in problems if not isinstance(p, Note)]  # notes leave no audio out and mislabel none
     if blocking and not args.skip_bad:
         raise ValueError(f"{args.source}: {len(blocking)} problem(s), listed in {listed}: "
                          f"{'; '.join(blocking[:3])}{' …' if len(blocking) > 3 else ''}. No manifest written: mend "
                          "them, or run again with --skip-bad to write the manifests without what is unusable")
     written = {args.out / f"{name}.jsonl": utts for name, utts in splits.items() if utts}
-    write_manifests(written, replacing=stops.holding)
+    write_manifests(written, replacing=stops.holding, lines={listed: problems})  # the list with its manifests
     for name, utts in splits.items():
         target = args.out / f"{name}.jsonl"
         if not utts and target.exists():  # an earlier run's, listing audio not usable now

@@ -350,9 +350,10 @@ def manifest_row(u: Utterance, base: Path | None = None, root: Path | None = Non
 def resolved(path: str | os.PathLike, folders: dict[str, Path]) -> Path:
     """``Path(path).resolve()``, with its folder's resolution kept in ``folders``: a row then costs one ``lstat``
     (is the file itself a link?) instead of one a component of its path."""
-    folder, name = os.path.split(os.path.abspath(path))
-    if name in ("", ".", ".."):
-        return Path(path).resolve()
+    folder, name = os.path.split(os.fspath(path))  # not normalised: "link/.." is the link's target's parent
+    if name in ("", ".", "..") or "\0" in name:
+        return Path(path).resolve()  # (a NUL: the error Path.resolve gives)
+    folder = os.path.join(os.getcwd(), folder)  # as it stands: an absolute folder stays itself
     if folder not in folders:
         folders[folder] = Path(folder).resolve()
     p = folders[folder] / name
@@ -370,16 +371,22 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
         f.writelines(_manifest_lines(utts, path, relative_to))
 
 
-def write_manifests(manifests: dict[Path, Iterable[Utterance]],
-                    replacing: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
-    """Several manifests ``{path: utterances}`` that appear together (``atomic_paths``): all written first, then
-    renamed into place, ``replacing()`` around the renames; an error or a stop while they are written leaves
-    every earlier manifest as it was (one prepare's splits never stand beside an earlier one's). Paths as
-    :func:`write_manifest` writes them."""
-    with atomic_paths(manifests, replacing) as tmps:
-        for path, utts in manifests.items():
+def write_manifests(manifests: dict[str | os.PathLike, Iterable[Utterance]],
+                    replacing: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                    lines: dict[str | os.PathLike, Iterable[str]] | None = None) -> None:
+    """Several manifests ``{path: utterances}``, and text files ``lines`` (``{path: lines}``: a list of the
+    problems found), that appear together (``atomic_paths``): all written first, then renamed into place,
+    ``replacing()`` around the renames; an error or a stop while they are written leaves every earlier file as it
+    was (one prepare's splits never stand beside an earlier one's). Paths as :func:`write_manifest` writes them."""
+    rows = {Path(p): utts for p, utts in manifests.items()}
+    texts = {Path(p): text for p, text in (lines or {}).items()}
+    with atomic_paths([*rows, *texts], replacing) as tmps:
+        for path, utts in rows.items():
             with open(tmps[path], "w", encoding="utf-8") as f:
                 f.writelines(_manifest_lines(utts, path, None))
+        for path, text in texts.items():
+            with open(tmps[path], "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in text)
 
 
 def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os.PathLike | None) -> Iterator[str]:

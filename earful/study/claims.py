@@ -26,8 +26,9 @@ reproduced* or *inconclusive*, with the evidence in one line:
   2 SE (the gains fall); not reproduced, mirrored, when the slope is above 0 beyond 2 SE (they grow); inconclusive
   otherwise, and with fewer than 3 seeds in every cell or fewer than 3 batch sizes. What weighs: with three
   evenly spaced doublings (four batch sizes) the slope is half the last gain less the first, and the middle
-  doubling has no weight (the linear contrast: per seed, v₄ − v₃ − v₂ + v₁ over the batch sizes' values, so every
-  batch size weighs); with more doublings each weighs by its distance from the middle. Against C2 (on four batch
+  doubling has no weight (per seed, ½ × sign × (v₄ − v₃ − v₂ + v₁) over the batch sizes' values: their
+  curvature on log2 of the batch, to which every batch size contributes); with more doublings each weighs by its
+  distance from the middle. Against C2 (on four batch
   sizes the same contrast): paired by seed, and judged against 0 rather than against a third of the first gain.
   A seed enters where it has exactly one value in every cell (a seed twice in a cell, two grid entries of one
   batch size, is left out, and said); seeds 1 and 1.0 are one seed; rows without a seed enter no slope.

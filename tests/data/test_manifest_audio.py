@@ -224,13 +224,20 @@ def test_a_manifest_resolves_paths_as_path_resolve_does_with_one_lstat_a_row(tmp
         (tmp_path / "audio" / "sub" / name).touch()
     os.symlink(tmp_path / "audio", tmp_path / "linked")
     os.symlink(tmp_path / "audio" / "sub" / "b.flac", tmp_path / "audio" / "link.flac")
+    (tmp_path / "real" / "deep" / "dir").mkdir(parents=True)
+    (tmp_path / "real" / "deep" / "sub").mkdir()
+    os.symlink(tmp_path / "real" / "deep" / "dir", tmp_path / "deeplink")  # its '..' is real/deep, not tmp_path
     monkeypatch.chdir(tmp_path / "audio")
     paths = [tmp_path / "linked" / "sub" / "a.flac", tmp_path / "audio" / "link.flac",
              tmp_path / "linked" / "sub" / ".." / "sub" / "b.flac", tmp_path / "audio" / "sub" / ".",
-             tmp_path / "audio" / "sub" / "..", Path("sub/a.flac"), tmp_path / "linked" / "gone.flac"]
+             tmp_path / "audio" / "sub" / "..", Path("sub/a.flac"), tmp_path / "linked" / "gone.flac",
+             tmp_path / "deeplink" / ".." / "sub" / "a.flac", f"{tmp_path}/deeplink/../sub/a.flac",
+             Path("../deeplink/../sub/x.flac"), f"{tmp_path}/audio/sub/a.flac/"]
     folders: dict[str, Path] = {}
     for p in paths:
-        assert manifest.resolved(p, folders) == p.resolve(), p
+        assert manifest.resolved(p, folders) == Path(p).resolve(), p
+    with pytest.raises(ValueError):
+        manifest.resolved(f"{tmp_path}/a\0.flac", folders)  # as Path.resolve
     calls = []
     real = manifest.Path.resolve
     monkeypatch.setattr(manifest.Path, "resolve", lambda self, *a: calls.append(self) or real(self, *a))

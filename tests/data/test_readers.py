@@ -594,6 +594,7 @@ def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_
     out = tmp_path / "out"
     out.mkdir()
     (out / "dev-clean.jsonl").write_text("an earlier run's\n")
+    (out / "problems-LibriSpeech.txt").write_text("an earlier run's\n")  # the list goes with its manifests
 
     def signalled(real):
         def call(*args, **kwargs):
@@ -631,8 +632,8 @@ def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_
     else:
         assert rc == 4 and "stopped by SIGTERM: no manifest written or changed" in caplog.text
         assert (out / "dev-clean.jsonl").read_text() == "an earlier run's\n"
-        assert not [p.name for p in out.iterdir() if p.name.endswith((".jsonl", ".tmp"))
-                    and p.name != "dev-clean.jsonl"]
+        assert (out / "problems-LibriSpeech.txt").read_text() == "an earlier run's\n"
+        assert sorted(p.name for p in out.iterdir()) == ["dev-clean.jsonl", "problems-LibriSpeech.txt"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers restored
 
 

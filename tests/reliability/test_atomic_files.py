@@ -126,3 +126,38 @@ def test_manifests_written_together_appear_together(tmp_path: Path) -> None:
     write_manifests({old["a"]: rows, old["b"]: rows, old["c"]: rows[:1]}, replacing)
     assert seen == [[True, None, True], [3, 3, 1]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "c.jsonl"]  # no temporary left
+
+
+def test_atomic_paths_leave_no_temporary_whatever_happens(tmp_path: Path, monkeypatch) -> None:
+    """A path named twice left one temporary behind (its second replaced the first in the map); a stop signal's
+    exception while the temporaries were being removed left the others."""
+    from earful import atomic
+
+    with atomic.atomic_paths([tmp_path / "a.txt", str(tmp_path / "a.txt")]) as tmps:
+        assert len(tmps) == 1
+        tmps[tmp_path / "a.txt"].write_text("new\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+    real = Path.unlink
+    stopped = []
+
+    def unlink(self, missing_ok=False):
+        if not stopped:
+            stopped.append(self)
+            raise KeyboardInterrupt  # the first removal interrupted
+        return real(self, missing_ok=missing_ok)
+
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_paths([tmp_path / f"{k}.txt" for k in "bcd"]) as tmps:
+        monkeypatch.setattr(Path, "unlink", unlink)
+        raise OSError(28, "No space left on device")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"], "temporaries left"
+
+
+def test_write_manifests_takes_string_paths_and_lists_of_lines(tmp_path: Path) -> None:
+    from earful.data.manifest import write_manifests
+
+    rows = [Utterance(id="u", path=str(tmp_path / "u.flac"), num_samples=16000, sample_rate=16000, speaker="s")]
+    write_manifests({str(tmp_path / "m.jsonl"): rows}, lines={str(tmp_path / "problems.txt"): ["one", "two"]})
+    assert [u.id for u in read_manifest(tmp_path / "m.jsonl")] == ["u"]
+    assert (tmp_path / "problems.txt").read_text() == "one\ntwo\n"
