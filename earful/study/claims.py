@@ -236,6 +236,11 @@ class Doublings:
         return self.gains @ centred / (centred @ centred)
 
 
+def over_seeds(x: np.ndarray) -> tuple[Any, Any]:
+    """The mean over seeds (the first axis of ``x``) and its SE (the seeds' SD, n − 1, over √n), as ``Cell``'s."""
+    return x.mean(axis=0), x.std(axis=0, ddof=1) / math.sqrt(len(x))
+
+
 def seed_name(seed: Any) -> str | None:
     """A seed as one name, whatever read it: 1, 1.0 (a CSV's float) and "1" are "1"; None (no seed) is None."""
     if seed is None or (isinstance(seed, float) and not math.isfinite(seed)):
@@ -281,12 +286,11 @@ def judge_c2_trend(grid: dict[tuple[float, int], Cell], metric: str, sign: float
         return Verdict("C2-trend", metric, INCONCLUSIVE, f"{n} seed(s) in every batch size at step {final} "
                                                          f"(it needs 3: one slope per seed){twice}")
     scale = _scale(grid)
-    slopes, first = d.slopes, d.gains[:, 0]
-    slope, slope_se = denoise(float(slopes.mean()), scale), denoise(float(slopes.std(ddof=1) / math.sqrt(n)), scale)
-    first_gain, first_se = denoise(float(first.mean()), scale), denoise(float(first.std(ddof=1) / math.sqrt(n)), scale)
+    slope, slope_se = (denoise(float(x), scale) for x in over_seeds(d.slopes))
+    first_gain, first_se = (denoise(float(x), scale) for x in over_seeds(d.gains[:, 0]))
     verdict = _verdict(beyond_2se(first_gain, first_se) and beyond_2se(-slope, slope_se), beyond_2se(slope, slope_se))
     each = "; ".join(f"{a:g} → {b:g} s {fmt_gain(g, se, scale)}" for a, b, g, se in zip(
-        d.batches[:-1], d.batches[1:], d.gains.mean(axis=0), d.gains.std(axis=0, ddof=1) / math.sqrt(n), strict=True))
+        d.batches[:-1], d.batches[1:], *over_seeds(d.gains), strict=True))
     evidence = (f"at step {final}, {n} seeds: gain per doubling {each}; slope of the gain per doubling of the batch "
                 f"{fmt_gain(slope, slope_se, scale)} (reproduced below 0 beyond 2 SE){twice}")
     return Verdict("C2-trend", metric, verdict, evidence)

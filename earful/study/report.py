@@ -612,7 +612,7 @@ def plot_gain_per_doubling(rows: list[dict[str, Any]], metrics: dict[str, bool],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from earful.study.claims import cells, denoise, doublings
+    from earful.study.claims import _scale, cells, denoise, doublings, over_seeds
 
     panels = []
     for metric, higher in metrics.items():
@@ -621,7 +621,7 @@ def plot_gain_per_doubling(rows: list[dict[str, Any]], metrics: dict[str, bool],
             final = max(s for _, s in grid)
             d = doublings(grid, final, 1.0 if higher else -1.0)
             if len(d.batches) >= 3 and len(d.seeds) >= 2:
-                panels.append((metric, final, d, max(abs(c.mean) for c in grid.values())))
+                panels.append((metric, final, d, _scale(grid)))
     if not panels:
         path.unlink(missing_ok=True)  # an earlier report's, of other data: the report shows every PNG in plots/
         return
@@ -631,10 +631,10 @@ def plot_gain_per_doubling(rows: list[dict[str, Any]], metrics: dict[str, bool],
         x = 2.0 ** d.where  # the middle of each doubling, in seconds
         for g in d.gains:
             ax.plot(x, scale * g, color="0.7", lw=0.8, marker=".", label="one seed")
-        mean, se = d.gains.mean(axis=0), d.gains.std(axis=0, ddof=1) / math.sqrt(len(d.seeds))
+        mean, se = over_seeds(d.gains)
         ax.errorbar(x, scale * mean, yerr=scale * se, color="black", lw=2, marker="o", capsize=3,
                     label=f"mean ± SE over {len(d.seeds)} seeds")
-        slope = denoise(float(d.slopes.mean()), size)  # equal gains: 0, not 2.78e-15
+        slope, slope_se = (denoise(float(x), size) for x in over_seeds(d.slopes))  # equal gains: 0, not 2.78e-15
         ax.plot(x, scale * (mean.mean() + slope * (d.where - d.where.mean())), "--", color="tab:red",
                 label="the mean slope (C2-trend)")
         ax.axhline(0.0, color="0.4", lw=0.8)
@@ -642,7 +642,6 @@ def plot_gain_per_doubling(rows: list[dict[str, Any]], metrics: dict[str, bool],
         ax.set_xlabel("doubling of the batch (s of audio)")
         ax.set_ylabel(f"gain per doubling{' (points)' if scale == 100.0 else ''}, better ↑")
         name = GAIN_NAMES.get(metric) or METRIC_LABELS.get(metric, metric).split(" (")[0]
-        slope_se = denoise(float(d.slopes.std(ddof=1)) / math.sqrt(len(d.seeds)), size)  # float noise: 0
         ax.set_title(f"{name}, step {final}\nslope {scale * slope:+.3g} ± {scale * slope_se:.2g} (SE) a doubling",
                      fontsize=9.5)
         ax.grid(True, alpha=0.3)
