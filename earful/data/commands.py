@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 from earful.atomic import atomic_write_lines
 
 from .librispeech import TRAIN_960, Note, discover, training_splits
 from .manifest import Utterance, summarize, write_manifest, write_manifests
+from .parallel import StopSignals
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
 
@@ -138,12 +135,11 @@ def _prepare(args: argparse.Namespace) -> int:
     manifests, all to temporary files first, then renamed into place together (milliseconds). A scheduler's
     SIGTERM or SIGUSR1 before the renames stops it as Ctrl-C does, with a message and exit status 4 (stopped: run
     it again; prepare has no --resume, it starts over), no manifest written or changed; from the renames on, every
-    signal waits for the end (:class:`_Stops`), so that no folder is left with some manifests of this run beside
-    others of an earlier one."""
-    from .parallel import EXIT_STOPPED, STOP_SIGNALS, Stopped, signals_handled
+    signal waits for the end (``StopSignals.holding``), so that no folder is left with some manifests of this run
+    beside others of an earlier one."""
+    from .parallel import EXIT_STOPPED, Stopped, stop_signals_raise
 
-    stops = _Stops()
-    with signals_handled((signal.SIGINT, *STOP_SIGNALS), stops):
+    with stop_signals_raise(ctrl_c=True) as stops:
         try:
             problems: list[str] = []
             limits = SegmentLimits(args.max_seconds, args.min_seconds, args.max_pause)
@@ -161,37 +157,8 @@ def _prepare(args: argparse.Namespace) -> int:
     return rc
 
 
-class _Stops:
-    """What Ctrl-C and the stop signals do during ``earful prepare``: the first raises where the work stands
-    (KeyboardInterrupt, or Stopped naming the signal); from then on (a second signal while it stops: it ended the
-    process with -15, or a traceback) and once ``holding`` (the manifests put in place, and the end), they are
-    noted in ``arrived`` and acted on no further."""
-
-    def __init__(self) -> None:
-        self.quiet = False
-        self.arrived: list[str] = []
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        from .parallel import Stopped
-
-        name = signal.Signals(signum).name
-        if self.quiet:
-            self.arrived.append(name)
-            return
-        self.quiet = True
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Stopped(name)
-
-    @contextmanager
-    def holding(self) -> Iterator[None]:
-        """From here to the command's end, signals are noted: the renames must all happen."""
-        self.quiet = True
-        yield
-
-
 def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]], problems: list[str],
-                     stops: _Stops) -> int:
+                     stops: StopSignals) -> int:
     """The splits of ``found`` (checked, held out) written as manifests in ``args.out``, with the problems' list:
     all written, then put in place together, signals held from then on (``stops.holding``)."""
     splits = training_splits(found, args.hold_out, args.seed)

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from multiprocessing import Pool
 from multiprocessing.pool import Pool as PoolType
 from types import FrameType
@@ -151,13 +151,41 @@ def signals_handled(signals: Iterable[int], handler: Callable[[int, FrameType | 
             signal.signal(s, h)
 
 
-def stop_signals_raise() -> AbstractContextManager[None]:
-    """While inside, SIGTERM and SIGUSR1 raise :class:`Stopped` in the main thread, so the work in progress ends
-    as on Ctrl-C (its ``finally`` and ``except`` clauses run: finished parts kept, worker processes ended, a
-    message) instead of the process dying where it stood (Python's default), its workers' pipes broken under them
-    (`earful shard --workers 2` printed their tracebacks)."""
+class StopSignals:
+    """What the stop signals (and, with ``ctrl_c``, Ctrl-C) do while :func:`stop_signals_raise` is in force: the
+    first raises where the work stands (:class:`Stopped` naming the signal; KeyboardInterrupt for Ctrl-C). From
+    then on, and once ``holding``, they are noted in ``arrived`` and acted on no further: a second signal while the
+    work stops (a scheduler's, 20 ms after the first) raised again inside the clean-up, or met Python's default
+    (-15) after the command had logged its status."""
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(signal.Signals(signum).name)
+    def __init__(self) -> None:
+        self.quiet = False
+        self.arrived: list[str] = []
 
-    return signals_handled(STOP_SIGNALS, stop)
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.quiet:
+            self.arrived.append(name)
+            return
+        self.quiet = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Stopped(name)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """From here to the end of :func:`stop_signals_raise`, signals are noted: what follows must all happen
+        (`earful prepare` renaming its manifests into place)."""
+        self.quiet = True
+        yield
+
+
+@contextmanager
+def stop_signals_raise(ctrl_c: bool = False) -> Iterator[StopSignals]:
+    """While inside, SIGTERM and SIGUSR1 (and Ctrl-C with ``ctrl_c``) raise in the main thread, once
+    (:class:`StopSignals`), so the work in progress ends as on Ctrl-C (its ``finally`` and ``except`` clauses run:
+    finished parts kept, worker processes ended, a message) instead of the process dying where it stood (Python's
+    default), its workers' pipes broken under them (`earful shard --workers 2` printed their tracebacks)."""
+    stops = StopSignals()
+    with signals_handled((*STOP_SIGNALS, *((signal.SIGINT,) if ctrl_c else ())), stops):
+        yield stops

@@ -608,7 +608,9 @@ def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_
 
     sent: list[bool] = []
     if during == "renaming":  # the signal once the renames' hold has begun (atomic_paths calls it around them)
-        holding = commands._Stops.holding
+        from earful.data.parallel import StopSignals
+
+        holding = StopSignals.holding
 
         @contextlib.contextmanager
         def held(self):
@@ -616,7 +618,7 @@ def test_a_stop_signal_to_prepare_leaves_the_manifests_whole(tmp_path: Path, ls_
                 signalled(lambda: None)()
                 yield
 
-        monkeypatch.setattr(commands._Stops, "holding", held)
+        monkeypatch.setattr(StopSignals, "holding", held)
     else:
         module, name = (commands, "discover") if during == "reading" else (manifest, "_manifest_lines")
         monkeypatch.setattr(module, name, signalled(getattr(module, name)))
@@ -644,15 +646,15 @@ def test_a_second_stop_signal_while_prepare_stops_or_exits_changes_nothing(monke
     import signal
 
     from earful import cli
-    from earful.data.parallel import Stopped
+    from earful.data.parallel import Stopped, StopSignals
 
-    stops = commands._Stops()
+    stops = StopSignals()
     with pytest.raises(Stopped, match="SIGTERM"):
         stops(signal.SIGTERM, None)
     stops(signal.SIGTERM, None)  # while it stops: noted, not raised
     stops(signal.SIGINT, None)
     assert stops.arrived == ["SIGTERM", "SIGINT"]
-    first_ctrl_c = commands._Stops()
+    first_ctrl_c = StopSignals()
     with pytest.raises(KeyboardInterrupt):
         first_ctrl_c(signal.SIGINT, None)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
