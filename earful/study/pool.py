@@ -7,8 +7,7 @@ only writer of its folder. SIGTERM or SIGUSR1 to the study process stops it as a
 training checkpoints, then the study ends with ``StudyStopped``; running it again continues. So does Ctrl-C with
 ``jobs`` > 1 (the workers are in process groups of their own: only the study process hears it); with ``jobs: 1``
 Ctrl-C makes a training in progress checkpoint and stop, as it does in ``earful pretrain`` (a second Ctrl-C, or one
-outside training, stops at once; the run resumes from its last checkpoint). (Ctrl-Z, SIGTSTP
-to the foreground group, then suspends the study process alone: its workers go on with their jobs.)"""
+outside training, stops at once; the run resumes from its last checkpoint)."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +141,42 @@ def _signals_stop_the_study() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@contextmanager
+def _suspend_with_workers(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """Ctrl-Z (SIGTSTP to the terminal's foreground group) suspends the study's workers, then the study process;
+    ``fg`` or ``bg`` (SIGCONT) resumes them with it. The workers have process groups of their own (so that Ctrl-C
+    reaches the study alone, :func:`_worker_init`), which the terminal's SIGTSTP and SIGCONT do not reach: the
+    study process alone was suspended, and its workers went on training. SIGSTOP, not SIGTSTP, which the kernel
+    discards for a process group with no parent in its session to resume it (an orphaned group: a study started
+    by ``setsid`` or ``nohup ... &`` from a shell that has gone); a worker's whole group, its DataLoader's workers
+    with it."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def send(signum: int) -> None:
+        for pid in list(getattr(pool, "_processes", None) or {}):  # the executor's own table of its workers
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:  # not yet in a group of its own (just started), or ended
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def suspend(_signum: int, _frame: Any) -> None:
+        send(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # until SIGCONT
+        send(signal.SIGCONT)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTSTP, signal.SIGCONT)}
+    signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, lambda _signum, _frame: send(signal.SIGCONT))  # `kill -STOP`, then `kill -CONT`
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     """Run ``jobs`` and their follow-ups, ``workers`` at a time (1: in this process, in order; in workers the
     longest (``cost``) first, which shortens the whole when the sizes differ); returns each job's result by key. A
@@ -162,7 +197,8 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
     log.info("running %d jobs at once (%d threads each); their logs: %s/worker-*.log", workers, threads, log_dir)
     with _signals_stop_the_study(), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                                         initializer=_worker_init,
-                                                        initargs=(threads, str(log_dir), os.getpid())) as pool:
+                                                        initargs=(threads, str(log_dir), os.getpid())) as pool, \
+            _suspend_with_workers(pool):
         running: dict[Future, Job] = {}
         try:
             while queue or running:

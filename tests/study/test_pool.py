@@ -131,3 +131,59 @@ def test_a_signal_to_a_study_of_one_job_at_a_time_stops_it_between_trainings(tmp
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "StudyStopped: the study received SIGTERM" in err, err
+
+
+TICKS = '''
+import os, pathlib, time
+
+def tick(out, key):
+    """A stand-in for a training: its pid, then a tick every 50 ms for 6 s."""
+    pathlib.Path(out, f"pid-{key}").write_text(str(os.getpid()))
+    with open(pathlib.Path(out, f"ticks-{key}"), "a", buffering=1) as f:
+        for _ in range(120):
+            f.write(".")
+            time.sleep(0.05)
+'''
+
+TICKING = '''
+import pathlib, sys
+import ticks
+from earful.study.pool import Job, execute
+out = sys.argv[1]
+execute([Job(k, ticks.tick, (out, k)) for k in "ab"], 2, pathlib.Path(out, "logs"))
+'''
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (/proc/PID/stat): R, S, T (stopped), ...; "gone" once it has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_ctrl_z_suspends_a_study_of_two_jobs_with_its_workers(tmp_path, await_files) -> None:
+    """Ctrl-Z (SIGTSTP to the terminal's foreground group) suspended the study process alone: its workers, in
+    process groups of their own (so that Ctrl-C reaches the study alone), went on training. Now the study suspends
+    its workers with it, and `fg` (SIGCONT to the study's group) resumes them all; the jobs then finish."""
+    (tmp_path / "ticks.py").write_text(TICKS)
+    ticks = [tmp_path / f"ticks-{k}" for k in "ab"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    proc = subprocess.Popen([sys.executable, "-c", TICKING, str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own group, as a shell's foreground job
+    await_files(proc, *ticks)
+    workers = [int((tmp_path / f"pid-{k}").read_text()) for k in "ab"]
+    os.killpg(proc.pid, signal.SIGTSTP)
+    deadline = time.monotonic() + 10
+    while any(_state(p) != "T" for p in (proc.pid, *workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [_state(p) for p in (proc.pid, *workers)] == ["T", "T", "T"]
+    sizes = [t.stat().st_size for t in ticks]
+    time.sleep(0.5)
+    assert [t.stat().st_size for t in ticks] == sizes  # suspended: no tick
+    assert all(s < 120 for s in sizes)
+    os.killpg(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [t.read_text() for t in ticks] == ["." * 120] * 2
