@@ -21,7 +21,7 @@ class PretrainDataConfig(DataConfig):
     # instead of data.train: the folder `earful shard` wrote (a path or fsspec URL): train streaming its shards
     shards: str | None = None
     shards_relayout: bool = False  # resuming from shards with other devices/workers/budget starts the next epoch
-    crop_seconds: float | None = 15.6  # fairseq: 250k samples (15.625 s); None = whole utterances (paper)
+    crop_seconds: float | None = 15.6  # about fairseq's 250k samples (15.625 s); None = whole utterances (paper)
     min_seconds: float | None = 2.0  # fairseq leaves out utterances under 32k samples (counted)
     padding: bool = False  # fairseq crops a batch to its shortest utterance; true pads (the paper's code)
 
