@@ -5,7 +5,7 @@
 
 It runs the real training path: a synthetic corpus of speech-like FLAC files is written to a temporary
 folder, and the engine (``earful.train.engine.Trainer`` with ``PretrainTask``) trains on it through its
-DataLoader (``--workers`` processes decoding and batching) with fused AdamW; each step is
+DataLoader (``--num-workers`` processes decoding and batching) with fused AdamW; each step is
 ``Trainer.train_step`` (forward, backward, gradient normalisation, norm, optimizer step), which ends in a host
 sync, so wall-clock per step is exact. Reported per device-seconds setting, over the timed steps after warm-up:
 
@@ -84,7 +84,7 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     overrides = [
         f"model_preset={args.preset}", f"device_seconds={device_seconds}", f"batch_seconds={device_seconds}",
         f"precision={args.precision}", f"device={args.device}", f"data.train={manifest}",
-        f"data.num_workers={args.workers}", f"data.crop_seconds={args.crop_seconds}", "max_steps=100000",
+        f"data.num_workers={args.num_workers}", f"data.crop_seconds={args.crop_seconds}", "max_steps=100000",
         "tensorboard=false", "valid_every=0", "log_every=1000000", "ckpt_every=1000000", "optim.lr=1e-4",
         *args.override,
     ]  # fmt: skip
@@ -92,7 +92,8 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     t_build = time.perf_counter()
     trainer = Trainer(PretrainTask(cfg), out)
     build_s = time.perf_counter() - t_build  # with device_seconds=auto, its search by trial
-    print(f"  trainer built in {build_s:.1f} s (micro-batch {trainer.cfg.device_seconds} s)", flush=True)
+    print(f"  trainer built in {build_s:.1f} s (device_seconds {trainer.cfg.device_seconds:g}, micro-batches of "
+          f"{trainer.budget.micro_seconds:.4g} s x {trainer.accumulation})", flush=True)
     cuda = trainer.d.device.type == "cuda"
     batches = iter(trainer.loader)
     walls: list[float] = []
@@ -122,8 +123,11 @@ def run_setting(args: argparse.Namespace, manifest: Path, out: Path, device_seco
     mean_utt = padded / max(utts, 1.0)
     flops = train_flops_per_second(cfg.model, utterance_seconds=mean_utt)
     res = {
-        "device_seconds": device_seconds, "micro_batch_seconds": float(trainer.cfg.device_seconds),
-        "accumulation": trainer.accum, "steps": len(walls), "median_step_s": statistics.median(walls),
+        # the batch this setting asks for (device_seconds=auto may find a smaller device_seconds), the device
+        # size, and what micro-batches are packed to (the batch's vocabulary: earful/data/budget.py)
+        "batch_seconds": device_seconds, "device_seconds": float(trainer.cfg.device_seconds),
+        "micro_seconds": trainer.budget.micro_seconds, "accumulation": trainer.accumulation,
+        "steps": len(walls), "median_step_s": statistics.median(walls),
         "audio_s_per_s": real / wall, "padded_s_per_s": padded / wall, "data_wait_fraction": sum(waits) / wall,
         "mean_padded_utterance_s": mean_utt, "gflop_per_audio_s": flops / 1e9,
         "achieved_tflops": padded / wall * flops / 1e12,
@@ -204,9 +208,11 @@ def main() -> None:
     p.add_argument("--device-seconds", type=float, nargs="+", default=[87.5, 150.0])
     p.add_argument("--steps", type=int, default=30, help="timed steps per setting")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)))
+    p.add_argument("--num-workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 2)),
+                   help="DataLoader workers (data.num_workers)")
     p.add_argument("--minutes", type=float, default=20.0, help="synthetic corpus size (reused across epochs)")
-    p.add_argument("--crop-seconds", type=float, default=15.6, help="fairseq's crop (250k samples)")
+    p.add_argument("--crop-seconds", type=float, default=15.6,
+                   help="the pre-training default, about fairseq's crop (250k samples, 15.625 s)")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: data sheet by device name)")
@@ -220,7 +226,7 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.preset, args.device, args.precision = "tiny", "cpu", "fp32"
-        args.device_seconds, args.steps, args.warmup, args.minutes, args.workers = [8.0, 16.0], 2, 1, 1.0, 1
+        args.device_seconds, args.steps, args.warmup, args.minutes, args.num_workers = [8.0, 16.0], 2, 1, 1.0, 1
         args.crop_seconds = 3.0
     logging.basicConfig(level=logging.WARNING)
     if args.device == "auto":
@@ -233,7 +239,7 @@ def main() -> None:
     else:
         name = f"CPU ({torch.get_num_threads()} threads)"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(name)
-    print(f"device {name}, preset {args.preset}, {args.precision}, {args.workers} loader workers, "
+    print(f"device {name}, preset {args.preset}, {args.precision}, {args.num_workers} loader workers, "
           f"torch {torch.__version__}; peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -248,13 +254,14 @@ def main() -> None:
         for s in args.device_seconds:
             r = run_setting(args, manifest, Path(tmp) / f"run-{s:g}", s, results)
             print(f"  {s:g} s/device: {r['steps']} steps in {time.perf_counter() - t0:.0f} s so far (micro-batches of "
-                  f"{r['micro_batch_seconds']:.4g} s x {r['accumulation']})", flush=True)
-    print(f"{'s/device':>8} {'step s':>7} {'mean':>7} {'audio/step':>10} {'audio-s/s':>9} {'(padded)':>9} "
+                  f"{r['micro_seconds']:.4g} s x {r['accumulation']})", flush=True)
+    print(f"{'batch s':>8} {'device s':>8} {'step s':>7} {'mean':>7} {'audio/step':>10} {'audio-s/s':>9} "
+          f"{'(padded)':>9} "
           f"{'data wait':>9} {'GFLOP/a-s':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>8} {'reserved':>8}")
     for r in results:
         mfu = r["achieved_tflops"] * 1e12 / peak if peak else float("nan")
-        print(f"{r['device_seconds']:8g} {r['median_step_s']:7.3f} {r['mean_step_s']:7.3f} "
+        print(f"{r['batch_seconds']:8g} {r['device_seconds']:8g} {r['median_step_s']:7.3f} {r['mean_step_s']:7.3f} "
               f"{statistics.mean(r['step_audio_s']):10.1f} {r['audio_s_per_s']:9.1f} "
               f"{r['padded_s_per_s']:9.1f} {100 * r['data_wait_fraction']:8.1f}% {r['gflop_per_audio_s']:9.1f} "
               f"{r['achieved_tflops']:8.2f} {100 * mfu:5.1f}% {r['peak_mem_gib']:8.1f} {r['peak_reserved_gib']:8.1f}")

@@ -90,7 +90,7 @@ step c_compile 150 env TORCH_LOGS=recompiles $GPU --cudnn-benchmark --profile --
 # workers (each holds up to 4 micro-batches of up to 256 MB in shared memory); no cudnn.benchmark (each trial and
 # micro-batch shape would pay a search within a few steps): compare with row a
 step d_auto 100 $PY benchmarks/gpu.py --corpus "$CORPUS-210" --minutes 210 --device-seconds 4000 \
-    --steps 2 --warmup 1 --workers 4 ${SMOKE:+--smoke} \
+    --steps 2 --warmup 1 --num-workers 4 ${SMOKE:+--smoke} \
     --override device_seconds=auto $GRID data.bucket_size=100000 --json "$RES/d_auto.json"
 step n_numerics 90 $PY benchmarks/precision_numerics.py --device cuda --preset tiny --steps 500 \
     --corpus $CORPUS --out "$RES/numerics" ${SMOKE:+--smoke}

@@ -29,9 +29,9 @@ def _gradvar(args: argparse.Namespace) -> int:
     from earful.pretrain.gradvar import UNRECORDED, gradient_noise, recorded_batches
 
     given = {k: getattr(args, k) for k in UNRECORDED if hasattr(args, k)}  # the options given (not defaulted)
-    budget, crop_to_shortest = recorded_batches(args.ckpt, **given)
+    budget, padding = recorded_batches(args.ckpt, **given)
     result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,
-                            device=args.device, crop_to_shortest=crop_to_shortest, skip_bad=args.skip_bad)
+                            device=args.device, padding=padding, skip_bad=args.skip_bad)
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write_lines(args.out, [text])
@@ -85,9 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "checkpoint without a record)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out (counted) utterances that cannot be batched or read, as data.skip_bad in training")
-    p.add_argument("--crop-to-shortest", action=argparse.BooleanOptionalAction, default=recorded,
-                   help="crop each batch to its shortest utterance (data.padding=false), or zero-pad it "
-                        "(--no-crop-to-shortest, data.padding=true); default: as the checkpoint was trained "
+    p.add_argument("--padding", action=argparse.BooleanOptionalAction, default=recorded,
+                   help="zero-pad each batch to its longest utterance (data.padding=true), or crop it to its "
+                        "shortest (--no-padding, data.padding=false); default: the checkpoint's data.padding "
                         "(zero-padded for a checkpoint without a record)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

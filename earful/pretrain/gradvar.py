@@ -48,14 +48,14 @@ def checkpoint_step(ckpt: Path) -> int:
 
 
 # the settings of gradvar's batches (as ``recorded_batches`` names them) and where a checkpoint's trainer.json
-# records each: its recipe, but device_seconds in its layout, and crop_to_shortest as data.padding's opposite
+# records each: its recipe (data.padding too), but device_seconds in its layout
 RECORDED = {"batch_seconds": "batch_seconds", "crop_seconds": "data.crop_seconds", "min_seconds": "data.min_seconds",
             "max_seconds": "data.max_seconds", "shape_seconds": "data.shape_seconds"}
 # what a checkpoint that records none of them (imported, or saved by hand) is measured with: 60 s batches taken at
 # once, of whole utterances, zero-padded (the paper's code)
 UNRECORDED: dict[str, Any] = {"batch_seconds": 60.0, "device_seconds": None, "crop_seconds": None,
                               "min_seconds": None, "max_seconds": None, "shape_seconds": None,
-                              "crop_to_shortest": False}
+                              "padding": True}
 
 
 # the settings a sampler's messages advise, as ``earful gradvar``'s options
@@ -67,9 +67,10 @@ OPTION_NAMES: dict[str, str | None] = {"device_seconds": "--device-seconds", "ma
 def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]:
     """The batches pre-training checkpoint ``ckpt`` was trained on, taken on one device: the budget its
     trainer.json records (batch_seconds, data.crop_seconds, data.min_seconds, data.max_seconds, data.shape_seconds
-    of its recipe; device_seconds of its layout) and whether each batch was cropped to its shortest utterance (not
-    data.padding). ``given`` settings of ``UNRECORDED``'s names (None included: no limit) replace the recorded ones;
-    a setting recorded nowhere is ``UNRECORDED``'s (a device_seconds of None: the whole batch at once)."""
+    of its recipe; device_seconds of its layout) and its data.padding: whether each batch was zero-padded to its
+    longest utterance, or cropped to its shortest. ``given`` settings of ``UNRECORDED``'s names (None included: no
+    limit) replace the recorded ones; a setting recorded nowhere is ``UNRECORDED``'s (a device_seconds of None: the
+    whole batch at once)."""
     path = Path(ckpt) / TRAINER_FILE
     info = read_trainer_info(Path(ckpt)) if path.exists() else {}
     recipe, layout = info.get("recipe", {}), info.get("layout", {})
@@ -77,7 +78,7 @@ def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]
     if "device_seconds" in layout:
         recorded["device_seconds"] = layout["device_seconds"]
     if "data.padding" in recipe:
-        recorded["crop_to_shortest"] = not recipe["data.padding"]
+        recorded["padding"] = recipe["data.padding"]
     unknown = set(given) - set(UNRECORDED)
     if unknown:
         raise TypeError(f"recorded_batches: no setting {sorted(unknown)}")
@@ -89,7 +90,7 @@ def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]
     device = s["batch_seconds"] if s["device_seconds"] is None else s["device_seconds"]
     budget = BatchBudget(s["batch_seconds"], device, crop_seconds=s["crop_seconds"], min_seconds=s["min_seconds"],
                          max_seconds=s["max_seconds"], shape_seconds=s["shape_seconds"])
-    return budget, bool(s["crop_to_shortest"])
+    return budget, bool(s["padding"])
 
 
 def gradient_noise(
@@ -100,16 +101,15 @@ def gradient_noise(
     num_batches: int = 10,
     seed: int = 0,
     device: str = "auto",
-    crop_to_shortest: bool = False,
+    padding: bool = True,
     skip_bad: bool = False,
     options: bool = True,
 ) -> dict[str, Any]:
     """The statistics above for pre-training checkpoint ``ckpt``, at the step it was saved (the Gumbel temperature
-    and the diversity weight of that step), on batches of ``budget`` from ``manifest``: zero-padded, or, with
-    ``crop_to_shortest``, cropped to their shortest utterance (``data.padding: false``), as the run's trainer
-    made them; ``skip_bad`` as the run's ``data.skip_bad``. Messages name the settings as ``earful gradvar``'s
-    options (``--device-seconds``), or, ``options=False`` (a study), as the pre-training's (``device_seconds``,
-    ``data.min_seconds``)."""
+    and the diversity weight of that step), on batches of ``budget`` from ``manifest``: zero-padded (``padding``, as
+    ``data.padding``), or cropped to their shortest utterance, as the run's trainer made them; ``skip_bad`` as the
+    run's ``data.skip_bad``. Messages name the settings as ``earful gradvar``'s options (``--device-seconds``), or,
+    ``options=False`` (a study), as the pre-training's (``device_seconds``, ``data.min_seconds``)."""
     if num_batches < 2:
         raise ValueError("gradvar needs at least 2 batches")
     dev = resolve_device(device, "--device" if options else "device")
@@ -120,7 +120,7 @@ def gradient_noise(
     model.set_step(step)  # the temperature and diversity weight the gradient had in training
     model.to(dev).train()
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
-                         num_workers=0, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad,
+                         num_workers=0, crop_to_shortest=not padding, skip_bad=skip_bad,
                          names=OPTION_NAMES if options else None)  # None: the sampler's, the config's
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
@@ -158,7 +158,7 @@ def gradient_noise(
     g2 = mean_sq - s / n
     b_simple = batch_sec * s / g2 if g2 > 0 else math.inf
     result = {
-        "checkpoint": str(ckpt), "step": step, "crop_to_shortest": crop_to_shortest, "batches": num_batches,
+        "checkpoint": str(ckpt), "step": step, "padding": padding, "batches": num_batches,
         "batch_seconds_padded": batch_sec,
         "parameters": total, "mean_param_grad_std": mean_std / total,
         "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2, "b_simple_seconds": b_simple,

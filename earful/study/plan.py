@@ -76,7 +76,8 @@ def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[lis
     pad less."""
     runs = plan_runs(study)
     tp = throughput or study.throughput
-    head = ["run", "batch", "devices × micro-batch s × accum", "lr", "steps", "hours seen (nominal)", "est. wall-clock"]
+    head = ["run", "batch", "devices × micro_seconds × accumulation", "lr", "steps", "hours seen (nominal)",
+            "est. wall-clock"]
     rows = []
     walls: list[float] = []
     total_dev_seconds = 0.0

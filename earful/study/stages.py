@@ -382,10 +382,10 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) ->
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
     ckpt = out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}"
-    budget, crop_to_shortest = recorded_batches(ckpt)  # the run's batches on one device, as `earful gradvar` takes
+    budget, padding = recorded_batches(ckpt)  # the run's batches on one device, as `earful gradvar` takes
     log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
     result = gradient_noise(ckpt, cfg.data.train, budget, num_batches=study.gradvar_batches, seed=run.seed,
-                            device=cfg.device, crop_to_shortest=crop_to_shortest, skip_bad=cfg.data.skip_bad,
+                            device=cfg.device, padding=padding, skip_bad=cfg.data.skip_bad,
                             options=False)
     record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
     atomic_write_json(path, record)

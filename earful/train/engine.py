@@ -170,12 +170,12 @@ class Trainer:
                             "and memory); a shape grid makes them repeat", graphs)
             compile_blocks(task.model, cfg.compile_backend, cfg.compile_mode)  # type: ignore[arg-type]
         self.budget = cfg.budget(self.d.world_size)
-        self.accum = self.budget.accumulation
-        if self.cuda_graphs and self.accum > 1:
+        self.accumulation = self.budget.accumulation
+        if self.cuda_graphs and self.accumulation > 1:
             raise ValueError(
                 f"{graphs} replays CUDA graphs, whose next replay overwrites the gradient "
                 f"that accumulation still adds to: it needs one micro-batch a step, and batch_seconds="
-                f"{cfg.batch_seconds:g} takes {self.accum} of device_seconds={cfg.device_seconds:g} on "
+                f"{cfg.batch_seconds:g} takes {self.accumulation} of device_seconds={cfg.device_seconds:g} on "
                 f"{self.d.world_size} device(s); use another compile mode or backend, or device_seconds="
                 "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
@@ -270,7 +270,7 @@ class Trainer:
             "step": self.step, "hours_real": self.hours_real,
             "hours_padded": self.hours_padded, "epoch": self.loader.epoch, "nan_steps": self.nan_steps,
             "nan_in_a_row": self.nan_in_a_row, "overflow_steps": self.overflow_steps,
-            "world_size": self.d.world_size, "accumulation": self.accum, "batch_seconds": self.cfg.batch_seconds,
+            "world_size": self.d.world_size, "accumulation": self.accumulation, "batch_seconds": self.cfg.batch_seconds,
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
@@ -360,7 +360,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
-        """Accumulate ``accum`` micro-batches, reduce the statistics once, normalise once, update."""
+        """Accumulate ``accumulation`` micro-batches, reduce the statistics once, normalise once, update."""
         cfg, d, task = self.cfg, self.d, self.task
         lr = lr_at(self.step, self.peak_lr, cfg.max_steps, cfg.optim)
         for group in self.optimizer.param_groups:
@@ -369,7 +369,7 @@ class Trainer:
         self.net.train()
         stats = StepStats(d.device)
         data_wait = 0.0
-        for micro in range(self.accum):
+        for micro in range(self.accumulation):
             t0 = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - t0
@@ -381,7 +381,7 @@ class Trainer:
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer read
             try:
-                with D.no_sync(self.net, micro < self.accum - 1):
+                with D.no_sync(self.net, micro < self.accumulation - 1):
                     with autocast(cfg.precision, d.device):  # the forward only: the backward runs in the dtypes
                         loss, named = task.micro_step(self.net, batch, gen, host_gen)  # the forward chose, and
                     self.scaler.scale(loss).backward()  # custom backwards (fp32 statistics) stay fp32

@@ -97,7 +97,7 @@ def test_freeze_through_the_ddp_path_gives_the_same_run(tmp_path, tone_corpus, r
     cfg = config(train, dev, 6, *SMALL_STEPS)  # the same schedule as the reference, stopped at step 4 below
     trainer = Trainer(FinetuneTask(cfg), tmp_path / "run")
     trainer.task.no_grad_while_frozen = False
-    assert trainer.accum == 2
+    assert trainer.accumulation == 2
     batches = iter(trainer.loader)
     for _ in range(4):
         trainer.train_step(batches)

@@ -139,7 +139,7 @@ def test_the_oom_advice_can_be_followed_with_resume(tmp_path, tiny_corpus, rel, 
     lower = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 5, "device_seconds=2"))
     with caplog.at_level(logging.WARNING):
         resumed = Trainer(PretrainTask(lower), tmp_path / "run", resume=True)
-    assert resumed.accum == 2 and resumed.step == 3
+    assert resumed.accumulation == 2 and resumed.step == 3
     assert "sampler resumed with another layout" in caplog.text
     assert "resuming in another layout (device_seconds: 4.0 -> 2.0): batches of 4 s as before" in caplog.text
     assert resumed.fit()["step"] == 5

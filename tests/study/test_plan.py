@@ -173,7 +173,7 @@ def test_layout_column_shows_the_micro_batch_the_run_packs_to(tmp_path) -> None:
     assert [(r.device_seconds, r.budget.accumulation, r.budget.micro_seconds) for r in runs] == [
         (150, 2, 100), (150, 2, 150), (150, 2, 150)]
     assert "| 1 × 100 s × 2 " in table and "| 1 × 150 s × 2 " in table and "| 2 × 150 s × 2 " in table
-    assert "devices × micro-batch s × accum" in table
+    assert "devices × micro_seconds × accumulation" in table
 
 
 def test_plan_says_its_times_are_upper_bounds_from_nominal_audio(tmp_path) -> None:

@@ -89,7 +89,7 @@ def test_auto_is_found_once_and_kept_on_resume(tiny_corpus, tmp_path, monkeypatc
             "tensorboard=false", "valid_every=0", "ckpt_every=1"]
     Trainer(PretrainTask(load_pretrain_config(None, [*args, "max_steps=1"])), tmp_path / "run").fit()
     resumed = Trainer(PretrainTask(load_pretrain_config(None, [*args, "max_steps=1"])), tmp_path / "run", resume=True)
-    assert resumed.cfg.device_seconds == 2.0 and resumed.accum == 2 and len(searches) == 1
+    assert resumed.cfg.device_seconds == 2.0 and resumed.accumulation == 2 and len(searches) == 1
     resumed.close()
 
 

@@ -60,8 +60,8 @@ def test_gradvar_measures_at_the_checkpoints_step(tmp_path, tiny_corpus, monkeyp
     monkeypatch.setattr(Wav2Vec2ForPreTraining, "set_step", lambda self, s: steps.append(s) or real(self, s))
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000003"
     r = gradient_noise(ckpt, train, BatchBudget(4.0, 4.0, crop_seconds=2.0), num_batches=2, device="cpu",
-                       crop_to_shortest=True)
-    assert steps == [3] and r["step"] == 3 and r["crop_to_shortest"]
+                       padding=False)
+    assert steps == [3] and r["step"] == 3 and not r["padding"]
     save_model(tmp_path / "bare", Wav2Vec2ForPreTraining(load_model_config("tiny")))  # no trainer.json: step 0
     assert gradient_noise(tmp_path / "bare", train, BatchBudget(3.0, 3.0), num_batches=2, device="cpu")["step"] == 0
 
@@ -92,15 +92,15 @@ def test_gradvar_command_and_study_stage_take_the_checkpoints_own_batches(tmp_pa
     Trainer(PretrainTask(cfg), tmp_path / "pretrain" / run.name).fit()
     taken: list[tuple[BatchBudget, bool]] = []
     monkeypatch.setattr(gradvar, "gradient_noise", lambda ckpt, manifest, budget, **kw: taken.append(
-        (budget, kw["crop_to_shortest"])) or {"batches": 2})
+        (budget, kw["padding"])) or {"batches": 2})
     gradvar_stage(study, run, tmp_path, tmp_path)
     ckpt = str(tmp_path / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}")
     assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu"]) == 0
-    assert taken[0] == taken[1] == (cfg.budget(1), True)  # data.padding=false: cropped to the shortest
+    assert taken[0] == taken[1] == (cfg.budget(1), False)  # data.padding=false: cropped to the shortest
     assert taken[1][0].max_seconds == 2.4 and taken[1][0].accumulation == 2
     assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu", "--batch-seconds", "4",
-                 "--crop-seconds", "none", "--min-seconds", "1", "--no-crop-to-shortest"]) == 0
-    assert taken[2] == (BatchBudget(4.0, 3.0, min_seconds=1.0, max_seconds=2.4), False)
+                 "--crop-seconds", "none", "--min-seconds", "1", "--padding"]) == 0
+    assert taken[2] == (BatchBudget(4.0, 3.0, min_seconds=1.0, max_seconds=2.4), True)
     assert main(["gradvar", ckpt, "--manifest", str(train), "--device", "cpu", "--shape-seconds", "1"]) == 0
     assert taken[3][0].shape_seconds == 1.0  # every recorded setting has its option
 
