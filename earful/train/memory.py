@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -64,10 +65,24 @@ def utterance_seconds(cfg: TrainingConfig) -> float:
     return limits.get("crop_seconds") or limits.get("max_seconds") or 30.0
 
 
+@contextmanager
+def every_layer(model: torch.nn.Module) -> Iterator[None]:
+    """LayerDrop off inside (every transformer layer runs, as in a micro-batch that drops none): a trial that
+    dropped layers held less than the worst case and could pass a size that training then overflows."""
+    saved = [(m, m.layerdrop) for m in model.modules() if isinstance(getattr(m, "layerdrop", None), float)]
+    for m, _ in saved:
+        m.layerdrop = 0.0
+    try:
+        yield
+    finally:
+        for m, p in saved:
+            m.layerdrop = p
+
+
 def trial(task: Task, cfg: TrainingConfig, d: D.Dist, seconds: float) -> bool:
     """One forward and backward of a worst-case micro-batch of ``seconds`` padded audio; False on OOM. For a
     task whose batches are padded, the last utterance is 0.1 s short, so that the trial takes the padded path
-    (key masks, the CNN's masked normalisation) as training will."""
+    (key masks, the CNN's masked normalisation) as training will. LayerDrop is off: every layer runs."""
     n = max(1, math.ceil(seconds / utterance_seconds(cfg) - 1e-9))  # as few, as long utterances as admitted
     wave = torch.randn(n, round(seconds / n * SAMPLE_RATE), device=d.device) * 0.1  # (batch, samples): `seconds`
     lengths = None
@@ -75,7 +90,7 @@ def trial(task: Task, cfg: TrainingConfig, d: D.Dist, seconds: float) -> bool:
         lengths = torch.full((n,), wave.shape[1], device=d.device)
         lengths[-1] = max(wave.shape[1] // 2, wave.shape[1] - SAMPLE_RATE // 10)  # 0.1 s: frames at any stride
     try:
-        with autocast(cfg.precision, d.device):
+        with every_layer(task.model), autocast(cfg.precision, d.device):
             loss = task.probe_loss(wave, lengths)
         loss.backward()
         return True
