@@ -63,7 +63,7 @@ def train_flops_per_second(cfg: ModelConfig, utterance_seconds: float = 15.0, ma
 # (bf16/fp16 tensor cores; V100: fp16), from the vendors' data sheets. Without sparsity.
 PEAK_FLOPS = {
     "H200": 989e12,
-    "H100": 989e12,  # SXM; PCIe 756e12
+    "H100": 989e12,  # SXM; PCIe 756e12, NVL (H100 and H200) 835e12
     "A100": 312e12,
     "L4": 121e12,
     "V100": 125e12,
@@ -75,6 +75,8 @@ def peak_flops(device_name: str) -> float | None:
     name = device_name.upper()
     if "H100" in name and "PCIE" in name:
         return 756e12
+    if ("H100" in name or "H200" in name) and "NVL" in name:  # the NVL cards' data sheets: 835 dense
+        return 835e12
     for key, value in PEAK_FLOPS.items():
         if key in name:
             return value

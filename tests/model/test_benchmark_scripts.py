@@ -132,3 +132,19 @@ def test_the_gpu_session_script_keeps_to_its_deadline(tmp_path: Path) -> None:
     assert r.returncode == 0 and "=== e_cuda_graphs: skipped" in log, log[-2000:]
     with tarfile.open(tmp_path / "out" / "results.tar") as tar:
         assert "./a_today.json" in tar.getnames()
+
+
+def test_the_gpu_session_script_needs_no_wheels_where_the_interpreter_has_the_packages(tmp_path: Path) -> None:
+    """Outside SMOKE it installed .whl/*.whl whatever the interpreter had, and ended with status 1 and nothing
+    measured when .whl was missing (not carried to the GPU machine): it installs them only where soundfile or soxr
+    does not import. Here (DEADLINE=1) every step is then skipped, and the script ends normally."""
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "DEADLINE": "1",
+           "RES": str(tmp_path / "res"), "CORPUS": str(tmp_path / "corpus")}
+    env.pop("SMOKE", None)
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_device.sh")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)  # in tmp_path: no .whl folder there
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert r.returncode == 0 and "no wheels in .whl" not in log, log[-2000:]
+    assert "=== a_today: skipped" in log, log[-2000:]

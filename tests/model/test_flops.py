@@ -21,4 +21,6 @@ def test_parts_scale_as_expected() -> None:
 def test_peak_lookup() -> None:
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 NVL") == peak_flops("NVIDIA H200 NVL") == 835e12
     assert peak_flops("some CPU") is None

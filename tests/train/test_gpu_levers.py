@@ -76,6 +76,29 @@ def test_trials_of_a_padded_recipe_take_the_padded_path(tiny_corpus, monkeypatch
     assert all(p.grad is None for p in task.model.parameters())
 
 
+def test_trials_run_every_layer_whatever_layerdrop_draws(monkeypatch) -> None:
+    """LayerDrop (BASE: 0.05, 12 layers: at least one layer dropped in 46 % of draws) ran in the trials: a trial
+    that dropped layers held less than a micro-batch that drops none, and could pass a size that training then
+    overflows. The trials run every layer, and LayerDrop is as it was after them."""
+    cfg = load_pretrain_config(None, ["model_preset=tiny", "model.num_layers=12", "model.layerdrop=0.5",
+                                      "data.max_seconds=2.0", "batch_seconds=16"])
+    task = PretrainTask(cfg)
+    task.build_model(Dist(), None)
+    encoder = task.model.wav2vec2.encoder
+    ran: list[int] = []
+    for layer in encoder.layers:
+        layer.register_forward_hook(lambda *_: ran.append(1))
+    torch.manual_seed(0)
+    for _ in range(5):
+        ran.clear()
+        assert trial(task, cfg, Dist(), 4.0)
+        assert len(ran) == 12
+    assert encoder.layerdrop == 0.5
+    task.model.train()
+    encoder(torch.randn(1, 20, cfg.model.hidden_size), None)  # training still drops: p(none of 12 at 0.5) = 1/4096
+    assert len(ran) < 12 + 12
+
+
 def test_auto_is_found_once_and_kept_on_resume(tiny_corpus, tmp_path, monkeypatch) -> None:
     """The micro-batch ``auto`` finds is part of the run's layout: a resume keeps it (a new search may land
     elsewhere, and another micro-batch would change the batches) instead of searching again."""
