@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import from_dict, merge, parse_overrides, plain_name, read_yaml, to_dict
+from earful.config import ConfigError, from_dict, merge, parse_overrides, plain_name, read_yaml, to_dict
 from earful.data.budget import BatchBudget
 from earful.train.config import TrackingConfig, nominal_hours, nominal_steps, scale_lr
 
@@ -118,7 +118,7 @@ class StudyConfig:
     steps: int = 0  # fixed-steps: optimizer steps of every run
     hours: float = 0.0  # fixed-hours: hours seen by every run, nominal (batch × steps: steps = nominal_steps)
     lr: float = 5e-4  # peak lr at the reference batch
-    lr_rule: Literal["linear", "sqrt", "none"] = "sqrt"
+    lr_scaling: Literal["linear", "sqrt", "none"] = "sqrt"  # each run's lr: optim.lr_scaling's rule, applied here
     reference_batch_seconds: float = 6000.0
     device_seconds: float = 150.0
     milestone_hours: list[float] = field(default_factory=list)  # checkpoints to compare at equal hours seen
@@ -208,7 +208,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
         for e in study.entries():
             dev_s = min(e.device_seconds or study.device_seconds, e.batch_seconds)
             lr = e.lr if e.lr is not None else scale_lr(study.lr, e.batch_seconds, study.reference_batch_seconds,
-                                                         study.lr_rule)
+                                                         study.lr_scaling)
             if study.mode == "fixed-steps":
                 if study.steps <= 0:
                     raise ValueError("fixed-steps: set steps > 0")
@@ -258,10 +258,23 @@ def check_names(study: StudyConfig, where: str) -> None:
             plain_name(e.tag, f"grid[{i}].tag", where)
 
 
+# study keys renamed, by their old name: a study file or a study.json of before names them so
+RENAMED = {"lr_rule": "lr_scaling"}
+
+
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """A study mapping (a study.json of before) with today's names for ``RENAMED`` keys."""
+    return {RENAMED.get(k, k): v for k, v in data.items()}
+
+
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    data = merge(to_dict(StudyConfig()), read_yaml(path))
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
+    given = read_yaml(path)
+    over = parse_overrides(overrides) if overrides else {}
+    old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in d if k in RENAMED]
+    if old:
+        raise ConfigError("; ".join(f"{where}: {k} is now called {RENAMED[k]} (the same values), as the "
+                                    f"training's optim.{RENAMED[k]}" for k, where in old))
+    data = merge(merge(to_dict(StudyConfig()), given), over)
     study = from_dict(StudyConfig, data, str(path))
     check_names(study, str(path))
     if study.cycles and study.mode != "fixed-steps":

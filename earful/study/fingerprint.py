@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.config import flatten, to_dict
-from earful.study.config import DEFAULT_TEST_SETS, PlannedRun, StudyConfig, plan_runs
+from earful.study.config import DEFAULT_TEST_SETS, PlannedRun, StudyConfig, plan_runs, renamed
 from earful.study.corpus import manifest_digests
 from earful.train.recipe import ADDED_LATER, WATCHING
 
@@ -62,10 +62,11 @@ def _computes(key: str) -> bool:
 
 def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
-    a setting was classed so may still hold it."""
+    a setting was classed so may still hold it. Study keys renamed since take today's names."""
     keep = {"pretrain": _computes, "finetune": _computes,
             "study": lambda k: _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))}  # e.g. corpus.dir, kept before
-    return {part: {k: v for k, v in kv.items() if keep.get(part, lambda _: True)(k)
+    return {part: {k: v for k, v in (renamed(kv) if part == "study" else kv).items()  # lr_rule, say, of before
+                   if keep.get(part, lambda _: True)(k)
                    and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
             for part, kv in fingerprint.items()}
 

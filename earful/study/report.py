@@ -300,10 +300,10 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
     grown (a batch size, seeds, a test split or probe task added) and stopped, or still running, had its report
     written from the results of its last finish under the new plan's table, without a word. The test splits done
     are read from the evaluations' summaries (``eval/*/summary.json``; a corrupt one is a ValueError naming it)."""
-    from earful.study.config import StudyConfig, plan_runs
+    from earful.study.config import StudyConfig, plan_runs, renamed
     from earful.study.stages import evaluated_splits
 
-    kept = {k: v for k, v in study.items() if k not in ("format", "plan", "cycle_minima", "fingerprint")}
+    kept = renamed({k: v for k, v in study.items() if k not in ("format", "plan", "cycle_minima", "fingerprint")})
     try:
         planned = from_dict(StudyConfig, kept, "study.json")
         runs = [r.name for r in plan_runs(planned)]

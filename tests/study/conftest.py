@@ -13,7 +13,7 @@ grid: [4]
 mode: fixed-steps
 steps: 12
 lr: 1.0e-3
-lr_rule: none
+lr_scaling: none
 device_seconds: 4
 corpus: {{dir: {corpus}, synth: {{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}},
          label_sets: {{10h: manifests/labelled-10h.jsonl}}, test: {{test: manifests/test.jsonl}}}}

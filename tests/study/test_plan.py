@@ -35,10 +35,10 @@ def test_paper_plan_matches_the_paper() -> None:
 def test_sqrt_and_linear_rules_give_the_paper_sweep(tmp_path) -> None:
     """The README's lr sweep: linear = 5e-4·B/6000, sqrt = 5e-4·sqrt(B/6000)."""
     y = tmp_path / "s.yaml"
-    y.write_text("grid: [87.5, 150, 600, 1200, 2400]\nmode: fixed-steps\nsteps: 10\nlr_rule: sqrt\n")
+    y.write_text("grid: [87.5, 150, 600, 1200, 2400]\nmode: fixed-steps\nsteps: 10\nlr_scaling: sqrt\n")
     sqrt = [r.lr for r in plan_runs(load_study(y))]
     assert sqrt == pytest.approx([6.04e-5, 7.91e-5, 1.58e-4, 2.24e-4, 3.16e-4], rel=2e-3)
-    lin = [r.lr for r in plan_runs(load_study(y, ["lr_rule=linear"]))]
+    lin = [r.lr for r in plan_runs(load_study(y, ["lr_scaling=linear"]))]
     assert lin == pytest.approx([7.29e-6, 1.25e-5, 5e-5, 1e-4, 2e-4], rel=2e-3)
 
 

@@ -1,6 +1,7 @@
 """A whole study, end to end, at toy scale: plan → pre-train grid → fine-tune → evaluate → report,
 and a study killed mid-way (between stages, or inside a pre-training run) continues to the same report."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ grid: [4, 8]
 mode: fixed-steps
 steps: 4
 lr: 1.0e-3
-lr_rule: sqrt
+lr_scaling: sqrt
 reference_batch_seconds: 8
 device_seconds: 4
 milestone_hours: [0.004]
@@ -207,6 +208,38 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     other = load_study(study_file, ["pretrain_config=pretrain-paper", "finetune.config=finetune-demo"])
     with pytest.raises(ValueError, match=r"another recipe \(differs in .*pretrain\."):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+
+
+def test_lr_rule_is_lr_scaling_and_a_study_folder_of_before_continues(study_file, tmp_path) -> None:
+    """The study's lr rule had a name of its own (lr_rule) for the training's optim.lr_scaling (the same rule,
+    the same values). A study file that still says lr_rule is refused with the new name; a study folder whose
+    study.json says it continues with the same value, and is refused with another."""
+    from earful.config import ConfigError
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+    from earful.study.report import unfinished_section
+
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(study_file.read_text().replace("lr_scaling:", "lr_rule:"))
+    with pytest.raises(ConfigError, match=rf"{old_file}: lr_rule is now called lr_scaling \(the same values\)"):
+        load_study(old_file)
+    with pytest.raises(ConfigError, match=r"the overrides: lr_rule is now called lr_scaling"):
+        load_study(study_file, ["lr_rule=linear"])
+    out = tmp_path / "out"
+    out.mkdir()
+    _trained(out)
+    study = load_study(study_file)
+    fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
+    before = json.loads(json.dumps(fp))
+    before["study"]["lr_rule"] = before["study"].pop("lr_scaling")
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": before}))
+    check_same_recipe(out, fp)
+    other = load_study(study_file, ["lr_scaling=linear"])
+    with pytest.raises(ValueError, match=r"differs in study\.lr_scaling, grid\.4s"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    plan = {**{k: v for k, v in json.loads(json.dumps(dataclasses.asdict(study))).items() if k != "lr_scaling"},
+            "lr_rule": study.lr_scaling}  # the study.json of before, read for the report's unfinished section
+    assert any("4s-seed" in line for line in unfinished_section(plan, {}, [], out))
 
 
 def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_differ(study_file, tmp_path) -> None:
