@@ -34,9 +34,17 @@ def _tmp_path(path: Path) -> Path:
     return Path(name)
 
 
-def _fsync_replace(tmp: Path, path: Path) -> None:
+def _flush(tmp: Path) -> None:
+    """``tmp``'s contents to the disk, with the mode open() gives a new file: a writer that replaced the temporary
+    path with a file of its own (safetensors' save_file renames its own temporary onto it) left that file's mode,
+    0600, and every model.safetensors unreadable to anyone else."""
+    os.chmod(tmp, _FILE_MODE)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+
+
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    _flush(tmp)
     os.replace(tmp, path)
     _fsync_folder(path.parent)  # the rename itself reaches the disk (a power cut keeps it)
 
@@ -73,8 +81,7 @@ def atomic_paths(paths: Iterable[str | os.PathLike],
             tmps[path] = _tmp_path(path)
         yield tmps
         for tmp in tmps.values():  # the slow part, before the renames: a file's contents reach the disk
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            _flush(tmp)
         with replacing():
             for path, tmp in tmps.items():
                 os.replace(tmp, path)

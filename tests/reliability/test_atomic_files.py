@@ -31,6 +31,22 @@ def test_successful_write_replaces_and_creates_folders(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # readable as open() would leave it
 
 
+def test_files_of_writers_that_replace_their_own_file_are_readable_as_open_leaves_them(tmp_path: Path) -> None:
+    """safetensors' save_file writes a temporary of its own and renames it onto the path it is given, which
+    undid the mode earful had set on that path: every model.safetensors was 0600 (a teammate or a serving
+    account could read config.json beside it, not the weights). Whatever a writer does to the temporary path,
+    the file appears with the mode open() gives a new file."""
+    import torch
+
+    from earful.checkpoint import atomic_save_tensors, atomic_torch_save
+
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    for name, write in (("model.safetensors", atomic_save_tensors), ("state.pt", atomic_torch_save)):
+        write({"w": torch.zeros(2)}, tmp_path / name)
+        assert (tmp_path / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, name
+
+
 def test_the_file_then_its_rename_reach_the_disk(tmp_path: Path, monkeypatch) -> None:
     """fsync of the data before the rename, and of the folder after it: a power cut keeps the new name (POSIX
     promises the rename's durability only once its folder is flushed)."""
