@@ -403,8 +403,8 @@ class Trainer:
             self.optimizer, self.scaler, self.params, loss=tot["loss"],
             factor=self.d.world_size / self.task.denominator(tot), clip_norm=self.cfg.optim.clip_norm,
         )  # fmt: skip
-        self._count(outcome)
         self.step += 1
+        self._count(outcome)  # its messages name the step as the logs do: the one just taken
         self.hours_real += tot["real_samples"] / SAMPLE_RATE / 3600
         self.hours_padded += tot["padded_samples"] / SAMPLE_RATE / 3600
         self.agree_stop(tot["stop"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -49,8 +50,9 @@ def test_a_nan_loss_is_skipped_and_counted(kind, tmp_path, tiny_corpus, tones, r
     summary = trainer.fit()
     assert summary["step"] == 4 and summary["nan_steps"] == 1 and summary["overflow_steps"] == 0
     log = {r["step"]: r for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")}
-    assert [log[s]["skipped_steps"] for s in (1, 2, 3, 4)] == [0, 1 * 0, 1, 0]  # step index 2 is logged as 3
-    assert "step 2: non-finite loss or gradient; update skipped (1 in a row, 1 in all)" in caplog.text
+    assert [log[s]["skipped_steps"] for s in (1, 2, 3, 4)] == [0, 0, 1, 0]  # step index 2 is logged as 3
+    # the warning names that step as the log does (it said step 2)
+    assert "step 3: non-finite loss or gradient; update skipped (1 in a row, 1 in all)" in caplog.text
     a, b, c = (_weights(tmp_path / "run", f"step-000000{s}") for s in (2, 3, 4))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the NaN step left the weights alone
     assert not all(torch.equal(b[k], c[k]) for k in b)  # and training went on
@@ -157,6 +159,8 @@ def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tone
     assert log[-1]["loss_scale"] == 65536.0 / 2 ** (overflows + 1)  # every skipped step halved it
     assert all(b["loss_scale"] <= a["loss_scale"] for a, b in zip(log, log[1:], strict=False))
     assert caplog.text.count("fp16 gradient overflow; update skipped, loss scale lowered to") == overflows
+    said = [int(m) for m in re.findall(r"step (\d+): fp16 gradient overflow", caplog.text)]
+    assert said == [r["step"] for r in log if r["overflow_steps"]]  # each names its step as the log does
     final = _weights(tmp_path / "run", f"step-{steps:07d}")
     assert all(torch.isfinite(v).all() for v in final.values())
     assert not all(torch.equal(final[k], _weights(tmp_path / "run", "init")[k]) for k in final)
