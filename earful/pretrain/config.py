@@ -6,13 +6,14 @@ settings (batch budget, steps, intervals, optimizer) are ``earful.train.config.T
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from earful.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config
-from earful.train.config import DataConfig, TrainingConfig, config_source
+from earful.train.config import DataConfig, TrainingConfig, config_source, nominal_steps
 
 
 @dataclass
@@ -39,6 +40,28 @@ class PretrainConfig(TrainingConfig):
     # paper's hours, which a study uses: a milestone then lands at step nominal_steps(hours, batch_seconds))
     ckpt_hours_basis: Literal["padded", "nominal"] = "padded"
     ckpt_steps: list[int] = field(default_factory=list)  # extra checkpoints ``steps-N`` after these steps (kept)
+
+    def validate(self) -> None:
+        """The training's checks, and milestones that can be reached: a negative hour made a checkpoint named
+        ``hours--1`` at the first step, and a step of 0 or below was never written, without a word."""
+        super().validate()
+        bad = [h for h in self.ckpt_hours if not (isinstance(h, int | float) and math.isfinite(h) and h > 0)]
+        if bad:
+            raise ValueError(f"ckpt_hours={self.ckpt_hours}: {bad} not hours seen > 0")
+        if any(n < 1 for n in self.ckpt_steps):
+            raise ValueError(f"ckpt_steps={self.ckpt_steps}: a checkpoint is taken after a step >= 1")
+
+    def milestones_past_the_end(self) -> list[str]:
+        """The milestones this run never reaches, as ``key=value``: steps past ``max_steps``; hours whose step
+        (``nominal``) is past it, or (``padded``) past ``batch_seconds`` × ``max_steps``, which padded hours seen
+        never exceed. A study gives every run its milestones, and a small batch's run reaches fewer of them."""
+        def past(h: float) -> bool:
+            if self.ckpt_hours_basis == "nominal":
+                return nominal_steps(h, self.batch_seconds) > self.max_steps
+            return h > self.batch_seconds * self.max_steps / 3600 * (1 + 1e-9)
+
+        return [f"ckpt_steps={n}" for n in self.ckpt_steps if n > self.max_steps] + \
+            [f"ckpt_hours={h:g}" for h in self.ckpt_hours if past(h)]
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *,

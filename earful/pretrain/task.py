@@ -44,6 +44,9 @@ class PretrainTask(Task):
         self.cfg = cfg
         self.chance_accuracy = 1.0 / (cfg.model.num_negatives + 1)
         self.milestones_done: list[float] = []
+        if past := cfg.milestones_past_the_end():
+            log.warning("%s: past this run's end (max_steps=%d, %.4g h of batch_seconds × max_steps): never written",
+                        ", ".join(past), cfg.max_steps, cfg.batch_seconds * cfg.max_steps / 3600)
 
     def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d

@@ -419,3 +419,37 @@ def test_finetune_refuses_an_option_and_an_override_that_disagree(tmp_path, tone
     assert main(["finetune", *over, "--train", str(tones), "--init", "scratch", "--out", str(tmp_path / "ok")]) == 0
     quoted = [o if not o.startswith("data.train=") else f"data.train='{tones}'" for o in over]  # read alike
     assert main(["finetune", *quoted, "--train", str(tones), "--out", str(tmp_path / "quoted")]) == 0
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("ckpt_hours=[-1, 0.001]", r"ckpt_hours=\[-1.0, 0.001\]: \[-1.0\] not hours seen > 0"),
+    ("ckpt_hours=[0]", r"not hours seen > 0"),
+    ("ckpt_hours=[.nan]", r"not hours seen > 0"),
+    ("ckpt_steps=[-5, 1]", r"ckpt_steps=\[-5, 1\]: a checkpoint is taken after a step >= 1"),
+])
+def test_milestones_that_cannot_be_taken_are_refused(tiny_corpus, rel, setting, message) -> None:
+    """ckpt_hours and ckpt_steps were never checked: a negative hour made a checkpoint named hours--1 at the first
+    step, and a step of 0 or below was never written, without a word."""
+    from earful.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2, setting))
+
+
+def test_milestones_past_the_run_s_end_are_said(tmp_path, tiny_corpus, rel, caplog) -> None:
+    """A milestone past the run's end (a step past max_steps; hours past batch_seconds × max_steps, which padded
+    hours seen never exceed) was never written, without a word; it is said at the start. A study gives every run
+    its milestones: a small batch's run reaches fewer of them."""
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2, "ckpt_steps=[1, 99]",
+                                                            "ckpt_hours=[0.001, 0.0023, 1000]"))
+    with caplog.at_level(logging.WARNING):
+        Trainer(PretrainTask(cfg), tmp_path / "run").fit()  # 2 steps of 4 s: 0.0022 h at most
+    assert "ckpt_steps=99, ckpt_hours=0.0023, ckpt_hours=1000: past this run's end (max_steps=2" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(("h", "s"))) \
+        == ["hours-0.001", "step-0000002", "steps-1"]
+    caplog.clear()
+    nominal = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2, "ckpt_hours=[0.0022, 0.0028]",
+                                                                "ckpt_hours_basis=nominal"))
+    with caplog.at_level(logging.WARNING):
+        PretrainTask(nominal)
+    assert "ckpt_hours=0.0028: past" in caplog.text and "ckpt_hours=0.0022" not in caplog.text  # steps 3, 2
