@@ -144,6 +144,34 @@ def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int 
         return decode_audio(f, src, start=first + start, frames=n, min_samples=0)
 
 
+def check_headers(utterances: Sequence[Utterance], where: str | None = None, skip_bad: str | None = None) -> None:
+    """Every row against its file's header (``check_row``: readable, its rate and length, not too short), before
+    any work: a validation set is read at the first validation only, and a bad file there stopped the run after
+    every step since its last checkpoint was trained (with the defaults, up to a checkpoint interval lost). Headers
+    only, each file once: about a millisecond a file. Raises AudioError naming the first problem (its file and
+    utterance), how many more, ``where`` (the manifest) and ``skip_bad``, the setting that leaves them out."""
+    problems: list[str] = []
+    headers: dict[str, tuple[int, int] | str] = {}  # path -> (frames, rate), or why it cannot be read
+    for u in utterances:
+        if u.path not in headers:
+            try:
+                with open_audio(u.path) as f:
+                    headers[u.path] = int(f.frames), int(f.samplerate)
+            except AudioError as e:
+                headers[u.path] = str(e)
+        header = headers[u.path]
+        try:
+            if isinstance(header, str):
+                raise AudioError(header)
+            check_row(u.path, u, *header)
+        except AudioError as e:
+            problems.append(f"{e} (utterance {u.id})")
+    if problems:
+        more = f" (and {len(problems) - 1} more of its {len(utterances)} utterances)" if len(problems) > 1 else ""
+        raise AudioError(f"{f'{where}: ' if where else ''}{problems[0]}{more}"
+                         f"{f'; {skip_bad}=true leaves them out, counted' if skip_bad else ''}")
+
+
 def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0, shape_samples: int | None = None,
             cap_samples: int | None = None) -> Batch:
     """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``.
@@ -349,7 +377,8 @@ def make_loader(
     sampler cannot batch though no limit leaves them out (empty, too long for the device), are left out and
     counted instead of stopping the run. ``names``: the caller's names of the settings the sampler's messages
     advise (``SecondsBatchSampler``); ``evaluation``: a pass that scores each utterance once, the same batches on
-    any number of ranks (``SecondsBatchSampler``); ``source``: the manifest the sampler's messages name (default:
+    any number of ranks (``SecondsBatchSampler``), whose rows are checked against their files' headers now
+(``check_headers``) unless ``skip_bad``; ``source``: the manifest the sampler's messages name (default:
     ``utterances``' own, where it is a ``Manifest``)."""
     # the dataset hands a file it cannot read to the loader, which stops (without skip_bad) in this process
     dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=True)
@@ -359,5 +388,7 @@ def make_loader(
                                   bucket_size=bucket_size, skip_bad=skip_bad, source=source,
                                   ids=lambda idx: [dataset.utterances[int(i)].id for i in idx], names=names,
                                   evaluation=evaluation)
+    if evaluation and not skip_bad:  # read once, perhaps long after the start: the rows it reads checked now
+        check_headers([utterances[int(i)] for i in sampler.batchable], source, sampler.names["skip_bad"])
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad)

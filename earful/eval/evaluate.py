@@ -39,7 +39,7 @@ from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, load_model, read_info
 from earful.config import plain_name
 from earful.data.audio import AudioError, check_frames
-from earful.data.dataset import make_loader
+from earful.data.dataset import check_headers, make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
 from earful.eval.decode import decode_batch, scoring_budget
@@ -126,6 +126,13 @@ def transcribe(
     return greedy, lm
 
 
+def _unreadable(manifest: str | Path, split: str, e: AudioError) -> AudioError:
+    """A file of ``split`` evaluate cannot read (``e`` names it and its utterance), with the manifest and the way
+    out."""
+    return AudioError(f"{manifest} (split {split!r}): {e}; evaluate scores every utterance of its manifests: mend "
+                      "the file, or leave its row out of the manifest")
+
+
 def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:
     """Split name → manifest: a mapping's own names (plain names: they name files in OUT), else each manifest's
     file stem, ``-2``, ``-3``… added to repeats (``a/test.jsonl``, ``b/test.jsonl``: ``test``, ``test-2``)."""
@@ -195,6 +202,10 @@ def evaluate(
         # utterances the model gives no output for, named before anything is transcribed (the loader stopped
         # the evaluation midway, naming the audio file alone)
         check_frames(utts, f"{manifest} (split {split!r})", "frame of the model", "the model gives them no output")
+        try:  # every file's header (a corrupt one stopped the evaluation at its split, after the others)
+            check_headers(utts)
+        except AudioError as e:
+            raise _unreadable(manifest, split, e) from None
         try:
             read[split] = utts, references(utts, vocab)
         except ValueError as e:
@@ -215,8 +226,7 @@ def evaluate(
             greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
                                          precision=precision, beam=beam, num_workers=num_workers)
         except AudioError as e:  # the loader names the file (and the utterance); the manifest and way out here
-            raise AudioError(f"{manifest} (split {split!r}): {e}; evaluate scores every utterance of its manifests: "
-                             "mend the file, or leave its row out of the manifest") from None
+            raise _unreadable(manifest, split, e) from None
         ids = [u.id for u in utts]
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
         results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",

@@ -429,6 +429,18 @@ def test_an_unreadable_file_names_the_manifest_and_the_utterance(tmp_path, alway
         evaluate(always_a, [m], tmp_path / "eval", device_seconds=0.5)
 
 
+def test_an_unreadable_file_of_a_later_split_is_found_before_any_split_is_transcribed(tmp_path, always_a) -> None:
+    """A corrupt file of the second split stopped the evaluation once the first had been transcribed (on a CPU, a
+    long wait for an error): every split's files are checked against their headers first."""
+    dev = write_split(tmp_path / "data", "dev", ["a", "b"])
+    test = write_split(tmp_path / "data", "test", ["a", "b"])
+    (tmp_path / "data" / "test-1.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(test))} \(split 'test'\): .*test-1\.wav: .*"
+                                         r"\(utterance test-1\); evaluate scores every utterance"):
+        evaluate(always_a, [dev, test], tmp_path / "eval", device_seconds=0.5)
+    assert not (tmp_path / "eval").exists()  # nothing transcribed
+
+
 @pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
 def test_an_out_folder_holds_one_checkpoints_evaluations_of_every_split(tmp_path, always_a, caplog) -> None:
     """Checkpoint A on dev, then on test with --lm, then checkpoint B on dev into one --out: summary.json held only

@@ -453,3 +453,34 @@ def test_milestones_past_the_run_s_end_are_said(tmp_path, tiny_corpus, rel, capl
     with caplog.at_level(logging.WARNING):
         PretrainTask(nominal)
     assert "ckpt_hours=0.0028: past" in caplog.text and "ckpt_hours=0.0022" not in caplog.text  # steps 3, 2
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_a_bad_file_in_the_validation_set_stops_the_run_before_training(tmp_path, tiny_corpus, tones, rel,
+                                                                         caplog, kind) -> None:
+    """The validation (dev) set is read at the first validation only: a corrupt file there, or one too short for
+    the model, stopped the run after it had trained every step since its last checkpoint (the checkpoint at that
+    step comes after the validation), which were lost. Its rows are checked against their files' headers before
+    training, naming the manifest, the file and the problem; with data.skip_bad the run trains."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    rel.write_wave(bad / "short.wav", 100 / 16000)
+    train = tiny_corpus[0] if kind == "pretrain" else tones
+    good = rel.manifest_rows(train)[:3]
+    for name, row in (("corrupt.flac", {"num_samples": 16000}), ("short.wav", {"num_samples": 100})):
+        dev = rel.write_rows(tmp_path / f"dev-{name}.jsonl", [*good, {**good[0], "id": "x", "path": str(bad / name),
+                                                                       "sample_rate": 16000, **row}])
+        if kind == "pretrain":
+            overrides = rel.pretrain_overrides(train, 4, f"data.valid={dev}", "valid_every=2", "data.min_seconds=0")
+        else:
+            overrides = [o for o in rel.finetune_overrides(train, 4, "valid_every=2") if o != "data.dev=null"]
+            overrides.append(f"data.dev={dev}")
+        caplog.clear()
+        assert main([kind, *overrides, "--out", str(tmp_path / f"run-{kind}-{name}")]) == 2
+        assert not (tmp_path / f"run-{kind}-{name}" / "train.jsonl").exists()  # nothing trained, nothing lost
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        problem = "unreadable audio header" if name == "corrupt.flac" else "too short"
+        assert len(errors) == 1 and errors[0].startswith(f"{tmp_path / f'dev-{name}.jsonl'}: {bad / name}: {problem}")\
+            and errors[0].endswith("(utterance x); data.skip_bad=true leaves them out, counted"), errors
+    assert main([kind, *overrides, "data.skip_bad=true", "--out", str(tmp_path / f"run-{kind}-skip")]) == 0
