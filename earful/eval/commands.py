@@ -25,12 +25,18 @@ BEAM_OPTIONS = {"beam": "--beam", "beam_threshold": "--beam-threshold", "lm_weig
 
 def _beam_options(args: argparse.Namespace):
     """The beam search's options from the command line, each checked in its range and named as given (``--beam
-    0: expected an integer from 1 up``), with or without ``--lm``: a value that makes no sense is refused."""
+    0: expected an integer from 1 up``); one not given is :class:`~earful.eval.beam.BeamOptions`' default (the
+    paper's). They only steer the search with ``--lm``: without it decoding is greedy, so one given there is
+    refused, as ``--lexicon`` is, rather than ignored (``--beam 3`` had run greedy decoding without a word)."""
     from earful.eval.beam import BeamOptions, check_beam_options
 
-    if args.lexicon and not args.lm:
-        raise ValueError("--lexicon needs --lm")
-    values = {field: getattr(args, field) for field in BEAM_OPTIONS}
+    values = {field: getattr(args, field) for field in BEAM_OPTIONS if getattr(args, field) is not None}
+    if not args.lm:
+        given = (["--lexicon"] if args.lexicon else []) + [BEAM_OPTIONS[field] for field in values]
+        if given:
+            raise ValueError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to the beam "
+                             "search with an LM: give --lm ARPA, or leave "
+                             f"{'it' if len(given) == 1 else 'them'} out for greedy decoding")
     check_beam_options(values, BEAM_OPTIONS)
     return BeamOptions(**values)
 
@@ -101,14 +107,16 @@ def _add_lm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm", default=None, help="ARPA file (or KenLM binary with --lexicon) for beam search")
     p.add_argument("--lexicon", default=None,
                    help="lexicon file, 'word s p e l l i n g |' a line (default: the ARPA file's unigrams)")
-    p.add_argument("--beam", type=int, default=50, help="beam size, 1 or more (the paper: 50)")
-    p.add_argument("--lm-weight", type=float, default=2.0, help="LM weight, 0 or more (the paper: 2)")
-    p.add_argument("--word-score", type=float, default=0.0, help="score added per word (the paper: 0)")
-    p.add_argument("--beam-threshold", type=float, default=50.0,
-                   help="prune hypotheses this far below the best, 0 or more (torchaudio's default, as the paper)")
-    p.add_argument("--unk-score", type=float, default=float("-inf"),
-                   help="score of an out-of-lexicon word (below inf; -inf: none)")
-    p.add_argument("--sil-score", type=float, default=0.0, help="score of a word delimiter")
+    # None: not given (refused without --lm); the search then takes BeamOptions' default, the one the help names
+    p.add_argument("--beam", type=int, default=None, help="beam size, 1 or more (default 50, the paper's)")
+    p.add_argument("--lm-weight", type=float, default=None, help="LM weight, 0 or more (default 2, the paper's)")
+    p.add_argument("--word-score", type=float, default=None, help="score added per word (default 0, the paper's)")
+    p.add_argument("--beam-threshold", type=float, default=None,
+                   help="prune hypotheses this far below the best, 0 or more (default 50: torchaudio's, as the "
+                   "paper)")
+    p.add_argument("--unk-score", type=float, default=None,
+                   help="score of an out-of-lexicon word, below inf (default -inf: none)")
+    p.add_argument("--sil-score", type=float, default=None, help="score of a word delimiter (default 0)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -123,7 +123,12 @@ def transcribe_files(
     and ``greedy`` the greedy one), or ``{"path", "error"}`` for a file that could not be read.
 
     ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
-    the context on each side of a window; ``device`` "auto" is CUDA where there is one."""
+    the context on each side of a window; ``device`` "auto" is CUDA where there is one. A stride given with
+    ``chunk_seconds`` 0 is refused: whole files have no windows, so it would be ignored without a word."""
+    if stride_seconds is not None and chunk_seconds == 0:
+        raise ValueError(f"stride_seconds (--stride-seconds) = {stride_seconds} with chunk_seconds (--chunk-seconds) "
+                         "= 0: whole files go through the model in one window, without strides; give a chunk, or "
+                         "leave the stride out")
     if stride_seconds is None:
         stride_seconds = chunk_seconds / 6
     for name, value in (("chunk_seconds", chunk_seconds), ("stride_seconds", stride_seconds),

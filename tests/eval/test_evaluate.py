@@ -387,6 +387,43 @@ def test_beam_options_out_of_range_are_refused_naming_the_option(tmp_path, alway
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "transcribe"])
+@pytest.mark.parametrize("options", [["--beam", "3"], ["--lm-weight", "5"], ["--beam-threshold", "10"],
+                                     ["--word-score", "-1"], ["--unk-score", "-10"], ["--sil-score", "0"],
+                                     ["--lexicon", "lex.txt", "--beam", "3"]])
+def test_beam_options_without_an_lm_are_refused_naming_them(tmp_path, always_a, caplog, command, options) -> None:
+    """`transcribe --beam 3` and `evaluate --lm-weight 5` ran greedy decoding and said nothing (their defaults were
+    values, so a given one could not be told from none), while `--lexicon` without `--lm` was refused. Now each
+    option given without --lm is refused before the checkpoint is read, naming it, whatever its value."""
+    from earful.cli import main
+
+    m = write_split(tmp_path / "data", "dev", ["a"])
+    target = [str(m), "--out", str(tmp_path / "eval")] if command == "evaluate" else [str(m).replace(".jsonl",
+                                                                                                    "-0.wav")]
+    assert main([command, str(always_a), *target, *options]) == 2
+    named = ", ".join(o for o in options if o.startswith("--"))
+    assert f"{named} only appl" in caplog.text and "give --lm ARPA" in caplog.text, caplog.text[-300:]
+    assert not (tmp_path / "eval").exists()
+
+
+def test_beam_options_not_given_are_the_papers_defaults_the_help_names() -> None:
+    """Unset beam options (None on the command line) are resolved to :class:`BeamOptions`' defaults, and each
+    option's help names that default."""
+    from earful.cli import build_parser
+    from earful.eval.beam import BeamOptions
+    from earful.eval.commands import BEAM_OPTIONS, _beam_options
+
+    parser = build_parser()
+    args = parser.parse_args(["evaluate", "ckpt", "m.jsonl", "--out", "o", "--lm", "lm.arpa"])
+    assert _beam_options(args) == BeamOptions()
+    args = parser.parse_args(["transcribe", "ckpt", "f.wav", "--lm", "lm.arpa", "--beam", "3", "--lm-weight", "0"])
+    assert _beam_options(args) == BeamOptions(beam=3, lm_weight=0.0)
+    sub = next(a for a in parser._actions if a.dest == "command").choices["evaluate"]
+    helps = {a.option_strings[0]: a.help for a in sub._actions if a.option_strings}
+    for field, option in BEAM_OPTIONS.items():
+        assert f"default {getattr(BeamOptions(), field):g}" in helps[option], (option, helps[option])
+
+
 def test_what_would_stop_an_evaluation_midway_is_named_before_it_starts(tmp_path, always_a, caplog) -> None:
     """`--out FILE` said "[Errno 17] File exists" after transcribing everything; an audio file given for a manifest
     "not valid UTF-8 ...; re-encode the manifest as UTF-8"; an utterance under 400 samples stopped the whole

@@ -88,6 +88,24 @@ def test_windows_that_would_drop_audio_are_refused_naming_the_option(options, me
     assert re.search(message, caplog.text), caplog.text[-500:]
 
 
+def test_a_stride_without_chunks_is_refused_naming_both_options(tmp_path) -> None:
+    """`--chunk-seconds 0 --stride-seconds 5` transcribed whole files and ignored the stride without a word."""
+    from earful.eval.transcribe import transcribe_files
+    from earful.eval.vocab import CharVocab
+    from earful.model import load_model_config
+
+    path = str(tmp_path / "f.wav")
+    sf.write(path, np.zeros(8000, np.float32), 16000)
+    vocab = CharVocab()
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), len(vocab))
+    for stride in (5.0, 0.0):
+        with pytest.raises(ValueError, match=rf"^stride_seconds \(--stride-seconds\) = {stride} with chunk_seconds "
+                                             r"\(--chunk-seconds\) = 0: whole files go through the model in one "
+                                             r"window, without strides; give a chunk, or leave the stride out$"):
+            transcribe_files(model, vocab, [path], chunk_seconds=0, stride_seconds=stride)
+    assert transcribe_files(model, vocab, [path], chunk_seconds=0)[0]["seconds"] == 0.5
+
+
 def test_transcribe_refuses_a_json_output_it_would_write_as_json_lines(tone_ctc, tmp_path, caplog) -> None:
     """--out F.json had been written as JSON Lines, not one JSON document (not valid JSON for two files)."""
     ckpt, manifest = tone_ctc
