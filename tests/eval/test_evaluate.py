@@ -100,6 +100,38 @@ def test_an_utterance_longer_than_device_seconds_gets_a_batch_of_its_own(tmp_pat
     assert small["splits"] == large["splits"]
 
 
+def test_a_progress_bar_counts_each_splits_utterances(tmp_path, always_a, monkeypatch, caplog) -> None:
+    """`earful evaluate` of 3000 utterances said nothing until its summary (minutes on a CPU, more with an LM). Now
+    each split has a bar over its utterances, updated batch by batch (on a terminal: under pytest stderr is none,
+    so the bar is made to show here), and a log line as it starts."""
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    import earful.eval.evaluate as E
+
+    bars, updates = [], []
+
+    def shown(**kwargs):
+        assert kwargs.get("disable") is None and kwargs.get("dynamic_ncols")  # off without a terminal, as elsewhere
+        bar = tqdm(**{**kwargs, "disable": False, "file": io.StringIO()})
+        updates.append([])
+        update = bar.update
+        bar.update = lambda n=1: updates[-1].append(n) or update(n)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(E, "tqdm", shown, raising=False)  # the bar evaluate makes
+    a = write_split(tmp_path / "data", "clean", ["a", "b", "c", "a b", "c"])  # 0.5, 1, 1.5, 0.5, 1 s
+    b = write_split(tmp_path / "data", "other", ["a", "b"])
+    with caplog.at_level(logging.INFO, "earful"):
+        evaluate(always_a, [a, b], tmp_path / "eval", device_seconds=1.5)  # several batches a split
+    assert [(bar.desc, bar.total, bar.n) for bar in bars] == [("evaluate clean", 5, 5), ("evaluate other", 2, 2)]
+    assert len(updates[0]) > 1 and sum(updates[0]) == 5  # a batch at a time
+    assert "clean: transcribing 5 utterances (0.00 h of audio), greedy" in caplog.text
+
+
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_scoring_budget_packs_to_device_seconds_and_admits_the_longest_whole(world_size) -> None:
     """What ``evaluate`` and fine-tuning's dev loader batch with: nothing left out, cropped or repeated."""
