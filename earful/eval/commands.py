@@ -56,6 +56,9 @@ def text_mapping(raw: str) -> dict[str, str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from earful.eval.evaluate import evaluate
 
+    if args.num_workers < 0:  # torch's own message named num_workers, after the checkpoint and manifests were read
+        raise ValueError(f"--num-workers {args.num_workers}: expected an integer from 0 up (0: the audio is read "
+                         "in this process)")
     summary = evaluate(
         args.ckpt, args.manifests, args.out, device_seconds=args.device_seconds, device=args.device,
         precision=args.precision, lm=args.lm, lexicon=args.lexicon, beam_options=_beam_options(args),

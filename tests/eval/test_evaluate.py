@@ -438,6 +438,18 @@ def test_beam_options_without_an_lm_are_refused_naming_them(tmp_path, always_a, 
     assert not (tmp_path / "eval").exists()
 
 
+def test_a_negative_num_workers_is_refused_naming_the_option(tmp_path, always_a, caplog) -> None:
+    """`evaluate --num-workers -1` stopped with torch's "num_workers option should be non-negative; use
+    num_workers=0 ...", naming no option of the command, after the checkpoint was read and --out made."""
+    from earful.cli import main
+
+    m = write_split(tmp_path / "data", "dev", ["a"])
+    assert main(["evaluate", str(always_a), str(m), "--out", str(tmp_path / "eval"), "--num-workers", "-1"]) == 2
+    assert "--num-workers -1: expected an integer from 0 up (0: the audio is read in this process)" in caplog.text
+    assert "num_workers" not in caplog.text
+    assert not (tmp_path / "eval").exists()
+
+
 def test_beam_options_not_given_are_the_papers_defaults_the_help_names() -> None:
     """Unset beam options (None on the command line) are resolved to :class:`BeamOptions`' defaults, and each
     option's help names that default."""
