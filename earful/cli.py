@@ -1,5 +1,6 @@
 """The ``earful`` command line. Each concern owns its sub-commands in ``earful/<concern>/commands.py``
-(a ``register(subparsers)`` function); this file only lists those modules and dispatches."""
+(a ``register(subparsers)`` function); this file only lists those modules and dispatches. Users read
+:data:`DESCRIPTION` (``earful --help``), not this."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 # One line a concern; a module that is not there yet is simply not listed.
 COMMAND_MODULES = (
@@ -22,10 +24,65 @@ COMMAND_MODULES = (
 )
 
 
+DESCRIPTION = """\
+earful: wav2vec 2.0 self-supervised speech pre-training, with batch size measured in seconds of audio.
+
+From audio to word error rate:
+  prepare, shard, synth  make manifests (and tar shards) of a corpus, or synthesise the built-in one
+  pretrain               self-supervised pre-training on unlabelled audio
+  finetune               CTC fine-tuning on labelled audio
+  evaluate, transcribe   WER / CER on labelled manifests; text from audio files (greedy, or with an n-gram LM)
+  study                  a whole batch-size study: plan, run (pre-train, fine-tune, evaluate), report
+  probe                  SUPERB-style probes of frozen features
+
+`earful COMMAND -h` gives a command's options; -v (debug logging) goes before or after the command."""
+
+
+def version() -> str:
+    """The installed package's version; a checkout run without installing (``PYTHONPATH``) has no metadata, and
+    then says the source's own ``__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("earful")
+    except PackageNotFoundError:
+        from earful import __version__
+
+        return f"{__version__} (not installed)"
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes after its name too (``earful evaluate ... -v``). Their default is SUPPRESS:
+    a command's parser sets them only when given, so it does not undo ``earful -v COMMAND`` (argparse copies a
+    sub-parser's defaults over the top level's values)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    return common
+
+
+class _Commands(argparse._SubParsersAction):
+    """The sub-commands' action: every parser added (each command's, and its own sub-commands', as ``study
+    run``'s: they are :class:`_Parser` too) gets the common options, here once rather than in each module."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs["parents"] = [*kwargs.get("parents", ()), _common_options()]
+        return super().add_parser(name, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose sub-commands are :class:`_Commands`."""
+
+    def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:
+        kwargs.setdefault("action", _Commands)
+        return super().add_subparsers(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earful", description=__doc__)
+    parser = _Parser(prog="earful", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
             mod = importlib.import_module(name)

@@ -32,6 +32,56 @@ def test_unknown_words_are_refused(extra, capsys):
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+def test_the_top_level_help_tells_users_what_earful_is(capsys):
+    """`earful --help` printed the module's docstring, for developers ("Each concern owns its sub-commands in
+    ``earful/<concern>/commands.py`` ..."); now what earful does and its main commands."""
+    with pytest.raises(SystemExit) as stop:
+        parse(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert "wav2vec 2.0 self-supervised speech pre-training" in out
+    assert all(f"  {c}" in out for c in ("pretrain", "finetune", "evaluate, transcribe", "study"))
+    assert "commands.py" not in out and "register(subparsers)" not in out
+
+
+def test_version_is_the_installed_packages_else_the_sources(capsys, monkeypatch):
+    """`earful --version` did not exist ("the following arguments are required: command")."""
+    import importlib.metadata
+
+    import earful
+    from earful import cli
+
+    with pytest.raises(SystemExit) as stop:
+        parse(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"earful {importlib.metadata.version('earful')}\n"
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a checkout run with PYTHONPATH
+    assert cli.version() == f"{earful.__version__} (not installed)"
+
+
+@pytest.mark.parametrize(("argv", "verbose"), [
+    (["evaluate", "c", "m.jsonl", "--out", "o", "-v"], True),
+    (["evaluate", "c", "m.jsonl", "-v", "--out", "o"], True),
+    (["-v", "evaluate", "c", "m.jsonl", "--out", "o"], True),
+    (["evaluate", "c", "m.jsonl", "--out", "o"], False),
+    (["lm", "build", "t.txt", "--out", "x", "--verbose"], True),
+    (["-v", "study", "run", "s.yaml", "--out", "d"], True),
+    (["study", "run", "s.yaml", "--out", "d"], False),
+])  # fmt: skip
+def test_verbose_before_or_after_the_command(argv, verbose):
+    """`earful evaluate ... -v` was refused ("unrecognized arguments: -v"): -v was the top level's alone. Every
+    command (and sub-command) takes it now, and a command's own default does not undo `earful -v COMMAND`."""
+    assert parse(argv).verbose is verbose
+
+
+def test_verbose_after_a_command_keeps_its_overrides():
+    args = parse(["study", "run", "s.yaml", "--out", "d", "-v", "seeds=[1,2]"])
+    assert args.verbose and args.overrides == ["seeds=[1,2]"]
+
+
 def test_a_mapping_override_of_the_wrong_types_is_a_config_error():
     """dict fields coerce their keys and values like any other field: a clear error naming the key, not a
     TypeError later (text_mapping is dict[str, str]; YAML reads `1` as an integer)."""
