@@ -56,15 +56,21 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     config_path = run / "config.yaml" if run is not None else None
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path and config_path.exists() else None
-    title = "pre-trained (self-supervised, contrastive)" if kind == "pretraining" else "fine-tuned with CTC"
+    untrained = trainer is not None and trainer.get("step") == 0  # a run's `init`: the weights before step 1
+    if untrained:
+        title = ("random initialisation (not trained)" if kind == "pretraining" else
+                 "CTC model before fine-tuning (not trained)")
+    else:
+        title = "pre-trained (self-supervised, contrastive)" if kind == "pretraining" else "fine-tuned with CTC"
     name = run.name if run is not None else ckpt.name
+    made = ("Written by earful's trainer before its first step" if untrained else
+            "Trained with earful (batch size in seconds of audio, progress in hours of audio seen)")
     lines = ["---", "library_name: transformers",
              f"pipeline_tag: {'feature-extraction' if kind == 'pretraining' else 'automatic-speech-recognition'}",
              "tags: [wav2vec2, speech, earful]", "---", "",
              f"# {name}: wav2vec 2.0, {title}", "",
-             "Trained with earful (batch size in seconds of audio, progress in hours of audio seen); exported from "
-             f"checkpoint `{ckpt.name}`" + (f" of run `{name}`." if run is not None else "."), "",
-             "## Architecture", ""]
+             f"{made}; exported from checkpoint `{ckpt.name}`" + (f" of run `{name}`." if run is not None else "."),
+             "", "## Architecture", ""]
     stride = math.prod(m["conv_stride"])
     cls = "Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"
     arch = [("transformers class", cls),
@@ -81,8 +87,10 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
     if trainer is None:
         lines += ["", "This checkpoint records no training (it was not written by earful's trainer)."]
     else:
-        lines += ["", "## Training", ""] + _table(_training(trainer, config))
-        lines += ["", "## Corpus and recipe", ""] + _table(_fingerprints(trainer, config))
+        lines += ["", "## Training", ""] + _table(_training(trainer, config, kind))
+        fingerprints = _fingerprints(trainer, config)
+        if fingerprints:
+            lines += ["", "## Corpus and recipe", ""] + _table(fingerprints)
     if run is not None:
         lines += _validation(run, trainer)
         lines += _results(run, ckpt)
@@ -136,13 +144,32 @@ def _shown_config(config: dict[str, Any], kind: str) -> tuple[dict[str, Any], li
                    "fine-tuned from scratch, and this one's came from `init` (the Architecture section above).", ""]
 
 
-def _training(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:
-    device = _number(trainer.get("layout", {}).get("device_seconds", "?"))
-    rows = [("steps", f"{trainer['step']:,}"),
-            ("batch", f"{trainer['batch_seconds']:g} s of audio per step ({trainer['world_size']} device(s) × "
-                      f"{device} s × {trainer['accumulation']} accumulation, at most)"),
-            ("hours of audio seen", f"{trainer['hours_padded']:.4g} h (padded; {trainer['hours_real']:.4g} h real)"),
-            ("peak learning rate", f"{trainer['lr']:.3g}")]
+def _training(trainer: dict[str, Any], config: dict[str, Any] | None, kind: str) -> list[tuple[str, str]]:
+    """The Training table: what ``trainer.json`` records, each row only where its fields are there. A run's
+    ``init`` records step 0 alone (``Trainer._start_records``: the from-scratch baseline, the weights before any
+    step): its card says so, where it had raised a KeyError on the batch it never had."""
+    rows = [("steps", f"{trainer['step']:,}")]
+    if trainer["step"] == 0:
+        init = trainer.get("init_checkpoint") or (config or {}).get("init")
+        if kind == "pretraining" or init == "scratch":
+            what = "none: the random initialisation, before the first step (the run's from-scratch baseline)"
+        elif init:
+            what = f"none: the weights the fine-tuning started from (`{init}` and its CTC head), before the first step"
+        else:
+            what = "none: the weights before the first step"
+        rows.append(("training", what))
+        if config is not None and "seed" in config:
+            rows.append(("seed", str(config["seed"])))
+        return rows
+    if "batch_seconds" in trainer:
+        device = _number(trainer.get("layout", {}).get("device_seconds", "?"))
+        rows.append(("batch", f"{trainer['batch_seconds']:g} s of audio per step ({trainer.get('world_size', '?')} "
+                              f"device(s) × {device} s × {trainer.get('accumulation', '?')} accumulation, at most)"))
+    if "hours_padded" in trainer:
+        real = f"; {trainer['hours_real']:.4g} h real" if "hours_real" in trainer else ""
+        rows.append(("hours of audio seen", f"{trainer['hours_padded']:.4g} h (padded{real})"))
+    if "lr" in trainer:
+        rows.append(("peak learning rate", f"{trainer['lr']:.3g}"))
     if config is not None:
         optim = config.get("optim", {})
         rows += [("schedule", str(optim.get("schedule"))), ("precision", str(config.get("precision"))),
@@ -153,9 +180,11 @@ def _training(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tu
 
 
 def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The Corpus and recipe table. Weights before the first step (``init``) read no corpus and record no recipe:
+    only what they were initialised from is shown (an empty recipe's fingerprint would be a made-up fact)."""
     recipe = trainer.get("recipe", {})
     rows = []
-    for key in MANIFESTS:
+    for key in MANIFESTS if trainer["step"] > 0 else ():
         section, field = key.split(".")
         path = (config or {}).get(section, {}).get(field)
         digest = recipe.get(f"{key}.sha256")
@@ -171,7 +200,8 @@ def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> lis
         rows.append(("initialised from", f"`{trainer['init_checkpoint']}`{shown}"))
     elif (config or {}).get("init"):
         rows.append(("initialised from", f"`{config['init']}`"))
-    rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(recipe)}` of the recipe in trainer.json"))
+    if "recipe" in trainer:
+        rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(recipe)}` of the recipe in trainer.json"))
     return rows
 
 

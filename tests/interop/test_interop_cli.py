@@ -201,3 +201,43 @@ def test_the_model_card_shows_no_preset_that_was_not_built(tmp_path, init) -> No
     else:
         assert "model_preset" not in shown and shown["init"] == init
         assert "`model_preset` (base) is left out: it is the architecture of a model fine-tuned from scratch" in card
+
+
+def test_the_init_checkpoint_of_a_run_exports_as_the_random_initialisation(tmp_path, tiny_corpus) -> None:
+    """A run's ``checkpoints/init`` (the from-scratch baseline, its trainer.json step 0 alone) crashed export-hf
+    with a KeyError on batch_seconds. Its card now says what it is; the trained checkpoint's card is as before."""
+    import yaml
+
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+    from earful.train.state import RunDir
+
+    cfg = load_pretrain_config(None, [
+        "model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4", "max_steps=1",
+        "valid_every=0", "data.num_workers=0", "data.min_seconds=0.5", "data.crop_seconds=2.0", "tensorboard=false",
+        "threads=1", "device=cpu", "seed=3"])
+    Trainer(PretrainTask(cfg), tmp_path / "pt").fit()
+    ckpts = tmp_path / "pt" / "checkpoints"
+    assert main(["export-hf", str(ckpts / "init"), str(tmp_path / "hf-init")]) == 0
+    card = (tmp_path / "hf-init" / "README.md").read_text()
+    for fact in ("# pt: wav2vec 2.0, random initialisation (not trained)", "| steps | 0 |",
+                 "| training | none: the random initialisation, before the first step", "| seed | 3 |"):
+        assert fact in card, (fact, card)
+    assert "## Corpus and recipe" not in card and "recipe fingerprint" not in card  # it read none, records none
+    assert main(["export-hf", str(ckpts / "step-0000001"), str(tmp_path / "hf-1")]) == 0
+    card = (tmp_path / "hf-1" / "README.md").read_text()
+    assert "wav2vec 2.0, pre-trained" in card and "| batch | 4 s of audio per step" in card
+    assert "recipe fingerprint" in card
+
+    # a fine-tuning's init, as its trainer writes it (step 0 alone), from the pre-training's latest
+    ft = RunDir(tmp_path / "ft")
+    symbols = ["<b>", "|", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    ft.save("init", Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29), state=None, trainer={"step": 0},
+            vocab={"symbols": symbols}, make_latest=False)
+    (ft.root / "config.yaml").write_text(yaml.safe_dump({"init": str(tmp_path / "pt"), "seed": 1}))
+    assert main(["export-hf", str(ft.ckpt / "init"), str(tmp_path / "hf-ft-init")]) == 0
+    card = (tmp_path / "hf-ft-init" / "README.md").read_text()
+    assert "# ft: wav2vec 2.0, CTC model before fine-tuning (not trained)" in card
+    assert f"| training | none: the weights the fine-tuning started from (`{tmp_path / 'pt'}` and its CTC head)" in card
+    assert f"| initialised from | `{tmp_path / 'pt'}` |" in card
