@@ -16,7 +16,6 @@ What the card says, and where it reads it (a fact that is not recorded is left o
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -24,11 +23,12 @@ from typing import Any
 
 import yaml
 
-from earful.checkpoint import read_info
+from earful.checkpoint import CheckpointError, read_info, read_json
+from earful.config import read_yaml
 from earful.data.budget import SAMPLE_RATE
 from earful.study.report import read_jsonl, read_records
 from earful.train.recipe import MANIFESTS, recipe_hash
-from earful.train.state import TRAINER_FILE
+from earful.train.state import TRAINER_FILE, read_trainer_info
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,41 @@ def _number(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON object the card reads (``study.json``, an evaluation's ``summary.json``): a corrupt or other file is
+    a one-line error naming it, where it had been json's message alone or a traceback."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def _study_name(study: Path) -> str:
     path = study / "study.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("name", study.name) if path.exists() else study.name
+    return str(_read_object(path).get("name", study.name)) if path.exists() else study.name
+
+
+# trainer.json's numbers the card shows: one of another type is named, not formatted into a traceback
+_TRAINER_NUMBERS = ("step", "batch_seconds", "world_size", "accumulation", "hours_padded", "hours_real", "lr")
+
+
+def _read_trainer(ckpt: Path) -> dict[str, Any] | None:
+    """``trainer.json`` (None where the checkpoint has none: not written by earful's trainer), read by the
+    trainer's own reader (corrupt JSON, another format: named), with the step every trainer.json records and the
+    numbers the card shows checked: ``{}`` had been a KeyError, a text batch size a format error without a file."""
+    path = ckpt / TRAINER_FILE
+    if not path.exists():
+        return None
+    trainer = read_trainer_info(ckpt)
+    if "step" not in trainer:
+        raise CheckpointError(f"{path}: records no step (a trainer.json earful's trainer writes always does)")
+    for key in _TRAINER_NUMBERS:
+        value = trainer.get(key)
+        if key in trainer and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise CheckpointError(f"{path}: {key} is {value!r}, not a number")
+    if not isinstance(trainer["step"], int) or trainer["step"] < 0:
+        raise CheckpointError(f"{path}: step is {trainer['step']!r}, not a step count")
+    return trainer
 
 
 def model_card(ckpt: str | Path, parameters: int) -> str:
@@ -51,11 +83,10 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
     ckpt = Path(ckpt)
     info = read_info(ckpt)
     m, kind = info["model"], info["kind"]
-    trainer_path = ckpt / TRAINER_FILE
-    trainer = json.loads(trainer_path.read_text(encoding="utf-8")) if trainer_path.exists() else None
+    trainer = _read_trainer(ckpt)
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     config_path = run / "config.yaml" if run is not None else None
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path and config_path.exists() else None
+    config = read_yaml(config_path) if config_path and config_path.exists() else None
     untrained = trainer is not None and trainer.get("step") == 0  # a run's `init`: the weights before step 1
     if untrained:
         title = ("random initialisation (not trained)" if kind == "pretraining" else
@@ -237,7 +268,9 @@ def _results(run: Path, ckpt: Path) -> list[str]:
                 f"CTC fine-tunings of this checkpoint in study `{_study_name(study)}`:", "", *table]
     summary = study / "eval" / run.name / "summary.json"
     if run.parent.name == "finetune" and summary.exists():
-        evaluated = json.loads(summary.read_text(encoding="utf-8"))
+        evaluated = _read_object(summary)
+        if not isinstance(evaluated.get("checkpoint"), str) or not isinstance(evaluated.get("splits"), dict):
+            raise CheckpointError(f"{summary}: not an evaluation summary (no checkpoint and splits)")
         # the study evaluated one checkpoint of the run (best): its figures are not another's. The path it
         # recorded may be relative to where the study ran: compared from the run's folder down
         if Path(evaluated["checkpoint"]).parts[-3:] != ckpt.absolute().parts[-3:]:

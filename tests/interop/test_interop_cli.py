@@ -241,3 +241,48 @@ def test_the_init_checkpoint_of_a_run_exports_as_the_random_initialisation(tmp_p
     assert "# ft: wav2vec 2.0, CTC model before fine-tuning (not trained)" in card
     assert f"| training | none: the weights the fine-tuning started from (`{tmp_path / 'pt'}` and its CTC head)" in card
     assert f"| initialised from | `{tmp_path / 'pt'}` |" in card
+
+
+@pytest.mark.parametrize("file, text, problem", [
+    ("trainer", "{\n", r"trainer\.json: corrupt JSON \(Expecting property name"),
+    ("trainer", "{}", r"trainer\.json: training-state format None"),
+    ("trainer", '{"format": 2}', r"trainer\.json: records no step"),
+    ("trainer", '{"format": 2, "step": 5, "batch_seconds": "4"}', r"trainer\.json: batch_seconds is '4', not a number"),
+    ("config", "seed: [1\n", r"config\.yaml:2:1: expected ',' or ']'"),
+    ("config", "- 1\n", r"config\.yaml: expected a YAML mapping"),
+    ("study", "{\n", r"study\.json: corrupt JSON"),
+    ("summary", "[]", r"summary\.json: expected a JSON object, found list"),
+    ("summary", '{"splits": {}}', r"summary\.json: not an evaluation summary"),
+], ids=["trainer-corrupt", "trainer-empty", "trainer-no-step", "trainer-text", "config-corrupt", "config-list",
+        "study-corrupt", "summary-list", "summary-keys"])
+def test_the_model_card_names_a_record_it_cannot_read(tmp_path, caplog, file, text, problem) -> None:
+    """The card read trainer.json, config.yaml, study.json and summary.json with json/yaml alone: a corrupt
+    trainer.json was json's message with no file named, a corrupt config.yaml a YAML traceback, ``{}`` a
+    KeyError. Each is one line naming the file and the problem, nothing exported."""
+    import re
+
+    import yaml
+
+    study = tmp_path / "study"
+    run = study / "finetune" / "r"
+    ckpt = run / "checkpoints" / "best"
+    symbols = ["<b>", "|", "'"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    save_model(ckpt, Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=29), vocab={"symbols": symbols})
+    (ckpt / "trainer.json").write_text(json.dumps({"format": 2, "step": 5, "batch_seconds": 4.0, "world_size": 1,
+                                                   "accumulation": 1, "hours_padded": 0.1, "hours_real": 0.1,
+                                                   "lr": 1e-4}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"init": "scratch", "seed": 1}))
+    (study / "study.json").write_text(json.dumps({"name": "s"}))
+    (study / "eval" / "r").mkdir(parents=True)
+    (study / "eval" / "r" / "summary.json").write_text(json.dumps({"checkpoint": str(ckpt), "splits": {
+        "test": {"greedy": {"wer": 0.5, "cer": 0.25}}}}))
+    assert main(["export-hf", str(ckpt), str(tmp_path / "ok")]) == 0
+    assert "In study `s`:" in (tmp_path / "ok" / "README.md").read_text()
+    path = {"trainer": ckpt / "trainer.json", "config": run / "config.yaml", "study": study / "study.json",
+            "summary": study / "eval" / "r" / "summary.json"}[file]
+    path.write_text(text)
+    caplog.clear()
+    assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and re.match(re.escape(str(path.parent)) + "/" + problem, errors[0]), errors
+    assert not (tmp_path / "hf").exists()
