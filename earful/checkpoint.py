@@ -140,6 +140,12 @@ def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
     return info
 
 
+def weights_sha256(info: dict[str, Any]) -> str | None:
+    """The SHA-256 of the weights a ``model.json`` (``info``) records, None where it records none: what tells one
+    checkpoint's results (evaluate) or features from another's, a moved folder being the same weights."""
+    return ((info.get("files") or {}).get(MODEL_FILE) or {}).get("sha256")
+
+
 def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None, where: str = "") -> torch.nn.Module:
     """The model ``kind`` names; ``where``: the file that asks for it, for the errors."""
     at = f"{where}: " if where else ""

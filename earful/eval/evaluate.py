@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import INFO_FILE, MODEL_FILE, load_model, read_info
+from earful.checkpoint import INFO_FILE, load_model, read_info, weights_sha256
 from earful.config import plain_name
 from earful.data.audio import AudioError, check_frames
 from earful.data.dataset import check_headers, make_loader
@@ -262,7 +262,7 @@ def evaluate(
 
 def _weights_sha256(ckpt: Path) -> str | None:
     """The SHA-256 of the checkpoint's weights as its ``model.json`` records it (None where it records none)."""
-    return ((read_info(ckpt).get("files") or {}).get(MODEL_FILE) or {}).get("sha256")
+    return weights_sha256(read_info(ckpt))
 
 
 def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,11 +49,11 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from earful.checkpoint import load_model
+    from earful.checkpoint import load_model, weights_sha256
     from earful.interop.features import write_features
 
-    model, _ = load_model(args.ckpt)
-    write_features(model, args.audio, args.out)
+    model, info = load_model(args.ckpt)
+    write_features(model, args.audio, args.out, checkpoint=args.ckpt, weights_sha256=weights_sha256(info))
     return 0
 
 
@@ -80,5 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
     p.add_argument("ckpt", help="earful checkpoint directory")
     p.add_argument("audio", nargs="+", help="audio files")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
+                   "features.json records the checkpoint; another checkpoint's is refused)")
     p.set_defaults(func=_features)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from earful.atomic import atomic_open
+from earful.atomic import atomic_open, atomic_write_json
+from earful.checkpoint import read_json
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,44 @@ def layer_features(model: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
     return layer_states(backbone, [x])[0].transpose(0, 1).contiguous().numpy()
 
 
-def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path) -> list[Path]:
+RECORD = "features.json"  # in --out: the checkpoint its .npy files are of, and the audio file of each
+
+
+def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
+    """The files an earlier ``earful features`` wrote in ``out`` (its :data:`RECORD`), which this run keeps beside
+    its own where it is of the same checkpoint (by the weights' SHA-256; by path where one records none), as
+    ``evaluate`` keeps its splits. Another checkpoint's, or .npy files that record none, are refused before any
+    work: the folder had held two checkpoints' features with nothing to tell which file was whose."""
+    path = out / RECORD
+    if not path.is_file():
+        stray = sorted(p.name for p in out.glob("*.npy")) if out.is_dir() else []
+        if stray:
+            raise ValueError(f"{out}: holds {len(stray)} .npy file(s) ({', '.join(stray[:3])}) and no {RECORD} to "
+                             f"say which checkpoint they are of, which these ({record['checkpoint']}) would mix with; "
+                             f"give another --out, or remove {out}")
+        return {}
+    saved = read_json(path)  # corrupt: a CheckpointError naming it
+    try:
+        files = {str(k): str(v) for k, v in saved["files"].items()}
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: not a record of earful features (no files); give another --out, or remove "
+                         f"{out}") from None
+    if saved.get("weights_sha256") and record["weights_sha256"]:
+        same = saved["weights_sha256"] == record["weights_sha256"]
+    else:
+        same = Path(str(saved.get("checkpoint"))).resolve() == Path(record["checkpoint"]).resolve()
+    if not same:
+        raise ValueError(f"{out}: holds the features of another checkpoint ({saved.get('checkpoint')}: {len(files)} "
+                         f"file(s)), which these ({record['checkpoint']}) would mix with; give another --out, or "
+                         f"remove {out}")
+    return files
+
+
+def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path, *, checkpoint: str | Path,
+                   weights_sha256: str | None) -> list[Path]:
+    """``STEM.npy`` of each audio file in ``out_dir``, and :data:`RECORD`: ``checkpoint`` (whose weights'
+    recorded SHA-256 is ``weights_sha256``) and the audio file of every .npy there. The record is written before
+    the first file, so an interrupted run's files are attributed too."""
     from earful.data.audio import load_audio
 
     stems: dict[str, str] = {}
@@ -56,7 +95,11 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             raise ValueError(f"{path}: shares the stem {stem!r} with {stems[stem]}; their .npy files would collide")
         stems[stem] = path
     out = Path(out_dir)
+    record: dict[str, Any] = {"checkpoint": str(checkpoint), "weights_sha256": weights_sha256}
+    files = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
+    files.update({f"{stem}.npy": str(path) for stem, path in stems.items()})
+    atomic_write_json(out / RECORD, {**record, "files": files})
     written = []
     for stem, path in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
         feats = layer_features(model, load_audio(path))
@@ -65,5 +108,5 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             np.save(f, feats, allow_pickle=False)
         written.append(target)
         log.debug("%s -> %s %s", path, target, feats.shape)
-    log.info("wrote %d feature files to %s", len(written), out)
+    log.info("wrote %d feature files to %s (%s: of %s)", len(written), out, RECORD, checkpoint)
     return written

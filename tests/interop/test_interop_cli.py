@@ -114,7 +114,7 @@ def test_features_shape_and_values(tmp_path) -> None:
     assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "b.wav"), str(tmp_path / "a.wav"),
                  str(tmp_path / "again" / "a.wav"), "--out", str(tmp_path / "clash")]) == 2
     assert not (tmp_path / "clash").exists() or not list((tmp_path / "clash").iterdir())
-    assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == ["a.npy", "b.npy"]  # no temporary left behind
+    assert sorted(p.name for p in (tmp_path / "feats").iterdir()) == ["a.npy", "b.npy", "features.json"]  # no temporary
 
 
 def test_export_import_keeps_the_text_mapping_in_config_json(tmp_path, caplog) -> None:
@@ -286,3 +286,44 @@ def test_the_model_card_names_a_record_it_cannot_read(tmp_path, caplog, file, te
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and re.match(re.escape(str(path.parent)) + "/" + problem, errors[0]), errors
     assert not (tmp_path / "hf").exists()
+
+
+def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, caplog) -> None:
+    """Two checkpoints' `earful features` into one --out mixed their .npy files with nothing to say which was
+    whose. features.json records the checkpoint (and each file's audio); another checkpoint's run is refused
+    before any work, as evaluate and probe refuse theirs; the same checkpoint (a moved copy too) continues."""
+    import shutil
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "one", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    save_model(tmp_path / "two", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    rs = np.random.RandomState(0)
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", (0.1 * rs.randn(8000)).astype(np.float32), 16000)
+    feats = tmp_path / "feats"
+    assert main(["features", str(tmp_path / "one"), str(tmp_path / "a.wav"), "--out", str(feats)]) == 0
+    a = np.load(feats / "a.npy")
+    record = json.loads((feats / "features.json").read_text())
+    assert record["checkpoint"] == str(tmp_path / "one") and record["files"] == {"a.npy": str(tmp_path / "a.wav")}
+    assert record["weights_sha256"] == load_model(tmp_path / "one")[1]["files"]["model.safetensors"]["sha256"]
+
+    caplog.clear()
+    assert main(["features", str(tmp_path / "two"), str(tmp_path / "a.wav"), str(tmp_path / "b.wav"),
+                 "--out", str(feats)]) == 2
+    assert f"{feats}: holds the features of another checkpoint ({tmp_path / 'one'}: 1 file(s)), which these " \
+           f"({tmp_path / 'two'}) would mix with; give another --out, or remove {feats}" in caplog.text
+    assert sorted(p.name for p in feats.iterdir()) == ["a.npy", "features.json"]
+    assert np.array_equal(np.load(feats / "a.npy"), a)
+
+    shutil.copytree(tmp_path / "one", tmp_path / "moved")  # the same weights: continues, a.npy written again
+    assert main(["features", str(tmp_path / "moved"), str(tmp_path / "a.wav"), str(tmp_path / "b.wav"),
+                 "--out", str(feats)]) == 0
+    record = json.loads((feats / "features.json").read_text())
+    assert record["files"] == {"a.npy": str(tmp_path / "a.wav"), "b.npy": str(tmp_path / "b.wav")}
+    assert np.array_equal(np.load(feats / "a.npy"), a)
+
+    (tmp_path / "old").mkdir()  # .npy files that record no checkpoint (an earlier version's): refused too
+    np.save(tmp_path / "old" / "x.npy", np.zeros(2))
+    caplog.clear()
+    assert main(["features", str(tmp_path / "one"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "old")]) == 2
+    assert f"{tmp_path / 'old'}: holds 1 .npy file(s) (x.npy) and no features.json" in caplog.text
