@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import INFO_FILE, load_model, read_info, weights_sha256
+from earful.checkpoint import load_model, read_info, weights_sha256
 from earful.config import plain_name
 from earful.data.audio import AudioError, check_frames
 from earful.data.dataset import check_headers, make_loader
@@ -49,7 +49,7 @@ from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab, placeholder
 from earful.model import Wav2Vec2ForCTC, batch_invariant
 from earful.train.distributed import resolve_device
-from earful.train.state import resolve_checkpoint
+from earful.train.state import require_checkpoint
 from earful.train.step import autocast
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,9 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
 
 def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
-    or run directory (its latest: :func:`earful.train.state.resolve_checkpoint`); ``command``, the one that
+    or run directory (its latest: :func:`earful.train.state.require_checkpoint`); ``command``, the one that
     needs it, is named by the error about a checkpoint of another kind."""
-    path = resolve_checkpoint(ckpt)
-    if path is None:
-        raise FileNotFoundError(f"{ckpt}: not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)")
+    path = require_checkpoint(ckpt)
     if path != Path(ckpt):
         log.info("%s: a run directory, its latest checkpoint: %s (for the lowest dev WER, give %s)", ckpt, path,
                  Path(ckpt) / "checkpoints" / "best")

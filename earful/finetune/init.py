@@ -54,6 +54,9 @@ def resolve_init(init: str) -> InitWeights:
     if init == "scratch":
         return InitWeights("scratch", None)
     path = Path(init)
+    if not path.exists():  # it had been told it held no model.json, no checkpoints/ and no config.json
+        raise FileNotFoundError(f"--init {init}: no such file or folder (give 'scratch', an earful checkpoint, a run "
+                                "directory or a transformers folder)")
     ckpt = resolve_checkpoint(path)
     if ckpt is not None:
         record = (read_info(ckpt).get("files") or {}).get(MODEL_FILE) or {}

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger("earful.interop")
+
+
+def _checkpoint(given: str) -> Path:
+    """The checkpoint ``given`` names: itself, or a run directory's latest, as evaluate, transcribe and finetune
+    --init take it (:func:`earful.train.state.require_checkpoint`); export-hf had refused a run directory."""
+    from earful.train.state import require_checkpoint
+
+    ckpt = require_checkpoint(given)
+    if ckpt != Path(given):
+        log.info("%s: a run directory, its latest checkpoint: %s", given, ckpt)
+    return ckpt
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -16,11 +28,12 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.private and not args.push:
         raise ValueError("--private needs --push")
-    model, info = load_model(args.ckpt)
+    ckpt = _checkpoint(args.ckpt)
+    model, info = load_model(ckpt)
     vocab = info.get("vocab") or {}
-    card = model_card(args.ckpt, count_parameters(model))
+    card = model_card(ckpt, count_parameters(model))
     export_hf(model, args.out, vocab_symbols=vocab.get("symbols"), special=vocab.get("tokens"), card=card,
-              source=args.ckpt, text_mapping=vocab.get("mapping"))
+              source=ckpt, text_mapping=vocab.get("mapping"))
     log.info("wrote a transformers %s folder to %s, its model card in README.md", info["kind"], args.out)
     if args.push:
         log.info("pushed to %s", push_to_hub(args.out, args.push, private=args.private))
@@ -52,14 +65,15 @@ def _features(args: argparse.Namespace) -> int:
     from earful.checkpoint import load_model, weights_sha256
     from earful.interop.features import write_features
 
-    model, info = load_model(args.ckpt)
-    write_features(model, args.audio, args.out, checkpoint=args.ckpt, weights_sha256=weights_sha256(info))
+    ckpt = _checkpoint(args.ckpt)
+    model, info = load_model(ckpt)
+    write_features(model, args.audio, args.out, checkpoint=ckpt, weights_sha256=weights_sha256(info))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-hf", help="write a transformers Wav2Vec2 folder from an earful checkpoint")
-    p.add_argument("ckpt", help="earful checkpoint directory")
+    p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
     p.add_argument("out", help="output folder (config.json, model.safetensors, README.md: the model card): new, "
                    "empty or an earlier export, which is replaced whole")
     p.add_argument("--push", metavar="REPO", default=None, help="then upload the folder to this Hugging Face Hub "
@@ -78,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_import)
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
-    p.add_argument("ckpt", help="earful checkpoint directory")
+    p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
     p.add_argument("audio", nargs="+", help="audio files")
     p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
                    "features.json records the checkpoint; another checkpoint's is refused)")

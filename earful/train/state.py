@@ -213,6 +213,18 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
     return latest
 
 
+def require_checkpoint(path: str | Path) -> Path:
+    """:func:`resolve_checkpoint` for a command that needs a checkpoint (export-hf, features, evaluate,
+    transcribe): a path that names none is a ``FileNotFoundError`` saying why, a path that does not exist said so
+    (it had been told it held no model.json and no checkpoints/)."""
+    ckpt = resolve_checkpoint(path)
+    if ckpt is None:
+        why = (f"not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)" if Path(path).exists() else
+               "no such checkpoint or run directory (the path does not exist)")
+        raise FileNotFoundError(f"{path}: {why}")
+    return ckpt
+
+
 def _read_trainer(ckpt: Path) -> tuple[dict[str, Any], Path]:
     info_path = ckpt / TRAINER_FILE
     if not info_path.exists():

@@ -354,9 +354,14 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="empty-run/checkpoints: no complete checkpoint"):
         load_ctc(empty)
-    with pytest.raises(FileNotFoundError, match="nowhere: not a checkpoint .* nor a run directory"):
+    (tmp_path / "plain").mkdir()  # a folder that is neither; a path that does not exist is told so
+    with pytest.raises(FileNotFoundError, match="plain: not a checkpoint .* nor a run directory"):
+        load_ctc(tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="plain: not 'scratch'"):
+        resolve_init(str(tmp_path / "plain"))
+    with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint or run directory \\(the path does not"):
         load_ctc(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere: not 'scratch'"):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder \\(give 'scratch'"):
         resolve_init(str(tmp_path / "nowhere"))
 
 

@@ -1,6 +1,7 @@
 """The interop commands: export-hf → import-hf round trip and `features` output."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -327,3 +328,31 @@ def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, ca
     caplog.clear()
     assert main(["features", str(tmp_path / "one"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "old")]) == 2
     assert f"{tmp_path / 'old'}: holds 1 .npy file(s) (x.npy) and no features.json" in caplog.text
+
+
+def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not_there(tmp_path, caplog) -> None:
+    """export-hf of a run directory said "not an earful checkpoint (no model.json)" though finetune, evaluate and
+    transcribe take one (its latest); a path that does not exist was told it had no model.json, as was finetune's
+    --init. Now both take a run directory as those do, and a missing path is said to be missing."""
+    from earful.train.state import RunDir
+
+    run = RunDir(tmp_path / "run")
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    for step in (1, 2):
+        run.save(f"step-000000{step}", model, state=None, trainer={"step": step})
+    latest = run.ckpt / "step-0000002"
+    with caplog.at_level(logging.INFO, logger="earful.interop"):
+        assert main(["export-hf", str(run.root), str(tmp_path / "hf")]) == 0
+    assert f"{run.root}: a run directory, its latest checkpoint: {latest}" in caplog.text
+    assert "exported from checkpoint `step-0000002` of run `run`" in (tmp_path / "hf" / "README.md").read_text()
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    assert main(["features", str(run.root), str(tmp_path / "a.wav"), "--out", str(tmp_path / "feats")]) == 0
+    assert json.loads((tmp_path / "feats" / "features.json").read_text())["checkpoint"] == str(latest)
+
+    caplog.clear()
+    assert main(["export-hf", str(tmp_path / "nonexist"), str(tmp_path / "hf2")]) == 2
+    assert f"{tmp_path / 'nonexist'}: no such checkpoint or run directory (the path does not exist)" in caplog.text
+    caplog.clear()
+    assert main(["finetune", "--init", str(tmp_path / "nonexist"), "--train", str(tmp_path / "m.jsonl"),
+                 "--out", str(tmp_path / "ft")]) == 2
+    assert f"--init {tmp_path / 'nonexist'}: no such file or folder (give 'scratch'" in caplog.text
