@@ -108,12 +108,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class LogBesideBars(logging.StreamHandler):
+    """Log lines beside progress bars: tqdm clears the bars on the stream, the line is written whole, the bars are
+    drawn again below it. A plain handler wrote the line where the bar's cursor stood, glued to its end
+    (``... 2/4 [00:02<00:02, loss=3.373]10:34:13 INFO earful.train.engine: valid step 2: ...``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: a handler reports, never raises
+            self.handleError(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[LogBesideBars()],
     )
     try:
         rc = args.func(args)

@@ -136,3 +136,32 @@ def test_an_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
     bad.write_text("optim:\n  lr: abc\n")
     with pytest.raises(ConfigError, match=rf"^{bad}: config\.optim\.lr: expected a number, got 'abc'"):
         load_finetune_config(bad)
+
+
+def test_log_lines_stand_beside_a_progress_bar_not_glued_to_it() -> None:
+    """A log line written while a progress bar was on the stream was glued to the bar's end (``... loss=3.373]10:34:13
+    INFO earful.train.engine: valid step 2``). The bar is cleared, the line written whole, the bar drawn again."""
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from earful.cli import LogBesideBars
+
+    stream = io.StringIO()
+    log = logging.getLogger("earful.test.bars")
+    handler = LogBesideBars(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tqdm(total=4, file=stream, desc="train", mininterval=0, ascii=True) as bar:
+            bar.update(2)
+            log.warning("valid step 2: loss 3.37")
+            bar.update(2)
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().split("\n")
+    said = [line for line in lines if "valid step 2" in line]
+    assert len(said) == 1 and said[0].rsplit("\r", 1)[-1] == "WARNING valid step 2: loss 3.37", lines
+    assert "train" not in said[0].rsplit("\r", 1)[-1] and "4/4" in lines[-1] + lines[-2]  # the bar goes on below

@@ -93,7 +93,9 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     torch.set_num_threads(threads)
     f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     sys.stdout = sys.stderr = f
-    logging.basicConfig(level=logging.INFO, stream=f, force=True,
+    from earful.cli import LogBesideBars
+
+    logging.basicConfig(level=logging.INFO, handlers=[LogBesideBars(f)], force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
