@@ -122,6 +122,12 @@ def gradient_noise(
     loader = make_loader(read_manifest(manifest, check_files=True), budget, shuffle=True, seed=seed, endless=True,
                          num_workers=0, crop_to_shortest=not padding, skip_bad=skip_bad,
                          names=OPTION_NAMES if options else None)  # None: the sampler's, the config's
+    per_epoch, needed = len(loader.sampler), num_batches * budget.accumulation  # micro-batches
+    if needed > per_epoch:
+        log.warning("%s holds %d micro-batches of %.4g s, and %d batches of %g s take %d: later batches repeat its "
+                    "utterances, and the statistics, which assume independent batches, understate the spread; give "
+                    "a larger manifest or fewer batches", manifest, per_epoch, budget.micro_seconds, num_batches,
+                    budget.batch_seconds, needed)
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g
@@ -159,6 +165,7 @@ def gradient_noise(
     b_simple = batch_sec * s / g2 if g2 > 0 else math.inf
     result = {
         "checkpoint": str(ckpt), "step": step, "padding": padding, "batches": num_batches,
+        "epochs_read": needed / per_epoch,  # above 1: batches repeat utterances (not independent)
         "batch_seconds_padded": batch_sec,
         "parameters": total, "mean_param_grad_std": mean_std / total,
         "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2, "b_simple_seconds": b_simple,

@@ -118,3 +118,25 @@ def test_gradvar_messages_name_the_settings_of_whoever_called_it(tmp_path, tiny_
     with pytest.raises(ValueError, match="data.skip_bad") as study:
         gradient_noise(tmp_path / "ckpt", train, too_small, num_batches=2, device="cpu", options=False)
     assert "data.skip_bad" not in str(command.value) and "--" not in str(study.value)
+
+
+def test_batches_past_what_the_manifest_holds_are_said_to_repeat_its_audio(tmp_path, tiny_corpus, caplog) -> None:
+    """More batches than the manifest holds were drawn from it again and again (the loader is endless), without a
+    word: the statistics assume independent batches, and repeats understate the spread. It is said, and the
+    result records the epochs read."""
+    import logging
+
+    from earful.data.manifest import read_manifest, write_manifest
+
+    train = tmp_path / "four.jsonl"
+    write_manifest(list(read_manifest(tiny_corpus[0]))[:4], train)
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    total = sum(u.num_samples for u in read_manifest(train)) / 16000
+    with caplog.at_level(logging.WARNING):
+        fits = gradient_noise(tmp_path / "ckpt", train, BatchBudget(3.0, 3.0), num_batches=2, device="cpu")
+    assert fits["epochs_read"] < 1 and "repeat its utterances" not in caplog.text
+    batches = math.ceil(2 * total / 3.0)  # twice the manifest's audio
+    with caplog.at_level(logging.WARNING):
+        again = gradient_noise(tmp_path / "ckpt", train, BatchBudget(3.0, 3.0), num_batches=batches, device="cpu")
+    assert again["epochs_read"] > 1 and f"and {batches} batches of 3 s take {batches}: later batches repeat its " \
+        "utterances" in caplog.text
