@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 class FinetuneTask(Task):
     name = "fine-tuning"
+    model_kind = "ctc"
     cfg: FinetuneConfig
     model: Wav2Vec2ForCTC
     best_metric = "wer"
@@ -128,9 +129,7 @@ class FinetuneTask(Task):
         """The initial model, or (resuming) the run's architecture, checked against this run's vocabulary."""
         if resume_from is None:
             return build_initial_model(self.cfg, self.vocab, self.init_weights)
-        info = read_info(resume_from)
-        if info.get("kind") != "ctc":
-            raise CheckpointError(f"{resume_from}: not a CTC checkpoint")
+        info = read_info(resume_from)  # its kind is the engine's to check (Trainer: a resume of another kind)
         saved = CharVocab.from_dict(info["vocab"])
         if saved.symbols != self.vocab.symbols:
             raise CheckpointError(f"{resume_from}: vocabulary {saved.symbols} differs from this run's")

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 class PretrainTask(Task):
     name = "pre-training"
+    model_kind = "pretraining"
     cfg: PretrainConfig
     model: Wav2Vec2ForPreTraining
 

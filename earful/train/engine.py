@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from earful.checkpoint import MODEL_FILE, CheckpointError, load_model
+from earful.checkpoint import MODEL_FILE, CheckpointError, load_model, read_info
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
@@ -145,6 +145,10 @@ class Trainer:
         if resume and latest is None and self.run.started() and self.d.is_main:
             log.info("%s: the run was started but wrote no checkpoint: --resume starts it again from step 0",
                      self.run.root)
+        if latest is not None and task.model_kind and (kind := read_info(latest).get("kind")) != task.model_kind:
+            raise ValueError(f"{self.run.root}: its checkpoints hold a {kind!r} model, and this {task.name} makes a "
+                             f"{task.model_kind!r} model: the folder holds another kind of run, which it cannot "
+                             "resume; use another --out")
         task.build_model(self.d, latest)
         info = read_trainer_info(latest) if latest is not None else None
         self.cuda_graphs = cfg.compile and uses_cuda_graphs(cfg.compile_backend, cfg.compile_mode)

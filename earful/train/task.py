@@ -34,6 +34,7 @@ from earful.train.config import TrainingConfig
 
 class Task:
     name: str = "training"
+    model_kind: str = ""  # what its checkpoints hold (model.json's kind): a resume of another kind is refused
     cfg: TrainingConfig
     model: nn.Module  # what checkpoints hold (the engine wraps it in DDP for the forward)
     loader: AudioLoader  # training batches, endless

@@ -163,6 +163,25 @@ def test_resume_with_another_recipe_is_refused_or_recorded(tmp_path, tiny_corpus
     assert "batch_seconds: 8.0" in (out / "config-2.yaml").read_text()
 
 
+def test_a_resume_in_a_folder_of_another_kind_of_run_says_so(tmp_path, tiny_corpus, tones, rel, caplog) -> None:
+    """`earful pretrain --resume` in a fine-tuning's folder said "another seed", then, seed matched, "another
+    recipe ... (and 56 more) ... --allow-changes", and only with --allow-changes failed loading the weights; a
+    fine-tuning resuming a pre-training's folder said "not a CTC checkpoint". Both now say the folder holds another
+    kind of run, before anything else, whatever the options."""
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 1), "--out", str(pre)]) == 0
+    assert main(["finetune", *rel.finetune_overrides(tones, 1), "--out", str(fine)]) == 0
+    cases = (("pretrain", rel.pretrain_overrides(tiny_corpus[0], 2), fine, "'ctc'", "pre-training", "'pretraining'"),
+             ("finetune", rel.finetune_overrides(tones, 2), pre, "'pretraining'", "fine-tuning", "'ctc'"))
+    for command, overrides, out, holds, task, makes in cases:
+        for extra in ([], ["--allow-changes"]):
+            caplog.clear()
+            assert main([command, *overrides, "--out", str(out), "--resume", *extra]) == 2
+            errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+            assert errors == [f"{out}: its checkpoints hold a {holds} model, and this {task} makes a {makes} model: "
+                              "the folder holds another kind of run, which it cannot resume; use another --out"], errors
+
+
 def test_history_records_only_resumes_that_trained(tmp_path, tiny_corpus, rel) -> None:
     """A resume that fails to load its checkpoint adds no segment; one stopped before its first checkpoint is
     replaced by the next, or removed by a resume with the recipe it interrupted (each had left a segment that
