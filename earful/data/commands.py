@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -114,6 +115,22 @@ def _stale(out: Path, splits: dict[str, list]) -> list[Path]:
     return [out / f"{name}.jsonl" for name in sorted(derived - splits.keys()) if (out / f"{name}.jsonl").exists()]
 
 
+def _of_another_source(out: Path, names: list[str], source: Path) -> dict[Path, str]:
+    """The manifests of ``out`` this prepare would write (``names``) that list audio outside ``source`` (their first
+    row's path, by manifest): another corpus's, whose split has the same name (two folders named ``train``)."""
+    root = source.resolve()
+    found: dict[Path, str] = {}
+    for target in (out / f"{name}.jsonl" for name in names):
+        try:
+            with open(target, encoding="utf-8") as f:
+                first = json.loads(f.readline())["path"]
+        except (OSError, ValueError, KeyError, TypeError):  # none there, or not a manifest's first row
+            continue
+        if not Path(first).resolve().is_relative_to(root):
+            found[target] = first
+    return found
+
+
 def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> list[Utterance]:
     """``utts`` with an id's later rows left out, each a problem naming both files: a manifest holding an id twice
     is refused by every command that reads it (``read_manifest``). The readers leave such rows out of a split
@@ -167,6 +184,11 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
     for msg in problems:
         log.warning("%s", msg)
     listed = args.out / f"problems-{Path(os.path.abspath(args.source)).name}.txt"
+    if others := _of_another_source(args.out, list(splits), Path(args.source)):
+        first = next(iter(others.items()))
+        raise ValueError(f"{', '.join(str(t) for t in others)}: the manifest(s) of another corpus (e.g. {first[1]}), "
+                         f"not of {args.source}: prepare replaces the manifests of its own source only (a corpus "
+                         "moved elsewhere too); give another output folder, or remove them")
     args.out.mkdir(parents=True, exist_ok=True)
     stale = _stale(args.out, splits)
     blocking = [p for p in problems if not isinstance(p, Note)]  # notes leave no audio out and mislabel none

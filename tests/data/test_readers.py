@@ -667,3 +667,22 @@ def test_a_second_stop_signal_while_prepare_stops_or_exits_changes_nothing(monke
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_prepare_replaces_the_manifests_of_its_own_source_only(tmp_path: Path, tone) -> None:
+    """Two corpora with a split of one name (two folders named train) prepared into one folder: the second
+    replaced the first's train.jsonl, and its problems list, without a word. It is refused, naming the manifest and
+    a file of the other corpus; the same source again replaces its own, as before."""
+    for corpus, n in (("a", 3), ("b", 2)):
+        for i in range(n):
+            tone(tmp_path / corpus / "train" / f"{corpus}{i}.wav", 0.5)
+    out = tmp_path / "out"
+    assert _prepare(str(tmp_path / "a" / "train"), str(out)) == 0
+    before = (out / "train.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=rf"{out / 'train.jsonl'}: the manifest\(s\) of another corpus \(e.g. "
+                                         rf".*a0.wav\), not of .*b/train: prepare replaces the manifests of its own"):
+        _prepare(str(tmp_path / "b" / "train"), str(out))
+    assert (out / "train.jsonl").read_bytes() == before
+    tone(tmp_path / "a" / "train" / "a3.wav", 0.5)
+    assert _prepare(str(tmp_path / "a" / "train"), str(out)) == 0  # its own: replaced, a row more
+    assert [u.id for u in read_manifest(out / "train.jsonl")] == ["a0", "a1", "a2", "a3"]
