@@ -167,6 +167,17 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 _YAML_COMMENT = re.compile(r"(^|\s)#")
 
 
+def config_and_overrides(words: list[str], option: str | None) -> tuple[str | None, list[str]]:
+    """A training command's config (a YAML path or preset name) and its key=value overrides, as ``earful pretrain``
+    and ``earful finetune`` both take them: ``--config NAME``, or a first word without ``=`` (``earful pretrain
+    pretrain-demo max_steps=10``); neither: the defaults. (Each took one form only, and refused the other.)"""
+    if words and "=" not in words[0]:
+        if option is not None:
+            raise ConfigError(f"two configs: --config {option} and {words[0]}; give one of them")
+        return words[0], words[1:]
+    return option, list(words)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A value holding
     `` #`` (or starting with ``#``), where YAML would start a comment, is text, whole

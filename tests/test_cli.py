@@ -21,8 +21,30 @@ def test_overrides_before_or_after_options(argv):
 
 
 def test_pretrain_overrides_after_flags():
+    from earful.config import config_and_overrides
+
     args = parse(["pretrain", "c.yaml", "--out", "d", "--resume", "max_steps=8"])
-    assert args.resume and args.overrides == ["max_steps=8"]
+    assert args.resume and config_and_overrides(args.overrides, args.config) == ("c.yaml", ["max_steps=8"])
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_both_training_commands_take_a_config_either_way(command, tmp_path, caplog):
+    """`earful pretrain` took its config as a first word only (`--config` was unrecognized), `earful finetune` by
+    --config only (a first word was 'not of the form key=value'). Both take both; two configs are refused."""
+    import logging
+
+    from earful.cli import main
+    from earful.config import config_and_overrides
+
+    preset = f"{command}-demo"
+    for argv in ([preset, "max_steps=3"], ["--config", preset, "max_steps=3"], ["max_steps=3", "--config", preset]):
+        args = parse([command, *argv, "--out", "d"])
+        assert config_and_overrides(args.overrides, args.config) == (preset, ["max_steps=3"]), argv
+    args = parse([command, "max_steps=3", "--out", "d"])
+    assert config_and_overrides(args.overrides, args.config) == (None, ["max_steps=3"])  # the defaults
+    with caplog.at_level(logging.ERROR):
+        assert main([command, preset, "--config", preset, "--out", str(tmp_path / "run")]) == 2
+    assert f"two configs: --config {preset} and {preset}; give one of them" in caplog.text
 
 
 @pytest.mark.parametrize("extra", ["--bogus", "stray"])

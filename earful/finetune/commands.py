@@ -9,10 +9,12 @@ log = logging.getLogger("earful.finetune")
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from earful.config import config_and_overrides
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
     from earful.train.engine import train_command
 
+    args.config, args.overrides = config_and_overrides(args.overrides, args.config)
     cfg = load_finetune_config(args.config, args.overrides)
     options = {"init": ("--init", args.init), "data.train": ("--train", args.train), "data.dev": ("--dev", args.dev)}
     _check_options(options, args.overrides)
@@ -46,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune a pre-trained (or random) wav2vec 2.0 model with CTC on characters. Defaults: "
         "the paper's recipe; fairseq's with --config finetune-fairseq-10m (or -100h).",
     )  # fmt: skip
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=13000 model.mask_prob=0.65")
+    p.add_argument("overrides", nargs="*", metavar="[CONFIG] KEY=VALUE",
+                   help="a YAML config or preset name (or --config), then key=value overrides, e.g. "
+                   "finetune-fairseq-10m max_steps=13000 model.mask_prob=0.65")
     p.add_argument("--init", default=None,
                    help="the initial model (required): pre-training or CTC checkpoint, run directory, transformers "
                    "folder, or 'scratch' for a random one")

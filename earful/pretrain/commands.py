@@ -7,6 +7,7 @@ import json
 import logging
 
 from earful.atomic import atomic_write_lines
+from earful.config import config_and_overrides
 
 log = logging.getLogger("earful.pretrain")
 
@@ -16,10 +17,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import train_command
 
-    config, overrides = args.config, list(args.overrides)
-    if "=" in config:  # no YAML, only overrides
-        config, overrides = None, [config, *overrides]
-    cfg = load_pretrain_config(config, overrides)
+    cfg = load_pretrain_config(*config_and_overrides(args.overrides, args.config))
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))
@@ -51,8 +49,10 @@ def seconds_or_none(text: str) -> float | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pre-training (also under torchrun)")
-    p.add_argument("config", help="YAML config (see earful/configs/pretrain-*.yaml), or a first key=value")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_seconds=600 optim.lr=1e-4")
+    p.add_argument("overrides", nargs="*", metavar="[CONFIG] KEY=VALUE",
+                   help="a YAML config or preset name (earful/configs/pretrain-*.yaml; or --config), then key=value "
+                   "overrides, e.g. pretrain-demo batch_seconds=600 optim.lr=1e-4")
+    p.add_argument("--config", default=None, help="YAML config or preset name (e.g. pretrain-paper)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint "
                    "(refused where no run was started: drop it to start one)")
