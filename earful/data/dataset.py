@@ -145,25 +145,26 @@ def read_utterance(utt: Utterance, index: int, epoch: int, *, crop_samples: int 
 
 
 def check_headers(utterances: Sequence[Utterance], where: str | None = None, skip_bad: str | None = None) -> None:
-    """Every row against its file's header (``check_row``: readable, its rate and length, not too short), before
-    any work: a validation set is read at the first validation only, and a bad file there stopped the run after
-    every step since its last checkpoint was trained (with the defaults, up to a checkpoint interval lost). Headers
-    only, each file once: about a millisecond a file. Raises AudioError naming the first problem (its file and
-    utterance), how many more, ``where`` (the manifest) and ``skip_bad``, the setting that leaves them out."""
+    """Every row against its file (``check_row``: readable, its rate and length, not too short; and its last
+    sample read, which a file cut short by an interrupted copy lacks though its header promises it), before any
+    work: a validation set is read at the first validation only, and a bad file there stopped the run after every
+    step since its last checkpoint was trained (with the defaults, up to a checkpoint interval lost). A header and
+    one seek a row: about a millisecond. Raises AudioError naming the first problem (its file and utterance), how
+    many more, ``where`` (the manifest) and ``skip_bad``, the setting that leaves them out."""
     problems: list[str] = []
-    headers: dict[str, tuple[int, int] | str] = {}  # path -> (frames, rate), or why it cannot be read
     for u in utterances:
-        if u.path not in headers:
-            try:
-                with open_audio(u.path) as f:
-                    headers[u.path] = int(f.frames), int(f.samplerate)
-            except AudioError as e:
-                headers[u.path] = str(e)
-        header = headers[u.path]
         try:
-            if isinstance(header, str):
-                raise AudioError(header)
-            check_row(u.path, u, *header)
+            with open_audio(u.path) as f:
+                frames, rate = int(f.frames), int(f.samplerate)
+                end = (u.offset or 0) + check_row(u.path, u, frames, rate)  # the row's last sample, at its rate
+                try:
+                    f.seek(end - 1)
+                    last = len(f.read(1, dtype="float32"))
+                except (RuntimeError, ValueError) as e:  # libsndfile's errors (LibsndfileError is a RuntimeError)
+                    raise AudioError(f"{u.path}: cannot read up to sample {end} of the {frames} its header promises "
+                                     f"(truncated?): {e}") from None
+                if last != 1:
+                    raise AudioError(f"{u.path}: holds fewer than the {end} samples its header promises (truncated?)")
         except AudioError as e:
             problems.append(f"{e} (utterance {u.id})")
     if problems:
@@ -371,14 +372,16 @@ def make_loader(
     names: dict[str, str | None] | None = None,
     evaluation: bool = False,
     source: str | None = None,
+    checked: bool = False,
 ) -> AudioLoader:
     """Dataset + seconds batch sampler + worker DataLoader for ``utterances`` within ``budget`` (``rank`` of its
     ``world_size``; ``crop_to_shortest``: see ``collate``). ``skip_bad``: unreadable files, and utterances the
     sampler cannot batch though no limit leaves them out (empty, too long for the device), are left out and
     counted instead of stopping the run. ``names``: the caller's names of the settings the sampler's messages
     advise (``SecondsBatchSampler``); ``evaluation``: a pass that scores each utterance once, the same batches on
-    any number of ranks (``SecondsBatchSampler``), whose rows are checked against their files' headers now
-(``check_headers``) unless ``skip_bad``; ``source``: the manifest the sampler's messages name (default:
+    any number of ranks (``SecondsBatchSampler``), whose rows are checked against their files now
+(``check_headers``) unless ``skip_bad`` or ``checked`` (by the caller, as evaluate checks every split first);
+``source``: the manifest the sampler's messages name (default:
     ``utterances``' own, where it is a ``Manifest``)."""
     # the dataset hands a file it cannot read to the loader, which stops (without skip_bad) in this process
     dataset = AudioDataset(utterances, crop_seconds=budget.crop_seconds, seed=seed, skip_bad=True)
@@ -388,7 +391,7 @@ def make_loader(
                                   bucket_size=bucket_size, skip_bad=skip_bad, source=source,
                                   ids=lambda idx: [dataset.utterances[int(i)].id for i in idx], names=names,
                                   evaluation=evaluation)
-    if evaluation and not skip_bad:  # read once, perhaps long after the start: the rows it reads checked now
+    if evaluation and not skip_bad and not checked:  # read once, perhaps long after the start: its rows checked now
         check_headers([utterances[int(i)] for i in sampler.batchable], source, sampler.names["skip_bad"])
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad)

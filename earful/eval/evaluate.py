@@ -104,7 +104,8 @@ def transcribe(
 ) -> tuple[dict[str, str], dict[str, str] | None]:
     """Greedy (and, with ``beam``, LM) transcripts by utterance id, batched by seconds of padded audio. A progress
     bar (``desc``) counts the utterances, on a terminal only (as ``earful transcribe``'s): 3000 utterances on a
-    CPU, with an LM, had been minutes without a line."""
+    CPU, with an LM, had been minutes without a line. The files of ``utts`` are the caller's to check first
+    (``check_headers``, as ``evaluate`` does for every split)."""
     device = resolve_device(device, "--device")
     model.eval().to(device)
     greedy: dict[str, str] = {}
@@ -114,7 +115,8 @@ def transcribe(
     budget = scoring_budget(utts, device_seconds)  # an utterance longer than device_seconds: a batch of its own
     loader = make_loader(utts, budget, shuffle=False, endless=False, num_workers=num_workers,
                          names={"device_seconds": "--device-seconds", "max_seconds": None, "min_seconds": None,
-                                "crop_seconds": None, "skip_bad": None}, evaluation=True)
+                                "crop_seconds": None, "skip_bad": None}, evaluation=True,
+                         checked=True)  # evaluate checked every split's files before transcribing any
     with tqdm(total=len(utts), unit="utt", desc=desc, dynamic_ncols=True, disable=None) as bar:
         for batch in loader:
             with autocast(precision, device):

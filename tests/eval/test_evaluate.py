@@ -527,6 +527,25 @@ def test_an_unreadable_file_of_a_later_split_is_found_before_any_split_is_transc
     assert not (tmp_path / "eval").exists()  # nothing transcribed
 
 
+def test_every_file_is_checked_once(tmp_path, always_a, monkeypatch) -> None:
+    """evaluate checks every split's files before transcribing any, and its loader checked them again."""
+    import earful.data.dataset as dataset
+    import earful.eval.evaluate as evaluation
+
+    checked: list[str] = []
+    real = dataset.check_headers
+
+    def count(utts, *args, **kwargs):
+        checked.extend(u.id for u in utts)
+        return real(utts, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "check_headers", count)
+    monkeypatch.setattr(evaluation, "check_headers", count)
+    evaluate(always_a, [write_split(tmp_path / "data", s, ["a", "b"]) for s in ("dev", "test")], tmp_path / "eval",
+             device_seconds=0.5)
+    assert sorted(checked) == ["dev-0", "dev-1", "test-0", "test-1"]
+
+
 @pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
 def test_an_out_folder_holds_one_checkpoints_evaluations_of_every_split(tmp_path, always_a, caplog) -> None:
     """Checkpoint A on dev, then on test with --lm, then checkpoint B on dev into one --out: summary.json held only

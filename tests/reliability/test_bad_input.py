@@ -459,16 +459,22 @@ def test_milestones_past_the_run_s_end_are_said(tmp_path, tiny_corpus, rel, capl
 def test_a_bad_file_in_the_validation_set_stops_the_run_before_training(tmp_path, tiny_corpus, tones, rel,
                                                                          caplog, kind) -> None:
     """The validation (dev) set is read at the first validation only: a corrupt file there, or one too short for
-    the model, stopped the run after it had trained every step since its last checkpoint (the checkpoint at that
-    step comes after the validation), which were lost. Its rows are checked against their files' headers before
-    training, naming the manifest, the file and the problem; with data.skip_bad the run trains."""
+    the model, or a FLAC cut short (its header whole), stopped the run after it had trained every step since its
+    last checkpoint (the checkpoint at that step comes after the validation), which were lost. Its rows are checked
+    against their files (header, last sample) before training, naming the manifest, the file and the problem; with
+    data.skip_bad the run trains."""
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
     rel.write_wave(bad / "short.wav", 100 / 16000)
+    cut = rel.write_wave(bad / "cut.flac", 3.0, subtype="PCM_16")
+    _truncate(bad / "cut.flac", 0.5)
     train = tiny_corpus[0] if kind == "pretrain" else tones
     good = rel.manifest_rows(train)[:3]
-    for name, row in (("corrupt.flac", {"num_samples": 16000}), ("short.wav", {"num_samples": 100})):
+    problems = {"corrupt.flac": "unreadable audio header", "short.wav": "too short", "cut.flac": "cannot read up to "
+                f"sample {cut} of the {cut} its header promises (truncated?)"}
+    for name, row in (("corrupt.flac", {"num_samples": 16000}), ("short.wav", {"num_samples": 100}),
+                      ("cut.flac", {"num_samples": cut})):
         dev = rel.write_rows(tmp_path / f"dev-{name}.jsonl", [*good, {**good[0], "id": "x", "path": str(bad / name),
                                                                        "sample_rate": 16000, **row}])
         if kind == "pretrain":
@@ -480,7 +486,7 @@ def test_a_bad_file_in_the_validation_set_stops_the_run_before_training(tmp_path
         assert main([kind, *overrides, "--out", str(tmp_path / f"run-{kind}-{name}")]) == 2
         assert not (tmp_path / f"run-{kind}-{name}" / "train.jsonl").exists()  # nothing trained, nothing lost
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-        problem = "unreadable audio header" if name == "corrupt.flac" else "too short"
+        problem = problems[name]
         assert len(errors) == 1 and errors[0].startswith(f"{tmp_path / f'dev-{name}.jsonl'}: {bad / name}: {problem}")\
             and errors[0].endswith("(utterance x); data.skip_bad=true leaves them out, counted"), errors
     assert main([kind, *overrides, "data.skip_bad=true", "--out", str(tmp_path / f"run-{kind}-skip")]) == 0
