@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -115,19 +116,21 @@ def _stale(out: Path, splits: dict[str, list]) -> list[Path]:
     return [out / f"{name}.jsonl" for name in sorted(derived - splits.keys()) if (out / f"{name}.jsonl").exists()]
 
 
-def _of_another_source(out: Path, names: list[str], source: Path) -> dict[Path, str]:
-    """The manifests of ``out`` this prepare would write (``names``) that list audio outside ``source`` (their first
-    row's path, by manifest): another corpus's, whose split has the same name (two folders named ``train``)."""
+def _of_another_source(out: Path, splits: dict[str, list[Utterance]], source: Path, rows: int = 100) -> dict[Path, str]:
+    """The manifests of ``out`` this prepare would write (``splits``) that list another corpus's audio (a split of
+    the same name: two folders named ``train``), by a path of it: none of their first ``rows`` rows lies under
+    ``source`` or is a file this prepare lists (a corpus of links into a store lists the files they point to)."""
     root = source.resolve()
     found: dict[Path, str] = {}
-    for target in (out / f"{name}.jsonl" for name in names):
+    for name, utts in splits.items():
+        target, paths = out / f"{name}.jsonl", {u.path for u in utts}
         try:
             with open(target, encoding="utf-8") as f:
-                first = json.loads(f.readline())["path"]
-        except (OSError, ValueError, KeyError, TypeError):  # none there, or not a manifest's first row
+                listed = [json.loads(line)["path"] for line in itertools.islice(f, rows) if line.strip()]
+        except (OSError, ValueError, KeyError, TypeError):  # none there, or not a manifest
             continue
-        if not Path(first).resolve().is_relative_to(root):
-            found[target] = first
+        if listed and not any(p in paths or Path(p).resolve().is_relative_to(root) for p in listed):
+            found[target] = listed[0]
     return found
 
 
@@ -184,7 +187,7 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
     for msg in problems:
         log.warning("%s", msg)
     listed = args.out / f"problems-{Path(os.path.abspath(args.source)).name}.txt"
-    if others := _of_another_source(args.out, list(splits), Path(args.source)):
+    if others := _of_another_source(args.out, splits, Path(args.source)):
         first = next(iter(others.items()))
         raise ValueError(f"{', '.join(str(t) for t in others)}: the manifest(s) of another corpus (e.g. {first[1]}), "
                          f"not of {args.source}: prepare replaces the manifests of its own source only (a corpus "

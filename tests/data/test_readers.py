@@ -686,3 +686,9 @@ def test_prepare_replaces_the_manifests_of_its_own_source_only(tmp_path: Path, t
     tone(tmp_path / "a" / "train" / "a3.wav", 0.5)
     assert _prepare(str(tmp_path / "a" / "train"), str(out)) == 0  # its own: replaced, a row more
     assert [u.id for u in read_manifest(out / "train.jsonl")] == ["a0", "a1", "a2", "a3"]
+    linked = tmp_path / "linked" / "train"  # a corpus of links into a store: rows list the files linked to
+    linked.mkdir(parents=True)
+    for i in range(2):
+        (linked / f"l{i}.wav").symlink_to(tmp_path / "b" / "train" / f"b{i}.wav")
+    assert _prepare(str(linked), str(tmp_path / "out2")) == 0
+    assert _prepare(str(linked), str(tmp_path / "out2")) == 0  # its own, again (refused before)
