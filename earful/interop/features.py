@@ -55,7 +55,8 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
     """The files an earlier ``earful features`` wrote in ``out`` (its :data:`RECORD`), which this run keeps beside
     its own where it is of the same checkpoint (by the weights' SHA-256; by path where one records none), as
     ``evaluate`` keeps its splits. Another checkpoint's, or .npy files that record none, are refused before any
-    work: the folder had held two checkpoints' features with nothing to tell which file was whose."""
+    work: the folder had held two checkpoints' features with nothing to tell which file was whose. The record lists
+    the files a run set out to write (it is written first): those not there (a run that failed) are not held."""
     path = out / RECORD
     if not path.is_file():
         stray = sorted(p.name for p in out.glob("*.npy")) if out.is_dir() else []
@@ -70,6 +71,9 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
     except (KeyError, TypeError, AttributeError):
         raise ValueError(f"{path}: not a record of earful features (no files); give another --out, or remove "
                          f"{out}") from None
+    files = {name: audio for name, audio in files.items() if (out / name).is_file()}
+    if not files:  # a run that wrote nothing (its first file failed): nothing to mix with
+        return {}
     if saved.get("weights_sha256") and record["weights_sha256"]:
         same = saved["weights_sha256"] == record["weights_sha256"]
     else:
@@ -95,7 +99,7 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             raise ValueError(f"{path}: shares the stem {stem!r} with {stems[stem]}; their .npy files would collide")
         stems[stem] = path
     out = Path(out_dir)
-    record: dict[str, Any] = {"checkpoint": str(checkpoint), "weights_sha256": weights_sha256}
+    record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256}
     files = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
     files.update({f"{stem}.npy": str(path) for stem, path in stems.items()})

@@ -289,7 +289,7 @@ def test_the_model_card_names_a_record_it_cannot_read(tmp_path, caplog, file, te
     assert not (tmp_path / "hf").exists()
 
 
-def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, caplog) -> None:
+def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, caplog, monkeypatch) -> None:
     """Two checkpoints' `earful features` into one --out mixed their .npy files with nothing to say which was
     whose. features.json records the checkpoint (and each file's audio); another checkpoint's run is refused
     before any work, as evaluate and probe refuse theirs; the same checkpoint (a moved copy too) continues."""
@@ -328,6 +328,16 @@ def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, ca
     caplog.clear()
     assert main(["features", str(tmp_path / "one"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "old")]) == 2
     assert f"{tmp_path / 'old'}: holds 1 .npy file(s) (x.npy) and no features.json" in caplog.text
+
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # a run whose first file fails wrote none:
+    failed = tmp_path / "failed"  # its record (written first) lists a file that is not there, and holds nothing
+    assert main(["features", str(tmp_path / "one"), str(tmp_path / "bad.wav"), "--out", str(failed)]) == 2
+    assert sorted(p.name for p in failed.iterdir()) == ["features.json"]
+    assert main(["features", str(tmp_path / "two"), str(tmp_path / "a.wav"), "--out", str(failed)]) == 0
+    assert json.loads((failed / "features.json").read_text())["files"] == {"a.npy": str(tmp_path / "a.wav")}
+    monkeypatch.chdir(tmp_path)  # a checkpoint given by a relative path is recorded whole
+    assert main(["features", "two", "b.wav", "--out", str(failed)]) == 0
+    assert json.loads((failed / "features.json").read_text())["checkpoint"] == str(tmp_path / "two")
 
 
 def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not_there(tmp_path, caplog) -> None:
