@@ -122,14 +122,16 @@ class LogBesideBars(logging.StreamHandler):
             self.handleError(record)
 
 
+def log_beside_bars(stream: Any = None, *, level: int = logging.INFO, force: bool = False) -> None:
+    """The root logger's one handler (``LogBesideBars`` on ``stream``, default stderr) and format: for the command
+    line, a study's worker processes and its Slurm jobs alike (``force``: replace a handler already there)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[LogBesideBars(stream)], force=force)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[LogBesideBars()],
-    )
+    log_beside_bars(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -93,10 +93,9 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     torch.set_num_threads(threads)
     f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     sys.stdout = sys.stderr = f
-    from earful.cli import LogBesideBars
+    from earful.cli import log_beside_bars
 
-    logging.basicConfig(level=logging.INFO, handlers=[LogBesideBars(f)], force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    log_beside_bars(f, force=True)
 
 
 def _stop_workers(procs: list[Any], busy: list[str]) -> None:

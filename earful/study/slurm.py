@@ -93,8 +93,9 @@ class StageJob:
     def __call__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         import submitit
 
-        logging.basicConfig(level=logging.INFO, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
+        from earful.cli import log_beside_bars
+
+        log_beside_bars(force=True)  # log lines beside the trainer's bar in the job's stderr, not glued to it
         logging.getLogger("submitit").propagate = False  # it has its own handler
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task: torch's env:// variables (every GPU of the node stays visible)

@@ -175,3 +175,26 @@ def test_probe_seeds_added_by_a_rerun_are_cluster_jobs(cluster_study, cluster_st
     records = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
     assert sorted((r["pretrain"], r["probe_seed"]) for r in records) == sorted(
         (p, s) for p in (RUN, "random-init", "fbank") for s in (0, 1, 2))
+
+
+def test_a_slurm_jobs_log_lines_stand_beside_its_progress_bar(monkeypatch) -> None:
+    """A Slurm job logged through a plain handler: the trainer's bar (on for rank 0, terminal or not) had each log
+    line glued to its end in the job's stderr, as the command line and the pool's workers had. It logs as they do
+    now (cli.log_beside_bars)."""
+    import logging
+    import types
+
+    import submitit
+
+    from earful.cli import LogBesideBars
+    from earful.study.slurm import StageJob
+
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: types.SimpleNamespace(num_tasks=1))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        kinds = StageJob()(lambda: [type(h) for h in logging.getLogger().handlers], ())
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert kinds == [LogBesideBars]
