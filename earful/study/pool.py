@@ -142,6 +142,24 @@ def _signals_stop_the_study() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def _descendants(pids: list[int]) -> list[int]:
+    """Every process descending from ``pids`` (children, theirs, ...), from each process's parent in
+    ``/proc/PID/stat`` (Linux; elsewhere none): whatever session or group they put themselves in."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @contextmanager
 def _suspend_with_workers(pool: ProcessPoolExecutor) -> Iterator[None]:
     """Ctrl-Z (SIGTSTP to the terminal's foreground group) suspends the study's workers, then the study process;
@@ -150,18 +168,23 @@ def _suspend_with_workers(pool: ProcessPoolExecutor) -> Iterator[None]:
     study process alone was suspended, and its workers went on training. SIGSTOP, not SIGTSTP, which the kernel
     discards for a process group with no parent in its session to resume it (an orphaned group: a study started
     by ``setsid`` or ``nohup ... &`` from a shell that has gone); a worker's whole group, its DataLoader's workers
-    with it."""
+    with it, and every process descending from it (:func:`_descendants`): a multi-device run's torchrun starts its
+    ranks in sessions of their own, and they went on training."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield
         return
 
     def send(signum: int) -> None:
-        for pid in list(getattr(pool, "_processes", None) or {}):  # the executor's own table of its workers
+        workers = list(getattr(pool, "_processes", None) or {})  # the executor's own table of its workers
+        for pid in workers:
             try:
                 os.killpg(pid, signum)
             except ProcessLookupError:  # not yet in a group of its own (just started), or ended
                 with suppress(ProcessLookupError):
                     os.kill(pid, signum)
+        for pid in _descendants(workers):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def suspend(_signum: int, _frame: Any) -> None:
         send(signal.SIGSTOP)

@@ -134,11 +134,21 @@ def test_a_signal_to_a_study_of_one_job_at_a_time_stops_it_between_trainings(tmp
 
 
 TICKS = '''
-import os, pathlib, time
+import os, pathlib, subprocess, sys, time
+
+LOOP = ("import sys, time\\nwith open(sys.argv[1], 'a', buffering=1) as f:\\n"
+        "    for _ in range(120):\\n        f.write('.')\\n        time.sleep(0.05)")
 
 def tick(out, key):
-    """A stand-in for a training: its pid, then a tick every 50 ms for 6 s."""
+    """A stand-in for a training: its pid, then a tick every 50 ms for 6 s; job b's ticks come from a child in a
+    session of its own, as a multi-device run's torchrun starts its ranks."""
     pathlib.Path(out, f"pid-{key}").write_text(str(os.getpid()))
+    if key == "b":
+        child = subprocess.Popen([sys.executable, "-c", LOOP, str(pathlib.Path(out, f"ticks-{key}"))],
+                                 start_new_session=True)
+        pathlib.Path(out, "pid-child").write_text(str(child.pid))
+        child.wait()
+        return
     with open(pathlib.Path(out, f"ticks-{key}"), "a", buffering=1) as f:
         for _ in range(120):
             f.write(".")
@@ -166,19 +176,20 @@ def _state(pid: int) -> str:
 def test_ctrl_z_suspends_a_study_of_two_jobs_with_its_workers(tmp_path, await_files) -> None:
     """Ctrl-Z (SIGTSTP to the terminal's foreground group) suspended the study process alone: its workers, in
     process groups of their own (so that Ctrl-C reaches the study alone), went on training. Now the study suspends
-    its workers with it, and `fg` (SIGCONT to the study's group) resumes them all; the jobs then finish."""
+    its workers with it, and `fg` (SIGCONT to the study's group) resumes them all; the jobs then finish. So with a
+    job's child in a session of its own (a multi-device run's torchrun ranks), which went on before."""
     (tmp_path / "ticks.py").write_text(TICKS)
     ticks = [tmp_path / f"ticks-{k}" for k in "ab"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
     proc = subprocess.Popen([sys.executable, "-c", TICKING, str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # its own group, as a shell's foreground job
-    await_files(proc, *ticks)
-    workers = [int((tmp_path / f"pid-{k}").read_text()) for k in "ab"]
+    await_files(proc, *ticks, tmp_path / "pid-child")
+    workers = [int((tmp_path / f"pid-{k}").read_text()) for k in ("a", "b", "child")]
     os.killpg(proc.pid, signal.SIGTSTP)
     deadline = time.monotonic() + 10
     while any(_state(p) != "T" for p in (proc.pid, *workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [_state(p) for p in (proc.pid, *workers)] == ["T", "T", "T"]
+    assert [_state(p) for p in (proc.pid, *workers)] == ["T", "T", "T", "T"]
     sizes = [t.stat().st_size for t in ticks]
     time.sleep(0.5)
     assert [t.stat().st_size for t in ticks] == sizes  # suspended: no tick
