@@ -39,17 +39,11 @@ From audio to word error rate:
 
 
 def version() -> str:
-    """The installed package's version; a checkout run without installing (``PYTHONPATH``) has no metadata, and
-    then says the source's own ``__version__``."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
+    """The version of the code that runs (``earful.__version__``, which the package's metadata takes too): the
+    installed package's metadata named another copy's where a checkout ran by ``PYTHONPATH``."""
+    from earful import __version__
 
-    try:
-        return installed("earful")
-    except PackageNotFoundError:
-        from earful import __version__
-
-        return f"{__version__} (not installed)"
+    return __version__
 
 
 def _common_options() -> argparse.ArgumentParser:

@@ -66,22 +66,22 @@ def test_the_top_level_help_tells_users_what_earful_is(capsys):
     assert "commands.py" not in out and "register(subparsers)" not in out
 
 
-def test_version_is_the_installed_packages_else_the_sources(capsys, monkeypatch):
-    """`earful --version` did not exist ("the following arguments are required: command")."""
-    import importlib.metadata
+def test_version_is_the_running_codes_and_the_packages(capsys, monkeypatch):
+    """`earful --version` did not exist ("the following arguments are required: command"); it says the version of
+    the code that runs (a checkout run by PYTHONPATH beside an installed copy said the installed copy's), which the
+    package's metadata takes from the same place (pyproject.toml: dynamic, earful.__version__)."""
+    import tomllib
+    from pathlib import Path
 
     import earful
-    from earful import cli
 
+    monkeypatch.setattr(earful, "__version__", "9.9.9")  # what another checkout's code would say
     with pytest.raises(SystemExit) as stop:
         parse(["--version"])
-    assert stop.value.code == 0 and capsys.readouterr().out == f"earful {importlib.metadata.version('earful')}\n"
-
-    def not_installed(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a checkout run with PYTHONPATH
-    assert cli.version() == f"{earful.__version__} (not installed)"
+    assert stop.value.code == 0 and capsys.readouterr().out == "earful 9.9.9\n"
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "earful.__version__"}
 
 
 @pytest.mark.parametrize(("argv", "verbose"), [

@@ -45,12 +45,13 @@ class PretrainTask(Task):
         self.cfg = cfg
         self.chance_accuracy = 1.0 / (cfg.model.num_negatives + 1)
         self.milestones_done: list[float] = []
-        if past := cfg.milestones_past_the_end():
-            log.warning("%s: past this run's end (max_steps=%d, %.4g h of batch_seconds × max_steps): never written",
-                        ", ".join(past), cfg.max_steps, cfg.batch_seconds * cfg.max_steps / 3600)
 
     def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
+        cfg = self.cfg
+        if d.rank == 0 and (past := cfg.milestones_past_the_end()):  # said once, not by every rank
+            log.warning("%s: past this run's end (max_steps=%d, %.4g h of batch_seconds × max_steps): never written",
+                        ", ".join(past), cfg.max_steps, cfg.batch_seconds * cfg.max_steps / 3600)
         torch.manual_seed(self.cfg.seed)
         self.model = Wav2Vec2ForPreTraining(self.cfg.model).to(d.device)
 

@@ -21,6 +21,7 @@ from earful.finetune.config import load_finetune_config
 from earful.finetune.task import FinetuneTask
 from earful.pretrain.config import load_pretrain_config
 from earful.pretrain.task import PretrainTask
+from earful.train.distributed import Dist
 from earful.train.engine import Trainer
 
 # ---------------------------------------------------------------------------------------------- audio
@@ -451,8 +452,12 @@ def test_milestones_past_the_run_s_end_are_said(tmp_path, tiny_corpus, rel, capl
     nominal = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2, "ckpt_hours=[0.0022, 0.0028]",
                                                                 "ckpt_hours_basis=nominal"))
     with caplog.at_level(logging.WARNING):
-        PretrainTask(nominal)
+        PretrainTask(nominal).build_model(Dist(), None)
     assert "ckpt_hours=0.0028: past" in caplog.text and "ckpt_hours=0.0022" not in caplog.text  # steps 3, 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        PretrainTask(nominal).build_model(Dist(rank=1, world_size=2), None)  # said by rank 0 alone
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
