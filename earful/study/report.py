@@ -42,9 +42,22 @@ SEED_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none where it is absent). A line that is not a JSON object is a
+    ValueError naming the file and the line (it was json's message alone, the file unnamed)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: not a record (a JSON object), but {type(record).__name__}")
+        records.append(record)
+    return records
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -116,3 +116,21 @@ def test_a_probe_table_of_one_run_seed_and_two_probe_seeds_says_both(tmp_path: P
     text = "\n".join(probe_section(probes, means, about, tmp_path))
     assert "one run seed: no ± (the spread is not measured); each value the mean of 2 probe seeds" in text, text
     assert "| 8s (final) | 55.0 |" in text
+
+
+def test_a_damaged_record_line_names_its_file_and_line(tmp_path: Path) -> None:
+    """A damaged line of a study's or a run's records (results.jsonl, valid.jsonl) was json's message alone,
+    naming no file (a model card or a report of that folder stopped on it)."""
+    import pytest
+
+    from earful.study.report import read_jsonl
+
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"run": "a"}\n\n{"run": "b"\n')
+    with pytest.raises(ValueError, match=rf"^{path}:3: not valid JSON \(Expecting"):
+        read_jsonl(path)
+    path.write_text('{"run": "a"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: not a record \(a JSON object\), but list$"):
+        read_jsonl(path)
+    path.write_text('{"run": "a"}\n\n')
+    assert read_jsonl(path) == [{"run": "a"}] and read_jsonl(tmp_path / "none.jsonl") == []
