@@ -89,6 +89,8 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     import torch
 
     os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # idle: a stop's SIGTERM is for the busy workers (_run)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a scheduler's notice to every process: the study process's
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -96,6 +98,22 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     from earful.cli import log_beside_bars
 
     log_beside_bars(f, force=True)
+
+
+def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """A job in a pool worker. SIGTERM (the study stopping its running jobs, :func:`_stop_workers`) stops it: a
+    training's own handler checkpoints first, anything else raises here. An idle worker ignores it and ends on the
+    executor's shutdown: killed by it while waiting for a task, it held the task queue's lock for ever, and a
+    training that had checkpointed on the same stop then waited for that lock, and the study for the training (18
+    minutes, until killed)."""
+    def stop(signum: int, _frame: Any) -> None:
+        raise StudyStopped(f"the study stopped this job ({signal.Signals(signum).name})", signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return fn(*args)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _stop_workers(procs: list[Any], busy: list[str]) -> None:
@@ -230,7 +248,7 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
                 # and would start, unsignalled, in the first worker a stop frees
                 while queue and len(running) < workers:
                     job = queue.popleft()
-                    running[pool.submit(job.fn, *job.args)] = job
+                    running[pool.submit(_run, job.fn, job.args)] = job
                 done, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
                 bar.set_postfix_str(", ".join(j.key for j in running.values()), refresh=True)
                 for fut in done:

@@ -198,3 +198,62 @@ def test_ctrl_z_suspends_a_study_of_two_jobs_with_its_workers(tmp_path, await_fi
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert [t.read_text() for t in ticks] == ["." * 120] * 2
+
+
+FAILING_BESIDE_A_TRAINING = '''
+import sys
+import training
+from earful.study.pool import Job, execute
+out = sys.argv[1]
+execute([Job("a", training.train, (out, "a")), Job("bad", int, ("not a number",))], 2,
+        __import__("pathlib").Path(out, "logs"))
+'''
+
+
+def test_a_failed_job_beside_a_training_ends_the_study_once_the_training_has_checkpointed(tmp_path) -> None:
+    """A job failed (a gradient-noise stage) while a pre-training ran: the study SIGTERMed every worker, and the
+    failed job's worker, idle by then and waiting for a task while holding the task queue's lock, died holding
+    it. The training checkpointed on its SIGTERM, then waited for that lock for ever to take its next task, and
+    the study waited for it (seen: 18 minutes, until killed). An idle worker now ignores the stop's SIGTERM (it
+    ends on the executor's own shutdown), so the study ends with the first error once the training has
+    checkpointed."""
+    (tmp_path / "training.py").write_text(TRAINING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    proc = subprocess.Popen([sys.executable, "-c", FAILING_BESIDE_A_TRAINING, str(tmp_path)], env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the study never ended")
+    assert proc.returncode != 0 and "study job bad failed" in err, err
+    assert (tmp_path / "checkpoint-a").read_text() == "SIGTERM"
+
+
+DISPOSITIONS = '''
+import pathlib
+
+def dispositions():
+    """This process's ignored and caught signals (/proc/self/status), while a job runs."""
+    status = dict(line.split(":\\t", 1) for line in pathlib.Path("/proc/self/status").read_text().splitlines()
+                  if ":\\t" in line)
+    return int(status["SigIgn"], 16), int(status["SigCgt"], 16)
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc (Linux)")
+def test_a_worker_takes_sigterm_during_a_job_and_ignores_the_schedulers_notice(tmp_path, monkeypatch) -> None:
+    """A pool worker's SIGTERM is caught while it runs a job (the job stops; a training's own handler checkpoints)
+    and ignored while it is idle (above); SIGUSR1, a scheduler's notice to every process, is the study process's:
+    a worker killed by it while idle held the task queue's lock, as with SIGTERM."""
+    (tmp_path / "dispositions.py").write_text(DISPOSITIONS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    import dispositions
+
+    results = execute([Job(k, dispositions.dispositions, ()) for k in "ab"], 2, tmp_path / "logs")
+    for ignored, caught in results.values():
+        bit = {s: 1 << (s - 1) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        assert caught & bit[signal.SIGTERM] and not ignored & bit[signal.SIGTERM]
+        assert ignored & bit[signal.SIGUSR1]
