@@ -100,6 +100,25 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     log_beside_bars(f, force=True)
 
 
+CODE = Path(__file__).resolve().parents[1]  # the earful package
+
+
+def code_stamp() -> tuple[int, int, int]:
+    """earful's code as it stands (its .py files: how many, their bytes, the latest change): a few milliseconds."""
+    stats = [p.stat() for p in CODE.rglob("*.py")]
+    return len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+
+
+def same_code(stamp: tuple[int, int, int]) -> None:
+    """Refuse to start a job once earful's code has changed since the study started (``stamp``): modules a job
+    imports as it goes came from the new code beside the old already imported (a study's gradient-noise job
+    called a renamed function with the old keyword and failed, after 1 h 40 min). Run again: the study continues,
+    with one code."""
+    if code_stamp() != stamp:
+        raise RuntimeError(f"earful's code ({CODE}) changed while this study ran: a job would mix two versions of "
+                           "it; run the study again, which continues where it stopped with the code as it is now")
+
+
 def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """A job in a pool worker. SIGTERM (the study stopping its running jobs, :func:`_stop_workers`) stops it: a
     training's own handler checkpoints first, anything else raises here. An idle worker ignores it and ends on the
@@ -228,10 +247,12 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
         jobs = sorted(jobs, key=lambda j: -j.cost)
     progress = Progress(jobs, show=workers > 1)
     queue, bar = progress.queue, progress.bar
+    stamp = code_stamp()
     if workers <= 1:
         with _signals_stop_the_study():  # between trainings too (a probe, an evaluation): a training's own
             while queue:                # handler checkpoints inside it
                 job = queue.popleft()
+                same_code(stamp)
                 progress.finished(job, job.fn(*job.args))
         return progress.results
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +269,7 @@ def execute(jobs: list[Job], workers: int, log_dir: Path) -> dict[str, Any]:
                 # and would start, unsignalled, in the first worker a stop frees
                 while queue and len(running) < workers:
                     job = queue.popleft()
+                    same_code(stamp)
                     running[pool.submit(_run, job.fn, job.args)] = job
                 done, _ = wait(running, timeout=10, return_when=FIRST_COMPLETED)
                 bar.set_postfix_str(", ".join(j.key for j in running.values()), refresh=True)

@@ -257,3 +257,43 @@ def test_a_worker_takes_sigterm_during_a_job_and_ignores_the_schedulers_notice(t
         bit = {s: 1 << (s - 1) for s in (signal.SIGTERM, signal.SIGUSR1)}
         assert caught & bit[signal.SIGTERM] and not ignored & bit[signal.SIGTERM]
         assert ignored & bit[signal.SIGUSR1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_job_does_not_start_once_earfuls_code_has_changed(tmp_path, monkeypatch, workers) -> None:
+    """A study ran 1 h 40 min, earful's code was changed meanwhile, and its gradient-noise job imported the new
+    module beside the old ones already imported: it called a renamed keyword and failed. A job no longer starts
+    once the code has changed since the study started; the study says so (run again: it continues)."""
+    import earful.study.pool as pool
+
+    calls = iter(range(100))
+    starts = 1 + workers  # the study's stamp, then the first jobs' checks: the code changes after them
+    monkeypatch.setattr(pool, "code_stamp", lambda: (1, 1, 1) if next(calls) < starts else (1, 1, 2))
+    done: list[str] = []
+    jobs = [Job(k, time.sleep, (0.2,)) for k in "abc"] if workers > 1 else \
+        [Job(k, done.append, (k,)) for k in "abc"]
+    with pytest.raises(RuntimeError, match=r"earful's code \(.*earful\) changed while this study ran: a job would mix "
+                                           r"two versions of it; run the study again"):
+        execute(jobs, workers, tmp_path / "logs")
+    assert done == (["a"] if workers == 1 else [])
+
+
+def test_the_code_stamp_changes_with_any_python_file_of_the_package(tmp_path, monkeypatch) -> None:
+    import os as _os
+
+    import earful.study.pool as pool
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("not code")
+    monkeypatch.setattr(pool, "CODE", tmp_path)
+    stamp = pool.code_stamp()
+    (tmp_path / "notes.txt").write_text("still not code")
+    assert pool.code_stamp() == stamp
+    (tmp_path / "sub" / "m.py").write_text("x = 2\n")  # the same size: its time of change tells
+    _os.utime(tmp_path / "sub" / "m.py", ns=(stamp[2] + 10**9, stamp[2] + 10**9))
+    assert pool.code_stamp() != stamp
+    changed = pool.code_stamp()
+    (tmp_path / "n.py").write_text("")
+    _os.utime(tmp_path / "n.py", ns=(0, 0))  # an old file added: the count tells
+    assert pool.code_stamp() != changed
