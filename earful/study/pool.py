@@ -88,9 +88,9 @@ def _worker_init(threads: int, log_dir: str, parent: int) -> None:
     which died of it mid-step while the study said they were checkpointing."""
     import torch
 
-    os.setpgid(0, 0)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # idle: a stop's SIGTERM is for the busy workers (_run)
+    signal.signal(signal.SIGTERM, _stopped_while_idle)  # first: a stop may come while torch is imported
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a scheduler's notice to every process: the study process's
+    os.setpgid(0, 0)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     f = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -119,20 +119,31 @@ def same_code(stamp: tuple[int, int, int]) -> None:
                            "it; run the study again, which continues where it stopped with the code as it is now")
 
 
+_STOPPED: list[str] = []  # in a pool worker: the stop signal it received while idle (its next job does not start)
+
+
+def _stopped_while_idle(signum: int, _frame: Any) -> None:
+    """An idle worker's SIGTERM: noted, not acted on (:func:`_run`)."""
+    _STOPPED.append(signal.Signals(signum).name)
+
+
 def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """A job in a pool worker. SIGTERM (the study stopping its running jobs, :func:`_stop_workers`) stops it: a
-    training's own handler checkpoints first, anything else raises here. An idle worker ignores it and ends on the
+    training's own handler checkpoints first, anything else raises here; one that came while the worker was idle
+    (starting, or waiting for this job) keeps the job from starting. An idle worker only notes it, and ends on the
     executor's shutdown: killed by it while waiting for a task, it held the task queue's lock for ever, and a
     training that had checkpointed on the same stop then waited for that lock, and the study for the training (18
     minutes, until killed)."""
     def stop(signum: int, _frame: Any) -> None:
         raise StudyStopped(f"the study stopped this job ({signal.Signals(signum).name})", signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)  # first, then the note: a signal between the two is one or the other
     try:
+        if _STOPPED:
+            raise StudyStopped(f"the study stopped before this job started ({_STOPPED[0]})", _STOPPED[0])
         return fn(*args)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _stopped_while_idle)
 
 
 def _stop_workers(procs: list[Any], busy: list[str]) -> None:

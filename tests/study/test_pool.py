@@ -297,3 +297,26 @@ def test_the_code_stamp_changes_with_any_python_file_of_the_package(tmp_path, mo
     (tmp_path / "n.py").write_text("")
     _os.utime(tmp_path / "n.py", ns=(0, 0))  # an old file added: the count tells
     assert pool.code_stamp() != changed
+
+
+def test_a_stop_that_came_while_a_worker_was_idle_keeps_its_next_job_from_starting(monkeypatch) -> None:
+    """A worker still starting (importing torch) when the study stopped ignored the SIGTERM, then ran the job it
+    was handed to its end (a minute of sleep here; a pre-training, hours): seen once in a loaded CI run. The stop
+    is noted while idle, and the job does not start; during a job it stops the job."""
+    import earful.study.pool as pool
+
+    monkeypatch.setattr(pool, "_STOPPED", [])
+    before = signal.signal(signal.SIGTERM, pool._stopped_while_idle)
+    try:
+        ran: list[int] = []
+        assert pool._run(ran.append, (1,)) is None and ran == [1]  # no stop: the job runs
+        signal.raise_signal(signal.SIGTERM)  # idle: noted, nothing raised
+        assert pool._STOPPED == ["SIGTERM"]
+        with pytest.raises(pool.StudyStopped, match=r"the study stopped before this job started \(SIGTERM\)"):
+            pool._run(ran.append, (2,))
+        assert ran == [1] and signal.getsignal(signal.SIGTERM) is pool._stopped_while_idle
+        pool._STOPPED.clear()
+        with pytest.raises(pool.StudyStopped, match=r"the study stopped this job \(SIGTERM\)"):
+            pool._run(signal.raise_signal, (signal.SIGTERM,))  # during a job: it stops
+    finally:
+        signal.signal(signal.SIGTERM, before)
