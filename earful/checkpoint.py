@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,15 @@ def weights_sha256(info: dict[str, Any]) -> str | None:
     """The SHA-256 of the weights a ``model.json`` (``info``) records, None where it records none: what tells one
     checkpoint's results (evaluate) or features from another's, a moved folder being the same weights."""
     return ((info.get("files") or {}).get(MODEL_FILE) or {}).get("sha256")
+
+
+def same_weights(saved: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether an earlier output's record (``saved``: an evaluation's summary.json, features.json) is of the
+    checkpoint ``record`` names: by the weights' SHA-256 where both record one (a moved folder is the same
+    weights), else by the checkpoint's path (a record of an earlier version, a checkpoint that records no hash)."""
+    if saved.get("weights_sha256") and record["weights_sha256"]:
+        return bool(saved["weights_sha256"] == record["weights_sha256"])
+    return Path(str(saved.get("checkpoint"))).resolve() == Path(record["checkpoint"]).resolve()
 
 
 def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None, where: str = "") -> torch.nn.Module:

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import load_model, read_info, weights_sha256
+from earful.checkpoint import load_model, read_info, same_weights, weights_sha256
 from earful.config import plain_name
 from earful.data.audio import AudioError, check_frames
 from earful.data.dataset import check_headers, make_loader
@@ -280,11 +280,7 @@ def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         splits = dict(saved["splits"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not an evaluation summary ({e}); give another --out, or remove it") from None
-    if saved.get("weights_sha256") and record["weights_sha256"]:
-        same = saved["weights_sha256"] == record["weights_sha256"]
-    else:  # a summary of an earlier version, or a checkpoint that records no hash: by path
-        same = Path(str(saved.get("checkpoint"))).resolve() == Path(record["checkpoint"]).resolve()
-    if not same:
+    if not same_weights(saved, record):
         raise ValueError(f"{out}: holds the evaluation of another checkpoint ({saved.get('checkpoint')}: "
                          f"{', '.join(splits) or 'no split'}), which this one ({record['checkpoint']}) would mix with; "
                          f"give another --out, or remove {out}")

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_open, atomic_write_json
-from earful.checkpoint import read_json
+from earful.checkpoint import read_json, same_weights
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,7 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
     files = {name: audio for name, audio in files.items() if (out / name).is_file()}
     if not files:  # a run that wrote nothing (its first file failed): nothing to mix with
         return {}
-    if saved.get("weights_sha256") and record["weights_sha256"]:
-        same = saved["weights_sha256"] == record["weights_sha256"]
-    else:
-        same = Path(str(saved.get("checkpoint"))).resolve() == Path(record["checkpoint"]).resolve()
-    if not same:
+    if not same_weights(saved, record):
         raise ValueError(f"{out}: holds the features of another checkpoint ({saved.get('checkpoint')}: {len(files)} "
                          f"file(s)), which these ({record['checkpoint']}) would mix with; give another --out, or "
                          f"remove {out}")
