@@ -6,8 +6,9 @@ SHA-256 of its rows less their ``path`` — ids, lengths, rates, offsets, speake
 row as canonical JSON — so a moved copy has the same digest and any changed, added, removed or reordered row
 another. One rule for a run's recipe (``data.train.sha256``, ``earful/train/recipe.py``) and a study's
 (``earful/study/corpus.py``, ``manifest_digests``). ``ManifestDigest`` also holds the SHA-256 of the paths alone
-(to say that only they changed) and of the file's bytes (what run and study folders of earlier versions
-recorded: accepted as the same manifest).
+(to say that only they changed), of the rows less their labels too (the audio alone: to say that only the labels
+changed, which a pre-training does not read: ``earful phonemize`` in place) and of the file's bytes (what run and
+study folders of earlier versions recorded: accepted as the same manifest).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 DIGEST_RULE = "rows less audio paths"  # recorded beside the digests; folders of earlier versions hold file bytes
+LABELS = ("speaker", "transcript", "phonemes", "intent")  # a row's labels: what pre-training does not read
 
 
 class ManifestDigest(NamedTuple):
     """SHA-256 hex digests of one manifest: ``rows`` (less paths: the fingerprint), ``paths`` (the audio paths in
-    row order), ``file`` (its bytes, the fingerprint of earlier versions)."""
+    row order), ``file`` (its bytes, the fingerprint of earlier versions), ``audio`` (the rows less paths and
+    ``LABELS``: ids, lengths, rates and offsets in order)."""
 
     rows: str
     paths: str
     file: str
+    audio: str
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -53,7 +57,7 @@ def manifest_digest(path: str | os.PathLike) -> ManifestDigest:
 
 @lru_cache(maxsize=64)
 def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
-    rows, paths, file = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    rows, paths, file, audio = hashlib.sha256(), hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as f:
         for raw in f:
             file.update(raw)
@@ -65,8 +69,14 @@ def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
                 row = None
             if not isinstance(row, dict):
                 rows.update(raw.strip() + b"\n")
+                audio.update(raw.strip() + b"\n")
                 continue
-            audio = row.pop("path", None)
-            rows.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
-            paths.update(json.dumps(audio, ensure_ascii=False).encode() + b"\n")
-    return ManifestDigest(rows.hexdigest(), paths.hexdigest(), file.hexdigest())
+            where = row.pop("path", None)
+            rows.update(_canonical(row))
+            paths.update(json.dumps(where, ensure_ascii=False).encode() + b"\n")
+            audio.update(_canonical({k: v for k, v in row.items() if k not in LABELS}))
+    return ManifestDigest(rows.hexdigest(), paths.hexdigest(), file.hexdigest(), audio.hexdigest())
+
+
+def _canonical(row: dict) -> bytes:
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

@@ -48,6 +48,7 @@ from earful.train.recipe import (
     check_resume,
     describe,
     layout_of,
+    manifest_audio,
     manifest_files,
     manifest_paths,
     new_training_data,
@@ -184,12 +185,13 @@ class Trainer:
                 "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = {**recipe_of(cfg), **task.recipe_extras()}, layout_of(cfg, self.d.world_size)
-        self.manifest_paths = manifest_paths(cfg)
+        self.manifest_paths, self.manifest_audio = manifest_paths(cfg), manifest_audio(cfg)
         segment = None
         if info is not None:
             segment = check_resume(self.run.root, info, self.recipe, self.layout, batch_seconds=cfg.batch_seconds,
                                    allow_changes=allow_changes, manifests=manifest_files(cfg),
-                                   paths=self.manifest_paths)
+                                   paths=self.manifest_paths, audio=self.manifest_audio,
+                                   reads_labels=task.reads_labels)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
@@ -278,7 +280,7 @@ class Trainer:
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
-            "layout": self.layout, "manifest_paths": self.manifest_paths,
+            "layout": self.layout, "manifest_paths": self.manifest_paths, "manifest_audio": self.manifest_audio,
             "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
             **self.task.trainer_info(),
         }  # fmt: skip
@@ -545,7 +547,7 @@ class Trainer:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
         summary = {k: v for k, v in self.progress_info().items()
-                   if k not in ("recipe", "layout", "manifest_paths", "log_interval")}
+                   if k not in ("recipe", "layout", "manifest_paths", "manifest_audio", "log_interval")}
         bad, empty = self.left_out()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 

@@ -98,6 +98,13 @@ def manifest_paths(cfg: TrainingConfig) -> dict[str, str]:
     return {key: manifest_digest(path).paths for key, path in manifest_files(cfg).items()}
 
 
+def manifest_audio(cfg: TrainingConfig) -> dict[str, str]:
+    """SHA-256 of each manifest's rows less their paths and labels (``ManifestDigest.audio``), by key: not the
+    recipe, but ``trainer.json`` records it so that a resume can say that only the labels changed (``earful
+    phonemize`` in place), and a task that reads no labels (pre-training) continue."""
+    return {key: manifest_digest(path).audio for key, path in manifest_files(cfg).items()}
+
+
 def _legacy_manifests(saved: dict[str, Any], recipe: dict[str, Any],
                       manifests: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """A checkpoint written before manifests were fingerprinted by their rows (no ``DIGEST_KEY``) recorded the
@@ -138,11 +145,14 @@ def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
 
 def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
                  batch_seconds: float, allow_changes: bool, manifests: dict[str, str] | None = None,
-                 paths: dict[str, str] | None = None) -> dict[str, Any] | None:
+                 paths: dict[str, str] | None = None, audio: dict[str, str] | None = None,
+                 reads_labels: bool = True) -> dict[str, Any] | None:
     """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with the run's (``recipe_of``
     and ``layout_of`` of its config, computed once by the trainer: a sharded run's recipe reads its index).
     ``manifests`` (key -> path) lets a checkpoint of an earlier version, which recorded the bytes' SHA-256, be
-    compared; ``paths`` (``manifest_paths``) lets a manifest whose audio paths alone changed be named.
+    compared; ``paths`` (``manifest_paths``) lets a manifest whose audio paths alone changed be named, and
+    ``audio`` (``manifest_audio``) one whose labels alone changed: the same recipe for a task that does not
+    ``reads_labels`` (pre-training), named in the refusal for one that does.
     Raises ValueError on another recipe unless ``allow_changes``; returns the new history segment to record
     (changed recipe or layout), or None when nothing changed."""
     if "recipe" not in info or "layout" not in info:
@@ -153,13 +163,22 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
     moved_audio = [k for k, digest in (paths or {}).items() if f"{k}.sha256" not in changed
                    and (info.get("manifest_paths") or {}).get(k, digest) != digest]
+    relabelled = [k for k, digest in (audio or {}).items() if f"{k}.sha256" in changed and k not in legacy
+                  and (info.get("manifest_audio") or {}).get(k) == digest]
+    if relabelled and not reads_labels:  # recorded in the history as a segment of its own, the recipe the same
+        for k in relabelled:
+            del changed[f"{k}.sha256"]
+        log.info("%s: the same audio rows as the checkpoint's with other labels (transcripts, phonemes, intents or "
+                 "speakers), which this run does not read: the same recipe", ", ".join(relabelled))
     if moved_audio:
         log.info("%s: the same rows as the checkpoint's with their audio at other paths (a moved corpus: the same "
                  "recipe)", ", ".join(moved_audio))
     for key in legacy:  # shown as recorded: the bytes' digests, old and new
         if f"{key}.sha256" in changed and Path((manifests or {})[key]).is_file():
             changed[f"{key}.sha256"][1] = manifest_digest((manifests or {})[key]).file
-    note = (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
+    note = (f" ({', '.join(relabelled)}: the same audio rows as the checkpoint's with other labels: transcripts, "
+            "phonemes, intents or speakers)") if relabelled and reads_labels else ""
+    note += (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
             "which other audio paths alone change too; if only they changed, --allow-changes continues, the data "
             "from a fresh epoch)") if legacy else ""
     moved = differences(info["layout"], layout)
@@ -182,9 +201,10 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         log.warning("resuming in another layout (%s): batches of %g s as before, cut into other micro-batches when "
                     "their size changed (other crops and masks: the same recipe, other draws)", describe(moved),
                     batch_seconds)
-    if not changed and not moved:
+    if not changed and not moved and not (relabelled and not reads_labels):
         return None
-    return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved}
+    return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved,
+            **({"relabelled": relabelled} if relabelled and not reads_labels else {})}
 
 
 def new_training_data(segment: dict[str, Any] | None) -> bool:

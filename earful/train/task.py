@@ -35,6 +35,7 @@ from earful.train.config import TrainingConfig
 class Task:
     name: str = "training"
     model_kind: str = ""  # what its checkpoints hold (model.json's kind): a resume of another kind is refused
+    reads_labels: bool = True  # whether it reads its manifests' labels (a resume after only they changed continues)
     cfg: TrainingConfig
     model: nn.Module  # what checkpoints hold (the engine wraps it in DDP for the forward)
     loader: AudioLoader  # training batches, endless

@@ -703,7 +703,7 @@ def test_a_moved_corpus_prepared_again_is_the_same_recipe(tmp_path, tiny_corpus,
         with caplog.at_level(logging.INFO):
             assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 3
     assert "data.train: the same rows as the checkpoint's with their audio at other paths" in caplog.text
-    edited = rel.write_rows(tmp_path / "edited.jsonl", [{**rows[0], "speaker": "other"}, *rows[1:]])
+    edited = rel.write_rows(tmp_path / "edited.jsonl", [{**rows[0], "id": "other"}, *rows[1:]])
     with pytest.raises(ValueError, match=r"another recipe .*data\.train\.sha256"):
         Trainer(PretrainTask(_cfg(rel, edited, 4)), out, resume=True)
     # a checkpoint of an earlier version: the file's SHA-256
@@ -717,6 +717,51 @@ def test_a_moved_corpus_prepared_again_is_the_same_recipe(tmp_path, tiny_corpus,
                                          r"bytes, which other audio paths alone change too"):
         Trainer(PretrainTask(_cfg(rel, here, 4)), out, resume=True)
     assert Trainer(PretrainTask(_cfg(rel, there, 4)), out, resume=True).fit()["step"] == 4
+
+
+def test_a_manifest_relabelled_in_place_resumes_a_pretraining_and_is_named_to_a_finetuning(
+        tmp_path, tiny_corpus, tones, finished, rel, monkeypatch, caplog) -> None:
+    """`earful phonemize M --out M` adds each row's phonemes in place, which changes the manifest's digest: a
+    pre-training from it, which reads no labels, refused --resume without --allow-changes and named only two
+    hashes. It now continues as if nothing had changed (the weights of an uninterrupted run), with a history
+    segment saying so; a fine-tuning, which reads transcripts, is still refused, the refusal saying that only the
+    labels changed; a changed length is still another recipe for both."""
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.task import FinetuneTask
+
+    rows = rel.manifest_rows(Path(tiny_corpus[0]))
+    train = rel.write_rows(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _stopping_at(m, 2)
+        Trainer(PretrainTask(_cfg(rel, train, 4)), out).fit()
+    rel.write_rows(train, [{**r, "phonemes": "a b", "transcript": "other words", "speaker": "s9"} for r in rows])
+    with caplog.at_level(logging.INFO):
+        assert Trainer(PretrainTask(_cfg(rel, train, 4)), out, resume=True).fit()["step"] == 4
+    assert "data.train: the same audio rows as the checkpoint's with other labels" in caplog.text
+    assert "another recipe" not in caplog.text
+    last = _weights(finished, "step-0000004")
+    assert all(torch.equal(v, last[k]) for k, v in _weights(out, "step-0000004").items())  # as not interrupted
+    segments = rel.read_jsonl(out / "history.jsonl")
+    assert segments[-1]["relabelled"] == ["data.train"] and segments[-1]["recipe_changes"] == {}
+    rel.write_rows(train, [{**rows[0], "num_samples": rows[0]["num_samples"] - 1600}, *rows[1:]])
+    with pytest.raises(ValueError, match=r"another recipe .*data\.train\.sha256: '[0-9a-f]+' -> '[0-9a-f]+'\)\. "):
+        Trainer(PretrainTask(_cfg(rel, train, 4)), out, resume=True)
+
+    labelled = rel.manifest_rows(tones)
+    ft_train = rel.write_rows(tmp_path / "ft.jsonl", labelled)
+
+    def finetune(resume: bool) -> None:
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(ft_train, 2))), tmp_path / "ft",
+                resume=resume).fit()
+
+    with monkeypatch.context() as m:
+        _stopping_at(m, 1)
+        finetune(False)
+    rel.write_rows(ft_train, [{**r, "transcript": "other words"} for r in labelled])
+    with pytest.raises(ValueError, match=r"data\.train\.sha256: '[0-9a-f]+' -> '[0-9a-f]+'\) \(data\.train: the same "
+                                         r"audio rows as the checkpoint's with other labels"):
+        finetune(True)
 
 
 def test_resume_where_no_run_was_started_is_refused(tmp_path, tiny_corpus, rel, caplog) -> None:
