@@ -37,6 +37,32 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, tampered with or unsafe to load, or could not be written."""
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
+CONVERT = ("earful reads no pickled checkpoint (code runs as it loads): convert it to a transformers folder with "
+           "transformers' convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py (it needs fairseq, on a "
+           "machine you trust it on), then `earful import-hf FOLDER CKPT`")
+
+
+def what_it_is(path: str | Path, *, transformers_ok: bool = False) -> str:
+    """For an error about ``path``, which is no earful checkpoint: what it is when that is known, and what to do
+    ("; ..."), else "". A pickled file or a folder of them (fairseq's ``checkpoint_best.pt``), a transformers
+    folder (unless the command takes one: ``transformers_ok``), a file."""
+    p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if p.suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04":  # a pickle, torch's zip
+            return f"; {p.name} is a pickled PyTorch file (a fairseq checkpoint?): {CONVERT}"
+        return "; a file, not a folder"
+    if p.is_dir():
+        if (p / "config.json").is_file() and not transformers_ok:
+            return f"; it is a transformers folder: `earful import-hf {p} CKPT` makes an earful checkpoint of it"
+        pickled = sorted(q.name for q in p.iterdir() if q.suffix in (".pt", ".pth", ".ckpt") and q.is_file())
+        if pickled and not (p / "config.json").is_file():
+            return f"; it holds {pickled[0]} (a fairseq checkpoint?): {CONVERT}"
+    return ""
+
+
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))

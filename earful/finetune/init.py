@@ -25,11 +25,21 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, load_model, read_info, read_json, sha256
+from earful.checkpoint import (
+    INFO_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    load_model,
+    read_info,
+    read_json,
+    sha256,
+    what_it_is,
+)
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
@@ -67,7 +77,7 @@ def resolve_init(init: str) -> InitWeights:
         return InitWeights(str(path), digest)
     raise FileNotFoundError(
         f"--init {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run directory "
-        "(no checkpoints/) nor a transformers folder (no config.json)"
+        f"(no checkpoints/) nor a transformers folder (no config.json){what_it_is(path, transformers_ok=True)}"
     )
 
 
@@ -88,31 +98,38 @@ def _load_source(init: InitWeights) -> tuple[nn.Module | None, list[str] | None,
     return model, symbols, f"transformers folder {path}"
 
 
-def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> CharVocab:
+def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> tuple[CharVocab, dict[str, Any] | None]:
     """``vocab=init``: the vocabulary of the initial CTC model (an earful CTC checkpoint's, or a transformers
     folder's ``vocab.json`` as earful spells it: lower-case, its multi-character tokens as stand-ins), with the
-    run's text mapping; ValueError where the initial model has no CTC head."""
+    run's text mapping; and, where earful spells it otherwise, the initial model's own ``spelling`` (its
+    ``symbols`` in output order and special ``tokens``), which the run's checkpoints keep so that ``export-hf``
+    writes the tokenizer the initial model had (``<pad>``, ``<unk>``, upper case), not earful's stand-ins.
+    ValueError where the initial model has no CTC head."""
     from earful.eval.evaluate import vocab_from_checkpoint
 
     path = Path(init.path)
-    symbols, inherited = None, {}
+    symbols, inherited, tokens, spelling = None, {}, {}, None
     if init.path != "scratch" and (path / INFO_FILE).exists():
         vocab = read_info(path).get("vocab") or {}
         symbols, inherited = vocab.get("symbols"), vocab.get("mapping") or {}
+        tokens, spelling = vocab.get("tokens") or {}, vocab.get("spelling")
     elif init.path != "scratch" and (path / "config.json").exists():
-        from earful.interop.hf import read_vocab
+        from earful.interop.hf import ctc_vocab, special_tokens
 
         config = read_json(path / "config.json")
         outputs, inherited = config.get("vocab_size"), config.get("earful_text_mapping") or {}
         if (path / "vocab.json").exists() and isinstance(outputs, int):
-            symbols = read_vocab(path, outputs)
+            symbols = ctc_vocab(path, outputs)  # the head's order once imported: the blank first
+            tokens = special_tokens(path, symbols)
     if not symbols:
         raise ValueError(f"vocab=init: --init {init.path} is no CTC model (no vocabulary); use vocab=english or "
                          "vocab=data")
     found = vocab_from_checkpoint({"symbols": list(symbols)}, init.path)
+    if spelling is None and found.symbols != list(symbols):
+        spelling = {"symbols": list(symbols), **({"tokens": tokens} if tokens else {})}
     if inherited:  # the text the model was trained to spell: its mapping goes on, the run's own over it
         log.info("vocab=init: the text mapping of %s (%s) goes on, text_mapping over it", init.path, inherited)
-    return CharVocab(found.symbols, {**inherited, **(mapping or {})} or None)
+    return CharVocab(found.symbols, {**inherited, **(mapping or {})} or None), spelling
 
 
 def init_ctc_head(head: nn.Linear, how: str, blank_id: int = 0) -> None:

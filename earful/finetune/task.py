@@ -61,6 +61,7 @@ class FinetuneTask(Task):
         self.cfg = cfg
         # vocab=data and vocab=init are made in build_model, from the transcripts or the initial model
         self.vocab = CharVocab(mapping=cfg.text_mapping or None) if cfg.vocab == "english" else None
+        self.spelling: dict[str, Any] | None = None  # vocab=init: the initial model's own (init_vocab)
         self.frozen = False
 
     # ------------------------------------------------------------------ model and data
@@ -107,10 +108,11 @@ class FinetuneTask(Task):
         the run's own (its checkpoint holds it: the initial model may have moved since)."""
         cfg = self.cfg
         if cfg.vocab == "init" and resume_from is not None:
-            saved = CharVocab.from_dict(read_info(resume_from)["vocab"])
+            entry = read_info(resume_from)["vocab"]
+            saved, self.spelling = CharVocab.from_dict(entry), entry.get("spelling")
             vocab = CharVocab(saved.symbols, {**saved.mapping, **cfg.text_mapping} or None)
         elif cfg.vocab == "init":
-            vocab = init_vocab(self.init_weights, cfg.text_mapping)
+            vocab, self.spelling = init_vocab(self.init_weights, cfg.text_mapping)
         else:
             mapper = CharVocab(mapping=cfg.text_mapping or None)
             chars: set[str] = set()
@@ -266,7 +268,7 @@ class FinetuneTask(Task):
         return f"dev step {step}: loss {rec['loss']:.4f} WER {100 * rec['wer']:.2f} % CER {100 * rec['cer']:.2f} %"
 
     def checkpoint_extras(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_dict()}
+        return {"vocab": {**self.vocab.to_dict(), **({"spelling": self.spelling} if self.spelling else {})}}
 
     def trainer_info(self) -> dict[str, Any]:
         return {"init": self.cfg.init, "init_checkpoint": self.init_weights.path,

@@ -26,6 +26,7 @@ import yaml
 from earful.checkpoint import CheckpointError, read_info, read_json
 from earful.config import read_yaml
 from earful.data.budget import SAMPLE_RATE
+from earful.interop.hf import EARFUL_TAG
 from earful.study.report import read_jsonl, read_records
 from earful.train.recipe import MANIFESTS, recipe_hash
 from earful.train.state import TRAINER_FILE, read_trainer_info
@@ -95,10 +96,11 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
         title = "pre-trained (self-supervised, contrastive)" if kind == "pretraining" else "fine-tuned with CTC"
     name = run.name if run is not None else ckpt.name
     made = ("Written by earful's trainer before its first step" if untrained else
-            "Trained with earful (batch size in seconds of audio, progress in hours of audio seen)")
+            "Trained with earful (batch size in seconds of audio, progress in hours of audio seen)" if trainer else
+            "Converted by earful (not trained by it: `earful import-hf` or another program wrote the checkpoint)")
     lines = ["---", "library_name: transformers",
              f"pipeline_tag: {'feature-extraction' if kind == 'pretraining' else 'automatic-speech-recognition'}",
-             "tags: [wav2vec2, speech, earful]", "---", "",
+             f"tags: [wav2vec2, speech, {EARFUL_TAG}]", "---", "",
              f"# {name}: wav2vec 2.0, {title}", "",
              f"{made}; exported from checkpoint `{ckpt.name}`" + (f" of run `{name}`." if run is not None else "."),
              "", "## Architecture", ""]

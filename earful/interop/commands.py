@@ -25,15 +25,19 @@ def _export(args: argparse.Namespace) -> int:
     from earful.interop.card import model_card, push_to_hub
     from earful.interop.hf import export_hf
     from earful.model import count_parameters
+    from earful.train.state import read_trainer_info
 
     if args.private and not args.push:
         raise ValueError("--private needs --push")
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     vocab = info.get("vocab") or {}
+    spelled = vocab.get("spelling") or vocab  # fine-tuned with vocab=init: the initial model's tokenizer
     card = model_card(ckpt, count_parameters(model))
-    export_hf(model, args.out, vocab_symbols=vocab.get("symbols"), special=vocab.get("tokens"), card=card,
-              source=ckpt, text_mapping=vocab.get("mapping"))
+    trainer = read_trainer_info(ckpt) if (ckpt / "trainer.json").exists() else {}
+    init = tuple(str(trainer[k]) for k in ("init", "init_checkpoint") if trainer.get(k) not in (None, "scratch"))
+    export_hf(model, args.out, vocab_symbols=spelled.get("symbols"), special=spelled.get("tokens"), card=card,
+              source=ckpt, text_mapping=vocab.get("mapping"), keep=init)
     log.info("wrote a transformers %s folder to %s, its model card in README.md", info["kind"], args.out)
     if args.push:
         log.info("pushed to %s", push_to_hub(args.out, args.push, private=args.private))
@@ -67,7 +71,12 @@ def _features(args: argparse.Namespace) -> int:
 
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
-    write_features(model, args.audio, args.out, checkpoint=ckpt, weights_sha256=weights_sha256(info))
+    written, problems = write_features(model, args.audio, args.out, checkpoint=ckpt,
+                                       weights_sha256=weights_sha256(info))
+    if problems:
+        log.error("%d of %d files could not be read, no features for them: %s", len(problems), len(args.audio),
+                  "; ".join(problems))
+        return 1
     return 0
 
 

@@ -82,11 +82,13 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
 
 
 def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path, *, checkpoint: str | Path,
-                   weights_sha256: str | None) -> list[Path]:
+                   weights_sha256: str | None) -> tuple[list[Path], list[str]]:
     """``STEM.npy`` of each audio file in ``out_dir``, and :data:`RECORD`: ``checkpoint`` (whose weights'
     recorded SHA-256 is ``weights_sha256``) and the audio file of every .npy there. The record is written before
-    the first file, so an interrupted run's files are attributed too."""
-    from earful.data.audio import load_audio
+    the first file, so an interrupted run's files are attributed too, and again at the end with the files
+    written. A file that cannot be read (or is shorter than the model's receptive field) is reported and left
+    out, as ``earful transcribe`` does: returns the files written and the problems of those left out."""
+    from earful.data.audio import AudioError, load_audio
 
     stems: dict[str, str] = {}
     for path in audio:  # before any work: two inputs would write one file
@@ -96,17 +98,31 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
         stems[stem] = path
     out = Path(out_dir)
     record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256}
-    files = _earlier_files(out, record)
+    earlier = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
-    files.update({f"{stem}.npy": str(path) for stem, path in stems.items()})
+    files = dict(earlier)
+    files.update({f"{stem}.npy": str(Path(path).resolve()) for stem, path in stems.items()})  # as the checkpoint
     atomic_write_json(out / RECORD, {**record, "files": files})
-    written = []
+    written, problems = [], []
     for stem, path in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
-        feats = layer_features(model, load_audio(path))
         target = out / f"{stem}.npy"
+        try:
+            if Path(path).is_dir():
+                raise AudioError(f"{path}: a directory, not an audio file")
+            feats = layer_features(model, load_audio(path))
+        except AudioError as e:
+            log.error("%s", e)
+            problems.append(str(e))
+            if target.name in earlier:  # an earlier run's file of the same name stays, as it recorded it
+                files[target.name] = earlier[target.name]
+            else:
+                del files[target.name]
+            continue
         with atomic_open(target, "wb") as f:  # whole or absent, as every file earful writes
             np.save(f, feats, allow_pickle=False)
         written.append(target)
         log.debug("%s -> %s %s", path, target, feats.shape)
-    log.info("wrote %d feature files to %s (%s: of %s)", len(written), out, RECORD, checkpoint)
-    return written
+    if problems:
+        atomic_write_json(out / RECORD, {**record, "files": files})
+    log.info("wrote %d of %d feature files to %s (%s: of %s)", len(written), len(stems), out, RECORD, checkpoint)
+    return written, problems

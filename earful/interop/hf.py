@@ -18,6 +18,7 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from earful.checkpoint import (
     model_kind,
     read_json,
     safe_torch_load,
+    what_it_is,
 )
 from earful.config import from_dict, to_dict
 from earful.data.budget import SAMPLE_RATE
@@ -71,7 +73,8 @@ _SAME_FIELDS = (
 def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> dict[str, Any]:
     """A ``Wav2Vec2Config`` as a dict (what ``config.json`` holds)."""
     if cfg.conv_padding:
-        raise ValueError("transformers' wav2vec 2.0 has no padded convolutions: conv_padding=true cannot be exported")
+        raise ValueError("transformers' wav2vec 2.0 has no padded convolutions: a model with conv_padding=true (the "
+                         "paper's preset base-nanow2v2) cannot be exported; earful features gives its layers")
     if kind == "pretraining" and cfg.quantizer_input == "raw":
         log.warning("transformers quantizes the LayerNormed features; this model's quantizer reads the raw "
                     "CNN output, so the exported pre-training head differs (the backbone is exact)")
@@ -345,15 +348,35 @@ def tokenizer_config(symbols: list[str], special: dict[str, str] | None = None) 
     }
 
 
+EARFUL_TAG = "earful"  # in the model card's tags: a folder export-hf wrote (:func:`written_by_export`)
+
+
+def written_by_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier ``export-hf`` output: its model card's front matter lists earful's tag (a
+    folder ``save_pretrained`` wrote has no card, or the Hub's own)."""
+    try:
+        text = (folder / CARD).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    front = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
+    return any(line.strip().startswith("tags:") and EARFUL_TAG in line for line in front.splitlines())
+
+
 def check_output_folder(out: str | Path, *, source: str | Path | None, writes: frozenset[str],
-                        other: tuple[str, str], command: str) -> None:
-    """Refuse an output folder that ``command`` must not replace: the ``source`` folder it reads, a file, a
-    folder holding ``other`` (the other format's file, and what that is), or one holding anything besides the
-    files ``command`` writes (``writes``). A new or empty folder, or an earlier output (only ``writes``), passes:
-    the command replaces it whole."""
+                        other: tuple[str, str], command: str, earlier: Callable[[Path], bool] | None = None,
+                        keep: tuple[str | Path, ...] = ()) -> None:
+    """Refuse an output folder that ``command`` must not replace: the ``source`` folder it reads or one it must
+    ``keep`` (an exported model's initial weights), a file, a folder holding ``other`` (the other format's file,
+    and what that is), one holding anything besides the files ``command`` writes (``writes``), or, with
+    ``earlier``, one that it says ``command`` did not write (a transformers folder of the same file names). A new
+    or empty folder, or an earlier output, passes: the command replaces it whole."""
     out = Path(out)
     if source is not None and out.exists() and out.resolve() == Path(source).resolve():
         raise CheckpointError(f"{out}: the output folder is the folder {command} reads: give another one")
+    for kept in keep:
+        if out.exists() and Path(kept).exists() and out.resolve() == Path(kept).resolve():
+            raise CheckpointError(f"{out}: the output folder holds the weights the model was fine-tuned from (its "
+                                  f"trainer.json's init), which {command} would replace: give another one")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: a file, not a folder")
     if not out.is_dir():
@@ -367,31 +390,42 @@ def check_output_folder(out: str | Path, *, source: str | Path | None, writes: f
         raise CheckpointError(f"{out}: holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which "
                               f"{command} does not write: not an earlier {command} folder (it would be replaced "
                               "whole); give a new or empty folder")
+    if names and earlier is not None and not earlier(out):
+        raise CheckpointError(f"{out}: holds {', '.join(names[:5])}, not written by {command} (no earful model "
+                              f"card, {CARD}): a model of your own, which {command} would replace; give a new or "
+                              "empty folder")
     if names:
         log.info("%s: replacing the earlier %s folder", out, command)
 
 
 def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[str] | None = None, *,
               special: dict[str, str] | None = None, card: str | None = None,
-              source: str | Path | None = None, text_mapping: dict[str, str] | None = None) -> Path:
+              source: str | Path | None = None, text_mapping: dict[str, str] | None = None,
+              keep: tuple[str | Path, ...] = ()) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` so that
     ``Wav2Vec2ForPreTraining/ForCTC.from_pretrained(out_dir)`` loads it; for a CTC model with its vocabulary
     also ``vocab.json`` and ``tokenizer_config.json`` (``special``: see :func:`tokenizer_config`), which make
     the folder a whole processor: ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``
     transcribes with it; ``card``: the text of ``README.md``; ``text_mapping``: the vocabulary's text mapping,
-    kept in ``config.json`` as ``earful_text_mapping`` (:func:`read_text_mapping`).
+    kept in ``config.json`` as ``earful_text_mapping`` (:func:`read_text_mapping`). Without a ``card``, a short
+    one that names earful (:func:`written_by_export`: a later export may replace the folder).
 
     Every file is made, and checked, before anything is written; the files are then written into a temporary
     folder inside ``out_dir`` and moved into place (:func:`earful.atomic.atomic_folder`): a refused or failed
     export leaves ``out_dir`` as it was. It must be new, empty or an earlier export, whose files are replaced
-    (:func:`check_output_folder`; ``source``: the checkpoint exported, refused as the output)."""
+    (:func:`check_output_folder`; ``source``: the checkpoint exported, refused as the output, as are the
+    folders to ``keep``)."""
     kind = model_kind(model)
     out = Path(out_dir)
     cfg: ModelConfig = model.cfg
     vocab_size = model.lm_head.out_features if kind == "ctc" else None
     if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
         raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
-    files = {HF_CONFIG: hf_config(cfg, kind=kind, vocab_size=vocab_size), PREPROCESSOR: feature_extractor_config(cfg)}
+    try:
+        files = {HF_CONFIG: hf_config(cfg, kind=kind, vocab_size=vocab_size),
+                 PREPROCESSOR: feature_extractor_config(cfg)}
+    except ValueError as e:  # what transformers cannot hold: name the checkpoint
+        raise ValueError(f"{source}: {e}" if source is not None else str(e)) from None
     if text_mapping:
         files[HF_CONFIG][TEXT_MAPPING] = check_mapping(text_mapping, "text_mapping")
     if vocab_symbols is not None:
@@ -401,7 +435,10 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
         log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)", out)
     weights = to_hf_state_dict(model.state_dict(), cfg, kind)
     check_output_folder(out, source=source, writes=EXPORT_FILES, other=(INFO_FILE, "an earful checkpoint"),
-                        command="export-hf")
+                        command="export-hf", earlier=written_by_export, keep=keep)
+    if card is None:
+        card = (f"---\nlibrary_name: transformers\ntags: [wav2vec2, speech, {EARFUL_TAG}]\n---\n\n# wav2vec 2.0 "
+                f"({'CTC' if kind == 'ctc' else 'pre-training'})\n\nExported by earful (earful.interop.hf.export_hf).")
     with atomic_folder(out) as tmp:
         atomic_save_tensors(weights, tmp / MODEL_FILE)
         for name, content in files.items():
@@ -418,7 +455,8 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[d
     d = Path(hf_dir)
     cfg_path = d / HF_CONFIG
     if not cfg_path.exists():
-        raise CheckpointError(f"{d}: no config.json (not a transformers model folder)")
+        raise CheckpointError(f"{d}: no config.json (not a transformers model folder)"
+                              f"{what_it_is(d, transformers_ok=True)}")
     hf_cfg = read_json(cfg_path)
     if not isinstance(hf_cfg, dict):
         raise CheckpointError(f"{cfg_path}: not a JSON object (a transformers config)")
@@ -628,6 +666,20 @@ def _usable_vocab(symbols: list[str], where: Path) -> None:
                               "it)") from None
 
 
+def blank_first(blank: int, outputs: int) -> list[int]:
+    """The order of a transformers CTC head's outputs in earful's model: the blank (``pad_token_id``) first,
+    the others as they were (earful's CTC blank is index 0)."""
+    return [blank, *(i for i in range(outputs) if i != blank)]
+
+
+def ctc_vocab(hf_dir: str | Path, outputs: int) -> list[str]:
+    """A transformers CTC folder's vocabulary in the order :func:`import_hf` gives its head (:func:`blank_first`),
+    without reading the weights: what a fine-tuning with ``vocab=init`` from the folder trains."""
+    blank = int(read_json(Path(hf_dir) / HF_CONFIG).get("pad_token_id") or 0)
+    symbols = read_vocab(hf_dir, outputs)
+    return [symbols[i] for i in blank_first(blank, outputs)] if blank in range(outputs) else symbols
+
+
 def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
               need_vocab: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
     """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any (``vocab.json``
@@ -676,7 +728,7 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
     else:
         model = Wav2Vec2ForPreTraining(cfg)
     if is_ctc and blank != 0:
-        order = [blank, *(i for i in range(state["lm_head.weight"].shape[0]) if i != blank)]
+        order = blank_first(blank, vocab_size)  # type: ignore[arg-type]
         state["lm_head.weight"], state["lm_head.bias"] = state["lm_head.weight"][order], state["lm_head.bias"][order]
         if vocab is not None:
             vocab = [vocab[i] for i in order]

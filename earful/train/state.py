@@ -41,6 +41,7 @@ from earful.checkpoint import (
     save_model,
     verify_file,
     verify_weights,
+    what_it_is,
 )
 from earful.config import ConfigError, plain_name
 from earful.train import distributed as D
@@ -219,8 +220,8 @@ def require_checkpoint(path: str | Path) -> Path:
     (it had been told it held no model.json and no checkpoints/)."""
     ckpt = resolve_checkpoint(path)
     if ckpt is None:
-        why = (f"not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/)" if Path(path).exists() else
-               "no such checkpoint or run directory (the path does not exist)")
+        why = (f"not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/){what_it_is(path)}"
+               if Path(path).exists() else "no such checkpoint or run directory (the path does not exist)")
         raise FileNotFoundError(f"{path}: {why}")
     return ckpt
 

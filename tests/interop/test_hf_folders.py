@@ -118,6 +118,8 @@ def test_an_imported_unknown_token_is_exported_again(tmp_path) -> None:
     _blog_folder(tmp_path / "hf")
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
     assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "back")]) == 0
+    card = (tmp_path / "back" / "README.md").read_text()  # an imported model: not "Trained with earful"
+    assert "Converted by earful (not trained by it" in card and "Trained with earful" not in card
     tok = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())
     assert (tok["unk_token"], tok["bos_token"], tok["eos_token"], tok["pad_token"]) == ("[UNK]", "<s>", "</s>",
                                                                                          "[PAD]")
@@ -282,7 +284,8 @@ def test_an_earlier_export_or_import_is_replaced_whole(tmp_path) -> None:
     ckpt = _ckpt(tmp_path, ["<b>", "|", "a"])
     assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 0
     export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")  # no tokenizer, no card
-    assert sorted(_files(tmp_path / "hf")) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(_files(tmp_path / "hf")) == ["README.md", "config.json", "model.safetensors",
+                                               "preprocessor_config.json"]  # the card: a later export replaces it
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
     assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 0
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
@@ -357,3 +360,65 @@ def test_a_folder_without_a_feature_extractor_is_told_a_way_to_say_it_normalises
         assert import_hf(tmp_path / "hf")[0].cfg.normalize_waveform
     assert not caplog.text
     assert transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf").do_normalize
+
+
+def test_export_hf_refuses_a_transformers_folder_it_did_not_write_and_the_models_initial_weights(tmp_path, tone_ctc,
+                                                                                                 caplog) -> None:
+    """`export-hf CKPT FOLDER` took any folder of config.json + model.safetensors for an earlier export and
+    replaced it whole: a user's own save_pretrained folder, even the one the exported model was fine-tuned from.
+    An earlier export is now one whose model card names earful (written by every export, the API's too); and the
+    checkpoint's initial weights (its trainer.json's init) are refused as the output like its source."""
+    model = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**TINY))
+    model.save_pretrained(tmp_path / "theirs")
+    before = _files(tmp_path / "theirs")
+    ckpt = _ckpt(tmp_path)
+    caplog.clear()
+    assert main(["export-hf", str(ckpt), str(tmp_path / "theirs")]) == 2
+    assert f"{tmp_path / 'theirs'}: holds config.json, model.safetensors, not written by export-hf (no earful " \
+           "model card, README.md)" in caplog.text
+    (tmp_path / "theirs" / "README.md").write_text("---\ntags: [wav2vec2]\n---\n# a card of the Hub's\n")
+    assert main(["export-hf", str(ckpt), str(tmp_path / "theirs")]) == 2
+    (tmp_path / "theirs" / "README.md").unlink()
+    assert _files(tmp_path / "theirs") == before
+
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "api")  # no card given: a short one
+    assert "tags: [wav2vec2, speech, earful]" in (tmp_path / "api" / "README.md").read_text()
+    assert main(["export-hf", str(ckpt), str(tmp_path / "api")]) == 0  # an earlier export: replaced
+
+    _, manifest = tone_ctc  # a fine-tuning from an earlier export: that folder is now its initial weights
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "init")
+    assert main(["finetune", "--init", str(tmp_path / "init"), "--train", str(manifest), "--out",
+                 str(tmp_path / "ft"), "batch_seconds=3.5", "device_seconds=3.5", "data.num_workers=0",
+                 "tensorboard=false", "threads=1", "valid_every=0", "freeze_transformer_steps=1", "max_steps=1"]) == 0
+    before = _files(tmp_path / "init")
+    caplog.clear()
+    assert main(["export-hf", str(tmp_path / "ft"), str(tmp_path / "init")]) == 2
+    assert f"{tmp_path / 'init'}: the output folder holds the weights the model was fine-tuned from" in caplog.text
+    assert _files(tmp_path / "init") == before
+    assert main(["export-hf", str(tmp_path / "ft"), str(tmp_path / "api")]) == 0
+
+
+def test_a_finetuning_with_a_transformers_models_vocabulary_exports_its_tokenizer(tmp_path, tone_ctc) -> None:
+    """`finetune vocab=init` from a transformers CTC folder (the blog's: its blank [PAD] last, id 29) took the
+    vocabulary in vocab.json's order, not the head's once imported (the blank first): 'a', id 0, was the blank,
+    and every transcript with an 'a' was refused. And it trains with earful's spelling of the vocabulary (blank
+    <b>, stand-ins for [UNK], <s>, </s>), which export-hf wrote: the pipeline's text held '\\ue001'-like
+    characters and the tokenizer had no unknown token. The fine-tuning's checkpoints now keep the initial model's
+    own spelling, also across a resume, and export-hf writes it."""
+    _, manifest = tone_ctc
+    processor = _blog_folder(tmp_path / "hf")
+    common = ["--init", str(tmp_path / "hf"), "--train", str(manifest), "--out", str(tmp_path / "ft"), "vocab=init",
+              "batch_seconds=3.5", "device_seconds=3.5", "data.num_workers=0", "tensorboard=false", "threads=1",
+              "valid_every=0", "freeze_transformer_steps=1"]
+    assert main(["finetune", *common, "max_steps=1"]) == 0
+    assert main(["finetune", *common, "max_steps=2", "--resume", "--allow-changes"]) == 0
+    info = load_model(tmp_path / "ft" / "checkpoints" / "step-0000002")[1]
+    assert info["vocab"]["symbols"][:2] == ["<b>", "a"]  # earful's spelling, the blank first
+    assert main(["export-hf", str(tmp_path / "ft"), str(tmp_path / "back")]) == 0
+    vocab = json.loads((tmp_path / "back" / "vocab.json").read_text())
+    assert sorted(vocab) == sorted(processor.tokenizer.get_vocab())  # the initial model's symbols, none of earful's
+    assert vocab["[PAD]"] == 0 and vocab["a"] == 1  # the head's order: the blank first
+    tok = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())
+    assert (tok["pad_token"], tok["unk_token"]) == ("[PAD]", "[UNK]")
+    back = transformers.Wav2Vec2Processor.from_pretrained(tmp_path / "back")
+    assert back.tokenizer.decode([vocab["[UNK]"], vocab["a"]]) == "[UNK]a"

@@ -331,13 +331,41 @@ def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, ca
 
     (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # a run whose first file fails wrote none:
     failed = tmp_path / "failed"  # its record (written first) lists a file that is not there, and holds nothing
-    assert main(["features", str(tmp_path / "one"), str(tmp_path / "bad.wav"), "--out", str(failed)]) == 2
+    assert main(["features", str(tmp_path / "one"), str(tmp_path / "bad.wav"), "--out", str(failed)]) == 1
     assert sorted(p.name for p in failed.iterdir()) == ["features.json"]
+    assert json.loads((failed / "features.json").read_text())["files"] == {}
     assert main(["features", str(tmp_path / "two"), str(tmp_path / "a.wav"), "--out", str(failed)]) == 0
     assert json.loads((failed / "features.json").read_text())["files"] == {"a.npy": str(tmp_path / "a.wav")}
-    monkeypatch.chdir(tmp_path)  # a checkpoint given by a relative path is recorded whole
+    monkeypatch.chdir(tmp_path)  # a checkpoint and audio given by relative paths are recorded whole
     assert main(["features", "two", "b.wav", "--out", str(failed)]) == 0
-    assert json.loads((failed / "features.json").read_text())["checkpoint"] == str(tmp_path / "two")
+    record = json.loads((failed / "features.json").read_text())
+    assert record["checkpoint"] == str(tmp_path / "two") and record["files"]["b.npy"] == str(tmp_path / "b.wav")
+
+
+def test_features_of_a_file_that_cannot_be_read_are_left_out_and_named(tmp_path, caplog) -> None:
+    """A bad file among others stopped `earful features` (status 2) at that file, after the files before it,
+    leaving the later ones undone and a features.json that listed files it never wrote. It is now reported and
+    left out, as `earful transcribe` does (status 1), and features.json lists the files written; an earlier
+    run's file of that name stays, as it was recorded."""
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    rs = np.random.RandomState(0)
+    for name in ("a", "b", "c"):
+        sf.write(tmp_path / f"{name}.wav", (0.1 * rs.randn(8000)).astype(np.float32), 16000)
+    feats = tmp_path / "feats"
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "c.wav"), "--out", str(feats)]) == 0
+    c = np.load(feats / "c.npy")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "c.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    sf.write(tmp_path / "short.wav", np.zeros(100, np.float32), 16000)
+    caplog.clear()
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "a.wav"), str(tmp_path / "bad" / "c.wav"),
+                 str(tmp_path / "short.wav"), str(tmp_path / "b.wav"), "--out", str(feats)]) == 1
+    assert sorted(p.name for p in feats.iterdir()) == ["a.npy", "b.npy", "c.npy", "features.json"]
+    assert np.array_equal(np.load(feats / "c.npy"), c)
+    files = json.loads((feats / "features.json").read_text())["files"]
+    assert files == {n: str(tmp_path / f"{n[0]}.wav") for n in ("a.npy", "b.npy", "c.npy")}
+    assert f"2 of 4 files could not be read, no features for them: {tmp_path / 'bad' / 'c.wav'}: " in caplog.text
+    assert f"{tmp_path / 'short.wav'}: too short" in caplog.text
 
 
 def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not_there(tmp_path, caplog) -> None:
@@ -366,3 +394,54 @@ def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not
     assert main(["finetune", "--init", str(tmp_path / "nonexist"), "--train", str(tmp_path / "m.jsonl"),
                  "--out", str(tmp_path / "ft")]) == 2
     assert f"--init {tmp_path / 'nonexist'}: no such file or folder (give 'scratch'" in caplog.text
+
+
+class _Opens:
+    """Unpickling it creates a file: a pickle that ran would leave it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_fairseq_checkpoint_or_a_transformers_folder_is_named_with_what_to_do(tmp_path, caplog) -> None:
+    """A fairseq checkpoint (`checkpoint_best.pt`, a pickle), given to import-hf, finetune --init or a command that
+    reads earful checkpoints, was "no config.json (not a transformers model folder)" or "not a checkpoint (no
+    model.json) nor a run directory", with no word of what it is or how to go on; a transformers folder given to
+    features, evaluate or export-hf likewise. Each now says what it is and what to do; nothing is unpickled."""
+    import argparse
+
+    marker = tmp_path / "unpickled"
+    fairseq = tmp_path / "checkpoint_best.pt"
+    torch.save({"args": argparse.Namespace(arch="wav2vec2"), "model": {}, "evil": _Opens(str(marker))}, fairseq)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(fairseq.read_bytes())
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    hint = "a fairseq checkpoint?): earful reads no pickled checkpoint (code runs as it loads): convert it to a " \
+           "transformers folder with transformers' convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py"
+    for args in (["import-hf", str(fairseq), str(tmp_path / "ck")],
+                 ["features", str(fairseq), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")],
+                 ["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")],
+                 ["finetune", "--init", str(fairseq), "--train", str(tmp_path / "m.jsonl"), "--out",
+                  str(tmp_path / "ft")]):
+        caplog.clear()
+        assert main(args) == 2, args
+        assert hint in caplog.text, (args, caplog.text)
+        assert ("checkpoint_best.pt is a pickled PyTorch file" in caplog.text
+                or "it holds checkpoint_best.pt" in caplog.text), caplog.text
+    assert not marker.exists()
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "theirs")
+    caplog.clear()
+    assert main(["features", str(tmp_path / "theirs"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")]) == 2
+    assert f"it is a transformers folder: `earful import-hf {tmp_path / 'theirs'} CKPT` makes an earful " \
+           "checkpoint of it" in caplog.text
+
+
+def test_a_model_transformers_cannot_hold_is_refused_naming_its_checkpoint(tmp_path, caplog) -> None:
+    ckpt = save_model(tmp_path / "nano", Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"])))
+    assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 2
+    assert f"{ckpt}: transformers' wav2vec 2.0 has no padded convolutions: a model with conv_padding=true (the " \
+           "paper's preset base-nanow2v2) cannot be exported" in caplog.text
+    assert not (tmp_path / "hf").exists()
