@@ -1,9 +1,8 @@
 """The model fine-tuning starts from, and which of its parameters train when.
 
 ``--init`` may be an earful checkpoint directory (pre-training or CTC), a run directory (its latest
-checkpoint), a `transformers` folder (``config.json`` + weights), or ``scratch``. What it resolved to and the
-SHA-256 of those weights (:class:`InitWeights`) are recorded in ``trainer.json`` (``init_checkpoint``,
-``init_sha256``) and are part of the recipe (``init.sha256``): a resume from other initial weights is refused.
+checkpoint), a `transformers` folder (``config.json`` + weights), or ``scratch`` (``earful/train/init.py``: what
+it resolved to is recorded, and part of the recipe).
 The backbone (``wav2vec2.*``) is copied; the quantizer and contrastive projections of a pre-training model are
 dropped; the CTC head is new (copied too when the source is a CTC model with the same vocabulary).
 
@@ -21,9 +20,7 @@ toggling ``requires_grad`` later leaves them out of its all-reduce. So:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,70 +29,15 @@ from torch import nn
 
 from earful.checkpoint import (
     INFO_FILE,
-    MODEL_FILE,
-    CheckpointError,
-    load_model,
     read_info,
     read_json,
-    sha256,
-    what_it_is,
 )
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
-from earful.train.state import resolve_checkpoint
+from earful.train.init import InitWeights, load_init, resolve_init
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InitWeights:
-    """What ``--init`` resolved to when the run started: ``path``, the checkpoint (a run directory's latest, which
-    moves on when that run goes on), transformers folder or ``scratch``; ``sha256``, of its weights (None for
-    scratch): what the recipe compares on ``--resume`` (a moved folder is the same weights)."""
-
-    path: str
-    sha256: str | None
-
-
-def resolve_init(init: str) -> InitWeights:
-    """The weights ``init`` names now, without loading them: an earful checkpoint's digest is the SHA-256 of
-    ``model.safetensors`` its ``model.json`` records (which ``load_model`` verifies the file against)."""
-    if init == "scratch":
-        return InitWeights("scratch", None)
-    path = Path(init)
-    if not path.exists():  # it had been told it held no model.json, no checkpoints/ and no config.json
-        raise FileNotFoundError(f"--init {init}: no such file or folder (give 'scratch', an earful checkpoint, a run "
-                                "directory or a transformers folder)")
-    ckpt = resolve_checkpoint(path)
-    if ckpt is not None:
-        record = (read_info(ckpt).get("files") or {}).get(MODEL_FILE) or {}
-        return InitWeights(str(ckpt), record.get("sha256"))
-    if (path / "config.json").exists():
-        weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-        digest = hashlib.sha256("".join(f"{p.name} {sha256(p)}\n" for p in weights).encode()).hexdigest()
-        return InitWeights(str(path), digest)
-    raise FileNotFoundError(
-        f"--init {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run directory "
-        f"(no checkpoints/) nor a transformers folder (no config.json){what_it_is(path, transformers_ok=True)}"
-    )
-
-
-def _load_source(init: InitWeights) -> tuple[nn.Module | None, list[str] | None, str]:
-    """(source model or None for scratch, its CTC vocabulary if any, a description)."""
-    if init.path == "scratch":
-        return None, None, "scratch (random)"
-    path = Path(init.path)
-    if (path / INFO_FILE).exists():
-        model, info = load_model(path)
-        if (info.get("files") or {}).get(MODEL_FILE, {}).get("sha256") != init.sha256:
-            raise CheckpointError(f"{path}: its weights changed while the fine-tuning started; start it again")
-        symbols = (info.get("vocab") or {}).get("symbols")
-        return model, symbols, f"earful {info['kind']} checkpoint {path}"
-    from earful.interop.hf import import_hf
-
-    model, symbols = import_hf(path)
-    return model, symbols, f"transformers folder {path}"
 
 
 def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> tuple[CharVocab, dict[str, Any] | None]:
@@ -155,7 +97,7 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab, init: InitWeights
     Random parts are drawn from ``torch.manual_seed(cfg.seed)``, so the same config gives the same model.
     """
     init = init or resolve_init(cfg.init)
-    source, symbols, what = _load_source(init)
+    source, symbols, what = load_init(init)
     torch.manual_seed(cfg.seed)
     base = load_model_config(cfg.model_preset) if source is None else source.cfg  # type: ignore[union-attr]
     if source is not None and cfg.model_preset != FinetuneConfig.model_preset and _preset_differs(cfg, base):

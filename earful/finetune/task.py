@@ -29,18 +29,16 @@ from earful.eval.vocab import BLANK, DELIMITER, CharVocab
 from earful.finetune import targets as T
 from earful.finetune.config import FinetuneConfig, config_summary
 from earful.finetune.init import (
-    InitWeights,
     apply_permanent_freeze,
     build_initial_model,
     init_vocab,
     phase_frozen,
-    resolve_init,
 )
 from earful.model import ModelConfig, Wav2Vec2ForCTC
 from earful.model.wav2vec2 import to_device
 from earful.train import distributed as D
 from earful.train.engine import Trainer
-from earful.train.state import read_trainer_info
+from earful.train.init import initial_weights
 from earful.train.step import autocast
 from earful.train.task import Task
 
@@ -67,7 +65,7 @@ class FinetuneTask(Task):
     # ------------------------------------------------------------------ model and data
     def build_model(self, d: D.Dist, resume_from: Path | None) -> None:
         self.d = d
-        self.init_weights = self._initial_weights(resume_from)
+        self.init_weights = initial_weights(self.cfg.init, resume_from)
         if self.vocab is None:
             self.vocab = self._vocabulary(resume_from)
         self.model = self._architecture(resume_from).to(d.device)
@@ -82,24 +80,6 @@ class FinetuneTask(Task):
     def probe_loss(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         logits, _ = self.model(wave, lengths)
         return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
-
-    def _initial_weights(self, resume_from: Path | None) -> InitWeights:
-        """What ``init`` names now (resolved once: a run directory's latest moves on). Resuming with the ``init``
-        the run was started with, the weights it recorded then (a run folder's latest has moved on since, but
-        this run started from the one it recorded); with another ``init``, what that names now, whose digest the
-        recipe compares with the run's; an ``init`` that no longer resolves (moved, removed) is taken to be the
-        weights the run recorded, with a warning: the run's own checkpoint holds the model."""
-        saved = read_trainer_info(resume_from) if resume_from is not None else {}
-        if saved.get("init") == self.cfg.init and "init_checkpoint" in saved:
-            return InitWeights(str(saved["init_checkpoint"]), saved.get("init_sha256"))
-        try:
-            return resolve_init(self.cfg.init)
-        except (OSError, CheckpointError) as e:
-            if resume_from is None:
-                raise
-            log.warning("%s; resuming with the initial weights the run recorded (%s, SHA-256 %s)", e,
-                        saved.get("init_checkpoint"), saved.get("init_sha256"))
-            return InitWeights(str(saved.get("init_checkpoint", self.cfg.init)), saved.get("init_sha256"))
 
     def _vocabulary(self, resume_from: Path | None) -> CharVocab:
         """``vocab=data``: blank, ``|``, then every character of the training and dev transcripts once mapped

@@ -231,7 +231,7 @@ def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> lis
             notes.append(f"given as `{trainer['init']}`")
         shown = f" ({'; '.join(notes)})" if notes else ""
         rows.append(("initialised from", f"`{trainer['init_checkpoint']}`{shown}"))
-    elif (config or {}).get("init"):
+    elif (config or {}).get("init") not in (None, "", "scratch"):  # a pre-training from scratch: nothing to show
         rows.append(("initialised from", f"`{config['init']}`"))
     if "recipe" in trainer:
         rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(recipe)}` of the recipe in trainer.json"))

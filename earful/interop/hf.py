@@ -666,6 +666,33 @@ def _usable_vocab(symbols: list[str], where: Path) -> None:
                               "it)") from None
 
 
+def hf_model_config(hf_dir: str | Path, *, warn: bool = True) -> ModelConfig:
+    """The earful model settings of a transformers folder (``config.json`` and its feature extractor's
+    normalisation), without reading its weights."""
+    path = Path(hf_dir) / HF_CONFIG
+    hf_cfg = read_json(path)
+    if not isinstance(hf_cfg, dict):
+        raise CheckpointError(f"{path}: not a JSON object (a transformers config)")
+    return _model_config(hf_cfg, hf_dir, warn=warn)
+
+
+def _model_config(hf_cfg: dict[str, Any], hf_dir: str | Path, *, warn: bool) -> ModelConfig:
+    try:
+        cfg = config_from_hf(hf_cfg, str(Path(hf_dir) / HF_CONFIG))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    # the waveform normalisation is the feature extractor's, not the model config's
+    extractor = read_feature_extractor(hf_dir)
+    if extractor is not None:  # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
+        cfg.normalize_waveform = bool(extractor[0].get("do_normalize", True))
+    elif warn:  # no command takes normalize_waveform for an imported model: the folder's feature extractor says it
+        log.warning("%s: no %s nor %s; assuming the model takes unnormalised waveforms. If it was trained on "
+                    "normalised ones (each utterance zero mean, unit variance: fairseq's normalize: true, the LARGE "
+                    "recipes), write %s holding %s and run the command again", hf_dir, PREPROCESSOR, PROCESSOR,
+                    Path(hf_dir) / PREPROCESSOR, json.dumps(NORMALISING_EXTRACTOR))
+    return cfg
+
+
 def blank_first(blank: int, outputs: int) -> list[int]:
     """The order of a transformers CTC head's outputs in earful's model: the blank (``pad_token_id``) first,
     the others as they were (earful's CTC blank is index 0)."""
@@ -688,19 +715,7 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
     ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files)."""
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
     where = str(Path(hf_dir) / HF_CONFIG)
-    try:
-        cfg = config_from_hf(hf_cfg, where)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
-    # the waveform normalisation is the feature extractor's, not the model config's
-    extractor = read_feature_extractor(hf_dir)
-    if extractor is not None:  # transformers' Wav2Vec2FeatureExtractor normalises unless told otherwise
-        cfg.normalize_waveform = bool(extractor[0].get("do_normalize", True))
-    else:  # no command takes normalize_waveform for an imported model: the folder's feature extractor says it
-        log.warning("%s: no %s nor %s; assuming the model takes unnormalised waveforms. If it was trained on "
-                    "normalised ones (each utterance zero mean, unit variance: fairseq's normalize: true, the LARGE "
-                    "recipes), write %s holding %s and run the command again", hf_dir, PREPROCESSOR, PROCESSOR,
-                    Path(hf_dir) / PREPROCESSOR, json.dumps(NORMALISING_EXTRACTOR))
+    cfg = _model_config(hf_cfg, hf_dir, warn=True)
     is_ctc = "lm_head.weight" in weights
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None

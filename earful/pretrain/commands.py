@@ -17,7 +17,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import train_command
 
-    cfg = load_pretrain_config(*config_and_overrides(args.overrides, args.config))
+    cfg = load_pretrain_config(*config_and_overrides(args.overrides, args.config), init=args.init)
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))
@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "overrides, e.g. pretrain-demo batch_seconds=600 optim.lr=1e-4")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. pretrain-paper)")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--init", default=None,
+                   help="continue pre-training from these weights: an earful pre-training checkpoint or run "
+                   "directory, or a transformers Wav2Vec2ForPreTraining folder (the model's settings are its; "
+                   "the optimizer and schedule start anew); default scratch")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint "
                    "(refused where no run was started: drop it to start one)")
     p.add_argument("--resume-or-start", action="store_true",

@@ -2,15 +2,19 @@
 defaults; ``key=value`` overrides on the command line override the YAML (``optim.lr=1e-4``). The engine's
 settings (batch budget, steps, intervals, optimizer) are ``earful.train.config.TrainingConfig``'s.
 
-``model_preset`` picks the model preset the ``model:`` section starts from."""
+``model_preset`` picks the model preset the ``model:`` section starts from; with ``init`` (continued
+pre-training from a checkpoint or a transformers folder) the ``model:`` section starts from that model's
+settings instead, and ``model_preset`` is recorded as ``init``."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from earful.checkpoint import CheckpointError
 from earful.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config
 from earful.train.config import DataConfig, TrainingConfig, config_source, nominal_steps
@@ -30,8 +34,17 @@ class PretrainDataConfig(DataConfig):
         return {**super().limits(), "crop_seconds": self.crop_seconds}
 
 
+log = logging.getLogger(__name__)
+
+SCRATCH = "scratch"
+FROM_INIT = "init"  # model_preset of a run whose model is its init's (load_pretrain_config)
+
+
 @dataclass
 class PretrainConfig(TrainingConfig):
+    # the weights to continue pre-training from (an earful pre-training checkpoint or run directory, a transformers
+    # Wav2Vec2ForPreTraining folder) or scratch (random): the model's settings are then the initial model's
+    init: str = SCRATCH
     model_preset: str = "base"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
@@ -64,18 +77,44 @@ class PretrainConfig(TrainingConfig):
             [f"ckpt_hours={h:g}" for h in self.ckpt_hours if past(h)]
 
 
-def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *,
+def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *, init: str | None = None,
                          overrides_from: str = "command-line overrides") -> PretrainConfig:
-    """Defaults ← model preset ← YAML ← overrides (``overrides_from``: whose, as an error names them)."""
+    """Defaults ← model preset (or, with ``init``, the initial model's settings) ← YAML ← overrides
+    (``overrides_from``: whose, as an error names them). ``init`` (``--init``) is set as given, over the YAML's
+    and the overrides' (a path is not read as YAML)."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     over = parse_overrides(overrides or [])
-    preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
+    if init is not None:
+        over["init"] = init
     base = to_dict(PretrainConfig())
-    base["model_preset"] = preset
-    base["model"] = to_dict(load_model_config(preset))
+    start = over.get("init", data.get("init", SCRATCH))
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
+        if start != SCRATCH:
+            from earful.train.init import init_model_config
+
+            base["model"] = to_dict(init_model_config(str(start), "init"))
+            _warn_unused_preset(over.get("model_preset", data.get("model_preset")), str(start), base["model"])
+            over["model_preset"] = FROM_INIT
+        else:
+            preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
+            base["model_preset"] = preset
+            base["model"] = to_dict(load_model_config(preset))
         cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
         cfg.validate()
-    except ValueError as e:
+    except (ValueError, OSError, CheckpointError) as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
     return cfg
+
+
+def _warn_unused_preset(preset: Any, init: str, model: dict[str, Any]) -> None:
+    """A ``model_preset`` given with ``init`` is not used: said where it names another architecture."""
+    if preset in (None, FROM_INIT):
+        return
+    try:
+        other = to_dict(load_model_config(str(preset)))
+    except (OSError, ValueError):
+        return
+    shape = ("conv_dim", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+    if any(other.get(k) != model.get(k) for k in shape):
+        log.warning("model_preset=%s is not used: the model is init %s's (%d layers of %d)", preset, init,
+                    model["num_layers"], model["hidden_size"])

@@ -24,10 +24,11 @@ from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
 from earful.model import PretrainOutput, Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
-from earful.pretrain.config import PretrainConfig
+from earful.pretrain.config import SCRATCH, PretrainConfig
 from earful.train import distributed as D
 from earful.train.config import nominal_steps
 from earful.train.engine import Trainer
+from earful.train.init import InitWeights, initial_weights, load_init
 from earful.train.monitor import codeword_similarity
 from earful.train.step import autocast, step_seed
 from earful.train.task import Task
@@ -53,8 +54,34 @@ class PretrainTask(Task):
         if d.rank == 0 and (past := cfg.milestones_past_the_end()):  # said once, not by every rank
             log.warning("%s: past this run's end (max_steps=%d, %.4g h of batch_seconds × max_steps): never written",
                         ", ".join(past), cfg.max_steps, cfg.batch_seconds * cfg.max_steps / 3600)
+        # continued pre-training: what init names (resolved once; a resume compares its recorded digest)
+        self.init_weights = initial_weights(cfg.init, resume_from, "init") if cfg.init != SCRATCH else None
         torch.manual_seed(self.cfg.seed)
-        self.model = Wav2Vec2ForPreTraining(self.cfg.model).to(d.device)
+        self.model = Wav2Vec2ForPreTraining(self.cfg.model)
+        if self.init_weights is not None and resume_from is None:
+            self._load_init(self.init_weights)
+        self.model.to(d.device)
+
+    def _load_init(self, init: InitWeights) -> None:
+        """The initial model's weights, all of them (its quantizer and projections too); the optimizer, the
+        schedule and the Gumbel temperature start anew, at step 0."""
+        source, _, what = load_init(init, "pre-training")
+        if not isinstance(source, Wav2Vec2ForPreTraining):
+            raise ValueError(f"init={self.cfg.init}: a {type(source).__name__} (fine-tuned with CTC): its quantizer "
+                             "and projections, which pre-training trains, are gone; continue from a pre-training "
+                             "checkpoint or a transformers Wav2Vec2ForPreTraining folder")
+        try:
+            self.model.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as e:
+            detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise ValueError(f"init={self.cfg.init}: its weights do not fit this run's model (a model setting that "
+                             f"changes the architecture? the model's settings are the initial model's): {detail}"
+                             ) from None
+        log.info("initial model: %s (weights' SHA-256 %s); optimizer, schedule and Gumbel temperature from step 0",
+                 what, init.sha256)
+
+    def recipe_extras(self) -> dict[str, Any]:
+        return {"init.sha256": self.init_weights.sha256} if self.init_weights is not None else {}
 
     def probe_loss(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         return self.model(wave, lengths).loss_sum()
@@ -182,7 +209,9 @@ class PretrainTask(Task):
 
     # ------------------------------------------------------------------ milestones
     def trainer_info(self) -> dict[str, Any]:
-        return {"milestones_done": self.milestones_done}
+        init = {} if self.init_weights is None else {
+            "init": self.cfg.init, "init_checkpoint": self.init_weights.path, "init_sha256": self.init_weights.sha256}
+        return {"milestones_done": self.milestones_done, **init}
 
     def restore(self, info: dict[str, Any]) -> None:
         self.milestones_done = list(info["milestones_done"])

@@ -329,7 +329,7 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
 
     from earful.checkpoint import CheckpointError
     from earful.eval.evaluate import load_ctc
-    from earful.finetune.init import _load_source, resolve_init
+    from earful.train.init import load_init, resolve_init
 
     latest = ctc_run / "checkpoints" / "latest.json"
     with caplog.at_level(logging.INFO, logger="earful.eval.evaluate"):
@@ -337,19 +337,19 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     assert f"{ctc_run}: a run directory, its latest checkpoint: {ctc_run / 'checkpoints' / 'step-0000002'} " \
            f"(for the lowest dev WER, give {ctc_run / 'checkpoints' / 'best'})" in caplog.text
     assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
-    assert _load_source(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
+    assert load_init(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     latest.write_text(json.dumps({"name": "step-0000001"}))
     assert load_ctc(ctc_run)[2].name == "step-0000001"
     latest.unlink()  # lost: the furthest checkpoint that verifies
     assert load_ctc(ctc_run)[2].name == "step-0000002"
-    assert _load_source(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
+    assert load_init(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     for bad, why in [("{not json", "corrupt"), ('{"step": 3}', "corrupt.*'name'"),
                      ('{"name": "../../x"}', "not a plain name"), ('{"name": "step-0000009"}', "incomplete")]:
         latest.write_text(bad)
         with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
             load_ctc(ctc_run)
         with pytest.raises(CheckpointError, match=f"{latest}.*{why}"):
-            _load_source(resolve_init(str(ctc_run)))
+            load_init(resolve_init(str(ctc_run)))
     empty = tmp_path / "empty-run"
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="empty-run/checkpoints: no complete checkpoint"):

@@ -1,0 +1,88 @@
+"""Continued pre-training (`earful pretrain --init`): from an earful pre-training run or a transformers
+Wav2Vec2ForPreTraining folder, the model whole and its settings; recorded, resumed and refused as fine-tuning's
+init is."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from earful.checkpoint import save_model
+from earful.cli import main
+from earful.model import Wav2Vec2ForCTC, load_model_config
+
+
+def _pretrain(train: Path, out: Path, steps: int, *extra: str) -> int:
+    return main(["pretrain", f"data.train={train}", "batch_seconds=4", "device_seconds=4", f"max_steps={steps}",
+                 "valid_every=0", "ckpt_every=1000", "data.num_workers=0", "data.min_seconds=0.5",
+                 "data.crop_seconds=2.0", "tensorboard=false", "threads=1", "device=cpu", "--out", str(out), *extra])
+
+
+def _weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / name / "model.safetensors"))
+
+
+def test_pretraining_continues_from_a_run_or_a_transformers_folder(tmp_path, tiny_corpus, caplog) -> None:
+    """There was no way to continue pre-training from a checkpoint (`init` was an unknown key): domain adaptation
+    of a published model meant writing code. `--init` takes the weights whole, the model's settings with them
+    (model_preset is recorded as init; a model setting given applies over them), records the weights' SHA-256 in
+    trainer.json and the recipe, and a resume from other weights is refused."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 2, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    trained = _weights(tmp_path / "a", "step-0000002")
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _pretrain(train, tmp_path / "b", 2, "--init", str(tmp_path / "hf"), "model_preset=small",
+                         "model.mask_prob=0.3") == 0
+    assert "model_preset=small is not used: the model is init" in caplog.text
+    start = _weights(tmp_path / "b", "init")
+    assert start.keys() == trained.keys() and all(torch.equal(start[k], trained[k]) for k in trained)
+    cfg = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    tiny = load_model_config("tiny")
+    assert (cfg["init"], cfg["model_preset"]) == (str(tmp_path / "hf"), "init")
+    assert (cfg["model"]["hidden_size"], cfg["model"]["num_layers"]) == (tiny.hidden_size, tiny.num_layers)
+    assert cfg["model"]["mask_prob"] == 0.3  # given, over the initial model's
+    info = json.loads((tmp_path / "b" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert info["init_checkpoint"] == str(tmp_path / "hf") and info["recipe"]["init.sha256"] == info["init_sha256"]
+    assert main(["export-hf", str(tmp_path / "b"), str(tmp_path / "b-hf")]) == 0
+    assert f"| initialised from | `{tmp_path / 'hf'}` (SHA-256 `{info['init_sha256']}`) |" in \
+        (tmp_path / "b-hf" / "README.md").read_text()
+
+    # from an earful run directory: its latest checkpoint; resumed with the same init, refused with another
+    assert _pretrain(train, tmp_path / "c", 1, "--init", str(tmp_path / "a")) == 0
+    assert all(torch.equal(v, trained[k]) for k, v in _weights(tmp_path / "c", "init").items())
+    assert _pretrain(train, tmp_path / "c", 2, "--init", str(tmp_path / "a"), "--resume", "--allow-changes") == 0
+    caplog.clear()
+    assert _pretrain(train, tmp_path / "c", 2, "--init", str(tmp_path / "a" / "checkpoints" / "init"),
+                     "--resume") == 2
+    assert "another recipe than the run was trained with (init.sha256: " in caplog.text
+
+    # a scratch run records no init, as before
+    scratch = json.loads((tmp_path / "a" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert "init_sha256" not in scratch and "init.sha256" not in scratch["recipe"]
+
+
+def test_pretraining_refuses_an_init_it_cannot_continue(tmp_path, tiny_corpus, caplog) -> None:
+    train = tiny_corpus[0]
+    save_model(tmp_path / "ctc", Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=5),
+               vocab={"symbols": ["<b>", "|", "a", "b", "c"]})
+    caplog.clear()
+    assert _pretrain(train, tmp_path / "x", 1, "--init", str(tmp_path / "ctc")) == 2
+    assert "a Wav2Vec2ForCTC (fine-tuned with CTC): its quantizer and projections, which pre-training trains, " \
+           "are gone" in caplog.text
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    caplog.clear()
+    assert _pretrain(train, tmp_path / "y", 1, "--init", str(tmp_path / "a"), "model.hidden_size=48",
+                     "model.num_heads=2") == 2
+    assert f"init={tmp_path / 'a'}: its weights do not fit this run's model" in caplog.text
+    caplog.clear()
+    assert _pretrain(train, tmp_path / "z", 1, "--init", str(tmp_path / "nowhere")) == 2
+    assert f"init {tmp_path / 'nowhere'}: no such file or folder" in caplog.text
+    assert not any((tmp_path / n / "checkpoints").exists() for n in ("x", "y", "z"))  # refused before any work
