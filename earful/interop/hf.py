@@ -253,10 +253,10 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str,
     missing = [h for _, h in pairs if h not in hf and h not in _OPTIONAL_HF]
     missing += [h for names in qkv.values() for h in names if h not in hf]
     if missing:
-        bare = not any(k.startswith("wav2vec2.") for k in hf) and any(k.startswith("feature_extractor.") for k in hf)
         raise CheckpointError(f"{where}: lacks {len(missing)} tensors, e.g. {missing[:3]}" + (
-            " (its names have no 'wav2vec2.' prefix: a bare transformers Wav2Vec2Model; save a "
-            "Wav2Vec2ForPreTraining or Wav2Vec2ForCTC)" if bare else ""))
+            " (its names have no 'wav2vec2.' prefix: a bare transformers Wav2Vec2Model, which earful fine-tunes "
+            "(finetune --init) but cannot import or pre-train; save a Wav2Vec2ForPreTraining or Wav2Vec2ForCTC)"
+            if _bare(hf) else ""))
     used = {h for _, h in pairs} | {h for names in qkv.values() for h in names}
     other = {h for _, h in _head_pairs("ctc" if kind == "pretraining" else "pretraining")}
     unknown = sorted(k for k in hf if k not in used and k not in other)
@@ -269,6 +269,11 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, kind: str,
     out = {e: hf[h] for e, h in pairs if h in hf}
     out.update({e: torch.cat([hf[h] for h in names], dim=0) for e, names in qkv.items()})
     return out
+
+
+def _bare(hf: dict[str, torch.Tensor]) -> bool:
+    """Whether ``hf`` is a bare ``Wav2Vec2Model``'s state dict (no ``wav2vec2.`` prefix, no head)."""
+    return not any(k.startswith("wav2vec2.") for k in hf) and any(k.startswith("feature_extractor.") for k in hf)
 
 
 def _normalise_hf_keys(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -707,15 +712,22 @@ def ctc_vocab(hf_dir: str | Path, outputs: int) -> list[str]:
     return [symbols[i] for i in blank_first(blank, outputs)] if blank in range(outputs) else symbols
 
 
-def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False,
-              need_vocab: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
+def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False, need_vocab: bool = False,
+              backbone_only: bool = False) -> tuple[torch.nn.Module, list[str] | None]:
     """Build an earful model from a HF folder; returns the model and the CTC vocabulary if any (``vocab.json``
     with the tokenizer's added tokens, checked against the head; ``need_vocab``: a CTC folder without one, or
     with one earful's decoder cannot read, is refused, as an earful checkpoint of a CTC model needs it).
-    ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files)."""
+    ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files).
+    ``backbone_only`` (a fine-tuning's init, which keeps the backbone alone): a bare ``Wav2Vec2Model`` is taken
+    too, as a pre-training model whose quantizer and projections are freshly initialised."""
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
     where = str(Path(hf_dir) / HF_CONFIG)
     cfg = _model_config(hf_cfg, hf_dir, warn=True)
+    if backbone_only and _bare(weights):
+        heads = to_hf_state_dict(Wav2Vec2ForPreTraining(cfg).state_dict(), cfg, "pretraining")
+        weights = {**{f"wav2vec2.{k}": v for k, v in weights.items()},
+                   **{h: heads[h] for _, h in _head_pairs("pretraining")}}
+        log.info("%s: a bare Wav2Vec2Model: its backbone (the heads it lacks are not used)", hf_dir)
     is_ctc = "lm_head.weight" in weights
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None

@@ -68,7 +68,7 @@ def load_init(init: InitWeights, task: str = "fine-tuning") -> tuple[nn.Module |
         return model, symbols, f"earful {info['kind']} checkpoint {path}"
     from earful.interop.hf import import_hf
 
-    model, symbols = import_hf(path)
+    model, symbols = import_hf(path, backbone_only=task == "fine-tuning")  # pre-training needs the heads
     return model, symbols, f"transformers folder {path}"
 
 
