@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from earful.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from earful.atomic import atomic_path, atomic_save_npy, atomic_write_json
 
 from .audio import AudioError, check_row, open_audio, read_window
 from .budget import SAMPLE_RATE
@@ -184,7 +184,7 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         first = members - shards[-1]["members"]
         mine = np.stack([np.frombuffer(cols[c], dtype=np.int64)[first:members] for c in COLUMNS], axis=1)
         (out / PROGRESS_COLUMNS).mkdir(exist_ok=True)
-        atomic_write_bytes(out / PROGRESS_COLUMNS / f"{shards[-1]['name']}.npy", _npy_bytes(mine))
+        atomic_save_npy(out / PROGRESS_COLUMNS / f"{shards[-1]['name']}.npy", mine)
         atomic_write_json(out / PROGRESS, {
             "format": SHARDS_FORMAT, "recipe": recipe, "rows": row, "shards": shards, "left_out": left_out,
             "samples_16k": samples_16k})  # fmt: skip
@@ -235,8 +235,8 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         raise
     (out / "index").mkdir(exist_ok=True)
     for c in COLUMNS:
-        atomic_write_bytes(out / "index" / f"{c}.npy", _npy_bytes(
-            np.frombuffer(cols[c], dtype=np.int64).astype(np.int32 if c == "sample_rate" else np.int64)))
+        atomic_save_npy(out / "index" / f"{c}.npy",
+                        np.frombuffer(cols[c], dtype=np.int64).astype(np.int32 if c == "sample_rate" else np.int64))
     members = len(cols["offset"])
     hours = samples_16k / SAMPLE_RATE / 3600
     atomic_write_json(out / INDEX, {
@@ -245,15 +245,6 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     _forget_progress(out)
     return ShardSummary(len(shards), members, hours, sum(s["bytes"] for s in shards),
                         [f"{r['id']}: {r['problem']}" for r in left_out])
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    """``a`` as a .npy file's bytes. Not ``np.save`` into an open file: numpy's ``tofile`` turns an exception
-    raised by a signal handler during its ``isinstance(f, os.PathLike)`` into "TypeError: expected str, bytes or
-    os.PathLike object, not BufferedWriter" (a SIGTERM there exited 1 with a traceback, not 4)."""
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _forget_progress(out: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from earful.atomic import atomic_open, atomic_write_json
+from earful.atomic import atomic_save_npy, atomic_write_json
 from earful.checkpoint import read_json, same_weights
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
@@ -118,8 +118,7 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             else:
                 del files[target.name]
             continue
-        with atomic_open(target, "wb") as f:  # whole or absent, as every file earful writes
-            np.save(f, feats, allow_pickle=False)
+        atomic_save_npy(target, feats)  # whole or absent, as every file earful writes
         written.append(target)
         log.debug("%s -> %s %s", path, target, feats.shape)
     if problems:

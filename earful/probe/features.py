@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from earful.atomic import atomic_open, atomic_write_json
+from earful.atomic import atomic_save_npy, atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, read_info, sha256, verify_file
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe import fbank
@@ -282,8 +282,7 @@ def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_
 
 def _store(entry: Path, key: str, feats: FeatureSet, about: dict[str, str]) -> None:
     entry.mkdir(parents=True, exist_ok=True)
-    with atomic_open(entry / FEATURES_FILE, "wb") as f:
-        np.save(f, feats.data.numpy(), allow_pickle=False)
+    atomic_save_npy(entry / FEATURES_FILE, feats.data.numpy())
     atomic_write_json(entry / INDEX_FILE, {
         "format": CACHE_FORMAT, "key": key, **about, "frame_rate": feats.frame_rate, "ids": feats.ids,
         "frames": feats.frames.tolist(), "shape": list(feats.data.shape),

@@ -177,3 +177,22 @@ def test_write_manifests_takes_string_paths_and_lists_of_lines(tmp_path: Path) -
     write_manifests({str(tmp_path / "m.jsonl"): rows}, lines={str(tmp_path / "problems.txt"): ["one", "two"]})
     assert [u.id for u in read_manifest(tmp_path / "m.jsonl")] == ["u"]
     assert (tmp_path / "problems.txt").read_text() == "one\ntwo\n"
+
+
+
+def test_a_npy_file_is_what_np_save_writes(tmp_path: Path) -> None:
+    """atomic_save_npy (not np.save into an open file, whose tofile turned a signal handler's exception into
+    "TypeError: ... not BufferedWriter": `earful shard` stopped by SIGTERM exited 1, not 4, in 1 of 12 runs of
+    tests/data/test_shards.py's stop test under load) writes the bytes np.save writes, refusing objects."""
+    import numpy as np
+
+    from earful.atomic import atomic_save_npy
+
+    for a in (np.arange(12, dtype=np.int64).reshape(3, 4), np.random.rand(2, 3, 5).astype(np.float16),
+              np.zeros((0, 3)), np.arange(10, dtype=np.int32)[::2]):
+        atomic_save_npy(tmp_path / "ours.npy", a)
+        np.save(tmp_path / "theirs.npy", a)
+        assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "theirs.npy").read_bytes()
+        assert np.array_equal(np.load(tmp_path / "ours.npy", allow_pickle=False), a)
+    with pytest.raises(TypeError, match="cannot be saved without pickling"):
+        atomic_save_npy(tmp_path / "objects.npy", np.array([{}], dtype=object))
