@@ -25,7 +25,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _gradvar(args: argparse.Namespace) -> int:
     from earful.pretrain.gradvar import UNRECORDED, gradient_noise, recorded_batches
+    from earful.train.state import require_checkpoint
 
+    args.ckpt = require_checkpoint(args.ckpt)  # first: a path that is no checkpoint says so (a run dir: its latest)
     given = {k: getattr(args, k) for k in UNRECORDED if hasattr(args, k)}  # the options given (not defaulted)
     budget, padding = recorded_batches(args.ckpt, **given)
     result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,

@@ -68,9 +68,20 @@ def test_gradvar_measures_at_the_checkpoints_step(tmp_path, tiny_corpus, monkeyp
 
 def test_gradvar_refuses_a_micro_batch_of_zero_seconds(tmp_path, caplog) -> None:
     """--device-seconds 0 was read as "not given" (the whole batch at once)."""
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
     rc = main(["gradvar", str(tmp_path / "ckpt"), "--manifest", str(tmp_path / "m.jsonl"), "--batch-seconds", "8",
                "--device-seconds", "0"])
     assert rc == 2 and "device_seconds=0.0: expected a finite number of seconds > 0" in caplog.text
+
+
+def test_gradvar_names_a_path_that_is_no_checkpoint_first(tmp_path, caplog) -> None:
+    """`gradvar model.pt --batches 1` said "needs at least 2 batches", after a warning that the "checkpoint"
+    records no batch_seconds, before it said that model.pt is no checkpoint."""
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04junk")
+    rc = main(["gradvar", str(tmp_path / "model.pt"), "--manifest", str(tmp_path / "m.jsonl"), "--batches", "1"])
+    assert rc == 2 and f"{tmp_path / 'model.pt'}: not a checkpoint (no model.json) nor a run directory" in caplog.text
+    assert "model.pt is a pickled PyTorch file" in caplog.text
+    assert "records no" not in caplog.text and "at least 2 batches" not in caplog.text
 
 
 def test_gradvar_command_and_study_stage_take_the_checkpoints_own_batches(tmp_path, tiny_corpus, monkeypatch) -> None:
