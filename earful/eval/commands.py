@@ -80,6 +80,11 @@ def _transcribe(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).suffix == ".json":
         raise ValueError(f"--out {args.out}: transcribe writes JSON Lines (one record a line), not one JSON "
                          "document: name it .jsonl")
+    jsonl = args.out is not None and Path(args.out).suffix == ".jsonl"
+    awkward = [f for f in args.files if "\t" in f or "\n" in f or "\r" in f]
+    if awkward and not jsonl:
+        raise ValueError(f"{awkward[0]!r}: a file name with a tab or a line break, which the text output (PATH, a "
+                         "tab, TEXT, a line a file) cannot hold: give --out FILE.jsonl")
     options = _beam_options(args)
     device = resolve_device(args.device, "--device")  # before the checkpoint is read
     model, vocab, _ = load_ctc(args.ckpt, "transcribe")
@@ -88,7 +93,6 @@ def _transcribe(args: argparse.Namespace) -> int:
         model, vocab, args.files, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
         device_seconds=args.device_seconds, device=device, precision=args.precision, beam=beam,
     )  # fmt: skip
-    jsonl = args.out is not None and Path(args.out).suffix == ".jsonl"
     lines = [json.dumps(r, ensure_ascii=False) if jsonl else f"{r['path']}\t{r['text']}"
              for r in records if jsonl or "error" not in r]  # fmt: skip
     if args.out is None:

@@ -123,6 +123,22 @@ def test_transcribe_plain_text_on_stdout(tone_ctc, tmp_path, capsys) -> None:
     assert [line.split("\t")[0] for line in lines] == files and all(line.count("\t") == 1 for line in lines)
 
 
+def test_a_file_name_the_text_output_cannot_hold_asks_for_json_lines(tone_ctc, tmp_path, caplog) -> None:
+    """A file name with a tab broke the text output's PATH<TAB>TEXT lines (a reader took part of the name for
+    the text); it is now refused before any work, naming --out FILE.jsonl, which holds it."""
+    import shutil
+
+    ckpt, manifest = tone_ctc
+    odd = str(tmp_path / "take\t2.wav")
+    shutil.copy(write_files(tmp_path, manifest)[0], odd)
+    for out in ([], ["--out", str(tmp_path / "t.txt")]):
+        caplog.clear()
+        assert main(["transcribe", str(ckpt), odd, *out]) == 2
+        assert "a file name with a tab or a line break, which the text output" in caplog.text
+    assert main(["transcribe", str(ckpt), odd, "--out", str(tmp_path / "t.jsonl")]) == 0
+    assert json.loads((tmp_path / "t.jsonl").read_text())["path"] == odd
+
+
 @pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
 def test_transcribe_with_an_lm(tone_ctc, tmp_path) -> None:
     from earful.eval.lm import build_arpa
