@@ -86,3 +86,18 @@ def test_pretraining_refuses_an_init_it_cannot_continue(tmp_path, tiny_corpus, c
     assert _pretrain(train, tmp_path / "z", 1, "--init", str(tmp_path / "nowhere")) == 2
     assert f"init {tmp_path / 'nowhere'}: no such file or folder" in caplog.text
     assert not any((tmp_path / n / "checkpoints").exists() for n in ("x", "y", "z"))  # refused before any work
+
+
+def test_a_continued_pretraining_resumes_after_its_init_moved(tmp_path, tiny_corpus) -> None:
+    """`--resume` of a continued pre-training whose init folder had moved or been removed stopped with "init X: no
+    such file or folder": the config read the model settings from the init before the task could fall back on the
+    weights the run recorded (as a fine-tuning does). The run's own checkpoint holds the model: it resumes."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    assert _pretrain(train, tmp_path / "b", 1, "--init", str(tmp_path / "hf")) == 0
+    (tmp_path / "hf").rename(tmp_path / "hf-moved")
+    assert _pretrain(train, tmp_path / "b", 2, "--init", str(tmp_path / "hf"), "--resume", "--allow-changes") == 0
+    info = json.loads((tmp_path / "b" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert info["init_checkpoint"] == str(tmp_path / "hf")
+    assert _pretrain(train, tmp_path / "c", 1, "--init", str(tmp_path / "hf"), "--resume-or-start") == 2  # no run
