@@ -101,3 +101,21 @@ def test_a_continued_pretraining_resumes_after_its_init_moved(tmp_path, tiny_cor
     info = json.loads((tmp_path / "b" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
     assert info["init_checkpoint"] == str(tmp_path / "hf")
     assert _pretrain(train, tmp_path / "c", 1, "--init", str(tmp_path / "hf"), "--resume-or-start") == 2  # no run
+
+
+def test_export_hf_refuses_the_init_folder_given_relative_to_another_folder(tmp_path, tiny_corpus, monkeypatch,
+                                                                             caplog) -> None:
+    """export-hf refused the folder of the model's initial weights by the path trainer.json records as given: an
+    init given relative to where the training ran, exported from another folder, was replaced by the export."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert _pretrain(train, tmp_path / "b", 1, "--init", "hf") == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    caplog.clear()
+    assert main(["export-hf", str(tmp_path / "b"), str(tmp_path / "hf")]) == 2
+    assert "the output folder holds the weights the model was fine-tuned from" in caplog.text
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
