@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class PretrainTask(Task):
     name = "pre-training"
     model_kind = "pretraining"
-    reads_labels = False  # audio alone: a manifest phonemized in place is the same training data
+    reads_labels = ()  # audio alone: a manifest phonemized in place is the same training data
     cfg: PretrainConfig
     model: Wav2Vec2ForPreTraining
 
