@@ -119,3 +119,19 @@ def test_export_hf_refuses_the_init_folder_given_relative_to_another_folder(tmp_
     assert main(["export-hf", str(tmp_path / "b"), str(tmp_path / "hf")]) == 2
     assert "the output folder holds the weights the model was fine-tuned from" in caplog.text
     assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
+
+
+def test_a_transformers_init_is_hashed_once(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """Continued pre-training from a transformers folder hashed its weights twice (the config read the model
+    settings through resolve_init, which hashes every weights file, then the task resolved it again): seconds a
+    start for a large model, more in a study, which loads its pre-training config several times."""
+    import earful.train.init as init
+
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    hashed: list[Path] = []
+    real = init.sha256
+    monkeypatch.setattr(init, "sha256", lambda p: hashed.append(Path(p)) or real(p))
+    assert _pretrain(train, tmp_path / "b", 1, "--init", str(tmp_path / "hf")) == 0
+    assert hashed == [tmp_path / "hf" / "model.safetensors"]
