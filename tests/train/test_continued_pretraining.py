@@ -135,3 +135,16 @@ def test_a_transformers_init_is_hashed_once(tmp_path, tiny_corpus, monkeypatch) 
     monkeypatch.setattr(init, "sha256", lambda p: hashed.append(Path(p)) or real(p))
     assert _pretrain(train, tmp_path / "b", 1, "--init", str(tmp_path / "hf")) == 0
     assert hashed == [tmp_path / "hf" / "model.safetensors"]
+
+
+def test_a_scratch_pretraining_is_not_resumed_with_an_init(tmp_path, tiny_corpus, caplog) -> None:
+    """A pre-training started from scratch, resumed with --init X --allow-changes, continued its own weights but
+    recorded X as its initial weights (trainer.json, the model card's "initialised from"), and the warning did not
+    name init (the recipe compares init.sha256 only where the checkpoint records it). Refused, naming the way."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    caplog.clear()
+    assert _pretrain(train, tmp_path / "a", 2, "--init", str(tmp_path / "hf"), "--resume", "--allow-changes") == 2
+    assert f"init={tmp_path / 'hf'}: the run in this folder started from scratch" in caplog.text
+    assert not (tmp_path / "a" / "checkpoints" / "step-0000002").exists()
