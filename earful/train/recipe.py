@@ -181,16 +181,18 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     for k in unread:  # recorded in the history as a segment of its own, the recipe the same
         del changed[f"{k}.sha256"]
     if unread:
+        named = ", ".join(sorted({x for k in unread for x in which[k]})) if all(
+            k in (info.get("manifest_labels") or {}) for k in unread) else ANY_LABELS
         log.info("%s: the same audio rows as the checkpoint's with other labels (%s), which this run does not "
-                 "read: the same recipe", ", ".join(unread), ", ".join(sorted({x for k in unread for x in which[k]})))
+                 "read: the same recipe", ", ".join(unread), named)
     if moved_audio:
         log.info("%s: the same rows as the checkpoint's with their audio at other paths (a moved corpus: the same "
                  "recipe)", ", ".join(moved_audio))
     for key in legacy:  # shown as recorded: the bytes' digests, old and new
         if f"{key}.sha256" in changed and Path((manifests or {})[key]).is_file():
             changed[f"{key}.sha256"][1] = manifest_digest((manifests or {})[key]).file
-    note = "".join(f" ({k}: the same audio rows as the checkpoint's with other labels: {', '.join(which[k])})"
-                   for k in read)
+    note = "".join(f" ({k}: the same audio rows as the checkpoint's with other labels: "
+                   f"{', '.join(which[k]) if k in (info.get('manifest_labels') or {}) else ANY_LABELS})" for k in read)
     note += (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
             "which other audio paths alone change too; if only they changed, --allow-changes continues, the data "
             "from a fresh epoch)") if legacy else ""
@@ -218,6 +220,9 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved,
             **({"relabelled": unread} if unread else {})}
+
+
+ANY_LABELS = "transcripts, phonemes, intents or speakers"  # which, a checkpoint of before manifest_labels does not say
 
 
 def _changed_labels(old: dict[str, str] | None, new: dict[str, str] | None) -> list[str]:
