@@ -130,7 +130,7 @@ def atomic_save_npy(path: str | os.PathLike, array: Any) -> None:
     copy of a large array)."""
     import numpy as np
 
-    a = np.ascontiguousarray(array)
+    a = np.asarray(array, order="C")  # not ascontiguousarray, which makes a 0-d array 1-d
     if a.dtype.hasobject:
         raise TypeError(f"{path}: an array of Python objects cannot be saved without pickling")
     with atomic_open(path, "wb") as f:

@@ -27,12 +27,14 @@ LABELS = ("speaker", "transcript", "phonemes", "intent")  # a row's labels: what
 class ManifestDigest(NamedTuple):
     """SHA-256 hex digests of one manifest: ``rows`` (less paths: the fingerprint), ``paths`` (the audio paths in
     row order), ``file`` (its bytes, the fingerprint of earlier versions), ``audio`` (the rows less paths and
-    ``LABELS``: ids, lengths, rates and offsets in order)."""
+    ``LABELS``: ids, lengths, rates and offsets in order), ``labels`` (label -> SHA-256 of its values in row
+    order: which labels changed, for a task that reads some of them)."""
 
     rows: str
     paths: str
     file: str
     audio: str
+    labels: dict[str, str]
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -58,6 +60,7 @@ def manifest_digest(path: str | os.PathLike) -> ManifestDigest:
 @lru_cache(maxsize=64)
 def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
     rows, paths, file, audio = hashlib.sha256(), hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    labels = {label: hashlib.sha256() for label in LABELS}
     with open(path, "rb") as f:
         for raw in f:
             file.update(raw)
@@ -70,12 +73,17 @@ def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
             if not isinstance(row, dict):
                 rows.update(raw.strip() + b"\n")
                 audio.update(raw.strip() + b"\n")
+                for h in labels.values():
+                    h.update(raw.strip() + b"\n")
                 continue
             where = row.pop("path", None)
             rows.update(_canonical(row))
             paths.update(json.dumps(where, ensure_ascii=False).encode() + b"\n")
             audio.update(_canonical({k: v for k, v in row.items() if k not in LABELS}))
-    return ManifestDigest(rows.hexdigest(), paths.hexdigest(), file.hexdigest(), audio.hexdigest())
+            for label, h in labels.items():
+                h.update(_canonical({"v": row.get(label)}))
+    return ManifestDigest(rows.hexdigest(), paths.hexdigest(), file.hexdigest(), audio.hexdigest(),
+                          {label: h.hexdigest() for label, h in labels.items()})
 
 
 def _canonical(row: dict) -> bytes:

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 class FinetuneTask(Task):
     name = "fine-tuning"
     model_kind = "ctc"
+    reads_labels = ("transcript",)  # its targets (and vocab=data): phonemes, intents and speakers it does not read
     cfg: FinetuneConfig
     model: Wav2Vec2ForCTC
     best_metric = "wer"

@@ -21,7 +21,7 @@ def _checkpoint(given: str) -> Path:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from earful.checkpoint import load_model
+    from earful.checkpoint import CheckpointError, load_model
     from earful.interop.card import model_card, push_to_hub
     from earful.interop.hf import export_hf
     from earful.model import count_parameters
@@ -36,6 +36,14 @@ def _export(args: argparse.Namespace) -> int:
     card = model_card(ckpt, count_parameters(model))
     trainer = read_trainer_info(ckpt) if (ckpt / "trainer.json").exists() else {}
     init = tuple(str(trainer[k]) for k in ("init", "init_checkpoint") if trainer.get(k) not in (None, "scratch"))
+    if trainer.get("init_sha256") and (Path(args.out) / "config.json").is_file():  # init as given may be relative
+        from earful.train.init import resolve_init  # to where the training ran: the weights say it
+
+        try:
+            if resolve_init(str(args.out)).sha256 == trainer["init_sha256"]:
+                init += (str(args.out),)
+        except (OSError, CheckpointError):
+            pass
     export_hf(model, args.out, vocab_symbols=spelled.get("symbols"), special=spelled.get("tokens"), card=card,
               source=ckpt, text_mapping=vocab.get("mapping"), keep=init)
     log.info("wrote a transformers %s folder to %s, its model card in README.md", info["kind"], args.out)

@@ -17,7 +17,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import train_command
 
-    cfg = load_pretrain_config(*config_and_overrides(args.overrides, args.config), init=args.init)
+    cfg = load_pretrain_config(*config_and_overrides(args.overrides, args.config), init=args.init,
+                               resume_from=args.out if args.resume or args.resume_or_start else None)
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))

@@ -78,10 +78,13 @@ class PretrainConfig(TrainingConfig):
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None, *, init: str | None = None,
-                         overrides_from: str = "command-line overrides") -> PretrainConfig:
+                         overrides_from: str = "command-line overrides",
+                         resume_from: str | Path | None = None) -> PretrainConfig:
     """Defaults ← model preset (or, with ``init``, the initial model's settings) ← YAML ← overrides
     (``overrides_from``: whose, as an error names them). ``init`` (``--init``) is set as given, over the YAML's
-    and the overrides' (a path is not read as YAML)."""
+    and the overrides' (a path is not read as YAML). ``resume_from``: the run directory a ``--resume`` continues;
+    where its ``init`` no longer resolves (moved, removed), the model settings are the run's own checkpoint's (the
+    task then resumes with the initial weights the run recorded)."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     over = parse_overrides(overrides or [])
     if init is not None:
@@ -90,9 +93,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     start = over.get("init", data.get("init", SCRATCH))
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
         if start != SCRATCH:
-            from earful.train.init import init_model_config
-
-            base["model"] = to_dict(init_model_config(str(start), "init"))
+            base["model"] = to_dict(_init_model(str(start), resume_from))
             _warn_unused_preset(over.get("model_preset", data.get("model_preset")), str(start), base["model"])
             over["model_preset"] = FROM_INIT
         else:
@@ -104,6 +105,25 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     except (ValueError, OSError, CheckpointError) as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
     return cfg
+
+
+def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
+    """The model settings of ``init``; resuming a run whose ``init`` no longer resolves, its own checkpoint's."""
+    from earful.train.init import init_model_config
+
+    try:
+        return init_model_config(init, "init")
+    except (OSError, CheckpointError):
+        from earful.checkpoint import INFO_FILE, read_info
+        from earful.train.state import resolve_checkpoint
+
+        try:
+            run = resolve_checkpoint(resume_from) if resume_from is not None and Path(resume_from).is_dir() else None
+        except CheckpointError:
+            run = None
+        if run is None:
+            raise
+        return from_dict(ModelConfig, read_info(run)["model"], f"{run}/{INFO_FILE}:model")
 
 
 def _warn_unused_preset(preset: Any, init: str, model: dict[str, Any]) -> None:

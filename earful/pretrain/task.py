@@ -30,6 +30,7 @@ from earful.train.config import nominal_steps
 from earful.train.engine import Trainer
 from earful.train.init import InitWeights, initial_weights, load_init
 from earful.train.monitor import codeword_similarity
+from earful.train.state import read_trainer_info
 from earful.train.step import autocast, step_seed
 from earful.train.task import Task
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class PretrainTask(Task):
     name = "pre-training"
     model_kind = "pretraining"
-    reads_labels = False  # audio alone: a manifest phonemized in place is the same training data
+    reads_labels = ()  # audio alone: a manifest phonemized in place is the same training data
     cfg: PretrainConfig
     model: Wav2Vec2ForPreTraining
 
@@ -55,6 +56,12 @@ class PretrainTask(Task):
             log.warning("%s: past this run's end (max_steps=%d, %.4g h of batch_seconds × max_steps): never written",
                         ", ".join(past), cfg.max_steps, cfg.batch_seconds * cfg.max_steps / 3600)
         # continued pre-training: what init names (resolved once; a resume compares its recorded digest)
+        if cfg.init != SCRATCH and resume_from is not None and "init" not in read_trainer_info(resume_from):
+            # the recipe's init.sha256 is compared only where the checkpoint records it (fine-tunings of earlier
+            # versions): a scratch run resumed with --allow-changes would record weights it never started from
+            raise ValueError(f"init={cfg.init}: the run in this folder started from scratch, and a resume continues "
+                             "its own weights, not init's, even with --allow-changes: drop init, or use another "
+                             "--out to continue pre-training from it")
         self.init_weights = initial_weights(cfg.init, resume_from, "init") if cfg.init != SCRATCH else None
         torch.manual_seed(self.cfg.seed)
         self.model = Wav2Vec2ForPreTraining(self.cfg.model)

@@ -91,7 +91,12 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     from earful.finetune.config import load_finetune_config
     from earful.study.stages import pretrain_config, probe_config
 
-    pre = flatten(to_dict(pretrain_config(study, runs[0], root)))
+    pre_cfg = pretrain_config(study, runs[0], root)
+    pre = flatten(to_dict(pre_cfg))
+    if pre_cfg.init != "scratch":  # continued pre-training (pretrain_overrides: init=): its weights, not its path
+        from earful.train.init import resolve_init
+
+        pre["init.sha256"] = resolve_init(pre_cfg.init, "the study's pretrain init").sha256
     fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
     fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))},
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},

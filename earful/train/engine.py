@@ -50,6 +50,7 @@ from earful.train.recipe import (
     layout_of,
     manifest_audio,
     manifest_files,
+    manifest_labels,
     manifest_paths,
     new_training_data,
     recipe_hash,
@@ -186,12 +187,13 @@ class Trainer:
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = {**recipe_of(cfg), **task.recipe_extras()}, layout_of(cfg, self.d.world_size)
         self.manifest_paths, self.manifest_audio = manifest_paths(cfg), manifest_audio(cfg)
+        self.manifest_labels = manifest_labels(cfg)
         segment = None
         if info is not None:
             segment = check_resume(self.run.root, info, self.recipe, self.layout, batch_seconds=cfg.batch_seconds,
                                    allow_changes=allow_changes, manifests=manifest_files(cfg),
                                    paths=self.manifest_paths, audio=self.manifest_audio,
-                                   reads_labels=task.reads_labels)
+                                   labels=self.manifest_labels, reads_labels=task.reads_labels)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
@@ -281,6 +283,7 @@ class Trainer:
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
             "layout": self.layout, "manifest_paths": self.manifest_paths, "manifest_audio": self.manifest_audio,
+            "manifest_labels": self.manifest_labels,
             "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
             **self.task.trainer_info(),
         }  # fmt: skip
@@ -547,7 +550,8 @@ class Trainer:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
         summary = {k: v for k, v in self.progress_info().items()
-                   if k not in ("recipe", "layout", "manifest_paths", "manifest_audio", "log_interval")}
+                   if k not in ("recipe", "layout", "manifest_paths", "manifest_audio", "manifest_labels",
+                                "log_interval")}
         bad, empty = self.left_out()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 

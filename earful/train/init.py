@@ -37,18 +37,27 @@ def resolve_init(init: str, key: str = "--init") -> InitWeights:
     ``model.safetensors`` its ``model.json`` records (which ``load_model`` verifies the file against)."""
     if init == "scratch":
         return InitWeights("scratch", None)
+    path = init_path(init, key)
+    if (path / INFO_FILE).exists():
+        record = (read_info(path).get("files") or {}).get(MODEL_FILE) or {}
+        return InitWeights(str(path), record.get("sha256"))
+    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    digest = hashlib.sha256("".join(f"{p.name} {sha256(p)}\n" for p in weights).encode()).hexdigest()
+    return InitWeights(str(path), digest)
+
+
+def init_path(init: str, key: str = "--init") -> Path:
+    """The checkpoint (a run directory's latest) or transformers folder ``init`` (not scratch) names now, without
+    reading its weights."""
     path = Path(init)
     if not path.exists():  # it had been told it held no model.json, no checkpoints/ and no config.json
         raise FileNotFoundError(f"{key} {init}: no such file or folder (give 'scratch', an earful checkpoint, a run "
                                 "directory or a transformers folder)")
     ckpt = resolve_checkpoint(path)
     if ckpt is not None:
-        record = (read_info(ckpt).get("files") or {}).get(MODEL_FILE) or {}
-        return InitWeights(str(ckpt), record.get("sha256"))
+        return ckpt
     if (path / "config.json").exists():
-        weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-        digest = hashlib.sha256("".join(f"{p.name} {sha256(p)}\n" for p in weights).encode()).hexdigest()
-        return InitWeights(str(path), digest)
+        return path
     raise FileNotFoundError(
         f"{key} {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run directory "
         f"(no checkpoints/) nor a transformers folder (no config.json){what_it_is(path, transformers_ok=True)}"
@@ -93,8 +102,9 @@ def initial_weights(init: str, resume_from: Path | None, key: str = "--init") ->
 
 def init_model_config(init: str, key: str = "init") -> ModelConfig:
     """The model settings of the weights ``init`` names, without loading them: an earful checkpoint's
-    ``model.json``, a transformers folder's ``config.json`` and feature extractor."""
-    path = Path(resolve_init(init, key).path)
+    ``model.json``, a transformers folder's ``config.json`` and feature extractor (not hashing its weights, which
+    the task does once)."""
+    path = init_path(init, key)
     if (path / INFO_FILE).exists():
         return from_dict(ModelConfig, read_info(path)["model"], f"{path}/{INFO_FILE}:model")
     from earful.interop.hf import hf_model_config

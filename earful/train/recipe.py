@@ -4,9 +4,9 @@ A run's *recipe* is its config, flattened, less the settings that do not change 
 logs or checkpoints, threads, workers, the device, health thresholds, milestones), with each manifest's path
 replaced by a SHA-256 of its rows less their audio paths (``earful/data/digest.py``: a moved corpus, prepared
 again with other absolute paths, is the same recipe; a reordered or edited manifest is not; checkpoints of
-earlier versions, which recorded the SHA-256 of the file's bytes, are compared by that), and fine-tuning's
-``init`` by the SHA-256 of the weights it resolved to (``init.sha256``, None from scratch: another pre-trained
-checkpoint is another recipe, a moved one is not).
+earlier versions, which recorded the SHA-256 of the file's bytes, are compared by that), and the ``init`` of a
+fine-tuning or a continued pre-training by the SHA-256 of the weights it resolved to (``init.sha256``, absent from
+scratch: another pre-trained checkpoint is another recipe, a moved one is not).
 
 Its *layout* — devices and ``device_seconds`` — does not change the batch's seconds, but how they are cut: another
 micro-batch size repacks the utterances into other micro-batches (cropped to their own shortest, with
@@ -37,7 +37,7 @@ from typing import Any
 
 from earful.atomic import atomic_write_lines
 from earful.config import flatten, save_yaml, to_dict
-from earful.data.digest import DIGEST_RULE, manifest_digest
+from earful.data.digest import DIGEST_RULE, LABELS, manifest_digest
 from earful.train.config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,13 @@ def manifest_audio(cfg: TrainingConfig) -> dict[str, str]:
     return {key: manifest_digest(path).audio for key, path in manifest_files(cfg).items()}
 
 
+def manifest_labels(cfg: TrainingConfig) -> dict[str, dict[str, str]]:
+    """SHA-256 of each label's values in each manifest (``ManifestDigest.labels``), by key: ``trainer.json``
+    records it so that a resume after other labels can say which changed, and a task that does not read them
+    (fine-tuning reads transcripts, not phonemes) continue."""
+    return {key: manifest_digest(path).labels for key, path in manifest_files(cfg).items()}
+
+
 def _legacy_manifests(saved: dict[str, Any], recipe: dict[str, Any],
                       manifests: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """A checkpoint written before manifests were fingerprinted by their rows (no ``DIGEST_KEY``) recorded the
@@ -146,13 +153,15 @@ def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
 def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
                  batch_seconds: float, allow_changes: bool, manifests: dict[str, str] | None = None,
                  paths: dict[str, str] | None = None, audio: dict[str, str] | None = None,
-                 reads_labels: bool = True) -> dict[str, Any] | None:
+                 labels: dict[str, dict[str, str]] | None = None,
+                 reads_labels: tuple[str, ...] = LABELS) -> dict[str, Any] | None:
     """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with the run's (``recipe_of``
     and ``layout_of`` of its config, computed once by the trainer: a sharded run's recipe reads its index).
     ``manifests`` (key -> path) lets a checkpoint of an earlier version, which recorded the bytes' SHA-256, be
     compared; ``paths`` (``manifest_paths``) lets a manifest whose audio paths alone changed be named, and
-    ``audio`` (``manifest_audio``) one whose labels alone changed: the same recipe for a task that does not
-    ``reads_labels`` (pre-training), named in the refusal for one that does.
+    ``audio`` (``manifest_audio``) one whose labels alone changed, and ``labels`` (``manifest_labels``) which:
+    the same recipe where the task ``reads_labels`` none of them (pre-training reads none, fine-tuning
+    transcripts), named in the refusal where it does (a checkpoint that records no ``labels``: any of them).
     Raises ValueError on another recipe unless ``allow_changes``; returns the new history segment to record
     (changed recipe or layout), or None when nothing changed."""
     if "recipe" not in info or "layout" not in info:
@@ -165,19 +174,25 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
                    and (info.get("manifest_paths") or {}).get(k, digest) != digest]
     relabelled = [k for k, digest in (audio or {}).items() if f"{k}.sha256" in changed and k not in legacy
                   and (info.get("manifest_audio") or {}).get(k) == digest]
-    if relabelled and not reads_labels:  # recorded in the history as a segment of its own, the recipe the same
-        for k in relabelled:
-            del changed[f"{k}.sha256"]
-        log.info("%s: the same audio rows as the checkpoint's with other labels (transcripts, phonemes, intents or "
-                 "speakers), which this run does not read: the same recipe", ", ".join(relabelled))
+    which = {k: _changed_labels((info.get("manifest_labels") or {}).get(k), (labels or {}).get(k))
+             for k in relabelled}
+    unread = [k for k in relabelled if not set(which[k]) & set(reads_labels)]
+    read = [k for k in relabelled if k not in unread]
+    for k in unread:  # recorded in the history as a segment of its own, the recipe the same
+        del changed[f"{k}.sha256"]
+    if unread:
+        named = ", ".join(sorted({x for k in unread for x in which[k]})) if all(
+            k in (info.get("manifest_labels") or {}) for k in unread) else ANY_LABELS
+        log.info("%s: the same audio rows as the checkpoint's with other labels (%s), which this run does not "
+                 "read: the same recipe", ", ".join(unread), named)
     if moved_audio:
         log.info("%s: the same rows as the checkpoint's with their audio at other paths (a moved corpus: the same "
                  "recipe)", ", ".join(moved_audio))
     for key in legacy:  # shown as recorded: the bytes' digests, old and new
         if f"{key}.sha256" in changed and Path((manifests or {})[key]).is_file():
             changed[f"{key}.sha256"][1] = manifest_digest((manifests or {})[key]).file
-    note = (f" ({', '.join(relabelled)}: the same audio rows as the checkpoint's with other labels: transcripts, "
-            "phonemes, intents or speakers)") if relabelled and reads_labels else ""
+    note = "".join(f" ({k}: the same audio rows as the checkpoint's with other labels: "
+                   f"{', '.join(which[k]) if k in (info.get('manifest_labels') or {}) else ANY_LABELS})" for k in read)
     note += (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
             "which other audio paths alone change too; if only they changed, --allow-changes continues, the data "
             "from a fresh epoch)") if legacy else ""
@@ -201,10 +216,20 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         log.warning("resuming in another layout (%s): batches of %g s as before, cut into other micro-batches when "
                     "their size changed (other crops and masks: the same recipe, other draws)", describe(moved),
                     batch_seconds)
-    if not changed and not moved and not (relabelled and not reads_labels):
+    if not changed and not moved and not unread:
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved,
-            **({"relabelled": relabelled} if relabelled and not reads_labels else {})}
+            **({"relabelled": unread} if unread else {})}
+
+
+ANY_LABELS = "transcripts, phonemes, intents or speakers"  # which, a checkpoint of before manifest_labels does not say
+
+
+def _changed_labels(old: dict[str, str] | None, new: dict[str, str] | None) -> list[str]:
+    """The labels whose values differ between two ``ManifestDigest.labels``; every label where one is unknown."""
+    if not old or not new:
+        return list(LABELS)
+    return [label for label in LABELS if old.get(label) != new.get(label)]
 
 
 def new_training_data(segment: dict[str, Any] | None) -> bool:

@@ -35,7 +35,8 @@ from earful.train.config import TrainingConfig
 class Task:
     name: str = "training"
     model_kind: str = ""  # what its checkpoints hold (model.json's kind): a resume of another kind is refused
-    reads_labels: bool = True  # whether it reads its manifests' labels (a resume after only they changed continues)
+    # the manifests' labels it reads (earful.data.digest.LABELS): a resume after only others changed continues
+    reads_labels: tuple[str, ...] = ("speaker", "transcript", "phonemes", "intent")
     cfg: TrainingConfig
     model: nn.Module  # what checkpoints hold (the engine wraps it in DDP for the forward)
     loader: AudioLoader  # training batches, endless

@@ -189,10 +189,11 @@ def test_a_npy_file_is_what_np_save_writes(tmp_path: Path) -> None:
     from earful.atomic import atomic_save_npy
 
     for a in (np.arange(12, dtype=np.int64).reshape(3, 4), np.random.rand(2, 3, 5).astype(np.float16),
-              np.zeros((0, 3)), np.arange(10, dtype=np.int32)[::2]):
+              np.zeros((0, 3)), np.arange(10, dtype=np.int32)[::2], np.array(3.5)):  # 0-d: loaded as 0-d
         atomic_save_npy(tmp_path / "ours.npy", a)
         np.save(tmp_path / "theirs.npy", a)
         assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "theirs.npy").read_bytes()
-        assert np.array_equal(np.load(tmp_path / "ours.npy", allow_pickle=False), a)
+        back = np.load(tmp_path / "ours.npy", allow_pickle=False)
+        assert back.shape == a.shape and np.array_equal(back, a)
     with pytest.raises(TypeError, match="cannot be saved without pickling"):
         atomic_save_npy(tmp_path / "objects.npy", np.array([{}], dtype=object))

@@ -764,6 +764,36 @@ def test_a_manifest_relabelled_in_place_resumes_a_pretraining_and_is_named_to_a_
         finetune(True)
 
 
+def test_a_finetuning_resumes_after_labels_it_does_not_read_changed(tmp_path, tones, rel, monkeypatch,
+                                                                     caplog) -> None:
+    """A fine-tuning reads its manifests' transcripts, not their phonemes, intents or speakers; `earful phonemize M
+    --out M` on its training manifest refused --resume as another recipe, and --allow-changes then restarted the
+    data at a fresh epoch. It now continues as a pre-training does; a changed transcript is still refused, the
+    refusal naming that label."""
+    from earful.finetune.config import load_finetune_config
+    from earful.finetune.task import FinetuneTask
+
+    labelled = rel.manifest_rows(tones)
+    ft_train = rel.write_rows(tmp_path / "ft.jsonl", labelled)
+
+    def finetune(resume: bool) -> dict:
+        return Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(ft_train, 2))),
+                       tmp_path / "ft", resume=resume).fit()
+
+    with monkeypatch.context() as m:
+        _stopping_at(m, 1)
+        finetune(False)
+    rel.write_rows(ft_train, [{**r, "phonemes": "a b", "speaker": "s9"} for r in labelled])
+    with caplog.at_level(logging.INFO):
+        assert finetune(True)["step"] == 2
+    assert "data.train: the same audio rows as the checkpoint's with other labels (phonemes, speaker)" in caplog.text
+    assert rel.read_jsonl(tmp_path / "ft" / "history.jsonl")[-1]["relabelled"] == ["data.train"]
+    rel.write_rows(ft_train, [{**r, "phonemes": "a b", "speaker": "s9", "transcript": "other"} for r in labelled])
+    with pytest.raises(ValueError, match=r"\(data\.train: the same audio rows as the checkpoint's with other labels: "
+                                         r"transcript\)"):
+        finetune(True)
+
+
 def test_resume_where_no_run_was_started_is_refused(tmp_path, tiny_corpus, rel, caplog) -> None:
     """--resume with a new or mistyped --out trained from step 0 without a word; it is refused naming the folder
     and the way out, and leaves no folder behind. ``start_if_new`` (``--resume-or-start``, a study's stages)

@@ -247,3 +247,31 @@ def test_the_report_takes_the_splits_evaluated_from_the_evaluations_and_a_corrup
     with pytest.raises(ValueError, match=r"scratch-seed1__init__10h/summary\.json: not an evaluation summary .*"
                                          r"remove .*scratch-seed1__init__10h and rerun the study"):
         evaluated_splits(tmp_path, "scratch-seed1__init__10h")
+
+
+def test_a_study_that_continues_pretraining_fingerprints_the_initial_weights(tmp_path) -> None:
+    """A study whose pretrain_overrides set `init` (continued pre-training) fingerprinted neither the path (a
+    per-run setting) nor the weights: a study folder went on with other initial weights of the same architecture,
+    mixing its finished runs with new ones. The weights' SHA-256 is now in the pre-training part (a moved copy is
+    the same); a scratch study's fingerprint has no such key (unchanged)."""
+    import torch
+
+    from earful.checkpoint import save_model
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import recipe_fingerprint
+
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        save_model(tmp_path / name, Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
+              "corpus.test={test: test.jsonl}"]
+
+    def fingerprint(*overrides: str) -> dict:
+        study = _study(tmp_path, *common, *overrides)
+        return recipe_fingerprint(study, plan_runs(study), tmp_path)
+
+    a, b = (fingerprint(f"pretrain_overrides=[init={tmp_path / n}]") for n in ("a", "b"))
+    assert a["pretrain"] != b["pretrain"]
+    assert "init.sha256" not in fingerprint()["pretrain"]

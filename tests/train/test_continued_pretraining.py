@@ -86,3 +86,65 @@ def test_pretraining_refuses_an_init_it_cannot_continue(tmp_path, tiny_corpus, c
     assert _pretrain(train, tmp_path / "z", 1, "--init", str(tmp_path / "nowhere")) == 2
     assert f"init {tmp_path / 'nowhere'}: no such file or folder" in caplog.text
     assert not any((tmp_path / n / "checkpoints").exists() for n in ("x", "y", "z"))  # refused before any work
+
+
+def test_a_continued_pretraining_resumes_after_its_init_moved(tmp_path, tiny_corpus) -> None:
+    """`--resume` of a continued pre-training whose init folder had moved or been removed stopped with "init X: no
+    such file or folder": the config read the model settings from the init before the task could fall back on the
+    weights the run recorded (as a fine-tuning does). The run's own checkpoint holds the model: it resumes."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    assert _pretrain(train, tmp_path / "b", 1, "--init", str(tmp_path / "hf")) == 0
+    (tmp_path / "hf").rename(tmp_path / "hf-moved")
+    assert _pretrain(train, tmp_path / "b", 2, "--init", str(tmp_path / "hf"), "--resume", "--allow-changes") == 0
+    info = json.loads((tmp_path / "b" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert info["init_checkpoint"] == str(tmp_path / "hf")
+    assert _pretrain(train, tmp_path / "c", 1, "--init", str(tmp_path / "hf"), "--resume-or-start") == 2  # no run
+
+
+def test_export_hf_refuses_the_init_folder_given_relative_to_another_folder(tmp_path, tiny_corpus, monkeypatch,
+                                                                             caplog) -> None:
+    """export-hf refused the folder of the model's initial weights by the path trainer.json records as given: an
+    init given relative to where the training ran, exported from another folder, was replaced by the export."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert _pretrain(train, tmp_path / "b", 1, "--init", "hf") == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    caplog.clear()
+    assert main(["export-hf", str(tmp_path / "b"), str(tmp_path / "hf")]) == 2
+    assert "the output folder holds the weights the model was fine-tuned from" in caplog.text
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
+
+
+def test_a_transformers_init_is_hashed_once(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """Continued pre-training from a transformers folder hashed its weights twice (the config read the model
+    settings through resolve_init, which hashes every weights file, then the task resolved it again): seconds a
+    start for a large model, more in a study, which loads its pre-training config several times."""
+    import earful.train.init as init
+
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    hashed: list[Path] = []
+    real = init.sha256
+    monkeypatch.setattr(init, "sha256", lambda p: hashed.append(Path(p)) or real(p))
+    assert _pretrain(train, tmp_path / "b", 1, "--init", str(tmp_path / "hf")) == 0
+    assert hashed == [tmp_path / "hf" / "model.safetensors"]
+
+
+def test_a_scratch_pretraining_is_not_resumed_with_an_init(tmp_path, tiny_corpus, caplog) -> None:
+    """A pre-training started from scratch, resumed with --init X --allow-changes, continued its own weights but
+    recorded X as its initial weights (trainer.json, the model card's "initialised from"), and the warning did not
+    name init (the recipe compares init.sha256 only where the checkpoint records it). Refused, naming the way."""
+    train = tiny_corpus[0]
+    assert _pretrain(train, tmp_path / "a", 1, "model_preset=tiny") == 0
+    assert main(["export-hf", str(tmp_path / "a"), str(tmp_path / "hf")]) == 0
+    caplog.clear()
+    assert _pretrain(train, tmp_path / "a", 2, "--init", str(tmp_path / "hf"), "--resume", "--allow-changes") == 2
+    assert f"init={tmp_path / 'hf'}: the run in this folder started from scratch" in caplog.text
+    assert not (tmp_path / "a" / "checkpoints" / "step-0000002").exists()
