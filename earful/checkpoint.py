@@ -40,7 +40,7 @@ class CheckpointError(RuntimeError):
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 CONVERT = ("earful reads no pickled checkpoint (code runs as it loads): convert it to a transformers folder with "
            "transformers' convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py (it needs fairseq, on a "
-           "machine you trust it on), then `earful import-hf FOLDER CKPT`")
+           "machine you trust it on), then give that folder to --init, or `earful import-hf FOLDER CKPT`")
 
 
 def what_it_is(path: str | Path, *, transformers_ok: bool = False) -> str:
@@ -49,6 +49,8 @@ def what_it_is(path: str | Path, *, transformers_ok: bool = False) -> str:
     folder (unless the command takes one: ``transformers_ok``), a file."""
     p = Path(path)
     if p.is_file():
+        if (p.parent / "config.json").is_file() and p.suffix in (".bin", ".safetensors"):
+            return f"; {p.name} is a transformers weights file: give its folder, {p.parent}"
         with open(p, "rb") as f:
             head = f.read(4)
         if p.suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or head == b"PK\x03\x04":  # a pickle, torch's zip

@@ -190,6 +190,9 @@ def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
         if isinstance(source, str) and not os.path.exists(source):  # libsndfile says only "System error"
             raise AudioError(f"{path}: unreadable audio (no such file)") from None
+        if isinstance(source, str) and os.path.isdir(source):  # libsndfile: "Format not recognised"
+            raise AudioError(f"{path}: a directory, not an audio file (give audio files, e.g. DIR/*.flac, that "
+                             "libsndfile reads: WAV, FLAC, OGG/Opus, MP3, AIFF)") from None
         raise AudioError(f"{path}: unreadable audio header ({e})") from None
     with f:
         yield f

@@ -155,9 +155,6 @@ def transcribe_files(
     def windows() -> Iterator[_Piece]:
         for i, path in enumerate(files):
             try:
-                if Path(path).is_dir():
-                    raise AudioError(f"{path}: a directory, not an audio file (transcribe takes audio files, e.g. "
-                                     "DIR/*.flac, that libsndfile reads: WAV, FLAC, OGG/Opus, MP3, AIFF)")
                 wave = load_audio(path)
             except AudioError as e:
                 log.error("%s", e)

@@ -34,7 +34,8 @@ from earful.checkpoint import (
 )
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
-from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
+from earful.model.config import preset_differs
 from earful.train.init import InitWeights, load_init, resolve_init
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab, init: InitWeights
     source, symbols, what = load_init(init)
     torch.manual_seed(cfg.seed)
     base = load_model_config(cfg.model_preset) if source is None else source.cfg  # type: ignore[union-attr]
-    if source is not None and cfg.model_preset != FinetuneConfig.model_preset and _preset_differs(cfg, base):
+    unused = source is not None and cfg.model_preset != FinetuneConfig.model_preset
+    if unused and preset_differs(cfg.model_preset, base):
         log.warning("model_preset=%s is not used: it is the architecture of a scratch model, and the model is %s's "
                     "(%d layers of %d)", cfg.model_preset, cfg.init, base.num_layers, base.hidden_size)
     model = Wav2Vec2ForCTC(cfg.model.apply(base), len(vocab))
@@ -122,17 +124,6 @@ def build_initial_model(cfg: FinetuneConfig, vocab: CharVocab, init: InitWeights
                             len(own), " ".join(own[1:]), cfg.vocab, len(vocab))
     log.info("initial model: %s%s", what, f" (weights' SHA-256 {init.sha256})" if init.sha256 else "")
     return model
-
-
-def _preset_differs(cfg: FinetuneConfig, model: ModelConfig) -> bool:
-    """Whether ``model_preset`` (set, and unused with another init) names another architecture than ``model``'s
-    (a preset that no longer resolves from here is not this run's concern)."""
-    try:
-        preset = load_model_config(cfg.model_preset)
-    except (OSError, ValueError):
-        return False
-    shape = [(c.conv_dim, c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size) for c in (preset, model)]
-    return shape[0] != shape[1]
 
 
 def permanently_frozen(model: Wav2Vec2ForCTC, cfg: FinetuneConfig) -> list[str]:

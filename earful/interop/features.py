@@ -107,8 +107,6 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
     for stem, path in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
         target = out / f"{stem}.npy"
         try:
-            if Path(path).is_dir():
-                raise AudioError(f"{path}: a directory, not an audio file")
             feats = layer_features(model, load_audio(path))
         except AudioError as e:
             log.error("%s", e)

@@ -380,8 +380,8 @@ def check_output_folder(out: str | Path, *, source: str | Path | None, writes: f
         raise CheckpointError(f"{out}: the output folder is the folder {command} reads: give another one")
     for kept in keep:
         if out.exists() and Path(kept).exists() and out.resolve() == Path(kept).resolve():
-            raise CheckpointError(f"{out}: the output folder holds the weights the model was fine-tuned from (its "
-                                  f"trainer.json's init), which {command} would replace: give another one")
+            raise CheckpointError(f"{out}: the output folder holds the weights the model's training started from "
+                                  f"(its trainer.json's init), which {command} would replace: give another one")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: a file, not a folder")
     if not out.is_dir():
@@ -398,7 +398,7 @@ def check_output_folder(out: str | Path, *, source: str | Path | None, writes: f
     if names and earlier is not None and not earlier(out):
         raise CheckpointError(f"{out}: holds {', '.join(names[:5])}, not written by {command} (no earful model "
                               f"card, {CARD}): a model of your own, which {command} would replace; give a new or "
-                              "empty folder")
+                              "empty folder (an export by an earful version before model cards: remove it first)")
     if names:
         log.info("%s: replacing the earlier %s folder", out, command)
 

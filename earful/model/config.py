@@ -175,6 +175,18 @@ class ModelConfig:
         return [max(0, (k - s + 1) // 2) for k, s in zip(self.conv_kernel, self.conv_stride, strict=True)]
 
 
+def preset_differs(preset: str, model: ModelConfig) -> bool:
+    """Whether model preset ``preset`` (a name or YAML path) names another architecture than ``model``'s: CNN
+    widths, width, layers, heads, feed-forward (a preset given with an initial model, which decides them). A
+    preset that does not resolve from here is not compared."""
+    try:
+        other = load_model_config(preset)
+    except (OSError, ValueError):
+        return False
+    shape = [(c.conv_dim, c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size) for c in (other, model)]
+    return shape[0] != shape[1]
+
+
 def model_presets() -> list[str]:
     return sorted(p.stem for p in MODEL_PRESET_DIR.glob("*.yaml"))
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from earful.checkpoint import CheckpointError
 from earful.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
-from earful.model.config import ModelConfig, load_model_config
+from earful.model.config import ModelConfig, load_model_config, preset_differs
 from earful.train.config import DataConfig, TrainingConfig, config_source, nominal_steps
 
 
@@ -93,9 +93,12 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     start = over.get("init", data.get("init", SCRATCH))
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
         if start != SCRATCH:
-            base["model"] = to_dict(_init_model(str(start), resume_from))
-            _warn_unused_preset(over.get("model_preset", data.get("model_preset")), str(start), base["model"])
-            over["model_preset"] = FROM_INIT
+            model = _init_model(str(start), resume_from)
+            given = over.get("model_preset", data.get("model_preset"))
+            if given not in (None, FROM_INIT) and preset_differs(str(given), model):
+                log.warning("model_preset=%s is not used: the model is init %s's (%d layers of %d)", given, start,
+                            model.num_layers, model.hidden_size)
+            base["model"], over["model_preset"] = to_dict(model), FROM_INIT
         else:
             preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
             base["model_preset"] = preset
@@ -124,17 +127,3 @@ def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
         if run is None:
             raise
         return from_dict(ModelConfig, read_info(run)["model"], f"{run}/{INFO_FILE}:model")
-
-
-def _warn_unused_preset(preset: Any, init: str, model: dict[str, Any]) -> None:
-    """A ``model_preset`` given with ``init`` is not used: said where it names another architecture."""
-    if preset in (None, FROM_INIT):
-        return
-    try:
-        other = to_dict(load_model_config(str(preset)))
-    except (OSError, ValueError):
-        return
-    shape = ("conv_dim", "hidden_size", "num_layers", "num_heads", "intermediate_size")
-    if any(other.get(k) != model.get(k) for k in shape):
-        log.warning("model_preset=%s is not used: the model is init %s's (%d layers of %d)", preset, init,
-                    model["num_layers"], model["hidden_size"])

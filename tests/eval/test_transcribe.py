@@ -276,6 +276,6 @@ def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, t
     out = tmp_path / "out.jsonl"
     assert main(["transcribe", str(ckpt), audio, str(folder), "--out", str(out)]) == 1
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (transcribe "
-                                                             "takes audio files")
+    assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (give "
+                                                             "audio files")
     assert "Format not recognised" not in caplog.text and "a directory, not an audio file" in caplog.text

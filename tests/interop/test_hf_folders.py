@@ -393,7 +393,7 @@ def test_export_hf_refuses_a_transformers_folder_it_did_not_write_and_the_models
     before = _files(tmp_path / "init")
     caplog.clear()
     assert main(["export-hf", str(tmp_path / "ft"), str(tmp_path / "init")]) == 2
-    assert f"{tmp_path / 'init'}: the output folder holds the weights the model was fine-tuned from" in caplog.text
+    assert f"{tmp_path / 'init'}: the output folder holds the weights the model's training started from" in caplog.text
     assert _files(tmp_path / "init") == before
     assert main(["export-hf", str(tmp_path / "ft"), str(tmp_path / "api")]) == 0
 

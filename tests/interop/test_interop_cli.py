@@ -432,6 +432,13 @@ def test_a_fairseq_checkpoint_or_a_transformers_folder_is_named_with_what_to_do(
         assert ("checkpoint_best.pt is a pickled PyTorch file" in caplog.text
                 or "it holds checkpoint_best.pt" in caplog.text), caplog.text
     assert not marker.exists()
+    (tmp_path / "hfdir").mkdir()  # a transformers weights file given for its folder
+    (tmp_path / "hfdir" / "config.json").write_text("{}")
+    (tmp_path / "hfdir" / "pytorch_model.bin").write_bytes(fairseq.read_bytes())
+    caplog.clear()
+    assert main(["features", str(tmp_path / "hfdir" / "pytorch_model.bin"), str(tmp_path / "a.wav"), "--out",
+                 str(tmp_path / "f")]) == 2
+    assert f"pytorch_model.bin is a transformers weights file: give its folder, {tmp_path / 'hfdir'}" in caplog.text
     export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "theirs")
     caplog.clear()
     assert main(["features", str(tmp_path / "theirs"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")]) == 2

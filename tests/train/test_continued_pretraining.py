@@ -117,7 +117,7 @@ def test_export_hf_refuses_the_init_folder_given_relative_to_another_folder(tmp_
     monkeypatch.chdir(tmp_path / "elsewhere")
     caplog.clear()
     assert main(["export-hf", str(tmp_path / "b"), str(tmp_path / "hf")]) == 2
-    assert "the output folder holds the weights the model was fine-tuned from" in caplog.text
+    assert "the output folder holds the weights the model's training started from" in caplog.text
     assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
 
 
