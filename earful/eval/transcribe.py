@@ -36,7 +36,7 @@ from earful.data.dataset import Item, collate
 from earful.eval.beam import LMBeamDecoder
 from earful.eval.decode import decode_batch
 from earful.eval.vocab import CharVocab
-from earful.model import Wav2Vec2ForCTC, batch_invariant
+from earful.model import ModelConfig, Wav2Vec2ForCTC, batch_invariant
 from earful.train.distributed import resolve_device
 from earful.train.step import autocast
 
@@ -87,6 +87,33 @@ def kept_frames(chunk: Chunk, frame_step: int, frames: int) -> tuple[int, int]:
     return min(left, frames), max(min(total - right, frames), min(left, frames))
 
 
+def window_samples(cfg: ModelConfig, chunk_seconds: float, stride_seconds: float | None) -> tuple[int, int]:
+    """``(chunk, stride)`` in samples, whole frames of ``cfg``'s model, of windows of ``chunk_seconds`` with
+    ``stride_seconds`` of context on each side (default chunk / 6, as transformers); ``chunk_seconds`` 0: whole
+    files (0, 0). What would drop audio or be ignored is refused, naming the option: a stride without chunks, a
+    chunk shorter than the receptive field, strides that leave nothing between them."""
+    if stride_seconds is not None and chunk_seconds == 0:
+        raise ValueError(f"stride_seconds (--stride-seconds) = {stride_seconds} with chunk_seconds (--chunk-seconds) "
+                         "= 0: whole files go through the model in one window, without strides; give a chunk, or "
+                         "leave the stride out")
+    if stride_seconds is None:
+        stride_seconds = chunk_seconds / 6
+    for name, value in (("chunk_seconds", chunk_seconds), ("stride_seconds", stride_seconds)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) = {value}: expected a finite number of seconds "
+                             ">= 0")
+    step = cfg.total_stride  # samples a frame
+    chunk = round(chunk_seconds * SAMPLE_RATE / step) * step
+    stride = round(stride_seconds * SAMPLE_RATE / step) * step
+    if chunk_seconds > 0 and chunk < cfg.receptive_field:  # 0.01 s would round to 0: whole files
+        raise ValueError(f"chunk_seconds (--chunk-seconds) = {chunk_seconds}: shorter than the model's receptive "
+                         f"field ({cfg.receptive_field / SAMPLE_RATE:g} s), a window would give no frame; "
+                         "0 takes whole files")
+    if chunk and chunk <= 2 * stride:
+        raise ValueError(f"chunks of {chunk_seconds} s leave nothing between strides of {stride_seconds} s")
+    return chunk, stride
+
+
 @dataclass
 class _Piece:
     file: int  # index into the file list
@@ -125,26 +152,11 @@ def transcribe_files(
     ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
     the context on each side of a window; ``device`` "auto" is CUDA where there is one. A stride given with
     ``chunk_seconds`` 0 is refused: whole files have no windows, so it would be ignored without a word."""
-    if stride_seconds is not None and chunk_seconds == 0:
-        raise ValueError(f"stride_seconds (--stride-seconds) = {stride_seconds} with chunk_seconds (--chunk-seconds) "
-                         "= 0: whole files go through the model in one window, without strides; give a chunk, or "
-                         "leave the stride out")
-    if stride_seconds is None:
-        stride_seconds = chunk_seconds / 6
-    for name, value in (("chunk_seconds", chunk_seconds), ("stride_seconds", stride_seconds),
-                        ("device_seconds", device_seconds)):
-        if not math.isfinite(value) or value < 0 or (name == "device_seconds" and value == 0):
-            raise ValueError(f"{name} (--{name.replace('_', '-')}) = {value}: expected a finite number of seconds "
-                             f"{'> 0' if name == 'device_seconds' else '>= 0'}")
+    if not math.isfinite(device_seconds) or device_seconds <= 0:
+        raise ValueError(f"device_seconds (--device-seconds) = {device_seconds}: expected a finite number of "
+                         "seconds > 0")
+    chunk, stride = window_samples(model.cfg, chunk_seconds, stride_seconds)
     step = model.cfg.total_stride  # samples a frame
-    chunk = round(chunk_seconds * SAMPLE_RATE / step) * step
-    stride = round(stride_seconds * SAMPLE_RATE / step) * step
-    if chunk_seconds > 0 and chunk < model.cfg.receptive_field:  # 0.01 s would round to 0: whole files
-        raise ValueError(f"chunk_seconds (--chunk-seconds) = {chunk_seconds}: shorter than the model's receptive "
-                         f"field ({model.cfg.receptive_field / SAMPLE_RATE:g} s), a window would give no frame; "
-                         "0 transcribes whole files")
-    if chunk and chunk <= 2 * stride:
-        raise ValueError(f"chunks of {chunk_seconds} s leave nothing between strides of {stride_seconds} s")
     device = resolve_device(device, "--device")
     model = batch_invariant(model).eval().to(device)
     budget = max(int(device_seconds * SAMPLE_RATE), chunk)  # padded samples a batch

@@ -80,7 +80,8 @@ def _features(args: argparse.Namespace) -> int:
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     written, problems = write_features(model, args.audio, args.out, checkpoint=ckpt,
-                                       weights_sha256=weights_sha256(info))
+                                       weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,
+                                       stride_seconds=args.stride_seconds)
     if problems:
         log.error("%d of %d files could not be read, no features for them: %s", len(problems), len(args.audio),
                   "; ".join(problems))
@@ -113,4 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", nargs="+", help="audio files")
     p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
                    "features.json records the checkpoint; another checkpoint's is refused)")
+    p.add_argument("--chunk-seconds", type=float, default=0.0,
+                   help="take files longer than this in overlapping windows, as `earful transcribe` does, so that "
+                   "memory does not grow with the file (default 0: whole files, exact; e.g. 30 for long recordings)")
+    p.add_argument("--stride-seconds", type=float, default=None,
+                   help="context on each side of a window, whose frames are dropped (default: chunk / 6)")
     p.set_defaults(func=_features)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from earful.atomic import atomic_save_npy, atomic_write_json
 from earful.checkpoint import read_json, same_weights
+from earful.data.budget import SAMPLE_RATE
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,26 @@ def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[t
     return [states[row, : int(n)] for row, n in enumerate(out.frame_lengths)]
 
 
-def layer_features(model: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
+def layer_features(model: torch.nn.Module, wave: np.ndarray, chunk: int = 0, stride: int = 0) -> np.ndarray:
     """(layers + 1, frames, dim): the transformer's input and every layer's output for one utterance
-    (:func:`layer_states` of a batch of one, in `transformers`' layer-first order)."""
+    (:func:`layer_states` of a batch of one, in `transformers`' layer-first order). With ``chunk`` samples (whole
+    frames; ``earful.eval.transcribe.window_samples``), a longer utterance goes through in windows that overlap by
+    ``stride`` samples of context on each side, whose frames are dropped, as ``earful transcribe`` cuts long
+    files: attention's memory stays that of one window. A window shorter than the receptive field is zero-padded
+    to it (the last one may be)."""
+    from earful.eval.transcribe import chunk_spans, kept_frames
+
     backbone = backbone_of(batch_invariant(model)).eval()
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))  # (samples,)
-    return layer_states(backbone, [x])[0].transpose(0, 1).contiguous().numpy()
+    cfg = backbone.cfg
+    parts = []
+    for c in chunk_spans(len(x), chunk, stride, stride):
+        window = x[c.start : c.start + c.length]
+        window = torch.nn.functional.pad(window, (0, max(0, cfg.receptive_field - len(window))))
+        states = layer_states(backbone, [window])[0]  # (frames, layers + 1, dim)
+        first, end = kept_frames(c, cfg.total_stride, states.shape[0]) if c.length < len(x) else (0, len(states))
+        parts.append(states[first:end])
+    return torch.cat(parts).transpose(0, 1).contiguous().numpy()
 
 
 RECORD = "features.json"  # in --out: the checkpoint its .npy files are of, and the audio file of each
@@ -81,14 +96,22 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
     return files
 
 
+LONG_SECONDS = 120.0  # a file longer than this, taken whole, is worth a word about --chunk-seconds
+
+
 def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path, *, checkpoint: str | Path,
-                   weights_sha256: str | None) -> tuple[list[Path], list[str]]:
+                   weights_sha256: str | None, chunk_seconds: float = 0.0,
+                   stride_seconds: float | None = None) -> tuple[list[Path], list[str]]:
     """``STEM.npy`` of each audio file in ``out_dir``, and :data:`RECORD`: ``checkpoint`` (whose weights'
     recorded SHA-256 is ``weights_sha256``) and the audio file of every .npy there. The record is written before
     the first file, so an interrupted run's files are attributed too, and again at the end with the files
     written. A file that cannot be read (or is shorter than the model's receptive field) is reported and left
-    out, as ``earful transcribe`` does: returns the files written and the problems of those left out."""
+    out, as ``earful transcribe`` does: returns the files written and the problems of those left out.
+    ``chunk_seconds`` (0: whole files) and ``stride_seconds``: :func:`layer_features`'s windows."""
     from earful.data.audio import AudioError, load_audio
+    from earful.eval.transcribe import window_samples
+
+    chunk, stride = window_samples(model.cfg, chunk_seconds, stride_seconds)  # before any work: a bad option
 
     stems: dict[str, str] = {}
     for path in audio:  # before any work: two inputs would write one file
@@ -107,7 +130,11 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
     for stem, path in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
         target = out / f"{stem}.npy"
         try:
-            feats = layer_features(model, load_audio(path))
+            wave = load_audio(path)
+            if not chunk and len(wave) > LONG_SECONDS * SAMPLE_RATE:
+                log.warning("%s: %.0f s in one window (attention's memory grows with its square); --chunk-seconds "
+                            "30 takes it in overlapping windows", path, len(wave) / SAMPLE_RATE)
+            feats = layer_features(model, wave, chunk, stride)
         except AudioError as e:
             log.error("%s", e)
             problems.append(str(e))

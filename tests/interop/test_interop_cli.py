@@ -452,3 +452,45 @@ def test_a_model_transformers_cannot_hold_is_refused_naming_its_checkpoint(tmp_p
     assert f"{ckpt}: transformers' wav2vec 2.0 has no padded convolutions: a model with conv_padding=true (the " \
            "paper's preset base-nanow2v2) cannot be exported" in caplog.text
     assert not (tmp_path / "hf").exists()
+
+
+def test_features_of_a_long_file_in_overlapping_windows(tmp_path, caplog, monkeypatch) -> None:
+    """`earful features` took every file whole: an hour of audio is 180 k frames, whose attention no memory
+    holds. --chunk-seconds takes a longer file in windows that overlap by --stride-seconds on each side, as
+    `earful transcribe` cuts files (its window arithmetic, one function for both): as many frames as the whole
+    file, each window's kept frames its own; a file no longer than a chunk is taken whole, exactly; a long file
+    taken whole is told about the option; a stride without chunks is refused before any work."""
+    import earful.interop.features as F
+    from earful.eval.transcribe import chunk_spans, kept_frames, window_samples
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny")).eval()
+    save_model(tmp_path / "ckpt", model)
+    wave = (0.1 * np.random.RandomState(0).randn(int(13.75 * 16000))).astype(np.float32)
+    sf.write(tmp_path / "long.wav", wave, 16000)
+    monkeypatch.setattr(F, "LONG_SECONDS", 10.0)
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "long.wav"), "--out", str(tmp_path / "whole")]) == 0
+    assert "long.wav: 14 s in one window (attention's memory grows with its square); --chunk-seconds" in caplog.text
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "long.wav"), "--out", str(tmp_path / "win"),
+                 "--chunk-seconds", "4", "--stride-seconds", "1"]) == 0
+    whole, windows = np.load(tmp_path / "whole" / "long.npy"), np.load(tmp_path / "win" / "long.npy")
+    assert windows.shape == whole.shape and not np.allclose(windows, whole, atol=1e-3)  # other context: other values
+    from earful.data.audio import load_audio
+
+    wave = load_audio(tmp_path / "long.wav")  # as the command read it (16-bit WAV)
+    chunk, stride = window_samples(model.cfg, 4.0, 1.0)
+    spans = chunk_spans(len(wave), chunk, stride, stride)
+    assert len(spans) == 6
+    kept = 0
+    for c in spans:  # each window's kept frames are what that window alone gives, in order
+        alone = F.layer_features(model, wave[c.start : c.start + c.length])
+        first, end = kept_frames(c, model.cfg.total_stride, alone.shape[1])
+        np.testing.assert_allclose(windows[:, kept : kept + end - first], alone[:, first:end], atol=1e-5)
+        kept += end - first
+    assert kept == whole.shape[1]
+    assert np.array_equal(F.layer_features(model, wave, *window_samples(model.cfg, 20.0, None)), whole)
+    caplog.clear()
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "long.wav"), "--out", str(tmp_path / "bad"),
+                 "--stride-seconds", "1"]) == 2
+    assert "stride_seconds (--stride-seconds) = 1.0 with chunk_seconds (--chunk-seconds) = 0" in caplog.text
+    assert not (tmp_path / "bad").exists()
