@@ -453,10 +453,12 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     return out
 
 
-def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False,
+                   backbone_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``config.json`` and the weights: ``model.safetensors``, else ``pytorch_model.bin`` read with
     ``weights_only`` (a file that needs more is refused unless ``trust_pickle``), else the shards that either's
-    ``.index.json`` names."""
+    ``.index.json`` names. A folder of a head earful has not (classification, x-vector) is refused unless
+    ``backbone_only`` (a fine-tuning's init, which keeps the backbone alone)."""
     d = Path(hf_dir)
     cfg_path = d / HF_CONFIG
     if not cfg_path.exists():
@@ -469,9 +471,10 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False) -> tuple[d
         raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
     architectures = hf_cfg.get("architectures")
     head = next((a for a in architectures if a in _OTHER_HEADS), None) if isinstance(architectures, list) else None
-    if head is not None:
+    if head is not None and not backbone_only:
         raise CheckpointError(f"{cfg_path}: a {head}, {_OTHER_HEADS[head]}, which earful does not import (it "
-                              "imports Wav2Vec2ForPreTraining and Wav2Vec2ForCTC folders)")
+                              "imports Wav2Vec2ForPreTraining and Wav2Vec2ForCTC folders; finetune --init takes "
+                              "its backbone)")
     for name in (MODEL_FILE, BIN):
         if (d / name).exists():
             return hf_cfg, _read_weights(d / name, trust_pickle)
@@ -720,14 +723,18 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False, need_vocab: boo
     ``trust_pickle`` lets a ``pytorch_model.bin`` unpickle arbitrary objects (only for trusted files).
     ``backbone_only`` (a fine-tuning's init, which keeps the backbone alone): a bare ``Wav2Vec2Model`` is taken
     too, as a pre-training model whose quantizer and projections are freshly initialised."""
-    hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle)
+    hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle, backbone_only=backbone_only)
     where = str(Path(hf_dir) / HF_CONFIG)
     cfg = _model_config(hf_cfg, hf_dir, warn=True)
-    if backbone_only and _bare(weights):
+    other_head = any(a in _OTHER_HEADS for a in hf_cfg.get("architectures") or [])
+    if backbone_only and (_bare(weights) or other_head):  # the backbone, and fresh heads that will not be used
         heads = to_hf_state_dict(Wav2Vec2ForPreTraining(cfg).state_dict(), cfg, "pretraining")
-        weights = {**{f"wav2vec2.{k}": v for k, v in weights.items()},
-                   **{h: heads[h] for _, h in _head_pairs("pretraining")}}
-        log.info("%s: a bare Wav2Vec2Model: its backbone (the heads it lacks are not used)", hf_dir)
+        backbone = {f"wav2vec2.{k}": v for k, v in weights.items()} if _bare(weights) else {
+            k: v for k, v in weights.items() if k.startswith("wav2vec2.")}
+        left = sorted({k.split(".")[0] for k in weights if not k.startswith("wav2vec2.")}) if other_head else []
+        weights = {**backbone, **{h: heads[h] for _, h in _head_pairs("pretraining")}}
+        log.info("%s: %s: its backbone%s", hf_dir, "a bare Wav2Vec2Model" if not other_head else
+                 f"a {', '.join(hf_cfg['architectures'])}", f" (its {', '.join(left)} left out)" if left else "")
     is_ctc = "lm_head.weight" in weights
     kind = "ctc" if is_ctc else "pretraining"
     vocab_size = int(weights["lm_head.weight"].shape[0]) if is_ctc else None

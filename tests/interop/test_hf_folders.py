@@ -424,13 +424,16 @@ def test_a_finetuning_with_a_transformers_models_vocabulary_exports_its_tokenize
     assert back.tokenizer.decode([vocab["[UNK]"], vocab["a"]]) == "[UNK]a"
 
 
-def test_a_bare_wav2vec2model_folder_is_a_finetunings_init(tmp_path, tone_ctc, caplog) -> None:
-    """A transformers Wav2Vec2Model folder (the backbone alone, as many published feature extractors are) was
-    refused even by `finetune --init`, which keeps only the backbone. Fine-tuning now takes it, the backbone
-    exact; import-hf and continued pre-training, which need the heads it lacks, still refuse it, naming the way."""
+@pytest.mark.parametrize("kind", ["Wav2Vec2Model", "Wav2Vec2ForSequenceClassification", "Wav2Vec2ForXVector"])
+def test_a_bare_wav2vec2model_folder_is_a_finetunings_init(tmp_path, tone_ctc, caplog, kind) -> None:
+    """A transformers Wav2Vec2Model folder (the backbone alone, as many published feature extractors are), or one
+    with a classification or x-vector head, was refused even by `finetune --init`, which keeps only the backbone.
+    Fine-tuning now takes it, the backbone exact; import-hf, which would need heads it lacks, still refuses it,
+    naming the way."""
     torch.manual_seed(0)
-    bare = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**TINY)).eval()
-    bare.save_pretrained(tmp_path / "bare")
+    whole = getattr(transformers, kind)(transformers.Wav2Vec2Config(**TINY, num_labels=3)).eval()
+    whole.save_pretrained(tmp_path / "bare")
+    bare = whole if kind == "Wav2Vec2Model" else whole.wav2vec2  # the backbone: what a fine-tuning keeps
     _, manifest = tone_ctc
     assert main(["finetune", "--init", str(tmp_path / "bare"), "--train", str(manifest), "--out", str(tmp_path / "ft"),
                  "batch_seconds=3.5", "device_seconds=3.5", "data.num_workers=0", "tensorboard=false", "threads=1",
@@ -444,5 +447,6 @@ def test_a_bare_wav2vec2model_folder_is_a_finetunings_init(tmp_path, tone_ctc, c
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)  # exact
     caplog.clear()
     assert main(["import-hf", str(tmp_path / "bare"), str(tmp_path / "ck")]) == 2
-    assert "a bare transformers Wav2Vec2Model, which earful fine-tunes (finetune --init) but cannot import or " \
-           "pre-train" in caplog.text
+    assert ("a bare transformers Wav2Vec2Model, which earful fine-tunes (finetune --init) but cannot import or "
+            "pre-train" if kind == "Wav2Vec2Model" else "which earful does not import (it imports "
+            "Wav2Vec2ForPreTraining and Wav2Vec2ForCTC folders; finetune --init takes its backbone)") in caplog.text
