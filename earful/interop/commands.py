@@ -81,12 +81,19 @@ def _features(args: argparse.Namespace) -> int:
     model, info = load_model(ckpt)
     written, problems = write_features(model, args.audio, args.out, checkpoint=ckpt,
                                        weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,
-                                       stride_seconds=args.stride_seconds)
+                                       stride_seconds=args.stride_seconds, layers=args.layers, dtype=args.dtype)
     if problems:
         log.error("%d of %d files could not be read, no features for them: %s", len(problems), len(args.audio),
                   "; ".join(problems))
         return 1
     return 0
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected layer numbers separated by commas, e.g. 0,6,12") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -119,4 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "memory does not grow with the file (default 0: whole files, exact; e.g. 30 for long recordings)")
     p.add_argument("--stride-seconds", type=float, default=None,
                    help="context on each side of a window, whose frames are dropped (default: chunk / 6)")
+    p.add_argument("--layers", type=_layer_list, default=None, metavar="I,J,...",
+                   help="keep these states only, in this order: 0 the transformer's input, i layer i's output "
+                   "(default all; e.g. 0,6,12)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="the .npy files' precision (float16: half the disk)")
     p.set_defaults(func=_features)

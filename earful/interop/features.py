@@ -93,25 +93,41 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
         raise ValueError(f"{out}: holds the features of another checkpoint ({saved.get('checkpoint')}: {len(files)} "
                          f"file(s)), which these ({record['checkpoint']}) would mix with; give another --out, or "
                          f"remove {out}")
+    made = {k: saved.get(k, ALL_OF[k]) for k in ALL_OF}  # a record of before --layers and --dtype: all, float32
+    want = {k: record[k] for k in ALL_OF}
+    if made != want:
+        raise ValueError(f"{out}: holds features of other layers or precision ({made}), which these ({want}) would "
+                         f"mix with; give another --out, or remove {out}")
     return files
 
 
 LONG_SECONDS = 120.0  # a file longer than this, taken whole, is worth a word about --chunk-seconds
+ALL_OF = {"layers": "all", "dtype": "float32"}  # what features.json records by default: every state, float32
+DTYPES = ("float32", "float16")
 
 
 def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path, *, checkpoint: str | Path,
-                   weights_sha256: str | None, chunk_seconds: float = 0.0,
-                   stride_seconds: float | None = None) -> tuple[list[Path], list[str]]:
+                   weights_sha256: str | None, chunk_seconds: float = 0.0, stride_seconds: float | None = None,
+                   layers: list[int] | None = None, dtype: str = "float32") -> tuple[list[Path], list[str]]:
     """``STEM.npy`` of each audio file in ``out_dir``, and :data:`RECORD`: ``checkpoint`` (whose weights'
     recorded SHA-256 is ``weights_sha256``) and the audio file of every .npy there. The record is written before
     the first file, so an interrupted run's files are attributed too, and again at the end with the files
     written. A file that cannot be read (or is shorter than the model's receptive field) is reported and left
     out, as ``earful transcribe`` does: returns the files written and the problems of those left out.
-    ``chunk_seconds`` (0: whole files) and ``stride_seconds``: :func:`layer_features`'s windows."""
+    ``chunk_seconds`` (0: whole files) and ``stride_seconds``: :func:`layer_features`'s windows. ``layers``: the
+    states kept (0 the transformer's input, ``i`` layer i's output; default all), in that order; ``dtype``:
+    float32 or float16 (half the disk). Both are recorded, and an earlier run's files of others are refused."""
     from earful.data.audio import AudioError, load_audio
     from earful.eval.transcribe import window_samples
 
     chunk, stride = window_samples(model.cfg, chunk_seconds, stride_seconds)  # before any work: a bad option
+    states = model.cfg.num_layers + 1
+    if layers is not None and (not layers or len(set(layers)) != len(layers)
+                               or any(not 0 <= i < states for i in layers)):
+        raise ValueError(f"layers (--layers) = {layers}: expected distinct states 0 (the transformer's input) to "
+                         f"{states - 1} (its last layer's output)")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype (--dtype) = {dtype!r}: expected one of {', '.join(DTYPES)}")
 
     stems: dict[str, str] = {}
     for path in audio:  # before any work: two inputs would write one file
@@ -120,7 +136,8 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             raise ValueError(f"{path}: shares the stem {stem!r} with {stems[stem]}; their .npy files would collide")
         stems[stem] = path
     out = Path(out_dir)
-    record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256}
+    record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256,
+                              "layers": list(layers) if layers is not None else "all", "dtype": dtype}
     earlier = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
     files = dict(earlier)
@@ -134,7 +151,8 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             if not chunk and len(wave) > LONG_SECONDS * SAMPLE_RATE:
                 log.warning("%s: %.0f s in one window (attention's memory grows with its square); --chunk-seconds "
                             "30 takes it in overlapping windows", path, len(wave) / SAMPLE_RATE)
-            feats = layer_features(model, wave, chunk, stride)
+            feats = layer_features(model, wave, chunk, stride)  # (layers + 1, frames, dim)
+            feats = (feats if layers is None else feats[layers]).astype(dtype)
         except AudioError as e:
             log.error("%s", e)
             problems.append(str(e))

@@ -1,5 +1,6 @@
 """The interop commands: export-hf → import-hf round trip and `features` output."""
 
+import contextlib
 import json
 import logging
 
@@ -493,4 +494,32 @@ def test_features_of_a_long_file_in_overlapping_windows(tmp_path, caplog, monkey
     assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "long.wav"), "--out", str(tmp_path / "bad"),
                  "--stride-seconds", "1"]) == 2
     assert "stride_seconds (--stride-seconds) = 1.0 with chunk_seconds (--chunk-seconds) = 0" in caplog.text
+    assert not (tmp_path / "bad").exists()
+
+
+def test_features_of_chosen_layers_in_half_precision(tmp_path, caplog) -> None:
+    """Every state of every layer in float32 was the only choice: an hour of BASE's features is 7 GB. --layers keeps
+    the states asked for, in that order, --dtype float16 halves the disk; features.json records both, and an
+    earlier run's files of other layers or precision are refused in the same --out, as another checkpoint's."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny")).eval()
+    save_model(tmp_path / "ckpt", model)
+    sf.write(tmp_path / "a.wav", (0.1 * np.random.RandomState(0).randn(16000)).astype(np.float32), 16000)
+    ckpt, wav = str(tmp_path / "ckpt"), str(tmp_path / "a.wav")
+    assert main(["features", ckpt, wav, "--out", str(tmp_path / "all")]) == 0
+    assert main(["features", ckpt, wav, "--out", str(tmp_path / "some"), "--layers", "2,0", "--dtype", "float16"]) == 0
+    every, some = np.load(tmp_path / "all" / "a.npy"), np.load(tmp_path / "some" / "a.npy")
+    assert every.shape[0] == model.cfg.num_layers + 1 and some.dtype == np.float16 and some.shape[0] == 2
+    assert np.array_equal(some, every[[2, 0]].astype(np.float16))
+    record = json.loads((tmp_path / "some" / "features.json").read_text())
+    assert (record["layers"], record["dtype"]) == ([2, 0], "float16")
+    caplog.clear()
+    assert main(["features", ckpt, wav, "--out", str(tmp_path / "all"), "--dtype", "float16"]) == 2
+    assert f"{tmp_path / 'all'}: holds features of other layers or precision ({{'layers': 'all', 'dtype': " \
+           "'float32'})" in caplog.text
+    for bad in ("3", "1,1", "x"):
+        caplog.clear()
+        with pytest.raises(SystemExit) if bad == "x" else contextlib.nullcontext():
+            assert main(["features", ckpt, wav, "--out", str(tmp_path / "bad"), "--layers", bad]) == 2
+        assert bad == "x" or "expected distinct states 0 (the transformer's input) to 2" in caplog.text
     assert not (tmp_path / "bad").exists()
