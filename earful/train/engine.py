@@ -45,13 +45,12 @@ from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.recipe import (
     HISTORY,
+    MANIFEST_RECORDS,
     check_resume,
     describe,
     layout_of,
-    manifest_audio,
     manifest_files,
-    manifest_labels,
-    manifest_paths,
+    manifest_records,
     new_training_data,
     recipe_hash,
     recipe_of,
@@ -186,14 +185,12 @@ class Trainer:
                 "batch_seconds / devices")
         self.peak_lr = cfg.effective_lr()
         self.recipe, self.layout = {**recipe_of(cfg), **task.recipe_extras()}, layout_of(cfg, self.d.world_size)
-        self.manifest_paths, self.manifest_audio = manifest_paths(cfg), manifest_audio(cfg)
-        self.manifest_labels = manifest_labels(cfg)
+        self.manifest_records = manifest_records(cfg)
         segment = None
         if info is not None:
             segment = check_resume(self.run.root, info, self.recipe, self.layout, batch_seconds=cfg.batch_seconds,
                                    allow_changes=allow_changes, manifests=manifest_files(cfg),
-                                   paths=self.manifest_paths, audio=self.manifest_audio,
-                                   labels=self.manifest_labels, reads_labels=task.reads_labels)
+                                   records=self.manifest_records, reads_labels=task.reads_labels)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
@@ -282,8 +279,7 @@ class Trainer:
             "lr": self.peak_lr, "best_metric": self.task.best_metric, "best": _json_float(self.best),
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
-            "layout": self.layout, "manifest_paths": self.manifest_paths, "manifest_audio": self.manifest_audio,
-            "manifest_labels": self.manifest_labels,
+            "layout": self.layout, **self.manifest_records,
             "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
             **self.task.trainer_info(),
         }  # fmt: skip
@@ -550,8 +546,7 @@ class Trainer:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
         summary = {k: v for k, v in self.progress_info().items()
-                   if k not in ("recipe", "layout", "manifest_paths", "manifest_audio", "manifest_labels",
-                                "log_interval")}
+                   if k not in ("recipe", "layout", *MANIFEST_RECORDS, "log_interval")}
         bad, empty = self.left_out()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 

@@ -92,24 +92,21 @@ def manifest_files(cfg: TrainingConfig) -> dict[str, str]:
     return {key: str(flat[key]) for key in MANIFESTS if flat.get(key)}
 
 
-def manifest_paths(cfg: TrainingConfig) -> dict[str, str]:
-    """SHA-256 of each manifest's audio paths (in row order), by key: not the recipe (a moved corpus is the same),
-    but ``trainer.json`` records it so that a resume can say that only the paths changed."""
-    return {key: manifest_digest(path).paths for key, path in manifest_files(cfg).items()}
+# what trainer.json records of each manifest beside the recipe's digest, by key (``manifest_records``)
+MANIFEST_RECORDS = ("manifest_paths", "manifest_audio", "manifest_labels")
 
 
-def manifest_audio(cfg: TrainingConfig) -> dict[str, str]:
-    """SHA-256 of each manifest's rows less their paths and labels (``ManifestDigest.audio``), by key: not the
-    recipe, but ``trainer.json`` records it so that a resume can say that only the labels changed (``earful
-    phonemize`` in place), and a task that reads no labels (pre-training) continue."""
-    return {key: manifest_digest(path).audio for key, path in manifest_files(cfg).items()}
-
-
-def manifest_labels(cfg: TrainingConfig) -> dict[str, dict[str, str]]:
-    """SHA-256 of each label's values in each manifest (``ManifestDigest.labels``), by key: ``trainer.json``
-    records it so that a resume after other labels can say which changed, and a task that does not read them
-    (fine-tuning reads transcripts, not phonemes) continue."""
-    return {key: manifest_digest(path).labels for key, path in manifest_files(cfg).items()}
+def manifest_records(cfg: TrainingConfig) -> dict[str, dict[str, Any]]:
+    """What ``trainer.json`` records of each manifest besides the recipe's digest, by record and manifest key: not
+    the recipe, but what lets a resume say what changed. ``manifest_paths``: the SHA-256 of its audio paths in row
+    order (only they changed: a moved corpus, the same recipe); ``manifest_audio``: of its rows less paths and
+    labels (``ManifestDigest.audio``: only the labels changed, ``earful phonemize`` in place); ``manifest_labels``:
+    of each label's values (``ManifestDigest.labels``: which labels, so that a task that reads none of them
+    continues)."""
+    digests = {key: manifest_digest(path) for key, path in manifest_files(cfg).items()}
+    return {"manifest_paths": {k: d.paths for k, d in digests.items()},
+            "manifest_audio": {k: d.audio for k, d in digests.items()},
+            "manifest_labels": {k: d.labels for k, d in digests.items()}}
 
 
 def _legacy_manifests(saved: dict[str, Any], recipe: dict[str, Any],
@@ -152,16 +149,15 @@ def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
 
 def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
                  batch_seconds: float, allow_changes: bool, manifests: dict[str, str] | None = None,
-                 paths: dict[str, str] | None = None, audio: dict[str, str] | None = None,
-                 labels: dict[str, dict[str, str]] | None = None,
+                 records: dict[str, dict[str, Any]] | None = None,
                  reads_labels: tuple[str, ...] = LABELS) -> dict[str, Any] | None:
     """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with the run's (``recipe_of``
     and ``layout_of`` of its config, computed once by the trainer: a sharded run's recipe reads its index).
     ``manifests`` (key -> path) lets a checkpoint of an earlier version, which recorded the bytes' SHA-256, be
-    compared; ``paths`` (``manifest_paths``) lets a manifest whose audio paths alone changed be named, and
-    ``audio`` (``manifest_audio``) one whose labels alone changed, and ``labels`` (``manifest_labels``) which:
-    the same recipe where the task ``reads_labels`` none of them (pre-training reads none, fine-tuning
-    transcripts), named in the refusal where it does (a checkpoint that records no ``labels``: any of them).
+    compared; ``records`` (``manifest_records``, against the checkpoint's) let a manifest whose audio paths alone
+    changed be named, and one whose labels alone changed, and which: the same recipe where the task
+    ``reads_labels`` none of them (pre-training reads none, fine-tuning transcripts), named in the refusal where
+    it does (a checkpoint that records no ``manifest_labels``: any of them).
     Raises ValueError on another recipe unless ``allow_changes``; returns the new history segment to record
     (changed recipe or layout), or None when nothing changed."""
     if "recipe" not in info or "layout" not in info:
@@ -170,11 +166,13 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     saved, legacy = _legacy_manifests(info["recipe"], recipe, manifests or {})
     saved = {**{k: v for k, v in ADDED_LATER.items() if k in recipe}, **saved}
     changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
-    moved_audio = [k for k, digest in (paths or {}).items() if f"{k}.sha256" not in changed
-                   and (info.get("manifest_paths") or {}).get(k, digest) != digest]
-    relabelled = [k for k, digest in (audio or {}).items() if f"{k}.sha256" in changed and k not in legacy
-                  and (info.get("manifest_audio") or {}).get(k) == digest]
-    which = {k: _changed_labels((info.get("manifest_labels") or {}).get(k), (labels or {}).get(k))
+    now = records or {}
+    then = {name: info.get(name) or {} for name in MANIFEST_RECORDS}  # a checkpoint of before one: none of it
+    moved_audio = [k for k, digest in now.get("manifest_paths", {}).items() if f"{k}.sha256" not in changed
+                   and then["manifest_paths"].get(k, digest) != digest]
+    relabelled = [k for k, digest in now.get("manifest_audio", {}).items() if f"{k}.sha256" in changed
+                  and k not in legacy and then["manifest_audio"].get(k) == digest]
+    which = {k: _changed_labels(then["manifest_labels"].get(k), now.get("manifest_labels", {}).get(k))
              for k in relabelled}
     unread = [k for k in relabelled if not set(which[k]) & set(reads_labels)]
     read = [k for k in relabelled if k not in unread]
@@ -182,7 +180,7 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         del changed[f"{k}.sha256"]
     if unread:
         named = ", ".join(sorted({x for k in unread for x in which[k]})) if all(
-            k in (info.get("manifest_labels") or {}) for k in unread) else ANY_LABELS
+            k in then["manifest_labels"] for k in unread) else ANY_LABELS
         log.info("%s: the same audio rows as the checkpoint's with other labels (%s), which this run does not "
                  "read: the same recipe", ", ".join(unread), named)
     if moved_audio:
@@ -192,7 +190,7 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         if f"{key}.sha256" in changed and Path((manifests or {})[key]).is_file():
             changed[f"{key}.sha256"][1] = manifest_digest((manifests or {})[key]).file
     note = "".join(f" ({k}: the same audio rows as the checkpoint's with other labels: "
-                   f"{', '.join(which[k]) if k in (info.get('manifest_labels') or {}) else ANY_LABELS})" for k in read)
+                   f"{', '.join(which[k]) if k in then['manifest_labels'] else ANY_LABELS})" for k in read)
     note += (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
             "which other audio paths alone change too; if only they changed, --allow-changes continues, the data "
             "from a fresh epoch)") if legacy else ""
