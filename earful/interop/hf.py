@@ -453,6 +453,31 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     return out
 
 
+def read_hf_config(hf_dir: Path) -> dict[str, Any]:
+    """A transformers folder's ``config.json``, checked: there, a JSON object, a wav2vec 2.0 model."""
+    cfg_path = hf_dir / HF_CONFIG
+    if not cfg_path.exists():
+        raise CheckpointError(f"{hf_dir}: no config.json (not a transformers model folder)"
+                              f"{what_it_is(hf_dir, transformers_ok=True)}")
+    hf_cfg = read_json(cfg_path)
+    if not isinstance(hf_cfg, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object (a transformers config)")
+    if hf_cfg.get("model_type") not in (None, "wav2vec2"):
+        raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
+    return hf_cfg
+
+
+def _other_head(hf_cfg: dict[str, Any]) -> str | None:
+    """The architecture of ``hf_cfg`` whose head earful has not (:data:`_OTHER_HEADS`), if any."""
+    architectures = hf_cfg.get("architectures")
+    return next((a for a in architectures if a in _OTHER_HEADS), None) if isinstance(architectures, list) else None
+
+
+def _blank(hf_cfg: dict[str, Any]) -> int:
+    """The CTC blank of a transformers config: its ``pad_token_id`` (earful's is index 0)."""
+    return int(hf_cfg.get("pad_token_id") or 0)
+
+
 def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False,
                    backbone_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``config.json`` and the weights: ``model.safetensors``, else ``pytorch_model.bin`` read with
@@ -460,19 +485,10 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False,
     ``.index.json`` names. A folder of a head earful has not (classification, x-vector) is refused unless
     ``backbone_only`` (a fine-tuning's init, which keeps the backbone alone)."""
     d = Path(hf_dir)
-    cfg_path = d / HF_CONFIG
-    if not cfg_path.exists():
-        raise CheckpointError(f"{d}: no config.json (not a transformers model folder)"
-                              f"{what_it_is(d, transformers_ok=True)}")
-    hf_cfg = read_json(cfg_path)
-    if not isinstance(hf_cfg, dict):
-        raise CheckpointError(f"{cfg_path}: not a JSON object (a transformers config)")
-    if hf_cfg.get("model_type") not in (None, "wav2vec2"):
-        raise CheckpointError(f"{cfg_path}: model_type {hf_cfg.get('model_type')!r} is not wav2vec2")
-    architectures = hf_cfg.get("architectures")
-    head = next((a for a in architectures if a in _OTHER_HEADS), None) if isinstance(architectures, list) else None
+    hf_cfg = read_hf_config(d)
+    head = _other_head(hf_cfg)
     if head is not None and not backbone_only:
-        raise CheckpointError(f"{cfg_path}: a {head}, {_OTHER_HEADS[head]}, which earful does not import (it "
+        raise CheckpointError(f"{d / HF_CONFIG}: a {head}, {_OTHER_HEADS[head]}, which earful does not import (it "
                               "imports Wav2Vec2ForPreTraining and Wav2Vec2ForCTC folders; finetune --init takes "
                               "its backbone)")
     for name in (MODEL_FILE, BIN):
@@ -677,11 +693,7 @@ def _usable_vocab(symbols: list[str], where: Path) -> None:
 def hf_model_config(hf_dir: str | Path, *, warn: bool = True) -> ModelConfig:
     """The earful model settings of a transformers folder (``config.json`` and its feature extractor's
     normalisation), without reading its weights."""
-    path = Path(hf_dir) / HF_CONFIG
-    hf_cfg = read_json(path)
-    if not isinstance(hf_cfg, dict):
-        raise CheckpointError(f"{path}: not a JSON object (a transformers config)")
-    return _model_config(hf_cfg, hf_dir, warn=warn)
+    return _model_config(read_hf_config(Path(hf_dir)), hf_dir, warn=warn)
 
 
 def _model_config(hf_cfg: dict[str, Any], hf_dir: str | Path, *, warn: bool) -> ModelConfig:
@@ -710,7 +722,7 @@ def blank_first(blank: int, outputs: int) -> list[int]:
 def ctc_vocab(hf_dir: str | Path, outputs: int) -> list[str]:
     """A transformers CTC folder's vocabulary in the order :func:`import_hf` gives its head (:func:`blank_first`),
     without reading the weights: what a fine-tuning with ``vocab=init`` from the folder trains."""
-    blank = int(read_json(Path(hf_dir) / HF_CONFIG).get("pad_token_id") or 0)
+    blank = _blank(read_hf_config(Path(hf_dir)))
     symbols = read_vocab(hf_dir, outputs)
     return [symbols[i] for i in blank_first(blank, outputs)] if blank in range(outputs) else symbols
 
@@ -726,7 +738,7 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False, need_vocab: boo
     hf_cfg, weights = read_hf_folder(hf_dir, trust_pickle=trust_pickle, backbone_only=backbone_only)
     where = str(Path(hf_dir) / HF_CONFIG)
     cfg = _model_config(hf_cfg, hf_dir, warn=True)
-    other_head = any(a in _OTHER_HEADS for a in hf_cfg.get("architectures") or [])
+    other_head = _other_head(hf_cfg) is not None
     if backbone_only and (_bare(weights) or other_head):  # the backbone, and fresh heads that will not be used
         heads = to_hf_state_dict(Wav2Vec2ForPreTraining(cfg).state_dict(), cfg, "pretraining")
         backbone = {f"wav2vec2.{k}": v for k, v in weights.items()} if _bare(weights) else {
@@ -746,7 +758,7 @@ def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False, need_vocab: boo
     shapes.setdefault("wav2vec2.mask_emb", (cfg.hidden_size,))  # optional in transformers' folders
     check_sizes(kind, cfg, vocab_size, shapes, where)  # every shape, on the meta device, before allocating
     vocab: list[str] | None = None
-    blank = int(hf_cfg.get("pad_token_id") or 0)  # transformers' CTC blank; earful's is index 0
+    blank = _blank(hf_cfg)
     model: torch.nn.Module
     vocab_path = Path(hf_dir) / VOCAB
     if is_ctc:
