@@ -239,6 +239,16 @@ def verify_weights(ckpt_dir: Path, info: dict[str, Any]) -> None:
     verify_file(ckpt_dir / MODEL_FILE, record)
 
 
+def model_config(ckpt_dir: str | Path, info: dict[str, Any] | None = None) -> ModelConfig:
+    """The model settings a checkpoint's ``model.json`` records (``info``: that file, already read), without
+    reading the weights."""
+    where = Path(ckpt_dir) / INFO_FILE
+    info = read_info(ckpt_dir) if info is None else info
+    if "model" not in info:
+        raise CheckpointError(f"{where}: no \"model\" (the model's config), which {MODEL_FORMAT} always records")
+    return from_dict(ModelConfig, info["model"], f"{where}:model")
+
+
 def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
     config checked against the weights' shapes before the model is built)."""
@@ -250,9 +260,7 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
         verify_weights(ckpt_dir, info)
     else:
         verify_file(weights, None)  # present, not hashed
-    if "model" not in info:
-        raise CheckpointError(f"{where}: no \"model\" (the model's config), which {MODEL_FORMAT} always records")
-    cfg = from_dict(ModelConfig, info["model"], f"{where}:model")
+    cfg = model_config(ckpt_dir, info)
     vocab = info.get("vocab")
     if vocab and not (isinstance(vocab, dict) and isinstance(vocab.get("symbols"), list)):
         raise CheckpointError(f"{where}: \"vocab\" holds no list of \"symbols\"")

@@ -27,16 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from earful.checkpoint import (
-    INFO_FILE,
-    read_info,
-    read_json,
-)
+from earful.checkpoint import INFO_FILE, read_info, read_json
 from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
 from earful.model.config import preset_differs
-from earful.train.init import InitWeights, load_init, resolve_init
+from earful.train.init import SCRATCH, InitWeights, load_init, resolve_init
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +48,11 @@ def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> tuple[CharV
 
     path = Path(init.path)
     symbols, inherited, tokens, spelling = None, {}, {}, None
-    if init.path != "scratch" and (path / INFO_FILE).exists():
+    if init.path != SCRATCH and (path / INFO_FILE).exists():
         vocab = read_info(path).get("vocab") or {}
         symbols, inherited = vocab.get("symbols"), vocab.get("mapping") or {}
         tokens, spelling = vocab.get("tokens") or {}, vocab.get("spelling")
-    elif init.path != "scratch" and (path / "config.json").exists():
+    elif init.path != SCRATCH and (path / "config.json").exists():
         from earful.interop.hf import ctc_vocab, special_tokens
 
         config = read_json(path / "config.json")

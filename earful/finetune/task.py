@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from earful.checkpoint import CheckpointError, read_info
-from earful.config import from_dict
+from earful.checkpoint import CheckpointError, model_config, read_info
 from earful.data.budget import BatchBudget
 from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
@@ -34,7 +33,7 @@ from earful.finetune.init import (
     init_vocab,
     phase_frozen,
 )
-from earful.model import ModelConfig, Wav2Vec2ForCTC
+from earful.model import Wav2Vec2ForCTC
 from earful.model.wav2vec2 import to_device
 from earful.train import distributed as D
 from earful.train.engine import Trainer
@@ -116,7 +115,7 @@ class FinetuneTask(Task):
         saved = CharVocab.from_dict(info["vocab"])
         if saved.symbols != self.vocab.symbols:
             raise CheckpointError(f"{resume_from}: vocabulary {saved.symbols} differs from this run's")
-        base = from_dict(ModelConfig, info["model"], f"{resume_from}/model.json:model")
+        base = model_config(resume_from, info)
         return Wav2Vec2ForCTC(self.cfg.model.apply(base), len(self.vocab))
 
     def build_data(self, budget: BatchBudget) -> None:

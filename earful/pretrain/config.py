@@ -18,6 +18,9 @@ from earful.checkpoint import CheckpointError
 from earful.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config, preset_differs
 from earful.train.config import DataConfig, TrainingConfig, config_source, nominal_steps
+from earful.train.init import SCRATCH, init_model_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,9 +37,6 @@ class PretrainDataConfig(DataConfig):
         return {**super().limits(), "crop_seconds": self.crop_seconds}
 
 
-log = logging.getLogger(__name__)
-
-SCRATCH = "scratch"
 FROM_INIT = "init"  # model_preset of a run whose model is its init's (load_pretrain_config)
 
 
@@ -112,12 +112,10 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
 
 def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
     """The model settings of ``init``; resuming a run whose ``init`` no longer resolves, its own checkpoint's."""
-    from earful.train.init import init_model_config
-
     try:
         return init_model_config(init, "init")
     except (OSError, CheckpointError):
-        from earful.checkpoint import INFO_FILE, read_info
+        from earful.checkpoint import model_config
         from earful.train.state import resolve_checkpoint
 
         try:
@@ -126,4 +124,4 @@ def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
             run = None
         if run is None:
             raise
-        return from_dict(ModelConfig, read_info(run)["model"], f"{run}/{INFO_FILE}:model")
+        return model_config(run)

@@ -24,11 +24,11 @@ from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
 from earful.model import PretrainOutput, Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
-from earful.pretrain.config import SCRATCH, PretrainConfig
+from earful.pretrain.config import PretrainConfig
 from earful.train import distributed as D
 from earful.train.config import nominal_steps
 from earful.train.engine import Trainer
-from earful.train.init import InitWeights, initial_weights, load_init
+from earful.train.init import SCRATCH, InitWeights, initial_weights, load_init
 from earful.train.monitor import codeword_similarity
 from earful.train.state import read_trainer_info
 from earful.train.step import autocast, step_seed

@@ -111,11 +111,9 @@ class Upstream:
 
     def random_model(self) -> torch.nn.Module:
         """``--random-init``: the checkpoint's architecture with fresh weights drawn from ``init_seed``."""
-        from earful.checkpoint import build_model
-        from earful.config import from_dict
-        from earful.model import ModelConfig
+        from earful.checkpoint import build_model, model_config
 
-        cfg = from_dict(ModelConfig, read_info(str(self.ckpt))["model"], f"{self.ckpt}/{INFO_FILE}:model")
+        cfg = model_config(self.ckpt)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             return build_model("pretraining", cfg)

@@ -16,6 +16,7 @@ from typing import Any
 from earful.config import flatten, to_dict
 from earful.study.config import DEFAULT_TEST_SETS, PlannedRun, StudyConfig, plan_runs, renamed
 from earful.study.corpus import manifest_digests
+from earful.train.init import SCRATCH, resolve_init
 from earful.train.recipe import ADDED_LATER, WATCHING
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
     pre_cfg = pretrain_config(study, runs[0], root)
     pre = flatten(to_dict(pre_cfg))
-    if pre_cfg.init != "scratch":  # continued pre-training (pretrain_overrides: init=): its weights, not its path
-        from earful.train.init import resolve_init
+    if pre_cfg.init != SCRATCH:  # continued pre-training (pretrain_overrides: init=): its weights, not its path
 
         pre["init.sha256"] = resolve_init(pre_cfg.init, "the study's pretrain init").sha256
     fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))

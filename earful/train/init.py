@@ -14,12 +14,22 @@ from pathlib import Path
 
 from torch import nn
 
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, load_model, read_info, sha256, what_it_is
-from earful.config import from_dict
+from earful.checkpoint import (
+    INFO_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    load_model,
+    model_config,
+    read_info,
+    sha256,
+    what_it_is,
+)
 from earful.model import ModelConfig
 from earful.train.state import read_trainer_info, resolve_checkpoint
 
 log = logging.getLogger(__name__)
+
+SCRATCH = "scratch"  # init: no weights, a random model
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,8 @@ class InitWeights:
 def resolve_init(init: str, key: str = "--init") -> InitWeights:
     """The weights ``init`` names now, without loading them: an earful checkpoint's digest is the SHA-256 of
     ``model.safetensors`` its ``model.json`` records (which ``load_model`` verifies the file against)."""
-    if init == "scratch":
-        return InitWeights("scratch", None)
+    if init == SCRATCH:
+        return InitWeights(SCRATCH, None)
     path = init_path(init, key)
     if (path / INFO_FILE).exists():
         record = (read_info(path).get("files") or {}).get(MODEL_FILE) or {}
@@ -66,7 +76,7 @@ def init_path(init: str, key: str = "--init") -> Path:
 
 def load_init(init: InitWeights, task: str = "fine-tuning") -> tuple[nn.Module | None, list[str] | None, str]:
     """(source model or None for scratch, its CTC vocabulary if any, a description)."""
-    if init.path == "scratch":
+    if init.path == SCRATCH:
         return None, None, "scratch (random)"
     path = Path(init.path)
     if (path / INFO_FILE).exists():
@@ -106,7 +116,7 @@ def init_model_config(init: str, key: str = "init") -> ModelConfig:
     the task does once)."""
     path = init_path(init, key)
     if (path / INFO_FILE).exists():
-        return from_dict(ModelConfig, read_info(path)["model"], f"{path}/{INFO_FILE}:model")
+        return model_config(path)
     from earful.interop.hf import hf_model_config
 
     return hf_model_config(path, warn=False)  # import_hf warns, when the weights load

@@ -28,6 +28,7 @@ from torch import nn
 
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioLoader, Batch
+from earful.data.digest import LABELS
 from earful.train import distributed as D
 from earful.train.config import TrainingConfig
 
@@ -36,7 +37,7 @@ class Task:
     name: str = "training"
     model_kind: str = ""  # what its checkpoints hold (model.json's kind): a resume of another kind is refused
     # the manifests' labels it reads (earful.data.digest.LABELS): a resume after only others changed continues
-    reads_labels: tuple[str, ...] = ("speaker", "transcript", "phonemes", "intent")
+    reads_labels: tuple[str, ...] = LABELS
     cfg: TrainingConfig
     model: nn.Module  # what checkpoints hold (the engine wraps it in DDP for the forward)
     loader: AudioLoader  # training batches, endless
