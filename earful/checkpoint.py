@@ -30,6 +30,7 @@ from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 MODEL_FILE = "model.safetensors"
 INFO_FILE = "model.json"
 STATE_FILE = "state.pt"
+LEFT_OUT_FILE = "left-out.json"  # the files a copy of the checkpoint left out (`earful study merge --without-weights`)
 MODEL_FORMAT = "earful-1"  # model.json's layout
 
 
@@ -101,6 +102,10 @@ def file_record(path: Path) -> dict[str, Any]:
 
 def verify_file(path: Path, record: dict[str, Any] | None) -> None:
     if not path.exists():
+        if (path.parent / LEFT_OUT_FILE).is_file():
+            raise CheckpointError(f"{path}: missing: this checkpoint was copied without its weights (`earful study "
+                                  f"merge --without-weights`; {LEFT_OUT_FILE} says from where); merge its study "
+                                  "folder again with them, or remove the run to train it again")
         raise CheckpointError(f"{path}: missing")
     if record is None:
         return

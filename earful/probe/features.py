@@ -107,6 +107,7 @@ class Upstream:
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
             return {"kind": "random-init", "model": read_info(ckpt)["model"], "init_seed": self.init_seed,
                     "weights": digest.hexdigest()}
+        verify_file(ckpt / MODEL_FILE, None)  # there (a copy without weights says so), before it is hashed
         return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
 
     def random_model(self) -> torch.nn.Module:

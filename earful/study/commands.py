@@ -1,4 +1,4 @@
-"""Sub-commands: study plan | run | report."""
+"""Sub-commands: study plan | run | report | merge."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from earful.study.merge import describe, merge_studies
+
+    log.info("%s", describe(merge_studies(args.sources, args.out, weights=not args.without_weights), args.out))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="the batch-size study: plan, run, report")
     ss = p.add_subparsers(dest="study_command", required=True)
@@ -73,3 +80,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = ss.add_parser("report", help="(re)write report.md, CSVs and plots from a study folder")
     q.add_argument("out", help="study output folder")
     q.set_defaults(func=_report)
+    q = ss.add_parser(
+        "merge", help="merge the finished work of study folders into one (seeds run on several machines)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Copy the finished work of each SOURCE study folder (pre-trainings, fine-tunings, evaluations,\n"
+                    "probes, gradient noise) into OUT, a new study folder or one of the same study. The folders must\n"
+                    "hold the same recipe (or one that grew, as `earful study run` lets a study grow); a unit of\n"
+                    "work two folders hold with different results is refused, naming both. Work under way is not\n"
+                    "merged. Then `earful study run STUDY.yaml --out OUT` (with every seed) writes the results and\n"
+                    "the report: it reads the finished work and does none of it again.",
+        epilog="examples:\n  earful study merge /mnt/machine-a/runs/cpu-paper /mnt/machine-b/runs/cpu-paper --out "
+               "runs/cpu-paper\n  earful study merge runs/cpu-paper --out results/cpu-paper --without-weights   "
+               "# the results, a few MB")
+    q.add_argument("sources", nargs="+", help="study folders (each an --out of `earful study run`)")
+    q.add_argument("--out", required=True, help="the study folder to merge into (made if need be)")
+    q.add_argument("--without-weights", action="store_true",
+                   help="leave the checkpoints' weights and training states out (the report needs none; a stage "
+                        "added later that needs them is refused)")
+    q.set_defaults(func=_merge)

@@ -87,7 +87,7 @@ def manifest_digests(study: StudyConfig, root: Path, *, file_bytes: bool = False
     not a reason to reuse the runs trained on the old one; a corpus moved (prepared again elsewhere, other
     absolute paths) is the same. ``file_bytes``: the SHA-256 of the files' bytes instead, which study folders
     of earlier versions recorded. A manifest that does not exist has no digest (earlier versions wrote
-    "missing": ``fingerprint._comparable`` leaves those out). The probes' manifests (``probe.train``, ...) are
+    "missing": ``fingerprint.comparable`` leaves those out). The probes' manifests (``probe.train``, ...) are
     read by the study when it has probes."""
     c = study.corpus
     named = {"train": c.train, "valid": c.valid, "dev": c.dev,

@@ -61,7 +61,7 @@ def _computes(key: str) -> bool:
     return _kept(key, PER_RUN | RUN_ONLY) and not key.startswith(WATCHING)
 
 
-def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
     a setting was classed so may still hold it. Study keys renamed since take today's names."""
     keep = {"pretrain": _computes, "finetune": _computes,
@@ -213,14 +213,15 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
             return
         raise ValueError(f"{p}: written by an earlier development version of earful (format "
                          f"{saved.get('format')!r}, this version reads {STUDY_FORMAT}); use another --out")
-    old = _comparable(saved["fingerprint"])
+    old = comparable(saved["fingerprint"])
     new = {part: kv for part, kv in fingerprint.items() if part != "grid"}
     if file_digests is not None:
         _same_files(old, new, file_digests)
     if "grid" not in old and (entries := _entries_of_before(old, plan_grid)) is not None:
         old["grid"] = entries  # a study.json of before, its entries planned again
     if "grid" in old:  # grid entries by tag: the grid may grow, an entry may not change or go
-        gone_or_changed = [tag for tag, entry in old.pop("grid").items() if fingerprint["grid"].get(tag) != entry]
+        grid = fingerprint.get("grid", {})
+        gone_or_changed = [tag for tag, entry in old.pop("grid").items() if grid.get(tag) != entry]
         old, new = _without_entries(old), _without_entries(new)
     else:  # a study.json of before: the grid as a whole, and the first run's settings
         gone_or_changed = []

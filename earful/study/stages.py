@@ -145,14 +145,25 @@ def probed(study: StudyConfig, out: Path, name: str) -> bool:
     return all(set(study.probes) <= set(probed_tasks(out, name, seed)) for seed in study.probe_seeds)
 
 
+def finished_records(out: Path) -> list[Path]:
+    """The file that marks each finished unit of work in study folder ``out`` as finished, its result (a unit is
+    the record's folder, a gradient noise record itself): pre-training and fine-tuning runs (``done.json``),
+    evaluations and probes, one probe seed each (``summary.json``), gradient noise records."""
+    return [*(done for stage in ("pretrain", "finetune") for done in sorted((out / stage).glob("*/done.json"))),
+            *sorted((out / "eval").glob("*/summary.json")), *sorted((out / "probe").glob("*/seed-*/summary.json")),
+            *sorted((out / "gradvar").glob("*.json"))]
+
+
+def runs_under_way(out: Path) -> list[Path]:
+    """The pre-training and fine-tuning runs of study folder ``out`` that have a checkpoint (but ``init``, which a
+    fresh start writes again) and are not finished."""
+    return [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("*"))
+            if rdir.is_dir() and not (rdir / "done.json").exists() and RunDir(rdir).checkpoints()]
+
+
 def trained_outputs(out: Path) -> list[Path]:
-    """What study folder ``out`` holds that was trained or measured: pre-training and fine-tuning runs with a
-    checkpoint (but ``init``, which a fresh start writes again) or done.json, evaluations, probe results and
-    gradient noise records."""
-    runs = [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("*"))
-            if rdir.is_dir() and ((rdir / "done.json").exists() or RunDir(rdir).checkpoints())]
-    return [*runs, *sorted((out / "eval").glob("*/summary.json")),
-            *sorted((out / "probe").glob("*/seed-*/summary.json")), *sorted((out / "gradvar").glob("*.json"))]
+    """What study folder ``out`` holds that was trained or measured: runs under way and finished work."""
+    return [*runs_under_way(out), *finished_records(out)]
 
 
 # ---------------------------------------------------------------------- pre-training

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+import earful
 from earful.study.config import load_study
 from earful.study.run import check_recipes, check_study, run_study
 
 BASE = "grid: [10]\nmode: fixed-steps\nsteps: 10\ncorpus: {label_sets: {10h: labelled-10h.jsonl}}\n"
+
+CONFIGS = Path(earful.__file__).parent / "configs"  # the shipped presets, wherever the tests run from
 
 
 def _study(tmp_path: Path, *overrides: str, text: str = BASE):
@@ -54,7 +57,7 @@ def test_a_recipe_error_names_the_study_s_overrides_as_its_source(tmp_path) -> N
     """A wrong key in a study's pretrain_overrides or finetune.overrides was said to come from "command-line
     overrides", which the user never gave."""
     with pytest.raises(ValueError, match=r"pretrain-demo.yaml with the study's pretrain_overrides: .*\['max_stepz'\]"):
-        check_recipes(_study(tmp_path, "pretrain_config=earful/configs/pretrain-demo.yaml",
+        check_recipes(_study(tmp_path, f"pretrain_config={CONFIGS / 'pretrain-demo.yaml'}",
                              "pretrain_overrides=[max_stepz=3]"))
     with pytest.raises(ValueError, match=r"the study's finetune.overrides: .*\['max_stepz'\]"):
         check_recipes(_study(tmp_path, "finetune.overrides=[max_stepz=3]"))

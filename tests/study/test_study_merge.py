@@ -1,0 +1,181 @@
+"""``earful study merge``: seeds run in two study folders (two machines) give, merged, the results each gave, and
+a study run on the merged folder does none of the work again; without weights the same, a few KB a checkpoint;
+results that differ and recipes that differ are refused before anything is copied."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from earful.checkpoint import LEFT_OUT_FILE
+from earful.cli import main
+from earful.study.config import load_study
+from earful.study.merge import describe, merge_studies
+from earful.study.run import run_study
+
+STUDY = """
+name: toy-merge
+corpus:
+  dir: {corpus}
+  synth: {{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}}
+  label_sets: {{10h: manifests/labelled-10h.jsonl}}
+  test: {{test: manifests/test.jsonl}}
+pretrain_config: null
+pretrain_overrides: [model_preset=tiny, log_every=2, valid_every=2, ckpt_every=2, data.num_workers=0,
+                     data.crop_seconds=2.0, data.min_seconds=0.3, tensorboard=false, threads=1]
+grid: [2, 4]
+mode: fixed-steps
+cycles: 2
+steps: 4
+lr: 1.0e-3
+lr_scaling: none
+device_seconds: 4
+gradvar_batches: 2
+probes: [ic]
+probe_overrides: [ic.steps=10]
+finetune:
+  overrides: [model_preset=tiny, batch_seconds=8, device_seconds=8, max_steps=2, valid_every=2, log_every=1,
+              ckpt_every=2, freeze_transformer_steps=1, data.num_workers=0, tensorboard=false, threads=1,
+              optim.lr=1.0e-3]
+  checkpoints: [final]
+  baselines: []
+seeds: [1]
+"""
+WORK = ("pretrain", "finetune", "eval", "probe", "gradvar")
+
+
+@pytest.fixture(scope="module")
+def two_machines(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The study's YAML, and two folders of it: seed 1 run in one, seed 2 in the other."""
+    root = tmp_path_factory.mktemp("merge")
+    path = root / "toy.yaml"
+    path.write_text(STUDY.format(corpus=root / "corpus"))
+    for seed in (1, 2):
+        run_study(load_study(path, [f"seeds=[{seed}]"]), root / f"machine-{seed}")
+    return path, root / "machine-1", root / "machine-2"
+
+
+def _lines(path: Path) -> list[str]:
+    return sorted(path.read_text().splitlines())
+
+
+def _work(folder: Path) -> dict[str, int]:
+    """Every file of the folder's work, with its modification time."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for stage in WORK for p in (folder / stage).rglob("*")
+            if p.is_file()}
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.name != ".lock"}
+
+
+@pytest.mark.parametrize("weights", [True, False])
+def test_two_machines_merged_give_their_results_and_nothing_is_done_again(two_machines, tmp_path, weights) -> None:
+    study, one, two = two_machines
+    out = tmp_path / "merged"
+    argv = ["study", "merge", str(one), str(two), "--out", str(out)] + ([] if weights else ["--without-weights"])
+    assert main(argv) == 0
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["seeds"] == [1, 2] and saved["fingerprint"] == json.loads((one / "study.json").read_text())[
+        "fingerprint"]
+    def weight_files(folder: Path) -> set[str]:
+        return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in (".safetensors", ".pt")}
+
+    if weights:
+        assert weight_files(out) == weight_files(one) | weight_files(two)
+    else:
+        assert weight_files(out) == set()
+        assert (out / "pretrain" / "4s-seed2" / "checkpoints" / "steps-2" / LEFT_OUT_FILE).is_file()
+        left = json.loads((out / "pretrain" / "2s-seed1" / "checkpoints" / "init" / LEFT_OUT_FILE).read_text())
+        assert set(left["files"]) == {"model.safetensors"}
+        assert json.loads((out / "pretrain" / "2s-seed1" / "checkpoints" / "init" / "model.json").read_text()) == \
+            json.loads((one / "pretrain" / "2s-seed1" / "checkpoints" / "init" / "model.json").read_text())
+    before = _work(out)
+    run_study(load_study(study, ["seeds=[1, 2]"]), out)  # reads the finished work: no file of it is written again
+    assert _work(out) == before
+    for results in ("runs.jsonl", "results.jsonl", "probes.jsonl"):
+        assert _lines(out / results) == sorted(set(_lines(one / results) + _lines(two / results))), results
+    # per seed 2 runs × (minimum, final) and the init; the filterbanks once, both folders probed them alike
+    assert len(_lines(out / "probes.jsonl")) == 2 * (2 * 2 + 1) + 1
+    assert (out / "report" / "report.md").is_file()
+    if not weights:  # a stage added later that needs the weights is refused, naming the checkpoint
+        with pytest.raises(Exception, match=r"model\.safetensors: missing: this checkpoint was copied without its "
+                                            r"weights"):
+            run_study(load_study(study, ["seeds=[1, 2]", "probes=[ic, pr]", "probe_overrides=[ic.steps=10, "
+                                         "pr.epochs=1]"]), out)
+
+
+def test_a_merge_again_leaves_the_work_as_it_was_and_a_new_seed_joins(two_machines, tmp_path, caplog) -> None:
+    _, one, two = two_machines
+    out = tmp_path / "merged"
+    merge_studies([one], out, weights=False)
+    before = _work(out)
+    again = merge_studies([one], out, weights=False)
+    # 2 runs, each fine-tuned and evaluated, each probed at its minimum and end, the init and filterbanks probed
+    assert again.copied == {} and again.present == {"pretrain": 2, "finetune": 2, "eval": 2, "probe": 6, "gradvar": 2}
+    assert _work(out) == before
+    grown = merge_studies([one, two], out, weights=False)
+    assert grown.copied == {"pretrain": 2, "finetune": 2, "eval": 2, "probe": 5, "gradvar": 2}
+    assert grown.seeds == [1, 2] and "4 pre-trainings" not in describe(grown, out)
+    assert "2 pre-trainings, 2 fine-tunings, 2 evaluations, 5 probes, 2 gradient noise records" in describe(grown, out)
+
+
+def test_results_that_differ_are_refused_before_anything_is_copied(two_machines, tmp_path) -> None:
+    _, one, two = two_machines
+    other = tmp_path / "machine-3"  # seed 2 again, elsewhere: one probe's result differs
+    shutil.copytree(two, other)
+    summary = other / "probe" / "4s-seed2__final" / "seed-0" / "summary.json"
+    metrics = json.loads(summary.read_text())
+    metrics["ic"]["accuracy"] += 0.01
+    summary.write_text(json.dumps(metrics))
+    out = tmp_path / "merged"
+    with pytest.raises(ValueError, match=r"1 unit\(s\) of finished work have different results in two folders .*"
+                                         r"probe/4s-seed2__final/seed-0/summary\.json \(.*machine-2 and .*machine-3\)"):
+        merge_studies([one, two, other], out)
+    assert _tree(out) == set()  # nothing copied, no study.json
+    merge_studies([one, two], out)
+    with pytest.raises(ValueError, match=r"probe/4s-seed2__final/seed-0/summary\.json \(.*machine-3 and .*merged\)"):
+        merge_studies([other], out)
+
+
+def test_studies_of_other_recipes_are_refused_and_a_grown_one_is_taken(two_machines, tmp_path) -> None:
+    _, one, two = two_machines
+
+    def edited(src: Path, name: str, edit) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(src, copy)
+        saved = json.loads((copy / "study.json").read_text())
+        edit(saved["fingerprint"])
+        (copy / "study.json").write_text(json.dumps(saved))
+        return copy
+
+    steps = edited(two, "steps", lambda fp: fp["study"].update({"steps": 5}))
+    with pytest.raises(ValueError, match=r"steps and .*machine-1 hold different studies.*differs in study\.steps"):
+        merge_studies([one, steps], tmp_path / "out")
+    assert not (tmp_path / "out" / "study.json").exists()
+    grown = edited(two, "grown", lambda fp: fp["study"].update({"probes": ["ic", "pr"]}))
+    for order in ([one, grown], [grown, one]):  # the wider recipe, whichever comes first
+        out = tmp_path / f"out-{order[0].name}"
+        merge_studies(order, out)
+        saved = json.loads((out / "study.json").read_text())
+        assert saved["fingerprint"]["study"]["probes"] == ["ic", "pr"]
+        assert sorted(saved["seeds"]) == [1, 2]
+    with pytest.raises(ValueError, match="the destination is also a source"):
+        merge_studies([one, out], out)
+    with pytest.raises(FileNotFoundError, match=r"not a study folder \(no study\.json\)"):
+        merge_studies([tmp_path / "steps" / "pretrain"], tmp_path / "out")
+
+
+def test_work_under_way_is_not_merged_and_is_named(two_machines, tmp_path) -> None:
+    _, one, _ = two_machines
+    stopped = tmp_path / "stopped"  # its 4 s run stopped after its step-2 checkpoint
+    shutil.copytree(one, stopped)
+    (stopped / "pretrain" / "4s-seed1" / "done.json").unlink()
+    out = tmp_path / "merged"
+    merged = merge_studies([stopped], out)
+    assert not (out / "pretrain" / "4s-seed1").exists() and (out / "pretrain" / "2s-seed1" / "done.json").is_file()
+    assert merged.under_way == [f"pretrain/4s-seed1 (in {stopped})"]
+    assert "not merged, not finished: pretrain/4s-seed1" in describe(merged, out)
+    merge_studies([one], out)  # the finished run, from the folder where it finished
+    assert (out / "pretrain" / "4s-seed1" / "done.json").is_file()
