@@ -91,9 +91,12 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
         over["init"] = init
     base = to_dict(PretrainConfig())
     start = over.get("init", data.get("init", SCRATCH))
+    try:  # the initial model's errors name it (init PATH: ...), not the config's sources
+        model = _init_model(str(start), resume_from) if start != SCRATCH else None
+    except (ValueError, OSError, CheckpointError) as e:  # each names the path
+        raise ConfigError(str(e)) from None
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
-        if start != SCRATCH:
-            model = _init_model(str(start), resume_from)
+        if model is not None:
             given = over.get("model_preset", data.get("model_preset"))
             if given not in (None, FROM_INIT) and preset_differs(str(given), model):
                 log.warning("model_preset=%s is not used: the model is init %s's (%d layers of %d)", given, start,
