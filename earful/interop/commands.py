@@ -75,15 +75,18 @@ def _import(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     from earful.checkpoint import load_model, weights_sha256
-    from earful.interop.features import write_features
+    from earful.interop.features import audio_sources, manifest_sources, write_features
 
+    if not args.audio and not args.manifest:
+        raise ValueError("give audio files, or --manifest M (one .npy a row, named by its id)")
+    sources = audio_sources(args.audio) + [s for m in args.manifest or [] for s in manifest_sources(m)]
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
-    written, problems = write_features(model, args.audio, args.out, checkpoint=ckpt,
+    written, problems = write_features(model, sources, args.out, checkpoint=ckpt,
                                        weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,
                                        stride_seconds=args.stride_seconds, layers=args.layers, dtype=args.dtype)
     if problems:
-        log.error("%d of %d files could not be read, no features for them: %s", len(problems), len(args.audio),
+        log.error("%d of %d inputs could not be read, no features for them: %s", len(problems), len(sources),
                   "; ".join(problems))
         return 1
     return 0
@@ -118,7 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
     p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
-    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("audio", nargs="*", help="audio files (STEM.npy each)")
+    p.add_argument("--manifest", action="append", metavar="M",
+                   help="a manifest (earful prepare / synth): ID.npy of each row, a segment of a file too; repeatable")
     p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
                    "features.json records the checkpoint; another checkpoint's is refused)")
     p.add_argument("--chunk-seconds", type=float, default=0.0,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +109,60 @@ ALL_OF = {"layers": "all", "dtype": "float32"}  # what features.json records by 
 DTYPES = ("float32", "float16")
 
 
-def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path, *, checkpoint: str | Path,
+@dataclass
+class Source:
+    """One input of ``earful features``: the stem of the .npy it makes, what features.json records it as, and how
+    its samples are read (an AudioError when they cannot be)."""
+
+    stem: str
+    record: str
+    read: Callable[[], np.ndarray]
+
+
+def audio_sources(paths: list[str]) -> list[Source]:
+    """An audio file each, named by its stem."""
+    from earful.data.audio import load_audio
+
+    return [Source(Path(p).stem, str(Path(p).resolve()), lambda p=p: load_audio(p)) for p in paths]
+
+
+def manifest_sources(manifest: str | os.PathLike) -> list[Source]:
+    """A row of ``manifest`` each (a whole file or a segment of one), named by its id and recorded as
+    ``MANIFEST#ID``; its audio checked against the row as training reads it (rate, length)."""
+    from earful.data.audio import AudioError
+    from earful.data.dataset import AudioDataset
+    from earful.data.manifest import read_manifest
+
+    utts = read_manifest(manifest)
+    bad = next((u.id for u in utts if "/" in u.id or u.id.startswith(".")), None)
+    if bad is not None:
+        raise ValueError(f"{manifest}: utterance id {bad!r} cannot name a file (it holds '/' or starts with '.'); "
+                         "give its audio files instead, or ids without them")
+    audio = AudioDataset(utts)
+
+    def read(i: int) -> np.ndarray:
+        try:
+            return audio[i].wave
+        except AudioError as e:  # the file named by the loader; the row here
+            raise AudioError(f"{manifest}: utterance {utts[i].id!r}: {e}") from None
+
+    where = Path(manifest).resolve()
+    return [Source(u.id, f"{where}#{u.id}", lambda i=i: read(i)) for i, u in enumerate(utts)]
+
+
+def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str | Path, *, checkpoint: str | Path,
                    weights_sha256: str | None, chunk_seconds: float = 0.0, stride_seconds: float | None = None,
                    layers: list[int] | None = None, dtype: str = "float32") -> tuple[list[Path], list[str]]:
-    """``STEM.npy`` of each audio file in ``out_dir``, and :data:`RECORD`: ``checkpoint`` (whose weights'
-    recorded SHA-256 is ``weights_sha256``) and the audio file of every .npy there. The record is written before
-    the first file, so an interrupted run's files are attributed too, and again at the end with the files
-    written. A file that cannot be read (or is shorter than the model's receptive field) is reported and left
-    out, as ``earful transcribe`` does: returns the files written and the problems of those left out.
-    ``chunk_seconds`` (0: whole files) and ``stride_seconds``: :func:`layer_features`'s windows. ``layers``: the
-    states kept (0 the transformer's input, ``i`` layer i's output; default all), in that order; ``dtype``:
-    float32 or float16 (half the disk). Both are recorded, and an earlier run's files of others are refused."""
-    from earful.data.audio import AudioError, load_audio
+    """``STEM.npy`` of each source (``audio_sources``, ``manifest_sources``) in ``out_dir``, and :data:`RECORD`:
+    ``checkpoint`` (whose weights' recorded SHA-256 is ``weights_sha256``) and the source of every .npy there.
+    The record is written before the first file, so an interrupted run's files are attributed too, and again at
+    the end with the files written. A source that cannot be read (or is shorter than the model's receptive field)
+    is reported and left out, as ``earful transcribe`` does: returns the files written and the problems of those
+    left out. ``chunk_seconds`` (0: whole files) and ``stride_seconds``: :func:`layer_features`'s windows.
+    ``layers``: the states kept (0 the transformer's input, ``i`` layer i's output; default all), in that order;
+    ``dtype``: float32 or float16 (half the disk). Both are recorded, and an earlier run's files of others are
+    refused."""
+    from earful.data.audio import AudioError
     from earful.eval.transcribe import window_samples
 
     chunk, stride = window_samples(model.cfg, chunk_seconds, stride_seconds)  # before any work: a bad option
@@ -129,28 +174,28 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
     if dtype not in DTYPES:
         raise ValueError(f"dtype (--dtype) = {dtype!r}: expected one of {', '.join(DTYPES)}")
 
-    stems: dict[str, str] = {}
-    for path in audio:  # before any work: two inputs would write one file
-        stem = Path(path).stem
-        if stem in stems:
-            raise ValueError(f"{path}: shares the stem {stem!r} with {stems[stem]}; their .npy files would collide")
-        stems[stem] = path
+    stems: dict[str, Source] = {}
+    for src in sources:  # before any work: two inputs would write one file
+        if src.stem in stems:
+            raise ValueError(f"{src.record}: shares the stem {src.stem!r} with {stems[src.stem].record}; their .npy "
+                             "files would collide")
+        stems[src.stem] = src
     out = Path(out_dir)
     record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256,
                               "layers": list(layers) if layers is not None else "all", "dtype": dtype}
     earlier = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
     files = dict(earlier)
-    files.update({f"{stem}.npy": str(Path(path).resolve()) for stem, path in stems.items()})  # as the checkpoint
+    files.update({f"{stem}.npy": src.record for stem, src in stems.items()})
     atomic_write_json(out / RECORD, {**record, "files": files})
     written, problems = [], []
-    for stem, path in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
+    for stem, src in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
         target = out / f"{stem}.npy"
         try:
-            wave = load_audio(path)
+            wave = src.read()
             if not chunk and len(wave) > LONG_SECONDS * SAMPLE_RATE:
                 log.warning("%s: %.0f s in one window (attention's memory grows with its square); --chunk-seconds "
-                            "30 takes it in overlapping windows", path, len(wave) / SAMPLE_RATE)
+                            "30 takes it in overlapping windows", src.record, len(wave) / SAMPLE_RATE)
             feats = layer_features(model, wave, chunk, stride)  # (layers + 1, frames, dim)
             feats = (feats if layers is None else feats[layers]).astype(dtype)
         except AudioError as e:
@@ -163,7 +208,7 @@ def write_features(model: torch.nn.Module, audio: list[str], out_dir: str | Path
             continue
         atomic_save_npy(target, feats)  # whole or absent, as every file earful writes
         written.append(target)
-        log.debug("%s -> %s %s", path, target, feats.shape)
+        log.debug("%s -> %s %s", src.record, target, feats.shape)
     if problems:
         atomic_write_json(out / RECORD, {**record, "files": files})
     log.info("wrote %d of %d feature files to %s (%s: of %s)", len(written), len(stems), out, RECORD, checkpoint)
