@@ -75,11 +75,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     from earful.checkpoint import load_model, weights_sha256
-    from earful.interop.features import audio_sources, manifest_sources, write_features
+    from earful.interop.features import sources_of, write_features
 
-    if not args.audio and not args.manifest:
-        raise ValueError("give audio files, or --manifest M (one .npy a row, named by its id)")
-    sources = audio_sources(args.audio) + [s for m in args.manifest or [] for s in manifest_sources(m)]
+    sources = sources_of(args.inputs)
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     written, problems = write_features(model, sources, args.out, checkpoint=ckpt,
@@ -121,9 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
     p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
-    p.add_argument("audio", nargs="*", help="audio files (STEM.npy each)")
-    p.add_argument("--manifest", action="append", metavar="M",
-                   help="a manifest (earful prepare / synth): ID.npy of each row, a segment of a file too; repeatable")
+    p.add_argument("inputs", nargs="+", metavar="AUDIO|MANIFEST",
+                   help="audio files (STEM.npy each) and manifests (.jsonl, as `earful prepare` writes: ID.npy a row, "
+                   "a segment of a file too)")
     p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
                    "features.json records the checkpoint; another checkpoint's is refused)")
     p.add_argument("--chunk-seconds", type=float, default=0.0,

@@ -150,6 +150,16 @@ def manifest_sources(manifest: str | os.PathLike) -> list[Source]:
     return [Source(u.id, f"{where}#{u.id}", lambda i=i: read(i)) for i, u in enumerate(utts)]
 
 
+MANIFEST_SUFFIX = ".jsonl"  # an input of ``earful features`` named so is a manifest, not an audio file
+
+
+def sources_of(inputs: list[str]) -> list[Source]:
+    """The sources of ``earful features``' inputs, in order: a manifest (:data:`MANIFEST_SUFFIX`) a row each,
+    any other path an audio file."""
+    return [s for path in inputs for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX)
+                                           else audio_sources([path]))]
+
+
 def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str | Path, *, checkpoint: str | Path,
                    weights_sha256: str | None, chunk_seconds: float = 0.0, stride_seconds: float | None = None,
                    layers: list[int] | None = None, dtype: str = "float32") -> tuple[list[Path], list[str]]:

@@ -527,9 +527,9 @@ def test_features_of_chosen_layers_in_half_precision(tmp_path, caplog) -> None:
 
 def test_features_of_a_manifest_one_file_a_row_named_by_its_id(tmp_path, caplog) -> None:
     """`earful features` took audio files only: a corpus's manifest (segments of long files, as `earful prepare`
-    writes them) had to be cut into files first. ``--manifest M`` gives ID.npy a row, what the row's audio alone
-    gives; features.json records each as MANIFEST#ID; a row whose audio cannot be read is named with its manifest
-    and id, and left out."""
+    writes them) had to be cut into files first. A manifest (.jsonl) among the inputs gives ID.npy a row, what the
+    row's audio alone gives; features.json records each as MANIFEST#ID; a row whose audio cannot be read is named
+    with its manifest and id, and left out."""
     from earful.data.manifest import Utterance, write_manifest
 
     save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
@@ -542,8 +542,8 @@ def test_features_of_a_manifest_one_file_a_row_named_by_its_id(tmp_path, caplog)
             Utterance("wrong-length", str(tmp_path / "segment.wav"), 9000, 16000, "s1")]
     write_manifest(rows, tmp_path / "m.jsonl")
     feats = tmp_path / "feats"
-    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "segment.wav"), "--manifest",
-                 str(tmp_path / "m.jsonl"), "--out", str(feats)]) == 1
+    assert main(["features", str(tmp_path / "ckpt"), "--out", str(feats), str(tmp_path / "m.jsonl"),
+                 str(tmp_path / "segment.wav")]) == 1
     assert sorted(p.name for p in feats.iterdir()) == ["features.json", "part.npy", "segment.npy", "whole.npy"]
     assert np.array_equal(np.load(feats / "part.npy"), np.load(feats / "segment.npy"))
     assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "long.wav"), "--out", str(tmp_path / "file")]) == 0
@@ -552,11 +552,9 @@ def test_features_of_a_manifest_one_file_a_row_named_by_its_id(tmp_path, caplog)
     assert files == {"whole.npy": f"{tmp_path / 'm.jsonl'}#whole", "part.npy": f"{tmp_path / 'm.jsonl'}#part",
                      "segment.npy": str(tmp_path / "segment.wav")}
     assert f"{tmp_path / 'm.jsonl'}: utterance 'wrong-length': " in caplog.text
-    # an id that cannot name a file, and no input at all: refused before any work
+    # an id that cannot name a file: refused before any work
     write_manifest([Utterance("spk/utt", str(tmp_path / "long.wav"), 24000, 16000, "s1")], tmp_path / "slash.jsonl")
     caplog.clear()
-    assert main(["features", str(tmp_path / "ckpt"), "--manifest", str(tmp_path / "slash.jsonl"),
-                 "--out", str(tmp_path / "slash")]) == 2
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "slash.jsonl"), "--out",
+                 str(tmp_path / "slash")]) == 2
     assert "utterance id 'spk/utt' cannot name a file" in caplog.text and not (tmp_path / "slash").exists()
-    assert main(["features", str(tmp_path / "ckpt"), "--out", str(tmp_path / "none")]) == 2
-    assert "give audio files, or --manifest M" in caplog.text
