@@ -194,16 +194,21 @@ def _entries_of_before(old: dict[str, Any], plan_grid: Callable[[list[Any]], dic
     return entries if all(entry[k] == v for k, v in recorded.items()) else None
 
 
+RUN_ADVICE = "use another --out, or remove the folder to start over"  # what a study run refused a folder can do
+
+
 def check_same_recipe(out: Path, fingerprint: dict[str, Any],
                       file_digests: Callable[[], dict[str, str]] | None = None,
-                      plan_grid: Callable[[list[Any]], dict[str, Any]] | None = None) -> None:
+                      plan_grid: Callable[[list[Any]], dict[str, Any]] | None = None,
+                      advice: str = RUN_ADVICE) -> None:
     """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
     compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
     or go. A study.json written before entries were fingerprinted compares the grid as a whole. The lists of
     ``MAY_GROW`` may gain items. A folder in which nothing was trained or measured takes any recipe.
     ``file_digests`` (``manifest_digests(..., file_bytes=True)``): the manifests' digests as study folders of
     earlier versions recorded them, accepted as the same manifests. ``plan_grid`` (a grid list → its grid part,
-    ``grid_fingerprint``): lets a study.json written before entries were fingerprinted grow its grid too."""
+    ``grid_fingerprint``): lets a study.json written before entries were fingerprinted grow its grid too. ``advice``:
+    what the refusal ends with (a study run's; a merge's is its own)."""
     p = out / "study.json"
     if not p.exists():
         return
@@ -252,6 +257,6 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
         why.append("a manifest's rows changed (its audio paths aside: a moved corpus is the same; a study.json of "
                    "an earlier version recorded the files' bytes, which other paths alone change too): the corpus "
                    "was rebuilt or prepared again")
+    end = f"; {advice}" if advice else ""
     raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
-                     f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}; use another --out, or "
-                     "remove the folder to start over")
+                     f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}{end}")

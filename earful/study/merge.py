@@ -5,10 +5,13 @@ of GB of checkpoints, its results a few MB).
 A study folder's finished work comes in units, each marked finished by one record file
 (``stages.finished_records``): a pre-training or fine-tuning run (``done.json``), an evaluation, one probe seed of
 an upstream (``summary.json``), a gradient noise record. A unit is copied whole, into a temporary folder and then
-renamed into place; a unit the destination holds with the same record is left as it is. Two folders holding one
-unit with different records (the same seed run on two machines: their kernels differ) are refused before
-anything is copied, naming both: which result stands is the user's choice. Work under way is not merged (a study
-run on the destination starts it over, which gives the same result).
+renamed into place. Units are compared by their results (``_result``: a run by its checkpoints' weights, as its
+done.json records its plan; the others by their numbers, less the paths they record): the destination keeps a
+unit it holds alike, takes one grown elsewhere (a probe task or a test split added to it) or one with the weights
+it lacks. Two folders holding one unit with different results (the same seed run on two machines: their kernels
+differ) are refused before anything is copied, naming both: which result stands is the user's choice. Work under
+way is not merged (a study run on the destination starts it over, which gives the same result), nor is a run
+folder replaced that a trainer still holds.
 
 Every folder must hold the same study: each study.json's recipe fingerprint must be the others' or grow it as
 ``earful study run`` lets a study grow (``fingerprint.check_same_recipe``: grid entries, probe tasks, label sets
@@ -32,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_json, replace_folder
-from earful.checkpoint import LEFT_OUT_FILE
-from earful.lock import hold_folder
+from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
+from earful.lock import FolderBusy, hold_folder
 from earful.study.fingerprint import check_same_recipe, comparable
 from earful.study.stages import finished_records, runs_under_way
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 STAGES = {"pretrain": "pre-trainings", "finetune": "fine-tunings", "eval": "evaluations", "probe": "probes",
           "gradvar": "gradient noise records"}
 NOT_COPIED = (".lock", ".tmp-", ".merge-")  # a folder's lock, temporary files and folders of a write under way
+WHERE = ("checkpoint",)  # what a record says of where its study folder was, not of its result
 
 
 @dataclass
@@ -72,23 +76,24 @@ def read_study_json(folder: Path) -> dict[str, Any]:
 
 def widest_study(folders: list[Path]) -> dict[str, Any]:
     """The study.json of ``folders`` whose recipe every other one's grows into, with every folder's seeds and
-    probe seeds; a ValueError naming two folders of different recipes (``check_same_recipe``'s reasons)."""
+    probe seeds (sorted, as one folder of them all would list them); a ValueError naming two folders of which
+    neither recipe grows the other (``check_same_recipe``'s reasons)."""
     widest, saved = folders[0], read_study_json(folders[0])
-    seeds, probe_seeds = list(saved.get("seeds") or []), list(saved.get("probe_seeds") or [])
+    seeds, probe_seeds = set(saved.get("seeds") or []), set(saved.get("probe_seeds") or [])
     for folder in folders[1:]:
         other = read_study_json(folder)
         try:  # the other grows the widest so far (or is the same recipe): it is the widest
-            check_same_recipe(widest, comparable(other["fingerprint"]))
+            check_same_recipe(widest, comparable(other["fingerprint"]), advice="")
             widest, saved = folder, other
         except ValueError as grows_not:
             try:  # the widest so far grows the other
-                check_same_recipe(folder, comparable(saved["fingerprint"]))
+                check_same_recipe(folder, comparable(saved["fingerprint"]), advice="")
             except ValueError:
-                raise ValueError(f"{folder} and {widest} hold different studies, which cannot be merged: "
-                                 f"{grows_not}") from None
-        seeds += [s for s in other.get("seeds") or [] if s not in seeds]
-        probe_seeds += [s for s in other.get("probe_seeds") or [] if s not in probe_seeds]
-    return {**saved, "seeds": seeds, "probe_seeds": probe_seeds}
+                raise ValueError(f"{folder} and {widest} hold different studies (neither recipe grows the other), "
+                                 f"which cannot be merged: {grows_not}") from None
+        seeds |= set(other.get("seeds") or [])
+        probe_seeds |= set(other.get("probe_seeds") or [])
+    return {**saved, "seeds": sorted(seeds), "probe_seeds": sorted(probe_seeds)}
 
 
 def _unit(record: Path) -> Path:
@@ -102,6 +107,41 @@ def _record(path: Path) -> Any:
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: unreadable ({e}); remove its folder from the study folder (its work is then "
                          "done again) or repair it") from None
+
+
+def _result(folder: Path, rel: Path) -> Any:
+    """What unit ``rel`` of study folder ``folder`` holds, as compared between folders: its record less the paths it
+    names (the same result in a folder of another name is the same), and for a run the SHA-256 of each of its
+    checkpoints' weights (its done.json records its plan, not its result; kept by ``--without-weights`` too)."""
+    value = _record(folder / rel)
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in WHERE}
+    if rel.name != "done.json":
+        return value
+    weights = {p.parent.name: weights_sha256(_record(p)) for p in sorted((folder / rel.parent / "checkpoints").glob(
+        "[!.]*/model.json"))}
+    return {"done": value, "weights": weights}
+
+
+def _grows(wide: Any, narrow: Any) -> bool:
+    """``wide`` holds every result ``narrow`` does: the same unit, grown (probe tasks, test splits added)."""
+    if isinstance(wide, dict) and isinstance(narrow, dict):
+        return all(k in wide and _grows(wide[k], v) for k, v in narrow.items())
+    return bool(wide == narrow)
+
+
+def _without_weights(unit: Path) -> bool:
+    return unit.is_dir() and any(unit.glob(f"checkpoints/*/{LEFT_OUT_FILE}"))
+
+
+def _clean_stale(out: Path) -> None:
+    """The temporary copies a killed merge into ``out`` left (the lock is held: no merge is under way)."""
+    for stage in STAGES:
+        for left in (out / stage).glob(".merge-*") if (out / stage).is_dir() else ():
+            if left.is_dir() and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
 
 
 def _copy_unit(src: Path, dest: Path, weights: bool, merged: Merged) -> None:
@@ -148,31 +188,48 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
     with hold_folder(out, "earful study"):
         study = widest_study([out, *srcs] if (out / "study.json").exists() else srcs)
         merged = Merged(seeds=study["seeds"])
-        todo: dict[Path, tuple[Path, Any]] = {}  # unit (relative) → (its source folder, its record)
+        _clean_stale(out)
+        holders: dict[Path, list[Path]] = {}  # unit (by its record, relative) → the folders that finished it
+        for folder in [out, *srcs]:
+            for record in finished_records(folder):
+                holders.setdefault(record.relative_to(folder), []).append(folder)
+        todo: dict[Path, Path] = {}  # unit → the source folder it is copied from
         differ = []
+        for rel, folders in holders.items():
+            best, result = folders[0], _result(folders[0], rel)
+            for folder in folders[1:]:
+                other = _result(folder, rel)
+                if _grows(other, result) and (other != result or weights and _without_weights(best / _unit(rel))
+                                              and not _without_weights(folder / _unit(rel))):
+                    best, result = folder, other  # grown (probe tasks, test splits added), or with its weights
+                elif not _grows(result, other):
+                    differ.append(f"{rel} ({best} and {folder})")
+                    break
+            if best != out:
+                todo[rel] = best
+            elif len(folders) > 1:
+                merged.present[rel.parts[0]] = merged.present.get(rel.parts[0], 0) + 1
         for src in srcs:
-            for record in finished_records(src):
-                rel, value = record.relative_to(src), _record(record)
-                stage = rel.parts[0]
-                if (out / rel).exists():
-                    if _record(out / rel) != value:
-                        differ.append(f"{rel} ({src} and {out})")
-                    else:
-                        merged.present[stage] = merged.present.get(stage, 0) + 1
-                elif rel in todo:
-                    if todo[rel][1] != value:
-                        differ.append(f"{rel} ({todo[rel][0]} and {src})")
-                else:
-                    todo[rel] = (src, value)
             merged.under_way += [f"{rdir.relative_to(src)} (in {src})" for rdir in runs_under_way(src)]
         if differ:
             raise ValueError(f"{len(differ)} unit(s) of finished work have different results in two folders (the "
-                             f"same run on two machines?): {'; '.join(differ[:5])}{' …' if len(differ) > 5 else ''}; "
-                             "remove one of each from its folder (rm -r), choosing which result stands, and merge "
-                             "again")
-        for rel, (src, _) in todo.items():
-            _copy_unit(src / _unit(rel), out / _unit(rel), weights, merged)
-            merged.copied[rel.parts[0]] = merged.copied.get(rel.parts[0], 0) + 1
+                             "same run on two machines?): " + "; ".join(differ) + "; remove one of each from its "
+                             "folder (rm -r), choosing which result stands, and merge again")
+        held = []  # a run folder a trainer still works in (a Slurm job of a study process that died) is not replaced
+        try:
+            for rel in todo:
+                if (out / _unit(rel)).is_dir():
+                    held.append(hold_folder(out / _unit(rel), "earful run"))
+            for rel, src in todo.items():
+                # a unit the destination holds with its weights keeps them where the source has them (grown)
+                keep = weights or ((out / rel).exists() and not _without_weights(out / _unit(rel)))
+                _copy_unit(src / _unit(rel), out / _unit(rel), keep, merged)
+                merged.copied[rel.parts[0]] = merged.copied.get(rel.parts[0], 0) + 1
+        except FolderBusy as e:
+            raise FolderBusy(f"{e}; nothing was merged") from None
+        finally:
+            for f in held:
+                f.close()
         atomic_write_json(out / "study.json", study)
     return merged
 

@@ -149,15 +149,16 @@ def finished_records(out: Path) -> list[Path]:
     """The file that marks each finished unit of work in study folder ``out`` as finished, its result (a unit is
     the record's folder, a gradient noise record itself): pre-training and fine-tuning runs (``done.json``),
     evaluations and probes, one probe seed each (``summary.json``), gradient noise records."""
-    return [*(done for stage in ("pretrain", "finetune") for done in sorted((out / stage).glob("*/done.json"))),
-            *sorted((out / "eval").glob("*/summary.json")), *sorted((out / "probe").glob("*/seed-*/summary.json")),
-            *sorted((out / "gradvar").glob("*.json"))]
+    # "[!.]*": not a temporary copy (a merge's .merge-*, killed before it renamed it into place)
+    return [*(done for stage in ("pretrain", "finetune") for done in sorted((out / stage).glob("[!.]*/done.json"))),
+            *sorted((out / "eval").glob("[!.]*/summary.json")),
+            *sorted((out / "probe").glob("[!.]*/seed-*/summary.json")), *sorted((out / "gradvar").glob("[!.]*.json"))]
 
 
 def runs_under_way(out: Path) -> list[Path]:
     """The pre-training and fine-tuning runs of study folder ``out`` that have a checkpoint (but ``init``, which a
     fresh start writes again) and are not finished."""
-    return [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("*"))
+    return [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("[!.]*"))
             if rdir.is_dir() and not (rdir / "done.json").exists() and RunDir(rdir).checkpoints()]
 
 

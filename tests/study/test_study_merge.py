@@ -135,8 +135,34 @@ def test_results_that_differ_are_refused_before_anything_is_copied(two_machines,
         merge_studies([one, two, other], out)
     assert _tree(out) == set()  # nothing copied, no study.json
     merge_studies([one, two], out)
-    with pytest.raises(ValueError, match=r"probe/4s-seed2__final/seed-0/summary\.json \(.*machine-3 and .*merged\)"):
+    with pytest.raises(ValueError, match=r"probe/4s-seed2__final/seed-0/summary\.json \(.*merged and .*machine-3\)"):
         merge_studies([other], out)
+    elsewhere = tmp_path / "elsewhere"  # the same results in a folder of another name (they record their paths)
+    shutil.copytree(two, elsewhere)
+    summary = elsewhere / "eval" / "4s-seed2__final__10h" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "checkpoint": "elsewhere/its/checkpoint"}))
+    assert merge_studies([elsewhere], out).copied == {}
+
+
+def test_a_run_folder_a_trainer_still_holds_is_not_replaced(two_machines, tmp_path) -> None:
+    """A Slurm job of a study process that died trains on, holding its run folder's lock alone: a merge that
+    would replace the folder (its run finished elsewhere) is refused, nothing copied."""
+    from earful.lock import FolderBusy, hold_folder
+
+    _, one, _ = two_machines
+    out = tmp_path / "merged"
+    (out / "pretrain" / "4s-seed1").mkdir(parents=True)
+    shutil.copy(one / "study.json", out / "study.json")
+    lock = hold_folder(out / "pretrain" / "4s-seed1", "earful run")
+    try:
+        with pytest.raises(FolderBusy, match=r"4s-seed1: another earful run is running in this folder .*; nothing "
+                                             r"was merged"):
+            merge_studies([one], out)
+    finally:
+        lock.close()
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["4s-seed1"]
+    assert not any((out / "pretrain" / "4s-seed1").iterdir()) or list((out / "pretrain" / "4s-seed1").iterdir()) == [
+        out / "pretrain" / "4s-seed1" / ".lock"]
 
 
 def test_studies_of_other_recipes_are_refused_and_a_grown_one_is_taken(two_machines, tmp_path) -> None:
@@ -151,8 +177,9 @@ def test_studies_of_other_recipes_are_refused_and_a_grown_one_is_taken(two_machi
         return copy
 
     steps = edited(two, "steps", lambda fp: fp["study"].update({"steps": 5}))
-    with pytest.raises(ValueError, match=r"steps and .*machine-1 hold different studies.*differs in study\.steps"):
+    with pytest.raises(ValueError, match=r"steps and .*machine-1 hold different studies.*differs in study\.steps") as e:
         merge_studies([one, steps], tmp_path / "out")
+    assert "remove the folder" not in str(e.value)  # a study run's advice: here it would name a source
     assert not (tmp_path / "out" / "study.json").exists()
     grown = edited(two, "grown", lambda fp: fp["study"].update({"probes": ["ic", "pr"]}))
     for order in ([one, grown], [grown, one]):  # the wider recipe, whichever comes first
@@ -179,3 +206,36 @@ def test_work_under_way_is_not_merged_and_is_named(two_machines, tmp_path) -> No
     assert "not merged, not finished: pretrain/4s-seed1" in describe(merged, out)
     merge_studies([one], out)  # the finished run, from the folder where it finished
     assert (out / "pretrain" / "4s-seed1" / "done.json").is_file()
+
+
+def test_runs_of_other_weights_are_refused_and_a_grown_unit_or_its_weights_are_taken(two_machines, tmp_path) -> None:
+    _, one, _ = two_machines
+    other = tmp_path / "other-machine"  # seed 1 again: its done.json is the same, its weights are not
+    shutil.copytree(one, other)
+    model = other / "pretrain" / "2s-seed1" / "checkpoints" / "step-0000004" / "model.json"
+    info = json.loads(model.read_text())
+    info["files"]["model.safetensors"]["sha256"] = "0" * 64
+    model.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"pretrain/2s-seed1/done\.json"):
+        merge_studies([one, other], tmp_path / "mixed")
+    out = tmp_path / "merged"
+    merge_studies([one], out, weights=False)
+    grown = tmp_path / "grown"  # a probe task added to a probe seed's summary
+    shutil.copytree(one, grown)
+    summary = grown / "probe" / "fbank" / "seed-0" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "pr": {"per": 0.5}}))
+    again = merge_studies([grown], out)  # the grown unit, and the weights the destination lacked
+    assert set(json.loads((out / "probe" / "fbank" / "seed-0" / "summary.json").read_text())) == {"ic", "pr"}
+    assert again.copied["probe"] == 1 and again.copied["pretrain"] == 2
+    assert not list(out.rglob(LEFT_OUT_FILE))
+
+
+def test_a_killed_merge_leaves_nothing_that_counts_as_work(two_machines, tmp_path) -> None:
+    _, one, _ = two_machines
+    out = tmp_path / "merged"
+    merge_studies([one], out)
+    stale = out / "finetune" / ".merge-99999-2s-seed1__final__10h"  # a copy killed before its rename
+    shutil.copytree(one / "finetune" / "2s-seed1__final__10h", stale)
+    assert not merge_studies([out], tmp_path / "again").copied.get("finetune", 0) > 2
+    merge_studies([one], out)
+    assert not stale.exists()
