@@ -296,6 +296,7 @@ def build_report(out_dir: str | Path) -> Path:
                  "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "
                  "difference. Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
                  ""] + findings(ft, runs, study, main_split, "wer") + findings(ft, runs, study, main_split, "cer")
+    text += machines_section(out, every_run)
     text += ["## Plots", "",
              "Error bars and bands: ±1 standard error of the mean over seeds. Validation curves are plotted "
              "against padded hours (the audio fed), probes against nominal hours (batch × steps, the design's), "
@@ -305,6 +306,31 @@ def build_report(out_dir: str | Path) -> Path:
     atomic_write_lines(path, text)
     log.info("report: %s", path)
     return path
+
+
+def machines_section(out: Path, every_run: dict[str, Any]) -> list[str]:
+    """Where the pre-training runs trained (each run's machines.jsonl): one line when one kind of machine trained
+    them all, else a table of machines and runs, as another CPU or GPU gives other bits."""
+    from earful.train.machine import machines_of
+
+    where: dict[str, list[str]] = {}
+    for name in every_run:
+        seen = {f"{m.get('cpu')}, {m.get('device')}, torch {m.get('torch')}"
+                for m in machines_of(out / "pretrain" / name)} or {"not recorded (an earlier earful)"}
+        for machine in sorted(seen):
+            where.setdefault(machine, []).append(name)
+    if not where:
+        return []
+    if len(where) == 1:
+        machine, names = next(iter(where.items()))
+        return ["## Where the runs trained", "", f"All {len(names)} pre-training runs on one kind of machine: "
+                f"{machine} (each run's machines.jsonl).", ""]
+    return ["## Where the runs trained", "",
+            f"The pre-training runs trained on {len(where)} kinds of machine (each run's machines.jsonl; a run "
+            "resumed elsewhere is under each). Another CPU or GPU gives other bits, so runs compared across "
+            "machines differ by machine as well as by seed.", "",
+            "| machine (CPU, device, torch) | runs |", "|---|---|",
+            *(f"| {machine} | {', '.join(names)} |" for machine, names in where.items()), ""]
 
 
 def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes: list[dict[str, Any]],

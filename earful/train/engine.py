@@ -41,6 +41,7 @@ from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
+from earful.train.machine import record_machine
 from earful.train.memory import auto_device_seconds
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.recipe import (
@@ -211,12 +212,14 @@ class Trainer:
                 self.run.prepare()
                 if latest is None:
                     start_history(self.run.root, cfg, self.d.world_size)
+                    record_machine(self.run.root, 0, self.d.device, self.d.world_size)
         D.barrier(self.d)
         if latest is not None:
             self._resume(latest, segment)
             if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):
                     record_resume(self.run.root, cfg, self.step, segment)
+                    record_machine(self.run.root, self.step, self.d.device, self.d.world_size)
                     self._drop_discarded(latest)
             D.barrier(self.d)
         # resumed from the checkpoint of the stop after max_nan_steps

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from earful.checkpoint import LEFT_OUT_FILE
 from earful.cli import main
@@ -239,3 +240,23 @@ def test_a_killed_merge_leaves_nothing_that_counts_as_work(two_machines, tmp_pat
     assert not merge_studies([out], tmp_path / "again").copied.get("finetune", 0) > 2
     merge_studies([one], out)
     assert not stale.exists()
+
+
+def test_the_report_says_where_the_runs_trained(two_machines, tmp_path) -> None:
+    """Another CPU gives other bits: a study merged from two kinds of machine says which runs trained where."""
+    from earful.study.report import build_report
+    from earful.train.machine import cpu_model
+
+    study, one, two = two_machines
+    out = tmp_path / "merged"
+    merge_studies([one, two], out, weights=False)
+    run_study(load_study(study, ["seeds=[1, 2]"]), out)
+    text = (out / "report" / "report.md").read_text()
+    assert f"All 4 pre-training runs on one kind of machine: {cpu_model()}, cpu, torch " in text
+    machines = out / "pretrain" / "4s-seed2" / "machines.jsonl"
+    machines.write_text(machines.read_text().replace(json.dumps(cpu_model()), '"Other CPU"'))
+    text = build_report(out).read_text()
+    assert "The pre-training runs trained on 2 kinds of machine" in text
+    torch_version = torch.__version__
+    assert f"| {cpu_model()}, cpu, torch {torch_version} | 2s-seed1, 4s-seed1, 2s-seed2 |" in text
+    assert f"| Other CPU, cpu, torch {torch_version} | 4s-seed2 |" in text
