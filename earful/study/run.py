@@ -237,7 +237,7 @@ def left_out(study: StudyConfig, runs: list[PlannedRun], out: Path) -> list[str]
     """The finished work in study folder ``out`` that this plan leaves out (a rerun with fewer seeds or probe
     seeds): its pre-training runs by name, then its probe seeds."""
     planned = {r.name for r in runs}
-    names = [p.parent.name for p in sorted((out / "pretrain").glob("*/done.json")) if p.parent.name not in planned]
+    names = [p.parent.name for p in sorted((out / "pretrain").glob("[!.]*/done.json")) if p.parent.name not in planned]
     probe_seeds = {int(p.parent.name.removeprefix("seed-")) for p in (out / "probe").glob("*/seed-*/summary.json")}
     return names + [f"probe seed {k}" for k in sorted(probe_seeds - set(study.probe_seeds))]
 
