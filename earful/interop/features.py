@@ -77,7 +77,7 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
     the files a run set out to write (it is written first): those not there (a run that failed) are not held."""
     path = out / RECORD
     if not path.is_file():
-        stray = sorted(p.name for p in out.glob("*.npy")) if out.is_dir() else []
+        stray = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) if out.is_dir() else []
         if stray:
             raise ValueError(f"{out}: holds {len(stray)} .npy file(s) ({', '.join(stray[:3])}) and no {RECORD} to "
                              f"say which checkpoint they are of, which these ({record['checkpoint']}) would mix with; "
@@ -134,10 +134,10 @@ def manifest_sources(manifest: str | os.PathLike) -> list[Source]:
     from earful.data.manifest import read_manifest
 
     utts = read_manifest(manifest)
-    bad = next((u.id for u in utts if "/" in u.id or u.id.startswith(".")), None)
+    bad = next(((u.id, why) for u in utts if (why := _unfit_id(u.id))), None)
     if bad is not None:
-        raise ValueError(f"{manifest}: utterance id {bad!r} cannot name a file (it holds '/' or starts with '.'); "
-                         "give its audio files instead, or ids without them")
+        raise ValueError(f"{manifest}: utterance id {bad[0]!r} cannot name a file ({bad[1]}); give its audio files "
+                         "instead, or other ids")
     audio = AudioDataset(utts)
 
     def read(i: int) -> np.ndarray:
@@ -148,6 +148,22 @@ def manifest_sources(manifest: str | os.PathLike) -> list[Source]:
 
     where = Path(manifest).resolve()
     return [Source(u.id, f"{where}#{u.id}", lambda i=i: read(i)) for i, u in enumerate(utts)]
+
+
+NAME_MAX = 255 - len(".npy") - 16  # bytes of a file name, less .npy and the temporary copy's ``.NAME.XXXXXXXX.tmp``
+
+
+def _unfit_id(uid: str) -> str | None:
+    """Why utterance id ``uid`` cannot name ``ID.npy`` under --out (None: it can). A '/' makes subfolders, as
+    `earful prepare` writes ids (``SPEAKER/BOOK/FILE-0003`` of Libri-light, a plain folder's ``SPEAKER/FILE``)."""
+    parts = uid.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        return "an empty part, or one that starts with '.'"
+    if "\0" in uid:
+        return "a NUL character"
+    if any(len(part.encode()) > NAME_MAX for part in parts):
+        return f"a part longer than {NAME_MAX} bytes"
+    return None
 
 
 MANIFEST_SUFFIX = ".jsonl"  # an input of ``earful features`` named so is a manifest, not an audio file
@@ -199,26 +215,41 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
     files.update({f"{stem}.npy": src.record for stem, src in stems.items()})
     atomic_write_json(out / RECORD, {**record, "files": files})
     written, problems = [], []
-    for stem, src in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
-        target = out / f"{stem}.npy"
-        try:
-            wave = src.read()
-            if not chunk and len(wave) > LONG_SECONDS * SAMPLE_RATE:
-                log.warning("%s: %.0f s in one window (attention's memory grows with its square); --chunk-seconds "
-                            "30 takes it in overlapping windows", src.record, len(wave) / SAMPLE_RATE)
-            feats = layer_features(model, wave, chunk, stride)  # (layers + 1, frames, dim)
-            feats = (feats if layers is None else feats[layers]).astype(dtype)
-        except AudioError as e:
-            log.error("%s", e)
-            problems.append(str(e))
-            if target.name in earlier:  # an earlier run's file of the same name stays, as it recorded it
-                files[target.name] = earlier[target.name]
-            else:
-                del files[target.name]
-            continue
-        atomic_save_npy(target, feats)  # whole or absent, as every file earful writes
-        written.append(target)
-        log.debug("%s -> %s %s", src.record, target, feats.shape)
+
+    def as_before(stem: str) -> None:  # the record of ``stem``'s file as the earlier run left it (or none)
+        name = f"{stem}.npy"  # the key of features.json (with the id's subfolders)
+        if name in earlier:
+            files[name] = earlier[name]
+        else:
+            files.pop(name, None)
+
+    todo = dict(stems)  # not yet written or left out
+    try:
+        for stem, src in tqdm(stems.items(), desc="features", unit="file", disable=len(stems) < 2):
+            target = out / f"{stem}.npy"
+            try:
+                wave = src.read()
+                if not chunk and len(wave) > LONG_SECONDS * SAMPLE_RATE:
+                    log.warning("%s: %.0f s in one window (attention's memory grows with its square); "
+                                "--chunk-seconds 30 takes it in overlapping windows", src.record,
+                                len(wave) / SAMPLE_RATE)
+                feats = layer_features(model, wave, chunk, stride)  # (layers + 1, frames, dim)
+                feats = (feats if layers is None else feats[layers]).astype(dtype)
+            except AudioError as e:  # left out; an earlier run's file of the same name stays, as it recorded it
+                log.error("%s", e)
+                problems.append(str(e))
+                as_before(stem)
+                del todo[stem]
+                continue
+            atomic_save_npy(target, feats)  # whole or absent, as every file earful writes
+            del todo[stem]
+            written.append(target)
+            log.debug("%s -> %s %s", src.record, target, feats.shape)
+    except BaseException:  # stopped part-way (Ctrl-C, an error): the files not rewritten are recorded as they are
+        for stem in todo:
+            as_before(stem)
+        atomic_write_json(out / RECORD, {**record, "files": files})
+        raise
     if problems:
         atomic_write_json(out / RECORD, {**record, "files": files})
     log.info("wrote %d of %d feature files to %s (%s: of %s)", len(written), len(stems), out, RECORD, checkpoint)

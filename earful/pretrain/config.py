@@ -93,8 +93,9 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     start = over.get("init", data.get("init", SCRATCH))
     try:  # the initial model's errors name it (init PATH: ...), not the config's sources
         model = _init_model(str(start), resume_from) if start != SCRATCH else None
-    except (ValueError, OSError, CheckpointError) as e:  # each names the path
-        raise ConfigError(str(e)) from None
+    except (ValueError, OSError, CheckpointError) as e:  # each names the path; and where init was set, but --init
+        given_in = None if init is not None else overrides_from if "init" in over else path
+        raise ConfigError(f"{given_in}: {e}" if given_in is not None else str(e)) from None
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
         if model is not None:
             given = over.get("model_preset", data.get("model_preset"))

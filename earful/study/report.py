@@ -310,27 +310,38 @@ def build_report(out_dir: str | Path) -> Path:
 
 def machines_section(out: Path, every_run: dict[str, Any]) -> list[str]:
     """Where the pre-training runs trained (each run's machines.jsonl): one line when one kind of machine trained
-    them all, else a table of machines and runs, as another CPU or GPU gives other bits."""
+    them all, else a table of machines and runs, as another CPU or GPU gives other bits. Runs of an earful before
+    machines.jsonl are named apart: not a kind of machine."""
     from earful.train.machine import machines_of
 
     where: dict[str, list[str]] = {}
+    unknown: list[str] = []
     for name in every_run:
         seen = {f"{m.get('cpu')}, {m.get('device')}, torch {m.get('torch')}"
-                for m in machines_of(out / "pretrain" / name)} or {"not recorded (an earlier earful)"}
+                for m in machines_of(out / "pretrain" / name)}
+        if not seen:
+            unknown.append(name)
         for machine in sorted(seen):
             where.setdefault(machine, []).append(name)
-    if not where:
+    if not where and not unknown:
         return []
+    head = ["## Where the runs trained", ""]
+    if not where:
+        return [*head, f"None of the {len(unknown)} pre-training runs recorded where it trained (an earful before "
+                "machines.jsonl).", ""]
+    older = f"Not recorded (runs of an earful before machines.jsonl): {', '.join(unknown)}."
+    tail = [older, ""] if unknown else []
     if len(where) == 1:
         machine, names = next(iter(where.items()))
-        return ["## Where the runs trained", "", f"All {len(names)} pre-training runs on one kind of machine: "
-                f"{machine} (each run's machines.jsonl).", ""]
-    return ["## Where the runs trained", "",
+        some = f"All {len(names)}" if not unknown else f"{len(names)} of the {len(every_run)}"
+        return [*head, f"{some} pre-training runs on one kind of machine: {machine} (each run's machines.jsonl).", "",
+                *tail]
+    return [*head,
             f"The pre-training runs trained on {len(where)} kinds of machine (each run's machines.jsonl; a run "
             "resumed elsewhere is under each). Another CPU or GPU gives other bits, so runs compared across "
             "machines differ by machine as well as by seed.", "",
             "| machine (CPU, device, torch) | runs |", "|---|---|",
-            *(f"| {machine} | {', '.join(names)} |" for machine, names in where.items()), ""]
+            *(f"| {machine} | {', '.join(names)} |" for machine, names in sorted(where.items())), "", *tail]
 
 
 def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes: list[dict[str, Any]],

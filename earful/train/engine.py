@@ -219,7 +219,8 @@ class Trainer:
             if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):
                     record_resume(self.run.root, cfg, self.step, segment)
-                    record_machine(self.run.root, self.step, self.d.device, self.d.world_size)
+                    if self.step < cfg.max_steps:  # a finished run resumed as it was trains nothing here
+                        record_machine(self.run.root, self.step, self.d.device, self.d.world_size)
                     self._drop_discarded(latest)
             D.barrier(self.d)
         # resumed from the checkpoint of the stop after max_nan_steps

@@ -47,9 +47,12 @@ def this_machine(device: torch.device, world_size: int) -> dict[str, Any]:
 
 
 def record_machine(root: Path, step: int, device: torch.device, world_size: int) -> None:
-    """A line of ``machines.jsonl``: this process trains the run from ``step`` on, here."""
+    """A line of ``machines.jsonl``: this process trains the run from ``step`` on, here. Lines of ``step`` on go,
+    as ``record_resume`` drops a history segment that reached no checkpoint: their processes stopped before one
+    (a fresh start, step 0, starts the file afresh), and none of the steps they trained are the run's."""
     path = root / MACHINES
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    lines = [line for line in (path.read_text(encoding="utf-8").splitlines() if path.exists() else [])
+             if line.strip() and json.loads(line).get("step", 0) < step]
     entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              **this_machine(device, world_size)}
     atomic_write_lines(path, [*lines, json.dumps(entry)])

@@ -552,9 +552,47 @@ def test_features_of_a_manifest_one_file_a_row_named_by_its_id(tmp_path, caplog)
     assert files == {"whole.npy": f"{tmp_path / 'm.jsonl'}#whole", "part.npy": f"{tmp_path / 'm.jsonl'}#part",
                      "segment.npy": str(tmp_path / "segment.wav")}
     assert f"{tmp_path / 'm.jsonl'}: utterance 'wrong-length': " in caplog.text
-    # an id that cannot name a file: refused before any work
+    # `earful prepare`'s ids hold '/' (Libri-light's SPEAKER/BOOK/FILE-0003, a plain folder's SPEAKER/FILE):
+    # subfolders, as the id says
     write_manifest([Utterance("spk/utt", str(tmp_path / "long.wav"), 24000, 16000, "s1")], tmp_path / "slash.jsonl")
-    caplog.clear()
     assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "slash.jsonl"), "--out",
-                 str(tmp_path / "slash")]) == 2
-    assert "utterance id 'spk/utt' cannot name a file" in caplog.text and not (tmp_path / "slash").exists()
+                 str(tmp_path / "slash")]) == 0
+    assert np.array_equal(np.load(tmp_path / "slash" / "spk" / "utt.npy"), np.load(feats / "whole.npy"))
+    assert json.loads((tmp_path / "slash" / "features.json").read_text())["files"] == {
+        "spk/utt.npy": f"{tmp_path / 'slash.jsonl'}#spk/utt"}
+    # an id that cannot name a file under --out: refused before any work
+    for bad in ("spk/../utt", "x" * 300):
+        write_manifest([Utterance(bad, str(tmp_path / "long.wav"), 24000, 16000, "s1")], tmp_path / "bad.jsonl")
+        caplog.clear()
+        assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "bad.jsonl"), "--out",
+                     str(tmp_path / "bad")]) == 2
+        assert f"utterance id {bad!r} cannot name a file" in caplog.text and not (tmp_path / "bad").exists()
+
+
+def test_features_stopped_part_way_record_the_files_it_did_not_rewrite_as_they_are(tmp_path, monkeypatch) -> None:
+    """features.json is written first, naming what the run sets out to write: stopped part-way (Ctrl-C, an error),
+    it said an earlier run's file, not yet rewritten, held the new input's features."""
+    import earful.interop.features as features
+
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    rs = np.random.RandomState(0)
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", (0.1 * rs.randn(8000)).astype(np.float32), 16000)
+    (tmp_path / "new").mkdir()
+    sf.write(tmp_path / "new" / "b.wav", (0.1 * rs.randn(8000)).astype(np.float32), 16000)
+    feats = tmp_path / "feats"
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "b.wav"), "--out", str(feats)]) == 0
+    calls = []
+    real = features.layer_features
+
+    def second_is_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "layer_features", second_is_interrupted)
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "a.wav"), str(tmp_path / "new" / "b.wav"),
+                 "--out", str(feats)]) == 130
+    files = json.loads((feats / "features.json").read_text())["files"]
+    assert files == {"a.npy": str(tmp_path / "a.wav"), "b.npy": str(tmp_path / "b.wav")}  # b.npy: still the old

@@ -260,3 +260,7 @@ def test_the_report_says_where_the_runs_trained(two_machines, tmp_path) -> None:
     torch_version = torch.__version__
     assert f"| {cpu_model()}, cpu, torch {torch_version} | 2s-seed1, 4s-seed1, 2s-seed2 |" in text
     assert f"| Other CPU, cpu, torch {torch_version} | 4s-seed2 |" in text
+    machines.unlink()  # a run of an earful before machines.jsonl: named apart, not a kind of machine
+    text = build_report(out).read_text()
+    assert f"3 of the 4 pre-training runs on one kind of machine: {cpu_model()}, cpu, torch {torch_version}" in text
+    assert "Not recorded (runs of an earful before machines.jsonl): 4s-seed2." in text

@@ -150,3 +150,21 @@ def test_a_scratch_pretraining_is_not_resumed_with_an_init(tmp_path, tiny_corpus
     assert _pretrain(train, tmp_path / "a", 2, "--init", str(tmp_path / "hf"), "--resume", "--allow-changes") == 2
     assert f"init={tmp_path / 'hf'}: the run in this folder started from scratch" in caplog.text
     assert not (tmp_path / "a" / "checkpoints" / "step-0000002").exists()
+
+
+def test_an_init_error_names_where_init_was_set_but_for_init_itself(tmp_path) -> None:
+    """`--init X` is named by itself; `init=X` in a study's pretrain_overrides or in a YAML names those too (a
+    user looks for the setting there)."""
+    import pytest
+
+    from earful.config import ConfigError
+    from earful.pretrain.config import load_pretrain_config
+
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match=rf"^init {nowhere}: no such file or folder"):
+        load_pretrain_config(None, [], init=str(nowhere))
+    with pytest.raises(ConfigError, match=rf"^the study's pretrain_overrides: init {nowhere}: no such file"):
+        load_pretrain_config(None, [f"init={nowhere}"], overrides_from="the study's pretrain_overrides")
+    (tmp_path / "p.yaml").write_text(f"init: {nowhere}\n")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'p.yaml'}: init {nowhere}: no such file"):
+        load_pretrain_config(tmp_path / "p.yaml")

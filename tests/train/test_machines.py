@@ -29,3 +29,27 @@ def test_each_start_and_resume_says_where_it_trained(tmp_path, tiny_corpus) -> N
         assert entry["world_size"] == 1 and entry["threads"] == 1 and entry["cuda"] is None
         assert entry["time"].endswith("Z") and entry["host"]
     assert machines_of(tmp_path / "elsewhere") == []  # a run of before: none
+
+
+def test_a_start_that_reached_no_checkpoint_is_not_where_the_run_trained(tmp_path, tiny_corpus, monkeypatch) -> None:
+    """A process stopped before its first checkpoint (a fresh start, or a resume) trained none of the run's steps:
+    its line went with it, as its history segment does; a finished run resumed as it was trains nothing."""
+    import earful.train.machine as machine
+    from earful.train.engine import Trainer
+
+    train, run = tiny_corpus[0], tmp_path / "run"
+    step = Trainer.train_step
+
+    def killed(self, batches):
+        raise RuntimeError("killed")
+
+    for steps, extra in ((1, ()), (2, ("--allow-changes",))):
+        monkeypatch.setattr(machine, "cpu_model", lambda: "Elsewhere")
+        monkeypatch.setattr(Trainer, "train_step", killed)
+        assert _pretrain(train, run, steps, "--resume-or-start", *extra) == 2
+        monkeypatch.setattr(machine, "cpu_model", cpu_model)
+        monkeypatch.setattr(Trainer, "train_step", step)
+        assert _pretrain(train, run, steps, "--resume-or-start", *extra) == 0
+    monkeypatch.setattr(machine, "cpu_model", lambda: "Elsewhere")
+    assert _pretrain(train, run, 2, "--resume") == 0  # finished: nothing trained
+    assert [(m["step"], m["cpu"]) for m in machines_of(run)] == [(0, cpu_model()), (1, cpu_model())]
