@@ -119,11 +119,11 @@ class Source:
     read: Callable[[], np.ndarray]
 
 
-def audio_sources(paths: list[str]) -> list[Source]:
-    """An audio file each, named by its stem."""
+def audio_source(path: str) -> Source:
+    """An audio file, named by its stem."""
     from earful.data.audio import load_audio
 
-    return [Source(Path(p).stem, str(Path(p).resolve()), lambda p=p: load_audio(p)) for p in paths]
+    return Source(Path(path).stem, str(Path(path).resolve()), lambda: load_audio(path))
 
 
 def manifest_sources(manifest: str | os.PathLike) -> list[Source]:
@@ -172,14 +172,14 @@ MANIFEST_SUFFIX = ".jsonl"  # an input of ``earful features`` named so is a mani
 def sources_of(inputs: list[str]) -> list[Source]:
     """The sources of ``earful features``' inputs, in order: a manifest (:data:`MANIFEST_SUFFIX`) a row each,
     any other path an audio file."""
-    return [s for path in inputs for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX)
-                                           else audio_sources([path]))]
+    return [s for path in inputs
+            for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX) else [audio_source(path)])]
 
 
 def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str | Path, *, checkpoint: str | Path,
                    weights_sha256: str | None, chunk_seconds: float = 0.0, stride_seconds: float | None = None,
                    layers: list[int] | None = None, dtype: str = "float32") -> tuple[list[Path], list[str]]:
-    """``STEM.npy`` of each source (``audio_sources``, ``manifest_sources``) in ``out_dir``, and :data:`RECORD`:
+    """``STEM.npy`` of each source (``audio_source``, ``manifest_sources``) in ``out_dir``, and :data:`RECORD`:
     ``checkpoint`` (whose weights' recorded SHA-256 is ``weights_sha256``) and the source of every .npy there.
     The record is written before the first file, so an interrupted run's files are attributed too, and again at
     the end with the files written. A source that cannot be read (or is shorter than the model's receptive field)
