@@ -1,4 +1,4 @@
-"""Sub-commands: study plan | run | report | merge."""
+"""Sub-commands: study plan | run | report | merge | status."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from earful.study.status import study_status
+
+    log.info("%s", study_status(args.out))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="the batch-size study: plan, run, report")
     ss = p.add_subparsers(dest="study_command", required=True)
@@ -98,3 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave the checkpoints' weights and training states out (the report needs none; a stage "
                         "added later that needs them is refused)")
     q.set_defaults(func=_merge)
+    q = ss.add_parser("status", help="how far a study folder has come: each run's step, the finished work (reads "
+                                     "no result, runs nothing)")
+    q.add_argument("out", help="study output folder")
+    q.set_defaults(func=_status)

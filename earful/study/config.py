@@ -267,6 +267,15 @@ def renamed(data: dict[str, Any]) -> dict[str, Any]:
     return {RENAMED.get(k, k): v for k, v in data.items()}
 
 
+STUDY_JSON_EXTRA = ("format", "plan", "cycle_minima", "fingerprint")  # what study.json holds beside the config
+
+
+def study_of_record(saved: dict[str, Any], where: str = "study.json") -> StudyConfig:
+    """The study config a study folder's study.json records (keys renamed since take today's names); a
+    TypeError or ValueError where it cannot be read as one (a study.json of an earlier version)."""
+    return from_dict(StudyConfig, renamed({k: v for k, v in saved.items() if k not in STUDY_JSON_EXTRA}), where)
+
+
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     given = read_yaml(path)
     over = parse_overrides(overrides) if overrides else {}

@@ -38,12 +38,10 @@ from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
 from earful.lock import FolderBusy, hold_folder
 from earful.study.fingerprint import check_same_recipe, comparable
-from earful.study.stages import finished_records, runs_under_way
+from earful.study.stages import STAGES, finished_records, runs_under_way
 
 log = logging.getLogger(__name__)
 
-STAGES = {"pretrain": "pre-trainings", "finetune": "fine-tunings", "eval": "evaluations", "probe": "probes",
-          "gradvar": "gradient noise records"}
 NOT_COPIED = (".lock", ".tmp-", ".merge-")  # a folder's lock, temporary files and folders of a write under way
 WHERE = ("checkpoint",)  # what a record says of where its study folder was, not of its result
 

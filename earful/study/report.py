@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_lines
-from earful.config import from_dict
 from earful.markdown import md_table
 from earful.train.config import nominal_hours
 
@@ -350,12 +349,11 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
     grown (a batch size, seeds, a test split or probe task added) and stopped, or still running, had its report
     written from the results of its last finish under the new plan's table, without a word. The test splits done
     are read from the evaluations' summaries (``eval/*/summary.json``; a corrupt one is a ValueError naming it)."""
-    from earful.study.config import StudyConfig, plan_runs, renamed
+    from earful.study.config import plan_runs, study_of_record
     from earful.study.stages import evaluated_splits
 
-    kept = renamed({k: v for k, v in study.items() if k not in ("format", "plan", "cycle_minima", "fingerprint")})
     try:
-        planned = from_dict(StudyConfig, kept, "study.json")
+        planned = study_of_record(study)
         runs = [r.name for r in plan_runs(planned)]
     except (TypeError, ValueError):  # a study.json of an earlier version: nothing to compare with
         return []

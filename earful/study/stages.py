@@ -145,6 +145,11 @@ def probed(study: StudyConfig, out: Path, name: str) -> bool:
     return all(set(study.probes) <= set(probed_tasks(out, name, seed)) for seed in study.probe_seeds)
 
 
+# the stages of a study folder, each a subfolder, and what their units are called
+STAGES = {"pretrain": "pre-trainings", "finetune": "fine-tunings", "eval": "evaluations", "probe": "probes",
+          "gradvar": "gradient noise records"}
+
+
 def finished_records(out: Path) -> list[Path]:
     """The file that marks each finished unit of work in study folder ``out`` as finished, its result (a unit is
     the record's folder, a gradient noise record itself): pre-training and fine-tuning runs (``done.json``),

@@ -3,6 +3,7 @@ a study run on the merged folder does none of the work again; without weights th
 results that differ and recipes that differ are refused before anything is copied."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -264,3 +265,27 @@ def test_the_report_says_where_the_runs_trained(two_machines, tmp_path) -> None:
     text = build_report(out).read_text()
     assert f"3 of the 4 pre-training runs on one kind of machine: {cpu_model()}, cpu, torch {torch_version}" in text
     assert "Not recorded (runs of an earful before machines.jsonl): 4s-seed2." in text
+
+
+def test_status_says_how_far_a_study_has_come_without_reading_results(two_machines, tmp_path, caplog) -> None:
+    """`earful study status`: each planned run's step and state, the finished units of the other stages."""
+    from earful.study.status import study_status
+
+    _, one, _ = two_machines
+    out = tmp_path / "stopped"
+    shutil.copytree(one, out)
+    (out / "pretrain" / "4s-seed1" / "done.json").unlink()  # stopped after its step-2 checkpoint
+    saved = json.loads((out / "study.json").read_text())
+    (out / "study.json").write_text(json.dumps({**saved, "seeds": [1, 2]}))  # seed 2 added, not started
+    (out / "pretrain" / "2s-seed2").mkdir()
+    (out / "pretrain" / "2s-seed2" / "history.jsonl").write_text("{}\n")  # started, killed before a checkpoint
+    text = study_status(out)
+    assert text.startswith(f"study toy-merge ({out}): 1 of 4 pre-training runs finished (seeds [1, 2]); finished "
+                           "units of the other stages: 2 fine-tunings, 2 evaluations, 6 probes, 2 gradient noise "
+                           "records")
+    for row in ("| 2s-seed1 | 2 s | 4 / 4 | done |", "| 4s-seed1 | 4 s | 4 / 4 | under way |",
+                "| 2s-seed2 | 2 s | - / 4 | started, no checkpoint yet |", "| 4s-seed2 | 4 s | - / 4 | not started |"):
+        assert row in text, row
+    caplog.set_level(logging.INFO)
+    assert main(["study", "status", str(out)]) == 0 and "| 4s-seed2 | 4 s | - / 4 | not started |" in caplog.text
+    assert main(["study", "status", str(tmp_path)]) == 2 and "not a study folder (no study.json)" in caplog.text
