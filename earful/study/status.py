@@ -6,28 +6,51 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from earful.checkpoint import CheckpointError
 from earful.markdown import md_table
 from earful.study.config import plan_runs, study_of_record
 from earful.study.stages import STAGES, done_record, finished_records
-from earful.train.state import RunDir, read_trainer_info
+from earful.train.state import LATEST, RunDir, read_trainer_info
+
+
+def _trainer_info(ckpt: Path) -> dict[str, Any] | None:
+    """A checkpoint's trainer.json; None for one a trainer is replacing or removing meanwhile."""
+    try:
+        return read_trainer_info(ckpt)
+    except (CheckpointError, OSError):
+        return None
 
 
 def run_state(rdir: Path, steps: int) -> tuple[int | None, str]:
-    """(step reached or None, state) of a pre-training run folder: done, diverged, under way (its latest
-    checkpoint's step), started with no checkpoint yet, not started."""
-    done = done_record(rdir)
+    """(step reached or None, state) of a pre-training run folder: done, diverged, stopped (by a signal: a rerun
+    resumes it; by non-finite steps before its end: a rerun stops there again), under way (its latest checkpoint's
+    step: training, or killed without a checkpoint), started with no checkpoint yet, not started."""
+    try:
+        done = done_record(rdir)
+    except ValueError as e:
+        raise ValueError(f"{rdir / 'done.json'}: unreadable ({e})") from None
     if done is not None:
         return int(done.get("step", steps)), "diverged" if done.get("diverged") else "done"
-    try:
-        latest = RunDir(rdir).latest() if rdir.is_dir() else None
-        step = int(read_trainer_info(latest)["step"]) if latest is not None and latest.name != "init" else None
-    except (CheckpointError, KeyError, TypeError, ValueError):
-        step = None
+    run = RunDir(rdir)
+    try:  # latest.json, else the furthest checkpoint (RunDir.latest would verify every file and log "resuming")
+        if (run.ckpt / LATEST).exists():
+            latest = run.latest()
+            infos = [read_trainer_info(latest)] if latest is not None and latest.name != "init" else []
+        else:
+            infos = [i for i in map(_trainer_info, run.checkpoints()) if i is not None]
+        info = max(infos, key=lambda i: int(i["step"]), default=None)
+        step = None if info is None else int(info["step"])
+    except (CheckpointError, OSError, KeyError, TypeError, ValueError) as e:
+        return None, f"checkpoints unreadable ({e})"
+    if info is not None and info.get("stopped_by"):
+        return step, f"stopped by {info['stopped_by']} (a rerun resumes it)"
+    if info is not None and info.get("nonfinite_stop"):
+        return step, f"stopped: {info.get('nan_in_a_row')} non-finite steps in a row (a rerun stops there again)"
     if step is not None:
         return step, "under way"
-    return None, "started, no checkpoint yet" if RunDir(rdir).started() else "not started"
+    return None, "started, no checkpoint yet" if run.started() else "not started"
 
 
 def study_status(out: str | Path) -> str:
@@ -37,7 +60,10 @@ def study_status(out: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{out}: not a study folder (no study.json); give the --out of an `earful study run`")
     try:
-        study = study_of_record(json.loads(path.read_text(encoding="utf-8")), str(path))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        study = study_of_record(saved, str(path))
         runs = plan_runs(study)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: not a study this earful reads ({e})") from None
@@ -55,4 +81,9 @@ def study_status(out: str | Path) -> str:
             f"{study.seeds}); finished units of the other stages: " +
             (", ".join(f"{finished[stage]} {what}" for stage, what in STAGES.items()
                        if stage != "pretrain" and finished.get(stage)) or "none"))
+    from earful.study.run import left_out
+
+    left = left_out(study, runs, out)
+    if left:  # a rerun with fewer seeds rewrote study.json: its finished work is counted above, not listed below
+        head += f"; finished work this plan leaves out (counted above): {', '.join(left)}"
     return "\n".join([head, md_table(["run", "batch", "step", "state"], rows)])

@@ -288,4 +288,6 @@ def test_status_says_how_far_a_study_has_come_without_reading_results(two_machin
         assert row in text, row
     caplog.set_level(logging.INFO)
     assert main(["study", "status", str(out)]) == 0 and "| 4s-seed2 | 4 s | - / 4 | not started |" in caplog.text
+    (out / "study.json").write_text(json.dumps({**saved, "seeds": [2]}))  # a rerun with seed 2 alone
+    assert "finished work this plan leaves out (counted above): 2s-seed1" in study_status(out)
     assert main(["study", "status", str(tmp_path)]) == 2 and "not a study folder (no study.json)" in caplog.text
