@@ -24,6 +24,7 @@ from typing import Any
 from earful.atomic import atomic_open, atomic_path, atomic_write_lines
 from earful.markdown import md_table
 from earful.train.config import nominal_hours
+from earful.train.monitor import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +39,6 @@ METRIC_LABELS = {"pr.per": "phoneme error rate (PR probe, test) %", "asr.wer": "
 GAIN_NAMES = {"valid_loss": "validation loss", "valid_accuracy": "validation accuracy"}  # the gain plot's titles
 SEED_STYLES = ("-", "--", ":", "-.")
 SEED_MARKERS = ("o", "s", "^", "D", "v", "P")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (none where it is absent). A line that is not a JSON object is a
-    ValueError naming the file and the line (it was json's message alone, the file unnamed)."""
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: not a record (a JSON object), but {type(record).__name__}")
-        records.append(record)
-    return records
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ says where each stretch of steps ran. Written by the main rank only, after the h
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from earful.atomic import atomic_write_lines
+from earful.train.monitor import JsonlLog, read_jsonl
 
 MACHINES = "machines.jsonl"
 
@@ -50,17 +49,12 @@ def record_machine(root: Path, step: int, device: torch.device, world_size: int)
     """A line of ``machines.jsonl``: this process trains the run from ``step`` on, here. Lines of ``step`` on go,
     as ``record_resume`` drops a history segment that reached no checkpoint: their processes stopped before one
     (a fresh start, step 0, starts the file afresh), and none of the steps they trained are the run's."""
-    path = root / MACHINES
-    lines = [line for line in (path.read_text(encoding="utf-8").splitlines() if path.exists() else [])
-             if line.strip() and json.loads(line).get("step", 0) < step]
-    entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             **this_machine(device, world_size)}
-    atomic_write_lines(path, [*lines, json.dumps(entry)])
+    machines = JsonlLog(root / MACHINES)
+    machines.truncate_after(step - 1)  # as train.jsonl on a resume
+    machines.write({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    **this_machine(device, world_size)})
 
 
 def machines_of(root: Path) -> list[dict[str, Any]]:
     """The lines of a run's ``machines.jsonl`` (none for a run of an earful that did not write it)."""
-    path = root / MACHINES
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(root / MACHINES)

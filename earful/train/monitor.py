@@ -30,6 +30,25 @@ from earful.train.tracking import scalars
 log = logging.getLogger(__name__)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none where it is absent). A line that is not a JSON object is a
+    ValueError naming the file and the line (it was json's message alone, the file unnamed)."""
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: not a record (a JSON object), but {type(record).__name__}")
+        records.append(record)
+    return records
+
+
 class JsonlLog:
     """Append-only JSONL, one record a line, flushed at once (a killed run keeps its history)."""
 
