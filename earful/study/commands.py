@@ -102,8 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("sources", nargs="+", help="study folders (each an --out of `earful study run`)")
     q.add_argument("--out", required=True, help="the study folder to merge into (made if need be)")
     q.add_argument("--without-weights", action="store_true",
-                   help="leave the checkpoints' weights and training states out (the report needs none; a stage "
-                        "added later that needs them is refused)")
+                   help="leave the checkpoints' weights and training states out (the report needs none), but "
+                        "those of runs whose planned work is not finished (named); a stage added later that needs "
+                        "them is refused")
     q.set_defaults(func=_merge)
     q = ss.add_parser("status", help="how far a study folder has come: each run's step, the finished work (reads "
                                      "no result, runs nothing)")

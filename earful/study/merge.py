@@ -20,8 +20,10 @@ results and the report are then written by ``earful study run`` on the destinati
 and does none of it again.
 
 Without weights, each checkpoint keeps its JSON files (what the study and the report read: steps, hours, the
-weights' SHA-256) and ``left-out.json`` names the files left out; a later stage that needs them (a probe task or
-a label set added) is refused, naming the checkpoint.
+weights' SHA-256) and ``left-out.json`` names the files left out, but for the runs whose weights planned work that
+no folder has finished needs (``weights_needed``: a pre-training's probes, fine-tunings, gradient noise; a
+fine-tuning's evaluation), which keep them and are named; a stage added to the study later that needs weights (a
+probe task or a label set) is refused, naming the checkpoint.
 """
 
 from __future__ import annotations
@@ -37,8 +39,17 @@ from typing import Any
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
 from earful.lock import FolderBusy, hold_folder
+from earful.study.config import plan_runs, study_of_record
 from earful.study.fingerprint import check_same_recipe, comparable
-from earful.study.stages import STAGES, finished_records, runs_under_way
+from earful.study.stages import (
+    STAGES,
+    done_record,
+    evaluated,
+    finished_records,
+    gradvar_measured,
+    probed,
+    runs_under_way,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ class Merged:
     copied: dict[str, int] = field(default_factory=dict)
     present: dict[str, int] = field(default_factory=dict)
     under_way: list[str] = field(default_factory=list)  # units not finished in their folder, not merged
+    weights_kept: dict[str, list[str]] = field(default_factory=dict)  # run → the unfinished work that needs them
+    weights_missing: dict[str, list[str]] = field(default_factory=dict)  # the same, its weights in no folder
     weights_left_out: int = 0  # files
     bytes_left_out: int = 0
     seeds: list[Any] = field(default_factory=list)
@@ -128,6 +141,44 @@ def _grows(wide: Any, narrow: Any) -> bool:
     return bool(wide == narrow)
 
 
+def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, list[str]]:
+    """The runs (pre-trainings and fine-tunings, by folder relative to the study folder) whose weights work the
+    study plans needs that no folder of ``folders`` has finished, with that work: a pre-training's fine-tunings,
+    probes and gradient noise (``work_after``, as ``study run`` plans them from the recipe ``saved``, a study.json),
+    a fine-tuning's evaluation. Work finished in one folder is merged from it; work split between folders (probe
+    seeds of one upstream) counts as not finished (its weights are kept: more than needed, never less)."""
+    from earful.study.run import unique, work_after
+
+    try:
+        study = study_of_record(saved)
+        runs = plan_runs(study)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{folders[0] / 'study.json'}: not a study this earful reads ({e}); merge it with its "
+                         "weights") from None
+    first_of_seed = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
+    tests = study.corpus.test_sets()
+    needed: dict[Path, list[str]] = {}
+    for run in runs:
+        holder = next((f for f in folders if done_record(f / "pretrain" / run.name) is not None), None)
+        if holder is None:
+            continue
+        record = done_record(holder / "pretrain" / run.name) or {}
+        after = work_after(study, run, holder, first_of_seed[run.seed] is run, bool(record.get("diverged")))
+        pretrain, todo = Path("pretrain") / run.name, []
+        for f in unique(after.finetunings):
+            if not any(done_record(folder / "finetune" / f.name) for folder in folders):
+                todo.append(f"fine-tuning {f.name}")
+            elif not any(evaluated(folder, f.name, tests) for folder in folders):
+                needed[Path("finetune") / f.name] = [f"evaluation {f.name}"]
+        todo += [f"probe {p.name}" for p in unique(after.probes)
+                 if p.upstream != "fbank" and not any(probed(study, folder, p.name) for folder in folders)]
+        if after.gradvar and not any(gradvar_measured(folder, run) for folder in folders):
+            todo.append(f"gradient noise {run.name}")
+        if todo:
+            needed[pretrain] = todo
+    return needed
+
+
 def _without_weights(unit: Path) -> bool:
     return unit.is_dir() and any(unit.glob(f"checkpoints/*/{LEFT_OUT_FILE}"))
 
@@ -187,6 +238,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         study = widest_study([out, *srcs] if (out / "study.json").exists() else srcs)
         merged = Merged(seeds=study["seeds"])
         _clean_stale(out)
+        needed = {} if weights else weights_needed(study, [out, *srcs])
         holders: dict[Path, list[Path]] = {}  # unit (by its record, relative) → the folders that finished it
         for folder in [out, *srcs]:
             for record in finished_records(folder):
@@ -197,8 +249,9 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
             best, result = folders[0], _result(folders[0], rel)
             for folder in folders[1:]:
                 other = _result(folder, rel)
-                if _grows(other, result) and (other != result or weights and _without_weights(best / _unit(rel))
-                                              and not _without_weights(folder / _unit(rel))):
+                with_weights = weights or _unit(rel) in needed
+                if _grows(other, result) and (other != result or with_weights and _without_weights(
+                        best / _unit(rel)) and not _without_weights(folder / _unit(rel))):
                     best, result = folder, other  # grown (probe tasks, test splits added), or with its weights
                 elif not _grows(result, other):
                     differ.append(f"{rel} ({best} and {folder})")
@@ -219,8 +272,12 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
                 if (out / _unit(rel)).is_dir():
                     held.append(hold_folder(out / _unit(rel), "earful run"))
             for rel, src in todo.items():
-                # a unit the destination holds with its weights keeps them where the source has them (grown)
-                keep = weights or ((out / rel).exists() and not _without_weights(out / _unit(rel)))
+                # a unit the destination holds with its weights keeps them where the source has them (grown), as
+                # does one whose weights unfinished work needs
+                keep = weights or _unit(rel) in needed or ((out / rel).exists() and not _without_weights(
+                    out / _unit(rel)))
+                if not weights and _unit(rel) in needed:
+                    merged.weights_kept[str(_unit(rel))] = needed[_unit(rel)]
                 _copy_unit(src / _unit(rel), out / _unit(rel), keep, merged)
                 merged.copied[rel.parts[0]] = merged.copied.get(rel.parts[0], 0) + 1
         except FolderBusy as e:
@@ -228,6 +285,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         finally:
             for f in held:
                 f.close()
+        merged.weights_missing = {str(unit): work for unit, work in needed.items() if _without_weights(out / unit)}
         atomic_write_json(out / "study.json", study)
     return merged
 
@@ -242,6 +300,13 @@ def describe(merged: Merged, out: Path) -> str:
     if merged.weights_left_out:
         lines.append(f"without weights: {merged.weights_left_out} file(s), {merged.bytes_left_out / 2**20:.1f} MiB, "
                      "left out (each checkpoint's left-out.json names them)")
+    if merged.weights_kept:
+        lines.append(f"kept with their weights, as work that needs them is not finished (a study run on {out} does "
+                     "it): " + "; ".join(f"{unit} ({', '.join(work)})" for unit, work in merged.weights_kept.items()))
+    if merged.weights_missing:
+        lines.append("WARNING: work that needs weights no folder holds is not finished (a study run on "
+                     f"{out} stops there; merge into it a folder that holds them): " + "; ".join(
+                         f"{unit} ({', '.join(work)})" for unit, work in merged.weights_missing.items()))
     if merged.under_way:
         lines.append(f"not merged, not finished: {', '.join(merged.under_way)} (a study run on {out} does them "
                      "again)")

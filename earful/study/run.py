@@ -140,6 +140,25 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
     return todo
 
 
+@dataclass
+class WorkAfter:
+    """What a finished pre-training lets start."""
+
+    finetunings: list[Finetuning]
+    probes: list[Probing]
+    gradvar: bool  # its gradient noise, at its final checkpoint
+
+
+def work_after(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, diverged: bool) -> WorkAfter:
+    """What ``run``, pre-trained in study folder ``out``, lets start: its fine-tunings, its probes and its gradient
+    noise. A run that diverged lets start only what its seed's random init serves (baselines, the init's probes).
+    Every job of it but the filterbanks' probe reads the run's weights."""
+    return WorkAfter(planned_finetunings(study, run, out, first_of_seed, diverged),
+                     planned_probes(study, run, out, first_of_seed, fbank=first_of_seed and run.seed == study.seeds[0],
+                                    diverged=diverged) if study.probes else [],
+                     bool(study.gradvar_batches) and not diverged)
+
+
 def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Probing]], done: dict[str, Any]
                  ) -> None:
     """``probes.jsonl``: one record per (upstream, probe seed, task metric), in plan order."""
@@ -279,21 +298,19 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     probing: dict[str, list[Probing]] = {}
 
     def after_pretraining(run: PlannedRun, record: dict[str, Any]) -> list[Job]:
-        """What a finished pre-training lets start: its fine-tunings, its probes and its gradient noise. A run
-        that diverged lets start only what its seed's random init serves (baselines, the init's probes)."""
-        first, diverged = first_of_seed.get(run.seed) is run, bool(record.get("diverged"))
-        planned[run.name] = planned_finetunings(study, run, out, first, diverged)
+        """The jobs of ``work_after`` the run."""
+        after = work_after(study, run, out, first_of_seed.get(run.seed) is run, bool(record.get("diverged")))
+        planned[run.name] = after.finetunings
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline),
                     done=partial(evaluated, out, f.name, study.corpus.test_sets()))
-                for f in unique(planned[run.name])]
+                for f in unique(after.finetunings)]
         if study.probes:
-            probing[run.name] = planned_probes(study, run, out, first, fbank=first and run.seed == study.seeds[0],
-                                               diverged=diverged)
+            probing[run.name] = after.probes
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
                          done=partial(probed, study, out, p.name))
-                     for p in unique(probing[run.name])]
-        if study.gradvar_batches and not diverged:
+                     for p in unique(after.probes)]
+        if after.gradvar:
             jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
                             done=partial(gradvar_measured, out, run)))
         return jobs

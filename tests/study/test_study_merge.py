@@ -291,3 +291,42 @@ def test_status_says_how_far_a_study_has_come_without_reading_results(two_machin
     (out / "study.json").write_text(json.dumps({**saved, "seeds": [2]}))  # a rerun with seed 2 alone
     assert "finished work this plan leaves out (counted above): 2s-seed1" in study_status(out)
     assert main(["study", "status", str(tmp_path)]) == 2 and "not a study folder (no study.json)" in caplog.text
+
+
+def _weighted_units(folder: Path) -> set[str]:
+    """The runs (stage/name) of which a checkpoint holds weights."""
+    return {"/".join(p.relative_to(folder).parts[:2]) for p in folder.rglob("*.safetensors")}
+
+
+def test_without_weights_a_run_whose_planned_work_is_not_finished_keeps_them(two_machines, tmp_path) -> None:
+    """A study stopped midway, merged without weights: each run whose weights planned work needs that no folder has
+    finished keeps them, named; a study run on the merged folder does that work and gives the results of the study
+    that was not stopped. Where no folder holds such weights, the merge warns."""
+    study, one, _ = two_machines
+    midway = tmp_path / "midway"
+    shutil.copytree(one, midway)
+    shutil.rmtree(midway / "probe" / "4s-seed1__final")  # a pre-training's probe to come
+    (midway / "gradvar" / "2s-seed1.json").unlink()  # a pre-training's gradient noise
+    shutil.rmtree(midway / "eval" / "4s-seed1__final__10h")  # a fine-tuning's evaluation
+    out = tmp_path / "merged"
+    merged = merge_studies([midway], out, weights=False)
+    assert merged.weights_kept == {"pretrain/2s-seed1": ["gradient noise 2s-seed1"],
+                                   "pretrain/4s-seed1": ["probe 4s-seed1__final"],
+                                   "finetune/4s-seed1__final__10h": ["evaluation 4s-seed1__final__10h"]}
+    assert _weighted_units(out) == set(merged.weights_kept)
+    assert any((out / "finetune" / "2s-seed1__final__10h" / "checkpoints").rglob(LEFT_OUT_FILE))
+    assert "kept with their weights, as work that needs them is not finished" in describe(merged, out)
+    assert not merged.weights_missing
+    run_study(load_study(study, ["seeds=[1]"]), out)
+    for results in ("runs.jsonl", "results.jsonl", "probes.jsonl"):
+        assert _lines(out / results) == _lines(one / results), results
+    measured, before = (json.loads((f / "gradvar" / "2s-seed1.json").read_text()) for f in (out, one))
+    assert measured.pop("checkpoint") != before.pop("checkpoint") and measured == before  # the same, but its path
+
+    bare = tmp_path / "bare"  # the weights in no folder: said, as a study run on it would stop there
+    merge_studies([one], bare, weights=False)
+    (bare / "gradvar" / "2s-seed1.json").unlink()
+    again = merge_studies([bare], tmp_path / "again", weights=False)
+    assert again.weights_missing == {"pretrain/2s-seed1": ["gradient noise 2s-seed1"]}
+    assert "WARNING: work that needs weights no folder holds is not finished" in describe(again, tmp_path / "again")
+    assert merge_studies([midway], tmp_path / "again", weights=False).weights_missing == {}  # a folder that has them
