@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 from pathlib import Path
 from typing import IO
 
@@ -46,12 +47,58 @@ def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "?"
+        pid, host = _parse(f.read())
         f.close()
-        raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {holder}); wait for it or "
-                         "stop it, then run again") from None
+        raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {pid or '?'}"
+                         f"{f' on {host}' if host else ''}); wait for it or stop it, then run again") from None
     f.truncate(0)
-    f.write(str(os.getpid()))
+    f.write(f"{os.getpid()} {socket.gethostname()}")  # who holds it, for a user and for ``held``
     f.flush()
     _HELD[:] = [*(h for h in _HELD if not h.closed), f]
     return f
+
+
+def _parse(text: str) -> tuple[int | None, str]:
+    """(pid, host) of a lock file's text; the host "" where it names none (an earlier earful's: the pid alone)."""
+    pid, _, host = text.strip().partition(" ")
+    return (int(pid) if pid.isdigit() else None), host.strip()
+
+
+def holder(folder: str | Path) -> tuple[int | None, str] | None:
+    """(pid, host) of the process that last took ``folder``'s lock (running or not); None where none ever has."""
+    try:
+        return _parse((Path(folder) / ".lock").read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def held(folder: str | Path) -> bool | None:
+    """Whether a process holds ``folder``'s lock now, without taking it (a trainer starting meanwhile must not be
+    refused): on Linux, whether its holder holds a lock of that file (``/proc/locks``), elsewhere whether its
+    holder runs. None where this machine cannot tell: its holder is on another host (a cluster's node)."""
+    lock = Path(folder) / ".lock"
+    who = holder(folder)
+    if who is None or who[0] is None:
+        return False
+    pid, host = who
+    if host and host != socket.gethostname():
+        return None
+    try:
+        locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace").splitlines()
+        inode = lock.stat().st_ino
+    except OSError:
+        return _running(pid)
+    # "1: FLOCK  ADVISORY  WRITE PID MAJOR:MINOR:INODE 0 EOF": the pid and the inode (its device numbers may be
+    # another layer's in a container)
+    return any(len(f) > 5 and f[1] == "FLOCK" and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == str(inode)
+               for f in (line.split() for line in locks))

@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "those of runs whose planned work is not finished (named); a stage added later that needs "
                         "them is refused")
     q.set_defaults(func=_merge)
-    q = ss.add_parser("status", help="how far a study folder has come: each run's step, the finished work (reads "
-                                     "no result, runs nothing)")
+    q = ss.add_parser("status", help="how far a study folder has come: each run's step and whether a process "
+                                     "still runs it, the finished work (reads no result, runs nothing)")
     q.add_argument("out", help="study output folder")
     q.set_defaults(func=_status)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.checkpoint import CheckpointError
+from earful.lock import held, holder
 from earful.markdown import md_table
 from earful.study.config import plan_runs, study_of_record
 from earful.study.stages import STAGES, done_record, finished_records
@@ -25,8 +26,9 @@ def _trainer_info(ckpt: Path) -> dict[str, Any] | None:
 
 def run_state(rdir: Path, steps: int) -> tuple[int | None, str]:
     """(step reached or None, state) of a pre-training run folder: done, diverged, stopped (by a signal: a rerun
-    resumes it; by non-finite steps before its end: a rerun stops there again), under way (its latest checkpoint's
-    step: training, or killed without a checkpoint), started with no checkpoint yet, not started."""
+    resumes it; by non-finite steps before its end: a rerun stops there again), under way (at its latest
+    checkpoint's step) or started with no checkpoint yet, each while a process holds it (else interrupted), not
+    started."""
     try:
         done = done_record(rdir)
     except ValueError as e:
@@ -48,9 +50,29 @@ def run_state(rdir: Path, steps: int) -> tuple[int | None, str]:
         return step, f"stopped by {info['stopped_by']} (a rerun resumes it)"
     if info is not None and info.get("nonfinite_stop"):
         return step, f"stopped: {info.get('nan_in_a_row')} non-finite steps in a row (a rerun stops there again)"
-    if step is not None:
-        return step, "under way"
-    return None, "started, no checkpoint yet" if run.started() else "not started"
+    if step is None and not run.started():
+        return None, "not started"
+    return step, _liveness(rdir, "under way" if step is not None else "started, no checkpoint yet")
+
+
+def _liveness(folder: Path, running: str) -> str:
+    """``running`` where a process holds ``folder``'s lock; else that it was stopped without a word (killed, or its
+    machine gone), or, where its holder is on another host, that this machine cannot tell."""
+    alive = held(folder)
+    if alive:
+        return running
+    if alive is None:
+        pid, host = holder(folder) or (None, "?")
+        return f"{running} on {host}, or stopped there (pid {pid}; this machine cannot tell)"
+    return "interrupted (no process holds it: killed, or its machine gone; a rerun resumes it)"
+
+
+def _study_process(out: Path) -> str:
+    """Whether a study process works in ``out`` now."""
+    alive, (pid, host) = held(out), holder(out) or (None, "")
+    if alive:
+        return f"its study process running: pid {pid}"
+    return "no study process running" if alive is False else f"its study process on {host}: pid {pid}, running or not"
 
 
 def study_status(out: str | Path) -> str:
@@ -77,8 +99,8 @@ def study_status(out: str | Path) -> str:
         stage = record.relative_to(out).parts[0]
         finished[stage] = finished.get(stage, 0) + 1
     done = sum(s in ("done", "diverged") for s in states)
-    head = (f"study {study.name} ({out}): {done} of {len(runs)} pre-training runs finished (seeds "
-            f"{study.seeds}); finished units of the other stages: " +
+    head = (f"study {study.name} ({out}, {_study_process(out)}): {done} of {len(runs)} pre-training runs finished "
+            f"(seeds {study.seeds}); finished units of the other stages: " +
             (", ".join(f"{finished[stage]} {what}" for stage, what in STAGES.items()
                        if stage != "pretrain" and finished.get(stage)) or "none"))
     from earful.study.run import left_out

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -105,13 +106,14 @@ def test_a_lost_latest_json_resumes_from_the_furthest_checkpoint_that_verifies(t
 def test_a_second_process_on_one_run_folder_is_refused(tmp_path, tiny_corpus, rel) -> None:
     out = tmp_path / "run"
     first = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out)
-    with pytest.raises(FolderBusy, match=rf"another earful run is running in this folder \(pid {os.getpid()}\)"):
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    with pytest.raises(FolderBusy, match=rf"another earful run is running in this folder \({re.escape(holder)}\)"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True)
     code = ("import sys; from earful.cli import main; sys.exit(main(sys.argv[1:]))")
     args = ["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2), "--out", str(out), "--resume"]
     other = subprocess.run([os.sys.executable, "-c", code, *args], cwd=rel.ROOT, capture_output=True, text=True,
                            timeout=120)
-    assert other.returncode == 2 and f"running in this folder (pid {os.getpid()})" in other.stderr
+    assert other.returncode == 2 and f"running in this folder ({holder})" in other.stderr
     first.fit()  # the first one is not disturbed, and lets go when it ends
     assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True).step == 2
 

@@ -4,6 +4,7 @@ results that differ and recipes that differ are refused before anything is copie
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from earful.checkpoint import LEFT_OUT_FILE
 from earful.cli import main
+from earful.lock import hold_folder
 from earful.study.config import load_study
 from earful.study.merge import describe, merge_studies
 from earful.study.run import run_study
@@ -149,7 +151,7 @@ def test_results_that_differ_are_refused_before_anything_is_copied(two_machines,
 def test_a_run_folder_a_trainer_still_holds_is_not_replaced(two_machines, tmp_path) -> None:
     """A Slurm job of a study process that died trains on, holding its run folder's lock alone: a merge that
     would replace the folder (its run finished elsewhere) is refused, nothing copied."""
-    from earful.lock import FolderBusy, hold_folder
+    from earful.lock import FolderBusy
 
     _, one, _ = two_machines
     out = tmp_path / "merged"
@@ -279,13 +281,23 @@ def test_status_says_how_far_a_study_has_come_without_reading_results(two_machin
     (out / "study.json").write_text(json.dumps({**saved, "seeds": [1, 2]}))  # seed 2 added, not started
     (out / "pretrain" / "2s-seed2").mkdir()
     (out / "pretrain" / "2s-seed2" / "history.jsonl").write_text("{}\n")  # started, killed before a checkpoint
-    text = study_status(out)
-    assert text.startswith(f"study toy-merge ({out}): 1 of 4 pre-training runs finished (seeds [1, 2]); finished "
-                           "units of the other stages: 2 fine-tunings, 2 evaluations, 6 probes, 2 gradient noise "
-                           "records")
-    for row in ("| 2s-seed1 | 2 s | 4 / 4 | done |", "| 4s-seed1 | 4 s | 4 / 4 | under way |",
-                "| 2s-seed2 | 2 s | - / 4 | started, no checkpoint yet |", "| 4s-seed2 | 4 s | - / 4 | not started |"):
+    text = study_status(out)  # copied: no process holds its folders (the lock files name the process that did)
+    assert text.startswith(f"study toy-merge ({out}, no study process running): 1 of 4 pre-training runs finished "
+                           "(seeds [1, 2]); finished units of the other stages: 2 fine-tunings, 2 evaluations, 6 "
+                           "probes, 2 gradient noise records")
+    interrupted = "interrupted (no process holds it: killed, or its machine gone; a rerun resumes it)"
+    for row in ("| 2s-seed1 | 2 s | 4 / 4 | done |", f"| 4s-seed1 | 4 s | 4 / 4 | {interrupted} |",
+                f"| 2s-seed2 | 2 s | - / 4 | {interrupted} |", "| 4s-seed2 | 4 s | - / 4 | not started |"):
         assert row in text, row
+    with hold_folder(out, "earful study"), hold_folder(out / "pretrain" / "4s-seed1"), \
+            hold_folder(out / "pretrain" / "2s-seed2"):  # held by a live process
+        text = study_status(out)
+    assert f"({out}, its study process running: pid {os.getpid()})" in text
+    assert "| 4s-seed1 | 4 s | 4 / 4 | under way |" in text
+    assert "| 2s-seed2 | 2 s | - / 4 | started, no checkpoint yet |" in text
+    (out / "pretrain" / "4s-seed1" / ".lock").write_text("123 node-7")  # a cluster's node: not known from here
+    assert "| 4s-seed1 | 4 s | 4 / 4 | under way on node-7, or stopped there (pid 123; this machine cannot tell) |" \
+        in study_status(out)
     caplog.set_level(logging.INFO)
     assert main(["study", "status", str(out)]) == 0 and "| 4s-seed2 | 4 s | - / 4 | not started |" in caplog.text
     (out / "study.json").write_text(json.dumps({**saved, "seeds": [2]}))  # a rerun with seed 2 alone
