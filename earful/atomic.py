@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from pathlib import Path
 from typing import IO, Any
 
+from earful.lock import running
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -170,16 +172,6 @@ def _fsync_folder(path: Path) -> None:
         os.close(folder)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
-
-
 FOLDER_TMP = ".tmp-"  # atomic_folder's temporary folder inside the folder it fills: .tmp-PID
 
 
@@ -195,7 +187,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     for left in path.glob(f"{FOLDER_TMP}*"):
         pid = left.name[len(FOLDER_TMP):]
-        if not (pid.isdigit() and _running(int(pid))):
+        if not (pid.isdigit() and running(int(pid))):
             shutil.rmtree(left, ignore_errors=True)
     tmp = path / f"{FOLDER_TMP}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -72,7 +72,8 @@ def holder(folder: str | Path) -> tuple[int | None, str] | None:
         return None
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,7 +98,7 @@ def held(folder: str | Path) -> bool | None:
         locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace").splitlines()
         inode = lock.stat().st_ino
     except OSError:
-        return _running(pid)
+        return running(pid)
     # "1: FLOCK  ADVISORY  WRITE PID MAJOR:MINOR:INODE 0 EOF": the pid and the inode (its device numbers may be
     # another layer's in a container)
     return any(len(f) > 5 and f[1] == "FLOCK" and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == str(inode)
