@@ -93,9 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Copy the finished work of each SOURCE study folder (pre-trainings, fine-tunings, evaluations,\n"
                     "probes, gradient noise) into OUT, a new study folder or one of the same study. The folders must\n"
                     "hold the same recipe (or one that grew, as `earful study run` lets a study grow); a unit of\n"
-                    "work two folders hold with different results is refused, naming both. Work under way is not\n"
-                    "merged. Then `earful study run STUDY.yaml --out OUT` (with every seed) writes the results and\n"
-                    "the report: it reads the finished work and does none of it again.",
+                    "work two folders hold with different results is refused, naming both. Unfinished runs are\n"
+                    "not merged. Then `earful study run STUDY.yaml --out OUT` (with every seed) writes the results\n"
+                    "and the report: it reads the finished work and does none of it again.",
         epilog="examples:\n  earful study merge /mnt/machine-a/runs/cpu-paper /mnt/machine-b/runs/cpu-paper --out "
                "runs/cpu-paper\n  earful study merge runs/cpu-paper --out results/cpu-paper --without-weights   "
                "# the results, a few MB")

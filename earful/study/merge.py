@@ -9,9 +9,9 @@ renamed into place. Units are compared by their results (``_result``: a run by i
 done.json records its plan; the others by their numbers, less the paths they record): the destination keeps a
 unit it holds alike, takes one grown elsewhere (a probe task or a test split added to it) or one with the weights
 it lacks. Two folders holding one unit with different results (the same seed run on two machines: their kernels
-differ) are refused before anything is copied, naming both: which result stands is the user's choice. Work under
-way is not merged (a study run on the destination starts it over, which gives the same result), nor is a run
-folder replaced that a trainer still holds.
+differ) are refused before anything is copied, naming both: which result stands is the user's choice. An
+unfinished run is not merged (a study run on the destination starts it over, which gives the same result), nor is
+a run folder replaced that a trainer still holds.
 
 Every folder must hold the same study: each study.json's recipe fingerprint must be the others' or grow it as
 ``earful study run`` lets a study grow (``fingerprint.check_same_recipe``: grid entries, probe tasks, label sets
@@ -43,12 +43,11 @@ from earful.study.config import plan_runs, study_of_record
 from earful.study.fingerprint import check_same_recipe, comparable
 from earful.study.stages import (
     STAGES,
-    done_record,
     evaluated,
     finished_records,
     gradvar_measured,
     probed,
-    runs_under_way,
+    runs_unfinished,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class Merged:
 
     copied: dict[str, int] = field(default_factory=dict)
     present: dict[str, int] = field(default_factory=dict)
-    under_way: list[str] = field(default_factory=list)  # units not finished in their folder, not merged
+    unfinished: list[str] = field(default_factory=list)  # units not finished in their folder, not merged
     weights_kept: dict[str, list[str]] = field(default_factory=dict)  # run → the unfinished work that needs them
     weights_missing: dict[str, list[str]] = field(default_factory=dict)  # the same, its weights in no folder
     weights_left_out: int = 0  # files
@@ -144,13 +143,24 @@ def _grows(wide: Any, narrow: Any) -> bool:
 def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, list[str]]:
     """The runs (pre-trainings and fine-tunings, by folder relative to the study folder) whose weights work the
     study plans needs that no folder of ``folders`` has finished, with that work: a pre-training's fine-tunings,
-    probes and gradient noise (``work_after``, as ``study run`` plans them from the recipe ``saved``, a study.json),
-    a fine-tuning's evaluation. Work finished in one folder is merged from it; work split between folders (probe
-    seeds of one upstream) counts as not finished (its weights are kept: more than needed, never less)."""
+    probes and gradient noise (``work_after``, as ``study run`` plans them from the recipe ``saved``, a study.json,
+    for its seeds and every seed a folder has a run or a probe of: one a rerun with fewer seeds left out of the
+    plan), a fine-tuning's evaluation. Work finished in one folder is merged from it; work split between folders
+    (probe seeds of one upstream) counts as unfinished (its weights are kept: more than needed, never less). The
+    records it reads have been read by ``_result`` (an unreadable one is named there)."""
     from earful.study.run import unique, work_after
 
+    def finished_run(folder: Path, stage: str, name: str) -> dict[str, Any] | None:
+        path = folder / stage / name / "done.json"
+        return _record(path) if path.is_file() else None
+
+    seeds = {_record(p).get("seed") for f in folders for p in (f / "pretrain").glob("[!.]*/done.json")}
+    probe_seeds = {int(p.name[len("seed-"):]) for f in folders for p in (f / "probe").glob("[!.]*/seed-*")
+                   if p.name[len("seed-"):].isdigit()}
     try:
         study = study_of_record(saved)
+        study.seeds = sorted({*study.seeds, *(s for s in seeds if isinstance(s, int))})
+        study.probe_seeds = sorted({*study.probe_seeds, *probe_seeds})
         runs = plan_runs(study)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{folders[0] / 'study.json'}: not a study this earful reads ({e}); merge it with its "
@@ -159,14 +169,14 @@ def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, lis
     tests = study.corpus.test_sets()
     needed: dict[Path, list[str]] = {}
     for run in runs:
-        holder = next((f for f in folders if done_record(f / "pretrain" / run.name) is not None), None)
+        holder = next((f for f in folders if finished_run(f, "pretrain", run.name) is not None), None)
         if holder is None:
             continue
-        record = done_record(holder / "pretrain" / run.name) or {}
+        record = finished_run(holder, "pretrain", run.name) or {}
         after = work_after(study, run, holder, first_of_seed[run.seed] is run, bool(record.get("diverged")))
-        pretrain, todo = Path("pretrain") / run.name, []
+        todo = []
         for f in unique(after.finetunings):
-            if not any(done_record(folder / "finetune" / f.name) for folder in folders):
+            if not any(finished_run(folder, "finetune", f.name) is not None for folder in folders):
                 todo.append(f"fine-tuning {f.name}")
             elif not any(evaluated(folder, f.name, tests) for folder in folders):
                 needed[Path("finetune") / f.name] = [f"evaluation {f.name}"]
@@ -175,7 +185,7 @@ def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, lis
         if after.gradvar and not any(gradvar_measured(folder, run) for folder in folders):
             todo.append(f"gradient noise {run.name}")
         if todo:
-            needed[pretrain] = todo
+            needed[Path("pretrain") / run.name] = todo
     return needed
 
 
@@ -195,7 +205,7 @@ def _clean_stale(out: Path) -> None:
 
 def _copy_unit(src: Path, dest: Path, weights: bool, merged: Merged) -> None:
     """``src`` (a unit's folder or file) as ``dest``: copied beside it, then renamed into place; a folder there
-    (work under way in the destination) is replaced."""
+    (an unfinished run in the destination) is replaced."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".merge-{os.getpid()}-{dest.name}"
     if src.is_file():
@@ -238,17 +248,18 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         study = widest_study([out, *srcs] if (out / "study.json").exists() else srcs)
         merged = Merged(seeds=study["seeds"])
         _clean_stale(out)
-        needed = {} if weights else weights_needed(study, [out, *srcs])
-        holders: dict[Path, list[Path]] = {}  # unit (by its record, relative) → the folders that finished it
+        # unit (by its record, relative) → the folders that finished it, with its result in each
+        holders: dict[Path, list[tuple[Path, Any]]] = {}
         for folder in [out, *srcs]:
             for record in finished_records(folder):
-                holders.setdefault(record.relative_to(folder), []).append(folder)
+                rel = record.relative_to(folder)
+                holders.setdefault(rel, []).append((folder, _result(folder, rel)))
+        needed = {} if weights else weights_needed(study, [out, *srcs])
         todo: dict[Path, Path] = {}  # unit → the source folder it is copied from
         differ = []
-        for rel, folders in holders.items():
-            best, result = folders[0], _result(folders[0], rel)
-            for folder in folders[1:]:
-                other = _result(folder, rel)
+        for rel, held_by in holders.items():
+            (best, result), folders = held_by[0], [f for f, _ in held_by]
+            for folder, other in held_by[1:]:
                 with_weights = weights or _unit(rel) in needed
                 if _grows(other, result) and (other != result or with_weights and _without_weights(
                         best / _unit(rel)) and not _without_weights(folder / _unit(rel))):
@@ -261,7 +272,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
             elif len(folders) > 1:
                 merged.present[rel.parts[0]] = merged.present.get(rel.parts[0], 0) + 1
         for src in srcs:
-            merged.under_way += [f"{rdir.relative_to(src)} (in {src})" for rdir in runs_under_way(src)]
+            merged.unfinished += [f"{rdir.relative_to(src)} (in {src})" for rdir in runs_unfinished(src)]
         if differ:
             raise ValueError(f"{len(differ)} unit(s) of finished work have different results in two folders (the "
                              "same run on two machines?): " + "; ".join(differ) + "; remove one of each from its "
@@ -276,8 +287,6 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
                 # does one whose weights unfinished work needs
                 keep = weights or _unit(rel) in needed or ((out / rel).exists() and not _without_weights(
                     out / _unit(rel)))
-                if not weights and _unit(rel) in needed:
-                    merged.weights_kept[str(_unit(rel))] = needed[_unit(rel)]
                 _copy_unit(src / _unit(rel), out / _unit(rel), keep, merged)
                 merged.copied[rel.parts[0]] = merged.copied.get(rel.parts[0], 0) + 1
         except FolderBusy as e:
@@ -285,7 +294,8 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         finally:
             for f in held:
                 f.close()
-        merged.weights_missing = {str(unit): work for unit, work in needed.items() if _without_weights(out / unit)}
+        for unit, work in needed.items():  # as the destination now holds them
+            (merged.weights_missing if _without_weights(out / unit) else merged.weights_kept)[str(unit)] = work
         atomic_write_json(out / "study.json", study)
     return merged
 
@@ -307,8 +317,8 @@ def describe(merged: Merged, out: Path) -> str:
         lines.append("WARNING: work that needs weights no folder holds is not finished (a study run on "
                      f"{out} stops there; merge into it a folder that holds them): " + "; ".join(
                          f"{unit} ({', '.join(work)})" for unit, work in merged.weights_missing.items()))
-    if merged.under_way:
-        lines.append(f"not merged, not finished: {', '.join(merged.under_way)} (a study run on {out} does them "
+    if merged.unfinished:
+        lines.append(f"not merged, unfinished: {', '.join(merged.unfinished)} (a study run on {out} does them "
                      "again)")
     lines.append(f"its seeds: {merged.seeds}; write its results and report with `earful study run STUDY.yaml --out "
                  f"{out} 'seeds={json.dumps(merged.seeds)}'`: it reads the finished work and does none of it again")

@@ -160,7 +160,7 @@ def finished_records(out: Path) -> list[Path]:
             *sorted((out / "probe").glob("[!.]*/seed-*/summary.json")), *sorted((out / "gradvar").glob("[!.]*.json"))]
 
 
-def runs_under_way(out: Path) -> list[Path]:
+def runs_unfinished(out: Path) -> list[Path]:
     """The pre-training and fine-tuning runs of study folder ``out`` that have a checkpoint (but ``init``, which a
     fresh start writes again) and are not finished."""
     return [rdir for stage in ("pretrain", "finetune") for rdir in sorted((out / stage).glob("[!.]*"))
@@ -168,8 +168,8 @@ def runs_under_way(out: Path) -> list[Path]:
 
 
 def trained_outputs(out: Path) -> list[Path]:
-    """What study folder ``out`` holds that was trained or measured: runs under way and finished work."""
-    return [*runs_under_way(out), *finished_records(out)]
+    """What study folder ``out`` holds that was trained or measured: unfinished runs and finished work."""
+    return [*runs_unfinished(out), *finished_records(out)]
 
 
 # ---------------------------------------------------------------------- pre-training

@@ -25,10 +25,10 @@ def _trainer_info(ckpt: Path) -> dict[str, Any] | None:
 
 
 def run_state(rdir: Path, steps: int) -> tuple[int | None, str]:
-    """(step reached or None, state) of a pre-training run folder: done, diverged, stopped (by a signal: a rerun
-    resumes it; by non-finite steps before its end: a rerun stops there again), under way (at its latest
-    checkpoint's step) or started with no checkpoint yet, each while a process holds it (else interrupted), not
-    started."""
+    """(step reached or None, state) of a pre-training run folder: done or diverged; running (a process holds it:
+    ``lock.held``), at its latest checkpoint's step or with no checkpoint yet; stopped (by a signal: a rerun resumes
+    it; by non-finite steps before its end: a rerun stops there again); not started; interrupted (started, then
+    stopped without a word: killed, or its machine gone)."""
     try:
         done = done_record(rdir)
     except ValueError as e:
@@ -46,33 +46,29 @@ def run_state(rdir: Path, steps: int) -> tuple[int | None, str]:
         step = None if info is None else int(info["step"])
     except (CheckpointError, OSError, KeyError, TypeError, ValueError) as e:
         return None, f"checkpoints unreadable ({e})"
+    alive = held(rdir)  # a trainer holds it: training, resumed after a stop (its checkpoint still says so), starting
+    if alive:
+        return step, "running" if step is not None else "running, no checkpoint yet"
     if info is not None and info.get("stopped_by"):
         return step, f"stopped by {info['stopped_by']} (a rerun resumes it)"
     if info is not None and info.get("nonfinite_stop"):
         return step, f"stopped: {info.get('nan_in_a_row')} non-finite steps in a row (a rerun stops there again)"
     if step is None and not run.started():
         return None, "not started"
-    return step, _liveness(rdir, "under way" if step is not None else "started, no checkpoint yet")
-
-
-def _liveness(folder: Path, running: str) -> str:
-    """``running`` where a process holds ``folder``'s lock; else that it was stopped without a word (killed, or its
-    machine gone), or, where its holder is on another host, that this machine cannot tell."""
-    alive = held(folder)
-    if alive:
-        return running
     if alive is None:
-        pid, host = holder(folder) or (None, "?")
-        return f"{running} on {host}, or stopped there (pid {pid}; this machine cannot tell)"
-    return "interrupted (no process holds it: killed, or its machine gone; a rerun resumes it)"
+        pid, host = holder(rdir) or (None, "?")
+        return step, f"running on {host}, or stopped there (pid {pid}; this machine cannot tell)"
+    return step, "interrupted (no process holds it: killed, or its machine gone; a rerun resumes it)"
 
 
 def _study_process(out: Path) -> str:
     """Whether a study process works in ``out`` now."""
     alive, (pid, host) = held(out), holder(out) or (None, "")
     if alive:
-        return f"its study process running: pid {pid}"
-    return "no study process running" if alive is False else f"its study process on {host}: pid {pid}, running or not"
+        return f"study process running (pid {pid})"
+    if alive is None:
+        return f"study process on {host} (pid {pid}), running or not: this machine cannot tell"
+    return "no study process running"
 
 
 def study_status(out: str | Path) -> str:

@@ -198,7 +198,7 @@ def test_studies_of_other_recipes_are_refused_and_a_grown_one_is_taken(two_machi
         merge_studies([tmp_path / "steps" / "pretrain"], tmp_path / "out")
 
 
-def test_work_under_way_is_not_merged_and_is_named(two_machines, tmp_path) -> None:
+def test_unfinished_work_is_not_merged_and_is_named(two_machines, tmp_path) -> None:
     _, one, _ = two_machines
     stopped = tmp_path / "stopped"  # its 4 s run stopped after its step-2 checkpoint
     shutil.copytree(one, stopped)
@@ -206,8 +206,8 @@ def test_work_under_way_is_not_merged_and_is_named(two_machines, tmp_path) -> No
     out = tmp_path / "merged"
     merged = merge_studies([stopped], out)
     assert not (out / "pretrain" / "4s-seed1").exists() and (out / "pretrain" / "2s-seed1" / "done.json").is_file()
-    assert merged.under_way == [f"pretrain/4s-seed1 (in {stopped})"]
-    assert "not merged, not finished: pretrain/4s-seed1" in describe(merged, out)
+    assert merged.unfinished == [f"pretrain/4s-seed1 (in {stopped})"]
+    assert "not merged, unfinished: pretrain/4s-seed1" in describe(merged, out)
     merge_studies([one], out)  # the finished run, from the folder where it finished
     assert (out / "pretrain" / "4s-seed1" / "done.json").is_file()
 
@@ -292,11 +292,11 @@ def test_status_says_how_far_a_study_has_come_without_reading_results(two_machin
     with hold_folder(out, "earful study"), hold_folder(out / "pretrain" / "4s-seed1"), \
             hold_folder(out / "pretrain" / "2s-seed2"):  # held by a live process
         text = study_status(out)
-    assert f"({out}, its study process running: pid {os.getpid()})" in text
-    assert "| 4s-seed1 | 4 s | 4 / 4 | under way |" in text
-    assert "| 2s-seed2 | 2 s | - / 4 | started, no checkpoint yet |" in text
+    assert f"({out}, study process running (pid {os.getpid()})):" in text
+    assert "| 4s-seed1 | 4 s | 4 / 4 | running |" in text
+    assert "| 2s-seed2 | 2 s | - / 4 | running, no checkpoint yet |" in text
     (out / "pretrain" / "4s-seed1" / ".lock").write_text("123 node-7")  # a cluster's node: not known from here
-    assert "| 4s-seed1 | 4 s | 4 / 4 | under way on node-7, or stopped there (pid 123; this machine cannot tell) |" \
+    assert "| 4s-seed1 | 4 s | 4 / 4 | running on node-7, or stopped there (pid 123; this machine cannot tell) |" \
         in study_status(out)
     caplog.set_level(logging.INFO)
     assert main(["study", "status", str(out)]) == 0 and "| 4s-seed2 | 4 s | - / 4 | not started |" in caplog.text
@@ -339,6 +339,18 @@ def test_without_weights_a_run_whose_planned_work_is_not_finished_keeps_them(two
     merge_studies([one], bare, weights=False)
     (bare / "gradvar" / "2s-seed1.json").unlink()
     again = merge_studies([bare], tmp_path / "again", weights=False)
-    assert again.weights_missing == {"pretrain/2s-seed1": ["gradient noise 2s-seed1"]}
+    assert again.weights_missing == {"pretrain/2s-seed1": ["gradient noise 2s-seed1"]} and again.weights_kept == {}
     assert "WARNING: work that needs weights no folder holds is not finished" in describe(again, tmp_path / "again")
     assert merge_studies([midway], tmp_path / "again", weights=False).weights_missing == {}  # a folder that has them
+    held = tmp_path / "held"  # the destination holds them already: named as kept, though nothing is copied
+    merge_studies([midway], held)
+    assert merge_studies([midway], held, weights=False).weights_kept == merged.weights_kept
+
+    left = tmp_path / "left"  # a rerun with seed 2 alone wrote study.json: seed 1's runs are left out of its plan
+    shutil.copytree(midway, left)
+    saved = json.loads((left / "study.json").read_text())
+    (left / "study.json").write_text(json.dumps({**saved, "seeds": [2]}))
+    assert merge_studies([left], tmp_path / "left-merged", weights=False).weights_kept == merged.weights_kept
+    (left / "pretrain" / "4s-seed1" / "done.json").write_text("{")  # read before the plan is: named
+    with pytest.raises(ValueError, match=r"4s-seed1/done\.json: unreadable"):
+        merge_studies([left], tmp_path / "left-broken", weights=False)
