@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from earful.lock import holder
 from earful.study.config import SlurmConfig, load_study
 from earful.study.run import run_study
 
@@ -31,7 +32,7 @@ def preempt_while_training(rdir: Path, after_step: int, sent: list[int]) -> thre
             except (OSError, ValueError):  # not yet there, or a line half written
                 steps = []
             if steps and max(steps) >= after_step:
-                pid = int((rdir / ".lock").read_text())
+                pid = holder(rdir)[0]  # the trainer that holds the run folder
                 os.kill(pid, signal.SIGUSR1)
                 sent.append(pid)
                 return
