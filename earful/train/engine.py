@@ -42,7 +42,7 @@ from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
 from earful.train.machine import record_machine
-from earful.train.memory import auto_device_seconds
+from earful.train.memory import auto_device_seconds, out_of_memory
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
 from earful.train.recipe import (
     HISTORY,
@@ -394,7 +394,9 @@ class Trainer:
                     with autocast(cfg.precision, d.device):  # the forward only: the backward runs in the dtypes
                         loss, named = task.micro_step(self.net, batch, gen, host_gen)  # the forward chose, and
                     self.scaler.scale(loss).backward()  # custom backwards (fp32 statistics) stay fp32
-            except torch.OutOfMemoryError as e:
+            except RuntimeError as e:  # torch.OutOfMemoryError, or cuDNN / cuBLAS failing to allocate
+                if not out_of_memory(e):
+                    raise
                 raise RuntimeError(
                     f"out of memory on {d.device} with device_seconds={cfg.device_seconds:g}: lower device_seconds "
                     f"(accumulation then rises to keep batch_seconds={cfg.batch_seconds:g}) and --resume") from e

@@ -89,17 +89,32 @@ def trial(task: Task, cfg: TrainingConfig, d: D.Dist, seconds: float) -> bool:
     if task.pads_batches():
         lengths = torch.full((n,), wave.shape[1], device=d.device)
         lengths[-1] = max(wave.shape[1] // 2, wave.shape[1] - SAMPLE_RATE // 10)  # 0.1 s: frames at any stride
+    loss = None
     try:
         with every_layer(task.model), autocast(cfg.precision, d.device):
             loss = task.probe_loss(wave, lengths)
         loss.backward()
         return True
-    except torch.OutOfMemoryError:
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not out_of_memory(e):
+            raise
+        log.debug("device_seconds=auto: %g s does not fit (%s)", seconds, (str(e).splitlines() or [repr(e)])[0])
         return False
     finally:
+        del loss  # the graph of a backward that ran out of memory: freed before the cache is emptied
         task.model.zero_grad(set_to_none=True)
         if d.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+# what a GPU says when a batch does not fit, beside torch.OutOfMemoryError: cuDNN and cuBLAS failing to allocate a
+# workspace (cuDNN's frontend then finds no engine that runs), a CUDA call's own "out of memory"
+OUT_OF_MEMORY = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "unable to find an engine")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether error ``e`` says the device ran out of memory (a trial too large, not a failure of the recipe)."""
+    return isinstance(e, torch.OutOfMemoryError) or any(m in str(e) for m in OUT_OF_MEMORY)
 
 
 def agreed(found: float, upper: float, d: D.Dist) -> float:

@@ -60,6 +60,30 @@ def test_oom_names_device_seconds(kind, where, tmp_path, tiny_corpus, tones, rel
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
 
 
+@pytest.mark.parametrize("message, memory", [
+    ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),  # a workspace cuDNN could not allocate
+    ("GET was unable to find an engine to execute this computation", True),  # cuDNN's frontend, the same cause
+    ("CUDA error: out of memory", True),
+    ("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)", False)])  # not memory: as raised
+def test_a_gpu_library_out_of_memory_names_device_seconds_and_other_errors_pass(message, memory, tmp_path, tiny_corpus,
+                                                                                rel, monkeypatch) -> None:
+    """cuDNN and cuBLAS say they ran out of memory in RuntimeErrors of their own, not torch.OutOfMemoryError."""
+    trainer = Trainer(PretrainTask(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 2))),
+                      tmp_path / "r")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(trainer.model.wav2vec2, "forward", fail)
+    with pytest.raises(RuntimeError) as info:
+        trainer.fit()
+    if memory:
+        assert str(info.value).startswith("out of memory on cpu with device_seconds=4")
+        assert str(info.value.__cause__) == message
+    else:
+        assert str(info.value) == message
+
+
 def test_oom_through_the_cli_is_one_clear_line(tmp_path, tiny_corpus, rel, monkeypatch, caplog) -> None:
     monkeypatch.setattr(Wav2Vec2ForPreTraining, "forward", _raise_oom)
     rc = main(["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 2), "--out", str(tmp_path / "r")])

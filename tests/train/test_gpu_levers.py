@@ -38,17 +38,23 @@ def test_trials_run_the_tasks_step_and_stop_at_the_simulated_limit(tiny_corpus, 
     task.build_model(Dist(), None)
     real = task.probe_loss
     shapes = []
+    error: RuntimeError = torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     def limited(wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:  # a device that holds 5 s
         shapes.append(tuple(wave.shape))
         assert lengths is None  # cropped batches: no padding, as training's
         if wave.numel() > 5 * 16000:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise error
         return real(wave, lengths)
 
     monkeypatch.setattr(task, "probe_loss", limited)
     found = find_device_seconds(lambda s: trial(task, cfg, Dist(), s), upper=16.0)
     assert MARGIN * 5 * 0.95 <= found <= MARGIN * 5
+    error = RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")  # cuDNN's own word for it: too large as well
+    assert find_device_seconds(lambda s: trial(task, cfg, Dist(), s), upper=16.0) == found
+    error = RuntimeError("mat1 and mat2 shapes cannot be multiplied")  # no memory error: the search stops on it
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        find_device_seconds(lambda s: trial(task, cfg, Dist(), s), upper=16.0)
     assert all(length <= 16000 and n * length >= 16000 * 1.9 for n, length in shapes if n > 1)  # long, few
     assert all(p.grad is None for p in task.model.parameters())  # nothing left behind
 
