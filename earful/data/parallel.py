@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
+import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from multiprocessing import Pool
-from multiprocessing.pool import Pool as PoolType
+from contextlib import contextmanager, suppress
+from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -31,48 +33,117 @@ class Stopped(Exception):
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, window: int = 512) -> Iterator[tuple[T, R]]:
     """``(item, fn(item))`` in ``items``' order, ``fn`` run by ``workers`` processes (here when 1), at most
     ``window`` items ahead. Here, Ctrl-C and the stop signals wait for the ``fn(x)`` under way to return
-    (:func:`_signals_held`); with a pool they are the parent's (:func:`ignore_stop_signals`), and leaving the
-    map by an exception terminates the pool, killing workers still alive 5 s later (:func:`_kill_workers_later`)."""
+    (:func:`_signals_held`); with workers they are the parent's (:func:`ignore_stop_signals`), and leaving the
+    map early (Ctrl-C, a stop signal, the consumer's error, ``close()``) ends the workers where they stand.
+
+    Each worker has a pipe of its own, and takes chunks of items in turn (chunk k is worker k mod N's), at most two
+    at a time: results come back in order by reading the workers in turn, and no lock is shared. (A
+    ``multiprocessing.Pool`` shares one lock for its results among its workers: one killed while it wrote a
+    result larger than a pipe holds, as encoded shard members are, kept the lock for ever, and the parent's
+    ``Pool.terminate`` waited on it: `earful shard --workers 2` left early hung in 2 runs of 20.)"""
     if workers <= 1:
         for x in items:
             with _signals_held():
                 r = fn(x)
             yield x, r
         return
+    chunk_size = max(1, window // (4 * workers))
     it = iter(items)
-    with Pool(workers, initializer=_pool_worker_start) as pool:  # left (closed) or not, the pool is terminated
+    crew = [_Worker(fn) for _ in range(workers)]
+    try:
+        in_flight: collections.deque[tuple[_Worker, list[T]]] = collections.deque()
+
+        def send(k: int) -> None:
+            chunk = list(itertools.islice(it, chunk_size))
+            if chunk:
+                crew[k % workers].send(chunk)
+                in_flight.append((crew[k % workers], chunk))
+
+        sent = 0
+        for _ in range(2 * workers):  # two chunks a worker: one it works on, one waiting
+            send(sent)
+            sent += 1
+        while in_flight:
+            worker, chunk = in_flight.popleft()
+            results, error = worker.receive()
+            if error is not None:
+                yield from zip(chunk, results, strict=False)  # the items before the one that failed
+                raise error
+            send(sent)  # to the worker just read: it has one chunk left, and takes this one next
+            sent += 1
+            yield from zip(chunk, results, strict=True)
+        for worker in crew:
+            worker.finish()
+    finally:
+        for worker in crew:
+            worker.end()
+
+
+class _Worker:
+    """A process that runs ``fn`` on each chunk of items it receives, and sends their results back, through a pipe
+    of its own (a duplex ``Pipe``: a chunk of rows or paths one way, a list of results the other)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.conn, theirs = multiprocessing.Pipe()
+        self.process = multiprocessing.Process(target=_serve, args=(fn, theirs), daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def send(self, chunk: list[Any]) -> None:
         try:
-            chunk = list(itertools.islice(it, window))
-            while chunk:
-                pending = pool.imap(fn, chunk, chunksize=max(1, window // (4 * workers)))
-                following = list(itertools.islice(it, window))  # read while the workers encode
-                yield from zip(chunk, pending, strict=True)
-                chunk = following
-        except BaseException:  # stopped (Ctrl-C, a stop signal, the consumer's error, close()): terminate follows
-            _kill_workers_later(pool, ENDING_SECONDS)
-            raise
+            self.conn.send(chunk)
+        except ConnectionError:  # its end closed: it died
+            raise self._died() from None
+
+    def receive(self) -> tuple[list[Any], Exception | None]:
+        """The results of the chunk it works on, up to the first error of ``fn``, and that error (or None)."""
+        try:
+            return self.conn.recv()
+        except (EOFError, ConnectionError):  # reset where it died with a chunk unread
+            raise self._died() from None
+
+    def _died(self) -> RuntimeError:
+        self.process.join(ENDING_SECONDS)
+        return RuntimeError(f"a worker process of earful's ordered_map died (exit code {self.process.exitcode}; "
+                            "killed by the system for memory?)")
+
+    def finish(self) -> None:
+        """The end of the work: the worker's own exit."""
+        with suppress(OSError):
+            self.conn.send(None)
+        self.process.join(ENDING_SECONDS)
+
+    def end(self) -> None:
+        """Ended whatever it was doing (SIGTERM from its parent ends it at once, :func:`ignore_stop_signals`),
+        killed if still alive ``ENDING_SECONDS`` later; its pipe closed."""
+        if self.process.exitcode is None:
+            self.process.terminate()
+            self.process.join(ENDING_SECONDS)
+            if self.process.exitcode is None:
+                self.process.kill()
+                self.process.join()
+        self.conn.close()
 
 
-ENDING_SECONDS = 5.0  # how long a pool's termination may take before its workers are killed
+def _serve(fn: Callable[[Any], Any], conn: Connection) -> None:
+    """A worker: chunks in, results out, until ``None`` (or its parent's SIGTERM). An error of ``fn`` goes back to
+    the parent, which raises it (one that cannot be pickled, as a RuntimeError naming it)."""
+    _worker_start()
+    while (chunk := conn.recv()) is not None:
+        results: list[Any] = []
+        try:
+            for x in chunk:
+                results.append(fn(x))
+            reply: tuple[list[Any], Exception | None] = (results, None)
+        except Exception as e:  # noqa: BLE001 - the parent raises it, after the results before it
+            reply = (results, e)
+        try:
+            conn.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            conn.send((results, RuntimeError(f"{reply[1]!r} (it could not be sent from the worker: {e})")))
 
 
-def _kill_workers_later(pool: PoolType, seconds: float) -> None:
-    """Kill ``pool``'s workers that are still alive ``seconds`` from now (SIGKILL). ``Pool.terminate`` ends its
-    workers with SIGTERM, which a worker takes only from its parent (:func:`ignore_stop_signals`): one sent to
-    the whole process group just before it, still pending, swallows it (a signal pending is not queued twice), and
-    the parent waited for ever for a worker blocked writing a result no one reads (`earful shard --workers 2`,
-    SIGTERM to its group, hung in 2 of 8 runs). Not at once: a worker killed while it waits for a task holds the
-    task queue's lock, which ``Pool.terminate`` takes first."""
-    workers = list(pool._pool)  # multiprocessing's own list of the pool's processes
-
-    def kill() -> None:
-        for p in workers:
-            if p.exitcode is None:
-                p.kill()
-
-    timer = threading.Timer(seconds, kill)
-    timer.daemon = True
-    timer.start()
+ENDING_SECONDS = 5.0  # how long a worker may take to end before it is killed
 
 
 @contextmanager
@@ -126,8 +197,8 @@ def _end_on_the_parents_sigterm(parent: int) -> None:
             os._exit(0)
 
 
-def _pool_worker_start() -> None:
-    """A pool worker's start: :func:`ignore_stop_signals`, with Python's default SIGTERM where the signal is not
+def _worker_start() -> None:
+    """An ordered_map worker's start: :func:`ignore_stop_signals`, with Python's default SIGTERM where the signal is not
     taken by a thread (the parent's :func:`stop_signals_raise` handler, inherited, would leave a traceback)."""
     if not hasattr(signal, "sigwaitinfo"):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
