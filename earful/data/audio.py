@@ -12,7 +12,7 @@ import soundfile as sf
 import soxr
 
 from .budget import SAMPLE_RATE
-from .manifest import Utterance, samples_at
+from .manifest import Utterance, printable_path, samples_at
 
 # samples: the receptive field of the standard feature encoder (ModelConfig's default CNN, every preset's), what
 # the data checks need before any model is known; a model's own is ModelConfig.receptive_field (a test keeps
@@ -92,30 +92,31 @@ def decode_audio(
     window does, has another sample rate while ``resample`` is off, or is shorter than ``min_samples`` (after
     resampling).
     """
+    name = printable_path(path)
     try:
         rate = f.samplerate
         if frames is None:  # the whole file, to its real end (a header may promise more or less)
             data = read_all(f)
         else:
             if start + frames > f.frames:
-                raise AudioError(f"{path}: segment [{start}, {start + frames}) past the end of the file "
+                raise AudioError(f"{name}: segment [{start}, {start + frames}) past the end of the file "
                                  f"({f.frames} samples at {rate} Hz)")
             data = read_window(f, start, frames)
             if len(data) < frames:
-                raise AudioError(f"{path}: truncated? {len(data)} of the {frames} samples from sample {start} "
+                raise AudioError(f"{name}: truncated? {len(data)} of the {frames} samples from sample {start} "
                                  "could be decoded")
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:  # ValueError: soundfile's own
-        raise AudioError(f"{path}: unreadable audio ({e})") from None
+        raise AudioError(f"{name}: unreadable audio ({e})") from None
     if data.size == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
+        raise AudioError(f"{name}: empty audio (0 samples)")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wave).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
     if rate != target_rate:
         if not resample:
-            raise AudioError(f"{path}: sample rate {rate} Hz, expected {target_rate} Hz (resampling is off)")
+            raise AudioError(f"{name}: sample rate {rate} Hz, expected {target_rate} Hz (resampling is off)")
         wave = soxr.resample(wave, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
     if len(wave) < min_samples:
         raise AudioError(too_short(path, len(wave), target_rate, min_samples))
@@ -124,8 +125,8 @@ def decode_audio(
 
 def too_short(path: str | os.PathLike, samples: int, rate: int = SAMPLE_RATE, needed: int = RECEPTIVE_FIELD) -> str:
     """The problem of audio shorter than the model's receptive field."""
-    return (f"{path}: too short ({samples} samples at {rate} Hz; the model's receptive field needs at least "
-            f"{needed})")
+    return (f"{printable_path(path)}: too short ({samples} samples at {rate} Hz; the model's receptive field needs "
+            f"at least {needed})")
 
 
 def check_frames(utts: Sequence[Utterance], where: str, frame: str, reason: str) -> None:
@@ -143,10 +144,11 @@ def check_frames(utts: Sequence[Utterance], where: str, frame: str, reason: str)
 def check_length(path: str | os.PathLike | IO[bytes], samples: int, expected: int) -> None:
     """A file cut short (an interrupted copy) may still decode, and one replaced or listed at the wrong rate may
     be longer: compare with the manifest, allowing for the sample or two resampling may lose or add."""
+    name = printable_path(path)
     if samples + LENGTH_TOLERANCE < expected:
-        raise AudioError(f"{path}: truncated? {samples} samples at {SAMPLE_RATE} Hz, the manifest says {expected}")
+        raise AudioError(f"{name}: truncated? {samples} samples at {SAMPLE_RATE} Hz, the manifest says {expected}")
     if samples > expected + LENGTH_TOLERANCE:
-        raise AudioError(f"{path}: {samples} samples at {SAMPLE_RATE} Hz, longer than the manifest's {expected}: was "
+        raise AudioError(f"{name}: {samples} samples at {SAMPLE_RATE} Hz, longer than the manifest's {expected}: was "
                          "the file replaced or its sample rate misrecorded?")
 
 
@@ -156,12 +158,13 @@ def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, 
     writes one. The rate is the row's; a segment lies within the file; a whole file is as long as the row says
     (``check_length``); what the row holds is not shorter than the model's receptive field. Raises AudioError
     naming ``path`` and the problem; returns the samples the row holds, at the file's rate."""
+    name = printable_path(path)
     if rate != utt.sample_rate:
-        raise AudioError(f"{path}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
+        raise AudioError(f"{name}: sample rate {rate} Hz, the manifest says {utt.sample_rate} Hz: was the file "
                          "replaced?")
     if utt.offset is not None:
         if utt.offset + utt.num_samples > frames:
-            raise AudioError(f"{path}: segment [{utt.offset}, {utt.offset + utt.num_samples}) past the end of the "
+            raise AudioError(f"{name}: segment [{utt.offset}, {utt.offset + utt.num_samples}) past the end of the "
                              f"file ({frames} samples at {rate} Hz)")
         held = utt.num_samples
     else:
@@ -172,28 +175,38 @@ def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, 
     return held
 
 
-def _source(path: str | os.PathLike | IO[bytes]) -> str | IO[bytes]:
-    """What soundfile opens: a path, or an in-memory file (a shard member) from its start."""
+def _source(path: str | os.PathLike | IO[bytes]) -> bytes | IO[bytes]:
+    """What soundfile opens: a path as the file system's bytes, or an in-memory file (a shard member) from its
+    start. Bytes, because soundfile encodes a ``str`` strictly: a file name that is not UTF-8 (``os.listdir``
+    keeps its bytes as lone surrogates, ``'caf\\udce9.flac'``) raised UnicodeEncodeError instead of opening.
+    Raises AudioError for a name no file can have here (a surrogate ``os.fsencode`` cannot turn back into bytes)."""
     if hasattr(path, "read"):
         path.seek(0)  # type: ignore[union-attr]
         return path  # type: ignore[return-value]
-    return os.fspath(path)  # type: ignore[arg-type]
+    try:
+        return os.fsencode(path)  # type: ignore[arg-type]
+    except UnicodeEncodeError as e:
+        raise AudioError(f"{printable_path(path)}: unreadable audio (a file name this file system cannot hold: "
+                         f"{e.reason} at character {e.start})") from None
 
 
 @contextmanager
 def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
     """``path`` opened once, for its header and then its samples (``decode_audio``, ``read_window``). Raises
-    AudioError naming it when it is missing or its header cannot be read."""
+    AudioError naming it when it is missing, its name cannot be a file's, or its header cannot be read."""
     source = _source(path)
+    name = printable_path(path)
     try:
         f = sf.SoundFile(source)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        if isinstance(source, str) and not os.path.exists(source):  # libsndfile says only "System error"
-            raise AudioError(f"{path}: unreadable audio (no such file)") from None
-        if isinstance(source, str) and os.path.isdir(source):  # libsndfile: "Format not recognised"
-            raise AudioError(f"{path}: a directory, not an audio file (give audio files, e.g. DIR/*.flac, that "
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError, ValueError) as e:
+        if isinstance(source, bytes) and not os.path.exists(source):  # libsndfile says only "System error"
+            raise AudioError(f"{name}: unreadable audio (no such file)") from None
+        if isinstance(source, bytes) and os.path.isdir(source):  # libsndfile: "Format not recognised"
+            raise AudioError(f"{name}: a directory, not an audio file (give audio files, e.g. DIR/*.flac, that "
                              "libsndfile reads: WAV, FLAC, OGG/Opus, MP3, AIFF)") from None
-        raise AudioError(f"{path}: unreadable audio header ({e})") from None
+        # libsndfile's own words: soundfile's prefix ("Error opening b'/x/a.flac': ") names the file again
+        detail = e.error_string if isinstance(e, sf.LibsndfileError) else e
+        raise AudioError(f"{name}: unreadable audio header ({detail})") from None
     with f:
         yield f
 

@@ -9,8 +9,6 @@ import logging
 import os
 from pathlib import Path
 
-from earful.atomic import atomic_write_lines
-
 from .librispeech import TRAIN_960, Note, discover, training_splits
 from .manifest import Utterance, summarize, write_manifest, write_manifests
 from .parallel import StopSignals
@@ -196,7 +194,7 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
     stale = _stale(args.out, splits)
     blocking = [p for p in problems if not isinstance(p, Note)]  # notes leave no audio out and mislabel none
     if stale or (blocking and not args.skip_bad):  # refused: the list alone, an earlier run's never stays
-        atomic_write_lines(listed, problems)
+        write_manifests({}, lines={listed: problems})  # as with the manifests: a name not UTF-8 escaped
     if stale:
         raise ValueError(f"{args.out}: {', '.join(p.name for p in stale)} written by an earlier prepare (held out "
                          "with --hold-out, or the union of the three training splits) would disagree with the "
@@ -254,9 +252,10 @@ def _shard(args: argparse.Namespace) -> int:
     recipe = {"manifest_sha256": sha256(args.manifest), "seed": args.seed}  # with the size: what decides the shards
     try:
         with stop_signals_raise():  # a scheduler's pre-emption stops it as Ctrl-C does: the finished shards stay
-            done = write_shards(shard_rows(utts, args.seed), args.out, shard_bytes=int(args.shard_gb * 1e9),
-                                skip_bad=args.skip_bad, workers=args.workers, total=len(utts),
-                                source=str(args.manifest), recipe=recipe, resume=args.resume)
+            rows, line_of = shard_rows(utts, args.seed)  # line_of: the manifest line of a row, naming a bad one
+            done = write_shards(rows, args.out, shard_bytes=int(args.shard_gb * 1e9), skip_bad=args.skip_bad,
+                                workers=args.workers, total=len(utts), source=str(args.manifest), recipe=recipe,
+                                resume=args.resume, line_of=line_of)
     except Stopped as e:
         log.warning("earful shard stopped by %s (exit status %d)", e, EXIT_STOPPED)
         return EXIT_STOPPED

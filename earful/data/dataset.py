@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .audio import AudioError, check_length, check_row, decode_audio, open_audio
 from .budget import SAMPLE_RATE, BatchBudget, shape_length, to_samples
-from .manifest import Manifest, Utterance, lengths_at_rate
+from .manifest import Manifest, Utterance, lengths_at_rate, printable_path
 from .parallel import ignore_stop_signals
 from .sampler import SecondsBatchSampler
 
@@ -153,6 +153,7 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
     many more, ``where`` (the manifest) and ``skip_bad``, the setting that leaves them out."""
     problems: list[str] = []
     for u in utterances:
+        name = printable_path(u.path)
         try:
             with open_audio(u.path) as f:
                 frames, rate = int(f.frames), int(f.samplerate)
@@ -161,10 +162,10 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
                     f.seek(end - 1)
                     last = len(f.read(1, dtype="float32"))
                 except (RuntimeError, ValueError) as e:  # libsndfile's errors (LibsndfileError is a RuntimeError)
-                    raise AudioError(f"{u.path}: cannot read up to sample {end} of the {frames} its header promises "
+                    raise AudioError(f"{name}: cannot read up to sample {end} of the {frames} its header promises "
                                      f"(truncated?): {e}") from None
                 if last != 1:
-                    raise AudioError(f"{u.path}: holds fewer than the {end} samples its header promises (truncated?)")
+                    raise AudioError(f"{name}: holds fewer than the {end} samples its header promises (truncated?)")
         except AudioError as e:
             problems.append(f"{e} (utterance {u.id})")
     if problems:

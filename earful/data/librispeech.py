@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .audio import AUDIO_EXTENSIONS, RECEPTIVE_FIELD, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info, too_short
 from .budget import SAMPLE_RATE
-from .manifest import Utterance, control_character, samples_at
+from .manifest import Utterance, control_character, printable_path, samples_at
 from .parallel import ordered_map
 from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -430,7 +430,8 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
     side = path.with_suffix(".json")
     voiced = None
     if not side.is_file():
-        problems.append(f"{path}: no VAD annotations ({side.name} is missing); the energy VAD is used instead")
+        problems.append(f"{printable_path(path)}: no VAD annotations ({printable_path(side.name)} is missing); the "
+                        "energy VAD is used instead")
     else:
         try:
             meta = json.loads(side.read_text(encoding="utf-8-sig"))
@@ -438,7 +439,7 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
                 raise ValueError("no voice_activity field")
             voiced = annotated_vad(meta["voice_activity"], rate, frames)
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-            problems.append(f"{side}: unusable VAD annotations ({e}); the energy VAD is used instead")
+            problems.append(f"{printable_path(side)}: unusable VAD annotations ({e}); the energy VAD is used instead")
     by_energy = voiced is None
     if by_energy:
         try:

@@ -39,6 +39,28 @@ _INT64 = 2**63  # lengths and offsets are kept as int64
 # NUL ends the text a C reader (espeak-ng) takes, C1 ones are text decoded with the wrong code page
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _JSON_SPACE = b" \t\r\n"  # a line of only these is blank (JSON's whitespace: a row's trailing blank lines parse)
+# a lone surrogate: what os.listdir makes of a file name's bytes that are not UTF-8 (b'caf\xe9' -> 'caf\udce9')
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable_path(path: object) -> str:
+    """``path`` as a message names it: as it is, or as its ``repr`` where it cannot be printed as UTF-8 (a file
+    name whose bytes are not UTF-8, which Python keeps as lone surrogates: ``'caf\\udce9.flac'``). An in-memory
+    file (a shard member) is named by its ``str()``."""
+    name = os.fsdecode(path) if isinstance(path, str | bytes | os.PathLike) else str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(name)
+    return name
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of JSON, non-ASCII text as it is (readable), except lone surrogates (a path holding a
+    file name that is not UTF-8), which are written as JSON escapes (``\\udce9``): no UTF-8 file can hold them as
+    they are, and ``json.loads`` gives the same string back, so the path opens the same file."""
+    line = json.dumps(obj, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def samples_at(num_samples: int, rate: int, target: int = SAMPLE_RATE) -> int:
@@ -122,11 +144,14 @@ class Manifest(Sequence[Utterance]):
     """A manifest read by ``read_manifest``: a sequence of ``Utterance`` kept as columns (see the module
     docstring). ``lengths()`` gives every row's length at ``SAMPLE_RATE`` without parsing a row."""
 
-    def __init__(self, path: Path, starts: np.ndarray, lengths: np.ndarray) -> None:
+    def __init__(self, path: Path, starts: np.ndarray, lengths: np.ndarray, blanks: np.ndarray | None = None) -> None:
         self.path = path
         self.base = path.resolve().parent
         self._starts = starts  # (rows + 1,) int64: row i is bytes [starts[i], starts[i+1]) (blank lines after it)
         self._lengths = lengths  # (rows,) int64 samples at SAMPLE_RATE
+        # (k, 2) int64 [row, blank lines before it in all], a row each where blank lines came before it: none in a
+        # manifest without blank lines, where row i is on line i + 1
+        self._blanks = np.zeros((0, 2), dtype=np.int64) if blanks is None else blanks
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open: rows are read from it on demand
         self._size = os.fstat(self._file.fileno()).st_size
 
@@ -178,6 +203,15 @@ class Manifest(Sequence[Utterance]):
     def lengths(self) -> np.ndarray:
         """(rows,) int64: each row's length in samples at ``SAMPLE_RATE``."""
         return self._lengths
+
+    def line(self, i: int) -> int:
+        """The line (1-based) of the file that holds row ``i``, for messages (without reading the file)."""
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} of a manifest of {len(self)}")
+        i %= len(self)
+        k = int(np.searchsorted(self._blanks[:, 0], i, side="right")) - 1
+        return i + 1 + (int(self._blanks[k, 1]) if k >= 0 else 0)
 
     def __del__(self) -> None:
         if hasattr(self, "_file"):
@@ -290,6 +324,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
     check_manifest_file(path)
     base = path.resolve().parent
     starts, lengths, hashes = array("q"), array("q"), array("q")
+    blanks = array("q")  # [row, blank lines before it] pairs, where blank lines came before the row (Manifest.line)
     end = 0
     last_path = None
     with open(path, "rb") as f:
@@ -298,6 +333,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
             at, pos = pos, pos + len(raw)
             if _blank(raw):
                 continue
+            if lineno - 1 - len(starts) != (blanks[-1] if blanks else 0):
+                blanks.extend((len(starts), lineno - 1 - len(starts)))
             try:
                 line = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is no part of the row
             except UnicodeDecodeError as e:
@@ -319,12 +356,13 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
                 last_path = row["path"]
                 audio = _resolve(last_path, base)
                 if not os.path.isfile(audio):
-                    raise ManifestError(f"{path}:{lineno}: audio file not found: {audio}")
+                    raise ManifestError(f"{path}:{lineno}: audio file not found: {printable_path(audio)}")
     if not lengths and not allow_empty:
         raise ManifestError(f"{path}: no utterances (an empty manifest)")
     starts.append(end)
     _first_duplicate(path, starts, np.frombuffer(hashes, dtype=np.int64))
-    return Manifest(path, np.frombuffer(starts, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64))
+    return Manifest(path, np.frombuffer(starts, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64),
+                    np.frombuffer(blanks, dtype=np.int64).reshape(-1, 2))
 
 
 _FIELDS = tuple(f.name for f in fields(Utterance))  # a row's keys, in order
@@ -384,8 +422,8 @@ def write_manifests(manifests: dict[str | os.PathLike, Iterable[Utterance]],
         for path, utts in rows.items():
             with open(tmps[path], "w", encoding="utf-8") as f:
                 f.writelines(_manifest_lines(utts, path, None))
-        for path, text in texts.items():
-            with open(tmps[path], "w", encoding="utf-8") as f:
+        for path, text in texts.items():  # a file name that is not UTF-8 in a message: as its escapes (\udce9)
+            with open(tmps[path], "w", encoding="utf-8", errors="backslashreplace") as f:
                 f.writelines(line + "\n" for line in text)
 
 
@@ -395,7 +433,7 @@ def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os
     root = Path(relative_to).resolve() if relative_to is not None else None
     folders: dict[str, Path] = {}  # the audio's folders, resolved once each
     for u in utts:
-        yield json.dumps(manifest_row(u, base, root, folders), ensure_ascii=False) + "\n"
+        yield json_line(manifest_row(u, base, root, folders)) + "\n"
 
 
 def summarize(utts: Sequence[Utterance]) -> dict[str, float]:

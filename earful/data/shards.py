@@ -45,7 +45,7 @@ from earful.atomic import atomic_path, atomic_save_npy, atomic_write_json
 
 from .audio import AudioError, check_row, open_audio, read_window
 from .budget import SAMPLE_RATE
-from .manifest import Utterance, manifest_row
+from .manifest import Manifest, Utterance, json_line, manifest_row, printable_path
 from .parallel import ordered_map
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
     """(the FLAC bytes of ``utt``'s audio — its window of the file — or b"", the problem or None). The header is
     checked against the row as the loader checks it (``check_row``: rate, length, window, too short), so a member
     holds what its json and the index say."""
+    name = printable_path(utt.path)
     try:
         with open_audio(utt.path) as f:  # one open: the header checked, then the window read
             frames, rate = int(f.frames), int(f.samplerate)
@@ -97,13 +98,13 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
             dtype, subtype = _EXACT_FLAC.get(source, ("float32", "PCM_24"))
             data = read_window(f, start, count, dtype)
         if len(data) < count:
-            return b"", f"{utt.path}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"
+            return b"", f"{name}: truncated? {len(data)} of {count} samples from sample {start} could be decoded"
         if dtype == "float32" and not np.isfinite(data).all():
-            return b"", f"{utt.path}: audio contains NaN or infinite samples"
+            return b"", f"{name}: audio contains NaN or infinite samples"
         if source in ("FLOAT", "DOUBLE") and len(data) and (peak := float(np.abs(data).max())) > 1.0:
             # FLAC holds [-1, 1): the member would differ from the file (it was clipped silently). A lossy decode
             # (MP3, Vorbis, Opus) that overshoots a little is clipped, as any conversion to PCM does (docs/data.md)
-            return b"", (f"{utt.path}: float samples beyond ±1 (peak {peak:.3g}) would be clipped in a FLAC member; "
+            return b"", (f"{name}: float samples beyond ±1 (peak {peak:.3g}) would be clipped in a FLAC member; "
                          "scale the file, or train from the manifest (data.train)")
         out = io.BytesIO()
         sf.write(out, data, rate, format="FLAC", subtype=subtype)
@@ -111,13 +112,13 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
     except AudioError as e:
         return b"", str(e)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        return b"", f"{utt.path}: unreadable audio ({e})"
+        return b"", f"{name}: unreadable audio ({e})"
 
 
 def _member_json(utt: Utterance) -> bytes:
     row = manifest_row(utt)
     source = {"path": row.pop("path"), "offset": row.pop("offset", None)}
-    return json.dumps({**row, "source": source}, ensure_ascii=False).encode("utf-8")
+    return json_line({**row, "source": source}).encode("utf-8")  # a path not UTF-8: its escapes
 
 
 @dataclass
@@ -136,11 +137,14 @@ PROGRESS, PROGRESS_COLUMNS = "progress.json", "progress"
 
 def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_bytes: int, skip_bad: bool = False,
                  workers: int = 1, total: int | None = None, source: str = "",
-                 recipe: dict[str, Any] | None = None, resume: bool = False) -> ShardSummary:
+                 recipe: dict[str, Any] | None = None, resume: bool = False,
+                 line_of: Callable[[int], int] | None = None) -> ShardSummary:
     """Write ``utts`` (in their order) as shards of about ``shard_bytes`` each into ``out`` and the index last.
     A row whose audio cannot be read (unreadable, truncated) or whose file the row disagrees with (the loader's
     ``check_row``: rate, length, a segment past the end of its file, too short) stops the writing naming it, or
-    with ``skip_bad`` is left out, logged and listed in the index (``left_out``).
+    with ``skip_bad`` is left out, logged and listed in the index (``left_out``: its id, line and problem). A row
+    is named by the manifest ``source``, its line there (``line_of(k)`` of the k-th row of ``utts``) and its id
+    (``_row_name``): a Libri-light file's 70 segments share one path, which names none of them.
 
     After each finished shard, ``out/progress.json`` records the rows done and the shards, and
     ``out/progress/SHARD.npy`` its members' columns; ``resume`` continues a run stopped (killed, Ctrl-C) from
@@ -196,11 +200,12 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         for utt, (flac, problem) in tqdm(items, total=total, initial=row, unit="row", desc="shards",
                                          mininterval=2.0):
             if problem is not None:
+                bad = {"id": utt.id, **({} if line_of is None else {"line": line_of(row)}), "problem": problem}
                 if not skip_bad:
-                    raise BadRow(f"{problem}: fix the manifest (or the file), or add --skip-bad to leave such "
-                                 "rows out (they are listed in the index)")
-                log.warning("left out %s: %s", utt.id, problem)
-                left_out.append({"id": utt.id, "problem": problem})
+                    raise BadRow(f"{_row_name(source, bad)}: {problem}: fix the manifest (or the file), or add "
+                                 "--skip-bad to leave such rows out (they are listed in the index)")
+                log.warning("left out %s: %s", _row_name(source, bad), problem)
+                left_out.append(bad)
                 row += 1
                 continue
             member = len(cols["offset"])
@@ -215,7 +220,8 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
             row += 1
         if not len(cols["offset"]):
             raise BadRow(f"no row could be written: all {len(left_out)} were left out (the first: "
-                             f"{left_out[0]['id']}: {left_out[0]['problem']})" if left_out else "no row to write")
+                         f"{_row_name(source, left_out[0])}: {left_out[0]['problem']})"
+                         if left_out else "no row to write")
         writer.close()
     except BadRow:  # the manifest (so the recipe) must change: no shard is left without its index
         items.close()  # its worker processes end now
@@ -244,7 +250,13 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         "shards": shards, "left_out": left_out})  # fmt: skip
     _forget_progress(out)
     return ShardSummary(len(shards), members, hours, sum(s["bytes"] for s in shards),
-                        [f"{r['id']}: {r['problem']}" for r in left_out])
+                        [f"{_row_name(source, r)}: {r['problem']}" for r in left_out])
+
+
+def _row_name(source: str, row: dict[str, Any]) -> str:
+    """A manifest row (a ``left_out`` entry) as messages name it: ``MANIFEST:LINE (id ID)``, or what is known."""
+    where = f"{source}:{row['line']}" if source and "line" in row else source
+    return f"{where} (id {row['id']})" if where else f"id {row['id']}"
 
 
 def _forget_progress(out: Path) -> None:
@@ -381,7 +393,7 @@ class ShardIndex:
                              f"{meta.get('format') if isinstance(meta, dict) else None!r}); write the shards again")
         self.digest = hashlib.sha256(raw).hexdigest()
         self.shards: list[dict[str, Any]] = meta["shards"]
-        self.left_out: list[dict[str, str]] = meta.get("left_out", [])
+        self.left_out: list[dict[str, Any]] = meta.get("left_out", [])  # id, line (in "source"), problem
         self.first = np.concatenate([[0], np.cumsum([s["members"] for s in self.shards])]).astype(np.int64)
         self.columns = {c: self._column(c) for c in COLUMNS}
         counts = {c: len(v) for c, v in self.columns.items()}
@@ -514,9 +526,10 @@ def member_utterance(meta: dict[str, Any], audio: Member) -> Utterance:
                      meta.get("transcript"), phonemes=meta.get("phonemes"), intent=meta.get("intent"))
 
 
-def shard_rows(utts: Sequence[Utterance], seed: int | None) -> Iterable[Utterance]:
-    """The rows in the manifest's order, or shuffled by ``seed`` (better mixed batches from a sequential read)."""
+def shard_rows(utts: Manifest, seed: int | None) -> tuple[Iterable[Utterance], Callable[[int], int]]:
+    """The rows in the manifest's order, or shuffled by ``seed`` (better mixed batches from a sequential read),
+    and the manifest line of the k-th of them (``write_shards``'s ``line_of``, naming a bad row)."""
     if seed is None:
-        return utts
+        return utts, utts.line
     order = np.random.default_rng(seed).permutation(len(utts))
-    return (utts[int(i)] for i in order)
+    return (utts[int(i)] for i in order), lambda k: utts.line(int(order[k]))

@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import AudioError
+from .manifest import printable_path
 
 FRAME_SECONDS = 0.02
 FLOOR_MARGIN_DB = 9.0  # voiced: this much over the noise floor ...
@@ -54,17 +55,19 @@ DEFAULT_LIMITS = SegmentLimits()
 
 def frame_energies(path: str | os.PathLike, rate: int) -> tuple[np.ndarray, int]:
     """(energy in dB of each 20 ms frame, samples a frame) of ``path`` at its sample rate ``rate`` (from the header
-    its caller has read), reading in blocks."""
+    its caller has read), reading in blocks. The path goes to soundfile as bytes (``os.fsencode``): a file name
+    that is not UTF-8 opens as any other."""
     frame = max(1, round(FRAME_SECONDS * rate))
     try:
         parts = []
-        for block in sf.blocks(os.fspath(path), blocksize=frame * 4096, dtype="float32", always_2d=True):
+        for block in sf.blocks(os.fsencode(path), blocksize=frame * 4096, dtype="float32", always_2d=True):
             mono = block.mean(axis=1)
             whole = len(mono) // frame * frame
             if whole:
                 parts.append(np.mean(mono[:whole].reshape(-1, frame).astype(np.float64) ** 2, axis=1))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioError(f"{path}: unreadable audio ({e})") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:  # ValueError: a name fsencode refuses
+        detail = e.error_string if isinstance(e, sf.LibsndfileError) else e  # soundfile's prefix names the file
+        raise AudioError(f"{printable_path(path)}: unreadable audio ({detail})") from None
     power = np.concatenate(parts) if parts else np.zeros(0)
     return 10 * np.log10(power + 1e-12), frame
 

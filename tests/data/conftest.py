@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,25 @@ def opens(monkeypatch) -> collections.Counter:
     class Counting(real):  # type: ignore[misc, valid-type]
         def __init__(self, file, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
             if "r" in (args[0] if args else kwargs.get("mode", "r")):  # not a shard member's FLAC being written
-                counts[str(file)] += 1
+                counts[os.fsdecode(file) if isinstance(file, bytes) else str(file)] += 1  # a path: bytes
             super().__init__(file, *args, **kwargs)
 
     monkeypatch.setattr(sf, "SoundFile", Counting)
     return counts
+
+
+@pytest.fixture
+def not_utf8():
+    """``not_utf8(path, b"caf\\xe9.flac")``: the file ``path`` renamed to a name whose bytes are not UTF-8, returned
+    as Python names it (``os.listdir``'s lone surrogates: ``caf\\udce9.flac``); skips where the file system refuses
+    such a name."""
+
+    def rename(path: Path, name: bytes) -> Path:
+        target = path.with_name(os.fsdecode(name))
+        try:
+            os.rename(path, target)
+        except OSError as e:
+            pytest.skip(f"this file system refuses a file name that is not UTF-8 ({e})")
+        return target
+
+    return rename

@@ -1,11 +1,14 @@
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from earful.data.audio import AudioError, load_audio
+from earful.data.audio import AudioError, audio_info, load_audio
 from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from earful.data.vad import frame_energies
 
 
 def test_manifest_roundtrip_relative_paths(tmp_path: Path, tone):
@@ -248,3 +251,34 @@ def test_a_manifest_resolves_paths_as_path_resolve_does_with_one_lstat_a_row(tmp
     got = read_manifest(tmp_path / "m.jsonl")
     assert {u.path for u in got} == {str(tmp_path / "audio" / "sub" / "a.flac")} and got[0].intent == {"x": "y"}
     assert rows[0].intent == {"x": "y"}
+
+
+def test_a_file_name_that_is_not_utf8_opens_and_round_trips_through_a_manifest(tmp_path: Path, tone, not_utf8):
+    """``caf\\xe9.flac`` (Latin-1 bytes; Python names it ``caf\\udce9.flac``): soundfile encoded a ``str`` path
+    strictly, so loading it, or the energy VAD, raised UnicodeEncodeError ("surrogates not allowed"), named no file
+    and was no AudioError that --skip-bad leaves out; a manifest listing it could not be written. Now the path goes
+    to soundfile as the file system's bytes, a manifest holds it as JSON escapes and reads back the same path, and
+    a name no file can have here is an AudioError naming it by its repr."""
+    n = tone(tmp_path / "x.flac", 0.5)
+    cafe = not_utf8(tmp_path / "x.flac", b"caf\xe9.flac")
+    assert os.fsencode(cafe).endswith(b"/caf\xe9.flac") and "caf\udce9.flac" in os.listdir(tmp_path)
+    assert len(load_audio(cafe)) == n and audio_info(str(cafe)) == (n, 16000)
+    assert len(frame_energies(cafe, 16000)[0]) == n // 320  # the energy VAD reads it
+    utts = [Utterance("caf\udce9", str(cafe), n, 16000, "s", "CAF\u00c9")]
+    write_manifest(utts, tmp_path / "m.jsonl")
+    text = (tmp_path / "m.jsonl").read_text(encoding="utf-8")  # valid UTF-8: the surrogates as JSON escapes
+    assert '"caf\\udce9"' in text and "caf\\udce9.flac" in text and "CAF\u00c9" in text  # other text as it is
+    back = read_manifest(tmp_path / "m.jsonl", check_files=True)
+    assert list(back) == utts and len(load_audio(back[0].path)) == n
+    nameless = str(tmp_path / "x\ud800.flac")  # a surrogate os.fsencode cannot turn into bytes: no file's name
+    for read in (load_audio, audio_info):
+        with pytest.raises(AudioError, match=re.escape(f"{nameless!r}: unreadable audio (a file name this file "
+                                                       "system cannot hold")):
+            read(nameless)
+    (tmp_path / "x.flac").write_bytes(b"this is not audio at all" * 10)
+    broken = not_utf8(tmp_path / "x.flac", b"bro\xa0ken.flac")
+    with pytest.raises(AudioError, match=re.escape(f"{str(broken)!r}: unreadable audio header (")) as info:
+        load_audio(broken)
+    assert str(info.value).encode("utf-8") and "b'" not in str(info.value)  # printable; soundfile's b'...' not shown
+    with pytest.raises(AudioError, match=re.escape(f"{str(broken)!r}: unreadable audio (")):
+        frame_energies(broken, 16000)

@@ -211,3 +211,42 @@ def test_a_file_shorter_than_a_model_frame_is_a_problem(tmp_path: Path, tone) ->
     utts = discover(tmp_path, problems)[tmp_path.name]
     assert sorted(u.id for u in utts) == ["blip8k", "ok"]
     assert len(problems) == 1 and "blip.wav: too short (320 samples at 16000 Hz" in problems[0]
+
+
+def test_prepare_reads_files_whose_names_are_not_utf8_and_names_those_it_cannot_use(
+        tmp_path: Path, unlabelled_tree, not_utf8) -> None:
+    """Libri-light files named in Latin-1 (``caf\\xe9.flac`` and its ``.json``; one without annotations, cut by the
+    energy VAD): `earful prepare` stopped at the first, with or without --skip-bad, on "'utf-8' codec can't encode
+    character '\\udce9' ...: surrogates not allowed", naming no file and writing no manifest. Now they are cut as
+    any other, their manifest reads back and loads; one that is not audio is a problem naming it (by its repr: its
+    name cannot be printed), which stops prepare, or with --skip-bad is left out and counted."""
+    root = tmp_path / "librilight" / "small"
+    first, second = unlabelled_tree(root, files=2)
+    cafe = not_utf8(first, b"caf\xe9.flac")
+    not_utf8(first.with_suffix(".json"), b"caf\xe9.json")  # its annotations
+    naive = not_utf8(second, b"na\xefve.flac")  # no json beside it: the energy VAD
+    second.with_suffix(".json").unlink()
+    (root / "101" / "book_0" / "x.flac").write_bytes(b"this is not audio at all" * 10)
+    broken = not_utf8(root / "101" / "book_0" / "x.flac", b"bro\xa0ken.flac")
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    command = ["prepare", str(root), str(tmp_path / "out"), "--max-seconds", "6", "--min-seconds", "1"]
+    args = parser.parse_args(command)
+    with pytest.raises(ValueError, match=r"small: 2 problem\(s\), listed in .*problems-small.txt: "):
+        args.func(args)
+    listed = (tmp_path / "out" / "problems-small.txt").read_text(encoding="utf-8").splitlines()
+    assert sorted(listed) == [f"{str(broken)!r}: unreadable audio header (Format not recognised.)",
+                              f"{str(naive)!r}: no VAD annotations ('na\\udcefve.json' is missing); the energy VAD "
+                              "is used instead"]
+    assert not (tmp_path / "out" / "unlabelled-small.jsonl").exists()
+    args = parser.parse_args([*command, "--skip-bad"])
+    assert args.func(args) == 0
+    manifest = read_manifest(tmp_path / "out" / "unlabelled-small.jsonl", check_files=True)
+    by_file: dict[str, list[Utterance]] = {}
+    for u in manifest:
+        by_file.setdefault(u.path, []).append(u)
+    assert sorted(by_file) == sorted([str(cafe), str(naive)])  # the same str as os.listdir's: the same files
+    assert [(u.offset, u.offset + u.num_samples) for u in by_file[str(cafe)]] == [(8000, 88000), (120000, 184000)]
+    assert by_file[str(cafe)][0].id == "100/book_0/caf\udce9-0000" and len(by_file[str(naive)]) == 2
+    batch = next(iter(make_loader(manifest, BatchBudget.per_device(60.0), shuffle=False)))
+    assert sorted(batch.ids) == sorted(u.id for u in manifest)  # every segment loads

@@ -6,6 +6,7 @@ import collections
 import itertools
 import json
 import logging
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -242,9 +243,62 @@ def test_a_stopped_shard_run_leaves_no_shard_without_an_index_and_a_rerun_writes
     with pytest.raises(ShardError, match=rf"killed holds 2 shard file\(s\) and no index.json .*rm {killed}/shard-\*"):
         _run("shard", str(corpus), str(killed), "--skip-bad")
     corpus.write_text(json.dumps(blip) + "\n")
-    with pytest.raises(ShardError, match=r"no row could be written: all 1 were left out \(the first: blip: "):
+    with pytest.raises(ShardError, match=rf"no row could be written: all 1 were left out \(the first: {corpus}:1 "
+                                         r"\(id blip\): .*blip.flac: too short"):
         _run("shard", str(corpus), str(tmp_path / "none"), "--skip-bad")
     assert not (tmp_path / "none" / "index.json").exists()
+
+
+def test_a_bad_row_is_named_by_its_manifest_line_and_id_not_by_its_file_alone(corpus: Path, tmp_path: Path,
+                                                                              caplog) -> None:
+    """A Libri-light file's ~70 segment rows share one path, and `earful shard` named the file alone ("long.flac:
+    too short (300 samples ...)"): which row, the user could not tell. Now a bad row is named by the manifest, its
+    line there and its id, in the stop, the log, the index's ``left_out`` (its id and line) and the summary, in
+    whatever order the rows are written (--seed), blank lines counted."""
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    bad = {**rows[-1], "id": "s9000", "num_samples": 300, "offset": 8000}  # a segment of long.flac, too short
+    lines = ["", *(json.dumps(r) for r in rows[:10]), "", "  ", *(json.dumps(r) for r in rows[10:]), json.dumps(bad)]
+    corpus.write_text("\n".join(lines) + "\n")
+    manifest = read_manifest(corpus)
+    assert [manifest.line(i) for i in range(len(manifest))] == [k + 1 for k, line in enumerate(lines) if line.strip()]
+    assert manifest.line(-1) == 22
+    named = f"{corpus}:22 (id s9000): {rows[-1]['path']}: too short (300 samples at 16000 Hz"
+    with pytest.raises(ShardError, match=re.escape(named) + ".*--skip-bad"):
+        _run("shard", str(corpus), str(tmp_path / "s1"))
+    assert not (tmp_path / "s1" / "index.json").exists()
+    with caplog.at_level(logging.WARNING):
+        assert _run("shard", str(corpus), str(tmp_path / "s2"), "--skip-bad", "--seed", "3") == 0
+    index = ShardIndex(tmp_path / "s2")
+    assert len(index) == 18 and [(r["id"], r["line"]) for r in index.left_out] == [("s9000", 22)]
+    assert index.left_out[0]["problem"].startswith(f"{rows[-1]['path']}: too short (300 samples")
+    assert f"left out {named}" in caplog.text and f"1 rows left out (listed in {tmp_path / 's2'}" in caplog.text
+    assert caplog.text.count(named) == 2  # the row's warning, and the summary's
+
+
+def test_shard_writes_files_whose_names_are_not_utf8_and_names_those_it_cannot_read(corpus: Path, tmp_path: Path,
+                                                                                   not_utf8) -> None:
+    """A manifest row whose path is not UTF-8 (``"caf\\udce9.flac"``, as json.dumps writes the name os.listdir
+    gives): `earful shard` stopped, with or without --skip-bad, on "'utf-8' codec can't encode character '\\udce9'
+    ...: surrogates not allowed", naming neither file nor row. Now its member is written (its json holds the path
+    as JSON escapes) and holds the file's samples; a file of such a name that is not audio stops the run naming it
+    (by its repr: its name cannot be printed) and its row, or with --skip-bad is left out and counted."""
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    cafe = not_utf8(Path(rows[0]["path"]), b"caf\xe9.flac")  # u00: 16 kHz, 16 bits, mono
+    rows[0]["path"] = str(cafe)
+    (tmp_path / "x.flac").write_bytes(b"this is not audio at all" * 10)
+    broken = not_utf8(tmp_path / "x.flac", b"bro\xa0ken.flac")
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {**rows[1], "id": "broken", "path": str(broken)}]))
+    assert "caf\\udce9.flac" in corpus.read_text(encoding="utf-8")  # json.dumps's escapes
+    with pytest.raises(ShardError, match=re.escape(f"{corpus}:19 (id broken): {str(broken)!r}: unreadable audio "
+                                                   "header (Format not recognised.): fix the manifest")):
+        _run("shard", str(corpus), str(tmp_path / "s1"))
+    assert _run("shard", str(corpus), str(tmp_path / "s2"), "--skip-bad") == 0
+    index = ShardIndex(tmp_path / "s2")
+    assert len(index) == 18 and [(r["id"], r["line"]) for r in index.left_out] == [("broken", 19)]
+    with open_location(index.path(0)) as f:
+        audio, meta = read_member(f, index, 0)
+    assert meta["id"] == "u00" and meta["source"]["path"] == str(cafe)
+    np.testing.assert_array_equal(sf.read(audio, dtype="int16")[0], sf.read(os.fsencode(cafe), dtype="int16")[0])
 
 
 def test_a_stopped_shard_run_resumes_after_its_last_finished_shard_and_writes_what_one_run_writes(
