@@ -131,11 +131,13 @@ def test_loader_with_workers_budget_and_exact_resume(tmp_path: Path, tone):
 
 
 def test_fairseq_recipe_crops_while_the_papers_and_the_demo_pad():
+    import earful
     from earful.pretrain.config import load_pretrain_config
 
+    configs = Path(earful.__file__).parent / "configs"  # the shipped presets, wherever the tests run from
     assert not load_pretrain_config(None).data.padding  # fairseq BASE: enable_padding false
-    assert load_pretrain_config("earful/configs/pretrain-paper.yaml").data.padding  # nanow2v2 pads
-    assert load_pretrain_config("earful/configs/pretrain-demo.yaml").data.padding  # as the demo was measured
+    assert load_pretrain_config(configs / "pretrain-paper.yaml").data.padding  # nanow2v2 pads
+    assert load_pretrain_config(configs / "pretrain-demo.yaml").data.padding  # as the demo was measured
 
 
 def test_model_inputs_drop_the_lengths_of_an_unpadded_batch() -> None:
