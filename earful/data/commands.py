@@ -251,14 +251,17 @@ def _shard(args: argparse.Namespace) -> int:
     utts = read_manifest(args.manifest, check_files=True)
     recipe = {"manifest_sha256": sha256(args.manifest), "seed": args.seed}  # with the size: what decides the shards
     try:
-        with stop_signals_raise():  # a scheduler's pre-emption stops it as Ctrl-C does: the finished shards stay
-            rows, line_of = shard_rows(utts, args.seed)  # line_of: the manifest line of a row, naming a bad one
+        with stop_signals_raise() as stops:  # a scheduler's pre-emption stops it as Ctrl-C does: the finished
+            rows, line_of = shard_rows(utts, args.seed)  # shards stay; line_of: a row's manifest line
             done = write_shards(rows, args.out, shard_bytes=int(args.shard_gb * 1e9), skip_bad=args.skip_bad,
                                 workers=args.workers, total=len(utts), source=str(args.manifest), recipe=recipe,
-                                resume=args.resume, line_of=line_of)
+                                resume=args.resume, line_of=line_of, finishing=stops.holding)
     except Stopped as e:
         log.warning("earful shard stopped by %s (exit status %d)", e, EXIT_STOPPED)
         return EXIT_STOPPED
+    if stops.arrived:
+        log.warning("%s arrived while the index was written: it was finished first",
+                    " and ".join(dict.fromkeys(stops.arrived)))
     log.info("%d members (%.3f h) in %d shards, %.2f GB -> %s", done.members, done.hours, done.shards,
              done.bytes / 1e9, args.out)
     if done.problems:

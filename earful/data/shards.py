@@ -33,6 +33,7 @@ import shutil
 import tarfile
 from array import array
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -138,7 +139,8 @@ PROGRESS, PROGRESS_COLUMNS = "progress.json", "progress"
 def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_bytes: int, skip_bad: bool = False,
                  workers: int = 1, total: int | None = None, source: str = "",
                  recipe: dict[str, Any] | None = None, resume: bool = False,
-                 line_of: Callable[[int], int] | None = None) -> ShardSummary:
+                 line_of: Callable[[int], int] | None = None,
+                 finishing: Callable[[], AbstractContextManager[Any]] = nullcontext) -> ShardSummary:
     """Write ``utts`` (in their order) as shards of about ``shard_bytes`` each into ``out`` and the index last.
     A row whose audio cannot be read (unreadable, truncated) or whose file the row disagrees with (the loader's
     ``check_row``: rate, length, a segment past the end of its file, too short) stops the writing naming it, or
@@ -150,10 +152,16 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     ``out/progress/SHARD.npy`` its members' columns; ``resume`` continues a run stopped (killed, Ctrl-C) from
     there, when ``recipe`` (what decides the shards: the manifest's digest, the seed, the shard size,
     ``skip_bad``) is the run's. A run stopped by a bad row removes what it wrote (the manifest must change, and
-    with it the recipe)."""
+    with it the recipe). The index and the progress's removal are written inside ``finishing()`` (the command's
+    ``StopSignals.holding``: a stop signal then waits for the end); a run killed between them is finished: a
+    ``resume`` removes the progress and returns the index's summary."""
     out = Path(out)
     recipe = {**(recipe or {}), "shard_bytes": shard_bytes, "skip_bad": skip_bad}
     if (out / INDEX).exists():
+        if resume and (out / PROGRESS).exists():  # killed after its index was written: it had finished
+            log.info("--resume: %s holds its index: the run had finished; its progress files are removed", out)
+            _forget_progress(out)
+            return _summary(json.loads((out / INDEX).read_text(encoding="utf-8")))
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
     done = _progress(out, recipe, resume)
     if resume:  # the shard being written when the run stopped (before its first was recorded, too): its own
@@ -239,18 +247,23 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         else:
             log.warning("stopped before a shard was finished: run again (with or without --resume)")
         raise
-    (out / "index").mkdir(exist_ok=True)
-    for c in COLUMNS:
-        atomic_save_npy(out / "index" / f"{c}.npy",
-                        np.frombuffer(cols[c], dtype=np.int64).astype(np.int32 if c == "sample_rate" else np.int64))
-    members = len(cols["offset"])
-    hours = samples_16k / SAMPLE_RATE / 3600
-    atomic_write_json(out / INDEX, {
-        "format": SHARDS_FORMAT, "source": source, "members": members, "hours": hours,
-        "shards": shards, "left_out": left_out})  # fmt: skip
-    _forget_progress(out)
-    return ShardSummary(len(shards), members, hours, sum(s["bytes"] for s in shards),
-                        [f"{_row_name(source, r)}: {r['problem']}" for r in left_out])
+    index = {"format": SHARDS_FORMAT, "source": source, "members": len(cols["offset"]),
+             "hours": samples_16k / SAMPLE_RATE / 3600, "shards": shards, "left_out": left_out}
+    with finishing():  # every shard is written: what is left takes milliseconds, and must all happen
+        (out / "index").mkdir(exist_ok=True)
+        for c in COLUMNS:
+            atomic_save_npy(out / "index" / f"{c}.npy", np.frombuffer(cols[c], dtype=np.int64).astype(
+                np.int32 if c == "sample_rate" else np.int64))
+        atomic_write_json(out / INDEX, index)
+        _forget_progress(out)
+    return _summary(index)
+
+
+def _summary(index: dict[str, Any]) -> ShardSummary:
+    """What an index holds, as ``write_shards`` returns it."""
+    shards, left_out = index["shards"], index["left_out"]
+    return ShardSummary(len(shards), index["members"], index["hours"], sum(s["bytes"] for s in shards),
+                        [f"{_row_name(index['source'], r)}: {r['problem']}" for r in left_out])
 
 
 def _row_name(source: str, row: dict[str, Any]) -> str:

@@ -492,3 +492,39 @@ def test_each_row_and_member_is_opened_once(corpus: Path, tmp_path: Path, opens:
     batch = stream.load(np.arange(len(rows)), 0)
     assert len(batch) == len(rows) and sum(opens.values()) == len(rows)
     assert all(name.endswith(".flac") and count == 1 for name, count in opens.items())  # SHARD.tar:KEY.flac
+
+
+def test_a_stop_signal_while_the_index_is_written_waits_and_a_run_killed_there_resumes_as_finished(
+        corpus: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    """A SIGTERM between the index and the progress's removal exited 4 ("--resume continues"), and --resume then
+    refused the folder ("already holds shards"): a requeue failed. The index is now written with the stop signals
+    held; a run killed there (SIGKILL) is finished, and --resume says so and returns 0."""
+    import signal
+
+    import earful.data.shards as S
+
+    args = ("--shard-gb", "0.00005")
+    assert _run("shard", str(corpus), str(tmp_path / "ref"), *args) == 0
+    forget = S._forget_progress
+
+    def signalled(out: Path) -> None:  # the scheduler's signal, just as the progress is removed
+        os.kill(os.getpid(), signal.SIGTERM)
+        forget(out)
+
+    monkeypatch.setattr(S, "_forget_progress", signalled)
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "held"
+    assert _run("shard", str(corpus), str(out), *args) == 0
+    assert "SIGTERM arrived while the index was written: it was finished first" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert (out / "index.json").read_bytes() == (tmp_path / "ref" / "index.json").read_bytes()
+
+    monkeypatch.setattr(S, "_forget_progress", lambda out: None)  # killed after the index: progress left
+    killed = tmp_path / "killed"
+    assert _run("shard", str(corpus), str(killed), *args) == 0 and (killed / "progress.json").exists()
+    monkeypatch.setattr(S, "_forget_progress", forget)
+    assert _run("shard", str(corpus), str(killed), *args, "--resume") == 0
+    assert "the run had finished; its progress files are removed" in caplog.text
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    with pytest.raises(ShardError, match="already holds shards"):  # without --resume, as before
+        _run("shard", str(corpus), str(killed), *args)
