@@ -43,10 +43,12 @@ from earful.study.config import plan_runs, study_of_record
 from earful.study.fingerprint import check_same_recipe, comparable
 from earful.study.stages import (
     STAGES,
+    done_record,
     evaluated,
     finished_records,
     gradvar_measured,
     probed,
+    read_record,
     runs_unfinished,
 )
 
@@ -111,24 +113,16 @@ def _unit(record: Path) -> Path:
     return record.parent if record.name in ("done.json", "summary.json") else record
 
 
-def _record(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: unreadable ({e}); remove its folder from the study folder (its work is then "
-                         "done again) or repair it") from None
-
-
 def _result(folder: Path, rel: Path) -> Any:
     """What unit ``rel`` of study folder ``folder`` holds, as compared between folders: its record less the paths it
     names (the same result in a folder of another name is the same), and for a run the SHA-256 of each of its
     checkpoints' weights (its done.json records its plan, not its result; kept by ``--without-weights`` too)."""
-    value = _record(folder / rel)
+    value = read_record(folder / rel)
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in WHERE}
     if rel.name != "done.json":
         return value
-    weights = {p.parent.name: weights_sha256(_record(p)) for p in sorted((folder / rel.parent / "checkpoints").glob(
+    weights = {p.parent.name: weights_sha256(read_record(p)) for p in sorted((folder / rel.parent / "checkpoints").glob(
         "[!.]*/model.json"))}
     return {"done": value, "weights": weights}
 
@@ -150,11 +144,7 @@ def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, lis
     records it reads have been read by ``_result`` (an unreadable one is named there)."""
     from earful.study.run import unique, work_after
 
-    def finished_run(folder: Path, stage: str, name: str) -> dict[str, Any] | None:
-        path = folder / stage / name / "done.json"
-        return _record(path) if path.is_file() else None
-
-    seeds = {_record(p).get("seed") for f in folders for p in (f / "pretrain").glob("[!.]*/done.json")}
+    seeds = {read_record(p).get("seed") for f in folders for p in (f / "pretrain").glob("[!.]*/done.json")}
     probe_seeds = {int(p.name[len("seed-"):]) for f in folders for p in (f / "probe").glob("[!.]*/seed-*")
                    if p.name[len("seed-"):].isdigit()}
     try:
@@ -169,14 +159,14 @@ def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, lis
     tests = study.corpus.test_sets()
     needed: dict[Path, list[str]] = {}
     for run in runs:
-        holder = next((f for f in folders if finished_run(f, "pretrain", run.name) is not None), None)
-        if holder is None:
+        found = next(((f, r) for f in folders if (r := done_record(f / "pretrain" / run.name)) is not None), None)
+        if found is None:
             continue
-        record = finished_run(holder, "pretrain", run.name) or {}
+        holder, record = found
         after = work_after(study, run, holder, first_of_seed[run.seed] is run, bool(record.get("diverged")))
         todo = []
         for f in unique(after.finetunings):
-            if not any(finished_run(folder, "finetune", f.name) is not None for folder in folders):
+            if not any(done_record(folder / "finetune" / f.name) is not None for folder in folders):
                 todo.append(f"fine-tuning {f.name}")
             elif not any(evaluated(folder, f.name, tests) for folder in folders):
                 needed[Path("finetune") / f.name] = [f"evaluation {f.name}"]

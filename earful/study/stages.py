@@ -44,9 +44,20 @@ def tracked(study: StudyConfig, cfg: TrainingConfig, out: Path, name: str) -> No
     cfg.tracking = t
 
 
+def read_record(path: Path) -> Any:
+    """A study folder's JSON record (a done.json, a summary, a checkpoint's model.json); one that cannot be read is
+    a ValueError naming it and the way out."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); remove its folder from the study folder (its work is then "
+                         "done again) or repair it") from None
+
+
 def done_record(path: Path) -> dict[str, Any] | None:
+    """The done.json of run folder ``path``: its record once finished, else None."""
     p = path / "done.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    return read_record(p) if p.exists() else None
 
 
 def divergence(rdir: Path, steps: int, max_nan_steps: int) -> str:

@@ -29,10 +29,7 @@ def run_state(rdir: Path, steps: int) -> tuple[int | None, str]:
     ``lock.held``), at its latest checkpoint's step or with no checkpoint yet; stopped (by a signal: a rerun resumes
     it; by non-finite steps before its end: a rerun stops there again); not started; interrupted (started, then
     stopped without a word: killed, or its machine gone)."""
-    try:
-        done = done_record(rdir)
-    except ValueError as e:
-        raise ValueError(f"{rdir / 'done.json'}: unreadable ({e})") from None
+    done = done_record(rdir)  # an unreadable one: a ValueError naming it
     if done is not None:
         return int(done.get("step", steps)), "diverged" if done.get("diverged") else "done"
     run = RunDir(rdir)
