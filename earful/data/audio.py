@@ -175,7 +175,7 @@ def check_row(path: str | os.PathLike | IO[bytes], utt: Utterance, frames: int, 
     return held
 
 
-def _source(path: str | os.PathLike | IO[bytes]) -> bytes | IO[bytes]:
+def soundfile_source(path: str | os.PathLike | IO[bytes]) -> bytes | IO[bytes]:
     """What soundfile opens: a path as the file system's bytes, or an in-memory file (a shard member) from its
     start. Bytes, because soundfile encodes a ``str`` strictly: a file name that is not UTF-8 (``os.listdir``
     keeps its bytes as lone surrogates, ``'caf\\udce9.flac'``) raised UnicodeEncodeError instead of opening.
@@ -194,7 +194,7 @@ def _source(path: str | os.PathLike | IO[bytes]) -> bytes | IO[bytes]:
 def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
     """``path`` opened once, for its header and then its samples (``decode_audio``, ``read_window``). Raises
     AudioError naming it when it is missing, its name cannot be a file's, or its header cannot be read."""
-    source = _source(path)
+    source = soundfile_source(path)
     name = printable_path(path)
     try:
         f = sf.SoundFile(source)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from .audio import AudioError
+from .audio import AudioError, soundfile_source
 from .manifest import printable_path
 
 FRAME_SECONDS = 0.02
@@ -55,17 +55,18 @@ DEFAULT_LIMITS = SegmentLimits()
 
 def frame_energies(path: str | os.PathLike, rate: int) -> tuple[np.ndarray, int]:
     """(energy in dB of each 20 ms frame, samples a frame) of ``path`` at its sample rate ``rate`` (from the header
-    its caller has read), reading in blocks. The path goes to soundfile as bytes (``os.fsencode``): a file name
-    that is not UTF-8 opens as any other."""
+    its caller has read), reading in blocks. The path goes to soundfile as ``open_audio`` gives it
+    (``soundfile_source``: bytes, so that a file name that is not UTF-8 opens as any other)."""
     frame = max(1, round(FRAME_SECONDS * rate))
+    source = soundfile_source(path)  # a name no file can have here: an AudioError naming it
     try:
         parts = []
-        for block in sf.blocks(os.fsencode(path), blocksize=frame * 4096, dtype="float32", always_2d=True):
+        for block in sf.blocks(source, blocksize=frame * 4096, dtype="float32", always_2d=True):
             mono = block.mean(axis=1)
             whole = len(mono) // frame * frame
             if whole:
                 parts.append(np.mean(mono[:whole].reshape(-1, frame).astype(np.float64) ** 2, axis=1))
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:  # ValueError: a name fsencode refuses
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:  # ValueError: soundfile's own
         detail = e.error_string if isinstance(e, sf.LibsndfileError) else e  # soundfile's prefix names the file
         raise AudioError(f"{printable_path(path)}: unreadable audio ({detail})") from None
     power = np.concatenate(parts) if parts else np.zeros(0)
