@@ -49,8 +49,10 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, wind
         return
     chunk_size = max(1, window // (4 * workers))
     it = iter(items)
-    crew = [_Worker(fn) for _ in range(workers)]
+    crew: list[_Worker] = []
     try:
+        for _ in range(workers):  # inside: one that fails to start ends those started before it
+            crew.append(_Worker(fn))
         in_flight: collections.deque[tuple[_Worker, list[T]]] = collections.deque()
 
         def send(k: int) -> None:
