@@ -282,3 +282,77 @@ def test_a_file_name_that_is_not_utf8_opens_and_round_trips_through_a_manifest(t
     assert str(info.value).encode("utf-8") and "b'" not in str(info.value)  # printable; soundfile's b'...' not shown
     with pytest.raises(AudioError, match=re.escape(f"{str(broken)!r}: unreadable audio (")):
         frame_energies(broken, 16000)
+
+
+def _reference_digest(path: Path) -> dict:
+    """The digest's rule as earful.data.digest's docstring states it, written plainly (one json.dumps a value)."""
+    import hashlib
+    import json
+
+    from earful.data.digest import LABELS
+
+    def canonical(obj: object) -> bytes:
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+    h = {k: hashlib.sha256() for k in ("rows", "paths", "file", "audio", *LABELS)}
+    for raw in path.read_bytes().splitlines(keepends=True):
+        h["file"].update(raw)
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8-sig"))
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            for k in ("rows", "audio", *LABELS):
+                h[k].update(raw.strip() + b"\n")
+            continue
+        h["paths"].update(json.dumps(row.pop("path", None), ensure_ascii=False).encode() + b"\n")
+        h["rows"].update(canonical(row))
+        h["audio"].update(canonical({k: v for k, v in row.items() if k not in LABELS}))
+        for label in LABELS:
+            h[label].update(canonical({"v": row.get(label)}))
+    return {k: v.hexdigest() for k, v in h.items()}
+
+
+def test_the_manifest_digest_is_its_stated_rule(tmp_path: Path):
+    """The digest recorded in every run and study folder (a changed one refuses their resume): rows less their
+    paths, canonical JSON, labels apart; pinned against a plain statement of the rule over odd rows (a byte-order
+    mark, blank lines, lines that are no object, nested labels, non-ASCII text, rows with and without labels)."""
+    import json
+
+    from earful.data.digest import LABELS, manifest_digest
+
+    m = tmp_path / "m.jsonl"
+    rows = [{"id": "a", "path": "/x/é.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s",
+             "transcript": "héllo ²"},
+            {"id": "b", "path": None, "num_samples": 2, "sample_rate": 16000, "speaker": "t",
+             "intent": {"z": "1", "a": "2"}, "phonemes": "a b"},
+            {"path": {"q": 1}, "id": "c", "num_samples": 1.5, "x": [1, {"b": 2, "a": 1}]},
+            {"id": "d", "path": "p", "num_samples": 3, "sample_rate": 8000, "offset": 4},
+            {"id": "e", "path": "p", "speaker": None, "transcript": None}]
+    text = "\ufeff" + "\n \n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n[1, 2]\nnot json\n"
+    m.write_bytes(text.encode() + b"\xff\xfe\n")
+    want, got = _reference_digest(m), manifest_digest(m)
+    assert (got.rows, got.paths, got.file, got.audio) == (want["rows"], want["paths"], want["file"], want["audio"])
+    assert got.labels == {label: want[label] for label in LABELS}
+
+
+def test_a_long_manifest_read_shows_its_progress(tmp_path: Path, monkeypatch, capsys):
+    """Reading and hashing a manifest of millions of rows takes minutes: a bar says how far they are (bytes),
+    drawn only once a read has taken PROGRESS_AFTER_S (a small manifest shows nothing)."""
+    from earful.data import manifest
+    from earful.data.digest import manifest_digest
+
+    utts = [Utterance(f"u{i}", "/x/a.flac", 16000, 16000, "s") for i in range(50)]
+    write_manifest(utts, tmp_path / "small.jsonl")
+    read_manifest(tmp_path / "small.jsonl")
+    manifest_digest(tmp_path / "small.jsonl")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(manifest, "PROGRESS_AFTER_S", 0.0)  # as if the read were slow
+    monkeypatch.setattr(manifest, "_BAR_EVERY", 8)
+    write_manifest(utts, tmp_path / "long.jsonl")
+    assert len(read_manifest(tmp_path / "long.jsonl")) == 50
+    manifest_digest(tmp_path / "long.jsonl")
+    err = capsys.readouterr().err
+    assert "reading long.jsonl" in err and "hashing long.jsonl" in err
