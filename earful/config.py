@@ -3,7 +3,7 @@
 A config is a (possibly nested) dataclass. ``load_config(cls, preset_or_path, overrides)`` starts from
 the dataclass defaults, applies a YAML file (a preset name from ``earful/configs/`` or a path), then the
 overrides, e.g. ``model.num_layers=4 optim.lr=1e-3``. Values in overrides are parsed as YAML scalars
-(``yaml.safe_load``), never evaluated.
+(safely, numbers in decimal only: ``_PlainNumbersLoader``), never evaluated.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys are an error naming them."""
     types_ = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=repr)  # YAML keys may be numbers or bools (``on:``)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
@@ -188,7 +188,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _plain_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: not a plain YAML value ({str(e).splitlines()[0]})") from None
         if _YAML_COMMENT.search(raw) and not raw.lstrip().startswith(("'", '"')):
@@ -203,7 +203,32 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+class _PlainNumbersLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads numbers as written in decimal only. YAML 1.1 (PyYAML) also reads ``010`` as
+    octal 8, ``0x10`` as 16, ``0b10`` as 2 and ``1:30`` as sexagesimal 90, so ``seed=010`` silently became 8 and
+    ``batch_seconds=1:30`` 90 s; here those stay text, which a number setting refuses, naming its key."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_PlainNumbersLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789"))
+_PlainNumbersLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                          |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                          |[-+]?\.(?:inf|Inf|INF)
+                          |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def _plain_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_PlainNumbersLoader)
+
+
+class _UniqueKeyLoader(_PlainNumbersLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last, silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

@@ -105,6 +105,8 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
             base["model"], over["model_preset"] = to_dict(model), FROM_INIT
         else:
             preset = over.get("model_preset", data.get("model_preset", PretrainConfig.model_preset))
+            if not isinstance(preset, str):  # Path(7) raised a bare TypeError, past the command line's handler
+                raise ValueError(f"model_preset={preset!r}: expected a model preset name or a YAML path")
             base["model_preset"] = preset
             base["model"] = to_dict(load_model_config(preset))
         cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
