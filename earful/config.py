@@ -153,12 +153,31 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins."""
+class Whole(dict):  # type: ignore[type-arg]
+    """A mapping given whole as one override's value (``text_mapping={}``, ``data.test={a: x.jsonl}``)."""
+
+
+def _sections(cls: type) -> dict[str, type]:
+    """The fields of dataclass ``cls`` that are sections (dataclasses themselves, or None): name -> class."""
+    out = {}
+    for name, tp in _field_types(cls).items():
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
+            typing.Union, types.UnionType) else [tp]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            out[name] = inner[0]
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """``update`` over ``base``, recursively; ``update`` wins. With the config's dataclass ``cls``, a section
+    (``optim``) is merged key by key, and so is a mapping *setting* (``text_mapping``, a study's ``data.test``)
+    from ``key.entry=value`` overrides, but a mapping given whole (:class:`Whole`: ``text_mapping={}``) replaces
+    the setting, as any other value does: the YAML's entries cannot survive an override that names them all."""
+    sections = _sections(cls) if cls is not None else {}
     out = dict(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and (k in sections or not isinstance(v, Whole)):
+            out[k] = merge(out[k], v, sections.get(k))
         else:
             out[k] = v
     return out
@@ -199,7 +218,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override")
-        node[parts[-1]] = value
+        node[parts[-1]] = Whole(value) if isinstance(value, dict) else value
     return out
 
 
@@ -252,13 +271,14 @@ class _UniqueKeyLoader(_PlainNumbersLoader):
 def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from a path, or from ``earful/configs/NAME.yaml`` for a preset name."""
     p = Path(preset_or_path)
-    if not p.exists():
+    if not p.is_file():  # a folder of that name (a run's --out) is no config: the preset it names is meant
         cand = PRESET_DIR / f"{preset_or_path}.yaml"
-        if cand.exists():
+        if cand.is_file():
             p = cand
         else:
             presets = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
-            raise ConfigError(f"{preset_or_path}: no such file and no such preset (presets: {presets})")
+            what = "a folder, not a config file," if p.is_dir() else "no such file"
+            raise ConfigError(f"{preset_or_path}: {what} and no such preset (presets: {presets})")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -284,9 +304,9 @@ def load_config(
     """Defaults ← YAML (preset name or path) ← ``key=value`` overrides."""
     data = to_dict(cls())
     if preset_or_path is not None:
-        data = merge(data, read_yaml(preset_or_path))
+        data = merge(data, read_yaml(preset_or_path), cls)
     if overrides:
-        data = merge(data, parse_overrides(overrides))
+        data = merge(data, parse_overrides(overrides), cls)
     return from_dict(cls, data)
 
 

@@ -109,7 +109,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
                 raise ValueError(f"model_preset={preset!r}: expected a model preset name or a YAML path")
             base["model_preset"] = preset
             base["model"] = to_dict(load_model_config(preset))
-        cfg = from_dict(PretrainConfig, merge(merge(base, data), over))
+        cfg = from_dict(PretrainConfig, merge(merge(base, data, PretrainConfig), over, PretrainConfig))
         cfg.validate()
     except (ValueError, OSError, CheckpointError) as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None

@@ -283,7 +283,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     if old:
         raise ConfigError("; ".join(f"{where}: {k} is now called {RENAMED[k]} (the same values), as the "
                                     f"training's optim.{RENAMED[k]}" for k, where in old))
-    data = merge(merge(to_dict(StudyConfig()), given), over)
+    data = merge(merge(to_dict(StudyConfig()), given, StudyConfig), over, StudyConfig)
     study = from_dict(StudyConfig, data, str(path))
     check_names(study, str(path))
     if study.cycles and study.mode != "fixed-steps":

@@ -59,8 +59,20 @@ class OptimConfig:
         at_least("optim.cyclic_step_size", self.cyclic_step_size, 1)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas={self.betas}: expected two numbers in [0, 1)")
-        if self.clip_norm < 0:
-            raise ValueError(f"optim.clip_norm={self.clip_norm}: expected a number >= 0 (0: no clipping)")
+        if not (self.clip_norm >= 0 and math.isfinite(self.clip_norm)):  # NaN turned clipping off
+            raise ValueError(f"optim.clip_norm={self.clip_norm}: expected a finite number >= 0 (0: no clipping)")
+        if not (self.reference_batch_seconds > 0 and math.isfinite(self.reference_batch_seconds)):
+            raise ValueError(f"optim.reference_batch_seconds={self.reference_batch_seconds}: expected a finite "
+                             "number of seconds > 0")
+        if not (self.end_lr >= 0 and math.isfinite(self.end_lr)):  # a negative or NaN lr at the schedule's end
+            raise ValueError(f"optim.end_lr={self.end_lr}: expected a finite learning rate >= 0")
+        for name in ("tristage_init_scale", "tristage_final_scale", "cyclic_base_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"optim.{name}={getattr(self, name)}: expected a fraction of optim.lr in [0, 1]")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"optim.eps={self.eps}: expected a finite number > 0")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"optim.weight_decay={self.weight_decay}: expected a finite number >= 0")
 
 
 @dataclass

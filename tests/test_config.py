@@ -1,0 +1,92 @@
+"""Configs as a user writes them: numbers in YAML and overrides, presets, unknown keys, mapping settings, the
+optimizer's values checked before training."""
+
+import pytest
+
+from earful.config import ConfigError
+from earful.finetune.config import load_finetune_config
+from earful.pretrain.config import load_pretrain_config
+
+
+@pytest.mark.parametrize("override", ["seed=010", "log_every=0x10", "max_steps=0b11", "batch_seconds=1:30",
+                                      "max_steps=1:00:00"])
+def test_numbers_other_than_decimal_are_refused_not_converted(override):
+    """PyYAML reads 010 as octal 8, 0x10 as 16, 1:30 as 90: silently another value (seed=010 trained seed 8)."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config\.{key}: expected"):
+        load_pretrain_config(None, [override])
+
+
+def test_decimal_numbers_still_read_as_before(tmp_path):
+    cfg = load_pretrain_config(None, ["seed=10", "max_steps=1_000", "optim.lr=1e-3", "batch_seconds=90.5",
+                                      "data.crop_seconds=.5", "data.max_seconds=null", "log_every=+5"])
+    assert (cfg.seed, cfg.max_steps, cfg.optim.lr, cfg.batch_seconds) == (10, 1000, 1e-3, 90.5)
+    assert (cfg.data.crop_seconds, cfg.data.max_seconds, cfg.log_every) == (0.5, None, 5)
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0\nmax_steps: 20\noptim:\n  lr: 2.0e-3\n")
+    assert (lambda c: (c.seed, c.max_steps, c.optim.lr))(load_pretrain_config(path, [])) == (0, 20, 2e-3)
+    path.write_text("seed: 017\n")
+    with pytest.raises(ConfigError, match=r"config\.seed: expected an integer, got '017'"):
+        load_pretrain_config(path, [])
+
+
+def test_a_model_preset_that_is_not_a_name_is_a_config_error_naming_it(tmp_path):
+    """Was a bare TypeError from Path(123), past the command line's one-line handler (a traceback)."""
+    with pytest.raises(ConfigError, match=r"command-line overrides: model_preset=123: expected a model preset"):
+        load_pretrain_config(None, ["model_preset=123"])
+    path = tmp_path / "c.yaml"
+    path.write_text("model_preset: true\n")
+    with pytest.raises(ConfigError, match=r"model_preset=True"):
+        load_pretrain_config(path, [])
+
+
+def test_unknown_keys_of_several_types_are_named(tmp_path):
+    """Was TypeError: '<' not supported between 'str' and 'int' while sorting them for the message."""
+    path = tmp_path / "c.yaml"
+    path.write_text("max_step: 10\n1: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['max_step', 1\]"):
+        load_pretrain_config(path, [])
+
+
+def test_a_mapping_given_whole_replaces_the_yamls_and_one_entry_adds_to_it(tmp_path):
+    """text_mapping={} left the YAML's entries in place, and {"x": "y"} added to them: an override could never
+    clear or replace a mapping setting. A section given whole (optim={...}) still keeps the YAML's other keys."""
+    path = tmp_path / "ft.yaml"
+    path.write_text('text_mapping: {"-": " ", "é": "e"}\noptim:\n  lr: 1.0e-4\n  schedule: constant\n',
+                    encoding="utf-8")
+    assert load_finetune_config(path, []).text_mapping == {"-": " ", "é": "e"}
+    assert load_finetune_config(path, ["text_mapping={}"]).text_mapping == {}
+    assert load_finetune_config(path, ['text_mapping={"x": "y"}']).text_mapping == {"x": "y"}
+    assert load_finetune_config(path, ["text_mapping.x=y"]).text_mapping == {"-": " ", "é": "e", "x": "y"}
+    optim = load_finetune_config(path, ["optim={lr: 2.0e-4}"]).optim
+    assert (optim.lr, optim.schedule) == (2e-4, "constant")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.end_lr=-1e-3", "optim.end_lr=-0.001: expected a finite learning rate >= 0"),
+    ("optim.end_lr=.nan", "optim.end_lr=nan"),
+    ("optim.cyclic_base_fraction=-1", "optim.cyclic_base_fraction=-1.0: expected a fraction"),
+    ("optim.tristage_init_scale=-0.5", "optim.tristage_init_scale=-0.5: expected a fraction"),
+    ("optim.tristage_final_scale=2", "optim.tristage_final_scale=2.0"),
+    ("optim.clip_norm=.nan", "optim.clip_norm=nan: expected a finite number"),
+    ("optim.reference_batch_seconds=0", "optim.reference_batch_seconds=0.0: expected a finite number of seconds"),
+    ("optim.reference_batch_seconds=-6000", "optim.reference_batch_seconds=-6000.0"),
+    ("optim.eps=0", "optim.eps=0.0"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1"),
+])
+def test_optimizer_values_no_schedule_can_use_are_refused_before_training(override, message):
+    """Each passed: the schedule went negative or NaN (AdamW checks its lr once, at the peak), NaN turned
+    clipping off, and a reference of 0 s raised ZeroDivisionError at the first step."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_pretrain_config(None, [override])
+
+
+def test_a_folder_named_as_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """`earful pretrain pretrain-demo ...` beside a run folder named pretrain-demo read the folder: 'Is a
+    directory'. A folder is no config: the preset is read; a folder that names no preset is said to be one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrain-demo").mkdir()
+    assert load_pretrain_config("pretrain-demo", []).max_steps > 0
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match="runs: a folder, not a config file, and no such preset"):
+        load_pretrain_config("runs", [])
