@@ -18,6 +18,7 @@ and transcribed, ``cafe``, as the references are.
 from __future__ import annotations
 
 import codecs
+import gzip
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,8 +60,11 @@ def arpa_unigrams(path: str | Path) -> list[str]:
     """The words of an ARPA file's ``\\1-grams:`` section, in file order (markers included)."""
     words: list[str] = []
     in_unigrams = False
+    with Path(path).open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # LibriSpeech's 4-gram.arpa.gz, which KenLM reads as it is
     try:
-        with Path(path).open(encoding="utf-8-sig") as f:  # a byte-order mark is no part of the text
+        with (gzip.open(path, "rt", encoding="utf-8-sig") if gzipped else
+              Path(path).open(encoding="utf-8-sig")) as f:  # a byte-order mark is no part of the text
             for raw in f:
                 line = raw.strip()
                 if line == "\\1-grams:":
@@ -243,15 +247,23 @@ class LMBeamDecoder:
             if f.read(3) == codecs.BOM_UTF8:  # KenLM reads the first line as "\ufeff\\data\\": not ARPA
                 raise ValueError(f"{lm_path}: begins with a UTF-8 byte-order mark, which KenLM does not read; save it "
                                  "without one (sed -i '1s/^\\xEF\\xBB\\xBF//' FILE)")
-        self._lm = KenLM(str(lm_path), self._words)
+        try:
+            self._lm = KenLM(str(lm_path), self._words)
+        except RuntimeError as e:  # KenLM's message ("End of file Byte: 406") names neither the file nor what it is
+            raise ValueError(f"{lm_path}: KenLM cannot read this LM ({e}): a truncated or malformed ARPA file, or "
+                             "not a KenLM model") from None
         silence = vocab.delimiter_id
         self._closing_frame = torch.full((len(vocab),), -1e4)  # log-probabilities: "|" for certain
         self._closing_frame[silence] = 0.0
         self._trie = fl.Trie(len(vocab), silence)
         start = self._lm.start(False)
+        _, unk_score = self._lm.score(start, self._words.get_index(UNK))
+        unknown: list[str] = []
         for word, spellings in lex.items():
             word_idx = self._words.get_index(word)
             _, score = self._lm.score(start, word_idx)
+            if score == unk_score:  # KenLM scores a word it does not know as <unk>
+                unknown.append(word)
             for spelling in spellings:
                 try:  # a lexicon of upper-case spellings serves a lower-case vocabulary, as the LM's words do
                     ids = [vocab.index(t.lower() if lower else t) for t in spelling]
@@ -259,6 +271,14 @@ class LMBeamDecoder:
                     where = lm_path if lexicon is None else lexicon if not isinstance(lexicon, dict) else "lexicon"
                     raise ValueError(f"{where}: the spelling of {word!r} uses {e} outside the vocabulary") from e
                 self._trie.insert(ids, word_idx, score)
+        if unknown:
+            where = "lexicon" if lexicon is None or isinstance(lexicon, dict) else str(lexicon)
+            message = (f"{where}: {len(unknown)} of {len(lex)} lexicon words are not in the LM {lm_path} (KenLM scores "
+                       f"them as <unk>), e.g. {', '.join(repr(w) for w in unknown[:5])}: a lexicon in another case "
+                       "or of another text than the LM?")
+            if len(unknown) == len(lex):
+                raise ValueError(message + " The LM would score no word")
+            log.warning("%s", message)
         self._trie.smear(fl.SmearingMode.MAX)
         o = self.options
         fl_options = fl.LexiconDecoderOptions(

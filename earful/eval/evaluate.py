@@ -65,8 +65,8 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
     out = [BLANK]
     for i, s in enumerate(symbols[1:], 1):
         if len(s) == 1:
-            low = s.lower()
-            out.append(low if low not in symbols else s)
+            low = s.lower()  # 'İ' lower-cases to two characters ('i' and U+0307): it keeps its case
+            out.append(low if len(low) == 1 and low not in symbols else s)
         else:
             out.append(placeholder(i))
     return CharVocab(out, mapping=vocab.get("mapping") or None)
@@ -238,6 +238,12 @@ def evaluate(
         except AudioError as e:  # the loader names the file (and the utterance); the manifest and way out here
             raise _unreadable(manifest, split, e) from None
         ids = [u.id for u in utts]
+        # hypotheses normalised as the references are (lower-cased, the text mapping applied): a mapping of a
+        # character the model writes ({"'": ''}) or an imported vocabulary with upper-case letters changed the
+        # references only, and a hypothesis equal to its reference was counted wrong
+        greedy = {i: _normalised(h, vocab) for i, h in greedy.items()}
+        if lm_hyps is not None:
+            lm_hyps = {i: _normalised(h, vocab) for i, h in lm_hyps.items()}
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
         results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
                                               {**meta, "decoder": "greedy"})}
@@ -258,6 +264,12 @@ def evaluate(
     if kept:
         log.info("%s/summary.json also holds this checkpoint's earlier evaluation of %s", out, ", ".join(kept))
     return summary
+
+
+def _normalised(hypothesis: str, vocab: CharVocab) -> str:
+    """A hypothesis as :meth:`CharVocab.normalize` writes a reference (without its check: a hypothesis is spelled
+    with the vocabulary's own symbols)."""
+    return " ".join(vocab.mapped(hypothesis).split())
 
 
 def _weights_sha256(ckpt: Path) -> str | None:

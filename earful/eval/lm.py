@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -262,7 +263,8 @@ def build_arpa(text: str | Path, out: str | Path, order: int = 4, lowercase: boo
     # words a CTC vocabulary of letters cannot spell ("hello," of "Hello, world."): evaluate --lm leaves them
     # out of its lexicon; said here, where the text can still be cleaned
     words = [w for w in model.vocabulary if w not in (BOS, EOS, UNK)]
-    odd = sorted(w for w in words if not all(c.isalpha() or c == "'" for c in w))  # letters of any script
+    # letters of any script, with their marks (the vowel signs of हिंदी, a combining accent: categories M*)
+    odd = sorted(w for w in words if not all(c.isalpha() or c == "'" or unicodedata.category(c)[0] == "M" for c in w))
     if odd:
         log.warning("%s: %d of %d words hold characters other than letters and ' (e.g. %s): a CTC vocabulary of "
                     "letters cannot spell them, and evaluate --lm leaves them out of its lexicon (unless the "
