@@ -238,12 +238,9 @@ def evaluate(
         except AudioError as e:  # the loader names the file (and the utterance); the manifest and way out here
             raise _unreadable(manifest, split, e) from None
         ids = [u.id for u in utts]
-        # hypotheses normalised as the references are (lower-cased, the text mapping applied): a mapping of a
-        # character the model writes ({"'": ''}) or an imported vocabulary with upper-case letters changed the
-        # references only, and a hypothesis equal to its reference was counted wrong
-        greedy = {i: _normalised(h, vocab) for i, h in greedy.items()}
+        greedy = {i: vocab.normalize_hypothesis(h) for i, h in greedy.items()}  # as the references are
         if lm_hyps is not None:
-            lm_hyps = {i: _normalised(h, vocab) for i, h in lm_hyps.items()}
+            lm_hyps = {i: vocab.normalize_hypothesis(h) for i, h in lm_hyps.items()}
         meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
         results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
                                               {**meta, "decoder": "greedy"})}
@@ -264,12 +261,6 @@ def evaluate(
     if kept:
         log.info("%s/summary.json also holds this checkpoint's earlier evaluation of %s", out, ", ".join(kept))
     return summary
-
-
-def _normalised(hypothesis: str, vocab: CharVocab) -> str:
-    """A hypothesis as :meth:`CharVocab.normalize` writes a reference (without its check: a hypothesis is spelled
-    with the vocabulary's own symbols)."""
-    return " ".join(vocab.mapped(hypothesis).split())
 
 
 def _weights_sha256(ckpt: Path) -> str | None:

@@ -246,6 +246,13 @@ class CharVocab:
                              else f"utterance {utt_id!r}")
         return " ".join(mapped.split())
 
+    def normalize_hypothesis(self, text: str) -> str:
+        """A model's transcript as :meth:`normalize` writes a reference (lower-cased, mapped, white space
+        collapsed; no check: the model spells with the vocabulary's own symbols), so that the two compare: a
+        mapping of a character the model writes (``{"'": ""}``) or an imported vocabulary's capitals changed the
+        references alone, and a transcript equal to its reference counted as wrong."""
+        return " ".join(self.mapped(text).split())
+
     def encode(self, text: str, utt_id: str | None = None) -> list[int]:
         """Text to ids: lower-cased, mapped, spaces to ``|``; no leading/trailing delimiter.
 

@@ -224,7 +224,7 @@ class FinetuneTask(Task):
             stats[0] += model.ctc_loss(logits, flen, targets.to(d.device), target_lengths.to(d.device)).double()
             stats[1] += len(batch)
             stats[2] += target_lengths.sum()
-            hyps = greedy_decode(logits.float(), flen, self.vocab)
+            hyps = [self.vocab.normalize_hypothesis(h) for h in greedy_decode(logits.float(), flen, self.vocab)]
             refs = [self.dev_refs[i] for i in batch.ids]
             for off, unit in ((3, "word"), (7, "char")):
                 c = error_counts(refs, hyps, unit, allow_empty=True)  # type: ignore[arg-type]

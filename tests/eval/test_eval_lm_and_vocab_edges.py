@@ -1,12 +1,12 @@
-"""Defects found in review: a truncated LM named, a lexicon the LM does not know, 'İ' in an imported vocabulary,
-hypotheses normalised as the references."""
+"""LMs and vocabularies as users bring them: a truncated or gzipped ARPA, a lexicon the LM does not know, 'İ' in an
+imported vocabulary, Indic vowel signs, and hypotheses normalised as the references."""
 
 import logging
 
 import pytest
 
 from earful.eval.beam import BeamOptions, flashlight_available
-from earful.eval.evaluate import _normalised, vocab_from_checkpoint
+from earful.eval.evaluate import vocab_from_checkpoint
 from earful.eval.lm import build_kneser_ney
 from earful.eval.vocab import CharVocab
 
@@ -47,9 +47,9 @@ def test_an_imported_vocabulary_with_dotted_capital_i() -> None:
 
 def test_hypotheses_are_normalised_as_references() -> None:
     mixed = vocab_from_checkpoint({"symbols": ["<pad>", "|", "A", "a", "n"]})
-    assert _normalised("Ann", mixed) == mixed.normalize("Ann") == "ann"
+    assert mixed.normalize_hypothesis("Ann") == mixed.normalize("Ann") == "ann"
     mapped = CharVocab(mapping={"'": ""})
-    assert _normalised("i don't  know", mapped) == mapped.normalize("I don't know") == "i dont know"
+    assert mapped.normalize_hypothesis("i don't  know") == mapped.normalize("I don't know") == "i dont know"
 
 
 @needs_flashlight
