@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "synth", help="synthesise the built-in speech corpus with espeak-ng",
         description="Write a LibriSpeech-layout corpus spoken by espeak-ng pseudo-speakers, with train, "
-        "nested labelled sets (Libri-light layout), dev and test (held-out voices), and manifests.",
+        "nested label sets (Libri-light layout), dev and test (held-out voices), and manifests.",
     )
     s.add_argument("out", type=Path)
     s.add_argument("--hours", type=float, required=True, help="train audio, hours (approximate)")

@@ -82,7 +82,7 @@ class HealthConfig:
     after_steps: int = 200  # no warning of any kind before this step (early collapse is normal, paper §6.4)
     collapse_perplexity: float = 2.0  # hard perplexity per group at or under this: codebook collapse
     stuck_accuracy_margin: float = 0.02  # accuracy within this of chance (1/(K+1)) is "stuck at chance"
-    saturated_accuracy: float = 0.995  # accuracy above this with a tiny codebook use: fake accuracy
+    saturated_accuracy: float = 0.995  # accuracy at or above this: fake accuracy (collapsed codebook)
     grad_norm_factor: float = 10.0  # grad norm above factor × running median of the last 200 logged: exploding
 
 
