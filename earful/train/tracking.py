@@ -79,19 +79,41 @@ class Tracking:
         self.store.mkdir(parents=True, exist_ok=True)
         ids_path = self.root / IDS_FILE
         ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.exists() else {}
-        name = self.cfg.name or self.root.name
+        name = self.cfg.name or self.root.resolve().name  # `--out .` named the tracked run '' (MLflow: at random)
         facts = {"recipe_sha256": recipe_sha256, "run_dir": str(self.root.resolve())}
         for backend, module in self.modules.items():
             opener = {"wandb": _Wandb, "mlflow": _Mlflow, "trackio": _Trackio}[backend]
-            self.runs[backend] = opener(module, self.cfg, self.store, name, config, facts, ids)
+            continued = ids.get(backend)  # before the opener (W&B's sets a new run's id first)
+            try:
+                self.runs[backend] = opener(module, self.cfg, self.store, name, config, facts, ids)
+            except Exception as e:  # a tracker's own error (a mistyped URI, no login, a run gone): one line, not
+                # a traceback; nothing has trained yet
+                where = f"tracking.mlflow_uri={self.cfg.mlflow_uri}" if backend == "mlflow" and self.cfg.mlflow_uri \
+                    else f"store {self.store}"
+                again = (f"; it continues run {continued!r} named in {ids_path}: remove its {backend!r} key there "
+                         "to open a new tracked run instead") if continued else ""
+                raise ConfigError(f"tracking.backends: the {backend} run cannot start ({where}{again}): "
+                                  f"{type(e).__name__}: {str(e).strip()}; mend tracking.*, or leave {backend!r} "
+                                  "out of tracking.backends") from e
         atomic_write_json(ids_path, ids)
         log.info("tracking %s as %r (group %r) in %s", ", ".join(self.runs), name, self.cfg.group, self.store)
 
     def log(self, prefix: str, record: dict[str, Any], step: int) -> None:
+        """A tracker that fails (its store deleted, a full disk, a server gone) is warned about and dropped; the
+        run trains on (train.jsonl and valid.jsonl hold every record)."""
         if self.runs:
             metrics = scalars(prefix, record)
-            for run in self.runs.values():
-                run.log(metrics, step)
+            for backend, run in list(self.runs.items()):
+                try:
+                    run.log(metrics, step)
+                except Exception as e:  # noqa: BLE001 - a tracker must not stop the training
+                    log.warning("tracking: logging to %s failed at step %d (%s: %s); no more records go to %s "
+                                "in this segment", backend, step, type(e).__name__, e, backend)
+                    del self.runs[backend]
+                    try:
+                        run.finish("failed")
+                    except Exception:  # noqa: BLE001
+                        pass
 
     def finish(self, status: str) -> None:
         """``status``: finished | stopped (a signal; --resume continues) | failed."""

@@ -219,3 +219,63 @@ def test_trackio_says_how_a_run_that_did_not_finish_ended() -> None:
         _Trackio(Module, TrackingConfig(), Path("."), "run", {}, {}, {}).finish(status)
     assert calls == [("finish",), ("alert", "run stopped", trackio.AlertLevel.WARN), ("finish",),
                      ("alert", "run failed", trackio.AlertLevel.ERROR), ("finish",)]
+
+
+def test_a_tracker_that_cannot_start_is_one_error_naming_it_and_the_way_out(tmp_path, monkeypatch) -> None:
+    """A mistyped tracking.mlflow_uri, or a resumed run whose MLflow run is gone (its store deleted or moved): a
+    ConfigError (the command line's one line, status 2), where MLflow's own exception ended in a traceback (1)."""
+    from earful.train.config import TrackingConfig
+    from earful.train.tracking import Tracking
+
+    bad = Tracking(TrackingConfig(backends=["mlflow"], mlflow_uri="htp://localhost:5000"), tmp_path / "a", True)
+    with pytest.raises(ConfigError, match=r"mlflow run cannot start \(tracking.mlflow_uri=htp://localhost:5000"):
+        bad.start({}, "0" * 64)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tracking.json").write_text(json.dumps({"mlflow": "0123456789abcdef0123456789abcdef"}))
+    gone = Tracking(TrackingConfig(backends=["mlflow"]), tmp_path / "b", True)
+    with pytest.raises(ConfigError, match=r"continues run '0123456789abcdef.*tracking.json: remove its 'mlflow' key"):
+        gone.start({}, "0" * 64)
+
+
+def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, caplog) -> None:
+    """A tracker whose log raises (its run deleted in the MLflow UI, a full disk, a server gone) is warned about,
+    closed as failed and dropped; the others log on. Its exception stopped the training, without a checkpoint."""
+    from earful.train.config import TrackingConfig
+    from earful.train.tracking import Tracking
+
+    logged, finished = [], []
+
+    class Broken:
+        def log(self, metrics, step):
+            raise OSError("No space left on device")
+
+        def finish(self, status):
+            finished.append(status)
+
+    class Fine:
+        def log(self, metrics, step):
+            logged.append(step)
+
+    tracking = Tracking(TrackingConfig(), tmp_path, enabled=False)
+    tracking.runs = {"mlflow": Broken(), "wandb": Fine()}
+    tracking.log("train", {"loss": 1.0}, 3)
+    tracking.log("train", {"loss": 0.5}, 4)
+    assert logged == [3, 4] and finished == ["failed"] and list(tracking.runs) == ["wandb"]
+    assert "logging to mlflow failed at step 3" in caplog.text
+
+
+def test_a_run_in_the_current_folder_is_tracked_under_that_folder_s_name(tmp_path, monkeypatch) -> None:
+    """``--out .``: the tracked run was named '' (Path('.').name; MLflow then made up a name)."""
+    from mlflow.tracking import MlflowClient
+
+    from earful.train.config import TrackingConfig
+    from earful.train.tracking import Tracking
+
+    (tmp_path / "my-run").mkdir()
+    monkeypatch.chdir(tmp_path / "my-run")
+    tracking = Tracking(TrackingConfig(backends=["mlflow"], project="p"), Path("."), True)
+    tracking.start({}, "0" * 64)
+    tracking.finish("finished")
+    client = MlflowClient((tmp_path / "my-run" / "tracking" / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("p").experiment_id])
+    assert run.info.run_name == "my-run"
