@@ -114,7 +114,7 @@ class TrackingConfig:
     name: str | None = None  # the run's name (default: its folder's name)
     dir: str | None = None  # local stores: DIR/wandb, DIR/mlruns, DIR/trackio (default: RUN/tracking)
     wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync DIR/wandb/offline-run-*` later
-    mlflow_uri: str | None = None  # another MLflow store (sqlite:///…, http://…) instead of the file store
+    mlflow_uri: str | None = None  # another MLflow store (http://…; sqlite:///… needs the full mlflow package)
 
     def validate(self) -> None:
         if len(set(self.backends)) < len(self.backends):

@@ -7,7 +7,8 @@ records, ``earful/train/recipe.py``) and ``batch_seconds``; then, at every log a
 inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/…`` and ``valid/…``,
 ``train/hours_padded`` being the hours of audio seen. Runs compared together share ``tracking.group``: W&B's and
 trackio's group, MLflow's experiment; a study sets it to its name. A resumed run continues the same tracked run
-(its ids are in ``RUN/tracking.json``); the steps between its last checkpoint and the stop are then logged twice
+(its ids are in ``RUN/tracking.json``, and trackio's name: trackio continues a run by its name, so a new run
+whose folder's name its project has already is named ``NAME-2``); the steps between its last checkpoint and the stop are then logged twice
 (``train.jsonl`` is cut back on resume, the trackers only append).
 
 Local stores under ``tracking.dir`` (default ``RUN/tracking``; a study's runs share ``OUT/tracking``):
@@ -81,6 +82,11 @@ class Tracking:
         ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.exists() else {}
         name = self.cfg.name or self.root.resolve().name  # `--out .` named the tracked run '' (MLflow: at random)
         facts = {"recipe_sha256": recipe_sha256, "run_dir": str(self.root.resolve())}
+        if "trackio" in self.modules and "trackio" not in ids:  # trackio continues a run by its name: a new run
+            # takes one no run of its project has (two folders called pretrain were logged as one run); a run of
+            # an earlier earful, which recorded none, continues the folder's
+            ids["trackio"] = name if ids_path.exists() else _unused_name(self.modules["trackio"], self.cfg.project,
+                                                                          name)
         for backend, module in self.modules.items():
             opener = {"wandb": _Wandb, "mlflow": _Mlflow, "trackio": _Trackio}[backend]
             continued = ids.get(backend)  # before the opener (W&B's sets a new run's id first)
@@ -92,6 +98,7 @@ class Tracking:
                     else f"store {self.store}"
                 again = (f"; it continues run {continued!r} named in {ids_path}: remove its {backend!r} key there "
                          "to open a new tracked run instead") if continued else ""
+                self.finish("failed")  # the backends started before it: closed, not left running
                 raise ConfigError(f"tracking.backends: the {backend} run cannot start ({where}{again}): "
                                   f"{type(e).__name__}: {str(e).strip()}; mend tracking.*, or leave {backend!r} "
                                   "out of tracking.backends") from e
@@ -123,6 +130,18 @@ class Tracking:
                 run.finish(status)
             except Exception as e:  # a tracker must not hide how the run ended
                 log.warning("tracking: closing the %s run failed: %s", backend, e)
+
+
+def _unused_name(trackio: ModuleType, project: str, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3`` … where the project has a run of that name already."""
+    try:
+        taken = {run.name for run in trackio.Api().runs(project)}
+    except ValueError:  # no such project yet
+        return name
+    n, chosen = 2, name
+    while chosen in taken:
+        chosen, n = f"{name}-{n}", n + 1
+    return chosen
 
 
 def _point_trackio_at(folder: Path) -> None:
@@ -202,8 +221,8 @@ def _experiment(client: Any, name: str, mlflow: ModuleType) -> str:
 class _Trackio:
     def __init__(self, trackio: ModuleType, cfg: TrackingConfig, store: Path, name: str, config: dict[str, Any],
                  facts: dict[str, str], ids: dict[str, Any]) -> None:
-        self.run = trackio.init(project=cfg.project, name=name, group=cfg.group, config={**flatten(config), **facts},
-                                resume="allow", embed=False)
+        self.run = trackio.init(project=cfg.project, name=ids.setdefault("trackio", name), group=cfg.group,
+                                config={**flatten(config), **facts}, resume="allow", embed=False)
         self.levels = {level.value: level for level in trackio.AlertLevel}
 
     def log(self, metrics: dict[str, float], step: int) -> None:

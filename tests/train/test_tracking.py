@@ -279,3 +279,55 @@ def test_a_run_in_the_current_folder_is_tracked_under_that_folder_s_name(tmp_pat
     client = MlflowClient((tmp_path / "my-run" / "tracking" / "mlruns").as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("p").experiment_id])
     assert run.info.run_name == "my-run"
+
+
+def test_two_runs_of_one_name_are_two_trackio_runs_and_a_resume_continues_its_own(tmp_path) -> None:
+    """Two folders called pretrain with one tracking.dir were logged by trackio as one run (steps 1, 2, 1, 2):
+    trackio continues a run by its name. A new run takes a name its project has not (pretrain-2), recorded in
+    tracking.json, and a resume continues that one. (A process: trackio fixes its folder when first imported.)"""
+    script = f"""
+import json, sys
+from pathlib import Path
+from earful.train.config import TrackingConfig
+from earful.train.tracking import Tracking
+store = Path({str(tmp_path / "store")!r})
+def segment(root, step):
+    t = Tracking(TrackingConfig(backends=["trackio"], project="p", dir=str(store)), Path(root), True)
+    t.start({{}}, "0" * 64)
+    t.log("train", {{"loss": float(step)}}, step)
+    t.finish("finished")
+segment({str(tmp_path / "a" / "pretrain")!r}, 1)
+segment({str(tmp_path / "b" / "pretrain")!r}, 1)
+segment({str(tmp_path / "a" / "pretrain")!r}, 2)
+import trackio.sqlite_storage as s
+S = s.SQLiteStorage
+print(json.dumps({{n: [r["step"] for r in S.get_logs("p", n)] for n in S.get_runs("p")}}))
+"""
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "store" / "trackio"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("{")]  # trackio prints its own lines too
+    assert json.loads(line) == {"pretrain": [1, 2], "pretrain-2": [1]}
+    assert json.loads((tmp_path / "b" / "pretrain" / "tracking.json").read_text()) == {"trackio": "pretrain-2"}
+
+
+def test_a_tracker_that_cannot_start_closes_those_started_before_it(tmp_path, monkeypatch) -> None:
+    """W&B started, then MLflow failed: the W&B run was left running (an orphan in the project) as the command
+    ended on the error. It is closed as failed."""
+    from earful.train import tracking as tracking_module
+    from earful.train.config import TrackingConfig
+
+    closed = []
+
+    class Started:
+        def __init__(self, *args) -> None:
+            pass
+
+        def finish(self, status) -> None:
+            closed.append(status)
+
+    monkeypatch.setattr(tracking_module, "_Wandb", Started)
+    both = tracking_module.Tracking(TrackingConfig(backends=["wandb", "mlflow"], mlflow_uri="htp://x"), tmp_path, True)
+    with pytest.raises(ConfigError, match="mlflow run cannot start"):
+        both.start({}, "0" * 64)
+    assert closed == ["failed"] and both.runs == {}
