@@ -8,8 +8,9 @@ The vocabulary, used the same way in configs, code, logs and docs:
 * ``accumulation`` — micro-batches per step on each device: ``ceil(batch / (device × world_size))``;
 * ``micro_seconds`` — what micro-batches are packed to: ``batch / (world_size × accumulation)`` ≤ device
   (packing to ``device_seconds`` would overshoot the step when it does not divide evenly: 6 s on 4 s
-  devices would take 8 s a step). An utterance longer than this but within ``device_seconds`` still trains,
-  in a micro-batch of its own;
+  devices would take 8 s a step; in samples it is floored, so that a step never holds more than
+  ``batch_seconds``). An utterance longer than this but within ``device_seconds`` still trains, in a
+  micro-batch of its own;
 * ``crop_seconds`` — longer utterances are cut to this at a random offset (pre-training); None: whole;
 * ``min_seconds`` / ``max_seconds`` — shorter / longer utterances (after cropping) are left out, counted;
 * ``shape_seconds`` — a batch's padded length is rounded up to a multiple of this (cropped batches: down), and
@@ -97,7 +98,10 @@ class BatchBudget:
         return {
             "world_size": self.world_size,
             "device_samples": to_samples(self.device_seconds),
-            "micro_samples": min(to_samples(self.micro_seconds), to_samples(self.device_seconds)),
+            # floored: rounded to the nearest sample, world_size × accumulation micro-batches overshot the step
+            # (5600 s on 3 devices of 87.5 s by 16 samples); the same number wherever the division is exact
+            "micro_samples": min(to_samples(self.batch_seconds) // (self.world_size * self.accumulation),
+                                 to_samples(self.device_seconds)),
             "crop_samples": to_samples(self.crop_seconds) if self.crop_seconds else None,
             "min_samples": to_samples(self.min_seconds) if self.min_seconds else 0,
             "max_samples": to_samples(self.max_seconds) if self.max_seconds else None,

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from earful.data.budget import BatchBudget
+from earful.data.budget import BatchBudget, to_samples
 from earful.data.sampler import SecondsBatchSampler
 
 RATE = 16000
@@ -574,3 +574,19 @@ def test_a_format_4_state_of_split_ranks_continues_its_epoch_as_a_relaid_one(cap
     again = _sampler(lens, 20.0, seed=9, endless=True)
     again.load_state_dict(format_4(one.state_dict()))
     assert got + _stream([again], 9) == expected and again.epoch == 1
+
+
+@pytest.mark.parametrize("batch, device, world", [(2.0, 0.7, 1), (5600.0, 87.5, 3), (100.0, 7.0, 1), (1.0, 1.0, 3)])
+def test_a_step_never_holds_more_than_batch_seconds(batch, device, world):
+    """micro_samples was rounded to the nearest sample, so world_size × accumulation micro-batches packed full
+    overshot the step (2 s in micro-batches of 0.7 s: 3 × 10667 = 32001 samples; the paper's 5600 s on 3 devices
+    of 87.5 s by 16). Utterances of exactly the micro-batch's length: every step holds at most batch_seconds."""
+    budget = BatchBudget(batch, device, world)
+    micro = budget.samples()["micro_samples"]
+    assert micro * world * budget.accumulation <= to_samples(batch)
+    if world == 1 and batch < 10:
+        lengths = np.full(4 * budget.accumulation, micro)
+        batches = list(SecondsBatchSampler(lengths, budget, shuffle=False))
+        for k in range(0, len(batches) - budget.accumulation + 1, budget.accumulation):
+            step = batches[k:k + budget.accumulation]
+            assert sum(int(lengths[b].max()) * len(b) for b in step) <= to_samples(batch)
