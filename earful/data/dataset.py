@@ -9,6 +9,7 @@ from functools import partial
 from typing import IO, Any
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -159,8 +160,7 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
                 frames, rate = int(f.frames), int(f.samplerate)
                 end = (u.offset or 0) + check_row(u.path, u, frames, rate)  # the row's last sample, at its rate
                 try:
-                    f.seek(end - 1)
-                    last = len(f.read(1, dtype="float32"))
+                    last = _last_sample_read(f, end)
                 except (RuntimeError, ValueError) as e:  # libsndfile's errors (LibsndfileError is a RuntimeError)
                     raise AudioError(f"{name}: cannot read up to sample {end} of the {frames} its header promises "
                                      f"(truncated?): {e}") from None
@@ -172,6 +172,19 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
         more = f" (and {len(problems) - 1} more of its {len(utterances)} utterances)" if len(problems) > 1 else ""
         raise AudioError(f"{f'{where}: ' if where else ''}{problems[0]}{more}"
                          f"{f'; {skip_bad}=true leaves them out, counted' if skip_bad else ''}")
+
+
+def _last_sample_read(f: sf.SoundFile, end: int) -> int:
+    """Whether sample ``end - 1`` of the open file ``f`` decodes (1) or not (0): by one seek where libsndfile seeks
+    in the file, else (GSM 6.10, G.721/G.723 ADPCM WAVs, which the loader reads from their start) by decoding up to
+    it, a block at a time."""
+    if f.seekable():
+        f.seek(end - 1)
+        return len(f.read(1, dtype="float32"))
+    got = 0
+    while got < end and len(part := f.read(min(1 << 16, end - got), dtype="float32")):
+        got += len(part)
+    return int(got >= end)
 
 
 def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0, shape_samples: int | None = None,

@@ -356,3 +356,23 @@ def test_a_long_manifest_read_shows_its_progress(tmp_path: Path, monkeypatch, ca
     manifest_digest(tmp_path / "long.jsonl")
     err = capsys.readouterr().err
     assert "reading long.jsonl" in err and "hashing long.jsonl" in err
+
+
+@pytest.mark.parametrize("subtype", ["GSM610", "G721_32"])
+def test_the_header_check_reads_a_wav_codec_libsndfile_cannot_seek_in(tmp_path: Path, subtype: str):
+    """``check_headers`` (what evaluate and an evaluation loader run first) sought to each row's last sample: a GSM
+    6.10 or G.721 WAV, which the loader reads from its start, was refused as truncated ("Seek attempted on
+    unseekable file type"). It is now decoded up to that sample; one cut short is still refused."""
+    from earful.data.dataset import AudioDataset, check_headers
+
+    path = tmp_path / f"{subtype}.wav"
+    sf.write(path, (0.4 * np.sin(np.arange(16000) * 0.05)).astype(np.float32), 16000, subtype=subtype)
+    n = sf.info(path).frames
+    rows = [Utterance("whole", str(path), n, 16000, "s"),
+            Utterance("segment", str(path), 4000, 16000, "s", offset=2000)]
+    check_headers(rows, "m.jsonl")
+    assert [len(AudioDataset(rows)[k].wave) for k in range(2)] == [n, 4000]
+    cut = tmp_path / f"cut-{subtype}.wav"
+    cut.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # an interrupted copy: the header promises n
+    with pytest.raises(AudioError, match=r"cut-.*\.wav: .*truncated"):
+        check_headers([Utterance("cut", str(cut), n, 16000, "s")])
