@@ -28,8 +28,11 @@
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser soxr
-# Then copy the working tree to the GPU machine with the wheels beside it (.whl is git-ignored: a clone or
-# `git archive` leaves it out, so copy the folder itself, e.g. with rsync), and run there
+# (in a git worktree .git is a file: there use "$(git rev-parse --git-path info/exclude)"). Then copy the working
+# tree to the GPU machine with the wheels beside it (.whl is git-ignored: a clone or `git archive` leaves it out,
+# so copy the folder itself, e.g. with rsync; through this workplace's device tool, from the checkout the session
+# started in: `run` with carry [".whl"] and timeout_s 600 -- without the carry the install below fails and the
+# script stops before any step), and run there
 # "OUT=folder-for-the-results bash benchmarks/gpu_device.sh" (it installs the wheels into /tmp/site first, without
 # the network). It is made for a session of about 10 minutes: the steps' own
 # timeouts add up to 12.7 minutes, for the case where something hangs, and a deadline (DEADLINE, 550 s after the
