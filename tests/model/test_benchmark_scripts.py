@@ -157,3 +157,42 @@ def test_the_gpu_session_script_needs_no_wheels_where_the_interpreter_has_the_pa
     log = (tmp_path / "out" / "run.log").read_text()
     assert r.returncode == 0 and "no wheels in .whl" not in log, log[-2000:]
     assert "=== a_today: skipped" in log, log[-2000:]
+
+
+TOY_STUDY = """
+name: toy-gpu-study
+seeds: [1]
+grid: [4]
+mode: fixed-steps
+steps: 4
+lr: 1.0e-3
+lr_scaling: none
+device_seconds: 4
+corpus: {{dir: {corpus}, synth: {{hours: 0.01, domain: commands, seed: 5, labelled_fraction: 1.0}}}}
+pretrain_overrides: [model_preset=tiny, log_every=1, valid_every=4, ckpt_every=100, data.num_workers=0,
+                     data.crop_seconds=2.0, data.min_seconds=0.3, tensorboard=false, threads=1]
+"""
+
+
+def test_the_gpu_study_script_packs_the_study_without_its_weights(tmp_path: Path) -> None:
+    """benchmarks/gpu_study.sh on a toy study (the GPU study's calls are 10 minutes at most, and their files come
+    back only from $OUT): the study runs, its folder comes back as one archive without weights, with its status
+    and the call's seconds."""
+    import os
+    import tarfile
+
+    (tmp_path / "toy.yaml").write_text(TOY_STUDY.format(corpus=tmp_path / "corpus"))
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "STUDY": str(tmp_path / "toy.yaml"),
+           "FOLDER": str(tmp_path / "runs" / "toy"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "benchmarks/gpu_study.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run.log", "status.md", "study.tar.gz",
+                                                                    "time.txt"]
+    assert re.fullmatch(r"\d+ exit 0\n", (tmp_path / "out" / "time.txt").read_text())
+    assert "| 4s-seed1 | 4 s | 4 / 4 | done |" in (tmp_path / "out" / "status.md").read_text()
+    with tarfile.open(tmp_path / "out" / "study.tar.gz") as tar:
+        names = tar.getnames()
+    assert "toy/runs.jsonl" in names and "toy/pretrain/4s-seed1/train.jsonl" in names
+    assert not [n for n in names if n.endswith((".safetensors", ".pt"))]
+    assert (tmp_path / "runs" / "toy" / "pretrain" / "4s-seed1" / "checkpoints").is_dir()  # the weights stay
