@@ -70,8 +70,21 @@ _SAME_FIELDS = (
 )  # fmt: skip
 
 
+# ModelConfig fields transformers' config has no place for: earful's training recipe (none changes what the model
+# computes in eval mode). export-hf keeps them in config.json under a key of earful's own (transformers keeps it and
+# ignores it, as earful_text_mapping), so that a continued pre-training or a fine-tuning from the folder trains as
+# one from the earful checkpoint does; a folder without it (transformers' own) takes earful's defaults
+TRAINING = "earful_training"
+_TRAINING_FIELDS = (
+    "feature_grad_mult", "group_norm_padding", "init", "dropout_after_pos_conv", "mask_style", "negatives_style",
+    "require_same_masks", "temperature_start", "temperature_end", "temperature_decay", "diversity_start_step",
+    "diversity_warmup_steps", "feature_penalty_weight", "loss_normalisation",
+)  # fmt: skip
+
+
 def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> dict[str, Any]:
-    """A ``Wav2Vec2Config`` as a dict (what ``config.json`` holds)."""
+    """A ``Wav2Vec2Config`` as a dict (what ``config.json`` holds), with earful's training settings
+    (:data:`TRAINING`)."""
     if cfg.conv_padding:
         raise ValueError("transformers' wav2vec 2.0 has no padded convolutions: a model with conv_padding=true (the "
                          "paper's preset base-nanow2v2) cannot be exported; earful features gives its layers")
@@ -98,6 +111,7 @@ def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> 
     }
     if vocab_size is not None:
         out["vocab_size"] = vocab_size
+    out[TRAINING] = {name: getattr(cfg, name) for name in _TRAINING_FIELDS}
     return out
 
 
@@ -142,8 +156,12 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     if get("mask_feature_min_masks") and spec_augment and get("mask_feature_prob") > 0:  # else no channel masks
         raise ValueError(f"{where}: mask_feature_min_masks={get('mask_feature_min_masks')}: earful's channel masks "
                          "have no minimum count (fairseq's); set it to 0")
+    training = hf.get(TRAINING) or {}
+    if not isinstance(training, dict) or set(training) - set(_TRAINING_FIELDS):
+        raise ValueError(f"{where}: {TRAINING}: expected a mapping of earful's training settings "
+                         f"({', '.join(_TRAINING_FIELDS)}), got {training!r}")
     try:
-        return _hf_model_config(get, act, spec_augment)
+        return _hf_model_config(get, act, spec_augment, training)
     except ValueError as e:  # a value earful's model cannot take, named as config.json names it
         theirs = {**dict(_SAME_FIELDS), "mask_prob": "mask_time_prob", "mask_channel_prob": "mask_feature_prob",
                   "activation": "hidden_act"}
@@ -151,11 +169,12 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         raise ValueError(f"{where}: {message}") from None
 
 
-def _hf_model_config(get: Any, act: str, spec_augment: bool) -> ModelConfig:
+def _hf_model_config(get: Any, act: str, spec_augment: bool, training: dict[str, Any]) -> ModelConfig:
     """The ModelConfig, built through :func:`earful.config.from_dict` as ``load_model`` builds it from
     ``model.json`` (so a value load would refuse, ``feat_extract_norm: batch`` say, is refused here)."""
     values = {
         **to_dict(ModelConfig()),
+        **training,
         **{name: get(hf) for name, hf in _SAME_FIELDS},
         "conv_dim": get("conv_dim"),
         "conv_kernel": get("conv_kernel"),

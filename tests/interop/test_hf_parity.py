@@ -322,3 +322,28 @@ def test_a_minimum_channel_mask_count_matters_only_where_channels_are_masked(tmp
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "mask_feature_min_masks": 2, "mask_feature_prob": 0.1}))
     with pytest.raises(CheckpointError, match="mask_feature_min_masks=2"):
         import_hf(tmp_path)
+
+
+def test_the_training_settings_transformers_has_no_place_for_survive_export_and_import(tmp_path) -> None:
+    """config.json had no place for earful's training recipe: continued pre-training from an exported LARGE model
+    (earful pretrain --init FOLDER) trained with BASE's feature_grad_mult 0.1, final Gumbel temperature 0.5 and
+    feature penalty 10, silently. export-hf keeps them as earful_training, which transformers keeps and ignores."""
+    from earful.checkpoint import CheckpointError
+    from earful.config import to_dict
+    from earful.pretrain.config import load_pretrain_config
+
+    cfg = load_model_config("tiny", ["feature_grad_mult=1.0", "temperature_end=0.1", "feature_penalty_weight=0",
+                                     "group_norm_padding=included", "loss_normalisation=nanow2v2"])
+    ours = Wav2Vec2ForPreTraining(cfg)
+    export_hf(ours, tmp_path)
+    assert to_dict(import_hf(tmp_path)[0].cfg) == {**to_dict(cfg), "init": "torch"}
+    assert to_dict(load_pretrain_config(None, [], init=str(tmp_path)).model) == to_dict(cfg)
+    theirs = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path)
+    assert theirs.config.earful_training["feature_grad_mult"] == 1.0
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "earful_training": {"temperature": 2}}))
+    with pytest.raises(CheckpointError, match=r"config\.json: earful_training: expected a mapping"):
+        import_hf(tmp_path)
+    del saved["earful_training"]  # transformers' own folder: earful's defaults
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert import_hf(tmp_path)[0].cfg.feature_grad_mult == 0.1
