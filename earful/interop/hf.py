@@ -709,6 +709,15 @@ def _usable_vocab(symbols: list[str], where: Path) -> None:
                               "it)") from None
 
 
+def training_settings_given(init: str | Path) -> bool | None:
+    """Whether the transformers folder ``init`` holds earful's training settings (:data:`TRAINING`, written by
+    ``export-hf``); None where ``init`` is no transformers folder (an earful checkpoint or run)."""
+    path = Path(init)
+    if (path / INFO_FILE).exists() or not (path / HF_CONFIG).is_file():
+        return None
+    return TRAINING in read_hf_config(path)
+
+
 def hf_model_config(hf_dir: str | Path, *, warn: bool = True) -> ModelConfig:
     """The earful model settings of a transformers folder (``config.json`` and its feature extractor's
     normalisation), without reading its weights."""

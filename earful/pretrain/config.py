@@ -119,7 +119,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
 def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
     """The model settings of ``init``; resuming a run whose ``init`` no longer resolves, its own checkpoint's."""
     try:
-        return init_model_config(init, "init")
+        model = init_model_config(init, "init")
     except (OSError, CheckpointError):
         from earful.checkpoint import model_config
         from earful.train.state import resolve_checkpoint
@@ -131,3 +131,13 @@ def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
         if run is None:
             raise
         return model_config(run)
+    from earful.interop.hf import training_settings_given
+
+    if training_settings_given(init) is False:
+        log.warning("init %s: a transformers folder without earful's training settings (config.json has no "
+                    "earful_training, which earful export-hf writes): the pre-training settings transformers has no "
+                    "place for are earful's defaults, BASE's recipe (model.feature_grad_mult=%g, Gumbel temperature "
+                    "%g to %g, model.feature_penalty_weight=%g); set model.* to continue it with others", init,
+                    model.feature_grad_mult, model.temperature_start, model.temperature_end,
+                    model.feature_penalty_weight)
+    return model

@@ -324,7 +324,7 @@ def test_a_minimum_channel_mask_count_matters_only_where_channels_are_masked(tmp
         import_hf(tmp_path)
 
 
-def test_the_training_settings_transformers_has_no_place_for_survive_export_and_import(tmp_path) -> None:
+def test_the_training_settings_transformers_has_no_place_for_survive_export_and_import(tmp_path, caplog) -> None:
     """config.json had no place for earful's training recipe: continued pre-training from an exported LARGE model
     (earful pretrain --init FOLDER) trained with BASE's feature_grad_mult 0.1, final Gumbel temperature 0.5 and
     feature penalty 10, silently. export-hf keeps them as earful_training, which transformers keeps and ignores."""
@@ -344,6 +344,10 @@ def test_the_training_settings_transformers_has_no_place_for_survive_export_and_
     (tmp_path / "config.json").write_text(json.dumps({**saved, "earful_training": {"temperature": 2}}))
     with pytest.raises(CheckpointError, match=r"config\.json: earful_training: expected a mapping"):
         import_hf(tmp_path)
-    del saved["earful_training"]  # transformers' own folder: earful's defaults
+    del saved["earful_training"]  # transformers' own folder: earful's defaults, said when pre-training goes on
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert import_hf(tmp_path)[0].cfg.feature_grad_mult == 0.1
+    with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
+        load_pretrain_config(None, [], init=str(tmp_path))
+    assert "a transformers folder without earful's training settings" in caplog.text
+    assert "model.feature_grad_mult=0.1" in caplog.text
