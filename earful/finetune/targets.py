@@ -67,6 +67,12 @@ def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, 
     out = _per_transcript(utts, vocab.encode, where, vocab, remedy)
     empty = [i for i, ids in out.items() if not ids]
     if empty and not allow_empty:
+        raw = {u.id: u.transcript for u in utts}
+        emptied = [i for i in empty if str(raw[i]).strip()]  # text that the normalisation (text_mapping) removed
+        if emptied:
+            raise ValueError(f"{where}: {len(empty)} utterance(s) have no characters left once normalised (lower-"
+                             f"cased, text_mapping applied), e.g. {emptied[0]!r}: {raw[emptied[0]]!r}; remove them "
+                             "from the manifest, or change text_mapping")
         raise ValueError(f"{where}: utterance {empty[0]!r} has an empty transcript (remove it from the manifest, "
                          "or give it its text)")
     return out

@@ -279,3 +279,19 @@ def test_the_dev_wer_reads_the_models_transcripts_as_the_references(tmp_path, la
     Trainer(FinetuneTask(cfg), tmp_path / "run").fit()
     rec = json.loads((tmp_path / "run" / "valid.jsonl").read_text().splitlines()[-1])
     assert (rec["wer"], rec["cer"]) == (0.0, 0.0)
+
+
+def test_a_transcript_the_text_mapping_empties_is_named_as_such() -> None:
+    """A transcript emptied by the text mapping ("..." with {".": ""}) is not an empty transcript: the error says
+    that the mapping removed its characters, and shows it."""
+    from earful.data.manifest import Utterance
+    from earful.eval.vocab import CharVocab
+    from earful.finetune.targets import encode_transcripts
+
+    utts = [Utterance(id="a", path="a.wav", num_samples=16000, sample_rate=16000, speaker="s", transcript="..."),
+            Utterance(id="b", path="b.wav", num_samples=16000, sample_rate=16000, speaker="s", transcript="ok")]
+    with pytest.raises(ValueError, match=r"1 utterance\(s\) have no characters left once normalised.*'a': '\.\.\.'"):
+        encode_transcripts(utts, CharVocab(mapping={".": ""}), "train.jsonl")
+    utts[0] = Utterance(id="a", path="a.wav", num_samples=16000, sample_rate=16000, speaker="s", transcript=" ")
+    with pytest.raises(ValueError, match="utterance 'a' has an empty transcript"):
+        encode_transcripts(utts, CharVocab(), "train.jsonl")
