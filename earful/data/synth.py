@@ -192,8 +192,15 @@ class Plan:
 def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labelled_fraction: float = 0.25,
                 dev_hours: float | None = None, test_hours: float | None = None) -> Plan:
     """Everything about the corpus except the audio: speakers, texts, ids, paths. Deterministic."""
-    if hours <= 0:
-        raise ValueError("hours must be > 0")
+    if not (np.isfinite(hours) and hours > 0):
+        raise ValueError(f"hours {hours}: expected a number of hours > 0")
+    if not (np.isfinite(labelled_fraction) and labelled_fraction > 0):
+        raise ValueError(f"labelled fraction {labelled_fraction}: expected a fraction > 0")
+    for name, h in (("dev hours", dev_hours), ("test hours", test_hours)):
+        if h is not None and not (np.isfinite(h) and h > 0):
+            raise ValueError(f"{name} {h}: expected a number of hours > 0")
+    if seed < 0:
+        raise ValueError(f"seed {seed}: expected an integer >= 0")
     dev_hours = dev_hours if dev_hours is not None else float(np.clip(hours * 0.05, 1 / 30, 5))
     test_hours = test_hours if test_hours is not None else dev_hours
     rng = np.random.default_rng([seed, 0])
@@ -243,6 +250,33 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
 # ---------------------------------------------------------------------------- writing
 
 BUILDING = ".synth-building"  # in a corpus folder while `earful synth` writes it: a folder with it is unfinished
+CORPUS_FOLDERS = ("train", "dev", "test", "librispeech_finetuning")  # what a build writes audio and sidecars in
+_WRITTEN = (".flac", ".trans.txt", ".phonemes.txt", ".intents.txt")
+
+
+def _clear_stale(out: Path, plan: Plan) -> None:
+    """Remove the audio and sidecars an earlier build left in ``out`` that this plan does not write again (another
+    seed, size or domain): read as LibriSpeech (`earful prepare`), they came back beside the new corpus, and an
+    ``intents.txt`` stayed beside new transcripts. Only in a folder `earful synth` made (its ``synth.json``,
+    ``speakers.tsv`` or unfinished-build mark); another folder holding such files is refused."""
+    kinds = _WRITTEN[1:] if plan.domain == "commands" else _WRITTEN[1:3]  # intents in the commands domain only
+    keep = {Path(j.relpath) for j in plan.jobs}
+    keep |= {Path(j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}{kind}" for j in plan.jobs
+             for kind in kinds}
+    stale = [p for top in CORPUS_FOLDERS if (out / top).is_dir() for p in sorted((out / top).rglob("*"))
+             if p.is_file() and p.name.endswith(_WRITTEN) and p.relative_to(out) not in keep]
+    if not stale:
+        return
+    if not any((out / name).exists() for name in ("synth.json", "speakers.tsv", BUILDING)):
+        raise ValueError(f"{out}: holds {stale[0].relative_to(out)} ({len(stale)} such files) but is not a folder "
+                         "`earful synth` made: write the corpus to an empty folder")
+    log.info("%s: removing %d files of an earlier build that this one does not write", out, len(stale))
+    for p in stale:
+        p.unlink()
+    for top in CORPUS_FOLDERS:  # and the folders left empty, deepest first
+        for d in sorted((d for d in (out / top).rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
 
 
 def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands", seed: int = 0,
@@ -257,6 +291,7 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
                        dev_hours=dev_hours, test_hours=test_hours)
     workers = workers or max(1, os.cpu_count() or 1)
     out.mkdir(parents=True, exist_ok=True)
+    _clear_stale(out, plan)
     (out / BUILDING).write_text("a build by `earful synth` that has not finished (synth.json comes last)\n")
     (out / "synth.json").unlink(missing_ok=True)  # an earlier build's: this folder is not complete until the end
     chunks = [(plan.jobs[i : i + CHUNK], str(out), augment) for i in range(0, len(plan.jobs), CHUNK)]

@@ -150,3 +150,36 @@ def test_open_domain_has_phonemes_and_no_intents(tmp_path: Path):
     assert utts and all(u.phonemes and u.intent is None for u in utts)
     assert '"intent"' not in (tmp_path / "manifests" / "train.jsonl").read_text(encoding="utf-8")
     assert not list(tmp_path.rglob("*.intents.txt"))
+
+
+def test_a_rebuild_in_the_folder_of_another_leaves_none_of_its_files(tmp_path: Path):
+    """A build written into the folder of an earlier, bigger one of the other domain: the earlier build's audio and
+    sidecars are gone (read back as LibriSpeech they came back beside the new corpus, under its dev speakers' ids,
+    and its intents stayed beside the new transcripts); a folder `earful synth` did not make is refused."""
+    small = dict(dev_hours=0.002, test_hours=0.002, labelled_fraction=0.5, workers=1, progress=False)
+    synthesize(tmp_path, hours=0.02, domain="commands", seed=1, **small)
+    synthesize(tmp_path, hours=0.004, domain="open", seed=2, **small)
+    ids = {u.id for name in ("train", "dev", "test", "labelled-10h")
+           for u in read_manifest(tmp_path / "manifests" / f"{name}.jsonl")}
+    assert {p.stem for p in tmp_path.rglob("*.flac")} == ids
+    assert not list(tmp_path.rglob("*.intents.txt"))
+    read = discover(tmp_path)
+    assert {u.id for u in read["train"]} == {u.id for u in read_manifest(tmp_path / "manifests" / "train.jsonl")}
+    other = tmp_path / "other"
+    (other / "train" / "7" / "1").mkdir(parents=True)
+    (other / "train" / "7" / "1" / "7-1-0000.flac").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a folder `earful synth` made"):
+        synthesize(other, hours=0.004, seed=2, **small)
+    assert (other / "train" / "7" / "1" / "7-1-0000.flac").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(hours=float("nan")), "hours nan"), (dict(hours=float("inf")), "hours inf"),
+    (dict(labelled_fraction=0.0), "labelled fraction 0.0"), (dict(dev_hours=-1.0), "dev hours -1.0"),
+    (dict(test_hours=0.0), "test hours 0.0"), (dict(seed=-1), "seed -1"),
+])
+def test_plan_refuses_what_makes_no_corpus(bad, message):
+    from earful.data.synth import plan_corpus
+
+    with pytest.raises(ValueError, match=message):
+        plan_corpus(**{"hours": 0.01, **bad})
