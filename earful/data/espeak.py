@@ -34,6 +34,9 @@ class _Event(ctypes.Structure):
                 ("user_data", ctypes.c_void_p), ("id", _Id)]
 
 
+LOADED_HERE = False  # set once this process has loaded espeak-ng (its state then shapes what it speaks next)
+
+
 class Espeak:
     """espeak-ng in synchronous mode; one per process (it is a process-global library)."""
 
@@ -43,6 +46,8 @@ class Espeak:
     def __init__(self) -> None:
         import espeakng_loader
 
+        global LOADED_HERE
+        LOADED_HERE = True
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,

@@ -286,6 +286,11 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     """Write the corpus to ``out`` (see the module docstring); returns the summary also in synth.json."""
     from tqdm import tqdm
 
+    from . import espeak
+
+    if espeak.LOADED_HERE:  # the forked workers would start from its state: other audio for the same seed
+        raise RuntimeError("synthesize() in a process that has used espeak-ng (earful.data.espeak.Espeak): its "
+                           "workers would inherit espeak-ng's state and speak otherwise; call it from a fresh process")
     out = Path(out)
     plan = plan_corpus(hours, domain=domain, seed=seed, labelled_fraction=labelled_fraction,
                        dev_hours=dev_hours, test_hours=test_hours)
