@@ -268,17 +268,23 @@ class _UniqueKeyLoader(_PlainNumbersLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def preset_file(preset_or_path: str | Path, preset_dir: Path = PRESET_DIR, what: str = "preset") -> Path:
+    """The YAML file ``preset_or_path`` names: a file of that path, else ``preset_dir/NAME.yaml``. A folder of that
+    name (a run's ``--out``) is no config: the preset it names is meant. ConfigError naming both when neither is."""
+    p = Path(preset_or_path)
+    if p.is_file():
+        return p
+    cand = preset_dir / f"{preset_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    presets = sorted(x.stem for x in preset_dir.glob("*.yaml"))
+    found = "a folder, not a config file," if p.is_dir() else "no such file"
+    raise ConfigError(f"{preset_or_path}: {found} and no such {what} (presets: {presets})")
+
+
 def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from a path, or from ``earful/configs/NAME.yaml`` for a preset name."""
-    p = Path(preset_or_path)
-    if not p.is_file():  # a folder of that name (a run's --out) is no config: the preset it names is meant
-        cand = PRESET_DIR / f"{preset_or_path}.yaml"
-        if cand.is_file():
-            p = cand
-        else:
-            presets = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
-            what = "a folder, not a config file," if p.is_dir() else "no such file"
-            raise ConfigError(f"{preset_or_path}: {what} and no such preset (presets: {presets})")
+    p = preset_file(preset_or_path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -90,3 +90,19 @@ def test_a_folder_named_as_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(ConfigError, match="runs: a folder, not a config file, and no such preset"):
         load_pretrain_config("runs", [])
+
+
+def test_a_folder_named_as_a_model_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """A run folder called base (``--out base``) beside the command hid the model preset base: model_preset=base
+    read the folder and was refused, listing the training presets. The model preset is read, as a training
+    preset is; a folder that names no model preset is said to be one, with the model presets."""
+    from earful.model import load_model_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    assert load_model_config("base").num_layers == 12
+    assert load_pretrain_config(None, ["model_preset=base"]).model.num_layers == 12
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match=r"runs: a folder, not a config file, and no such model preset \(presets: "
+                                          r"\[.*'tiny'"):
+        load_model_config("runs")

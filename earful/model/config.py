@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from earful.config import PRESET_DIR, at_least, load_config
+from earful.config import PRESET_DIR, at_least, load_config, preset_file
 
 MODEL_PRESET_DIR = PRESET_DIR / "model"
 
@@ -194,10 +194,6 @@ def model_presets() -> list[str]:
 def load_model_config(preset_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ModelConfig:
     """A preset name (``tiny``, ``small``, ``base``, ``large``, ``base-nanow2v2``) or a YAML path, then
     ``key=value`` overrides."""
-    if preset_or_path is not None and not Path(preset_or_path).exists():
-        cand = MODEL_PRESET_DIR / f"{preset_or_path}.yaml"
-        if cand.exists():
-            preset_or_path = cand
-        else:
-            raise ValueError(f"{preset_or_path}: no such file and no such model preset ({model_presets()})")
+    if preset_or_path is not None:  # resolved here: read_yaml's own presets are the training's
+        preset_or_path = preset_file(preset_or_path, MODEL_PRESET_DIR, "model preset")
     return load_config(ModelConfig, preset_or_path, overrides)
