@@ -113,13 +113,15 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
         cfg.validate()
     except (ValueError, OSError, CheckpointError) as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
+    if model is not None:  # what the run trains with, less what the YAML or the overrides set
+        _warn_recipe_unknown(str(start), cfg.model, {*(data.get("model") or {}), *(over.get("model") or {})})
     return cfg
 
 
 def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
     """The model settings of ``init``; resuming a run whose ``init`` no longer resolves, its own checkpoint's."""
     try:
-        model = init_model_config(init, "init")
+        return init_model_config(init, "init")
     except (OSError, CheckpointError):
         from earful.checkpoint import model_config
         from earful.train.state import resolve_checkpoint
@@ -131,13 +133,20 @@ def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
         if run is None:
             raise
         return model_config(run)
+
+
+# the pre-training settings of BASE's recipe that a transformers config.json has no place for (LARGE's differ)
+_RECIPE_FIELDS = ("feature_grad_mult", "temperature_start", "temperature_end", "feature_penalty_weight")
+
+
+def _warn_recipe_unknown(init: str, model: ModelConfig, given: set[str]) -> None:
+    """Where ``init`` is a transformers folder without earful's training settings (export-hf writes them), say
+    which of :data:`_RECIPE_FIELDS` the run takes from earful's defaults: those not ``given`` as ``model.*``."""
     from earful.interop.hf import training_settings_given
 
-    if training_settings_given(init) is False:
+    unset = [name for name in _RECIPE_FIELDS if name not in given]
+    if unset and training_settings_given(init) is False:
         log.warning("init %s: a transformers folder without earful's training settings (config.json has no "
                     "earful_training, which earful export-hf writes): the pre-training settings transformers has no "
-                    "place for are earful's defaults, BASE's recipe (model.feature_grad_mult=%g, Gumbel temperature "
-                    "%g to %g, model.feature_penalty_weight=%g); set model.* to continue it with others", init,
-                    model.feature_grad_mult, model.temperature_start, model.temperature_end,
-                    model.feature_penalty_weight)
-    return model
+                    "place for are earful's defaults, BASE's recipe (%s); set model.* to continue it with others",
+                    init, ", ".join(f"model.{name}={getattr(model, name):g}" for name in unset))

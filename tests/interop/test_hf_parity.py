@@ -351,3 +351,26 @@ def test_the_training_settings_transformers_has_no_place_for_survive_export_and_
         load_pretrain_config(None, [], init=str(tmp_path))
     assert "a transformers folder without earful's training settings" in caplog.text
     assert "model.feature_grad_mult=0.1" in caplog.text
+
+
+def test_the_warning_of_a_folder_without_training_settings_names_what_the_run_trains_with(tmp_path, caplog) -> None:
+    """It named earful's defaults even where the YAML or the overrides set them (model.feature_grad_mult=1.0
+    continued with 1.0 and was told 0.1); it names the values the run takes from the defaults, and is silent
+    where all are set."""
+    from earful.pretrain.config import load_pretrain_config
+
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["earful_training"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
+        cfg = load_pretrain_config(None, ["model.feature_grad_mult=1.0"], init=str(tmp_path))
+    assert cfg.model.feature_grad_mult == 1.0
+    assert "without earful's training settings" in caplog.text and "model.temperature_end=0.5" in caplog.text
+    assert "feature_grad_mult" not in caplog.text
+    caplog.clear()
+    every = ["model.feature_grad_mult=1.0", "model.temperature_start=2", "model.temperature_end=0.1",
+             "model.feature_penalty_weight=0"]
+    with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
+        load_pretrain_config(None, every, init=str(tmp_path))
+    assert "training settings" not in caplog.text
