@@ -156,10 +156,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     if get("mask_feature_min_masks") and spec_augment and get("mask_feature_prob") > 0:  # else no channel masks
         raise ValueError(f"{where}: mask_feature_min_masks={get('mask_feature_min_masks')}: earful's channel masks "
                          "have no minimum count (fairseq's); set it to 0")
-    training = hf.get(TRAINING) or {}
+    training = hf.get(TRAINING, {})  # not `or {}`: a null, 0 or [] there is refused as any other non-mapping
     if not isinstance(training, dict) or set(training) - set(_TRAINING_FIELDS):
         raise ValueError(f"{where}: {TRAINING}: expected a mapping of earful's training settings "
-                         f"({', '.join(_TRAINING_FIELDS)}), got {training!r}")
+                         f"({', '.join(_TRAINING_FIELDS)}), got {training!r}; mend it, or remove the key to take "
+                         "earful's defaults")
     try:
         return _hf_model_config(get, act, spec_augment, training)
     except ValueError as e:  # a value earful's model cannot take, named as config.json names it

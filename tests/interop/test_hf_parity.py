@@ -341,9 +341,10 @@ def test_the_training_settings_transformers_has_no_place_for_survive_export_and_
     theirs = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path)
     assert theirs.config.earful_training["feature_grad_mult"] == 1.0
     saved = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**saved, "earful_training": {"temperature": 2}}))
-    with pytest.raises(CheckpointError, match=r"config\.json: earful_training: expected a mapping"):
-        import_hf(tmp_path)
+    for bad in ({"temperature": 2}, [], None):  # a falsy one ([], null) was taken for none
+        (tmp_path / "config.json").write_text(json.dumps({**saved, "earful_training": bad}))
+        with pytest.raises(CheckpointError, match=r"config\.json: earful_training: expected a mapping.*remove the key"):
+            import_hf(tmp_path)
     del saved["earful_training"]  # transformers' own folder: earful's defaults, said when pre-training goes on
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert import_hf(tmp_path)[0].cfg.feature_grad_mult == 0.1
