@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -59,14 +60,12 @@ def manifest_digest(path: str | os.PathLike) -> ManifestDigest:
 
 @lru_cache(maxsize=64)
 def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
-    from earful.data.manifest import _BAR_EVERY, reading_bar
+    from earful.data.manifest import numbered_lines
 
     rows, paths, file, audio = hashlib.sha256(), hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     labels = {label: hashlib.sha256() for label in LABELS}
-    with open(path, "rb") as f, reading_bar(path, "hashing") as bar:
-        for lineno, raw in enumerate(f, 1):
-            if lineno % _BAR_EVERY == 0:
-                bar.update(f.tell() - bar.n)
+    with open(path, "rb") as f, closing(numbered_lines(f, path, "hashing")) as lines:
+        for _, raw in lines:
             file.update(raw)
             if not raw.strip():
                 continue

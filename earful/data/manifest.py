@@ -21,10 +21,10 @@ import os
 import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, overload
+from typing import IO, Any, overload
 
 import numpy as np
 from tqdm import tqdm
@@ -323,12 +323,24 @@ _BAR_EVERY = 1 << 16  # lines between the bar's updates (a line's update would c
 def reading_bar(path: str | os.PathLike, desc: str) -> tqdm:
     """A progress bar over ``path``'s bytes, drawn only once reading it has taken ``PROGRESS_AFTER_S``: a
     manifest of a few thousand rows shows nothing, one of millions (Libri-light's 16 M segments: 2.4 GB read
-    in minutes) says how far it is; under torchrun rank 0 alone draws it. The caller updates it by the bytes
-    read, every ``_BAR_EVERY`` lines."""
+    in minutes) says how far it is; under torchrun rank 0 alone draws it. :func:`numbered_lines` updates it."""
     return tqdm(total=os.path.getsize(path), unit="B", unit_scale=True,
                 desc=f"{desc} {printable_path(Path(path).name)}", delay=PROGRESS_AFTER_S, mininterval=1.0,
                 leave=False, dynamic_ncols=True,
                 disable=os.environ.get("RANK", "0") != "0")
+
+
+def numbered_lines(f: IO[bytes], path: str | os.PathLike, desc: str) -> Iterator[tuple[int, bytes]]:
+    """The lines of ``f`` (``path`` opened in binary, not yet read), numbered from 1, under a :func:`reading_bar`
+    moved on by the bytes read every ``_BAR_EVERY`` lines: what reading and hashing a manifest share. Close it
+    (``contextlib.closing``) so that the bar goes when the reader stops early."""
+    with reading_bar(path, desc) as bar:
+        done = 0
+        for lineno, raw in enumerate(f, 1):
+            done += len(raw)
+            if lineno % _BAR_EVERY == 0:
+                bar.update(done - bar.n)
+            yield lineno, raw
 
 
 def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False) -> Manifest:
@@ -343,12 +355,10 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
     blanks = array("q")  # [row, blank lines before it] pairs, where blank lines came before the row (Manifest.line)
     end = 0
     last_path = None
-    with open(path, "rb") as f, reading_bar(path, "reading") as bar:
+    with open(path, "rb") as f, closing(numbered_lines(f, path, "reading")) as lines:
         pos = 0
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in lines:
             at, pos = pos, pos + len(raw)
-            if lineno % _BAR_EVERY == 0:
-                bar.update(pos - bar.n)
             if _blank(raw):
                 continue
             if lineno - 1 - len(starts) != (blanks[-1] if blanks else 0):
