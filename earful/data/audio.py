@@ -45,15 +45,36 @@ def read_window(f: sf.SoundFile, start: int, frames: int, dtype: str = "float32"
     return f.read(start + frames, dtype=dtype, always_2d=True)[start:]
 
 
+def _blocks(f: sf.SoundFile, dtype: str, block: int, limit: int | None = None) -> Iterator[np.ndarray]:
+    """The samples of the open file ``f`` from where it stands, ``block`` at a time, to its real end or to ``limit``
+    samples: how a file libsndfile cannot seek in (nor tell its length) is read."""
+    got = 0
+    while limit is None or got < limit:
+        part = f.read(block if limit is None else min(block, limit - got), dtype=dtype, always_2d=True)
+        if not len(part):
+            return
+        got += len(part)
+        yield part
+
+
 def read_all(f: sf.SoundFile, dtype: str = "float32", block: int = 1 << 16) -> np.ndarray:
     """Every sample (``(samples, channels)``) of the open file ``f``, not yet read, to its real end (a header may
     promise more or less): at once where libsndfile can seek in it, else block by block."""
     if f.seekable():
         return f.read(dtype=dtype, always_2d=True)
-    blocks = []
-    while len(part := f.read(block, dtype=dtype, always_2d=True)):
-        blocks.append(part)
+    blocks = list(_blocks(f, dtype, block))
     return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype=dtype)
+
+
+def decodes_up_to(f: sf.SoundFile, end: int, block: int = 1 << 16) -> bool:
+    """Whether sample ``end - 1`` of the open file ``f``, not yet read, decodes (a file cut short by an
+    interrupted copy lacks it though its header promises it): by one seek where libsndfile seeks in the file, else
+    (GSM 6.10, G.721/G.723 ADPCM WAVs, which :func:`read_window` also reads from their start) by decoding up to
+    it, block by block."""
+    if f.seekable():
+        f.seek(end - 1)
+        return len(f.read(1, dtype="float32")) == 1
+    return sum(len(part) for part in _blocks(f, "float32", block, end)) >= end
 
 
 def load_audio(

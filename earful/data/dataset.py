@@ -9,11 +9,10 @@ from functools import partial
 from typing import IO, Any
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import AudioError, check_length, check_row, decode_audio, open_audio
+from .audio import AudioError, check_length, check_row, decode_audio, decodes_up_to, open_audio
 from .budget import SAMPLE_RATE, BatchBudget, shape_length, to_samples
 from .manifest import Manifest, Utterance, lengths_at_rate, printable_path
 from .parallel import ignore_stop_signals
@@ -150,8 +149,9 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
     sample read, which a file cut short by an interrupted copy lacks though its header promises it), before any
     work: a validation set is read at the first validation only, and a bad file there stopped the run after every
     step since its last checkpoint was trained (with the defaults, up to a checkpoint interval lost). A header and
-    one seek a row: about a millisecond. Raises AudioError naming the first problem (its file and utterance), how
-    many more, ``where`` (the manifest) and ``skip_bad``, the setting that leaves them out."""
+    one seek a row, about a millisecond (a WAV codec libsndfile cannot seek in, GSM 6.10 or G.721, is decoded up to
+    the row's end: :func:`earful.data.audio.decodes_up_to`). Raises AudioError naming the first problem (its file
+    and utterance), how many more, ``where`` (the manifest) and ``skip_bad``, the setting that leaves them out."""
     problems: list[str] = []
     for u in utterances:
         name = printable_path(u.path)
@@ -160,11 +160,11 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
                 frames, rate = int(f.frames), int(f.samplerate)
                 end = (u.offset or 0) + check_row(u.path, u, frames, rate)  # the row's last sample, at its rate
                 try:
-                    last = _last_sample_read(f, end)
+                    last = decodes_up_to(f, end)
                 except (RuntimeError, ValueError) as e:  # libsndfile's errors (LibsndfileError is a RuntimeError)
                     raise AudioError(f"{name}: cannot read up to sample {end} of the {frames} its header promises "
                                      f"(truncated?): {e}") from None
-                if last != 1:
+                if not last:
                     raise AudioError(f"{name}: holds fewer than the {end} samples its header promises (truncated?)")
         except AudioError as e:
             problems.append(f"{e} (utterance {u.id})")
@@ -172,19 +172,6 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
         more = f" (and {len(problems) - 1} more of its {len(utterances)} utterances)" if len(problems) > 1 else ""
         raise AudioError(f"{f'{where}: ' if where else ''}{problems[0]}{more}"
                          f"{f'; {skip_bad}=true leaves them out, counted' if skip_bad else ''}")
-
-
-def _last_sample_read(f: sf.SoundFile, end: int) -> int:
-    """Whether sample ``end - 1`` of the open file ``f`` decodes (1) or not (0): by one seek where libsndfile seeks
-    in the file, else (GSM 6.10, G.721/G.723 ADPCM WAVs, which the loader reads from their start) by decoding up to
-    it, a block at a time."""
-    if f.seekable():
-        f.seek(end - 1)
-        return len(f.read(1, dtype="float32"))
-    got = 0
-    while got < end and len(part := f.read(min(1 << 16, end - got), dtype="float32")):
-        got += len(part)
-    return int(got >= end)
 
 
 def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0, shape_samples: int | None = None,
