@@ -83,8 +83,8 @@ def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
             canonical = _canonical(row)
             rows.update(canonical)
             paths.update(_PATH.encode(where).encode() + b"\n")
-            audio.update(canonical if LABELS_SET.isdisjoint(row) else
-                         _canonical({k: v for k, v in row.items() if k not in LABELS_SET}))
+            audio.update(canonical if _LABELS_SET.isdisjoint(row) else
+                         _canonical({k: v for k, v in row.items() if k not in _LABELS_SET}))
             for label, h in labels.items():
                 value = row.get(label)
                 h.update(_NO_LABEL if value is None else _canonical({"v": value}))
@@ -95,7 +95,7 @@ def _digest(path: str, _size: int, _mtime_ns: int) -> ManifestDigest:
 # One encoder each, built once: json.dumps with options builds an encoder a call, 60 % of the hashing's time.
 _CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 _PATH = json.JSONEncoder(ensure_ascii=False)
-LABELS_SET = frozenset(LABELS)
+_LABELS_SET = frozenset(LABELS)  # LABELS, for the membership test a row
 
 
 def _canonical(row: dict) -> bytes:
