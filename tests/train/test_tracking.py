@@ -221,7 +221,7 @@ def test_trackio_says_how_a_run_that_did_not_finish_ended() -> None:
                      ("alert", "run failed", trackio.AlertLevel.ERROR), ("finish",)]
 
 
-def test_a_tracker_that_cannot_start_is_one_error_naming_it_and_the_way_out(tmp_path, monkeypatch) -> None:
+def test_a_tracker_that_cannot_start_is_one_error_naming_it_and_the_way_out(tmp_path) -> None:
     """A mistyped tracking.mlflow_uri, or a resumed run whose MLflow run is gone (its store deleted or moved): a
     ConfigError (the command line's one line, status 2), where MLflow's own exception ended in a traceback (1)."""
     from earful.train.config import TrackingConfig
