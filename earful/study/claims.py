@@ -13,7 +13,8 @@ reproduced* or *inconclusive*, with the evidence in one line:
   seed is always inconclusive: no spread). With two batch sizes (no rank correlation) the pair decides alone:
   reproduced when the larger beats the smaller beyond 2 SE, not reproduced when the smaller beats the larger so.
 * **C2** — saturation: the gain of the largest doubling of the batch against the gain of the smallest, at the
-  final step, each at the 2 SE bound that makes a verdict hard. Reproduced when the smallest doubling gains beyond
+  final step (per doubling: a step of two doublings, 4 → 16 s where 8 s is missing, counts half its gain), each
+  at the 2 SE bound that makes a verdict hard. Reproduced when the smallest doubling gains beyond
   2 SE and the largest, at its upper bound, gains at most a third of the smallest's gain at its lower bound; not
   reproduced, mirrored, when the largest at its lower bound gains more than a third of the smallest's at its
   upper bound (a point estimate "as much" was a coin toss between two noisy gains); inconclusive otherwise, and
@@ -198,8 +199,11 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
     bs = sorted(b for b, s in grid if s == final)
     if len(bs) < 3:
         return Verdict("C2", metric, INCONCLUSIVE, "fewer than 3 batch sizes")
-    small, small_se = _gain(grid[(bs[0], final)], grid[(bs[1], final)], sign)
-    large, large_se = _gain(grid[(bs[-2], final)], grid[(bs[-1], final)], sign)
+    # per doubling, as C2-trend's: a grid missing a batch size (8 s of 4, 8, 16, 32 s diverged) made its smallest
+    # "doubling" 4 → 16 s, two doublings' gain against the largest's one, and turned "not reproduced" into reproduced
+    small, small_se = (x / math.log2(bs[1] / bs[0]) for x in _gain(grid[(bs[0], final)], grid[(bs[1], final)], sign))
+    large, large_se = (x / math.log2(bs[-1] / bs[-2])
+                       for x in _gain(grid[(bs[-2], final)], grid[(bs[-1], final)], sign))
     # mirrored, each at the bounds that make it hard: reproduced when the largest doubling's gain at its upper
     # bound is at most a third of the smallest's at its lower bound (which is beyond 0); refuted when the largest's
     # at its lower bound is more than a third of the smallest's at its upper bound (before: "as much as the
@@ -209,8 +213,9 @@ def judge_c2(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
                        measured and beyond_2se(large, large_se)
                        and large - 2 * large_se > max(small + 2 * small_se, 0.0) / 3)
     scale = _scale(grid)
-    evidence = (f"at step {final}: {bs[0]:g} → {bs[1]:g} s gains {fmt_gain(small, small_se, scale)}; {bs[-2]:g} → "
-                f"{bs[-1]:g} s gains {fmt_gain(large, large_se, scale)}")
+    per = " per doubling" if any(b != 2 * a for a, b in (bs[:2], bs[-2:])) else ""
+    evidence = (f"at step {final}: {bs[0]:g} → {bs[1]:g} s gains {fmt_gain(small, small_se, scale)}{per}; {bs[-2]:g} → "
+                f"{bs[-1]:g} s gains {fmt_gain(large, large_se, scale)}{per}")
     return Verdict("C2", metric, verdict, evidence)
 
 

@@ -626,10 +626,42 @@ def claims_section(out: Path, curves: dict[str, list[dict[str, Any]]], runs: dic
             f"checkpoints at the cycle minima (steps {', '.join(map(str, study.get('cycle_minima', [])))}) and the "
             f"end; {len(study.get('seeds', [1]))} seed(s). Verdicts are computed from the numbers "
             "(earful/study/claims.py states the rules); the rows behind them are in design.csv. Every ± in the "
-            "evidence is one standard error (SE).", "", hours_note(rows), "",
+            "evidence is one standard error (SE). Every gain, change and ρ in the evidence is signed in the metric's "
+            "better direction, as fractions (not %): + is lower for a loss, CER, WER, PER or EER and higher for an "
+            "accuracy (a CER 15 points higher at the largest batch reads -0.15).", "", hours_note(rows), "",
+            *left_out_note(rows, metrics, study),
             md_table(["claim", "metric", "verdict", "evidence"],
                      [[v.claim, v.metric, f"**{v.verdict}**", v.evidence.replace("|", "/")] for v in verdicts]), ""]
     return text
+
+
+def left_out_note(rows: list[dict[str, Any]], metrics: dict[str, bool], study: dict[str, Any]) -> list[str]:
+    """The batch sizes of the grid and the seeds of the study that a metric has no value of at its final step: the
+    verdicts there are on fewer doublings or seeds (C2-trend leaves a seed out of every cell where it misses one),
+    which the reader must see, not infer from the diverged runs."""
+    from earful.study.claims import cells, seed_name
+
+    planned = sorted({float(g) if isinstance(g, int | float) else float(g["batch_seconds"])
+                      for g in study.get("grid", [])})
+    seeds = [seed_name(k) for k in study.get("seeds", [])]
+    said = []
+    for metric in metrics:
+        grid = cells(rows, metric)
+        if len({b for b, _ in grid}) < 2:
+            continue
+        final = max(s for _, s in grid)
+        gaps = []
+        for b in planned:
+            have = {seed_name(k) for k in grid[(b, final)].seeds or []} if (b, final) in grid else set()
+            if not have:
+                gaps.append(f"{b:g} s (every seed)")
+            elif missing := [k for k in seeds if k not in have]:
+                gaps.append(f"{b:g} s seed {', '.join(missing)}")
+        if gaps:
+            said.append(f"{metric} at step {final}: {'; '.join(gaps)}")
+    if not said:
+        return []
+    return ["**Left out of the verdicts** (no value: diverged, or not measured): " + " — ".join(said) + ".", ""]
 
 
 def plot_gain_per_doubling(rows: list[dict[str, Any]], metrics: dict[str, bool], path: Path) -> None:

@@ -363,3 +363,16 @@ def test_c2_trend_takes_a_seed_once_whatever_read_it() -> None:
     bare = {(b, 400): Cell([1.0, 2.0, 3.0]) for b in (32.0, 64.0, 128.0)}
     assert doublings(bare, 400, 1.0).seeds == []
     assert judge_c2_trend(bare, "m", 1.0).verdict == INCONCLUSIVE
+
+
+def test_c2_weighs_a_missing_batch_size_per_doubling() -> None:
+    """8 s missing from 4, 8, 16, 32 s: C2's smallest "doubling" was 4 → 16 s, two doublings' gain against the
+    largest's one, and gains of 3, 3, 1.5 a doubling (a third rule: not saturated) read 'reproduced'."""
+    level = {4.0: 0.0, 8.0: 3.0, 16.0: 6.0, 32.0: 7.5}
+    rng = np.random.default_rng(0)
+    rows = [{"batch_seconds": b, "step": 100, "seed": k, "m": level[b] + 0.05 * rng.standard_normal()}
+            for b in (4.0, 8.0, 16.0, 32.0) for k in range(4)]
+    assert verdicts(rows, higher=True)["C2"] == NOT_REPRODUCED
+    without_8 = [r for r in rows if r["batch_seconds"] != 8.0]
+    c2 = next(v for v in judge(without_8, {"m": True}) if v.claim == "C2")
+    assert c2.verdict == NOT_REPRODUCED and "4 → 16 s gains +2.98 ± 0.0078 per doubling" in c2.evidence
