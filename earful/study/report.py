@@ -966,7 +966,8 @@ def _fixed_steps_and_scratch(records: list[dict[str, Any]], study: dict[str, Any
         per_b = _per_batch(finals, ls, metric)
         bs = sorted(per_b)
         if study.get("mode") == "fixed-steps" and len(bs) > 1:
-            out.append(f"- **Fixed steps, {ls}:** {_neighbours(per_b, name)} ({_values(per_b)}).")
+            out.append(f"- **Fixed steps, {ls}:** {_neighbours(per_b, name)} ({_values(per_b)})."
+                       + _best_steps(finals, ls))
         for base in sorted({str(r["pretrain"]) for r in scratch}):
             sc = [r[metric] for r in scratch if r["label_set"] == ls and r["pretrain"] == base]
             if sc and bs:
@@ -977,6 +978,19 @@ def _fixed_steps_and_scratch(records: list[dict[str, Any]], study: dict[str, Any
 # how often `compare` calls a difference "beyond 2 standard errors" where there is none, by seeds a side (a
 # Monte Carlo of 400,000 pairs of normal samples of one spread): few seeds make 2 SE a low bar (t, not normal)
 CHANCE_AT_2SE = {2: 18, 3: 12, 4: 9, 5: 8, 6: 7, 7: 7, 8: 7, 9: 6, 10: 6}  # percent
+
+
+def _best_steps(finals: list[dict[str, Any]], ls: str) -> str:
+    """Where the runs compared are each one's ``best`` checkpoint: the steps they were taken at, by batch size (a
+    fixed-steps study then compares checkpoints of different steps, which its line would otherwise hide)."""
+    steps: dict[float, list[int]] = defaultdict(list)
+    for r in finals:
+        if r["label_set"] == ls and r["checkpoint"] == "best" and r.get("step") is not None:
+            steps[r["batch_seconds"]].append(int(r["step"]))
+    if not steps or len({s for v in steps.values() for s in v}) == 1:
+        return ""
+    each = "; ".join(f"{b:g} s at step {', '.join(str(s) for s in sorted(set(v)))}" for b, v in sorted(steps.items()))
+    return f" These are each run's best checkpoints, not of one step: {each}."
 
 
 def _against_baseline(per_b: dict[float, list[float]], base_values: list[float], base: str, name: str) -> str:

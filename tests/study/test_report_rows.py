@@ -148,3 +148,23 @@ def test_the_claims_say_their_sign_and_name_what_a_verdict_lacks(tmp_path: Path)
     text = "\n".join(claims_section(tmp_path, curves, runs, study, [], None, {}, {}, tmp_path))
     assert "signed in the metric's better direction, as fractions (not %)" in text
     assert "valid_loss at step 4: 16 s seed 3; 32 s (every seed)" in text
+
+
+def test_fixed_steps_findings_say_when_best_checkpoints_are_of_different_steps() -> None:
+    """A fixed-steps study fine-tuning `best` (the paper's recipe): 4 s's best was its step-200 checkpoint, 32 s's
+    its step-400 one, and the finding headed "Fixed steps" compared them without a word of it."""
+    from earful.study.report import findings
+
+    def rec(b, step, cer, seed):
+        return {"pretrain": f"{b:g}s-seed{seed}", "tag": f"{b:g}s", "batch_seconds": b, "checkpoint": "best",
+                "step": step, "hours_padded": 0.1, "seed": seed, "label_set": "10h", "split": "test", "wer": 0.9,
+                "cer": cer}
+
+    def fixed_steps_line(records):
+        (line,) = [x for x in findings(records, {}, {"mode": "fixed-steps", "steps": 400}, "test", "cer")
+                   if "Fixed steps" in x]
+        return line
+
+    ft = [rec(4.0, 200, 0.50 + 0.01 * k, k) for k in (1, 2, 3)] + [rec(32.0, 400, 0.4 + 0.01 * k, k) for k in (1, 2, 3)]
+    assert "best checkpoints, not of one step: 4 s at step 200; 32 s at step 400" in fixed_steps_line(ft)
+    assert "not of one step" not in fixed_steps_line([{**r, "step": 400} for r in ft])
