@@ -57,6 +57,9 @@ class RegularisationConfig:
     dropout_input: float | None = None  # fairseq: 0.0
     final_dropout: float | None = None  # before the CTC head; fairseq: 0.0
     layerdrop: float | None = 0.0  # fairseq: 0.1 (0.05 for 10 h)
+    # the CNN's gradient scale where freeze_feature_encoder is false (fairseq's fine-tuning feature_grad_mult);
+    # None: the initial model's (BASE's pre-training: 0.1)
+    feature_grad_mult: float | None = None
     # each utterance's CNN statistics over its real samples, whatever the pre-training used, so fine-tuning,
     # dev WER and evaluation see the same features (ModelConfig.group_norm_padding; fairseq: "included")
     group_norm_padding: Literal["excluded", "included"] | None = "excluded"

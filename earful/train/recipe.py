@@ -56,7 +56,7 @@ LAYOUT = ("device_seconds",)
 LATER = ("init.sha256", "data.manifest_digest")
 # settings added in a later version, with what a recipe that lacks them did: an earlier run folder (or study) holds
 # that behaviour, not a change (fine-tuning's vocabulary was a-z and ' before vocab existed)
-ADDED_LATER: dict[str, Any] = {"vocab": "english"}
+ADDED_LATER: dict[str, Any] = {"vocab": "english", "model.feature_grad_mult": None}
 # how the manifests' ``.sha256`` entries were computed (``DIGEST_RULE``); a checkpoint without it recorded the
 # SHA-256 of each manifest's bytes
 DIGEST_KEY = "data.manifest_digest"

@@ -295,3 +295,17 @@ def test_a_transcript_the_text_mapping_empties_is_named_as_such() -> None:
     utts[0] = Utterance(id="a", path="a.wav", num_samples=16000, sample_rate=16000, speaker="s", transcript=" ")
     with pytest.raises(ValueError, match="utterance 'a' has an empty transcript"):
         encode_transcripts(utts, CharVocab(), "train.jsonl")
+
+
+def test_the_cnns_gradient_scale_is_a_fine_tuning_setting(tmp_path, tone_corpus) -> None:
+    """With freeze_feature_encoder=false the CNN trained at the initial model's feature_grad_mult (BASE's
+    pre-training 0.1) and fine-tuning had no setting for it (fairseq's fine-tuning has feature_grad_mult):
+    model.feature_grad_mult sets it; None keeps the initial model's."""
+    train, _ = tone_corpus
+    kept = Trainer(FinetuneTask(config(train, None, 1, "freeze_feature_encoder=false")), tmp_path / "kept").task
+    assert kept.cfg.model.feature_grad_mult is None and kept.model.cfg.feature_grad_mult == 0.1
+    full = Trainer(FinetuneTask(config(train, None, 1, "freeze_feature_encoder=false", "model.feature_grad_mult=1.0")),
+                   tmp_path / "full").task
+    assert full.model.cfg.feature_grad_mult == 1.0
+    with pytest.raises(ValueError, match="feature_grad_mult -1.0 < 0"):
+        Trainer(FinetuneTask(config(train, None, 1, "model.feature_grad_mult=-1")), tmp_path / "bad")

@@ -841,8 +841,9 @@ def test_a_folder_given_for_a_training_manifest_is_named_with_what_to_do(tmp_pat
 
 
 def test_a_run_of_before_a_setting_was_added_resumes_at_its_earlier_behaviour(tmp_path, tones, rel) -> None:
-    """Fine-tuning gained `vocab` (english: what every earlier run trained with): a run whose checkpoints record
-    no `vocab` was refused "with another recipe (vocab: None -> 'english')". It resumes."""
+    """Fine-tuning gained `vocab` (english: what every earlier run trained with) and `model.feature_grad_mult`
+    (None: the initial model's): a run whose checkpoints record neither was refused "with another recipe (vocab:
+    None -> 'english')". It resumes."""
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
 
@@ -850,7 +851,7 @@ def test_a_run_of_before_a_setting_was_added_resumes_at_its_earlier_behaviour(tm
     assert main(["finetune", *rel.finetune_overrides(tones, 1), "--out", str(out)]) == 0
     info = out / "checkpoints" / "step-0000001" / "trainer.json"
     earlier = json.loads(info.read_text())
-    del earlier["recipe"]["vocab"]
+    del earlier["recipe"]["vocab"], earlier["recipe"]["model.feature_grad_mult"]
     info.write_text(json.dumps(earlier))
     assert Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(tones, 1))), out,
                    resume=True).step == 1
