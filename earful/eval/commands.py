@@ -68,6 +68,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_transcript_out(out: Path, files: list[str]) -> None:
+    """``--out`` refused before any work where it could not be written (a folder, a parent that is not a writable
+    folder) or is one of the audio files: a folder had failed only once every file was transcribed, with the
+    temporary file's name ("Is a directory: '.outdir.x1y2.tmp'"), and ``--out`` an input replaced that audio
+    with the transcripts."""
+    import os
+
+    if out.is_dir():
+        raise ValueError(f"--out {out}: a folder; transcribe writes one file (PATH<TAB>TEXT lines, or FILE.jsonl "
+                         f"records): name a file, e.g. {out / 'transcripts.jsonl'}")
+    if any(Path(f).resolve() == out.resolve() for f in files):
+        raise ValueError(f"--out {out}: one of the audio files to transcribe, which the transcripts would replace; "
+                         "name another file")
+    parent = out.resolve().parent
+    while not parent.exists() and parent != parent.parent:  # atomic_open makes missing folders
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not a folder this user can write in")
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     import sys
 
@@ -80,6 +100,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).suffix == ".json":
         raise ValueError(f"--out {args.out}: transcribe writes JSON Lines (one record a line), not one JSON "
                          "document: name it .jsonl")
+    if args.out is not None:
+        _check_transcript_out(Path(args.out), args.files)
     jsonl = args.out is not None and Path(args.out).suffix == ".jsonl"
     awkward = [f for f in args.files if "\t" in f or "\n" in f or "\r" in f]
     if awkward and not jsonl:

@@ -279,3 +279,28 @@ def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, t
     assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (give "
                                                              "audio files")
     assert "Format not recognised" not in caplog.text and "a directory, not an audio file" in caplog.text
+
+
+def test_an_out_that_cannot_be_written_or_is_an_input_is_refused_before_any_work(tmp_path, caplog,
+                                                                                 monkeypatch) -> None:
+    """--out FOLDER failed only once every file was transcribed (status 2, naming a temporary file), and --out
+    naming one of the audio files replaced that audio with the transcripts."""
+    import earful.eval.transcribe as T
+    from earful.checkpoint import save_model
+    from earful.model import load_model_config
+
+    save_model(tmp_path / "ckpt", Wav2Vec2ForCTC(load_model_config("tiny"), 6),
+               vocab={"symbols": ["<b>", "|", "a", "b", "c", "d"]})
+    audio = tmp_path / "a.wav"
+    sf.write(audio, np.zeros(8000, np.float32), 16000)
+    before = audio.read_bytes()
+    (tmp_path / "folder").mkdir()
+    calls = []
+    monkeypatch.setattr(T, "transcribe_files", lambda *a, **k: calls.append(a))
+    for out, message in ((tmp_path / "folder", "a folder; transcribe writes one file"),
+                         (audio, "one of the audio files to transcribe"),
+                         (tmp_path / "a.wav" / "x.txt", "is not a folder this user can write in")):
+        caplog.clear()
+        assert main(["transcribe", str(tmp_path / "ckpt"), str(audio), "--out", str(out)]) == 2
+        assert f"--out {out}: " in caplog.text and message in caplog.text, caplog.text
+    assert calls == [] and audio.read_bytes() == before
