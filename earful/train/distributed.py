@@ -46,6 +46,9 @@ def resolve_device(device: str | torch.device, key: str = "device") -> torch.dev
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"{shown}: not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if isinstance(device, str) and dev.type not in ("cpu", "cuda"):  # mps, meta …: earful runs on neither; they
+        # failed late, in torch's words ("Cannot copy out of meta tensor"), after the checkpoint was read
+        raise ValueError(f"{shown}: expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.backends.cuda.is_built():
             raise ValueError(f"{shown}: no CUDA in this torch build ({torch.__version__}); use cpu or auto")

@@ -280,6 +280,9 @@ def test_auto_device_is_cuda_where_there_is_one(monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("meta")).type == "meta"
+    for other in ("mps", "meta", "xpu"):  # named by a user: refused at once (they failed after the model loaded)
+        with pytest.raises(ValueError, match=f"--device {other}: expected auto, cpu, cuda or cuda:N"):
+            resolve_device(other, "--device")
 
 
 def greedy(ckpt, manifest, out, device_seconds: float = 200.0) -> dict[str, str]:
