@@ -356,13 +356,18 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
             "still running). `earful study run` on this folder continues it.", ""]
 
 
+def grid_batches(study: dict[str, Any]) -> list[float]:
+    """The batch sizes of a study.json's grid, sorted (an entry is a number or a mapping with ``batch_seconds``)."""
+    return sorted({float(g) if isinstance(g, int | float) else float(g["batch_seconds"])
+                   for g in study.get("grid", [])})
+
+
 def scope_section(study: dict[str, Any]) -> list[str]:
     """Which of the paper's claims (docs/paper.md §7) a study of this design can test, and which it cannot."""
     if not study:
         return []
     seeds, cycles, mode = len(study.get("seeds", [1])), study.get("cycles", 0), study.get("mode")
-    batches = len({float(g) if isinstance(g, int | float) else float(g["batch_seconds"])
-                   for g in study.get("grid", [])})
+    batches = len(grid_batches(study))
     # what earful/study/claims.py needs: C1 and C4 compare two batch sizes, C2, C2-trend, C6 and C7 three
     need = {"C1": 2, "C4": 2, "C2": 3, "C2-trend": 3, "C6": 3, "C7": 3}
     can, cannot = [], []
@@ -641,8 +646,7 @@ def left_out_note(rows: list[dict[str, Any]], metrics: dict[str, bool], study: d
     which the reader must see, not infer from the diverged runs."""
     from earful.study.claims import cells, seed_name
 
-    planned = sorted({float(g) if isinstance(g, int | float) else float(g["batch_seconds"])
-                      for g in study.get("grid", [])})
+    planned = grid_batches(study)
     seeds = [seed_name(k) for k in study.get("seeds", [])]
     said = []
     for metric in metrics:
