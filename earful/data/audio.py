@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -13,6 +15,8 @@ import soxr
 
 from .budget import SAMPLE_RATE
 from .manifest import Utterance, printable_path, samples_at
+
+log = logging.getLogger(__name__)
 
 # samples: the receptive field of the standard feature encoder (ModelConfig's default CNN, every preset's), what
 # the data checks need before any model is known; a model's own is ModelConfig.receptive_field (a test keeps
@@ -24,6 +28,38 @@ AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", "
                     ".w64", ".rf64", ".caf")
 # audio that libsndfile cannot decode: a folder holding it is told so rather than read without it
 UNREADABLE_AUDIO_EXTENSIONS = (".m4a", ".aac", ".wma", ".mp4", ".webm", ".amr")
+
+
+def files_below(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """Every file below ``root`` (paths through ``root``), sorted, but in the folders ``skip`` (by path, or as a
+    folder resolves: a link into one of them is in it). Symbolic links to folders are followed; a folder met again
+    (a second link to one folder) or a link up to ``root`` or a folder above it (a loop) is not read (again), and
+    that is logged. A folder that cannot be listed is an error naming it."""
+    def refuse(e: OSError) -> None:
+        raise OSError(f"{e.filename}: cannot list the folder ({e.strerror})")
+
+    def key(folder: str) -> tuple[int, int]:
+        st = os.stat(folder)
+        return st.st_dev, st.st_ino
+
+    real = Path(os.path.realpath(root))
+    seen, found = {key(str(folder)) for folder in (real, *real.parents)}, []
+    skipped = [*skip, *(Path(os.path.realpath(folder)) for folder in skip)]
+    for top, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            folder = os.path.join(top, name)
+            if any(f.is_relative_to(s) for f in (Path(folder), Path(os.path.realpath(folder))) for s in skipped):
+                continue
+            if key(folder) in seen:
+                log.warning("%s: links to %s, a folder read already or one above %s; not read again", folder,
+                            os.path.realpath(folder), root)
+                continue
+            seen.add(key(folder))
+            kept.append(name)
+        dirs[:] = kept
+        found += [Path(top, name) for name in names]
+    return sorted(found)
 
 
 class AudioError(ValueError):

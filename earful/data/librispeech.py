@@ -30,7 +30,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .audio import AUDIO_EXTENSIONS, RECEPTIVE_FIELD, UNREADABLE_AUDIO_EXTENSIONS, AudioError, audio_info, too_short
+from .audio import (
+    AUDIO_EXTENSIONS,
+    RECEPTIVE_FIELD,
+    UNREADABLE_AUDIO_EXTENSIONS,
+    AudioError,
+    audio_info,
+    files_below,
+    too_short,
+)
 from .budget import SAMPLE_RATE
 from .manifest import Utterance, control_character, printable_path, samples_at
 from .parallel import ordered_map
@@ -59,38 +67,6 @@ LIBRILIGHT_SETS: dict[str, tuple[str, ...]] = {
     "1h": tuple(f"1h/{k}" for k in range(6)),
     "10h": tuple(f"1h/{k}" for k in range(6)) + ("9h",),
 }
-
-
-def _files(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
-    """Every file below ``root`` (paths through ``root``), sorted, but in the folders ``skip`` (by path, or as a
-    folder resolves: a link into one of them is in it). Symbolic links to folders are followed; a folder met again
-    (a second link to one folder) or a link up to ``root`` or a folder above it (a loop) is not read (again), and
-    that is logged. A folder that cannot be listed is an error naming it."""
-    def refuse(e: OSError) -> None:
-        raise OSError(f"{e.filename}: cannot list the folder ({e.strerror})")
-
-    def key(folder: str) -> tuple[int, int]:
-        st = os.stat(folder)
-        return st.st_dev, st.st_ino
-
-    real = Path(os.path.realpath(root))
-    seen, found = {key(str(folder)) for folder in (real, *real.parents)}, []
-    skipped = [*skip, *(Path(os.path.realpath(folder)) for folder in skip)]
-    for top, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
-        kept = []
-        for name in sorted(dirs):
-            folder = os.path.join(top, name)
-            if any(f.is_relative_to(s) for f in (Path(folder), Path(os.path.realpath(folder))) for s in skipped):
-                continue
-            if key(folder) in seen:
-                log.warning("%s: links to %s, a folder read already or one above %s; not read again", folder,
-                            os.path.realpath(folder), root)
-                continue
-            seen.add(key(folder))
-            kept.append(name)
-        dirs[:] = kept
-        found += [Path(top, name) for name in names]
-    return sorted(found)
 
 
 def _read_text(path: Path, problems: list[str]) -> str | None:
@@ -180,7 +156,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
     transcripts: dict[str, str] = {}
     trans_file: dict[str, Path] = {}
     reported: set[str] = set()  # ids whose transcript problem is already in ``problems``
-    files = _files(root)
+    files = files_below(root)
     for tf in (p for p in files if p.name.endswith(TRANS_SUFFIX)):
         text_of_file = _read_text(tf, problems)
         if text_of_file is None:
@@ -308,7 +284,7 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
-    files = _files(root)
+    files = files_below(root)
     _undecodable(files, problems)
     sidecars: dict[Path, list[Path]] = {}  # path less its extension -> the transcript files of that name
     for path in files:
@@ -465,7 +441,7 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
     files = []
-    for path in _files(root):
+    for path in files_below(root):
         if path.suffix.lower() == ".flac" and len(path.relative_to(root).parts) == 3:
             if _first_path(path, root, path.relative_to(root).with_suffix("").as_posix(), None, files_read,
                            problems):
@@ -608,7 +584,7 @@ def _split_like_folders(root: Path, read_as: str) -> None:
 def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:
     """Report the audio and the LibriSpeech transcripts below ``root`` outside the folders ``read`` (not walked
     again: by path, or as a folder resolves, a link into a split is in it)."""
-    outside = _files(root, skip=read)
+    outside = files_below(root, skip=read)
     left = [p for p in outside if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
     problems += [Note(f"{p}: audio outside the splits found below {root}; not read") for p in left]
     problems += [Note(f"{p}: LibriSpeech transcripts outside the splits found below {root}; not read")

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from earful.eval.lm import build_arpa
 from earful.eval.vocab import check_mapping
@@ -88,10 +89,86 @@ def _check_transcript_out(out: Path, files: list[str]) -> None:
         raise ValueError(f"--out {out}: {parent} is not a folder this user can write in")
 
 
-def _transcribe(args: argparse.Namespace) -> int:
+def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
+    """The audio files to transcribe, in order: each name a file, or a folder standing for the audio files below it
+    (``AUDIO_EXTENSIONS`` and those libsndfile cannot decode, which are then reported; sorted, links followed), then
+    the lines of ``files_from`` ("-": standard input), a path a line, blank lines skipped. A folder without audio,
+    a name that is not there, or no file at all is refused before any work."""
     import sys
 
+    from earful.data.audio import AUDIO_EXTENSIONS, UNREADABLE_AUDIO_EXTENSIONS, files_below
+
+    files: list[str] = []
+    for name in names:
+        if Path(name).is_dir():
+            below = [str(p) for p in files_below(Path(name))
+                     if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
+            if not below:
+                raise ValueError(f"{name}: a folder with no audio files below it ({', '.join(AUDIO_EXTENSIONS)})")
+            files += below
+        elif not Path(name).exists():
+            raise ValueError(f"{name}: no such file or folder")
+        else:
+            files.append(name)
+    if files_from is not None:
+        if files_from == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            try:
+                lines = Path(files_from).read_text(encoding="utf-8-sig").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"--files-from {files_from}: cannot be read ({e})") from e
+        files += [line for line in lines if line.strip()]
+    if not files:
+        raise ValueError("no audio to transcribe: give files or folders, or --files-from LIST")
+    return files
+
+
+def _transcript_line(record: dict[str, Any], jsonl: bool) -> str:
+    return json.dumps(record, ensure_ascii=False) if jsonl else f"{record['path']}\t{record['text']}"
+
+
+def _earlier_transcripts(out: Path, jsonl: bool) -> dict[Path, str]:
+    """``--resume``: the transcripts ``out`` holds, as its lines by the file each is of (resolved). A last line cut
+    short (the process killed while writing it) and, in JSON Lines, the records of files that could not be read
+    are left out: those files are tried again."""
+    if not out.exists():
+        return {}
+    text = out.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines[-1]:
+        log.warning("--out %s: its last line was cut short (the run was killed while writing it); that file is "
+                    "transcribed again", out)
+    kept: dict[Path, str] = {}
+    for n, line in enumerate(lines[:-1], 1):
+        if not line.strip():
+            continue
+        if jsonl:
+            try:
+                record = json.loads(line)
+                path = record["path"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"--out {out}, line {n}: not a transcribe record ({e}); --resume reads the output "
+                                 "of an earlier `earful transcribe --out` only") from e
+            if "text" not in record:
+                continue  # an unreadable file's record: tried again
+        else:
+            if "\t" not in line:
+                raise ValueError(f"--out {out}, line {n}: not PATH<TAB>TEXT; --resume reads the output of an "
+                                 "earlier `earful transcribe --out` only")
+            path = line.split("\t", 1)[0]
+        kept[Path(path).resolve()] = line
+    return kept
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    """Transcripts written as each file is done (a line a file, flushed), so that a run stopped part-way (Ctrl-C,
+    a scheduler's SIGTERM) keeps what it finished; ``--resume`` goes on from them."""
+    import sys
+    from contextlib import nullcontext
+
     from earful.atomic import atomic_open
+    from earful.data.parallel import EXIT_STOPPED, Stopped, stop_signals_raise
     from earful.eval.beam import LMBeamDecoder
     from earful.eval.evaluate import load_ctc
     from earful.eval.transcribe import transcribe_files
@@ -100,33 +177,55 @@ def _transcribe(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).suffix == ".json":
         raise ValueError(f"--out {args.out}: transcribe writes JSON Lines (one record a line), not one JSON "
                          "document: name it .jsonl")
-    if args.out is not None:
-        _check_transcript_out(Path(args.out), args.files)
-    jsonl = args.out is not None and Path(args.out).suffix == ".jsonl"
-    awkward = [f for f in args.files if "\t" in f or "\n" in f or "\r" in f]
+    if args.resume and args.out is None:
+        raise ValueError("--resume goes on from the transcripts in --out: give --out")
+    files = _audio_inputs(args.files, args.files_from)
+    out = None if args.out is None else Path(args.out)
+    if out is not None:
+        _check_transcript_out(out, files)
+    jsonl = out is not None and out.suffix == ".jsonl"
+    awkward = [f for f in files if "\t" in f or "\n" in f or "\r" in f]
     if awkward and not jsonl:
         raise ValueError(f"{awkward[0]!r}: a file name with a tab or a line break, which the text output (PATH, a "
                          "tab, TEXT, a line a file) cannot hold: give --out FILE.jsonl")
+    earlier = _earlier_transcripts(out, jsonl) if args.resume and out is not None else {}
+    todo = [f for f in files if Path(f).resolve() not in earlier]
+    if args.resume:
+        log.info("--resume: %d of %d files are transcribed in %s already; %d to go", len(files) - len(todo),
+                 len(files), out, len(todo))
     options = _beam_options(args)
     device = resolve_device(args.device, "--device")  # before the checkpoint is read
     model, vocab, _ = load_ctc(args.ckpt, "transcribe")
     beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
     records = transcribe_files(
-        model, vocab, args.files, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
+        model, vocab, todo, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
         device_seconds=args.device_seconds, device=device, precision=args.precision, beam=beam,
     )  # fmt: skip
-    lines = [json.dumps(r, ensure_ascii=False) if jsonl else f"{r['path']}\t{r['text']}"
-             for r in records if jsonl or "error" not in r]  # fmt: skip
-    if args.out is None:
-        sys.stdout.write("".join(line + "\n" for line in lines))
-    else:
-        with atomic_open(args.out) as f:
-            f.writelines(line + "\n" for line in lines)
-    failed = [r for r in records if "error" in r]
-    log.info("transcribed %d of %d files%s", len(records) - len(failed), len(records),
-             f" to {args.out}" if args.out else "")
+    if out is not None and not args.resume and out.exists() and out.stat().st_size:
+        log.warning("--out %s: replaced; its transcripts of an earlier run are gone (--resume goes on from them)", out)
+    if out is not None:
+        with atomic_open(out) as f:  # what is kept of an earlier run (--resume), or nothing: the file starts anew
+            f.writelines(line + "\n" for line in earlier.values())
+    done: list[dict[str, Any]] = []
+    with stop_signals_raise(ctrl_c=True), \
+            (nullcontext(sys.stdout) if out is None else open(out, "a", encoding="utf-8")) as sink:
+        try:
+            for record in records:
+                if jsonl or "error" not in record:
+                    sink.write(_transcript_line(record, jsonl) + "\n")
+                    sink.flush()
+                done.append(record)
+        except (Stopped, KeyboardInterrupt) as e:
+            where = f"in {out}: the same command with --resume goes on" if out is not None else "above"
+            log.warning("transcribe stopped by %s after %d of %d files; their transcripts are %s",
+                        e if isinstance(e, Stopped) else "Ctrl-C", len(done), len(todo), where)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            return EXIT_STOPPED
+    failed = [r for r in done if "error" in r]
+    log.info("transcribed %d of %d files%s", len(done) - len(failed), len(done), f" to {out}" if out else "")
     if failed:
-        log.error("%d of %d files could not be read: %s", len(failed), len(records),
+        log.error("%d of %d files could not be read: %s", len(failed), len(done),
                   "; ".join(r["error"] for r in failed))
         return 1
     return 0
@@ -182,10 +281,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "overlap by --stride-seconds on each side, as transformers' ASR pipeline cuts them, so memory does not "
         "grow with the file. Output: PATH<TAB>TEXT lines on stdout or in --out; --out F.jsonl writes JSON "
         "records, one a line (path, seconds, text; an unreadable file's error; not .json: the file is not one "
-        "JSON document). Exit status 1 if any file could not be read.",
+        "JSON document). Each file's line is written as soon as it is done: stopped part-way (Ctrl-C, SIGTERM: "
+        "exit status 4), --out keeps the finished ones and --resume goes on from them. Exit status 1 if any "
+        "file could not be read.",
     )
     tr.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
-    tr.add_argument("files", nargs="+", help="audio files")
+    tr.add_argument("files", nargs="*", help="audio files, or folders: the audio files below them (sorted)")
+    tr.add_argument("--files-from", default=None, metavar="LIST",
+                    help="a file listing more audio files, a path a line ('-': standard input)")
+    tr.add_argument("--resume", action="store_true",
+                    help="keep the transcripts already in --out (an earlier run's, stopped part-way) and transcribe "
+                    "only the other files; use the same checkpoint and options as that run")
     tr.add_argument("--out", default=None, help="output file: .jsonl for JSON records, one a line (.json is "
                     "refused), else PATH<TAB>TEXT lines")
     tr.add_argument("--chunk-seconds", type=float, default=20.0,

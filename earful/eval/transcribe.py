@@ -133,7 +133,6 @@ def _total_seconds(files: Sequence[str | Path]) -> float:
     return total
 
 
-@torch.no_grad()
 def transcribe_files(
     model: Wav2Vec2ForCTC,
     vocab: CharVocab,
@@ -145,24 +144,34 @@ def transcribe_files(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     beam: LMBeamDecoder | None = None,
-) -> list[dict[str, Any]]:
-    """One record per file, in order: ``{"path", "seconds", "text"}`` (with an LM ``text`` is its transcript
-    and ``greedy`` the greedy one), or ``{"path", "error"}`` for a file that could not be read.
+) -> Iterator[dict[str, Any]]:
+    """One record per file, in order, each as soon as its file is done (a caller writes it then, and keeps it
+    when stopped later): ``{"path", "seconds", "text"}`` (with an LM ``text`` is its transcript and ``greedy``
+    the greedy one), or ``{"path", "error"}`` for a file that could not be read.
 
     ``chunk_seconds`` 0 transcribes whole files; ``stride_seconds`` (default chunk / 6, as transformers) is
-    the context on each side of a window; ``device`` "auto" is CUDA where there is one. A stride given with
-    ``chunk_seconds`` 0 is refused: whole files have no windows, so it would be ignored without a word."""
+    the context on each side of a window; ``device`` "auto" is CUDA where there is one. The options are checked
+    here, before the first record is asked for: a stride given with ``chunk_seconds`` 0 is refused (whole files
+    have no windows, so it would be ignored without a word)."""
     if not math.isfinite(device_seconds) or device_seconds <= 0:
         raise ValueError(f"device_seconds (--device-seconds) = {device_seconds}: expected a finite number of "
                          "seconds > 0")
     chunk, stride = window_samples(model.cfg, chunk_seconds, stride_seconds)
-    step = model.cfg.total_stride  # samples a frame
     device = resolve_device(device, "--device")
-    model = batch_invariant(model).eval().to(device)
     budget = max(int(device_seconds * SAMPLE_RATE), chunk)  # padded samples a batch
+    return _records(batch_invariant(model).eval().to(device), vocab, files, chunk, stride, budget, device, precision,
+                    beam)
 
+
+@torch.no_grad()
+def _records(model: Wav2Vec2ForCTC, vocab: CharVocab, files: Sequence[str | Path], chunk: int, stride: int,
+             budget: int, device: torch.device, precision: str, beam: LMBeamDecoder | None) -> Iterator[dict[str, Any]]:
+    """:func:`transcribe_files`' records, windows of ``chunk`` samples (``stride`` each side) in batches of at most
+    ``budget`` padded samples."""
+    step = model.cfg.total_stride  # samples a frame
     records: list[dict[str, Any]] = [{"path": str(f)} for f in files]
     pieces: dict[int, list[torch.Tensor]] = {}  # file -> kept logits of its windows so far
+    done = 0  # records[:done] have been yielded
 
     def windows() -> Iterator[_Piece]:
         for i, path in enumerate(files):
@@ -201,6 +210,13 @@ def transcribe_files(
             if p.last:
                 finish(p.file)
 
+    def ready() -> Iterator[dict[str, Any]]:
+        """The records finished since the last call, in file order (a file waits for those before it)."""
+        nonlocal done
+        while done < len(records) and ("text" in records[done] or "error" in records[done]):
+            yield records[done]
+            done += 1
+
     batch: list[_Piece] = []
     longest = 0
     with tqdm(unit="s", desc="transcribe", disable=None) as bar:
@@ -210,8 +226,9 @@ def transcribe_files(
             if batch and (len(batch) + 1) * max(longest, piece.chunk.length) > budget:
                 run(batch)
                 batch, longest = [], 0
+            yield from ready()  # the files done with the batch just run, and unreadable ones before this piece
             batch.append(piece)
             longest = max(longest, piece.chunk.length)
         if batch:
             run(batch)
-    return records
+        yield from ready()  # the last batch's files, and unreadable files after the last readable one

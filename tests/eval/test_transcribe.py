@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from earful.data.audio import load_audio
 from earful.data.manifest import read_manifest
 from earful.eval.beam import flashlight_available
 from earful.eval.evaluate import load_ctc, transcribe
-from earful.eval.transcribe import chunk_spans, kept_frames
+from earful.eval.transcribe import chunk_spans, kept_frames, transcribe_files
 from earful.model import Wav2Vec2ForCTC
 
 
@@ -90,7 +92,6 @@ def test_windows_that_would_drop_audio_are_refused_naming_the_option(options, me
 
 def test_a_stride_without_chunks_is_refused_naming_both_options(tmp_path) -> None:
     """`--chunk-seconds 0 --stride-seconds 5` transcribed whole files and ignored the stride without a word."""
-    from earful.eval.transcribe import transcribe_files
     from earful.eval.vocab import CharVocab
     from earful.model import load_model_config
 
@@ -103,7 +104,7 @@ def test_a_stride_without_chunks_is_refused_naming_both_options(tmp_path) -> Non
                                              r"\(--chunk-seconds\) = 0: whole files go through the model in one "
                                              r"window, without strides; give a chunk, or leave the stride out$"):
             transcribe_files(model, vocab, [path], chunk_seconds=0, stride_seconds=stride)
-    assert transcribe_files(model, vocab, [path], chunk_seconds=0)[0]["seconds"] == 0.5
+    assert next(transcribe_files(model, vocab, [path], chunk_seconds=0))["seconds"] == 0.5
 
 
 def test_transcribe_refuses_a_json_output_it_would_write_as_json_lines(tone_ctc, tmp_path, caplog) -> None:
@@ -186,7 +187,6 @@ def test_windows_reach_the_model_zero_padded_as_training_batches_are(tone_ctc, t
     samples at the start of its row, zeros after, lengths only when some row is shorter than the batch, and a
     batch shorter than the receptive field padded up to it (with its length). One window a batch or three,
     the transcripts are the same."""
-    from earful.eval.transcribe import transcribe_files
 
     ckpt, manifest = tone_ctc
     model, vocab, _ = load_ctc(ckpt)
@@ -244,7 +244,7 @@ def test_the_bar_reads_the_files_headers_only_when_it_shows(tmp_path, monkeypatc
     headers: list[str] = []
     info = T.audio_info
     monkeypatch.setattr(T, "audio_info", lambda f: headers.append(str(f)) or info(f))
-    off = T.transcribe_files(model, vocab, files)  # under pytest stderr is no terminal: the bar is off
+    off = list(T.transcribe_files(model, vocab, files))  # under pytest stderr is no terminal: the bar is off
     assert headers == [] and [r["seconds"] for r in off] == [0.5, 1.25]
     bars, tqdm = [], T.tqdm
 
@@ -253,13 +253,13 @@ def test_the_bar_reads_the_files_headers_only_when_it_shows(tmp_path, monkeypatc
         return bars[-1]
 
     monkeypatch.setattr(T, "tqdm", shown)
-    assert T.transcribe_files(model, vocab, files) == off
+    assert list(T.transcribe_files(model, vocab, files)) == off
     assert headers == files and bars[0].n == 1.75 and bars[0].total == round(1.75, 1)  # the total as shown
 
 
-def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, tmp_path, caplog) -> None:
+def test_errors_name_the_command_run_and_a_directory_in_a_list(tone_ctc, tmp_path, caplog) -> None:
     """`transcribe` of a pre-training checkpoint said "evaluate needs a fine-tuned (CTC) one", and of a directory
-    "unreadable audio header (... Format not recognised.)"."""
+    "unreadable audio header (... Format not recognised.)"; a folder given as an argument stands for its audio."""
     from earful.checkpoint import save_model
     from earful.model import Wav2Vec2ForPreTraining, load_model_config
 
@@ -273,12 +273,152 @@ def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, t
     caplog.clear()
     folder = tmp_path / "audio"
     folder.mkdir()
+    (tmp_path / "list.txt").write_text(f"{audio}\n{folder}\n")
     out = tmp_path / "out.jsonl"
-    assert main(["transcribe", str(ckpt), audio, str(folder), "--out", str(out)]) == 1
+    assert main(["transcribe", str(ckpt), "--files-from", str(tmp_path / "list.txt"), "--out", str(out)]) == 1
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (give "
                                                              "audio files")
     assert "Format not recognised" not in caplog.text and "a directory, not an audio file" in caplog.text
+
+
+def test_folders_stand_for_their_audio_and_lists_add_files(tone_ctc, tmp_path, caplog, monkeypatch) -> None:
+    """A folder had been refused (a record "a directory, not an audio file"): it now stands for the audio files
+    below it, sorted, other files left out and audio libsndfile cannot decode named; --files-from adds a list
+    (a file or standard input). A folder without audio, or a name that is not there, is refused before any work."""
+    import io
+    import shutil
+
+    ckpt, manifest = tone_ctc
+    utts = read_manifest(manifest)[:2]
+    folder = tmp_path / "talks"
+    (folder / "b").mkdir(parents=True)
+    shutil.copy(utts[0].path, folder / "b" / "one.flac")
+    shutil.copy(utts[1].path, folder / "a.wav" if utts[1].path.endswith(".wav") else folder / "a.flac")
+    (folder / "notes.txt").write_text("not audio")
+    (folder / "b" / "phone.m4a").write_bytes(b"\0" * 100)
+    out = tmp_path / "t.jsonl"
+    assert main(["transcribe", str(ckpt), str(folder), "--out", str(out)]) == 1
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == sorted(str(p) for p in folder.rglob("*") if p.suffix in (".flac", ".wav",
+                                                                                                  ".m4a"))
+    assert [("text" in r) for r in rows] == [True, True, False] and "phone.m4a" in rows[2]["error"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{utts[1].path}\n\n{utts[0].path}\n"))
+    caplog.clear()
+    assert main(["transcribe", str(ckpt), utts[0].path, "--files-from", "-", "--out", str(out)]) == 0
+    assert f"--out {out}: replaced; its transcripts of an earlier run are gone (--resume" in caplog.text
+    assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == [utts[0].path, utts[1].path,
+                                                                             utts[0].path]
+    empty = tmp_path / "empty"
+    (empty / "x").mkdir(parents=True)
+    (empty / "x" / "readme.txt").write_text("no audio")
+    for args, message in (([str(empty)], f"{empty}: a folder with no audio files below it"),
+                          ([str(tmp_path / "gone.wav")], f"{tmp_path / 'gone.wav'}: no such file or folder"),
+                          ([], "no audio to transcribe: give files or folders, or --files-from LIST"),
+                          (["--files-from", str(tmp_path / "nolist")], f"--files-from {tmp_path / 'nolist'}: cannot")):
+        caplog.clear()
+        assert main(["transcribe", str(ckpt), *args, "--out", str(tmp_path / "new.jsonl")]) == 2
+        assert message in caplog.text, caplog.text
+    assert not (tmp_path / "new.jsonl").exists()
+
+
+def _stopping_after(monkeypatch, records: int, signum: int = signal.SIGTERM) -> list:
+    """transcribe_files, patched: the process is sent ``signum`` once it has given ``records`` records; the files
+    each call was given are listed in the returned list."""
+    import earful.eval.transcribe as T
+
+    given = []
+
+    def stopping(model, vocab, files, **kw):
+        given.append(list(files))
+        for n, record in enumerate(transcribe_files(model, vocab, files, **kw), 1):
+            yield record
+            if n == records:
+                signal.raise_signal(signum)
+
+    monkeypatch.setattr(T, "transcribe_files", stopping)
+    return given
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_stopped_run_keeps_what_it_finished_and_resume_goes_on(suffix, tone_ctc, tmp_path, caplog,
+                                                                 monkeypatch) -> None:
+    """Transcripts had been written only at the end: SIGTERM or Ctrl-C part-way lost the finished ones, with no
+    message and no way to go on. Now each file's line is written when it is done; a stopped run says so (status
+    4 for SIGTERM, 130 for Ctrl-C) and --resume transcribes the rest only, to the file an unstopped run writes."""
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)[:3]
+    whole = tmp_path / f"whole{suffix}"
+    # one file a batch, so that the first is done (and written) before the others are read
+    options = ["--device-seconds", "0.5", "--chunk-seconds", "0.5"]
+    assert main(["transcribe", str(ckpt), *files, "--out", str(whole), *options]) == 0
+    out = tmp_path / f"out{suffix}"
+    for signum, status, kept in ((signal.SIGTERM, 4, 1), (signal.SIGINT, 130, 2)):
+        _stopping_after(monkeypatch, 1, signum)  # stopped once a file is done, the first time and on resuming
+        caplog.clear()
+        resume = ["--resume"] if kept > 1 else []
+        assert main(["transcribe", str(ckpt), *files, "--out", str(out), *options, *resume]) == status
+        assert out.read_text().splitlines() == whole.read_text().splitlines()[:kept]
+        assert f"after 1 of {3 - len(resume)} files" in caplog.text
+        assert "the same command with --resume goes on" in caplog.text
+    given = _stopping_after(monkeypatch, 99)
+    caplog.clear()
+    caplog.set_level(logging.INFO, "earful")
+    assert main(["transcribe", str(ckpt), *files, "--out", str(out), *options, "--resume"]) == 0
+    assert given == [files[2:]] and "2 of 3 files are transcribed in" in caplog.text
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_resume_retries_a_cut_line_and_unreadable_files_and_refuses_foreign_files(tone_ctc, tmp_path, caplog,
+                                                                                  monkeypatch) -> None:
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)
+    out = tmp_path / "out.jsonl"
+    assert main(["transcribe", str(ckpt), *files, "--out", str(out)]) == 1
+    lines = out.read_text().splitlines()
+    assert "error" in json.loads(lines[3])
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # killed while writing the third line
+    given = _stopping_after(monkeypatch, 99)
+    assert main(["transcribe", str(ckpt), *files, "--out", str(out), "--resume"]) == 1
+    assert given == [files[2:]] and "its last line was cut short" in caplog.text
+    assert out.read_text().splitlines() == lines
+    out.write_text(out.read_text().replace(lines[3] + "\n", ""))  # the unreadable file's record: tried again
+    given.clear()
+    assert main(["transcribe", str(ckpt), *files, "--out", str(out), "--resume"]) == 1
+    assert given == [files[3:]] and out.read_text().splitlines() == lines
+    given.clear()
+    assert main(["transcribe", str(ckpt), *files[:2], "--out", str(tmp_path / "fresh.jsonl"), "--resume"]) == 0
+    assert given == [files[:2]]  # nothing to resume from: all of them
+    for name, text, message in (("a.jsonl", "not json\n", "line 1: not a transcribe record"),
+                                ("a.txt", "no tab here\n", "line 1: not PATH<TAB>TEXT")):
+        (tmp_path / name).write_text(text)
+        caplog.clear()
+        assert main(["transcribe", str(ckpt), *files[:2], "--out", str(tmp_path / name), "--resume"]) == 2
+        assert message in caplog.text and (tmp_path / name).read_text() == text
+    caplog.clear()
+    assert main(["transcribe", str(ckpt), *files[:2], "--resume"]) == 2
+    assert "--resume goes on from the transcripts in --out: give --out" in caplog.text
+
+
+def test_records_come_as_each_file_is_done(tone_ctc, tmp_path, monkeypatch) -> None:
+    """transcribe_files had returned a list once every file was done; it now gives each file's record before the
+    next batch's files are read, and an unreadable file's record in its place."""
+    import earful.eval.transcribe as T
+
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)
+    files = [files[0], files[3], files[1], files[2]]  # the unreadable file second
+    model, vocab, _ = load_ctc(ckpt)
+    read, real = [], T.load_audio
+    monkeypatch.setattr(T, "load_audio", lambda path: read.append(str(path)) or real(path))
+    records = T.transcribe_files(model, vocab, files, chunk_seconds=0.5, device_seconds=0.5)
+    seen = []
+    for record in records:
+        seen.append((record["path"], len(read)))
+    assert [p for p, _ in seen] == files
+    # the first file's record, and the unreadable one's after it, come before the last file is read (a list
+    # had come once all four were read)
+    assert seen[0][1] < len(files) and seen[1][1] < len(files), seen
 
 
 def test_an_out_that_cannot_be_written_or_is_an_input_is_refused_before_any_work(tmp_path, caplog,
