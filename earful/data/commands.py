@@ -246,8 +246,8 @@ def _shard(args: argparse.Namespace) -> int:
     from .parallel import EXIT_STOPPED, Stopped, stop_signals_raise
     from .shards import shard_rows, write_shards
 
-    if not args.shard_gb > 0:
-        raise ValueError(f"--shard-gb {args.shard_gb}: expected a size > 0")
+    if not 0 < args.shard_gb < float("inf"):
+        raise ValueError(f"--shard-gb {args.shard_gb}: expected a finite size > 0")
     utts = read_manifest(args.manifest, check_files=True)
     recipe = {"manifest_sha256": sha256(args.manifest), "seed": args.seed}  # with the size: what decides the shards
     try:

@@ -18,13 +18,15 @@ alone is cut into equal pieces. Segments shorter than ``min_seconds`` are left o
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
-from .audio import AudioError, soundfile_source
+from .audio import RECEPTIVE_FIELD, AudioError, soundfile_source
+from .budget import SAMPLE_RATE
 from .manifest import printable_path
 
 FRAME_SECONDS = 0.02
@@ -36,6 +38,9 @@ PAD_SECONDS = 0.1
 END_TOLERANCE = 0.5  # seconds an annotation may end past its file's end (cut to it); beyond: another file's
 
 
+MIN_SEGMENT_SECONDS = RECEPTIVE_FIELD / SAMPLE_RATE  # the shortest segment a model frame takes (0.025 s)
+
+
 @dataclass(frozen=True)
 class SegmentLimits:
     """How ``cut_segments`` cuts: the longest segment, the shortest kept, the longest pause bridged."""
@@ -45,9 +50,14 @@ class SegmentLimits:
     max_pause: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_seconds <= self.max_seconds or self.max_pause < 0:
-            raise ValueError(f"segment limits: expected 0 < min_seconds ({self.min_seconds}) <= max_seconds "
-                             f"({self.max_seconds}) and max_pause ({self.max_pause}) >= 0")
+        if not all(math.isfinite(v) for v in (self.min_seconds, self.max_seconds, self.max_pause)) or not (
+                0 < self.min_seconds <= self.max_seconds and self.max_pause >= 0):
+            raise ValueError(f"segment limits: expected finite seconds with 0 < min_seconds ({self.min_seconds}) <= "
+                             f"max_seconds ({self.max_seconds}) and max_pause ({self.max_pause}) >= 0")
+        if self.min_seconds < MIN_SEGMENT_SECONDS:  # shorter rows: every command reading them refuses them
+            raise ValueError(f"segment limits: min_seconds {self.min_seconds} is shorter than one model frame "
+                             f"needs ({MIN_SEGMENT_SECONDS:g} s, {RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): "
+                             "`earful shard` and the loader would refuse such segments; give at least that")
 
 
 DEFAULT_LIMITS = SegmentLimits()

@@ -250,3 +250,28 @@ def test_prepare_reads_files_whose_names_are_not_utf8_and_names_those_it_cannot_
     assert by_file[str(cafe)][0].id == "100/book_0/caf\udce9-0000" and len(by_file[str(naive)]) == 2
     batch = next(iter(make_loader(manifest, BatchBudget.per_device(60.0), shuffle=False)))
     assert sorted(batch.ids) == sorted(u.id for u in manifest)  # every segment loads
+
+
+@pytest.mark.parametrize("limits", [
+    ["--max-seconds", "0.00001", "--min-seconds", "0.00001"],  # was ZeroDivisionError (a segment of 0 samples)
+    ["--max-seconds", "inf"],  # was OverflowError
+    ["--max-pause", "nan"],  # was "cannot convert float NaN to integer", naming no option
+    ["--min-seconds", "0.005"],  # rows of 80 samples, which `earful shard` and the loader then refused
+])
+def test_segment_limits_no_segment_can_keep_are_refused_before_any_file_is_read(tmp_path: Path, unlabelled_tree,
+                                                                               limits: list[str]) -> None:
+    unlabelled_tree(tmp_path / "small", files=1)
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["prepare", str(tmp_path / "small"), str(tmp_path / "out"), *limits])
+    with pytest.raises(ValueError, match="segment limits: "):
+        args.func(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_refuses_a_shard_size_that_is_no_number_of_bytes(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["shard", str(tmp_path / "m.jsonl"), str(tmp_path / "shards"), "--shard-gb", "inf"])
+    with pytest.raises(ValueError, match=r"--shard-gb inf: expected a finite size > 0"):
+        args.func(args)  # was OverflowError, a traceback
