@@ -225,7 +225,7 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
         log.info("0 problem(s) found")
     if notes:
         log.info("%d note(s) (transcripts without audio or not read, second paths to one file, audio beside the "
-                 "splits or without a transcript) listed in %s", notes, listed)
+                 "splits or without a transcript, Libri-light files cut into no segment) listed in %s", notes, listed)
     if not total:
         raise ValueError(f"{args.source}: no usable audio found")
     return 0

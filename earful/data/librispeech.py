@@ -423,6 +423,11 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
         except AudioError as e:
             return [], [*problems, str(e)], 0, True
     segments, left_out = cut_segments(voiced, rate, limits)
+    if not segments:  # the whole file left out: named (a note: the VAD, not the file, decided it), and counted
+        how = "the energy VAD" if by_energy else f"its annotations ({printable_path(side.name)})"
+        problems.append(Note(f"{printable_path(path)}: no segment: {how} found {left_out / rate:.2f} s of voice "
+                             f"activity of its {frames / rate:.2f} s, none in a stretch of {limits.min_seconds:g} s "
+                             "or more (--min-seconds); left out"))
     where, stem = str(path.resolve()), f"{speaker}/{book}/{path.stem}"
     utts = [Utterance(f"{stem}-{k:04d}", where, b - a, rate, speaker, None, offset=a)
             for k, (a, b) in enumerate(segments)]
@@ -449,7 +454,7 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
         elif path.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS:
             problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
     utts: list[Utterance] = []
-    left_out, by_energy = 0, 0
+    left_out, by_energy, empty = 0, 0, 0
     cut = partial(_file_segments, limits=limits)
     done = ordered_map(cut, files, workers)
     for _, (got, found, lost, energy) in tqdm(done, total=len(files), unit="file", desc=f"segments of {root.name}",
@@ -458,9 +463,11 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
         problems += found
         left_out += lost
         by_energy += energy
+        empty += not got and bool(found) and isinstance(found[-1], Note)  # cut into nothing (not unreadable)
     log.info("%s: %d files cut into %d segments (%.2f h); %.2f h of voice activity in segments shorter than %g s "
-             "left out; %d files by the energy VAD", root, len(files), len(utts),
-             sum(u.seconds for u in utts) / 3600, left_out / SAMPLE_RATE / 3600, limits.min_seconds, by_energy)
+             "left out; %d files by the energy VAD; %d files gave no segment (notes naming them)", root, len(files),
+             len(utts), sum(u.seconds for u in utts) / 3600, left_out / SAMPLE_RATE / 3600, limits.min_seconds,
+             by_energy, empty)
     return utts
 
 

@@ -16,7 +16,7 @@ from earful.data import commands
 from earful.data.audio import AudioError
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
-from earful.data.librispeech import discover, read_unlabelled
+from earful.data.librispeech import Note, discover, read_unlabelled
 from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
 from earful.data.vad import SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -275,3 +275,20 @@ def test_shard_refuses_a_shard_size_that_is_no_number_of_bytes(tmp_path: Path) -
     args = parser.parse_args(["shard", str(tmp_path / "m.jsonl"), str(tmp_path / "shards"), "--shard-gb", "inf"])
     with pytest.raises(ValueError, match=r"--shard-gb inf: expected a finite size > 0"):
         args.func(args)  # was OverflowError, a traceback
+
+
+def test_a_file_cut_into_no_segment_is_named_and_counted_not_dropped_silently(tmp_path: Path, unlabelled_tree,
+                                                                             caplog) -> None:
+    """A Libri-light file whose VAD finds nothing to keep (annotated silent; one the energy VAD finds no pause in)
+    vanished from the manifest with its speaker, and no line said so."""
+    annotated, silent = unlabelled_tree(tmp_path / "small", files=2)
+    silent.with_suffix(".json").write_text('{"voice_activity": []}')
+    steady = annotated.parent / "steady.flac"  # one level throughout: nothing over the energy VAD's floor
+    sf.write(steady, (0.3 * np.sin(2 * np.pi * 220 * np.arange(30 * SR) / SR)).astype(np.float32), SR)
+    problems: list[str] = []
+    with caplog.at_level(logging.INFO):
+        utts = read_unlabelled(tmp_path / "small", problems)
+    assert {Path(u.path).name for u in utts} == {annotated.name}
+    for path in (silent, steady):
+        assert any(p.startswith(f"{path}: no segment: ") and isinstance(p, Note) for p in problems), problems
+    assert "2 files gave no segment" in caplog.text
