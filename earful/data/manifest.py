@@ -460,8 +460,15 @@ def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os
     base = path.resolve().parent
     root = Path(relative_to).resolve() if relative_to is not None else None
     folders: dict[str, Path] = {}  # the audio's folders, resolved once each
+    last: tuple[str, str] | None = None  # the previous row's path, as given and as written
     for u in utts:
-        yield json_line(manifest_row(u, base, root, folders)) + "\n"
+        if last is not None and u.path == last[0]:  # a file's segments follow each other (Libri-light: ~70 a
+            row = manifest_row(u)  # file): one lstat a file, not one a row
+            row["path"] = last[1]
+        else:
+            row = manifest_row(u, base, root, folders)
+            last = (u.path, row["path"])
+        yield json_line(row) + "\n"
 
 
 def summarize(utts: Sequence[Utterance]) -> dict[str, float]:
