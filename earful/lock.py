@@ -41,21 +41,35 @@ os.register_at_fork(after_in_child=_not_in_children)
 def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
     """An exclusive lock on ``folder`` (created if need be) for as long as the returned file stays open."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid, host = _parse(f.read())
-        f.close()
-        raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {pid or '?'}"
-                         f"{f' on {host}' if host else ''}); wait for it or stop it, then run again") from None
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)  # again after a failed start that made it removed it
+        f = open(folder / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid, host = _parse(f.read())
+            f.close()
+            raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {pid or '?'}"
+                             f"{f' on {host}' if host else ''}); wait for it or stop it, then run again") from None
+        if _still_there(f, folder / ".lock"):
+            break
+        f.close()  # a lock file its holder removed (a failed start) as this one opened it: lock the one there now
     f.truncate(0)
     f.write(f"{os.getpid()} {socket.gethostname()}")  # who holds it, for a user and for ``held``
     f.flush()
     _HELD[:] = [*(h for h in _HELD if not h.closed), f]
     return f
+
+
+def _still_there(f: IO[str], path: Path) -> bool:
+    """Whether the open lock file ``f`` is the one at ``path`` (not one removed since it was opened)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(f.fileno())
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _parse(text: str) -> tuple[int | None, str]:

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from earful.checkpoint import MODEL_FILE, CheckpointError, load_model, read_info
+from earful.checkpoint import MODEL_FILE, CheckpointError, load_model, read_info, verify_weights
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
@@ -122,9 +122,12 @@ class Trainer:
         try:
             self._open(resume and not start_if_new, resume, allow_changes)
         except BaseException:
+            if self.d.is_main and not had_lock:
+                # removed while still held: removed after letting go, it was another process's lock file when that
+                # one had taken the lock meanwhile, and a third could then lock a new one beside it
+                (self.run.root / ".lock").unlink(missing_ok=True)
             self.close()
             if self.d.is_main and not had_lock:
-                (self.run.root / ".lock").unlink(missing_ok=True)
                 if created:
                     with suppress(OSError):  # something was written there (or by another process): it stays
                         self.run.root.rmdir()
@@ -216,6 +219,8 @@ class Trainer:
         D.barrier(self.d)
         if latest is not None:
             self._resume(latest, segment)
+            # the step-0 weights (distance from init), before the resume is recorded: damaged, they refuse it
+            self._init_params = read_init(self.run.ckpt / "init")
             if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):
                     record_resume(self.run.root, cfg, self.step, segment)
@@ -270,7 +275,8 @@ class Trainer:
                 self.run.save("init", self.model, state=None, trainer={"step": 0},
                               make_latest=False, **self.task.checkpoint_extras())
         D.barrier(self.d)
-        self._init_params = {k: v.float() for k, v in load_file(str(self.run.ckpt / "init" / MODEL_FILE)).items()}
+        if self.step == 0 or getattr(self, "_init_params", None) is None:
+            self._init_params = read_init(self.run.ckpt / "init")
 
     # ------------------------------------------------------------------ checkpoints
     def progress_info(self) -> dict[str, Any]:
@@ -519,8 +525,11 @@ class Trainer:
         """Called with the all-reduced count of ranks that received a signal: every rank then stops after the
         same step. A rank's own flag is never enough: a signal that lands on one rank after the step's
         all-reduce and on another before it would leave them a step apart, one waiting in the checkpoint's
-        barrier and the other in the next step's gradient all-reduce."""
-        if signalled_ranks > 0 and not self.stop_signal:
+        barrier and the other in the next step's gradient all-reduce. A signal shared in the last step stops
+        nothing: the run has trained every step and ends as a finished one (its final checkpoint had recorded it as
+        stopped, ``stopped_by``, for good: status 4, a model card saying "not the run's end", a study's torchrun
+        stage stopping on every rerun); every rank counts the same step, so they agree."""
+        if signalled_ranks > 0 and not self.stop_signal and self.step < self.cfg.max_steps:
             self.stop_signal = self.signal_received or -1
 
     def after_step(self) -> None:
@@ -595,6 +604,18 @@ class Trainer:
             return summary
         finally:
             D.teardown(finished=summary is not None)
+
+
+def read_init(init: Path) -> dict[str, torch.Tensor]:
+    """A run's step-0 weights (``checkpoints/init``: distance from init), in fp32, verified as every checkpoint a
+    run reads: a truncated file had been safetensors' own error (the file unnamed, a traceback, status 1), and a
+    tampered one was read as it was (a distance from init of inf, say)."""
+    verify_weights(init, read_info(init))
+    try:
+        weights = load_file(str(init / MODEL_FILE))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{init / MODEL_FILE}: unreadable safetensors file: {e}") from e
+    return {k: v.float() for k, v in weights.items()}
 
 
 def _json_float(x: float) -> float | None:

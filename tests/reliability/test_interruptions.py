@@ -284,3 +284,28 @@ def test_a_log_line_cut_by_a_kill_does_not_block_the_resume(tmp_path, caplog) ->
     path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 2.5}\n')
     with pytest.raises(ValueError, match=r"train.jsonl: line 1 is not JSON .* mend or remove it"):
         JsonlLog(path).truncate_after(2)
+
+
+def test_a_signal_in_the_last_step_leaves_a_finished_run(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """A SIGTERM shared in the run's last step stops nothing: every step is trained and the final checkpoint
+    written as an uninterrupted run's. It had been recorded as stopped (``stopped_by``) in that checkpoint for good:
+    status 4 and "continue with --resume", a model card saying "not the run's end", and a study's torchrun stage,
+    which reads trainer.json, stopping on every rerun (a --resume of the finished run rewrites nothing)."""
+    from earful.interop.card import model_card
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+
+    real_step = PretrainTask.start_step
+
+    def start_step(self, step):
+        real_step(self, step)
+        if step == 2:  # the last of 3 steps: the signal lands before its statistics are all-reduced
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PretrainTask, "start_step", start_step)
+    out = tmp_path / "run"
+    summary = Trainer(PretrainTask(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3))), out).fit()
+    assert summary["step"] == 3 and summary["stopped_by"] == ""
+    final = RunDir(out).latest()
+    assert final.name == "step-0000003" and load_trainer_state(final)[0]["stopped_by"] == ""
+    assert "not the run's end" not in model_card(final, 1)

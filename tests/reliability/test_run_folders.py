@@ -871,3 +871,71 @@ def test_a_refused_or_failed_start_leaves_no_lock_and_no_folder(tmp_path, tones,
     (other / "config.json").write_text("{}")
     assert main(["finetune", *rel.finetune_overrides(tones, 1), "--out", str(other), "--resume"]) == 2
     assert sorted(p.name for p in other.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "size 100 bytes, expected"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-4] + b"\x00\x00\x80\x7f"), "SHA-256 differs"),  # the last float: inf
+])
+def test_a_damaged_init_checkpoint_refuses_the_resume_naming_it(damage, message, finished, tmp_path, rel,
+                                                                 tiny_corpus, caplog) -> None:
+    """``checkpoints/init`` (the step-0 weights a resume reads for the distance from init) is verified as every
+    checkpoint a run reads, before anything of the resume is recorded. A truncated one had been safetensors' own
+    error, unnamed, with a traceback (status 1) after the resume was recorded in history.jsonl; a tampered one was
+    read as it was (a distance from init of inf)."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    damage(out / "checkpoints" / "init" / "model.safetensors")
+    history = (out / "history.jsonl").read_text()
+    args = ["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 6, "ckpt_every=2", "keep_last=10"), "--out", str(out),
+            "--resume", "--allow-changes"]
+    with caplog.at_level(logging.ERROR):
+        assert main(args) == 2
+    assert f"{out / 'checkpoints' / 'init' / 'model.safetensors'}: {message}" in caplog.text
+    assert (out / "history.jsonl").read_text() == history and not (out / "config-2.yaml").exists()
+
+
+def test_a_failed_start_removes_its_lock_file_only_while_it_holds_it(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """A start that fails in a folder it made the lock of removes the lock file: before letting go of the lock. It
+    had let go first: a process that took the lock in between lost its lock file, and a third one then locked a new
+    one beside it, two writers in one run folder."""
+    import earful.lock as L
+    from earful.train.engine import NoRunToResume
+
+    out, others = tmp_path / "run", {}
+    real_close = Trainer.close
+
+    def close(self) -> None:
+        real_close(self)
+        others.setdefault("B", L.hold_folder(out))  # another process starts there as this one lets go
+
+    monkeypatch.setattr(Trainer, "close", close)
+    with pytest.raises(NoRunToResume):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True)  # a mistyped --out
+    assert (out / ".lock").exists()
+    with pytest.raises(FolderBusy):
+        L.hold_folder(out)  # a third process
+    others["B"].close()
+
+
+def test_a_lock_file_removed_as_it_is_locked_is_not_held(tmp_path, monkeypatch) -> None:
+    """A lock taken on a lock file its holder removed meanwhile (between this process's open and its flock) holds
+    nothing: the one now at the path is locked instead."""
+    import fcntl
+
+    import earful.lock as L
+
+    real_flock, removed = fcntl.flock, []
+
+    def flock(f, how):
+        if not removed:  # the holder of the lock file this process opened removes it and lets go
+            removed.append((tmp_path / ".lock").unlink())
+        return real_flock(f, how)
+
+    monkeypatch.setattr(L.fcntl, "flock", flock)
+    mine = L.hold_folder(tmp_path)
+    monkeypatch.setattr(L.fcntl, "flock", real_flock)
+    assert os.fstat(mine.fileno()).st_ino == (tmp_path / ".lock").stat().st_ino
+    with pytest.raises(FolderBusy):
+        L.hold_folder(tmp_path)
+    mine.close()
