@@ -248,7 +248,11 @@ def record_resume(root: Path, cfg: TrainingConfig, step: int, segment: dict[str,
     ``segment`` (another recipe or layout from ``step`` on), if any, is appended with its own config file."""
     path = root / HISTORY
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    last = json.loads(lines[-1]) if len(lines) > 1 else {}
+    try:
+        last = json.loads(lines[-1]) if len(lines) > 1 else {}
+    except json.JSONDecodeError as e:  # written atomically: a hand edit or a disk fault
+        raise ValueError(f"{path}, line {len(lines)}: not a JSON record ({e}); the run's history is damaged: "
+                         "restore it (each line names a segment's step and config file)") from e
     dropped = last["config"] if last.get("step") == step else None
     kept = lines[:-1] if dropped else lines
     name = None

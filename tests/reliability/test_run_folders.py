@@ -939,3 +939,15 @@ def test_a_lock_file_removed_as_it_is_locked_is_not_held(tmp_path, monkeypatch) 
     with pytest.raises(FolderBusy):
         L.hold_folder(tmp_path)
     mine.close()
+
+
+def test_a_damaged_history_is_named_on_resume(tmp_path, finished, tiny_corpus, rel) -> None:
+    """A history.jsonl whose last line is cut short: the resume said only "Unterminated string starting at: line 1
+    column 2 (char 1)", naming no file."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    history = out / "history.jsonl"
+    history.write_text(history.read_text() + '{"segment": 2, "st\n')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(history))}, line 2: not a JSON record \(Unterminated "
+                                         r"string .*\); the run's history is damaged"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6)), out, resume=True, allow_changes=True)
