@@ -420,8 +420,9 @@ class Trainer:
             self.optimizer, self.scaler, self.params, loss=tot["loss"],
             factor=self.d.world_size / self.task.denominator(tot), clip_norm=self.cfg.optim.clip_norm,
         )  # fmt: skip
-        self.step += 1
-        self._count(outcome)  # its messages name the step as the logs do: the one just taken
+        if outcome != "overflow":  # an fp16 overflow updated nothing: no step (fairseq's num_updates), so the
+            self.step += 1  # schedule, the freeze and what falls due wait for the next batch (at this step's seeds)
+        self._count(outcome)  # its messages name the step as the logs do: the one just taken, or to be taken again
         self.hours_real += tot["real_samples"] / SAMPLE_RATE / 3600
         self.hours_padded += tot["padded_samples"] / SAMPLE_RATE / 3600
         self.agree_stop(tot["stop"])
@@ -450,8 +451,8 @@ class Trainer:
         elif outcome == "overflow":
             self.overflow_steps += 1
             if self.d.is_main:
-                log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g", self.step,
-                         self.scaler.get_scale())
+                log.info("step %d: fp16 gradient overflow; update skipped, loss scale lowered to %g; the step is taken "
+                     "again with the next batch", self.step + 1, self.scaler.get_scale())
         else:
             self.nan_steps += 1
             self.nan_in_a_row += 1
@@ -573,10 +574,14 @@ class Trainer:
                                   "with a lower optim.lr (or precision=fp32 or bf16, or optim.clip_norm) is another "
                                   "run")
         while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), self.step
             rec = self.train_step(batches)
             # training time only (validation and checkpoints are not: throughput, data wait), kept in the sums
             meter.add(steps=1, train_seconds=time.perf_counter() - t0, **rec)
+            if self.step == before:  # an fp16 overflow: no step taken, nothing falls due (in the next log's sums)
+                if self.stop_signal:
+                    break
+                continue
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 self._log_interval(meter, bar)

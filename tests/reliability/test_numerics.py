@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import re
+import signal
+from collections import Counter
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from earful.finetune.task import FinetuneTask
 from earful.pretrain.config import load_pretrain_config
 from earful.pretrain.task import PretrainTask
 from earful.train.engine import Trainer, TrainingStopped
+from earful.train.schedule import lr_at
 from earful.train.state import RunDir, load_trainer_state
 
 
@@ -159,15 +162,49 @@ def test_fp16_overflow_is_the_scalers_business(kind, tmp_path, tiny_corpus, tone
     assert log[-1]["loss_scale"] == 65536.0 / 2 ** (overflows + 1)  # every skipped step halved it
     assert all(b["loss_scale"] <= a["loss_scale"] for a, b in zip(log, log[1:], strict=False))
     assert caplog.text.count("fp16 gradient overflow; update skipped, loss scale lowered to") == overflows
-    said = [int(m) for m in re.findall(r"step (\d+): fp16 gradient overflow", caplog.text)]
-    assert said == [r["step"] for r in log if r["overflow_steps"]]  # each names its step as the log does
+    said = Counter(int(m) for m in re.findall(r"step (\d+): fp16 gradient overflow", caplog.text))
+    assert said == {r["step"]: r["overflow_steps"] for r in log if r["overflow_steps"]}  # named as the log does
+    # an overflow updated nothing and took no step (fairseq's num_updates): the first step was tried again with
+    # each next batch until the scale fitted, and the schedule waited (each step had been one batch, overflowed
+    # or not, so the lr schedule and the freeze ran ahead of the updates)
+    assert [r["step"] for r in log] == list(range(1, steps + 1)) and log[0]["overflow_steps"] >= 2
+    assert [r["lr"] for r in log] == [lr_at(r["step"] - 1, trainer.peak_lr, steps, trainer.cfg.optim) for r in log]
     final = _weights(tmp_path / "run", f"step-{steps:07d}")
     assert all(torch.isfinite(v).all() for v in final.values())
     assert not all(torch.equal(final[k], _weights(tmp_path / "run", "init")[k]) for k in final)
     assert math.isfinite(log[-2]["loss"]) and math.isnan(log[-1]["loss"])  # the NaN step is visible in the log
-    spans = [b["step"] - a["step"] for a, b in zip([{"step": 0}, *log], log, strict=False)]
-    assert any(r["overflow_steps"] for r in log[:-1])
-    assert all(math.isfinite(r["grad_norm"]) for r, n in zip(log[:-1], spans, strict=False) if r["overflow_steps"] < n)
+    assert all(math.isfinite(r["grad_norm"]) for r in log[:-1])  # each record holds a step taken: overflows left out
+
+
+def test_a_stop_during_an_fp16_overflow_resumes_exactly(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """A signal shared in a batch that overflowed stops the run at the step it was trying again (step 0 here): its
+    checkpoint holds the data position past that batch and the lowered scale, and the resumed run ends with the
+    weights of one never stopped."""
+    import earful.train.engine as engine
+
+    monkeypatch.setattr(engine, "FP16_INIT_SCALE", 65536.0)
+    steps = 4
+    whole = _trainer("pretrain", tmp_path / "whole", tiny_corpus, None, rel, steps, "precision=fp16")
+    assert whole.fit()["overflow_steps"] >= 2
+    cut = _trainer("pretrain", tmp_path / "cut", tiny_corpus, None, rel, steps, "precision=fp16")
+    real, calls = cut.train_step, []
+
+    def train_step(batches):
+        calls.append(cut.step)
+        if len(calls) == 2:  # the second batch, an overflow: the step is still 0
+            cut._on_signal(signal.SIGTERM, None)
+        return real(batches)
+
+    monkeypatch.setattr(cut, "train_step", train_step)
+    summary = cut.fit()
+    assert calls == [0, 0] and summary["step"] == 0 and summary["stopped_by"] == "SIGTERM"
+    assert summary["overflow_steps"] == 2
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], steps, "precision=fp16"))
+    resumed = Trainer(PretrainTask(cfg), tmp_path / "cut" / "run", resume=True)
+    assert resumed.step == 0 and resumed.scaler.get_scale() == 65536.0 / 4
+    assert resumed.fit()["step"] == steps
+    a, b = (_weights(tmp_path / run / "run", f"step-{steps:07d}") for run in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_autocast_wraps_the_forward_and_not_the_backward(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
