@@ -38,23 +38,34 @@ def _not_in_children() -> None:
 os.register_at_fork(after_in_child=_not_in_children)
 
 
+def lock_file(path: Path, *, shared: bool = False, wait: bool = True) -> IO[str]:
+    """``path`` opened for appending (made, with its folder, if need be) and locked with ``flock``: shared or
+    exclusive, waiting for it or (``wait`` False) raising BlockingIOError where another process holds it. The lock
+    is on the file at ``path`` now: one taken on a file its holder removed meanwhile (a failed start removes the
+    lock file it made, ``earful cache remove`` a cache entry's) is let go and taken on the file there now, for a
+    lock on a removed file keeps no one out."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - the caller's to close
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except BaseException:
+            f.close()
+            raise
+        if _still_there(f, path):
+            return f
+        f.close()
+
+
 def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
     """An exclusive lock on ``folder`` (created if need be) for as long as the returned file stays open."""
     folder = Path(folder)
-    while True:
-        folder.mkdir(parents=True, exist_ok=True)  # again after a failed start that made it removed it
-        f = open(folder / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid, host = _parse(f.read())
-            f.close()
-            raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {pid or '?'}"
-                             f"{f' on {host}' if host else ''}); wait for it or stop it, then run again") from None
-        if _still_there(f, folder / ".lock"):
-            break
-        f.close()  # a lock file its holder removed (a failed start) as this one opened it: lock the one there now
+    try:
+        f = lock_file(folder / ".lock", wait=False)
+    except BlockingIOError:
+        pid, host = holder(folder) or (None, "")
+        raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {pid or '?'}"
+                         f"{f' on {host}' if host else ''}); wait for it or stop it, then run again") from None
     f.truncate(0)
     f.write(f"{os.getpid()} {socket.gethostname()}")  # who holds it, for a user and for ``held``
     f.flush()
@@ -63,7 +74,7 @@ def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
 
 
 def _still_there(f: IO[str], path: Path) -> bool:
-    """Whether the open lock file ``f`` is the one at ``path`` (not one removed since it was opened)."""
+    """Whether the open file ``f`` is the one at ``path`` (not one removed since it was opened)."""
     try:
         here = os.stat(path)
     except FileNotFoundError:
