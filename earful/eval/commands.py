@@ -134,8 +134,11 @@ def _earlier_transcripts(out: Path, jsonl: bool) -> dict[Path, str]:
     are left out: those files are tried again."""
     if not out.exists():
         return {}
-    text = out.read_text(encoding="utf-8")
-    lines = text.split("\n")
+    try:
+        lines = out.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--out {out}: not UTF-8 text ({e.reason} at byte {e.start}); --resume reads the output of "
+                         "an earlier `earful transcribe --out` only") from e
     if lines[-1]:
         log.warning("--out %s: its last line was cut short (the run was killed while writing it); that file is "
                     "transcribed again", out)

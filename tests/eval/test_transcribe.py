@@ -389,12 +389,14 @@ def test_resume_retries_a_cut_line_and_unreadable_files_and_refuses_foreign_file
     given.clear()
     assert main(["transcribe", str(ckpt), *files[:2], "--out", str(tmp_path / "fresh.jsonl"), "--resume"]) == 0
     assert given == [files[:2]]  # nothing to resume from: all of them
-    for name, text, message in (("a.jsonl", "not json\n", "line 1: not a transcribe record"),
-                                ("a.txt", "no tab here\n", "line 1: not PATH<TAB>TEXT")):
-        (tmp_path / name).write_text(text)
+    for name, text, message in (("a.jsonl", b"not json\n", "line 1: not a transcribe record"),
+                                ("a.txt", b"no tab here\n", "line 1: not PATH<TAB>TEXT"),
+                                ("b.txt", b"a.wav\tcaf\xe9\n", "not UTF-8 text (invalid continuation byte at byte")):
+        (tmp_path / name).write_bytes(text)
         caplog.clear()
         assert main(["transcribe", str(ckpt), *files[:2], "--out", str(tmp_path / name), "--resume"]) == 2
-        assert message in caplog.text and (tmp_path / name).read_text() == text
+        assert f"--out {tmp_path / name}" in caplog.text and message in caplog.text
+        assert (tmp_path / name).read_bytes() == text
     caplog.clear()
     assert main(["transcribe", str(ckpt), *files[:2], "--resume"]) == 2
     assert "--resume goes on from the transcripts in --out: give --out" in caplog.text
