@@ -256,6 +256,20 @@ def check_names(study: StudyConfig, where: str) -> None:
     for i, e in enumerate(study.entries()):
         if e.tag is not None:
             plain_name(e.tag, f"grid[{i}].tag", where)
+            # a folder whose name starts with "." is a temporary one to merge, status and the study's own checks
+            # ("[!.]*"): its finished work would be left out of them
+            if e.tag.startswith("."):
+                raise ConfigError(f"{where}: grid[{i}].tag={e.tag!r}: a grid tag may not start with '.' (its "
+                                  "run folders would be taken for temporary ones: merge and status skip them)")
+            # the report tells the baselines from the pre-trained runs by these names
+            if e.tag.startswith("scratch") or e.tag in RESERVED_TAGS:
+                raise ConfigError(f"{where}: grid[{i}].tag={e.tag!r}: the name of a baseline (scratch…, "
+                                  f"{', '.join(RESERVED_TAGS)}); the report would take the run for it: choose "
+                                  "another tag")
+
+
+# the tags of the baselines' results and probes (``earful/study/run.py``): no grid entry may take one
+RESERVED_TAGS = ("random-init", "fbank")
 
 
 # study keys renamed, by their old name: a study file or a study.json of before names them so

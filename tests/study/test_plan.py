@@ -1,5 +1,6 @@
 """`earful study plan` reproduces the paper's table of runs (docs/paper.md §3.4)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,16 @@ def test_plan_counts_a_milestone_the_last_step_reaches() -> None:
 
     paper = load_study(ROOT / "studies" / "paper.yaml")
     assert later_stages(paper, plan_runs(paper))["finetunings"] == 200
+
+
+@pytest.mark.parametrize("tag", [".b4", "scratch", "scratch-frozen-cnn", "scratchy", "random-init", "fbank"])
+def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
+    """A tag starting with "." made run folders that merge and status skip as temporary ones (a merge left the
+    run out without a word); a tag of a baseline's name made the report compare the run with itself as a
+    baseline ("Pre-training vs scratch-seed1")."""
+    y = tmp_path / "s.yaml"
+    y.write_text(f"grid: [{{batch_seconds: 4, tag: '{tag}'}}]\nmode: fixed-steps\nsteps: 10\n")
+    with pytest.raises(ValueError, match=rf"grid\[0\]\.tag='{re.escape(tag)}'"):
+        load_study(y)
+    y.write_text("grid: [{batch_seconds: 4, tag: b4.scratch}]\nmode: fixed-steps\nsteps: 10\n")
+    load_study(y)
