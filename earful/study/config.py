@@ -163,9 +163,17 @@ class StudyConfig:
 
     def entries(self) -> list[GridEntry]:
         out = []
-        for item in self.grid:
+        for i, item in enumerate(self.grid):
+            if isinstance(item, str):  # YAML 1.1 reads 6e3 (no dot) as a string
+                try:
+                    item = float(item)
+                except ValueError:
+                    pass
+            if isinstance(item, bool) or not isinstance(item, int | float | dict):
+                raise ConfigError(f"grid[{i}]={item!r}: expected a batch size in seconds (a number) or a mapping "
+                                  "({batch_seconds: …, devices: …, device_seconds: …, lr: …, tag: …})")
             e = GridEntry(batch_seconds=float(item)) if isinstance(item, int | float) else from_dict(
-                GridEntry, dict(item), f"{self.name}.grid")
+                GridEntry, dict(item), f"grid[{i}]")
             if e.batch_seconds <= 0:
                 raise ValueError(f"grid entry {item!r}: batch_seconds must be > 0")
             out.append(e)
@@ -272,6 +280,30 @@ def check_names(study: StudyConfig, where: str) -> None:
 RESERVED_TAGS = ("random-init", "fbank")
 
 
+def _finite_positive(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def check_numbers(study: StudyConfig, where: str) -> None:
+    """The study's own numbers, each refused naming its key: a wrong one failed deep inside (a ZeroDivisionError's
+    traceback, "cannot convert float NaN to integer") or only after every pre-training had finished (gradvar)."""
+    bad = []
+    for key in ("lr", "reference_batch_seconds", "device_seconds"):
+        if not _finite_positive(getattr(study, key)):
+            bad.append(f"{key}={getattr(study, key)}: expected a finite number > 0")
+    if study.throughput is not None and not _finite_positive(study.throughput):
+        bad.append(f"throughput={study.throughput}: expected a finite number of audio seconds a second > 0 (or null)")
+    if [h for h in study.milestone_hours if not _finite_positive(h)]:
+        bad.append(f"milestone_hours={study.milestone_hours}: expected finite hours seen > 0")
+    if study.cycles < 0:
+        bad.append(f"cycles={study.cycles}: expected 0 (off) or a number of whole cycles >= 1")
+    if study.gradvar_batches < 0 or study.gradvar_batches == 1:
+        bad.append(f"gradvar_batches={study.gradvar_batches}: expected 0 (off) or at least 2 batches (a variance "
+                   "needs two)")
+    if bad:
+        raise ConfigError(f"{where}: {'; '.join(bad)}")
+
+
 # study keys renamed, by their old name: a study file or a study.json of before names them so
 RENAMED = {"lr_rule": "lr_scaling"}
 
@@ -312,6 +344,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         if len(set(seeds)) < len(seeds):
             twice = sorted({x for x in seeds if seeds.count(x) > 1})
             raise ValueError(f"{path}: {key} names {twice} more than once; give each seed once")
+    check_numbers(study, str(path))
     study.tracking.validate()
     if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
         raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")

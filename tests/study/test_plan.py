@@ -243,3 +243,29 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
         load_study(y)
     y.write_text("grid: [{batch_seconds: 4, tag: b4.scratch}]\nmode: fixed-steps\nsteps: 10\n")
     load_study(y)
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("reference_batch_seconds=0", r"reference_batch_seconds=0.0: expected a finite number > 0"),  # ZeroDivisionError
+    ("lr=.nan", r"lr=nan: expected a finite number > 0"),
+    ("milestone_hours=[.nan]", r"milestone_hours=\[nan\]: expected finite hours seen > 0"),  # NaN to integer
+    ("milestone_hours=[-1]", r"milestone_hours=\[-1.0\]"),
+    ("throughput=-20", r"throughput=-20.0: expected a finite number"),  # negative times in the plan
+    ("gradvar_batches=1", r"gradvar_batches=1: expected 0 \(off\) or at least 2"),  # failed after pre-training
+    ("gradvar_batches=-1", r"gradvar_batches=-1"),
+    ("cycles=-2", r"cycles=-2: expected 0"),
+    ("grid=[abc]", r"grid\[0\]='abc': expected a batch size in seconds"),  # dictionary update sequence element …
+    ("grid=[true]", r"grid\[0\]=True: expected a batch size in seconds"),  # a batch of 1 s
+    ("grid=[8, {batch_seconds: 4, foo: 1}]", r"grid\[1\]: unknown key"),
+])
+def test_a_wrong_study_number_is_refused_naming_its_key(tmp_path, setting, problem) -> None:
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\n")
+    with pytest.raises(ValueError, match=problem):
+        plan_runs(load_study(y, [setting]))
+
+
+def test_a_grid_size_yaml_reads_as_a_string_is_a_number(tmp_path) -> None:
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [6e3]\nmode: fixed-steps\nsteps: 10\n")  # YAML 1.1: the string '6e3'
+    assert [r.batch_seconds for r in plan_runs(load_study(y))] == [6000.0]
