@@ -304,6 +304,28 @@ def check_numbers(study: StudyConfig, where: str) -> None:
         raise ConfigError(f"{where}: {'; '.join(bad)}")
 
 
+def check_slurm(slurm: SlurmConfig, where: str) -> None:
+    """The job settings that become sbatch options: a wrong one was written into every job's script
+    (``--cpus-per-task=0``, ``--mem=-1GB``), and a ``signal_delay_s`` as long as the time limit had Slurm signal
+    every job as it started, which checkpointed and requeued until ``max_requeues`` ran out."""
+    bad = []
+    if slurm.cpus_per_gpu < 1:
+        bad.append(f"slurm.cpus_per_gpu={slurm.cpus_per_gpu}: expected at least 1")
+    if slurm.mem_gb_per_gpu is not None and not _finite_positive(slurm.mem_gb_per_gpu):
+        bad.append(f"slurm.mem_gb_per_gpu={slurm.mem_gb_per_gpu}: expected a number of GB > 0 (or null: the "
+                   "partition's default)")
+    if not 0 <= slurm.signal_delay_s < slurm.time_min * 60:
+        bad.append(f"slurm.signal_delay_s={slurm.signal_delay_s}: expected seconds >= 0 and shorter than the time "
+                   f"limit (slurm.time_min={slurm.time_min}, {slurm.time_min * 60} s), else Slurm signals each "
+                   "job as it starts")
+    if slurm.max_requeues < 0:
+        bad.append(f"slurm.max_requeues={slurm.max_requeues}: expected at least 0")
+    if not _finite_positive(slurm.poll_seconds):
+        bad.append(f"slurm.poll_seconds={slurm.poll_seconds}: expected a finite number > 0")
+    if bad:
+        raise ConfigError(f"{where}: {'; '.join(bad)}")
+
+
 # study keys renamed, by their old name: a study file or a study.json of before names them so
 RENAMED = {"lr_rule": "lr_scaling"}
 
@@ -348,6 +370,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     study.tracking.validate()
     if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
         raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")
+    check_slurm(study.slurm, str(path))
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:
         raise ValueError(f"{path}: finetune.per_label_set names {sorted(unknown)}, not in corpus.label_sets")

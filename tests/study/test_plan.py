@@ -269,3 +269,19 @@ def test_a_grid_size_yaml_reads_as_a_string_is_a_number(tmp_path) -> None:
     y = tmp_path / "s.yaml"
     y.write_text("grid: [6e3]\nmode: fixed-steps\nsteps: 10\n")  # YAML 1.1: the string '6e3'
     assert [r.batch_seconds for r in plan_runs(load_study(y))] == [6000.0]
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("slurm.signal_delay_s=3600", r"slurm.signal_delay_s=3600: .* shorter than the time limit \(slurm.time_min=30"),
+    ("slurm.signal_delay_s=-5", r"slurm.signal_delay_s=-5"),  # --signal=USR1@-5
+    ("slurm.cpus_per_gpu=0", r"slurm.cpus_per_gpu=0: expected at least 1"),  # --cpus-per-task=0
+    ("slurm.mem_gb_per_gpu=-1", r"slurm.mem_gb_per_gpu=-1.0: expected a number of GB > 0"),  # --mem=-1GB
+    ("slurm.max_requeues=-1", r"slurm.max_requeues=-1"),
+    ("slurm.poll_seconds=0", r"slurm.poll_seconds=0.0"),
+])
+def test_slurm_settings_that_would_make_wrong_job_scripts_are_refused(tmp_path, setting, problem) -> None:
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\nlauncher: slurm\nslurm: {time_min: 30}\n")
+    with pytest.raises(ValueError, match=problem):
+        load_study(y, [setting])
+    load_study(y, ["slurm.signal_delay_s=1799", "slurm.mem_gb_per_gpu=7.5"])
