@@ -174,10 +174,11 @@ def finetuned_label_sets(study: StudyConfig) -> list[str]:
 
 
 def check_recipes(study: StudyConfig) -> None:
-    """The pre-training recipe and the fine-tuning recipe of every label set (with its ``per_label_set``
-    overrides) load with the study's overrides, and ``finetune.checkpoints`` names checkpoints the pre-training
-    writes: an unknown key, a wrong value or a checkpoint no run will have is named here, by ``study plan`` too,
-    not after the corpus is built and every run pre-trained."""
+    """The pre-training recipe (as every grid entry sets it) and the fine-tuning recipe of every label set (with its
+    ``per_label_set`` overrides) load with the study's overrides, ``finetune.checkpoints`` names checkpoints the
+    pre-training writes, and the label sets, baselines and probe tasks named exist: an unknown key, a wrong value
+    or a checkpoint no run will have is named here, by ``study plan`` too, not after the corpus is built and every
+    run pre-trained."""
     from earful.finetune.config import load_finetune_config
     from earful.pretrain.config import load_pretrain_config
 
@@ -191,9 +192,29 @@ def check_recipes(study: StudyConfig) -> None:
                                      overrides_from=OVERRIDES_FROM["finetune"])
             except ValueError as e:
                 raise ValueError(f"finetune.per_label_set[{label_set!r}]: {e}") from e
+    # each grid entry's own settings (its lr, layout, steps) as its run will load them: a wrong one stopped the
+    # study only when that run started, after the runs before it had trained
+    from earful.study.stages import pretrain_config
+
+    for run in {r.tag: r for r in plan_runs(study)}.values():
+        try:
+            pretrain_config(study, run, Path.cwd())
+        except ValueError as e:
+            raise ValueError(f"grid entry {run.tag} (run {run.name}): {e}") from e
     unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]
     if unknown:
         raise ValueError(f"finetune.checkpoints: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
+    unknown = [ls for ls in study.finetune.label_sets or [] if ls not in study.corpus.label_sets]
+    if unknown:
+        raise ValueError(f"finetune.label_sets {unknown} are not in corpus.label_sets {list(study.corpus.label_sets)}")
+    for base in study.finetune.baselines:
+        if base not in BASELINES:
+            raise ValueError(f"finetune.baselines: unknown {base!r} ({' | '.join(BASELINES)})")
+    from earful.probe.suite import TASKS
+
+    unknown_tasks = [t for t in study.probes if t not in TASKS]
+    if unknown_tasks:
+        raise ValueError(f"probes: unknown task(s) {unknown_tasks} ({' | '.join(TASKS)})")
     # said, not refused: a study folder made before this check must still continue (adding seeds)
     if "best" in study.finetune.checkpoints and (why := why_no_best(study, pre)):
         log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "
@@ -227,21 +248,9 @@ def check_manifests(study: StudyConfig, root: Path) -> None:
 
 
 def check_study(study: StudyConfig) -> None:
-    """Settings a plan cannot catch: label sets, baselines and probe tasks that do not exist, trackers and
-    submitit that are not installed. (The probes' manifests are checked once the corpus is there:
-    ``check_probe_corpus``.)"""
+    """The recipes (``check_recipes``), and what a plan need not have: trackers and submitit installed. (The
+    probes' manifests are checked once the corpus is there: ``check_probe_corpus``.)"""
     check_recipes(study)
-    unknown = [ls for ls in study.finetune.label_sets or [] if ls not in study.corpus.label_sets]
-    if unknown:
-        raise ValueError(f"finetune.label_sets {unknown} are not in corpus.label_sets {list(study.corpus.label_sets)}")
-    for base in study.finetune.baselines:
-        if base not in BASELINES:
-            raise ValueError(f"finetune.baselines: unknown {base!r} ({' | '.join(BASELINES)})")
-    from earful.probe.suite import TASKS
-
-    unknown_tasks = [t for t in study.probes if t not in TASKS]
-    if unknown_tasks:
-        raise ValueError(f"probes: unknown task(s) {unknown_tasks} ({' | '.join(TASKS)})")
     for backend in study.tracking.backends:
         require(backend)
     if study.launcher == "slurm":  # before anything is submitted: submitit is there, every run fits the nodes

@@ -278,3 +278,32 @@ def test_a_study_that_continues_pretraining_fingerprints_the_initial_weights(tmp
     a, b = (fingerprint(f"pretrain_overrides=[init={tmp_path / n}]") for n in ("a", "b"))
     assert a["pretrain"] != b["pretrain"]
     assert "init.sha256" not in fingerprint()["pretrain"]
+
+
+def test_a_grid_entrys_own_recipe_is_checked_by_plan_before_any_run(tmp_path, caplog) -> None:
+    """A wrong setting of one grid entry (its pinned lr) passed `study plan` and stopped the study only when that
+    run started, after the runs before it had pre-trained."""
+    from earful.cli import main
+
+    with pytest.raises(ValueError, match=r"grid entry 20s \(run 20s-seed1\): optim.lr=-1.0: expected a finite"):
+        check_recipes(_study(tmp_path, "grid=[10, {batch_seconds: 20, lr: -1}]"))
+    (tmp_path / "s.yaml").write_text(BASE.replace("grid: [10]", "grid: [10, {batch_seconds: 20, lr: -1}]"))
+    assert main(["study", "plan", str(tmp_path / "s.yaml")]) == 2
+    assert any("grid entry 20s" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("finetune.label_sets=[100h]", r"finetune.label_sets \['100h'\] are not in corpus.label_sets"),
+    ("finetune.baselines=[scrach]", r"finetune.baselines: unknown 'scrach'"),
+    ("probes=[phone]", r"probes: unknown task\(s\) \['phone'\]"),
+])
+def test_a_name_that_does_not_exist_is_refused_by_plan_too(tmp_path, caplog, setting, problem) -> None:
+    """`study plan` counted fine-tunings of a label set the corpus does not have, of an unknown baseline and probes
+    of an unknown task; `study run` refused them."""
+    from earful.cli import main
+
+    with pytest.raises(ValueError, match=problem):
+        check_recipes(_study(tmp_path, setting))
+    (tmp_path / "s.yaml").write_text(BASE)
+    assert main(["study", "plan", str(tmp_path / "s.yaml"), setting]) == 2
+    assert any(re.search(problem, r.getMessage()) for r in caplog.records), caplog.text
