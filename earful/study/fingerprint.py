@@ -200,7 +200,7 @@ RUN_ADVICE = "use another --out, or remove the folder to start over"  # what a s
 def check_same_recipe(out: Path, fingerprint: dict[str, Any],
                       file_digests: Callable[[], dict[str, str]] | None = None,
                       plan_grid: Callable[[list[Any]], dict[str, Any]] | None = None,
-                      advice: str = RUN_ADVICE) -> None:
+                      advice: str = RUN_ADVICE, saved: dict[str, Any] | None = None) -> None:
     """Refuse a folder holding a study of another recipe, naming the settings that differ. Grid entries are
     compared by tag: new ones are welcome, one the folder was made with may not change (its lr, its device layout)
     or go. A study.json written before entries were fingerprinted compares the grid as a whole. The lists of
@@ -208,11 +208,13 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
     ``file_digests`` (``manifest_digests(..., file_bytes=True)``): the manifests' digests as study folders of
     earlier versions recorded them, accepted as the same manifests. ``plan_grid`` (a grid list → its grid part,
     ``grid_fingerprint``): lets a study.json written before entries were fingerprinted grow its grid too. ``advice``:
-    what the refusal ends with (a study run's; a merge's is its own)."""
+    what the refusal ends with (a study run's; a merge's is its own). ``saved``: the study.json to compare with,
+    in place of ``out``'s own (a merge's union of several)."""
     p = out / "study.json"
-    if not p.exists():
-        return
-    saved = json.loads(p.read_text(encoding="utf-8"))
+    if saved is None:
+        if not p.exists():
+            return
+        saved = json.loads(p.read_text(encoding="utf-8"))
     if saved.get("format") != STUDY_FORMAT:
         if _nothing_trained(out, f"was written by an earlier development version (format {saved.get('format')!r})"):
             return

@@ -39,7 +39,7 @@ from typing import Any
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
 from earful.lock import FolderBusy, hold_folder
-from earful.study.config import plan_runs, study_of_record
+from earful.study.config import fmt_seconds, plan_runs, study_of_record
 from earful.study.fingerprint import check_same_recipe, comparable
 from earful.study.stages import (
     STAGES,
@@ -70,6 +70,7 @@ class Merged:
     weights_left_out: int = 0  # files
     bytes_left_out: int = 0
     seeds: list[Any] = field(default_factory=list)
+    grid: list[Any] | None = None  # the union of the folders' grids, where no folder held every entry
 
 
 def read_study_json(folder: Path) -> dict[str, Any]:
@@ -86,26 +87,68 @@ def read_study_json(folder: Path) -> dict[str, Any]:
     return saved
 
 
+def _entry_tags(saved: dict[str, Any]) -> list[str]:
+    """The tag of each entry of a study.json's grid, in its order (as ``plan_runs`` names runs)."""
+    return [e.tag or fmt_seconds(e.batch_seconds) for e in study_of_record(saved).entries()]
+
+
+def grid_union(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Study.json ``base`` with the grid entries of ``extra`` it lacks (grid entries run on machines of their own),
+    or None where they cannot be one grid: an entry of one tag resolved differently, or a study.json that does
+    not fingerprint its entries."""
+    grid_b, grid_e = base["fingerprint"].get("grid"), extra["fingerprint"].get("grid")
+    if grid_b is None or grid_e is None or any(grid_b[t] != grid_e[t] for t in grid_b.keys() & grid_e.keys()):
+        return None
+    try:
+        added = [item for item, tag in zip(extra.get("grid") or [], _entry_tags(extra), strict=True)
+                 if tag not in grid_b]
+    except (TypeError, ValueError):
+        return None
+    grid = [*base.get("grid", []), *added]
+    fingerprint = {**base["fingerprint"], "grid": {**grid_b, **{t: v for t, v in grid_e.items() if t not in grid_b}}}
+    if "grid" in fingerprint.get("study", {}):
+        fingerprint["study"] = {**fingerprint["study"], "grid": grid}
+    return {**base, "grid": grid, "fingerprint": fingerprint}
+
+
 def widest_study(folders: list[Path]) -> dict[str, Any]:
     """The study.json of ``folders`` whose recipe every other one's grows into, with every folder's seeds and
-    probe seeds (sorted, as one folder of them all would list them); a ValueError naming two folders of which
-    neither recipe grows the other (``check_same_recipe``'s reasons)."""
+    probe seeds (sorted, as one folder of them all would list them), and every folder's grid entries (grid entries
+    run on machines of their own: ``grid_union``); a ValueError naming two folders of which neither recipe grows
+    the other, nor their grids' union both (``check_same_recipe``'s reasons)."""
     widest, saved = folders[0], read_study_json(folders[0])
     seeds, probe_seeds = set(saved.get("seeds") or []), set(saved.get("probe_seeds") or [])
     for folder in folders[1:]:
         other = read_study_json(folder)
         try:  # the other grows the widest so far (or is the same recipe): it is the widest
-            check_same_recipe(widest, comparable(other["fingerprint"]), advice="")
+            check_same_recipe(widest, comparable(other["fingerprint"]), advice="", saved=saved)
             widest, saved = folder, other
         except ValueError as grows_not:
             try:  # the widest so far grows the other
-                check_same_recipe(folder, comparable(saved["fingerprint"]), advice="")
+                check_same_recipe(folder, comparable(saved["fingerprint"]), advice="", saved=other)
             except ValueError:
-                raise ValueError(f"{folder} and {widest} hold different studies (neither recipe grows the other), "
-                                 f"which cannot be merged: {grows_not}") from None
+                saved = _union_of(widest, saved, folder, other, grows_not)
         seeds |= set(other.get("seeds") or [])
         probe_seeds |= set(other.get("probe_seeds") or [])
     return {**saved, "seeds": sorted(seeds), "probe_seeds": sorted(probe_seeds)}
+
+
+def _union_of(widest: Path, saved: dict[str, Any], folder: Path, other: dict[str, Any], grows_not: Exception
+              ) -> dict[str, Any]:
+    """The union of the grids of ``saved`` (the widest study.json so far, of folder ``widest``) and ``other`` (of
+    ``folder``), whose recipe both grow into; else the ValueError that they hold different studies."""
+    for base, extra in ((saved, other), (other, saved)):
+        union = grid_union(base, extra)
+        if union is None:
+            continue
+        try:
+            check_same_recipe(widest, comparable(union["fingerprint"]), advice="", saved=saved)
+            check_same_recipe(folder, comparable(union["fingerprint"]), advice="", saved=other)
+        except ValueError:
+            continue
+        return union
+    raise ValueError(f"{folder} and {widest} hold different studies (neither recipe grows the other), which cannot "
+                     f"be merged: {grows_not}") from None
 
 
 def _unit(record: Path) -> Path:
@@ -236,7 +279,10 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         read_study_json(src)
     with hold_folder(out, "earful study"):
         study = widest_study([out, *srcs] if (out / "study.json").exists() else srcs)
-        merged = Merged(seeds=study["seeds"])
+        folders = [out, *srcs] if (out / "study.json").exists() else srcs
+        tags = set(_entry_tags(study))
+        union = not any(set(_entry_tags(read_study_json(f))) >= tags for f in folders)
+        merged = Merged(seeds=study["seeds"], grid=study["grid"] if union else None)
         _clean_stale(out)
         # unit (by its record, relative) → the folders that finished it, with its result in each
         holders: dict[Path, list[tuple[Path, Any]]] = {}
@@ -310,6 +356,8 @@ def describe(merged: Merged, out: Path) -> str:
     if merged.unfinished:
         lines.append(f"not merged, unfinished: {', '.join(merged.unfinished)} (a study run on {out} does them "
                      "again)")
-    lines.append(f"its seeds: {merged.seeds}; write its results and report with `earful study run STUDY.yaml --out "
-                 f"{out} 'seeds={json.dumps(merged.seeds)}'`: it reads the finished work and does none of it again")
+    grid = f" 'grid={json.dumps(merged.grid)}'" if merged.grid is not None else ""
+    lines.append(f"its seeds: {merged.seeds}{f'; its grid, the folders together: {merged.grid}' if grid else ''}; "
+                 f"write its results and report with `earful study run STUDY.yaml --out {out} "
+                 f"'seeds={json.dumps(merged.seeds)}'{grid}`: it reads the finished work and does none of it again")
     return "\n".join(lines)

@@ -354,3 +354,28 @@ def test_without_weights_a_run_whose_planned_work_is_not_finished_keeps_them(two
     (left / "pretrain" / "4s-seed1" / "done.json").write_text("{")  # read before the plan is: named
     with pytest.raises(ValueError, match=r"4s-seed1/done\.json: unreadable"):
         merge_studies([left], tmp_path / "left-broken", weights=False)
+
+
+def test_grid_entries_run_on_two_machines_merge_into_one_grid(two_machines, tmp_path, caplog) -> None:
+    """docs/cluster.md: "A study's seeds (or grid entries) may run on machines that share nothing". Folders of one
+    study, each with grid entries of its own, were refused ("neither recipe grows the other … differs in grid.2s"):
+    now the merged study holds both grids, and a study run on it with every entry does none of the work again. An
+    entry of one tag resolved otherwise in the other folder (its lr) is still refused."""
+    study = two_machines[0]
+    light = ["probes=[]", "gradvar_batches=0"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_study(load_study(study, [*light, "grid=[2]"]), a)
+    run_study(load_study(study, [*light, "grid=[4]"]), b)
+    out = tmp_path / "merged"
+    merged = merge_studies([a, b], out)
+    assert json.loads((out / "study.json").read_text())["grid"] == [2, 4]
+    assert "'grid=[2, 4]'" in describe(merged, out)
+    before = _work(out)
+    run_study(load_study(study, [*light, "grid=[2, 4]"]), out)
+    assert _work(out) == before  # nothing trained, fine-tuned or evaluated again
+    assert {json.loads(x)["pretrain"] for x in (out / "results.jsonl").read_text().splitlines()} == {
+        "2s-seed1", "4s-seed1"}
+    other_lr = tmp_path / "other-lr"
+    run_study(load_study(study, [*light, "grid=[{batch_seconds: 2, lr: 2.0e-3}]"]), other_lr)
+    with pytest.raises(ValueError, match=r"hold different studies .*differs in grid\.2s"):
+        merge_studies([a, other_lr], tmp_path / "refused")
