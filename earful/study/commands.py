@@ -14,6 +14,9 @@ def _plan(args: argparse.Namespace) -> int:
     from earful.study.run import check_recipes
 
     study = load_study(args.study, args.overrides)
+    if args.throughput is not None and not (0 < args.throughput < float("inf")):
+        raise ValueError(f"--throughput {args.throughput}: expected audio seconds a second per device, a finite "
+                         "number > 0")
     check_recipes(study)
     _, table = plan_table(study, args.throughput)
     log.info("study %s (%s)\n%s", study.name, study.mode, table)

@@ -285,3 +285,15 @@ def test_slurm_settings_that_would_make_wrong_job_scripts_are_refused(tmp_path, 
     with pytest.raises(ValueError, match=problem):
         load_study(y, [setting])
     load_study(y, ["slurm.signal_delay_s=1799", "slurm.mem_gb_per_gpu=7.5"])
+
+
+def test_plan_refuses_a_throughput_that_is_not_positive(tmp_path, caplog) -> None:
+    """`--throughput -20` printed negative times ("-0.3 min of device time")."""
+    from earful.cli import main
+
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\n")
+    for value in ("-20", "0", "nan"):
+        assert main(["study", "plan", str(y), "--throughput", value]) == 2
+        assert f"--throughput {float(value)}: expected" in caplog.text
+    assert main(["study", "plan", str(y), "--throughput", "20"]) == 0
