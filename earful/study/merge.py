@@ -278,8 +278,8 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
             raise ValueError(f"{src}: the destination is also a source; give it as --out only")
         read_study_json(src)
     with hold_folder(out, "earful study"):
-        study = widest_study([out, *srcs] if (out / "study.json").exists() else srcs)
         folders = [out, *srcs] if (out / "study.json").exists() else srcs
+        study = widest_study(folders)
         tags = set(_entry_tags(study))
         union = not any(set(_entry_tags(read_study_json(f))) >= tags for f in folders)
         merged = Merged(seeds=study["seeds"], grid=study["grid"] if union else None)
