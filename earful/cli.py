@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "earful.finetune.commands",  # finetune
     "earful.eval.commands",  # evaluate, transcribe, lm
     "earful.interop.commands",  # export-hf, import-hf, features
-    "earful.study.commands",  # study plan|run|report
+    "earful.study.commands",  # study plan|run|report|merge|status
     "earful.probe.commands",  # probe, cache list|remove
 )
 
@@ -32,7 +32,7 @@ From audio to word error rate:
   pretrain               self-supervised pre-training on unlabelled audio
   finetune               CTC fine-tuning on labelled audio
   evaluate, transcribe   WER / CER on labelled manifests; text from audio files (greedy, or with an n-gram LM)
-  study                  a whole batch-size study: plan, run (pre-train, fine-tune, evaluate), report
+  study                  a whole batch-size study: plan, run (pre-train, fine-tune, evaluate), report, merge, status
   probe                  SUPERB-style probes of frozen features
 
 `earful COMMAND -h` gives a command's options; -v (debug logging) goes before or after the command."""

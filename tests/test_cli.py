@@ -187,3 +187,24 @@ def test_log_lines_stand_beside_a_progress_bar_not_glued_to_it() -> None:
     said = [line for line in lines if "valid step 2" in line]
     assert len(said) == 1 and said[0].rsplit("\r", 1)[-1] == "WARNING valid step 2: loss 3.37", lines
     assert "train" not in said[0].rsplit("\r", 1)[-1] and "4/4" in lines[-1] + lines[-2]  # the bar goes on below
+
+
+def test_the_help_names_every_study_sub_command(capsys):
+    """`earful --help` and the `study` line of its command list said "plan, run, report": `study merge` and
+    `study status` (README, docs/cluster.md) were nowhere in the top-level help."""
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip().startswith("study ")]
+    assert len(lines) == 2, lines  # the description's overview and the command list
+    for line in lines:
+        assert all(c in line for c in ("plan", "run", "report", "merge", "status")), line
+
+
+@pytest.mark.parametrize("command", ["evaluate", "transcribe"])
+def test_inference_help_gives_the_device_seconds_default(command, capsys):
+    """README quotes `--device-seconds` 200 for evaluate and transcribe; their help gave no default."""
+    with pytest.raises(SystemExit):
+        parse([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "padded audio per inference batch (default 200)" in out

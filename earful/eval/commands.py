@@ -264,7 +264,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     ev.add_argument("manifests", nargs="+", help="labelled JSONL manifests; each is a split named by its stem")
     ev.add_argument("--out", required=True, help="output folder: new, or one holding this checkpoint's evaluations")
-    ev.add_argument("--device-seconds", type=float, default=200.0, help="padded audio per inference batch")
+    ev.add_argument("--device-seconds", type=float, default=200.0,
+                    help="padded audio per inference batch (default 200)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ev.add_argument("--num-workers", type=int, default=0, help="audio loading worker processes")
@@ -301,7 +302,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="window length for long files; 0: whole files in one pass (default 20)")
     tr.add_argument("--stride-seconds", type=float, default=None,
                     help="context on each side of a window, dropped from its output (default: chunk / 6)")
-    tr.add_argument("--device-seconds", type=float, default=200.0, help="padded audio per inference batch")
+    tr.add_argument("--device-seconds", type=float, default=200.0,
+                    help="padded audio per inference batch (default 200)")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda")
     tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     _add_lm_arguments(tr)

@@ -61,7 +61,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="the batch-size study: plan, run, report")
+    p = sub.add_parser("study", help="the batch-size study: plan, run, report, merge, status")
     ss = p.add_subparsers(dest="study_command", required=True)
     q = ss.add_parser("plan", help="print the table of runs and their estimated cost")
     q.add_argument("study", help="study YAML (see studies/)")
