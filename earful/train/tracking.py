@@ -14,7 +14,8 @@ stop are then logged twice (``train.jsonl`` is cut back on resume, the trackers 
 Local stores under ``tracking.dir`` (default ``RUN/tracking``; a study's runs share ``OUT/tracking``):
 
 * W&B: ``DIR/wandb/offline-run-*`` (``wandb sync DIR/wandb/offline-run-*`` uploads them later);
-* MLflow: the file store ``DIR/mlruns`` (``mlflow ui --backend-store-uri DIR/mlruns``), or ``tracking.mlflow_uri``.
+* MLflow: the file store ``DIR/mlruns`` (``mlflow ui --backend-store-uri DIR/mlruns``, from the full ``mlflow``
+  package: ``mlflow-skinny``, which the extra installs, has no UI), or ``tracking.mlflow_uri``.
   MLflow keeps its file store in maintenance mode and refuses it unless ``MLFLOW_ALLOW_FILE_STORE=true``, which
   earful sets for its own store: files suit many runs writing at once on a cluster's shared disk (SQLite does not);
 * trackio: ``DIR/trackio`` (``TRACKIO_DIR=DIR/trackio trackio show``). trackio reads its folder once, when first
