@@ -208,3 +208,14 @@ def test_inference_help_gives_the_device_seconds_default(command, capsys):
         parse([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "padded audio per inference batch (default 200)" in out
+
+
+def test_export_help_names_every_file_an_export_writes(capsys):
+    """`export-hf --help` listed config.json, model.safetensors and README.md; an export also writes
+    preprocessor_config.json and, of a CTC model, vocab.json and tokenizer_config.json."""
+    from earful.interop.hf import EXPORT_FILES
+
+    with pytest.raises(SystemExit):
+        parse(["export-hf", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in EXPORT_FILES), sorted(n for n in EXPORT_FILES if n not in out)

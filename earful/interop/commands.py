@@ -100,8 +100,9 @@ def _layer_list(text: str) -> list[int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-hf", help="write a transformers Wav2Vec2 folder from an earful checkpoint")
     p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
-    p.add_argument("out", help="output folder (config.json, model.safetensors, README.md: the model card): new, "
-                   "empty or an earlier export, which is replaced whole")
+    p.add_argument("out", help="output folder (config.json, model.safetensors, preprocessor_config.json, README.md: "
+                   "the model card; a CTC model's vocab.json and tokenizer_config.json): new, empty or an earlier "
+                   "export, which is replaced whole")
     p.add_argument("--push", metavar="REPO", default=None, help="then upload the folder to this Hugging Face Hub "
                    "model repository (user/name; created if need be; huggingface_hub's credentials)")
     p.add_argument("--private", action="store_true", help="with --push: create the repository private")

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")
-    p.add_argument("ckpt", help="pre-training checkpoint directory")
+    p.add_argument("ckpt", help="pre-training checkpoint directory, or a run directory (its latest checkpoint)")
     p.add_argument("--manifest", required=True, help="audio to draw batches from")
     # the batches default to the checkpoint's own (its trainer.json); an option given replaces that setting
     recorded = argparse.SUPPRESS
