@@ -322,8 +322,23 @@ def check_slurm(slurm: SlurmConfig, where: str) -> None:
         bad.append(f"slurm.max_requeues={slurm.max_requeues}: expected at least 0")
     if not _finite_positive(slurm.poll_seconds):
         bad.append(f"slurm.poll_seconds={slurm.poll_seconds}: expected a finite number > 0")
+    for key in slurm.additional:
+        own = EARFUL_SBATCH.get(str(key).replace("_", "-"))
+        if own is not None:  # it replaced earful's own option: USR2 for USR1, say, which the trainer does not stop on
+            bad.append(f"slurm.additional.{key}: an sbatch option earful writes itself; set {own}")
     if bad:
         raise ConfigError(f"{where}: {'; '.join(bad)}")
+
+
+# the sbatch options earful writes for every job, by the settings that give them: in ``slurm.additional`` they
+# replaced earful's own (submitit writes the additional ones last)
+EARFUL_SBATCH = {
+    "signal": "slurm.signal_delay_s (the signal is earful's, USR1: the trainer checkpoints and requeues on it)",
+    "time": "slurm.time_min", "nodes": "slurm.gpus_per_node (nodes follow from a run's devices)",
+    "ntasks-per-node": "slurm.gpus_per_node (a task a GPU)", "gpus-per-node": "slurm.gpus_per_node",
+    "gres": "slurm.gpus_per_node", "cpus-per-task": "slurm.cpus_per_gpu", "mem": "slurm.mem_gb_per_gpu",
+    "partition": "slurm.partition", "account": "slurm.account", "qos": "slurm.qos", "constraint": "slurm.constraint",
+}
 
 
 # study keys renamed, by their old name: a study file or a study.json of before names them so

@@ -278,13 +278,17 @@ def test_a_grid_size_yaml_reads_as_a_string_is_a_number(tmp_path) -> None:
     ("slurm.mem_gb_per_gpu=-1", r"slurm.mem_gb_per_gpu=-1.0: expected a number of GB > 0"),  # --mem=-1GB
     ("slurm.max_requeues=-1", r"slurm.max_requeues=-1"),
     ("slurm.poll_seconds=0", r"slurm.poll_seconds=0.0"),
+    # replaced earful's --signal=USR1@180: the jobs were signalled with USR2, which the trainer does not stop on
+    ("slurm.additional={signal: USR2@10}", r"slurm.additional.signal: an sbatch option earful writes itself; set "
+                                           r"slurm.signal_delay_s"),
+    ("slurm.additional={cpus_per_task: 4}", r"slurm.additional.cpus_per_task: .*; set slurm.cpus_per_gpu"),
 ])
 def test_slurm_settings_that_would_make_wrong_job_scripts_are_refused(tmp_path, setting, problem) -> None:
     y = tmp_path / "s.yaml"
     y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\nlauncher: slurm\nslurm: {time_min: 30}\n")
     with pytest.raises(ValueError, match=problem):
         load_study(y, [setting])
-    load_study(y, ["slurm.signal_delay_s=1799", "slurm.mem_gb_per_gpu=7.5"])
+    load_study(y, ["slurm.signal_delay_s=1799", "slurm.mem_gb_per_gpu=7.5", "slurm.additional={mail-user: me@lab.org}"])
 
 
 def test_plan_refuses_a_throughput_that_is_not_positive(tmp_path, caplog) -> None:
