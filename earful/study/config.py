@@ -386,6 +386,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
         raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")
     check_slurm(study.slurm, str(path))
+    if study.corpus.synth is not None and not study.corpus.dir.strip():
+        raise ValueError(f"{path}: corpus.synth builds the corpus into corpus.dir, which is not given: its folders "
+                         "(train/, dev/, test/, manifests/) would be written into the folder earful runs in; give "
+                         "corpus.dir, e.g. runs/corpus-demo-1.5h")
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:
         raise ValueError(f"{path}: finetune.per_label_set names {sorted(unknown)}, not in corpus.label_sets")

@@ -301,3 +301,15 @@ def test_plan_refuses_a_throughput_that_is_not_positive(tmp_path, caplog) -> Non
         assert main(["study", "plan", str(y), "--throughput", value]) == 2
         assert f"--throughput {float(value)}: expected" in caplog.text
     assert main(["study", "plan", str(y), "--throughput", "20"]) == 0
+
+
+def test_a_synthetic_corpus_needs_a_folder_of_its_own(tmp_path, monkeypatch) -> None:
+    """corpus.synth without corpus.dir built the corpus (train/, dev/, test/, manifests/, synth.json ...) into the
+    folder earful ran in, without a word."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\ncorpus: {synth: {hours: 0.02}}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"corpus.synth builds the corpus into corpus.dir, which is not given"):
+        load_study(y)
+    assert load_study(y, ["corpus.dir=corpus"]).corpus.dir == "corpus"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
