@@ -12,6 +12,7 @@ rate, as the paper's own table does::
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,6 +372,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     check_names(study, str(path))
     if study.cycles and study.mode != "fixed-steps":
         raise ValueError(f"{path}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
+    unused = ("hours", study.hours) if study.mode == "fixed-steps" else ("steps", study.steps)
+    if unused[1]:  # said: a study file switched to the other mode by an override keeps its own key
+        logging.getLogger(__name__).warning(
+            "%s: %s=%g is not used in mode %s (every run takes %s); mode=%s uses it", path, *unused, study.mode,
+            f"steps={study.steps}" if study.mode == "fixed-steps" else f"hours={study.hours:g} seen",
+            "fixed-hours" if study.mode == "fixed-steps" else "fixed-steps")
     study.entries()  # validate
     negative = [s for s in (*study.seeds, *study.probe_seeds) if s < 0]
     if negative:

@@ -313,3 +313,17 @@ def test_a_synthetic_corpus_needs_a_folder_of_its_own(tmp_path, monkeypatch) -> 
         load_study(y)
     assert load_study(y, ["corpus.dir=corpus"]).corpus.dir == "corpus"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_the_other_modes_length_is_said_to_be_unused(tmp_path, caplog) -> None:
+    """`hours` in fixed-steps mode (or `steps` in fixed-hours mode) was ignored without a word."""
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\nhours: 5\n")
+    assert [r.steps for r in plan_runs(load_study(y))] == [10]
+    assert "hours=5 is not used in mode fixed-steps (every run takes steps=10); mode=fixed-hours uses it" in caplog.text
+    caplog.clear()
+    assert [r.steps for r in plan_runs(load_study(y, ["mode=fixed-hours"]))] == [4500]
+    assert "steps=10 is not used in mode fixed-hours (every run takes hours=5 seen); mode=fixed-steps" in caplog.text
+    caplog.clear()
+    load_study(y, ["hours=0"])
+    assert "not used" not in caplog.text
