@@ -361,6 +361,9 @@ def study_of_record(saved: dict[str, Any], where: str = "study.json") -> StudyCo
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    if not Path(path).is_file():  # read_yaml would look for a training preset of that name, and list those
+        raise ConfigError(f"{path}: {'a folder' if Path(path).is_dir() else 'no such file'}, not a study file (a "
+                          "YAML file; the repository's are studies/*.yaml)")
     given = read_yaml(path)
     over = parse_overrides(overrides) if overrides else {}
     old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in d if k in RENAMED]

@@ -327,3 +327,14 @@ def test_the_other_modes_length_is_said_to_be_unused(tmp_path, caplog) -> None:
     caplog.clear()
     load_study(y, ["hours=0"])
     assert "not used" not in caplog.text
+
+
+def test_a_missing_study_file_is_named_as_one(tmp_path, caplog) -> None:
+    """`earful study plan nope.yaml` said "no such preset" and listed the training presets (pretrain-demo...)."""
+    from earful.cli import main
+
+    for name, said in ((tmp_path / "nope.yaml", "no such file"), (tmp_path, "a folder")):
+        caplog.clear()
+        assert main(["study", "plan", str(name)]) == 2
+        assert f"{name}: {said}, not a study file (a YAML file; the repository's are studies/*.yaml)" in caplog.text
+        assert "pretrain-demo" not in caplog.text
