@@ -182,6 +182,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                          "document: name it .jsonl")
     if args.resume and args.out is None:
         raise ValueError("--resume goes on from the transcripts in --out: give --out")
+    device = resolve_device(args.device, "--device")  # before the inputs and the checkpoint are read
     files = _audio_inputs(args.files, args.files_from)
     out = None if args.out is None else Path(args.out)
     if out is not None:
@@ -197,7 +198,6 @@ def _transcribe(args: argparse.Namespace) -> int:
         log.info("--resume: %d of %d files are transcribed in %s already; %d to go", len(files) - len(todo),
                  len(files), out, len(todo))
     options = _beam_options(args)
-    device = resolve_device(args.device, "--device")  # before the checkpoint is read
     model, vocab, _ = load_ctc(args.ckpt, "transcribe")
     beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
     records = transcribe_files(
