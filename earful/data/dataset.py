@@ -281,9 +281,10 @@ class AudioLoader(Received):
 
     def __init__(self, dataset: AudioDataset, sampler: SecondsBatchSampler, *, num_workers: int = 0,
                  pin_memory: bool = False, prefetch_factor: int | None = None, crop_to_shortest: bool = False,
-                 skip_bad: bool = False) -> None:
+                 skip_bad: bool = False, source: str = "") -> None:
+        """``source``: what the messages name the utterances by (a manifest's path)."""
         super().__init__()
-        self.dataset, self.sampler, self.skip_bad = dataset, sampler, skip_bad
+        self.dataset, self.sampler, self.skip_bad, self.source = dataset, sampler, skip_bad, source
         self.epoch, self.position = sampler.epoch, sampler.position
         self.loader = DataLoader(
             dataset,
@@ -308,6 +309,7 @@ class AudioLoader(Received):
         # Restart the sampler where training is (prefetched-but-unused batches of a previous iteration).
         self._settle()
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
+        unloadable: set[str] = set()  # the utterances of the batches in a row that had no loadable audio
         for batch in self.loader:
             if batch.bad and not self.skip_bad:
                 raise AudioError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "utterance"))
@@ -315,7 +317,23 @@ class AudioLoader(Received):
             self.position += 1
             self._settle()
             if self.received(batch):
+                unloadable.clear()
                 yield batch
+            elif self.sampler.endless:
+                self._none_loads(unloadable, batch)
+
+    def _none_loads(self, unloadable: set[str], batch: Batch) -> None:
+        """An endless (training) loader whose every batch in a row, over every batchable utterance, had no loadable
+        audio will never yield one: it had spun for ever (a warning a batch; a stop signal waited for a step that
+        never came, and under DDP the other ranks waited in the all-reduce). Stops naming the data instead."""
+        unloadable.update(uid for uid, _ in batch.bad)
+        n = len(self.sampler.batchable)
+        if len(unloadable) < n:
+            return
+        source = self.source or "the training data"
+        examples = "; ".join(f"{uid}: {problem}" for uid, problem in batch.bad[:2])
+        raise AudioError(f"{source}: none of its {n} utterances could be read (each was left out as unreadable): "
+                         f"nothing to train on, e.g. {examples}")
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none
@@ -395,4 +413,5 @@ def make_loader(
     if evaluation and not skip_bad and not checked:  # read once, perhaps long after the start: its rows checked now
         check_headers([utterances[int(i)] for i in sampler.batchable], source, sampler.names["skip_bad"])
     return AudioLoader(dataset, sampler, num_workers=num_workers, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad)
+                       prefetch_factor=prefetch_factor, crop_to_shortest=crop_to_shortest, skip_bad=skip_bad,
+                       source=source)

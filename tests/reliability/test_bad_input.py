@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,42 @@ def test_skip_bad_counts_a_batch_with_no_loadable_audio(tmp_path, caplog) -> Non
         assert list(loader) == []
     assert loader.bad_files == 1 and loader.empty_batches == 1
     assert "a: " in caplog.text and "no loadable audio" in caplog.text
+
+
+def test_an_endless_loader_whose_every_file_is_unreadable_stops_naming_it(tmp_path) -> None:
+    """Training with skip_bad on data none of which loads: it span for ever (a warning a batch, millions a minute;
+    SIGTERM waited for a step that never came, and under DDP the other ranks waited in the all-reduce). Once every
+    batchable utterance was unreadable with no loadable batch between, the loader stops naming the data."""
+    utts = []
+    for i in range(3):
+        (tmp_path / f"{i}.wav").write_bytes(b"junk")
+        utts.append(Utterance(f"u{i}", str(tmp_path / f"{i}.wav"), 16000, 16000, "s"))
+    loader = make_loader(utts, BatchBudget.per_device(1.5), skip_bad=True, endless=True, source="train.jsonl")
+    batches = iter(loader)
+
+    def spinning(*_: object) -> None:
+        raise TimeoutError("the loader went on for 30 s without a batch or an error")
+
+    before = signal.signal(signal.SIGALRM, spinning)
+    signal.alarm(30)
+    try:
+        with pytest.raises(AudioError, match=r"train.jsonl: none of its 3 utterances could be read"):
+            next(batches)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert loader.bad_files == 3
+
+
+def test_an_endless_loader_goes_on_while_some_files_load(tmp_path, rel) -> None:
+    """The stop above is for data none of which loads: one good utterance among bad ones trains on."""
+    utts = [Utterance("ok", str(tmp_path / "ok.wav"), rel.write_wave(tmp_path / "ok.wav", 1.0), 16000, "s")]
+    for i in range(3):
+        (tmp_path / f"{i}.wav").write_bytes(b"junk")
+        utts.append(Utterance(f"u{i}", str(tmp_path / f"{i}.wav"), 16000, 16000, "s"))
+    loader = make_loader(utts, BatchBudget.per_device(1.5), skip_bad=True, endless=True)
+    batches = iter(loader)
+    assert all(next(batches).ids == ["ok"] for _ in range(20))
 
 
 # ---------------------------------------------------------------------------------------------- manifests and text
