@@ -259,6 +259,18 @@ class Received:
         self.bad_ids = set(state["bad_ids"])
         self.empty_batches = int(state.get("empty_batches", 0))  # not in checkpoints written before it was kept
 
+    def stop_if_none_loads(self, unloadable: set[str], batch: Batch, utterances: int, source: str) -> None:
+        """Called by an endless (training) loader with each batch that had no loadable audio, ``unloadable`` the
+        files of the batches in a row that had none: once they are every one of the ``utterances`` batchable, no
+        batch will ever load, and it stops naming ``source``. It had spun for ever (a warning a batch; a stop signal
+        waited for a step that never came; under DDP the other ranks waited in the all-reduce)."""
+        unloadable.update(uid for uid, _ in batch.bad)
+        if len(unloadable) < utterances:
+            return
+        examples = "; ".join(f"{uid}: {problem}" for uid, problem in batch.bad[:2])
+        raise AudioError(f"{source or 'the training data'}: none of its {utterances} utterances could be read (each "
+                         f"was left out as unreadable): nothing to train on, e.g. {examples}")
+
     def received(self, batch: Batch) -> bool:
         """Count ``batch``'s bad files; whether it holds audio to train on."""
         for uid, problem in batch.bad:
@@ -320,20 +332,7 @@ class AudioLoader(Received):
                 unloadable.clear()
                 yield batch
             elif self.sampler.endless:
-                self._none_loads(unloadable, batch)
-
-    def _none_loads(self, unloadable: set[str], batch: Batch) -> None:
-        """An endless (training) loader whose every batch in a row, over every batchable utterance, had no loadable
-        audio will never yield one: it had spun for ever (a warning a batch; a stop signal waited for a step that
-        never came, and under DDP the other ranks waited in the all-reduce). Stops naming the data instead."""
-        unloadable.update(uid for uid, _ in batch.bad)
-        n = len(self.sampler.batchable)
-        if len(unloadable) < n:
-            return
-        source = self.source or "the training data"
-        examples = "; ".join(f"{uid}: {problem}" for uid, problem in batch.bad[:2])
-        raise AudioError(f"{source}: none of its {n} utterances could be read (each was left out as unreadable): "
-                         f"nothing to train on, e.g. {examples}")
+                self.stop_if_none_loads(unloadable, batch, len(self.sampler.batchable), self.source)
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none

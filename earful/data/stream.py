@@ -204,6 +204,7 @@ class ShardLoader(Received):
 
     def __iter__(self) -> Iterator[Batch]:
         self.stream.start, self.stream.first = list(self.places), self.next
+        unloadable: set[str] = set()  # the members of the batches in a row that had no loadable audio
         for batch in self.loader:
             if batch.bad and not self.stream.skip_bad:
                 raise ShardError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "member"))
@@ -215,7 +216,10 @@ class ShardLoader(Received):
             batch.epoch, batch.index = epoch, self.position
             self.position += 1
             if self.received(batch):
+                unloadable.clear()
                 yield batch
+            else:
+                self.stop_if_none_loads(unloadable, batch, len(self.sampler.batchable), str(self.plan.index.location))
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": STREAM_FORMAT, "index": self.plan.index.digest, "layout": self.plan.layout(),

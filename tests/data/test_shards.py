@@ -528,3 +528,30 @@ def test_a_stop_signal_while_the_index_is_written_waits_and_a_run_killed_there_r
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
     with pytest.raises(ShardError, match="already holds shards"):  # without --resume, as before
         _run("shard", str(corpus), str(killed), *args)
+
+
+def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path) -> None:
+    """With skip_bad, shards none of whose members can be read: training span for ever (a warning a batch, deaf to
+    SIGTERM); once every batchable member was unreadable with no loadable batch between, the loader stops."""
+    import signal
+
+    from earful.data.audio import AudioError
+
+    for tar in shards.glob("shard-*.tar"):
+        tar.unlink()
+    loader = make_shard_loader(str(shards), BatchBudget(3.0, 3.0, crop_seconds=1.0), skip_bad=True)
+
+    class Spinning(Exception):  # not TimeoutError: an OSError, which a loader counts as a bad file
+        pass
+
+    def spinning(*_: object) -> None:
+        raise Spinning("the loader went on for 30 s without a batch or an error")
+
+    before = signal.signal(signal.SIGALRM, spinning)
+    signal.alarm(30)
+    try:
+        with pytest.raises(AudioError, match=rf"{re.escape(str(shards))}: none of its 18 utterances could be read"):
+            next(iter(loader))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
