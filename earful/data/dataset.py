@@ -259,17 +259,25 @@ class Received:
         self.bad_ids = set(state["bad_ids"])
         self.empty_batches = int(state.get("empty_batches", 0))  # not in checkpoints written before it was kept
 
-    def stop_if_none_loads(self, unloadable: set[str], batch: Batch, utterances: int, source: str) -> None:
-        """Called by an endless (training) loader with each batch that had no loadable audio, ``unloadable`` the
-        files of the batches in a row that had none: once they are every one of the ``utterances`` batchable, no
-        batch will ever load, and it stops naming ``source``. It had spun for ever (a warning a batch; a stop signal
-        waited for a step that never came; under DDP the other ranks waited in the all-reduce)."""
-        unloadable.update(uid for uid, _ in batch.bad)
-        if len(unloadable) < utterances:
-            return
+    @staticmethod
+    def whole_epoch_empty(since: tuple[int, ...], now: tuple[int, ...]) -> bool:
+        """Whether a rank's batches in a row without loadable audio, from place ``since`` (its epoch, then where in
+        it) to place ``now``, hold a whole epoch of its batches, from the epoch's first batch to its last: a run of
+        an epoch's length across two epochs would not do (the epochs are shuffled: a file that loads may lie in
+        the parts it left out)."""
+        first_whole = since[0] if not any(since[1:]) else since[0] + 1
+        return now[0] > first_whole
+
+    def none_loads(self, batch: Batch, source: str, ranks: int) -> None:
+        """Called by an endless (training) loader once its batches in a row without loadable audio have held a
+        whole epoch of this rank's own batches: none of its batches will load, and it stops naming ``source``. It
+        had spun for ever (a warning a batch; a stop signal waited for a step that never came; under DDP the other
+        ranks waited in the all-reduce). Per rank: a rank reads its own share (with shards, always the same
+        stretch of one shard), so a count against every rank's utterances never came under DDP."""
         examples = "; ".join(f"{uid}: {problem}" for uid, problem in batch.bad[:2])
-        raise AudioError(f"{source or 'the training data'}: none of its {utterances} utterances could be read (each "
-                         f"was left out as unreadable): nothing to train on, e.g. {examples}")
+        whose = "this rank's " if ranks > 1 else ""
+        raise AudioError(f"{source or 'the training data'}: a whole epoch of {whose}batches held no audio that could "
+                         f"be read (each file left out as unreadable): nothing to train on, e.g. {examples}")
 
     def received(self, batch: Batch) -> bool:
         """Count ``batch``'s bad files; whether it holds audio to train on."""
@@ -321,18 +329,21 @@ class AudioLoader(Received):
         # Restart the sampler where training is (prefetched-but-unused batches of a previous iteration).
         self._settle()
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
-        unloadable: set[str] = set()  # the utterances of the batches in a row that had no loadable audio
+        empty_since: tuple[int, int] | None = None  # where this rank's batches in a row without audio began
         for batch in self.loader:
             if batch.bad and not self.skip_bad:
                 raise AudioError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "utterance"))
+            at = (self.epoch, self.position)
             batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
             self._settle()
             if self.received(batch):
-                unloadable.clear()
+                empty_since = None
                 yield batch
             elif self.sampler.endless:
-                self.stop_if_none_loads(unloadable, batch, len(self.sampler.batchable), self.source)
+                empty_since = empty_since or at
+                if self.whole_epoch_empty(empty_since, (self.epoch, self.position)):
+                    self.none_loads(batch, self.source, self.sampler.world_size)
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none

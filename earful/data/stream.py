@@ -204,22 +204,26 @@ class ShardLoader(Received):
 
     def __iter__(self) -> Iterator[Batch]:
         self.stream.start, self.stream.first = list(self.places), self.next
-        unloadable: set[str] = set()  # the members of the batches in a row that had no loadable audio
+        empty_since: list[tuple[int, int, int]] | None = None  # this rank's streams' places where its batches in
+        # a row without audio began
         for batch in self.loader:
             if batch.bad and not self.stream.skip_bad:
                 raise ShardError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "member"))
             local, epoch, b, done = batch.stream  # type: ignore[misc]
             if local != self.next:
                 raise RuntimeError(f"shard stream {local} delivered when {self.next} was due: resume would be inexact")
+            before = list(self.places)
             self.places[local] = (epoch, b, done)
             self.next = (local + 1) % self.plan.per_rank
             batch.epoch, batch.index = epoch, self.position
             self.position += 1
             if self.received(batch):
-                unloadable.clear()
+                empty_since = None
                 yield batch
             else:
-                self.stop_if_none_loads(unloadable, batch, len(self.sampler.batchable), str(self.plan.index.location))
+                empty_since = empty_since or before
+                if all(self.whole_epoch_empty(then, now) for now, then in zip(self.places, empty_since, strict=True)):
+                    self.none_loads(batch, str(self.plan.index.location), self.plan.streams // self.plan.per_rank)
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": STREAM_FORMAT, "index": self.plan.index.digest, "layout": self.plan.layout(),

@@ -530,9 +530,9 @@ def test_a_stop_signal_while_the_index_is_written_waits_and_a_run_killed_there_r
         _run("shard", str(corpus), str(killed), *args)
 
 
-def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path) -> None:
+def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path, corpus: Path, tmp_path: Path) -> None:
     """With skip_bad, shards none of whose members can be read: training span for ever (a warning a batch, deaf to
-    SIGTERM); once every batchable member was unreadable with no loadable batch between, the loader stops."""
+    SIGTERM); once a whole epoch of the rank's batches has held no readable audio, the loader stops."""
     import signal
 
     from earful.data.audio import AudioError
@@ -550,8 +550,18 @@ def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path)
     before = signal.signal(signal.SIGALRM, spinning)
     signal.alarm(30)
     try:
-        with pytest.raises(AudioError, match=rf"{re.escape(str(shards))}: none of its 18 utterances could be read"):
+        with pytest.raises(AudioError, match=rf"{re.escape(str(shards))}: a whole epoch of batches held no audio"):
             next(iter(loader))
+        # rank 0 of 2 over one shard: its stream is always the same half of it, so a count of every rank's members
+        # was never reached, and every rank span for ever
+        one = tmp_path / "one"
+        assert _run("shard", str(corpus), str(one), "--shard-gb", "1") == 0
+        assert len(list(one.glob("shard-*.tar"))) == 1
+        for tar in one.glob("shard-*.tar"):
+            tar.write_bytes(b"\0" * tar.stat().st_size)  # there, but no member decodes
+        ranked = make_shard_loader(str(one), BatchBudget(6.0, 3.0, 2, crop_seconds=1.0), skip_bad=True, rank=0)
+        with pytest.raises(AudioError, match=rf"{re.escape(str(one))}: a whole epoch of this rank's batches held"):
+            next(iter(ranked))
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, before)
