@@ -24,6 +24,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -58,12 +59,17 @@ def rss_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def transcribe_all(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """``transcribe_files`` run to the end: it yields its records as files finish (called alone, it only checks)."""
+    return list(transcribe_files(*args, **kwargs))
+
+
 def peak_mib(preset: str, path: Path, chunk: float, device_seconds: float, threads: int) -> float:
     """RSS growth (MiB) of a child process transcribing ``path`` once."""
     code = ("import sys, torch; sys.path.insert(0, 'benchmarks'); import transcribe_rtf as b; "
             f"torch.set_num_threads({threads}); m, v = b.model_of({preset!r}); r0 = b.rss_kib('VmRSS'); "
             "open('/proc/self/clear_refs', 'w').write('5'); "  # the peak (VmHWM) starts again from here
-            f"b.transcribe_files(m, v, [{str(path)!r}], chunk_seconds={chunk}, device_seconds={device_seconds}); "
+            f"b.transcribe_all(m, v, [{str(path)!r}], chunk_seconds={chunk}, device_seconds={device_seconds}); "
             "print((b.rss_kib('VmHWM') - r0) / 1024)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
@@ -87,7 +93,7 @@ def main() -> None:
                 path = Path(tmp) / f"{seconds:g}s.flac"
                 sf.write(path, speechlike(seconds), 16000)
                 modes = {"whole": 0.0, "chunked": args.chunk_seconds}
-                runs = {m: partial(transcribe_files, model, vocab, [path], chunk_seconds=c,
+                runs = {m: partial(transcribe_all, model, vocab, [path], chunk_seconds=c,
                                    device_seconds=args.device_seconds) for m, c in modes.items()}  # fmt: skip
                 for run in runs.values():
                     run()  # warm-up
