@@ -254,6 +254,21 @@ def model_config(ckpt_dir: str | Path, info: dict[str, Any] | None = None) -> Mo
     return from_dict(ModelConfig, info["model"], f"{where}:model")
 
 
+def load_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights alone (``model.safetensors``, verified by size and hash against its ``model.json``),
+    without building its model: a run's ``init`` for the distance from it."""
+    ckpt_dir = Path(ckpt_dir)
+    verify_weights(ckpt_dir, read_info(ckpt_dir))
+    return _read_weights(ckpt_dir / MODEL_FILE)
+
+
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
+
+
 def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
     config checked against the weights' shapes before the model is built)."""
@@ -274,10 +289,7 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
         raise CheckpointError(f"{where}: unknown model kind {info.get('kind')!r}")
     check_sizes(info["kind"], cfg, vocab_size, weight_shapes(weights), str(where))
     model = build_model(info["kind"], cfg, vocab_size, str(where))
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
+    state = _read_weights(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: weights do not fit the config: missing {missing}, unexpected {unexpected}")

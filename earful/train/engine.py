@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from earful.checkpoint import MODEL_FILE, CheckpointError, load_model, read_info, verify_weights
+from earful.checkpoint import CheckpointError, load_model, load_weights, read_info
 from earful.config import to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
@@ -53,6 +52,7 @@ from earful.train.recipe import (
     manifest_files,
     manifest_records,
     new_training_data,
+    read_history,
     recipe_hash,
     recipe_of,
     record_resume,
@@ -218,9 +218,12 @@ class Trainer:
                     record_machine(self.run.root, 0, self.d.device, self.d.world_size)
         D.barrier(self.d)
         if latest is not None:
+            # what a resume reads besides the checkpoint, before anything is changed (the logs cut back to its step):
+            # the history it adds to, and the step-0 weights (distance from init), verified; damaged, they refuse it
+            read_history(self.run.root)
+            init = {k: v.float() for k, v in load_weights(self.run.ckpt / "init").items()}
             self._resume(latest, segment)
-            # the step-0 weights (distance from init), before the resume is recorded: damaged, they refuse it
-            self._init_params = read_init(self.run.ckpt / "init")
+            self._init_params = init
             if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):
                     record_resume(self.run.root, cfg, self.step, segment)
@@ -275,8 +278,8 @@ class Trainer:
                 self.run.save("init", self.model, state=None, trainer={"step": 0},
                               make_latest=False, **self.task.checkpoint_extras())
         D.barrier(self.d)
-        if self.step == 0 or getattr(self, "_init_params", None) is None:
-            self._init_params = read_init(self.run.ckpt / "init")
+        if self.step == 0:  # a resume read them before it changed anything
+            self._init_params = {k: v.float() for k, v in load_weights(self.run.ckpt / "init").items()}
 
     # ------------------------------------------------------------------ checkpoints
     def progress_info(self) -> dict[str, Any]:
@@ -609,18 +612,6 @@ class Trainer:
             return summary
         finally:
             D.teardown(finished=summary is not None)
-
-
-def read_init(init: Path) -> dict[str, torch.Tensor]:
-    """A run's step-0 weights (``checkpoints/init``: distance from init), in fp32, verified as every checkpoint a
-    run reads: a truncated file had been safetensors' own error (the file unnamed, a traceback, status 1), and a
-    tampered one was read as it was (a distance from init of inf, say)."""
-    verify_weights(init, read_info(init))
-    try:
-        weights = load_file(str(init / MODEL_FILE))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{init / MODEL_FILE}: unreadable safetensors file: {e}") from e
-    return {k: v.float() for k, v in weights.items()}
 
 
 def _json_float(x: float) -> float | None:

@@ -242,17 +242,35 @@ def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:
                                                     "layout": layout_of(cfg, world_size)})])
 
 
+def read_history(root: Path) -> list[dict[str, Any]]:
+    """The segments of a run's ``history.jsonl`` (none where it has none), each a record with its ``step`` (an
+    integer) and ``config`` file (a name); ValueError naming the file and line where one is not: written
+    atomically, it is damaged only by a hand edit or a disk fault (json's bare "Unterminated string ...", a
+    KeyError or an AttributeError had been the message)."""
+    path = root / HISTORY
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines() if path.exists() else [], 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            record = e
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                and isinstance(record.get("config"), str)):
+            why = f" ({record})" if isinstance(record, Exception) else ""
+            raise ValueError(f"{path}, line {n}: not a segment record{why}; the run's history is damaged: restore it "
+                             "(each line is a JSON record of a segment's step and config file)")
+        records.append(record)
+    return records
+
+
 def record_resume(root: Path, cfg: TrainingConfig, step: int, segment: dict[str, Any] | None) -> None:
     """A resume from the checkpoint at ``step`` has loaded: the history holds what trained. A last segment that
     starts at ``step`` never reached a checkpoint (its process stopped first) and goes, with its config file;
     ``segment`` (another recipe or layout from ``step`` on), if any, is appended with its own config file."""
     path = root / HISTORY
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    try:
-        last = json.loads(lines[-1]) if len(lines) > 1 else {}
-    except json.JSONDecodeError as e:  # written atomically: a hand edit or a disk fault
-        raise ValueError(f"{path}, line {len(lines)}: not a JSON record ({e}); the run's history is damaged: "
-                         "restore it (each line names a segment's step and config file)") from e
+    records = read_history(root)
+    last = records[-1] if len(records) > 1 else {}
     dropped = last["config"] if last.get("step") == step else None
     kept = lines[:-1] if dropped else lines
     name = None

@@ -886,13 +886,14 @@ def test_a_damaged_init_checkpoint_refuses_the_resume_naming_it(damage, message,
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     damage(out / "checkpoints" / "init" / "model.safetensors")
-    history = (out / "history.jsonl").read_text()
+    (out / "checkpoints" / "latest.json").write_text('{"name": "step-0000002"}')  # the logs would be cut back to it
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
     args = ["pretrain", *rel.pretrain_overrides(tiny_corpus[0], 6, "ckpt_every=2", "keep_last=10"), "--out", str(out),
             "--resume", "--allow-changes"]
     with caplog.at_level(logging.ERROR):
         assert main(args) == 2
     assert f"{out / 'checkpoints' / 'init' / 'model.safetensors'}: {message}" in caplog.text
-    assert (out / "history.jsonl").read_text() == history and not (out / "config-2.yaml").exists()
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before  # history, logs: as they were
 
 
 def test_a_failed_start_removes_its_lock_file_only_while_it_holds_it(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
@@ -941,13 +942,20 @@ def test_a_lock_file_removed_as_it_is_locked_is_not_held(tmp_path, monkeypatch) 
     mine.close()
 
 
-def test_a_damaged_history_is_named_on_resume(tmp_path, finished, tiny_corpus, rel) -> None:
-    """A history.jsonl whose last line is cut short: the resume said only "Unterminated string starting at: line 1
-    column 2 (char 1)", naming no file."""
+@pytest.mark.parametrize("line", ['{"segment": 2, "st', '[1]', '{"segment": 2, "step": 4}'])
+def test_a_damaged_history_is_named_on_resume_and_changes_nothing(line, tmp_path, finished, tiny_corpus,
+                                                                  rel) -> None:
+    """A history.jsonl whose last line is cut short, not a record, or without its config: the resume said only
+    "Unterminated string starting at: line 1 column 2 (char 1)" (or an AttributeError / KeyError traceback), naming
+    no file, after the logs had been cut back to the checkpoint's step."""
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     history = out / "history.jsonl"
-    history.write_text(history.read_text() + '{"segment": 2, "st\n')
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(history))}, line 2: not a JSON record \(Unterminated "
-                                         r"string .*\); the run's history is damaged"):
+    history.write_text(history.read_text() + line + "\n")
+    # a resume from step 2 would cut the logs (steps 1-4) back to it
+    (out / "checkpoints" / "latest.json").write_text('{"name": "step-0000002"}')
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(history))}, line 2: not a segment record.*; the run's "
+                                         r"history is damaged"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6)), out, resume=True, allow_changes=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
