@@ -41,6 +41,7 @@ def run_dir(tmp_path_factory) -> Path:
     model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
     opt = torch.optim.AdamW(model.parameters())
     root = tmp_path_factory.mktemp("untrusted") / "run"
+    RunDir(root).save("init", model, state=None, trainer={"step": 0}, make_latest=False)  # as every run has
     RunDir(root).save("step-0000002", model, state={"optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state()},
                       trainer={"step": 2})
     return root
