@@ -175,8 +175,7 @@ class StudyConfig:
                                   "({batch_seconds: …, devices: …, device_seconds: …, lr: …, tag: …})")
             e = GridEntry(batch_seconds=float(item)) if isinstance(item, int | float) else from_dict(
                 GridEntry, dict(item), f"grid[{i}]")
-            if e.batch_seconds <= 0:
-                raise ValueError(f"grid entry {item!r}: batch_seconds must be > 0")
+            check_entry(e, i)
             out.append(e)
         if not out:
             raise ValueError("the study's grid is empty")
@@ -283,6 +282,18 @@ RESERVED_TAGS = ("random-init", "fbank")
 
 def _finite_positive(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def check_entry(e: GridEntry, i: int) -> None:
+    """Grid entry ``i``'s numbers, each refused naming ``grid[i].KEY``: a NaN batch was "cannot convert float NaN to
+    integer", ``devices: 0`` a ZeroDivisionError traceback in the plan."""
+    bad = [f"grid[{i}].{key}={getattr(e, key)}: expected a finite number > 0"
+           for key in ("batch_seconds", "device_seconds", "lr")
+           if (getattr(e, key) is not None or key == "batch_seconds") and not _finite_positive(getattr(e, key))]
+    if isinstance(e.devices, bool) or not isinstance(e.devices, int) or e.devices < 1:
+        bad.append(f"grid[{i}].devices={e.devices}: expected a whole number of devices >= 1")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def check_numbers(study: StudyConfig, where: str) -> None:

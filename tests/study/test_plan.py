@@ -257,6 +257,11 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
     ("grid=[abc]", r"grid\[0\]='abc': expected a batch size in seconds"),  # dictionary update sequence element …
     ("grid=[true]", r"grid\[0\]=True: expected a batch size in seconds"),  # a batch of 1 s
     ("grid=[8, {batch_seconds: 4, foo: 1}]", r"grid\[1\]: unknown key"),
+    ("grid=[.nan]", r"grid\[0\].batch_seconds=nan: expected a finite number > 0"),  # NaN to integer
+    ("grid=[8, .inf]", r"grid\[1\].batch_seconds=inf: expected a finite number > 0"),
+    ("grid=[{batch_seconds: 8, devices: 0}]", r"grid\[0\].devices=0: expected a whole number of devices >= 1"),
+    ("grid=[{batch_seconds: 8, lr: .nan}]", r"grid\[0\].lr=nan: expected a finite number > 0"),
+    ("grid=[{batch_seconds: 8, device_seconds: -1}]", r"grid\[0\].device_seconds=-1.0: expected a finite"),
 ])
 def test_a_wrong_study_number_is_refused_naming_its_key(tmp_path, setting, problem) -> None:
     y = tmp_path / "s.yaml"
