@@ -30,6 +30,11 @@ AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", "
 UNREADABLE_AUDIO_EXTENSIONS = (".m4a", ".aac", ".wma", ".mp4", ".webm", ".amr")
 
 
+def is_audio_name(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s name is an audio file's, one libsndfile decodes or not (then reported, never passed over)."""
+    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS
+
+
 def files_below(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
     """Every file below ``root`` (paths through ``root``), sorted, but in the folders ``skip`` (by path, or as a
     folder resolves: a link into one of them is in it). Symbolic links to folders are followed; a folder met again

@@ -37,6 +37,7 @@ from .audio import (
     AudioError,
     audio_info,
     files_below,
+    is_audio_name,
     too_short,
 )
 from .budget import SAMPLE_RATE
@@ -451,7 +452,7 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
             if _first_path(path, root, path.relative_to(root).with_suffix("").as_posix(), None, files_read,
                            problems):
                 files.append(path)
-        elif path.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS:
+        elif is_audio_name(path):
             problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
     utts: list[Utterance] = []
     left_out, by_energy, empty = 0, 0, 0
@@ -592,7 +593,7 @@ def _left_out(root: Path, read: list[Path], problems: list[str]) -> None:
     """Report the audio and the LibriSpeech transcripts below ``root`` outside the folders ``read`` (not walked
     again: by path, or as a folder resolves, a link into a split is in it)."""
     outside = files_below(root, skip=read)
-    left = [p for p in outside if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
+    left = [p for p in outside if is_audio_name(p)]
     problems += [Note(f"{p}: audio outside the splits found below {root}; not read") for p in left]
     problems += [Note(f"{p}: LibriSpeech transcripts outside the splits found below {root}; not read")
                  for p in outside if p.name.lower().endswith(TRANS_SUFFIX)]

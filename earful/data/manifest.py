@@ -294,7 +294,7 @@ def check_manifest_file(path: str | os.PathLike) -> None:
     Raises:
         ManifestError: naming the file, what it is and the command that makes a manifest of it.
     """
-    from .audio import AUDIO_EXTENSIONS, UNREADABLE_AUDIO_EXTENSIONS  # audio imports this module
+    from .audio import is_audio_name  # audio imports this module
 
     path = Path(path)
     if path.is_dir():
@@ -304,7 +304,7 @@ def check_manifest_file(path: str | os.PathLike) -> None:
         return
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
-    if path.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS or head.startswith(AUDIO_SIGNATURES):
+    if is_audio_name(path) or head.startswith(AUDIO_SIGNATURES):
         raise ManifestError(f"{path}: an audio file, not a manifest ({WHAT_A_MANIFEST_IS}); `earful transcribe CKPT "
                             "FILE...` transcribes audio files")
     lines = head.decode("utf-8", "replace").splitlines()

@@ -90,26 +90,16 @@ def _check_transcript_out(out: Path, files: list[str]) -> None:
 
 
 def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
-    """The audio files to transcribe, in order: each name a file, or a folder standing for the audio files below it
-    (``AUDIO_EXTENSIONS`` and those libsndfile cannot decode, which are then reported; sorted, links followed), then
-    the lines of ``files_from`` ("-": standard input), a path a line, blank lines skipped. A folder without audio,
-    a name that is not there, or no file at all is refused before any work."""
+    """The audio files to transcribe, in order: the names given, then the lines of ``files_from`` ("-": standard
+    input; a path a line, blank lines skipped), each a file, or a folder standing for the audio files below it
+    (``AUDIO_EXTENSIONS`` and those libsndfile cannot decode, which are then reported; sorted, links followed). A
+    folder without audio, a name that is not there or cannot be written in the UTF-8 output, or no file at all is
+    refused before any work."""
     import sys
 
-    from earful.data.audio import AUDIO_EXTENSIONS, UNREADABLE_AUDIO_EXTENSIONS, files_below
+    from earful.data.audio import files_below, is_audio_name
+    from earful.data.manifest import printable_path
 
-    files: list[str] = []
-    for name in names:
-        if Path(name).is_dir():
-            below = [str(p) for p in files_below(Path(name))
-                     if p.suffix.lower() in AUDIO_EXTENSIONS + UNREADABLE_AUDIO_EXTENSIONS]
-            if not below:
-                raise ValueError(f"{name}: a folder with no audio files below it ({', '.join(AUDIO_EXTENSIONS)})")
-            files += below
-        elif not Path(name).exists():
-            raise ValueError(f"{name}: no such file or folder")
-        else:
-            files.append(name)
     if files_from is not None:
         if files_from == "-":
             lines = sys.stdin.read().splitlines()
@@ -118,7 +108,24 @@ def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
                 lines = Path(files_from).read_text(encoding="utf-8-sig").splitlines()
             except (OSError, UnicodeDecodeError) as e:
                 raise ValueError(f"--files-from {files_from}: cannot be read ({e})") from e
-        files += [line for line in lines if line.strip()]
+        names = [*names, *(line for line in lines if line.strip())]
+    files: list[str] = []
+    for name in names:
+        if Path(name).is_dir():
+            below = [str(p) for p in files_below(Path(name)) if is_audio_name(p)]
+            if not below:
+                raise ValueError(f"{name}: a folder with no audio files below it")
+            files += below
+        elif not Path(name).exists():
+            raise ValueError(f"{name}: no such file or folder")
+        else:
+            files.append(name)
+    for f in files:
+        try:
+            f.encode("utf-8")
+        except UnicodeEncodeError:  # a name of other bytes (a folder's Latin-1 file): the output is UTF-8 text
+            raise ValueError(f"{printable_path(f)}: a file name that is not UTF-8, which the transcripts (UTF-8 "
+                             "text) cannot hold: rename it (e.g. convmv -f latin1 -t utf8)") from None
     if not files:
         raise ValueError("no audio to transcribe: give files or folders, or --files-from LIST")
     return files
@@ -149,10 +156,13 @@ def _earlier_transcripts(out: Path, jsonl: bool) -> dict[Path, str]:
         if jsonl:
             try:
                 record = json.loads(line)
-                path = record["path"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"--out {out}, line {n}: not a transcribe record ({e}); --resume reads the output "
-                                 "of an earlier `earful transcribe --out` only") from e
+            except json.JSONDecodeError as e:
+                record = e
+            if not (isinstance(record, dict) and isinstance(record.get("path"), str)):
+                why = f" ({record})" if isinstance(record, Exception) else ""
+                raise ValueError(f"--out {out}, line {n}: not a transcribe record{why}; --resume reads the output "
+                                 "of an earlier `earful transcribe --out` only")
+            path = record["path"]
             if "text" not in record:
                 continue  # an unreadable file's record: tried again
         else:
@@ -285,9 +295,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "overlap by --stride-seconds on each side, as transformers' ASR pipeline cuts them, so memory does not "
         "grow with the file. Output: PATH<TAB>TEXT lines on stdout or in --out; --out F.jsonl writes JSON "
         "records, one a line (path, seconds, text; an unreadable file's error; not .json: the file is not one "
-        "JSON document). Each file's line is written as soon as it is done: stopped part-way (Ctrl-C, SIGTERM: "
-        "exit status 4), --out keeps the finished ones and --resume goes on from them. Exit status 1 if any "
-        "file could not be read.",
+        "JSON document). Each file's line is written as soon as it is done: stopped part-way (SIGTERM: exit status "
+        "4; Ctrl-C: 130), --out keeps the finished ones and --resume goes on from them. Exit status 1 if any "
+        "file could not be read; 2, before any work, for a name that is not there.",
     )
     tr.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     tr.add_argument("files", nargs="*", help="audio files, or folders: the audio files below them (sorted)")

@@ -257,7 +257,7 @@ def test_the_bar_reads_the_files_headers_only_when_it_shows(tmp_path, monkeypatc
     assert headers == files and bars[0].n == 1.75 and bars[0].total == round(1.75, 1)  # the total as shown
 
 
-def test_errors_name_the_command_run_and_a_directory_in_a_list(tone_ctc, tmp_path, caplog) -> None:
+def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, tmp_path, caplog) -> None:
     """`transcribe` of a pre-training checkpoint said "evaluate needs a fine-tuned (CTC) one", and of a directory
     "unreadable audio header (... Format not recognised.)"; a folder given as an argument stands for its audio."""
     from earful.checkpoint import save_model
@@ -273,10 +273,8 @@ def test_errors_name_the_command_run_and_a_directory_in_a_list(tone_ctc, tmp_pat
     caplog.clear()
     folder = tmp_path / "audio"
     folder.mkdir()
-    (tmp_path / "list.txt").write_text(f"{audio}\n{folder}\n")
-    out = tmp_path / "out.jsonl"
-    assert main(["transcribe", str(ckpt), "--files-from", str(tmp_path / "list.txt"), "--out", str(out)]) == 1
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    model, vocab, _ = load_ctc(ckpt)
+    rows = list(transcribe_files(model, vocab, [audio, str(folder)]))  # the command line expands folders first
     assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (give "
                                                              "audio files")
     assert "Format not recognised" not in caplog.text and "a directory, not an audio file" in caplog.text
@@ -391,7 +389,8 @@ def test_resume_retries_a_cut_line_and_unreadable_files_and_refuses_foreign_file
     assert given == [files[:2]]  # nothing to resume from: all of them
     for name, text, message in (("a.jsonl", b"not json\n", "line 1: not a transcribe record"),
                                 ("a.txt", b"no tab here\n", "line 1: not PATH<TAB>TEXT"),
-                                ("b.txt", b"a.wav\tcaf\xe9\n", "not UTF-8 text (invalid continuation byte at byte")):
+                                ("b.txt", b"a.wav\tcaf\xe9\n", "not UTF-8 text (invalid continuation byte at byte"),
+                                ("c.jsonl", b'{"path": 5, "text": "x"}\n', "line 1: not a transcribe record")):
         (tmp_path / name).write_bytes(text)
         caplog.clear()
         assert main(["transcribe", str(ckpt), *files[:2], "--out", str(tmp_path / name), "--resume"]) == 2
@@ -446,3 +445,30 @@ def test_an_out_that_cannot_be_written_or_is_an_input_is_refused_before_any_work
         assert main(["transcribe", str(tmp_path / "ckpt"), str(audio), "--out", str(out)]) == 2
         assert f"--out {out}: " in caplog.text and message in caplog.text, caplog.text
     assert calls == [] and audio.read_bytes() == before
+
+
+def test_list_lines_are_names_as_given_ones_and_names_the_output_cannot_hold_are_refused(tone_ctc, tmp_path,
+                                                                                        caplog) -> None:
+    """--files-from lines had not been read as names on the command line are: a folder line was a "directory" error
+    record and a missing file one error record more, after the whole run (status 1). A folder's file named in other
+    bytes than UTF-8 (caf\\xe9.wav) stopped the run part-way with a UnicodeEncodeError naming no file."""
+    import os
+    import shutil
+
+    ckpt, manifest = tone_ctc
+    audio = read_manifest(manifest)[0].path
+    folder = tmp_path / "talks"
+    folder.mkdir()
+    shutil.copy(audio, folder / "a.wav")
+    out = tmp_path / "t.jsonl"
+    (tmp_path / "list.txt").write_text(f"{folder}\n{audio}\n")
+    assert main(["transcribe", str(ckpt), "--files-from", str(tmp_path / "list.txt"), "--out", str(out)]) == 0
+    assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == [str(folder / "a.wav"), audio]
+    (tmp_path / "list.txt").write_text(f"{audio}\n{tmp_path / 'gone.wav'}\n")
+    assert main(["transcribe", str(ckpt), "--files-from", str(tmp_path / "list.txt"), "--out", str(out)]) == 2
+    assert f"{tmp_path / 'gone.wav'}: no such file or folder" in caplog.text
+    shutil.copy(audio, os.path.join(os.fsencode(folder), b"caf\xe9.wav"))
+    caplog.clear()
+    for output in (["--out", str(out)], []):
+        assert main(["transcribe", str(ckpt), str(folder), *output]) == 2
+        assert "caf\\udce9.wav': a file name that is not UTF-8, which the transcripts" in caplog.text
