@@ -67,6 +67,11 @@ class GridEntry:
     lr: float | None = None  # pin the peak lr (else the study's lr rule)
     tag: str | None = None
 
+    @property
+    def run_tag(self) -> str:
+        """What its runs are named by (``TAG-seedN``): its tag, else its batch size (``8s``)."""
+        return self.tag or fmt_seconds(self.batch_seconds)
+
 
 CHECKPOINT_CHOICES = ("final", "best", "milestones")  # what finetune.checkpoints may name
 # whose overrides a recipe's error names (the recipe's own YAML file named before them)
@@ -228,7 +233,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
                 if not 0 < study.hours < math.inf:
                     raise ValueError(f"fixed-hours: set hours to a finite number > 0 (got {study.hours})")
                 steps = max(1, nominal_steps(study.hours, e.batch_seconds))
-            runs.append(PlannedRun(tag=e.tag or fmt_seconds(e.batch_seconds), batch_seconds=e.batch_seconds,
+            runs.append(PlannedRun(tag=e.run_tag, batch_seconds=e.batch_seconds,
                                    devices=e.devices, device_seconds=dev_s, lr=lr, steps=steps,
                                    hours=nominal_hours(e.batch_seconds, steps), seed=seed))
     names = [r.name for r in runs]
@@ -320,13 +325,14 @@ def check_slurm(slurm: SlurmConfig, where: str) -> None:
     """The job settings that become sbatch options: a wrong one was written into every job's script
     (``--cpus-per-task=0``, ``--mem=-1GB``), and a ``signal_delay_s`` as long as the time limit had Slurm signal
     every job as it started, which checkpointed and requeued until ``max_requeues`` ran out."""
-    bad = []
+    bad = [f"slurm.{key}={getattr(slurm, key)}: expected at least 1" for key in ("gpus_per_node", "time_min")
+           if getattr(slurm, key) < 1]
     if slurm.cpus_per_gpu < 1:
         bad.append(f"slurm.cpus_per_gpu={slurm.cpus_per_gpu}: expected at least 1")
     if slurm.mem_gb_per_gpu is not None and not _finite_positive(slurm.mem_gb_per_gpu):
         bad.append(f"slurm.mem_gb_per_gpu={slurm.mem_gb_per_gpu}: expected a number of GB > 0 (or null: the "
                    "partition's default)")
-    if not 0 <= slurm.signal_delay_s < slurm.time_min * 60:
+    if slurm.time_min >= 1 and not 0 <= slurm.signal_delay_s < slurm.time_min * 60:
         bad.append(f"slurm.signal_delay_s={slurm.signal_delay_s}: expected seconds >= 0 and shorter than the time "
                    f"limit (slurm.time_min={slurm.time_min}, {slurm.time_min * 60} s), else Slurm signals each "
                    "job as it starts")
@@ -404,8 +410,6 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
             raise ValueError(f"{path}: {key} names {twice} more than once; give each seed once")
     check_numbers(study, str(path))
     study.tracking.validate()
-    if study.slurm.gpus_per_node < 1 or study.slurm.time_min < 1:
-        raise ValueError(f"{path}: slurm.gpus_per_node and slurm.time_min must be at least 1")
     check_slurm(study.slurm, str(path))
     if study.corpus.synth is not None and not study.corpus.dir.strip():
         raise ValueError(f"{path}: corpus.synth builds the corpus into corpus.dir, which is not given: its folders "

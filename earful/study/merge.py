@@ -39,7 +39,7 @@ from typing import Any
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
 from earful.lock import FolderBusy, hold_folder
-from earful.study.config import fmt_seconds, plan_runs, study_of_record
+from earful.study.config import plan_runs, study_of_record
 from earful.study.fingerprint import check_same_recipe, comparable
 from earful.study.stages import (
     STAGES,
@@ -89,7 +89,7 @@ def read_study_json(folder: Path) -> dict[str, Any]:
 
 def _entry_tags(saved: dict[str, Any]) -> list[str]:
     """The tag of each entry of a study.json's grid, in its order (as ``plan_runs`` names runs)."""
-    return [e.tag or fmt_seconds(e.batch_seconds) for e in study_of_record(saved).entries()]
+    return [e.run_tag for e in study_of_record(saved).entries()]
 
 
 def grid_union(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | None:
@@ -108,7 +108,12 @@ def grid_union(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | 
     fingerprint = {**base["fingerprint"], "grid": {**grid_b, **{t: v for t, v in grid_e.items() if t not in grid_b}}}
     if "grid" in fingerprint.get("study", {}):
         fingerprint["study"] = {**fingerprint["study"], "grid": grid}
-    return {**base, "grid": grid, "fingerprint": fingerprint}
+    union = {**base, "grid": grid, "fingerprint": fingerprint}
+    try:  # one grid a study can run: two tags of one batch size, say, are not (the printed grid would be refused)
+        plan_runs(study_of_record(union))
+    except ValueError:
+        return None
+    return union
 
 
 def widest_study(folders: list[Path]) -> dict[str, Any]:
@@ -281,7 +286,9 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         folders = [out, *srcs] if (out / "study.json").exists() else srcs
         study = widest_study(folders)
         tags = set(_entry_tags(study))
-        union = not any(set(_entry_tags(read_study_json(f))) >= tags for f in folders)
+        # the grid to run it with, where no source holds every entry (a destination holding an earlier union is
+        # run with that grid all the same: its study file has its own)
+        union = not any(set(_entry_tags(read_study_json(f))) >= tags for f in srcs)
         merged = Merged(seeds=study["seeds"], grid=study["grid"] if union else None)
         _clean_stale(out)
         # unit (by its record, relative) → the folders that finished it, with its result in each

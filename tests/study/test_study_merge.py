@@ -379,3 +379,13 @@ def test_grid_entries_run_on_two_machines_merge_into_one_grid(two_machines, tmp_
     run_study(load_study(study, [*light, "grid=[{batch_seconds: 2, lr: 2.0e-3}]"]), other_lr)
     with pytest.raises(ValueError, match=r"hold different studies .*differs in grid\.2s"):
         merge_studies([a, other_lr], tmp_path / "refused")
+    # merged into the folder that holds the union already: the grid to run it with is still printed (it had not
+    # been: the destination held every entry)
+    assert "'grid=[2, 4]'" in describe(merge_studies([a], out), out)
+    # two entries of one batch size (tags of their own) are no grid a study runs: refused, not merged (the grid
+    # printed would have been refused after everything was copied)
+    tagged = tmp_path / "tagged"
+    run_study(load_study(study, [*light, "grid=[{batch_seconds: 2, tag: two}]"]), tagged)
+    with pytest.raises(ValueError, match=r"hold different studies"):
+        merge_studies([a, tagged], tmp_path / "refused-tags")
+    assert not (tmp_path / "refused-tags" / "study.json").exists()
