@@ -43,7 +43,7 @@ def lock_file(path: Path, *, shared: bool = False, wait: bool = True) -> IO[str]
     exclusive, waiting for it or (``wait`` False) raising BlockingIOError where another process holds it. The lock
     is on the file at ``path`` now: one taken on a file its holder removed meanwhile (a failed start removes the
     lock file it made, ``earful cache remove`` a cache entry's) is let go and taken on the file there now, for a
-    lock on a removed file keeps no one out."""
+    lock on a removed file keeps no one out. A forked child (a DataLoader worker) does not keep the lock."""
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - the caller's to close
@@ -53,6 +53,7 @@ def lock_file(path: Path, *, shared: bool = False, wait: bool = True) -> IO[str]
             f.close()
             raise
         if _still_there(f, path):
+            _HELD[:] = [*(h for h in _HELD if not h.closed), f]  # a forked child lets go of it (_not_in_children)
             return f
         f.close()
 
@@ -69,7 +70,6 @@ def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
     f.truncate(0)
     f.write(f"{os.getpid()} {socket.gethostname()}")  # who holds it, for a user and for ``held``
     f.flush()
-    _HELD[:] = [*(h for h in _HELD if not h.closed), f]
     return f
 
 

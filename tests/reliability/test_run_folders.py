@@ -118,14 +118,18 @@ def test_a_second_process_on_one_run_folder_is_refused(tmp_path, tiny_corpus, re
     assert Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 2)), out, resume=True).step == 2
 
 
-def test_a_killed_writers_forked_children_do_not_keep_its_folder_locked(tmp_path) -> None:
+@pytest.mark.parametrize("lock", ["hold_folder(sys.argv[1])",  # a run's
+                                  "lock_file(Path(sys.argv[1]) / '.lock', shared=True)"])  # a cache entry writer's
+def test_a_killed_writers_forked_children_do_not_keep_its_folder_locked(lock, tmp_path) -> None:
     """The writer forks a child (as a DataLoader worker) and dies: the folder is free at once. The child shared
-    the lock's open file, so the folder had stayed locked, naming the dead pid, until the child ended."""
+    the lock's open file, so the folder had stayed locked, naming the dead pid, until the child ended (a lock of
+    lock_file's, not hold_folder's, still was)."""
     from earful.lock import hold_folder
 
     # the child says it runs (a file) once its code does, i.e. after the fork handlers: under load the parent could
     # exit before the child was first scheduled, and the folder was checked while it was still locked
-    code = ("import os, sys, time; from earful.lock import hold_folder; f = hold_folder(sys.argv[1]); pid = os.fork()\n"
+    code = ("import os, sys, time; from pathlib import Path; from earful.lock import hold_folder, lock_file; "
+            f"f = {lock}; pid = os.fork()\n"
             "if pid == 0:\n    open(sys.argv[2], 'w').close(); time.sleep(30); os._exit(0)\n"
             "print(pid, flush=True); os._exit(0)")
     started = tmp_path / "child-started"
