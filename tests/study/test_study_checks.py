@@ -280,14 +280,28 @@ def test_a_study_that_continues_pretraining_fingerprints_the_initial_weights(tmp
     assert "init.sha256" not in fingerprint()["pretrain"]
 
 
-def test_a_grid_entrys_own_recipe_is_checked_by_plan_before_any_run(tmp_path, caplog) -> None:
+def test_a_grid_entrys_own_recipe_is_checked_by_plan_before_any_run(tmp_path, caplog, monkeypatch) -> None:
     """A wrong setting of one grid entry (its pinned lr) passed `study plan` and stopped the study only when that
-    run started, after the runs before it had pre-trained."""
+    run started, after the runs before it had pre-trained. Its numbers are refused as the study loads (grid[i].KEY);
+    what only its pre-training recipe refuses (patched in here) is named with the entry by `study plan` too."""
+    import earful.study.stages as stages
     from earful.cli import main
 
-    with pytest.raises(ValueError, match=r"grid entry 20s \(run 20s-seed1\): optim.lr=-1.0: expected a finite"):
-        check_recipes(_study(tmp_path, "grid=[10, {batch_seconds: 20, lr: -1}]"))
     (tmp_path / "s.yaml").write_text(BASE.replace("grid: [10]", "grid: [10, {batch_seconds: 20, lr: -1}]"))
+    assert main(["study", "plan", str(tmp_path / "s.yaml")]) == 2
+    assert "grid[1].lr=-1.0: expected a finite number > 0" in caplog.text
+    real = stages.pretrain_config
+
+    def refusing(study, run, root):
+        if run.tag == "20s":
+            raise ValueError("optim.lr=5.0: refused by the recipe")
+        return real(study, run, root)
+
+    monkeypatch.setattr(stages, "pretrain_config", refusing)
+    with pytest.raises(ValueError, match=r"grid entry 20s \(run 20s-seed1\): optim.lr=5.0: refused by the recipe"):
+        check_recipes(_study(tmp_path, "grid=[10, {batch_seconds: 20, lr: 5.0}]"))
+    (tmp_path / "s.yaml").write_text(BASE.replace("grid: [10]", "grid: [10, {batch_seconds: 20, lr: 5.0}]"))
+    caplog.clear()
     assert main(["study", "plan", str(tmp_path / "s.yaml")]) == 2
     assert any("grid entry 20s" in r.getMessage() for r in caplog.records), caplog.text
 
