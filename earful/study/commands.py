@@ -9,12 +9,12 @@ log = logging.getLogger("earful.study")
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from earful.study.config import load_study
+    from earful.study.config import finite_positive, load_study
     from earful.study.plan import plan_table
     from earful.study.run import check_recipes
 
     study = load_study(args.study, args.overrides)
-    if args.throughput is not None and not (0 < args.throughput < float("inf")):
+    if args.throughput is not None and not finite_positive(args.throughput):
         raise ValueError(f"--throughput {args.throughput}: expected audio seconds a second per device, a finite "
                          "number > 0")
     check_recipes(study)

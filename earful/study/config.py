@@ -285,7 +285,8 @@ def check_names(study: StudyConfig, where: str) -> None:
 RESERVED_TAGS = ("random-init", "fbank")
 
 
-def _finite_positive(x: Any) -> bool:
+def finite_positive(x: Any) -> bool:
+    """Whether ``x`` is a number (not a bool), finite and > 0: the study's seconds, hours, rates and lrs."""
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
@@ -294,7 +295,7 @@ def check_entry(e: GridEntry, i: int) -> None:
     integer", ``devices: 0`` a ZeroDivisionError traceback in the plan."""
     bad = [f"grid[{i}].{key}={getattr(e, key)}: expected a finite number > 0"
            for key in ("batch_seconds", "device_seconds", "lr")
-           if (getattr(e, key) is not None or key == "batch_seconds") and not _finite_positive(getattr(e, key))]
+           if (getattr(e, key) is not None or key == "batch_seconds") and not finite_positive(getattr(e, key))]
     if isinstance(e.devices, bool) or not isinstance(e.devices, int) or e.devices < 1:
         bad.append(f"grid[{i}].devices={e.devices}: expected a whole number of devices >= 1")
     if bad:
@@ -306,11 +307,11 @@ def check_numbers(study: StudyConfig, where: str) -> None:
     traceback, "cannot convert float NaN to integer") or only after every pre-training had finished (gradvar)."""
     bad = []
     for key in ("lr", "reference_batch_seconds", "device_seconds"):
-        if not _finite_positive(getattr(study, key)):
+        if not finite_positive(getattr(study, key)):
             bad.append(f"{key}={getattr(study, key)}: expected a finite number > 0")
-    if study.throughput is not None and not _finite_positive(study.throughput):
+    if study.throughput is not None and not finite_positive(study.throughput):
         bad.append(f"throughput={study.throughput}: expected a finite number of audio seconds a second > 0 (or null)")
-    if [h for h in study.milestone_hours if not _finite_positive(h)]:
+    if [h for h in study.milestone_hours if not finite_positive(h)]:
         bad.append(f"milestone_hours={study.milestone_hours}: expected finite hours seen > 0")
     if study.cycles < 0:
         bad.append(f"cycles={study.cycles}: expected 0 (off) or a number of whole cycles >= 1")
@@ -329,7 +330,7 @@ def check_slurm(slurm: SlurmConfig, where: str) -> None:
            if getattr(slurm, key) < 1]
     if slurm.cpus_per_gpu < 1:
         bad.append(f"slurm.cpus_per_gpu={slurm.cpus_per_gpu}: expected at least 1")
-    if slurm.mem_gb_per_gpu is not None and not _finite_positive(slurm.mem_gb_per_gpu):
+    if slurm.mem_gb_per_gpu is not None and not finite_positive(slurm.mem_gb_per_gpu):
         bad.append(f"slurm.mem_gb_per_gpu={slurm.mem_gb_per_gpu}: expected a number of GB > 0 (or null: the "
                    "partition's default)")
     if slurm.time_min >= 1 and not 0 <= slurm.signal_delay_s < slurm.time_min * 60:
@@ -338,7 +339,7 @@ def check_slurm(slurm: SlurmConfig, where: str) -> None:
                    "job as it starts")
     if slurm.max_requeues < 0:
         bad.append(f"slurm.max_requeues={slurm.max_requeues}: expected at least 0")
-    if not _finite_positive(slurm.poll_seconds):
+    if not finite_positive(slurm.poll_seconds):
         bad.append(f"slurm.poll_seconds={slurm.poll_seconds}: expected a finite number > 0")
     for key in slurm.additional:
         own = EARFUL_SBATCH.get(str(key).replace("_", "-"))
