@@ -238,6 +238,40 @@ def unreadable(uid: str, problem: str, skip_bad: str | None, noun: str) -> str:
     return f"{problem} ({noun} {uid}); {option} leaves unreadable files out, counted in the log"
 
 
+class EmptyRun:
+    """A rank's batches in a row without loadable audio (an endless, training loader under ``data.skip_bad``), and
+    whether they show that none of its batches will ever load. It had spun for ever on such data (a warning a
+    batch; a stop signal waited for a step that never came; under DDP the other ranks waited in the all-reduce).
+
+    Where the rank's share of an epoch is the same every epoch (one rank; or shards read as the same stretches:
+    one shard, or no shuffling), once the run holds a whole epoch of the rank's batches, from the epoch's first
+    batch to its last (one of an epoch's length across two shuffled epochs would not do); where it changes from
+    epoch to epoch (ranks dealt shuffled epochs), once the files of the run are every batchable one (over epochs a
+    rank is dealt each): a rank given no readable file in one epoch may be given some in the next."""
+
+    def __init__(self, same_share: bool, utterances: int) -> None:
+        self.same_share, self.utterances = same_share, utterances
+        self.since: list[tuple[int, ...]] | None = None  # the places (epoch, then where in it) the run began at
+        self.unloadable: set[str] = set()
+
+    def clear(self) -> None:
+        self.since, self.unloadable = None, set()
+
+    def hopeless(self, batch: Batch, before: list[tuple[int, ...]], after: list[tuple[int, ...]]) -> bool:
+        """Add ``batch`` (no loadable audio), read from the places ``before`` to ``after``; whether it is hopeless."""
+        self.since = self.since or before
+        self.unloadable.update(uid for uid, _ in batch.bad)
+        if self.same_share:
+            return all(now[0] > (then[0] if not any(then[1:]) else then[0] + 1)  # past a whole epoch after `then`
+                       for then, now in zip(self.since, after, strict=True))
+        return len(self.unloadable) >= self.utterances
+
+    def what(self) -> str:
+        if self.same_share:
+            return "a whole epoch of batches held no audio that could be read"
+        return f"none of its {self.utterances} utterances could be read in this rank's batches in a row"
+
+
 class Received:
     """What a loader's consumer counts of the batches training received: ``bad_files``, the distinct files
     skipped with ``skip_bad`` (each logged as a warning the first time; ``bad_ids`` holds their ids), and
@@ -259,25 +293,12 @@ class Received:
         self.bad_ids = set(state["bad_ids"])
         self.empty_batches = int(state.get("empty_batches", 0))  # not in checkpoints written before it was kept
 
-    @staticmethod
-    def whole_epoch_empty(since: tuple[int, ...], now: tuple[int, ...]) -> bool:
-        """Whether a rank's batches in a row without loadable audio, from place ``since`` (its epoch, then where in
-        it) to place ``now``, hold a whole epoch of its batches, from the epoch's first batch to its last: a run of
-        an epoch's length across two epochs would not do (the epochs are shuffled: a file that loads may lie in
-        the parts it left out)."""
-        first_whole = since[0] if not any(since[1:]) else since[0] + 1
-        return now[0] > first_whole
-
-    def none_loads(self, batch: Batch, source: str, ranks: int) -> None:
-        """Called by an endless (training) loader once its batches in a row without loadable audio have held a
-        whole epoch of this rank's own batches: none of its batches will load, and it stops naming ``source``. It
-        had spun for ever (a warning a batch; a stop signal waited for a step that never came; under DDP the other
-        ranks waited in the all-reduce). Per rank: a rank reads its own share (with shards, always the same
-        stretch of one shard), so a count against every rank's utterances never came under DDP."""
+    def none_loads(self, batch: Batch, source: str, run: EmptyRun) -> None:
+        """Stop naming ``source``: ``run``, this rank's batches in a row without loadable audio, shows none of its
+        batches will load (``EmptyRun``)."""
         examples = "; ".join(f"{uid}: {problem}" for uid, problem in batch.bad[:2])
-        whose = "this rank's " if ranks > 1 else ""
-        raise AudioError(f"{source or 'the training data'}: a whole epoch of {whose}batches held no audio that could "
-                         f"be read (each file left out as unreadable): nothing to train on, e.g. {examples}")
+        raise AudioError(f"{source or 'the training data'}: {run.what()} (each file left out as unreadable): nothing "
+                         f"to train on, e.g. {examples}")
 
     def received(self, batch: Batch) -> bool:
         """Count ``batch``'s bad files; whether it holds audio to train on."""
@@ -329,21 +350,20 @@ class AudioLoader(Received):
         # Restart the sampler where training is (prefetched-but-unused batches of a previous iteration).
         self._settle()
         self.sampler.epoch, self.sampler.position = self.epoch, self.position
-        empty_since: tuple[int, int] | None = None  # where this rank's batches in a row without audio began
+        empty = EmptyRun(self.sampler.world_size == 1, len(self.sampler.batchable))
         for batch in self.loader:
             if batch.bad and not self.skip_bad:
                 raise AudioError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "utterance"))
-            at = (self.epoch, self.position)
+            # the place of this batch; the first of an epoch a relaid resume left part of is no epoch's start
+            at = (self.epoch, self.position or int(self.sampler.partial_epoch(self.epoch)))
             batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
             self._settle()
             if self.received(batch):
-                empty_since = None
+                empty.clear()
                 yield batch
-            elif self.sampler.endless:
-                empty_since = empty_since or at
-                if self.whole_epoch_empty(empty_since, (self.epoch, self.position)):
-                    self.none_loads(batch, self.source, self.sampler.world_size)
+            elif self.sampler.endless and empty.hopeless(batch, [at], [(self.epoch, self.position)]):
+                self.none_loads(batch, self.source, empty)
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none

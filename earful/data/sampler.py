@@ -370,6 +370,10 @@ class SecondsBatchSampler:
             batches = batches.take(np.arange(len(batches) + self.repeated) % len(batches))
         return batches
 
+    def partial_epoch(self, epoch: int) -> bool:
+        """Whether ``epoch`` holds only what a resume in another layout had not reached of it."""
+        return epoch in self._resumed
+
     def epoch_batches(self, epoch: int | None = None) -> Batches:
         """This rank's batches (each an array of indices) for ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import AudioError
 from .budget import BatchBudget
-from .dataset import Batch, Item, Received, collate, read_utterance, unreadable
+from .dataset import Batch, EmptyRun, Item, Received, collate, read_utterance, unreadable
 from .parallel import ignore_stop_signals
 from .sampler import Batches, SecondsBatchSampler
 from .shards import ShardError, ShardIndex, member_utterance, open_location, read_member
@@ -204,8 +204,9 @@ class ShardLoader(Received):
 
     def __iter__(self) -> Iterator[Batch]:
         self.stream.start, self.stream.first = list(self.places), self.next
-        empty_since: list[tuple[int, int, int]] | None = None  # this rank's streams' places where its batches in
-        # a row without audio began
+        # the same stretches every epoch: one rank, one shard, or no shuffling (EmptyRun)
+        same = self.plan.streams == self.plan.per_rank or len(self.plan.index.shards) == 1 or not self.plan.shuffle
+        empty = EmptyRun(same, len(self.sampler.batchable))
         for batch in self.loader:
             if batch.bad and not self.stream.skip_bad:
                 raise ShardError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "member"))
@@ -218,12 +219,10 @@ class ShardLoader(Received):
             batch.epoch, batch.index = epoch, self.position
             self.position += 1
             if self.received(batch):
-                empty_since = None
+                empty.clear()
                 yield batch
-            else:
-                empty_since = empty_since or before
-                if all(self.whole_epoch_empty(then, now) for now, then in zip(self.places, empty_since, strict=True)):
-                    self.none_loads(batch, str(self.plan.index.location), self.plan.streams // self.plan.per_rank)
+            elif empty.hopeless(batch, before, self.places):
+                self.none_loads(batch, str(self.plan.index.location), empty)
 
     def state_dict(self) -> dict[str, Any]:
         return {"format": STREAM_FORMAT, "index": self.plan.index.digest, "layout": self.plan.layout(),

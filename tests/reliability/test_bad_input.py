@@ -145,7 +145,10 @@ def test_an_endless_loader_whose_every_file_is_unreadable_stops_naming_it(tmp_pa
 
 
 def test_an_endless_loader_goes_on_while_some_files_load(tmp_path, rel) -> None:
-    """The stop above is for data none of which loads: one good utterance among bad ones trains on."""
+    """The stop above is for data none of which loads: one good utterance among bad ones trains on, on one rank,
+    on each of two ranks (a rank dealt no readable file in one epoch is dealt it in another: a whole epoch without
+    audio had stopped them), and after a resume in another layout whose partial epoch holds only bad files (it
+    had been taken for a whole epoch)."""
     utts = [Utterance("ok", str(tmp_path / "ok.wav"), rel.write_wave(tmp_path / "ok.wav", 1.0), 16000, "s")]
     for i in range(3):
         (tmp_path / f"{i}.wav").write_bytes(b"junk")
@@ -153,6 +156,19 @@ def test_an_endless_loader_goes_on_while_some_files_load(tmp_path, rel) -> None:
     loader = make_loader(utts, BatchBudget.per_device(1.5), skip_bad=True, endless=True)
     batches = iter(loader)
     assert all(next(batches).ids == ["ok"] for _ in range(20))
+    for rank in (0, 1):
+        ranked = iter(make_loader(utts, BatchBudget.per_device(1.5, world_size=2), skip_bad=True, endless=True,
+                                  rank=rank))
+        assert all(next(ranked).ids == ["ok"] for _ in range(20))
+    states = []
+    for _ in range(6):  # after each good batch: mid-epoch ones among them
+        next(batches)
+        states.append(loader.state_dict())
+    for state in states:
+        relaid = make_loader(utts, BatchBudget.per_device(1.2), skip_bad=True, endless=True)
+        relaid.load_state_dict(state)
+        again = iter(relaid)
+        assert all(next(again).ids == ["ok"] for _ in range(3))
 
 
 # ---------------------------------------------------------------------------------------------- manifests and text
