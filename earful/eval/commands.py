@@ -101,13 +101,11 @@ def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
     from earful.data.manifest import printable_path
 
     if files_from is not None:
-        if files_from == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            try:
-                lines = Path(files_from).read_text(encoding="utf-8-sig").splitlines()
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"--files-from {files_from}: cannot be read ({e})") from e
+        try:
+            text = sys.stdin.read() if files_from == "-" else Path(files_from).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--files-from {files_from}: cannot be read ({e})") from e
+        lines = text.splitlines()
         names = [*names, *(line for line in lines if line.strip())]
     files: list[str] = []
     for name in names:
@@ -158,7 +156,7 @@ def _earlier_transcripts(out: Path, jsonl: bool) -> dict[Path, str]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 record = e
-            if not (isinstance(record, dict) and isinstance(record.get("path"), str)):
+            if not (isinstance(record, dict) and isinstance(record.get("path"), str) and "\0" not in record["path"]):
                 why = f" ({record})" if isinstance(record, Exception) else ""
                 raise ValueError(f"--out {out}, line {n}: not a transcribe record{why}; --resume reads the output "
                                  "of an earlier `earful transcribe --out` only")

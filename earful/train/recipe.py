@@ -255,7 +255,8 @@ def read_history(root: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             record = e
         if not (isinstance(record, dict) and isinstance(record.get("step"), int)
-                and isinstance(record.get("config"), str)):
+                and isinstance(record.get("config"), str) and Path(record["config"]).name == record["config"]
+                and record["config"] not in ("", ".", "..")):  # a name in the run folder: a resume may remove it
             why = f" ({record})" if isinstance(record, Exception) else ""
             raise ValueError(f"{path}, line {n}: not a segment record{why}; the run's history is damaged: restore it "
                              "(each line is a JSON record of a segment's step and config file)")

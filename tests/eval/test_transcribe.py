@@ -307,6 +307,10 @@ def test_folders_stand_for_their_audio_and_lists_add_files(tone_ctc, tmp_path, c
     assert f"--out {out}: replaced; its transcripts of an earlier run are gone (--resume" in caplog.text
     assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == [utts[0].path, utts[1].path,
                                                                              utts[0].path]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9.wav\n"), encoding="utf-8"))
+    caplog.clear()
+    assert main(["transcribe", str(ckpt), "--files-from", "-", "--out", str(out)]) == 2
+    assert "--files-from -: cannot be read ('utf-8' codec can't decode" in caplog.text  # it named nothing
     empty = tmp_path / "empty"
     (empty / "x").mkdir(parents=True)
     (empty / "x" / "readme.txt").write_text("no audio")
@@ -390,7 +394,8 @@ def test_resume_retries_a_cut_line_and_unreadable_files_and_refuses_foreign_file
     for name, text, message in (("a.jsonl", b"not json\n", "line 1: not a transcribe record"),
                                 ("a.txt", b"no tab here\n", "line 1: not PATH<TAB>TEXT"),
                                 ("b.txt", b"a.wav\tcaf\xe9\n", "not UTF-8 text (invalid continuation byte at byte"),
-                                ("c.jsonl", b'{"path": 5, "text": "x"}\n', "line 1: not a transcribe record")):
+                                ("c.jsonl", b'{"path": 5, "text": "x"}\n', "line 1: not a transcribe record"),
+                                ("d.jsonl", b'{"path": "a\\u0000b", "text": "x"}\n', "line 1: not a transcribe")):
         (tmp_path / name).write_bytes(text)
         caplog.clear()
         assert main(["transcribe", str(ckpt), *files[:2], "--out", str(tmp_path / name), "--resume"]) == 2

@@ -946,7 +946,8 @@ def test_a_lock_file_removed_as_it_is_locked_is_not_held(tmp_path, monkeypatch) 
     mine.close()
 
 
-@pytest.mark.parametrize("line", ['{"segment": 2, "st', '[1]', '{"segment": 2, "step": 4}'])
+@pytest.mark.parametrize("line", ['{"segment": 2, "st', '[1]', '{"segment": 2, "step": 4}',
+                                  '{"segment": 2, "step": 2, "config": "../victim.txt"}'])  # a resume removed it
 def test_a_damaged_history_is_named_on_resume_and_changes_nothing(line, tmp_path, finished, tiny_corpus,
                                                                   rel) -> None:
     """A history.jsonl whose last line is cut short, not a record, or without its config: the resume said only
@@ -958,8 +959,10 @@ def test_a_damaged_history_is_named_on_resume_and_changes_nothing(line, tmp_path
     history.write_text(history.read_text() + line + "\n")
     # a resume from step 2 would cut the logs (steps 1-4) back to it
     (out / "checkpoints" / "latest.json").write_text('{"name": "step-0000002"}')
+    (tmp_path / "victim.txt").write_text("keep me")
     before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
     with pytest.raises(ValueError, match=rf"^{re.escape(str(history))}, line 2: not a segment record.*; the run's "
                                          r"history is damaged"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 6)), out, resume=True, allow_changes=True)
     assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert (tmp_path / "victim.txt").read_text() == "keep me"
