@@ -148,6 +148,9 @@ def main() -> None:
           f"{args.threads}: output max |diff| "
           f"{(ref - new).abs().max().item():.1e}, worst gradient relative diff {rel:.1e}")
 
+    if args.precision == "autocast":
+        print("note: under autocast only nn.Conv1d runs in bf16; the super-row GEMMs run in fp32, so their ratio "
+              "to nn.Conv1d is not like for like (compare them with --precision bf16 or fp32)")
     times: dict[str, list[float]] = {k: [] for k in impls}
     order = list(impls)
     for rep in range(args.reps + 1):  # the first round warms up

@@ -21,8 +21,9 @@ of the batch, ~25 % fewer masked frames on the default batch: ``--same-masks`` k
 the padding into its GroupNorm statistics as transformers' does (``group_norm_padding=included``).
 
 Steps alternate A/B, B/A, ... after warm-up; medians over ``--reps`` are reported with their ratio.
-Peak memory is the RSS high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of a fresh child
-process per implementation running ``--mem-steps`` steps; "step" is that peak minus the RSS just before the
+Peak memory is the RSS high-water mark (``VmHWM``, reset just before the first step) of a fresh child
+process per implementation running ``--mem-steps`` steps (not ``ru_maxrss``, which a child inherits from the
+process that starts it); "step" is that peak minus the RSS just before the
 first step (weights, optimizer state after the first step, activations and allocator caches).
 
 The roofline line puts both in proportion to the hardware: the step's analytic FLOPs (``earful/model/flops.py``,
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -227,16 +227,30 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def status_kib(field: str) -> int:
+    """A figure of this process's ``/proc/self/status`` (``VmHWM``: its peak RSS since the last reset), KiB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
 def memory_probe(args: argparse.Namespace) -> None:
     """Child process: build, step ``--mem-steps`` times with one implementation, print JSON."""
     s = load_setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         runner = build(s, tmp, args.seed, (args.memory_probe,), not args.plain_adamw)[args.memory_probe]
+    if args.compile and isinstance(runner, Ours):  # the memory of what is timed: compiled, as in the parent
+        from earful.model import compile_blocks
+
+        compile_blocks(runner.model, args.compile_backend)
     batch = runner.collate() if isinstance(runner, Theirs) else None
     before = rss_kib()
+    # The peak from here on: VmHWM, reset to what is resident now. Not ``ru_maxrss``: Linux carries the RSS
+    # high-water mark of the process that starts a child into the child (fork, then execve), so this child's
+    # ru_maxrss starts at the parent's RSS (both models, their optimizer states and caches) and hides its own.
+    Path("/proc/self/clear_refs").write_text("5")
     for _ in range(args.mem_steps):
         runner.step(batch) if batch is not None else runner.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = status_kib("VmHWM")
     print(json.dumps({"peak_mib": peak / 1024, "step_mib": (peak - before) / 1024}))
 
 
@@ -246,6 +260,7 @@ def probe(args: argparse.Namespace, which: str) -> dict[str, float]:
            "--seconds", *map(str, args.seconds)]
     cmd += ["--same-masks"] if args.same_masks else []
     cmd += ["--plain-adamw"] if args.plain_adamw else []
+    cmd += ["--compile", "--compile-backend", args.compile_backend] if args.compile else []
     if args.override:
         cmd += ["--override", *args.override]
     if args.manifest:

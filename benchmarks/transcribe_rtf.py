@@ -66,7 +66,8 @@ def transcribe_all(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
 def peak_mib(preset: str, path: Path, chunk: float, device_seconds: float, threads: int) -> float:
     """RSS growth (MiB) of a child process transcribing ``path`` once."""
-    code = ("import sys, torch; sys.path.insert(0, 'benchmarks'); import transcribe_rtf as b; "
+    here = str(Path(__file__).resolve().parent)  # not 'benchmarks': the child runs in whatever folder this one does
+    code = (f"import sys, torch; sys.path.insert(0, {here!r}); import transcribe_rtf as b; "
             f"torch.set_num_threads({threads}); m, v = b.model_of({preset!r}); r0 = b.rss_kib('VmRSS'); "
             "open('/proc/self/clear_refs', 'w').write('5'); "  # the peak (VmHWM) starts again from here
             f"b.transcribe_all(m, v, [{str(path)!r}], chunk_seconds={chunk}, device_seconds={device_seconds}); "
