@@ -11,9 +11,9 @@ and do one full training step each: forward, backward, AdamW step, ``zero_grad``
 trainer builds it; ``--plain-adamw`` for torch's default, which the peer's example uses). The peer is the
 `transformers` model driven as its pre-training example drives it: masks from ``_compute_mask_indices`` and
 distractors from ``_sample_negative_indices``, drawn outside the timed step as its data collator does (their
-cost is printed apart), loss divided by the number of masked frames. earful draws its masks and distractors
-inside its forward pass, on the model's device, and that is timed. The mask fraction of each is printed so
-the work is comparable; the two recipes overlap spans a little differently.
+cost is printed apart), loss divided by the number of masked frames. earful draws its span masks on the host
+(as its trainer does) and its distractors inside its forward pass, both within the timed step. The mask
+fraction of each is printed so the work is comparable; the two recipes overlap spans a little differently.
 
 LayerDrop is set to 0 for both (the two draw different layers, so their work would differ step by step), and
 so is fairseq's ``require_same_masks`` (transformers has none; it thins every row to the smallest masked count
