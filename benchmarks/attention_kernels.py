@@ -33,6 +33,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--layers", type=int, default=12, help="calls per timed repetition (one per layer)")
     args = p.parse_args()
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
+    if args.layers < 1:
+        p.error(f"--layers {args.layers}: expected at least 1")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     shape = (args.batch, args.heads, args.frames, args.head_dim)

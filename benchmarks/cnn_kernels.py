@@ -105,6 +105,8 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "autocast"],
                    help="bf16: weights and input in bf16; autocast: fp32 weights under bf16 autocast, as training")
     args = p.parse_args()
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)

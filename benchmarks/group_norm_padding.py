@@ -139,6 +139,8 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=2)
     s.set_defaults(func=shift)
     args = p.parse_args()
+    if args.what == "cost" and args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
     if args.what == "cost" and not args.preset:
         args.preset = ["small", "base"]
     args.func(args)

@@ -39,6 +39,12 @@ def main() -> None:
     p.add_argument("--files", type=int, default=2_000)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    if args.rows < 1:
+        p.error(f"--rows {args.rows}: expected at least 1")
+    if args.files < 1:
+        p.error(f"--files {args.files}: expected at least 1")
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: expected at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

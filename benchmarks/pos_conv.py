@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=568)
     p.add_argument("--reps", type=int, default=10)
     args = p.parse_args()
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
     device = torch.device(args.device)
     torch.manual_seed(0)
     pos = PositionalConvEmbedding(load_model_config(args.preset)).to(device)

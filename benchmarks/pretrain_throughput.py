@@ -297,6 +297,8 @@ def main() -> None:
                    help="torch.backends.cudnn.benchmark on, for both (the batch's one shape is searched once)")
     p.add_argument("--memory-probe", choices=["earful", "transformers"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         memory_probe(args)

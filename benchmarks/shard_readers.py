@@ -140,6 +140,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="passes per reader (medians)")
     p.add_argument("--measure", choices=READERS, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
     if args.measure:
         print(json.dumps(measure(args.dir, args.measure)))
         return

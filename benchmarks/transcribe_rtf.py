@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     args = p.parse_args()
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: expected at least 1")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.preset or ["small", "base"]:

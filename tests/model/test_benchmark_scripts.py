@@ -196,3 +196,16 @@ def test_the_gpu_study_script_packs_the_study_without_its_weights(tmp_path: Path
     assert "toy/runs.jsonl" in names and "toy/pretrain/4s-seed1/train.jsonl" in names
     assert not [n for n in names if n.endswith((".safetensors", ".pt"))]
     assert (tmp_path / "runs" / "toy" / "pretrain" / "4s-seed1" / "checkpoints").is_dir()  # the weights stay
+
+
+@pytest.mark.parametrize(("script", "args", "said"), [
+    ("attention_kernels.py", ["--layers", "0"], "--layers 0: expected at least 1"),  # UnboundLocalError
+    ("cnn_kernels.py", ["--reps", "0"], "--reps 0: expected at least 1"),  # StatisticsError: no median
+    ("manifest_write.py", ["--files", "0"], "--files 0: expected at least 1"),  # ZeroDivisionError
+    ("group_norm_padding.py", ["cost", "--reps", "0"], "--reps 0: expected at least 1"),
+])
+def test_a_benchmark_refuses_a_count_it_cannot_time(script: str, args: list[str], said: str) -> None:
+    """Counts of 0 were tracebacks (no median of no repetition, a division by 0 files); now argparse's message."""
+    r = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
