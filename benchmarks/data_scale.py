@@ -301,17 +301,20 @@ def main() -> None:
                   f"{(root / 'synthetic.jsonl').stat().st_size / 1e9:.2f} GB, written in {t:.0f} s")
         if not (root / "synthetic-shards" / "index.json").exists():
             write_synthetic_index(root / "synthetic-shards", args.rows)
-        results = {}
+        results, failed = {}, []
         for part in ("manifest", "shards", "stream", "windows"):
             r = subprocess.run([sys.executable, __file__, "--dir", str(root), "--part", part, "--stream-minutes",
                                 str(args.stream_minutes)], capture_output=True, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
             if r.returncode:
                 print(f"{part}: failed\n{r.stderr[-3000:]}")
+                failed.append(part)
                 continue
             results[part] = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"{part}: {json.dumps(results[part])}")
         report(results)
+    if failed:  # the table holds the others; the status says it is not whole
+        sys.exit(f"data_scale: {', '.join(failed)} failed (above)")
 
 
 def report(r: dict[str, dict]) -> None:  # noqa: C901

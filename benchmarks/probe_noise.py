@@ -93,7 +93,12 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="print the table of OUT/noise.json again, measure nothing")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        p.error(f"--tasks: unknown {unknown} (the suite's: {' '.join(TASKS)})")
     if args.report:
+        if not (args.out / "noise.json").is_file():
+            p.error(f"--report: {args.out / 'noise.json'} is not there (measure first, with --ckpt, --init, --corpus)")
         saved = json.loads((args.out / "noise.json").read_text(encoding="utf-8"))
         report(saved["summary"], saved.get("tasks", list(TASKS)), saved["seeds"], saved["threads"])
         return

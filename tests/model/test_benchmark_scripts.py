@@ -203,9 +203,12 @@ def test_the_gpu_study_script_packs_the_study_without_its_weights(tmp_path: Path
     ("cnn_kernels.py", ["--reps", "0"], "--reps 0: expected at least 1"),  # StatisticsError: no median
     ("manifest_write.py", ["--files", "0"], "--files 0: expected at least 1"),  # ZeroDivisionError
     ("group_norm_padding.py", ["cost", "--reps", "0"], "--reps 0: expected at least 1"),
+    ("probe_noise.py", ["--tasks", "bogus", "--out", "nowhere"], "--tasks: unknown ['bogus']"),  # KeyError
+    ("probe_noise.py", ["--report", "--out", "nowhere"], "--report: nowhere/noise.json is not there"),
 ])
-def test_a_benchmark_refuses_a_count_it_cannot_time(script: str, args: list[str], said: str) -> None:
-    """Counts of 0 were tracebacks (no median of no repetition, a division by 0 files); now argparse's message."""
+def test_a_benchmark_refuses_what_it_cannot_measure(script: str, args: list[str], said: str) -> None:
+    """Counts of 0, an unknown probe task, a report of nothing were tracebacks (no median of no repetition, a
+    division by 0 files, a KeyError, a FileNotFoundError); now argparse's one-line message."""
     r = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
