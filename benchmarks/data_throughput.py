@@ -28,14 +28,23 @@ def peer(utts) -> float:
     return audio / (time.perf_counter() - start)
 
 
-def loader_rate(utts, workers: int, batch_seconds: float) -> tuple[float, float]:
+def loader_rate(utts, workers: int, batch_seconds: float) -> tuple[float, float, float]:
+    """(audio seconds a second after the first batch, padding fraction, seconds to the first batch): the workers'
+    start-up (processes, imports) comes once a run, so it is timed apart, not spread over a short corpus."""
     loader = make_loader(utts, BatchBudget.per_device(batch_seconds), num_workers=workers, seed=0)
     start = time.perf_counter()
+    batches = iter(loader)
+    first = next(batches)
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
     real = padded = 0.0
-    for b in loader:
+    for b in batches:
         real += b.real_seconds
         padded += b.padded_seconds
-    return real / (time.perf_counter() - start), 1 - real / padded
+    if not padded:
+        raise SystemExit(f"one batch of {batch_seconds:g} s holds the whole corpus: a smaller --batch-seconds")
+    pad = 1 - (real + first.real_seconds) / (padded + first.padded_seconds)
+    return real / (time.perf_counter() - start), pad, startup
 
 
 def main() -> None:
@@ -63,10 +72,10 @@ def main() -> None:
         base = peer(utts)
         print(f"peer   soundfile.read loop, 1 process: {base:9.0f} s audio/s")
         for w in args.workers:
-            rate, pad = loader_rate(utts, w, args.batch_seconds)
+            rate, pad, startup = loader_rate(utts, w, args.batch_seconds)
             per = rate / max(w, 1)
             print(f"loader workers={w}: {rate:9.0f} s audio/s ({per:.0f} per worker), "
-                  f"{rate / base:.2f}x peer, padding {100 * pad:.1f}%")
+                  f"{rate / base:.2f}x peer, padding {100 * pad:.1f}%, first batch after {startup:.3f} s")
 
 
 if __name__ == "__main__":
