@@ -1,5 +1,8 @@
 import importlib.util
 import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 else:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class Hung(Exception):
+    """What ``deadline`` raises: not TimeoutError, an OSError, which a loader counts as one more bad file."""
+
+
+@pytest.fixture
+def deadline() -> Callable[[int, str], AbstractContextManager[None]]:
+    """``with deadline(30, "the loader"):`` ends the block in ``Hung`` after that many seconds (SIGALRM): a test of
+    code that used to spin for ever fails instead of hanging the suite."""
+    @contextmanager
+    def within(seconds: int, what: str) -> Iterator[None]:
+        def hung(*_: object) -> None:
+            raise Hung(f"{what} went on for {seconds} s without an end")
+
+        before = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, before)
+
+    return within
 
 
 @pytest.fixture

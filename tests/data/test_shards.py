@@ -530,26 +530,16 @@ def test_a_stop_signal_while_the_index_is_written_waits_and_a_run_killed_there_r
         _run("shard", str(corpus), str(killed), *args)
 
 
-def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path, corpus: Path, tmp_path: Path) -> None:
+def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path, corpus: Path, tmp_path: Path,
+                                                                  deadline) -> None:
     """With skip_bad, shards none of whose members can be read: training span for ever (a warning a batch, deaf to
     SIGTERM); once a whole epoch of the rank's batches has held no readable audio, the loader stops."""
-    import signal
-
     from earful.data.audio import AudioError
 
     for tar in shards.glob("shard-*.tar"):
         tar.unlink()
     loader = make_shard_loader(str(shards), BatchBudget(3.0, 3.0, crop_seconds=1.0), skip_bad=True)
-
-    class Spinning(Exception):  # not TimeoutError: an OSError, which a loader counts as a bad file
-        pass
-
-    def spinning(*_: object) -> None:
-        raise Spinning("the loader went on for 30 s without a batch or an error")
-
-    before = signal.signal(signal.SIGALRM, spinning)
-    signal.alarm(30)
-    try:
+    with deadline(30, "the loaders"):
         with pytest.raises(AudioError, match=rf"{re.escape(str(shards))}: a whole epoch of batches held no audio"):
             next(iter(loader))
         # rank 0 of 2 over one shard: its stream is always the same half of it, so a count of every rank's members
@@ -562,9 +552,6 @@ def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path,
         ranked = make_shard_loader(str(one), BatchBudget(6.0, 3.0, 2, crop_seconds=1.0), skip_bad=True, rank=0)
         with pytest.raises(AudioError, match=rf"{re.escape(str(one))}: a whole epoch of batches held no audio"):
             next(iter(ranked))
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, before)
 
 
 def test_streams_of_two_ranks_go_on_while_some_shards_load(shards: Path) -> None:
