@@ -354,16 +354,17 @@ class AudioLoader(Received):
         for batch in self.loader:
             if batch.bad and not self.skip_bad:
                 raise AudioError(unreadable(*batch.bad[0], self.sampler.names["skip_bad"], "utterance"))
-            # the place of this batch; the first of an epoch a relaid resume left part of is no epoch's start
-            at = (self.epoch, self.position or int(self.sampler.partial_epoch(self.epoch)))
             batch.epoch, batch.index = self.epoch, self.position
             self.position += 1
             self._settle()
             if self.received(batch):
                 empty.clear()
                 yield batch
-            elif self.sampler.endless and empty.hopeless(batch, [at], [(self.epoch, self.position)]):
-                self.none_loads(batch, self.source, empty)
+            elif self.sampler.endless:
+                # the batch's place; the first of an epoch a relaid resume left part of is no epoch's start
+                at = (batch.epoch, batch.index or int(self.sampler.partial_epoch(batch.epoch)))
+                if empty.hopeless(batch, [at], [(self.epoch, self.position)]):
+                    self.none_loads(batch, self.source, empty)
 
     def _settle(self) -> None:
         """Past the epochs this rank has no batch of left: with training's stream dealing a rank may have none

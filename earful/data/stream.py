@@ -213,7 +213,7 @@ class ShardLoader(Received):
             local, epoch, b, done = batch.stream  # type: ignore[misc]
             if local != self.next:
                 raise RuntimeError(f"shard stream {local} delivered when {self.next} was due: resume would be inexact")
-            before = list(self.places)
+            was = self.places[local]
             self.places[local] = (epoch, b, done)
             self.next = (local + 1) % self.plan.per_rank
             batch.epoch, batch.index = epoch, self.position
@@ -221,7 +221,7 @@ class ShardLoader(Received):
             if self.received(batch):
                 empty.clear()
                 yield batch
-            elif empty.hopeless(batch, before, self.places):
+            elif empty.hopeless(batch, [was if i == local else p for i, p in enumerate(self.places)], self.places):
                 self.none_loads(batch, str(self.plan.index.location), empty)
 
     def state_dict(self) -> dict[str, Any]:
