@@ -221,7 +221,7 @@ class Trainer:
             # what a resume reads besides the checkpoint, before anything is changed (the logs cut back to its step):
             # the history it adds to, and the step-0 weights (distance from init), verified; damaged, they refuse it
             read_history(self.run.root)
-            init = {k: v.float() for k, v in load_weights(self.run.ckpt / "init").items()}
+            init = self._init_weights()
             self._resume(latest, segment)
             self._init_params = init
             if self.d.is_main:  # once the checkpoint has loaded
@@ -279,7 +279,11 @@ class Trainer:
                               make_latest=False, **self.task.checkpoint_extras())
         D.barrier(self.d)
         if self.step == 0:  # a resume read them before it changed anything
-            self._init_params = {k: v.float() for k, v in load_weights(self.run.ckpt / "init").items()}
+            self._init_params = self._init_weights()
+
+    def _init_weights(self) -> dict[str, torch.Tensor]:
+        """The step-0 weights (``checkpoints/init``, verified), in fp32: the distance from init is measured to them."""
+        return {k: v.float() for k, v in load_weights(self.run.ckpt / "init").items()}
 
     # ------------------------------------------------------------------ checkpoints
     def progress_info(self) -> dict[str, Any]:

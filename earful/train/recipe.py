@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_lines
-from earful.config import flatten, save_yaml, to_dict
+from earful.config import ConfigError, flatten, plain_name, save_yaml, to_dict
 from earful.data.digest import DIGEST_RULE, LABELS, manifest_digest
 from earful.train.config import TrainingConfig
 
@@ -242,6 +242,15 @@ def start_history(root: Path, cfg: TrainingConfig, world_size: int) -> None:
                                                     "layout": layout_of(cfg, world_size)})])
 
 
+def _plain(name: object) -> bool:
+    """Whether ``name`` is a plain name (``config.plain_name``'s rule): one file in the run folder."""
+    try:
+        plain_name(name, "config")
+    except ConfigError:
+        return False
+    return True
+
+
 def read_history(root: Path) -> list[dict[str, Any]]:
     """The segments of a run's ``history.jsonl`` (none where it has none), each a record with its ``step`` (an
     integer) and ``config`` file (a name); ValueError naming the file and line where one is not: written
@@ -255,8 +264,7 @@ def read_history(root: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             record = e
         if not (isinstance(record, dict) and isinstance(record.get("step"), int)
-                and isinstance(record.get("config"), str) and Path(record["config"]).name == record["config"]
-                and record["config"] not in ("", ".", "..")):  # a name in the run folder: a resume may remove it
+                and _plain(record.get("config"))):  # a name in the run folder: a resume may remove it
             why = f" ({record})" if isinstance(record, Exception) else ""
             raise ValueError(f"{path}, line {n}: not a segment record{why}; the run's history is damaged: restore it "
                              "(each line is a JSON record of a segment's step and config file)")
