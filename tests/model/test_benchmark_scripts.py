@@ -115,7 +115,11 @@ def test_ddp_scaling_benchmark_smoke_runs() -> None:
     assert float(total1) > 0 and float(total2) > 0
     assert abs(float(per2) - float(total2) / 2) <= 0.1  # per device: the global rate over the devices
     # efficiency: the N-device rate against N x the 1-device rate (the 1-device row is 100 % by definition)
-    assert eff1 == "100.0%" and abs(float(eff2[:-1]) - 100 * float(total2) / (2 * float(total1))) <= 0.2
+    # The rates and the efficiency are printed to 0.1, so each printed rate is its measured rate within 0.05: the
+    # printed efficiency lies within 0.05 of the ratio of rates somewhere in those intervals.
+    t1, t2, e2 = float(total1), float(total2), float(eff2[:-1])
+    low, high = 100 * (t2 - 0.05) / (2 * (t1 + 0.05)), 100 * (t2 + 0.05) / (2 * (t1 - 0.05))
+    assert eff1 == "100.0%" and low - 0.05 - 1e-9 <= e2 <= high + 0.05 + 1e-9
 
 
 def test_the_gpu_session_script_keeps_to_its_deadline(tmp_path: Path) -> None:
