@@ -281,8 +281,11 @@ def check_names(study: StudyConfig, where: str) -> None:
                                   "another tag")
 
 
-# the tags of the baselines' results and probes (``earful/study/run.py``): no grid entry may take one
-RESERVED_TAGS = ("random-init", "fbank")
+# the tags of the baselines' results and probes (``earful/study/run.py``; the report finds them by these): no grid
+# entry may take one
+RANDOM_INIT_TAG = "random-init"
+FBANK_TAG = "fbank"
+RESERVED_TAGS = (RANDOM_INIT_TAG, FBANK_TAG)
 
 
 def finite_positive(x: Any) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 from earful.atomic import atomic_open, atomic_path, atomic_write_lines
 from earful.markdown import md_table
+from earful.study.config import FBANK_TAG, RANDOM_INIT_TAG, RESERVED_TAGS
 from earful.train.config import nominal_hours
 from earful.train.monitor import read_jsonl
 
@@ -460,7 +461,7 @@ def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[st
         place[(r["tag"], r["checkpoint"])] = (r["batch_seconds"] or 0.0, r["step"])
         for m, v in ms.items():
             groups[(r["tag"], r["checkpoint"])][m].append(v)
-    order = sorted(groups, key=lambda k: (k[0] not in ("random-init", "fbank"), *place[k]))
+    order = sorted(groups, key=lambda k: (k[0] not in RESERVED_TAGS, *place[k]))
     arrow = {f"{t}.{m}": "↑" if up else "↓" for t, ms in METRICS.items() for m, up in ms.items()}
     rows = [[f"{tag} ({ck})"] + [fmt_ms(groups[(tag, ck)].get(m, [])) for m in metrics] for tag, ck in order]
     several = probe_seeds_said(probes)
@@ -499,7 +500,7 @@ def baseline(means: dict[ProbedModel, dict[str, float]], name: str, metric: str)
 def learned_lines(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]]
                   ) -> list[str]:
     """The probes' test of learning: a final model beats the random init and filterbanks on PR and IC."""
-    per, ic = ([x for x in (baseline(means, name, metric) for name in ("random-init", "fbank")) if x is not None]
+    per, ic = ([x for x in (baseline(means, name, metric) for name in RESERVED_TAGS) if x is not None]
                for metric in ("pr.per", "ic.accuracy"))
     if len(per) < 2 or len(ic) < 2:
         return []
@@ -524,9 +525,10 @@ def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[Pr
         for b in sorted(per_b):
             xs = sorted(per_b[b])
             _errorbar(ax, xs, [per_b[b][x] for x in xs], marker="o", ms=4, color=colour[b], label=f"batch {b:g} s")
-        _level(ax, [100 * v for v in baseline_values(means, "random-init", metric)], "random init", "tab:grey",
+        _level(ax, [100 * v for v in baseline_values(means, RANDOM_INIT_TAG, metric)], "random init", "tab:grey",
                "--")
-        _level(ax, [100 * v for v in baseline_values(means, "fbank", metric)], "log-mel filterbanks", "firebrick", ":")
+        _level(ax, [100 * v for v in baseline_values(means, FBANK_TAG, metric)], "log-mel filterbanks", "firebrick",
+               ":")
         hours_axis(ax, [x for v in per_b.values() for x in v], NOMINAL)
         ax.set_ylabel(METRIC_LABELS.get(metric, f"{metric} (test) %"))
         n = max((len(ys) for v in per_b.values() for ys in v.values()), default=0)

@@ -35,7 +35,16 @@ from typing import Any
 from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import to_dict
 from earful.lock import hold_folder
-from earful.study.config import CHECKPOINT_CHOICES, OVERRIDES_FROM, PlannedRun, StudyConfig, cycle_minima, plan_runs
+from earful.study.config import (
+    CHECKPOINT_CHOICES,
+    FBANK_TAG,
+    OVERRIDES_FROM,
+    RANDOM_INIT_TAG,
+    PlannedRun,
+    StudyConfig,
+    cycle_minima,
+    plan_runs,
+)
 from earful.study.corpus import check_probe_corpus, ensure_corpus, manifest_digests
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, grid_planner, recipe_fingerprint
 from earful.study.plan import plan_table, why_no_best
@@ -131,12 +140,12 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
             "hours_nominal": nominal_hours(run.batch_seconds, step)}))
     if first_of_seed:
         todo.append(Probing(f"init-seed{run.seed}", str(out / "pretrain" / run.name / "checkpoints" / "init"), {
-            "pretrain": "random-init", "tag": "random-init", "batch_seconds": None, "seed": run.seed,
+            "pretrain": RANDOM_INIT_TAG, "tag": RANDOM_INIT_TAG, "batch_seconds": None, "seed": run.seed,
             "checkpoint": "init", "step": 0, "hours_padded": 0.0, "hours_nominal": 0.0}))
     if fbank:
-        todo.append(Probing("fbank", "fbank", {"pretrain": "fbank", "tag": "fbank", "batch_seconds": None, "seed": None,
-                                               "checkpoint": "fbank", "step": 0, "hours_padded": 0.0,
-                                               "hours_nominal": 0.0}))
+        todo.append(Probing("fbank", "fbank", {
+            "pretrain": FBANK_TAG, "tag": FBANK_TAG, "batch_seconds": None, "seed": None, "checkpoint": "fbank",
+            "step": 0, "hours_padded": 0.0, "hours_nominal": 0.0}))
     return todo
 
 
