@@ -198,14 +198,29 @@ def config_and_overrides(words: list[str], option: str | None) -> tuple[str | No
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A value holding
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A key given twice:
+    the last value stands (a script may append its own); a mapping given whole (``optim={lr: 0.1}``) and an entry
+    of it (``optim.eps=1e-3``) are refused, whichever comes first (the whole one had dropped the entry set before
+    it, and kept one set after it). A value holding
     `` #`` (or starting with ``#``), where YAML would start a comment, is text, whole
     (``data.train=/a/run #2/x.jsonl``; ``max_steps=5 #five`` is then an error, not 5)."""
     out: dict[str, Any] = {}
+    seen: dict[tuple[str, ...], str] = {}  # each override's key, as parts, and the override
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
+        parts = override_key(item)
+        if "" in parts:
+            raise ConfigError(f"override {item!r}: {key.strip()!r} is no key (a name between two dots is empty); an "
+                              "entry whose name holds a '.' is given with its mapping whole, e.g. "
+                              "text_mapping={'.': ''}")
+        for earlier, prev in seen.items():  # a mapping given whole and an entry of it: which one stands is unclear
+            n = min(len(earlier), len(parts))
+            if len(earlier) != len(parts) and earlier[:n] == parts[:n]:
+                raise ConfigError(f"overrides {prev!r} and {item!r} both set {'.'.join(parts[:n])} (a mapping given "
+                                  "whole, and an entry of it): give the entry in the mapping, or the entry alone")
+        seen[parts] = item
         try:
             value = _plain_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as e:
@@ -213,13 +228,29 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if _YAML_COMMENT.search(raw) and not raw.lstrip().startswith(("'", '"')):
             value = raw.strip()  # YAML would drop the rest as a comment: the value is the text, whole
         node = out
-        parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override")
         node[parts[-1]] = Whole(value) if isinstance(value, dict) else value
     return out
+
+
+def override_key(item: str) -> tuple[str, ...]:
+    """The key a ``key=value`` override sets, as its parts: ``"optim.lr=1e-4"`` → ``("optim", "lr")``."""
+    return tuple(item.split("=", 1)[0].strip().split("."))
+
+
+def check_options(options: dict[str, tuple[str, str | None]], overrides: list[str]) -> None:
+    """Refuse an option given together with a key=value override of its key that says otherwise (``--train X
+    data.train=Y`` trained on X, silently); the same value twice is accepted, however the override quotes it
+    (``data.train='a b'``: the value as the override is read). ``options``: key -> (flag, value)."""
+    written = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in overrides)}  # as the user wrote it
+    given = flatten(parse_overrides(overrides))  # as it is read
+    for key, (flag, value) in options.items():
+        if value is not None and key in given and given[key] != value:
+            shown = written.get(key, given[key])
+            raise ConfigError(f"{flag} {value} and {key}={shown}: two values for {key}; give one of them")
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"

@@ -1,6 +1,7 @@
 """The command line: key=value overrides are taken wherever they stand among a command's options; how a
 process ends."""
 
+import re
 import subprocess
 import sys
 
@@ -125,6 +126,44 @@ def test_an_override_value_with_a_hash_is_kept_whole():
                            "lr=1e-3 #c", "s=5 # five", "r=run#2"])
     assert got == {"data": {"train": "/a/run #2/train.jsonl"}, "tracking": {"name": "run #2"}, "n": "#1",
                    "q": "a #b", "k": 8, "lr": "1e-3 #c", "s": "5 # five", "r": "run#2"}
+
+
+@pytest.mark.parametrize("given", [
+    ["optim.eps=1e-3", "optim={lr: 0.1}"],  # the whole section dropped the earlier entry: eps stayed 1e-8
+    ["optim={lr: 0.1}", "optim.eps=1e-3"],  # (this order kept both)
+    ["data.train=a.jsonl", "data={dev: b.jsonl}"],
+    ["text_mapping={a: b}", "text_mapping.c=d"],
+])
+def test_a_mapping_given_whole_and_an_entry_of_it_are_refused(given) -> None:
+    """`optim.weight_decay=0.01 'optim={lr: 1e-4}'` trained with weight_decay 0, without a word (a mapping given
+    whole dropped the entries set before it, but kept those set after it): refused naming both. A key given twice
+    is not refused: the last value stands, as scripts append their own."""
+    from earful.config import ConfigError, parse_overrides
+    from earful.finetune.config import load_finetune_config
+
+    both = min((g.split("=")[0] for g in given), key=len)
+    with pytest.raises(ConfigError, match=rf"overrides {re.escape(repr(given[0]))} and {re.escape(repr(given[1]))} "
+                                          rf"both set {re.escape(both)} \(a mapping given whole, and an entry"):
+        parse_overrides(given)
+    with pytest.raises(ConfigError, match="both set"):
+        load_finetune_config("finetune-demo", given)
+    assert parse_overrides(["optim.lr=0.1", "optim.eps=0.5", "optim_x=1"]) == {"optim": {"lr": 0.1, "eps": 0.5},
+                                                                              "optim_x": 1}
+    assert parse_overrides(["max_steps=5", "optim={lr: 1}", "max_steps=7", "optim={lr: 2}"]) == {
+        "max_steps": 7, "optim": {"lr": 2}}
+
+
+def test_an_empty_key_part_names_the_whole_mapping_form() -> None:
+    """`text_mapping..=` (map "." to nothing) failed with "text_mapping['']: expected a string, got {'': ''}": a key
+    is cut at its dots, so the override form cannot name a "."; the error now says which form can."""
+    from earful.config import ConfigError, parse_overrides
+    from earful.finetune.config import load_finetune_config
+
+    for bad in ("text_mapping..=", "optim..lr=1", ".x=1"):
+        with pytest.raises(ConfigError, match=r"is no key \(a name between two dots is empty\).*"
+                                              r"text_mapping=\{'\.': ''\}"):
+            parse_overrides([bad])
+    assert load_finetune_config(None, ["text_mapping={'.': ''}"]).text_mapping == {".": ""}
 
 
 @pytest.mark.parametrize("joined", [True, False])

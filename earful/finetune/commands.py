@@ -9,7 +9,7 @@ log = logging.getLogger("earful.finetune")
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from earful.config import config_and_overrides
+    from earful.config import check_options, config_and_overrides
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
     from earful.train.engine import train_command
@@ -17,7 +17,7 @@ def _finetune(args: argparse.Namespace) -> int:
     args.config, args.overrides = config_and_overrides(args.overrides, args.config)
     cfg = load_finetune_config(args.config, args.overrides)
     options = {"init": ("--init", args.init), "data.train": ("--train", args.train), "data.dev": ("--dev", args.dev)}
-    _check_options(options, args.overrides)
+    check_options(options, args.overrides)
     if args.init is not None:  # set directly: a path is not parsed as YAML
         cfg.init = args.init
     if args.train is not None:
@@ -26,20 +26,6 @@ def _finetune(args: argparse.Namespace) -> int:
         cfg.data.dev = args.dev
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start, show=("step", "last_valid", "best", "stopped_by"))
-
-
-def _check_options(options: dict[str, tuple[str, str | None]], overrides: list[str]) -> None:
-    """Refuse an option given together with a key=value override of its key that says otherwise (``--train X
-    data.train=Y`` trained on X, silently); the same value twice is accepted, however the override quotes it
-    (``data.train='a b'``: the value as the override is read). ``options``: key -> (flag, value)."""
-    from earful.config import flatten, parse_overrides
-
-    written = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in overrides)}  # as the user wrote it
-    given = flatten(parse_overrides(overrides))  # as it is read
-    for key, (flag, value) in options.items():
-        if value is not None and key in given and given[key] != value:
-            shown = written.get(key, given[key])
-            raise ValueError(f"{flag} {value} and {key}={shown}: two values for {key}; give one of them")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -140,6 +140,7 @@ def _use(cls: str, kind: str, feat_extract_norm: str) -> list[str]:
     in transformers (docs/batch-invariance.md): its first GroupNorm takes statistics over the padded row, with or
     without ``attention_mask``, so a user batching files with padding got other transcripts, and was not told."""
     outputs = "features" if kind == "pretraining" else "transcripts"
+    commands = "`earful features`" if kind == "pretraining" else "`earful evaluate` and `earful transcribe`"
     if kind == "pretraining":
         code = [f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("PATH_OR_REPO")']
     else:
@@ -155,8 +156,8 @@ def _use(cls: str, kind: str, feat_extract_norm: str) -> list[str]:
             "GroupNorm (the processor returns none, transformers' convention for such models). Give the model one "
             "file at a time (the pipeline's default, `batch_size=1`), or batch files of the same length (sort by "
             f"length: no padding, the same {outputs}; a little padding, nearly the same). earful computes the "
-            "statistics over each file's own samples: `earful evaluate` and `earful transcribe` give the "
-            f"{outputs} of one file at a time in any batch.")
+            f"statistics over each file's own samples: {commands} give the {outputs} of one file at a time in any "
+            "batch.")
     else:
         batching = (
             "**Batching.** The feature encoder normalises every convolution per frame (`feat_extract_norm: "

@@ -7,7 +7,7 @@ import json
 import logging
 
 from earful.atomic import atomic_write_lines
-from earful.config import config_and_overrides
+from earful.config import check_options, config_and_overrides
 
 log = logging.getLogger("earful.pretrain")
 
@@ -17,7 +17,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import train_command
 
-    cfg = load_pretrain_config(*config_and_overrides(args.overrides, args.config), init=args.init,
+    config, overrides = config_and_overrides(args.overrides, args.config)
+    check_options({"init": ("--init", args.init)}, overrides)  # init=X --init Y trained from Y, silently
+    cfg = load_pretrain_config(config, overrides, init=args.init,
                                resume_from=args.out if args.resume or args.resume_or_start else None)
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start,

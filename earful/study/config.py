@@ -87,8 +87,12 @@ class FinetuneSpec:
     # (scratch) or with the CNN trainable / frozen whatever the recipe says
     baselines: list[str] = field(default_factory=lambda: ["scratch"])  # scratch | scratch-{trainable,frozen}-cnn
     label_sets: list[str] | None = None  # subset of corpus.label_sets (default all)
-    # more overrides for one label set, after ``overrides`` (the paper: 12k steps on 10 min … 320k on 960 h)
+    # more overrides for one label set, over ``overrides`` (the paper: 12k steps on 10 min … 320k on 960 h)
     per_label_set: dict[str, list[str]] = field(default_factory=dict)
+
+    def overrides_for(self, label_set: str) -> list[str]:
+        """The fine-tuning overrides of one label set: its own after the study's (its ``max_steps`` stands)."""
+        return [*self.overrides, *self.per_label_set.get(label_set, [])]
 
 
 @dataclass

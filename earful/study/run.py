@@ -195,9 +195,9 @@ def check_recipes(study: StudyConfig) -> None:
                                overrides_from=OVERRIDES_FROM["pretrain"])
     load_finetune_config(study.finetune.config, study.finetune.overrides, overrides_from=OVERRIDES_FROM["finetune"])
     for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
-        if extra := study.finetune.per_label_set.get(label_set):
+        if study.finetune.per_label_set.get(label_set):
             try:
-                load_finetune_config(study.finetune.config, [*study.finetune.overrides, *extra],
+                load_finetune_config(study.finetune.config, study.finetune.overrides_for(label_set),
                                      overrides_from=OVERRIDES_FROM["finetune"])
             except ValueError as e:
                 raise ValueError(f"finetune.per_label_set[{label_set!r}]: {e}") from e

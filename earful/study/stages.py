@@ -345,7 +345,7 @@ def finetune_config(study: StudyConfig, label_set: str, init: Path, seed: int, r
     """The fine-tuning recipe for one label set: the study's overrides, the label set's own, the baseline's
     settings, then the run's init, data and seed."""
     cfg = load_finetune_config(study.finetune.config,
-                               [*study.finetune.overrides, *study.finetune.per_label_set.get(label_set, [])],
+                               study.finetune.overrides_for(label_set),
                                overrides_from=OVERRIDES_FROM["finetune"])
     for key, value in BASELINES[baseline].items() if baseline else ():
         setattr(cfg, key, value)

@@ -183,6 +183,19 @@ def test_the_model_card_says_how_to_batch_files_and_transformers_does_so(tmp_pat
         assert torch.allclose(masked, alone, atol=1e-4)
 
 
+def test_a_pre_trained_model_s_card_names_the_command_that_gives_its_features(tmp_path) -> None:
+    """An exported pre-trained model's card said `earful evaluate` and `earful transcribe` give its features in
+    any batch; both refuse a pre-training checkpoint. It names `earful features`, which takes one."""
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    use = (tmp_path / "hf" / "README.md").read_text().split("## Use", 1)[1]
+    assert "`earful features` give the features of one file at a time in any batch" in use
+    assert "transcribe" not in use and "evaluate" not in use
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.random.default_rng(0).standard_normal(16000).astype("float32") * 0.1, 16000)
+    assert main(["features", str(tmp_path / "ckpt"), str(wav), "--out", str(tmp_path / "f")]) == 0
+
+
 @pytest.mark.parametrize("init", ["/runs/pt-tiny/checkpoints/best", "scratch"])
 def test_the_model_card_shows_no_preset_that_was_not_built(tmp_path, init) -> None:
     """A model fine-tuned from a tiny checkpoint showed `model_preset: base` in its card's configuration: the

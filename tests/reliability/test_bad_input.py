@@ -465,6 +465,17 @@ def test_finetune_refuses_an_option_and_an_override_that_disagree(tmp_path, tone
     assert main(["finetune", *quoted, "--train", str(tones), "--out", str(tmp_path / "quoted")]) == 0
 
 
+def test_pretrain_refuses_init_given_twice_differently(tmp_path, tiny_corpus, rel, caplog) -> None:
+    """`pretrain --init A init=scratch` trained from A without a word (finetune refused it): refused naming both;
+    the same value twice is accepted."""
+    over = rel.pretrain_overrides(tiny_corpus[0], 1, "init=scratch")
+    with caplog.at_level(logging.ERROR):
+        assert main(["pretrain", *over, "--init", str(tmp_path / "a"), "--out", str(tmp_path / "run")]) == 2
+    assert f"--init {tmp_path / 'a'} and init=scratch: two values for init; give one" in caplog.text
+    assert not (tmp_path / "run").exists()
+    assert main(["pretrain", *over, "--init", "scratch", "--out", str(tmp_path / "ok")]) == 0
+
+
 @pytest.mark.parametrize(("setting", "message"), [
     ("ckpt_hours=[-1, 0.001]", r"ckpt_hours=\[-1.0, 0.001\]: \[-1.0\] not hours seen > 0"),
     ("ckpt_hours=[0]", r"not hours seen > 0"),

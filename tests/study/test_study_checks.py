@@ -53,6 +53,24 @@ def test_a_label_sets_own_overrides_are_checked_before_any_run(tmp_path) -> None
     check_recipes(_study(tmp_path, "finetune.per_label_set={10h: [max_steps=3]}"))
 
 
+def test_a_label_sets_own_overrides_are_over_the_study_s(tmp_path) -> None:
+    """The paper's studies set a label set's steps over the study's (`per_label_set: {1h: [max_steps=13000]}`):
+    a label set's overrides come after the study's, and stand; a mapping whole in one and an entry of it in the
+    other are refused, as on the command line."""
+    from earful.finetune.config import load_finetune_config
+
+    study = _study(tmp_path, "finetune.overrides=[max_steps=9, optim.lr=1e-4]",
+                   "finetune.per_label_set={10h: [max_steps=3]}")
+    check_recipes(study)
+    assert load_finetune_config(None, study.finetune.overrides_for("10h")).max_steps == 3
+    assert load_finetune_config(None, study.finetune.overrides_for("1h")).max_steps == 9
+    assert load_finetune_config(None, study.finetune.overrides_for("10h")).optim.lr == 1e-4
+    with pytest.raises(ValueError, match=r"finetune.per_label_set\['10h'\]: .*'optim.lr=1e-4' and 'optim=\{eps: "
+                                         r"0.5\}' both set optim"):
+        check_recipes(_study(tmp_path, "finetune.overrides=[optim.lr=1e-4]",
+                             "finetune.per_label_set={10h: ['optim={eps: 0.5}']}"))
+
+
 def test_a_recipe_error_names_the_study_s_overrides_as_its_source(tmp_path) -> None:
     """A wrong key in a study's pretrain_overrides or finetune.overrides was said to come from "command-line
     overrides", which the user never gave."""
