@@ -270,7 +270,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replaced and summary.json covers every split evaluated there.",
     )
     ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
-    ev.add_argument("manifests", nargs="+", help="labelled JSONL manifests; each is a split named by its stem")
+    ev.add_argument("manifests", nargs="+", metavar="[NAME=]MANIFEST",
+                    help="labelled JSONL manifests; each is a split named by its stem, or NAME (e.g. "
+                    "test-clean=LS/test-clean/manifest.jsonl)")
     ev.add_argument("--out", required=True, help="output folder: new, or one holding this checkpoint's evaluations")
     ev.add_argument("--device-seconds", type=float, default=200.0,
                     help="padded audio per inference batch (default 200)")
@@ -280,7 +282,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--text-mapping", default=None, metavar="MAPPING",
                     help="characters of the references to replace or remove before scoring, a YAML mapping as "
                     "fine-tuning's text_mapping, e.g. \"{',': '', '!': '', '2': two}\"; over the checkpoint's own "
-                    "mapping (the one it was fine-tuned with)")
+                    "mapping (the one it was fine-tuned with); for scoring only: the LM search spells as the "
+                    "checkpoint does")
     _add_lm_arguments(ev)
     ev.set_defaults(func=_evaluate)
 

@@ -141,19 +141,49 @@ def _unreadable(manifest: str | Path, split: str, e: AudioError) -> AudioError:
 
 def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:
     """Split name → manifest: a mapping's own names (plain names: they name files in OUT), else each manifest's
-    file stem, ``-2``, ``-3``… added to repeats (``a/test.jsonl``, ``b/test.jsonl``: ``test``, ``test-2``)."""
+    name as given (``test-clean=LS/test-clean/manifest.jsonl``, where no file has that whole name) or its file
+    stem, ``-2``, ``-3``… added to repeats (``a/test.jsonl``, ``b/test.jsonl``: ``test``, ``test-2``)."""
     if isinstance(manifests, Mapping):
         return {plain_name(name, "split name"): m for name, m in manifests.items()}
     if isinstance(manifests, str | Path):
         raise TypeError(f"manifests={manifests!r}: expected a list of manifests or a mapping name → manifest")
+    named = {m: m.split("=", 1) for m in manifests if isinstance(m, str) and "=" in m and not Path(m).exists()}
+    given: dict[str, str | Path] = {}
+    for m, (name, path) in named.items():
+        if plain_name(name, f"{m}: the split name") in given:
+            raise ValueError(f"{m}: split {name!r} is given twice; name each split once")
+        given[name] = path
     names: dict[str, str | Path] = {}
     for m in manifests:
+        if m in named:
+            names[named[m][0]] = named[m][1]
+            continue
         base = Path(m).name.removesuffix(".jsonl").removesuffix(".json")
         name, k = base, 2
-        while name in names:
+        while name in names or name in given:
             name, k = f"{base}-{k}", k + 1
         names[name] = m
     return names
+
+
+def _check_same_manifest(out: Path, split: str, manifest: str | Path) -> None:
+    """A split evaluated in ``out`` before from another manifest (``a/test.jsonl``, then ``b/test.jsonl`` in
+    another command): its results would have been replaced, and summary.json would not say which manifest they
+    are of. Refused where the earlier manifest (as its split's summary records it) is another file found from here;
+    a warning where it is not found (moved, or named from another folder)."""
+    path = out / f"{split}.greedy.summary.json"
+    try:
+        before = json.loads(path.read_text(encoding="utf-8")).get("manifest")
+    except (OSError, ValueError, AttributeError):  # none (a new split), or unreadable: replaced as before
+        return
+    if not isinstance(before, str) or before == str(manifest):
+        return
+    if not Path(before).exists():
+        log.warning("%s: split %r held the evaluation of %s (not found from here); %s's replaces it", out, split,
+                    before, manifest)
+    elif not Path(manifest).exists() or not Path(before).samefile(manifest):
+        raise ValueError(f"{out}: split {split!r} holds the evaluation of {before}; {manifest} takes that name "
+                         f"and would replace it: name the split otherwise (NAME={manifest}), or give another --out")
 
 
 def references(utts: Sequence[Utterance], vocab: CharVocab) -> list[str | None]:
@@ -199,9 +229,10 @@ def evaluate(
         raise NotADirectoryError(f"--out {out}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, "
                                  "summary.json, ...) into a folder; give a new one, or an earlier evaluation's")
     dev = resolve_device(device, "--device")
-    model, vocab, path = load_ctc(ckpt)
-    if text_mapping:
-        vocab = CharVocab(vocab.symbols, {**vocab.mapping, **text_mapping})
+    model, spelling, path = load_ctc(ckpt)
+    # the search spells (the LM's words too) as the model was fine-tuned to; the extra mapping is for scoring alone
+    # (it had spelled the lexicon too: words the model never writes, and other hypotheses)
+    vocab = CharVocab(spelling.symbols, {**spelling.mapping, **text_mapping}) if text_mapping else spelling
     read: dict[str, tuple[Sequence[Utterance], list[str | None]]] = {}
     for split, manifest in splits.items():  # every split's references checked before anything is transcribed
         utts = read_manifest(manifest, check_files=True)
@@ -218,7 +249,9 @@ def evaluate(
             raise ValueError(f"{manifest} (split {split!r}): {e}") from e
     record = {"checkpoint": str(path), "weights_sha256": _weights_sha256(path), "text_mapping": vocab.mapping}
     earlier = _earlier_splits(out, record)  # refuses another checkpoint's results, before any work
-    beam = LMBeamDecoder(vocab, lm, lexicon, beam_options) if lm is not None else None
+    for split, manifest in splits.items():
+        _check_same_manifest(out, split, manifest)
+    beam = LMBeamDecoder(spelling, lm, lexicon, beam_options) if lm is not None else None
     out.mkdir(parents=True, exist_ok=True)
     lm_settings: dict[str, Any] | None = None
     if beam is not None:
@@ -232,7 +265,7 @@ def evaluate(
         log.info("%s: transcribing %d utterances (%.2f h of audio), greedy%s", split, len(utts),
                  sum(u.seconds for u in utts) / 3600, " and with the LM" if beam else "")
         try:
-            greedy, lm_hyps = transcribe(model, utts, vocab, device_seconds=device_seconds, device=dev,
+            greedy, lm_hyps = transcribe(model, utts, spelling, device_seconds=device_seconds, device=dev,
                                          precision=precision, beam=beam, num_workers=num_workers,
                                          desc=f"evaluate {split}")
         except AudioError as e:  # the loader names the file (and the utterance); the manifest and way out here

@@ -252,6 +252,34 @@ def test_lm_decoding_is_written_beside_greedy(tmp_path, always_a) -> None:
     assert [r["hyp"] for r in rows] == ["a", "a"]
 
 
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_a_scoring_text_mapping_leaves_the_search_spelling_as_the_checkpoint(tmp_path, always_a, monkeypatch):
+    """`evaluate --text-mapping "{\"'\": ''}"` (for the references) spelled the LM's words with it too: "face's" as
+    f a c e s, a word the model was never trained to write, and the search found other words (LM WER 33 → 17 % in
+    a review). The search spells as the checkpoint does; the mapping is for scoring alone."""
+    import earful.eval.evaluate as ev
+    from earful.eval.beam import BeamOptions
+    from earful.eval.lm import build_arpa
+
+    spelled_with = []
+
+    class Spy(ev.LMBeamDecoder):
+        def __init__(self, vocab, *args, **kwargs):
+            spelled_with.append(dict(vocab.mapping))
+            super().__init__(vocab, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "LMBeamDecoder", Spy)
+    text = tmp_path / "text.txt"
+    text.write_text("a' a\na\n")
+    build_arpa(text, tmp_path / "lm.arpa", order=2)
+    m = write_split(tmp_path / "data", "dev", ["a'", "a"])  # references "a", "a" once mapped
+    summary = evaluate(always_a, [m], tmp_path / "eval", lm=tmp_path / "lm.arpa", beam_options=BeamOptions(beam=10),
+                       text_mapping={"'": ""})
+    assert spelled_with == [{}]  # the checkpoint's own mapping (none), not the scoring one
+    assert summary["text_mapping"] == {"'": ""}
+    assert summary["splits"]["dev"]["greedy"]["wer"] == 0.0 and summary["splits"]["dev"]["lm"]["wer"] == 0.0
+
+
 def test_imported_transformers_vocabulary_is_adapted() -> None:
     symbols = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "'"]
     vocab = vocab_from_checkpoint({"symbols": symbols})
@@ -388,6 +416,41 @@ def test_splits_are_named_by_the_caller_else_by_their_stems(tmp_path, always_a) 
         split_names({"../up": a})
     with pytest.raises(TypeError, match="a list of manifests or a mapping"):
         split_names(str(a))
+
+
+def test_a_split_is_named_as_given_and_a_name_taken_by_another_manifest_is_refused(tmp_path, always_a, caplog):
+    """`evaluate CK a/test.jsonl --out E`, then `evaluate CK b/test.jsonl --out E` replaced the first split's results
+    in summary.json without a word, and nothing said which manifest they were of (LibriSpeech's
+    test-clean/manifest.jsonl and test-other/manifest.jsonl alike). A split can be named (NAME=MANIFEST); a name
+    evaluated there before from another manifest is refused, naming both; the same manifest again is replaced."""
+    import logging
+
+    from earful.cli import main
+    from earful.eval.evaluate import split_names
+
+    a = write_split(tmp_path / "A", "manifest", ["a"])
+    b = write_split(tmp_path / "B", "manifest", ["b"])
+    assert split_names([f"clean={a}", str(b), f"manifest={a}"]) == {"clean": str(a), "manifest-2": str(b),
+                                                                     "manifest": str(a)}
+    with pytest.raises(ValueError, match=r"clean=.*: split 'clean' is given twice"):
+        split_names([f"clean={a}", f"clean={b}"])
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(always_a), str(a), "--out", str(out)]) == 0
+    before = (out / "summary.json").read_text()
+    with caplog.at_level(logging.ERROR):
+        assert main(["evaluate", str(always_a), str(b), "--out", str(out)]) == 2
+    assert f"split 'manifest' holds the evaluation of {a}; {b} takes that name and would replace it" in caplog.text
+    assert (out / "summary.json").read_text() == before
+    assert main(["evaluate", str(always_a), f"other={b}", str(a), "--out", str(out)]) == 0
+    splits = json.loads((out / "summary.json").read_text())["splits"]
+    assert splits["other"]["greedy"]["wer"] == 1.0 and splits["manifest"]["greedy"]["wer"] == 0.0
+    # the earlier manifest moved away: warned, replaced
+    moved = tmp_path / "A2"
+    (tmp_path / "A").rename(moved)
+    c = write_split(tmp_path / "C", "manifest", ["a"])
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", str(always_a), str(c), "--out", str(out)]) == 0
+    assert f"split 'manifest' held the evaluation of {a} (not found from here); {c}'s replaces it" in caplog.text
 
 
 def test_only_empty_references_is_an_error_naming_the_manifest(tmp_path, always_a) -> None:
