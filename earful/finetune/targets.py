@@ -2,8 +2,9 @@
 
 Every transcript is normalised and encoded with the run's :class:`CharVocab` up front, so characters outside
 the vocabulary stop the run at once, every one of them named with how often and where it occurs (an empty
-transcript with its utterance's id), not hours in; rows without a transcript stop it naming how many and a few
-ids, or with ``data.skip_bad`` are left out, counted and logged. Utterances too short for their transcript (CTC
+transcript with its utterance's id), not hours in; rows without a transcript, with an empty one, or shorter than
+one frame of the model stop it naming how many and a few ids, or with ``data.skip_bad`` are left out, counted and
+logged. Utterances too short for their transcript (CTC
 needs a frame per character, plus one between repeated characters) are counted and logged: ``zero_infinity``
 gives them a zero loss.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from earful.data.audio import RECEPTIVE_FIELD
 from earful.data.budget import SAMPLE_RATE
 from earful.data.manifest import Utterance
 from earful.eval.vocab import CharVocab
@@ -32,7 +34,7 @@ def labelled(utts: Sequence[Utterance], where: str, skip_bad: bool) -> tuple[Seq
     if not missing:
         return utts, missing
     kept = [u for u in utts if u.transcript is not None]
-    some = ", ".join(repr(i) for i in missing[:3]) + (", …" if len(missing) > 3 else "")
+    some = _some(missing)
     if not kept:
         raise ValueError(f"{where}: none of its {len(utts)} utterances has a transcript (fine-tuning needs labels), "
                          f"e.g. {some}: give a manifest of labelled rows")
@@ -41,6 +43,37 @@ def labelled(utts: Sequence[Utterance], where: str, skip_bad: bool) -> tuple[Seq
                          f"labels), e.g. {some}: set data.skip_bad=true to leave them out, or give a manifest of "
                          "labelled rows")
     return kept, missing
+
+
+def trainable(utts: Sequence[Utterance], targets: dict[str, list[int]], where: str,
+              skip_bad: bool) -> tuple[Sequence[Utterance], dict[str, list[str]]]:
+    """Of ``utts`` (training rows, labelled, encoded to ``targets``), those a CTC step can take, and the ids of
+    the others by why: an empty transcript once normalised, and fewer samples than one frame of the model needs
+    (no output at all; the loader had stopped the run at the first, midway, naming its file alone, after a
+    warning that promised a zero loss). Refused (ValueError naming the manifest,
+    how many of each and a few ids, at once: they had been named one a run) unless ``skip_bad``, which leaves them
+    out for the caller to count and log (by why: "with an empty transcript …")."""
+    empty = [u.id for u in utts if not targets[u.id]]
+    short = [u.id for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    bad = {why: ids for why, ids in (
+        ("with an empty transcript (once lower-cased and text_mapping applied)", empty),
+        (f"with fewer samples than one frame of the model needs ({RECEPTIVE_FIELD} at {SAMPLE_RATE} Hz)", short),
+    ) if ids}  # fmt: skip
+    if not bad:
+        return utts, {}
+    left = set(empty) | set(short)
+    kept = [u for u in utts if u.id not in left]
+    said = "; ".join(f"{len(ids)} of {len(utts)} utterances {why}, e.g. {_some(ids)}" for why, ids in bad.items())
+    if not kept:
+        raise ValueError(f"{where}: none of its utterances can be trained on: {said}")
+    if not skip_bad:
+        raise ValueError(f"{where}: {said}: set data.skip_bad=true to leave them out (counted in the log), or leave "
+                         "them out of the manifest")
+    return kept, bad
+
+
+def _some(ids: Sequence[str]) -> str:
+    return ", ".join(repr(i) for i in ids[:3]) + (", …" if len(ids) > 3 else "")
 
 
 # fine-tuning's other way out of characters its vocabulary cannot spell (CharVocab.check_texts)

@@ -124,8 +124,10 @@ class FinetuneTask(Task):
             raise ValueError("data.train (--train): no training manifest given")
         utts, unlabelled = T.labelled(read_manifest(cfg.data.train, check_files=True), cfg.data.train,
                                       cfg.data.skip_bad)
-        self.unlabelled = {"train": (cfg.data.train, len(unlabelled), unlabelled[:5])}
-        self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train, remedy=T.VOCAB_REMEDY)
+        self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train, remedy=T.VOCAB_REMEDY, allow_empty=True)
+        utts, bad = T.trainable(utts, self.targets, cfg.data.train, cfg.data.skip_bad)
+        self.targets = {u.id: self.targets[u.id] for u in utts}
+        self.left_out = {"train": (cfg.data.train, {"without a transcript": unlabelled, **bad})}
         short = T.too_short(utts, self.targets, self.model.frame_lengths)
         if short:
             log.warning("train: %d utterances have fewer frames than their transcript needs (zero loss), "
@@ -139,7 +141,8 @@ class FinetuneTask(Task):
         if cfg.data.dev:
             dutts, unlabelled = T.labelled(read_manifest(cfg.data.dev, check_files=True), cfg.data.dev,
                                            cfg.data.skip_bad)
-            self.unlabelled["dev"] = (cfg.data.dev, len(unlabelled), unlabelled[:5])
+            # (a dev file too short for the model is the validation files' check's, before training)
+            self.left_out["dev"] = (cfg.data.dev, {"without a transcript": unlabelled})
             self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev, T.VOCAB_REMEDY)
             self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
             dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
@@ -150,10 +153,11 @@ class FinetuneTask(Task):
     # ------------------------------------------------------------------ one step
     def announce(self) -> None:
         cfg = self.cfg
-        for split, (manifest, n, some) in self.unlabelled.items():
-            if n:
-                log.warning("%s: %d utterances without a transcript are left out of %s (data.skip_bad=true), e.g. %s",
-                            manifest, n, split, some)
+        for split, (manifest, left) in self.left_out.items():
+            for why, ids in left.items():
+                if ids:
+                    log.warning("%s: %d utterances %s are left out of %s (data.skip_bad=true), e.g. %s",
+                                manifest, len(ids), why, split, ids[:5])
         log.info("fine-tuning: %d frozen tensors, %d more frozen for %d steps; %s", len(self.frozen_names),
                  len(self.phase_names), cfg.freeze_transformer_steps, config_summary(cfg))
         if cfg.freeze_transformer_steps >= cfg.max_steps:

@@ -228,8 +228,9 @@ def test_a_txt_and_a_lab_transcript_that_differ_are_a_note_naming_both(tmp_path,
 @pytest.mark.parametrize("transcript, message", [
     (None, r"1 of 4 utterances have no transcript \(fine-tuning needs labels\), e\.g\. 'train-001': set "
            r"data\.skip_bad=true to leave them out, or give a manifest of labelled rows"),
-    ("", "has an empty transcript"),
-    ("   ", "has an empty transcript"),
+    ("", r"1 of 4 utterances with an empty transcript \(once lower-cased and text_mapping applied\), e\.g\. "
+         r"'train-001': set data\.skip_bad=true"),
+    ("   ", "1 of 4 utterances with an empty transcript"),
     ("bad 4 cafe", r"1 character\(s\) outside the vocabulary \(a–z and \"'\"\) in 1 of 4 transcripts: '4' in 1 "
                    r"\(e\.g\. 'train-001': 'bad 4 cafe'\)\. vocab=data"),
     ("cafÃ©", r"2 character\(s\) outside the vocabulary .* in 1 of 4 transcripts: '©' in 1 \(e\.g\. 'train-001'.*"
@@ -268,6 +269,39 @@ def test_fine_tuning_leaves_rows_without_a_transcript_out_with_skip_bad(tmp_path
     with pytest.raises(ValueError, match=r"none.jsonl: none of its 4 utterances has a transcript"):
         Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(none, 1, "data.skip_bad=true"))),
                 tmp_path / "run3")
+
+
+def test_fine_tuning_names_every_empty_or_too_short_row_at_once_and_skip_bad_leaves_them_out(tmp_path, tones, rel,
+                                                                                           caplog) -> None:
+    """A row shorter than one frame of the model (300 samples) was warned as "zero loss", then stopped the run
+    after its first step(s) naming the audio file alone (and every --resume alike); empty transcripts were named
+    one a run, and data.skip_bad did not leave them out. Now both are named at once, with how many, before any
+    step; with skip_bad they are left out of train, counted in the run's log (a dev file too short has its own
+    check: test_a_bad_file_in_the_validation_set_stops_the_run_before_training)."""
+    import soundfile as sf
+
+    rows = rel.manifest_rows(tones)
+    rows[1]["transcript"] = " "
+    rows[2]["transcript"] = ""
+    sf.write(tmp_path / "tiny.wav", np.zeros(300, dtype="float32"), 16000)
+    rows.append({**rows[0], "id": "tiny", "path": str(tmp_path / "tiny.wav"), "num_samples": 300})
+    manifest = rel.write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=r"train.jsonl: 2 of 5 utterances with an empty transcript .*e\.g\. "
+                                         r"'train-001', 'train-002'; 1 of 5 utterances with fewer samples than one "
+                                         r"frame of the model needs \(400 at 16000 Hz\), e\.g\. 'tiny': set "
+                                         r"data\.skip_bad=true to leave them out"):
+        Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    over = rel.finetune_overrides(manifest, 2, "data.skip_bad=true")
+    trainer = Trainer(FinetuneTask(load_finetune_config(None, over)), tmp_path / "run2")
+    assert sorted(trainer.task.targets) == ["train-000", "train-003"]
+    with caplog.at_level(logging.WARNING):
+        assert trainer.fit()["step"] == 2
+    assert (f"{manifest}: 2 utterances with an empty transcript (once lower-cased and text_mapping applied) are "
+            "left out of train (data.skip_bad=true), e.g. ['train-001', 'train-002']") in caplog.text
+    assert (f"{manifest}: 1 utterances with fewer samples than one frame of the model needs (400 at 16000 Hz) are "
+            "left out of train (data.skip_bad=true), e.g. ['tiny']") in caplog.text
+    assert "zero loss" not in caplog.text
 
 
 def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:
