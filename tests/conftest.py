@@ -1,6 +1,9 @@
 import importlib.util
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -38,6 +41,71 @@ def deadline() -> Callable[[int, str], AbstractContextManager[None]]:
             signal.signal(signal.SIGALRM, before)
 
     return within
+
+
+# ``python -c PAUSING_CLI STEP FOLDER ARGS...`` is ``python -m earful.cli ARGS...`` whose trainer, after step STEP
+# (its ``after_step``, before the checkpoint that step may fall due for), touches FOLDER/paused and waits until a
+# stop signal has been handled or FOLDER/go appears: a test seam, patched in the child, never a config field
+PAUSING_CLI = r'''
+import sys, time
+from pathlib import Path
+
+from earful.train.engine import Trainer
+
+at, folder = int(sys.argv[1]), Path(sys.argv[2])
+after_step = Trainer.after_step
+
+
+def after_step_then_pause(self):
+    after_step(self)
+    if self.step != at or (folder / "go").exists():
+        return
+    (folder / "paused").touch()
+    deadline = time.monotonic() + 300
+    while not (self.signal_received or (folder / "go").exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stop signals' handler runs between the sleeps
+
+
+Trainer.after_step = after_step_then_pause
+sys.argv = ["earful", *sys.argv[3:]]
+from earful.cli import run
+
+run()
+'''
+
+
+class PausedTraining:
+    """A command-line training that pauses after step ``at`` (PAUSING_CLI): ``command(args)`` starts it, ``wait``
+    returns once it has paused, ``go`` lets it go on (a signal handled by then has already let it go on). A signal
+    sent between the two lands in that step, at a known point of the run, not in a race with its end."""
+
+    def __init__(self, folder: Path, at: int) -> None:
+        self.folder, self.at = folder, at
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def command(self, cli_args: list[str]) -> list[str]:
+        return [sys.executable, "-c", PAUSING_CLI, str(self.at), str(self.folder), *cli_args]
+
+    def wait(self, proc: subprocess.Popen, seconds: float = 180) -> None:
+        deadline = time.monotonic() + seconds
+        while not (self.folder / "paused").exists():
+            if proc.poll() is not None:
+                err = proc.communicate()[1] or ""
+                pytest.fail(f"the run ended (status {proc.returncode}) before pausing after step {self.at}:\n"
+                            f"{err[-3000:]}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the run did not reach step {self.at} in {seconds:g} s")
+            time.sleep(0.05)
+
+    def go(self) -> None:
+        (self.folder / "go").touch()
+
+
+@pytest.fixture
+def paused_training(tmp_path) -> Callable[[int], PausedTraining]:
+    """``paused_training(5)``: a PausedTraining that pauses after step 5, its files in tmp_path/pause."""
+    return lambda at: PausedTraining(tmp_path / "pause", at)
 
 
 @pytest.fixture
