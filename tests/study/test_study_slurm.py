@@ -20,23 +20,51 @@ from earful.study.run import run_study
 RUN = "4s-seed1"
 
 
-def preempt_while_training(rdir: Path, after_step: int, sent: list[int]) -> threading.Thread:
-    """Once the run has logged ``after_step``, SIGUSR1 to the process that trains it (the pid its folder's lock
-    names), as Slurm does before a time limit."""
+def pausing_stage_job(pause: Path, at: int) -> type:
+    """earful's StageJob whose trainings, in the job's process, wait after step ``at`` (their ``after_step``) until
+    a stop signal has been handled or ``pause``/go appears, having touched ``pause``/paused: a test seam. Defined
+    in a function, the class travels by value in submitit's (cloud)pickle: the job's process need not import
+    this test module."""
+    from earful.study.slurm import StageJob
+
+    class PausingStageJob(StageJob):
+        def __call__(self, fn, args):
+            from earful.train.engine import Trainer
+
+            after_step = Trainer.after_step
+
+            def after_step_then_pause(trainer) -> None:
+                after_step(trainer)
+                if trainer.step != at or (pause / "go").exists():
+                    return
+                (pause / "paused").touch()
+                deadline = time.monotonic() + 300
+                while not (trainer.signal_received or (pause / "go").exists()) and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the trainer's stop signals are handled between the sleeps
+
+            Trainer.after_step = after_step_then_pause
+            return StageJob.__call__(self, fn, args)
+
+    return PausingStageJob
+
+
+def preempt_while_training(rdir: Path, pause: Path, sent: list[int]) -> threading.Thread:
+    """Once the run waits in its pause (``pausing_stage_job``), SIGUSR1 to the process that trains it (the pid its
+    folder's lock names), as Slurm does before a time limit; then it may go on. (Polling train.jsonl for step 1
+    raced the 12 tiny steps' end, 1-1.5 s later.)"""
 
     def watch() -> None:
         deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                steps = [json.loads(line)["step"] for line in (rdir / "train.jsonl").read_text().splitlines()]
-            except (OSError, ValueError):  # not yet there, or a line half written
-                steps = []
-            if steps and max(steps) >= after_step:
-                pid = holder(rdir)[0]  # the trainer that holds the run folder
-                os.kill(pid, signal.SIGUSR1)
-                sent.append(pid)
-                return
-            time.sleep(0.02)
+        try:
+            while time.time() < deadline:
+                if (pause / "paused").exists():
+                    pid = holder(rdir)[0]  # the trainer that holds the run folder
+                    os.kill(pid, signal.SIGUSR1)
+                    sent.append(pid)
+                    return
+                time.sleep(0.02)
+        finally:
+            (pause / "go").touch()
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -47,11 +75,14 @@ def test_a_study_on_submitit_survives_a_preemption_with_the_same_results(cluster
                                                                          monkeypatch) -> None:
     monkeypatch.setattr("earful.study.slurm.CLUSTER", "local")  # submitit's local executor: jobs are processes here
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # set by the launcher; restored after the test
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    monkeypatch.setattr("earful.study.slurm.StageJob", pausing_stage_job(pause, 1))
     reference = (cluster_study_local / "report" / "report.md").read_text()
 
     out = tmp_path / "slurm"
     sent: list[int] = []
-    watcher = preempt_while_training(out / "pretrain" / RUN, 1, sent)
+    watcher = preempt_while_training(out / "pretrain" / RUN, pause, sent)
     report = run_study(load_study(cluster_study, ["launcher=slurm"]), out).read_text()
     watcher.join(timeout=5)
     assert sent and sent[0] != os.getpid(), "the pre-training was never signalled"
