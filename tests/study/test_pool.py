@@ -152,8 +152,8 @@ def test_a_signal_to_a_study_of_one_job_at_a_time_stops_it_between_trainings(tmp
 TICKS = '''
 import os, pathlib, subprocess, sys, time
 
-LOOP = ("import sys, time\\nwith open(sys.argv[1], 'a', buffering=1) as f:\\n"
-        "    for _ in range(120):\\n        f.write('.')\\n        time.sleep(0.05)")
+LOOP = ("import sys, time\\nwith open(sys.argv[1], 'a') as f:\\n"
+        "    for _ in range(120):\\n        f.write('.')\\n        f.flush()\\n        time.sleep(0.05)")
 
 def tick(out, key):
     """A stand-in for a training: its pid, then a tick every 50 ms for 6 s; job b's ticks come from a child in a
@@ -165,9 +165,10 @@ def tick(out, key):
         pathlib.Path(out, "pid-child").write_text(str(child.pid))
         child.wait()
         return
-    with open(pathlib.Path(out, f"ticks-{key}"), "a", buffering=1) as f:
+    with open(pathlib.Path(out, f"ticks-{key}"), "a") as f:
         for _ in range(120):
             f.write(".")
+            f.flush()  # each tick in the file at once (line buffering kept a line without its newline)
             time.sleep(0.05)
 '''
 
@@ -200,6 +201,10 @@ def test_ctrl_z_suspends_a_study_of_two_jobs_with_its_workers(tmp_path, await_fi
     proc = subprocess.Popen([sys.executable, "-c", TICKING, str(tmp_path)], stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # its own group, as a shell's foreground job
     await_files(proc, *ticks, tmp_path / "pid-child")
+    deadline = time.monotonic() + 60
+    while not all(t.stat().st_size for t in ticks):  # both ticking, so that a tick while suspended would show
+        assert time.monotonic() < deadline and proc.poll() is None, [t.stat().st_size for t in ticks]
+        time.sleep(0.05)
     workers = [int((tmp_path / f"pid-{k}").read_text()) for k in ("a", "b", "child")]
     os.killpg(proc.pid, signal.SIGTSTP)
     deadline = time.monotonic() + 10
