@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -125,15 +126,29 @@ def test_two_processes_resumed_mid_stream_on_two_or_one_equal_one_process(tmp_pa
         _assert_same_final(one_process, tmp_path / name)
 
 
-def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, odd_corpus) -> None:
-    """Multi-node torchrun as on a cluster (docs/cluster.md): two agents, ``--nnodes 2`` of one process each,
-    rendezvous through c10d on a free localhost port, one run folder (a shared filesystem) == 1 process × 2."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def _rendezvous_port() -> int:
+    """A free localhost port below the kernel's ephemeral range (Linux), where it hands out none (a bind to port 0,
+    a connection's own end: other tests' torchrun stores and gloo sockets under xdist) while the agents start;
+    without /proc, one it hands out."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 10000
+    for port in [*random.sample(range(10000, low), min(20, max(0, low - 10000))), 0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port")
+
+
+def _two_agents(port: int, out: Path, corpus: Path) -> tuple[list[int | None], list[str]]:
+    """Two torchrun agents, ``--nnodes 2`` of one process each, meeting by c10d on ``port``: exit statuses, logs."""
     agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-             *_pretrain(odd_corpus, tmp_path / "nodes")]
+             *_pretrain(corpus, out)]
     agents = [subprocess.Popen(agent, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for _ in range(2)]
     try:
@@ -146,10 +161,24 @@ def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_p
     finally:
         for a in agents:
             a.kill()
-    assert [a.returncode for a in agents] == [0, 0], "\n".join(log[-3000:] for log in logs)
-    info = json.loads((tmp_path / "nodes/checkpoints/step-0000004/trainer.json").read_text())
+    return [a.returncode for a in agents], logs
+
+
+def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, odd_corpus) -> None:
+    """Multi-node torchrun as on a cluster (docs/cluster.md): two agents, ``--nnodes 2`` of one process each,
+    rendezvous through c10d on a free localhost port, one run folder (a shared filesystem) == 1 process × 2.
+    The port is free when chosen, not when the agents bind it seconds later: where their logs say the store could
+    not be had (another process took the port meanwhile), they meet once more, on another port."""
+    out = tmp_path / "nodes"
+    codes, logs = _two_agents(_rendezvous_port(), out, odd_corpus)
+    taken = ("RendezvousConnectionError", "EADDRINUSE", "address already in use")
+    if codes != [0, 0] and any(t.lower() in log.lower() for log in logs for t in taken):
+        out = tmp_path / "nodes-on-another-port"
+        codes, logs = _two_agents(_rendezvous_port(), out, odd_corpus)
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    info = json.loads((out / "checkpoints/step-0000004/trainer.json").read_text())
     assert (info["world_size"], info["accumulation"]) == (2, 1)
-    _assert_same_final(one_process, tmp_path / "nodes")
+    _assert_same_final(one_process, out)
 
 
 def test_micro_batches_share_the_batch_evenly() -> None:
