@@ -421,7 +421,8 @@ class Trainer:
         return self._update(tot, lr, data_wait)
 
     def _update(self, tot: dict[str, Any], lr: float, data_wait: float) -> dict[str, float]:
-        """Apply the step from its reduced statistics; count it; stop on too many non-finite steps."""
+        """Apply the step from its reduced statistics; count it (too many non-finite steps in a row stop the run:
+        ``_steps``, once the step's record is in the interval's sums)."""
         self.task.before_update()
         grad_norm, outcome = apply_update(
             self.optimizer, self.scaler, self.params, loss=tot["loss"],
@@ -443,14 +444,20 @@ class Trainer:
             "loss_scale": float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0,
             **self.task.step_record(tot),
         }  # fmt: skip
-        if self.nan_in_a_row >= self.cfg.max_nan_steps:
-            self.nonfinite_stop = True  # recorded: a resume reads how this checkpoint came to be, whatever its config
-            self.save(f"step-{self.step:07d}")
-            raise TrainingStopped(
-                f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}: stopped. A checkpoint was "
-                f"written; lower optim.lr, use precision=fp32 or bf16, or set optim.clip_norm"
-            )
         return rec
+
+    def _stop_nonfinite(self, meter: Meter, bar: tqdm) -> None:
+        """``max_nan_steps`` non-finite steps in a row: the interval they are in is logged (its record, with the
+        NaN loss and ``skipped_steps``, is the one that says why; the stop had come before it was written), a
+        checkpoint written, and the run stopped."""
+        self._log_interval(meter, bar)
+        meter.reset()
+        self.nonfinite_stop = True  # recorded: a resume reads how this checkpoint came to be, whatever its config
+        self.save(f"step-{self.step:07d}")
+        raise TrainingStopped(
+            f"{self.nan_in_a_row} non-finite steps in a row at step {self.step}: stopped. A checkpoint was "
+            f"written; lower optim.lr, use precision=fp32 or bf16, or set optim.clip_norm"
+        )
 
     def _count(self, outcome: str) -> None:
         if outcome == "ok":
@@ -585,6 +592,8 @@ class Trainer:
             rec = self.train_step(batches)
             # training time only (validation and checkpoints are not: throughput, data wait), kept in the sums
             meter.add(steps=1, train_seconds=time.perf_counter() - t0, **rec)
+            if self.nan_in_a_row >= cfg.max_nan_steps:
+                self._stop_nonfinite(meter, bar)
             if self.step == before:  # an fp16 overflow: no step taken, nothing falls due (in the next log's sums)
                 if self.stop_signal:
                     break

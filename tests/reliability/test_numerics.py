@@ -83,6 +83,22 @@ def test_nans_in_a_row_stop_with_a_checkpoint_then_resume(kind, tmp_path, tiny_c
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_the_interval_a_run_diverges_in_is_logged_before_it_stops(kind, tmp_path, tiny_corpus, tones, rel,
+                                                                   nan_steps) -> None:
+    """The stop after max_nan_steps came before the step's statistics were added to the log interval: the record
+    that says why the run stopped (its NaN loss, skipped_steps) went to no log, TensorBoard or tracker, and the
+    checkpoint's interval lacked the last step. Now that interval is logged, then the checkpoint written."""
+    trainer = _trainer(kind, tmp_path, tiny_corpus, tones, rel, 8, "max_nan_steps=3", "log_every=5")
+    nan_steps.update(range(1, 100))
+    with pytest.raises(TrainingStopped, match="3 non-finite steps in a row at step 4"):
+        trainer.fit()
+    (rec,) = rel.read_jsonl(tmp_path / "run" / "train.jsonl")
+    assert rec["step"] == 4 and rec["skipped_steps"] == 3 and math.isnan(rec["loss"])
+    info, _ = load_trainer_state(RunDir(tmp_path / "run").latest())
+    assert not info["log_interval"] or not info["log_interval"].get("steps")  # logged: nothing left to carry
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_a_nan_streak_survives_a_resume(kind, tmp_path, tiny_corpus, tones, rel, nan_steps) -> None:
     """NaN at step indices 2, 3 and 4 with max_nan_steps=3 stops the run after step 5, also when it was
     interrupted after step 4 (two in a row so far) and resumed."""
