@@ -223,6 +223,7 @@ class Trainer:
             read_history(self.run.root)
             init = self._init_weights()
             self._resume(latest, segment)
+            self.tb.purge_step = self.step + 1  # TensorBoard's events after the checkpoint go, as the logs' lines
             self._init_params = init
             if self.d.is_main:  # once the checkpoint has loaded
                 with writing(self.run.root):

@@ -100,6 +100,9 @@ class TensorBoard:
         fails before training (a resume refused after the trainer was built) leaves no file in the run."""
         self.log_dir, self.enabled = log_dir, enabled
         self._writer: Any = None
+        # a resumed run's first step: the events an interrupted attempt wrote from it on are dropped as the writer
+        # opens (they had stood beside the resumed run's, two points a step, as train.jsonl is cut back)
+        self.purge_step: int | None = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -113,7 +116,7 @@ class TensorBoard:
         if self.enabled and self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.log_dir))
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
         return self._writer
 
     def write(self, prefix: str, record: dict[str, Any], step: int) -> None:

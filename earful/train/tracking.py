@@ -9,7 +9,7 @@ inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/â€
 trackio's group, MLflow's experiment; a study sets it to its name. A resumed run continues the same tracked run
 (its ids are in ``RUN/tracking.json``, and trackio's name: trackio continues a run by its name, so a new run
 whose folder's name its project has already is named ``NAME-2``); the steps between its last checkpoint and the
-stop are then logged twice (``train.jsonl`` is cut back on resume, the trackers only append).
+stop are then logged twice (``train.jsonl`` and TensorBoard are cut back on resume, the trackers only append).
 
 Local stores under ``tracking.dir`` (default ``RUN/tracking``; a study's runs share ``OUT/tracking``):
 

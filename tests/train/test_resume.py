@@ -84,6 +84,31 @@ def test_killed_and_resumed_equals_uninterrupted(sig, group, tmp_path, tiny_corp
     assert steps == sorted(set(steps)) and steps[-1] == 12
 
 
+def test_a_resumed_run_s_tensorboard_holds_each_step_once(tmp_path, tiny_corpus, paused_training) -> None:
+    """Killed after logging steps 5 and 6 (its checkpoint at step 4), then resumed: TensorBoard kept the killed
+    attempt's points beside the resumed run's (steps 5 and 6 twice, other values), where train.jsonl is cut back.
+    The resumed writer drops the events after the checkpoint: each step once, with train.jsonl's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = [*args_for(*tiny_corpus, out, steps=8)[3:], "tensorboard=true", "log_every=1", "ckpt_every=4",
+            "valid_every=0", "data.num_workers=0"]
+    pause = paused_training(6)
+    proc = subprocess.Popen(pause.command(args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    pause.wait(proc)
+    proc.kill()
+    proc.communicate(timeout=120)
+    assert latest_step(out) == 4
+    run([sys.executable, "-m", "earful.cli", *args, "--resume"])
+    logged = {r["step"]: r for r in map(json.loads, (out / "train.jsonl").read_text().splitlines())}
+    tb = EventAccumulator(str(out / "tb"))
+    tb.Reload()
+    points = [(e.step, e.value) for e in tb.Scalars("train/hours_padded")]
+    assert [step for step, _ in points] == list(range(1, 9)) == sorted(logged)
+    assert all(value == pytest.approx(logged[step]["hours_padded"]) for step, value in points)
+
+
 class Loader:
     """What restore_training_state needs of a loader."""
 
