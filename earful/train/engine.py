@@ -194,7 +194,8 @@ class Trainer:
         if info is not None:
             segment = check_resume(self.run.root, info, self.recipe, self.layout, batch_seconds=cfg.batch_seconds,
                                    allow_changes=allow_changes, manifests=manifest_files(cfg),
-                                   records=self.manifest_records, reads_labels=task.reads_labels)
+                                   records=self.manifest_records, reads_labels=task.reads_labels,
+                                   announce=self.d.is_main)
         self.tracking = Tracking(cfg.tracking, self.run.root, self.d.is_main)  # a missing package stops us here
         task.build_data(self.budget)
         self.model, self.loader = task.model, task.loader
@@ -299,7 +300,7 @@ class Trainer:
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
             "layout": self.layout, **self.manifest_records,
             "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
-            **self.task.trainer_info(),
+            "health": self.health.state_dict(), **self.task.trainer_info(),
         }  # fmt: skip
 
     def stopped_by(self) -> str:
@@ -345,10 +346,12 @@ class Trainer:
         self.overflow_steps = int(info["overflow_steps"])
         self.best, self.last_valid = _float(info["best"], math.inf), _float(info["last_valid"], math.nan)
         self.meter.add(**{k: _float(v, math.nan) for k, v in info.get("log_interval", {}).items()})
+        self.health.load_state_dict(info.get("health", {}))  # (none in a checkpoint of earful before 2026-12-07)
         self.task.restore(info)
         self.train_log.truncate_after(self.step)
         self.valid_log.truncate_after(self.step)
-        log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
+        if self.d.is_main:
+            log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
 
     def _drop_discarded(self, ckpt: Path) -> None:
         """After resuming from ``ckpt``: checkpoints of later steps come of steps this resume trains again
@@ -573,11 +576,11 @@ class Trainer:
             finally:
                 bar.close()
                 self.close()
-        if self.stop_signal:
+        if self.stop_signal and self.d.is_main:
             log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
                         self.step)
         summary = {k: v for k, v in self.progress_info().items()
-                   if k not in ("recipe", "layout", *MANIFEST_RECORDS, "log_interval")}
+                   if k not in ("recipe", "layout", *MANIFEST_RECORDS, "log_interval", "health")}
         bad, empty = self.left_out()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 
@@ -663,10 +666,12 @@ def train_command(task: Task, out_dir: str | Path, *, resume: bool, allow_change
     status is 0 when finished, ``EXIT_NONFINITE`` or ``EXIT_STOPPED`` when stopped with a checkpoint.
     ``start_if_new`` (``--resume-or-start``): resume, or start the run in a folder that holds none."""
     try:
-        summary = Trainer(task, out_dir, resume=resume or start_if_new, allow_changes=allow_changes,
-                          start_if_new=start_if_new).fit_and_leave()
+        trainer = Trainer(task, out_dir, resume=resume or start_if_new, allow_changes=allow_changes,
+                          start_if_new=start_if_new)
+        summary = trainer.fit_and_leave()
     except TrainingStopped as e:
         log.error("%s", e)
         return EXIT_NONFINITE
-    log.info("done: %s", json.dumps({k: summary[k] for k in show}))
+    if trainer.d.is_main:
+        log.info("done: %s", json.dumps({k: summary[k] for k in show}))
     return EXIT_STOPPED if summary["stopped_by"] else 0

@@ -181,6 +181,17 @@ class Health:
         self.norms: deque[float] = deque(maxlen=GRAD_WINDOW)  # collected before after_steps too
         self.active: set[str] = set()
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (``trainer.json``): a resumed run's checks see what an uninterrupted run's do
+        (they had started blind, the running median empty until GRAD_LEAST new records, and warned again of what
+        had been said)."""
+        return {"norms": list(self.norms), "active": sorted(self.active)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.norms.clear()
+        self.norms.extend(float(x) for x in state.get("norms", []))
+        self.active = {str(k) for k in state.get("active", [])}
+
     def check(self, step: int, rec: dict[str, Any]) -> list[str]:
         warnings: dict[str, str] = {}
         gn = rec.get("grad_norm")

@@ -150,7 +150,7 @@ def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
 def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
                  batch_seconds: float, allow_changes: bool, manifests: dict[str, str] | None = None,
                  records: dict[str, dict[str, Any]] | None = None,
-                 reads_labels: tuple[str, ...] = LABELS) -> dict[str, Any] | None:
+                 reads_labels: tuple[str, ...] = LABELS, announce: bool = True) -> dict[str, Any] | None:
     """Compare the checkpoint's recipe and layout (``info`` = its ``trainer.json``) with the run's (``recipe_of``
     and ``layout_of`` of its config, computed once by the trainer: a sharded run's recipe reads its index).
     ``manifests`` (key -> path) lets a checkpoint of an earlier version, which recorded the bytes' SHA-256, be
@@ -159,7 +159,8 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     ``reads_labels`` none of them (pre-training reads none, fine-tuning transcripts), named in the refusal where
     it does (a checkpoint that records no ``manifest_labels``: any of them).
     Raises ValueError on another recipe unless ``allow_changes``; returns the new history segment to record
-    (changed recipe or layout), or None when nothing changed."""
+    (changed recipe or layout), or None when nothing changed. ``announce``: log what changed (the main rank; every
+    rank checks alike, and each had said it)."""
     if "recipe" not in info or "layout" not in info:
         raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
                          "by earful's trainer): use another --out")
@@ -178,12 +179,12 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     read = [k for k in relabelled if k not in unread]
     for k in unread:  # recorded in the history as a segment of its own, the recipe the same
         del changed[f"{k}.sha256"]
-    if unread:
+    if unread and announce:
         named = ", ".join(sorted({x for k in unread for x in which[k]})) if all(
             k in then["manifest_labels"] for k in unread) else ANY_LABELS
         log.info("%s: the same audio rows as the checkpoint's with other labels (%s), which this run does not "
                  "read: the same recipe", ", ".join(unread), named)
-    if moved_audio:
+    if moved_audio and announce:
         log.info("%s: the same rows as the checkpoint's with their audio at other paths (a moved corpus: the same "
                  "recipe)", ", ".join(moved_audio))
     for key in legacy:  # shown as recorded: the bytes' digests, old and new
@@ -208,9 +209,9 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
             f"{root}: --resume with another recipe than the run was trained with ({describe(changed)}){note}. Resume "
             "with the run's settings (its config.yaml and history.jsonl), add --allow-changes to continue with "
             "these (recorded as a new segment of the run's history), or use another --out")
-    if changed:
+    if changed and announce:
         log.warning("resuming with another recipe (allowed by --allow-changes): %s%s", describe(changed), note)
-    elif moved:
+    elif moved and announce:
         log.warning("resuming in another layout (%s): batches of %g s as before, cut into other micro-batches when "
                     "their size changed (other crops and masks: the same recipe, other draws)", describe(moved),
                     batch_seconds)

@@ -70,9 +70,11 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _run(args: list[str]) -> None:
+def _run(args: list[str]) -> str:
+    """Runs ``args`` to success; returns what they wrote to stderr (the log)."""
     r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stderr
 
 
 def _pretrain(train: Path, out: Path) -> list[str]:
@@ -121,9 +123,13 @@ def test_two_processes_resumed_mid_stream_on_two_or_one_equal_one_process(tmp_pa
     assert [(s["epoch"], s["position"], s["phase"]) for s in state["loaders"]] == [(1, 0, 1), (1, 1, 1)]
     for name, launch in (("on-two", two), ("on-one", [])):
         shutil.copytree(stopped, tmp_path / name)
-        _run([*(launch or [sys.executable]), *_pretrain(odd_corpus, tmp_path / name), "--resume", "--allow-changes",
-              "max_steps=4"])
+        err = _run([*(launch or [sys.executable]), *_pretrain(odd_corpus, tmp_path / name), "--resume",
+                    "--allow-changes", "max_steps=4"])
         _assert_same_final(one_process, tmp_path / name)
+        # said once, by the main rank (each rank had said it: as many times as processes)
+        for line in ("resuming with another recipe (allowed by --allow-changes): max_steps: 3 -> 4", "resumed from",
+                     "done: "):
+            assert err.count(line) == 1, (line, err[-3000:])
 
 
 def _rendezvous_port() -> int:

@@ -102,3 +102,33 @@ def test_a_run_logs_the_distance_and_codeword_similarity_of_its_weights(tmp_path
         for g, sim in enumerate(codeword_similarity(w["quantizer.codevectors"], cfg.model.num_codevector_groups)):
             assert {k: rec[f"codeword_sim_g{g}_{k}"] for k in sim} == pytest.approx(sim, rel=1e-5)
     assert 0 < log[0]["distance_from_init"] < log[1]["distance_from_init"]
+
+
+def test_a_resumed_run_s_health_checks_go_on_from_its_checkpoint(tmp_path, tiny_corpus, monkeypatch, caplog) -> None:
+    """The checks' state (the running median's grad norms, the warnings in force) was not in the checkpoint: after
+    every resume the exploding-gradient check was blind until GRAD_LEAST new records (2,000 steps at the defaults;
+    on a cluster that pre-empts often, for ever), and a warning in force was said again. It is now in trainer.json:
+    a resumed run's checks go on from what they had, and say nothing new for what had been said."""
+    import logging
+
+    import earful.train.monitor as monitor
+
+    monkeypatch.setattr(monitor, "GRAD_LEAST", 2)  # judged from the third record on, not the 21st
+    over = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4",
+            "log_every=1", "valid_every=0", "ckpt_every=100", "data.num_workers=0", "data.min_seconds=0.5",
+            "data.crop_seconds=2.0", "tensorboard=false", "threads=1", "device=cpu", "health.after_steps=0",
+            "health.grad_norm_factor=1e-9"]  # every norm "explodes": the warning is in force from step 3 on
+    with caplog.at_level(logging.WARNING, logger="earful.train.monitor"):
+        first = Trainer(PretrainTask(load_pretrain_config(None, [*over, "max_steps=3"])), tmp_path / "run")
+        first.fit()
+    exploding = [r.getMessage()[:30] for r in caplog.records if "exploding" in r.getMessage()]
+    assert exploding == ["health: step 3: exploding grad"]
+    norms = [json.loads(line)["grad_norm"] for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="earful.train.monitor"):
+        resumed = Trainer(PretrainTask(load_pretrain_config(None, [*over, "max_steps=6"])), tmp_path / "run",
+                          resume=True, allow_changes=True)
+        assert list(resumed.health.norms) == pytest.approx(norms) and "grad" in resumed.health.active
+        resumed.fit()
+    assert "exploding" not in caplog.text  # in force since step 3: not said again
+    assert len(resumed.health.norms) == 6
