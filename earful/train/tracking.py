@@ -31,6 +31,8 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -182,21 +184,22 @@ class _Mlflow:
         from mlflow.tracking import MlflowClient
 
         uri = cfg.mlflow_uri or (store / "mlruns").resolve().as_uri()
-        if uri.startswith("file:"):
+        if uri.startswith("file:") or "://" not in uri:  # a file store: a file: URI, or a path (MLflow's ./mlruns)
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # see the module's docstring
         self.client = MlflowClient(uri)
-        if "mlflow" in ids:  # resumed: the same run, the recipe of this segment (--allow-changes may change it)
-            self.run_id = ids["mlflow"]
-            self.client.update_run(self.run_id, status="RUNNING")
-            for key, value in facts.items():
-                self.client.set_tag(self.run_id, key, value)
-            return
-        experiment = _experiment(self.client, cfg.group or cfg.project, mlflow)
-        tags = {**facts, "group": cfg.group or ""}
-        self.run_id = ids["mlflow"] = self.client.create_run(experiment, run_name=name, tags=tags).info.run_id
-        params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flatten(config).items()]
-        for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        with _failing_fast():
+            if "mlflow" in ids:  # resumed: the same run, the recipe of this segment (--allow-changes may change it)
+                self.run_id = ids["mlflow"]
+                self.client.update_run(self.run_id, status="RUNNING")
+                for key, value in facts.items():
+                    self.client.set_tag(self.run_id, key, value)
+                return
+            experiment = _experiment(self.client, cfg.group or cfg.project, mlflow)
+            tags = {**facts, "group": cfg.group or ""}
+            self.run_id = ids["mlflow"] = self.client.create_run(experiment, run_name=name, tags=tags).info.run_id
+            params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in flatten(config).items()]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -206,6 +209,24 @@ class _Mlflow:
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=self.STATUS[status])
+
+
+# MLflow's HTTP settings while a run starts: a server that is not there fails it in seconds (MLflow's defaults, 7
+# retries with a backoff factor of 2, took 4 min on a refused connection before the one-line error); a user's own
+# settings stand, and the run's logging keeps MLflow's (a server's blip mid-run is retried as MLflow retries it)
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@contextmanager
+def _failing_fast() -> Iterator[None]:
+    set_here = [k for k in FAIL_FAST if k not in os.environ]
+    os.environ.update({k: FAIL_FAST[k] for k in set_here})
+    try:
+        yield
+    finally:
+        for k in set_here:
+            os.environ.pop(k, None)
 
 
 def _experiment(client: Any, name: str, mlflow: ModuleType) -> str:

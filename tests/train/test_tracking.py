@@ -237,6 +237,39 @@ def test_a_tracker_that_cannot_start_is_one_error_naming_it_and_the_way_out(tmp_
         gone.start({}, "0" * 64)
 
 
+def test_an_mlflow_server_that_is_not_there_fails_the_start_in_seconds(tmp_path, deadline) -> None:
+    """A refused connection (tracking.mlflow_uri=http://127.0.0.1:9) took 4 min 15 s to fail the start (MLflow's
+    7 retries with a backoff factor of 2); now one retry: well within the deadline. A user's own retry setting
+    stands, and the start's settings do not outlive it."""
+    import socket
+
+    from earful.train.config import TrackingConfig
+    from earful.train.tracking import Tracking
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening (connections are refused)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        bad = Tracking(TrackingConfig(backends=["mlflow"], mlflow_uri=f"http://127.0.0.1:{port}"), tmp_path, True)
+        with deadline(60, "the start against a refused connection"), pytest.raises(
+                ConfigError, match=rf"mlflow run cannot start \(tracking.mlflow_uri=http://127.0.0.1:{port}"):
+            bad.start({}, "0" * 64)
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_a_plain_path_is_an_mlflow_file_store(tmp_path, monkeypatch) -> None:
+    """MLflow reads a plain path (its usual ./mlruns) as a file store, which it refuses unless
+    MLFLOW_ALLOW_FILE_STORE: earful allowed it for file: URIs only, and the path was refused."""
+    from earful.train.config import TrackingConfig
+    from earful.train.tracking import Tracking
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    tracking = Tracking(TrackingConfig(backends=["mlflow"], mlflow_uri="mlruns"), tmp_path / "run", True)
+    tracking.start({"a": 1}, "0" * 64)
+    tracking.finish("finished")
+    assert any((tmp_path / "mlruns").iterdir())
+
+
 def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, caplog) -> None:
     """A tracker whose log raises (its run deleted in the MLflow UI, a full disk, a server gone) is warned about,
     closed as failed and dropped; the others log on. Its exception stopped the training, without a checkpoint."""
