@@ -199,9 +199,9 @@ def config_and_overrides(words: list[str], option: str | None) -> tuple[str | No
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A key given twice:
-    the last value stands (a script may append its own); a mapping given whole (``optim={lr: 0.1}``) and an entry
-    of it (``optim.eps=1e-3``) are refused, whichever comes first (the whole one had dropped the entry set before
-    it, and kept one set after it). A value holding
+    the last value stands (a script may append its own); an entry set after its mapping given whole is merged into
+    it (``optim={lr: 0.1} optim.eps=1e-3``); a mapping given whole after an entry of it is refused (it had dropped
+    the entry without a word). A value holding
     `` #`` (or starting with ``#``), where YAML would start a comment, is text, whole
     (``data.train=/a/run #2/x.jsonl``; ``max_steps=5 #five`` is then an error, not 5)."""
     out: dict[str, Any] = {}
@@ -215,11 +215,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r}: {key.strip()!r} is no key (a name between two dots is empty); an "
                               "entry whose name holds a '.' is given with its mapping whole, e.g. "
                               "text_mapping={'.': ''}")
-        for earlier, prev in seen.items():  # a mapping given whole and an entry of it: which one stands is unclear
-            n = min(len(earlier), len(parts))
-            if len(earlier) != len(parts) and earlier[:n] == parts[:n]:
-                raise ConfigError(f"overrides {prev!r} and {item!r} both set {'.'.join(parts[:n])} (a mapping given "
-                                  "whole, and an entry of it): give the entry in the mapping, or the entry alone")
+        for earlier, prev in seen.items():  # a mapping given whole after an entry of it would drop that entry
+            if len(parts) < len(earlier) and earlier[:len(parts)] == parts:
+                raise ConfigError(f"overrides {prev!r} and {item!r} both set {'.'.join(parts)} (an entry, then the "
+                                  "mapping given whole, which would drop it): give the entry in the mapping, or after "
+                                  "it")
         seen[parts] = item
         try:
             value = _plain_yaml(raw) if raw != "" else ""

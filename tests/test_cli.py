@@ -130,23 +130,25 @@ def test_an_override_value_with_a_hash_is_kept_whole():
 
 @pytest.mark.parametrize("given", [
     ["optim.eps=1e-3", "optim={lr: 0.1}"],  # the whole section dropped the earlier entry: eps stayed 1e-8
-    ["optim={lr: 0.1}", "optim.eps=1e-3"],  # (this order kept both)
     ["data.train=a.jsonl", "data={dev: b.jsonl}"],
-    ["text_mapping={a: b}", "text_mapping.c=d"],
+    ["text_mapping.c=d", "text_mapping={a: b}"],
 ])
-def test_a_mapping_given_whole_and_an_entry_of_it_are_refused(given) -> None:
+def test_a_mapping_given_whole_after_an_entry_of_it_is_refused(given) -> None:
     """`optim.weight_decay=0.01 'optim={lr: 1e-4}'` trained with weight_decay 0, without a word (a mapping given
-    whole dropped the entries set before it, but kept those set after it): refused naming both. A key given twice
-    is not refused: the last value stands, as scripts append their own."""
+    whole dropped the entries set before it): refused naming both. The other order merges the entry into the
+    mapping, as it did; a key given twice keeps its last value, as scripts append their own."""
     from earful.config import ConfigError, parse_overrides
     from earful.finetune.config import load_finetune_config
 
-    both = min((g.split("=")[0] for g in given), key=len)
+    both = given[1].split("=")[0]
     with pytest.raises(ConfigError, match=rf"overrides {re.escape(repr(given[0]))} and {re.escape(repr(given[1]))} "
-                                          rf"both set {re.escape(both)} \(a mapping given whole, and an entry"):
+                                          rf"both set {re.escape(both)} \(an entry, then the mapping given whole"):
         parse_overrides(given)
     with pytest.raises(ConfigError, match="both set"):
         load_finetune_config("finetune-demo", given)
+    later = load_finetune_config("finetune-demo", ["optim={lr: 1e-4, weight_decay: 0.01}", "optim.lr=5e-5",
+                                                   "text_mapping={x: y}", "text_mapping.z=w"])
+    assert (later.optim.lr, later.optim.weight_decay, later.text_mapping) == (5e-5, 0.01, {"x": "y", "z": "w"})
     assert parse_overrides(["optim.lr=0.1", "optim.eps=0.5", "optim_x=1"]) == {"optim": {"lr": 0.1, "eps": 0.5},
                                                                               "optim_x": 1}
     assert parse_overrides(["max_steps=5", "optim={lr: 1}", "max_steps=7", "optim={lr: 2}"]) == {

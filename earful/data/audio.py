@@ -191,11 +191,16 @@ def too_short(path: str | os.PathLike, samples: int, rate: int = SAMPLE_RATE, ne
             f"at least {needed})")
 
 
+def shorter_than_a_frame(utts: Sequence[Utterance]) -> list[Utterance]:
+    """The utterances of ``utts`` shorter than the model's receptive field (400 samples at 16 kHz): no output."""
+    return [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+
+
 def check_frames(utts: Sequence[Utterance], where: str, frame: str, reason: str) -> None:
     """Refuse ``utts`` (a manifest's, named by ``where``) holding utterances shorter than one ``frame`` needs (the
     receptive field: 400 samples at 16 kHz), naming how many and a few, and ``reason`` they cannot stay: what
     evaluate and the probes check before any work, where the loader would stop midway naming a file alone."""
-    short = [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    short = shorter_than_a_frame(utts)
     if short:
         shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
         raise ValueError(f"{where}: {len(short)} of {len(utts)} utterances are shorter than one {frame} needs "

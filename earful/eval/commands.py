@@ -267,7 +267,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint), greedy and, with --lm, with flashlight's lexicon beam search and a KenLM n-gram. Writes "
         "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json. An OUT "
         "holds one checkpoint's evaluations: another's is refused; evaluated there again, a split's files are "
-        "replaced and summary.json covers every split evaluated there.",
+        "replaced (a split name evaluated there from another manifest is refused: name it, NAME=MANIFEST) and "
+        "summary.json covers every split evaluated there.",
     )
     ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
     ev.add_argument("manifests", nargs="+", metavar="[NAME=]MANIFEST",

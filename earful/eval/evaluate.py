@@ -141,13 +141,15 @@ def _unreadable(manifest: str | Path, split: str, e: AudioError) -> AudioError:
 
 def split_names(manifests: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, str | Path]:
     """Split name → manifest: a mapping's own names (plain names: they name files in OUT), else each manifest's
-    name as given (``test-clean=LS/test-clean/manifest.jsonl``, where no file has that whole name) or its file
+    name as given (``test-clean=LS/test-clean/manifest.jsonl``, where no file has that whole name and the name
+    holds no "/") or its file
     stem, ``-2``, ``-3``… added to repeats (``a/test.jsonl``, ``b/test.jsonl``: ``test``, ``test-2``)."""
     if isinstance(manifests, Mapping):
         return {plain_name(name, "split name"): m for name, m in manifests.items()}
     if isinstance(manifests, str | Path):
         raise TypeError(f"manifests={manifests!r}: expected a list of manifests or a mapping name → manifest")
-    named = {m: m.split("=", 1) for m in manifests if isinstance(m, str) and "=" in m and not Path(m).exists()}
+    named = {m: m.split("=", 1) for m in manifests  # not a path with a "=" (runs/lr=1e-4/dev.jsonl)
+             if isinstance(m, str) and "=" in m and "/" not in m.split("=", 1)[0] and not Path(m).exists()}
     given: dict[str, str | Path] = {}
     for m, (name, path) in named.items():
         if plain_name(name, f"{m}: the split name") in given:
@@ -173,10 +175,15 @@ def _check_same_manifest(out: Path, split: str, manifest: str | Path) -> None:
     a warning where it is not found (moved, or named from another folder)."""
     path = out / f"{split}.greedy.summary.json"
     try:
-        before = json.loads(path.read_text(encoding="utf-8")).get("manifest")
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        before, where = saved.get("manifest"), saved.get("manifest_resolved")  # as given; from /
     except (OSError, ValueError, AttributeError):  # none (a new split), or unreadable: replaced as before
         return
-    if not isinstance(before, str) or before == str(manifest):
+    if isinstance(where, str):  # (recorded since 2026-12-07: the same relative name from another folder is not it)
+        before = where
+        if where == str(Path(manifest).resolve()):
+            return
+    elif not isinstance(before, str) or before == str(manifest):
         return
     if not Path(before).exists():
         log.warning("%s: split %r held the evaluation of %s (not found from here); %s's replaces it", out, split,
@@ -219,7 +226,8 @@ def evaluate(
     """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``.
 
     ``manifests``: a mapping split name → manifest (a study's ``corpus.test``), or a list of manifests, each a
-    split named by its file stem (:func:`split_names`). ``text_mapping``: characters of the references to replace
+    split named by its file stem or as given, ``NAME=MANIFEST`` (:func:`split_names`); a split name evaluated in
+    ``out_dir`` before from another manifest is refused. ``text_mapping``: characters of the references to replace
     (or remove: ``""``) before scoring, over the checkpoint's own mapping (fine-tuning's ``text_mapping``)."""
     splits = split_names(manifests)
     if not splits:
@@ -274,7 +282,8 @@ def evaluate(
         greedy = {i: vocab.normalize_hypothesis(h) for i, h in greedy.items()}  # as the references are
         if lm_hyps is not None:
             lm_hyps = {i: vocab.normalize_hypothesis(h) for i, h in lm_hyps.items()}
-        meta = {"split": split, "manifest": str(manifest), "checkpoint": str(path)}
+        meta = {"split": split, "manifest": str(manifest), "manifest_resolved": str(Path(manifest).resolve()),
+                "checkpoint": str(path)}
         results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
                                               {**meta, "decoder": "greedy"})}
         if lm_hyps is not None and lm_settings is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from earful.data.audio import RECEPTIVE_FIELD
+from earful.data.audio import RECEPTIVE_FIELD, shorter_than_a_frame
 from earful.data.budget import SAMPLE_RATE
 from earful.data.manifest import Utterance
 from earful.eval.vocab import CharVocab
@@ -45,16 +45,17 @@ def labelled(utts: Sequence[Utterance], where: str, skip_bad: bool) -> tuple[Seq
     return kept, missing
 
 
-def trainable(utts: Sequence[Utterance], targets: dict[str, list[int]], where: str,
-              skip_bad: bool) -> tuple[Sequence[Utterance], dict[str, list[str]]]:
+def trainable(utts: Sequence[Utterance], targets: dict[str, list[int]], where: str, skip_bad: bool,
+              min_seconds: float | None = None) -> tuple[Sequence[Utterance], dict[str, list[str]]]:
     """Of ``utts`` (training rows, labelled, encoded to ``targets``), those a CTC step can take, and the ids of
     the others by why: an empty transcript once normalised, and fewer samples than one frame of the model needs
     (no output at all; the loader had stopped the run at the first, midway, naming its file alone, after a
-    warning that promised a zero loss). Refused (ValueError naming the manifest,
-    how many of each and a few ids, at once: they had been named one a run) unless ``skip_bad``, which leaves them
-    out for the caller to count and log (by why: "with an empty transcript …")."""
+    warning that promised a zero loss), unless ``min_seconds`` (data.min_seconds) leaves them out anyway. Refused
+    (ValueError naming the manifest, how many of each and a few ids, at once: they had been named one a run)
+    unless ``skip_bad``, which leaves them out for the caller to count and log (by why: "with an empty
+    transcript …")."""
     empty = [u.id for u in utts if not targets[u.id]]
-    short = [u.id for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+    short = [u.id for u in shorter_than_a_frame(utts) if not (min_seconds and u.seconds < min_seconds)]
     bad = {why: ids for why, ids in (
         ("with an empty transcript (once lower-cased and text_mapping applied)", empty),
         (f"with fewer samples than one frame of the model needs ({RECEPTIVE_FIELD} at {SAMPLE_RATE} Hz)", short),

@@ -125,7 +125,7 @@ class FinetuneTask(Task):
         utts, unlabelled = T.labelled(read_manifest(cfg.data.train, check_files=True), cfg.data.train,
                                       cfg.data.skip_bad)
         self.targets = T.encode_transcripts(utts, self.vocab, cfg.data.train, remedy=T.VOCAB_REMEDY, allow_empty=True)
-        utts, bad = T.trainable(utts, self.targets, cfg.data.train, cfg.data.skip_bad)
+        utts, bad = T.trainable(utts, self.targets, cfg.data.train, cfg.data.skip_bad, cfg.data.min_seconds)
         self.targets = {u.id: self.targets[u.id] for u in utts}
         self.left_out = {"train": (cfg.data.train, {"without a transcript": unlabelled, **bad})}
         short = T.too_short(utts, self.targets, self.model.frame_lengths)

@@ -670,7 +670,8 @@ def train_command(task: Task, out_dir: str | Path, *, resume: bool, allow_change
                           start_if_new=start_if_new)
         summary = trainer.fit_and_leave()
     except TrainingStopped as e:
-        log.error("%s", e)
+        if trainer.d.is_main:  # every rank stops (the count is reduced): one says why
+            log.error("%s", e)
         return EXIT_NONFINITE
     if trainer.d.is_main:
         log.info("done: %s", json.dumps({k: summary[k] for k in show}))

@@ -418,7 +418,8 @@ def test_splits_are_named_by_the_caller_else_by_their_stems(tmp_path, always_a) 
         split_names(str(a))
 
 
-def test_a_split_is_named_as_given_and_a_name_taken_by_another_manifest_is_refused(tmp_path, always_a, caplog):
+def test_a_split_is_named_as_given_and_a_name_taken_by_another_manifest_is_refused(tmp_path, always_a, caplog,
+                                                                                   monkeypatch):
     """`evaluate CK a/test.jsonl --out E`, then `evaluate CK b/test.jsonl --out E` replaced the first split's results
     in summary.json without a word, and nothing said which manifest they were of (LibriSpeech's
     test-clean/manifest.jsonl and test-other/manifest.jsonl alike). A split can be named (NAME=MANIFEST); a name
@@ -434,6 +435,7 @@ def test_a_split_is_named_as_given_and_a_name_taken_by_another_manifest_is_refus
                                                                      "manifest": str(a)}
     with pytest.raises(ValueError, match=r"clean=.*: split 'clean' is given twice"):
         split_names([f"clean={a}", f"clean={b}"])
+    assert split_names(["runs/lr=1e-4/dev.jsonl"]) == {"dev": "runs/lr=1e-4/dev.jsonl"}  # a path with a "="
     out = tmp_path / "eval"
     assert main(["evaluate", str(always_a), str(a), "--out", str(out)]) == 0
     before = (out / "summary.json").read_text()
@@ -451,6 +453,16 @@ def test_a_split_is_named_as_given_and_a_name_taken_by_another_manifest_is_refus
     with caplog.at_level(logging.WARNING):
         assert main(["evaluate", str(always_a), str(c), "--out", str(out)]) == 0
     assert f"split 'manifest' held the evaluation of {a} (not found from here); {c}'s replaces it" in caplog.text
+    # one relative name from two folders is two manifests: compared as resolved
+    for folder, text in (("X", "a"), ("Y", "b")):
+        write_split(tmp_path / folder / "data", "test", [text])
+    monkeypatch.chdir(tmp_path / "X")
+    assert main(["evaluate", str(always_a), "data/test.jsonl", "--out", str(tmp_path / "rel")]) == 0
+    monkeypatch.chdir(tmp_path / "Y")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["evaluate", str(always_a), "data/test.jsonl", "--out", str(tmp_path / "rel")]) == 2
+    assert f"holds the evaluation of {tmp_path / 'X' / 'data' / 'test.jsonl'}" in caplog.text
 
 
 def test_only_empty_references_is_an_error_naming_the_manifest(tmp_path, always_a) -> None:

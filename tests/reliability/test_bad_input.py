@@ -302,6 +302,11 @@ def test_fine_tuning_names_every_empty_or_too_short_row_at_once_and_skip_bad_lea
     assert (f"{manifest}: 1 utterances with fewer samples than one frame of the model needs (400 at 16000 Hz) are "
             "left out of train (data.skip_bad=true), e.g. ['tiny']") in caplog.text
     assert "zero loss" not in caplog.text
+    # a row data.min_seconds leaves out (counted by the sampler) is no error: docs/data.md's limits set on purpose
+    only_short = rel.write_rows(tmp_path / "short.jsonl", [r for r in rows if r["id"] not in ("train-001",
+                                                                                             "train-002")])
+    over = rel.finetune_overrides(only_short, 1, "data.min_seconds=0.1")
+    assert Trainer(FinetuneTask(load_finetune_config(None, over)), tmp_path / "run3").fit()["step"] == 1
 
 
 def test_duplicate_ids_are_refused(tmp_path, tones, rel) -> None:

@@ -55,8 +55,8 @@ def test_a_label_sets_own_overrides_are_checked_before_any_run(tmp_path) -> None
 
 def test_a_label_sets_own_overrides_are_over_the_study_s(tmp_path) -> None:
     """The paper's studies set a label set's steps over the study's (`per_label_set: {1h: [max_steps=13000]}`):
-    a label set's overrides come after the study's, and stand; a mapping whole in one and an entry of it in the
-    other are refused, as on the command line."""
+    a label set's overrides come after the study's, and stand (an entry of a mapping the study gives whole too);
+    a mapping whole after an entry of it is refused, as on the command line."""
     from earful.finetune.config import load_finetune_config
 
     study = _study(tmp_path, "finetune.overrides=[max_steps=9, optim.lr=1e-4]",
@@ -65,6 +65,10 @@ def test_a_label_sets_own_overrides_are_over_the_study_s(tmp_path) -> None:
     assert load_finetune_config(None, study.finetune.overrides_for("10h")).max_steps == 3
     assert load_finetune_config(None, study.finetune.overrides_for("1h")).max_steps == 9
     assert load_finetune_config(None, study.finetune.overrides_for("10h")).optim.lr == 1e-4
+    mapped = _study(tmp_path, "finetune.overrides=['text_mapping={x: y}']",
+                    "finetune.per_label_set={10h: [text_mapping.z=w]}")
+    check_recipes(mapped)
+    assert load_finetune_config(None, mapped.finetune.overrides_for("10h")).text_mapping == {"x": "y", "z": "w"}
     with pytest.raises(ValueError, match=r"finetune.per_label_set\['10h'\]: .*'optim.lr=1e-4' and 'optim=\{eps: "
                                          r"0.5\}' both set optim"):
         check_recipes(_study(tmp_path, "finetune.overrides=[optim.lr=1e-4]",

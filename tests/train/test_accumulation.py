@@ -132,6 +132,15 @@ def test_two_processes_resumed_mid_stream_on_two_or_one_equal_one_process(tmp_pa
             assert err.count(line) == 1, (line, err[-3000:])
 
 
+def test_a_non_finite_stop_under_torchrun_is_said_once(tmp_path, odd_corpus) -> None:
+    """Every rank stops after max_nan_steps (the count is reduced), and each had logged why: the main rank alone
+    says it (as 'resumed from', 'stopped by' and 'done')."""
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    r = subprocess.run([*two, *_pretrain(odd_corpus, tmp_path / "nan"), "optim.lr=1e6", "max_nan_steps=2",
+                        "max_steps=20"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.count("non-finite steps in a row at step") == 1, r.stderr[-3000:]
+
+
 def _rendezvous_port() -> int:
     """A free localhost port below the kernel's ephemeral range (Linux), where it hands out none (a bind to port 0,
     a connection's own end: other tests' torchrun stores and gloo sockets under xdist) while the agents start;
