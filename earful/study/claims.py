@@ -337,7 +337,9 @@ def judge_c4(grid: dict[tuple[float, int], Cell], metric: str, sign: float) -> V
         if s % 2 == 0 and (2 * b, s // 2) in grid:
             hours.append((cell, grid[(2 * b, s // 2)]))
     if not hours or not steps:
-        return Verdict("C4", metric, INCONCLUSIVE, "no equal-hours pairs (B, T) / (2B, T/2) among the checkpoints")
+        missing = [what for what, pairs in (("equal-hours pairs (B, T) / (2B, T/2)", hours),
+                                            ("equal-steps pairs (B, T) / (2B, T)", steps)) if not pairs]
+        return Verdict("C4", metric, INCONCLUSIVE, f"no {' and no '.join(missing)} among the checkpoints")
     h, h_se = _mean_gain(hours, sign)
     g, g_se = _mean_gain(steps, sign)
     measured = math.isfinite(h_se) and math.isfinite(g_se) and h_se > 0 and g_se > 0

@@ -72,7 +72,10 @@ def fmt_ms(xs: list[float], pct: bool = True) -> str:
     k = 100.0 if pct else 1.0
     if n == 1:
         return f"{m * k:.1f}" if pct else f"{m:.3f}"
-    return f"{m * k:.1f} ± {se * k:.1f}" if pct else f"{m:.3f} ± {se:.3f}"
+    places = 1 if pct else 3
+    if 0 < se * k < 0.5 * 10.0**-places:  # a spread the usual places round to 0, read as none: 2 significant digits
+        places = 1 - math.floor(math.log10(se * k))
+    return f"{m * k:.{places}f} ± {se * k:.{places}f}"
 
 
 def over_seeds(counts: list[int], seeds: str = "seeds") -> str:
@@ -276,7 +279,8 @@ def build_report(out_dir: str | Path) -> Path:
         plot_finetuning(ft, main_split, rep)
         text += ["## Findings", "",
                  "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "
-                 "difference. Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
+                 "difference, a low bar with few seeds (each comparison says how often it is passed by chance). "
+                 "Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
                  ""] + findings(ft, runs, study, main_split, "wer") + findings(ft, runs, study, main_split, "cer")
     text += machines_section(out, every_run)
     text += ["## Plots", "",
@@ -395,21 +399,29 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     if seeds < 3 and "C2-trend" not in few and any("C2-trend" in claims for claims, _ in can):  # one slope a seed
         can = [(tuple(c for c in claims if c != "C2-trend"), why) for claims, why in can]
         cannot.append(f"C2-trend: it takes one slope a seed and needs 3 seeds; the study has {seeds}")
+    testable = [c for claims, _ in can for c in claims if batches >= need[c]]
     can = [f"{', '.join(ok[:-1]) + ' and ' if len(ok) > 1 else ''}{ok[-1]} ({why})" for claims, why in can
            if (ok := [c for c in claims if batches >= need[c]]) and why]
     if few:
         cannot.append(f"{', '.join(few)}: the grid has {batches} batch size(s) (C1 and C4 need 2; C2, C2-trend, C6 "
                       "and C7 need 3)")
+    # the claims are judged (a verdict each: the report's claims section) for the paper's design alone; another
+    # design's findings answer the same questions without a verdict
+    judged = mode == "fixed-steps" and bool(cycles)
+    asks = ("It can test: " if judged else "Its findings answer, without judging any claim (verdicts need the "
+            "paper's design, `mode: fixed-steps` with `cycles`): ")
     lines = ["## What this study can test", "",
              f"Design: {mode}{f', {cycles} cyclic cycles' if cycles else ''}, {seeds} seed(s)"
-             f"{', probes of frozen features' if study.get('probes') else ''}. It can test: "
+             f"{', probes of frozen features' if study.get('probes') else ''}. {asks}"
              f"{'; '.join(can) or 'none of the claims'}."
              + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
     if seeds < 2:
-        lines.append("With one seed no difference is judged beyond noise: C1, C2, C2-trend, C4 and C7 are "
-                     "*inconclusive*; "
-                     "C6's slope is taken over batch sizes, each from one run. At CPU scale the seed-to-seed spread "
-                     "is large (docs/paper-at-cpu-scale.md): quote ranges over seeds.")
+        inconclusive = [c for c in testable if c != "C6"] if judged else []
+        lines.append("With one seed no difference is judged beyond noise"
+                     + (f": {', '.join(inconclusive)} are *inconclusive*" if inconclusive else "")
+                     + ("; C6's slope is taken over batch sizes, each from one run" if "C6" in testable else "")
+                     + ". At CPU scale the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges "
+                     "over seeds.")
     return lines + [""]
 
 
@@ -758,11 +770,12 @@ def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str,
     where = f"corpus.valid `{valid}`" if valid else "the validation manifest, corpus.valid"
     return [f"## Pre-training: final validation ({where}; {over_seeds(counts)})", "",
             md_table(["batch", "steps", NOMINAL, f"{PADDED}, mean", "loss / masked frame", "accuracy",
-                      "hard perplexity"], rows),
+                      "hard perplexity (mean over groups)"], rows),
             "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size; ± is one "
             "standard error of the mean (SD/√n). Distractors whose code equals the "
             "target's are masked out, so a narrow codebook (low perplexity) inflates accuracy: compare "
-            "accuracies only at similar perplexity.", ""]
+            "accuracies only at similar perplexity. The hard perplexity is each codebook group's, averaged over the "
+            "groups (fairseq's code_perplexity sums them: G times this).", ""]
 
 
 def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], rep: Path) -> None:
@@ -920,10 +933,21 @@ def _values(per_b: dict[float, list[float]]) -> str:
 
 
 def _neighbours(per_b: dict[float, list[float]], name: str) -> str:
-    """Each batch size against the next larger one, judged against the seed spread."""
+    """Each batch size against the next larger one, judged against the seed spread, and how often such a call is
+    chance with these seeds (only the comparisons against a baseline had said it)."""
     bs = sorted(per_b)
     return "; ".join(f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
-                     for i in range(len(bs) - 1))
+                     for i in range(len(bs) - 1)) + _chance(min(len(v) for v in per_b.values()))
+
+
+def _chance(seeds: int) -> str:
+    """How often ``compare`` calls a difference where there is none, with ``seeds`` a side ("" for one seed: no
+    call is made)."""
+    if seeds < 2:
+        return ""
+    if seeds in CHANCE_AT_2SE:
+        return f" (with {seeds} seeds a side a 2 SE call is chance in about {CHANCE_AT_2SE[seeds]} % of comparisons)"
+    return " (a 2 SE call is chance in about 5-6 % of comparisons)"
 
 
 def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]]) -> str:
@@ -1012,10 +1036,7 @@ def _against_baseline(per_b: dict[float, list[float]], base_values: list[float],
     for b in bs:
         groups[_versus(compare(per_b[b], base_values), base)].append(b)
     each = "; ".join(f"{verdict} at {', '.join(f'{b:g}' for b in group)} s" for verdict, group in groups.items())
-    seeds = min(len(v) for v in (*per_b.values(), base_values))
-    chance = ("" if seeds < 2 else  # one seed: no spread, no call against it (compare says so)
-              f" (with {seeds} seeds a side a 2 SE call is chance in about {CHANCE_AT_2SE[seeds]} % of comparisons)"
-              if seeds in CHANCE_AT_2SE else " (a 2 SE call is chance in about 5-6 % of comparisons)")
+    chance = _chance(min(len(v) for v in (*per_b.values(), base_values)))
     return (f"{base} {name} {fmt_ms(base_values)} %, against each of {len(bs)} batch sizes: {each}{chance}; "
             f"best pre-trained ({best:g} s) {fmt_ms(per_b[best])} %")
 
@@ -1052,7 +1073,8 @@ def _equal_steps(records: list[dict[str, Any]], label_sets: list[str], metric: s
             caveat = (f" Caveat: {', '.join(mid)} is a checkpoint within its run, taken before its learning rate "
                       "had decayed (unless the schedule is cyclic and the milestone at one of its minima)."
                       if mid and any(key[1] == "final" for key in cl.values()) else "")
-            out.append(f"- **Equal steps ({steps}), {ls}:** {_neighbours(per_b, name)} ({_values(per_b)}).{caveat}")
+            out.append(f"- **Near-equal steps (within 10 %: {steps}), {ls}:** {_neighbours(per_b, name)} "
+                       f"({_values(per_b)}).{caveat}")
     return out
 
 

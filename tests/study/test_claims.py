@@ -376,3 +376,13 @@ def test_c2_weighs_a_missing_batch_size_per_doubling() -> None:
     without_8 = [r for r in rows if r["batch_seconds"] != 8.0]
     c2 = next(v for v in judge(without_8, {"m": True}) if v.claim == "C2")
     assert c2.verdict == NOT_REPRODUCED and "4 → 16 s gains +2.98 ± 0.0078 per doubling" in c2.evidence
+
+
+def test_c4_names_the_kind_of_pair_that_is_missing() -> None:
+    """Equal-hours pairs (8 s at 600 steps, 16 s at 300) but no equal-steps pair: the verdict said "no equal-hours
+    pairs", the kind it had."""
+    rows = [{"batch_seconds": b, "step": s, "seed": k, "m": 1.0 + 0.01 * k} for b, s in ((8.0, 600), (16.0, 300))
+            for k in range(3)]
+    (c4,) = [v for v in judge(rows, {"m": False}) if v.claim == "C4"]
+    assert c4.verdict == INCONCLUSIVE and "no equal-steps pairs (B, T) / (2B, T)" in c4.evidence
+    assert "equal-hours" not in c4.evidence

@@ -4,6 +4,8 @@ steps without validation, and only the planned runs' gradient records."""
 import json
 from pathlib import Path
 
+import pytest
+
 from earful.study.report import claims_section, design_rows, probe_means, probe_section, upstream_of
 
 
@@ -78,6 +80,32 @@ def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
     assert "It cannot test: C2-trend: it takes one slope a seed and needs 3 seeds; the study has 2" in two_seeds
     # one cycle has no (2B, T/2) checkpoint: C4 was in neither list
     assert "It cannot test: C4: equal hours needs checkpoints at (B, T) and (2B, T/2)" in scope([4, 8, 16], cycles=1)
+
+
+@pytest.mark.parametrize(("mode", "cycles"), [("fixed-hours", 0), ("fixed-steps", 0)])
+def test_a_design_whose_claims_are_not_judged_says_so_and_calls_none_inconclusive(mode, cycles) -> None:
+    """The claims section runs for the paper's design alone (fixed steps with cycles), yet the scope said a
+    fixed-hours study "can test: C4" and, with one seed, that "C1, C2, C2-trend, C4 and C7 are inconclusive", a
+    verdict nothing computed (naming claims it had just said it cannot test)."""
+    from earful.study.report import scope_section
+
+    study = {"seeds": [1], "cycles": cycles, "mode": mode, "grid": [8, 16], "gradvar_batches": 0}
+    text = " ".join(scope_section(study))
+    assert "Its findings answer, without judging any claim (verdicts need the paper's design" in text
+    assert "It can test" not in text and "inconclusive" not in text
+    assert "With one seed no difference is judged beyond noise. At CPU scale" in text
+    judged = " ".join(scope_section({**study, "mode": "fixed-steps", "cycles": 2}))
+    assert "It can test: C1" in judged and "With one seed no difference is judged beyond noise: C1, C4 are " \
+        "*inconclusive*" in judged
+
+
+def test_a_tiny_spread_is_shown_not_rounded_to_none() -> None:
+    """A spread below 0.05 points printed "± 0.0" (and a loss's below 0.0005 "± 0.000"), read as none."""
+    from earful.study.report import fmt_ms
+
+    assert fmt_ms([4.0, 4.0004, 4.0008], pct=False) == "4.00040 ± 0.00023"
+    assert fmt_ms([0.5, 0.5001, 0.5002]) == "50.0100 ± 0.0058" and fmt_ms([0.6, 0.62, 0.65]) == "62.3 ± 1.5"
+    assert fmt_ms([0.5, 0.5]) == "50.0 ± 0.0"  # no spread at all: said as it is
 
 
 def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> None:
