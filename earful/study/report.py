@@ -168,24 +168,33 @@ def batch_axis(ax, batches: list[float]) -> None:
 
 
 def hours_ticks(xs: list[float]) -> list[float]:
-    """Round ticks (1, 2, 5 a decade; every digit where that gives fewer than 3) across the positive ``xs``."""
+    """Round ticks (1, 2, 5 a decade; every digit where that gives fewer than 3) across the positive ``xs``, and
+    the next one of the series past an end of the data that the ticks would leave unlabelled (the demo's
+    0.61-1.41 h had ticks to 1.0 only, its final checkpoints past the last label)."""
     pos = [x for x in xs if x > 0]
     if not pos:
         return []
     lo, hi = min(pos), max(pos)
     for mults in ((1, 2, 5), tuple(range(1, 10))):
-        ticks = [round(m * 10.0**e, 12) for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
-                 for m in mults]
-        ticks = [t for t in ticks if lo / 1.12 <= t <= hi * 1.12]
+        series = [round(m * 10.0**e, 12) for e in range(math.floor(math.log10(lo)) - 2, math.ceil(math.log10(hi)) + 2)
+                  for m in mults]
+        ticks = [t for t in series if lo / 1.12 <= t <= hi * 1.12]
         if len(ticks) >= 3:
-            return ticks
+            break
+    if not ticks or ticks[-1] < hi / 1.12:
+        ticks.append(min(t for t in series if t >= hi))
+    if ticks[0] > lo * 1.12:
+        ticks.insert(0, max(t for t in series if t <= lo))
     return ticks
 
 
 def hours_axis(ax, xs: list[float], which: str) -> None:
-    """Log x of hours seen, ``which`` being NOMINAL or PADDED, with round decimal ticks."""
+    """Log x of hours seen, ``which`` being NOMINAL or PADDED, with round decimal ticks, every one in view."""
     ticks = hours_ticks(xs)
     _log_axis(ax, ticks, [f"{t:g}" for t in ticks])
+    pos = [x for x in xs if x > 0]
+    if ticks and pos:
+        ax.set_xlim(min(ticks[0], min(pos) / 1.05), max(ticks[-1], max(pos) * 1.05))
     ax.set_xlabel(f"hours of audio seen in pre-training, {which.removeprefix('hours, ')}")
 
 

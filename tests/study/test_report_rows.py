@@ -99,6 +99,18 @@ def test_a_design_whose_claims_are_not_judged_says_so_and_calls_none_inconclusiv
         "*inconclusive*" in judged
 
 
+def test_hours_ticks_label_both_ends_of_the_data() -> None:
+    """The demo's 0.61-1.41 h axis had ticks to 1.0 only: its final checkpoints sat past the last label. The next
+    tick of the series is added past an end the ticks leave unlabelled (one significant digit still)."""
+    from earful.study.report import hours_ticks
+
+    assert hours_ticks([0.61, 1.41]) == [0.6, 0.7, 0.8, 0.9, 1.0, 2.0]
+    assert hours_ticks([0.1, 10]) == [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]  # as before where the ticks span the data
+    assert hours_ticks([0.3, 0.9]) == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert hours_ticks([1.45, 3.2]) == [1.0, 2.0, 3.0]  # 1.45 lay before the first label (2)
+    assert hours_ticks([1.2, 1.9]) == [1.0, 2.0] and hours_ticks([12, 19]) == [10.0, 20.0]  # one tick had been all
+
+
 def test_a_tiny_spread_is_shown_not_rounded_to_none() -> None:
     """A spread below 0.05 points printed "± 0.0" (and a loss's below 0.0005 "± 0.000"), read as none."""
     from earful.study.report import fmt_ms
