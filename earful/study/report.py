@@ -72,7 +72,10 @@ def fmt_ms(xs: list[float], pct: bool = True) -> str:
     k = 100.0 if pct else 1.0
     if n == 1:
         return f"{m * k:.1f}" if pct else f"{m:.3f}"
+    from earful.study.claims import denoise
+
     places = 1 if pct else 3
+    se = denoise(se, m)  # float noise (0.1 + 0.2 beside 0.3) is no spread
     if 0 < se * k < 0.5 * 10.0**-places:  # a spread the usual places round to 0, read as none: 2 significant digits
         places = 1 - math.floor(math.log10(se * k))
     return f"{m * k:.{places}f} ± {se * k:.{places}f}"
@@ -230,8 +233,11 @@ def compare(a: list[float], b: list[float]) -> str:
             return ("lower" if ma < mb else "higher") + " (no spread over seeds: not judged)"
         if not beyond_2se(abs(ma - mb), se):
             return "no clear difference (within 2 standard errors)"
-        return ("lower" if ma < mb else "higher") + " (beyond 2 standard errors)"
+        return ("lower" if ma < mb else "higher") + BEYOND
     return ("lower" if ma < mb else "higher") + " (one seed: spread not measured)"
+
+
+BEYOND = " (beyond 2 standard errors)"  # compare's call of a difference
 
 
 def check_finished(out: Path) -> None:
@@ -399,11 +405,18 @@ def scope_section(study: dict[str, Any]) -> list[str]:
         can.append((("C4",), "at the final checkpoints (every batch size the same hours)"))
         cannot.append("C1, C2 and C2-trend cleanly: equal steps pair a mid-run milestone, whose lr had not decayed, "
                       "with a finished run — use `mode: fixed-steps` with `cycles` (the paper's design)")
-    if study.get("gradvar_batches"):
+    # the claims are judged (a verdict each: the report's claims section, which also reads the gradient noise and
+    # the codeword similarity) for the paper's design alone; another design's findings answer the same questions
+    # without a verdict, and have no gradient noise or similarity to show
+    judged = mode == "fixed-steps" and bool(cycles)
+    if not judged:
+        cannot.append("C6: gradient noise is reported in the paper's design only")
+    elif study.get("gradvar_batches"):
         can.append((("C6",), "gradient noise against batch"))
     else:
         cannot.append("C6: set `gradvar_batches`")
-    can.append((("C7",), "codebook perplexity and codeword similarity against batch"))
+    can.append((("C7",), "codebook perplexity and codeword similarity against batch" if judged else
+                "codebook perplexity against batch, in the pre-training table"))
     few = sorted({c for claims, _ in can for c in claims if batches < need[c]})
     if seeds < 3 and "C2-trend" not in few and any("C2-trend" in claims for claims, _ in can):  # one slope a seed
         can = [(tuple(c for c in claims if c != "C2-trend"), why) for claims, why in can]
@@ -414,9 +427,6 @@ def scope_section(study: dict[str, Any]) -> list[str]:
     if few:
         cannot.append(f"{', '.join(few)}: the grid has {batches} batch size(s) (C1 and C4 need 2; C2, C2-trend, C6 "
                       "and C7 need 3)")
-    # the claims are judged (a verdict each: the report's claims section) for the paper's design alone; another
-    # design's findings answer the same questions without a verdict
-    judged = mode == "fixed-steps" and bool(cycles)
     asks = ("It can test: " if judged else "Its findings answer, without judging any claim (verdicts need the "
             "paper's design, `mode: fixed-steps` with `cycles`): ")
     lines = ["## What this study can test", "",
@@ -426,8 +436,10 @@ def scope_section(study: dict[str, Any]) -> list[str]:
              + (f" It cannot test: {'; '.join(cannot)}." if cannot else "")]
     if seeds < 2:
         inconclusive = [c for c in testable if c != "C6"] if judged else []
+        listed = ", ".join(inconclusive[:-1]) + " and " + inconclusive[-1] if len(inconclusive) > 1 else \
+            "".join(inconclusive)
         lines.append("With one seed no difference is judged beyond noise"
-                     + (f": {', '.join(inconclusive)} are *inconclusive*" if inconclusive else "")
+                     + (f": {listed} {'are' if len(inconclusive) > 1 else 'is'} *inconclusive*" if inconclusive else "")
                      + ("; C6's slope is taken over batch sizes, each from one run" if "C6" in testable else "")
                      + ". At CPU scale the seed-to-seed spread is large (docs/paper-at-cpu-scale.md): quote ranges "
                      "over seeds.")
@@ -942,11 +954,14 @@ def _values(per_b: dict[float, list[float]]) -> str:
 
 
 def _neighbours(per_b: dict[float, list[float]], name: str) -> str:
-    """Each batch size against the next larger one, judged against the seed spread, and how often such a call is
-    chance with these seeds (only the comparisons against a baseline had said it)."""
+    """Each batch size against the next larger one, judged against the seed spread; where a difference is called
+    beyond 2 SE, how often such a call is chance with these seeds (only the comparisons against a baseline had
+    said it)."""
     bs = sorted(per_b)
-    return "; ".join(f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {compare(per_b[bs[i + 1]], per_b[bs[i]])}"
-                     for i in range(len(bs) - 1)) + _chance(min(len(v) for v in per_b.values()))
+    verdicts = [compare(per_b[bs[i + 1]], per_b[bs[i]]) for i in range(len(bs) - 1)]
+    text = "; ".join(f"{bs[i]:g} s → {bs[i + 1]:g} s: {name} {v}" for i, v in enumerate(verdicts))
+    chance = _chance(min(len(_finite(v)) for v in per_b.values()))
+    return text + (f"; {chance}" if chance and any(v.endswith(BEYOND) for v in verdicts) else "")
 
 
 def _chance(seeds: int) -> str:
@@ -955,8 +970,8 @@ def _chance(seeds: int) -> str:
     if seeds < 2:
         return ""
     if seeds in CHANCE_AT_2SE:
-        return f" (with {seeds} seeds a side a 2 SE call is chance in about {CHANCE_AT_2SE[seeds]} % of comparisons)"
-    return " (a 2 SE call is chance in about 5-6 % of comparisons)"
+        return f"with {seeds} seeds a side a 2 SE call is chance in about {CHANCE_AT_2SE[seeds]} % of comparisons"
+    return "a 2 SE call is chance in about 5-6 % of comparisons"
 
 
 def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]]) -> str:
@@ -1038,15 +1053,17 @@ def _against_baseline(per_b: dict[float, list[float]], base_values: list[float],
     simulated 5-batch studies, against 5 % for one batch size chosen before."""
     bs = sorted(per_b)
     best = min(bs, key=lambda b: statistics.fmean(per_b[b]))
+    chance = _chance(min(len(_finite(v)) for v in (*per_b.values(), base_values)))
     if len(bs) == 1:
+        verdict = compare(per_b[best], base_values)
         return (f"pre-trained ({best:g} s) {name} {fmt_ms(per_b[best])} % vs {base} {fmt_ms(base_values)} %: "
-                f"{_versus(compare(per_b[best], base_values), base)}")
+                f"{_versus(verdict, base)}" + (f" ({chance})" if chance and verdict.endswith(BEYOND) else ""))
     groups: dict[str, list[float]] = defaultdict(list)
     for b in bs:
         groups[_versus(compare(per_b[b], base_values), base)].append(b)
     each = "; ".join(f"{verdict} at {', '.join(f'{b:g}' for b in group)} s" for verdict, group in groups.items())
-    chance = _chance(min(len(v) for v in (*per_b.values(), base_values)))
-    return (f"{base} {name} {fmt_ms(base_values)} %, against each of {len(bs)} batch sizes: {each}{chance}; "
+    return (f"{base} {name} {fmt_ms(base_values)} %, against each of {len(bs)} batch sizes: {each}"
+            f"{f' ({chance})' if chance else ''}; "
             f"best pre-trained ({best:g} s) {fmt_ms(per_b[best])} %")
 
 

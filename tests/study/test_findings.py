@@ -23,7 +23,7 @@ def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> N
     # 8 s @ 0.75 h (step 360) pairs with 16 s final (338); 16 s @ 0.75 h (180) with 32 s final (169)
     # every neighbour comparison says how often a 2 SE call is chance with its seeds (the baseline's alone had)
     assert ("Near-equal steps (within 10 %: 8 s at step 360, 16 s at step 338), 10h:** 8 s → 16 s: CER lower "
-            "(beyond 2 standard errors) (with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons) "
+            "(beyond 2 standard errors); with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons "
             "(8 s: 60.0 ± 1.2, 16 s: 55.0 ± 1.2)") in text
     assert ("Near-equal steps (within 10 %: 16 s at step 180, 32 s at step 169), 10h:** 16 s → 32 s: CER higher "
             "(beyond 2") in text
@@ -31,7 +31,7 @@ def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> N
     assert "55.0 ± 1.2). Caveat: 8 s is a checkpoint within its run, taken before its learning rate" in text
     assert ("Equal hours seen (final, 1.5 h), 10h:** CER by batch 8 s: 50.0 ± 1.2, 16 s: 55.0 ± 1.2, 32 s: 80.0 ± 1.2 "
             "(spread 30.0 points); 8 s → 16 s: CER higher (beyond 2 standard errors); 16 s → 32 s: CER higher "
-            "(beyond 2 standard errors) (with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons).") \
+            "(beyond 2 standard errors); with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons.") \
         in text
     # every batch size against the baseline, not the best alone (a best of k picked after the fact beats it by chance)
     assert ("Pre-training vs scratch, 10h:** scratch CER 75.0 ± 1.2 %, against each of 3 batch sizes: pre-trained "
@@ -98,3 +98,18 @@ def test_one_seed_makes_no_claim_of_how_often_a_2_se_call_is_chance() -> None:
     assert "spread not measured) at 8, 16 s; best pre-trained (8 s) 50.0 %" in one and "chance" not in one
     three = _against_baseline({8.0: [0.5, 0.52, 0.54], 16.0: [0.6, 0.61, 0.63]}, [0.7, 0.71, 0.69], "scratch", "CER")
     assert "(with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons)" in three
+
+
+def test_the_chance_note_comes_with_a_2_se_call_only_and_a_lone_batch_size_has_it_too() -> None:
+    """The note on how often a 2 SE call is chance followed the last comparison whatever its verdict ("equal",
+    "not judged"), and a study of one batch size against a baseline had none."""
+    from earful.study.report import _against_baseline, _neighbours
+
+    close = {8.0: [0.50, 0.52, 0.48], 16.0: [0.51, 0.49, 0.50]}
+    assert "chance" not in _neighbours(close, "CER")
+    far = {8.0: [0.50, 0.52, 0.48], 16.0: [0.70, 0.72, 0.68]}
+    assert _neighbours(far, "CER").endswith("(beyond 2 standard errors); with 3 seeds a side a 2 SE call is chance "
+                                            "in about 12 % of comparisons")
+    lone = _against_baseline({8.0: [0.50, 0.52, 0.48]}, [0.70, 0.72, 0.68], "scratch", "CER")
+    assert lone.endswith("pre-trained is lower (beyond 2 standard errors) (with 3 seeds a side a 2 SE call is chance "
+                         "in about 12 % of comparisons)")

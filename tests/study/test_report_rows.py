@@ -89,14 +89,18 @@ def test_a_design_whose_claims_are_not_judged_says_so_and_calls_none_inconclusiv
     verdict nothing computed (naming claims it had just said it cannot test)."""
     from earful.study.report import scope_section
 
-    study = {"seeds": [1], "cycles": cycles, "mode": mode, "grid": [8, 16], "gradvar_batches": 0}
+    study = {"seeds": [1], "cycles": cycles, "mode": mode, "grid": [8, 16, 32], "gradvar_batches": 2}
     text = " ".join(scope_section(study))
     assert "Its findings answer, without judging any claim (verdicts need the paper's design" in text
     assert "It can test" not in text and "inconclusive" not in text
     assert "With one seed no difference is judged beyond noise. At CPU scale" in text
     judged = " ".join(scope_section({**study, "mode": "fixed-steps", "cycles": 2}))
-    assert "It can test: C1" in judged and "With one seed no difference is judged beyond noise: C1, C4 are " \
-        "*inconclusive*" in judged
+    assert "It can test: C1" in judged
+    assert "With one seed no difference is judged beyond noise: C1, C2, C4 and C7 are *inconclusive*" in judged
+    assert "C6: gradient noise is reported in the paper's design only" in text and "C6's slope" not in text
+    assert "C7 (codebook perplexity against batch, in the pre-training table)" in text
+    one_cycle = " ".join(scope_section({**study, "mode": "fixed-steps", "cycles": 1, "grid": [8, 16]}))
+    assert "beyond noise: C1 is *inconclusive*" in one_cycle
 
 
 def test_hours_ticks_label_both_ends_of_the_data() -> None:
@@ -118,6 +122,7 @@ def test_a_tiny_spread_is_shown_not_rounded_to_none() -> None:
     assert fmt_ms([4.0, 4.0004, 4.0008], pct=False) == "4.00040 ± 0.00023"
     assert fmt_ms([0.5, 0.5001, 0.5002]) == "50.0100 ± 0.0058" and fmt_ms([0.6, 0.62, 0.65]) == "62.3 ± 1.5"
     assert fmt_ms([0.5, 0.5]) == "50.0 ± 0.0"  # no spread at all: said as it is
+    assert fmt_ms([0.1 + 0.2, 0.3, 0.3]) == "30.0 ± 0.0"  # float noise is no spread (not 16 decimal places)
 
 
 def test_pretrain_valid_csv_names_the_run_each_value_is_from(tmp_path: Path) -> None:
