@@ -294,7 +294,7 @@ def build_report(out_dir: str | Path) -> Path:
         plot_finetuning(ft, main_split, rep)
         text += ["## Findings", "",
                  "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "
-                 "difference, a low bar with few seeds (each comparison says how often it is passed by chance). "
+                 "difference, a low bar with few seeds (a comparison that calls one says how often that is chance). "
                  "Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
                  ""] + findings(ft, runs, study, main_split, "wer") + findings(ft, runs, study, main_split, "cer")
     text += machines_section(out, every_run)
