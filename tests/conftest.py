@@ -45,35 +45,21 @@ def deadline() -> Callable[[int, str], AbstractContextManager[None]]:
     return within
 
 
-# ``python -c PAUSING_CLI STEP FOLDER ARGS...`` is ``python -m earful.cli ARGS...`` whose trainer, after step STEP
-# (its ``after_step``, before the checkpoint that step may fall due for), touches FOLDER/paused and waits until a
-# stop signal has been handled or FOLDER/go appears: a test seam, patched in the child, never a config field
-PAUSING_CLI = r'''
-import sys, time
+# ``python -c PAUSING_CLI STEP FOLDER ARGS...`` is ``python -m earful.cli ARGS...`` whose trainer pauses after step
+# STEP (``tests/pausing.py``, with FOLDER's files)
+PAUSING_CLI = f"""
+import sys
 from pathlib import Path
 
-from earful.train.engine import Trainer
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from pausing import pause_after
 
-at, folder = int(sys.argv[1]), Path(sys.argv[2])
-after_step = Trainer.after_step
-
-
-def after_step_then_pause(self):
-    after_step(self)
-    if self.step != at or (folder / "go").exists():
-        return
-    (folder / "paused").touch()
-    deadline = time.monotonic() + 300
-    while not (self.signal_received or (folder / "go").exists()) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the stop signals' handler runs between the sleeps
-
-
-Trainer.after_step = after_step_then_pause
+pause_after(int(sys.argv[1]), Path(sys.argv[2]))
 sys.argv = ["earful", *sys.argv[3:]]
 from earful.cli import run
 
 run()
-'''
+"""
 
 
 class PausedTraining:

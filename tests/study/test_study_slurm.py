@@ -18,31 +18,28 @@ from earful.study.config import SlurmConfig, load_study
 from earful.study.run import run_study
 
 RUN = "4s-seed1"
+TESTS = Path(__file__).resolve().parents[1]  # tests/: its pausing module
 
 
 def pausing_stage_job(pause: Path, at: int) -> type:
-    """earful's StageJob whose trainings, in the job's process, wait after step ``at`` (their ``after_step``) until
-    a stop signal has been handled or ``pause``/go appears, having touched ``pause``/paused: a test seam. Defined
-    in a function, the class travels by value in submitit's (cloud)pickle: the job's process need not import
-    this test module."""
+    """earful's StageJob whose trainings, in the job's process, pause after step ``at`` (``tests/pausing.py``,
+    with ``pause``'s files). Defined in a function, the class travels by value in submitit's (cloud)pickle, and so
+    does the ``pausing`` module (registered so): the job's process need not import either."""
+    import sys
+
+    import cloudpickle
+
     from earful.study.slurm import StageJob
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    import pausing
+
+    cloudpickle.register_pickle_by_value(pausing)
 
     class PausingStageJob(StageJob):
         def __call__(self, fn, args):
-            from earful.train.engine import Trainer
-
-            after_step = Trainer.after_step
-
-            def after_step_then_pause(trainer) -> None:
-                after_step(trainer)
-                if trainer.step != at or (pause / "go").exists():
-                    return
-                (pause / "paused").touch()
-                deadline = time.monotonic() + 300
-                while not (trainer.signal_received or (pause / "go").exists()) and time.monotonic() < deadline:
-                    time.sleep(0.05)  # the trainer's stop signals are handled between the sleeps
-
-            Trainer.after_step = after_step_then_pause
+            pausing.pause_after(at, pause)
             return StageJob.__call__(self, fn, args)
 
     return PausingStageJob
