@@ -187,15 +187,18 @@ class FeatureSet:
         extracted (a frame's scale is information here); computed once."""
         n, chunk_frames = len(self.ids), 1 << 16
         owner = torch.repeat_interleave(torch.arange(n), self.frames)  # (total frames,) utterance of each frame
+        count = self.frames.clamp(min=1)[:, None, None].float()
+        # two passes: the squared deviations from each utterance's mean, not E[x²] − mean², which cancels
+        # catastrophically in float32 for a channel whose mean is large against its spread (std 0 at ~600×)
         sums = torch.zeros(n, self.num_layers, self.dim)
+        for start in range(0, self.data.shape[0], chunk_frames):
+            sums.index_add_(0, owner[start : start + chunk_frames], self.data[start : start + chunk_frames].float())
+        mean = sums / count
         squares = torch.zeros_like(sums)
         for start in range(0, self.data.shape[0], chunk_frames):
-            part = self.data[start : start + chunk_frames].float()  # (chunk, layers, dim)
-            sums.index_add_(0, owner[start : start + chunk_frames], part)
-            squares.index_add_(0, owner[start : start + chunk_frames], part.square())
-        count = self.frames.clamp(min=1)[:, None, None].float()
-        mean = sums / count
-        std = (squares / count - mean.square()).clamp(min=0).sqrt()
+            who = owner[start : start + chunk_frames]
+            squares.index_add_(0, who, (self.data[start : start + chunk_frames].float() - mean[who]).square())
+        std = (squares / count).sqrt()
         return torch.cat([mean, std], dim=-1)
 
 

@@ -52,7 +52,10 @@ class PooledProbe(nn.Module):
 def standardized(train: Split, *others: Split) -> list[torch.Tensor]:
     """Each split's pooled features ``(utterances, layers, dim)``, standardised per (layer, channel) by the
     training utterances' mean and standard deviation."""
-    centre, scale = train.feats.pooled.mean(0), train.feats.pooled.std(0).clamp(min=1e-5)  # (layers, dim)
+    centre, scale = train.feats.pooled.mean(0), train.feats.pooled.std(0)  # (layers, dim)
+    # a feature constant over the training utterances is centred, not divided by ~0 (a test utterance's
+    # rounding-sized deviation became ~1e4 and outweighed every other feature), as scikit-learn's StandardScaler
+    scale = torch.where(scale > 1e-5, scale, torch.ones_like(scale))
     return [(s.feats.pooled - centre) / scale for s in (train, *others)]
 
 

@@ -633,3 +633,28 @@ def test_an_unreadable_file_names_its_manifest_and_utterance(tones, tmp_path: Pa
     with pytest.raises(AudioError, match=rf"test.jsonl: utterance {utts[1].id!r}: {broken}: .*a probe reads every "
                                          r"utterance of its manifests: mend the file, or leave its row out"):
         features(Upstream.parse("fbank"), tmp_path / "test.jsonl", tmp_path / "cache", progress=False)
+
+
+def test_pooled_statistics_keep_the_spread_of_a_channel_with_a_large_mean():
+    """The std was sqrt(E[x²] − mean²) in float32: a channel at 3000 ± 5 (a pre-LN residual stream's) pooled to 0."""
+    from earful.probe.features import FeatureSet
+
+    g = torch.Generator().manual_seed(0)
+    x = (3000 + 5 * torch.randn(6000, 1, 4, generator=g)).half()
+    std = FeatureSet(["a"], torch.tensor([6000]), x, 50.0).pooled[0, 0, 4:]
+    assert torch.allclose(std.double(), x.double().std(0, unbiased=False)[0], rtol=1e-4)
+
+
+def test_a_feature_constant_in_training_is_not_blown_up():
+    from earful.probe.features import FeatureSet
+    from earful.probe.utterance import standardized
+
+    class S:
+        def __init__(self, data):
+            self.feats = FeatureSet([str(i) for i in range(len(data))], torch.ones(len(data), dtype=torch.long),
+                                    data[:, None, None, :].reshape(len(data), 1, 2).half(), 50.0)
+
+    train = S(torch.tensor([[1.0, 300.0], [2.0, 300.0], [3.0, 300.0]]))
+    test = S(torch.tensor([[2.0, 300.25]]))
+    _, x = standardized(train, test)
+    assert float(x.abs().max()) < 10
