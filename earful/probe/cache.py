@@ -9,6 +9,7 @@ or a file damaged): it is never read, only extracted again under the same key.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE
+from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE, LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def is_entry(path: Path) -> bool:
     their temporary files). Anything else in a cache folder (a mistyped ``--cache``) is never listed or removed."""
     if not (path.is_dir() and not path.is_symlink() and KEY.fullmatch(path.name)):
         return False
-    return all(f.name in (FEATURES_FILE, INDEX_FILE) or (f.name.startswith(".") and f.name.endswith(".tmp"))
+    return all(f.name in (FEATURES_FILE, INDEX_FILE, LOCK_FILE) or (f.name.startswith(".") and f.name.endswith(".tmp"))
                for f in path.iterdir())
 
 
@@ -99,14 +100,26 @@ def select(found: list[Entry], *, older_than_days: float | None = None, upstream
     return chosen
 
 
-def remove(chosen: list[Entry]) -> int:
-    """Remove the entries; the bytes freed."""
-    freed = 0
+def remove(chosen: list[Entry]) -> tuple[int, list[Entry]]:
+    """Remove the entries but those a probe is writing now (their lock held: ``features.writing``), which are
+    left alone and said; the bytes freed and the entries left."""
+    freed, busy = 0, []
     for e in chosen:
-        shutil.rmtree(e.path)
+        try:
+            lock = open(e.path / LOCK_FILE, "a")  # noqa: SIM115 - held while the folder goes
+        except FileNotFoundError:  # removed meanwhile (another `cache remove`)
+            continue
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("%s: a probe is writing it now; left alone", e.path)
+                busy.append(e)
+                continue
+            shutil.rmtree(e.path)
         freed += e.size
         log.info("removed %s (%s, %s)", e.path, e.upstream or "incomplete", human(e.size))
-    return freed
+    return freed, busy
 
 
 def human(size: float) -> str:

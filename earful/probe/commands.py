@@ -80,8 +80,9 @@ def _cache_remove(args: argparse.Namespace) -> int:
         log.info("%d of %d entries of %s, %s, would be removed", len(chosen), len(found), root,
                  human(sum(e.size for e in chosen)))
         return 0
-    freed = remove(chosen)
-    log.info("removed %d of %d entries of %s, %s freed", len(chosen), len(found), root, human(freed))
+    freed, busy = remove(chosen)
+    log.info("removed %d of %d entries of %s, %s freed%s", len(chosen) - len(busy), len(found), root, human(freed),
+             f"; {len(busy)} being written left alone" if busy else "")
     if other := others(root):
         log.warning("%s also holds %d item(s) that are no cache entries (%s …): left alone; is it the cache?", root,
                     len(other), other[0].name)

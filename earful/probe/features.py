@@ -17,7 +17,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from earful.atomic import atomic_save_npy, atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, read_info, sha256, verify_file
 from earful.data.manifest import Utterance, read_manifest
+from earful.lock import lock_file
 from earful.probe import fbank
 from earful.probe.weighting import normalize_layers
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 # manifest's bytes (an entry of 2 is never found again: `earful cache remove --incomplete` removes it)
 CACHE_FORMAT = "earful-features-3"
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
+LOCK_FILE = ".lock"  # held shared by every probe writing the entry, exclusively by `earful cache remove`
 EXTRACT_GROUP = 16  # utterances handed to ``layer_states`` at a time (one padded batch)
 
 # an upstream's feature extractor: (waves → per-utterance (frames, layers, dim) features, frames per second)
@@ -283,13 +286,26 @@ def _extract(extract: Callable[[list[torch.Tensor]], list[torch.Tensor]], frame_
 
 
 def _store(entry: Path, key: str, feats: FeatureSet, about: dict[str, str]) -> None:
-    entry.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(entry / FEATURES_FILE, feats.data.numpy())
-    atomic_write_json(entry / INDEX_FILE, {
-        "format": CACHE_FORMAT, "key": key, **about, "frame_rate": feats.frame_rate, "ids": feats.ids,
-        "frames": feats.frames.tolist(), "shape": list(feats.data.shape),
-        "files": {FEATURES_FILE: file_record(entry / FEATURES_FILE)},
-    })
+    with writing(entry):
+        atomic_save_npy(entry / FEATURES_FILE, feats.data.numpy())
+        atomic_write_json(entry / INDEX_FILE, {
+            "format": CACHE_FORMAT, "key": key, **about, "frame_rate": feats.frame_rate, "ids": feats.ids,
+            "frames": feats.frames.tolist(), "shape": list(feats.data.shape),
+            "files": {FEATURES_FILE: file_record(entry / FEATURES_FILE)},
+        })
+
+
+@contextmanager
+def writing(entry: Path) -> Iterator[None]:
+    """The entry's folder, created, with a shared lock on its ``LOCK_FILE`` while a probe writes it (minutes for
+    BASE's features of an hour of audio): ``earful cache remove`` takes the lock exclusively or leaves the entry
+    alone (it removed an entry being written, and the probe died). Probes writing one entry at once share it.
+    A lock taken on a file a removal has just unlinked is taken again, on the folder made anew (``lock_file``)."""
+    f = lock_file(entry / LOCK_FILE, shared=True)
+    try:
+        yield
+    finally:
+        f.close()
 
 
 def _load(entry: Path, key: str) -> FeatureSet | None:

@@ -84,3 +84,21 @@ def test_remove_refuses_what_says_no_entries(options, message, tmp_path: Path, c
     with caplog.at_level(logging.ERROR):
         assert main(["cache", "remove", "--cache", str(tmp_path / "cache"), *options]) == 2
     assert message in caplog.text and (tmp_path / "cache" / "stopped").is_dir()
+
+
+def test_an_entry_a_probe_is_writing_is_left_alone(tmp_path: Path, caplog):
+    """`cache remove --incomplete` (or --all) removed an entry a probe was writing, which has no index until the
+    end (minutes for BASE's features), and the probe died on its missing temporary file. A writer holds the
+    entry's lock; the removal leaves such an entry alone and says so, and removes it once the write has ended."""
+    from earful.probe.features import writing
+
+    cache = tmp_path / "cache"
+    entry = cache / ("d" * 64)
+    with writing(entry):
+        (entry / "features.npy").write_bytes(b"\0" * 10)
+        with caplog.at_level(logging.INFO):
+            assert main(["cache", "remove", "--incomplete", "--cache", str(cache)]) == 0
+        assert entry.is_dir() and "a probe is writing it now; left alone" in caplog.text
+        assert "removed 0 of 1 entries" in caplog.text and "1 being written left alone" in caplog.text
+    assert main(["cache", "remove", "--incomplete", "--cache", str(cache)]) == 0
+    assert not entry.exists()
