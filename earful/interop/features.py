@@ -34,8 +34,9 @@ def layer_states(backbone: torch.nn.Module, waves: list[torch.Tensor]) -> list[t
     The utterances go through as one zero-padded batch: the backbone is batch-invariant (the CNN's GroupNorm
     over real samples, padded keys masked), so each utterance gets what it gets alone (within float rounding;
     ``tests/probe`` checks it). A batch of one is not padded: exactly what the utterance gets alone."""
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)  # (batch,)
-    batch = torch.zeros(len(waves), int(lengths.max()))  # (batch, samples)
+    device = waves[0].device  # the backbone's
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long, device=device)  # (batch,)
+    batch = torch.zeros(len(waves), int(lengths.max()), device=device)  # (batch, samples)
     for row, w in enumerate(waves):
         batch[row, : len(w)] = w
     padded = bool((lengths < batch.shape[1]).any())

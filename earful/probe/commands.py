@@ -21,7 +21,8 @@ def _probe(args: argparse.Namespace) -> int:
     if args.init_seed is not None and not args.random_init:
         raise ValueError("--init-seed needs --random-init")
     config = load_config(ProbeConfig, None, args.overrides)
-    upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0)
+    upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0,
+                              device=args.device)
     common = dict(seed=args.seed, config=config, cache_dir=args.cache, progress=not args.no_progress)
     if args.suite:
         if args.task or args.train or args.dev or args.test:
@@ -108,6 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=Path, help="test manifest (SID: held-out speakers, for the EER)")
     p.add_argument("--out", type=Path, required=True, help="results folder")
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
+    p.add_argument("--device", default="auto", help="where the checkpoint's features are extracted: auto (CUDA "
+                   "where there is one, the default), cpu, cuda or cuda:N; the heads train on the CPU")
     p.add_argument("--random-init", action="store_true", help="CKPT's architecture at a random init instead of its "
                    "weights (when the run has no checkpoints/init)")
     p.add_argument("--init-seed", type=int, default=None, help="with --random-init: the initialisation's seed "

@@ -65,10 +65,13 @@ class Upstream:
     kind: Literal["checkpoint", "random-init", "fbank"]
     ckpt: str | None = None
     init_seed: int = 0
+    device: str = "auto"  # where a model extracts (auto: CUDA where there is one); filterbanks: the CPU
 
     @classmethod
-    def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0) -> Upstream:
-        """``"fbank"`` or a checkpoint folder (with ``random_init``: its architecture, freshly initialised)."""
+    def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
+              device: str = "auto") -> Upstream:
+        """``"fbank"`` or a checkpoint folder (with ``random_init``: its architecture, freshly initialised),
+        extracted on ``device``."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
@@ -76,7 +79,10 @@ class Upstream:
         if not (Path(spec) / INFO_FILE).is_file():
             raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}); give a checkpoint folder "
                                     "(e.g. RUN/checkpoints/best) or 'fbank'")
-        return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed)
+        from earful.train.distributed import resolve_device
+
+        resolve_device(device, "--device")  # refused now, not after the model loads
+        return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed, device)
 
     @property
     def name(self) -> str:
@@ -109,9 +115,18 @@ class Upstream:
                 digest.update(name.encode())
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
             return {"kind": "random-init", "model": read_info(ckpt)["model"], "init_seed": self.init_seed,
-                    "weights": digest.hexdigest()}
+                    "weights": digest.hexdigest(), **self._on()}
         verify_file(ckpt / MODEL_FILE, None)  # there (a copy without weights says so), before it is hashed
-        return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
+        return {"kind": "checkpoint", "weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE),
+                **self._on()}
+
+    def _on(self) -> dict[str, str]:
+        """The device in the fingerprint where it is not the CPU (a GPU's features differ in their last bits;
+        the CPU's keys stay those of the cache's earlier entries)."""
+        from earful.train.distributed import resolve_device
+
+        kind = resolve_device(self.device, "--device").type
+        return {} if kind == "cpu" else {"device": kind}
 
     def random_model(self) -> torch.nn.Module:
         """``--random-init``: the checkpoint's architecture with fresh weights drawn from ``init_seed``."""
@@ -136,9 +151,13 @@ class Upstream:
             model = self.random_model() if random_model is None else random_model
         else:
             model = load_model(str(self.ckpt))[0]
-        backbone = backbone_of(batch_invariant(model)).eval()
+        from earful.train.distributed import resolve_device
+
+        device = resolve_device(self.device, "--device")
+        backbone = backbone_of(batch_invariant(model)).eval().to(device)
         stride = int(np.prod(backbone.cfg.conv_stride))
-        return (lambda waves: layer_states(backbone, waves)), fbank.SAMPLE_RATE / stride
+        return (lambda waves: [s.cpu() for s in layer_states(backbone, [w.to(device) for w in waves])],
+                fbank.SAMPLE_RATE / stride)
 
 
 # ---------------------------------------------------------------------------------------------- features

@@ -658,3 +658,28 @@ def test_a_feature_constant_in_training_is_not_blown_up():
     test = S(torch.tensor([[2.0, 300.25]]))
     _, x = standardized(train, test)
     assert float(x.abs().max()) < 10
+
+
+def test_features_are_extracted_on_the_device_asked_for_and_cached_by_its_kind(tiny_ckpt: Path, monkeypatch):
+    """Probes extracted on the CPU whatever the machine (a GPU study's 34 upstreams on 16 cores). `--device`
+    (default auto: CUDA where there is one) moves the model; a GPU's features differ in their last bits, so its
+    kind is part of the cache key, and the CPU's keys stay those of earlier entries. A device this machine lacks
+    is refused before the model loads, naming --device."""
+    import torch
+
+    from earful.probe import features as F
+    from earful.train import distributed
+
+    cpu = Upstream.parse(tiny_ckpt, device="cpu")
+    assert set(cpu.fingerprint()) == {"kind", "weights", "info"}  # the key of every earlier entry
+    extract, _ = cpu.extractor()
+    (states,) = extract([torch.randn(4000)])
+    assert states.device.type == "cpu" and states.shape[1:] == (3, 64)
+    monkeypatch.setattr(distributed, "resolve_device", lambda device, key="device": torch.device("cuda"))
+    assert F.Upstream.parse(tiny_ckpt, device="cuda").fingerprint()["device"] == "cuda"
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: no CUDA"):
+            Upstream.parse(tiny_ckpt, device="cuda")
+    with pytest.raises(ValueError, match="--device gpu: not a device"):
+        Upstream.parse(tiny_ckpt, device="gpu")
