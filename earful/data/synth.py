@@ -232,11 +232,15 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
     text_rng = np.random.default_rng([seed, 2])
     jobs: list[Job] = []
     split_of: dict[str, list[str]] = defaultdict(list)
+    rotation = 0  # where the labelled folds' speakers start in the training pool: each fold goes on from the
+    # last one's, so that the six 1 h folds are six sets of speakers, as Libri-light's (each had started at the
+    # pool's first: the 1 h set held exactly the 10 min set's speakers)
     for p, (member, folder, chapter, group, seconds) in enumerate(parts):
         pool = spk[group]
         total, j = 0.0, 0
+        first = rotation if p >= 3 else 0
         while total < seconds or j == 0:
-            s = pool[j % len(pool)]
+            s = pool[(first + j) % len(pool)]
             text = sentences(domain, text_rng, 1)[0]
             uid = f"{s.id}-{chapter}-{j // len(pool):04d}"
             jobs.append(Job(uid, f"{folder}/{s.id}/{chapter}/{uid}.flac", text, s, (seed, 3, p, j)))
@@ -244,6 +248,8 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
                 split_of[m].append(uid)
             total += _estimate_seconds(text, s.wpm)
             j += 1
+        if p >= 3:
+            rotation += j
     return Plan(seed, hours, domain, spk, jobs, dict(split_of), held)
 
 
