@@ -93,6 +93,40 @@ def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]
     return budget, bool(s["padding"])
 
 
+def noise_statistics(gram: torch.Tensor, seconds: torch.Tensor) -> dict[str, Any]:
+    """Standard errors from the N x N Gram matrix of the batches' gradients (``gram[i, j] = g_i . g_j``): the
+    leave-one-batch-out jackknife of S, of |G|^2 = (sum_{i != j} g_i . g_j) / (N(N-1)) and of B_simple; and
+    B_simple with the harmonic mean of the batch sizes (S estimates tr(Sigma) * mean(1/B_i), so the arithmetic mean
+    overstates it by mean(B) * mean(1/B))."""
+    n = gram.shape[0]
+
+    def stats(idx: torch.Tensor) -> tuple[float, float, float]:
+        g = gram[idx][:, idx]
+        m = len(idx)
+        off = (g.sum() - g.diagonal().sum()) / (m * (m - 1))  # unbiased |G|^2
+        s = (g.diagonal().sum() / m - g.sum() / m**2) * m / (m - 1)  # sum of unbiased variances
+        return float(s), float(off), float(1.0 / (1.0 / seconds[idx]).mean())
+
+    s, g2, harm = stats(torch.arange(n))
+    leave = [stats(torch.tensor([j for j in range(n) if j != k])) for k in range(n)] if n > 2 else []
+
+    def jack(values: list[float]) -> float | None:
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return math.sqrt((len(values) - 1) / len(values) * sum((v - mean) ** 2 for v in values))
+
+    b_jk = [h * ss / gg for ss, gg, h in leave if gg > 0]
+    return {
+        "trace_cov_per_batch_se": jack([ss for ss, _, _ in leave]),
+        "grad_norm_sq_estimate_se": jack([gg for _, gg, _ in leave]),
+        "b_simple_seconds_harmonic": harm * s / g2 if g2 > 0 else None,
+        # the jackknife of a ratio: only where no leave-one-out |G|^2 is <= 0 (else the ratio is not estimable)
+        "b_simple_seconds_harmonic_se": jack(b_jk) if len(b_jk) == len(leave) and g2 > 0 else None,
+        "signal_to_noise": g2 / jack([gg for _, gg, _ in leave]) if leave and jack([gg for _, gg, _ in leave]) else None,
+    }  # fmt: skip
+
+
 def gradient_noise(
     ckpt: str | Path,
     manifest: str | Path,
@@ -132,7 +166,8 @@ def gradient_noise(
     total = sum(p.numel() for p in params)
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g
     s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g²
-    seconds = []
+    seconds: list[float] = []
+    grads: list[torch.Tensor] = []
     batches = iter(loader)
     for i in tqdm(range(num_batches), desc="gradvar", unit="batch"):
         model.zero_grad(set_to_none=True)
@@ -144,10 +179,13 @@ def gradient_noise(
             masked += float(out.num_masked)
             padded += batch.padded_seconds
         denom = loss_denominator(model.cfg.loss_normalisation, masked, budget.accumulation)
+        flat = []
         for a, b, p in zip(s1, s2, params, strict=True):
             g = p.grad.double() / denom if p.grad is not None else torch.zeros_like(a)
             a += g
             b += g * g
+            flat.append(g.reshape(-1).float().cpu())
+        grads.append(torch.cat(flat))  # for the Gram matrix of the batches: the standard errors below
         seconds.append(padded)
     n = float(num_batches)
     mean_std = 0.0
@@ -162,15 +200,19 @@ def gradient_noise(
     s = sq_dev / (n - 1)  # ≈ tr(Σ)/B
     batch_sec = sum(seconds) / len(seconds)
     g2 = mean_sq - s / n
-    b_simple = batch_sec * s / g2 if g2 > 0 else math.inf
+    b_simple = batch_sec * s / g2 if g2 > 0 else None  # None, not inf: not estimable (and JSON has no inf)
+    gram = torch.stack(grads).double() @ torch.stack(grads).double().T
+    del grads
+    stats = noise_statistics(gram, torch.tensor(seconds, dtype=torch.float64))
     result = {
         "checkpoint": str(ckpt), "step": step, "padding": padding, "batches": num_batches,
         "epochs_read": needed / per_epoch,  # above 1: batches repeat utterances (not independent)
         "batch_seconds_padded": batch_sec,
         "parameters": total, "mean_param_grad_std": mean_std / total,
         "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2, "b_simple_seconds": b_simple,
+        **stats,
     }  # fmt: skip
-    if not math.isfinite(b_simple):
+    if b_simple is None:
         log.warning("the gradient signal is below the noise of %d batches: B_simple cannot be estimated; "
                     "use more batches", num_batches)
     return result
