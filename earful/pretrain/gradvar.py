@@ -123,7 +123,7 @@ def noise_statistics(gram: torch.Tensor, seconds: torch.Tensor) -> dict[str, Any
         "b_simple_seconds_harmonic": harm * s / g2 if g2 > 0 else None,
         # the jackknife of a ratio: only where no leave-one-out |G|^2 is <= 0 (else the ratio is not estimable)
         "b_simple_seconds_harmonic_se": jack(b_jk) if len(b_jk) == len(leave) and g2 > 0 else None,
-        "signal_to_noise": g2 / jack([gg for _, gg, _ in leave]) if leave and jack([gg for _, gg, _ in leave]) else None,
+        "signal_to_noise": g2 / se if (se := jack([gg for _, gg, _ in leave])) else None,
     }  # fmt: skip
 
 
