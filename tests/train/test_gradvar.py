@@ -18,6 +18,7 @@ def test_gradvar_statistics_and_scaling(tmp_path, tiny_corpus) -> None:
     for r in (small, large):
         assert r["parameters"] > 0 and r["mean_param_grad_std"] > 0 and r["trace_cov_per_batch"] > 0
         assert r["b_simple_seconds"] > 0
+        assert r["trace_cov_per_batch_se"] > 0 and r["grad_norm_sq_estimate_se"] > 0 and r["signal_to_noise"] > 0
     # bigger batches average out more noise: the per-parameter spread falls (paper §6.5, ∝ 1/sqrt(batch))
     assert large["mean_param_grad_std"] < small["mean_param_grad_std"]
     assert large["batch_seconds_padded"] > small["batch_seconds_padded"]
@@ -151,3 +152,44 @@ def test_batches_past_what_the_manifest_holds_are_said_to_repeat_its_audio(tmp_p
         again = gradient_noise(tmp_path / "ckpt", train, BatchBudget(3.0, 3.0), num_batches=batches, device="cpu")
     assert again["epochs_read"] > 1 and f"and {batches} batches of 3 s take {batches}: later batches repeat its " \
         "utterances" in caplog.text
+
+
+def test_noise_statistics_equal_their_definitions() -> None:
+    """S and |G|² from the batches' Gram matrix equal the per-parameter formulas; each standard error equals the
+    jackknife written out (every batch left out in turn); B_simple is null where |G|² <= 0."""
+    import numpy as np
+    import torch
+
+    from earful.pretrain.gradvar import gram_matrix, noise_statistics
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(0.3, 1.0, size=(6, 40))  # (batches, parameters)
+    seconds = rng.uniform(2.0, 5.0, size=6)
+    rows = torch.tensor(g, dtype=torch.float32)
+    assert torch.allclose(gram_matrix(rows, chunk=7), rows.double() @ rows.double().T)  # columns in uneven slices
+
+    def direct(rows: np.ndarray, secs: np.ndarray) -> tuple[float, float, float]:
+        n = len(rows)
+        s = rows.var(axis=0, ddof=1).sum()
+        g2 = (rows.mean(axis=0) ** 2).sum() - s / n
+        return s, g2, 1.0 / (1.0 / secs).mean() * s / g2
+
+    def jack(values: list[float]) -> float:
+        v = np.array(values)
+        return float(np.sqrt((len(v) - 1) / len(v) * ((v - v.mean()) ** 2).sum()))
+
+    r = noise_statistics(torch.tensor(g).double() @ torch.tensor(g).double().T, torch.tensor(seconds))
+    s, g2, b = direct(g, seconds)
+    leave = [direct(np.delete(g, k, axis=0), np.delete(seconds, k)) for k in range(6)]
+    assert math.isclose(r["b_simple_seconds_harmonic"], b, rel_tol=1e-9)
+    assert math.isclose(r["trace_cov_per_batch_se"], jack([x[0] for x in leave]), rel_tol=1e-9)
+    assert math.isclose(r["grad_norm_sq_estimate_se"], jack([x[1] for x in leave]), rel_tol=1e-9)
+    assert math.isclose(r["b_simple_seconds_harmonic_se"], jack([x[2] for x in leave]), rel_tol=1e-9)
+    assert math.isclose(r["signal_to_noise"], g2 / jack([x[1] for x in leave]), rel_tol=1e-9)
+    # pure noise around a zero gradient: |G|² estimated <= 0, B_simple not estimable (null, never inf)
+    noise = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    r = noise_statistics(torch.tensor(noise @ noise.T), torch.ones(4))
+    assert r["b_simple_seconds_harmonic"] is None and r["b_simple_seconds_harmonic_se"] is None
+    # two batches: nothing to leave out
+    r = noise_statistics(torch.tensor(g[:2] @ g[:2].T), torch.tensor(seconds[:2]))
+    assert r["trace_cov_per_batch_se"] is None and r["signal_to_noise"] is None
