@@ -137,16 +137,28 @@ def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
 
 # the pre-training settings of BASE's recipe that a transformers config.json has no place for (LARGE's differ)
 _RECIPE_FIELDS = ("feature_grad_mult", "temperature_start", "temperature_end", "feature_penalty_weight")
+# the masking of BASE's and LARGE's pre-training recipes (ModelConfig's defaults), which config.json does hold, as
+# transformers' SpecAugment for fine-tuning: its converter writes transformers' defaults there (mask_time_prob 0.05)
+_SHARED_FIELDS = ("mask_prob", "mask_length", "mask_channel_prob")
 
 
 def _warn_recipe_unknown(init: str, model: ModelConfig, given: set[str]) -> None:
     """Where ``init`` is a transformers folder without earful's training settings (export-hf writes them), say
-    which of :data:`_RECIPE_FIELDS` the run takes from earful's defaults: those not ``given`` as ``model.*``."""
+    which of :data:`_RECIPE_FIELDS` the run takes from earful's defaults, and which of :data:`_SHARED_FIELDS` it
+    takes from config.json unlike the pre-training recipe: those not ``given`` as ``model.*``."""
     from earful.interop.hf import training_settings_given
 
     unset = [name for name in _RECIPE_FIELDS if name not in given]
-    if unset and training_settings_given(init) is False:
-        log.warning("init %s: a transformers folder without earful's training settings (config.json has no "
-                    "earful_training, which earful export-hf writes): the pre-training settings transformers has no "
-                    "place for are earful's defaults, BASE's recipe (%s); set model.* to continue it with others",
-                    init, ", ".join(f"model.{name}={getattr(model, name):g}" for name in unset))
+    recipe = ModelConfig()
+    differ = [name for name in _SHARED_FIELDS if name not in given and getattr(model, name) != getattr(recipe, name)]
+    if not (unset or differ) or training_settings_given(init) is not False:
+        return
+    said = [f"the pre-training settings transformers has no place for are earful's defaults, BASE's recipe "
+            f"({', '.join(f'model.{name}={getattr(model, name):g}' for name in unset)})"] if unset else []
+    if differ:
+        said.append("config.json's settings (transformers' for fine-tuning) are not fairseq's pre-training recipe ("
+                    + ", ".join(f"model.{name}={getattr(model, name):g}, the recipe's {getattr(recipe, name):g}"
+                                for name in differ) + ")")
+    log.warning("init %s: a transformers folder without earful's training settings (config.json has no "
+                "earful_training, which earful export-hf writes): %s; set model.* to continue it with others",
+                init, "; ".join(said))

@@ -375,3 +375,25 @@ def test_the_warning_of_a_folder_without_training_settings_names_what_the_run_tr
     with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
         load_pretrain_config(None, every, init=str(tmp_path))
     assert "training settings" not in caplog.text
+
+
+def test_a_transformers_folder_masking_at_its_fine_tuning_rate_is_named_in_pre_training(tmp_path, caplog) -> None:
+    """A transformers folder of its own (no earful_training) holds transformers' SpecAugment settings for
+    fine-tuning: mask_time_prob 0.05, where pre-training (fairseq's BASE and LARGE) masks 0.65. A continued
+    pre-training from it masked 5 % of the frames while the warning said only the four settings transformers has
+    no place for were earful's; now it names what config.json sets against the pre-training recipe too."""
+    from earful.pretrain.config import load_pretrain_config
+
+    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["earful_training"]
+    saved["mask_time_prob"] = 0.05  # transformers' default, which its converter writes
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
+        cfg = load_pretrain_config(None, [], init=str(tmp_path))
+    assert cfg.model.mask_prob == 0.05  # config.json's, as before: the warning says so
+    assert "model.mask_prob=0.05" in caplog.text and "0.65" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
+        assert load_pretrain_config(None, ["model.mask_prob=0.65"], init=str(tmp_path)).model.mask_prob == 0.65
+    assert "mask_prob" not in caplog.text
