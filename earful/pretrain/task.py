@@ -122,15 +122,20 @@ class PretrainTask(Task):
     def _warn_single_frames(self) -> None:
         """Warn (once, on rank 0) of training utterances that give the model a single frame: its masked frame has
         no distractor (they are drawn from the utterance's other frames), so it scores a contrastive loss of 0 and
-        counts as correct, as in fairseq; a batch of them logs accuracy 1.0 and trains on nothing but the
-        auxiliary losses."""
+        counts as correct (fairseq stops on one instead: "the entire sequence is masked"). So does every utterance
+        batched with it where its micro-batch is cropped to it (``data.padding: false``) or masked to its count
+        (``model.require_same_masks``): that micro-batch logs accuracy 1.0 and trains on nothing but the auxiliary
+        losses."""
         sampler = self.loader.sampler
         lengths = sampler.lengths[sampler.batchable]  # (utterances,) samples at SAMPLE_RATE
         single = lengths[self.model.frame_lengths(torch.from_numpy(lengths).long()).numpy() < 2]
         if len(single) and self.d.rank == 0:
+            shared = not self.cfg.data.padding or self.cfg.model.require_same_masks
+            why = "cropped to its length" if not self.cfg.data.padding else "masked to its one frame"
             log.warning("%d of %d training utterances give a single frame (%d to %d samples at 16 kHz): its masked "
-                        "frame has no distractor, scores a contrastive loss of 0 and counts as correct; "
+                        "frame has no distractor, scores a contrastive loss of 0 and counts as correct%s; "
                         "data.min_seconds=%g leaves them out", len(single), len(lengths), single.min(), single.max(),
+                        f", and so does every utterance batched with it ({why})" if shared else "",
                         math.ceil(1000 * (single.max() + 1) / SAMPLE_RATE) / 1000)
 
     # ------------------------------------------------------------------ one step

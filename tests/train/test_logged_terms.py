@@ -122,10 +122,17 @@ def test_utterances_of_a_single_frame_are_warned_about_with_the_setting_that_lea
                                           "data.valid=null", "data.num_workers=0", "data.crop_seconds=null",
                                           "tensorboard=false", "batch_seconds=4", "device_seconds=4", *extra])
         with caplog.at_level(logging.WARNING):
-            Trainer(PretrainTask(cfg), tmp_path / f"run{len(extra)}")
+            Trainer(PretrainTask(cfg), tmp_path / f"run{len(list(tmp_path.glob('run*')))}")
         return [m for m in caplog.messages if "single frame" in m]
 
     (message,) = warned("data.min_seconds=null")
     assert message.startswith("2 of 4 training utterances give a single frame (420 to 560 samples at 16 kHz)")
+    # its micro-batch is cropped to its one frame: every utterance batched with it scores 0 too, which fairseq
+    # never trains (it stops: "the entire sequence is masked")
+    assert "every utterance batched with it" in message and "as in fairseq" not in message
+    (padded,) = warned("data.min_seconds=null", "data.padding=true")
+    # padded, the fairseq style masks every utterance to the micro-batch's smallest count (one frame); the
+    # paper's (base-nanow2v2) masks each on its own
+    assert ("every utterance batched with it" in padded) == (preset == "tiny")
     least = float(message.rsplit("data.min_seconds=", 1)[1].split()[0])
     assert warned("data.min_seconds=null", f"data.min_seconds={least}") == []
