@@ -2,7 +2,7 @@
 optimizer state), written atomically (temporary file + rename) with sizes and SHA-256 recorded so a
 truncated or tampered file is detected on load. Nothing is ever unpickled beyond ``weights_only``.
 
-A model checkpoint is a directory::
+A model checkpoint is a folder::
 
     CKPT/model.safetensors   the weights
     CKPT/model.json          {"kind": "pretraining"|"ctc", "model": {ModelConfig}, "vocab": ..., "files": {...}}

@@ -263,14 +263,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser(
         "evaluate",
         help="WER and CER of a fine-tuned checkpoint on labelled manifests (greedy, and with an n-gram LM)",
-        description="Transcribe each manifest with a CTC checkpoint (or a run directory: its latest "
+        description="Transcribe each manifest with a CTC checkpoint (or a run folder: its latest "
         "checkpoint), greedy and, with --lm, with flashlight's lexicon beam search and a KenLM n-gram. Writes "
         "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json. An OUT "
         "holds one checkpoint's evaluations: another's is refused; evaluated there again, a split's files are "
         "replaced (a split name evaluated there from another manifest is refused: name it, NAME=MANIFEST) and "
         "summary.json covers every split evaluated there.",
     )
-    ev.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
+    ev.add_argument("ckpt", help="CTC checkpoint folder, or a fine-tuning run folder")
     ev.add_argument("manifests", nargs="+", metavar="[NAME=]MANIFEST",
                     help="labelled JSONL manifests; each is a split named by its stem, or NAME (e.g. "
                     "test-clean=LS/test-clean/manifest.jsonl)")
@@ -292,7 +292,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "transcribe",
         help="transcribe audio files with a fine-tuned checkpoint (long files in overlapping chunks)",
         description="Transcribe audio files (any rate and channel count libsndfile reads: resampled to 16 kHz, "
-        "downmixed) with a CTC checkpoint or fine-tuning run directory, greedy or, with --lm, with the beam "
+        "downmixed) with a CTC checkpoint or fine-tuning run folder, greedy or, with --lm, with the beam "
         "search of `earful evaluate`. Files longer than --chunk-seconds go through the model in windows that "
         "overlap by --stride-seconds on each side, as transformers' ASR pipeline cuts them, so memory does not "
         "grow with the file. Output: PATH<TAB>TEXT lines on stdout or in --out; --out F.jsonl writes JSON "
@@ -301,7 +301,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "4; Ctrl-C: 130), --out keeps the finished ones and --resume goes on from them. Exit status 1 if any "
         "file could not be read; 2, before any work, for a name that is not there.",
     )
-    tr.add_argument("ckpt", help="CTC checkpoint directory, or a fine-tuning run directory")
+    tr.add_argument("ckpt", help="CTC checkpoint folder, or a fine-tuning run folder")
     tr.add_argument("files", nargs="*", help="audio files, or folders: the audio files below them (sorted)")
     tr.add_argument("--files-from", default=None, metavar="LIST",
                     help="a file listing more audio files, a path a line ('-': standard input)")

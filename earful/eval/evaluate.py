@@ -74,11 +74,11 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
 
 def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
     """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
-    or run directory (its latest: :func:`earful.train.state.require_checkpoint`); ``command``, the one that
+    or run folder (its latest: :func:`earful.train.state.require_checkpoint`); ``command``, the one that
     needs it, is named by the error about a checkpoint of another kind."""
     path = require_checkpoint(ckpt)
     if path != Path(ckpt):
-        log.info("%s: a run directory, its latest checkpoint: %s (for the lowest dev WER, give %s)", ckpt, path,
+        log.info("%s: a run folder, its latest checkpoint: %s (for the lowest dev WER, give %s)", ckpt, path,
                  Path(ckpt) / "checkpoints" / "best")
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):

@@ -38,13 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a YAML config or preset name (or --config), then key=value overrides, e.g. "
                    "finetune-fairseq-10m max_steps=13000 model.mask_prob=0.65")
     p.add_argument("--init", default=None,
-                   help="the initial model (required): pre-training or CTC checkpoint, run directory, transformers "
+                   help="the initial model (required): pre-training or CTC checkpoint, run folder, transformers "
                    "folder, or 'scratch' for a random one")
     p.add_argument("--train", default=None, help="labelled training manifest (data.train)")
     p.add_argument("--dev", default=None, help="labelled dev manifest for WER every valid_every steps (data.dev)")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint "
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                    "(refused where no run was started: drop it to start one)")
     p.add_argument("--resume-or-start", action="store_true",
                    help="--resume, or start the run where none was started: for a job that may be the run's first "

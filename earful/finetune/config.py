@@ -80,8 +80,8 @@ def _finetune_optim() -> OptimConfig:
 
 @dataclass
 class FinetuneConfig(TrainingConfig):
-    # pre-training or CTC checkpoint dir, a run dir (its latest), a HF folder, or scratch; "" (none given) is refused:
-    # a run that forgot --init would train a random model for hours (the paper's scratch baseline)
+    # pre-training or CTC checkpoint folder, a run folder (its latest), a HF folder, or scratch; "" (none given) is
+    # refused: a run that forgot --init would train a random model for hours (the paper's scratch baseline)
     init: str = ""
     model_preset: str = "base"  # the architecture of a ``scratch`` model (preset name or YAML path)
     model: RegularisationConfig = field(default_factory=RegularisationConfig)

@@ -1,6 +1,6 @@
 """The model fine-tuning starts from, and which of its parameters train when.
 
-``--init`` may be an earful checkpoint directory (pre-training or CTC), a run directory (its latest
+``--init`` may be an earful checkpoint folder (pre-training or CTC), a run folder (its latest
 checkpoint), a `transformers` folder (``config.json`` + weights), or ``scratch`` (``earful/train/init.py``: what
 it resolved to is recorded, and part of the recipe).
 The backbone (``wav2vec2.*``) is copied; the quantizer and contrastive projections of a pre-training model are

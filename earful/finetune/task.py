@@ -249,7 +249,7 @@ class FinetuneTask(Task):
         }  # fmt: skip
 
     def describe_validation(self, step: int, rec: dict[str, Any]) -> str:
-        return f"dev step {step}: loss {rec['loss']:.4f} WER {100 * rec['wer']:.2f} % CER {100 * rec['cer']:.2f} %"
+        return f"valid step {step}: loss {rec['loss']:.4f} WER {100 * rec['wer']:.2f} % CER {100 * rec['cer']:.2f} %"
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"vocab": {**self.vocab.to_dict(), **({"spelling": self.spelling} if self.spelling else {})}}

@@ -96,7 +96,8 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
         title = "pre-trained (self-supervised, contrastive)" if kind == "pretraining" else "fine-tuned with CTC"
     name = run.name if run is not None else ckpt.name
     made = ("Written by earful's trainer before its first step" if untrained else
-            "Trained with earful (batch size in seconds of audio, progress in hours of audio seen)" if trainer else
+            "Trained with earful (batch size in seconds of audio, progress in padded hours of audio seen)"
+            if trainer else
             "Converted by earful (not trained by it: `earful import-hf` or another program wrote the checkpoint)")
     lines = ["---", "library_name: transformers",
              f"pipeline_tag: {'feature-extraction' if kind == 'pretraining' else 'automatic-speech-recognition'}",
@@ -248,7 +249,7 @@ def _validation(run: Path, trainer: dict[str, Any] | None) -> list[str]:
         return []
     last = records[-1]
     rows = [(k, _number(v)) for k, v in last.items() if k not in ("step", "hours_padded", "hours_real")]
-    note = f"at step {last['step']:,} ({last['hours_padded']:.4g} h seen)"
+    note = f"at step {last['step']:,} ({last['hours_padded']:.4g} padded h seen)"
     if trainer.get("best") is not None:
         note += f"; the run's best {trainer['best_metric']}: {trainer['best']:.4g}"
     return ["", "## Validation", "", note, "", *_table(rows)]

@@ -10,13 +10,13 @@ log = logging.getLogger("earful.interop")
 
 
 def _checkpoint(given: str) -> Path:
-    """The checkpoint ``given`` names: itself, or a run directory's latest, as evaluate, transcribe and finetune
-    --init take it (:func:`earful.train.state.require_checkpoint`); export-hf had refused a run directory."""
+    """The checkpoint ``given`` names: itself, or a run folder's latest, as evaluate, transcribe and finetune
+    --init take it (:func:`earful.train.state.require_checkpoint`); export-hf had refused a run folder."""
     from earful.train.state import require_checkpoint
 
     ckpt = require_checkpoint(given)
     if ckpt != Path(given):
-        log.info("%s: a run directory, its latest checkpoint: %s", given, ckpt)
+        log.info("%s: a run folder, its latest checkpoint: %s", given, ckpt)
     return ckpt
 
 
@@ -99,7 +99,7 @@ def _layer_list(text: str) -> list[int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-hf", help="write a transformers Wav2Vec2 folder from an earful checkpoint")
-    p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("ckpt", help="earful checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("out", help="output folder (config.json, model.safetensors, preprocessor_config.json, README.md: "
                    "the model card; a CTC model's vocab.json and tokenizer_config.json): new, empty or an earlier "
                    "export, which is replaced whole")
@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-hf", help="read a transformers Wav2Vec2 folder into an earful checkpoint")
     p.add_argument("hf_dir", help="folder with config.json and model.safetensors or pytorch_model.bin "
                    "(or their shards)")
-    p.add_argument("ckpt", help="earful checkpoint directory to write: new, empty or an earlier import, which is "
+    p.add_argument("ckpt", help="earful checkpoint folder to write: new, empty or an earlier import, which is "
                    "replaced whole")
     p.add_argument("--trust-pickle", action="store_true",
                    help="let pytorch_model.bin unpickle arbitrary objects (as fairseq-made files need); this "
@@ -119,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_import)
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
-    p.add_argument("ckpt", help="earful checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("ckpt", help="earful checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("inputs", nargs="+", metavar="AUDIO|MANIFEST",
                    help="audio files (STEM.npy each) and manifests (.jsonl, as `earful prepare` writes: ID.npy a row, "
                    "a segment of a file too)")

@@ -30,7 +30,7 @@ def _gradvar(args: argparse.Namespace) -> int:
     from earful.pretrain.gradvar import UNRECORDED, gradient_noise, recorded_batches
     from earful.train.state import require_checkpoint
 
-    args.ckpt = require_checkpoint(args.ckpt)  # first: a path that is no checkpoint says so (a run dir: its latest)
+    args.ckpt = require_checkpoint(args.ckpt)  # first: a path that is no checkpoint says so (a run folder: its latest)
     given = {k: getattr(args, k) for k in UNRECORDED if hasattr(args, k)}  # the options given (not defaulted)
     budget, padding = recorded_batches(args.ckpt, **given)
     result = gradient_noise(args.ckpt, args.manifest, budget, num_batches=args.batches, seed=args.seed,
@@ -58,12 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a YAML config or preset name (earful/configs/pretrain-*.yaml; or --config), then key=value "
                    "overrides, e.g. pretrain-demo batch_seconds=600 optim.lr=1e-4")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. pretrain-paper)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--init", default=None,
                    help="continue pre-training from these weights: an earful pre-training checkpoint or run "
-                   "directory, or a transformers Wav2Vec2ForPreTraining folder (the model's settings are its; "
+                   "folder, or a transformers Wav2Vec2ForPreTraining folder (the model's settings are its; "
                    "the optimizer and schedule start anew); default scratch")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint "
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                    "(refused where no run was started: drop it to start one)")
     p.add_argument("--resume-or-start", action="store_true",
                    help="--resume, or start the run where none was started: for a job that may be the run's first "
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")
-    p.add_argument("ckpt", help="pre-training checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("ckpt", help="pre-training checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("--manifest", required=True, help="audio to draw batches from")
     # the batches default to the checkpoint's own (its trainer.json); an option given replaces that setting
     recorded = argparse.SUPPRESS

@@ -42,7 +42,7 @@ FROM_INIT = "init"  # model_preset of a run whose model is its init's (load_pret
 
 @dataclass
 class PretrainConfig(TrainingConfig):
-    # the weights to continue pre-training from (an earful pre-training checkpoint or run directory, a transformers
+    # the weights to continue pre-training from (an earful pre-training checkpoint or run folder, a transformers
     # Wav2Vec2ForPreTraining folder) or scratch (random): the model's settings are then the initial model's
     init: str = SCRATCH
     model_preset: str = "base"
@@ -82,7 +82,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
                          resume_from: str | Path | None = None) -> PretrainConfig:
     """Defaults ← model preset (or, with ``init``, the initial model's settings) ← YAML ← overrides
     (``overrides_from``: whose, as an error names them). ``init`` (``--init``) is set as given, over the YAML's
-    and the overrides' (a path is not read as YAML). ``resume_from``: the run directory a ``--resume`` continues;
+    and the overrides' (a path is not read as YAML). ``resume_from``: the run folder a ``--resume`` continues;
     where its ``init`` no longer resolves (moved, removed), the model settings are the run's own checkpoint's (the
     task then resumes with the initial weights the run recorded)."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}

@@ -131,9 +131,9 @@ class StudyConfig:
     lr_scaling: Literal["linear", "sqrt", "none"] = "sqrt"  # each run's lr: optim.lr_scaling's rule, applied here
     reference_batch_seconds: float = 6000.0
     device_seconds: float = 150.0
-    milestone_hours: list[float] = field(default_factory=list)  # checkpoints to compare at equal hours seen
+    milestone_hours: list[float] = field(default_factory=list)  # checkpoints to compare at equal nominal hours
     # the paper's design (fixed-steps): a cyclic triangular schedule of this many whole cycles (lr/100 <-> lr),
-    # a checkpoint at every cycle minimum (``steps-N``), compared at equal steps and at equal hours seen
+    # a checkpoint at every cycle minimum (``steps-N``), compared at equal steps and at equal nominal hours
     cycles: int = 0
     # `earful gradvar` on every final checkpoint: this many independent batches of the run's own batch size (the
     # paper: 10; 0 = off), for the gradient noise against batch size (C6)
@@ -319,7 +319,7 @@ def check_numbers(study: StudyConfig, where: str) -> None:
     if study.throughput is not None and not finite_positive(study.throughput):
         bad.append(f"throughput={study.throughput}: expected a finite number of audio seconds a second > 0 (or null)")
     if [h for h in study.milestone_hours if not finite_positive(h)]:
-        bad.append(f"milestone_hours={study.milestone_hours}: expected finite hours seen > 0")
+        bad.append(f"milestone_hours={study.milestone_hours}: expected finite nominal hours > 0")
     if study.cycles < 0:
         bad.append(f"cycles={study.cycles}: expected 0 (off) or a number of whole cycles >= 1")
     if study.gradvar_batches < 0 or study.gradvar_batches == 1:

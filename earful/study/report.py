@@ -567,7 +567,7 @@ def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[Pr
         n = max((len(ys) for v in per_b.values() for ys in v.values()), default=0)
         name = METRIC_LABELS.get(metric, metric).split(" (")[0]
         seeds = "run seeds" if several else "seeds"
-        ax.set_title(f"Probe of frozen features: {name} against hours seen, one line per batch size\n"
+        ax.set_title(f"Probe of frozen features: {name} against nominal hours seen, one line per batch size\n"
                      + (f"mean ± SE over {n} {seeds} (bars and band: ±1 SE)" if n > 1 else f"one {seeds[:-1]}")
                      + several)
     _plot(rep / "plots" / f"probe_{metric.replace('.', '_')}_vs_hours.png", draw)
@@ -915,7 +915,8 @@ def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> Non
                             and r["pretrain"] == "scratch"], "scratch", "tab:grey", "--")
             hours_axis(ax, xs_all, PADDED)
             ax.set_ylabel(f"{metric.upper()} % ({main_split}, greedy)")
-            ax.set_title(f"Fine-tuned {metric.upper()} ({label_sets[0]} labels) against hours seen in pre-training\n"
+            ax.set_title(f"Fine-tuned {metric.upper()} ({label_sets[0]} labels) against padded hours seen in "
+                         "pre-training\n"
                          + (f"mean ± SE over {n} seeds (bars and band: ±1 SE)" if n > 1 else "one seed"))
         _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
 
@@ -975,10 +976,11 @@ def _chance(seeds: int) -> str:
 
 
 def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]]) -> str:
-    """One finding line: the metric per batch size at equal hours seen, and each neighbour pair judged."""
+    """One finding line: the metric per batch size at equal nominal hours (batch × steps), and each neighbour pair
+    judged."""
     means = [statistics.fmean(v) for v in per_b.values()]
     seeds = max(len(v) for v in per_b.values())
-    return (f"- **Equal hours seen ({what}), {ls}:** {name} by batch {_values(per_b)}"
+    return (f"- **Equal nominal hours ({what}), {ls}:** {name} by batch {_values(per_b)}"
             f" (spread {100 * (max(means) - min(means)):.1f} points" +
             ("; one seed, so the noise is not measured" if seeds < 2 else "") + f"); {_neighbours(per_b, name)}.")
 
@@ -1105,7 +1107,7 @@ def _equal_steps(records: list[dict[str, Any]], label_sets: list[str], metric: s
 
 
 def _milestones(records: list[dict[str, Any]], label_sets: list[str], metric: str) -> list[str]:
-    """Equal hours seen: the milestone checkpoints of different batch sizes."""
+    """Equal nominal hours: the milestone checkpoints of different batch sizes."""
     miles = [r for r in records if str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]
     out = []
     for ls in label_sets:

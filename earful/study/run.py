@@ -9,8 +9,8 @@ With ``launcher: slurm`` each is a Slurm job instead, submitted through submitit
 ::
 
     OUT/study.json                  the study config, its plan and its recipe fingerprint
-    OUT/pretrain/<run>/             pre-training run directories (+ done.json)
-    OUT/finetune/<run>__<ckpt>__<labels>/   fine-tuning run directories (+ done.json)
+    OUT/pretrain/<run>/             pre-training run folders (+ done.json)
+    OUT/finetune/<run>__<ckpt>__<labels>/   fine-tuning run folders (+ done.json)
     OUT/eval/<run>__<ckpt>__<labels>/       evaluation hypotheses and summary.json
     OUT/runs.jsonl, results.jsonl, probes.jsonl   what the report reads: each run's plan (its `hours`: the
                                     planned batch × steps), one record per evaluated model and split, per probed

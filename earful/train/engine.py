@@ -314,7 +314,7 @@ class Trainer:
         if self.d.is_main:
             path = self.run.save(name, self.model, state=state, trainer=self.progress_info(),
                                  make_latest=make_latest, **self.task.checkpoint_extras())
-            log.info("checkpoint %s (step %d, %.3f h seen)", path, self.step, self.hours_padded)
+            log.info("checkpoint %s (step %d, %.3f padded h seen)", path, self.step, self.hours_padded)
             self.run.prune(self.cfg.keep_last)
         D.barrier(self.d)
 
@@ -351,7 +351,7 @@ class Trainer:
         self.train_log.truncate_after(self.step)
         self.valid_log.truncate_after(self.step)
         if self.d.is_main:
-            log.info("resumed from %s at step %d (%.3f h seen)", ckpt, self.step, self.hours_padded)
+            log.info("resumed from %s at step %d (%.3f padded h seen)", ckpt, self.step, self.hours_padded)
 
     def _drop_discarded(self, ckpt: Path) -> None:
         """After resuming from ``ckpt``: checkpoints of later steps come of steps this resume trains again

@@ -1,4 +1,4 @@
-"""The weights a training starts from (``init``): an earful checkpoint directory, a run directory (its latest
+"""The weights a training starts from (``init``): an earful checkpoint folder, a run folder (its latest
 checkpoint), a `transformers` folder (``config.json`` + weights), or ``scratch``. What it resolved to and the
 SHA-256 of those weights (:class:`InitWeights`) are recorded in ``trainer.json`` (``init_checkpoint``,
 ``init_sha256``) and are part of the run's recipe (``init.sha256``): a resume from other initial weights is
@@ -34,7 +34,7 @@ SCRATCH = "scratch"  # init: no weights, a random model
 
 @dataclass(frozen=True)
 class InitWeights:
-    """What ``--init`` resolved to when the run started: ``path``, the checkpoint (a run directory's latest, which
+    """What ``--init`` resolved to when the run started: ``path``, the checkpoint (a run folder's latest, which
     moves on when that run goes on), transformers folder or ``scratch``; ``sha256``, of its weights (None for
     scratch): what the recipe compares on ``--resume`` (a moved folder is the same weights)."""
 
@@ -57,19 +57,19 @@ def resolve_init(init: str, key: str = "--init") -> InitWeights:
 
 
 def init_path(init: str, key: str = "--init") -> Path:
-    """The checkpoint (a run directory's latest) or transformers folder ``init`` (not scratch) names now, without
+    """The checkpoint (a run folder's latest) or transformers folder ``init`` (not scratch) names now, without
     reading its weights."""
     path = Path(init)
     if not path.exists():  # it had been told it held no model.json, no checkpoints/ and no config.json
         raise FileNotFoundError(f"{key} {init}: no such file or folder (give 'scratch', an earful checkpoint, a run "
-                                "directory or a transformers folder)")
+                                "folder or a transformers folder)")
     ckpt = resolve_checkpoint(path)
     if ckpt is not None:
         return ckpt
     if (path / "config.json").exists():
         return path
     raise FileNotFoundError(
-        f"{key} {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run directory "
+        f"{key} {init}: not 'scratch', an earful checkpoint (no {INFO_FILE}), a run folder "
         f"(no checkpoints/) nor a transformers folder (no config.json){what_it_is(path, transformers_ok=True)}"
     )
 
@@ -92,7 +92,7 @@ def load_init(init: InitWeights, task: str = "fine-tuning") -> tuple[nn.Module |
 
 
 def initial_weights(init: str, resume_from: Path | None, key: str = "--init") -> InitWeights:
-    """What ``init`` names now (resolved once: a run directory's latest moves on). Resuming with the ``init``
+    """What ``init`` names now (resolved once: a run folder's latest moves on). Resuming with the ``init``
     the run was started with, the weights it recorded then (a run folder's latest has moved on since, but
     this run started from the one it recorded); with another ``init``, what that names now, whose digest the
     recipe compares with the run's; an ``init`` that no longer resolves (moved, removed) is taken to be the

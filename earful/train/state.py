@@ -1,4 +1,4 @@
-"""A run directory and its training checkpoints.
+"""A run folder and its training checkpoints.
 
 ::
 
@@ -13,7 +13,7 @@
                                   (fine-tuning); a resume removes checkpoints of the steps it trains again
     RUN/checkpoints/latest.json   {"name": "step-0001000"}: the newest complete checkpoint
 
-A checkpoint directory is written under a temporary name and renamed into place, and ``latest.json``
+A checkpoint folder is written under a temporary name and renamed into place, and ``latest.json``
 is replaced atomically after it, so a run killed at any moment leaves the previous checkpoint usable.
 """
 
@@ -85,7 +85,7 @@ class RunDir:
         vocab: dict[str, Any] | None = None,
         make_latest: bool = True,
     ) -> Path:
-        """Write checkpoint ``name`` (a plain name) atomically (directory rename), then point ``latest.json`` at it.
+        """Write checkpoint ``name`` (a plain name) atomically (folder rename), then point ``latest.json`` at it.
 
         A write that fails (a full disk, say) leaves the previous checkpoints and ``latest.json`` as they
         were, removes its partial files and raises CheckpointError saying so."""
@@ -125,7 +125,7 @@ class RunDir:
                 self.ckpt / f".old-{name}-{os.getpid()}")
 
     def copy(self, source: Path, name: str) -> Path:
-        """Checkpoint ``source`` copied whole as ``name`` (a plain name), atomically (directory rename)."""
+        """Checkpoint ``source`` copied whole as ``name`` (a plain name), atomically (folder rename)."""
         plain_name(name, "checkpoint name")
         tmp, final, old = self._paths(name)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -199,9 +199,9 @@ class RunDir:
 
 
 def resolve_checkpoint(path: str | Path) -> Path | None:
-    """The checkpoint ``path`` names: ``path`` itself when it holds ``model.json``; in a run directory (one with
+    """The checkpoint ``path`` names: ``path`` itself when it holds ``model.json``; in a run folder (one with
     ``checkpoints/``) its latest, as :meth:`RunDir.latest` finds it; None when ``path`` is neither. A corrupt
-    ``latest.json``, or a run directory without a complete checkpoint, is a ``CheckpointError`` naming it."""
+    ``latest.json``, or a run folder without a complete checkpoint, is a ``CheckpointError`` naming it."""
     p = Path(path)
     if (p / INFO_FILE).exists():
         return p
@@ -210,7 +210,7 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
         return None
     latest = run.latest()
     if latest is None:
-        raise CheckpointError(f"{run.ckpt}: no complete checkpoint in this run directory")
+        raise CheckpointError(f"{run.ckpt}: no complete checkpoint in this run folder")
     return latest
 
 
@@ -220,8 +220,8 @@ def require_checkpoint(path: str | Path) -> Path:
     (it had been told it held no model.json and no checkpoints/)."""
     ckpt = resolve_checkpoint(path)
     if ckpt is None:
-        why = (f"not a checkpoint (no {INFO_FILE}) nor a run directory (no checkpoints/){what_it_is(path)}"
-               if Path(path).exists() else "no such checkpoint or run directory (the path does not exist)")
+        why = (f"not a checkpoint (no {INFO_FILE}) nor a run folder (no checkpoints/){what_it_is(path)}"
+               if Path(path).exists() else "no such checkpoint or run folder (the path does not exist)")
         raise FileNotFoundError(f"{path}: {why}")
     return ckpt
 

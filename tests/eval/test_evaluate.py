@@ -341,7 +341,7 @@ def test_evaluate_gives_the_same_transcripts_one_utterance_at_a_time_and_in_200_
 
 @pytest.fixture
 def ctc_run(tmp_path):
-    """A run directory with two checkpoints of a CTC model (step 2 the latest)."""
+    """A run folder with two checkpoints of a CTC model (step 2 the latest)."""
     from earful.train.state import RunDir
 
     torch.manual_seed(0)
@@ -355,7 +355,7 @@ def ctc_run(tmp_path):
 
 def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path, caplog) -> None:
     """One resolver (earful.train.state.resolve_checkpoint, RunDir.latest) for evaluate, transcribe and --init;
-    the log names the checkpoint a run directory resolved to (not `best`: transcribe said nothing)."""
+    the log names the checkpoint a run folder resolved to (not `best`: transcribe said nothing)."""
     import logging
 
     from earful.checkpoint import CheckpointError
@@ -365,7 +365,7 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     latest = ctc_run / "checkpoints" / "latest.json"
     with caplog.at_level(logging.INFO, logger="earful.eval.evaluate"):
         assert load_ctc(ctc_run)[2].name == "step-0000002"
-    assert f"{ctc_run}: a run directory, its latest checkpoint: {ctc_run / 'checkpoints' / 'step-0000002'} " \
+    assert f"{ctc_run}: a run folder, its latest checkpoint: {ctc_run / 'checkpoints' / 'step-0000002'} " \
            f"(for the lowest dev WER, give {ctc_run / 'checkpoints' / 'best'})" in caplog.text
     assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
     assert load_init(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
@@ -386,11 +386,11 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     with pytest.raises(CheckpointError, match="empty-run/checkpoints: no complete checkpoint"):
         load_ctc(empty)
     (tmp_path / "plain").mkdir()  # a folder that is neither; a path that does not exist is told so
-    with pytest.raises(FileNotFoundError, match="plain: not a checkpoint .* nor a run directory"):
+    with pytest.raises(FileNotFoundError, match="plain: not a checkpoint .* nor a run folder"):
         load_ctc(tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match="plain: not 'scratch'"):
         resolve_init(str(tmp_path / "plain"))
-    with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint or run directory \\(the path does not"):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint or run folder \\(the path does not"):
         load_ctc(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder \\(give 'scratch'"):
         resolve_init(str(tmp_path / "nowhere"))

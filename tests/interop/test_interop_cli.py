@@ -383,9 +383,9 @@ def test_features_of_a_file_that_cannot_be_read_are_left_out_and_named(tmp_path,
 
 
 def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not_there(tmp_path, caplog) -> None:
-    """export-hf of a run directory said "not an earful checkpoint (no model.json)" though finetune, evaluate and
+    """export-hf of a run folder said "not an earful checkpoint (no model.json)" though finetune, evaluate and
     transcribe take one (its latest); a path that does not exist was told it had no model.json, as was finetune's
-    --init. Now both take a run directory as those do, and a missing path is said to be missing."""
+    --init. Now both take a run folder as those do, and a missing path is said to be missing."""
     from earful.train.state import RunDir
 
     run = RunDir(tmp_path / "run")
@@ -395,7 +395,7 @@ def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not
     latest = run.ckpt / "step-0000002"
     with caplog.at_level(logging.INFO, logger="earful.interop"):
         assert main(["export-hf", str(run.root), str(tmp_path / "hf")]) == 0
-    assert f"{run.root}: a run directory, its latest checkpoint: {latest}" in caplog.text
+    assert f"{run.root}: a run folder, its latest checkpoint: {latest}" in caplog.text
     assert "exported from checkpoint `step-0000002` of run `run`" in (tmp_path / "hf" / "README.md").read_text()
     sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
     assert main(["features", str(run.root), str(tmp_path / "a.wav"), "--out", str(tmp_path / "feats")]) == 0
@@ -403,7 +403,7 @@ def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not
 
     caplog.clear()
     assert main(["export-hf", str(tmp_path / "nonexist"), str(tmp_path / "hf2")]) == 2
-    assert f"{tmp_path / 'nonexist'}: no such checkpoint or run directory (the path does not exist)" in caplog.text
+    assert f"{tmp_path / 'nonexist'}: no such checkpoint or run folder (the path does not exist)" in caplog.text
     caplog.clear()
     assert main(["finetune", "--init", str(tmp_path / "nonexist"), "--train", str(tmp_path / "m.jsonl"),
                  "--out", str(tmp_path / "ft")]) == 2

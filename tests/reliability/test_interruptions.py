@@ -113,7 +113,7 @@ elif stage == "state":  # weights done, part of state.pt written
         Path(f).write_bytes(b"PK\x03\x04")
         hang(stage)
     torch.save = save
-elif stage == "latest":  # the new directory complete, latest.json being replaced
+elif stage == "latest":  # the new folder complete, latest.json being replaced
     real = A._fsync_replace
     def fsync_replace(tmp, path):
         if Path(path).name == "latest.json":
@@ -168,7 +168,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(stage, killed
     assert info["step"] == 1 and state is not None and torch.equal(state["opt"], torch.zeros(3))
     original = load_file(str(root / "original.safetensors"))
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
-    if stage == "latest":  # killed after the new directory was renamed into place: it is whole too
+    if stage == "latest":  # killed after the new folder was renamed into place: it is whole too
         model, _ = load_model(ckpts / "step-0000002")
         assert load_trainer_state(ckpts / "step-0000002")[0]["step"] == 2
     # the next start (any --resume) clears the partial write and restores a checkpoint moved aside

@@ -123,7 +123,7 @@ def _fill_disk(monkeypatch, stage: str) -> None:
             return real_save(obj, f, *args, **kwargs)
 
         monkeypatch.setattr(torch, "save", save)
-    else:  # latest.json: the checkpoint directory is complete, pointing latest.json at it fails
+    else:  # latest.json: the checkpoint folder is complete, pointing latest.json at it fails
         real_replace = A._fsync_replace
 
         def fsync_replace(tmp: Path, path: Path) -> None:

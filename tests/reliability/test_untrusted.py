@@ -36,7 +36,7 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A run directory with one training checkpoint (tiny model, plausible training state)."""
+    """A run folder with one training checkpoint (tiny model, plausible training state)."""
     torch.manual_seed(0)
     model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
     opt = torch.optim.AdamW(model.parameters())

@@ -29,10 +29,10 @@ def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> N
             "(beyond 2") in text
     assert "step 90" not in text and "step 675" not in text  # nothing within 10 % of them
     assert "55.0 ± 1.2). Caveat: 8 s is a checkpoint within its run, taken before its learning rate" in text
-    assert ("Equal hours seen (final, 1.5 h), 10h:** CER by batch 8 s: 50.0 ± 1.2, 16 s: 55.0 ± 1.2, 32 s: 80.0 ± 1.2 "
-            "(spread 30.0 points); 8 s → 16 s: CER higher (beyond 2 standard errors); 16 s → 32 s: CER higher "
-            "(beyond 2 standard errors); with 3 seeds a side a 2 SE call is chance in about 12 % of comparisons.") \
-        in text
+    assert ("Equal nominal hours (final, 1.5 h), 10h:** CER by batch 8 s: 50.0 ± 1.2, 16 s: 55.0 ± 1.2, "
+            "32 s: 80.0 ± 1.2 (spread 30.0 points); 8 s → 16 s: CER higher (beyond 2 standard errors); 16 s → 32 s: "
+            "CER higher (beyond 2 standard errors); with 3 seeds a side a 2 SE call is chance in about 12 % of "
+            "comparisons.") in text
     # every batch size against the baseline, not the best alone (a best of k picked after the fact beats it by chance)
     assert ("Pre-training vs scratch, 10h:** scratch CER 75.0 ± 1.2 %, against each of 3 batch sizes: pre-trained "
             "is lower (beyond 2 standard errors) at 8, 16 s; pre-trained is higher (beyond 2 standard errors) at 32 s "

@@ -248,7 +248,7 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
 @pytest.mark.parametrize("setting, problem", [
     ("reference_batch_seconds=0", r"reference_batch_seconds=0.0: expected a finite number > 0"),  # ZeroDivisionError
     ("lr=.nan", r"lr=nan: expected a finite number > 0"),
-    ("milestone_hours=[.nan]", r"milestone_hours=\[nan\]: expected finite hours seen > 0"),  # NaN to integer
+    ("milestone_hours=[.nan]", r"milestone_hours=\[nan\]: expected finite nominal hours > 0"),  # NaN to integer
     ("milestone_hours=[-1]", r"milestone_hours=\[-1.0\]"),
     ("throughput=-20", r"throughput=-20.0: expected a finite number"),  # negative times in the plan
     ("gradvar_batches=1", r"gradvar_batches=1: expected 0 \(off\) or at least 2"),  # failed after pre-training

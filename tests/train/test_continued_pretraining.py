@@ -55,7 +55,7 @@ def test_pretraining_continues_from_a_run_or_a_transformers_folder(tmp_path, tin
     assert f"| initialised from | `{tmp_path / 'hf'}` (SHA-256 `{info['init_sha256']}`) |" in \
         (tmp_path / "b-hf" / "README.md").read_text()
 
-    # from an earful run directory: its latest checkpoint; resumed with the same init, refused with another
+    # from an earful run folder: its latest checkpoint; resumed with the same init, refused with another
     assert _pretrain(train, tmp_path / "c", 1, "--init", str(tmp_path / "a")) == 0
     assert all(torch.equal(v, trained[k]) for k, v in _weights(tmp_path / "c", "init").items())
     assert _pretrain(train, tmp_path / "c", 2, "--init", str(tmp_path / "a"), "--resume", "--allow-changes") == 0

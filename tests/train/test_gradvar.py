@@ -80,7 +80,7 @@ def test_gradvar_names_a_path_that_is_no_checkpoint_first(tmp_path, caplog) -> N
     records no batch_seconds, before it said that model.pt is no checkpoint."""
     (tmp_path / "model.pt").write_bytes(b"\x80\x04junk")
     rc = main(["gradvar", str(tmp_path / "model.pt"), "--manifest", str(tmp_path / "m.jsonl"), "--batches", "1"])
-    assert rc == 2 and f"{tmp_path / 'model.pt'}: not a checkpoint (no model.json) nor a run directory" in caplog.text
+    assert rc == 2 and f"{tmp_path / 'model.pt'}: not a checkpoint (no model.json) nor a run folder" in caplog.text
     assert "model.pt is a pickled PyTorch file" in caplog.text
     assert "records no" not in caplog.text and "at least 2 batches" not in caplog.text
 
