@@ -1,6 +1,6 @@
 """A study is a YAML file: corpus, pre-training recipe, a grid of batch sizes, how long each runs
-(``fixed-steps`` or ``fixed-hours``), the learning-rate rule, hours-seen milestones, the label sets to
-fine-tune on, and seeds. See ``studies/*.yaml``.
+(``fixed-steps`` or ``fixed-hours``), the learning-rate rule, milestones at nominal hours (``ckpt_hours``), the
+label sets to fine-tune on, and seeds. See ``studies/*.yaml``.
 
 Each grid entry is a number (batch seconds) or a mapping that pins the device layout and the learning
 rate, as the paper's own table does::
@@ -131,7 +131,9 @@ class StudyConfig:
     lr_scaling: Literal["linear", "sqrt", "none"] = "sqrt"  # each run's lr: optim.lr_scaling's rule, applied here
     reference_batch_seconds: float = 6000.0
     device_seconds: float = 150.0
-    milestone_hours: list[float] = field(default_factory=list)  # checkpoints to compare at equal nominal hours
+    # milestones hours-H at these nominal hours (batch × steps), to compare batch sizes at equal hours: each run's
+    # ckpt_hours, with ckpt_hours_basis: nominal (before, the study called them milestone_hours: RENAMED)
+    ckpt_hours: list[float] = field(default_factory=list)
     # the paper's design (fixed-steps): a cyclic triangular schedule of this many whole cycles (lr/100 <-> lr),
     # a checkpoint at every cycle minimum (``steps-N``), compared at equal steps and at equal nominal hours
     cycles: int = 0
@@ -318,8 +320,8 @@ def check_numbers(study: StudyConfig, where: str) -> None:
             bad.append(f"{key}={getattr(study, key)}: expected a finite number > 0")
     if study.throughput is not None and not finite_positive(study.throughput):
         bad.append(f"throughput={study.throughput}: expected a finite number of audio seconds a second > 0 (or null)")
-    if [h for h in study.milestone_hours if not finite_positive(h)]:
-        bad.append(f"milestone_hours={study.milestone_hours}: expected finite nominal hours > 0")
+    if [h for h in study.ckpt_hours if not finite_positive(h)]:
+        bad.append(f"ckpt_hours={study.ckpt_hours}: expected finite nominal hours > 0")
     if study.cycles < 0:
         bad.append(f"cycles={study.cycles}: expected 0 (off) or a number of whole cycles >= 1")
     if study.gradvar_batches < 0 or study.gradvar_batches == 1:
@@ -367,13 +369,14 @@ EARFUL_SBATCH = {
 }
 
 
-# study keys renamed, by their old name: a study file or a study.json of before names them so
-RENAMED = {"lr_rule": "lr_scaling"}
+# study keys renamed, by their old name: (today's name, the training's key it sets, whose name it took); a study
+# file or a study.json of before names them so
+RENAMED = {"lr_rule": ("lr_scaling", "optim.lr_scaling"), "milestone_hours": ("ckpt_hours", "ckpt_hours")}
 
 
 def renamed(data: dict[str, Any]) -> dict[str, Any]:
     """A study mapping (a study.json of before) with today's names for ``RENAMED`` keys."""
-    return {RENAMED.get(k, k): v for k, v in data.items()}
+    return {RENAMED[k][0] if k in RENAMED else k: v for k, v in data.items()}
 
 
 STUDY_JSON_EXTRA = ("format", "plan", "cycle_minima", "fingerprint")  # what study.json holds beside the config
@@ -393,8 +396,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     over = parse_overrides(overrides) if overrides else {}
     old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in d if k in RENAMED]
     if old:
-        raise ConfigError("; ".join(f"{where}: {k} is now called {RENAMED[k]} (the same values), as the "
-                                    f"training's optim.{RENAMED[k]}" for k, where in old))
+        raise ConfigError("; ".join(f"{where}: {k} is now called {RENAMED[k][0]} (the same values), as the "
+                                    f"training's {RENAMED[k][1]}" for k, where in old))
     data = merge(merge(to_dict(StudyConfig()), given, StudyConfig), over, StudyConfig)
     study = from_dict(StudyConfig, data, str(path))
     check_names(study, str(path))

@@ -55,7 +55,7 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     for r in runs:
         # what the trainer writes: hours-H at the first step >= nominal_steps(H) (the last step included), and
         # steps-N; checkpoints of one step are fine-tuned and probed once (stages.shared_weights)
-        milestones = {max(nominal_steps(h, r.batch_seconds), 1) for h in study.milestone_hours
+        milestones = {max(nominal_steps(h, r.batch_seconds), 1) for h in study.ckpt_hours
                       if nominal_steps(h, r.batch_seconds) <= r.steps} | set(cycle_minima(study))
         kinds = set(study.finetune.checkpoints)
         steps = (milestones if "milestones" in kinds else set()) | ({r.steps} if "final" in kinds else set())

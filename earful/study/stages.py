@@ -194,7 +194,7 @@ def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> Pretrain
     cfg.batch_seconds, cfg.device_seconds, cfg.max_steps = run.batch_seconds, run.device_seconds, run.steps
     cfg.optim.lr, cfg.optim.lr_scaling = run.lr, "none"  # the study already applied its rule
     cfg.seed = run.seed
-    cfg.ckpt_hours = sorted(study.milestone_hours)
+    cfg.ckpt_hours = sorted(study.ckpt_hours)
     cfg.ckpt_hours_basis = "nominal"  # the plan's and the paper's hours: batch × steps
     if study.cycles:  # the paper's design: whole triangular cycles, a checkpoint at every minimum
         cfg.optim.schedule = "cyclic"
@@ -282,7 +282,7 @@ def kept_checkpoints(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str
     """The checkpoints of ``run`` the study keeps, by the name the study gives them: the milestones (``hours-H``)
     and cycle minima (``steps-N``) that were written, then ``final``."""
     ck = out / "pretrain" / run.name / "checkpoints"
-    names = [f"hours-{h:g}" for h in study.milestone_hours] + [f"steps-{n}" for n in cycle_minima(study)]
+    names = [f"hours-{h:g}" for h in study.ckpt_hours] + [f"steps-{n}" for n in cycle_minima(study)]
     return {**{name: ck / name for name in names if (ck / name).exists()}, "final": ck / f"step-{run.steps:07d}"}
 
 

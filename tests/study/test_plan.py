@@ -64,7 +64,7 @@ def test_paper_milestones_land_on_whole_steps() -> None:
     """Each milestone is some run's hours at a whole step within its 400k (e.g. 150 s × 400k = 16666.67 h)."""
     study = load_study(ROOT / "studies/paper.yaml")
     runs = plan_runs(study)
-    for h in study.milestone_hours:
+    for h in study.ckpt_hours:
         hits = [r for r in runs if abs(h * 3600 / r.batch_seconds - round(h * 3600 / r.batch_seconds)) < 0.1
                 and round(h * 3600 / r.batch_seconds) <= r.steps]
         assert hits, h
@@ -214,7 +214,7 @@ def test_plan_counts_checkpoints_of_one_step_once(tmp_path) -> None:
     from earful.study.plan import later_stages
 
     y = tmp_path / "s.yaml"
-    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 8\ncycles: 2\nmilestone_hours: [0.0044, 0.0089]\n"
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 8\ncycles: 2\nckpt_hours: [0.0044, 0.0089]\n"
                  "probes: [pr]\ncorpus: {label_sets: {a: a.jsonl}}\nfinetune: {checkpoints: [final, milestones]}\n")
     study = load_study(y)
     # steps 4 (hours-0.0044 = steps-4) and 8 (hours-0.0089 = final): 2 fine-tunings + the scratch baseline;
@@ -248,8 +248,8 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
 @pytest.mark.parametrize("setting, problem", [
     ("reference_batch_seconds=0", r"reference_batch_seconds=0.0: expected a finite number > 0"),  # ZeroDivisionError
     ("lr=.nan", r"lr=nan: expected a finite number > 0"),
-    ("milestone_hours=[.nan]", r"milestone_hours=\[nan\]: expected finite nominal hours > 0"),  # NaN to integer
-    ("milestone_hours=[-1]", r"milestone_hours=\[-1.0\]"),
+    ("ckpt_hours=[.nan]", r"ckpt_hours=\[nan\]: expected finite nominal hours > 0"),  # NaN to integer
+    ("ckpt_hours=[-1]", r"ckpt_hours=\[-1.0\]"),
     ("throughput=-20", r"throughput=-20.0: expected a finite number"),  # negative times in the plan
     ("gradvar_batches=1", r"gradvar_batches=1: expected 0 \(off\) or at least 2"),  # failed after pre-training
     ("gradvar_batches=-1", r"gradvar_batches=-1"),

@@ -1,7 +1,6 @@
 """A whole study, end to end, at toy scale: plan → pre-train grid → fine-tune → evaluate → report,
 and a study killed mid-way (between stages, or inside a pre-training run) continues to the same report."""
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -38,7 +37,7 @@ lr: 1.0e-3
 lr_scaling: sqrt
 reference_batch_seconds: 8
 device_seconds: 4
-milestone_hours: [0.004]
+ckpt_hours: [0.004]
 finetune:
   overrides: [model_preset=tiny, batch_seconds=8, device_seconds=8, max_steps=3, valid_every=3, log_every=1,
               ckpt_every=3, freeze_transformer_steps=1, data.num_workers=0, tensorboard=false, threads=1,
@@ -210,36 +209,65 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
 
 
-def test_lr_rule_is_lr_scaling_and_a_study_folder_of_before_continues(study_file, tmp_path) -> None:
-    """The study's lr rule had a name of its own (lr_rule) for the training's optim.lr_scaling (the same rule,
-    the same values). A study file that still says lr_rule is refused with the new name; a study folder whose
-    study.json says it continues with the same value, and is refused with another."""
-    from earful.config import ConfigError
+def _a_study_key_renamed(study_file: Path, tmp_path: Path, old: str, new: str, training: str, override: str,
+                         other: str, differs: str) -> tuple[Path, dict]:
+    """Study key ``new`` was called ``old`` (``training``, the training's key it sets, had ``new`` already). A study
+    file, or the overrides (``override``), that still say ``old`` are refused with the new name; a study folder
+    (one run trained) whose study.json says ``old``, in its config and its fingerprint, continues with the same
+    recipe and is refused with ``other`` (an override of ``new``), naming what ``differs``. The folder and its
+    study.json."""
+    from earful.config import ConfigError, to_dict
     from earful.study.config import plan_runs
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
-    from earful.study.report import unfinished_section
 
     old_file = tmp_path / "old.yaml"
-    old_file.write_text(study_file.read_text().replace("lr_scaling:", "lr_rule:"))
-    with pytest.raises(ConfigError, match=rf"{old_file}: lr_rule is now called lr_scaling \(the same values\)"):
+    old_file.write_text(study_file.read_text().replace(f"{new}:", f"{old}:"))
+    with pytest.raises(ConfigError, match=rf"{old_file}: {old} is now called {new} \(the same values\), as the "
+                                          rf"training's {training}"):
         load_study(old_file)
-    with pytest.raises(ConfigError, match=r"the overrides: lr_rule is now called lr_scaling"):
-        load_study(study_file, ["lr_rule=linear"])
+    with pytest.raises(ConfigError, match=rf"the overrides: {old} is now called {new}"):
+        load_study(study_file, [override])
     out = tmp_path / "out"
     out.mkdir()
     _trained(out)
     study = load_study(study_file)
     fp = recipe_fingerprint(study, plan_runs(study), study_file.parent)
     before = json.loads(json.dumps(fp))
-    before["study"]["lr_rule"] = before["study"].pop("lr_scaling")
-    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": before}))
+    before["study"][old] = before["study"].pop(new)
+    record = {**{(old if k == new else k): v for k, v in json.loads(json.dumps(to_dict(study))).items()},
+              "format": STUDY_FORMAT, "fingerprint": before}
+    (out / "study.json").write_text(json.dumps(record))
     check_same_recipe(out, fp)
-    other = load_study(study_file, ["lr_scaling=linear"])
-    with pytest.raises(ValueError, match=r"differs in study\.lr_scaling, grid\.4s"):
-        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
-    plan = {**{k: v for k, v in json.loads(json.dumps(dataclasses.asdict(study))).items() if k != "lr_scaling"},
-            "lr_rule": study.lr_scaling}  # the study.json of before, read for the report's unfinished section
-    assert any("4s-seed" in line for line in unfinished_section(plan, {}, [], out))
+    changed = load_study(study_file, [other])
+    with pytest.raises(ValueError, match=rf"differs in {differs}"):
+        check_same_recipe(out, recipe_fingerprint(changed, plan_runs(changed), study_file.parent))
+    return out, record
+
+
+def test_lr_rule_is_lr_scaling_and_a_study_folder_of_before_continues(study_file, tmp_path) -> None:
+    """The study's lr rule had a name of its own (lr_rule) for the training's optim.lr_scaling (the same rule,
+    the same values). A study file that still says lr_rule is refused with the new name; a study folder whose
+    study.json says it continues with the same value, and is refused with another."""
+    from earful.study.report import unfinished_section
+
+    out, record = _a_study_key_renamed(study_file, tmp_path, "lr_rule", "lr_scaling", "optim.lr_scaling",
+                                       "lr_rule=linear", "lr_scaling=linear", r"study\.lr_scaling, grid\.4s")
+    assert any("4s-seed" in line for line in unfinished_section(record, {}, [], out))  # the report reads it
+
+
+def test_milestone_hours_is_ckpt_hours_and_a_study_folder_of_before_continues(study_file, tmp_path) -> None:
+    """The study's milestones had a name of their own (milestone_hours) for the training's ckpt_hours, which the
+    study passes them into (counted nominal). A study file or override that still says milestone_hours is refused
+    with the new name; a study folder whose study.json says it continues with the same hours (and is refused with
+    others), and its status and its report's unfinished section read its plan."""
+    from earful.study.report import unfinished_section
+    from earful.study.status import study_status
+
+    out, record = _a_study_key_renamed(study_file, tmp_path, "milestone_hours", "ckpt_hours", "ckpt_hours",
+                                       "milestone_hours=[0.002]", "ckpt_hours=[0.002]", r"study\.ckpt_hours")
+    status = study_status(out)
+    assert "1 of 2 pre-training runs finished" in status and re.search(r"\| 8s-seed1 +\| 8 s +\|", status), status
+    assert any("8s-seed1" in line for line in unfinished_section(record, {"4s-seed1": {}}, [], out))
 
 
 def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_differ(study_file, tmp_path) -> None:
@@ -818,7 +846,7 @@ def test_probe_corpus_lets_a_study_on_prepared_data_probe_on_a_synth_corpus(stud
     assert recipe_fingerprint(moved, plan_runs(moved), tmp_path) == fp
 
 
-PAPER_DESIGN = STUDY.replace("grid: [4, 8]", "grid: [2, 4, 8]").replace("milestone_hours: [0.004]\n", "") \
+PAPER_DESIGN = STUDY.replace("grid: [4, 8]", "grid: [2, 4, 8]").replace("ckpt_hours: [0.004]\n", "") \
     .replace("mode: fixed-steps\n", "mode: fixed-steps\ncycles: 2\ngradvar_batches: 2\n") \
     .replace("checkpoints: [final, milestones]", "checkpoints: [final]") \
     .replace("baselines: [scratch]", "baselines: []").replace("seeds: [1]", "seeds: [1, 2]")
@@ -884,7 +912,7 @@ def test_probes_and_finetunings_name_the_same_kept_checkpoints(tmp_path) -> None
 
     run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8,
                      hours=8 * 4 / 3600, seed=1)
-    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, milestone_hours=[0.002, 0.5])
+    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, ckpt_hours=[0.002, 0.5])
     ck = tmp_path / "pretrain" / run.name / "checkpoints"
     for name, step in (("steps-4", 4), ("hours-0.002", 2), ("step-0000008", 8)):  # 0.5 h was never reached
         (ck / name).mkdir(parents=True)
@@ -911,7 +939,7 @@ def test_checkpoints_of_one_step_are_fine_tuned_and_probed_once(tmp_path) -> Non
 
     run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8,
                      hours=8 * 4 / 3600, seed=1)
-    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, milestone_hours=[0.0044, 0.0089])
+    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, ckpt_hours=[0.0044, 0.0089])
     study.corpus.label_sets = {"a": "a.jsonl"}
     study.finetune.checkpoints = ["final", "milestones"]
     ck = tmp_path / "pretrain" / run.name / "checkpoints"
@@ -951,7 +979,7 @@ def test_checkpoints_of_one_step_keep_the_job_their_work_began_under(tmp_path) -
 
     run = PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8,
                      hours=8 * 4 / 3600, seed=1)
-    study = StudyConfig(mode="fixed-steps", steps=8, milestone_hours=[0.0089])
+    study = StudyConfig(mode="fixed-steps", steps=8, ckpt_hours=[0.0089])
     study.corpus.label_sets = {"a": "a.jsonl", "b": "b.jsonl"}
     study.finetune.checkpoints = ["final", "milestones"]
     ck = tmp_path / "pretrain" / run.name / "checkpoints"
