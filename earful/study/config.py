@@ -369,7 +369,7 @@ EARFUL_SBATCH = {
 }
 
 
-# study keys renamed, by their old name: (today's name, the training's key it sets, whose name it took); a study
+# study keys renamed, by their old name: (today's name, the training's key it sets and whose name it took); a study
 # file or a study.json of before names them so
 RENAMED = {"lr_rule": ("lr_scaling", "optim.lr_scaling"), "milestone_hours": ("ckpt_hours", "ckpt_hours")}
 
