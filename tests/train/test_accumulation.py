@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,59 +142,124 @@ def test_a_non_finite_stop_under_torchrun_is_said_once(tmp_path, odd_corpus) -> 
     assert r.returncode != 0 and r.stderr.count("non-finite steps in a row at step") == 1, r.stderr[-3000:]
 
 
+def _port_is_free(port: int) -> bool:
+    """Whether the c10d store could listen on ``port``: bound as the store binds it, on every IPv4 address. (A
+    bind to 127.0.0.1 alone passed a port another process held on another local address, 127.0.0.2 or the
+    host's own, on which the store then failed to listen.)"""
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:  # in use
+            return False
+        return True
+
+
 def _rendezvous_port() -> int:
-    """A free localhost port below the kernel's ephemeral range (Linux), where it hands out none (a bind to port 0,
+    """A free port below the kernel's ephemeral range (Linux), where it hands out none (a bind to port 0,
     a connection's own end: other tests' torchrun stores and gloo sockets under xdist) while the agents start;
     without /proc, one it hands out."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 10000
-    for port in [*random.sample(range(10000, low), min(20, max(0, low - 10000))), 0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:  # in use
-                continue
-            return s.getsockname()[1]
-    raise AssertionError("no free port")
+    for port in random.sample(range(10000, low), min(20, max(0, low - 10000))):
+        if _port_is_free(port):
+            return port
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
 
 
-def _two_agents(port: int, out: Path, corpus: Path) -> tuple[list[int | None], list[str]]:
-    """Two torchrun agents, ``--nnodes 2`` of one process each, meeting by c10d on ``port``: exit statuses, logs."""
-    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-             *_pretrain(corpus, out)]
-    agents = [subprocess.Popen(agent, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
+def _two_agents(port: int, out: Path, corpus: Path, seconds: float = 300,
+                grace: float = 20) -> tuple[list[int | None], list[str]]:
+    """Two torchrun agents, ``--nnodes 2`` of one process each, meeting by c10d on ``port``: exit statuses, logs.
+    The first hosts the store (``is_host=1``, as a cluster's head node: the one whose name the endpoint is), the
+    second joins it (``is_host=0``). Both had guessed they host it, and the one that could not bind the port
+    joined whatever listened there: where another process held the port and never answered, both waited for
+    it (one alone, over 9 minutes). Now the host ends at once (RendezvousConnectionError, EADDRINUSE), and once
+    one agent has ended in an error the other has ``grace`` seconds (it waits for its peer) before it is stopped;
+    ``seconds`` bound the whole."""
+    logs = [out.parent / f"{out.name}-agent-{i}.log" for i in range(2)]
+    agents = []
+    for i, log in enumerate(logs):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+               "--rdzv-conf", f"is_host={int(i == 0)}", *_pretrain(corpus, out)]
+        with open(log, "w") as f:  # a file, not a pipe that fills while no one reads it
+            agents.append(subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT, text=True))
+    end, failed = time.monotonic() + seconds, None
     try:
-        logs = [a.communicate(timeout=300)[0] for a in agents]
-    except subprocess.TimeoutExpired:  # say where it hung (seen once in CI, not reproduced in 13 runs alone)
-        for a in agents:
-            a.kill()
-        logs = [a.communicate()[0] for a in agents]
-        pytest.fail("the two agents did not finish in 300 s:\n" + "\n---\n".join(log[-3000:] for log in logs))
+        while any(a.poll() is None for a in agents):
+            now = time.monotonic()
+            if failed is None and any(a.returncode not in (None, 0) for a in agents):
+                failed = now
+            if now > end or (failed is not None and now > failed + grace):
+                break
+            time.sleep(0.2)
     finally:
+        for a in agents:  # SIGTERM first: torchrun stops its worker with it
+            if a.poll() is None:
+                a.terminate()
         for a in agents:
-            a.kill()
-    return [a.returncode for a in agents], logs
+            try:
+                a.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                a.kill()
+                a.wait()
+    text = [log.read_text(errors="replace") for log in logs]
+    if failed is None and time.monotonic() > end:  # say where it hung (seen once in CI)
+        pytest.fail(f"the two agents did not finish in {seconds:g} s:\n" + "\n---\n".join(t[-3000:] for t in text))
+    return [a.returncode for a in agents], text
 
 
-def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, odd_corpus) -> None:
+def _port_taken(codes: list[int | None], logs: list[str]) -> bool:
+    """Whether the agents failed because the store could not be had on their port (another process held it)."""
+    taken = ("RendezvousConnectionError", "EADDRINUSE", "address already in use")
+    return codes != [0, 0] and any(t.lower() in log.lower() for log in logs for t in taken)
+
+
+def test_two_torchrun_agents_meet_by_c10d_rendezvous_and_equal_one_process(tmp_path, one_process, odd_corpus,
+                                                                          deadline) -> None:
     """Multi-node torchrun as on a cluster (docs/cluster.md): two agents, ``--nnodes 2`` of one process each,
     rendezvous through c10d on a free localhost port, one run folder (a shared filesystem) == 1 process × 2.
     The port is free when chosen, not when the agents bind it seconds later: where their logs say the store could
     not be had (another process took the port meanwhile), they meet once more, on another port."""
-    out = tmp_path / "nodes"
-    codes, logs = _two_agents(_rendezvous_port(), out, odd_corpus)
-    taken = ("RendezvousConnectionError", "EADDRINUSE", "address already in use")
-    if codes != [0, 0] and any(t.lower() in log.lower() for log in logs for t in taken):
-        out = tmp_path / "nodes-on-another-port"
+    with deadline(900, "two torchrun agents meeting (twice at most)"):
+        out = tmp_path / "nodes"
         codes, logs = _two_agents(_rendezvous_port(), out, odd_corpus)
+        if _port_taken(codes, logs):
+            out = tmp_path / "nodes-on-another-port"
+            codes, logs = _two_agents(_rendezvous_port(), out, odd_corpus)
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
     info = json.loads((out / "checkpoints/step-0000004/trainer.json").read_text())
     assert (info["world_size"], info["accumulation"]) == (2, 1)
     _assert_same_final(one_process, out)
+
+
+def test_torchrun_agents_on_a_port_another_process_holds_silently_end_at_once(tmp_path, odd_corpus,
+                                                                              deadline) -> None:
+    """A process that took the rendezvous port (between its choice and the agents' start) and listens on it
+    without ever answering: the agents joined it and waited (the test failed after 300 s, saying nothing of the
+    port). Now the host agent cannot bind it and says so at once, the other is stopped, and the test meets again
+    on another port."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        start = time.monotonic()
+        with deadline(150, "two torchrun agents on a port held by a silent listener"):
+            codes, logs = _two_agents(silent.getsockname()[1], tmp_path / "held", odd_corpus)
+    assert time.monotonic() - start < 120, codes
+    assert _port_taken(codes, logs) and "RendezvousConnectionError" in logs[0], "\n---\n".join(logs)
+
+
+def test_a_port_held_on_another_local_address_is_not_free() -> None:
+    """The store listens on every address: a port another process holds on 127.0.0.2 is not free for it."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.2", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert not _port_is_free(port)
+    assert _port_is_free(port)
 
 
 def test_micro_batches_share_the_batch_evenly() -> None:
