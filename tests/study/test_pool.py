@@ -45,10 +45,16 @@ TRAINING = '''
 import pathlib, signal, time
 
 def train(out, key):
-    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint (2 s) and stop; its handler is there
-    while it trains, as the trainer's (earful.train.engine.stop_signals)."""
+    """A stand-in for a pre-training: SIGTERM makes it write a checkpoint (2 s; where OUT/hold exists, until
+    OUT/go does, at most a minute) and stop; its handler is there while it trains, as the trainer's
+    (earful.train.engine.stop_signals)."""
     def checkpoint(signum, frame):
-        time.sleep(2)
+        if pathlib.Path(out, "hold").exists():
+            end = time.monotonic() + 60
+            while not pathlib.Path(out, "go").exists() and time.monotonic() < end:
+                time.sleep(0.05)
+        else:
+            time.sleep(2)
         pathlib.Path(out, f"checkpoint-{key}").write_text(signal.Signals(signum).name)
         raise RuntimeError(f"{key} stopped")
     before = signal.signal(signal.SIGTERM, checkpoint)
@@ -73,19 +79,25 @@ def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, 
     """`kill` of a study running jobs: 2 killed the study process at once, and its workers exited at their next
     look without a checkpoint (a pre-training lost everything since its last one). Now the study stops its
     workers as after a failure (SIGTERM: each training checkpoints), waits for them, and ends with StudyStopped;
-    a second signal meanwhile is said and ignored, and the job queued behind them never starts."""
+    a second signal meanwhile is said and ignored, and the job queued behind them never starts. The trainings
+    checkpoint once the test has seen the second signal said (OUT/hold, OUT/go): it had 2 s to send it, and a
+    test process held up longer (two busy cores) sent it to a study that had ended, or had put back the default
+    handler and died of it."""
     (tmp_path / "training.py").write_text(TRAINING)
+    (tmp_path / "hold").touch()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
     proc = subprocess.Popen([sys.executable, "-c", STUDY, str(tmp_path)], env=env, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []
-    stopping = threading.Event()
+    stopping, ignored = threading.Event(), threading.Event()
 
     def read() -> None:  # the study's stderr as it comes
         for line in proc.stderr:
             lines.append(line)
             if "stopping the other running job(s)" in line:
                 stopping.set()
+            if "received SIGTERM: already stopping" in line:
+                ignored.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -94,12 +106,14 @@ def test_a_signal_to_the_study_makes_its_running_trainings_checkpoint(tmp_path, 
     # the first signal handled (it said so once its handler had given way to the second's): two SIGTERMs 0.5 s
     # apart could merge into one, pending, and the second was never heard
     assert stopping.wait(60), "".join(lines)
-    proc.send_signal(signal.SIGTERM)  # impatient: while the trainings checkpoint (2 s)
+    proc.send_signal(signal.SIGTERM)  # impatient: while the trainings checkpoint (held until it is said)
+    said = ignored.wait(60)
+    (tmp_path / "go").touch()
     proc.wait(timeout=60)
     reader.join(timeout=30)
     err = "".join(lines)
     assert proc.returncode != 0 and f"StudyStopped: the study received {signum.name}" in err, err
-    assert "received SIGTERM: already stopping" in err, err
+    assert said and "received SIGTERM: already stopping" in err, err
     assert [(tmp_path / f"checkpoint-{k}").read_text() for k in "ab"] == ["SIGTERM", "SIGTERM"]
     assert not (tmp_path / "started-c").exists()
 
