@@ -11,6 +11,7 @@ A model checkpoint is a folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from earful.atomic import atomic_path, atomic_write_json
 from earful.config import from_dict, to_dict
@@ -155,18 +156,40 @@ def save_model(
 def read_json(path: Path) -> Any:
     """A JSON file of a checkpoint; a CheckpointError naming it when it is corrupt or unreadable."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _parse_json(path.read_bytes(), path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+
+
+def _parse_json(data: bytes, path: Path) -> Any:
+    """``read_json`` of the bytes read from ``path``."""
+    try:
+        return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt JSON: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
 
 
 def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / INFO_FILE
-    if not path.exists():
+    return _info_of(_read_bytes(Path(ckpt_dir) / INFO_FILE, ckpt_dir), ckpt_dir)
+
+
+def _read_bytes(path: Path, ckpt_dir: str | Path) -> bytes:
+    """A checkpoint file's bytes, read once (``model.json``: a missing one is not an earful checkpoint)."""
+    if path.name == INFO_FILE and not path.exists():
         raise CheckpointError(f"{ckpt_dir}: not an earful checkpoint (no {INFO_FILE})")
-    info = read_json(path)
+    verify_file(path, None)  # there (a copy without weights says so)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+
+
+def _info_of(data: bytes, ckpt_dir: str | Path) -> dict[str, Any]:
+    """``read_info`` of ``model.json``'s bytes."""
+    path = Path(ckpt_dir) / INFO_FILE
+    info = _parse_json(data, path)
     if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
         found = info.get("format") if isinstance(info, dict) else None
         raise CheckpointError(f"{path}: format {found!r}, this version of earful reads {MODEL_FORMAT!r} (not an earful "
@@ -203,6 +226,18 @@ def build_model(kind: str, cfg: ModelConfig, vocab_size: int | None = None, wher
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
 _CNN_LAYER = re.compile(r"(?:^|\.)feature_encoder\.layers\.(\d+)\.")
+
+
+def _header_shapes(data: bytes, path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the header of a safetensors file's bytes (``data``, read from ``path``)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > len(data) - 8:
+            raise ValueError(f"a header of {size} bytes in a file of {len(data)}")
+        header = json.loads(data[8 : 8 + size])
+        return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from e
 
 
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -244,6 +279,20 @@ def verify_weights(ckpt_dir: Path, info: dict[str, Any]) -> None:
     verify_file(ckpt_dir / MODEL_FILE, record)
 
 
+def _verify_bytes(ckpt_dir: Path, info: dict[str, Any], data: bytes) -> None:
+    """``verify_weights`` of the weights' bytes as read (the file may have been replaced since)."""
+    files = info.get("files")
+    record = files.get(MODEL_FILE) if isinstance(files, dict) else None
+    if not (isinstance(record, dict) and {"size", "sha256"} <= record.keys()):
+        verify_weights(ckpt_dir, info)  # says what is missing
+        return
+    path = ckpt_dir / MODEL_FILE
+    if len(data) != record["size"]:
+        raise CheckpointError(f"{path}: size {len(data)} bytes, expected {record['size']} (truncated or replaced)")
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise CheckpointError(f"{path}: SHA-256 differs from the one recorded at save (tampered or corrupt)")
+
+
 def model_config(ckpt_dir: str | Path, info: dict[str, Any] | None = None) -> ModelConfig:
     """The model settings a checkpoint's ``model.json`` records (``info``: that file, already read), without
     reading the weights."""
@@ -269,17 +318,28 @@ def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
 
 
-def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(ckpt_dir: str | Path, *, verify: bool = True,
+               expect: Mapping[str, object] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
-    config checked against the weights' shapes before the model is built)."""
+    config checked against the weights' shapes before the model is built). Each file is read once, and the
+    model is built from those bytes: a checkpoint replaced meanwhile (a training writing it again, atomically,
+    at the same path) cannot give the weights of one and the record or hash of the other. ``expect``: the
+    SHA-256 of the files as a caller hashed them earlier (``{"weights": ..., "info": ...}``, a probe's
+    fingerprint): a CheckpointError where the files read now are others."""
     ckpt_dir = Path(ckpt_dir)
-    info = read_info(ckpt_dir)
     where = ckpt_dir / INFO_FILE
     weights = ckpt_dir / MODEL_FILE
+    info_bytes = _read_bytes(where, ckpt_dir)
+    data = _read_bytes(weights, ckpt_dir)
+    if expect is not None:
+        read = {"weights": hashlib.sha256(data).hexdigest(), "info": hashlib.sha256(info_bytes).hexdigest()}
+        changed = [name for k, name in (("weights", MODEL_FILE), ("info", INFO_FILE)) if expect.get(k) != read[k]]
+        if changed:
+            raise CheckpointError(f"{ckpt_dir}: {' and '.join(changed)} changed since hashed (a training writing "
+                                  "this checkpoint again?): what was hashed is not what would be loaded; run again")
+    info = _info_of(info_bytes, ckpt_dir)
     if verify:
-        verify_weights(ckpt_dir, info)
-    else:
-        verify_file(weights, None)  # present, not hashed
+        _verify_bytes(ckpt_dir, info, data)
     cfg = model_config(ckpt_dir, info)
     vocab = info.get("vocab")
     if vocab and not (isinstance(vocab, dict) and isinstance(vocab.get("symbols"), list)):
@@ -287,9 +347,13 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True) -> tuple[torch.nn.M
     vocab_size = len(vocab["symbols"]) if vocab else None
     if info.get("kind") not in ("pretraining", "ctc"):
         raise CheckpointError(f"{where}: unknown model kind {info.get('kind')!r}")
-    check_sizes(info["kind"], cfg, vocab_size, weight_shapes(weights), str(where))
+    check_sizes(info["kind"], cfg, vocab_size, _header_shapes(data, weights), str(where))
     model = build_model(info["kind"], cfg, vocab_size, str(where))
-    state = _read_weights(weights)
+    try:
+        state = load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
+    del data
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: weights do not fit the config: missing {missing}, unexpected {unexpected}")

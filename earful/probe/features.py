@@ -137,9 +137,13 @@ class Upstream:
             torch.manual_seed(self.init_seed)
             return build_model("pretraining", cfg)
 
-    def extractor(self, random_model: torch.nn.Module | None = None) -> Extractor:
+    def extractor(self, random_model: torch.nn.Module | None = None,
+                  fingerprint: dict[str, object] | None = None) -> Extractor:
         """(waves → per-utterance ``(frames, layers, dim)`` features, frames per second); ``random_model`` as
-        ``fingerprint``'s."""
+        ``fingerprint``'s. ``fingerprint``: this upstream's, as the features are keyed by (a checkpoint's):
+        the model is built from the bytes of files whose SHA-256 it holds, else a CheckpointError. (The weights
+        were hashed, then read again to load: a checkpoint replaced in between, a training writing it again at
+        the same path, had its features cached under the other weights' hash.)"""
         if self.kind == "fbank":
             filters = fbank.mel_filters()
             return (lambda waves: [fbank.log_mel(w, filters)[:, None, :] for w in waves]), fbank.FRAME_RATE
@@ -150,7 +154,10 @@ class Upstream:
         if self.kind == "random-init":
             model = self.random_model() if random_model is None else random_model
         else:
-            model = load_model(str(self.ckpt))[0]
+            expect = None
+            if fingerprint is not None and fingerprint.get("kind") == "checkpoint":
+                expect = {"weights": fingerprint["weights"], "info": fingerprint["info"]}
+            model = load_model(str(self.ckpt), expect=expect)[0]
         from earful.train.distributed import resolve_device
 
         device = resolve_device(self.device, "--device")
@@ -230,13 +237,15 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
     """The features of every utterance of ``manifest``, from the cache or extracted (and cached) now, in the
     manifest's order. ``utts``: its utterances, where the caller has read the manifest already (read now if not);
     ``fingerprint``: ``upstream.fingerprint()``, where the caller has it already (it hashes the weights);
-    ``extractor``: gives ``upstream.extractor()``, where the caller keeps one (it loads the model)."""
+    ``extractor``: gives ``upstream.extractor(fingerprint=...)``, where the caller keeps one (it loads the
+    model, from files of the fingerprint's hashes)."""
     manifest = Path(manifest)
     if utts is None:
         utts = read_manifest(manifest)
     if not utts:
         raise ValueError(f"{manifest}: no utterances")
-    key = cache_key(upstream.fingerprint() if fingerprint is None else fingerprint, manifest, utts)
+    fingerprint = upstream.fingerprint() if fingerprint is None else fingerprint
+    key = cache_key(fingerprint, manifest, utts)
     entry = Path(cache_dir or default_cache_dir()) / key
     cached = _load(entry, key)
     if cached is not None:
@@ -246,7 +255,7 @@ def features(upstream: Upstream, manifest: str | os.PathLike, cache_dir: str | o
         except OSError:  # a read-only cache serves all the same
             pass
         return cached
-    extract, frame_rate = (extractor or upstream.extractor)()
+    extract, frame_rate = extractor() if extractor is not None else upstream.extractor(fingerprint=fingerprint)
     feats = _extract(extract, frame_rate, utts, f"{manifest.name} ({upstream.kind})", progress, manifest)
     _store(entry, key, feats, {"upstream": upstream.name, "manifest": str(manifest.resolve())})
     log.info("features of %s by %s: %d frames × %d layers × %d extracted into %s", manifest, upstream.name,

@@ -43,7 +43,7 @@ class FeatureLoader:
 
     def extractor(self) -> Extractor:
         if self._extractor is None:
-            self._extractor = self.upstream.extractor(self._random_model())
+            self._extractor = self.upstream.extractor(self._random_model(), self.fingerprint)
         return self._extractor
 
     def release(self) -> None:

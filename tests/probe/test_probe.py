@@ -204,6 +204,43 @@ def test_earful_features_are_the_batched_states_of_a_batch_of_one(tones, tiny_ck
         assert np.array_equal(layer_features(model, wave.astype(np.float64)), got)  # any float input, as float32
 
 
+def test_a_checkpoint_replaced_between_its_hash_and_its_load_gives_no_features_under_the_old_hash(
+        tones, tiny_ckpt: Path, tmp_path: Path, monkeypatch):
+    """The probe hashed a checkpoint's files (the cache key), then read them again to load the model: a training
+    that wrote the checkpoint again at the same path in between (atomically) had the new weights' features
+    cached, and reported, under the old weights' hash. The model is now built from the bytes of files whose
+    hash the key holds, else the probe stops; run again, it keys the new weights' features by their hash."""
+    ckpt, cache = tmp_path / "ckpt", tmp_path / "cache"
+    shutil.copytree(tiny_ckpt, ckpt)
+    newer, _ = load_model(ckpt)
+    with torch.no_grad():
+        newer.wav2vec2.feature_projection.projection.weight.add_(0.5)
+    real = Upstream.fingerprint
+
+    def hashed_then_replaced(self, *a, **k):
+        hashed = real(self, *a, **k)
+        save_model(ckpt, newer)  # a training writes its checkpoint again, atomically, at the same path
+        return hashed
+
+    monkeypatch.setattr(Upstream, "fingerprint", hashed_then_replaced)
+    up, utts = Upstream.parse(ckpt), read_manifest(tones["held"])
+    loader = FeatureLoader(up, cache, progress=False)
+    with pytest.raises(CheckpointError, match="model.safetensors and model.json changed since hashed"):
+        loader.features(tones["held"], utts)
+    old_key = cache_key(loader.fingerprint, tones["held"], utts)
+    assert not (cache / old_key).exists()  # the new weights' features were there
+
+    monkeypatch.setattr(Upstream, "fingerprint", real)
+    again = FeatureLoader(up, cache, progress=False)
+    feats = again.features(tones["held"], utts)
+    from earful.data.audio import load_audio
+
+    assert again.fingerprint != loader.fingerprint
+    assert (cache / cache_key(again.fingerprint, tones["held"], utts)).is_dir()
+    ref = torch.from_numpy(layer_features(newer, load_audio(utts[0].path))).transpose(0, 1)
+    assert torch.allclose(feats.utterance(0).float(), ref, atol=2e-2, rtol=1e-2)
+
+
 def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tiny_ckpt: Path, tmp_path: Path,
                                                                      monkeypatch, caplog):
     cache = tmp_path / "cache"
@@ -214,9 +251,9 @@ def test_cache_serves_hits_and_never_a_changed_checkpoint_or_manifest(tones, tin
     calls = []
     real = Upstream.extractor
 
-    def counted(self):
+    def counted(self, *a, **k):
         calls.append(self.kind)
-        return real(self)
+        return real(self, *a, **k)
 
     monkeypatch.setattr(Upstream, "extractor", counted)
     again = features(up, tones["held"], cache, progress=False)

@@ -169,3 +169,28 @@ def test_unreadable_hf_safetensors_is_a_checkpoint_error(tmp_path) -> None:
 
     with pytest.raises(CheckpointError, match=r"model.safetensors: unreadable safetensors file"):
         import_hf(hf)
+
+
+def test_a_checkpoint_replaced_while_it_loads_gives_the_weights_its_record_names(tmp_path, monkeypatch) -> None:
+    """load_model read model.json, hashed model.safetensors against it, then read the weights again to load them:
+    a checkpoint written again at the same path in between (a training's next save, atomic) gave the new weights
+    with the old record (whose hash a fine-tuning's init check and an evaluation's summary trust). Each file is
+    now read once and the model built from those bytes: the weights the returned record names."""
+    import earful.checkpoint as ckpt_module
+    from earful.checkpoint import save_model
+
+    torch.manual_seed(0)
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    first, record = load_file(str(ckpt / MODEL_FILE)), file_record(ckpt / MODEL_FILE)
+    newer = Wav2Vec2ForPreTraining(load_model_config("tiny"))  # other weights (the seed moved on)
+    real = ckpt_module.check_sizes
+
+    def checked_then_replaced(*a, **k):  # after the weights were verified, before they are loaded
+        real(*a, **k)
+        save_model(ckpt, newer)
+
+    monkeypatch.setattr(ckpt_module, "check_sizes", checked_then_replaced)
+    model, info = load_model(ckpt)
+    assert info["files"][MODEL_FILE] == record  # the record read first, of the first weights
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], first[k]) for k in first)  # were the newer ones
