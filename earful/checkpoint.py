@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load, load_file, save_file
 
 from earful.atomic import atomic_path, atomic_write_json
@@ -228,27 +227,6 @@ _LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
 _CNN_LAYER = re.compile(r"(?:^|\.)feature_encoder\.layers\.(\d+)\.")
 
 
-def _header_shapes(data: bytes, path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from the header of a safetensors file's bytes (``data``, read from ``path``)."""
-    try:
-        size = int.from_bytes(data[:8], "little")
-        if len(data) < 8 or size > len(data) - 8:
-            raise ValueError(f"a header of {size} bytes in a file of {len(data)}")
-        header = json.loads(data[8 : 8 + size])
-        return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from e
-
-
-def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from a safetensors file's header (no tensor is read)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from e
-
-
 def check_sizes(kind: str, cfg: ModelConfig, vocab_size: int | None, shapes: dict[str, tuple[int, ...]],
                 where: str) -> None:
     """Refuse a config that does not fit the weights before anything is allocated (a hostile or broken
@@ -347,13 +325,13 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True,
     vocab_size = len(vocab["symbols"]) if vocab else None
     if info.get("kind") not in ("pretraining", "ctc"):
         raise CheckpointError(f"{where}: unknown model kind {info.get('kind')!r}")
-    check_sizes(info["kind"], cfg, vocab_size, _header_shapes(data, weights), str(where))
-    model = build_model(info["kind"], cfg, vocab_size, str(where))
     try:
-        state = load(data)
+        state = load(data)  # tensors no larger than the file
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
     del data
+    check_sizes(info["kind"], cfg, vocab_size, {k: tuple(v.shape) for k, v in state.items()}, str(where))
+    model = build_model(info["kind"], cfg, vocab_size, str(where))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: weights do not fit the config: missing {missing}, unexpected {unexpected}")
