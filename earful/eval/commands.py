@@ -206,7 +206,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         log.info("--resume: %d of %d files are transcribed in %s already; %d to go", len(files) - len(todo),
                  len(files), out, len(todo))
     options = _beam_options(args)
-    model, vocab, _ = load_ctc(args.ckpt, "transcribe")
+    model, vocab, *_ = load_ctc(args.ckpt, "transcribe")
     beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
     records = transcribe_files(
         model, vocab, todo, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import load_model, read_info, same_weights, weights_sha256
+from earful.checkpoint import load_model, same_weights, weights_sha256
 from earful.config import plain_name
 from earful.data.audio import AudioError, check_frames
 from earful.data.dataset import check_headers, make_loader
@@ -72,10 +72,11 @@ def vocab_from_checkpoint(vocab: dict[str, Any] | None, where: str = "checkpoint
     return CharVocab(out, mapping=vocab.get("mapping") or None)
 
 
-def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCTC, CharVocab, Path]:
-    """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`) and its vocabulary from a checkpoint
-    or run folder (its latest: :func:`earful.train.state.require_checkpoint`); ``command``, the one that
-    needs it, is named by the error about a checkpoint of another kind."""
+def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCTC, CharVocab, Path, dict[str, Any]]:
+    """A CTC model (batch-invariant: :func:`earful.model.batch_invariant`), its vocabulary, the checkpoint and its
+    ``model.json`` as the weights were loaded with it, from a checkpoint or run folder (its latest:
+    :func:`earful.train.state.require_checkpoint`); ``command``, the one that needs it, is named by the error about
+    a checkpoint of another kind."""
     path = require_checkpoint(ckpt)
     if path != Path(ckpt):
         log.info("%s: a run folder, its latest checkpoint: %s (for the lowest dev WER, give %s)", ckpt, path,
@@ -86,7 +87,7 @@ def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCT
     vocab = vocab_from_checkpoint(info.get("vocab"), str(path))
     if len(vocab) != model.lm_head.out_features:
         raise ValueError(f"{path}: {len(vocab)} symbols but the head has {model.lm_head.out_features} outputs")
-    return batch_invariant(model), vocab, path
+    return batch_invariant(model), vocab, path, info
 
 
 @torch.no_grad()
@@ -237,7 +238,7 @@ def evaluate(
         raise NotADirectoryError(f"--out {out}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, "
                                  "summary.json, ...) into a folder; give a new one, or an earlier evaluation's")
     dev = resolve_device(device, "--device")
-    model, spelling, path = load_ctc(ckpt)
+    model, spelling, path, info = load_ctc(ckpt)
     # the search spells (the LM's words too) as the model was fine-tuned to; the extra mapping is for scoring alone
     # (it had spelled the lexicon too: words the model never writes, and other hypotheses)
     vocab = CharVocab(spelling.symbols, {**spelling.mapping, **text_mapping}) if text_mapping else spelling
@@ -255,7 +256,9 @@ def evaluate(
             read[split] = utts, references(utts, vocab)
         except ValueError as e:
             raise ValueError(f"{manifest} (split {split!r}): {e}") from e
-    record = {"checkpoint": str(path), "weights_sha256": _weights_sha256(path), "text_mapping": vocab.mapping}
+    # the hash of the weights loaded (read again from the folder, a checkpoint replaced meanwhile, `best` written
+    # again by a training, gave another's)
+    record = {"checkpoint": str(path), "weights_sha256": weights_sha256(info), "text_mapping": vocab.mapping}
     earlier = _earlier_splits(out, record)  # refuses another checkpoint's results, before any work
     for split, manifest in splits.items():
         _check_same_manifest(out, split, manifest)
@@ -303,11 +306,6 @@ def evaluate(
     if kept:
         log.info("%s/summary.json also holds this checkpoint's earlier evaluation of %s", out, ", ".join(kept))
     return summary
-
-
-def _weights_sha256(ckpt: Path) -> str | None:
-    """The SHA-256 of the checkpoint's weights as its ``model.json`` records it (None where it records none)."""
-    return weights_sha256(read_info(ckpt))
 
 
 def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -669,3 +669,29 @@ def test_an_out_folder_holds_one_checkpoints_evaluations_of_every_split(tmp_path
     copy = tmp_path / "copy"  # the same weights elsewhere: the same checkpoint
     shutil.copytree(always_a, copy)
     assert main(["evaluate", str(copy), str(dev), "--out", str(out)]) == 0
+
+
+def test_the_summary_names_the_weights_evaluated_when_the_checkpoint_is_replaced_meanwhile(tmp_path, always_a,
+                                                                                          monkeypatch) -> None:
+    """A checkpoint written again at its path while evaluate loads it (a training's next `best`): the summary's
+    weights_sha256 is the hash of the weights evaluated, not of those the folder holds afterwards (it read
+    model.json again after loading)."""
+    import shutil
+
+    from earful.checkpoint import read_info, weights_sha256
+    from earful.eval import evaluate as ev
+
+    ckpt = tmp_path / "best"
+    shutil.copytree(always_a, ckpt)
+    evaluated = weights_sha256(read_info(ckpt))
+    real = ev.vocab_from_checkpoint
+
+    def replaced(*args, **kwargs):  # the weights are loaded: another training's save lands at the same path
+        save_model(ckpt, Wav2Vec2ForCTC(load_model_config("tiny"), len(V)), vocab=V.to_dict())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "vocab_from_checkpoint", replaced)
+    summary = evaluate(ckpt, [write_split(tmp_path / "data", "clean", ["a"])], tmp_path / "eval", device_seconds=2)
+    assert weights_sha256(read_info(ckpt)) != evaluated  # the folder holds others now
+    assert summary["weights_sha256"] == evaluated
+    assert summary["splits"]["clean"]["greedy"]["wer"] == 0.0  # always-a's weights, which say 'a'

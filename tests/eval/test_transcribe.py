@@ -56,7 +56,7 @@ def write_files(tmp_path, manifest) -> list:
 def test_transcribe_writes_records_names_bad_files_and_fails(tone_ctc, tmp_path, caplog) -> None:
     ckpt, manifest = tone_ctc
     files = write_files(tmp_path, manifest)
-    model, vocab, _ = load_ctc(ckpt)
+    model, vocab, *_ = load_ctc(ckpt)
     utts = read_manifest(manifest)[:2]
     expected, _ = transcribe(model, utts, vocab)  # earful evaluate's greedy transcripts, by utterance id
     ids = [u.id for u in utts]
@@ -189,7 +189,7 @@ def test_windows_reach_the_model_zero_padded_as_training_batches_are(tone_ctc, t
     the transcripts are the same."""
 
     ckpt, manifest = tone_ctc
-    model, vocab, _ = load_ctc(ckpt)
+    model, vocab, *_ = load_ctc(ckpt)
     waves = [load_audio(u.path) for u in read_manifest(manifest)[:3]]
     waves.append(np.concatenate([waves[0], waves[1]])[: 2 * 16000 + 200])  # its last 1 s window: 200 samples
     files = []
@@ -273,7 +273,7 @@ def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, t
     caplog.clear()
     folder = tmp_path / "audio"
     folder.mkdir()
-    model, vocab, _ = load_ctc(ckpt)
+    model, vocab, *_ = load_ctc(ckpt)
     rows = list(transcribe_files(model, vocab, [audio, str(folder)]))  # the command line expands folders first
     assert "text" in rows[0] and rows[1]["error"].startswith(f"{folder}: a directory, not an audio file (give "
                                                              "audio files")
@@ -414,7 +414,7 @@ def test_records_come_as_each_file_is_done(tone_ctc, tmp_path, monkeypatch) -> N
     ckpt, manifest = tone_ctc
     files = write_files(tmp_path, manifest)
     files = [files[0], files[3], files[1], files[2]]  # the unreadable file second
-    model, vocab, _ = load_ctc(ckpt)
+    model, vocab, *_ = load_ctc(ckpt)
     read, real = [], T.load_audio
     monkeypatch.setattr(T, "load_audio", lambda path: read.append(str(path)) or real(path))
     records = T.transcribe_files(model, vocab, files, chunk_seconds=0.5, device_seconds=0.5)

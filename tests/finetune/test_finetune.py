@@ -240,7 +240,7 @@ def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_kee
     symbols = trainer.task.vocab.symbols
     assert symbols == ("<b>", "|", *sorted(set("grünstraßeçava")))
     assert trainer.task.vocab.decode(trainer.task.targets[rows[0]["id"]]) == "grün straße"
-    _, vocab, _ = load_ctc(tmp_path / "data")
+    _, vocab, *_ = load_ctc(tmp_path / "data")
     assert vocab.symbols == symbols  # evaluate reads what the run trained
     Trainer(FinetuneTask(config(train, None, 2, "vocab=data")), tmp_path / "data", resume=True,
             allow_changes=True).fit()  # the same vocabulary: its checkpoint's

@@ -61,7 +61,7 @@ def test_pipeline_chunks_as_earful_transcribe_does(tone_ctc, exported, tmp_path)
     assert len(wave) > 3 * 64000  # four windows
     path = tmp_path / "long.wav"
     sf.write(path, wave, 16000, subtype="FLOAT")
-    model, vocab, _ = load_ctc(ckpt)
+    model, vocab, *_ = load_ctc(ckpt)
     ours = next(transcribe_files(model, vocab, [path], chunk_seconds=4.0, stride_seconds=1.0))["text"]
     theirs = asr(exported)({"raw": wave, "sampling_rate": 16000}, chunk_length_s=4.0, stride_length_s=1.0)["text"]
     assert same_text(theirs, ours) and len(ours.split()) >= 5, (theirs, ours)
