@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import load, load_file, save_file
@@ -100,8 +101,10 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": sha256(path)}
 
 
-def verify_file(path: Path, record: dict[str, Any] | None) -> None:
-    if not path.exists():
+def verify_file(path: Path, record: dict[str, Any] | None, opened: BinaryIO | None = None) -> None:
+    """``path`` is there and (``record``) of the size and SHA-256 recorded; ``opened``: the file, open in binary
+    mode, to check instead of what ``path`` names now (its size before a byte is read)."""
+    if opened is None and not path.exists():
         if (path.parent / LEFT_OUT_FILE).is_file():
             raise CheckpointError(f"{path}: missing: this checkpoint was copied without its weights (`earful study "
                                   f"merge --without-weights`; {LEFT_OUT_FILE} says from where); merge its study "
@@ -109,10 +112,10 @@ def verify_file(path: Path, record: dict[str, Any] | None) -> None:
         raise CheckpointError(f"{path}: missing")
     if record is None:
         return
-    size = path.stat().st_size
+    size = os.fstat(opened.fileno()).st_size if opened is not None else path.stat().st_size
     if size != record["size"]:
         raise CheckpointError(f"{path}: size {size} bytes, expected {record['size']} (truncated or replaced)")
-    if sha256(path) != record["sha256"]:
+    if sha256(path if opened is None else opened) != record["sha256"]:
         raise CheckpointError(f"{path}: SHA-256 differs from the one recorded at save (tampered or corrupt)")
 
 
@@ -171,14 +174,14 @@ def _parse_json(data: bytes, path: Path) -> Any:
 
 
 def read_info(ckpt_dir: str | Path) -> dict[str, Any]:
-    return _info_of(_read_bytes(Path(ckpt_dir) / INFO_FILE, ckpt_dir), ckpt_dir)
+    return _info_of(_info_bytes(ckpt_dir), ckpt_dir)
 
 
-def _read_bytes(path: Path, ckpt_dir: str | Path) -> bytes:
-    """A checkpoint file's bytes, read once (``model.json``: a missing one is not an earful checkpoint)."""
-    if path.name == INFO_FILE and not path.exists():
+def _info_bytes(ckpt_dir: str | Path) -> bytes:
+    """``model.json``'s bytes, read once (a missing one: not an earful checkpoint)."""
+    path = Path(ckpt_dir) / INFO_FILE
+    if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: not an earful checkpoint (no {INFO_FILE})")
-    verify_file(path, None)  # there (a copy without weights says so)
     try:
         return path.read_bytes()
     except OSError as e:
@@ -246,29 +249,16 @@ def check_sizes(kind: str, cfg: ModelConfig, vocab_size: int | None, shapes: dic
         raise CheckpointError(f"{where}: the config does not fit the weights ({len(wrong)} tensors differ: {shown})")
 
 
-def verify_weights(ckpt_dir: Path, info: dict[str, Any]) -> None:
-    """``model.safetensors`` against the size and SHA-256 that ``model.json`` (``info``) recorded at save; a
-    ``model.json`` without them is refused (:data:`MODEL_FORMAT` always records them)."""
+def verify_weights(ckpt_dir: Path, info: dict[str, Any], opened: BinaryIO | None = None) -> None:
+    """``model.safetensors`` (``opened``: the file as opened) against the size and SHA-256 that ``model.json``
+    (``info``) recorded at save; a ``model.json`` without them is refused (:data:`MODEL_FORMAT` always records
+    them)."""
     files = info.get("files")
     record = files.get(MODEL_FILE) if isinstance(files, dict) else None
     if not (isinstance(record, dict) and {"size", "sha256"} <= record.keys()):
         raise CheckpointError(f"{ckpt_dir / INFO_FILE}: no size and SHA-256 of {MODEL_FILE} (\"files\"), which "
                               f"{MODEL_FORMAT} always records: the file was edited, the weights cannot be verified")
-    verify_file(ckpt_dir / MODEL_FILE, record)
-
-
-def _verify_bytes(ckpt_dir: Path, info: dict[str, Any], data: bytes) -> None:
-    """``verify_weights`` of the weights' bytes as read (the file may have been replaced since)."""
-    files = info.get("files")
-    record = files.get(MODEL_FILE) if isinstance(files, dict) else None
-    if not (isinstance(record, dict) and {"size", "sha256"} <= record.keys()):
-        verify_weights(ckpt_dir, info)  # says what is missing
-        return
-    path = ckpt_dir / MODEL_FILE
-    if len(data) != record["size"]:
-        raise CheckpointError(f"{path}: size {len(data)} bytes, expected {record['size']} (truncated or replaced)")
-    if hashlib.sha256(data).hexdigest() != record["sha256"]:
-        raise CheckpointError(f"{path}: SHA-256 differs from the one recorded at save (tampered or corrupt)")
+    verify_file(ckpt_dir / MODEL_FILE, record, opened)
 
 
 def model_config(ckpt_dir: str | Path, info: dict[str, Any] | None = None) -> ModelConfig:
@@ -289,35 +279,41 @@ def load_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     return _read_weights(ckpt_dir / MODEL_FILE)
 
 
-def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+def _read_weights(weights: Path, opened: BinaryIO | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights``; ``opened``: that file as opened (and checked) before, whatever the path names
+    now (a checkpoint written again at it meanwhile), read through its descriptor as safetensors maps a path."""
+    fd = _descriptor_path(opened) if opened is not None else None
     try:
-        return load_file(str(weights))
+        if opened is not None and fd is None:  # no /proc/self/fd nor /dev/fd: its bytes
+            opened.seek(0)
+            return load(opened.read())
+        return load_file(fd or str(weights))
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
+
+
+def _descriptor_path(opened: BinaryIO) -> str | None:
+    """A path that opens the very file ``opened`` is (Linux's /proc/self/fd, macOS's /dev/fd), None without one."""
+    for root in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(root):
+            return f"{root}/{opened.fileno()}"
+    return None
 
 
 def load_model(ckpt_dir: str | Path, *, verify: bool = True,
                expect: Mapping[str, object] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
-    config checked against the weights' shapes before the model is built). Each file is read once, and the
-    model is built from those bytes: a checkpoint replaced meanwhile (a training writing it again, atomically,
-    at the same path) cannot give the weights of one and the record or hash of the other. ``expect``: the
+    config checked against the weights' shapes before the model is built). ``model.json`` is read once and the
+    weights file opened once, checked and loaded through that one descriptor: a checkpoint replaced meanwhile (a
+    training writing it again, atomically, at the same path) cannot give the weights of one and the record or
+    hash of the other. ``expect``: the
     SHA-256 of the files as a caller hashed them earlier (``{"weights": ..., "info": ...}``, a probe's
     fingerprint): a CheckpointError where the files read now are others."""
     ckpt_dir = Path(ckpt_dir)
     where = ckpt_dir / INFO_FILE
     weights = ckpt_dir / MODEL_FILE
-    info_bytes = _read_bytes(where, ckpt_dir)
-    data = _read_bytes(weights, ckpt_dir)
-    if expect is not None:
-        read = {"weights": hashlib.sha256(data).hexdigest(), "info": hashlib.sha256(info_bytes).hexdigest()}
-        changed = [name for k, name in (("weights", MODEL_FILE), ("info", INFO_FILE)) if expect.get(k) != read[k]]
-        if changed:
-            raise CheckpointError(f"{ckpt_dir}: {' and '.join(changed)} changed since hashed (a training writing "
-                                  "this checkpoint again?): what was hashed is not what would be loaded; run again")
+    info_bytes = _info_bytes(ckpt_dir)
     info = _info_of(info_bytes, ckpt_dir)
-    if verify:
-        _verify_bytes(ckpt_dir, info, data)
     cfg = model_config(ckpt_dir, info)
     vocab = info.get("vocab")
     if vocab and not (isinstance(vocab, dict) and isinstance(vocab.get("symbols"), list)):
@@ -325,11 +321,21 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True,
     vocab_size = len(vocab["symbols"]) if vocab else None
     if info.get("kind") not in ("pretraining", "ctc"):
         raise CheckpointError(f"{where}: unknown model kind {info.get('kind')!r}")
+    verify_file(weights, None)  # there (a copy without weights says so)
     try:
-        state = load(data)  # tensors no larger than the file
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
-    del data
+        opened = open(weights, "rb")  # noqa: SIM115 - closed below; what is checked is what is loaded
+    except OSError as e:
+        raise CheckpointError(f"{weights}: unreadable ({e})") from e
+    with opened:
+        if verify or expect is not None:
+            verify_weights(ckpt_dir, info, opened)  # the size before a byte is read, then the hash
+        if expect is not None:
+            read = {"weights": weights_sha256(info), "info": hashlib.sha256(info_bytes).hexdigest()}
+            changed = [name for k, name in (("weights", MODEL_FILE), ("info", INFO_FILE)) if expect.get(k) != read[k]]
+            if changed:
+                raise CheckpointError(f"{ckpt_dir}: {' and '.join(changed)} changed since hashed (a training writing "
+                                      "this checkpoint again?): what was hashed is not what would be loaded; run again")
+        state = _read_weights(weights, opened)
     check_sizes(info["kind"], cfg, vocab_size, {k: tuple(v.shape) for k, v in state.items()}, str(where))
     model = build_model(info["kind"], cfg, vocab_size, str(where))
     missing, unexpected = model.load_state_dict(state, strict=False)

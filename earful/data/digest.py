@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import closing
+from contextlib import closing, nullcontext
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 DIGEST_RULE = "rows less audio paths"  # recorded beside the digests; folders of earlier versions hold file bytes
 LABELS = ("speaker", "transcript", "phonemes", "intent")  # a row's labels: what pre-training does not read
@@ -38,10 +38,12 @@ class ManifestDigest(NamedTuple):
     labels: dict[str, str]
 
 
-def sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, hex (read a megabyte at a time)."""
+def sha256(source: str | os.PathLike | BinaryIO) -> str:
+    """The SHA-256 of a file's bytes, hex (read a megabyte at a time): the file at a path, or one open in binary
+    mode, read from its start."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(source, "rb") if isinstance(source, str | os.PathLike) else nullcontext(source) as f:
+        f.seek(0)
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

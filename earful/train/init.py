@@ -16,12 +16,12 @@ from torch import nn
 
 from earful.checkpoint import (
     INFO_FILE,
-    MODEL_FILE,
     CheckpointError,
     load_model,
     model_config,
     read_info,
     sha256,
+    weights_sha256,
     what_it_is,
 )
 from earful.model import ModelConfig
@@ -49,8 +49,7 @@ def resolve_init(init: str, key: str = "--init") -> InitWeights:
         return InitWeights(SCRATCH, None)
     path = init_path(init, key)
     if (path / INFO_FILE).exists():
-        record = (read_info(path).get("files") or {}).get(MODEL_FILE) or {}
-        return InitWeights(str(path), record.get("sha256"))
+        return InitWeights(str(path), weights_sha256(read_info(path)))
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     digest = hashlib.sha256("".join(f"{p.name} {sha256(p)}\n" for p in weights).encode()).hexdigest()
     return InitWeights(str(path), digest)
@@ -81,7 +80,7 @@ def load_init(init: InitWeights, task: str = "fine-tuning") -> tuple[nn.Module |
     path = Path(init.path)
     if (path / INFO_FILE).exists():
         model, info = load_model(path)
-        if (info.get("files") or {}).get(MODEL_FILE, {}).get("sha256") != init.sha256:
+        if weights_sha256(info) != init.sha256:
             raise CheckpointError(f"{path}: its weights changed while the {task} started; start it again")
         symbols = (info.get("vocab") or {}).get("symbols")
         return model, symbols, f"earful {info['kind']} checkpoint {path}"

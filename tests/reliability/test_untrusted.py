@@ -174,8 +174,8 @@ def test_unreadable_hf_safetensors_is_a_checkpoint_error(tmp_path) -> None:
 def test_a_checkpoint_replaced_while_it_loads_gives_the_weights_its_record_names(tmp_path, monkeypatch) -> None:
     """load_model read model.json, hashed model.safetensors against it, then read the weights again to load them:
     a checkpoint written again at the same path in between (a training's next save, atomic) gave the new weights
-    with the old record (whose hash a fine-tuning's init check and an evaluation's summary trust). Each file is
-    now read once and the model built from those bytes: the weights the returned record names."""
+    with the old record (whose hash a fine-tuning's init check and an evaluation's summary trust). The weights file
+    is now opened once, verified and loaded through that descriptor: the weights the returned record names."""
     import earful.checkpoint as ckpt_module
     from earful.checkpoint import save_model
 
@@ -183,14 +183,51 @@ def test_a_checkpoint_replaced_while_it_loads_gives_the_weights_its_record_names
     ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
     first, record = load_file(str(ckpt / MODEL_FILE)), file_record(ckpt / MODEL_FILE)
     newer = Wav2Vec2ForPreTraining(load_model_config("tiny"))  # other weights (the seed moved on)
-    real = ckpt_module.check_sizes
+    real = ckpt_module.verify_weights
 
     def checked_then_replaced(*a, **k):  # after the weights were verified, before they are loaded
         real(*a, **k)
         save_model(ckpt, newer)
 
-    monkeypatch.setattr(ckpt_module, "check_sizes", checked_then_replaced)
+    monkeypatch.setattr(ckpt_module, "verify_weights", checked_then_replaced)
     model, info = load_model(ckpt)
     assert info["files"][MODEL_FILE] == record  # the record read first, of the first weights
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], first[k]) for k in first)  # were the newer ones
+
+
+def test_a_weights_file_larger_than_its_record_is_refused_before_it_is_read(tmp_path, monkeypatch) -> None:
+    """The size recorded is checked before a byte of the weights is read or hashed (a multi-GB file put in a
+    checkpoint's place was read whole first), and a model.json of another format is named as such, before the
+    weights are looked for."""
+    import earful.checkpoint as ckpt_module
+    from earful.checkpoint import save_model
+
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    with open(ckpt / MODEL_FILE, "ab") as f:
+        f.write(b"\0" * 1_000_000)
+
+    def no_hash(*a, **k):
+        raise AssertionError("hashed before the size was checked")
+
+    monkeypatch.setattr(ckpt_module, "sha256", no_hash)
+    with pytest.raises(CheckpointError, match="size .* bytes, expected"):
+        load_model(ckpt)
+    info = json.loads((ckpt / "model.json").read_text())
+    (ckpt / "model.json").write_text(json.dumps({**info, "format": "earful-model-0"}))
+    (ckpt / MODEL_FILE).unlink()
+    with pytest.raises(CheckpointError, match="format 'earful-model-0'"):
+        load_model(ckpt)
+
+
+def test_weights_load_from_their_bytes_where_no_descriptor_path_exists(tmp_path, monkeypatch) -> None:
+    """Without /proc/self/fd or /dev/fd the opened weights are loaded from their bytes: the same tensors."""
+    import earful.checkpoint as ckpt_module
+    from earful.checkpoint import save_model
+
+    torch.manual_seed(0)
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    monkeypatch.setattr(ckpt_module, "_descriptor_path", lambda opened: None)
+    loaded = load_model(ckpt)[0].state_dict()
+    saved = load_file(str(ckpt / MODEL_FILE))
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
