@@ -226,7 +226,8 @@ class FeatureSet:
         squares = torch.zeros_like(sums)
         for start in range(0, self.data.shape[0], chunk_frames):
             who = owner[start : start + chunk_frames]
-            squares.index_add_(0, who, (self.data[start : start + chunk_frames].float() - mean[who]).square())
+            part = self.data[start : start + chunk_frames].to(torch.float32, copy=True)  # (chunk, layers, dim)
+            squares.index_add_(0, who, part.sub_(mean[who]).square_())  # in place: two chunk-sized tensors
         std = (squares / count).sqrt()
         return torch.cat([mean, std], dim=-1)
 

@@ -680,6 +680,12 @@ def test_pooled_statistics_keep_the_spread_of_a_channel_with_a_large_mean():
     x = (3000 + 5 * torch.randn(6000, 1, 4, generator=g)).half()
     std = FeatureSet(["a"], torch.tensor([6000]), x, 50.0).pooled[0, 0, 4:]
     assert torch.allclose(std.double(), x.double().std(0, unbiased=False)[0], rtol=1e-4)
+    # float32 features (a copy is not made by .float() there): pooling leaves them as they were
+    y = torch.randn(300, 2, 3, generator=g)
+    kept = y.clone()
+    pooled = FeatureSet(["a", "b"], torch.tensor([100, 200]), y, 50.0).pooled  # (utterances, layers, 2 * dim)
+    assert torch.equal(y, kept)
+    assert torch.allclose(pooled[1, :, 3:], kept[100:].std(0, unbiased=False), atol=1e-6)
 
 
 def test_a_feature_constant_in_training_is_not_blown_up():
