@@ -98,8 +98,8 @@ def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]
 
 
 def noise_statistics(gram: torch.Tensor, seconds: torch.Tensor) -> dict[str, Any]:
-    """Standard errors from the N x N Gram matrix of the batches' gradients (``gram[i, j] = g_i . g_j``): the
-    leave-one-batch-out jackknife of S, of |G|^2 = (sum_{i != j} g_i . g_j) / (N(N-1)) and of B_simple; and
+    """S, |G|^2 = (sum_{i != j} g_i . g_j) / (N(N-1)) and B_simple from the N x N Gram matrix of the batches'
+    gradients (``gram[i, j] = g_i . g_j``) and their ``seconds``; the leave-one-batch-out jackknife of each; and
     B_simple with the harmonic mean of the batch sizes (S estimates tr(Sigma) * mean(1/B_i), so the arithmetic mean
     overstates it by mean(B) * mean(1/B))."""
     n = gram.shape[0]
@@ -122,6 +122,9 @@ def noise_statistics(gram: torch.Tensor, seconds: torch.Tensor) -> dict[str, Any
 
     b_jk = [h * ss / gg for ss, gg, h in leave if gg > 0]
     return {
+        "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2,
+        # None, not inf, where |G|^2 <= 0: not estimable (and JSON has no inf)
+        "b_simple_seconds": float(seconds.mean()) * s / g2 if g2 > 0 else None,
         "trace_cov_per_batch_se": jack([ss for ss, _, _ in leave]),
         "grad_norm_sq_estimate_se": jack([gg for _, gg, _ in leave]),
         "b_simple_seconds_harmonic": harm * s / g2 if g2 > 0 else None,
@@ -131,14 +134,17 @@ def noise_statistics(gram: torch.Tensor, seconds: torch.Tensor) -> dict[str, Any
     }  # fmt: skip
 
 
-def gram_matrix(rows: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
-    """``rows @ rows.T`` in float64 for ``rows`` (batches, parameters) in float32, a slice of columns at a time:
-    a float64 copy of the whole matrix is 7.6 GB for BASE's 95 M parameters at 10 batches."""
+def gram_matrix(rows: torch.Tensor, chunk: int = 1 << 22) -> tuple[torch.Tensor, float]:
+    """``rows @ rows.T`` and the sum over columns of each column's standard deviation (unbiased), in float64,
+    for ``rows`` (batches, parameters) in float32, a slice of columns at a time: a float64 copy of the whole
+    matrix is 7.6 GB for BASE's 95 M parameters at 10 batches."""
     gram = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64)  # (batches, batches)
+    spread = 0.0
     for start in range(0, rows.shape[1], chunk):
         part = rows[:, start : start + chunk].double()  # (batches, chunk)
         gram += part @ part.T
-    return gram
+        spread += float(part.std(0).sum())
+    return gram, spread
 
 
 def gradient_noise(
@@ -178,10 +184,8 @@ def gradient_noise(
                     budget.batch_seconds, needed)
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
-    s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g
-    s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]  # Σ g²
     seconds: list[float] = []
-    rows = torch.empty(num_batches, total)  # (batches, parameters) each batch's gradient, for the Gram matrix
+    rows = torch.empty(num_batches, total)  # (batches, parameters) each batch's gradient
     batches = iter(loader)
     for i in tqdm(range(num_batches), desc="gradvar", unit="batch"):
         model.zero_grad(set_to_none=True)
@@ -194,38 +198,25 @@ def gradient_noise(
             padded += batch.padded_seconds
         denom = loss_denominator(model.cfg.loss_normalisation, masked, budget.accumulation)
         at = 0
-        for a, b, p in zip(s1, s2, params, strict=True):
-            g = p.grad.double() / denom if p.grad is not None else torch.zeros_like(a)
-            a += g
-            b += g * g
-            rows[i, at : at + g.numel()] = g.reshape(-1).float().cpu()
-            at += g.numel()
+        for p in params:
+            if p.grad is not None:
+                rows[i, at : at + p.numel()] = (p.grad.double() / denom).reshape(-1).float().cpu()
+            else:
+                rows[i, at : at + p.numel()] = 0.0
+            at += p.numel()
         seconds.append(padded)
-    n = float(num_batches)
-    mean_std = 0.0
-    sq_dev = 0.0  # Σ_i |g_i − ḡ|²
-    mean_sq = 0.0  # |ḡ|²
-    for a, b in zip(s1, s2, strict=True):
-        mean = a / n
-        var = (b / n - mean * mean).clamp(min=0) * n / (n - 1)  # unbiased, per parameter
-        mean_std += var.sqrt().sum().item()
-        sq_dev += (var.sum().item()) * (n - 1)
-        mean_sq += (mean * mean).sum().item()
-    s = sq_dev / (n - 1)  # ≈ tr(Σ)/B
-    batch_sec = sum(seconds) / len(seconds)
-    g2 = mean_sq - s / n
-    b_simple = batch_sec * s / g2 if g2 > 0 else None  # None, not inf: not estimable (and JSON has no inf)
-    stats = noise_statistics(gram_matrix(rows), torch.tensor(seconds, dtype=torch.float64))
+    gram, spread = gram_matrix(rows)
     del rows
+    stats = noise_statistics(gram, torch.tensor(seconds, dtype=torch.float64))
+    batch_sec = sum(seconds) / len(seconds)
     result = {
         "checkpoint": str(ckpt), "step": step, "padding": padding, "batches": num_batches,
         "epochs_read": needed / per_epoch,  # above 1: batches repeat utterances (not independent)
         "batch_seconds_padded": batch_sec,
-        "parameters": total, "mean_param_grad_std": mean_std / total,
-        "trace_cov_per_batch": s, "grad_norm_sq_estimate": g2, "b_simple_seconds": b_simple,
+        "parameters": total, "mean_param_grad_std": spread / total,
         **stats,
     }  # fmt: skip
-    if b_simple is None:
+    if stats["b_simple_seconds"] is None:
         log.warning("the gradient signal is below the noise of %d batches: B_simple cannot be estimated; "
                     "use more batches", num_batches)
     return result

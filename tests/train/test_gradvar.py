@@ -155,8 +155,9 @@ def test_batches_past_what_the_manifest_holds_are_said_to_repeat_its_audio(tmp_p
 
 
 def test_noise_statistics_equal_their_definitions() -> None:
-    """S and |G|² from the batches' Gram matrix equal the per-parameter formulas; each standard error equals the
-    jackknife written out (every batch left out in turn); B_simple is null where |G|² <= 0."""
+    """S, |G|² and B_simple from the batches' Gram matrix equal the per-parameter formulas (the one source of
+    gradvar's figures); each standard error equals the jackknife written out (every batch left out in turn);
+    B_simple is null where |G|² <= 0."""
     import numpy as np
     import torch
 
@@ -166,7 +167,9 @@ def test_noise_statistics_equal_their_definitions() -> None:
     g = rng.normal(0.3, 1.0, size=(6, 40))  # (batches, parameters)
     seconds = rng.uniform(2.0, 5.0, size=6)
     rows = torch.tensor(g, dtype=torch.float32)
-    assert torch.allclose(gram_matrix(rows, chunk=7), rows.double() @ rows.double().T)  # columns in uneven slices
+    gram, spread = gram_matrix(rows, chunk=7)  # columns in uneven slices
+    assert torch.allclose(gram, rows.double() @ rows.double().T)
+    assert math.isclose(spread, rows.double().numpy().std(axis=0, ddof=1).sum(), rel_tol=1e-9)
 
     def direct(rows: np.ndarray, secs: np.ndarray) -> tuple[float, float, float]:
         n = len(rows)
@@ -180,6 +183,9 @@ def test_noise_statistics_equal_their_definitions() -> None:
 
     r = noise_statistics(torch.tensor(g).double() @ torch.tensor(g).double().T, torch.tensor(seconds))
     s, g2, b = direct(g, seconds)
+    assert math.isclose(r["trace_cov_per_batch"], s, rel_tol=1e-9)
+    assert math.isclose(r["grad_norm_sq_estimate"], g2, rel_tol=1e-9)
+    assert math.isclose(r["b_simple_seconds"], seconds.mean() * s / g2, rel_tol=1e-9)
     leave = [direct(np.delete(g, k, axis=0), np.delete(seconds, k)) for k in range(6)]
     assert math.isclose(r["b_simple_seconds_harmonic"], b, rel_tol=1e-9)
     assert math.isclose(r["trace_cov_per_batch_se"], jack([x[0] for x in leave]), rel_tol=1e-9)
@@ -190,6 +196,7 @@ def test_noise_statistics_equal_their_definitions() -> None:
     noise = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
     r = noise_statistics(torch.tensor(noise @ noise.T), torch.ones(4))
     assert r["b_simple_seconds_harmonic"] is None and r["b_simple_seconds_harmonic_se"] is None
+    assert r["b_simple_seconds"] is None
     # two batches: nothing to leave out
     r = noise_statistics(torch.tensor(g[:2] @ g[:2].T), torch.tensor(seconds[:2]))
     assert r["trace_cov_per_batch_se"] is None and r["signal_to_noise"] is None
