@@ -1,10 +1,7 @@
 """Model configuration: one dataclass, YAML presets in ``earful/configs/model/``.
 
-Most field names are `transformers`' (``hidden_size``, ``intermediate_size``, ``layerdrop``, ...) or fairseq's
-(``feature_grad_mult``, ``dropout_input``, ...), but not all: ``num_layers``, ``num_heads``, ``activation``,
-``pos_conv_kernel`` and ``logit_temperature`` are earful's own, and ``mask_prob`` is fairseq's where
-transformers says ``mask_time_prob``. docs/ARCHITECTURE.md ("Model") gives those six fields' fairseq and
-transformers names; ``earful/interop/hf.py`` maps every field to transformers'.
+Field names are earful's, most of them `transformers`' or fairseq's: docs/ARCHITECTURE.md ("Model") tables every
+field whose name differs in either, and ``earful/interop/hf.py`` maps them to transformers'.
 
 The ``recipe`` switches select where the paper's code (nanow2v2) differs from fairseq, so both can be run:
 

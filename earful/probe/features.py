@@ -326,10 +326,11 @@ def _store(entry: Path, key: str, feats: FeatureSet, about: dict[str, str]) -> N
 
 @contextmanager
 def writing(entry: Path) -> Iterator[None]:
-    """The entry's folder, created, with a shared lock on its ``LOCK_FILE`` while a probe writes it (minutes for
-    BASE's features of an hour of audio): ``earful cache remove`` takes the lock exclusively or leaves the entry
-    alone (it removed an entry being written, and the probe died). Probes writing one entry at once share it.
-    A lock taken on a file a removal has just unlinked is taken again, on the folder made anew (``lock_file``)."""
+    """The entry's folder, created, with a shared lock on its ``LOCK_FILE`` while a probe writes its features and
+    index (seconds to minutes for BASE's features of an hour of audio): ``earful cache remove`` takes the lock
+    exclusively or leaves the entry alone (it removed an entry being written, and the probe died). Probes writing
+    one entry at once share it. A lock taken on a file a removal has just unlinked is taken again, on the folder
+    made anew (``lock_file``)."""
     f = lock_file(entry / LOCK_FILE, shared=True)
     try:
         yield

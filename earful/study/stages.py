@@ -437,18 +437,24 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
 
     import torch
 
+    from earful.probe.features import Upstream
     from earful.probe.suite import run_suite
 
     rows = []
     cache = out / "probe-cache" / name
     config = probe_config(study)
+    # extracted on the pre-training recipe's device, as the gradient noise is measured (auto: CUDA where there
+    # is one); it had been auto whatever the recipe said
+    device = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
+                                  overrides_from=OVERRIDES_FROM["pretrain"]).device
+    source = Upstream.parse(upstream, device=device)
     for seed in study.probe_seeds:
         done = probe_summary(out, name, seed)
         metrics = probed_tasks(out, name, seed)
         if todo := [t for t in study.probes if t not in metrics]:
             folder = done.parent / f"added-{'-'.join(todo)}" if metrics else done.parent
             with torch.random.fork_rng(devices=[]):
-                metrics |= run_suite(upstream, study.probe_dir(root), folder, todo, seed, cache_dir=cache,
+                metrics |= run_suite(source, study.probe_dir(root), folder, todo, seed, cache_dir=cache,
                                      config=config, progress=False)
             atomic_write_json(done, metrics)
             metrics = probed_tasks(out, name, seed)  # as a rerun reads them

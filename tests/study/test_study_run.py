@@ -555,6 +555,25 @@ def test_a_probe_task_added_probes_the_finished_upstreams_with_it_alone(tmp_path
     assert len(calls) == 2  # nothing left to probe
 
 
+def test_a_studys_probes_extract_on_its_pre_training_recipes_device(tmp_path, monkeypatch) -> None:
+    """A study's probes took `auto` whatever its recipe said (a CPU study resumed on a GPU machine probed its
+    remaining checkpoints on CUDA, whose features differ in their last bits): the recipe's `device` now."""
+    import earful.probe.suite as suite
+    from earful.checkpoint import save_model
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+    from earful.study.config import StudyConfig
+    from earful.study.stages import probe_stage
+
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    given = []
+    monkeypatch.setattr(suite, "run_suite", lambda upstream, *a, **k: given.append(upstream) or {"pr": {"per": 0.5}})
+    monkeypatch.setattr("earful.train.distributed.torch.cuda.is_available", lambda: True)  # auto would say cuda
+    study = StudyConfig(probes=["pr"], probe_seeds=[0], pretrain_overrides=["device=cpu"])
+    probe_stage(study, "8s-seed1", str(ckpt), tmp_path / "out", tmp_path)
+    assert given[0].device == "cpu" and given[0].ckpt == str(ckpt.resolve())
+    assert "device" not in given[0].fingerprint()  # a CPU's features: the cache keys of before
+
+
 def test_a_rerun_that_leaves_finished_runs_out_says_so(tmp_path, monkeypatch, caplog) -> None:
     """A finished seeds-[1, 2] study run again with seeds [2] rewrote runs.jsonl, results.jsonl and the report
     with seed 2 alone, without a word of seed 1's finished runs in the folder: now a warning names them, before
