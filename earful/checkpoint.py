@@ -293,10 +293,17 @@ def _read_weights(weights: Path, opened: BinaryIO | None = None) -> dict[str, to
 
 
 def _descriptor_path(opened: BinaryIO) -> str | None:
-    """A path that opens the very file ``opened`` is (Linux's /proc/self/fd, macOS's /dev/fd), None without one."""
+    """A path that opens the very file ``opened`` is (Linux's /proc/self/fd, macOS's /dev/fd), None without one
+    (a /dev/fd that holds only 0, 1 and 2, FreeBSD's without fdescfs, is none)."""
+    st = os.fstat(opened.fileno())
     for root in ("/proc/self/fd", "/dev/fd"):
-        if os.path.isdir(root):
-            return f"{root}/{opened.fileno()}"
+        path = f"{root}/{opened.fileno()}"
+        try:
+            there = os.stat(path)
+        except OSError:
+            continue
+        if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+            return path
     return None
 
 
@@ -326,15 +333,21 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True,
         opened = open(weights, "rb")  # noqa: SIM115 - closed below; what is checked is what is loaded
     except OSError as e:
         raise CheckpointError(f"{weights}: unreadable ({e})") from e
+    changed = (f"{ckpt_dir}: %s changed since hashed (a training writing this checkpoint again?): what was hashed "
+               "is not what would be loaded; run again")
     with opened:
-        if verify or expect is not None:
-            verify_weights(ckpt_dir, info, opened)  # the size before a byte is read, then the hash
+        try:
+            if verify or expect is not None:
+                verify_weights(ckpt_dir, info, opened)  # the size before a byte is read, then the hash
+        except CheckpointError as e:  # with ``expect``: replaced after model.json was read, most likely
+            if expect is None:
+                raise
+            raise CheckpointError(f"{changed % MODEL_FILE} ({e})") from e
         if expect is not None:
             read = {"weights": weights_sha256(info), "info": hashlib.sha256(info_bytes).hexdigest()}
-            changed = [name for k, name in (("weights", MODEL_FILE), ("info", INFO_FILE)) if expect.get(k) != read[k]]
-            if changed:
-                raise CheckpointError(f"{ckpt_dir}: {' and '.join(changed)} changed since hashed (a training writing "
-                                      "this checkpoint again?): what was hashed is not what would be loaded; run again")
+            names = [name for k, name in (("weights", MODEL_FILE), ("info", INFO_FILE)) if expect.get(k) != read[k]]
+            if names:
+                raise CheckpointError(changed % " and ".join(names))
         state = _read_weights(weights, opened)
     check_sizes(info["kind"], cfg, vocab_size, {k: tuple(v.shape) for k, v in state.items()}, str(where))
     model = build_model(info["kind"], cfg, vocab_size, str(where))

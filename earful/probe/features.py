@@ -69,9 +69,9 @@ class Upstream:
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
-              device: str = "auto") -> Upstream:
+              device: str = "auto", device_key: str = "--device") -> Upstream:
         """``"fbank"`` or a checkpoint folder (with ``random_init``: its architecture, freshly initialised),
-        extracted on ``device``."""
+        extracted on ``device``, which errors name as ``device_key`` (a study's: the recipe's ``device``)."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
@@ -81,7 +81,7 @@ class Upstream:
                                     "(e.g. RUN/checkpoints/best) or 'fbank'")
         from earful.train.distributed import resolve_device
 
-        resolve_device(device, "--device")  # refused now, not after the model loads
+        resolve_device(device, device_key)  # refused now, not after the model loads
         return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed, device)
 
     @property

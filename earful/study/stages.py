@@ -447,7 +447,7 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
     # is one); it had been auto whatever the recipe said
     device = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
                                   overrides_from=OVERRIDES_FROM["pretrain"]).device
-    source = Upstream.parse(upstream, device=device)
+    source = Upstream.parse(upstream, device=device, device_key="device")
     for seed in study.probe_seeds:
         done = probe_summary(out, name, seed)
         metrics = probed_tasks(out, name, seed)

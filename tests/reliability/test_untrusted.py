@@ -231,3 +231,44 @@ def test_weights_load_from_their_bytes_where_no_descriptor_path_exists(tmp_path,
     loaded = load_model(ckpt)[0].state_dict()
     saved = load_file(str(ckpt / MODEL_FILE))
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_weights_replaced_after_their_record_was_read_are_named_as_changed_for_a_caller_that_hashed_them(
+        tmp_path, monkeypatch) -> None:
+    """With the hashes a caller took (a probe's fingerprint), weights written again after model.json was read are
+    said to have changed since hashed (run again), not to be tampered with or corrupt."""
+    import earful.checkpoint as ckpt_module
+    from earful.checkpoint import INFO_FILE, save_model
+    from earful.data.digest import sha256
+
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    expect = {"weights": sha256(ckpt / MODEL_FILE), "info": sha256(ckpt / INFO_FILE)}
+    real = ckpt_module.verify_file
+
+    def replaced_first(path, record, opened=None):  # the presence check, after model.json was read
+        if record is None and opened is None:
+            save_model(tmp_path / "other", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+            os.replace(tmp_path / "other" / MODEL_FILE, ckpt / MODEL_FILE)
+        return real(path, record, opened)
+
+    monkeypatch.setattr(ckpt_module, "verify_file", replaced_first)
+    with pytest.raises(CheckpointError, match="model.safetensors changed since hashed .*run again"):
+        load_model(ckpt, expect=expect)
+
+
+def test_a_descriptor_path_naming_another_file_is_not_used(tmp_path, monkeypatch) -> None:
+    """A /dev/fd without the process's descriptors (FreeBSD without fdescfs) names no file, or another: the weights
+    are then loaded from the bytes of the file opened."""
+    import earful.checkpoint as ckpt_module
+    from earful.checkpoint import save_model
+
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    other = tmp_path / "other"
+    other.write_bytes(b"x")
+    real = os.stat
+    monkeypatch.setattr(ckpt_module.os, "stat", lambda p, *a, **k: real(other) if str(p).startswith(("/proc/self/fd/",
+                        "/dev/fd/")) else real(p, *a, **k))
+    with open(ckpt / MODEL_FILE, "rb") as f:
+        assert ckpt_module._descriptor_path(f) is None
+    loaded, saved = load_model(ckpt)[0].state_dict(), load_file(str(ckpt / MODEL_FILE))
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)

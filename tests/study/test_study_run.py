@@ -572,6 +572,11 @@ def test_a_studys_probes_extract_on_its_pre_training_recipes_device(tmp_path, mo
     probe_stage(study, "8s-seed1", str(ckpt), tmp_path / "out", tmp_path)
     assert given[0].device == "cpu" and given[0].ckpt == str(ckpt.resolve())
     assert "device" not in given[0].fingerprint()  # a CPU's features: the cache keys of before
+    # a device the machine lacks is named as the recipe's setting: a study has no --device
+    monkeypatch.setattr("earful.train.distributed.torch.cuda.is_available", lambda: False)
+    study.pretrain_overrides = ["device=cuda"]
+    with pytest.raises(ValueError, match=r"^device=cuda: no CUDA"):
+        probe_stage(study, "8s-seed2", str(ckpt), tmp_path / "out", tmp_path)
 
 
 def test_a_rerun_that_leaves_finished_runs_out_says_so(tmp_path, monkeypatch, caplog) -> None:
