@@ -275,8 +275,21 @@ def load_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint's weights alone (``model.safetensors``, verified by size and hash against its ``model.json``),
     without building its model: a run's ``init`` for the distance from it."""
     ckpt_dir = Path(ckpt_dir)
-    verify_weights(ckpt_dir, read_info(ckpt_dir))
-    return _read_weights(ckpt_dir / MODEL_FILE)
+    info = read_info(ckpt_dir)
+    with _open_weights(ckpt_dir / MODEL_FILE) as opened:
+        verify_weights(ckpt_dir, info, opened)
+        return _read_weights(ckpt_dir / MODEL_FILE, opened)
+
+
+def _open_weights(weights: Path) -> BinaryIO:
+    """The weights file, open (binary) for checking and loading through one descriptor, so that what is checked is
+    what is loaded whatever is written at the path meanwhile; a CheckpointError naming it when it is not there
+    (a copy without weights says so) or cannot be opened."""
+    verify_file(weights, None)
+    try:
+        return open(weights, "rb")  # noqa: SIM115 - the caller's to close
+    except OSError as e:
+        raise CheckpointError(f"{weights}: unreadable ({e})") from e
 
 
 def _read_weights(weights: Path, opened: BinaryIO | None = None) -> dict[str, torch.Tensor]:
@@ -328,11 +341,7 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True,
     vocab_size = len(vocab["symbols"]) if vocab else None
     if info.get("kind") not in ("pretraining", "ctc"):
         raise CheckpointError(f"{where}: unknown model kind {info.get('kind')!r}")
-    verify_file(weights, None)  # there (a copy without weights says so)
-    try:
-        opened = open(weights, "rb")  # noqa: SIM115 - closed below; what is checked is what is loaded
-    except OSError as e:
-        raise CheckpointError(f"{weights}: unreadable ({e})") from e
+    opened = _open_weights(weights)
     changed = (f"{ckpt_dir}: %s changed since hashed (a training writing this checkpoint again?): what was hashed "
                "is not what would be loaded; run again")
     with opened:

@@ -272,3 +272,23 @@ def test_a_descriptor_path_naming_another_file_is_not_used(tmp_path, monkeypatch
         assert ckpt_module._descriptor_path(f) is None
     loaded, saved = load_model(ckpt)[0].state_dict(), load_file(str(ckpt / MODEL_FILE))
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_load_weights_gives_the_weights_it_verified_when_the_file_is_replaced_meanwhile(tmp_path, monkeypatch):
+    """load_weights (a run's init, for the distance from it) verified the file, then read it again by path: it
+    checks and loads through one descriptor now, as load_model."""
+    import earful.checkpoint as ckpt_module
+    from earful.checkpoint import load_weights, save_model
+
+    torch.manual_seed(0)
+    ckpt = save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    first = load_file(str(ckpt / MODEL_FILE))
+    real = ckpt_module.verify_weights
+
+    def checked_then_replaced(*a, **k):
+        real(*a, **k)
+        save_model(ckpt, Wav2Vec2ForPreTraining(load_model_config("tiny")))
+
+    monkeypatch.setattr(ckpt_module, "verify_weights", checked_then_replaced)
+    loaded = load_weights(ckpt)
+    assert all(torch.equal(loaded[k], first[k]) for k in first)
