@@ -335,13 +335,48 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
     return data
 
 
+# settings renamed, by their old name: today's (the same values), for a config that has today's (top-level keys,
+# so that a nested mapping and a flattened one read alike). A config file or override that says the old name is
+# refused, naming the new (``load_config``); what earful wrote before is read with today's names
+# (``renamed_settings``): a run folder's config.yaml and config-N.yaml, trainer.json's recipe, a study.json's
+# fingerprint. The fine-tuning's CTC loss normalisation (fairseq's sentence_avg) was called loss_normalisation, as
+# the pre-training's model.loss_normalisation (its auxiliary losses' unit: another setting) still is
+RENAMED_SETTINGS = {"loss_normalisation": "ctc_normalisation"}
+
+
+def renamed_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """A config or recipe earful wrote before (nested or flattened) with today's names for ``RENAMED_SETTINGS``."""
+    return {RENAMED_SETTINGS.get(k, k): v for k, v in data.items()}
+
+
+def renamed_override(item: str) -> str:
+    """A ``key=value`` override earful recorded before (a study.json's) with today's key for ``RENAMED_SETTINGS``."""
+    key, _, value = item.partition("=")
+    return f"{RENAMED_SETTINGS[key.strip()]}={value}" if key.strip() in RENAMED_SETTINGS else item
+
+
+def _refuse_renamed(cls: type, said: list[tuple[str, str]]) -> None:
+    """Refuse a config for ``cls`` that says a renamed setting's old name, naming the new. ``said``: each key given,
+    with what gave it ("" for the config file, which the caller names; an override)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    old = [(k, where) for k, where in said if k in RENAMED_SETTINGS and RENAMED_SETTINGS[k] in names]
+    if old:
+        raise ConfigError("; ".join(f"{where}{k} is now called {RENAMED_SETTINGS[k]} (the same values)"
+                                    for k, where in old))
+
+
 def load_config(
-    cls: type[T], preset_or_path: str | Path | None = None, overrides: list[str] | None = None
+    cls: type[T], preset_or_path: str | Path | None = None, overrides: list[str] | None = None, *,
+    saved: bool = False,
 ) -> T:
-    """Defaults ← YAML (preset name or path) ← ``key=value`` overrides."""
+    """Defaults ← YAML (preset name or path) ← ``key=value`` overrides. A renamed setting's old name
+    (``RENAMED_SETTINGS``) is refused, naming the new, but in a YAML file earful wrote (``saved``: a run folder's
+    config.yaml), which is read with today's names."""
     data = to_dict(cls())
-    if preset_or_path is not None:
-        data = merge(data, read_yaml(preset_or_path), cls)
+    given = read_yaml(preset_or_path) if preset_or_path is not None else {}
+    _refuse_renamed(cls, [(k, "") for k in given if not saved] +
+                    [(".".join(override_key(o)), f"override {o!r}: ") for o in overrides or []])
+    data = merge(data, renamed_settings(given) if saved else given, cls)
     if overrides:
         data = merge(data, parse_overrides(overrides), cls)
     return from_dict(cls, data)

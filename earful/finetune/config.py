@@ -15,7 +15,8 @@ The defaults are the paper's recipe (docs/paper.md §5, the CTC head of §2.7; n
 
 fairseq's BASE recipes are presets: ``finetune-fairseq-10m`` and ``finetune-fairseq-100h``.
 
-**Loss normalisation** (``loss_normalisation``). The CTC loss of every utterance is summed over
+**CTC loss normalisation** (``ctc_normalisation``; called ``loss_normalisation`` before, the name of the
+pre-training's ``model.loss_normalisation``, another setting). The CTC loss of every utterance is summed over
 micro-batches and ranks and divided once by a global count: ``sentence`` (default) divides by the number
 of utterances, fairseq's ``sentence_avg: true`` used by all its wav2vec 2.0 fine-tuning recipes;
 ``token`` divides by the number of target characters (fairseq's default for other tasks). The paper's
@@ -33,6 +34,7 @@ from earful.config import ConfigError, at_least, load_config
 from earful.eval.vocab import check_mapping
 from earful.model.config import ModelConfig
 from earful.train.config import DataConfig, OptimConfig, TrainingConfig, config_source
+from earful.train.recipe import written_by_a_run
 
 
 @dataclass
@@ -91,7 +93,7 @@ class FinetuneConfig(TrainingConfig):
     # once mapped), init (the initial CTC model's, whose head is kept)
     vocab: Literal["english", "data", "init"] = "english"
     text_mapping: dict[str, str] = field(default_factory=dict)  # e.g. {"-": " ", "é": "e"}; "" removes
-    loss_normalisation: Literal["sentence", "token"] = "sentence"
+    ctc_normalisation: Literal["sentence", "token"] = "sentence"  # fairseq: sentence_avg (true: sentence)
     head_init: Literal["paper", "xavier", "torch"] = "paper"  # fairseq: xavier (bias 0)
     freeze_feature_encoder: bool = True  # the CNN (fairseq: feature_grad_mult 0)
     freeze_feature_projection: bool = True  # LayerNorm + Linear after the CNN (fairseq trains them)
@@ -119,9 +121,10 @@ class FinetuneConfig(TrainingConfig):
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None, *,
                          overrides_from: str = "command-line overrides") -> FinetuneConfig:
     """Defaults ← YAML (path or preset name) ← ``key=value`` overrides (``overrides_from``: whose, as an error
-    names them)."""
+    names them). A run folder's config.yaml (or config-N.yaml), which earful wrote, is read with today's names of
+    renamed settings (``RENAMED_SETTINGS``); any other file or override that says an old name is refused."""
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
-        cfg = load_config(FinetuneConfig, path, overrides)
+        cfg = load_config(FinetuneConfig, path, overrides, saved=path is not None and written_by_a_run(path))
         cfg.validate()
     except ValueError as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
@@ -133,5 +136,5 @@ def config_summary(cfg: FinetuneConfig) -> dict[str, Any]:
     return {
         "init": cfg.init, "steps": cfg.max_steps, "lr": cfg.effective_lr(), "batch_seconds": cfg.batch_seconds,
         "freeze_transformer_steps": cfg.freeze_transformer_steps, "mask_prob": cfg.model.mask_prob,
-        "mask_channel_prob": cfg.model.mask_channel_prob, "loss_normalisation": cfg.loss_normalisation,
+        "mask_channel_prob": cfg.model.mask_channel_prob, "ctc_normalisation": cfg.ctc_normalisation,
     }  # fmt: skip

@@ -1,7 +1,7 @@
 """CTC fine-tuning as a task of the engine (``earful.train.engine.Trainer``).
 
 Each micro-batch's CTC loss is a SUM over its utterances; the engine divides the gradients once by the
-global number of utterances (``loss_normalisation: sentence``, fairseq's ``sentence_avg``) or of target
+global number of utterances (``ctc_normalisation: sentence``, fairseq's ``sentence_avg``) or of target
 characters (``token``), summed over micro-batches and ranks. The learning rate is tri-stage by default.
 
 Freezing is described in :mod:`earful.finetune.init`. Dev loss, greedy WER and CER are measured every
@@ -185,7 +185,7 @@ class FinetuneTask(Task):
         return loss, {"tokens": int(target_lengths.sum())}
 
     def denominator(self, tot: dict[str, Any]) -> float:
-        return max(tot["utterances"] if self.cfg.loss_normalisation == "sentence" else tot["tokens"], 1.0)
+        return max(tot["utterances"] if self.cfg.ctc_normalisation == "sentence" else tot["tokens"], 1.0)
 
     def before_update(self) -> None:
         if self.frozen:  # the optimizer skips parameters without a gradient
@@ -239,7 +239,7 @@ class FinetuneTask(Task):
         words = ErrorCounts(*(int(x) for x in stats[3:7].tolist()))
         chars = ErrorCounts(*(int(x) for x in stats[7:11].tolist()))
         utts, tokens = float(stats[1]), float(stats[2])
-        denom = max(utts if cfg.loss_normalisation == "sentence" else tokens, 1.0)
+        denom = max(utts if cfg.ctc_normalisation == "sentence" else tokens, 1.0)
         return {
             "loss": float(stats[0]) / denom, "loss_per_token": float(stats[0]) / max(tokens, 1.0),
             "utterances": utts, "wer": words.rate if words.reference_length else math.nan,

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from earful.checkpoint import CheckpointError, read_info, read_json
-from earful.config import read_yaml
+from earful.config import read_yaml, renamed_settings
 from earful.data.budget import SAMPLE_RATE
 from earful.interop.hf import EARFUL_TAG
 from earful.study.report import read_jsonl, read_records
@@ -87,7 +87,7 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
     trainer = _read_trainer(ckpt)
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     config_path = run / "config.yaml" if run is not None else None
-    config = read_yaml(config_path) if config_path and config_path.exists() else None
+    config = renamed_settings(read_yaml(config_path)) if config_path and config_path.exists() else None  # today's names
     untrained = trainer is not None and trainer.get("step") == 0  # a run's `init`: the weights before step 1
     if untrained:
         title = ("random initialisation (not trained)" if kind == "pretraining" else

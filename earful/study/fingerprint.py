@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from earful.config import flatten, to_dict
+from earful.config import flatten, renamed_override, renamed_settings, to_dict
 from earful.study.config import DEFAULT_TEST_SETS, PlannedRun, StudyConfig, plan_runs, renamed
 from earful.study.corpus import manifest_digests
 from earful.train.init import SCRATCH, resolve_init
@@ -63,13 +63,30 @@ def _computes(key: str) -> bool:
 
 def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
-    a setting was classed so may still hold it. Study keys renamed since take today's names."""
+    a setting was classed so may still hold it. Study keys and training settings renamed since take today's
+    names (a label set's fine-tuning overrides too)."""
     keep = {"pretrain": _computes, "finetune": _computes,
             "study": lambda k: _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))}  # e.g. corpus.dir, kept before
-    return {part: {k: v for k, v in (renamed(kv) if part == "study" else kv).items()  # lr_rule, say, of before
+    return {part: {k: _renamed_overrides(k, v) for k, v in _renamed(part, kv).items()
                    if keep.get(part, lambda _: True)(k)
                    and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
             for part, kv in fingerprint.items()}
+
+
+def _renamed(part: str, kv: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint part of before with today's names: the study's keys (lr_rule, say), the trainings' settings
+    (the fine-tuning's loss_normalisation)."""
+    if part == "study":
+        return renamed(kv)
+    return renamed_settings(kv) if part in ("pretrain", "finetune") else kv
+
+
+def _renamed_overrides(key: str, value: Any) -> Any:
+    """A study part's per-label-set fine-tuning overrides, as a study.json of before recorded them, with today's
+    keys (the study's other override lists are not compared)."""
+    if key.startswith("finetune.per_label_set.") and isinstance(value, list):
+        return [renamed_override(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def grid_fingerprint(runs: list[PlannedRun]) -> dict[str, Any]:

@@ -273,6 +273,16 @@ def read_history(root: Path) -> list[dict[str, Any]]:
     return records
 
 
+def written_by_a_run(path: str | Path) -> bool:
+    """Whether ``path`` is a config file earful wrote into a run folder: one its ``history.jsonl`` names (config.yaml,
+    config-N.yaml), not a file a user wrote."""
+    p = Path(path)
+    try:
+        return p.is_file() and p.name in {r["config"] for r in read_history(p.parent)}
+    except (OSError, ValueError):  # no history to read, or a damaged one: not taken for earful's
+        return False
+
+
 def record_resume(root: Path, cfg: TrainingConfig, step: int, segment: dict[str, Any] | None) -> None:
     """A resume from the checkpoint at ``step`` has loaded: the history holds what trained. A last segment that
     starts at ``step`` never reached a checkpoint (its process stopped first) and goes, with its config file;

@@ -1,0 +1,95 @@
+"""The fine-tuning's CTC loss normalisation is ``ctc_normalisation``; it was ``loss_normalisation``, the name the
+pre-training's ``model.loss_normalisation`` (another setting) has. A config file or override that says the old name
+is refused, naming the new; what earful wrote before (a run folder's config.yaml, trainer.json's recipe, a
+study.json's fingerprint) is read with the new name."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from earful.config import ConfigError
+from earful.finetune.config import load_finetune_config
+
+NEW_NAME = re.escape("loss_normalisation is now called ctc_normalisation (the same values)")
+
+
+def test_the_old_name_is_refused_in_a_yaml_and_an_override_naming_the_new(tmp_path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("max_steps: 5\nloss_normalisation: token\n")
+    with pytest.raises(ConfigError, match=NEW_NAME):
+        load_finetune_config(mine)
+    with pytest.raises(ConfigError, match=NEW_NAME):
+        load_finetune_config(None, ["loss_normalisation=token"])
+    with pytest.raises(ConfigError, match=NEW_NAME):
+        load_finetune_config("finetune-fairseq-10m", ["loss_normalisation=sentence"])
+    assert load_finetune_config(None, ["ctc_normalisation=token"]).ctc_normalisation == "token"
+    assert load_finetune_config("finetune-fairseq-10m").ctc_normalisation == "sentence"  # presets say the new name
+
+
+def test_the_pre_trainings_loss_normalisation_keeps_its_name() -> None:
+    from earful.pretrain.config import load_pretrain_config
+
+    assert load_pretrain_config(None, ["model.loss_normalisation=nanow2v2"]).model.loss_normalisation == "nanow2v2"
+
+
+def _as_before(run: Path) -> None:
+    """``run`` as an earlier earful wrote it: its config.yaml and every trainer.json's recipe say
+    loss_normalisation."""
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert "ctc_normalisation: sentence" in text
+    config.write_text(text.replace("ctc_normalisation:", "loss_normalisation:"))
+    for info in (run / "checkpoints").glob("*/trainer.json"):
+        data = json.loads(info.read_text())
+        if "recipe" not in data:  # checkpoints/init: the weights before step 1
+            continue
+        data["recipe"] = {("loss_normalisation" if k == "ctc_normalisation" else k): v
+                          for k, v in data["recipe"].items()}
+        info.write_text(json.dumps(data))
+
+
+def test_a_finetuning_run_of_before_resumes_as_the_same_recipe(tmp_path, tone_corpus, caplog) -> None:
+    from earful.cli import main
+
+    train, dev = tone_corpus
+    out = tmp_path / "run"
+    common = ["model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0", "tensorboard=false",
+              "threads=1", "valid_every=0", "ckpt_every=1", "keep_last=5", "freeze_transformer_steps=1"]
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+                 "max_steps=2", *common]) == 0
+    _as_before(out)
+    # with the run's own config.yaml, which earful wrote: read with today's name
+    assert main(["finetune", str(out / "config.yaml"), "--out", str(out), "--resume"]) == 0
+    assert "another recipe" not in caplog.text
+    # with the settings given again, 1 more step: trains on, and what it writes says the new name
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+                 "--resume", "max_steps=3", "--allow-changes", *common]) == 0
+    segments = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert segments[-1]["recipe_changes"] == {"max_steps": [2, 3]}  # that alone: the normalisation is the same
+    info = json.loads((out / "checkpoints" / "step-0000003" / "trainer.json").read_text())
+    assert info["recipe"]["ctc_normalisation"] == "sentence" and "loss_normalisation" not in info["recipe"]
+    assert "loss_normalisation" not in (out / segments[-1]["config"]).read_text()
+    # a copy of the run's config.yaml is a file of the user's: the old name is refused there
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((out / "config.yaml").read_text())
+    assert yaml.safe_load(mine.read_text())["loss_normalisation"] == "sentence"
+    with pytest.raises(ConfigError, match=NEW_NAME):
+        load_finetune_config(mine)
+
+
+def test_a_study_json_fingerprint_with_the_old_name_compares_equal() -> None:
+    from earful.study.fingerprint import comparable
+
+    today = {"study": {"finetune.per_label_set.10min": ["ctc_normalisation=token", "max_steps=10"]},
+             "pretrain": {"model.loss_normalisation": "fairseq"},
+             "finetune": {"ctc_normalisation": "token", "max_steps": 10, "model.mask_prob": 0.05}}
+    before = {"study": {"finetune.per_label_set.10min": ["loss_normalisation=token", "max_steps=10"]},
+              "pretrain": {"model.loss_normalisation": "fairseq"},
+              "finetune": {"loss_normalisation": "token", "max_steps": 10, "model.mask_prob": 0.05}}
+    assert comparable(before) == comparable(today)
+    assert comparable(before)["pretrain"] == {"model.loss_normalisation": "fairseq"}  # the pre-training's: kept
