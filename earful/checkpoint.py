@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load, load_file, save_file
 
 from earful.atomic import atomic_path, atomic_write_json
-from earful.config import from_dict, to_dict
+from earful.config import from_dict, renamed_settings, to_dict
 from earful.data.digest import sha256
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -263,12 +263,14 @@ def verify_weights(ckpt_dir: Path, info: dict[str, Any], opened: BinaryIO | None
 
 def model_config(ckpt_dir: str | Path, info: dict[str, Any] | None = None) -> ModelConfig:
     """The model settings a checkpoint's ``model.json`` records (``info``: that file, already read), without
-    reading the weights."""
+    reading the weights; one written before a setting was renamed (``model.init``) is read with today's names."""
     where = Path(ckpt_dir) / INFO_FILE
     info = read_info(ckpt_dir) if info is None else info
     if "model" not in info:
         raise CheckpointError(f"{where}: no \"model\" (the model's config), which {MODEL_FORMAT} always records")
-    return from_dict(ModelConfig, info["model"], f"{where}:model")
+    model = info["model"]
+    return from_dict(ModelConfig, renamed_settings(model, "model") if isinstance(model, dict) else model,
+                     f"{where}:model")
 
 
 def load_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:

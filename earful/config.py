@@ -335,18 +335,29 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
     return data
 
 
-# settings renamed, by their old name: today's (the same values), for a config that has today's (top-level keys,
-# so that a nested mapping and a flattened one read alike). A config file or override that says the old name is
-# refused, naming the new (``load_config``); what earful wrote before is read with today's names
-# (``renamed_settings``): a run folder's config.yaml and config-N.yaml, trainer.json's recipe, a study.json's
-# fingerprint. The fine-tuning's CTC loss normalisation (fairseq's sentence_avg) was called loss_normalisation, as
-# the pre-training's model.loss_normalisation (its auxiliary losses' unit: another setting) still is
-RENAMED_SETTINGS = {"loss_normalisation": "ctc_normalisation"}
+# settings renamed, by their old name: today's (the same values), as dotted keys of a training config
+# (``model.init``: the ``model`` section's ``init``); a renamed setting stays in its section. A config file or
+# override that says the old name is refused, naming the new (``given_settings``); what earful wrote before is read
+# with today's names (``renamed_settings``), nested or flattened: a run folder's config.yaml and config-N.yaml,
+# trainer.json's recipe, a study.json's fingerprint, a checkpoint's model.json ("model") and an exported
+# transformers folder's earful_training (the ``model`` section's own keys). The fine-tuning's CTC loss
+# normalisation (fairseq's sentence_avg) was called loss_normalisation, as the pre-training's
+# model.loss_normalisation (its auxiliary losses' unit: another setting) still is; the model's weight
+# initialisation scheme (fairseq, nanow2v2, torch) was model.init, as bare ``init`` (the weights a training starts
+# from) still is
+RENAMED_SETTINGS = {"loss_normalisation": "ctc_normalisation", "model.init": "model.weight_init"}
 
 
-def renamed_settings(data: dict[str, Any]) -> dict[str, Any]:
-    """A config or recipe earful wrote before (nested or flattened) with today's names for ``RENAMED_SETTINGS``."""
-    return {RENAMED_SETTINGS.get(k, k): v for k, v in data.items()}
+def renamed_settings(data: dict[str, Any], within: str = "") -> dict[str, Any]:
+    """A config or recipe earful wrote before, nested or flattened, with today's names for ``RENAMED_SETTINGS``;
+    ``within``: the section ``data`` is, where it is one (``model``: model.json's "model")."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{within}.{k}" if within else str(k)
+        new = RENAMED_SETTINGS.get(key)
+        inside = isinstance(v, dict) and any(old.startswith(f"{key}.") for old in RENAMED_SETTINGS)
+        out[new.removeprefix(f"{within}.") if new is not None else k] = renamed_settings(v, key) if inside else v
+    return out
 
 
 def renamed_override(item: str) -> str:
@@ -355,28 +366,47 @@ def renamed_override(item: str) -> str:
     return f"{RENAMED_SETTINGS[key.strip()]}={value}" if key.strip() in RENAMED_SETTINGS else item
 
 
-def _refuse_renamed(cls: type, said: list[tuple[str, str]]) -> None:
-    """Refuse a config for ``cls`` that says a renamed setting's old name, naming the new. ``said``: each key given,
-    with what gave it ("" for the config file, which the caller names; an override)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    old = [(k, where) for k, where in said if k in RENAMED_SETTINGS and RENAMED_SETTINGS[k] in names]
+def _has_setting(cls: type, key: str) -> bool:
+    """Whether config dataclass ``cls`` has the dotted setting ``key`` (``model.weight_init``)."""
+    *sections, name = key.split(".")
+    for section in sections:
+        if (inner := _sections(cls).get(section)) is None:
+            return False
+        cls = inner
+    return name in {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def _refuse_renamed(cls: type, said: list[tuple[str, str]], within: str = "") -> None:
+    """Refuse a config for ``cls`` (the section ``within``, where it is one) that says a renamed setting's old name,
+    naming the new as ``cls`` has it. ``said``: each dotted key given, with what gave it ("" for the config file,
+    which the caller names; an override)."""
+    at = f"{within}." if within else ""
+    new = {k: RENAMED_SETTINGS[at + k].removeprefix(at) for k, _ in said if at + k in RENAMED_SETTINGS}
+    old = [(k, where) for k, where in said if k in new and _has_setting(cls, new[k])]
     if old:
-        raise ConfigError("; ".join(f"{where}{k} is now called {RENAMED_SETTINGS[k]} (the same values)"
-                                    for k, where in old))
+        raise ConfigError("; ".join(f"{where}{k} is now called {new[k]} (the same values)" for k, where in old))
+
+
+def given_settings(cls: type, given: dict[str, Any], overrides: list[str] | None = None, *, saved: bool = False,
+                   within: str = "") -> dict[str, Any]:
+    """``given``, the YAML a config for ``cls`` is read from, given with ``key=value`` ``overrides``: a renamed
+    setting's old name (``RENAMED_SETTINGS``) is refused in either, naming the new, but in a YAML file earful wrote
+    (``saved``: a run folder's config.yaml), which is read with today's names. ``within``: the section ``cls`` is,
+    where it is one (``model``)."""
+    _refuse_renamed(cls, [(k, "") for k in flatten(given) if not saved] +
+                    [(".".join(override_key(o)), f"override {o!r}: ") for o in overrides or []], within)
+    return renamed_settings(given, within) if saved else given
 
 
 def load_config(
     cls: type[T], preset_or_path: str | Path | None = None, overrides: list[str] | None = None, *,
-    saved: bool = False,
+    saved: bool = False, within: str = "",
 ) -> T:
     """Defaults ← YAML (preset name or path) ← ``key=value`` overrides. A renamed setting's old name
     (``RENAMED_SETTINGS``) is refused, naming the new, but in a YAML file earful wrote (``saved``: a run folder's
-    config.yaml), which is read with today's names."""
-    data = to_dict(cls())
+    config.yaml), which is read with today's names (:func:`given_settings`; ``within``: the section ``cls`` is)."""
     given = read_yaml(preset_or_path) if preset_or_path is not None else {}
-    _refuse_renamed(cls, [(k, "") for k in given if not saved] +
-                    [(".".join(override_key(o)), f"override {o!r}: ") for o in overrides or []])
-    data = merge(data, renamed_settings(given) if saved else given, cls)
+    data = merge(to_dict(cls()), given_settings(cls, given, overrides, saved=saved, within=within), cls)
     if overrides:
         data = merge(data, parse_overrides(overrides), cls)
     return from_dict(cls, data)

@@ -38,7 +38,7 @@ from earful.checkpoint import (
     safe_torch_load,
     what_it_is,
 )
-from earful.config import from_dict, to_dict
+from earful.config import from_dict, renamed_settings, to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.eval.vocab import DELIMITER, check_mapping
 from earful.model import ModelConfig, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
@@ -75,10 +75,11 @@ _SAME_FIELDS = (
 # ignores it, as earful_text_mapping), so that a continued pre-training or a fine-tuning from the folder trains as
 # one from the earful checkpoint does; a folder without it (transformers' own) takes earful's defaults
 TRAINING = "earful_training"
+# (by today's names: a folder exported before a setting was renamed is read with them, ``RENAMED_SETTINGS``)
 _TRAINING_FIELDS = (
-    "feature_grad_mult", "group_norm_padding", "init", "dropout_after_pos_conv", "mask_style", "negatives_style",
-    "require_same_masks", "temperature_start", "temperature_end", "temperature_decay", "diversity_start_step",
-    "diversity_warmup_steps", "feature_penalty_weight", "loss_normalisation",
+    "feature_grad_mult", "group_norm_padding", "weight_init", "dropout_after_pos_conv", "mask_style",
+    "negatives_style", "require_same_masks", "temperature_start", "temperature_end", "temperature_decay",
+    "diversity_start_step", "diversity_warmup_steps", "feature_penalty_weight", "loss_normalisation",
 )  # fmt: skip
 
 
@@ -157,6 +158,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         raise ValueError(f"{where}: mask_feature_min_masks={get('mask_feature_min_masks')}: earful's channel masks "
                          "have no minimum count (fairseq's); set it to 0")
     training = hf.get(TRAINING, {})  # not `or {}`: a null, 0 or [] there is refused as any other non-mapping
+    if isinstance(training, dict):  # exported before a setting was renamed (model.init): today's names
+        training = renamed_settings(training, "model")
     if not isinstance(training, dict) or set(training) - set(_TRAINING_FIELDS):
         raise ValueError(f"{where}: {TRAINING}: expected a mapping of earful's training settings "
                          f"({', '.join(_TRAINING_FIELDS)}), got {training!r}; mend it, or remove the key to take "

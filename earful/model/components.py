@@ -266,7 +266,7 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def init_weights(self, scheme: str) -> None:
-        """The Linear layers' initialisation (``ModelConfig.init``); LayerNorms keep ones and zeros."""
+        """The Linear layers' initialisation (``ModelConfig.weight_init``); LayerNorms keep ones and zeros."""
         if scheme == "fairseq":  # init_bert_params
             for m in self.modules():
                 if isinstance(m, nn.Linear):
@@ -298,7 +298,7 @@ class TransformerEncoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout if cfg.dropout_after_pos_conv else 0.0)
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
         for layer in self.layers:
-            layer.init_weights(cfg.init)
+            layer.init_weights(cfg.weight_init)
         self.layerdrop = cfg.layerdrop
 
     def forward(

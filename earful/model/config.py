@@ -15,7 +15,7 @@ switch                      fairseq                nanow2v2 (the paper's code)
 ``negatives_style``         "fairseq" (not self)   "nanow2v2" (self drawable, then −inf)
 ``require_same_masks``      True                   False
 ``dropout_after_pos_conv``  True                   False
-``init``                    "fairseq"              "nanow2v2"
+``weight_init``             "fairseq"              "nanow2v2"
 ==========================  =====================  ===========================================
 """
 
@@ -63,8 +63,9 @@ class ModelConfig:
     pos_conv_groups: int = 16
     # transformer Linear layers: "fairseq" N(0, 0.02) weights, zero biases (init_bert_params; transformers
     # does the same); "nanow2v2" Xavier-uniform fused QKV (gain 1/sqrt 2) and out-projection, zero biases;
-    # "torch" PyTorch's defaults (the CPU presets, with which their recipes were measured)
-    init: Literal["fairseq", "nanow2v2", "torch"] = "fairseq"
+    # "torch" PyTorch's defaults (the CPU presets, with which their recipes were measured). Called init before, the
+    # name of the weights a training starts from (a training config's bare init, another setting)
+    weight_init: Literal["fairseq", "nanow2v2", "torch"] = "fairseq"
 
     # --- dropout ---
     dropout: float = 0.1  # residual / hidden dropout
@@ -195,7 +196,7 @@ def model_presets() -> list[str]:
 
 def load_model_config(preset_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ModelConfig:
     """A preset name (``tiny``, ``small``, ``base``, ``large``, ``base-nanow2v2``) or a YAML path, then
-    ``key=value`` overrides."""
+    ``key=value`` overrides (a renamed setting's old name refused in either, as a training config's ``model.*``)."""
     if preset_or_path is not None:  # resolved here: read_yaml's own presets are the training's
         preset_or_path = preset_file(preset_or_path, MODEL_PRESET_DIR, "model preset")
-    return load_config(ModelConfig, preset_or_path, overrides)
+    return load_config(ModelConfig, preset_or_path, overrides, within="model")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from earful.checkpoint import CheckpointError
-from earful.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, to_dict
+from earful.config import ConfigError, from_dict, given_settings, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config, preset_differs
 from earful.train.config import DataConfig, TrainingConfig, config_source, nominal_steps
 from earful.train.init import SCRATCH, init_model_config
+from earful.train.recipe import written_by_a_run
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,14 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     (``overrides_from``: whose, as an error names them). ``init`` (``--init``) is set as given, over the YAML's
     and the overrides' (a path is not read as YAML). ``resume_from``: the run folder a ``--resume`` continues;
     where its ``init`` no longer resolves (moved, removed), the model settings are the run's own checkpoint's (the
-    task then resumes with the initial weights the run recorded)."""
+    task then resumes with the initial weights the run recorded). A run folder's config.yaml (or config-N.yaml),
+    which earful wrote, is read with today's names of renamed settings (``RENAMED_SETTINGS``); any other file or
+    override that says an old name is refused."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    try:  # a renamed setting's old name (model.init): refused, naming the new, but in a run folder's config.yaml
+        data = given_settings(PretrainConfig, data, overrides, saved=path is not None and written_by_a_run(path))
+    except ConfigError as e:
+        raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
     over = parse_overrides(overrides or [])
     if init is not None:
         over["init"] = init

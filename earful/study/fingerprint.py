@@ -75,7 +75,7 @@ def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 def _renamed(part: str, kv: dict[str, Any]) -> dict[str, Any]:
     """A fingerprint part of before with today's names: the study's keys (lr_rule, say), the trainings' settings
-    (the fine-tuning's loss_normalisation)."""
+    (the fine-tuning's loss_normalisation, the model's model.init)."""
     if part == "study":
         return renamed(kv)
     return renamed_settings(kv) if part in ("pretrain", "finetune") else kv

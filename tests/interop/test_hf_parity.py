@@ -336,7 +336,7 @@ def test_the_training_settings_transformers_has_no_place_for_survive_export_and_
                                      "group_norm_padding=included", "loss_normalisation=nanow2v2"])
     ours = Wav2Vec2ForPreTraining(cfg)
     export_hf(ours, tmp_path)
-    assert to_dict(import_hf(tmp_path)[0].cfg) == {**to_dict(cfg), "init": "torch"}
+    assert to_dict(import_hf(tmp_path)[0].cfg) == {**to_dict(cfg), "weight_init": "torch"}
     assert to_dict(load_pretrain_config(None, [], init=str(tmp_path)).model) == to_dict(cfg)
     theirs = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path)
     assert theirs.config.earful_training["feature_grad_mult"] == 1.0

@@ -181,8 +181,8 @@ def test_transformer_init_schemes() -> None:
     """fairseq / transformers: N(0, 0.02) weights and zero biases; nanow2v2: Xavier QKV and out-projection
     with zero biases; torch: PyTorch's defaults (non-zero biases)."""
     base = ["num_layers=1", "hidden_size=256", "num_heads=4", "intermediate_size=1024"]
-    layer = {s: Wav2Vec2ForPreTraining(load_model_config("base", [*base, f"init={s}"])).wav2vec2.encoder.layers[0]
-             for s in ("fairseq", "nanow2v2", "torch")}  # fmt: skip
+    layer = {s: Wav2Vec2ForPreTraining(load_model_config("base", [*base, f"weight_init={s}"]))
+             .wav2vec2.encoder.layers[0] for s in ("fairseq", "nanow2v2", "torch")}  # fmt: skip
     f = layer["fairseq"]
     for lin in (f.attention.qkv, f.attention.out_proj, f.feed_forward.fc1, f.feed_forward.fc2):
         assert abs(lin.weight.std().item() - 0.02) < 0.002 and not lin.bias.any()
@@ -191,7 +191,8 @@ def test_transformer_init_schemes() -> None:
     assert n.attention.qkv.weight.abs().max() <= bound and n.attention.qkv.weight.abs().max() > 0.9 * bound
     assert not n.attention.qkv.bias.any() and not n.attention.out_proj.bias.any()
     assert layer["torch"].attention.qkv.bias.abs().max() > 0
-    assert load_model_config("base").init == "fairseq" and load_model_config("base-nanow2v2").init == "nanow2v2"
+    assert load_model_config("base").weight_init == "fairseq"
+    assert load_model_config("base-nanow2v2").weight_init == "nanow2v2"
 
 
 def test_dropout_after_the_positional_conv_is_fairseqs_only() -> None:
