@@ -362,8 +362,9 @@ def renamed_settings(data: dict[str, Any], within: str = "") -> dict[str, Any]:
 
 def renamed_override(item: str) -> str:
     """A ``key=value`` override earful recorded before (a study.json's) with today's key for ``RENAMED_SETTINGS``."""
-    key, _, value = item.partition("=")
-    return f"{RENAMED_SETTINGS[key.strip()]}={value}" if key.strip() in RENAMED_SETTINGS else item
+    key, sep, value = item.partition("=")
+    name = key.strip()  # the key's text alone is replaced: "loss_normalisation = token" keeps its spaces
+    return key.replace(name, RENAMED_SETTINGS[name], 1) + sep + value if name in RENAMED_SETTINGS else item
 
 
 def _has_setting(cls: type, key: str) -> bool:
@@ -383,8 +384,9 @@ def _refuse_renamed(cls: type, said: list[tuple[str, str]], within: str = "") ->
     at = f"{within}." if within else ""
     new = {k: RENAMED_SETTINGS[at + k].removeprefix(at) for k, _ in said if at + k in RENAMED_SETTINGS}
     old = [(k, where) for k, where in said if k in new and _has_setting(cls, new[k])]
-    if old:
-        raise ConfigError("; ".join(f"{where}{k} is now called {new[k]} (the same values)" for k, where in old))
+    if old:  # a section's key named with its section too: a preset's "init" is not the training's init
+        raise ConfigError("; ".join(f"{where}{k}{f' ({at}{k})' if at else ''} is now called {new[k]}"
+                                    f"{f' ({at}{new[k]})' if at else ''} (the same values)" for k, where in old))
 
 
 def given_settings(cls: type, given: dict[str, Any], overrides: list[str] | None = None, *, saved: bool = False,
@@ -394,7 +396,8 @@ def given_settings(cls: type, given: dict[str, Any], overrides: list[str] | None
     (``saved``: a run folder's config.yaml), which is read with today's names. ``within``: the section ``cls`` is,
     where it is one (``model``)."""
     _refuse_renamed(cls, [(k, "") for k in flatten(given) if not saved] +
-                    [(".".join(override_key(o)), f"override {o!r}: ") for o in overrides or []], within)
+                    [(k, f"override {o!r}: ") for o in overrides or [] for k in flatten(parse_overrides([o]))],
+                    within)  # an override's every key: 'model={init: torch}' says model.init
     return renamed_settings(given, within) if saved else given
 
 

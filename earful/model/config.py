@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from earful.config import PRESET_DIR, at_least, load_config, preset_file
+from earful.config import PRESET_DIR, ConfigError, at_least, load_config, preset_file
 
 MODEL_PRESET_DIR = PRESET_DIR / "model"
 
@@ -199,4 +199,7 @@ def load_model_config(preset_or_path: str | Path | None = None, overrides: list[
     ``key=value`` overrides (a renamed setting's old name refused in either, as a training config's ``model.*``)."""
     if preset_or_path is not None:  # resolved here: read_yaml's own presets are the training's
         preset_or_path = preset_file(preset_or_path, MODEL_PRESET_DIR, "model preset")
-    return load_config(ModelConfig, preset_or_path, overrides, within="model")
+    try:
+        return load_config(ModelConfig, preset_or_path, overrides, within="model")
+    except ConfigError as e:  # which file: a preset's keys are the model section's (its init is model.init)
+        raise ConfigError(f"model preset {preset_or_path}: {e}" if preset_or_path is not None else str(e)) from None

@@ -82,11 +82,30 @@ def _renamed(part: str, kv: dict[str, Any]) -> dict[str, Any]:
 
 
 def _renamed_overrides(key: str, value: Any) -> Any:
-    """A study part's per-label-set fine-tuning overrides, as a study.json of before recorded them, with today's
-    keys (the study's other override lists are not compared)."""
-    if key.startswith("finetune.per_label_set.") and isinstance(value, list):
+    """A study's list of training overrides (a label set's, ``pretrain_overrides``, ...), flattened key and value,
+    as a study.json of before recorded them, with today's keys."""
+    if (key.startswith("finetune.per_label_set.") or key in OVERRIDE_LISTS) and isinstance(value, list):
         return [renamed_override(v) if isinstance(v, str) else v for v in value]
     return value
+
+
+def with_todays_names(saved: dict[str, Any]) -> dict[str, Any]:
+    """A study.json of before, to be written again (``earful study merge``), with today's names: its study keys,
+    its recorded training overrides and its fingerprint's parts (nothing earful writes says an old name)."""
+    out = renamed(saved)
+    for key in ("pretrain_overrides", "probe_overrides"):
+        if key in out:
+            out[key] = _renamed_overrides(key, out[key])
+    if isinstance(finetune := out.get("finetune"), dict):
+        out["finetune"] = {**finetune, **({"overrides": _renamed_overrides("finetune.overrides", finetune["overrides"])}
+                                          if "overrides" in finetune else {})}
+        if isinstance(per := finetune.get("per_label_set"), dict):
+            out["finetune"]["per_label_set"] = {k: _renamed_overrides(f"finetune.per_label_set.{k}", v)
+                                                for k, v in per.items()}
+    if isinstance(out.get("fingerprint"), dict):
+        out["fingerprint"] = {part: {k: _renamed_overrides(k, v) for k, v in _renamed(part, kv).items()}
+                              if isinstance(kv, dict) else kv for part, kv in out["fingerprint"].items()}
+    return out
 
 
 def grid_fingerprint(runs: list[PlannedRun]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
 from earful.lock import FolderBusy, hold_folder
 from earful.study.config import plan_runs, study_of_record
-from earful.study.fingerprint import check_same_recipe, comparable
+from earful.study.fingerprint import check_same_recipe, comparable, with_todays_names
 from earful.study.stages import (
     STAGES,
     done_record,
@@ -339,7 +339,7 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
                 f.close()
         for unit, work in needed.items():  # as the destination now holds them
             (merged.weights_missing if _without_weights(out / unit) else merged.weights_kept)[str(unit)] = work
-        atomic_write_json(out / "study.json", study)
+        atomic_write_json(out / "study.json", with_todays_names(study))
     return merged
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_lines
-from earful.config import ConfigError, flatten, plain_name, save_yaml, to_dict
+from earful.config import ConfigError, flatten, plain_name, renamed_settings, save_yaml, to_dict
 from earful.data.digest import DIGEST_RULE, LABELS, manifest_digest
 from earful.train.config import TrainingConfig
 
@@ -164,7 +164,9 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     if "recipe" not in info or "layout" not in info:
         raise ValueError(f"{root}: the checkpoint to resume from records no recipe (its trainer.json was not written "
                          "by earful's trainer): use another --out")
-    saved, legacy = _legacy_manifests(info["recipe"], recipe, manifests or {})
+    # compared by today's names (a setting renamed since: the same recipe); trainer.json itself stays as written,
+    # its recipe's SHA-256 (the model card's, the trackers') with it
+    saved, legacy = _legacy_manifests(renamed_settings(info["recipe"]), recipe, manifests or {})
     saved = {**{k: v for k, v in ADDED_LATER.items() if k in recipe}, **saved}
     changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
     now = records or {}
@@ -276,11 +278,13 @@ def read_history(root: Path) -> list[dict[str, Any]]:
 def written_by_a_run(path: str | Path) -> bool:
     """Whether ``path`` is a config file earful wrote into a run folder: one its ``history.jsonl`` names (config.yaml,
     config-N.yaml), not a file a user wrote."""
-    p = Path(path)
+    p = Path(path).resolve()  # a link to a run's config.yaml is that file
     try:
-        return p.is_file() and p.name in {r["config"] for r in read_history(p.parent)}
-    except (OSError, ValueError):  # no history to read, or a damaged one: not taken for earful's
+        if not (p.is_file() and (p.parent / HISTORY).is_file()):
+            return False
+    except OSError:
         return False
+    return p.name in {r["config"] for r in read_history(p.parent)}  # a damaged history: its own error, named
 
 
 def record_resume(root: Path, cfg: TrainingConfig, step: int, segment: dict[str, Any] | None) -> None:

@@ -43,7 +43,7 @@ from earful.checkpoint import (
     verify_weights,
     what_it_is,
 )
-from earful.config import ConfigError, plain_name, renamed_settings
+from earful.config import ConfigError, plain_name
 from earful.train import distributed as D
 from earful.train.recipe import HISTORY
 
@@ -238,8 +238,6 @@ def _read_trainer(ckpt: Path) -> tuple[dict[str, Any], Path]:
         found = info.get("format") if isinstance(info, dict) else None
         raise CheckpointError(f"{info_path}: training-state format {found!r}, this version of earful reads "
                               f"{TRAINING_FORMAT} (written by an earlier development version): start the run anew")
-    if isinstance(info.get("recipe"), dict):  # renamed settings under today's names: the same recipe
-        info["recipe"] = renamed_settings(info["recipe"])
     return info, info_path
 
 

@@ -93,3 +93,64 @@ def test_a_study_json_fingerprint_with_the_old_name_compares_equal() -> None:
               "finetune": {"loss_normalisation": "token", "max_steps": 10, "model.mask_prob": 0.05}}
     assert comparable(before) == comparable(today)
     assert comparable(before)["pretrain"] == {"model.loss_normalisation": "fairseq"}  # the pre-training's: kept
+
+
+def test_a_recorded_override_keeps_its_spacing_and_merge_writes_todays_names() -> None:
+    """An override recorded as "loss_normalisation = token" (which earful accepts) compares equal to the same
+    override renamed by hand with its spaces (it read "ctc_normalisation= token"); a study.json written again by
+    `earful study merge` says today's names only."""
+    from earful.config import renamed_override
+    from earful.study.fingerprint import comparable, with_todays_names
+
+    assert renamed_override("loss_normalisation = token") == "ctc_normalisation = token"
+    before = {"study": {"finetune.per_label_set.10min": ["loss_normalisation = token"]}}
+    today = {"study": {"finetune.per_label_set.10min": ["ctc_normalisation = token"]}}
+    assert comparable(before) == comparable(today)
+    saved = {"milestone_hours": [1.0], "pretrain_overrides": ["model.init=torch"],
+             "finetune": {"overrides": ["loss_normalisation=token"], "per_label_set": {"10min": ["max_steps=3"]}},
+             "fingerprint": {"pretrain": {"model.init": "torch"}, "finetune": {"loss_normalisation": "token"},
+                             "study": {"finetune.overrides": ["loss_normalisation=token"]}}}
+    written = json.dumps(with_todays_names(saved))
+    for old in ("milestone_hours", "model.init", "loss_normalisation"):
+        assert old not in written
+    assert with_todays_names(saved)["finetune"]["per_label_set"] == {"10min": ["max_steps=3"]}
+
+
+def test_a_link_to_a_runs_config_is_the_runs_and_a_damaged_history_is_named(tmp_path, tone_corpus) -> None:
+    """A symlink to a run's config.yaml is the run's file (it was refused as a user's); a run folder whose
+    history.jsonl is damaged says so (it had been told its config.yaml said an old name)."""
+    from earful.cli import main
+    from earful.train.recipe import written_by_a_run
+
+    train, dev = tone_corpus
+    out = tmp_path / "run"
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+                 "max_steps=1", "model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0",
+                 "tensorboard=false", "threads=1", "valid_every=0"]) == 0
+    _as_before(out)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(out / "config.yaml")
+    assert written_by_a_run(link) and load_finetune_config(link).ctc_normalisation == "sentence"
+    with open(out / "history.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ConfigError, match="history.jsonl"):
+        load_finetune_config(out / "config.yaml")
+
+
+def test_trainer_json_keeps_its_recipe_as_written(tmp_path, tone_corpus) -> None:
+    """A checkpoint's trainer.json is read as written (its recipe's SHA-256, the card's and the trackers', stays
+    that of the file); only the resume's comparison reads it with today's names."""
+    from earful.cli import main
+    from earful.train.recipe import recipe_hash
+    from earful.train.state import read_trainer_info
+
+    train, dev = tone_corpus
+    out = tmp_path / "run"
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+                 "max_steps=1", "model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0",
+                 "tensorboard=false", "threads=1", "valid_every=0"]) == 0
+    _as_before(out)
+    ckpt = out / "checkpoints" / "step-0000001"
+    raw = json.loads((ckpt / "trainer.json").read_text())["recipe"]
+    assert read_trainer_info(ckpt)["recipe"] == raw and recipe_hash(read_trainer_info(ckpt)["recipe"]) == \
+        recipe_hash(raw)

@@ -30,7 +30,7 @@ def test_the_old_name_is_refused_in_a_yaml_and_an_override_naming_the_new(tmp_pa
         load_pretrain_config(mine)
     with pytest.raises(ConfigError, match=rf"override 'model.init=torch': {NEW_NAME}"):
         load_pretrain_config(None, ["init=scratch", "model.init=torch"])
-    with pytest.raises(ConfigError, match=re.escape("init is now called weight_init (the same values)")):
+    with pytest.raises(ConfigError, match=re.escape("init (model.init) is now called weight_init (model.weight_init)")):
         load_model_config("tiny", ["init=fairseq"])  # a model preset's own keys
     # the bare init, the weights a training starts from, keeps its name
     assert load_pretrain_config(None, ["init=scratch", "model_preset=tiny"]).model.weight_init == "torch"
@@ -120,3 +120,21 @@ def test_a_transformers_folder_exported_before_imports_with_its_scheme(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert import_hf(tmp_path)[0].cfg.weight_init == "nanow2v2"
     assert load_pretrain_config(None, [], init=str(tmp_path)).model.weight_init == "nanow2v2"
+
+
+def test_a_model_preset_file_with_the_old_name_is_named_and_a_whole_model_override_too(tmp_path) -> None:
+    """A model preset file that says init: the refusal names the file and the setting with its section
+    (model.init: not the training's init, which is another setting); 'model={init: torch}' is refused naming
+    weight_init (it was an unknown key)."""
+    import pytest
+
+    from earful.config import ConfigError
+    from earful.pretrain.config import load_pretrain_config
+
+    mine = tmp_path / "mytiny.yaml"
+    mine.write_text("hidden_size: 32\ninit: torch\n")
+    with pytest.raises(ConfigError, match=r"model preset .*mytiny\.yaml: init \(model\.init\) is now called "
+                                          r"weight_init \(model\.weight_init\)"):
+        load_pretrain_config(None, [f"model_preset={mine}"])
+    with pytest.raises(ConfigError, match=r"model\.init is now called model\.weight_init"):
+        load_pretrain_config(None, ["model={init: torch}"])
