@@ -119,15 +119,9 @@ def test_a_recorded_override_keeps_its_spacing_and_merge_writes_todays_names() -
 def test_a_link_to_a_runs_config_is_the_runs_and_a_damaged_history_is_named(tmp_path, tone_corpus) -> None:
     """A symlink to a run's config.yaml is the run's file (it was refused as a user's); a run folder whose
     history.jsonl is damaged says so (it had been told its config.yaml said an old name)."""
-    from earful.cli import main
     from earful.train.recipe import written_by_a_run
 
-    train, dev = tone_corpus
-    out = tmp_path / "run"
-    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
-                 "max_steps=1", "model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0",
-                 "tensorboard=false", "threads=1", "valid_every=0"]) == 0
-    _as_before(out)
+    out = _one_step_run_of_before(tmp_path, tone_corpus)
     link = tmp_path / "link.yaml"
     link.symlink_to(out / "config.yaml")
     assert written_by_a_run(link) and load_finetune_config(link).ctc_normalisation == "sentence"
@@ -140,9 +134,19 @@ def test_a_link_to_a_runs_config_is_the_runs_and_a_damaged_history_is_named(tmp_
 def test_trainer_json_keeps_its_recipe_as_written(tmp_path, tone_corpus) -> None:
     """A checkpoint's trainer.json is read as written (its recipe's SHA-256, the card's and the trackers', stays
     that of the file); only the resume's comparison reads it with today's names."""
-    from earful.cli import main
     from earful.train.recipe import recipe_hash
     from earful.train.state import read_trainer_info
+
+    out = _one_step_run_of_before(tmp_path, tone_corpus)
+    ckpt = out / "checkpoints" / "step-0000001"
+    raw = json.loads((ckpt / "trainer.json").read_text())["recipe"]
+    assert read_trainer_info(ckpt)["recipe"] == raw and recipe_hash(read_trainer_info(ckpt)["recipe"]) == \
+        recipe_hash(raw)
+
+
+def _one_step_run_of_before(tmp_path: Path, tone_corpus) -> Path:
+    """A one-step fine-tuning run folder, as an earlier earful wrote it (``_as_before``)."""
+    from earful.cli import main
 
     train, dev = tone_corpus
     out = tmp_path / "run"
@@ -150,7 +154,4 @@ def test_trainer_json_keeps_its_recipe_as_written(tmp_path, tone_corpus) -> None
                  "max_steps=1", "model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0",
                  "tensorboard=false", "threads=1", "valid_every=0"]) == 0
     _as_before(out)
-    ckpt = out / "checkpoints" / "step-0000001"
-    raw = json.loads((ckpt / "trainer.json").read_text())["recipe"]
-    assert read_trainer_info(ckpt)["recipe"] == raw and recipe_hash(read_trainer_info(ckpt)["recipe"]) == \
-        recipe_hash(raw)
+    return out
