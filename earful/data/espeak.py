@@ -21,6 +21,7 @@ _RATE, _PITCH, _RANGE = 1, 3, 4
 _EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7
 _PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA names ...
 _PHONEME_SEPARATOR = "_"  # ... with this between the phonemes of a word (bits 8-23)
+_MNEMONIC_SEPARATOR = "|"  # between mnemonics: some hold "_" (pauses, "_:")
 
 
 class _Event(ctypes.Structure):
@@ -58,7 +59,7 @@ class Espeak:
                                                espeakng_loader.get_data_path().encode(), 0)
         if self.rate <= 0:
             raise RuntimeError("espeak-ng failed to initialise")
-        self.lib.espeak_ng_SetPhonemeEvents(1, 1)  # phoneme events, IPA names
+        self.lib.espeak_ng_SetPhonemeEvents(1, 1)  # phoneme events, IPA names (mnemonics where asked for)
         self._chunks: list[np.ndarray] = []
         self._phonemes: list[bytes] = []
 
@@ -80,10 +81,14 @@ class Espeak:
             raise RuntimeError(f"espeak-ng has no voice {voice!r}")
 
     def synth(self, text: str, voice: str, *, wpm: float, pitch: float, pitch_range: float,
-              seed: int = 0) -> tuple[np.ndarray, list[str]]:
+              seed: int = 0, mnemonics: bool = False) -> tuple[np.ndarray, list[str]]:
         """int16 samples at ``self.rate`` (22050 Hz) and the IPA names of the phonemes spoken, in order (with
         espeak's stress marks; pauses are empty names). ``seed`` seeds espeak's noise generator (some variants
-        breathe); the output also depends on what this process synthesised before."""
+        breathe); the output also depends on what this process synthesised before. With ``mnemonics``, the names
+        are espeak-ng's own phoneme mnemonics instead, one for each IPA name (pauses named ``_:`` and the like),
+        and the audio is the same (checked): where one IPA name stands for several phonemes of a voice, the
+        mnemonic says which (:data:`earful.data.phonemes.BY_MNEMONIC`)."""
+        self.lib.espeak_ng_SetPhonemeEvents(1, 0 if mnemonics else 1)
         self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         self._voice(voice)
         self.lib.espeak_SetParameter(_RATE, int(round(np.clip(wpm, 80, 450))), 0)
@@ -98,18 +103,20 @@ class Espeak:
         wave = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return wave, [_ipa_name(p, text) for p in self._phonemes]
 
-    def text_to_phonemes(self, text: str, voice: str) -> list[str]:
+    def text_to_phonemes(self, text: str, voice: str, mnemonics: bool = False) -> list[str]:
         """espeak-ng's G2P of ``text`` with ``voice``: IPA phoneme names in order (stress marks kept), what
-        ``synth`` would speak (tested on the built-in corpus)."""
+        ``synth`` would speak (tested on the built-in corpus); with ``mnemonics``, espeak-ng's phoneme mnemonics
+        (where the IPA names join a palatal mark to its vowel, ``eʲ``, the mnemonics keep it apart, ``i ;``)."""
         self._voice(voice)
         buf = ctypes.create_string_buffer(_c_text(text))
         ptr = ctypes.c_void_p(ctypes.addressof(buf))
-        mode = _PHONEMES_IPA | (ord(_PHONEME_SEPARATOR) << 8)
+        sep = _MNEMONIC_SEPARATOR if mnemonics else _PHONEME_SEPARATOR
+        mode = (0 if mnemonics else _PHONEMES_IPA) | (ord(sep) << 8)
         names: list[str] = []
         while ptr.value:  # one clause a call; espeak moves ptr on, to NULL after the last
             clause = self.lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, mode)
             for word in (clause or b"").decode("utf-8").split():
-                names.extend(word.split(_PHONEME_SEPARATOR))
+                names.extend(word.split(sep))
         return names
 
 

@@ -5,7 +5,10 @@ sentence pool and the `commands` grammar with every accent). Phoneme recognition
 every corpus, so each name is folded into the 40 phonemes of General American English (the 39 of ARPAbet with
 the schwa apart from /ʌ/): accent variants to their General American counterpart, r-coloured vowels to a vowel
 and /ɹ/, centring diphthongs to a vowel and /ə/, a flap or glottal stop to /t/. Stress marks are dropped.
-A name outside this table is an error naming the utterance, never a silent drop.
+A name outside this table is an error naming the utterance, never a silent drop. One IPA name can stand for
+several phonemes of a voice: en-gb-scotland writes ``e`` for its happY, NURSE and SQUARE vowels; such a name is
+folded by the phoneme espeak-ng's own mnemonic names (:data:`BY_MNEMONIC`). (Before, that ``e`` was always /iː/:
+Scottish *earth*, *her*, *there* were labelled with FLEECE; the `commands` grammar has none of them.)
 
 A phoneme transcript is the inventory's symbols joined by single spaces, e.g. ``"k ɔː l t uː"``: the
 ``phonemes`` field of a manifest, written by ``earful synth`` (what espeak-ng spoke) and ``earful phonemize``
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from tqdm import tqdm
@@ -36,7 +39,7 @@ G2P_CHUNK = 256  # transcripts per call into the G2P process
 # espeak-ng name (stress marks removed) -> inventory phonemes; names already in PHONEMES map to themselves
 FOLD: dict[str, tuple[str, ...]] = {
     # vowels of other accents
-    "i": ("iː",), "e": ("iː",), "eʲ": ("iː",), "ei": ("iː",),  # happY (en-gb-scotland e), FLEECE (gbcwmd ei)
+    "i": ("iː",), "eʲ": ("iː",), "ei": ("iː",),  # happY (en-gb-scotland eʲ before a vowel), FLEECE (gbcwmd ei)
     "ᵻ": ("ɪ",), "ɪʲ": ("ɪ",), "eː": ("eɪ",), "a": ("æ",), "ɛə": ("æ",),  # TRAP (en, nyc ɛə)
     "ɐ": ("ə",), "ɜ": ("ɜː",), "ɚ": ("ɜː",), "əɹ": ("ɜː",), "ʌɹ": ("ɜː",), "əɪ": ("ɜː",),  # NURSE (nyc əɪ)
     "ɒ": ("ɑː",), "a:": ("ɑː",), "aː": ("ɑː",), "aa": ("ɑː",), "ɑə": ("ɑː",),  # LOT, START, BATH
@@ -52,18 +55,50 @@ FOLD: dict[str, tuple[str, ...]] = {
     "əl": ("ə", "l"), "n̩": ("ə", "n"), "r": ("ɹ",), "ɾ": ("t",), "ʔ": ("t",), "t̪": ("t",), "ʍ": ("w",),
     "x": ("k",), "ʲ": (),  # espeak's events may send a palatal mark as a phoneme of its own
 }
+# accent -> IPA name it gives several of its phonemes -> espeak-ng mnemonic of the phoneme -> inventory phonemes
+BY_MNEMONIC: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    # phsource/ph_english_sc: "e" is the happY vowel (i, an [e] as in Scottish English), NURSE (3:, an r-coloured
+    # [e], no r written after it) and SQUARE (e@, always an r after it), as /iː/, /ɜː/ and /ɛ/ elsewhere
+    "en-gb-scotland": {"e": {"i": ("iː",), "3:": ("ɜː",), "e@": ("ɛ",)}},
+}
 _STRESS = str.maketrans("", "", "ˈˌ")
+_MNEMONIC_STRESS = str.maketrans("", "", "',")
 
 
-def fold(names: Iterable[str], where: str) -> list[str]:
+def accent(voice: str) -> str:
+    """A voice's accent: ``en-gb-scotland`` of ``en-gb-scotland+m3``."""
+    return voice.split("+", 1)[0]
+
+
+def needs_mnemonics(voice: str | None) -> bool:
+    """Whether folding what ``voice`` speaks needs espeak-ng's phoneme mnemonics beside its IPA names."""
+    return voice is not None and accent(voice) in BY_MNEMONIC
+
+
+def fold(names: Sequence[str], where: str, voice: str | None = None,
+         mnemonics: Sequence[str] | None = None) -> list[str]:
     """espeak-ng IPA names → inventory phonemes (stress marks and pauses dropped). Raises ValueError naming
-    ``where`` (the utterance) for a name the table does not know."""
+    ``where`` (the utterance) for a name the table does not know. For a ``voice`` whose IPA names stand for several
+    of its phonemes (:data:`BY_MNEMONIC`), ``mnemonics`` (espeak-ng's names of the same phonemes, one for each
+    name) say which; without them such a name is an error, as is one that is no name of that voice."""
+    split = BY_MNEMONIC.get(accent(voice), {}) if voice is not None else {}
+    if mnemonics is not None and len(mnemonics) != len(names):
+        raise ValueError(f"{where}: {len(names)} phoneme names but {len(mnemonics)} mnemonics")
     out: list[str] = []
-    for raw in names:
+    for k, raw in enumerate(names):
         name = raw.translate(_STRESS)
         if not name:
             continue
-        if name in PHONEMES:
+        if name in split:
+            if mnemonics is None:
+                raise ValueError(f"{where}: espeak-ng phoneme {name!r} of {voice} stands for several phonemes: "
+                                 "folding it needs espeak-ng's phoneme mnemonics")
+            mnemonic = mnemonics[k].translate(_MNEMONIC_STRESS)
+            if mnemonic not in split[name]:
+                raise ValueError(f"{where}: espeak-ng phoneme {name!r} ({mnemonic!r}) of {voice} is not in earful's "
+                                 "inventory (earful/data/phonemes.py BY_MNEMONIC)")
+            out.extend(split[name][mnemonic])
+        elif name in PHONEMES:
             out.append(name)
         elif name in FOLD:
             out.extend(FOLD[name])
@@ -84,10 +119,34 @@ def parse(phonemes: str, where: str) -> list[str]:
     return symbols
 
 
-def _g2p(job: tuple[list[str], str]) -> list[list[str]]:
+def _g2p(job: tuple[list[str], str]) -> list[tuple[list[str], list[str] | None]]:
+    """Each text's IPA names and, for a voice that needs them (:func:`needs_mnemonics`), a mnemonic for each."""
     texts, voice = job
     engine = Espeak()
-    return [engine.text_to_phonemes(t.lower(), voice) for t in texts]
+    out: list[tuple[list[str], list[str] | None]] = []
+    for t in texts:
+        names = engine.text_to_phonemes(t.lower(), voice)
+        mnemonics = None
+        if needs_mnemonics(voice):
+            mnemonics = _paired(names, engine.text_to_phonemes(t.lower(), voice, mnemonics=True), t)
+        out.append((names, mnemonics))
+    return out
+
+
+def _paired(names: list[str], mnemonics: list[str], text: str) -> list[str]:
+    """The mnemonic of each IPA name of a G2P: espeak-ng's IPA joins a palatal mark to the vowel before it (``eʲ``),
+    its mnemonics keep it apart (``i ;``)."""
+    out, j = [], 0
+    for name in names:
+        if j == len(mnemonics):
+            break
+        out.append(mnemonics[j])
+        j += 1
+        if len(name) > 1 and name.endswith("ʲ") and j < len(mnemonics) and mnemonics[j] == ";":
+            j += 1
+    if len(out) != len(names) or j != len(mnemonics):
+        raise RuntimeError(f"espeak-ng's IPA names and mnemonics of {text!r} do not pair: {names} {mnemonics}")
+    return out
 
 
 def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> list[Utterance]:
@@ -104,7 +163,7 @@ def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> 
             raise ValueError(f"{where}: utterance {u.id!r}: its transcript holds a {bad}")
     texts = [str(u.transcript) for u in utts]
     chunks = [(texts[i : i + G2P_CHUNK], voice) for i in range(0, len(texts), G2P_CHUNK)]
-    names: list[list[str]] = []
+    names: list[tuple[list[str], list[str] | None]] = []
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with mp.get_context(method).Pool(1) as pool, \
             tqdm(total=len(utts), desc="phonemize", unit="utt", disable=len(utts) < 2 * G2P_CHUNK) as bar:
@@ -112,8 +171,8 @@ def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> 
             names.extend(part)
             bar.update(len(part))
     out = []
-    for u, n in zip(utts, names, strict=True):
-        phones = fold(n, f"{where}: utterance {u.id!r}")
+    for u, (n, m) in zip(utts, names, strict=True):
+        phones = fold(n, f"{where}: utterance {u.id!r}", voice, m)
         if not phones:
             raise ValueError(f"{where}: utterance {u.id!r}: espeak-ng found no phonemes in {u.transcript!r}")
         out.append(replace(u, phonemes=" ".join(phones)))

@@ -48,7 +48,7 @@ from earful.atomic import atomic_open, atomic_write_json, atomic_write_lines
 from .budget import SAMPLE_RATE
 from .espeak import Espeak
 from .manifest import Utterance, write_manifest
-from .phonemes import fold
+from .phonemes import fold, needs_mnemonics
 from .textpool import command_intent, sentences
 
 log = logging.getLogger(__name__)
@@ -121,14 +121,20 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+def _speech(job: Job, rng: np.random.Generator) -> dict[str, Any]:
+    """What espeak-ng is asked to say for ``job`` (the first draws of its ``rng``)."""
+    spk = job.speaker
+    wpm = spk.wpm * rng.uniform(0.93, 1.07)
+    pitch = spk.pitch + rng.uniform(-4, 4)
+    return dict(text=job.text.lower(), voice=spk.voice, wpm=wpm / spk.warp, pitch=pitch / spk.warp,
+                pitch_range=spk.range, seed=int(rng.integers(2**31)))
+
+
 def render(engine: Espeak, job: Job, augment: bool) -> tuple[np.ndarray, list[str]]:
     """One utterance as int16 at 16 kHz, and the phonemes espeak-ng spoke (its IPA names)."""
     spk = job.speaker
     rng = np.random.default_rng(job.seed)
-    wpm = spk.wpm * rng.uniform(0.93, 1.07)
-    pitch = spk.pitch + rng.uniform(-4, 4)
-    raw, spoken = engine.synth(job.text.lower(), spk.voice, wpm=wpm / spk.warp, pitch=pitch / spk.warp,
-                       pitch_range=spk.range, seed=int(rng.integers(2**31)))
+    raw, spoken = engine.synth(**_speech(job, rng))
     x = raw.astype(np.float64) / 32768.0
     x = soxr.resample(x, engine.rate * spk.warp, SAMPLE_RATE, quality="HQ")  # the vocal-tract warp
     pad = rng.uniform(0.05, 0.3, size=2)
@@ -145,8 +151,11 @@ def render(engine: Espeak, job: Job, augment: bool) -> tuple[np.ndarray, list[st
     return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16), spoken
 
 
-def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int, list[str]]]:
-    """Synthesise a chunk in this (fresh) process; returns (uid, num_samples, phonemes spoken) per job."""
+def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int, list[str], list[str] | None]]:
+    """Synthesise a chunk in this (fresh) process; returns (uid, num_samples, phonemes spoken, their mnemonics)
+    per job: the mnemonics where the voice's IPA names stand for several of its phonemes
+    (:func:`earful.data.phonemes.needs_mnemonics`), else None. Those come from saying the utterance again with
+    mnemonic events once the chunk's audio is written, so that the audio is what it would be without them."""
     jobs, out, augment = args
     engine = Espeak()
     done = []
@@ -155,7 +164,15 @@ def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int, list
         path = Path(out) / job.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        done.append((job.uid, len(wave), spoken))
+        done.append((job.uid, len(wave), spoken, None))
+    for k, job in enumerate(jobs):
+        if needs_mnemonics(job.speaker.voice):
+            uid, n, spoken, _ = done[k]
+            _, mnemonics = engine.synth(**_speech(job, np.random.default_rng(job.seed)), mnemonics=True)
+            if len(mnemonics) != len(spoken):
+                raise RuntimeError(f"utterance {uid!r}: espeak-ng spoke {len(spoken)} phonemes, then "
+                                   f"{len(mnemonics)} mnemonics")
+            done[k] = (uid, n, spoken, mnemonics)
     return done
 
 
@@ -311,17 +328,19 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     lengths: dict[str, int] = {}
     spoken: dict[str, list[str]] = {}
+    mnemonics: dict[str, list[str] | None] = {}
     start = time.perf_counter()
     with mp.get_context(method).Pool(workers, maxtasksperchild=1) as pool, \
             tqdm(total=len(plan.jobs), unit="utt", disable=not progress, desc="synth") as bar:
         for done in pool.imap_unordered(_synth_chunk, chunks):
-            for uid, n, names in done:
-                lengths[uid], spoken[uid] = n, names
+            for uid, n, names, names_mnemonic in done:
+                lengths[uid], spoken[uid], mnemonics[uid] = n, names, names_mnemonic
             bar.update(len(done))
     elapsed = time.perf_counter() - start
 
     by_uid = {j.uid: j for j in plan.jobs}
-    phonemes = {u: " ".join(fold(names, f"utterance {u!r} ({by_uid[u].text!r})")) for u, names in spoken.items()}
+    phonemes = {u: " ".join(fold(names, f"utterance {u!r} ({by_uid[u].text!r})", by_uid[u].speaker.voice,
+                                 mnemonics[u])) for u, names in spoken.items()}
     intents = {j.uid: command_intent(j.text) for j in plan.jobs} if domain == "commands" else {}
     # beside each chapter's transcripts (SPK-CH.trans.txt): what was spoken, and what it asked for
     sidecars = {"trans": lambda uid: by_uid[uid].text, "phonemes": phonemes.get}

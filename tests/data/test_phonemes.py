@@ -27,6 +27,23 @@ def test_fold_maps_every_accent_name_into_the_inventory():
         fold(["k", "ǃ"], "u7")
 
 
+def test_scottish_e_is_folded_by_the_phoneme_it_names():
+    """en-gb-scotland writes ``e`` for its happY, NURSE and SQUARE vowels (espeak-ng's i, 3: and e@): all three were
+    labelled /iː/ (*there*, *earth*, *her*, *heard* with FLEECE); now each is its phoneme's, as in en-us."""
+    text = "THERE ON THE EARTH HER CITY WAS HEARD"
+    out = phonemize([utt("a", text)], "m.jsonl", voice="en-gb-scotland+m3")[0].phonemes
+    assert out == "ð ɛ ɹ ɑː n ð ɪ ɜː θ h ɜː s ɪ t iː w ɑː z h ɜː d"
+    # folded by its mnemonic (stress marks of either kind dropped); without one, or another voice's, an error
+    assert fold(["ð", "ˈe", "r", "e", "ˌe"], "u1", "en-gb-scotland+f2", ["D", "'e@", "r", "3:", ",i"]) == \
+        ["ð", "ɛ", "ɹ", "ɜː", "iː"]
+    with pytest.raises(ValueError, match=r"u2: espeak-ng phoneme 'e' of en-gb-scotland\+f2 stands for several"):
+        fold(["ð", "ˈe"], "u2", "en-gb-scotland+f2")
+    with pytest.raises(ValueError, match=r"u3: espeak-ng phoneme 'e' \('E'\) of en-gb-scotland is not in"):
+        fold(["e"], "u3", "en-gb-scotland", ["E"])
+    with pytest.raises(ValueError, match=r"u4: espeak-ng phoneme 'e' is not in earful's inventory"):
+        fold(["e"], "u4", "en-us")
+
+
 def test_parse_names_the_utterance_with_a_foreign_symbol():
     assert parse("k ɔː l", "m.jsonl: utterance 'a'") == ["k", "ɔː", "l"]
     with pytest.raises(ValueError, match=r"utterance 'b'.*AA.*earful phonemize"):

@@ -164,6 +164,31 @@ def test_open_domain_has_phonemes_and_no_intents(tmp_path: Path):
     assert not list(tmp_path.rglob("*.intents.txt"))
 
 
+def test_what_a_scottish_voice_spoke_is_folded_by_its_phonemes(tmp_path: Path):
+    """en-gb-scotland's ``e`` is three phonemes (happY, NURSE, SQUARE): its spoken labels were all /iː/. Now each is
+    its own, as the G2P of the transcript in that voice gives them. (In a child process: this one keeps from
+    espeak-ng.)"""
+    import multiprocessing as mp
+    from dataclasses import replace
+
+    from earful.data.manifest import Utterance
+    from earful.data.phonemes import fold
+    from earful.data.synth import Job, _synth_chunk, plan_corpus
+
+    spk = plan_corpus(0.01, domain="open", seed=3).speakers["train"][0]
+    scot, us = replace(spk, voice="en-gb-scotland+m3"), replace(spk, voice="en-us+f2")
+    text = "THERE ON THE EARTH HER CITY WAS HEARD"
+    jobs = [Job("1-1-0000", "1/1/1-1-0000.flac", text, scot, (3, 3, 0, 0)),
+            Job("1-1-0001", "1/1/1-1-0001.flac", "TURN ON THE LIGHTS", us, (3, 3, 0, 1))]
+    with mp.get_context("spawn").Pool(1) as pool:
+        done = pool.apply(_synth_chunk, ((jobs, str(tmp_path), False),))
+    uid, n, names, mnemonics = done[0]
+    labels = " ".join(fold(names, uid, scot.voice, mnemonics))
+    assert labels == "ð ɛ ɹ ɑː n ð ɪ ɜː θ h ɜː s ɪ t iː w ɑː z h ɜː d"
+    assert labels == phonemize([Utterance(uid, "x", n, 16000, "1", text)], "t", voice=scot.voice)[0].phonemes
+    assert done[1][3] is None  # en-us: its IPA names are enough
+
+
 def test_a_rebuild_in_the_folder_of_another_leaves_none_of_its_files(tmp_path: Path):
     """A build written into the folder of an earlier, bigger one of the other domain: the earlier build's audio and
     sidecars are gone (read back as LibriSpeech they came back beside the new corpus, under its dev speakers' ids,
