@@ -154,8 +154,8 @@ def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> 
     the utterance (and ``where``, the manifest) without a transcript, with a control character in it, or whose
     transcript gives no phonemes.
 
-    espeak-ng runs in a child process: it keeps state in the process that uses it, and ``earful synth`` forks its
-    synthesis workers from the calling process, so this one must not have used it (the audio would change)."""
+    espeak-ng runs in a child process, so that this one stays as it was: espeak-ng keeps state in the process
+    that uses it."""
     for u in utts:
         if not u.transcript or not u.transcript.strip():
             raise ValueError(f"{where}: utterance {u.id!r} has no transcript to phonemize")

@@ -24,8 +24,10 @@ tilt and two resonances) and a level. Optional augmentation adds noise at a draw
 exponential-decay room reverb.
 
 **Determinism.** espeak-ng keeps internal state between utterances, so its output depends on what the
-process synthesised before. Utterances are therefore synthesised in fixed chunks, each in a fresh process
-(fork, one task a child) in a fixed order: the files are bit-identical for a seed, whatever ``workers``.
+process synthesised before. Utterances are therefore synthesised in fixed chunks, each in a fresh process (one
+task a child) in a fixed order: the files are bit-identical for a seed, whatever ``workers``. The children are
+started by a fork server (``spawn`` where there is none), not forked from the caller, so a caller that has used
+espeak-ng itself gets the same files; a child that finds espeak-ng already used in it refuses its chunk.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import soxr
 
 from earful.atomic import atomic_open, atomic_write_json, atomic_write_lines
 
+from . import espeak
 from .budget import SAMPLE_RATE
 from .espeak import Espeak
 from .manifest import Utterance, write_manifest
@@ -157,6 +160,9 @@ def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int, list
     (:func:`earful.data.phonemes.needs_mnemonics`), else None. Those come from saying the utterance again with
     mnemonic events once the chunk's audio is written, so that the audio is what it would be without them."""
     jobs, out, augment = args
+    if espeak.LOADED_HERE:  # inherited (a fork server whose main module used espeak-ng): other audio for the seed
+        raise RuntimeError("a synthesis worker started with espeak-ng already used in it (by the main module, on "
+                           "import?): it would speak otherwise; use espeak-ng only under `if __name__ == '__main__':`")
     engine = Espeak()
     done = []
     for job in jobs:
@@ -174,6 +180,30 @@ def _synth_chunk(args: tuple[list[Job], str, bool]) -> list[tuple[str, int, list
                                    f"{len(mnemonics)} mnemonics")
             done[k] = (uid, n, spoken, mnemonics)
     return done
+
+
+_FORKED = False  # this process is a fork of one that imported this module
+
+
+def _forked() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _worker_context() -> Any:
+    """Where synthesis workers come from: a fork server (the main module, as by default, and this one preloaded in
+    it, so that each chunk's fresh process starts at once), else ``spawn``; never a fork of the caller, whose
+    espeak-ng state the worker would inherit (the caller may have used espeak-ng: a fork of it spoke otherwise for
+    the same seed). ``spawn`` too in a forked process: it inherits its parent's note of a fork server, not its
+    own child, and Python's fork server fails there (``ChildProcessError``, python/cpython#86354)."""
+    if _FORKED or "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__])  # read when the fork server starts (once a process)
+    return ctx
 
 
 # ---------------------------------------------------------------------------- corpus plan
@@ -309,11 +339,6 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     """Write the corpus to ``out`` (see the module docstring); returns the summary also in synth.json."""
     from tqdm import tqdm
 
-    from . import espeak
-
-    if espeak.LOADED_HERE:  # the forked workers would start from its state: other audio for the same seed
-        raise RuntimeError("synthesize() in a process that has used espeak-ng (earful.data.espeak.Espeak): its "
-                           "workers would inherit espeak-ng's state and speak otherwise; call it from a fresh process")
     out = Path(out)
     plan = plan_corpus(hours, domain=domain, seed=seed, labelled_fraction=labelled_fraction,
                        dev_hours=dev_hours, test_hours=test_hours)
@@ -325,12 +350,11 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     chunks = [(plan.jobs[i : i + CHUNK], str(out), augment) for i in range(0, len(plan.jobs), CHUNK)]
     log.info("synthesising %d utterances (%s domain, about %.2f h of train audio) with %d workers",
              len(plan.jobs), domain, hours, workers)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     lengths: dict[str, int] = {}
     spoken: dict[str, list[str]] = {}
     mnemonics: dict[str, list[str] | None] = {}
     start = time.perf_counter()
-    with mp.get_context(method).Pool(workers, maxtasksperchild=1) as pool, \
+    with _worker_context().Pool(workers, maxtasksperchild=1) as pool, \
             tqdm(total=len(plan.jobs), unit="utt", disable=not progress, desc="synth") as bar:
         for done in pool.imap_unordered(_synth_chunk, chunks):
             for uid, n, names, names_mnemonic in done:

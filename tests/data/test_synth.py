@@ -222,24 +222,49 @@ def test_plan_refuses_what_makes_no_corpus(bad, message):
         plan_corpus(**{"hours": 0.01, **bad})
 
 
-def test_refused_where_espeak_ng_has_spoken_in_this_process(tmp_path: Path):
+def test_the_same_corpus_where_espeak_ng_has_spoken_in_this_process(corpus, tmp_path: Path):
     """Forked from a process that had used espeak-ng, the workers inherited its state: the same seed gave other
-    audio (measured: another digest). Refused instead; in a child so that this process stays clean."""
+    audio (measured: another digest), so synthesize() refused to run there. Its workers come from a fork server
+    now: the same files. A worker that finds espeak-ng used in it (a fork server whose main module used it) refuses
+    its chunk. In children, so that this process stays clean: a fresh interpreter (the fork server) and a fork of
+    this process (``spawn``: a forked process cannot use the fork server its parent started)."""
     import multiprocessing as mp
+    import os
+    import subprocess
+    import sys
+
+    from earful.data.synth import _synth_chunk
+
+    script = ("import sys\n"
+              "from earful.data.espeak import Espeak\n"
+              "from earful.data.synth import synthesize\n"
+              "if __name__ == '__main__':\n"
+              "    Espeak().synth('hello there', 'en-us', wpm=170, pitch=50, pitch_range=50)\n"
+              f"    synthesize(sys.argv[1], seed=3, workers=2, **{SMALL!r})\n")
+    (tmp_path / "run.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "fresh")], check=True, env=env,
+                   timeout=300)
+    assert digest(tmp_path / "fresh") == digest(corpus[0])
 
     def child(q):
         from earful.data.espeak import Espeak
 
-        Espeak().synth("hello there", "en-us", wpm=170, pitch=50, pitch_range=50)
+        Espeak().synth("hello there", "en-gb-scotland", wpm=170, pitch=50, pitch_range=50)
         try:
-            synthesize(tmp_path, hours=0.004, dev_hours=0.002, test_hours=0.002, workers=1, progress=False)
-            q.put("built")
+            synthesize(tmp_path / "again", seed=3, workers=1, **SMALL)
+            q.put(digest(tmp_path / "again"))
+        except RuntimeError as e:
+            q.put(str(e))
+        try:
+            _synth_chunk(([], str(tmp_path), False))
+            q.put("a worker synthesised")
         except RuntimeError as e:
             q.put(str(e))
 
     q = mp.get_context("fork").Queue()
     p = mp.get_context("fork").Process(target=child, args=(q,))
     p.start()
-    p.join(120)
-    assert "has used espeak-ng" in q.get(timeout=1)
-    assert not list(tmp_path.rglob("*.flac"))
+    p.join(300)
+    assert q.get(timeout=1) == digest(corpus[0])
+    assert "a synthesis worker started with espeak-ng already used in it" in q.get(timeout=1)
