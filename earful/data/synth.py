@@ -304,7 +304,19 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
 
 BUILDING = ".synth-building"  # in a corpus folder while `earful synth` writes it: a folder with it is unfinished
 CORPUS_FOLDERS = ("train", "dev", "test", "librispeech_finetuning")  # what a build writes audio and sidecars in
-_WRITTEN = (".flac", ".trans.txt", ".phonemes.txt", ".intents.txt")
+SIDECARS = ("trans", "phonemes", "intents")  # SPK-CH.KIND.txt beside each chapter's audio (intents: commands only)
+_WRITTEN = (".flac", *(f".{kind}.txt" for kind in SIDECARS))
+
+
+def sidecar_kinds(domain: str) -> tuple[str, ...]:
+    """The sidecars a build of ``domain`` writes beside each chapter's audio: transcripts, the phonemes spoken and,
+    in the `commands` domain, the intents."""
+    return tuple(kind for kind in SIDECARS if kind != "intents" or domain == "commands")
+
+
+def sidecar(job: Job, kind: str) -> Path:
+    """The ``kind`` sidecar of ``job``'s chapter (``SPK-CH.KIND.txt`` beside its audio), below the corpus root."""
+    return Path(job.relpath).parent / f"{job.speaker.id}-{job.uid.split('-')[1]}.{kind}.txt"
 
 
 def _clear_stale(out: Path, plan: Plan) -> None:
@@ -312,10 +324,8 @@ def _clear_stale(out: Path, plan: Plan) -> None:
     seed, size or domain): read as LibriSpeech (`earful prepare`), they came back beside the new corpus, and an
     ``intents.txt`` stayed beside new transcripts. Only in a folder `earful synth` made (its ``synth.json``,
     ``speakers.tsv`` or unfinished-build mark); another folder holding such files is refused."""
-    kinds = _WRITTEN[1:] if plan.domain == "commands" else _WRITTEN[1:3]  # intents in the commands domain only
     keep = {Path(j.relpath) for j in plan.jobs}
-    keep |= {Path(j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}{kind}" for j in plan.jobs
-             for kind in kinds}
+    keep |= {sidecar(j, kind) for j in plan.jobs for kind in sidecar_kinds(plan.domain)}
     stale = [p for top in CORPUS_FOLDERS if (out / top).is_dir() for p in sorted((out / top).rglob("*"))
              if p.is_file() and p.name.endswith(_WRITTEN) and p.relative_to(out) not in keep]
     if not stale:
@@ -367,14 +377,12 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
                                  mnemonics[u])) for u, names in spoken.items()}
     intents = {j.uid: command_intent(j.text) for j in plan.jobs} if domain == "commands" else {}
     # beside each chapter's transcripts (SPK-CH.trans.txt): what was spoken, and what it asked for
-    sidecars = {"trans": lambda uid: by_uid[uid].text, "phonemes": phonemes.get}
-    if intents:
-        sidecars["intents"] = lambda uid: " ".join(intents[uid].values())  # action object location
+    text_of = {"trans": lambda uid: by_uid[uid].text, "phonemes": phonemes.get,
+               "intents": lambda uid: " ".join(intents[uid].values())}  # action object location
     lines: dict[Path, list[str]] = defaultdict(list)
     for j in plan.jobs:
-        stem = (out / j.relpath).parent / f"{j.speaker.id}-{j.uid.split('-')[1]}"
-        for kind, text_of in sidecars.items():
-            lines[stem.with_name(f"{stem.name}.{kind}.txt")].append(f"{j.uid} {text_of(j.uid)}")
+        for kind in sidecar_kinds(domain):
+            lines[out / sidecar(j, kind)].append(f"{j.uid} {text_of[kind](j.uid)}")
     for path, rows in lines.items():
         atomic_write_lines(path, sorted(rows))
     summary: dict[str, Any] = {"seed": seed, "domain": domain, "requested_hours": hours, "augment": augment,

@@ -210,6 +210,26 @@ def test_a_rebuild_in_the_folder_of_another_leaves_none_of_its_files(tmp_path: P
     assert (other / "train" / "7" / "1" / "7-1-0000.flac").exists()
 
 
+def test_what_a_build_writes_is_what_its_one_naming_rule_names(corpus):
+    """The audio and sidecars a build writes, and what a rebuild keeps (_clear_stale, which had restated the
+    sidecars' names and which of them a domain has), are named by one rule: sidecar and sidecar_kinds."""
+    from earful.data.synth import CORPUS_FOLDERS, _clear_stale, plan_corpus, sidecar, sidecar_kinds
+
+    out, _ = corpus
+    plan = plan_corpus(seed=3, **{k: v for k, v in SMALL.items() if k != "progress"})
+    named = {Path(j.relpath) for j in plan.jobs} | {sidecar(j, kind) for j in plan.jobs
+                                                     for kind in sidecar_kinds("commands")}
+
+    def written() -> set[Path]:
+        return {p.relative_to(out) for top in CORPUS_FOLDERS for p in (out / top).rglob("*") if p.is_file()}
+
+    assert written() == named
+    assert {p.name.split(".", 1)[1] for p in named} == {"flac", "trans.txt", "phonemes.txt", "intents.txt"}
+    assert sidecar_kinds("open") == ("trans", "phonemes")
+    _clear_stale(out, plan)
+    assert written() == named
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(hours=float("nan")), "hours nan"), (dict(hours=float("inf")), "hours inf"),
     (dict(labelled_fraction=0.0), "labelled fraction 0.0"), (dict(dev_hours=-1.0), "dev hours -1.0"),
