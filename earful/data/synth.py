@@ -37,6 +37,8 @@ import multiprocessing as mp
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,15 +196,16 @@ os.register_at_fork(after_in_child=_forked)
 
 
 def _worker_context() -> Any:
-    """Where synthesis workers come from: a fork server (the main module, as by default, and this one preloaded in
-    it, so that each chunk's fresh process starts at once), else ``spawn``; never a fork of the caller, whose
+    """Where synthesis workers come from: a fork server (this module preloaded in it, so that each chunk's fresh
+    process starts at once; a worker imports the caller's main module, as under ``spawn``: a script that
+    synthesises must do so under ``if __name__ == '__main__':``), else ``spawn``; never a fork of the caller, whose
     espeak-ng state the worker would inherit (the caller may have used espeak-ng: a fork of it spoke otherwise for
     the same seed). ``spawn`` too in a forked process: it inherits its parent's note of a fork server, not its
     own child, and Python's fork server fails there (``ChildProcessError``, python/cpython#86354)."""
     if _FORKED or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__])  # read when the fork server starts (once a process)
+    ctx.set_forkserver_preload([__name__])  # read when the fork server starts (once a process)
     return ctx
 
 
@@ -346,7 +349,8 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
                workers: int | None = None, augment: bool = False, labelled_fraction: float = 0.25,
                dev_hours: float | None = None, test_hours: float | None = None,
                progress: bool = True) -> dict[str, Any]:
-    """Write the corpus to ``out`` (see the module docstring); returns the summary also in synth.json."""
+    """Write the corpus to ``out`` (see the module docstring); returns the summary also in synth.json. Its workers
+    import the caller's main module: a script that calls this does so under ``if __name__ == '__main__':``."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -364,12 +368,21 @@ def synthesize(out: str | os.PathLike, hours: float, *, domain: str = "commands"
     spoken: dict[str, list[str]] = {}
     mnemonics: dict[str, list[str] | None] = {}
     start = time.perf_counter()
-    with _worker_context().Pool(workers, maxtasksperchild=1) as pool, \
+    with ProcessPoolExecutor(workers, mp_context=_worker_context(), max_tasks_per_child=1) as pool, \
             tqdm(total=len(plan.jobs), unit="utt", disable=not progress, desc="synth") as bar:
-        for done in pool.imap_unordered(_synth_chunk, chunks):
-            for uid, n, names, names_mnemonic in done:
-                lengths[uid], spoken[uid], mnemonics[uid] = n, names, names_mnemonic
-            bar.update(len(done))
+        try:
+            for future in as_completed([pool.submit(_synth_chunk, c) for c in chunks]):
+                done = future.result()
+                for uid, n, names, names_mnemonic in done:
+                    lengths[uid], spoken[uid], mnemonics[uid] = n, names, names_mnemonic
+                bar.update(len(done))
+        except BrokenProcessPool as e:  # a worker died: killed (memory?), or it could not start
+            raise RuntimeError(f"{out}: a synthesis worker died ({e}); where earful synthesises from a script of "
+                               "your own, call it under `if __name__ == '__main__':` (each worker imports the "
+                               "script's main module, which must not synthesise again)") from e
+        except BaseException:  # Ctrl-C, say: the chunks not begun are not started (the running ones end theirs)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     elapsed = time.perf_counter() - start
 
     by_uid = {j.uid: j for j in plan.jobs}

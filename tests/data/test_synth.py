@@ -288,3 +288,20 @@ def test_the_same_corpus_where_espeak_ng_has_spoken_in_this_process(corpus, tmp_
     p.join(300)
     assert q.get(timeout=1) == digest(corpus[0])
     assert "a synthesis worker started with espeak-ng already used in it" in q.get(timeout=1)
+
+
+def test_a_script_that_synthesises_without_a_main_guard_gets_an_error_not_a_hang(tmp_path: Path):
+    """Each worker imports the caller's main module: a script that synthesises at its top level synthesised again
+    in every worker, which died starting its own, and the pool started another for ever (hundreds of tracebacks a
+    second). The first worker to die stops the build, naming the `if __name__ == '__main__':` guard."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "run.py").write_text("import sys\nfrom earful.data.synth import synthesize\n"
+                                     f"synthesize(sys.argv[1], seed=3, workers=2, **{SMALL!r})\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "out")], env=env, timeout=240,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "if __name__ == '__main__':" in done.stderr and "a synthesis worker died" in done.stderr
