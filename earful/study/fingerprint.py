@@ -67,10 +67,10 @@ def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     names (a label set's fine-tuning overrides too)."""
     keep = {"pretrain": _computes, "finetune": _computes,
             "study": lambda k: _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))}  # e.g. corpus.dir, kept before
-    return {part: {k: _renamed_overrides(k, v) for k, v in _renamed(part, kv).items()
+    return {part: {k: v for k, v in kv.items()
                    if keep.get(part, lambda _: True)(k)
                    and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
-            for part, kv in fingerprint.items()}
+            for part, kv in todays_fingerprint(fingerprint).items()}
 
 
 def _renamed(part: str, kv: dict[str, Any]) -> dict[str, Any]:
@@ -103,9 +103,15 @@ def with_todays_names(saved: dict[str, Any]) -> dict[str, Any]:
             out["finetune"]["per_label_set"] = {k: _renamed_overrides(f"finetune.per_label_set.{k}", v)
                                                 for k, v in per.items()}
     if isinstance(out.get("fingerprint"), dict):
-        out["fingerprint"] = {part: {k: _renamed_overrides(k, v) for k, v in _renamed(part, kv).items()}
-                              if isinstance(kv, dict) else kv for part, kv in out["fingerprint"].items()}
+        out["fingerprint"] = todays_fingerprint(out["fingerprint"])
     return out
+
+
+def todays_fingerprint(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A recipe fingerprint of before with today's names in every part (:func:`comparable` compares it, ``earful
+    study merge`` writes it)."""
+    return {part: {k: _renamed_overrides(k, v) for k, v in _renamed(part, kv).items()} if isinstance(kv, dict)
+            else kv for part, kv in fingerprint.items()}
 
 
 def grid_fingerprint(runs: list[PlannedRun]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from earful.study.stages import (
     gradvar_stage,
     hours_of,
     kept_checkpoints,
+    pretrain_recipe,
     pretrained,
     probe_stage,
     probed,
@@ -189,10 +190,8 @@ def check_recipes(study: StudyConfig) -> None:
     or a checkpoint no run will have is named here, by ``study plan`` too, not after the corpus is built and every
     run pre-trained."""
     from earful.finetune.config import load_finetune_config
-    from earful.pretrain.config import load_pretrain_config
 
-    pre = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
-                               overrides_from=OVERRIDES_FROM["pretrain"])
+    pre = pretrain_recipe(study)
     load_finetune_config(study.finetune.config, study.finetune.overrides, overrides_from=OVERRIDES_FROM["finetune"])
     for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
         if study.finetune.per_label_set.get(label_set):

@@ -184,10 +184,15 @@ def trained_outputs(out: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------- pre-training
+def pretrain_recipe(study: StudyConfig) -> PretrainConfig:
+    """The study's pre-training recipe as its YAML and overrides give it, before any run's settings."""
+    return load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
+                                overrides_from=OVERRIDES_FROM["pretrain"])
+
+
 def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
     """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""
-    cfg = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
-                               overrides_from=OVERRIDES_FROM["pretrain"])
+    cfg = pretrain_recipe(study)
     c = study.corpus
     cfg.data.train = c.path(c.train, root)
     cfg.data.valid = c.path(c.valid, root) if c.valid else None
@@ -445,8 +450,7 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
     config = probe_config(study)
     # extracted on the pre-training recipe's device, as the gradient noise is measured (auto: CUDA where there
     # is one); it had been auto whatever the recipe said
-    device = load_pretrain_config(study.pretrain_config, study.pretrain_overrides,
-                                  overrides_from=OVERRIDES_FROM["pretrain"]).device
+    device = pretrain_recipe(study).device
     source = Upstream.parse(upstream, device=device, device_key="device")
     for seed in study.probe_seeds:
         done = probe_summary(out, name, seed)
