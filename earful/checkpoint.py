@@ -157,8 +157,13 @@ def save_model(
 
 def read_json(path: Path) -> Any:
     """A JSON file of a checkpoint; a CheckpointError naming it when it is corrupt or unreadable."""
+    return _parse_json(_file_bytes(path), path)
+
+
+def _file_bytes(path: Path) -> bytes:
+    """A checkpoint file's bytes; a CheckpointError naming it when it cannot be read."""
     try:
-        return _parse_json(path.read_bytes(), path)
+        return path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
 
@@ -182,10 +187,7 @@ def _info_bytes(ckpt_dir: str | Path) -> bytes:
     path = Path(ckpt_dir) / INFO_FILE
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: not an earful checkpoint (no {INFO_FILE})")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    return _file_bytes(path)
 
 
 def _info_of(data: bytes, ckpt_dir: str | Path) -> dict[str, Any]:
@@ -294,15 +296,15 @@ def _open_weights(weights: Path) -> BinaryIO:
         raise CheckpointError(f"{weights}: unreadable ({e})") from e
 
 
-def _read_weights(weights: Path, opened: BinaryIO | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of ``weights``; ``opened``: that file as opened (and checked) before, whatever the path names
-    now (a checkpoint written again at it meanwhile), read through its descriptor as safetensors maps a path."""
-    fd = _descriptor_path(opened) if opened is not None else None
+def _read_weights(weights: Path, opened: BinaryIO) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights`` as ``opened`` (and checked) before, whatever the path names now (a checkpoint
+    written again at it meanwhile): read through its descriptor, as safetensors maps a path."""
+    fd = _descriptor_path(opened)
     try:
-        if opened is not None and fd is None:  # no /proc/self/fd nor /dev/fd: its bytes
+        if fd is None:  # no /proc/self/fd nor /dev/fd: its bytes
             opened.seek(0)
             return load(opened.read())
-        return load_file(fd or str(weights))
+        return load_file(fd)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
 
@@ -328,9 +330,8 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True,
     config checked against the weights' shapes before the model is built). ``model.json`` is read once and the
     weights file opened once, checked and loaded through that one descriptor: a checkpoint replaced meanwhile (a
     training writing it again, atomically, at the same path) cannot give the weights of one and the record or
-    hash of the other. ``expect``: the
-    SHA-256 of the files as a caller hashed them earlier (``{"weights": ..., "info": ...}``, a probe's
-    fingerprint): a CheckpointError where the files read now are others."""
+    hash of the other. ``expect``: the SHA-256 of the files as a caller hashed them earlier (``{"weights": ...,
+    "info": ...}``, a probe's fingerprint): a CheckpointError where the files read now are others."""
     ckpt_dir = Path(ckpt_dir)
     where = ckpt_dir / INFO_FILE
     weights = ckpt_dir / MODEL_FILE

@@ -288,7 +288,8 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
     for p, (member, folder, chapter, group, seconds) in enumerate(parts):
         pool = spk[group]
         total, j = 0.0, 0
-        first = rotation if p >= 3 else 0
+        labelled = "labelled-10h" in member  # the six 1 h folds and the 9 h part
+        first = rotation if labelled else 0
         while total < seconds or j == 0:
             s = pool[(first + j) % len(pool)]
             text = sentences(domain, text_rng, 1)[0]
@@ -298,7 +299,7 @@ def plan_corpus(hours: float, *, domain: str = "commands", seed: int = 0, labell
                 split_of[m].append(uid)
             total += _estimate_seconds(text, s.wpm)
             j += 1
-        if p >= 3:
+        if labelled:
             rotation += j
     return Plan(seed, hours, domain, spk, jobs, dict(split_of), held)
 

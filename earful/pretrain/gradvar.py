@@ -185,7 +185,7 @@ def gradient_noise(
     params = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in params)
     seconds: list[float] = []
-    rows = torch.empty(num_batches, total)  # (batches, parameters) each batch's gradient
+    rows = torch.zeros(num_batches, total)  # (batches, parameters) each batch's gradient (0 where none)
     batches = iter(loader)
     for i in tqdm(range(num_batches), desc="gradvar", unit="batch"):
         model.zero_grad(set_to_none=True)
@@ -201,8 +201,6 @@ def gradient_noise(
         for p in params:
             if p.grad is not None:
                 rows[i, at : at + p.numel()] = (p.grad.double() / denom).reshape(-1).float().cpu()
-            else:
-                rows[i, at : at + p.numel()] = 0.0
             at += p.numel()
         seconds.append(padded)
     gram, spread = gram_matrix(rows)

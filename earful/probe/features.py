@@ -34,6 +34,7 @@ from earful.data.manifest import Utterance, read_manifest
 from earful.lock import lock_file
 from earful.probe import fbank
 from earful.probe.weighting import normalize_layers
+from earful.train.distributed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ class Upstream:
         if not (Path(spec) / INFO_FILE).is_file():
             raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}); give a checkpoint folder "
                                     "(e.g. RUN/checkpoints/best) or 'fbank'")
-        from earful.train.distributed import resolve_device
-
         resolve_device(device, device_key)  # refused now, not after the model loads
         return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed, device)
 
@@ -123,8 +122,6 @@ class Upstream:
     def _on(self) -> dict[str, str]:
         """The device in the fingerprint where it is not the CPU (a GPU's features differ in their last bits;
         the CPU's keys stay those of the cache's earlier entries)."""
-        from earful.train.distributed import resolve_device
-
         kind = resolve_device(self.device, "--device").type
         return {} if kind == "cpu" else {"device": kind}
 
@@ -158,8 +155,6 @@ class Upstream:
             if fingerprint is not None and fingerprint.get("kind") == "checkpoint":
                 expect = {"weights": fingerprint["weights"], "info": fingerprint["info"]}
             model = load_model(str(self.ckpt), expect=expect)[0]
-        from earful.train.distributed import resolve_device
-
         device = resolve_device(self.device, "--device")
         backbone = backbone_of(batch_invariant(model)).eval().to(device)
         stride = int(np.prod(backbone.cfg.conv_stride))

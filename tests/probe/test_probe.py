@@ -711,14 +711,13 @@ def test_features_are_extracted_on_the_device_asked_for_and_cached_by_its_kind(t
     import torch
 
     from earful.probe import features as F
-    from earful.train import distributed
 
     cpu = Upstream.parse(tiny_ckpt, device="cpu")
     assert set(cpu.fingerprint()) == {"kind", "weights", "info"}  # the key of every earlier entry
     extract, _ = cpu.extractor()
     (states,) = extract([torch.randn(4000)])
     assert states.device.type == "cpu" and states.shape[1:] == (3, 64)
-    monkeypatch.setattr(distributed, "resolve_device", lambda device, key="device": torch.device("cuda"))
+    monkeypatch.setattr(F, "resolve_device", lambda device, key="device": torch.device("cuda"))
     assert F.Upstream.parse(tiny_ckpt, device="cuda").fingerprint()["device"] == "cuda"
     monkeypatch.undo()
     if not torch.cuda.is_available():
