@@ -55,6 +55,17 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def renamed_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """``old``, an option renamed ``new`` (the same values): refused, naming ``new``, not left for argparse to
+    call unrecognised (nor to take for an abbreviation of another option). Not listed in ``-h``."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+            parser.error(f"{old} is now called {new} (the same values)")
+
+    parser.add_argument(old, action=Renamed, help=argparse.SUPPRESS)
+
+
 class _Commands(argparse._SubParsersAction):
     """The sub-commands' action: every parser added (each command's, and its own sub-commands', as ``study
     run``'s: they are :class:`_Parser` too) gets the common options, here once rather than in each module."""

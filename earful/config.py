@@ -344,19 +344,32 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
 # normalisation (fairseq's sentence_avg) was called loss_normalisation, as the pre-training's
 # model.loss_normalisation (its auxiliary losses' unit: another setting) still is; the model's weight
 # initialisation scheme (fairseq, nanow2v2, torch) was model.init, as bare ``init`` (the weights a training starts
-# from) still is
-RENAMED_SETTINGS = {"loss_normalisation": "ctc_normalisation", "model.init": "model.weight_init"}
+# from) still is; the fine-tuning's validation manifest (checked every valid_every steps, as the pre-training's
+# data.valid) was data.dev
+RENAMED_SETTINGS = {"loss_normalisation": "ctc_normalisation", "model.init": "model.weight_init",
+                    "data.dev": "data.valid"}
 
 
-def renamed_settings(data: dict[str, Any], within: str = "") -> dict[str, Any]:
-    """A config or recipe earful wrote before, nested or flattened, with today's names for ``RENAMED_SETTINGS``;
-    ``within``: the section ``data`` is, where it is one (``model``: model.json's "model")."""
+def new_name(key: str, table: dict[str, str] = RENAMED_SETTINGS) -> str | None:
+    """Dotted ``key``'s name today by ``table`` (old name → new), or None where it was not renamed; an entry
+    below a renamed key moves with it (a fine-tuning recipe's ``data.dev.sha256`` is ``data.valid.sha256``)."""
+    if key in table:
+        return table[key]
+    return next((new + key[len(old):] for old, new in table.items() if key.startswith(f"{old}.")), None)
+
+
+def renamed_settings(data: dict[str, Any], within: str = "", table: dict[str, str] = RENAMED_SETTINGS
+                     ) -> dict[str, Any]:
+    """A config or recipe earful wrote before, nested or flattened, with today's names for ``table``'s keys
+    (``RENAMED_SETTINGS``; a study's: ``earful.study.config.RENAMED``); ``within``: the section ``data`` is, where
+    it is one (``model``: model.json's "model")."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{within}.{k}" if within else str(k)
-        new = RENAMED_SETTINGS.get(key)
-        inside = isinstance(v, dict) and any(old.startswith(f"{key}.") for old in RENAMED_SETTINGS)
-        out[new.removeprefix(f"{within}.") if new is not None else k] = renamed_settings(v, key) if inside else v
+        new = new_name(key, table)
+        inside = isinstance(v, dict) and any(old.startswith(f"{key}.") for old in table)
+        out[new.removeprefix(f"{within}.") if new is not None else k] = (
+            renamed_settings(v, key, table) if inside else v)
     return out
 
 
@@ -364,7 +377,7 @@ def renamed_override(item: str) -> str:
     """A ``key=value`` override earful recorded before (a study.json's) with today's key for ``RENAMED_SETTINGS``."""
     key, sep, value = item.partition("=")
     name = key.strip()  # the key's text alone is replaced: "loss_normalisation = token" keeps its spaces
-    return key.replace(name, RENAMED_SETTINGS[name], 1) + sep + value if name in RENAMED_SETTINGS else item
+    return key.replace(name, new, 1) + sep + value if (new := new_name(name)) is not None else item
 
 
 def _has_setting(cls: type, key: str) -> bool:

@@ -172,7 +172,7 @@ def tone_ctc(tmp_path_factory) -> tuple[Path, Path]:
     train = tones.write_labelled(root, tones.TRAIN_TEXTS, "train", 0)
     test = tones.write_labelled(root, TONE_TEST_TEXTS, "test", 2)
     cfg = load_finetune_config(None, [
-        "model_preset=tiny", "init=scratch", f"data.train={train}", "data.dev=null", "max_steps=150",
+        "model_preset=tiny", "init=scratch", f"data.train={train}", "data.valid=null", "max_steps=150",
         "data.num_workers=0",
         "tensorboard=false", "threads=1", "valid_every=0", "optim.lr=5e-3", "freeze_transformer_steps=10",
         "model.dropout=0", "model.mask_prob=0",

@@ -19,7 +19,7 @@ The vocabulary, used the same way in configs, code, logs and docs:
   padding it adds is counted as padding. None: batches as long as their longest utterance.
 
 Pre-training's validation has no step: ``BatchBudget.per_device(device_seconds)``; ``evaluate`` and fine-tuning's
-dev set score every utterance whole (``earful.eval.decode.scoring_budget``).
+validation score every utterance whole (``earful.eval.decode.scoring_budget``).
 """
 
 from __future__ import annotations

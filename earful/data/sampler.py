@@ -19,7 +19,7 @@ stream gives every rank as many batches a step, so no rank waits in all-reduce. 
 (``endless=False``) must end on every rank at once: the batch with the most utterances is split in two until
 the count is a multiple of ``world_size`` (halves of a batch are within budget; logged), and only if no batch
 can be split (fewer utterances than ranks) are the first batches repeated, which ``repeated`` says. An
-``evaluation`` (validation, a dev set, evaluate) never splits: it repeats, and skips the repeats, so it scores
+``evaluation`` (validation, evaluate) never splits: it repeats, and skips the repeats, so it scores
 one rank's batches on any number of ranks.
 
 **Nothing is dropped silently.** Utterances longer than ``max_seconds`` (after cropping) or shorter than
@@ -343,7 +343,7 @@ class SecondsBatchSampler:
         """The epoch's global batches as the ranks share them (``dealing``). Training's stream: as they are, the
         next epoch going on where this one ends. A finite training pass: made a multiple of ``world_size`` long by
         splitting the fullest, else repeating; a split makes the epoch's batches from there on differ from one
-        rank's (with accumulation), which is logged. An ``evaluation`` (validation, a dev set, evaluate) only
+        rank's (with accumulation), which is logged. An ``evaluation`` (validation, evaluate) only
         repeats, and skips the repeats (``AudioLoader.is_repeat``): its batches, and so its numbers, are one
         rank's whatever the ranks (a split had made a 2-rank validation loss differ from 1 rank's)."""
         if self.dealing == "stream":

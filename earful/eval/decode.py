@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size: int = 1) -> BatchBudget:
-    """The budget that scores every one of ``utts`` whole (``evaluate``, fine-tuning's dev set): batches of at
+    """The budget that scores every one of ``utts`` whole (``evaluate``, fine-tuning's validation): batches of at
     most ``device_seconds`` of padded audio, and an utterance longer than that in a batch of its own.
 
     The sampler packs batches to ``micro_seconds`` and leaves out only what is longer than ``device_seconds``

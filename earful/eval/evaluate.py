@@ -79,7 +79,7 @@ def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCT
     a checkpoint of another kind."""
     path = require_checkpoint(ckpt)
     if path != Path(ckpt):
-        log.info("%s: a run folder, its latest checkpoint: %s (for the lowest dev WER, give %s)", ckpt, path,
+        log.info("%s: a run folder, its latest checkpoint: %s (for the lowest validation WER, give %s)", ckpt, path,
                  Path(ckpt) / "checkpoints" / "best")
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from earful.cli import renamed_option
+
 log = logging.getLogger("earful.finetune")
 
 
@@ -16,14 +18,15 @@ def _finetune(args: argparse.Namespace) -> int:
 
     args.config, args.overrides = config_and_overrides(args.overrides, args.config)
     cfg = load_finetune_config(args.config, args.overrides)
-    options = {"init": ("--init", args.init), "data.train": ("--train", args.train), "data.dev": ("--dev", args.dev)}
+    options = {"init": ("--init", args.init), "data.train": ("--train", args.train),
+               "data.valid": ("--valid", args.valid)}
     check_options(options, args.overrides)
     if args.init is not None:  # set directly: a path is not parsed as YAML
         cfg.init = args.init
     if args.train is not None:
         cfg.data.train = args.train
-    if args.dev is not None:
-        cfg.data.dev = args.dev
+    if args.valid is not None:
+        cfg.data.valid = args.valid
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start, show=("step", "last_valid", "best", "stopped_by"))
 
@@ -41,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the initial model (required): pre-training or CTC checkpoint, run folder, transformers "
                    "folder, or 'scratch' for a random one")
     p.add_argument("--train", default=None, help="labelled training manifest (data.train)")
-    p.add_argument("--dev", default=None, help="labelled dev manifest for WER every valid_every steps (data.dev)")
+    p.add_argument("--valid", default=None,
+                   help="labelled validation manifest: CTC loss, WER and CER every valid_every steps (data.valid)")
+    renamed_option(p, "--dev", "--valid")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "

@@ -39,8 +39,7 @@ from earful.train.recipe import written_by_a_run
 
 @dataclass
 class FinetuneDataConfig(DataConfig):
-    # train: the labelled manifest (every utterance needs a transcript)
-    dev: str | None = None  # labelled manifest for dev WER every ``valid_every`` steps
+    # train, valid: labelled manifests (every training utterance needs a transcript)
     max_seconds: float | None = 30.0  # longer utterances are left out (counted and logged)
 
 
@@ -63,7 +62,7 @@ class RegularisationConfig:
     # None: the initial model's (BASE's pre-training: 0.1)
     feature_grad_mult: float | None = None
     # each utterance's CNN statistics over its real samples, whatever the pre-training used, so fine-tuning,
-    # dev WER and evaluation see the same features (ModelConfig.group_norm_padding; fairseq: "included")
+    # validation and evaluation see the same features (ModelConfig.group_norm_padding; fairseq: "included")
     group_norm_padding: Literal["excluded", "included"] | None = "excluded"
 
     def apply(self, cfg: ModelConfig) -> ModelConfig:
@@ -89,8 +88,8 @@ class FinetuneConfig(TrainingConfig):
     model: RegularisationConfig = field(default_factory=RegularisationConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
-    # the CTC vocabulary: english (blank, |, ', a-z), data (every character of the training and dev transcripts,
-    # once mapped), init (the initial CTC model's, whose head is kept)
+    # the CTC vocabulary: english (blank, |, ', a-z), data (every character of the training and validation
+    # transcripts, once mapped), init (the initial CTC model's, whose head is kept)
     vocab: Literal["english", "data", "init"] = "english"
     text_mapping: dict[str, str] = field(default_factory=dict)  # e.g. {"-": " ", "é": "e"}; "" removes
     ctc_normalisation: Literal["sentence", "token"] = "sentence"  # fairseq: sentence_avg (true: sentence)
@@ -103,7 +102,7 @@ class FinetuneConfig(TrainingConfig):
     device_seconds: float | Literal["auto"] = 180.0
     max_steps: int = 12_000
     seed: int = 123
-    valid_every: int = 1000  # dev loss, greedy WER and CER; 0 = only at the end
+    valid_every: int = 1000  # validation CTC loss, greedy WER and CER (data.valid); 0 = only at the end
 
     def validate(self) -> None:
         super().validate()

@@ -97,7 +97,7 @@ def _per_transcript(utts: Sequence[Utterance], fn: Callable[..., Any], where: st
 def encode_transcripts(utts: Sequence[Utterance], vocab: CharVocab, where: str, *,
                        allow_empty: bool = False, remedy: str = "") -> dict[str, list[int]]:
     """``{utterance id: target ids}``; raises ValueError naming the first bad utterance (an empty
-    transcript is one, unless ``allow_empty``: a dev set may score silence)."""
+    transcript is one, unless ``allow_empty``: a validation set may score silence)."""
     out = _per_transcript(utts, vocab.encode, where, vocab, remedy)
     empty = [i for i, ids in out.items() if not ids]
     if empty and not allow_empty:

@@ -5,7 +5,7 @@ global number of utterances (``ctc_normalisation: sentence``, fairseq's ``senten
 characters (``token``), summed over micro-batches and ranks. The learning rate is tri-stage by default.
 
 Freezing is described in :mod:`earful.finetune.init`. Dev loss, greedy WER and CER are measured every
-``valid_every`` steps (``valid.jsonl``); the lowest dev WER is kept in ``checkpoints/best``.
+``valid_every`` steps (``valid.jsonl``); the lowest validation WER is kept in ``checkpoints/best``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class FinetuneTask(Task):
     cfg: FinetuneConfig
     model: Wav2Vec2ForCTC
     best_metric = "wer"
-    validate_at_end = True  # the final dev WER decides "best" even without periodic validation
+    validate_at_end = True  # the final validation WER decides "best" even without periodic validation
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         cfg.validate()
@@ -82,7 +82,7 @@ class FinetuneTask(Task):
         return logits.float().logsumexp(-1).sum()  # the CTC loss's cost is the head's: any scalar of the logits
 
     def _vocabulary(self, resume_from: Path | None) -> CharVocab:
-        """``vocab=data``: blank, ``|``, then every character of the training and dev transcripts once mapped
+        """``vocab=data``: blank, ``|``, then every character of the training and validation transcripts once mapped
         (NFC, lower-cased, ``text_mapping``), in code-point order: the same transcripts give the same vocabulary,
         so a resumed run checks it against its checkpoint's. ``vocab=init``: the initial CTC model's, or resuming,
         the run's own (its checkpoint holds it: the initial model may have moved since)."""
@@ -96,7 +96,7 @@ class FinetuneTask(Task):
         else:
             mapper = CharVocab(mapping=cfg.text_mapping or None)
             chars: set[str] = set()
-            for manifest in (m for m in (cfg.data.train, cfg.data.dev) if m):
+            for manifest in (m for m in (cfg.data.train, cfg.data.valid) if m):
                 for u in read_manifest(manifest):
                     chars.update(c for c in mapper.mapped(u.transcript or "") if not c.isspace())
             chars.discard(DELIMITER)  # the word delimiter stands for a space: one in a transcript is named later
@@ -137,18 +137,18 @@ class FinetuneTask(Task):
             skip_bad=cfg.data.skip_bad, num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
             source=str(cfg.data.train),
         )  # fmt: skip
-        self.dev_loader = None
-        if cfg.data.dev:
-            dutts, unlabelled = T.labelled(read_manifest(cfg.data.dev, check_files=True), cfg.data.dev,
+        self.valid_loader = None
+        if cfg.data.valid:
+            vutts, unlabelled = T.labelled(read_manifest(cfg.data.valid, check_files=True), cfg.data.valid,
                                            cfg.data.skip_bad)
-            # (a dev file too short for the model is the validation files' check's, before training)
-            self.left_out["dev"] = (cfg.data.dev, {"without a transcript": unlabelled})
-            self.dev_refs = T.normalised_references(dutts, self.vocab, cfg.data.dev, T.VOCAB_REMEDY)
-            self.dev_targets = T.encode_transcripts(dutts, self.vocab, cfg.data.dev, allow_empty=True)
-            dev = scoring_budget(dutts, cfg.valid_device_seconds(), d.world_size)  # every dev utterance, whole
-            self.dev_loader = make_loader(dutts, dev, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
-                                          skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True,
-                                          source=str(cfg.data.dev))
+            # (a validation file too short for the model is the validation files' check's, before training)
+            self.left_out["valid"] = (cfg.data.valid, {"without a transcript": unlabelled})
+            self.valid_refs = T.normalised_references(vutts, self.vocab, cfg.data.valid, T.VOCAB_REMEDY)
+            self.valid_targets = T.encode_transcripts(vutts, self.vocab, cfg.data.valid, allow_empty=True)
+            valid = scoring_budget(vutts, cfg.valid_device_seconds(), d.world_size)  # every utterance, whole
+            self.valid_loader = make_loader(vutts, valid, shuffle=False, seed=cfg.seed, rank=d.rank, endless=False,
+                                            skip_bad=cfg.data.skip_bad, num_workers=0, evaluation=True,
+                                            source=str(cfg.data.valid))
 
     # ------------------------------------------------------------------ one step
     def announce(self) -> None:
@@ -209,27 +209,27 @@ class FinetuneTask(Task):
             post["wer"] = f"{100 * last_valid:.1f}"
         return post
 
-    # ------------------------------------------------------------------ dev WER
+    # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, Any] | None:
-        """Dev CTC loss and greedy WER / CER (corpus level, summed over ranks)."""
-        if self.dev_loader is None:
+        """Validation CTC loss and greedy WER / CER (corpus level, summed over ranks)."""
+        if self.valid_loader is None:
             return None
-        cfg, d, model, loader = self.cfg, self.d, self.model, self.dev_loader
+        cfg, d, model, loader = self.cfg, self.d, self.model, self.valid_loader
         model.eval()
         loader.rewind()
         stats = torch.zeros(11, dtype=torch.float64, device=d.device)  # loss, utterances, tokens, word/char SDIH
         for batch in loader:
             if loader.is_repeat(batch):
                 continue  # a batch repeated only to give every rank the same count
-            targets, target_lengths = T.batch_targets(batch.ids, self.dev_targets)
+            targets, target_lengths = T.batch_targets(batch.ids, self.valid_targets)
             with autocast(cfg.precision, d.device):
                 logits, flen = model(*batch.model_inputs(d.device))
             stats[0] += model.ctc_loss(logits, flen, targets.to(d.device), target_lengths.to(d.device)).double()
             stats[1] += len(batch)
             stats[2] += target_lengths.sum()
             hyps = [self.vocab.normalize_hypothesis(h) for h in greedy_decode(logits.float(), flen, self.vocab)]
-            refs = [self.dev_refs[i] for i in batch.ids]
+            refs = [self.valid_refs[i] for i in batch.ids]
             for off, unit in ((3, "word"), (7, "char")):
                 c = error_counts(refs, hyps, unit, allow_empty=True)  # type: ignore[arg-type]
                 stats[off : off + 4] += torch.tensor([c.substitutions, c.deletions, c.insertions, c.hits],

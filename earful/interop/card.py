@@ -217,7 +217,7 @@ def _training(trainer: dict[str, Any], config: dict[str, Any] | None, kind: str)
 def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The Corpus and recipe table. Weights before the first step (``init``) read no corpus and record no recipe:
     only what they were initialised from is shown (an empty recipe's fingerprint would be a made-up fact)."""
-    recipe = trainer.get("recipe", {})
+    recipe = renamed_settings(trainer.get("recipe", {}))  # a run of before: data.dev.sha256 is data.valid's
     rows = []
     for key in MANIFESTS if trainer["step"] > 0 else ():
         section, field = key.split(".")

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PretrainDataConfig(DataConfig):
-    valid: str | None = None  # manifest of the held-out audio (validation loss, accuracy, perplexity)
     # instead of data.train: the folder `earful shard` wrote (a path or fsspec URL): train streaming its shards
     shards: str | None = None
     shards_relayout: bool = False  # resuming from shards with other devices/workers/budget starts the next epoch

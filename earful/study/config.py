@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import ConfigError, from_dict, merge, parse_overrides, plain_name, read_yaml, to_dict
+from earful.config import (
+    ConfigError,
+    flatten,
+    from_dict,
+    merge,
+    parse_overrides,
+    plain_name,
+    read_yaml,
+    renamed_settings,
+    to_dict,
+)
 from earful.data.budget import BatchBudget
 from earful.train.config import TrackingConfig, nominal_hours, nominal_steps, scale_lr
 
@@ -41,9 +51,9 @@ class CorpusConfig:
     # relative to it (an absolute path stays as it is)
     synth: SynthSpec | None = None  # build the built-in corpus into ``dir`` if its manifests are missing
     train: str = "manifests/train.jsonl"
-    valid: str = "manifests/dev.jsonl"  # pre-training validation
+    valid: str = "manifests/dev.jsonl"  # the pre-training's validation (its data.valid)
     label_sets: dict[str, str] = field(default_factory=dict)  # name → manifest, for fine-tuning
-    dev: str = "manifests/dev.jsonl"  # fine-tuning dev (model selection)
+    finetune_valid: str = "manifests/dev.jsonl"  # the fine-tuning's validation (its data.valid: picks best)
     test: dict[str, str] = field(default_factory=dict)  # split name → manifest (default: dev and test)
 
     def test_sets(self) -> dict[str, str]:
@@ -369,14 +379,17 @@ EARFUL_SBATCH = {
 }
 
 
-# study keys renamed, by their old name: (today's name, the training's key it sets and whose name it took); a study
-# file or a study.json of before names them so
-RENAMED = {"lr_rule": ("lr_scaling", "optim.lr_scaling"), "milestone_hours": ("ckpt_hours", "ckpt_hours")}
+# study keys renamed, by their old dotted name: (today's, the training's key it sets and whose name it took); a
+# study file or a study.json of before names them so. corpus.dev was the fine-tuning's validation manifest
+RENAMED = {"lr_rule": ("lr_scaling", "optim.lr_scaling"), "milestone_hours": ("ckpt_hours", "ckpt_hours"),
+           "corpus.dev": ("corpus.finetune_valid", "data.valid")}
+NEW_NAMES = {old: new for old, (new, _) in RENAMED.items()}
 
 
 def renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """A study mapping (a study.json of before) with today's names for ``RENAMED`` keys."""
-    return {RENAMED[k][0] if k in RENAMED else k: v for k, v in data.items()}
+    """A study mapping (a study.json of before, nested, or a fingerprint's flattened study part) with today's
+    names for ``RENAMED`` keys."""
+    return renamed_settings(data, table=NEW_NAMES)
 
 
 STUDY_JSON_EXTRA = ("format", "plan", "cycle_minima", "fingerprint")  # what study.json holds beside the config
@@ -394,7 +407,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
                           "YAML file; the repository's are studies/*.yaml)")
     given = read_yaml(path)
     over = parse_overrides(overrides) if overrides else {}
-    old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in d if k in RENAMED]
+    old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in flatten(d)
+           if k in RENAMED]
     if old:
         raise ConfigError("; ".join(f"{where}: {k} is now called {RENAMED[k][0]} (the same values), as the "
                                     f"training's {RENAMED[k][1]}" for k, where in old))

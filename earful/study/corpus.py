@@ -90,7 +90,7 @@ def manifest_digests(study: StudyConfig, root: Path, *, file_bytes: bool = False
     "missing": ``fingerprint.comparable`` leaves those out). The probes' manifests (``probe.train``, ...) are
     read by the study when it has probes."""
     c = study.corpus
-    named = {"train": c.train, "valid": c.valid, "dev": c.dev,
+    named = {"train": c.train, "valid": c.valid, "finetune_valid": c.finetune_valid,
              **{f"label_set.{k}": v for k, v in c.label_sets.items()},
              **{f"test.{k}": v for k, v in c.test_sets().items()}}
     roles = {role: Path(c.path(rel, root)) for role, rel in named.items() if rel}

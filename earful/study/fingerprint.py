@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.config import flatten, renamed_override, renamed_settings, to_dict
-from earful.study.config import DEFAULT_TEST_SETS, PlannedRun, StudyConfig, plan_runs, renamed
+from earful.study.config import DEFAULT_TEST_SETS, NEW_NAMES, PlannedRun, StudyConfig, plan_runs, renamed
 from earful.study.corpus import manifest_digests
 from earful.train.init import SCRATCH, resolve_init
 from earful.train.recipe import ADDED_LATER, WATCHING
@@ -27,8 +27,11 @@ STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier 
 # continue with more seeds or probe seeds (or jobs, another name, on a cluster); probe_corpus and corpus.dir are
 # where the manifests are, whose contents are in the fingerprint ("data"): a corpus moved elsewhere is the same
 NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds", "probe_corpus", "corpus.dir")
+# the manifests' roles in the fingerprint's data part, by their old name: today's (a role is its corpus key)
+RENAMED_ROLES = {old.removeprefix("corpus."): new.removeprefix("corpus.") for old, new in NEW_NAMES.items()
+                 if old.startswith("corpus.")}
 # set per run (paths on this machine, the run's seed): not part of what a study computes
-PER_RUN = {"data.train", "data.valid", "data.dev", "init", "seed"}
+PER_RUN = {"data.train", "data.valid", "init", "seed"}
 # sections that say where and how runs go and who watches them
 NOT_RECIPE_SECTIONS = ("slurm.", "tracking.")
 # training settings that say where and how fast a run goes, not what it computes (unlike a run's own resume, a
@@ -75,9 +78,11 @@ def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 def _renamed(part: str, kv: dict[str, Any]) -> dict[str, Any]:
     """A fingerprint part of before with today's names: the study's keys (lr_rule, say), the trainings' settings
-    (the fine-tuning's loss_normalisation, the model's model.init)."""
+    (the fine-tuning's loss_normalisation, the model's model.init), the manifests' roles (corpus.dev's)."""
     if part == "study":
         return renamed(kv)
+    if part == "data":  # the manifests' roles: the corpus section's keys
+        return renamed_settings(kv, table=RENAMED_ROLES)
     return renamed_settings(kv) if part in ("pretrain", "finetune") else kv
 
 

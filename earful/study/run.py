@@ -232,13 +232,13 @@ def check_recipes(study: StudyConfig) -> None:
 
 def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:
     """The manifests the study reads, by the setting that names them: the pre-training's train (and valid) and,
-    when it fine-tunes, the fine-tuning dev, each label set it fine-tunes on and every test split. (The probes'
+    when it fine-tunes, the fine-tuning's validation, each label set it fine-tunes on and every test split. (The probes'
     manifests are checked by ``check_probe_corpus``.)"""
     c = study.corpus
     named = {"corpus.train": c.train, "corpus.valid": c.valid}
     label_sets = finetuned_label_sets(study)
     if label_sets:
-        named["corpus.dev"] = c.dev
+        named["corpus.finetune_valid"] = c.finetune_valid
         named.update({f"corpus.label_sets[{ls!r}]": c.label_sets[ls] for ls in label_sets})
         named.update({f"corpus.test[{k!r}]" if c.test else f"corpus.test (default {k!r})": v
                       for k, v in c.test_sets().items()})

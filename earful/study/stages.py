@@ -74,7 +74,8 @@ def divergence(rdir: Path, steps: int, max_nan_steps: int) -> str:
     valid = rdir / "valid.jsonl"
     lines = valid.read_text(encoding="utf-8").strip().splitlines() if valid.exists() else []
     last = json.loads(lines[-1]) if lines else {}
-    # the validation loss, not the metric that picks best: a WER of 0 is perfect, one of NaN a dev set without words
+    # the validation loss, not the metric that picks best: a WER of 0 is perfect, one of NaN a validation set
+    # without words
     value = last.get("loss")
     if last.get("step") == info["step"] and value is not None and not math.isfinite(float(value)):
         return f"its validation loss at step {info['step']} is {value}"
@@ -356,7 +357,7 @@ def finetune_config(study: StudyConfig, label_set: str, init: Path, seed: int, r
         setattr(cfg, key, value)
     c = study.corpus
     cfg.init = str(init)
-    cfg.data.train, cfg.data.dev = c.path(c.label_sets[label_set], root), c.path(c.dev, root)
+    cfg.data.train, cfg.data.valid = c.path(c.label_sets[label_set], root), c.path(c.finetune_valid, root)
     cfg.seed = seed
     cfg.validate()
     return cfg
@@ -370,8 +371,9 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
     c = study.corpus
     fdir = out / "finetune" / name
     done = done_record(fdir)
-    # marked done before divergence was recorded, or judged by an earlier version from the dev WER / CER (a WER of
-    # 0 read as missing, one of NaN from a dev set without words): look once more (at a run with a training state)
+    # marked done before divergence was recorded, or judged by an earlier version from the validation WER / CER (a
+    # WER of 0 read as missing, one of NaN from a validation set without words): look once more (at a run with a
+    # training state)
     judged_by_wer = str(done.get("diverged_because", "") if done else "").startswith(("its validation wer",
                                                                                       "its validation cer"))
     if done and ("diverged" not in done or judged_by_wer) and (fdir / "checkpoints" / "latest.json").exists():

@@ -91,6 +91,9 @@ class DataConfig:
     """The data settings every task has; a task's data config adds its manifests' roles."""
 
     train: str = ""  # manifest of the training audio
+    # manifest of the held-out set checked every ``valid_every`` steps (the pre-training's validation loss,
+    # accuracy and perplexity; the fine-tuning's CTC loss, WER and CER: labelled); it picks checkpoints/best
+    valid: str | None = None
     min_seconds: float | None = None  # shorter utterances are left out (counted and logged)
     max_seconds: float | None = None  # longer utterances (after cropping) are left out (counted and logged)
     num_workers: int = 2
@@ -139,7 +142,7 @@ class TrainingConfig:
     valid_seconds: float | None = None  # padded audio per validation batch on one device (default: device_seconds)
     ckpt_every: int = 1000
     keep_last: int = 2  # periodic step checkpoints kept, 0: all (milestones, best and the latest stay)
-    keep_best: bool = True  # also keep checkpoints/best: the task's best validation metric (loss, dev WER)
+    keep_best: bool = True  # also keep checkpoints/best: the task's best validation metric (loss, validation WER)
     max_nan_steps: int = 10  # consecutive non-finite steps before the run stops
     tensorboard: bool = True  # scalars in RUN/tb (tensorboard is a dependency of earful)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

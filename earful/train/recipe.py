@@ -43,7 +43,7 @@ from earful.train.config import TrainingConfig
 log = logging.getLogger(__name__)
 
 HISTORY = "history.jsonl"
-MANIFESTS = ("data.train", "data.valid", "data.dev")
+MANIFESTS = ("data.train", "data.valid")
 # settings that change how a run is watched or where it runs, not what it computes
 OPERATIONAL = {"device", "threads", "log_every", "valid_every", "valid_seconds", "ckpt_every", "keep_last",
                "keep_best", "tensorboard", "max_nan_steps", "ckpt_hours", "ckpt_hours_basis", "ckpt_steps",

@@ -9,7 +9,7 @@
     RUN/checkpoints/hours-10/     a milestone at 10 hours seen: of padded audio (pre-training's default
                                   ckpt_hours_basis) or nominal batch × steps (ckpt_hours_basis=nominal, as studies use)
     RUN/checkpoints/steps-5000/   a checkpoint kept after step 5000 (ckpt_steps: a cyclic schedule's minima, say)
-    RUN/checkpoints/best/         the task's best validation metric: lowest loss (pre-training), lowest dev WER
+    RUN/checkpoints/best/         the task's best validation metric: lowest loss (pre-training), lowest validation WER
                                   (fine-tuning); a resume removes checkpoints of the steps it trains again
     RUN/checkpoints/latest.json   {"name": "step-0001000"}: the newest complete checkpoint
 

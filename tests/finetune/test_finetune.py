@@ -20,7 +20,7 @@ from earful.train.engine import Trainer
 def config(train: Path, dev: Path | None, steps: int, *extra: str) -> FinetuneConfig:
     """A test-sized run: tiny model, whole corpus per step, no workers, one thread."""
     return load_finetune_config(None, [
-        "model_preset=tiny", "init=scratch", f"data.train={train}", f"data.dev={dev}" if dev else "data.dev=null",
+        "model_preset=tiny", "init=scratch", f"data.train={train}", f"data.valid={dev}" if dev else "data.valid=null",
         "batch_seconds=7", "device_seconds=7", f"max_steps={steps}", "data.num_workers=0", "tensorboard=false",
         "threads=1", "log_every=1", "valid_every=0", "ckpt_every=1000", "optim.lr=5e-3", "model.dropout=0",
         *extra,
@@ -205,7 +205,7 @@ def test_cli_finetune_then_evaluate(tmp_path, tone_corpus) -> None:
 
     train, dev = tone_corpus
     out = tmp_path / "run"
-    rc = main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+    rc = main(["finetune", "--init", "scratch", "--train", str(train), "--valid", str(dev), "--out", str(out),
                "--config", "finetune-fairseq-10m", "model_preset=tiny", "max_steps=2", "batch_seconds=7",
                "device_seconds=7", "data.num_workers=0", "tensorboard=false", "threads=1",
                "freeze_transformer_steps=1"])

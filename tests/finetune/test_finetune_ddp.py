@@ -24,7 +24,7 @@ def _run(args: list[str]) -> None:
 def test_two_process_ddp_equals_one_process_accumulated(tmp_path, tone_corpus, labelled) -> None:
     train, _ = tone_corpus
     dev = labelled(tmp_path / "dev", ["bad cafe", "head", "fad"], "dev3", 5)  # 3 batches for 2 ranks: one repeats
-    common = ["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "model_preset=tiny",
+    common = ["finetune", "--init", "scratch", "--train", str(train), "--valid", str(dev), "model_preset=tiny",
               "batch_seconds=3.5", "device_seconds=1.75", "max_steps=4", "freeze_transformer_steps=2",
               "log_every=1", "valid_every=2", "ckpt_every=100", "data.num_workers=0", "optim.lr=5e-3",
               "tensorboard=false", "threads=1", "model.dropout=0", "model.attention_dropout=0",

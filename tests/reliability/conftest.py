@@ -63,7 +63,7 @@ def pretrain_overrides(train: Path, steps: int, *extra: str) -> list[str]:
 
 def finetune_overrides(train: Path, steps: int, *extra: str) -> list[str]:
     """A test-sized fine-tuning run from scratch: tiny model, 1.75 s micro-batches, one thread."""
-    return ["model_preset=tiny", f"data.train={train}", "data.dev=null", "init=scratch", "batch_seconds=3.5",
+    return ["model_preset=tiny", f"data.train={train}", "data.valid=null", "init=scratch", "batch_seconds=3.5",
             "device_seconds=1.75", f"max_steps={steps}", "data.num_workers=0", "tensorboard=false", "threads=1",
             "device=cpu", "log_every=1", "valid_every=0", "ckpt_every=1000", "optim.lr=5e-3",
             "freeze_transformer_steps=2", *extra]

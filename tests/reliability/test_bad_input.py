@@ -256,15 +256,15 @@ def test_fine_tuning_leaves_rows_without_a_transcript_out_with_skip_bad(tmp_path
     with pytest.raises(ValueError, match=r"train.jsonl: 2 of 4 utterances have no transcript .*e\.g\. 'train-001', "
                                          r"'train-002': set data\.skip_bad=true"):
         Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(manifest, 1))), tmp_path / "run")
-    over = rel.finetune_overrides(manifest, 1, f"data.dev={manifest}", "data.skip_bad=true")
+    over = rel.finetune_overrides(manifest, 1, f"data.valid={manifest}", "data.skip_bad=true")
     trainer = Trainer(FinetuneTask(load_finetune_config(None, over)), tmp_path / "run2")
     assert sorted(trainer.task.targets) == ["train-000", "train-003"]
-    assert sorted(trainer.task.dev_refs) == ["train-000", "train-003"]
+    assert sorted(trainer.task.valid_refs) == ["train-000", "train-003"]
     with caplog.at_level(logging.WARNING):
         trainer.fit()
     assert (f"{manifest}: 2 utterances without a transcript are left out of train (data.skip_bad=true), "
             "e.g. ['train-001', 'train-002']") in caplog.text
-    assert "left out of dev" in caplog.text
+    assert "left out of valid" in caplog.text
     none = rel.write_rows(tmp_path / "none.jsonl", [{**r, "transcript": None} for r in rows])
     with pytest.raises(ValueError, match=r"none.jsonl: none of its 4 utterances has a transcript"):
         Trainer(FinetuneTask(load_finetune_config(None, rel.finetune_overrides(none, 1, "data.skip_bad=true"))),
@@ -490,11 +490,11 @@ def test_a_device_torch_cannot_use_is_refused_naming_its_setting(tmp_path, tiny_
 
 
 def test_finetune_refuses_an_option_and_an_override_that_disagree(tmp_path, tones, rel, caplog) -> None:
-    """``finetune --train X data.train=Y`` trained on X, saying nothing (--dev and data.dev, --init and init
+    """``finetune --train X data.train=Y`` trained on X, saying nothing (--valid and data.valid, --init and init
     alike): refused naming both; the same value twice is accepted."""
     other = rel.write_rows(tmp_path / "other.jsonl", rel.manifest_rows(tones)[:2])
-    over = rel.finetune_overrides(tones, 1)  # data.train=tones, data.dev=null, init=scratch
-    for flag, shown in (("--train", f"data.train={tones}"), ("--dev", "data.dev=null")):
+    over = rel.finetune_overrides(tones, 1)  # data.train=tones, data.valid=null, init=scratch
+    for flag, shown in (("--train", f"data.train={tones}"), ("--valid", "data.valid=null")):
         with caplog.at_level(logging.ERROR):
             assert main(["finetune", *over, flag, str(other), "--out", str(tmp_path / "run")]) == 2
         assert f"{flag} {other} and {shown}: two values for {shown.split('=')[0]}; give one" in caplog.text
@@ -578,8 +578,8 @@ def test_a_bad_file_in_the_validation_set_stops_the_run_before_training(tmp_path
         if kind == "pretrain":
             overrides = rel.pretrain_overrides(train, 4, f"data.valid={dev}", "valid_every=2", "data.min_seconds=0")
         else:
-            overrides = [o for o in rel.finetune_overrides(train, 4, "valid_every=2") if o != "data.dev=null"]
-            overrides.append(f"data.dev={dev}")
+            overrides = [o for o in rel.finetune_overrides(train, 4, "valid_every=2") if o != "data.valid=null"]
+            overrides.append(f"data.valid={dev}")
         caplog.clear()
         assert main([kind, *overrides, "--out", str(tmp_path / f"run-{kind}-{name}")]) == 2
         assert not (tmp_path / f"run-{kind}-{name}" / "train.jsonl").exists()  # nothing trained, nothing lost

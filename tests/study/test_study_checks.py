@@ -88,7 +88,7 @@ def test_a_recipe_error_names_the_study_s_overrides_as_its_source(tmp_path) -> N
 @pytest.mark.parametrize(("missing", "role"), [
     ("labelled-10h.jsonl", r"corpus.label_sets\['10h'\]"),
     ("test.jsonl", r"corpus.test\['test'\]"),
-    ("dev.jsonl", r"corpus.valid: .*dev.jsonl; corpus.dev"),
+    ("dev.jsonl", r"corpus.valid: .*dev.jsonl; corpus.finetune_valid"),
 ])
 def test_a_manifest_the_study_reads_must_exist_before_study_json(tmp_path, monkeypatch, missing, role) -> None:
     """A label set, test or dev manifest that did not exist was fingerprinted as "missing" and stopped the study
@@ -101,7 +101,7 @@ def test_a_manifest_the_study_reads_must_exist_before_study_json(tmp_path, monke
     names = [n for n in ("train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl") if n != missing]
     corpus = _corpus(tmp_path / "corpus", *names)
     study = _study(tmp_path, f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
-                   "corpus.dev=dev.jsonl", "corpus.test={test: test.jsonl}")
+                   "corpus.finetune_valid=dev.jsonl", "corpus.test={test: test.jsonl}")
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match=rf"manifest\(s\) do not exist \({role}.*{missing}.*relative to "
                                                 r"corpus.dir") as e:
@@ -118,7 +118,7 @@ def test_a_missing_manifest_is_never_fingerprinted(tmp_path) -> None:
 
     corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
     study = _study(tmp_path, f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
-                   "corpus.dev=dev.jsonl", "corpus.test={test: test.jsonl}",
+                   "corpus.finetune_valid=dev.jsonl", "corpus.test={test: test.jsonl}",
                    "corpus.label_sets={10h: labelled-10h.jsonl, 1h: labelled-1h.jsonl}", "finetune.label_sets=[10h]")
     fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
     assert "label_set.1h" not in fp["data"] and "missing" not in fp["data"].values()
@@ -137,8 +137,9 @@ def test_a_study_of_before_a_setting_was_added_continues_at_its_earlier_behaviou
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
     corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
-    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
-              "corpus.test={test: test.jsonl}", "corpus.label_sets={10h: labelled-10h.jsonl}"]
+    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+              "corpus.finetune_valid=dev.jsonl", "corpus.test={test: test.jsonl}",
+              "corpus.label_sets={10h: labelled-10h.jsonl}"]
     study = _study(tmp_path, *common)
     fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
     assert fp["finetune"]["vocab"] == "english"
@@ -232,7 +233,7 @@ def test_a_corpus_moved_elsewhere_is_the_same_recipe(tmp_path) -> None:
     from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
 
     names = ("train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
-    settings = ["corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
+    settings = ["corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.finetune_valid=dev.jsonl",
                 "corpus.test={test: test.jsonl}"]
     corpus = _corpus(tmp_path / "corpus", *names)
     study = _study(tmp_path, f"corpus.dir={corpus}", *settings)
@@ -290,8 +291,8 @@ def test_a_study_that_continues_pretraining_fingerprints_the_initial_weights(tmp
         torch.manual_seed(seed)
         save_model(tmp_path / name, Wav2Vec2ForPreTraining(load_model_config("tiny")))
     corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
-    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl", "corpus.dev=dev.jsonl",
-              "corpus.test={test: test.jsonl}"]
+    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+              "corpus.finetune_valid=dev.jsonl", "corpus.test={test: test.jsonl}"]
 
     def fingerprint(*overrides: str) -> dict:
         study = _study(tmp_path, *common, *overrides)

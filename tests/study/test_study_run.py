@@ -270,6 +270,55 @@ def test_milestone_hours_is_ckpt_hours_and_a_study_folder_of_before_continues(st
     assert any("8s-seed1" in line for line in unfinished_section(record, {"4s-seed1": {}}, [], out))
 
 
+def test_corpus_dev_is_finetune_valid_and_a_study_folder_of_before_continues(study_file, tmp_path) -> None:
+    """The fine-tuning's validation manifest was the study's corpus.dev (the fine-tuning's data.dev, now its
+    data.valid, as the pre-training's): corpus.finetune_valid. A study file or override that still says
+    corpus.dev is refused with the new name; a study folder whose study.json says it (its config, its
+    fingerprint's study part and the manifest's role in the data part) continues as the same recipe, is refused
+    with another manifest there, and is written again with today's names only (``earful study merge``)."""
+    from earful.config import ConfigError, to_dict
+    from earful.study.config import plan_runs, study_of_record
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint, with_todays_names
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, rows in (("dev.jsonl", 1), ("other.jsonl", 2)):
+        (corpus / name).write_text("".join(json.dumps({"id": f"u{i}", "path": f"u{i}.flac", "seconds": 1.0}) + "\n"
+                                           for i in range(rows)))
+    here = tmp_path / "toy.yaml"
+    here.write_text(study_file.read_text().replace("  label_sets:", "  finetune_valid: dev.jsonl\n  label_sets:")
+                    .replace(f"  dir: {study_file.parent / 'corpus'}", f"  dir: {corpus}"))
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(here.read_text().replace("finetune_valid:", "dev:"))
+    said = r"corpus\.dev is now called corpus\.finetune_valid \(the same values\), as the training's data\.valid"
+    with pytest.raises(ConfigError, match=rf"{old_file}: {said}"):
+        load_study(old_file)
+    with pytest.raises(ConfigError, match=rf"the overrides: {said}"):
+        load_study(here, ["corpus.dev=dev.jsonl"])
+    assert load_study(here, ["corpus.test={dev: dev.jsonl}"]).corpus.test == {"dev": "dev.jsonl"}  # a split's name
+    study = load_study(here)
+    fp = recipe_fingerprint(study, plan_runs(study), tmp_path)
+    assert fp["study"]["corpus.finetune_valid"] == "dev.jsonl" and "finetune_valid" in fp["data"]
+    before = json.loads(json.dumps(fp))
+    before["study"]["corpus.dev"] = before["study"].pop("corpus.finetune_valid")
+    before["data"]["dev"] = before["data"].pop("finetune_valid")
+    config = json.loads(json.dumps(to_dict(study)))
+    config["corpus"]["dev"] = config["corpus"].pop("finetune_valid")
+    record = {**config, "format": STUDY_FORMAT, "fingerprint": before}
+    out = tmp_path / "out"
+    out.mkdir()
+    _trained(out)
+    (out / "study.json").write_text(json.dumps(record))
+    check_same_recipe(out, fp)
+    assert study_of_record(record).corpus.finetune_valid == "dev.jsonl"
+    changed = load_study(here, ["corpus.finetune_valid=other.jsonl"])
+    with pytest.raises(ValueError, match=r"differs in .*study\.corpus\.finetune_valid"):
+        check_same_recipe(out, recipe_fingerprint(changed, plan_runs(changed), tmp_path))
+    written = with_todays_names(record)
+    assert "dev" not in written["corpus"] and written["corpus"]["finetune_valid"] == "dev.jsonl"
+    assert "corpus.dev" not in written["fingerprint"]["study"] and "dev" not in written["fingerprint"]["data"]
+
+
 def test_a_study_json_of_an_earlier_earful_continues_when_only_run_settings_differ(study_file, tmp_path) -> None:
     """A study.json holding settings that only say where or how fast a run goes (log_every, compile) or the raw
     override lists (whose effect the pretrain and finetune parts hold key by key) is the same recipe (before,
@@ -824,7 +873,8 @@ def test_probes_that_cannot_run_on_the_corpus_stop_the_study_before_any_training
     monkeypatch.setattr("earful.study.run.run_pretraining_stage", no_training)
     prepared = _prepared_corpus(study_file, tmp_path / "prepared")
     corpus = [f"corpus.dir={prepared}", "corpus.synth=null", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
-              "corpus.dev=dev.jsonl", "corpus.label_sets={10h: labelled-10h.jsonl}", "corpus.test={test: test.jsonl}"]
+              "corpus.finetune_valid=dev.jsonl", "corpus.label_sets={10h: labelled-10h.jsonl}",
+              "corpus.test={test: test.jsonl}"]
     study = load_study(study_file, [*corpus, "probes=[pr, sid]"])
     with pytest.raises(FileNotFoundError, match=r"missing .*/manifests/dev.jsonl \(read by pr\); "
                                                 r".*/manifests/labelled-10h.jsonl \(read by sid\); "
@@ -857,7 +907,8 @@ def test_probe_corpus_lets_a_study_on_prepared_data_probe_on_a_synth_corpus(stud
     prepared = _prepared_corpus(study_file, tmp_path / "prepared")
     toy = study_file.parent / "corpus"  # made by `earful synth` (the toy study's corpus.synth)
     corpus = [f"corpus.dir={prepared}", "corpus.synth=null", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
-              "corpus.dev=dev.jsonl", "corpus.label_sets={10h: labelled-10h.jsonl}", "corpus.test={test: test.jsonl}"]
+              "corpus.finetune_valid=dev.jsonl", "corpus.label_sets={10h: labelled-10h.jsonl}",
+              "corpus.test={test: test.jsonl}"]
     with pytest.raises(FileNotFoundError, match=r"point `probe_corpus` at such a corpus"):
         check_probe_corpus(load_study(study_file, [*corpus, "probes=[pr, sid, ic]"]), tmp_path)
     study = load_study(study_file, [*corpus, "probes=[pr, sid, ic]", f"probe_corpus={toy}"])

@@ -1,7 +1,9 @@
-"""The fine-tuning's CTC loss normalisation is ``ctc_normalisation``; it was ``loss_normalisation``, the name the
-pre-training's ``model.loss_normalisation`` (another setting) has. A config file or override that says the old name
-is refused, naming the new; what earful wrote before (a run folder's config.yaml, trainer.json's recipe, a
-study.json's fingerprint) is read with the new name."""
+"""Fine-tuning settings renamed (``earful/config.py`` ``RENAMED_SETTINGS``): the CTC loss normalisation is
+``ctc_normalisation``; it was ``loss_normalisation``, the name the pre-training's ``model.loss_normalisation``
+(another setting) has. The validation manifest is ``data.valid`` (``--valid``), as the pre-training's; it was
+``data.dev`` (``--dev``). A config file, override or option that says an old name is refused, naming the new; what
+earful wrote before (a run folder's config.yaml, trainer.json's recipe, a study.json's fingerprint) is read with
+the new names."""
 
 from __future__ import annotations
 
@@ -31,25 +33,49 @@ def test_the_old_name_is_refused_in_a_yaml_and_an_override_naming_the_new(tmp_pa
     assert load_finetune_config("finetune-fairseq-10m").ctc_normalisation == "sentence"  # presets say the new name
 
 
+def test_data_dev_is_refused_naming_data_valid_and_so_is_the_dev_option(tmp_path, capsys) -> None:
+    from earful.cli import main
+    from earful.pretrain.config import load_pretrain_config
+
+    said = re.escape("data.dev is now called data.valid (the same values)")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("max_steps: 5\ndata:\n  dev: dev.jsonl\n")
+    with pytest.raises(ConfigError, match=said):
+        load_finetune_config(mine)
+    with pytest.raises(ConfigError, match=said):
+        load_finetune_config(None, ["data.dev=dev.jsonl"])
+    with pytest.raises(ConfigError, match=said):  # the pre-training never had one: its validation is data.valid
+        load_pretrain_config(None, ["data.dev=dev.jsonl"])
+    assert load_finetune_config(None, ["data.valid=dev.jsonl"]).data.valid == "dev.jsonl"
+    with pytest.raises(SystemExit) as stop:
+        main(["finetune", "--init", "scratch", "--train", "t.jsonl", "--dev", "dev.jsonl", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "--dev is now called --valid (the same values)" in capsys.readouterr().err
+
+
 def test_the_pre_trainings_loss_normalisation_keeps_its_name() -> None:
     from earful.pretrain.config import load_pretrain_config
 
     assert load_pretrain_config(None, ["model.loss_normalisation=nanow2v2"]).model.loss_normalisation == "nanow2v2"
 
 
+BEFORE = {"ctc_normalisation": "loss_normalisation", "data.valid.sha256": "data.dev.sha256"}  # recipe keys
+
+
 def _as_before(run: Path) -> None:
     """``run`` as an earlier earful wrote it: its config.yaml and every trainer.json's recipe say
-    loss_normalisation."""
+    loss_normalisation and data.dev."""
     config = run / "config.yaml"
     text = config.read_text()
     assert "ctc_normalisation: sentence" in text
-    config.write_text(text.replace("ctc_normalisation:", "loss_normalisation:"))
+    saved = yaml.safe_load(text.replace("ctc_normalisation:", "loss_normalisation:"))
+    saved["data"]["dev"] = saved["data"].pop("valid")
+    config.write_text(yaml.safe_dump(saved, sort_keys=False))
     for info in (run / "checkpoints").glob("*/trainer.json"):
         data = json.loads(info.read_text())
         if "recipe" not in data:  # checkpoints/init: the weights before step 1
             continue
-        data["recipe"] = {("loss_normalisation" if k == "ctc_normalisation" else k): v
-                          for k, v in data["recipe"].items()}
+        assert set(BEFORE) <= set(data["recipe"])
+        data["recipe"] = {BEFORE.get(k, k): v for k, v in data["recipe"].items()}
         info.write_text(json.dumps(data))
 
 
@@ -60,20 +86,21 @@ def test_a_finetuning_run_of_before_resumes_as_the_same_recipe(tmp_path, tone_co
     out = tmp_path / "run"
     common = ["model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0", "tensorboard=false",
               "threads=1", "valid_every=0", "ckpt_every=1", "keep_last=5", "freeze_transformer_steps=1"]
-    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--valid", str(dev), "--out", str(out),
                  "max_steps=2", *common]) == 0
     _as_before(out)
     # with the run's own config.yaml, which earful wrote: read with today's name
     assert main(["finetune", str(out / "config.yaml"), "--out", str(out), "--resume"]) == 0
     assert "another recipe" not in caplog.text
     # with the settings given again, 1 more step: trains on, and what it writes says the new name
-    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--valid", str(dev), "--out", str(out),
                  "--resume", "max_steps=3", "--allow-changes", *common]) == 0
     segments = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    assert segments[-1]["recipe_changes"] == {"max_steps": [2, 3]}  # that alone: the normalisation is the same
+    assert segments[-1]["recipe_changes"] == {"max_steps": [2, 3]}  # that alone: the same normalisation and data
     info = json.loads((out / "checkpoints" / "step-0000003" / "trainer.json").read_text())
-    assert info["recipe"]["ctc_normalisation"] == "sentence" and "loss_normalisation" not in info["recipe"]
-    assert "loss_normalisation" not in (out / segments[-1]["config"]).read_text()
+    assert info["recipe"]["ctc_normalisation"] == "sentence" and not set(BEFORE.values()) & set(info["recipe"])
+    written = yaml.safe_load((out / segments[-1]["config"]).read_text())
+    assert "loss_normalisation" not in written and written["data"]["valid"] == str(dev) and "dev" not in written["data"]
     # a copy of the run's config.yaml is a file of the user's: the old name is refused there
     mine = tmp_path / "mine.yaml"
     mine.write_text((out / "config.yaml").read_text())
@@ -150,8 +177,20 @@ def _one_step_run_of_before(tmp_path: Path, tone_corpus) -> Path:
 
     train, dev = tone_corpus
     out = tmp_path / "run"
-    assert main(["finetune", "--init", "scratch", "--train", str(train), "--dev", str(dev), "--out", str(out),
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--valid", str(dev), "--out", str(out),
                  "max_steps=1", "model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0",
                  "tensorboard=false", "threads=1", "valid_every=0"]) == 0
     _as_before(out)
     return out
+
+
+def test_the_model_card_of_a_run_of_before_shows_its_validation_manifest(tmp_path, tone_corpus) -> None:
+    """A fine-tuning of before recorded its validation manifest as data.dev (config.yaml) and its digest as
+    data.dev.sha256 (trainer.json): the card's corpus table shows both as data.valid's."""
+    from earful.interop.card import model_card
+
+    out = _one_step_run_of_before(tmp_path, tone_corpus)
+    ckpt = out / "checkpoints" / "step-0000001"
+    digest = json.loads((ckpt / "trainer.json").read_text())["recipe"]["data.dev.sha256"]
+    row = next(line for line in model_card(ckpt, 1).splitlines() if line.startswith("| `data.valid`"))
+    assert str(tone_corpus[1]) in row and digest in row, row
