@@ -136,15 +136,14 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
     and code defaults, less ``PER_RUN``), the manifests' contents and, when the study has probes, the recipe of
     each task it probes as resolved today (``earful/probe/config.py``'s defaults with ``probe_overrides``)."""
-    from earful.finetune.config import load_finetune_config
-    from earful.study.stages import pretrain_config, probe_config
+    from earful.study.stages import finetune_recipe, pretrain_config, probe_config
 
     pre_cfg = pretrain_config(study, runs[0], root)
     pre = flatten(to_dict(pre_cfg))
     if pre_cfg.init != SCRATCH:  # continued pre-training (pretrain_overrides: init=): its weights, not its path
 
         pre["init.sha256"] = resolve_init(pre_cfg.init, "the study's pretrain init").sha256
-    fine = flatten(to_dict(load_finetune_config(study.finetune.config, study.finetune.overrides)))
+    fine = flatten(to_dict(finetune_recipe(study)))
     fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))},
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},
           "finetune": {k: v for k, v in fine.items() if _computes(k)},

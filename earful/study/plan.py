@@ -49,9 +49,9 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     finetunings = upstreams = 0
     keeps_best = False
     if "best" in study.finetune.checkpoints:
-        from earful.pretrain.config import load_pretrain_config
+        from earful.study.stages import pretrain_recipe
 
-        keeps_best = not why_no_best(study, load_pretrain_config(study.pretrain_config, study.pretrain_overrides))
+        keeps_best = not why_no_best(study, pretrain_recipe(study))
     for r in runs:
         # what the trainer writes: hours-H at the first step >= nominal_steps(H) (the last step included), and
         # steps-N; checkpoints of one step are fine-tuned and probed once (stages.shared_weights)

@@ -38,7 +38,6 @@ from earful.lock import hold_folder
 from earful.study.config import (
     CHECKPOINT_CHOICES,
     FBANK_TAG,
-    OVERRIDES_FROM,
     RANDOM_INIT_TAG,
     PlannedRun,
     StudyConfig,
@@ -55,6 +54,7 @@ from earful.study.stages import (
     checkpoints_to_finetune,
     evaluated,
     finetune_and_evaluate,
+    finetune_recipe,
     gradvar_measured,
     gradvar_stage,
     hours_of,
@@ -189,19 +189,16 @@ def check_recipes(study: StudyConfig) -> None:
     pre-training writes, and the label sets, baselines and probe tasks named exist: an unknown key, a wrong value
     or a checkpoint no run will have is named here, by ``study plan`` too, not after the corpus is built and every
     run pre-trained."""
-    from earful.finetune.config import load_finetune_config
-
     pre = pretrain_recipe(study)
-    load_finetune_config(study.finetune.config, study.finetune.overrides, overrides_from=OVERRIDES_FROM["finetune"])
+    finetune_recipe(study)
     for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
         if study.finetune.per_label_set.get(label_set):
             try:
-                load_finetune_config(study.finetune.config, study.finetune.overrides_for(label_set),
-                                     overrides_from=OVERRIDES_FROM["finetune"])
+                finetune_recipe(study, label_set)
             except ValueError as e:
                 raise ValueError(f"finetune.per_label_set[{label_set!r}]: {e}") from e
     # each grid entry's own settings (its lr, layout, steps) as its run will load them: a wrong one stopped the
-    # study only when that run started, after the runs before it had trained
+    # study only when that run started, after the runs before it had trained (looked up here: tests patch it)
     from earful.study.stages import pretrain_config
 
     for run in {r.tag: r for r in plan_runs(study)}.values():

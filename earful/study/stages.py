@@ -346,13 +346,18 @@ def hours_of(ckpt: Path) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------------- fine-tuning and evaluation
+def finetune_recipe(study: StudyConfig, label_set: str | None = None) -> FinetuneConfig:
+    """The study's fine-tuning recipe as its YAML and overrides give it (then ``label_set``'s own, where one is
+    named), before any run's settings."""
+    overrides = study.finetune.overrides if label_set is None else study.finetune.overrides_for(label_set)
+    return load_finetune_config(study.finetune.config, overrides, overrides_from=OVERRIDES_FROM["finetune"])
+
+
 def finetune_config(study: StudyConfig, label_set: str, init: Path, seed: int, root: Path,
                     baseline: str | None = None) -> FinetuneConfig:
     """The fine-tuning recipe for one label set: the study's overrides, the label set's own, the baseline's
     settings, then the run's init, data and seed."""
-    cfg = load_finetune_config(study.finetune.config,
-                               study.finetune.overrides_for(label_set),
-                               overrides_from=OVERRIDES_FROM["finetune"])
+    cfg = finetune_recipe(study, label_set)
     for key, value in BASELINES[baseline].items() if baseline else ():
         setattr(cfg, key, value)
     c = study.corpus
