@@ -63,7 +63,7 @@ def renamed_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
         def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
             parser.error(f"{old} is now called {new} (the same values)")
 
-    parser.add_argument(old, action=Renamed, help=argparse.SUPPRESS)
+    parser.add_argument(old, action=Renamed, nargs="?", help=argparse.SUPPRESS)  # given bare too: named
 
 
 class _Commands(argparse._SubParsersAction):

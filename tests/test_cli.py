@@ -130,7 +130,7 @@ def test_an_override_value_with_a_hash_is_kept_whole():
 
 @pytest.mark.parametrize("given", [
     ["optim.eps=1e-3", "optim={lr: 0.1}"],  # the whole section dropped the earlier entry: eps stayed 1e-8
-    ["data.train=a.jsonl", "data={dev: b.jsonl}"],
+    ["data.train=a.jsonl", "data={valid: b.jsonl}"],
     ["text_mapping.c=d", "text_mapping={a: b}"],
 ])
 def test_a_mapping_given_whole_after_an_entry_of_it_is_refused(given) -> None:

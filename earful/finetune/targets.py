@@ -78,8 +78,8 @@ def _some(ids: Sequence[str]) -> str:
 
 
 # fine-tuning's other way out of characters its vocabulary cannot spell (CharVocab.check_texts)
-VOCAB_REMEDY = ("vocab=data makes the vocabulary of every character in the training (and dev) transcripts, "
-                "vocab=init the initial CTC model's. ")
+VOCAB_REMEDY = ("vocab=data makes the vocabulary of every character in the training (and validation) "
+                "transcripts, vocab=init the initial CTC model's. ")
 
 
 def _per_transcript(utts: Sequence[Utterance], fn: Callable[..., Any], where: str, vocab: CharVocab,

@@ -236,7 +236,8 @@ def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> lis
     elif (config or {}).get("init") not in (None, "", "scratch"):  # a pre-training from scratch: nothing to show
         rows.append(("initialised from", f"`{config['init']}`"))
     if "recipe" in trainer:
-        rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(recipe)}` of the recipe in trainer.json"))
+        rows.append(("recipe fingerprint", f"SHA-256 `{recipe_hash(trainer['recipe'])}` of the recipe in "
+                     "trainer.json"))  # as written (the trackers' too), not with today's names
     return rows
 
 

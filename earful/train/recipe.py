@@ -170,7 +170,8 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     saved = {**{k: v for k, v in ADDED_LATER.items() if k in recipe}, **saved}
     changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
     now = records or {}
-    then = {name: info.get(name) or {} for name in MANIFEST_RECORDS}  # a checkpoint of before one: none of it
+    # a checkpoint of before one: none of it; of before a rename, its keys renamed (data.dev's are data.valid's)
+    then = {name: renamed_settings(info.get(name) or {}) for name in MANIFEST_RECORDS}
     moved_audio = [k for k, digest in now.get("manifest_paths", {}).items() if f"{k}.sha256" not in changed
                    and then["manifest_paths"].get(k, digest) != digest]
     relabelled = [k for k, digest in now.get("manifest_audio", {}).items() if f"{k}.sha256" in changed

@@ -8,6 +8,7 @@ the new names."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -47,9 +48,10 @@ def test_data_dev_is_refused_naming_data_valid_and_so_is_the_dev_option(tmp_path
     with pytest.raises(ConfigError, match=said):  # the pre-training never had one: its validation is data.valid
         load_pretrain_config(None, ["data.dev=dev.jsonl"])
     assert load_finetune_config(None, ["data.valid=dev.jsonl"]).data.valid == "dev.jsonl"
-    with pytest.raises(SystemExit) as stop:
-        main(["finetune", "--init", "scratch", "--train", "t.jsonl", "--dev", "dev.jsonl", "--out", str(tmp_path)])
-    assert stop.value.code == 2 and "--dev is now called --valid (the same values)" in capsys.readouterr().err
+    for given in (["--dev", "dev.jsonl"], ["--dev"]):  # bare too: named, not "expected one argument"
+        with pytest.raises(SystemExit) as stop:
+            main(["finetune", "--init", "scratch", "--train", "t.jsonl", *given, "--out", str(tmp_path)])
+        assert stop.value.code == 2 and "--dev is now called --valid (the same values)" in capsys.readouterr().err
 
 
 def test_the_pre_trainings_loss_normalisation_keeps_its_name() -> None:
@@ -59,6 +61,7 @@ def test_the_pre_trainings_loss_normalisation_keeps_its_name() -> None:
 
 
 BEFORE = {"ctc_normalisation": "loss_normalisation", "data.valid.sha256": "data.dev.sha256"}  # recipe keys
+RECORDS = ("manifest_paths", "manifest_audio", "manifest_labels")  # trainer.json's, by manifest key
 
 
 def _as_before(run: Path) -> None:
@@ -74,8 +77,9 @@ def _as_before(run: Path) -> None:
         data = json.loads(info.read_text())
         if "recipe" not in data:  # checkpoints/init: the weights before step 1
             continue
-        assert set(BEFORE) <= set(data["recipe"])
+        assert set(BEFORE) <= set(data["recipe"]) and all("data.valid" in data[r] for r in RECORDS)
         data["recipe"] = {BEFORE.get(k, k): v for k, v in data["recipe"].items()}
+        data.update({r: {("data.dev" if k == "data.valid" else k): v for k, v in data[r].items()} for r in RECORDS})
         info.write_text(json.dumps(data))
 
 
@@ -186,11 +190,37 @@ def _one_step_run_of_before(tmp_path: Path, tone_corpus) -> Path:
 
 def test_the_model_card_of_a_run_of_before_shows_its_validation_manifest(tmp_path, tone_corpus) -> None:
     """A fine-tuning of before recorded its validation manifest as data.dev (config.yaml) and its digest as
-    data.dev.sha256 (trainer.json): the card's corpus table shows both as data.valid's."""
+    data.dev.sha256 (trainer.json): the card's corpus table shows both as data.valid's; its recipe fingerprint is
+    that of trainer.json's recipe as written (the trackers'), not with today's names."""
     from earful.interop.card import model_card
+    from earful.train.recipe import recipe_hash
 
     out = _one_step_run_of_before(tmp_path, tone_corpus)
     ckpt = out / "checkpoints" / "step-0000001"
     digest = json.loads((ckpt / "trainer.json").read_text())["recipe"]["data.dev.sha256"]
-    row = next(line for line in model_card(ckpt, 1).splitlines() if line.startswith("| `data.valid`"))
+    card = model_card(ckpt, 1)
+    row = next(line for line in card.splitlines() if line.startswith("| `data.valid`"))
     assert str(tone_corpus[1]) in row and digest in row, row
+    assert recipe_hash(json.loads((ckpt / "trainer.json").read_text())["recipe"]) in card
+
+
+def test_a_run_of_before_resumes_after_its_validation_manifest_gained_phonemes(tmp_path, tone_corpus,
+                                                                              caplog) -> None:
+    """`earful phonemize M --out M` on a fine-tuning's validation manifest changes labels it does not read: a run
+    of before (its trainer.json's manifest records keyed data.dev) resumes as one of today does, the change named."""
+    from earful.cli import main
+
+    train, dev = tone_corpus
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text(dev.read_text())
+    out = tmp_path / "run"
+    assert main(["finetune", "--init", "scratch", "--train", str(train), "--valid", str(valid), "--out", str(out),
+                 "max_steps=1", "model_preset=tiny", "batch_seconds=7", "device_seconds=7", "data.num_workers=0",
+                 "tensorboard=false", "threads=1", "valid_every=0"]) == 0
+    _as_before(out)
+    valid.write_text("".join(json.dumps({**json.loads(line), "phonemes": "a b"}) + "\n"
+                             for line in valid.read_text().splitlines()))
+    with caplog.at_level(logging.INFO):
+        assert main(["finetune", str(out / "config.yaml"), "--out", str(out), "--resume"]) == 0
+    assert "data.valid: the same audio rows as the checkpoint's with other labels (phonemes)" in caplog.text
+    assert "another recipe" not in caplog.text
