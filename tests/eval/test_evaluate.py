@@ -366,7 +366,7 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     with caplog.at_level(logging.INFO, logger="earful.eval.evaluate"):
         assert load_ctc(ctc_run)[2].name == "step-0000002"
     assert f"{ctc_run}: a run folder, its latest checkpoint: {ctc_run / 'checkpoints' / 'step-0000002'} " \
-           f"(for the lowest dev WER, give {ctc_run / 'checkpoints' / 'best'})" in caplog.text
+           f"(for the lowest validation WER, give {ctc_run / 'checkpoints' / 'best'})" in caplog.text
     assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
     assert load_init(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     latest.write_text(json.dumps({"name": "step-0000001"}))

@@ -223,7 +223,7 @@ def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_kee
         tmp_path, labelled, caplog) -> None:
     """Fine-tuning knew a–z, space and ' only, and its error advised removing the other letters ('grün' trained
     as 'grn'); a CTC model given as --init whose vocabulary differed lost its trained head without a word.
-    vocab=data spells every character of the training and dev transcripts (the run, its checkpoint, evaluate
+    vocab=data spells every character of the training and validation transcripts (the run, its checkpoint, evaluate
     and a resume agree); vocab=init keeps the initial CTC model's vocabulary and head; a head thrown away is
     said, naming vocab=init."""
     import logging
@@ -269,7 +269,7 @@ def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_kee
 
 def test_the_dev_wer_reads_the_models_transcripts_as_the_references(tmp_path, labelled, monkeypatch) -> None:
     """With text_mapping={"'": ""} the references lose their apostrophes and a model that writes one (the
-    default vocabulary has it) was counted wrong for a word it got right; the dev WER, which picks the best
+    default vocabulary has it) was counted wrong for a word it got right; the validation WER, which picks the best
     checkpoint, now normalises the model's transcripts as the references (as evaluate does)."""
     from earful.finetune import task as task_module
 

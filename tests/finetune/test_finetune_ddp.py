@@ -1,5 +1,5 @@
 """Fine-tuning under DDP: 2 processes × 1 micro-batch == 1 process × 2 micro-batches, through the transformer
-freeze (gradients computed, all-reduced and dropped) and its end; dev WER counts every utterance once."""
+freeze (gradients computed, all-reduced and dropped) and its end; validation WER counts every utterance once."""
 
 from __future__ import annotations
 

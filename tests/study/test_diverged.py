@@ -114,7 +114,7 @@ def test_a_diverged_finetuning_is_flagged_in_its_results(tmp_path, monkeypatch) 
     (fdir / "done.json").write_text(json.dumps({"name": "ft"}))  # marked done by an earlier version
     assert finetune_and_evaluate(study, "ft", tmp_path / "init", "10h", 1, tmp_path / "out", tmp_path,
                                  None)["diverged"] is True
-    # judged diverged by a version that read the dev WER (0 read as missing): judged again, and it is not
+    # judged diverged by a version that read the validation WER (0 read as missing): judged again, and it is not
     _final(fdir, 3, valid_loss=0.5)
     (fdir / "done.json").write_text(json.dumps({"name": "ft", "diverged": True,
                                                 "diverged_because": "its validation wer at step 3 is 0.0"}))
@@ -153,8 +153,8 @@ def test_the_report_shows_diverged_runs_and_leaves_them_out_of_its_statistics(tm
 
 
 def test_a_perfect_or_wordless_fine_tuning_is_not_diverged_and_the_recorded_stop_decides(tmp_path) -> None:
-    """Divergence reads the validation loss, not the metric that picks best: a fine-tuning whose last dev WER is
-    0 (perfect) had been recorded as diverged (0 read as missing, then NaN), as one whose dev set has no words
+    """Divergence reads the validation loss, not the metric that picks best: a fine-tuning whose last validation WER is
+    0 (perfect) had been recorded as diverged (0 read as missing, then NaN), as one whose validation set has no words
     (WER NaN). The trainer's recorded stop decides over the streak against today's max_nan_steps (an operational
     setting a resume may change)."""
     from earful.study.stages import divergence
