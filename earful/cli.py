@@ -55,6 +55,19 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def resume_options(parser: argparse.ArgumentParser) -> None:
+    """A training command's options for its run folder's resume (``earful.train.engine.train_command``)."""
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
+                        "(refused where no run was started: drop it to start one)")
+    parser.add_argument("--resume-or-start", action="store_true",
+                        help="--resume, or start the run where none was started: for a job that may be the run's "
+                        "first or a requeue")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: continue even with another recipe than the run's (recorded in "
+                        "history.jsonl); not with another seed, a max_steps behind the checkpoint, or another "
+                        "architecture")
+
+
 def renamed_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """``old``, an option renamed ``new`` (the same values): refused, naming ``new``, not left for argparse to
     call unrecognised (nor to take for an abbreviation of another option). Not listed in ``-h``."""

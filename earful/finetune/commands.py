@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from earful.cli import renamed_option
+from earful.cli import renamed_option, resume_options
 
 log = logging.getLogger("earful.finetune")
 
@@ -49,12 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     renamed_option(p, "--dev", "--valid")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
-                   "(refused where no run was started: drop it to start one)")
-    p.add_argument("--resume-or-start", action="store_true",
-                   help="--resume, or start the run where none was started: for a job that may be the run's first "
-                   "or a requeue")
-    p.add_argument("--allow-changes", action="store_true",
-                   help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl); "
-                   "not with another seed, a max_steps behind the checkpoint, or another architecture")
+    resume_options(p)
     p.set_defaults(func=_finetune)

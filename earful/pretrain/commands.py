@@ -7,6 +7,7 @@ import json
 import logging
 
 from earful.atomic import atomic_write_lines
+from earful.cli import resume_options
 from earful.config import check_options, config_and_overrides
 
 log = logging.getLogger("earful.pretrain")
@@ -63,14 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue pre-training from these weights: an earful pre-training checkpoint or run "
                    "folder, or a transformers Wav2Vec2ForPreTraining folder (the model's settings are its; "
                    "the optimizer and schedule start anew); default scratch")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
-                   "(refused where no run was started: drop it to start one)")
-    p.add_argument("--resume-or-start", action="store_true",
-                   help="--resume, or start the run where none was started: for a job that may be the run's first "
-                   "or a requeue")
-    p.add_argument("--allow-changes", action="store_true",
-                   help="with --resume: continue even with another recipe than the run's (recorded in history.jsonl); "
-                   "not with another seed, a max_steps behind the checkpoint, or another architecture")
+    resume_options(p)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("gradvar", help="gradient spread over independent batches and the gradient noise scale")
