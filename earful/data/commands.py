@@ -135,17 +135,24 @@ def _of_another_source(out: Path, splits: dict[str, list[Utterance]], source: Pa
 
 
 def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> list[Utterance]:
-    """``utts`` with an id's later rows left out, each a problem naming both files: a manifest holding an id twice
-    is refused by every command that reads it (``read_manifest``). The readers leave such rows out of a split
-    already; this catches a union of splits (``train-960``: one id copied into two training splits). Ids are
-    compared by hash first (8 bytes a row, not a dict of every id: 16 M Libri-light segments held 0.7 GB more),
-    then, for the few rows whose hashes meet, by the ids themselves."""
+    """``utts`` with an id's later rows left out (``_repeated_rows``): a manifest holding an id twice is refused by
+    every command that reads it (``read_manifest``). The readers leave such rows out of a split already; this
+    catches a union of splits (the training splits are checked before they are held out and joined:
+    ``_one_id_in_the_training_splits``)."""
+    drop = _repeated_rows(name, utts, problems)
+    return [u for r, u in enumerate(utts) if r not in drop] if drop else utts
+
+
+def _repeated_rows(name: str, utts: list[Utterance], problems: list[str]) -> set[int]:
+    """The rows of ``utts`` whose id an earlier row has, each a problem naming both files (as ``split NAME``). Ids
+    are compared by hash first (8 bytes a row, not a dict of every id: 16 M Libri-light segments held 0.7 GB
+    more), then, for the few rows whose hashes meet, by the ids themselves."""
     hashes = np.fromiter((hash(u.id) for u in utts), dtype=np.int64, count=len(utts))
     ordered = np.sort(hashes)
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     del ordered
     if not len(repeated):
-        return utts
+        return set()
     first: dict[str, Utterance] = {}
     drop: set[int] = set()
     for r in np.flatnonzero(np.isin(hashes, repeated)).tolist():  # in row order
@@ -156,7 +163,25 @@ def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> lis
             drop.add(r)
         else:
             first[u.id] = u
-    return [u for r, u in enumerate(utts) if r not in drop]
+    return drop
+
+
+def _one_id_in_the_training_splits(found: dict[str, list[Utterance]], problems: list[str],
+                                   ) -> dict[str, list[Utterance]]:
+    """``found`` with an id that two of LibriSpeech's training splits hold (a copy of a chapter) left out of the
+    later, the problem of ``train-960`` (their union, written when all three are there) whether or not
+    ``--hold-out`` follows: it draws each split's recordings on its own, and one copy went to ``train-X`` and the
+    other to ``val-Y``, in neither union twice, so nothing was said."""
+    if not all(name in found for name in TRAIN_960):
+        return found
+    drop = _repeated_rows("train-960", [u for name in TRAIN_960 for u in found[name]], problems)
+    if not drop:
+        return found
+    out, start = dict(found), 0
+    for name in TRAIN_960:
+        out[name] = [u for r, u in enumerate(found[name], start) if r not in drop]
+        start += len(found[name])
+    return out
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -190,7 +215,7 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
                      stops: StopSignals) -> int:
     """The splits of ``found`` (checked, held out) written as manifests in ``args.out``, with the problems' list:
     all written, then put in place together, signals held from then on (``stops.holding``)."""
-    splits = training_splits(found, args.hold_out, args.seed)
+    splits = training_splits(_one_id_in_the_training_splits(found, problems), args.hold_out, args.seed)
     splits = {name: _one_row_an_id(name, utts, problems) for name, utts in splits.items()}
     problems += [f"split {name}: no usable audio" for name, utts in splits.items() if not utts]
     for msg in problems:

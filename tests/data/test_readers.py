@@ -1,6 +1,7 @@
 import argparse
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -525,6 +526,27 @@ def test_one_id_in_two_training_splits_is_a_problem_not_a_train_960_refused_late
         _prepare(str(ls), str(out))
     assert _prepare(str(ls), str(out), "--skip-bad") == 0
     assert len(read_manifest(out / "train-960.jsonl")) == 6
+
+
+def test_a_chapter_copied_into_two_training_splits_is_a_problem_whatever_the_hold_out_draws(tmp_path: Path,
+                                                                                          ls_tree) -> None:
+    """With --hold-out each training split drew its recordings on its own: a chapter copied into train-clean-100
+    and train-clean-360, held out of one and not the other, was in train-960 and val-960 (train-clean-100 and
+    val-clean-360) with exit 0 and "0 problem(s) found"; where the draw put both copies on one side, it was
+    train-960's or val-960's problem. It is train-960's problem whatever the draw, as without --hold-out."""
+    ls = tmp_path / "LibriSpeech"
+    for name, first in (("train-clean-100", 1), ("train-clean-360", 3), ("train-other-500", 5)):
+        ls_tree(ls / name, speakers=(first, first + 1), chapters=(10, 11), utts=2)
+    shutil.copytree(ls / "train-clean-100" / "1" / "10", ls / "train-clean-360" / "1" / "10")
+    out = tmp_path / "out"
+    for seed in ("1", "2"):  # seed 1 held out one copy only; seed 2 both
+        with pytest.raises(ValueError, match=r"2 problem\(s\).*split train-960: duplicate utterance id 1-10-0000 "
+                                             r"\(.*train-clean-100/1/10/1-10-0000.flac and .*train-clean-360/1/10/"):
+            _prepare(str(ls), str(out), "--hold-out", "0.5", "--seed", seed)
+    assert _prepare(str(ls), str(out), "--hold-out", "0.5", "--seed", "1", "--skip-bad") == 0
+    ids = {p.stem: [u.id for u in read_manifest(p)] for p in out.glob("*.jsonl")}
+    assert (ids["train-960"] + ids["val-960"]).count("1-10-0000") == 1  # on one side only
+    assert sum(rows.count("1-10-0000") for name, rows in ids.items() if not name.endswith("-960")) == 1
 
 
 def test_a_plain_folder_notes_transcript_tables_it_does_not_read(tmp_path: Path, tone) -> None:
