@@ -118,6 +118,20 @@ def decodes_up_to(f: sf.SoundFile, end: int, block: int = 1 << 16) -> bool:
     return sum(len(part) for part in _blocks(f, "float32", block, end)) >= end
 
 
+def check_decodes_up_to(f: sf.SoundFile, path: str | os.PathLike | IO[bytes], end: int) -> None:
+    """Raise AudioError naming ``path`` unless sample ``end - 1`` of the open file ``f``, not yet read, decodes
+    (:func:`decodes_up_to`): a file cut short (an interrupted copy) whose header promises more than it holds. A FLAC
+    header says what it promises, so a truncated FLAC is found here, not by its length."""
+    name = printable_path(path)
+    try:
+        last = decodes_up_to(f, end)
+    except (RuntimeError, ValueError) as e:  # libsndfile's errors (LibsndfileError is a RuntimeError)
+        raise AudioError(f"{name}: cannot read up to sample {end} of the {f.frames} its header promises "
+                         f"(truncated?): {e}") from None
+    if not last:
+        raise AudioError(f"{name}: holds fewer than the {end} samples its header promises (truncated?)")
+
+
 def load_audio(
     path: str | os.PathLike | IO[bytes],
     *,
@@ -278,7 +292,12 @@ def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
         yield f
 
 
-def audio_info(path: str | os.PathLike | IO[bytes]) -> tuple[int, int]:
-    """(num_frames, sample_rate) from the file header, without decoding. Raises AudioError."""
+def audio_info(path: str | os.PathLike | IO[bytes], *, check_end: bool = False) -> tuple[int, int]:
+    """(num_frames, sample_rate) from the file header, without decoding; with ``check_end``, the file opened once
+    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond): what ``earful prepare``
+    lists must decode to the length it records. Raises AudioError."""
     with open_audio(path) as f:
-        return int(f.frames), int(f.samplerate)
+        frames, rate = int(f.frames), int(f.samplerate)
+        if check_end and frames:
+            check_decodes_up_to(f, path, frames)
+        return frames, rate

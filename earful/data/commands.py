@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "speaker or chapter folder of a split; a Libri-light fine-tuning tree; unlabelled Libri-light "
         "small/medium/large, cut into voice-activity segments; or a plain folder of audio with optional .txt/.lab "
         "transcripts) and write OUT/<split>.jsonl; with LibriSpeech's three training splits, also "
-        "OUT/train-960.jsonl. Problems (unreadable or too short audio, "
+        "OUT/train-960.jsonl. Problems (unreadable, truncated or too short audio, "
         "bad transcripts or VAD annotations) are listed in OUT/problems-<SOURCE>.txt and stop it, writing no "
         "manifest, unless --skip-bad; notes (audio beside the splits, transcript lines without audio, a second path "
         "to a file read already, a plain folder's transcript tables it does not read or audio without a transcript "

@@ -1,15 +1,16 @@
 """Corpus readers: the LibriSpeech layout, the Libri-light fine-tuning layout, unlabelled Libri-light (cut into
 voice-activity segments) and a plain folder of audio.
 
-Durations come from file headers (``soundfile.info``), so reading a corpus decodes nothing (but unlabelled
-Libri-light files without their VAD annotations, which ``earful.data.vad.energy_vad`` reads). Problems
-(unreadable headers, audio shorter than the model's receptive field, two files of one id, audio without a
-transcript line, empty transcripts or ones holding control characters, transcript files that are not UTF-8,
-transcript lines without audio, a plain folder's sidecars differing only in case, LibriSpeech transcripts no split
-reads, one id in two Libri-light folds, missing or unusable VAD annotations, audio a layout leaves out) are
-appended to the ``problems`` list the caller passes, one readable line each, and the affected utterance is left out
-(audio without a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy
-VAD).
+Durations come from file headers (``soundfile.info``), so reading a corpus decodes little: each file's last
+sample, read when its header is (a FLAC cut short keeps a header promising every sample), and unlabelled
+Libri-light files without their VAD annotations, which ``earful.data.vad.energy_vad`` reads. Problems
+(unreadable headers, audio that ends before its header says (truncated), audio shorter than the model's
+receptive field, two files of one id, audio without a transcript line, empty transcripts or ones holding control
+characters, transcript files that are not UTF-8, transcript lines without audio, a plain folder's sidecars
+differing only in case, LibriSpeech transcripts no split reads, one id in two Libri-light folds, missing or
+unusable VAD annotations, audio a layout leaves out) are appended to the ``problems`` list the caller passes, one
+readable line each, and the affected utterance is left out (audio without a usable transcript is kept, unlabelled;
+a file without usable VAD annotations is cut by the energy VAD).
 
 Folders are walked with their symbolic links followed (each real folder once), in sorted order. Each audio file
 is read once, by its real path (``os.path.realpath``): a second path to a file read already (a link to it) is left
@@ -132,7 +133,7 @@ def _first_path(path: Path, folder: Path, uid: str, transcript: str | None, file
 def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
                problems: list[str]) -> Utterance | None:
     try:
-        frames, rate = audio_info(path)
+        frames, rate = audio_info(path, check_end=True)  # a truncated FLAC's header lies
     except AudioError as e:
         problems.append(str(e))
         return None
@@ -400,7 +401,7 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
     segments too short, whether the energy VAD was used)."""
     speaker, book = path.parent.parent.name, path.parent.name
     try:
-        frames, rate = audio_info(path)
+        frames, rate = audio_info(path, check_end=True)  # a truncated FLAC's header lies
     except AudioError as e:
         return [], [str(e)], 0, False
     problems: list[str] = []

@@ -1,6 +1,7 @@
 import argparse
 import contextlib
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -284,6 +285,26 @@ def test_prepare_stops_on_problems_unless_skip_bad(tmp_path: Path, tone, caplog)
     (plain / "junk.flac").unlink()
     assert _prepare(str(plain), str(out)) == 0
     assert (out / "problems-corpus.txt").read_text() == ""  # no earlier list stays
+
+
+def test_a_truncated_flac_is_a_problem_of_prepare_not_of_some_epochs_of_training(tmp_path: Path, tone,
+                                                                                caplog) -> None:
+    """A FLAC cut short (an interrupted copy) keeps its header, which promises every sample: prepare listed it
+    ("0 problem(s) found"), then training failed on the epochs whose random crop reached past its end, with
+    "unreadable audio (Internal psf_fseek() failed.)". Prepare reads each file's last sample (the file opened once):
+    a problem naming it and truncation, left out with --skip-bad and counted."""
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    frames = tone(plain / "cut.flac", 3.0)
+    os.truncate(plain / "cut.flac", os.path.getsize(plain / "cut.flac") // 3)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"corpus: 1 problem\(s\), listed in .*: .*cut.flac: cannot read up to "
+                                         rf"sample {frames} of the {frames} its header promises \(truncated\?\)"):
+        _prepare(str(plain), str(out))
+    with caplog.at_level(logging.INFO):
+        assert _prepare(str(plain), str(out), "--skip-bad") == 0
+    assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good"]
+    assert "1 problem(s) found, skipped (--skip-bad)" in caplog.text
 
 
 def test_prepare_leaves_no_manifest_that_disagrees_with_what_it_found(tmp_path: Path, ls_tree, caplog) -> None:

@@ -5,6 +5,7 @@ Libri-light and on the folders a new user points it at."""
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,20 @@ def test_prepare_cuts_unlabelled_librilight_by_its_annotations_or_the_energy_vad
     assert list(manifest) == utts == read_unlabelled(root, limits=limits)
     batch = next(iter(make_loader(manifest, BatchBudget.per_device(60.0), shuffle=False)))
     assert sorted(batch.ids) == sorted(u.id for u in utts)  # every segment loads
+
+
+def test_a_truncated_librilight_file_is_a_problem_not_cut_by_its_annotations(tmp_path: Path,
+                                                                             unlabelled_tree) -> None:
+    """An annotated Libri-light FLAC cut short keeps its header: its annotations were cut into segments past its
+    real end, which failed in training (some epochs). Its last sample is read when its header is: a problem naming
+    it, no segment."""
+    whole, cut = unlabelled_tree(tmp_path / "small", files=2)
+    os.truncate(cut, os.path.getsize(cut) // 3)
+    problems: list[str] = []
+    utts = read_unlabelled(tmp_path / "small", problems)
+    assert {u.path for u in utts} == {str(whole.resolve())}
+    assert len(problems) == 1 and problems[0].startswith(f"{cut}: cannot read up to sample {12 * 16000} of the "
+                                                         f"{12 * 16000} its header promises (truncated?)")
 
 
 def test_prepare_recognises_the_folder_holding_librispeech(tmp_path: Path, ls_tree) -> None:
