@@ -119,7 +119,8 @@ def _stale(out: Path, splits: dict[str, list]) -> list[Path]:
 def _of_another_source(out: Path, splits: dict[str, list[Utterance]], source: Path, rows: int = 100) -> dict[Path, str]:
     """The manifests of ``out`` this prepare would write (``splits``) that list another corpus's audio (a split of
     the same name: two folders named ``train``), by a path of it: none of their first ``rows`` rows lies under
-    ``source`` or is a file this prepare lists (a corpus of links into a store lists the files they point to)."""
+    ``source`` or is a file this prepare lists (a corpus of links into a store lists the files they point to). A
+    relative path is the manifest's folder's, as ``read_manifest`` reads it (``earful synth`` writes them)."""
     root = source.resolve()
     found: dict[Path, str] = {}
     for name, utts in splits.items():
@@ -127,9 +128,10 @@ def _of_another_source(out: Path, splits: dict[str, list[Utterance]], source: Pa
         try:
             with open(target, encoding="utf-8") as f:
                 listed = [json.loads(line)["path"] for line in itertools.islice(f, rows) if line.strip()]
+            base = target.resolve().parent
         except (OSError, ValueError, KeyError, TypeError):  # none there, or not a manifest
             continue
-        if listed and not any(p in paths or Path(p).resolve().is_relative_to(root) for p in listed):
+        if listed and not any(p in paths or (base / p).resolve().is_relative_to(root) for p in listed):
             found[target] = listed[0]
     return found
 

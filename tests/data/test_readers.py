@@ -9,7 +9,7 @@ import pytest
 
 from earful.data import commands
 from earful.data.librispeech import Note, discover, read_folder, read_librilight, read_librispeech
-from earful.data.manifest import read_manifest
+from earful.data.manifest import read_manifest, write_manifest
 
 
 def test_librispeech_layout(librispeech):
@@ -735,3 +735,24 @@ def test_prepare_replaces_the_manifests_of_its_own_source_only(tmp_path: Path, t
         (linked / f"l{i}.wav").symlink_to(tmp_path / "b" / "train" / f"b{i}.wav")
     assert _prepare(str(linked), str(tmp_path / "out2")) == 0
     assert _prepare(str(linked), str(tmp_path / "out2")) == 0  # its own, again (refused before)
+
+
+def test_prepare_replaces_its_own_manifests_of_relative_paths_wherever_it_is_run(tmp_path: Path, ls_tree,
+                                                                                 monkeypatch) -> None:
+    """A manifest's relative paths are its folder's (read_manifest reads them so; `earful synth` writes them):
+    prepare resolved them against the current folder, and refused to write again the manifest of its own source
+    (corpus/manifests/dev.jsonl holding ../dev/...) as another corpus's. Another corpus's relative rows are still
+    refused."""
+    corpus = tmp_path / "corpus"
+    ls_tree(corpus / "dev", speakers=(1,), chapters=(10,), utts=2)
+    manifest = corpus / "manifests" / "dev.jsonl"
+    write_manifest(read_librispeech(corpus / "dev"), manifest, relative_to=corpus)
+    assert read_manifest(manifest)[0].path == str(corpus / "dev" / "1" / "10" / "1-10-0000.flac")
+    assert '"../dev/1/10/1-10-0000.flac"' in manifest.read_text()
+    monkeypatch.chdir(tmp_path)
+    assert _prepare(str(corpus / "dev"), str(corpus / "manifests")) == 0
+    assert [u.id for u in read_manifest(manifest)] == ["1-10-0000", "1-10-0001"]
+    ls_tree(tmp_path / "other" / "dev", speakers=(2,), chapters=(10,), utts=2)
+    write_manifest(read_librispeech(tmp_path / "other" / "dev"), manifest, relative_to=tmp_path)  # ../../other/dev
+    with pytest.raises(ValueError, match=r"dev.jsonl: the manifest\(s\) of another corpus \(e.g. \.\./\.\./other/"):
+        _prepare(str(corpus / "dev"), str(corpus / "manifests"))
