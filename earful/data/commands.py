@@ -45,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"unlabelled Libri-light: the longest pause inside a segment (default {seg.max_pause:g})")
     p.add_argument("--workers", type=int, default=1, help="processes cutting unlabelled Libri-light (default 1)")
     p.add_argument("--hold-out", type=float, default=None, metavar="FRACTION",
-                   help="LibriSpeech: hold FRACTION of each training split's recordings (chapters) out as val-X, "
-                   "and write train-X without them (the paper: 0.05). With all three training splits, train-960 "
+                   help="hold FRACTION of each training split's (train-X's) recordings out, whole, as val-X, and "
+                   "write train-X without them (the paper: 0.05); a recording is a LibriSpeech chapter, else (a "
+                   "plain folder) the folder holding the audio. With LibriSpeech's three training splits, train-960 "
                    "(their union, always written) and val-960 follow")
     p.add_argument("--seed", type=int, default=1337, help="the hold-out's draw (default 1337, the paper's)")
     p.add_argument("--skip-bad", action="store_true",

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -232,20 +233,30 @@ def _finetuning_root(path: Path) -> Path:
     return path / LIBRILIGHT_DIR if (path / LIBRILIGHT_DIR).is_dir() else path
 
 
+LIBRISPEECH_ID = re.compile(r"\d+-\d+-\d+")  # SPEAKER-CHAPTER-UTTERANCE
+RECORDING = "a LibriSpeech chapter, else the folder holding the audio"  # what ``recording`` gives, for messages
+
+
 def recording(utt: Utterance) -> str:
-    """The recording (LibriSpeech chapter) an utterance was cut from: its id less the last ``-`` part."""
-    return utt.id.rsplit("-", 1)[0]
+    """The recording an utterance was cut from: for a LibriSpeech id (``SPEAKER-CHAPTER-UTT``) its chapter, the
+    id less the last ``-`` part; else (a plain folder's id, its relative path) the folder holding the file,
+    the id less its last ``/`` part (``""`` at the top)."""
+    if LIBRISPEECH_ID.fullmatch(utt.id):
+        return utt.id.rsplit("-", 1)[0]
+    return utt.id.rpartition("/")[0]
 
 
 def hold_out(utts: list[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
-    """(kept, held out): ``fraction`` of the recordings (chapters), drawn with ``seed``, held out whole, so that no
-    recording is in both — the paper's validation split (nanow2v2's ``split_csv --strategy by_recordings``; its
-    draw is not reproduced, its rule is). At least one recording is held out and one kept."""
+    """(kept, held out): ``fraction`` of the recordings (``recording``: chapters, a plain folder's folders), drawn
+    with ``seed``, held out whole, so that no recording is in both — the paper's validation split (nanow2v2's
+    ``split_csv --strategy by_recordings``; its draw is not reproduced, its rule is). At least one recording is held
+    out and one kept."""
     if not 0 < fraction < 1:
         raise ValueError(f"hold-out fraction {fraction}: expected a number between 0 and 1")
     recordings = sorted({recording(u) for u in utts})
     if len(recordings) < 2:
-        raise ValueError(f"hold out: {len(recordings)} recording(s); a held-out split needs at least 2")
+        raise ValueError(f"hold out: {len(recordings)} recording(s) ({RECORDING}); a held-out split needs at "
+                         "least 2")
     count = min(len(recordings) - 1, max(1, round(fraction * len(recordings))))
     held = set(random.Random(seed).sample(recordings, count))
     return [u for u in utts if recording(u) not in held], [u for u in utts if recording(u) in held]

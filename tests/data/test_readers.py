@@ -151,6 +151,30 @@ def test_prepare_holds_out_recordings_and_writes_the_960_h_sets(tmp_path: Path, 
         args.func(args)
 
 
+def test_a_plain_folder_is_held_out_by_the_folders_holding_its_audio(tmp_path: Path, tone) -> None:
+    """A plain folder's ids (relative paths) have no LibriSpeech chapter: each file was its own recording, and
+    --hold-out split the files of one book between train-mine and val-mine. A recording is now the folder holding
+    the file (a LibriSpeech chapter's id: SPK-CHAP-UTT, as before): held out whole."""
+    mine = tmp_path / "train-mine"
+    for speaker, books in (("alice", (1, 2)), ("bob", (3, 4))):
+        for book in books:
+            for k in range(4):
+                tone(mine / speaker / f"book{book}" / f"u{k}.wav", 0.5, seed=k)
+                (mine / speaker / f"book{book}" / f"u{k}.txt").write_text(f"WORD {k}\n")
+    out = tmp_path / "out"
+    assert _prepare(str(mine), str(out), "--hold-out", "0.25") == 0
+    kept, held = ([u.id for u in read_manifest(out / f"{name}.jsonl")] for name in ("train-mine", "val-mine"))
+    folder = {i.rpartition("/")[0] for i in held}
+    assert len(folder) == 1 and len(held) == 4  # a quarter of the 4 books, whole
+    assert not folder & {i.rpartition("/")[0] for i in kept} and len(kept) == 12
+    flat = tmp_path / "flat" / "train-flat"  # one folder: one recording, nothing to hold out; the error says why
+    for k in range(3):
+        tone(flat / f"u{k}.wav", 0.5)
+    with pytest.raises(ValueError, match=r"train-flat: hold out: 1 recording\(s\) \(a LibriSpeech chapter, else "
+                                         r"the folder holding the audio\)"):
+        _prepare(str(flat), str(tmp_path / "flat-out"), "--hold-out", "0.5")
+
+
 @pytest.mark.parametrize("sidecar", ["missing", "broken"])
 def test_unlabelled_librilight_is_recognised_whatever_file_a_folder_lists_first(tmp_path: Path, unlabelled_tree,
                                                                                 sidecar: str) -> None:
