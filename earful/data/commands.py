@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_synth)
 
     about = ("Write MANIFEST again with a 'phonemes' field: espeak-ng's G2P of each transcript, folded into earful's "
-             "40-phoneme inventory (the one `earful synth` writes).")
+             "40-phoneme inventory (the one `earful synth` writes). A row's relative audio path stays relative (to "
+             "the folder of --out: a corpus phonemized in place can still be moved), an absolute one absolute.")
     q = subparsers.add_parser("phonemize", help="add espeak-ng phonemes of the transcripts to a manifest (for phoneme "
                               "recognition)", description=about)
     q.add_argument("manifest", type=Path)
@@ -313,7 +314,8 @@ def _phonemize(args: argparse.Namespace) -> int:
     from .manifest import read_manifest
     from .phonemes import phonemize
 
-    utts = phonemize(read_manifest(args.manifest), str(args.manifest), voice=args.voice)
-    write_manifest(utts, args.out)
+    source = read_manifest(args.manifest)
+    utts = phonemize(source, str(args.manifest), voice=args.voice)
+    write_manifest(utts, args.out, relative=source.relative_paths())  # a relative row stays relative (movable)
     log.info("wrote %d utterances with espeak-ng phonemes (%s) to %s", len(utts), args.voice, args.out)
     return 0

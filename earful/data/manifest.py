@@ -175,6 +175,16 @@ class Manifest(Sequence[Utterance]):
         return self._utterance(os.pread(self._file.fileno(), b - a, a), a)
 
     def __iter__(self) -> Iterator[Utterance]:
+        return (self._utterance(raw, at) for raw, at in self._rows())
+
+    def relative_paths(self) -> np.ndarray:
+        """(rows,) bool: whether each row's path is relative (to the manifest's folder) as written, what a manifest
+        written again from these rows keeps (``write_manifest(..., relative=...)``)."""
+        return np.fromiter((not os.path.isabs(self._parse(raw, at)["path"]) for raw, at in self._rows()),
+                           dtype=bool, count=len(self))
+
+    def _rows(self) -> Iterator[tuple[bytes, int]]:
+        """Each row's bytes, and where it starts in the file, in order."""
         fd, pos, end, rest = self._file.fileno(), int(self._starts[0]), int(self._starts[-1]), b""
         at = pos  # where ``rest`` starts in the file
         while pos < end:  # positional reads: no shared file offset to disturb
@@ -185,18 +195,22 @@ class Manifest(Sequence[Utterance]):
             *lines, rest = (rest + chunk).split(b"\n")
             for raw in lines:
                 if not _blank(raw):
-                    yield self._utterance(raw, at)
+                    yield raw, at
                 at += len(raw) + 1
         if not _blank(rest):
-            yield self._utterance(rest, at)
+            yield rest, at
 
-    def _utterance(self, raw: bytes, at: int) -> Utterance:
-        """The row held by ``raw`` (and blank lines after it), which starts at byte ``at`` of the file."""
+    def _parse(self, raw: bytes, at: int) -> dict[str, Any]:
+        """The row held by ``raw`` (and blank lines after it), which starts at byte ``at`` of the file, parsed."""
         try:
-            row = json.loads(raw)
+            return json.loads(raw)
         except ValueError as e:  # not JSON, or not UTF-8: the file changed since it was read
             line = _line_of(self._file.fileno(), at)
             raise ManifestError(f"{self.path}:{line}: not valid JSON ({e}); changed since it was read?") from None
+
+    def _utterance(self, raw: bytes, at: int) -> Utterance:
+        """The utterance of the row held by ``raw``, which starts at byte ``at`` of the file."""
+        row = self._parse(raw, at)
         return Utterance(row["id"], _resolve(row["path"], self.base), row["num_samples"], row["sample_rate"],
                          row["speaker"], row.get("transcript"), offset=row.get("offset"), phonemes=row.get("phonemes"),
                          intent=row.get("intent"))
@@ -427,14 +441,17 @@ def resolved(path: str | os.PathLike, folders: dict[str, Path]) -> Path:
 
 
 def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike, *,
-                   relative_to: str | os.PathLike | None = None) -> None:
+                   relative_to: str | os.PathLike | None = None,
+                   relative: Sequence[bool] | np.ndarray | None = None) -> None:
     """Write a JSONL manifest (atomically). Audio paths are absolute, except those under ``relative_to``
     (e.g. a corpus root holding both audio and manifests), written relative to the manifest's folder so the
-    tree can be moved as a whole."""
+    tree can be moved as a whole. ``relative`` (a flag a row, in place of ``relative_to``) writes each row flagged
+    relative to the manifest's folder and the others absolute: a manifest written again from one read keeps its
+    rows as they were (``Manifest.relative_paths``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
-        f.writelines(_manifest_lines(utts, path, relative_to))
+        f.writelines(_manifest_lines(utts, path, relative_to, relative))
 
 
 def write_manifests(manifests: dict[str | os.PathLike, Iterable[Utterance]],
@@ -455,19 +472,23 @@ def write_manifests(manifests: dict[str | os.PathLike, Iterable[Utterance]],
                 f.writelines(line + "\n" for line in text)
 
 
-def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os.PathLike | None) -> Iterator[str]:
+def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os.PathLike | None,
+                    relative: Sequence[bool] | np.ndarray | None = None) -> Iterator[str]:
     """``utts`` as the lines of the manifest ``path`` (see :func:`write_manifest`)."""
     base = path.resolve().parent
     root = Path(relative_to).resolve() if relative_to is not None else None
+    everywhere = Path(base.anchor)  # a row ``relative`` flags: relative wherever it is
     folders: dict[str, Path] = {}  # the audio's folders, resolved once each
-    last: tuple[str, str] | None = None  # the previous row's path, as given and as written
-    for u in utts:
-        if last is not None and u.path == last[0]:  # a file's segments follow each other (Libri-light: ~70 a
-            row = manifest_row(u)  # file): one lstat a file, not one a row
-            row["path"] = last[1]
+    last: tuple[str, Path | None, str] | None = None  # the previous row's path, as given, its root and as written
+    for k, u in enumerate(utts):
+        if relative is not None:
+            root = everywhere if relative[k] else None
+        if last is not None and (u.path, root) == last[:2]:  # a file's segments follow each other (Libri-light:
+            row = manifest_row(u)  # ~70 a file): one lstat a file, not one a row
+            row["path"] = last[2]
         else:
             row = manifest_row(u, base, root, folders)
-            last = (u.path, row["path"])
+            last = (u.path, root, row["path"])
         yield json_line(row) + "\n"
 
 

@@ -2,6 +2,7 @@
 the `commands` grammar."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,27 @@ def test_phonemize_command_writes_the_manifest_with_phonemes(tmp_path: Path):
     write_manifest([utt("c", None)], src)
     assert main(["phonemize", str(src), "--out", str(dst)]) == 2  # a clear error, not a traceback
     assert read_manifest(dst)[0].id == "a"  # the earlier output is untouched
+
+
+def test_phonemize_in_place_keeps_relative_paths_relative(tmp_path: Path):
+    """`earful phonemize M --out M` on a corpus of `earful synth` (rows relative to the manifest's folder, so the
+    corpus can be moved) wrote every path absolute: the corpus could no longer be moved. Rows relative in the input
+    stay relative, to the output's folder; absolute ones stay absolute."""
+    corpus = tmp_path / "corpus"
+    m = corpus / "manifests" / "m.jsonl"
+    rows = [utt("a", "HELLO WORLD"), utt("b", "GOOD MORNING")]
+    write_manifest([replace(rows[0], path=str(corpus / "audio" / "a.flac")), rows[1]], m, relative_to=corpus)
+    assert [json.loads(line)["path"] for line in m.read_text().splitlines()] == ["../audio/a.flac", "/audio/b.flac"]
+    assert main(["phonemize", str(m), "--out", str(m)]) == 0
+    assert [json.loads(line)["path"] for line in m.read_text().splitlines()] == ["../audio/a.flac", "/audio/b.flac"]
+    assert all(u.phonemes for u in read_manifest(m))
+    elsewhere = tmp_path / "out" / "deeper" / "m.jsonl"  # another folder: relative to it
+    assert main(["phonemize", str(m), "--out", str(elsewhere)]) == 0
+    assert [json.loads(line)["path"] for line in elsewhere.read_text().splitlines()] == [
+        "../../corpus/audio/a.flac", "/audio/b.flac"]
+    moved = tmp_path / "moved"
+    corpus.rename(moved)
+    assert read_manifest(moved / "manifests" / "m.jsonl")[0].path == str(moved / "audio" / "a.flac")
 
 
 def test_manifest_checks_the_probe_fields(tmp_path: Path):
