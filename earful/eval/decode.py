@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from earful.eval.beam import LMBeamDecoder
 
 
+def check_device_seconds(device_seconds: float) -> None:
+    """Refuse a ``device_seconds`` (``--device-seconds``) that is not a finite number of seconds > 0; the commands
+    call it before any work (the checkpoint loaded, an output made)."""
+    if not math.isfinite(device_seconds) or device_seconds <= 0:
+        raise ValueError(f"device_seconds (--device-seconds) = {device_seconds}: expected a finite number of "
+                         "seconds > 0")
+
+
 def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size: int = 1) -> BatchBudget:
     """The budget that scores every one of ``utts`` whole (``evaluate``, fine-tuning's validation): batches of at
     most ``device_seconds`` of padded audio, and an utterance longer than that in a batch of its own.
@@ -29,9 +37,7 @@ def scoring_budget(utts: Sequence[Utterance], device_seconds: float, world_size:
     The sampler packs batches to ``micro_seconds`` and leaves out only what is longer than ``device_seconds``
     (see :mod:`earful.data.budget`), so ``device_seconds`` admits the longest utterance while the step's
     ``batch_seconds`` (one micro-batch a device) keeps the packing at ``device_seconds``."""
-    if not math.isfinite(device_seconds) or device_seconds <= 0:
-        raise ValueError(f"device_seconds (--device-seconds) = {device_seconds}: expected a finite number of "
-                         "seconds > 0")
+    check_device_seconds(device_seconds)
     longest = int(lengths_at_rate(utts).max(initial=0))
     admitted = max(device_seconds, (longest + 1) / SAMPLE_RATE)
     return BatchBudget(device_seconds * world_size, admitted, world_size)

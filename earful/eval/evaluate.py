@@ -16,7 +16,8 @@ line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), v
 checkpoint's (by its weights' SHA-256) with one text mapping: another's is refused before any work
 (:func:`_earlier_splits`); evaluated again there, a split's files are replaced (its ``SPLIT.lm.*`` removed by a run
 without an LM) and ``summary.json`` keeps the splits evaluated there before beside this run's, each split's LM
-settings in its ``lm`` entry.
+settings in its ``lm`` entry. ``summary.json`` is written again once each split's files are, so a run stopped
+midway leaves it describing the files there.
 
 Checkpoints imported from `transformers` (``earful import-hf``) carry that vocabulary (``<pad>`` as the
 blank, ``<s>``/``</s>``/``<unk>``, often upper-case letters); it is adapted: the first symbol is the
@@ -43,7 +44,7 @@ from earful.data.audio import AudioError, check_frames
 from earful.data.dataset import check_headers, make_loader
 from earful.data.manifest import Utterance, read_manifest
 from earful.eval.beam import BeamOptions, LMBeamDecoder
-from earful.eval.decode import decode_batch, scoring_budget
+from earful.eval.decode import check_device_seconds, decode_batch, scoring_budget
 from earful.eval.metrics import error_counts
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab, placeholder
@@ -233,6 +234,7 @@ def evaluate(
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
+    check_device_seconds(device_seconds)  # before the checkpoint is loaded and every file checked
     out = Path(out_dir)
     if out.exists() and not out.is_dir():  # before any work: mkdir said "[Errno 17] File exists" at the end
         raise NotADirectoryError(f"--out {out}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, "
@@ -270,6 +272,7 @@ def evaluate(
                 for k, v in asdict(beam.options).items()}
         lm_settings = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
     evaluated: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     for split, manifest in splits.items():
         utts, refs = read[split]
         # a line a split for a log without a terminal (the bar shows on one only)
@@ -298,8 +301,10 @@ def evaluate(
         evaluated[split] = {name: {k: r[k] for k in SPLIT_KEYS if k in r} for name, r in results.items()}
         if lm_settings is not None:
             evaluated[split]["lm"]["settings"] = lm_settings
-    summary: dict[str, Any] = {**record, "device_seconds": device_seconds, "splits": {**earlier, **evaluated}}
-    atomic_write_json(out / "summary.json", summary)
+        # written with each split's files (an entry whose files were removed goes with them): a run stopped in a
+        # later split had left the earlier summary naming the settings and scores of the files replaced
+        summary = {**record, "device_seconds": device_seconds, "splits": {**earlier, **evaluated}}
+        atomic_write_json(out / "summary.json", summary)
     for split, res in evaluated.items():
         log.info("%s: %s", split, ", ".join(_scores(name, r) for name, r in res.items()))
     kept = [split for split in earlier if split not in evaluated]

@@ -34,7 +34,7 @@ from earful.data.audio import AudioError, audio_info, load_audio
 from earful.data.budget import SAMPLE_RATE
 from earful.data.dataset import Item, collate
 from earful.eval.beam import LMBeamDecoder
-from earful.eval.decode import decode_batch
+from earful.eval.decode import check_device_seconds, decode_batch
 from earful.eval.vocab import CharVocab
 from earful.model import ModelConfig, Wav2Vec2ForCTC, batch_invariant
 from earful.train.distributed import resolve_device
@@ -153,9 +153,7 @@ def transcribe_files(
     the context on each side of a window; ``device`` "auto" is CUDA where there is one. The options are checked
     here, before the first record is asked for: a stride given with ``chunk_seconds`` 0 is refused (whole files
     have no windows, so it would be ignored without a word)."""
-    if not math.isfinite(device_seconds) or device_seconds <= 0:
-        raise ValueError(f"device_seconds (--device-seconds) = {device_seconds}: expected a finite number of "
-                         "seconds > 0")
+    check_device_seconds(device_seconds)
     chunk, stride = window_samples(model.cfg, chunk_seconds, stride_seconds)
     device = resolve_device(device, "--device")
     budget = max(int(device_seconds * SAMPLE_RATE), chunk)  # padded samples a batch

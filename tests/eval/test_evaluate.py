@@ -695,3 +695,78 @@ def test_the_summary_names_the_weights_evaluated_when_the_checkpoint_is_replaced
     assert weights_sha256(read_info(ckpt)) != evaluated  # the folder holds others now
     assert summary["weights_sha256"] == evaluated
     assert summary["splits"]["clean"]["greedy"]["wer"] == 0.0  # always-a's weights, which say 'a'
+
+
+def _summary_matches_files(out) -> dict:
+    """summary.json's splits, checked against the split files in ``out``: each entry's scores (and the LM
+    settings) are its file's, and every split file has its entry."""
+    summary = json.loads((out / "summary.json").read_text())
+    on_disk = {p.name.removesuffix(".summary.json") for p in out.glob("*.summary.json") if p.name != "summary.json"}
+    listed = {f"{split}.{decoder}" for split, res in summary["splits"].items() for decoder in res}
+    assert listed == on_disk
+    for split, res in summary["splits"].items():
+        for decoder, entry in res.items():
+            detail = json.loads((out / f"{split}.{decoder}.summary.json").read_text())
+            assert entry["wer"] == detail["wer"], (split, decoder)
+            for k, v in entry.get("settings", {}).items():
+                assert detail[k] == v, (split, decoder, k)
+    return summary
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_a_stopped_evaluation_leaves_the_summary_describing_the_files(tmp_path, always_a, monkeypatch) -> None:
+    """evaluate replaced each split's files as it went and wrote summary.json at the end: stopped (Ctrl-C) in the
+    second split, the summary kept dev's old LM settings beside dev.lm.summary.json's new ones, and a run without
+    --lm stopped there left the scores of the dev.lm.* files it had removed. summary.json is now written with each
+    split's files."""
+    import earful.eval.evaluate as ev
+    from earful.eval.beam import BeamOptions
+    from earful.eval.lm import build_arpa
+
+    text = tmp_path / "text.txt"
+    text.write_text("a b\na\nb a\n")
+    lm = tmp_path / "lm.arpa"
+    build_arpa(text, lm, order=2)
+    splits = [write_split(tmp_path / "data", s, ["a", "b"]) for s in ("dev", "test")]
+    out = tmp_path / "eval"
+    evaluate(always_a, splits, out, device_seconds=2, lm=lm)
+    _summary_matches_files(out)
+    real, calls = ev.transcribe, []
+
+    def stopped_in_the_second_split(*args, **kwargs):
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "transcribe", stopped_in_the_second_split)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(always_a, splits, out, device_seconds=2, lm=lm, beam_options=BeamOptions(lm_weight=0.5,
+                                                                                          word_score=-1))
+    summary = _summary_matches_files(out)
+    assert summary["splits"]["dev"]["lm"]["settings"]["lm_weight"] == 0.5
+    assert summary["splits"]["test"]["lm"]["settings"]["lm_weight"] == 2.0  # not evaluated again: as before
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(always_a, splits, out, device_seconds=2)  # without --lm: dev.lm.* removed
+    summary = _summary_matches_files(out)
+    assert list(summary["splits"]["dev"]) == ["greedy"] and list(summary["splits"]["test"]) == ["greedy", "lm"]
+
+
+def test_device_seconds_is_checked_before_any_work(tmp_path, always_a, caplog, monkeypatch) -> None:
+    """`evaluate --device-seconds 0` was refused once the checkpoint was loaded and every file's header checked,
+    leaving an empty --out folder; it is refused first now, as transcribe refuses it."""
+    import earful.eval.evaluate as ev
+    from earful.cli import main
+
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(ev, "load_ctc", not_loaded)
+    m = write_split(tmp_path / "data", "dev", ["a"])
+    for value in ("0", "-1", "nan", "inf"):
+        caplog.clear()
+        assert main(["evaluate", str(always_a), str(m), "--out", str(tmp_path / "eval"), "--device-seconds",
+                     value]) == 2
+        assert f"device_seconds (--device-seconds) = {float(value)}: expected a finite number of seconds > 0" in \
+            caplog.text
+        assert not (tmp_path / "eval").exists()
