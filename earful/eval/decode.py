@@ -103,11 +103,13 @@ def greedy_decode(
     frame_lengths: torch.Tensor | np.ndarray | None,
     vocab: CharVocab,
 ) -> list[str]:
-    """Greedy CTC transcripts for a batch: ``(batch, frames, vocab)`` scores + frame lengths -> strings."""
+    """Greedy CTC transcripts for a batch: ``(batch, frames, vocab)`` scores + frame lengths -> strings, without
+    the stand-ins of an imported vocabulary's multi-character symbols (``<s>``, ``<unk>``): what evaluate, transcribe
+    and fine-tuning's validation all score (validation had counted them as errors)."""
     scores = _as_tensor(logits)
     if scores.dim() == 3 and scores.shape[-1] != len(vocab):
         raise ValueError(f"logits have {scores.shape[-1]} classes, the vocabulary {len(vocab)}")
-    return [vocab.decode(ids) for ids in greedy_ids(scores, frame_lengths, vocab.blank_id)]
+    return [strip_placeholders(vocab.decode(ids)) for ids in greedy_ids(scores, frame_lengths, vocab.blank_id)]
 
 
 def decode_batch(
@@ -116,7 +118,6 @@ def decode_batch(
     vocab: CharVocab,
     beam: LMBeamDecoder | None = None,
 ) -> tuple[list[str], list[str] | None]:
-    """A batch's greedy transcripts (stand-ins of an imported vocabulary's multi-character symbols removed) and,
-    with ``beam``, its LM beam search's (None without)."""
-    greedy = [strip_placeholders(h) for h in greedy_decode(logits, frame_lengths, vocab)]
-    return greedy, None if beam is None else beam.decode(logits, frame_lengths)
+    """A batch's greedy transcripts (:func:`greedy_decode`) and, with ``beam``, its LM beam search's (None
+    without)."""
+    return greedy_decode(logits, frame_lengths, vocab), None if beam is None else beam.decode(logits, frame_lengths)

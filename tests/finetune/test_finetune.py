@@ -281,6 +281,32 @@ def test_the_dev_wer_reads_the_models_transcripts_as_the_references(tmp_path, la
     assert (rec["wer"], rec["cer"]) == (0.0, 0.0)
 
 
+def test_the_validation_wer_leaves_out_an_imported_vocabularys_stand_ins_as_evaluate_does(tmp_path, labelled,
+                                                                                            monkeypatch) -> None:
+    """With vocab=init from a model of a transformers vocabulary (<s>, </s>, <unk>: stand-in characters in
+    earful's), evaluate dropped the stand-ins from its transcripts but the validation WER, which picks
+    checkpoints/best, counted them: 'ba\ue003d' against 'bad' was 1 word and 1 character wrong. Both read the
+    transcripts greedy_decode gives, without them."""
+    import earful.eval.decode as decode
+    from earful.checkpoint import save_model
+    from earful.eval.vocab import placeholder
+    from earful.model import Wav2Vec2ForCTC, load_model_config
+
+    symbols = ["<pad>", "<s>", "</s>", "<unk>", "|", "'", *"abcdefghijklmnopqrstuvwxyz"]
+    save_model(tmp_path / "imported", Wav2Vec2ForCTC(load_model_config("tiny"), len(symbols)),
+               vocab={"symbols": symbols})
+    manifest = labelled(tmp_path, ["bad"], "one")
+    task = Trainer(FinetuneTask(config(manifest, manifest, 1, f"init={tmp_path / 'imported'}", "vocab=init")),
+                   tmp_path / "run").task
+    assert task.vocab.symbols[3] == placeholder(3)
+    said = [task.vocab.index(c) for c in ("b", "a", placeholder(3), "d")]  # b a <unk> d
+    monkeypatch.setattr(decode, "greedy_ids", lambda scores, lengths, blank: [said] * scores.shape[0])
+    logits = torch.zeros(1, 4, len(symbols))
+    assert decode.decode_batch(logits, None, task.vocab)[0] == ["bad"]  # evaluate's and transcribe's
+    rec = task.validate()
+    assert (rec["word_errors"], rec["char_errors"], rec["wer"]) == (0, 0, 0.0)
+
+
 def test_a_transcript_the_text_mapping_empties_is_named_as_such() -> None:
     """A transcript emptied by the text mapping ("..." with {".": ""}) is not an empty transcript: the error says
     that the mapping removed its characters, and shows it."""
