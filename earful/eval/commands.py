@@ -135,20 +135,22 @@ def _transcript_line(record: dict[str, Any], jsonl: bool) -> str:
 
 def _earlier_transcripts(out: Path, jsonl: bool) -> dict[Path, str]:
     """``--resume``: the transcripts ``out`` holds, as its lines by the file each is of (resolved). A last line cut
-    short (the process killed while writing it) and, in JSON Lines, the records of files that could not be read
-    are left out: those files are tried again."""
+    short (the process killed while writing it, maybe inside a character of several bytes) and, in JSON Lines, the
+    records of files that could not be read are left out: those files are tried again. A complete line that is not
+    UTF-8 is refused."""
     if not out.exists():
         return {}
+    complete, newline, cut = out.read_bytes().rpartition(b"\n")  # the lines up to the last line break are whole
     try:
-        lines = out.read_text(encoding="utf-8").split("\n")
+        text = (complete + newline).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text
     except UnicodeDecodeError as e:
         raise ValueError(f"--out {out}: not UTF-8 text ({e.reason} at byte {e.start}); --resume reads the output of "
                          "an earlier `earful transcribe --out` only") from e
-    if lines[-1]:
+    if cut:
         log.warning("--out %s: its last line was cut short (the run was killed while writing it); that file is "
                     "transcribed again", out)
     kept: dict[Path, str] = {}
-    for n, line in enumerate(lines[:-1], 1):
+    for n, line in enumerate(text.split("\n")[:-1], 1):
         if not line.strip():
             continue
         if jsonl:

@@ -406,6 +406,27 @@ def test_resume_retries_a_cut_line_and_unreadable_files_and_refuses_foreign_file
     assert "--resume goes on from the transcripts in --out: give --out" in caplog.text
 
 
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_resume_retries_a_line_cut_inside_a_character(tmp_path, caplog, jsonl) -> None:
+    """A run killed while writing 'é' (two bytes in UTF-8) left --out cut between them, and --resume refused it as
+    "not UTF-8 text (unexpected end of data ...)": the cut line is left out (its file done again), as any cut last
+    line; a whole line that is not UTF-8 is still refused."""
+    from earful.eval.commands import _earlier_transcripts
+
+    out = tmp_path / ("out.jsonl" if jsonl else "out.txt")
+    done, cut = ({"path": str(tmp_path / f"{n}.wav"), "text": "café"} for n in ("a", "b"))
+    lines = [json.dumps(r, ensure_ascii=False) if jsonl else f"{r['path']}\t{r['text']}" for r in (done, cut)]
+    whole = (lines[0] + "\n").encode()
+    out.write_bytes(whole + lines[1].encode()[:lines[1].encode().index("é".encode()) + 1])  # half of 'é'
+    with caplog.at_level(logging.WARNING):
+        assert _earlier_transcripts(out, jsonl) == {(tmp_path / "a.wav").resolve(): lines[0]}
+    assert "its last line was cut short" in caplog.text
+    out.write_bytes(whole.replace("é".encode(), b"\xe9") + lines[1].encode())
+    with pytest.raises(ValueError, match=re.escape(f"--out {out}: not UTF-8 text (invalid continuation byte at "
+                                                   "byte ")):
+        _earlier_transcripts(out, jsonl)
+
+
 def test_records_come_as_each_file_is_done(tone_ctc, tmp_path, monkeypatch) -> None:
     """transcribe_files had returned a list once every file was done; it now gives each file's record before the
     next batch's files are read, and an unreadable file's record in its place."""
