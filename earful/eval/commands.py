@@ -16,7 +16,14 @@ log = logging.getLogger("earful.eval")
 
 
 def _lm_build(args: argparse.Namespace) -> int:
-    build_arpa(args.text, args.out, order=args.order, lowercase=not args.keep_case)
+    """``earful lm build``; an ``--out`` that is a folder or the text itself is refused before the build (a folder
+    had failed once the model was built, naming a temporary file; the text had been replaced by the ARPA file)."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: a folder; lm build writes one ARPA file: name a file, e.g. {out / 'lm.arpa'}")
+    if out.resolve() == Path(args.text).resolve():
+        raise ValueError(f"--out {out}: the text to build from, which the ARPA file would replace; name another file")
+    build_arpa(args.text, out, order=args.order, lowercase=not args.keep_case)
     return 0
 
 

@@ -157,6 +157,28 @@ def test_lm_build_command(tmp_path):
         args.func(args)
 
 
+def test_lm_build_refuses_an_out_that_is_a_folder_or_the_text(tmp_path, caplog):
+    """`lm build text.txt --out text.txt` replaced the corpus with the ARPA file, and `--out DIR` failed once the
+    model was built, naming a temporary file ("Is a directory: '.lmdir.xxx.tmp' -> 'lmdir'"). Both are refused
+    before the build, naming --out; nothing is written."""
+    from earful.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat\n", encoding="utf-8")
+    folder = tmp_path / "lmdir"
+    folder.mkdir()
+    for out, message in ((folder, f"--out {folder}: a folder; lm build writes one ARPA file: name a file, e.g. "
+                                  f"{folder / 'lm.arpa'}"),
+                         (text, f"--out {text}: the text to build from, which the ARPA file would replace; name "
+                                "another file"),
+                         (tmp_path / "." / "text.txt", "the text to build from")):
+        caplog.clear()
+        assert main(["lm", "build", str(text), "--order", "2", "--out", str(out)]) == 2
+        assert message in caplog.text
+    assert text.read_text(encoding="utf-8") == "the cat sat\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["lmdir", "text.txt"]
+
+
 def test_unknown_word_in_a_model_without_unk(tmp_path):
     """SRILM may write no <unk>: an unknown word then scores log10(0) as ARPA writes it (the back-off loop
     never ended)."""
