@@ -10,6 +10,7 @@ it.
 
 from __future__ import annotations
 
+import re
 import shlex
 import string
 import unicodedata
@@ -126,7 +127,8 @@ class CharVocab:
             must be a single character. Defaults to blank, ``|``, ``'``, ``a``..``z``.
         mapping: characters (after NFC normalisation and lower-casing) to replace before encoding, e.g.
             ``{"-": " ", "é": "e", ".": ""}``; an empty value removes the character. Applied character by
-            character.
+            character; keys and values are lower-cased as the text is (a key ``İ``: the ``i`` + U+0307 of a
+            lower-cased ``İ``).
         setting: the setting a mapping for this vocabulary is given in, named by the error about a character
             outside it (e.g. the probe's ``asr.text_mapping``); default: fine-tuning's ``text_mapping`` and
             evaluate's ``--text-mapping``.
@@ -152,11 +154,15 @@ class CharVocab:
         # the 'ü' of a lower-cased 'GRÜN'); two keys one once lower-cased must agree
         self._lower_mapping: dict[str, str] = {}
         for k, v in self.mapping.items():
-            low = k.lower() if len(k.lower()) == 1 else k
+            low = k.lower()  # as the text's: 'İ' is 'i' + U+0307 (it had kept its case, and never matched)
             if self._lower_mapping.get(low, v.lower()) != v.lower():
                 raise ValueError(f"mapping: {k!r} and {low!r} map to {v!r} and {self._lower_mapping[low]!r}, "
                                  "but transcripts are lower-cased first: give one of them")
             self._lower_mapping[low] = v.lower()
+        # a key lower-cased to several characters is matched whole (before a key of its first alone), in the one
+        # pass that maps the others: what a key gives is never mapped again
+        keys = sorted(self._lower_mapping, key=len, reverse=True)
+        self._sequences = re.compile("|".join(map(re.escape, keys))) if keys and len(keys[0]) > 1 else None
         self.setting = setting
         self._index = {s: i for i, s in enumerate(symbols)}
         self.blank_id = 0
@@ -187,6 +193,8 @@ class CharVocab:
             return text.lower() if lower else text
         if not lower:
             return "".join(self.mapping.get(c, c) for c in text)
+        if self._sequences is not None:
+            return self._sequences.sub(lambda m: self._lower_mapping[m.group()], text.lower())
         return "".join(self._lower_mapping.get(c, c) for c in text.lower())
 
     def outside(self, text: str) -> list[str]:
