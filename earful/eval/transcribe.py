@@ -10,10 +10,11 @@ ends), the rest are joined in order and decoded as one: greedy CTC, and with an 
 chunk and the batch, not on the file (the waveform itself is held: 64 kB a second).
 
 Windows of consecutive files share batches of at most ``device_seconds`` of padded audio. The model runs
-batch-invariant (:func:`earful.model.batch_invariant`), so the batch changes no transcript, and a file's
-transcript is the pipeline's with the same chunking (``chunk_seconds=0``: whole files, the pipeline's
-default). A file that cannot be read is named (logged, and a record with its ``error``; a directory is said to be
-one), the others are transcribed; the caller decides what failure means.
+batch-invariant (:func:`earful.model.batch_invariant`), so the batch changes no transcript in fp32 (in bf16 or
+fp16 a near-tie frame can change with the batch's rounding), and a file's transcript is the pipeline's with the
+same chunking (``chunk_seconds=0``: whole files, the pipeline's default). A file that cannot be read is named
+(logged, and a record with its ``error``; a directory is said to be one), the others are transcribed; the caller
+decides what failure means.
 """
 
 from __future__ import annotations
