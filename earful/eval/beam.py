@@ -143,6 +143,8 @@ def read_lexicon(path: str | Path) -> dict[str, list[list[str]]]:
                 lexicon.setdefault(parts[0], []).append(parts[1:])
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not a UTF-8 lexicon file ({e})") from e
+    except OSError as e:  # a bare "[Errno 2] No such file or directory: 'x'" named no option
+        raise ValueError(f"--lexicon {path}: cannot be read ({e.strerror or e})") from e
     return lexicon
 
 

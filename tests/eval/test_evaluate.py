@@ -772,3 +772,20 @@ def test_device_seconds_is_checked_before_any_work(tmp_path, always_a, caplog, m
         assert f"device_seconds (--device-seconds) = {float(value)}: expected a finite number of seconds > 0" in \
             caplog.text
         assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed")
+def test_a_lexicon_that_cannot_be_read_names_the_option(tmp_path, always_a, caplog) -> None:
+    """`--lexicon missing.txt` stopped with a bare "[Errno 2] No such file or directory", naming no option."""
+    from earful.cli import main
+    from earful.eval.lm import build_arpa
+
+    text = tmp_path / "text.txt"
+    text.write_text("a b\n")
+    build_arpa(text, tmp_path / "lm.arpa", order=2)
+    m = write_split(tmp_path / "data", "dev", ["a"])
+    missing = tmp_path / "missing.txt"
+    assert main(["evaluate", str(always_a), str(m), "--out", str(tmp_path / "eval"), "--lm", str(tmp_path / "lm.arpa"),
+                 "--lexicon", str(missing)]) == 2
+    assert f"--lexicon {missing}: cannot be read (No such file or directory)" in caplog.text
+    assert not (tmp_path / "eval").exists()
