@@ -35,6 +35,9 @@ from .budget import SAMPLE_RATE
 
 _REQUIRED = {"id": str, "path": str, "num_samples": int, "sample_rate": int, "speaker": str}
 _OPTIONAL = ("offset", "phonemes", "intent")  # left out of a row when unset
+# what other tools call a row's transcript (Hugging Face datasets: LibriSpeech's "text", Common Voice's
+# "sentence"): a row that says one of them and no "transcript" is refused, not read as unlabelled
+_TRANSCRIPT_ELSEWHERE = ("text", "sentence")
 _INT64 = 2**63  # lengths and offsets are kept as int64
 # Unicode's control characters (category Cc) but tab, newline and carriage return (whitespace to every reader):
 # NUL ends the text a C reader (espeak-ng) takes, C1 ones are text decoded with the wrong code page
@@ -116,6 +119,9 @@ def _check_row(row: Any) -> str | None:
     if row["num_samples"] < 0 or row["sample_rate"] <= 0:
         return "num_samples must be >= 0 and sample_rate > 0"
     transcript = row.get("transcript")
+    if "transcript" not in row and (other := next((k for k in _TRANSCRIPT_ELSEWHERE if k in row), None)):
+        return (f"field {other!r} is not read: earful reads a row's transcript from 'transcript' (rename the "
+                "field; a row without one is unlabelled)")
     if transcript is not None and type(transcript) is not str:
         return "field 'transcript' must be a string or null"
     if transcript is not None and (bad := control_character(transcript)) is not None:

@@ -40,6 +40,11 @@ def test_manifest_roundtrip_relative_paths(tmp_path: Path, tone):
      "field 'transcript' holds a control character U\\+0000 at character 1"),
     ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "transcript": "\\u001b"}',
      "control character U\\+001B"),
+    # another tool's name for the transcript (Hugging Face's LibriSpeech, Common Voice): read as unlabelled before
+    ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "text": "HI"}',
+     "field 'text' is not read: earful reads a row's transcript from 'transcript'"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "sentence": "hi"}',
+     "field 'sentence' is not read"),
 ])
 def test_manifest_bad_rows_name_file_and_line(tmp_path: Path, line: str, message: str):
     good = '{"id": "ok", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}'
