@@ -503,10 +503,12 @@ def _blank(hf_cfg: dict[str, Any]) -> int:
 
 def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False,
                    backbone_only: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``config.json`` and the weights: ``model.safetensors``, else ``pytorch_model.bin`` read with
-    ``weights_only`` (a file that needs more is refused unless ``trust_pickle``), else the shards that either's
-    ``.index.json`` names. A folder of a head earful has not (classification, x-vector) is refused unless
-    ``backbone_only`` (a fine-tuning's init, which keeps the backbone alone)."""
+    """``config.json`` and the weights, the first of these that the folder has, in transformers' order
+    (``modeling_utils``), so that earful imports the weights ``from_pretrained`` loads: ``model.safetensors``,
+    the safetensors shards that ``model.safetensors.index.json`` names, ``pytorch_model.bin``, the shards that
+    ``pytorch_model.bin.index.json`` names (a ``.bin`` read with ``weights_only``: a file that needs more is
+    refused unless ``trust_pickle``). A folder of a head earful has not (classification, x-vector) is refused
+    unless ``backbone_only`` (a fine-tuning's init, which keeps the backbone alone)."""
     d = Path(hf_dir)
     hf_cfg = read_hf_config(d)
     head = _other_head(hf_cfg)
@@ -514,10 +516,9 @@ def read_hf_folder(hf_dir: str | Path, *, trust_pickle: bool = False,
         raise CheckpointError(f"{d / HF_CONFIG}: a {head}, {_OTHER_HEADS[head]}, which earful does not import (it "
                               "imports Wav2Vec2ForPreTraining and Wav2Vec2ForCTC folders; finetune --init takes "
                               "its backbone)")
-    for name in (MODEL_FILE, BIN):
+    for name in (MODEL_FILE, BIN):  # a legacy .bin beside safetensors shards is not what transformers loads
         if (d / name).exists():
             return hf_cfg, _read_weights(d / name, trust_pickle)
-    for name in (MODEL_FILE, BIN):
         if (d / f"{name}.index.json").exists():
             return hf_cfg, _read_shards(d / f"{name}.index.json", trust_pickle)
     raise CheckpointError(f"{d}: no {MODEL_FILE} or {BIN} (nor a sharded one's .index.json)")

@@ -168,6 +168,21 @@ def test_a_sharded_checkpoint_imports_as_the_whole_one(tmp_path) -> None:
         import_hf(tmp_path / "sharded")
 
 
+def test_the_weights_file_is_the_one_transformers_loads(tmp_path) -> None:
+    """A Hub folder with safetensors shards and an older pytorch_model.bin beside them: transformers loads the
+    shards (model.safetensors, its shards, pytorch_model.bin, its shards), and so does import-hf."""
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**TINY))
+    model.save_pretrained(tmp_path / "hf", max_shard_size="100KB")
+    legacy = {k: v.clone() for k, v in model.state_dict().items()}
+    legacy["project_hid.bias"] += 1
+    torch.save(legacy, tmp_path / "hf" / "pytorch_model.bin")
+    loaded = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf").project_hid.bias
+    assert torch.equal(loaded, model.project_hid.bias)  # transformers reads the shards, not the .bin
+    imported = import_hf(tmp_path / "hf")[0].final_proj.bias
+    assert torch.equal(imported, loaded)
+
+
 def test_a_classification_model_is_named(tmp_path) -> None:
     """It was "lacks 7 tensors, e.g. quantizer…"."""
     transformers.Wav2Vec2ForSequenceClassification(transformers.Wav2Vec2Config(**TINY, num_labels=3)).save_pretrained(
