@@ -183,12 +183,15 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
     """``STEM.npy`` of each source (``audio_source``, ``manifest_sources``) in ``out_dir``, and :data:`RECORD`:
     ``checkpoint`` (whose weights' recorded SHA-256 is ``weights_sha256``) and the source of every .npy there.
     The record is written before the first file, so an interrupted run's files are attributed too, and again at
-    the end with the files written. A source that cannot be read (or is shorter than the model's receptive field)
-    is reported and left out, as ``earful transcribe`` does: returns the files written and the problems of those
-    left out. ``chunk_seconds`` (0: whole files) and ``stride_seconds``: :func:`layer_features`'s windows.
-    ``layers``: the states kept (0 the transformer's input, ``i`` layer i's output; default all), in that order;
-    ``dtype``: float32 or float16 (half the disk). Both are recorded, and an earlier run's files of others are
-    refused."""
+    the end with the files written. At every instant (a SIGKILL, which no handler sees, can come at any), a file
+    the record lists that exists holds the features of the source it names: a file there of another source (an
+    earlier run's, or one no record lists) stays listed as it was until the new one is saved over it, unlisted
+    while it is, and listed under its new source once it is. A source that cannot be read (or is shorter than
+    the model's receptive field) is reported and left out, as ``earful transcribe`` does: returns the files
+    written and the problems of those left out. ``chunk_seconds`` (0: whole files) and ``stride_seconds``:
+    :func:`layer_features`'s windows. ``layers``: the states kept (0 the transformer's input, ``i`` layer i's
+    output; default all), in that order; ``dtype``: float32 or float16 (half the disk). Both are recorded, and an
+    earlier run's files of others are refused."""
     from earful.data.audio import AudioError
     from earful.eval.transcribe import window_samples
 
@@ -212,8 +215,12 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
                               "layers": list(layers) if layers is not None else "all", "dtype": dtype}
     earlier = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
+    # files there of other sources (listed under them by an earlier run, or not listed): listed as they are until
+    # rewritten, not under the new source while they still hold the old one's features
+    stale = {stem for stem, src in stems.items()
+             if (out / f"{stem}.npy").is_file() and earlier.get(f"{stem}.npy") != src.record}
     files = dict(earlier)
-    files.update({f"{stem}.npy": src.record for stem, src in stems.items()})
+    files.update({f"{stem}.npy": src.record for stem, src in stems.items() if stem not in stale})
     atomic_write_json(out / RECORD, {**record, "files": files})
     written, problems = [], []
 
@@ -242,13 +249,20 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
                 as_before(stem)
                 del todo[stem]
                 continue
+            if stem in stale:  # unlisted while it is replaced: a kill during the save leaves either file
+                files.pop(f"{stem}.npy", None)
+                atomic_write_json(out / RECORD, {**record, "files": files})
             atomic_save_npy(target, feats)  # whole or absent, as every file earful writes
+            files[f"{stem}.npy"] = src.record
             del todo[stem]
+            if stem in stale:
+                atomic_write_json(out / RECORD, {**record, "files": files})
             written.append(target)
             log.debug("%s -> %s %s", src.record, target, feats.shape)
     except BaseException:  # stopped part-way (Ctrl-C, an error): the files not rewritten are recorded as they are
         for stem in todo:
-            as_before(stem)
+            if stem not in stale:  # a stale one is recorded as it is: as before, unlisted during its save
+                as_before(stem)
         atomic_write_json(out / RECORD, {**record, "files": files})
         raise
     if problems:

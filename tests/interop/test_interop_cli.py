@@ -3,6 +3,11 @@
 import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -609,3 +614,65 @@ def test_features_stopped_part_way_record_the_files_it_did_not_rewrite_as_they_a
                  "--out", str(feats)]) == 130
     files = json.loads((feats / "features.json").read_text())["files"]
     assert files == {"a.npy": str(tmp_path / "a.wav"), "b.npy": str(tmp_path / "b.wav")}  # b.npy: still the old
+
+
+# ``python -c KILLED_FEATURES POINT ARGS...`` is ``earful features ARGS...`` that SIGKILLs itself (what the OOM killer
+# sends: no handler runs) at POINT: computing its first file's features, or just after saving them
+KILLED_FEATURES = """
+import os
+import signal
+import sys
+
+import earful.interop.features as features
+from earful.cli import main
+
+real_save = features.atomic_save_npy
+
+
+def killed(*args, **kwargs):
+    if sys.argv[1] == "saved":
+        real_save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+setattr(features, "layer_features" if sys.argv[1] == "computing" else "atomic_save_npy", killed)
+main(["features", *sys.argv[2:]])
+"""
+
+
+@pytest.mark.parametrize("point", ["computing", "saved"])
+def test_features_killed_part_way_never_name_the_wrong_audio_for_a_file(tmp_path, point) -> None:
+    """features.json was written first listing every planned file under its new source, and only a handler that
+    a SIGKILL never runs put the earlier entries back: an earlier run's a.npy (of one/a.wav) was named as of
+    two/a.wav. A file it lists that exists holds the features of the audio it names, whenever the run is killed."""
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    save_model(tmp_path / "ckpt", model)
+    rs = np.random.RandomState(0)
+    seconds = {tmp_path / "one" / "a.wav": 1.0, tmp_path / "two" / "a.wav": 0.5}
+    for wav, secs in seconds.items():
+        wav.parent.mkdir()
+        sf.write(wav, (0.1 * rs.randn(int(secs * 16000))).astype(np.float32), 16000)
+    frames = {str(wav): int(model.frame_lengths(torch.tensor([int(secs * 16000)]))[0])
+              for wav, secs in seconds.items()}
+    feats = tmp_path / "f"
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "one" / "a.wav"), "--out", str(feats)]) == 0
+
+    def check_record() -> dict[str, str]:
+        files = json.loads((feats / "features.json").read_text())["files"]
+        for name, audio in files.items():
+            if (feats / name).exists():
+                assert np.load(feats / name).shape[1] == frames[audio], f"{name}: not the features of {audio}"
+        return files
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_FEATURES, point, str(tmp_path / "ckpt"),
+                           str(tmp_path / "two" / "a.wav"), "--out", str(feats)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    files = check_record()
+    if point == "computing":  # not rewritten: still one/a.wav's, listed as such
+        assert files == {"a.npy": str(tmp_path / "one" / "a.wav")}
+    # the next run goes on from there and lists the file under its audio
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "two" / "a.wav"), "--out", str(feats)]) == 0
+    assert check_record() == {"a.npy": str(tmp_path / "two" / "a.wav")}
