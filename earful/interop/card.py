@@ -26,7 +26,7 @@ import yaml
 from earful.checkpoint import CheckpointError, read_info, read_json
 from earful.config import read_yaml, renamed_settings
 from earful.data.budget import SAMPLE_RATE
-from earful.interop.hf import EARFUL_TAG
+from earful.interop.hf import CARD, EARFUL_TAG, EXPORT_FILES, earful_card
 from earful.study.report import read_jsonl, read_records
 from earful.train.recipe import MANIFESTS, recipe_hash
 from earful.train.state import TRAINER_FILE, read_trainer_info
@@ -288,19 +288,55 @@ def _results(run: Path, ckpt: Path) -> list[str]:
     return []
 
 
-def push_to_hub(folder: str | Path, repo: str, *, private: bool = False) -> str:
-    """Upload the export folder to the Hub's model repository ``repo`` (created if need be); returns the commit's
-    URL. Credentials are huggingface_hub's own (``hf auth login`` or ``HF_TOKEN``)."""
+GITATTRIBUTES = ".gitattributes"  # every Hub repository's (the Hub writes it): kept, whatever the push replaces
+
+
+def push_to_hub(folder: str | Path, repo: str, *, private: bool = False, replace: bool = False) -> str:
+    """Upload the export folder to the Hub's model repository ``repo`` (created if need be), which then holds the
+    folder's files and no others (``.gitattributes`` kept); returns the commit's URL. A repository that holds
+    files already is replaced only where it is an earlier export-hf (its files among those export-hf writes, its
+    ``README.md`` carrying earful's tag), as the local folder is (:func:`earful.interop.hf.check_output_folder`),
+    or with ``replace`` (``--replace-repo``); any other is refused, naming what it holds, before anything is
+    uploaded. Credentials are huggingface_hub's own (``hf auth login`` or ``HF_TOKEN``)."""
     try:
         from huggingface_hub import HfApi
+        from huggingface_hub.utils import RepositoryNotFoundError
     except ImportError as e:
         raise RuntimeError(f"--push needs the huggingface_hub package ({e}): pip install 'earful[hub]'") from None
     api = HfApi()
     try:
+        try:
+            held = sorted(f for f in api.list_repo_files(repo, repo_type="model") if f != GITATTRIBUTES)
+        except RepositoryNotFoundError:  # a new repository
+            held = []
+        foreign = [f for f in held if f not in EXPORT_FILES]
+        earlier = bool(held) and not foreign and CARD in held and earful_card(
+            Path(api.hf_hub_download(repo, CARD, repo_type="model")).read_text(encoding="utf-8", errors="replace"))
+    except Exception as e:  # offline, no credentials: one line, the folder stays as written
+        raise _upload_failed(repo, folder, e) from e
+    if held and not earlier and not replace:
+        why = (f"{_names(foreign)}, which export-hf does not write: not an earlier export-hf repository (the push "
+               "would replace it whole)" if foreign else f"{_names(held)}, not written by export-hf (no earful "
+               f"model card, {CARD}): a model of your own, which the push would replace")
+        raise RuntimeError(f"--push {repo}: the Hub repository holds {why}; give a new or empty repository, or "
+                           "--replace-repo to replace it (its files not in the folder are deleted). The exported "
+                           f"folder {folder} is complete")
+    if held:
+        (log.info if earlier else log.warning)("--push %s: replacing the repository's files (%s) with %s's",
+                                                repo, ", ".join(held), folder)
+    try:
         api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model", delete_patterns="*",
                                    commit_message="Upload a wav2vec 2.0 model exported by earful")
     except Exception as e:  # offline, no credentials, no such namespace: one line, the folder stays as written
-        raise RuntimeError(f"--push {repo}: the upload failed ({type(e).__name__}: {e}); the exported folder "
-                           f"{folder} is complete: push it again later") from e
+        raise _upload_failed(repo, folder, e) from e
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
+
+
+def _names(files: list[str]) -> str:
+    return f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}"
+
+
+def _upload_failed(repo: str, folder: str | Path, e: Exception) -> RuntimeError:
+    return RuntimeError(f"--push {repo}: the upload failed ({type(e).__name__}: {e}); the exported folder {folder} "
+                        "is complete: push it again later")

@@ -29,6 +29,8 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.private and not args.push:
         raise ValueError("--private needs --push")
+    if args.replace_repo and not args.push:
+        raise ValueError("--replace-repo needs --push")
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     vocab = info.get("vocab") or {}
@@ -48,7 +50,7 @@ def _export(args: argparse.Namespace) -> int:
               source=ckpt, text_mapping=vocab.get("mapping"), keep=init)
     log.info("wrote a transformers %s folder to %s, its model card in README.md", info["kind"], args.out)
     if args.push:
-        log.info("pushed to %s", push_to_hub(args.out, args.push, private=args.private))
+        log.info("pushed to %s", push_to_hub(args.out, args.push, private=args.private, replace=args.replace_repo))
     return 0
 
 
@@ -104,8 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the model card; a CTC model's vocab.json and tokenizer_config.json): new, empty or an earlier "
                    "export, which is replaced whole")
     p.add_argument("--push", metavar="REPO", default=None, help="then upload the folder to this Hugging Face Hub "
-                   "model repository (user/name; created if need be; huggingface_hub's credentials)")
+                   "model repository (user/name; created if need be; huggingface_hub's credentials), which then "
+                   "holds the folder's files and no others: new, empty or an earlier export-hf (else refused, "
+                   "see --replace-repo)")
     p.add_argument("--private", action="store_true", help="with --push: create the repository private")
+    p.add_argument("--replace-repo", action="store_true", help="with --push: replace a repository that is not an "
+                   "earlier export-hf (a model of your own, or one holding other files), deleting its files that "
+                   "are not in the folder")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import-hf", help="read a transformers Wav2Vec2 folder into an earful checkpoint")

@@ -386,6 +386,12 @@ def written_by_export(folder: Path) -> bool:
         text = (folder / CARD).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+    return earful_card(text)
+
+
+def earful_card(text: str) -> bool:
+    """Whether the model card ``text`` (a ``README.md``) is one export-hf wrote: its front matter lists earful's
+    tag."""
     front = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
     return any(line.strip().startswith("tags:") and EARFUL_TAG in line for line in front.splitlines())
 

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,6 +40,97 @@ def test_export_hf_refuses_private_without_push(tmp_path, caplog) -> None:
     save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
     assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--private"]) == 2
     assert "--private needs --push" in caplog.text and not (tmp_path / "hf").exists()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path) -> SimpleNamespace:
+    """huggingface_hub.HfApi without the network: ``repos``, the Hub's model repositories as {repo: {file: bytes}},
+    which the test fills and reads; upload_folder does what the Hub does (files matching delete_patterns deleted,
+    but .gitattributes, then the folder's added), and records (repo, delete_patterns) in ``uploads``."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    repos: dict[str, dict[str, bytes]] = {}
+    uploads: list[tuple[str, str | None]] = []
+    downloads = tmp_path / "hub-downloads"
+
+    class Hub:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def list_repo_files(self, repo_id: str, **kwargs) -> list[str]:
+            if repo_id not in repos:
+                url = f"https://huggingface.co/api/models/{repo_id}"
+                raise RepositoryNotFoundError(f"404: {url}", response=httpx.Response(404, request=httpx.Request(
+                    "GET", url)))
+            return sorted(repos[repo_id])
+
+        def hf_hub_download(self, repo_id: str, filename: str, **kwargs) -> str:
+            path = downloads / repo_id / filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(repos[repo_id][filename])
+            return str(path)
+
+        def create_repo(self, repo_id: str, **kwargs) -> None:
+            repos.setdefault(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+
+        def upload_folder(self, *, folder_path: str, repo_id: str, delete_patterns: str | None = None,
+                          **kwargs) -> SimpleNamespace:
+            uploads.append((repo_id, delete_patterns))
+            files = repos[repo_id]
+            for name in [n for n in files if delete_patterns and fnmatch(n, delete_patterns)]:
+                if name != ".gitattributes":
+                    del files[name]
+            files.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+            return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    return SimpleNamespace(repos=repos, uploads=uploads)
+
+
+def test_push_refuses_a_repository_export_hf_did_not_write_and_leaves_none_of_its_old_files(tmp_path, hub,
+                                                                                          caplog) -> None:
+    """--push created the repository with exist_ok and uploaded over whatever it held: a mistyped or reused name
+    overwrote someone's config.json, weights and card (the local export refuses such a folder), and old files
+    stayed (a leftover processor_config.json, which transformers reads first; a pre-training export over a CTC
+    one kept vocab.json). A repository export-hf did not write is refused, naming it and what it holds, unless
+    --replace-repo; the repository then holds the folder's files and no others (.gitattributes kept)."""
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=len(SYMBOLS))
+    save_model(tmp_path / "ctc", model, vocab={"symbols": SYMBOLS})
+    save_model(tmp_path / "pt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    theirs = {".gitattributes": b"*\n", "config.json": b"{}", "model.safetensors": b"their weights",
+              "README.md": b"---\ntags: [wav2vec2]\n---\ntheir model"}
+    repos = hub.repos
+    repos["someone/their-model"] = dict(theirs)
+    args = ["export-hf", str(tmp_path / "pt"), str(tmp_path / "hf"), "--push", "someone/their-model"]
+    assert main(args) == 2
+    assert ("--push someone/their-model: the Hub repository holds README.md, config.json, model.safetensors, not "
+            "written by export-hf (no earful model card, README.md): a model of your own, which the push would "
+            "replace; give a new or empty repository, or --replace-repo") in caplog.text
+    assert repos["someone/their-model"] == theirs and not hub.uploads
+
+    # a new repository, then an earlier export's: pushed, the old files gone
+    assert main(["export-hf", str(tmp_path / "ctc"), str(tmp_path / "hf-ctc"), "--push", "me/model"]) == 0
+    assert {"vocab.json", "tokenizer_config.json", ".gitattributes"} <= set(repos["me/model"])
+    assert main(["export-hf", str(tmp_path / "pt"), str(tmp_path / "hf"), "--push", "me/model"]) == 0
+    assert sorted(repos["me/model"]) == sorted([".gitattributes", *(p.name for p in (tmp_path / "hf").iterdir())])
+    assert repos["me/model"]["config.json"] == (tmp_path / "hf" / "config.json").read_bytes()
+    assert hub.uploads[-1] == ("me/model", "*")
+
+    # an earlier export with a file export-hf does not write: refused, then replaced with --replace-repo
+    repos["me/model"]["processor_config.json"] = b"{}"
+    caplog.clear()
+    assert main(["export-hf", str(tmp_path / "pt"), str(tmp_path / "hf"), "--push", "me/model"]) == 2
+    assert ("--push me/model: the Hub repository holds processor_config.json, which export-hf does not write: not "
+            "an earlier export-hf repository") in caplog.text
+    assert main(["export-hf", str(tmp_path / "pt"), str(tmp_path / "hf"), "--push", "me/model", "--replace-repo"]) == 0
+    assert "processor_config.json" not in repos["me/model"]
+    assert main([*args, "--replace-repo"]) == 0
+    assert sorted(repos["someone/their-model"]) == sorted(repos["me/model"])
+    assert repos["someone/their-model"][".gitattributes"] == b"*\n"
+    assert main(["export-hf", str(tmp_path / "pt"), str(tmp_path / "x"), "--replace-repo"]) == 2
+    assert "--replace-repo needs --push" in caplog.text and not (tmp_path / "x").exists()
 
 
 SYMBOLS = ["<b>", "|", "'", "a", "b", "c"]

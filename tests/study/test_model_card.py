@@ -51,18 +51,22 @@ def test_a_pretrained_and_a_finetuned_model_carry_their_record(cluster_study_loc
 
 
 def test_push_goes_through_huggingface_hub_up_to_the_upload(cluster_study_local, tmp_path, monkeypatch, caplog) -> None:
-    """huggingface_hub's offline mode stops the upload at its first request; the repository's creation (a
-    request too) is recorded instead. The exported folder is complete either way."""
+    """huggingface_hub's offline mode stops the upload at its first request; the listing of the repository's files
+    (an empty repository: its .gitattributes) and its creation (requests too) are recorded instead. The exported
+    folder is complete either way."""
     import huggingface_hub
     from huggingface_hub import HfApi
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_TOKEN", "hf_offline_test")
-    created = []
+    created, listed = [], []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo, **kw: created.append((repo, kw)))
+    monkeypatch.setattr(HfApi, "list_repo_files",
+                        lambda self, repo_id, **kw: listed.append(repo_id) or [".gitattributes"])
     ckpt = cluster_study_local / "pretrain" / RUN / "checkpoints" / "step-0000012"
     assert main(["export-hf", str(ckpt), str(tmp_path / "hf"), "--push", "someone/earful-tiny", "--private"]) == 2
     assert created == [("someone/earful-tiny", {"repo_type": "model", "private": True, "exist_ok": True})]
+    assert listed[0] == "someone/earful-tiny"  # before anything is uploaded
     assert "--push someone/earful-tiny: the upload failed (OfflineModeIsEnabled" in caplog.text
     assert {p.name for p in (tmp_path / "hf").iterdir()} >= {"README.md", "config.json", "model.safetensors"}
     with pytest.raises(RuntimeError, match="upload failed"):
