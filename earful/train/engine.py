@@ -211,6 +211,21 @@ class Trainer:
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
         self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
         self.health = Health(cfg.health, task.chance_accuracy)
+        if latest is not None:
+            # what a resume reads besides the checkpoint, before anything is changed: the history it adds to, and
+            # the step-0 weights (distance from init), verified; damaged, they refuse it
+            read_history(self.run.root)
+            self._init_params = self._init_weights()
+            self._resume(latest, segment)  # loaded: nothing in the run folder has changed yet
+        # resumed from the checkpoint of the stop after max_nan_steps
+        self.resumed_stopped = info is not None and nonfinite_stop(info, cfg.max_nan_steps)
+        # a finished run resumed as it was: its end-of-run checkpoint (written after the end's validation, and
+        # not by a non-finite stop), with max_steps where it was; nothing is left to do
+        self.resumed_finished = (latest is not None and info is not None and not self.resumed_stopped
+                                 and latest.name == f"step-{self.step:07d}"
+                                 and info["recipe"].get("max_steps") == self.step == cfg.max_steps)
+        # before the run folder changes: a tracker that cannot start refuses the run, the folder as it was
+        self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
         if self.d.is_main:
             with writing(self.run.root):
                 self.run.prepare()
@@ -219,29 +234,8 @@ class Trainer:
                     record_machine(self.run.root, 0, self.d.device, self.d.world_size)
         D.barrier(self.d)
         if latest is not None:
-            # what a resume reads besides the checkpoint, before anything is changed (the logs cut back to its step):
-            # the history it adds to, and the step-0 weights (distance from init), verified; damaged, they refuse it
-            read_history(self.run.root)
-            init = self._init_weights()
-            self._resume(latest, segment)
-            self.tb.purge_step = self.step + 1  # TensorBoard's events after the checkpoint go, as the logs' lines
-            self._init_params = init
-            if self.d.is_main:  # once the checkpoint has loaded
-                with writing(self.run.root):
-                    record_resume(self.run.root, cfg, self.step, segment)
-                    if self.step < cfg.max_steps:  # a finished run resumed as it was trains nothing here
-                        record_machine(self.run.root, self.step, self.d.device, self.d.world_size)
-                    self._drop_discarded(latest)
-            D.barrier(self.d)
-        # resumed from the checkpoint of the stop after max_nan_steps
-        self.resumed_stopped = info is not None and nonfinite_stop(info, cfg.max_nan_steps)
-        # a finished run resumed as it was: its end-of-run checkpoint (written after the end's validation, and
-        # not by a non-finite stop), with max_steps where it was; nothing is left to do
-        self.resumed_finished = (latest is not None and info is not None and not self.resumed_stopped
-                                 and latest.name == f"step-{self.step:07d}"
-                                 and info["recipe"].get("max_steps") == self.step == cfg.max_steps)
+            self._commit_resume(latest, segment)
         self._start_records()
-        self.tracking.start(to_dict(cfg), recipe_hash(self.recipe))
 
     def close(self) -> None:
         """Close the trackers and let go of the run folder (another process may then write to it)."""
@@ -348,10 +342,22 @@ class Trainer:
         self.meter.add(**{k: _float(v, math.nan) for k, v in info.get("log_interval", {}).items()})
         self.health.load_state_dict(info.get("health", {}))  # (none in a checkpoint of earful before 2026-12-07)
         self.task.restore(info)
-        self.train_log.truncate_after(self.step)
-        self.valid_log.truncate_after(self.step)
         if self.d.is_main:
             log.info("resumed from %s at step %d (%.3f padded h seen)", ckpt, self.step, self.hours_padded)
+
+    def _commit_resume(self, ckpt: Path, segment: dict[str, Any] | None) -> None:
+        """The run folder, once the resume from ``ckpt`` has loaded and the trackers have started: the logs cut back
+        to its step, the history and machines.jsonl added to, the checkpoints of later steps dropped."""
+        self.train_log.truncate_after(self.step)
+        self.valid_log.truncate_after(self.step)
+        self.tb.purge_step = self.step + 1  # TensorBoard's events after the checkpoint go, as the logs' lines
+        if self.d.is_main:
+            with writing(self.run.root):
+                record_resume(self.run.root, self.cfg, self.step, segment)
+                if self.step < self.cfg.max_steps:  # a finished run resumed as it was trains nothing here
+                    record_machine(self.run.root, self.step, self.d.device, self.d.world_size)
+                self._drop_discarded(ckpt)
+        D.barrier(self.d)
 
     def _drop_discarded(self, ckpt: Path) -> None:
         """After resuming from ``ckpt``: checkpoints of later steps come of steps this resume trains again

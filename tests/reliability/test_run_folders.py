@@ -619,9 +619,9 @@ def test_a_resume_cannot_change_what_no_checkpoint_can_continue(tmp_path, finish
                 allow_changes=True)
 
 
-def _folder(root: Path) -> dict[str, int]:
-    """Every file of a run folder with its size (the lock file aside: it comes and goes with its writer)."""
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+def _folder(root: Path) -> dict[str, bytes]:
+    """Every file of a run folder with its bytes (the lock file aside: it comes and goes with its writer)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and not p.name.startswith(".")}
 
 
@@ -673,6 +673,33 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path, tiny_corpus,
     with pytest.raises(ValueError, match=r"cannot continue with these changes"):
         Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4, "tensorboard=true", "model.num_layers=3")), out,
                 resume=True, allow_changes=True)
+    assert _folder(out) == before
+
+
+def test_a_resume_refused_by_a_tracker_that_cannot_start_leaves_the_run_folder_as_it_was(tmp_path, tiny_corpus, rel,
+                                                                                          monkeypatch) -> None:
+    """Killed while it wrote step 4's checkpoint (after step 4 had written best), the run is resumed with an MLflow
+    server that is not there: refused (ConfigError) with every file as it was. The trackers started last: the
+    resume had cut train.jsonl and valid.jsonl back to step 2, removed best (step 4) and added to machines.jsonl
+    first."""
+    from earful.train import tracking as tracking_module
+
+    out = tmp_path / "run"
+    args = rel.pretrain_overrides(tiny_corpus[0], 4, "valid_every=2", "ckpt_every=2", "keep_last=0")
+    _scripted_validation(monkeypatch, [3.0, 2.0])
+    Trainer(PretrainTask(load_pretrain_config(None, args)), out).fit()
+    ck = out / "checkpoints"
+    shutil.rmtree(ck / "step-0000004")
+    (ck / "latest.json").write_text(json.dumps({"name": "step-0000002", "step": 2}))
+    before = _folder(out)
+    assert json.loads(before["checkpoints/best/trainer.json"])["step"] == 4
+
+    def refused(*_: object) -> None:
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(tracking_module, "_Mlflow", refused)
+    with pytest.raises(ConfigError, match="the mlflow run cannot start"):
+        Trainer(PretrainTask(load_pretrain_config(None, [*args, "tracking.backends=[mlflow]"])), out, resume=True)
     assert _folder(out) == before
 
 
