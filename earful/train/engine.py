@@ -351,9 +351,12 @@ class Trainer:
         self.train_log.truncate_after(self.step)
         self.valid_log.truncate_after(self.step)
         self.tb.purge_step = self.step + 1  # TensorBoard's events after the checkpoint go, as the logs' lines
+        # nothing trains after a finished run's resume, or one stopped by max_nan_steps at its last step: no history
+        # segment (nothing trains with its config); a segment that reached no checkpoint still goes
+        trains = not (self.resumed_finished or self.resumed_stopped and self.step == self.cfg.max_steps)
         if self.d.is_main:
             with writing(self.run.root):
-                record_resume(self.run.root, self.cfg, self.step, segment)
+                record_resume(self.run.root, self.cfg, self.step, segment if trains else None)
                 if self.step < self.cfg.max_steps:  # a finished run resumed as it was trains nothing here
                     record_machine(self.run.root, self.step, self.d.device, self.d.world_size)
                 self._drop_discarded(ckpt)

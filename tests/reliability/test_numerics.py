@@ -136,7 +136,12 @@ def test_a_run_stopped_by_nans_at_its_last_step_stays_stopped_on_resume(kind, tm
     first.cfg.max_nan_steps = 10  # an operational setting: the checkpoint's recorded stop decides, not the streak
     with pytest.raises(TrainingStopped, match="its last: the run stopped there"):
         Trainer(_task(kind, first.cfg), tmp_path / "run", resume=True).fit()
-    assert told == ["failed"] * 3
+    first.cfg.device_seconds = 2.0 if kind == "pretrain" else 3.5  # another layout: nothing trains in it either
+    with pytest.raises(TrainingStopped, match="its last: the run stopped there"):
+        Trainer(_task(kind, first.cfg), tmp_path / "run", resume=True).fit()
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 1  # no segment of it
+    assert not (tmp_path / "run" / "config-2.yaml").exists()
+    assert told == ["failed"] * 4
 
 
 def test_cli_exit_code_3_on_repeated_nans(tmp_path, tiny_corpus, tones, rel, caplog, nan_steps) -> None:

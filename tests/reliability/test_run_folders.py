@@ -601,6 +601,25 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_corpus, rel, mon
     assert [(r["step"], r["loss"]) for r in rel.read_jsonl(out / "valid.jsonl")] == [(2, 7.0)]
 
 
+def test_resuming_a_finished_run_records_no_history_segment(tmp_path, finished, tiny_corpus, rel) -> None:
+    """A finished run resumed in another layout (device_seconds=2), or with another lr under --allow-changes,
+    trains nothing: history.jsonl gains no segment and no config-2.yaml is written (a segment from step 4 on
+    had said the run went on with them); one an earlier earful recorded so goes."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    history = (out / "history.jsonl").read_text()
+    for extra, allow in ((["device_seconds=2"], False), (["optim.lr=2e-3"], True)):
+        summary = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4, *extra)), out, resume=True,
+                          allow_changes=allow).fit()
+        assert summary["step"] == 4
+        assert (out / "history.jsonl").read_text() == history and not (out / "config-2.yaml").exists()
+    stale = {"segment": 2, "step": 4, "recipe_changes": {}, "layout_changes": {}, "config": "config-2.yaml"}
+    (out / "history.jsonl").write_text(history + json.dumps(stale) + "\n")
+    shutil.copy(out / "config.yaml", out / "config-2.yaml")
+    Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), out, resume=True).fit()
+    assert (out / "history.jsonl").read_text() == history and not (out / "config-2.yaml").exists()
+
+
 def test_a_resume_cannot_change_what_no_checkpoint_can_continue(tmp_path, finished, tiny_corpus, rel) -> None:
     """Even with --allow-changes: another seed, a max_steps below the checkpoint's step, and (named, with the way
     out) another architecture, which had failed in load_state_dict with a dozen missing keys."""
