@@ -17,7 +17,7 @@ from typing import Any, Literal
 from earful.checkpoint import CheckpointError
 from earful.config import ConfigError, from_dict, given_settings, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config, preset_differs
-from earful.train.config import DataConfig, TrainingConfig, config_source, nominal_steps
+from earful.train.config import DataConfig, TrainingConfig, config_source, hours_reached, nominal_steps
 from earful.train.init import SCRATCH, init_model_config
 from earful.train.recipe import written_by_a_run
 
@@ -71,7 +71,7 @@ class PretrainConfig(TrainingConfig):
         def past(h: float) -> bool:
             if self.ckpt_hours_basis == "nominal":
                 return nominal_steps(h, self.batch_seconds) > self.max_steps
-            return h > self.batch_seconds * self.max_steps / 3600 * (1 + 1e-9)
+            return not hours_reached(self.batch_seconds * self.max_steps / 3600, h)
 
         return [f"ckpt_steps={n}" for n in self.ckpt_steps if n > self.max_steps] + \
             [f"ckpt_hours={h:g}" for h in self.ckpt_hours if past(h)]

@@ -26,7 +26,7 @@ from earful.model import PretrainOutput, Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
 from earful.pretrain.config import PretrainConfig
 from earful.train import distributed as D
-from earful.train.config import nominal_steps
+from earful.train.config import hours_reached, nominal_steps
 from earful.train.engine import Trainer
 from earful.train.init import SCRATCH, InitWeights, initial_weights, load_init
 from earful.train.monitor import codeword_similarity
@@ -238,7 +238,7 @@ class PretrainTask(Task):
             if cfg.ckpt_hours_basis == "nominal":
                 reached = trainer.step >= nominal_steps(h, cfg.batch_seconds)
             else:
-                reached = trainer.hours_padded >= h
+                reached = hours_reached(trainer.hours_padded, h)  # a running sum: its rounding allowed
             if h not in self.milestones_done and reached:
                 self.milestones_done.append(h)
                 trainer.save(f"hours-{h:g}", make_latest=False)

@@ -18,6 +18,12 @@ def nominal_steps(hours: float, batch_seconds: float) -> int:
     return math.floor(hours * 3600 / batch_seconds + 0.5)
 
 
+def hours_reached(seen: float, hours: float) -> bool:
+    """Whether ``seen`` hours of audio reach ``hours``, within a relative 1e-9: a running sum of the steps' hours
+    rounds in its last bits (63 full steps of 4 s sum to 0.06999999999999997 h, not 0.07)."""
+    return hours <= seen * (1 + 1e-9)
+
+
 def nominal_hours(batch_seconds: float | None, step: int | None) -> float:
     """Batch × steps, in hours, the inverse of ``nominal_steps`` (0 for a baseline without a batch)."""
     return (batch_seconds or 0.0) * (step or 0) / 3600

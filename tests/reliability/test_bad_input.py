@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -551,6 +552,16 @@ def test_milestones_past_the_run_s_end_are_said(tmp_path, tiny_corpus, rel, capl
     with caplog.at_level(logging.WARNING):
         PretrainTask(nominal).build_model(Dist(rank=1, world_size=2), None)  # said by rank 0 alone
     assert caplog.text == ""
+
+
+def test_a_padded_hours_milestone_is_written_at_the_step_that_reaches_it(tmp_path, odd_corpus, rel) -> None:
+    """Full batches of 4 s reach 0.07 h at step 63 (63 × 4 s), where the running sum of padded hours is
+    0.06999999999999997: compared exactly, hours-0.07 waited for step 64, and a run of 63 steps never wrote it,
+    though it was not said to be past the end (that check allows the sum's rounding)."""
+    cfg = load_pretrain_config(None, rel.pretrain_overrides(odd_corpus, 63, "ckpt_hours=[0.07]", "log_every=63"))
+    Trainer(PretrainTask(cfg), tmp_path / "run").fit()
+    info = json.loads((tmp_path / "run" / "checkpoints" / "hours-0.07" / "trainer.json").read_text())
+    assert info["step"] == 63 and info["hours_padded"] == pytest.approx(0.07)
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
