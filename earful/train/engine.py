@@ -293,7 +293,7 @@ class Trainer:
             "last_valid": _json_float(self.last_valid), "stopped_by": self.stopped_by(),
             "nonfinite_stop": self.nonfinite_stop, "recipe": self.recipe,
             "layout": self.layout, **self.manifest_records,
-            "log_interval": {k: _json_float(v) for k, v in self.meter.sums.items()},
+            "log_interval": {k: _json_sum(v) for k, v in self.meter.sums.items()},
             "health": self.health.state_dict(), **self.task.trainer_info(),
         }  # fmt: skip
 
@@ -339,6 +339,7 @@ class Trainer:
         self.nan_steps, self.nan_in_a_row = int(info["nan_steps"]), int(info["nan_in_a_row"])
         self.overflow_steps = int(info["overflow_steps"])
         self.best, self.last_valid = _float(info["best"], math.inf), _float(info["last_valid"], math.nan)
+        # (a non-finite sum of an earlier earful's trainer.json: null, read as NaN)
         self.meter.add(**{k: _float(v, math.nan) for k, v in info.get("log_interval", {}).items()})
         self.health.load_state_dict(info.get("health", {}))  # (none in a checkpoint of earful before 2026-12-07)
         self.task.restore(info)
@@ -644,7 +645,15 @@ def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _json_sum(x: float) -> float | str:
+    """A log interval's sum as ``trainer.json`` keeps it (strict JSON): a non-finite one as ``"inf"``, ``"-inf"``
+    or ``"nan"``, which ``_float`` reads back as itself (null, which it read as NaN, had made an infinite loss
+    NaN on resume)."""
+    return x if math.isfinite(x) else str(x)
+
+
 def _float(x: Any, default: float) -> float:
+    """A number of ``trainer.json``: ``default`` for null; ``"inf"``, ``"-inf"``, ``"nan"`` (``_json_sum``) as such."""
     return default if x is None else float(x)
 
 

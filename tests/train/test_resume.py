@@ -1,7 +1,9 @@
 """A run killed (SIGKILL or SIGTERM) and resumed ends with the same parameters as one never interrupted."""
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,14 +200,25 @@ def test_a_sharded_resume_reads_the_shard_index_once_for_the_recipe(tmp_path, ti
     resumed.close()
 
 
-def test_a_run_stopped_mid_interval_logs_on_resume_what_an_uninterrupted_run_logs(tmp_path, tiny_corpus,
+@pytest.mark.parametrize("infinite", [False, True], ids=["finite", "an-infinite-loss"])
+def test_a_run_stopped_mid_interval_logs_on_resume_what_an_uninterrupted_run_logs(infinite, tmp_path, tiny_corpus,
                                                                                   monkeypatch) -> None:
     """Stopped at step 3 of a 4-step log interval: the checkpoint holds the interval's sums, so the record at step
-    4 after the resume covers steps 1-4, as the uninterrupted run's does (before, only step 4)."""
+    4 after the resume covers steps 1-4, as the uninterrupted run's does (before, only step 4). A step of an
+    infinite loss (step 2) leaves the interval's loss infinite, resumed too (trainer.json stored the infinite sum
+    as null, read back as NaN: the resumed run logged NaN)."""
     from earful.pretrain.config import load_pretrain_config
     from earful.pretrain.task import PretrainTask
     from earful.train.engine import Trainer
 
+    if infinite:
+        update = Trainer._update
+
+        def infinite_at_2(self, tot, lr, data_wait):
+            return update(self, {**tot, "loss": math.inf, "contrastive": math.inf} if self.step == 1 else tot, lr,
+                          data_wait)
+
+        monkeypatch.setattr(Trainer, "_update", infinite_at_2)
     args = ["model_preset=tiny", f"data.train={tiny_corpus[0]}", "batch_seconds=4", "device_seconds=4",
             "max_steps=6", "log_every=4", "ckpt_every=3", "valid_every=0", "data.num_workers=0", "threads=1",
             "data.crop_seconds=2.0", "data.min_seconds=0.5", "tensorboard=false", "device=cpu"]
@@ -220,6 +233,16 @@ def test_a_run_stopped_mid_interval_logs_on_resume_what_an_uninterrupted_run_log
     with monkeypatch.context() as m:
         m.setattr(Trainer, "after_step", stop_at_3)
         assert Trainer(PretrainTask(load_pretrain_config(None, args)), tmp_path / "cut").fit()["step"] == 3
+    saved = tmp_path / "cut" / "checkpoints" / "step-0000003" / "trainer.json"
+    info = json.loads(saved.read_text())
+    assert (info["log_interval"]["contrastive"] == "inf") == infinite
+    if infinite:  # as an earlier earful wrote it: null, read as NaN
+        shutil.copytree(tmp_path / "cut", tmp_path / "older")
+        info["log_interval"] = {k: None if v == "inf" else v for k, v in info["log_interval"].items()}
+        (tmp_path / "older" / saved.relative_to(tmp_path / "cut")).write_text(json.dumps(info))
+        Trainer(PretrainTask(load_pretrain_config(None, args)), tmp_path / "older", resume=True).fit()
+        older = json.loads((tmp_path / "older" / "train.jsonl").read_text().splitlines()[0])
+        assert math.isnan(older["loss"]) and math.isnan(older["contrastive"])
     Trainer(PretrainTask(load_pretrain_config(None, args)), tmp_path / "cut", resume=True).fit()
 
     def records(run: str) -> list[dict]:
@@ -230,6 +253,7 @@ def test_a_run_stopped_mid_interval_logs_on_resume_what_an_uninterrupted_run_log
     whole, cut = records("whole"), records("cut")
     assert [r["step"] for r in cut] == [4, 6]
     assert cut == whole
+    assert math.isinf(whole[0]["loss"]) == infinite
 
 
 def test_an_fp16_resume_continues_with_the_loss_scale_it_had_found(tmp_path, tiny_corpus, monkeypatch) -> None:
