@@ -81,6 +81,8 @@ class Upstream:
             raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}); give a checkpoint folder "
                                     "(e.g. RUN/checkpoints/best) or 'fbank'")
         resolve_device(device, device_key)  # refused now, not after the model loads
+        if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1
+            raise ValueError(f"--init-seed {init_seed}: expected an integer from 0 to 2**32 - 1")
         return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed, device)
 
     @property

@@ -67,7 +67,7 @@ def _labels(values: list[list[str]], classes: list[list[str]]) -> torch.Tensor:
 
 def _accuracy(model: PooledProbe, x: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of utterances with every slot right."""
-    return float((model.predict(x) == labels).all(dim=1).float().mean())
+    return float((model.predict(x) == labels).all(dim=1).double().mean())  # 7/9, not float32's 0.77777779
 
 
 def _fit(x: torch.Tensor, labels: torch.Tensor, classes: list[list[str]], recipe: UtteranceRecipe, seed: int,
@@ -119,8 +119,12 @@ def equal_error_rate(scores: torch.Tensor, same: torch.Tensor) -> float:
 
 
 def check_sid(train: Split, dev: Split, test: Split) -> None:
-    """ValueError unless ``dev`` holds only training speakers and ``test`` at least two speakers."""
+    """ValueError unless ``train`` holds two speakers or more, ``dev`` only training speakers and ``test`` at
+    least two speakers, none of them a training speaker (its EER is verification of held-out voices)."""
     speakers = {u.speaker for u in train.utts}
+    if len(speakers) < 2:
+        raise ValueError(f"{train.manifest}: speaker identification needs two training speakers or more (one "
+                         "makes its accuracy 100 % by construction)")
     strangers = [u.id for u in dev.utts if u.speaker not in speakers]
     if strangers:
         raise ValueError(f"{dev.manifest}: {len(strangers)} of {len(dev.utts)} utterances are by speakers not in "
@@ -128,6 +132,10 @@ def check_sid(train: Split, dev: Split, test: Split) -> None:
                          "training speakers (held-out speakers belong in its test split, for the EER)")
     if len({u.speaker for u in test.utts}) < 2:
         raise ValueError(f"{test.manifest}: speaker verification needs at least two speakers")
+    if shared := sorted({u.speaker for u in test.utts} & speakers):
+        raise ValueError(f"{test.manifest}: {len(shared)} of its speakers also speak in {train.manifest} (e.g. "
+                         f"{shared[0]!r}); SID's test split holds held-out speakers (its EER is verification of "
+                         "voices the probe never trained on)")
     if len({u.speaker for u in test.utts}) == len(test.utts):
         raise ValueError(f"{test.manifest}: speaker verification needs a speaker with two utterances or more (its "
                          "same-speaker trials); every speaker here has one")

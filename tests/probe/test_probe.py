@@ -600,9 +600,36 @@ def test_blank_labels_and_single_utterance_speakers_are_named_before_any_feature
         check_sid(train, split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t2")))
     check_sid(train, split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t1"),
                                                                 utt("f", "t2")))
+    # the EER is verification of held-out voices: a test split of training speakers, or one training speaker
+    # (accuracy 100 % by construction), had been scored and reported as such without a word
+    with pytest.raises(ValueError, match=r"test.jsonl: 1 of its speakers also speak in .*train.jsonl \(e.g. 's2'\)"):
+        check_sid(train, split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t1"),
+                                                                    utt("f", "s2")))
+    with pytest.raises(ValueError, match=r"train.jsonl: speaker identification needs two training speakers"):
+        check_sid(split("train.jsonl", utt("a", "s1"), utt("b", "s1")), split("dev.jsonl", utt("c", "s1")),
+                  split("test.jsonl", utt("d", "t1"), utt("e", "t1"), utt("f", "t2")))
     one, other = {"action": "go", "object": "x"}, {"object": "y", "action": "stop"}
     assert intents(split("a.jsonl", utt("a", intent=one), utt("b", intent=other))) == [[["go", "x"],
                                                                                           ["stop", "y"]]]
+
+
+def test_init_seed_is_checked_and_accuracy_is_an_exact_fraction(tiny_ckpt: Path) -> None:
+    """--init-seed was never checked: -1 ran (torch maps it onto 2**64 - 1: two seeds, one init) and a huge one
+    failed with "Overflow when unpacking long long"; accuracies were float32 (7/9 written 0.7777777910232544)."""
+    from earful.probe.features import Upstream
+    from earful.probe.utterance import _accuracy
+
+    for seed in (-1, 2**32, 10**23):
+        with pytest.raises(ValueError, match=rf"--init-seed {seed}: expected an integer from 0 to 2\*\*32 - 1"):
+            Upstream.parse(tiny_ckpt, random_init=True, init_seed=seed)
+    assert Upstream.parse(tiny_ckpt, random_init=True, init_seed=2**32 - 1).init_seed == 2**32 - 1
+
+    class Fixed:
+        def predict(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    labels = torch.zeros(9, 1, dtype=torch.long)
+    assert _accuracy(Fixed(), torch.tensor([[0]] * 7 + [[1]] * 2), labels) == 7 / 9  # type: ignore[arg-type]
 
 
 def test_features_float16_cannot_hold_are_refused_naming_the_utterance(tmp_path, tones):
