@@ -547,12 +547,16 @@ def learned_lines(means: dict[ProbedModel, dict[str, float]], about: dict[Probed
 def plot_probe_metric(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]],
                       metric: str, rep: Path, several: str = "") -> None:
     """``metric`` against nominal hours seen (log), one line per batch size (mean ± SE over run seeds), the random
-    init as a dashed line with its ±SE band, filterbanks dotted."""
+    init as a dashed line with its ±SE band, filterbanks dotted. A milestone the last step reaches (``hours-H``, or
+    ``steps-N`` at a cycle minimum) holds the final's weights, written as two records of one step: each run's model
+    counts once in its cell."""
     def draw(ax):
         per_b: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        seen: set[tuple[str, int]] = set()  # (run, step): one model, however many checkpoints name it
         for key, ms in means.items():
             r = about[key]
-            if metric in ms and r["batch_seconds"]:
+            if metric in ms and r["batch_seconds"] and (key[0], r["step"]) not in seen:
+                seen.add((key[0], r["step"]))
                 per_b[r["batch_seconds"]][nominal_hours(r["batch_seconds"], r["step"])].append(100 * ms[metric])
         colour = batch_colours(list(per_b))
         for b in sorted(per_b):

@@ -366,3 +366,22 @@ def test_the_gain_plot_bars_are_the_seeds_standard_errors_and_a_stale_one_goes(t
     assert path.exists()
     plot_gain_per_doubling([r for r in rows if r["batch_seconds"] < 128], {"m": True}, path)
     assert not path.exists()
+
+
+def test_probe_plot_counts_a_milestone_reached_at_the_last_step_once(tmp_path, monkeypatch) -> None:
+    """A milestone the last step reaches (hours-1.5 here) holds the final's weights, probed once but written as two
+    records of one step: each seed's value had landed twice in the cell ([30, 30, 40, 40], SE 2.89, "over 4
+    seeds"). One value per (run, step): [30, 40], SE 5.0, over 2 seeds."""
+    from earful.study.report import plot_probe_metric, probe_means, upstream_of
+
+    figures = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, fname, *a, **k: figures.setdefault(Path(fname).name, fig))
+    probes = [{"pretrain": f"8s-seed{s}", "tag": "8s", "batch_seconds": 8.0, "seed": s, "checkpoint": ck,
+               "step": 675, "probe_seed": 0, "task": "pr", "metric": "per", "value": v}
+              for s, v in ((1, 0.30), (2, 0.40)) for ck in ("hours-1.5", "final")]
+    plot_probe_metric(probe_means(probes), {upstream_of(r): r for r in probes}, "pr.per", tmp_path)
+    (ax,) = next(iter(figures.values())).axes
+    (bar,) = errorbars(ax)
+    assert half_lengths(bar) == pytest.approx([100 * se([0.30, 0.40])])
+    assert half_lengths(bar) == pytest.approx([5.0])
+    assert "mean ± SE over 2 seeds" in ax.get_title()
