@@ -767,7 +767,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str, Any], study: dict[str, Any],
                         rep: Path) -> list[str]:
-    """The final validation metrics per batch size (mean ± SE over seeds), and ``pretrain_valid.csv``."""
+    """The final validation metrics per batch size (mean ± SE over seeds), and ``pretrain_valid.csv``. Its seed
+    counts are those of the values shown (``runs`` holds no diverged run), not the study's seeds."""
     by_batch: dict[float, list[str]] = defaultdict(list)
     for name, run in runs.items():
         by_batch[run["batch_seconds"]].append(name)
@@ -793,10 +794,11 @@ def pretraining_section(curves: dict[str, list[dict[str, Any]]], runs: dict[str,
                                            "accuracy"], csv_rows)
     valid = study.get("corpus", {}).get("valid")  # its voices may or may not be held out: say which manifest
     where = f"corpus.valid `{valid}`" if valid else "the validation manifest, corpus.valid"
+    seeds = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"  # the ones shown
     return [f"## Pre-training: final validation ({where}; {over_seeds(counts)})", "",
             md_table(["batch", "steps", NOMINAL, f"{PADDED}, mean", "loss / masked frame", "accuracy",
                       "hard perplexity (mean over groups)"], rows),
-            "", f"Chance accuracy is about 1/(K+1); {len(study.get('seeds', [1]))} seed(s) per batch size; ± is one "
+            "", f"Chance accuracy is about 1/(K+1); {seeds} seed(s) per batch size; ± is one "
             "standard error of the mean (SD/√n). Distractors whose code equals the "
             "target's are masked out, so a narrow codebook (low perplexity) inflates accuracy: compare "
             "accuracies only at similar perplexity. The hard perplexity is each codebook group's, averaged over the "

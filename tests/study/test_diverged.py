@@ -174,3 +174,25 @@ def test_a_perfect_or_wordless_fine_tuning_is_not_diverged_and_the_recorded_stop
     assert divergence(rdir, 4, 2) == ""  # three in a row, but the trainer did not stop on them
     info_path.write_text(json.dumps({**info, "nan_in_a_row": 3, "nonfinite_stop": True}))
     assert divergence(rdir, 4, 10).startswith("3 non-finite steps in a row at step 4")
+
+
+@pytest.mark.parametrize(("diverged", "said"), [({(4, 3), (8, 3)}, "2 seed(s)"), ({(8, 3)}, "2–3 seed(s)")])
+def test_the_pretraining_section_counts_the_seeds_it_shows(tmp_path, diverged, said) -> None:
+    """Diverged runs are left out of the pre-training table, whose heading said "over 2 seeds" while its footnote
+    counted the study's seeds ("3 seed(s) per batch size"): both count the values shown."""
+    from earful.study.report import build_report
+
+    runs = [{"run": f"{b}s-seed{k}", "tag": f"{b}s", "batch_seconds": b, "seed": k, "steps": 4, "hours": 0.01,
+             **({"diverged": True, "diverged_because": "10 non-finite steps"} if (b, k) in diverged else {})}
+            for b in (4, 8) for k in (1, 2, 3)]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    (tmp_path / "study.json").write_text(json.dumps({"name": "toy", "seeds": [1, 2, 3]}))
+    (tmp_path / "results.jsonl").write_text("")
+    for r in runs:
+        (tmp_path / "pretrain" / r["run"]).mkdir(parents=True)
+        (tmp_path / "pretrain" / r["run"] / "valid.jsonl").write_text(json.dumps(
+            {"step": 4, "hours_padded": 0.01, "loss": 2.0 + r["seed"] / 10, "accuracy": 0.5, "ppl_hard_0": 3.0})
+            + "\n")
+    pre = build_report(tmp_path).read_text().split("## Pre-training: final validation")[1].split("\n## ")[0]
+    assert f"mean ± SE over {said.removesuffix(' seed(s)')} seeds" in pre
+    assert f"; {said} per batch size" in pre and "; 3 seed(s)" not in pre
