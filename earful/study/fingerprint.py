@@ -1,8 +1,10 @@
 """The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
 study that made it (finished runs of another recipe would be mixed into its report). A finished study may
 continue with more seeds, probe seeds or grid entries (a batch size added), probe tasks, baselines, checkpoints
-or label sets to fine-tune (``MAY_GROW``): their work is new, the finished work is kept. A folder in which nothing
-was trained or measured yet (the first pre-training failed on a setting) takes the new recipe."""
+or label sets to fine-tune (``MAY_GROW``): their work is new, the finished work is kept. The key its mode does not
+use (``hours`` in fixed-steps, ``steps`` in fixed-hours) is no part of the recipe, in a study.json of before too. A
+folder in which nothing was trained or measured yet (the first pre-training failed on a setting) takes the new
+recipe."""
 
 from __future__ import annotations
 
@@ -57,6 +59,19 @@ def _kept(key: str, left_out: tuple[str, ...] | set[str]) -> bool:
     return key not in left_out and not key.startswith(NOT_RECIPE_SECTIONS)
 
 
+def _unused_by_mode(study: dict[str, Any]) -> str:
+    """The study key its mode does not use (a flattened study's): ``hours`` in fixed-steps, ``steps`` in
+    fixed-hours. It changes no run, so it is not part of the recipe (load_study says it is unused)."""
+    return "hours" if study.get("mode", "fixed-steps") == "fixed-steps" else "steps"
+
+
+def _study_part(study: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint's study part: the flattened study less what is not its recipe (``NOT_RECIPE``, the override
+    lists, whose effect is in the other parts, and the key its mode does not use)."""
+    left_out = (*NOT_RECIPE, *OVERRIDE_LISTS, _unused_by_mode(study))
+    return {k: v for k, v in study.items() if _kept(k, left_out)}
+
+
 def _computes(key: str) -> bool:
     """A training setting that may change a study's results: not per run, not where or how fast a run goes
     (``RUN_ONLY``), not who watches it. Validation settings stay: they pick ``best`` and make the validation
@@ -68,11 +83,11 @@ def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     """``fingerprint`` less what does not change results, as this version keeps it: a study.json written before
     a setting was classed so may still hold it. Study keys and training settings renamed since take today's
     names (a label set's fine-tuning overrides too)."""
-    keep = {"pretrain": _computes, "finetune": _computes,
-            "study": lambda k: _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))}  # e.g. corpus.dir, kept before
-    return {part: {k: v for k, v in kv.items()
-                   if keep.get(part, lambda _: True)(k)
-                   and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
+    keep = {"pretrain": _computes, "finetune": _computes}
+    return {part: _study_part(kv) if part == "study" else  # e.g. corpus.dir or the unused hours, kept before
+            {k: v for k, v in kv.items()
+             if keep.get(part, lambda _: True)(k)
+             and not (part == "data" and v == "missing")}  # earlier versions digested absent manifests so
             for part, kv in todays_fingerprint(fingerprint).items()}
 
 
@@ -133,9 +148,10 @@ def grid_planner(study: StudyConfig) -> Callable[[list[Any]], dict[str, Any]]:
 
 
 def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -> dict[str, Any]:
-    """The study (less ``NOT_RECIPE``), the pre-training and fine-tuning configs as resolved today (YAML files
-    and code defaults, less ``PER_RUN``), the manifests' contents and, when the study has probes, the recipe of
-    each task it probes as resolved today (``earful/probe/config.py``'s defaults with ``probe_overrides``)."""
+    """The study (less ``NOT_RECIPE`` and the key its mode does not use), the pre-training and fine-tuning configs
+    as resolved today (YAML files and code defaults, less ``PER_RUN``), the manifests' contents and, when the study
+    has probes, the recipe of each task it probes as resolved today (``earful/probe/config.py``'s defaults with
+    ``probe_overrides``)."""
     from earful.study.stages import finetune_recipe, pretrain_config, probe_config
 
     pre_cfg = pretrain_config(study, runs[0], root)
@@ -144,7 +160,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
         pre["init.sha256"] = resolve_init(pre_cfg.init, "the study's pretrain init").sha256
     fine = flatten(to_dict(finetune_recipe(study)))
-    fp = {"study": {k: v for k, v in flatten(to_dict(study)).items() if _kept(k, (*NOT_RECIPE, *OVERRIDE_LISTS))},
+    fp = {"study": _study_part(flatten(to_dict(study))),
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},
           "finetune": {k: v for k, v in fine.items() if _computes(k)},
           "data": manifest_digests(study, root),

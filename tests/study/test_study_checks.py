@@ -344,3 +344,33 @@ def test_a_name_that_does_not_exist_is_refused_by_plan_too(tmp_path, caplog, set
     (tmp_path / "s.yaml").write_text(BASE)
     assert main(["study", "plan", str(tmp_path / "s.yaml"), setting]) == 2
     assert any(re.search(problem, r.getMessage()) for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize(("mode", "unused", "used"), [("fixed-steps", "hours=3", "steps=12"),
+                                                      ("fixed-hours", "steps=12", "hours=3")])
+def test_a_setting_the_mode_does_not_use_is_not_the_recipe(tmp_path, mode, unused, used) -> None:
+    """load_study says `hours` is unused in fixed-steps (`steps` in fixed-hours), but the fingerprint held it: a
+    finished fixed-steps study whose hours changed was refused ("differs in study.hours"). It continues, a folder
+    whose study.json recorded the unused key too; the key the mode uses is still the recipe."""
+    from earful.study.config import plan_runs
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, recipe_fingerprint
+
+    corpus = _corpus(tmp_path / "corpus", "train.jsonl", "dev.jsonl", "labelled-10h.jsonl", "test.jsonl")
+    common = [f"corpus.dir={corpus}", "corpus.train=train.jsonl", "corpus.valid=dev.jsonl",
+              "corpus.finetune_valid=dev.jsonl", "corpus.test={test: test.jsonl}", f"mode={mode}", "steps=10",
+              "hours=2"]
+
+    def fingerprint(*more: str):
+        study = _study(tmp_path, *common, *more)
+        return recipe_fingerprint(study, plan_runs(study), tmp_path)
+
+    fp = fingerprint()
+    out = tmp_path / "out"
+    (out / "eval" / "x").mkdir(parents=True)
+    (out / "eval" / "x" / "summary.json").write_text("{}")  # a finished evaluation
+    key = unused.split("=")[0]
+    earlier = {**fp, "study": {**fp["study"], key: 2 if key == "hours" else 10}}  # as study.json recorded it
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": earlier}))
+    check_same_recipe(out, fingerprint(unused))
+    with pytest.raises(ValueError, match=rf"differs in study\.{used.split('=')[0]}"):
+        check_same_recipe(out, fingerprint(used))
