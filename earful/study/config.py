@@ -91,6 +91,8 @@ OVERRIDES_FROM = {"pretrain": "the study's pretrain_overrides", "finetune": "the
 @dataclass
 class FinetuneSpec:
     config: str | None = None  # fine-tuning YAML (preset name or path)
+    # key=value over config; not init, seed, data.train, data.valid, which the study sets for each fine-tuning
+    # (stages.finetune_run_settings), here or in per_label_set: check_recipes refuses them
     overrides: list[str] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=lambda: ["final"])  # final | best | milestones
     # the same architecture from its random init (the run's checkpoints/init), fine-tuned with the same recipe
@@ -132,6 +134,8 @@ class StudyConfig:
     name: str = "study"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     pretrain_config: str | None = None  # pre-training YAML the runs start from (preset name or path)
+    # key=value over pretrain_config; not of what the study sets for each run (its batch, steps, lr, seed, data,
+    # milestones, the cyclic schedule: stages.pretrain_run_settings), refused by check_recipes naming the study key
     pretrain_overrides: list[str] = field(default_factory=list)
     grid: list[Any] = field(default_factory=list)  # numbers or GridEntry mappings
     mode: Literal["fixed-steps", "fixed-hours"] = "fixed-steps"

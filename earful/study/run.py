@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_json, atomic_write_lines
-from earful.config import to_dict
+from earful.config import flatten, parse_overrides, to_dict
 from earful.lock import hold_folder
 from earful.study.config import (
     CHECKPOINT_CHOICES,
@@ -55,11 +55,13 @@ from earful.study.stages import (
     evaluated,
     finetune_and_evaluate,
     finetune_recipe,
+    finetune_run_settings,
     gradvar_measured,
     gradvar_stage,
     hours_of,
     kept_checkpoints,
     pretrain_recipe,
+    pretrain_run_settings,
     pretrained,
     probe_stage,
     probed,
@@ -183,12 +185,33 @@ def finetuned_label_sets(study: StudyConfig) -> list[str]:
     return list(study.finetune.label_sets or study.corpus.label_sets)
 
 
+def _refuse_run_settings(study: StudyConfig) -> None:
+    """Refuse an override of a training key the study sets for each run (``stages.pretrain_run_settings``,
+    ``stages.finetune_run_settings``), naming the study setting to use: the run's value overwrote it without a word
+    (``pretrain_overrides: [optim.lr=1e-2]`` trained with the study's lr)."""
+    runs = plan_runs(study)
+    label_sets = finetuned_label_sets(study)
+    lists = [("pretrain_overrides", study.pretrain_overrides,
+              pretrain_run_settings(study, runs[0], Path.cwd()) if runs else {})]
+    if label_sets:  # the same keys for every label set (none fine-tuned: its overrides set nothing)
+        fine = finetune_run_settings(study, label_sets[0], Path(), 0, Path.cwd())
+        lists += [("finetune.overrides", study.finetune.overrides, fine)] + [
+            (f"finetune.per_label_set[{ls!r}]", overrides, fine)
+            for ls, overrides in study.finetune.per_label_set.items()]
+    said = [f"{where}: {item!r} sets {key}, which the study sets for each run: set {sets[key][1]} instead"
+            for where, overrides, sets in lists for item in overrides
+            for key in flatten(parse_overrides([item])) if key in sets]
+    if said:
+        raise ValueError("; ".join(said) + " (each run's own value would overwrite the override without a word)")
+
+
 def check_recipes(study: StudyConfig) -> None:
     """The pre-training recipe (as every grid entry sets it) and the fine-tuning recipe of every label set (with its
     ``per_label_set`` overrides) load with the study's overrides, ``finetune.checkpoints`` names checkpoints the
     pre-training writes, and the label sets, baselines and probe tasks named exist: an unknown key, a wrong value
     or a checkpoint no run will have is named here, by ``study plan`` too, not after the corpus is built and every
-    run pre-trained."""
+    run pre-trained. An override of a key the study sets for each run (its lr, steps, batch, seed, data, ...) is
+    refused, naming the study key to set instead."""
     pre = pretrain_recipe(study)
     finetune_recipe(study)
     for label_set in finetuned_label_sets(study):  # each as stages.finetune_config loads it
@@ -220,6 +243,7 @@ def check_recipes(study: StudyConfig) -> None:
     unknown_tasks = [t for t in study.probes if t not in TASKS]
     if unknown_tasks:
         raise ValueError(f"probes: unknown task(s) {unknown_tasks} ({' | '.join(TASKS)})")
+    _refuse_run_settings(study)  # its label sets known to exist
     # said, not refused: a study folder made before this check must still continue (adding seeds)
     if "best" in study.finetune.checkpoints and (why := why_no_best(study, pre)):
         log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "

@@ -191,21 +191,44 @@ def pretrain_recipe(study: StudyConfig) -> PretrainConfig:
                                 overrides_from=OVERRIDES_FROM["pretrain"])
 
 
-def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
-    """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data."""
-    cfg = pretrain_recipe(study)
+def _set_each(cfg: TrainingConfig, settings: dict[str, tuple[Any, str]]) -> None:
+    """Set each dotted training key of ``settings`` (``optim.lr``) to its value, over ``cfg``'s recipe."""
+    for key, (value, _) in settings.items():
+        *sections, name = key.split(".")
+        node: Any = cfg
+        for section in sections:
+            node = getattr(node, section)
+        setattr(node, name, value)
+
+
+def pretrain_run_settings(study: StudyConfig, run: PlannedRun, root: Path) -> dict[str, tuple[Any, str]]:
+    """What the study sets in each run's pre-training config, over its recipe: ``{training key: (value, the study
+    setting it comes from)}``. :func:`pretrain_config` sets them; ``check_recipes`` refuses an override of one
+    (``pretrain_overrides``), which would be overwritten without a word."""
     c = study.corpus
-    cfg.data.train = c.path(c.train, root)
-    cfg.data.valid = c.path(c.valid, root) if c.valid else None
-    cfg.batch_seconds, cfg.device_seconds, cfg.max_steps = run.batch_seconds, run.device_seconds, run.steps
-    cfg.optim.lr, cfg.optim.lr_scaling = run.lr, "none"  # the study already applied its rule
-    cfg.seed = run.seed
-    cfg.ckpt_hours = sorted(study.ckpt_hours)
-    cfg.ckpt_hours_basis = "nominal"  # the plan's and the paper's hours: batch × steps
+    settings: dict[str, tuple[Any, str]] = {
+        "data.train": (c.path(c.train, root), "corpus.train"),
+        "data.valid": (c.path(c.valid, root) if c.valid else None, "corpus.valid"),
+        "batch_seconds": (run.batch_seconds, "grid"),
+        "device_seconds": (run.device_seconds, "device_seconds, or a grid entry's"),
+        "max_steps": (run.steps, "steps (fixed-steps) or hours (fixed-hours)"),
+        "optim.lr": (run.lr, "lr and lr_scaling, or a grid entry's lr"),
+        "optim.lr_scaling": ("none", "lr_scaling"),  # the study already applied its rule
+        "seed": (run.seed, "seeds"),
+        "ckpt_hours": (sorted(study.ckpt_hours), "ckpt_hours"),
+        "ckpt_hours_basis": ("nominal", "ckpt_hours (nominal hours)")}  # the plan's and the paper's: batch × steps
     if study.cycles:  # the paper's design: whole triangular cycles, a checkpoint at every minimum
-        cfg.optim.schedule = "cyclic"
-        cfg.optim.cyclic_step_size = run.steps // (2 * study.cycles)
-        cfg.ckpt_steps = cycle_minima(study)
+        settings |= {"optim.schedule": ("cyclic", "cycles"),
+                     "optim.cyclic_step_size": (run.steps // (2 * study.cycles), "cycles"),
+                     "ckpt_steps": (cycle_minima(study), "cycles (a checkpoint at each cycle minimum)")}
+    return settings
+
+
+def pretrain_config(study: StudyConfig, run: PlannedRun, root: Path) -> PretrainConfig:
+    """The study's pre-training recipe for one planned run: its batch, layout, steps, lr, seed and data
+    (:func:`pretrain_run_settings`)."""
+    cfg = pretrain_recipe(study)
+    _set_each(cfg, pretrain_run_settings(study, run, root))
     cfg.validate()
     return cfg
 
@@ -360,12 +383,21 @@ def finetune_config(study: StudyConfig, label_set: str, init: Path, seed: int, r
     cfg = finetune_recipe(study, label_set)
     for key, value in BASELINES[baseline].items() if baseline else ():
         setattr(cfg, key, value)
-    c = study.corpus
-    cfg.init = str(init)
-    cfg.data.train, cfg.data.valid = c.path(c.label_sets[label_set], root), c.path(c.finetune_valid, root)
-    cfg.seed = seed
+    _set_each(cfg, finetune_run_settings(study, label_set, init, seed, root))
     cfg.validate()
     return cfg
+
+
+def finetune_run_settings(study: StudyConfig, label_set: str, init: Path, seed: int, root: Path
+                          ) -> dict[str, tuple[Any, str]]:
+    """What the study sets in each fine-tuning's config, over its recipe: ``{training key: (value, the study
+    setting it comes from)}``. :func:`finetune_config` sets them; ``check_recipes`` refuses an override of one
+    (``finetune.overrides``, ``finetune.per_label_set``)."""
+    c = study.corpus
+    return {"init": (str(init), "finetune.checkpoints or finetune.baselines"),
+            "data.train": (c.path(c.label_sets[label_set], root), "corpus.label_sets"),
+            "data.valid": (c.path(c.finetune_valid, root), "corpus.finetune_valid"),
+            "seed": (seed, "seeds")}
 
 
 def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: str, seed: int, out: Path,

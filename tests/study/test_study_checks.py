@@ -374,3 +374,42 @@ def test_a_setting_the_mode_does_not_use_is_not_the_recipe(tmp_path, mode, unuse
     check_same_recipe(out, fingerprint(unused))
     with pytest.raises(ValueError, match=rf"differs in study\.{used.split('=')[0]}"):
         check_same_recipe(out, fingerprint(used))
+
+
+def test_an_override_of_a_setting_the_study_sets_for_each_run_is_refused_naming_the_study_s_key() -> None:
+    """The study sets each run's lr, steps, batch and seed over its pretrain_overrides: these passed check_recipes
+    and the run trained with the study's values, without a word."""
+    from earful.study.config import StudyConfig
+
+    study = StudyConfig(grid=[8.0], steps=10, pretrain_overrides=["optim.lr=1e-2", "max_steps=5000",
+                                                                   "batch_seconds=99", "seed=7", "threads=1"])
+    with pytest.raises(ValueError) as e:
+        check_recipes(study)
+    said = str(e.value)
+    for item, key, instead in (("optim.lr=1e-2", "optim.lr", "lr and lr_scaling, or a grid entry's lr"),
+                               ("max_steps=5000", "max_steps", "steps (fixed-steps) or hours (fixed-hours)"),
+                               ("batch_seconds=99", "batch_seconds", "grid"), ("seed=7", "seed", "seeds")):
+        assert f"pretrain_overrides: {item!r} sets {key}, which the study sets for each run: set {instead}" in said
+    assert "threads" not in said
+    with pytest.raises(ValueError, match=r"'optim=\{lr: 1e-2\}' sets optim\.lr, .*: set lr"):  # a mapping given whole
+        check_recipes(StudyConfig(grid=[8.0], steps=10, pretrain_overrides=["optim={lr: 1e-2}"]))
+
+
+def test_the_cyclic_schedule_s_settings_are_refused_only_where_the_study_sets_them(tmp_path) -> None:
+    overrides = "pretrain_overrides=[optim.schedule=cyclic, optim.cyclic_step_size=1, 'ckpt_steps=[4]']"
+    check_recipes(_study(tmp_path, overrides))  # no cycles: the recipe's own
+    with pytest.raises(ValueError) as e:
+        check_recipes(_study(tmp_path, overrides, "cycles=1"))
+    for key in ("optim.schedule", "optim.cyclic_step_size", "ckpt_steps"):
+        assert re.search(rf"sets {re.escape(key)}, which the study sets for each run: set cycles", str(e.value))
+
+
+@pytest.mark.parametrize(("setting", "where"), [
+    ("finetune.overrides=[max_steps=3, init=scratch]", "finetune.overrides: 'init=scratch' sets init"),
+    ("finetune.per_label_set={10h: [seed=3]}", "finetune.per_label_set['10h']: 'seed=3' sets seed"),
+    ("finetune.overrides=[data.train=x.jsonl]", "finetune.overrides: 'data.train=x.jsonl' sets data.train, which "
+                                                "the study sets for each run: set corpus.label_sets instead")])
+def test_a_finetuning_override_of_what_the_study_sets_for_each_run_is_refused(tmp_path, setting, where) -> None:
+    with pytest.raises(ValueError) as e:
+        check_recipes(_study(tmp_path, setting))
+    assert where in str(e.value) and "max_steps" not in str(e.value)  # a fine-tuning's steps are its recipe's
