@@ -111,7 +111,8 @@ class BatchBudget:
     def describe(self) -> str:
         """One line for the run's log."""
         return (f"batch {self.batch_seconds:g} s = {self.world_size} device(s) × {self.micro_seconds:.4g} s × "
-                f"{self.accumulation} accumulation (padded audio, at most; device_seconds {self.device_seconds:g})")
+                f"{self.accumulation} accumulation (padded audio, at most, but an utterance longer than a "
+                f"micro-batch's share trains alone; device_seconds {self.device_seconds:g})")
 
 
 def shape_length(longest: np.ndarray | int, grid: int | None, cap: int | None) -> np.ndarray | int:

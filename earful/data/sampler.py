@@ -193,6 +193,8 @@ class SecondsBatchSampler:
             log.warning("%s%d of %d utterances cannot be batched (%s%s), e.g. %s: they are left out",
                         f"{source}: " if source else "", self.skipped, len(self.lengths), what, skipping,
                         ", ".join(name(self.skipped_indices[:5])))
+        if not evaluation and rank == 0:
+            self._warn_of_steps_over_the_batch(source)
         self.epoch = 0
         self.position = 0
         self.repeated = 0
@@ -204,6 +206,25 @@ class SecondsBatchSampler:
         # a resume with another layout: {epoch: [{"layout": ..., "positions": [p_0, ...]}, ...]}, the layouts
         # each such epoch was cut with before and how far each rank got in it; the epoch then holds what they left
         self._resumed: dict[int, list[dict[str, Any]]] = {}
+
+    def _warn_of_steps_over_the_batch(self, source: str) -> None:
+        """Say so where utterances (as cropped) longer than a micro-batch's share of the batch can be batched: each
+        trains in a micro-batch of its own, so a step holds more than ``batch_seconds`` (up to every micro-batch of
+        the step one such utterance)."""
+        over = self.effective[self.batchable] > self.micro_samples
+        if not over.any():
+            return
+        b, n = self.budget, self.names
+        longest = float(self.effective[self.batchable][over].max()) / SAMPLE_RATE
+        micro = self.micro_samples / SAMPLE_RATE
+        crop = f", {n['crop_seconds']} at most {micro:.4g} s" if n["crop_seconds"] and b.crop_seconds else ""
+        limit = f", {n['max_seconds']} to leave them out (counted)" if n["max_seconds"] else ""
+        log.warning("%s%d of %d utterances (as cropped) are longer than micro_seconds=%.4g s, a micro-batch's share "
+                    "of batch_seconds=%g (%d device(s) × %d accumulation): each trains in a micro-batch of its own, "
+                    "so a step holds up to %.4g s of padded audio, not %g s; a larger batch_seconds%s%s keeps steps "
+                    "within the batch", f"{source}: " if source else "", int(over.sum()), len(self.batchable), micro,
+                    b.batch_seconds, self.world_size, b.accumulation,
+                    self.world_size * b.accumulation * longest, b.batch_seconds, crop, limit)
 
     def limit(self) -> int:
         """The longest utterance (after cropping) a batch can take: the device's, or ``max_seconds`` if lower."""

@@ -590,3 +590,25 @@ def test_a_step_never_holds_more_than_batch_seconds(batch, device, world):
         for k in range(0, len(batches) - budget.accumulation + 1, budget.accumulation):
             step = batches[k:k + budget.accumulation]
             assert sum(int(lengths[b].max()) * len(b) for b in step) <= to_samples(batch)
+
+
+def test_utterances_longer_than_a_micro_batch_s_share_are_named_with_the_step_they_make(caplog):
+    """An utterance (as cropped) longer than micro_seconds and within device_seconds trains in a micro-batch of its
+    own: with 15.6 s crops on a 20 s batch of 10 s micro-batches, every step held 31.2 s, and nothing said so (the
+    README said a step never exceeds the batch). Training warns, once, on rank 0; an evaluation does not."""
+    budget = BatchBudget(20.0, 16.0, crop_seconds=15.6)
+    lengths = np.full(40, to_samples(30.0))
+    with caplog.at_level(logging.WARNING):
+        sampler = SecondsBatchSampler(lengths, budget, seed=0, source="m.jsonl")
+    steps = [sum(len(b) for b in list(sampler)[k:k + budget.accumulation]) * 15.6
+             for k in range(0, 4 * budget.accumulation, budget.accumulation)]
+    assert steps == [31.2] * 4  # what the warning announces
+    assert ("m.jsonl: 40 of 40 utterances (as cropped) are longer than micro_seconds=10 s, a micro-batch's share of "
+            "batch_seconds=20 (1 device(s) × 2 accumulation): each trains in a micro-batch of its own, so a step "
+            "holds up to 31.2 s of padded audio, not 20 s") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        SecondsBatchSampler(lengths, BatchBudget(40.0, 16.0, 2, crop_seconds=15.6), seed=0, rank=1)  # rank 1
+        SecondsBatchSampler(lengths, budget, seed=0, evaluation=True)
+        SecondsBatchSampler(np.full(40, to_samples(9.0)), budget, seed=0)  # within the share: nothing to say
+    assert "micro_seconds" not in caplog.text
