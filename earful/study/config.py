@@ -368,6 +368,8 @@ def check_slurm(slurm: SlurmConfig, where: str) -> None:
         own = EARFUL_SBATCH.get(str(key).replace("_", "-"))
         if own is not None:  # it replaced earful's own option: USR2 for USR1, say, which the trainer does not stop on
             bad.append(f"slurm.additional.{key}: an sbatch option earful writes itself; set {own}")
+        elif (why := CONFLICTING_SBATCH.get(str(key).replace("_", "-"))) is not None:
+            bad.append(f"slurm.additional.{key}: {why}")
     if bad:
         raise ConfigError(f"{where}: {'; '.join(bad)}")
 
@@ -378,8 +380,24 @@ EARFUL_SBATCH = {
     "signal": "slurm.signal_delay_s (the signal is earful's, USR1: the trainer checkpoints and requeues on it)",
     "time": "slurm.time_min", "nodes": "slurm.gpus_per_node (nodes follow from a run's devices)",
     "ntasks-per-node": "slurm.gpus_per_node (a task a GPU)", "gpus-per-node": "slurm.gpus_per_node",
-    "gres": "slurm.gpus_per_node", "cpus-per-task": "slurm.cpus_per_gpu", "mem": "slurm.mem_gb_per_gpu",
+    "cpus-per-task": "slurm.cpus_per_gpu", "mem": "slurm.mem_gb_per_gpu",
     "partition": "slurm.partition", "account": "slurm.account", "qos": "slurm.qos", "constraint": "slurm.constraint",
+}
+# sbatch options that contradict what earful or submitit writes (Slurm takes --ntasks over --ntasks-per-node,
+# refuses --mem beside --mem-per-cpu; --no-requeue stops the requeue a time limit needs): why, and what to set
+_GPUS = "earful asks for one task and one GPU a rank (--ntasks-per-node, --gpus-per-node): set slurm.gpus_per_node"
+CONFLICTING_SBATCH = {
+    "gres": f"asks for GPUs a second way; {_GPUS}, and a GPU type with slurm.constraint",
+    "gpus": _GPUS, "gpus-per-task": _GPUS, "ntasks": _GPUS,
+    "cpus-per-gpu": "earful writes --cpus-per-task: set slurm.cpus_per_gpu",
+    "mem-per-cpu": "Slurm refuses it beside the --mem earful writes: set slurm.mem_gb_per_gpu",
+    "mem-per-gpu": "earful writes --mem: set slurm.mem_gb_per_gpu",
+    "no-requeue": "a study's jobs requeue themselves at their time limit (slurm.signal_delay_s, slurm.max_requeues)",
+    "open-mode": "submitit appends a requeued job's log to its earlier segments'",
+    "job-name": "earful names the study's jobs (earful-STUDY-...)",
+    "output": "submitit writes each job's log in the study folder (OUT/<slurm.folder>/<job id>)",
+    "error": "submitit writes each job's log in the study folder (OUT/<slurm.folder>/<job id>)",
+    "array": "earful submits each run as a job of its own",
 }
 
 

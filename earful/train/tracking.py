@@ -120,8 +120,9 @@ class Tracking:
                     log.warning("tracking: logging to %s failed at step %d (%s: %s); no more records go to %s "
                                 "in this segment", backend, step, type(e).__name__, e, backend)
                     del self.runs[backend]
-                    try:
-                        run.finish("failed")
+                    try:  # failing fast: against the server that just failed, MLflow's own retries (about 4 min)
+                        with _failing_fast():  # had stalled the step a second time
+                            run.finish("failed")
                     except Exception:  # noqa: BLE001
                         pass
 

@@ -287,6 +287,15 @@ def test_a_grid_size_yaml_reads_as_a_string_is_a_number(tmp_path) -> None:
     ("slurm.additional={signal: USR2@10}", r"slurm.additional.signal: an sbatch option earful writes itself; set "
                                            r"slurm.signal_delay_s"),
     ("slurm.additional={cpus_per_task: 4}", r"slurm.additional.cpus_per_task: .*; set slurm.cpus_per_gpu"),
+    # accepted, and written beside earful's options: --ntasks=1 over --ntasks-per-node, --mem-per-cpu beside
+    # --mem (a job Slurm refuses), --no-requeue (no requeue at the time limit); gres was refused as written by
+    # earful, which writes --gpus-per-node
+    ("slurm.additional={ntasks: 1}", r"slurm.additional.ntasks: earful asks for one task and one GPU a rank"),
+    ("slurm.additional={mem-per-cpu: 4G}", r"slurm.additional.mem-per-cpu: Slurm refuses it beside the --mem"),
+    ("slurm.additional={no-requeue: true}", r"slurm.additional.no-requeue: a study's jobs requeue themselves"),
+    ("slurm.additional={open-mode: truncate}", r"slurm.additional.open-mode: submitit appends"),
+    ("slurm.additional={gres: 'gpu:a100:4'}", r"slurm.additional.gres: asks for GPUs a second way; .* a GPU type "
+                                              r"with slurm.constraint"),
 ])
 def test_slurm_settings_that_would_make_wrong_job_scripts_are_refused(tmp_path, setting, problem) -> None:
     y = tmp_path / "s.yaml"

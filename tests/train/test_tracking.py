@@ -272,7 +272,9 @@ def test_a_plain_path_is_an_mlflow_file_store(tmp_path, monkeypatch) -> None:
 
 def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, caplog) -> None:
     """A tracker whose log raises (its run deleted in the MLflow UI, a full disk, a server gone) is warned about,
-    closed as failed and dropped; the others log on. Its exception stopped the training, without a checkpoint."""
+    closed as failed and dropped; the others log on. Its exception stopped the training, without a checkpoint.
+    It is closed failing fast: against the MLflow server that just failed, its own retries (about 4 min) had
+    stalled the step a second time."""
     from earful.train.config import TrackingConfig
     from earful.train.tracking import Tracking
 
@@ -283,7 +285,7 @@ def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, ca
             raise OSError("No space left on device")
 
         def finish(self, status):
-            finished.append(status)
+            finished.append((status, os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")))  # FAIL_FAST's: 1
 
     class Fine:
         def log(self, metrics, step):
@@ -293,7 +295,8 @@ def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, ca
     tracking.runs = {"mlflow": Broken(), "wandb": Fine()}
     tracking.log("train", {"loss": 1.0}, 3)
     tracking.log("train", {"loss": 0.5}, 4)
-    assert logged == [3, 4] and finished == ["failed"] and list(tracking.runs) == ["wandb"]
+    assert logged == [3, 4] and finished == [("failed", "1")] and list(tracking.runs) == ["wandb"]
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert "logging to mlflow failed at step 3" in caplog.text
 
 
