@@ -205,6 +205,20 @@ def _refuse_run_settings(study: StudyConfig) -> None:
         raise ValueError("; ".join(said) + " (each run's own value would overwrite the override without a word)")
 
 
+def _say_what_baselines_keep(study: StudyConfig) -> None:
+    """Warn of a fine-tuning override of a key a baseline sets itself (``stages.BASELINES``: the scratch-*-cnn
+    baselines' freeze_feature_encoder): it holds for every other fine-tuning, not for that baseline."""
+    lists = [("finetune.overrides", study.finetune.overrides), *(
+        (f"finetune.per_label_set[{ls!r}]", overrides) for ls, overrides in study.finetune.per_label_set.items())]
+    for base in study.finetune.baselines:
+        for where, overrides in lists:
+            for item in overrides:
+                for key in set(flatten(parse_overrides([item]))) & set(BASELINES[base]):
+                    log.warning("%s: %r sets %s, which the baseline %s sets itself (%s): that baseline keeps its "
+                                "own, the other fine-tunings take the override", where, item, key, base,
+                                BASELINES[base][key])
+
+
 def check_recipes(study: StudyConfig) -> None:
     """The pre-training recipe (as every grid entry sets it) and the fine-tuning recipe of every label set (with its
     ``per_label_set`` overrides) load with the study's overrides, ``finetune.checkpoints`` names checkpoints the
@@ -244,6 +258,7 @@ def check_recipes(study: StudyConfig) -> None:
     if unknown_tasks:
         raise ValueError(f"probes: unknown task(s) {unknown_tasks} ({' | '.join(TASKS)})")
     _refuse_run_settings(study)  # its label sets known to exist
+    _say_what_baselines_keep(study)
     # said, not refused: a study folder made before this check must still continue (adding seeds)
     if "best" in study.finetune.checkpoints and (why := why_no_best(study, pre)):
         log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "

@@ -395,6 +395,21 @@ def test_an_override_of_a_setting_the_study_sets_for_each_run_is_refused_naming_
         check_recipes(StudyConfig(grid=[8.0], steps=10, pretrain_overrides=["optim={lr: 1e-2}"]))
 
 
+def test_an_override_a_baseline_sets_itself_is_said_not_ignored_silently(tmp_path, caplog) -> None:
+    """The scratch-*-cnn baselines set freeze_feature_encoder themselves: an override of it held for the other
+    fine-tunings and was dropped for them without a word."""
+    with caplog.at_level(logging.WARNING):
+        check_recipes(_study(tmp_path, "finetune.overrides=[freeze_feature_encoder=false]",
+                             "finetune.baselines=[scratch, scratch-frozen-cnn]"))
+    assert ("finetune.overrides: 'freeze_feature_encoder=false' sets freeze_feature_encoder, which the baseline "
+            "scratch-frozen-cnn sets itself (True): that baseline keeps its own") in caplog.text
+    assert "baseline scratch sets" not in caplog.text  # the plain scratch baseline takes the recipe
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_recipes(_study(tmp_path, "finetune.overrides=[freeze_feature_encoder=false]"))
+    assert "sets itself" not in caplog.text
+
+
 def test_the_cyclic_schedule_s_settings_are_refused_only_where_the_study_sets_them(tmp_path) -> None:
     overrides = "pretrain_overrides=[optim.schedule=cyclic, optim.cyclic_step_size=1, 'ckpt_steps=[4]']"
     check_recipes(_study(tmp_path, overrides))  # no cycles: the recipe's own
