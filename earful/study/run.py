@@ -185,6 +185,12 @@ def finetuned_label_sets(study: StudyConfig) -> list[str]:
     return list(study.finetune.label_sets or study.corpus.label_sets)
 
 
+def _finetune_override_lists(study: StudyConfig) -> list[tuple[str, list[str]]]:
+    """The study's fine-tuning override lists, each with the setting that holds it (as errors name it)."""
+    return [("finetune.overrides", study.finetune.overrides), *(
+        (f"finetune.per_label_set[{ls!r}]", overrides) for ls, overrides in study.finetune.per_label_set.items())]
+
+
 def _refuse_run_settings(study: StudyConfig) -> None:
     """Refuse an override of a training key the study sets for each run (``stages.pretrain_run_settings``,
     ``stages.finetune_run_settings``), naming the study setting to use: the run's value overwrote it without a word
@@ -195,9 +201,7 @@ def _refuse_run_settings(study: StudyConfig) -> None:
               pretrain_run_settings(study, runs[0], Path.cwd()) if runs else {})]
     if label_sets:  # the same keys for every label set (none fine-tuned: its overrides set nothing)
         fine = finetune_run_settings(study, label_sets[0], Path(), 0, Path.cwd())
-        lists += [("finetune.overrides", study.finetune.overrides, fine)] + [
-            (f"finetune.per_label_set[{ls!r}]", overrides, fine)
-            for ls, overrides in study.finetune.per_label_set.items()]
+        lists += [(where, overrides, fine) for where, overrides in _finetune_override_lists(study)]
     said = [f"{where}: {item!r} sets {key}, which the study sets for each run: set {sets[key][1]} instead"
             for where, overrides, sets in lists for item in overrides
             for key in flatten(parse_overrides([item])) if key in sets]
@@ -208,10 +212,8 @@ def _refuse_run_settings(study: StudyConfig) -> None:
 def _say_what_baselines_keep(study: StudyConfig) -> None:
     """Warn of a fine-tuning override of a key a baseline sets itself (``stages.BASELINES``: the scratch-*-cnn
     baselines' freeze_feature_encoder): it holds for every other fine-tuning, not for that baseline."""
-    lists = [("finetune.overrides", study.finetune.overrides), *(
-        (f"finetune.per_label_set[{ls!r}]", overrides) for ls, overrides in study.finetune.per_label_set.items())]
     for base in study.finetune.baselines:
-        for where, overrides in lists:
+        for where, overrides in _finetune_override_lists(study):
             for item in overrides:
                 for key in set(flatten(parse_overrides([item]))) & set(BASELINES[base]):
                     log.warning("%s: %r sets %s, which the baseline %s sets itself (%s): that baseline keeps its "
