@@ -84,6 +84,9 @@ def _tar_entry(name: str, data: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------- writing
 
 
+FLAC_MAX_CHANNELS, FLAC_MAX_RATE = 8, 655_350  # the format's limits
+
+
 def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
     """(the FLAC bytes of ``utt``'s audio — its window of the file — or b"", the problem or None). The header is
     checked against the row as the loader checks it (``check_row``: rate, length, window, too short), so a member
@@ -93,6 +96,10 @@ def encode_member(utt: Utterance) -> tuple[bytes, str | None]:
         with open_audio(utt.path) as f:  # one open: the header checked, then the window read
             frames, rate = int(f.frames), int(f.samplerate)
             check_row(utt.path, utt, frames, rate)
+            if f.channels > FLAC_MAX_CHANNELS or rate > FLAC_MAX_RATE:  # the file is fine; FLAC cannot hold it
+                return b"", (f"{name}: {f.channels} channels at {rate} Hz; a FLAC member holds at most "
+                             f"{FLAC_MAX_CHANNELS} channels and {FLAC_MAX_RATE} Hz: mix down or resample the file, "
+                             "or train from the manifest (data.train)")
             start = utt.offset or 0
             count = utt.num_samples if utt.offset is not None else frames
             source = f.subtype

@@ -416,12 +416,17 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
     # float samples beyond ±1 (a float WAV; decoded Vorbis overshoots): FLAC would clip them, silently until now
     sf.write(tmp_path / "loud.wav", 1.5 * np.sin(np.arange(SR) / 10).astype(np.float32), SR, subtype="FLOAT")
     loud = {**rows[0], "id": "loud", "path": str(tmp_path / "loud.wav"), "num_samples": SR}
+    # a microphone array of 10 channels reads (the loader mixes it down) but FLAC holds at most 8: the file is not
+    # "unreadable", as the FLAC encoder's error said
+    sf.write(tmp_path / "array.wav", np.full((SR, 10), 0.1, dtype=np.float32), SR, subtype="PCM_16")
+    array = {**rows[0], "id": "array", "path": str(tmp_path / "array.wav"), "num_samples": SR}
     u00 = Path(rows[0]["path"]).name
     cases = [(half, rf"{u00}: \d+ samples at 16000 Hz, longer than the manifest's \d+"),
              (longer, rf"{u00}: truncated\? \d+ samples at 16000 Hz, the manifest says \d+"),
              (rate, r"u03.flac: sample rate 16000 Hz, the manifest says 22050 Hz"),
              (blip, r"blip.flac: too short \(300 samples at 16000 Hz"),
-             (loud, r"loud.wav: float samples beyond ±1 \(peak 1.5\) would be clipped in a FLAC member")]
+             (loud, r"loud.wav: float samples beyond ±1 \(peak 1.5\) would be clipped in a FLAC member"),
+             (array, r"array.wav: 10 channels at 16000 Hz; a FLAC member holds at most 8 channels")]
     for k, (row, problem) in enumerate(cases):
         corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
         with pytest.raises(ShardError, match=problem + ".*--skip-bad"):
@@ -430,9 +435,9 @@ def test_shard_command_checks_a_whole_file_against_its_row_as_the_loader_does(co
     corpus.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *(row for row, _ in cases)]))
     with caplog.at_level(logging.WARNING):
         assert _run("shard", str(corpus), str(tmp_path / "s"), "--skip-bad") == 0
-    assert "5 rows left out" in caplog.text
+    assert "6 rows left out" in caplog.text
     index = ShardIndex(tmp_path / "s")
-    assert len(index) == 18 and [r["id"] for r in index.left_out] == ["half", "longer", "rate", "blip", "loud"]
+    assert len(index) == 18 and [r["id"] for r in index.left_out] == ["half", "longer", "rate", "blip", "loud", "array"]
     for r, (_, problem) in zip(index.left_out, cases, strict=True):
         assert re.search(problem, r["problem"])
     loader = make_shard_loader(str(tmp_path / "s"), BatchBudget(3.0, 3.0), shuffle=False)
