@@ -131,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="audio files (STEM.npy each) and manifests (.jsonl, as `earful prepare` writes: ID.npy a row, "
                    "a segment of a file too)")
     p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
-                   "features.json records the checkpoint; another checkpoint's is refused)")
+                   "features.json records the checkpoint, layers, dtype and windows; another checkpoint's, or "
+                   "other layers, dtype or windows, are refused)")
     p.add_argument("--chunk-seconds", type=float, default=0.0,
                    help="take files longer than this in overlapping windows, as `earful transcribe` does, so that "
                    "memory does not grow with the file (default 0: whole files, exact; e.g. 30 for long recordings)")

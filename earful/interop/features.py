@@ -67,7 +67,8 @@ def layer_features(model: torch.nn.Module, wave: np.ndarray, chunk: int = 0, str
     return torch.cat(parts).transpose(0, 1).contiguous().numpy()
 
 
-RECORD = "features.json"  # in --out: the checkpoint its .npy files are of, and the audio file of each
+# in --out: the checkpoint its .npy files are of, how they were made (ALL_OF's keys), and the audio file of each
+RECORD = "features.json"
 
 
 def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
@@ -97,16 +98,20 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
         raise ValueError(f"{out}: holds the features of another checkpoint ({saved.get('checkpoint')}: {len(files)} "
                          f"file(s)), which these ({record['checkpoint']}) would mix with; give another --out, or "
                          f"remove {out}")
-    made = {k: saved.get(k, ALL_OF[k]) for k in ALL_OF}  # a record of before --layers and --dtype: all, float32
+    # a record of before --layers and --dtype: all, float32; of before the windows were recorded: whole files, the
+    # default then as now (a folder chunked then reads as whole files: what it holds cannot tell)
+    made = {k: saved.get(k, ALL_OF[k]) for k in ALL_OF}
     want = {k: record[k] for k in ALL_OF}
     if made != want:
-        raise ValueError(f"{out}: holds features of other layers or precision ({made}), which these ({want}) would "
-                         f"mix with; give another --out, or remove {out}")
+        raise ValueError(f"{out}: holds features of other layers, precision or windows ({made}), which these "
+                         f"({want}) would mix with; give another --out, or remove {out}")
     return files
 
 
 LONG_SECONDS = 120.0  # a file longer than this, taken whole, is worth a word about --chunk-seconds
-ALL_OF = {"layers": "all", "dtype": "float32"}  # what features.json records by default: every state, float32
+# what features.json records by default: every state, float32, whole files (windows: chunk_seconds and
+# stride_seconds as taken, whole frames; 0 and 0 for whole files)
+ALL_OF = {"layers": "all", "dtype": "float32", "chunk_seconds": 0.0, "stride_seconds": 0.0}
 DTYPES = ("float32", "float16")
 
 
@@ -190,8 +195,9 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
     the model's receptive field) is reported and left out, as ``earful transcribe`` does: returns the files
     written and the problems of those left out. ``chunk_seconds`` (0: whole files) and ``stride_seconds``:
     :func:`layer_features`'s windows. ``layers``: the states kept (0 the transformer's input, ``i`` layer i's
-    output; default all), in that order; ``dtype``: float32 or float16 (half the disk). Both are recorded, and an
-    earlier run's files of others are refused."""
+    output; default all), in that order; ``dtype``: float32 or float16 (half the disk). These are recorded (the
+    windows as taken, in whole frames), and an earlier run's files of other layers, dtype or windows are refused:
+    windows change the features of a file longer than one."""
     from earful.data.audio import AudioError
     from earful.eval.transcribe import window_samples
 
@@ -212,7 +218,8 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
         stems[src.stem] = src
     out = Path(out_dir)
     record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256,
-                              "layers": list(layers) if layers is not None else "all", "dtype": dtype}
+                              "layers": list(layers) if layers is not None else "all", "dtype": dtype,
+                              "chunk_seconds": chunk / SAMPLE_RATE, "stride_seconds": stride / SAMPLE_RATE}
     earlier = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
     # files there of other sources (listed under them by an earlier run, or not listed): listed as they are until

@@ -626,14 +626,56 @@ def test_features_of_chosen_layers_in_half_precision(tmp_path, caplog) -> None:
     assert (record["layers"], record["dtype"]) == ([2, 0], "float16")
     caplog.clear()
     assert main(["features", ckpt, wav, "--out", str(tmp_path / "all"), "--dtype", "float16"]) == 2
-    assert f"{tmp_path / 'all'}: holds features of other layers or precision ({{'layers': 'all', 'dtype': " \
-           "'float32'})" in caplog.text
+    assert f"{tmp_path / 'all'}: holds features of other layers, precision or windows ({{'layers': 'all', " \
+           "'dtype': 'float32', 'chunk_seconds': 0.0, 'stride_seconds': 0.0})" in caplog.text
     for bad in ("3", "1,1", "x"):
         caplog.clear()
         with pytest.raises(SystemExit) if bad == "x" else contextlib.nullcontext():
             assert main(["features", ckpt, wav, "--out", str(tmp_path / "bad"), "--layers", bad]) == 2
         assert bad == "x" or "expected distinct states 0 (the transformer's input) to 2" in caplog.text
     assert not (tmp_path / "bad").exists()
+
+
+def test_features_of_other_windows_are_refused_in_the_same_out(tmp_path, caplog) -> None:
+    """--chunk-seconds and --stride-seconds change the features of a file longer than one window, but features.json
+    recorded neither and a run of other windows into the same --out was taken silently: its files beside the
+    earlier ones, with nothing to tell which was made which way. The windows as taken are recorded and other
+    windows are refused, as other layers or precision; a record written before them (no such keys) is of whole
+    files, the default then as now: a whole-file run continues there, a chunked one is refused."""
+    torch.manual_seed(0)
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    rs = np.random.RandomState(0)
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", (0.1 * rs.randn(6 * 16000)).astype(np.float32), 16000)
+    ckpt, a, b = str(tmp_path / "ckpt"), str(tmp_path / "a.wav"), str(tmp_path / "b.wav")
+    whole, chunked = tmp_path / "whole", tmp_path / "chunked"
+    assert main(["features", ckpt, a, "--out", str(whole)]) == 0
+    assert main(["features", ckpt, a, "--out", str(chunked), "--chunk-seconds", "2"]) == 0
+    assert not np.allclose(np.load(whole / "a.npy"), np.load(chunked / "a.npy"), atol=1e-3)  # the windows matter
+    record = json.loads((whole / "features.json").read_text())
+    assert (record["chunk_seconds"], record["stride_seconds"]) == (0.0, 0.0)
+    record = json.loads((chunked / "features.json").read_text())
+    assert (record["chunk_seconds"], record["stride_seconds"]) == (2.0, 0.34)  # chunk / 6, in whole frames
+    for out, other in ((whole, ["--chunk-seconds", "2"]), (chunked, []), (chunked, ["--chunk-seconds", "3"]),
+                       (chunked, ["--chunk-seconds", "2", "--stride-seconds", "0.5"])):
+        caplog.clear()
+        assert main(["features", ckpt, b, "--out", str(out), *other]) == 2, other
+        assert f"{out}: holds features of other layers, precision or windows (" in caplog.text
+        assert f"would mix with; give another --out, or remove {out}" in caplog.text
+        assert not (out / "b.npy").exists()
+    assert main(["features", ckpt, b, "--out", str(chunked), "--chunk-seconds", "2", "--stride-seconds", "0.34"]) == 0
+    assert main(["features", ckpt, b, "--out", str(whole)]) == 0  # the same windows: kept beside
+    assert sorted(json.loads((whole / "features.json").read_text())["files"]) == ["a.npy", "b.npy"]
+    record = json.loads((whole / "features.json").read_text())  # as a run before the windows were recorded left it
+    for key in ("chunk_seconds", "stride_seconds"):
+        del record[key]
+    (whole / "features.json").write_text(json.dumps(record))
+    assert main(["features", ckpt, a, "--out", str(whole)]) == 0
+    (whole / "features.json").write_text(json.dumps(record))
+    caplog.clear()
+    assert main(["features", ckpt, a, "--out", str(whole), "--chunk-seconds", "2"]) == 2
+    assert f"{whole}: holds features of other layers, precision or windows ({{'layers': 'all', 'dtype': 'float32', " \
+           "'chunk_seconds': 0.0, 'stride_seconds': 0.0})" in caplog.text
 
 
 def test_features_of_a_manifest_one_file_a_row_named_by_its_id(tmp_path, caplog) -> None:
