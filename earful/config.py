@@ -3,7 +3,7 @@
 A config is a (possibly nested) dataclass. ``load_config(cls, preset_or_path, overrides)`` starts from
 the dataclass defaults, applies a YAML file (a preset name from ``earful/configs/`` or a path), then the
 overrides, e.g. ``model.num_layers=4 optim.lr=1e-3``. Values in overrides are parsed as YAML scalars
-(safely, numbers in decimal only: ``_PlainNumbersLoader``), never evaluated.
+(safely, numbers in decimal only, no key twice in one mapping: ``_UniqueKeyLoader``), never evaluated.
 """
 
 from __future__ import annotations
@@ -199,9 +199,10 @@ def config_and_overrides(words: list[str], option: str | None) -> tuple[str | No
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars). A key given twice:
-    the last value stands (a script may append its own); an entry set after its mapping given whole is merged into
-    it (``optim={lr: 0.1} optim.eps=1e-3``); a mapping given whole after an entry of it is refused (it had dropped
-    the entry without a word). A value holding
+    the last value stands (a script may append its own), but a key given twice inside one override's mapping
+    (``optim={lr: 1e-3, lr: 2e-3}``) is refused, naming the override, as a YAML file's is; an entry set after its
+    mapping given whole is merged into it (``optim={lr: 0.1} optim.eps=1e-3``); a mapping given whole after an
+    entry of it is refused (it had dropped the entry without a word). A value holding
     `` #`` (or starting with ``#``), where YAML would start a comment, is text, whole
     (``data.train=/a/run #2/x.jsonl``; ``max_steps=5 #five`` is then an error, not 5)."""
     out: dict[str, Any] = {}
@@ -223,6 +224,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         seen[parts] = item
         try:
             value = _plain_yaml(raw) if raw != "" else ""
+        except yaml.constructor.ConstructorError as e:
+            if e.problem and " is given twice" in e.problem:  # YAML keeps the last, silently
+                twice = e.problem.split(" is given twice")[0]
+                raise ConfigError(f"override {item!r}: {twice} is given twice in one mapping; give it once") from None
+            raise ConfigError(f"override {item!r}: not a plain YAML value ({str(e).splitlines()[0]})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: not a plain YAML value ({str(e).splitlines()[0]})") from None
         if _YAML_COMMENT.search(raw) and not raw.lstrip().startswith(("'", '"')):
@@ -275,7 +281,8 @@ _PlainNumbersLoader.add_implicit_resolver(
 
 
 def _plain_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_PlainNumbersLoader)
+    """An override's value: plain YAML, numbers in decimal only, no key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 class _UniqueKeyLoader(_PlainNumbersLoader):

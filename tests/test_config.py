@@ -1,6 +1,8 @@
 """Configs as a user writes them: numbers in YAML and overrides, presets, unknown keys, mapping settings, the
 optimizer's values checked before training."""
 
+import re
+
 import pytest
 
 from earful.config import ConfigError
@@ -106,3 +108,19 @@ def test_a_folder_named_as_a_model_preset_does_not_hide_it(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"runs: a folder, not a config file, and no such model preset \(presets: "
                                           r"\[.*'tiny'"):
         load_model_config("runs")
+
+
+@pytest.mark.parametrize("override, twice", [("optim={lr: 1.0e-3, lr: 2.0e-3}", "'lr'"),
+                                             ("text_mapping={'-': ' ', '-': ''}", "'-'"),
+                                             ("model={dropout: 0.1, mask: {a: 1, a: 2}}", "'a'")])
+def test_a_key_given_twice_inside_one_override_is_refused_naming_it(override, twice):
+    """`optim={lr: 1.0e-3, lr: 2.0e-3}` trained with 2e-3 without a word (YAML keeps the last), where a YAML file
+    saying the same is refused with its line: the override is refused too, named."""
+    from earful.config import parse_overrides
+
+    message = rf"override {re.escape(repr(override))}: key {re.escape(twice)} is given twice in one mapping"
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides([override])
+    with pytest.raises(ConfigError, match=rf"^command-line overrides: {message}"):
+        (load_finetune_config if "text_mapping" in override else load_pretrain_config)(None, [override])
+    assert parse_overrides(["optim={lr: 1.0e-3}", "optim={lr: 2.0e-3}"]) == {"optim": {"lr": 2e-3}}  # two overrides
