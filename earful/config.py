@@ -13,6 +13,8 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -195,6 +197,32 @@ def config_and_overrides(words: list[str], option: str | None) -> tuple[str | No
             raise ConfigError(f"two configs: --config {option} and {words[0]}; give one of them")
         return words[0], words[1:]
     return option, list(words)
+
+
+def _looks_like_a_path(word: str) -> bool:
+    """Whether ``word``, read as a ``key=value`` override, looks like a config path holding ``=``: its key's first
+    part holds a ``/`` (no setting's does) or the word names an existing file (``sweep/lr=1e-3/config.yaml``)."""
+    if "/" in override_key(word)[0]:
+        return True
+    try:
+        return Path(word).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL
+        return False
+
+
+@contextmanager
+def overrides_read_as_paths(words: list[str]) -> Iterator[None]:
+    """A command's config error, where one of its ``key=value`` words (``config_and_overrides``) looks like a
+    config path holding ``=``, says that it was read as an override and how a config path is given: it had said
+    only "unknown key(s) ['sweep/lr']". The words are read as they were."""
+    try:
+        yield
+    except ConfigError as e:
+        paths = [w for w in words if "=" in w and _looks_like_a_path(w)]
+        if not paths:
+            raise
+        raise ConfigError(f"{e}. {', '.join(map(repr, paths))}: read as a key=value override (every word holding '=' "
+                          "is one); give a config path holding '=' with --config PATH") from None
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

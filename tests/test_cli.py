@@ -48,6 +48,39 @@ def test_both_training_commands_take_a_config_either_way(command, tmp_path, capl
     assert f"two configs: --config {preset} and {preset}; give one of them" in caplog.text
 
 
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_a_config_path_holding_an_equals_sign_is_said_to_be_read_as_an_override(command, tmp_path, monkeypatch,
+                                                                                caplog):
+    """`earful pretrain sweep/lr=1e-3/config.yaml` said only "unknown key(s) ['sweep/lr']": a word holding '=' is an
+    override. The refusal now says the word was read as one, and that --config takes such a path (which works);
+    a word that names an existing file, whatever its key, is said so too."""
+    import logging
+
+    from earful.cli import main
+    from earful.config import save_yaml
+    from earful.finetune.config import load_finetune_config
+    from earful.pretrain.config import load_pretrain_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep" / "lr=1e-3").mkdir(parents=True)
+    path = "sweep/lr=1e-3/config.yaml"
+    loader = load_pretrain_config if command == "pretrain" else load_finetune_config
+    save_yaml(loader(f"{command}-demo", ["max_steps=4"]), path)
+    (tmp_path / "max_steps=5").write_text("max_steps: 5\n")  # a file named as an override
+    for word in (path, "max_steps=5"):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main([command, word, "--init", "scratch", "--out", str(tmp_path / "run"),
+                         *(["bogus=1"] if word == "max_steps=5" else [])]) == 2
+        assert re.search(rf"{re.escape(repr(word))}: read as a key=value override .*give a config path holding '=' "
+                         r"with --config PATH", caplog.text), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):  # an error with no such word is as it was
+        assert main([command, "bogus=1", "--out", str(tmp_path / "run")]) == 2
+    assert "unknown key(s) ['bogus']" in caplog.text and "read as a key=value override" not in caplog.text
+    assert loader(path, []).max_steps == 4  # what --config PATH reads
+
+
 @pytest.mark.parametrize("extra", ["--bogus", "stray"])
 def test_unknown_words_are_refused(extra, capsys):
     with pytest.raises(SystemExit):

@@ -11,13 +11,14 @@ log = logging.getLogger("earful.finetune")
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from earful.config import check_options, config_and_overrides
+    from earful.config import check_options, config_and_overrides, overrides_read_as_paths
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
     from earful.train.engine import train_command
 
     args.config, args.overrides = config_and_overrides(args.overrides, args.config)
-    cfg = load_finetune_config(args.config, args.overrides)
+    with overrides_read_as_paths(args.overrides):  # sweep/lr=1e-3/config.yaml is an override: said so
+        cfg = load_finetune_config(args.config, args.overrides)
     options = {"init": ("--init", args.init), "data.train": ("--train", args.train),
                "data.valid": ("--valid", args.valid)}
     check_options(options, args.overrides)

@@ -8,7 +8,7 @@ import logging
 
 from earful.atomic import atomic_write_lines
 from earful.cli import resume_options
-from earful.config import check_options, config_and_overrides
+from earful.config import check_options, config_and_overrides, overrides_read_as_paths
 
 log = logging.getLogger("earful.pretrain")
 
@@ -19,9 +19,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from earful.train.engine import train_command
 
     config, overrides = config_and_overrides(args.overrides, args.config)
-    check_options({"init": ("--init", args.init)}, overrides)  # init=X --init Y trained from Y, silently
-    cfg = load_pretrain_config(config, overrides, init=args.init,
-                               resume_from=args.out if args.resume or args.resume_or_start else None)
+    with overrides_read_as_paths(overrides):  # sweep/lr=1e-3/config.yaml is an override: said so
+        check_options({"init": ("--init", args.init)}, overrides)  # init=X --init Y trained from Y, silently
+        cfg = load_pretrain_config(config, overrides, init=args.init,
+                                   resume_from=args.out if args.resume or args.resume_or_start else None)
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))
