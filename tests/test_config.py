@@ -124,3 +124,38 @@ def test_a_key_given_twice_inside_one_override_is_refused_naming_it(override, tw
     with pytest.raises(ConfigError, match=rf"^command-line overrides: {message}"):
         (load_finetune_config if "text_mapping" in override else load_pretrain_config)(None, [override])
     assert parse_overrides(["optim={lr: 1.0e-3}", "optim={lr: 2.0e-3}"]) == {"optim": {"lr": 2e-3}}  # two overrides
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.feature_grad_mult=.nan", "model.feature_grad_mult=nan: expected a finite multiplier >= 0"),
+    ("model.feature_grad_mult=.inf", "model.feature_grad_mult=inf: expected a finite multiplier >= 0"),
+    ("model.feature_grad_mult=-1", "model.feature_grad_mult=-1.0: expected a finite multiplier >= 0"),
+    ("health.after_steps=-1", "health.after_steps=-1: expected an integer >= 0"),
+    ("health.collapse_perplexity=.nan", "health.collapse_perplexity=nan: expected a finite hard perplexity >= 0"),
+    ("health.collapse_perplexity=-1", "health.collapse_perplexity=-1.0"),
+    ("health.stuck_accuracy_margin=.nan", "health.stuck_accuracy_margin=nan: expected a finite accuracy margin"),
+    ("health.stuck_accuracy_margin=-0.1", "health.stuck_accuracy_margin=-0.1"),
+    ("health.saturated_accuracy=1.5", "health.saturated_accuracy=1.5: expected a finite accuracy in \\(0, 1\\]"),
+    ("health.saturated_accuracy=0", "health.saturated_accuracy=0.0"),
+    ("health.grad_norm_factor=-1", "health.grad_norm_factor=-1.0: expected a finite factor > 0"),
+    ("health.grad_norm_factor=.inf", "health.grad_norm_factor=inf"),
+])
+@pytest.mark.parametrize("loader", [load_pretrain_config, load_finetune_config])
+def test_a_cnn_gradient_multiplier_or_health_threshold_no_run_can_use_is_refused_naming_it(override, message, loader):
+    """model.feature_grad_mult was checked for < 0 only: NaN (every CNN gradient NaN) and inf passed, in
+    pre-training and fine-tuning; the health thresholds were never checked (NaN turned a warning off without a
+    word, health.grad_norm_factor=-1 warned at every log)."""
+    with pytest.raises(ConfigError, match=rf"^command-line overrides: {message}"):
+        loader(None, [override])
+
+
+def test_the_edges_of_the_health_thresholds_and_gradient_multiplier_are_accepted():
+    cfg = load_pretrain_config(None, ["model.feature_grad_mult=0", "health.after_steps=0",
+                                      "health.collapse_perplexity=0", "health.stuck_accuracy_margin=0",
+                                      "health.saturated_accuracy=1", "health.grad_norm_factor=1e-9"])
+    assert (cfg.model.feature_grad_mult, cfg.health.saturated_accuracy) == (0.0, 1.0)
+    assert load_finetune_config(None, ["model.feature_grad_mult=null"]).model.feature_grad_mult is None
+    from earful.model import load_model_config
+
+    with pytest.raises(ValueError, match="model.feature_grad_mult=nan"):
+        load_model_config("tiny", ["feature_grad_mult=.nan"])

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from earful.config import ConfigError, at_least, load_config
 from earful.eval.vocab import check_mapping
-from earful.model.config import ModelConfig
+from earful.model.config import ModelConfig, check_feature_grad_mult
 from earful.train.config import DataConfig, OptimConfig, TrainingConfig, config_source
 from earful.train.recipe import written_by_a_run
 
@@ -107,6 +107,8 @@ class FinetuneConfig(TrainingConfig):
     def validate(self) -> None:
         super().validate()
         at_least("freeze_transformer_steps", self.freeze_transformer_steps, 0)
+        if self.model.feature_grad_mult is not None:  # None: the initial model's
+            check_feature_grad_mult(self.model.feature_grad_mult)
         check_mapping(self.text_mapping, "text_mapping")
 
     def check_init(self) -> None:

@@ -116,8 +116,7 @@ class ModelConfig:
             raise ValueError("hidden_size must be divisible by pos_conv_groups")
         if self.codevector_dim % self.num_codevector_groups:
             raise ValueError("codevector_dim must be divisible by num_codevector_groups")
-        if self.feature_grad_mult < 0:
-            raise ValueError(f"feature_grad_mult {self.feature_grad_mult} < 0 (0 freezes the CNN, 1 trains it fully)")
+        check_feature_grad_mult(self.feature_grad_mult)
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -176,6 +175,14 @@ class ModelConfig:
         if not self.conv_padding:
             return [0] * len(self.conv_kernel)
         return [max(0, (k - s + 1) // 2) for k, s in zip(self.conv_kernel, self.conv_stride, strict=True)]
+
+
+def check_feature_grad_mult(value: object) -> None:
+    """Refuse a CNN gradient multiplier (``model.feature_grad_mult``) no run can train with, naming the key: NaN or
+    inf passed a check for ``< 0`` only, and a NaN multiplier makes every CNN gradient NaN."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"model.feature_grad_mult={value}: expected a finite multiplier >= 0 (0 freezes the CNN, 1 "
+                         "trains it fully)")
 
 
 def preset_differs(preset: str, model: ModelConfig) -> bool:

@@ -91,6 +91,19 @@ class HealthConfig:
     saturated_accuracy: float = 0.995  # accuracy at or above this: fake accuracy (collapsed codebook)
     grad_norm_factor: float = 10.0  # grad norm above factor × running median of the last 200 logged: exploding
 
+    def validate(self) -> None:
+        """Refuse a threshold no check can use, naming its key: NaN turned a warning off without a word (every
+        comparison with it is false), a negative margin never warned, a negative factor at every log."""
+        at_least("health.after_steps", self.after_steps, 0)
+        for key, ok, expected in (
+                ("collapse_perplexity", lambda v: v >= 0, "hard perplexity >= 0 (0: no collapse warning)"),
+                ("stuck_accuracy_margin", lambda v: 0 <= v <= 1, "accuracy margin in [0, 1]"),
+                ("saturated_accuracy", lambda v: 0 < v <= 1, "accuracy in (0, 1]"),
+                ("grad_norm_factor", lambda v: v > 0, "factor > 0 of the running median")):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and ok(v)):
+                raise ValueError(f"health.{key}={v}: expected a finite {expected}")
+
 
 @dataclass
 class DataConfig:
@@ -215,6 +228,7 @@ class TrainingConfig:
                              f"{self.compile_backend} would ignore it (compile_backend=cudagraphs records CUDA graphs)")
         at_least("data.num_workers", self.data.num_workers, 0)
         self.optim.validate()
+        self.health.validate()
         self.tracking.validate()
 
 

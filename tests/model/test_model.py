@@ -301,5 +301,5 @@ def test_feature_grad_mult_zero_runs_the_cnn_without_autograd(tmp_path) -> None:
         dist.destroy_process_group()
     assert all(p.grad is None for p in model.wav2vec2.feature_encoder.parameters())
     assert model.wav2vec2.encoder.layers[0].attention.qkv.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="feature_grad_mult -1"):
+    with pytest.raises(ValueError, match=r"model\.feature_grad_mult=-1\.0: expected a finite multiplier >= 0"):
         load_model_config("tiny", ["feature_grad_mult=-1"])
