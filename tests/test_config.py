@@ -159,3 +159,37 @@ def test_the_edges_of_the_health_thresholds_and_gradient_multiplier_are_accepted
 
     with pytest.raises(ValueError, match="model.feature_grad_mult=nan"):
         load_model_config("tiny", ["feature_grad_mult=.nan"])
+
+
+def test_a_runs_config_reads_back_as_written_where_its_model_preset_file_is_gone(tmp_path, monkeypatch):
+    """A run pre-trained with model_preset=mymodel.yaml (a relative path) wrote config.yaml, whose model section
+    holds every model setting; reading it back resolved the preset all the same, so from another folder (a Slurm
+    requeue started elsewhere), or once the file was removed, the run's own config was refused: "mymodel.yaml: no
+    such file and no such model preset". It reads back as written; a model section that does not set everything
+    still starts from the preset, and names it where it is gone."""
+    from earful.config import save_yaml, to_dict
+    from earful.train.recipe import start_history
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    (tmp_path / "a" / "mymodel.yaml").write_text("conv_dim: [32, 32, 32, 32, 32, 32, 32]\nhidden_size: 64\n"
+                                                 "num_layers: 2\nnum_heads: 2\nintermediate_size: 128\n"
+                                                 "pos_conv_kernel: 16\npos_conv_groups: 4\n")
+    cfg = load_pretrain_config("pretrain-demo", ["model_preset=mymodel.yaml"])
+    assert (cfg.model_preset, cfg.model.num_layers, cfg.model.hidden_size) == ("mymodel.yaml", 2, 64)
+    run = tmp_path / "run"
+    run.mkdir()
+    start_history(run, cfg, 1)
+    monkeypatch.chdir(tmp_path)
+    assert to_dict(load_pretrain_config(run / "config.yaml")) == to_dict(cfg)
+    (tmp_path / "a" / "mymodel.yaml").unlink()
+    monkeypatch.chdir(tmp_path / "a")
+    back = load_pretrain_config(run / "config.yaml", ["optim.lr=1e-3"])  # a resume's overrides too
+    assert (to_dict(back.model), back.model_preset, back.optim.lr) == (to_dict(cfg.model), "mymodel.yaml", 1e-3)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("model_preset: mymodel.yaml\nmodel:\n  num_layers: 3\n")
+    with pytest.raises(ConfigError, match=r"mymodel\.yaml: no such file and no such model preset"):
+        load_pretrain_config(partial)
+    fine = load_finetune_config("finetune-demo", ["model_preset=gone.yaml", "init=scratch"])
+    save_yaml(fine, tmp_path / "ft.yaml")  # fine-tuning reads its preset only to build a scratch model
+    assert to_dict(load_finetune_config(tmp_path / "ft.yaml")) == to_dict(fine)

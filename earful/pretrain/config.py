@@ -2,15 +2,16 @@
 defaults; ``key=value`` overrides on the command line override the YAML (``optim.lr=1e-4``). The engine's
 settings (batch budget, steps, intervals, optimizer) are ``earful.train.config.TrainingConfig``'s.
 
-``model_preset`` picks the model preset the ``model:`` section starts from; with ``init`` (continued
-pre-training from a checkpoint or a transformers folder) the ``model:`` section starts from that model's
-settings instead, and ``model_preset`` is recorded as ``init``."""
+``model_preset`` picks the model preset the ``model:`` section starts from (one that sets every model setting, as
+a run folder's config.yaml does, does not read it: the file it names may be gone, or relative to another folder);
+with ``init`` (continued pre-training from a checkpoint or a transformers folder) the ``model:`` section starts
+from that model's settings instead, and ``model_preset`` is recorded as ``init``."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,7 +115,8 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
             if not isinstance(preset, str):  # Path(7) raised a bare TypeError, past the command line's handler
                 raise ValueError(f"model_preset={preset!r}: expected a model preset name or a YAML path")
             base["model_preset"] = preset
-            base["model"] = to_dict(load_model_config(preset))
+            if not _sets_every_field(data.get("model"), over.get("model")):  # else the preset sets nothing
+                base["model"] = to_dict(load_model_config(preset))
         cfg = from_dict(PretrainConfig, merge(merge(base, data, PretrainConfig), over, PretrainConfig))
         cfg.validate()
     except (ValueError, OSError, CheckpointError) as e:
@@ -122,6 +124,14 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     if model is not None:  # what the run trains with, less what the YAML or the overrides set
         _warn_recipe_unknown(str(start), cfg.model, {*(data.get("model") or {}), *(over.get("model") or {})})
     return cfg
+
+
+def _sets_every_field(*sections: object) -> bool:
+    """Whether the ``model:`` sections given (the YAML's, the overrides') set every model setting between them, as
+    a run folder's config.yaml does: the model preset then sets none, and is not read (a relative or since-deleted
+    ``model_preset`` file had made the run's own config.yaml unloadable)."""
+    given = {k for section in sections if isinstance(section, dict) for k in section}
+    return given >= {f.name for f in fields(ModelConfig)}
 
 
 def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
