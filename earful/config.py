@@ -385,6 +385,15 @@ RENAMED_SETTINGS = {"loss_normalisation": "ctc_normalisation", "model.init": "mo
                     "data.dev": "data.valid"}
 
 
+# settings added in a later version, with what a recipe or a run folder's config that lacks them did: an earlier run
+# folder (or study) holds that behaviour, not a change (fine-tuning's vocabulary was a-z and ' before vocab existed;
+# the first GroupNorm's statistics were over the padded rows, group_norm_padding "included", before that setting).
+# A checkpoint's recipe without one compares as that value (``earful.train.recipe.check_resume``), and a run folder's
+# config.yaml without one reads as it (``given_settings``), so the run resumes with its own config
+ADDED_LATER: dict[str, Any] = {"vocab": "english", "model.feature_grad_mult": None,
+                               "model.group_norm_padding": "included"}
+
+
 def new_name(key: str, table: dict[str, str] = RENAMED_SETTINGS) -> str | None:
     """Dotted ``key``'s name today by ``table`` (old name → new), or None where it was not renamed; an entry
     below a renamed key moves with it (a fine-tuning recipe's ``data.dev.sha256`` is ``data.valid.sha256``)."""
@@ -441,12 +450,35 @@ def given_settings(cls: type, given: dict[str, Any], overrides: list[str] | None
                    within: str = "") -> dict[str, Any]:
     """``given``, the YAML a config for ``cls`` is read from, given with ``key=value`` ``overrides``: a renamed
     setting's old name (``RENAMED_SETTINGS``) is refused in either, naming the new, but in a YAML file earful wrote
-    (``saved``: a run folder's config.yaml), which is read with today's names. ``within``: the section ``cls`` is,
-    where it is one (``model``)."""
+    (``saved``: a run folder's config.yaml), which is read with today's names, and a setting added since that it
+    lacks as what the run trained with (``ADDED_LATER``). ``within``: the section ``cls`` is, where it is one
+    (``model``)."""
     _refuse_renamed(cls, [(k, "") for k in flatten(given) if not saved] +
                     [(k, f"override {o!r}: ") for o in overrides or [] for k in flatten(parse_overrides([o]))],
                     within)  # an override's every key: 'model={init: torch}' says model.init
-    return renamed_settings(given, within) if saved else given
+    return _with_added_later(cls, renamed_settings(given, within), within) if saved else given
+
+
+def _with_added_later(cls: type, given: dict[str, Any], within: str = "") -> dict[str, Any]:
+    """``given``, a config earful wrote, with each setting of ``ADDED_LATER`` that ``cls`` has and ``given`` lacks
+    set to what the run trained with before it existed (read as today's default, a run of before 96e4481 resumed
+    with its own config.yaml was refused: "model.group_norm_padding: 'included' -> 'excluded'")."""
+    at = f"{within}." if within else ""
+    present = flatten(given)
+    out = dict(given)
+    for key, value in ADDED_LATER.items():
+        if not key.startswith(at) or (own := key.removeprefix(at)) in present or not _has_setting(cls, own):
+            continue
+        *sections, name = own.split(".")
+        node = out
+        for section in sections:
+            child = node.get(section) or {}
+            if not isinstance(child, dict):  # not a mapping: the config's own error names it
+                break
+            node[section] = node = dict(child)
+        else:
+            node[name] = value
+    return out
 
 
 def load_config(

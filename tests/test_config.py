@@ -193,3 +193,25 @@ def test_a_runs_config_reads_back_as_written_where_its_model_preset_file_is_gone
     fine = load_finetune_config("finetune-demo", ["model_preset=gone.yaml", "init=scratch"])
     save_yaml(fine, tmp_path / "ft.yaml")  # fine-tuning reads its preset only to build a scratch model
     assert to_dict(load_finetune_config(tmp_path / "ft.yaml")) == to_dict(fine)
+
+
+def test_a_runs_config_of_before_a_setting_was_added_reads_as_the_run_trained(tmp_path):
+    """A run folder's config.yaml written before model.group_norm_padding existed (its runs trained with "included")
+    read as today's default, "excluded": resumed with it, as a refusal advises, the run was refused again. A run's
+    config without the key reads as "included", in pre-training and fine-tuning; any other YAML as the default."""
+    import yaml
+
+    from earful.train.recipe import start_history
+
+    for loader, preset in ((load_pretrain_config, "pretrain-demo"), (load_finetune_config, "finetune-demo")):
+        run = tmp_path / preset
+        run.mkdir()
+        start_history(run, loader(preset, ["init=scratch"] if loader is load_finetune_config else []), 1)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        del config["model"]["group_norm_padding"]
+        (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        assert loader(run / "config.yaml").model.group_norm_padding == "included"
+        assert loader(run / "config.yaml", ["model.group_norm_padding=excluded"]).model.group_norm_padding == "excluded"
+        mine = tmp_path / f"{preset}.yaml"
+        mine.write_text(yaml.safe_dump(config, sort_keys=False))
+        assert loader(mine).model.group_norm_padding == "excluded"

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_lines
-from earful.config import ConfigError, flatten, plain_name, renamed_settings, save_yaml, to_dict
+from earful.config import ADDED_LATER, ConfigError, flatten, plain_name, renamed_settings, save_yaml, to_dict
 from earful.data.digest import DIGEST_RULE, LABELS, manifest_digest
 from earful.train.config import TrainingConfig
 
@@ -54,9 +54,6 @@ LAYOUT = ("device_seconds",)
 # recipe entries a task adds (``Task.recipe_extras``) that checkpoints of earlier versions do not record: compared
 # only where the checkpoint records them
 LATER = ("init.sha256", "data.manifest_digest")
-# settings added in a later version, with what a recipe that lacks them did: an earlier run folder (or study) holds
-# that behaviour, not a change (fine-tuning's vocabulary was a-z and ' before vocab existed)
-ADDED_LATER: dict[str, Any] = {"vocab": "english", "model.feature_grad_mult": None}
 # how the manifests' ``.sha256`` entries were computed (``DIGEST_RULE``); a checkpoint without it recorded the
 # SHA-256 of each manifest's bytes
 DIGEST_KEY = "data.manifest_digest"
@@ -166,9 +163,11 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
                          "by earful's trainer): use another --out")
     # compared by today's names (a setting renamed since: the same recipe); trainer.json itself stays as written,
     # its recipe's SHA-256 (the model card's, the trackers') with it
-    saved, legacy = _legacy_manifests(renamed_settings(info["recipe"]), recipe, manifests or {})
+    recorded = renamed_settings(info["recipe"])
+    saved, legacy = _legacy_manifests(recorded, recipe, manifests or {})
     saved = {**{k: v for k, v in ADDED_LATER.items() if k in recipe}, **saved}
     changed = differences(saved, {k: v for k, v in recipe.items() if k in saved or k not in LATER})
+    before = [k for k in changed if k in ADDED_LATER and k not in recorded]  # a setting the run trained without
     now = records or {}
     # a checkpoint of before one: none of it; of before a rename, its keys renamed (data.dev's are data.valid's)
     then = {name: renamed_settings(info.get(name) or {}) for name in MANIFEST_RECORDS}
@@ -198,6 +197,10 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
     note += (f" ({', '.join(legacy)}: the checkpoint, of an earlier version, recorded the SHA-256 of the file's bytes, "
             "which other audio paths alone change too; if only they changed, --allow-changes continues, the data "
             "from a fresh epoch)") if legacy else ""
+    settings = "these settings" if len(before) > 1 else "the setting"
+    note += (f" ({', '.join(before)}: the run was trained before {settings} existed, as the override "
+             f"{' '.join(_override(k, saved[k]) for k in before)} trains now, and as the run's config.yaml reads)"
+             ) if before else ""
     moved = differences(info["layout"], layout)
     if "seed" in changed:  # the data order, masks and dropout of every step come of it
         raise ValueError(f"{root}: --resume with another seed ({describe({'seed': changed['seed']})}) cannot "
@@ -222,6 +225,11 @@ def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layou
         return None
     return {"step": info["step"], "recipe_changes": changed, "layout_changes": moved,
             **({"relabelled": unread} if unread else {})}
+
+
+def _override(key: str, value: Any) -> str:
+    """The ``key=value`` override that sets ``key`` to ``value`` (``model.feature_grad_mult=null``)."""
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
 
 
 ANY_LABELS = "transcripts, phonemes, intents or speakers"  # which, a checkpoint of before manifest_labels does not say

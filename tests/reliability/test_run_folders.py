@@ -907,6 +907,39 @@ def test_a_run_of_before_a_setting_was_added_resumes_at_its_earlier_behaviour(tm
                    resume=True).step == 1
 
 
+def test_a_run_of_before_group_norm_padding_resumes_with_its_config_or_the_override_it_is_named(
+        tmp_path, finished, tiny_corpus, rel) -> None:
+    """A run of before model.group_norm_padding (96e4481) trained as "included" (the same arithmetic, bit for bit);
+    its checkpoints' recipe and its config.yaml lack the key. Resumed, it was refused "model.group_norm_padding:
+    None -> 'excluded'", and "None -> 'included'" with the override, while the refusal's advice, its config.yaml,
+    read as 'excluded'. Its config.yaml resumes it, "included"; another config is refused naming the override that
+    resumes it."""
+    import yaml
+
+    for name in ("own", "named"):
+        out = tmp_path / name
+        shutil.copytree(finished, out)
+        for info in (out / "checkpoints").glob("*/trainer.json"):
+            earlier = json.loads(info.read_text())
+            if "recipe" in earlier:  # init, the step-0 weights, records none
+                del earlier["recipe"]["model.group_norm_padding"]
+                info.write_text(json.dumps(earlier))
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        del config["model"]["group_norm_padding"]
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ValueError, match=r"model\.group_norm_padding: 'included' -> 'excluded'\) \(model\."
+                                         r"group_norm_padding: the run was trained before the setting existed, as "
+                                         r"the override model\.group_norm_padding=included trains now"):
+        Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4)), tmp_path / "own", resume=True)
+    own = load_pretrain_config(tmp_path / "own" / "config.yaml")
+    assert own.model.group_norm_padding == "included"
+    resumed = Trainer(PretrainTask(own), tmp_path / "own", resume=True)
+    assert resumed.step == 4 and resumed.task.model.cfg.group_norm_padding == "included"
+    named = Trainer(PretrainTask(_cfg(rel, tiny_corpus[0], 4, "model.group_norm_padding=included")),
+                    tmp_path / "named", resume=True)
+    assert named.step == 4 and named.task.model.cfg.group_norm_padding == "included"
+
+
 def test_a_refused_or_failed_start_leaves_no_lock_and_no_folder(tmp_path, tones, rel) -> None:
     """A start that failed (a transcript its vocabulary cannot spell) left a new --out holding only .lock, and a
     --resume on a folder that is no run (an export-hf folder) left a .lock there, which export-hf then refused."""
