@@ -11,7 +11,8 @@ The defaults are the paper's recipe (docs/paper.md §5, the CTC head of §2.7; n
 * time masking p = 0.05, span 10; no channel masking; dropout 0.1; LayerDrop 0;
 * CTC head initialised as the paper's ``init_linear_for_ctc`` (blank bias + 5, other rows × 0.1);
 * 12,000 steps (the 10-minute condition; 13k for 1 h, 20k for 10 h, 80k for 100 h, 320k for 960 h);
-* seed 123. The paper trains in fp16; the default here is fp32 (CPU-friendly), set ``precision=fp16``.
+* seed 123. The paper trains in fp16 and validates every 5k steps; the defaults here are fp32 (CPU-friendly)
+  and every 1k steps: ``finetune-paper`` sets the paper's (and its scratch model, the paper's ``base-nanow2v2``).
 
 fairseq's BASE recipes are presets: ``finetune-fairseq-10m`` and ``finetune-fairseq-100h``.
 

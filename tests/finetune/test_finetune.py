@@ -172,6 +172,34 @@ def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus, caplog) 
         assert float(got["lm_head.bias"][0] - got["lm_head.bias"][1:].max()) > 3.0  # paper head init
 
 
+def test_the_paper_recipes_scratch_baseline_is_the_papers_model_in_fp16(tmp_path) -> None:
+    """finetune-paper.yaml left model_preset at the default, base: `earful finetune finetune-paper init=scratch`
+    (the paper's scratch baseline, docs/paper.md §5.3: the same nanow2v2 model from random init) built fairseq's
+    BASE (49 Hz, fairseq init, input dropout), and it trained in fp32 with validation every 1k steps (§5.4: fp16,
+    every 5k, as pretrain-paper.yaml sets). From a checkpoint, the model is the checkpoint's."""
+    from earful.checkpoint import save_model
+    from earful.config import to_dict
+    from earful.eval.vocab import CharVocab
+    from earful.finetune.init import build_initial_model
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+    from earful.pretrain.config import load_pretrain_config
+
+    cfg = load_finetune_config("finetune-paper", ["init=scratch"])
+    paper = load_pretrain_config("pretrain-paper")
+    assert cfg.model_preset == paper.model_preset == "base-nanow2v2"
+    assert (cfg.precision, cfg.valid_every) == (paper.precision, paper.valid_every) == ("fp16", 5000)
+    scratch = cfg.model.apply(load_model_config(cfg.model_preset))  # as build_initial_model builds it
+    regularisation = {f: getattr(scratch, f) for f in to_dict(cfg.model) if getattr(cfg.model, f) is not None}
+    assert to_dict(scratch) == {**to_dict(paper.model), **regularisation}  # pre-training's model, fine-tuning's masks
+    assert (scratch.conv_padding, scratch.weight_init, scratch.dropout_input) == (True, "nanow2v2", 0.0)
+    torch.manual_seed(0)
+    save_model(tmp_path / "pt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    tuned = build_initial_model(load_finetune_config("finetune-paper", [f"init={tmp_path / 'pt'}"]), CharVocab())
+    assert to_dict(tuned.cfg) == to_dict(cfg.model.apply(load_model_config("tiny")))  # the preset is not used
+    demo = load_finetune_config("finetune-demo", ["init=scratch"])  # make demo's recipe: as it was
+    assert (demo.model_preset, demo.precision, demo.valid_every) == ("small", "fp32", 150)
+
+
 def test_unknown_character_names_the_utterance(tmp_path, labelled) -> None:
     manifest = labelled(tmp_path, ["bad", "cafe"], "odd")
     lines = manifest.read_text().splitlines()
