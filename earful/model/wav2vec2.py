@@ -147,7 +147,9 @@ def _normalize(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 @dataclass
 class PretrainOutput:
     """Loss terms are SUMS over the micro-batch's masked frames so the trainer can normalise once by
-    the global count (summed over micro-batches and ranks); see ``objective``."""
+    the global count (summed over micro-batches and ranks); see ``objective``. The diversity term is the
+    exception: its perplexity is this micro-batch's (fairseq's and nanow2v2's convention), so it depends on how a
+    batch is split into micro-batches where the contrastive loss and the (fairseq-style) penalty do not."""
 
     contrastive: torch.Tensor  # Σ over masked frames of the cross-entropy
     diversity: torch.Tensor  # fairseq: (GV − Σ_g PPL_g)/GV × masked; nanow2v2: Σ_g (V − PPL_g)

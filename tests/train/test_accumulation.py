@@ -1,4 +1,4 @@
-"""Exact gradient accumulation: k micro-batches == one batch of the same utterances."""
+"""Exact gradient accumulation: k micro-batches == one batch of the same utterances (the diversity term aside)."""
 
 import json
 import os
@@ -26,7 +26,11 @@ def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_gradient_of_k_micro_batches_equals_one_batch() -> None:
-    """Sums per micro-batch, one division by the global masked count (what the engine does)."""
+    """Sums per micro-batch, one division by the global masked count (what the engine does). The diversity term
+    is off (``diversity_weight=0.0``) because it is not split-invariant, by design: its codebook perplexity is
+    taken over one micro-batch's frames (fairseq's and nanow2v2's convention), so k micro-batches give another
+    value than one batch (README, "Batch size in seconds"). What is exact, and tested here, is the contrastive
+    loss and the feature penalty."""
     torch.manual_seed(0)
     # layer norm in the CNN: GroupNorm normalises over time, padding included, so it depends on the padding
     cfg = load_model_config("tiny", [*NO_RANDOMNESS, "feat_extract_norm=layer"])
