@@ -7,6 +7,8 @@ optional ``torch.Generator`` so a run is reproducible from one seed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -57,21 +59,10 @@ def compute_mask(
     if batch == 0 or mask_prob <= 0:
         return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
     span = mask_length
-    if style == "fairseq":
-        u = _rand((1,) if one_count else (batch,), device, generator).expand(batch)
-        num = torch.floor(mask_prob * lengths.double() / span + u.double()).long()
-        num = num.clamp(min=min_masks)
-        # fairseq: if L - span <= num, shrink the span used for the range to L - num - 1
-        start_range = torch.where(lengths - span > num, lengths - span, num + 1)
-        # ... but never start past the end (fairseq may then mask nothing in a very short utterance)
-        start_range = torch.minimum(start_range, lengths.clamp(min=1))
-    elif style == "nanow2v2":
-        n = torch.clamp(lengths - span, min=span)
-        num = torch.ceil(n.double() * mask_prob / span).long().clamp(min=1)
-        start_range = n
-    else:
+    if style not in ("fairseq", "nanow2v2"):
         raise ValueError(f"unknown mask style {style!r}")
-    num = torch.minimum(num, start_range)
+    u = _rand((1,) if one_count else (batch,), device, generator).expand(batch) if style == "fairseq" else None
+    num, start_range = _span_counts(lengths, mask_prob, span, min_masks, style, u)
     max_range = int(start_range.max().item()) if batch else 0
     positions = torch.arange(max_range, device=device)
     valid_starts = positions[None, :] < start_range[:, None]  # (batch, max_range)
@@ -83,6 +74,44 @@ def compute_mask(
         counts = mask.sum(1)
         mask = _random_subset(mask, counts.min().expand(batch), generator)
     return mask
+
+
+def _span_counts(lengths: torch.Tensor, mask_prob: float, span: int, min_masks: int, style: str,
+                 u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compute_mask``'s span count per row and the range ``[0, start_range)`` its starts are drawn from (without
+    replacement). ``u`` (batch,): fairseq's uniform draw of each row's count (unused by nanow2v2)."""
+    if style == "fairseq":
+        num = torch.floor(mask_prob * lengths.double() / span + u.double()).long()
+        num = num.clamp(min=min_masks)
+        # fairseq: if L - span <= num, shrink the span used for the range to L - num - 1
+        start_range = torch.where(lengths - span > num, lengths - span, num + 1)
+        # ... but never start past the end (fairseq may then mask nothing in a very short utterance)
+        start_range = torch.minimum(start_range, lengths.clamp(min=1))
+    else:  # nanow2v2
+        n = torch.clamp(lengths - span, min=span)
+        num = torch.ceil(n.double() * mask_prob / span).long().clamp(min=1)
+        start_range = n
+    return torch.minimum(num, start_range), start_range
+
+
+def sure_mask_frames(mask_prob: float, mask_length: int, *, min_masks: int = 0, style: str = "fairseq") -> int | None:
+    """The fewest frames from which ``compute_mask`` always masks a frame of an utterance (of that length or any
+    longer one), whatever its draws; None if it never masks (``mask_prob`` 0). Read off ``_span_counts``: a start
+    s < L masks frame s, so a row is sure of a masked frame when it draws a start (num ≥ 1) and fewer of its
+    candidate starts lie at or past L than it draws (start_range − L < num). fairseq's count is
+    smallest at its draw u = 0; past ``max(2·span, span / mask_prob)`` frames both styles are sure (nanow2v2 draws
+    its starts from [0, L − span), fairseq at least one from [0, L)). fairseq with ``min_masks`` ≥ 1: 1 frame;
+    nanow2v2 (which reads no ``min_masks``): ``mask_length`` frames at any ``mask_prob`` ≤ 1 (below, an utterance
+    of L frames gets none with probability (span − L) / span)."""
+    if mask_prob <= 0:
+        return None
+    bound = max(2 * mask_length, math.ceil(mask_length / mask_prob)) + 1
+    lengths = torch.arange(1, bound + 1)
+    u = torch.zeros(len(lengths), dtype=torch.double) if style == "fairseq" else None
+    num, start_range = _span_counts(lengths, mask_prob, mask_length, min_masks, style, u)
+    sure = (num >= 1) & (start_range - torch.minimum(lengths, start_range) < num)
+    unsure = (~sure).nonzero()
+    return 1 if len(unsure) == 0 else int(lengths[unsure[-1, 0]]) + 1
 
 
 def spread_starts(starts: torch.Tensor, span: int, num_frames: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ linear character head.
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from earful.data.budget import SAMPLE_RATE
 from earful.model.components import (
     FeatureEncoder,
     FeatureProjection,
@@ -23,7 +25,7 @@ from earful.model.components import (
     grad_multiply,
 )
 from earful.model.config import ModelConfig
-from earful.model.masking import compute_channel_mask, compute_mask, sample_negatives
+from earful.model.masking import compute_channel_mask, compute_mask, sample_negatives, sure_mask_frames
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,39 @@ class Wav2Vec2ForPreTraining(nn.Module):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.wav2vec2.frame_lengths(lengths)
 
+    def sure_mask_samples(self) -> tuple[int, int] | None:
+        """(frames, samples): the fewest frames, and the fewest samples that give them, from which the configured
+        span mask always masks a frame of an utterance (``masking.sure_mask_frames``); None if it never masks."""
+        c = self.cfg
+        frames = sure_mask_frames(c.mask_prob, c.mask_length, min_masks=c.min_masks, style=c.mask_style)
+        if frames is None:
+            return None
+        hi = 1
+        while int(self.frame_lengths(torch.tensor(hi))) < frames:
+            hi *= 2
+        lo = hi // 2  # frame_lengths(lo) < frames <= frame_lengths(hi), or lo = 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if int(self.frame_lengths(torch.tensor(mid))) >= frames else (mid, hi)
+        return frames, hi
+
+    def no_mask_advice(self) -> str:
+        """What leaves no micro-batch without a masked frame, for the configured mask style."""
+        c = self.cfg
+        if c.mask_prob <= 0:
+            return "raise model.mask_prob"
+        frames, samples = self.sure_mask_samples()  # type: ignore[misc]
+        seconds = math.ceil(1000 * samples / SAMPLE_RATE) / 1000
+        if c.mask_style == "nanow2v2":
+            return (f"the nanow2v2 mask style (which does not read model.min_masks) can leave an utterance of fewer "
+                    f"than {frames} frames (under {samples} samples at 16 kHz) without a masked frame: "
+                    f"data.min_seconds={seconds:g} leaves such utterances out")
+        if c.min_masks < 1:
+            return (f"model.min_masks=1 or more gives every utterance a masked frame (model.min_masks={c.min_masks} "
+                    f"can leave one of fewer than {frames} frames, under {samples} samples at 16 kHz, without: "
+                    f"data.min_seconds={seconds:g} leaves those out)")
+        return "raise model.mask_prob or model.min_masks"
+
     def draw_mask(
         self, lengths: torch.Tensor, num_samples: int, generator: torch.Generator | None, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -278,7 +313,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
         # instead of one boolean index each (and its sync), and tell an empty mask
         mask_idx = _flat_indices(mask) if mask_indices is None else mask_indices  # (masked,)
         if mask_idx.numel() == 0:
-            raise ValueError("pre-training needs masked frames and this micro-batch has none; raise min_masks")
+            raise ValueError(f"pre-training needs masked frames and this micro-batch has none; {self.no_mask_advice()}")
         b, t, _ = out.hidden.shape
         if negatives is None:
             negatives = sample_negatives(mask, cfg.num_negatives, generator,

@@ -112,6 +112,7 @@ class PretrainTask(Task):
             self.loader = make_loader(read_manifest(cfg.data.train, check_files=True), budget, shuffle=True,
                                       endless=True, **loading, **common)
         self._warn_single_frames()
+        self._warn_unsure_masks()
         self.valid_loader = None
         if cfg.data.valid:
             valid = BatchBudget.per_device(cfg.valid_device_seconds(), d.world_size, **cfg.data.limits())
@@ -137,6 +138,36 @@ class PretrainTask(Task):
                         "data.min_seconds=%g leaves them out", len(single), len(lengths), single.min(), single.max(),
                         f", and so does every utterance batched with it ({why})" if shared else "",
                         math.ceil(1000 * (single.max() + 1) / SAMPLE_RATE) / 1000)
+
+    def _warn_unsure_masks(self) -> None:
+        """Warn (once, on rank 0) of training utterances (as cropped) too short for the configured span mask to be
+        sure of masking a frame (``Wav2Vec2ForPreTraining.sure_mask_samples``: under 10 frames for the nanow2v2
+        style, which reads no ``min_masks``; for fairseq's only with ``min_masks`` 0). Such an utterance then trains
+        on no contrastive loss, and a micro-batch in which no utterance gets a masked frame stops the run."""
+        sure = self.model.sure_mask_samples()
+        if sure is None or sure[0] <= 1 or self.d.rank != 0:  # sure from one frame: every utterance the CNN takes
+            return
+        frames, samples = sure
+        sampler = self.loader.sampler
+        lengths = sampler.effective[sampler.batchable]  # (utterances,) samples as cropped
+        short = lengths[lengths < samples]
+        if not len(short):
+            return
+        model, data = self.cfg.model, self.cfg.data
+        shared = not data.padding or model.require_same_masks
+        why = "cropped to its length" if not data.padding else "masked to its count"
+        way = "" if model.mask_style == "nanow2v2" else "model.min_masks=1 masks every one, or "
+        seconds = math.ceil(1000 * samples / SAMPLE_RATE) / 1000
+        crop = (f" (data.crop_seconds={data.crop_seconds:g} crops longer ones below it: raise it)"
+                if sampler.crop_samples and sampler.crop_samples < samples else "")
+        log.warning("%d of %d training utterances (as cropped) have fewer than %d frames (%d to %d samples at 16 kHz, "
+                    "under %d): the %s mask style (model.mask_style%s) may leave such an utterance without a masked "
+                    "frame, so that it trains on no contrastive loss%s, and a micro-batch in which no utterance gets "
+                    "one stops the run; %sdata.min_seconds=%g leaves them out%s", len(short), len(lengths), frames,
+                    short.min(), short.max(), samples, model.mask_style,
+                    ", which reads no model.min_masks" if model.mask_style == "nanow2v2"
+                    else f", model.min_masks={model.min_masks}",
+                    f", nor does every utterance batched with it ({why})" if shared else "", way, seconds, crop)
 
     # ------------------------------------------------------------------ one step
     def start_step(self, step: int) -> None:

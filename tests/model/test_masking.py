@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from earful.model.masking import compute_mask, sample_negatives
+from earful.model.masking import compute_mask, sample_negatives, sure_mask_frames
 
 
 def fairseq_reference(lengths: list[int], frames: int, p: float, m: int, min_masks: int, same: bool, rs,
@@ -86,6 +86,30 @@ def test_short_utterance_still_masked() -> None:
         mask = compute_mask(torch.tensor([length]), 20, 0.65, 10, min_masks=2, generator=g)
         assert mask[0, :length].any()
         assert not mask[0, length:].any()
+
+
+@pytest.mark.parametrize(("style", "p", "min_masks", "expected"), [
+    ("nanow2v2", 0.5, 2, 10),  # the paper's: starts from [0, max(span, L - span)), min_masks not read
+    ("nanow2v2", 0.05, 0, 10),  # its fine-tuning rate: still one start for L < 2 span
+    ("fairseq", 0.65, 2, 1),  # min_masks >= 1: every start below L
+    ("fairseq", 0.65, 0, 16),  # floor(0.65 L / 10 + u) is 0 for u near 0 up to L = 15
+])
+def test_sure_mask_frames_is_the_length_from_which_every_draw_masks_a_frame(style, p, min_masks, expected) -> None:
+    """nanow2v2's masks left utterances under 10 frames (0.2 s) without a masked frame at times (L=2: 80 %, 5: 50 %,
+    8: 20 %), and a micro-batch of them stopped the run advising min_masks, which that style does not read. The
+    length from which a mask is sure is read off the masking code; here it is checked against draws: every
+    utterance of that length or longer gets a masked frame, one frame shorter does not always."""
+    assert sure_mask_frames(p, 10, min_masks=min_masks, style=style) == expected
+    g = torch.Generator().manual_seed(6)
+    for length in range(max(expected - 1, 1), expected + 25):
+        lengths = torch.full((4000,), length)
+        unmasked = (~compute_mask(lengths, length, p, 10, min_masks=min_masks, style=style, generator=g).any(1))
+        assert bool(unmasked.any()) == (length < expected), (length, float(unmasked.float().mean()))
+    if style == "nanow2v2":  # below the span one start from [0, span): none below L with probability (span - L)/span
+        for length in (2, 5, 8):
+            mask = compute_mask(torch.full((4000,), length), length, p, 10, style=style, generator=g)
+            assert abs(float((~mask.any(1)).float().mean()) - (10 - length) / 10) < 0.03
+    assert sure_mask_frames(0.0, 10, style=style) is None
 
 
 def test_nanow2v2_fraction() -> None:

@@ -266,6 +266,36 @@ def test_a_micro_batch_without_masked_frames_is_refused_clearly() -> None:
         model(wave, lens, mask=torch.zeros(3, frames, dtype=torch.bool))
 
 
+@pytest.mark.parametrize(("overrides", "advice"), [
+    (["mask_style=nanow2v2"], "the nanow2v2 mask style (which does not read model.min_masks) can leave an utterance of "
+                              "fewer than 10 frames (under 3280 samples at 16 kHz) without a masked frame: "
+                              "data.min_seconds=0.205 leaves such utterances out"),
+    (["min_masks=0"], "model.min_masks=1 or more gives every utterance a masked frame (model.min_masks=0 can leave "
+                      "one of fewer than 16 frames, under 5200 samples at 16 kHz, without: data.min_seconds=0.325"),
+])
+def test_a_micro_batch_without_masked_frames_is_told_what_helps_its_mask_style(overrides, advice) -> None:
+    """nanow2v2's mask style leaves utterances under 10 frames unmasked at times; a micro-batch of them stopped the run
+    advising min_masks, which that style never reads (model.min_masks=5 died the same). The advice now fits the
+    style, with the length below which a mask can fail (from ``sure_mask_samples``: 10 frames start at 3280 samples
+    on tiny's CNN) and the data.min_seconds that leaves such utterances out."""
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny", overrides)).train()
+    frames, samples = model.sure_mask_samples()
+    flen = model.frame_lengths(torch.tensor([samples, samples - 1])).tolist()
+    assert flen == [frames, frames - 1]
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor([samples - 1] * 4)  # one frame short of sure: some draw masks none of them
+    wave = torch.randn(4, samples - 1, generator=g)
+    for _ in range(200):
+        mask, _, _ = model.draw_mask(lens, samples - 1, g, torch.device("cpu"))
+        if not mask.any():
+            break
+    else:
+        pytest.fail("no draw left the micro-batch without a masked frame")
+    with pytest.raises(ValueError, match="this micro-batch has none") as e:
+        model(wave, lens, mask=mask)
+    assert advice in str(e.value) and "raise min_masks" not in str(e.value)
+
+
 def test_hard_perplexity_counts_the_codes_the_logits_choose() -> None:
     """ppl_hard is the perplexity of the codes the quantizer's logits choose (fairseq's code_perplexity), not of the
     Gumbel-noised codes training samples: without dropout, a training forward and an eval forward agree on it."""

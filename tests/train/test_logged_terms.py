@@ -96,6 +96,52 @@ def test_validation_runs_in_eval_mode(tiny_corpus) -> None:
     assert found[0]["loss"] > 0 and all(f == found[0] for f in found), found
 
 
+def test_utterances_too_short_to_be_sure_of_a_masked_frame_are_warned_about_with_data_min_seconds(
+        tmp_path, caplog) -> None:
+    """The nanow2v2 mask style leaves an utterance under 10 frames (0.2 s) without a masked frame at times (L=5:
+    half of them), and a micro-batch of such utterances stopped the run at step 3; the run warned only of utterances
+    of one frame. Now it warns at start of every utterance (as cropped) under the length from which the configured
+    style is sure to mask a frame, naming the data.min_seconds that leaves them out (and that setting does)."""
+    import logging
+
+    import numpy as np
+    import soundfile as sf
+
+    from earful.data.manifest import Utterance, write_manifest
+    from earful.train.engine import Trainer
+
+    rows = []
+    for i, n in enumerate([2000, 3279, 3280, 16000, 24000]):  # tiny's CNN: 3279 samples give 9 frames, 3280 ten
+        sf.write(tmp_path / f"u{i}.wav", (0.1 * np.sin(np.arange(n) / 7)).astype(np.float32), 16000)
+        rows.append(Utterance(f"u{i}", str(tmp_path / f"u{i}.wav"), n, 16000, "s"))
+    write_manifest(rows, tmp_path / "m.jsonl")
+
+    def warned(*extra: str) -> list[str]:
+        caplog.clear()
+        cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tmp_path / 'm.jsonl'}",
+                                          "data.valid=null", "data.num_workers=0", "data.crop_seconds=null",
+                                          "tensorboard=false", "batch_seconds=4", "device_seconds=4", *extra])
+        with caplog.at_level(logging.WARNING):
+            Trainer(PretrainTask(cfg), tmp_path / f"run{len(list(tmp_path.glob('run*')))}")
+        return [m for m in caplog.messages if "without a masked frame" in m]
+
+    nano = ["model.mask_style=nanow2v2", "model.require_same_masks=false", "data.padding=true"]
+    (message,) = warned("data.min_seconds=null", *nano)
+    assert message.startswith("2 of 5 training utterances (as cropped) have fewer than 10 frames (2000 to 3279 "
+                              "samples at 16 kHz, under 3280): the nanow2v2 mask style"), message
+    assert "reads no model.min_masks" in message and "model.min_masks=1" not in message
+    assert "every utterance batched with it" not in message  # masked each on its own
+    assert message.endswith("data.min_seconds=0.205 leaves them out")
+    assert warned("data.min_seconds=0.205", *nano) == []
+    (cropped,) = warned("data.min_seconds=null", "data.padding=false", "model.mask_style=nanow2v2")
+    assert "nor does every utterance batched with it (cropped to its length)" in cropped
+    # fairseq's style with min_masks >= 1 (tiny's 2) masks every utterance of a frame; with 0 it can fail below 16
+    assert warned("data.min_seconds=null") == []
+    (fairseq,) = warned("data.min_seconds=null", "model.min_masks=0")
+    assert fairseq.startswith("3 of 5 training utterances (as cropped) have fewer than 16 frames (2000 to 3280")
+    assert "model.min_masks=1 masks every one, or data.min_seconds=0.325 leaves them out" in fairseq
+
+
 @pytest.mark.parametrize("preset", ["tiny", "base-nanow2v2"])
 def test_utterances_of_a_single_frame_are_warned_about_with_the_setting_that_leaves_them_out(
         tmp_path, preset: str, caplog) -> None:
