@@ -75,10 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "as the study asks, and write OUT/report/report.md.\n\n"
                     "Run it again on the same --out to continue: finished stages are kept, an interrupted run\n"
                     "resumes from its checkpoint. Once something in OUT was trained with it, the recipe may only\n"
-                    "grow: grid entries, probes, finetune.baselines / checkpoints / label_sets and test splits\n"
-                    "(corpus.test) may be added; a changed or removed setting is refused, naming it\n"
-                    "(docs/paper-at-cpu-scale.md, \"How a study continues\"). SIGTERM / SIGUSR1 stop it after\n"
-                    "each running training checkpoints (status 4).",
+                    "grow: grid entries, probes, finetune.baselines / checkpoints / label_sets /\n"
+                    "milestone_label_sets and test splits (corpus.test) may be added; a changed or removed\n"
+                    "setting is refused, naming it (docs/paper-at-cpu-scale.md, \"How a study continues\").\n"
+                    "SIGTERM / SIGUSR1 stop it after each running training checkpoints (status 4).",
         epilog="examples:\n  earful study run studies/demo.yaml --out runs/demo\n"
                "  earful study run studies/cpu-paper.yaml --out runs/cpu-paper jobs=1 'seeds=[1,2,3,4]'\n"
                "  earful study run my.yaml --out runs/my 'grid=[8, 16, 32]' pretrain_overrides=[threads=2]")

@@ -99,6 +99,10 @@ class FinetuneSpec:
     # (scratch) or with the CNN trainable / frozen whatever the recipe says
     baselines: list[str] = field(default_factory=lambda: ["scratch"])  # scratch | scratch-{trainable,frozen}-cnn
     label_sets: list[str] | None = None  # subset of corpus.label_sets (default all)
+    # the label sets the milestones (hours-H, steps-N: cycle minima) are fine-tuned on, of label_sets (default:
+    # every one of them; []: none); final, best and the baselines take every label set. The paper fine-tunes its
+    # progress checkpoints on 10 min and 100 h only
+    milestone_label_sets: list[str] | None = None
     # more overrides for one label set, over ``overrides`` (the paper: 12k steps on 10 min … 320k on 960 h)
     per_label_set: dict[str, list[str]] = field(default_factory=dict)
 
@@ -277,6 +281,14 @@ def cycle_minima(study: StudyConfig) -> list[int]:
         return []
     period = study.steps // study.cycles
     return [period * j for j in range(1, study.cycles)]
+
+
+def milestone_label_sets(study: StudyConfig) -> list[str]:
+    """The label sets the study fine-tunes its milestones on: ``finetune.milestone_label_sets``, else every label set
+    it fine-tunes on (``finetune.label_sets``, else the corpus's)."""
+    every = list(study.finetune.label_sets or study.corpus.label_sets)
+    named = study.finetune.milestone_label_sets
+    return every if named is None else [ls for ls in every if ls in named]
 
 
 def check_names(study: StudyConfig, where: str) -> None:
@@ -465,4 +477,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:
         raise ValueError(f"{path}: finetune.per_label_set names {sorted(unknown)}, not in corpus.label_sets")
+    if (named := study.finetune.milestone_label_sets) is not None:
+        if unknown := sorted(set(named) - set(study.corpus.label_sets)):
+            raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in corpus.label_sets "
+                             f"{list(study.corpus.label_sets)}")
+        if unknown := sorted(set(named) - set(study.finetune.label_sets or study.corpus.label_sets)):
+            raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in finetune.label_sets "
+                             f"{study.finetune.label_sets} (the milestones are fine-tuned on some of the label sets "
+                             "the study fine-tunes on)")
     return study

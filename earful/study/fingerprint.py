@@ -1,7 +1,9 @@
 """The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
 study that made it (finished runs of another recipe would be mixed into its report). A finished study may
 continue with more seeds, probe seeds or grid entries (a batch size added), probe tasks, baselines, checkpoints
-or label sets to fine-tune (``MAY_GROW``): their work is new, the finished work is kept. The key its mode does not
+or label sets to fine-tune (the milestones' too) (``MAY_GROW``): their work is new, the finished work is kept. A
+study setting earful gained since, at the value studies of before had in effect (``STUDY_ADDED_LATER``), is no
+part of the fingerprint: a folder written before it continues. The key its mode does not
 use (``hours`` in fixed-steps, ``steps`` in fixed-hours) is no part of the recipe, in a study.json of before too. A
 folder in which nothing was trained or measured yet (the first pre-training failed on a setting) takes the new
 recipe."""
@@ -48,7 +50,11 @@ OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "f
 # the new recipe makes. With them the mappings they draw on may gain entries: a probe task's recipe (the "probe"
 # part, by task), a label set of the corpus, a new label set's per_label_set, a new manifest's digest ("data").
 # A test split may be added too (each finished fine-tuning is evaluated on it alone), not changed or removed.
-MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.label_sets")
+MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.label_sets",
+            "finetune.milestone_label_sets")
+# study settings earful gained later, by the value every study of before had in effect: left out of the study part
+# at that value, so that a study.json written before one fingerprints as it did, and continues
+STUDY_ADDED_LATER: dict[str, Any] = {"finetune.milestone_label_sets": None}  # None: every label set, as before
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
 # (the cyclic schedule's step size too where the study sets it from each entry's steps: `cycles`)
@@ -69,7 +75,8 @@ def _study_part(study: dict[str, Any]) -> dict[str, Any]:
     """A fingerprint's study part: the flattened study less what is not its recipe (``NOT_RECIPE``, the override
     lists, whose effect is in the other parts, and the key its mode does not use)."""
     left_out = (*NOT_RECIPE, *OVERRIDE_LISTS, _unused_by_mode(study))
-    return {k: v for k, v in study.items() if _kept(k, left_out)}
+    return {k: v for k, v in study.items() if _kept(k, left_out)
+            and not (k in STUDY_ADDED_LATER and v == STUDY_ADDED_LATER[k])}
 
 
 def _computes(key: str) -> bool:
@@ -184,6 +191,13 @@ def _label_sets(study: dict[str, Any]) -> list[str]:
                                                    if k.startswith("corpus.label_sets.")]
 
 
+def _milestone_label_sets(study: dict[str, Any]) -> list[str]:
+    """The label sets a fingerprint's study part fine-tunes the milestones on: ``finetune.milestone_label_sets``
+    (absent: its default, every label set fine-tuned)."""
+    named = study.get("finetune.milestone_label_sets")
+    return _label_sets(study) if named is None else named
+
+
 def _test_sets(study: dict[str, Any]) -> dict[str, Any]:
     """The test splits a fingerprint's study part evaluates on: ``corpus.test``'s, else the default ones."""
     return {k.removeprefix("corpus.test."): v for k, v in study.items() if k.startswith("corpus.test.")} or \
@@ -200,6 +214,8 @@ def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> boo
     if part == "study" and key in MAY_GROW:
         if key == "finetune.label_sets":
             return set(_label_sets(study)) <= set(_label_sets(new.get("study", {})))
+        if key == "finetune.milestone_label_sets":
+            return set(_milestone_label_sets(study)) <= set(_milestone_label_sets(new.get("study", {})))
         return key in now and set(was.get(key) or []) <= set(now[key] or [])
     if key in was:  # a value changed or gone
         return False

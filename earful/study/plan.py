@@ -6,7 +6,7 @@ import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from earful.study.config import PlannedRun, StudyConfig, cycle_minima, fmt_seconds, plan_runs
+from earful.study.config import PlannedRun, StudyConfig, cycle_minima, fmt_seconds, milestone_label_sets, plan_runs
 from earful.train.config import nominal_steps
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     count once (``stages.shared_weights``), but ``best``, whose step only the run will tell, counts apart: an upper
     bound where it turns out to be the final."""
     label_sets = len(study.finetune.label_sets or study.corpus.label_sets)
+    milestone_sets = len(milestone_label_sets(study))  # the milestones' (finetune.milestone_label_sets)
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     finetunings = upstreams = 0
     keeps_best = False
@@ -58,10 +59,14 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
         milestones = {max(nominal_steps(h, r.batch_seconds), 1) for h in study.ckpt_hours
                       if nominal_steps(h, r.batch_seconds) <= r.steps} | set(cycle_minima(study))
         kinds = set(study.finetune.checkpoints)
-        steps = (milestones if "milestones" in kinds else set()) | ({r.steps} if "final" in kinds else set())
+        final = {r.steps} if "final" in kinds else set()
+        steps = (milestones if "milestones" in kinds else set()) | final
         best = 1 if keeps_best and "best" in kinds else 0  # checkpoints/best comes of pre-training's validation
         first = firsts[r.seed] is r
-        finetunings += label_sets * (len(steps) + best + (len(study.finetune.baselines) if first else 0))
+        # the milestones on their label sets; on the others the final (a milestone on its step is the final), best
+        # and the baselines alone
+        finetunings += (milestone_sets * len(steps) + (label_sets - milestone_sets) * len(final)
+                        + label_sets * (best + (len(study.finetune.baselines) if first else 0)))
         upstreams += len(milestones | {r.steps}) + (1 if first else 0)
     upstreams = upstreams + 1 if study.probes else 0  # and filterbanks
     return {"finetunings": finetunings, "probe_upstreams": upstreams,

@@ -56,6 +56,7 @@ from earful.study.stages import (
     finetune_and_evaluate,
     finetune_recipe,
     finetune_run_settings,
+    finetuned_on,
     gradvar_measured,
     gradvar_stage,
     hours_of,
@@ -87,13 +88,15 @@ class Finetuning:
 
 def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool,
                         diverged: bool = False) -> list[Finetuning]:
-    """What can start once ``run`` has pre-trained: its checkpoints on every label set (none when it diverged),
-    and, for the first run of a seed, the from-scratch baselines from its random init (same architecture)."""
+    """What can start once ``run`` has pre-trained: its checkpoints on every label set (its milestones on those of
+    ``finetune.milestone_label_sets``; none when it diverged), and, for the first run of a seed, the from-scratch
+    baselines from its random init (same architecture)."""
     label_sets = finetuned_label_sets(study)
     todo = []
     chosen = {} if diverged else checkpoints_to_finetune(study, run, out)
+    on = {ls: finetuned_on(study, chosen, ls) for ls in label_sets}
     # a milestone at the last step is fine-tuned once, as the final (or under the name its fine-tuning began as)
-    job = {ls: shared_weights(chosen, lambda name, ls=ls: (out / "finetune" / f"{run.name}__{name}__{ls}").exists())
+    job = {ls: shared_weights(on[ls], lambda name, ls=ls: (out / "finetune" / f"{run.name}__{name}__{ls}").exists())
            for ls in label_sets}
     for ck_name, ck in chosen.items():
         hours, step = hours_of(ck)
@@ -101,7 +104,7 @@ def planned_finetunings(study: StudyConfig, run: PlannedRun, out: Path, first_of
                             {"pretrain": run.name, "tag": run.tag, "batch_seconds": run.batch_seconds,
                              "seed": run.seed, "checkpoint": ck_name, "hours_padded": hours,
                              "hours_nominal": nominal_hours(run.batch_seconds, step), "step": step, "label_set": ls})
-                 for ls in label_sets]
+                 for ls in label_sets if ck_name in on[ls]]
     if first_of_seed:
         init = out / "pretrain" / run.name / "checkpoints" / "init"
         todo += [Finetuning(f"{base}-seed{run.seed}__init__{ls}", init, ls, base,

@@ -22,7 +22,14 @@ from earful.config import load_config, save_yaml
 from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.probe.config import ProbeConfig
-from earful.study.config import CHECKPOINT_CHOICES, OVERRIDES_FROM, PlannedRun, StudyConfig, cycle_minima
+from earful.study.config import (
+    CHECKPOINT_CHOICES,
+    OVERRIDES_FROM,
+    PlannedRun,
+    StudyConfig,
+    cycle_minima,
+    milestone_label_sets,
+)
 from earful.study.pool import StudyStopped
 from earful.train.config import TrainingConfig
 from earful.train.state import RunDir, nonfinite_stop, read_trainer_info
@@ -332,6 +339,14 @@ def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> d
         else:
             raise ValueError(f"finetune.checkpoints: unknown {spec!r} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
     return chosen
+
+
+def finetuned_on(study: StudyConfig, chosen: dict[str, Path], label_set: str) -> dict[str, Path]:
+    """Of the checkpoints ``checkpoints_to_finetune`` chose, those fine-tuned on ``label_set``: final and best on
+    every label set, the milestones on those of ``finetune.milestone_label_sets`` (default: every one)."""
+    if label_set in milestone_label_sets(study):
+        return dict(chosen)
+    return {name: path for name, path in chosen.items() if name in ("final", "best")}
 
 
 def shared_weights(ckpts: dict[str, Path], begun: Callable[[str], bool] = lambda name: False) -> dict[str, str]:

@@ -1,0 +1,129 @@
+"""`finetune.milestone_label_sets`: the label sets the milestones (hours-H, the cycle minima steps-N) are fine-tuned
+on, as the paper fine-tunes its 50k progress checkpoints on 10 min and 100 h only and best on all five."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from earful.study.config import PlannedRun, StudyConfig, load_study, plan_runs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run() -> PlannedRun:
+    return PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8, hours=8 * 4 / 3600,
+                      seed=1)
+
+
+def _checkpoints(out: Path, run: PlannedRun, steps: dict[str, int]) -> Path:
+    ck = out / "pretrain" / run.name / "checkpoints"
+    for name, step in steps.items():
+        (ck / name).mkdir(parents=True)
+        (ck / name / "trainer.json").write_text(json.dumps({"step": step, "hours_padded": step * 4 / 3600}))
+    return ck
+
+
+def test_the_milestones_are_fine_tuned_on_their_label_sets_and_the_rest_on_every_one(tmp_path) -> None:
+    """The milestones on `milestone_label_sets` alone, final, best and the baselines on every label set; a milestone
+    on the last step is the final's fine-tuning where the label set has both, the final's alone where not."""
+    from earful.study.run import planned_finetunings, unique
+
+    run = _run()
+    study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, ckpt_hours=[0.0089])
+    study.corpus.label_sets = {"a": "a.jsonl", "b": "b.jsonl", "c": "c.jsonl"}
+    study.finetune.checkpoints = ["best", "final", "milestones"]
+    study.finetune.milestone_label_sets = ["b"]
+    _checkpoints(tmp_path, run, {"steps-4": 4, "hours-0.0089": 8, "step-0000008": 8, "best": 6})
+    planned = planned_finetunings(study, run, tmp_path, True)
+    assert [(f.record["checkpoint"], f.label_set, f.name) for f in planned if f.baseline is None] == [
+        ("best", "a", "4s-seed1__best__a"), ("best", "b", "4s-seed1__best__b"), ("best", "c", "4s-seed1__best__c"),
+        ("final", "a", "4s-seed1__final__a"), ("final", "b", "4s-seed1__final__b"),
+        ("final", "c", "4s-seed1__final__c"),
+        ("hours-0.0089", "b", "4s-seed1__final__b"), ("steps-4", "b", "4s-seed1__steps-4__b")]
+    assert sorted(f.name for f in planned if f.baseline) == [f"scratch-seed1__init__{ls}" for ls in "abc"]
+    assert len(unique(planned)) == 3 + 3 + 1 + 3  # best, final, steps-4 on b, the baselines
+    # the default: every label set, as before the setting
+    study.finetune.milestone_label_sets = None
+    assert {(f.record["checkpoint"], f.label_set) for f in planned_finetunings(study, run, tmp_path, False)} == {
+        (ck, ls) for ck in ("best", "final", "steps-4", "hours-0.0089") for ls in "abc"}
+    study.finetune.milestone_label_sets = []  # none
+    assert {f.record["checkpoint"] for f in planned_finetunings(study, run, tmp_path, False)} == {"best", "final"}
+
+
+def test_the_plan_counts_the_milestones_on_their_label_sets(tmp_path) -> None:
+    """4 runs × (final on 3 label sets + 1 cycle minimum on 1) + 2 seeds × the scratch baseline on 3."""
+    from earful.study.plan import later_stages
+
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [8, 16]\nmode: fixed-steps\nsteps: 20\ncycles: 2\nseeds: [1, 2]\n"
+                 "corpus: {label_sets: {a: a.jsonl, b: b.jsonl, c: c.jsonl}}\n"
+                 "finetune: {checkpoints: [final, milestones], milestone_label_sets: [a]}\n")
+    study = load_study(y)
+    assert later_stages(study, plan_runs(study))["finetunings"] == 4 * (3 + 1) + 2 * 3
+    every = load_study(y, ["finetune.milestone_label_sets=null"])
+    assert later_stages(every, plan_runs(every))["finetunings"] == 4 * (3 + 3) + 2 * 3
+
+
+def test_a_milestone_label_set_the_study_does_not_fine_tune_on_is_refused(tmp_path) -> None:
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [16]\ncorpus: {label_sets: {10h: a.jsonl, 1h: b.jsonl}}\n"
+                 "finetune: {milestone_label_sets: [10min]}\n")
+    with pytest.raises(ValueError, match=r"finetune.milestone_label_sets names \['10min'\], not in "
+                                         r"corpus.label_sets \['10h', '1h'\]"):
+        load_study(y)
+    with pytest.raises(ValueError, match=r"finetune.milestone_label_sets names \['1h'\], not in "
+                                         r"finetune.label_sets \['10h'\]"):
+        load_study(y, ["finetune.label_sets=[10h]", "finetune.milestone_label_sets=[1h]"])
+    assert load_study(y, ["finetune.milestone_label_sets=[1h]"]).finetune.milestone_label_sets == ["1h"]
+
+
+def _fingerprint(tmp_path: Path, *overrides: str) -> dict:
+    from earful.study.fingerprint import recipe_fingerprint
+
+    corpus = tmp_path / "corpus"
+    for name in ("train.jsonl", "dev.jsonl", "a.jsonl", "b.jsonl", "test.jsonl"):
+        corpus.mkdir(exist_ok=True)
+        (corpus / name).write_text('{"id": "a"}\n')
+    y = tmp_path / "s.yaml"
+    y.write_text(f"grid: [10]\nmode: fixed-steps\nsteps: 8\ncycles: 2\ncorpus: {{dir: {corpus}, train: train.jsonl, "
+                 "valid: dev.jsonl, finetune_valid: dev.jsonl, label_sets: {a: a.jsonl, b: b.jsonl}, "
+                 "test: {test: test.jsonl}}\nfinetune: {checkpoints: [final, milestones]}\n")
+    study = load_study(y, list(overrides))
+    return recipe_fingerprint(study, plan_runs(study), tmp_path)
+
+
+def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow_not_shrink(tmp_path) -> None:
+    """A study.json written before `milestone_label_sets` existed (no such key in its config or fingerprint)
+    continues with the default and plans the same fine-tunings; the milestones' label sets may gain one on a
+    finished study (new work), not lose one."""
+    from earful.config import to_dict
+    from earful.study.config import study_of_record
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe
+    from earful.study.run import planned_finetunings
+
+    fp = _fingerprint(tmp_path)
+    assert not [k for k in fp["study"] if "milestone" in k]  # the default fingerprints as before the setting
+    out = tmp_path / "out"
+    (out / "eval" / "x").mkdir(parents=True)
+    (out / "eval" / "x" / "summary.json").write_text("{}")  # something finished: the recipe may only grow
+    saved = to_dict(load_study(tmp_path / "s.yaml"))
+    del saved["finetune"]["milestone_label_sets"]
+    (out / "study.json").write_text(json.dumps({**saved, "format": STUDY_FORMAT, "fingerprint": fp}))
+    check_same_recipe(out, _fingerprint(tmp_path))
+    before = study_of_record(json.loads((out / "study.json").read_text()))
+    assert before.finetune.milestone_label_sets is None
+    run = _run()
+    _checkpoints(tmp_path, run, {"steps-4": 4, "step-0000008": 8})
+    assert {(f.record["checkpoint"], f.label_set) for f in planned_finetunings(before, run, tmp_path, False)} == {
+        ("final", "a"), ("final", "b"), ("steps-4", "a"), ("steps-4", "b")}
+    # fewer label sets for the milestones: their finished fine-tunings would leave the plan
+    with pytest.raises(ValueError, match=r"differs in study\.finetune\.milestone_label_sets\) \(finetune\."
+                                         r"milestone_label_sets may gain items"):
+        check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[a]"))
+    narrow = _fingerprint(tmp_path, "finetune.milestone_label_sets=[a]")
+    (out / "study.json").write_text(json.dumps({**saved, "format": STUDY_FORMAT, "fingerprint": narrow}))
+    check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[a, b]"))
+    check_same_recipe(out, _fingerprint(tmp_path))  # back to every label set: grown
+    with pytest.raises(ValueError, match=r"differs in study\.finetune\.milestone_label_sets"):
+        check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[b]"))
