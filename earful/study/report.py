@@ -882,9 +882,13 @@ def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split
 
 def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> None:
     """WER / CER against batch size (final checkpoints, one line per label set) and against padded hours seen
-    (one line per batch size, the first label set, scratch as a dashed line with its band); mean ± SE over
-    seeds."""
+    (one line per batch size, the label set fine-tuned at the most checkpoints, scratch as a dashed line with its
+    band); mean ± SE over seeds."""
     label_sets = sorted({r["label_set"] for r in ft})
+    # against hours: the first label set of those fine-tuned at the most checkpoints (finetune.milestone_label_sets
+    # may leave the milestones out of some)
+    hours_label_set = max(label_sets, key=lambda ls: len({(r["pretrain"], r["checkpoint"]) for r in ft
+                                                          if r["label_set"] == ls}), default=None)
     end = end_checkpoint(ft)
     finals = [r for r in ft if r["split"] == main_split and r["checkpoint"] == end and r.get("batch_seconds")]
     for metric in ("wer", "cer"):
@@ -904,7 +908,7 @@ def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> Non
 
         def draw_h(ax, metric=metric):
             xs_all, n = [], 0
-            for ls in label_sets[:1]:
+            for ls in [hours_label_set]:
                 # one point per (batch, checkpoint): mean over seeds (whose padded hours differ by a few frames)
                 per_b = defaultdict(lambda: defaultdict(list))
                 for r in ft:
@@ -921,7 +925,7 @@ def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> Non
                             and r["pretrain"] == "scratch"], "scratch", "tab:grey", "--")
             hours_axis(ax, xs_all, PADDED)
             ax.set_ylabel(f"{metric.upper()} % ({main_split}, greedy)")
-            ax.set_title(f"Fine-tuned {metric.upper()} ({label_sets[0]} labels) against padded hours seen in "
+            ax.set_title(f"Fine-tuned {metric.upper()} ({hours_label_set} labels) against padded hours seen in "
                          "pre-training\n"
                          + (f"mean ± SE over {n} seeds (bars and band: ±1 SE)" if n > 1 else "one seed"))
         _plot(rep / "plots" / f"{metric}_vs_hours.png", draw_h)
@@ -1009,6 +1013,8 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
             if len(per_b) > 1:
                 out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
     out += _milestones(on_split, label_sets, metric)
+    if study.get("cycles"):
+        out += _cycle_minima_at_equal_hours(on_split, label_sets, metric, study)
     out.append("")
     return out
 
@@ -1125,3 +1131,31 @@ def _milestones(records: list[dict[str, Any]], label_sets: list[str], metric: st
             if len(per_b) > 1:
                 out.append(_equal_hours(ck, ls, metric.upper(), per_b))
     return out
+
+
+def _cycle_minima_at_equal_hours(records: list[dict[str, Any]], label_sets: list[str], metric: str,
+                                 study: dict[str, Any]) -> list[str]:
+    """Equal nominal hours in the paper's design (``cycles``): the checkpoints at cycle minima and at the end (the
+    last minimum) of different batch sizes, paired where batch × steps is the same ((B, 2T) with (2B, T): the
+    paper's §6.3). One value a run and step: checkpoints of one step (the final and a best of the last validation,
+    a milestone on a minimum) are one fine-tuning."""
+    ends = {int(s) for s in study.get("cycle_minima", [])} | ({int(study["steps"])} if study.get("steps") else set())
+    one: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in records:
+        if r.get("batch_seconds") and r.get("step") is not None and int(r["step"]) in ends:
+            one.setdefault((r["pretrain"], int(r["step"]), r["label_set"]), r)
+    out = []
+    for ls in label_sets:
+        per_h: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        steps: dict[float, dict[float, int]] = defaultdict(dict)
+        for (_, step, rls), r in one.items():
+            if rls == ls:
+                h = round(nominal_hours(r["batch_seconds"], step), 6)
+                per_h[h][r["batch_seconds"]].append(r[metric])
+                steps[h][r["batch_seconds"]] = step
+        for h, per_b in sorted(per_h.items()):
+            if len(per_b) > 1:
+                at = ", ".join(f"{b:g} s at step {steps[h][b]}" for b in sorted(per_b))
+                out.append(_equal_hours(f"{h:,.6g} h at cycle minima: {at}", ls, metric.upper(), per_b))
+    return out
+

@@ -127,3 +127,38 @@ def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow
     check_same_recipe(out, _fingerprint(tmp_path))  # back to every label set: grown
     with pytest.raises(ValueError, match=r"differs in study\.finetune\.milestone_label_sets"):
         check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[b]"))
+
+
+def test_the_report_pairs_cycle_minima_at_equal_hours_and_leaves_the_cells_not_fine_tuned_empty(tmp_path) -> None:
+    """A cyclic study without hours milestones (studies/paper.yaml's design): the findings compare batch sizes at
+    equal nominal hours from the cycle minima and the ends, (B, 2T) with (2B, T), as C4 does; a label set whose
+    milestones are not fine-tuned has an empty cell at them and no equal-hours line, not an error."""
+    from earful.config import to_dict
+    from earful.study.claims import judge
+    from earful.study.report import design_rows, findings, finetuning_tables
+
+    y = tmp_path / "s.yaml"
+    y.write_text("grid: [4, 8, 16]\nmode: fixed-steps\nsteps: 8\ncycles: 2\nseeds: [1, 2]\n"
+                 "corpus: {label_sets: {a: a.jsonl, b: b.jsonl}}\n"
+                 "finetune: {checkpoints: [final, milestones], milestone_label_sets: [a], baselines: []}\n")
+    study = load_study(y)
+    saved = {**to_dict(study), "cycle_minima": [4]}
+    runs = {r.name: {**r.__dict__, "run": r.name} for r in plan_runs(study)}
+    ft = []
+    for r in plan_runs(study):
+        for ck, step, sets in (("steps-4", 4, ["a"]), ("final", 8, ["a", "b"])):
+            for ls in sets:  # CER falls with hours seen, a little noise by seed
+                cer = 0.9 - 0.05 * (r.batch_seconds * step / 32) ** 0.5 + 0.002 * r.seed
+                ft.append({"pretrain": r.name, "tag": r.tag, "batch_seconds": r.batch_seconds, "seed": r.seed,
+                           "checkpoint": ck, "step": step, "hours_padded": 0.0, "label_set": ls, "split": "test",
+                           "wer": 1.0, "cer": cer})
+    lines = findings(ft, runs, saved, "test", "cer")
+    equal = [x for x in lines if "Equal nominal hours" in x]
+    assert len(equal) == 2 and all(", a:**" in x for x in equal), lines
+    assert "4 s at step 8, 8 s at step 4" in equal[0] and "8 s at step 8, 16 s at step 4" in equal[1]
+    table = "\n".join(finetuning_tables(ft, runs, "test", tmp_path))
+    assert "| 4s (steps-4)" in table and table.count("| – |") == 2 * 3  # b at each minimum, in WER and CER
+    verdicts = {v.metric: v for v in judge(design_rows({}, runs, saved, ft, "test"), {"cer_a": False, "cer_b": False})
+                if v.claim == "C4"}
+    assert "2 pairs" in verdicts["cer_a"].evidence
+    assert verdicts["cer_b"].evidence.startswith("no equal-hours pairs")
