@@ -1,5 +1,6 @@
 """`finetune.milestone_label_sets`: the label sets the milestones (hours-H, the cycle minima steps-N) are fine-tuned
-on, as the paper fine-tunes its 50k progress checkpoints on 10 min and 100 h only and best on all five."""
+on, as the paper fine-tunes its 50k progress checkpoints on 10 min and 100 h only and best on all five; and
+studies/paper.yaml, which takes the paper's cyclic design (docs/paper.md §3.3, §6.3)."""
 
 import json
 from pathlib import Path
@@ -127,6 +128,32 @@ def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow
     check_same_recipe(out, _fingerprint(tmp_path))  # back to every label set: grown
     with pytest.raises(ValueError, match=r"differs in study\.finetune\.milestone_label_sets"):
         check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[b]"))
+
+
+def test_the_papers_study_takes_the_papers_design() -> None:
+    """studies/paper.yaml: 8 cycles of 50k steps (checkpoints at the lr minima, 50k … 350k, and the end), no
+    hours milestones (at other batch sizes' lr peaks), the milestones fine-tuned on 10 min and 100 h, best and final
+    on all five, gradient noise on 10 batches, fine-tuning validated on val-960: the report judges the claims."""
+    from earful.config import to_dict
+    from earful.study.config import cycle_minima
+    from earful.study.plan import later_stages
+    from earful.study.report import scope_section
+    from earful.study.stages import pretrain_config
+
+    study = load_study(ROOT / "studies" / "paper.yaml")
+    runs = plan_runs(study)
+    assert study.cycles == 8 and cycle_minima(study) == [50_000 * k for k in range(1, 8)]
+    cfg = pretrain_config(study, runs[0], ROOT)
+    assert (cfg.optim.schedule, cfg.optim.cyclic_step_size, cfg.ckpt_steps, cfg.ckpt_hours) == (
+        "cyclic", 25_000, cycle_minima(study), [])
+    assert study.finetune.milestone_label_sets == ["10min", "100h"]
+    assert study.finetune.checkpoints == ["best", "final", "milestones"]
+    assert study.gradvar_batches == 10 and study.corpus.finetune_valid == "val-960.jsonl"
+    # 7 runs × (best and final on 5 label sets + 7 minima on 2) + scratch on 5 (best counted apart from the final)
+    assert later_stages(study, runs) == {"finetunings": 7 * (2 * 5 + 7 * 2) + 5, "probe_upstreams": 0,
+                                         "probe_heads": 0, "gradvar": 7}
+    scope = " ".join(scope_section(to_dict(study)))
+    assert "It can test: " in scope and "C4 (equal hours" in scope and "C6 (gradient noise" in scope
 
 
 def test_the_report_pairs_cycle_minima_at_equal_hours_and_leaves_the_cells_not_fine_tuned_empty(tmp_path) -> None:

@@ -60,9 +60,16 @@ def test_fixed_hours_gives_equal_audio(tmp_path) -> None:
     assert "est. wall-clock" in table and "min" in table
 
 
+# hours milestones over studies/paper.yaml's grid, as it set them before it took the paper's cycle minima (its
+# ckpt_hours then): 150 s × 100k … 1200 s × 400k steps
+PAPER_HOURS = ["cycles=0", "ckpt_hours=[4166.67, 8333.33, 16666.67, 33333.33, 66666.67, 133333.33]",
+               "finetune.checkpoints=[best, milestones]", "finetune.milestone_label_sets=null"]
+
+
 def test_paper_milestones_land_on_whole_steps() -> None:
     """Each milestone is some run's hours at a whole step within its 400k (e.g. 150 s × 400k = 16666.67 h)."""
-    study = load_study(ROOT / "studies/paper.yaml")
+    study = load_study(ROOT / "studies/paper.yaml", PAPER_HOURS)
+    assert study.ckpt_hours
     runs = plan_runs(study)
     for h in study.ckpt_hours:
         hits = [r for r in runs if abs(h * 3600 / r.batch_seconds - round(h * 3600 / r.batch_seconds)) < 0.1
@@ -224,11 +231,12 @@ def test_plan_counts_checkpoints_of_one_step_once(tmp_path) -> None:
 
 
 def test_plan_counts_a_milestone_the_last_step_reaches() -> None:
-    """hours-H is written once step >= nominal_steps(H), the last step included: studies/paper.yaml's 16,667 h
-    and 66,667 h milestones land on step 400,000 of the 1- and 4-GPU runs (200 fine-tunings, not 190)."""
+    """hours-H is written once step >= nominal_steps(H), the last step included: the 16,667 h and 66,667 h
+    milestones over studies/paper.yaml's grid land on step 400,000 of the 1- and 4-GPU runs (200 fine-tunings, not
+    190)."""
     from earful.study.plan import later_stages
 
-    paper = load_study(ROOT / "studies" / "paper.yaml")
+    paper = load_study(ROOT / "studies" / "paper.yaml", PAPER_HOURS)
     assert later_stages(paper, plan_runs(paper))["finetunings"] == 200
 
 
