@@ -224,13 +224,16 @@ def evaluate(
     beam_options: BeamOptions | None = None,
     num_workers: int = 0,
     text_mapping: Mapping[str, str] | None = None,
+    keep_greedy: bool = False,
 ) -> dict[str, Any]:
     """Transcribe every manifest, score it, write hypotheses and summaries; returns ``OUT/summary.json``.
 
     ``manifests``: a mapping split name → manifest (a study's ``corpus.test``), or a list of manifests, each a
     split named by its file stem or as given, ``NAME=MANIFEST`` (:func:`split_names`); a split name evaluated in
     ``out_dir`` before from another manifest is refused. ``text_mapping``: characters of the references to replace
-    (or remove: ``""``) before scoring, over the checkpoint's own mapping (fine-tuning's ``text_mapping``)."""
+    (or remove: ``""``) before scoring, over the checkpoint's own mapping (fine-tuning's ``text_mapping``).
+    ``keep_greedy`` (with ``lm``): each split's greedy results, evaluated in ``out_dir`` before, are kept as they
+    are and only the LM's are written (a study that gained an LM decodes its finished evaluations so)."""
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
@@ -262,6 +265,9 @@ def evaluate(
     # again by a training, gave another's)
     record = {"checkpoint": str(path), "weights_sha256": weights_sha256(info), "text_mapping": vocab.mapping}
     earlier = _earlier_splits(out, record)  # refuses another checkpoint's results, before any work
+    if keep_greedy and (lm is None or (missing := [s for s in splits if "greedy" not in earlier.get(s, {})])):
+        raise ValueError(f"{out}: keep_greedy decodes with an LM the splits evaluated greedily there before; "
+                         + ("no LM is given" if lm is None else f"{', '.join(missing)} were not"))
     for split, manifest in splits.items():
         _check_same_manifest(out, split, manifest)
     beam = LMBeamDecoder(spelling, lm, lexicon, beam_options) if lm is not None else None
@@ -290,15 +296,17 @@ def evaluate(
             lm_hyps = {i: vocab.normalize_hypothesis(h) for i, h in lm_hyps.items()}
         meta = {"split": split, "manifest": str(manifest), "manifest_resolved": str(Path(manifest).resolve()),
                 "checkpoint": str(path)}
-        results = {"greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
-                                              {**meta, "decoder": "greedy"})}
+        results = {} if keep_greedy else {
+            "greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
+                                       {**meta, "decoder": "greedy"})}
         if lm_hyps is not None and lm_settings is not None:
             results["lm"] = write_hypotheses(out, ids, [lm_hyps[i] for i in ids], refs, f"{split}.lm",
                                              {**meta, "decoder": "lm", **lm_settings})
         else:  # an earlier evaluation's LM hypotheses of this split would stand beside these
             for stale in (out / f"{split}.lm.jsonl", out / f"{split}.lm.summary.json"):
                 stale.unlink(missing_ok=True)
-        evaluated[split] = {name: {k: r[k] for k in SPLIT_KEYS if k in r} for name, r in results.items()}
+        evaluated[split] = {**(earlier[split] if keep_greedy else {}),
+                            **{name: {k: r[k] for k in SPLIT_KEYS if k in r} for name, r in results.items()}}
         if lm_settings is not None:
             evaluated[split]["lm"]["settings"] = lm_settings
         # written with each split's files (an entry whose files were removed goes with them): a run stopped in a

@@ -112,6 +112,33 @@ class FinetuneSpec:
 
 
 @dataclass
+class LMSpec:
+    """``lm:``: every fine-tuning is also decoded with a word n-gram LM (flashlight's lexicon beam search, as
+    ``earful evaluate --lm``; ``pip install 'earful[lm]'``), beside greedy decoding. The beam options are
+    :class:`earful.eval.beam.BeamOptions`' (and ``earful evaluate``'s ``--beam`` ...), their defaults the paper's."""
+
+    path: str = ""  # ARPA file (or KenLM binary with a lexicon), relative to the folder earful runs in (as corpus.dir)
+    lexicon: str | None = None  # ``word w o r d |`` a line, relative as path; default: the ARPA file's unigrams
+    beam: int = 50
+    beam_threshold: float = 50.0
+    lm_weight: float = 2.0
+    word_score: float = 0.0
+
+    def resolved(self, root: Path) -> tuple[Path, Path | None]:
+        """The LM file and the lexicon (None: the ARPA file's words), relative to ``root`` unless absolute."""
+        def at(p: str) -> Path:
+            return Path(p) if Path(p).is_absolute() else root / p
+        return at(self.path), at(self.lexicon) if self.lexicon else None
+
+    def beam_options(self) -> Any:
+        """The :class:`earful.eval.beam.BeamOptions` of these settings (checked in their ranges)."""
+        from earful.eval.beam import BeamOptions
+
+        return BeamOptions(beam=self.beam, beam_threshold=self.beam_threshold, lm_weight=self.lm_weight,
+                           word_score=self.word_score)
+
+
+@dataclass
 class SlurmConfig:
     """``launcher: slurm``: each pre-training, fine-tuning and gradvar is a Slurm job submitted through submitit
     (``earful/study/slurm.py``, docs/cluster.md). A run of D devices gets ceil(D / gpus_per_node) nodes with the
@@ -171,6 +198,9 @@ class StudyConfig:
     probe_seeds: list[int] = field(default_factory=lambda: [0])
     probe_overrides: list[str] = field(default_factory=list)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    # decode every fine-tuning with this n-gram LM too (the paper's 4-gram word decoding), beside greedy; null: greedy
+    # only. Added to a finished study, its fine-tunings are decoded with it on the next run (nothing else redone)
+    lm: LMSpec | None = None
     seeds: list[int] = field(default_factory=lambda: [1])
     throughput: float | None = None  # audio seconds per second per device, for the plan's wall-clock
     # runs executed at once on this machine (pre-trainings and fine-tunings, each in its own process with
@@ -485,4 +515,21 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
             raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in finetune.label_sets "
                              f"{study.finetune.label_sets} (the milestones are fine-tuned on some of the label sets "
                              "the study fine-tunes on)")
+    if study.lm is not None:
+        check_lm_settings(study.lm, str(path))
     return study
+
+
+def check_lm_settings(lm: LMSpec, where: str) -> None:
+    """The ``lm:`` section's values: a file named, beam options in their ranges (each named ``lm.KEY``). Its files
+    and flashlight are checked before the study runs (``earful.study.run.check_lm``)."""
+    from earful.eval.beam import check_beam_options
+
+    if not str(lm.path or "").strip():
+        raise ConfigError(f"{where}: lm.path is not given: name the ARPA file (e.g. LibriSpeech's 4-gram.arpa), or "
+                          "set lm: null for greedy decoding alone")
+    try:
+        check_beam_options({k: getattr(lm, k) for k in ("beam", "beam_threshold", "lm_weight", "word_score")},
+                           {k: f"lm.{k}" for k in ("beam", "beam_threshold", "lm_weight", "word_score")})
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None

@@ -6,7 +6,12 @@ study setting earful gained since, at the value studies of before had in effect 
 part of the fingerprint: a folder written before it continues. The key its mode does not
 use (``hours`` in fixed-steps, ``steps`` in fixed-hours) is no part of the recipe, in a study.json of before too. A
 folder in which nothing was trained or measured yet (the first pre-training failed on a setting) takes the new
-recipe."""
+recipe.
+
+The n-gram LM (``lm:``) decodes the fine-tunings beside greedy decoding: at its default (null) it is no part of the
+fingerprint; set, its settings (the study part's ``lm.*``, less the files' paths) and the SHA-256 of its files (the
+"lm" part) are. It may be set on a study that had none (the finished fine-tunings are decoded with it on the next
+run); another LM file, lexicon or beam setting, or none, is another recipe of the LM results: refused."""
 
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ STUDY_FORMAT = 2  # study.json's layout; 1 (no "format") was written by earlier 
 # study settings that decide how it runs or which runs it holds, not what a run computes: a finished study may
 # continue with more seeds or probe seeds (or jobs, another name, on a cluster); probe_corpus and corpus.dir are
 # where the manifests are, whose contents are in the fingerprint ("data"): a corpus moved elsewhere is the same
-NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds", "probe_corpus", "corpus.dir")
+# (lm.path and lm.lexicon too: the LM's files' contents are the fingerprint's "lm" part)
+NOT_RECIPE = ("jobs", "throughput", "seeds", "name", "launcher", "probe_seeds", "probe_corpus", "corpus.dir",
+              "lm.path", "lm.lexicon")
 # the manifests' roles in the fingerprint's data part, by their old name: today's (a role is its corpus key)
 RENAMED_ROLES = {old.removeprefix("corpus."): new.removeprefix("corpus.") for old, new in NEW_NAMES.items()
                  if old.startswith("corpus.")}
@@ -54,7 +61,8 @@ MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.la
             "finetune.milestone_label_sets")
 # study settings earful gained later, by the value every study of before had in effect: left out of the study part
 # at that value, so that a study.json written before one fingerprints as it did, and continues
-STUDY_ADDED_LATER: dict[str, Any] = {"finetune.milestone_label_sets": None}  # None: every label set, as before
+STUDY_ADDED_LATER: dict[str, Any] = {"finetune.milestone_label_sets": None,  # None: every label set, as before
+                                     "lm": None}  # None: greedy decoding alone, as before
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
 # (the cyclic schedule's step size too where the study sets it from each entry's steps: `cycles`)
@@ -172,10 +180,26 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
           "finetune": {k: v for k, v in fine.items() if _computes(k)},
           "data": manifest_digests(study, root),
           "grid": grid_fingerprint(runs)}
+    if study.lm is not None:  # a study without an LM has no "lm" part: its fingerprint is what it was before
+        fp["lm"] = lm_digests(study, root)
     if study.probes:  # a study without probes has no "probe" part: its fingerprint is what it was before probes
         probes = flatten(to_dict(probe_config(study)))
         fp["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
     return json.loads(json.dumps(fp))
+
+
+def lm_digests(study: StudyConfig, root: Path) -> dict[str, str | None]:
+    """The fingerprint's "lm" part: the SHA-256 of the LM file and of the lexicon (None: the LM's own words)."""
+    from earful.data.digest import sha256
+
+    assert study.lm is not None
+    path, lexicon = study.lm.resolved(root)
+    return {"path": sha256(path), "lexicon": sha256(lexicon) if lexicon is not None else None}
+
+
+def _decodes_with_lm(fp: dict[str, Any]) -> bool:
+    """Whether the study of fingerprint ``fp`` decodes with an LM (``lm:`` set)."""
+    return "lm" in fp or any(k.startswith("lm.") for k in fp.get("study", {}))
 
 
 def _without_entries(fp: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +235,8 @@ def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> boo
     study = old.get("study", {})
     if part == "study" and key.startswith("corpus.test."):  # the finished evaluations take the new splits alone
         return _test_sets(study).items() <= _test_sets(new.get("study", {})).items()
+    if part == "lm" or (part == "study" and key.startswith("lm.")):  # an LM set on a study that had none
+        return not _decodes_with_lm(old)
     if part == "study" and key in MAY_GROW:
         if key == "finetune.label_sets":
             return set(_label_sets(study)) <= set(_label_sets(new.get("study", {})))
@@ -327,6 +353,9 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
         why.append("grid entries may be added to a study, not changed or removed")
     if grown := [k for part, k in refused if part == "study" and k in MAY_GROW]:
         why.append(f"{', '.join(grown)} may gain items, not lose or change one")
+    if any(part == "lm" or (part == "study" and k.startswith("lm.")) for part, k in refused):
+        why.append("an LM (lm:) may be set on a study that had none, not changed or removed: its fine-tunings' LM "
+                   "results are of the LM files and beam settings they were decoded with")
     if any(part == "study" and k.startswith("corpus.test.") for part, k in refused):
         why.append("test splits may be added, not changed or removed")
     if "probe" not in old and old.get("study", {}).get("probes"):

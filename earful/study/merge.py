@@ -168,11 +168,22 @@ def _result(folder: Path, rel: Path) -> Any:
     value = read_record(folder / rel)
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in WHERE}
+        if isinstance(splits := value.get("splits"), dict):  # an evaluation's: its LM's files by their place
+            value["splits"] = {split: {decoder: _settings_less_paths(r) for decoder, r in res.items()}
+                               if isinstance(res, dict) else res for split, res in splits.items()}
     if rel.name != "done.json":
         return value
     weights = {p.parent.name: weights_sha256(read_record(p)) for p in sorted((folder / rel.parent / "checkpoints").glob(
         "[!.]*/model.json"))}
     return {"done": value, "weights": weights}
+
+
+def _settings_less_paths(result: Any) -> Any:
+    """An evaluation's result of one decoder less where its LM files were (``settings.path``, ``settings.lexicon``):
+    the same LM elsewhere is the same (the study's fingerprint holds their digests)."""
+    if isinstance(result, dict) and isinstance(settings := result.get("settings"), dict):
+        return {**result, "settings": {k: v for k, v in settings.items() if k not in ("path", "lexicon")}}
+    return result
 
 
 def _grows(wide: Any, narrow: Any) -> bool:
@@ -216,7 +227,7 @@ def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, lis
         for f in unique(after.finetunings):
             if not any(done_record(folder / "finetune" / f.name) is not None for folder in folders):
                 todo.append(f"fine-tuning {f.name}")
-            elif not any(evaluated(folder, f.name, tests) for folder in folders):
+            elif not any(evaluated(folder, f.name, tests, study.lm is not None) for folder in folders):
                 needed[Path("finetune") / f.name] = [f"evaluation {f.name}"]
         todo += [f"probe {p.name}" for p in unique(after.probes)
                  if p.upstream != "fbank" and not any(probed(study, folder, p.name) for folder in folders)]

@@ -279,7 +279,9 @@ def build_report(out_dir: str | Path) -> Path:
     padded = padded_hours(out, runs)
     text += pretraining_section(curves, runs, study, rep)
     plot_validation_curves(curves, runs, rep)
-    ft = [r for r in results if r.get("split") and not r.get("diverged")]
+    # greedy decoding's results (a record without a decoder: an earlier version's), then the LM's (``lm:``)
+    ft = [r for r in results if r.get("split") and not r.get("diverged") and r.get("decoder", "greedy") == "greedy"]
+    ft_lm = [r for r in results if r.get("split") and not r.get("diverged") and r.get("decoder") == "lm"]
     declared = list((study.get("corpus") or {}).get("test") or {})  # corpus.test's keys, in the config's order
     main_split = main_split_of(list(dict.fromkeys(r["split"] for r in ft)), declared)
     probes = read_records(out / "probes.jsonl")
@@ -291,12 +293,17 @@ def build_report(out_dir: str | Path) -> Path:
         text += claims_section(out, curves, runs, study, ft, main_split, means, about, rep, padded)
     if main_split:
         text += finetuning_tables(ft, runs, main_split, rep)
+        lm_said = lm_decoding(study)
+        if ft_lm:
+            text += finetuning_tables(ft_lm, runs, main_split, rep, lm_said, "with the LM", "wer-lm.csv")
         plot_finetuning(ft, main_split, rep)
         text += ["## Findings", "",
                  "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "
                  "difference, a low bar with few seeds (a comparison that calls one says how often that is chance). "
                  "Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
                  ""] + findings(ft, runs, study, main_split, "wer") + findings(ft, runs, study, main_split, "cer")
+        if ft_lm:
+            text += findings(ft_lm, runs, study, main_split, "wer", " with the LM")
     text += machines_section(out, every_run)
     text += ["## Plots", "",
              "Error bars and bands: ±1 standard error of the mean over seeds. Validation curves are plotted "
@@ -364,6 +371,11 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
     if evaluations:  # a study that fine-tunes: a split is done when every evaluation holds it (results.jsonl
         done_splits = set.intersection(*evaluations)  # leaves out a split without transcripts: it has no WER)
         missing += [f"test split {split}" for split in planned.corpus.test_sets() if split not in done_splits]
+        if planned.lm is not None:  # an LM set on a study that had evaluated greedily: decoded on its next run
+            with_lm = set.intersection(*(evaluated_splits(out, d.name, "lm") for d in sorted((out / "eval").glob("*"))
+                                         if d.is_dir()))
+            missing += [f"test split {split} with the LM" for split in planned.corpus.test_sets()
+                        if split in done_splits and split not in with_lm]
     done_tasks = {r.get("task") for r in probes}
     missing += [f"probe task {task}" for task in planned.probes if task not in done_tasks]
     if not missing:
@@ -845,9 +857,19 @@ def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], runs: dict[s
             _plot(rep / "plots" / f"valid_{key}_vs_{xkey.removesuffix('_padded')}.png", draw)
 
 
-def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split: str, rep: Path) -> list[str]:
+def lm_decoding(study: dict[str, Any]) -> str:
+    """How a study.json's ``lm:`` decodes, as the report's LM tables name it."""
+    lm = study.get("lm") or {}
+    return (f"with the n-gram LM {Path(str(lm.get('path'))).name}: beam {lm.get('beam')}, lm_weight "
+            f"{lm.get('lm_weight')}, word_score {lm.get('word_score')}") if lm else "with the n-gram LM"
+
+
+def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split: str, rep: Path,
+                      decoding: str = "greedy decoding", short: str = "greedy", csv_name: str = "wer.csv"
+                      ) -> list[str]:
     """WER and CER on the main split by pre-training (and checkpoint) × label set (mean ± SE over seeds), with
-    the checkpoint's nominal and padded hours, and ``wer.csv``."""
+    the checkpoint's nominal and padded hours, and ``wer.csv``; ``decoding`` (``short``), ``csv_name``: those of
+    the results decoded with the study's LM (``lm:``), its tables and CSV beside greedy decoding's."""
     label_sets = sorted({r["label_set"] for r in ft})
     head = ["pre-training", NOMINAL, f"{PADDED}, mean"] + label_sets
     groups = {m: defaultdict(lambda: defaultdict(list)) for m in ("wer", "cer")}
@@ -872,12 +894,12 @@ def finetuning_tables(ft: list[dict[str, Any]], runs: dict[str, Any], main_split
         tables[m] = [[f"{tag} ({ck})"] + [f"{statistics.fmean(h[(tag, ck)]) if h[(tag, ck)] else 0.0:.3g}"
                                           for h in (nominal, fed)]
                      + [fmt_ms(g[(tag, ck)].get(ls, [])) for ls in label_sets] for tag, ck in keys]
-    write_csv(rep / "wer.csv", ["pretrain", "batch_seconds", "checkpoint", "step", "hours_nominal", "hours_padded",
+    write_csv(rep / csv_name, ["pretrain", "batch_seconds", "checkpoint", "step", "hours_nominal", "hours_padded",
                                 "label_set", "split", "wer", "cer"], csv_rows)
     spread = over_seeds([len(v) for k in keys for v in groups["wer"][k].values()])
-    return [f"## WER after fine-tuning (`{main_split}`, greedy decoding, %; {spread})", "",
+    return [f"## WER after fine-tuning (`{main_split}`, {decoding}, %; {spread})", "",
             md_table(head, tables["wer"]), "",
-            f"CER (`{main_split}`, greedy, %; {spread}):", "", md_table(head, tables["cer"]), ""]
+            f"CER (`{main_split}`, {short}, %; {spread}):", "", md_table(head, tables["cer"]), ""]
 
 
 def plot_finetuning(ft: list[dict[str, Any]], main_split: str, rep: Path) -> None:
@@ -996,13 +1018,14 @@ def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]])
 
 
 def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str,
-             metric: str = "wer") -> list[str]:
+             metric: str = "wer", decoded: str = "") -> list[str]:
     """The two questions of the paper, and pre-training vs scratch, answered from this study's numbers in
-    ``metric`` (``wer`` or ``cer``: at small scale WER sits near 100 % and CER tells the models apart)."""
+    ``metric`` (``wer`` or ``cer``: at small scale WER sits near 100 % and CER tells the models apart);
+    ``decoded``: how ``ft`` was decoded where not greedily (" with the LM")."""
     name = metric.upper()
     on_split = [r for r in ft if r["split"] == split]
     label_sets = sorted({r["label_set"] for r in ft})
-    out = [f"### In {name} (`{split}`)", ""]
+    out = [f"### In {name}{decoded} (`{split}`)", ""]
     out += _fixed_steps_and_scratch(on_split, study, label_sets, metric)
     if study.get("mode") != "fixed-steps":  # a small batch's milestone vs a large batch's end
         out += _equal_steps(on_split, label_sets, metric)

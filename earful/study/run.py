@@ -296,10 +296,33 @@ def check_manifests(study: StudyConfig, root: Path) -> None:
                                 "corpus.dir")
 
 
+def check_lm(study: StudyConfig, root: Path | None = None) -> None:
+    """The ``lm:`` section's needs, before any training: flashlight-text installed and, given ``root`` (the folder
+    its paths are relative to), its LM file and lexicon there. A missing one had stopped the study at its first
+    evaluation, after pre-training."""
+    if study.lm is None:
+        return
+    from earful.eval.beam import INSTALL_HINT, flashlight_available
+
+    if not flashlight_available():
+        raise RuntimeError(f"lm: the study decodes with an n-gram LM ({study.lm.path}); {INSTALL_HINT}, or set "
+                           "lm: null for greedy decoding alone")
+    if root is None:
+        return
+    path, lexicon = study.lm.resolved(root)
+    missing = [f"lm.{key}: {p}" for key, p in (("path", path), ("lexicon", lexicon)) if p is not None
+               and not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the study's LM file(s) do not exist ({'; '.join(missing)}); download them "
+                                "(LibriSpeech's 4-gram: openslr.org/11) or build one (`earful lm build`), or fix the "
+                                "path(s), which are relative to the folder earful runs in, as corpus.dir")
+
+
 def check_study(study: StudyConfig) -> None:
-    """The recipes (``check_recipes``), and what a plan need not have: trackers and submitit installed. (The
-    probes' manifests are checked once the corpus is there: ``check_probe_corpus``.)"""
+    """The recipes (``check_recipes``), and what a plan need not have: trackers, submitit and flashlight (``lm:``)
+    installed. (The probes' manifests are checked once the corpus is there: ``check_probe_corpus``.)"""
     check_recipes(study)
+    check_lm(study)
     for backend in study.tracking.backends:
         require(backend)
     if study.launcher == "slurm":  # before anything is submitted: submitit is there, every run fits the nodes
@@ -340,6 +363,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
     ensure_corpus(study, root)
     check_probe_corpus(study, root)  # on the corpus as built: before any run starts, not after pre-training
     check_manifests(study, root)  # before study.json: its fingerprint holds no missing manifest
+    check_lm(study, root)  # and no missing LM file
     runs, table = plan_table(study)
     fingerprint = recipe_fingerprint(study, runs, root)
     check_same_recipe(out, fingerprint, lambda: manifest_digests(study, root, file_bytes=True),
@@ -361,7 +385,7 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
         planned[run.name] = after.finetunings
         jobs = [Job(f.name, finetune_and_evaluate, (study, f.name, f.init, f.label_set, run.seed, out, root,
                                                     f.baseline),
-                    done=partial(evaluated, out, f.name, study.corpus.test_sets()))
+                    done=partial(evaluated, out, f.name, study.corpus.test_sets(), study.lm is not None))
                 for f in unique(after.finetunings)]
         if study.probes:
             probing[run.name] = after.probes

@@ -124,18 +124,21 @@ def evaluation_summary(out: Path, name: str) -> Path:
     return out / "eval" / name / "summary.json"
 
 
-def evaluated(out: Path, name: str, splits: Iterable[str]) -> bool:
-    """Fine-tuned and evaluated on every split of ``splits`` (the evaluation comes last)."""
-    return set(splits) <= evaluated_splits(out, name)
+def evaluated(out: Path, name: str, splits: Iterable[str], lm: bool = False) -> bool:
+    """Fine-tuned and evaluated on every split of ``splits`` (the evaluation comes last); with ``lm`` (a study's
+    ``lm:``), decoded with the LM too."""
+    return set(splits) <= evaluated_splits(out, name, "lm" if lm else None)
 
 
-def evaluated_splits(out: Path, name: str) -> set[str]:
-    """The splits fine-tuning ``name`` was evaluated on (its evaluation comes last): none before it finished."""
+def evaluated_splits(out: Path, name: str, decoder: str | None = None) -> set[str]:
+    """The splits fine-tuning ``name`` was evaluated on (its evaluation comes last): none before it finished;
+    with ``decoder`` (``lm``), those it was decoded on so."""
     path = evaluation_summary(out, name)
     if not path.exists():
         return set()
     try:
-        return set(json.loads(path.read_text(encoding="utf-8"))["splits"])
+        splits = json.loads(path.read_text(encoding="utf-8"))["splits"]
+        return {split for split, res in splits.items() if decoder is None or decoder in res}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not an evaluation summary ({e!r}); remove {path.parent} and rerun the study to "
                          "evaluate it again") from None
@@ -449,13 +452,25 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
         atomic_write_json(fdir / "done.json", done)
     summary = evaluation_summary(out, name)
     done_splits = evaluated_splits(out, name)
-    if todo := {split: c.path(m, root) for split, m in c.test_sets().items() if split not in done_splits}:
-        ckpt = fdir / "checkpoints" / "best"
-        if not ckpt.exists():
-            ckpt = fdir
+    tests = {split: c.path(m, root) for split, m in c.test_sets().items()}
+    todo = {split: m for split, m in tests.items() if split not in done_splits}
+    with_lm: dict[str, Any] = {}
+    lm_todo: dict[str, str] = {}
+    if study.lm is not None:  # with the LM too; splits evaluated greedily before it was set: with the LM alone
+        lm, lexicon = study.lm.resolved(root)
+        with_lm = {"lm": lm, "lexicon": lexicon, "beam_options": study.lm.beam_options()}
+        lm_todo = {split: m for split, m in tests.items()
+                   if split in done_splits and split not in evaluated_splits(out, name, "lm")}
+    ckpt = fdir / "checkpoints" / "best"
+    if not ckpt.exists():
+        ckpt = fdir
+    if todo:
         if done_splits:
             log.info("evaluating %s on the test split(s) added to the study: %s", name, ", ".join(todo))
-        evaluate(ckpt, todo, summary.parent)  # the summary keeps the splits evaluated before beside these
+        evaluate(ckpt, todo, summary.parent, **with_lm)  # the summary keeps the splits evaluated before
+    if lm_todo:
+        log.info("decoding %s with the study's LM (its greedy results kept): %s", name, ", ".join(lm_todo))
+        evaluate(ckpt, lm_todo, summary.parent, keep_greedy=True, **with_lm)
     return {**json.loads(summary.read_text()), **({"diverged": True} if done.get("diverged") else {})}
 
 

@@ -12,7 +12,7 @@ from earful.checkpoint import CheckpointError
 from earful.lock import held, holder
 from earful.markdown import md_table
 from earful.study.config import plan_runs, study_of_record
-from earful.study.stages import STAGES, done_record, finished_records
+from earful.study.stages import STAGES, done_record, evaluated, finished_records
 from earful.train.state import LATEST, RunDir, read_trainer_info
 
 
@@ -92,10 +92,15 @@ def study_status(out: str | Path) -> str:
         stage = record.relative_to(out).parts[0]
         finished[stage] = finished.get(stage, 0) + 1
     done = sum(s in ("done", "diverged") for s in states)
+    said = {stage: f"{finished[stage]} {what}" for stage, what in STAGES.items() if finished.get(stage)}
+    if study.lm is not None and "eval" in said:  # an evaluation is decoded with the LM too, or on the next run
+        tests = study.corpus.test_sets()
+        with_lm = sum(evaluated(out, record.parent.name, tests, lm=True) for record in finished_records(out)
+                      if record.relative_to(out).parts[0] == "eval")
+        said["eval"] += f" ({with_lm} of them decoded with the LM)"
     head = (f"study {study.name} ({out}, {_study_process(out)}): {done} of {len(runs)} pre-training runs finished "
             f"(seeds {study.seeds}); finished units of the other stages: " +
-            (", ".join(f"{finished[stage]} {what}" for stage, what in STAGES.items()
-                       if stage != "pretrain" and finished.get(stage)) or "none"))
+            (", ".join(text for stage, text in said.items() if stage != "pretrain") or "none"))
     from earful.study.run import left_out
 
     left = left_out(study, runs, out)
