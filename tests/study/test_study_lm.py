@@ -193,3 +193,20 @@ def test_a_merge_carries_the_lm_results(greedy_study, tmp_path) -> None:
     assert (out / "eval" / FT / "test.lm.jsonl").is_file()
     assert "lm" in json.loads((out / "eval" / FT / "summary.json").read_text())["splits"]["test"]
     assert json.loads((out / "study.json").read_text())["lm"]["path"].endswith("lm.arpa")
+
+
+def test_paper_yaml_gives_the_papers_4_gram_decoding_commented_out(tmp_path) -> None:
+    """studies/paper.yaml names LibriSpeech's 4-gram with the paper's beam 50, LM weight 2, word score 0, not set
+    (the file is the user's to download): uncommented, it loads as that."""
+    text = (Path(__file__).resolve().parents[2] / "studies" / "paper.yaml").read_text()
+    assert load_study_text(text, tmp_path).lm is None
+    study = load_study_text(text.replace("\n# lm: {", "\nlm: {"), tmp_path)
+    assert study.lm is not None and (study.lm.beam, study.lm.lm_weight, study.lm.word_score) == (50, 2.0, 0.0)
+    assert study.lm.path.endswith("4-gram.arpa") and study.lm.lexicon is None
+
+
+def load_study_text(text: str, folder: Path):
+    from earful.study.config import load_study
+
+    (folder / "study.yaml").write_text(text)
+    return load_study(folder / "study.yaml")
