@@ -210,3 +210,16 @@ def load_study_text(text: str, folder: Path):
 
     (folder / "study.yaml").write_text(text)
     return load_study(folder / "study.yaml")
+
+
+def test_the_report_says_the_lm_decoding_left(greedy_study, tmp_path) -> None:
+    """A study whose lm: was set and stopped before its fine-tunings were decoded with it: the report says the LM
+    decoding is not finished (it had shown greedy's tables alone without a word)."""
+    from earful.study.report import build_report
+
+    _, greedy, _ = greedy_study
+    out = _copy(greedy, tmp_path / "out")
+    saved = json.loads((out / "study.json").read_text())
+    (out / "study.json").write_text(json.dumps({**saved, "lm": {"path": "lm.arpa"}}))
+    assert "**Not finished:** the study's plan (above) holds test split test with the LM" in \
+        build_report(out).read_text()
