@@ -359,7 +359,7 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
     written from the results of its last finish under the new plan's table, without a word. The test splits done
     are read from the evaluations' summaries (``eval/*/summary.json``; a corrupt one is a ValueError naming it)."""
     from earful.study.config import plan_runs, study_of_record
-    from earful.study.stages import evaluated_splits
+    from earful.study.stages import evaluated_splits, planned_evaluations
 
     try:
         planned = study_of_record(study)
@@ -367,13 +367,13 @@ def unfinished_section(study: dict[str, Any], every_run: dict[str, Any], probes:
     except (TypeError, ValueError):  # a study.json of an earlier version: nothing to compare with
         return []
     missing = [name for name in runs if name not in every_run]
-    evaluations = [evaluated_splits(out, d.name) for d in sorted((out / "eval").glob("*")) if d.is_dir()]
+    names = planned_evaluations(planned, out)  # not those of runs a rerun with fewer seeds left out
+    evaluations = [evaluated_splits(out, name) for name in names]
     if evaluations:  # a study that fine-tunes: a split is done when every evaluation holds it (results.jsonl
         done_splits = set.intersection(*evaluations)  # leaves out a split without transcripts: it has no WER)
         missing += [f"test split {split}" for split in planned.corpus.test_sets() if split not in done_splits]
         if planned.lm is not None:  # an LM set on a study that had evaluated greedily: decoded on its next run
-            with_lm = set.intersection(*(evaluated_splits(out, d.name, "lm") for d in sorted((out / "eval").glob("*"))
-                                         if d.is_dir()))
+            with_lm = set.intersection(*(evaluated_splits(out, name, "lm") for name in names))
             missing += [f"test split {split} with the LM" for split in planned.corpus.test_sets()
                         if split in done_splits and split not in with_lm]
     done_tasks = {r.get("task") for r in probes}

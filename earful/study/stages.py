@@ -130,6 +130,17 @@ def evaluated(out: Path, name: str, splits: Iterable[str], lm: bool = False) -> 
     return set(splits) <= evaluated_splits(out, name, "lm" if lm else None)
 
 
+def planned_evaluations(study: StudyConfig, out: Path) -> list[str]:
+    """The evaluations in study folder ``out`` (``eval/NAME``) of fine-tunings ``study``'s plan holds: of its
+    pre-training runs' checkpoints and of its seeds' baselines. A folder rerun with fewer seeds holds those of the
+    others too, which this plan never evaluates again (a test split or an LM set since is not theirs)."""
+    from earful.study.config import plan_runs
+
+    of = {r.name for r in plan_runs(study)} | {f"{base}-seed{seed}" for base in study.finetune.baselines
+                                                for seed in study.seeds}
+    return [d.name for d in sorted((out / "eval").glob("[!.]*")) if d.is_dir() and d.name.split("__")[0] in of]
+
+
 def evaluated_splits(out: Path, name: str, decoder: str | None = None) -> set[str]:
     """The splits fine-tuning ``name`` was evaluated on (its evaluation comes last): none before it finished;
     with ``decoder`` (``lm``), those it was decoded on so."""

@@ -12,7 +12,14 @@ from earful.checkpoint import CheckpointError
 from earful.lock import held, holder
 from earful.markdown import md_table
 from earful.study.config import plan_runs, study_of_record
-from earful.study.stages import STAGES, done_record, evaluated, finished_records
+from earful.study.stages import (
+    STAGES,
+    done_record,
+    evaluated,
+    evaluation_summary,
+    finished_records,
+    planned_evaluations,
+)
 from earful.train.state import LATEST, RunDir, read_trainer_info
 
 
@@ -95,9 +102,11 @@ def study_status(out: str | Path) -> str:
     said = {stage: f"{finished[stage]} {what}" for stage, what in STAGES.items() if finished.get(stage)}
     if study.lm is not None and "eval" in said:  # an evaluation is decoded with the LM too, or on the next run
         tests = study.corpus.test_sets()
-        with_lm = sum(evaluated(out, record.parent.name, tests, lm=True) for record in finished_records(out)
-                      if record.relative_to(out).parts[0] == "eval")
-        said["eval"] += f" ({with_lm} of them decoded with the LM)"
+        names = [name for name in planned_evaluations(study, out) if evaluation_summary(out, name).exists()]
+        with_lm = sum(evaluated(out, name, tests, lm=True) for name in names)
+        # those of runs a rerun with fewer seeds left out are never decoded with it: counted apart
+        of = "them" if len(names) == finished["eval"] else f"the {len(names)} this plan holds"
+        said["eval"] += f" ({with_lm} of {of} decoded with the LM)"
     head = (f"study {study.name} ({out}, {_study_process(out)}): {done} of {len(runs)} pre-training runs finished "
             f"(seeds {study.seeds}); finished units of the other stages: " +
             (", ".join(text for stage, text in said.items() if stage != "pretrain") or "none"))

@@ -223,3 +223,22 @@ def test_the_report_says_the_lm_decoding_left(greedy_study, tmp_path) -> None:
     (out / "study.json").write_text(json.dumps({**saved, "lm": {"path": "lm.arpa"}}))
     assert "**Not finished:** the study's plan (above) holds test split test with the LM" in \
         build_report(out).read_text()
+
+
+def test_a_study_rerun_with_fewer_seeds_is_finished_with_the_lm(greedy_study, tmp_path) -> None:
+    """A finished study rerun with fewer seeds keeps the left-out seed's evaluations, which it never decodes with
+    the LM: the report's Not finished check and status consider the fine-tunings its plan holds alone (it had said
+    "Not finished … with the LM" forever)."""
+    from earful.study.config import load_study
+    from earful.study.report import build_report
+    from earful.study.run import run_study
+    from earful.study.status import study_status
+
+    study_file, greedy, root = greedy_study
+    out = _copy(greedy, tmp_path / "out")
+    # the evaluation of a seed 2 the study had before a rerun with seeds [1] (greedy only, as it was finished)
+    shutil.copytree(out / "eval" / FT, out / "eval" / FT.replace("seed1", "seed2"))
+    report = run_study(load_study(study_file, ["lm.path=lm.arpa"]), out, root=root).read_text()
+    assert "Not finished" not in report and "Not finished" not in build_report(out).read_text()
+    assert "2 evaluations (1 of the 1 this plan holds decoded with the LM)" in study_status(out)
+
