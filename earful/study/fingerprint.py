@@ -11,7 +11,9 @@ recipe.
 The n-gram LM (``lm:``) decodes the fine-tunings beside greedy decoding: at its default (null) it is no part of the
 fingerprint; set, its settings (the study part's ``lm.*``, less the files' paths) and the SHA-256 of its files (the
 "lm" part) are. It may be set on a study that had none (the finished fine-tunings are decoded with it on the next
-run); another LM file, lexicon or beam setting, or none, is another recipe of the LM results: refused."""
+run); another LM file, lexicon or beam setting, or none, is another recipe of the LM results: refused once the
+folder holds one (``lm_results``). Before (the LM failed to load, or the study stopped before decoding with it)
+the folder takes the new LM, or none."""
 
 from __future__ import annotations
 
@@ -228,6 +230,24 @@ def _test_sets(study: dict[str, Any]) -> dict[str, Any]:
         dict(DEFAULT_TEST_SETS)
 
 
+def _is_lm(part: str, key: str) -> bool:
+    """Whether ``part.key`` is a setting of the LM (``lm:``) or its files' digests."""
+    return part == "lm" or (part == "study" and key.startswith("lm."))
+
+
+def lm_results(out: Path) -> bool:
+    """Whether study folder ``out`` holds results decoded with an LM: an evaluation summary with an "lm" entry
+    (``study run`` writes results.jsonl's LM records from them)."""
+    for path in (out / "eval").glob("[!.]*/summary.json"):
+        try:
+            splits = json.loads(path.read_text(encoding="utf-8"))["splits"]
+            if any("lm" in res for res in splits.values()):
+                return True
+        except (ValueError, KeyError, TypeError, AttributeError):  # unreadable: it may hold some
+            return True
+    return False
+
+
 def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether ``part.key``, which differs, is an addition that leaves every finished result as the new recipe
     makes it (``MAY_GROW``)."""
@@ -235,7 +255,7 @@ def _added(part: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> boo
     study = old.get("study", {})
     if part == "study" and key.startswith("corpus.test."):  # the finished evaluations take the new splits alone
         return _test_sets(study).items() <= _test_sets(new.get("study", {})).items()
-    if part == "lm" or (part == "study" and key.startswith("lm.")):  # an LM set on a study that had none
+    if _is_lm(part, key):  # an LM set on a study that had none
         return not _decodes_with_lm(old)
     if part == "study" and key in MAY_GROW:
         if key == "finetune.label_sets":
@@ -315,6 +335,7 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
     what the refusal ends with (a study run's; a merge's is its own). ``saved``: the study.json to compare with,
     in place of ``out``'s own (a merge's union of several)."""
     p = out / "study.json"
+    own = saved is None  # a study run on its folder (a merge compares folders' recipes as they are)
     if saved is None:
         if not p.exists():
             return
@@ -340,6 +361,12 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
     differ = [(part, k) for part in parts for k in sorted(set(old.get(part, {})) | set(new.get(part, {})))
               if old.get(part, {}).get(k) != new.get(part, {}).get(k)]
     refused = [(part, k) for part, k in differ if not _added(part, k, old, new)]
+    if own and any(_is_lm(part, k) for part, k in refused) and not lm_results(out):
+        # no fine-tuning was decoded with the LM of its study.json (the LM failed to load, or the study stopped
+        # before): no result is of it, so the folder takes this LM, or none
+        log.info("%s: no fine-tuning was decoded with the LM (lm:) its study.json names yet: the study takes this "
+                 "one%s", out, "" if _decodes_with_lm(new) else " (none: greedy decoding alone)")
+        refused = [(part, k) for part, k in refused if not _is_lm(part, k)]
     if not refused and not gone_or_changed:
         if differ:
             log.info("%s: the study continues; grown or reordered: %s", out,
@@ -353,9 +380,10 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
         why.append("grid entries may be added to a study, not changed or removed")
     if grown := [k for part, k in refused if part == "study" and k in MAY_GROW]:
         why.append(f"{', '.join(grown)} may gain items, not lose or change one")
-    if any(part == "lm" or (part == "study" and k.startswith("lm.")) for part, k in refused):
-        why.append("an LM (lm:) may be set on a study that had none, not changed or removed: its fine-tunings' LM "
-                   "results are of the LM files and beam settings they were decoded with")
+    if any(_is_lm(part, k) for part, k in refused):
+        why.append("an LM (lm:) may be set on a study that had none, not changed or removed once a fine-tuning "
+                   "was decoded with it: its fine-tunings' LM results are of the LM files and beam settings they "
+                   "were decoded with")
     if any(part == "study" and k.startswith("corpus.test.") for part, k in refused):
         why.append("test splits may be added, not changed or removed")
     if "probe" not in old and old.get("study", {}).get("probes"):

@@ -242,3 +242,27 @@ def test_a_study_rerun_with_fewer_seeds_is_finished_with_the_lm(greedy_study, tm
     assert "Not finished" not in report and "Not finished" not in build_report(out).read_text()
     assert "2 evaluations (1 of the 1 this plan holds decoded with the LM)" in study_status(out)
 
+
+def test_an_lm_that_failed_to_load_may_be_corrected_or_removed(greedy_study, tmp_path, caplog) -> None:
+    """study.json names the LM before any decoding: one KenLM cannot read stops the study with no LM result in
+    the folder, which then takes a corrected LM, or none (both had been refused, leaving only removing the
+    folder); once a fine-tuning was decoded with an LM, another is refused as before."""
+    from earful.study.config import load_study
+    from earful.study.run import run_study
+
+    study_file, greedy, root = greedy_study
+    (root / "truncated.arpa").write_bytes((root / "lm.arpa").read_bytes()[:300])
+    for fixed in (["lm.path=lm.arpa"], []):
+        out = _copy(greedy, tmp_path / f"out{len(fixed)}")
+        with pytest.raises(Exception, match="KenLM cannot read"):
+            run_study(load_study(study_file, ["lm.path=truncated.arpa"]), out, root=root)
+        assert json.loads((out / "study.json").read_text())["lm"]["path"] == "truncated.arpa"
+        with caplog.at_level("INFO", logger="earful.study.fingerprint"):
+            run_study(load_study(study_file, fixed), out, root=root)
+        assert "no fine-tuning was decoded with the LM (lm:) its study.json names yet" in caplog.text
+        summary = json.loads((out / "eval" / FT / "summary.json").read_text())
+        assert set(summary["splits"]["test"]) == ({"greedy", "lm"} if fixed else {"greedy"})
+        assert (json.loads((out / "study.json").read_text())["lm"] or {}).get("path") == \
+            ("lm.arpa" if fixed else None)
+    with pytest.raises(ValueError, match=r"not changed or removed once a fine-tuning was decoded with it"):
+        run_study(load_study(study_file, ["lm.path=truncated.arpa"]), tmp_path / "out1", root=root)
