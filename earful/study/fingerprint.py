@@ -219,9 +219,12 @@ def _label_sets(study: dict[str, Any]) -> list[str]:
 
 def _milestone_label_sets(study: dict[str, Any]) -> list[str]:
     """The label sets a fingerprint's study part fine-tunes the milestones on: ``finetune.milestone_label_sets``
-    (absent: its default, every label set fine-tuned)."""
+    (absent: its default, every label set fine-tuned) of those it fine-tunes on; none where its
+    ``finetune.checkpoints`` has no ``milestones`` (no milestone was fine-tuned: any setting is new work)."""
+    if "milestones" not in (study.get("finetune.checkpoints") or []):
+        return []
     named = study.get("finetune.milestone_label_sets")
-    return _label_sets(study) if named is None else named
+    return [ls for ls in _label_sets(study) if named is None or ls in named]
 
 
 def _test_sets(study: dict[str, Any]) -> dict[str, Any]:

@@ -189,3 +189,29 @@ def test_the_report_pairs_cycle_minima_at_equal_hours_and_leaves_the_cells_not_f
                 if v.claim == "C4"}
     assert "2 pairs" in verdicts["cer_a"].evidence
     assert verdicts["cer_b"].evidence.startswith("no equal-hours pairs")
+
+
+def test_milestones_on_some_label_sets_added_to_a_study_that_fine_tuned_none(tmp_path) -> None:
+    """A finished study whose finetune.checkpoints had no milestones fine-tuned none: milestones on fewer label
+    sets than it fine-tunes on are new work, not label sets lost (they had been refused); a study that fine-tuned
+    its milestones on the label sets of a narrower finetune.label_sets may add label sets and keep the
+    milestones on those."""
+    from earful.config import to_dict
+    from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe
+
+    out = tmp_path / "out"
+    (out / "eval" / "x").mkdir(parents=True)
+    (out / "eval" / "x" / "summary.json").write_text("{}")  # something finished: the recipe may only grow
+    for before, after in ((["finetune.checkpoints=[final]"], ["finetune.milestone_label_sets=[a]"]),
+                          (["finetune.checkpoints=[final]", "finetune.milestone_label_sets=null"],
+                           ["finetune.milestone_label_sets=[b]"]),
+                          (["finetune.label_sets=[a]"], ["finetune.label_sets=[a, b]",
+                                                         "finetune.milestone_label_sets=[a]"])):
+        fp = _fingerprint(tmp_path, *before)
+        saved = to_dict(load_study(tmp_path / "s.yaml", before))
+        (out / "study.json").write_text(json.dumps({**saved, "format": STUDY_FORMAT, "fingerprint": fp}))
+        check_same_recipe(out, _fingerprint(tmp_path, *after))
+    # milestones fine-tuned on a and b: one of them left out is still refused
+    (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": _fingerprint(tmp_path)}))
+    with pytest.raises(ValueError, match=r"finetune\.milestone_label_sets may gain items"):
+        check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[a]"))
