@@ -233,7 +233,9 @@ def evaluate(
     ``out_dir`` before from another manifest is refused. ``text_mapping``: characters of the references to replace
     (or remove: ``""``) before scoring, over the checkpoint's own mapping (fine-tuning's ``text_mapping``).
     ``keep_greedy`` (with ``lm``): each split's greedy results, evaluated in ``out_dir`` before, are kept as they
-    are and only the LM's are written (a study that gained an LM decodes its finished evaluations so)."""
+    are and only the LM's are written (a study that gained an LM decodes its finished evaluations so): nothing is
+    replaced, so a split's manifest may be at another path than greedy's was (a study's moved corpus, whose
+    manifests' contents its fingerprint compared); the LM's files record the manifest they were decoded from."""
     splits = split_names(manifests)
     if not splits:
         raise ValueError("no manifest to evaluate")
@@ -268,7 +270,7 @@ def evaluate(
     if keep_greedy and (lm is None or (missing := [s for s in splits if "greedy" not in earlier.get(s, {})])):
         raise ValueError(f"{out}: keep_greedy decodes with an LM the splits evaluated greedily there before; "
                          + ("no LM is given" if lm is None else f"{', '.join(missing)} were not"))
-    for split, manifest in splits.items():
+    for split, manifest in (splits if not keep_greedy else {}).items():  # kept, greedy's results replace none
         _check_same_manifest(out, split, manifest)
     beam = LMBeamDecoder(spelling, lm, lexicon, beam_options) if lm is not None else None
     out.mkdir(parents=True, exist_ok=True)

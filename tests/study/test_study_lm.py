@@ -266,3 +266,25 @@ def test_an_lm_that_failed_to_load_may_be_corrected_or_removed(greedy_study, tmp
             ("lm.arpa" if fixed else None)
     with pytest.raises(ValueError, match=r"not changed or removed once a fine-tuning was decoded with it"):
         run_study(load_study(study_file, ["lm.path=truncated.arpa"]), tmp_path / "out1", root=root)
+
+
+def test_an_lm_set_after_the_corpus_moved_decodes_the_finished_fine_tunings(greedy_study, tmp_path,
+                                                                            caplog) -> None:
+    """corpus.dir moved (the same manifests elsewhere: the same study), then lm: set: the LM alone decodes the
+    split greedy's results came from at the old path, nothing replaced (it had been refused with advice a study
+    cannot follow, "name the split otherwise"); the LM's files record the manifest they were decoded from."""
+    from earful.study.config import load_study
+    from earful.study.run import run_study
+
+    study_file, greedy, root = greedy_study
+    out = _copy(greedy, tmp_path / "out")
+    moved = _copy(study_file.parent / "corpus", tmp_path / "moved")
+    greedy_before = (out / "eval" / FT / "test.greedy.summary.json").read_text()
+    with caplog.at_level("WARNING"):
+        run_study(load_study(study_file, [f"corpus.dir={moved}", "lm.path=lm.arpa"]), out, root=root)
+    assert "replaces it" not in caplog.text
+    ev = out / "eval" / FT
+    assert set(json.loads((ev / "summary.json").read_text())["splits"]["test"]) == {"greedy", "lm"}
+    assert (ev / "test.greedy.summary.json").read_text() == greedy_before
+    assert json.loads((ev / "test.lm.summary.json").read_text())["manifest_resolved"] == \
+        str((moved / "manifests" / "test.jsonl").resolve())
