@@ -1035,9 +1035,10 @@ def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, An
             per_b = _per_batch(finals, ls, metric)
             if len(per_b) > 1:
                 out.append(_equal_hours(f"final, {study.get('hours')} h", ls, name, per_b))
-    out += _milestones(on_split, label_sets, metric)
-    if study.get("cycles"):
-        out += _cycle_minima_at_equal_hours(on_split, label_sets, metric, study)
+    said: list[tuple[str, set[tuple[str, int]]]] = []  # the (run, step)s each equal-hours line compared
+    out += _milestones(on_split, label_sets, metric, said)
+    if study.get("cycles"):  # not again where a milestone fell on a cycle minimum: its line compared them
+        out += _cycle_minima_at_equal_hours(on_split, label_sets, metric, study, said)
     out.append("")
     return out
 
@@ -1141,8 +1142,10 @@ def _equal_steps(records: list[dict[str, Any]], label_sets: list[str], metric: s
     return out
 
 
-def _milestones(records: list[dict[str, Any]], label_sets: list[str], metric: str) -> list[str]:
-    """Equal nominal hours: the milestone checkpoints of different batch sizes."""
+def _milestones(records: list[dict[str, Any]], label_sets: list[str], metric: str,
+                said: list[tuple[str, set[tuple[str, int]]]]) -> list[str]:
+    """Equal nominal hours: the milestone checkpoints of different batch sizes. Each line's label set and the
+    (run, step)s it compares are added to ``said``."""
     miles = [r for r in records if str(r["checkpoint"]).startswith("hours-") and r.get("batch_seconds")]
     out = []
     for ls in label_sets:
@@ -1153,15 +1156,18 @@ def _milestones(records: list[dict[str, Any]], label_sets: list[str], metric: st
         for ck, per_b in sorted(per_h.items()):
             if len(per_b) > 1:
                 out.append(_equal_hours(ck, ls, metric.upper(), per_b))
+                said.append((ls, {(r["pretrain"], r.get("step")) for r in miles
+                                  if r["label_set"] == ls and r["checkpoint"] == ck}))
     return out
 
 
 def _cycle_minima_at_equal_hours(records: list[dict[str, Any]], label_sets: list[str], metric: str,
-                                 study: dict[str, Any]) -> list[str]:
+                                 study: dict[str, Any], said: list[tuple[str, set[tuple[str, int]]]]) -> list[str]:
     """Equal nominal hours in the paper's design (``cycles``): the checkpoints at cycle minima and at the end (the
     last minimum) of different batch sizes, paired where batch × steps is the same ((B, 2T) with (2B, T): the
     paper's §6.3). One value a run and step: checkpoints of one step (the final and a best of the last validation,
-    a milestone on a minimum) are one fine-tuning."""
+    a milestone on a minimum) are one fine-tuning. A pairing whose (run, step)s a line of ``said`` (the hours
+    milestones') compared on its label set is not given again."""
     ends = {int(s) for s in study.get("cycle_minima", [])} | ({int(study["steps"])} if study.get("steps") else set())
     one: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in records:
@@ -1171,13 +1177,15 @@ def _cycle_minima_at_equal_hours(records: list[dict[str, Any]], label_sets: list
     for ls in label_sets:
         per_h: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         steps: dict[float, dict[float, int]] = defaultdict(dict)
-        for (_, step, rls), r in one.items():
+        pairs: dict[float, set[tuple[str, int]]] = defaultdict(set)
+        for (run, step, rls), r in one.items():
             if rls == ls:
                 h = round(nominal_hours(r["batch_seconds"], step), 6)
                 per_h[h][r["batch_seconds"]].append(r[metric])
                 steps[h][r["batch_seconds"]] = step
+                pairs[h].add((run, step))
         for h, per_b in sorted(per_h.items()):
-            if len(per_b) > 1:
+            if len(per_b) > 1 and not any(sls == ls and pairs[h] <= compared for sls, compared in said):
                 at = ", ".join(f"{b:g} s at step {steps[h][b]}" for b in sorted(per_b))
                 out.append(_equal_hours(f"{h:,.6g} h at cycle minima: {at}", ls, metric.upper(), per_b))
     return out

@@ -156,29 +156,39 @@ def test_the_papers_study_takes_the_papers_design() -> None:
     assert "It can test: " in scope and "C4 (equal hours" in scope and "C6 (gradient noise" in scope
 
 
+def _cyclic(tmp_path: Path, head: str, finetune: str = "") -> tuple[StudyConfig, dict, dict]:
+    """A fixed-steps study of 8 steps in 2 cycles (its minimum at step 4), 2 seeds, label sets a and b, its
+    milestones fine-tuned; ``head``: its grid (and more); ``finetune``: more of its finetune section. (The study,
+    its study.json, its runs.jsonl by name.)"""
+    from earful.config import to_dict
+
+    y = tmp_path / "s.yaml"
+    y.write_text(f"{head}\nmode: fixed-steps\nsteps: 8\ncycles: 2\nseeds: [1, 2]\n"
+                 "corpus: {label_sets: {a: a.jsonl, b: b.jsonl}}\n"
+                 f"finetune: {{checkpoints: [final, milestones], {finetune}baselines: []}}\n")
+    study = load_study(y)
+    return (study, {**to_dict(study), "cycle_minima": [4]},
+            {r.name: {**r.__dict__, "run": r.name} for r in plan_runs(study)})
+
+
+def _results(study: StudyConfig, checkpoints) -> list[dict]:
+    """results.jsonl's records of each planned run's ``checkpoints(run)`` ((name, step, label sets)): the CER
+    falls with the hours seen, a little noise by seed; the WER 1."""
+    return [{"pretrain": r.name, "tag": r.tag, "batch_seconds": r.batch_seconds, "seed": r.seed, "checkpoint": ck,
+             "step": step, "hours_padded": 0.0, "label_set": ls, "split": "test", "wer": 1.0,
+             "cer": 0.9 - 0.05 * (r.batch_seconds * step / 32) ** 0.5 + 0.002 * r.seed}
+            for r in plan_runs(study) for ck, step, sets in checkpoints(r) for ls in sets]
+
+
 def test_the_report_pairs_cycle_minima_at_equal_hours_and_leaves_the_cells_not_fine_tuned_empty(tmp_path) -> None:
     """A cyclic study without hours milestones (studies/paper.yaml's design): the findings compare batch sizes at
     equal nominal hours from the cycle minima and the ends, (B, 2T) with (2B, T), as C4 does; a label set whose
     milestones are not fine-tuned has an empty cell at them and no equal-hours line, not an error."""
-    from earful.config import to_dict
     from earful.study.claims import judge
     from earful.study.report import design_rows, findings, finetuning_tables
 
-    y = tmp_path / "s.yaml"
-    y.write_text("grid: [4, 8, 16]\nmode: fixed-steps\nsteps: 8\ncycles: 2\nseeds: [1, 2]\n"
-                 "corpus: {label_sets: {a: a.jsonl, b: b.jsonl}}\n"
-                 "finetune: {checkpoints: [final, milestones], milestone_label_sets: [a], baselines: []}\n")
-    study = load_study(y)
-    saved = {**to_dict(study), "cycle_minima": [4]}
-    runs = {r.name: {**r.__dict__, "run": r.name} for r in plan_runs(study)}
-    ft = []
-    for r in plan_runs(study):
-        for ck, step, sets in (("steps-4", 4, ["a"]), ("final", 8, ["a", "b"])):
-            for ls in sets:  # CER falls with hours seen, a little noise by seed
-                cer = 0.9 - 0.05 * (r.batch_seconds * step / 32) ** 0.5 + 0.002 * r.seed
-                ft.append({"pretrain": r.name, "tag": r.tag, "batch_seconds": r.batch_seconds, "seed": r.seed,
-                           "checkpoint": ck, "step": step, "hours_padded": 0.0, "label_set": ls, "split": "test",
-                           "wer": 1.0, "cer": cer})
+    study, saved, runs = _cyclic(tmp_path, "grid: [4, 8, 16]", "milestone_label_sets: [a], ")
+    ft = _results(study, lambda r: (("steps-4", 4, ["a"]), ("final", 8, ["a", "b"])))
     lines = findings(ft, runs, saved, "test", "cer")
     equal = [x for x in lines if "Equal nominal hours" in x]
     assert len(equal) == 2 and all(", a:**" in x for x in equal), lines
@@ -215,3 +225,18 @@ def test_milestones_on_some_label_sets_added_to_a_study_that_fine_tuned_none(tmp
     (out / "study.json").write_text(json.dumps({"format": STUDY_FORMAT, "fingerprint": _fingerprint(tmp_path)}))
     with pytest.raises(ValueError, match=r"finetune\.milestone_label_sets may gain items"):
         check_same_recipe(out, _fingerprint(tmp_path, "finetune.milestone_label_sets=[a]"))
+
+
+def test_an_hours_milestone_on_a_cycle_minimum_is_one_finding(tmp_path) -> None:
+    """An hours milestone that falls on a cycle minimum (4 s at its end, 8 s at its minimum: 32 s of audio each)
+    pairs the fine-tunings the cycle minima pair at equal hours: the findings compare them once (they had given
+    the same comparison twice), in WER and CER, on each label set."""
+    from earful.study.report import findings
+
+    study, saved, runs = _cyclic(tmp_path, "grid: [4, 8]\nckpt_hours: [0.0088889]")
+    ft = _results(study, lambda r: (("steps-4", 4, ["a", "b"]), ("final", 8, ["a", "b"]),
+                                    ("hours-0.0088889", 8 if r.batch_seconds == 4 else 4, ["a", "b"])))
+    for metric in ("wer", "cer"):
+        equal = [x for x in findings(ft, runs, saved, "test", metric) if "Equal nominal hours" in x]
+        assert len(equal) == 2, equal  # one a label set: the milestone's
+        assert all(x.startswith("- **Equal nominal hours (hours-0.0088889)") for x in equal), equal
