@@ -40,6 +40,12 @@ def to_samples(seconds: float) -> int:
     return round(seconds * SAMPLE_RATE)
 
 
+def min_seconds_keeping(samples: int) -> float:
+    """The shortest ``data.min_seconds``, to the millisecond, that keeps an utterance of ``samples`` samples (and
+    leaves out shorter ones): what a warning names as the way to leave shorter utterances out."""
+    return math.ceil(1000 * samples / SAMPLE_RATE) / 1000
+
+
 def check_seconds(name: str, value: float | None, *, optional: bool, allow_zero: bool = False) -> None:
     if value is None:
         if optional:

@@ -8,7 +8,6 @@ linear character head.
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earful.data.budget import SAMPLE_RATE
+from earful.data.budget import min_seconds_keeping
 from earful.model.components import (
     FeatureEncoder,
     FeatureProjection,
@@ -240,7 +239,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
         if c.mask_prob <= 0:
             return "raise model.mask_prob"
         frames, samples = self.sure_mask_samples()  # type: ignore[misc]
-        seconds = math.ceil(1000 * samples / SAMPLE_RATE) / 1000
+        seconds = min_seconds_keeping(samples)
         if c.mask_style == "nanow2v2":
             return (f"the nanow2v2 mask style (which does not read model.min_masks) can leave an utterance of fewer "
                     f"than {frames} frames (under {samples} samples at 16 kHz) without a masked frame: "

@@ -11,14 +11,13 @@ seen and at steps.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from earful.data.budget import SAMPLE_RATE, BatchBudget
+from earful.data.budget import BatchBudget, min_seconds_keeping
 from earful.data.dataset import Batch, make_loader
 from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
@@ -137,7 +136,7 @@ class PretrainTask(Task):
                         "frame has no distractor, scores a contrastive loss of 0 and counts as correct%s; "
                         "data.min_seconds=%g leaves them out", len(single), len(lengths), single.min(), single.max(),
                         f", and so does every utterance batched with it ({why})" if shared else "",
-                        math.ceil(1000 * (single.max() + 1) / SAMPLE_RATE) / 1000)
+                        min_seconds_keeping(single.max() + 1))
 
     def _warn_unsure_masks(self) -> None:
         """Warn (once, on rank 0) of training utterances (as cropped) too short for the configured span mask to be
@@ -157,7 +156,7 @@ class PretrainTask(Task):
         shared = not data.padding or model.require_same_masks
         why = "cropped to its length" if not data.padding else "masked to its count"
         way = "" if model.mask_style == "nanow2v2" else "model.min_masks=1 masks every one, or "
-        seconds = math.ceil(1000 * samples / SAMPLE_RATE) / 1000
+        seconds = min_seconds_keeping(samples)
         crop = (f" (data.crop_seconds={data.crop_seconds:g} crops longer ones below it: raise it)"
                 if sampler.crop_samples and sampler.crop_samples < samples else "")
         log.warning("%d of %d training utterances (as cropped) have fewer than %d frames (%d to %d samples at 16 kHz, "

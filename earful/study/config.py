@@ -134,8 +134,10 @@ class LMSpec:
         """The :class:`earful.eval.beam.BeamOptions` of these settings (checked in their ranges)."""
         from earful.eval.beam import BeamOptions
 
-        return BeamOptions(beam=self.beam, beam_threshold=self.beam_threshold, lm_weight=self.lm_weight,
-                           word_score=self.word_score)
+        return BeamOptions(**{k: getattr(self, k) for k in BEAM_SETTINGS})
+
+
+BEAM_SETTINGS = ("beam", "beam_threshold", "lm_weight", "word_score")  # LMSpec's, by BeamOptions' names
 
 
 @dataclass
@@ -313,10 +315,15 @@ def cycle_minima(study: StudyConfig) -> list[int]:
     return [period * j for j in range(1, study.cycles)]
 
 
+def finetuned_label_sets(study: StudyConfig) -> list[str]:
+    """The label sets the study fine-tunes on: ``finetune.label_sets``, else every one of ``corpus.label_sets``."""
+    return list(study.finetune.label_sets or study.corpus.label_sets)
+
+
 def milestone_label_sets(study: StudyConfig) -> list[str]:
     """The label sets the study fine-tunes its milestones on: ``finetune.milestone_label_sets``, else every label set
-    it fine-tunes on (``finetune.label_sets``, else the corpus's)."""
-    every = list(study.finetune.label_sets or study.corpus.label_sets)
+    it fine-tunes on (:func:`finetuned_label_sets`)."""
+    every = finetuned_label_sets(study)
     named = study.finetune.milestone_label_sets
     return every if named is None else [ls for ls in every if ls in named]
 
@@ -511,7 +518,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         if unknown := sorted(set(named) - set(study.corpus.label_sets)):
             raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in corpus.label_sets "
                              f"{list(study.corpus.label_sets)}")
-        if unknown := sorted(set(named) - set(study.finetune.label_sets or study.corpus.label_sets)):
+        if unknown := sorted(set(named) - set(finetuned_label_sets(study))):
             raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in finetune.label_sets "
                              f"{study.finetune.label_sets} (the milestones are fine-tuned on some of the label sets "
                              "the study fine-tunes on)")
@@ -529,7 +536,6 @@ def check_lm_settings(lm: LMSpec, where: str) -> None:
         raise ConfigError(f"{where}: lm.path is not given: name the ARPA file (e.g. LibriSpeech's 4-gram.arpa), or "
                           "set lm: null for greedy decoding alone")
     try:
-        check_beam_options({k: getattr(lm, k) for k in ("beam", "beam_threshold", "lm_weight", "word_score")},
-                           {k: f"lm.{k}" for k in ("beam", "beam_threshold", "lm_weight", "word_score")})
+        check_beam_options({k: getattr(lm, k) for k in BEAM_SETTINGS}, {k: f"lm.{k}" for k in BEAM_SETTINGS})
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None

@@ -6,7 +6,15 @@ import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from earful.study.config import PlannedRun, StudyConfig, cycle_minima, fmt_seconds, milestone_label_sets, plan_runs
+from earful.study.config import (
+    PlannedRun,
+    StudyConfig,
+    cycle_minima,
+    finetuned_label_sets,
+    fmt_seconds,
+    milestone_label_sets,
+    plan_runs,
+)
 from earful.train.config import nominal_steps
 
 if TYPE_CHECKING:
@@ -44,7 +52,7 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     and the heads they train (tasks × probe seeds each), gradient-noise measurements. Checkpoints of one step
     count once (``stages.shared_weights``), but ``best``, whose step only the run will tell, counts apart: an upper
     bound where it turns out to be the final."""
-    label_sets = len(study.finetune.label_sets or study.corpus.label_sets)
+    label_sets = len(finetuned_label_sets(study))
     milestone_sets = len(milestone_label_sets(study))  # the milestones' (finetune.milestone_label_sets)
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
     finetunings = upstreams = 0

@@ -293,9 +293,8 @@ def build_report(out_dir: str | Path) -> Path:
         text += claims_section(out, curves, runs, study, ft, main_split, means, about, rep, padded)
     if main_split:
         text += finetuning_tables(ft, runs, main_split, rep)
-        lm_said = lm_decoding(study)
         if ft_lm:
-            text += finetuning_tables(ft_lm, runs, main_split, rep, lm_said, "with the LM", "wer-lm.csv")
+            text += finetuning_tables(ft_lm, runs, main_split, rep, lm_decoding(study), "with the LM", "wer-lm.csv")
         plot_finetuning(ft, main_split, rep)
         text += ["## Findings", "",
                  "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "

@@ -42,6 +42,7 @@ from earful.study.config import (
     PlannedRun,
     StudyConfig,
     cycle_minima,
+    finetuned_label_sets,
     plan_runs,
 )
 from earful.study.corpus import check_probe_corpus, ensure_corpus, manifest_digests
@@ -181,11 +182,6 @@ def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Prob
                for run in runs for p in probing.get(run.name, []) for r in done[f"probe:{p.name}"]]
     if records or (out / "probes.jsonl").exists():
         atomic_write_lines(out / "probes.jsonl", (json.dumps(rec) for rec in records))
-
-
-def finetuned_label_sets(study: StudyConfig) -> list[str]:
-    """The label sets the study fine-tunes on: ``finetune.label_sets``, else every one of ``corpus.label_sets``."""
-    return list(study.finetune.label_sets or study.corpus.label_sets)
 
 
 def _finetune_override_lists(study: StudyConfig) -> list[tuple[str, list[str]]]:

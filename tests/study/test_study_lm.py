@@ -288,3 +288,12 @@ def test_an_lm_set_after_the_corpus_moved_decodes_the_finished_fine_tunings(gree
     assert (ev / "test.greedy.summary.json").read_text() == greedy_before
     assert json.loads((ev / "test.lm.summary.json").read_text())["manifest_resolved"] == \
         str((moved / "manifests" / "test.jsonl").resolve())
+
+
+def test_the_study_lm_settings_default_to_earful_evaluates() -> None:
+    """``lm:``'s beam settings and ``earful evaluate --lm``'s (BeamOptions) are one recipe: the same defaults, the
+    paper's (two dataclasses hold them, the study's config importing no torch)."""
+    from earful.eval.beam import BeamOptions
+    from earful.study.config import LMSpec
+
+    assert LMSpec(path="lm.arpa").beam_options() == BeamOptions()
