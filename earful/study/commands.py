@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger("earful.study")
 
@@ -11,13 +12,14 @@ log = logging.getLogger("earful.study")
 def _plan(args: argparse.Namespace) -> int:
     from earful.study.config import finite_positive, load_study
     from earful.study.plan import plan_table
-    from earful.study.run import check_recipes
+    from earful.study.run import check_lm, check_recipes
 
     study = load_study(args.study, args.overrides)
     if args.throughput is not None and not finite_positive(args.throughput):
         raise ValueError(f"--throughput {args.throughput}: expected audio seconds a second per device, a finite "
                          "number > 0")
     check_recipes(study)
+    check_lm(study, Path.cwd())  # as the run checks it: the plan had passed a missing LM file, the run refused it
     _, table = plan_table(study, args.throughput)
     log.info("study %s (%s)\n%s", study.name, study.mode, table)
     return 0

@@ -293,9 +293,9 @@ def check_manifests(study: StudyConfig, root: Path) -> None:
 
 
 def check_lm(study: StudyConfig, root: Path | None = None) -> None:
-    """The ``lm:`` section's needs, before any training: flashlight-text installed and, given ``root`` (the folder
-    its paths are relative to), its LM file and lexicon there. A missing one had stopped the study at its first
-    evaluation, after pre-training."""
+    """The ``lm:`` section's needs, by ``study plan`` and before any training: flashlight-text installed and, given
+    ``root`` (the folder its paths are relative to), its LM file and lexicon there. A missing one had stopped the
+    study at its first evaluation, after pre-training."""
     if study.lm is None:
         return
     from earful.eval.beam import INSTALL_HINT, flashlight_available
@@ -315,8 +315,9 @@ def check_lm(study: StudyConfig, root: Path | None = None) -> None:
 
 
 def check_study(study: StudyConfig) -> None:
-    """The recipes (``check_recipes``), and what a plan need not have: trackers, submitit and flashlight (``lm:``)
-    installed. (The probes' manifests are checked once the corpus is there: ``check_probe_corpus``.)"""
+    """The recipes (``check_recipes``), flashlight (``lm:``; ``study plan`` checks it too, with the LM's files:
+    ``check_lm``), and what a plan need not have: trackers and submitit installed. (The probes' manifests are
+    checked once the corpus is there: ``check_probe_corpus``.)"""
     check_recipes(study)
     check_lm(study)
     for backend in study.tracking.backends:

@@ -329,6 +329,28 @@ def test_a_grid_entrys_own_recipe_is_checked_by_plan_before_any_run(tmp_path, ca
     assert any("grid entry 20s" in r.getMessage() for r in caplog.records), caplog.text
 
 
+def test_the_lm_is_checked_by_plan_as_by_run(tmp_path, caplog, monkeypatch) -> None:
+    """`lm:` naming a file that is not there, or with flashlight-text not installed, passed `study plan`; `study run`
+    refused it (``check_lm``, before any training). The plan refuses it too, the paths relative to the folder it
+    runs in, as the run's."""
+    from earful.cli import main
+    from earful.eval import beam
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(beam, "flashlight_available", lambda: True)  # the files' check, with or without flashlight
+    (tmp_path / "s.yaml").write_text(BASE + "lm: {path: lm.arpa, lexicon: words.txt}\n")
+    assert main(["study", "plan", "s.yaml"]) == 2
+    assert any(f"lm.path: {tmp_path / 'lm.arpa'}; lm.lexicon: {tmp_path / 'words.txt'}" in r.getMessage()
+               for r in caplog.records), caplog.text
+    (tmp_path / "lm.arpa").write_text("\\data\\\n")
+    (tmp_path / "words.txt").write_text("a a |\n")
+    caplog.clear()
+    assert main(["study", "plan", "s.yaml"]) == 0
+    monkeypatch.setattr(beam, "flashlight_available", lambda: False)
+    assert main(["study", "plan", "s.yaml"]) == 2
+    assert any("pip install 'earful[lm]'" in r.getMessage() for r in caplog.records), caplog.text
+
+
 @pytest.mark.parametrize("setting, problem", [
     ("finetune.label_sets=[100h]", r"finetune.label_sets \['100h'\] are not in corpus.label_sets"),
     ("finetune.baselines=[scrach]", r"finetune.baselines: unknown 'scrach'"),
