@@ -5,11 +5,17 @@ trackio, any of them through ``tracking.backends``. Each is an optional package:
 A tracked run records its resolved config, ``recipe_sha256`` (the fingerprint of the recipe every checkpoint
 records, ``earful/train/recipe.py``) and ``batch_seconds``; then, at every log and validation interval only (never
 inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/…`` and ``valid/…``,
-``train/hours_padded`` being the hours of audio seen. Runs compared together share ``tracking.group``: W&B's and
-trackio's group, MLflow's experiment; a study sets it to its name. A resumed run continues the same tracked run
-(its ids are in ``RUN/tracking.json``, and trackio's name: trackio continues a run by its name, so a new run
-whose folder's name its project has already is named ``NAME-2``); the steps between its last checkpoint and the
-stop are then logged twice (``train.jsonl`` and TensorBoard are cut back on resume, the trackers only append).
+``train/hours_padded`` being the hours of audio seen. The step loop only queues them: a thread of each backend's own
+sends them in order, the only one to touch its run between the start and the finish, so a tracker that stalls (an
+MLflow server gone: MLflow's own retries took about 4 min a call) never stalls the training, nor the other trackers.
+A backend that fails, or leaves ``MAX_WAITING`` records unsent, is warned about and dropped; the end of the run
+waits up to ``DRAIN_SECONDS`` for what is queued, then says how many records each backend did not get
+(``train.jsonl`` and ``valid.jsonl`` hold every record; a run killed outright loses what was queued the same way).
+Runs compared together share ``tracking.group``: W&B's and trackio's group, MLflow's experiment; a study sets it to
+its name. A resumed run continues the same tracked run (its ids are in ``RUN/tracking.json``, and trackio's name:
+trackio continues a run by its name, so a new run whose folder's name its project has already is named ``NAME-2``);
+the steps between its last checkpoint and the stop are then logged twice (``train.jsonl`` and TensorBoard are cut
+back on resume, the trackers only append).
 
 Local stores under ``tracking.dir`` (default ``RUN/tracking``; a study's runs share ``OUT/tracking``):
 
@@ -29,6 +35,8 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 EXTRA = "pip install 'earful[tracking]'"
 PACKAGES = {"wandb": "wandb", "mlflow": "mlflow-skinny", "trackio": "trackio"}  # backend → what pip installs
 IDS_FILE = "tracking.json"
+DRAIN_SECONDS = 60.0  # how long the end of a run waits for the records queued to the trackers, and their closing
+MAX_WAITING = 1000  # records a backend may leave unsent before it is dropped as stalled (its queue's memory bounded)
 
 
 def require(backend: str) -> ModuleType:
@@ -70,7 +80,7 @@ class Tracking:
     def __init__(self, cfg: TrackingConfig, root: Path, enabled: bool) -> None:
         self.cfg, self.root = cfg, root
         self.store = Path(cfg.dir) if cfg.dir else root / "tracking"
-        self.runs: dict[str, Any] = {}
+        self.senders: dict[str, _Sender] = {}
         backends = cfg.backends if enabled else []
         if "trackio" in backends:
             _point_trackio_at(self.store / "trackio")
@@ -94,7 +104,7 @@ class Tracking:
             opener = {"wandb": _Wandb, "mlflow": _Mlflow, "trackio": _Trackio}[backend]
             continued = ids.get(backend)  # before the opener (W&B's sets a new run's id first)
             try:
-                self.runs[backend] = opener(module, self.cfg, self.store, name, config, facts, ids)
+                self._send_to(backend, opener(module, self.cfg, self.store, name, config, facts, ids))
             except Exception as e:  # a tracker's own error (a mistyped URI, no login, a run gone): one line, not
                 # a traceback; nothing has trained yet
                 where = f"tracking.mlflow_uri={self.cfg.mlflow_uri}" if backend == "mlflow" and self.cfg.mlflow_uri \
@@ -106,34 +116,111 @@ class Tracking:
                                   f"{type(e).__name__}: {str(e).strip()}; mend tracking.*, or leave {backend!r} "
                                   "out of tracking.backends") from e
         atomic_write_json(ids_path, ids)
-        log.info("tracking %s as %r (group %r) in %s", ", ".join(self.runs), name, self.cfg.group, self.store)
+        log.info("tracking %s as %r (group %r) in %s", ", ".join(self.senders), name, self.cfg.group, self.store)
+
+    def _send_to(self, backend: str, run: Any) -> None:
+        """``run`` (a backend's opened run) gets the records from now on, through a thread of its own."""
+        self.senders[backend] = _Sender(backend, run)
 
     def log(self, prefix: str, record: dict[str, Any], step: int) -> None:
-        """A tracker that fails (its store deleted, a full disk, a server gone) is warned about and dropped; the
-        run trains on (train.jsonl and valid.jsonl hold every record)."""
-        if self.runs:
+        """Queues the record to every tracker and returns: a tracker that fails (its store deleted, a full disk, a
+        server gone) or stalls is warned about and dropped, and the run trains on (train.jsonl and valid.jsonl hold
+        every record)."""
+        if self.senders:
             metrics = scalars(prefix, record)
-            for backend, run in list(self.runs.items()):
-                try:
-                    run.log(metrics, step)
-                except Exception as e:  # noqa: BLE001 - a tracker must not stop the training
-                    log.warning("tracking: logging to %s failed at step %d (%s: %s); no more records go to %s "
-                                "in this segment", backend, step, type(e).__name__, e, backend)
-                    del self.runs[backend]
-                    try:  # failing fast: against the server that just failed, MLflow's own retries (about 4 min)
-                        with _failing_fast():  # had stalled the step a second time
-                            run.finish("failed")
-                    except Exception:  # noqa: BLE001
-                        pass
+            for backend, sender in self.senders.items():
+                if not sender.dropped and not sender.put(metrics, step):
+                    log.warning("tracking: %s has not taken the last %d records (it stalls); no more records go to "
+                                "%s in this segment", backend, MAX_WAITING, backend)
+                    sender.give_up()
 
-    def finish(self, status: str) -> None:
-        """``status``: finished | stopped (a signal; --resume continues) | failed."""
-        runs, self.runs = self.runs, {}
-        for backend, run in runs.items():
+    def finish(self, status: str, wait: float | None = None) -> None:
+        """``status``: finished | stopped (a signal; --resume continues) | failed. Each tracker is sent what is
+        queued to it and closed within ``wait`` seconds (``DRAIN_SECONDS``), all together; one that is not is said,
+        with how many records it did not get, and closed beside its call where its client allows it (MLflow's),
+        failing fast."""
+        wait = DRAIN_SECONDS if wait is None else wait
+        senders, self.senders = self.senders, {}
+        for sender in senders.values():
+            sender.queue.put(status)  # after its records
+        deadline = time.monotonic() + wait
+        for backend, sender in senders.items():
+            sender.thread.join(max(0.0, deadline - time.monotonic()))
+            if not sender.thread.is_alive():
+                continue
+            ending = "failed" if sender.dropped else status  # dropped as it stalled: closed as failed, as others
+            sender.dropped = True  # what it still takes off its queue is not sent
+            if unsent := sender.waiting:
+                log.warning("tracking: %d record(s) were not sent to %s within %g s of the run's end (it stalls); "
+                            "train.jsonl and valid.jsonl hold them", unsent, backend, wait)
+            if getattr(sender.run, "closes_beside_a_call", False):
+                sender.close(ending)
+            elif not sender.closed:
+                log.warning("tracking: the %s run is not closed yet (still %s after %g s): it is closed when that "
+                            "returns, if the process still runs", backend, sender.doing, wait)
+
+
+class _Sender:
+    """One backend's records, sent in order by a thread of its own: the only one to touch the backend's run until
+    the finish (the step loop only queues). A record it cannot send drops the backend: warned, closed as failed."""
+
+    def __init__(self, backend: str, run: Any) -> None:
+        self.backend, self.run = backend, run
+        self.queue: queue.SimpleQueue[tuple[dict[str, float], int] | str] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.waiting = 0  # records queued and not yet sent (or given up)
+        self.dropped = False  # failed, stalled or past the finish's wait: no more records are sent
+        self.closed = False  # its run's closing has begun (once: by this thread, or beside it at the finish)
+        self.doing = "sending a record"  # what the thread is at, for a warning
+        self.thread = threading.Thread(target=self._send, name=f"earful-tracking-{backend}", daemon=True)
+        self.thread.start()
+
+    def put(self, metrics: dict[str, float], step: int) -> bool:
+        """Queue a record; false where ``MAX_WAITING`` are queued already (the backend stalls)."""
+        with self.lock:
+            if self.waiting >= MAX_WAITING:
+                return False
+            self.waiting += 1
+        self.queue.put((metrics, step))
+        return True
+
+    def give_up(self) -> None:
+        """No more records are sent; the run is closed as failed once the thread is free."""
+        self.dropped = True
+        self.queue.put("failed")
+
+    def _send(self) -> None:
+        while isinstance(item := self.queue.get(), tuple):
+            metrics, step = item
             try:
-                run.finish(status)
-            except Exception as e:  # a tracker must not hide how the run ended
-                log.warning("tracking: closing the %s run failed: %s", backend, e)
+                if not self.dropped:
+                    self.run.log(metrics, step)
+            except Exception as e:  # noqa: BLE001 - a tracker must not stop the training
+                log.warning("tracking: logging to %s failed at step %d (%s: %s); no more records go to %s "
+                            "in this segment", self.backend, step, type(e).__name__, e, self.backend)
+                self.dropped = True
+                self.close("failed")
+            finally:
+                with self.lock:
+                    self.waiting -= 1
+        self.close(item)  # the finish's status, or give_up's failed
+
+    def close(self, status: str) -> None:
+        """Close the run once, as ``status``; a dropped one failing fast: against the MLflow server that just failed,
+        its own retries (about 4 min) had stalled the end a second time."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        self.doing = "closing its run"
+        try:
+            if self.dropped:
+                with _failing_fast():
+                    self.run.finish(status)
+            else:
+                self.run.finish(status)
+        except Exception as e:  # noqa: BLE001 - a tracker must not hide how the run ended
+            log.warning("tracking: closing the %s run failed: %s", self.backend, e)
 
 
 def _unused_name(trackio: ModuleType, project: str, name: str) -> str:
@@ -178,6 +265,7 @@ class _Wandb:
 
 class _Mlflow:
     STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
+    closes_beside_a_call = True  # its client's calls are requests (or file writes) of their own
 
     def __init__(self, mlflow: ModuleType, cfg: TrackingConfig, store: Path, name: str, config: dict[str, Any],
                  facts: dict[str, str], ids: dict[str, Any]) -> None:
@@ -219,15 +307,25 @@ FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOF
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
+_fast = threading.Lock()
+_fast_users: list[list[str]] = []  # the settings the first of those inside set: the last to leave removes them
+
+
 @contextmanager
 def _failing_fast() -> Iterator[None]:
-    set_here = [k for k in FAIL_FAST if k not in os.environ]
-    os.environ.update({k: FAIL_FAST[k] for k in set_here})
+    """``FAIL_FAST`` where the user set none, while any thread is inside (the environment is the process's)."""
+    with _fast:
+        set_here = [k for k in FAIL_FAST if k not in os.environ] if not _fast_users else _fast_users[0]
+        os.environ.update({k: FAIL_FAST[k] for k in set_here})
+        _fast_users.append(set_here)
     try:
         yield
     finally:
-        for k in set_here:
-            os.environ.pop(k, None)
+        with _fast:
+            _fast_users.pop()
+            if not _fast_users:
+                for k in set_here:
+                    os.environ.pop(k, None)
 
 
 def _experiment(client: Any, name: str, mlflow: ModuleType) -> str:

@@ -144,8 +144,10 @@ def test_tensorboard_and_the_trackers_log_the_same_scalars(tmp_path) -> None:
     tb.writer.add_scalar = lambda tag, value, step: written.append((tag, value, step))
     tb.write("train", record, 7)
     tracking, logged = Tracking(TrackingConfig(), tmp_path, enabled=False), []
-    tracking.runs = {"any": type("Run", (), {"log": lambda self, metrics, step: logged.append((metrics, step))})()}
+    tracking._send_to("any", type("Run", (), {"log": lambda self, metrics, step: logged.append((metrics, step)),
+                                              "finish": lambda self, status: None})())
     tracking.log("train", record, 7)
+    tracking.finish("finished")  # what was queued is sent
     assert logged == [({"train/loss": 1.5, "train/utterances": 3.0}, 7)]
     assert written == [(tag, value, 7) for tag, value in logged[0][0].items()]
 
@@ -278,10 +280,11 @@ def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, ca
     from earful.train.config import TrackingConfig
     from earful.train.tracking import Tracking
 
-    logged, finished = [], []
+    logged, finished, broken = [], [], []
 
     class Broken:
         def log(self, metrics, step):
+            broken.append(step)
             raise OSError("No space left on device")
 
         def finish(self, status):
@@ -291,11 +294,16 @@ def test_a_tracker_that_fails_while_training_is_dropped_not_the_run(tmp_path, ca
         def log(self, metrics, step):
             logged.append(step)
 
+        def finish(self, status):
+            finished.append((status, "fine"))
+
     tracking = Tracking(TrackingConfig(), tmp_path, enabled=False)
-    tracking.runs = {"mlflow": Broken(), "wandb": Fine()}
+    tracking._send_to("mlflow", Broken())
+    tracking._send_to("wandb", Fine())
     tracking.log("train", {"loss": 1.0}, 3)
     tracking.log("train", {"loss": 0.5}, 4)
-    assert logged == [3, 4] and finished == [("failed", "1")] and list(tracking.runs) == ["wandb"]
+    tracking.finish("finished")
+    assert logged == [3, 4] and broken == [3] and sorted(finished) == [("failed", "1"), ("finished", "fine")]
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert "logging to mlflow failed at step 3" in caplog.text
 
@@ -366,4 +374,174 @@ def test_a_tracker_that_cannot_start_closes_those_started_before_it(tmp_path, mo
     both = tracking_module.Tracking(TrackingConfig(backends=["wandb", "mlflow"], mlflow_uri="htp://x"), tmp_path, True)
     with pytest.raises(ConfigError, match="mlflow run cannot start"):
         both.start({}, "0" * 64)
-    assert closed == ["failed"] and both.runs == {}
+    assert closed == ["failed"] and both.senders == {}
+
+
+class _Stalling:
+    """A tracker whose log waits until ``release`` is set (a server gone, MLflow retrying it for minutes): it says
+    when a call has begun (``entered``) and keeps the steps it was given, in order, and how it was closed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.steps: list[int] = []
+        self.closed: list[tuple[str, str | None]] = []
+
+    def log(self, metrics, step) -> None:
+        self.entered.set()
+        assert self.release.wait(120), "never released"
+        self.steps.append(step)
+
+    def finish(self, status) -> None:
+        self.closed.append((status, os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")))
+
+
+def test_a_tracker_that_stalls_does_not_stall_the_training(tmp_path, deadline, caplog) -> None:
+    """Tracking.log called each tracker in the step loop: one whose call hung (an MLflow server gone: about 4 min
+    of MLflow's own retries) held every step, and every rank of a DDP run. The step loop only queues now: log
+    returns at once, the other trackers get their records meanwhile, and once the stalled one answers it gets every
+    record, in order, before it is closed."""
+    import threading
+
+    from earful.train.config import TrackingConfig
+    from earful.train.tracking import Tracking
+
+    stalled, fine_steps, fine_done = _Stalling(), [], threading.Event()
+
+    class Fine:
+        def log(self, metrics, step):
+            fine_steps.append(step)
+            if step == 20:
+                fine_done.set()
+
+        def finish(self, status):
+            pass
+
+    tracking = Tracking(TrackingConfig(), tmp_path, enabled=False)
+    tracking._send_to("mlflow", stalled)
+    tracking._send_to("wandb", Fine())
+    with deadline(60, "logging beside a tracker that stalls"):
+        for step in range(1, 21):
+            tracking.log("train", {"loss": 1.0 / step}, step)
+    assert fine_done.wait(60) and fine_steps == list(range(1, 21))  # not held up by the stalled one
+    assert stalled.entered.wait(60) and stalled.steps == []
+    stalled.release.set()
+    tracking.finish("finished")
+    assert stalled.steps == list(range(1, 21)) and stalled.closed == [("finished", None)]
+    assert "not sent" not in caplog.text and "stalls" not in caplog.text
+
+
+def test_the_end_of_a_run_waits_a_bounded_time_for_a_stalled_tracker(tmp_path, deadline, caplog, monkeypatch) -> None:
+    """The end waits ``wait`` seconds for what is queued, then says how many records each tracker did not get; an
+    MLflow run is closed beside the call that hangs, failing fast (its status in the store), another tracker's run
+    when its call returns. Before, the end waited on the hung call."""
+    from mlflow.tracking import MlflowClient
+
+    from earful.train import tracking as tracking_module
+    from earful.train.config import TrackingConfig
+
+    mlflow_stalls, other = _Stalling(), _Stalling()
+    monkeypatch.setattr(tracking_module._Mlflow, "log", lambda self, metrics, step: mlflow_stalls.log(metrics, step))
+    tracking = tracking_module.Tracking(TrackingConfig(backends=["mlflow"], project="p"), tmp_path, True)
+    tracking.start({}, "0" * 64)
+    tracking._send_to("wandb", other)
+    senders = dict(tracking.senders)
+    for step in (2, 4, 6):
+        tracking.log("train", {"loss": 1.0}, step)
+    assert mlflow_stalls.entered.wait(60) and other.entered.wait(60)
+    with deadline(60, "the end beside a tracker that stalls"):
+        tracking.finish("stopped", wait=0.5)
+    assert "3 record(s) were not sent to mlflow within 0.5 s" in caplog.text
+    assert "3 record(s) were not sent to wandb within 0.5 s" in caplog.text
+    assert "the wandb run is not closed yet" in caplog.text and "the mlflow run" not in caplog.text
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((tmp_path / "tracking" / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("p").experiment_id])
+    assert run.info.status == "KILLED"
+    mlflow_stalls.release.set()
+    other.release.set()
+    for sender in senders.values():
+        sender.thread.join(60)
+    assert other.closed == [("stopped", "1")]  # closed once its call returned, failing fast
+    assert mlflow_stalls.steps == [2] and other.steps == [2]  # the rest given up
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_a_tracker_that_leaves_too_many_records_unsent_is_dropped(tmp_path, deadline, caplog, monkeypatch) -> None:
+    """A tracker whose call never returned kept every later record in memory, for as long as the run trained. Past
+    MAX_WAITING records unsent it is warned about and dropped, and closed as failed (failing fast), as a tracker that
+    fails: once its call returns, or at the end beside the call where its client allows it (MLflow's)."""
+    from earful.train import tracking as tracking_module
+    from earful.train.config import TrackingConfig
+
+    monkeypatch.setattr(tracking_module, "MAX_WAITING", 2)
+    returns, hangs = _Stalling(), _Stalling()
+    hangs.closes_beside_a_call = True
+    tracking = tracking_module.Tracking(TrackingConfig(), tmp_path, enabled=False)
+    tracking._send_to("trackio", returns)
+    tracking._send_to("mlflow", hangs)
+    tracking.log("train", {"loss": 1.0}, 1)
+    assert returns.entered.wait(60) and hangs.entered.wait(60)
+    for step in (2, 3, 4):
+        tracking.log("train", {"loss": 1.0}, step)
+    assert caplog.text.count("trackio has not taken the last 2 records (it stalls)") == 1
+    assert caplog.text.count("mlflow has not taken the last 2 records (it stalls)") == 1
+    returns.release.set()
+    tracking.senders["trackio"].thread.join(60)  # its call returned: it closed the run itself
+    with deadline(60, "the end beside a dropped tracker that hangs"):
+        tracking.finish("finished", wait=0.5)
+    assert returns.steps == [1] and returns.closed == [("failed", "1")]
+    assert hangs.closed == [("failed", "1")] and hangs.steps == []
+    hangs.release.set()
+
+
+def test_a_run_trains_to_its_end_beside_a_tracker_that_hangs(tmp_path, tiny_corpus, deadline, caplog,
+                                                             monkeypatch) -> None:
+    """A pre-training whose MLflow calls hang trains to its end, and its end waits DRAIN_SECONDS for them (here 1),
+    not for ever: the MLflow run is closed, and the records it did not get are said."""
+    from mlflow.tracking import MlflowClient
+
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train import tracking as tracking_module
+    from earful.train.engine import Trainer
+
+    stalled = _Stalling()
+    monkeypatch.setattr(tracking_module._Mlflow, "log", lambda self, metrics, step: stalled.log(metrics, step))
+    monkeypatch.setattr(tracking_module, "DRAIN_SECONDS", 1.0, raising=False)  # (none before: the end waited)
+    cfg = load_pretrain_config(None, ["model_preset=tiny", f"data.train={tiny_corpus[0]}",
+                                      f"data.valid={tiny_corpus[1]}", "batch_seconds=4", "device_seconds=4",
+                                      "max_steps=4", "log_every=1", "valid_every=2", "ckpt_every=4",
+                                      "data.num_workers=0", "threads=1", "data.crop_seconds=2.0",
+                                      "data.min_seconds=0.5", "tensorboard=false", "tracking.backends=[mlflow]",
+                                      "tracking.project=p"])
+    try:
+        with deadline(240, "a run beside a tracker that hangs"):
+            Trainer(PretrainTask(cfg), tmp_path / "run").fit()
+    finally:
+        stalled.release.set()
+    assert "6 record(s) were not sent to mlflow" in caplog.text  # 4 train, 2 valid
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((tmp_path / "run" / "tracking" / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("p").experiment_id])
+    assert run.info.status == "FINISHED"
+
+
+def test_failing_fast_stands_while_any_thread_is_inside(monkeypatch) -> None:
+    """Each tracker closes in a thread of its own now, and the environment is the process's: the first to leave
+    had removed the settings while another was still closing (an MLflow run then closed with MLflow's 4 min of
+    retries). They stand until the last leaves; a user's own setting is never removed."""
+    from contextlib import ExitStack
+
+    from earful.train.tracking import _failing_fast
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    first, second = ExitStack(), ExitStack()
+    first.enter_context(_failing_fast())
+    second.enter_context(_failing_fast())
+    first.close()
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == "1"
+    second.close()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
