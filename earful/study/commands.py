@@ -12,14 +12,17 @@ log = logging.getLogger("earful.study")
 def _plan(args: argparse.Namespace) -> int:
     from earful.study.config import finite_positive, load_study
     from earful.study.plan import plan_table
-    from earful.study.run import check_lm, check_recipes
+    from earful.study.run import check_environment, check_recipes
 
     study = load_study(args.study, args.overrides)
     if args.throughput is not None and not finite_positive(args.throughput):
         raise ValueError(f"--throughput {args.throughput}: expected audio seconds a second per device, a finite "
                          "number > 0")
     check_recipes(study)
-    check_lm(study, Path.cwd())  # as the run checks it: the plan had passed a missing LM file, the run refused it
+    try:  # the run refuses these before any training; a plan made on another machine than the run's is no error
+        check_environment(study, Path.cwd())
+    except (ValueError, RuntimeError, OSError) as e:
+        log.warning("`earful study run` on this machine would stop before any training: %s", e)
     _, table = plan_table(study, args.throughput)
     log.info("study %s (%s)\n%s", study.name, study.mode, table)
     return 0

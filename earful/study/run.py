@@ -293,8 +293,8 @@ def check_manifests(study: StudyConfig, root: Path) -> None:
 
 
 def check_lm(study: StudyConfig, root: Path | None = None) -> None:
-    """The ``lm:`` section's needs, by ``study plan`` and before any training: flashlight-text installed and, given
-    ``root`` (the folder its paths are relative to), its LM file and lexicon there. A missing one had stopped the
+    """The ``lm:`` section's needs, before any training: flashlight-text installed and, given ``root`` (the folder
+    its paths are relative to), its LM file and lexicon there. A missing one had stopped the
     study at its first evaluation, after pre-training."""
     if study.lm is None:
         return
@@ -314,18 +314,27 @@ def check_lm(study: StudyConfig, root: Path | None = None) -> None:
                                 "path(s), which are relative to the folder earful runs in, as corpus.dir")
 
 
-def check_study(study: StudyConfig) -> None:
-    """The recipes (``check_recipes``), flashlight (``lm:``; ``study plan`` checks it too, with the LM's files:
-    ``check_lm``), and what a plan need not have: trackers and submitit installed. (The probes' manifests are
-    checked once the corpus is there: ``check_probe_corpus``.)"""
-    check_recipes(study)
-    check_lm(study)
+def check_environment(study: StudyConfig, root: Path | None = None) -> None:
+    """What this machine must have to run the study, before any training: flashlight and, given ``root``, the LM's
+    files (``check_lm``), the trackers' packages, submitit (``launcher: slurm``). ``study plan`` says what of it is
+    missing, as a warning (a plan may be made on another machine than the run)."""
+    check_lm(study, root)
     for backend in study.tracking.backends:
         require(backend)
-    if study.launcher == "slurm":  # before anything is submitted: submitit is there, every run fits the nodes
-        from earful.study.slurm import import_submitit, resources
+    if study.launcher == "slurm":
+        from earful.study.slurm import import_submitit
 
         import_submitit()
+
+
+def check_study(study: StudyConfig) -> None:
+    """The recipes (``check_recipes``) and the machine (``check_environment``; the LM's files once the root is
+    known: ``check_lm``). (The probes' manifests are checked once the corpus is there: ``check_probe_corpus``.)"""
+    check_recipes(study)
+    check_environment(study)
+    if study.launcher == "slurm":  # before anything is submitted: every run fits the nodes
+        from earful.study.slurm import resources
+
         for entry in study.entries():
             resources(study.slurm, entry.devices)
 

@@ -4,6 +4,7 @@ pre-training had finished, when the fix is refused by the recipe fingerprint."""
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -329,26 +330,37 @@ def test_a_grid_entrys_own_recipe_is_checked_by_plan_before_any_run(tmp_path, ca
     assert any("grid entry 20s" in r.getMessage() for r in caplog.records), caplog.text
 
 
-def test_the_lm_is_checked_by_plan_as_by_run(tmp_path, caplog, monkeypatch) -> None:
-    """`lm:` naming a file that is not there, or with flashlight-text not installed, passed `study plan`; `study run`
-    refused it (``check_lm``, before any training). The plan refuses it too, the paths relative to the folder it
-    runs in, as the run's."""
+def test_plan_says_what_this_machine_lacks_to_run_the_study(tmp_path, caplog, monkeypatch) -> None:
+    """`lm:` naming a file that is not there, or with flashlight-text not installed, passed `study plan` in
+    silence; `study run` refused it (``check_environment``, before any training). The plan warns of it (the paths
+    relative to the folder it runs in, as the run's) and still plans: it may be made on another machine."""
     from earful.cli import main
     from earful.eval import beam
+
+    def warned(text: str) -> bool:
+        return any(r.levelname == "WARNING" and "would stop before any training" in r.getMessage()
+                   and text in r.getMessage() for r in caplog.records)
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(beam, "flashlight_available", lambda: True)  # the files' check, with or without flashlight
     (tmp_path / "s.yaml").write_text(BASE + "lm: {path: lm.arpa, lexicon: words.txt}\n")
-    assert main(["study", "plan", "s.yaml"]) == 2
-    assert any(f"lm.path: {tmp_path / 'lm.arpa'}; lm.lexicon: {tmp_path / 'words.txt'}" in r.getMessage()
-               for r in caplog.records), caplog.text
+    assert main(["study", "plan", "s.yaml"]) == 0
+    assert warned(f"lm.path: {tmp_path / 'lm.arpa'}; lm.lexicon: {tmp_path / 'words.txt'}"), caplog.text
     (tmp_path / "lm.arpa").write_text("\\data\\\n")
     (tmp_path / "words.txt").write_text("a a |\n")
     caplog.clear()
     assert main(["study", "plan", "s.yaml"]) == 0
+    assert not any(r.levelname == "WARNING" for r in caplog.records), caplog.text
     monkeypatch.setattr(beam, "flashlight_available", lambda: False)
-    assert main(["study", "plan", "s.yaml"]) == 2
-    assert any("pip install 'earful[lm]'" in r.getMessage() for r in caplog.records), caplog.text
+    assert main(["study", "plan", "s.yaml"]) == 0
+    assert warned("pip install 'earful[lm]'"), caplog.text
+    caplog.clear()
+    monkeypatch.setattr(beam, "flashlight_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
+    assert main(["study", "plan", "s.yaml", "tracking.backends=[wandb]"]) == 0
+    assert warned("pip install 'earful[tracking]'"), caplog.text
+    assert main(["study", "run", "s.yaml", "--out", "o", "tracking.backends=[wandb]"]) == 2  # the run refuses it
+    assert not (tmp_path / "o" / "pretrain").exists()
 
 
 @pytest.mark.parametrize("setting, problem", [
