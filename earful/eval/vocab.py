@@ -159,6 +159,10 @@ class CharVocab:
                 raise ValueError(f"mapping: {k!r} and {low!r} map to {v!r} and {self._lower_mapping[low]!r}, "
                                  "but transcripts are lower-cased first: give one of them")
             self._lower_mapping[low] = v.lower()
+        # the one case that lower-cases by context (Unicode's Final_Sigma): 'Σ' ends a word as 'ς', else 'σ', so a
+        # key 'Σ' maps both ({'Σ': 's'} had left the 'ς' of 'ΟΔΟΣ' unmapped), unless 'ς' has a key of its own
+        if "Σ" in self.mapping and "ς" not in self._lower_mapping:
+            self._lower_mapping["ς"] = self._lower_mapping["σ"]
         # a key lower-cased to several characters is matched whole (before a key of its first alone), in the one
         # pass that maps the others: what a key gives is never mapped again
         keys = sorted(self._lower_mapping, key=len, reverse=True)

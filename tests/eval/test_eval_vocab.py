@@ -187,3 +187,12 @@ def test_a_key_lower_cased_to_two_characters_maps_them():
     assert CharVocab(mapping={"İ": "I", "i": "y"}).normalize("İzmir") == "izmyr"
     assert CharVocab(mapping={"İ": "", "\u0307": ""}).normalize("a İ b") == "a b"
     assert CharVocab(mapping={"İ": "i"}).mapped("İ", lower=False) == "i"  # an upper-case vocabulary's LM words
+
+
+def test_a_key_capital_sigma_maps_the_final_sigma_too():
+    """Lower-casing makes a word-final 'Σ' 'ς' and any other 'σ' (Final_Sigma): {'Σ': 's'} mapped 'ΣΟΦΟΣ' to
+    'sοφος', its last letter unmapped. A key 'Σ' maps both; a key 'ς' of its own stands; a key 'σ' is the letter
+    only."""
+    assert CharVocab(mapping={"Σ": "s", "Ο": "o", "Φ": "f"}).normalize("ΣΟΦΟΣ ΟΣ") == "sofos os"
+    assert CharVocab(mapping={"Σ": "s", "ς": "z", "ο": "o"}).mapped("ΟΣ ΣΟ") == "oz so"
+    assert CharVocab(mapping={"σ": "s"}).mapped("ΟΣ ΣΟ") == "ος sο"
