@@ -83,9 +83,16 @@ class GridEntry:
         return self.tag or fmt_seconds(self.batch_seconds)
 
 
-CHECKPOINT_CHOICES = ("final", "best", "milestones")  # what finetune.checkpoints may name
+CHECKPOINT_CHOICES = ("final", "best", "milestones")  # what finetune.checkpoints and gradvar_checkpoints may name
 # whose overrides a recipe's error names (the recipe's own YAML file named before them)
 OVERRIDES_FROM = {"pretrain": "the study's pretrain_overrides", "finetune": "the study's finetune.overrides"}
+
+
+def unknown_checkpoints(key: str, names: list[str]) -> str:
+    """Why the checkpoints ``names`` that study setting ``key`` chooses are not ``CHECKPOINT_CHOICES``' ("" when
+    they are)."""
+    unknown = [c for c in names if c not in CHECKPOINT_CHOICES]
+    return f"{key}: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})" if unknown else ""
 
 
 @dataclass
@@ -184,9 +191,12 @@ class StudyConfig:
     # the paper's design (fixed-steps): a cyclic triangular schedule of this many whole cycles (lr/100 <-> lr),
     # a checkpoint at every cycle minimum (``steps-N``), compared at equal steps and at equal nominal hours
     cycles: int = 0
-    # `earful gradvar` on every final checkpoint: this many independent batches of the run's own batch size (the
-    # paper: 10; 0 = off), for the gradient noise against batch size (C6)
+    # `earful gradvar` on the checkpoints of gradvar_checkpoints: this many independent batches of the run's own
+    # batch size (the paper: 10; 0 = off), for the gradient noise against batch size (C6)
     gradvar_batches: int = 0
+    # the checkpoints of each run gradvar measures, as finetune.checkpoints names them: final (C6 judges it), and
+    # best or the milestones (hours-H, steps-N) for the noise over training, as the paper measured every 5k steps
+    gradvar_checkpoints: list[str] = field(default_factory=lambda: ["final"])
     # `earful probe` (docs/probes.md) on every pre-trained checkpoint the study keeps (the cycle minima or
     # milestones, and the final), each run's random init and filterbanks: tasks of pr | asr | sid | ic, with
     # these probe seeds; key=value probe recipe overrides in probe_overrides (e.g. pr.epochs=5). The probes read
@@ -524,6 +534,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
                              "the study fine-tunes on)")
     if study.lm is not None:
         check_lm_settings(study.lm, str(path))
+    if why := unknown_checkpoints("gradvar_checkpoints", study.gradvar_checkpoints):
+        raise ConfigError(f"{path}: {why}")
+    if "final" not in study.gradvar_checkpoints:
+        raise ConfigError(f"{path}: gradvar_checkpoints={study.gradvar_checkpoints}: name final too (C6 judges the "
+                          "gradient noise at the final checkpoint; the others are measured beside it)")
     return study
 
 

@@ -1,12 +1,12 @@
 """The recipe fingerprint: what decides a study's results, so that a study folder only ever continues the
 study that made it (finished runs of another recipe would be mixed into its report). A finished study may
 continue with more seeds, probe seeds or grid entries (a batch size added), probe tasks, baselines, checkpoints
-or label sets to fine-tune (the milestones' too) (``MAY_GROW``): their work is new, the finished work is kept. A
-study setting earful gained since, at the value studies of before had in effect (``STUDY_ADDED_LATER``), is no
-part of the fingerprint: a folder written before it continues. The key its mode does not
-use (``hours`` in fixed-steps, ``steps`` in fixed-hours) is no part of the recipe, in a study.json of before too. A
-folder in which nothing was trained or measured yet (the first pre-training failed on a setting) takes the new
-recipe.
+or label sets to fine-tune (the milestones' too), checkpoints to measure the gradient noise of (``MAY_GROW``):
+their work is new, the finished work is kept. A study setting earful gained since, at the value studies of before
+had in effect (``STUDY_ADDED_LATER``), is no part of the fingerprint: a folder written before it continues. The
+key its mode does not use (``hours`` in fixed-steps, ``steps`` in fixed-hours) is no part of the recipe, in a
+study.json of before too. A folder in which nothing was trained or measured yet (the first pre-training failed on
+a setting) takes the new recipe.
 
 The n-gram LM (``lm:``) decodes the fine-tunings beside greedy decoding: at its default (null) it is no part of the
 fingerprint; set, its settings (the study part's ``lm.*``, less the files' paths) and the SHA-256 of its files (the
@@ -55,16 +55,18 @@ RUN_ONLY = {"device", "threads", "log_every", "ckpt_every", "keep_last", "tensor
 # key (a preset's name and its file's path, or another copy of it, are the same recipe)
 OVERRIDE_LISTS = {"pretrain_config", "pretrain_overrides", "finetune.config", "finetune.overrides", "probe_overrides"}
 # study lists that may gain items on a finished study, never lose one: each item is work of its own (a probe task
-# on every kept checkpoint, a baseline, a checkpoint or a label set fine-tuned), so the finished work stays what
-# the new recipe makes. With them the mappings they draw on may gain entries: a probe task's recipe (the "probe"
-# part, by task), a label set of the corpus, a new label set's per_label_set, a new manifest's digest ("data").
+# on every kept checkpoint, a baseline, a checkpoint or a label set fine-tuned, a checkpoint's gradient noise), so
+# the finished work stays what the new recipe makes. With them the mappings they draw on may gain entries: a probe
+# task's recipe (the "probe" part, by task), a label set of the corpus, a new label set's per_label_set, a new
+# manifest's digest ("data").
 # A test split may be added too (each finished fine-tuning is evaluated on it alone), not changed or removed.
 MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.label_sets",
-            "finetune.milestone_label_sets")
+            "finetune.milestone_label_sets", "gradvar_checkpoints")
 # study settings earful gained later, by the value every study of before had in effect: left out of the study part
 # at that value, so that a study.json written before one fingerprints as it did, and continues
 STUDY_ADDED_LATER: dict[str, Any] = {"finetune.milestone_label_sets": None,  # None: every label set, as before
-                                     "lm": None}  # None: greedy decoding alone, as before
+                                     "lm": None,  # None: greedy decoding alone, as before
+                                     "gradvar_checkpoints": ["final"]}  # the final's gradient noise alone
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
 # (the cyclic schedule's step size too where the study sets it from each entry's steps: `cycles`)

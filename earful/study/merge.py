@@ -47,6 +47,7 @@ from earful.study.stages import (
     evaluated,
     finished_records,
     gradvar_measured,
+    gradvar_record,
     probed,
     read_record,
     runs_unfinished,
@@ -231,8 +232,8 @@ def weights_needed(saved: dict[str, Any], folders: list[Path]) -> dict[Path, lis
                 needed[Path("finetune") / f.name] = [f"evaluation {f.name}"]
         todo += [f"probe {p.name}" for p in unique(after.probes)
                  if p.upstream != "fbank" and not any(probed(study, folder, p.name) for folder in folders)]
-        if after.gradvar and not any(gradvar_measured(folder, run) for folder in folders):
-            todo.append(f"gradient noise {run.name}")
+        todo += [f"gradient noise {gradvar_record(holder, run, name).stem}" for name in after.gradvar
+                 if not any(gradvar_measured(folder, run, name) for folder in folders)]
         if todo:
             needed[Path("pretrain") / run.name] = todo
     return needed

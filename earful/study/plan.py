@@ -46,6 +46,15 @@ def why_no_best(study: StudyConfig, pre: PretrainConfig) -> str:
             "the pre-training recipe has keep_best=false" if not pre.keep_best else "")
 
 
+def _chosen_steps(kinds: list[str], last: int, milestones: set[int], keeps_best: bool
+                  ) -> tuple[set[int], set[int], int]:
+    """Of a run ending at step ``last`` with ``milestones`` (steps), what ``kinds`` (final | best | milestones)
+    choose: the final's step (if chosen), the steps of the final and milestones chosen, and 1 for a ``best`` apart
+    (0 without: none chosen, or the recipe keeps none)."""
+    final = {last} if "final" in kinds else set()
+    return final, (milestones if "milestones" in kinds else set()) | final, int(keeps_best and "best" in kinds)
+
+
 def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     """What the pre-trainings let start, counted from the plan (``earful/study/run.py`` makes them): fine-tunings
     (each with its evaluation), probe upstreams (the kept checkpoints, each seed's random init, filterbanks once)
@@ -55,31 +64,30 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     label_sets = len(finetuned_label_sets(study))
     milestone_sets = len(milestone_label_sets(study))  # the milestones' (finetune.milestone_label_sets)
     firsts = {seed: next(r for r in runs if r.seed == seed) for seed in study.seeds}
-    finetunings = upstreams = 0
+    finetunings = upstreams = gradvar = 0
     keeps_best = False
-    if "best" in study.finetune.checkpoints:
+    if "best" in {*study.finetune.checkpoints, *study.gradvar_checkpoints}:
         from earful.study.stages import pretrain_recipe
 
         keeps_best = not why_no_best(study, pretrain_recipe(study))
     for r in runs:
         # what the trainer writes: hours-H at the first step >= nominal_steps(H) (the last step included), and
-        # steps-N; checkpoints of one step are fine-tuned and probed once (stages.shared_weights)
+        # steps-N; checkpoints of one step are fine-tuned, probed and measured once (stages.shared_weights)
         milestones = {max(nominal_steps(h, r.batch_seconds), 1) for h in study.ckpt_hours
                       if nominal_steps(h, r.batch_seconds) <= r.steps} | set(cycle_minima(study))
-        kinds = set(study.finetune.checkpoints)
-        final = {r.steps} if "final" in kinds else set()
-        steps = (milestones if "milestones" in kinds else set()) | final
-        best = 1 if keeps_best and "best" in kinds else 0  # checkpoints/best comes of pre-training's validation
+        final, steps, best = _chosen_steps(study.finetune.checkpoints, r.steps, milestones, keeps_best)
         first = firsts[r.seed] is r
         # the milestones on their label sets; on the others the final (a milestone on its step is the final), best
         # and the baselines alone
         finetunings += (milestone_sets * len(steps) + (label_sets - milestone_sets) * len(final)
                         + label_sets * (best + (len(study.finetune.baselines) if first else 0)))
         upstreams += len(milestones | {r.steps}) + (1 if first else 0)
+        _, measured, best = _chosen_steps(study.gradvar_checkpoints, r.steps, milestones, keeps_best)
+        gradvar += len(measured) + best
     upstreams = upstreams + 1 if study.probes else 0  # and filterbanks
     return {"finetunings": finetunings, "probe_upstreams": upstreams,
             "probe_heads": upstreams * len(study.probes) * len(study.probe_seeds),
-            "gradvar": len(runs) if study.gradvar_batches else 0}
+            "gradvar": gradvar if study.gradvar_batches else 0}
 
 
 def plan_table(study: StudyConfig, throughput: float | None = None) -> tuple[list[PlannedRun], str]:

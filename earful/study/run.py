@@ -12,6 +12,8 @@ With ``launcher: slurm`` each is a Slurm job instead, submitted through submitit
     OUT/pretrain/<run>/             pre-training run folders (+ done.json)
     OUT/finetune/<run>__<ckpt>__<labels>/   fine-tuning run folders (+ done.json)
     OUT/eval/<run>__<ckpt>__<labels>/       evaluation hypotheses and summary.json
+    OUT/gradvar/<run>.json, <run>__<ckpt>.json   gradient noise of the final checkpoint, of another
+                                    (gradvar_checkpoints)
     OUT/runs.jsonl, results.jsonl, probes.jsonl   what the report reads: each run's plan (its `hours`: the
                                     planned batch × steps), one record per evaluated model and split, per probed
                                     model and metric (their `hours_padded`: the audio fed, as in the logs;
@@ -36,7 +38,6 @@ from earful.atomic import atomic_write_json, atomic_write_lines
 from earful.config import flatten, parse_overrides, to_dict
 from earful.lock import hold_folder
 from earful.study.config import (
-    CHECKPOINT_CHOICES,
     FBANK_TAG,
     RANDOM_INIT_TAG,
     PlannedRun,
@@ -44,6 +45,7 @@ from earful.study.config import (
     cycle_minima,
     finetuned_label_sets,
     plan_runs,
+    unknown_checkpoints,
 )
 from earful.study.corpus import check_probe_corpus, ensure_corpus, manifest_digests
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, grid_planner, recipe_fingerprint
@@ -53,12 +55,14 @@ from earful.study.report import build_report
 from earful.study.stages import (
     BASELINES,
     checkpoints_to_finetune,
+    chosen_checkpoints,
     evaluated,
     finetune_and_evaluate,
     finetune_recipe,
     finetune_run_settings,
     finetuned_on,
     gradvar_measured,
+    gradvar_record,
     gradvar_stage,
     hours_of,
     kept_checkpoints,
@@ -156,13 +160,25 @@ def planned_probes(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed
     return todo
 
 
+def planned_gradvar(study: StudyConfig, run: PlannedRun, out: Path, diverged: bool = False) -> dict[str, Path]:
+    """The checkpoints of ``run`` whose gradient noise the study measures (``gradvar_checkpoints``; none without
+    ``gradvar_batches`` or when it diverged), by the name their record takes: checkpoints of one step are measured
+    once (``shared_weights``: a milestone at the last step is the final)."""
+    if not study.gradvar_batches or diverged:
+        return {}
+    chosen = chosen_checkpoints(study, run, out, study.gradvar_checkpoints, "gradvar_checkpoints",
+                                "measured (its gradient noise)")
+    same = shared_weights(chosen, partial(gradvar_measured, out, run))
+    return {same[name]: chosen[same[name]] for name in chosen}
+
+
 @dataclass
 class WorkAfter:
     """What a finished pre-training lets start."""
 
     finetunings: list[Finetuning]
     probes: list[Probing]
-    gradvar: bool  # its gradient noise, at its final checkpoint
+    gradvar: dict[str, Path]  # its gradient noise, by checkpoint (``planned_gradvar``)
 
 
 def work_after(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bool, diverged: bool) -> WorkAfter:
@@ -172,7 +188,7 @@ def work_after(study: StudyConfig, run: PlannedRun, out: Path, first_of_seed: bo
     return WorkAfter(planned_finetunings(study, run, out, first_of_seed, diverged),
                      planned_probes(study, run, out, first_of_seed, fbank=first_of_seed and run.seed == study.seeds[0],
                                     diverged=diverged) if study.probes else [],
-                     bool(study.gradvar_batches) and not diverged)
+                     planned_gradvar(study, run, out, diverged))
 
 
 def write_probes(out: Path, runs: list[PlannedRun], probing: dict[str, list[Probing]], done: dict[str, Any]
@@ -244,9 +260,8 @@ def check_recipes(study: StudyConfig) -> None:
             pretrain_config(study, run, Path.cwd())
         except ValueError as e:
             raise ValueError(f"grid entry {run.tag} (run {run.name}): {e}") from e
-    unknown = [c for c in study.finetune.checkpoints if c not in CHECKPOINT_CHOICES]
-    if unknown:
-        raise ValueError(f"finetune.checkpoints: unknown {unknown} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
+    if why := unknown_checkpoints("finetune.checkpoints", study.finetune.checkpoints):
+        raise ValueError(why)
     unknown = [ls for ls in study.finetune.label_sets or [] if ls not in study.corpus.label_sets]
     if unknown:
         raise ValueError(f"finetune.label_sets {unknown} are not in corpus.label_sets {list(study.corpus.label_sets)}")
@@ -398,9 +413,9 @@ def _run_study(study: StudyConfig, out: Path, root: Path) -> Path:
             jobs += [Job(f"probe:{p.name}", probe_stage, (study, p.name, p.upstream, out, root),
                          done=partial(probed, study, out, p.name))
                      for p in unique(after.probes)]
-        if after.gradvar:
-            jobs.append(Job(f"gradvar:{run.name}", gradvar_stage, (study, run, out, root),
-                            done=partial(gradvar_measured, out, run)))
+        jobs += [Job(f"gradvar:{gradvar_record(out, run, name).stem}", gradvar_stage,
+                     (study, run, out, root, name, ckpt), done=partial(gradvar_measured, out, run, name))
+                 for name, ckpt in after.gradvar.items()]
         return jobs
 
     jobs = [Job(f"pretrain:{r.name}", run_pretraining_stage, (study, r, out, root),

@@ -23,12 +23,12 @@ from earful.finetune.config import FinetuneConfig, load_finetune_config
 from earful.pretrain.config import PretrainConfig, load_pretrain_config
 from earful.probe.config import ProbeConfig
 from earful.study.config import (
-    CHECKPOINT_CHOICES,
     OVERRIDES_FROM,
     PlannedRun,
     StudyConfig,
     cycle_minima,
     milestone_label_sets,
+    unknown_checkpoints,
 )
 from earful.study.pool import StudyStopped
 from earful.train.config import TrainingConfig
@@ -155,12 +155,14 @@ def evaluated_splits(out: Path, name: str, decoder: str | None = None) -> set[st
                          "evaluate it again") from None
 
 
-def gradvar_record(out: Path, run: PlannedRun) -> Path:
-    return out / "gradvar" / f"{run.name}.json"
+def gradvar_record(out: Path, run: PlannedRun, checkpoint: str = "final") -> Path:
+    """The gradient noise record of ``run``'s ``checkpoint`` (its name in the study): ``gradvar/RUN.json`` for the
+    final, ``gradvar/RUN__CHECKPOINT.json`` for another (``gradvar_checkpoints``), as fine-tunings are named."""
+    return out / "gradvar" / (f"{run.name}.json" if checkpoint == "final" else f"{run.name}__{checkpoint}.json")
 
 
-def gradvar_measured(out: Path, run: PlannedRun) -> bool:
-    return gradvar_record(out, run).exists()
+def gradvar_measured(out: Path, run: PlannedRun, checkpoint: str = "final") -> bool:
+    return gradvar_record(out, run, checkpoint).exists()
 
 
 def probe_summary(out: Path, name: str, seed: int) -> Path:
@@ -336,23 +338,30 @@ def kept_checkpoints(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str
     return {**{name: ck / name for name in names if (ck / name).exists()}, "final": ck / f"step-{run.steps:07d}"}
 
 
-def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
-    """The checkpoints of ``run`` that ``finetune.checkpoints`` chooses (final | best | milestones)."""
+def chosen_checkpoints(study: StudyConfig, run: PlannedRun, out: Path, names: list[str], key: str, done: str
+                       ) -> dict[str, Path]:
+    """The checkpoints of ``run`` that ``names`` (final | best | milestones) choose, as study setting ``key``
+    (``finetune.checkpoints``, ``gradvar_checkpoints``) names them to be ``done`` (fine-tuned, measured)."""
     ck, kept = out / "pretrain" / run.name / "checkpoints", kept_checkpoints(study, run, out)
     chosen: dict[str, Path] = {}
-    for spec in study.finetune.checkpoints:
+    for spec in names:
         if spec == "final":
             chosen["final"] = kept["final"]
         elif spec == "best":
             if (ck / "best").exists():
                 chosen["best"] = ck / "best"
             else:  # a recipe that keeps none (check_recipes said so), or none left (every validation NaN)
-                log.warning("pre-training %s has no %s: its `best` is not fine-tuned", run.name, ck / "best")
+                log.warning("pre-training %s has no %s: its `best` is not %s", run.name, ck / "best", done)
         elif spec == "milestones":
             chosen.update({name: path for name, path in kept.items() if name != "final"})
         else:
-            raise ValueError(f"finetune.checkpoints: unknown {spec!r} (choose among {' | '.join(CHECKPOINT_CHOICES)})")
+            raise ValueError(unknown_checkpoints(key, [spec]))
     return chosen
+
+
+def checkpoints_to_finetune(study: StudyConfig, run: PlannedRun, out: Path) -> dict[str, Path]:
+    """The checkpoints of ``run`` that ``finetune.checkpoints`` chooses."""
+    return chosen_checkpoints(study, run, out, study.finetune.checkpoints, "finetune.checkpoints", "fine-tuned")
 
 
 def finetuned_on(study: StudyConfig, chosen: dict[str, Path], label_set: str) -> dict[str, Path]:
@@ -486,17 +495,20 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
 
 
 # ---------------------------------------------------------------------- gradient noise
-def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path) -> dict[str, Any]:
-    """``earful gradvar`` on the run's final checkpoint with batches of its own size (``OUT/gradvar/RUN.json``)."""
+def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path, checkpoint: str = "final",
+                  ckpt: Path | None = None) -> dict[str, Any]:
+    """``earful gradvar`` on the run's checkpoint named ``checkpoint`` (folder ``ckpt``; default: the kept checkpoint
+    of that name, ``kept_checkpoints``) with batches of its own size (``gradvar_record``)."""
     from earful.pretrain.gradvar import gradient_noise, recorded_batches
 
-    path = gradvar_record(out, run)
-    if gradvar_measured(out, run):
+    path = gradvar_record(out, run, checkpoint)
+    if path.exists():
         return json.loads(path.read_text())
     cfg = pretrain_config(study, run, root)
-    ckpt = out / "pretrain" / run.name / "checkpoints" / f"step-{run.steps:07d}"
+    ckpt = ckpt or kept_checkpoints(study, run, out)[checkpoint]
     budget, padding = recorded_batches(ckpt)  # the run's batches on one device, as `earful gradvar` takes
-    log.info("gradient noise of %s: %d batches of %g s", run.name, study.gradvar_batches, run.batch_seconds)
+    log.info("gradient noise of %s at %s: %d batches of %g s", run.name, checkpoint, study.gradvar_batches,
+             run.batch_seconds)
     result = gradient_noise(ckpt, cfg.data.train, budget, num_batches=study.gradvar_batches, seed=run.seed,
                             device=cfg.device, padding=padding, skip_bad=cfg.data.skip_bad,
                             options=False)

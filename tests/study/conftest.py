@@ -1,6 +1,8 @@
 """A toy study shared by the cluster tests (launcher: slurm) and the model-card tests: its YAML, and the folder of
-one uninterrupted local run of it (made once per session)."""
+one uninterrupted local run of it (made once per session); a planned run and its kept checkpoints, written by hand,
+for the tests of what a study plans from them."""
 
+import json
 import time
 from pathlib import Path
 
@@ -58,3 +60,25 @@ def await_files():
             assert time.monotonic() < deadline and proc.poll() is None, f"never written: {paths}"
             time.sleep(0.1)
     return wait
+
+
+@pytest.fixture
+def planned_run():
+    """A planned run of 4 s batches, 8 steps, seed 1 (``4s-seed1``)."""
+    from earful.study.config import PlannedRun
+
+    return PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8, hours=8 * 4 / 3600,
+                      seed=1)
+
+
+@pytest.fixture
+def kept_checkpoints():
+    """``kept_checkpoints(out, run, {name: step})``: the run's checkpoints of those names in study folder ``out``,
+    each a trainer.json of its step (and the padded hours of 4 s batches); their folder."""
+    def write(out: Path, run, steps: dict[str, int]) -> Path:
+        ck = out / "pretrain" / run.name / "checkpoints"
+        for name, step in steps.items():
+            (ck / name).mkdir(parents=True)
+            (ck / name / "trainer.json").write_text(json.dumps({"step": step, "hours_padded": step * 4 / 3600}))
+        return ck
+    return write

@@ -7,35 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from earful.study.config import PlannedRun, StudyConfig, load_study, plan_runs
+from earful.study.config import StudyConfig, load_study, plan_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run() -> PlannedRun:
-    return PlannedRun(tag="4s", batch_seconds=4, devices=1, device_seconds=4, lr=1e-3, steps=8, hours=8 * 4 / 3600,
-                      seed=1)
-
-
-def _checkpoints(out: Path, run: PlannedRun, steps: dict[str, int]) -> Path:
-    ck = out / "pretrain" / run.name / "checkpoints"
-    for name, step in steps.items():
-        (ck / name).mkdir(parents=True)
-        (ck / name / "trainer.json").write_text(json.dumps({"step": step, "hours_padded": step * 4 / 3600}))
-    return ck
-
-
-def test_the_milestones_are_fine_tuned_on_their_label_sets_and_the_rest_on_every_one(tmp_path) -> None:
+def test_the_milestones_are_fine_tuned_on_their_label_sets_and_the_rest_on_every_one(tmp_path, planned_run,
+                                                                                     kept_checkpoints) -> None:
     """The milestones on `milestone_label_sets` alone, final, best and the baselines on every label set; a milestone
     on the last step is the final's fine-tuning where the label set has both, the final's alone where not."""
     from earful.study.run import planned_finetunings, unique
 
-    run = _run()
+    run = planned_run
     study = StudyConfig(mode="fixed-steps", steps=8, cycles=2, ckpt_hours=[0.0089])
     study.corpus.label_sets = {"a": "a.jsonl", "b": "b.jsonl", "c": "c.jsonl"}
     study.finetune.checkpoints = ["best", "final", "milestones"]
     study.finetune.milestone_label_sets = ["b"]
-    _checkpoints(tmp_path, run, {"steps-4": 4, "hours-0.0089": 8, "step-0000008": 8, "best": 6})
+    kept_checkpoints(tmp_path, run, {"steps-4": 4, "hours-0.0089": 8, "step-0000008": 8, "best": 6})
     planned = planned_finetunings(study, run, tmp_path, True)
     assert [(f.record["checkpoint"], f.label_set, f.name) for f in planned if f.baseline is None] == [
         ("best", "a", "4s-seed1__best__a"), ("best", "b", "4s-seed1__best__b"), ("best", "c", "4s-seed1__best__c"),
@@ -94,7 +82,8 @@ def _fingerprint(tmp_path: Path, *overrides: str) -> dict:
     return recipe_fingerprint(study, plan_runs(study), tmp_path)
 
 
-def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow_not_shrink(tmp_path) -> None:
+def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow_not_shrink(tmp_path, planned_run,
+                                                                                           kept_checkpoints) -> None:
     """A study.json written before `milestone_label_sets` existed (no such key in its config or fingerprint)
     continues with the default and plans the same fine-tunings; the milestones' label sets may gain one on a
     finished study (new work), not lose one."""
@@ -114,8 +103,8 @@ def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow
     check_same_recipe(out, _fingerprint(tmp_path))
     before = study_of_record(json.loads((out / "study.json").read_text()))
     assert before.finetune.milestone_label_sets is None
-    run = _run()
-    _checkpoints(tmp_path, run, {"steps-4": 4, "step-0000008": 8})
+    run = planned_run
+    kept_checkpoints(tmp_path, run, {"steps-4": 4, "step-0000008": 8})
     assert {(f.record["checkpoint"], f.label_set) for f in planned_finetunings(before, run, tmp_path, False)} == {
         ("final", "a"), ("final", "b"), ("steps-4", "a"), ("steps-4", "b")}
     # fewer label sets for the milestones: their finished fine-tunings would leave the plan
@@ -133,7 +122,8 @@ def test_a_study_folder_of_before_the_setting_continues_and_the_setting_may_grow
 def test_the_papers_study_takes_the_papers_design() -> None:
     """studies/paper.yaml: 8 cycles of 50k steps (checkpoints at the lr minima, 50k … 350k, and the end), no
     hours milestones (at other batch sizes' lr peaks), the milestones fine-tuned on 10 min and 100 h, best and final
-    on all five, gradient noise on 10 batches, fine-tuning validated on val-960: the report judges the claims."""
+    on all five, gradient noise on 10 batches at the minima and the end, fine-tuning validated on val-960: the
+    report judges the claims."""
     from earful.config import to_dict
     from earful.study.config import cycle_minima
     from earful.study.plan import later_stages
@@ -149,9 +139,11 @@ def test_the_papers_study_takes_the_papers_design() -> None:
     assert study.finetune.milestone_label_sets == ["10min", "100h"]
     assert study.finetune.checkpoints == ["best", "final", "milestones"]
     assert study.gradvar_batches == 10 and study.corpus.finetune_valid == "val-960.jsonl"
-    # 7 runs × (best and final on 5 label sets + 7 minima on 2) + scratch on 5 (best counted apart from the final)
+    # 7 runs × (best and final on 5 label sets + 7 minima on 2) + scratch on 5 (best counted apart from the final);
+    # the gradient noise of each run at its 7 minima and its end
+    assert study.gradvar_checkpoints == ["final", "milestones"]
     assert later_stages(study, runs) == {"finetunings": 7 * (2 * 5 + 7 * 2) + 5, "probe_upstreams": 0,
-                                         "probe_heads": 0, "gradvar": 7}
+                                         "probe_heads": 0, "gradvar": 7 * (7 + 1)}
     scope = " ".join(scope_section(to_dict(study)))
     assert "It can test: " in scope and "C4 (equal hours" in scope and "C6 (gradient noise" in scope
 
