@@ -814,9 +814,11 @@ def gradvar_section(out: Path, runs: dict[str, Any], study: dict[str, Any], rep:
                   key=lambda r: (r[1], r[2], r[4]))
     write_csv(rep / "gradvar.csv", ["run", "batch_seconds", "seed", "checkpoint", "step", "hours_nominal",
                                     "hours_padded", GRADVAR_STD, "b_simple_seconds"], rows)
-    cells: dict[float, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))  # batch → step → per seed
-    for _, b, _, _, step, _, _, std, _ in rows:
-        cells[b][step].append(std)
+    # batch → step → per seed; `best` is in the CSV, not here: its step differs by seed, no point of training
+    cells: dict[float, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for _, b, _, checkpoint, step, _, _, std, _ in rows:
+        if checkpoint != "best":
+            cells[b][step].append(std)
     colour = batch_colours(list(cells))
 
     def draw(ax):
@@ -843,33 +845,45 @@ def gradvar_section(out: Path, runs: dict[str, Any], study: dict[str, Any], rep:
             change[b] = compare(at[last], at[first])
             said.append(f"{b:g} s {mean_se(at[first])[0]:.3g} at step {first} → {mean_se(at[last])[0]:.3g} at step "
                         f"{last}, {change[b]}")
-    small = sorted(change)[:max(1, len(change) // 2)]  # the smaller half of the batch sizes measured over training
-    rises = [b for b in small if change[b] == "higher" + BEYOND]
-    unjudged = [b for b in small if change[b].startswith("higher") and b not in rises]  # one seed, or no spread
-
-    def names(bs: list[float]) -> str:
-        return ", ".join(f"{b:g} s" for b in bs)
-
-    if small and len(rises) == len(small):
-        answer = f"yes: it rises beyond 2 standard errors at each of the smaller batch sizes ({names(small)})"
-    elif rises:
-        answer = f"in part: it rises beyond 2 standard errors at {names(rises)} of the smaller batch sizes " \
-                 f"({names(small)})"
-    elif unjudged:
-        answer = f"not judged: it is higher at the end at {names(unjudged)} of the smaller batch sizes " \
-                 f"({names(small)}), but with one seed (or no spread over seeds) not beyond noise"
-    else:
-        answer = f"no: it rises beyond 2 standard errors at none of the smaller batch sizes ({names(small)})"
+    grid = sorted({float(r["batch_seconds"]) for r in runs.values()})
+    answer = _noise_rises(grid[:max(1, len(grid) // 2)], change)  # the smaller half of the study's batch sizes
+    c6 = " C6's verdict takes the final checkpoints alone." if study.get("cycles") else ""
+    best = "; `best` there alone: its step differs by seed" if any(ck == "best" for _, ck in records) else ""
     return ["## Gradient noise over training", "",
             f"`earful gradvar` on {study.get('gradvar_batches')} batches of each run's own batch size at the "
             f"checkpoints of `gradvar_checkpoints` ({', '.join(study.get('gradvar_checkpoints') or ['final'])}): the "
             "mean per-parameter gradient std (the paper's statistic, §6.5) against steps in "
             "`plots/gradvar_vs_steps.png`, every record in `gradvar.csv` (with B_simple and the nominal and padded "
-            "hours). C6's verdict takes the final checkpoints alone.", "",
+            f"hours{best}).{c6}", "",
             f"- **Does the small batches' gradient noise rise over training?** {answer[0].upper()}{answer[1:]}. From "
-            f"the first checkpoint measured to the final (mean over seeds): {'; '.join(said)}. The paper: it "
+            f"the first checkpoint measured to the final (mean over seeds): {'; '.join(said) or 'none'}. The paper: it "
             "keeps growing during training for batches of 10 min and less, and is flat after 50k steps from 20 min "
             "(docs/paper.md §6.5).", ""]
+
+
+def _noise_rises(small: list[float], change: dict[float, str]) -> str:
+    """Whether the gradient noise rises over training at the ``small`` batch sizes, from ``change`` (batch → how its
+    final compares with its first checkpoint measured, ``compare``; absent: measured at one point of training)."""
+    def names(bs: list[float]) -> str:
+        return ", ".join(f"{b:g} s" for b in bs)
+
+    measured = [b for b in small if b in change]
+    rises = [b for b in measured if change[b] == "higher" + BEYOND]
+    unjudged = [b for b in measured if "one seed" in change[b] or "not judged" in change[b]]  # no spread to judge by
+    missing = [b for b in small if b not in change]
+    left = f"; {names(missing)} measured at one point of training only" if missing and measured else ""
+    if not measured:
+        return (f"not judged: none of the smaller batch sizes ({names(small)}) was measured at more than one point "
+                "of training (a milestone it does not reach, or `best` alone)")
+    if len(rises) == len(small):
+        return f"yes: it rises beyond 2 standard errors at each of the smaller batch sizes ({names(small)})"
+    if rises:
+        return f"in part: it rises beyond 2 standard errors at {names(rises)} of the smaller batch sizes " \
+               f"({names(small)}){left}"
+    if unjudged:
+        return f"not judged: at {names(unjudged)} of the smaller batch sizes ({names(small)}) one seed (or no spread " \
+               f"over seeds) cannot tell a change from noise{left}"
+    return f"no: it rises beyond 2 standard errors at none of the smaller batch sizes ({names(small)}){left}"
 
 
 def read_json(path: Path) -> dict[str, Any]:

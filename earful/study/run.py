@@ -276,10 +276,13 @@ def check_recipes(study: StudyConfig) -> None:
     _refuse_run_settings(study)  # its label sets known to exist
     _say_what_baselines_keep(study)
     # said, not refused: a study folder made before this check must still continue (adding seeds)
-    if "best" in study.finetune.checkpoints and (why := why_no_best(study, pre)):
-        log.warning("finetune.checkpoints: `best` is the pre-training's best validation checkpoint, but %s: "
-                    "no run will have one, so none is fine-tuned; fine-tune `final` (or `milestones`), or give "
-                    "the pre-training a validation set with keep_best=true", why)
+    for key, names, done in (("finetune.checkpoints", study.finetune.checkpoints, "fine-tuned"),
+                             ("gradvar_checkpoints", study.gradvar_checkpoints if study.gradvar_batches else [],
+                              "measured")):
+        if "best" in names and (why := why_no_best(study, pre)):
+            log.warning("%s: `best` is the pre-training's best validation checkpoint, but %s: no run will have one, "
+                        "so none is %s; name `final` (or `milestones`), or give the pre-training a validation set "
+                        "with keep_best=true", key, why, done)
 
 
 def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:

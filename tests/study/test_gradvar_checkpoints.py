@@ -194,10 +194,63 @@ def test_the_report_says_whether_the_small_batches_noise_rises_and_c6_takes_the_
                 "batch_seconds": b, "seed": seed, "step": 2, "mean_param_grad_std": std * 3}))
     text = "\n".join(gradvar_section(tmp_path, runs, study, rep))
     assert "In part: it rises beyond 2 standard errors at 4 s of the smaller batch sizes (4 s, 8 s)" in text
+    assert "C6's verdict" not in text  # a study without cycles has no C6
     one_seed = {k: v for k, v in runs.items() if k.endswith("seed1")}
-    assert "Not judged: it is higher at the end at 4 s of the smaller" in "\n".join(
-        gradvar_section(tmp_path, one_seed, study, rep))
+    assert "Not judged: at 4 s, 8 s of the smaller batch sizes (4 s, 8 s) one seed (or no spread over seeds) " \
+        "cannot tell" in "\n".join(gradvar_section(tmp_path, one_seed, study, rep))  # 4 s rises, 8 s falls: no SE
     for p in (tmp_path / "gradvar").glob("*__*.json"):  # the finals alone: no section, no stale plot
         p.unlink()
     assert gradvar_section(tmp_path, runs, study, rep) == []
     assert not (rep / "plots" / "gradvar_vs_steps.png").exists()
+
+
+def test_the_smaller_batches_are_the_study_s_and_best_is_no_point_of_training(tmp_path) -> None:
+    """The review of the report's answer: (1) the smaller half was taken of the batch sizes measured over training,
+    so where only the large ones reach a milestone (fixed steps with ckpt_hours) it answered "yes" of 8 s, the
+    second largest; (2) `best`, at another step in each seed, was a point of its own, judged on one seed; (3) one
+    seed whose noise falls was a firm "no"."""
+    from earful.study.report import gradvar_section
+
+    rep = tmp_path / "report"
+    (rep / "plots").mkdir(parents=True)
+    study = {"gradvar_batches": 2, "gradvar_checkpoints": ["final", "milestones"], "cycles": 2}
+    stds = {(b, seed, 4): 0.3 * (1 + 0.01 * seed) for b in (2.0, 4.0, 8.0, 16.0) for seed in (1, 2)}
+    stds.update({(b, seed, 2): 0.1 * (1 + 0.01 * seed) for b in (8.0, 16.0) for seed in (1, 2)})
+    text = "\n".join(gradvar_section(tmp_path, _records(tmp_path, stds), study, rep))
+    assert "Not judged: none of the smaller batch sizes (2 s, 4 s) was measured at more than one point" in text, text
+    assert "C6's verdict takes the final checkpoints alone" in text
+
+    shutil.rmtree(tmp_path / "gradvar")
+    runs = _records(tmp_path, {(b, seed, 4): 0.3 * (1 + 0.01 * seed) for b in (4.0, 16.0) for seed in (1, 2)})
+    for b in (4.0, 16.0):
+        for seed, step in ((1, 1), (2, 3)):
+            (tmp_path / "gradvar" / f"{b:g}s-seed{seed}__best.json").write_text(json.dumps({
+                "batch_seconds": b, "seed": seed, "step": step, "mean_param_grad_std": 0.1}))
+    best = {**study, "gradvar_checkpoints": ["final", "best"]}
+    text = "\n".join(gradvar_section(tmp_path, runs, best, rep))
+    assert "Not judged: none of the smaller batch sizes (4 s) was measured at more than one point" in text, text
+    assert "`best` there alone" in text and len(_csv(rep / "gradvar.csv")) == 8  # in the CSV, not judged
+
+    shutil.rmtree(tmp_path / "gradvar")
+    falls = _records(tmp_path, {(4.0, 1, 4): 0.1, (4.0, 1, 2): 0.3, (16.0, 1, 4): 0.1, (16.0, 1, 2): 0.3})
+    text = "\n".join(gradvar_section(tmp_path, falls, study, rep))
+    assert "Not judged: at 4 s of the smaller batch sizes (4 s) one seed" in text, text
+
+
+def test_best_that_no_run_keeps_is_said_up_front_for_the_gradient_noise_too(tmp_path, caplog) -> None:
+    """`gradvar_checkpoints: [final, best]` with keep_best=false measured no `best`, said only run by run."""
+    import logging
+
+    from earful.study.run import check_recipes
+
+    y = tmp_path / "s.yaml"
+    y.write_text(STUDY.format(corpus=tmp_path / "corpus"))
+    with caplog.at_level(logging.WARNING):
+        check_recipes(load_study(y, ["gradvar_checkpoints=[final, best]", "pretrain_overrides=[keep_best=false]"]))
+    assert "gradvar_checkpoints: `best` is the pre-training's best validation checkpoint, but the pre-training " \
+           "recipe has keep_best=false: no run will have one, so none is measured" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_recipes(load_study(y, ["gradvar_checkpoints=[final, best]", "gradvar_batches=0",
+                                     "pretrain_overrides=[keep_best=false]"]))
+    assert "gradvar_checkpoints" not in caplog.text  # nothing measured: nothing to say
