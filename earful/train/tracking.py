@@ -9,8 +9,11 @@ inside a step), the records of ``train.jsonl`` and ``valid.jsonl`` as ``train/â€
 sends them in order, the only one to touch its run between the start and the finish, so a tracker that stalls (an
 MLflow server gone: MLflow's own retries took about 4 min a call) never stalls the training, nor the other trackers.
 A backend that fails, or leaves ``MAX_WAITING`` records unsent, is warned about and dropped; the end of the run
-waits up to ``DRAIN_SECONDS`` for what is queued, then says how many records each backend did not get
-(``train.jsonl`` and ``valid.jsonl`` hold every record; a run killed outright loses what was queued the same way).
+waits up to ``DRAIN_SECONDS`` for what is queued and the closings, then says which backend is still in a call and how
+many records it did not get (``train.jsonl`` and ``valid.jsonl`` hold every record; a run killed outright loses what
+was queued the same way), and closes an MLflow run beside that call, failing fast, within ``CLOSE_SECONDS`` more (a
+record in flight may still land in it). Another backend's run is closed when its call returns, if the process still
+runs: a W&B service that hangs can hold the process's exit (W&B's own exit hook), which earful cannot bound.
 Runs compared together share ``tracking.group``: W&B's and trackio's group, MLflow's experiment; a study sets it to
 its name. A resumed run continues the same tracked run (its ids are in ``RUN/tracking.json``, and trackio's name:
 trackio continues a run by its name, so a new run whose folder's name its project has already is named ``NAME-2``);
@@ -54,7 +57,8 @@ log = logging.getLogger(__name__)
 EXTRA = "pip install 'earful[tracking]'"
 PACKAGES = {"wandb": "wandb", "mlflow": "mlflow-skinny", "trackio": "trackio"}  # backend â†’ what pip installs
 IDS_FILE = "tracking.json"
-DRAIN_SECONDS = 60.0  # how long the end of a run waits for the records queued to the trackers, and their closing
+DRAIN_SECONDS = 30.0  # how long the end of a run waits for the records queued to the trackers, and their closing
+CLOSE_SECONDS = 10.0  # then, how long for an MLflow run closed beside its call that hangs (failing fast)
 MAX_WAITING = 1000  # records a backend may leave unsent before it is dropped as stalled (its queue's memory bounded)
 
 
@@ -136,28 +140,38 @@ class Tracking:
 
     def finish(self, status: str, wait: float | None = None) -> None:
         """``status``: finished | stopped (a signal; --resume continues) | failed. Each tracker is sent what is
-        queued to it and closed within ``wait`` seconds (``DRAIN_SECONDS``), all together; one that is not is said,
-        with how many records it did not get, and closed beside its call where its client allows it (MLflow's),
-        failing fast."""
+        queued to it and closed within ``wait`` seconds (``DRAIN_SECONDS``), all together. One still in a call then
+        (a record, or its closing) is said, with the records it did not get, and left to its thread; an MLflow run
+        is also closed beside that call, failing fast, which the end waits ``CLOSE_SECONDS`` more for."""
         wait = DRAIN_SECONDS if wait is None else wait
         senders, self.senders = self.senders, {}
         for sender in senders.values():
             sender.queue.put(status)  # after its records
         deadline = time.monotonic() + wait
+        beside: dict[str, threading.Thread] = {}
         for backend, sender in senders.items():
             sender.thread.join(max(0.0, deadline - time.monotonic()))
             if not sender.thread.is_alive():
                 continue
             ending = "failed" if sender.dropped else status  # dropped as it stalled: closed as failed, as others
             sender.dropped = True  # what it still takes off its queue is not sent
-            if unsent := sender.waiting:
-                log.warning("tracking: %d record(s) were not sent to %s within %g s of the run's end (it stalls); "
-                            "train.jsonl and valid.jsonl hold them", unsent, backend, wait)
-            if getattr(sender.run, "closes_beside_a_call", False):
-                sender.close(ending)
-            elif not sender.closed:
-                log.warning("tracking: the %s run is not closed yet (still %s after %g s): it is closed when that "
-                            "returns, if the process still runs", backend, sender.doing, wait)
+            unsent = sender.waiting - sender.in_flight
+            log.warning("tracking: %s is still %s %g s after the run's end%s", backend, sender.doing, wait,
+                        f"; {unsent} record(s) were not sent to it (train.jsonl and valid.jsonl hold them)"
+                        if unsent else "")
+            if getattr(sender.run, "fails_fast", False):
+                beside[backend] = threading.Thread(target=sender.close, args=(ending, True), daemon=True,
+                                                   name=f"earful-tracking-{backend}-close")
+                beside[backend].start()
+            else:
+                log.warning("tracking: the %s run is not closed yet: it is closed when that call returns, if the "
+                            "process still runs", backend)
+        deadline = time.monotonic() + CLOSE_SECONDS
+        for backend, thread in beside.items():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("tracking: the %s run is not closed yet: closing it beside its call takes longer than "
+                            "%g s (a server that does not answer)", backend, CLOSE_SECONDS)
 
 
 class _Sender:
@@ -170,7 +184,8 @@ class _Sender:
         self.lock = threading.Lock()
         self.waiting = 0  # records queued and not yet sent (or given up)
         self.dropped = False  # failed, stalled or past the finish's wait: no more records are sent
-        self.closed = False  # its run's closing has begun (once: by this thread, or beside it at the finish)
+        self.closed = False  # its run's closing has begun (once by this thread; beside it at the finish, again)
+        self.in_flight = 0  # 1 while a record's call runs
         self.doing = "sending a record"  # what the thread is at, for a warning
         self.thread = threading.Thread(target=self._send, name=f"earful-tracking-{backend}", daemon=True)
         self.thread.start()
@@ -194,6 +209,7 @@ class _Sender:
             metrics, step = item
             try:
                 if not self.dropped:
+                    self.in_flight = 1
                     self.run.log(metrics, step)
             except Exception as e:  # noqa: BLE001 - a tracker must not stop the training
                 log.warning("tracking: logging to %s failed at step %d (%s: %s); no more records go to %s "
@@ -203,18 +219,22 @@ class _Sender:
             finally:
                 with self.lock:
                     self.waiting -= 1
+                    self.in_flight = 0
         self.close(item)  # the finish's status, or give_up's failed
 
-    def close(self, status: str) -> None:
-        """Close the run once, as ``status``; a dropped one failing fast: against the MLflow server that just failed,
-        its own retries (about 4 min) had stalled the end a second time."""
+    def close(self, status: str, beside: bool = False) -> None:
+        """Close the run as ``status``: once by its thread; ``beside`` its thread's call that hangs (MLflow's, at the
+        finish), again. A dropped run, or one closed beside, fails fast where its client can (MLflow's: against the
+        server that just failed, its own retries, about 4 min, had stalled the end a second time); only MLflow's
+        reads those settings, which are the process's: another's closing leaves them alone."""
         with self.lock:
-            if self.closed:
+            if self.closed and not beside:
                 return
             self.closed = True
-        self.doing = "closing its run"
+        if not beside:
+            self.doing = "closing its run"
         try:
-            if self.dropped:
+            if (self.dropped or beside) and getattr(self.run, "fails_fast", False):
                 with _failing_fast():
                     self.run.finish(status)
             else:
@@ -265,7 +285,9 @@ class _Wandb:
 
 class _Mlflow:
     STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
-    closes_beside_a_call = True  # its client's calls are requests (or file writes) of their own
+    # its client reads FAIL_FAST from the environment, and its calls are requests (or file writes) of their own: a run
+    # dropped is closed failing fast, and one whose call hangs at the end is closed beside it
+    fails_fast = True
 
     def __init__(self, mlflow: ModuleType, cfg: TrackingConfig, store: Path, name: str, config: dict[str, Any],
                  facts: dict[str, str], ids: dict[str, Any]) -> None:
