@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from earful.atomic import FOLDER_TMP, atomic_folder, atomic_write_json, atomic_write_lines
@@ -389,11 +390,21 @@ def written_by_export(folder: Path) -> bool:
     return earful_card(text)
 
 
+# a model card's YAML front matter, between its first two ``---`` lines (as the Hub reads it)
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$", re.DOTALL | re.MULTILINE)
+
+
 def earful_card(text: str) -> bool:
-    """Whether the model card ``text`` (a ``README.md``) is one export-hf wrote: its front matter lists earful's
-    tag."""
-    front = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
-    return any(line.strip().startswith("tags:") and EARFUL_TAG in line for line in front.splitlines())
+    """Whether the model card ``text`` (a ``README.md``, a folder's or a Hub repository's) is one export-hf wrote:
+    its front matter's ``tags`` list (block or flow style) has earful's tag as an item. A substring had taken an
+    emotion model's ``fearful`` for it, and its folder was replaced whole."""
+    found = _FRONT_MATTER.match(text)
+    try:
+        front = yaml.safe_load(found.group(1)) if found else None
+    except yaml.YAMLError:  # not YAML: no card export-hf wrote
+        return False
+    tags = front.get("tags") if isinstance(front, dict) else None
+    return isinstance(tags, list) and EARFUL_TAG in tags
 
 
 def check_output_folder(out: str | Path, *, source: str | Path | None, writes: frozenset[str],

@@ -413,6 +413,29 @@ def test_export_hf_refuses_a_transformers_folder_it_did_not_write_and_the_models
     assert main(["export-hf", str(tmp_path / "ft"), str(tmp_path / "api")]) == 0
 
 
+@pytest.mark.parametrize("tags", ["[audio-classification, emotion, fearful]", "\n- emotion\n- fearful",
+                                  "[earful-emotions]", "[wav2vec2]\nnote: earful"])
+def test_a_model_card_tagged_fearful_is_not_an_earlier_export(tmp_path, tags) -> None:
+    """export-hf took a folder whose card's tags line held "earful" anywhere (an emotion model's `fearful`) for an
+    earlier export and replaced it whole; --push did the same to a Hub repository. The tag must be an item of the
+    front matter's tags list, block or flow style."""
+    from earful.interop.hf import earful_card
+
+    config = transformers.Wav2Vec2Config(**{**TINY, "num_labels": 4})
+    transformers.Wav2Vec2ForSequenceClassification(config).save_pretrained(tmp_path / "theirs")
+    transformers.Wav2Vec2FeatureExtractor().save_pretrained(tmp_path / "theirs")
+    (tmp_path / "theirs" / "README.md").write_text(f"---\nlicense: apache-2.0\ntags: {tags}\n---\n\n# Emotions\n")
+    before = _files(tmp_path / "theirs")
+    with pytest.raises(CheckpointError, match="not written by export-hf"):
+        export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "theirs")
+    assert _files(tmp_path / "theirs") == before
+    for card in ("---\ntags: [wav2vec2, speech, earful]\n---\n", "---\nlicense: mit\ntags:\n  - speech\n  - earful\n"
+                 "---\n# card\n", "---\r\ntags: ['earful']\r\n---\r\n"):
+        assert earful_card(card), card
+    for card in ("tags: [earful]\n", "---\ntags: [earful\n---\n", "---\ntags: [fear, ful]\n---\n"):
+        assert not earful_card(card), card
+
+
 def test_a_finetuning_with_a_transformers_models_vocabulary_exports_its_tokenizer(tmp_path, tone_ctc) -> None:
     """`finetune vocab=init` from a transformers CTC folder (the blog's: its blank [PAD] last, id 29) took the
     vocabulary in vocab.json's order, not the head's once imported (the blank first): 'a', id 0, was the blank,

@@ -109,6 +109,10 @@ def test_push_refuses_a_repository_export_hf_did_not_write_and_leaves_none_of_it
             "written by export-hf (no earful model card, README.md): a model of your own, which the push would "
             "replace; give a new or empty repository, or --replace-repo") in caplog.text
     assert repos["someone/their-model"] == theirs and not hub.uploads
+    repos["someone/emotions"] = {**theirs, "README.md": b"---\ntags: [emotion, fearful]\n---\ntheir model"}
+    assert main(["export-hf", str(tmp_path / "pt"), str(tmp_path / "hf"), "--push", "someone/emotions"]) == 2
+    assert "--push someone/emotions: the Hub repository holds README.md, config.json" in caplog.text  # not earful's
+    assert not hub.uploads
 
     # a new repository, then an earlier export's: pushed, the old files gone
     assert main(["export-hf", str(tmp_path / "ctc"), str(tmp_path / "hf-ctc"), "--push", "me/model"]) == 0
