@@ -114,7 +114,11 @@ def model_card(ckpt: str | Path, parameters: int) -> str:
             ("feature encoder", f"{len(m['conv_dim'])} convolutions, {m['conv_dim'][-1]} channels, one frame per "
                                 f"{stride} samples ({SAMPLE_RATE / stride:g} Hz at 16 kHz)")]
     if kind == "pretraining":
-        arch.append(("quantizer", f"{m['num_codevector_groups']} groups × {m['num_codevectors_per_group']} codewords"))
+        quantizer = f"{m['num_codevector_groups']} groups × {m['num_codevectors_per_group']} codewords"
+        if m.get("quantizer_input") == "raw":  # earful_training in config.json keeps it for earful
+            quantizer += (" of the raw CNN output (`quantizer_input: raw`; transformers' quantizer reads the "
+                          "LayerNormed features, so its pre-training losses differ; earful reads it back)")
+        arch.append(("quantizer", quantizer))
     elif info.get("vocab"):
         arch.append(("vocabulary", f"{len(info['vocab']['symbols'])} symbols (CTC)"))
     lines += _table(arch)

@@ -71,16 +71,19 @@ _SAME_FIELDS = (
 )  # fmt: skip
 
 
-# ModelConfig fields transformers' config has no place for: earful's training recipe (none changes what the model
-# computes in eval mode). export-hf keeps them in config.json under a key of earful's own (transformers keeps it and
-# ignores it, as earful_text_mapping), so that a continued pre-training or a fine-tuning from the folder trains as
-# one from the earful checkpoint does; a folder without it (transformers' own) takes earful's defaults
+# ModelConfig fields transformers' config has no place for: earful's training recipe (none changes what the backbone
+# computes in eval mode; quantizer_input is the pre-training head's, which transformers' cannot follow). export-hf
+# keeps them in config.json under a key of earful's own (transformers keeps it and ignores it, as
+# earful_text_mapping), so that a continued pre-training or a fine-tuning from the folder trains as one from the
+# earful checkpoint does; a folder without it (transformers' own) takes earful's defaults (quantizer_input: normed,
+# as transformers)
 TRAINING = "earful_training"
 # (by today's names: a folder exported before a setting was renamed is read with them, ``RENAMED_SETTINGS``)
 _TRAINING_FIELDS = (
     "feature_grad_mult", "group_norm_padding", "weight_init", "dropout_after_pos_conv", "mask_style",
     "negatives_style", "require_same_masks", "temperature_start", "temperature_end", "temperature_decay",
     "diversity_start_step", "diversity_warmup_steps", "feature_penalty_weight", "loss_normalisation",
+    "quantizer_input",
 )  # fmt: skip
 
 
@@ -92,7 +95,8 @@ def hf_config(cfg: ModelConfig, *, kind: str, vocab_size: int | None = None) -> 
                          "paper's preset base-nanow2v2) cannot be exported; earful features gives its layers")
     if kind == "pretraining" and cfg.quantizer_input == "raw":
         log.warning("transformers quantizes the LayerNormed features; this model's quantizer reads the raw "
-                    "CNN output, so the exported pre-training head differs (the backbone is exact)")
+                    "CNN output, so transformers' pre-training head differs (the backbone is exact; earful reads "
+                    "quantizer_input back from %s)", TRAINING)
     out: dict[str, Any] = {
         "model_type": "wav2vec2",
         "architectures": ["Wav2Vec2ForPreTraining" if kind == "pretraining" else "Wav2Vec2ForCTC"],
@@ -189,7 +193,6 @@ def _hf_model_config(get: Any, act: str, spec_augment: bool, training: dict[str,
         # apply_spec_augment false: transformers masks nothing, whatever the probabilities say
         "mask_prob": get("mask_time_prob") if spec_augment else 0.0,
         "mask_channel_prob": get("mask_feature_prob") if spec_augment else 0.0,
-        "quantizer_input": "normed",
     }
     return from_dict(ModelConfig, values, "model")
 

@@ -354,6 +354,35 @@ def test_the_training_settings_transformers_has_no_place_for_survive_export_and_
     assert "model.feature_grad_mult=0.1" in caplog.text
 
 
+def test_a_quantizer_of_the_raw_cnn_output_survives_export_and_import(tmp_path, caplog) -> None:
+    """quantizer_input: raw was lost on export (hf_config warned, the import took normed): pretrain --init FOLDER
+    trained another model, its contrastive loss other with the same weights, mask and negatives. It travels in
+    earful_training; a folder without it quantizes the normed features, as transformers does."""
+    from earful.pretrain.config import load_pretrain_config
+
+    cfg = load_model_config("tiny", ["quantizer_input=raw"])
+    ours = Wav2Vec2ForPreTraining(cfg).eval()
+    randomise(ours)
+    with caplog.at_level(logging.WARNING, logger="earful.interop.hf"):
+        export_hf(ours, tmp_path)
+    assert "this model's quantizer reads the raw CNN output" in caplog.text
+    back = import_hf(tmp_path)[0].eval()
+    assert back.cfg.quantizer_input == "raw"
+    assert load_pretrain_config(None, [], init=str(tmp_path)).model.quantizer_input == "raw"
+    wave, lens, _ = make_batch((16000, 12000), seed=1)
+    flen = ours.frame_lengths(lens)
+    g = torch.Generator().manual_seed(3)
+    mask = compute_mask(flen, int(flen.max()), 0.65, 10, min_masks=2, generator=g)
+    neg = sample_negatives(mask, cfg.num_negatives, generator=g)
+    with torch.no_grad():
+        assert torch.equal(ours(wave, lens, mask=mask, negatives=neg).contrastive,
+                           back(wave, lens, mask=mask, negatives=neg).contrastive)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["earful_training"]["quantizer_input"]  # a folder exported before it travelled: transformers' normed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert import_hf(tmp_path)[0].cfg.quantizer_input == "normed"
+
+
 def test_the_warning_of_a_folder_without_training_settings_names_what_the_run_trains_with(tmp_path, caplog) -> None:
     """It named earful's defaults even where the YAML or the overrides set them (model.feature_grad_mult=1.0
     continued with 1.0 and was told 0.1); it names the values the run takes from the defaults, and is silent

@@ -298,6 +298,21 @@ def test_a_pre_trained_model_s_card_names_the_command_that_gives_its_features(tm
     assert main(["features", str(tmp_path / "ckpt"), str(wav), "--out", str(tmp_path / "f")]) == 0
 
 
+def test_the_model_card_says_a_quantizer_of_the_raw_cnn_output_and_it_imports_back(tmp_path) -> None:
+    """quantizer_input: raw was lost on export; it travels in config.json's earful_training, and the card says that
+    transformers' pre-training head quantizes the LayerNormed features instead."""
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny", ["quantizer_input=raw"])))
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "codewords of the raw CNN output (`quantizer_input: raw`; transformers' quantizer reads the " \
+           "LayerNormed features" in card
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert load_model(tmp_path / "back")[0].cfg.quantizer_input == "raw"
+    save_model(tmp_path / "normed", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    assert main(["export-hf", str(tmp_path / "normed"), str(tmp_path / "hf")]) == 0
+    assert "quantizer_input" not in (tmp_path / "hf" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("init", ["/runs/pt-tiny/checkpoints/best", "scratch"])
 def test_the_model_card_shows_no_preset_that_was_not_built(tmp_path, init) -> None:
     """A model fine-tuned from a tiny checkpoint showed `model_preset: base` in its card's configuration: the
