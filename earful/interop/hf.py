@@ -456,7 +456,8 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     the folder a whole processor: ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``
     transcribes with it; ``card``: the text of ``README.md``; ``text_mapping``: the vocabulary's text mapping,
     kept in ``config.json`` as ``earful_text_mapping`` (:func:`read_text_mapping`). Without a ``card``, a short
-    one that names earful (:func:`written_by_export`: a later export may replace the folder).
+    one that names earful (:func:`written_by_export`: a later export may replace the folder). The mask embedding
+    (``masked_spec_embed``) is left out where the config masks nothing, as transformers has none there.
 
     Every file is made, and checked, before anything is written; the files are then written into a temporary
     folder inside ``out_dir`` and moved into place (:func:`earful.atomic.atomic_folder`): a refused or failed
@@ -482,6 +483,8 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     elif kind == "ctc":
         log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)", out)
     weights = to_hf_state_dict(model.state_dict(), cfg, kind)
+    if not (files[HF_CONFIG]["mask_time_prob"] > 0 or files[HF_CONFIG]["mask_feature_prob"] > 0):
+        del weights["wav2vec2.masked_spec_embed"]  # transformers has none (_OPTIONAL_HF): an unexpected key there
     check_output_folder(out, source=source, writes=EXPORT_FILES, other=(INFO_FILE, "an earful checkpoint"),
                         command="export-hf", earlier=written_by_export, keep=keep)
     if card is None:

@@ -188,6 +188,26 @@ def test_import_of_a_model_saved_without_mask_embedding(tmp_path) -> None:
     assert b["wav2vec2.mask_emb"].shape == a["wav2vec2.mask_emb"].shape
 
 
+@pytest.mark.parametrize("kind", ["pretraining", "ctc"])
+def test_a_model_that_masks_nothing_exports_no_mask_embedding(kind, tmp_path) -> None:
+    """export-hf wrote masked_spec_embed always; transformers creates it only where its config masks, so a model
+    exported with mask_prob=0 loaded with an unexpected key. It is left out there, kept where either masks."""
+    from safetensors.torch import load_file
+
+    for masks, overrides in ((False, ["mask_prob=0"]), (True, ["mask_prob=0", "mask_channel_prob=0.1"])):
+        cfg = load_model_config("tiny", overrides)
+        ours = Wav2Vec2ForPreTraining(cfg) if kind == "pretraining" else Wav2Vec2ForCTC(cfg, vocab_size=29)
+        out = tmp_path / str(masks)
+        export_hf(ours, out)
+        assert ("wav2vec2.masked_spec_embed" in load_file(out / "model.safetensors")) == masks
+        cls = transformers.Wav2Vec2ForPreTraining if kind == "pretraining" else transformers.Wav2Vec2ForCTC
+        _, info = cls.from_pretrained(out, output_loading_info=True)
+        assert not info["unexpected_keys"] and not info["missing_keys"], info
+        back, _ = import_hf(out)
+        a, b = ours.state_dict(), back.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a if masks or k != "wav2vec2.mask_emb")
+
+
 def test_import_without_spec_augment_masks_nothing(tmp_path) -> None:
     """transformers' apply_spec_augment=false turns masking off whatever mask_time_prob says: the import does too."""
     no_dropout = ["dropout=0", "attention_dropout=0", "activation_dropout=0", "dropout_input=0", "final_dropout=0"]
