@@ -470,17 +470,17 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     vocab_size = model.lm_head.out_features if kind == "ctc" else None
     if vocab_symbols is not None and len(vocab_symbols) != vocab_size:
         raise ValueError(f"{len(vocab_symbols)} vocabulary symbols for a model with {vocab_size} outputs")
-    try:
+    try:  # what transformers cannot hold, a vocabulary its tokenizer cannot take: name the checkpoint
         files = {HF_CONFIG: hf_config(cfg, kind=kind, vocab_size=vocab_size),
                  PREPROCESSOR: feature_extractor_config(cfg)}
-    except ValueError as e:  # what transformers cannot hold: name the checkpoint
+        if vocab_symbols is not None:
+            files[TOKENIZER] = tokenizer_config(list(vocab_symbols), special)
+            files[VOCAB] = {s: i for i, s in enumerate(vocab_symbols)}
+    except ValueError as e:
         raise ValueError(f"{source}: {e}" if source is not None else str(e)) from None
     if text_mapping:
         files[HF_CONFIG][TEXT_MAPPING] = check_mapping(text_mapping, "text_mapping")
-    if vocab_symbols is not None:
-        files[TOKENIZER] = tokenizer_config(list(vocab_symbols), special)
-        files[VOCAB] = {s: i for i, s in enumerate(vocab_symbols)}
-    elif kind == "ctc":
+    if vocab_symbols is None and kind == "ctc":
         log.warning("%s: no vocabulary given: the folder has no tokenizer (transformers' pipeline needs one)", out)
     weights = to_hf_state_dict(model.state_dict(), cfg, kind)
     if not (files[HF_CONFIG]["mask_time_prob"] > 0 or files[HF_CONFIG]["mask_feature_prob"] > 0):

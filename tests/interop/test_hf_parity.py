@@ -144,6 +144,14 @@ def test_export_transformers_import_is_identity(kind, tmp_path) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_vocabulary_without_a_word_delimiter_is_refused_naming_its_checkpoint(tmp_path) -> None:
+    """tokenizer_config's ValueError did not name the checkpoint, as the config errors beside it do."""
+    model = Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=3)
+    with pytest.raises(ValueError, match=r"^runs/ft/checkpoints/best: the vocabulary has no word delimiter '\|'"):
+        export_hf(model, tmp_path / "hf", ["<b>", "a", "b"], source="runs/ft/checkpoints/best")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_padded_convs_refuse_export(tmp_path) -> None:
     model = Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"]))
     with pytest.raises(ValueError, match="padded"):
