@@ -266,20 +266,32 @@ def training_splits(splits: dict[str, list[Utterance]], fraction: float | None, 
                     ) -> dict[str, list[Utterance]]:
     """``splits`` with what the paper trains on derived from LibriSpeech's training splits: with ``fraction``,
     each ``train-X`` less ``fraction`` of its recordings, held out as ``val-X``; when all three training splits
-    are there, ``train-960`` (their union) and, with ``fraction``, ``val-960`` (the union of the held-out)."""
+    are there, ``train-960`` (their union) and, with ``fraction``, ``val-960`` (the union of the held-out). A split
+    so derived that ``splits`` holds already (the source's own ``val-X``) is refused, naming both: never written
+    over."""
     out = dict(splits)
+
+    def derive(name: str, what: str) -> None:  # a split the source has already is never written over
+        if name in splits:
+            raise ValueError(f"two splits named {name}: the source's own {name} and {what}: rename the source's "
+                             f"folder {name}, or prepare its training splits apart from it")
+
     if fraction is not None:
         trains = [name for name in splits if name.startswith("train-")]
         if not trains:
             raise ValueError(f"hold out: no LibriSpeech training split (train-*) among {sorted(splits)}")
         for name in trains:
+            held = "val-" + name.removeprefix("train-")
+            derive(held, f"the recordings --hold-out holds out of {name}")
             try:
-                out[name], out["val-" + name.removeprefix("train-")] = hold_out(splits[name], fraction, seed)
+                out[name], out[held] = hold_out(splits[name], fraction, seed)
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
     if all(name in splits for name in TRAIN_960):
+        derive("train-960", f"the union of {', '.join(TRAIN_960)}")
         out["train-960"] = [u for name in TRAIN_960 for u in out[name]]
         if fraction is not None:
+            derive("val-960", "the union of the recordings --hold-out holds out of them")
             out["val-960"] = [u for name in TRAIN_960 for u in out["val-" + name.removeprefix("train-")]]
     return out
 

@@ -151,6 +151,27 @@ def test_prepare_holds_out_recordings_and_writes_the_960_h_sets(tmp_path: Path, 
         args.func(args)
 
 
+def test_a_split_the_source_has_is_never_written_over_by_a_derived_one(tmp_path: Path, ls_tree) -> None:
+    """--hold-out wrote the recordings held out of train-mine as val-mine over the source's own val-mine (its
+    speaker gone from every manifest, exit 0), and train-960 over a split of that name: refused, naming both."""
+    src = tmp_path / "corpus"
+    ls_tree(src / "train-mine", speakers=(1, 2, 3, 4), chapters=(10,), utts=2)
+    ls_tree(src / "val-mine", speakers=(9,), chapters=(90,), utts=3)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="two splits named val-mine: the source's own val-mine and the recordings "
+                                         "--hold-out holds out of train-mine"):
+        _prepare(str(src), str(out), "--hold-out", "0.25")
+    assert not (out / "val-mine.jsonl").exists()
+    assert _prepare(str(src), str(out)) == 0  # without --hold-out: nothing derived, the source's own split written
+    assert {u.speaker for u in read_manifest(out / "val-mine.jsonl")} == {"9"}
+    ls = tmp_path / "LibriSpeech"
+    for spk, name in enumerate(("train-clean-100", "train-clean-360", "train-other-500", "train-960")):
+        ls_tree(ls / name, speakers=(spk,), chapters=(1, 2), utts=1)
+    with pytest.raises(ValueError, match="two splits named train-960: the source's own train-960 and the union of "
+                                         "train-clean-100, train-clean-360, train-other-500"):
+        _prepare(str(ls), str(tmp_path / "ls-out"))
+
+
 def test_a_plain_folder_is_held_out_by_the_folders_holding_its_audio(tmp_path: Path, tone) -> None:
     """A plain folder's ids (relative paths) have no LibriSpeech chapter: each file was its own recording, and
     --hold-out split the files of one book between train-mine and val-mine. A recording is now the folder holding
