@@ -292,12 +292,42 @@ def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
         yield f
 
 
+def riff_shortfall(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(bytes the ``data`` chunk of the RIFF/WAV file ``path`` says it holds, bytes it holds, bytes a sample frame)
+    where the file ends before that chunk does (an interrupted copy), else None. libsndfile reads such a file to
+    its cut end and gives that as its length, saying so only in its log: a WAV's length is not its header's, as a
+    FLAC's is. A size of 0 or 0xFFFFFFFF (a WAV written to a stream: unknown) is no promise."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        order = "little" if head[:4] == b"RIFF" else "big"
+        end, align = os.fstat(f.fileno()).st_size, 0
+        while len(chunk := f.read(8)) == 8:
+            size = int.from_bytes(chunk[4:], order)
+            if chunk[:4] == b"data":
+                held = end - f.tell()
+                return (size, held, align) if 0 < size < 0xFFFFFFFF and held < size else None
+            if chunk[:4] == b"fmt " and size >= 14:
+                align = int.from_bytes(f.read(14)[12:14], order)  # nBlockAlign
+                size -= 14
+            f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even size
+    return None
+
+
 def audio_info(path: str | os.PathLike | IO[bytes], *, check_end: bool = False) -> tuple[int, int]:
     """(num_frames, sample_rate) from the file header, without decoding; with ``check_end``, the file opened once
-    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond): what ``earful prepare``
-    lists must decode to the length it records. Raises AudioError."""
+    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond), and a WAV's ``data`` chunk
+    is checked against the file's size (:func:`riff_shortfall`): what ``earful prepare`` lists must decode to the
+    length its header says. Raises AudioError."""
     with open_audio(path) as f:
         frames, rate = int(f.frames), int(f.samplerate)
+        if check_end and f.format in ("WAV", "WAVEX") and not hasattr(path, "read"):
+            if (short := riff_shortfall(path)) is not None:  # type: ignore[arg-type]
+                size, held, align = short
+                promised = f" ({size // align} samples)" if align else ""
+                raise AudioError(f"{printable_path(path)}: audio that ends before its header says (truncated?): "
+                                 f"its data chunk holds {held} of the {size} bytes{promised} its header promises")
         if check_end and frames:
             check_decodes_up_to(f, path, frames)
         return frames, rate

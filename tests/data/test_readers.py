@@ -342,14 +342,43 @@ def test_a_truncated_flac_is_a_problem_of_prepare_not_of_some_epochs_of_training
     tone(plain / "good.wav", 0.5)
     frames = tone(plain / "cut.flac", 3.0)
     os.truncate(plain / "cut.flac", os.path.getsize(plain / "cut.flac") // 3)
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match=rf"corpus: 1 problem\(s\), listed in .*: .*cut.flac: cannot read up to "
-                                         rf"sample {frames} of the {frames} its header promises \(truncated\?\)"):
+    _one_problem_then_skipped(plain, tmp_path / "out", rf"cut.flac: cannot read up to sample {frames} of the {frames} "
+                              r"its header promises \(truncated\?\)", caplog)
+
+
+def _one_problem_then_skipped(plain: Path, out: Path, problem: str, caplog) -> None:
+    """``prepare`` of the plain folder ``plain`` (``good.wav`` and one bad file) stops on the one ``problem`` (a
+    regex); with --skip-bad, it writes ``good`` alone and counts the problem."""
+    with pytest.raises(ValueError, match=rf"{plain.name}: 1 problem\(s\), listed in .*: .*{problem}"):
         _prepare(str(plain), str(out))
     with caplog.at_level(logging.INFO):
         assert _prepare(str(plain), str(out), "--skip-bad") == 0
-    assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good"]
+    assert [u.id for u in read_manifest(out / f"{plain.name}.jsonl")] == ["good"]
     assert "1 problem(s) found, skipped (--skip-bad)" in caplog.text
+
+
+def test_a_truncated_wav_is_a_problem_not_a_shorter_file_with_the_whole_transcript(tmp_path: Path, tone,
+                                                                                    caplog) -> None:
+    """libsndfile gives a WAV cut short the length it holds (its header's data chunk says more; only its log tells):
+    prepare listed the 1 s left of a 4 s file with the transcript of all 4, "0 problem(s)". Now a problem naming
+    it, left out with --skip-bad and counted; a whole WAV (and one written to a stream, size unknown) is read."""
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    frames = tone(plain / "cut.wav", 4.0)
+    (plain / "cut.txt").write_text("a sentence four seconds long\n")
+    os.truncate(plain / "cut.wav", os.path.getsize(plain / "cut.wav") // 4)
+    out = tmp_path / "out"
+    _one_problem_then_skipped(plain, out, r"cut.wav: audio that ends before its header says \(truncated\?\): its data "
+                              rf"chunk holds \d+ of the {2 * frames} bytes \({frames} samples\) its header promises",
+                              caplog)
+    stream = plain / "stream.wav"  # a WAV written to a pipe: data size 0xFFFFFFFF, no promise
+    raw = bytearray((plain / "good.wav").read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at:at + 4] = b"\xff\xff\xff\xff"
+    stream.write_bytes(bytes(raw))
+    os.remove(plain / "cut.wav")
+    assert _prepare(str(plain), str(out)) == 0
+    assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good", "stream"]
 
 
 def test_prepare_leaves_no_manifest_that_disagrees_with_what_it_found(tmp_path: Path, ls_tree, caplog) -> None:
