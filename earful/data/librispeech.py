@@ -13,7 +13,7 @@ readable line each, and the affected utterance is left out (audio without a usab
 a file without usable VAD annotations is cut by the energy VAD).
 
 Folders are walked with their symbolic links followed (each real folder once), in sorted order. Each audio file
-is read once, by its real path (``os.path.realpath``): a second path to a file read already (a link to it) is left
+is read once, by its device and inode: a second path to a file read already (a symbolic or hard link to it) is left
 out, a note where the split holds the file once with its transcript anyway, else (another split or fold holds it,
 or the second path gives it another transcript) a problem.
 """
@@ -106,20 +106,30 @@ class _Read:
     transcript: str | None
 
 
-FilesRead = dict[str, _Read]  # real path -> how the file was first read (shared by the readers of one corpus)
+# a file (its device and inode, else its real path) -> how it was first read (shared by the readers of one corpus)
+FilesRead = dict[tuple[int, int] | str, _Read]
 
 
 def _first_path(path: Path, folder: Path, uid: str, transcript: str | None, files_read: FilesRead,
                 problems: list[str]) -> bool:
-    """True when ``path`` is the first path to its file (by real path) read below ``folder`` or in another folder
-    sharing ``files_read``; else False, with a note where nothing is lost by leaving it out (the same folder,
-    no other transcript), and a problem where something is (another split or fold holds it: the audio would be in
-    two; or the second path gives it another transcript)."""
+    """True when ``path`` is the first path to its file (by device and inode: a symbolic or a hard link to a file
+    is that file) read below ``folder`` or in another folder sharing ``files_read``; else False, with a note where
+    nothing is lost by leaving it out (the same folder, no other transcript), and a problem where something is
+    (another split or fold holds it: the audio would be in two; or the second path gives it another transcript).
+    A path that cannot be looked up (a dangling link) is keyed by its real path: reading it reports it."""
     real = os.path.realpath(path)
-    first = files_read.setdefault(real, _Read(path, folder, uid, transcript))
+    try:
+        st = os.stat(path)
+        key: tuple[int, int] | str = st.st_dev, st.st_ino
+    except OSError:
+        key = real
+    first = files_read.setdefault(key, _Read(path, folder, uid, transcript))
     if first.path == path:
         return True
-    same = f"{path}: the same file as {first.path}{'' if str(first.path) == real else f' (both are {real})'}"
+    first_real = os.path.realpath(first.path)
+    both = ("" if str(first.path) == real else f" (both are {real})" if first_real == real
+            else " (hard links: one file)")
+    same = f"{path}: the same file as {first.path}{both}"
     if first.folder != folder:
         problems.append(f"{same}, read for {first.folder} already; left out of {folder} (one recording in two "
                         "splits)")
@@ -152,7 +162,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
                      files_read: FilesRead | None = None) -> list[Utterance]:
     """Utterances of a LibriSpeech-layout tree ``SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac`` with
     ``SPEAKER-CHAPTER.trans.txt`` transcripts (any depth below ``root``), sorted by id. ``files_read``: the files
-    read for other splits, by real path (a file read there is not read again: ``_first_path``)."""
+    read for other splits, by device and inode (a file read there is not read again: ``_first_path``)."""
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
@@ -547,7 +557,7 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     problems = [] if problems is None else problems
-    files_read: FilesRead = {}  # every file read, by real path: one file reached by two paths is read once
+    files_read: FilesRead = {}  # every file read, by device and inode: one file reached by two paths is read once
     splits: dict[str, list[Utterance]] = {}
     found: dict[str, Path] = {}
     read: list[Path] = []  # the folders whose audio the splits hold (what is elsewhere is left out)

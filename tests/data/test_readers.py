@@ -498,6 +498,29 @@ def test_a_second_path_to_one_file_is_read_once(tmp_path: Path, ls_tree, tone) -
         _prepare(str(ls), str(tmp_path / "out"))
 
 
+def test_a_hard_link_to_a_file_read_already_is_that_file(tmp_path: Path, ls_tree) -> None:
+    """A file was one by its real path: a dev-clean chapter hard-linked into train-clean-100 (``cp -al``: one inode,
+    two paths) was in both splits, "0 problem(s)", where a symbolic link was the problem of one recording in two
+    splits. Now a file is one by its device and inode."""
+    ls = tmp_path / "LibriSpeech"
+    ls_tree(ls / "dev-clean", speakers=(900,), chapters=(9000,), utts=2)
+    ls_tree(ls / "train-clean-100", speakers=(1,), chapters=(10,), utts=2)
+    copy = ls / "train-clean-100" / "900" / "9000"
+    copy.mkdir(parents=True)
+    for f in (ls / "dev-clean" / "900" / "9000").iterdir():
+        os.link(f, copy / f.name)
+    problems: list[str] = []
+    splits = discover(ls, problems)
+    assert [u.id for u in splits["dev-clean"]] == ["900-9000-0000", "900-9000-0001"]
+    assert [u.id for u in splits["train-clean-100"]] == ["1-10-0000", "1-10-0001"]
+    assert problems == [f"{copy / f'900-9000-000{k}.flac'}: the same file as "
+                        f"{ls / 'dev-clean' / '900' / '9000' / f'900-9000-000{k}.flac'} (hard links: one file), read "
+                        f"for {ls / 'dev-clean'} already; left out of {ls / 'train-clean-100'} (one recording in two "
+                        "splits)" for k in range(2)]
+    with pytest.raises(ValueError, match=r"2 problem\(s\).*900-9000-0000.flac: the same file as"):
+        _prepare(str(ls), str(tmp_path / "out"))
+
+
 def test_prepare_pointed_at_a_file_says_it_wants_a_folder(tmp_path: Path, tone, caplog) -> None:
     """`prepare FILE.wav OUT` said "no such folder"."""
     from earful.cli import main
