@@ -20,6 +20,7 @@ or the second path gives it another transcript) a problem.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -419,14 +420,20 @@ def is_unlabelled_librilight(path: Path) -> bool:
     """True when ``path`` holds ``SPEAKER/BOOK/FILE.flac`` with a ``FILE.json`` beside it that holds
     ``voice_activity`` (Libri-light's unlabelled ``small``, ``medium``, ``large``): any one file's sidecar
     decides, so the answer does not hang on which file a folder lists first (the files without a usable sidecar
-    are problems of ``read_unlabelled``)."""
+    are problems of ``read_unlabelled``). The ``.flac`` in any case, as ``read_unlabelled`` reads it."""
     for side in path.glob("*/*/*.json"):
         try:  # Libri-light's, not some other sidecar (a broken one still names the field)
-            if b'"voice_activity"' in side.read_bytes() and side.with_suffix(".flac").is_file():
+            if b'"voice_activity"' in side.read_bytes() and _flac_of(side):
                 return True
         except OSError:
             continue
     return False
+
+
+def _flac_of(side: Path) -> bool:
+    """Whether a FLAC of the name of ``side`` stands beside it, its extension in any case (``FILE.FLAC``)."""
+    return side.with_suffix(".flac").is_file() or any(
+        p.suffix.lower() == ".flac" and p.is_file() for p in side.parent.glob(f"{glob.escape(side.stem)}.*"))
 
 
 def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], list[str], int, bool]:

@@ -219,6 +219,20 @@ def test_unlabelled_librilight_is_recognised_whatever_file_a_folder_lists_first(
     assert "the energy VAD is used instead" in problems[0]
 
 
+def test_unlabelled_librilight_is_recognised_whatever_the_case_of_its_flac(tmp_path: Path, unlabelled_tree) -> None:
+    """The layout was found by ``FILE.flac`` beside ``FILE.json`` alone, though the reader takes ``FILE.FLAC``: such
+    a tree was read as a plain folder (whole files, the BOOK folder as speaker, no problem)."""
+    root = tmp_path / "small"
+    for flac in unlabelled_tree(root, files=2):
+        flac.rename(flac.with_suffix(".FLAC"))
+    problems: list[str] = []
+    splits = discover(root, problems)
+    assert list(splits) == ["unlabelled-small"] and not problems
+    utts = splits["unlabelled-small"]
+    assert {u.speaker for u in utts} == {"100", "101"} and all(u.offset is not None for u in utts)
+    assert {Path(u.path).suffix for u in utts} == {".FLAC"}
+
+
 def test_two_files_of_one_id_in_a_plain_folder_are_a_problem_naming_both(tmp_path: Path, tone) -> None:
     """x.flac and x.wav gave two rows of id "x", refused only later by shard and the loader."""
     tone(tmp_path / "spk" / "x.flac", 0.5)
