@@ -159,6 +159,33 @@ def _utterance(path: Path, uid: str, speaker: str, transcript: str | None,
     return Utterance(uid, str(path.resolve()), frames, rate, speaker, transcript)
 
 
+def _transcripts(lines: dict[str, list[tuple[Path, int, str]]], problems: list[str]) -> dict[str, str]:
+    """The transcript of each id from the ``.trans.txt`` lines giving it (``lines``: file, line number, text each):
+    an empty one, or one holding a control character, is a problem, unusable; an id on two lines is a problem
+    naming both, and its transcript is read only where its usable lines agree (one of them empty, say), else it is
+    kept unlabelled (which was meant cannot be told)."""
+    transcripts: dict[str, str] = {}
+    for uid, given in lines.items():
+        usable: list[str] = []
+        for tf, lineno, text in given:
+            bad = control_character(text)
+            if len(given) == 1 and not text:
+                problems.append(f"{tf}:{lineno}: empty transcript for {uid} (kept unlabelled)")
+            elif len(given) == 1 and bad is not None:
+                problems.append(f"{tf}:{lineno}: the transcript for {uid} holds a {bad} (kept unlabelled)")
+            elif text and bad is None:
+                usable.append(text)
+        if len(given) > 1:
+            read = usable[0] if usable and len(set(usable)) == 1 else None
+            where = given[1][0]
+            shown = "; ".join(f"{'line ' if tf == where else f'{tf}:'}{n}: {text!r}" for tf, n, text in given)
+            problems.append(f"{where}:{given[1][1]}: a transcript line given twice, for {uid} ({shown}); "
+                            + (f"{read!r} is read" if read else "none is read (kept unlabelled)"))
+        if usable and len(set(usable)) == 1:
+            transcripts[uid] = usable[0]
+    return transcripts
+
+
 def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
                      files_read: FilesRead | None = None) -> list[Utterance]:
     """Utterances of a LibriSpeech-layout tree ``SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac`` with
@@ -167,29 +194,20 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
-    transcripts: dict[str, str] = {}
+    lines: dict[str, list[tuple[Path, int, str]]] = {}  # id -> (file, line number, text) of each line giving it
     trans_file: dict[str, Path] = {}
-    reported: set[str] = set()  # ids whose transcript problem is already in ``problems``
     files = files_below(root)
     for tf in (p for p in files if p.name.endswith(TRANS_SUFFIX)):
         text_of_file = _read_text(tf, problems)
         if text_of_file is None:
             continue
         for lineno, line in enumerate(text_of_file.split("\n"), 1):  # a form feed is no line break: reported below
-            if not line.strip():
-                continue
-            uid, _, text = line.strip().partition(" ")
-            if not text.strip():
-                problems.append(f"{tf}:{lineno}: empty transcript for {uid} (kept unlabelled)")
-                reported.add(uid)
-                continue
-            if (bad := control_character(text)) is not None:
-                problems.append(f"{tf}:{lineno}: the transcript for {uid} holds a {bad} (kept unlabelled)")
-                reported.add(uid)
-                continue
-            if uid in transcripts:
-                problems.append(f"{tf}:{lineno}: duplicate transcript for {uid}")
-            transcripts[uid], trans_file[uid] = text.strip(), tf
+            if line.strip():
+                uid, _, text = line.strip().partition(" ")
+                lines.setdefault(uid, []).append((tf, lineno, text.strip()))
+                trans_file.setdefault(uid, tf)
+    transcripts = _transcripts(lines, problems)
+    reported = set(lines) - transcripts.keys()  # ids whose transcript problem is already in ``problems``
     utts: list[Utterance] = []
     seen: dict[str, Path] = {}
     _undecodable(files, problems)

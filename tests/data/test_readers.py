@@ -310,6 +310,29 @@ def test_transcripts_holding_control_characters_are_problems_kept_unlabelled(tmp
     assert len(problems) == 1 and "a.txt: the transcript holds a control character U+001B" in problems[0]
 
 
+def test_a_transcript_line_given_twice_is_that_problem_and_says_what_is_read(tmp_path: Path, ls_tree) -> None:
+    """An id on an empty line and on a good one was "empty transcript … (kept unlabelled)" while the manifest held
+    the good line. Now it is the problem of a line given twice, naming both lines and what is read: the lines that
+    are usable, where they agree; else none (unlabelled)."""
+    root = tmp_path / "dev-x"
+    ls_tree(root, speakers=(1,), chapters=(10,), utts=5)
+    tf = root / "1" / "10" / "1-10.trans.txt"
+    tf.write_text("1-10-0000\n1-10-0000 GOOD TEXT\n1-10-0001 OTHER TEXT\n1-10-0001\n1-10-0002 ONE\n1-10-0002 TWO\n"
+                  "1-10-0003 SAME\n1-10-0003 SAME\n1-10-0004\n")
+    problems: list[str] = []
+    utts = {u.id: u.transcript for u in read_librispeech(root, problems)}
+    assert utts == {"1-10-0000": "GOOD TEXT", "1-10-0001": "OTHER TEXT", "1-10-0002": None, "1-10-0003": "SAME",
+                    "1-10-0004": None}
+    assert problems == [
+        f"{tf}:2: a transcript line given twice, for 1-10-0000 (line 1: ''; line 2: 'GOOD TEXT'); 'GOOD TEXT' is read",
+        f"{tf}:4: a transcript line given twice, for 1-10-0001 (line 3: 'OTHER TEXT'; line 4: ''); 'OTHER TEXT' is "
+        "read",
+        f"{tf}:6: a transcript line given twice, for 1-10-0002 (line 5: 'ONE'; line 6: 'TWO'); none is read (kept "
+        "unlabelled)",
+        f"{tf}:8: a transcript line given twice, for 1-10-0003 (line 7: 'SAME'; line 8: 'SAME'); 'SAME' is read",
+        f"{tf}:9: empty transcript for 1-10-0004 (kept unlabelled)"]
+
+
 def _prepare(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="command"))
