@@ -454,9 +454,9 @@ def _flac_of(side: Path) -> bool:
         p.suffix.lower() == ".flac" and p.is_file() for p in side.parent.glob(f"{glob.escape(side.stem)}.*"))
 
 
-def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], list[str], int, bool]:
-    """One unlabelled Libri-light file cut into segments: (utterances, problems, voiced samples left out in
-    segments too short, whether the energy VAD was used)."""
+def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], list[str], float, bool]:
+    """One unlabelled Libri-light file cut into segments: (utterances, problems, seconds of voice activity left out
+    in segments too short, whether the energy VAD was used)."""
     speaker, book = path.parent.parent.name, path.parent.name
     try:
         frames, rate = audio_info(path, check_end=True)  # a truncated FLAC's header lies
@@ -491,7 +491,7 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
     where, stem = str(path.resolve()), f"{speaker}/{book}/{path.stem}"
     utts = [Utterance(f"{stem}-{k:04d}", where, b - a, rate, speaker, None, offset=a)
             for k, (a, b) in enumerate(segments)]
-    return utts, problems, left_out, by_energy
+    return utts, problems, left_out / rate, by_energy
 
 
 def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, *,
@@ -514,7 +514,7 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
         elif is_audio_name(path):
             problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
     utts: list[Utterance] = []
-    left_out, by_energy, empty = 0, 0, 0
+    left_out, by_energy, empty = 0.0, 0, 0
     cut = partial(_file_segments, limits=limits)
     done = ordered_map(cut, files, workers)
     for _, (got, found, lost, energy) in tqdm(done, total=len(files), unit="file", desc=f"segments of {root.name}",
@@ -526,7 +526,7 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
         empty += not got and bool(found) and isinstance(found[-1], Note)  # cut into nothing (not unreadable)
     log.info("%s: %d files cut into %d segments (%.2f h); %.2f h of voice activity in segments shorter than %g s "
              "left out; %d files by the energy VAD; %d files gave no segment (notes naming them)", root, len(files),
-             len(utts), sum(u.seconds for u in utts) / 3600, left_out / SAMPLE_RATE / 3600, limits.min_seconds,
+             len(utts), sum(u.seconds for u in utts) / 3600, left_out / 3600, limits.min_seconds,
              by_energy, empty)
     return utts
 

@@ -309,6 +309,19 @@ def test_a_file_cut_into_no_segment_is_named_and_counted_not_dropped_silently(tm
     assert "2 files gave no segment" in caplog.text
 
 
+def test_the_voice_activity_left_out_is_counted_in_the_files_own_seconds(tmp_path: Path, caplog) -> None:
+    """The hours of voice activity in segments too short were samples at the file's rate over 16 kHz: three times
+    too many for 48 kHz files. 36 s of a 48 kHz file left out is 0.01 h (was logged as 0.03 h)."""
+    flac = tmp_path / "small" / "100" / "book" / "f.flac"
+    flac.parent.mkdir(parents=True)
+    sf.write(flac, np.zeros(40 * 48000, dtype=np.float32), 48000)  # the annotations decide, not the samples
+    flac.with_suffix(".json").write_text('{"voice_activity": [[0, 36]]}')
+    problems: list[str] = []
+    with caplog.at_level(logging.INFO):
+        assert read_unlabelled(tmp_path / "small", problems, limits=SegmentLimits(60, 37, 1)) == []
+    assert "0.01 h of voice activity in segments shorter than 37 s left out" in caplog.text
+
+
 def test_prepare_holds_a_segment_in_fewer_bytes_and_checks_its_ids_without_a_dict_of_them() -> None:
     """Libri-light's 16 M segments are held in memory until prepare writes them: an Utterance's ``__dict__`` cost
     48 bytes a segment, and the check that a written manifest holds each id once built a dict of every id (43
