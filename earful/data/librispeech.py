@@ -375,11 +375,12 @@ def _transcript_tables(files: Sequence[Path], problems: list[str]) -> None:
     """A note for each of ``files`` that looks like a table of transcripts (by extension or name:
     ``TRANSCRIPT_TABLE_EXTENSIONS``, ``TRANSCRIPT_TABLE_NAMES``), which a plain folder does not read: an LJSpeech
     folder (``wavs/*.wav`` + ``metadata.csv``) had been read all unlabelled, "0 problem(s)", without a hint why.
-    A ``.txt`` or ``.lab`` file of an audio file's name is a sidecar, read: never one of these."""
+    A ``.txt`` or ``.lab`` file of an audio file's name is a sidecar, read, and audio (``text.wav``) is audio: never
+    one of these."""
     audio = {p.with_suffix("") for p in files if p.suffix.lower() in AUDIO_EXTENSIONS}
     for path in files:
         suffix = path.suffix.lower()
-        if suffix in SIDECAR_EXTENSIONS and path.with_suffix("") in audio:
+        if (suffix in SIDECAR_EXTENSIONS and path.with_suffix("") in audio) or is_audio_name(path):
             continue
         if suffix in TRANSCRIPT_TABLE_EXTENSIONS or path.stem.lower() in TRANSCRIPT_TABLE_NAMES:
             problems.append(Note(f"{path}: looks like a table of transcripts, not read: {SIDECAR_RULE} (x.wav: "

@@ -715,9 +715,11 @@ def test_a_plain_folder_notes_transcript_tables_it_does_not_read(tmp_path: Path,
     (lj / "wavs" / "LJ001-0001.txt").write_text("printing\n")  # a sidecar: read, not a table
     (lj / "transcripts.txt").write_text("LJ001-0002 in the only sense\n")  # a .txt of no audio's name, a table's name
     (lj / "README").write_text("not a transcript\n")
+    tone(lj / "text.wav", 0.5)  # audio of a table's name: audio, read, no table
+    (lj / "text.txt").write_text("spoken text\n")
     problems: list[str] = []
     utts = {u.id: u.transcript for u in read_folder(lj, problems)}
-    assert utts == {"wavs/LJ001-0001": "printing", "wavs/LJ001-0002": None}
+    assert utts == {"text": "spoken text", "wavs/LJ001-0001": "printing", "wavs/LJ001-0002": None}
     tables = [p for p in problems if "table of transcripts" in p]
     assert tables == [Note(f"{lj / name}: looks like a table of transcripts, not read: prepare reads a plain folder's "
                            "transcripts from a .txt or .lab file beside each audio file, of its name (x.wav: x.txt); "
