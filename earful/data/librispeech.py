@@ -74,13 +74,18 @@ LIBRILIGHT_SETS: dict[str, tuple[str, ...]] = {
 
 
 def _read_text(path: Path, problems: list[str]) -> str | None:
-    """A transcript file's text (a UTF-8 byte-order mark dropped), or None (and a problem) when it is not UTF-8."""
+    """A transcript file's text (a UTF-8 byte-order mark dropped), or None (and a problem) when it is not UTF-8 or
+    cannot be read (a link to a file that is not there)."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         problems.append(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); its transcripts are left "
                         "out (re-encode it as UTF-8)")
-        return None
+    except OSError as e:
+        why = f"a link to {os.readlink(path)}, which is not there" if path.is_symlink() and not path.exists() else (
+            e.strerror)
+        problems.append(f"{path}: cannot be read ({why}); its transcripts are left out")
+    return None
 
 
 def _undecodable(files: Sequence[Path], problems: list[str]) -> None:

@@ -333,6 +333,27 @@ def test_a_transcript_line_given_twice_is_that_problem_and_says_what_is_read(tmp
         f"{tf}:9: empty transcript for 1-10-0004 (kept unlabelled)"]
 
 
+def test_a_transcript_file_that_cannot_be_read_is_a_problem_naming_it(tmp_path: Path, ls_tree, caplog) -> None:
+    """A .trans.txt linking to a file that is not there stopped prepare, --skip-bad or not, with a bare "[Errno 2]
+    No such file or directory": now a problem naming it, its chapter's audio kept unlabelled (with --skip-bad), as
+    a transcript file that is not UTF-8."""
+    root = tmp_path / "dev-x"
+    ls_tree(root, speakers=(1, 2), chapters=(10,), utts=1)
+    tf = root / "2" / "10" / "2-10.trans.txt"
+    tf.unlink()
+    tf.symlink_to(tmp_path / "gone.trans.txt")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"dev-x: 2 problem\(s\), listed in .*: .*2-10.trans.txt: cannot be read \(a "
+                                         r"link to .*gone.trans.txt, which is not there\); its transcripts are left "
+                                         r"out; .*2-10-0000.flac: no transcript line for 2-10-0000"):
+        _prepare(str(root), str(out))
+    with caplog.at_level(logging.INFO):
+        assert _prepare(str(root), str(out), "--skip-bad") == 0
+    assert {u.id: u.transcript for u in read_manifest(out / "dev-x.jsonl")} == {
+        "1-10-0000": "HELLO WORLD NUMBER 0", "2-10-0000": None}
+    assert "2 problem(s) found, skipped (--skip-bad)" in caplog.text
+
+
 def _prepare(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="command"))
