@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # them equal: not derived here, so that loading audio does not import the model and torch)
 RECEPTIVE_FIELD = 400
 LENGTH_TOLERANCE = 4  # samples a decoded (resampled) file may differ from its manifest length
+UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frames for a file whose header gives no length (SF_COUNT_MAX)
 # what libsndfile decodes (NIST SPHERE: uncompressed; a shorten-compressed .sph is reported as unreadable)
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph", ".nist", ".au", ".snd",
                     ".w64", ".rf64", ".caf")
@@ -322,6 +323,10 @@ def audio_info(path: str | os.PathLike | IO[bytes], *, check_end: bool = False) 
     length its header says. Raises AudioError."""
     with open_audio(path) as f:
         frames, rate = int(f.frames), int(f.samplerate)
+        if frames == UNKNOWN_LENGTH:
+            name = printable_path(path)
+            raise AudioError(f"{name}: its length is unknown (its header gives none: a FLAC written to a stream has "
+                             f"0 total samples); re-encode it, e.g. ffmpeg -i {name} -c:a flac OUT.flac")
         if check_end and f.format in ("WAV", "WAVEX") and not hasattr(path, "read"):
             if (short := riff_shortfall(path)) is not None:  # type: ignore[arg-type]
                 size, held, align = short

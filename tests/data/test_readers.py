@@ -439,6 +439,23 @@ def test_a_truncated_wav_is_a_problem_not_a_shorter_file_with_the_whole_transcri
     assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good", "stream"]
 
 
+def test_a_flac_of_unknown_length_is_a_problem_saying_so(tmp_path: Path, tone, caplog) -> None:
+    """A FLAC written to a stream has 0 total samples in its STREAMINFO (unknown, as the format allows): it was
+    refused as "cannot read up to sample 9223372036854775807 …". Now the problem says the length is unknown and
+    how to re-encode it."""
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    stream = plain / "stream.flac"
+    tone(stream, 1.0)
+    raw = bytearray(stream.read_bytes())
+    total = int.from_bytes(raw[18:26], "big")  # STREAMINFO: ... channels, bits, then 36 bits of total samples
+    raw[18:26] = (total & ~((1 << 36) - 1)).to_bytes(8, "big")
+    stream.write_bytes(bytes(raw))
+    _one_problem_then_skipped(plain, tmp_path / "out", r"stream.flac: its length is unknown \(its header gives none: "
+                              r"a FLAC written to a stream has 0 total samples\); re-encode it, e.g. ffmpeg -i "
+                              r".*stream.flac -c:a flac OUT.flac", caplog)
+
+
 def test_prepare_leaves_no_manifest_that_disagrees_with_what_it_found(tmp_path: Path, ls_tree, caplog) -> None:
     """A split with no usable audio now kept an earlier run's manifest (listing files now corrupt), exit 0; an
     earlier train-960 stayed beside training splits written again without it."""
