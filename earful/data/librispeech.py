@@ -338,8 +338,9 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
     A second path to one file (a link) is read once (``_first_path``). A LibriSpeech ``.trans.txt`` here is a
     problem: a plain folder does not read it, and its audio would be unlabelled without a word. Notes, as
     ``prepare`` would otherwise say "0 % labelled" and nothing else: a file that looks like a table of
-    transcripts (``_transcript_tables``: LJSpeech's ``metadata.csv``), not read; and, where some audio has a
-    transcript, how much has none (``_unlabelled_note``)."""
+    transcripts (``_transcript_tables``: LJSpeech's ``metadata.csv``), not read; transcript files named after an
+    audio file but not as read (``_misnamed_sidecars``: ``x.wav.txt``); and, where some audio has a transcript, how
+    much has none (``_unlabelled_note``)."""
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
@@ -353,6 +354,7 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
         elif path.suffix.lower() in SIDECAR_EXTENSIONS and path.is_file():
             sidecars.setdefault(path.with_suffix(""), []).append(path)
     _transcript_tables(files, problems)
+    _misnamed_sidecars(root, files, sidecars, problems)
     utts = []
     no_sidecar: list[str] = []  # the ids of the audio files without a transcript file of their name
     seen: dict[str, Path] = {}
@@ -390,6 +392,23 @@ def _transcript_tables(files: Sequence[Path], problems: list[str]) -> None:
         if suffix in TRANSCRIPT_TABLE_EXTENSIONS or path.stem.lower() in TRANSCRIPT_TABLE_NAMES:
             problems.append(Note(f"{path}: looks like a table of transcripts, not read: {SIDECAR_RULE} (x.wav: "
                                  "x.txt); write one such file per audio file from it"))
+
+
+def _misnamed_sidecars(root: Path, files: Sequence[Path], sidecars: dict[Path, list[Path]],
+                       problems: list[str]) -> None:
+    """A note counting, a few named, the ``.txt`` / ``.lab`` files named after an audio file without a sidecar
+    (``sidecars``) but not as one: ``x.wav.txt``, or LibriTTS's ``x.normalized.txt`` and ``x.original.txt``, not
+    read (its audio read unlabelled without a word)."""
+    stems = {p.with_suffix("") for p in files if p.suffix.lower() in AUDIO_EXTENSIONS}
+    misnamed = []
+    for path in (p for p in files if p.suffix.lower() in SIDECAR_EXTENSIONS and p.with_suffix("") not in stems):
+        base = path.with_suffix("")  # x.wav, or x.normalized: x's, where x is audio without a sidecar
+        if base.suffix and base.with_suffix("") in stems and base.with_suffix("") not in sidecars:
+            misnamed.append(path.relative_to(root).as_posix())
+    if misnamed:
+        problems.append(Note(f"{root}: {len(misnamed)} transcript file(s) named after an audio file but not as read "
+                             f"(e.g. {', '.join(misnamed[:3])}), not read: {SIDECAR_RULE} (x.wav: x.txt, not "
+                             "x.wav.txt or LibriTTS's x.normalized.txt); rename them"))
 
 
 def _unlabelled_note(root: Path, utts: Sequence[Utterance], no_sidecar: Sequence[str], problems: list[str]) -> None:

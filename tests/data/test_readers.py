@@ -766,6 +766,28 @@ def test_a_plain_folder_notes_transcript_tables_it_does_not_read(tmp_path: Path,
     assert all(isinstance(p, Note) for p in problems)
 
 
+def test_a_plain_folder_notes_transcripts_named_after_the_audio_but_not_as_read(tmp_path: Path, tone) -> None:
+    """``x.wav.txt`` and LibriTTS's ``x.normalized.txt`` were passed over without a word, their audio read
+    unlabelled, "0 problem(s)": now a note counts them, naming a few, and says what is read. Beside a sidecar that
+    is read (``c.txt``) such a file is no matter."""
+    corpus = tmp_path / "corpus"
+    for name in ("a", "b", "c"):
+        tone(corpus / "spk" / f"{name}.wav", 0.5)
+    (corpus / "spk" / "a.wav.txt").write_text("hello a\n")
+    (corpus / "spk" / "b.normalized.txt").write_text("hello b\n")
+    (corpus / "spk" / "c.txt").write_text("hello c\n")
+    (corpus / "spk" / "c.normalized.txt").write_text("hello c\n")
+    problems: list[str] = []
+    utts = {u.id: u.transcript for u in read_folder(corpus, problems)}
+    assert utts == {"spk/a": None, "spk/b": None, "spk/c": "hello c"}
+    misnamed = [p for p in problems if "not as read" in p]
+    assert misnamed == [Note(f"{corpus}: 2 transcript file(s) named after an audio file but not as read (e.g. "
+                             "spk/a.wav.txt, spk/b.normalized.txt), not read: prepare reads a plain folder's "
+                             "transcripts from a .txt or .lab file beside each audio file, of its name (x.wav: x.txt, "
+                             "not x.wav.txt or LibriTTS's x.normalized.txt); rename them")]
+    assert all(isinstance(p, Note) for p in problems)
+
+
 def test_a_plain_folder_partly_labelled_notes_how_many_files_have_no_transcript(tmp_path: Path, tone, caplog) -> None:
     """Audio files without a sidecar beside others with one were read unlabelled without a word; now a note
     (which stops nothing) counts them and names a few. A folder of unlabelled audio only gets none."""
