@@ -5,12 +5,12 @@ Durations come from file headers (``soundfile.info``), so reading a corpus decod
 sample, read when its header is (a FLAC cut short keeps a header promising every sample), and unlabelled
 Libri-light files without their VAD annotations, which ``earful.data.vad.energy_vad`` reads. Problems
 (unreadable headers, audio that ends before its header says (truncated), audio shorter than the model's
-receptive field, two files of one id, audio without a transcript line, empty transcripts or ones holding control
-characters, transcript files that are not UTF-8, transcript lines without audio, a plain folder's sidecars
-differing only in case, LibriSpeech transcripts no split reads, one id in two Libri-light folds, missing or
-unusable VAD annotations, audio a layout leaves out) are appended to the ``problems`` list the caller passes, one
-readable line each, and the affected utterance is left out (audio without a usable transcript is kept, unlabelled;
-a file without usable VAD annotations is cut by the energy VAD).
+receptive field, two files of one id, audio without a transcript line, a transcript line given twice, empty
+transcripts or ones holding control characters, transcript files that are not UTF-8 or cannot be read, transcript
+lines without audio, a plain folder's sidecars differing only in case, LibriSpeech transcripts no split reads, one
+id in two Libri-light folds, missing or unusable VAD annotations, audio a layout leaves out) are appended to the
+``problems`` list the caller passes, one readable line each, and the affected utterance is left out (audio without
+a usable transcript is kept, unlabelled; a file without usable VAD annotations is cut by the energy VAD).
 
 Folders are walked with their symbolic links followed (each real folder once), in sorted order. Each audio file
 is read once, by its device and inode: a second path to a file read already (a symbolic or hard link to it) is left
