@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -71,6 +73,26 @@ def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
     f.write(f"{os.getpid()} {socket.gethostname()}")  # who holds it, for a user and for ``held``
     f.flush()
     return f
+
+
+@contextmanager
+def holding(folder: str | Path, what: str = "earful run") -> Iterator[IO[str]]:
+    """:func:`hold_folder` for a ``with`` block; a block that fails (a refused start) removes the lock file and the
+    folder where it made them (the folder only if nothing else was written there)."""
+    folder = Path(folder)
+    created, had_lock = not folder.exists(), (folder / ".lock").exists()
+    f = hold_folder(folder, what)
+    try:
+        yield f
+    except BaseException:
+        if not had_lock:  # removed while held: after letting go it may be another process's (as the trainer's)
+            (folder / ".lock").unlink(missing_ok=True)
+        f.close()
+        if created:
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+    f.close()
 
 
 def _still_there(f: IO[str], path: Path) -> bool:

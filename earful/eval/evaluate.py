@@ -17,7 +17,8 @@ checkpoint's (by its weights' SHA-256) with one text mapping: another's is refus
 (:func:`_earlier_splits`); evaluated again there, a split's files are replaced (its ``SPLIT.lm.*`` removed by a run
 without an LM) and ``summary.json`` keeps the splits evaluated there before beside this run's, each split's LM
 settings in its ``lm`` entry. ``summary.json`` is written again once each split's files are, so a run stopped
-midway leaves it describing the files there.
+midway leaves it describing the files there. One evaluation works in an ``OUT`` at a time: it holds the folder's lock
+(:func:`earful.lock.holding`) from start to end, and a second is refused (``FolderBusy``).
 
 Checkpoints imported from `transformers` (``earful import-hf``) carry that vocabulary (``<pad>`` as the
 blank, ``<s>``/``</s>``/``<unk>``, often upper-case letters); it is adapted: the first symbol is the
@@ -48,6 +49,7 @@ from earful.eval.decode import check_device_seconds, decode_batch, scoring_budge
 from earful.eval.metrics import error_counts
 from earful.eval.report import write_hypotheses
 from earful.eval.vocab import BLANK, CharVocab, placeholder
+from earful.lock import holding
 from earful.model import Wav2Vec2ForCTC, batch_invariant
 from earful.train.distributed import resolve_device
 from earful.train.state import require_checkpoint
@@ -244,6 +246,30 @@ def evaluate(
     if out.exists() and not out.is_dir():  # before any work: mkdir said "[Errno 17] File exists" at the end
         raise NotADirectoryError(f"--out {out}: a file, not a folder: evaluate writes its results (SPLIT.greedy.jsonl, "
                                  "summary.json, ...) into a folder; give a new one, or an earlier evaluation's")
+    # one evaluation an OUT at a time, from reading summary.json to writing it last: two at once each wrote it
+    # from what it had read, and the last to finish dropped the other's splits (or another checkpoint's mixed in)
+    with holding(out, "earful evaluate"):
+        return _evaluate_held(ckpt, splits, out, device_seconds=device_seconds, device=device, precision=precision,
+                              lm=lm, lexicon=lexicon, beam_options=beam_options, num_workers=num_workers,
+                              text_mapping=text_mapping, keep_greedy=keep_greedy)
+
+
+def _evaluate_held(
+    ckpt: str | Path,
+    splits: dict[str, str | Path],
+    out: Path,
+    *,
+    device_seconds: float,
+    device: str,
+    precision: str,
+    lm: str | Path | None,
+    lexicon: str | Path | None,
+    beam_options: BeamOptions | None,
+    num_workers: int,
+    text_mapping: Mapping[str, str] | None,
+    keep_greedy: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate`'s work, in ``out`` held (its lock)."""
     dev = resolve_device(device, "--device")
     model, spelling, path, info = load_ctc(ckpt)
     # the search spells (the LM's words too) as the model was fine-tuned to; the extra mapping is for scoring alone
@@ -273,7 +299,6 @@ def evaluate(
     for split, manifest in (splits if not keep_greedy else {}).items():  # kept, greedy's results replace none
         _check_same_manifest(out, split, manifest)
     beam = LMBeamDecoder(spelling, lm, lexicon, beam_options) if lm is not None else None
-    out.mkdir(parents=True, exist_ok=True)
     lm_settings: dict[str, Any] | None = None
     if beam is not None:
         opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON

@@ -789,3 +789,35 @@ def test_a_lexicon_that_cannot_be_read_names_the_option(tmp_path, always_a, capl
                  "--lexicon", str(missing)]) == 2
     assert f"--lexicon {missing}: cannot be read (No such file or directory)" in caplog.text
     assert not (tmp_path / "eval").exists()
+
+
+def test_an_out_folder_another_evaluation_works_in_is_refused_naming_it(tmp_path, always_a, caplog) -> None:
+    """Two evaluations in one --out at once each read summary.json at the start and wrote it at the end from that
+    copy: the last to finish dropped the other's split, and both exited 0. The folder is held (its lock) from the
+    start to the end now: a second one is refused, naming the folder and the holder, and writes nothing."""
+    import subprocess
+    import sys
+
+    from earful.cli import main
+    from earful.lock import FolderBusy
+
+    dev = write_split(tmp_path / "data", "dev", ["a", "b"])
+    test = write_split(tmp_path / "data", "test", ["a", "a b"])
+    out = tmp_path / "eval"
+    evaluate(always_a, [dev], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from earful.lock import hold_folder; "
+                               f"f = hold_folder({str(out)!r}, 'earful evaluate'); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"  # the other evaluation is under way
+        with pytest.raises(FolderBusy, match=re.escape(f"{out}: another earful evaluate is running in this folder "
+                                                       f"(pid {holder.pid}")):
+            evaluate(always_a, [test], out)
+        assert main(["evaluate", str(always_a), str(test), "--out", str(out)]) == 2
+        assert f"{out}: another earful evaluate is running in this folder (pid {holder.pid}" in caplog.text
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before  # nothing written
+    finally:
+        holder.communicate("")
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out)]) == 0  # let go: it runs
+    assert list(json.loads((out / "summary.json").read_text())["splits"]) == ["dev", "test"]
