@@ -275,9 +275,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Transcribe each manifest with a CTC checkpoint (or a run folder: its latest "
         "checkpoint), greedy and, with --lm, with flashlight's lexicon beam search and a KenLM n-gram. Writes "
         "OUT/SPLIT.{greedy,lm}.jsonl (hypotheses), OUT/SPLIT.{greedy,lm}.summary.json and OUT/summary.json. An OUT "
-        "holds one checkpoint's evaluations: another's is refused; evaluated there again, a split's files are "
-        "replaced (a split name evaluated there from another manifest is refused: name it, NAME=MANIFEST) and "
-        "summary.json covers every split evaluated there.",
+        "holds one checkpoint's evaluations, in one --precision: another's is refused; evaluated there again, a "
+        "split's files are replaced (a split name evaluated there from another manifest is refused: name it, "
+        "NAME=MANIFEST) and summary.json covers every split evaluated there.",
     )
     ev.add_argument("ckpt", help="CTC checkpoint folder, or a fine-tuning run folder")
     ev.add_argument("manifests", nargs="+", metavar="[NAME=]MANIFEST",

@@ -13,7 +13,8 @@ summaries and the log say how many had none, with a few ids (none labelled: hypo
 Writes, per split and decoder, ``OUT/SPLIT.greedy.jsonl`` / ``OUT/SPLIT.lm.jsonl`` (one hypothesis a
 line, with its errors) and ``...summary.json`` (corpus WER / CER with counts), via
 :func:`earful.eval.report.write_hypotheses`, and ``OUT/summary.json`` over all splits. An ``OUT`` is one
-checkpoint's (by its weights' SHA-256) with one text mapping: another's is refused before any work
+checkpoint's (by its weights' SHA-256) with one text mapping and one precision (each split's entries and files
+record it, and the ``device_seconds`` it was batched by): another's is refused before any work
 (:func:`_earlier_splits`); evaluated again there, a split's files are replaced (its ``SPLIT.lm.*`` removed by a run
 without an LM) and ``summary.json`` keeps the splits evaluated there before beside this run's, each split's LM
 settings in its ``lm`` entry. ``summary.json`` is written again once each split's files are, so a run stopped
@@ -292,7 +293,7 @@ def _evaluate_held(
     # the hash of the weights loaded (read again from the folder, a checkpoint replaced meanwhile, `best` written
     # again by a training, gave another's)
     record = {"checkpoint": str(path), "weights_sha256": weights_sha256(info), "text_mapping": vocab.mapping}
-    earlier = _earlier_splits(out, record)  # refuses another checkpoint's results, before any work
+    earlier = _earlier_splits(out, record, precision)  # refuses another checkpoint's results, before any work
     if keep_greedy and (lm is None or (missing := [s for s in splits if "greedy" not in earlier.get(s, {})])):
         raise ValueError(f"{out}: keep_greedy decodes with an LM the splits evaluated greedily there before; "
                          + ("no LM is given" if lm is None else f"{', '.join(missing)} were not"))
@@ -322,7 +323,7 @@ def _evaluate_held(
         if lm_hyps is not None:
             lm_hyps = {i: vocab.normalize_hypothesis(h) for i, h in lm_hyps.items()}
         meta = {"split": split, "manifest": str(manifest), "manifest_resolved": str(Path(manifest).resolve()),
-                "checkpoint": str(path)}
+                "checkpoint": str(path), "precision": precision, "device_seconds": device_seconds}
         results = {} if keep_greedy else {
             "greedy": write_hypotheses(out, ids, [greedy[i] for i in ids], refs, f"{split}.greedy",
                                        {**meta, "decoder": "greedy"})}
@@ -338,7 +339,7 @@ def _evaluate_held(
             evaluated[split]["lm"]["settings"] = lm_settings
         # written with each split's files (an entry whose files were removed goes with them): a run stopped in a
         # later split had left the earlier summary naming the settings and scores of the files replaced
-        summary = {**record, "device_seconds": device_seconds, "splits": {**earlier, **evaluated}}
+        summary = {**record, "splits": {**earlier, **evaluated}}  # each split's precision and batch in its entries
         atomic_write_json(out / "summary.json", summary)
     for split, res in evaluated.items():
         log.info("%s: %s", split, ", ".join(_scores(name, r) for name, r in res.items()))
@@ -348,13 +349,15 @@ def _evaluate_held(
     return summary
 
 
-def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+def _earlier_splits(out: Path, record: Mapping[str, Any], precision: str) -> dict[str, Any]:
     """The splits an earlier evaluation wrote in ``out`` (its ``summary.json``), which this one keeps beside its
     own where it evaluates the same checkpoint (by the weights' SHA-256; by path where the summary records none)
     with the same text mapping: an ``--out`` then holds that checkpoint's latest result of every split evaluated
     there, each split's files of one run. Another checkpoint's results (or another mapping's) are refused, as
     a probe's are (:func:`earful.probe.suite._check_out`): these would have replaced them in part, dev from one
-    checkpoint beside test from another."""
+    checkpoint beside test from another. So are splits evaluated in another ``precision`` (bf16 beside fp32: a
+    near-tie frame may go the other way), as each split's entries record it; a split evaluated before they did
+    (unknown) is kept with a warning."""
     path = out / "summary.json"
     if not path.is_file():
         return {}
@@ -371,10 +374,22 @@ def _earlier_splits(out: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{out}: holds an evaluation of this checkpoint with another text mapping "
                          f"({saved.get('text_mapping')}, now {record['text_mapping']}), whose scores would not compare "
                          f"with these; give another --out, or remove {out}")
+    recorded = {(split, r.get("precision")) for split, res in splits.items() if isinstance(res, dict)
+                for r in res.values() if isinstance(r, dict)}
+    other = sorted(f"{split}: {p}" for split, p in recorded if p is not None and p != precision)
+    if other:
+        raise ValueError(f"{out}: holds an evaluation of this checkpoint in another precision ({', '.join(other)}; "
+                         f"now {precision}), whose scores would not compare with these; evaluate in that precision "
+                         f"(--precision), give another --out, or remove {out}")
+    unknown = sorted({split for split, p in recorded if p is None})
+    if unknown:
+        log.warning("%s: %s evaluated there before the precision was recorded (unknown), kept beside this %s "
+                    "evaluation", out, ", ".join(unknown), precision)
     return splits
 
 
-SPLIT_KEYS = ("utterances", "scored", "unlabelled", "unlabelled_ids", "wer", "cer")  # a split's in summary.json
+SPLIT_KEYS = ("utterances", "scored", "unlabelled", "unlabelled_ids", "wer", "cer", "precision",
+              "device_seconds")  # a split's in summary.json (each decoder's entry)
 
 
 def _scores(decoder: str, r: Mapping[str, Any]) -> str:

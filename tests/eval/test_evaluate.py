@@ -55,6 +55,10 @@ def write_split(root, name: str, transcripts: list[str | None]):
     return manifest
 
 
+FP32 = {"precision": "fp32", "device_seconds": 200.0}  # what each split's entries record, by default
+FP32_1_2 = {**FP32, "device_seconds": 1.2}
+
+
 def test_greedy_scores_and_files(tmp_path, always_a) -> None:
     a = write_split(tmp_path / "data", "clean", ["A", "B C"])  # 'a' vs 'a' and 'b c'
     b = write_split(tmp_path / "data", "other", ["a a a", "x", "a"])
@@ -62,9 +66,9 @@ def test_greedy_scores_and_files(tmp_path, always_a) -> None:
     summary = evaluate(always_a, [a, b], out, device_seconds=1.2)  # every utterance fits, even the 1.5 s ones
     clean, other = summary["splits"]["clean"]["greedy"], summary["splits"]["other"]["greedy"]
     # clean: words 0 + (1 sub + 1 del) over 1 + 2; chars 0 + (1 sub + 2 del) over 1 + 3
-    assert clean == {"utterances": 2, "wer": pytest.approx(2 / 3), "cer": pytest.approx(3 / 4)}
+    assert clean == {"utterances": 2, "wer": pytest.approx(2 / 3), "cer": pytest.approx(3 / 4), **FP32_1_2}
     # other: 'a a a' -> 2 del of 3 (5 chars: 4 del); 'x' -> 1 sub (1 char: 1 sub); 'a' -> 0
-    assert other == {"utterances": 3, "wer": pytest.approx(3 / 5), "cer": pytest.approx(5 / 7)}
+    assert other == {"utterances": 3, "wer": pytest.approx(3 / 5), "cer": pytest.approx(5 / 7), **FP32_1_2}
     rows = [json.loads(x) for x in (out / "clean.greedy.jsonl").read_text().splitlines()]
     assert [(r["id"], r["hyp"], r["ref"], r["word_errors"]) for r in rows] == [
         ("clean-0", "a", "a", 0), ("clean-1", "a", "b c", 2)]
@@ -97,7 +101,7 @@ def test_an_utterance_longer_than_device_seconds_gets_a_batch_of_its_own(tmp_pat
     batches.clear()
     large = evaluate(always_a, [m], tmp_path / "large", device_seconds=200)
     assert len(batches) == 1
-    assert small["splits"] == large["splits"]
+    assert small["splits"]["long"]["greedy"] == {**large["splits"]["long"]["greedy"], "device_seconds": 1.2}
 
 
 def test_a_progress_bar_counts_each_splits_utterances(tmp_path, always_a, monkeypatch, caplog) -> None:
@@ -207,7 +211,7 @@ def test_unlabelled_manifest_gets_hypotheses_only_and_says_so(tmp_path, always_a
     m = write_split(tmp_path / "data", "raw", [None, None])
     summary = evaluate(always_a, [m], tmp_path / "eval")
     assert summary["splits"]["raw"]["greedy"] == {"utterances": 2, "scored": 0, "unlabelled": 2,
-                                                  "unlabelled_ids": ["raw-0", "raw-1"]}
+                                                  "unlabelled_ids": ["raw-0", "raw-1"], **FP32}
     assert "raw: greedy: no WER/CER (none of the 2 utterances has a transcript)" in caplog.text
     rows = [json.loads(x) for x in (tmp_path / "eval" / "raw.greedy.jsonl").read_text().splitlines()]
     assert [r["hyp"] for r in rows] == ["a", "a"] and "ref" not in rows[0]
@@ -225,7 +229,7 @@ def test_rows_without_a_transcript_are_counted_and_the_others_scored(tmp_path, a
     greedy = json.loads((out / "summary.json").read_text())["splits"]["my-corpus"]["greedy"]
     # 'a' vs 'a', 'b', 'a', 'a b': words 0 + 1 + 0 + 1 over 5; chars 0 + 1 + 0 + 2 over 6
     assert greedy == {"utterances": 6, "scored": 4, "unlabelled": 2, "unlabelled_ids": ["my-corpus-1", "my-corpus-4"],
-                      "wer": pytest.approx(2 / 5), "cer": pytest.approx(3 / 6)}
+                      "wer": pytest.approx(2 / 5), "cer": pytest.approx(3 / 6), **FP32}
     assert ("my-corpus: greedy WER 40.00 % CER 50.00 % over 4 of 6 utterances (2 without a transcript, e.g. "
             "my-corpus-1, my-corpus-4)") in caplog.text
     detail = json.loads((out / "my-corpus.greedy.summary.json").read_text())
@@ -403,8 +407,8 @@ def test_splits_are_named_by_the_caller_else_by_their_stems(tmp_path, always_a) 
     a = write_split(tmp_path / "A", "test", ["a"])
     b = write_split(tmp_path / "B", "test", ["b"])
     named = evaluate(always_a, {"clean": a, "other": b}, tmp_path / "named")
-    assert named["splits"] == {"clean": {"greedy": {"utterances": 1, "wer": 0.0, "cer": 0.0}},
-                               "other": {"greedy": {"utterances": 1, "wer": 1.0, "cer": 1.0}}}
+    assert named["splits"] == {"clean": {"greedy": {"utterances": 1, "wer": 0.0, "cer": 0.0, **FP32}},
+                               "other": {"greedy": {"utterances": 1, "wer": 1.0, "cer": 1.0, **FP32}}}
     detail = json.loads((tmp_path / "named" / "other.greedy.summary.json").read_text())
     assert detail["split"] == "other" and detail["manifest"] == str(b)
     stems = evaluate(always_a, [a, b], tmp_path / "stems")  # `earful evaluate A/test.jsonl B/test.jsonl`
@@ -821,3 +825,45 @@ def test_an_out_folder_another_evaluation_works_in_is_refused_naming_it(tmp_path
         holder.communicate("")
     assert main(["evaluate", str(always_a), str(test), "--out", str(out)]) == 0  # let go: it runs
     assert list(json.loads((out / "summary.json").read_text())["splits"]) == ["dev", "test"]
+
+
+def test_each_split_records_its_precision_and_batch_and_another_precision_is_refused(tmp_path, always_a,
+                                                                                    caplog) -> None:
+    """summary.json had one top-level device_seconds for every split (the last run's) and no precision: a bf16
+    split sat beside an fp32 one as one evaluation, and dev evaluated again in bf16 replaced its fp32 result
+    without a word. Each split's entries (and files) record both now, and another precision is refused as another
+    text mapping is; splits recorded before (no precision) are kept with a warning."""
+    from earful.cli import main
+
+    dev = write_split(tmp_path / "data", "dev", ["a", "b"])
+    test = write_split(tmp_path / "data", "test", ["a", "a b"])
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(always_a), str(dev), "--out", str(out), "--device-seconds", "1.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "device_seconds" not in summary and "precision" not in summary
+    assert {k: summary["splits"]["dev"]["greedy"][k] for k in ("precision", "device_seconds")} == {
+        "precision": "fp32", "device_seconds": 1.5}
+    detail = json.loads((out / "dev.greedy.summary.json").read_text())
+    assert (detail["precision"], detail["device_seconds"]) == ("fp32", 1.5)
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for split in (dev, test):  # dev's fp32 result replaced, or a bf16 test beside it
+        caplog.clear()
+        assert main(["evaluate", str(always_a), str(split), "--out", str(out), "--precision", "bf16"]) == 2
+        assert (f"{out}: holds an evaluation of this checkpoint in another precision (dev: fp32; now bf16), whose "
+                "scores would not compare with these") in caplog.text
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out), "--device-seconds", "3"]) == 0
+    splits = json.loads((out / "summary.json").read_text())["splits"]
+    assert (splits["dev"]["greedy"]["device_seconds"], splits["test"]["greedy"]["device_seconds"]) == (1.5, 3)
+
+    for res in splits.values():  # as an evaluation before the precision was recorded wrote it
+        del res["greedy"]["precision"]
+    (out / "summary.json").write_text(json.dumps({**json.loads((out / "summary.json").read_text()),
+                                                  "splits": splits}))
+    caplog.clear()
+    assert main(["evaluate", str(always_a), str(test), "--out", str(out)]) == 0
+    assert (f"{out}: dev, test evaluated there before the precision was recorded (unknown), kept beside this fp32 "
+            "evaluation") in caplog.text
+    splits = json.loads((out / "summary.json").read_text())["splits"]
+    assert "precision" not in splits["dev"]["greedy"] and splits["test"]["greedy"]["precision"] == "fp32"
