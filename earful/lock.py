@@ -77,22 +77,25 @@ def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
 
 @contextmanager
 def holding(folder: str | Path, what: str = "earful run") -> Iterator[IO[str]]:
-    """:func:`hold_folder` for a ``with`` block; a block that fails (a refused start) removes the lock file and the
-    folder where it made them (the folder only if nothing else was written there)."""
+    """:func:`hold_folder` for a ``with`` block, whose folder keeps no lock file after it (one left by a killed
+    holder included); a block that fails (a refused start) removes the folder too where it made it and nothing
+    else was written there."""
     folder = Path(folder)
-    created, had_lock = not folder.exists(), (folder / ".lock").exists()
+    created = not folder.exists()
     f = hold_folder(folder, what)
+    failed = False
     try:
         yield f
     except BaseException:
-        if not had_lock:  # removed while held: after letting go it may be another process's (as the trainer's)
-            (folder / ".lock").unlink(missing_ok=True)
+        failed = True
+        raise
+    finally:
+        # removed while held: after letting go it may be another process's (as the trainer's)
+        (folder / ".lock").unlink(missing_ok=True)
         f.close()
-        if created:
+        if failed and created:
             with suppress(OSError):
                 folder.rmdir()
-        raise
-    f.close()
 
 
 def _still_there(f: IO[str], path: Path) -> bool:
