@@ -205,6 +205,10 @@ class BeamOptions:
     def __post_init__(self) -> None:
         check_beam_options(asdict(self))
 
+    def settings(self) -> dict[str, Any]:
+        """The options as JSON values (an infinite score as its text, ``"-inf"``), as results record them."""
+        return {k: v if not isinstance(v, float) or math.isfinite(v) else str(v) for k, v in asdict(self).items()}
+
 
 class LMBeamDecoder:
     """CTC beam search with a KenLM word LM over a lexicon.

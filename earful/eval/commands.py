@@ -181,13 +181,45 @@ def _earlier_transcripts(out: Path, jsonl: bool) -> dict[Path, str]:
     return kept
 
 
+def _run_record(out: Path) -> Path:
+    """Where ``transcribe --out OUT`` records what made its transcripts: ``OUT.json`` beside it (``t.jsonl.json``)."""
+    return out.with_name(out.name + ".json")
+
+
+def _check_same_run(out: Path, run: dict[str, Any]) -> None:
+    """``--resume``: the transcripts in ``out`` are of the checkpoint (by its weights' SHA-256, as evaluate's) and the
+    options (those that change a transcript) of ``run``, as ``out``'s record says; another's are refused, naming what
+    differs: kept beside these, they had been mixed without a word. An output written before the record was (none)
+    is taken as it is, with a warning."""
+    from earful.checkpoint import same_weights
+
+    path = _run_record(out)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        options = dict(saved["options"])
+    except FileNotFoundError:
+        log.warning("--out %s: written before transcribe recorded its checkpoint and options (%s): --resume takes its "
+                    "transcripts as this checkpoint's, with these options", out, path.name)
+        return
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a transcribe record ({e}); remove it to resume with these options, or leave "
+                         "--resume out to transcribe anew") from None
+    differ = [] if same_weights(saved, run) else [f"checkpoint {saved.get('checkpoint')} (now {run['checkpoint']})"]
+    differ += [f"{k} {options.get(k)!r} (now {v!r})" for k, v in run["options"].items() if options.get(k) != v]
+    if differ:
+        raise ValueError(f"--out {out}: its transcripts are of another {', '.join(differ)} ({path.name}), which "
+                         "--resume would mix with these: resume with that checkpoint and those options, give another "
+                         "--out, or leave --resume out to transcribe anew")
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     """Transcripts written as each file is done (a line a file, flushed), so that a run stopped part-way (Ctrl-C,
     a scheduler's SIGTERM) keeps what it finished; ``--resume`` goes on from them."""
     import sys
     from contextlib import nullcontext
 
-    from earful.atomic import atomic_open
+    from earful.atomic import atomic_open, atomic_write_json
+    from earful.checkpoint import weights_sha256
     from earful.data.parallel import EXIT_STOPPED, Stopped, stop_signals_raise
     from earful.eval.beam import LMBeamDecoder
     from earful.eval.evaluate import load_ctc
@@ -215,7 +247,17 @@ def _transcribe(args: argparse.Namespace) -> int:
         log.info("--resume: %d of %d files are transcribed in %s already; %d to go", len(files) - len(todo),
                  len(files), out, len(todo))
     options = _beam_options(args)
-    model, vocab, *_ = load_ctc(args.ckpt, "transcribe")
+    model, vocab, path, info = load_ctc(args.ckpt, "transcribe")
+    # what makes the transcripts (--device-seconds does not: the model is batch-invariant, in fp32 at least)
+    run = {"checkpoint": str(path), "weights_sha256": weights_sha256(info), "options": {
+        "chunk_seconds": args.chunk_seconds,
+        "stride_seconds": args.chunk_seconds / 6 if args.stride_seconds is None else args.stride_seconds,
+        "precision": args.precision, "text_mapping": vocab.mapping,
+        "lm": str(Path(args.lm).resolve()) if args.lm else None,
+        "lexicon": str(Path(args.lexicon).resolve()) if args.lexicon else None,
+        **(options.settings() if args.lm else {})}}
+    if earlier and out is not None:
+        _check_same_run(out, run)
     beam = LMBeamDecoder(vocab, args.lm, args.lexicon, options) if args.lm else None
     records = transcribe_files(
         model, vocab, todo, chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
@@ -224,6 +266,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     if out is not None and not args.resume and out.exists() and out.stat().st_size:
         log.warning("--out %s: replaced; its transcripts of an earlier run are gone (--resume goes on from them)", out)
     if out is not None:
+        atomic_write_json(_run_record(out), run)
         with atomic_open(out) as f:  # what is kept of an earlier run (--resume), or nothing: the file starts anew
             f.writelines(line + "\n" for line in earlier.values())
     done: list[dict[str, Any]] = []
@@ -307,7 +350,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "grow with the file. Output: PATH<TAB>TEXT lines on stdout or in --out; --out F.jsonl writes JSON "
         "records, one a line (path, seconds, text; an unreadable file's error; not .json: the file is not one "
         "JSON document). Each file's line is written as soon as it is done: stopped part-way (SIGTERM: exit status "
-        "4; Ctrl-C: 130), --out keeps the finished ones and --resume goes on from them. Exit status 1 if any "
+        "4; Ctrl-C: 130), --out keeps the finished ones and --resume goes on from them (with the checkpoint and "
+        "options OUT.json records). Exit status 1 if any "
         "file could not be read; 2, before any work, for a name that is not there.",
     )
     tr.add_argument("ckpt", help="CTC checkpoint folder, or a fine-tuning run folder")
@@ -316,7 +360,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="a file listing more audio files, a path a line ('-': standard input)")
     tr.add_argument("--resume", action="store_true",
                     help="keep the transcripts already in --out (an earlier run's, stopped part-way) and transcribe "
-                    "only the other files; use the same checkpoint and options as that run")
+                    "only the other files; another checkpoint or options (as OUT.json records that run's) is "
+                    "refused")
     tr.add_argument("--out", default=None, help="output file: .jsonl for JSON records, one a line (.json is "
                     "refused), else PATH<TAB>TEXT lines")
     tr.add_argument("--chunk-seconds", type=float, default=20.0,

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -302,9 +300,7 @@ def _evaluate_held(
     beam = LMBeamDecoder(spelling, lm, lexicon, beam_options) if lm is not None else None
     lm_settings: dict[str, Any] | None = None
     if beam is not None:
-        opts = {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)  # -inf: not JSON
-                for k, v in asdict(beam.options).items()}
-        lm_settings = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **opts}
+        lm_settings = {"path": str(lm), "lexicon": str(lexicon) if lexicon else None, **beam.options.settings()}
     evaluated: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     for split, manifest in splits.items():

@@ -498,3 +498,56 @@ def test_list_lines_are_names_as_given_ones_and_names_the_output_cannot_hold_are
     for output in (["--out", str(out)], []):
         assert main(["transcribe", str(ckpt), str(folder), *output]) == 2
         assert "caf\\udce9.wav': a file name that is not UTF-8, which the transcripts" in caplog.text
+
+
+def test_resume_refuses_transcripts_of_another_checkpoint_or_options_naming_what_differs(tone_ctc, tmp_path, caplog,
+                                                                                        monkeypatch) -> None:
+    """--resume kept the lines in --out whatever made them: another checkpoint's, or another chunking's or
+    precision's, were mixed with these without a word. The run's checkpoint (its weights' SHA-256) and the options
+    that change a transcript are recorded beside --out (OUT.json) now, and a --resume with others is refused,
+    naming them; an output written before they were recorded resumes with a warning."""
+    import shutil
+
+    import torch
+
+    from earful.checkpoint import load_model, save_model
+
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)[:2]
+    _, _, path, _ = load_ctc(ckpt)
+    moved = tmp_path / "moved"  # the same weights elsewhere: the same checkpoint
+    shutil.copytree(path, moved)
+    other = tmp_path / "other"  # other weights
+    model, info = load_model(path)
+    with torch.no_grad():
+        model.lm_head.bias.add_(1.0)
+    save_model(other, model, vocab=info["vocab"])
+    options = ["--chunk-seconds", "0.5"]
+    whole = tmp_path / "whole.jsonl"
+    assert main(["transcribe", str(ckpt), *files, "--out", str(whole), *options]) == 0
+    out = tmp_path / "out.jsonl"
+    assert main(["transcribe", str(ckpt), files[0], "--out", str(out), *options]) == 0
+    record = json.loads((tmp_path / "out.jsonl.json").read_text())
+    assert record["weights_sha256"] == json.loads((path / "model.json").read_text())["files"]["model.safetensors"][
+        "sha256"]
+    assert record["options"]["chunk_seconds"] == 0.5 and record["options"]["precision"] == "fp32"
+    first = out.read_bytes()
+    given = _stopping_after(monkeypatch, 99)
+    for ck, more, message in (
+            (other, options, f"its transcripts are of another checkpoint {path} (now {other}) (out.jsonl.json), "
+                             "which --resume would mix with these"),
+            (ckpt, ["--chunk-seconds", "1"], "another chunk_seconds 0.5 (now 1.0), stride_seconds"),
+            (ckpt, [*options, "--precision", "bf16"], "another precision 'fp32' (now 'bf16')")):
+        caplog.clear()
+        assert main(["transcribe", str(ck), *files, "--out", str(out), *more, "--resume"]) == 2
+        assert f"--out {out}: " in caplog.text and message in caplog.text, caplog.text
+        assert out.read_bytes() == first and given == []  # nothing transcribed, nothing written
+    assert main(["transcribe", str(moved), *files, "--out", str(out), *options, "--resume"]) == 0
+    assert given == [files[1:]] and out.read_bytes() == whole.read_bytes()
+
+    (tmp_path / "out.jsonl.json").unlink()  # as an earlier version wrote it: no record
+    out.write_bytes(first)
+    caplog.clear()
+    assert main(["transcribe", str(other), *files, "--out", str(out), *options, "--resume"]) == 0
+    assert f"--out {out}: written before transcribe recorded its checkpoint and options" in caplog.text
+    assert json.loads((tmp_path / "out.jsonl.json").read_text())["checkpoint"] == str(other)  # this run's, now
