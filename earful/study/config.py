@@ -419,15 +419,25 @@ def check_slurm(slurm: SlurmConfig, where: str) -> None:
         bad.append(f"slurm.signal_delay_s={slurm.signal_delay_s}: expected seconds >= 0 and shorter than the time "
                    f"limit (slurm.time_min={slurm.time_min}, {slurm.time_min * 60} s), else Slurm signals each "
                    "job as it starts")
+    elif slurm.signal_delay_s > max(600, slurm.time_min * 12):
+        # submitit counts a signal as the time limit's once the job has run min(80 %, all but 10 minutes) of it
+        bad.append(f"slurm.signal_delay_s={slurm.signal_delay_s}: expected at most {max(600, slurm.time_min * 12)} s "
+                   f"(10 minutes, or 20 % of slurm.time_min={slurm.time_min}): earlier, submitit takes the time "
+                   "limit's signal for a pre-emption, and slurm.max_requeues never applies")
     if slurm.max_requeues < 0:
         bad.append(f"slurm.max_requeues={slurm.max_requeues}: expected at least 0")
     if not finite_positive(slurm.poll_seconds):
         bad.append(f"slurm.poll_seconds={slurm.poll_seconds}: expected a finite number > 0")
     for key in slurm.additional:
-        own = EARFUL_SBATCH.get(str(key).replace("_", "-"))
+        option = str(key).replace("_", "-")
+        if option.startswith("-"):  # submitit writes the dashes itself: "#SBATCH ----signal=..."
+            bad.append(f"slurm.additional.{key}: write an sbatch option without its leading dashes "
+                       f"({option.lstrip('-')})")
+            option = option.lstrip("-")
+        own = EARFUL_SBATCH.get(option)
         if own is not None:  # it replaced earful's own option: USR2 for USR1, say, which the trainer does not stop on
             bad.append(f"slurm.additional.{key}: an sbatch option earful writes itself; set {own}")
-        elif (why := CONFLICTING_SBATCH.get(str(key).replace("_", "-"))) is not None:
+        elif (why := CONFLICTING_SBATCH.get(option)) is not None:
             bad.append(f"slurm.additional.{key}: {why}")
     if bad:
         raise ConfigError(f"{where}: {'; '.join(bad)}")
@@ -447,7 +457,7 @@ EARFUL_SBATCH = {
 _GPUS = "earful asks for one task and one GPU a rank (--ntasks-per-node, --gpus-per-node): set slurm.gpus_per_node"
 CONFLICTING_SBATCH = {
     "gres": f"asks for GPUs a second way; {_GPUS}, and a GPU type with slurm.constraint",
-    "gpus": _GPUS, "gpus-per-task": _GPUS, "ntasks": _GPUS,
+    "gpus": _GPUS, "gpus-per-task": _GPUS, "ntasks": _GPUS, "ntasks-per-gpu": _GPUS, "gpus-per-socket": _GPUS,
     "cpus-per-gpu": "earful writes --cpus-per-task: set slurm.cpus_per_gpu",
     "mem-per-cpu": "Slurm refuses it beside the --mem earful writes: set slurm.mem_gb_per_gpu",
     "mem-per-gpu": "earful writes --mem: set slurm.mem_gb_per_gpu",

@@ -304,13 +304,22 @@ def test_a_grid_size_yaml_reads_as_a_string_is_a_number(tmp_path) -> None:
     ("slurm.additional={open-mode: truncate}", r"slurm.additional.open-mode: submitit appends"),
     ("slurm.additional={gres: 'gpu:a100:4'}", r"slurm.additional.gres: asks for GPUs a second way; .* a GPU type "
                                               r"with slurm.constraint"),
+    # submitit counts a signal as the time limit's only after min(80 %, all but 10 min) of it: 601 s before a
+    # 30-minute limit was always a pre-emption, and max_requeues never applied
+    ("slurm.signal_delay_s=601", r"slurm.signal_delay_s=601: expected at most 600 s .* slurm.max_requeues never "
+                                 r"applies"),
+    # written "#SBATCH ----signal=USR2@10", past the check of earful's own options
+    ("slurm.additional={--signal: USR2@10}", r"slurm.additional.--signal: write an sbatch option without its "
+                                             r"leading dashes \(signal\); slurm.additional.--signal: an sbatch "
+                                             r"option earful writes itself"),
+    ("slurm.additional={ntasks_per_gpu: 1}", r"slurm.additional.ntasks_per_gpu: earful asks for one task and one GPU"),
 ])
 def test_slurm_settings_that_would_make_wrong_job_scripts_are_refused(tmp_path, setting, problem) -> None:
     y = tmp_path / "s.yaml"
     y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\nlauncher: slurm\nslurm: {time_min: 30}\n")
     with pytest.raises(ValueError, match=problem):
         load_study(y, [setting])
-    load_study(y, ["slurm.signal_delay_s=1799", "slurm.mem_gb_per_gpu=7.5", "slurm.additional={mail-user: me@lab.org}"])
+    load_study(y, ["slurm.signal_delay_s=600", "slurm.mem_gb_per_gpu=7.5", "slurm.additional={mail-user: me@lab.org}"])
 
 
 def test_plan_refuses_a_throughput_that_is_not_positive(tmp_path, caplog) -> None:
