@@ -7,8 +7,9 @@ each and one task (process) per GPU; submitit's ``TorchDistributedEnvironment`` 
 variables, so each task is one rank of the run (no torchrun inside a job). A fine-tuning or a gradvar: one GPU.
 
 Time limits and pre-emption. submitit asks Slurm for SIGUSR1 ``signal_delay_s`` before the time limit (earful sets
-``SUBMITIT_PREEMPT_SIGNAL=USR1`` for the study process and so for its jobs: submitit's own default, USR2, is not a
-signal earful's trainer stops on). In a job:
+``SUBMITIT_PREEMPT_SIGNAL=USR1`` for the study process, and each job's script sets it again, for a job that does
+not inherit the study's environment: submitit's own default, USR2, is not a signal earful's trainer stops on). In a
+job:
 
 1. submitit installs its handler for SIGUSR1: pickle the submitted call again (``StageJob.checkpoint``, submitit's
    ``Checkpointable`` protocol) and requeue the job (``scontrol requeue``; the local executor restarts it);
@@ -78,9 +79,13 @@ def resources(slurm: SlurmConfig, devices: int) -> dict[str, Any]:
                               "slurm_signal_delay_s": slurm.signal_delay_s}
     if slurm.mem_gb_per_gpu:
         params["mem_gb"] = slurm.mem_gb_per_gpu * per_node
-    for key in ("partition", "account", "qos", "constraint", "setup"):
+    for key in ("partition", "account", "qos", "constraint"):
         if getattr(slurm, key):
             params[f"slurm_{key}"] = getattr(slurm, key)
+    # the job's submitit reads its pre-emption signal from its environment, which need not be the study's
+    # (slurm.additional {export: NONE}, SBATCH_EXPORT=NONE): without it, USR2, and a SIGUSR1 outside training
+    # killed the job
+    params["slurm_setup"] = [f"export SUBMITIT_PREEMPT_SIGNAL={PREEMPT_SIGNAL}", *slurm.setup]
     if slurm.additional:
         params["slurm_additional_parameters"] = dict(slurm.additional)
     return params

@@ -104,7 +104,9 @@ def test_a_study_on_submitit_survives_a_preemption_with_the_same_results(cluster
 
 def test_a_runs_devices_become_nodes_and_gpus_in_its_slurm_job(cluster_study, tmp_path, monkeypatch) -> None:
     """What earful submits for a run on 12 GPUs of 8-GPU nodes, through submitit's Slurm executor to an ``sbatch``
-    that records the script (no Slurm here): 2 nodes × 6 tasks, a GPU each, SIGUSR1 before the time limit."""
+    that records the script (no Slurm here): 2 nodes × 6 tasks, a GPU each, SIGUSR1 before the time limit, and
+    SIGUSR1 as the job's submitit's pre-emption signal, set by the script itself: a job that does not inherit the
+    study's environment (``export: NONE``) had submitit's USR2, and a SIGUSR1 outside training killed it."""
     from earful.study.slurm import StageJob, job_name, make_executor, resources
 
     bin_dir = tmp_path / "bin"
@@ -118,7 +120,7 @@ def test_a_runs_devices_become_nodes_and_gpus_in_its_slurm_job(cluster_study, tm
     study = load_study(cluster_study, ["launcher=slurm", "slurm.partition=gpu", "slurm.gpus_per_node=8",
                                     "slurm.cpus_per_gpu=10", "slurm.mem_gb_per_gpu=60", "slurm.time_min=720",
                                     "slurm.signal_delay_s=240", "slurm.setup=[module load cuda]",
-                                    "slurm.additional={mail-user: me@lab.org}"])
+                                    "slurm.additional={mail-user: me@lab.org, export: NONE}"])
     executor = make_executor(study, tmp_path / "out")
     executor.update_parameters(name=job_name(study, "pretrain:96s-seed1"), **resources(study.slurm, 12))
     job = executor.submit(StageJob(), print, ("unused",))
@@ -129,6 +131,9 @@ def test_a_runs_devices_become_nodes_and_gpus_in_its_slurm_job(cluster_study, tm
                  "--job-name=earful-toy-slurm-pretrain-96s-seed1"):
         assert f"#SBATCH {line}" in script, (line, script)
     assert "module load cuda" in script and str(tmp_path / "out" / "submitit") in script
+    assert "#SBATCH --export=NONE" in script
+    setup = script[script.index("# setup"):script.index("# command")].splitlines()
+    assert setup[1:3] == ["export SUBMITIT_PREEMPT_SIGNAL=USR1", "module load cuda"], script
     assert resources(SlurmConfig(gpus_per_node=8), 1)["gpus_per_node"] == 1
     with pytest.raises(ValueError, match="cannot be split evenly over 2 nodes"):
         resources(SlurmConfig(gpus_per_node=8), 9)
