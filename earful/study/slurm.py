@@ -23,11 +23,12 @@ job:
 
 A SIGUSR1 outside training (loading, evaluating) reaches submitit's handler directly: the job requeues and the
 stage resumes from the last checkpoint. A run stopped by SIGTERM — ``scancel``, or Slurm's own pre-emption with
-``PreemptMode=REQUEUE``, which requeues the job itself — exits without a result: a requeued job resumes, a
-cancelled one is reported by the study as failed. submitit counts requeues at the time limit against
-``max_requeues``; pre-emptions are free. A study process that is killed leaves its jobs running; a rerun skips the
-runs that have finished (``Job.done``) and submits the others, whose run folders are locked while an old job
-still trains them: cancel the old jobs first (``scancel --name`` with the job names, ``earful-STUDY-…``).
+``PreemptMode=REQUEUE``, which requeues the job itself — exits without a result (so does a stopped run whose job's
+process received SIGTERM, whatever its ranks agreed on): a requeued job resumes, a cancelled one is reported by
+the study as failed. submitit counts requeues at the time limit against ``max_requeues``; pre-emptions are free.
+A study process that is killed leaves its jobs running; a rerun skips the runs that have finished (``Job.done``)
+and submits the others, whose run folders are locked while an old job still trains them: cancel the old jobs
+first (``scancel --name`` with the job names, ``earful-STUDY-…``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.config import ConfigError
+from earful.data.parallel import signals_handled
 from earful.study.config import SlurmConfig, StudyConfig
 from earful.study.pool import Job, Progress, StudyStopped
 from earful.train.engine import EXIT_STOPPED
@@ -105,11 +107,21 @@ class StageJob:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task: torch's env:// variables (every GPU of the node stays visible)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        terms: list[int] = []  # a SIGTERM to this process, whatever stop its run's ranks agreed on
+        bypass = signal.getsignal(signal.SIGTERM)  # submitit's: it logs the signal
+
+        def note_sigterm(signum: int, frame: Any) -> None:
+            terms.append(signum)
+            if callable(bypass):
+                bypass(signum, frame)
+
         try:
-            return fn(*args)
+            with signals_handled((signal.SIGTERM,), note_sigterm):
+                return fn(*args)
         except StudyStopped as e:
-            if e.stopped_by == "SIGTERM":  # cancelled, or Slurm pre-empts and requeues the job itself
-                log.warning("%s; the job ends without a result", e)
+            if e.stopped_by == "SIGTERM" or terms:  # cancelled, or Slurm pre-empts and requeues the job itself
+                log.warning("%s%s; the job ends without a result", e, "; this process received SIGTERM" * (
+                    bool(terms) and e.stopped_by != "SIGTERM"))
                 sys.exit(EXIT_STOPPED)
             log.warning("%s; handing the stop to submitit: requeue, then resume", e)
             signal.raise_signal(submitit.JobEnvironment._usr_sig())  # submitit's handler (the trainer put it back)

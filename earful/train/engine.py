@@ -92,6 +92,18 @@ class NoRunToResume(ValueError):
     """``--resume`` on a folder in which no run was started (a new or mistyped ``--out``)."""
 
 
+# the stop signals by rank, lowest first: where ranks received different ones, every rank stops by the highest
+# (``agree_stop``). A SIGTERM (cancelled, or pre-empted by Slurm itself, which requeues the job) outranks a Ctrl-C,
+# which outranks a SIGUSR1 (a time limit's notice, on which a study's job requeues itself): a SIGTERM on rank 1 and
+# a SIGUSR1 on rank 0 had rank 0, whose stop a Slurm job acts on, requeue a cancelled job
+STOP_ORDER = (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM)
+
+
+def stop_rank(signum: int) -> int:
+    """``signum``'s place in ``STOP_ORDER`` from 1; 0 for none."""
+    return STOP_ORDER.index(signum) + 1 if signum else 0
+
+
 def stop_signals(handler: Any) -> AbstractContextManager[None]:
     """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) call ``handler`` (which asks the loop to checkpoint and stop; a second
     Ctrl-C aborts) while inside; the previous handlers come back on exit. Outside the main thread signals cannot
@@ -205,8 +217,8 @@ class Trainer:
         self.nan_steps = self.nan_in_a_row = self.overflow_steps = 0
         self.nonfinite_stop = False  # this checkpoint was written by the stop after max_nan_steps
         self.best, self.last_valid = math.inf, math.nan
-        self.signal_received = 0  # set by the signal handler, on this rank only
-        self.stop_signal = 0  # set by agree_stop once every rank knows: the signal, or -1 for another rank's
+        self.signal_received = 0  # set by the signal handler, on this rank only: the highest (STOP_ORDER) so far
+        self.stop_signal = 0  # set by agree_stop once every rank knows: the highest signal any rank received
         self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
         self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
@@ -299,9 +311,7 @@ class Trainer:
 
     def stopped_by(self) -> str:
         """The signal that stopped the run ("" while it runs or once it finished)."""
-        if not self.stop_signal:
-            return ""
-        return signal.Signals(self.stop_signal).name if self.stop_signal > 0 else "a signal to another rank"
+        return signal.Signals(self.stop_signal).name if self.stop_signal else ""
 
     def save(self, name: str, *, make_latest: bool = True) -> None:
         state = training_state(self.optimizer, self.scaler, self.loader, self.d)  # every rank; rank 0 writes
@@ -430,7 +440,7 @@ class Trainer:
             real, padded = batch.samples()
             stats.add(loss=loss, real_samples=real, padded_samples=padded, utterances=len(batch), micro_batches=1,
                       **named)
-        stats.add(stop=float(self.signal_received > 0))
+        stats.add(**{f"stop_{s.name}": float(self.signal_received == s) for s in STOP_ORDER})
         tot = stats.reduce(d)
         return self._update(tot, lr, data_wait)
 
@@ -447,7 +457,7 @@ class Trainer:
         self._count(outcome)  # its messages name the step as the logs do: the one just taken, or to be taken again
         self.hours_real += tot["real_samples"] / SAMPLE_RATE / 3600
         self.hours_padded += tot["padded_samples"] / SAMPLE_RATE / 3600
-        self.agree_stop(tot["stop"])
+        self.agree_stop({s: tot[f"stop_{s.name}"] for s in STOP_ORDER})
         rec = {
             # an overflow (the fp16 scaler's search, normal) leaves grad_norm out of the interval's mean; a
             # non-finite step keeps its NaN in, on purpose
@@ -542,7 +552,7 @@ class Trainer:
         second time (KeyboardInterrupt: status 130), as it does outside the training loop."""
         if signum == signal.SIGINT and self.signal_received:
             raise KeyboardInterrupt
-        self.signal_received = signum
+        self.signal_received = max(self.signal_received, signum, key=stop_rank)  # a SIGUSR1 after a SIGTERM: SIGTERM
         if signum == signal.SIGINT:
             log.warning("Ctrl-C (SIGINT): will checkpoint and stop after the step that shares it with every rank; "
                         "Ctrl-C again stops at once (the steps since the last checkpoint are lost)")
@@ -550,16 +560,18 @@ class Trainer:
             log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
                         signal.Signals(signum).name)
 
-    def agree_stop(self, signalled_ranks: float) -> None:
-        """Called with the all-reduced count of ranks that received a signal: every rank then stops after the
-        same step. A rank's own flag is never enough: a signal that lands on one rank after the step's
-        all-reduce and on another before it would leave them a step apart, one waiting in the checkpoint's
-        barrier and the other in the next step's gradient all-reduce. A signal shared in the last step stops
-        nothing: the run has trained every step and ends as a finished one (its final checkpoint had recorded it as
-        stopped, ``stopped_by``, for good: status 4, a model card saying "not the run's end", a study's torchrun
-        stage stopping on every rerun); every rank counts the same step, so they agree."""
-        if signalled_ranks > 0 and not self.stop_signal and self.step < self.cfg.max_steps:
-            self.stop_signal = self.signal_received or -1
+    def agree_stop(self, signalled: dict[int, float]) -> None:
+        """Called with the all-reduced count of ranks that received each stop signal: every rank then stops after
+        the same step, by the same signal, the highest received (``STOP_ORDER``). A rank's own flag is never
+        enough: a signal that lands on one rank after the step's all-reduce and on another before it would leave
+        them a step apart, one waiting in the checkpoint's barrier and the other in the next step's gradient
+        all-reduce; and a rank's own signal had it record another than its peers'. A signal shared in the last step
+        stops nothing: the run has trained every step and ends as a finished one (its final checkpoint had
+        recorded it as stopped, ``stopped_by``, for good: status 4, a model card saying "not the run's end", a
+        study's torchrun stage stopping on every rerun); every rank counts the same step, so they agree."""
+        shared = [s for s in STOP_ORDER if signalled.get(s, 0) > 0]
+        if shared and not self.stop_signal and self.step < self.cfg.max_steps:
+            self.stop_signal = shared[-1]
 
     def after_step(self) -> None:
         self.task.after_step(self)

@@ -7,6 +7,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -224,11 +226,51 @@ def test_a_slurm_jobs_log_lines_stand_beside_its_progress_bar(monkeypatch) -> No
     from earful.study.slurm import StageJob
 
     monkeypatch.setattr(submitit, "JobEnvironment", lambda: types.SimpleNamespace(num_tasks=1))
+    with _root_logging_kept():
+        kinds = StageJob()(lambda: [type(h) for h in logging.getLogger().handlers], ())
+    assert kinds == [LogBesideBars]
+
+
+@contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """The root logger's handlers and level as they were, after a StageJob has set its own."""
+    import logging
+
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        kinds = StageJob()(lambda: [type(h) for h in logging.getLogger().handlers], ())
+        yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-    assert kinds == [LogBesideBars]
+
+
+def test_a_job_whose_process_received_sigterm_is_not_requeued(monkeypatch) -> None:
+    """A run stopped by SIGUSR1 on every rank (a time limit's notice), in a job whose process then received
+    SIGTERM (``scancel``, during the stop's checkpoint: the trainer hands it on, ``Trainer.hand_on_signal``): the
+    job ends without a result, unrequeued. StageJob went by the agreed stop alone, and raised SIGUSR1 to
+    submitit's handler, which requeued the cancelled job."""
+    import types
+
+    import submitit
+
+    from earful.data.parallel import signals_handled
+    from earful.study.pool import StudyStopped
+    from earful.study.slurm import StageJob
+    from earful.train.engine import EXIT_STOPPED
+
+    def job_environment() -> types.SimpleNamespace:
+        return types.SimpleNamespace(num_tasks=1, global_rank=0)
+
+    job_environment._usr_sig = lambda: signal.SIGUSR1  # type: ignore[attr-defined]
+    monkeypatch.setattr(submitit, "JobEnvironment", job_environment)
+
+    def stage() -> None:
+        signal.raise_signal(signal.SIGTERM)
+        raise StudyStopped("pre-training 4s-seed1 stopped by SIGUSR1; rerun the study to resume", "SIGUSR1")
+
+    caught: list[int] = []  # by submitit's handlers, here: SIGUSR1 requeues, SIGTERM is logged
+    with _root_logging_kept(), signals_handled((signal.SIGUSR1, signal.SIGTERM), lambda s, _: caught.append(s)):
+        with pytest.raises(SystemExit) as stopped:
+            StageJob()(stage, ())
+    assert stopped.value.code == EXIT_STOPPED and caught == [signal.SIGTERM]

@@ -146,6 +146,42 @@ def test_a_non_finite_stop_under_torchrun_is_said_once(tmp_path, odd_corpus) -> 
     assert r.returncode != 0 and r.stderr.count("non-finite steps in a row at step") == 1, r.stderr[-3000:]
 
 
+SIGNALLED = """
+import os, signal, sys
+from earful.cli import run
+from earful.pretrain.task import PretrainTask
+
+real_start = PretrainTask.start_step
+
+
+def start_step(self, step):
+    real_start(self, step)
+    if step == 1:  # both ranks' signals land before the step's statistics are all-reduced
+        os.kill(os.getpid(), signal.SIGUSR1 if os.environ["RANK"] == "0" else signal.SIGTERM)
+
+
+PretrainTask.start_step = start_step
+sys.argv[0] = "earful"
+run()
+"""
+
+
+def test_ranks_signalled_differently_all_stop_by_sigterm(tmp_path, odd_corpus) -> None:
+    """SIGUSR1 to rank 0 and SIGTERM to rank 1 in the same step (a time limit's notice, then ``scancel``): every
+    rank stops by SIGTERM, which outranks it. Each rank had recorded its own (rank 0's trainer.json said SIGUSR1,
+    and a Slurm job, which acts on rank 0's stop, requeued a cancelled job; a rank that received nothing said "a
+    signal to another rank")."""
+    script = tmp_path / "signalled.py"
+    script.write_text(SIGNALLED)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(script), *_pretrain(odd_corpus, out)[2:]], cwd=ROOT,
+                       env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.count("stopped by SIGTERM at step 2") == 1, r.stderr[-3000:]
+    info = json.loads((out / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert info["stopped_by"] == "SIGTERM" and info["step"] == 2
+
+
 def _port_is_free(port: int) -> bool:
     """Whether the c10d store could listen on ``port``: bound as the store binds it, on every IPv4 address. (A
     bind to 127.0.0.1 alone passed a port another process held on another local address, 127.0.0.2 or the
