@@ -12,8 +12,9 @@ the same as 1 rank × 2 micro-batches (the sampler deals the epochs as one strea
 left out empty: README.md, "Batch size in seconds"). The step's statistics are named, all-reduced once and read to the
 host once. Every ``log_every`` steps a record goes to ``train.jsonl``; every ``valid_every`` the task
 validates (``valid.jsonl``, ``checkpoints/best`` by its metric); every ``ckpt_every`` a checkpoint is
-written; SIGTERM / SIGUSR1 and a first Ctrl-C checkpoint and stop after the step every rank shares the signal in
-(a second Ctrl-C aborts); a final
+written; SIGTERM / SIGUSR1 and a first Ctrl-C checkpoint and stop after the step every rank shares the signal in,
+every rank by the highest received (a second Ctrl-C aborts); a SIGTERM / SIGUSR1 that stops nothing (it came in
+the last step) is handed on once the run has finished (``hand_on_signal``); a final
 checkpoint is always written. ``max_nan_steps`` non-finite steps in a row stop the run with a checkpoint.
 """
 
@@ -553,12 +554,17 @@ class Trainer:
         if signum == signal.SIGINT and self.signal_received:
             raise KeyboardInterrupt
         self.signal_received = max(self.signal_received, signum, key=stop_rank)  # a SIGUSR1 after a SIGTERM: SIGTERM
-        if signum == signal.SIGINT:
+        name = signal.Signals(signum).name
+        if self.stop_signal:  # handed on by fit if it outranks the stop's (hand_on_signal)
+            log.warning("received %s while the run stops by %s", name, self.stopped_by())
+        elif self.step + 1 >= self.cfg.max_steps:  # shared in the last step at the earliest: it stops nothing
+            log.warning("received %s as the run ends: the run finishes (its last step, validation and checkpoint); "
+                        "the signal stops nothing in training", name)
+        elif signum == signal.SIGINT:
             log.warning("Ctrl-C (SIGINT): will checkpoint and stop after the step that shares it with every rank; "
                         "Ctrl-C again stops at once (the steps since the last checkpoint are lost)")
         else:
-            log.warning("received %s: will checkpoint and stop after the step that shares it with every rank",
-                        signal.Signals(signum).name)
+            log.warning("received %s: will checkpoint and stop after the step that shares it with every rank", name)
 
     def agree_stop(self, signalled: dict[int, float]) -> None:
         """Called with the all-reduced count of ranks that received each stop signal: every rank then stops after
@@ -568,10 +574,30 @@ class Trainer:
         all-reduce; and a rank's own signal had it record another than its peers'. A signal shared in the last step
         stops nothing: the run has trained every step and ends as a finished one (its final checkpoint had
         recorded it as stopped, ``stopped_by``, for good: status 4, a model card saying "not the run's end", a
-        study's torchrun stage stopping on every rerun); every rank counts the same step, so they agree."""
+        study's torchrun stage stopping on every rerun); every rank counts the same step, so they agree. ``fit``
+        then hands it on."""
         shared = [s for s in STOP_ORDER if signalled.get(s, 0) > 0]
         if shared and not self.stop_signal and self.step < self.cfg.max_steps:
             self.stop_signal = shared[-1]
+
+    def hand_on_signal(self) -> None:
+        """At the end of ``fit``, outside its handlers: a signal that stopped nothing (it came in the run's last
+        step, or during the end's validation and checkpoint) or that outranks the one the run stopped by (a
+        SIGTERM during a SIGUSR1's checkpoint) is raised again, to the handler in force outside training:
+        submitit's requeues its job (whose stage then finds the run finished), a study's pool worker stops its
+        job. It had been swallowed: a fine-tuning's job went on to its evaluation with only ``signal_delay_s``
+        left, and no requeue. Under a signal's default action (the command line, torchrun's ranks) nothing is
+        raised: the finished run ends as one (status 0), as it did; nor for a Ctrl-C, which aborts outside training."""
+        signum = self.signal_received
+        if signum not in STOP_SIGNALS or stop_rank(signum) <= stop_rank(self.stop_signal):
+            return  # a Ctrl-C in the last step: the run finishes, as it did
+        name = signal.Signals(signum).name
+        if callable(signal.getsignal(signum)):
+            log.warning("%s stopped nothing in training (%s): handing it on", name,
+                        f"the run stopped by {self.stopped_by()}" if self.stop_signal else "the run has finished")
+            signal.raise_signal(signum)
+        elif not self.stop_signal:
+            log.warning("%s came as the run ended: the run has finished, nothing was stopped", name)
 
     def after_step(self) -> None:
         self.task.after_step(self)
@@ -604,6 +630,7 @@ class Trainer:
         summary = {k: v for k, v in self.progress_info().items()
                    if k not in ("recipe", "layout", *MANIFEST_RECORDS, "log_interval", "health")}
         bad, empty = self.left_out()
+        self.hand_on_signal()  # after the last collective: a handler that exits (submitit's) leaves no rank waiting
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 
     def _steps(self, bar: tqdm) -> None:

@@ -313,3 +313,45 @@ def test_a_signal_in_the_last_step_leaves_a_finished_run(tmp_path, tiny_corpus, 
     final = RunDir(out).latest()
     assert final.name == "step-0000003" and load_trainer_state(final)[0]["stopped_by"] == ""
     assert "not the run's end" not in model_card(final, 1)
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["in-the-last-step", "after-a-stop"])
+def test_a_signal_that_stops_nothing_is_handed_on(late, tmp_path, tiny_corpus, rel, monkeypatch, caplog) -> None:
+    """SIGUSR1 in the run's last step (a Slurm job's time-limit notice) stops nothing: the run finishes. It had been
+    swallowed, the handler outside training (submitit's: requeue) never called, and the job went on to its
+    evaluation with only ``signal_delay_s`` left, after a log saying "will checkpoint and stop". Now ``fit``
+    hands it on once the run has finished; so too a SIGTERM that comes after a SIGUSR1 has stopped the run (during
+    its checkpoint): it outranks it, and a Slurm job must not requeue a cancelled job."""
+    from earful.data.parallel import signals_handled
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+
+    real_step, real_after = PretrainTask.start_step, Trainer.after_step
+
+    def start_step(self, step):
+        real_step(self, step)
+        if step == (1 if late else 2):  # before the step's statistics are all-reduced: the last of 3, or step 2
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def after_step(self):
+        real_after(self)
+        if late and self.step == 2:  # the stop is agreed: this SIGTERM is too late to be the run's
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PretrainTask, "start_step", start_step)
+    monkeypatch.setattr(Trainer, "after_step", after_step)
+    handed: list[int] = []
+    trainer = Trainer(PretrainTask(load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3))),
+                      tmp_path / "run")
+    with caplog.at_level(logging.WARNING), signals_handled((signal.SIGUSR1, signal.SIGTERM),
+                                                           lambda signum, _: handed.append(signum)):
+        summary = trainer.fit()
+    if late:
+        assert (summary["step"], summary["stopped_by"], handed) == (2, "SIGUSR1", [signal.SIGTERM])
+        assert "received SIGTERM while the run stops by SIGUSR1" in caplog.text
+        assert "SIGTERM stopped nothing in training (the run stopped by SIGUSR1): handing it on" in caplog.text
+    else:
+        assert (summary["step"], summary["stopped_by"], handed) == (3, "", [signal.SIGUSR1])
+        assert "will checkpoint and stop" not in caplog.text
+        assert "received SIGUSR1 as the run ends" in caplog.text
+        assert "SIGUSR1 stopped nothing in training (the run has finished): handing it on" in caplog.text
