@@ -244,7 +244,7 @@ def test_cli_finetune_then_evaluate(tmp_path, tone_corpus) -> None:
     assert rc == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["checkpoint"].endswith("step-0000002")
-    assert set(summary["splits"]["dev"]["greedy"]) == {"utterances", "wer", "cer"}
+    assert set(summary["splits"]["dev"]["greedy"]) == {"utterances", "wer", "cer", "precision", "device_seconds"}
 
 
 def test_vocab_data_spells_every_character_of_the_transcripts_and_vocab_init_keeps_a_ctc_head(
