@@ -13,8 +13,8 @@ The vocabulary, used the same way in configs, code, logs and docs:
   micro-batch of its own;
 * ``crop_seconds`` — longer utterances are cut to this at a random offset (pre-training); None: whole;
 * ``min_seconds`` / ``max_seconds`` — shorter / longer utterances (after cropping) are left out, counted;
-* ``shape_seconds`` — a batch's padded length is rounded up to a multiple of this (cropped batches: down), and
-  the sampler puts as many utterances in each batch as that length allows, so batches come in a small, fixed
+* ``shape_seconds`` — a batch's padded length is rounded up to a multiple of this (cropped batches: down; never
+  past the micro-batch's share where the batch fits it, so a step holds at most its batch), and the sampler puts as many utterances in each batch as that length allows, so batches come in a small, fixed
   set of shapes — what ``cudnn.benchmark``, ``torch.compile`` and CUDA graphs need to pay once per shape; the
   padding it adds is counted as padding. None: batches as long as their longest utterance.
 
@@ -121,12 +121,17 @@ class BatchBudget:
                 f"micro-batch's share trains alone; device_seconds {self.device_seconds:g})")
 
 
-def shape_length(longest: np.ndarray | int, grid: int | None, cap: int | None) -> np.ndarray | int:
+def shape_length(longest: np.ndarray | int, grid: int | None, cap: int | None,
+                 within: int | None = None) -> np.ndarray | int:
     """The padded length of batches whose longest utterance is ``longest`` samples: rounded up to a multiple of
-    ``grid`` (never beyond ``cap``, the longest length admitted, unless the utterance itself is longer)."""
+    ``grid`` (never beyond ``cap``, the longest length admitted, unless the utterance itself is longer), and a batch
+    whose longest fits ``within`` (a micro-batch's share) never beyond it: rounded up past it, a 24.5 s utterance
+    in a 25 s micro-batch on a 2 s grid trained 26 s, a step over its batch that nothing said."""
     if not grid:
         return longest
     rounded = -(-np.asarray(longest) // grid) * grid  # ceil to the grid
     if cap:
         rounded = np.minimum(rounded, np.maximum(np.asarray(longest), cap))
+    if within:
+        rounded = np.where(np.asarray(longest) <= within, np.minimum(rounded, within), rounded)
     return rounded if isinstance(longest, np.ndarray) else int(rounded)

@@ -168,13 +168,14 @@ def check_headers(utterances: Sequence[Utterance], where: str | None = None, ski
 
 
 def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int = 0, shape_samples: int | None = None,
-            cap_samples: int | None = None) -> Batch:
+            cap_samples: int | None = None, within_samples: int | None = None) -> Batch:
     """Zero-pad items at the end into a ``Batch``; items that failed to load go to ``Batch.bad``.
 
     ``crop_to_shortest``: fairseq's pre-training batches (``enable_padding: false``): every utterance is
     cropped at a random offset, deterministic in (seed, epoch, index), to the batch's shortest, so nothing
     is padded. ``shape_samples``: the batch is padded up (cropped: down) to a multiple of it, as the sampler
-    planned (``earful.data.budget.shape_length``, at most ``cap_samples``)."""
+    planned (``earful.data.budget.shape_length``, at most ``cap_samples``, and ``within_samples`` where the batch
+    fits a micro-batch's share)."""
     good = [it for it in items if it.wave is not None]
     if crop_to_shortest and good:
         n = min(len(it.wave) for it in good)
@@ -188,7 +189,7 @@ def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int 
     lengths = torch.tensor([len(it.wave) for it in good], dtype=torch.int64)
     max_len = int(lengths.max()) if len(good) else 0
     if not crop_to_shortest:
-        max_len = shape_length(max_len, shape_samples, cap_samples) if good else 0
+        max_len = shape_length(max_len, shape_samples, cap_samples, within_samples) if good else 0
     # numpy, not torch, pads: torch's per-row copies go through its intra-op thread pool, 4-30x slower
     # for these sizes (benchmarks/README.md, data path)
     padded = np.zeros((len(good), max_len), dtype=np.float32)
@@ -325,7 +326,7 @@ class AudioLoader(Received):
             batch_sampler=_EpochTagged(sampler),
             collate_fn=partial(collate, crop_to_shortest=crop_to_shortest, seed=dataset.seed,
                                shape_samples=sampler.shape_samples,
-                               cap_samples=sampler.shape_cap()),
+                               cap_samples=sampler.shape_cap(), within_samples=sampler.micro_samples),
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers else None,

@@ -296,7 +296,7 @@ class SecondsBatchSampler:
 
     def shaped(self, longest: np.ndarray) -> np.ndarray:
         """The padded length of batches led by utterances of ``longest`` samples (``shape_seconds``' grid)."""
-        return shape_length(longest, self.shape_samples, self.shape_cap())
+        return shape_length(longest, self.shape_samples, self.shape_cap(), self.micro_samples)
 
     # ------------------------------------------------------------------ batches
     def pack(self, idx: np.ndarray) -> Batches:

@@ -172,7 +172,8 @@ class ShardStream(IterableDataset):
                 items[pos] = Item(m, uid, None, None, error=str(e), epoch=epoch)
                 failed.append((uid, str(e)))
         batch = collate(items, crop_to_shortest=self.crop_to_shortest, seed=seed,
-                        shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap())
+                        shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap(),
+                        within_samples=sampler.micro_samples)
         batch.bad = failed
         return batch
 

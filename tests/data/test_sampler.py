@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from earful.data.budget import BatchBudget, to_samples
+from earful.data.manifest import Utterance
 from earful.data.sampler import SecondsBatchSampler
 
 RATE = 16000
@@ -446,6 +447,33 @@ def test_the_shape_grid_never_pads_past_what_a_device_holds(limits):
     cap = int(min(limits.values()) * RATE)
     for b in sampler.epoch_batches(0):
         assert int(sampler.shaped(np.array([sampler.effective[b].max()]))[0]) * len(b) <= cap
+
+
+@pytest.mark.parametrize("budget, length, padded", [((50.0, 30.0, 2.0), 24.5, 25.0), ((10.0, 20.0, 8.0), 9.5, 10.0)])
+def test_the_shape_grid_never_pads_an_utterance_that_fits_a_micro_batch_past_it(tmp_path, budget, length, padded):
+    """A review: a 24.5 s utterance in a 25 s micro-batch (a 50 s batch in 2, 30 s devices) on a 2 s grid was padded
+    to 26 s, a 52 s step, and a 9.5 s one in a 10 s micro-batch on an 8 s grid to 16 s, without a word (the warning
+    of steps over the batch counts utterances longer than the micro-batch alone). The grid rounds up to the
+    micro-batch's share at most, in the sampler's plan and in the batch the loader pads; a longer utterance still
+    rounds up on the grid, alone."""
+    import soundfile as sf
+
+    from earful.data.dataset import make_loader
+
+    batch_seconds, device_seconds, grid = budget
+    b = BatchBudget(batch_seconds, device_seconds, shape_seconds=grid)
+    sampler = SecondsBatchSampler([int(length * RATE)] * 3, b, seed=0)
+    assert [int(sampler.shaped(np.array([sampler.effective[x].max()]))[0]) for x in sampler.epoch_batches(0)] \
+        == [int(padded * RATE)] * 3
+    utts = []
+    for i in range(2):
+        path = tmp_path / f"u{i}.wav"
+        sf.write(path, np.zeros(int(length * RATE), dtype=np.float32), RATE)
+        utts.append(Utterance(f"u{i}", str(path), int(length * RATE), RATE, "s"))
+    loader = make_loader(utts, b, seed=0, shuffle=False, endless=False, num_workers=0)
+    assert {tuple(batch.wave.shape) for batch in loader} == {(1, int(padded * RATE))}
+    longer = SecondsBatchSampler([sampler.micro_samples + int(1.5 * RATE)], b, seed=0)  # over the share: on the grid
+    assert int(longer.shaped(np.array([longer.effective[0]]))[0]) % int(grid * RATE) == 0
 
 
 def test_collate_pads_to_the_grid_and_crops_down_to_it():
