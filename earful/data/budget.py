@@ -14,9 +14,10 @@ The vocabulary, used the same way in configs, code, logs and docs:
 * ``crop_seconds`` — longer utterances are cut to this at a random offset (pre-training); None: whole;
 * ``min_seconds`` / ``max_seconds`` — shorter / longer utterances (after cropping) are left out, counted;
 * ``shape_seconds`` — a batch's padded length is rounded up to a multiple of this (cropped batches: down; never
-  past the micro-batch's share where the batch fits it, so a step holds at most its batch), and the sampler puts as many utterances in each batch as that length allows, so batches come in a small, fixed
-  set of shapes — what ``cudnn.benchmark``, ``torch.compile`` and CUDA graphs need to pay once per shape; the
-  padding it adds is counted as padding. None: batches as long as their longest utterance.
+  past the micro-batch's share where the batch fits it, so a step holds at most its batch), and the sampler puts
+  as many utterances in each batch as that length allows, so batches come in a small, fixed set of shapes — what
+  ``cudnn.benchmark``, ``torch.compile`` and CUDA graphs need to pay once per shape; the padding it adds is
+  counted as padding. None: batches as long as their longest utterance.
 
 Pre-training's validation has no step: ``BatchBudget.per_device(device_seconds)``; ``evaluate`` and fine-tuning's
 validation score every utterance whole (``earful.eval.decode.scoring_budget``).
