@@ -85,8 +85,9 @@ def _check_labels(task: str, check: Check, splits: tuple[Split, ...]) -> None:
 def what_was_measured(manifests: dict[str, tuple[str | os.PathLike, ...]], config: ProbeConfig) -> list[str]:
     """results.md's lines on where each metric was measured and the recipe's settings other than the defaults
     (results.json holds the whole recipe)."""
-    lines = ["Measured on each task's test split, but SID's accuracy: on its dev split (other utterances of the "
-             "training speakers; the EER on the test split's held-out speakers):", ""]
+    lines = ["Measured on each task's test split" + (", but SID's accuracy: on its dev split (other utterances of "
+                                                     "the training speakers; the EER on the test split's held-out "
+                                                     "speakers):" if "sid" in manifests else ":"), ""]
     lines += [f"- {t.upper()}: train {Path(tr)}, dev {Path(dv)}, test {Path(te)}"
               for t, (tr, dv, te) in manifests.items()]
     own = {k: v for k, v in flatten(to_dict(config)).items() if k.split(".")[0] in manifests}

@@ -752,3 +752,15 @@ def test_features_are_extracted_on_the_device_asked_for_and_cached_by_its_kind(t
             Upstream.parse(tiny_ckpt, device="cuda")
     with pytest.raises(ValueError, match="--device gpu: not a device"):
         Upstream.parse(tiny_ckpt, device="gpu")
+
+
+def test_sid_s_dev_split_is_named_only_where_sid_was_run() -> None:
+    """A reviewer: results.md said SID's accuracy was measured on its dev split in a run without SID."""
+    from earful.probe.config import ProbeConfig
+    from earful.probe.suite import what_was_measured
+
+    splits = ("train.jsonl", "dev.jsonl", "test.jsonl")
+    assert what_was_measured({"pr": splits}, ProbeConfig())[0] == "Measured on each task's test split:"
+    with_sid = what_was_measured({"pr": splits, "sid": ("train.jsonl", "labelled-10h.jsonl", "test.jsonl")},
+                                 ProbeConfig())[0]
+    assert with_sid.startswith("Measured on each task's test split, but SID's accuracy: on its dev split")
