@@ -106,10 +106,10 @@ def stop_rank(signum: int) -> int:
 
 
 def stop_signals(handler: Any) -> AbstractContextManager[None]:
-    """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) call ``handler`` (which asks the loop to checkpoint and stop; a second
-    Ctrl-C aborts) while inside; the previous handlers come back on exit. Outside the main thread signals cannot
-    be caught: no-op."""
-    return signals_handled((*STOP_SIGNALS, signal.SIGINT), handler)
+    """The stop signals (``STOP_ORDER``: SIGUSR1, SIGINT (Ctrl-C), SIGTERM) call ``handler`` (which asks the loop to
+    checkpoint and stop; a second Ctrl-C aborts) while inside; the previous handlers come back on exit. Outside the
+    main thread signals cannot be caught: no-op."""
+    return signals_handled(STOP_ORDER, handler)
 
 
 class Trainer:
