@@ -82,10 +82,14 @@ def _read_text(path: Path, problems: list[str]) -> str | None:
         problems.append(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); its transcripts are left "
                         "out (re-encode it as UTF-8)")
     except OSError as e:
-        why = f"a link to {os.readlink(path)}, which is not there" if path.is_symlink() and not path.exists() else (
-            e.strerror)
+        why = f"a link to {os.readlink(path)}, which is not there" if _dangling(path) else e.strerror
         problems.append(f"{path}: cannot be read ({why}); its transcripts are left out")
     return None
+
+
+def _dangling(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link to a file that is not there."""
+    return path.is_symlink() and not path.exists()
 
 
 def _undecodable(files: Sequence[Path], problems: list[str]) -> None:
@@ -334,7 +338,8 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
                 files_read: FilesRead | None = None) -> list[Utterance]:
     """Every audio file below ``root``: id = relative path without extension (two files of one id, e.g. ``x.flac``
     and ``x.wav``, are a problem: the second is left out), speaker = parent folder, transcript from a sidecar
-    ``.txt`` or ``.lab`` file with the same stem when present, its extension in any case (``_sidecar_transcript``).
+    ``.txt`` or ``.lab`` file with the same stem when present, its extension in any case (``_sidecar_transcript``; one
+    that is a link to a file not there is a problem naming it, its audio kept unlabelled).
     A second path to one file (a link) is read once (``_first_path``). A LibriSpeech ``.trans.txt`` here is a
     problem: a plain folder does not read it, and its audio would be unlabelled without a word. Notes, as
     ``prepare`` would otherwise say "0 % labelled" and nothing else: a file that looks like a table of
@@ -351,7 +356,7 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
         if path.name.lower().endswith(TRANS_SUFFIX):
             problems.append(f"{path}: LibriSpeech transcripts in a plain folder of audio, not read (its audio is read "
                             "unlabelled); point prepare at the split, speaker or chapter folder holding it")
-        elif path.suffix.lower() in SIDECAR_EXTENSIONS and path.is_file():
+        elif path.suffix.lower() in SIDECAR_EXTENSIONS and (path.is_file() or _dangling(path)):  # reported
             sidecars.setdefault(path.with_suffix(""), []).append(path)
     _transcript_tables(files, problems)
     _misnamed_sidecars(root, files, sidecars, problems)

@@ -354,6 +354,25 @@ def test_a_transcript_file_that_cannot_be_read_is_a_problem_naming_it(tmp_path: 
     assert "2 problem(s) found, skipped (--skip-bad)" in caplog.text
 
 
+def test_a_sidecar_linking_to_a_file_not_there_is_a_problem_naming_it(tmp_path: Path, tone, caplog) -> None:
+    """A plain folder's x.txt beside x.wav that is a link to a file not there was passed over: x was read
+    unlabelled, with a note at most ("0 problem(s)"). Now a problem naming the link, as a .trans.txt's: x is kept
+    unlabelled with --skip-bad, and counted."""
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    (plain / "good.txt").write_text("hello\n")
+    tone(plain / "x.wav", 0.5)
+    (plain / "x.txt").symlink_to(tmp_path / "gone.txt")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"corpus: 1 problem\(s\), listed in .*: .*x.txt: cannot be read \(a link to "
+                                         r".*gone.txt, which is not there\); its transcripts are left out"):
+        _prepare(str(plain), str(out))
+    with caplog.at_level(logging.INFO):
+        assert _prepare(str(plain), str(out), "--skip-bad") == 0
+    assert {u.id: u.transcript for u in read_manifest(out / "corpus.jsonl")} == {"good": "hello", "x": None}
+    assert "1 problem(s) found, skipped (--skip-bad)" in caplog.text
+
+
 def _prepare(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="command"))
