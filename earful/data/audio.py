@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -293,46 +294,156 @@ def open_audio(path: str | os.PathLike | IO[bytes]) -> Iterator[sf.SoundFile]:
         yield f
 
 
-def riff_shortfall(path: str | os.PathLike) -> tuple[int, int, int] | None:
-    """(bytes the ``data`` chunk of the RIFF/WAV file ``path`` says it holds, bytes it holds, bytes a sample frame)
-    where the file ends before that chunk does (an interrupted copy), else None. libsndfile reads such a file to
-    its cut end and gives that as its length, saying so only in its log: a WAV's length is not its header's, as a
-    FLAC's is. A size of 0 or 0xFFFFFFFF (a WAV written to a stream: unknown) is no promise."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return None
-        order = "little" if head[:4] == b"RIFF" else "big"
-        end, align = os.fstat(f.fileno()).st_size, 0
-        while len(chunk := f.read(8)) == 8:
-            size = int.from_bytes(chunk[4:], order)
-            if chunk[:4] == b"data":
-                held = end - f.tell()
-                return (size, held, align) if 0 < size < 0xFFFFFFFF and held < size else None
-            if chunk[:4] == b"fmt " and size >= 14:
-                align = int.from_bytes(f.read(14)[12:14], order)  # nBlockAlign
-                size -= 14
-            f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even size
+class Shortfall(NamedTuple):
+    """A container's audio chunk cut short: the bytes its header says it holds, the bytes it holds, and the samples
+    it promises (None where the header does not count them)."""
+
+    promised: int
+    held: int
+    samples: int | None
+
+
+def _short(promised: int, held: int, samples: int | None) -> Shortfall | None:
+    """A Shortfall where the chunk holds less than it promises; a size of 0 or less (unknown) is no promise."""
+    return Shortfall(promised, held, samples) if 0 < promised and held < promised else None
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """How a container lays out its chunks: the first at byte ``start``, each an id of ``id_bytes`` (W64's are
+    GUIDs, named by their first four bytes) and a size of ``size_bytes`` in ``order`` (a signed one where 8 bytes:
+    CAF's -1), counting the chunk's own header where ``counted``, padded to a multiple of ``pad`` bytes."""
+
+    start: int
+    id_bytes: int
+    size_bytes: int
+    order: Literal["little", "big"]
+    pad: int
+    counted: bool = False
+
+    def walk(self, f: IO[bytes], end: int) -> Iterator[tuple[bytes, int, int]]:
+        """(name, where its body starts, its size) of each chunk of the open file ``f``, ``end`` bytes long, up to a
+        chunk header cut short or a size below 0."""
+        at, head = self.start, self.id_bytes + self.size_bytes
+        while at + head <= end:
+            f.seek(at)
+            raw = f.read(head)
+            size = int.from_bytes(raw[self.id_bytes:], self.order, signed=self.size_bytes == 8)
+            size -= head if self.counted else 0
+            yield raw[:4], at + head, size
+            if size < 0:
+                return
+            at += head + size + -size % self.pad
+
+    @staticmethod
+    def read(f: IO[bytes], at: int, width: int) -> bytes:
+        """``width`` bytes from byte ``at`` of the open file ``f``."""
+        f.seek(at)
+        return f.read(width)
+
+    def number(self, f: IO[bytes], at: int, width: int) -> int:
+        """The unsigned number of ``width`` bytes at byte ``at`` of the open file ``f``."""
+        return int.from_bytes(self.read(f, at, width), self.order)
+
+
+FRAME_ALIGNED = (1, 3, 6, 7, 0xFFFE)  # WAV codecs whose nBlockAlign is a sample frame: PCM, float, A-law, µ-law
+
+
+def _wave(f: IO[bytes], chunks: Chunks, end: int) -> Shortfall | None:
+    """A WAV's data chunk (RIFF, RIFX, W64; RF64 and BW64, where a size of 0xFFFFFFFF defers to the ds64 chunk's),
+    its samples counted by the fmt chunk's nBlockAlign where that is a sample frame (not an ADPCM block). A size of
+    0xFFFFFFFF otherwise (a WAV written to a stream: unknown) is no promise."""
+    align, wide = 0, 0
+    for name, body, size in chunks.walk(f, end):
+        if name == b"ds64":
+            wide = chunks.number(f, body + 8, 8)  # riffSize, dataSize, sampleCount …
+        elif name == b"fmt " and size >= 14 and chunks.number(f, body, 2) in FRAME_ALIGNED:  # wFormatTag
+            align = chunks.number(f, body + 12, 2)  # nBlockAlign
+        elif name == b"data":
+            size = wide if size == 0xFFFFFFFF else size
+            return _short(size, end - body, size // align if align else None)
     return None
+
+
+def _aiff(f: IO[bytes], chunks: Chunks, end: int) -> Shortfall | None:
+    """An AIFF's or AIFC's SSND chunk (an offset and a block size, then the samples), its samples the COMM chunk's
+    numSampleFrames (not an AIFC's IMA ADPCM, where it counts packets)."""
+    frames = None
+    for name, body, size in chunks.walk(f, end):
+        if name == b"COMM":  # numChannels, numSampleFrames, sampleSize, sampleRate (10 bytes), an AIFC's codec
+            packets = size >= 22 and chunks.read(f, body + 18, 4) == b"ima4"
+            frames = None if packets else chunks.number(f, body + 2, 4)
+        elif name == b"SSND":
+            return _short(size - 8, end - body - 8, frames)
+    return None
+
+
+def _caf(f: IO[bytes], chunks: Chunks, end: int) -> Shortfall | None:
+    """A CAF's data chunk (an edit count, then the samples), its samples counted by the desc chunk's bytes and
+    frames a packet (0 bytes a packet: packets of varying size, ALAC's, not counted). A size of -1 says "to the end
+    of the file": no promise."""
+    packet = 0, 0
+    for name, body, size in chunks.walk(f, end):
+        if name == b"desc":  # sample rate (8 bytes), format id, format flags, bytes a packet, frames a packet …
+            packet = chunks.number(f, body + 16, 4), chunks.number(f, body + 20, 4)
+        elif name == b"data":
+            return _short(size - 4, end - body - 4, (size - 4) // packet[0] * packet[1] if packet[0] else None)
+    return None
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container whose header says how many bytes of audio it holds: named ``form`` at byte ``form_at`` of its
+    header, its chunks laid out as ``chunks`` says, its audio chunk found by ``audio``."""
+
+    form_at: int
+    form: tuple[bytes, ...]
+    chunks: Chunks
+    audio: Callable[[IO[bytes], Chunks, int], Shortfall | None]
+
+
+_RIFF = Container(8, (b"WAVE",), Chunks(12, 4, 4, "little", 2), _wave)
+CONTAINERS = {  # by a file's first four bytes
+    b"RIFF": _RIFF,
+    b"RF64": _RIFF,
+    b"BW64": _RIFF,
+    b"RIFX": Container(8, (b"WAVE",), Chunks(12, 4, 4, "big", 2), _wave),
+    b"riff": Container(24, (b"wave",), Chunks(40, 16, 8, "little", 8, counted=True), _wave),  # Sony Wave64
+    b"FORM": Container(8, (b"AIFF", b"AIFC"), Chunks(12, 4, 4, "big", 2), _aiff),
+    b"caff": Container(0, (b"caff",), Chunks(8, 4, 8, "big", 1), _caf),
+}
+
+
+def data_shortfall(path: str | os.PathLike) -> Shortfall | None:
+    """Where the audio chunk of ``path`` (WAV, RF64, W64, AIFF/AIFC, CAF: ``CONTAINERS``) ends before its header
+    says (an interrupted copy), how; else (another format, or a whole file) None. Headers alone are read.
+    libsndfile reads such a file to its cut end and gives that as its length, saying so only in its log: its
+    length is not its header's, as a FLAC's is."""
+    with open(path, "rb") as f:
+        head = f.read(28)
+        kind = CONTAINERS.get(head[:4])
+        if kind is None or head[kind.form_at:kind.form_at + 4] not in kind.form:
+            return None
+        return kind.audio(f, kind.chunks, os.fstat(f.fileno()).st_size)
 
 
 def audio_info(path: str | os.PathLike | IO[bytes], *, check_end: bool = False) -> tuple[int, int]:
     """(num_frames, sample_rate) from the file header, without decoding; with ``check_end``, the file opened once
-    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond), and a WAV's ``data`` chunk
-    is checked against the file's size (:func:`riff_shortfall`): what ``earful prepare`` lists must decode to the
-    length its header says. Raises AudioError."""
+    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond), and the audio chunk of a
+    WAV, RF64, W64, AIFF or CAF is checked against the file's size (:func:`data_shortfall`): what ``earful prepare``
+    lists must decode to the length its header says. Raises AudioError."""
     with open_audio(path) as f:
         frames, rate = int(f.frames), int(f.samplerate)
         if frames == UNKNOWN_LENGTH:
             name = printable_path(path)
             raise AudioError(f"{name}: its length is unknown (its header gives none: a FLAC written to a stream has "
                              f"0 total samples); re-encode it, e.g. ffmpeg -i {name} -c:a flac OUT.flac")
-        if check_end and f.format in ("WAV", "WAVEX") and not hasattr(path, "read"):
-            if (short := riff_shortfall(path)) is not None:  # type: ignore[arg-type]
-                size, held, align = short
-                promised = f" ({size // align} samples)" if align else ""
+        if check_end and not hasattr(path, "read"):
+            if (short := data_shortfall(path)) is not None:  # type: ignore[arg-type]
+                samples = f" ({short.samples} samples)" if short.samples is not None else ""
                 raise AudioError(f"{printable_path(path)}: audio that ends before its header says (truncated?): "
-                                 f"its data chunk holds {held} of the {size} bytes{promised} its header promises")
+                                 f"its data chunk holds {short.held} of the {short.promised} bytes{samples} its "
+                                 "header promises")
         if check_end and frames:
             check_decodes_up_to(f, path, frames)
         return frames, rate

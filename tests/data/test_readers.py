@@ -458,6 +458,36 @@ def test_a_truncated_wav_is_a_problem_not_a_shorter_file_with_the_whole_transcri
     assert [u.id for u in read_manifest(out / "corpus.jsonl")] == ["good", "stream"]
 
 
+@pytest.mark.parametrize(("name", "kind", "subtype", "width"), [
+    ("cut.rf64", "RF64", "PCM_16", 2), ("cut.w64", "W64", "PCM_16", 2), ("cut.aiff", "AIFF", "PCM_16", 2),
+    ("cut.aif", "AIFF", "FLOAT", 4), ("cut.caf", "CAF", "PCM_16", 2)])  # AIFF's FLOAT: an AIFC
+def test_a_truncated_rf64_w64_aiff_or_caf_is_a_problem_as_a_wav_is(tmp_path: Path, tone, caplog, name: str,
+                                                                  kind: str, subtype: str, width: int) -> None:
+    """An RF64 (its sizes in the ds64 chunk), W64, AIFF, AIFC or CAF cut short was read by libsndfile to where it
+    ends, "0 problem(s)", as a WAV's was: its audio chunk's size is now checked against the file's too. A CAF whose
+    data chunk's size is -1 ("to the end of the file") promises nothing."""
+    import numpy as np
+    import soundfile as sf
+
+    plain = tmp_path / "corpus"
+    tone(plain / "good.wav", 0.5)
+    frames = 16000
+    sf.write(plain / name, np.full(frames, 0.1, dtype=np.float32), 16000, format=kind, subtype=subtype)
+    raw = bytearray((plain / name).read_bytes())
+    os.truncate(plain / name, len(raw) - 1001)
+    bytes_ = width * frames
+    _one_problem_then_skipped(plain, tmp_path / "out", rf"{name}: audio that ends before its header says "
+                              rf"\(truncated\?\): its data chunk holds {bytes_ - 1001} of the {bytes_} bytes "
+                              rf"\({frames} samples\) its header promises", caplog)
+    if name.endswith(".caf"):
+        from earful.data.audio import data_shortfall
+
+        at = raw.index(b"data") + 4
+        raw[at:at + 8] = b"\xff" * 8
+        (plain / name).write_bytes(bytes(raw[:-1001]))
+        assert data_shortfall(plain / name) is None
+
+
 def test_a_flac_of_unknown_length_is_a_problem_saying_so(tmp_path: Path, tone, caplog) -> None:
     """A FLAC written to a stream has 0 total samples in its STREAMINFO (unknown, as the format allows): it was
     refused as "cannot read up to sample 9223372036854775807 …". Now the problem says the length is unknown and
