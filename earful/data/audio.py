@@ -391,6 +391,40 @@ def _caf(f: IO[bytes], chunks: Chunks, end: int) -> Shortfall | None:
     return None
 
 
+AU_BYTES = {1: 1, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 8, 27: 1}  # bytes a sample by encoding: µ-law, PCM, floats, A-law
+
+
+def _au(f: IO[bytes], chunks: Chunks, end: int) -> Shortfall | None:
+    """An AU's samples: after its header of data offset, data size (0xFFFFFFFF: unknown, no promise), encoding,
+    sample rate and channels, each 4 bytes; counted where the encoding has a whole number of bytes a sample (not
+    G.72x ADPCM)."""
+    offset, size, encoding, _, channels = (chunks.number(f, at, 4) for at in range(4, 24, 4))
+    per = AU_BYTES.get(encoding, 0) * channels
+    return _short(size if size != 0xFFFFFFFF else 0, end - offset, size // per if per else None)
+
+
+def _nist(f: IO[bytes], chunks: Chunks, end: int) -> Shortfall | None:
+    """A NIST SPHERE file's samples: after its text header (its size on the second line), sample_count ×
+    channel_count × sample_n_bytes bytes; a compressed one (Shorten, ``sample_coding ... shorten``) promises no
+    size."""
+    lines = chunks.read(f, 0, 1024).split(b"\n")
+    if len(lines) < 2 or not lines[1].strip().isdigit():
+        return None
+    header = int(lines[1])
+    fields = {}
+    for line in chunks.read(f, 0, header).split(b"\n")[2:]:
+        if line.strip() == b"end_head":
+            break
+        if len(parts := line.split(None, 2)) == 3:
+            fields[parts[0]] = parts[2].strip()
+    if b"shorten" in fields.get(b"sample_coding", b"") or not all(
+            fields.get(key, b"1").isdigit() for key in (b"sample_count", b"channel_count", b"sample_n_bytes")):
+        return None
+    samples = int(fields.get(b"sample_count", b"0"))
+    return _short(samples * int(fields.get(b"channel_count", b"1")) * int(fields.get(b"sample_n_bytes", b"2")),
+                  end - header, samples)
+
+
 @dataclass(frozen=True)
 class Container:
     """A container whose header says how many bytes of audio it holds: named ``form`` at byte ``form_at`` of its
@@ -411,12 +445,15 @@ CONTAINERS = {  # by a file's first four bytes
     b"riff": Container(24, (b"wave",), Chunks(40, 16, 8, "little", 8, counted=True), _wave),  # Sony Wave64
     b"FORM": Container(8, (b"AIFF", b"AIFC"), Chunks(12, 4, 4, "big", 2), _aiff),
     b"caff": Container(0, (b"caff",), Chunks(8, 4, 8, "big", 1), _caf),
+    b".snd": Container(0, (b".snd",), Chunks(24, 4, 4, "big", 1), _au),  # chunks: the header's numbers alone
+    b"dns.": Container(0, (b"dns.",), Chunks(24, 4, 4, "little", 1), _au),
+    b"NIST": Container(4, (b"_1A\n",), Chunks(0, 4, 4, "big", 1), _nist),
 }
 
 
 def data_shortfall(path: str | os.PathLike) -> Shortfall | None:
-    """Where the audio chunk of ``path`` (WAV, RF64, W64, AIFF/AIFC, CAF: ``CONTAINERS``) ends before its header
-    says (an interrupted copy), how; else (another format, or a whole file) None. Headers alone are read.
+    """Where the audio of ``path`` (WAV, RF64, W64, AIFF/AIFC, CAF, AU, NIST SPHERE: ``CONTAINERS``) ends before
+    its header says (an interrupted copy), how; else (another format, or a whole file) None. Headers alone are read.
     libsndfile reads such a file to its cut end and gives that as its length, saying so only in its log: its
     length is not its header's, as a FLAC's is."""
     with open(path, "rb") as f:
@@ -429,9 +466,9 @@ def data_shortfall(path: str | os.PathLike) -> Shortfall | None:
 
 def audio_info(path: str | os.PathLike | IO[bytes], *, check_end: bool = False) -> tuple[int, int]:
     """(num_frames, sample_rate) from the file header, without decoding; with ``check_end``, the file opened once
-    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond), and the audio chunk of a
-    WAV, RF64, W64, AIFF or CAF is checked against the file's size (:func:`data_shortfall`): what ``earful prepare``
-    lists must decode to the length its header says. Raises AudioError."""
+    is also read at its last sample (:func:`check_decodes_up_to`, about a millisecond), and the audio of a WAV,
+    RF64, W64, AIFF, CAF, AU or NIST SPHERE file is checked against the file's size (:func:`data_shortfall`): what
+    ``earful prepare`` lists must decode to the length its header says. Raises AudioError."""
     with open_audio(path) as f:
         frames, rate = int(f.frames), int(f.samplerate)
         if frames == UNKNOWN_LENGTH:

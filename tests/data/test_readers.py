@@ -460,14 +460,17 @@ def test_a_truncated_wav_is_a_problem_not_a_shorter_file_with_the_whole_transcri
 
 @pytest.mark.parametrize(("name", "kind", "subtype", "width"), [
     ("cut.rf64", "RF64", "PCM_16", 2), ("cut.w64", "W64", "PCM_16", 2), ("cut.aiff", "AIFF", "PCM_16", 2),
-    ("cut.aif", "AIFF", "FLOAT", 4), ("cut.caf", "CAF", "PCM_16", 2)])  # AIFF's FLOAT: an AIFC
+    ("cut.aif", "AIFF", "FLOAT", 4), ("cut.caf", "CAF", "PCM_16", 2), ("cut.au", "AU", "PCM_16", 2),
+    ("cut.sph", "NIST", "PCM_16", 2)])  # AIFF's FLOAT: an AIFC
 def test_a_truncated_rf64_w64_aiff_or_caf_is_a_problem_as_a_wav_is(tmp_path: Path, tone, caplog, name: str,
                                                                   kind: str, subtype: str, width: int) -> None:
-    """An RF64 (its sizes in the ds64 chunk), W64, AIFF, AIFC or CAF cut short was read by libsndfile to where it
-    ends, "0 problem(s)", as a WAV's was: its audio chunk's size is now checked against the file's too. A CAF whose
-    data chunk's size is -1 ("to the end of the file") promises nothing."""
+    """An RF64 (its sizes in the ds64 chunk), W64, AIFF, AIFC, CAF, AU or NIST SPHERE file cut short was read by
+    libsndfile to where it ends, "0 problem(s)", as a WAV's was: its audio's size is now checked against the file's
+    too. A CAF whose data chunk's size is -1 ("to the end of the file") promises nothing, nor an AU's 0xFFFFFFFF."""
     import numpy as np
     import soundfile as sf
+
+    from earful.data.audio import data_shortfall
 
     plain = tmp_path / "corpus"
     tone(plain / "good.wav", 0.5)
@@ -480,10 +483,12 @@ def test_a_truncated_rf64_w64_aiff_or_caf_is_a_problem_as_a_wav_is(tmp_path: Pat
                               rf"\(truncated\?\): its data chunk holds {bytes_ - 1001} of the {bytes_} bytes "
                               rf"\({frames} samples\) its header promises", caplog)
     if name.endswith(".caf"):
-        from earful.data.audio import data_shortfall
-
         at = raw.index(b"data") + 4
         raw[at:at + 8] = b"\xff" * 8
+        (plain / name).write_bytes(bytes(raw[:-1001]))
+        assert data_shortfall(plain / name) is None
+    if name.endswith(".au"):
+        raw[8:12] = b"\xff" * 4
         (plain / name).write_bytes(bytes(raw[:-1001]))
         assert data_shortfall(plain / name) is None
 
