@@ -95,9 +95,11 @@ def _earlier_files(out: Path, record: dict[str, Any]) -> dict[str, str]:
     if not files:  # a run that wrote nothing (its first file failed): nothing to mix with
         return {}
     if not same_weights(saved, record):
-        raise ValueError(f"{out}: holds the features of another checkpoint ({saved.get('checkpoint')}: {len(files)} "
-                         f"file(s)), which these ({record['checkpoint']}) would mix with; give another --out, or "
-                         f"remove {out}")
+        where = str(saved.get("checkpoint"))
+        what = ("other weights of the same checkpoint folder (changed since, e.g. a resumed run's `best`: "
+                if Path(where).resolve() == Path(record["checkpoint"]).resolve() else "another checkpoint (")
+        raise ValueError(f"{out}: holds the features of {what}{where}: {len(files)} file(s)), which these "
+                         f"({record['checkpoint']}) would mix with; give another --out, or remove {out}")
     # a record of before --layers and --dtype: all, float32; of before the windows were recorded: whole files, the
     # default then as now (a folder chunked then reads as whole files: what it holds cannot tell)
     made = {k: saved.get(k, ALL_OF[k]) for k in ALL_OF}

@@ -454,6 +454,13 @@ def test_features_of_another_checkpoint_are_refused_in_the_same_out(tmp_path, ca
     assert record["files"] == {"a.npy": str(tmp_path / "a.wav"), "b.npy": str(tmp_path / "b.wav")}
     assert np.array_equal(np.load(feats / "a.npy"), a)
 
+    shutil.rmtree(tmp_path / "moved")  # the same folder holding other weights since: said so, not "another"
+    shutil.copytree(tmp_path / "two", tmp_path / "moved")
+    caplog.clear()
+    assert main(["features", str(tmp_path / "moved"), str(tmp_path / "a.wav"), "--out", str(feats)]) == 2
+    assert f"{feats}: holds the features of other weights of the same checkpoint folder (changed since, e.g. a " \
+           f"resumed run's `best`: {tmp_path / 'moved'}: 2 file(s)), which these ({tmp_path / 'moved'})" in caplog.text
+
     (tmp_path / "old").mkdir()  # .npy files that record no checkpoint (an earlier version's): refused too
     np.save(tmp_path / "old" / "x.npy", np.zeros(2))
     caplog.clear()
