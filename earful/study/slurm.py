@@ -23,8 +23,9 @@ job:
 
 A SIGUSR1 outside training (loading, evaluating) reaches submitit's handler directly: the job requeues and the
 stage resumes from the last checkpoint. A run stopped by SIGTERM — ``scancel``, or Slurm's own pre-emption with
-``PreemptMode=REQUEUE``, which requeues the job itself — exits without a result (so does a stopped run whose job's
-process received SIGTERM, whatever its ranks agreed on): a requeued job resumes, a cancelled one is reported by
+``PreemptMode=REQUEUE``, which requeues the job itself — exits without a result (so does a stopped run any of whose
+ranks received SIGTERM by the run's end, whatever stop they agreed on: they agree once more then, and each hands
+it on, ``Trainer.agree_signal_at_end``): a requeued job resumes, a cancelled one is reported by
 the study as failed. submitit counts requeues at the time limit against ``max_requeues``; pre-emptions are free.
 A study process that is killed leaves its jobs running; a rerun skips the runs that have finished (``Job.done``)
 and submits the others, whose run folders are locked while an old job still trains them: cancel the old jobs
@@ -107,7 +108,7 @@ class StageJob:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task: torch's env:// variables (every GPU of the node stays visible)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        terms: list[int] = []  # a SIGTERM to this process, whatever stop its run's ranks agreed on
+        terms: list[int] = []  # a SIGTERM to this process or, handed on by its trainer, to another rank of its run
         bypass = signal.getsignal(signal.SIGTERM)  # submitit's: it logs the signal
 
         def note_sigterm(signum: int, frame: Any) -> None:
@@ -120,7 +121,7 @@ class StageJob:
                 return fn(*args)
         except StudyStopped as e:
             if e.stopped_by == "SIGTERM" or terms:  # cancelled, or Slurm pre-empts and requeues the job itself
-                log.warning("%s%s; the job ends without a result", e, "; this process received SIGTERM" * (
+                log.warning("%s%s; the job ends without a result", e, "; the job received SIGTERM" * (
                     bool(terms) and e.stopped_by != "SIGTERM"))
                 sys.exit(EXIT_STOPPED)
             log.warning("%s; handing the stop to submitit: requeue, then resume", e)

@@ -14,7 +14,8 @@ host once. Every ``log_every`` steps a record goes to ``train.jsonl``; every ``v
 validates (``valid.jsonl``, ``checkpoints/best`` by its metric); every ``ckpt_every`` a checkpoint is
 written; SIGTERM / SIGUSR1 and a first Ctrl-C checkpoint and stop after the step every rank shares the signal in,
 every rank by the highest received (a second Ctrl-C aborts); a SIGTERM / SIGUSR1 that stops nothing (it came in
-the last step) is handed on once the run has finished (``hand_on_signal``); a final
+the last step), or that outranks the stop's, on any rank, is handed on once the run has finished
+(``agree_signal_at_end``, ``hand_on_signal``); a final
 checkpoint is always written. ``max_nan_steps`` non-finite steps in a row stop the run with a checkpoint.
 """
 
@@ -220,6 +221,7 @@ class Trainer:
         self.best, self.last_valid = math.inf, math.nan
         self.signal_received = 0  # set by the signal handler, on this rank only: the highest (STOP_ORDER) so far
         self.stop_signal = 0  # set by agree_stop once every rank knows: the highest signal any rank received
+        self.signal_at_end = 0  # set by agree_signal_at_end: the highest any rank received by the run's end
         self.train_log = JsonlLog(self.run.root / "train.jsonl", self.d.is_main)
         self.valid_log = JsonlLog(self.run.root / "valid.jsonl", self.d.is_main)
         self.tb = TensorBoard(self.run.root / "tb", cfg.tensorboard and self.d.is_main)
@@ -580,20 +582,31 @@ class Trainer:
         if shared and not self.stop_signal and self.step < self.cfg.max_steps:
             self.stop_signal = shared[-1]
 
+    def agree_signal_at_end(self) -> None:
+        """The run's last agreement (a collective, once the last checkpoint is written): every rank takes the
+        highest signal any rank has received by now (``STOP_ORDER``), the one ``hand_on_signal`` hands on. A
+        SIGTERM that reached rank 1 alone after the ranks had agreed on a SIGUSR1 stop (during its checkpoint)
+        had been handed on by rank 1 alone, and rank 0, which a Slurm job's requeue is left to, requeued a
+        cancelled job; a signal in the last step that reached rank 1 alone had not requeued the job at all."""
+        received: list[int] = D.all_gather_object(self.signal_received, self.d)  # type: ignore[assignment]
+        self.signal_at_end = max(received, key=stop_rank)
+
     def hand_on_signal(self) -> None:
-        """At the end of ``fit``, outside its handlers: a signal that stopped nothing (it came in the run's last
-        step, or during the end's validation and checkpoint) or that outranks the one the run stopped by (a
-        SIGTERM during a SIGUSR1's checkpoint) is raised again, to the handler in force outside training:
+        """At the end of ``fit``, outside its handlers and the process group: a signal that stopped nothing (it
+        came in the run's last step, or during the end's validation and checkpoint) or that outranks the one the
+        run stopped by (a SIGTERM during a SIGUSR1's checkpoint), on any rank (``agree_signal_at_end``), is raised
+        again, to the handler in force outside training:
         submitit's requeues its job (whose stage then finds the run finished), a study's pool worker stops its
         job. It had been swallowed: a fine-tuning's job went on to its evaluation with only ``signal_delay_s``
         left, and no requeue. Under a signal's default action (the command line, torchrun's ranks) nothing is
         raised: the finished run ends as one (status 0), as it did; nor for a Ctrl-C, which aborts outside training."""
-        signum = self.signal_received
+        signum = self.signal_at_end
         if signum not in STOP_SIGNALS or stop_rank(signum) <= stop_rank(self.stop_signal):
             return  # a Ctrl-C in the last step: the run finishes, as it did
         name = signal.Signals(signum).name
         if callable(signal.getsignal(signum)):
-            log.warning("%s stopped nothing in training (%s): handing it on", name,
+            log.warning("%s%s stopped nothing in training (%s): handing it on", name,
+                        " (received by another rank)" * (signum != self.signal_received),
                         f"the run stopped by {self.stopped_by()}" if self.stop_signal else "the run has finished")
             signal.raise_signal(signum)
         elif not self.stop_signal:
@@ -613,24 +626,33 @@ class Trainer:
         self.task.announce()
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps`` (or a stop); the summary. A signal that stopped nothing is then handed on
+        (``hand_on_signal``)."""
+        summary = self._train()
+        self.hand_on_signal()
+        return summary
+
+    def _train(self) -> dict[str, Any]:
+        """``fit()`` before its hand-on: the steps, the stop's checkpoint or the end's, and the run's last
+        agreement (``agree_signal_at_end``)."""
         cfg = self.cfg
         if self.d.is_main:
             self.announce()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.d.is_main, unit="step",
                    dynamic_ncols=True)
-        with stop_signals(self._on_signal):
+        with stop_signals(self._on_signal):  # to the end of the last agreement: a signal until then is shared
             try:
                 self._steps(bar)
             finally:
                 bar.close()
                 self.close()
-        if self.stop_signal and self.d.is_main:
-            log.warning("stopped by %s at step %d; checkpoint written; continue with --resume", self.stopped_by(),
-                        self.step)
-        summary = {k: v for k, v in self.progress_info().items()
-                   if k not in ("recipe", "layout", *MANIFEST_RECORDS, "log_interval", "health")}
-        bad, empty = self.left_out()
-        self.hand_on_signal()  # after the last collective: a handler that exits (submitit's) leaves no rank waiting
+            if self.stop_signal and self.d.is_main:
+                log.warning("stopped by %s at step %d; checkpoint written; continue with --resume",
+                            self.stopped_by(), self.step)
+            summary = {k: v for k, v in self.progress_info().items()
+                       if k not in ("recipe", "layout", *MANIFEST_RECORDS, "log_interval", "health")}
+            bad, empty = self.left_out()
+            self.agree_signal_at_end()
         return {**summary, "bad_files": bad, "empty_batches": empty, "unbatchable": self.loader.skipped}
 
     def _steps(self, bar: tqdm) -> None:
@@ -671,13 +693,15 @@ class Trainer:
         self.save(f"step-{self.step:07d}")
 
     def fit_and_leave(self) -> dict[str, Any]:
-        """``fit()``, then leave the process group (together after a finished run, at once after an error)."""
+        """``fit()``, leaving the process group (together after a finished run, at once after an error) before
+        its hand-on."""
         summary = None
         try:
-            summary = self.fit()
-            return summary
+            summary = self._train()
         finally:
             D.teardown(finished=summary is not None)
+        self.hand_on_signal()  # once out of the process group: a handler that exits (submitit's, requeuing the
+        return summary  # job) had left the other ranks' teardown barrier failing ("Connection closed by peer")
 
 
 def _json_float(x: float) -> float | None:

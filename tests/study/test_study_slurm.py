@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,21 +24,28 @@ RUN = "4s-seed1"
 TESTS = Path(__file__).resolve().parents[1]  # tests/: its pausing module
 
 
-def pausing_stage_job(pause: Path, at: int) -> type:
-    """earful's StageJob whose trainings, in the job's process, pause after step ``at`` (``tests/pausing.py``,
-    with ``pause``'s files). Defined in a function, the class travels by value in submitit's (cloud)pickle, and so
-    does the ``pausing`` module (registered so): the job's process need not import either."""
+def by_value(name: str) -> Any:
+    """The module ``tests/NAME.py``, registered to travel by value in submitit's (cloud)pickle: a job's process
+    need not import it."""
+    import importlib
     import sys
 
     import cloudpickle
 
-    from earful.study.slurm import StageJob
-
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
-    import pausing
+    module = importlib.import_module(name)
+    cloudpickle.register_pickle_by_value(module)
+    return module
 
-    cloudpickle.register_pickle_by_value(pausing)
+
+def pausing_stage_job(pause: Path, at: int) -> type:
+    """earful's StageJob whose trainings, in the job's process, pause after step ``at`` (``tests/pausing.py``,
+    with ``pause``'s files). Defined in a function, the class travels by value in submitit's (cloud)pickle, and so
+    does the ``pausing`` module (``by_value``): the job's process need not import either."""
+    from earful.study.slurm import StageJob
+
+    pausing = by_value("pausing")
 
     class PausingStageJob(StageJob):
         def __call__(self, fn, args):
@@ -283,3 +291,58 @@ def test_a_job_whose_process_received_sigterm_is_not_requeued(monkeypatch) -> No
         with pytest.raises(SystemExit) as stopped:
             StageJob()(stage, ())
     assert stopped.value.code == EXIT_STOPPED and caught == [signal.SIGTERM]
+
+
+def two_ranks_signalled(out: Path, train: Path, steps: int, signals: dict[int, list[tuple[str, int, str]]]
+                        ) -> tuple[list[str], str]:
+    """A study's job of 2 tasks (2 ranks, gloo) under submitit's local executor, pre-training ``steps`` steps on
+    ``train``, signalled as ``signals`` says (``tests/signalled_job.py``), waited for to its end (requeues
+    included): the ranks' starts, in order, and the job's logs."""
+    from earful.study.slurm import StageJob, import_submitit
+
+    job_module = by_value("signalled_job")
+    out.mkdir()
+    executor = import_submitit().AutoExecutor(folder=out / "submitit" / "%j", cluster="local")
+    executor.update_parameters(tasks_per_node=2, timeout_min=10)
+    job = executor.submit(StageJob(), job_module.signalled_pretraining, (out, train, steps, signals))
+    deadline = time.monotonic() + 300
+    while not job.done():  # its results() waits for a result a job that ends without one never writes
+        assert time.monotonic() < deadline, "the job did not end in 300 s"
+        time.sleep(0.1)
+    logs = "".join(p.read_text(errors="replace") for p in sorted((out / "submitit").rglob("*_log.*")))
+    return (out / "starts").read_text().split(), logs
+
+
+def test_a_sigterm_to_another_rank_after_a_sigusr1_stop_is_not_requeued(tiny_corpus, tmp_path, monkeypatch) -> None:
+    """A job of 2 ranks agrees on a SIGUSR1 stop (a time limit's notice to every task) in step 2; then SIGTERM
+    (``scancel``) reaches rank 1 alone, before the stop's checkpoint. Rank 1 handed it on to its own StageJob,
+    which ended without a result, while rank 0, whose StageJob alone requeues the job, knew only the SIGUSR1 and
+    requeued the cancelled job. The ranks agree once more at the run's end (``Trainer.agree_signal_at_end``):
+    rank 0 hands the SIGTERM on too, and the job ends unrequeued."""
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # set by the launcher; restored after the test
+    out = tmp_path / "job"
+    starts, logs = two_ranks_signalled(out, tiny_corpus[0], 3, {0: [("start", 2, "SIGUSR1")],
+                                                                1: [("start", 2, "SIGUSR1"), ("after", 2, "SIGTERM")]})
+    info = json.loads((out / "run" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert info["stopped_by"] == "SIGUSR1"
+    assert "Requeued job" not in logs and sorted(starts) == ["0", "1"], logs[-3000:]
+    assert "SIGTERM (received by another rank) stopped nothing in training (the run stopped by SIGUSR1)" in logs
+    assert logs.count("the job ends without a result") == 2, logs[-3000:]
+
+
+@pytest.mark.parametrize("ranks", [[0, 1], [1]], ids=["every-rank", "rank-1-alone"])
+def test_a_signal_in_the_last_step_of_two_ranks_is_handed_on(ranks, tiny_corpus, tmp_path, monkeypatch) -> None:
+    """SIGUSR1 to ``ranks`` of a job of 2 in the run's last step stops nothing: the run finishes, every rank hands
+    the signal on, and rank 0's submitit requeues the job, whose requeued ranks find the run finished. Rank 0 had
+    handed it on (and exited, requeuing) before leaving the process group, and rank 1 failed in the group's
+    teardown barrier ("Connection closed by peer"): the ranks now leave the group first. To rank 1 alone, it had
+    been handed on by rank 1 alone, whose submitit leaves the requeue to rank 0: swallowed, no requeue; the ranks
+    now agree on it at the run's end (``Trainer.agree_signal_at_end``)."""
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # set by the launcher; restored after the test
+    out = tmp_path / "job"
+    starts, logs = two_ranks_signalled(out, tiny_corpus[0], 2, {r: [("start", 2, "SIGUSR1")] for r in ranks})
+    assert "Requeued job" in logs and sorted(starts) == ["0", "0", "1", "1"], logs[-3000:]
+    assert logs.count("stopped nothing in training (the run has finished): handing it on") == 2, logs[-3000:]
+    assert "Traceback" not in logs and "triggered an exception" not in logs, logs[-3000:]
+    info = json.loads((out / "run" / "checkpoints" / "step-0000002" / "trainer.json").read_text())
+    assert info["stopped_by"] == "" and info["step"] == 2
