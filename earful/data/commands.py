@@ -7,12 +7,13 @@ import itertools
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .librispeech import TRAIN_960, Note, discover, training_splits
-from .manifest import Utterance, summarize, write_manifest, write_manifests
+from .librispeech import TRAIN_960, Note, Segments, discover, training_splits
+from .manifest import Totals, Utterance, write_manifest, write_manifests
 from .parallel import StopSignals
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
@@ -118,7 +119,8 @@ def _stale(out: Path, splits: dict[str, list]) -> list[Path]:
     return [out / f"{name}.jsonl" for name in sorted(derived - splits.keys()) if (out / f"{name}.jsonl").exists()]
 
 
-def _of_another_source(out: Path, splits: dict[str, list[Utterance]], source: Path, rows: int = 100) -> dict[Path, str]:
+def _of_another_source(out: Path, splits: dict[str, Sequence[Utterance]], source: Path,
+                       rows: int = 100) -> dict[Path, str]:
     """The manifests of ``out`` this prepare would write (``splits``) that list another corpus's audio (a split of
     the same name: two folders named ``train``), by a path of it: none of their first ``rows`` rows lies under
     ``source`` or is a file this prepare lists (a corpus of links into a store lists the files they point to). A
@@ -126,28 +128,33 @@ def _of_another_source(out: Path, splits: dict[str, list[Utterance]], source: Pa
     root = source.resolve()
     found: dict[Path, str] = {}
     for name, utts in splits.items():
-        target, paths = out / f"{name}.jsonl", {u.path for u in utts}
+        target = out / f"{name}.jsonl"
         try:
             with open(target, encoding="utf-8") as f:
                 listed = [json.loads(line)["path"] for line in itertools.islice(f, rows) if line.strip()]
             base = target.resolve().parent
         except (OSError, ValueError, KeyError, TypeError):  # none there, or not a manifest
             continue
-        if listed and not any(p in paths or (base / p).resolve().is_relative_to(root) for p in listed):
+        if listed and not any((base / p).resolve().is_relative_to(root) for p in listed) and not (
+                {u.path for u in utts} & set(listed)):  # a pass over the rows, made only where it decides
             found[target] = listed[0]
     return found
 
 
-def _one_row_an_id(name: str, utts: list[Utterance], problems: list[str]) -> list[Utterance]:
+def _one_row_an_id(name: str, utts: Sequence[Utterance], problems: list[str]) -> Sequence[Utterance]:
     """``utts`` with an id's later rows left out (``_repeated_rows``): a manifest holding an id twice is refused by
     every command that reads it (``read_manifest``). The readers leave such rows out of a split already; this
     catches a union of splits (the training splits are checked before they are held out and joined:
-    ``_one_id_in_the_training_splits``)."""
+    ``_one_id_in_the_training_splits``). An unlabelled split's ``Segments`` stay ``Segments``."""
     drop = _repeated_rows(name, utts, problems)
-    return [u for r, u in enumerate(utts) if r not in drop] if drop else utts
+    if not drop:
+        return utts
+    if isinstance(utts, Segments):
+        return utts.without(drop)
+    return [u for r, u in enumerate(utts) if r not in drop]
 
 
-def _repeated_rows(name: str, utts: list[Utterance], problems: list[str]) -> set[int]:
+def _repeated_rows(name: str, utts: Sequence[Utterance], problems: list[str]) -> set[int]:
     """The rows of ``utts`` whose id an earlier row has, each a problem naming both files (as ``split NAME``). Ids
     are compared by hash first (8 bytes a row, not a dict of every id: 16 M Libri-light segments held 0.7 GB
     more), then, for the few rows whose hashes meet, by the ids themselves."""
@@ -170,8 +177,8 @@ def _repeated_rows(name: str, utts: list[Utterance], problems: list[str]) -> set
     return drop
 
 
-def _one_id_in_the_training_splits(found: dict[str, list[Utterance]], problems: list[str],
-                                   ) -> dict[str, list[Utterance]]:
+def _one_id_in_the_training_splits(found: dict[str, Sequence[Utterance]], problems: list[str],
+                                   ) -> dict[str, Sequence[Utterance]]:
     """``found`` with an id that two of LibriSpeech's training splits hold (a copy of a chapter) left out of the
     later, the problem of ``train-960`` (their union, written when all three are there) whether or not
     ``--hold-out`` follows: it draws each split's recordings on its own, and one copy went to ``train-X`` and the
@@ -215,7 +222,7 @@ def _prepare(args: argparse.Namespace) -> int:
     return rc
 
 
-def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]], problems: list[str],
+def _write_manifests(args: argparse.Namespace, found: dict[str, Sequence[Utterance]], problems: list[str],
                      stops: StopSignals) -> int:
     """The splits of ``found`` (checked, held out) written as manifests in ``args.out``, with the problems' list:
     all written, then put in place together, signals held from then on (``stops.holding``)."""
@@ -245,7 +252,9 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
                          f"{'; '.join(blocking[:3])}{' …' if len(blocking) > 3 else ''}. No manifest written: mend "
                          "them, or run again with --skip-bad to write the manifests without what is unusable")
     written = {args.out / f"{name}.jsonl": utts for name, utts in splits.items() if utts}
-    write_manifests(written, replacing=stops.holding, lines={listed: problems})  # the list with its manifests
+    totals = {target: Totals() for target in written}  # counted as the rows are written
+    write_manifests({target: totals[target].counted(utts) for target, utts in written.items()},
+                    replacing=stops.holding, lines={listed: problems})  # the list with its manifests
     for name, utts in splits.items():
         target = args.out / f"{name}.jsonl"
         if not utts and target.exists():  # an earlier run's, listing audio not usable now
@@ -253,7 +262,7 @@ def _write_manifests(args: argparse.Namespace, found: dict[str, list[Utterance]]
             log.warning("removed %s, written by an earlier prepare: split %s has no usable audio now", target, name)
     total = 0
     for target, utts in written.items():
-        s = summarize(utts)
+        s = totals[target].summary()
         total += len(utts)
         log.info("%-20s %9.3f h %8d utterances %5d speakers %5.0f%% labelled -> %s", target.stem, s["hours"],
                  s["utterances"], s["speakers"], 100 * s["labelled"], target)

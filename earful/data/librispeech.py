@@ -20,13 +20,15 @@ or the second path gives it another transcript) a problem.
 
 from __future__ import annotations
 
+import bisect
 import glob
 import json
 import logging
 import os
 import random
 import re
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,7 +46,7 @@ from .audio import (
     too_short,
 )
 from .budget import SAMPLE_RATE
-from .manifest import Utterance, control_character, printable_path, samples_at
+from .manifest import Rows, Utterance, control_character, printable_path, samples_at
 from .parallel import ordered_map
 from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -284,7 +286,7 @@ def recording(utt: Utterance) -> str:
     return utt.id.rpartition("/")[0]
 
 
-def hold_out(utts: list[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
+def hold_out(utts: Sequence[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
     """(kept, held out): ``fraction`` of the recordings (``recording``: chapters, a plain folder's folders), drawn
     with ``seed``, held out whole, so that no recording is in both — the paper's validation split (nanow2v2's
     ``split_csv --strategy by_recordings``; its draw is not reproduced, its rule is). At least one recording is held
@@ -300,8 +302,8 @@ def hold_out(utts: list[Utterance], fraction: float, seed: int) -> tuple[list[Ut
     return [u for u in utts if recording(u) not in held], [u for u in utts if recording(u) in held]
 
 
-def training_splits(splits: dict[str, list[Utterance]], fraction: float | None, seed: int,
-                    ) -> dict[str, list[Utterance]]:
+def training_splits(splits: dict[str, Sequence[Utterance]], fraction: float | None, seed: int,
+                    ) -> dict[str, Sequence[Utterance]]:
     """``splits`` with what the paper trains on derived from LibriSpeech's training splits: with ``fraction``,
     each ``train-X`` less ``fraction`` of its recordings, held out as ``val-X``; when all three training splits
     are there, ``train-960`` (their union) and, with ``fraction``, ``val-960`` (the union of the held-out). A split
@@ -484,14 +486,92 @@ def _flac_of(side: Path) -> bool:
         p.suffix.lower() == ".flac" and p.is_file() for p in side.parent.glob(f"{glob.escape(side.stem)}.*"))
 
 
-def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], list[str], float, bool]:
-    """One unlabelled Libri-light file cut into segments: (utterances, problems, seconds of voice activity left out
-    in segments too short, whether the energy VAD was used)."""
+class Segments(Rows):
+    """An unlabelled split's voice-activity segments (``read_unlabelled``) kept as columns, not an ``Utterance`` a
+    segment: each file's id stem, path, speaker and rate once, each segment's first sample and length in an int64
+    column (16 bytes a segment: as Utterances, Libri-light's 16 M segments held about 5.5 GB until ``prepare`` had
+    written them). A row is made the ``Utterance`` it stands for when it is asked for (``segments[i]``, or in
+    order, iterated); it equals any sequence of the same utterances."""
+
+    def __init__(self) -> None:
+        self._files: list[tuple[str, str, str, int]] = []  # (id stem, path, speaker, rate) a file with segments
+        self._first = array("q", [0])  # each file's first row, then the number of rows
+        self._spans = array("q")  # (offset, samples) a row, flat
+        self._numbers: dict[int, list[int]] = {}  # a file some of whose rows were left out: its rows' id numbers
+
+    def add(self, stem: str, path: str, speaker: str, rate: int, spans: Iterable[tuple[int, int]],
+            numbers: list[int] | None = None) -> None:
+        """A file's segments, [start, end) in samples, its rows' ids ``STEM-NNNN`` numbered in order from 0 (or
+        ``numbers``); a file without segments holds no row."""
+        for a, b in spans:
+            self._spans.extend((a, b - a))
+        rows = len(self._spans) // 2
+        if rows > self._first[-1]:
+            if numbers is not None and numbers != list(range(rows - self._first[-1])):
+                self._numbers[len(self._files)] = numbers
+            self._files.append((stem, path, speaker, rate))
+            self._first.append(rows)
+
+    def extend(self, other: Segments) -> None:
+        """``other``'s rows after these."""
+        rows, files = len(self), len(self._files)
+        self._files += other._files
+        self._first.extend(rows + r for r in other._first[1:])
+        self._spans.extend(other._spans)
+        self._numbers.update({files + f: numbers for f, numbers in other._numbers.items()})
+
+    def without(self, rows: set[int]) -> Segments:
+        """These segments less the rows ``rows``, each row kept the same ``Utterance`` (its id's number too)."""
+        out = Segments()
+        for f, (stem, path, speaker, rate) in enumerate(self._files):
+            kept = [r for r in range(self._first[f], self._first[f + 1]) if r not in rows]
+            out.add(stem, path, speaker, rate, ((self._spans[2 * r], self._spans[2 * r] + self._spans[2 * r + 1])
+                                                for r in kept), [self._number(f, r) for r in kept])
+        return out
+
+    def __len__(self) -> int:
+        return self._first[-1]
+
+    def _row(self, i: int) -> Utterance:
+        return self._utterance(bisect.bisect_right(self._first, i) - 1, i)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        for f in range(len(self._files)):
+            for row in range(self._first[f], self._first[f + 1]):
+                yield self._utterance(f, row)
+
+    def seconds(self) -> float:
+        """The segments' seconds in all, as ``sum(u.seconds for u in segments)``, without making a row."""
+        return sum(self._spans[2 * row + 1] / rate for f, (*_, rate) in enumerate(self._files)
+                   for row in range(self._first[f], self._first[f + 1]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by its rows
+
+    def _number(self, f: int, row: int) -> int:
+        """The number in the id of ``row``, a row of the ``f``-th file."""
+        k = row - self._first[f]
+        return self._numbers[f][k] if f in self._numbers else k
+
+    def _utterance(self, f: int, row: int) -> Utterance:
+        """The ``Utterance`` of ``row``, a row of the ``f``-th file."""
+        stem, path, speaker, rate = self._files[f]
+        return Utterance(f"{stem}-{self._number(f, row):04d}", path, self._spans[2 * row + 1], rate, speaker, None,
+                         offset=self._spans[2 * row])
+
+
+def _file_segments(path: Path, limits: SegmentLimits) -> tuple[Segments, list[str], float, bool]:
+    """One unlabelled Libri-light file cut into segments: (its segments, problems, seconds of voice activity left
+    out in segments too short, whether the energy VAD was used)."""
     speaker, book = path.parent.parent.name, path.parent.name
     try:
         frames, rate = audio_info(path, check_end=True)  # a truncated FLAC's header lies
     except AudioError as e:
-        return [], [str(e)], 0, False
+        return Segments(), [str(e)], 0, False
     problems: list[str] = []
     side = path.with_suffix(".json")
     voiced = None
@@ -511,27 +591,26 @@ def _file_segments(path: Path, limits: SegmentLimits) -> tuple[list[Utterance], 
         try:
             voiced = energy_vad(path, rate)  # the rate from the header read above
         except AudioError as e:
-            return [], [*problems, str(e)], 0, True
+            return Segments(), [*problems, str(e)], 0, True
     segments, left_out = cut_segments(voiced, rate, limits)
     if not segments:  # the whole file left out: named (a note: the VAD, not the file, decided it), and counted
         how = "the energy VAD" if by_energy else f"its annotations ({printable_path(side.name)})"
         problems.append(Note(f"{printable_path(path)}: no segment: {how} found {left_out / rate:.2f} s of voice "
                              f"activity of its {frames / rate:.2f} s, none in a stretch of {limits.min_seconds:g} s "
                              "or more (--min-seconds); left out"))
-    where, stem = str(path.resolve()), f"{speaker}/{book}/{path.stem}"
-    utts = [Utterance(f"{stem}-{k:04d}", where, b - a, rate, speaker, None, offset=a)
-            for k, (a, b) in enumerate(segments)]
-    return utts, problems, left_out / rate, by_energy
+    got = Segments()
+    got.add(f"{speaker}/{book}/{path.stem}", str(path.resolve()), speaker, rate, segments)
+    return got, problems, left_out / rate, by_energy
 
 
 def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, *,
                     limits: SegmentLimits = DEFAULT_LIMITS, workers: int = 1,
-                    files_read: FilesRead | None = None) -> list[Utterance]:
+                    files_read: FilesRead | None = None) -> Segments:
     """Voice-activity segments of an unlabelled Libri-light tree ``SPEAKER/BOOK/FILE.flac`` (+ ``FILE.json``):
     speaker = the SPEAKER folder, id = ``SPEAKER/BOOK/FILE-NNNN``, each a window of its file (``offset``). VAD from
     the json's ``voice_activity``, else the energy VAD (``earful.data.vad``), in ``workers`` processes. A file
     without usable annotations, and audio elsewhere than ``SPEAKER/BOOK/FILE.flac`` (left out), are problems; a
-    second path to one file (a link) is cut once (``_first_path``)."""
+    second path to one file (a link) is cut once (``_first_path``). Kept as ``Segments``: 16 bytes a segment."""
     root = Path(root)
     problems = [] if problems is None else problems
     files_read = {} if files_read is None else files_read
@@ -543,20 +622,20 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
                 files.append(path)
         elif is_audio_name(path):
             problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
-    utts: list[Utterance] = []
+    utts = Segments()
     left_out, by_energy, empty = 0.0, 0, 0
     cut = partial(_file_segments, limits=limits)
     done = ordered_map(cut, files, workers)
     for _, (got, found, lost, energy) in tqdm(done, total=len(files), unit="file", desc=f"segments of {root.name}",
                                               disable=len(files) < 100):
-        utts += got
+        utts.extend(got)
         problems += found
         left_out += lost
         by_energy += energy
         empty += not got and bool(found) and isinstance(found[-1], Note)  # cut into nothing (not unreadable)
     log.info("%s: %d files cut into %d segments (%.2f h); %.2f h of voice activity in segments shorter than %g s "
              "left out; %d files by the energy VAD; %d files gave no segment (notes naming them)", root, len(files),
-             len(utts), sum(u.seconds for u in utts) / 3600, left_out / 3600, limits.min_seconds,
+             len(utts), utts.seconds() / 3600, left_out / 3600, limits.min_seconds,
              by_energy, empty)
     return utts
 
@@ -586,8 +665,8 @@ def _subfolders(path: Path) -> list[Path]:
 
 
 def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limits: SegmentLimits = DEFAULT_LIMITS,
-             workers: int = 1) -> dict[str, list[Utterance]]:
-    """Read whatever ``root`` holds: split name -> utterances.
+             workers: int = 1) -> dict[str, Sequence[Utterance]]:
+    """Read whatever ``root`` holds: split name -> utterances (an unlabelled split's as ``Segments``).
 
     - a LibriSpeech split folder gives one split named after it; a folder of such splits (e.g. ``LibriSpeech/``
       with ``train-clean-100``, ``dev-clean`` …), or the folder holding that one, gives one split each; where
@@ -613,11 +692,11 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
         raise FileNotFoundError(f"{root}: no such folder")
     problems = [] if problems is None else problems
     files_read: FilesRead = {}  # every file read, by device and inode: one file reached by two paths is read once
-    splits: dict[str, list[Utterance]] = {}
+    splits: dict[str, Sequence[Utterance]] = {}
     found: dict[str, Path] = {}
     read: list[Path] = []  # the folders whose audio the splits hold (what is elsewhere is left out)
 
-    def add(name: str, folder: Path, utts: list[Utterance]) -> None:
+    def add(name: str, folder: Path, utts: Sequence[Utterance]) -> None:
         if name in found:
             raise ValueError(f"{root}: two splits named {name} ({found[name]} and {folder}): point prepare at one "
                              "of the folders that hold them")

@@ -147,7 +147,29 @@ def _resolve(path: str, base: Path) -> str:
     return str(audio if audio.is_absolute() else Path(os.path.normpath(base / audio)))
 
 
-class Manifest(Sequence[Utterance]):
+class Rows(Sequence[Utterance]):
+    """Utterances kept in a compact form, each made when it is asked for (``_row``): by its index (from the end
+    where negative), or a slice of them (a list)."""
+
+    def _row(self, i: int) -> Utterance:
+        """Row ``i``, 0 <= i < len(self)."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> Utterance: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Utterance]: ...
+
+    def __getitem__(self, i: int | slice) -> Utterance | list[Utterance]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"row {i} of {len(self)}")
+        return self._row(i % len(self))
+
+
+class Manifest(Rows):
     """A manifest read by ``read_manifest``: a sequence of ``Utterance`` kept as columns (see the module
     docstring). ``lengths()`` gives every row's length at ``SAMPLE_RATE`` without parsing a row."""
 
@@ -165,18 +187,7 @@ class Manifest(Sequence[Utterance]):
     def __len__(self) -> int:
         return len(self._lengths)
 
-    @overload
-    def __getitem__(self, i: int) -> Utterance: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Utterance]: ...
-
-    def __getitem__(self, i: int | slice) -> Utterance | list[Utterance]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"row {i} of a manifest of {len(self)}")
-        i %= len(self)
+    def _row(self, i: int) -> Utterance:
         a, b = int(self._starts[i]), int(self._starts[i + 1])
         return self._utterance(os.pread(self._file.fileno(), b - a, a), a)
 
@@ -498,11 +509,24 @@ def _manifest_lines(utts: Iterable[Utterance], path: Path, relative_to: str | os
         yield json_line(row) + "\n"
 
 
-def summarize(utts: Sequence[Utterance]) -> dict[str, float]:
-    """Totals of a set of utterances: hours, utterances, speakers, labelled fraction."""
-    return {
-        "hours": sum(u.seconds for u in utts) / 3600,
-        "utterances": len(utts),
-        "speakers": len({u.speaker for u in utts}),
-        "labelled": sum(u.transcript is not None for u in utts) / max(len(utts), 1),
-    }
+class Totals:
+    """A manifest's totals (hours, utterances, speakers, labelled fraction: ``summary()``), counted as its rows
+    pass on their way to the file (``counted``): no pass of their own over the rows (an unlabelled split's rows
+    are made anew at each pass: ``earful.data.librispeech.Segments``)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.rows, self.labelled = 0.0, 0, 0
+        self.speakers: set[str] = set()
+
+    def counted(self, utts: Iterable[Utterance]) -> Iterator[Utterance]:
+        """``utts``, each counted as it passes."""
+        for u in utts:
+            self.seconds += u.seconds
+            self.rows += 1
+            self.speakers.add(u.speaker)
+            self.labelled += u.transcript is not None
+            yield u
+
+    def summary(self) -> dict[str, float]:
+        return {"hours": self.seconds / 3600, "utterances": self.rows, "speakers": len(self.speakers),
+                "labelled": self.labelled / max(self.rows, 1)}
