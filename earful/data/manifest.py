@@ -328,6 +328,10 @@ def check_manifest_file(path: str | os.PathLike) -> None:
     from .audio import is_audio_name  # audio imports this module
 
     path = Path(path)
+    if path.is_dir() and (source := _shards_source(path)) is not None:
+        raise ManifestError(f"{path}: a folder of shards (`earful shard`'s), not a manifest ({WHAT_A_MANIFEST_IS}); "
+                            f"pre-training streams it with data.shards={path}; other commands read the manifest it "
+                            f"was written from{f' (its index.json: {source})' if source else ''}")
     if path.is_dir():
         raise ManifestError(f"{path}: a folder, not a manifest ({WHAT_A_MANIFEST_IS}); here: earful prepare {path} "
                             f"OUT, then give OUT/{path.resolve().name}.jsonl")
@@ -345,6 +349,20 @@ def check_manifest_file(path: str | os.PathLike) -> None:
         raise ManifestError(f"{path}: looks like a fairseq manifest (an audio root, then PATH<TAB>SAMPLES lines); "
                             f"earful reads its own ({WHAT_A_MANIFEST_IS}): earful prepare {lines[0].strip()} OUT "
                             "(transcripts as a .txt beside each audio file)")
+
+
+def _shards_source(folder: Path) -> str | None:
+    """The manifest a folder of `earful shard` was written from, as its index records it ("" where it records
+    none); None where ``folder`` holds no shard index."""
+    from .shards import INDEX, SHARDS_FORMAT  # shards imports this module
+
+    try:
+        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("format") != SHARDS_FORMAT:
+        return None
+    return str(index.get("source") or "")
 
 
 PROGRESS_AFTER_S = 2.0  # a manifest read that takes longer shows a bar (16 M Libri-light segments: minutes)

@@ -404,6 +404,9 @@ class ShardIndex:
                 raw = f.read()
         except FileNotFoundError:
             raise ShardError(f"{where}: no shard index (write one with `earful shard MANIFEST OUT`)") from None
+        except NotADirectoryError:  # a file given for the folder: "[Errno 20] Not a directory: 'M.jsonl/index.json'"
+            raise ShardError(f"{location}: a file, not a folder of shards (`earful shard MANIFEST OUT` writes one); "
+                             "a manifest trains with data.train=") from None
         try:
             meta = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -19,7 +19,7 @@ import torch
 from earful.data import commands
 from earful.data.budget import BatchBudget
 from earful.data.dataset import AudioDataset, make_loader
-from earful.data.manifest import Utterance, read_manifest, write_manifest
+from earful.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
 from earful.data.shards import ShardError, ShardIndex, open_location, read_member, write_shards
 from earful.data.stream import ShardStream, StreamPlan, make_shard_loader
 
@@ -570,3 +570,18 @@ def test_streams_of_two_ranks_go_on_while_some_shards_load(shards: Path) -> None
     for rank in (0, 1):
         loader = make_shard_loader(str(shards), BatchBudget(3.0, 1.5, 2, crop_seconds=1.0), skip_bad=True, rank=rank)
         assert len(_batches(loader, 600)) == 600
+
+
+def test_a_shard_folder_given_for_a_manifest_and_a_manifest_for_shards_say_which_is_which(shards: Path,
+                                                                                           corpus: Path) -> None:
+    """`finetune --train SHARDS` (or data.train=SHARDS, evaluate, probe) said to `earful prepare` the shard folder,
+    and data.shards=MANIFEST said "[Errno 20] Not a directory: 'M.jsonl/index.json'". Now each names what it was
+    given and what takes it."""
+    with pytest.raises(ManifestError, match=rf"^{shards}: a folder of shards \(`earful shard`'s\), not a manifest "
+                                            rf"\(.*\); pre-training streams it with data.shards={shards}; other "
+                                            rf"commands read the manifest it was written from \(its index.json: "
+                                            rf"{corpus}\)$"):
+        read_manifest(shards)
+    with pytest.raises(ShardError, match=rf"^{corpus}: a file, not a folder of shards \(`earful shard MANIFEST OUT` "
+                                         r"writes one\); a manifest trains with data.train=$"):
+        ShardIndex(corpus)
