@@ -58,6 +58,24 @@ def default_cache_dir() -> Path:
 
 # ---------------------------------------------------------------------------------------------- upstreams
 
+def _what_instead(spec: str | os.PathLike) -> str:
+    """What to give ``earful probe`` for ``spec``, which holds no checkpoint: a run folder (which the other commands
+    read as its latest checkpoint) one of its checkpoints, a transformers folder `import-hf`'s, else any."""
+    from earful.checkpoint import what_it_is
+    from earful.train.state import resolve_checkpoint
+
+    if not Path(spec).exists():
+        return "; the path does not exist"
+    try:
+        latest = resolve_checkpoint(spec)
+    except CheckpointError:  # a run folder without a complete checkpoint
+        latest = None
+    if latest is not None:
+        return (f"; a run folder: give one of its checkpoints, {latest} (its latest) or "
+                f"{Path(spec) / 'checkpoints' / 'best'}")
+    return f"{what_it_is(spec)}; give a checkpoint folder (e.g. RUN/checkpoints/best) or 'fbank'"
+
+
 @dataclass(frozen=True)
 class Upstream:
     """Where features come from: an earful checkpoint, the same architecture at a random init (seeded by
@@ -78,8 +96,7 @@ class Upstream:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
             return cls("fbank")
         if not (Path(spec) / INFO_FILE).is_file():
-            raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}); give a checkpoint folder "
-                                    "(e.g. RUN/checkpoints/best) or 'fbank'")
+            raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}){_what_instead(spec)}")
         resolve_device(device, device_key)  # refused now, not after the model loads
         if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1
             raise ValueError(f"--init-seed {init_seed}: expected an integer from 0 to 2**32 - 1")
