@@ -308,6 +308,7 @@ def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
                                 f"{_line_of(f.fileno(), starts[first_row])})")
 
 
+MANIFEST_SUFFIX = ".jsonl"  # a file named so is a manifest: `earful features` reads its rows, `transcribe` refuses it
 WHAT_A_MANIFEST_IS = "JSON Lines, one utterance a line, made by `earful prepare AUDIO_FOLDER OUT`"
 # the first bytes of the audio formats libsndfile reads (and MP3's ID3 tag): a file that starts so is no manifest
 AUDIO_SIGNATURES = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"NIST_1A", b".snd", b"caff", b"riff")

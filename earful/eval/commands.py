@@ -100,12 +100,12 @@ def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
     """The audio files to transcribe, in order: the names given, then the lines of ``files_from`` ("-": standard
     input; a path a line, blank lines skipped), each a file, or a folder standing for the audio files below it
     (``AUDIO_EXTENSIONS`` and those libsndfile cannot decode, which are then reported; sorted, links followed). A
-    folder without audio, a name that is not there or cannot be written in the UTF-8 output, or no file at all is
-    refused before any work."""
+    folder without audio, a name that is not there, a manifest (``evaluate`` reads those), a name that cannot be
+    written in the UTF-8 output, or no file at all is refused before any work."""
     import sys
 
     from earful.data.audio import files_below, is_audio_name
-    from earful.data.manifest import printable_path
+    from earful.data.manifest import MANIFEST_SUFFIX, printable_path
 
     if files_from is not None:
         try:
@@ -123,6 +123,9 @@ def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
             files += below
         elif not Path(name).exists():
             raise ValueError(f"{name}: no such file or folder")
+        elif name.endswith(MANIFEST_SUFFIX):  # it was said to be audio it could not read ("Format not recognised")
+            raise ValueError(f"{name}: a manifest, not an audio file: `earful evaluate CKPT {name} --out DIR` "
+                             "transcribes its rows (and scores those with a transcript)")
         else:
             files.append(name)
     for f in files:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from earful.atomic import atomic_save_npy, atomic_write_json
 from earful.checkpoint import read_json, same_weights
 from earful.data.budget import SAMPLE_RATE
+from earful.data.manifest import MANIFEST_SUFFIX
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, batch_invariant
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,6 @@ def _unfit_id(uid: str) -> str | None:
     return None
 
 
-MANIFEST_SUFFIX = ".jsonl"  # an input of ``earful features`` named so is a manifest, not an audio file
 
 
 def sources_of(inputs: list[str]) -> list[Source]:

@@ -283,7 +283,8 @@ def test_errors_name_the_command_run_and_a_directory_given_as_a_file(tone_ctc, t
 def test_folders_stand_for_their_audio_and_lists_add_files(tone_ctc, tmp_path, caplog, monkeypatch) -> None:
     """A folder had been refused (a record "a directory, not an audio file"): it now stands for the audio files
     below it, sorted, other files left out and audio libsndfile cannot decode named; --files-from adds a list
-    (a file or standard input). A folder without audio, or a name that is not there, is refused before any work."""
+    (a file or standard input). A folder without audio, a name that is not there, or a manifest, is refused before
+    any work."""
     import io
     import shutil
 
@@ -316,6 +317,8 @@ def test_folders_stand_for_their_audio_and_lists_add_files(tone_ctc, tmp_path, c
     (empty / "x" / "readme.txt").write_text("no audio")
     for args, message in (([str(empty)], f"{empty}: a folder with no audio files below it"),
                           ([str(tmp_path / "gone.wav")], f"{tmp_path / 'gone.wav'}: no such file or folder"),
+                          ([str(manifest)], f"{manifest}: a manifest, not an audio file: `earful evaluate CKPT "
+                                            f"{manifest} --out DIR` transcribes its rows"),  # "Format not recognised"
                           ([], "no audio to transcribe: give files or folders, or --files-from LIST"),
                           (["--files-from", str(tmp_path / "nolist")], f"--files-from {tmp_path / 'nolist'}: cannot")):
         caplog.clear()
