@@ -7,8 +7,9 @@ What the card says, and where it reads it (a fact that is not recorded is left o
 * training: its ``trainer.json`` (steps, batch seconds and device layout, peak lr, hours of audio seen) and the
   run's ``config.yaml`` (the task's recipe, shown whole but a fine-tuning's ``model_preset`` where the architecture
   came from ``init``: :func:`_shown_config`);
-* corpus and recipe fingerprint: the manifests the run read, with the SHA-256 the recipe records of each, and
-  the SHA-256 of the recipe itself (``earful.train.recipe.recipe_hash``, what the trackers record too);
+* corpus and recipe fingerprint: the manifests (or the folder of shards) the run read, with the SHA-256 the recipe
+  records of each, and the SHA-256 of the recipe itself (``earful.train.recipe.recipe_hash``, what the trackers
+  record too);
 * validation: the run's ``valid.jsonl`` at the checkpoint's step;
 * results: inside a study folder, the fine-tunings of this checkpoint (``OUT/results.jsonl``) or, for a
   fine-tuned model, its evaluation (``OUT/eval/RUN/summary.json``).
@@ -223,6 +224,9 @@ def _fingerprints(trainer: dict[str, Any], config: dict[str, Any] | None) -> lis
     only what they were initialised from is shown (an empty recipe's fingerprint would be a made-up fact)."""
     recipe = renamed_settings(trainer.get("recipe", {}))  # a run of before: data.dev.sha256 is data.valid's
     rows = []
+    if trainer["step"] > 0 and (index := recipe.get("data.shards.index")):  # pre-trained from shards, not data.train
+        where = (config or {}).get("data", {}).get("shards")
+        rows.append(("`data.shards`", f"`{where or '?'}` (SHA-256 of its index.json `{index}`)"))
     for key in MANIFESTS if trainer["step"] > 0 else ():
         section, field = key.split(".")
         path = (config or {}).get(section, {}).get(field)

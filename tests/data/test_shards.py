@@ -585,3 +585,21 @@ def test_a_shard_folder_given_for_a_manifest_and_a_manifest_for_shards_say_which
     with pytest.raises(ShardError, match=rf"^{corpus}: a file, not a folder of shards \(`earful shard MANIFEST OUT` "
                                          r"writes one\); a manifest trains with data.train=$"):
         ShardIndex(corpus)
+
+
+def test_the_model_card_of_a_model_pre_trained_from_shards_names_them(shards: Path, tmp_path: Path) -> None:
+    """The card's "Corpus and recipe" listed data.train and data.valid only: a model pre-trained from shards
+    (data.shards) showed no training data at all. It names the shard folder and its index's SHA-256 (the
+    recipe's)."""
+    from earful.interop.card import model_card
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    cfg = load_pretrain_config(None, [
+        "model_preset=tiny", f"data.shards={shards}", "batch_seconds=2", "device_seconds=2", "max_steps=1",
+        "valid_every=0", "data.num_workers=0", "data.min_seconds=0.3", "data.crop_seconds=0.5", "tensorboard=false",
+        "threads=1", "device=cpu"])
+    Trainer(PretrainTask(cfg), tmp_path / "pt").fit()
+    card = model_card(tmp_path / "pt" / "checkpoints" / "step-0000001", 0)
+    assert f"| `data.shards` | `{shards}` (SHA-256 of its index.json `{ShardIndex(shards).digest}`) |" in card, card
