@@ -48,7 +48,8 @@ CONVERT = ("earful reads no pickled checkpoint (code runs as it loads): convert 
 def what_it_is(path: str | Path, *, transformers_ok: bool = False) -> str:
     """For an error about ``path``, which is no earful checkpoint: what it is when that is known, and what to do
     ("; ..."), else "". A pickled file or a folder of them (fairseq's ``checkpoint_best.pt``), a transformers
-    folder (unless the command takes one: ``transformers_ok``), a file."""
+    folder (unless the command takes one: ``transformers_ok``), an earful checkpoint or run folder (given where a
+    transformers folder is wanted), a file."""
     p = Path(path)
     if p.is_file():
         if (p.parent / "config.json").is_file() and p.suffix in (".bin", ".safetensors"):
@@ -59,6 +60,10 @@ def what_it_is(path: str | Path, *, transformers_ok: bool = False) -> str:
             return f"; {p.name} is a pickled PyTorch file (a fairseq checkpoint?): {CONVERT}"
         return "; a file, not a folder"
     if p.is_dir():
+        if (p / INFO_FILE).is_file() or (p / "checkpoints").is_dir():  # its state.pt is earful's, not fairseq's
+            what = "an earful checkpoint" if (p / INFO_FILE).is_file() else "an earful run folder"
+            return (f"; it is {what}: the commands read it as it is, and `earful export-hf {p} OUT` makes a "
+                    "transformers folder of it")
         if (p / "config.json").is_file() and not transformers_ok:
             return f"; it is a transformers folder: `earful import-hf {p} CKPT` makes an earful checkpoint of it"
         pickled = sorted(q.name for q in p.iterdir() if q.suffix in (".pt", ".pth", ".ckpt") and q.is_file())

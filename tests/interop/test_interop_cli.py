@@ -584,6 +584,22 @@ def test_a_fairseq_checkpoint_or_a_transformers_folder_is_named_with_what_to_do(
            "checkpoint of it" in caplog.text
 
 
+def test_an_earful_checkpoint_or_run_folder_given_to_import_hf_is_named_as_one(tmp_path, caplog) -> None:
+    """`earful import-hf CKPT` of an earful checkpoint (or its run folder) called its own state.pt "a fairseq
+    checkpoint?" and told to convert it with fairseq's script. It now says it is earful's, read as it is, and
+    names export-hf; nothing is written."""
+    ckpt = save_model(tmp_path / "run" / "checkpoints" / "best", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    torch.save({"step": 1}, ckpt / "state.pt")  # a training checkpoint's state, beside its weights
+    for given, what in ((ckpt, "an earful checkpoint"), (tmp_path / "run", "an earful run folder")):
+        caplog.clear()
+        assert main(["import-hf", str(given), str(tmp_path / "ck")]) == 2
+        said = f"{given}: no config.json (not a transformers model folder); it is {what}: the commands read it as " \
+               f"it is, and `earful export-hf {given} OUT` makes a transformers folder of it"
+        assert said in caplog.text, caplog.text
+        assert "fairseq" not in caplog.text
+    assert not (tmp_path / "ck").exists()
+
+
 def test_a_model_transformers_cannot_hold_is_refused_naming_its_checkpoint(tmp_path, caplog) -> None:
     ckpt = save_model(tmp_path / "nano", Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"])))
     assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 2
