@@ -867,3 +867,26 @@ def test_each_split_records_its_precision_and_batch_and_another_precision_is_ref
             "evaluation") in caplog.text
     splits = json.loads((out / "summary.json").read_text())["splits"]
     assert "precision" not in splits["dev"]["greedy"] and splits["test"]["greedy"]["precision"] == "fp32"
+
+
+def test_a_pre_training_run_folder_is_refused_without_a_word_of_its_validation_wer(tmp_path, caplog) -> None:
+    """`earful evaluate PT-RUN` logged "a run folder, its latest checkpoint: ... (for the lowest validation WER,
+    give PT-RUN/checkpoints/best)", of a pre-training that has no WER, before refusing it. Only the refusal is
+    said now; a fine-tuning's run folder is still told where its best is."""
+    from earful.cli import main
+    from earful.model import Wav2Vec2ForPreTraining
+
+    for kind, model in (("pt", Wav2Vec2ForPreTraining(load_model_config("tiny"))),
+                        ("ft", Wav2Vec2ForCTC(load_model_config("tiny"), len(V)))):
+        latest = save_model(tmp_path / kind / "checkpoints" / "step-0000002", model,
+                            **({"vocab": V.to_dict()} if kind == "ft" else {}))
+        (latest / "trainer.json").write_text("{}")
+        (tmp_path / kind / "checkpoints" / "latest.json").write_text(json.dumps({"name": latest.name, "step": 2}))
+    manifest = write_split(tmp_path / "data", "test", ["a b"])
+    caplog.set_level("INFO")
+    assert main(["evaluate", str(tmp_path / "pt"), str(manifest), "--out", str(tmp_path / "e1")]) == 2
+    assert "a pretraining checkpoint; evaluate needs a fine-tuned (CTC) one" in caplog.text
+    assert "validation WER" not in caplog.text, caplog.text
+    caplog.clear()
+    assert main(["evaluate", str(tmp_path / "ft"), str(manifest), "--out", str(tmp_path / "e2")]) == 0
+    assert f"(for the lowest validation WER, give {tmp_path / 'ft' / 'checkpoints' / 'best'})" in caplog.text
