@@ -175,8 +175,6 @@ def _unfit_id(uid: str) -> str | None:
     return None
 
 
-
-
 def sources_of(inputs: list[str]) -> list[Source]:
     """The sources of ``earful features``' inputs, in order: a manifest (:data:`MANIFEST_SUFFIX`) a row each,
     any other path an audio file."""

@@ -35,6 +35,7 @@ from earful.lock import lock_file
 from earful.probe import fbank
 from earful.probe.weighting import normalize_layers
 from earful.train.distributed import resolve_device
+from earful.train.state import require_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +59,6 @@ def default_cache_dir() -> Path:
 
 # ---------------------------------------------------------------------------------------------- upstreams
 
-def _what_instead(spec: str | os.PathLike) -> str:
-    """What to give ``earful probe`` for ``spec``, which holds no checkpoint: a run folder (which the other commands
-    read as its latest checkpoint) one of its checkpoints, a transformers folder `import-hf`'s, else any."""
-    from earful.checkpoint import what_it_is
-    from earful.train.state import resolve_checkpoint
-
-    if not Path(spec).exists():
-        return "; the path does not exist"
-    try:
-        latest = resolve_checkpoint(spec)
-    except CheckpointError:  # a run folder without a complete checkpoint
-        latest = None
-    if latest is not None:
-        return (f"; a run folder: give one of its checkpoints, {latest} (its latest) or "
-                f"{Path(spec) / 'checkpoints' / 'best'}")
-    return f"{what_it_is(spec)}; give a checkpoint folder (e.g. RUN/checkpoints/best) or 'fbank'"
-
-
 @dataclass(frozen=True)
 class Upstream:
     """Where features come from: an earful checkpoint, the same architecture at a random init (seeded by
@@ -89,18 +72,21 @@ class Upstream:
     @classmethod
     def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
               device: str = "auto", device_key: str = "--device") -> Upstream:
-        """``"fbank"`` or a checkpoint folder (with ``random_init``: its architecture, freshly initialised),
-        extracted on ``device``, which errors name as ``device_key`` (a study's: the recipe's ``device``)."""
+        """``"fbank"`` or a checkpoint folder, or a run folder for its latest (with ``random_init``: its
+        architecture, freshly initialised), extracted on ``device``, which errors name as ``device_key`` (a study's:
+        the recipe's ``device``)."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
             return cls("fbank")
-        if not (Path(spec) / INFO_FILE).is_file():
-            raise FileNotFoundError(f"{spec}: not an earful checkpoint (no {INFO_FILE}){_what_instead(spec)}")
+        ckpt = require_checkpoint(spec)  # a run folder: its latest, as every command reads one
+        if ckpt != Path(spec):
+            log.info("%s: a run folder, its latest checkpoint: %s (its best by validation: %s)", spec,
+                     ckpt, Path(spec) / "checkpoints" / "best")
         resolve_device(device, device_key)  # refused now, not after the model loads
         if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1
             raise ValueError(f"--init-seed {init_seed}: expected an integer from 0 to 2**32 - 1")
-        return cls("random-init" if random_init else "checkpoint", str(Path(spec).resolve()), init_seed, device)
+        return cls("random-init" if random_init else "checkpoint", str(ckpt.resolve()), init_seed, device)
 
     @property
     def name(self) -> str:

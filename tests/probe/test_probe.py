@@ -767,26 +767,29 @@ def test_sid_s_dev_split_is_named_only_where_sid_was_run() -> None:
     assert with_sid.startswith("Measured on each task's test split, but SID's accuracy: on its dev split")
 
 
-def test_a_run_folder_or_a_transformers_folder_given_for_a_checkpoint_is_named_with_what_to_give(
-        tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_a_run_folder_is_probed_at_its_latest_checkpoint_and_a_transformers_folder_is_named(
+        tiny_ckpt: Path, tmp_path: Path, caplog) -> None:
     """`earful probe RUN` (a run folder, which evaluate, transcribe, features and export-hf read as its latest) and
-    `earful probe HF` said only "not an earful checkpoint (no model.json)". Now each says what it is and what to
-    give instead; a path that is not there says so."""
+    `earful probe HF` said only "not an earful checkpoint (no model.json)". Now a run folder is read as every command
+    reads it, its latest checkpoint, said in the log; a transformers folder is named with import-hf; a path that is
+    not there says so."""
     run = tmp_path / "run"
     latest = run / "checkpoints" / "step-0000002"
     shutil.copytree(tiny_ckpt, latest)
     (latest / "trainer.json").write_text("{}")
     (run / "checkpoints" / "latest.json").write_text(json.dumps({"name": latest.name, "step": 2}))
-    with pytest.raises(FileNotFoundError, match=rf"^{run}: not an earful checkpoint \(no model.json\); a run folder: "
-                                                rf"give one of its checkpoints, {latest} \(its latest\) or "
-                                                rf"{run}/checkpoints/best$"):
-        Upstream.parse(run)
+    with caplog.at_level(logging.INFO):
+        upstream = Upstream.parse(run)
+    assert upstream.ckpt == str(latest.resolve())
+    assert f"{run}: a run folder, its latest checkpoint: {latest} (its best by validation: " \
+           f"{run / 'checkpoints' / 'best'})" in caplog.text
+    assert Upstream.parse(run).fingerprint() == Upstream.parse(latest).fingerprint()
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=rf"^{hf}: .*; it is a transformers folder: `earful import-hf {hf} "
                                                 r"CKPT`"):
         Upstream.parse(hf)
-    with pytest.raises(FileNotFoundError, match=r"nothere: not an earful checkpoint \(no model.json\); the path does "
-                                                r"not exist$"):
+    with pytest.raises(FileNotFoundError, match=r"nothere: no such checkpoint or run folder \(the path does not "
+                                                r"exist\)$"):
         Upstream.parse(tmp_path / "nothere")
