@@ -1,11 +1,14 @@
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -94,6 +97,48 @@ class PausedTraining:
 def paused_training(tmp_path) -> Callable[[int], PausedTraining]:
     """``paused_training(5)``: a PausedTraining that pauses after step 5, its files in tmp_path/pause."""
     return lambda at: PausedTraining(tmp_path / "pause", at)
+
+
+@dataclass
+class FakeHub:
+    """The Hugging Face Hub's models as ``repos`` ({repo id: a local folder}, which the test fills), downloaded by
+    ``snapshot_download`` (patched) as huggingface_hub does: the files its allow_patterns match, into a snapshot
+    folder named by the commit (``commit``, every repository's); ``calls``: (repo_id, revision, allow_patterns) of
+    each download."""
+
+    cache: Path
+    commit: str = "0123456789abcdef0123456789abcdef01234567"
+    repos: dict[str, Path] = field(default_factory=dict)
+    calls: list[tuple[str, str | None, list[str]]] = field(default_factory=list)
+
+    def snapshot_download(self, *, repo_id: str, revision: str | None = None, allow_patterns: list[str],
+                          **kwargs) -> str:
+        import httpx
+        from huggingface_hub.utils import RepositoryNotFoundError
+
+        self.calls.append((repo_id, revision, allow_patterns))
+        if repo_id not in self.repos:
+            url = f"https://huggingface.co/api/models/{repo_id}/revision/{revision or 'main'}"
+            raise RepositoryNotFoundError(f"404 Client Error.\n\nRepository Not Found for url: {url}.",
+                                          response=httpx.Response(404, request=httpx.Request("GET", url)))
+        snapshot = self.cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / self.commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for f in self.repos[repo_id].iterdir():
+            if any(fnmatch(f.name, pattern) for pattern in allow_patterns):
+                shutil.copyfile(f, snapshot / f.name)
+        return str(snapshot)
+
+
+@pytest.fixture
+def hub_models(monkeypatch, tmp_path) -> FakeHub:
+    """huggingface_hub.snapshot_download without the network (:class:`FakeHub`); the working folder tmp_path, where
+    no ORG/NAME folder is."""
+    import huggingface_hub
+
+    hub = FakeHub(tmp_path / "hf-cache")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    return hub
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "finetune-fairseq-10m max_steps=13000 model.mask_prob=0.65")
     p.add_argument("--init", default=None,
                    help="the initial model (required): pre-training or CTC checkpoint, run folder, transformers "
-                   "folder, or 'scratch' for a random one")
+                   "folder or Hugging Face Hub model id (ORG/NAME[@REVISION]), or 'scratch' for a random one")
     p.add_argument("--train", default=None, help="labelled training manifest (data.train)")
     p.add_argument("--valid", default=None,
                    help="labelled validation manifest: CTC loss, WER and CER every valid_every steps (data.valid)")

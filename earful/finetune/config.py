@@ -116,8 +116,8 @@ class FinetuneConfig(TrainingConfig):
         """Refuse a run with no initial model named: checked once ``--init`` is applied (after loading)."""
         if not str(self.init).strip():
             raise ValueError("init: no initial model: give --init CKPT (a pre-training run or checkpoint, a CTC "
-                             "checkpoint, or a transformers folder), or init=scratch to fine-tune a randomly "
-                             "initialised model (the paper's from-scratch baseline)")
+                             "checkpoint, a transformers folder or Hub model id), or init=scratch to fine-tune a "
+                             "randomly initialised model (the paper's from-scratch baseline)")
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None, *,

@@ -58,14 +58,16 @@ def _import(args: argparse.Namespace) -> int:
     from earful.atomic import atomic_folder
     from earful.checkpoint import save_model
     from earful.interop import hf
+    from earful.interop.hub import hub_folder
 
-    hf.check_output_folder(args.ckpt, source=args.hf_dir, writes=hf.IMPORT_FILES,
+    hf_dir = hub_folder(args.hf_dir, "import-hf") or Path(args.hf_dir)  # a Hub model id: its snapshot folder
+    hf.check_output_folder(args.ckpt, source=hf_dir, writes=hf.IMPORT_FILES,
                            other=(hf.HF_CONFIG, "a transformers model"), command="import-hf")
-    model, symbols = hf.import_hf(args.hf_dir, trust_pickle=args.trust_pickle, need_vocab=True)
+    model, symbols = hf.import_hf(hf_dir, trust_pickle=args.trust_pickle, need_vocab=True)
     vocab = None
     if symbols is not None:
-        tokens = hf.special_tokens(args.hf_dir, symbols)  # what export-hf names again
-        mapping = hf.read_text_mapping(args.hf_dir)  # what export-hf kept of fine-tuning's text_mapping
+        tokens = hf.special_tokens(hf_dir, symbols)  # what export-hf names again
+        mapping = hf.read_text_mapping(hf_dir)  # what export-hf kept of fine-tuning's text_mapping
         vocab = {"symbols": symbols, **({"tokens": tokens} if tokens else {})}
         if mapping:
             vocab["mapping"] = mapping
@@ -117,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("import-hf", help="read a transformers Wav2Vec2 folder into an earful checkpoint")
     p.add_argument("hf_dir", help="folder with config.json and model.safetensors or pytorch_model.bin "
-                   "(or their shards)")
+                   "(or their shards), or a Hugging Face Hub model id, ORG/NAME or ORG/NAME@REVISION (downloaded "
+                   "with huggingface_hub: pip install 'earful[hub]')")
     p.add_argument("ckpt", help="earful checkpoint folder to write: new, empty or an earlier import, which is "
                    "replaced whole")
     p.add_argument("--trust-pickle", action="store_true",

@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--init", default=None,
                    help="continue pre-training from these weights: an earful pre-training checkpoint or run "
-                   "folder, or a transformers Wav2Vec2ForPreTraining folder (the model's settings are its; "
-                   "the optimizer and schedule start anew); default scratch")
+                   "folder, or a transformers Wav2Vec2ForPreTraining folder or Hub model id, ORG/NAME[@REVISION] "
+                   "(the model's settings are its; the optimizer and schedule start anew); default scratch")
     resume_options(p)
     p.set_defaults(func=_pretrain)
 

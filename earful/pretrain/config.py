@@ -19,7 +19,7 @@ from earful.checkpoint import CheckpointError
 from earful.config import ConfigError, from_dict, given_settings, merge, parse_overrides, read_yaml, to_dict
 from earful.model.config import ModelConfig, load_model_config, preset_differs
 from earful.train.config import DataConfig, TrainingConfig, config_source, hours_reached, nominal_steps
-from earful.train.init import SCRATCH, init_model_config
+from earful.train.init import SCRATCH, init_model_config, init_path
 from earful.train.recipe import written_by_a_run
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     base = to_dict(PretrainConfig())
     start = over.get("init", data.get("init", SCRATCH))
     try:  # the initial model's errors name it (init PATH: ...), not the config's sources
-        model = _init_model(str(start), resume_from) if start != SCRATCH else None
+        model, folder = _init_model(str(start), resume_from) if start != SCRATCH else (None, None)
     except (ValueError, OSError, CheckpointError) as e:  # each names the path; and where init was set, but --init
         given_in = None if init is not None else overrides_from if "init" in over else path
         raise ConfigError(f"{given_in}: {e}" if given_in is not None else str(e)) from None
@@ -121,8 +121,8 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
         cfg.validate()
     except (ValueError, OSError, CheckpointError) as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None
-    if model is not None:  # what the run trains with, less what the YAML or the overrides set
-        _warn_recipe_unknown(str(start), cfg.model, {*(data.get("model") or {}), *(over.get("model") or {})})
+    if folder is not None:  # what the run trains with, less what the YAML or the overrides set
+        _warn_recipe_unknown(str(start), folder, cfg.model, {*(data.get("model") or {}), *(over.get("model") or {})})
     return cfg
 
 
@@ -134,10 +134,12 @@ def _sets_every_field(*sections: object) -> bool:
     return given >= {f.name for f in fields(ModelConfig)}
 
 
-def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
-    """The model settings of ``init``; resuming a run whose ``init`` no longer resolves, its own checkpoint's."""
+def _init_model(init: str, resume_from: str | Path | None) -> tuple[ModelConfig, Path | None]:
+    """The model settings of ``init`` and the folder it resolved to; resuming a run whose ``init`` no longer
+    resolves, its own checkpoint's settings (and None)."""
     try:
-        return init_model_config(init, "init")
+        path = init_path(init, "init")
+        return init_model_config(path), path
     except (OSError, CheckpointError):
         from earful.checkpoint import model_config
         from earful.train.state import resolve_checkpoint
@@ -148,7 +150,7 @@ def _init_model(init: str, resume_from: str | Path | None) -> ModelConfig:
             run = None
         if run is None:
             raise
-        return model_config(run)
+        return model_config(run), None
 
 
 # the pre-training settings of BASE's recipe that a transformers config.json has no place for (LARGE's differ)
@@ -158,16 +160,17 @@ _RECIPE_FIELDS = ("feature_grad_mult", "temperature_start", "temperature_end", "
 _SHARED_FIELDS = ("mask_prob", "mask_length", "mask_channel_prob")
 
 
-def _warn_recipe_unknown(init: str, model: ModelConfig, given: set[str]) -> None:
-    """Where ``init`` is a transformers folder without earful's training settings (export-hf writes them), say
-    which of :data:`_RECIPE_FIELDS` the run takes from earful's defaults, and which of :data:`_SHARED_FIELDS` it
-    takes from config.json unlike the pre-training recipe: those not ``given`` as ``model.*``."""
+def _warn_recipe_unknown(init: str, folder: Path, model: ModelConfig, given: set[str]) -> None:
+    """Where ``init`` (resolved to ``folder``) is a transformers folder without earful's training settings
+    (export-hf writes them), say which of :data:`_RECIPE_FIELDS` the run takes from earful's defaults, and which of
+    :data:`_SHARED_FIELDS` it takes from config.json unlike the pre-training recipe: those not ``given`` as
+    ``model.*``."""
     from earful.interop.hf import training_settings_given
 
     unset = [name for name in _RECIPE_FIELDS if name not in given]
     recipe = ModelConfig()
     differ = [name for name in _SHARED_FIELDS if name not in given and getattr(model, name) != getattr(recipe, name)]
-    if not (unset or differ) or training_settings_given(init) is not False:
+    if not (unset or differ) or training_settings_given(folder) is not False:
         return
     said = [f"the pre-training settings transformers has no place for are earful's defaults, BASE's recipe "
             f"({', '.join(f'model.{name}={getattr(model, name):g}' for name in unset)})"] if unset else []

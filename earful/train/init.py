@@ -1,5 +1,6 @@
 """The weights a training starts from (``init``): an earful checkpoint folder, a run folder (its latest
-checkpoint), a `transformers` folder (``config.json`` + weights), or ``scratch``. What it resolved to and the
+checkpoint), a `transformers` folder (``config.json`` + weights) or a Hugging Face Hub model id (``ORG/NAME[@REV]``:
+its snapshot folder, :mod:`earful.interop.hub`), or ``scratch``. What it resolved to and the
 SHA-256 of those weights (:class:`InitWeights`) are recorded in ``trainer.json`` (``init_checkpoint``,
 ``init_sha256``) and are part of the run's recipe (``init.sha256``): a resume from other initial weights is
 refused. Fine-tuning (``earful/finetune/init.py``) copies a source's backbone; pre-training continues a
@@ -57,8 +58,10 @@ def resolve_init(init: str, key: str = "--init") -> InitWeights:
 
 def init_path(init: str, key: str = "--init") -> Path:
     """The checkpoint (a run folder's latest) or transformers folder ``init`` (not scratch) names now, without
-    reading its weights."""
-    path = Path(init)
+    reading its weights: a Hub model id's snapshot folder (``ORG/NAME[@REV]``, downloaded if need be)."""
+    from earful.interop.hub import hub_folder
+
+    path = hub_folder(init, key) or Path(init)
     if not path.exists():  # it had been told it held no model.json, no checkpoints/ and no config.json
         raise FileNotFoundError(f"{key} {init}: no such file or folder (give 'scratch', an earful checkpoint, a run "
                                 "folder or a transformers folder)")
@@ -109,11 +112,10 @@ def initial_weights(init: str, resume_from: Path | None, key: str = "--init") ->
         return InitWeights(str(saved.get("init_checkpoint", init)), saved.get("init_sha256"))
 
 
-def init_model_config(init: str, key: str = "init") -> ModelConfig:
-    """The model settings of the weights ``init`` names, without loading them: an earful checkpoint's
-    ``model.json``, a transformers folder's ``config.json`` and feature extractor (not hashing its weights, which
-    the task does once)."""
-    path = init_path(init, key)
+def init_model_config(path: Path) -> ModelConfig:
+    """The model settings of the weights at ``path`` (what :func:`init_path` resolved), without loading them: an
+    earful checkpoint's ``model.json``, a transformers folder's ``config.json`` and feature extractor (not hashing
+    its weights, which the task does once)."""
     if (path / INFO_FILE).exists():
         return model_config(path)
     from earful.interop.hf import hf_model_config

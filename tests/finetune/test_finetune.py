@@ -141,35 +141,43 @@ def test_stopped_and_resumed_equals_uninterrupted(stop_at, tmp_path, tone_corpus
     assert (out / "checkpoints" / "best" / "model.safetensors").exists()
 
 
-def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus, caplog) -> None:
+def test_init_from_pretraining_checkpoint_and_hf(tmp_path, tone_corpus, caplog, hub_models) -> None:
     """The source's architecture, whatever ``model_preset`` says: a preset set to another architecture (here small
-    against the tiny source) is said to be unused (it had been ignored silently); the default says nothing."""
+    against the tiny source) is said to be unused (it had been ignored silently); the default says nothing. A
+    Hugging Face Hub model id (ORG/NAME[@REVISION]) is its snapshot folder, which trainer.json records."""
     from earful.checkpoint import save_model
     from earful.interop.hf import export_hf
     from earful.model import Wav2Vec2ForPreTraining, load_model_config
+    from earful.train.init import resolve_init
 
     train, _ = tone_corpus
     torch.manual_seed(0)
     src = Wav2Vec2ForPreTraining(load_model_config("tiny"))
     save_model(tmp_path / "pt", src)
     export_hf(src, tmp_path / "hf")
+    hub_models.repos["someone/tiny"] = tmp_path / "hf"
     expected = {f"wav2vec2.{k}": v for k, v in src.wav2vec2.state_dict().items()}
-    for init in ("pt", "hf"):
-        cfg = config(train, None, 1, f"init={tmp_path / init}", "model_preset=small")  # preset unused
+    for name, init in (("pt", str(tmp_path / "pt")), ("hf", str(tmp_path / "hf")), ("hub", "someone/tiny@v1")):
+        cfg = config(train, None, 1, f"init={init}", "model_preset=small")  # preset unused
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            trainer = Trainer(FinetuneTask(cfg), tmp_path / f"run-{init}")
+            trainer = Trainer(FinetuneTask(cfg), tmp_path / f"run-{name}")
         assert f"model_preset=small is not used: it is the architecture of a scratch model, and the model is " \
-               f"{tmp_path / init}'s (2 layers of " in caplog.text
+               f"{init}'s (2 layers of " in caplog.text
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            Trainer(FinetuneTask(config(train, None, 1, f"init={tmp_path / init}", "model_preset=base")),
-                    tmp_path / f"default-{init}")  # the default, base: never set by finetune-paper.yaml
+            Trainer(FinetuneTask(config(train, None, 1, f"init={init}", "model_preset=base")),
+                    tmp_path / f"default-{name}")  # the default, base: never set by finetune-paper.yaml
         assert "model_preset" not in caplog.text
-        got = weights(tmp_path / f"run-{init}", "init")
+        got = weights(tmp_path / f"run-{name}", "init")
         assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected), init
         assert trainer.model.cfg.mask_prob == 0.05 and trainer.model.cfg.layerdrop == 0.0  # fine-tuning recipe
         assert float(got["lm_head.bias"][0] - got["lm_head.bias"][1:].max()) > 3.0  # paper head init
+    trainer.fit()  # the hub's run: one step, its trainer.json
+    recorded = json.loads(next((tmp_path / "run-hub" / "checkpoints").glob("step-*/trainer.json")).read_text())
+    snapshot = hub_models.cache / "models--someone--tiny" / "snapshots" / hub_models.commit
+    assert (recorded["init"], recorded["init_checkpoint"]) == ("someone/tiny@v1", str(snapshot))
+    assert recorded["init_sha256"] == resolve_init(str(tmp_path / "hf")).sha256  # the same weights
 
 
 def test_the_paper_recipes_scratch_baseline_is_the_papers_model_in_fp16(tmp_path) -> None:

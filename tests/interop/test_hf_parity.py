@@ -352,10 +352,12 @@ def test_a_minimum_channel_mask_count_matters_only_where_channels_are_masked(tmp
         import_hf(tmp_path)
 
 
-def test_the_training_settings_transformers_has_no_place_for_survive_export_and_import(tmp_path, caplog) -> None:
+def test_the_training_settings_transformers_has_no_place_for_survive_export_and_import(tmp_path, caplog,
+                                                                                       hub_models) -> None:
     """config.json had no place for earful's training recipe: continued pre-training from an exported LARGE model
     (earful pretrain --init FOLDER) trained with BASE's feature_grad_mult 0.1, final Gumbel temperature 0.5 and
-    feature penalty 10, silently. export-hf keeps them as earful_training, which transformers keeps and ignores."""
+    feature penalty 10, silently. export-hf keeps them as earful_training, which transformers keeps and ignores.
+    A Hub model id (init=ORG/NAME) is its folder: the same model settings, and the same warning."""
     from earful.checkpoint import CheckpointError
     from earful.config import to_dict
     from earful.pretrain.config import load_pretrain_config
@@ -380,6 +382,12 @@ def test_the_training_settings_transformers_has_no_place_for_survive_export_and_
         load_pretrain_config(None, [], init=str(tmp_path))
     assert "a transformers folder without earful's training settings" in caplog.text
     assert "model.feature_grad_mult=0.1" in caplog.text
+    hub_models.repos["someone/theirs"] = tmp_path
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="earful.pretrain.config"):
+        from_hub = load_pretrain_config(None, [], init="someone/theirs")
+    assert to_dict(from_hub.model) == to_dict(load_pretrain_config(None, [], init=str(tmp_path)).model)
+    assert "init someone/theirs: a transformers folder without earful's training settings" in caplog.text
 
 
 def test_a_quantizer_of_the_raw_cnn_output_survives_export_and_import(tmp_path, caplog) -> None:

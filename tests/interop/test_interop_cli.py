@@ -600,6 +600,64 @@ def test_an_earful_checkpoint_or_run_folder_given_to_import_hf_is_named_as_one(t
     assert not (tmp_path / "ck").exists()
 
 
+def test_import_hf_of_a_hub_model_id_is_the_import_of_its_folder(tmp_path, hub_models, caplog) -> None:
+    """`earful import-hf ORG/NAME[@REVISION] CKPT`, as from_pretrained takes a model: earful took a local folder
+    only. The Hub's snapshot of the files import-hf reads (pytorch_model.bin only where there is no safetensors,
+    read with weights_only as any .bin) is imported as the folder is, saying the commit."""
+    from safetensors.torch import load_file
+
+    hf = _ctc_folder(tmp_path)
+    hub_models.repos["someone/tiny"] = hf
+    caplog.set_level(logging.INFO)
+    assert main(["import-hf", "someone/tiny@v1", "from-hub"]) == 0
+    assert main(["import-hf", str(hf), "from-folder"]) == 0
+    for name in ("model.json", "model.safetensors"):
+        assert (tmp_path / "from-hub" / name).read_bytes() == (tmp_path / "from-folder" / name).read_bytes(), name
+    (repo, revision, patterns), = hub_models.calls
+    assert (repo, revision) == ("someone/tiny", "v1")
+    assert {"config.json", "vocab.json", "tokenizer_config.json", "model.safetensors"} <= {
+        f.name for f in hf.iterdir() if any(fnmatch(f.name, p) for p in patterns)}
+    assert not any(fnmatch("pytorch_model.bin", p) or fnmatch("README.md", p) for p in patterns)
+    assert f"the Hugging Face Hub's someone/tiny at v1, commit {hub_models.commit}: config.json, model.safetensors" \
+        in caplog.text
+
+    # a repository of pytorch_model.bin alone: fetched at the commit the first download found, and imported
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for f in hf.iterdir():
+        if f.name != "model.safetensors":
+            (legacy / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(str(hf / "model.safetensors")), legacy / "pytorch_model.bin")
+    hub_models.repos["someone/legacy"] = legacy
+    hub_models.calls.clear()
+    assert main(["import-hf", "someone/legacy", "from-bin"]) == 0
+    assert [(r, rev) for r, rev, _ in hub_models.calls] == [("someone/legacy", None),
+                                                            ("someone/legacy", hub_models.commit)]
+    assert fnmatch("pytorch_model.bin", hub_models.calls[1][2][0])
+    got = load_file(str(tmp_path / "from-bin" / "model.safetensors"))
+    assert all(torch.equal(v, got[k]) for k, v in load_file(str(tmp_path / "from-hub" / "model.safetensors")).items())
+
+
+def test_a_path_not_there_of_a_hub_id_shape_says_neither_is_there(tmp_path, hub_models, caplog, monkeypatch) -> None:
+    """A mistyped relative path (runs/pt) has a Hub id's shape: the error says it is neither, with the Hub's word; a
+    path of no id's shape is told as before, the Hub not asked; without huggingface_hub, how to install it."""
+    assert main(["import-hf", "runs/pt", "ck"]) == 2
+    assert ("import-hf runs/pt: no such file or folder, nor a model on the Hugging Face Hub "
+            "(RepositoryNotFoundError: 404 Client Error. Repository Not Found for url: "
+            "https://huggingface.co/api/models/runs/pt/revision/main.)") in caplog.text
+    caplog.clear()
+    hub_models.calls.clear()
+    for given in ("runs/pt/checkpoints", "/runs/pt", "wav2vec2-base", "runs/pt@x y"):
+        assert main(["import-hf", given, "ck"]) == 2
+        assert f"{given}: no config.json (not a transformers model folder)" in caplog.text
+    assert not hub_models.calls and not (tmp_path / "ck").exists()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed: the import fails
+    assert main(["import-hf", "facebook/wav2vec2-base", "ck"]) == 2
+    assert ("import-hf facebook/wav2vec2-base: no such file or folder, nor a model on the Hugging Face Hub (a Hub "
+            "model id needs the huggingface_hub package") in caplog.text
+    assert "pip install 'earful[hub]'" in caplog.text
+
+
 def test_a_model_transformers_cannot_hold_is_refused_naming_its_checkpoint(tmp_path, caplog) -> None:
     ckpt = save_model(tmp_path / "nano", Wav2Vec2ForPreTraining(load_model_config("tiny", ["conv_padding=true"])))
     assert main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 2

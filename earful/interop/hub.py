@@ -1,0 +1,51 @@
+"""A Hugging Face Hub model id where a transformers folder is taken (``import-hf``, ``--init``, a study's ``init``),
+as ``from_pretrained`` takes one: ``ORG/NAME`` or ``ORG/NAME@REVISION`` (a branch, tag or commit), downloaded with
+``huggingface_hub.snapshot_download`` (its cache, ``HF_HUB_OFFLINE`` and credentials) and read as the local
+snapshot folder, whose name is the commit. Only the files ``import-hf`` reads are fetched: ``pytorch_model.bin``
+(or its shards) only where the repository has no ``model.safetensors`` (nor its shards), as transformers chooses,
+and then read as any ``.bin`` is (refused where it needs more than tensors, unless ``--trust-pickle``)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from earful.checkpoint import MODEL_FILE
+from earful.interop.hf import ADDED_TOKENS, BIN, HF_CONFIG, PREPROCESSOR, PROCESSOR, TOKENIZER, VOCAB
+
+log = logging.getLogger(__name__)
+
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"  # the Hub's user and model names: 96 characters at most
+_HUB_ID = re.compile(rf"(?P<repo>{_PART}/{_PART})(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._/-]*))?")
+_FOLDER_FILES = [HF_CONFIG, PREPROCESSOR, PROCESSOR, VOCAB, TOKENIZER, ADDED_TOKENS]  # what import-hf reads but weights
+# model.safetensors or its shards (model-0000i-of-0000n): not every .safetensors (MMS's 1000 adapter files)
+_SAFETENSORS = ["model*.safetensors", f"{MODEL_FILE}.index.json"]
+_PICKLES = ["pytorch_model*.bin", f"{BIN}.index.json"]
+
+
+def hub_folder(spec: str, key: str) -> Path | None:
+    """The local snapshot of Hub model ``spec`` (``ORG/NAME[@REVISION]``), downloaded if need be; None where ``spec``
+    is a path that exists or has not the shape of a model id. ``key``: what was given (``--init``, ``import-hf``),
+    which the error names: a FileNotFoundError saying both, as a mistyped relative path (``runs/pt``) has the shape."""
+    found = _HUB_ID.fullmatch(spec)
+    if Path(spec).exists() or found is None or ".." in spec or "--" in found["repo"]:
+        return None
+    repo, revision = found["repo"], found["revision"]
+    not_found = f"{key} {spec}: no such file or folder, nor a model on the Hugging Face Hub"
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise FileNotFoundError(f"{not_found} (a Hub model id needs the huggingface_hub package, {e}: "
+                                "pip install 'earful[hub]')") from None
+    try:
+        folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=_FOLDER_FILES + _SAFETENSORS))
+        if not any((folder / name).exists() for name in (MODEL_FILE, f"{MODEL_FILE}.index.json")):
+            folder = Path(snapshot_download(repo_id=repo, revision=folder.name, allow_patterns=_PICKLES))
+    except Exception as e:  # noqa: BLE001 - the Hub's errors (not found, gated, offline without a copy) are its own
+        said = " ".join(str(e).split())  # the Hub's messages run over several lines
+        raise FileNotFoundError(f"{not_found} ({type(e).__name__}: {said})") from None
+    files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    log.info("%s: the Hugging Face Hub's %s at %s, commit %s: %s in %s", key, repo, revision or "main", folder.name,
+             ", ".join(files) or "no files", folder)
+    return folder
