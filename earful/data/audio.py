@@ -69,6 +69,20 @@ def files_below(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
     return sorted(found)
 
 
+def audio_files_named(name: str) -> list[str]:
+    """The audio files a name given on the command line stands for: a file itself, or a folder the audio files
+    below it (:func:`is_audio_name`, sorted, links followed). A name that is not there, or a folder with no audio
+    below it, is refused (a ValueError naming it), so that a command can check its inputs before any work."""
+    if Path(name).is_dir():
+        below = [str(p) for p in files_below(Path(name)) if is_audio_name(p)]
+        if not below:
+            raise ValueError(f"{name}: a folder with no audio files below it")
+        return below
+    if not Path(name).exists():
+        raise ValueError(f"{name}: no such file or folder")
+    return [name]
+
+
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 

@@ -104,7 +104,7 @@ def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
     written in the UTF-8 output, or no file at all is refused before any work."""
     import sys
 
-    from earful.data.audio import files_below, is_audio_name
+    from earful.data.audio import audio_files_named
     from earful.data.manifest import MANIFEST_SUFFIX, printable_path
 
     if files_from is not None:
@@ -116,18 +116,11 @@ def _audio_inputs(names: list[str], files_from: str | None) -> list[str]:
         names = [*names, *(line for line in lines if line.strip())]
     files: list[str] = []
     for name in names:
-        if Path(name).is_dir():
-            below = [str(p) for p in files_below(Path(name)) if is_audio_name(p)]
-            if not below:
-                raise ValueError(f"{name}: a folder with no audio files below it")
-            files += below
-        elif not Path(name).exists():
-            raise ValueError(f"{name}: no such file or folder")
-        elif name.endswith(MANIFEST_SUFFIX):  # it was said to be audio it could not read ("Format not recognised")
+        named = audio_files_named(name)
+        if named == [name] and name.endswith(MANIFEST_SUFFIX):  # it was said to be audio it could not read
             raise ValueError(f"{name}: a manifest, not an audio file: `earful evaluate CKPT {name} --out DIR` "
                              "transcribes its rows (and scores those with a transcript)")
-        else:
-            files.append(name)
+        files += named
     for f in files:
         try:
             f.encode("utf-8")

@@ -131,8 +131,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
     p.add_argument("ckpt", help="earful checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("inputs", nargs="+", metavar="AUDIO|MANIFEST",
-                   help="audio files (STEM.npy each) and manifests (.jsonl, as `earful prepare` writes: ID.npy a row, "
-                   "a segment of a file too)")
+                   help="audio files (STEM.npy each), folders (their audio files) and manifests (.jsonl, as `earful "
+                   "prepare` writes: ID.npy a row, a segment of a file too); a name not there, or a folder without "
+                   "audio, is refused before any work")
     p.add_argument("--out", required=True, help="output folder: new, or an earlier run's of this checkpoint (its "
                    "features.json records the checkpoint, layers, dtype and windows; another checkpoint's, or "
                    "other layers, dtype or windows, are refused)")

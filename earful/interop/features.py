@@ -177,9 +177,13 @@ def _unfit_id(uid: str) -> str | None:
 
 def sources_of(inputs: list[str]) -> list[Source]:
     """The sources of ``earful features``' inputs, in order: a manifest (:data:`MANIFEST_SUFFIX`) a row each,
-    any other path an audio file."""
+    any other path an audio file, or a folder its audio files (:func:`earful.data.audio.audio_files_named`). A
+    path not there, or a folder without audio, is refused before any work."""
+    from earful.data.audio import audio_files_named
+
     return [s for path in inputs
-            for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX) else [audio_source(path)])]
+            for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX) and not Path(path).is_dir()
+                      else [audio_source(f) for f in audio_files_named(path)])]
 
 
 def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str | Path, *, checkpoint: str | Path,

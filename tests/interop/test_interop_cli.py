@@ -911,3 +911,28 @@ def test_features_killed_part_way_never_name_the_wrong_audio_for_a_file(tmp_path
     # the next run goes on from there and lists the file under its audio
     assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "two" / "a.wav"), "--out", str(feats)]) == 0
     assert check_record() == {"a.npy": str(tmp_path / "two" / "a.wav")}
+
+
+def test_features_refuses_a_name_not_there_or_a_folder_without_audio_before_any_work(tmp_path, caplog,
+                                                                                     monkeypatch) -> None:
+    """`earful features CKPT nothere.flac` (or a folder without audio, e.g. a shard folder) loaded the model, wrote
+    --out's features.json, and only then reported the input unreadable (status 1). Both are refused before any
+    work (status 2), as `earful transcribe` refuses them; a folder with audio stands for its audio files."""
+    import earful.checkpoint
+
+    save_model(tmp_path / "ckpt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "index.json").write_text("{}")
+    loads = []
+    load_model_really = earful.checkpoint.load_model
+    monkeypatch.setattr(earful.checkpoint, "load_model", lambda *a, **k: loads.append(a) or load_model_really(*a, **k))
+    for name, problem in ((tmp_path / "nothere.flac", "no such file or folder"),
+                          (tmp_path / "shards", "a folder with no audio files below it")):
+        caplog.clear()
+        assert main(["features", str(tmp_path / "ckpt"), str(name), "--out", str(tmp_path / "feats")]) == 2
+        assert f"{name}: {problem}" in caplog.text
+        assert not (tmp_path / "feats").exists() and not loads
+    sf.write(tmp_path / "shards" / "a.wav", np.zeros(8000, np.float32), 16000)
+    assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "shards"), "--out", str(tmp_path / "feats")]) == 0
+    files = json.loads((tmp_path / "feats" / "features.json").read_text())["files"]
+    assert files == {"a.npy": str(tmp_path / "shards" / "a.wav")}
