@@ -27,11 +27,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from earful.checkpoint import load_model
+from earful.checkpoint import load_model, read_info
 from earful.data.budget import BatchBudget
 from earful.data.dataset import make_loader
 from earful.data.manifest import read_manifest
-from earful.model import Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
 from earful.pretrain.task import forward_batch
 from earful.train.distributed import resolve_device
@@ -68,13 +67,20 @@ OPTION_NAMES: dict[str, str | None] = {"device_seconds": "--device-seconds", "ma
                                        "skip_bad": "--skip-bad"}
 
 
+def require_pretraining(ckpt: str | Path, kind: str | None) -> None:
+    """Refuse checkpoint ``ckpt`` of model ``kind`` (its model.json's) unless it is a pre-training one."""
+    if kind != "pretraining":
+        raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {kind}")
+
+
 def recorded_batches(ckpt: str | Path, **given: Any) -> tuple[BatchBudget, bool]:
     """The batches pre-training checkpoint ``ckpt`` was trained on, taken on one device: the budget its
     trainer.json records (batch_seconds, data.crop_seconds, data.min_seconds, data.max_seconds, data.shape_seconds
     of its recipe; device_seconds of its layout) and its data.padding: whether each batch was zero-padded to its
     longest utterance, or cropped to its shortest. ``given`` settings of ``UNRECORDED``'s names (None included: no
     limit) replace the recorded ones; a setting recorded nowhere is ``UNRECORDED``'s (a device_seconds of None: the
-    whole batch at once)."""
+    whole batch at once). Another kind of checkpoint is refused first, before any word of what it records."""
+    require_pretraining(ckpt, read_info(ckpt).get("kind"))
     path = Path(ckpt) / TRAINER_FILE
     info = read_trainer_info(Path(ckpt)) if path.exists() else {}
     recipe, layout = info.get("recipe", {}), info.get("layout", {})
@@ -168,8 +174,7 @@ def gradient_noise(
         raise ValueError("gradvar needs at least 2 batches")
     dev = resolve_device(device, "--device" if options else "device")
     model, info = load_model(ckpt)
-    if not isinstance(model, Wav2Vec2ForPreTraining):
-        raise ValueError(f"{ckpt}: gradvar needs a pre-training checkpoint, this one is {info['kind']}")
+    require_pretraining(ckpt, info["kind"])
     step = checkpoint_step(Path(ckpt))
     model.set_step(step)  # the temperature and diversity weight the gradient had in training
     model.to(dev).train()

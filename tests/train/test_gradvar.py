@@ -6,7 +6,7 @@ import math
 from earful.checkpoint import save_model
 from earful.cli import main
 from earful.data.budget import BatchBudget
-from earful.model import Wav2Vec2ForPreTraining, load_model_config
+from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
 from earful.pretrain.gradvar import gradient_noise
 
 
@@ -83,6 +83,16 @@ def test_gradvar_names_a_path_that_is_no_checkpoint_first(tmp_path, caplog) -> N
     assert rc == 2 and f"{tmp_path / 'model.pt'}: not a checkpoint (no model.json) nor a run folder" in caplog.text
     assert "model.pt is a pickled PyTorch file" in caplog.text
     assert "records no" not in caplog.text and "at least 2 batches" not in caplog.text
+
+
+def test_gradvar_refuses_a_fine_tuned_checkpoint_before_any_word_of_what_it_records(tmp_path, caplog) -> None:
+    """`gradvar` of a fine-tuned (CTC) checkpoint warned that it "records no crop_seconds, ...", with the settings
+    it would take, before it refused the checkpoint; the refusal now comes alone."""
+    save_model(tmp_path / "ctc", Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=5),
+               vocab={"symbols": ["<b>", "|", "a", "b", "c"]})
+    rc = main(["gradvar", str(tmp_path / "ctc"), "--manifest", str(tmp_path / "m.jsonl")])
+    assert rc == 2 and f"{tmp_path / 'ctc'}: gradvar needs a pre-training checkpoint, this one is ctc" in caplog.text
+    assert "records no" not in caplog.text
 
 
 def test_gradvar_command_and_study_stage_take_the_checkpoints_own_batches(tmp_path, tiny_corpus, monkeypatch) -> None:
