@@ -46,7 +46,7 @@ from .audio import (
     too_short,
 )
 from .budget import SAMPLE_RATE
-from .manifest import Rows, Utterance, control_character, printable_path, samples_at
+from .manifest import Rows, Utterance, control_character, printable_path, samples_at, shards_folder_refusal
 from .parallel import ordered_map
 from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -690,6 +690,9 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
                                  "the folder that holds the file")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
+    if refusal := shards_folder_refusal(root, "a corpus (prepare reads audio: a LibriSpeech split or the folder "
+                                             "holding the splits, a Libri-light tree, or a folder of audio)"):
+        raise ValueError(refusal)
     problems = [] if problems is None else problems
     files_read: FilesRead = {}  # every file read, by device and inode: one file reached by two paths is read once
     splits: dict[str, Sequence[Utterance]] = {}

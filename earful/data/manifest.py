@@ -329,10 +329,8 @@ def check_manifest_file(path: str | os.PathLike) -> None:
     from .audio import is_audio_name  # audio imports this module
 
     path = Path(path)
-    if path.is_dir() and (source := _shards_source(path)) is not None:
-        raise ManifestError(f"{path}: a folder of shards (`earful shard`'s), not a manifest ({WHAT_A_MANIFEST_IS}); "
-                            f"pre-training streams it with data.shards={path}; other commands read the manifest it "
-                            f"was written from{f' (its index.json: {source})' if source else ''}")
+    if path.is_dir() and (refusal := shards_folder_refusal(path, f"a manifest ({WHAT_A_MANIFEST_IS})")):
+        raise ManifestError(refusal)
     if path.is_dir():
         raise ManifestError(f"{path}: a folder, not a manifest ({WHAT_A_MANIFEST_IS}); here: earful prepare {path} "
                             f"OUT, then give OUT/{path.resolve().name}.jsonl")
@@ -350,6 +348,17 @@ def check_manifest_file(path: str | os.PathLike) -> None:
         raise ManifestError(f"{path}: looks like a fairseq manifest (an audio root, then PATH<TAB>SAMPLES lines); "
                             f"earful reads its own ({WHAT_A_MANIFEST_IS}): earful prepare {lines[0].strip()} OUT "
                             "(transcripts as a .txt beside each audio file)")
+
+
+def shards_folder_refusal(folder: Path, instead_of: str) -> str | None:
+    """Why ``folder``, given for ``instead_of`` (e.g. "a manifest (...)"), is refused where it is a folder of
+    `earful shard`'s, with what to give instead; None where it holds no shard index."""
+    source = _shards_source(folder)
+    if source is None:
+        return None
+    return (f"{folder}: a folder of shards (`earful shard`'s), not {instead_of}; pre-training streams it with "
+            f"data.shards={folder}; other commands read the manifest it was written from"
+            f"{f' (its index.json: {source})' if source else ''}")
 
 
 def _shards_source(folder: Path) -> str | None:

@@ -587,6 +587,17 @@ def test_a_shard_folder_given_for_a_manifest_and_a_manifest_for_shards_say_which
         ShardIndex(corpus)
 
 
+def test_prepare_refuses_a_shard_folder_at_once_naming_it(shards: Path, corpus: Path, tmp_path: Path, caplog) -> None:
+    """`earful prepare SHARDS OUT` reported "split shards: no usable audio" and wrote a problems file, without a word
+    that the folder holds shards. It is refused at once, as a folder of shards, with what reads it."""
+    with pytest.raises(ValueError, match=rf"^{shards}: a folder of shards \(`earful shard`'s\), not a corpus "
+                                         rf"\(.*\); pre-training streams it with data.shards={shards}; other "
+                                         rf"commands read the manifest it was written from \(its index.json: "
+                                         rf"{corpus}\)$"):
+        _run("prepare", str(shards), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists() and "no usable audio" not in caplog.text
+
+
 def test_the_model_card_of_a_model_pre_trained_from_shards_names_them(shards: Path, tmp_path: Path) -> None:
     """The card's "Corpus and recipe" listed data.train and data.valid only: a model pre-trained from shards
     (data.shards) showed no training data at all. It names the shard folder and its index's SHA-256 (the
