@@ -293,3 +293,25 @@ def test_export_help_names_every_file_an_export_writes(capsys):
         parse(["export-hf", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert all(name in out for name in EXPORT_FILES), sorted(n for n in EXPORT_FILES if n not in out)
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("evaluate", ["CKPT", "m.jsonl", "--out", "OUT"]),
+    ("transcribe", ["CKPT", "a.wav", "--out", "OUT/t.jsonl"]),
+    ("features", ["CKPT", "a.wav", "--out", "OUT"]),
+    ("probe", ["CKPT", "--task", "sid", "--train", "m.jsonl", "--out", "OUT"]),
+])
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_one_process_command_under_torchrun_is_refused_on_every_rank(command, argv, rank, tmp_path, monkeypatch,
+                                                                       caplog):
+    """`torchrun --nproc_per_node 2 -m earful.cli evaluate ...`: rank 1 was told "another earful evaluate is
+    running in this folder" (its rank 0's), and transcribe, features and probe ran whole on every rank into one
+    output. Each runs in one process and says so at once, on every rank, before reading anything."""
+    from earful.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("CKPT", str(tmp_path / "ckpt")) for a in argv]
+    assert main([command, *args]) == 2
+    assert f"earful {command} runs in one process; run it without torchrun (here WORLD_SIZE=2)" in caplog.text
+    assert not (tmp_path / "out").exists()

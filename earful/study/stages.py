@@ -32,6 +32,7 @@ from earful.study.config import (
 )
 from earful.study.pool import StudyStopped
 from earful.train.config import TrainingConfig
+from earful.train.distributed import launched_processes
 from earful.train.state import RunDir, nonfinite_stop, read_trainer_info
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
              run.hours, run.lr)
     tracked(study, cfg, out, run.name)
     # in this process: one device, or this process is already one of the run's ranks (a submitit task)
-    here = run.devices == 1 or int(os.environ.get("WORLD_SIZE", "1")) == run.devices
+    here = run.devices == 1 or launched_processes() == run.devices
     summary, why = finished_or_diverged(
         # started, or resumed on a rerun of the study (--resume refuses a folder in which no run was started)
         lambda: run_pretraining(cfg, rdir, resume=RunDir(rdir).started()) if here

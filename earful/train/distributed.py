@@ -59,9 +59,22 @@ def resolve_device(device: str | torch.device, key: str = "device") -> torch.dev
     return dev
 
 
+def launched_processes() -> int:
+    """How many processes ``torchrun`` launched for this command (its WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def one_process(command: str) -> None:
+    """Refuse ``earful command``, which runs in one process, under ``torchrun`` with more than one: every rank
+    would do the whole work into the same output (evaluate's second rank was told that "another earful evaluate
+    is running in this folder", its rank 0)."""
+    if (world := launched_processes()) > 1:
+        raise ValueError(f"earful {command} runs in one process; run it without torchrun (here WORLD_SIZE={world})")
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group when run under ``torchrun`` (gloo on CPU, NCCL on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, "device")
