@@ -22,9 +22,10 @@ as training receives them (the workers run ahead), and the worker the next batch
 takes its workers' batches in turn): ``state_dict()`` restarts every worker where training left it, in the
 same turn, so a resumed run sees exactly the batches an uninterrupted one would — none twice, none skipped.
 A resume in another layout (devices, workers, budget, crop, bucket) cannot continue the saved epoch's streams:
-it is refused, or with ``relayout`` starts the next epoch in the new layout, saying how many members of the
-saved epoch were not reached. Other shards (another index: ``--resume --allow-changes`` with other data) start the
-next epoch of the new shards, as a manifest's sampler does (``SecondsBatchSampler.start_new_data``).
+it is refused, or with ``relayout`` starts the next epoch in the new layout: the members of the saved epoch not
+reached are skipped there (each is read in the next epoch, as every member is), and both say so. Other shards
+(another index: ``--resume --allow-changes`` with other data) start the next epoch of the new shards, as a
+manifest's sampler does (``SecondsBatchSampler.start_new_data``).
 """
 
 from __future__ import annotations
@@ -263,15 +264,16 @@ class ShardLoader(Received):
         # epoch, after the latest any saved stream reached (each rank's own had left the ranks epochs apart)
         everywhere = [tuple(int(v) for v in p) for r in state.get("ranks") or [] for p in r.get("places", [])]
         places = everywhere or places
-        epoch = max(p[0] for p in places)
+        epoch, first = max(p[0] for p in places), min(p[0] for p in places)
+        # what a relayout leaves out: the rest of the saved epochs (every member is read again in the next one)
+        skipped = (f"the members of epoch{f's {first} to' if first < epoch else ''} {epoch} that the saved streams "
+                   f"had not reached are skipped there, and read in epoch {epoch + 1} with all the others")
         if not self.relayout:
             raise ValueError(f"cannot continue the shard streams of epoch {epoch} in another layout ({changed}): "
                              "resume with the same devices, data.num_workers, batch and crop settings, or set "
-                             f"data.shards_relayout=true to start epoch {epoch + 1} in the new layout (the members "
-                             f"of epoch {epoch} not yet reached then wait for it)")
-        log.warning("shard streams resumed in another layout (%s): epoch %d starts afresh; what the saved run had "
-                    "not reached of epochs %d to %d (its streams, every rank's, were at (epoch, bucket, batches) %s) "
-                    "is not seen", changed, epoch + 1, min(p[0] for p in places), epoch, places)
+                             f"data.shards_relayout=true to start epoch {epoch + 1} in the new layout ({skipped})")
+        log.warning("shard streams resumed in another layout (%s): epoch %d starts afresh; %s (the saved streams, "
+                    "every rank's, were at (epoch, bucket, batches) %s)", changed, epoch + 1, skipped, places)
         self.places, self.next = [(epoch + 1, 0, 0)] * self.plan.per_rank, 0
 
 

@@ -133,6 +133,22 @@ def test_a_resume_in_another_layout_is_refused_or_starts_the_next_epoch(shards: 
         make_loader([], BatchBudget.per_device(1.0)).load_state_dict(state)
 
 
+def test_the_refusal_and_the_relayout_say_alike_what_becomes_of_the_members_not_reached(shards: Path, caplog) -> None:
+    """The refusal of a resume in another layout said the members of the saved epoch not yet reached "then wait for
+    it" (epoch N+1), the warning of data.shards_relayout=true that they are "not seen". Both now say what is true:
+    skipped in the saved epoch, read in the next with all the others."""
+    loader = make_shard_loader(str(shards), BatchBudget(3.0, 3.0, crop_seconds=1.0), num_workers=0)
+    _batches(loader, 3)
+    state = loader.state_dict()
+    said = ("the members of epoch 0 that the saved streams had not reached are skipped there, and read in epoch 1 "
+            "with all the others")
+    with pytest.raises(ValueError) as refused:
+        make_shard_loader(str(shards), BatchBudget(2.0, 2.0, crop_seconds=1.0)).load_state_dict(state)
+    assert said in str(refused.value)
+    make_shard_loader(str(shards), BatchBudget(2.0, 2.0, crop_seconds=1.0), relayout=True).load_state_dict(state)
+    assert said in caplog.text
+
+
 def test_a_relayout_from_ranks_in_different_epochs_starts_every_rank_after_the_latest(shards: Path, caplog) -> None:
     """Two saved ranks, one already in epoch 1, the other still in epoch 0, resumed with data.shards_relayout in
     other layouts (1 rank; 2 ranks with 2 workers each): every rank starts epoch 2, and the warning names what
