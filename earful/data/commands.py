@@ -303,8 +303,8 @@ def _shard(args: argparse.Namespace) -> int:
         with stop_signals_raise() as stops:  # a scheduler's pre-emption stops it as Ctrl-C does: the finished
             rows, line_of = shard_rows(utts, args.seed)  # shards stay; line_of: a row's manifest line
             done = write_shards(rows, args.out, shard_bytes=int(args.shard_gb * 1e9), skip_bad=args.skip_bad,
-                                workers=args.workers, total=len(utts), source=str(args.manifest), recipe=recipe,
-                                resume=args.resume, line_of=line_of, finishing=stops.holding)
+                                workers=args.workers, total=len(utts), source=str(args.manifest.resolve()),
+                                recipe=recipe, resume=args.resume, line_of=line_of, finishing=stops.holding)
     except Stopped as e:
         log.warning("earful shard stopped by %s (exit status %d)", e, EXIT_STOPPED)
         return EXIT_STOPPED

@@ -353,9 +353,13 @@ def check_manifest_file(path: str | os.PathLike) -> None:
 def shards_folder_refusal(folder: Path, instead_of: str) -> str | None:
     """Why ``folder``, given for ``instead_of`` (e.g. "a manifest (...)"), is refused where it is a folder of
     `earful shard`'s, with what to give instead; None where it holds no shard index."""
+    from .shards import recorded_relative  # shards imports this module
+
     source = _shards_source(folder)
     if source is None:
         return None
+    if recorded_relative(source):
+        source += ", as recorded, relative to the folder `earful shard` ran in"
     return (f"{folder}: a folder of shards (`earful shard`'s), not {instead_of}; pre-training streams it with "
             f"data.shards={folder}; other commands read the manifest it was written from"
             f"{f' (its index.json: {source})' if source else ''}")

@@ -273,10 +273,18 @@ def _summary(index: dict[str, Any]) -> ShardSummary:
                         [f"{_row_name(index['source'], r)}: {r['problem']}" for r in left_out])
 
 
+def recorded_relative(source: str) -> bool:
+    """Whether an index's ``source`` is a path relative to where `earful shard` ran, as indexes recorded it before
+    it was recorded absolute: messages quote it as recorded (it is not rewritten: the index's SHA-256 is in the
+    recipe of every run pre-trained from it)."""
+    return bool(source) and not Path(source).is_absolute()
+
+
 def _row_name(source: str, row: dict[str, Any]) -> str:
     """A manifest row (a ``left_out`` entry) as messages name it: ``MANIFEST:LINE (id ID)``, or what is known."""
     where = f"{source}:{row['line']}" if source and "line" in row else source
-    return f"{where} (id {row['id']})" if where else f"id {row['id']}"
+    recorded = ", the manifest's path as recorded" if recorded_relative(source) else ""
+    return f"{where} (id {row['id']}{recorded})" if where else f"id {row['id']}"
 
 
 def _forget_progress(out: Path) -> None:

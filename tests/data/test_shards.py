@@ -614,6 +614,28 @@ def test_prepare_refuses_a_shard_folder_at_once_naming_it(shards: Path, corpus: 
     assert not (tmp_path / "out").exists() and "no usable audio" not in caplog.text
 
 
+def test_the_index_records_its_manifest_absolute_and_an_old_relative_one_is_quoted_as_recorded(
+        corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """`earful shard m.jsonl OUT` recorded the manifest as given, relative to where it ran, and messages quoting it
+    from another folder named a file that is not there. It is recorded absolute; an index of before, never
+    rewritten (its SHA-256 is in the recipe of every run pre-trained from it), is quoted as recorded."""
+    monkeypatch.chdir(corpus.parent)
+    assert _run("shard", corpus.name, "rel", "--shard-gb", "0.00005") == 0
+    index = json.loads((tmp_path / "rel" / "index.json").read_text())
+    assert index["source"] == str(corpus.resolve())
+    index.update(source=corpus.name, left_out=[{"id": "x", "line": 3, "problem": "too short"}])  # an old index
+    (tmp_path / "rel" / "index.json").write_text(json.dumps(index))
+    old = (tmp_path / "rel" / "index.json").read_bytes()
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(ManifestError, match=rf"\(its index.json: {corpus.name}, as recorded, relative to the folder "
+                                            r"`earful shard` ran in\)$"):
+        read_manifest(tmp_path / "rel")
+    (tmp_path / "rel" / "progress.json").write_text("{}")  # killed after its index was written: --resume sums it up
+    done = write_shards([], tmp_path / "rel", shard_bytes=1, resume=True)
+    assert done.problems == [f"{corpus.name}:3 (id x, the manifest's path as recorded): too short"]
+    assert (tmp_path / "rel" / "index.json").read_bytes() == old
+
+
 def test_the_model_card_of_a_model_pre_trained_from_shards_names_them(shards: Path, tmp_path: Path) -> None:
     """The card's "Corpus and recipe" listed data.train and data.valid only: a model pre-trained from shards
     (data.shards) showed no training data at all. It names the shard folder and its index's SHA-256 (the
