@@ -147,10 +147,17 @@ def log_beside_bars(stream: Any = None, *, level: int = logging.INFO, force: boo
                         handlers=[LogBesideBars(stream)], force=force)
 
 
+DISTRIBUTED = ("pretrain", "finetune")  # the commands that run under torchrun, one rank a process
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     log_beside_bars(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
+        if args.command not in DISTRIBUTED:  # every rank would do the whole work into one output
+            from earful.train.distributed import one_process
+
+            one_process(args.command)
         rc = args.func(args)
     except KeyboardInterrupt:
         return 130

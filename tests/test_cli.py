@@ -300,13 +300,17 @@ def test_export_help_names_every_file_an_export_writes(capsys):
     ("transcribe", ["CKPT", "a.wav", "--out", "OUT/t.jsonl"]),
     ("features", ["CKPT", "a.wav", "--out", "OUT"]),
     ("probe", ["CKPT", "--task", "sid", "--train", "m.jsonl", "--out", "OUT"]),
+    ("gradvar", ["CKPT", "--manifest", "m.jsonl", "--out", "OUT/g.json"]),
+    ("export-hf", ["CKPT", "OUT"]),
+    ("prepare", ["CKPT", "OUT"]),
 ])
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_a_one_process_command_under_torchrun_is_refused_on_every_rank(command, argv, rank, tmp_path, monkeypatch,
                                                                        caplog):
     """`torchrun --nproc_per_node 2 -m earful.cli evaluate ...`: rank 1 was told "another earful evaluate is
     running in this folder" (its rank 0's), and transcribe, features and probe ran whole on every rank into one
-    output. Each runs in one process and says so at once, on every rank, before reading anything."""
+    output. Every command but pretrain and finetune runs in one process and says so at once, on every rank, before
+    reading anything (one rule, in main)."""
     from earful.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -15,7 +15,7 @@ import soundfile as sf
 import soxr
 
 from .budget import SAMPLE_RATE
-from .manifest import Utterance, printable_path, samples_at
+from .manifest import Utterance, printable_path, samples_at, shards_folder_refusal
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,11 @@ def files_below(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
 def audio_files_named(name: str) -> list[str]:
     """The audio files a name given on the command line stands for: a file itself, or a folder the audio files
     below it (:func:`is_audio_name`, sorted, links followed). A name that is not there, or a folder with no audio
-    below it, is refused (a ValueError naming it), so that a command can check its inputs before any work."""
+    below it, or a folder of shards, is refused (a ValueError naming it), so that a command can check its inputs before
+    any work."""
     if Path(name).is_dir():
+        if (shards := shards_folder_refusal(Path(name), "audio files")) is not None:
+            raise ValueError(shards)
         below = [str(p) for p in files_below(Path(name)) if is_audio_name(p)]
         if not below:
             raise ValueError(f"{name}: a folder with no audio files below it")

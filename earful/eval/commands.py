@@ -63,9 +63,6 @@ def text_mapping(raw: str) -> dict[str, str]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from earful.eval.evaluate import evaluate
-    from earful.train.distributed import one_process
-
-    one_process("evaluate")
 
     if args.num_workers < 0:  # torch's own message named num_workers, after the checkpoint and manifests were read
         raise ValueError(f"--num-workers {args.num_workers}: expected an integer from 0 up (0: the audio is read "
@@ -223,9 +220,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     from earful.eval.beam import LMBeamDecoder
     from earful.eval.evaluate import load_ctc
     from earful.eval.transcribe import transcribe_files
-    from earful.train.distributed import one_process, resolve_device
+    from earful.train.distributed import resolve_device
 
-    one_process("transcribe")
     if args.out is not None and Path(args.out).suffix == ".json":
         raise ValueError(f"--out {args.out}: transcribe writes JSON Lines (one record a line), not one JSON "
                          "document: name it .jsonl")

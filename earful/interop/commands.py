@@ -80,9 +80,7 @@ def _import(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     from earful.checkpoint import load_model, weights_sha256
     from earful.interop.features import sources_of, write_features
-    from earful.train.distributed import one_process
 
-    one_process("features")
     sources = sources_of(args.inputs)
     ckpt = _checkpoint(args.ckpt)
     model, info = load_model(ckpt)

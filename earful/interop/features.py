@@ -182,7 +182,7 @@ def sources_of(inputs: list[str]) -> list[Source]:
     from earful.data.audio import audio_files_named
 
     return [s for path in inputs
-            for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX) and not Path(path).is_dir()
+            for s in (manifest_sources(path) if path.endswith(MANIFEST_SUFFIX) and Path(path).is_file()
                       else [audio_source(f) for f in audio_files_named(path)])]
 
 

@@ -14,9 +14,7 @@ def _probe(args: argparse.Namespace) -> int:
     from earful.probe.config import ProbeConfig
     from earful.probe.features import Upstream
     from earful.probe.suite import TASKS, probe, run_suite
-    from earful.train.distributed import one_process
 
-    one_process("probe")
     for option, value in (("--corpus", args.corpus), ("--tasks", args.tasks)):
         if value is not None and not args.suite:
             raise ValueError(f"{option} needs --suite mini-superb")

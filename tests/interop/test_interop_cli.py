@@ -18,6 +18,7 @@ import torch
 
 from earful.checkpoint import CheckpointError, load_model, save_model
 from earful.cli import main
+from earful.data.shards import SHARDS_FORMAT
 from earful.interop.hf import export_hf, import_hf
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
 
@@ -926,8 +927,13 @@ def test_features_refuses_a_name_not_there_or_a_folder_without_audio_before_any_
     loads = []
     load_model_really = earful.checkpoint.load_model
     monkeypatch.setattr(earful.checkpoint, "load_model", lambda *a, **k: loads.append(a) or load_model_really(*a, **k))
+    (tmp_path / "real-shards").mkdir()  # `earful shard`'s: named so (it had been "a folder with no audio ...")
+    (tmp_path / "real-shards" / "index.json").write_text(json.dumps({"format": SHARDS_FORMAT, "source": "/m.jsonl"}))
     for name, problem in ((tmp_path / "nothere.flac", "no such file or folder"),
-                          (tmp_path / "shards", "a folder with no audio files below it")):
+                          (tmp_path / "nothere.jsonl", "no such file or folder"),  # it was Python's [Errno 2]
+                          (tmp_path / "shards", "a folder with no audio files below it"),
+                          (tmp_path / "real-shards", "a folder of shards (`earful shard`'s), not audio files; "
+                           "pre-training streams it")):
         caplog.clear()
         assert main(["features", str(tmp_path / "ckpt"), str(name), "--out", str(tmp_path / "feats")]) == 2
         assert f"{name}: {problem}" in caplog.text
