@@ -55,24 +55,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from earful.atomic import atomic_folder
-    from earful.checkpoint import save_model
     from earful.interop import hf
     from earful.interop.hub import hub_folder
 
     hf_dir = hub_folder(args.hf_dir, "import-hf") or Path(args.hf_dir)  # a Hub model id: its snapshot folder
     hf.check_output_folder(args.ckpt, source=hf_dir, writes=hf.IMPORT_FILES,
                            other=(hf.HF_CONFIG, "a transformers model"), command="import-hf")
-    model, symbols = hf.import_hf(hf_dir, trust_pickle=args.trust_pickle, need_vocab=True)
-    vocab = None
-    if symbols is not None:
-        tokens = hf.special_tokens(hf_dir, symbols)  # what export-hf names again
-        mapping = hf.read_text_mapping(hf_dir)  # what export-hf kept of fine-tuning's text_mapping
-        vocab = {"symbols": symbols, **({"tokens": tokens} if tokens else {})}
-        if mapping:
-            vocab["mapping"] = mapping
-    with atomic_folder(args.ckpt) as tmp:  # the new checkpoint's files, or what was there before
-        save_model(tmp, model, vocab=vocab)
+    hf.write_checkpoint(hf_dir, args.ckpt, trust_pickle=args.trust_pickle)
     log.info("wrote an earful checkpoint to %s", args.ckpt)
     return 0
 
@@ -80,9 +69,10 @@ def _import(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     from earful.checkpoint import load_model, weights_sha256
     from earful.interop.features import sources_of, write_features
+    from earful.interop.hub import imported_checkpoint
 
     sources = sources_of(args.inputs)
-    ckpt = _checkpoint(args.ckpt)
+    ckpt = imported_checkpoint(args.ckpt, "features") or _checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     written, problems = write_features(model, sources, args.out, checkpoint=ckpt,
                                        weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,
@@ -129,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_import)
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
-    p.add_argument("ckpt", help="earful checkpoint folder, or a run folder (its latest checkpoint)")
+    p.add_argument("ckpt", help="earful checkpoint folder, a run folder (its latest checkpoint), or a transformers "
+                   "folder or Hub model id (ORG/NAME[@REVISION]), imported once into the earful cache")
     p.add_argument("inputs", nargs="+", metavar="AUDIO|MANIFEST",
                    help="audio files (STEM.npy each), folders (their audio files) and manifests (.jsonl, as `earful "
                    "prepare` writes: ID.npy a row, a segment of a file too); a name not there, or a folder without "

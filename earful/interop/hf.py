@@ -37,6 +37,7 @@ from earful.checkpoint import (
     model_kind,
     read_json,
     safe_torch_load,
+    save_model,
     what_it_is,
 )
 from earful.config import from_dict, renamed_settings, to_dict
@@ -781,6 +782,22 @@ def ctc_vocab(hf_dir: str | Path, outputs: int) -> list[str]:
     blank = _blank(read_hf_config(Path(hf_dir)))
     symbols = read_vocab(hf_dir, outputs)
     return [symbols[i] for i in blank_first(blank, outputs)] if blank in range(outputs) else symbols
+
+
+def write_checkpoint(hf_dir: str | Path, ckpt: str | Path, *, trust_pickle: bool = False) -> None:
+    """Import the transformers folder ``hf_dir`` into the earful checkpoint folder ``ckpt`` (written whole, or
+    left as it was), as import-hf does: a CTC model with its vocabulary, the tokenizer's special tokens and the
+    text mapping export-hf kept, which export-hf names again."""
+    model, symbols = import_hf(hf_dir, trust_pickle=trust_pickle, need_vocab=True)
+    vocab = None
+    if symbols is not None:
+        tokens = special_tokens(hf_dir, symbols)
+        mapping = read_text_mapping(hf_dir)
+        vocab = {"symbols": symbols, **({"tokens": tokens} if tokens else {})}
+        if mapping:
+            vocab["mapping"] = mapping
+    with atomic_folder(ckpt) as tmp:  # the new checkpoint's files, or what was there before
+        save_model(tmp, model, vocab=vocab)
 
 
 def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False, need_vocab: bool = False,

@@ -8,11 +8,21 @@ and then read as any ``.bin`` is (refused where it needs more than tensors, unle
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 
-from earful.checkpoint import MODEL_FILE
-from earful.interop.hf import ADDED_TOKENS, BIN, HF_CONFIG, PREPROCESSOR, PROCESSOR, TOKENIZER, VOCAB
+from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError
+from earful.interop.hf import (
+    ADDED_TOKENS,
+    BIN,
+    HF_CONFIG,
+    PREPROCESSOR,
+    PROCESSOR,
+    TOKENIZER,
+    VOCAB,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +32,7 @@ _FOLDER_FILES = [HF_CONFIG, PREPROCESSOR, PROCESSOR, VOCAB, TOKENIZER, ADDED_TOK
 # model.safetensors or its shards (model-0000i-of-0000n): not every .safetensors (MMS's 1000 adapter files)
 _SAFETENSORS = ["model*.safetensors", f"{MODEL_FILE}.index.json"]
 _PICKLES = ["pytorch_model*.bin", f"{BIN}.index.json"]
+IMPORTS = "imports"  # the earful cache's folder of imported transformers models, beside the probes' features
 
 
 def hub_folder(spec: str, key: str) -> Path | None:
@@ -49,3 +60,29 @@ def hub_folder(spec: str, key: str) -> Path | None:
     log.info("%s: the Hugging Face Hub's %s at %s, commit %s: %s in %s", key, repo, revision or "main", folder.name,
              ", ".join(files) or "no files", folder)
     return folder
+
+
+def imported_checkpoint(spec: str, key: str) -> Path | None:
+    """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
+    into ``imports/DIGEST`` of the earful cache, beside the probes' features: DIGEST is the SHA-256 of the folder's
+    weights (:func:`earful.train.init.resolve_init`), so the same weights, wherever they lie, are imported once.
+    None where ``spec`` is neither (an earful checkpoint, a run folder, a path not there). Pickled weights that
+    need more than tensors are refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
+    from earful.probe.features import default_cache_dir
+    from earful.train.init import resolve_init
+    from earful.train.state import resolve_checkpoint
+
+    folder = hub_folder(spec, key) or Path(spec)
+    if not (folder / HF_CONFIG).is_file() or resolve_checkpoint(folder) is not None:
+        return None
+    ckpt = default_cache_dir().parent / IMPORTS / str(resolve_init(str(folder), key).sha256)
+    if not all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE)):  # else imported before
+        try:
+            write_checkpoint(folder, ckpt)
+        except CheckpointError as e:
+            if isinstance(e.__cause__, pickle.UnpicklingError):
+                raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful import-hf "
+                                      f"{spec} CKPT --trust-pickle`, and give CKPT") from e
+            raise
+    log.info("%s: a transformers folder, imported once as %s", spec, ckpt)
+    return ckpt

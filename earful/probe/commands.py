@@ -95,10 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe", help="SUPERB-style probes of frozen features (PR, ASR, SID, IC)",
         description="Probe a checkpoint's frozen features of every layer (cached once per checkpoint and "
         "manifest) with a learned softmax weighting over layers and a small head per task. CKPT is an earful "
-        "checkpoint folder, or 'fbank' for log-mel filterbanks; a pre-training run's checkpoints/init is its "
+        "checkpoint or run folder, a transformers folder or Hub model id (imported once), or 'fbank' for log-mel "
+        "filterbanks; a pre-training run's checkpoints/init is its "
         "random-init baseline. Overrides set the recipes, e.g. pr.epochs=20 ic.lr=0.03 (earful/probe/config.py).",
     )
-    p.add_argument("ckpt", help="checkpoint folder, or 'fbank'")
+    p.add_argument("ckpt", help="checkpoint folder, run folder (its latest), transformers folder or Hub model id "
+                   "(ORG/NAME[@REVISION], imported once into the earful cache), or 'fbank'")
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     p.add_argument("--suite", choices=("mini-superb",), help="every task on a corpus made by `earful synth`")
     p.add_argument("--corpus", type=Path, help="with --suite: the corpus root (manifests/ inside)")

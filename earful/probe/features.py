@@ -72,15 +72,19 @@ class Upstream:
     @classmethod
     def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
               device: str = "auto", device_key: str = "--device") -> Upstream:
-        """``"fbank"`` or a checkpoint folder, or a run folder for its latest (with ``random_init``: its
-        architecture, freshly initialised), extracted on ``device``, which errors name as ``device_key`` (a study's:
-        the recipe's ``device``)."""
+        """``"fbank"``, a checkpoint folder, a run folder for its latest, or a transformers folder or Hub model id
+        (its import, :func:`earful.interop.hub.imported_checkpoint`); with ``random_init``: its architecture,
+        freshly initialised; extracted on ``device``, which errors name as ``device_key`` (a study's: the recipe's
+        ``device``)."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
             return cls("fbank")
-        ckpt = require_checkpoint(spec)  # a run folder: its latest, as every command reads one
-        if ckpt != Path(spec):
+        from earful.interop.hub import imported_checkpoint
+
+        imported = imported_checkpoint(str(spec), "probe")  # a transformers folder or Hub model id
+        ckpt = imported or require_checkpoint(spec)  # a run folder: its latest, as every command reads one
+        if imported is None and ckpt != Path(spec):
             log.info("%s: a run folder, its latest checkpoint: %s (its best by validation: %s)", spec,
                      ckpt, Path(spec) / "checkpoints" / "best")
         resolve_device(device, device_key)  # refused now, not after the model loads

@@ -578,11 +578,6 @@ def test_a_fairseq_checkpoint_or_a_transformers_folder_is_named_with_what_to_do(
     assert main(["features", str(tmp_path / "hfdir" / "pytorch_model.bin"), str(tmp_path / "a.wav"), "--out",
                  str(tmp_path / "f")]) == 2
     assert f"pytorch_model.bin is a transformers weights file: give its folder, {tmp_path / 'hfdir'}" in caplog.text
-    export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "theirs")
-    caplog.clear()
-    assert main(["features", str(tmp_path / "theirs"), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")]) == 2
-    assert f"it is a transformers folder: `earful import-hf {tmp_path / 'theirs'} CKPT` makes an earful " \
-           "checkpoint of it" in caplog.text
 
 
 def test_an_earful_checkpoint_or_run_folder_given_to_import_hf_is_named_as_one(tmp_path, caplog) -> None:
@@ -637,6 +632,52 @@ def test_import_hf_of_a_hub_model_id_is_the_import_of_its_folder(tmp_path, hub_m
     assert fnmatch("pytorch_model.bin", hub_models.calls[1][2][0])
     got = load_file(str(tmp_path / "from-bin" / "model.safetensors"))
     assert all(torch.equal(v, got[k]) for k, v in load_file(str(tmp_path / "from-hub" / "model.safetensors")).items())
+
+
+def test_features_of_a_transformers_folder_or_hub_id_are_those_of_its_import_made_once(tmp_path, hub_models, caplog,
+                                                                                      monkeypatch) -> None:
+    """`earful features` took an earful checkpoint or run folder only: a transformers folder or a Hub model id
+    had to be given to import-hf first. Both are now imported once, into the earful cache under the digest of the
+    folder's weights, and a second call (the same weights from the Hub too) reuses that import."""
+    from earful.interop import hf as hf_module
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    imports = []
+    import_hf_once = hf_module.import_hf
+    monkeypatch.setattr(hf_module, "import_hf", lambda *a, **k: imports.append(a) or import_hf_once(*a, **k))
+    hf = _ctc_folder(tmp_path)
+    hub_models.repos["someone/tiny"] = hf
+    sf.write(tmp_path / "a.wav", (0.1 * np.random.RandomState(0).randn(8000)).astype(np.float32), 16000)
+    assert main(["import-hf", str(hf), "ckpt"]) == 0
+    assert main(["features", "ckpt", "a.wav", "--out", "by-hand"]) == 0
+    imports.clear()
+    caplog.set_level(logging.INFO)
+    for given, out in ((str(hf), "folder"), (str(hf), "again"), ("someone/tiny", "hub")):
+        caplog.clear()
+        assert main(["features", given, "a.wav", "--out", out]) == 0, caplog.text
+        np.testing.assert_array_equal(np.load(tmp_path / out / "a.npy"), np.load(tmp_path / "by-hand" / "a.npy"))
+        ckpt = Path(json.loads((tmp_path / out / "features.json").read_text())["checkpoint"])
+        assert f"{given}: a transformers folder, imported once as {ckpt}" in caplog.text
+        assert ckpt.parent == tmp_path / "cache" / "imports"
+    assert len(imports) == 1  # the second call, and the Hub's copy of the same weights, reuse the first import
+    for name in ("model.json", "model.safetensors"):
+        assert (ckpt / name).read_bytes() == (tmp_path / "ckpt" / name).read_bytes(), name
+
+
+def test_features_of_a_transformers_folder_of_pickled_weights_say_to_import_them_by_hand(tmp_path, caplog,
+                                                                                        monkeypatch) -> None:
+    """A pytorch_model.bin that needs unpickling is refused as import-hf refuses it without --trust-pickle, which
+    features does not take: it says to run import-hf with it, and nothing is unpickled."""
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "unpickled"
+    hf = export_hf(Wav2Vec2ForPreTraining(load_model_config("tiny")), tmp_path / "hf")
+    (hf / "model.safetensors").unlink()
+    torch.save({"evil": _Opens(str(marker))}, hf / "pytorch_model.bin")
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    assert main(["features", str(hf), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")]) == 2
+    assert f"features takes no --trust-pickle: import it yourself, `earful import-hf {hf} CKPT --trust-pickle`, " \
+           "and give CKPT" in caplog.text, caplog.text
+    assert not marker.exists() and not (tmp_path / "f").exists()
 
 
 def test_a_path_not_there_of_a_hub_id_shape_says_neither_is_there(tmp_path, hub_models, caplog, monkeypatch) -> None:

@@ -156,6 +156,29 @@ def test_a_random_init_says_each_seed_once(tones, tiny_ckpt: Path, cache: Path, 
         "fbank (seed 0)")
 
 
+def test_a_transformers_folder_or_hub_id_is_probed_as_its_import_made_once(tiny_ckpt: Path, tmp_path: Path,
+                                                                            hub_models, monkeypatch, caplog):
+    """`earful probe` took an earful checkpoint, a run folder or fbank: a published model (a transformers folder,
+    a Hub model id) had to be given to import-hf first. It is now imported once into the earful cache, keyed by its
+    weights' digest, and probed as that checkpoint; the same weights again (from the Hub too) reuse the import."""
+    from earful.interop import hf
+    from earful.interop.hf import export_hf
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    imports = []
+    import_hf = hf.import_hf
+    monkeypatch.setattr(hf, "import_hf", lambda *a, **k: imports.append(a) or import_hf(*a, **k))
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    hub_models.repos["someone/tiny"] = folder
+    caplog.set_level(logging.INFO)
+    parsed = [Upstream.parse(given) for given in (folder, str(folder), "someone/tiny")]
+    assert len(imports) == 1 and len({up.ckpt for up in parsed}) == 1
+    ckpt = Path(str(parsed[0].ckpt))
+    assert ckpt.parent == tmp_path / "cache" / "imports" and parsed[0].kind == "checkpoint"
+    assert f"{folder}: a transformers folder, imported once as {ckpt}" in caplog.text
+    assert (ckpt / "model.safetensors").read_bytes() == (tiny_ckpt / "model.safetensors").read_bytes()
+
+
 def test_layer_weight_plots_share_one_y_range(tmp_path: Path, monkeypatch):
     """Two plots meant to be compared (a checkpoint's and its random init's) had each their own y range."""
     from matplotlib.figure import Figure
@@ -768,11 +791,12 @@ def test_sid_s_dev_split_is_named_only_where_sid_was_run() -> None:
 
 
 def test_a_run_folder_is_probed_at_its_latest_checkpoint_and_a_transformers_folder_is_named(
-        tiny_ckpt: Path, tmp_path: Path, caplog) -> None:
+        tiny_ckpt: Path, tmp_path: Path, caplog, monkeypatch) -> None:
     """`earful probe RUN` (a run folder, which evaluate, transcribe, features and export-hf read as its latest) and
     `earful probe HF` said only "not an earful checkpoint (no model.json)". Now a run folder is read as every command
-    reads it, its latest checkpoint, said in the log; a transformers folder is named with import-hf; a path that is
-    not there says so."""
+    reads it, its latest checkpoint, said in the log; a transformers folder is imported, one without weights named
+    as import-hf names it; a path that is not there says so."""
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     latest = run / "checkpoints" / "step-0000002"
     shutil.copytree(tiny_ckpt, latest)
@@ -787,9 +811,8 @@ def test_a_run_folder_is_probed_at_its_latest_checkpoint_and_a_transformers_fold
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=rf"^{hf}: .*; it is a transformers folder: `earful import-hf {hf} "
-                                                r"CKPT`"):
-        Upstream.parse(hf)
+    with pytest.raises(CheckpointError, match=rf"^{hf}: no model.safetensors or pytorch_model.bin"):
+        Upstream.parse(hf)  # a transformers folder is imported: this one has no weights
     with pytest.raises(FileNotFoundError, match=r"nothere: no such checkpoint or run folder \(the path does not "
                                                 r"exist\)$"):
         Upstream.parse(tmp_path / "nothere")
