@@ -7,12 +7,13 @@ and then read as any ``.bin`` is (refused where it needs more than tensors, unle
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import re
 from pathlib import Path
 
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError
+from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, sha256
 from earful.interop.hf import (
     ADDED_TOKENS,
     BIN,
@@ -65,7 +66,8 @@ def hub_folder(spec: str, key: str) -> Path | None:
 def imported_checkpoint(spec: str, key: str) -> Path | None:
     """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
     into ``imports/DIGEST`` of the earful cache, beside the probes' features: DIGEST is the SHA-256 of the folder's
-    weights (:func:`earful.train.init.resolve_init`), so the same weights, wherever they lie, are imported once.
+    weights (:func:`earful.train.init.resolve_init`) and of the files import reads beside them (config.json, the
+    feature extractor's, the vocabulary's), so the same model, wherever it lies, is imported once.
     None where ``spec`` is neither (an earful checkpoint, a run folder, a path not there). Pickled weights that
     need more than tensors are refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
     from earful.probe.features import default_cache_dir
@@ -75,7 +77,11 @@ def imported_checkpoint(spec: str, key: str) -> Path | None:
     folder = hub_folder(spec, key) or Path(spec)
     if not (folder / HF_CONFIG).is_file() or resolve_checkpoint(folder) is not None:
         return None
-    ckpt = default_cache_dir().parent / IMPORTS / str(resolve_init(str(folder), key).sha256)
+    digest = hashlib.sha256(str(resolve_init(str(folder), key).sha256).encode())  # the weights, then the settings:
+    for name in _FOLDER_FILES:  # another config.json or preprocessor (do_normalize) is another model
+        if (folder / name).is_file():
+            digest.update(f"{name} {sha256(folder / name)}\n".encode())
+    ckpt = default_cache_dir().parent / IMPORTS / digest.hexdigest()
     if not all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE)):  # else imported before
         try:
             write_checkpoint(folder, ckpt)

@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -662,6 +663,13 @@ def test_features_of_a_transformers_folder_or_hub_id_are_those_of_its_import_mad
     assert len(imports) == 1  # the second call, and the Hub's copy of the same weights, reuse the first import
     for name in ("model.json", "model.safetensors"):
         assert (ckpt / name).read_bytes() == (tmp_path / "ckpt" / name).read_bytes(), name
+    other = tmp_path / "other"  # the same weights, another feature extractor: another model, imported apart
+    shutil.copytree(hf, other)
+    pre = json.loads((other / "preprocessor_config.json").read_text())
+    (other / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": not pre["do_normalize"]}))
+    assert main(["features", str(other), "a.wav", "--out", "other-out"]) == 0
+    assert len(imports) == 2
+    assert Path(json.loads((tmp_path / "other-out" / "features.json").read_text())["checkpoint"]) != ckpt
 
 
 def test_features_of_a_transformers_folder_of_pickled_weights_say_to_import_them_by_hand(tmp_path, caplog,
@@ -897,6 +905,7 @@ def test_features_stopped_part_way_record_the_files_it_did_not_rewrite_as_they_a
 # sends: no handler runs) at POINT: computing its first file's features, or just after saving them
 KILLED_FEATURES = """
 import os
+import shutil
 import signal
 import sys
 
