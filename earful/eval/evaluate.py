@@ -83,9 +83,6 @@ def load_ctc(ckpt: str | Path, command: str = "evaluate") -> tuple[Wav2Vec2ForCT
     model, info = load_model(path)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{path}: a {info.get('kind')} checkpoint; {command} needs a fine-tuned (CTC) one")
-    if path != Path(ckpt):  # said of a fine-tuning's run folder only (a pre-training's has no validation WER)
-        log.info("%s: a run folder, its latest checkpoint: %s (for the lowest validation WER, give %s)", ckpt, path,
-                 Path(ckpt) / "checkpoints" / "best")
     vocab = vocab_from_checkpoint(info.get("vocab"), str(path))
     if len(vocab) != model.lm_head.out_features:
         raise ValueError(f"{path}: {len(vocab)} symbols but the head has {model.lm_head.out_features} outputs")

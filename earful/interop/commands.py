@@ -9,29 +9,18 @@ from pathlib import Path
 log = logging.getLogger("earful.interop")
 
 
-def _checkpoint(given: str) -> Path:
-    """The checkpoint ``given`` names: itself, or a run folder's latest, as evaluate, transcribe and finetune
-    --init take it (:func:`earful.train.state.require_checkpoint`); export-hf had refused a run folder."""
-    from earful.train.state import require_checkpoint
-
-    ckpt = require_checkpoint(given)
-    if ckpt != Path(given):
-        log.info("%s: a run folder, its latest checkpoint: %s", given, ckpt)
-    return ckpt
-
-
 def _export(args: argparse.Namespace) -> int:
     from earful.checkpoint import CheckpointError, load_model
     from earful.interop.card import model_card, push_to_hub
     from earful.interop.hf import export_hf
     from earful.model import count_parameters
-    from earful.train.state import read_trainer_info
+    from earful.train.state import read_trainer_info, require_checkpoint
 
     if args.private and not args.push:
         raise ValueError("--private needs --push")
     if args.replace_repo and not args.push:
         raise ValueError("--replace-repo needs --push")
-    ckpt = _checkpoint(args.ckpt)
+    ckpt = require_checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     vocab = info.get("vocab") or {}
     spelled = vocab.get("spelling") or vocab  # fine-tuned with vocab=init: the initial model's tokenizer
@@ -70,9 +59,10 @@ def _features(args: argparse.Namespace) -> int:
     from earful.checkpoint import load_model, weights_sha256
     from earful.interop.features import sources_of, write_features
     from earful.interop.hub import imported_checkpoint
+    from earful.train.state import require_checkpoint
 
     sources = sources_of(args.inputs)
-    ckpt = imported_checkpoint(args.ckpt, "features") or _checkpoint(args.ckpt)
+    ckpt = imported_checkpoint(args.ckpt, "features") or require_checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     written, problems = write_features(model, sources, args.out, checkpoint=ckpt,
                                        weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,

@@ -84,9 +84,6 @@ class Upstream:
 
         imported = imported_checkpoint(str(spec), "probe")  # a transformers folder or Hub model id
         ckpt = imported or require_checkpoint(spec)  # a run folder: its latest, as every command reads one
-        if imported is None and ckpt != Path(spec):
-            log.info("%s: a run folder, its latest checkpoint: %s (its best by validation: %s)", spec,
-                     ckpt, Path(spec) / "checkpoints" / "best")
         resolve_device(device, device_key)  # refused now, not after the model loads
         if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1
             raise ValueError(f"--init-seed {init_seed}: expected an integer from 0 to 2**32 - 1")

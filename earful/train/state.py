@@ -216,13 +216,17 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
 
 def require_checkpoint(path: str | Path) -> Path:
     """:func:`resolve_checkpoint` for a command that needs a checkpoint (export-hf, features, evaluate,
-    transcribe): a path that names none is a ``FileNotFoundError`` saying why, a path that does not exist said so
-    (it had been told it held no model.json and no checkpoints/)."""
+    transcribe, probe, gradvar), a run folder's latest said in the log: a path that names none is a
+    ``FileNotFoundError`` saying why, a path that does not exist said so (it had been told it held no model.json
+    and no checkpoints/)."""
     ckpt = resolve_checkpoint(path)
     if ckpt is None:
         why = (f"not a checkpoint (no {INFO_FILE}) nor a run folder (no checkpoints/){what_it_is(path)}"
                if Path(path).exists() else "no such checkpoint or run folder (the path does not exist)")
         raise FileNotFoundError(f"{path}: {why}")
+    if ckpt != Path(path):  # said once, here, for every command that takes a run folder
+        log.info("%s: a run folder, its latest checkpoint: %s (its best by validation: %s)", path, ckpt,
+                 Path(path) / "checkpoints" / "best")
     return ckpt
 
 

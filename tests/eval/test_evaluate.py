@@ -369,10 +369,10 @@ def test_a_run_directory_is_evaluated_at_its_latest_checkpoint(ctc_run, tmp_path
     from earful.train.init import load_init, resolve_init
 
     latest = ctc_run / "checkpoints" / "latest.json"
-    with caplog.at_level(logging.INFO, logger="earful.eval.evaluate"):
+    with caplog.at_level(logging.INFO):
         assert load_ctc(ctc_run)[2].name == "step-0000002"
     assert f"{ctc_run}: a run folder, its latest checkpoint: {ctc_run / 'checkpoints' / 'step-0000002'} " \
-           f"(for the lowest validation WER, give {ctc_run / 'checkpoints' / 'best'})" in caplog.text
+           f"(its best by validation: {ctc_run / 'checkpoints' / 'best'})" in caplog.text
     assert load_ctc(ctc_run / "checkpoints" / "step-0000001")[2].name == "step-0000001"
     assert load_init(resolve_init(str(ctc_run)))[2].endswith("step-0000002")
     latest.write_text(json.dumps({"name": "step-0000001"}))
@@ -889,4 +889,4 @@ def test_a_pre_training_run_folder_is_refused_without_a_word_of_its_validation_w
     assert "validation WER" not in caplog.text, caplog.text
     caplog.clear()
     assert main(["evaluate", str(tmp_path / "ft"), str(manifest), "--out", str(tmp_path / "e2")]) == 0
-    assert f"(for the lowest validation WER, give {tmp_path / 'ft' / 'checkpoints' / 'best'})" in caplog.text
+    assert f"(its best by validation: {tmp_path / 'ft' / 'checkpoints' / 'best'})" in caplog.text

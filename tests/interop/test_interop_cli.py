@@ -519,7 +519,7 @@ def test_export_hf_and_features_take_a_run_directory_and_name_a_path_that_is_not
     for step in (1, 2):
         run.save(f"step-000000{step}", model, state=None, trainer={"step": step})
     latest = run.ckpt / "step-0000002"
-    with caplog.at_level(logging.INFO, logger="earful.interop"):
+    with caplog.at_level(logging.INFO):
         assert main(["export-hf", str(run.root), str(tmp_path / "hf")]) == 0
     assert f"{run.root}: a run folder, its latest checkpoint: {latest}" in caplog.text
     assert "exported from checkpoint `step-0000002` of run `run`" in (tmp_path / "hf" / "README.md").read_text()
