@@ -137,6 +137,19 @@ def decodes_up_to(f: sf.SoundFile, end: int, block: int = 1 << 16) -> bool:
     return sum(len(part) for part in _blocks(f, "float32", block, end)) >= end
 
 
+def _decodes_at_all(path: str | os.PathLike | IO[bytes]) -> bool:
+    """Whether the first sample of ``path``, opened afresh, decodes: a file libsndfile cannot decode at all (an
+    AIFF in DWVW: every read seeks, and that seek fails) fails here too; one cut short (whose failed seek leaves its
+    open file unusable) does not. An in-memory file is taken to decode."""
+    if hasattr(path, "read"):
+        return True
+    try:
+        with sf.SoundFile(path) as f:
+            return len(f.read(1, dtype="float32")) == 1
+    except (RuntimeError, ValueError):
+        return False
+
+
 def check_decodes_up_to(f: sf.SoundFile, path: str | os.PathLike | IO[bytes], end: int) -> None:
     """Raise AudioError naming ``path`` unless sample ``end - 1`` of the open file ``f``, not yet read, decodes
     (:func:`decodes_up_to`): a file cut short (an interrupted copy) whose header promises more than it holds. A FLAC
@@ -145,6 +158,9 @@ def check_decodes_up_to(f: sf.SoundFile, path: str | os.PathLike | IO[bytes], en
     try:
         last = decodes_up_to(f, end)
     except (RuntimeError, ValueError) as e:  # libsndfile's errors (LibsndfileError is a RuntimeError)
+        if not _decodes_at_all(path):  # not cut short: libsndfile cannot decode it (an AIFF in DWVW)
+            raise AudioError(f"{name}: libsndfile cannot decode its audio ({f.format} {f.subtype}: {e}); "
+                             f"re-encode it, e.g. as FLAC or 16-bit WAV") from None
         raise AudioError(f"{name}: cannot read up to sample {end} of the {f.frames} its header promises "
                          f"(truncated?): {e}") from None
     if not last:

@@ -185,6 +185,25 @@ def test_every_container_libsndfile_reads_is_prepared(tmp_path: Path):
         assert u.num_samples == 8000 and np.allclose(load_audio(u.path), x, atol=1e-4), u.path
 
 
+def test_audio_libsndfile_cannot_decode_is_not_called_truncated(tmp_path: Path):
+    """A whole AIFF in DWVW (libsndfile writes it, then cannot read it: every read seeks, and the seek fails) was
+    reported as "truncated?". Now `prepare` says libsndfile cannot decode it; a FLAC cut short is still truncated."""
+    from earful.data.librispeech import read_folder
+
+    x = (0.2 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    (tmp_path / "spk").mkdir()
+    sf.write(tmp_path / "spk" / "dwvw.aiff", x, 16000, format="AIFF", subtype="DWVW_16")
+    sf.write(tmp_path / "spk" / "cut.flac", np.tile(x, 8), 16000, format="FLAC")
+    data = (tmp_path / "spk" / "cut.flac").read_bytes()
+    (tmp_path / "spk" / "cut.flac").write_bytes(data[:len(data) // 2])
+    problems: list[str] = []
+    assert read_folder(tmp_path, problems) == []
+    assert len(problems) == 2, problems
+    cut, dwvw = sorted(problems)  # by path: cut.flac, dwvw.aiff
+    assert "dwvw.aiff: libsndfile cannot decode its audio (AIFF DWVW_16: " in dwvw and "truncated?" not in dwvw
+    assert "cut.flac: " in cut and "truncated?" in cut
+
+
 def test_what_is_given_for_a_manifest_and_is_none_is_named_with_what_to_do(tmp_path: Path, tone) -> None:
     """A folder gave "[Errno 21] Is a directory", an audio file "not valid UTF-8 ...; re-encode the manifest as
     UTF-8", a fairseq manifest "not valid JSON". Now each is named with what to do; a real manifest reads."""
