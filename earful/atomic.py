@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from pathlib import Path
 from typing import IO, Any
 
-from earful.lock import running
+from earful.lock import LOCK_FILE, running
 
 
 def _umask() -> int:
@@ -181,8 +181,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     (``.tmp-PID``) and moved into place when the block ends without an error: each file by an atomic rename, then
     what the earlier contents hold and the new ones lack is removed. A refused or failed fill leaves the earlier
     contents as they were. The folder itself stays, so a link to it, a mount point (a container's volume), its
-    mode and group are kept. A kill while the files move (a few renames) can leave old and new files side by
-    side, which the next run replaces; the ``.tmp-`` folders of processes that no longer run are removed."""
+    mode and group are kept, and so does its lock (``.lock``: removed, it let another process in). A kill while
+    the files move (a few renames) can leave old and new files side by side, which the next run replaces; the
+    ``.tmp-`` folders of processes that no longer run are removed."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for left in path.glob(f"{FOLDER_TMP}*"):
@@ -198,7 +199,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         for name in new:
             os.replace(tmp / name, path / name)
         for old in path.iterdir():
-            if old.name not in new and not old.name.startswith(FOLDER_TMP):
+            if old.name not in new and not old.name.startswith(FOLDER_TMP) and old.name != LOCK_FILE:
                 if old.is_dir() and not old.is_symlink():
                     shutil.rmtree(old)
                 else:

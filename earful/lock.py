@@ -20,6 +20,7 @@ class FolderBusy(RuntimeError):
     """Another process holds the folder's lock."""
 
 
+LOCK_FILE = ".lock"  # a folder's lock: a run's, a study's, a cache entry's (never removed while held)
 _HELD: list[IO[str]] = []  # this process's lock files
 
 
@@ -64,7 +65,7 @@ def hold_folder(folder: str | Path, what: str = "earful run") -> IO[str]:
     """An exclusive lock on ``folder`` (created if need be) for as long as the returned file stays open."""
     folder = Path(folder)
     try:
-        f = lock_file(folder / ".lock", wait=False)
+        f = lock_file(folder / LOCK_FILE, wait=False)
     except BlockingIOError:
         pid, host = holder(folder) or (None, "")
         raise FolderBusy(f"{folder}: another {what} is running in this folder (pid {pid or '?'}"
@@ -91,7 +92,7 @@ def holding(folder: str | Path, what: str = "earful run") -> Iterator[IO[str]]:
         raise
     finally:
         # removed while held: after letting go it may be another process's (as the trainer's)
-        (folder / ".lock").unlink(missing_ok=True)
+        (folder / LOCK_FILE).unlink(missing_ok=True)
         f.close()
         if failed and created:
             with suppress(OSError):
@@ -117,7 +118,7 @@ def _parse(text: str) -> tuple[int | None, str]:
 def holder(folder: str | Path) -> tuple[int | None, str] | None:
     """(pid, host) of the process that last took ``folder``'s lock (running or not); None where none ever has."""
     try:
-        return _parse((Path(folder) / ".lock").read_text(encoding="utf-8", errors="replace"))
+        return _parse((Path(folder) / LOCK_FILE).read_text(encoding="utf-8", errors="replace"))
     except FileNotFoundError:
         return None
 
@@ -137,7 +138,7 @@ def held(folder: str | Path) -> bool | None:
     """Whether a process holds ``folder``'s lock now, without taking it (a trainer starting meanwhile must not be
     refused): on Linux, whether its holder holds a lock of that file (``/proc/locks``), elsewhere whether its
     holder runs. None where this machine cannot tell: its holder is on another host (a cluster's node)."""
-    lock = Path(folder) / ".lock"
+    lock = Path(folder) / LOCK_FILE
     who = holder(folder)
     if who is None or who[0] is None:
         return False

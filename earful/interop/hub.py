@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 import re
 from pathlib import Path
 
+from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, sha256
 from earful.interop.hf import (
     ADDED_TOKENS,
@@ -34,6 +36,7 @@ _FOLDER_FILES = [HF_CONFIG, PREPROCESSOR, PROCESSOR, VOCAB, TOKENIZER, ADDED_TOK
 _SAFETENSORS = ["model*.safetensors", f"{MODEL_FILE}.index.json"]
 _PICKLES = ["pytorch_model*.bin", f"{BIN}.index.json"]
 IMPORTS = "imports"  # the earful cache's folder of imported transformers models, beside the probes' features
+SOURCE_FILE = "source.json"  # beside an import's checkpoint: what it was imported from; its mtime, its last use
 
 
 def hub_folder(spec: str, key: str) -> Path | None:
@@ -63,32 +66,42 @@ def hub_folder(spec: str, key: str) -> Path | None:
     return folder
 
 
-def imported_checkpoint(spec: str, key: str) -> Path | None:
+def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None) -> Path | None:
     """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
-    into ``imports/DIGEST`` of the earful cache, beside the probes' features: DIGEST is the SHA-256 of the folder's
-    weights (:func:`earful.train.init.resolve_init`) and of the files import reads beside them (config.json, the
-    feature extractor's, the vocabulary's), so the same model, wherever it lies, is imported once.
+    into ``imports/DIGEST`` of the earful cache, beside the probes' features (``cache_dir``, by default
+    :func:`earful.probe.features.default_cache_dir`): DIGEST is the SHA-256 of the folder's weights
+    (:func:`earful.train.init.resolve_init`) and of the files import reads beside them (config.json, the feature
+    extractor's, the vocabulary's), so the same model, wherever it lies, is imported once. Its ``source.json``
+    records what it was imported from (the folder, or ``ORG/NAME@COMMIT``), and a use touches it, for ``earful
+    cache list|remove``; the entry's lock is held while it is written, as a feature entry's.
     None where ``spec`` is neither (an earful checkpoint, a run folder, a path not there). Pickled weights that
     need more than tensors are refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
-    from earful.probe.features import default_cache_dir
+    from earful.probe.features import default_cache_dir, writing
     from earful.train.init import resolve_init
     from earful.train.state import resolve_checkpoint
 
-    folder = hub_folder(spec, key) or Path(spec)
+    hub = hub_folder(spec, key)
+    folder = hub or Path(spec)
     if not (folder / HF_CONFIG).is_file() or resolve_checkpoint(folder) is not None:
         return None
     digest = hashlib.sha256(str(resolve_init(str(folder), key).sha256).encode())  # the weights, then the settings:
     for name in _FOLDER_FILES:  # another config.json or preprocessor (do_normalize) is another model
         if (folder / name).is_file():
             digest.update(f"{name} {sha256(folder / name)}\n".encode())
-    ckpt = default_cache_dir().parent / IMPORTS / digest.hexdigest()
-    if not all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE)):  # else imported before
-        try:
-            write_checkpoint(folder, ckpt)
-        except CheckpointError as e:
-            if isinstance(e.__cause__, pickle.UnpicklingError):
-                raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful import-hf "
-                                      f"{spec} CKPT --trust-pickle`, and give CKPT") from e
-            raise
+    ckpt = Path(cache_dir or default_cache_dir()).parent / IMPORTS / digest.hexdigest()
+    source = f"{_HUB_ID.fullmatch(spec)['repo']}@{hub.name}" if hub else str(folder.resolve())  # type: ignore[index]
+    with writing(ckpt):  # `earful cache remove` leaves it alone meanwhile
+        if not all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE)):  # else imported before
+            try:
+                write_checkpoint(folder, ckpt)
+            except CheckpointError as e:
+                if isinstance(e.__cause__, pickle.UnpicklingError):
+                    raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful import-hf "
+                                          f"{spec} CKPT --trust-pickle`, and give CKPT") from e
+                raise
+        if (ckpt / SOURCE_FILE).is_file():
+            os.utime(ckpt / SOURCE_FILE)  # its last use, for `earful cache list` and `remove --older-than`
+        else:  # imported now, or by an earful that recorded no source
+            atomic_write_json(ckpt / SOURCE_FILE, {"source": source})
     log.info("%s: a transformers folder, imported once as %s", spec, ckpt)
     return ckpt

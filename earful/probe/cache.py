@@ -1,10 +1,17 @@
-"""The feature cache on disk (``earful cache list|remove``): what each entry holds, how large it is, when a
-probe last read it, and removing entries by those.
+"""The earful cache on disk (``earful cache list|remove``): the probes' features and the transformers models
+``probe`` and ``features`` imported, what each entry holds, how large it is, when it was last used, and removing
+entries by those.
 
-An entry is a folder ``CACHE/<key>/`` (earful.probe.features); its ``index.json`` names the upstream and the
-manifest it was extracted for, and a probe that reads the entry touches the index, so its modification time is
-the entry's last use. A folder without a readable index is *incomplete* (a probe stopped between its two writes,
-or a file damaged): it is never read, only extracted again under the same key.
+A features entry is a folder ``FEATURES/<key>/`` (earful.probe.features); its ``index.json`` names the upstream
+and the manifest it was extracted for, and a probe that reads the entry touches the index, so its modification
+time is the entry's last use. A folder without a readable index is *incomplete* (a probe stopped between its two
+writes, or a file damaged): it is never read, only extracted again under the same key.
+
+An import is a folder ``IMPORTS/<digest>/`` beside it (earful.interop.hub.imported_checkpoint), the sibling
+``imports`` of the features folder: an earful checkpoint and its ``source.json``, which names what it was imported
+from and is touched at each use (an import of an earlier earful has none: its source is not known, its last write
+stands for its use). One without its weights or ``model.json`` is incomplete, imported again when next used.
+Either is written under its lock (``.lock``), which ``remove`` takes or leaves the entry alone.
 """
 
 from __future__ import annotations
@@ -19,18 +26,28 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE, LOCK_FILE
+from earful.atomic import FOLDER_TMP
+from earful.checkpoint import INFO_FILE, MODEL_FILE
+from earful.interop.hub import IMPORTS, SOURCE_FILE
+from earful.lock import LOCK_FILE
+from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+Kind = Literal["features", "import"]
+KINDS: tuple[Kind, ...] = ("features", "import")
+_FILES: dict[Kind, tuple[str, ...]] = {"features": (FEATURES_FILE, INDEX_FILE, LOCK_FILE),
+                                       "import": (INFO_FILE, MODEL_FILE, SOURCE_FILE, LOCK_FILE)}
 
 
 @dataclass(frozen=True)
 class Entry:
     """One cache entry: its folder, bytes on disk, last use (seconds since the epoch) and, from its index, the
-    upstream, manifest and number of utterances (``complete`` False: no readable index, those are empty)."""
+    upstream, manifest and number of utterances (``complete`` False: no readable index, those are empty); an
+    import (``kind``) has for upstream what it was imported from ("" where not recorded)."""
 
     path: Path
     size: int
@@ -40,55 +57,91 @@ class Entry:
     manifest: str = ""
     utterances: int = 0
     format: str = CACHE_FORMAT
+    kind: Kind = "features"
 
     @property
     def current(self) -> bool:
-        """Written by this version of earful (an older format is never read again)."""
-        return self.complete and self.format == CACHE_FORMAT
+        """Written by this version of earful (an older format of features is never read again)."""
+        return self.complete and (self.kind == "import" or self.format == CACHE_FORMAT)
+
+    @property
+    def about(self) -> str:
+        """What it holds, in a few words (the listing's and the removal's)."""
+        if not self.complete:
+            return ("incomplete: never read; `earful cache remove --incomplete`" if self.kind == "features" else
+                    "incomplete import: imported again when used; `earful cache remove --incomplete`")
+        if self.kind == "import":
+            return f"import of {self.upstream or '? (not recorded by the earful that imported it)'}"
+        return f"{self.upstream} → {self.manifest}" + ("" if self.current else f" (older format {self.format})")
+
+
+def folders(cache_dir: str | os.PathLike) -> dict[Kind, Path]:
+    """The features folder ``cache_dir`` and the imports beside it, its sibling ``imports``, by kind."""
+    return {"features": Path(cache_dir), "import": Path(cache_dir).parent / IMPORTS}
 
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-KEY = re.compile(r"[0-9a-f]{64}")  # an entry's name: its key, a SHA-256 (earful.probe.features.cache_key)
+def _last_write(folder: Path) -> float:
+    return max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=folder.stat().st_mtime)
 
 
-def is_entry(path: Path) -> bool:
-    """Whether ``path`` is a cache entry's folder: named by a key, holding nothing but the entry's files (and
-    their temporary files). Anything else in a cache folder (a mistyped ``--cache``) is never listed or removed."""
+KEY = re.compile(r"[0-9a-f]{64}")  # an entry's name: its key or digest, a SHA-256
+
+
+def is_entry(path: Path, kind: Kind = "features") -> bool:
+    """Whether ``path`` is a cache entry's folder of ``kind``: named by a key, holding nothing but the entry's
+    files (and their temporary files and folders). Anything else in a cache folder (a mistyped ``--cache``) is
+    never listed or removed."""
     if not (path.is_dir() and not path.is_symlink() and KEY.fullmatch(path.name)):
         return False
-    return all(f.name in (FEATURES_FILE, INDEX_FILE, LOCK_FILE) or (f.name.startswith(".") and f.name.endswith(".tmp"))
-               for f in path.iterdir())
+    return all(f.name in _FILES[kind] or (f.name.startswith(".") and f.name.endswith(".tmp"))
+               or (kind == "import" and f.name.startswith(FOLDER_TMP)) for f in path.iterdir())
 
 
-def others(cache_dir: str | os.PathLike) -> list[Path]:
-    """What ``cache_dir`` holds besides cache entries (left alone)."""
+def others(cache_dir: str | os.PathLike, kind: Kind = "features") -> list[Path]:
+    """What ``cache_dir`` holds besides cache entries of ``kind`` (left alone)."""
     root = Path(cache_dir)
-    return sorted(p for p in root.iterdir() if not is_entry(p)) if root.is_dir() else []
+    return sorted(p for p in root.iterdir() if not is_entry(p, kind)) if root.is_dir() else []
 
 
-def entries(cache_dir: str | os.PathLike) -> Iterator[Entry]:
-    """Every entry of ``cache_dir`` (none if it does not exist), by name."""
+def entries(cache_dir: str | os.PathLike, kind: Kind = "features") -> Iterator[Entry]:
+    """Every entry of ``kind`` in ``cache_dir`` (none if it does not exist), by name."""
     root = Path(cache_dir)
     if not root.is_dir():
         return
-    for folder in sorted(p for p in root.iterdir() if is_entry(p)):
+    for folder in sorted(p for p in root.iterdir() if is_entry(p, kind)):
+        if kind == "import":
+            yield _import(folder)
+            continue
         index_path = folder / INDEX_FILE
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
             yield Entry(folder, _size(folder), index_path.stat().st_mtime, True, str(index.get("upstream", "?")),
                         str(index.get("manifest", "?")), len(index.get("ids", ())), str(index.get("format", "?")))
         except (OSError, ValueError, TypeError, AttributeError):
-            used = max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=folder.stat().st_mtime)
-            yield Entry(folder, _size(folder), used, False)
+            yield Entry(folder, _size(folder), _last_write(folder), False)
+
+
+def _import(folder: Path) -> Entry:
+    """An import's entry: its source and last use from ``source.json``, else (an earlier earful's) unknown and its
+    last write."""
+    complete = all((folder / name).is_file() for name in (INFO_FILE, MODEL_FILE))
+    record = folder / SOURCE_FILE
+    try:
+        source, used = str(json.loads(record.read_text(encoding="utf-8"))["source"]), record.stat().st_mtime
+    except (OSError, ValueError, TypeError, KeyError):
+        source, used = "", _last_write(folder)
+    return Entry(folder, _size(folder), used, complete, source, kind="import")
 
 
 def select(found: list[Entry], *, older_than_days: float | None = None, upstream: str | None = None,
            incomplete: bool = False, now: float | None = None) -> list[Entry]:
     """The entries meeting every criterion given: unused for more than ``older_than_days``, an upstream naming
-    ``upstream`` (a substring of its path, or 'fbank'), or (``incomplete``) unreadable or of an older format."""
+    ``upstream`` (a substring of its path, or 'fbank'; of an import's source, ``ORG/NAME@COMMIT`` or its folder), or
+    (``incomplete``) unreadable or of an older format."""
     now = time.time() if now is None else now
     chosen = found
     if older_than_days is not None:
@@ -101,8 +154,8 @@ def select(found: list[Entry], *, older_than_days: float | None = None, upstream
 
 
 def remove(chosen: list[Entry]) -> tuple[int, list[Entry]]:
-    """Remove the entries but those a probe is writing now (their lock held: ``features.writing``), which are
-    left alone and said; the bytes freed and the entries left."""
+    """Remove the entries but those being written now (their lock held: ``features.writing``, a probe's or an
+    import's), which are left alone and said; the bytes freed and the entries left."""
     freed, busy = 0, []
     for e in chosen:
         try:
@@ -113,12 +166,13 @@ def remove(chosen: list[Entry]) -> tuple[int, list[Entry]]:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.warning("%s: a probe is writing it now; left alone", e.path)
+                log.warning("%s: %s writing it now; left alone", e.path,
+                            "a probe is" if e.kind == "features" else "an import is")
                 busy.append(e)
                 continue
             shutil.rmtree(e.path)
         freed += e.size
-        log.info("removed %s (%s, %s)", e.path, e.upstream or "incomplete", human(e.size))
+        log.info("removed %s (%s, %s)", e.path, e.about, human(e.size))
     return freed, busy
 
 
@@ -133,11 +187,10 @@ def human(size: float) -> str:
 def table(found: list[Entry], now: float | None = None) -> list[str]:
     """A text table of the entries, the oldest use first, and a total."""
     now = time.time() if now is None else now
-    rows = [f"{'entry':12}  {'size':>9}  {'unused':>8}  {'utts':>6}  upstream → manifest"]
+    rows = [f"{'entry':12}  {'kind':8}  {'size':>9}  {'unused':>8}  {'utts':>6}  upstream → manifest, or import of"]
     for e in sorted(found, key=lambda e: e.used):
-        what = (f"{e.upstream} → {e.manifest}" + ("" if e.current else f" (older format {e.format})")
-                if e.complete else "incomplete: never read; `earful cache remove --incomplete`")
-        rows.append(f"{e.path.name[:12]:12}  {human(e.size):>9}  {(now - e.used) / DAY:7.1f}d  {e.utterances:6d}  "
-                    f"{what}")
+        utts = f"{e.utterances:6d}" if e.kind == "features" else f"{'':6}"
+        rows.append(f"{e.path.name[:12]:12}  {e.kind:8}  {human(e.size):>9}  {(now - e.used) / DAY:7.1f}d  {utts}  "
+                    f"{e.about}")
     rows.append(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}, {human(sum(e.size for e in found))}")
     return rows

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from earful.probe.cache import Entry
 
 log = logging.getLogger("earful.probe")
 
@@ -22,7 +26,7 @@ def _probe(args: argparse.Namespace) -> int:
         raise ValueError("--init-seed needs --random-init")
     config = load_config(ProbeConfig, None, args.overrides)
     upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0,
-                              device=args.device)
+                              device=args.device, cache_dir=args.cache)
     common = dict(seed=args.seed, config=config, cache_dir=args.cache, progress=not args.no_progress)
     if args.suite:
         if args.task or args.train or args.dev or args.test:
@@ -49,20 +53,30 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return args.cache or default_cache_dir()
 
 
-def _cache_list(args: argparse.Namespace) -> int:
-    from earful.probe.cache import entries, others, table
+def _cache_found(root: Path) -> tuple[list[Entry], list[Path]]:
+    """The entries of the feature cache ``root`` and of the imports beside it, and those two folders; what else
+    each holds is warned of (never listed or removed)."""
+    from earful.probe.cache import entries, folders, others
 
-    root = _cache_dir(args)
-    found, other = list(entries(root)), others(root)
-    log.info("feature cache %s\n%s", root, "\n".join(table(found)))
-    if other:
-        log.warning("%s also holds %d item(s) that are no cache entries (%s …): never listed or removed; is it the "
-                    "cache?", root, len(other), other[0].name)
+    found: list[Entry] = []
+    for kind, folder in folders(root).items():
+        found += entries(folder, kind)
+        if other := others(folder, kind):
+            log.warning("%s also holds %d item(s) that are no cache entries (%s …): never listed or removed; is it "
+                        "the cache?", folder, len(other), other[0].name)
+    return found, list(folders(root).values())
+
+
+def _cache_list(args: argparse.Namespace) -> int:
+    from earful.probe.cache import table
+
+    found, where = _cache_found(_cache_dir(args))
+    log.info("earful cache: features %s, imports %s\n%s", *where, "\n".join(table(found)))
     return 0
 
 
 def _cache_remove(args: argparse.Namespace) -> int:
-    from earful.probe.cache import entries, human, others, remove, select
+    from earful.probe.cache import human, remove, select
 
     if not (args.all or args.older_than is not None or args.upstream is not None or args.incomplete):
         raise ValueError("say which entries: --older-than DAYS, --upstream TEXT, --incomplete (they combine), or --all")
@@ -73,20 +87,17 @@ def _cache_remove(args: argparse.Namespace) -> int:
     if args.older_than is not None and args.older_than < 0:
         raise ValueError(f"--older-than {args.older_than:g}: expected days, 0 or more")
     root = _cache_dir(args)
-    found = list(entries(root))
+    found, _ = _cache_found(root)
     chosen = select(found, older_than_days=args.older_than, upstream=args.upstream, incomplete=args.incomplete)
     if args.dry_run:
         for e in chosen:
-            log.info("would remove %s (%s, %s)", e.path, e.upstream or "incomplete", human(e.size))
-        log.info("%d of %d entries of %s, %s, would be removed", len(chosen), len(found), root,
+            log.info("would remove %s (%s, %s)", e.path, e.about, human(e.size))
+        log.info("%d of %d entries of %s and its imports, %s, would be removed", len(chosen), len(found), root,
                  human(sum(e.size for e in chosen)))
         return 0
     freed, busy = remove(chosen)
-    log.info("removed %d of %d entries of %s, %s freed%s", len(chosen) - len(busy), len(found), root, human(freed),
-             f"; {len(busy)} being written left alone" if busy else "")
-    if other := others(root):
-        log.warning("%s also holds %d item(s) that are no cache entries (%s …): left alone; is it the cache?", root,
-                    len(other), other[0].name)
+    log.info("removed %d of %d entries of %s and its imports, %s freed%s", len(chosen) - len(busy), len(found), root,
+             human(freed), f"; {len(busy)} being written left alone" if busy else "")
     return 0
 
 
@@ -119,29 +130,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 0)")
     p.add_argument("--cache", type=Path, default=None,
                    help="feature cache (default $EARFUL_CACHE/features, else $XDG_CACHE_HOME/earful/features, "
-                   "else ~/.cache/earful/features)")
+                   "else ~/.cache/earful/features); a transformers model is imported beside it, into imports/")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_probe)
 
-    c = sub.add_parser("cache", help="list or remove the probes' cached features",
+    c = sub.add_parser("cache", help="list or remove the probes' cached features and imported models",
                        description="The feature cache `earful probe` fills (float16 hidden states of every layer: "
                        "about 3.6 GB per hour of audio and checkpoint for BASE: 13 layers × 768 × 50 frames a "
-                       "second). A probe that reads an entry marks it used. A study keeps its own cache inside "
-                       "its folder and removes it itself.")
+                       "second), and beside it (imports/) the transformers folders and Hub models `probe` and "
+                       "`features` imported. A probe that reads an entry, or uses an import, marks it used. A "
+                       "study keeps its own feature cache inside its folder and removes it itself.")
     actions = c.add_subparsers(dest="action", required=True)
     for name, func, text in (("list", _cache_list, "each entry's size, days unused, utterances, upstream and "
-                              "manifest, the oldest first"),
+                              "manifest, or what it imported (a folder, ORG/NAME@COMMIT), the oldest first"),
                              ("remove", _cache_remove, "remove the entries meeting every criterion given")):
         a = actions.add_parser(name, help=text, description=text)
         a.add_argument("--cache", type=Path, default=None,
-                       help="the cache (default $EARFUL_CACHE/features, else $XDG_CACHE_HOME/earful/features, "
-                       "else ~/.cache/earful/features)")
+                       help="the feature cache (default $EARFUL_CACHE/features, else "
+                       "$XDG_CACHE_HOME/earful/features, else ~/.cache/earful/features); its sibling imports/ "
+                       "too")
         a.set_defaults(func=func)
         if name == "remove":
             a.add_argument("--older-than", type=float, metavar="DAYS", help="unused for more than DAYS days")
             a.add_argument("--upstream", metavar="TEXT", help="extracted by an upstream whose path holds TEXT "
-                           "(or 'fbank')")
-            a.add_argument("--incomplete", action="store_true", help="entries a probe stopped while writing, or of "
-                           "an older earful's format: never read again")
+                           "(or 'fbank'), or an import of a folder or ORG/NAME@COMMIT that holds it")
+            a.add_argument("--incomplete", action="store_true", help="entries a probe or import stopped while "
+                           "writing, or of an older earful's format: never read again")
             a.add_argument("--all", action="store_true", help="every entry")
             a.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")

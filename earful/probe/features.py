@@ -31,7 +31,7 @@ from tqdm import tqdm
 from earful.atomic import atomic_save_npy, atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, file_record, read_info, sha256, verify_file
 from earful.data.manifest import Utterance, read_manifest
-from earful.lock import lock_file
+from earful.lock import LOCK_FILE, lock_file
 from earful.probe import fbank
 from earful.probe.weighting import normalize_layers
 from earful.train.distributed import resolve_device
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # manifest's bytes (an entry of 2 is never found again: `earful cache remove --incomplete` removes it)
 CACHE_FORMAT = "earful-features-3"
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
-LOCK_FILE = ".lock"  # held shared by every probe writing the entry, exclusively by `earful cache remove`
+# LOCK_FILE (earful.lock's): held shared by every probe writing the entry, exclusively by `earful cache remove`
 EXTRACT_GROUP = 16  # utterances handed to ``layer_states`` at a time (one padded batch)
 
 # an upstream's feature extractor: (waves → per-utterance (frames, layers, dim) features, frames per second)
@@ -71,18 +71,19 @@ class Upstream:
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
-              device: str = "auto", device_key: str = "--device") -> Upstream:
+              device: str = "auto", device_key: str = "--device", cache_dir: str | os.PathLike | None = None
+              ) -> Upstream:
         """``"fbank"``, a checkpoint folder, a run folder for its latest, or a transformers folder or Hub model id
-        (its import, :func:`earful.interop.hub.imported_checkpoint`); with ``random_init``: its architecture,
-        freshly initialised; extracted on ``device``, which errors name as ``device_key`` (a study's: the recipe's
-        ``device``)."""
+        (its import, :func:`earful.interop.hub.imported_checkpoint`, beside the feature cache ``cache_dir``); with
+        ``random_init``: its architecture, freshly initialised; extracted on ``device``, which errors name as
+        ``device_key`` (a study's: the recipe's ``device``)."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
             return cls("fbank")
         from earful.interop.hub import imported_checkpoint
 
-        imported = imported_checkpoint(str(spec), "probe")  # a transformers folder or Hub model id
+        imported = imported_checkpoint(str(spec), "probe", cache_dir)  # a transformers folder or Hub model id
         ckpt = imported or require_checkpoint(spec)  # a run folder: its latest, as every command reads one
         resolve_device(device, device_key)  # refused now, not after the model loads
         if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1

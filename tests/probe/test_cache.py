@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from earful.checkpoint import load_model
 from earful.cli import main
 from earful.probe.cache import entries
 from earful.probe.features import INDEX_FILE, Upstream, features
@@ -17,9 +18,9 @@ from earful.probe.features import INDEX_FILE, Upstream, features
 DAY = 86400
 
 
-def _age(entry: Path, days: float) -> None:
+def _age(entry: Path, days: float, name: str = INDEX_FILE) -> None:
     then = time.time() - days * DAY
-    os.utime(entry / INDEX_FILE, (then, then))
+    os.utime(entry / name, (then, then))
 
 
 def test_list_and_remove_by_age_upstream_and_completeness(tones, tiny_ckpt: Path, tmp_path: Path, caplog):
@@ -102,3 +103,90 @@ def test_an_entry_a_probe_is_writing_is_left_alone(tmp_path: Path, caplog):
         assert "removed 0 of 1 entries" in caplog.text and "1 being written left alone" in caplog.text
     assert main(["cache", "remove", "--incomplete", "--cache", str(cache)]) == 0
     assert not entry.exists()
+
+
+def _import(tmp_path: Path, tiny_ckpt: Path, hub_models) -> tuple[Path, Path]:
+    """Two transformers models of the tiny checkpoint's weights (the second with another feature extractor): a
+    folder, and the Hub's someone/tiny; each imported by `earful probe`'s path. Their imports' folders."""
+    from earful.interop.hf import export_hf
+
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    other = shutil.copytree(folder, tmp_path / "on-the-hub")
+    pre = json.loads((other / "preprocessor_config.json").read_text())
+    (other / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": not pre["do_normalize"]}))
+    hub_models.repos["someone/tiny"] = other
+    return Path(str(Upstream.parse(folder).ckpt)), Path(str(Upstream.parse("someone/tiny").ckpt))
+
+
+def _listed(caplog, *options: str) -> str:
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["cache", "list", *options]) == 0
+    return caplog.text
+
+
+def test_imports_are_listed_with_their_source_and_removed_by_the_same_criteria(tiny_ckpt: Path, tmp_path: Path,
+                                                                               hub_models, monkeypatch, caplog):
+    """`earful cache` listed and removed the probes' features only: the transformers models probe and features
+    import (imports/, beside them) had to be found and removed by hand. They are listed with what they were
+    imported from (the folder, ORG/NAME@COMMIT) and removed by age (a use marks one used), source or --all."""
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    from_folder, from_hub = _import(tmp_path, tiny_ckpt, hub_models)
+    listing = _listed(caplog)
+    assert f"imports {tmp_path / 'cache' / 'imports'}" in listing and "2 entries" in listing
+    assert f"{from_folder.name[:12]}  import  " in listing and f"import of {tmp_path / 'theirs'}" in listing
+    assert f"import of someone/tiny@{hub_models.commit}" in listing
+    for imported in (from_folder, from_hub):
+        _age(imported, 30, "source.json")
+    Upstream.parse("someone/tiny")  # a use marks its import used
+    assert main(["cache", "remove", "--older-than", "7"]) == 0
+    assert not from_folder.exists() and (from_hub / "model.safetensors").is_file()
+    assert main(["cache", "remove", "--upstream", "someone/tiny"]) == 0
+    assert not from_hub.exists()
+    # `earful probe --cache DIR` imports beside DIR, which `earful cache --cache DIR` lists and removes
+    features = tmp_path / "elsewhere" / "features"
+    features.mkdir(parents=True)
+    imported = Path(str(Upstream.parse(tmp_path / "theirs", cache_dir=features).ckpt))
+    assert imported.parent == tmp_path / "elsewhere" / "imports"
+    assert f"import of {tmp_path / 'theirs'}" in _listed(caplog, "--cache", str(features))
+    assert main(["cache", "remove", "--all", "--cache", str(features)]) == 0
+    assert not imported.exists()
+
+
+def test_an_import_of_an_earlier_earful_is_listed_and_an_incomplete_one_removed(tiny_ckpt: Path, tmp_path: Path,
+                                                                                hub_models, monkeypatch, caplog):
+    """An import that records no source (an earlier earful's) is listed as such and gains its record at its next
+    use; one without its weights is incomplete, removed by --incomplete, and the complete one is left."""
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    from_folder, from_hub = _import(tmp_path, tiny_ckpt, hub_models)
+    (from_folder / "source.json").unlink()
+    assert "import of ? (not recorded by the earful that imported it)" in _listed(caplog)
+    Upstream.parse(tmp_path / "theirs")
+    assert f"import of {tmp_path / 'theirs'}" in _listed(caplog)
+    (from_hub / "model.safetensors").unlink()
+    assert "incomplete import: imported again when used" in _listed(caplog)
+    assert main(["cache", "remove", "--incomplete"]) == 0
+    assert not from_hub.exists() and (from_folder / "model.safetensors").is_file()
+
+
+def test_an_import_being_written_is_left_alone(tiny_ckpt: Path, tmp_path: Path, monkeypatch, caplog):
+    """`cache remove` while a probe imports a model (its lock held) leaves the import alone and says so: the probe
+    gets a whole checkpoint. Once written, the removal takes it."""
+    from earful.interop import hub
+    from earful.interop.hf import export_hf
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    write = hub.write_checkpoint
+    removals = []
+
+    def write_then_remove(folder, ckpt, **kwargs) -> None:
+        write(folder, ckpt, **kwargs)
+        with caplog.at_level(logging.INFO):
+            removals.append(main(["cache", "remove", "--all"]))
+
+    monkeypatch.setattr(hub, "write_checkpoint", write_then_remove)
+    imported = Path(str(Upstream.parse(export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")).ckpt))
+    assert removals == [0] and load_model(imported)[0] is not None
+    assert "an import is writing it now; left alone" in caplog.text and "1 being written left alone" in caplog.text
+    assert main(["cache", "remove", "--all"]) == 0
+    assert not imported.exists()
