@@ -1105,3 +1105,32 @@ def test_evaluation_splits_are_named_by_the_study_corpus_test_keys(tmp_path) -> 
     ev = tmp_path / "out" / "eval" / "ft"
     assert json.loads((ev / "other.greedy.summary.json").read_text())["manifest"].endswith("b/test.jsonl")
     assert not (ev / "test.greedy.jsonl").exists()
+
+
+def test_a_studys_probe_stage_takes_a_transformers_folder_or_hub_id(tmp_path, hub_models, monkeypatch) -> None:
+    """The stage that probes a study's upstream resolves it as `earful probe` does: a transformers folder and a Hub
+    model id (its snapshot) are imported once, into the earful cache, and probed as that checkpoint."""
+    import torch
+
+    import earful.probe.suite as suite
+    from earful.checkpoint import load_model
+    from earful.interop.hf import export_hf
+    from earful.model import Wav2Vec2ForPreTraining, load_model_config
+    from earful.study.config import StudyConfig
+    from earful.study.stages import probe_stage
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    model = Wav2Vec2ForPreTraining(load_model_config("tiny"))
+    folder = export_hf(model, tmp_path / "theirs")
+    hub_models.repos["someone/tiny"] = folder
+    given = []
+    monkeypatch.setattr(suite, "run_suite", lambda upstream, *a, **k: given.append(upstream) or {"pr": {"per": 0.5}})
+    study = StudyConfig(probes=["pr"], probe_seeds=[0], pretrain_overrides=["device=cpu"])
+    for name, upstream in (("folder", str(folder)), ("hub", "someone/tiny")):
+        rows = probe_stage(study, name, upstream, tmp_path / "out", tmp_path)
+        assert rows == [{"seed": 0, "task": "pr", "metric": "per", "value": 0.5}]
+    assert [up.kind for up in given] == ["checkpoint", "checkpoint"] and given[0].ckpt == given[1].ckpt
+    ckpt = Path(str(given[0].ckpt))
+    assert ckpt.parent == tmp_path / "cache" / "imports" and given[0].fingerprint()["kind"] == "checkpoint"
+    imported = load_model(ckpt)[0].state_dict()
+    assert all(torch.equal(v, imported[k]) for k, v in model.state_dict().items())
