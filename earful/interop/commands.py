@@ -62,7 +62,8 @@ def _features(args: argparse.Namespace) -> int:
     from earful.train.state import require_checkpoint
 
     sources = sources_of(args.inputs)
-    ckpt = imported_checkpoint(args.ckpt, "features") or require_checkpoint(args.ckpt)
+    imported = imported_checkpoint(args.ckpt, "features")
+    ckpt = imported.ckpt if imported else require_checkpoint(args.ckpt)
     model, info = load_model(ckpt)
     written, problems = write_features(model, sources, args.out, checkpoint=ckpt,
                                        weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from earful.atomic import atomic_write_json
 from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, sha256
@@ -66,7 +67,15 @@ def hub_folder(spec: str, key: str) -> Path | None:
     return folder
 
 
-def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None) -> Path | None:
+class Imported(NamedTuple):
+    """An imported transformers model: its earful checkpoint, and what it was imported from this time (the
+    folder, absolute, or ``ORG/NAME@COMMIT``), the name results give it in place of the checkpoint's digest."""
+
+    ckpt: Path
+    source: str
+
+
+def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None) -> Imported | None:
     """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
     into ``imports/DIGEST`` of the earful cache, beside the probes' features (``cache_dir``, by default
     :func:`earful.probe.features.default_cache_dir`): DIGEST is the SHA-256 of the folder's weights
@@ -104,4 +113,4 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
         else:  # imported now, or by an earful that recorded no source
             atomic_write_json(ckpt / SOURCE_FILE, {"source": source})
     log.info("%s: a transformers folder, imported once as %s", spec, ckpt)
-    return ckpt
+    return Imported(ckpt, source)

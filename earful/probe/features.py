@@ -68,6 +68,7 @@ class Upstream:
     ckpt: str | None = None
     init_seed: int = 0
     device: str = "auto"  # where a model extracts (auto: CUDA where there is one); filterbanks: the CPU
+    source: str | None = None  # an imported model's transformers folder or ORG/NAME@COMMIT: named in its import's stead
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
@@ -84,23 +85,26 @@ class Upstream:
         from earful.interop.hub import imported_checkpoint
 
         imported = imported_checkpoint(str(spec), "probe", cache_dir)  # a transformers folder or Hub model id
-        ckpt = imported or require_checkpoint(spec)  # a run folder: its latest, as every command reads one
+        ckpt = imported.ckpt if imported else require_checkpoint(spec)  # a run folder: its latest
         resolve_device(device, device_key)  # refused now, not after the model loads
         if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1
             raise ValueError(f"--init-seed {init_seed}: expected an integer from 0 to 2**32 - 1")
-        return cls("random-init" if random_init else "checkpoint", str(ckpt.resolve()), init_seed, device)
+        return cls("random-init" if random_init else "checkpoint", str(ckpt.resolve()), init_seed, device,
+                   imported.source if imported else None)
 
     @property
     def name(self) -> str:
         if self.kind == "fbank":
             return "fbank"
-        return f"{self.ckpt} (random init, seed {self.init_seed})" if self.kind == "random-init" else str(self.ckpt)
+        what = self.source or self.ckpt
+        return f"{what} (random init, seed {self.init_seed})" if self.kind == "random-init" else str(what)
 
     def title(self, probe_seed: int, *, short: bool = False) -> str:
         """The upstream and the seeds, for a results page or (``short``: the checkpoint's path cut to its last three
         parts, RUN/checkpoints/NAME) a plot: ``CKPT (seed 0)``. A random init's seed is said once where the probe's
         is the same (it read "(random init, seed 0) (seed 0)"), and both are named where they differ."""
-        where = "fbank" if self.ckpt is None else "/".join(Path(self.ckpt).parts[-3:]) if short else self.ckpt
+        where = ("fbank" if self.ckpt is None else self.source if self.source
+                 else "/".join(Path(self.ckpt).parts[-3:]) if short else self.ckpt)
         if self.kind != "random-init":
             return f"{where} (seed {probe_seed})"
         seeds = (f"seed {probe_seed}" if probe_seed == self.init_seed

@@ -179,6 +179,29 @@ def test_a_transformers_folder_or_hub_id_is_probed_as_its_import_made_once(tiny_
     assert (ckpt / "model.safetensors").read_bytes() == (tiny_ckpt / "model.safetensors").read_bytes()
 
 
+def test_an_imported_model_is_named_by_what_was_given_not_its_import(tones, tiny_ckpt: Path, tmp_path: Path,
+                                                                      hub_models, monkeypatch):
+    """A probe of facebook/wav2vec2-base titled its results, and its cache entries, by the import's folder
+    ($EARFUL_CACHE/imports/<digest>), which says nothing to a reader. Now by what was given: the Hub id at its
+    commit, or the transformers folder; the checkpoint probed is still the import."""
+    from earful.interop.hf import export_hf
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    hub_models.repos["someone/tiny"] = folder
+    by_id, by_folder = Upstream.parse("someone/tiny"), Upstream.parse(folder)
+    assert by_id.ckpt == by_folder.ckpt and Path(str(by_id.ckpt)).parent == tmp_path / "cache" / "imports"
+    assert by_id.name == f"someone/tiny@{hub_models.commit}" and by_folder.name == str(folder.resolve())
+    assert Upstream.parse("someone/tiny", random_init=True).name == (f"someone/tiny@{hub_models.commit} "
+                                                                    "(random init, seed 0)")
+    out, cache = tmp_path / "out", tmp_path / "features"
+    probe(by_id, {"ic": splits(tones)}, out, config=config("ic.steps=2"), cache_dir=cache, progress=False)
+    assert (out / "results.md").read_text().splitlines()[0] == f"# Probes of someone/tiny@{hub_models.commit} (seed 0)"
+    assert json.loads((out / "results.json").read_text())["upstream"] == f"someone/tiny@{hub_models.commit}"
+    indexes = [json.loads(p.read_text()) for p in cache.glob(f"*/{INDEX_FILE}")]
+    assert indexes and {i["upstream"] for i in indexes} == {f"someone/tiny@{hub_models.commit}"}
+
+
 def test_layer_weight_plots_share_one_y_range(tmp_path: Path, monkeypatch):
     """Two plots meant to be compared (a checkpoint's and its random init's) had each their own y range."""
     from matplotlib.figure import Figure
