@@ -5,11 +5,18 @@ list is made from: 16 bytes a segment). Both run on one synthetic Libri-light tr
 FLACs of digital silence (16 kHz), each with a ``FILE.json`` whose ``voice_activity`` lists ``--segments`` stretches
 of 0.05 s, 0.05 s apart, cut with ``--max-seconds 0.05 --min-seconds 0.05 --max-pause 0`` into one segment each
 (ids, paths and speakers of Libri-light's shape: ``SPEAKER/BOOK/chapter_NNNNN_64kb-NNNN``). Each run is a fresh
-process: its peak resident memory (VmHWM) less its RSS before `prepare` started, over the segments, and its
-wall-clock; they alternate (earful first, then the peer first, ...), and the manifests are checked byte-identical.
+process: its peak resident memory (VmHWM) less its RSS before `prepare` started (after a `prepare` of one file:
+what a run imports is not counted), over the segments, and its wall-clock; they alternate (earful first, then
+the peer first, ...), and the manifests are checked byte-identical.
 
-Run by hand: ``python benchmarks/prepare_memory.py [--files 400] [--segments 2500] [--repeats 1]`` (1 M segments:
-15 s a run on a busy 2-core box).
+Each run's peak is given a segment and a file: many short files (``--files 20000 --segments 3``) measure what is
+held a file (its paths, ids, the record of the files read), few long ones what is held a segment. ``--before REV``
+adds a third run, the `earful prepare` of the git revision REV (its ``earful/`` exported into the temporary
+folder), and checks its manifests and problems' list byte-identical too: the peer a change to what is held a file
+is measured against.
+
+Run by hand: ``python benchmarks/prepare_memory.py [--files 400] [--segments 2500] [--repeats 1] [--before REV]``
+(1 M segments: 15 s a run on a busy 2-core box; 20,000 files of 3 segments: about 40 s).
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ def run(way: str, tree: Path, out: Path) -> dict[str, float]:
 
         commands.discover = listed
     logging.disable(logging.INFO)  # the log and the bar, not measured
+    if main(["prepare", str(tree.parent / "warm" / "small"), str(out.parent / f"warm-{way}"), *LIMITS]):
+        raise SystemExit(f"{way}: earful prepare of one file exited non-zero")  # what a run imports, not measured
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to what is resident now (Linux)
     before = _status_kb("VmRSS")
     t = time.perf_counter()
@@ -83,7 +92,8 @@ def main() -> None:
     p.add_argument("--files", type=int, default=400)
     p.add_argument("--segments", type=int, default=2500, help="segments a file")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--way", choices=("earful", "peer"), help=argparse.SUPPRESS)
+    p.add_argument("--before", metavar="REV", help="also run earful of this git revision (e.g. main)")
+    p.add_argument("--way", choices=("earful", "peer", "before"), help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.files < 1 or args.segments < 1 or args.repeats < 1:
@@ -95,26 +105,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_tree(root / "small", args.files, args.segments)
+        make_tree(root / "warm" / "small", 1, 1)
         got: dict[str, list[dict[str, float]]] = {"earful": [], "peer": []}
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if args.before:
+            got["before"] = []
+            export = subprocess.run(["git", "archive", args.before, "earful"], cwd=Path(__file__).parent.parent,
+                                    capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=export, check=True)
         for k in range(args.repeats):
             for way in sorted(got, reverse=k % 2 == 1):  # earful first, then the peer first, ...
+                path = {"PYTHONPATH": os.pathsep.join([tmp, env.get("PYTHONPATH", "")])} if way == "before" else {}
                 r = subprocess.run([sys.executable, __file__, "--way", way, "--dir", str(root)], capture_output=True,
-                                   text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                   text=True, env={**env, **path})
                 if r.returncode:
                     raise SystemExit(f"{way} failed:\n{r.stderr[-3000:]}")
                 got[way].append(json.loads(r.stdout.strip().splitlines()[-1]))
-        same = all((root / "out-earful" / f.name).read_bytes() == f.read_bytes() for f in (root / "out-peer").iterdir())
-        if not same:
-            raise SystemExit("the manifests differ")
+        for way in got.keys() - {"earful"}:
+            theirs = sorted((root / f"out-{way}").iterdir())
+            if any((root / "out-earful" / f.name).read_bytes() != f.read_bytes() for f in theirs):
+                raise SystemExit(f"the manifests of earful and {way} differ")
     for way, runs in got.items():
         added = statistics.median(r["added_kb"] for r in runs) * 1024
-        print(f"{way:7s} {rows:,} segments of {args.files} files: peak RSS {added / 2**20:.0f} MiB over the "
+        print(f"{way:7s} {rows:,} segments of {args.files:,} files: peak RSS {added / 2**20:.1f} MiB over the "
               f"{statistics.median(r['before_kb'] for r in runs) / 1024:.0f} MiB before it ({added / rows:.0f} bytes a "
-              f"segment), {statistics.median(r['seconds'] for r in runs):.1f} s (median of "
-              f"{', '.join(format(r['seconds'], '.1f') for r in runs)})")
+              f"segment, {added / args.files:.0f} a file), {statistics.median(r['seconds'] for r in runs):.1f} s "
+              f"(median of {', '.join(format(r['seconds'], '.1f') for r in runs)})")
     ratio = statistics.median(r["added_kb"] for r in got["peer"]) / statistics.median(
         r["added_kb"] for r in got["earful"])
     print(f"earful's peak added: 1/{ratio:.1f} of the peer's (manifests identical)")
+    if args.before:
+        ratio = statistics.median(r["added_kb"] for r in got["before"]) / statistics.median(
+            r["added_kb"] for r in got["earful"])
+        print(f"earful's peak added: 1/{ratio:.1f} of {args.before}'s (manifests and problems identical)")
 
 
 if __name__ == "__main__":

@@ -42,19 +42,31 @@ def files_below(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
     folder resolves: a link into one of them is in it). Symbolic links to folders are followed; a folder met again
     (a second link to one folder) or a link up to ``root`` or a folder above it (a loop) is not read (again), and
     that is logged. A folder that cannot be listed is an error naming it."""
-    def refuse(e: OSError) -> None:
-        raise OSError(f"{e.filename}: cannot list the folder ({e.strerror})")
+    return [Path(p) for p in walk_files(root, skip)]
 
+
+def walk_files(root: Path, skip: Sequence[Path] = ()) -> Iterator[str]:
+    """:func:`files_below`'s files one at a time, as strings, in its order (``Path`` order: by their parts), one
+    folder's listing held at a time: a corpus of hundreds of thousands of files is not held as a ``Path`` each
+    (about 300 bytes) to be sorted. A folder's files and sub-folders are taken by name, each sub-folder's files in
+    its place, its sub-folders checked (``skip``, met already) when the folder holding them is listed, as
+    ``os.walk`` (top-down) checks them."""
     def key(folder: str) -> tuple[int, int]:
         st = os.stat(folder)
         return st.st_dev, st.st_ino
 
     real = Path(os.path.realpath(root))
-    seen, found = {key(str(folder)) for folder in (real, *real.parents)}, []
+    seen = {key(str(folder)) for folder in (real, *real.parents)}
     skipped = [*skip, *(Path(os.path.realpath(folder)) for folder in skip)]
-    for top, dirs, names in os.walk(root, onerror=refuse, followlinks=True):
-        kept = []
-        for name in sorted(dirs):
+
+    def below(top: str) -> Iterator[str]:
+        try:
+            with os.scandir(top) as listing:
+                entries = sorted((entry.name, _is_dir(entry)) for entry in listing)
+        except OSError as e:
+            raise OSError(f"{e.filename}: cannot list the folder ({e.strerror})") from None
+        kept = set()
+        for name in (name for name, is_dir in entries if is_dir):
             folder = os.path.join(top, name)
             if any(f.is_relative_to(s) for f in (Path(folder), Path(os.path.realpath(folder))) for s in skipped):
                 continue
@@ -63,10 +75,22 @@ def files_below(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
                             os.path.realpath(folder), root)
                 continue
             seen.add(key(folder))
-            kept.append(name)
-        dirs[:] = kept
-        found += [Path(top, name) for name in names]
-    return sorted(found)
+            kept.add(name)
+        for name, is_dir in entries:
+            if not is_dir:
+                yield os.path.join(top, name)
+            elif name in kept:
+                yield from below(os.path.join(top, name))
+
+    yield from below(os.fspath(root))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether a folder's entry is a folder, or a link to one (as ``os.walk`` tells: False where it cannot be told)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def audio_files_named(name: str) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .librispeech import TRAIN_960, Note, Segments, discover, training_splits
-from .manifest import Totals, Utterance, write_manifest, write_manifests
+from .manifest import Totals, Utterance, shared_values, write_manifest, write_manifests
 from .parallel import StopSignals
 from .phonemes import G2P_VOICE
 from .vad import SegmentLimits
@@ -157,16 +157,16 @@ def _one_row_an_id(name: str, utts: Sequence[Utterance], problems: list[str]) ->
 def _repeated_rows(name: str, utts: Sequence[Utterance], problems: list[str]) -> set[int]:
     """The rows of ``utts`` whose id an earlier row has, each a problem naming both files (as ``split NAME``). Ids
     are compared by hash first (8 bytes a row, not a dict of every id: 16 M Libri-light segments held 0.7 GB
-    more), then, for the few rows whose hashes meet, by the ids themselves."""
-    hashes = np.fromiter((hash(u.id) for u in utts), dtype=np.int64, count=len(utts))
-    ordered = np.sort(hashes)
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    del ordered
-    if not len(repeated):
-        return set()
+    more; an unlabelled split's ``Segments`` by their files' id stems, 8 bytes a file, no row made), then, for the
+    few rows whose hashes meet, by the ids themselves."""
+    if isinstance(utts, Segments):
+        candidates = utts.rows_of_shared_stems()
+    else:
+        candidates = np.flatnonzero(shared_values(np.fromiter((hash(u.id) for u in utts), dtype=np.int64,
+                                                              count=len(utts))))
     first: dict[str, Utterance] = {}
     drop: set[int] = set()
-    for r in np.flatnonzero(np.isin(hashes, repeated)).tolist():  # in row order
+    for r in candidates.tolist():  # in row order
         u = utts[r]
         if u.id in first:
             problems.append(f"split {name}: duplicate utterance id {u.id} ({first[u.id].path} and {u.path}); the "

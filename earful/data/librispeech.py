@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from .audio import (
@@ -44,9 +45,18 @@ from .audio import (
     files_below,
     is_audio_name,
     too_short,
+    walk_files,
 )
 from .budget import SAMPLE_RATE
-from .manifest import Rows, Utterance, control_character, printable_path, samples_at, shards_folder_refusal
+from .manifest import (
+    Rows,
+    Utterance,
+    control_character,
+    printable_path,
+    samples_at,
+    shards_folder_refusal,
+    shared_values,
+)
 from .parallel import ordered_map
 from .vad import DEFAULT_LIMITS, SegmentLimits, annotated_vad, cut_segments, energy_vad
 
@@ -118,8 +128,67 @@ class _Read:
     transcript: str | None
 
 
-# a file (its device and inode, else its real path) -> how it was first read (shared by the readers of one corpus)
-FilesRead = dict[tuple[int, int] | str, _Read]
+class Strings(Sequence[str]):
+    """A list of strings kept as one buffer of their bytes (``os.fsencode``: a file name that is not UTF-8 comes
+    back as it was) and where each ends: 8 bytes a string more than its bytes, where a ``str`` costs 41 more and its
+    list slot 8 (one a file of hundreds of thousands: Libri-light's paths, ids and speakers)."""
+
+    def __init__(self) -> None:
+        self._bytes = bytearray()
+        self._ends = array("q", [0])
+
+    def append(self, text: str) -> None:
+        self._bytes += os.fsencode(text)
+        self._ends.append(len(self._bytes))
+
+    def extend(self, other: Strings) -> None:
+        """``other``'s strings after these."""
+        start = len(self._bytes)
+        self._bytes += other._bytes
+        self._ends.extend(start + end for end in other._ends[1:])
+
+    def __len__(self) -> int:
+        return len(self._ends) - 1
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]  # an index, no slice
+        if not 0 <= i < len(self):
+            raise IndexError(f"string {i} of {len(self)}")
+        return os.fsdecode(bytes(self._bytes[self._ends[i] : self._ends[i + 1]]))
+
+
+class FilesRead:
+    """The files read for the splits of one corpus, each by its device and inode (else, where it cannot be looked
+    up, its real path), with how it was first read (``_Read``), kept compact: a number a file, its path (relative to
+    the folder read), id and folder in columns, a transcript where there is one (a ``_Read`` and a ``Path`` a file,
+    keyed by a tuple, held about 900 bytes a file)."""
+
+    def __init__(self) -> None:
+        self._number: dict[int | str, int] = {}  # a file's key -> its read's number
+        self._folders: list[Path] = []  # the folders read (a few)
+        self._folder_of = array("i")  # a read's folder's number
+        self._paths = Strings()  # a read's path, relative to its folder
+        self._uids = Strings()
+        self._transcripts: dict[int, str] = {}  # a read's transcript, where it has one
+
+    def first(self, path: Path, read: _Read) -> _Read:
+        """How the file at ``path`` was first read: ``read`` itself where it is the first (then recorded)."""
+        try:
+            st = os.stat(path)
+            key: int | str = st.st_dev << 64 | st.st_ino  # one int, not a tuple of two: 80 bytes less a file
+        except OSError:
+            key = os.path.realpath(path)
+        number = self._number.setdefault(key, len(self._uids))
+        if number < len(self._uids):
+            folder = self._folders[self._folder_of[number]]
+            return _Read(folder / self._paths[number], folder, self._uids[number], self._transcripts.get(number))
+        if read.folder not in self._folders:
+            self._folders.append(read.folder)
+        self._folder_of.append(self._folders.index(read.folder))
+        self._paths.append(str(read.path.relative_to(read.folder)))
+        self._uids.append(read.uid)
+        if read.transcript is not None:
+            self._transcripts[number] = read.transcript
+        return read
 
 
 def _first_path(path: Path, folder: Path, uid: str, transcript: str | None, files_read: FilesRead,
@@ -129,15 +198,10 @@ def _first_path(path: Path, folder: Path, uid: str, transcript: str | None, file
     nothing is lost by leaving it out (the same folder, no other transcript), and a problem where something is
     (another split or fold holds it: the audio would be in two; or the second path gives it another transcript).
     A path that cannot be looked up (a dangling link) is keyed by its real path: reading it reports it."""
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(path)
-        key: tuple[int, int] | str = st.st_dev, st.st_ino
-    except OSError:
-        key = real
-    first = files_read.setdefault(key, _Read(path, folder, uid, transcript))
+    first = files_read.first(path, _Read(path, folder, uid, transcript))
     if first.path == path:
         return True
+    real = os.path.realpath(path)
     first_real = os.path.realpath(first.path)
     both = ("" if str(first.path) == real else f" (both are {real})" if first_real == real
             else " (hard links: one file)")
@@ -204,7 +268,7 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
     read for other splits, by device and inode (a file read there is not read again: ``_first_path``)."""
     root = Path(root)
     problems = [] if problems is None else problems
-    files_read = {} if files_read is None else files_read
+    files_read = FilesRead() if files_read is None else files_read
     lines: dict[str, list[tuple[Path, int, str]]] = {}  # id -> (file, line number, text) of each line giving it
     trans_file: dict[str, Path] = {}
     files = files_below(root)
@@ -248,7 +312,7 @@ def read_librilight(root: str | os.PathLike, problems: list[str] | None = None,
     in two folds is a problem, left out of the later fold: a set holding both would hold it twice."""
     root = _finetuning_root(Path(root))
     problems = [] if problems is None else problems
-    files_read = {} if files_read is None else files_read
+    files_read = FilesRead() if files_read is None else files_read
     folds: dict[str, list[Utterance]] = {}
     fold_of: dict[str, tuple[str, Utterance]] = {}  # id -> the fold that holds it, and how
     for fold in LIBRILIGHT_SETS["10h"]:
@@ -350,7 +414,7 @@ def read_folder(root: str | os.PathLike, problems: list[str] | None = None,
     much has none (``_unlabelled_note``)."""
     root = Path(root)
     problems = [] if problems is None else problems
-    files_read = {} if files_read is None else files_read
+    files_read = FilesRead() if files_read is None else files_read
     files = files_below(root)
     _undecodable(files, problems)
     sidecars: dict[Path, list[Path]] = {}  # path less its extension -> the transcript files of that name
@@ -488,13 +552,15 @@ def _flac_of(side: Path) -> bool:
 
 class Segments(Rows):
     """An unlabelled split's voice-activity segments (``read_unlabelled``) kept as columns, not an ``Utterance`` a
-    segment: each file's id stem, path, speaker and rate once, each segment's first sample and length in an int64
-    column (16 bytes a segment: as Utterances, Libri-light's 16 M segments held about 5.5 GB until ``prepare`` had
-    written them). A row is made the ``Utterance`` it stands for when it is asked for (``segments[i]``, or in
-    order, iterated); it equals any sequence of the same utterances."""
+    segment: each file's id stem, path, speaker (``Strings``) and rate once, each segment's first sample and length
+    in an int64 column (16 bytes a segment: as Utterances, Libri-light's 16 M segments held about 5.5 GB until
+    ``prepare`` had written them; a tuple of strings a file held 250 bytes a file more than its columns). A row is
+    made the ``Utterance`` it stands for when it is asked for (``segments[i]``, or in order, iterated); it equals
+    any sequence of the same utterances."""
 
     def __init__(self) -> None:
-        self._files: list[tuple[str, str, str, int]] = []  # (id stem, path, speaker, rate) a file with segments
+        self._stems, self._paths, self._speakers = Strings(), Strings(), Strings()  # a file with segments each
+        self._rates = array("q")
         self._first = array("q", [0])  # each file's first row, then the number of rows
         self._spans = array("q")  # (offset, samples) a row, flat
         self._numbers: dict[int, list[int]] = {}  # a file some of whose rows were left out: its rows' id numbers
@@ -508,14 +574,20 @@ class Segments(Rows):
         rows = len(self._spans) // 2
         if rows > self._first[-1]:
             if numbers is not None and numbers != list(range(rows - self._first[-1])):
-                self._numbers[len(self._files)] = numbers
-            self._files.append((stem, path, speaker, rate))
+                self._numbers[len(self._rates)] = numbers
+            self._stems.append(stem)
+            self._paths.append(path)
+            self._speakers.append(speaker)
+            self._rates.append(rate)
             self._first.append(rows)
 
     def extend(self, other: Segments) -> None:
         """``other``'s rows after these."""
-        rows, files = len(self), len(self._files)
-        self._files += other._files
+        rows, files = len(self), len(self._rates)
+        for mine, theirs in ((self._stems, other._stems), (self._paths, other._paths),
+                             (self._speakers, other._speakers)):
+            mine.extend(theirs)
+        self._rates.extend(other._rates)
         self._first.extend(rows + r for r in other._first[1:])
         self._spans.extend(other._spans)
         self._numbers.update({files + f: numbers for f, numbers in other._numbers.items()})
@@ -523,11 +595,23 @@ class Segments(Rows):
     def without(self, rows: set[int]) -> Segments:
         """These segments less the rows ``rows``, each row kept the same ``Utterance`` (its id's number too)."""
         out = Segments()
-        for f, (stem, path, speaker, rate) in enumerate(self._files):
+        for f in range(len(self._rates)):
             kept = [r for r in range(self._first[f], self._first[f + 1]) if r not in rows]
-            out.add(stem, path, speaker, rate, ((self._spans[2 * r], self._spans[2 * r] + self._spans[2 * r + 1])
-                                                for r in kept), [self._number(f, r) for r in kept])
+            out.add(self._stems[f], self._paths[f], self._speakers[f], self._rates[f],
+                    ((self._spans[2 * r], self._spans[2 * r] + self._spans[2 * r + 1]) for r in kept),
+                    [self._number(f, r) for r in kept])
         return out
+
+    def rows_of_shared_stems(self) -> np.ndarray:
+        """The rows, in order, of the files whose id stem another file has too (``x.flac`` and ``x.FLAC``): the
+        only rows whose id another row may have (an id is ``STEM-NNNN``, its number unique in its file and free of
+        ``-``), found by the stems' hashes (8 bytes a file, not a pass over the rows; hashes that meet by chance
+        only add rows to compare)."""
+        stems = np.fromiter((hash(self._stems[f]) for f in range(len(self._rates))), dtype=np.int64,
+                            count=len(self._rates))
+        files = np.flatnonzero(shared_values(stems))
+        return np.array([r for f in files.tolist() for r in range(self._first[f], self._first[f + 1])],
+                        dtype=np.int64)
 
     def __len__(self) -> int:
         return self._first[-1]
@@ -536,13 +620,13 @@ class Segments(Rows):
         return self._utterance(bisect.bisect_right(self._first, i) - 1, i)
 
     def __iter__(self) -> Iterator[Utterance]:
-        for f in range(len(self._files)):
+        for f in range(len(self._rates)):
             for row in range(self._first[f], self._first[f + 1]):
                 yield self._utterance(f, row)
 
     def seconds(self) -> float:
         """The segments' seconds in all, as ``sum(u.seconds for u in segments)``, without making a row."""
-        return sum(self._spans[2 * row + 1] / rate for f, (*_, rate) in enumerate(self._files)
+        return sum(self._spans[2 * row + 1] / rate for f, rate in enumerate(self._rates)
                    for row in range(self._first[f], self._first[f + 1]))
 
     def __eq__(self, other: object) -> bool:
@@ -559,9 +643,9 @@ class Segments(Rows):
 
     def _utterance(self, f: int, row: int) -> Utterance:
         """The ``Utterance`` of ``row``, a row of the ``f``-th file."""
-        stem, path, speaker, rate = self._files[f]
-        return Utterance(f"{stem}-{self._number(f, row):04d}", path, self._spans[2 * row + 1], rate, speaker, None,
-                         offset=self._spans[2 * row])
+        return Utterance(f"{self._stems[f]}-{self._number(f, row):04d}", self._paths[f], self._spans[2 * row + 1],
+                         self._rates[f], self._speakers[f], None, offset=self._spans[2 * row])
+
 
 
 def _file_segments(path: Path, limits: SegmentLimits) -> tuple[Segments, list[str], float, bool]:
@@ -613,19 +697,20 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
     second path to one file (a link) is cut once (``_first_path``). Kept as ``Segments``: 16 bytes a segment."""
     root = Path(root)
     problems = [] if problems is None else problems
-    files_read = {} if files_read is None else files_read
-    files = []
-    for path in files_below(root):
-        if path.suffix.lower() == ".flac" and len(path.relative_to(root).parts) == 3:
-            if _first_path(path, root, path.relative_to(root).with_suffix("").as_posix(), None, files_read,
-                           problems):
-                files.append(path)
+    files_read = FilesRead() if files_read is None else files_read
+    files = Strings()  # the FLACs to cut, relative to root: no Path a file held (walk_files: none listed as one)
+    for name in walk_files(root):
+        path = Path(name)
+        rel = path.relative_to(root)
+        if path.suffix.lower() == ".flac" and len(rel.parts) == 3:
+            if _first_path(path, root, rel.with_suffix("").as_posix(), None, files_read, problems):
+                files.append(str(rel))
         elif is_audio_name(path):
             problems.append(f"{path}: not SPEAKER/BOOK/FILE.flac in the unlabelled Libri-light tree {root}; left out")
     utts = Segments()
     left_out, by_energy, empty = 0.0, 0, 0
     cut = partial(_file_segments, limits=limits)
-    done = ordered_map(cut, files, workers)
+    done = ordered_map(cut, (root / files[k] for k in range(len(files))), workers)
     for _, (got, found, lost, energy) in tqdm(done, total=len(files), unit="file", desc=f"segments of {root.name}",
                                               disable=len(files) < 100):
         utts.extend(got)
@@ -694,7 +779,7 @@ def discover(root: str | os.PathLike, problems: list[str] | None = None, *, limi
                                              "holding the splits, a Libri-light tree, or a folder of audio)"):
         raise ValueError(refusal)
     problems = [] if problems is None else problems
-    files_read: FilesRead = {}  # every file read, by device and inode: one file reached by two paths is read once
+    files_read = FilesRead()  # every file read, by device and inode: one file reached by two paths is read once
     splits: dict[str, Sequence[Utterance]] = {}
     found: dict[str, Path] = {}
     read: list[Path] = []  # the folders whose audio the splits hold (what is elsewhere is left out)

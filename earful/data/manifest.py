@@ -279,15 +279,18 @@ def _line_of(fd: int, at: int) -> int:
     return lines
 
 
+def shared_values(values: np.ndarray) -> np.ndarray:
+    """(n,) bool: whether each of ``values`` (ids' hashes) is another's too; found by sorting, not a set of them."""
+    ordered = np.sort(values)
+    shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered  # 8 bytes a value, freed before the mask is made
+    return np.isin(values, shared)
+
+
 def _first_duplicate(path: Path, starts: array, hashes: np.ndarray) -> None:
     """Raise ManifestError at the first row whose id an earlier row has (ids compared by hash, then read)."""
-    ordered = np.sort(hashes)
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    del ordered
-    if not len(repeated):
-        return
     groups: dict[int, list[int]] = {}  # rows of equal hashes, in file order
-    for r in np.flatnonzero(np.isin(hashes, repeated)).tolist():
+    for r in np.flatnonzero(shared_values(hashes)).tolist():
         groups.setdefault(int(hashes[r]), []).append(r)
     found: tuple[int, int, str] | None = None  # (row, first row, id) of the earliest duplicate
     with open(path, "rb") as f:

@@ -363,28 +363,33 @@ def _many_segments(root: Path, files: int, segments: int) -> list[Path]:
 TINY_SEGMENTS = ["--max-seconds", "0.05", "--min-seconds", "0.05", "--max-pause", "0"]
 
 
+def _peak_of_prepare(source: Path, out: Path, warm: Path) -> int:
+    """The peak bytes Python allocated in `earful prepare SOURCE OUT` (``TINY_SEGMENTS``), run after a prepare of
+    ``warm`` into ``OUT/../warm-out``: what a run imports (numpy's lazy modules) is imported before one is measured."""
+    import tracemalloc
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    first = parser.parse_args(["prepare", str(warm), str(out.parent / "warm-out"), *TINY_SEGMENTS])
+    assert first.func(first) == 0
+    args = parser.parse_args(["prepare", str(source), str(out), *TINY_SEGMENTS])
+    tracemalloc.start()
+    try:
+        assert args.func(args) == 0
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_prepare_holds_a_few_tens_of_bytes_a_segment_until_it_writes_them(tmp_path: Path) -> None:
     """`earful prepare` held every segment of an unlabelled split as an Utterance until it had written them all
     (about 300 bytes a segment at its peak here; Libri-light's 16 M segments: 5.5 GB). They are kept as columns
     now, a row made when it is written: its whole run, reading and writing, peaks at a few tens of bytes a segment,
     and the manifest holds every segment, numbered in its file, at its offset."""
-    import tracemalloc
-
     files, segments = 100, 500
     _many_segments(tmp_path / "small", files, segments)
     _many_segments(tmp_path / "warm" / "small", 1, 10)
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers())
-    warm = parser.parse_args(["prepare", str(tmp_path / "warm" / "small"), str(tmp_path / "warm" / "out"),
-                              *TINY_SEGMENTS])
-    assert warm.func(warm) == 0  # what a run imports (numpy's lazy modules), imported before one is measured
-    args = parser.parse_args(["prepare", str(tmp_path / "small"), str(tmp_path / "out"), *TINY_SEGMENTS])
-    tracemalloc.start()
-    try:
-        assert args.func(args) == 0
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_of_prepare(tmp_path / "small", tmp_path / "out", warm=tmp_path / "warm" / "small")
     assert peak / (files * segments) < 100, f"{peak / (files * segments):.0f} bytes a segment"
     rows = [json.loads(line) for line in (tmp_path / "out" / "unlabelled-small.jsonl").open()]
     assert len(rows) == files * segments
@@ -414,3 +419,49 @@ def test_an_id_two_files_give_is_written_once_each_row_kept_with_its_own_number(
     assert (tmp_path / "out" / "problems-small.txt").read_text().splitlines() == [
         f"split unlabelled-small: duplicate utterance id 100/book/x-000{k} ({book / 'x.FLAC'} and {book / 'x.flac'}); "
         "the second left out" for k in (0, 1)]
+
+
+def test_prepare_holds_a_few_hundred_bytes_a_file_until_it_writes_them(tmp_path: Path) -> None:
+    """`earful prepare` of unlabelled Libri-light held about 1.2 kB a file at its peak here (Libri-light's hundreds
+    of thousands of files: half its memory): a ``Path`` a file found, and for each file read a tuple key, a
+    ``_Read`` and a ``Path`` (the record of the files read), and a tuple of strings a file with segments. They are
+    kept as columns of bytes now, the manifest the same."""
+    import shutil
+
+    files = 1500
+    template = _many_segments(tmp_path / "one", 1, 1)[0]
+    for k in range(files):  # Libri-light's shape: 20 files a speaker, 5 a book
+        flac = tmp_path / "small" / f"{k // 20}" / f"book_{k // 5}" / f"chapter_{k:05d}_64kb.flac"
+        flac.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, flac)
+        shutil.copyfile(template.with_suffix(".json"), flac.with_suffix(".json"))
+    # warmed by the same tree: Python's table of interned path names grows once, not in the run measured
+    peak = _peak_of_prepare(tmp_path / "small", tmp_path / "out", warm=tmp_path / "small")
+    assert peak / files < 700, f"{peak / files:.0f} bytes a file"
+    assert (tmp_path / "out" / "unlabelled-small.jsonl").read_bytes() == (
+        tmp_path / "warm-out" / "unlabelled-small.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "unlabelled-small.jsonl").open()]
+    assert [r["id"] for r in rows[:2]] == ["0/book_0/chapter_00000_64kb-0000", "0/book_0/chapter_00001_64kb-0000"]
+    assert len(rows) == files and rows[-1]["path"] == str(
+        (tmp_path / "small" / "9" / "book_39" / "chapter_00199_64kb.flac").resolve())  # folders by name
+
+
+def test_an_unlabelled_splits_ids_are_checked_by_their_files_without_making_a_row(monkeypatch) -> None:
+    """The check that a manifest holds an id once made every segment's row again (its id hashed): 16 M at
+    Libri-light's size. An id is ``STEM-NNNN``: only the rows of files sharing a stem are made and compared, and an
+    id two files give is still left out of the second, naming both."""
+    from earful.data.commands import _one_row_an_id
+    from earful.data.librispeech import Segments
+
+    segments = Segments()
+    for k in range(50):
+        segments.add(f"s/b/f{k}", f"/a/f{k}.flac", "s", SR, [(0, 800), (1600, 2400)])
+    segments.add("s/b/f7", "/a/f7.FLAC", "s", SR, [(0, 800)])
+    made: list[int] = []
+    real = Segments._utterance
+    monkeypatch.setattr(Segments, "_utterance", lambda self, f, row: made.append(row) or real(self, f, row))
+    kept = _one_row_an_id("unlabelled-small", segments, problems := [])
+    assert sorted(made) == [14, 15, 100]  # f7's rows and f7.FLAC's: no other row made
+    assert problems == ["split unlabelled-small: duplicate utterance id s/b/f7-0000 (/a/f7.flac and /a/f7.FLAC); "
+                        "the second left out"]
+    assert len(kept) == 100 and [u.id for u in kept][14:16] == ["s/b/f7-0000", "s/b/f7-0001"]
