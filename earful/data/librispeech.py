@@ -647,7 +647,6 @@ class Segments(Rows):
                          self._rates[f], self._speakers[f], None, offset=self._spans[2 * row])
 
 
-
 def _file_segments(path: Path, limits: SegmentLimits) -> tuple[Segments, list[str], float, bool]:
     """One unlabelled Libri-light file cut into segments: (its segments, problems, seconds of voice activity left
     out in segments too short, whether the energy VAD was used)."""
