@@ -7,6 +7,7 @@ and then read as any ``.bin`` is (refused where it needs more than tensors, unle
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -67,6 +68,11 @@ def hub_folder(spec: str, key: str) -> Path | None:
     return folder
 
 
+def complete(ckpt: Path) -> bool:
+    """Whether the import ``ckpt`` holds its checkpoint (else it is imported again)."""
+    return all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE))
+
+
 class Imported(NamedTuple):
     """An imported transformers model: its earful checkpoint, and what it was imported from this time (the
     folder, absolute, or ``ORG/NAME@COMMIT``), the name results give it in place of the checkpoint's digest."""
@@ -82,7 +88,8 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
     (:func:`earful.train.init.resolve_init`) and of the files import reads beside them (config.json, the feature
     extractor's, the vocabulary's), so the same model, wherever it lies, is imported once. Its ``source.json``
     records what it was imported from (the folder, or ``ORG/NAME@COMMIT``), and a use touches it, for ``earful
-    cache list|remove``; the entry's lock is held while it is written, as a feature entry's.
+    cache list|remove``; the entry's lock is held while it is written, as a feature entry's. A cache this process
+    may not write (read-only, another user's) serves an import it holds whole, as it is, not marked used.
     None where ``spec`` is neither (an earful checkpoint, a run folder, a path not there). Pickled weights that
     need more than tensors are refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
     from earful.probe.features import default_cache_dir, writing
@@ -99,18 +106,24 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
             digest.update(f"{name} {sha256(folder / name)}\n".encode())
     ckpt = Path(cache_dir or default_cache_dir()).parent / IMPORTS / digest.hexdigest()
     source = f"{_HUB_ID.fullmatch(spec)['repo']}@{hub.name}" if hub else str(folder.resolve())  # type: ignore[index]
-    with writing(ckpt):  # `earful cache remove` leaves it alone meanwhile
-        if not all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE)):  # else imported before
-            try:
-                write_checkpoint(folder, ckpt)
-            except CheckpointError as e:
-                if isinstance(e.__cause__, pickle.UnpicklingError):
-                    raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful import-hf "
-                                          f"{spec} CKPT --trust-pickle`, and give CKPT") from e
-                raise
-        if (ckpt / SOURCE_FILE).is_file():
-            os.utime(ckpt / SOURCE_FILE)  # its last use, for `earful cache list` and `remove --older-than`
-        else:  # imported now, or by an earful that recorded no source
-            atomic_write_json(ckpt / SOURCE_FILE, {"source": source})
+    try:
+        with writing(ckpt):  # `earful cache remove` leaves it alone meanwhile
+            if not complete(ckpt):  # else imported before
+                try:
+                    write_checkpoint(folder, ckpt)
+                except CheckpointError as e:
+                    if isinstance(e.__cause__, pickle.UnpicklingError):
+                        raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful "
+                                              f"import-hf {spec} CKPT --trust-pickle`, and give CKPT") from e
+                    raise
+            if (ckpt / SOURCE_FILE).is_file():
+                os.utime(ckpt / SOURCE_FILE)  # its last use, for `earful cache list` and `remove --older-than`
+            else:  # imported now, or by an earful that recorded no source
+                atomic_write_json(ckpt / SOURCE_FILE, {"source": source})
+    except OSError as e:  # a cache this process may not write (a shared one): its import serves as the features do
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not complete(ckpt):
+            raise
+        log.info("%s: cannot write in the earful cache (%s): its import used as it is, not marked used", ckpt,
+                 e.strerror)
     log.info("%s: a transformers folder, imported once as %s", spec, ckpt)
     return Imported(ckpt, source)

@@ -30,7 +30,7 @@ from typing import Literal
 
 from earful.atomic import FOLDER_TMP
 from earful.checkpoint import INFO_FILE, MODEL_FILE
-from earful.interop.hub import IMPORTS, SOURCE_FILE
+from earful.interop.hub import IMPORTS, SOURCE_FILE, complete
 from earful.lock import LOCK_FILE
 from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE
 
@@ -128,13 +128,12 @@ def entries(cache_dir: str | os.PathLike, kind: Kind = "features") -> Iterator[E
 def _import(folder: Path) -> Entry:
     """An import's entry: its source and last use from ``source.json``, else (an earlier earful's) unknown and its
     last write."""
-    complete = all((folder / name).is_file() for name in (INFO_FILE, MODEL_FILE))
     record = folder / SOURCE_FILE
     try:
         source, used = str(json.loads(record.read_text(encoding="utf-8"))["source"]), record.stat().st_mtime
     except (OSError, ValueError, TypeError, KeyError):
         source, used = "", _last_write(folder)
-    return Entry(folder, _size(folder), used, complete, source, kind="import")
+    return Entry(folder, _size(folder), used, complete(folder), source, kind="import")
 
 
 def select(found: list[Entry], *, older_than_days: float | None = None, upstream: str | None = None,

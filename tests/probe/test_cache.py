@@ -190,3 +190,33 @@ def test_an_import_being_written_is_left_alone(tiny_ckpt: Path, tmp_path: Path, 
     assert "an import is writing it now; left alone" in caplog.text and "1 being written left alone" in caplog.text
     assert main(["cache", "remove", "--all"]) == 0
     assert not imported.exists()
+
+
+def test_an_import_in_a_cache_this_process_cannot_write_is_used_as_it_is(tiny_ckpt: Path, tmp_path: Path,
+                                                                          monkeypatch, caplog):
+    """A cache this process may not write (read-only, or another user's: a shared one) served its features but not
+    its imports: probe and features of a model imported there already failed on its lock, "[Errno 30] Read-only
+    file system: .../.lock". The import is used as it is; one not there (nor whole) still says why it cannot be."""
+    import errno
+
+    from earful.interop import hub
+    from earful.interop.hf import export_hf
+    from earful.probe import features as features_module
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    imported = Path(str(Upstream.parse(folder).ckpt))
+    used = (imported / "source.json").stat().st_mtime_ns
+
+    def read_only(path: Path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(features_module, "lock_file", read_only)
+    monkeypatch.setattr(hub.os, "utime", read_only)
+    with caplog.at_level(logging.INFO):
+        assert Path(str(Upstream.parse(folder).ckpt)) == imported
+    assert "cannot write in the earful cache (Read-only file system): its import used as it is" in caplog.text
+    assert (imported / "source.json").stat().st_mtime_ns == used
+    (imported / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="Read-only file system"):
+        Upstream.parse(folder)
