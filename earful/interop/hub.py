@@ -28,6 +28,7 @@ from earful.interop.hf import (
     VOCAB,
     write_checkpoint,
 )
+from earful.lock import LOCK_FILE, lock_file
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,11 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
     (:func:`earful.train.init.resolve_init`) and of the files import reads beside them (config.json, the feature
     extractor's, the vocabulary's), so the same model, wherever it lies, is imported once. Its ``source.json``
     records what it was imported from (the folder, or ``ORG/NAME@COMMIT``), and a use touches it, for ``earful
-    cache list|remove``; the entry's lock is held while it is written, as a feature entry's. A cache this process
-    may not write (read-only, another user's) serves an import it holds whole, as it is, not marked used.
+    cache list|remove``; the entry's lock is held, exclusively, while it is imported or marked used. A cache this
+    process may not write (read-only, another user's) serves an import it holds whole, as it is, not marked used.
     None where ``spec`` is neither (an earful checkpoint, a run folder, a path not there). Pickled weights that
     need more than tensors are refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
-    from earful.probe.features import default_cache_dir, writing
+    from earful.probe.features import default_cache_dir
     from earful.train.init import resolve_init
     from earful.train.state import resolve_checkpoint
 
@@ -107,7 +108,10 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
     ckpt = Path(cache_dir or default_cache_dir()).parent / IMPORTS / digest.hexdigest()
     source = f"{_HUB_ID.fullmatch(spec)['repo']}@{hub.name}" if hub else str(folder.resolve())  # type: ignore[index]
     try:
-        with writing(ckpt):  # `earful cache remove` leaves it alone meanwhile
+        # held alone while it is imported: `earful cache remove` leaves it be, and another importer of the same
+        # model (another host's, on a shared cache, whose .tmp-PID atomic_folder took for a dead process's and
+        # removed) waits, then finds it whole
+        with lock_file(ckpt / LOCK_FILE):
             if not complete(ckpt):  # else imported before
                 try:
                     write_checkpoint(folder, ckpt)

@@ -153,7 +153,7 @@ def select(found: list[Entry], *, older_than_days: float | None = None, upstream
 
 
 def remove(chosen: list[Entry]) -> tuple[int, list[Entry]]:
-    """Remove the entries but those being written now (their lock held: ``features.writing``, a probe's or an
+    """Remove the entries but those being written now (their lock held: a probe's, ``features.writing``, or an
     import's), which are left alone and said; the bytes freed and the entries left."""
     freed, busy = 0, []
     for e in chosen:

@@ -201,7 +201,6 @@ def test_an_import_in_a_cache_this_process_cannot_write_is_used_as_it_is(tiny_ck
 
     from earful.interop import hub
     from earful.interop.hf import export_hf
-    from earful.probe import features as features_module
 
     monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
     folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
@@ -211,7 +210,7 @@ def test_an_import_in_a_cache_this_process_cannot_write_is_used_as_it_is(tiny_ck
     def read_only(path: Path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(features_module, "lock_file", read_only)
+    monkeypatch.setattr(hub, "lock_file", read_only)
     monkeypatch.setattr(hub.os, "utime", read_only)
     with caplog.at_level(logging.INFO):
         assert Path(str(Upstream.parse(folder).ckpt)) == imported
@@ -220,3 +219,49 @@ def test_an_import_in_a_cache_this_process_cannot_write_is_used_as_it_is(tiny_ck
     (imported / "model.safetensors").unlink()
     with pytest.raises(OSError, match="Read-only file system"):
         Upstream.parse(folder)
+
+
+_ELSEWHERE = """
+import sys
+import earful.atomic
+from earful.probe.features import Upstream
+earful.atomic.running = lambda pid: False  # another host's process, on a shared cache: its pid not seen here
+print(Upstream.parse(sys.argv[1]).ckpt)
+"""
+
+
+def test_two_hosts_importing_one_model_into_a_shared_cache_take_turns(tiny_ckpt: Path, tmp_path: Path, monkeypatch):
+    """Two processes importing the same model at once (an array job's probes, on a cache shared by the nodes) both
+    wrote it: the second took the first's temporary folder (.tmp-PID, a pid it cannot see) for a dead process's
+    and removed it, and the first failed, "No such file or directory: .../.tmp-PID". The second now waits for the
+    first, then finds the import whole."""
+    import subprocess
+    import sys
+
+    from earful.interop import hf
+    from earful.interop.hf import export_hf
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    save, other = hf.save_model, []
+
+    def save_while_another_imports(tmp: Path, *args, **kwargs) -> Path:  # into imports/DIGEST/.tmp-PID
+        saved = save(tmp, *args, **kwargs)
+        other.append(subprocess.Popen([sys.executable, "-c", _ELSEWHERE, str(folder)], stdout=subprocess.PIPE,
+                                      text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}))
+        lock = os.stat(tmp.parent / ".lock").st_ino
+        until = time.monotonic() + 120
+        while other[0].poll() is None and time.monotonic() < until:  # until it has imported, or waits its turn
+            waiting = [f for f in (line.split() for line in Path("/proc/locks").read_text().splitlines())
+                       if len(f) > 6 and f[1] == "->" and f[5] == str(other[0].pid)]
+            if any(f[6].rsplit(":", 1)[-1] == str(lock) for f in waiting):
+                break
+            time.sleep(0.01)  # polled: not a spin on two cores
+        return saved
+
+    monkeypatch.setattr(hf, "save_model", save_while_another_imports)
+    imported = Path(str(Upstream.parse(folder).ckpt))
+    out, _ = other[0].communicate(timeout=120)
+    assert other[0].returncode == 0 and Path(out.strip()) == imported
+    assert sorted(p.name for p in imported.iterdir()) == [".lock", "model.json", "model.safetensors", "source.json"]
+    assert load_model(imported)[0] is not None
