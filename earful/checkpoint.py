@@ -91,7 +91,8 @@ def safe_torch_load(path: str | Path, *, trust_pickle: bool = False, what: str |
     except pickle.UnpicklingError as e:
         # torch's message is long; keep the line naming what was refused (e.g. "GLOBAL posix.system")
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else type(e).__name__)
+        named = re.search(r"GLOBAL [\w.]+", str(e))  # not torch's advice around it (add_safe_globals: not earful's)
+        detail = named.group() if named else lines[0] if lines else type(e).__name__
         way_out = (f"earful never writes such a file as {what}: it was replaced; resume from another checkpoint"
                    if what else "Only if you trust its origin, load it with --trust-pickle (earful import-hf).")
         raise CheckpointError(

@@ -188,7 +188,8 @@ def sources_of(inputs: list[str]) -> list[Source]:
 
 def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str | Path, *, checkpoint: str | Path,
                    weights_sha256: str | None, chunk_seconds: float = 0.0, stride_seconds: float | None = None,
-                   layers: list[int] | None = None, dtype: str = "float32") -> tuple[list[Path], list[str]]:
+                   layers: list[int] | None = None, dtype: str = "float32",
+                   imported_from: str | None = None) -> tuple[list[Path], list[str]]:
     """``STEM.npy`` of each source (``audio_source``, ``manifest_sources``) in ``out_dir``, and :data:`RECORD`:
     ``checkpoint`` (whose weights' recorded SHA-256 is ``weights_sha256``) and the source of every .npy there.
     The record is written before the first file, so an interrupted run's files are attributed too, and again at
@@ -199,9 +200,10 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
     the model's receptive field) is reported and left out, as ``earful transcribe`` does: returns the files
     written and the problems of those left out. ``chunk_seconds`` (0: whole files) and ``stride_seconds``:
     :func:`layer_features`'s windows. ``layers``: the states kept (0 the transformer's input, ``i`` layer i's
-    output; default all), in that order; ``dtype``: float32 or float16 (half the disk). These are recorded (the
-    windows as taken, in whole frames), and an earlier run's files of other layers, dtype or windows are refused:
-    windows change the features of a file longer than one."""
+    output; default all), in that order; ``dtype``: float32 or float16 (half the disk); ``imported_from``: the
+    transformers folder or ``ORG/NAME@COMMIT`` that ``checkpoint`` (an import in the earful cache) was made from.
+    These are recorded (the windows as taken, in whole frames), and an earlier run's files of other layers, dtype
+    or windows are refused: windows change the features of a file longer than one."""
     from earful.data.audio import AudioError
     from earful.eval.transcribe import window_samples
 
@@ -223,7 +225,8 @@ def write_features(model: torch.nn.Module, sources: list[Source], out_dir: str |
     out = Path(out_dir)
     record: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256,
                               "layers": list(layers) if layers is not None else "all", "dtype": dtype,
-                              "chunk_seconds": chunk / SAMPLE_RATE, "stride_seconds": stride / SAMPLE_RATE}
+                              "chunk_seconds": chunk / SAMPLE_RATE, "stride_seconds": stride / SAMPLE_RATE,
+                              **({"imported_from": imported_from} if imported_from else {})}
     earlier = _earlier_files(out, record)
     out.mkdir(parents=True, exist_ok=True)
     # files there of other sources (listed under them by an earlier run, or not listed): listed as they are until

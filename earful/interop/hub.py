@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -82,17 +83,40 @@ class Imported(NamedTuple):
     source: str
 
 
-def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None) -> Imported | None:
+def import_sources(ckpt: Path) -> list[str]:
+    """What the import ``ckpt`` was imported from (folders, ``ORG/NAME@COMMIT``: one model may come from several),
+    the last used last; none where its ``source.json`` is missing or unreadable (an earlier earful's import)."""
+    try:
+        record = json.loads((ckpt / SOURCE_FILE).read_text(encoding="utf-8"))
+        sources = record["sources"] if "sources" in record else [record["source"]]  # an earlier earful's: one
+        return [str(s) for s in sources]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+
+
+def _mark_used(ckpt: Path, source: str) -> None:
+    """Record that ``source`` was used as the import ``ckpt`` now: ``source.json``'s time is the import's last use
+    (``earful cache list``, ``remove --older-than``), its list every source it came from (``remove --upstream``)."""
+    known = import_sources(ckpt)
+    if known and known[-1] == source:
+        os.utime(ckpt / SOURCE_FILE)
+    else:
+        atomic_write_json(ckpt / SOURCE_FILE, {"sources": [s for s in known if s != source] + [source]})
+
+
+def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None, *,
+                        into: Path | None = None) -> Imported | None:
     """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
     into ``imports/DIGEST`` of the earful cache, beside the probes' features (``cache_dir``, by default
-    :func:`earful.probe.features.default_cache_dir`): DIGEST is the SHA-256 of the folder's weights
-    (:func:`earful.train.init.resolve_init`) and of the files import reads beside them (config.json, the feature
-    extractor's, the vocabulary's), so the same model, wherever it lies, is imported once. Its ``source.json``
-    records what it was imported from (the folder, or ``ORG/NAME@COMMIT``), and a use touches it, for ``earful
-    cache list|remove``; the entry's lock is held, exclusively, while it is imported or marked used. A cache this
-    process may not write (read-only, another user's) serves an import it holds whole, as it is, not marked used.
-    None where ``spec`` is neither (an earful checkpoint, a run folder, a path not there). Pickled weights that
-    need more than tensors are refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
+    :func:`earful.probe.features.default_cache_dir`; ``into``: the imports folder itself): DIGEST is the SHA-256 of
+    the folder's weights (:func:`earful.train.init.resolve_init`) and of the files import reads beside them
+    (config.json, the feature extractor's, the vocabulary's), so the same model, wherever it lies, is imported once.
+    Its ``source.json`` records what it was imported from (the folder, or ``ORG/NAME@COMMIT``; every source of the
+    same model), and a use touches it, for ``earful cache list|remove``. The entry's lock is held, exclusively,
+    while it is imported or marked used. A cache this process may not write (read-only, another user's) serves an
+    import it holds whole, as it is, not marked used. None where ``spec`` is neither (an earful checkpoint, a run
+    folder, a path not there). Pickled weights that need more than tensors are refused: only ``import-hf
+    --trust-pickle`` reads them. ``key``: the command."""
     from earful.probe.features import default_cache_dir
     from earful.train.init import resolve_init
     from earful.train.state import resolve_checkpoint
@@ -105,7 +129,7 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
     for name in _FOLDER_FILES:  # another config.json or preprocessor (do_normalize) is another model
         if (folder / name).is_file():
             digest.update(f"{name} {sha256(folder / name)}\n".encode())
-    ckpt = Path(cache_dir or default_cache_dir()).parent / IMPORTS / digest.hexdigest()
+    ckpt = (into or Path(cache_dir or default_cache_dir()).parent / IMPORTS) / digest.hexdigest()
     source = f"{_HUB_ID.fullmatch(spec)['repo']}@{hub.name}" if hub else str(folder.resolve())  # type: ignore[index]
     try:
         # held alone while it is imported: `earful cache remove` leaves it be, and another importer of the same
@@ -120,10 +144,7 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
                         raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful "
                                               f"import-hf {spec} CKPT --trust-pickle`, and give CKPT") from e
                     raise
-            if (ckpt / SOURCE_FILE).is_file():
-                os.utime(ckpt / SOURCE_FILE)  # its last use, for `earful cache list` and `remove --older-than`
-            else:  # imported now, or by an earful that recorded no source
-                atomic_write_json(ckpt / SOURCE_FILE, {"source": source})
+            _mark_used(ckpt, source)
     except OSError as e:  # a cache this process may not write (a shared one): its import serves as the features do
         if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not complete(ckpt):
             raise

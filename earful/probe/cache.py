@@ -30,7 +30,7 @@ from typing import Literal
 
 from earful.atomic import FOLDER_TMP
 from earful.checkpoint import INFO_FILE, MODEL_FILE
-from earful.interop.hub import IMPORTS, SOURCE_FILE, complete
+from earful.interop.hub import IMPORTS, SOURCE_FILE, complete, import_sources
 from earful.lock import LOCK_FILE
 from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE
 
@@ -126,14 +126,11 @@ def entries(cache_dir: str | os.PathLike, kind: Kind = "features") -> Iterator[E
 
 
 def _import(folder: Path) -> Entry:
-    """An import's entry: its source and last use from ``source.json``, else (an earlier earful's) unknown and its
-    last write."""
-    record = folder / SOURCE_FILE
-    try:
-        source, used = str(json.loads(record.read_text(encoding="utf-8"))["source"]), record.stat().st_mtime
-    except (OSError, ValueError, TypeError, KeyError):
-        source, used = "", _last_write(folder)
-    return Entry(folder, _size(folder), used, complete(folder), source, kind="import")
+    """An import's entry: its sources (the last used first) and last use from ``source.json``, else (an earlier
+    earful's) unknown and its last write."""
+    sources = import_sources(folder)
+    used = (folder / SOURCE_FILE).stat().st_mtime if sources else _last_write(folder)
+    return Entry(folder, _size(folder), used, complete(folder), ", ".join(reversed(sources)), kind="import")
 
 
 def select(found: list[Entry], *, older_than_days: float | None = None, upstream: str | None = None,
@@ -152,14 +149,15 @@ def select(found: list[Entry], *, older_than_days: float | None = None, upstream
     return chosen
 
 
-def remove(chosen: list[Entry]) -> tuple[int, list[Entry]]:
+def remove(chosen: list[Entry]) -> tuple[int, list[Entry], list[Entry]]:
     """Remove the entries but those being written now (their lock held: a probe's, ``features.writing``, or an
-    import's), which are left alone and said; the bytes freed and the entries left."""
-    freed, busy = 0, []
+    import's), which are left alone and said; the bytes freed, the entries removed and those left. One another
+    process removed meanwhile (another ``cache remove``) is neither."""
+    freed, removed, busy = 0, [], []
     for e in chosen:
         try:
             lock = open(e.path / LOCK_FILE, "a")  # noqa: SIM115 - held while the folder goes
-        except FileNotFoundError:  # removed meanwhile (another `cache remove`)
+        except FileNotFoundError:  # removed meanwhile
             continue
         with lock:
             try:
@@ -169,10 +167,14 @@ def remove(chosen: list[Entry]) -> tuple[int, list[Entry]]:
                             "a probe is" if e.kind == "features" else "an import is")
                 busy.append(e)
                 continue
-            shutil.rmtree(e.path)
+            try:
+                shutil.rmtree(e.path)
+            except FileNotFoundError:  # removed meanwhile, between the open and the lock
+                continue
         freed += e.size
+        removed.append(e)
         log.info("removed %s (%s, %s)", e.path, e.about, human(e.size))
-    return freed, busy
+    return freed, removed, busy
 
 
 def human(size: float) -> str:

@@ -95,9 +95,11 @@ def _cache_remove(args: argparse.Namespace) -> int:
         log.info("%d of %d entries of %s and its imports, %s, would be removed", len(chosen), len(found), root,
                  human(sum(e.size for e in chosen)))
         return 0
-    freed, busy = remove(chosen)
-    log.info("removed %d of %d entries of %s and its imports, %s freed%s", len(chosen) - len(busy), len(found), root,
-             human(freed), f"; {len(busy)} being written left alone" if busy else "")
+    freed, removed, busy = remove(chosen)
+    gone = len(chosen) - len(removed) - len(busy)
+    log.info("removed %d of %d entries of %s and its imports, %s freed%s%s", len(removed), len(found), root,
+             human(freed), f"; {len(busy)} being written left alone" if busy else "",
+             f"; {gone} removed meanwhile by another process" if gone else "")
     return 0
 
 

@@ -111,13 +111,30 @@ class Upstream:
                  else f"init seed {self.init_seed}, probe seed {probe_seed}")
         return f"{where} (random init, {seeds})"
 
+    def checkpoint(self) -> Path:
+        """The checkpoint; an import (``source``) removed since (an ``earful cache remove`` while a study or probe
+        ran) is imported again from its source, into the same folder, or a CheckpointError says what happened."""
+        ckpt = Path(str(self.ckpt))
+        if self.source is None:
+            return ckpt
+        from earful.interop.hub import complete, imported_checkpoint
+
+        if not complete(ckpt):
+            log.warning("%s: its import %s was removed meanwhile (earful cache remove?): imported again", self.source,
+                        ckpt)
+            again = imported_checkpoint(self.source, "probe", into=ckpt.parent)
+            if again is None or again.ckpt != ckpt:
+                raise CheckpointError(f"{ckpt}: the import of {self.source} was removed meanwhile, and "
+                                      f"{self.source} no longer holds that model; run again")
+        return ckpt
+
     def fingerprint(self, random_model: torch.nn.Module | None = None) -> dict[str, object]:
         """What decides the features, by content. ``random_model``: ``random_model()``'s, where the caller has
         built it already (as ``FeatureLoader`` does, for the extractor too)."""
         if self.kind == "fbank":
             return {"kind": "fbank", "window": fbank.WINDOW, "hop": fbank.HOP, "n_fft": fbank.N_FFT,
                     "n_mels": fbank.N_MELS, "low_hz": fbank.LOW_HZ}
-        ckpt = Path(str(self.ckpt))
+        ckpt = self.checkpoint()
         if self.kind == "random-init":  # the weights themselves: earful's init code or torch's draws may change
             digest = hashlib.sha256()
             model = self.random_model() if random_model is None else random_model
@@ -140,7 +157,7 @@ class Upstream:
         """``--random-init``: the checkpoint's architecture with fresh weights drawn from ``init_seed``."""
         from earful.checkpoint import build_model, model_config
 
-        cfg = model_config(self.ckpt)
+        cfg = model_config(self.checkpoint())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
             return build_model("pretraining", cfg)
@@ -165,7 +182,7 @@ class Upstream:
             expect = None
             if fingerprint is not None and fingerprint.get("kind") == "checkpoint":
                 expect = {"weights": fingerprint["weights"], "info": fingerprint["info"]}
-            model = load_model(str(self.ckpt), expect=expect)[0]
+            model = load_model(str(self.checkpoint()), expect=expect)[0]
         device = resolve_device(self.device, "--device")
         backbone = backbone_of(batch_invariant(model)).eval().to(device)
         stride = int(np.prod(backbone.cfg.conv_stride))

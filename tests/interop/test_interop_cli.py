@@ -657,8 +657,10 @@ def test_features_of_a_transformers_folder_or_hub_id_are_those_of_its_import_mad
         caplog.clear()
         assert main(["features", given, "a.wav", "--out", out]) == 0, caplog.text
         np.testing.assert_array_equal(np.load(tmp_path / out / "a.npy"), np.load(tmp_path / "by-hand" / "a.npy"))
-        ckpt = Path(json.loads((tmp_path / out / "features.json").read_text())["checkpoint"])
+        record = json.loads((tmp_path / out / "features.json").read_text())
+        ckpt = Path(record["checkpoint"])
         assert f"{given}: a transformers folder, imported once as {ckpt}" in caplog.text
+        assert record["imported_from"] == (str(hf.resolve()) if out != "hub" else f"someone/tiny@{hub_models.commit}")
         assert ckpt.parent == tmp_path / "cache" / "imports"
     assert len(imports) == 1  # the second call, and the Hub's copy of the same weights, reuse the first import
     for name in ("model.json", "model.safetensors"):
@@ -685,6 +687,7 @@ def test_features_of_a_transformers_folder_of_pickled_weights_say_to_import_them
     assert main(["features", str(hf), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")]) == 2
     assert f"features takes no --trust-pickle: import it yourself, `earful import-hf {hf} CKPT --trust-pickle`, " \
            "and give CKPT" in caplog.text, caplog.text
+    assert "add_safe_globals" not in caplog.text  # torch's advice is not earful's way out
     assert not marker.exists() and not (tmp_path / "f").exists()
 
 

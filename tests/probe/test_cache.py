@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from earful.checkpoint import load_model
 from earful.cli import main
@@ -265,3 +266,65 @@ def test_two_hosts_importing_one_model_into_a_shared_cache_take_turns(tiny_ckpt:
     assert other[0].returncode == 0 and Path(out.strip()) == imported
     assert sorted(p.name for p in imported.iterdir()) == [".lock", "model.json", "model.safetensors", "source.json"]
     assert load_model(imported)[0] is not None
+
+
+def test_an_import_records_every_source_of_its_model(tiny_ckpt: Path, tmp_path: Path, monkeypatch, caplog):
+    """An import recorded its first source only: the same weights used from a copy of the folder (or the Hub's next
+    commit) were listed, and matched by `remove --upstream`, as the first. Every source is recorded, the last used
+    listed first; an earlier earful's record of one source still reads."""
+    from earful.interop.hf import export_hf
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    first = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    copy = shutil.copytree(first, tmp_path / "copy")
+    imported = Path(str(Upstream.parse(first).ckpt))
+    assert Path(str(Upstream.parse(copy).ckpt)) == imported
+    assert f"import of {copy}, {first}" in _listed(caplog)
+    Upstream.parse(first)
+    assert f"import of {first}, {copy}" in _listed(caplog)
+    (imported / "source.json").write_text(json.dumps({"source": str(first)}))  # as an earlier earful wrote it
+    assert f"import of {first}\n" in _listed(caplog) + "\n"
+    Upstream.parse(copy)
+    assert main(["cache", "remove", "--upstream", str(first), "--dry-run"]) == 0
+    assert f"import of {copy}, {first}" in _listed(caplog)
+    assert main(["cache", "remove", "--upstream", "copy"]) == 0
+    assert not imported.exists()
+
+
+def test_an_import_removed_while_in_use_is_imported_again(tiny_ckpt: Path, tones, tmp_path: Path, monkeypatch,
+                                                          caplog):
+    """`earful cache remove` while a probe or study held an import (parsed, not yet loaded) failed it later with
+    "model.safetensors: missing" in a cache folder. The import is made again from its source, with a warning, and
+    the features are those of the model."""
+    from earful.interop.hf import export_hf
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    upstream = Upstream.parse(folder)
+    assert main(["cache", "remove", "--all"]) == 0
+    assert not Path(str(upstream.ckpt)).exists()
+    with caplog.at_level(logging.WARNING):
+        got = features(upstream, tones["held"], tmp_path / "features", progress=False)
+    assert f"{folder.resolve()}: its import {upstream.ckpt} was removed meanwhile" in caplog.text
+    expected = features(Upstream.parse(tiny_ckpt), tones["held"], tmp_path / "features-of-ckpt", progress=False)
+    assert torch.equal(got.data, expected.data)
+
+
+def test_removed_counts_only_what_this_removal_removed(tiny_ckpt: Path, tmp_path: Path, monkeypatch, caplog):
+    """An entry another `cache remove` took between the listing and the removal was counted as removed by this
+    one ("removed 1 of 1 entries ..., 0 B freed"); it is said apart."""
+    from earful.interop.hf import export_hf
+    from earful.probe import cache
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "cache"))
+    imported = Path(str(Upstream.parse(export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")).ckpt))
+    remove = cache.remove
+
+    def another_removal_first(chosen):
+        shutil.rmtree(imported)
+        return remove(chosen)
+
+    monkeypatch.setattr(cache, "remove", another_removal_first)
+    with caplog.at_level(logging.INFO):
+        assert main(["cache", "remove", "--all"]) == 0
+    assert "removed 0 of 1 entries" in caplog.text and "1 removed meanwhile by another process" in caplog.text
