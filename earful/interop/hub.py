@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+from contextlib import suppress
 from pathlib import Path
 from typing import NamedTuple
 
@@ -104,6 +105,15 @@ def _mark_used(ckpt: Path, source: str) -> None:
         atomic_write_json(ckpt / SOURCE_FILE, {"sources": [s for s in known if s != source] + [source]})
 
 
+def _remove_if_empty(ckpt: Path) -> None:
+    """Remove the import folder ``ckpt`` where it holds its lock alone (an import refused before it wrote anything);
+    anything else there, or a removal that fails, leaves it as it is."""
+    with suppress(OSError):
+        if all(p.name == LOCK_FILE for p in ckpt.iterdir()):
+            (ckpt / LOCK_FILE).unlink(missing_ok=True)
+            ckpt.rmdir()
+
+
 def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None, *,
                         into: Path | None = None) -> Imported | None:
     """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
@@ -135,12 +145,15 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
         # held alone while it is imported: `earful cache remove` leaves it be, and another importer of the same
         # model (another host's, on a shared cache, whose .tmp-PID atomic_folder took for a dead process's and
         # removed) waits, then finds it whole
+        created = not ckpt.exists()
         with lock_file(ckpt / LOCK_FILE):
             if not complete(ckpt):  # else imported before
                 try:
                     write_checkpoint(folder, ckpt)
-                except CheckpointError as e:
-                    if isinstance(e.__cause__, pickle.UnpicklingError):
+                except Exception as e:
+                    if created:  # refused (another model_type, pickled weights): no empty import left to list
+                        _remove_if_empty(ckpt)
+                    if isinstance(e, CheckpointError) and isinstance(e.__cause__, pickle.UnpicklingError):
                         raise CheckpointError(f"{e} {key} takes no --trust-pickle: import it yourself, `earful "
                                               f"import-hf {spec} CKPT --trust-pickle`, and give CKPT") from e
                     raise

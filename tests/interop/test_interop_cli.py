@@ -689,6 +689,7 @@ def test_features_of_a_transformers_folder_of_pickled_weights_say_to_import_them
            "and give CKPT" in caplog.text, caplog.text
     assert "add_safe_globals" not in caplog.text  # torch's advice is not earful's way out
     assert not marker.exists() and not (tmp_path / "f").exists()
+    assert not list((tmp_path / "cache" / "imports").glob("*"))  # no empty import left, listed as incomplete
 
 
 def test_a_path_not_there_of_a_hub_id_shape_says_neither_is_there(tmp_path, hub_models, caplog, monkeypatch) -> None:
