@@ -259,7 +259,7 @@ class LMBeamDecoder:
             raise ValueError(f"{lm_path}: KenLM cannot read this LM ({e}): a truncated or malformed ARPA file, or "
                              "not a KenLM model") from None
         silence = vocab.delimiter_id
-        self._closing_frame = torch.full((len(vocab),), -1e4)  # log-probabilities: "|" for certain
+        self._closing_frame = torch.full((len(vocab),), -1e4, dtype=torch.float32)  # log-probabilities: "|" certain
         self._closing_frame[silence] = 0.0
         self._trie = fl.Trie(len(vocab), silence)
         start = self._lm.start(False)
@@ -321,7 +321,8 @@ class LMBeamDecoder:
         # after the last word (its targets have none). A confident model then puts the closing "|" so far
         # below the best path that the beam prunes it, and the last word is lost. One extra frame per
         # utterance that certainly emits "|" closes it (and costs nothing: log p = 0).
-        emissions = torch.full((b, t + 1, v), -1e4)
+        # float32 whatever torch's default dtype: flashlight reads the buffer as C floats
+        emissions = torch.full((b, t + 1, v), -1e4, dtype=torch.float32)
         emissions[:, :t] = logp
         emissions[torch.arange(b), torch.tensor(lengths, dtype=torch.long)] = self._closing_frame
         lengths = [n + 1 if n > 0 else 0 for n in lengths]  # an empty utterance stays empty

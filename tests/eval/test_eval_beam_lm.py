@@ -222,3 +222,20 @@ def test_beam_options_in_range_are_taken() -> None:
     options = BeamOptions(beam=1, beam_size_token=1, beam_threshold=0.0, lm_weight=0.0, word_score=-3.0,
                           unk_score=-10.0, sil_score=-1.0)
     assert options.beam == 1 and BeamOptions(beam_threshold=float("inf")).beam_threshold == float("inf")
+
+
+def test_the_search_reads_float32_emissions_whatever_torchs_default_dtype(tiny_lm):
+    """With torch.set_default_dtype(torch.float64) the emissions were made in float64 and flashlight read their
+    bytes as floats: every transcript came back empty (or, a decoder made before, a dtype error)."""
+    from earful.eval.beam import LMBeamDecoder
+
+    x = spelled("the cat sat on the mat")
+    before = torch.get_default_dtype()
+    try:
+        made_before = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10))
+        torch.set_default_dtype(torch.float64)
+        made_after = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10))
+        for dec in (made_after, made_before):
+            assert dec.decode(x[None]) == ["the cat sat on the mat"]
+    finally:
+        torch.set_default_dtype(before)
