@@ -326,6 +326,12 @@ class LMBeamDecoder:
         emissions[:, :t] = logp
         emissions[torch.arange(b), torch.tensor(lengths, dtype=torch.long)] = self._closing_frame
         lengths = [n + 1 if n > 0 else 0 for n in lengths]  # an empty utterance stays empty
+        within = torch.arange(t + 1) < torch.tensor(lengths)[:, None]  # (batch, frames + 1)
+        broken = ((~torch.isfinite(emissions).all(-1)) & within).any(-1)  # (batch,): NaN or inf logits
+        if broken.any():
+            log.warning("%d of %d utterance(s) (batch rows %s) have NaN or infinite logits: the beam search gives "
+                        "them no transcript (a diverged or overflowing model: greedy decoding hides it less)",
+                        int(broken.sum()), b, broken.nonzero().flatten().tolist()[:5])
         out: list[str] = []
         base, step = emissions.data_ptr(), emissions.stride(0) * emissions.element_size()
         for i in range(b):

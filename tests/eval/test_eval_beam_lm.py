@@ -239,3 +239,22 @@ def test_the_search_reads_float32_emissions_whatever_torchs_default_dtype(tiny_l
             assert dec.decode(x[None]) == ["the cat sat on the mat"]
     finally:
         torch.set_default_dtype(before)
+
+
+def test_nan_logits_are_said_not_silently_transcribed_as_nothing(tiny_lm, caplog):
+    """One NaN frame made the beam search's transcript "" without a word (greedy still read the rest): a diverged
+    or overflowing model scored 100 % WER unexplained. The rows are named; NaN in padding is not counted."""
+    import logging
+
+    import flashlight.lib.text.decoder  # noqa: F401  (the lm extra is part of the test install)
+
+    from earful.eval.beam import LMBeamDecoder
+
+    a, b = spelled("the cat sat"), spelled("a cat sat")
+    a[3] = float("nan")
+    b = torch.cat([b, torch.full((len(a) - len(b), len(V)), float("nan"))])  # NaN only in padding
+    dec = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=10))
+    with caplog.at_level(logging.WARNING):
+        out = dec.decode(torch.stack([a, b]), [len(a), len(spelled("a cat sat"))])
+    assert out[1] == "a cat sat"
+    assert "1 of 2 utterance(s) (batch rows [0]) have NaN or infinite logits" in caplog.text
