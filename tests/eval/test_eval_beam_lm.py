@@ -258,3 +258,47 @@ def test_nan_logits_are_said_not_silently_transcribed_as_nothing(tiny_lm, caplog
         out = dec.decode(torch.stack([a, b]), [len(a), len(spelled("a cat sat"))])
     assert out[1] == "a cat sat"
     assert "1 of 2 utterance(s) (batch rows [0]) have NaN or infinite logits" in caplog.text
+
+
+def test_a_long_recording_is_searched_in_blocks_with_the_words_of_one_search(tiny_lm, monkeypatch):
+    """The search kept every frame's hypotheses of an utterance: `transcribe --lm` of a long recording held ~5 KB
+    a frame (~0.9 GB an hour). One longer than STREAM_FRAMES is searched in blocks, its history pruned behind it
+    (flashlight's prune); the words are those of one whole search, clean and noisy, and a word across a block's
+    edge is kept once."""
+    import random
+
+    import flashlight.lib.text.decoder  # noqa: F401  (the lm extra is part of the test install)
+
+    from earful.eval import beam
+    from earful.eval.beam import LMBeamDecoder
+
+    monkeypatch.setattr(beam, "STREAM_BLOCK", 37, raising=False)  # an odd block: words cross its edges
+    monkeypatch.setattr(beam, "LOOK_BACK", 29, raising=False)
+    dec = LMBeamDecoder(V, tiny_lm, options=BeamOptions(beam=20))
+    pruned = []
+
+    class Counting:  # the search, its prunes counted
+        def __init__(self, search):
+            self.search = search
+
+        def __getattr__(self, name):
+            return getattr(self.search, name)
+
+        def prune(self, look_back):
+            pruned.append(look_back)
+            self.search.prune(look_back)
+
+    dec._decoder = Counting(dec._decoder)
+    random.seed(0)
+    text = " ".join(random.choice(CORPUS) for _ in range(12))
+    x = spelled(text)
+    for noise in (0.0, 1.5, 3.0):
+        noisy = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+        monkeypatch.setattr(beam, "STREAM_FRAMES", 10**9, raising=False)
+        whole = dec.decode(noisy[None])
+        assert not pruned
+        monkeypatch.setattr(beam, "STREAM_FRAMES", 100, raising=False)
+        assert dec.decode(noisy[None]) == whole, noise
+        assert len(pruned) == -(-len(x) // 37) - 1  # after every block but the last
+        pruned.clear()
+    assert whole != [text] and dec.decode(x[None]) == [text]  # the noise changed words; the clean input is read

@@ -56,6 +56,14 @@ def test_cnn_kernel_benchmark_matches_the_model_and_runs() -> None:
     assert "super-row GEMM / nn.Conv1d time" in r.stdout
 
 
+def test_lm_stream_memory_benchmark_runs_and_streams_the_same_words() -> None:
+    """1.5 minutes of frames: past STREAM_FRAMES, so the streamed search runs beside the whole one."""
+    cmd = ["benchmarks/lm_stream_memory.py", "--minutes", "1.5", "--beam", "10"]
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(4500 frames)" in r.stdout and "the same words" in r.stdout, r.stdout
+
+
 def test_transformers_comparison_runs_with_autocast(tmp_path: Path) -> None:
     """The bf16 path that benchmarks/gpu_device.sh takes on a GPU, here on the CPU with the tiny preset."""
     out = tmp_path / "result.json"
