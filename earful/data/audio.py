@@ -59,7 +59,8 @@ def walk_files(root: Path, skip: Sequence[Path] = ()) -> Iterator[str]:
     seen = {key(str(folder)) for folder in (real, *real.parents)}
     skipped = [*skip, *(Path(os.path.realpath(folder)) for folder in skip)]
 
-    def below(top: str) -> Iterator[str]:
+    def listed(top: str) -> tuple[str, Iterator[tuple[str, bool]], set[str]]:
+        """``top``, its entries ((name, is a folder), by name) and the names of the sub-folders to read."""
         try:
             with os.scandir(top) as listing:
                 entries = sorted((entry.name, _is_dir(entry)) for entry in listing)
@@ -76,13 +77,20 @@ def walk_files(root: Path, skip: Sequence[Path] = ()) -> Iterator[str]:
                 continue
             seen.add(key(folder))
             kept.add(name)
+        return top, iter(entries), kept
+
+    # depth first, with a stack of the folders being read, not recursion: any depth of folders is read
+    stack = [listed(os.fspath(root))]
+    while stack:
+        top, entries, kept = stack[-1]
         for name, is_dir in entries:
             if not is_dir:
                 yield os.path.join(top, name)
             elif name in kept:
-                yield from below(os.path.join(top, name))
-
-    yield from below(os.fspath(root))
+                stack.append(listed(os.path.join(top, name)))
+                break
+        else:
+            stack.pop()
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -1006,3 +1006,22 @@ def test_prepare_replaces_its_own_manifests_of_relative_paths_wherever_it_is_run
     write_manifest(read_librispeech(tmp_path / "other" / "dev"), manifest, relative_to=tmp_path)  # ../../other/dev
     with pytest.raises(ValueError, match=r"dev.jsonl: the manifest\(s\) of another corpus \(e.g. \.\./\.\./other/"):
         _prepare(str(corpus / "dev"), str(corpus / "manifests"))
+
+
+def test_files_are_found_at_any_depth_in_path_order(tmp_path: Path) -> None:
+    """The folders were read by recursion (os.walk's, then a generator's): a tree some 980 folders deep failed,
+    "maximum recursion depth exceeded". They are read with a stack; the order is still Path order (by parts: a
+    folder's files before a sibling named with it and a '-')."""
+    from earful.data.audio import files_below
+
+    for name in ("a-b.flac", "a.flac", "a/b.flac", "a/c/d.flac", "b.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    deep = tmp_path / "z"
+    for _ in range(1200):  # os.mkdir a level at a time: makedirs recurses too
+        os.mkdir(deep)
+        deep = deep / "z"
+    (deep.parent / "x.flac").write_bytes(b"")
+    found = files_below(tmp_path)
+    assert found[:5] == [tmp_path / n for n in ("a/b.flac", "a/c/d.flac", "a-b.flac", "a.flac", "b.txt")]
+    assert found[5:] == [deep.parent / "x.flac"] and found == sorted(found)
