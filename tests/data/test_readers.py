@@ -1017,11 +1017,18 @@ def test_files_are_found_at_any_depth_in_path_order(tmp_path: Path) -> None:
     for name in ("a-b.flac", "a.flac", "a/b.flac", "a/c/d.flac", "b.txt"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    deep = tmp_path / "z"
-    for _ in range(1200):  # os.mkdir a level at a time: makedirs recurses too
-        os.mkdir(deep)
-        deep = deep / "z"
-    (deep.parent / "x.flac").write_bytes(b"")
-    found = files_below(tmp_path)
-    assert found[:5] == [tmp_path / n for n in ("a/b.flac", "a/c/d.flac", "a-b.flac", "a.flac", "b.txt")]
-    assert found[5:] == [deep.parent / "x.flac"] and found == sorted(found)
+    levels = [tmp_path / "z"]
+    for _ in range(1199):  # os.mkdir a level at a time: makedirs recurses too
+        levels.append(levels[-1] / "z")
+    try:
+        for level in levels:
+            os.mkdir(level)
+        (levels[-1] / "x.flac").write_bytes(b"")
+        found = files_below(tmp_path)
+        assert found[:5] == [tmp_path / n for n in ("a/b.flac", "a/c/d.flac", "a-b.flac", "a.flac", "b.txt")]
+        assert found[5:] == [levels[-1] / "x.flac"] and found == sorted(found)
+    finally:  # removed here, bottom up: pytest's clean-up (shutil.rmtree) recurses, and would fail the session
+        (levels[-1] / "x.flac").unlink(missing_ok=True)
+        for level in reversed(levels):
+            if level.is_dir():
+                os.rmdir(level)
