@@ -61,7 +61,8 @@ def _status_kb(field: str) -> int:
 
 
 def run(way: str, tree: Path, out: Path) -> dict[str, float]:
-    """`earful prepare TREE OUT` here, ``way`` "earful" or "peer" (its splits made lists of ``Utterance``)."""
+    """`earful prepare TREE OUT` here, ``way`` "earful", "peer" (its splits made lists of ``Utterance``) or
+    "before" (the earful of ``--before``, first on the path)."""
     import logging
 
     from earful.cli import main
@@ -122,8 +123,9 @@ def main() -> None:
                     raise SystemExit(f"{way} failed:\n{r.stderr[-3000:]}")
                 got[way].append(json.loads(r.stdout.strip().splitlines()[-1]))
         for way in got.keys() - {"earful"}:
-            theirs = sorted((root / f"out-{way}").iterdir())
-            if any((root / "out-earful" / f.name).read_bytes() != f.read_bytes() for f in theirs):
+            theirs, ours = sorted((root / f"out-{way}").iterdir()), sorted((root / "out-earful").iterdir())
+            if ([f.name for f in theirs] != [f.name for f in ours]
+                    or any(a.read_bytes() != b.read_bytes() for a, b in zip(ours, theirs, strict=True))):
                 raise SystemExit(f"the manifests of earful and {way} differ")
     for way, runs in got.items():
         added = statistics.median(r["added_kb"] for r in runs) * 1024

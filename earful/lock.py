@@ -20,7 +20,8 @@ class FolderBusy(RuntimeError):
     """Another process holds the folder's lock."""
 
 
-LOCK_FILE = ".lock"  # a folder's lock: a run's, a study's, a cache entry's (never removed while held)
+LOCK_FILE = ".lock"  # a folder's lock: a run's, a study's, a cache entry's; removed with its folder (lock_file
+#                       takes the one there now where its holder removed it meanwhile)
 _HELD: list[IO[str]] = []  # this process's lock files
 
 
@@ -55,7 +56,7 @@ def lock_file(path: Path, *, shared: bool = False, wait: bool = True) -> IO[str]
         except BaseException:
             f.close()
             raise
-        if _still_there(f, path):
+        if still_there(f, path):
             _HELD[:] = [*(h for h in _HELD if not h.closed), f]  # a forked child lets go of it (_not_in_children)
             return f
         f.close()
@@ -99,7 +100,7 @@ def holding(folder: str | Path, what: str = "earful run") -> Iterator[IO[str]]:
                 folder.rmdir()
 
 
-def _still_there(f: IO[str], path: Path) -> bool:
+def still_there(f: IO[str], path: Path) -> bool:
     """Whether the open file ``f`` is the one at ``path`` (not one removed since it was opened)."""
     try:
         here = os.stat(path)

@@ -151,6 +151,8 @@ class Strings(Sequence[str]):
         return len(self._ends) - 1
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]  # an index, no slice
+        if i < 0:
+            i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"string {i} of {len(self)}")
         return os.fsdecode(bytes(self._bytes[self._ends[i] : self._ends[i + 1]]))
@@ -709,7 +711,7 @@ def read_unlabelled(root: str | os.PathLike, problems: list[str] | None = None, 
     utts = Segments()
     left_out, by_energy, empty = 0.0, 0, 0
     cut = partial(_file_segments, limits=limits)
-    done = ordered_map(cut, (root / files[k] for k in range(len(files))), workers)
+    done = ordered_map(cut, (root / name for name in files), workers)
     for _, (got, found, lost, energy) in tqdm(done, total=len(files), unit="file", desc=f"segments of {root.name}",
                                               disable=len(files) < 100):
         utts.extend(got)

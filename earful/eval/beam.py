@@ -40,6 +40,7 @@ INSTALL_HINT = "beam search with an LM needs flashlight-text: pip install 'earfu
 # (flashlight's prune, as its streaming recogniser does): memory no longer grows with the length of a recording (it
 # held ~5 KB a frame at beam 50, ~0.9 GB an hour). Shorter utterances (every LibriSpeech one) are searched whole.
 STREAM_FRAMES, STREAM_BLOCK, LOOK_BACK = 3000, 500, 250
+FLOAT32_BYTES = 4  # the emissions' (flashlight reads C floats)
 
 
 def _flashlight():
@@ -361,7 +362,7 @@ class LMBeamDecoder:
         d.decode_begin()
         for start in range(0, frames, STREAM_BLOCK):
             size = min(STREAM_BLOCK, frames - start)
-            d.decode_step(emissions + start * v * 4, size, v)  # float32: 4 bytes a value
+            d.decode_step(emissions + start * v * FLOAT32_BYTES, size, v)
             if start + size < frames:
                 # position 0 is the buffer's first node: the search's start, or the word kept last time
                 words += d.get_best_hypothesis(LOOK_BACK).words[1:]

@@ -68,7 +68,7 @@ def _features(args: argparse.Namespace) -> int:
     written, problems = write_features(model, sources, args.out, checkpoint=ckpt,
                                        weights_sha256=weights_sha256(info), chunk_seconds=args.chunk_seconds,
                                        stride_seconds=args.stride_seconds, layers=args.layers, dtype=args.dtype,
-                                       imported_from=imported.source if imported else None)
+                                       imported_from=imported.imported_from if imported else None)
     if problems:
         log.error("%d of %d inputs could not be read, no features for them: %s", len(problems), len(sources),
                   "; ".join(problems))

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from earful.atomic import atomic_write_json
-from earful.checkpoint import INFO_FILE, MODEL_FILE, CheckpointError, sha256
+from earful.checkpoint import MODEL_FILE, CheckpointError, sha256
 from earful.interop.hf import (
     ADDED_TOKENS,
     BIN,
     HF_CONFIG,
+    IMPORT_FILES,
     PREPROCESSOR,
     PROCESSOR,
     TOKENIZER,
@@ -73,7 +74,7 @@ def hub_folder(spec: str, key: str) -> Path | None:
 
 def complete(ckpt: Path) -> bool:
     """Whether the import ``ckpt`` holds its checkpoint (else it is imported again)."""
-    return all((ckpt / name).is_file() for name in (INFO_FILE, MODEL_FILE))
+    return all((ckpt / name).is_file() for name in IMPORT_FILES)
 
 
 class Imported(NamedTuple):
@@ -81,7 +82,7 @@ class Imported(NamedTuple):
     folder, absolute, or ``ORG/NAME@COMMIT``), the name results give it in place of the checkpoint's digest."""
 
     ckpt: Path
-    source: str
+    imported_from: str
 
 
 def import_sources(ckpt: Path) -> list[str]:
@@ -114,20 +115,26 @@ def _remove_if_empty(ckpt: Path) -> None:
             ckpt.rmdir()
 
 
-def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None, *,
-                        into: Path | None = None) -> Imported | None:
+def imports_folder(features: str | os.PathLike | None = None) -> Path:
+    """The folder of imported models: ``imports`` beside the feature cache ``features`` (by default
+    :func:`earful.probe.features.default_cache_dir`'s, so ``$EARFUL_CACHE/imports``)."""
+    from earful.probe.features import default_cache_dir
+
+    return Path(features or default_cache_dir()).parent / IMPORTS
+
+
+def imported_checkpoint(spec: str, key: str, imports: Path | None = None) -> Imported | None:
     """The earful checkpoint of the transformers folder or Hub model id ``spec``, imported once (as import-hf does)
-    into ``imports/DIGEST`` of the earful cache, beside the probes' features (``cache_dir``, by default
-    :func:`earful.probe.features.default_cache_dir`; ``into``: the imports folder itself): DIGEST is the SHA-256 of
-    the folder's weights (:func:`earful.train.init.resolve_init`) and of the files import reads beside them
-    (config.json, the feature extractor's, the vocabulary's), so the same model, wherever it lies, is imported once.
+    into ``imports/DIGEST`` (``imports``, by default :func:`imports_folder`'s: beside the probes' features in the
+    earful cache): DIGEST is the SHA-256 of the folder's weights (:func:`earful.train.init.resolve_init`) and of the
+    files import reads beside them (config.json, the feature extractor's, the vocabulary's), so the same model,
+    wherever it lies, is imported once.
     Its ``source.json`` records what it was imported from (the folder, or ``ORG/NAME@COMMIT``; every source of the
     same model), and a use touches it, for ``earful cache list|remove``. The entry's lock is held, exclusively,
     while it is imported or marked used. A cache this process may not write (read-only, another user's) serves an
     import it holds whole, as it is, not marked used. None where ``spec`` is neither (an earful checkpoint, a run
     folder, a path not there). Pickled weights that need more than tensors are refused: only ``import-hf
     --trust-pickle`` reads them. ``key``: the command."""
-    from earful.probe.features import default_cache_dir
     from earful.train.init import resolve_init
     from earful.train.state import resolve_checkpoint
 
@@ -139,7 +146,7 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
     for name in _FOLDER_FILES:  # another config.json or preprocessor (do_normalize) is another model
         if (folder / name).is_file():
             digest.update(f"{name} {sha256(folder / name)}\n".encode())
-    ckpt = (into or Path(cache_dir or default_cache_dir()).parent / IMPORTS) / digest.hexdigest()
+    ckpt = (imports or imports_folder()) / digest.hexdigest()
     source = f"{_HUB_ID.fullmatch(spec)['repo']}@{hub.name}" if hub else str(folder.resolve())  # type: ignore[index]
     try:
         # held alone while it is imported: `earful cache remove` leaves it be, and another importer of the same
@@ -159,8 +166,12 @@ def imported_checkpoint(spec: str, key: str, cache_dir: str | Path | None = None
                     raise
             _mark_used(ckpt, source)
     except OSError as e:  # a cache this process may not write (a shared one): its import serves as the features do
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not complete(ckpt):
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
+        if not complete(ckpt):
+            raise OSError(e.errno, f"{ckpt.parent}: cannot import {spec} into the earful cache ({e.strerror}); set "
+                          f"EARFUL_CACHE (or give --cache) to a folder you may write, or run `earful import-hf "
+                          f"{spec} CKPT` and give CKPT") from None
         log.info("%s: cannot write in the earful cache (%s): its import used as it is, not marked used", ckpt,
                  e.strerror)
     log.info("%s: a transformers folder, imported once as %s", spec, ckpt)

@@ -29,18 +29,17 @@ from pathlib import Path
 from typing import Literal
 
 from earful.atomic import FOLDER_TMP
-from earful.checkpoint import INFO_FILE, MODEL_FILE
-from earful.interop.hub import IMPORTS, SOURCE_FILE, complete, import_sources
-from earful.lock import LOCK_FILE
+from earful.interop.hf import IMPORT_FILES
+from earful.interop.hub import SOURCE_FILE, complete, import_sources, imports_folder
+from earful.lock import LOCK_FILE, still_there
 from earful.probe.features import CACHE_FORMAT, FEATURES_FILE, INDEX_FILE
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
 Kind = Literal["features", "import"]
-KINDS: tuple[Kind, ...] = ("features", "import")
 _FILES: dict[Kind, tuple[str, ...]] = {"features": (FEATURES_FILE, INDEX_FILE, LOCK_FILE),
-                                       "import": (INFO_FILE, MODEL_FILE, SOURCE_FILE, LOCK_FILE)}
+                                       "import": (*IMPORT_FILES, SOURCE_FILE, LOCK_FILE)}
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,8 @@ class Entry:
 
 def folders(cache_dir: str | os.PathLike) -> dict[Kind, Path]:
     """The features folder ``cache_dir`` and the imports beside it, its sibling ``imports``, by kind."""
-    return {"features": Path(cache_dir), "import": Path(cache_dir).parent / IMPORTS}
+    return {"features": Path(cache_dir), "import": imports_folder(cache_dir)}
+
 
 
 def _size(folder: Path) -> int:
@@ -133,6 +133,19 @@ def _import(folder: Path) -> Entry:
     return Entry(folder, _size(folder), used, complete(folder), ", ".join(reversed(sources)), kind="import")
 
 
+def scan(cache_dir: str | os.PathLike) -> tuple[list[Entry], dict[Kind, Path]]:
+    """Every entry of the feature cache ``cache_dir`` and of the imports beside it, and those two folders; what
+    else each holds is warned of (never listed or removed: a mistyped ``--cache``)."""
+    found: list[Entry] = []
+    where = folders(cache_dir)
+    for kind, folder in where.items():
+        found += entries(folder, kind)
+        if other := others(folder, kind):
+            log.warning("%s also holds %d item(s) that are no cache entries (%s …): never listed or removed; is it "
+                        "the cache?", folder, len(other), other[0].name)
+    return found, where
+
+
 def select(found: list[Entry], *, older_than_days: float | None = None, upstream: str | None = None,
            incomplete: bool = False, now: float | None = None) -> list[Entry]:
     """The entries meeting every criterion given: unused for more than ``older_than_days``, an upstream naming
@@ -167,9 +180,11 @@ def remove(chosen: list[Entry]) -> tuple[int, list[Entry], list[Entry]]:
                             "a probe is" if e.kind == "features" else "an import is")
                 busy.append(e)
                 continue
+            if not still_there(lock, e.path / LOCK_FILE):  # removed meanwhile, between the open and the lock (the
+                continue  # folder there now, if any, another's: an import made again)
             try:
                 shutil.rmtree(e.path)
-            except FileNotFoundError:  # removed meanwhile, between the open and the lock
+            except FileNotFoundError:  # removed meanwhile
                 continue
         freed += e.size
         removed.append(e)

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from earful.probe.cache import Entry
 
 log = logging.getLogger("earful.probe")
 
@@ -53,30 +49,16 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return args.cache or default_cache_dir()
 
 
-def _cache_found(root: Path) -> tuple[list[Entry], list[Path]]:
-    """The entries of the feature cache ``root`` and of the imports beside it, and those two folders; what else
-    each holds is warned of (never listed or removed)."""
-    from earful.probe.cache import entries, folders, others
-
-    found: list[Entry] = []
-    for kind, folder in folders(root).items():
-        found += entries(folder, kind)
-        if other := others(folder, kind):
-            log.warning("%s also holds %d item(s) that are no cache entries (%s …): never listed or removed; is it "
-                        "the cache?", folder, len(other), other[0].name)
-    return found, list(folders(root).values())
-
-
 def _cache_list(args: argparse.Namespace) -> int:
-    from earful.probe.cache import table
+    from earful.probe.cache import scan, table
 
-    found, where = _cache_found(_cache_dir(args))
-    log.info("earful cache: features %s, imports %s\n%s", *where, "\n".join(table(found)))
+    found, where = scan(_cache_dir(args))
+    log.info("earful cache: features %s, imports %s\n%s", where["features"], where["import"], "\n".join(table(found)))
     return 0
 
 
 def _cache_remove(args: argparse.Namespace) -> int:
-    from earful.probe.cache import human, remove, select
+    from earful.probe.cache import human, remove, scan, select
 
     if not (args.all or args.older_than is not None or args.upstream is not None or args.incomplete):
         raise ValueError("say which entries: --older-than DAYS, --upstream TEXT, --incomplete (they combine), or --all")
@@ -87,7 +69,7 @@ def _cache_remove(args: argparse.Namespace) -> int:
     if args.older_than is not None and args.older_than < 0:
         raise ValueError(f"--older-than {args.older_than:g}: expected days, 0 or more")
     root = _cache_dir(args)
-    found, _ = _cache_found(root)
+    found, _ = scan(root)
     chosen = select(found, older_than_days=args.older_than, upstream=args.upstream, incomplete=args.incomplete)
     if args.dry_run:
         for e in chosen:

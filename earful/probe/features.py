@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # manifest's bytes (an entry of 2 is never found again: `earful cache remove --incomplete` removes it)
 CACHE_FORMAT = "earful-features-3"
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.json"
-# LOCK_FILE (earful.lock's): held shared by every probe writing the entry, exclusively by `earful cache remove`
 EXTRACT_GROUP = 16  # utterances handed to ``layer_states`` at a time (one padded batch)
 
 # an upstream's feature extractor: (waves → per-utterance (frames, layers, dim) features, frames per second)
@@ -68,42 +67,44 @@ class Upstream:
     ckpt: str | None = None
     init_seed: int = 0
     device: str = "auto"  # where a model extracts (auto: CUDA where there is one); filterbanks: the CPU
-    source: str | None = None  # an imported model's transformers folder or ORG/NAME@COMMIT: named in its import's stead
+    imported_from: str | None = None  # an import's transformers folder or ORG/NAME@COMMIT: named in its stead
 
     @classmethod
     def parse(cls, spec: str | os.PathLike, *, random_init: bool = False, init_seed: int = 0,
               device: str = "auto", device_key: str = "--device", cache_dir: str | os.PathLike | None = None
               ) -> Upstream:
         """``"fbank"``, a checkpoint folder, a run folder for its latest, or a transformers folder or Hub model id
-        (its import, :func:`earful.interop.hub.imported_checkpoint`, beside the feature cache ``cache_dir``); with
+        (its import, :func:`earful.interop.hub.imported_checkpoint`, beside the feature cache ``cache_dir``: named
+        by it, ``imported_from``); with
         ``random_init``: its architecture, freshly initialised; extracted on ``device``, which errors name as
         ``device_key`` (a study's: the recipe's ``device``)."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
             return cls("fbank")
-        from earful.interop.hub import imported_checkpoint
+        from earful.interop.hub import imported_checkpoint, imports_folder
 
-        imported = imported_checkpoint(str(spec), "probe", cache_dir)  # a transformers folder or Hub model id
+        imported = imported_checkpoint(str(spec), "probe", imports_folder(cache_dir))  # a transformers model
         ckpt = imported.ckpt if imported else require_checkpoint(spec)  # a run folder: its latest
         resolve_device(device, device_key)  # refused now, not after the model loads
         if random_init and not 0 <= init_seed < 2**32:  # torch maps a negative seed onto another: -1 is 2**64 - 1
             raise ValueError(f"--init-seed {init_seed}: expected an integer from 0 to 2**32 - 1")
         return cls("random-init" if random_init else "checkpoint", str(ckpt.resolve()), init_seed, device,
-                   imported.source if imported else None)
+                   imported.imported_from if imported else None)
 
     @property
     def name(self) -> str:
         if self.kind == "fbank":
             return "fbank"
-        what = self.source or self.ckpt
+        what = self.imported_from or self.ckpt
         return f"{what} (random init, seed {self.init_seed})" if self.kind == "random-init" else str(what)
 
     def title(self, probe_seed: int, *, short: bool = False) -> str:
         """The upstream and the seeds, for a results page or (``short``: the checkpoint's path cut to its last three
-        parts, RUN/checkpoints/NAME) a plot: ``CKPT (seed 0)``. A random init's seed is said once where the probe's
-        is the same (it read "(random init, seed 0) (seed 0)"), and both are named where they differ."""
-        where = ("fbank" if self.ckpt is None else self.source if self.source
+        parts, RUN/checkpoints/NAME; an import's ``imported_from`` whole) a plot: ``CKPT (seed 0)``. A random init's
+        seed is said once where the probe's is the same (it read "(random init, seed 0) (seed 0)"), and both are
+        named where they differ."""
+        where = ("fbank" if self.ckpt is None else self.imported_from if self.imported_from
                  else "/".join(Path(self.ckpt).parts[-3:]) if short else self.ckpt)
         if self.kind != "random-init":
             return f"{where} (seed {probe_seed})"
@@ -112,20 +113,20 @@ class Upstream:
         return f"{where} (random init, {seeds})"
 
     def checkpoint(self) -> Path:
-        """The checkpoint; an import (``source``) removed since (an ``earful cache remove`` while a study or probe
-        ran) is imported again from its source, into the same folder, or a CheckpointError says what happened."""
+        """The checkpoint; an import removed since (an ``earful cache remove`` while a study or probe ran) is
+        imported again from ``imported_from``, into the same folder, or a CheckpointError says what happened."""
         ckpt = Path(str(self.ckpt))
-        if self.source is None:
+        if self.imported_from is None:
             return ckpt
         from earful.interop.hub import complete, imported_checkpoint
 
         if not complete(ckpt):
-            log.warning("%s: its import %s was removed meanwhile (earful cache remove?): imported again", self.source,
-                        ckpt)
-            again = imported_checkpoint(self.source, "probe", into=ckpt.parent)
+            log.warning("%s: its import %s was removed meanwhile (earful cache remove?): imported again",
+                        self.imported_from, ckpt)
+            again = imported_checkpoint(self.imported_from, "probe", ckpt.parent)
             if again is None or again.ckpt != ckpt:
-                raise CheckpointError(f"{ckpt}: the import of {self.source} was removed meanwhile, and "
-                                      f"{self.source} no longer holds that model; run again")
+                raise CheckpointError(f"{ckpt}: the import of {self.imported_from} was removed meanwhile, and "
+                                      f"{self.imported_from} no longer holds that model; run again")
         return ckpt
 
     def fingerprint(self, random_model: torch.nn.Module | None = None) -> dict[str, object]:

@@ -195,7 +195,7 @@ def run_suite(ckpt_dir: str | os.PathLike | Upstream, corpus_dir: str | os.PathL
         ``sid: accuracy`` (on labelled-10h: the training speakers, other utterances; the test split's speakers are
         held out) ``, eer``; ``ic: accuracy``. ``METRICS[task][metric]`` is True where higher is better.
     """
-    upstream = ckpt_dir if isinstance(ckpt_dir, Upstream) else Upstream.parse(ckpt_dir)
+    upstream = ckpt_dir if isinstance(ckpt_dir, Upstream) else Upstream.parse(ckpt_dir, cache_dir=cache_dir)
     manifests = _existing(corpus_dir, suite_manifests(corpus_dir, tasks))
     results = probe(upstream, manifests, out_dir, seed=seed, config=config, cache_dir=cache_dir, progress=progress)
     return {t: r.test for t, r in results.items()}

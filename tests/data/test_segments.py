@@ -465,3 +465,22 @@ def test_an_unlabelled_splits_ids_are_checked_by_their_files_without_making_a_ro
     assert problems == ["split unlabelled-small: duplicate utterance id s/b/f7-0000 (/a/f7.flac and /a/f7.FLAC); "
                         "the second left out"]
     assert len(kept) == 100 and [u.id for u in kept][14:16] == ["s/b/f7-0000", "s/b/f7-0001"]
+
+
+def test_strings_are_a_sequence_of_any_file_name() -> None:
+    """Strings (prepare's compact file lists) give back every name as it was, non-UTF-8 bytes too, by index from
+    either end, as a Sequence does (a negative index was refused)."""
+    from earful.data.librispeech import Strings
+
+    names = ["a", "é/b c", os.fsdecode(b"x\xff.flac"), ""]
+    strings = Strings()
+    for name in names:
+        strings.append(name)
+    more = Strings()
+    more.append("z")
+    strings.extend(more)
+    assert list(strings) == [*names, "z"] and len(strings) == 5
+    assert strings[-1] == "z" and strings[-3] == names[2] and os.fsencode(strings[2]) == b"x\xff.flac"
+    for outside in (5, -6):
+        with pytest.raises(IndexError):
+            strings[outside]

@@ -218,7 +218,8 @@ def test_an_import_in_a_cache_this_process_cannot_write_is_used_as_it_is(tiny_ck
     assert "cannot write in the earful cache (Read-only file system): its import used as it is" in caplog.text
     assert (imported / "source.json").stat().st_mtime_ns == used
     (imported / "model.safetensors").unlink()
-    with pytest.raises(OSError, match="Read-only file system"):
+    with pytest.raises(OSError, match=r"cannot import .* into the earful cache \(Read-only file system\); set "
+                                      r"EARFUL_CACHE \(or give --cache\) to a folder you may write"):
         Upstream.parse(folder)
 
 
@@ -328,3 +329,17 @@ def test_removed_counts_only_what_this_removal_removed(tiny_ckpt: Path, tmp_path
     with caplog.at_level(logging.INFO):
         assert main(["cache", "remove", "--all"]) == 0
     assert "removed 0 of 1 entries" in caplog.text and "1 removed meanwhile by another process" in caplog.text
+
+
+def test_the_suite_imports_beside_the_cache_it_is_given(tiny_ckpt: Path, tmp_path: Path, monkeypatch):
+    """run_suite(..., cache_dir=DIR) of a transformers folder imported it into the default cache, not beside DIR as
+    `earful probe --cache DIR` does."""
+    from earful.interop.hf import export_hf
+    from earful.probe.suite import run_suite
+
+    monkeypatch.setenv("EARFUL_CACHE", str(tmp_path / "default"))
+    folder = export_hf(load_model(tiny_ckpt)[0], tmp_path / "theirs")
+    features = tmp_path / "mine" / "features"
+    with pytest.raises(FileNotFoundError, match="not a corpus made by `earful synth`"):  # after the import
+        run_suite(folder, tmp_path / "no-corpus", tmp_path / "out", cache_dir=features)
+    assert [p.name for p in (tmp_path / "mine" / "imports").iterdir()] and not (tmp_path / "default").exists()
