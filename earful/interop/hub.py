@@ -128,13 +128,12 @@ def imported_checkpoint(spec: str, key: str, imports: Path | None = None) -> Imp
     into ``imports/DIGEST`` (``imports``, by default :func:`imports_folder`'s: beside the probes' features in the
     earful cache): DIGEST is the SHA-256 of the folder's weights (:func:`earful.train.init.resolve_init`) and of the
     files import reads beside them (config.json, the feature extractor's, the vocabulary's), so the same model,
-    wherever it lies, is imported once.
-    Its ``source.json`` records what it was imported from (the folder, or ``ORG/NAME@COMMIT``; every source of the
-    same model), and a use touches it, for ``earful cache list|remove``. The entry's lock is held, exclusively,
-    while it is imported or marked used. A cache this process may not write (read-only, another user's) serves an
-    import it holds whole, as it is, not marked used. None where ``spec`` is neither (an earful checkpoint, a run
-    folder, a path not there). Pickled weights that need more than tensors are refused: only ``import-hf
-    --trust-pickle`` reads them. ``key``: the command."""
+    wherever it lies, is imported once. Its ``source.json`` records what it was imported from (the folder, or
+    ``ORG/NAME@COMMIT``; every source of the same model), and a use touches it, for ``earful cache list|remove``.
+    The entry's lock is held, exclusively, while it is imported or marked used. A cache this process may not write
+    (read-only, another user's) serves an import it holds whole, as it is, not marked used. None where ``spec`` is
+    neither (an earful checkpoint, a run folder, a path not there). Pickled weights that need more than tensors are
+    refused: only ``import-hf --trust-pickle`` reads them. ``key``: the command."""
     from earful.train.init import resolve_init
     from earful.train.state import resolve_checkpoint
 

@@ -79,7 +79,6 @@ def folders(cache_dir: str | os.PathLike) -> dict[Kind, Path]:
     return {"features": Path(cache_dir), "import": imports_folder(cache_dir)}
 
 
-
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 

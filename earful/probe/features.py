@@ -75,9 +75,8 @@ class Upstream:
               ) -> Upstream:
         """``"fbank"``, a checkpoint folder, a run folder for its latest, or a transformers folder or Hub model id
         (its import, :func:`earful.interop.hub.imported_checkpoint`, beside the feature cache ``cache_dir``: named
-        by it, ``imported_from``); with
-        ``random_init``: its architecture, freshly initialised; extracted on ``device``, which errors name as
-        ``device_key`` (a study's: the recipe's ``device``)."""
+        by it, ``imported_from``); with ``random_init``: its architecture, freshly initialised; extracted on
+        ``device``, which errors name as ``device_key`` (a study's: the recipe's ``device``)."""
         if str(spec) == "fbank":
             if random_init:
                 raise ValueError("fbank has no weights to initialise: drop --random-init")
