@@ -27,8 +27,9 @@ def _lm_build(args: argparse.Namespace) -> int:
     return 0
 
 
-BEAM_OPTIONS = {"beam": "--beam", "beam_threshold": "--beam-threshold", "lm_weight": "--lm-weight",
-                "word_score": "--word-score", "unk_score": "--unk-score", "sil_score": "--sil-score"}  # field: option
+BEAM_OPTIONS = {"beam": "--beam", "beam_size_token": "--beam-size-token", "beam_threshold": "--beam-threshold",
+                "lm_weight": "--lm-weight", "word_score": "--word-score", "unk_score": "--unk-score",
+                "sil_score": "--sil-score"}  # field: option
 
 
 def _beam_options(args: argparse.Namespace):
@@ -296,6 +297,9 @@ def _add_lm_arguments(p: argparse.ArgumentParser) -> None:
                    help="lexicon file, 'word s p e l l i n g |' a line (default: the ARPA file's unigrams)")
     # None: not given (refused without --lm); the search then takes BeamOptions' default, the one the help names
     p.add_argument("--beam", type=int, default=None, help="beam size, 1 or more (default 50, the paper's)")
+    p.add_argument("--beam-size-token", type=int, default=None,
+                   help="the most likely tokens tried at each frame, 1 or more (default the whole vocabulary; "
+                   "fairseq's --beam-size-token)")
     p.add_argument("--lm-weight", type=float, default=None, help="LM weight, 0 or more (default 2, the paper's)")
     p.add_argument("--word-score", type=float, default=None, help="score added per word (default 0, the paper's)")
     p.add_argument("--beam-threshold", type=float, default=None,

@@ -549,12 +549,15 @@ def test_beam_options_not_given_are_the_papers_defaults_the_help_names() -> None
     parser = build_parser()
     args = parser.parse_args(["evaluate", "ckpt", "m.jsonl", "--out", "o", "--lm", "lm.arpa"])
     assert _beam_options(args) == BeamOptions()
-    args = parser.parse_args(["transcribe", "ckpt", "f.wav", "--lm", "lm.arpa", "--beam", "3", "--lm-weight", "0"])
-    assert _beam_options(args) == BeamOptions(beam=3, lm_weight=0.0)
+    args = parser.parse_args(["transcribe", "ckpt", "f.wav", "--lm", "lm.arpa", "--beam", "3", "--lm-weight", "0",
+                              "--beam-size-token", "5"])
+    assert _beam_options(args) == BeamOptions(beam=3, lm_weight=0.0, beam_size_token=5)
     sub = next(a for a in parser._actions if a.dest == "command").choices["evaluate"]
     helps = {a.option_strings[0]: a.help for a in sub._actions if a.option_strings}
     for field, option in BEAM_OPTIONS.items():
-        assert f"default {getattr(BeamOptions(), field):g}" in helps[option], (option, helps[option])
+        default = getattr(BeamOptions(), field)
+        said = "the whole vocabulary" if default is None else f"{default:g}"
+        assert f"default {said}" in helps[option], (option, helps[option])
 
 
 def test_what_would_stop_an_evaluation_midway_is_named_before_it_starts(tmp_path, always_a, caplog) -> None:
