@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from earful.probe.cache import Entry
 
 log = logging.getLogger("earful.probe")
 
@@ -71,6 +75,8 @@ def _cache_remove(args: argparse.Namespace) -> int:
     root = _cache_dir(args)
     found, _ = scan(root)
     chosen = select(found, older_than_days=args.older_than, upstream=args.upstream, incomplete=args.incomplete)
+    if not chosen and args.upstream and "@" in args.upstream:
+        _say_commits(args.upstream, found)
     if args.dry_run:
         for e in chosen:
             log.info("would remove %s (%s, %s)", e.path, e.about, human(e.size))
@@ -83,6 +89,16 @@ def _cache_remove(args: argparse.Namespace) -> int:
              human(freed), f"; {len(busy)} being written left alone" if busy else "",
              f"; {gone} removed meanwhile by another process" if gone else "")
     return 0
+
+
+def _say_commits(upstream: str, found: list[Entry]) -> None:
+    """Warn, where ``--upstream ORG/NAME@REVISION`` matched nothing, of the commits of ORG/NAME the cache holds: a
+    Hub model is recorded at the commit its revision (a branch, a tag) named when it was used, not at the revision."""
+    repo = upstream.split("@", 1)[0]
+    held = sorted({s.strip() for e in found for s in e.upstream.split(",") if s.strip().startswith(f"{repo}@")})
+    if held:
+        log.warning("--upstream %s: no entry; a Hub model is recorded at its commit, not at the branch or tag used: "
+                    "the cache holds %s; give %s for every commit, or one of these", upstream, ", ".join(held), repo)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

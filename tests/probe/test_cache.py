@@ -142,6 +142,12 @@ def test_imports_are_listed_with_their_source_and_removed_by_the_same_criteria(t
     Upstream.parse("someone/tiny")  # a use marks its import used
     assert main(["cache", "remove", "--older-than", "7"]) == 0
     assert not from_folder.exists() and (from_hub / "model.safetensors").is_file()
+    caplog.clear()
+    assert main(["cache", "remove", "--upstream", "someone/tiny@v1.0"]) == 0  # a tag: recorded at its commit
+    assert (from_hub / "model.safetensors").is_file()
+    assert (f"--upstream someone/tiny@v1.0: no entry; a Hub model is recorded at its commit, not at the branch or "
+            f"tag used: the cache holds someone/tiny@{hub_models.commit}; give someone/tiny for every commit, or one "
+            "of these") in caplog.text
     assert main(["cache", "remove", "--upstream", "someone/tiny"]) == 0
     assert not from_hub.exists()
     # `earful probe --cache DIR` imports beside DIR, which `earful cache --cache DIR` lists and removes
