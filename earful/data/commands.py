@@ -297,7 +297,7 @@ def _shard(args: argparse.Namespace) -> int:
 
     if not 0 < args.shard_gb < float("inf"):
         raise ValueError(f"--shard-gb {args.shard_gb}: expected a finite size > 0")
-    utts = read_manifest(args.manifest, check_files=True)
+    utts = read_manifest(args.manifest, check_files=not args.skip_bad)  # --skip-bad: a missing file is a row left out
     recipe = {"manifest_sha256": sha256(args.manifest), "seed": args.seed}  # with the size: what decides the shards
     try:
         with stop_signals_raise() as stops:  # a scheduler's pre-emption stops it as Ctrl-C does: the finished
