@@ -132,7 +132,8 @@ def annotated_vad(voice_activity: object, rate: int, frames: int) -> np.ndarray:
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"voice_activity pair {k} {voice_activity[k]}: expected finite seconds with 0 <= start <= "
-                         f"end <= {duration:.3f} (the file's length) ({np.count_nonzero(bad)} such pair(s))")
+                         f"end <= {duration + END_TOLERANCE:.3f} (the file's {duration:.3f} s and {END_TOLERANCE:g} s "
+                         f"of rounding) ({np.count_nonzero(bad)} such pair(s))")
     spans = np.minimum(np.round(seconds * rate), frames).astype(np.int64)
     spans = spans[spans[:, 1] > spans[:, 0]]
     spans = spans[np.argsort(spans[:, 0], kind="stable")]

@@ -128,6 +128,13 @@ def test_unusable_voice_activity_is_refused_naming_the_pair(pairs: list, which: 
         annotated_vad(pairs, SR, 12 * SR)
 
 
+def test_unusable_voice_activity_names_the_end_accepted() -> None:
+    """The refusal of an end 0.6 s past a 12 s file said "end <= 12.000 (the file's length)", though an end up to
+    0.5 s past it is accepted (rounding): it names the bound applied."""
+    with pytest.raises(ValueError, match=r"end <= 12\.500 \(the file's 12\.000 s and 0\.5 s of rounding\)"):
+        annotated_vad([[11.0, 12.6]], SR, 12 * SR)
+
+
 def test_voice_activity_within_the_file_and_its_rounding_is_used() -> None:
     spans = annotated_vad([[0.5, 3.0], [3.0, 3.0], [11.5, 12.4]], SR, 12 * SR)  # an end 0.4 s late: rounding
     assert spans.tolist() == [[8000, 48000], [184000, 192000]]
