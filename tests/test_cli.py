@@ -88,6 +88,18 @@ def test_unknown_words_are_refused(extra, capsys):
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["prepare", "src", "out"], ["shard", "m.jsonl", "out"],
+                                  ["synth", "out", "--hours", "1"]])
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_a_workers_count_below_one_is_refused(argv, workers, capsys):
+    """`--workers 0` or `-1` (joblib's "all cores") ran in one process without a word; now refused, as argparse
+    refuses a count that is not a number."""
+    assert parse([*argv, "--workers", "3"]).workers == 3
+    with pytest.raises(SystemExit):
+        parse([*argv, "--workers", workers])
+    assert f"expected a number of processes >= 1, got '{workers}'" in capsys.readouterr().err
+
+
 def test_the_top_level_help_tells_users_what_earful_is(capsys):
     """`earful --help` printed the module's docstring, for developers ("Each concern owns its sub-commands in
     ``earful/<concern>/commands.py`` ..."); now what earful does and its main commands."""

@@ -21,6 +21,17 @@ from .vad import SegmentLimits
 log = logging.getLogger("earful.data")
 
 
+def processes(text: str) -> int:
+    """A ``--workers`` count: an integer >= 1 (0 and -1 had run in this one process without a word)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got {text!r}")
+    return n
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare", help="write JSONL manifests for a LibriSpeech / Libri-light / plain audio folder",
@@ -44,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"unlabelled Libri-light: shorter segments are left out, counted (default {seg.min_seconds:g})")
     p.add_argument("--max-pause", type=float, default=seg.max_pause,
                    help=f"unlabelled Libri-light: the longest pause inside a segment (default {seg.max_pause:g})")
-    p.add_argument("--workers", type=int, default=1, help="processes cutting unlabelled Libri-light (default 1)")
+    p.add_argument("--workers", type=processes, default=1, help="processes cutting unlabelled Libri-light (default 1)")
     p.add_argument("--hold-out", type=float, default=None, metavar="FRACTION",
                    help="hold FRACTION of each training split's (train-X's) recordings out, whole, as val-X, and "
                    "write train-X without them (the paper: 0.05); a recording is a LibriSpeech chapter, else (a "
@@ -69,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="write the rows in an order shuffled by this seed (default: the manifest's order)")
     sh.add_argument("--skip-bad", action="store_true",
                     help="leave out rows whose audio cannot be read, listed in the index (default: stop)")
-    sh.add_argument("--workers", type=int, default=1, help="processes encoding FLAC (default 1)")
+    sh.add_argument("--workers", type=processes, default=1, help="processes encoding FLAC (default 1)")
     sh.add_argument("--resume", action="store_true", help="continue a run that was stopped (killed, Ctrl-C, "
                     "SIGTERM) in OUT after its last finished shard; the manifest, --seed, --shard-gb and --skip-bad "
                     "must be its own")
@@ -84,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--hours", type=float, required=True, help="train audio, hours (approximate)")
     s.add_argument("--domain", choices=("commands", "open"), default="commands")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--workers", type=processes, default=None, help="processes (default: all cores)")
     s.add_argument("--augment", action="store_true", help="add noise and reverb")
     s.add_argument("--labelled-fraction", type=float, default=0.25,
                    help="10 h analogue as a fraction of the train hours (default 0.25)")
