@@ -97,7 +97,7 @@ def safe_torch_load(path: str | Path, *, trust_pickle: bool = False, what: str |
                    if what else "Only if you trust its origin, load it with --trust-pickle (earful import-hf).")
         raise CheckpointError(
             f"{path}: refusing to unpickle: the file holds objects beyond tensors and plain containers "
-            f"(it could run code when loaded): {detail} {way_out}"
+            f"(it could run code when loaded): {detail.rstrip('.')}. {way_out}"
         ) from e
     except (RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path}: cannot read this torch file (truncated or corrupt?): {e}") from e

@@ -70,6 +70,11 @@ def accent(voice: str) -> str:
     return voice.split("+", 1)[0]
 
 
+def english(voice: str) -> bool:
+    """Whether ``voice`` is one of espeak-ng's English accents (``en``, ``en-us``, ``en-gb-scotland+m3`` ...)."""
+    return accent(voice) == "en" or accent(voice).startswith("en-")
+
+
 def needs_mnemonics(voice: str | None) -> bool:
     """Whether folding what ``voice`` speaks needs espeak-ng's phoneme mnemonics beside its IPA names."""
     return voice is not None and accent(voice) in BY_MNEMONIC
@@ -156,6 +161,9 @@ def phonemize(utts: Sequence[Utterance], where: str, voice: str = G2P_VOICE) -> 
 
     espeak-ng runs in a child process, so that this one stays as it was: espeak-ng keeps state in the process
     that uses it."""
+    if not english(voice):  # refused before espeak-ng runs: its first foreign phoneme named no voice
+        raise ValueError(f"voice {voice!r}: not an English voice; earful's 40-phoneme inventory is English: give an "
+                         f"English accent ({G2P_VOICE}, en-gb, en-gb-scotland, ...)")
     for u in utts:
         if not u.transcript or not u.transcript.strip():
             raise ValueError(f"{where}: utterance {u.id!r} has no transcript to phonemize")

@@ -120,7 +120,8 @@ def _check_out(out: Path, record: dict[str, Any]) -> None:
         saved = {}
     differ = [k for k, v in record.items() if saved.get(k) != v]
     if differ:
-        raise ValueError(f"{out}: holds the results of another probe run (its {', '.join(differ)} differ: "
+        verb = "differ" if len(differ) > 1 else "differs"
+        raise ValueError(f"{out}: holds the results of another probe run (its {', '.join(differ)} {verb}: "
                          f"{saved.get('upstream', '?')}, seed {saved.get('seed', '?')}, tasks "
                          f"{', '.join(saved.get('manifests', {})) or '?'}), which this one would replace; give another "
                          f"--out, or remove {path}")

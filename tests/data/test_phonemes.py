@@ -2,6 +2,7 @@
 the `commands` grammar."""
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def test_phonemize_uses_espeak_g2p_in_the_inventory():
 def test_phonemize_names_the_utterance_it_cannot_phonemize(transcript, message):
     with pytest.raises(ValueError, match=message):
         phonemize([utt("good", "HELLO"), utt("bad", transcript)], "m.jsonl")
+
+
+@pytest.mark.parametrize("voice", ["fr", "de+m3", "mb-en1"])
+def test_phonemize_refuses_a_voice_that_is_not_english(voice: str):
+    """`earful phonemize --voice fr` failed on the first phoneme outside the English inventory, naming the phoneme
+    ("'(en)' is not in earful's inventory") and not the voice."""
+    with pytest.raises(ValueError, match=re.escape(f"voice {voice!r}: not an English voice; earful's 40-phoneme "
+                                                   "inventory is English: give an English accent (en-us, en-gb")):
+        phonemize([utt("u", "bonjour")], "m.jsonl", voice=voice)
 
 
 def test_phonemize_command_writes_the_manifest_with_phonemes(tmp_path: Path):

@@ -378,8 +378,8 @@ def test_a_probe_run_keeps_other_runs_results_and_its_seed_is_checked_first(tone
     recipe = config("ic.steps=20")
     probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=1, config=recipe, cache_dir=cache, progress=False)
     first = (tmp_path / "a" / "results.json").read_text()
-    with pytest.raises(ValueError, match=r"a: holds the results of another probe run \(its seed differ: fbank, seed 1, "
-                                         r"tasks ic\).*remove .*results.json"):
+    with pytest.raises(ValueError, match=r"a: holds the results of another probe run \(its seed differs: fbank, "
+                                         r"seed 1, tasks ic\).*remove .*results.json"):
         probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=2, config=recipe, cache_dir=cache, progress=False)
     with pytest.raises(ValueError, match="its config, manifests differ"):
         probe(Upstream.parse("fbank"), {"pr": splits(tones)}, tmp_path / "a", seed=1, cache_dir=cache, progress=False)

@@ -102,7 +102,7 @@ def test_import_hf_refuses_code_and_trusts_only_on_request(tmp_path, caplog) -> 
     hf, weights = _hf_folder(tmp_path / "fairseq", argparse.Namespace(arch="wav2vec2"))
     caplog.clear()
     assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 2
-    assert "GLOBAL argparse.Namespace" in caplog.text
+    assert "GLOBAL argparse.Namespace. Only if you trust its origin" in caplog.text
     assert main(["import-hf", str(hf), str(tmp_path / "ckpt"), "--trust-pickle"]) == 0
     assert "unpickling without restrictions (--trust-pickle)" in caplog.text
     model, info = load_model(tmp_path / "ckpt")
