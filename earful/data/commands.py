@@ -302,13 +302,17 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _shard(args: argparse.Namespace) -> int:
     from .digest import sha256
-    from .manifest import read_manifest
+    from .manifest import AudioNotFound, read_manifest
     from .parallel import EXIT_STOPPED, Stopped, stop_signals_raise
     from .shards import shard_rows, write_shards
 
     if not 0 < args.shard_gb < float("inf"):
         raise ValueError(f"--shard-gb {args.shard_gb}: expected a finite size > 0")
-    utts = read_manifest(args.manifest, check_files=not args.skip_bad)  # --skip-bad: a missing file is a row left out
+    try:  # --skip-bad: a missing file is a row left out, as an unreadable one
+        utts = read_manifest(args.manifest, check_files=not args.skip_bad)
+    except AudioNotFound as e:
+        raise AudioNotFound(f"{e}: fix the manifest (or the file), or add --skip-bad to leave such rows out (they "
+                            "are listed in the index)") from None
     recipe = {"manifest_sha256": sha256(args.manifest), "seed": args.seed}  # with the size: what decides the shards
     try:
         with stop_signals_raise() as stops:  # a scheduler's pre-emption stops it as Ctrl-C does: the finished

@@ -97,6 +97,10 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file and line."""
 
 
+class AudioNotFound(ManifestError):
+    """A row whose audio file is not there (``read_manifest(check_files=True)``)."""
+
+
 def control_character(text: str) -> str | None:
     """The first control character of ``text`` (Unicode category Cc: NUL, ESC, C1 …; tab, newline and carriage
     return are whitespace and pass) described with its position, or None. Such a character in a transcript is
@@ -119,9 +123,10 @@ def _check_row(row: Any) -> str | None:
     if row["num_samples"] < 0 or row["sample_rate"] <= 0:
         return "num_samples must be >= 0 and sample_rate > 0"
     transcript = row.get("transcript")
-    if "transcript" not in row and (other := next((k for k in _TRANSCRIPT_ELSEWHERE if k in row), None)):
-        return (f"field {other!r} is not read: earful reads a row's transcript from 'transcript' (rename the "
-                "field; a row without one is unlabelled)")
+    if transcript is None and (other := next((k for k in _TRANSCRIPT_ELSEWHERE if k in row and (
+            "transcript" not in row or row[k] is not None)), None)):  # 'transcript': null beside a 'text' too
+        return (f"field {other!r} is not read: earful reads a row's transcript from 'transcript'"
+                f"{', null here' if 'transcript' in row else ''} (rename the field; a row without one is unlabelled)")
     if transcript is not None and type(transcript) is not str:
         return "field 'transcript' must be a string or null"
     if transcript is not None and (bad := control_character(transcript)) is not None:
@@ -450,7 +455,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
                 last_path = row["path"]
                 audio = _resolve(last_path, base)
                 if not os.path.isfile(audio):
-                    raise ManifestError(f"{path}:{lineno}: audio file not found: {printable_path(audio)}")
+                    raise AudioNotFound(f"{path}:{lineno}: audio file not found: {printable_path(audio)}")
     if not lengths and not allow_empty:
         raise ManifestError(f"{path}: no utterances (an empty manifest)")
     starts.append(end)

@@ -45,6 +45,8 @@ def test_manifest_roundtrip_relative_paths(tmp_path: Path, tone):
      "field 'text' is not read: earful reads a row's transcript from 'transcript'"),
     ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "sentence": "hi"}',
      "field 'sentence' is not read"),
+    ('{"id": "x", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s", "transcript": null, '
+     '"text": "HI"}', "field 'text' is not read: earful reads a row's transcript from 'transcript', null here"),
 ])
 def test_manifest_bad_rows_name_file_and_line(tmp_path: Path, line: str, message: str):
     good = '{"id": "ok", "path": "a.flac", "num_samples": 1, "sample_rate": 16000, "speaker": "s"}'

@@ -242,7 +242,8 @@ def test_shard_command_with_skip_bad_leaves_out_a_row_whose_file_is_missing(corp
     rows = [json.loads(line) for line in corpus.read_text().splitlines()]
     rows.insert(3, {**rows[0], "id": "gone", "path": str(tmp_path / "gone.flac")})
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ManifestError, match=r"m.jsonl:4: audio file not found: .*gone.flac"):
+    with pytest.raises(ManifestError, match=r"m.jsonl:4: audio file not found: .*gone.flac: fix the manifest \(or "
+                                            r"the file\), or add --skip-bad to leave such rows out"):
         _run("shard", str(corpus), str(tmp_path / "s1"))
     assert not (tmp_path / "s1").exists()
     assert _run("shard", str(corpus), str(tmp_path / "s2"), "--skip-bad") == 0
