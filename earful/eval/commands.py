@@ -13,6 +13,7 @@ from earful.eval.lm import build_arpa
 from earful.eval.vocab import check_mapping
 
 log = logging.getLogger("earful.eval")
+EXIT_CLOSED_PIPE = 141  # transcribe's stdout closed by its reader: 128 + SIGPIPE, as a shell reports such an end
 
 
 def _lm_build(args: argparse.Namespace) -> int:
@@ -211,7 +212,9 @@ def _check_same_run(out: Path, run: dict[str, Any]) -> None:
 
 def _transcribe(args: argparse.Namespace) -> int:
     """Transcripts written as each file is done (a line a file, flushed), so that a run stopped part-way (Ctrl-C,
-    a scheduler's SIGTERM) keeps what it finished; ``--resume`` goes on from them."""
+    a scheduler's SIGTERM) keeps what it finished; ``--resume`` goes on from them. A reader of stdout that stops
+    early (``| head``) stops it too, quietly: ``EXIT_CLOSED_PIPE``."""
+    import os
     import sys
     from contextlib import nullcontext
 
@@ -282,6 +285,13 @@ def _transcribe(args: argparse.Namespace) -> int:
             if isinstance(e, KeyboardInterrupt):
                 raise
             return EXIT_STOPPED
+        except BrokenPipeError:  # stdout's reader stopped (`| head`): nothing more can be written to it
+            if out is not None:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error flushing it at exit
+            log.info("transcribe: standard output's reader stopped after %d of %d files; stopped too", len(done),
+                     len(todo))
+            return EXIT_CLOSED_PIPE
     failed = [r for r in done if "error" in r]
     log.info("transcribed %d of %d files%s", len(done) - len(failed), len(done), f" to {out}" if out else "")
     if failed:
@@ -352,7 +362,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "JSON document). Each file's line is written as soon as it is done: stopped part-way (SIGTERM: exit status "
         "4; Ctrl-C: 130), --out keeps the finished ones and --resume goes on from them (with the checkpoint and "
         "options OUT.json records). Exit status 1 if any "
-        "file could not be read; 2, before any work, for a name that is not there.",
+        "file could not be read; 2, before any work, for a name that is not there; 141 once a reader of stdout "
+        "stops early (| head).",
     )
     tr.add_argument("ckpt", help="CTC checkpoint folder, or a fine-tuning run folder")
     tr.add_argument("files", nargs="*", help="audio files, or folders: the audio files below them (sorted)")

@@ -124,6 +124,28 @@ def test_transcribe_plain_text_on_stdout(tone_ctc, tmp_path, capsys) -> None:
     assert [line.split("\t")[0] for line in lines] == files and all(line.count("\t") == 1 for line in lines)
 
 
+def test_a_reader_that_stops_early_stops_transcribe_quietly(tone_ctc, tmp_path) -> None:
+    """`earful transcribe CKPT FILES | head -1`: once the reader had gone, the next line ended the command with
+    "ERROR earful: [Errno 32] Broken pipe", status 2. It now stops there without an error, status 141 (128 +
+    SIGPIPE, as a shell reports a command a closed pipe ended)."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt, manifest = tone_ctc
+    files = write_files(tmp_path, manifest)[:2]
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line: every write meets a closed pipe
+    try:
+        r = subprocess.run([sys.executable, "-m", "earful.cli", "transcribe", str(ckpt), *files], stdout=write,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert r.returncode == 141, r.stderr
+    assert "ERROR" not in r.stderr and "Broken pipe" not in r.stderr and "Exception ignored" not in r.stderr
+    assert "standard output's reader stopped after 0 of 2 files" in r.stderr
+
+
 def test_a_file_name_the_text_output_cannot_hold_asks_for_json_lines(tone_ctc, tmp_path, caplog) -> None:
     """A file name with a tab broke the text output's PATH<TAB>TEXT lines (a reader took part of the name for
     the text); it is now refused before any work, naming --out FILE.jsonl, which holds it."""
