@@ -334,16 +334,21 @@ class _UniqueKeyLoader(_PlainNumbersLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def preset_file(preset_or_path: str | Path, preset_dir: Path = PRESET_DIR, what: str = "preset") -> Path:
+def preset_file(preset_or_path: str | Path, preset_dir: Path = PRESET_DIR, what: str = "preset",
+                command: str = "") -> Path:
     """The YAML file ``preset_or_path`` names: a file of that path, else ``preset_dir/NAME.yaml``. A folder of that
-    name (a run's ``--out``) is no config: the preset it names is meant. ConfigError naming both when neither is."""
+    name (a run's ``--out``) is no config: the preset it names is meant. ConfigError naming both when neither is.
+    ``command`` (pretrain, finetune): its presets only, ``COMMAND-*``; another command's is refused, naming it."""
     p = Path(preset_or_path)
     if p.is_file():
         return p
     cand = preset_dir / f"{preset_or_path}.yaml"
+    presets = sorted(x.stem for x in preset_dir.glob(f"{command}-*.yaml" if command else "*.yaml"))
+    if cand.is_file() and cand.stem not in presets:
+        raise ConfigError(f"{preset_or_path}: a preset of earful {cand.stem.split('-')[0]}, not of earful {command} "
+                          f"(earful {command}'s presets: {presets})")
     if cand.is_file():
         return cand
-    presets = sorted(x.stem for x in preset_dir.glob("*.yaml"))
     found = "a folder, not a config file," if p.is_dir() else "no such file"
     raise ConfigError(f"{preset_or_path}: {found} and no such {what} (presets: {presets})")
 

@@ -94,6 +94,28 @@ def test_a_folder_named_as_a_preset_does_not_hide_it(tmp_path, monkeypatch):
         load_pretrain_config("runs", [])
 
 
+@pytest.mark.parametrize(("load", "command", "other"), [(load_pretrain_config, "pretrain", "finetune-demo"),
+                                                          (load_finetune_config, "finetune", "pretrain-demo")])
+def test_a_training_command_lists_its_own_presets_and_names_anothers(load, command, other, tmp_path, monkeypatch):
+    """`earful pretrain nosuch` listed every preset, the fine-tuning ones too, and `earful finetune nosuch` named the
+    word twice ("nosuch: nosuch: no such file ..."); `earful pretrain finetune-demo` was refused for the keys it
+    does not know (freeze_feature_encoder, ...). Each command lists its own presets, names the word once, and says
+    that another command's preset is that command's."""
+    from earful.config import PRESET_DIR
+
+    monkeypatch.chdir(tmp_path)
+    mine = sorted(p.stem for p in PRESET_DIR.glob(f"{command}-*.yaml"))
+    assert len(mine) >= 2
+    with pytest.raises(ConfigError) as refused:
+        load("nosuch", [])
+    assert str(refused.value) == f"nosuch: no such file and no such preset (presets: {mine})"
+    with pytest.raises(ConfigError) as refused:
+        load(other, [])
+    assert str(refused.value) == (f"{other}: a preset of earful {other.split('-')[0]}, not of earful {command} "
+                                  f"(earful {command}'s presets: {mine})")
+    assert load(mine[0], []).max_steps > 0
+
+
 def test_a_folder_named_as_a_model_preset_does_not_hide_it(tmp_path, monkeypatch):
     """A run folder called base (``--out base``) beside the command hid the model preset base: model_preset=base
     read the folder and was refused, listing the training presets. The model preset is read, as a training

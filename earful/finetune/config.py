@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.config import ConfigError, at_least, load_config
+from earful.config import ConfigError, at_least, load_config, preset_file
 from earful.eval.vocab import check_mapping
 from earful.model.config import ModelConfig, check_feature_grad_mult
 from earful.train.config import DataConfig, OptimConfig, TrainingConfig, config_source
@@ -125,8 +125,9 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
     """Defaults ← YAML (path or preset name) ← ``key=value`` overrides (``overrides_from``: whose, as an error
     names them). A run folder's config.yaml (or config-N.yaml), which earful wrote, is read with today's names of
     renamed settings (``RENAMED_SETTINGS``); any other file or override that says an old name is refused."""
+    given = None if path is None else preset_file(path, command="finetune")  # its refusal names the word itself
     try:  # an unknown key or a wrong type, as a setting no run can train with: named with where it came from
-        cfg = load_config(FinetuneConfig, path, overrides, saved=path is not None and written_by_a_run(path))
+        cfg = load_config(FinetuneConfig, given, overrides, saved=path is not None and written_by_a_run(path))
         cfg.validate()
     except ValueError as e:
         raise ConfigError(f"{config_source(path, overrides, overrides_from)}: {e}") from None

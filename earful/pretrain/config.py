@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from earful.checkpoint import CheckpointError
-from earful.config import ConfigError, from_dict, given_settings, merge, parse_overrides, read_yaml, to_dict
+from earful.config import (
+    ConfigError,
+    from_dict,
+    given_settings,
+    merge,
+    parse_overrides,
+    preset_file,
+    read_yaml,
+    to_dict,
+)
 from earful.model.config import ModelConfig, load_model_config, preset_differs
 from earful.train.config import DataConfig, TrainingConfig, config_source, hours_reached, nominal_steps
 from earful.train.init import SCRATCH, init_model_config, init_path
@@ -88,7 +97,7 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     task then resumes with the initial weights the run recorded). A run folder's config.yaml (or config-N.yaml),
     which earful wrote, is read with today's names of renamed settings (``RENAMED_SETTINGS``); any other file or
     override that says an old name is refused."""
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    data: dict[str, Any] = read_yaml(preset_file(path, command="pretrain")) if path is not None else {}
     try:  # a renamed setting's old name (model.init): refused, naming the new, but in a run folder's config.yaml
         data = given_settings(PretrainConfig, data, overrides, saved=path is not None and written_by_a_run(path))
     except ConfigError as e:
