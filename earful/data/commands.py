@@ -82,8 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="leave out rows whose audio cannot be read, listed in the index (default: stop)")
     sh.add_argument("--workers", type=processes, default=1, help="processes encoding FLAC (default 1)")
     sh.add_argument("--resume", action="store_true", help="continue a run that was stopped (killed, Ctrl-C, "
-                    "SIGTERM) in OUT after its last finished shard; the manifest, --seed, --shard-gb and --skip-bad "
-                    "must be its own")
+                    "SIGTERM) in OUT after its last finished shard (a finished one: nothing to do); the manifest, "
+                    "--seed, --shard-gb and --skip-bad must be its own")
     sh.set_defaults(func=_shard)
 
     s = subparsers.add_parser(

@@ -161,14 +161,23 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     ``skip_bad``) is the run's. A run stopped by a bad row removes what it wrote (the manifest must change, and
     with it the recipe). The index and the progress's removal are written inside ``finishing()`` (the command's
     ``StopSignals.holding``: a stop signal then waits for the end); a run killed between them is finished: a
-    ``resume`` removes the progress and returns the index's summary."""
+    ``resume`` removes the progress and returns the index's summary, as it returns a finished run's (the shards of
+    another manifest ``source`` are refused)."""
     out = Path(out)
     recipe = {**(recipe or {}), "shard_bytes": shard_bytes, "skip_bad": skip_bad}
     if (out / INDEX).exists():
-        if resume and (out / PROGRESS).exists():  # killed after its index was written: it had finished
-            log.info("--resume: %s holds its index: the run had finished; its progress files are removed", out)
-            _forget_progress(out)
-            return _summary(json.loads((out / INDEX).read_text(encoding="utf-8")))
+        if resume:  # finished (or killed after its index was written, its progress files left: finished too)
+            index = json.loads((out / INDEX).read_text(encoding="utf-8"))
+            recorded = index["source"]
+            if source and recorded and not recorded_relative(recorded) and recorded != source:
+                raise ShardError(f"{out} holds the finished shards of {recorded}, not of {source}: choose "
+                                 "another folder")
+            leftover = (out / PROGRESS).exists()
+            log.info("--resume: %s holds its index: the run had finished%s", out,
+                     "; its progress files are removed" if leftover else "")
+            if leftover:
+                _forget_progress(out)
+            return _summary(index)
         raise ShardError(f"{out} already holds shards ({INDEX}): choose another folder or remove it")
     done = _progress(out, recipe, resume)
     if resume:  # the shard being written when the run stopped (before its first was recorded, too): its own

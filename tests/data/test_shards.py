@@ -569,6 +569,26 @@ def test_a_stop_signal_while_the_index_is_written_waits_and_a_run_killed_there_r
         _run("shard", str(corpus), str(killed), *args)
 
 
+def test_resume_of_a_finished_shard_run_says_it_finished(corpus: Path, tmp_path: Path, caplog) -> None:
+    """`earful shard M OUT --resume` of a run that had finished was refused, "already holds shards (index.json):
+    choose another folder or remove it" (status 2, advice to remove finished work), where a run killed just after
+    its index resumes as finished (status 0). A finished run now resumes as finished too, its files untouched; the
+    shards of another manifest are refused, naming it."""
+    args = ("--shard-gb", "0.00005")
+    out = tmp_path / "done"
+    assert _run("shard", str(corpus), str(out), *args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    caplog.set_level(logging.INFO)
+    assert _run("shard", str(corpus), str(out), *args, "--resume") == 0
+    assert f"--resume: {out} holds its index: the run had finished" in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    other = corpus.with_name("other.jsonl")
+    other.write_bytes(corpus.read_bytes())
+    with pytest.raises(ShardError, match=re.escape(f"{out} holds the finished shards of {corpus.resolve()}, not of "
+                                                   f"{other.resolve()}")):
+        _run("shard", str(other), str(out), *args, "--resume")
+
+
 def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path, corpus: Path, tmp_path: Path,
                                                                   deadline) -> None:
     """With skip_bad, shards none of whose members can be read: training span for ever (a warning a batch, deaf to
