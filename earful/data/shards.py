@@ -169,6 +169,8 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         if resume:  # finished (or killed after its index was written, its progress files left: finished too)
             index = json.loads((out / INDEX).read_text(encoding="utf-8"))
             recorded = index["source"]
+            if "recipe" in index and (differ := _differences(index["recipe"], recipe)):  # an earlier earful's: none
+                raise ShardError(f"{out} holds finished shards of another recipe ({differ}): choose another folder")
             if source and recorded and not recorded_relative(recorded) and recorded != source:
                 raise ShardError(f"{out} holds the finished shards of {recorded}, not of {source}: choose "
                                  "another folder")
@@ -263,7 +265,7 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
         else:
             log.warning("stopped before a shard was finished: run again (with or without --resume)")
         raise
-    index = {"format": SHARDS_FORMAT, "source": source, "members": len(cols["offset"]),
+    index = {"format": SHARDS_FORMAT, "source": source, "recipe": recipe, "members": len(cols["offset"]),
              "hours": samples_16k / SAMPLE_RATE / 3600, "shards": shards, "left_out": left_out}
     with finishing():  # every shard is written: what is left takes milliseconds, and must all happen
         (out / "index").mkdir(exist_ok=True)
@@ -301,6 +303,12 @@ def _forget_progress(out: Path) -> None:
     shutil.rmtree(out / PROGRESS_COLUMNS, ignore_errors=True)
 
 
+def _differences(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """How recipe ``now`` differs from ``then`` (``seed: 0 -> 1, ...``); empty where it does not."""
+    return ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
+                     if now.get(k) != then.get(k))
+
+
 def _progress(out: Path, recipe: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The finished part of a stopped run in ``out`` to continue (``resume``), or None where there is none; a
     ShardError where one is there and ``resume`` is off, or it was written with another recipe, or a shard it
@@ -319,11 +327,9 @@ def _progress(out: Path, recipe: dict[str, Any], resume: bool) -> dict[str, Any]
         raise ShardError(f"{out}: an earlier run stopped after {rows} rows ({len(done.get('shards', []))} shards "
                          "written): --resume continues it; or remove the folder, or choose another")
     if done.get("format") != SHARDS_FORMAT or done.get("recipe") != recipe:
-        then = done.get("recipe", {})
-        differ = [f"{k}: {then.get(k)!r} -> {recipe.get(k)!r}" for k in sorted(set(recipe) | set(then))
-                  if recipe.get(k) != then.get(k)]
-        raise ShardError(f"{out}: the stopped run wrote its shards with another recipe ({', '.join(differ) or 'format'}"
-                         "): resume with its manifest and options, or remove the folder")
+        raise ShardError(f"{out}: the stopped run wrote its shards with another recipe "
+                         f"({_differences(done.get('recipe', {}), recipe) or 'format'}): resume with its manifest and "
+                         "options, or remove the folder")
     for sh in done["shards"]:
         size = (out / sh["name"]).stat().st_size if (out / sh["name"]).exists() else None
         if not (out / PROGRESS_COLUMNS / f"{sh['name']}.npy").is_file():

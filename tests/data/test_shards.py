@@ -582,11 +582,18 @@ def test_resume_of_a_finished_shard_run_says_it_finished(corpus: Path, tmp_path:
     assert _run("shard", str(corpus), str(out), *args, "--resume") == 0
     assert f"--resume: {out} holds its index: the run had finished" in caplog.text
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(ShardError, match=re.escape(f"{out} holds finished shards of another recipe (seed: None -> 1, "
+                                                   "shard_bytes: 50000 -> 60000): choose another folder")):
+        _run("shard", str(corpus), str(out), "--shard-gb", "0.00006", "--seed", "1", "--resume")
     other = corpus.with_name("other.jsonl")
     other.write_bytes(corpus.read_bytes())
     with pytest.raises(ShardError, match=re.escape(f"{out} holds the finished shards of {corpus.resolve()}, not of "
                                                    f"{other.resolve()}")):
         _run("shard", str(other), str(out), *args, "--resume")
+    index = json.loads((out / "index.json").read_text())
+    del index["recipe"]  # as an earlier earful wrote it: the manifest's path is what is checked
+    (out / "index.json").write_text(json.dumps(index))
+    assert _run("shard", str(corpus), str(out), "--shard-gb", "0.00006", "--resume") == 0
 
 
 def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path, corpus: Path, tmp_path: Path,
@@ -661,7 +668,8 @@ def test_the_index_records_its_manifest_absolute_and_an_old_relative_one_is_quot
     assert _run("shard", corpus.name, "rel", "--shard-gb", "0.00005") == 0
     index = json.loads((tmp_path / "rel" / "index.json").read_text())
     assert index["source"] == str(corpus.resolve())
-    index.update(source=corpus.name, left_out=[{"id": "x", "line": 3, "problem": "too short"}])  # an old index
+    index.update(source=corpus.name, left_out=[{"id": "x", "line": 3, "problem": "too short"}])  # an old index,
+    del index["recipe"]  # which recorded no recipe
     (tmp_path / "rel" / "index.json").write_text(json.dumps(index))
     old = (tmp_path / "rel" / "index.json").read_bytes()
     monkeypatch.chdir(tmp_path.parent)
