@@ -149,9 +149,9 @@ BEAM_SETTINGS = ("beam", "beam_threshold", "lm_weight", "word_score")  # LMSpec'
 
 @dataclass
 class SlurmConfig:
-    """``launcher: slurm``: each pre-training, fine-tuning and gradvar is a Slurm job submitted through submitit
-    (``earful/study/slurm.py``, docs/cluster.md). A run of D devices gets ceil(D / gpus_per_node) nodes with the
-    same number of GPUs each, one task (process, rank) per GPU; a fine-tuning or a gradvar gets one GPU."""
+    """``launcher: slurm``: each pre-training, fine-tuning, probe and gradvar is a Slurm job submitted through
+    submitit (``earful/study/slurm.py``, docs/cluster.md). A run of D devices gets ceil(D / gpus_per_node) nodes with
+    the same number of GPUs each, one task (process, rank) per GPU; a fine-tuning, a probe or a gradvar gets one GPU."""
 
     partition: str | None = None
     account: str | None = None

@@ -1,10 +1,11 @@
-"""``launcher: slurm``: every pre-training, fine-tuning and gradvar of a study is a Slurm job submitted through
+"""``launcher: slurm``: every pre-training, fine-tuning, probe and gradvar of a study is a Slurm job submitted through
 submitit (``pip install 'earful[cluster]'``); the study process (on a login node, say) waits for them and submits
 each run's follow-ups as soon as it has finished. docs/cluster.md is the user's side of this file.
 
 Resources (``slurm:``, ``SlurmConfig``): a run of D devices gets ceil(D / gpus_per_node) nodes with D / nodes GPUs
 each and one task (process) per GPU; submitit's ``TorchDistributedEnvironment`` gives every task torch's env://
-variables, so each task is one rank of the run (no torchrun inside a job). A fine-tuning or a gradvar: one GPU.
+variables, so each task is one rank of the run (no torchrun inside a job). A fine-tuning, a probe or a gradvar: one
+GPU.
 
 Time limits and pre-emption. submitit asks Slurm for SIGUSR1 ``signal_delay_s`` before the time limit (earful sets
 ``SUBMITIT_PREEMPT_SIGNAL=USR1`` for the study process, and each job's script sets it again, for a job that does
