@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 
 class StudyStopped(RuntimeError):
     """A run of the study stopped before its end (a signal): the study stops; running it again continues.
-    ``stopped_by``: the signal that stopped it, as its trainer.json records ("" when unknown)."""
+    ``what``: what stopped, which the message follows with ``then`` (what to do; none: ""); ``stopped_by``: the
+    signal that stopped it, as its trainer.json records ("" when unknown)."""
 
-    def __init__(self, message: str, stopped_by: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, what: str, stopped_by: str = "", then: str = "rerun the study to resume it") -> None:
+        super().__init__(f"{what}; {then}" if then else what)
+        self.what = what
         self.stopped_by = stopped_by
 
 
@@ -135,12 +137,13 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     training that had checkpointed on the same stop then waited for that lock, and the study for the training (18
     minutes, until killed)."""
     def stop(signum: int, _frame: Any) -> None:
-        raise StudyStopped(f"the study stopped this job ({signal.Signals(signum).name})", signal.Signals(signum).name)
+        raise StudyStopped(f"the study stopped this job ({signal.Signals(signum).name})", signal.Signals(signum).name,
+                           then="")
 
     signal.signal(signal.SIGTERM, stop)  # first, then the note: a signal between the two is one or the other
     try:
         if _STOPPED:
-            raise StudyStopped(f"the study stopped before this job started ({_STOPPED[0]})", _STOPPED[0])
+            raise StudyStopped(f"the study stopped before this job started ({_STOPPED[0]})", _STOPPED[0], then="")
         return fn(*args)
     finally:
         signal.signal(signal.SIGTERM, _stopped_while_idle)
@@ -177,8 +180,8 @@ def _signals_stop_the_study() -> Iterator[None]:
         name = signal.Signals(signum).name
         for s in before:
             signal.signal(s, stopping)
-        raise StudyStopped(f"the study received {name}: its running jobs were stopped (a training checkpoints); "
-                           "rerun the study to continue", name)
+        raise StudyStopped(f"the study received {name}: its running jobs were stopped (a training checkpoints)", name,
+                           then="rerun the study to continue")
 
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     for s in before:

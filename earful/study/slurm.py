@@ -125,7 +125,7 @@ class StageJob:
                 log.warning("%s%s; the job ends without a result", e, "; the job received SIGTERM" * (
                     bool(terms) and e.stopped_by != "SIGTERM"))
                 sys.exit(EXIT_STOPPED)
-            log.warning("%s; handing the stop to submitit: requeue, then resume", e)
+            log.warning("%s; handing the stop to submitit: the job is requeued and resumes", e.what)
             signal.raise_signal(submitit.JobEnvironment._usr_sig())  # submitit's handler (the trainer put it back)
             if env.global_rank > 0:  # submitit requeues from rank 0 only; its requeue restarts every task
                 sys.exit(EXIT_STOPPED)

@@ -321,11 +321,9 @@ def run_pretraining_stage(study: StudyConfig, run: PlannedRun, out: Path, root: 
         else _torchrun(cfg, run.devices, rdir, root),
         rdir, run.steps, cfg.max_nan_steps)
     if summary.get("stopped_by"):
-        raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}; rerun the study to resume",
-                           summary["stopped_by"])
+        raise StudyStopped(f"pre-training {run.name} stopped by {summary['stopped_by']}", summary["stopped_by"])
     if summary["step"] < run.steps:  # e.g. torchrun's ranks stopped by a signal and exited cleanly
-        raise StudyStopped(f"pre-training {run.name} stopped at step {summary['step']} of {run.steps}; "
-                           f"rerun the study to resume it")
+        raise StudyStopped(f"pre-training {run.name} stopped at step {summary['step']} of {run.steps}")
     record = _mark_diverged({**asdict(run), "run": run.name, "step": summary["step"]}, f"pre-training {run.name}", why)
     atomic_write_json(rdir / "done.json", record)
     return record
@@ -467,8 +465,7 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
         summary, why = finished_or_diverged(lambda: run_finetuning(cfg, fdir, resume=RunDir(fdir).started()), fdir,
                                             cfg.max_steps, cfg.max_nan_steps)
         if summary.get("stopped_by"):
-            raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}; rerun the study to resume",
-                               summary["stopped_by"])
+            raise StudyStopped(f"fine-tuning {name} stopped by {summary['stopped_by']}", summary["stopped_by"])
         done = _mark_diverged({"name": name}, f"fine-tuning {name}", why)
         atomic_write_json(fdir / "done.json", done)
     summary = evaluation_summary(out, name)

@@ -107,7 +107,8 @@ def test_a_study_on_submitit_survives_a_preemption_with_the_same_results(at, clu
     assert "Requeued job" in logs
     if at < 12:
         assert len(stopped) == 1 and 1 <= stopped[0] < 12, [(i["step"], i["stopped_by"]) for i in stops]
-        assert "handing the stop to submitit" in logs
+        assert "stopped by SIGUSR1; handing the stop to submitit: the job is requeued and resumes" in logs
+        assert "rerun the study" not in logs  # the job resumes by itself
     else:
         assert stopped == [] and "SIGUSR1 stopped nothing in training (the run has finished): handing it on" in logs
     steps = [json.loads(line)["step"] for line in (out / "pretrain" / RUN / "train.jsonl").read_text().splitlines()]
@@ -284,7 +285,7 @@ def test_a_job_whose_process_received_sigterm_is_not_requeued(monkeypatch) -> No
 
     def stage() -> None:
         signal.raise_signal(signal.SIGTERM)
-        raise StudyStopped("pre-training 4s-seed1 stopped by SIGUSR1; rerun the study to resume", "SIGUSR1")
+        raise StudyStopped("pre-training 4s-seed1 stopped by SIGUSR1", "SIGUSR1")
 
     caught: list[int] = []  # by submitit's handlers, here: SIGUSR1 requeues, SIGTERM is logged
     with _root_logging_kept(), signals_handled((signal.SIGUSR1, signal.SIGTERM), lambda s, _: caught.append(s)):
