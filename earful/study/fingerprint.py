@@ -171,7 +171,7 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
     as resolved today (YAML files and code defaults, less ``PER_RUN``), the manifests' contents and, when the study
     has probes, the recipe of each task it probes as resolved today (``earful/probe/config.py``'s defaults with
     ``probe_overrides``)."""
-    from earful.study.stages import finetune_recipe, pretrain_config, probe_config
+    from earful.study.stages import finetune_recipe, pretrain_config
 
     pre_cfg = pretrain_config(study, runs[0], root)
     pre = flatten(to_dict(pre_cfg))
@@ -179,17 +179,30 @@ def recipe_fingerprint(study: StudyConfig, runs: list[PlannedRun], root: Path) -
 
         pre["init.sha256"] = resolve_init(pre_cfg.init, "the study's pretrain init").sha256
     fine = flatten(to_dict(finetune_recipe(study)))
-    fp = {"study": _study_part(flatten(to_dict(study))),
+    own = config_parts(study)
+    fp = {"study": own["study"],
           "pretrain": {k: v for k, v in pre.items() if _computes(k)},
           "finetune": {k: v for k, v in fine.items() if _computes(k)},
           "data": manifest_digests(study, root),
           "grid": grid_fingerprint(runs)}
     if study.lm is not None:  # a study without an LM has no "lm" part: its fingerprint is what it was before
         fp["lm"] = lm_digests(study, root)
-    if study.probes:  # a study without probes has no "probe" part: its fingerprint is what it was before probes
-        probes = flatten(to_dict(probe_config(study)))
-        fp["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
+    if "probe" in own:
+        fp["probe"] = own["probe"]
     return json.loads(json.dumps(fp))
+
+
+def config_parts(study: StudyConfig) -> dict[str, Any]:
+    """The parts of ``study``'s recipe fingerprint that its config alone decides, no file read: the study part and,
+    when the study has probes, the probe part (the recipe of each task it probes, as resolved today). A study
+    without probes has no probe part: its fingerprint is what it was before probes."""
+    from earful.study.stages import probe_config
+
+    parts = {"study": _study_part(flatten(to_dict(study)))}
+    if study.probes:
+        probes = flatten(to_dict(probe_config(study)))
+        parts["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
+    return json.loads(json.dumps(parts))
 
 
 def lm_digests(study: StudyConfig, root: Path) -> dict[str, str | None]:

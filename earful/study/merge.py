@@ -17,7 +17,8 @@ Every folder must hold the same study: each study.json's recipe fingerprint must
 ``earful study run`` lets a study grow (``fingerprint.check_same_recipe``: grid entries, probe tasks, label sets
 added); the destination's study.json becomes the widest one, with every folder's seeds and probe seeds. The
 results and the report are then written by ``earful study run`` on the destination, which reads the finished work
-and does none of it again.
+and does none of it again; where the widest recipe grew a folder's, the merge prints the overrides that bring that
+folder's study file to it (``widening``), or which folder's study file to run with.
 
 Without weights, each checkpoint keeps its JSON files (what the study and the report read: steps, hours, the
 weights' SHA-256) and ``left-out.json`` names the files left out, but for the runs whose weights planned work that
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +40,10 @@ from typing import Any
 
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
+from earful.config import flatten, from_dict, merge, parse_overrides, to_dict
 from earful.lock import FolderBusy, hold_folder
-from earful.study.config import plan_runs, study_of_record
-from earful.study.fingerprint import check_same_recipe, comparable, with_todays_names
+from earful.study.config import StudyConfig, plan_runs, study_of_record
+from earful.study.fingerprint import check_same_recipe, comparable, config_parts, with_todays_names
 from earful.study.stages import (
     STAGES,
     done_record,
@@ -72,6 +75,55 @@ class Merged:
     bytes_left_out: int = 0
     seeds: list[Any] = field(default_factory=list)
     grid: list[Any] | None = None  # the union of the folders' grids, where no folder held every entry
+    narrower: dict[str, Narrower] = field(default_factory=dict)  # folder → how the merged recipe grew its own
+    recipe_of: str | None = None  # a folder whose recipe is the merged one (None: only the folders together)
+
+
+@dataclass
+class Narrower:
+    """A folder whose recipe the merged one grew (a test split, a probe task, a label set added elsewhere): a study
+    run on the merged folder with that folder's study file is refused unless these overrides bring it there."""
+
+    grown: list[str]  # the fingerprint's keys that differ, part.key
+    overrides: list[str] | None  # key=value overrides for ``earful study run``; None where none give the recipe
+
+
+def widening(saved: dict[str, Any], wide: dict[str, Any]) -> Narrower | None:
+    """How recipe ``wide`` (a study.json, the merged one) grew that of study.json ``saved``, with the overrides
+    (study keys, ``probe_overrides``) that bring the study file ``saved`` was run with to it: those whose config
+    parts (``config_parts``: the study and probe parts) are the merged recipe's, else None (a section the narrower
+    recipe has not, as ``lm:``, comes with settings that are no part of the recipe: where its files are). None
+    where ``saved``'s recipe is the merged one."""
+    was, now = comparable(saved["fingerprint"]), comparable(wide["fingerprint"])
+    grown = [(part, k) for part in ("study", "probe") for k in sorted(set(was.get(part, {})) | set(now.get(part, {})))
+             if was.get(part, {}).get(k) != now.get(part, {}).get(k)]
+    if not grown:
+        return None
+    keys = [k for part, k in grown if part == "study"] + (["probe_overrides"] if any(
+        part == "probe" for part, _ in grown) else [])
+    try:
+        values, config = flatten(to_dict(study_of_record(wide))), to_dict(study_of_record(saved))
+        overrides = [f"{k}={_override_value(values[k])}" for k in keys]
+        own = flatten(config)
+        if any(own.get(section) is None and section in own for k in keys
+               for section in (".".join(k.split(".")[:i]) for i in range(1, k.count(".") + 1))):
+            overrides = None
+        else:
+            study = from_dict(StudyConfig, merge(config, parse_overrides(overrides), StudyConfig), "the merged recipe")
+            parts = comparable(config_parts(study))
+            if any(parts.get(part, {}) != now.get(part, {}) for part in ("study", "probe")):
+                overrides = None
+    except (KeyError, TypeError, ValueError):  # a key the merged study.json does not set: no override removes it
+        overrides = None
+    tasks = {f"probe.{k.split('.')[0]}" for part, k in grown if part == "probe"}  # a task's recipe: the task
+    return Narrower([f"{part}.{k}" for part, k in grown if part == "study"] + sorted(tasks), overrides)
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as the value of a ``key=value`` override: text as it is where it reads back so, else JSON."""
+    if isinstance(value, str) and parse_overrides([f"key={value}"]).get("key") == value:
+        return value
+    return json.dumps(value)
 
 
 def read_study_json(folder: Path) -> dict[str, Any]:
@@ -302,6 +354,16 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
         # run with that grid all the same: its study file has its own)
         union = not any(set(_entry_tags(read_study_json(f))) >= tags for f in srcs)
         merged = Merged(seeds=study["seeds"], grid=study["grid"] if union else None)
+        for folder in folders:
+            narrower = widening(read_study_json(folder), study)
+            if narrower is not None and union and "study.grid" in narrower.grown:  # the command gives the grid
+                narrower.grown.remove("study.grid")
+                if narrower.overrides is not None:
+                    narrower.overrides = [o for o in narrower.overrides if not o.startswith("grid=")]
+            if narrower is None or not narrower.grown:
+                merged.recipe_of = merged.recipe_of or str(folder)
+            else:
+                merged.narrower[str(folder)] = narrower
         _clean_stale(out)
         # unit (by its record, relative) → the folders that finished it, with its result in each
         holders: dict[Path, list[tuple[Path, Any]]] = {}
@@ -375,8 +437,18 @@ def describe(merged: Merged, out: Path) -> str:
     if merged.unfinished:
         lines.append(f"not merged, unfinished: {', '.join(merged.unfinished)} (a study run on {out} does them "
                      "again)")
-    grid = f" 'grid={json.dumps(merged.grid)}'" if merged.grid is not None else ""
+    grid = f" {shlex.quote(f'grid={json.dumps(merged.grid)}')}" if merged.grid is not None else ""
     lines.append(f"its seeds: {merged.seeds}{f'; its grid, the folders together: {merged.grid}' if grid else ''}; "
                  f"write its results and report with `earful study run STUDY.yaml --out {out} "
-                 f"'seeds={json.dumps(merged.seeds)}'{grid}`: it reads the finished work and does none of it again")
+                 f"{shlex.quote(f'seeds={json.dumps(merged.seeds)}')}{grid}`: it reads the finished work and does "
+                 "none of it again")
+    for folder, narrower in merged.narrower.items():
+        grown = f"the merged recipe grew that of {folder} (differs in {', '.join(narrower.grown)})"
+        if narrower.overrides is not None:
+            lines.append(f"{grown}: with its study file, add {' '.join(map(shlex.quote, narrower.overrides))} to "
+                         "that command (without them it is refused)")
+        else:
+            lines.append(f"WARNING: {grown}, which overrides of that command do not give: run it with the study file "
+                         f"{f'of {merged.recipe_of}' if merged.recipe_of else 'that holds those settings'} (the "
+                         "merged recipe), not that of " + folder)
     return "\n".join(lines)

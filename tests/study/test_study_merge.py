@@ -5,6 +5,8 @@ results that differ and recipes that differ are refused before anything is copie
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import torch
 
 from earful.checkpoint import LEFT_OUT_FILE
 from earful.cli import main
+from earful.config import flatten, to_dict
 from earful.lock import hold_folder
-from earful.study.config import load_study
+from earful.study.config import LMSpec, load_study, plan_runs
+from earful.study.fingerprint import check_same_recipe, recipe_fingerprint
 from earful.study.merge import describe, merge_studies
 from earful.study.run import run_study
 
@@ -382,6 +386,9 @@ def test_grid_entries_run_on_two_machines_merge_into_one_grid(two_machines, tmp_
     # merged into the folder that holds the union already: the grid to run it with is still printed (it had not
     # been: the destination held every entry)
     assert "'grid=[2, 4]'" in describe(merge_studies([a], out), out)
+    # a folder of the whole grid merged with one of a part of it: the part's study file needs the whole grid
+    text = describe(merge_studies([out, a], tmp_path / "whole"), tmp_path / "whole")
+    assert f"grew that of {a} (differs in study.grid): with its study file, add 'grid=[2, 4]' to that command" in text
     # two entries of one batch size (tags of their own) are no grid a study runs: refused, not merged (the grid
     # printed would have been refused after everything was copied)
     tagged = tmp_path / "tagged"
@@ -389,3 +396,51 @@ def test_grid_entries_run_on_two_machines_merge_into_one_grid(two_machines, tmp_
     with pytest.raises(ValueError, match=r"hold different studies"):
         merge_studies([a, tagged], tmp_path / "refused-tags")
     assert not (tmp_path / "refused-tags" / "study.json").exists()
+
+
+def test_a_grown_recipe_merged_says_what_a_narrower_study_file_needs(two_machines, tmp_path) -> None:
+    """A test split, a label set and a probe task added on one machine: the merged study.json holds that wider
+    recipe, and the command the merge printed, run with the other machine's study file, was refused ("differs in
+    study.corpus.test.dev"), the merge saying nothing of it. Now it prints the overrides that bring that study file
+    to the merged recipe, and with them the merged folder takes it; where no override does (an LM set on one
+    machine: where its files are is no part of the recipe), it names the folder whose study file to run with."""
+    study, one, two = two_machines
+    grown = tmp_path / "grown"  # seed 2 again, its study file grown (its new work not done: merge compares units)
+    shutil.copytree(two, grown)
+    wider = load_study(study, ["seeds=[2]", "corpus.test.dev=manifests/dev.jsonl", "probes=[ic, pr]",
+                               "probe_overrides=[ic.steps=10, pr.epochs=1]",
+                               "corpus.label_sets.1h=manifests/labelled-1h.jsonl",
+                               "finetune.per_label_set.1h=[max_steps=1]"])
+    saved = json.loads((grown / "study.json").read_text())
+    (grown / "study.json").write_text(json.dumps({**saved, **to_dict(wider), "fingerprint": recipe_fingerprint(
+        wider, plan_runs(wider), Path.cwd())}))
+    out = tmp_path / "merged"
+    text = describe(merge_studies([one, grown], out, weights=False), out)
+    command = re.search(rf"`earful study run STUDY\.yaml --out {re.escape(str(out))} ([^`]*)`", text)
+    added = re.search(rf"the merged recipe grew that of {re.escape(str(one))} \(differs in "
+                      r"study\.corpus\.label_sets\.1h, study\.corpus\.test\.dev, study\.finetune\.per_label_set\.1h, "
+                      r"study\.probes, probe\.pr\): with its study file, add (.*) to that command", text)
+    assert command and added, text
+    assert str(grown) not in text.split("grew that of", 1)[-1]  # its recipe is the merged one: nothing to add
+
+    def run_on_merged(words: list[str]) -> None:  # what `earful study run` checks before it writes study.json
+        loaded = load_study(study, words)
+        check_same_recipe(out, recipe_fingerprint(loaded, plan_runs(loaded), Path.cwd()))
+
+    with pytest.raises(ValueError, match=r"differs in study\.corpus\.label_sets\.1h, study\.corpus\.test\.dev"):
+        run_on_merged(shlex.split(command[1]))
+    run_on_merged(shlex.split(command[1]) + shlex.split(added[1]))  # taken
+
+    lm = tmp_path / "lm"  # an LM set on one machine
+    shutil.copytree(two, lm)
+    saved = json.loads((lm / "study.json").read_text())
+    spec = to_dict(LMSpec(path="lm/4gram.arpa"))
+    saved["fingerprint"]["study"].update({f"lm.{k}": v for k, v in flatten(spec).items()
+                                          if k not in ("path", "lexicon")})
+    (lm / "study.json").write_text(json.dumps({**saved, "lm": spec, "fingerprint": {
+        **saved["fingerprint"], "lm": {"path": "0" * 64, "lexicon": None}}}))
+    out = tmp_path / "merged-lm"
+    text = describe(merge_studies([one, lm], out, weights=False), out)
+    assert re.search(rf"WARNING: the merged recipe grew that of {re.escape(str(one))} \(differs in study\.lm\.beam, "
+                     rf".*\), which overrides of that command do not give: run it with the study file of "
+                     rf"{re.escape(str(lm))} \(the merged recipe\)", text), text
