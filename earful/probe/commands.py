@@ -75,7 +75,7 @@ def _cache_remove(args: argparse.Namespace) -> int:
     root = _cache_dir(args)
     found, _ = scan(root)
     chosen = select(found, older_than_days=args.older_than, upstream=args.upstream, incomplete=args.incomplete)
-    if not chosen and args.upstream and "@" in args.upstream:
+    if not chosen and args.upstream and "@" in args.upstream and not select(found, upstream=args.upstream):
         _say_commits(args.upstream, found)
     if args.dry_run:
         for e in chosen:

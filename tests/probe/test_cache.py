@@ -142,6 +142,9 @@ def test_imports_are_listed_with_their_source_and_removed_by_the_same_criteria(t
     Upstream.parse("someone/tiny")  # a use marks its import used
     assert main(["cache", "remove", "--older-than", "7"]) == 0
     assert not from_folder.exists() and (from_hub / "model.safetensors").is_file()
+    caplog.clear()  # the commit itself, left for its recent use: no hint at the commit
+    assert main(["cache", "remove", "--upstream", f"someone/tiny@{hub_models.commit}", "--older-than", "7"]) == 0
+    assert (from_hub / "model.safetensors").is_file() and "recorded at its commit" not in caplog.text
     caplog.clear()
     assert main(["cache", "remove", "--upstream", "someone/tiny@v1.0"]) == 0  # a tag: recorded at its commit
     assert (from_hub / "model.safetensors").is_file()
