@@ -344,9 +344,10 @@ def preset_file(preset_or_path: str | Path, preset_dir: Path = PRESET_DIR, what:
         return p
     cand = preset_dir / f"{preset_or_path}.yaml"
     presets = sorted(x.stem for x in preset_dir.glob(f"{command}-*.yaml" if command else "*.yaml"))
-    if cand.is_file() and cand.stem not in presets:
-        raise ConfigError(f"{preset_or_path}: a preset of earful {cand.stem.split('-')[0]}, not of earful {command} "
-                          f"(earful {command}'s presets: {presets})")
+    if command and cand.is_file() and cand.stem not in presets:  # another command's (COMMAND-NAME), or no command's
+        whose = cand.stem.split("-")[0] if cand.parent == preset_dir and "-" in cand.stem else ""
+        raise ConfigError(f"{preset_or_path}: {f'a preset of earful {whose}, not' if whose else 'not a preset'} of "
+                          f"earful {command} (earful {command}'s presets: {presets})")
     if cand.is_file():
         return cand
     found = "a folder, not a config file," if p.is_dir() else "no such file"

@@ -114,6 +114,9 @@ def test_a_training_command_lists_its_own_presets_and_names_anothers(load, comma
     assert str(refused.value) == (f"{other}: a preset of earful {other.split('-')[0]}, not of earful {command} "
                                   f"(earful {command}'s presets: {mine})")
     assert load(mine[0], []).max_steps > 0
+    with pytest.raises(ConfigError) as refused:  # a model preset is no command's: it was "a preset of earful base"
+        load("model/base", [])
+    assert str(refused.value) == f"model/base: not a preset of earful {command} (earful {command}'s presets: {mine})"
 
 
 def test_a_folder_named_as_a_model_preset_does_not_hide_it(tmp_path, monkeypatch):
