@@ -167,7 +167,13 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     recipe = {**(recipe or {}), "shard_bytes": shard_bytes, "skip_bad": skip_bad}
     if (out / INDEX).exists():
         if resume:  # finished (or killed after its index was written, its progress files left: finished too)
-            index = json.loads((out / INDEX).read_text(encoding="utf-8"))
+            try:
+                index = json.loads((out / INDEX).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                index = None
+            if not isinstance(index, dict) or index.get("format") != SHARDS_FORMAT:
+                raise ShardError(f"{out / INDEX}: not an index of earful shard's (corrupt, of another format or "
+                                 "another tool's): choose another folder or remove it")
             recorded = index["source"]
             if "recipe" in index and (differ := _differences(index["recipe"], recipe)):  # an earlier earful's: none
                 raise ShardError(f"{out} holds finished shards of another recipe ({differ}): choose another folder")

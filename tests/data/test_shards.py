@@ -596,6 +596,21 @@ def test_resume_of_a_finished_shard_run_says_it_finished(corpus: Path, tmp_path:
     assert _run("shard", str(corpus), str(out), "--shard-gb", "0.00006", "--resume") == 0
 
 
+@pytest.mark.parametrize("text", ['{"upstream": "fbank", "ids": []}', "{corrupt", '{"format": "earful-shards-0"}'])
+def test_resume_in_a_folder_whose_index_is_not_a_shard_index_is_refused_naming_it(corpus: Path, tmp_path: Path,
+                                                                                  text: str) -> None:
+    """`earful shard M OUT --resume` where OUT/index.json is no index of earful's shards (a probe's features
+    folder, a corrupt file) ended in a traceback (KeyError: 'source') or a bare JSON error naming no file."""
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "index.json").write_text(text)
+    with pytest.raises(ShardError, match=re.escape(f"{out / 'index.json'}: not an index of earful shard's "
+                                                   "(corrupt, of another format or another tool's): choose another "
+                                                   "folder or remove it")):
+        _run("shard", str(corpus), str(out), "--resume")
+    assert (out / "index.json").read_text() == text
+
+
 def test_streams_none_of_whose_members_load_stop_naming_the_shards(shards: Path, corpus: Path, tmp_path: Path,
                                                                   deadline) -> None:
     """With skip_bad, shards none of whose members can be read: training span for ever (a warning a batch, deaf to
