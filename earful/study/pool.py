@@ -40,6 +40,12 @@ class StudyStopped(RuntimeError):
         super().__init__(f"{what}; {then}" if then else what)
         self.what = what
         self.stopped_by = stopped_by
+        self.then = then
+
+    def __reduce__(self) -> tuple[type[StudyStopped], tuple[str, str, str]]:
+        """Pickled from its parts (a pool worker's to the study process): made again from its message, ``then``
+        followed it twice."""
+        return type(self), (self.what, self.stopped_by, self.then)
 
 
 @dataclass
@@ -137,13 +143,12 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     training that had checkpointed on the same stop then waited for that lock, and the study for the training (18
     minutes, until killed)."""
     def stop(signum: int, _frame: Any) -> None:
-        raise StudyStopped(f"the study stopped this job ({signal.Signals(signum).name})", signal.Signals(signum).name,
-                           then="")
+        raise StudyStopped(f"the study stopped this job ({signal.Signals(signum).name})", signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)  # first, then the note: a signal between the two is one or the other
     try:
         if _STOPPED:
-            raise StudyStopped(f"the study stopped before this job started ({_STOPPED[0]})", _STOPPED[0], then="")
+            raise StudyStopped(f"the study stopped before this job started ({_STOPPED[0]})", _STOPPED[0])
         return fn(*args)
     finally:
         signal.signal(signal.SIGTERM, _stopped_while_idle)

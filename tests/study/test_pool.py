@@ -358,3 +358,38 @@ def test_a_stop_that_came_while_a_worker_was_idle_keeps_its_next_job_from_starti
             pool._run(signal.raise_signal, (signal.SIGTERM,))  # during a job: it stops
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+STOPPED = """
+import os
+import signal
+
+from earful.study.pool import StudyStopped
+
+
+def stopped():
+    raise StudyStopped("pre-training x stopped by SIGTERM", "SIGTERM")
+
+
+def terminated():
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.mark.parametrize(("job", "what"), [("stopped", "pre-training x stopped by SIGTERM"),
+                                           ("terminated", "the study stopped this job (SIGTERM)")])
+def test_a_jobs_stop_reaches_the_study_saying_once_what_to_do(job, what, tmp_path, monkeypatch) -> None:
+    """With jobs: 2 a job's StudyStopped came to the study process made again from its whole message, which the
+    advice then followed a second time ("...; rerun the study to resume it; rerun the study to resume it"); a job
+    a SIGTERM stopped (a worker's own, from outside) said no more than "the study stopped this job (SIGTERM)"."""
+    (tmp_path / "stopping.py").write_text(STOPPED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    import stopping
+
+    from earful.study.pool import StudyStopped
+
+    with pytest.raises(StudyStopped) as stop:
+        execute([Job("a", getattr(stopping, job), ())], 2, tmp_path / "logs")
+    assert str(stop.value) == f"{what}; rerun the study to resume it"
+    assert (stop.value.what, stop.value.stopped_by) == (what, "SIGTERM")
