@@ -163,7 +163,7 @@ def _count(value: Any) -> bool:
 BEAM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "beam": (_count, "an integer from 1 up (hypotheses kept per frame; the paper: 50)"),
     "beam_size_token": (lambda v: v is None or _count(v),
-                        "an integer from 1 up, or none for the whole vocabulary (tokens tried per frame)"),
+                        "an integer from 1 up (tokens tried per frame; left out: the whole vocabulary)"),
     "beam_threshold": (lambda v: v >= 0, "a score from 0 up (hypotheses this far below the best are pruned: a "
                                          "negative one prunes them all; inf prunes none)"),
     "lm_weight": (lambda v: 0 <= v < math.inf, "a finite weight from 0 up (0: no LM; a negative one would favour "

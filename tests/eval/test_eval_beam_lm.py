@@ -206,7 +206,7 @@ def test_lm_build_names_words_a_vocabulary_of_letters_cannot_spell(tmp_path, cap
 
 @pytest.mark.parametrize(("field", "value", "allowed"), [
     ("beam", 0, "an integer from 1 up"), ("beam", -3, "an integer from 1 up"), ("beam", 2.5, "an integer from 1 up"),
-    ("beam_size_token", 0, "an integer from 1 up, or none"), ("beam_threshold", -1.0, "a score from 0 up"),
+    ("beam_size_token", 0, "an integer from 1 up (tokens"), ("beam_threshold", -1.0, "a score from 0 up"),
     ("beam_threshold", float("nan"), "a score from 0 up"), ("lm_weight", -1.0, "a finite weight from 0 up"),
     ("lm_weight", float("inf"), "a finite weight from 0 up"), ("word_score", float("nan"), "a finite score"),
     ("unk_score", float("inf"), "a score below inf"), ("sil_score", float("-inf"), "a finite score"),

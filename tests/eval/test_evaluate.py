@@ -552,6 +552,11 @@ def test_beam_options_not_given_are_the_papers_defaults_the_help_names() -> None
     args = parser.parse_args(["transcribe", "ckpt", "f.wav", "--lm", "lm.arpa", "--beam", "3", "--lm-weight", "0",
                               "--beam-size-token", "5"])
     assert _beam_options(args) == BeamOptions(beam=3, lm_weight=0.0, beam_size_token=5)
+    args = parser.parse_args(["transcribe", "ckpt", "f.wav", "--lm", "lm.arpa", "--beam-size-token", "0"])
+    with pytest.raises(ValueError) as refused:  # it offered "or none", which the option cannot be given
+        _beam_options(args)
+    assert str(refused.value) == ("--beam-size-token 0: expected an integer from 1 up (tokens tried per frame; left "
+                                  "out: the whole vocabulary)")
     sub = next(a for a in parser._actions if a.dest == "command").choices["evaluate"]
     helps = {a.option_strings[0]: a.help for a in sub._actions if a.option_strings}
     for field, option in BEAM_OPTIONS.items():
