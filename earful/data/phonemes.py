@@ -66,8 +66,9 @@ _MNEMONIC_STRESS = str.maketrans("", "", "',")
 
 
 def accent(voice: str) -> str:
-    """A voice's accent: ``en-gb-scotland`` of ``en-gb-scotland+m3``."""
-    return voice.split("+", 1)[0]
+    """A voice's accent, as espeak-ng reads its name (in any case, its language family left out): ``en-gb-scotland``
+    of ``en-gb-scotland+m3`` and of ``gmw/en-GB-scotland``."""
+    return voice.split("+", 1)[0].rsplit("/", 1)[-1].lower()
 
 
 def english(voice: str) -> bool:

@@ -80,6 +80,16 @@ def test_phonemize_refuses_a_voice_that_is_not_english(voice: str):
         phonemize([utt("u", "bonjour")], "m.jsonl", voice=voice)
 
 
+@pytest.mark.parametrize(("voice", "same_as"), [("EN-US", "en-us"), ("gmw/en-US+m3", "en-us"),
+                                               ("EN-GB-SCOTLAND", "en-gb-scotland")])
+def test_phonemize_takes_an_english_voice_as_espeak_ng_names_it(voice: str, same_as: str):
+    """espeak-ng takes a voice in any case and with its language family (gmw/en-US): `--voice EN-US` was refused
+    as not an English voice."""
+    text = [utt("a", "TURN OFF THE LIGHT"), utt("b", "THE HAPPY BIRD SAT THERE")]
+    assert ([u.phonemes for u in phonemize(text, "m.jsonl", voice=voice)]
+            == [u.phonemes for u in phonemize(text, "m.jsonl", voice=same_as)])
+
+
 def test_phonemize_command_writes_the_manifest_with_phonemes(tmp_path: Path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_manifest([utt("a", "HELLO WORLD"), utt("b", "GOOD MORNING")], src)
