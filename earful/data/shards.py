@@ -181,6 +181,9 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
                 raise ShardError(f"{out} holds the finished shards of {recorded}, not of {source}: choose "
                                  "another folder")
             leftover = (out / PROGRESS).exists()
+            if source and "recipe" not in index and recorded_relative(recorded) and not leftover:
+                raise ShardError(f"{out} holds the finished shards of {recorded} (as recorded, relative to the folder "
+                                 f"`earful shard` ran in), which cannot be told from {source}'s: choose another folder")
             log.info("--resume: %s holds its index: the run had finished%s", out,
                      "; its progress files are removed" if leftover else "")
             if leftover:

@@ -594,6 +594,12 @@ def test_resume_of_a_finished_shard_run_says_it_finished(corpus: Path, tmp_path:
     del index["recipe"]  # as an earlier earful wrote it: the manifest's path is what is checked
     (out / "index.json").write_text(json.dumps(index))
     assert _run("shard", str(corpus), str(out), "--shard-gb", "0.00006", "--resume") == 0
+    index["source"] = corpus.name  # an earlier earful's, relative to where it ran: it was any manifest's finished run
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardError, match=re.escape(
+            f"{out} holds the finished shards of {corpus.name} (as recorded, relative to the folder `earful shard` "
+            f"ran in), which cannot be told from {other.resolve()}'s: choose another folder")):
+        _run("shard", str(other), str(out), *args, "--resume")
 
 
 @pytest.mark.parametrize("text", ['{"upstream": "fbank", "ids": []}', "{corrupt", '{"format": "earful-shards-0"}'])
