@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -20,7 +19,6 @@ from pathlib import Path
 
 from earful.data.manifest import Utterance, write_manifest
 
-log = logging.getLogger("manifest_write")
 OPTIONAL = ("offset", "phonemes", "intent")
 
 
@@ -45,7 +43,6 @@ def main() -> None:
         p.error(f"--files {args.files}: expected at least 1")
     if args.repeats < 1:
         p.error(f"--repeats {args.repeats}: expected at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for k in range(args.files):  # LibriSpeech's shape: SPEAKER/CHAPTER/FILE, 20 files a chapter
@@ -66,9 +63,9 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
         assert (root / "earful.jsonl").read_bytes() == (root / "peer.jsonl").read_bytes(), "outputs differ"
     med = {k: statistics.median(v) for k, v in times.items()}
-    log.info("%d rows: earful %.2f s (%.0f rows/s), peer %.2f s (%.0f rows/s): earful %.2fx the peer's speed "
-             "(outputs identical)", args.rows, med["earful"], args.rows / med["earful"], med["peer"],
-             args.rows / med["peer"], med["peer"] / med["earful"])
+    print(f"{args.rows} rows: earful {med['earful']:.2f} s ({args.rows / med['earful']:.0f} rows/s), "
+          f"peer {med['peer']:.2f} s ({args.rows / med['peer']:.0f} rows/s): "
+          f"earful {med['peer'] / med['earful']:.2f}x the peer's speed (outputs identical)")
 
 
 if __name__ == "__main__":

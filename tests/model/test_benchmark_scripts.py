@@ -224,3 +224,11 @@ def test_a_benchmark_refuses_what_it_cannot_measure(script: str, args: list[str]
     r = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
+
+
+def test_manifest_write_benchmark_prints_its_ratio_to_the_peer() -> None:
+    """Its one result line went through logging to stderr, where every other benchmark prints to stdout."""
+    cmd = ["benchmarks/manifest_write.py", "--rows", "200", "--files", "5", "--repeats", "1"]
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.fullmatch(r"200 rows: earful .* earful \d+\.\d\dx the peer's speed \(outputs identical\)\n", r.stdout)
