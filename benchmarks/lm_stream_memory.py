@@ -64,7 +64,7 @@ print(json.dumps({"mib": (status_kb("VmHWM") - before) / 1024, "seconds": second
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=16.0, help="the recording's length")
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--noise", type=float, default=2.0, help="the emissions' Gaussian noise (0: clean)")

@@ -1,13 +1,15 @@
-"""The positional convolution (768 channels, kernel 128, 16 groups at BASE), forward + backward, three ways.
+"""The positional convolution (768 channels, kernel 128, 16 groups at BASE), forward + backward, two ways on a
+CPU, three on a GPU; the ratios are against ``nn.Conv1d`` (earful's module).
 
+    python benchmarks/pos_conv.py                                        # CPU fp32, BASE's shape
     python benchmarks/pos_conv.py --device cuda --batch 7 --frames 568   # on a GPU, bf16 autocast as training
 
 A profile of BASE training on an H200 (``gpu.py --profile``) put most device time in cuDNN's
 ``implicit_convolve_sgemm`` and a grouped weight-gradient kernel, not in the feature encoder, which runs in
 ~8 ms per 90 s batch alone (``cnn_kernels.py``). This isolates earful's ``PositionalConvEmbedding``:
-``nn.Conv1d`` with cuDNN's heuristics; the same with ``cudnn.benchmark`` (it times every algorithm once per
-shape: the first call is printed apart); and the grouped convolution as one batched matrix product over
-unfolded windows (``unfold``: a (batch, frames, channels, kernel) view, contracted per group).
+``nn.Conv1d`` (on a GPU with cuDNN's heuristics); on a GPU, the same with ``cudnn.benchmark`` (it times every
+algorithm once per shape: the first call is printed apart); and the grouped convolution as one batched matrix
+product over unfolded windows (``unfold``: a (batch, frames, channels, kernel) view, contracted per group).
 """
 
 from __future__ import annotations
