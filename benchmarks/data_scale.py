@@ -1,6 +1,6 @@
 """Data at Libri-light scale: 16 M voice-activity segments (60 k hours), measured.
 
-Run by hand (it writes a ~3 GB manifest; ≈ 10 min on a 2-core box): ``python benchmarks/data_scale.py
+Run by hand (it writes a 3.6 GB manifest; 10–15 min on a 2-core box): ``python benchmarks/data_scale.py
 [--rows 16000000] [--dir D]``. Each part runs in a fresh process, whose peak resident memory (VmHWM) is what one
 rank holds (DataLoader workers fork from it and share its arrays):
 
