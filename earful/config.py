@@ -9,6 +9,7 @@ overrides, e.g. ``model.num_layers=4 optim.lr=1e-3``. Values in overrides are pa
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -273,6 +274,36 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def override_key(item: str) -> tuple[str, ...]:
     """The key a ``key=value`` override sets, as its parts: ``"optim.lr=1e-4"`` → ``("optim", "lr")``."""
     return tuple(item.split("=", 1)[0].strip().split("."))
+
+
+def override_value(value: Any) -> str:
+    """``value`` as the value of a ``key=value`` override that :func:`parse_overrides` reads back as ``value``: text
+    as it is where it reads back so, else flow YAML: text in double quotes (`` #`` escaped, which would start a
+    comment), a float with its decimal point (``5e-05`` reads back as text; ``5.0e-05`` as the number)."""
+    if isinstance(value, str):
+        try:
+            if parse_overrides([f"key={value}"]).get("key") == value:
+                return value
+        except ConfigError:  # not plain YAML ('[x', '*x'): quoted
+            pass
+    return _flow_yaml(value)
+
+
+def _flow_yaml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_flow_yaml(str(k))}: {_flow_yaml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_flow_yaml, value)) + "]"
+    if isinstance(value, str):
+        return json.dumps(value).replace(" #", "\\u0020#")  # JSON's separators are never followed by '#'
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value)
+        return text if "." in text else text.replace("e", ".0e")
+    return json.dumps(value)  # an int, a bool, None
 
 
 def check_options(options: dict[str, tuple[str, str | None]], overrides: list[str]) -> None:

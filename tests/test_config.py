@@ -2,10 +2,11 @@
 optimizer's values checked before training."""
 
 import re
+import shlex
 
 import pytest
 
-from earful.config import ConfigError
+from earful.config import ConfigError, override_value, parse_overrides
 from earful.finetune.config import load_finetune_config
 from earful.pretrain.config import load_pretrain_config
 
@@ -240,3 +241,17 @@ def test_a_runs_config_of_before_a_setting_was_added_reads_as_the_run_trained(tm
         mine = tmp_path / f"{preset}.yaml"
         mine.write_text(yaml.safe_dump(config, sort_keys=False))
         assert loader(mine).model.group_norm_padding == "excluded"
+
+
+@pytest.mark.parametrize("value", [5e-05, 1e20, -1e-7, float("inf"), 0.5, 3, True, None, "no", "010", "1e-4", "1:30",
+                                   "a b", "a #b", "#x", " lead", "é", "a: b", "[dev] 1.jsonl", "*x", "!x", "{x", "null",
+                                   "", "a=b", "it's", 'a "q"', "x\ny", [5e-05, "a #b", "#c", "a: b"],
+                                   [2, {"batch_seconds": 8, "lr": 5e-05}], {"1.5h": "a #b.jsonl", "x": [None, False]}])
+def test_an_override_value_reads_back_as_the_value(value) -> None:
+    """A value written as a ``key=value`` override (``earful study merge`` prints them), quoted for a shell and
+    split as a shell splits it, reads back as that value: a float JSON writes without a point (5e-05) read back as
+    text, a text that is no plain YAML (``[dev] 1.jsonl``) could not be written, one holding ' #' in a list was the
+    list's text."""
+    override = shlex.quote(f"key={override_value(value)}")
+    back = parse_overrides(shlex.split(override))["key"]
+    assert back == value and (type(back) is type(value) or isinstance(value, dict)), override

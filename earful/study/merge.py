@@ -40,7 +40,7 @@ from typing import Any
 
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
-from earful.config import flatten, from_dict, merge, parse_overrides, to_dict
+from earful.config import flatten, from_dict, merge, override_value, parse_overrides, to_dict
 from earful.lock import FolderBusy, hold_folder
 from earful.study.config import StudyConfig, plan_runs, study_of_record
 from earful.study.fingerprint import check_same_recipe, comparable, config_parts, with_todays_names
@@ -101,12 +101,14 @@ def widening(saved: dict[str, Any], wide: dict[str, Any]) -> Narrower | None:
         return None
     keys = [k for part, k in grown if part == "study"] + (["probe_overrides"] if any(
         part == "probe" for part, _ in grown) else [])
-    try:
-        values, config = flatten(to_dict(study_of_record(wide))), to_dict(study_of_record(saved))
-        overrides = [f"{k}={_override_value(values[k])}" for k in keys]
+    try:  # today's names: the study file is read with them (those of before are refused, naming today's)
+        values, config = to_dict(study_of_record(with_todays_names(wide))), to_dict(study_of_record(
+            with_todays_names(saved)))
+        given = _overrides(values, [_setting(values, k) for k in keys])
+        overrides = [f"{'.'.join(key)}={override_value(value)}" for key, value in given.items()]
         own = flatten(config)
-        if any(own.get(section) is None and section in own for k in keys
-               for section in (".".join(k.split(".")[:i]) for i in range(1, k.count(".") + 1))):
+        if any(own.get(section) is None and section in own for key in given
+               for section in (".".join(key[:i]) for i in range(1, len(key)))):
             overrides = None
         else:
             study = from_dict(StudyConfig, merge(config, parse_overrides(overrides), StudyConfig), "the merged recipe")
@@ -119,11 +121,36 @@ def widening(saved: dict[str, Any], wide: dict[str, Any]) -> Narrower | None:
     return Narrower([f"{part}.{k}" for part, k in grown if part == "study"] + sorted(tasks), overrides)
 
 
-def _override_value(value: Any) -> str:
-    """``value`` as the value of a ``key=value`` override: text as it is where it reads back so, else JSON."""
-    if isinstance(value, str) and parse_overrides([f"key={value}"]).get("key") == value:
-        return value
-    return json.dumps(value)
+def _setting(config: dict[str, Any], key: str) -> tuple[str, ...]:
+    """The names that lead to flattened ``key`` in nested ``config`` (a label set's name may hold a '.': ``1.5h``);
+    a KeyError where none do."""
+    for name, value in config.items():
+        if key == name:
+            return (name,)
+        if isinstance(value, dict) and key.startswith(f"{name}."):
+            try:
+                return (name, *_setting(value, key.removeprefix(f"{name}.")))
+            except KeyError:
+                continue
+    raise KeyError(key)
+
+
+def _overrides(config: dict[str, Any], settings: list[tuple[str, ...]]) -> dict[tuple[str, ...], Any]:
+    """The key=value overrides, key → value, that set ``settings`` to their values in nested ``config``: a setting
+    whose name no override key can say (a name holding '.' or '=', or spaces around it) is set with the mapping that
+    holds it, given whole (``corpus.label_sets={...}``), and no entry of that mapping beside it."""
+    given: dict[tuple[str, ...], Any] = {}
+    for path in settings:
+        plain = next((i for i, name in enumerate(path) if not name or name != name.strip() or "." in name
+                      or "=" in name), len(path))
+        given[path[:plain]] = _at(config, path[:plain])
+    return {key: value for key, value in given.items() if not any(key[:i] in given for i in range(1, len(key)))}
+
+
+def _at(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for name in path:
+        config = config[name]
+    return config
 
 
 def read_study_json(folder: Path) -> dict[str, Any]:
@@ -437,10 +464,10 @@ def describe(merged: Merged, out: Path) -> str:
     if merged.unfinished:
         lines.append(f"not merged, unfinished: {', '.join(merged.unfinished)} (a study run on {out} does them "
                      "again)")
-    grid = f" {shlex.quote(f'grid={json.dumps(merged.grid)}')}" if merged.grid is not None else ""
+    grid = f" {shlex.quote(f'grid={override_value(merged.grid)}')}" if merged.grid is not None else ""
     lines.append(f"its seeds: {merged.seeds}{f'; its grid, the folders together: {merged.grid}' if grid else ''}; "
-                 f"write its results and report with `earful study run STUDY.yaml --out {out} "
-                 f"{shlex.quote(f'seeds={json.dumps(merged.seeds)}')}{grid}`: it reads the finished work and does "
+                 f"write its results and report with `earful study run STUDY.yaml --out {shlex.quote(str(out))} "
+                 f"{shlex.quote(f'seeds={override_value(merged.seeds)}')}{grid}`: it reads the finished work and does "
                  "none of it again")
     for folder, narrower in merged.narrower.items():
         grown = f"the merged recipe grew that of {folder} (differs in {', '.join(narrower.grown)})"

@@ -19,8 +19,9 @@ from earful.config import flatten, to_dict
 from earful.lock import hold_folder
 from earful.study.config import LMSpec, load_study, plan_runs
 from earful.study.fingerprint import check_same_recipe, recipe_fingerprint
-from earful.study.merge import describe, merge_studies
+from earful.study.merge import Merged, describe, merge_studies
 from earful.study.run import run_study
+from earful.study.stages import finetune_recipe
 
 STUDY = """
 name: toy-merge
@@ -444,3 +445,74 @@ def test_a_grown_recipe_merged_says_what_a_narrower_study_file_needs(two_machine
     assert re.search(rf"WARNING: the merged recipe grew that of {re.escape(str(one))} \(differs in study\.lm\.beam, "
                      rf".*\), which overrides of that command do not give: run it with the study file of "
                      rf"{re.escape(str(lm))} \(the merged recipe\)", text), text
+
+
+def _wider(study: Path, two: Path, folder: Path, words: list[str], edit=None) -> None:
+    """``folder``: a copy of ``two`` whose study.json holds the study file with ``words`` (then ``edit``, on the
+    config), its fingerprint recomputed (its new work not done: merge compares units)."""
+    shutil.copytree(two, folder)
+    wider = load_study(study, ["seeds=[2]", *words])
+    if edit is not None:
+        edit(wider)
+    saved = json.loads((folder / "study.json").read_text())
+    (folder / "study.json").write_text(json.dumps({**saved, **to_dict(wider), "fingerprint": recipe_fingerprint(
+        wider, plan_runs(wider), Path.cwd())}))
+
+
+def _older(folder: Path) -> None:
+    """``folder``'s study.json as an earful of before wrote it: ctc_normalisation called loss_normalisation."""
+    saved = json.loads((folder / "study.json").read_text())
+    old = ["loss_normalisation=token"]
+    saved["finetune"]["per_label_set"]["1h"] = saved["fingerprint"]["study"]["finetune.per_label_set.1h"] = old
+    (folder / "study.json").write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize("words, edit, older", [
+    # a label set whose name holds a '.': no override key can say it, its mapping is given whole
+    (["corpus.label_sets={10h: manifests/labelled-10h.jsonl, 1.5h: manifests/labelled-1h.jsonl}"], None, False),
+    # a grid entry's lr of 5e-05, which JSON writes without a decimal point: read back as text
+    (["grid=[2, 4, {batch_seconds: 8, lr: 5.0e-5}]"], None, False),
+    # a test split whose path is no plain YAML ('[...'): the merge stopped at it, with a WARNING
+    (["corpus.test.dev='[dev] 1.jsonl'"], None, False),
+    # a label set's overrides holding ' #', which starts a comment inside a list given as an override
+    (["corpus.label_sets.1h=manifests/labelled-1h.jsonl"],
+     lambda s: s.finetune.per_label_set.update({"1h": ["max_steps=1", "tracking.name=label set #1h"]}), False),
+    # a study.json of an earlier earful, its label set's overrides naming a setting renamed since
+    (["corpus.label_sets.1h=manifests/labelled-1h.jsonl", "finetune.per_label_set.1h=[ctc_normalisation=token]"],
+     None, True),
+])
+def test_the_overrides_a_merge_prints_give_the_merged_recipe(two_machines, tmp_path, words, edit, older) -> None:
+    """The overrides that bring a narrower folder's study file to the merged recipe read back, as a shell passes
+    them to `earful study run`, as that recipe: a setting's name holding '.', a float JSON writes without a point,
+    a path that is no plain YAML and a list holding ' #' gave no override (a WARNING) or one that read back as
+    text; an earlier earful's study.json gave a setting's old name, which the fine-tuning refuses."""
+    study, one, two = two_machines
+    shutil.copy(Path(load_study(study).corpus.dir) / "manifests" / "dev.jsonl",
+                Path(load_study(study).corpus.dir) / "[dev] 1.jsonl")
+    grown = tmp_path / "grown"
+    _wider(study, two, grown, words, edit)
+    if older:
+        _older(grown)
+    out = tmp_path / "merged"
+    text = describe(merge_studies([one, grown], out, weights=False), out)
+    command = re.search(rf"`earful study run STUDY\.yaml --out {re.escape(str(out))} ([^`]*)`", text)
+    added = re.search(rf"the merged recipe grew that of {re.escape(str(one))} \(differs in [^)]*\): with its study "
+                      r"file, add (.*) to that command", text)
+    assert command and added and "WARNING" not in text, text
+    loaded = load_study(study, shlex.split(command[1]) + shlex.split(added[1]))
+    check_same_recipe(out, recipe_fingerprint(loaded, plan_runs(loaded), Path.cwd()))  # taken
+    for label_set in loaded.corpus.label_sets:  # what the study fine-tunes with
+        finetune_recipe(loaded, label_set)
+
+
+def test_the_command_a_merge_prints_reads_back_as_its_folder_and_grid(two_machines, tmp_path) -> None:
+    """The command printed to run the merged study, split as a shell splits it: a folder whose path holds a space
+    was two words, and a grid entry's lr of 5e-05 (JSON's 5e-05) was read back as text."""
+    study, _, _ = two_machines
+    out = tmp_path / "two machines" / "merged"
+    grid = [2, {"batch_seconds": 8, "lr": 5e-05}]
+    command = re.search(r"`earful study run STUDY\.yaml (.*)`", describe(Merged(seeds=[1, 2], grid=grid), out))
+    assert command
+    words = shlex.split(command[1])
+    assert words[:2] == ["--out", str(out)]
+    assert load_study(study, words[2:]).grid == grid
