@@ -43,7 +43,7 @@ from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
 from earful.config import flatten, from_dict, merge, override_value, parse_overrides, to_dict
 from earful.lock import FolderBusy, hold_folder
 from earful.study.config import StudyConfig, plan_runs, study_of_record
-from earful.study.fingerprint import check_same_recipe, comparable, config_parts, with_todays_names
+from earful.study.fingerprint import MAY_GROW, check_same_recipe, comparable, config_parts, with_todays_names
 from earful.study.stages import (
     STAGES,
     done_record,
@@ -97,7 +97,8 @@ def widening(saved: dict[str, Any], wide: dict[str, Any]) -> Narrower | None:
     was, now = comparable(saved["fingerprint"]), comparable(wide["fingerprint"])
     grown = [(part, k) for part in ("study", "probe") for k in sorted(set(was.get(part, {})) | set(now.get(part, {})))
              if was.get(part, {}).get(k) != now.get(part, {}).get(k)]
-    if not grown:
+    if all(part == "study" and k in (*MAY_GROW, "grid") and _reordered(was[part].get(k), now[part].get(k))
+           for part, k in grown):  # the same items in another order: a study run takes either (check_same_recipe)
         return None
     keys = [k for part, k in grown if part == "study"] + (["probe_overrides"] if any(
         part == "probe" for part, _ in grown) else [])
@@ -119,6 +120,12 @@ def widening(saved: dict[str, Any], wide: dict[str, Any]) -> Narrower | None:
         overrides = None
     tasks = {f"probe.{k.split('.')[0]}" for part, k in grown if part == "probe"}  # a task's recipe: the task
     return Narrower([f"{part}.{k}" for part, k in grown if part == "study"] + sorted(tasks), overrides)
+
+
+def _reordered(was: Any, now: Any) -> bool:
+    """Whether lists ``was`` and ``now`` hold the same items, in another order."""
+    return isinstance(was, list) and isinstance(now, list) and sorted(
+        json.dumps(x, sort_keys=True) for x in was) == sorted(json.dumps(x, sort_keys=True) for x in now)
 
 
 def _setting(config: dict[str, Any], key: str) -> tuple[str, ...]:

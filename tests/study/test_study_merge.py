@@ -516,3 +516,19 @@ def test_the_command_a_merge_prints_reads_back_as_its_folder_and_grid(two_machin
     words = shlex.split(command[1])
     assert words[:2] == ["--out", str(out)]
     assert load_study(study, words[2:]).grid == grid
+
+
+def test_a_folder_whose_lists_the_merged_recipe_reorders_needs_no_overrides(two_machines, tmp_path) -> None:
+    """Two folders whose probe tasks are the same, listed in another order: a study run takes either study file on
+    the merged folder, but the merge said the merged recipe grew the other's and that without its overrides the
+    study file was refused."""
+    study, _, two = two_machines
+    words = ["corpus.test.dev=manifests/dev.jsonl", "probe_overrides=[ic.steps=10, pr.epochs=1]"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    _wider(study, two, first, [*words, "probes=[ic, pr]"])
+    _wider(study, two, second, [*words, "probes=[pr, ic]"])
+    out = tmp_path / "merged"
+    text = describe(merge_studies([first, second], out, weights=False), out)
+    assert "grew" not in text and "WARNING" not in text, text
+    loaded = load_study(study, ["seeds=[2]", *words, "probes=[ic, pr]"])  # the first's study file: taken
+    check_same_recipe(out, recipe_fingerprint(loaded, plan_runs(loaded), Path.cwd()))
