@@ -63,11 +63,16 @@ def test_other_rate_with_resampling_off_is_an_error(tmp_path, rel, rate) -> None
 
 
 def test_each_broken_file_names_itself_and_its_problem(tmp_path, rel) -> None:
-    """Covers what tests/data/test_manifest_audio.py does not: truncated WAV/FLAC, a zero-byte file, a header
-    only, NaN/inf in 16-bit-free float files, shorter than the receptive field after resampling."""
+    """Covers what tests/data/test_manifest_audio.py does not: truncated WAV/FLAC, a FLAC whose frames are
+    garbage, a zero-byte file, a header only, NaN/inf in 16-bit-free float files, shorter than the receptive field
+    after resampling."""
     rel.write_wave(tmp_path / "whole.flac", 1.0)
     (tmp_path / "cut.flac").write_bytes((tmp_path / "whole.flac").read_bytes())
     _truncate(tmp_path / "cut.flac", 0.5)
+    frames = bytearray((tmp_path / "whole.flac").read_bytes())  # header intact, the middle half of it garbage
+    middle = slice(len(frames) // 4, len(frames) * 3 // 4)
+    frames[middle] = np.random.default_rng(0).integers(0, 256, len(frames[middle]), dtype=np.uint8).tobytes()
+    (tmp_path / "garbage-frames.flac").write_bytes(bytes(frames))
     (tmp_path / "zero-bytes.wav").write_bytes(b"")
     (tmp_path / "header-only.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVE")
     sf.write(tmp_path / "zero-length.wav", np.zeros((0, 1), np.float32), 16000)
@@ -77,6 +82,7 @@ def test_each_broken_file_names_itself_and_its_problem(tmp_path, rel) -> None:
     rel.write_wave(tmp_path / "short-8k.wav", 0.02, rate=8000)  # 160 samples -> 320 at 16 kHz < 400
     cases = {
         "cut.flac": "unreadable audio",
+        "garbage-frames.flac": "unreadable audio",
         "zero-bytes.wav": "unreadable audio",
         "header-only.wav": "unreadable audio",
         "zero-length.wav": "empty audio",
