@@ -156,6 +156,17 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{key: [old, new]}`` for every key whose value differs (missing on one side: None)."""
+    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
+    """:func:`differences`' ``diff`` for a message: ``seed: 0 -> 1, ...`` (the first ``limit`` keys)."""
+    shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:limit]]
+    return ", ".join(shown) + (f" (and {len(diff) - limit} more)" if len(diff) > limit else "")
+
+
 class Whole(dict):  # type: ignore[type-arg]
     """A mapping given whole as one override's value (``text_mapping={}``, ``data.test={a: x.jsonl}``)."""
 

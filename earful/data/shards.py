@@ -43,6 +43,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from earful.atomic import atomic_path, atomic_save_npy, atomic_write_json
+from earful.config import describe, differences
 
 from .audio import AudioError, check_row, open_audio, read_window
 from .budget import SAMPLE_RATE
@@ -175,8 +176,9 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
                 raise ShardError(f"{out / INDEX}: not an index of earful shard's (corrupt, of another format or "
                                  "another tool's): choose another folder or remove it")
             recorded = index["source"]
-            if "recipe" in index and (differ := _differences(index["recipe"], recipe)):  # an earlier earful's: none
-                raise ShardError(f"{out} holds finished shards of another recipe ({differ}): choose another folder")
+            if "recipe" in index and (differ := differences(index["recipe"], recipe)):  # an earlier earful's: none
+                raise ShardError(f"{out} holds finished shards of another recipe ({describe(differ)}): choose another "
+                                 "folder")
             if source and recorded and not recorded_relative(recorded) and recorded != source:
                 raise ShardError(f"{out} holds the finished shards of {recorded}, not of {source}: choose "
                                  "another folder")
@@ -312,12 +314,6 @@ def _forget_progress(out: Path) -> None:
     shutil.rmtree(out / PROGRESS_COLUMNS, ignore_errors=True)
 
 
-def _differences(then: dict[str, Any], now: dict[str, Any]) -> str:
-    """How recipe ``now`` differs from ``then`` (``seed: 0 -> 1, ...``); empty where it does not."""
-    return ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
-                     if now.get(k) != then.get(k))
-
-
 def _progress(out: Path, recipe: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The finished part of a stopped run in ``out`` to continue (``resume``), or None where there is none; a
     ShardError where one is there and ``resume`` is off, or it was written with another recipe, or a shard it
@@ -337,8 +333,8 @@ def _progress(out: Path, recipe: dict[str, Any], resume: bool) -> dict[str, Any]
                          "written): --resume continues it; or remove the folder, or choose another")
     if done.get("format") != SHARDS_FORMAT or done.get("recipe") != recipe:
         raise ShardError(f"{out}: the stopped run wrote its shards with another recipe "
-                         f"({_differences(done.get('recipe', {}), recipe) or 'format'}): resume with its manifest and "
-                         "options, or remove the folder")
+                         f"({describe(differences(done.get('recipe', {}), recipe)) or 'format'}): resume with its "
+                         "manifest and options, or remove the folder")
     for sh in done["shards"]:
         size = (out / sh["name"]).stat().st_size if (out / sh["name"]).exists() else None
         if not (out / PROGRESS_COLUMNS / f"{sh['name']}.npy").is_file():

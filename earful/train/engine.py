@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from earful.checkpoint import CheckpointError, load_model, load_weights, read_info
-from earful.config import to_dict
+from earful.config import describe, to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
 from earful.lock import hold_folder
@@ -49,7 +49,6 @@ from earful.train.recipe import (
     HISTORY,
     MANIFEST_RECORDS,
     check_resume,
-    describe,
     layout_of,
     manifest_files,
     manifest_records,

@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_lines
-from earful.config import ADDED_LATER, ConfigError, flatten, plain_name, renamed_settings, save_yaml, to_dict
+from earful.config import (
+    ADDED_LATER,
+    ConfigError,
+    describe,
+    differences,
+    flatten,
+    plain_name,
+    renamed_settings,
+    save_yaml,
+    to_dict,
+)
 from earful.data.digest import DIGEST_RULE, LABELS, manifest_digest
 from earful.train.config import TrainingConfig
 
@@ -132,16 +142,6 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 def layout_of(cfg: TrainingConfig, world_size: int) -> dict[str, Any]:
     return {"world_size": world_size, **{k: getattr(cfg, k) for k in LAYOUT}}
-
-
-def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
-    """``{key: [old, new]}`` for every key whose value differs (missing on one side: None)."""
-    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-
-
-def describe(diff: dict[str, list[Any]], limit: int = 8) -> str:
-    shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:limit]]
-    return ", ".join(shown) + (f" (and {len(diff) - limit} more)" if len(diff) > limit else "")
 
 
 def check_resume(root: Path, info: dict[str, Any], recipe: dict[str, Any], layout: dict[str, Any], *,
