@@ -40,7 +40,7 @@ from typing import Any
 
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
-from earful.config import flatten, from_dict, merge, override_value, parse_overrides, to_dict
+from earful.config import flatten, from_dict, merge, override_key, override_value, parse_overrides, to_dict
 from earful.lock import FolderBusy, hold_folder
 from earful.study.config import StudyConfig, plan_runs, study_of_record
 from earful.study.fingerprint import MAY_GROW, check_same_recipe, comparable, config_parts, with_todays_names
@@ -203,15 +203,14 @@ def grid_union(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | 
     return union
 
 
-def widest_study(folders: list[Path]) -> dict[str, Any]:
-    """The study.json of ``folders`` whose recipe every other one's grows into, with every folder's seeds and
-    probe seeds (sorted, as one folder of them all would list them), and every folder's grid entries (grid entries
-    run on machines of their own: ``grid_union``); a ValueError naming two folders of which neither recipe grows
-    the other, nor their grids' union both (``check_same_recipe``'s reasons)."""
-    widest, saved = folders[0], read_study_json(folders[0])
+def widest_study(records: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    """The study.json of ``records`` (folder → its study.json) whose recipe every other one's grows into, with every
+    folder's seeds and probe seeds (sorted, as one folder of them all would list them), and every folder's grid
+    entries (grid entries run on machines of their own: ``grid_union``); a ValueError naming two folders of which
+    neither recipe grows the other, nor their grids' union both (``check_same_recipe``'s reasons)."""
+    (widest, saved), *rest = records.items()
     seeds, probe_seeds = set(saved.get("seeds") or []), set(saved.get("probe_seeds") or [])
-    for folder in folders[1:]:
-        other = read_study_json(folder)
+    for folder, other in rest:
         try:  # the other grows the widest so far (or is the same recipe): it is the widest
             check_same_recipe(widest, comparable(other["fingerprint"]), advice="", saved=saved)
             widest, saved = folder, other
@@ -381,19 +380,20 @@ def merge_studies(sources: list[str | Path], out: str | Path, *, weights: bool =
             raise ValueError(f"{src}: the destination is also a source; give it as --out only")
         read_study_json(src)
     with hold_folder(out, "earful study"):
-        folders = [out, *srcs] if (out / "study.json").exists() else srcs
-        study = widest_study(folders)
+        records = {folder: read_study_json(folder)
+                   for folder in ([out, *srcs] if (out / "study.json").exists() else srcs)}
+        study = widest_study(records)
         tags = set(_entry_tags(study))
         # the grid to run it with, where no source holds every entry (a destination holding an earlier union is
         # run with that grid all the same: its study file has its own)
-        union = not any(set(_entry_tags(read_study_json(f))) >= tags for f in srcs)
+        union = not any(set(_entry_tags(records[f])) >= tags for f in srcs)
         merged = Merged(seeds=study["seeds"], grid=study["grid"] if union else None)
-        for folder in folders:
-            narrower = widening(read_study_json(folder), study)
+        for folder, saved in records.items():
+            narrower = widening(saved, study)
             if narrower is not None and union and "study.grid" in narrower.grown:  # the command gives the grid
                 narrower.grown.remove("study.grid")
                 if narrower.overrides is not None:
-                    narrower.overrides = [o for o in narrower.overrides if not o.startswith("grid=")]
+                    narrower.overrides = [o for o in narrower.overrides if override_key(o) != ("grid",)]
             if narrower is None or not narrower.grown:
                 merged.recipe_of = merged.recipe_of or str(folder)
             else:
