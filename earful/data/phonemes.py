@@ -73,7 +73,7 @@ def accent(voice: str) -> str:
 
 def english(voice: str) -> bool:
     """Whether ``voice`` is one of espeak-ng's English accents (``en``, ``en-us``, ``en-gb-scotland+m3`` ...)."""
-    return accent(voice) == "en" or accent(voice).startswith("en-")
+    return accent(voice).split("-", 1)[0] == "en"
 
 
 def needs_mnemonics(voice: str | None) -> bool:
