@@ -1,4 +1,4 @@
-"""The CNN feature encoder two ways, forward + backward on CPU, measured side by side.
+"""The CNN feature encoder two ways, forward + backward on the CPU (or a GPU: --device cuda), measured side by side.
 
     python benchmarks/cnn_kernels.py --preset base --threads 1
     python benchmarks/cnn_kernels.py --preset small --threads 1
