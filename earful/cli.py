@@ -68,6 +68,12 @@ def resume_options(parser: argparse.ArgumentParser) -> None:
                         "architecture")
 
 
+def device_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """A command's ``--device``, taken by :func:`earful.train.distributed.resolve_device`; ``what``: what runs there."""
+    parser.add_argument("--device", default="auto",
+                        help=f"{what}: auto (CUDA where there is one, the default), cpu, cuda or cuda:N")
+
+
 def renamed_option(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """``old``, an option renamed ``new`` (the same values): refused, naming ``new``, not left for argparse to
     call unrecognised (nor to take for an abbreviation of another option). Not listed in ``-h``."""

@@ -1,6 +1,7 @@
 """The command line: key=value overrides are taken wherever they stand among a command's options; how a
 process ends."""
 
+import argparse
 import re
 import subprocess
 import sys
@@ -331,3 +332,52 @@ def test_a_one_process_command_under_torchrun_is_refused_on_every_rank(command, 
     assert main([command, *args]) == 2
     assert f"earful {command} runs in one process; run it without torchrun (here WORLD_SIZE=2)" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def _options() -> list[tuple[str, argparse.Action]]:
+    """Every option of every command and sub-command (``study run``, ``cache remove``), with the command's name."""
+    from earful.cli import build_parser
+
+    found = []
+
+    def walk(parser: argparse.ArgumentParser, command: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{command} {name}".strip())
+            elif action.option_strings and action.help != argparse.SUPPRESS and command:
+                found.append((command, action))
+
+    walk(build_parser(), "")
+    return found
+
+
+def test_every_default_a_help_names_is_the_options_own():
+    """A help's "default X" is the value the option takes when not given (a default of None or SUPPRESS comes
+    from elsewhere, a config or the checkpoint: not checked here)."""
+    for command, action in _options():
+        for said in re.findall(r"default:? (-?[\w.]+(?:-[\w.]+)*)", action.help or ""):
+            if action.default is None or isinstance(action.default, bool) or action.default == argparse.SUPPRESS:
+                continue
+            real = action.default
+            ok = float(said) == real if isinstance(real, int | float) else said == real
+            assert ok, f"earful {command} {action.option_strings[0]}: help says default {said}, it is {real!r}"
+
+
+def test_every_option_with_a_default_says_it():
+    """`--precision`, `--device`, `--num-workers`, `synth --seed` ... took a default their help did not name (or had
+    no help): a user could not tell, nor tell one command's `--seed` from another's."""
+    missing = [f"earful {command} {action.option_strings[0]} (default {action.default!r})"
+               for command, action in _options()
+               if action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or "")]
+    assert not missing, missing
+
+
+def test_every_device_option_names_what_it_takes():
+    """`evaluate` and `transcribe` said `auto | cpu | cuda` and `gradvar` nothing, though each takes cuda:N too
+    (``resolve_device``), as `probe` said; auto is the default everywhere."""
+    devices = [(command, action) for command, action in _options() if "--device" in action.option_strings]
+    assert {command for command, _ in devices} >= {"evaluate", "transcribe", "gradvar", "probe"}
+    for command, action in devices:
+        assert action.default == "auto", command
+        assert "auto (CUDA where there is one, the default), cpu, cuda or cuda:N" in action.help, command

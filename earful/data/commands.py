@@ -93,8 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("out", type=Path)
     s.add_argument("--hours", type=float, required=True, help="train audio, hours (approximate)")
-    s.add_argument("--domain", choices=("commands", "open"), default="commands")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--domain", choices=("commands", "open"), default="commands",
+                   help="the transcripts: generated commands, or sentences of a text pool (default commands)")
+    s.add_argument("--seed", type=int, default=0, help="the corpus's draw: one seed, the same files (default 0)")
     s.add_argument("--workers", type=processes, default=None, help="processes (default: all cores)")
     s.add_argument("--augment", action="store_true", help="add noise and reverb")
     s.add_argument("--labelled-fraction", type=float, default=0.25,

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from earful.cli import device_option
 from earful.eval.lm import build_arpa
 from earful.eval.vocab import check_mapping
 
@@ -320,6 +321,16 @@ def _add_lm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sil-score", type=float, default=None, help="score of a word delimiter (default 0)")
 
 
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    """``evaluate``'s and ``transcribe``'s options of where and how the model runs."""
+    p.add_argument("--device-seconds", type=float, default=200.0,
+                   help="padded audio per inference batch (default 200)")
+    device_option(p, "where the model runs")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="the model's arithmetic (default fp32, whose transcripts do not depend on the batch; bf16, "
+                   "fp16: autocast)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``evaluate``, ``transcribe`` and ``lm`` (with sub-command ``build``) to the ``earful`` command."""
     ev = subparsers.add_parser(
@@ -337,11 +348,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="labelled JSONL manifests; each is a split named by its stem, or NAME (e.g. "
                     "test-clean=LS/test-clean/manifest.jsonl)")
     ev.add_argument("--out", required=True, help="output folder: new, or one holding this checkpoint's evaluations")
-    ev.add_argument("--device-seconds", type=float, default=200.0,
-                    help="padded audio per inference batch (default 200)")
-    ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ev.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    ev.add_argument("--num-workers", type=int, default=0, help="audio loading worker processes")
+    _inference_options(ev)
+    ev.add_argument("--num-workers", type=int, default=0,
+                    help="audio loading worker processes (default 0: the audio is read in this process)")
     ev.add_argument("--text-mapping", default=None, metavar="MAPPING",
                     help="characters of the references to replace or remove before scoring, a YAML mapping as "
                     "fine-tuning's text_mapping, e.g. \"{',': '', '!': '', '2': two}\"; over the checkpoint's own "
@@ -379,10 +388,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="window length for long files; 0: whole files in one pass (default 20)")
     tr.add_argument("--stride-seconds", type=float, default=None,
                     help="context on each side of a window, dropped from its output (default: chunk / 6)")
-    tr.add_argument("--device-seconds", type=float, default=200.0,
-                    help="padded audio per inference batch (default 200)")
-    tr.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    _inference_options(tr)
     _add_lm_arguments(tr)
     tr.set_defaults(func=_transcribe)
 

@@ -129,5 +129,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep these states only, in this order: 0 the transformer's input, i layer i's output "
                    "(default all; e.g. 0,6,12)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="the .npy files' precision (float16: half the disk)")
+                   help="the .npy files' precision (default float32; float16: half the disk)")
     p.set_defaults(func=_features)

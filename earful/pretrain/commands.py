@@ -7,7 +7,7 @@ import json
 import logging
 
 from earful.atomic import atomic_write_lines
-from earful.cli import resume_options
+from earful.cli import device_option, resume_options
 from earful.config import check_options, config_and_overrides, overrides_read_as_paths
 
 log = logging.getLogger("earful.pretrain")
@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-seconds", type=float, default=recorded,
                    help="padded audio per micro-batch; smaller accumulates (default: the checkpoint's "
                         "device_seconds; the whole batch at once for a checkpoint without a record)")
-    p.add_argument("--batches", type=int, default=10, help="independent batches (the paper: 10)")
+    p.add_argument("--batches", type=int, default=10, help="independent batches (default 10, the paper's)")
     for name, what, none in (("crop", "crop longer utterances to this many seconds", "no crop"),
                              ("min", "leave out (counted) utterances shorter than this", "no limit"),
                              ("max", "leave out (counted) utterances longer than this after cropping", "no limit"),
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="zero-pad each batch to its longest utterance (data.padding=true), or crop it to its "
                         "shortest (--no-padding, data.padding=false); default: the checkpoint's data.padding "
                         "(zero-padded for a checkpoint without a record)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="the draw of the batches and of their masks (default 0)")
+    device_option(p, "where the gradients are taken")
     p.add_argument("--out", default=None, help="write the result JSON here too")
     p.set_defaults(func=_gradvar)

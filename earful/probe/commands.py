@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from earful.cli import device_option
+
 if TYPE_CHECKING:
     from earful.probe.cache import Entry
 
@@ -122,8 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", type=Path, help="test manifest (SID: held-out speakers, for the EER)")
     p.add_argument("--out", type=Path, required=True, help="results folder")
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
-    p.add_argument("--device", default="auto", help="where the checkpoint's features are extracted: auto (CUDA "
-                   "where there is one, the default), cpu, cuda or cuda:N; the heads train on the CPU")
+    device_option(p, "where the checkpoint's features are extracted (the heads train on the CPU)")
     p.add_argument("--random-init", action="store_true", help="CKPT's architecture at a random init instead of its "
                    "weights (when the run has no checkpoints/init)")
     p.add_argument("--init-seed", type=int, default=None, help="with --random-init: the initialisation's seed "
