@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from earful.config import flatten, renamed_override, renamed_settings, to_dict
+from earful.config import differences, flatten, renamed_override, renamed_settings, to_dict
 from earful.study.config import DEFAULT_TEST_SETS, NEW_NAMES, PlannedRun, StudyConfig, plan_runs, renamed
 from earful.study.corpus import manifest_digests
 from earful.train.init import SCRATCH, resolve_init
@@ -376,8 +376,7 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
     else:  # a study.json of before: the grid as a whole, and the first run's settings
         gone_or_changed = []
     parts = [*new, *(part for part in old if part not in new)]
-    differ = [(part, k) for part in parts for k in sorted(set(old.get(part, {})) | set(new.get(part, {})))
-              if old.get(part, {}).get(k) != new.get(part, {}).get(k)]
+    differ = [(part, k) for part in parts for k in differences(old.get(part, {}), new.get(part, {}))]
     refused = [(part, k) for part, k in differ if not _added(part, k, old, new)]
     if own and any(_is_lm(part, k) for part, k in refused) and not lm_results(out):
         # no fine-tuning was decoded with the LM of its study.json (the LM failed to load, or the study stopped

@@ -40,7 +40,16 @@ from typing import Any
 
 from earful.atomic import atomic_write_json, replace_folder
 from earful.checkpoint import LEFT_OUT_FILE, weights_sha256
-from earful.config import flatten, from_dict, merge, override_key, override_value, parse_overrides, to_dict
+from earful.config import (
+    differences,
+    flatten,
+    from_dict,
+    merge,
+    override_key,
+    override_value,
+    parse_overrides,
+    to_dict,
+)
 from earful.lock import FolderBusy, hold_folder
 from earful.study.config import StudyConfig, plan_runs, study_of_record
 from earful.study.fingerprint import MAY_GROW, check_same_recipe, comparable, config_parts, with_todays_names
@@ -95,8 +104,7 @@ def widening(saved: dict[str, Any], wide: dict[str, Any]) -> Narrower | None:
     recipe has not, as ``lm:``, comes with settings that are no part of the recipe: where its files are). None
     where ``saved``'s recipe is the merged one."""
     was, now = comparable(saved["fingerprint"]), comparable(wide["fingerprint"])
-    grown = [(part, k) for part in ("study", "probe") for k in sorted(set(was.get(part, {})) | set(now.get(part, {})))
-             if was.get(part, {}).get(k) != now.get(part, {}).get(k)]
+    grown = [(part, k) for part in ("study", "probe") for k in differences(was.get(part, {}), now.get(part, {}))]
     if all(part == "study" and k in (*MAY_GROW, "grid") and _reordered(was[part].get(k), now[part].get(k))
            for part, k in grown):  # the same items in another order: a study run takes either (check_same_recipe)
         return None
