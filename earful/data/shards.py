@@ -163,7 +163,8 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
     with it the recipe). The index and the progress's removal are written inside ``finishing()`` (the command's
     ``StopSignals.holding``: a stop signal then waits for the end); a run killed between them is finished: a
     ``resume`` removes the progress and returns the index's summary, as it returns a finished run's (the shards of
-    another manifest ``source`` are refused)."""
+    another recipe are refused; a copy of the manifest elsewhere is the same recipe, as for an unfinished run; an
+    index an earlier earful wrote records no recipe, and there the manifest's path must be the same)."""
     out = Path(out)
     recipe = {**(recipe or {}), "shard_bytes": shard_bytes, "skip_bad": skip_bad}
     if (out / INDEX).exists():
@@ -179,14 +180,16 @@ def write_shards(utts: Iterable[Utterance], out: str | os.PathLike, *, shard_byt
             if "recipe" in index and (differ := differences(index["recipe"], recipe)):  # an earlier earful's: none
                 raise ShardError(f"{out} holds finished shards of another recipe ({describe(differ)}): choose another "
                                  "folder")
-            if source and recorded and not recorded_relative(recorded) and recorded != source:
+            old = "recipe" not in index  # its manifest's path is all there is to compare
+            if old and source and recorded and not recorded_relative(recorded) and recorded != source:
                 raise ShardError(f"{out} holds the finished shards of {recorded}, not of {source}: choose "
                                  "another folder")
             leftover = (out / PROGRESS).exists()
-            if source and "recipe" not in index and recorded_relative(recorded) and not leftover:
+            if old and source and recorded_relative(recorded) and not leftover:
                 raise ShardError(f"{out} holds the finished shards of {recorded} (as recorded, relative to the folder "
                                  f"`earful shard` ran in), which cannot be told from {source}'s: choose another folder")
-            log.info("--resume: %s holds its index: the run had finished%s", out,
+            log.info("--resume: %s holds its index: the run had finished%s%s", out,
+                     f" (written from {recorded}, whose copy {source} is)" if source and recorded != source else "",
                      "; its progress files are removed" if leftover else "")
             if leftover:
                 _forget_progress(out)

@@ -573,7 +573,9 @@ def test_resume_of_a_finished_shard_run_says_it_finished(corpus: Path, tmp_path:
     """`earful shard M OUT --resume` of a run that had finished was refused, "already holds shards (index.json):
     choose another folder or remove it" (status 2, advice to remove finished work), where a run killed just after
     its index resumes as finished (status 0). A finished run now resumes as finished too, its files untouched; the
-    shards of another manifest are refused, naming it."""
+    shards of another recipe are refused, naming what differs. A copy of the manifest elsewhere is the same recipe
+    (it was refused as another manifest's, where an unfinished run's resume took it); an index an earlier earful
+    wrote, without its recipe, is checked by the manifest's path."""
     args = ("--shard-gb", "0.00005")
     out = tmp_path / "done"
     assert _run("shard", str(corpus), str(out), *args) == 0
@@ -585,14 +587,23 @@ def test_resume_of_a_finished_shard_run_says_it_finished(corpus: Path, tmp_path:
     with pytest.raises(ShardError, match=re.escape(f"{out} holds finished shards of another recipe (seed: None -> 1, "
                                                    "shard_bytes: 50000 -> 60000): choose another folder")):
         _run("shard", str(corpus), str(out), "--shard-gb", "0.00006", "--seed", "1", "--resume")
-    other = corpus.with_name("other.jsonl")
-    other.write_bytes(corpus.read_bytes())
-    with pytest.raises(ShardError, match=re.escape(f"{out} holds the finished shards of {corpus.resolve()}, not of "
-                                                   f"{other.resolve()}")):
-        _run("shard", str(other), str(out), *args, "--resume")
+    other = corpus.with_name("other.jsonl")  # a copy of the manifest (data moved, as to node-local disk): the same
+    other.write_bytes(corpus.read_bytes())   # recipe, as the resume of an unfinished run takes it (was refused)
+    caplog.clear()
+    assert _run("shard", str(other), str(out), *args, "--resume") == 0
+    assert f"the run had finished (written from {corpus.resolve()}, whose copy {other.resolve()} is)" in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    edited = corpus.with_name("edited.jsonl")  # one row less: another manifest, so another recipe
+    edited.write_text("".join(corpus.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(ShardError, match=re.escape(f"{out} holds finished shards of another recipe "
+                                                   "(manifest_sha256: ")):
+        _run("shard", str(edited), str(out), *args, "--resume")
     index = json.loads((out / "index.json").read_text())
     del index["recipe"]  # as an earlier earful wrote it: the manifest's path is what is checked
     (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ShardError, match=re.escape(f"{out} holds the finished shards of {corpus.resolve()}, not of "
+                                                   f"{other.resolve()}")):
+        _run("shard", str(other), str(out), *args, "--resume")
     assert _run("shard", str(corpus), str(out), "--shard-gb", "0.00006", "--resume") == 0
     index["source"] = corpus.name  # an earlier earful's, relative to where it ran: it was any manifest's finished run
     (out / "index.json").write_text(json.dumps(index))
