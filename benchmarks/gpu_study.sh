@@ -17,12 +17,13 @@
 #     -d .whl soundfile cffi pycparser soxr espeakng-loader jiwer rapidfuzz
 # then, through the device tool: `run` "OUT=\$OUT bash benchmarks/gpu_study.sh" with carry [".whl"] and
 # timeout_s 600, and again on the warm machine while status.md shows runs to do.
-# STUDY (default studies/gpu.yaml), FOLDER (default runs/gpu) and DEADLINE (default 480 s: with the 30 s a stop
-# may take, the pack and the install, a call ends well within 600 s) may be set; PYTHON is the interpreter.
+# STUDY (default gpu, the study preset studies/gpu.yaml; or a file's path), FOLDER (default runs/gpu) and DEADLINE
+# (default 480 s: with the 30 s a stop may take, the pack and the install, a call ends well within 600 s) may be
+# set; PYTHON is the interpreter.
 set -uo pipefail
 OUT=${OUT:-/tmp/earful-gpu-study}
 PY=${PYTHON:-python3}
-STUDY=${STUDY:-studies/gpu.yaml}
+STUDY=${STUDY:-gpu}  # earful's study of that name, studies/gpu.yaml (by name: it needs no link in the copied tree)
 FOLDER=${FOLDER:-runs/gpu}
 DEADLINE=${DEADLINE:-480}
 mkdir -p "$OUT"

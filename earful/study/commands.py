@@ -65,11 +65,15 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+STUDY_HELP = ("a study YAML file, or the name of one of earful's: demo, cpu-paper, paper, gpu... (the files of "
+              "studies/ in a checkout, earful/configs/studies/ in the package)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="the batch-size study: plan, run, report, merge, status")
     ss = p.add_subparsers(dest="study_command", required=True)
     q = ss.add_parser("plan", help="print the table of runs and their estimated cost")
-    q.add_argument("study", help="study YAML (see studies/)")
+    q.add_argument("study", help=STUDY_HELP)
     q.add_argument("overrides", nargs="*", help="key=value overrides")
     q.add_argument("--throughput", type=float, default=None, help="audio seconds per second per device")
     q.set_defaults(func=_plan)
@@ -84,10 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "milestone_label_sets and test splits (corpus.test) may be added; a changed or removed\n"
                     "setting is refused, naming it (docs/paper-at-cpu-scale.md, \"How a study continues\").\n"
                     "SIGTERM / SIGUSR1 stop it after each running training checkpoints (status 4).",
-        epilog="examples:\n  earful study run studies/demo.yaml --out runs/demo\n"
+        epilog="examples:\n  earful study run studies/demo.yaml --out runs/demo   # or: earful study run demo ...\n"
                "  earful study run studies/cpu-paper.yaml --out runs/cpu-paper jobs=1 'seeds=[1,2,3,4]'\n"
                "  earful study run my.yaml --out runs/my 'grid=[8, 16, 32]' pretrain_overrides=[threads=2]")
-    q.add_argument("study", help="study YAML (see studies/)")
+    q.add_argument("study", help=STUDY_HELP)
     q.add_argument("overrides", nargs="*", help="key=value overrides of the study's settings (dotted keys, YAML "
                                                 "values: corpus.dir=D, 'seeds=[1,2]', jobs=2)")
     q.add_argument("--out", required=True, help="study output folder (a rerun continues it)")

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from earful.config import (
+    PRESET_DIR,
     ConfigError,
     flatten,
     from_dict,
     merge,
     parse_overrides,
     plain_name,
+    preset_file,
     read_yaml,
     renamed_settings,
     to_dict,
@@ -40,6 +42,8 @@ class SynthSpec:
     seed: int = 0
     labelled_fraction: float = 0.25
 
+
+STUDY_DIR = PRESET_DIR / "studies"  # the study presets (`earful study run demo`); a checkout's studies/ links here
 
 # the test splits fine-tunings are evaluated on where the study's corpus.test names none
 DEFAULT_TEST_SETS = {"dev": "manifests/dev.jsonl", "test": "manifests/test.jsonl"}
@@ -493,9 +497,9 @@ def study_of_record(saved: dict[str, Any], where: str = "study.json") -> StudyCo
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    if not Path(path).is_file():  # read_yaml would look for a training preset of that name, and list those
-        raise ConfigError(f"{path}: {'a folder' if Path(path).is_dir() else 'no such file'}, not a study file (a "
-                          "YAML file; the repository's are studies/*.yaml)")
+    """The study of the YAML file ``path``, or of earful's study preset of that name (``demo``, ``paper``: the
+    files of ``earful/configs/studies/``, which a checkout also has as ``studies/``), with ``overrides``."""
+    path = preset_file(path, STUDY_DIR, what="study")
     given = read_yaml(path)
     over = parse_overrides(overrides) if overrides else {}
     old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in flatten(d)

@@ -1,5 +1,6 @@
 """`earful study plan` reproduces the paper's table of runs (docs/paper.md §3.4)."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -361,11 +362,28 @@ def test_the_other_modes_length_is_said_to_be_unused(tmp_path, caplog) -> None:
 
 
 def test_a_missing_study_file_is_named_as_one(tmp_path, caplog) -> None:
-    """`earful study plan nope.yaml` said "no such preset" and listed the training presets (pretrain-demo...)."""
+    """`earful study plan nope.yaml` said "no such preset" and listed the training presets (pretrain-demo...); it
+    names the study presets."""
     from earful.cli import main
 
-    for name, said in ((tmp_path / "nope.yaml", "no such file"), (tmp_path, "a folder")):
+    for name, said in ((tmp_path / "nope.yaml", "no such file"), (tmp_path, "a folder, not a config file,")):
         caplog.clear()
         assert main(["study", "plan", str(name)]) == 2
-        assert f"{name}: {said}, not a study file (a YAML file; the repository's are studies/*.yaml)" in caplog.text
-        assert "pretrain-demo" not in caplog.text
+        assert f"{name}: {said} and no such study (presets: ['cpu', 'cpu-paper', " in caplog.text
+        assert "'demo', 'gpu', 'paper'])" in caplog.text and "pretrain-demo" not in caplog.text
+
+
+def test_a_study_preset_is_taken_by_name_where_no_checkout_is(tmp_path, monkeypatch, caplog) -> None:
+    """An installed earful (`pip install`, no checkout) had no study at all: `earful study plan demo` said "no such
+    file" and the studies lived only in the repository's studies/. They ship in the package, and a name that is no
+    file is its preset, the same study as the checkout's file; a file of that name in the folder comes first."""
+    from earful.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("demo", "paper", "cpu-paper"):
+        assert load_study(name) == load_study(ROOT / "studies" / f"{name}.yaml")
+    assert load_study("demo", ["jobs=1"]).jobs == 1
+    caplog.set_level(logging.INFO)
+    assert main(["study", "plan", "demo"]) == 0 and "study demo (fixed-hours)" in caplog.text
+    (tmp_path / "demo").write_text((ROOT / "studies" / "cpu.yaml").read_text())  # a file named demo: the user's
+    assert load_study("demo") == load_study(ROOT / "studies" / "cpu.yaml")
