@@ -68,6 +68,22 @@ def resume_options(parser: argparse.ArgumentParser) -> None:
                         "architecture")
 
 
+def run_folder_options(parser: argparse.ArgumentParser) -> None:
+    """A training command's ``--out`` and ``--print-config`` (without which ``--out`` is required: ``out_required``)."""
+    parser.add_argument("--out", default=None, help="run folder (required unless --print-config)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML (a config file of the same recipe) and log the "
+                        "batch it makes on this many devices (WORLD_SIZE, as torchrun sets it; else 1), its peak lr, "
+                        "steps and hours of audio; then stop: nothing is trained or written")
+
+
+def out_required(args: argparse.Namespace) -> None:
+    """The run folder, required but with ``--print-config``; refused as argparse refuses a missing option."""
+    if args.out is None and not args.print_config:
+        raise ValueError("the following arguments are required: --out (the run folder; only --print-config goes "
+                         "without)")
+
+
 def device_option(parser: argparse.ArgumentParser, what: str) -> None:
     """A command's ``--device``, taken by :func:`earful.train.distributed.resolve_device`; ``what``: what runs there."""
     parser.add_argument("--device", default="auto",

@@ -543,6 +543,11 @@ def load_config(
     return from_dict(cls, data)
 
 
+def config_yaml(cfg: Any) -> str:
+    """``cfg`` as the YAML a run folder's config.yaml holds: every setting, in the dataclasses' order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_yaml(cfg: Any, path: str | Path) -> None:
     with atomic_open(path) as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        f.write(config_yaml(cfg))

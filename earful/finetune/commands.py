@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from earful.cli import renamed_option, resume_options
+from earful.cli import out_required, renamed_option, resume_options, run_folder_options
 
 log = logging.getLogger("earful.finetune")
 
@@ -14,8 +14,9 @@ def _finetune(args: argparse.Namespace) -> int:
     from earful.config import check_options, config_and_overrides, overrides_read_as_paths
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
-    from earful.train.engine import train_command
+    from earful.train.engine import print_config, train_command
 
+    out_required(args)
     args.config, args.overrides = config_and_overrides(args.overrides, args.config)
     with overrides_read_as_paths(args.overrides):  # sweep/lr=1e-3/config.yaml is an override: said so
         cfg = load_finetune_config(args.config, args.overrides)
@@ -28,6 +29,8 @@ def _finetune(args: argparse.Namespace) -> int:
         cfg.data.train = args.train
     if args.valid is not None:
         cfg.data.valid = args.valid
+    if args.print_config:
+        return print_config(cfg)
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start, show=("step", "last_valid", "best", "stopped_by"))
 
@@ -49,6 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labelled validation manifest: CTC loss, WER and CER every valid_every steps (data.valid)")
     renamed_option(p, "--dev", "--valid")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. finetune-fairseq-10m)")
-    p.add_argument("--out", required=True, help="run folder")
+    run_folder_options(p)
     resume_options(p)
     p.set_defaults(func=_finetune)

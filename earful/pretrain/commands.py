@@ -7,7 +7,7 @@ import json
 import logging
 
 from earful.atomic import atomic_write_lines
-from earful.cli import device_option, resume_options
+from earful.cli import device_option, out_required, resume_options, run_folder_options
 from earful.config import check_options, config_and_overrides, overrides_read_as_paths
 
 log = logging.getLogger("earful.pretrain")
@@ -16,13 +16,16 @@ log = logging.getLogger("earful.pretrain")
 def _pretrain(args: argparse.Namespace) -> int:
     from earful.pretrain.config import load_pretrain_config
     from earful.pretrain.task import PretrainTask
-    from earful.train.engine import train_command
+    from earful.train.engine import print_config, train_command
 
+    out_required(args)
     config, overrides = config_and_overrides(args.overrides, args.config)
     with overrides_read_as_paths(overrides):  # sweep/lr=1e-3/config.yaml is an override: said so
         check_options({"init": ("--init", args.init)}, overrides)  # init=X --init Y trained from Y, silently
         cfg = load_pretrain_config(config, overrides, init=args.init,
                                    resume_from=args.out if args.resume or args.resume_or_start else None)
+    if args.print_config:
+        return print_config(cfg)
     return train_command(PretrainTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start,
                          show=("step", "hours_padded", "hours_real", "stopped_by"))
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a YAML config or preset name (earful/configs/pretrain-*.yaml; or --config), then key=value "
                    "overrides, e.g. pretrain-demo batch_seconds=600 optim.lr=1e-4")
     p.add_argument("--config", default=None, help="YAML config or preset name (e.g. pretrain-paper)")
-    p.add_argument("--out", required=True, help="run folder")
+    run_folder_options(p)
     p.add_argument("--init", default=None,
                    help="continue pre-training from these weights: an earful pre-training checkpoint or run "
                    "folder, or a transformers Wav2Vec2ForPreTraining folder or Hub model id, ORG/NAME[@REVISION] "

@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -36,12 +38,13 @@ import torch
 from tqdm import tqdm
 
 from earful.checkpoint import CheckpointError, load_model, load_weights, read_info
-from earful.config import describe, to_dict
+from earful.config import config_yaml, describe, to_dict
 from earful.data.budget import SAMPLE_RATE
 from earful.data.parallel import EXIT_STOPPED, STOP_SIGNALS, signals_handled
 from earful.lock import hold_folder
 from earful.model import compile_blocks, count_parameters, uses_cuda_graphs
 from earful.train import distributed as D
+from earful.train.config import TrainingConfig, nominal_hours
 from earful.train.machine import record_machine
 from earful.train.memory import auto_device_seconds, out_of_memory
 from earful.train.monitor import Health, JsonlLog, Meter, TensorBoard, distance_from
@@ -738,6 +741,27 @@ def writing(root: Path) -> Iterator[None]:
     except OSError as e:
         raise RuntimeError(f"{root}: cannot write the run folder ({e.strerror or e}); nothing was trained; "
                            "choose a writable --out (or free space)") from e
+
+
+def print_config(cfg: TrainingConfig, world_size: int | None = None) -> int:
+    """``--print-config``: ``cfg`` as YAML on stdout, which as a config file trains the same recipe, and on the log
+    the batch it makes on ``world_size`` devices (default: WORLD_SIZE, as torchrun sets it, else 1), the peak lr,
+    the steps and the audio they see. Nothing is trained or written; a batch no device layout can make is refused
+    as the run would refuse it."""
+    sys.stdout.write(config_yaml(cfg))
+    sys.stdout.flush()
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.device_seconds == "auto":
+        log.info("batch %g s on %d device(s); device_seconds=auto: the micro-batch, and so the accumulation, is "
+                 "found on the device when the run starts", cfg.batch_seconds, world)
+    else:
+        log.info("%s", cfg.budget(world).describe())
+    o = cfg.optim
+    scaling = "optim.lr" if o.lr_scaling == "none" else \
+        f"optim.lr {o.lr:g} at {o.reference_batch_seconds:g} s, {o.lr_scaling} scaling"
+    log.info("peak lr %.3g (%s); %d steps: %s h of audio (batch × steps, padded, at most)", cfg.effective_lr(),
+             scaling, cfg.max_steps, f"{nominal_hours(cfg.batch_seconds, cfg.max_steps):,.2f}")
+    return 0
 
 
 def train_command(task: Task, out_dir: str | Path, *, resume: bool, allow_changes: bool = False,
