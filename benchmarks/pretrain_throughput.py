@@ -113,7 +113,7 @@ class Ours:
 
     def __init__(self, model: Wav2Vec2ForPreTraining, s: Setup, fused: bool = True) -> None:
         self.model, self.s = model.to(s.device).train(), s
-        self.opt = adamw(model, fused)  # fused, as earful's Pretrainer builds it
+        self.opt = adamw(model, fused)  # fused, as earful's Trainer builds it (earful/train/engine.py)
         self.gen = torch.Generator(device=s.device).manual_seed(1)
         self.host = torch.Generator().manual_seed(1)  # the span mask on the host, as the trainer draws it
         self.host_lengths = s.lengths.cpu()
