@@ -330,7 +330,7 @@ def _descriptor_path(opened: BinaryIO) -> str | None:
     return None
 
 
-def load_model(ckpt_dir: str | Path, *, verify: bool = True,
+def load_model(ckpt_dir: str | Path, *,
                expect: Mapping[str, object] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model from ``model.json`` and load ``model.safetensors`` (verified by size and hash; the
     config checked against the weights' shapes before the model is built). ``model.json`` is read once and the
@@ -355,8 +355,7 @@ def load_model(ckpt_dir: str | Path, *, verify: bool = True,
                "is not what would be loaded; run again")
     with opened:
         try:
-            if verify or expect is not None:
-                verify_weights(ckpt_dir, info, opened)  # the size before a byte is read, then the hash
+            verify_weights(ckpt_dir, info, opened)  # the size before a byte is read, then the hash
         except CheckpointError as e:  # with ``expect``: replaced after model.json was read, most likely
             if expect is None:
                 raise

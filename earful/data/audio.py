@@ -148,28 +148,31 @@ def read_window(f: sf.SoundFile, start: int, frames: int, dtype: str = "float32"
     return f.read(start + frames, dtype=dtype, always_2d=True)[start:]
 
 
-def _blocks(f: sf.SoundFile, dtype: str, block: int, limit: int | None = None) -> Iterator[np.ndarray]:
-    """The samples of the open file ``f`` from where it stands, ``block`` at a time, to its real end or to ``limit``
-    samples: how a file libsndfile cannot seek in (nor tell its length) is read."""
+BLOCK = 1 << 16  # samples a read of a file libsndfile cannot seek in
+
+
+def _blocks(f: sf.SoundFile, limit: int | None = None) -> Iterator[np.ndarray]:
+    """The float32 samples of the open file ``f`` from where it stands, ``BLOCK`` at a time, to its real end or to
+    ``limit`` samples: how a file libsndfile cannot seek in (nor tell its length) is read."""
     got = 0
     while limit is None or got < limit:
-        part = f.read(block if limit is None else min(block, limit - got), dtype=dtype, always_2d=True)
+        part = f.read(BLOCK if limit is None else min(BLOCK, limit - got), dtype="float32", always_2d=True)
         if not len(part):
             return
         got += len(part)
         yield part
 
 
-def read_all(f: sf.SoundFile, dtype: str = "float32", block: int = 1 << 16) -> np.ndarray:
-    """Every sample (``(samples, channels)``) of the open file ``f``, not yet read, to its real end (a header may
-    promise more or less): at once where libsndfile can seek in it, else block by block."""
+def read_all(f: sf.SoundFile) -> np.ndarray:
+    """Every float32 sample (``(samples, channels)``) of the open file ``f``, not yet read, to its real end (a header
+    may promise more or less): at once where libsndfile can seek in it, else block by block."""
     if f.seekable():
-        return f.read(dtype=dtype, always_2d=True)
-    blocks = list(_blocks(f, dtype, block))
-    return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype=dtype)
+        return f.read(dtype="float32", always_2d=True)
+    blocks = list(_blocks(f))
+    return np.concatenate(blocks) if blocks else np.zeros((0, f.channels), dtype="float32")
 
 
-def decodes_up_to(f: sf.SoundFile, end: int, block: int = 1 << 16) -> bool:
+def decodes_up_to(f: sf.SoundFile, end: int) -> bool:
     """Whether sample ``end - 1`` of the open file ``f``, not yet read, decodes (a file cut short by an
     interrupted copy lacks it though its header promises it): by one seek where libsndfile seeks in the file, else
     (GSM 6.10, G.721/G.723 ADPCM WAVs, which :func:`read_window` also reads from their start) by decoding up to
@@ -177,7 +180,7 @@ def decodes_up_to(f: sf.SoundFile, end: int, block: int = 1 << 16) -> bool:
     if f.seekable():
         f.seek(end - 1)
         return len(f.read(1, dtype="float32")) == 1
-    return sum(len(part) for part in _blocks(f, "float32", block, end)) >= end
+    return sum(len(part) for part in _blocks(f, end)) >= end
 
 
 def _decodes_at_all(path: str | os.PathLike | IO[bytes]) -> bool:
@@ -215,7 +218,6 @@ def load_audio(
     *,
     target_rate: int = SAMPLE_RATE,
     resample: bool = True,
-    min_samples: int = RECEPTIVE_FIELD,
     start: int = 0,
     frames: int | None = None,
 ) -> np.ndarray:
@@ -226,8 +228,7 @@ def load_audio(
     Raises AudioError when the file is unreadable, or as ``decode_audio`` says.
     """
     with open_audio(path) as f:
-        return decode_audio(f, path, target_rate=target_rate, resample=resample, min_samples=min_samples,
-                            start=start, frames=frames)
+        return decode_audio(f, path, target_rate=target_rate, resample=resample, start=start, frames=frames)
 
 
 def decode_audio(

@@ -307,14 +307,13 @@ def read_librispeech(root: str | os.PathLike, problems: list[str] | None = None,
     return sorted(utts, key=lambda u: u.id)
 
 
-def read_librilight(root: str | os.PathLike, problems: list[str] | None = None,
-                    files_read: FilesRead | None = None) -> dict[str, list[Utterance]]:
+def read_librilight(root: str | os.PathLike, problems: list[str] | None = None) -> dict[str, list[Utterance]]:
     """The 10 min, 1 h and 10 h label sets of a Libri-light fine-tuning tree (``root`` is
     ``librispeech_finetuning`` or its parent): 10 min = ``1h/0``, 1 h = ``1h/{0..5}``, 10 h = 1 h + ``9h``. An id
     in two folds is a problem, left out of the later fold: a set holding both would hold it twice."""
     root = _finetuning_root(Path(root))
     problems = [] if problems is None else problems
-    files_read = FilesRead() if files_read is None else files_read
+    files_read = FilesRead()
     folds: dict[str, list[Utterance]] = {}
     fold_of: dict[str, tuple[str, Utterance]] = {}  # id -> the fold that holds it, and how
     for fold in LIBRILIGHT_SETS["10h"]:

@@ -414,11 +414,11 @@ def numbered_lines(f: IO[bytes], path: str | os.PathLike, desc: str) -> Iterator
             yield lineno, raw
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_empty: bool = False) -> Manifest:
+def read_manifest(path: str | os.PathLike, *, check_files: bool = False) -> Manifest:
     """Read a JSONL manifest into columns. Raises ManifestError naming file and line on a bad row (including
-    bytes that are not UTF-8), a duplicate id, (with ``check_files``) an audio file that does not exist, or
-    (unless ``allow_empty``) a manifest without utterances: training or scoring nothing is never what was meant;
-    and on a folder, an audio file or a fairseq manifest given for one (:func:`check_manifest_file`)."""
+    bytes that are not UTF-8), a duplicate id, (with ``check_files``) an audio file that does not exist, or a
+    manifest without utterances (training or scoring nothing is never what was meant); and on a
+    folder, an audio file or a fairseq manifest given for one (:func:`check_manifest_file`)."""
     path = Path(path)
     check_manifest_file(path)
     base = path.resolve().parent
@@ -456,7 +456,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = False, allow_e
                 audio = _resolve(last_path, base)
                 if not os.path.isfile(audio):
                     raise AudioNotFound(f"{path}:{lineno}: audio file not found: {printable_path(audio)}")
-    if not lengths and not allow_empty:
+    if not lengths:
         raise ManifestError(f"{path}: no utterances (an empty manifest)")
     starts.append(end)
     _first_duplicate(path, starts, np.frombuffer(hashes, dtype=np.int64))

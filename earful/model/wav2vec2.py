@@ -461,5 +461,6 @@ def batch_invariant(model: nn.Module) -> nn.Module:
     return model
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(module: nn.Module) -> int:
+    """The number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -146,11 +146,11 @@ def scan(cache_dir: str | os.PathLike) -> tuple[list[Entry], dict[Kind, Path]]:
 
 
 def select(found: list[Entry], *, older_than_days: float | None = None, upstream: str | None = None,
-           incomplete: bool = False, now: float | None = None) -> list[Entry]:
+           incomplete: bool = False) -> list[Entry]:
     """The entries meeting every criterion given: unused for more than ``older_than_days``, an upstream naming
     ``upstream`` (a substring of its path, or 'fbank'; of an import's source, ``ORG/NAME@COMMIT`` or its folder), or
     (``incomplete``) unreadable or of an older format."""
-    now = time.time() if now is None else now
+    now = time.time()
     chosen = found
     if older_than_days is not None:
         chosen = [e for e in chosen if now - e.used > older_than_days * DAY]
@@ -199,9 +199,9 @@ def human(size: float) -> str:
     return f"{size:.1f} TB"
 
 
-def table(found: list[Entry], now: float | None = None) -> list[str]:
+def table(found: list[Entry]) -> list[str]:
     """A text table of the entries, the oldest use first, and a total."""
-    now = time.time() if now is None else now
+    now = time.time()
     rows = [f"{'entry':12}  {'kind':8}  {'size':>9}  {'unused':>8}  {'utts':>6}  upstream → manifest, or import of"]
     for e in sorted(found, key=lambda e: e.used):
         utts = f"{e.utterances:6d}" if e.kind == "features" else f"{'':6}"

@@ -121,11 +121,14 @@ def evaluate(model: CTCProbe, task: Transcription, split: Split, refs: list[str]
     return task.score(refs, _predict(model, task, split, batch))
 
 
-def _batches(rng: np.random.Generator, frames: np.ndarray, size: int, window: int = 8) -> list[list[int]]:
-    """An epoch's batches of ``size`` utterances: shuffled, then sorted by length within each run of ``window``
-    batches (less padding), the batches in a shuffled order."""
+SORTED_BATCHES = 8  # batches of an epoch sorted by length together
+
+
+def _batches(rng: np.random.Generator, frames: np.ndarray, size: int) -> list[list[int]]:
+    """An epoch's batches of ``size`` utterances: shuffled, then sorted by length within each run of
+    ``SORTED_BATCHES`` batches (less padding), the batches in a shuffled order."""
     order = rng.permutation(len(frames))
-    span = size * window
+    span = size * SORTED_BATCHES
     grouped = np.concatenate([part[np.argsort(frames[part], kind="stable")]
                               for part in np.split(order, range(span, len(order), span))])
     batches = [grouped[b : b + size].tolist() for b in range(0, len(grouped), size)]

@@ -301,9 +301,9 @@ def build_report(out_dir: str | Path) -> Path:
                  "Values are mean ± SE over seeds (%); a difference is called clear beyond 2 standard errors of the "
                  "difference, a low bar with few seeds (a comparison that calls one says how often that is chance). "
                  "Equal hours are nominal hours (batch × steps), as the plan and the paper count them.",
-                 ""] + findings(ft, runs, study, main_split, "wer") + findings(ft, runs, study, main_split, "cer")
+                 ""] + findings(ft, study, main_split, "wer") + findings(ft, study, main_split, "cer")
         if ft_lm:
-            text += findings(ft_lm, runs, study, main_split, "wer", " with the LM")
+            text += findings(ft_lm, study, main_split, "wer", " with the LM")
     text += machines_section(out, every_run)
     text += ["## Plots", "",
              "Error bars and bands: ±1 standard error of the mean over seeds. Validation curves are plotted "
@@ -515,7 +515,7 @@ def probe_section(probes: list[dict[str, Any]], means: dict[ProbedModel, dict[st
     where = "test split; SID accuracy on labelled-10h" if "sid.accuracy" in metrics else "test split"
     text = [f"## Probes of frozen features (docs/probes.md; {where}, %; {spread})", "",
             md_table(["upstream"] + [f"{m} {arrow[m]}" for m in metrics], rows), ""]
-    text += learned_lines(means, about)
+    text += learned_lines(means)
     padded = padded or {}
 
     def padded_of(r: dict[str, Any]) -> float | None:
@@ -542,8 +542,7 @@ def baseline(means: dict[ProbedModel, dict[str, float]], name: str, metric: str)
     return statistics.fmean(vals) if vals else None
 
 
-def learned_lines(means: dict[ProbedModel, dict[str, float]], about: dict[ProbedModel, dict[str, Any]]
-                  ) -> list[str]:
+def learned_lines(means: dict[ProbedModel, dict[str, float]]) -> list[str]:
     """The probes' test of learning: a final model beats the random init and filterbanks on PR and IC."""
     per, ic = ([x for x in (baseline(means, name, metric) for name in RESERVED_TAGS) if x is not None]
                for metric in ("pr.per", "ic.accuracy"))
@@ -1130,8 +1129,8 @@ def _equal_hours(what: str, ls: str, name: str, per_b: dict[float, list[float]])
             ("; one seed, so the noise is not measured" if seeds < 2 else "") + f"); {_neighbours(per_b, name)}.")
 
 
-def findings(ft: list[dict[str, Any]], runs: dict[str, Any], study: dict[str, Any], split: str,
-             metric: str = "wer", decoded: str = "") -> list[str]:
+def findings(ft: list[dict[str, Any]], study: dict[str, Any], split: str, metric: str = "wer",
+             decoded: str = "") -> list[str]:
     """The two questions of the paper, and pre-training vs scratch, answered from this study's numbers in
     ``metric`` (``wer`` or ``cer``: at small scale WER sits near 100 % and CER tells the models apart);
     ``decoded``: how ``ft`` was decoded where not greedily (" with the LM")."""

@@ -29,14 +29,15 @@ from earful.train.task import Task
 log = logging.getLogger(__name__)
 
 MARGIN = 0.9  # of the largest trial that fitted
+START_SECONDS = 1.0  # the first trial
+PRECISION = 0.05  # relative: the bisection stops when the bracket is this narrow
 
 
-def find_device_seconds(fits: Callable[[float], bool], upper: float, *, start: float = 1.0,
-                        precision: float = 0.05) -> float:
-    """The largest seconds ≤ ``upper`` for which ``fits`` holds (doubling, then bisection to ``precision``
-    relative), times ``MARGIN``. Raises when not even ``start`` / 4 fits."""
+def find_device_seconds(fits: Callable[[float], bool], upper: float) -> float:
+    """The largest seconds ≤ ``upper`` for which ``fits`` holds (doubling from ``START_SECONDS``, then bisection to
+    ``PRECISION`` relative), times ``MARGIN``. Raises when not even a quarter of the first trial fits."""
     lo, hi = 0.0, math.inf
-    s = min(start, upper)
+    s = min(START_SECONDS, upper)
     while s <= upper:  # double until a trial fails or the step's share fits
         if not fits(s):
             hi = s
@@ -53,7 +54,7 @@ def find_device_seconds(fits: Callable[[float], bool], upper: float, *, start: f
         if not fits(s):
             raise RuntimeError(f"device_seconds=auto: not even {s:g} s of audio fits on this device")
         lo = s
-    while hi - lo > precision * lo:
+    while hi - lo > PRECISION * lo:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return MARGIN * lo

@@ -19,7 +19,7 @@ def test_fixed_hours_pairs_equal_steps_within_ten_percent_and_equal_hours() -> N
                rec(f"32s-seed{seed}", 32, "final", 169, 1.4, 0.80 + shift, seed),
                rec(f"32s-seed{seed}", 32, "hours-0.75", 90, 0.75, 0.85 + shift, seed),
                rec("scratch", None, "init", 0, 0.0, 0.75 + shift, seed)]
-    text = "\n".join(findings(ft, {}, {"mode": "fixed-hours", "hours": 1.5}, "test", "cer"))
+    text = "\n".join(findings(ft, {"mode": "fixed-hours", "hours": 1.5}, "test", "cer"))
     # 8 s @ 0.75 h (step 360) pairs with 16 s final (338); 16 s @ 0.75 h (180) with 32 s final (169)
     # every neighbour comparison says how often a 2 SE call is chance with its seeds (the baseline's alone had)
     assert ("Near-equal steps (within 10 %: 8 s at step 360, 16 s at step 338), 10h:** 8 s → 16 s: CER lower "
@@ -55,7 +55,7 @@ def test_a_paper_shaped_study_reports_test_clean_and_its_best_checkpoints() -> N
                         seed)
                 ft.append({**r, "split": split})
     assert end_checkpoint(ft) == "best"
-    text = "\n".join(findings(ft, {}, {"mode": "fixed-steps", "steps": 400000}, "test-clean", "cer"))
+    text = "\n".join(findings(ft, {"mode": "fixed-steps", "steps": 400000}, "test-clean", "cer"))
     assert "### In CER (`test-clean`)" in text
     assert "87.5 s → 600 s: CER lower" in text and "best pre-trained (600 s) 22.5" in text
 

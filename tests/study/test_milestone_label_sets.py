@@ -181,7 +181,7 @@ def test_the_report_pairs_cycle_minima_at_equal_hours_and_leaves_the_cells_not_f
 
     study, saved, runs = _cyclic(tmp_path, "grid: [4, 8, 16]", "milestone_label_sets: [a], ")
     ft = _results(study, lambda r: (("steps-4", 4, ["a"]), ("final", 8, ["a", "b"])))
-    lines = findings(ft, runs, saved, "test", "cer")
+    lines = findings(ft, saved, "test", "cer")
     equal = [x for x in lines if "Equal nominal hours" in x]
     assert len(equal) == 2 and all(", a:**" in x for x in equal), lines
     assert "4 s at step 8, 8 s at step 4" in equal[0] and "8 s at step 8, 16 s at step 4" in equal[1]
@@ -229,6 +229,6 @@ def test_an_hours_milestone_on_a_cycle_minimum_is_one_finding(tmp_path) -> None:
     ft = _results(study, lambda r: (("steps-4", 4, ["a", "b"]), ("final", 8, ["a", "b"]),
                                     ("hours-0.0088889", 8 if r.batch_seconds == 4 else 4, ["a", "b"])))
     for metric in ("wer", "cer"):
-        equal = [x for x in findings(ft, runs, saved, "test", metric) if "Equal nominal hours" in x]
+        equal = [x for x in findings(ft, saved, "test", metric) if "Equal nominal hours" in x]
         assert len(equal) == 2, equal  # one a label set: the milestone's
         assert all(x.startswith("- **Equal nominal hours (hours-0.0088889)") for x in equal), equal

@@ -134,7 +134,7 @@ def test_no_difference_against_scratch_is_said_in_a_sentence() -> None:
            "hours_padded": 0.01, "seed": s, "label_set": "10h", "split": "test", "wer": 0.9,
            "cer": 0.5 + SHIFT[s] + (0.01 if b else 0.0)} for s in SEEDS for p, b, ck in (("4s", 4.0, "final"),
                                                                                        ("scratch", None, "init"))]
-    text = "\n".join(findings(ft, {}, {"mode": "fixed-steps"}, "test", "cer"))
+    text = "\n".join(findings(ft, {"mode": "fixed-steps"}, "test", "cer"))
     assert "%: no clear difference between pre-trained and scratch (within 2 standard errors)." in text
     assert "pre-trained is no clear" not in text
 

@@ -206,7 +206,7 @@ def test_fixed_steps_findings_say_when_best_checkpoints_are_of_different_steps()
                 "cer": cer}
 
     def fixed_steps_line(records):
-        (line,) = [x for x in findings(records, {}, {"mode": "fixed-steps", "steps": 400}, "test", "cer")
+        (line,) = [x for x in findings(records, {"mode": "fixed-steps", "steps": 400}, "test", "cer")
                    if "Fixed steps" in x]
         return line
 
