@@ -28,7 +28,6 @@ class Item:
     index: int
     id: str
     wave: np.ndarray | None
-    transcript: str | None
     error: str | None = None
     epoch: int = 0
 
@@ -40,7 +39,6 @@ class Batch:
     wave: torch.Tensor  # (B, S) float32
     lengths: torch.Tensor  # (B,) int64
     ids: list[str]
-    transcripts: list[str | None]
     real_seconds: float
     padded_seconds: float
     bad: list[tuple[str, str]] = field(default_factory=list)
@@ -74,7 +72,7 @@ class AudioDataset(Dataset):
     30-minute file (or of a segment of it) decodes 15.6 s. Audio at another rate is decoded whole (the file, or
     the segment) and resampled before it is cropped, as resampling a window alone would give other samples.
 
-    Indexed by an ``int`` (epoch from ``set_epoch``) or an ``(index, epoch)`` pair, which is what
+    Indexed by an ``int`` (epoch 0) or an ``(index, epoch)`` pair, which is what
     ``make_loader`` feeds so that worker processes crop by the epoch of each batch.
     """
 
@@ -90,7 +88,6 @@ class AudioDataset(Dataset):
         self.crop_samples = to_samples(crop_seconds) if crop_seconds else None  # as the sampler
         self.seed = seed
         self.skip_bad = skip_bad
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -99,19 +96,16 @@ class AudioDataset(Dataset):
         """Samples per utterance at ``SAMPLE_RATE``, from the manifest (what the sampler needs)."""
         return lengths_at_rate(self.utterances)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
-        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         utt = self.utterances[index]
         try:
             wave = read_utterance(utt, index, epoch, crop_samples=self.crop_samples, seed=self.seed)
         except AudioError as e:
             if not self.skip_bad:
                 raise
-            return Item(index, utt.id, None, utt.transcript, error=str(e), epoch=epoch)
-        return Item(index, utt.id, wave, utt.transcript, epoch=epoch)
+            return Item(index, utt.id, None, error=str(e), epoch=epoch)
+        return Item(index, utt.id, wave, epoch=epoch)
 
 
 def crop_window(samples: int, index: int, epoch: int, crop_samples: int | None, seed: int) -> tuple[int, int]:
@@ -200,7 +194,6 @@ def collate(items: Sequence[Item], *, crop_to_shortest: bool = False, seed: int 
         wave=wave,
         lengths=lengths,
         ids=[it.id for it in good],
-        transcripts=[it.transcript for it in good],
         real_seconds=float(lengths.sum()) / SAMPLE_RATE if good else 0.0,
         padded_seconds=max_len * len(good) / SAMPLE_RATE,
         bad=bad,

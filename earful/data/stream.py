@@ -168,9 +168,9 @@ class ShardStream(IterableDataset):
                 utt = member_utterance(meta, audio)
                 uid = utt.id
                 wave = read_utterance(utt, m, epoch, crop_samples=sampler.crop_samples, seed=seed, source=audio)
-                items[pos] = Item(m, uid, wave, utt.transcript, epoch=epoch)
+                items[pos] = Item(m, uid, wave, epoch=epoch)
             except (ShardError, AudioError, OSError) as e:  # stops in the main process (ShardLoader) or is counted
-                items[pos] = Item(m, uid, None, None, error=str(e), epoch=epoch)
+                items[pos] = Item(m, uid, None, error=str(e), epoch=epoch)
                 failed.append((uid, str(e)))
         batch = collate(items, crop_to_shortest=self.crop_to_shortest, seed=seed,
                         shape_samples=sampler.shape_samples, cap_samples=sampler.shape_cap(),

@@ -195,7 +195,7 @@ def _records(model: Wav2Vec2ForCTC, vocab: CharVocab, files: Sequence[str | Path
             records[i]["text"], records[i]["greedy"] = lm[0], greedy
 
     def run(batch: list[_Piece]) -> None:
-        padded = collate([Item(j, records[p.file]["path"], p.wave, None) for j, p in enumerate(batch)])
+        padded = collate([Item(j, records[p.file]["path"], p.wave) for j, p in enumerate(batch)])
         short = model.cfg.receptive_field - padded.wave.shape[1]
         if short > 0:  # at least one receptive field: a file's last window may be shorter (it has no frames)
             padded = replace(padded, wave=F.pad(padded.wave, (0, short)))

@@ -27,7 +27,7 @@ def test_collate_pads_and_accounts(tmp_path: Path, tone):
     assert isinstance(b, Batch)
     assert b.wave.shape == (2, 8000) and b.wave.dtype == torch.float32
     assert b.lengths.tolist() == [4800, 8000] and b.lengths.dtype == torch.int64
-    assert torch.all(b.wave[0, 4800:] == 0) and b.ids == ["u0", "u2"] and b.transcripts == ["T0", "T2"]
+    assert torch.all(b.wave[0, 4800:] == 0) and b.ids == ["u0", "u2"]
     assert b.real_seconds == pytest.approx(0.8) and b.padded_seconds == pytest.approx(1.0)
 
 
@@ -143,8 +143,8 @@ def test_fairseq_recipe_crops_while_the_papers_and_the_demo_pad():
 def test_model_inputs_drop_the_lengths_of_an_unpadded_batch() -> None:
     """Decided on the host: no padding, no lengths (the model then runs attention without a key mask)."""
     wave = torch.zeros(2, 100)
-    full = Batch(wave, torch.tensor([100, 100]), ["a", "b"], [None, None], 0.0, 0.0)
-    padded = Batch(wave, torch.tensor([100, 60]), ["a", "b"], [None, None], 0.0, 0.0)
+    full = Batch(wave, torch.tensor([100, 100]), ["a", "b"], 0.0, 0.0)
+    padded = Batch(wave, torch.tensor([100, 60]), ["a", "b"], 0.0, 0.0)
     w, lengths = full.model_inputs(torch.device("cpu"))
     assert lengths is None and torch.equal(w, wave)
     w, lengths = padded.model_inputs(torch.device("cpu"))

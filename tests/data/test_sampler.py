@@ -479,10 +479,10 @@ def test_the_shape_grid_never_pads_an_utterance_that_fits_a_micro_batch_past_it(
 def test_collate_pads_to_the_grid_and_crops_down_to_it():
     from earful.data.dataset import Item, collate
 
-    items = [Item(i, f"u{i}", np.ones(n, dtype=np.float32), None) for i, n in enumerate((23000, 17000))]
+    items = [Item(i, f"u{i}", np.ones(n, dtype=np.float32)) for i, n in enumerate((23000, 17000))]
     batch = collate(items, shape_samples=RATE, cap_samples=5 * RATE)
     assert batch.wave.shape == (2, 2 * RATE) and batch.lengths.tolist() == [23000, 17000]
-    cropped = collate([Item(i, f"u{i}", np.ones(n, dtype=np.float32), None) for i, n in enumerate((40000, 35000))],
+    cropped = collate([Item(i, f"u{i}", np.ones(n, dtype=np.float32)) for i, n in enumerate((40000, 35000))],
                       crop_to_shortest=True, shape_samples=RATE)
     assert cropped.wave.shape == (2, 2 * RATE) and cropped.lengths.tolist() == [2 * RATE, 2 * RATE]
 
