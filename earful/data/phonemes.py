@@ -17,7 +17,6 @@ A phoneme transcript is the inventory's symbols joined by single spaces, e.g. ``
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,8 +25,6 @@ from tqdm import tqdm
 
 from .espeak import Espeak
 from .manifest import Utterance, control_character
-
-log = logging.getLogger(__name__)
 
 VOWELS = ("iː", "ɪ", "eɪ", "ɛ", "æ", "ɑː", "ʌ", "ə", "ɔː", "ʊ", "uː", "ɜː", "aɪ", "aʊ", "ɔɪ", "oʊ")
 CONSONANTS = ("p", "b", "t", "d", "k", "ɡ", "tʃ", "dʒ", "f", "v", "θ", "ð", "s", "z", "ʃ", "ʒ", "h", "m", "n",

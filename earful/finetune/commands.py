@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from earful.cli import out_required, renamed_option, resume_options, run_folder_options
-
-log = logging.getLogger("earful.finetune")
 
 
 def _finetune(args: argparse.Namespace) -> int:

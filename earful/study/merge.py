@@ -30,7 +30,6 @@ probe task or a label set) is refused, naming the checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -64,8 +63,6 @@ from earful.study.stages import (
     read_record,
     runs_unfinished,
 )
-
-log = logging.getLogger(__name__)
 
 NOT_COPIED = (".lock", ".tmp-", ".merge-")  # a folder's lock, temporary files and folders of a write under way
 WHERE = ("checkpoint",)  # what a record says of where its study folder was, not of its result
