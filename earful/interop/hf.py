@@ -747,10 +747,11 @@ def training_settings_given(init: str | Path) -> bool | None:
     return TRAINING in read_hf_config(path)
 
 
-def hf_model_config(hf_dir: str | Path, *, warn: bool = True) -> ModelConfig:
+def hf_model_config(hf_dir: str | Path) -> ModelConfig:
     """The earful model settings of a transformers folder (``config.json`` and its feature extractor's
-    normalisation), without reading its weights."""
-    return _model_config(read_hf_config(Path(hf_dir)), hf_dir, warn=warn)
+    normalisation), without reading its weights; a folder without a feature extractor is not warned of here
+    (``import_hf`` warns, when the weights load)."""
+    return _model_config(read_hf_config(Path(hf_dir)), hf_dir, warn=False)
 
 
 def _model_config(hf_cfg: dict[str, Any], hf_dir: str | Path, *, warn: bool) -> ModelConfig:

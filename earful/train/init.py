@@ -120,4 +120,4 @@ def init_model_config(path: Path) -> ModelConfig:
         return model_config(path)
     from earful.interop.hf import hf_model_config
 
-    return hf_model_config(path, warn=False)  # import_hf warns, when the weights load
+    return hf_model_config(path)
