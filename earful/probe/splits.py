@@ -79,10 +79,19 @@ def load_split(loader: FeatureLoader | None, manifest: str | os.PathLike) -> Spl
     return Split(Path(manifest), utts, loader)
 
 
+def _blank(value: object) -> bool:
+    """A label that is none: missing, of only whitespace, or slots (an intent) none or one of them blank."""
+    if isinstance(value, dict):
+        return not value or any(_blank(v) for v in value.values())
+    return not str(value or "").strip()
+
+
 def require(split: Split, label: str, way_out: str) -> None:
-    """ValueError naming the manifest, how many utterances lack ``label`` (a manifest field) and which."""
-    missing = [u.id for u in split.utts if not str(getattr(u, label) or "").strip()]  # blank is none too
+    """ValueError naming the manifest, how many utterances lack ``label`` (a manifest field; blank, or with a
+    blank slot, is none too) and which."""
+    missing = [u.id for u in split.utts if _blank(getattr(u, label))]
     if missing:
         shown = ", ".join(repr(i) for i in missing[:3]) + (" …" if len(missing) > 3 else "")
+        slots = " (or one blank slot)" if any(isinstance(getattr(u, label), dict) for u in split.utts) else ""
         raise ValueError(f"{split.manifest}: {len(missing)} of {len(split.utts)} utterances have no {label} "
-                         f"({shown}); {way_out}")
+                         f"({shown}){slots}; {way_out}")

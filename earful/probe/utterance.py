@@ -120,7 +120,10 @@ def equal_error_rate(scores: torch.Tensor, same: torch.Tensor) -> float:
 
 def check_sid(train: Split, dev: Split, test: Split) -> None:
     """ValueError unless ``train`` holds two speakers or more, ``dev`` only training speakers and ``test`` at
-    least two speakers, none of them a training speaker (its EER is verification of held-out voices)."""
+    least two speakers, none of them a training speaker (its EER is verification of held-out voices); every
+    utterance with a speaker (a blank one had been one more speaker)."""
+    for split in (train, dev, test):
+        require(split, "speaker", "speaker identification and verification need each utterance's speaker")
     speakers = {u.speaker for u in train.utts}
     if len(speakers) < 2:
         raise ValueError(f"{train.manifest}: speaker identification needs two training speakers or more (one "

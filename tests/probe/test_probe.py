@@ -655,6 +655,17 @@ def test_blank_labels_and_single_utterance_speakers_are_named_before_any_feature
     with pytest.raises(ValueError, match=r"train.jsonl: speaker identification needs two training speakers"):
         check_sid(split("train.jsonl", utt("a", "s1"), utt("b", "s1")), split("dev.jsonl", utt("c", "s1")),
                   split("test.jsonl", utt("d", "t1"), utt("e", "t1"), utt("f", "t2")))
+    # a blank speaker or intent slot is no label either: it had been one more speaker, or one more class
+    with pytest.raises(ValueError, match=r"test.jsonl: 1 of 3 utterances have no speaker \('f'\); speaker ident"):
+        check_sid(train, split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t1"),
+                                                                    utt("f", " ")))
+    with pytest.raises(ValueError, match=r"train.jsonl: 1 of 3 utterances have no speaker \('x'\)"):
+        check_sid(split("train.jsonl", utt("a", "s1"), utt("b", "s2"), utt("x", "")),
+                  split("dev.jsonl", utt("c", "s1")), split("test.jsonl", utt("d", "t1"), utt("e", "t1"),
+                                                             utt("f", "t2")))
+    with pytest.raises(ValueError, match=r"i.jsonl: 2 of 3 utterances have no intent \('b', 'c'\) \(or one blank"):
+        intents(split("i.jsonl", utt("a", intent={"action": "go"}), utt("b", intent={"action": " "}),
+                      utt("c", intent={})))
     one, other = {"action": "go", "object": "x"}, {"object": "y", "action": "stop"}
     assert intents(split("a.jsonl", utt("a", intent=one), utt("b", intent=other))) == [[["go", "x"],
                                                                                           ["stop", "y"]]]
