@@ -35,7 +35,7 @@ def _probe(args: argparse.Namespace) -> int:
             raise ValueError("--suite takes --corpus (and --tasks), not --task/--train/--dev/--test")
         if args.corpus is None:
             raise ValueError("--suite mini-superb needs --corpus DIR (a corpus made by `earful synth`)")
-        tasks = args.tasks.split(",") if args.tasks else list(TASKS)
+        tasks = args.tasks.split(",") if args.tasks is not None else list(TASKS)  # "" is no task
         run_suite(upstream, args.corpus, args.out, tasks, **common)
     else:
         if not (args.task and args.train and args.dev and args.test):

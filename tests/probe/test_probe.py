@@ -573,6 +573,14 @@ def test_an_option_the_other_options_leave_unused_is_refused(options, message, t
     assert not (tmp_path / "out").exists()
 
 
+def test_an_empty_task_list_is_refused_not_read_as_every_task(tmp_path, caplog) -> None:
+    """`--tasks ""` (an empty shell variable) had run the whole suite, extracting every manifest's features."""
+    argv = ["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path / "corpus"), "--tasks", "",
+            "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")]
+    assert main(argv) == 2 and "unknown probe task(s) ['']: choose from pr, asr, sid, ic" in caplog.text
+    assert not (tmp_path / "c").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("override", "message"), [("sid.steps=0", "sid.steps=0: expected an integer >= 1"),
                                                    ("pr.lr=-1", "pr.lr=-1.0: expected a finite number > 0"),
                                                    ("pr.batch_utterances=0", "pr.batch_utterances=0: expected")])
