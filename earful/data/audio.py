@@ -284,20 +284,23 @@ def too_short(path: str | os.PathLike, samples: int, rate: int = SAMPLE_RATE, ne
             f"at least {needed})")
 
 
-def shorter_than_a_frame(utts: Sequence[Utterance]) -> list[Utterance]:
-    """The utterances of ``utts`` shorter than the model's receptive field (400 samples at 16 kHz): no output."""
-    return [u for u in utts if u.samples_at(SAMPLE_RATE) < RECEPTIVE_FIELD]
+def shorter_than_a_frame(utts: Sequence[Utterance], receptive_field: int = RECEPTIVE_FIELD) -> list[Utterance]:
+    """The utterances of ``utts`` shorter than the model's ``receptive_field`` (samples at 16 kHz; the standard
+    CNN's 400 by default): no output."""
+    return [u for u in utts if u.samples_at(SAMPLE_RATE) < receptive_field]
 
 
-def check_frames(utts: Sequence[Utterance], where: str, frame: str, reason: str) -> None:
+def check_frames(utts: Sequence[Utterance], where: str, frame: str, reason: str,
+                 receptive_field: int = RECEPTIVE_FIELD) -> None:
     """Refuse ``utts`` (a manifest's, named by ``where``) holding utterances shorter than one ``frame`` needs (the
-    receptive field: 400 samples at 16 kHz), naming how many and a few, and ``reason`` they cannot stay: what
-    evaluate and the probes check before any work, where the loader would stop midway naming a file alone."""
-    short = shorter_than_a_frame(utts)
+    ``receptive_field``: 400 samples at 16 kHz for the standard CNN), naming how many and a few, and ``reason``
+    they cannot stay: what evaluate and the probes check before any work, where the loader would stop midway
+    naming a file alone."""
+    short = shorter_than_a_frame(utts, receptive_field)
     if short:
         shown = ", ".join(f"{u.id!r} ({u.samples_at(SAMPLE_RATE)})" for u in short[:3])
         raise ValueError(f"{where}: {len(short)} of {len(utts)} utterances are shorter than one {frame} needs "
-                         f"({RECEPTIVE_FIELD} samples at {SAMPLE_RATE} Hz): {shown}{' …' if len(short) > 3 else ''}; "
+                         f"({receptive_field} samples at {SAMPLE_RATE} Hz): {shown}{' …' if len(short) > 3 else ''}; "
                          f"{reason}: leave them out of the manifest (`earful prepare` does)")
 
 

@@ -128,6 +128,15 @@ class Upstream:
                                       f"{self.imported_from} no longer holds that model; run again")
         return ckpt
 
+    def receptive_field(self) -> int:
+        """Samples at 16 kHz one feature frame needs: the model's CNN's (400 for the standard one; a shorter
+        utterance gets no frame), a filterbank's window."""
+        if self.kind == "fbank":
+            return fbank.WINDOW
+        from earful.checkpoint import model_config
+
+        return model_config(self.checkpoint()).receptive_field
+
     def fingerprint(self, random_model: torch.nn.Module | None = None) -> dict[str, object]:
         """What decides the features, by content. ``random_model``: ``random_model()``'s, where the caller has
         built it already (as ``FeatureLoader`` does, for the extractor too)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from earful.data.audio import check_frames
+from earful.data.audio import RECEPTIVE_FIELD, check_frames
 from earful.data.manifest import Utterance, read_manifest
 from earful.probe.features import Extractor, FeatureSet, Upstream, features
 
@@ -36,6 +36,10 @@ class FeatureLoader:
         if self._random is None:
             self._random = self.upstream.random_model()
         return self._random
+
+    @cached_property
+    def receptive_field(self) -> int:
+        return self.upstream.receptive_field()
 
     @cached_property
     def fingerprint(self) -> dict[str, object]:
@@ -73,9 +77,11 @@ class Split:
 def load_split(loader: FeatureLoader | None, manifest: str | os.PathLike) -> Split:
     """The manifest's utterances now; their features, by ``loader``, on first use of ``feats`` (``loader``
     None: the labels only). ValueError naming the manifest where an utterance is shorter than one frame needs
-    (the CNN's receptive field, a filterbank's window: 400 samples at 16 kHz), before any feature is extracted."""
+    (the upstream's CNN's receptive field, a filterbank's window: 400 samples at 16 kHz; without ``loader`` the
+    standard CNN's), before any feature is extracted."""
     utts = read_manifest(manifest)
-    check_frames(utts, str(manifest), "feature frame", "a probe reads every utterance of its manifests")
+    check_frames(utts, str(manifest), "feature frame", "a probe reads every utterance of its manifests",
+                 loader.receptive_field if loader is not None else RECEPTIVE_FIELD)
     return Split(Path(manifest), utts, loader)
 
 

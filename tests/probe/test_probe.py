@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from earful.checkpoint import CheckpointError, load_model, save_model
@@ -15,6 +16,7 @@ from earful.cli import main
 from earful.config import load_config
 from earful.data.manifest import read_manifest, write_manifest
 from earful.interop.features import backbone_of, layer_features, layer_states
+from earful.model import Wav2Vec2ForPreTraining, load_model_config
 from earful.probe import fbank
 from earful.probe.config import ProbeConfig
 from earful.probe.ctc import phonemes_task, train_ctc
@@ -749,6 +751,26 @@ def test_an_utterance_shorter_than_a_frame_is_named_with_its_manifest_before_any
         probe(Upstream.parse("fbank"), {"sid": (tones["train"], tones["same"], tmp_path / "test.jsonl")},
               tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_an_utterance_shorter_than_its_models_receptive_field_is_named_before_any_feature(tones, tmp_path: Path):
+    """A CNN of larger kernels than the standard one's needs more than 400 samples for a frame: an utterance in
+    between had been probed silently with no frame at all (SID pooled it to zeros and scored it)."""
+    from earful.data.manifest import Utterance
+
+    cfg = replace(load_model_config("tiny"), conv_kernel=[10, 3, 3, 3, 3, 3, 3])
+    assert cfg.receptive_field == 640
+    ckpt = save_model(tmp_path / "wide", Wav2Vec2ForPreTraining(cfg))
+    utts = read_manifest(tones["held"])
+    wave, rate = sf.read(utts[0].path, dtype="float32")
+    sf.write(tmp_path / "short.wav", wave[:500], rate)  # a real file: it had been read, and given no frame
+    write_manifest([*utts, Utterance("short", str(tmp_path / "short.wav"), 500, rate, utts[0].speaker)],
+                   tmp_path / "test.jsonl")
+    with pytest.raises(ValueError, match=r"test.jsonl: 1 of \d+ utterances are shorter than one feature frame needs "
+                                         r"\(640 samples at 16000 Hz\): 'short' \(500\)"):
+        probe(Upstream.parse(ckpt), {"sid": (tones["train"], tones["same"], tmp_path / "test.jsonl")},
+              tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_an_unreadable_file_names_its_manifest_and_utterance(tones, tmp_path: Path):
