@@ -26,6 +26,8 @@ def _probe(args: argparse.Namespace) -> int:
             raise ValueError(f"{option} needs --suite mini-superb")
     if args.init_seed is not None and not args.random_init:
         raise ValueError("--init-seed needs --random-init")
+    if args.cache is not None and args.cache.exists() and not args.cache.is_dir():  # found after an extraction
+        raise ValueError(f"--cache {args.cache}: not a folder")
     config = load_config(ProbeConfig, None, args.overrides)
     upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0,
                               device=args.device, cache_dir=args.cache)

@@ -575,6 +575,17 @@ def test_an_option_the_other_options_leave_unused_is_refused(options, message, t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cache_that_is_a_file_is_refused_before_any_feature(tones, tmp_path, caplog) -> None:
+    """--cache naming a file had failed with "Not a directory" only once the first manifest's features were
+    extracted."""
+    (tmp_path / "c").write_text("")
+    argv = ["probe", "fbank", "--task", "pr", "--train", str(tones["train"]), "--dev", str(tones["same"]), "--test",
+            str(tones["held"]), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), "--no-progress"]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 2
+    assert f"--cache {tmp_path / 'c'}: not a folder" in caplog.text and "extracted" not in caplog.text
+
+
 def test_an_empty_task_list_is_refused_not_read_as_every_task(tmp_path, caplog) -> None:
     """`--tasks ""` (an empty shell variable) had run the whole suite, extracting every manifest's features."""
     argv = ["probe", "fbank", "--suite", "mini-superb", "--corpus", str(tmp_path / "corpus"), "--tasks", "",
