@@ -40,6 +40,13 @@ class UtteranceRecipe:
     weight_decay: float = 1e-4
 
 
+def diverged(task: str, when: str, lr: float) -> ValueError:
+    """The error of a head whose training loss is no longer finite: its score would be the recipe's failure (a
+    blank PR output, IC at chance), not a measure of the features."""
+    return ValueError(f"probe {task}: its head diverged ({when}: training loss not finite) at {task}.lr={lr:g}; "
+                      f"give a lower {task}.lr")
+
+
 @dataclass
 class ProbeConfig:
     pr: SequenceRecipe = field(default_factory=SequenceRecipe)  # linear, as SUPERB's PR

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from earful.eval.decode import greedy_ids
 from earful.eval.metrics import error_counts, score
 from earful.eval.vocab import BLANK, CharVocab
 from earful.finetune.targets import batch_targets, encode_transcripts, normalised_references, unalignable
-from earful.probe.config import SequenceRecipe
+from earful.probe.config import SequenceRecipe, diverged
 from earful.probe.report import TaskResult
 from earful.probe.splits import Split, require
 from earful.probe.weighting import LayerWeightedSum
@@ -181,6 +182,8 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
+        if not math.isfinite(total):
+            raise diverged(task.name, f"epoch {epoch}", recipe.lr)
         dev_metrics = evaluate(model, task, dev, dev_refs)
         history.append({"epoch": epoch, "loss": total / n, **{f"dev_{k}": v for k, v in dev_metrics.items()}})
         log.debug("%s epoch %d: loss %.3f, dev %s", task.name, epoch, total / n, dev_metrics)

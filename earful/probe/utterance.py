@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earful.probe.config import UtteranceRecipe
+from earful.probe.config import UtteranceRecipe, diverged
 from earful.probe.report import TaskResult
 from earful.probe.splits import Split, require
 from earful.probe.weighting import LayerWeightedSum
@@ -71,9 +71,11 @@ def _accuracy(model: PooledProbe, x: torch.Tensor, labels: torch.Tensor) -> floa
 
 
 def _fit(x: torch.Tensor, labels: torch.Tensor, classes: list[list[str]], recipe: UtteranceRecipe, seed: int,
-         dev: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[PooledProbe, int, list[dict[str, float]]]:
+         dev: tuple[torch.Tensor, torch.Tensor] | None = None, *, task: str
+         ) -> tuple[PooledProbe, int, list[dict[str, float]]]:
     """Full-batch AdamW on ``x`` (utterances, layers, dim) for ``recipe.steps``; with ``dev`` (features,
-    labels), the step of best dev accuracy every ``EVAL_EVERY`` steps."""
+    labels), the step of best dev accuracy every ``EVAL_EVERY`` steps. ``task``: the recipe's, named where the
+    head diverges."""
     if recipe.steps < 1:
         raise ValueError(f"steps must be >= 1, got {recipe.steps}")
     with torch.random.fork_rng(devices=[]):
@@ -85,6 +87,8 @@ def _fit(x: torch.Tensor, labels: torch.Tensor, classes: list[list[str]], recipe
     for step in range(1, recipe.steps + 1):
         model.train()
         loss = torch.stack([F.cross_entropy(logits, labels[:, s]) for s, logits in enumerate(model(x))]).sum()
+        if not torch.isfinite(loss):
+            raise diverged(task, f"step {step}", recipe.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,7 +155,8 @@ def train_sid(train: Split, dev: Split, test: Split, recipe: UtteranceRecipe, se
     check_sid(train, dev, test)
     classes = [sorted({u.speaker for u in train.utts})]
     x_train, x_dev, x_test = standardized(train, dev, test)
-    model, _, _ = _fit(x_train, _labels([[u.speaker] for u in train.utts], classes), classes, recipe, seed)
+    model, _, _ = _fit(x_train, _labels([[u.speaker] for u in train.utts], classes), classes, recipe, seed,
+                       task="sid")
     with torch.no_grad():
         emb = F.normalize(model.weighted(x_test), dim=-1)  # (utterances, dim)
     pairs = torch.triu_indices(len(test.utts), len(test.utts), offset=1)  # (2, pairs)
@@ -192,7 +197,8 @@ def train_ic(train: Split, dev: Split, test: Split, recipe: UtteranceRecipe, see
     classes = [sorted({row[s] for row in train_values}) for s in range(len(train_values[0]))]
     x_train, x_dev, x_test = standardized(train, dev, test)
     dev_set = (x_dev, _labels(dev_values, classes))
-    model, best, history = _fit(x_train, _labels(train_values, classes), classes, recipe, seed, dev=dev_set)
+    model, best, history = _fit(x_train, _labels(train_values, classes), classes, recipe, seed, dev=dev_set,
+                                task="ic")
     return TaskResult(task="ic", test={"accuracy": _accuracy(model, x_test, _labels(test_values, classes))},
                       dev={"accuracy": _accuracy(model, *dev_set)}, layer_weights=model.weighted.weights().tolist(),
                       best=best, history=history, seconds=time.perf_counter() - start)

@@ -119,10 +119,22 @@ def test_an_utterance_probe_keeps_the_step_best_on_dev(monkeypatch):
 
     monkeypatch.setattr(utterance, "_accuracy", scripted)
     x, labels = torch.randn(8, 3, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([[0], [1]] * 4)
-    model, best, history = utterance._fit(x, labels, [["a", "b"]], UtteranceRecipe(steps=75), seed=0, dev=(x, labels))
+    model, best, history = utterance._fit(x, labels, [["a", "b"]], UtteranceRecipe(steps=75), seed=0,
+                                          dev=(x, labels), task="ic")
     assert best == 50 and [h["step"] for h in history] == [25, 50, 75]
     assert all(torch.equal(model.state_dict()[k], states[1][k]) for k in states[1])
     assert not all(torch.equal(model.state_dict()[k], states[2][k]) for k in states[2])
+
+@pytest.mark.parametrize(("task", "when"), [("pr", "epoch 1"), ("sid", "step 3"), ("ic", "step 3")])
+def test_a_head_that_diverges_is_an_error_not_a_score(tones, cache: Path, tmp_path: Path, task: str, when: str):
+    """A learning rate too large for the head made its loss and layer weights NaN, and the run reported the
+    blank output's PER or chance accuracy as the features' score (NaN in results.json), without a word."""
+    with pytest.raises(ValueError, match=rf"^probe {task}: its head diverged \({when}: training loss not finite\) "
+                                         rf"at {task}.lr=1e\+30; give a lower {task}.lr$"):
+        probe(Upstream.parse("fbank"), {task: splits(tones)}, tmp_path / "o", config=config(f"{task}.lr=1e30"),
+              cache_dir=cache, progress=False)
+    assert not (tmp_path / "o" / "results.json").exists()
+
 
 def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path):
     result = probe(Upstream.parse(tiny_ckpt), {"pr": splits(tones)}, tmp_path / "out", config=config("pr.epochs=3"),
