@@ -136,10 +136,12 @@ def _batches(rng: np.random.Generator, frames: np.ndarray, size: int) -> list[li
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def check_labels(task: Transcription, *splits: Split) -> None:
-    """ValueError naming the manifest (and the utterance) whose labels ``task`` cannot read: before any
+def check_labels(task: Transcription, train: Split, *others: Split) -> None:
+    """ValueError naming the manifest (and the utterance) whose labels ``task`` cannot read, or (``train``'s) cannot
+    train on (an ASR transcript ``asr.text_mapping`` empties; a dev or test split may score silence): before any
     feature is extracted, before any head is trained."""
-    for split in splits:
+    task.targets(train)
+    for split in others:
         task.references(split)
 
 
@@ -149,9 +151,8 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
     if recipe.epochs < 1 or recipe.batch_utterances < 1:
         raise ValueError(f"{task.name}: epochs and batch_utterances must be >= 1, got {recipe}")
     start = time.perf_counter()
-    check_labels(task, train)  # dev's and test's labels are checked as their references are built,
+    targets = task.targets(train)  # dev's and test's labels are checked as their references are built,
     dev_refs, test_refs = references_in_order(task, dev), references_in_order(task, test)  # once, not every epoch
-    targets = task.targets(train)
     too_short = unalignable([u.id for u in train.utts], train.feats.frames.tolist(), targets)
     if too_short:
         log.warning("%s: %d of %d utterances have fewer frames than their %s targets need (CTC cannot align "

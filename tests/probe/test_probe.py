@@ -750,6 +750,14 @@ def test_asr_text_mapping_spells_transcripts_outside_a_to_z_and_is_the_setting_e
     with pytest.raises(ValueError, match=r"train.jsonl: .*'é'.*: asr.text_mapping=\{'é': 'e'\}$") as e:
         probe(fb, manifests, tmp_path / "o", config=config(), cache_dir=cache, progress=False)
     assert "fine-tuning" not in str(e.value) and "--text-mapping" not in str(e.value)
+    # a training transcript the mapping empties cannot be trained on: said before any feature (it had been said
+    # once every manifest's features were extracted); a test transcript may be silence, scored
+    train = read_manifest(tones["train"])
+    write_manifest([replace(train[0], transcript="-"), *train[1:]], tmp_path / "emptied.jsonl")
+    with pytest.raises(ValueError, match=r"emptied.jsonl: 1 utterance\(s\) have no characters left once normalised"):
+        probe(fb, {"asr": (tmp_path / "emptied.jsonl", tones["same"], tones["held"])}, tmp_path / "o2",
+              config=config("asr.text_mapping={'-': ''}"), cache_dir=tmp_path / "empty-cache", progress=False)
+    assert not (tmp_path / "empty-cache").exists()
     result = probe(fb, manifests, tmp_path / "o", config=config("asr.epochs=1", "asr.text_mapping={'é': e}"),
                    cache_dir=cache, progress=False)["asr"]
     assert 0 <= result.test["cer"]
