@@ -40,9 +40,9 @@ class CheckpointError(RuntimeError):
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
-CONVERT = ("earful reads no pickled checkpoint (code runs as it loads): convert it to a transformers folder with "
-           "transformers' convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py (it needs fairseq, on a "
-           "machine you trust it on), then give that folder to --init, or `earful import-hf FOLDER CKPT`")
+CONVERT = ("earful reads no pickled checkpoint here (code runs as it loads): `earful import-fairseq FILE CKPT` "
+           "(a fine-tuned model with --dict, its dict.ltr.txt) makes an earful checkpoint of a fairseq wav2vec 2.0 "
+           "one, running nothing of the file; give CKPT instead")
 
 
 def what_it_is(path: str | Path, *, transformers_ok: bool = False) -> str:

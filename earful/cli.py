@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "earful.pretrain.commands",  # pretrain, gradvar
     "earful.finetune.commands",  # finetune
     "earful.eval.commands",  # evaluate, transcribe, lm
-    "earful.interop.commands",  # export-hf, import-hf, features
+    "earful.interop.commands",  # export-hf, import-hf, import-fairseq, features
     "earful.study.commands",  # study plan|run|report|merge|status
     "earful.probe.commands",  # probe, cache list|remove
 )

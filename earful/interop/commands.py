@@ -1,4 +1,4 @@
-"""Sub-commands: export-hf, import-hf, features."""
+"""Sub-commands: export-hf, import-hf, import-fairseq, features."""
 
 from __future__ import annotations
 
@@ -52,6 +52,17 @@ def _import(args: argparse.Namespace) -> int:
                            other=(hf.HF_CONFIG, "a transformers model"), command="import-hf")
     hf.write_checkpoint(hf_dir, args.ckpt, trust_pickle=args.trust_pickle)
     log.info("wrote an earful checkpoint to %s", args.ckpt)
+    return 0
+
+
+def _import_fairseq(args: argparse.Namespace) -> int:
+    from earful.interop import hf
+    from earful.interop.fairseq import import_fairseq
+
+    hf.check_output_folder(args.ckpt, source=args.checkpoint, writes=hf.IMPORT_FILES,
+                           other=(hf.HF_CONFIG, "a transformers model"), command="import-fairseq")
+    kind = import_fairseq(args.checkpoint, args.ckpt, dictionary=args.dict)
+    log.info("wrote an earful checkpoint of fairseq's %s model to %s", kind, args.ckpt)
     return 0
 
 
@@ -109,6 +120,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="let pytorch_model.bin unpickle arbitrary objects (as fairseq-made files need); this "
                    "runs any code the file holds: only for files whose origin you trust")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser(
+        "import-fairseq", help="read a fairseq wav2vec 2.0 checkpoint (.pt) into an earful checkpoint",
+        description="Read a fairseq wav2vec 2.0 checkpoint, pre-trained (wav2vec_small.pt, checkpoint_best.pt) or "
+        "fine-tuned with CTC (wav2vec_small_960h.pt, with --dict), into an earful checkpoint, without fairseq and "
+        "without running the file's code: only its tensors and settings are read (its other objects, as inert "
+        "stand-ins). The model is transformers' conversion of it, through import-hf's checks.")
+    p.add_argument("checkpoint", help="fairseq checkpoint file (.pt)")
+    p.add_argument("ckpt", help="earful checkpoint folder to write: new, empty or an earlier import, which is "
+                   "replaced whole")
+    p.add_argument("--dict", default=None, metavar="DICT",
+                   help="a fine-tuned model's letters: fairseq's dictionary of its fine-tuning (dict.ltr.txt, in "
+                   "the fine-tuning's data folder); not for a pre-trained model")
+    p.set_defaults(func=_import_fairseq)
 
     p = sub.add_parser("features", help="per-layer representations: STEM.npy of (layers+1, frames, dim)")
     p.add_argument("ckpt", help="earful checkpoint folder, a run folder (its latest checkpoint), or a transformers "

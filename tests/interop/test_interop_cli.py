@@ -559,8 +559,8 @@ def test_a_fairseq_checkpoint_or_a_transformers_folder_is_named_with_what_to_do(
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint_best.pt").write_bytes(fairseq.read_bytes())
     sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
-    hint = "a fairseq checkpoint?): earful reads no pickled checkpoint (code runs as it loads): convert it to a " \
-           "transformers folder with transformers' convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py"
+    hint = "a fairseq checkpoint?): earful reads no pickled checkpoint here (code runs as it loads): `earful " \
+           "import-fairseq FILE CKPT` (a fine-tuned model with --dict, its dict.ltr.txt) makes an earful checkpoint"
     for args in (["import-hf", str(fairseq), str(tmp_path / "ck")],
                  ["features", str(fairseq), str(tmp_path / "a.wav"), "--out", str(tmp_path / "f")],
                  ["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")],
