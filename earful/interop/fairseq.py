@@ -163,6 +163,7 @@ FAIRSEQ_DEFAULTS: dict[str, Any] = {
     "mask_channel_prob": 0.0, "mask_channel_selection": "static", "num_negatives": 100,
     "negatives_from_everywhere": False, "cross_sample_negatives": 0, "codebook_negatives": 0, "conv_pos": 128,
     "conv_pos_groups": 16, "pos_conv_depth": 1, "latent_temp": (2, 0.5, 0.999995), "require_same_masks": True,
+    "crop_seq_to_multiple": 1,
 }  # fmt: skip
 # what earful's wav2vec 2.0 cannot be: (setting, the value it must have, why)
 _MUST = (
@@ -172,6 +173,8 @@ _MUST = (
     ("same_quantizer", False, "earful has one quantizer"),
     ("target_glu", False, "earful projects the targets without a GLU"),
     ("quantizer_depth", 1, "earful's quantizer projects with one linear layer"),
+    ("crop_seq_to_multiple", 1, "earful's transformer reads every CNN frame (fairseq drops the last ones to a "
+                                "multiple)"),
     ("activation_fn", "gelu", "fairseq's CNN is GELU's, and earful uses one activation for the CNN and the "
                               "transformer"),
 )
@@ -315,6 +318,26 @@ def hf_weights_from_fairseq(weights: dict[str, torch.Tensor], name: str, hidden_
     return out
 
 
+def fold_blank_weight(weights: dict[str, torch.Tensor], finetuning: dict[str, Any], where: str) -> None:
+    """Fold a CTC model's ``blank_weight`` into its head's ``weights``: fairseq's Wav2VecCtc adds it to the logit
+    of index 0 (``blank_mode`` "add") or sets that logit to it ("set") on every output, which earful's head gives
+    with the bias (and, for "set", a zero weight row)."""
+    blank_weight = float(finetuning.get("blank_weight") or 0.0)
+    mode = finetuning.get("blank_mode") or "add"
+    if blank_weight == 0:
+        return
+    weight, bias = weights["lm_head.weight"].clone(), weights["lm_head.bias"].clone()
+    if mode == "add":
+        bias[0] += blank_weight
+    elif mode == "set":
+        weight[0], bias[0] = 0.0, blank_weight
+        log.warning("%s: blank_mode=set: the blank's logit is the constant %g, as its head's bias with a zero "
+                    "weight row; a fine-tuning continued in earful trains that row", where, blank_weight)
+    else:
+        raise CheckpointError(f"{where}: blank_mode={mode!r}: fairseq knows 'add' and 'set' alone")
+    weights["lm_head.weight"], weights["lm_head.bias"] = weight, bias
+
+
 def read_dictionary(path: str | Path) -> list[str]:
     """The symbols of fairseq's ``Dictionary`` saved in ``path`` (``dict.ltr.txt``: a line ``SYMBOL COUNT`` each,
     perhaps with ``#fairseq:overwrite``), after its four special symbols, in fairseq's order (its ids)."""
@@ -364,6 +387,7 @@ def write_hf_folder(state: dict[str, Any], folder: Path, dictionary: str | Path 
     weights = hf_weights_from_fairseq(state["model"], name, config["hidden_size"], where)
     normalize = finetuning.get("normalize", task.get("normalize", False))
     if name == CTC:
+        fold_blank_weight(weights, finetuning, where)
         if dictionary is None:
             raise CheckpointError(f"{where}: a fine-tuned (CTC) model, whose letters fairseq keeps beside it: give "
                                   "the fine-tuning's dictionary with --dict (dict.ltr.txt, in its data folder)")

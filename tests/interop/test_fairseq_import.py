@@ -192,6 +192,38 @@ def test_a_fine_tuned_fairseq_checkpoint_imports_with_its_letters(tmp_path, capl
             got.feature_grad_mult) == (0.5, 0.1, 64, 0.1, 0.0, 0.0)
 
 
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_a_fine_tuned_models_blank_weight_is_in_its_logits(mode, tmp_path, caplog) -> None:
+    """fairseq's Wav2VecCtc adds its blank_weight to the logit of index 0 (blank_mode "add") or sets that logit to
+    it ("set") on every frame: the imported model's logits are fairseq's, and a blank_mode fairseq has not is
+    refused."""
+    torch.manual_seed(2)
+    cfg = load_model_config("tiny")
+    model = Wav2Vec2ForCTC(cfg, vocab_size=4 + len(LETTERS)).eval()
+    finetuning = {"_name": "wav2vec_ctc", "blank_weight": 1.5, "blank_mode": mode,
+                  "w2v_args": {"model": fairseq_model_settings(cfg), "task": {"normalize": False}}}
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
+    for run, blank_mode in (("ok", mode), ("odd", "mul")):
+        torch.save({"model": fairseq_state_dict(model, "ctc", False),
+                    **settings_of({**finetuning, "blank_mode": blank_mode}, "cfg", {}, {})}, tmp_path / f"{run}.pt")
+    assert main(["import-fairseq", str(tmp_path / "ok.pt"), str(tmp_path / "ckpt"), "--dict",
+                 str(tmp_path / "dict.ltr.txt")]) == 0
+    back, _ = load_model(tmp_path / "ckpt")
+    back.eval()
+    wave = torch.randn(2, 4000)
+    with torch.no_grad():
+        fairseq_logits, _ = model(wave, None)
+        if mode == "add":
+            fairseq_logits[..., 0] += 1.5
+        else:
+            fairseq_logits[..., 0] = 1.5
+        logits, _ = back(wave, None)
+    torch.testing.assert_close(logits, fairseq_logits, rtol=0, atol=1e-6)
+    assert main(["import-fairseq", str(tmp_path / "odd.pt"), str(tmp_path / "odd"), "--dict",
+                 str(tmp_path / "dict.ltr.txt")]) == 2
+    assert "blank_mode='mul': fairseq knows 'add' and 'set' alone" in caplog.text
+
+
 def test_nothing_the_file_names_is_run(tmp_path, caplog) -> None:
     """The file is read with torch's weights_only unpickler: a class or function it names is a stand-in that
     does nothing (the call a plain unpickler would make never happens) and the model still imports; a file that
@@ -231,6 +263,7 @@ def test_what_earful_cannot_import_is_named(tmp_path, caplog) -> None:
     cases = [({"_name": "hubert"}, weights, "a fairseq 'hubert' model; earful imports wav2vec 2.0"),
              ({"layer_type": "conformer"}, weights, "layer_type='conformer': earful's layers are transformer"),
              ({"quantize_targets": False}, weights, "quantize_targets=false (the targets are projected CNN"),
+             ({"crop_seq_to_multiple": 2}, weights, "crop_seq_to_multiple=2: earful's transformer reads every CNN"),
              ({"conv_feature_layers": "__import__('os').system('x')"}, weights, "is no list of (dim, kernel, stride)"),
              ({}, {**weights, "encoder.layers.0.adapter.weight": torch.zeros(1)},
               "1 tensors earful's wav2vec 2.0 has no place for, e.g. ['encoder.layers.0.adapter.weight']")]
