@@ -34,6 +34,7 @@ From audio to word error rate:
   evaluate, transcribe   WER / CER on labelled manifests; text from audio files (greedy, or with an n-gram LM)
   study                  a whole batch-size study: plan, run (pre-train, fine-tune, evaluate), report, merge, status
   probe                  SUPERB-style probes of frozen features
+  import-hf, import-fairseq, export-hf   models from transformers and fairseq, and to transformers
 
 `earful COMMAND -h` gives a command's options; -v (debug logging) goes before or after the command."""
 
