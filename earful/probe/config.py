@@ -19,6 +19,9 @@ class SequenceRecipe:
     lr: float = 0.04  # PR on the demo corpus: 2e-3 gave 80 % PER, 1e-2 57 %, 0.04 47 % (16 s checkpoint)
     batch_utterances: int = 16
     hidden: int = 0  # width of one hidden layer (GELU) before the output layer; 0 = a linear head
+    # one hidden state alone (0 the transformer's input, i layer i's output: a layer-wise analysis) instead of the
+    # learned weighted sum over all of them (SUPERB's); None: the weighted sum
+    layer: int | None = None
 
 
 @dataclass
@@ -38,6 +41,7 @@ class UtteranceRecipe:
     steps: int = 300
     lr: float = 1e-2
     weight_decay: float = 1e-4
+    layer: int | None = None  # one hidden state alone, as SequenceRecipe.layer; None: the learned weighted sum
 
 
 def diverged(task: str, when: str, lr: float) -> ValueError:
@@ -66,6 +70,9 @@ class ProbeConfig:
                 raise ValueError(f"{task}.lr={recipe.lr}: expected a finite number > 0")
             if isinstance(recipe, SequenceRecipe):
                 at_least(f"{task}.hidden", recipe.hidden, 0, " (0: a linear head)")
+            if recipe.layer is not None:
+                at_least(f"{task}.layer", recipe.layer, 0,
+                         " (0: the transformer's input; null: the weighted sum of every layer)")
             if isinstance(recipe, UtteranceRecipe) and not (math.isfinite(recipe.weight_decay)
                                                             and recipe.weight_decay >= 0):
                 raise ValueError(f"{task}.weight_decay={recipe.weight_decay}: expected a finite number >= 0")

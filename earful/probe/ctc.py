@@ -90,9 +90,10 @@ def characters_task(text_mapping: Mapping[str, str] | None = None) -> Transcript
 class CTCProbe(nn.Module):
     """Layer-weighted sum → (Linear → GELU) → Linear to the symbols; per-frame log-probabilities."""
 
-    def __init__(self, num_layers: int, dim: int, num_symbols: int, hidden: int = 0) -> None:
+    def __init__(self, num_layers: int, dim: int, num_symbols: int, hidden: int = 0, layer: int | None = None
+                 ) -> None:
         super().__init__()
-        self.weighted = LayerWeightedSum(num_layers)
+        self.weighted = LayerWeightedSum(num_layers, layer)
         self.head: nn.Module = nn.Linear(dim, num_symbols) if not hidden else nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, num_symbols))
 
@@ -160,7 +161,7 @@ def train_ctc(task: Transcription, train: Split, dev: Split, test: Split, recipe
                     too_short[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CTCProbe(train.feats.num_layers, train.feats.dim, len(task.symbols), recipe.hidden)
+        model = CTCProbe(train.feats.num_layers, train.feats.dim, len(task.symbols), recipe.hidden, recipe.layer)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     n = len(train.utts)
     steps = recipe.epochs * -(-n // recipe.batch_utterances)  # every epoch has ceil(n / size) batches

@@ -137,6 +137,15 @@ class Upstream:
 
         return model_config(self.checkpoint()).receptive_field
 
+    def hidden_states(self) -> int:
+        """How many hidden states a frame's features hold: the transformer's input and each layer's output (a
+        filterbank: one)."""
+        if self.kind == "fbank":
+            return 1
+        from earful.checkpoint import model_config
+
+        return model_config(self.checkpoint()).num_layers + 1
+
     def fingerprint(self, random_model: torch.nn.Module | None = None) -> dict[str, object]:
         """What decides the features, by content. ``random_model``: ``random_model()``'s, where the caller has
         built it already (as ``FeatureLoader`` does, for the extractor too)."""

@@ -34,6 +34,7 @@ from earful.probe.features import Upstream
 from earful.probe.report import METRICS, TaskResult, plot_layer_weights, table, weights_table
 from earful.probe.splits import FeatureLoader, Split, load_split
 from earful.probe.utterance import check_sid, intents, train_ic, train_sid
+from earful.probe.weighting import check_layer
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ def probe(upstream: Upstream, manifests: dict[str, tuple[str | os.PathLike, ...]
     if not 0 <= seed < 2**32:  # numpy's and torch's generators take no other: refused before any work
         raise ValueError(f"probe seed {seed}: expected an integer from 0 to 2**32 - 1")
     tasks = {task: _task(task, config) for task in manifests}  # unknown tasks fail before any work
+    for task in tasks:  # a hidden state the upstream has not, too
+        check_layer(f"{task}.layer", getattr(config, task).layer, upstream.hidden_states())
     loader = FeatureLoader(upstream, cache_dir, progress)  # the weights hashed once for the run, after the checks
     splits, chosen = _splits(manifests, loader)
     for task, (check, _) in tasks.items():

@@ -35,9 +35,9 @@ EVAL_EVERY = 25  # steps between dev evaluations (IC's choice of step)
 class PooledProbe(nn.Module):
     """Standardised pooled features → layer-weighted sum → one linear classifier per slot."""
 
-    def __init__(self, num_layers: int, dim: int, classes: list[int]) -> None:
+    def __init__(self, num_layers: int, dim: int, classes: list[int], layer: int | None = None) -> None:
         super().__init__()
-        self.weighted = LayerWeightedSum(num_layers)
+        self.weighted = LayerWeightedSum(num_layers, layer)
         self.heads = nn.ModuleList(nn.Linear(dim, c) for c in classes)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # (utterances, layers, dim) → per slot (utt., classes)
@@ -80,7 +80,7 @@ def _fit(x: torch.Tensor, labels: torch.Tensor, classes: list[list[str]], recipe
         raise ValueError(f"steps must be >= 1, got {recipe.steps}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = PooledProbe(x.shape[1], x.shape[2], [len(c) for c in classes])
+        model = PooledProbe(x.shape[1], x.shape[2], [len(c) for c in classes], recipe.layer)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history = []

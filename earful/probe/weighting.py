@@ -8,6 +8,8 @@ the utterance tasks standardise each layer's pooled statistics by the training s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,11 +22,15 @@ def normalize_layers(x: torch.Tensor) -> torch.Tensor:
 
 class LayerWeightedSum(nn.Module):
     """(..., layers, dim) → (..., dim) float32: ``Σ_l softmax(w)_l · x_l``, ``w`` starting at zero (equal
-    weights); ``x``'s layers made comparable already (see the module's docstring)."""
+    weights); ``x``'s layers made comparable already (see the module's docstring). ``only``: that hidden state
+    alone (a layer-wise analysis), its weight fixed at 1 and the others' at 0."""
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, only: int | None = None) -> None:
         super().__init__()
-        self.logits = nn.Parameter(torch.zeros(num_layers))
+        if only is None:
+            self.logits = nn.Parameter(torch.zeros(num_layers))
+        else:  # a buffer: not trained, and softmax([-inf, 0, -inf]) is exactly one-hot
+            self.register_buffer("logits", torch.full((num_layers,), -math.inf).index_fill_(0, torch.tensor(only), 0))
 
     def weights(self) -> torch.Tensor:
         """(layers,) softmax weights; they sum to one."""
@@ -32,3 +38,11 @@ class LayerWeightedSum(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("...ld,l->...d", x.float(), self.weights())
+
+
+def check_layer(key: str, layer: int | None, hidden_states: int) -> None:
+    """Refuse a ``layer`` (the setting ``key``) the features do not hold: ``hidden_states`` of them, 0 the
+    transformer's input (a filterbank: 1)."""
+    if layer is not None and not 0 <= layer < hidden_states:
+        raise ValueError(f"{key}={layer}: the features hold hidden states 0 to {hidden_states - 1} (0: the "
+                         "transformer's input, i: layer i's output)")

@@ -152,6 +152,36 @@ def test_layer_weights_sum_to_one_and_are_learned(tones, tiny_ckpt: Path, cache:
         assert torch.allclose(m(x), expected, atol=1e-6) and abs(float(m.weights().sum()) - 1) < 1e-6
 
 
+@pytest.mark.parametrize("task", ["pr", "sid"])
+def test_one_hidden_state_alone_is_probed_with_its_weight_fixed(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path,
+                                                               task: str):
+    """A layer-wise analysis (which layer holds phones, speakers) could not be run: every probe learned a weighted
+    sum over all hidden states. ``TASK.layer=i`` probes hidden state i alone: its weight is 1, the others 0, and
+    none is trained; the head alone learns, from the same initial head as the weighted sum's for the seed. Layer
+    2 of the tiny model (its last) reads what that state holds; a state the model has not is refused before any
+    feature is extracted."""
+    upstream = Upstream.parse(tiny_ckpt)
+    run = {"pr": splits(tones), "sid": (tones["train"], tones["same"], tones["held"])}[task]
+    result = probe(upstream, {task: run}, tmp_path / "last", config=config(f"{task}.layer=2"), cache_dir=cache,
+                   progress=False)[task]
+    assert result.layer_weights == [0.0, 0.0, 1.0]
+    first = probe(upstream, {task: run}, tmp_path / "first", config=config(f"{task}.layer=0"), cache_dir=cache,
+                  progress=False)[task]
+    assert first.layer_weights == [1.0, 0.0, 0.0]
+    if task == "pr":  # another state, another score (SID separates the tones' speakers perfectly on either)
+        assert first.test != result.test and first.history != result.history
+    m = LayerWeightedSum(3, only=1)
+    assert list(m.parameters()) == [] and m.weights().tolist() == [0.0, 1.0, 0.0]
+    x = torch.randn(2, 5, 3, 4)
+    assert torch.equal(m(x), x[:, :, 1])
+    cached = sorted(p.name for p in cache.iterdir())
+    with pytest.raises(ValueError, match=rf"{task}.layer=3: the features hold hidden states 0 to 2 \(0: the "
+                                         r"transformer's input, i: layer i's output\)"):
+        probe(upstream, {task: run}, tmp_path / "none", config=config(f"{task}.layer=3"), cache_dir=cache,
+              progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == cached and not (tmp_path / "none").exists()
+
+
 def test_a_random_init_says_each_seed_once(tones, tiny_ckpt: Path, cache: Path, tmp_path: Path, monkeypatch):
     """`earful probe CKPT --random-init` titled its results "(random init, seed 0) (seed 0)": the init's seed and
     the probe's, unnamed. The same seed is said once; different ones are named."""
@@ -608,7 +638,9 @@ def test_an_empty_task_list_is_refused_not_read_as_every_task(tmp_path, caplog) 
 
 @pytest.mark.parametrize(("override", "message"), [("sid.steps=0", "sid.steps=0: expected an integer >= 1"),
                                                    ("pr.lr=-1", "pr.lr=-1.0: expected a finite number > 0"),
-                                                   ("pr.batch_utterances=0", "pr.batch_utterances=0: expected")])
+                                                   ("pr.batch_utterances=0", "pr.batch_utterances=0: expected"),
+                                                   ("ic.layer=-1", "ic.layer=-1: expected an integer >= 0 (0: the "
+                                                                   "transformer's input; null: the weighted sum")])
 def test_a_probe_recipe_no_head_can_train_with_is_named_before_any_feature(override, message, tmp_path,
                                                                            caplog) -> None:
     """It had been found after every manifest's features were extracted (the expensive part), as "steps must
