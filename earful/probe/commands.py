@@ -28,24 +28,79 @@ def _probe(args: argparse.Namespace) -> int:
         raise ValueError("--init-seed needs --random-init")
     if args.cache is not None and args.cache.exists() and not args.cache.is_dir():  # found after an extraction
         raise ValueError(f"--cache {args.cache}: not a folder")
+    if args.seeds is not None:
+        check_seeds_folder(args.out, args.seeds)
     config = load_config(ProbeConfig, None, args.overrides)
     upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0,
                               device=args.device, cache_dir=args.cache)
-    common = dict(seed=args.seed, config=config, cache_dir=args.cache, progress=not args.no_progress)
+    common = dict(config=config, cache_dir=args.cache, progress=not args.no_progress)
     if args.suite:
         if args.task or args.train or args.dev or args.test:
             raise ValueError("--suite takes --corpus (and --tasks), not --task/--train/--dev/--test")
         if args.corpus is None:
             raise ValueError("--suite mini-superb needs --corpus DIR (a corpus made by `earful synth`)")
         tasks = args.tasks.split(",") if args.tasks is not None else list(TASKS)  # "" is no task
-        run_suite(upstream, args.corpus, args.out, tasks, **common)
+
+        def run(out: Path, seed: int) -> dict[str, dict[str, float]]:
+            return run_suite(upstream, args.corpus, out, tasks, seed, **common)
     else:
         if not (args.task and args.train and args.dev and args.test):
             raise ValueError("give --task with --train, --dev and --test manifests, or --suite mini-superb "
                              "--corpus DIR")
-        probe(upstream, {args.task: (args.train, args.dev, args.test)}, args.out, **common)
+
+        def run(out: Path, seed: int) -> dict[str, dict[str, float]]:
+            results = probe(upstream, {args.task: (args.train, args.dev, args.test)}, out, seed=seed, **common)
+            return {t: r.test for t, r in results.items()}
+    if args.seeds is None:
+        run(args.out, args.seed)
+    else:  # the features are extracted (or read from the cache) once, by the first seed's run
+        write_seeds_summary(args.out, upstream.name, {s: run(args.out / f"seed-{s}", s) for s in args.seeds})
     log.info("results in %s", Path(args.out) / "results.md")
     return 0
+
+
+def check_seeds_folder(out: Path, seeds: list[int]) -> None:
+    """Refuse ``--seeds`` that cannot make a summary (fewer than two, one twice) or an ``out`` whose summary
+    would leave out what it holds: a single seed's results, or a seed folder of an earlier run not among
+    ``seeds`` (each seed's own folder is checked by its run: the same upstream and recipe, or refused)."""
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give two or more different seeds (one: --seed)")
+    if (out / "results.json").is_file() and "seeds" not in _json_or_empty(out / "results.json"):
+        raise ValueError(f"{out}: holds a single probe run's results (results.json), which the summary over seeds "
+                         "would replace; give another --out")
+    others = sorted(p.name for p in out.glob("seed-*") if p.is_dir() and p.name not in {f"seed-{s}" for s in seeds})
+    if others:
+        raise ValueError(f"{out}: holds {', '.join(others)} of an earlier run, which the summary over --seeds "
+                         f"{' '.join(map(str, seeds))} would leave out: give those seeds too, or another --out")
+
+
+def _json_or_empty(path: Path) -> dict:
+    """A JSON object's file as a dict ({} where it is none: corrupt, a list)."""
+    import json
+
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_seeds_summary(out: Path, upstream: str, runs: dict[int, dict[str, dict[str, float]]]) -> None:
+    """``out/results.json`` and ``results.md``: each test metric's mean ± standard error over the probe seeds."""
+    from earful.atomic import atomic_write_json, atomic_write_lines
+    from earful.probe.report import mean_se_cells, over_seeds, table
+
+    summary = over_seeds(runs)
+    atomic_write_json(out / "results.json", {"upstream": upstream, "seeds": list(runs), "summary": summary,
+                                             "runs": {str(s): r for s, r in runs.items()}})
+    seeds = ", ".join(map(str, runs))
+    atomic_write_lines(out / "results.md", [
+        f"# Probes of {upstream}, seeds {seeds}", "", table({upstream: mean_se_cells(summary)}), "",
+        f"Mean ± standard error over the {len(runs)} probe seeds ({seeds}): the heads' own noise, the features "
+        "being the same in each (one checkpoint's; its pre-training seed is another matter). Each seed's results, "
+        "layer weights and training curves: seed-N/."])
+    log.info("over seeds %s: %s", seeds, "; ".join(f"{t.upper()} {m} {c}" for t, ms in mean_se_cells(summary).items()
+                                                  for m, c in ms.items()))
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
@@ -125,7 +180,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev", type=Path, help="dev manifest (SID: other utterances of the training speakers)")
     p.add_argument("--test", type=Path, help="test manifest (SID: held-out speakers, for the EER)")
     p.add_argument("--out", type=Path, required=True, help="results folder")
-    p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="two or more probe seeds instead: OUT/seed-N for each, and in OUT/results.md each "
+                       "metric's mean ± standard error over them (the heads' noise; features extracted once)")
     device_option(p, "where the checkpoint's features are extracted (the heads train on the CPU)")
     p.add_argument("--random-init", action="store_true", help="CKPT's architecture at a random init instead of its "
                    "weights (when the run has no checkpoints/init)")

@@ -3,6 +3,8 @@ plot of the learned layer weights (which layers carry phonemes, which speakers).
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,24 @@ def table(rows: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
                            for t, m in cols]
     cells = [[name] + [_cell(r.get(t, {}).get(m)) for t, m in cols] for name, r in rows.items()]
     return md_table(head, cells) + "\n\n(percent; ↓ lower is better, ↑ higher is better)"
+
+
+def over_seeds(runs: Mapping[int, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{task: {metric: {"mean", "se", "n"}}}`` of the test metrics of ``runs`` (``{seed: {task: {metric:
+    value}}}``), the standard error of the mean being the seeds' standard deviation over √n."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for task, metrics in METRICS.items():
+        for metric in metrics:
+            values = [r[task][metric] for r in runs.values() if metric in r.get(task, {})]
+            if values:
+                se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+                out.setdefault(task, {})[metric] = {"mean": statistics.fmean(values), "se": se, "n": len(values)}
+    return out
+
+
+def mean_se_cells(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, str]]:
+    """``over_seeds``' summary as :func:`table` cells: ``"mean ± SE"`` in percent."""
+    return {t: {m: f"{100 * v['mean']:.1f} ± {100 * v['se']:.1f}" for m, v in ms.items()} for t, ms in summary.items()}
 
 
 def _cell(v: float | str | None) -> str:

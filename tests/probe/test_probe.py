@@ -604,6 +604,40 @@ def test_suite_command_on_a_corpus(tones, tiny_ckpt: Path, cache: Path, tmp_path
     assert main(["probe", "fbank", "--random-init", "--task", "pr", "--out", str(out)]) == 2
 
 
+def test_several_probe_seeds_give_each_metrics_mean_and_standard_error(tones, cache: Path, tmp_path: Path,
+                                                                       caplog):
+    """A single probe run writes one number a metric, and a user comparing two checkpoints could not tell a gap
+    from the heads' own noise without scripting the seeds and the arithmetic (benchmarks/probe_noise.py did it
+    for the docs). --seeds runs each seed into OUT/seed-N (the same results as --seed N into its own folder) and
+    writes each metric's mean ± standard error over them; --seeds that make no summary, an OUT of a single run or
+    holding other seeds' folders are refused before any work."""
+    out = tmp_path / "out"
+    argv = ["probe", "fbank", *FAST, "--task", "pr", "--train", str(tones["train"]), "--dev", str(tones["same"]),
+            "--test", str(tones["held"]), "--cache", str(cache), "--no-progress"]
+    assert main([*argv, "--out", str(out), "--seeds", "0", "1", "2"]) == 0
+    runs = {s: json.loads((out / f"seed-{s}" / "results.json").read_text())["tasks"]["pr"]["test"]["per"]
+            for s in (0, 1, 2)}
+    assert main([*argv, "--out", str(tmp_path / "one"), "--seed", "1"]) == 0  # a seed's folder: that seed's run
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["tasks"]["pr"]["test"]["per"] == runs[1]
+    saved = json.loads((out / "results.json").read_text())
+    per = saved["summary"]["pr"]["per"]
+    assert saved["seeds"] == [0, 1, 2] and per["n"] == 3 and len(set(runs.values())) > 1
+    assert per["mean"] == pytest.approx(np.mean(list(runs.values())))
+    assert per["se"] == pytest.approx(np.std(list(runs.values()), ddof=1) / np.sqrt(3))
+    text = (out / "results.md").read_text()
+    assert f"{100 * per['mean']:.1f} ± {100 * per['se']:.1f}" in text and "over the 3 probe seeds (0, 1, 2)" in text
+    assert main([*argv, "--out", str(out), "--seeds", "0", "1", "2"]) == 0  # the same run may write it again
+    for seeds, folder, said in ((["4"], out, "--seeds 4: give two or more different seeds (one: --seed)"),
+                                (["4", "4"], out, "--seeds 4 4: give two or more different seeds"),
+                                (["0", "1"], out, "holds seed-2 of an earlier run, which the summary over --seeds 0 1 "
+                                                  "would leave out"),
+                                (["0", "1"], tmp_path / "one", "holds a single probe run's results (results.json)")):
+        caplog.clear()
+        assert main([*argv, "--out", str(folder), "--seeds", *seeds]) == 2
+        assert said in caplog.text, caplog.text
+    assert main([*argv, "--out", str(out), "--seed", "0", "--seeds", "0", "1"]) == 2  # one or the other
+
+
 @pytest.mark.parametrize(("options", "message"), [(["--corpus", "c"], "--corpus needs --suite mini-superb"),
                                                   (["--tasks", "pr"], "--tasks needs --suite mini-superb"),
                                                   (["--init-seed", "3"], "--init-seed needs --random-init")])
