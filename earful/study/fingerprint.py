@@ -67,6 +67,9 @@ MAY_GROW = ("probes", "finetune.baselines", "finetune.checkpoints", "finetune.la
 STUDY_ADDED_LATER: dict[str, Any] = {"finetune.milestone_label_sets": None,  # None: every label set, as before
                                      "lm": None,  # None: greedy decoding alone, as before
                                      "gradvar_checkpoints": ["final"]}  # the final's gradient noise alone
+# probe recipe settings earful gained later (a task's, by the key's last part), by the value every probe of before
+# had: left out of the probe part at that value, so that a study.json written before one continues
+PROBE_ADDED_LATER: dict[str, Any] = {"layer": None}  # None: the learned weighted sum of every hidden state
 # what the study resolves for each grid entry (its "grid" part, by tag): the grid may grow (a batch size added to a
 # finished study), its entries may not change or go. The pretrain part holds these of the first run only.
 # (the cyclic schedule's step size too where the study sets it from each entry's steps: `cycles`)
@@ -201,7 +204,8 @@ def config_parts(study: StudyConfig) -> dict[str, Any]:
     parts = {"study": _study_part(flatten(to_dict(study)))}
     if study.probes:
         probes = flatten(to_dict(probe_config(study)))
-        parts["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes}
+        parts["probe"] = {k: v for k, v in probes.items() if k.split(".")[0] in study.probes
+                          and not (k.split(".")[-1] in PROBE_ADDED_LATER and v == PROBE_ADDED_LATER[k.split(".")[-1]])}
     return json.loads(json.dumps(parts))
 
 

@@ -817,6 +817,8 @@ def test_the_probe_recipe_and_the_probe_manifests_are_part_of_the_recipe(study_f
 
     fp = fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]")
     assert fp["probe"] == {"pr.epochs": 10, "pr.lr": 0.01, "pr.batch_utterances": 16, "pr.hidden": 0}
+    # a setting added later (pr.layer) is in the recipe only where set: a folder fingerprinted before continues
+    assert fingerprint("probes=[pr]", "probe_overrides=[pr.layer=1]")["probe"]["pr.layer"] == 1
     assert {k for k in fp["data"] if k.startswith("probe.")} == {"probe.train", "probe.dev", "probe.test"}
     without = fingerprint()
     assert "probe" not in without and not any(k.startswith("probe.") for k in without["data"])
