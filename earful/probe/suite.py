@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from earful.atomic import atomic_write_json, atomic_write_lines
-from earful.config import flatten, to_dict
+from earful.config import flatten, from_dict, to_dict
 from earful.probe.config import ProbeConfig
 from earful.probe.ctc import characters_task, check_labels, phonemes_task, train_ctc
 from earful.probe.features import Upstream
@@ -119,6 +119,11 @@ def _check_out(out: Path, record: dict[str, Any]) -> None:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         saved = {}
+    try:  # a recipe written before a setting existed (pr.layer) holds its default, as its run had in effect
+        saved["config"] = json.loads(json.dumps(to_dict(from_dict(ProbeConfig, saved["config"], "config")),
+                                                default=str))
+    except (KeyError, TypeError, ValueError):
+        pass  # none, or of an earful earlier still: compared as it is
     differ = [k for k, v in record.items() if saved.get(k) != v]
     if differ:
         verb = "differ" if len(differ) > 1 else "differs"

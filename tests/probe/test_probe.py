@@ -429,6 +429,14 @@ def test_a_probe_run_keeps_other_runs_results_and_its_seed_is_checked_first(tone
         probe(Upstream.parse("fbank"), {"pr": splits(tones)}, tmp_path / "a", seed=1, cache_dir=cache, progress=False)
     assert (tmp_path / "a" / "results.json").read_text() == first
     probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=1, config=recipe, cache_dir=cache, progress=False)
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())  # as an earful before TASK.layer wrote it:
+    for task in saved["config"].values():  # the same run (it probed every layer's weighted sum), written again
+        del task["layer"]
+    (tmp_path / "a" / "results.json").write_text(json.dumps(saved))
+    probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=1, config=recipe, cache_dir=cache, progress=False)
+    with pytest.raises(ValueError, match="its config differs"):
+        probe(Upstream.parse("fbank"), tasks, tmp_path / "a", seed=1, config=config("ic.steps=20", "ic.layer=0"),
+              cache_dir=cache, progress=False)
 
     monkeypatch.setattr(suite, "FeatureLoader", lambda *a, **k: pytest.fail("features before the seed's check"))
     for seed in (-1, 2**32):
