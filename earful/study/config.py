@@ -308,7 +308,7 @@ def plan_runs(study: StudyConfig) -> list[PlannedRun]:
                                    hours=nominal_hours(e.batch_seconds, steps), seed=seed))
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # one folder would serve (or be trained by) two runs
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted(named_twice(names))
         raise ValueError(f"study: grid entries share run names {twice}; give each entry its own `tag:`")
     tags: dict[float, set[str]] = {}
     for r in runs:
@@ -525,9 +525,17 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     for key, seeds in (("seeds", study.seeds), ("probe_seeds", study.probe_seeds if study.probes else [0])):
         if not seeds:
             raise ValueError(f"{path}: {key} is empty; give at least one seed, e.g. {key}: [1]")
-        if len(set(seeds)) < len(seeds):
-            twice = sorted({x for x in seeds if seeds.count(x) > 1})
+        if twice := named_twice(seeds):
             raise ValueError(f"{path}: {key} names {twice} more than once; give each seed once")
+    # each named twice was done once but recorded twice (probes, fine-tunings: duplicated rows in the results and
+    # CSVs) or counted twice by the plan
+    f = study.finetune
+    for key, names in (("probes", study.probes), ("finetune.checkpoints", f.checkpoints),
+                       ("finetune.baselines", f.baselines), ("finetune.label_sets", f.label_sets or []),
+                       ("finetune.milestone_label_sets", f.milestone_label_sets or []),
+                       ("gradvar_checkpoints", study.gradvar_checkpoints), ("ckpt_hours", study.ckpt_hours)):
+        if twice := named_twice(names):
+            raise ConfigError(f"{path}: {key} names {twice} more than once; name each once")
     check_numbers(study, str(path))
     study.tracking.validate()
     check_slurm(study.slurm, str(path))
@@ -554,6 +562,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
         raise ConfigError(f"{path}: gradvar_checkpoints={study.gradvar_checkpoints}: name final too (C6 judges the "
                           "gradient noise at the final checkpoint; the others are measured beside it)")
     return study
+
+
+def named_twice(values: list[Any]) -> list[Any]:
+    """The values ``values`` holds more than once, in the order of their first appearance ([] when none)."""
+    return list(dict.fromkeys(v for v in values if values.count(v) > 1))
 
 
 def check_lm_settings(lm: LMSpec, where: str) -> None:

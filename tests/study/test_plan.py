@@ -271,10 +271,19 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
     ("grid=[{batch_seconds: 8, devices: 0}]", r"grid\[0\].devices=0: expected a whole number of devices >= 1"),
     ("grid=[{batch_seconds: 8, lr: .nan}]", r"grid\[0\].lr=nan: expected a finite number > 0"),
     ("grid=[{batch_seconds: 8, device_seconds: -1}]", r"grid\[0\].device_seconds=-1.0: expected a finite"),
+    # a list naming an item twice: done once and recorded twice (probes.jsonl, results.jsonl and the CSVs held every
+    # row twice), or counted twice by the plan (4 fine-tunings for 3)
+    ("probes=[ic, pr, ic]", r"probes names \['ic'\] more than once; name each once"),
+    ("finetune.baselines=[scratch, scratch]", r"finetune.baselines names \['scratch'\] more than once"),
+    ("finetune.label_sets=[a, a]", r"finetune.label_sets names \['a'\] more than once"),
+    ("finetune.milestone_label_sets=[a, a]", r"finetune.milestone_label_sets names \['a'\] more than once"),
+    ("finetune.checkpoints=[final, final]", r"finetune.checkpoints names \['final'\] more than once"),
+    ("gradvar_checkpoints=[final, final]", r"gradvar_checkpoints names \['final'\] more than once"),
+    ("ckpt_hours=[0.01, 0.01]", r"ckpt_hours names \[0.01\] more than once"),
 ])
-def test_a_wrong_study_number_is_refused_naming_its_key(tmp_path, setting, problem) -> None:
+def test_a_wrong_study_setting_is_refused_naming_its_key(tmp_path, setting, problem) -> None:
     y = tmp_path / "s.yaml"
-    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\n")
+    y.write_text("grid: [4]\nmode: fixed-steps\nsteps: 10\ncorpus: {label_sets: {a: a.jsonl}}\n")
     with pytest.raises(ValueError, match=problem):
         plan_runs(load_study(y, [setting]))
 
