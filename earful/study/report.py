@@ -394,12 +394,18 @@ def grid_batches(study: dict[str, Any]) -> list[float]:
                    for g in study.get("grid", [])})
 
 
+def _without(can: list[tuple[tuple[str, ...], str]], claim: str) -> list[tuple[tuple[str, ...], str]]:
+    """``scope_section``'s testable claims (each a tuple of claims and what they compare) less ``claim``."""
+    return [(tuple(c for c in claims if c != claim), why) for claims, why in can]
+
+
 def scope_section(study: dict[str, Any]) -> list[str]:
     """Which of the paper's claims (docs/paper.md §7) a study of this design can test, and which it cannot."""
     if not study:
         return []
     seeds, cycles, mode = len(study.get("seeds", [1])), study.get("cycles", 0), study.get("mode")
-    batches = len(grid_batches(study))
+    sizes = grid_batches(study)
+    batches = len(sizes)
     # what earful/study/claims.py needs: C1 and C4 compare two batch sizes, C2, C2-trend, C6 and C7 three
     need = {"C1": 2, "C4": 2, "C2": 3, "C2-trend": 3, "C6": 3, "C7": 3}
     can, cannot = [], []
@@ -431,8 +437,14 @@ def scope_section(study: dict[str, Any]) -> list[str]:
                 "codebook perplexity against batch, in the pre-training table"))
     few = sorted({c for claims, _ in can for c in claims if batches < need[c]})
     if seeds < 3 and "C2-trend" not in few and any("C2-trend" in claims for claims, _ in can):  # one slope a seed
-        can = [(tuple(c for c in claims if c != "C2-trend"), why) for claims, why in can]
+        can = _without(can, "C2-trend")
         cannot.append(f"C2-trend: it takes one slope a seed and needs 3 seeds; the study has {seeds}")
+    # claims.py pairs a batch size B with 2B exactly: a grid of 4, 12 and 20 s has no pair
+    if (judged and "C4" not in few and any("C4" in claims for claims, _ in can)
+            and not any(2 * b in sizes for b in sizes)):
+        can = _without(can, "C4")
+        cannot.append(f"C4: equal hours pair a batch size B with its double 2B, and the grid "
+                      f"({', '.join(f'{b:g}' for b in sizes)} s) holds no such pair")
     testable = [c for claims, _ in can for c in claims if batches >= need[c]]
     can = [f"{', '.join(ok[:-1]) + ' and ' if len(ok) > 1 else ''}{ok[-1]} ({why})" for claims, why in can
            if (ok := [c for c in claims if batches >= need[c]]) and why]

@@ -80,6 +80,12 @@ def test_the_scope_lists_a_claim_only_with_the_batch_sizes_it_needs() -> None:
     assert "It cannot test: C2-trend: it takes one slope a seed and needs 3 seeds; the study has 2" in two_seeds
     # one cycle has no (2B, T/2) checkpoint: C4 was in neither list
     assert "It cannot test: C4: equal hours needs checkpoints at (B, T) and (2B, T/2)" in scope([4, 8, 16], cycles=1)
+    # C4 pairs B with 2B: a grid of no doubling was said to test it, and its verdict found no pairs
+    odd = " ".join(scope_section({"seeds": [1], "cycles": 2, "mode": "fixed-steps", "gradvar_batches": 2,
+                                  "grid": [4, {"batch_seconds": 12}, 20]}))
+    assert "; C4 (equal hours" not in odd and "beyond noise: C1, C2 and C7 are *inconclusive*" in odd
+    assert "C4: equal hours pair a batch size B with its double 2B, and the grid (4, 12, 20 s) holds no such " \
+           "pair" in odd
 
 
 @pytest.mark.parametrize(("mode", "cycles"), [("fixed-hours", 0), ("fixed-steps", 0)])
