@@ -12,7 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,23 @@ def _set_each(cfg: TrainingConfig, settings: dict[str, tuple[Any, str]]) -> None
         for section in sections:
             node = getattr(node, section)
         setattr(node, name, value)
+
+
+@contextmanager
+def recipe_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op threads at a recipe's ``threads`` (0: as they are) for a stage that trains nothing (the
+    gradient noise, the probes' features, an evaluation), as the trainer sets them for a training; restored after.
+    They had run on whatever the process was left with: 1 after a training of the study's (``threads=1``), torch's
+    default in a rerun with none left to do, so a study cut and rerun gave other numbers than one uninterrupted."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pretrain_run_settings(study: StudyConfig, run: PlannedRun, root: Path) -> dict[str, tuple[Any, str]]:
@@ -482,13 +500,14 @@ def finetune_and_evaluate(study: StudyConfig, name: str, init: Path, label_set: 
     ckpt = fdir / "checkpoints" / "best"
     if not ckpt.exists():
         ckpt = fdir
-    if todo:
-        if done_splits:
-            log.info("evaluating %s on the test split(s) added to the study: %s", name, ", ".join(todo))
-        evaluate(ckpt, todo, summary.parent, **with_lm)  # the summary keeps the splits evaluated before
-    if lm_todo:
-        log.info("decoding %s with the study's LM (its greedy results kept): %s", name, ", ".join(lm_todo))
-        evaluate(ckpt, lm_todo, summary.parent, keep_greedy=True, **with_lm)
+    with recipe_threads(finetune_recipe(study, label_set).threads):
+        if todo:
+            if done_splits:
+                log.info("evaluating %s on the test split(s) added to the study: %s", name, ", ".join(todo))
+            evaluate(ckpt, todo, summary.parent, **with_lm)  # the summary keeps the splits evaluated before
+        if lm_todo:
+            log.info("decoding %s with the study's LM (its greedy results kept): %s", name, ", ".join(lm_todo))
+            evaluate(ckpt, lm_todo, summary.parent, keep_greedy=True, **with_lm)
     return {**json.loads(summary.read_text()), **({"diverged": True} if done.get("diverged") else {})}
 
 
@@ -507,9 +526,10 @@ def gradvar_stage(study: StudyConfig, run: PlannedRun, out: Path, root: Path, ch
     budget, padding = recorded_batches(ckpt)  # the run's batches on one device, as `earful gradvar` takes
     log.info("gradient noise of %s at %s: %d batches of %g s", run.name, checkpoint, study.gradvar_batches,
              run.batch_seconds)
-    result = gradient_noise(ckpt, cfg.data.train, budget, num_batches=study.gradvar_batches, seed=run.seed,
-                            device=cfg.device, padding=padding, skip_bad=cfg.data.skip_bad,
-                            options=False)
+    with recipe_threads(cfg.threads):
+        result = gradient_noise(ckpt, cfg.data.train, budget, num_batches=study.gradvar_batches, seed=run.seed,
+                                device=cfg.device, padding=padding, skip_bad=cfg.data.skip_bad,
+                                options=False)
     record = {**result, "run": run.name, "batch_seconds": run.batch_seconds, "seed": run.seed}
     atomic_write_json(path, record)
     return record
@@ -538,16 +558,16 @@ def probe_stage(study: StudyConfig, name: str, upstream: str, out: Path, root: P
     rows = []
     cache = out / "probe-cache" / name
     config = probe_config(study)
-    # extracted on the pre-training recipe's device, as the gradient noise is measured (auto: CUDA where there
-    # is one); it had been auto whatever the recipe said
-    device = pretrain_recipe(study).device
-    source = Upstream.parse(upstream, device=device, device_key="device")
+    # extracted on the pre-training recipe's device and threads, as the gradient noise is measured (auto: CUDA
+    # where there is one); it had been auto whatever the recipe said
+    recipe = pretrain_recipe(study)
+    source = Upstream.parse(upstream, device=recipe.device, device_key="device")
     for seed in study.probe_seeds:
         done = probe_summary(out, name, seed)
         metrics = probed_tasks(out, name, seed)
         if todo := [t for t in study.probes if t not in metrics]:
             folder = done.parent / f"added-{'-'.join(todo)}" if metrics else done.parent
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), recipe_threads(recipe.threads):
                 metrics |= run_suite(source, study.probe_dir(root), folder, todo, seed, cache_dir=cache,
                                      config=config, progress=False)
             atomic_write_json(done, metrics)

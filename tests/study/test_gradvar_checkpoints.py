@@ -254,3 +254,46 @@ def test_best_that_no_run_keeps_is_said_up_front_for_the_gradient_noise_too(tmp_
         check_recipes(load_study(y, ["gradvar_checkpoints=[final, best]", "gradvar_batches=0",
                                      "pretrain_overrides=[keep_best=false]"]))
     assert "gradvar_checkpoints" not in caplog.text  # nothing measured: nothing to say
+
+
+def test_what_a_rerun_measures_runs_at_the_recipes_threads_and_gives_the_uninterrupted_numbers(
+        cluster_study, tmp_path, monkeypatch) -> None:
+    """The gradient noise, the probes' features and the evaluations ran on whatever torch threads the study's
+    process was left with: 1 after a training of the study's (threads=1), torch's default in a rerun of a cut study
+    with no training left to do, so that rerun gave other gradient noise (1e-7 apart) than an uninterrupted study.
+    They run at the recipe's threads, whatever ran before."""
+    import torch
+
+    import earful.eval.evaluate
+    import earful.pretrain.gradvar
+    import earful.probe.suite
+    from earful.study.run import run_study
+
+    threads: dict[str, set[int]] = {}
+
+    def spy(real):  # ``real``, noting the threads it runs on
+        def call(*args, **kwargs):
+            threads.setdefault(real.__name__, set()).add(torch.get_num_threads())
+            return real(*args, **kwargs)
+        return call
+
+    for module, name in ((earful.pretrain.gradvar, "gradient_noise"), (earful.probe.suite, "run_suite"),
+                         (earful.eval.evaluate, "evaluate")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    study = load_study(cluster_study, ["gradvar_batches=2", "probes=[ic]", "probe_overrides=[ic.steps=5]"])
+    out = tmp_path / "out"
+    before = torch.get_num_threads()
+    try:
+        run_study(study, out)  # trains, then measures in a process its training left at 1 thread
+        first = {p.name: json.loads(p.read_text()) for p in (out / "gradvar").glob("*.json")}
+        # as a study cut after its training: its measurements done again by a process that trained nothing
+        shutil.rmtree(out / "gradvar")
+        shutil.rmtree(out / "probe")
+        shutil.rmtree(out / "eval")
+        threads.clear()
+        torch.set_num_threads(3)
+        run_study(study, out)
+    finally:
+        torch.set_num_threads(before)
+    assert threads == {"gradient_noise": {1}, "run_suite": {1}, "evaluate": {1}}
+    assert {p.name: json.loads(p.read_text()) for p in (out / "gradvar").glob("*.json")} == first
