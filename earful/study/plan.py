@@ -55,6 +55,13 @@ def _chosen_steps(kinds: list[str], last: int, milestones: set[int], keeps_best:
     return final, (milestones if "milestones" in kinds else set()) | final, int(keeps_best and "best" in kinds)
 
 
+def planned_milestones(study: StudyConfig, run: PlannedRun) -> set[int]:
+    """The steps of the milestones ``run`` writes: hours-H at the first step >= nominal_steps(H) (the last step
+    included; an H past its end is never written), and steps-N, the cycle minima."""
+    return {max(nominal_steps(h, run.batch_seconds), 1) for h in study.ckpt_hours
+            if nominal_steps(h, run.batch_seconds) <= run.steps} | set(cycle_minima(study))
+
+
 def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
     """What the pre-trainings let start, counted from the plan (``earful/study/run.py`` makes them): fine-tunings
     (each with its evaluation), probe upstreams (the kept checkpoints, each seed's random init, filterbanks once)
@@ -71,10 +78,8 @@ def later_stages(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, int]:
 
         keeps_best = not why_no_best(study, pretrain_recipe(study))
     for r in runs:
-        # what the trainer writes: hours-H at the first step >= nominal_steps(H) (the last step included), and
-        # steps-N; checkpoints of one step are fine-tuned, probed and measured once (stages.shared_weights)
-        milestones = {max(nominal_steps(h, r.batch_seconds), 1) for h in study.ckpt_hours
-                      if nominal_steps(h, r.batch_seconds) <= r.steps} | set(cycle_minima(study))
+        # checkpoints of one step are fine-tuned, probed and measured once (stages.shared_weights)
+        milestones = planned_milestones(study, r)
         final, steps, best = _chosen_steps(study.finetune.checkpoints, r.steps, milestones, keeps_best)
         first = firsts[r.seed] is r
         # the milestones on their label sets; on the others the final (a milestone on its step is the final), best

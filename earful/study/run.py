@@ -49,7 +49,7 @@ from earful.study.config import (
 )
 from earful.study.corpus import check_probe_corpus, ensure_corpus, manifest_digests
 from earful.study.fingerprint import STUDY_FORMAT, check_same_recipe, grid_planner, recipe_fingerprint
-from earful.study.plan import plan_table, why_no_best
+from earful.study.plan import plan_table, planned_milestones, why_no_best
 from earful.study.pool import Job, execute
 from earful.study.report import build_report
 from earful.study.stages import (
@@ -74,7 +74,7 @@ from earful.study.stages import (
     run_pretraining_stage,
     shared_weights,
 )
-from earful.train.config import nominal_hours
+from earful.train.config import nominal_hours, nominal_steps
 from earful.train.tracking import require
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,8 @@ def check_recipes(study: StudyConfig) -> None:
     # study only when that run started, after the runs before it had trained (looked up here: tests patch it)
     from earful.study.stages import pretrain_config
 
-    for run in {r.tag: r for r in plan_runs(study)}.values():
+    runs = plan_runs(study)
+    for run in {r.tag: r for r in runs}.values():
         try:
             pretrain_config(study, run, Path.cwd())
         except ValueError as e:
@@ -283,6 +284,14 @@ def check_recipes(study: StudyConfig) -> None:
             log.warning("%s: `best` is the pre-training's best validation checkpoint, but %s: no run will have one, "
                         "so none is %s; name `final` (or `milestones`), or give the pre-training a validation set "
                         "with keep_best=true", key, why, done)
+        if "milestones" in names and not any(planned_milestones(study, r) - {r.steps} for r in runs):
+            log.warning("%s: `milestones` are the checkpoints of ckpt_hours and the cycle minima, but no run writes "
+                        "one before its end (ckpt_hours=%s, cycles=%d), so none is %s; set ckpt_hours within the "
+                        "runs, or cycles: 2 or more", key, study.ckpt_hours, study.cycles, done)
+    if past := [h for h in study.ckpt_hours
+                if all(nominal_steps(h, r.batch_seconds) > r.steps for r in runs)]:
+        log.warning("ckpt_hours %s: past the end of every run (the longest sees %.3g h, nominal): never written",
+                    ", ".join(f"{h:g}" for h in past), max(r.hours for r in runs))
 
 
 def study_manifests(study: StudyConfig, root: Path) -> dict[str, Path]:

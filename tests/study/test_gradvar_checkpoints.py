@@ -256,6 +256,33 @@ def test_best_that_no_run_keeps_is_said_up_front_for_the_gradient_noise_too(tmp_
     assert "gradvar_checkpoints" not in caplog.text  # nothing measured: nothing to say
 
 
+def test_milestones_no_run_writes_are_said_up_front(tmp_path, caplog) -> None:
+    """`milestones` chosen where no run writes one (no cycles, no ckpt_hours), or a ckpt_hours past every run's end,
+    passed `study plan` in silence: nothing was fine-tuned or measured at them, said only run by run once training."""
+    import logging
+
+    from earful.study.run import check_recipes
+
+    y = tmp_path / "s.yaml"
+    y.write_text(STUDY.format(corpus=tmp_path / "corpus"))  # 2 and 4 s batches, 4 steps: 0.0044 h at most
+    with caplog.at_level(logging.WARNING):
+        check_recipes(load_study(y, ["cycles=0", "gradvar_checkpoints=[final, milestones]",
+                                     "finetune.checkpoints=[final, milestones]", "ckpt_hours=[1.0, 0.0044, 3]"]))
+    assert "ckpt_hours 1, 3: past the end of every run (the longest sees 0.00444 h, nominal): never written" \
+           in caplog.text, caplog.text
+    for key, done in (("finetune.checkpoints", "fine-tuned"), ("gradvar_checkpoints", "measured")):
+        assert f"{key}: `milestones` are the checkpoints of ckpt_hours and the cycle minima, but no run writes one " \
+               f"before its end (ckpt_hours=[1.0, 0.0044, 3.0], cycles=0), so none is {done}" in caplog.text
+    caplog.clear()
+    # 0.0044 h is the last step of 4 s batches (the final), past the end of 2 s; 0.002 h is step 2 of 4 s batches
+    with caplog.at_level(logging.WARNING):  # the cycle minimum at step 2
+        check_recipes(load_study(y, ["gradvar_checkpoints=[final, milestones]", "ckpt_hours=[0.002]",
+                                     "finetune.checkpoints=[final, milestones]"]))
+        check_recipes(load_study(y, ["cycles=0", "gradvar_checkpoints=[final, milestones]", "ckpt_hours=[0.002]",
+                                     "finetune.checkpoints=[final, milestones]"]))
+    assert "milestones" not in caplog.text and "ckpt_hours" not in caplog.text, caplog.text
+
+
 def test_what_a_rerun_measures_runs_at_the_recipes_threads_and_gives_the_uninterrupted_numbers(
         cluster_study, tmp_path, monkeypatch) -> None:
     """The gradient noise, the probes' features and the evaluations ran on whatever torch threads the study's
