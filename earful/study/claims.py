@@ -375,8 +375,19 @@ def judge_c6(points: list[tuple[float, float]]) -> Verdict:
     low, high = C6_BAND
     verdict = _verdict(low <= slope - 2 * se and slope + 2 * se <= high, slope + 2 * se < low or slope - 2 * se > high)
     return Verdict("C6", "gradient std", verdict, f"log-log slope {slope:+.2f} ± {se:.2f} (SE) over {len(pts)} runs, "
-                                                   f"2 SE interval [{slope - 2 * se:+.2f}, {slope + 2 * se:+.2f}] "
+                                                   f"2 SE interval [{_beside(slope - 2 * se, C6_BAND)}, "
+                                                   f"{_beside(slope + 2 * se, C6_BAND)}] "
                                                    f"(the paper: ≈ −0.5; reproduced within [{low}, {high}])")
+
+
+def _beside(x: float, edges: tuple[float, ...]) -> str:
+    """``x`` signed at 2 decimals, or at as many more as tell it from an edge it is not on (−0.7520 read −0.75, on
+    the band's edge, beside a verdict that found it outside)."""
+    for digits in range(2, 7):
+        text = f"{x:+.{digits}f}"
+        if all(float(text) != e or x == e for e in edges):
+            break
+    return text
 
 
 def judge_c7(ppl: dict[float, list[float]], sim: dict[float, list[float]]) -> Verdict:

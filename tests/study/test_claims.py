@@ -161,6 +161,16 @@ def test_c6_needs_the_whole_2_se_interval_in_the_band() -> None:
     assert judge_c6(points(-0.1, 0.01)).verdict == NOT_REPRODUCED
 
 
+def test_c6_shows_a_bound_past_the_band_s_edge_with_the_digit_that_tells_it() -> None:
+    """A 2 SE interval of [−0.7515, −0.3885] read "[-0.75, -0.39]", within the band [−0.75, −0.25], beside the
+    verdict inconclusive."""
+    batches = [4.0, 4.0, 8.0, 8.0, 16.0, 16.0]
+    # residuals ±0.1027 within each batch size: the fit's slope stays −0.57, its SE is 0.1027 · √1.5 / (2 ln 2)
+    c6 = judge_c6([(b, math.exp(-0.57 * math.log(b) + 0.1027 * (-1) ** i)) for i, b in enumerate(batches)])
+    assert c6.verdict == INCONCLUSIVE
+    assert "slope -0.57 ± 0.09 (SE) over 6 runs, 2 SE interval [-0.751, -0.39]" in c6.evidence, c6.evidence
+
+
 def test_c7_needs_seeds_and_a_difference_beyond_their_spread() -> None:
     """Ranks of seed means without spread gave firm verdicts: similarities 0.7500 / 0.7499 / 0.7498 (ρ = −1) with
     perplexity rising reproduced C7 though the seeds spread a hundred times more. Now: inconclusive with that
