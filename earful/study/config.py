@@ -509,6 +509,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
                                     f"training's {RENAMED[k][1]}" for k, where in old))
     data = merge(merge(to_dict(StudyConfig()), given, StudyConfig), over, StudyConfig)
     study = from_dict(StudyConfig, data, str(path))
+    try:
+        study.entries()  # validate
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
     check_names(study, str(path))
     if study.cycles and study.mode != "fixed-steps":
         raise ValueError(f"{path}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
@@ -518,7 +522,6 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
             "%s: %s=%g is not used in mode %s (every run takes %s); mode=%s uses it", path, *unused, study.mode,
             f"steps={study.steps}" if study.mode == "fixed-steps" else f"hours={study.hours:g} seen",
             "fixed-hours" if study.mode == "fixed-steps" else "fixed-steps")
-    study.entries()  # validate
     negative = [s for s in (*study.seeds, *study.probe_seeds) if s < 0]
     if negative:
         raise ValueError(f"{path}: seeds and probe_seeds must be >= 0 (got {negative})")

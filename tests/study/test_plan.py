@@ -87,7 +87,7 @@ def test_bad_study_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"one grid entry per batch size .* \{16.0: \['16s', '16s-lr4e-3'\]\}"):
         plan_runs(load_study(y))
     y.write_text("grid: []\n")
-    with pytest.raises(ValueError, match="grid is empty"):
+    with pytest.raises(ValueError, match=rf"{y}: the study's grid is empty"):  # named no file
         load_study(y)
     y.write_text("grid: [10]\nbatch: 3\n")
     with pytest.raises(ValueError, match="unknown key"):
