@@ -399,6 +399,8 @@ def check_numbers(study: StudyConfig, where: str) -> None:
         bad.append(f"throughput={study.throughput}: expected a finite number of audio seconds a second > 0 (or null)")
     if [h for h in study.ckpt_hours if not finite_positive(h)]:
         bad.append(f"ckpt_hours={study.ckpt_hours}: expected finite nominal hours > 0")
+    if study.jobs < 1:  # ran one at a time, as jobs: 1, in silence
+        bad.append(f"jobs={study.jobs}: expected the number of runs at once, at least 1")
     if study.cycles < 0:
         bad.append(f"cycles={study.cycles}: expected 0 (off) or a number of whole cycles >= 1")
     if study.gradvar_batches < 0 or study.gradvar_batches == 1:

@@ -263,6 +263,7 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
     ("gradvar_batches=1", r"gradvar_batches=1: expected 0 \(off\) or at least 2"),  # failed after pre-training
     ("gradvar_batches=-1", r"gradvar_batches=-1"),
     ("cycles=-2", r"cycles=-2: expected 0"),
+    ("jobs=0", r"jobs=0: expected the number of runs at once, at least 1"),  # one at a time, in silence
     ("grid=[abc]", r"grid\[0\]='abc': expected a batch size in seconds"),  # dictionary update sequence element …
     ("grid=[true]", r"grid\[0\]=True: expected a batch size in seconds"),  # a batch of 1 s
     ("grid=[8, {batch_seconds: 4, foo: 1}]", r"grid\[1\]: unknown key"),
