@@ -264,6 +264,10 @@ def test_a_grid_tag_the_study_would_mistake_is_refused(tmp_path, tag) -> None:
     ("gradvar_batches=-1", r"gradvar_batches=-1"),
     ("cycles=-2", r"cycles=-2: expected 0"),
     ("jobs=0", r"jobs=0: expected the number of runs at once, at least 1"),  # one at a time, in silence
+    # fine-tuned on every label set, as when not given
+    ("finetune.label_sets=[]", r"finetune.label_sets is empty, which reads as not given: every one of "
+                               r"corpus.label_sets \['a'\] would be fine-tuned on; to fine-tune none, set "
+                               r"corpus.label_sets: \{\}"),
     ("grid=[abc]", r"grid\[0\]='abc': expected a batch size in seconds"),  # dictionary update sequence element …
     ("grid=[true]", r"grid\[0\]=True: expected a batch size in seconds"),  # a batch of 1 s
     ("grid=[8, {batch_seconds: 4, foo: 1}]", r"grid\[1\]: unknown key"),
