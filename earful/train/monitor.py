@@ -30,6 +30,18 @@ from earful.train.tracking import scalars
 log = logging.getLogger(__name__)
 
 
+class LogWriteError(RuntimeError):
+    """A run's log (``train.jsonl``, ``valid.jsonl``, TensorBoard's events) could not be written: a full disk, say."""
+
+
+def log_write_error(path: Path, e: OSError) -> LogWriteError:
+    """The error for a log write that failed with ``e``, naming the log (an OSError of a write or a flush names
+    no file: a full disk was "[Errno 28] No space left on device" alone) and the way on: the checkpoints are
+    untouched, and ``--resume`` logs the steps since the latest again (a line cut short is dropped)."""
+    return LogWriteError(f"{path}: cannot write the run's log ({e.strerror or e}); the run stopped, its latest "
+                         "checkpoint kept: free space (or fix the file system) and continue with --resume")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file (none where it is absent). A line that is not a JSON object is a
     ValueError naming the file and the line (it was json's message alone, the file unnamed)."""
@@ -88,8 +100,11 @@ class JsonlLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise log_write_error(self.path, e) from e
 
 
 class TensorBoard:
@@ -122,9 +137,12 @@ class TensorBoard:
     def write(self, prefix: str, record: dict[str, Any], step: int) -> None:
         if not self.enabled:
             return
-        for tag, value in scalars(prefix, record).items():  # what the experiment trackers log
-            self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
+        try:
+            for tag, value in scalars(prefix, record).items():  # what the experiment trackers log
+                self.writer.add_scalar(tag, value, step)
+            self.writer.flush()
+        except OSError as e:
+            raise log_write_error(self.log_dir, e) from e
 
 
 class Meter:

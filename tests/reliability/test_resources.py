@@ -193,3 +193,47 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(stage, tmp_path, t
     assert summary["step"] == 5
     got = load_file(str(ckpts / "step-0000005" / "model.safetensors"))
     assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+@pytest.mark.parametrize("log_name", ["train.jsonl", "valid.jsonl", "tb"])
+def test_full_disk_while_logging_names_the_log_and_the_resume(log_name, tmp_path, tiny_corpus, rel, monkeypatch,
+                                                              caplog) -> None:
+    """A full disk as a step's record is appended to ``train.jsonl`` or ``valid.jsonl`` (after part of the line was
+    written), or as TensorBoard's events are: one line naming the file, the problem and the way on (it was
+    "[Errno 28] No space left on device" alone); the run then resumes to an uninterrupted run's records."""
+    import earful.train.monitor as M
+
+    train, valid = tiny_corpus
+    overrides = rel.pretrain_overrides(train, 5, f"data.valid={valid}", "valid_every=2", "ckpt_every=2",
+                                       f"tensorboard={log_name == 'tb'}")
+    out = tmp_path / "run"
+    victim = out / log_name
+    from torch.utils.tensorboard import SummaryWriter
+
+    real_open, real_add = open, SummaryWriter.add_scalar
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if Path(path) == victim and "a" in mode and victim.exists() and len(victim.read_text().splitlines()) == 1:
+            def write(text: str) -> int:
+                f.buffer.write(text[:5].encode())  # part of the record reaches the disk
+                f.close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write reports it: no file named
+            f.write = write
+        return f
+
+    def full_tb(self, tag, value, global_step=None, *args, **kwargs):
+        if global_step == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_add(self, tag, value, global_step, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(M, "open", full_open, raising=False)
+        m.setattr(SummaryWriter, "add_scalar", full_tb)
+        assert main(["pretrain", *overrides, "--out", str(out)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(victim) in errors[0] and "No space left on device" in errors[0] and \
+        "--resume" in errors[0], errors
+    assert main(["pretrain", *overrides, "--out", str(out), "--resume"]) == 0
+    assert [r["step"] for r in rel.read_jsonl(out / "train.jsonl")] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in rel.read_jsonl(out / "valid.jsonl")] == [2, 4, 5]
