@@ -590,12 +590,14 @@ class SecondsBatchSampler:
             self._resumed = {e: steps for e, steps in self._resumed.items() if e >= self.epoch}
             changed = ", ".join([f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k]]
                                 + ([f"dealing {dealing} -> {self.dealing}"] if dealing != self.dealing else []))
-            if self.epoch in self._resumed:
-                log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run had "
-                            "not reached (its ranks were at (epoch, batch) %s) are cut anew; this epoch's batches "
-                            "differ from an uninterrupted run's", changed, self._size[self.epoch], self.epoch, places)
-            else:
-                log.warning("sampler resumed with another layout (%s): epoch %d starts in it", changed, self.epoch)
+            if self.rank == 0:  # every rank resumes alike: the main rank says so
+                if self.epoch in self._resumed:
+                    log.warning("sampler resumed with another layout (%s): the %d batches of epoch %d the saved run "
+                                "had not reached (its ranks were at (epoch, batch) %s) are cut anew; this epoch's "
+                                "batches differ from an uninterrupted run's", changed, self._size[self.epoch],
+                                self.epoch, places)
+                else:
+                    log.warning("sampler resumed with another layout (%s): epoch %d starts in it", changed, self.epoch)
         else:
             self._phase = {self.epoch: phases[self.epoch]}
         if self.position > len(self.epoch_batches(self.epoch)):

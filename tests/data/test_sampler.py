@@ -251,6 +251,20 @@ def test_a_resumed_epoch_resumes_again_exactly_or_with_yet_another_layout():
     assert sorted(seen + _rest(three)) == list(range(len(lens)))
 
 
+def test_a_resume_in_another_layout_is_said_once_not_by_every_rank(caplog):
+    """Every rank resumes alike: the main rank says so (under ``torchrun`` each rank had logged the same
+    warning)."""
+    lens = lengths(203)
+    one = _sampler(lens, 40.0, seed=3)
+    _consume([one], 5)
+    two = [_sampler(lens, 40.0, seed=3, rank=r, world_size=2) for r in range(2)]
+    with caplog.at_level(logging.WARNING):
+        for r in two:
+            r.load_state_dict(one.state_dict())
+    said = [r for r in caplog.records if "sampler resumed with another layout" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+
+
 @pytest.mark.parametrize("new_world", [1, 2, 3])
 def test_ranks_a_batch_apart_resume_in_another_layout_without_loss(new_world: int):
     """A rank that met an unreadable batch pulled one more: the remainder is cut from every rank's place."""
