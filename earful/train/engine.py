@@ -281,12 +281,13 @@ class Trainer:
                                            enabled=self.cfg.precision == "fp16")
 
     def _start_records(self) -> None:
-        """A fresh start (or a run killed before its first checkpoint) keeps no stale records, and writes the
-        step-0 weights (distance from init, the from-scratch baselines) — again, so that an earlier attempt's
-        ``init`` (another seed or model, killed before its first checkpoint) is never kept."""
+        """A fresh start (or a run killed before its first checkpoint) keeps no stale records (logs, TensorBoard's
+        events), and writes the step-0 weights (distance from init, the from-scratch baselines) — again, so that
+        an earlier attempt's ``init`` (another seed or model, killed before its first checkpoint) is never kept."""
         if self.step == 0:
             self.train_log.truncate_after(0)
             self.valid_log.truncate_after(0)
+            self.tb.purge_step = 1  # and its TensorBoard events, as a resume's after its step (_commit_resume)
             if self.d.is_main:
                 self.run.save("init", self.model, state=None, trainer={"step": 0},
                               make_latest=False, **self.task.checkpoint_extras())

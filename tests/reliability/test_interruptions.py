@@ -185,6 +185,18 @@ class _Killed(BaseException):
     """Ends a run like SIGKILL would (nothing catches it), at a chosen point."""
 
 
+def _kill_in_checkpoint(monkeypatch, name: str) -> None:
+    """Checkpoint ``name``'s write ends the run (``_Killed``), nothing of it written."""
+    real_save = RunDir.save
+
+    def killed_in_save(self: RunDir, saved: str, *args, **kwargs):
+        if saved == name:
+            raise _Killed(saved)
+        return real_save(self, saved, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "save", killed_in_save)
+
+
 def test_killed_before_its_first_checkpoint_restarts_without_duplicate_records(tmp_path, tiny_corpus, rel,
                                                                                monkeypatch) -> None:
     """Killed inside the first periodic checkpoint, after that step's records were logged: --resume finds
@@ -194,21 +206,41 @@ def test_killed_before_its_first_checkpoint_restarts_without_duplicate_records(t
     from earful.train.engine import Trainer
 
     cfg = load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3, "ckpt_every=2"))
-    real_save = RunDir.save
-
-    def killed_in_save(self: RunDir, name: str, *args, **kwargs):
-        if name == "step-0000002":
-            raise _Killed(name)
-        return real_save(self, name, *args, **kwargs)
-
     with monkeypatch.context() as m:
-        m.setattr(RunDir, "save", killed_in_save)
+        _kill_in_checkpoint(m, "step-0000002")
         with pytest.raises(_Killed):
             Trainer(PretrainTask(cfg), tmp_path / "run").fit()
     assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2]
     assert RunDir(tmp_path / "run").latest() is None
     assert Trainer(PretrainTask(cfg), tmp_path / "run", resume=True).fit()["step"] == 3
     assert [r["step"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")] == [1, 2, 3]
+
+
+def test_killed_before_its_first_checkpoint_restarts_without_the_dead_attempt_s_tensorboard_points(
+        tmp_path, tiny_corpus, rel, monkeypatch) -> None:
+    """The same for TensorBoard: the dead attempt's steps 1 and 2 had stayed beside the restart's (each step
+    twice, other values where the restart trains otherwise, as with another seed), where train.jsonl was cut."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from earful.pretrain.config import load_pretrain_config
+    from earful.pretrain.task import PretrainTask
+    from earful.train.engine import Trainer
+
+    def config(seed: int):
+        return load_pretrain_config(None, rel.pretrain_overrides(tiny_corpus[0], 3, "ckpt_every=2", "tensorboard=true",
+                                                                 f"seed={seed}"))
+
+    with monkeypatch.context() as m:
+        _kill_in_checkpoint(m, "step-0000002")
+        with pytest.raises(_Killed):
+            Trainer(PretrainTask(config(1)), tmp_path / "run").fit()
+    assert Trainer(PretrainTask(config(2)), tmp_path / "run", resume=True).fit()["step"] == 3
+    logged = {r["step"]: r["loss"] for r in rel.read_jsonl(tmp_path / "run" / "train.jsonl")}
+    tb = EventAccumulator(str(tmp_path / "run" / "tb"))
+    tb.Reload()
+    points = [(e.step, e.value) for e in tb.Scalars("train/loss")]
+    assert [step for step, _ in points] == [1, 2, 3] == sorted(logged), points
+    assert all(value == pytest.approx(logged[step]) for step, value in points)
 
 
 def test_a_signal_stops_after_the_step_that_shares_it(tmp_path, tiny_corpus, rel, monkeypatch) -> None:
