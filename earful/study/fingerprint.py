@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from earful.config import differences, flatten, renamed_override, renamed_settings, to_dict
+from earful.config import describe, differences, flatten, renamed_override, renamed_settings, to_dict
 from earful.study.config import DEFAULT_TEST_SETS, NEW_NAMES, PlannedRun, StudyConfig, plan_runs, renamed
 from earful.study.corpus import manifest_digests
 from earful.train.init import SCRATCH, resolve_init
@@ -415,6 +415,10 @@ def check_same_recipe(out: Path, fingerprint: dict[str, Any],
         why.append("a manifest's rows changed (its audio paths aside: a moved corpus is the same; a study.json of "
                    "an earlier version recorded the files' bytes, which other paths alone change too): the corpus "
                    "was rebuilt or prepared again")
+    # the settings' values, the folder's then the new (a digest, of a manifest or an LM, says nothing: left out)
+    values = {f"{part}.{k}": [old.get(part, {}).get(k), new.get(part, {}).get(k)] for part, k in refused
+              if part not in ("data", "lm")}
+    was_now = f" (was -> now: {describe(values, limit=6)})" if values else ""
     end = f"; {advice}" if advice else ""
     raise ValueError(f"{out}: this folder holds a study made with another recipe (differs in {', '.join(diff[:6])}"
-                     f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}{end}")
+                     f"{' …' if len(diff) > 6 else ''}){''.join(f' ({w})' for w in why)}{was_now}{end}")

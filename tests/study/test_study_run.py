@@ -192,8 +192,9 @@ def test_a_study_folder_refuses_another_recipe(study_file, tmp_path) -> None:
     other = load_study(study_file, ["jobs=2", "throughput=5"])  # how it runs is not what it is
     check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
     other = load_study(study_file, ["steps=5"])
-    with pytest.raises(ValueError, match=r"another recipe \(differs in study\.steps, grid\.4s, grid\.8s\)"):
-        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
+    with pytest.raises(ValueError, match=r"another recipe \(differs in study\.steps, grid\.4s, grid\.8s\) "
+                                         r"\(was -> now: study\.steps: 4 -> 5\); use another --out"):
+        check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))  # values said too
     other = load_study(study_file, ["finetune.overrides=[max_steps=9]"])  # the list's effect, key by key
     with pytest.raises(ValueError, match=r"differs in finetune\..*finetune\.max_steps"):
         check_same_recipe(out, recipe_fingerprint(other, plan_runs(other), study_file.parent))
@@ -831,7 +832,8 @@ def test_the_probe_recipe_and_the_probe_manifests_are_part_of_the_recipe(study_f
 
     _ship_default(monkeypatch, SequenceRecipe, "epochs", 11)
     assert ProbeConfig().pr.epochs == 11
-    with pytest.raises(ValueError, match=r"another recipe \(differs in probe\.pr\.epochs\); use another --out"):
+    with pytest.raises(ValueError, match=r"another recipe \(differs in probe\.pr\.epochs\) \(was -> now: "
+                                         r"probe\.pr\.epochs: 10 -> 11\); use another --out"):
         check_same_recipe(out, fingerprint("probes=[pr]", "probe_overrides=[pr.lr=0.01]"))
     assert fingerprint("probes=[ic]") == ic_only  # a task the study does not probe
     monkeypatch.undo()
