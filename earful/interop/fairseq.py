@@ -52,7 +52,8 @@ FINETUNED_PREFIX = "w2v_encoder.w2v_model."  # a CTC model's backbone, inside fa
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq's Dictionary: bos (the CTC blank), pad, eos, unk
 # modules whose names a fairseq checkpoint never holds: a file naming them was made to run code (read as stand-ins
 # they would run nothing, but such a file is refused, not half read); torch refuses sys, os, posix and nt itself
-SUSPECT = ("builtins", "subprocess", "shutil", "socket", "importlib", "runpy", "pty", "webbrowser", "code")
+SUSPECT = ("builtins", "subprocess", "shutil", "socket", "importlib", "runpy", "pty", "webbrowser", "code", "sys",
+           "os", "posix", "nt")
 MAX_TRIES = 64  # classes a file may name that are read as stand-ins (a fairseq file names a handful)
 
 
@@ -74,6 +75,11 @@ def read_fairseq(path: str | Path) -> dict[str, Any]:
     """The pickled dict of the fairseq checkpoint ``path``, read with ``weights_only`` (see the module's
     docstring); a CheckpointError naming the file where it is none."""
     stand_ins: list[tuple[Any, str]] = [(argparse.Namespace, "argparse.Namespace")]
+    try:  # a zip-format file's names, read without unpickling: one pass (the legacy format: found one a try)
+        stand_ins += [(Unread, _harmless(name, path)) for name in torch.serialization.get_unsafe_globals_in_checkpoint(
+            path) if name != "argparse.Namespace"]
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+        pass
     for _ in range(MAX_TRIES):
         try:
             with torch.serialization.safe_globals(stand_ins):
@@ -81,11 +87,11 @@ def read_fairseq(path: str | Path) -> dict[str, Any]:
             break
         except pickle.UnpicklingError as e:
             named = re.search(r"GLOBAL ([\w.]+)", str(e))
-            if named is None or "is blocked" in str(e) or named.group(1).split(".")[0] in SUSPECT:
+            if named is None or "is blocked" in str(e):
                 detail = named.group(0) if named else str(e).splitlines()[0]
                 raise CheckpointError(f"{path}: refused: it names {detail}, which no fairseq checkpoint does (a "
                                       "file made to run code when loaded?); nothing of it was run") from None
-            stand_ins.append((Unread, named.group(1)))
+            stand_ins.append((Unread, _harmless(named.group(1), path)))
         except (RuntimeError, OSError, EOFError) as e:
             raise CheckpointError(f"{path}: unreadable as a PyTorch file: {e}") from None
     else:
@@ -94,6 +100,16 @@ def read_fairseq(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no 'model' state dict: not a fairseq checkpoint")
     log.debug("%s: read, the classes %s as stand-ins", path, [name for _, name in stand_ins[1:]])
     return state
+
+
+def _harmless(name: str, path: str | Path) -> str:
+    """``name``, a global the file names, where a fairseq checkpoint may name it; else a CheckpointError: a file
+    naming ``os.system`` or ``shutil.rmtree`` was made to run code (as a stand-in it would run nothing, but such a
+    file is refused, not half read)."""
+    if name.split(".")[0] in SUSPECT:
+        raise CheckpointError(f"{path}: refused: it names GLOBAL {name}, which no fairseq checkpoint does (a file "
+                              "made to run code when loaded?); nothing of it was run")
+    return name
 
 
 def _plain(settings: Any) -> dict[str, Any]:
