@@ -76,10 +76,10 @@ def read_fairseq(path: str | Path) -> dict[str, Any]:
     docstring); a CheckpointError naming the file where it is none."""
     stand_ins: list[tuple[Any, str]] = [(argparse.Namespace, "argparse.Namespace")]
     try:  # a zip-format file's names, read without unpickling: one pass (the legacy format: found one a try)
-        stand_ins += [(Unread, _harmless(name, path)) for name in torch.serialization.get_unsafe_globals_in_checkpoint(
-            path) if name != "argparse.Namespace"]
-    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
-        pass
+        listed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - the legacy format, or no PyTorch file: the load below says which
+        listed = []
+    stand_ins += [(Unread, _harmless(name, path)) for name in listed if name != "argparse.Namespace"]
     for _ in range(MAX_TRIES):
         try:
             with torch.serialization.safe_globals(stand_ins):
@@ -87,13 +87,22 @@ def read_fairseq(path: str | Path) -> dict[str, Any]:
             break
         except pickle.UnpicklingError as e:
             named = re.search(r"GLOBAL ([\w.]+)", str(e))
-            if named is None or "is blocked" in str(e):
-                detail = named.group(0) if named else str(e).splitlines()[0]
-                raise CheckpointError(f"{path}: refused: it names {detail}, which no fairseq checkpoint does (a "
-                                      "file made to run code when loaded?); nothing of it was run") from None
+            if named is None:  # no class named: a plain pickle (an opcode torch's files have not) or a damaged file
+                why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+                raise CheckpointError(f"{path}: unreadable as a PyTorch file (damaged, or not one): "
+                                      f"{why.group(1) if why else str(e).splitlines()[0]}") from None
+            if "is blocked" in str(e):
+                raise CheckpointError(f"{path}: refused: it names {named.group(0)}, which no fairseq checkpoint "
+                                      "does (a file made to run code when loaded?); nothing of it was run") from None
             stand_ins.append((Unread, _harmless(named.group(1), path)))
-        except (RuntimeError, OSError, EOFError) as e:
+        except (RuntimeError, OSError) as e:
             raise CheckpointError(f"{path}: unreadable as a PyTorch file: {e}") from None
+        except EOFError:
+            raise CheckpointError(f"{path}: unreadable as a PyTorch file: it ends early (empty or cut short)") \
+                from None
+        except Exception as e:  # noqa: BLE001 - what torch's reader raises on other bytes varies (KeyError, ...)
+            raise CheckpointError(f"{path}: unreadable as a PyTorch file (damaged, or not one): "
+                                  f"{type(e).__name__}: {e}") from None
     else:
         raise CheckpointError(f"{path}: names over {MAX_TRIES} classes: not a fairseq checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):

@@ -4,6 +4,7 @@ its settings in a Namespace or a hydra dict, the training's leftovers beside the
 import argparse
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -333,3 +334,20 @@ def test_either_torch_format_is_read_and_a_zip_file_in_one_pass(zipped, tmp_path
     assert state["args"].encoder_layers == cfg.num_layers
     for k, v in fairseq_state_dict(model, "pretraining", False).items():
         assert torch.equal(state["model"][k], v), k
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"hello", "unreadable as a PyTorch file (damaged, or not one): KeyError"),
+    (b"", "unreadable as a PyTorch file: it ends early (empty or cut short)"),
+    (pickle.dumps({"model": {}}, protocol=5), "unreadable as a PyTorch file (damaged, or not one): Unsupported "
+                                              "operand 149"),
+], ids=["text", "empty", "plain pickle"])
+def test_a_file_that_is_no_pytorch_checkpoint_is_named(content, said, tmp_path, caplog) -> None:
+    """A text file given for the .pt stopped the command with a KeyError traceback, a plain pickle was "refused:
+    it names Weights only load failed. ..., which no fairseq checkpoint does (a file made to run code?)", an
+    empty file was "unreadable as a PyTorch file: " and nothing more: each is now named as no PyTorch file."""
+    (tmp_path / "x.pt").write_bytes(content)
+    assert main(["import-fairseq", str(tmp_path / "x.pt"), str(tmp_path / "ckpt")]) == 2
+    assert f"x.pt: {said}" in caplog.text and "refused" not in caplog.text
+    assert not (tmp_path / "ckpt").exists()
+
