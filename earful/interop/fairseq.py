@@ -365,7 +365,8 @@ def fold_blank_weight(weights: dict[str, torch.Tensor], finetuning: dict[str, An
 
 def read_dictionary(path: str | Path) -> list[str]:
     """The symbols of fairseq's ``Dictionary`` saved in ``path`` (``dict.ltr.txt``: a line ``SYMBOL COUNT`` each,
-    perhaps with ``#fairseq:overwrite``), after its four special symbols, in fairseq's order (its ids)."""
+    perhaps with ``#fairseq:overwrite``, which adds a symbol not there yet), after its four special symbols, in
+    fairseq's order (its ids)."""
     symbols = list(SPECIALS)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -373,15 +374,18 @@ def read_dictionary(path: str | Path) -> list[str]:
         raise CheckpointError(f"{path}: unreadable fairseq dictionary: {e}") from None
     for number, line in enumerate(lines, 1):
         words = line.rstrip().split(" ")
-        if words and words[-1] == "#fairseq:overwrite":
+        overwrite = words[-1] == "#fairseq:overwrite"
+        if overwrite:
             words = words[:-1]
         if len(words) < 2 or not words[-1].lstrip("-").isdigit():
             raise CheckpointError(f"{path}:{number}: {line!r} is no 'SYMBOL COUNT' line of a fairseq dictionary")
         symbol = " ".join(words[:-1])
-        if symbol in symbols and not line.rstrip().endswith("#fairseq:overwrite"):
+        if symbol in symbols and not overwrite:
             raise CheckpointError(f"{path}:{number}: {symbol!r} twice (fairseq refuses it too)")
-        if symbol not in symbols:
-            symbols.append(symbol)
+        if symbol in symbols:  # fairseq gives it a second id (its CTC head an output more), the first kept
+            raise CheckpointError(f"{path}:{number}: {symbol!r} again, with #fairseq:overwrite: fairseq gives it a "
+                                  "second id, and an earful (or transformers) vocabulary has one id a symbol")
+        symbols.append(symbol)
     return symbols
 
 

@@ -351,3 +351,23 @@ def test_a_file_that_is_no_pytorch_checkpoint_is_named(content, said, tmp_path, 
     assert f"x.pt: {said}" in caplog.text and "refused" not in caplog.text
     assert not (tmp_path / "ckpt").exists()
 
+
+def test_a_dictionary_that_gives_a_symbol_a_second_id_is_refused(tmp_path, caplog) -> None:
+    """fairseq's Dictionary gives a symbol already there and marked #fairseq:overwrite a second id (its CTC head an
+    output more): earful kept one, so such a dictionary was taken for a head one output smaller (the letters after
+    it one id off), and refused for the head it was made with. It is refused, naming the line; #fairseq:overwrite
+    on a new symbol and CRLF line ends read as fairseq reads them."""
+    cfg = load_model_config("tiny")
+    model = Wav2Vec2ForCTC(cfg, vocab_size=4 + len(LETTERS))
+    torch.save({"model": fairseq_state_dict(model, "ctc", False),
+                **settings_of({"_name": "wav2vec_ctc", "w2v_args": {"model": fairseq_model_settings(cfg)}}, "cfg",
+                              {}, {})}, tmp_path / "ctc.pt")
+    lines = [f"{s} 1" for s in LETTERS]
+    (tmp_path / "twice.txt").write_text("\n".join([*lines[:3], "E 5 #fairseq:overwrite", *lines[3:]]) + "\n")
+    (tmp_path / "crlf.txt").write_bytes(("\r\n".join([*lines[:-1], "Z 1 #fairseq:overwrite"]) + "\r\n").encode())
+    pt = str(tmp_path / "ctc.pt")
+    assert main(["import-fairseq", pt, str(tmp_path / "a"), "--dict", str(tmp_path / "twice.txt")]) == 2
+    assert "twice.txt:4: 'E' again, with #fairseq:overwrite: fairseq gives it a second id" in caplog.text
+    assert not (tmp_path / "a").exists()
+    assert main(["import-fairseq", pt, str(tmp_path / "b"), "--dict", str(tmp_path / "crlf.txt")]) == 0
+    assert load_model(tmp_path / "b")[1]["vocab"]["symbols"] == ["<pad>", "<s>", "</s>", "<unk>", *LETTERS]
