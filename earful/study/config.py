@@ -32,7 +32,7 @@ from earful.config import (
     to_dict,
 )
 from earful.data.budget import BatchBudget
-from earful.train.config import TrackingConfig, nominal_hours, nominal_steps, scale_lr
+from earful.train.config import TrackingConfig, config_source, nominal_hours, nominal_steps, scale_lr
 
 
 @dataclass
@@ -504,34 +504,35 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     path = preset_file(path, STUDY_DIR, what="study")
     given = read_yaml(path)
     over = parse_overrides(overrides) if overrides else {}
+    where = config_source(path, overrides)  # an error names the overrides where there are any
     old = [(k, where) for where, d in ((str(path), given), ("the overrides", over)) for k in flatten(d)
            if k in RENAMED]
     if old:
         raise ConfigError("; ".join(f"{where}: {k} is now called {RENAMED[k][0]} (the same values), as the "
                                     f"training's {RENAMED[k][1]}" for k, where in old))
     data = merge(merge(to_dict(StudyConfig()), given, StudyConfig), over, StudyConfig)
-    study = from_dict(StudyConfig, data, str(path))
+    study = from_dict(StudyConfig, data, where)
     try:
         study.entries()  # validate
     except ValueError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    check_names(study, str(path))
+        raise ConfigError(f"{where}: {e}") from None
+    check_names(study, where)
     if study.cycles and study.mode != "fixed-steps":
-        raise ValueError(f"{path}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
+        raise ValueError(f"{where}: cycles={study.cycles} needs mode: fixed-steps (every batch size the same steps)")
     unused = ("hours", study.hours) if study.mode == "fixed-steps" else ("steps", study.steps)
     if unused[1]:  # said: a study file switched to the other mode by an override keeps its own key
         logging.getLogger(__name__).warning(
-            "%s: %s=%g is not used in mode %s (every run takes %s); mode=%s uses it", path, *unused, study.mode,
+            "%s: %s=%g is not used in mode %s (every run takes %s); mode=%s uses it", where, *unused, study.mode,
             f"steps={study.steps}" if study.mode == "fixed-steps" else f"hours={study.hours:g} seen",
             "fixed-hours" if study.mode == "fixed-steps" else "fixed-steps")
     negative = [s for s in (*study.seeds, *study.probe_seeds) if s < 0]
     if negative:
-        raise ValueError(f"{path}: seeds and probe_seeds must be >= 0 (got {negative})")
+        raise ValueError(f"{where}: seeds and probe_seeds must be >= 0 (got {negative})")
     for key, seeds in (("seeds", study.seeds), ("probe_seeds", study.probe_seeds if study.probes else [0])):
         if not seeds:
-            raise ValueError(f"{path}: {key} is empty; give at least one seed, e.g. {key}: [1]")
+            raise ValueError(f"{where}: {key} is empty; give at least one seed, e.g. {key}: [1]")
         if twice := named_twice(seeds):
-            raise ValueError(f"{path}: {key} names {twice} more than once; give each seed once")
+            raise ValueError(f"{where}: {key} names {twice} more than once; give each seed once")
     # each named twice was done once but recorded twice (probes, fine-tunings: duplicated rows in the results and
     # CSVs) or counted twice by the plan
     f = study.finetune
@@ -540,12 +541,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
                        ("finetune.milestone_label_sets", f.milestone_label_sets or []),
                        ("gradvar_checkpoints", study.gradvar_checkpoints), ("ckpt_hours", study.ckpt_hours)):
         if twice := named_twice(names):
-            raise ConfigError(f"{path}: {key} names {twice} more than once; name each once")
-    check_numbers(study, str(path))
+            raise ConfigError(f"{where}: {key} names {twice} more than once; name each once")
+    check_numbers(study, where)
     study.tracking.validate()
-    check_slurm(study.slurm, str(path))
+    check_slurm(study.slurm, where)
     if study.corpus.synth is not None and not study.corpus.dir.strip():
-        raise ValueError(f"{path}: corpus.synth builds the corpus into corpus.dir, which is not given: its folders "
+        raise ValueError(f"{where}: corpus.synth builds the corpus into corpus.dir, which is not given: its folders "
                          "(train/, dev/, test/, manifests/) would be written into the folder earful runs in; give "
                          "corpus.dir, e.g. runs/corpus-demo-1.5h")
     if study.finetune.label_sets == [] and study.corpus.label_sets:  # `or`: every label set, as when not given
@@ -554,21 +555,21 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
                           "none, set corpus.label_sets: {} (or finetune.checkpoints and finetune.baselines: [])")
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)
     if unknown:
-        raise ValueError(f"{path}: finetune.per_label_set names {sorted(unknown)}, not in corpus.label_sets")
+        raise ValueError(f"{where}: finetune.per_label_set names {sorted(unknown)}, not in corpus.label_sets")
     if (named := study.finetune.milestone_label_sets) is not None:
         if unknown := sorted(set(named) - set(study.corpus.label_sets)):
-            raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in corpus.label_sets "
+            raise ValueError(f"{where}: finetune.milestone_label_sets names {unknown}, not in corpus.label_sets "
                              f"{list(study.corpus.label_sets)}")
         if unknown := sorted(set(named) - set(finetuned_label_sets(study))):
-            raise ValueError(f"{path}: finetune.milestone_label_sets names {unknown}, not in finetune.label_sets "
+            raise ValueError(f"{where}: finetune.milestone_label_sets names {unknown}, not in finetune.label_sets "
                              f"{study.finetune.label_sets} (the milestones are fine-tuned on some of the label sets "
                              "the study fine-tunes on)")
     if study.lm is not None:
-        check_lm_settings(study.lm, str(path))
+        check_lm_settings(study.lm, where)
     if why := unknown_checkpoints("gradvar_checkpoints", study.gradvar_checkpoints):
-        raise ConfigError(f"{path}: {why}")
+        raise ConfigError(f"{where}: {why}")
     if "final" not in study.gradvar_checkpoints:
-        raise ConfigError(f"{path}: gradvar_checkpoints={study.gradvar_checkpoints}: name final too (C6 judges the "
+        raise ConfigError(f"{where}: gradvar_checkpoints={study.gradvar_checkpoints}: name final too (C6 judges the "
                           "gradient noise at the final checkpoint; the others are measured beside it)")
     return study
 

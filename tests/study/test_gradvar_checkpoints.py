@@ -38,10 +38,12 @@ def test_bad_gradvar_checkpoints_are_refused_at_load_naming_the_file_and_key(tmp
     y = tmp_path / "s.yaml"
     y.write_text("grid: [16]\ngradvar_batches: 2\n")
     assert load_study(y).gradvar_checkpoints == ["final"]  # the default: the final's alone, as before
-    with pytest.raises(ConfigError, match=rf"{y}: gradvar_checkpoints: unknown \['finall'\] \(choose among final \| "
-                                          r"best \| milestones\)"):
+    given = rf"{y} with command-line overrides: "
+    with pytest.raises(ConfigError, match=given + r"gradvar_checkpoints: unknown \['finall'\] \(choose among "
+                                          r"final \| best \| milestones\)"):
         load_study(y, ["gradvar_checkpoints=[finall]"])
-    with pytest.raises(ConfigError, match=rf"{y}: gradvar_checkpoints=\['milestones'\]: name final too \(C6 judges"):
+    with pytest.raises(ConfigError, match=given + r"gradvar_checkpoints=\['milestones'\]: name final too \(C6 "
+                                          r"judges"):
         load_study(y, ["gradvar_checkpoints=[milestones]"])
     assert load_study(y, ["gradvar_checkpoints=[milestones, final]"]).gradvar_checkpoints == ["milestones", "final"]
 

@@ -401,3 +401,16 @@ def test_a_study_preset_is_taken_by_name_where_no_checkout_is(tmp_path, monkeypa
     assert main(["study", "plan", "demo"]) == 0 and "study demo (fixed-hours)" in caplog.text
     (tmp_path / "demo").write_text((ROOT / "studies" / "cpu.yaml").read_text())  # a file named demo: the user's
     assert load_study("demo") == load_study(ROOT / "studies" / "cpu.yaml")
+
+
+def test_a_bad_override_of_a_study_is_named_as_the_overrides(caplog) -> None:
+    """`earful study plan demo batch_seconds=[8]` said ".../studies/demo.yaml: unknown key(s) ['batch_seconds']",
+    as if the preset's file held it (the training's commands say "with command-line overrides"): the study's
+    errors name the overrides where there are any, and the file alone where there are none."""
+    from earful.cli import main
+
+    assert main(["study", "plan", "demo", "batch_seconds=[8]"]) == 2
+    assert "demo.yaml with command-line overrides: unknown key(s) ['batch_seconds']" in caplog.text
+    caplog.clear()
+    assert main(["study", "plan", "demo", "seeds=[1,1]"]) == 2
+    assert "demo.yaml with command-line overrides: seeds names [1] more than once" in caplog.text
