@@ -12,6 +12,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from earful.finetune.config import load_finetune_config
     from earful.finetune.task import FinetuneTask
     from earful.train.engine import print_config, train_command
+    from earful.train.init import SCRATCH, init_path
 
     out_required(args)
     args.config, args.overrides = config_and_overrides(args.overrides, args.config)
@@ -27,6 +28,8 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.valid is not None:
         cfg.data.valid = args.valid
     if args.print_config:
+        if cfg.init.strip() and cfg.init != SCRATCH:  # an init that names nothing is refused, as the run refuses it
+            init_path(cfg.init, "--init" if args.init is not None else "init")
         return print_config(cfg)
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start, show=("step", "last_valid", "best", "stopped_by"))

@@ -62,3 +62,16 @@ def test_print_config_says_the_batch_on_the_world_size_torchrun_sets(capsys, mon
 def test_out_is_required_but_with_print_config(command, caplog) -> None:
     assert main([command, f"{command}-demo"]) == 2
     assert "the following arguments are required: --out" in caplog.text
+
+
+def test_finetune_print_config_refuses_an_init_that_names_nothing(capsys, monkeypatch, tmp_path, caplog) -> None:
+    """`finetune --init nowhere --print-config` printed a config (exit 0) whose run then stopped at once with
+    "--init nowhere: no such file or folder", where `pretrain --print-config` refuses it: it is refused as the run
+    refuses it, an --init given or init in the config; a config without an init still prints (a template)."""
+    assert main(["finetune", "finetune-demo", "--init", str(tmp_path / "nowhere"), "--print-config"]) == 2
+    assert f"--init {tmp_path / 'nowhere'}: no such file or folder" in caplog.text
+    caplog.clear()
+    assert main(["finetune", "finetune-demo", f"init={tmp_path / 'gone'}", "--print-config"]) == 2
+    assert f"init {tmp_path / 'gone'}: no such file or folder" in caplog.text
+    assert "init: scratch" in printed(capsys, monkeypatch, tmp_path, ["finetune", "finetune-demo", "--init",
+                                                                       "scratch", "--print-config"])
