@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from earful.checkpoint import CheckpointError
+from earful.checkpoint import INFO_FILE, CheckpointError, read_info, read_json
 from earful.config import (
     ConfigError,
     from_dict,
@@ -143,11 +143,27 @@ def _sets_every_field(*sections: object) -> bool:
     return given >= {f.name for f in fields(ModelConfig)}
 
 
+def no_pretraining_model(init: str, kind: str) -> str:
+    """Why ``init``, a model of class ``kind`` (fine-tuned with CTC), cannot be continued by pre-training."""
+    return (f"init={init}: a {kind} (fine-tuned with CTC): its quantizer and projections, which pre-training trains, "
+            "are gone; continue from a pre-training checkpoint or a transformers Wav2Vec2ForPreTraining folder")
+
+
+def _is_ctc(path: Path) -> bool:
+    """Whether the earful checkpoint or transformers folder ``path`` is a CTC model (its settings alone read)."""
+    if (path / INFO_FILE).exists():
+        return read_info(path).get("kind") == "ctc"
+    hf = read_json(path / "config.json")
+    return isinstance(hf, dict) and "Wav2Vec2ForCTC" in (hf.get("architectures") or [])
+
+
 def _init_model(init: str, resume_from: str | Path | None) -> tuple[ModelConfig, Path | None]:
     """The model settings of ``init`` and the folder it resolved to; resuming a run whose ``init`` no longer
     resolves, its own checkpoint's settings (and None)."""
     try:
         path = init_path(init, "init")
+        if _is_ctc(path):  # refused here (--print-config too), as the run would refuse it
+            raise ValueError(no_pretraining_model(init, "Wav2Vec2ForCTC"))
         return init_model_config(path), path
     except (OSError, CheckpointError):
         from earful.checkpoint import model_config

@@ -23,7 +23,7 @@ from earful.data.manifest import read_manifest
 from earful.data.stream import make_shard_loader
 from earful.model import PretrainOutput, Wav2Vec2ForPreTraining
 from earful.model.wav2vec2 import loss_denominator
-from earful.pretrain.config import PretrainConfig
+from earful.pretrain.config import PretrainConfig, no_pretraining_model
 from earful.train import distributed as D
 from earful.train.config import hours_reached, nominal_steps
 from earful.train.engine import Trainer
@@ -73,9 +73,7 @@ class PretrainTask(Task):
         schedule and the Gumbel temperature start anew, at step 0."""
         source, _, what = load_init(init, "pre-training")
         if not isinstance(source, Wav2Vec2ForPreTraining):
-            raise ValueError(f"init={self.cfg.init}: a {type(source).__name__} (fine-tuned with CTC): its quantizer "
-                             "and projections, which pre-training trains, are gone; continue from a pre-training "
-                             "checkpoint or a transformers Wav2Vec2ForPreTraining folder")
+            raise ValueError(no_pretraining_model(self.cfg.init, type(source).__name__))
         try:
             self.model.load_state_dict(source.state_dict(), strict=True)
         except RuntimeError as e:

@@ -168,3 +168,18 @@ def test_an_init_error_names_where_init_was_set_but_for_init_itself(tmp_path) ->
     (tmp_path / "p.yaml").write_text(f"init: {nowhere}\n")
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'p.yaml'}: init {nowhere}: no such file"):
         load_pretrain_config(tmp_path / "p.yaml")
+
+
+def test_print_config_refuses_a_ctc_init_as_the_run_does(tmp_path, tiny_corpus, caplog) -> None:
+    """`pretrain --init CTC_MODEL --print-config` printed a config (exit 0) that the run then refused at once (a
+    CTC model has no quantizer to continue): an earful CTC checkpoint or a transformers Wav2Vec2ForCTC folder is
+    refused by --print-config too, with the run's words."""
+    save_model(tmp_path / "ctc", Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=5),
+               vocab={"symbols": ["<b>", "|", "a", "b", "c"]})
+    assert main(["export-hf", str(tmp_path / "ctc"), str(tmp_path / "hf")]) == 0
+    for init in ("ctc", "hf"):
+        caplog.clear()
+        assert main(["pretrain", f"data.train={tiny_corpus[0]}", "--init", str(tmp_path / init),
+                     "--print-config"]) == 2
+        assert f"init={tmp_path / init}: a Wav2Vec2ForCTC (fine-tuned with CTC): its quantizer and projections" \
+            in caplog.text
