@@ -47,10 +47,12 @@ def _import(args: argparse.Namespace) -> int:
     from earful.interop import hf
     from earful.interop.hub import hub_folder
 
-    hf_dir = hub_folder(args.hf_dir, "import-hf") or Path(args.hf_dir)  # a Hub model id: its snapshot folder
+    snapshot = hub_folder(args.hf_dir, "import-hf")  # a Hub model id: its snapshot folder, named by its commit
+    hf_dir = snapshot or Path(args.hf_dir)
     hf.check_output_folder(args.ckpt, source=hf_dir, writes=hf.IMPORT_FILES,
                            other=(hf.HF_CONFIG, "a transformers model"), command="import-hf")
-    hf.write_checkpoint(hf_dir, args.ckpt, trust_pickle=args.trust_pickle)
+    hf.write_checkpoint(hf_dir, args.ckpt, trust_pickle=args.trust_pickle,
+                        source=f"{args.hf_dir.split('@')[0]}@{snapshot.name}" if snapshot else None)
     log.info("wrote an earful checkpoint to %s", args.ckpt)
     return 0
 

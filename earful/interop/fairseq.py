@@ -440,7 +440,7 @@ def import_fairseq(path: str | Path, ckpt: str | Path, *, dictionary: str | Path
     with tempfile.TemporaryDirectory(prefix="earful-fairseq-") as tmp:
         name = write_hf_folder(state, Path(tmp), dictionary, str(path))
         del state
-        write_checkpoint(tmp, ckpt)
+        write_checkpoint(tmp, ckpt, source=str(Path(path).resolve()))
     return name
 
 

@@ -384,6 +384,19 @@ def tokenizer_config(symbols: list[str], special: dict[str, str] | None = None) 
 EARFUL_TAG = "earful"  # in the model card's tags: a folder export-hf wrote (:func:`written_by_export`)
 
 
+IMPORTED_FROM = "imported_from"  # model.json: what an import read (a folder, a Hub id, a fairseq file)
+
+
+def written_by_import(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier ``import-hf`` / ``import-fairseq`` output: its ``model.json`` records what it
+    was imported from (an earful checkpoint a training wrote, or its copy, records none)."""
+    try:
+        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and IMPORTED_FROM in info
+
+
 def written_by_export(folder: Path) -> bool:
     """Whether ``folder`` is an earlier ``export-hf`` output: its model card's front matter lists earful's tag (a
     folder ``save_pretrained`` wrote has no card, or the Hub's own)."""
@@ -392,6 +405,17 @@ def written_by_export(folder: Path) -> bool:
     except OSError:
         return False
     return earful_card(text)
+
+
+# how each command knows its earlier output, which it replaces: (the test, what an output of another lacks, the
+# earlier earful whose output lacks it too)
+EARLIER: dict[str, tuple[Callable[[Path], bool], str, str]] = {
+    "export-hf": (written_by_export, f"no earful model card, {CARD}", "an export by an earful before model cards"),
+    "import-hf": (written_by_import, f"its {INFO_FILE} names nothing it was imported from",
+                  "an import by an earful before imports were marked"),
+    "import-fairseq": (written_by_import, f"its {INFO_FILE} names nothing it was imported from",
+                       "an import by an earful before imports were marked"),
+}
 
 
 # a model card's YAML front matter, between its first two ``---`` lines (as the Hub reads it)
@@ -412,13 +436,12 @@ def earful_card(text: str) -> bool:
 
 
 def check_output_folder(out: str | Path, *, source: str | Path | None, writes: frozenset[str],
-                        other: tuple[str, str], command: str, earlier: Callable[[Path], bool] | None = None,
-                        keep: tuple[str | Path, ...] = ()) -> None:
+                        other: tuple[str, str], command: str, keep: tuple[str | Path, ...] = ()) -> None:
     """Refuse an output folder that ``command`` must not replace: the ``source`` folder it reads or one it must
     ``keep`` (an exported model's initial weights), a file, a folder holding ``other`` (the other format's file,
     and what that is), one holding anything besides the files ``command`` writes (``writes``), or, with
-    ``earlier``, one that it says ``command`` did not write (a transformers folder of the same file names). A new
-    or empty folder, or an earlier output, passes: the command replaces it whole."""
+    one of the same file names that ``command`` did not write (:data:`EARLIER`: a transformers folder of your own, a
+    copied earful checkpoint). A new or empty folder, or an earlier output, passes: the command replaces it whole."""
     out = Path(out)
     if source is not None and out.exists() and out.resolve() == Path(source).resolve():
         raise CheckpointError(f"{out}: the output folder is the folder {command} reads: give another one")
@@ -439,10 +462,11 @@ def check_output_folder(out: str | Path, *, source: str | Path | None, writes: f
         raise CheckpointError(f"{out}: holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which "
                               f"{command} does not write: not an earlier {command} folder (it would be replaced "
                               "whole); give a new or empty folder")
-    if names and earlier is not None and not earlier(out):
-        raise CheckpointError(f"{out}: holds {', '.join(names[:5])}, not written by {command} (no earful model "
-                              f"card, {CARD}): a model of your own, which {command} would replace; give a new or "
-                              "empty folder (an export by an earful version before model cards: remove it first)")
+    written_by, lacks, before = EARLIER[command]
+    if names and not written_by(out):
+        raise CheckpointError(f"{out}: holds {', '.join(names[:5])}, not written by {command} ({lacks}): a model of "
+                              f"your own, which {command} would replace; give a new or empty folder ({before}: "
+                              "remove it first)")
     if names:
         log.info("%s: replacing the earlier %s folder", out, command)
 
@@ -487,7 +511,7 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, vocab_symbols: list[s
     if not (files[HF_CONFIG]["mask_time_prob"] > 0 or files[HF_CONFIG]["mask_feature_prob"] > 0):
         del weights["wav2vec2.masked_spec_embed"]  # transformers has none (_OPTIONAL_HF): an unexpected key there
     check_output_folder(out, source=source, writes=EXPORT_FILES, other=(INFO_FILE, "an earful checkpoint"),
-                        command="export-hf", earlier=written_by_export, keep=keep)
+                        command="export-hf", keep=keep)
     if card is None:
         card = (f"---\nlibrary_name: transformers\ntags: [wav2vec2, speech, {EARFUL_TAG}]\n---\n\n# wav2vec 2.0 "
                 f"({'CTC' if kind == 'ctc' else 'pre-training'})\n\nExported by earful (earful.interop.hf.export_hf).")
@@ -785,10 +809,13 @@ def ctc_vocab(hf_dir: str | Path, outputs: int) -> list[str]:
     return [symbols[i] for i in blank_first(blank, outputs)] if blank in range(outputs) else symbols
 
 
-def write_checkpoint(hf_dir: str | Path, ckpt: str | Path, *, trust_pickle: bool = False) -> None:
+def write_checkpoint(hf_dir: str | Path, ckpt: str | Path, *, trust_pickle: bool = False,
+                     source: str | None = None) -> None:
     """Import the transformers folder ``hf_dir`` into the earful checkpoint folder ``ckpt`` (written whole, or
     left as it was), as import-hf does: a CTC model with its vocabulary, the tokenizer's special tokens and the
-    text mapping export-hf kept, which export-hf names again."""
+    text mapping export-hf kept, which export-hf names again. ``model.json`` records what it was imported from
+    (``source``, by default ``hf_dir``: a folder, absolute, or a Hub snapshot's), which marks the folder as an
+    import that a later one may replace."""
     model, symbols = import_hf(hf_dir, trust_pickle=trust_pickle, need_vocab=True)
     vocab = None
     if symbols is not None:
@@ -798,7 +825,7 @@ def write_checkpoint(hf_dir: str | Path, ckpt: str | Path, *, trust_pickle: bool
         if mapping:
             vocab["mapping"] = mapping
     with atomic_folder(ckpt) as tmp:  # the new checkpoint's files, or what was there before
-        save_model(tmp, model, vocab=vocab)
+        save_model(tmp, model, vocab=vocab, extra={IMPORTED_FROM: source or str(Path(hf_dir).resolve())})
 
 
 def import_hf(hf_dir: str | Path, *, trust_pickle: bool = False, need_vocab: bool = False,

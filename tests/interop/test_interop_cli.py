@@ -608,8 +608,11 @@ def test_import_hf_of_a_hub_model_id_is_the_import_of_its_folder(tmp_path, hub_m
     caplog.set_level(logging.INFO)
     assert main(["import-hf", "someone/tiny@v1", "from-hub"]) == 0
     assert main(["import-hf", str(hf), "from-folder"]) == 0
-    for name in ("model.json", "model.safetensors"):
-        assert (tmp_path / "from-hub" / name).read_bytes() == (tmp_path / "from-folder" / name).read_bytes(), name
+    assert (tmp_path / "from-hub" / "model.safetensors").read_bytes() == \
+        (tmp_path / "from-folder" / "model.safetensors").read_bytes()
+    hub_info, folder_info = (json.loads((tmp_path / f / "model.json").read_text()) for f in ("from-hub", "from-folder"))
+    assert hub_info.pop("imported_from") == f"someone/tiny@{hub_models.commit}"  # what each was imported from
+    assert folder_info.pop("imported_from") == str(hf.resolve()) and hub_info == folder_info
     (repo, revision, patterns), = hub_models.calls
     assert (repo, revision) == ("someone/tiny", "v1")
     assert {"config.json", "vocab.json", "tokenizer_config.json", "model.safetensors"} <= {
@@ -996,3 +999,21 @@ def test_features_refuses_a_name_not_there_or_a_folder_without_audio_before_any_
     assert main(["features", str(tmp_path / "ckpt"), str(tmp_path / "shards"), "--out", str(tmp_path / "feats")]) == 0
     files = json.loads((tmp_path / "feats" / "features.json").read_text())["files"]
     assert files == {"a.npy": str(tmp_path / "shards" / "a.wav")}
+
+
+def test_an_import_replaces_its_earlier_output_not_a_copied_checkpoint(tmp_path, caplog) -> None:
+    """import-hf (and import-fairseq) took any folder holding model.json and model.safetensors alone for an
+    earlier import and replaced it: a trained model copied there (a fine-tuning's checkpoint) was overwritten
+    without a word. An import's model.json now records what it was imported from; a folder whose model.json
+    records nothing is refused, unchanged, and an earlier import is replaced."""
+    hf = _ctc_folder(tmp_path)
+    mine = tmp_path / "mine"
+    save_model(mine, Wav2Vec2ForCTC(load_model_config("tiny"), vocab_size=3), vocab={"symbols": ["<b>", "|", "a"]})
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    assert main(["import-hf", str(hf), str(mine)]) == 2
+    assert ("mine: holds model.json, model.safetensors, not written by import-hf (its model.json names nothing it "
+            "was imported from): a model of your own") in caplog.text
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 0
+    assert json.loads((tmp_path / "ckpt" / "model.json").read_text())["imported_from"] == str(hf.resolve())
+    assert main(["import-hf", str(hf), str(tmp_path / "ckpt")]) == 0  # an earlier import: replaced
