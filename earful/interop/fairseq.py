@@ -372,6 +372,10 @@ def read_dictionary(path: str | Path) -> list[str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable fairseq dictionary: {e}") from None
+    if lines and lines[0].startswith("\ufeff"):  # fairseq would read it as part of the first symbol
+        raise CheckpointError(f"{path}: starts with a byte-order mark (U+FEFF, as some editors save UTF-8), which "
+                              "fairseq reads as part of the first symbol: the dictionary of its model has none; save "
+                              "it without one")
     for number, line in enumerate(lines, 1):
         words = line.rstrip().split(" ")
         overwrite = words[-1] == "#fairseq:overwrite"

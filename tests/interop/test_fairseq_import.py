@@ -371,3 +371,13 @@ def test_a_dictionary_that_gives_a_symbol_a_second_id_is_refused(tmp_path, caplo
     assert not (tmp_path / "a").exists()
     assert main(["import-fairseq", pt, str(tmp_path / "b"), "--dict", str(tmp_path / "crlf.txt")]) == 0
     assert load_model(tmp_path / "b")[1]["vocab"]["symbols"] == ["<pad>", "<s>", "</s>", "<unk>", *LETTERS]
+
+
+def test_a_dictionary_saved_with_a_byte_order_mark_is_named_as_such(tmp_path) -> None:
+    """A dict.ltr.txt an editor saved with a UTF-8 byte-order mark was refused as "no word delimiter '|': not a
+    letter dictionary" (the mark glued to its first symbol, '|'): the mark is named."""
+    from earful.interop.fairseq import read_dictionary
+
+    (tmp_path / "dict.ltr.txt").write_text("\ufeff| 10\nE 5\n", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="dict.ltr.txt: starts with a byte-order mark"):
+        read_dictionary(tmp_path / "dict.ltr.txt")
