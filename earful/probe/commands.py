@@ -19,7 +19,7 @@ def _probe(args: argparse.Namespace) -> int:
     from earful.config import load_config
     from earful.probe.config import ProbeConfig
     from earful.probe.features import Upstream
-    from earful.probe.suite import TASKS, probe, run_suite
+    from earful.probe.suite import TASKS, check_seeds_folder, probe, run_suite, write_seeds_summary
 
     for option, value in (("--corpus", args.corpus), ("--tasks", args.tasks)):
         if value is not None and not args.suite:
@@ -29,7 +29,7 @@ def _probe(args: argparse.Namespace) -> int:
     if args.cache is not None and args.cache.exists() and not args.cache.is_dir():  # found after an extraction
         raise ValueError(f"--cache {args.cache}: not a folder")
     if args.seeds is not None:
-        check_seeds_folder(args.out, args.seeds)
+        check_seeds_folder(args.out, args.seeds)  # before any work
     config = load_config(ProbeConfig, None, args.overrides)
     upstream = Upstream.parse(args.ckpt, random_init=args.random_init, init_seed=args.init_seed or 0,
                               device=args.device, cache_dir=args.cache)
@@ -57,50 +57,6 @@ def _probe(args: argparse.Namespace) -> int:
         write_seeds_summary(args.out, upstream.name, {s: run(args.out / f"seed-{s}", s) for s in args.seeds})
     log.info("results in %s", Path(args.out) / "results.md")
     return 0
-
-
-def check_seeds_folder(out: Path, seeds: list[int]) -> None:
-    """Refuse ``--seeds`` that cannot make a summary (fewer than two, one twice) or an ``out`` whose summary
-    would leave out what it holds: a single seed's results, or a seed folder of an earlier run not among
-    ``seeds`` (each seed's own folder is checked by its run: the same upstream and recipe, or refused)."""
-    if len(seeds) < 2 or len(set(seeds)) < len(seeds):
-        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give two or more different seeds (one: --seed)")
-    if (out / "results.json").is_file() and "seeds" not in _json_or_empty(out / "results.json"):
-        raise ValueError(f"{out}: holds a single probe run's results (results.json), which the summary over seeds "
-                         "would replace; give another --out")
-    others = sorted(p.name for p in out.glob("seed-*") if p.is_dir() and p.name not in {f"seed-{s}" for s in seeds})
-    if others:
-        raise ValueError(f"{out}: holds {', '.join(others)} of an earlier run, which the summary over --seeds "
-                         f"{' '.join(map(str, seeds))} would leave out: give those seeds too, or another --out")
-
-
-def _json_or_empty(path: Path) -> dict:
-    """A JSON object's file as a dict ({} where it is none: corrupt, a list)."""
-    import json
-
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def write_seeds_summary(out: Path, upstream: str, runs: dict[int, dict[str, dict[str, float]]]) -> None:
-    """``out/results.json`` and ``results.md``: each test metric's mean ± standard error over the probe seeds."""
-    from earful.atomic import atomic_write_json, atomic_write_lines
-    from earful.probe.report import mean_se_cells, over_seeds, table
-
-    summary = over_seeds(runs)
-    atomic_write_json(out / "results.json", {"upstream": upstream, "seeds": list(runs), "summary": summary,
-                                             "runs": {str(s): r for s, r in runs.items()}})
-    seeds = ", ".join(map(str, runs))
-    atomic_write_lines(out / "results.md", [
-        f"# Probes of {upstream}, seeds {seeds}", "", table({upstream: mean_se_cells(summary)}), "",
-        f"Mean ± standard error over the {len(runs)} probe seeds ({seeds}): the heads' own noise, the features "
-        "being the same in each (one checkpoint's; its pre-training seed is another matter). Each seed's results, "
-        "layer weights and training curves: seed-N/."])
-    log.info("over seeds %s: %s", seeds, "; ".join(f"{t.upper()} {m} {c}" for t, ms in mean_se_cells(summary).items()
-                                                  for m, c in ms.items()))
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:

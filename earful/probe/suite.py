@@ -31,7 +31,15 @@ from earful.config import flatten, from_dict, to_dict
 from earful.probe.config import ProbeConfig
 from earful.probe.ctc import characters_task, check_labels, phonemes_task, train_ctc
 from earful.probe.features import Upstream
-from earful.probe.report import METRICS, TaskResult, plot_layer_weights, table, weights_table
+from earful.probe.report import (
+    METRICS,
+    TaskResult,
+    mean_se_cells,
+    over_seeds,
+    plot_layer_weights,
+    table,
+    weights_table,
+)
 from earful.probe.splits import FeatureLoader, Split, load_split
 from earful.probe.utterance import check_sid, intents, train_ic, train_sid
 from earful.probe.weighting import check_layer
@@ -115,10 +123,7 @@ def _check_out(out: Path, record: dict[str, Any]) -> None:
     path = out / "results.json"
     if not path.is_file():
         return
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = {}
+    saved = _json_or_empty(path)
     try:  # a recipe written before a setting existed (pr.layer) holds its default, as its run had in effect
         saved["config"] = json.loads(json.dumps(to_dict(from_dict(ProbeConfig, saved["config"], "config")),
                                                 default=str))
@@ -243,3 +248,43 @@ def check_suite(corpus_dir: str | os.PathLike, tasks: Sequence[str]) -> None:
     _, chosen = _splits(manifests, None)
     for task in manifests:
         _check_labels(task, _task(task, ProbeConfig())[0], chosen[task])
+
+
+def check_seeds_folder(out: Path, seeds: list[int]) -> None:
+    """Before a run of several probe seeds (``earful probe --seeds``), each into ``out/seed-N``: refuse ``seeds``
+    that cannot make a summary (fewer than two, one twice) or an ``out`` whose summary would leave out what it
+    holds: a single seed's results, or a seed folder of an earlier run not among ``seeds`` (each seed's own folder
+    is checked by its run: the same upstream and recipe, or refused)."""
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give two or more different seeds (one: --seed)")
+    if (out / "results.json").is_file() and "seeds" not in _json_or_empty(out / "results.json"):
+        raise ValueError(f"{out}: holds a single probe run's results (results.json), which the summary over seeds "
+                         "would replace; give another --out")
+    others = sorted(p.name for p in out.glob("seed-*") if p.is_dir() and p.name not in {f"seed-{s}" for s in seeds})
+    if others:
+        raise ValueError(f"{out}: holds {', '.join(others)} of an earlier run, which the summary over --seeds "
+                         f"{' '.join(map(str, seeds))} would leave out: give those seeds too, or another --out")
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    """A JSON object's file as a dict ({} where it is none: corrupt, a list)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_seeds_summary(out: Path, upstream: str, runs: dict[int, dict[str, dict[str, float]]]) -> None:
+    """``out/results.json`` and ``results.md``: each test metric's mean ± standard error over the probe seeds."""
+    summary = over_seeds(runs)
+    atomic_write_json(out / "results.json", {"upstream": upstream, "seeds": list(runs), "summary": summary,
+                                             "runs": {str(s): r for s, r in runs.items()}})
+    seeds = ", ".join(map(str, runs))
+    atomic_write_lines(out / "results.md", [
+        f"# Probes of {upstream}, seeds {seeds}", "", table({upstream: mean_se_cells(summary)}), "",
+        f"Mean ± standard error over the {len(runs)} probe seeds ({seeds}): the heads' own noise, the features "
+        "being the same in each (one checkpoint's; its pre-training seed is another matter). Each seed's results, "
+        "layer weights and training curves: seed-N/."])
+    log.info("over seeds %s: %s", seeds, "; ".join(f"{t.upper()} {m} {c}" for t, ms in mean_se_cells(summary).items()
+                                                  for m, c in ms.items()))
