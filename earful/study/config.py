@@ -550,7 +550,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
                          "(train/, dev/, test/, manifests/) would be written into the folder earful runs in; give "
                          "corpus.dir, e.g. runs/corpus-demo-1.5h")
     if study.finetune.label_sets == [] and study.corpus.label_sets:  # `or`: every label set, as when not given
-        raise ConfigError(f"{path}: finetune.label_sets is empty, which reads as not given: every one of "
+        raise ConfigError(f"{where}: finetune.label_sets is empty, which reads as not given: every one of "
                           f"corpus.label_sets {list(study.corpus.label_sets)} would be fine-tuned on; to fine-tune "
                           "none, set corpus.label_sets: {} (or finetune.checkpoints and finetune.baselines: [])")
     unknown = set(study.finetune.per_label_set) - set(study.corpus.label_sets)

@@ -414,3 +414,6 @@ def test_a_bad_override_of_a_study_is_named_as_the_overrides(caplog) -> None:
     caplog.clear()
     assert main(["study", "plan", "demo", "seeds=[1,1]"]) == 2
     assert "demo.yaml with command-line overrides: seeds names [1] more than once" in caplog.text
+    caplog.clear()  # the empty label sets' refusal blamed the file alone
+    assert main(["study", "plan", "demo", "finetune.label_sets=[]"]) == 2
+    assert "demo.yaml with command-line overrides: finetune.label_sets is empty" in caplog.text
