@@ -10,10 +10,9 @@ from earful.cli import out_required, renamed_option, resume_options, run_folder_
 def _finetune(args: argparse.Namespace) -> int:
     from earful.config import check_options, config_and_overrides, overrides_read_as_paths
     from earful.finetune.config import load_finetune_config
-    from earful.finetune.init import init_vocab
+    from earful.finetune.init import check_init_source
     from earful.finetune.task import FinetuneTask
     from earful.train.engine import print_config, train_command
-    from earful.train.init import SCRATCH, InitWeights, init_path
 
     out_required(args)
     args.config, args.overrides = config_and_overrides(args.overrides, args.config)
@@ -28,11 +27,8 @@ def _finetune(args: argparse.Namespace) -> int:
         cfg.data.train = args.train
     if args.valid is not None:
         cfg.data.valid = args.valid
-    if args.print_config:  # an init that names nothing, or no CTC model for vocab=init, refused as the run would
-        if cfg.init.strip() and cfg.init != SCRATCH:
-            path = init_path(cfg.init, "--init" if args.init is not None else "init")
-            if cfg.vocab == "init":
-                init_vocab(InitWeights(str(path), None), cfg.text_mapping)
+    if args.print_config:  # what the run refuses of its init at once, refused here too
+        check_init_source(cfg, "--init" if args.init is not None else "init")
         return print_config(cfg)
     return train_command(FinetuneTask(cfg), args.out, resume=args.resume, allow_changes=args.allow_changes,
                          start_if_new=args.resume_or_start, show=("step", "last_valid", "best", "stopped_by"))

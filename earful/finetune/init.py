@@ -32,7 +32,7 @@ from earful.eval.vocab import CharVocab
 from earful.finetune.config import FinetuneConfig
 from earful.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, load_model_config
 from earful.model.config import preset_differs
-from earful.train.init import SCRATCH, InitWeights, load_init, resolve_init
+from earful.train.init import SCRATCH, InitWeights, init_path, load_init, resolve_init
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,17 @@ def init_vocab(init: InitWeights, mapping: dict[str, str] | None) -> tuple[CharV
     if inherited:  # the text the model was trained to spell: its mapping goes on, the run's own over it
         log.info("vocab=init: the text mapping of %s (%s) goes on, text_mapping over it", init.path, inherited)
     return CharVocab(found.symbols, {**inherited, **(mapping or {})} or None), spelling
+
+
+def check_init_source(cfg: FinetuneConfig, key: str = "--init") -> None:
+    """What the run refuses of ``cfg.init`` at once, checked without reading weights (``--print-config``): an
+    init that names nothing there (``key``: the option or setting that gave it), and ``vocab=init`` of a model
+    with no vocabulary (scratch, a pre-trained one). No init passes (a config printed as a template)."""
+    if not cfg.init.strip():
+        return
+    path = SCRATCH if cfg.init == SCRATCH else str(init_path(cfg.init, key))
+    if cfg.vocab == "init":
+        init_vocab(InitWeights(path, None), cfg.text_mapping)
 
 
 def init_ctc_head(head: nn.Linear, how: str, blank_id: int = 0) -> None:

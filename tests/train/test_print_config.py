@@ -78,11 +78,15 @@ def test_finetune_print_config_refuses_an_init_that_names_nothing(capsys, monkey
 
 
 def test_finetune_print_config_refuses_vocab_init_of_a_model_without_one(tmp_path, caplog) -> None:
-    """`finetune --init PRETRAINED vocab=init --print-config` printed a config (exit 0) that the run refused at
-    once (a pre-trained model has no vocabulary to keep): refused by --print-config too."""
+    """`finetune --init PRETRAINED vocab=init --print-config` (or --init scratch) printed a config (exit 0) that
+    the run refused at once (a pre-trained or random model has no vocabulary to keep): refused by --print-config
+    too."""
     from earful.checkpoint import save_model
     from earful.model import Wav2Vec2ForPreTraining, load_model_config
 
     save_model(tmp_path / "pt", Wav2Vec2ForPreTraining(load_model_config("tiny")))
     assert main(["finetune", "finetune-demo", "--init", str(tmp_path / "pt"), "vocab=init", "--print-config"]) == 2
     assert f"vocab=init: --init {tmp_path / 'pt'} is no CTC model (no vocabulary)" in caplog.text
+    caplog.clear()  # a scratch model has none either: printed, exit 0
+    assert main(["finetune", "finetune-demo", "--init", "scratch", "vocab=init", "--print-config"]) == 2
+    assert "vocab=init: --init scratch is no CTC model (no vocabulary)" in caplog.text
