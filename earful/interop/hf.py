@@ -409,12 +409,12 @@ def written_by_export(folder: Path) -> bool:
 
 # how each command knows its earlier output, which it replaces: (the test, what an output of another lacks, the
 # earlier earful whose output lacks it too)
+_IMPORTED = (written_by_import, f"its {INFO_FILE} names nothing it was imported from",
+             "an import by an earful before imports were marked")
 EARLIER: dict[str, tuple[Callable[[Path], bool], str, str]] = {
     "export-hf": (written_by_export, f"no earful model card, {CARD}", "an export by an earful before model cards"),
-    "import-hf": (written_by_import, f"its {INFO_FILE} names nothing it was imported from",
-                  "an import by an earful before imports were marked"),
-    "import-fairseq": (written_by_import, f"its {INFO_FILE} names nothing it was imported from",
-                       "an import by an earful before imports were marked"),
+    "import-hf": _IMPORTED,
+    "import-fairseq": _IMPORTED,
 }
 
 
