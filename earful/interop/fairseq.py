@@ -92,8 +92,7 @@ def read_fairseq(path: str | Path) -> dict[str, Any]:
                 raise CheckpointError(f"{path}: unreadable as a PyTorch file (damaged, or not one): "
                                       f"{why.group(1) if why else str(e).splitlines()[0]}") from None
             if "is blocked" in str(e):
-                raise CheckpointError(f"{path}: refused: it names {named.group(0)}, which no fairseq checkpoint "
-                                      "does (a file made to run code when loaded?); nothing of it was run") from None
+                raise _made_to_run_code(named.group(1), path) from None
             stand_ins.append((Unread, _harmless(named.group(1), path)))
         except (RuntimeError, OSError) as e:
             raise CheckpointError(f"{path}: unreadable as a PyTorch file: {e}") from None
@@ -116,9 +115,15 @@ def _harmless(name: str, path: str | Path) -> str:
     naming ``os.system`` or ``shutil.rmtree`` was made to run code (as a stand-in it would run nothing, but such a
     file is refused, not half read)."""
     if name.split(".")[0] in SUSPECT:
-        raise CheckpointError(f"{path}: refused: it names GLOBAL {name}, which no fairseq checkpoint does (a file "
-                              "made to run code when loaded?); nothing of it was run")
+        raise _made_to_run_code(name, path)
     return name
+
+
+def _made_to_run_code(name: str, path: str | Path) -> CheckpointError:
+    """The refusal of a file naming the global ``name``, which no fairseq checkpoint names (torch blocks it, or
+    :data:`SUSPECT`)."""
+    return CheckpointError(f"{path}: refused: it names GLOBAL {name}, which no fairseq checkpoint does (a file made "
+                           "to run code when loaded?); nothing of it was run")
 
 
 def _plain(settings: Any) -> dict[str, Any]:
@@ -142,10 +147,10 @@ def fairseq_settings(state: dict[str, Any], where: str) -> tuple[str, dict[str, 
         model, task, criterion, name = args, args, args, args.get("arch", "")
     else:
         raise CheckpointError(f"{where}: neither 'cfg' nor 'args': no settings to build the model from")
-    if name not in (PRETRAINING, CTC) and not name.startswith(("wav2vec2", "wav2vec_ctc")):
+    if not name.startswith((PRETRAINING, CTC)):
         raise CheckpointError(f"{where}: a fairseq {name or 'unnamed'!r} model; earful imports wav2vec 2.0 "
                               f"({PRETRAINING}, {CTC}) alone")
-    if not name.startswith("wav2vec_ctc"):
+    if not name.startswith(CTC):
         return PRETRAINING, model, task, criterion, {}
     inner = model.get("w2v_args")
     if inner is None:
