@@ -22,6 +22,25 @@ def test_overrides_before_or_after_options(argv):
     assert args.overrides == ["seeds=[1,2]", "jobs=1"]
 
 
+@pytest.mark.parametrize("argv", [
+    ["probe", "CKPT", "--suite", "mini-superb", "--out", "d", "--seeds", "0", "1", "2", "pr.layer=6", "ic.lr=0.1"],
+    ["probe", "CKPT", "pr.layer=6", "--out", "d", "--seeds", "0", "1", "2", "ic.lr=0.1"],
+    ["probe", "CKPT", "pr.layer=6", "--seeds", "0", "1", "2", "--out", "d", "ic.lr=0.1"],
+])
+def test_probe_overrides_after_its_seeds(argv):
+    """README's `earful probe CKPT ... --seeds 0 1 2 pr.layer=6` stopped at 'argument --seeds: invalid int value:
+    'pr.layer=6'' (argparse gives --seeds every word up to the next option): an override after the seeds is one
+    too."""
+    args = parse(argv)
+    assert args.seeds == [0, 1, 2] and args.overrides == ["pr.layer=6", "ic.lr=0.1"]
+
+
+@pytest.mark.parametrize("seeds", [["0", "x"], ["pr.layer=6"]])
+def test_probe_seeds_that_are_none_are_refused(seeds):
+    with pytest.raises(SystemExit):
+        parse(["probe", "CKPT", "--out", "d", "--seeds", *seeds])
+
+
 def test_pretrain_overrides_after_flags():
     from earful.config import config_and_overrides
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from earful.cli import device_option
 
@@ -13,6 +13,25 @@ if TYPE_CHECKING:
     from earful.probe.cache import Entry
 
 log = logging.getLogger("earful.probe")
+
+
+class _SeedsThenOverrides(argparse.Action):
+    """``--seeds 0 1 2``: the seeds. argparse gives an option of ``nargs="+"`` every word up to the next option, so
+    key=value overrides after the seeds (``--seeds 0 1 2 pr.layer=6``) are the command's overrides, as they are
+    wherever else they stand (:func:`earful.cli.parse`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seeds = []
+        for word in (w for w in values if "=" not in w):
+            try:
+                seeds.append(int(word))
+            except ValueError:
+                parser.error(f"argument --seeds: invalid int value: {word!r}")
+        if not seeds:
+            parser.error("argument --seeds: expected at least one seed before the overrides")
+        setattr(namespace, self.dest, seeds)
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *(w for w in values if "=" in w)]
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -138,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="results folder")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
-    seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+    seeds.add_argument("--seeds", action=_SeedsThenOverrides, nargs="+", metavar="SEED",
                        help="two or more probe seeds instead: OUT/seed-N for each, and in OUT/results.md each "
                        "metric's mean ± standard error over them (the heads' noise; features extracted once)")
     device_option(p, "where the checkpoint's features are extracted (the heads train on the CPU)")
