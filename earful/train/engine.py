@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import sys
@@ -751,7 +750,7 @@ def print_config(cfg: TrainingConfig, world_size: int | None = None) -> int:
     as the run would refuse it."""
     sys.stdout.write(config_yaml(cfg))
     sys.stdout.flush()
-    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size if world_size is not None else D.launched_processes()
     if cfg.device_seconds == "auto":
         log.info("batch %g s on %d device(s); device_seconds=auto: the micro-batch, and so the accumulation, is "
                  "found on the device when the run starts", cfg.batch_seconds, world)
